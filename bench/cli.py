@@ -1,0 +1,166 @@
+"""The `lmbench` command line: thin commands over the library; the only place errors become messages."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+import lmbench
+from lmbench import runner, suite as suites
+from lmbench.errors import LmbenchError, UsageError
+from lmbench.models import MODELS
+
+
+class LmbenchGroup(click.Group):
+    """Turns every usage mistake into one line on stderr and exit code 2, never a traceback."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        try:
+            code = super().main(args, prog_name or "lmbench", complete_var, standalone_mode=False, **extra)
+        except click.UsageError as err:
+            where = f" ({err.ctx.command_path})" if err.ctx else ""
+            click.echo(f"lmbench: error{where}: {err.format_message()}", err=True)
+            sys.exit(2)
+        except UsageError as err:
+            click.echo(f"lmbench: error: {err}", err=True)
+            sys.exit(2)
+        except LmbenchError as err:
+            click.echo(f"lmbench: failed: {err}", err=True)
+            sys.exit(1)
+        except click.Abort:
+            click.echo("lmbench: interrupted", err=True)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=LmbenchGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(lmbench.__version__, prog_name="lmbench")
+def cli() -> None:
+    """Throughput, memory and energy of language-model training, measured honestly."""
+
+
+@cli.command()
+@click.option("--suite", "suite_name", required=True, metavar="NAME|PATH",
+              help="A built-in suite (see `lmbench list`) or the path of a suite TOML file.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run directory (default: runs/SUITE-YYYYmmdd-HHMMSS).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=V[,V...]",
+              help="Override an axis; several comma-separated values make it a matrix axis. Repeatable.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
+              help="Run every configuration on this device (default: cuda when available).")
+@click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Fresh-process repeats of each configuration (the unit of statistics).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out, skipping what it already recorded.")
+@click.option("--dry-run", is_flag=True, help="Print the expanded matrix and exit.")
+def run(suite_name: str, out: Path | None, overrides: tuple[str, ...], device: str | None, repeats: int,
+        resume: bool, dry_run: bool) -> int:
+    """Run every configuration of a suite, one fresh process each.
+
+    Example: lmbench run --suite fp16 --set batch_size=8,16 --repeats 3
+    """
+    from lmbench.environment import probe_platform
+    from lmbench.table import plan_table, summary
+
+    parsed = suites.parse_overrides(list(overrides) + ([f"device={device}"] if device else []))
+    suite = suites.load(suite_name).with_overrides(parsed)
+    planned = suite.expand()
+    platform = probe_platform()
+    console = _console()
+    if dry_run:
+        jobs = runner.plan(planned, platform, repeats=1)
+        console.print(plan_table([(j.config.to_dict(), j.config.key, j.skip) for j in jobs]))
+        return 0
+    if resume and out is None:
+        raise UsageError("--resume needs --out RUN_DIR, the run to continue")
+    out = out or Path("runs") / f"{suite.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    run_dir = runner.RunDirectory(out, resume=resume)
+    done, warnings = run_dir.done()
+    for warning in warnings:
+        click.echo(f"lmbench: warning: {warning}", err=True)
+    jobs = runner.plan(planned, platform, repeats=repeats, done=done)
+    run_dir.write_meta({"suite": suite.name, "source": suite.source, "overrides": list(overrides),
+                        "repeats": repeats, "lmbench": lmbench.__version__, "argv": sys.argv,
+                        "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+    if done:
+        click.echo(f"resuming {out}: {len(done)} record(s) kept, {len(jobs)} job(s) to go", err=True)
+    records = []
+    err_console = _console(stderr=True)
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[figure]}")]
+    try:
+        with Progress(*columns, console=err_console, transient=False) as progress:
+            task = progress.add_task(suite.name, total=len(jobs), figure="")
+            for job, record in runner.execute(jobs, run_dir, suite=suite.name):
+                records.append(record)
+                figure = record["status"]
+                if record["status"] == "ok":
+                    figure = f"{record['metrics']['tokens_per_s']:,.0f} tok/s  {job.config.key}"
+                progress.update(task, advance=1, figure=figure)
+    except KeyboardInterrupt:
+        click.echo(f"lmbench: interrupted; {len(records)} record(s) of this session are in {run_dir.results_path}; "
+                   f"continue with: lmbench run --suite {suite_name} --out {out} --resume", err=True)
+        return 130
+    from lmbench import results
+
+    everything = results.read(run_dir.results_path).records
+    console.print(summary(everything))
+    console.print(f"results: {run_dir.results_path}")
+    return 0
+
+
+@cli.command(name="list")
+def list_() -> int:
+    """List the built-in suites (with matrix sizes) and the models.
+
+    Example: lmbench list
+    """
+    from rich.table import Table
+
+    console = _console()
+    table = Table(title="suites", title_justify="left")
+    for column in ("suite", "configs", "description"):
+        table.add_column(column)
+    for name in suites.builtin_names():
+        suite = suites.load(name)
+        table.add_row(name, str(len(suite.expand())), suite.description)
+    console.print(table)
+    models = Table(title="models", title_justify="left")
+    for column in ("model", "layers", "hidden", "heads", "vocab", "positions", "description"):
+        models.add_column(column)
+    for spec in MODELS.values():
+        models.add_row(spec.name, str(spec.n_layers), str(spec.hidden), str(spec.n_heads), str(spec.vocab_size),
+                       str(spec.max_positions), spec.description)
+    console.print(models)
+    return 0
+
+
+@cli.command()
+def env() -> int:
+    """Describe this machine: GPUs, driver, CUDA, library versions, optional back-ends.
+
+    Example: lmbench env
+    """
+    from lmbench.environment import describe
+
+    rows = describe()
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        click.echo(f"{key:<{width}}  {value}")
+    return 0
+
+
+def _console(*, stderr: bool = False) -> Console:
+    """Rich console; wide when not a terminal, so piped tables are not wrapped at 80 columns."""
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else 200)
+
+
+def main() -> None:
+    cli()

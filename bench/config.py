@@ -1,0 +1,165 @@
+"""One training configuration: a frozen, validated point of a suite's matrix."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lmbench.errors import ConfigError
+from lmbench.models import ATTENTION_SUPPORT, MODELS
+
+#: Allowed values of every enumerated axis (DESIGN.md names them; they are part of the interface).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model": tuple(MODELS),
+    "precision": ("fp32", "tf32", "amp-fp16", "amp-bf16", "fp16", "bf16"),
+    "parallel": ("none", "dp", "ddp", "fsdp"),
+    "kernels": ("eager", "compile", "triton", "apex", "liger"),
+    "attention": ("sdpa", "math", "eager"),
+    "checkpointing": ("none", "full", "selective"),
+    "optimizer": ("adamw", "adamw-fused", "apex-adam"),
+    "tokenizer": ("byte", "bpe"),
+}
+
+#: Axes excluded from the config key: they change how long or where we wait, not what is measured.
+_UNKEYED = frozenset({"timeout_s"})
+#: Axes spelled out in the readable part of the key, in this order.
+_KEY_AXES = ("model", "batch_size", "seq_len", "grad_accum", "precision", "parallel", "kernels", "attention",
+             "checkpointing", "optimizer")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """Everything that defines one measured training configuration."""
+
+    model: str = "tiny-gpt2"
+    """Registry name of the model (see `lmbench list`)."""
+    batch_size: int = 8
+    """Sequences per micro-batch, per device."""
+    seq_len: int = 128
+    """Tokens per sequence; at most the model's position count."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    precision: str = "fp32"
+    """Numeric mode: fp32 (TF32 off), tf32, amp-fp16, amp-bf16, fp16 (master weights), bf16."""
+    parallel: str = "none"
+    """Data parallelism: none, dp, ddp, fsdp."""
+    kernels: str = "eager"
+    """Kernel set: eager, compile, triton, apex, liger."""
+    attention: str = "sdpa"
+    """Attention implementation: sdpa (PyTorch picks), math (SDPA's math backend), eager."""
+    checkpointing: str = "none"
+    """Activation checkpointing: none, full (every block), selective."""
+    optimizer: str = "adamw"
+    """adamw (foreach), adamw-fused, apex-adam."""
+    lr: float = 3e-4
+    """Learning rate of the optimizer (constant)."""
+    data: str = "synthetic"
+    """`synthetic` (seeded uniform tokens) or the path of a UTF-8 text file."""
+    tokenizer: str = "byte"
+    """How `data=PATH` is tokenized: byte (UTF-8 bytes) or bpe (trained locally on the file)."""
+    steps: int = 20
+    """Measured optimizer steps."""
+    warmup: int = 5
+    """Steps run before the measured window and left out of every figure."""
+    seed: int = 0
+    """Seeds weights and data."""
+    timeout_s: float = 900.0
+    """Wall-clock limit of the worker process, start-up included."""
+    device: str = "auto"
+    """auto (cuda when available), cpu, cuda or cuda:N."""
+
+    def __post_init__(self) -> None:
+        for axis, allowed in CHOICES.items():
+            value = getattr(self, axis)
+            if value not in allowed:
+                raise ConfigError(f"{axis}={value!r} is not one of: {', '.join(allowed)}")
+        for axis in ("batch_size", "seq_len", "grad_accum", "steps"):
+            _require_int(axis, getattr(self, axis), minimum=1)
+        _require_int("warmup", self.warmup, minimum=0)
+        _require_int("seed", self.seed, minimum=0)
+        if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or not self.lr > 0:
+            raise ConfigError(f"lr={self.lr!r} must be a positive number")
+        if not isinstance(self.timeout_s, (int, float)) or isinstance(self.timeout_s, bool) or not self.timeout_s > 0:
+            raise ConfigError(f"timeout_s={self.timeout_s!r} must be a positive number of seconds")
+        if not (self.device in ("auto", "cpu", "cuda") or _is_cuda_index(self.device)):
+            raise ConfigError(f"device={self.device!r} is not one of: auto, cpu, cuda, cuda:N")
+        if self.data != "synthetic" and not Path(self.data).is_file():
+            raise ConfigError(f"data={self.data!r} is neither 'synthetic' nor an existing text file")
+
+    def conflict(self) -> str | None:
+        """Why two valid axis values cannot go together (e.g. seq_len past the model's positions), or None."""
+        spec = MODELS[self.model]
+        if self.seq_len > spec.max_positions:
+            return (f"seq_len={self.seq_len} exceeds the {spec.max_positions} positions of model {self.model}; "
+                    f"allowed: 1..{spec.max_positions}")
+        if self.attention not in ATTENTION_SUPPORT[spec.family]:
+            return (f"attention={self.attention!r} is not available for model {self.model}; allowed: "
+                    f"{', '.join(sorted(ATTENTION_SUPPORT[spec.family]))}")
+        return None
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens consumed by one optimizer step on one device."""
+        return self.batch_size * self.seq_len * self.grad_accum
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def key(self) -> str:
+        """Stable identifier, the same across runs: readable axes plus a hash of all the rest."""
+        values = self.to_dict()
+        readable = "-".join(_key_part(axis, values[axis]) for axis in _KEY_AXES)
+        rest = {k: v for k, v in sorted(values.items()) if k not in _KEY_AXES and k not in _UNKEYED}
+        digest = hashlib.sha1(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:8]
+        return f"{readable}-{digest}"
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any]) -> Config:
+        """Build from a flat dict (suite file, --set, results record); unknown keys are errors."""
+        unknown = sorted(set(values) - set(FIELD_TYPES))
+        if unknown:
+            raise ConfigError(f"unknown axis {unknown[0]!r}; allowed: {', '.join(FIELD_TYPES)}")
+        coerced = {name: coerce(name, value) for name, value in values.items()}
+        return cls(**coerced)
+
+
+FIELD_TYPES: dict[str, type] = {f.name: type(f.default) for f in dataclasses.fields(Config)}
+
+
+def coerce(axis: str, value: Any) -> Any:
+    """Convert a TOML or command-line value to the axis's type, naming the axis when it cannot."""
+    wanted = FIELD_TYPES[axis]
+    if isinstance(value, str) and wanted is not str:
+        try:
+            return wanted(value)
+        except ValueError:
+            raise ConfigError(f"{axis}={value!r} is not a valid {wanted.__name__}") from None
+    if wanted is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, wanted) or isinstance(value, bool):
+        raise ConfigError(f"{axis}={value!r} must be a {wanted.__name__}")
+    return value
+
+
+def _require_int(axis: str, value: Any, *, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        bound = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ConfigError(f"{axis}={value!r} must be {bound}")
+
+
+def _is_cuda_index(device: str) -> bool:
+    prefix, _, index = device.partition(":")
+    return prefix == "cuda" and index.isdigit()
+
+
+def _key_part(axis: str, value: Any) -> str:
+    short = {"batch_size": "b", "seq_len": "s", "grad_accum": "a", "checkpointing": "ckpt-"}
+    return f"{short.get(axis, '')}{value}"

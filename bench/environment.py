@@ -1,0 +1,150 @@
+"""What machine and software a measurement came from, and what this machine can run."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import importlib.metadata
+import os
+import platform
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lmbench
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def git_commit() -> str | None:
+    """Commit of the lmbench checkout this code runs from (suffixed `-dirty` with local changes), if any."""
+    root = Path(lmbench.__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{head}-dirty" if dirty else head
+
+
+def nvml_driver_version() -> str | None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            version = pynvml.nvmlSystemGetDriverVersion()
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 - any NVML failure means "unknown", never a crash
+        return None
+    return version.decode() if isinstance(version, bytes) else version
+
+
+def device_info(device: Any) -> dict[str, Any]:
+    """Name, UUID, capability and memory of a torch device (only `type` for the CPU)."""
+    import torch
+
+    if device.type != "cuda":
+        return {"type": "cpu", "name": platform.processor() or platform.machine(), "count": os.cpu_count()}
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(index)
+    uuid = getattr(props, "uuid", None)
+    return {
+        "type": "cuda",
+        "index": index,
+        "name": props.name,
+        "uuid": f"GPU-{uuid}" if uuid is not None else None,
+        "capability": f"{props.major}.{props.minor}",
+        "memory_total_bytes": props.total_memory,
+        "multiprocessors": props.multi_processor_count,
+        "count": torch.cuda.device_count(),
+        "driver": nvml_driver_version(),
+    }
+
+
+def capture(device: Any) -> dict[str, Any]:
+    """The `env` block of a result record."""
+    import torch
+
+    return {
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "lmbench": lmbench.__version__,
+        "lmbench_commit": git_commit(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "triton": _version("triton"),
+        "transformers": _version("transformers"),
+        "device": device_info(device),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+@dataclass(frozen=True, kw_only=True)
+class Platform:
+    """What the machine running the parent can do; decides which configurations are skipped."""
+
+    cuda_available: bool
+    device_count: int
+    capability: tuple[int, int] | None
+    """Compute capability of cuda:0, None without CUDA."""
+    torch_version: str
+    apex_available: bool
+    liger_available: bool
+
+
+def probe_platform() -> Platform:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return Platform(
+        cuda_available=cuda,
+        device_count=torch.cuda.device_count() if cuda else 0,
+        capability=torch.cuda.get_device_capability(0) if cuda else None,
+        torch_version=torch.__version__,
+        apex_available=importlib.util.find_spec("apex") is not None,
+        liger_available=importlib.util.find_spec("liger_kernel") is not None,
+    )
+
+
+def describe() -> list[tuple[str, str]]:
+    """Rows of `lmbench env`: what this machine is and which optional back-ends it has."""
+    import torch
+
+    info = probe_platform()
+    rows = [
+        ("lmbench", f"{lmbench.__version__} ({git_commit() or 'not a git checkout'})"),
+        ("python", platform.python_version()),
+        ("torch", torch.__version__),
+        ("triton", _version("triton") or "not installed"),
+        ("transformers", _version("transformers") or "not installed"),
+        ("CUDA (torch build)", torch.version.cuda or "none (CPU build)"),
+    ]
+    if info.cuda_available:
+        rows.append(("driver", nvml_driver_version() or "unknown (NVML unavailable)"))
+        for index in range(info.device_count):
+            d = device_info(torch.device("cuda", index))
+            rows.append((f"cuda:{index}", f"{d['name']}, sm_{d['capability'].replace('.', '')}, "
+                                          f"{d['memory_total_bytes'] / 2**30:.1f} GiB, {d['uuid']}"))
+    else:
+        rows.append(("GPU", "none visible: runs use the CPU (device=cpu)"))
+    rows.append(("cpu", f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical cores"))
+    rows.append(("nvidia-ml-py", "installed" if importlib.util.find_spec("pynvml") else "not installed"))
+    rows.append(("apex", "installed" if info.apex_available else "not installed"))
+    rows.append(("liger-kernel", "installed" if info.liger_available else "not installed (pip install lmbench[liger])"))
+    return rows

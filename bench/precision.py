@@ -1,0 +1,178 @@
+"""Numeric modes of training: how weights are stored, how the forward runs, how gradients are scaled.
+
+Each mode owns its state (loss scale, master weights, skipped-step count); the training loop
+only calls `autocast()`, `backward(loss)` and `step()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn as nn
+
+OptimizerFactory = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
+
+
+class Precision:
+    """fp32 / tf32 / bf16: weights in one dtype, no autocast, no loss scaling."""
+
+    name = "fp32"
+    weight_dtype = torch.float32
+    autocast_dtype: torch.dtype | None = None
+
+    def __init__(self, model: nn.Module, make_optimizer: OptimizerFactory, device: torch.device) -> None:
+        self.device = device
+        self.model = model.to(device=device, dtype=self.weight_dtype)
+        self.optimizer = make_optimizer(self._trainable(self.model))
+        self.skipped_steps = 0
+        """Optimizer steps skipped because scaled gradients overflowed."""
+
+    @staticmethod
+    def _trainable(model: nn.Module) -> list[torch.Tensor]:
+        return [p for p in model.parameters() if p.requires_grad]
+
+    @property
+    def loss_scale(self) -> float | None:
+        return None
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def step(self) -> None:
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+class Bf16(Precision):
+    """Pure bf16: weights, activations, gradients and optimizer state in bf16 (no master copy)."""
+
+    name = "bf16"
+    weight_dtype = torch.bfloat16
+
+
+class AmpBf16(Precision):
+    """fp32 weights, bf16 autocast; bf16's fp32-sized exponent needs no loss scaling."""
+
+    name = "amp-bf16"
+    autocast_dtype = torch.bfloat16
+
+
+class AmpFp16(Precision):
+    """fp32 weights, fp16 autocast, torch.amp.GradScaler's dynamic loss scaling."""
+
+    name = "amp-fp16"
+    autocast_dtype = torch.float16
+
+    def __init__(self, model: nn.Module, make_optimizer: OptimizerFactory, device: torch.device) -> None:
+        super().__init__(model, make_optimizer, device)
+        self.scaler = torch.amp.GradScaler(device.type)
+
+    @property
+    def loss_scale(self) -> float | None:
+        return float(self.scaler.get_scale())
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.scaler.scale(loss).backward()
+
+    def step(self) -> None:
+        before = self.scaler.get_scale()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        # GradScaler halves the scale exactly when it skipped the step for inf/NaN gradients.
+        if self.scaler.get_scale() < before:
+            self.skipped_steps += 1
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+class Fp16MasterWeights(Precision):
+    """fp16 weights and activations, fp32 master weights in the optimizer, dynamic loss scaling.
+
+    The classic mixed-precision recipe (Micikevicius et al. 2018; Apex O2): the model runs in fp16,
+    gradients are scaled up to stay representable, unscaled into fp32 copies, checked for inf/NaN
+    (a step with overflow is skipped and the scale halved), and the fp32 result is copied back.
+    """
+
+    name = "fp16"
+    weight_dtype = torch.float16
+
+    def __init__(self, model: nn.Module, make_optimizer: OptimizerFactory, device: torch.device, *,
+                 init_scale: float = 2.0**16, growth_interval: int = 2000) -> None:
+        self.device = device
+        self.skipped_steps = 0
+        # Master copies come from the fp32 init, before the cast loses precision.
+        model = model.to(device=device)
+        self.params = self._trainable(model)
+        self.master = [p.detach().float().clone().requires_grad_(True) for p in self.params]
+        self.model = model.to(dtype=torch.float16)
+        self.optimizer = make_optimizer(self.master)
+        self.scale = init_scale
+        self.growth_interval = growth_interval
+        self._good_steps = 0
+        self._found_inf = torch.zeros(1, device=device)
+
+    @property
+    def loss_scale(self) -> float | None:
+        return self.scale
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (loss.float() * self.scale).backward()
+
+    def step(self) -> None:
+        pairs = [(m, p) for m, p in zip(self.master, self.params) if p.grad is not None]
+        for master, param in pairs:
+            master.grad = param.grad.float()
+        grads = [m.grad for m, _ in pairs]
+        self._found_inf.zero_()
+        inv_scale = torch.full((1,), 1.0 / self.scale, device=self.device)
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, self._found_inf, inv_scale)
+        # The skip decision needs the flag on the host: one synchronisation per step, as in Apex.
+        if self._found_inf.item():
+            self.skipped_steps += 1
+            self.scale /= 2.0
+            self._good_steps = 0
+        else:
+            self.optimizer.step()
+            with torch.no_grad():
+                torch._foreach_copy_([p for _, p in pairs], [m for m, _ in pairs])
+            self._good_steps += 1
+            if self._good_steps % self.growth_interval == 0:
+                self.scale *= 2.0
+        for master, param in pairs:
+            master.grad = None
+            param.grad = None
+
+
+class Tf32(Precision):
+    """fp32 storage with TF32 tensor-core matmuls and convolutions (Ampere and later)."""
+
+    name = "tf32"
+
+
+PRECISIONS: dict[str, type[Precision]] = {
+    "fp32": Precision,
+    "tf32": Tf32,
+    "amp-fp16": AmpFp16,
+    "amp-bf16": AmpBf16,
+    "fp16": Fp16MasterWeights,
+    "bf16": Bf16,
+}
+
+
+@contextlib.contextmanager
+def matmul_mode(precision: str) -> Iterator[None]:
+    """TF32 on only for precision=tf32, so fp32 means true fp32 (PyTorch's default varies by release)."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    allow = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = allow
+    torch.backends.cudnn.allow_tf32 = allow
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

@@ -1,0 +1,149 @@
+"""The parent side of a run: one fresh worker process per configuration and repeat, with a timeout.
+
+Records are appended to RUN_DIR/results.jsonl as each job ends, so an interrupted run keeps
+everything it finished and `--resume` picks up the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lmbench import results
+from lmbench.config import Config
+from lmbench.environment import Platform
+from lmbench.errors import ResultsError
+from lmbench.feasibility import resolve_device, skip_reason
+from lmbench.suite import Planned
+
+#: Seconds a worker gets to exit after SIGTERM before it is killed.
+KILL_GRACE_S = 5.0
+
+
+@dataclass(frozen=True)
+class Job:
+    """One configuration and repeat to run (or to record as skipped)."""
+
+    config: Config
+    repeat: int
+    skip: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.config.key}-r{self.repeat}"
+
+
+def plan(planned: list[Planned], platform: Platform, *, repeats: int, done: set[tuple[str, int]] = frozenset()
+         ) -> list[Job]:
+    """Jobs in run order: repeat-major, so repeats of a config are spread over the run's duration."""
+    jobs = []
+    for repeat in range(repeats):
+        for row in planned:
+            config = resolve_device(row.config, platform)
+            if (config.key, repeat) in done:
+                continue
+            jobs.append(Job(config, repeat, row.conflict or skip_reason(config, platform)))
+    return jobs
+
+
+class RunDirectory:
+    """RUN_DIR: results.jsonl, run.json, logs/ and work/ (job and result files of live workers)."""
+
+    def __init__(self, path: Path, *, resume: bool) -> None:
+        self.path = Path(path)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            (self.path / "logs").mkdir(exist_ok=True)
+            (self.path / "work").mkdir(exist_ok=True)
+            probe = self.path / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as err:
+            raise ResultsError(f"cannot write to --out {str(self.path)!r}: {err.strerror or err}") from None
+        self.results_path = self.path / results.RESULTS_FILE
+        if self.results_path.exists() and self.results_path.stat().st_size and not resume:
+            raise ResultsError(f"--out {str(self.path)!r} already holds results; pass --resume to continue "
+                               "that run, or choose another directory")
+
+    def done(self) -> tuple[set[tuple[str, int]], list[str]]:
+        """(config_key, repeat) pairs already recorded, and warnings about unreadable lines."""
+        if not self.results_path.exists():
+            return set(), []
+        loaded = results.read(self.results_path)
+        return {(r["config_key"], r["repeat"]) for r in loaded.records}, loaded.warnings
+
+    def write_meta(self, meta: dict[str, Any]) -> None:
+        results.write_json(self.path / "run.json", meta)
+
+    def log_path(self, job: Job) -> Path:
+        return self.path / "logs" / f"{job.name}.log"
+
+
+def run_worker(job: Job, run_dir: RunDirectory) -> tuple[str, str | None, dict[str, Any] | None]:
+    """Run one job in a fresh interpreter; returns (status, reason, payload)."""
+    job_path = run_dir.path / "work" / f"{job.name}.job.json"
+    result_path = run_dir.path / "work" / f"{job.name}.result.json"
+    result_path.unlink(missing_ok=True)
+    results.write_json(job_path, {"config": job.config.to_dict(), "repeat": job.repeat})
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    log_path = run_dir.log_path(job)
+    with open(log_path, "w", encoding="utf-8") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "lmbench.worker", str(job_path), str(result_path)],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True)
+        try:
+            code = proc.wait(timeout=job.config.timeout_s)
+        except subprocess.TimeoutExpired:
+            _stop(proc)
+            return "timeout", f"no result within timeout_s={job.config.timeout_s:g} (worker killed)", None
+        except BaseException:
+            _stop(proc)
+            raise
+    job_path.unlink(missing_ok=True)
+    if result_path.exists():
+        payload = json.loads(result_path.read_text())
+        result_path.unlink()
+        return payload["status"], payload["reason"], payload
+    how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+    return "error", f"worker {how} without a result; last log line: {_last_line(log_path)}", None
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the worker's whole process group, SIGKILL it if it lingers."""
+    for sig, wait_s in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _last_line(path: Path) -> str:
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "(empty log)"
+
+
+def execute(jobs: list[Job], run_dir: RunDirectory, *, suite: str,
+            launch: Callable[[Job, RunDirectory], tuple[str, str | None, dict[str, Any] | None]] = run_worker
+            ) -> Iterator[tuple[Job, dict[str, Any]]]:
+    """Run jobs in order, appending each record as it ends; yields (job, record) for progress display."""
+    for job in jobs:
+        if job.skip:
+            status, reason, payload = "skipped", job.skip, None
+        else:
+            status, reason, payload = launch(job, run_dir)
+        record = results.make_record(suite=suite, config=job.config.to_dict(), config_key=job.config.key,
+                                     repeat=job.repeat, status=status, reason=reason, payload=payload)
+        results.append(run_dir.path, record)
+        yield job, record

@@ -1,0 +1,90 @@
+"""One optimizer step of a configuration: model, optimizer, precision, kernel set and batches, built once."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from functools import partial
+
+import torch
+import torch.nn as nn
+
+from lmbench.config import Config
+from lmbench.data import POOL_SIZE, make_batches
+from lmbench.models import MODELS, build_model, enable_checkpointing
+from lmbench.precision import PRECISIONS, Precision
+
+
+def _adamw(params: list[torch.Tensor], *, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=lr, foreach=True)
+
+
+def _adamw_fused(params: list[torch.Tensor], *, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=lr, fused=True)
+
+
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adamw": _adamw,
+    "adamw-fused": _adamw_fused,
+}
+
+
+def _compile(model: nn.Module) -> nn.Module:
+    return torch.compile(model)
+
+
+#: Kernel sets available in this version; the others are `skipped` by the feasibility check.
+KERNEL_SETS: dict[str, Callable[[nn.Module], nn.Module]] = {
+    "eager": lambda model: model,
+    "compile": _compile,
+}
+
+
+def _attention_context(attention: str) -> Callable[[], contextlib.AbstractContextManager]:
+    if attention != "math":
+        return contextlib.nullcontext
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return partial(sdpa_kernel, SDPBackend.MATH)
+
+
+class TrainingStep:
+    """Callable that runs one optimizer step (all micro-batches) and returns its mean loss, unsynchronised."""
+
+    def __init__(self, config: Config, device: torch.device) -> None:
+        self.config = config
+        self.spec = MODELS[config.model]
+        torch.manual_seed(config.seed)
+        model = build_model(self.spec, attention=config.attention)
+        if config.checkpointing == "full":
+            enable_checkpointing(model)
+        model.train()
+        make_optimizer = partial(OPTIMIZERS[config.optimizer], lr=config.lr)
+        self.precision: Precision = PRECISIONS[config.precision](model, make_optimizer, device)
+        self.model = KERNEL_SETS[config.kernels](self.precision.model)
+        pool = min(POOL_SIZE, config.grad_accum * (config.steps + config.warmup))
+        self.batches = make_batches(spec=self.spec, batch_size=config.batch_size, seq_len=config.seq_len,
+                                    data=config.data, tokenizer=config.tokenizer, seed=config.seed, count=pool,
+                                    device=device)
+        self._attention = _attention_context(config.attention)
+        self._next = 0
+        self._zero = torch.zeros((), device=device)
+
+    @property
+    def base_model(self) -> nn.Module:
+        """The model as built (not the compiled wrapper), for counting parameters."""
+        return self.precision.model
+
+    def __call__(self) -> torch.Tensor:
+        accum = self.config.grad_accum
+        total = self._zero.clone()
+        for _ in range(accum):
+            batch = self.batches[self._next % len(self.batches)]
+            self._next += 1
+            with self._attention():
+                with self.precision.autocast():
+                    loss = self.model(input_ids=batch.input_ids, labels=batch.labels).loss
+                self.precision.backward(loss / accum)
+            total += loss.detach().float()
+        self.precision.step()
+        return total / accum

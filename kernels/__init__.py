@@ -1,0 +1,1 @@
+"""Fused Triton kernels with autograd and plain-PyTorch references (``lmbench.kernels``)."""

@@ -1,0 +1,1 @@
+"""Suite files shipped with lmbench; ``lmbench run --suite NAME`` finds them here."""
