@@ -143,6 +143,9 @@ def build_model(spec: ModelSpec, *, attention: str) -> nn.Module:
 
 def enable_checkpointing(model: nn.Module) -> None:
     """Recompute every block in backward instead of keeping its activations (non-reentrant)."""
-    # transformers 5.x renamed the method; older releases only have the first name.
-    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-    enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    # Newer transformers renamed the method (and its argument) and deprecated the old name.
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)

@@ -9,7 +9,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from lmbench.config import FIELD_TYPES, Config, coerce
+from lmbench.config import CHOICES, FIELD_TYPES, Config, coerce
 from lmbench.errors import ConfigError, SuiteError
 
 if sys.version_info >= (3, 11):
@@ -170,6 +170,9 @@ def _check_value(axis: str, value: Any, where: str) -> Any:
     if axis not in FIELD_TYPES:
         raise SuiteError(f"{where}: unknown axis {axis!r}; allowed: {', '.join(FIELD_TYPES)}")
     try:
-        return coerce(axis, value)
+        value = coerce(axis, value)
     except ConfigError as err:
         raise SuiteError(f"{where}: {err}") from None
+    if axis in CHOICES and value not in CHOICES[axis]:
+        raise SuiteError(f"{where}: {axis}={value!r} is not one of: {', '.join(CHOICES[axis])}")
+    return value

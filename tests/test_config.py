@@ -1,0 +1,56 @@
+import pytest
+
+from lmbench.config import Config
+from lmbench.errors import ConfigError
+
+
+def test_defaults_are_valid_and_key_is_stable():
+    c = Config()
+    assert c.key == Config().key
+    assert c.key.startswith("tiny-gpt2-b8-s128-a1-fp32-none-eager-sdpa-ckpt-none-adamw-")
+    assert c.tokens_per_step == 8 * 128
+
+
+def test_key_ignores_timeout_but_not_steps_or_device():
+    c = Config()
+    assert c.replace(timeout_s=5.0).key == c.key
+    assert c.replace(steps=7).key != c.key
+    assert c.replace(device="cpu").key != c.key
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"batch_size": 0}, "batch_size=0 must be a positive integer"),
+    ({"seq_len": -1}, "seq_len=-1 must be a positive integer"),
+    ({"warmup": -1}, "warmup=-1 must be an integer >= 0"),
+    ({"precision": "fp8"}, "precision='fp8' is not one of: fp32, tf32, amp-fp16, amp-bf16, fp16, bf16"),
+    ({"model": "gpt5"}, "model='gpt5' is not one of: gpt2-124m"),
+    ({"device": "tpu"}, "device='tpu' is not one of: auto, cpu, cuda, cuda:N"),
+    ({"lr": 0.0}, "lr=0.0 must be a positive number"),
+    ({"data": "/no/such/file.txt"}, "data='/no/such/file.txt' is neither 'synthetic' nor an existing text file"),
+])
+def test_invalid_values_name_the_axis(values, message):
+    with pytest.raises(ConfigError) as err:
+        Config.from_mapping(values)
+    assert str(err.value).startswith(message)
+
+
+def test_unknown_axis_and_wrong_type():
+    with pytest.raises(ConfigError, match=r"^unknown axis 'batchsize'; allowed: model, batch_size"):
+        Config.from_mapping({"batchsize": 4})
+    with pytest.raises(ConfigError, match=r"^batch_size='eight' is not a valid int$"):
+        Config.from_mapping({"batch_size": "eight"})
+    with pytest.raises(ConfigError, match=r"^batch_size=True must be a int$"):
+        Config.from_mapping({"batch_size": True})
+
+
+def test_strings_from_the_command_line_are_coerced():
+    c = Config.from_mapping({"batch_size": "16", "lr": "1e-3", "timeout_s": 30})
+    assert c.batch_size == 16 and c.lr == 1e-3 and c.timeout_s == 30.0
+
+
+def test_cross_axis_conflicts_are_reported_not_raised():
+    assert Config(model="tiny-gpt2", seq_len=257).conflict() == (
+        "seq_len=257 exceeds the 256 positions of model tiny-gpt2; allowed: 1..256")
+    assert "attention='eager' is not available for model tiny-torch-transformer-lm" in Config(
+        model="tiny-torch-transformer-lm", attention="eager").conflict()
+    assert Config().conflict() is None

@@ -1,0 +1,47 @@
+import pytest
+import torch
+
+from lmbench.data import DataError, make_batches, tokenize_file
+from lmbench.models import MODELS
+
+CPU = torch.device("cpu")
+
+
+def test_synthetic_batches_are_seeded_and_in_vocabulary():
+    spec = MODELS["tiny-gpt2"]
+    a = make_batches(spec=spec, batch_size=2, seq_len=8, data="synthetic", tokenizer="byte", seed=3, count=2,
+                     device=CPU)
+    b = make_batches(spec=spec, batch_size=2, seq_len=8, data="synthetic", tokenizer="byte", seed=3, count=2,
+                     device=CPU)
+    assert all(torch.equal(x.input_ids, y.input_ids) for x, y in zip(a, b))
+    assert a[0].input_ids.shape == (2, 8) and int(a[0].input_ids.max()) < spec.vocab_size
+    assert torch.equal(a[0].labels, a[0].input_ids)
+
+
+def test_mlm_masks_about_fifteen_percent_and_ignores_the_rest():
+    spec = MODELS["tiny-bert-mlm"]
+    (batch,) = make_batches(spec=spec, batch_size=16, seq_len=128, data="synthetic", tokenizer="byte", seed=0,
+                            count=1, device=CPU)
+    masked = batch.labels != -100
+    assert 0.12 < masked.float().mean().item() < 0.18
+    assert bool((batch.input_ids[masked] == spec.vocab_size - 1).all())
+
+
+def test_text_file_byte_and_bpe(tmp_path):
+    path = tmp_path / "c.txt"
+    path.write_text("hello world, hello benchmark\n" * 50)
+    ids = tokenize_file(path, tokenizer="byte", vocab_limit=512)
+    assert ids[:5].tolist() == list(b"hello")
+    bpe = tokenize_file(path, tokenizer="bpe", vocab_limit=300)
+    assert 0 < bpe.numel() < ids.numel() and int(bpe.max()) < 300
+    batches = make_batches(spec=MODELS["tiny-gpt2"], batch_size=2, seq_len=16, data=str(path), tokenizer="byte",
+                           seed=0, count=1, device=CPU)
+    assert batches[0].input_ids.shape == (2, 16)
+
+
+def test_too_short_file_is_a_data_error(tmp_path):
+    path = tmp_path / "short.txt"
+    path.write_text("tiny")
+    with pytest.raises(DataError, match=r"holds 4 tokens, fewer than seq_len\+1=33"):
+        make_batches(spec=MODELS["tiny-gpt2"], batch_size=1, seq_len=32, data=str(path), tokenizer="byte", seed=0,
+                     count=1, device=CPU)

@@ -1,0 +1,70 @@
+import pytest
+
+from lmbench.flops import matmul_params, palm_flops_per_token
+from lmbench.metrics import flops_utilisation, throughput
+from lmbench.models import MODELS, build_model
+from lmbench.peaks import PEAKS, find_device, peak_flops
+
+# GPT-2 124M by hand. Per block: c_attn 768x2304 + 2304, attn c_proj 768x768 + 768,
+# mlp c_fc 768x3072 + 3072, mlp c_proj 3072x768 + 768, two LayerNorms 2 x (768 + 768).
+GPT2_BLOCK = (768 * 2304 + 2304) + (768 * 768 + 768) + (768 * 3072 + 3072) + (3072 * 768 + 768) + 2 * 1536
+GPT2_NON_EMBEDDING = 12 * GPT2_BLOCK + 1536  # + final LayerNorm
+GPT2_HEAD = 768 * 50257  # tied LM head: the matmul runs even though the weight is the embedding's
+
+
+def test_gpt2_124m_block_count_by_hand():
+    assert GPT2_BLOCK == 7_087_872
+    assert GPT2_NON_EMBEDDING == 85_056_000
+
+
+def test_gpt2_124m_flops_per_token_hand_count():
+    model = build_model(MODELS["gpt2-124m"], attention="sdpa")
+    n = matmul_params(model)
+    assert n == GPT2_NON_EMBEDDING + GPT2_HEAD == 123_653_376
+    flops = palm_flops_per_token(n_matmul_params=n, n_layers=12, n_heads=12, head_dim=64, seq_len=1024)
+    # 6N = 741,920,256; 12 * 12 * 12 * 64 * 1024 = 113,246,208
+    assert flops == 855_166_464
+
+
+def test_torch_lm_counts_its_tied_head_once():
+    from lmbench.torch_lm import TorchTransformerLM
+
+    m = TorchTransformerLM(vocab_size=100, hidden=8, n_layers=1, n_heads=2, intermediate=16, max_positions=10)
+    block = (8 * 24 + 24) + (8 * 8 + 8) + (8 * 16 + 16) + (16 * 8 + 8) + 2 * 16
+    assert matmul_params(m) == block + 16 + 100 * 8
+
+
+def test_peak_table_matches_device_names_and_cites_sources():
+    assert find_device("NVIDIA H100 80GB HBM3").device == "H100 SXM"
+    assert find_device("NVIDIA H100 PCIe").device == "H100 PCIe"
+    assert find_device("NVIDIA H100 NVL").device == "H100 NVL"
+    assert find_device("NVIDIA H200").device == "H200 SXM"
+    assert find_device("NVIDIA A100-SXM4-80GB").device == "A100"
+    assert find_device("NVIDIA L4").device == "L4"
+    assert find_device("NVIDIA L40S") is None
+    assert find_device("NVIDIA GeForce RTX 4090").device == "RTX 4090"
+    assert peak_flops("NVIDIA H100 80GB HBM3", "amp-bf16")[0] == pytest.approx(989.5e12)
+    assert peak_flops("NVIDIA H100 80GB HBM3", "fp32")[0] == pytest.approx(67e12)
+    assert peak_flops("NVIDIA A100-SXM4-40GB", "tf32")[0] == pytest.approx(156e12)
+    assert peak_flops("Some Future GPU", "bf16") is None
+    assert peak_flops(None, "bf16") is None
+    for row in PEAKS:
+        assert row.source.startswith("https://")
+
+
+def test_mfu_is_achieved_over_peak_and_absent_for_unknown_devices():
+    m = flops_utilisation(flops_per_token=1_000_000, tokens_per_s_per_device=100_000_000.0,
+                          device_name="NVIDIA H100 80GB HBM3", precision="bf16")
+    assert m["tflops"] == pytest.approx(100.0)
+    assert m["mfu"] == pytest.approx(100e12 / 989.5e12)
+    cpu = flops_utilisation(flops_per_token=1_000_000, tokens_per_s_per_device=1e6, device_name=None,
+                            precision="fp32")
+    assert cpu["mfu"] is None and cpu["tflops"] == pytest.approx(1.0)
+
+
+def test_throughput_uses_median_step_and_counts_all_ranks():
+    t = throughput(step_times_s=[0.5, 0.4, 0.6, 2.0], tokens_per_step=1000, samples_per_step=4, world_size=2)
+    assert t["step_time_median_s"] == pytest.approx(0.55)
+    assert t["tokens_per_s"] == pytest.approx(2000 / 0.55)
+    assert t["tokens_per_s_per_device"] == pytest.approx(1000 / 0.55)
+    assert t["samples_per_s"] == pytest.approx(8 / 0.55)

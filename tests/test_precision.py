@@ -1,0 +1,85 @@
+import pytest
+import torch
+import torch.nn as nn
+
+from lmbench.precision import PRECISIONS, AmpFp16, Fp16MasterWeights, matmul_mode
+
+CPU = torch.device("cpu")
+
+
+def sgd(params):
+    return torch.optim.SGD(params, lr=0.1)
+
+
+def tiny():
+    torch.manual_seed(0)
+    return nn.Linear(4, 2)
+
+
+def test_fp16_keeps_fp32_master_weights_and_half_model():
+    p = Fp16MasterWeights(tiny(), sgd, CPU)
+    assert all(w.dtype == torch.float16 for w in p.model.parameters())
+    assert all(m.dtype == torch.float32 for m in p.master)
+    assert p.optimizer.param_groups[0]["params"][0] is p.master[0]
+
+
+def test_fp16_overflow_skips_the_step_and_halves_the_scale():
+    p = Fp16MasterWeights(tiny(), sgd, CPU, init_scale=1024.0)
+    before = [w.detach().clone() for w in p.model.parameters()]
+    loss = p.model(torch.ones(3, 4, dtype=torch.float16)).float().sum()
+    p.backward(loss)
+    p.model.weight.grad[0, 0] = float("inf")
+    p.step()
+    assert p.skipped_steps == 1
+    assert p.loss_scale == 512.0
+    assert all(torch.equal(b, w) for b, w in zip(before, p.model.parameters()))
+    assert all(w.grad is None for w in p.model.parameters())
+
+
+def test_fp16_good_step_unscales_updates_master_and_copies_back():
+    p = Fp16MasterWeights(tiny(), sgd, CPU, init_scale=8.0, growth_interval=2)
+    master_before = p.master[1].detach().clone()  # bias
+    loss = p.model(torch.ones(3, 4, dtype=torch.float16)).float().sum()
+    p.backward(loss)
+    p.step()
+    # d(sum)/d(bias) = 3 per output; SGD lr 0.1 -> bias - 0.3, exactly unscaled from 8 * 3.
+    assert torch.allclose(p.master[1], master_before - 0.3)
+    assert torch.equal(p.model.bias, p.master[1].half())
+    assert p.skipped_steps == 0 and p.loss_scale == 8.0
+    p.backward(p.model(torch.ones(1, 4, dtype=torch.float16)).float().sum())
+    p.step()
+    assert p.loss_scale == 16.0  # grows after growth_interval good steps
+
+
+def test_amp_fp16_counts_steps_gradscaler_skipped():
+    p = AmpFp16(tiny(), sgd, CPU)
+    with p.autocast():
+        loss = p.model(torch.ones(3, 4)).float().sum()
+    p.backward(loss)
+    p.model.weight.grad[0, 0] = float("nan")
+    scale = p.loss_scale
+    p.step()
+    assert p.skipped_steps == 1 and p.loss_scale == scale / 2
+
+
+@pytest.mark.parametrize("name", list(PRECISIONS))
+def test_every_mode_trains_a_step_on_cpu(name):
+    p = PRECISIONS[name](tiny(), sgd, CPU)
+    x = torch.ones(3, 4, dtype=next(p.model.parameters()).dtype)
+    before = p.model.weight.detach().clone()
+    for _ in range(10):  # scaled modes may skip the first steps while the loss scale comes down
+        with p.autocast():
+            loss = p.model(x).float().sum()
+        p.backward(loss)
+        p.step()
+    assert not torch.equal(before, p.model.weight)
+    assert p.skipped_steps < 10
+
+
+def test_tf32_switch_is_scoped():
+    saved = torch.backends.cuda.matmul.allow_tf32
+    with matmul_mode("tf32"):
+        assert torch.backends.cuda.matmul.allow_tf32
+    with matmul_mode("fp32"):
+        assert not torch.backends.cuda.matmul.allow_tf32
+    assert torch.backends.cuda.matmul.allow_tf32 == saved

@@ -1,0 +1,101 @@
+from pathlib import Path
+
+import pytest
+
+from lmbench import suite as suites
+from lmbench.errors import SuiteError
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_matrix_is_a_cartesian_product_over_defaults_minus_excludes(tmp_path):
+    s = suites.load(write(tmp_path, """
+name = "t"
+description = "d"
+[defaults]
+model = "tiny-gpt2"
+steps = 3
+[matrix]
+batch_size = [1, 2, 4]
+precision = ["fp32", "bf16"]
+[[exclude]]
+batch_size = 4
+precision = "bf16"
+[[exclude]]
+batch_size = [1]
+precision = ["fp32"]
+"""))
+    planned = s.expand()
+    pairs = [(p.config.batch_size, p.config.precision) for p in planned]
+    assert pairs == [(1, "bf16"), (2, "fp32"), (2, "bf16"), (4, "fp32")]
+    assert all(p.config.steps == 3 and p.conflict is None for p in planned)
+    assert s.size == 6
+
+
+def test_overrides_replace_defaults_or_make_an_axis():
+    s = suites.load("smoke").with_overrides(suites.parse_overrides(["batch_size=8,16", "steps=3", "model=tiny-gpt2"]))
+    planned = s.expand()
+    assert {(p.config.batch_size, p.config.steps, p.config.model) for p in planned} == {
+        (8, 3, "tiny-gpt2"), (16, 3, "tiny-gpt2")}
+    assert len(planned) == 4  # x precision fp32, amp-bf16
+
+
+def test_conflicting_combinations_become_rows_unless_none_can_run(tmp_path):
+    text = """
+[matrix]
+model = ["tiny-gpt2", "gpt2-124m"]
+seq_len = [1024]
+"""
+    planned = suites.load(write(tmp_path, text)).expand()
+    assert [p.conflict is None for p in planned] == [False, True]
+    assert planned[0].conflict.startswith("seq_len=1024 exceeds the 256 positions of model tiny-gpt2")
+    with pytest.raises(SuiteError, match=r"s\.toml: seq_len=4096 exceeds the 256 positions of model tiny-gpt2"):
+        suites.load(write(tmp_path, "[defaults]\nseq_len = 4096\n")).expand()
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("name = [", "malformed TOML"),
+    ("nmae = 'x'", "unknown key 'nmae'; allowed: name, description, defaults, matrix, exclude"),
+    ("[defaults]\nbatch_size = 0", "batch_size=0 must be a positive integer"),
+    ("[matrix]\nprecision = ['fp32', 'fp64']", "[matrix]: precision='fp64' is not one of: fp32, tf32"),
+    ("[matrix]\nbatchsize = [1]", "[matrix]: unknown axis 'batchsize'; allowed: model, batch_size"),
+    ("[matrix]\nbatch_size = []", "[matrix] batch_size is an empty list"),
+    ("exclude = 3", "'exclude' must be an array of tables"),
+    ("[matrix]\nbatch_size=[1]\n[[exclude]]\nbatch_size=1", "the matrix is empty after [[exclude]]"),
+])
+def test_bad_suite_files_name_file_and_key(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(SuiteError) as err:
+        suites.load(path).expand()
+    assert str(err.value).startswith(path + ":")
+    assert message in str(err.value)
+
+
+def test_unknown_suite_lists_the_builtin_ones():
+    with pytest.raises(SuiteError, match=r"^unknown suite 'nope'; available: batch-sweep, fp16, kernels"):
+        suites.load("nope")
+    with pytest.raises(SuiteError, match=r"^suite file 'missing.toml' does not exist$"):
+        suites.load("missing.toml")
+
+
+def test_bad_overrides():
+    with pytest.raises(SuiteError, match=r"^--set 'batch_size': expected KEY=VALUE"):
+        suites.parse_overrides(["batch_size"])
+    with pytest.raises(SuiteError, match=r"^--set 'batch_size=0,x': batch_size='x' is not a valid int$"):
+        suites.parse_overrides(["batch_size=0,x"])
+
+
+@pytest.mark.parametrize("name", suites.builtin_names())
+def test_every_builtin_suite_parses_and_expands(name):
+    s = suites.load(name)
+    assert s.description
+    assert s.expand()
+
+
+def test_required_suites_ship():
+    assert {"smoke", "fp16", "precision", "batch-sweep", "memory", "kernels", "parallel"} <= set(
+        suites.builtin_names())
