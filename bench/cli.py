@@ -40,7 +40,7 @@ class LmbenchGroup(click.Group):
         sys.exit(code if isinstance(code, int) else 0)
 
 
-@click.group(cls=LmbenchGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(name="lmbench", cls=LmbenchGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(lmbench.__version__, prog_name="lmbench")
 def cli() -> None:
     """Throughput, memory and energy of language-model training, measured honestly."""
@@ -164,3 +164,7 @@ def _console(*, stderr: bool = False) -> Console:
 
 def main() -> None:
     cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -9,7 +9,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from lmbench.config import CHOICES, FIELD_TYPES, Config, coerce
+from lmbench.config import FIELD_TYPES, Config, coerce
 from lmbench.errors import ConfigError, SuiteError
 
 if sys.version_info >= (3, 11):
@@ -173,6 +173,9 @@ def _check_value(axis: str, value: Any, where: str) -> Any:
         value = coerce(axis, value)
     except ConfigError as err:
         raise SuiteError(f"{where}: {err}") from None
-    if axis in CHOICES and value not in CHOICES[axis]:
-        raise SuiteError(f"{where}: {axis}={value!r} is not one of: {', '.join(CHOICES[axis])}")
+    try:
+        # A one-axis config checks the value on its own; combinations are checked after expansion.
+        Config(**{axis: value})
+    except ConfigError as err:
+        raise SuiteError(f"{where}: {err}") from None
     return value

@@ -1,0 +1,132 @@
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from lmbench.cli import cli
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+def one_line_error(result, exit_code: int = 2) -> str:
+    assert result.exit_code == exit_code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["list"], ["env"]])
+def test_every_command_has_help(command):
+    result = invoke(*command, "--help")
+    assert result.exit_code == 0
+    assert "Usage: lmbench" in result.output
+    if command:
+        assert "Example: lmbench" in result.output
+
+
+def test_unknown_suite():
+    line = one_line_error(invoke("run", "--suite", "nope"))
+    assert line.startswith("lmbench: error: unknown suite 'nope'; available: batch-sweep, fp16, kernels, memory")
+
+
+def test_malformed_toml(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[matrix\nbatch_size = 1")
+    line = one_line_error(invoke("run", "--suite", str(path), "--dry-run"))
+    assert line.startswith(f"lmbench: error: {path}: malformed TOML: ")
+
+
+def test_unknown_axis_value_in_file(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text('[matrix]\nprecision = ["fp32", "int4"]\n')
+    line = one_line_error(invoke("run", "--suite", str(path), "--dry-run"))
+    assert line == (f"lmbench: error: {path}: [matrix]: precision='int4' is not one of: "
+                    "fp32, tf32, amp-fp16, amp-bf16, fp16, bf16")
+
+
+def test_batch_size_zero():
+    line = one_line_error(invoke("run", "--suite", "smoke", "--set", "batch_size=0", "--dry-run"))
+    assert line == "lmbench: error: --set 'batch_size=0': batch_size=0 must be a positive integer"
+
+
+def test_unknown_set_key():
+    line = one_line_error(invoke("run", "--suite", "smoke", "--set", "bs=4", "--dry-run"))
+    assert line.startswith("lmbench: error: --set 'bs=4': unknown axis 'bs'; allowed: model, batch_size, seq_len")
+
+
+def test_seq_len_beyond_positions():
+    line = one_line_error(invoke("run", "--suite", "smoke", "--set", "seq_len=4096", "--dry-run"))
+    assert line == ("lmbench: error: builtin:smoke: seq_len=4096 exceeds the 256 positions of model tiny-gpt2; "
+                    "allowed: 1..256")
+
+
+def test_bad_click_option_is_one_line_too():
+    line = one_line_error(invoke("run", "--suite", "smoke", "--device", "gpu"))
+    assert line.startswith("lmbench: error (lmbench run): Invalid value for '--device': 'gpu' is not one of")
+    line = one_line_error(invoke("run", "--suite", "smoke", "--repeats", "0"))
+    assert "Invalid value for '--repeats'" in line
+    line = one_line_error(invoke("frobnicate"))
+    assert line == "lmbench: error (lmbench): No such command 'frobnicate'."
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere; a file in the way is tested instead")
+def test_unwritable_out_permission(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    line = one_line_error(invoke("run", "--suite", "smoke", "--out", str(locked / "run")))
+    assert line.startswith(f"lmbench: error: cannot write to --out '{locked / 'run'}'")
+
+
+def test_unwritable_out_file_in_the_way(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    line = one_line_error(invoke("run", "--suite", "smoke", "--out", str(blocker / "run")))
+    assert line == f"lmbench: error: cannot write to --out '{blocker / 'run'}': Not a directory"
+
+
+def test_out_with_results_needs_resume(tmp_path):
+    (tmp_path / "results.jsonl").write_text('{"config_key": "k", "repeat": 0, "status": "ok"}\n')
+    line = one_line_error(invoke("run", "--suite", "smoke", "--out", str(tmp_path)))
+    assert line == (f"lmbench: error: --out '{tmp_path}' already holds results; pass --resume to continue that "
+                    "run, or choose another directory")
+    line = one_line_error(invoke("run", "--suite", "smoke", "--resume"))
+    assert line == "lmbench: error: --resume needs --out RUN_DIR, the run to continue"
+
+
+def test_dry_run_prints_the_plan_with_skip_reasons():
+    result = invoke("run", "--suite", "smoke", "--set", "precision=fp32,tf32", "--set", "model=tiny-gpt2",
+                    "--dry-run", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "2 configurations" in result.output
+    assert "tiny-gpt2-b4-s64-a1-fp32-none-eager-sdpa-ckpt-none-adamw-" in result.output
+    assert "skip: precision=tf32 needs a CUDA GPU with TF32 tensor cores" in result.output
+
+
+def test_dry_run_of_gpu_suites_on_cpu_marks_what_cannot_run():
+    result = invoke("run", "--suite", "parallel", "--dry-run", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "skip: parallel=ddp is not implemented in lmbench" in result.output
+
+
+def test_list_shows_suites_with_sizes_and_models():
+    result = invoke("list")
+    assert result.exit_code == 0
+    assert "smoke" in result.output and "fp16" in result.output and "12" in result.output
+    assert "llama-1b" in result.output and "torch-transformer-lm" in result.output
+
+
+def test_env_reports_versions_and_backends():
+    result = invoke("env")
+    assert result.exit_code == 0
+    for key in ("torch", "triton", "transformers", "nvidia-ml-py", "apex", "liger-kernel"):
+        assert any(line.startswith(key) for line in result.output.splitlines()), key
+
+
+def test_version():
+    result = invoke("--version")
+    assert result.exit_code == 0 and "lmbench, version" in result.output

@@ -1,0 +1,166 @@
+"""Real runs: worker processes, results.jsonl, statuses, resume. Small, but nothing mocked."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from lmbench import results
+from lmbench.cli import cli
+
+pytestmark = pytest.mark.slow
+
+RECORD_KEYS = {"schema_version", "suite", "config_key", "repeat", "config", "status", "reason", "metrics", "losses",
+               "step_times_s", "env"}
+
+
+def run_cli(*args: str):
+    result = CliRunner().invoke(cli, ["run", *args])
+    return result
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    result = run_cli("--suite", "smoke", "--out", str(out), "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    return out, result
+
+
+def test_smoke_run_writes_one_complete_record_per_config(smoke_run):
+    out, result = smoke_run
+    loaded = results.read(out)
+    assert loaded.warnings == []
+    records = loaded.records
+    assert len(records) == 6
+    assert len({r["config_key"] for r in records}) == 6
+    for r in records:
+        assert set(r) == RECORD_KEYS
+        assert r["status"] == "ok", r["reason"]
+        assert r["suite"] == "smoke" and r["repeat"] == 0 and r["reason"] is None
+        assert r["config"]["device"] == "cpu"
+        m = r["metrics"]
+        c = r["config"]
+        assert len(r["step_times_s"]) == c["steps"] == m["steps_measured"] == len(r["losses"])
+        tokens = c["batch_size"] * c["seq_len"] * c["grad_accum"]
+        assert m["tokens_per_step"] == tokens
+        assert m["tokens_per_s"] == pytest.approx(tokens / m["step_time_median_s"])
+        assert m["samples_per_s"] == pytest.approx(c["batch_size"] * c["grad_accum"] / m["step_time_median_s"])
+        assert m["step_time_p10_s"] <= m["step_time_median_s"] <= m["step_time_p90_s"]
+        # Warmup is excluded and the window is synchronised: the steps fit inside it.
+        assert sum(r["step_times_s"]) <= m["window_s"] * 1.001
+        assert m["flops_per_token"] > 0 and m["tflops"] > 0
+        assert m["mfu"] is None  # no datasheet peak for a CPU
+        assert all(math.isfinite(v) for v in r["losses"])
+        assert r["env"]["torch"] and r["env"]["device"]["type"] == "cpu" and r["env"]["lmbench"]
+        assert (out / "logs" / f"{r['config_key']}-r0.log").exists()
+    assert "lmbench summary" in result.output and "tiny-torch-transformer-lm" in result.output
+    assert list((out / "work").iterdir()) == []
+    assert json.loads((out / "run.json").read_text())["suite"] == "smoke"
+
+
+def test_amp_bf16_rows_differ_from_fp32_rows(smoke_run):
+    out, _ = smoke_run
+    records = results.read(out).records
+    precisions = {(r["config"]["model"], r["config"]["precision"]) for r in records}
+    assert ("tiny-gpt2", "amp-bf16") in precisions and ("tiny-llama", "amp-bf16") in precisions
+
+
+def test_failures_become_rows_and_the_suite_goes_on(tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("too short")
+    suite = tmp_path / "mixed.toml"
+    suite.write_text(f"""
+name = "mixed"
+[defaults]
+model = "tiny-gpt2"
+batch_size = 2
+seq_len = 32
+steps = 3
+warmup = 1
+[matrix]
+data = ["synthetic", "{short}"]
+precision = ["fp32", "tf32"]
+seed = [0, 1]
+timeout_s = [120.0, 0.5]
+# Keep: synthetic fp32 (ok), short file (error), tf32 (skipped on CPU), seed 1 with 0.5 s (timeout).
+[[exclude]]
+seed = 0
+timeout_s = 0.5
+[[exclude]]
+seed = 1
+timeout_s = 120.0
+[[exclude]]
+seed = 1
+data = "{short}"
+[[exclude]]
+seed = 1
+precision = "tf32"
+[[exclude]]
+precision = "tf32"
+data = "{short}"
+""")
+    out = tmp_path / "run"
+    result = run_cli("--suite", str(suite), "--out", str(out), "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    by = {(r["config"]["data"], r["config"]["timeout_s"], r["config"]["precision"]): r
+          for r in results.read(out).records}
+    assert len(by) == 4
+    assert by[("synthetic", 120.0, "fp32")]["status"] == "ok"
+    error = by[(str(short), 120.0, "fp32")]
+    assert error["status"] == "error"
+    assert error["reason"] == f"DataError: data={str(short)!r} holds 9 tokens, fewer than seq_len+1=33"
+    assert error["env"]["torch"]  # the environment is known even when the config fails
+    timeout = by[("synthetic", 0.5, "fp32")]
+    assert timeout["status"] == "timeout" and "timeout_s=0.5" in timeout["reason"]
+    skipped = by[("synthetic", 120.0, "tf32")]
+    assert skipped["status"] == "skipped" and skipped["reason"].startswith("precision=tf32 needs a CUDA GPU")
+    log = (out / "logs" / f"{error['config_key']}-r0.log").read_text()
+    assert "Traceback" in log and "DataError" in log
+
+
+def test_interrupted_run_keeps_records_and_resume_finishes_it(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "lmbench.cli", "run", "--suite", "smoke", "--out", str(out), "--device", "cpu",
+           "--set", "model=tiny-gpt2", "--set", "precision=fp32", "--set", "batch_size=1,2,3", "--set", "steps=3"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    results_file = out / "results.jsonl"
+    while time.monotonic() < deadline:
+        if results_file.exists() and results_file.read_text().count("\n") >= 1:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "--resume" in stderr
+    kept = results.read(out).records
+    assert 1 <= len(kept) < 3
+    assert not any(p.name.endswith(".result.json") for p in (out / "work").iterdir())
+
+    result = run_cli("--suite", "smoke", "--out", str(out), "--device", "cpu", "--set", "model=tiny-gpt2",
+                     "--set", "precision=fp32", "--set", "batch_size=1,2,3", "--set", "steps=3", "--resume")
+    assert result.exit_code == 0, result.output
+    assert f"{len(kept)} record(s) kept" in result.stderr
+    final = results.read(out).records
+    assert sorted(r["config"]["batch_size"] for r in final) == [1, 2, 3]
+    assert final[: len(kept)] == kept
+
+
+def test_repeats_are_separate_processes_and_records(tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("--suite", "smoke", "--out", str(out), "--device", "cpu", "--set", "model=tiny-llama",
+                     "--set", "precision=fp32", "--set", "steps=2", "--repeats", "2")
+    assert result.exit_code == 0, result.output
+    records = results.read(out).records
+    assert [r["repeat"] for r in records] == [0, 1]
+    assert records[0]["config_key"] == records[1]["config_key"]
+    assert records[0]["env"]["timestamp"] <= records[1]["env"]["timestamp"]
+    assert "ok (2/2 ok)" in result.output
