@@ -35,7 +35,7 @@ def summary(records: list[dict[str, Any]]) -> Table:
     table = Table(title="lmbench summary", title_justify="left")
     for axis in axes:
         table.add_column(axis)
-    for name in ("status", "tokens/s", "±cv", "MFU", "peak mem GiB", "note"):
+    for name in ("status", "tokens/s", "step cv", "MFU", "peak mem GiB", "note"):
         table.add_column(name, justify="right" if name not in ("status", "note") else "left")
     by_key: dict[str, list[dict[str, Any]]] = {}
     for record in records:
