@@ -1,0 +1,53 @@
+"""CUDA paths on a real GPU; every test here skips without CUDA (see conftest)."""
+
+import pytest
+from click.testing import CliRunner
+
+from lmbench import results
+from lmbench.cli import cli
+
+pytestmark = [pytest.mark.gpu, pytest.mark.slow]
+
+
+def run(tmp_path, *args: str):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["run", "--out", str(out), "--device", "cuda", *args])
+    assert result.exit_code == 0, result.output
+    return results.read(out).records
+
+
+def test_smoke_on_cuda_measures_memory_and_mfu(tmp_path):
+    records = run(tmp_path, "--suite", "smoke")
+    for r in records:
+        assert r["status"] == "ok", r["reason"]
+        m = r["metrics"]
+        assert r["env"]["device"]["type"] == "cuda" and r["env"]["device"]["uuid"].startswith("GPU-")
+        assert m["mem_peak_allocated_bytes"] > 0 and m["mem_peak_reserved_bytes"] >= m["mem_peak_allocated_bytes"]
+        # CUDA-event step times fit inside the synchronised host window.
+        assert sum(r["step_times_s"]) <= m["window_s"] * 1.01
+
+
+def test_every_precision_runs_on_cuda(tmp_path):
+    records = run(tmp_path, "--suite", "smoke", "--set", "model=tiny-gpt2",
+                  "--set", "precision=fp32,tf32,amp-fp16,amp-bf16,fp16,bf16", "--set", "steps=20")
+    assert {r["config"]["precision"]: r["status"] for r in records} == {
+        p: "ok" for p in ("fp32", "tf32", "amp-fp16", "amp-bf16", "fp16", "bf16")}
+
+
+def test_gpt2_step_is_gpu_bound_and_mfu_is_plausible(tmp_path):
+    (r,) = run(tmp_path, "--suite", "fp16", "--set", "precision=amp-bf16", "--set", "batch_size=8",
+               "--set", "steps=10", "--set", "warmup=3")
+    m = r["metrics"]
+    assert r["status"] == "ok", r["reason"]
+    assert m["peak_source"] is not None, "device missing from the peak table"
+    assert 0.05 < m["mfu"] < 1.0
+    # Device time covers nearly all of the window: the host is not the bottleneck.
+    assert sum(r["step_times_s"]) / m["window_s"] > 0.9
+
+
+def test_out_of_memory_is_a_status_and_the_suite_goes_on(tmp_path):
+    records = run(tmp_path, "--suite", "smoke", "--set", "model=gpt2-1.5b,tiny-gpt2", "--set", "precision=fp32",
+                  "--set", "batch_size=256", "--set", "seq_len=256", "--set", "steps=2", "--set", "warmup=1")
+    by_model = {r["config"]["model"]: r for r in records}
+    assert by_model["gpt2-1.5b"]["status"] == "oom", by_model["gpt2-1.5b"]["reason"]
+    assert by_model["tiny-gpt2"]["status"] == "ok"
