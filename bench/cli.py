@@ -97,8 +97,13 @@ def run(suite_name: str, out: Path | None, overrides: tuple[str, ...], device: s
     try:
         with Progress(*columns, console=err_console, transient=False) as progress:
             task = progress.add_task(suite.name, total=len(jobs), figure="")
+            warned = False
             for job, record in runner.execute(jobs, run_dir, suite=suite.name):
                 records.append(record)
+                if record["warnings"] and not warned:
+                    # Once per run: the record of every affected config keeps its own warning.
+                    progress.console.print(f"[yellow]warning: {job.name}: {record['warnings'][0]}")
+                    warned = True
                 figure = record["status"]
                 if record["status"] == "ok":
                     figure = f"{record['metrics']['tokens_per_s']:,.0f} tok/s  {job.config.key}"

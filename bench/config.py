@@ -71,6 +71,10 @@ class Config:
     """Wall-clock limit of the worker process, start-up included."""
     device: str = "auto"
     """auto (cuda when available), cpu, cuda or cuda:N."""
+    telemetry: bool = True
+    """Sample NVML (power, energy, memory, clocks, throttling) over the measured window."""
+    telemetry_period_s: float = 0.05
+    """Seconds between telemetry samples."""
 
     def __post_init__(self) -> None:
         for axis, allowed in CHOICES.items():
@@ -83,8 +87,12 @@ class Config:
         _require_int("seed", self.seed, minimum=0)
         if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or not self.lr > 0:
             raise ConfigError(f"lr={self.lr!r} must be a positive number")
-        if not isinstance(self.timeout_s, (int, float)) or isinstance(self.timeout_s, bool) or not self.timeout_s > 0:
-            raise ConfigError(f"timeout_s={self.timeout_s!r} must be a positive number of seconds")
+        for axis in ("timeout_s", "telemetry_period_s"):
+            value = getattr(self, axis)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+                raise ConfigError(f"{axis}={value!r} must be a positive number of seconds")
+        if not isinstance(self.telemetry, bool):
+            raise ConfigError(f"telemetry={self.telemetry!r} must be true or false")
         if not (self.device in ("auto", "cpu", "cuda") or _is_cuda_index(self.device)):
             raise ConfigError(f"device={self.device!r} is not one of: auto, cpu, cuda, cuda:N")
         if self.data != "synthetic" and not Path(self.data).is_file():
@@ -137,6 +145,12 @@ FIELD_TYPES: dict[str, type] = {f.name: type(f.default) for f in dataclasses.fie
 def coerce(axis: str, value: Any) -> Any:
     """Convert a TOML or command-line value to the axis's type, naming the axis when it cannot."""
     wanted = FIELD_TYPES[axis]
+    if wanted is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false", "on", "off", "1", "0"):
+            return value.lower() in ("true", "on", "1")
+        if not isinstance(value, bool):
+            raise ConfigError(f"{axis}={value!r} must be true or false")
+        return value
     if isinstance(value, str) and wanted is not str:
         try:
             return wanted(value)

@@ -39,17 +39,38 @@ def git_commit() -> str | None:
 
 
 def nvml_driver_version() -> str | None:
-    try:
-        import pynvml
+    from lmbench.nvml import NvmlUnavailable, load_nvml
 
-        pynvml.nvmlInit()
-        try:
-            version = pynvml.nvmlSystemGetDriverVersion()
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # noqa: BLE001 - any NVML failure means "unknown", never a crash
+    try:
+        nvml = load_nvml()
+        version = nvml.nvmlSystemGetDriverVersion()
+    except (NvmlUnavailable, Exception):  # noqa: BLE001 - any NVML failure means "unknown", never a crash
         return None
     return version.decode() if isinstance(version, bytes) else version
+
+
+def nvml_rows(device_count: int) -> list[tuple[str, str]]:
+    """NVML's view of each visible GPU: power limit and which power/energy readings it supports."""
+    from lmbench.nvml import NvmlDevice, NvmlUnavailable, load_nvml, torch_device_ids
+
+    try:
+        nvml = load_nvml()
+    except NvmlUnavailable as err:
+        return [("NVML", f"unavailable: {err}")]
+    rows = [("NVML", f"driver {nvml_driver_version() or 'unknown'}")]
+    for index in range(device_count):
+        uuid, pci = torch_device_ids(index)
+        try:
+            device = NvmlDevice.open(uuid=uuid, pci_bus_id=pci, nvml=nvml)
+        except NvmlUnavailable as err:
+            rows.append((f"NVML cuda:{index}", f"unavailable: {err}"))
+            continue
+        info = device.static_info()
+        limit = "unknown" if info["power_limit_w"] is None else f"{info['power_limit_w']:.0f} W"
+        energy = "yes" if device.energy_mj() is not None else "no (power is integrated instead)"
+        instant = "yes" if device.instant_power_w() is not None else "no (1 s averaged power usage instead)"
+        rows.append((f"NVML cuda:{index}", f"power limit {limit}; energy counter: {energy}; instant power: {instant}"))
+    return rows
 
 
 def device_info(device: Any) -> dict[str, Any]:
@@ -144,7 +165,7 @@ def describe() -> list[tuple[str, str]]:
     else:
         rows.append(("GPU", "none visible: runs use the CPU (device=cpu)"))
     rows.append(("cpu", f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical cores"))
-    rows.append(("nvidia-ml-py", "installed" if importlib.util.find_spec("pynvml") else "not installed"))
+    rows.extend(nvml_rows(info.device_count))
     rows.append(("apex", "installed" if info.apex_available else "not installed"))
     rows.append(("liger-kernel", "installed" if info.liger_available else "not installed (pip install lmbench[liger])"))
     return rows

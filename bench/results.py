@@ -52,6 +52,7 @@ def make_record(*, suite: str, config: dict[str, Any], config_key: str, repeat: 
         "losses": payload.get("losses"),
         "step_times_s": payload.get("step_times_s"),
         "env": payload.get("env"),
+        "warnings": payload.get("warnings") or [],
     }
 
 

@@ -54,7 +54,7 @@ def plan(planned: list[Planned], platform: Platform, *, repeats: int, done: set[
 
 
 class RunDirectory:
-    """RUN_DIR: results.jsonl, run.json, logs/ and work/ (job and result files of live workers)."""
+    """RUN_DIR: results.jsonl, run.json, logs/, telemetry/ and work/ (job and result files of live workers)."""
 
     def __init__(self, path: Path, *, resume: bool) -> None:
         self.path = Path(path)
@@ -85,13 +85,18 @@ class RunDirectory:
     def log_path(self, job: Job) -> Path:
         return self.path / "logs" / f"{job.name}.log"
 
+    def timeline_path(self, job: Job) -> Path:
+        """Telemetry samples of the job's window (CSV), when NVML was there to take them."""
+        return self.path / "telemetry" / f"{job.name}.csv"
+
 
 def run_worker(job: Job, run_dir: RunDirectory) -> tuple[str, str | None, dict[str, Any] | None]:
     """Run one job in a fresh interpreter; returns (status, reason, payload)."""
     job_path = run_dir.path / "work" / f"{job.name}.job.json"
     result_path = run_dir.path / "work" / f"{job.name}.result.json"
     result_path.unlink(missing_ok=True)
-    results.write_json(job_path, {"config": job.config.to_dict(), "repeat": job.repeat})
+    results.write_json(job_path, {"config": job.config.to_dict(), "repeat": job.repeat,
+                                  "timeline_path": str(run_dir.timeline_path(job))})
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
     log_path = run_dir.log_path(job)
     with open(log_path, "w", encoding="utf-8") as log:

@@ -33,13 +33,17 @@ def classify_failure(error: BaseException) -> str:
     return "error"
 
 
-def measure(config: Config) -> dict[str, Any]:
-    """Build, warm up and time `config` in this process; returns the result payload."""
+def measure(config: Config, *, timeline_path: Path | None = None) -> dict[str, Any]:
+    """Build, warm up and time `config` in this process; returns the result payload.
+
+    The telemetry timeline, when there is one, is written to `timeline_path`.
+    """
     import torch
 
     from lmbench import metrics
     from lmbench.flops import matmul_params, palm_flops_per_token
     from lmbench.precision import matmul_mode
+    from lmbench.telemetry import Telemetry
     from lmbench.timer import StepTimer
     from lmbench.training import TrainingStep
 
@@ -52,8 +56,10 @@ def measure(config: Config) -> dict[str, Any]:
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
         timer = StepTimer(device)
+        telemetry = (Telemetry.for_device(device, period_s=config.telemetry_period_s) if config.telemetry
+                     else Telemetry(None, unavailable="turned off (telemetry=false)"))
         losses_t = []
-        with timer.window():
+        with telemetry.window(), timer.window():
             for _ in range(config.steps):
                 with timer.step():
                     losses_t.append(step())
@@ -77,13 +83,20 @@ def measure(config: Config) -> dict[str, Any]:
         "loss_scale_final": step.precision.loss_scale,
         "mem_peak_allocated_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
         "mem_peak_reserved_bytes": torch.cuda.max_memory_reserved(device) if device.type == "cuda" else None,
-        "mem_nvml_used_peak_bytes": None,
     })
+    result.update(telemetry.summary(tokens=config.tokens_per_step * config.steps))
+    if timeline_path is not None and telemetry.samples:
+        telemetry.write_timeline(timeline_path)
+    warnings = []
+    if result.get("throttled_power_or_heat"):
+        warnings.append(f"clocks were throttled for power or heat during the window "
+                        f"({', '.join(result['throttle_reasons'])}); the figures may not be representative")
     status, reason = "ok", None
     if result["nonfinite_losses"]:
         first_bad = next(i for i, v in enumerate(losses) if not math.isfinite(v))
         status, reason = "diverged", f"non-finite loss at measured step {first_bad} of {len(losses)}"
-    return {"status": status, "reason": reason, "metrics": result, "losses": losses, "step_times_s": step_times}
+    return {"status": status, "reason": reason, "metrics": result, "losses": losses, "step_times_s": step_times,
+            "warnings": warnings}
 
 
 def run_job(job_path: Path, result_path: Path) -> int:
@@ -98,7 +111,8 @@ def run_job(job_path: Path, result_path: Path) -> int:
         torch.cuda.set_device(device)
     env = environment.capture(device)
     try:
-        payload = measure(config)
+        timeline = job.get("timeline_path")
+        payload = measure(config, timeline_path=Path(timeline) if timeline else None)
     except Exception as error:  # noqa: BLE001 - every failure of a config is data, not a crash
         traceback.print_exc()
         status = classify_failure(error)

@@ -123,7 +123,7 @@ def test_list_shows_suites_with_sizes_and_models():
 def test_env_reports_versions_and_backends():
     result = invoke("env")
     assert result.exit_code == 0
-    for key in ("torch", "triton", "transformers", "nvidia-ml-py", "apex", "liger-kernel"):
+    for key in ("torch", "triton", "transformers", "NVML", "apex", "liger-kernel"):
         assert any(line.startswith(key) for line in result.output.splitlines()), key
 
 

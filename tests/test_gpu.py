@@ -51,3 +51,42 @@ def test_out_of_memory_is_a_status_and_the_suite_goes_on(tmp_path):
     by_model = {r["config"]["model"]: r for r in records}
     assert by_model["gpt2-1.5b"]["status"] == "oom", by_model["gpt2-1.5b"]["reason"]
     assert by_model["tiny-gpt2"]["status"] == "ok"
+
+
+def test_real_nvml_readings_are_plausible():
+    import torch
+
+    from lmbench.telemetry import Telemetry
+
+    device = torch.device("cuda")
+    telemetry = Telemetry.for_device(device, period_s=0.05)
+    assert telemetry.available, telemetry.unavailable
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    with telemetry.window():
+        end = torch.cuda.Event(enable_timing=True)
+        start = torch.cuda.Event(enable_timing=True)
+        start.record()
+        while True:
+            for _ in range(20):
+                a @ a
+            end.record()
+            end.synchronize()
+            if start.elapsed_time(end) > 3000:
+                break
+    s = telemetry.summary(tokens=1)
+    assert s["telemetry_samples"] >= 40
+    assert 30 < s["power_avg_w"] <= s["power_limit_w"] * 1.1
+    assert s["power_max_w"] <= s["power_limit_w"] * 1.3
+    assert s["energy_source"] == "counter"
+    # The counter and (average power x window) agree within 15%.
+    assert s["energy_j"] == pytest.approx(s["power_avg_w"] * s["telemetry_window_s"], rel=0.15)
+    assert s["mem_nvml_used_peak_bytes"] > 128 * 2**20
+    assert s["sm_clock_avg_mhz"] > 0 and s["temp_max_c"] > 0
+
+
+def test_fp16_suite_records_telemetry(tmp_path):
+    (r,) = run(tmp_path, "--suite", "fp16", "--set", "precision=amp-bf16", "--set", "batch_size=8",
+               "--set", "steps=30", "--set", "warmup=5")
+    m = r["metrics"]
+    assert m["telemetry"] == "on" and m["energy_j"] > 0 and m["j_per_token"] > 0
+    assert (tmp_path / "run" / "telemetry" / f"{r['config_key']}-r0.csv").exists()

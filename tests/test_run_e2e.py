@@ -18,7 +18,7 @@ from lmbench.cli import cli
 pytestmark = pytest.mark.slow
 
 RECORD_KEYS = {"schema_version", "suite", "config_key", "repeat", "config", "status", "reason", "metrics", "losses",
-               "step_times_s", "env"}
+               "step_times_s", "env", "warnings"}
 
 
 def run_cli(*args: str):
@@ -61,6 +61,8 @@ def test_smoke_run_writes_one_complete_record_per_config(smoke_run):
         assert all(math.isfinite(v) for v in r["losses"])
         assert r["env"]["torch"] and r["env"]["device"]["type"] == "cpu" and r["env"]["lmbench"]
         assert (out / "logs" / f"{r['config_key']}-r0.log").exists()
+        assert m["telemetry"] == "off: not a CUDA device" and m["energy_j"] is None and m["power_avg_w"] is None
+        assert r["warnings"] == []
     assert "lmbench summary" in result.output and "tiny-torch-transformer-lm" in result.output
     assert list((out / "work").iterdir()) == []
     assert json.loads((out / "run.json").read_text())["suite"] == "smoke"

@@ -1,0 +1,184 @@
+"""One GPU as NVML sees it: found by UUID or PCI bus id (never by index), every reading optional.
+
+NVML indexes devices in its own order, which CUDA_VISIBLE_DEVICES neither hides nor reorders;
+the UUID (or PCI bus id) is the only safe link between a torch device and an NVML handle. Every
+query may be unsupported on a given board or driver: it then returns None, once checked, for good.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+#: Clock event ("throttle") reason bits of nvmlDeviceGetCurrentClocksEventReasons, as named in nvml.h.
+CLOCK_EVENT_REASONS: dict[int, str] = {
+    0x001: "gpu_idle",
+    0x002: "applications_clocks_setting",
+    0x004: "sw_power_cap",
+    0x008: "hw_slowdown",
+    0x010: "sync_boost",
+    0x020: "sw_thermal_slowdown",
+    0x040: "hw_thermal_slowdown",
+    0x080: "hw_power_brake_slowdown",
+    0x100: "display_clock_setting",
+}
+#: Reasons that mean the card ran slower than it could because of power or heat.
+POWER_OR_HEAT = frozenset({"sw_power_cap", "hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown",
+                           "hw_power_brake_slowdown"})
+
+NVML_FI_DEV_POWER_INSTANT = 186
+NVML_CLOCK_SM = 1
+NVML_TEMPERATURE_GPU = 0
+NVML_SUCCESS = 0
+
+
+class NvmlUnavailable(Exception):
+    """NVML cannot watch this device; the message says why in one line."""
+
+
+def reason_names(bits: int) -> list[str]:
+    """Names of the set clock-event bits, in bit order; unknown bits as hex."""
+    names = [name for bit, name in CLOCK_EVENT_REASONS.items() if bits & bit]
+    unknown = bits & ~sum(CLOCK_EVENT_REASONS)
+    if unknown:
+        names.append(f"unknown_0x{unknown:x}")
+    return names
+
+
+def load_nvml() -> ModuleType:
+    """The pynvml module, initialised; NvmlUnavailable if the package or the driver library is missing."""
+    try:
+        import pynvml
+    except ImportError:
+        raise NvmlUnavailable("nvidia-ml-py is not installed (pip install nvidia-ml-py)") from None
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as err:
+        raise NvmlUnavailable(f"NVML failed to initialise: {err} (no NVIDIA driver on this machine?)") from None
+    return pynvml
+
+
+def _decode(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class NvmlDevice:
+    """Readings of one GPU; each method returns None when the board or driver does not support it."""
+
+    def __init__(self, nvml: Any, handle: Any) -> None:
+        self.nvml = nvml
+        self.handle = handle
+        self._unsupported: set[str] = set()
+        self.power_source: str | None = None
+        """`instant` (NVML_FI_DEV_POWER_INSTANT) or `average` (nvmlDeviceGetPowerUsage: a 1 s average on
+        Ampere and later), whichever the first successful power reading used."""
+
+    @classmethod
+    def open(cls, *, uuid: str | None, pci_bus_id: str | None = None, nvml: Any = None) -> NvmlDevice:
+        """Handle for the GPU with this UUID (preferred) or PCI bus id."""
+        nvml = nvml if nvml is not None else load_nvml()
+        if uuid and uuid.startswith("MIG-"):
+            raise NvmlUnavailable(f"{uuid} is a MIG instance: NVML reports no power or energy per instance")
+        errors = []
+        for lookup, key in ((nvml.nvmlDeviceGetHandleByUUID, uuid), (nvml.nvmlDeviceGetHandleByPciBusId, pci_bus_id)):
+            if not key:
+                continue
+            try:
+                return cls(nvml, lookup(key))
+            except nvml.NVMLError as err:
+                errors.append(f"{key}: {err}")
+        raise NvmlUnavailable("NVML has no device " + ("; ".join(errors) or "(no UUID or PCI bus id given)"))
+
+    def _query(self, name: str, call: Any, *args: Any) -> Any:
+        if name in self._unsupported:
+            return None
+        try:
+            return call(self.handle, *args)
+        except self.nvml.NVMLError:
+            self._unsupported.add(name)
+            return None
+
+    def instant_power_w(self) -> float | None:
+        if "instant_power" in self._unsupported:
+            return None
+        try:
+            (field,) = self.nvml.nvmlDeviceGetFieldValues(self.handle, [NVML_FI_DEV_POWER_INSTANT])
+        except self.nvml.NVMLError:
+            field = None
+        if field is None or field.nvmlReturn != NVML_SUCCESS:
+            self._unsupported.add("instant_power")
+            return None
+        return _field_value(field) / 1e3
+
+    def power_w(self) -> float | None:
+        """Instant board power when the driver has the field, else the (1 s averaged) power usage."""
+        value = self.instant_power_w()
+        if value is not None:
+            self.power_source = self.power_source or "instant"
+            return value
+        milliwatts = self._query("power_usage", self.nvml.nvmlDeviceGetPowerUsage)
+        if milliwatts is None:
+            return None
+        self.power_source = self.power_source or "average"
+        return milliwatts / 1e3
+
+    def energy_mj(self) -> int | None:
+        """Total energy since the driver loaded, in millijoules (Volta and later)."""
+        return self._query("energy", self.nvml.nvmlDeviceGetTotalEnergyConsumption)
+
+    def memory_used_bytes(self) -> int | None:
+        info = self._query("memory", self.nvml.nvmlDeviceGetMemoryInfo)
+        return None if info is None else int(info.used)
+
+    def gpu_util_pct(self) -> float | None:
+        rates = self._query("utilization", self.nvml.nvmlDeviceGetUtilizationRates)
+        return None if rates is None else float(rates.gpu)
+
+    def sm_clock_mhz(self) -> float | None:
+        return self._query("sm_clock", self.nvml.nvmlDeviceGetClockInfo, NVML_CLOCK_SM)
+
+    def temperature_c(self) -> float | None:
+        return self._query("temperature", self.nvml.nvmlDeviceGetTemperature, NVML_TEMPERATURE_GPU)
+
+    def clock_event_bits(self) -> int | None:
+        # Renamed from "throttle reasons" in newer drivers; older pynvml only has the old name.
+        call = getattr(self.nvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or \
+            self.nvml.nvmlDeviceGetCurrentClocksThrottleReasons
+        return self._query("clock_events", call)
+
+    def static_info(self) -> dict[str, Any]:
+        """Read once per window: power limit, max SM clock, driver version, name."""
+        limit_mw = self._query("power_limit", self.nvml.nvmlDeviceGetEnforcedPowerLimit)
+        try:
+            driver = _decode(self.nvml.nvmlSystemGetDriverVersion())
+        except self.nvml.NVMLError:
+            driver = None
+        name = self._query("name", self.nvml.nvmlDeviceGetName)
+        return {
+            "power_limit_w": None if limit_mw is None else limit_mw / 1e3,
+            "sm_clock_max_mhz": self._query("sm_clock_max", self.nvml.nvmlDeviceGetMaxClockInfo, NVML_CLOCK_SM),
+            "driver_version": driver,
+            "nvml_name": None if name is None else _decode(name),
+        }
+
+
+_VALUE_FIELDS = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal", 6: "usVal"}
+
+
+def _field_value(field: Any) -> float:
+    return float(getattr(field.value, _VALUE_FIELDS.get(field.valueType, "uiVal")))
+
+
+def torch_device_ids(index: int) -> tuple[str | None, str | None]:
+    """(UUID as NVML spells it, PCI bus id) of CUDA device `index` as torch numbers it."""
+    import torch
+
+    props = torch.cuda.get_device_properties(index)
+    uuid = getattr(props, "uuid", None)
+    uuid = None if uuid is None else str(uuid)
+    if uuid and not uuid.startswith(("GPU-", "MIG-")):
+        uuid = f"GPU-{uuid}"
+    pci = None
+    if hasattr(props, "pci_bus_id"):
+        pci = f"{getattr(props, 'pci_domain_id', 0):08X}:{props.pci_bus_id:02X}:{props.pci_device_id:02X}.0"
+    return uuid, pci

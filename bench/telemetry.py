@@ -1,0 +1,219 @@
+"""GPU telemetry over exactly the measured window: power, energy, memory, utilisation, clocks, throttling.
+
+    telemetry = Telemetry.for_device(device, period_s=0.05)
+    with telemetry.window():
+        ...measured steps...
+    fields = telemetry.summary(tokens=...)
+
+A background thread samples NVML every `period_s` (sleeping on an Event, never spinning); the
+energy counter is read at the window's edges after the device is synchronised. Without NVML the
+window still works and every field is None, with the reason in `unavailable`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from lmbench.nvml import POWER_OR_HEAT, NvmlDevice, NvmlUnavailable, reason_names
+
+#: The energy counter advances in steps tens of milliseconds apart, so over a short window one step
+#: more or less is a large error (or a silent 0 J). Below this window length the sampled-power
+#: integral is used instead, and `energy_source` says so.
+MIN_COUNTER_WINDOW_S = 1.0
+
+
+@dataclass
+class Sample:
+    """One reading of the sampler; times are seconds since the window opened."""
+
+    t_s: float
+    power_w: float | None
+    mem_used_bytes: int | None
+    gpu_util_pct: float | None
+    sm_clock_mhz: float | None
+    temp_c: float | None
+    clock_event_bits: int | None
+
+
+TIMELINE_COLUMNS = [f.name for f in fields(Sample)]
+
+
+def trapezoid_j(samples: list[Sample]) -> float | None:
+    """Energy as the trapezoid integral of sampled power over time; None with fewer than two readings."""
+    points = [(s.t_s, s.power_w) for s in samples if s.power_w is not None]
+    if len(points) < 2:
+        return None
+    return sum((t1 - t0) * (p0 + p1) / 2 for (t0, p0), (t1, p1) in zip(points, points[1:]))
+
+
+class Telemetry:
+    """Owns one device's sampler thread, its samples and the energy counter readings of one window."""
+
+    def __init__(self, device: NvmlDevice | None, *, period_s: float = 0.05, unavailable: str | None = None,
+                 synchronize: Callable[[], None] = lambda: None,
+                 min_counter_window_s: float = MIN_COUNTER_WINDOW_S) -> None:
+        if period_s <= 0:
+            raise ValueError(f"period_s={period_s} must be positive")
+        self.device = device
+        self.period_s = period_s
+        self.min_counter_window_s = min_counter_window_s
+        self.unavailable = unavailable
+        self._synchronize = synchronize
+        self.samples: list[Sample] = []
+        self.sample_cost_s: list[float] = []
+        """Time each sample took to read: the sampler's own cost."""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._t0 = 0.0
+        self.duration_s: float | None = None
+        self.energy_edges_mj: tuple[int | None, int | None] = (None, None)
+        self.static: dict[str, Any] = {}
+
+    @classmethod
+    def for_device(cls, device: Any, *, period_s: float = 0.05, nvml: Any = None) -> Telemetry:
+        """Telemetry of a torch device; an unavailable one (CPU, no NVML, MIG) with the reason."""
+        if device.type != "cuda":
+            return cls(None, period_s=period_s, unavailable="not a CUDA device")
+        import torch
+
+        from lmbench.nvml import torch_device_ids
+
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        uuid, pci = torch_device_ids(index)
+        try:
+            nvml_device = NvmlDevice.open(uuid=uuid, pci_bus_id=pci, nvml=nvml)
+        except NvmlUnavailable as err:
+            return cls(None, period_s=period_s, unavailable=str(err))
+        return cls(nvml_device, period_s=period_s, synchronize=lambda: torch.cuda.synchronize(device))
+
+    @property
+    def available(self) -> bool:
+        return self.device is not None
+
+    def _read(self) -> None:
+        d = self.device
+        start = time.perf_counter()
+        sample = Sample(t_s=start - self._t0, power_w=d.power_w(), mem_used_bytes=d.memory_used_bytes(),
+                        gpu_util_pct=d.gpu_util_pct(), sm_clock_mhz=d.sm_clock_mhz(), temp_c=d.temperature_c(),
+                        clock_event_bits=d.clock_event_bits())
+        self.sample_cost_s.append(time.perf_counter() - start)
+        self.samples.append(sample)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            self._read()
+
+    @contextlib.contextmanager
+    def window(self) -> Iterator[Telemetry]:
+        """Sample from the (synchronised) start to the (synchronised) end of the block."""
+        if not self.available:
+            yield self
+            return
+        self.samples.clear()
+        self.sample_cost_s.clear()
+        self.static = self.device.static_info()
+        self._synchronize()
+        self._t0 = time.perf_counter()
+        start_mj = self.device.energy_mj()
+        self._read()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="lmbench-telemetry", daemon=True)
+        self._thread.start()
+        try:
+            yield self
+        finally:
+            self._synchronize()
+            end_mj = self.device.energy_mj()
+            self.duration_s = time.perf_counter() - self._t0
+            self._stop.set()
+            self._thread.join()
+            self._read()
+            self.energy_edges_mj = (start_mj, end_mj)
+
+    def energy(self) -> tuple[float | None, str | None]:
+        """(joules over the window, source): the counter when it is trustworthy, else the power integral."""
+        start, end = self.energy_edges_mj
+        if start is not None and end is not None and end > start and (self.duration_s or 0) >= self.min_counter_window_s:
+            return (end - start) / 1e3, "counter"
+        integral = trapezoid_j(self.samples)
+        if integral is not None:
+            why = "counter unsupported" if start is None else "window too short for the counter"
+            return integral, f"power-integral ({why})"
+        return None, None
+
+    def summary(self, *, tokens: int) -> dict[str, Any]:
+        """Result fields (DESIGN.md names); all None when telemetry is unavailable."""
+        empty = {name: None for name in SUMMARY_FIELDS}
+        if not self.available or not self.samples:
+            return {**empty, "telemetry": f"off: {self.unavailable or 'no samples'}"}
+        powers = [s.power_w for s in self.samples if s.power_w is not None]
+        energy_j, source = self.energy()
+        bits = 0
+        for s in self.samples:
+            bits |= s.clock_event_bits or 0
+        reasons = reason_names(bits)
+        clocks = [s.sm_clock_mhz for s in self.samples if s.sm_clock_mhz is not None]
+        utils = [s.gpu_util_pct for s in self.samples if s.gpu_util_pct is not None]
+        mems = [s.mem_used_bytes for s in self.samples if s.mem_used_bytes is not None]
+        temps = [s.temp_c for s in self.samples if s.temp_c is not None]
+        integral = trapezoid_j(self.samples)
+        duration = self.duration_s or 0.0
+        return {
+            "telemetry": "on",
+            "power_avg_w": _time_weighted_power(self.samples) or _avg(powers),
+            "power_max_w": max(powers) if powers else None,
+            "power_source": self.device.power_source,
+            "energy_j": energy_j,
+            "energy_source": source,
+            "energy_integral_j": integral,
+            "j_per_token": energy_j / tokens if energy_j is not None and tokens else None,
+            "tokens_per_j": tokens / energy_j if energy_j else None,
+            "mem_nvml_used_peak_bytes": max(mems) if mems else None,
+            "gpu_util_avg_pct": _avg(utils),
+            "sm_clock_avg_mhz": _avg(clocks),
+            "sm_clock_min_mhz": min(clocks) if clocks else None,
+            "temp_max_c": max(temps) if temps else None,
+            "throttle_reasons": reasons,
+            "throttled_power_or_heat": bool(POWER_OR_HEAT & set(reasons)),
+            "telemetry_samples": len(self.samples),
+            "telemetry_period_s": self.period_s,
+            "telemetry_window_s": duration,
+            "sampler_cost_per_sample_s": _avg(self.sample_cost_s),
+            **self.static,
+        }
+
+    def write_timeline(self, path: Path) -> None:
+        """The samples as CSV (one row per sample), for plots of power over time."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=TIMELINE_COLUMNS)
+            writer.writeheader()
+            for sample in self.samples:
+                writer.writerow(asdict(sample))
+
+
+def _time_weighted_power(samples: list[Sample]) -> float | None:
+    """Mean power over the sampled span (trapezoid integral / span), robust to uneven sample spacing."""
+    timed = [s.t_s for s in samples if s.power_w is not None]
+    integral = trapezoid_j(samples)
+    if integral is None or timed[-1] <= timed[0]:
+        return None
+    return integral / (timed[-1] - timed[0])
+
+
+def _avg(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+SUMMARY_FIELDS = ("telemetry", "power_avg_w", "power_max_w", "power_source", "energy_j", "energy_source",
+                  "energy_integral_j", "j_per_token", "tokens_per_j", "mem_nvml_used_peak_bytes", "gpu_util_avg_pct",
+                  "sm_clock_avg_mhz", "sm_clock_min_mhz", "temp_max_c", "throttle_reasons",
+                  "throttled_power_or_heat", "telemetry_samples", "telemetry_period_s", "telemetry_window_s",
+                  "sampler_cost_per_sample_s", "power_limit_w", "sm_clock_max_mhz", "driver_version", "nvml_name")

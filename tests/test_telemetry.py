@@ -1,0 +1,166 @@
+"""Telemetry logic against a fake NVML: counter, fallback integral, throttle names, UUID mapping, absence."""
+
+import sys
+import time
+
+import pytest
+import torch
+
+from fake_nvml import FakeGpu, FakeNvml
+from lmbench.nvml import NvmlDevice, NvmlUnavailable, load_nvml, reason_names
+from lmbench.telemetry import SUMMARY_FIELDS, Sample, Telemetry, trapezoid_j
+
+A = "GPU-aaaaaaaa-0000-0000-0000-000000000000"
+B = "GPU-bbbbbbbb-0000-0000-0000-000000000000"
+
+
+def telemetry_for(gpu: FakeGpu, *, period_s: float = 0.01, min_counter_window_s: float = 0.0) -> Telemetry:
+    device = NvmlDevice.open(uuid=gpu.uuid, nvml=FakeNvml([gpu]))
+    return Telemetry(device, period_s=period_s, min_counter_window_s=min_counter_window_s)
+
+
+def busy(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def test_trapezoid_of_a_known_trace_is_exact():
+    samples = [Sample(t, p, None, None, None, None, None) for t, p in [(0.0, 100.0), (0.5, 300.0), (1.5, 300.0),
+                                                                        (2.0, None), (3.0, 100.0)]]
+    # 0.5 * (100 + 300) / 2 + 1.0 * 300 + 1.5 * (300 + 100) / 2 = 100 + 300 + 300
+    assert trapezoid_j(samples) == pytest.approx(700.0)
+    assert trapezoid_j(samples[:1]) is None
+
+
+def test_energy_from_the_counter_difference():
+    gpu = FakeGpu(A, "00000000:65:00.0", energy_mj=[5_000_000, 5_250_500])
+    t = telemetry_for(gpu)
+    with t.window():
+        busy(0.05)
+    s = t.summary(tokens=1000)
+    assert s["energy_j"] == pytest.approx(250.5)
+    assert s["energy_source"] == "counter"
+    assert s["j_per_token"] == pytest.approx(0.2505)
+    assert s["tokens_per_j"] == pytest.approx(1000 / 250.5)
+    assert s["power_source"] == "instant"
+    assert s["power_max_w"] == 200.0 and s["power_avg_w"] == pytest.approx(200.0)
+    assert s["mem_nvml_used_peak_bytes"] == 10 * 2**30
+    assert s["gpu_util_avg_pct"] == 97 and s["sm_clock_avg_mhz"] == 1980 and s["sm_clock_min_mhz"] == 1980
+    assert s["temp_max_c"] == 61
+    assert s["power_limit_w"] == 700.0 and s["sm_clock_max_mhz"] == 1980 and s["driver_version"] == "580.159.04"
+    assert s["throttle_reasons"] == [] and s["throttled_power_or_heat"] is False
+    assert set(SUMMARY_FIELDS) == set(s)
+
+
+def test_unsupported_counter_falls_back_to_the_power_integral():
+    gpu = FakeGpu(A, "x", energy_mj=None, power_mw=lambda: 250_000)
+    t = telemetry_for(gpu)
+    with t.window():
+        busy(0.1)
+    energy, source = t.energy()
+    span = t.samples[-1].t_s - t.samples[0].t_s
+    assert source == "power-integral (counter unsupported)"
+    assert energy == pytest.approx(250.0 * span, rel=1e-12)
+
+
+def test_short_window_never_reports_zero_from_a_stalled_counter():
+    gpu = FakeGpu(A, "x", energy_mj=[7_000, 7_000])
+    t = telemetry_for(gpu, min_counter_window_s=0.0)
+    with t.window():
+        busy(0.05)
+    energy, source = t.energy()
+    assert energy > 0 and source == "power-integral (window too short for the counter)"
+    gpu = FakeGpu(A, "x", energy_mj=[7_000, 9_000])
+    t = telemetry_for(gpu, min_counter_window_s=10.0)
+    with t.window():
+        busy(0.05)
+    assert t.energy()[1] == "power-integral (window too short for the counter)"
+
+
+def test_average_power_when_instant_field_is_missing_and_other_unsupported_calls():
+    gpu = FakeGpu(A, "x", instant_power=False, energy_mj=[0, 1000], unsupported={"utilization", "temperature"})
+    t = telemetry_for(gpu)
+    with t.window():
+        busy(0.03)
+    s = t.summary(tokens=10)
+    assert s["power_source"] == "average"
+    assert s["gpu_util_avg_pct"] is None and s["temp_max_c"] is None
+    assert s["sm_clock_avg_mhz"] == 1980
+    # An unsupported query is asked once, not at every sample.
+    assert t.device.nvml.calls.count("utilization") == 1
+
+
+def test_throttle_bits_become_names_and_a_power_or_heat_flag():
+    assert reason_names(0x4 | 0x40) == ["sw_power_cap", "hw_thermal_slowdown"]
+    assert reason_names(0x1) == ["gpu_idle"]
+    assert reason_names(0x1000) == ["unknown_0x1000"]
+    gpu = FakeGpu(A, "x", energy_mj=[0, 1], clock_event_bits=0x4)
+    t = telemetry_for(gpu)
+    with t.window():
+        busy(0.02)
+    s = t.summary(tokens=1)
+    assert s["throttle_reasons"] == ["sw_power_cap"] and s["throttled_power_or_heat"] is True
+    idle = FakeGpu(A, "x", energy_mj=[0, 1], clock_event_bits=0x1)
+    t = telemetry_for(idle)
+    with t.window():
+        busy(0.02)
+    assert t.summary(tokens=1)["throttled_power_or_heat"] is False
+
+
+def test_device_is_found_by_uuid_not_by_index():
+    nvml = FakeNvml([FakeGpu(A, "00000000:17:00.0"), FakeGpu(B, "00000000:65:00.0")])
+    assert NvmlDevice.open(uuid=B, nvml=nvml).handle.uuid == B
+    # UUID unknown to NVML: the PCI bus id still finds it.
+    assert NvmlDevice.open(uuid="GPU-ffff", pci_bus_id="00000000:17:00.0", nvml=nvml).handle.uuid == A
+    with pytest.raises(NvmlUnavailable, match="NVML has no device GPU-ffff"):
+        NvmlDevice.open(uuid="GPU-ffff", nvml=nvml)
+    with pytest.raises(NvmlUnavailable, match="is a MIG instance"):
+        NvmlDevice.open(uuid="MIG-1234", nvml=nvml)
+
+
+def test_absent_library_and_absent_driver(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    with pytest.raises(NvmlUnavailable, match=r"^nvidia-ml-py is not installed"):
+        load_nvml()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a driver")
+def test_real_pynvml_without_a_driver_says_why():
+    with pytest.raises(NvmlUnavailable, match=r"^NVML failed to initialise: "):
+        load_nvml()
+
+
+def test_cpu_device_gives_null_fields_and_a_reason():
+    t = Telemetry.for_device(torch.device("cpu"))
+    with t.window():
+        pass
+    s = t.summary(tokens=100)
+    assert s["telemetry"] == "off: not a CUDA device"
+    assert all(s[k] is None for k in SUMMARY_FIELDS if k != "telemetry")
+
+
+def test_sampler_sleeps_between_samples_and_measures_its_own_cost():
+    gpu = FakeGpu(A, "x", energy_mj=[0, 1])
+    t = telemetry_for(gpu, period_s=0.02)
+    with t.window():
+        busy(0.3)
+    n = len(t.samples)
+    # One sample per period plus the two edge samples, never a spinning loop.
+    assert 0.3 / 0.02 * 0.5 <= n <= 0.3 / 0.02 + 3
+    s = t.summary(tokens=1)
+    assert s["telemetry_samples"] == n
+    assert 0 < s["sampler_cost_per_sample_s"] < 0.02
+    print(f"fake-NVML sampler cost: {s['sampler_cost_per_sample_s'] * 1e6:.1f} us per sample")
+
+
+def test_timeline_csv(tmp_path):
+    gpu = FakeGpu(A, "x", energy_mj=[0, 1])
+    t = telemetry_for(gpu)
+    with t.window():
+        busy(0.03)
+    path = tmp_path / "t" / "x.csv"
+    t.write_timeline(path)
+    lines = path.read_text().splitlines()
+    assert lines[0] == "t_s,power_w,mem_used_bytes,gpu_util_pct,sm_clock_mhz,temp_c,clock_event_bits"
+    assert len(lines) == len(t.samples) + 1
