@@ -59,15 +59,28 @@ def cli() -> None:
               help="Fresh-process repeats of each configuration (the unit of statistics).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out, skipping what it already recorded.")
 @click.option("--dry-run", is_flag=True, help="Print the expanded matrix and exit.")
+@click.option("--nnodes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Nodes taking part in ddp/fsdp jobs (start lmbench with the same arguments on each).")
+@click.option("--node-rank", type=click.IntRange(min=0), default=None,
+              help="This node's rank, 0..nnodes-1 (default: $SLURM_NODEID, else 0). Node 0 records results.")
+@click.option("--rdzv-endpoint", default=None, metavar="HOST:PORT",
+              help="Node 0's address and a free port, for multi-node torchrun.")
 def run(suite_name: str, out: Path | None, overrides: tuple[str, ...], device: str | None, repeats: int,
-        resume: bool, dry_run: bool) -> int:
-    """Run every configuration of a suite, one fresh process each.
+        resume: bool, dry_run: bool, nnodes: int, node_rank: int | None, rdzv_endpoint: str | None) -> int:
+    """Run every configuration of a suite, one fresh process each (torchrun for ddp/fsdp).
 
     Example: lmbench run --suite fp16 --set batch_size=8,16 --repeats 3
     """
+    import os
+
+    from lmbench.launcher import Launch
+
     from lmbench.environment import probe_platform
     from lmbench.table import plan_table, summary
 
+    if node_rank is None:
+        node_rank = int(os.environ.get("SLURM_NODEID", "0")) if nnodes > 1 else 0
+    launch = Launch(nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint)
     parsed = suites.parse_overrides(list(overrides) + ([f"device={device}"] if device else []))
     suite = suites.load(suite_name).with_overrides(parsed)
     planned = suite.expand()
@@ -82,6 +95,9 @@ def run(suite_name: str, out: Path | None, overrides: tuple[str, ...], device: s
     out = out or Path("runs") / f"{suite.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
     run_dir = runner.RunDirectory(out, resume=resume)
     done, warnings = run_dir.done()
+    from lmbench import results
+
+    previous = results.read(run_dir.results_path).records if done else []
     for warning in warnings:
         click.echo(f"lmbench: warning: {warning}", err=True)
     jobs = runner.plan(planned, platform, repeats=repeats, done=done)
@@ -98,7 +114,7 @@ def run(suite_name: str, out: Path | None, overrides: tuple[str, ...], device: s
         with Progress(*columns, console=err_console, transient=False) as progress:
             task = progress.add_task(suite.name, total=len(jobs), figure="")
             warned = False
-            for job, record in runner.execute(jobs, run_dir, suite=suite.name):
+            for job, record in runner.execute(jobs, run_dir, suite=suite.name, launch=launch, previous=previous):
                 records.append(record)
                 if record["warnings"] and not warned:
                     # Once per run: the record of every affected config keeps its own warning.
@@ -112,8 +128,10 @@ def run(suite_name: str, out: Path | None, overrides: tuple[str, ...], device: s
         click.echo(f"lmbench: interrupted; {len(records)} record(s) of this session are in {run_dir.results_path}; "
                    f"continue with: lmbench run --suite {suite_name} --out {out} --resume", err=True)
         return 130
-    from lmbench import results
-
+    if not launch.records:
+        console.print(f"node {launch.node_rank} of {launch.nnodes}: took part in {len(records)} distributed job(s); "
+                      "node 0 records the results")
+        return 0
     everything = results.read(run_dir.results_path).records
     console.print(summary(everything))
     console.print(f"results: {run_dir.results_path}")

@@ -46,7 +46,15 @@ class Config:
     precision: str = "fp32"
     """Numeric mode: fp32 (TF32 off), tf32, amp-fp16, amp-bf16, fp16 (master weights), bf16."""
     parallel: str = "none"
-    """Data parallelism: none, dp, ddp, fsdp."""
+    """Data parallelism: none, dp (nn.DataParallel), ddp (torchrun), fsdp (FSDP2 on torchrun)."""
+    nproc: int = 0
+    """Processes per node for ddp/fsdp; 0 means every visible GPU (2 on a CPU-only machine)."""
+    bucket_cap_mb: int = 25
+    """DDP gradient bucket size in MiB."""
+    gradient_as_bucket_view: bool = False
+    """DDP: gradients are views into the allreduce buckets (saves a copy and memory)."""
+    static_graph: bool = False
+    """DDP: the graph is the same every step, so DDP can skip per-step bookkeeping."""
     kernels: str = "eager"
     """Kernel set: eager, compile, triton, apex, liger."""
     attention: str = "sdpa"
@@ -81,8 +89,9 @@ class Config:
             value = getattr(self, axis)
             if value not in allowed:
                 raise ConfigError(f"{axis}={value!r} is not one of: {', '.join(allowed)}")
-        for axis in ("batch_size", "seq_len", "grad_accum", "steps"):
+        for axis in ("batch_size", "seq_len", "grad_accum", "steps", "bucket_cap_mb"):
             _require_int(axis, getattr(self, axis), minimum=1)
+        _require_int("nproc", self.nproc, minimum=0)
         _require_int("warmup", self.warmup, minimum=0)
         _require_int("seed", self.seed, minimum=0)
         if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or not self.lr > 0:
@@ -91,8 +100,9 @@ class Config:
             value = getattr(self, axis)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
                 raise ConfigError(f"{axis}={value!r} must be a positive number of seconds")
-        if not isinstance(self.telemetry, bool):
-            raise ConfigError(f"telemetry={self.telemetry!r} must be true or false")
+        for axis in ("telemetry", "gradient_as_bucket_view", "static_graph"):
+            if not isinstance(getattr(self, axis), bool):
+                raise ConfigError(f"{axis}={getattr(self, axis)!r} must be true or false")
         if not (self.device in ("auto", "cpu", "cuda") or _is_cuda_index(self.device)):
             raise ConfigError(f"device={self.device!r} is not one of: auto, cpu, cuda, cuda:N")
         if self.data != "synthetic" and not Path(self.data).is_file():

@@ -12,18 +12,43 @@ from lmbench.environment import Platform
 
 #: Axis values that a later version fills in; until then they are skipped, never a crash.
 NOT_YET: dict[str, frozenset[str]] = {
-    "parallel": frozenset({"dp", "ddp", "fsdp"}),
     "kernels": frozenset({"triton", "apex", "liger"}),
     "optimizer": frozenset({"apex-adam"}),
     "checkpointing": frozenset({"selective"}),
 }
 
 
-def resolve_device(config: Config, platform: Platform) -> Config:
-    """Turn device=auto into cuda when a GPU is visible, else cpu; the resolved value is part of the key."""
-    if config.device != "auto":
-        return config
-    return config.replace(device="cuda" if platform.cuda_available else "cpu")
+#: Processes per node for ddp/fsdp on a machine without GPUs (nproc=0).
+CPU_NPROC = 2
+
+
+def resolve(config: Config, platform: Platform) -> Config:
+    """Settle what `auto` and 0 mean on this machine; resolved values are part of the config key.
+
+    device=auto becomes cuda when a GPU is visible, else cpu. nproc becomes the processes (or, for
+    dp, the GPUs) the configuration really uses: 1 for none, every visible GPU for dp, and for
+    ddp/fsdp every visible GPU when nproc=0 (CPU_NPROC on a CPU). DDP's own options are reset to
+    their defaults for every other parallel mode.
+    """
+    device = config.device
+    if device == "auto":
+        device = "cuda" if platform.cuda_available else "cpu"
+    nproc = config.nproc
+    gpus = platform.device_count if device.startswith("cuda") else 0
+    if config.parallel == "none":
+        nproc = 1
+    elif config.parallel == "dp":
+        nproc = gpus
+    elif nproc == 0:
+        nproc = gpus or CPU_NPROC
+    resolved = config.replace(device=device, nproc=nproc)
+    if config.parallel != "ddp":
+        # DDP-only options mean nothing elsewhere; defaults keep one key per real configuration.
+        defaults = Config()
+        resolved = resolved.replace(bucket_cap_mb=defaults.bucket_cap_mb,
+                                    gradient_as_bucket_view=defaults.gradient_as_bucket_view,
+                                    static_graph=defaults.static_graph)
+    return resolved
 
 
 def skip_reason(config: Config, platform: Platform) -> str | None:
@@ -35,6 +60,10 @@ def skip_reason(config: Config, platform: Platform) -> str | None:
         value = getattr(config, axis)
         if value in values:
             return f"{axis}={value} is not implemented in lmbench {__version__}"
+    if config.parallel == "dp" and not config.device.startswith("cuda"):
+        return "parallel=dp (nn.DataParallel) needs CUDA GPUs"
+    if config.parallel == "fsdp" and config.precision == "fp16":
+        return "precision=fp16 (fp32 master weights) is not implemented for parallel=fsdp; use amp-fp16 or bf16"
     if config.device.startswith("cuda"):
         if not platform.cuda_available:
             return (f"device={config.device} but CUDA is not available (torch {platform.torch_version}, "
@@ -42,6 +71,9 @@ def skip_reason(config: Config, platform: Platform) -> str | None:
         index = int(config.device.partition(":")[2] or 0)
         if index >= platform.device_count:
             return f"device={config.device} but only {platform.device_count} CUDA device(s) are visible"
+        if config.parallel in ("ddp", "fsdp") and config.nproc > platform.device_count:
+            return (f"parallel={config.parallel} with nproc={config.nproc} but only {platform.device_count} CUDA "
+                    "device(s) are visible on this node")
         major = platform.capability[0] if platform.capability else 0
         if config.precision in ("tf32", "bf16", "amp-bf16") and major < 8:
             return f"precision={config.precision} needs compute capability 8.0 or later (Ampere); this GPU is {major}.x"

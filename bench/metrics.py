@@ -11,10 +11,11 @@ from lmbench.stats import summarize
 
 
 def throughput(*, step_times_s: Sequence[float], tokens_per_step: int, samples_per_step: int,
-               world_size: int = 1) -> dict[str, float]:
+               world_size: int = 1, devices_per_rank: int = 1) -> dict[str, float]:
     """Step-time distribution and throughput; rates use the median step (robust to stray slow steps).
 
-    `tokens_per_step` and `samples_per_step` are per device; global rates multiply by `world_size`.
+    `tokens_per_step` and `samples_per_step` are per rank; global rates multiply by `world_size`.
+    A rank drives `devices_per_rank` GPUs (more than one only under nn.DataParallel).
     """
     s = summarize(step_times_s)
     median = s["median"]
@@ -28,7 +29,7 @@ def throughput(*, step_times_s: Sequence[float], tokens_per_step: int, samples_p
         "step_time_cv": s["cv"],
         "tokens_per_step": tokens_per_step * world_size,
         "tokens_per_s": tokens_per_s,
-        "tokens_per_s_per_device": tokens_per_s / world_size,
+        "tokens_per_s_per_device": tokens_per_s / (world_size * devices_per_rank),
         "samples_per_s": samples_per_step * world_size / median,
     }
 

@@ -13,6 +13,11 @@ import torch
 import torch.nn as nn
 
 OptimizerFactory = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
+Wrapper = Callable[[nn.Module], nn.Module]
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    return model
 
 
 class Precision:
@@ -22,9 +27,11 @@ class Precision:
     weight_dtype = torch.float32
     autocast_dtype: torch.dtype | None = None
 
-    def __init__(self, model: nn.Module, make_optimizer: OptimizerFactory, device: torch.device) -> None:
+    def __init__(self, model: nn.Module, make_optimizer: OptimizerFactory, device: torch.device,
+                 wrap: Wrapper = _unwrapped) -> None:
+        """`wrap` (data parallelism) is applied after the cast and before the optimizer sees the parameters."""
         self.device = device
-        self.model = model.to(device=device, dtype=self.weight_dtype)
+        self.model = wrap(model.to(device=device, dtype=self.weight_dtype))
         self.optimizer = make_optimizer(self._trainable(self.model))
         self.skipped_steps = 0
         """Optimizer steps skipped because scaled gradients overflowed."""
@@ -70,8 +77,9 @@ class AmpFp16(Precision):
     name = "amp-fp16"
     autocast_dtype = torch.float16
 
-    def __init__(self, model: nn.Module, make_optimizer: OptimizerFactory, device: torch.device) -> None:
-        super().__init__(model, make_optimizer, device)
+    def __init__(self, model: nn.Module, make_optimizer: OptimizerFactory, device: torch.device,
+                 wrap: Wrapper = _unwrapped) -> None:
+        super().__init__(model, make_optimizer, device, wrap)
         self.scaler = torch.amp.GradScaler(device.type)
 
     @property
@@ -102,15 +110,15 @@ class Fp16MasterWeights(Precision):
     name = "fp16"
     weight_dtype = torch.float16
 
-    def __init__(self, model: nn.Module, make_optimizer: OptimizerFactory, device: torch.device, *,
-                 init_scale: float = 2.0**16, growth_interval: int = 2000) -> None:
+    def __init__(self, model: nn.Module, make_optimizer: OptimizerFactory, device: torch.device,
+                 wrap: Wrapper = _unwrapped, *, init_scale: float = 2.0**16, growth_interval: int = 2000) -> None:
         self.device = device
         self.skipped_steps = 0
         # Master copies come from the fp32 init, before the cast loses precision.
         model = model.to(device=device)
         self.params = self._trainable(model)
         self.master = [p.detach().float().clone().requires_grad_(True) for p in self.params]
-        self.model = model.to(dtype=torch.float16)
+        self.model = wrap(model.to(dtype=torch.float16))
         self.optimizer = make_optimizer(self.master)
         self.scale = init_scale
         self.growth_interval = growth_interval

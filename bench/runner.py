@@ -20,8 +20,10 @@ from lmbench import results
 from lmbench.config import Config
 from lmbench.environment import Platform
 from lmbench.errors import ResultsError
-from lmbench.feasibility import resolve_device, skip_reason
+from lmbench.feasibility import resolve, skip_reason
+from lmbench.launcher import Launch, worker_command
 from lmbench.suite import Planned
+from lmbench.worker import OOM_MARKERS
 
 #: Seconds a worker gets to exit after SIGTERM before it is killed.
 KILL_GRACE_S = 5.0
@@ -40,13 +42,19 @@ class Job:
         return f"{self.config.key}-r{self.repeat}"
 
 
+#: Within a repeat, single-device configurations run first, so a ddp/fsdp record can be compared
+#: with its single-device counterpart (scaling efficiency) as soon as it is written.
+_PARALLEL_ORDER = {"none": 0, "dp": 1, "ddp": 2, "fsdp": 3}
+
+
 def plan(planned: list[Planned], platform: Platform, *, repeats: int, done: set[tuple[str, int]] = frozenset()
          ) -> list[Job]:
     """Jobs in run order: repeat-major, so repeats of a config are spread over the run's duration."""
     jobs = []
+    ordered = sorted(planned, key=lambda row: _PARALLEL_ORDER[row.config.parallel])
     for repeat in range(repeats):
-        for row in planned:
-            config = resolve_device(row.config, platform)
+        for row in ordered:
+            config = resolve(row.config, platform)
             if (config.key, repeat) in done:
                 continue
             jobs.append(Job(config, repeat, row.conflict or skip_reason(config, platform)))
@@ -90,8 +98,9 @@ class RunDirectory:
         return self.path / "telemetry" / f"{job.name}.csv"
 
 
-def run_worker(job: Job, run_dir: RunDirectory) -> tuple[str, str | None, dict[str, Any] | None]:
-    """Run one job in a fresh interpreter; returns (status, reason, payload)."""
+def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch()
+               ) -> tuple[str, str | None, dict[str, Any] | None]:
+    """Run one job in a fresh interpreter (torchrun for ddp/fsdp); returns (status, reason, payload)."""
     job_path = run_dir.path / "work" / f"{job.name}.job.json"
     result_path = run_dir.path / "work" / f"{job.name}.result.json"
     result_path.unlink(missing_ok=True)
@@ -100,8 +109,7 @@ def run_worker(job: Job, run_dir: RunDirectory) -> tuple[str, str | None, dict[s
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
     log_path = run_dir.log_path(job)
     with open(log_path, "w", encoding="utf-8") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "lmbench.worker", str(job_path), str(result_path)],
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+        proc = subprocess.Popen(worker_command(job.config, job_path, result_path, launch), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True)
         try:
             code = proc.wait(timeout=job.config.timeout_s)
@@ -117,7 +125,10 @@ def run_worker(job: Job, run_dir: RunDirectory) -> tuple[str, str | None, dict[s
         result_path.unlink()
         return payload["status"], payload["reason"], payload
     how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
-    return "error", f"worker {how} without a result; last log line: {_last_line(log_path)}", None
+    log_text = log_path.read_text(errors="replace")
+    # A rank other than 0 that ran out of memory leaves no result, only its traceback in the log.
+    status = "oom" if any(marker in log_text for marker in OOM_MARKERS) else "error"
+    return status, f"worker {how} without a result; last log line: {_last_line(log_path)}", None
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -139,16 +150,48 @@ def _last_line(path: Path) -> str:
     return lines[-1][:300] if lines else "(empty log)"
 
 
-def execute(jobs: list[Job], run_dir: RunDirectory, *, suite: str,
-            launch: Callable[[Job, RunDirectory], tuple[str, str | None, dict[str, Any] | None]] = run_worker
-            ) -> Iterator[tuple[Job, dict[str, Any]]]:
-    """Run jobs in order, appending each record as it ends; yields (job, record) for progress display."""
+def single_device_key(config: Config) -> str:
+    """Key of the same configuration on one device, the baseline of scaling efficiency."""
+    defaults = Config()
+    return config.replace(parallel="none", nproc=1, bucket_cap_mb=defaults.bucket_cap_mb,
+                          gradient_as_bucket_view=defaults.gradient_as_bucket_view,
+                          static_graph=defaults.static_graph).key
+
+
+def scaling_efficiency(record: dict[str, Any], baseline: list[float]) -> float | None:
+    """Global tokens/s over (devices x single-device tokens/s); 1.0 is perfect linear scaling."""
+    metrics = record["metrics"] or {}
+    if record["status"] != "ok" or not baseline or not metrics.get("devices"):
+        return None
+    reference = sorted(baseline)[len(baseline) // 2]
+    return metrics["tokens_per_s"] / (metrics["devices"] * reference)
+
+
+def execute(jobs: list[Job], run_dir: RunDirectory, *, suite: str, launch: Launch = Launch(),
+            previous: list[dict[str, Any]] = ()) -> Iterator[tuple[Job, dict[str, Any]]]:
+    """Run jobs in order, appending each record as it ends; yields (job, record) for progress display.
+
+    On nodes other than node 0 (multi-node runs) only distributed jobs run and nothing is recorded.
+    `previous` holds records already in the run (resume), for scaling efficiency.
+    """
+    throughput: dict[str, list[float]] = {}
+    for record in previous:
+        if record["status"] == "ok" and record.get("metrics"):
+            throughput.setdefault(record["config_key"], []).append(record["metrics"]["tokens_per_s"])
     for job in jobs:
+        if not launch.runs(job.config):
+            continue
         if job.skip:
             status, reason, payload = "skipped", job.skip, None
         else:
-            status, reason, payload = launch(job, run_dir)
+            status, reason, payload = run_worker(job, run_dir, launch)
         record = results.make_record(suite=suite, config=job.config.to_dict(), config_key=job.config.key,
                                      repeat=job.repeat, status=status, reason=reason, payload=payload)
-        results.append(run_dir.path, record)
+        if status == "ok":
+            if job.config.parallel in ("ddp", "fsdp", "dp"):
+                efficiency = scaling_efficiency(record, throughput.get(single_device_key(job.config), []))
+                record["metrics"]["scaling_efficiency"] = efficiency
+            throughput.setdefault(job.config.key, []).append(record["metrics"]["tokens_per_s"])
+        if launch.records:
+            results.append(run_dir.path, record)
         yield job, record

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from lmbench.nvml import POWER_OR_HEAT, NvmlDevice, NvmlUnavailable, reason_names
+from lmbench.nvml import CLOCK_EVENT_REASONS, POWER_OR_HEAT, NvmlDevice, NvmlUnavailable, reason_names
 
 #: The energy counter advances in steps tens of milliseconds apart, so over a short window one step
 #: more or less is a large error (or a silent 0 J). Below this window length the sampled-power
@@ -217,3 +217,71 @@ SUMMARY_FIELDS = ("telemetry", "power_avg_w", "power_max_w", "power_source", "en
                   "sm_clock_avg_mhz", "sm_clock_min_mhz", "temp_max_c", "throttle_reasons",
                   "throttled_power_or_heat", "telemetry_samples", "telemetry_period_s", "telemetry_window_s",
                   "sampler_cost_per_sample_s", "power_limit_w", "sm_clock_max_mhz", "driver_version", "nvml_name")
+
+
+def power_trace(samples: list[Sample]) -> list[tuple[float, float]]:
+    """(seconds since the window opened, watts) of every sample that has a power reading."""
+    return [(s.t_s, s.power_w) for s in samples if s.power_w is not None]
+
+
+def _interpolate(trace: list[tuple[float, float]], t: float) -> float:
+    if t <= trace[0][0]:
+        return trace[0][1]
+    for (t0, p0), (t1, p1) in zip(trace, trace[1:]):
+        if t <= t1:
+            return p0 + (p1 - p0) * (t - t0) / (t1 - t0) if t1 > t0 else p1
+    return trace[-1][1]
+
+
+def combine(summaries: list[dict[str, Any]], traces: list[list[tuple[float, float]]], *, tokens: int
+            ) -> dict[str, Any]:
+    """One telemetry summary for several GPUs measured over the same window (one per rank).
+
+    Energy sums over GPUs. Power sums across GPUs at each instant: every trace is interpolated
+    onto the first one's sample times (windows open together after a barrier) and added up.
+    """
+    if len(summaries) == 1:
+        return summaries[0]
+    off = next(((rank, s) for rank, s in enumerate(summaries) if s["telemetry"] != "on"), None)
+    if off is not None:
+        return {**{name: None for name in SUMMARY_FIELDS}, "telemetry": f"{off[1]['telemetry']} (rank {off[0]})"}
+
+    def values(name: str) -> list[Any]:
+        return [s[name] for s in summaries if s[name] is not None]
+
+    def total(name: str) -> float | None:
+        found = values(name)
+        return sum(found) if len(found) == len(summaries) else None
+
+    grid = [t for t, _ in traces[0]] if all(traces) else []
+    summed = [Sample(t, sum(_interpolate(tr, t) for tr in traces), None, None, None, None, None) for t in grid]
+    energy = total("energy_j")
+    sources = sorted(set(values("energy_source")))
+    reasons = sorted({r for s in summaries for r in s["throttle_reasons"]},
+                     key=lambda name: next((b for b, n in CLOCK_EVENT_REASONS.items() if n == name), 1 << 30))
+    return {
+        "telemetry": "on",
+        "power_avg_w": _time_weighted_power(summed),
+        "power_max_w": max((s.power_w for s in summed), default=None),
+        "power_source": "/".join(sorted(set(values("power_source")))) or None,
+        "energy_j": energy,
+        "energy_source": sources[0] if len(sources) == 1 else "mixed: " + ", ".join(sources),
+        "energy_integral_j": total("energy_integral_j"),
+        "j_per_token": energy / tokens if energy is not None and tokens else None,
+        "tokens_per_j": tokens / energy if energy else None,
+        "mem_nvml_used_peak_bytes": max(values("mem_nvml_used_peak_bytes"), default=None),
+        "gpu_util_avg_pct": _avg(values("gpu_util_avg_pct")),
+        "sm_clock_avg_mhz": _avg(values("sm_clock_avg_mhz")),
+        "sm_clock_min_mhz": min(values("sm_clock_min_mhz"), default=None),
+        "temp_max_c": max(values("temp_max_c"), default=None),
+        "throttle_reasons": reasons,
+        "throttled_power_or_heat": any(s["throttled_power_or_heat"] for s in summaries),
+        "telemetry_samples": sum(values("telemetry_samples")),
+        "telemetry_period_s": summaries[0]["telemetry_period_s"],
+        "telemetry_window_s": max(values("telemetry_window_s"), default=None),
+        "sampler_cost_per_sample_s": _avg(values("sampler_cost_per_sample_s")),
+        "power_limit_w": total("power_limit_w"),
+        "sm_clock_max_mhz": min(values("sm_clock_max_mhz"), default=None),
+        "driver_version": summaries[0]["driver_version"],
+        "nvml_name": summaries[0]["nvml_name"],
+    }

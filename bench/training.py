@@ -1,4 +1,4 @@
-"""One optimizer step of a configuration: model, optimizer, precision, kernel set and batches, built once."""
+"""One optimizer step of a configuration: model, optimizer, precision, parallelism, kernel set and batches."""
 
 from __future__ import annotations
 
@@ -12,7 +12,11 @@ import torch.nn as nn
 from lmbench.config import Config
 from lmbench.data import POOL_SIZE, make_batches
 from lmbench.models import MODELS, build_model, enable_checkpointing
+from lmbench.parallel import WRAPPERS, gradient_sync
 from lmbench.precision import PRECISIONS, Precision
+
+#: Ranks draw different batches: seed + rank * this.
+RANK_SEED_STRIDE = 1000
 
 
 def _adamw(params: list[torch.Tensor], *, lr: float) -> torch.optim.Optimizer:
@@ -48,10 +52,15 @@ def _attention_context(attention: str) -> Callable[[], contextlib.AbstractContex
     return partial(sdpa_kernel, SDPBackend.MATH)
 
 
+def replicas(config: Config) -> int:
+    """GPUs one process drives: all visible ones under nn.DataParallel, else one."""
+    return max(1, torch.cuda.device_count()) if config.parallel == "dp" else 1
+
+
 class TrainingStep:
     """Callable that runs one optimizer step (all micro-batches) and returns its mean loss, unsynchronised."""
 
-    def __init__(self, config: Config, device: torch.device) -> None:
+    def __init__(self, config: Config, device: torch.device, *, rank: int = 0) -> None:
         self.config = config
         self.spec = MODELS[config.model]
         torch.manual_seed(config.seed)
@@ -59,31 +68,33 @@ class TrainingStep:
         if config.checkpointing == "full":
             enable_checkpointing(model)
         model.train()
+        self.base_model = model
+        """The model as built: not wrapped, not compiled (for counting parameters)."""
         make_optimizer = partial(OPTIMIZERS[config.optimizer], lr=config.lr)
-        self.precision: Precision = PRECISIONS[config.precision](model, make_optimizer, device)
-        self.model = KERNEL_SETS[config.kernels](self.precision.model)
+        wrap = partial(WRAPPERS[config.parallel], config=config, device=device)
+        self.precision: Precision = PRECISIONS[config.precision](model, make_optimizer, device, wrap)
+        self.parallel_model = self.precision.model
+        self.model = KERNEL_SETS[config.kernels](self.parallel_model)
+        self.replicas = replicas(config)
         pool = min(POOL_SIZE, config.grad_accum * (config.steps + config.warmup))
-        self.batches = make_batches(spec=self.spec, batch_size=config.batch_size, seq_len=config.seq_len,
-                                    data=config.data, tokenizer=config.tokenizer, seed=config.seed, count=pool,
-                                    device=device)
+        self.batches = make_batches(spec=self.spec, batch_size=config.batch_size * self.replicas,
+                                    seq_len=config.seq_len, data=config.data, tokenizer=config.tokenizer,
+                                    seed=config.seed + RANK_SEED_STRIDE * rank, count=pool, device=device)
         self._attention = _attention_context(config.attention)
         self._next = 0
         self._zero = torch.zeros((), device=device)
 
-    @property
-    def base_model(self) -> nn.Module:
-        """The model as built (not the compiled wrapper), for counting parameters."""
-        return self.precision.model
-
     def __call__(self) -> torch.Tensor:
         accum = self.config.grad_accum
         total = self._zero.clone()
-        for _ in range(accum):
+        for micro in range(accum):
             batch = self.batches[self._next % len(self.batches)]
             self._next += 1
-            with self._attention():
+            with gradient_sync(self.parallel_model, self.config.parallel, micro == accum - 1), self._attention():
                 with self.precision.autocast():
                     loss = self.model(input_ids=batch.input_ids, labels=batch.labels).loss
+                # nn.DataParallel returns one loss per replica.
+                loss = loss.mean() if loss.dim() else loss
                 self.precision.backward(loss / accum)
             total += loss.detach().float()
         self.precision.step()

@@ -1,10 +1,11 @@
-"""The worker: one configuration, one fresh process, one result file.
+"""The worker: one configuration, one fresh process (or one per rank under torchrun), one result file.
 
     python -m lmbench.worker JOB_JSON RESULT_JSON
 
 The parent writes the job (the configuration), starts this module with a wall-clock timeout, and
 reads the result. Whatever happens in here (OOM, NaN loss, an exception) ends as a result with a
 status; only a hard crash or a timeout leaves no file, and the parent records that instead.
+Under torchrun every rank measures its own window and rank 0 alone writes the result.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 from lmbench.config import Config
 from lmbench.results import write_json
 
-OOM_MARKERS = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED")
+OOM_MARKERS = ("out of memory", "OutOfMemoryError", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED")
 
 
 def classify_failure(error: BaseException) -> str:
@@ -33,23 +34,37 @@ def classify_failure(error: BaseException) -> str:
     return "error"
 
 
-def measure(config: Config, *, timeline_path: Path | None = None) -> dict[str, Any]:
-    """Build, warm up and time `config` in this process; returns the result payload.
+def _rank_timeline(path: Path | None, rank: int, world: int) -> Path | None:
+    if path is None or world == 1:
+        return path
+    return path.with_name(f"{path.stem}-rank{rank}{path.suffix}")
 
-    The telemetry timeline, when there is one, is written to `timeline_path`.
+
+def measure(config: Config, *, timeline_path: Path | None = None) -> dict[str, Any] | None:
+    """Build, warm up and time `config` in this process; returns the result payload (None off rank 0).
+
+    The telemetry timeline, when there is one, is written to `timeline_path` (one file per rank).
     """
     import torch
 
-    from lmbench import metrics
+    from lmbench import distributed, metrics
     from lmbench.flops import matmul_params, palm_flops_per_token
     from lmbench.precision import matmul_mode
-    from lmbench.telemetry import Telemetry
+    from lmbench.telemetry import Telemetry, power_trace
     from lmbench.timer import StepTimer
     from lmbench.training import TrainingStep
 
+    info = distributed.RankInfo.from_env()
     device = torch.device(config.device)
+    if info is not None and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    backend = distributed.init(info, device, timeout_s=config.timeout_s) if info else None
+    rank, world = (info.rank, info.world_size) if info else (0, 1)
     with matmul_mode(config.precision):
-        step = TrainingStep(config, device)
+        step = TrainingStep(config, device, rank=rank)
+        initial_checksum = distributed.param_checksum(step.base_model) if world > 1 else None
         for _ in range(config.warmup):
             step()
         if device.type == "cuda":
@@ -58,45 +73,70 @@ def measure(config: Config, *, timeline_path: Path | None = None) -> dict[str, A
         timer = StepTimer(device)
         telemetry = (Telemetry.for_device(device, period_s=config.telemetry_period_s) if config.telemetry
                      else Telemetry(None, unavailable="turned off (telemetry=false)"))
+        # Ranks open their windows together, so per-step times and power traces line up.
+        distributed.barrier()
         losses_t = []
         with telemetry.window(), timer.window():
             for _ in range(config.steps):
                 with timer.step():
                     losses_t.append(step())
-    losses = torch.stack(losses_t).cpu().tolist()
-    step_times = timer.times_s()
-
-    spec = step.spec
-    result = metrics.throughput(step_times_s=step_times, tokens_per_step=config.tokens_per_step,
-                                samples_per_step=config.batch_size * config.grad_accum)
-    flops = palm_flops_per_token(n_matmul_params=matmul_params(step.base_model), n_layers=spec.n_layers,
-                                 n_heads=spec.n_heads, head_dim=spec.head_dim, seq_len=config.seq_len)
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    result.update(metrics.flops_utilisation(flops_per_token=flops,
-                                            tokens_per_s_per_device=result["tokens_per_s_per_device"],
-                                            device_name=device_name, precision=config.precision))
-    result.update(metrics.loss_health(losses))
-    result.update({
+    own_timeline = _rank_timeline(timeline_path, rank, world)
+    if own_timeline is not None and telemetry.samples:
+        telemetry.write_timeline(own_timeline)
+    tokens_per_rank = config.tokens_per_step * step.replicas
+    local = {
+        "step_times_s": timer.times_s(),
         "window_s": timer.window_s,
-        "steps_measured": len(step_times),
-        "overflow_skipped_steps": step.precision.skipped_steps,
-        "loss_scale_final": step.precision.loss_scale,
+        "losses": torch.stack(losses_t).cpu().tolist(),
         "mem_peak_allocated_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
         "mem_peak_reserved_bytes": torch.cuda.max_memory_reserved(device) if device.type == "cuda" else None,
+        "telemetry": telemetry.summary(tokens=tokens_per_rank * config.steps),
+        "power_trace": power_trace(telemetry.samples),
+        "param_checksum": distributed.param_checksum(step.base_model) if world > 1 else None,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+    }
+    per_rank = distributed.gather(local)
+    distributed.destroy()
+    if per_rank is None:
+        return None
+
+    spec = step.spec
+    losses = distributed.mean_losses(per_rank)
+    result = distributed.aggregate(per_rank, tokens_per_step=tokens_per_rank,
+                                   samples_per_step=config.batch_size * step.replicas * config.grad_accum,
+                                   steps=config.steps, devices_per_rank=step.replicas)
+    flops = palm_flops_per_token(n_matmul_params=matmul_params(step.base_model), n_layers=spec.n_layers,
+                                 n_heads=spec.n_heads, head_dim=spec.head_dim, seq_len=config.seq_len)
+    result.update(metrics.flops_utilisation(flops_per_token=flops,
+                                            tokens_per_s_per_device=result["tokens_per_s_per_device"],
+                                            device_name=local["device_name"], precision=config.precision))
+    result.update(metrics.loss_health(losses))
+    result.update({
+        "window_s": max(r["window_s"] for r in per_rank),
+        "steps_measured": config.steps,
+        "overflow_skipped_steps": step.precision.skipped_steps,
+        "loss_scale_final": step.precision.loss_scale,
+        "parallel_backend": backend or ("DataParallel" if config.parallel == "dp" else None),
+        "nnodes": info.nnodes if info else 1,
+        "nproc_per_node": info.local_world_size if info else 1,
+        "devices": world * step.replicas,
+        "device_names": sorted({r["device_name"] for r in per_rank if r["device_name"]}),
+        "param_checksum_initial": initial_checksum,
     })
-    result.update(telemetry.summary(tokens=config.tokens_per_step * config.steps))
-    if timeline_path is not None and telemetry.samples:
-        telemetry.write_timeline(timeline_path)
     warnings = []
     if result.get("throttled_power_or_heat"):
         warnings.append(f"clocks were throttled for power or heat during the window "
                         f"({', '.join(result['throttle_reasons'])}); the figures may not be representative")
+    if config.parallel == "dp" and step.replicas == 1:
+        warnings.append("parallel=dp on one GPU is degenerate: DataParallel's scatter/gather without a second replica")
+    if result.get("params_in_sync") is False:
+        warnings.append("parameters differ between ranks after the window: data parallelism lost sync")
     status, reason = "ok", None
     if result["nonfinite_losses"]:
         first_bad = next(i for i, v in enumerate(losses) if not math.isfinite(v))
         status, reason = "diverged", f"non-finite loss at measured step {first_bad} of {len(losses)}"
-    return {"status": status, "reason": reason, "metrics": result, "losses": losses, "step_times_s": step_times,
-            "warnings": warnings}
+    return {"status": status, "reason": reason, "metrics": result, "losses": losses,
+            "step_times_s": [max(t) for t in zip(*(r["step_times_s"] for r in per_rank))], "warnings": warnings}
 
 
 def run_job(job_path: Path, result_path: Path) -> int:
@@ -105,21 +145,30 @@ def run_job(job_path: Path, result_path: Path) -> int:
     import torch
 
     from lmbench import environment
+    from lmbench.distributed import RankInfo
 
+    info = RankInfo.from_env()
     device = torch.device(config.device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+    if info is not None and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
     env = environment.capture(device)
     try:
         timeline = job.get("timeline_path")
         payload = measure(config, timeline_path=Path(timeline) if timeline else None)
     except Exception as error:  # noqa: BLE001 - every failure of a config is data, not a crash
         traceback.print_exc()
+        if info is not None and info.rank != 0:
+            # torchrun sees the failed rank and stops the others; rank 0's parent records the error.
+            return 1
         status = classify_failure(error)
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         payload = {"status": status, "reason": f"{type(error).__name__}: {first_line}"[:500], "metrics": None,
                    "losses": None, "step_times_s": None}
-    write_json(result_path, {**payload, "env": env})
+        write_json(result_path, {**payload, "env": env})
+        # Under torchrun other ranks may wait in a collective: a non-zero exit makes torchrun stop them.
+        return 1 if info is not None else 0
+    if payload is not None:
+        write_json(result_path, {**payload, "env": env})
     return 0
 
 

@@ -110,7 +110,7 @@ def test_dry_run_prints_the_plan_with_skip_reasons():
 def test_dry_run_of_gpu_suites_on_cpu_marks_what_cannot_run():
     result = invoke("run", "--suite", "parallel", "--dry-run", "--device", "cpu")
     assert result.exit_code == 0, result.output
-    assert "skip: parallel=ddp is not implemented in lmbench" in result.output
+    assert "skip: parallel=dp (nn.DataParallel) needs CUDA GPUs" in result.output
 
 
 def test_list_shows_suites_with_sizes_and_models():

@@ -1,0 +1,195 @@
+"""Data parallelism: aggregation by hand, and real 2-process DDP/FSDP runs over gloo through torchrun."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from lmbench import results
+from lmbench.cli import cli
+from lmbench.config import Config
+from lmbench.distributed import aggregate, mean_losses
+from lmbench.errors import UsageError
+from lmbench.launcher import Launch, worker_command
+from lmbench.runner import scaling_efficiency, single_device_key
+from lmbench.telemetry import SUMMARY_FIELDS, combine
+
+
+def off(reason="off: not a CUDA device"):
+    return {**{k: None for k in SUMMARY_FIELDS}, "telemetry": reason}
+
+
+def rank(times, *, mem, checksum, telemetry=None, trace=()):
+    return {"step_times_s": times, "losses": [1.0] * len(times), "mem_peak_allocated_bytes": mem,
+            "mem_peak_reserved_bytes": mem * 2, "telemetry": telemetry or off(), "power_trace": list(trace),
+            "param_checksum": checksum}
+
+
+def test_aggregate_uses_the_slowest_rank_and_global_tokens():
+    per_rank = [rank([0.10, 0.30, 0.20], mem=100, checksum=1.5), rank([0.20, 0.10, 0.25], mem=300, checksum=1.5)]
+    m = aggregate(per_rank, tokens_per_step=1000, samples_per_step=4, steps=3)
+    # slowest per step: 0.20, 0.30, 0.25 -> median 0.25
+    assert m["step_time_median_s"] == pytest.approx(0.25)
+    assert m["tokens_per_step"] == 2000
+    assert m["tokens_per_s"] == pytest.approx(2000 / 0.25)
+    assert m["tokens_per_s_per_device"] == pytest.approx(1000 / 0.25)
+    assert m["samples_per_s"] == pytest.approx(8 / 0.25)
+    assert m["mem_peak_allocated_bytes"] == 300 and m["mem_peak_allocated_bytes_per_rank"] == [100, 300]
+    assert m["mem_peak_reserved_bytes_per_rank"] == [200, 600]
+    assert m["world_size"] == 2 and m["params_in_sync"] is True
+    assert m["step_time_median_s_per_rank"] == [pytest.approx(0.2), pytest.approx(0.2)]
+    per_rank[1]["param_checksum"] = 1.6
+    assert aggregate(per_rank, tokens_per_step=1, samples_per_step=1, steps=3)["params_in_sync"] is False
+
+
+def test_single_process_aggregate_is_its_own_measurement():
+    m = aggregate([rank([0.1, 0.2, 0.3], mem=5, checksum=None)], tokens_per_step=10, samples_per_step=1, steps=3)
+    assert m["step_time_median_s"] == pytest.approx(0.2) and m["world_size"] == 1
+    assert "params_in_sync" not in m and "mem_peak_allocated_bytes_per_rank" not in m
+
+
+def test_mean_losses_over_ranks():
+    a, b = rank([0.1, 0.1], mem=1, checksum=0), rank([0.1, 0.1], mem=1, checksum=0)
+    a["losses"], b["losses"] = [2.0, 4.0], [4.0, 0.0]
+    assert mean_losses([a, b]) == [3.0, 2.0]
+
+
+def test_energy_sums_over_ranks_and_power_sums_at_each_instant():
+    def on(energy, pmax):
+        return {**off(), "telemetry": "on", "energy_j": energy, "energy_source": "counter", "energy_integral_j": energy,
+                "power_max_w": pmax, "throttle_reasons": ["sw_power_cap"] if pmax > 250 else [],
+                "throttled_power_or_heat": pmax > 250, "telemetry_samples": 3, "telemetry_period_s": 0.05,
+                "telemetry_window_s": 2.0, "power_limit_w": 700.0, "gpu_util_avg_pct": 90.0, "power_source": "instant"}
+
+    traces = [[(0.0, 100.0), (1.0, 100.0), (2.0, 100.0)], [(0.0, 200.0), (2.0, 300.0)]]
+    m = combine([on(200.0, 100.0), on(500.0, 300.0)], traces, tokens=1000)
+    assert m["energy_j"] == 700.0 and m["j_per_token"] == 0.7
+    # summed at t=0,1,2: 300, 350, 400 -> trapezoid 325 + 375 = 700 J over 2 s
+    assert m["power_avg_w"] == pytest.approx(350.0)
+    assert m["power_max_w"] == 400.0
+    assert m["power_limit_w"] == 1400.0
+    assert m["throttle_reasons"] == ["sw_power_cap"] and m["throttled_power_or_heat"] is True
+    half_off = combine([on(1.0, 1.0), off("off: NVML failed")], traces, tokens=1)
+    assert half_off["telemetry"] == "off: NVML failed (rank 1)" and half_off["energy_j"] is None
+
+
+def test_scaling_efficiency_against_the_single_device_run():
+    ddp = Config(parallel="ddp", nproc=2, bucket_cap_mb=50)
+    assert single_device_key(ddp) == Config(parallel="none", nproc=1).key
+    record = {"status": "ok", "metrics": {"tokens_per_s": 300.0, "devices": 2}}
+    assert scaling_efficiency(record, [100.0, 200.0, 150.0]) == pytest.approx(300 / (2 * 150))
+    assert scaling_efficiency(record, []) is None
+
+
+def test_torchrun_command_single_and_multi_node(tmp_path):
+    ddp = Config(parallel="ddp", nproc=4)
+    cmd = worker_command(ddp, tmp_path / "j", tmp_path / "r", Launch())
+    assert cmd[1:8] == ["-m", "torch.distributed.run", "--nproc-per-node", "4", "--max-restarts", "0", "--standalone"]
+    assert cmd[-4:] == ["-m", "lmbench.worker", str(tmp_path / "j"), str(tmp_path / "r")]
+    multi = worker_command(ddp, tmp_path / "j", tmp_path / "r",
+                           Launch(nnodes=2, node_rank=1, rdzv_endpoint="node0:29500"))
+    assert multi[7:15] == ["--nnodes", "2", "--node-rank", "1", "--master-addr", "node0", "--master-port", "29500"]
+    assert worker_command(Config(), tmp_path / "j", tmp_path / "r", Launch())[1:3] == ["-m", "lmbench.worker"]
+    follower = Launch(nnodes=2, node_rank=1, rdzv_endpoint="h:1")
+    assert not follower.records and follower.runs(ddp) and not follower.runs(Config())
+    with pytest.raises(UsageError, match="multi-node runs need HOST:PORT"):
+        Launch(nnodes=2)
+    with pytest.raises(UsageError, match=r"--node-rank 2: must be in 0..1"):
+        Launch(nnodes=2, node_rank=2, rdzv_endpoint="h:1")
+
+
+def test_multi_node_options_are_checked_by_the_cli():
+    result = CliRunner().invoke(cli, ["run", "--suite", "parallel", "--nnodes", "2", "--dry-run"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == ("lmbench: error: --rdzv-endpoint None: multi-node runs need HOST:PORT of "
+                                     "node 0")
+
+
+@pytest.mark.slow
+def test_real_ddp_and_fsdp_over_gloo_keep_ranks_in_sync(tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, [
+        "run", "--suite", "smoke", "--out", str(out), "--device", "cpu", "--set", "model=tiny-gpt2",
+        "--set", "precision=fp32", "--set", "parallel=none,dp,ddp,fsdp", "--set", "nproc=2",
+        "--set", "grad_accum=2", "--set", "steps=4", "--set", "bucket_cap_mb=1"])
+    assert result.exit_code == 0, result.output
+    by = {r["config"]["parallel"]: r for r in results.read(out).records}
+    assert by["dp"]["status"] == "skipped" and by["dp"]["reason"] == "parallel=dp (nn.DataParallel) needs CUDA GPUs"
+    none = by["none"]["metrics"]
+    for name in ("ddp", "fsdp"):
+        r = by[name]
+        assert r["status"] == "ok", (name, r["reason"])
+        m = r["metrics"]
+        assert r["config"]["nproc"] == 2
+        assert m["world_size"] == 2 and m["devices"] == 2 and m["parallel_backend"] == "gloo"
+        assert m["nnodes"] == 1 and m["nproc_per_node"] == 2
+        # Ranks train on different batches; only gradient averaging keeps them identical.
+        assert m["params_in_sync"] is True
+        assert len(set(m["param_checksum_per_rank"])) == 1
+        assert m["param_checksum_per_rank"][0] != m["param_checksum_initial"]
+        tokens = 2 * 4 * 64 * 2  # world x batch x seq x accum
+        assert m["tokens_per_step"] == tokens
+        assert m["tokens_per_s"] == pytest.approx(tokens / m["step_time_median_s"])
+        assert m["step_time_median_s"] >= max(m["step_time_median_s_per_rank"]) * 0.999
+        assert m["scaling_efficiency"] == pytest.approx(m["tokens_per_s"] / (2 * none["tokens_per_s"]))
+        assert len(r["step_times_s"]) == 4 and len(r["losses"]) == 4
+    # Two records of one job would mean a rank other than 0 wrote too.
+    assert len(results.read(out).records) == 4
+
+
+def _rank_process(marker: str, local_rank: int) -> int | None:
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if "lmbench.worker" in cmdline and marker in cmdline and f"LOCAL_RANK={local_rank}".encode() in environ:
+            return int(pid)
+    return None
+
+
+@pytest.mark.slow
+def test_a_killed_rank_is_an_error_and_the_suite_goes_on(tmp_path):
+    out = tmp_path / "run"
+    # A long DDP job (killed mid-window), then a short single-device one that must still run.
+    suite = tmp_path / "s.toml"
+    suite.write_text("""
+[defaults]
+model = "tiny-gpt2"
+batch_size = 2
+seq_len = 32
+timeout_s = 300
+[matrix]
+parallel = ["ddp", "none"]
+steps = [100000, 3]
+[[exclude]]
+parallel = "ddp"
+steps = 3
+[[exclude]]
+parallel = "none"
+steps = 100000
+""")
+    cmd = [sys.executable, "-m", "lmbench.cli", "run", "--suite", str(suite), "--out", str(out), "--device", "cpu",
+           "--set", "nproc=2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    victim = None
+    while time.monotonic() < deadline and victim is None:
+        victim = _rank_process(str(out), 1)
+        time.sleep(0.2)
+    assert victim is not None, "rank 1 never started"
+    time.sleep(8)  # well into the (long) measured window
+    os.kill(victim, signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 0, stderr
+    by = {r["config"]["parallel"]: r for r in results.read(out).records}
+    assert by["ddp"]["status"] == "error", by["ddp"]
+    assert by["none"]["status"] == "ok"
