@@ -1,0 +1,231 @@
+"""Fused LayerNorm, RMSNorm and residual-add + norm: one pair of Triton kernels, forward and backward.
+
+One program normalises one row in the forward; in the backward one program walks a block of rows,
+writes their input gradients and accumulates its own partial weight/bias gradients, which are
+summed in PyTorch afterwards (no atomics, deterministic).
+
+RMSNorm follows the Llama cast order: the normalisation runs in fp32, the normalised value is cast
+back to the input dtype, and only then multiplied by the weight (transformers' LlamaRMSNorm).
+With a residual, the sum `x + residual` is formed in the input dtype (as eager code does), returned
+as the new residual stream, and normalised; its gradient is shared by `x` and `residual`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _norm_fwd(X, R, S, W, B, Y, Mean, Rstd, stride_x, stride_r, stride_s, stride_y, N, eps,
+              IS_RMS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK_N: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_N)
+    mask = cols < N
+    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0)
+    if HAS_RESIDUAL:
+        # The sum is rounded to the input dtype before it is normalised, exactly as `x + residual` is.
+        x = (x.to(tl.float32) + tl.load(R + row * stride_r + cols, mask=mask, other=0.0).to(tl.float32)).to(
+            x.dtype)
+        tl.store(S + row * stride_s + cols, x, mask=mask)
+    xf = x.to(tl.float32)
+    if IS_RMS:
+        mean = 0.0
+        xc = xf
+    else:
+        mean = tl.sum(xf, axis=0) / N
+        xc = tl.where(mask, xf - mean, 0.0)
+    var = tl.sum(xc * xc, axis=0) / N
+    rstd = 1.0 / tl.sqrt(var + eps)
+    xhat = xc * rstd
+    if IS_RMS:
+        xhat = xhat.to(x.dtype).to(tl.float32)
+    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    y = xhat * w
+    if HAS_BIAS:
+        y += tl.load(B + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(Y + row * stride_y + cols, y.to(Y.dtype.element_ty), mask=mask)
+    tl.store(Mean + row, mean)
+    tl.store(Rstd + row, rstd)
+
+
+@triton.jit
+def _norm_bwd(X, W, DY, DS, DX, Mean, Rstd, DW, DB, stride_x, stride_dy, stride_ds, stride_dx, M, N,
+              rows_per_program, IS_RMS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+              BLOCK_N: tl.constexpr):
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_N)
+    col_mask = cols < N
+    w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)
+    dw = tl.zeros([BLOCK_N], dtype=tl.float32)
+    db = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for i in range(0, rows_per_program):
+        row = pid * rows_per_program + i
+        # A vector comparison: the interpreter rejects a scalar condition broadcast into a mask.
+        mask = col_mask & ((tl.zeros([BLOCK_N], dtype=tl.int32) + row) < M)
+        x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0)
+        dy = tl.load(DY + row * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
+        # Rows past M (the last program's tail) read a valid row and are masked out everywhere else.
+        mean = tl.load(Mean + tl.minimum(row, M - 1))
+        rstd = tl.load(Rstd + tl.minimum(row, M - 1))
+        xhat = tl.where(mask, (x.to(tl.float32) - mean) * rstd, 0.0)
+        wdy = w * dy
+        dx = wdy - xhat * (tl.sum(wdy * xhat, axis=0) / N)
+        if not IS_RMS:
+            dx -= tl.sum(wdy, axis=0) / N
+        dx *= rstd
+        if HAS_RESIDUAL:
+            dx += tl.load(DS + row * stride_ds + cols, mask=mask, other=0.0).to(tl.float32)
+        tl.store(DX + row * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=mask)
+        if IS_RMS:
+            xhat = xhat.to(x.dtype).to(tl.float32)
+        dw += dy * xhat
+        if HAS_BIAS:
+            db += dy
+    tl.store(DW + pid * N + cols, dw, mask=col_mask)
+    if HAS_BIAS:
+        tl.store(DB + pid * N + cols, db, mask=col_mask)
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """2-D view (rows, N) with unit stride along N; copies only when it must."""
+    t2 = t.reshape(-1, t.shape[-1])
+    return t2 if t2.stride(-1) == 1 else t2.contiguous()
+
+
+def _block(n: int) -> int:
+    return triton.next_power_of_2(n)
+
+
+def norm_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float, *, rms: bool,
+                 residual: torch.Tensor | None = None):  # type: ignore[no-untyped-def]
+    """Launch the forward; returns (y, sum-or-None, mean, rstd), y in the promoted dtype of x and weight."""
+    x2 = _rows(x)
+    M, N = x2.shape
+    out_dtype = torch.promote_types(x.dtype, weight.dtype) if rms else x.dtype
+    y = torch.empty((M, N), dtype=out_dtype, device=x.device)
+    mean = torch.empty(M, dtype=torch.float32, device=x.device)
+    rstd = torch.empty(M, dtype=torch.float32, device=x.device)
+    r2 = _rows(residual) if residual is not None else x2
+    s = torch.empty_like(x2) if residual is not None else x2
+    _norm_fwd[(M,)](x2, r2, s, weight, bias if bias is not None else weight, y, mean, rstd, x2.stride(0),
+                    r2.stride(0), s.stride(0), y.stride(0), N, eps, IS_RMS=rms, HAS_BIAS=bias is not None,
+                    HAS_RESIDUAL=residual is not None, BLOCK_N=_block(N))
+    return y.view(*x.shape[:-1], N), (s.view(x.shape) if residual is not None else None), mean, rstd
+
+
+def norm_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, has_bias: bool, mean: torch.Tensor,
+                  rstd: torch.Tensor, *, rms: bool, ds: torch.Tensor | None = None):  # type: ignore[no-untyped-def]
+    """Launch the backward; `x` is what was normalised (the sum, with a residual). Returns (dx, dw, db)."""
+    x2 = _rows(x)
+    dy2 = _rows(dy)
+    M, N = x2.shape
+    dx = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    sm_count = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 4
+    programs = max(1, min(M, 2 * sm_count))
+    rows_per_program = triton.cdiv(M, programs)
+    programs = triton.cdiv(M, rows_per_program)
+    dw_part = torch.empty((programs, N), dtype=torch.float32, device=x.device)
+    db_part = torch.empty((programs, N), dtype=torch.float32, device=x.device) if has_bias else dw_part
+    ds2 = _rows(ds) if ds is not None else dy2
+    _norm_bwd[(programs,)](x2, weight, dy2, ds2, dx, mean, rstd, dw_part, db_part, x2.stride(0), dy2.stride(0),
+                           ds2.stride(0), dx.stride(0), M, N, rows_per_program, IS_RMS=rms, HAS_BIAS=has_bias,
+                           HAS_RESIDUAL=ds is not None, BLOCK_N=_block(N))
+    dw = dw_part.sum(0).to(weight.dtype)
+    db = db_part.sum(0).to(weight.dtype) if has_bias else None
+    return dx.view(x.shape), dw, db
+
+
+class _Norm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, rms):  # type: ignore[no-untyped-def]
+        y, _, mean, rstd = norm_forward(x, weight, bias, eps, rms=rms)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.rms, ctx.has_bias = rms, bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):  # type: ignore[no-untyped-def]
+        x, weight, mean, rstd = ctx.saved_tensors
+        dx, dw, db = norm_backward(dy, x, weight, ctx.has_bias, mean, rstd, rms=ctx.rms)
+        return dx, dw, db, None, None
+
+
+class _AddNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, residual, weight, bias, eps, rms):  # type: ignore[no-untyped-def]
+        y, s, mean, rstd = norm_forward(x, weight, bias, eps, rms=rms, residual=residual)
+        ctx.save_for_backward(s, weight, mean, rstd)
+        ctx.rms, ctx.has_bias = rms, bias is not None
+        return y, s
+
+    @staticmethod
+    def backward(ctx, dy, ds):  # type: ignore[no-untyped-def]
+        s, weight, mean, rstd = ctx.saved_tensors
+        if ds is None:
+            ds = torch.zeros_like(s)
+        dx, dw, db = norm_backward(dy, s, weight, ctx.has_bias, mean, rstd, rms=ctx.rms, ds=ds)
+        return dx, dx.clone(), dw, db, None, None
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float = 1e-5) -> torch.Tensor:
+    return _Norm.apply(x, weight, bias, eps, False)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    return _Norm.apply(x, weight, None, eps, True)
+
+
+def add_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+             eps: float = 1e-6, *, rms: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(norm(x + residual), x + residual) in one pass."""
+    return _AddNorm.apply(x, residual, weight, bias, eps, rms)
+
+
+class TritonLayerNorm(nn.Module):
+    """Drop-in for nn.LayerNorm over the last dimension (elementwise affine, optional bias)."""
+
+    def __init__(self, hidden: int, eps: float = 1e-5, bias: bool = True) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden))
+        self.bias = nn.Parameter(torch.zeros(hidden)) if bias else None
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return layer_norm(x, self.weight, self.bias, self.eps)
+
+
+class TritonRMSNorm(nn.Module):
+    """Drop-in for transformers' LlamaRMSNorm."""
+
+    def __init__(self, hidden: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden))
+        self.variance_epsilon = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.variance_epsilon)
+
+
+# --- plain PyTorch references (what the kernels are tested against) ---
+
+def layer_norm_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                         eps: float = 1e-5) -> torch.Tensor:
+    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+
+def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    xf = x.to(torch.float32)
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+def add_norm_reference(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                       bias: torch.Tensor | None = None, eps: float = 1e-6, *, rms: bool = True
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    s = x + residual
+    y = rms_norm_reference(s, weight, eps) if rms else layer_norm_reference(s, weight, bias, eps)
+    return y, s
