@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import lmbench
@@ -118,7 +119,7 @@ def run(suite_name: str, out: Path | None, overrides: tuple[str, ...], device: s
                 records.append(record)
                 if record["warnings"] and not warned:
                     # Once per run: the record of every affected config keeps its own warning.
-                    progress.console.print(f"[yellow]warning: {job.name}: {record['warnings'][0]}")
+                    progress.console.print(f"[yellow]warning: {job.name}: {escape(record['warnings'][0])}")
                     warned = True
                 figure = record["status"]
                 if record["status"] == "ok":
@@ -152,7 +153,7 @@ def list_() -> int:
         table.add_column(column)
     for name in suites.builtin_names():
         suite = suites.load(name)
-        table.add_row(name, str(len(suite.expand())), suite.description)
+        table.add_row(name, str(len(suite.expand())), escape(suite.description))
     console.print(table)
     models = Table(title="models", title_justify="left")
     for column in ("model", "layers", "hidden", "heads", "vocab", "positions", "description"):

@@ -9,11 +9,11 @@ from __future__ import annotations
 from lmbench import __version__
 from lmbench.config import Config
 from lmbench.environment import Platform
+from lmbench.kernel_sets import KERNEL_SETS
+from lmbench.models import MODELS
 
 #: Axis values that a later version fills in; until then they are skipped, never a crash.
 NOT_YET: dict[str, frozenset[str]] = {
-    "kernels": frozenset({"triton", "apex", "liger"}),
-    "optimizer": frozenset({"apex-adam"}),
     "checkpointing": frozenset({"selective"}),
 }
 
@@ -79,6 +79,11 @@ def skip_reason(config: Config, platform: Platform) -> str | None:
             return f"precision={config.precision} needs compute capability 8.0 or later (Ampere); this GPU is {major}.x"
     elif config.precision == "tf32":
         return "precision=tf32 needs a CUDA GPU with TF32 tensor cores; on the CPU it would just be fp32"
+    kernels_problem = KERNEL_SETS[config.kernels].unavailable(MODELS[config.model], config.device.partition(":")[0])
+    if kernels_problem:
+        return kernels_problem
+    if config.optimizer == "apex-adam" and (not platform.apex_available or not config.device.startswith("cuda")):
+        return "optimizer=apex-adam needs Apex (with its CUDA extensions) and a CUDA GPU"
     if config.kernels == "compile" and config.warmup < 1:
         return "kernels=compile needs warmup >= 1 so compilation stays out of the measured window"
     return None

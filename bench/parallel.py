@@ -18,6 +18,8 @@ from lmbench.config import Config
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     """The repeated blocks of any registry model (FSDP shards one unit per block)."""
+    if hasattr(model, "lm"):  # a kernel set's wrapper (FusedLossLM) around the model
+        model = model.lm
     for path in ("transformer.h", "model.layers", "bert.encoder.layer", "encoder.layers"):
         module: Any = model
         try:

@@ -6,6 +6,7 @@ import statistics
 from collections.abc import Iterable
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 #: Config fields never shown as columns: they do not describe what was trained.
@@ -51,9 +52,9 @@ def summary(records: list[dict[str, Any]]) -> Table:
         mfu = _median([m["mfu"] for m in ok if m.get("mfu") is not None])
         mem = _median([m["mem_peak_reserved_bytes"] for m in ok if m.get("mem_peak_reserved_bytes") is not None])
         note = next((r["reason"] for r in group if r.get("reason")), "") or ""
-        table.add_row(*(str(group[0]["config"][a]) for a in axes), status, _fmt(tps, ",.0f"),
+        table.add_row(*(escape(str(group[0]["config"][a])) for a in axes), status, _fmt(tps, ",.0f"),
                       "-" if cv is None else f"{cv:.1%}", "-" if mfu is None else f"{mfu:.1%}",
-                      "-" if mem is None else f"{mem / 2**30:.2f}", note[:80])
+                      "-" if mem is None else f"{mem / 2**30:.2f}", escape(note[:80]))
     return table
 
 
@@ -66,5 +67,5 @@ def plan_table(rows: list[tuple[dict[str, Any], str, str | None]]) -> Table:
     table.add_column("config_key")
     table.add_column("plan")
     for config, key, skip in rows:
-        table.add_row(*(str(config[a]) for a in axes), key, f"skip: {skip}" if skip else "run")
+        table.add_row(*(escape(str(config[a])) for a in axes), key, escape(f"skip: {skip}") if skip else "run")
     return table

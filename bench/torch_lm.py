@@ -52,6 +52,15 @@ class TorchTransformerLM(nn.Module):
         self.checkpointing = True
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> LMOutput:
+        logits = self.lm_head(self.hidden_states(input_ids))
+        loss = None
+        if labels is not None:
+            # Next-token prediction: position t predicts token t+1, as the transformers causal LMs do.
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+        return LMOutput(loss, logits)
+
+    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Final-norm output, the LM head's input."""
         seq_len = input_ids.shape[1]
         positions = torch.arange(seq_len, device=input_ids.device)
         x = self.tok_emb(input_ids) + self.pos_emb(positions)
@@ -61,9 +70,4 @@ class TorchTransformerLM(nn.Module):
                 x = checkpoint(layer, x, mask, None, True, use_reentrant=False)
             else:
                 x = layer(x, src_mask=mask, is_causal=True)
-        logits = self.lm_head(self.norm(x))
-        loss = None
-        if labels is not None:
-            # Next-token prediction: position t predicts token t+1, as the transformers causal LMs do.
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
-        return LMOutput(loss, logits)
+        return self.norm(x)

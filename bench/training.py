@@ -11,6 +11,7 @@ import torch.nn as nn
 
 from lmbench.config import Config
 from lmbench.data import POOL_SIZE, make_batches
+from lmbench.kernel_sets import KERNEL_SETS
 from lmbench.models import MODELS, build_model, enable_checkpointing
 from lmbench.parallel import WRAPPERS, gradient_sync
 from lmbench.precision import PRECISIONS, Precision
@@ -27,21 +28,18 @@ def _adamw_fused(params: list[torch.Tensor], *, lr: float) -> torch.optim.Optimi
     return torch.optim.AdamW(params, lr=lr, fused=True)
 
 
+def _apex_adam(params: list[torch.Tensor], *, lr: float) -> torch.optim.Optimizer:
+    from apex.optimizers import FusedAdam
+
+    return FusedAdam(params, lr=lr, adam_w_mode=True)
+
+
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adamw": _adamw,
     "adamw-fused": _adamw_fused,
+    "apex-adam": _apex_adam,
 }
 
-
-def _compile(model: nn.Module) -> nn.Module:
-    return torch.compile(model)
-
-
-#: Kernel sets available in this version; the others are `skipped` by the feasibility check.
-KERNEL_SETS: dict[str, Callable[[nn.Module], nn.Module]] = {
-    "eager": lambda model: model,
-    "compile": _compile,
-}
 
 
 def _attention_context(attention: str) -> Callable[[], contextlib.AbstractContextManager]:
@@ -70,11 +68,13 @@ class TrainingStep:
         model.train()
         self.base_model = model
         """The model as built: not wrapped, not compiled (for counting parameters)."""
-        make_optimizer = partial(OPTIMIZERS[config.optimizer], lr=config.lr)
+        kernel_set = KERNEL_SETS[config.kernels]
+        model = kernel_set.swap(model, self.spec)
+        make_optimizer = partial(OPTIMIZERS[kernel_set.optimizer or config.optimizer], lr=config.lr)
         wrap = partial(WRAPPERS[config.parallel], config=config, device=device)
         self.precision: Precision = PRECISIONS[config.precision](model, make_optimizer, device, wrap)
         self.parallel_model = self.precision.model
-        self.model = KERNEL_SETS[config.kernels](self.parallel_model)
+        self.model = kernel_set.finish(self.parallel_model)
         self.replicas = replicas(config)
         pool = min(POOL_SIZE, config.grad_accum * (config.steps + config.warmup))
         self.batches = make_batches(spec=self.spec, batch_size=config.batch_size * self.replicas,

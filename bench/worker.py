@@ -49,6 +49,7 @@ def measure(config: Config, *, timeline_path: Path | None = None) -> dict[str, A
 
     from lmbench import distributed, metrics
     from lmbench.flops import matmul_params, palm_flops_per_token
+    from lmbench.kernel_sets import KERNEL_SETS
     from lmbench.precision import matmul_mode
     from lmbench.telemetry import Telemetry, power_trace
     from lmbench.timer import StepTimer
@@ -122,6 +123,7 @@ def measure(config: Config, *, timeline_path: Path | None = None) -> dict[str, A
         "devices": world * step.replicas,
         "device_names": sorted({r["device_name"] for r in per_rank if r["device_name"]}),
         "param_checksum_initial": initial_checksum,
+        "kernels_note": KERNEL_SETS[config.kernels].note,
     })
     warnings = []
     if result.get("throttled_power_or_heat"):

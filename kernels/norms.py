@@ -181,8 +181,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.
 
 def add_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
              eps: float = 1e-6, *, rms: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """(norm(x + residual), x + residual) in one pass."""
-    return _AddNorm.apply(x, residual, weight, bias, eps, rms)
+    """(norm(x + residual), x + residual) in one pass; the sum has the promoted dtype, as `x + residual` does."""
+    dtype = torch.promote_types(x.dtype, residual.dtype)
+    return _AddNorm.apply(x.to(dtype), residual.to(dtype), weight, bias, eps, rms)
 
 
 class TritonLayerNorm(nn.Module):

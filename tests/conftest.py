@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import os
 
-# Triton kernels run under the interpreter on CPU; it must be set before any @triton.jit is defined.
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import pytest
+import torch
 
-import pytest  # noqa: E402
+# Without a GPU, Triton kernels run under the interpreter; it must be set before any @triton.jit is
+# defined (lmbench.kernels is imported by tests only, after this).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    import torch
-
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
