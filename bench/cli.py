@@ -180,6 +180,50 @@ def env() -> int:
     return 0
 
 
+@cli.command()
+@click.option("--op", type=click.Choice(["rmsnorm", "layernorm", "linear-ce"]), required=True)
+@click.option("--shape", required=True, help="MxN for norms (e.g. 8192x4096), BTxHxV for linear-ce.")
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="bf16", show_default=True)
+@click.option("--mode", type=click.Choice(["fwd", "bwd", "fwd+bwd"]), default="fwd+bwd", show_default=True)
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write the CSV (default: kernels-OP-SHAPE-DTYPE-MODE.csv).")
+def kernels(op: str, shape: str, dtype: str, mode: str, csv_path: Path | None) -> int:
+    """Time one op across eager, compile, native fused, lmbench Triton, Liger and Apex (CUDA only).
+
+    Example: lmbench kernels --op rmsnorm --shape 8192x4096 --dtype bf16
+    """
+    import torch
+    from rich.table import Table
+
+    from lmbench import microbench
+    from lmbench.environment import capture
+
+    spec = microbench.OPS[op]
+    dims = microbench.parse_shape(spec, shape)
+    if not torch.cuda.is_available():
+        click.echo(f"skipped: lmbench kernels needs a CUDA GPU (none visible; torch {torch.__version__})")
+        return 0
+    device = torch.device("cuda")
+    rows = microbench.measure(spec, dims, microbench.DTYPES[dtype], mode, device)
+    env = capture(device)
+    table = Table(title=f"{op} {shape} {dtype} {mode} on {env['device']['name']} "
+                        f"(bytes moved: {spec.bytes_formula})", title_justify="left")
+    for column in ("impl", "median ms", "p20 ms", "p80 ms", "GB/s", "peak MiB", "note"):
+        table.add_column(column, justify="left" if column in ("impl", "note") else "right")
+    for row in rows:
+        if row["status"] != "ok":
+            table.add_row(row["impl"], "-", "-", "-", "-", "-", escape(f"{row['status']}: {row['reason']}"))
+            continue
+        table.add_row(row["impl"], f"{row['time_median_ms']:.4f}", f"{row['time_p20_ms']:.4f}",
+                      f"{row['time_p80_ms']:.4f}", f"{row['gb_per_s']:,.0f}", f"{row['peak_mem_bytes'] / 2**20:.1f}", "")
+    _console().print(table)
+    csv_path = csv_path or Path(f"kernels-{op}-{shape}-{dtype}-{mode.replace('+', '')}.csv")
+    microbench.write_csv(rows, csv_path, {"gpu": env["device"]["name"], "torch": env["torch"],
+                                          "triton": env["triton"], "cuda": env["cuda"]})
+    click.echo(f"csv: {csv_path}")
+    return 0
+
+
 def _console(*, stderr: bool = False) -> Console:
     """Rich console; wide when not a terminal, so piped tables are not wrapped at 80 columns."""
     stream = sys.stderr if stderr else sys.stdout

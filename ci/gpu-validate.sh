@@ -23,4 +23,15 @@ for suite in "${suites[@]}"; do
     lmbench run --suite "$suite" --device cuda --out "$out/runs/$suite" > "$out/$suite.txt" 2>&1
     tail -30 "$out/$suite.txt"
 done
+log "kernel microbenchmarks"
+mkdir -p "$out/kernels"
+for n in 2048 4096 8192; do
+    for op in rmsnorm layernorm; do
+        lmbench kernels --op "$op" --shape "8192x$n" --dtype bf16 --csv "$out/kernels/$op-8192x$n.csv" \
+            >> "$out/kernels.txt" 2>&1
+    done
+done
+lmbench kernels --op linear-ce --shape 8192x4096x128256 --dtype bf16 --csv "$out/kernels/linear-ce.csv" \
+    >> "$out/kernels.txt" 2>&1
+cat "$out/kernels.txt"
 log "done"

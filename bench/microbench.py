@@ -1,0 +1,220 @@
+"""Kernel microbenchmarks: one op, one shape, every implementation side by side (`lmbench kernels`).
+
+Times come from triton.testing.do_bench (CUDA events, L2 flushed before each run; median, p20,
+p80 in ms). Achieved bandwidth counts the bytes an ideal kernel must move, stated per op in
+`bytes_moved`; a fused kernel that reads and writes each tensor once reaches it, an unfused one
+moves more and shows a lower figure for the same work.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from lmbench.errors import UsageError
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+MODES = ("fwd", "bwd", "fwd+bwd")
+
+Impl = Callable[..., Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Op:
+    name: str
+    shape_help: str
+    """How --shape reads for this op."""
+    inputs: Callable[[tuple[int, ...], torch.dtype, torch.device], dict[str, torch.Tensor]]
+    impls: Callable[[], dict[str, Impl | str]]
+    """Implementation name -> callable, or the reason it is unavailable."""
+    bytes_moved: Callable[[tuple[int, ...], int, str], int]
+    bytes_formula: str
+
+
+def _norm_inputs(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+    m, n = shape
+    return {"x": torch.randn(m, n, dtype=dtype, device=device, requires_grad=True),
+            "w": torch.randn(n, dtype=dtype, device=device, requires_grad=True),
+            "b": torch.randn(n, dtype=dtype, device=device, requires_grad=True)}
+
+
+def _rows_bytes(shape: tuple[int, ...], elem: int, mode: str) -> int:
+    # fwd: read x, write y; bwd: read x and dy, write dx (vectors of N and M are negligible)
+    m, n = shape
+    per = {"fwd": 2, "bwd": 3, "fwd+bwd": 5}[mode]
+    return per * m * n * elem
+
+
+def _optional(module: str, build: Callable[[], Impl], why: str) -> Impl | str:
+    if importlib.util.find_spec(module) is None:
+        return why
+    try:
+        return build()
+    except Exception as err:  # noqa: BLE001 - an optional library that fails to load is just unavailable
+        return f"{module} failed to load: {err}"
+
+
+def _rmsnorm_impls() -> dict[str, Impl | str]:
+    from lmbench.kernels.norms import rms_norm, rms_norm_reference
+
+    def liger() -> Impl:
+        from liger_kernel.ops.rms_norm import LigerRMSNormFunction
+
+        return lambda x, w, b: LigerRMSNormFunction.apply(x, w, 1e-6)
+
+    def apex() -> Impl:
+        from apex.normalization.fused_layer_norm import fused_rms_norm_affine
+
+        return lambda x, w, b: fused_rms_norm_affine(x, w, (x.shape[-1],), 1e-6)
+
+    eager = lambda x, w, b: rms_norm_reference(x, w, 1e-6)  # noqa: E731
+    return {
+        "eager": eager,
+        "compile": torch.compile(eager),
+        "native fused": (lambda x, w, b: F.rms_norm(x, (x.shape[-1],), w, 1e-6)) if hasattr(F, "rms_norm")
+        else "torch has no F.rms_norm",
+        "lmbench triton": lambda x, w, b: rms_norm(x, w, 1e-6),
+        "liger": _optional("liger_kernel", liger, "Liger-Kernel is not installed"),
+        "apex": _optional("fused_layer_norm_cuda", apex, "Apex is not installed"),
+    }
+
+
+def _layernorm_impls() -> dict[str, Impl | str]:
+    from lmbench.kernels.norms import layer_norm, layer_norm_reference
+
+    def liger() -> Impl:
+        from liger_kernel.ops.layer_norm import LigerLayerNormFunction
+
+        return lambda x, w, b: LigerLayerNormFunction.apply(x, w, b, 1e-5)
+
+    def apex() -> Impl:
+        from apex.normalization.fused_layer_norm import fused_layer_norm_affine
+
+        return lambda x, w, b: fused_layer_norm_affine(x, w, b, (x.shape[-1],), 1e-5)
+
+    def eager(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        # Unfused, op by op: what a hand-written LayerNorm costs without a fused kernel.
+        xf = x.float()
+        mean = xf.mean(-1, keepdim=True)
+        var = (xf - mean).pow(2).mean(-1, keepdim=True)
+        return ((xf - mean) * torch.rsqrt(var + 1e-5) * w.float() + b.float()).to(x.dtype)
+
+    return {
+        "eager": eager,
+        "compile": torch.compile(eager),
+        "native fused": lambda x, w, b: layer_norm_reference(x, w, b, 1e-5),
+        "lmbench triton": lambda x, w, b: layer_norm(x, w, b, 1e-5),
+        "liger": _optional("liger_kernel", liger, "Liger-Kernel is not installed"),
+        "apex": _optional("fused_layer_norm_cuda", apex, "Apex is not installed"),
+    }
+
+
+def _lce_inputs(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+    bt, h, v = shape
+    return {"x": torch.randn(bt, h, dtype=dtype, device=device, requires_grad=True),
+            "w": (torch.randn(v, h, dtype=dtype, device=device) * h ** -0.5).requires_grad_(True),
+            "labels": torch.randint(0, v, (bt,), device=device)}
+
+
+def _lce_impls() -> dict[str, Impl | str]:
+    from lmbench.kernels.cross_entropy import linear_cross_entropy
+
+    def liger() -> Impl:
+        from liger_kernel.ops.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyFunction
+
+        return lambda x, w, labels: LigerFusedLinearCrossEntropyFunction.apply(x, w, labels)[0]
+
+    eager = lambda x, w, labels: F.cross_entropy(F.linear(x, w).float(), labels)  # noqa: E731
+    return {
+        "eager": eager,
+        "compile": torch.compile(eager),
+        "lmbench triton": lambda x, w, labels: linear_cross_entropy(x, w, labels),
+        "liger": _optional("liger_kernel", liger, "Liger-Kernel is not installed"),
+    }
+
+
+def _lce_bytes(shape: tuple[int, ...], elem: int, mode: str) -> int:
+    # The weight and hidden states are read (and their gradients written) once; logits never exist.
+    bt, h, v = shape
+    return (2 if mode == "fwd" else 4) * (bt * h + v * h) * elem
+
+
+OPS: dict[str, Op] = {
+    "rmsnorm": Op(name="rmsnorm", shape_help="MxN", inputs=_norm_inputs, impls=_rmsnorm_impls,
+                  bytes_moved=_rows_bytes, bytes_formula="fwd 2MN, bwd 3MN, fwd+bwd 5MN elements"),
+    "layernorm": Op(name="layernorm", shape_help="MxN", inputs=_norm_inputs, impls=_layernorm_impls,
+                    bytes_moved=_rows_bytes, bytes_formula="fwd 2MN, bwd 3MN, fwd+bwd 5MN elements"),
+    "linear-ce": Op(name="linear-ce", shape_help="BTxHxV", inputs=_lce_inputs, impls=_lce_impls,
+                    bytes_moved=_lce_bytes, bytes_formula="fwd 2(BT·H + V·H), with bwd 4(BT·H + V·H) elements"),
+}
+
+
+def parse_shape(op: Op, text: str) -> tuple[int, ...]:
+    parts = text.lower().split("x")
+    want = len(op.shape_help.split("x"))
+    if len(parts) != want or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise UsageError(f"--shape {text!r}: {op.name} takes {op.shape_help} (positive integers)")
+    return tuple(int(p) for p in parts)
+
+
+def _call(impl: Impl, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    return impl(*inputs.values())
+
+
+def measure(op: Op, shape: tuple[int, ...], dtype: torch.dtype, mode: str, device: torch.device
+            ) -> list[dict[str, Any]]:
+    """One row per implementation: time quantiles, GB/s, peak memory, or the reason it did not run."""
+    from triton.testing import do_bench
+
+    inputs = op.inputs(shape, dtype, device)
+    grads = [t for t in inputs.values() if t.requires_grad]
+    elem = torch.finfo(dtype).bits // 8
+    moved = op.bytes_moved(shape, elem, mode)
+    rows = []
+    for name, impl in op.impls().items():
+        row: dict[str, Any] = {"impl": name, "op": op.name, "shape": "x".join(map(str, shape)),
+                               "dtype": str(dtype).removeprefix("torch."), "mode": mode, "bytes_moved": moved}
+        if isinstance(impl, str):
+            rows.append({**row, "status": "skipped", "reason": impl})
+            continue
+        try:
+            out = _call(impl, inputs)
+            dy = torch.randn_like(out)
+            if mode == "fwd":
+                fn = lambda: _call(impl, inputs)  # noqa: E731
+            elif mode == "bwd":
+                fn = lambda: out.backward(dy, retain_graph=True)  # noqa: E731
+            else:
+                fn = lambda: _call(impl, inputs).backward(dy)  # noqa: E731
+            fn()
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+            fn()
+            torch.cuda.synchronize(device)
+            peak = torch.cuda.max_memory_allocated(device) - base
+            median, p20, p80 = do_bench(fn, quantiles=[0.5, 0.2, 0.8], grad_to_none=grads)
+        except Exception as err:  # noqa: BLE001 - one failing implementation is a row, not the end
+            rows.append({**row, "status": "error", "reason": f"{type(err).__name__}: {err}"[:200]})
+            continue
+        rows.append({**row, "status": "ok", "reason": None, "time_median_ms": median, "time_p20_ms": p20,
+                     "time_p80_ms": p80, "gb_per_s": moved / (median * 1e-3) / 1e9, "peak_mem_bytes": peak})
+    return rows
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path, env: dict[str, Any]) -> None:
+    columns = ["op", "shape", "dtype", "mode", "impl", "status", "time_median_ms", "time_p20_ms", "time_p80_ms",
+               "gb_per_s", "bytes_moved", "peak_mem_bytes", "reason", "gpu", "torch", "triton", "cuda"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, **env})
