@@ -72,6 +72,14 @@ def run(suite_name: str, out: Path | None, overrides: tuple[str, ...], device: s
 
     Example: lmbench run --suite fp16 --set batch_size=8,16 --repeats 3
     """
+    return _run_suite(suite_name, out, overrides, device, repeats, resume=resume, dry_run=dry_run, nnodes=nnodes,
+                      node_rank=node_rank, rdzv_endpoint=rdzv_endpoint)
+
+
+def _run_suite(suite_name: str, out: Path | None, overrides: tuple[str, ...], device: str | None, repeats: int, *,
+               resume: bool, dry_run: bool = False, nnodes: int = 1, node_rank: int | None = None,
+               rdzv_endpoint: str | None = None) -> int:
+    """Everything `lmbench run` does; `calibrate` runs it twice."""
     import os
 
     from lmbench.launcher import Launch
@@ -177,6 +185,110 @@ def env() -> int:
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         click.echo(f"{key:<{width}}  {value}")
+    return 0
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to write the report (default: RUN_DIR/report for one run, ./report otherwise).")
+@click.option("--baseline", default=None, metavar="KEY=VALUE",
+              help="Speedups against the configuration with this axis value, e.g. precision=fp32.")
+def report(run_dirs: tuple[Path, ...], out: Path | None, baseline: str | None) -> int:
+    """Write report.md, results.csv, report.html (plots embedded) and plots/ for run directories.
+
+    Example: lmbench report runs/fp16-20260101-120000 --baseline precision=fp32
+    """
+    from lmbench import frame
+    from lmbench import report as reports
+
+    parsed = reports.parse_baseline(baseline)
+    df, records, warnings = frame.load(list(run_dirs))
+    for warning in warnings:
+        click.echo(f"lmbench: warning: {warning}", err=True)
+    out = out or (run_dirs[0] / "report" if len(run_dirs) == 1 else Path("report"))
+    paths = reports.build(df, records, out, baseline=parsed, runs=[str(d) for d in run_dirs])
+    for name, path in paths.items():
+        click.echo(f"{name}: {path}")
+    return 0
+
+
+@cli.command()
+@click.argument("base", type=click.Path(path_type=Path))
+@click.argument("cand", type=click.Path(path_type=Path))
+@click.option("--threshold", default="5%", show_default=True, help="Smallest change that counts, e.g. 5% or 0.05.")
+@click.option("--metric", default="tokens_per_s", show_default=True, help="Metric of the results records to compare.")
+@click.option("--format", "fmt", type=click.Choice(["text", "md", "json"]), default="text", show_default=True)
+@click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write a JUnit XML file (one test case per configuration).")
+@click.option("--allow-different-hardware", is_flag=True, help="Compare runs from different GPU models anyway.")
+def compare(base: Path, cand: Path, threshold: str, metric: str, fmt: str, junit: Path | None,
+            allow_different_hardware: bool) -> int:
+    """Compare a candidate run with a baseline run: verdict per configuration; exit 1 on a regression.
+
+    Example: lmbench compare runs/main runs/pr --threshold 5% --format md
+    """
+    from lmbench import gate, results
+    from lmbench.compare import compare as compare_runs
+    from lmbench.compare import environment_differences, parse_threshold
+
+    limit = parse_threshold(threshold)
+    loaded = {}
+    for side, path in (("baseline", base), ("candidate", cand)):
+        if not path.is_dir():
+            raise UsageError(f"{side} run directory {str(path)!r} does not exist")
+        loaded[side] = results.read(path)
+        for warning in loaded[side].warnings:
+            click.echo(f"lmbench: warning: {warning}", err=True)
+    b, c = loaded["baseline"].records, loaded["candidate"].records
+    suites_seen = {r.get("suite") for r in b} | {r.get("suite") for r in c}
+    if len(suites_seen) > 1:
+        raise UsageError(f"the runs are of different suites ({', '.join(sorted(map(str, suites_seen)))}); compare "
+                         "runs of one suite")
+    if not any(metric in (r.get("metrics") or {}) for r in b + c):
+        raise UsageError(f"--metric {metric!r} is in no record of either run (e.g. tokens_per_s, step_time_median_s)")
+    for warning in gate.check_hardware(environment_differences(b, c), allow_different_hardware=allow_different_hardware):
+        click.echo(f"lmbench: warning: {warning}", err=True)
+    verdicts = compare_runs(b, c, metric=metric, threshold=limit)
+    click.echo(gate.render(verdicts, fmt=fmt, metric=metric, threshold=limit))
+    if junit is not None:
+        junit.write_text(gate.junit_xml(verdicts, metric=metric), encoding="utf-8")
+    return gate.exit_code(verdicts)
+
+
+@cli.command()
+@click.option("--suite", "suite_name", required=True, metavar="NAME|PATH")
+@click.option("--repeats", type=click.IntRange(min=2), default=3, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory for the two runs (default: runs/calibrate-SUITE-YYYYmmdd-HHMMSS).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=V[,V...]")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
+def calibrate(suite_name: str, repeats: int, out: Path | None, overrides: tuple[str, ...], device: str | None) -> int:
+    """Run a suite twice and compare it with itself: each configuration's noise floor.
+
+    Example: lmbench calibrate --suite ci --repeats 3
+    """
+    from rich.table import Table
+
+    from lmbench import gate, results
+    from lmbench.compare import compare as compare_runs
+
+    out = out or Path("runs") / f"calibrate-{Path(suite_name).stem}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    for name in ("a", "b"):
+        code = _run_suite(suite_name, out / name, overrides, device, repeats, resume=False)
+        if code:
+            return code
+    verdicts = compare_runs(results.read(out / "a").records, results.read(out / "b").records, threshold=0.05)
+    table = Table(title=f"noise floor of {suite_name} ({repeats} repeats per run, tokens_per_s)", title_justify="left")
+    for column in ("config", "A/A ratio", "95% CI", "noise floor"):
+        table.add_column(column)
+    for v in verdicts:
+        floor = gate.noise_floor(v)
+        table.add_row(v.config_key, "-" if v.ratio is None else f"{v.ratio:.4f}",
+                      "-" if v.ci_low is None else f"[{v.ci_low:.4f}, {v.ci_high:.4f}]",
+                      escape(v.verdict if floor is None else f"{floor:.1%}"))
+    _console().print(table)
+    click.echo("gate each configuration with --threshold at or above its noise floor")
     return 0
 
 

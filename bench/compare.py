@@ -1,0 +1,151 @@
+"""Regression verdicts: candidate vs baseline per configuration, ratio of medians with a bootstrap interval.
+
+One sample is one repeat (one fresh process). For each configuration present in both runs the
+statistic is median(candidate) / median(baseline) of the metric, with a 95% bootstrap confidence
+interval (scipy.stats.bootstrap, independent resampling of both sides, fixed seed). With a
+threshold t and the interval [lo, hi] oriented so that > 1 is better:
+  regression   hi < 1 - t          (the whole interval is worse by more than t)
+  improvement  lo > 1 + t
+  inconclusive hi - lo > 2t        (too noisy to tell at this threshold)
+  unchanged    otherwise
+plus `missing` (in one run only) and `failed` (no ok repeat on one side).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from lmbench.errors import UsageError
+
+#: Metrics where a larger value is better; for the others (times, memory, energy) smaller is.
+HIGHER_IS_BETTER = frozenset({"tokens_per_s", "samples_per_s", "tokens_per_s_per_device", "tflops", "mfu",
+                              "tokens_per_j", "scaling_efficiency"})
+CONFIDENCE = 0.95
+SEED = 20240607
+RESAMPLES = 2000
+
+
+@dataclass
+class Verdict:
+    config_key: str
+    verdict: str
+    ratio: float | None
+    """median(candidate) / median(baseline) of the metric as measured."""
+    ci_low: float | None
+    ci_high: float | None
+    n_base: int
+    n_cand: int
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def ratio_interval(base: list[float], cand: list[float]) -> tuple[float, float, float]:
+    """(ratio of medians, low, high) with a 95% percentile bootstrap; a degenerate interval for n=1."""
+    ratio = statistics.median(cand) / statistics.median(base)
+    if len(base) < 2 or len(cand) < 2:
+        return ratio, ratio, ratio
+    from scipy.stats import bootstrap
+
+    def statistic(b: np.ndarray, c: np.ndarray, axis: int = -1) -> np.ndarray:
+        return np.median(c, axis=axis) / np.median(b, axis=axis)
+
+    result = bootstrap((np.asarray(base, float), np.asarray(cand, float)), statistic, paired=False,
+                       vectorized=True, n_resamples=RESAMPLES, confidence_level=CONFIDENCE, method="percentile",
+                       random_state=np.random.default_rng(SEED))
+    low, high = result.confidence_interval
+    return ratio, float(low), float(high)
+
+
+def repeats_needed(base: list[float], cand: list[float], threshold: float) -> int | None:
+    """Rough repeats per side for an interval of width 2*threshold, from the observed spread (CI ~ 1/sqrt(n))."""
+    n = min(len(base), len(cand))
+    values = [v / statistics.median(base) for v in base] + [v / statistics.median(cand) for v in cand]
+    if n < 2 or len(values) < 3:
+        return None
+    spread = statistics.stdev(values)
+    if spread == 0:
+        return n
+    # Half-width of a 95% interval of the ratio ~ 1.96 * sqrt(2) * spread / sqrt(n).
+    return max(n + 1, math.ceil((1.96 * math.sqrt(2) * spread / threshold) ** 2))
+
+
+def decide(base: list[float], cand: list[float], *, threshold: float, higher_is_better: bool) -> Verdict:
+    ratio, low, high = ratio_interval(base, cand)
+    # Orient so that > 1 always means "better".
+    good, lo, hi = (ratio, low, high) if higher_is_better else (1 / ratio, 1 / high, 1 / low)
+    if hi < 1 - threshold:
+        verdict, note = "regression", ""
+    elif lo > 1 + threshold:
+        verdict, note = "improvement", ""
+    elif hi - lo > 2 * threshold:
+        needed = repeats_needed(base, cand, threshold)
+        verdict = "inconclusive"
+        note = f"interval wider than ±{threshold:.0%}; about {needed} repeats per side needed" if needed else \
+            "interval wider than the threshold; more repeats needed"
+    else:
+        verdict, note = "unchanged", ""
+    return Verdict(config_key="", verdict=verdict, ratio=ratio, ci_low=low, ci_high=high, n_base=len(base),
+                   n_cand=len(cand), note=note)
+
+
+def _ok_values(records: list[dict[str, Any]], metric: str) -> dict[str, list[float]]:
+    values: dict[str, list[float]] = {}
+    for r in records:
+        value = (r.get("metrics") or {}).get(metric) if r["status"] == "ok" else None
+        values.setdefault(r["config_key"], [])
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            values[r["config_key"]].append(float(value))
+    return values
+
+
+def compare(base: list[dict[str, Any]], cand: list[dict[str, Any]], *, metric: str = "tokens_per_s",
+            threshold: float = 0.05) -> list[Verdict]:
+    """One verdict per configuration key found in either run, in the baseline's order."""
+    if not 0 < threshold < 1:
+        raise UsageError(f"--threshold {threshold:g}: must be between 0 and 1 (e.g. 5%)")
+    b_values, c_values = _ok_values(base, metric), _ok_values(cand, metric)
+    verdicts = []
+    for key in list(dict.fromkeys([*b_values, *c_values])):
+        if key not in b_values or key not in c_values:
+            side = "candidate" if key not in c_values else "baseline"
+            verdicts.append(Verdict(key, "missing", None, None, None, len(b_values.get(key, [])),
+                                    len(c_values.get(key, [])), f"not in the {side} run"))
+            continue
+        b, c = b_values[key], c_values[key]
+        if not b or not c:
+            side = "baseline" if not b else "candidate"
+            verdicts.append(Verdict(key, "failed", None, None, None, len(b), len(c), f"no ok repeat in the {side}"))
+            continue
+        verdict = decide(b, c, threshold=threshold, higher_is_better=metric in HIGHER_IS_BETTER)
+        verdict.config_key = key
+        verdicts.append(verdict)
+    return verdicts
+
+
+def environment_differences(base: list[dict[str, Any]], cand: list[dict[str, Any]]) -> dict[str, tuple[Any, Any]]:
+    """GPU model, driver and torch that differ between the two runs (first record with an env of each)."""
+    def env_of(records: list[dict[str, Any]]) -> dict[str, Any]:
+        env = next((r["env"] for r in records if r.get("env")), {}) or {}
+        device = env.get("device") or {}
+        return {"gpu": device.get("name"), "driver": device.get("driver"), "torch": env.get("torch")}
+
+    b, c = env_of(base), env_of(cand)
+    return {k: (b[k], c[k]) for k in b if b[k] != c[k]}
+
+
+def parse_threshold(text: str) -> float:
+    """'5%' or '0.05' -> 0.05."""
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise UsageError(f"--threshold {text!r}: expected a percentage like 5% or a fraction like 0.05") from None
+    if not 0 < value < 1:
+        raise UsageError(f"--threshold {text!r}: must be between 0% and 100%")
+    return value

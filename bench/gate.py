@@ -1,0 +1,77 @@
+"""The regression gate's outputs: verdict tables (text, Markdown, JSON), JUnit XML, exit codes, noise floors."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from xml.sax.saxutils import escape as xml_escape
+
+from lmbench.compare import Verdict
+from lmbench.errors import UsageError
+from lmbench.report import markdown_table
+
+EXIT_OK, EXIT_REGRESSION = 0, 1
+
+
+def check_hardware(differences: dict[str, tuple[Any, Any]], *, allow_different_hardware: bool) -> list[str]:
+    """Warnings for environments that differ; a different GPU model is an error unless allowed."""
+    if "gpu" in differences and not allow_different_hardware:
+        base, cand = differences["gpu"]
+        raise UsageError(f"the runs come from different GPUs ({base} vs {cand}); pass --allow-different-hardware "
+                         "to compare them anyway")
+    return [f"{name} differs: {base} (baseline) vs {cand} (candidate)" for name, (base, cand) in differences.items()]
+
+
+def _cells(v: Verdict) -> list[str]:
+    def num(x: float | None, spec: str) -> str:
+        return "-" if x is None else format(x, spec)
+
+    interval = "-" if v.ci_low is None else f"[{v.ci_low:.3f}, {v.ci_high:.3f}]"
+    change = "-" if v.ratio is None else f"{(v.ratio - 1) * 100:+.1f}%"
+    return [v.config_key, v.verdict, num(v.ratio, ".3f"), change, interval, f"{v.n_base}/{v.n_cand}", v.note]
+
+
+HEADERS = ["config", "verdict", "ratio", "change", "95% CI", "repeats base/cand", "note"]
+
+
+def render(verdicts: list[Verdict], *, fmt: str, metric: str, threshold: float) -> str:
+    if fmt == "json":
+        return json.dumps({"metric": metric, "threshold": threshold, "verdicts": [v.as_dict() for v in verdicts]},
+                          indent=2)
+    rows = [_cells(v) for v in verdicts]
+    if fmt == "md":
+        title = f"**lmbench compare**: {metric}, candidate ÷ baseline (median of repeats), threshold ±{threshold:.0%}\n\n"
+        return title + markdown_table(HEADERS, rows, right={2, 3, 5})
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(HEADERS)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(HEADERS, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def junit_xml(verdicts: list[Verdict], *, metric: str) -> str:
+    """One test case per configuration; a regression is a failure, missing/failed are errors."""
+    failures = sum(v.verdict == "regression" for v in verdicts)
+    errors = sum(v.verdict in ("missing", "failed") for v in verdicts)
+    cases = []
+    for v in verdicts:
+        body = ""
+        message = xml_escape(f"{v.verdict}: ratio {v.ratio}, CI [{v.ci_low}, {v.ci_high}] {v.note}", {'"': "&quot;"})
+        if v.verdict == "regression":
+            body = f'<failure message="{message}"/>'
+        elif v.verdict in ("missing", "failed"):
+            body = f'<error message="{message}"/>'
+        cases.append(f'  <testcase classname="lmbench.{xml_escape(metric)}" name="{xml_escape(v.config_key)}">'
+                     f"{body}</testcase>")
+    return (f'<?xml version="1.0" encoding="utf-8"?>\n<testsuite name="lmbench compare" tests="{len(verdicts)}" '
+            f'failures="{failures}" errors="{errors}">\n' + "\n".join(cases) + "\n</testsuite>\n")
+
+
+def exit_code(verdicts: list[Verdict]) -> int:
+    return EXIT_REGRESSION if any(v.verdict == "regression" for v in verdicts) else EXIT_OK
+
+
+def noise_floor(v: Verdict) -> float | None:
+    """Smallest threshold at which this A/A comparison would not be inconclusive: the interval's reach from 1."""
+    if v.ci_low is None:
+        return None
+    return max(abs(1 - v.ci_low), abs(v.ci_high - 1), (v.ci_high - v.ci_low) / 2)
