@@ -78,7 +78,7 @@ def memory_vs_batch(df: pd.DataFrame) -> Figure:
         return _empty(title, "no device memory measured (CPU run or no successful configuration)")
     fig, ax = plt.subplots(figsize=(7, 4))
     series = _series_axes(df, {"batch_size", "seed"})
-    for label, group in ok.groupby(series, dropna=False) if series else [((), ok)]:
+    for label, group in (ok.groupby(series, dropna=False) if series else [((), ok)]) if not ok.empty else []:
         points = (group.groupby("batch_size")["mem_peak_reserved_bytes"].max() / GIB).sort_index()
         name = " ".join(map(str, label if isinstance(label, tuple) else (label,))) or "all"
         ax.plot(points.index, points.values, marker="o", label=name)
