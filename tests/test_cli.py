@@ -31,7 +31,7 @@ def test_every_command_has_help(command):
 
 def test_unknown_suite():
     line = one_line_error(invoke("run", "--suite", "nope"))
-    assert line.startswith("lmbench: error: unknown suite 'nope'; available: batch-sweep, fp16, kernels, memory")
+    assert line.startswith("lmbench: error: unknown suite 'nope'; available: batch-sweep, ci, fp16, kernels, memory")
 
 
 def test_malformed_toml(tmp_path):
