@@ -20,7 +20,7 @@ def one_line_error(result, exit_code: int = 2) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["list"], ["env"]])
+@pytest.mark.parametrize("command", [[]] + [[name] for name in sorted(cli.commands)])
 def test_every_command_has_help(command):
     result = invoke(*command, "--help")
     assert result.exit_code == 0
