@@ -66,7 +66,8 @@ class Config:
     lr: float = 3e-4
     """Learning rate of the optimizer (constant)."""
     data: str = "synthetic"
-    """`synthetic` (seeded uniform tokens) or the path of a UTF-8 text file."""
+    """`synthetic` (seeded uniform tokens), `markov` (a seeded Markov corpus a model can learn), or the path of
+    a UTF-8 text file."""
     tokenizer: str = "byte"
     """How `data=PATH` is tokenized: byte (UTF-8 bytes) or bpe (trained locally on the file)."""
     steps: int = 20
@@ -105,8 +106,8 @@ class Config:
                 raise ConfigError(f"{axis}={getattr(self, axis)!r} must be true or false")
         if not (self.device in ("auto", "cpu", "cuda") or _is_cuda_index(self.device)):
             raise ConfigError(f"device={self.device!r} is not one of: auto, cpu, cuda, cuda:N")
-        if self.data != "synthetic" and not Path(self.data).is_file():
-            raise ConfigError(f"data={self.data!r} is neither 'synthetic' nor an existing text file")
+        if self.data not in ("synthetic", "markov") and not Path(self.data).is_file():
+            raise ConfigError(f"data={self.data!r} is neither 'synthetic', 'markov' nor an existing text file")
 
     def conflict(self) -> str | None:
         """Why two valid axis values cannot go together (e.g. seq_len past the model's positions), or None."""

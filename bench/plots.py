@@ -7,6 +7,7 @@ the plot instead of raising, so a report of a broken run still has all its pages
 from __future__ import annotations
 
 import csv
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -167,7 +168,10 @@ def step_time_distributions(records: list[dict[str, Any]]) -> Figure:
     for r in ok:
         pooled.setdefault(config_label(r["config"], axes), []).extend(t * 1e3 for t in r["step_times_s"])
     fig, ax = plt.subplots(figsize=(7, max(3, 0.4 * len(pooled) + 1)))
-    ax.boxplot(list(pooled.values()), vert=False, showfliers=True)
+    # matplotlib 3.10 replaced `vert` with `orientation`; support both.
+    horizontal = ({"orientation": "horizontal"} if "orientation" in inspect.signature(ax.boxplot).parameters
+                  else {"vert": False})
+    ax.boxplot(list(pooled.values()), showfliers=True, **horizontal)
     ax.set_yticks(range(1, len(pooled) + 1), list(pooled), fontsize=7)
     ax.set_xlabel("step time (ms)")
     ax.set_title(title)

@@ -26,7 +26,7 @@ def test_key_ignores_timeout_but_not_steps_or_device():
     ({"model": "gpt5"}, "model='gpt5' is not one of: gpt2-124m"),
     ({"device": "tpu"}, "device='tpu' is not one of: auto, cpu, cuda, cuda:N"),
     ({"lr": 0.0}, "lr=0.0 must be a positive number"),
-    ({"data": "/no/such/file.txt"}, "data='/no/such/file.txt' is neither 'synthetic' nor an existing text file"),
+    ({"data": "/no/such/file.txt"}, "data='/no/such/file.txt' is neither 'synthetic', 'markov' nor an existing text file"),
 ])
 def test_invalid_values_name_the_axis(values, message):
     with pytest.raises(ConfigError) as err:

@@ -1,0 +1,68 @@
+"""Loss parity: does a fast configuration still train like the reference (fp32, eager, no checkpointing)?
+
+Both runs start from the same seed, hence the same initial weights and the same batches. Their
+per-step losses are smoothed with a short EMA and compared step by step; the verdict is
+  ok        max relative deviation <= the precision's tolerance
+  drift     above the tolerance but below DIVERGED_REL_DEV
+  diverged  a non-finite loss, or a deviation of DIVERGED_REL_DEV or more
+Tolerances come from measured reruns, see TOLERANCES.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from lmbench.config import Config
+
+#: Weight of the newest loss in the EMA (a short one: about five steps).
+EMA_ALPHA = 0.2
+#: A deviation this large means the configuration no longer trains like the reference.
+DIVERGED_REL_DEV = 0.5
+#: Largest relative deviation of the smoothed loss from the fp32 reference that still counts as parity.
+#: Measured with scripts/parity_tolerances.py (tiny models, Markov data, 30 steps, 2-core CPU): fp32 reruns
+#: deviate by 0 there (the CPU is deterministic), the mixed modes by up to the figures in the README; each
+#: tolerance is 3x the largest deviation seen, with a floor of 1e-4 for the deterministic case.
+TOLERANCES: dict[str, float] = {
+    "fp32": 1e-4,
+    "tf32": 1e-2,
+    "amp-fp16": 1e-2,
+    "amp-bf16": 3e-2,
+    "fp16": 1e-2,
+    "bf16": 6e-2,
+}
+
+
+def ema(values: Sequence[float], alpha: float = EMA_ALPHA) -> list[float]:
+    out: list[float] = []
+    for v in values:
+        out.append(v if not out else alpha * v + (1 - alpha) * out[-1])
+    return out
+
+
+def reference_config(config: Config) -> Config:
+    """The configuration a parity check compares against: same model, data, seed and batches, in plain fp32."""
+    return config.replace(precision="fp32", kernels="eager", checkpointing="none")
+
+
+def is_reference(config: Config) -> bool:
+    return reference_config(config) == config
+
+
+def verdict(reference: Sequence[float | None], losses: Sequence[float | None], *, precision: str
+            ) -> dict[str, Any]:
+    """Parity fields of a record: `parity`, `parity_max_rel_dev`, `parity_tolerance`."""
+    tolerance = TOLERANCES[precision]
+    if any(v is None or not math.isfinite(v) for v in losses):
+        return {"parity": "diverged", "parity_max_rel_dev": None, "parity_tolerance": tolerance}
+    if len(reference) != len(losses) or any(v is None or not math.isfinite(v) for v in reference):
+        return {"parity": None, "parity_max_rel_dev": None, "parity_tolerance": tolerance}
+    deviation = max(abs(a - b) / abs(b) for a, b in zip(ema(losses), ema(reference)))
+    if deviation <= tolerance:
+        result = "ok"
+    elif deviation < DIVERGED_REL_DEV:
+        result = "drift"
+    else:
+        result = "diverged"
+    return {"parity": result, "parity_max_rel_dev": deviation, "parity_tolerance": tolerance}
