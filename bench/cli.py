@@ -66,19 +66,22 @@ def cli() -> None:
               help="This node's rank, 0..nnodes-1 (default: $SLURM_NODEID, else 0). Node 0 records results.")
 @click.option("--rdzv-endpoint", default=None, metavar="HOST:PORT",
               help="Node 0's address and a free port, for multi-node torchrun.")
+@click.option("--parity", is_flag=True,
+              help="Check each configuration's loss curve against its fp32/eager reference (added to the plan).")
 def run(suite_name: str, out: Path | None, overrides: tuple[str, ...], device: str | None, repeats: int,
-        resume: bool, dry_run: bool, nnodes: int, node_rank: int | None, rdzv_endpoint: str | None) -> int:
+        resume: bool, dry_run: bool, nnodes: int, node_rank: int | None, rdzv_endpoint: str | None,
+        parity: bool) -> int:
     """Run every configuration of a suite, one fresh process each (torchrun for ddp/fsdp).
 
     Example: lmbench run --suite fp16 --set batch_size=8,16 --repeats 3
     """
     return _run_suite(suite_name, out, overrides, device, repeats, resume=resume, dry_run=dry_run, nnodes=nnodes,
-                      node_rank=node_rank, rdzv_endpoint=rdzv_endpoint)
+                      node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, parity=parity)
 
 
 def _run_suite(suite_name: str, out: Path | None, overrides: tuple[str, ...], device: str | None, repeats: int, *,
                resume: bool, dry_run: bool = False, nnodes: int = 1, node_rank: int | None = None,
-               rdzv_endpoint: str | None = None) -> int:
+               rdzv_endpoint: str | None = None, parity: bool = False) -> int:
     """Everything `lmbench run` does; `calibrate` runs it twice."""
     import os
 
@@ -93,6 +96,12 @@ def _run_suite(suite_name: str, out: Path | None, overrides: tuple[str, ...], de
     parsed = suites.parse_overrides(list(overrides) + ([f"device={device}"] if device else []))
     suite = suites.load(suite_name).with_overrides(parsed)
     planned = suite.expand()
+    if parity:
+        from lmbench.parity import with_references
+
+        planned, notices = with_references(planned)
+        for notice in notices:
+            click.echo(notice, err=True)
     platform = probe_platform()
     console = _console()
     if dry_run:
@@ -111,7 +120,7 @@ def _run_suite(suite_name: str, out: Path | None, overrides: tuple[str, ...], de
         click.echo(f"lmbench: warning: {warning}", err=True)
     jobs = runner.plan(planned, platform, repeats=repeats, done=done)
     run_dir.write_meta({"suite": suite.name, "source": suite.source, "overrides": list(overrides),
-                        "repeats": repeats, "lmbench": lmbench.__version__, "argv": sys.argv,
+                        "repeats": repeats, "parity": parity, "lmbench": lmbench.__version__, "argv": sys.argv,
                         "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
     if done:
         click.echo(f"resuming {out}: {len(done)} record(s) kept, {len(jobs)} job(s) to go", err=True)
@@ -123,7 +132,8 @@ def _run_suite(suite_name: str, out: Path | None, overrides: tuple[str, ...], de
         with Progress(*columns, console=err_console, transient=False) as progress:
             task = progress.add_task(suite.name, total=len(jobs), figure="")
             warned = False
-            for job, record in runner.execute(jobs, run_dir, suite=suite.name, launch=launch, previous=previous):
+            for job, record in runner.execute(jobs, run_dir, suite=suite.name, launch=launch, previous=previous,
+                                              parity=parity):
                 records.append(record)
                 if record["warnings"] and not warned:
                     # Once per run: the record of every affected config keeps its own warning.

@@ -8,7 +8,8 @@ threshold t and the interval [lo, hi] oriented so that > 1 is better:
   improvement  lo > 1 + t
   inconclusive hi - lo > 2t        (too noisy to tell at this threshold)
   unchanged    otherwise
-plus `missing` (in one run only) and `failed` (no ok repeat on one side).
+plus `missing` (in one run only) and `failed` (no ok repeat on one side, or an improvement whose loss
+parity diverged: a configuration that trains wrong never counts as faster).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ class Verdict:
     n_base: int
     n_cand: int
     note: str = ""
+    parity: str | None = None
+    """The candidate's worst loss parity over repeats, when the run checked it."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,6 +114,13 @@ def compare(base: list[dict[str, Any]], cand: list[dict[str, Any]], *, metric: s
     if not 0 < threshold < 1:
         raise UsageError(f"--threshold {threshold:g}: must be between 0 and 1 (e.g. 5%)")
     b_values, c_values = _ok_values(base, metric), _ok_values(cand, metric)
+    order = ["reference", "ok", "drift", "diverged"]
+    parity: dict[str, str] = {}
+    for r in cand:
+        value = (r.get("metrics") or {}).get("parity")
+        if value in order and order.index(value) >= order.index(parity.get(r["config_key"], "reference")):
+            parity[r["config_key"]] = value
+    diverged = {key for key, value in parity.items() if value == "diverged"}
     verdicts = []
     for key in list(dict.fromkeys([*b_values, *c_values])):
         if key not in b_values or key not in c_values:
@@ -125,6 +135,10 @@ def compare(base: list[dict[str, Any]], cand: list[dict[str, Any]], *, metric: s
             continue
         verdict = decide(b, c, threshold=threshold, higher_is_better=metric in HIGHER_IS_BETTER)
         verdict.config_key = key
+        verdict.parity = parity.get(key)
+        if verdict.verdict == "improvement" and key in diverged:
+            # Fast but training wrong is not better.
+            verdict.verdict, verdict.note = "failed", "faster, but its loss parity diverged from the reference"
         verdicts.append(verdict)
     return verdicts
 

@@ -28,10 +28,11 @@ def _cells(v: Verdict) -> list[str]:
 
     interval = "-" if v.ci_low is None else f"[{v.ci_low:.3f}, {v.ci_high:.3f}]"
     change = "-" if v.ratio is None else f"{(v.ratio - 1) * 100:+.1f}%"
-    return [v.config_key, v.verdict, num(v.ratio, ".3f"), change, interval, f"{v.n_base}/{v.n_cand}", v.note]
+    return [v.config_key, v.verdict, num(v.ratio, ".3f"), change, interval, f"{v.n_base}/{v.n_cand}",
+            v.parity or "-", v.note]
 
 
-HEADERS = ["config", "verdict", "ratio", "change", "95% CI", "repeats base/cand", "note"]
+HEADERS = ["config", "verdict", "ratio", "change", "95% CI", "repeats base/cand", "parity", "note"]
 
 
 def render(verdicts: list[Verdict], *, fmt: str, metric: str, threshold: float) -> str:

@@ -49,6 +49,25 @@ def _series_axes(df: pd.DataFrame, exclude: set[str]) -> list[str]:
             and df[a].nunique(dropna=False) > 1]
 
 
+def _lines_over_batch(ax: Any, ok: pd.DataFrame, series: list[str], column: str, how: str, scale: float) -> None:
+    """One line per combination of the `series` axes: `column` aggregated over repeats, against batch size."""
+    if ok.empty:
+        return
+    for label, group in ok.groupby(series, dropna=False) if series else [((), ok)]:
+        points = (group.groupby("batch_size")[column].agg(how) / scale).sort_index()
+        name = " ".join(map(str, label if isinstance(label, tuple) else (label,))) or "all"
+        ax.plot(points.index, points.values, marker="o", label=name)
+
+
+def _finish_batch_axes(ax: Any, title: str, ylabel: str) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size (sequences per device)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
 def tokens_vs_batch(df: pd.DataFrame) -> Figure:
     """Median tokens/s over repeats against batch size, one line per precision (and other varying axes)."""
     title = "Throughput vs batch size"
@@ -56,17 +75,8 @@ def tokens_vs_batch(df: pd.DataFrame) -> Figure:
     if ok.empty:
         return _empty(title, "no successful configuration")
     fig, ax = plt.subplots(figsize=(7, 4))
-    series = _series_axes(ok, {"batch_size", "seed"}) if len(ok) > 1 else []
-    for label, group in ok.groupby(series, dropna=False) if series else [((), ok)]:
-        points = group.groupby("batch_size")["tokens_per_s"].median().sort_index()
-        name = " ".join(map(str, label if isinstance(label, tuple) else (label,))) or "all"
-        ax.plot(points.index, points.values, marker="o", label=name)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("batch size (sequences per device)")
-    ax.set_ylabel("tokens/s (median over repeats)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _lines_over_batch(ax, ok, _series_axes(df, {"batch_size", "seed"}), "tokens_per_s", "median", 1.0)
+    _finish_batch_axes(ax, title, "tokens/s (median over repeats)")
     return fig
 
 
@@ -78,22 +88,13 @@ def memory_vs_batch(df: pd.DataFrame) -> Figure:
     if ok.empty and ooms.empty:
         return _empty(title, "no device memory measured (CPU run or no successful configuration)")
     fig, ax = plt.subplots(figsize=(7, 4))
-    series = _series_axes(df, {"batch_size", "seed"})
-    for label, group in (ok.groupby(series, dropna=False) if series else [((), ok)]) if not ok.empty else []:
-        points = (group.groupby("batch_size")["mem_peak_reserved_bytes"].max() / GIB).sort_index()
-        name = " ".join(map(str, label if isinstance(label, tuple) else (label,))) or "all"
-        ax.plot(points.index, points.values, marker="o", label=name)
+    _lines_over_batch(ax, ok, _series_axes(df, {"batch_size", "seed"}), "mem_peak_reserved_bytes", "max", GIB)
     capacity = df["memory_total_bytes"].dropna().max() if "memory_total_bytes" in df else None
     if capacity is not None and capacity == capacity:
         ax.axhline(capacity / GIB, color="red", linestyle="--", label=f"device capacity {capacity / GIB:.0f} GiB")
         if not ooms.empty:
             ax.scatter(ooms["batch_size"], [capacity / GIB] * len(ooms), marker="x", color="red", label="out of memory")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("batch size (sequences per device)")
-    ax.set_ylabel("peak reserved memory (GiB)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _finish_batch_axes(ax, title, "peak reserved memory (GiB)")
     return fig
 
 

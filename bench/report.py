@@ -43,6 +43,7 @@ class ConfigSummary:
     statuses: list[str]
     reason: str | None
     metrics: dict[str, list[float]] = field(default_factory=dict)
+    parity: list[str] = field(default_factory=list)
 
     def median(self, name: str) -> float | None:
         values = self.metrics.get(name) or []
@@ -56,7 +57,10 @@ class ConfigSummary:
 
 
 SUMMARY_METRICS = ("tokens_per_s", "step_time_median_s", "mfu", "mem_peak_reserved_bytes", "mem_peak_allocated_bytes",
-                   "mem_nvml_used_peak_bytes", "j_per_token", "tokens_per_j", "power_avg_w", "energy_j")
+                   "mem_nvml_used_peak_bytes", "j_per_token", "tokens_per_j", "power_avg_w", "energy_j",
+                   "parity_max_rel_dev")
+#: Worst parity over repeats is reported.
+PARITY_ORDER = ["reference", "ok", "drift", "diverged"]
 
 
 def summarize(records: list[dict[str, Any]]) -> list[ConfigSummary]:
@@ -66,6 +70,8 @@ def summarize(records: list[dict[str, Any]]) -> list[ConfigSummary]:
         s = by_key.setdefault(r["config_key"], ConfigSummary(r["config_key"], r["config"], [], None))
         s.statuses.append(r["status"])
         s.reason = s.reason or r.get("reason")
+        if (r.get("metrics") or {}).get("parity"):
+            s.parity.append(r["metrics"]["parity"])
         if r["status"] == "ok" and r.get("metrics"):
             for name in SUMMARY_METRICS:
                 value = r["metrics"].get(name)
@@ -110,12 +116,17 @@ def tables(records: list[dict[str, Any]], baseline: tuple[str, str] | None = Non
     axes = varying_axes(s.config for s in summaries)
     if baseline and baseline[0] not in (summaries[0].config if summaries else {}):
         raise UsageError(f"--baseline {baseline[0]}={baseline[1]}: {baseline[0]!r} is not a configuration axis")
+    with_parity = any(s.parity for s in summaries)
     throughput_rows, memory_rows, energy_rows, failure_rows = [], [], [], []
     for s in summaries:
         label = [str(s.config[a]) for a in axes]
         tps = s.median("tokens_per_s")
         row = label + [_status(s), _fmt(tps, ",.0f"), _fmt(s.cv("tokens_per_s"), ".1%"),
                        _fmt(s.median("step_time_median_s"), ".1f", 1e-3), _fmt(s.median("mfu"), ".1%")]
+        if with_parity:
+            worst = max(s.parity, key=PARITY_ORDER.index, default=None)
+            dev = s.median("parity_max_rel_dev")
+            row += [worst or "-", _fmt(dev, ".2g")]
         if baseline:
             base = _baseline_of(s, summaries, baseline, axes)
             base_tps = base.median("tokens_per_s") if base else None
@@ -132,6 +143,8 @@ def tables(records: list[dict[str, Any]], baseline: tuple[str, str] | None = Non
             failure_rows.append(label + [_status(s), s.reason or ""])
     n = len(axes)
     head = ["status", "tokens/s", "cv over repeats", "step ms", "MFU"]
+    if with_parity:
+        head += ["parity", "max loss dev"]
     if baseline:
         head += [f"speedup vs {baseline[0]}={baseline[1]}", "Diff %"]
     out = {"throughput": markdown_table(axes + head, throughput_rows, right=set(range(n + 1, n + len(head)))),

@@ -22,6 +22,8 @@ from lmbench.environment import Platform
 from lmbench.errors import ResultsError
 from lmbench.feasibility import resolve, skip_reason
 from lmbench.launcher import Launch, worker_command
+from lmbench.parity import is_reference, reference_config
+from lmbench.parity import verdict as parity_verdict
 from lmbench.suite import Planned
 from lmbench.worker import OOM_MARKERS
 
@@ -51,7 +53,8 @@ def plan(planned: list[Planned], platform: Platform, *, repeats: int, done: set[
          ) -> list[Job]:
     """Jobs in run order: repeat-major, so repeats of a config are spread over the run's duration."""
     jobs = []
-    ordered = sorted(planned, key=lambda row: _PARALLEL_ORDER[row.config.parallel])
+    # Parity references (fp32, eager, no checkpointing) before the configurations judged against them.
+    ordered = sorted(planned, key=lambda row: (_PARALLEL_ORDER[row.config.parallel], not is_reference(row.config)))
     for repeat in range(repeats):
         for row in ordered:
             config = resolve(row.config, platform)
@@ -167,17 +170,34 @@ def scaling_efficiency(record: dict[str, Any], baseline: list[float]) -> float |
     return metrics["tokens_per_s"] / (metrics["devices"] * reference)
 
 
+def add_parity(record: dict[str, Any], config: Config, reference_losses: dict[str, dict[int, list]]) -> None:
+    """Parity fields in the record's metrics: against the reference's same repeat, else its first."""
+    if record["metrics"] is None:
+        return
+    if is_reference(config):
+        record["metrics"].update({"parity": "reference", "parity_max_rel_dev": 0.0, "parity_tolerance": None})
+        return
+    runs = reference_losses.get(reference_config(config).key, {})
+    reference = runs.get(record["repeat"]) or next(iter(runs.values()), None)
+    if reference is None:
+        record["metrics"].update({"parity": None, "parity_max_rel_dev": None, "parity_tolerance": None})
+        return
+    record["metrics"].update(parity_verdict(reference, record["losses"] or [], precision=config.precision))
+
+
 def execute(jobs: list[Job], run_dir: RunDirectory, *, suite: str, launch: Launch = Launch(),
-            previous: list[dict[str, Any]] = ()) -> Iterator[tuple[Job, dict[str, Any]]]:
+            previous: list[dict[str, Any]] = (), parity: bool = False) -> Iterator[tuple[Job, dict[str, Any]]]:
     """Run jobs in order, appending each record as it ends; yields (job, record) for progress display.
 
     On nodes other than node 0 (multi-node runs) only distributed jobs run and nothing is recorded.
-    `previous` holds records already in the run (resume), for scaling efficiency.
+    `previous` holds records already in the run (resume), for scaling efficiency and parity.
     """
     throughput: dict[str, list[float]] = {}
+    reference_losses: dict[str, dict[int, list]] = {}
     for record in previous:
         if record["status"] == "ok" and record.get("metrics"):
             throughput.setdefault(record["config_key"], []).append(record["metrics"]["tokens_per_s"])
+            reference_losses.setdefault(record["config_key"], {})[record["repeat"]] = record["losses"]
     for job in jobs:
         if not launch.runs(job.config):
             continue
@@ -192,6 +212,9 @@ def execute(jobs: list[Job], run_dir: RunDirectory, *, suite: str, launch: Launc
                 efficiency = scaling_efficiency(record, throughput.get(single_device_key(job.config), []))
                 record["metrics"]["scaling_efficiency"] = efficiency
             throughput.setdefault(job.config.key, []).append(record["metrics"]["tokens_per_s"])
+            reference_losses.setdefault(job.config.key, {})[job.repeat] = record["losses"]
+        if parity and status in ("ok", "diverged"):
+            add_parity(record, job.config, reference_losses)
         if launch.records:
             results.append(run_dir.path, record)
         yield job, record
