@@ -303,6 +303,93 @@ def calibrate(suite_name: str, repeats: int, out: Path | None, overrides: tuple[
 
 
 @cli.command()
+@click.option("--model", required=True, help="Model to tune (see `lmbench list`).")
+@click.option("--seq-len", type=click.IntRange(min=1), default=1024, show_default=True)
+@click.option("--precision", "precisions", default="amp-bf16", show_default=True, help="Comma-separated list.")
+@click.option("--kernels", "kernel_sets", default="eager", show_default=True, help="Comma-separated list.")
+@click.option("--checkpointing", "checkpointings", default="none,full", show_default=True,
+              help="Comma-separated list.")
+@click.option("--budget-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Start no probe or measurement after this long.")
+@click.option("--max-memory", default=None, help="Memory cap, e.g. 70GiB (a GPU's allocator; on a CPU, growth "
+              "of the resident set during training).")
+@click.option("--global-batch", type=click.IntRange(min=1), default=None,
+              help="Keep batch x grad_accum near this many sequences, for comparable optimisation.")
+@click.option("--margin", type=float, default=0.1, show_default=True, help="Back off this fraction from the largest fit.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=4096, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True, help="Measured steps per size.")
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--resume", is_flag=True, help="Continue the tune in --out; probes already made are reused.")
+def tune(model: str, seq_len: int, precisions: str, kernel_sets: str, checkpointings: str,
+         budget_minutes: float | None, max_memory: str | None, global_batch: int | None, margin: float,
+         max_batch: int, steps: int, warmup: int, device: str | None, out: Path | None, resume: bool) -> int:
+    """Find the largest batch that fits and the fastest configuration for a model.
+
+    Example: lmbench tune --model llama-1b --precision amp-bf16,bf16 --checkpointing none,full
+    """
+    from rich.table import Table
+
+    from lmbench import tune as tuning
+    from lmbench.config import Config
+    from lmbench.environment import probe_platform
+    from lmbench.feasibility import resolve, skip_reason
+
+    values = {"model": model, "seq_len": seq_len, "max_memory_bytes": tuning.parse_size(max_memory) if max_memory
+              else 0, **({"device": device} if device else {})}
+    axes = {"precision": precisions, "kernels": kernel_sets, "checkpointing": checkpointings}
+    lists = {axis: suites.parse_overrides([f"{axis}={raw}"])[axis] for axis, raw in axes.items()}
+    try:
+        base = resolve(Config.from_mapping(values), probe_platform())
+    except LmbenchError as err:
+        raise UsageError(str(err)) from None
+    if base.conflict():
+        raise UsageError(base.conflict())
+    if resume and out is None:
+        raise UsageError("--resume needs --out RUN_DIR, the tune to continue")
+    out = out or Path("runs") / f"tune-{model}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    run_dir = runner.RunDirectory(out, resume=resume)
+    err_console = _console(stderr=True)
+    tuner = tuning.Tuner(base, run_dir, launch=runner.run_worker, budget_s=budget_minutes * 60 if budget_minutes
+                         else None, margin=margin, max_batch=max_batch, global_batch=global_batch,
+                         on_event=lambda message: err_console.print(escape(message)))
+    found = []
+    for combo in tuning.combos(lists["precision"], lists["kernels"], lists["checkpointing"]):
+        reason = skip_reason(base.replace(**combo), probe_platform())
+        if reason:
+            found.append(tuning.ComboResult(combo, note=f"skipped: {reason}"))
+            continue
+        result = tuner.search(combo)
+        if result.chosen:
+            tuner.measure(result, steps, warmup)
+        found.append(result)
+    search = Table(title=f"largest batch that fits: {model}, seq_len {seq_len}", title_justify="left")
+    for column in ("precision", "kernels", "checkpointing", "fits", "fails", "chosen", "probes", "note"):
+        search.add_column(column)
+    for r in found:
+        search.add_row(*r.combo.values(), str(r.largest_fitting), str(r.first_failing or "-"), str(r.chosen),
+                       str(r.probes), escape(r.note))
+    ranking = Table(title="ranked by tokens/s", title_justify="left")
+    for column in ("#", "precision", "kernels", "checkpointing", "batch", "accum", "status", "tokens/s",
+                   "peak mem GiB", "J/token"):
+        ranking.add_column(column)
+    for i, r in enumerate(tuning.ranked(run_dir), start=1):
+        m, c = r["metrics"] or {}, r["config"]
+        mem = m.get("mem_peak_reserved_bytes") or m.get("mem_host_peak_growth_bytes")
+        ranking.add_row(str(i), c["precision"], c["kernels"], c["checkpointing"], str(c["batch_size"]),
+                        str(c["grad_accum"]), r["status"], "-" if not m.get("tokens_per_s") else
+                        f"{m['tokens_per_s']:,.0f}", "-" if mem is None else f"{mem / 2**30:.2f}",
+                        "-" if m.get("j_per_token") is None else f"{m['j_per_token']:.3g}")
+    console = _console()
+    console.print(search)
+    console.print(ranking)
+    winner = tuning.write_winner(run_dir)
+    console.print(f"winner as a suite: {winner}" if winner else "no configuration ran successfully")
+    return 0
+
+
+@cli.command()
 @click.option("--op", type=click.Choice(["rmsnorm", "layernorm", "linear-ce"]), required=True)
 @click.option("--shape", required=True, help="MxN for norms (e.g. 8192x4096), BTxHxV for linear-ce.")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="bf16", show_default=True)

@@ -80,6 +80,9 @@ class Config:
     """Wall-clock limit of the worker process, start-up included."""
     device: str = "auto"
     """auto (cuda when available), cpu, cuda or cuda:N."""
+    max_memory_bytes: int = 0
+    """Memory cap, 0 for none: the CUDA allocator's limit on a GPU; on a CPU, the largest growth of the
+    resident set allowed during training (a run past it ends as `oom`)."""
     telemetry: bool = True
     """Sample NVML (power, energy, memory, clocks, throttling) over the measured window."""
     telemetry_period_s: float = 0.05
@@ -93,6 +96,7 @@ class Config:
         for axis in ("batch_size", "seq_len", "grad_accum", "steps", "bucket_cap_mb"):
             _require_int(axis, getattr(self, axis), minimum=1)
         _require_int("nproc", self.nproc, minimum=0)
+        _require_int("max_memory_bytes", self.max_memory_bytes, minimum=0)
         _require_int("warmup", self.warmup, minimum=0)
         _require_int("seed", self.seed, minimum=0)
         if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or not self.lr > 0:

@@ -20,7 +20,8 @@ from typing import Any
 from lmbench.config import Config
 from lmbench.results import write_json
 
-OOM_MARKERS = ("out of memory", "OutOfMemoryError", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED")
+OOM_MARKERS = ("out of memory", "OutOfMemoryError", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED",
+               "can't allocate memory", "MemoryCapExceeded")
 
 
 def classify_failure(error: BaseException) -> str:
@@ -47,7 +48,7 @@ def measure(config: Config, *, timeline_path: Path | None = None) -> dict[str, A
     """
     import torch
 
-    from lmbench import distributed, metrics
+    from lmbench import distributed, hostmem, metrics
     from lmbench.flops import matmul_params, palm_flops_per_token
     from lmbench.kernel_sets import KERNEL_SETS
     from lmbench.precision import matmul_mode
@@ -63,14 +64,20 @@ def measure(config: Config, *, timeline_path: Path | None = None) -> dict[str, A
         torch.cuda.set_device(device)
     backend = distributed.init(info, device, timeout_s=config.timeout_s) if info else None
     rank, world = (info.rank, info.world_size) if info else (0, 1)
+    if device.type == "cuda" and config.max_memory_bytes:
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, config.max_memory_bytes / total), device)
     with matmul_mode(config.precision):
         step = TrainingStep(config, device, rank=rank)
         initial_checksum = distributed.param_checksum(step.base_model) if world > 1 else None
+        budget = hostmem.Budget(config.max_memory_bytes if device.type == "cpu" else 0)
         for _ in range(config.warmup):
             step()
+            budget.check()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
+        host_window = hostmem.Budget(0)
         timer = StepTimer(device)
         telemetry = (Telemetry.for_device(device, period_s=config.telemetry_period_s) if config.telemetry
                      else Telemetry(None, unavailable="turned off (telemetry=false)"))
@@ -81,6 +88,7 @@ def measure(config: Config, *, timeline_path: Path | None = None) -> dict[str, A
             for _ in range(config.steps):
                 with timer.step():
                     losses_t.append(step())
+    budget.check()
     own_timeline = _rank_timeline(timeline_path, rank, world)
     if own_timeline is not None and telemetry.samples:
         telemetry.write_timeline(own_timeline)
@@ -91,6 +99,7 @@ def measure(config: Config, *, timeline_path: Path | None = None) -> dict[str, A
         "losses": torch.stack(losses_t).cpu().tolist(),
         "mem_peak_allocated_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
         "mem_peak_reserved_bytes": torch.cuda.max_memory_reserved(device) if device.type == "cuda" else None,
+        "mem_host_peak_growth_bytes": host_window.growth_bytes if device.type == "cpu" else None,
         "telemetry": telemetry.summary(tokens=tokens_per_rank * config.steps),
         "power_trace": power_trace(telemetry.samples),
         "param_checksum": distributed.param_checksum(step.base_model) if world > 1 else None,

@@ -1,0 +1,185 @@
+"""`lmbench tune`: the largest batch that fits, then the fastest configuration, each probe a fresh process.
+
+For every combination of precision x kernels x checkpointing: grow the batch size by doubling until a
+probe runs out of memory, bisect between the last size that fitted and the first that did not, back
+off by a safety margin, then measure throughput at that size and a few below it. Probes are short
+runs (one warmup step, two measured) recorded in RUN_DIR/probes.jsonl, measurements are ordinary
+records in RUN_DIR/results.jsonl, so an interrupted tune resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lmbench import results
+from lmbench.config import Config
+from lmbench.errors import UsageError
+from lmbench.runner import Job, RunDirectory
+
+Launcher = Callable[[Job, RunDirectory], tuple[str, str | None, dict[str, Any] | None]]
+
+#: Probe runs: enough steps to reach the steady-state memory peak (optimizer state exists after step one).
+PROBE_STEPS, PROBE_WARMUP = 2, 1
+#: Sizes measured besides the chosen one, as fractions of it.
+BELOW = (0.75, 0.5)
+
+
+def parse_size(text: str) -> int:
+    """'512MiB', '2GiB', '1.5G', '800M' or plain bytes -> bytes."""
+    units = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
+             "g": 10**9, "gb": 10**9, "gib": 2**30}
+    number = text.strip().lower().rstrip("bytes") if text.strip().lower().endswith("bytes") else text.strip().lower()
+    digits = number.rstrip("kmgib")
+    unit = number[len(digits):]
+    try:
+        value = float(digits) * units[unit]
+    except (ValueError, KeyError):
+        raise UsageError(f"--max-memory {text!r}: expected a size like 512MiB, 2GiB or 1.5G") from None
+    if value <= 0:
+        raise UsageError(f"--max-memory {text!r}: must be positive")
+    return int(value)
+
+
+@dataclass
+class ComboResult:
+    """What tune found for one precision x kernels x checkpointing combination."""
+
+    combo: dict[str, str]
+    largest_fitting: int = 0
+    first_failing: int | None = None
+    chosen: int = 0
+    probes: int = 0
+    note: str = ""
+    measured: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Tuner:
+    """Owns the probe cache (probes.jsonl) and the search; `launch` runs one job in a fresh process."""
+
+    def __init__(self, base: Config, run_dir: RunDirectory, *, launch: Launcher, budget_s: float | None = None,
+                 margin: float = 0.1, max_batch: int = 4096, global_batch: int | None = None,
+                 on_event: Callable[[str], None] = lambda message: None) -> None:
+        if not 0 <= margin < 1:
+            raise UsageError(f"--margin {margin}: must be in [0, 1)")
+        self.base = base
+        self.run_dir = run_dir
+        self.launch = launch
+        self.deadline = time.monotonic() + budget_s if budget_s else None
+        self.margin = margin
+        self.max_batch = max_batch
+        self.global_batch = global_batch
+        self.on_event = on_event
+        self.probe_path = run_dir.path / "probes.jsonl"
+        self.cache: dict[str, str] = {}
+        if self.probe_path.exists():
+            for line in self.probe_path.read_text().splitlines():
+                if line.strip():
+                    entry = json.loads(line)
+                    self.cache[entry["config_key"]] = entry["status"]
+        self.done = {r["config_key"] for r in results.read(run_dir.results_path).records} \
+            if run_dir.results_path.exists() else set()
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+    def probe_config(self, combo: dict[str, str], batch: int) -> Config:
+        return self.base.replace(**combo, batch_size=batch, steps=PROBE_STEPS, warmup=PROBE_WARMUP, telemetry=False,
+                                 grad_accum=1)
+
+    def fits(self, combo: dict[str, str], batch: int) -> bool:
+        config = self.probe_config(combo, batch)
+        if config.key not in self.cache:
+            status, reason, _ = self.launch(Job(config, 0), self.run_dir)
+            self.cache[config.key] = status
+            with open(self.probe_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"config_key": config.key, "combo": combo, "batch_size": batch, "status": status,
+                                    "reason": reason}) + "\n")
+            self.on_event(f"probe {_label(combo)} batch {batch}: {status}")
+        return self.cache[config.key] == "ok"
+
+    def search(self, combo: dict[str, str]) -> ComboResult:
+        """Largest fitting batch by doubling then bisection; any non-ok probe counts as not fitting."""
+        found = ComboResult(combo)
+        before = len(self.cache)
+        fitting, failing, batch = 0, None, 1
+        while batch <= self.max_batch and not self.out_of_time():
+            if not self.fits(combo, batch):
+                failing = batch
+                break
+            fitting, batch = batch, batch * 2
+        while failing is not None and failing - fitting > 1 and not self.out_of_time():
+            middle = (fitting + failing) // 2
+            if self.fits(combo, middle):
+                fitting = middle
+            else:
+                failing = middle
+        found.largest_fitting, found.first_failing = fitting, failing
+        found.probes = len(self.cache) - before
+        if self.out_of_time():
+            found.note = "budget ran out during the search"
+        if failing is None and fitting == self.max_batch:
+            found.note = f"fits up to --max-batch {self.max_batch}"
+        found.chosen = max(1, int(fitting * (1 - self.margin))) if fitting else 0
+        return found
+
+    def measure(self, found: ComboResult, steps: int, warmup: int) -> None:
+        sizes = sorted({found.chosen, *(max(1, int(found.chosen * f)) for f in BELOW)}, reverse=True)
+        for batch in sizes:
+            if self.out_of_time():
+                found.note = found.note or "budget ran out during measurement"
+                return
+            accum = max(1, self.global_batch // batch) if self.global_batch else 1
+            config = self.base.replace(**found.combo, batch_size=batch, grad_accum=accum, steps=steps, warmup=warmup)
+            if config.key not in self.done:
+                status, reason, payload = self.launch(Job(config, 0), self.run_dir)
+                record = results.make_record(suite="tune", config=config.to_dict(), config_key=config.key, repeat=0,
+                                             status=status, reason=reason, payload=payload)
+                results.append(self.run_dir.path, record)
+                self.done.add(config.key)
+                self.on_event(f"measure {_label(found.combo)} batch {batch} x{accum}: {status}")
+            found.measured.append({"config": config})
+
+
+def combos(precisions: list[str], kernels: list[str], checkpointing: list[str]) -> list[dict[str, str]]:
+    return [{"precision": p, "kernels": k, "checkpointing": c}
+            for p, k, c in itertools.product(precisions, kernels, checkpointing)]
+
+
+def _label(combo: dict[str, str]) -> str:
+    return " ".join(combo.values())
+
+
+def ranked(run_dir: RunDirectory) -> list[dict[str, Any]]:
+    """Measured configurations, fastest first (tokens/s over repeat 0), failed ones last."""
+    records = results.read(run_dir.results_path).records if run_dir.results_path.exists() else []
+    ok = [r for r in records if r["status"] == "ok"]
+    ok.sort(key=lambda r: -r["metrics"]["tokens_per_s"])
+    return ok + [r for r in records if r["status"] != "ok"]
+
+
+def winner_suite(record: dict[str, Any]) -> str:
+    """A suite file that reproduces the winning configuration."""
+    config = Config.from_mapping({k: v for k, v in record["config"].items()})
+    defaults = Config()
+    lines = [f'name = "tuned-{config.model}"',
+             f'description = "Fastest configuration lmbench tune found for {config.model} '
+             f'({record["metrics"]["tokens_per_s"]:,.0f} tokens/s)"', "", "[defaults]"]
+    for name, value in config.to_dict().items():
+        if value != getattr(defaults, name) or name in ("model", "batch_size", "seq_len", "precision"):
+            lines.append(f"{name} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def write_winner(run_dir: RunDirectory) -> Path | None:
+    rows = ranked(run_dir)
+    if not rows or rows[0]["status"] != "ok":
+        return None
+    path = run_dir.path / "tuned.toml"
+    path.write_text(winner_suite(rows[0]), encoding="utf-8")
+    return path
