@@ -7,7 +7,6 @@ from collections.abc import Callable
 from functools import partial
 
 import torch
-import torch.nn as nn
 
 from lmbench.config import Config
 from lmbench.data import POOL_SIZE, make_batches

@@ -1,6 +1,5 @@
 """Reports from real and hand-made results: DataFrame, exact Markdown, every plot, HTML in a real browser."""
 
-import json
 import shutil
 import subprocess
 from pathlib import Path
