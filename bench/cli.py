@@ -433,6 +433,31 @@ def kernels(op: str, shape: str, dtype: str, mode: str, csv_path: Path | None) -
     return 0
 
 
+@cli.command()
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the figures as JSON here.")
+def ceilings(out: Path | None) -> int:
+    """Measure this GPU's bf16 matmul TFLOP/s and device-to-device copy GB/s (a second yardstick for MFU).
+
+    Example: lmbench ceilings --out ceilings.json
+    """
+    import json
+
+    import torch
+
+    from lmbench import ceilings as measured
+
+    if not torch.cuda.is_available():
+        click.echo(f"skipped: lmbench ceilings needs a CUDA GPU (none visible; torch {torch.__version__})")
+        return 0
+    figures = measured.measure(torch.device("cuda"))
+    click.echo(f"{figures['device']}: bf16 matmul {figures['bf16_matmul_tflops']:.0f} TFLOP/s "
+               f"({figures['bf16_matmul_n']}^3), copy {figures['copy_gb_per_s']:.0f} GB/s (read + write)")
+    if out is not None:
+        out.write_text(json.dumps(figures, indent=2), encoding="utf-8")
+    return 0
+
+
 def _console(*, stderr: bool = False) -> Console:
     """Rich console; wide when not a terminal, so piped tables are not wrapped at 80 columns."""
     stream = sys.stderr if stderr else sys.stdout

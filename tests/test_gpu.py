@@ -90,3 +90,64 @@ def test_fp16_suite_records_telemetry(tmp_path):
     m = r["metrics"]
     assert m["telemetry"] == "on" and m["energy_j"] > 0 and m["j_per_token"] > 0
     assert (tmp_path / "run" / "telemetry" / f"{r['config_key']}-r0.csv").exists()
+
+
+def test_harness_overhead_against_a_bare_loop_on_gpu():
+    """lmbench's step vs a hand-written amp-bf16 loop on gpt2-124m, interleaved in one process."""
+    import statistics
+
+    import torch
+
+    from lmbench.config import Config
+    from lmbench.data import make_batches
+    from lmbench.models import MODELS, build_model
+    from lmbench.timer import StepTimer
+    from lmbench.training import TrainingStep
+
+    device = torch.device("cuda")
+    config = Config(model="gpt2-124m", batch_size=8, seq_len=1024, precision="amp-bf16", steps=200, warmup=0,
+                    device="cuda")
+    torch.manual_seed(0)
+    model = build_model(MODELS["gpt2-124m"], attention="sdpa").to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, foreach=True)
+    batches = make_batches(spec=MODELS["gpt2-124m"], batch_size=8, seq_len=1024, data="synthetic",
+                           tokenizer="byte", seed=0, count=16, device=device)
+    harness = TrainingStep(config, device)
+
+    def bare(n):
+        times = []
+        for i in range(n):
+            b = batches[i % 16]
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = model(input_ids=b.input_ids, labels=b.labels).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            end.record()
+            times.append((start, end))
+        torch.cuda.synchronize()
+        return [s.elapsed_time(e) / 1e3 for s, e in times]
+
+    def ours(n):
+        timer = StepTimer(device)
+        with timer.window():
+            for _ in range(n):
+                with timer.step():
+                    harness()
+        return timer.times_s()
+
+    bare(10), ours(10)
+    ratios = []
+    for block in range(10):
+        if block % 2 == 0:
+            a = bare(10)
+            b = ours(10)
+        else:
+            b = ours(10)
+            a = bare(10)
+        ratios.append(statistics.median(b) / statistics.median(a))
+    ratio = statistics.median(ratios)
+    print(f"gpu harness/bare median step time: {ratio:.4f}")
+    assert abs(ratio - 1) < 0.02

@@ -54,3 +54,21 @@ def test_measure_on_gpu_gives_every_available_impl_a_time(tmp_path):
     by = {r["impl"]: r for r in rows}
     assert by["lmbench triton"]["status"] == "ok" and by["eager"]["status"] == "ok"
     assert 0 < by["lmbench triton"]["time_p20_ms"] <= by["lmbench triton"]["time_median_ms"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU message")
+def test_ceilings_say_skipped_without_cuda():
+    result = CliRunner().invoke(cli, ["ceilings"])
+    assert result.exit_code == 0 and result.output.startswith("skipped: lmbench ceilings needs a CUDA GPU")
+
+
+@pytest.mark.gpu
+def test_ceilings_are_below_the_datasheet(tmp_path):
+    from lmbench.ceilings import measure
+    from lmbench.peaks import peak_flops
+
+    figures = measure(torch.device("cuda"), matmul_n=4096, copy_bytes=2**28, repeats=5)
+    peak = peak_flops(figures["device"], "bf16")
+    assert figures["bf16_matmul_tflops"] > 10 and figures["copy_gb_per_s"] > 100
+    if peak:
+        assert figures["bf16_matmul_tflops"] * 1e12 < peak[0] * 1.05

@@ -1,0 +1,46 @@
+"""The device's own ceilings, measured: a large bf16 matmul's TFLOP/s and a large device-to-device copy's GB/s.
+
+Datasheet peaks are upper bounds no kernel reaches; these are what this card, at its current
+clocks and power limit, delivers on the simplest possible workloads, a second yardstick for MFU.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+
+def measure(device: Any, *, matmul_n: int = 8192, copy_bytes: int = 2**31, repeats: int = 20) -> dict[str, Any]:
+    """Median over `repeats` timed runs (CUDA events) after warmup; random data (zeros would flatter the matmul)."""
+    import torch
+
+    a = torch.randn(matmul_n, matmul_n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(matmul_n, matmul_n, device=device, dtype=torch.bfloat16)
+    src = torch.empty(copy_bytes // 2, device=device, dtype=torch.bfloat16).normal_()
+    dst = torch.empty_like(src)
+
+    def timed(fn: Any) -> float:
+        for _ in range(3):
+            fn()
+        times = []
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        return statistics.median(times)
+
+    matmul_s = timed(lambda: torch.mm(a, b))
+    copy_s = timed(lambda: dst.copy_(src))
+    return {
+        "device": torch.cuda.get_device_name(device),
+        "bf16_matmul_tflops": 2 * matmul_n**3 / matmul_s / 1e12,
+        "bf16_matmul_n": matmul_n,
+        # A copy reads and writes every byte.
+        "copy_gb_per_s": 2 * copy_bytes / copy_s / 1e9,
+        "copy_bytes": copy_bytes,
+        "repeats": repeats,
+        "method": "median of CUDA-event-timed runs after 3 warmups; random bf16 data",
+    }
