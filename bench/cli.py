@@ -118,7 +118,7 @@ def _run_suite(suite_name: str, out: Path | None, overrides: tuple[str, ...], de
     previous = results.read(run_dir.results_path).records if done else []
     for warning in warnings:
         click.echo(f"lmbench: warning: {warning}", err=True)
-    jobs = runner.plan(planned, platform, repeats=repeats, done=done)
+    jobs = runner.plan(planned, platform, repeats=repeats, done=done, parity=parity)
     run_dir.write_meta({"suite": suite.name, "source": suite.source, "overrides": list(overrides),
                         "repeats": repeats, "parity": parity, "lmbench": lmbench.__version__, "argv": sys.argv,
                         "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})

@@ -48,12 +48,13 @@ class Job:
 _PARALLEL_ORDER = {"none": 0, "dp": 1, "ddp": 2, "fsdp": 3}
 
 
-def plan(planned: list[Planned], platform: Platform, *, repeats: int, done: set[tuple[str, int]] = frozenset()
-         ) -> list[Job]:
+def plan(planned: list[Planned], platform: Platform, *, repeats: int, done: set[tuple[str, int]] = frozenset(),
+         parity: bool = False) -> list[Job]:
     """Jobs in run order: repeat-major, so repeats of a config are spread over the run's duration."""
     jobs = []
-    # Parity references (fp32, eager, no checkpointing) before the configurations judged against them.
-    ordered = sorted(planned, key=lambda row: (_PARALLEL_ORDER[row.config.parallel], not is_reference(row.config)))
+    # With parity, references (fp32, eager, no checkpointing) run before the configurations judged by them.
+    ordered = sorted(planned, key=lambda row: (_PARALLEL_ORDER[row.config.parallel],
+                                               parity and not is_reference(row.config)))
     for repeat in range(repeats):
         for row in ordered:
             config = resolve(row.config, platform)
