@@ -35,6 +35,7 @@ class TorchTransformerLM(nn.Module):
         self.lm_head = nn.Linear(hidden, vocab_size, bias=False)
         self.lm_head.weight = self.tok_emb.weight
         self.checkpointing = False
+        self.checkpoint_kwargs: dict = {}
         self.apply(self._init_weights)
 
     @staticmethod
@@ -50,6 +51,8 @@ class TorchTransformerLM(nn.Module):
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
         """Same switch as the transformers models, so the harness treats every model alike."""
         self.checkpointing = True
+        self.checkpoint_kwargs = {k: v for k, v in (gradient_checkpointing_kwargs or {}).items()
+                                  if k != "use_reentrant"}
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> LMOutput:
         logits = self.lm_head(self.hidden_states(input_ids))
@@ -67,7 +70,7 @@ class TorchTransformerLM(nn.Module):
         mask = nn.Transformer.generate_square_subsequent_mask(seq_len, device=input_ids.device, dtype=x.dtype)
         for layer in self.encoder.layers:
             if self.checkpointing and self.training:
-                x = checkpoint(layer, x, mask, None, True, use_reentrant=False)
+                x = checkpoint(layer, x, mask, None, True, use_reentrant=False, **self.checkpoint_kwargs)
             else:
                 x = layer(x, src_mask=mask, is_causal=True)
         return self.norm(x)

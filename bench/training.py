@@ -62,8 +62,8 @@ class TrainingStep:
         self.spec = MODELS[config.model]
         torch.manual_seed(config.seed)
         model = build_model(self.spec, attention=config.attention)
-        if config.checkpointing == "full":
-            enable_checkpointing(model)
+        if config.checkpointing != "none":
+            enable_checkpointing(model, selective=config.checkpointing == "selective")
         model.train()
         self.base_model = model
         """The model as built: not wrapped, not compiled (for counting parameters)."""

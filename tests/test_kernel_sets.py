@@ -50,3 +50,24 @@ def test_unavailable_sets_say_why():
     assert KERNEL_SETS["liger"].unavailable(spec, "cuda").startswith("Liger-Kernel is not installed")
     assert KERNEL_SETS["eager"].unavailable(spec, "cpu") is None
     assert KERNEL_SETS["apex"].note.endswith("fall back to native code on CPU or under torch.compile")
+
+
+@pytest.mark.parametrize("model", ["tiny-gpt2", "tiny-llama", "tiny-torch-transformer-lm"])
+def test_checkpointing_modes_train_identically(model):
+    """Recomputation changes memory and time, never the numbers (fp32, dropout replayed from saved RNG state)."""
+    base = Config(model=model, batch_size=2, seq_len=32, steps=3, warmup=0, device=DEVICE.type)
+    reference = torch.tensor(losses(base, 3))
+    for mode in ("full", "selective"):
+        torch.testing.assert_close(torch.tensor(losses(base.replace(checkpointing=mode), 3)), reference,
+                                   atol=0, rtol=0)
+
+
+def test_selective_checkpointing_saves_matmuls_and_recomputes_the_rest():
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    from lmbench.models import _selective_context
+
+    forward_ctx, _ = _selective_context()
+    policy = forward_ctx.policy_fn
+    assert policy(None, torch.ops.aten.mm.default) == CheckpointPolicy.MUST_SAVE
+    assert policy(None, torch.ops.aten.gelu.default) == CheckpointPolicy.PREFER_RECOMPUTE
