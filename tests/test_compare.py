@@ -133,3 +133,16 @@ def test_corrupt_line_is_reported_with_its_number_and_the_rest_loads(tmp_path):
     assert result.exit_code == 0
     assert f"lmbench: warning: {tmp_path / 'cand' / 'results.jsonl'}:6: skipped corrupt line" in result.stderr
     assert "unchanged" in result.output
+
+
+@pytest.mark.slow
+def test_calibrate_runs_twice_and_prints_noise_floors(tmp_path):
+    result = CliRunner().invoke(cli, ["calibrate", "--suite", "smoke", "--repeats", "2", "--out", str(tmp_path / "c"),
+                                      "--device", "cpu", "--set", "model=tiny-llama", "--set", "precision=fp32",
+                                      "--set", "steps=4"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "c" / "a" / "results.jsonl").exists() and (tmp_path / "c" / "b" / "results.jsonl").exists()
+    assert "noise floor of smoke (2 repeats per run, tokens_per_s)" in result.output
+    row = next(line for line in result.stdout.splitlines() if line.startswith("│ tiny-llama"))
+    assert row.rstrip(" │").endswith("%")
+    assert "gate each configuration with --threshold at or above its noise floor" in result.output
