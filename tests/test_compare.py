@@ -143,6 +143,6 @@ def test_calibrate_runs_twice_and_prints_noise_floors(tmp_path):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "c" / "a" / "results.jsonl").exists() and (tmp_path / "c" / "b" / "results.jsonl").exists()
     assert "noise floor of smoke (2 repeats per run, tokens_per_s)" in result.output
-    row = next(line for line in result.stdout.splitlines() if line.startswith("│ tiny-llama"))
+    row = next(line for line in result.stdout.splitlines() if line.startswith("│ tiny-llama-b4"))
     assert row.rstrip(" │").endswith("%")
     assert "gate each configuration with --threshold at or above its noise floor" in result.output
