@@ -60,6 +60,9 @@ def skip_reason(config: Config, platform: Platform) -> str | None:
             return f"{axis}={value} is not implemented in lmbench {__version__}"
     if config.parallel == "dp" and not config.device.startswith("cuda"):
         return "parallel=dp (nn.DataParallel) needs CUDA GPUs"
+    if config.parallel == "fsdp" and config.kernels == "triton":
+        return ("kernels=triton is not available with parallel=fsdp: its fused loss reads the LM head's weight "
+                "outside the head's forward, where FSDP2 keeps it sharded")
     if config.parallel == "fsdp" and config.precision == "fp16":
         return "precision=fp16 (fp32 master weights) is not implemented for parallel=fsdp; use amp-fp16 or bf16"
     if config.device.startswith("cuda"):

@@ -35,6 +35,22 @@ def classify_failure(error: BaseException) -> str:
     return "error"
 
 
+def worker_device(config: Config, info: Any) -> Any:
+    """The torch device this process trains on, always with an index on CUDA.
+
+    Under torchrun each rank takes the GPU of its local rank; `cuda` alone means the current device
+    (torch.cuda.set_device and NVML lookups need the index spelled out).
+    """
+    import torch
+
+    device = torch.device(config.device)
+    if device.type != "cuda":
+        return device
+    if info is not None:
+        return torch.device("cuda", info.local_rank)
+    return device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
+
+
 def _rank_timeline(path: Path | None, rank: int, world: int) -> Path | None:
     if path is None or world == 1:
         return path
@@ -57,9 +73,7 @@ def measure(config: Config, *, timeline_path: Path | None = None) -> dict[str, A
     from lmbench.training import TrainingStep
 
     info = distributed.RankInfo.from_env()
-    device = torch.device(config.device)
-    if info is not None and device.type == "cuda":
-        device = torch.device("cuda", info.local_rank)
+    device = worker_device(config, info)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     backend = distributed.init(info, device, timeout_s=config.timeout_s) if info else None
@@ -153,15 +167,11 @@ def measure(config: Config, *, timeline_path: Path | None = None) -> dict[str, A
 def run_job(job_path: Path, result_path: Path) -> int:
     job = json.loads(job_path.read_text())
     config = Config.from_mapping(job["config"])
-    import torch
-
     from lmbench import environment
     from lmbench.distributed import RankInfo
 
     info = RankInfo.from_env()
-    device = torch.device(config.device)
-    if info is not None and device.type == "cuda":
-        device = torch.device("cuda", info.local_rank)
+    device = worker_device(config, info)
     env = environment.capture(device)
     try:
         timeline = job.get("timeline_path")

@@ -100,6 +100,11 @@ def _block(n: int) -> int:
     return triton.next_power_of_2(n)
 
 
+def _warps(block: int) -> int:
+    """More warps for wider rows, so each thread holds a bounded slice of the row in registers."""
+    return 16 if block >= 8192 else 8 if block >= 2048 else 4
+
+
 def norm_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float, *, rms: bool,
                  residual: torch.Tensor | None = None):  # type: ignore[no-untyped-def]
     """Launch the forward; returns (y, sum-or-None, mean, rstd), y in the promoted dtype of x and weight."""
@@ -113,7 +118,7 @@ def norm_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     s = torch.empty_like(x2) if residual is not None else x2
     _norm_fwd[(M,)](x2, r2, s, weight, bias if bias is not None else weight, y, mean, rstd, x2.stride(0),
                     r2.stride(0), s.stride(0), y.stride(0), N, eps, IS_RMS=rms, HAS_BIAS=bias is not None,
-                    HAS_RESIDUAL=residual is not None, BLOCK_N=_block(N))
+                    HAS_RESIDUAL=residual is not None, BLOCK_N=_block(N), num_warps=_warps(_block(N)))
     return y.view(*x.shape[:-1], N), (s.view(x.shape) if residual is not None else None), mean, rstd
 
 
@@ -133,7 +138,7 @@ def norm_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, has_b
     ds2 = _rows(ds) if ds is not None else dy2
     _norm_bwd[(programs,)](x2, weight, dy2, ds2, dx, mean, rstd, dw_part, db_part, x2.stride(0), dy2.stride(0),
                            ds2.stride(0), dx.stride(0), M, N, rows_per_program, IS_RMS=rms, HAS_BIAS=has_bias,
-                           HAS_RESIDUAL=ds is not None, BLOCK_N=_block(N))
+                           HAS_RESIDUAL=ds is not None, BLOCK_N=_block(N), num_warps=_warps(_block(N)))
     dw = dw_part.sum(0).to(weight.dtype)
     db = db_part.sum(0).to(weight.dtype) if has_bias else None
     return dx.view(x.shape), dw, db

@@ -164,3 +164,19 @@ def test_repeats_are_separate_processes_and_records(tmp_path):
     assert records[0]["config_key"] == records[1]["config_key"]
     assert records[0]["env"]["timestamp"] <= records[1]["env"]["timestamp"]
     assert "ok (2/2 ok)" in result.output
+
+
+def test_cuda_without_an_index_becomes_the_current_device(monkeypatch):
+    """torch.cuda.set_device rejects a bare `cuda`; the worker spells the index out."""
+    import torch
+
+    from lmbench.config import Config
+    from lmbench.distributed import RankInfo
+    from lmbench.worker import worker_device
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert worker_device(Config(device="cuda"), None) == torch.device("cuda", 3)
+    assert worker_device(Config(device="cuda:1"), None) == torch.device("cuda", 1)
+    rank = RankInfo(rank=5, local_rank=2, world_size=8, local_world_size=4)
+    assert worker_device(Config(device="cuda"), rank) == torch.device("cuda", 2)
+    assert worker_device(Config(device="cpu"), rank) == torch.device("cpu")
