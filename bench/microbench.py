@@ -129,7 +129,11 @@ def _lce_impls() -> dict[str, Impl | str]:
     def liger() -> Impl:
         from liger_kernel.ops.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyFunction
 
-        return lambda x, w, labels: LigerFusedLinearCrossEntropyFunction.apply(x, w, labels)[0]
+        def call(x: torch.Tensor, w: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            out = LigerFusedLinearCrossEntropyFunction.apply(x, w, labels)
+            return out[0] if isinstance(out, tuple) else out  # newer releases also return z-loss etc.
+
+        return call
 
     eager = lambda x, w, labels: F.cross_entropy(F.linear(x, w).float(), labels)  # noqa: E731
     return {
