@@ -10,10 +10,17 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 import lmbench
-from lmbench import runner, suite as suites
+from lmbench import runner
+from lmbench import suite as suites
 from lmbench.errors import LmbenchError, UsageError
 from lmbench.models import MODELS
 
@@ -85,9 +92,8 @@ def _run_suite(suite_name: str, out: Path | None, overrides: tuple[str, ...], de
     """Everything `lmbench run` does; `calibrate` runs it twice."""
     import os
 
-    from lmbench.launcher import Launch
-
     from lmbench.environment import probe_platform
+    from lmbench.launcher import Launch
     from lmbench.table import plan_table, summary
 
     if node_rank is None:
@@ -238,26 +244,13 @@ def compare(base: Path, cand: Path, threshold: str, metric: str, fmt: str, junit
 
     Example: lmbench compare runs/main runs/pr --threshold 5% --format md
     """
-    from lmbench import gate, results
+    from lmbench import gate
     from lmbench.compare import compare as compare_runs
-    from lmbench.compare import environment_differences, parse_threshold
+    from lmbench.compare import parse_threshold
 
     limit = parse_threshold(threshold)
-    loaded = {}
-    for side, path in (("baseline", base), ("candidate", cand)):
-        if not path.is_dir():
-            raise UsageError(f"{side} run directory {str(path)!r} does not exist")
-        loaded[side] = results.read(path)
-        for warning in loaded[side].warnings:
-            click.echo(f"lmbench: warning: {warning}", err=True)
-    b, c = loaded["baseline"].records, loaded["candidate"].records
-    suites_seen = {r.get("suite") for r in b} | {r.get("suite") for r in c}
-    if len(suites_seen) > 1:
-        raise UsageError(f"the runs are of different suites ({', '.join(sorted(map(str, suites_seen)))}); compare "
-                         "runs of one suite")
-    if not any(metric in (r.get("metrics") or {}) for r in b + c):
-        raise UsageError(f"--metric {metric!r} is in no record of either run (e.g. tokens_per_s, step_time_median_s)")
-    for warning in gate.check_hardware(environment_differences(b, c), allow_different_hardware=allow_different_hardware):
+    b, c, warnings = gate.load_pair(base, cand, metric=metric, allow_different_hardware=allow_different_hardware)
+    for warning in warnings:
         click.echo(f"lmbench: warning: {warning}", err=True)
     verdicts = compare_runs(b, c, metric=metric, threshold=limit)
     click.echo(gate.render(verdicts, fmt=fmt, metric=metric, threshold=limit))
@@ -278,10 +271,9 @@ def calibrate(suite_name: str, repeats: int, out: Path | None, overrides: tuple[
 
     Example: lmbench calibrate --suite ci --repeats 3
     """
-    from rich.table import Table
-
-    from lmbench import gate, results
+    from lmbench import results
     from lmbench.compare import compare as compare_runs
+    from lmbench.table import noise_floor_table
 
     out = out or Path("runs") / f"calibrate-{Path(suite_name).stem}-{dt.datetime.now():%Y%m%d-%H%M%S}"
     for name in ("a", "b"):
@@ -289,14 +281,7 @@ def calibrate(suite_name: str, repeats: int, out: Path | None, overrides: tuple[
         if code:
             return code
     verdicts = compare_runs(results.read(out / "a").records, results.read(out / "b").records, threshold=0.05)
-    table = Table(title=f"noise floor of {suite_name} ({repeats} repeats per run, tokens_per_s)", title_justify="left")
-    for column in ("config", "A/A ratio", "95% CI", "noise floor"):
-        table.add_column(column)
-    for v in verdicts:
-        floor = gate.noise_floor(v)
-        table.add_row(v.config_key, "-" if v.ratio is None else f"{v.ratio:.4f}",
-                      "-" if v.ci_low is None else f"[{v.ci_low:.4f}, {v.ci_high:.4f}]",
-                      escape(v.verdict if floor is None else f"{floor:.1%}"))
+    table = noise_floor_table(verdicts, title=f"noise floor of {suite_name} ({repeats} repeats per run, tokens_per_s)")
     _console().print(table)
     click.echo("gate each configuration with --threshold at or above its noise floor")
     return 0
@@ -329,12 +314,11 @@ def tune(model: str, seq_len: int, precisions: str, kernel_sets: str, checkpoint
 
     Example: lmbench tune --model llama-1b --precision amp-bf16,bf16 --checkpointing none,full
     """
-    from rich.table import Table
-
     from lmbench import tune as tuning
     from lmbench.config import Config
     from lmbench.environment import probe_platform
     from lmbench.feasibility import resolve, skip_reason
+    from lmbench.table import tune_ranking_table, tune_search_table
 
     values = {"model": model, "seq_len": seq_len, "max_memory_bytes": tuning.parse_size(max_memory) if max_memory
               else 0, **({"device": device} if device else {})}
@@ -364,23 +348,8 @@ def tune(model: str, seq_len: int, precisions: str, kernel_sets: str, checkpoint
         if result.chosen:
             tuner.measure(result, steps, warmup)
         found.append(result)
-    search = Table(title=f"largest batch that fits: {model}, seq_len {seq_len}", title_justify="left")
-    for column in ("precision", "kernels", "checkpointing", "fits", "fails", "chosen", "probes", "note"):
-        search.add_column(column)
-    for r in found:
-        search.add_row(*r.combo.values(), str(r.largest_fitting), str(r.first_failing or "-"), str(r.chosen),
-                       str(r.probes), escape(r.note))
-    ranking = Table(title="ranked by tokens/s", title_justify="left")
-    for column in ("#", "precision", "kernels", "checkpointing", "batch", "accum", "status", "tokens/s",
-                   "peak mem GiB", "J/token"):
-        ranking.add_column(column)
-    for i, r in enumerate(tuning.ranked(run_dir), start=1):
-        m, c = r["metrics"] or {}, r["config"]
-        mem = m.get("mem_peak_reserved_bytes") or m.get("mem_host_peak_growth_bytes")
-        ranking.add_row(str(i), c["precision"], c["kernels"], c["checkpointing"], str(c["batch_size"]),
-                        str(c["grad_accum"]), r["status"], "-" if not m.get("tokens_per_s") else
-                        f"{m['tokens_per_s']:,.0f}", "-" if mem is None else f"{mem / 2**30:.2f}",
-                        "-" if m.get("j_per_token") is None else f"{m['j_per_token']:.3g}")
+    search = tune_search_table(found, title=f"largest batch that fits: {model}, seq_len {seq_len}")
+    ranking = tune_ranking_table(tuning.ranked(run_dir))
     console = _console()
     console.print(search)
     console.print(ranking)
@@ -402,10 +371,10 @@ def kernels(op: str, shape: str, dtype: str, mode: str, csv_path: Path | None) -
     Example: lmbench kernels --op rmsnorm --shape 8192x4096 --dtype bf16
     """
     import torch
-    from rich.table import Table
 
     from lmbench import microbench
     from lmbench.environment import capture
+    from lmbench.table import kernels_table
 
     spec = microbench.OPS[op]
     dims = microbench.parse_shape(spec, shape)
@@ -415,16 +384,8 @@ def kernels(op: str, shape: str, dtype: str, mode: str, csv_path: Path | None) -
     device = torch.device("cuda")
     rows = microbench.measure(spec, dims, microbench.DTYPES[dtype], mode, device)
     env = capture(device)
-    table = Table(title=f"{op} {shape} {dtype} {mode} on {env['device']['name']} "
-                        f"(bytes moved: {spec.bytes_formula})", title_justify="left")
-    for column in ("impl", "median ms", "p20 ms", "p80 ms", "GB/s", "peak MiB", "note"):
-        table.add_column(column, justify="left" if column in ("impl", "note") else "right")
-    for row in rows:
-        if row["status"] != "ok":
-            table.add_row(row["impl"], "-", "-", "-", "-", "-", escape(f"{row['status']}: {row['reason']}"))
-            continue
-        table.add_row(row["impl"], f"{row['time_median_ms']:.4f}", f"{row['time_p20_ms']:.4f}",
-                      f"{row['time_p80_ms']:.4f}", f"{row['gb_per_s']:,.0f}", f"{row['peak_mem_bytes'] / 2**20:.1f}", "")
+    table = kernels_table(rows, title=f"{op} {shape} {dtype} {mode} on {env['device']['name']} "
+                                      f"(bytes moved: {spec.bytes_formula})")
     _console().print(table)
     csv_path = csv_path or Path(f"kernels-{op}-{shape}-{dtype}-{mode.replace('+', '')}.csv")
     microbench.write_csv(rows, csv_path, {"gpu": env["device"]["name"], "torch": env["torch"],

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import importlib.metadata
+import importlib.util
 import os
 import platform
 import socket

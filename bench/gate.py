@@ -3,14 +3,37 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape as xml_escape
 
-from lmbench.compare import Verdict
+from lmbench import results
+from lmbench.compare import Verdict, environment_differences
 from lmbench.errors import UsageError
 from lmbench.report import markdown_table
 
 EXIT_OK, EXIT_REGRESSION = 0, 1
+
+
+def load_pair(base: Path, cand: Path, *, metric: str, allow_different_hardware: bool
+              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+    """(baseline records, candidate records, warnings), refusing pairs that cannot be compared."""
+    loaded = {}
+    warnings: list[str] = []
+    for side, path in (("baseline", base), ("candidate", cand)):
+        if not Path(path).is_dir():
+            raise UsageError(f"{side} run directory {str(path)!r} does not exist")
+        loaded[side] = results.read(path)
+        warnings += loaded[side].warnings
+    b, c = loaded["baseline"].records, loaded["candidate"].records
+    suites_seen = {r.get("suite") for r in b} | {r.get("suite") for r in c}
+    if len(suites_seen) > 1:
+        raise UsageError(f"the runs are of different suites ({', '.join(sorted(map(str, suites_seen)))}); compare "
+                         "runs of one suite")
+    if not any(metric in (r.get("metrics") or {}) for r in b + c):
+        raise UsageError(f"--metric {metric!r} is in no record of either run (e.g. tokens_per_s, step_time_median_s)")
+    warnings += check_hardware(environment_differences(b, c), allow_different_hardware=allow_different_hardware)
+    return b, c, warnings
 
 
 def check_hardware(differences: dict[str, tuple[Any, Any]], *, allow_different_hardware: bool) -> list[str]:

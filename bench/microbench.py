@@ -127,7 +127,9 @@ def _lce_impls() -> dict[str, Impl | str]:
     from lmbench.kernels.cross_entropy import linear_cross_entropy
 
     def liger() -> Impl:
-        from liger_kernel.ops.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyFunction
+        from liger_kernel.ops.fused_linear_cross_entropy import (
+            LigerFusedLinearCrossEntropyFunction,
+        )
 
         def call(x: torch.Tensor, w: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             out = LigerFusedLinearCrossEntropyFunction.apply(x, w, labels)

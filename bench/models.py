@@ -154,7 +154,10 @@ def _selective_context():  # type: ignore[no-untyped-def]
     recomputed: most of full checkpointing's memory saving for a fraction of its recompute.
     """
     import torch
-    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+    from torch.utils.checkpoint import (
+        CheckpointPolicy,
+        create_selective_checkpoint_contexts,
+    )
 
     aten = torch.ops.aten
     # Not every torch build has every attention op; the ones it lacks cannot run anyway.

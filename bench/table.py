@@ -69,3 +69,60 @@ def plan_table(rows: list[tuple[dict[str, Any], str, str | None]]) -> Table:
     for config, key, skip in rows:
         table.add_row(*(escape(str(config[a])) for a in axes), key, escape(f"skip: {skip}") if skip else "run")
     return table
+
+
+def noise_floor_table(verdicts: list[Any], *, title: str) -> Table:
+    """`lmbench calibrate`: each configuration's A/A ratio, interval and noise floor."""
+    from lmbench.gate import noise_floor
+
+    table = Table(title=title, title_justify="left")
+    for column in ("config", "A/A ratio", "95% CI", "noise floor"):
+        table.add_column(column)
+    for v in verdicts:
+        floor = noise_floor(v)
+        table.add_row(v.config_key, "-" if v.ratio is None else f"{v.ratio:.4f}",
+                      "-" if v.ci_low is None else f"[{v.ci_low:.4f}, {v.ci_high:.4f}]",
+                      escape(v.verdict if floor is None else f"{floor:.1%}"))
+    return table
+
+
+def kernels_table(rows: list[dict[str, Any]], *, title: str) -> Table:
+    """`lmbench kernels`: one row per implementation."""
+    table = Table(title=escape(title), title_justify="left")
+    for column in ("impl", "median ms", "p20 ms", "p80 ms", "GB/s", "peak MiB", "note"):
+        table.add_column(column, justify="left" if column in ("impl", "note") else "right")
+    for row in rows:
+        if row["status"] != "ok":
+            table.add_row(row["impl"], "-", "-", "-", "-", "-", escape(f"{row['status']}: {row['reason']}"))
+            continue
+        table.add_row(row["impl"], f"{row['time_median_ms']:.4f}", f"{row['time_p20_ms']:.4f}",
+                      f"{row['time_p80_ms']:.4f}", f"{row['gb_per_s']:,.0f}", f"{row['peak_mem_bytes'] / 2**20:.1f}",
+                      "")
+    return table
+
+
+def tune_search_table(found: list[Any], *, title: str) -> Table:
+    """`lmbench tune`: what the batch-size search found per combination."""
+    table = Table(title=title, title_justify="left")
+    for column in ("precision", "kernels", "checkpointing", "fits", "fails", "chosen", "probes", "note"):
+        table.add_column(column)
+    for r in found:
+        table.add_row(*r.combo.values(), str(r.largest_fitting), str(r.first_failing or "-"), str(r.chosen),
+                      str(r.probes), escape(r.note))
+    return table
+
+
+def tune_ranking_table(records: list[dict[str, Any]]) -> Table:
+    """`lmbench tune`: measured configurations, fastest first."""
+    table = Table(title="ranked by tokens/s", title_justify="left")
+    for column in ("#", "precision", "kernels", "checkpointing", "batch", "accum", "status", "tokens/s",
+                   "peak mem GiB", "J/token"):
+        table.add_column(column)
+    for i, r in enumerate(records, start=1):
+        m, c = r["metrics"] or {}, r["config"]
+        mem = m.get("mem_peak_reserved_bytes") or m.get("mem_host_peak_growth_bytes")
+        table.add_row(str(i), c["precision"], c["kernels"], c["checkpointing"], str(c["batch_size"]),
+                      str(c["grad_accum"]), r["status"], "-" if not m.get("tokens_per_s") else
+                      f"{m['tokens_per_s']:,.0f}", "-" if mem is None else f"{mem / 2**30:.2f}",
+                      "-" if m.get("j_per_token") is None else f"{m['j_per_token']:.3g}")
+    return table

@@ -21,7 +21,13 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from lmbench.nvml import CLOCK_EVENT_REASONS, POWER_OR_HEAT, NvmlDevice, NvmlUnavailable, reason_names
+from lmbench.nvml import (
+    CLOCK_EVENT_REASONS,
+    POWER_OR_HEAT,
+    NvmlDevice,
+    NvmlUnavailable,
+    reason_names,
+)
 
 #: The energy counter advances in steps tens of milliseconds apart, so over a short window one step
 #: more or less is a large error (or a silent 0 J). Below this window length the sampled-power

@@ -3,10 +3,24 @@
 import pytest
 import torch
 
-from lmbench.kernels.activations import gelu_tanh, gelu_tanh_reference, swiglu, swiglu_reference
-from lmbench.kernels.cross_entropy import linear_cross_entropy, linear_cross_entropy_reference
-from lmbench.kernels.norms import (add_norm, add_norm_reference, layer_norm, layer_norm_reference, rms_norm,
-                                   rms_norm_reference)
+from lmbench.kernels.activations import (
+    gelu_tanh,
+    gelu_tanh_reference,
+    swiglu,
+    swiglu_reference,
+)
+from lmbench.kernels.cross_entropy import (
+    linear_cross_entropy,
+    linear_cross_entropy_reference,
+)
+from lmbench.kernels.norms import (
+    add_norm,
+    add_norm_reference,
+    layer_norm,
+    layer_norm_reference,
+    rms_norm,
+    rms_norm_reference,
+)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float16]

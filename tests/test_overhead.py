@@ -86,6 +86,7 @@ def test_harness_step_time_matches_a_bare_loop():
 def test_telemetry_sampling_does_not_slow_training():
     """Same step with the sampler thread running (fake NVML, default 50 ms period) and without."""
     from fake_nvml import FakeGpu, FakeNvml
+
     from lmbench.nvml import NvmlDevice
     from lmbench.telemetry import Telemetry
 

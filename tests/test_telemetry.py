@@ -5,8 +5,8 @@ import time
 
 import pytest
 import torch
-
 from fake_nvml import FakeGpu, FakeNvml
+
 from lmbench.nvml import NvmlDevice, NvmlUnavailable, load_nvml, reason_names
 from lmbench.telemetry import SUMMARY_FIELDS, Sample, Telemetry, trapezoid_j
 

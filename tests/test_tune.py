@@ -5,7 +5,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from lmbench import results, suite as suites
+from lmbench import results
+from lmbench import suite as suites
 from lmbench.cli import cli
 from lmbench.config import Config
 from lmbench.errors import UsageError
