@@ -36,8 +36,10 @@ def summary(records: list[dict[str, Any]]) -> Table:
     table = Table(title="lmbench summary", title_justify="left")
     for axis in axes:
         table.add_column(axis)
-    for name in ("status", "tokens/s", "step cv", "MFU", "peak mem GiB", "note"):
-        table.add_column(name, justify="right" if name not in ("status", "note") else "left")
+    with_parity = any((r.get("metrics") or {}).get("parity") for r in records)
+    for name in ("status", "tokens/s", "step cv", "MFU", "peak mem GiB", *(("parity",) if with_parity else ()),
+                 "note"):
+        table.add_column(name, justify="right" if name not in ("status", "note", "parity") else "left")
     by_key: dict[str, list[dict[str, Any]]] = {}
     for record in records:
         by_key.setdefault(record["config_key"], []).append(record)
@@ -52,9 +54,11 @@ def summary(records: list[dict[str, Any]]) -> Table:
         mfu = _median([m["mfu"] for m in ok if m.get("mfu") is not None])
         mem = _median([m["mem_peak_reserved_bytes"] for m in ok if m.get("mem_peak_reserved_bytes") is not None])
         note = next((r["reason"] for r in group if r.get("reason")), "") or ""
+        parity = sorted({str((r.get("metrics") or {}).get("parity") or "-") for r in group})
         table.add_row(*(escape(str(group[0]["config"][a])) for a in axes), status, _fmt(tps, ",.0f"),
                       "-" if cv is None else f"{cv:.1%}", "-" if mfu is None else f"{mfu:.1%}",
-                      "-" if mem is None else f"{mem / 2**30:.2f}", escape(note[:80]))
+                      "-" if mem is None else f"{mem / 2**30:.2f}", *(("/".join(parity),) if with_parity else ()),
+                      escape(note[:80]))
     return table
 
 
