@@ -97,11 +97,11 @@ def test_harness_overhead_against_a_bare_loop_on_gpu():
     import statistics
 
     import torch
+    from test_overhead import harness_times
 
     from lmbench.config import Config
     from lmbench.data import make_batches
     from lmbench.models import MODELS, build_model
-    from lmbench.timer import StepTimer
     from lmbench.training import TrainingStep
 
     device = torch.device("cuda")
@@ -131,12 +131,7 @@ def test_harness_overhead_against_a_bare_loop_on_gpu():
         return [s.elapsed_time(e) / 1e3 for s, e in times]
 
     def ours(n):
-        timer = StepTimer(device)
-        with timer.window():
-            for _ in range(n):
-                with timer.step():
-                    harness()
-        return timer.times_s()
+        return harness_times(harness, n, device)
 
     bare(10), ours(10)
     ratios = []

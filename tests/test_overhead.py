@@ -41,8 +41,9 @@ class BareLoop:
         return out
 
 
-def harness_times(step: TrainingStep, n: int) -> list[float]:
-    timer = StepTimer(CPU)
+def harness_times(step: TrainingStep, n: int, device: torch.device = CPU) -> list[float]:
+    """n steps through lmbench's timer, as the worker runs them."""
+    timer = StepTimer(device)
     with timer.window():
         for _ in range(n):
             with timer.step():
