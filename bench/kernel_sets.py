@@ -118,6 +118,10 @@ def _swap_triton(model: nn.Module, spec: ModelSpec) -> nn.Module:
     if spec.family == "llama":
         for layer in model.model.layers:
             layer.forward = types.MethodType(_llama_layer_forward, layer)
+    if spec.family == "torch-lm":
+        from lmbench.kernels.norms import add_norm
+
+        model.add_norm = add_norm
     return FusedLossLM(model, spec)
 
 
@@ -184,8 +188,8 @@ KERNEL_SETS: dict[str, KernelSet] = {
     "eager": KernelSet(name="eager"),
     "compile": KernelSet(name="compile", finish=_compile),
     "triton": KernelSet(name="triton", swap=_swap_triton, unavailable=_triton_unavailable,
-                        note="lmbench Triton kernels: norms, GELU-tanh/SwiGLU, fused residual+RMSNorm (Llama), "
-                             "chunked fused linear cross-entropy"),
+                        note="lmbench Triton kernels: norms, GELU-tanh/SwiGLU, fused residual add + norm (Llama, "
+                             "torch-transformer-lm), chunked fused linear cross-entropy"),
     "apex": KernelSet(name="apex", swap=_swap_apex, unavailable=_apex_unavailable,
                       optimizer="apex-adam",
                       note="Apex FusedLayerNorm/FusedRMSNorm and FusedAdam; Apex norms fall back to native code "

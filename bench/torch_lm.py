@@ -6,6 +6,8 @@ fused paths (nn.MultiheadAttention calls scaled_dot_product_attention).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -36,6 +38,8 @@ class TorchTransformerLM(nn.Module):
         self.lm_head.weight = self.tok_emb.weight
         self.checkpointing = False
         self.checkpoint_kwargs: dict = {}
+        self.add_norm: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
+        """A fused (residual add + LayerNorm) for the second half of each layer; set by a kernel set."""
         self.apply(self._init_weights)
 
     @staticmethod
@@ -69,8 +73,17 @@ class TorchTransformerLM(nn.Module):
         x = self.tok_emb(input_ids) + self.pos_emb(positions)
         mask = nn.Transformer.generate_square_subsequent_mask(seq_len, device=input_ids.device, dtype=x.dtype)
         for layer in self.encoder.layers:
+            run = layer if self.add_norm is None else partial(self._fused_layer, layer)
             if self.checkpointing and self.training:
-                x = checkpoint(layer, x, mask, None, True, use_reentrant=False, **self.checkpoint_kwargs)
+                x = checkpoint(run, x, mask, None, True, use_reentrant=False, **self.checkpoint_kwargs)
             else:
-                x = layer(x, src_mask=mask, is_causal=True)
+                x = run(x, mask, None, True)
         return self.norm(x)
+
+    def _fused_layer(self, layer: nn.TransformerEncoderLayer, x: torch.Tensor, mask: torch.Tensor,
+                     padding_mask: None, is_causal: bool) -> torch.Tensor:
+        """A pre-norm encoder layer with `x + attention` and norm2 done by one fused kernel."""
+        attention = layer._sa_block(layer.norm1(x), mask, None, is_causal=is_causal)
+        normed, residual = self.add_norm(attention, x, layer.norm2.weight, layer.norm2.bias, layer.norm2.eps,
+                                         rms=False)
+        return residual + layer._ff_block(normed)

@@ -71,3 +71,16 @@ def test_selective_checkpointing_saves_matmuls_and_recomputes_the_rest():
     policy = forward_ctx.policy_fn
     assert policy(None, torch.ops.aten.mm.default) == CheckpointPolicy.MUST_SAVE
     assert policy(None, torch.ops.aten.gelu.default) == CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def test_fused_add_norm_is_used_in_torch_lm_and_survives_checkpointing(monkeypatch):
+    import lmbench.kernels.norms as norms
+
+    calls = []
+    real = norms.add_norm
+    monkeypatch.setattr(norms, "add_norm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    base = Config(model="tiny-torch-transformer-lm", batch_size=2, seq_len=16, steps=2, warmup=0,
+                  device=DEVICE.type)
+    fused = losses(base.replace(kernels="triton", checkpointing="full"), 2)
+    assert calls, "the fused residual add + norm was not called"
+    torch.testing.assert_close(torch.tensor(fused), torch.tensor(losses(base, 2)), atol=1e-5, rtol=1e-5)
