@@ -95,6 +95,43 @@ def _llama_layer_forward(self: nn.Module, hidden_states: torch.Tensor, **kwargs:
     return residual + self.mlp(normed)
 
 
+def _patch_gpt2_blocks(model: nn.Module) -> bool:
+    """Fuse each GPT-2 block's `attention + residual` with ln_2, when the block's forward is the one we know.
+
+    The patch binds the caller's arguments by name against the original signature, so it does not
+    depend on how GPT2Model passes them; it is applied only where that signature has the names it
+    needs and returns a tensor (transformers 5.x), and falls back to the original with cross-attention.
+    """
+    import inspect
+
+    from lmbench.kernels.norms import add_norm
+
+    blocks = list(model.transformer.h)
+    original = type(blocks[0]).forward
+    signature = inspect.signature(original)
+    needed = {"hidden_states", "past_key_values", "attention_mask", "use_cache", "encoder_hidden_states"}
+    if not needed <= set(signature.parameters) or signature.return_annotation not in (torch.Tensor, "torch.Tensor"):
+        return False
+
+    def forward(self: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        values = dict(bound.arguments)
+        if values.get("encoder_hidden_states") is not None:
+            return original(self, *args, **kwargs)
+        extra = values.pop("kwargs", {})
+        hidden = values["hidden_states"]
+        attn, _ = self.attn(self.ln_1(hidden), past_key_values=values["past_key_values"],
+                            attention_mask=values["attention_mask"], use_cache=values["use_cache"], **extra)
+        ln = self.ln_2
+        normed, residual = add_norm(attn, hidden, ln.weight, ln.bias, ln.eps, rms=False)
+        return residual + self.mlp(normed)
+
+    for block in blocks:
+        block.forward = types.MethodType(forward, block)
+    return True
+
+
 def _swap_triton(model: nn.Module, spec: ModelSpec) -> nn.Module:
     from lmbench.kernels.activations import TritonGeluTanh, TritonSwiGLUMLP
     from lmbench.kernels.norms import TritonLayerNorm, TritonRMSNorm
@@ -118,6 +155,8 @@ def _swap_triton(model: nn.Module, spec: ModelSpec) -> nn.Module:
     if spec.family == "llama":
         for layer in model.model.layers:
             layer.forward = types.MethodType(_llama_layer_forward, layer)
+    if spec.family == "gpt2":
+        _patch_gpt2_blocks(model)
     if spec.family == "torch-lm":
         from lmbench.kernels.norms import add_norm
 
@@ -188,8 +227,8 @@ KERNEL_SETS: dict[str, KernelSet] = {
     "eager": KernelSet(name="eager"),
     "compile": KernelSet(name="compile", finish=_compile),
     "triton": KernelSet(name="triton", swap=_swap_triton, unavailable=_triton_unavailable,
-                        note="lmbench Triton kernels: norms, GELU-tanh/SwiGLU, fused residual add + norm (Llama, "
-                             "torch-transformer-lm), chunked fused linear cross-entropy"),
+                        note="lmbench Triton kernels: norms, GELU-tanh/SwiGLU, fused residual add + norm (GPT-2, "
+                             "Llama, torch-transformer-lm), chunked fused linear cross-entropy"),
     "apex": KernelSet(name="apex", swap=_swap_apex, unavailable=_apex_unavailable,
                       optimizer="apex-adam",
                       note="Apex FusedLayerNorm/FusedRMSNorm and FusedAdam; Apex norms fall back to native code "

@@ -84,3 +84,17 @@ def test_fused_add_norm_is_used_in_torch_lm_and_survives_checkpointing(monkeypat
     fused = losses(base.replace(kernels="triton", checkpointing="full"), 2)
     assert calls, "the fused residual add + norm was not called"
     torch.testing.assert_close(torch.tensor(fused), torch.tensor(losses(base, 2)), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("checkpointing", ["none", "full"])
+def test_gpt2_blocks_use_the_fused_add_norm(monkeypatch, checkpointing):
+    import lmbench.kernels.norms as norms
+
+    calls = []
+    real = norms.add_norm
+    monkeypatch.setattr(norms, "add_norm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    base = Config(model="tiny-gpt2", batch_size=2, seq_len=16, steps=2, warmup=0, device=DEVICE.type,
+                  checkpointing=checkpointing)
+    fused = losses(base.replace(kernels="triton"), 2)
+    assert len(calls) >= 2 * 2  # two blocks, two steps
+    torch.testing.assert_close(torch.tensor(fused), torch.tensor(losses(base, 2)), atol=1e-5, rtol=1e-5)
