@@ -118,11 +118,10 @@ def _run_suite(suite_name: str, out: Path | None, overrides: tuple[str, ...], de
         raise UsageError("--resume needs --out RUN_DIR, the run to continue")
     out = out or Path("runs") / f"{suite.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
     run_dir = runner.RunDirectory(out, resume=resume)
-    done, warnings = run_dir.done()
-    from lmbench import results
-
-    previous = results.read(run_dir.results_path).records if done else []
-    for warning in warnings:
+    recorded = run_dir.recorded()
+    previous = recorded.records
+    done = {(r["config_key"], r["repeat"]) for r in previous}
+    for warning in recorded.warnings:
         click.echo(f"lmbench: warning: {warning}", err=True)
     jobs = runner.plan(planned, platform, repeats=repeats, done=done, parity=parity)
     run_dir.write_meta({"suite": suite.name, "source": suite.source, "overrides": list(overrides),
@@ -153,6 +152,8 @@ def _run_suite(suite_name: str, out: Path | None, overrides: tuple[str, ...], de
         click.echo(f"lmbench: interrupted; {len(records)} record(s) of this session are in {run_dir.results_path}; "
                    f"continue with: lmbench run --suite {suite_name} --out {out} --resume", err=True)
         return 130
+    from lmbench import results
+
     if not launch.records:
         console.print(f"node {launch.node_rank} of {launch.nnodes}: took part in {len(records)} distributed job(s); "
                       "node 0 records the results")
@@ -300,7 +301,8 @@ def calibrate(suite_name: str, repeats: int, out: Path | None, overrides: tuple[
               "of the resident set during training).")
 @click.option("--global-batch", type=click.IntRange(min=1), default=None,
               help="Keep batch x grad_accum near this many sequences, for comparable optimisation.")
-@click.option("--margin", type=float, default=0.1, show_default=True, help="Back off this fraction from the largest fit.")
+@click.option("--margin", type=float, default=0.1, show_default=True,
+              help="Back off this fraction from the largest fit.")
 @click.option("--max-batch", type=click.IntRange(min=1), default=4096, show_default=True)
 @click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True, help="Measured steps per size.")
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)

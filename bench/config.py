@@ -124,6 +124,10 @@ class Config:
                     f"{', '.join(sorted(ATTENTION_SUPPORT[spec.family]))}")
         return None
 
+    def without_ddp_options(self) -> Config:
+        """The same configuration with DDP's own options at their defaults (they mean nothing elsewhere)."""
+        return self.replace(bucket_cap_mb=_DEFAULT_BUCKET_CAP_MB, gradient_as_bucket_view=False, static_graph=False)
+
     @property
     def tokens_per_step(self) -> int:
         """Tokens consumed by one optimizer step on one device."""
@@ -155,6 +159,7 @@ class Config:
 
 
 FIELD_TYPES: dict[str, type] = {f.name: type(f.default) for f in dataclasses.fields(Config)}
+_DEFAULT_BUCKET_CAP_MB = Config.bucket_cap_mb
 
 
 def coerce(axis: str, value: Any) -> Any:

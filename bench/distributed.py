@@ -100,8 +100,7 @@ def aggregate(per_rank: list[dict[str, Any]], *, tokens_per_step: int, samples_p
     `tokens_per_step` and `samples_per_step` are per rank.
     """
     world = len(per_rank)
-    slowest = [max(times) for times in zip(*(r["step_times_s"] for r in per_rank))]
-    result = metrics.throughput(step_times_s=slowest, tokens_per_step=tokens_per_step,
+    result = metrics.throughput(step_times_s=slowest_steps(per_rank), tokens_per_step=tokens_per_step,
                                 samples_per_step=samples_per_step, world_size=world,
                                 devices_per_rank=devices_per_rank)
     for key in ("mem_peak_allocated_bytes", "mem_peak_reserved_bytes", "mem_host_peak_growth_bytes"):
@@ -120,6 +119,11 @@ def aggregate(per_rank: list[dict[str, Any]], *, tokens_per_step: int, samples_p
             step_times_s=r["step_times_s"], tokens_per_step=1, samples_per_step=1)["step_time_median_s"]
             for r in per_rank]
     return result
+
+
+def slowest_steps(per_rank: list[dict[str, Any]]) -> list[float]:
+    """Each step's time on the slowest rank: the one the others wait for at the gradient allreduce."""
+    return [max(times) for times in zip(*(r["step_times_s"] for r in per_rank))]
 
 
 def mean_losses(per_rank: list[dict[str, Any]]) -> list[float]:

@@ -40,13 +40,8 @@ def resolve(config: Config, platform: Platform) -> Config:
     elif nproc == 0:
         nproc = gpus or CPU_NPROC
     resolved = config.replace(device=device, nproc=nproc)
-    if config.parallel != "ddp":
-        # DDP-only options mean nothing elsewhere; defaults keep one key per real configuration.
-        defaults = Config()
-        resolved = resolved.replace(bucket_cap_mb=defaults.bucket_cap_mb,
-                                    gradient_as_bucket_view=defaults.gradient_as_bucket_view,
-                                    static_graph=defaults.static_graph)
-    return resolved
+    # DDP-only options mean nothing elsewhere; defaults keep one key per real configuration.
+    return resolved if config.parallel == "ddp" else resolved.without_ddp_options()
 
 
 def skip_reason(config: Config, platform: Platform) -> str | None:

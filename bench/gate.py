@@ -64,7 +64,8 @@ def render(verdicts: list[Verdict], *, fmt: str, metric: str, threshold: float) 
                           indent=2)
     rows = [_cells(v) for v in verdicts]
     if fmt == "md":
-        title = f"**lmbench compare**: {metric}, candidate ÷ baseline (median of repeats), threshold ±{threshold:.0%}\n\n"
+        title = (f"**lmbench compare**: {metric}, candidate ÷ baseline (median of repeats), "
+                 f"threshold ±{threshold:.0%}\n\n")
         return title + markdown_table(HEADERS, rows, right={2, 3, 5})
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(HEADERS)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(HEADERS, widths)).rstrip()]

@@ -23,6 +23,7 @@ from lmbench.feasibility import resolve, skip_reason
 from lmbench.launcher import Launch, worker_command
 from lmbench.parity import is_reference, reference_config
 from lmbench.parity import verdict as parity_verdict
+from lmbench.stats import percentile
 from lmbench.suite import Planned
 from lmbench.worker import OOM_MARKERS
 
@@ -83,12 +84,9 @@ class RunDirectory:
             raise ResultsError(f"--out {str(self.path)!r} already holds results; pass --resume to continue "
                                "that run, or choose another directory")
 
-    def done(self) -> tuple[set[tuple[str, int]], list[str]]:
-        """(config_key, repeat) pairs already recorded, and warnings about unreadable lines."""
-        if not self.results_path.exists():
-            return set(), []
-        loaded = results.read(self.results_path)
-        return {(r["config_key"], r["repeat"]) for r in loaded.records}, loaded.warnings
+    def recorded(self) -> results.Loaded:
+        """Records already in the run (empty for a new one), with warnings about unreadable lines."""
+        return results.read(self.results_path) if self.results_path.exists() else results.Loaded()
 
     def write_meta(self, meta: dict[str, Any]) -> None:
         results.write_json(self.path / "run.json", meta)
@@ -112,8 +110,8 @@ def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
     log_path = run_dir.log_path(job)
     with open(log_path, "w", encoding="utf-8") as log:
-        proc = subprocess.Popen(worker_command(job.config, job_path, result_path, launch), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                start_new_session=True)
+        proc = subprocess.Popen(worker_command(job.config, job_path, result_path, launch), stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         try:
             code = proc.wait(timeout=job.config.timeout_s)
         except subprocess.TimeoutExpired:
@@ -155,10 +153,7 @@ def _last_line(path: Path) -> str:
 
 def single_device_key(config: Config) -> str:
     """Key of the same configuration on one device, the baseline of scaling efficiency."""
-    defaults = Config()
-    return config.replace(parallel="none", nproc=1, bucket_cap_mb=defaults.bucket_cap_mb,
-                          gradient_as_bucket_view=defaults.gradient_as_bucket_view,
-                          static_graph=defaults.static_graph).key
+    return config.replace(parallel="none", nproc=1).without_ddp_options().key
 
 
 def scaling_efficiency(record: dict[str, Any], baseline: list[float]) -> float | None:
@@ -166,7 +161,7 @@ def scaling_efficiency(record: dict[str, Any], baseline: list[float]) -> float |
     metrics = record["metrics"] or {}
     if record["status"] != "ok" or not baseline or not metrics.get("devices"):
         return None
-    reference = sorted(baseline)[len(baseline) // 2]
+    reference = percentile(baseline, 50)
     return metrics["tokens_per_s"] / (metrics["devices"] * reference)
 
 

@@ -146,7 +146,8 @@ class Telemetry:
     def energy(self) -> tuple[float | None, str | None]:
         """(joules over the window, source): the counter when it is trustworthy, else the power integral."""
         start, end = self.energy_edges_mj
-        if start is not None and end is not None and end > start and (self.duration_s or 0) >= self.min_counter_window_s:
+        long_enough = (self.duration_s or 0) >= self.min_counter_window_s
+        if start is not None and end is not None and end > start and long_enough:
             return (end - start) / 1e3, "counter"
         integral = trapezoid_j(self.samples)
         if integral is not None:

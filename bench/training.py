@@ -40,7 +40,6 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
 }
 
 
-
 def _attention_context(attention: str) -> Callable[[], contextlib.AbstractContextManager]:
     if attention != "math":
         return contextlib.nullcontext

@@ -161,7 +161,7 @@ def measure(config: Config, *, timeline_path: Path | None = None) -> dict[str, A
         first_bad = next(i for i, v in enumerate(losses) if not math.isfinite(v))
         status, reason = "diverged", f"non-finite loss at measured step {first_bad} of {len(losses)}"
     return {"status": status, "reason": reason, "metrics": result, "losses": losses,
-            "step_times_s": [max(t) for t in zip(*(r["step_times_s"] for r in per_rank))], "warnings": warnings}
+            "step_times_s": distributed.slowest_steps(per_rank), "warnings": warnings}
 
 
 def run_job(job_path: Path, result_path: Path) -> int:
