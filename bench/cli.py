@@ -25,8 +25,13 @@ from lmbench.errors import LmbenchError, UsageError
 from lmbench.models import MODELS
 
 
+#: Exit codes of every command (DESIGN.md): 1 is compare's alone, so a crash never reads as a regression.
+EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
 class LmbenchGroup(click.Group):
-    """Turns every usage mistake into one line on stderr and exit code 2, never a traceback."""
+    """Turns every usage mistake into one line and exit 2, every unexpected error into one line and exit 3
+    (the traceback goes to a log file), never a traceback on the terminal."""
 
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
@@ -35,17 +40,23 @@ class LmbenchGroup(click.Group):
         except click.UsageError as err:
             where = f" ({err.ctx.command_path})" if err.ctx else ""
             click.echo(f"lmbench: error{where}: {err.format_message()}", err=True)
-            sys.exit(2)
+            sys.exit(EXIT_BAD_INPUT)
+        except click.ClickException as err:
+            click.echo(f"lmbench: error: {err.format_message()}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
         except UsageError as err:
             click.echo(f"lmbench: error: {err}", err=True)
-            sys.exit(2)
-        except LmbenchError as err:
-            click.echo(f"lmbench: failed: {err}", err=True)
-            sys.exit(1)
-        except click.Abort:
+            sys.exit(EXIT_BAD_INPUT)
+        except (click.Abort, KeyboardInterrupt):
             click.echo("lmbench: interrupted", err=True)
-            sys.exit(130)
-        sys.exit(code if isinstance(code, int) else 0)
+            sys.exit(EXIT_INTERRUPTED)
+        except Exception as err:  # noqa: BLE001 - the one place an unexpected error becomes a message
+            from lmbench import crash
+
+            log = crash.write(err)
+            click.echo(f"lmbench: internal error: {crash.summary(err)} (traceback in {log})", err=True)
+            sys.exit(EXIT_INTERNAL)
+        sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 
 @click.group(name="lmbench", cls=LmbenchGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -239,21 +250,29 @@ def report(run_dirs: tuple[Path, ...], out: Path | None, baseline: str | None) -
 @click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write a JUnit XML file (one test case per configuration).")
 @click.option("--allow-different-hardware", is_flag=True, help="Compare runs from different GPU models anyway.")
+@click.option("--noise-floor", "noise_floor", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Between-process noise from `lmbench calibrate` (its noise-floor.json): verdicts with fewer than "
+                   "3 repeats a side.")
 def compare(base: Path, cand: Path, threshold: str, metric: str, fmt: str, junit: Path | None,
-            allow_different_hardware: bool) -> int:
+            allow_different_hardware: bool, noise_floor: Path | None) -> int:
     """Compare a candidate run with a baseline run: verdict per configuration; exit 1 on a regression.
+
+    A regression or improvement needs at least 3 ok repeats a side, or --noise-floor; otherwise the
+    verdict is inconclusive (exit 0).
 
     Example: lmbench compare runs/main runs/pr --threshold 5% --format md
     """
-    from lmbench import gate
+    from lmbench import gate, noise
     from lmbench.compare import compare as compare_runs
     from lmbench.compare import parse_threshold
 
     limit = parse_threshold(threshold)
-    b, c, warnings = gate.load_pair(base, cand, metric=metric, allow_different_hardware=allow_different_hardware)
+    floor = noise.load(noise_floor) if noise_floor else None
+    b, c, warnings = gate.load_pair(base, cand, metric=metric, allow_different_hardware=allow_different_hardware,
+                                    noise=floor)
     for warning in warnings:
         click.echo(f"lmbench: warning: {warning}", err=True)
-    verdicts = compare_runs(b, c, metric=metric, threshold=limit)
+    verdicts = compare_runs(b, c, metric=metric, threshold=limit, noise=floor)
     click.echo(gate.render(verdicts, fmt=fmt, metric=metric, threshold=limit))
     if junit is not None:
         junit.write_text(gate.junit_xml(verdicts, metric=metric), encoding="utf-8")
@@ -264,16 +283,19 @@ def compare(base: Path, cand: Path, threshold: str, metric: str, fmt: str, junit
 @click.option("--suite", "suite_name", required=True, metavar="NAME|PATH")
 @click.option("--repeats", type=click.IntRange(min=2), default=3, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Directory for the two runs (default: runs/calibrate-SUITE-YYYYmmdd-HHMMSS).")
+              help="Directory for the two runs and noise-floor.json (default: runs/calibrate-SUITE-YYYYmmdd-HHMMSS).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=V[,V...]")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
-def calibrate(suite_name: str, repeats: int, out: Path | None, overrides: tuple[str, ...], device: str | None) -> int:
-    """Run a suite twice and compare it with itself: each configuration's noise floor.
+@click.option("--metric", default="tokens_per_s", show_default=True, help="Metric whose noise to measure.")
+def calibrate(suite_name: str, repeats: int, out: Path | None, overrides: tuple[str, ...], device: str | None,
+              metric: str) -> int:
+    """Run a suite twice, each configuration in fresh processes: its between-process noise floor.
+
+    Writes OUT/noise-floor.json for `lmbench compare --noise-floor`.
 
     Example: lmbench calibrate --suite ci --repeats 3
     """
-    from lmbench import results
-    from lmbench.compare import compare as compare_runs
+    from lmbench import noise, results
     from lmbench.table import noise_floor_table
 
     out = out or Path("runs") / f"calibrate-{Path(suite_name).stem}-{dt.datetime.now():%Y%m%d-%H%M%S}"
@@ -281,10 +303,14 @@ def calibrate(suite_name: str, repeats: int, out: Path | None, overrides: tuple[
         code = _run_suite(suite_name, out / name, overrides, device, repeats, resume=False)
         if code:
             return code
-    verdicts = compare_runs(results.read(out / "a").records, results.read(out / "b").records, threshold=0.05)
-    table = noise_floor_table(verdicts, title=f"noise floor of {suite_name} ({repeats} repeats per run, tokens_per_s)")
+    records = {name: results.read(out / name).records for name in ("a", "b")}
+    estimates, payload = noise.calibrate(records["a"], records["b"], metric=metric, repeats_per_run=repeats)
+    noise.write(out / "noise-floor.json", payload)
+    table = noise_floor_table(estimates, records["a"], records["b"], metric=metric,
+                              title=f"noise floor of {suite_name} ({repeats} repeats per run, {metric})")
     _console().print(table)
-    click.echo("gate each configuration with --threshold at or above its noise floor")
+    click.echo(f"noise floor: {out / 'noise-floor.json'} (lmbench compare --noise-floor)")
+    click.echo("gate each configuration with --threshold at or above the floor for the repeats you run")
     return 0
 
 

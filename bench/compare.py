@@ -1,12 +1,17 @@
-"""Regression verdicts: candidate vs baseline per configuration, ratio of medians with a bootstrap interval.
+"""Regression verdicts: candidate vs baseline per configuration, ratio of medians with a 95% interval.
 
-One sample is one repeat (one fresh process). For each configuration present in both runs the
-statistic is median(candidate) / median(baseline) of the metric, with a 95% bootstrap confidence
-interval (scipy.stats.bootstrap, independent resampling of both sides, fixed seed). With a
-threshold t and the interval [lo, hi] oriented so that > 1 is better:
+One sample is one repeat (one fresh process); step times inside a process never stand in for
+repeats. For each configuration present in both runs the statistic is median(candidate) /
+median(baseline) of the metric. Its interval needs an estimate of between-process noise:
+  - with at least 3 ok repeats a side, a 95% bootstrap interval (scipy.stats.bootstrap, independent
+    resampling of both sides, fixed seed);
+  - with a noise floor from `lmbench calibrate` (lmbench.noise), a t interval from that spread, for
+    any number of repeats; with both, the union of the two (a floor never narrows an interval);
+  - with neither, no interval: the verdict is `inconclusive` and says how many repeats are needed.
+With a threshold t and the interval [lo, hi] oriented so that > 1 is better:
   regression   hi < 1 - t          (the whole interval is worse by more than t)
   improvement  lo > 1 + t
-  inconclusive hi - lo > 2t        (too noisy to tell at this threshold)
+  inconclusive hi - lo > 2t        (too noisy to tell at this threshold), or no noise estimate
   unchanged    otherwise
 plus `missing` (in one run only) and `failed` (no ok repeat on one side, or an improvement whose loss
 parity diverged: a configuration that trains wrong never counts as faster).
@@ -22,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from lmbench.errors import UsageError
+from lmbench.noise import MIN_REPEATS, ConfigNoise, NoiseFloor, ok_values
 
 #: Metrics where a larger value is better; for the others (times, memory, energy) smaller is.
 HIGHER_IS_BETTER = frozenset({"tokens_per_s", "samples_per_s", "tokens_per_s_per_device", "tflops", "mfu",
@@ -50,10 +56,10 @@ class Verdict:
 
 
 def ratio_interval(base: list[float], cand: list[float]) -> tuple[float, float, float]:
-    """(ratio of medians, low, high) with a 95% percentile bootstrap; a degenerate interval for n=1."""
+    """(ratio of medians, low, high) with a 95% percentile bootstrap over the repeats of each side."""
     ratio = statistics.median(cand) / statistics.median(base)
     if len(base) < 2 or len(cand) < 2:
-        return ratio, ratio, ratio
+        raise ValueError("a bootstrap interval needs at least two repeats a side")
     from scipy.stats import bootstrap
 
     def statistic(b: np.ndarray, c: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -79,10 +85,31 @@ def repeats_needed(base: list[float], cand: list[float], threshold: float) -> in
     return max(n + 1, math.ceil((1.96 * math.sqrt(2) * spread / threshold) ** 2))
 
 
-def decide(base: list[float], cand: list[float], *, threshold: float, higher_is_better: bool) -> Verdict:
-    ratio, low, high = ratio_interval(base, cand)
+def _interval(base: list[float], cand: list[float], noise: ConfigNoise | None) -> tuple[float, float] | None:
+    """The 95% interval of the ratio from whatever noise estimate there is; None without one."""
+    intervals = []
+    if min(len(base), len(cand)) >= MIN_REPEATS:
+        intervals.append(ratio_interval(base, cand)[1:])
+    if noise is not None:
+        ratio = statistics.median(cand) / statistics.median(base)
+        intervals.append(noise.interval(ratio, len(base), len(cand)))
+    if not intervals:
+        return None
+    return min(low for low, _ in intervals), max(high for _, high in intervals)
+
+
+def decide(base: list[float], cand: list[float], *, threshold: float, higher_is_better: bool,
+           noise: ConfigNoise | None = None) -> Verdict:
+    ratio = statistics.median(cand) / statistics.median(base)
+    interval = _interval(base, cand, noise)
+    if interval is None:
+        note = (f"{len(base)}/{len(cand)} ok repeats: a verdict needs at least {MIN_REPEATS} a side, or "
+                "--noise-floor FILE from lmbench calibrate")
+        return Verdict(config_key="", verdict="inconclusive", ratio=ratio, ci_low=None, ci_high=None,
+                       n_base=len(base), n_cand=len(cand), note=note)
+    low, high = interval
     # Orient so that > 1 always means "better".
-    good, lo, hi = (ratio, low, high) if higher_is_better else (1 / ratio, 1 / high, 1 / low)
+    lo, hi = (low, high) if higher_is_better else (1 / high, 1 / low)
     if hi < 1 - threshold:
         verdict, note = "regression", ""
     elif lo > 1 + threshold:
@@ -94,26 +121,20 @@ def decide(base: list[float], cand: list[float], *, threshold: float, higher_is_
             "interval wider than the threshold; more repeats needed"
     else:
         verdict, note = "unchanged", ""
+    if noise is not None:
+        note = "; ".join(filter(None, [note, "interval from the noise floor"]))
     return Verdict(config_key="", verdict=verdict, ratio=ratio, ci_low=low, ci_high=high, n_base=len(base),
                    n_cand=len(cand), note=note)
 
 
-def _ok_values(records: list[dict[str, Any]], metric: str) -> dict[str, list[float]]:
-    values: dict[str, list[float]] = {}
-    for r in records:
-        value = (r.get("metrics") or {}).get(metric) if r["status"] == "ok" else None
-        values.setdefault(r["config_key"], [])
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            values[r["config_key"]].append(float(value))
-    return values
-
-
 def compare(base: list[dict[str, Any]], cand: list[dict[str, Any]], *, metric: str = "tokens_per_s",
-            threshold: float = 0.05) -> list[Verdict]:
+            threshold: float = 0.05, noise: NoiseFloor | None = None) -> list[Verdict]:
     """One verdict per configuration key found in either run, in the baseline's order."""
     if not 0 < threshold < 1:
         raise UsageError(f"--threshold {threshold:g}: must be between 0 and 1 (e.g. 5%)")
-    b_values, c_values = _ok_values(base, metric), _ok_values(cand, metric)
+    if noise is not None and noise.metric != metric:
+        raise UsageError(f"--noise-floor {noise.source!r} was measured for {noise.metric}, not --metric {metric}")
+    b_values, c_values = ok_values(base, metric), ok_values(cand, metric)
     order = ["reference", "ok", "drift", "diverged"]
     parity: dict[str, str] = {}
     for r in cand:
@@ -133,9 +154,12 @@ def compare(base: list[dict[str, Any]], cand: list[dict[str, Any]], *, metric: s
             side = "baseline" if not b else "candidate"
             verdicts.append(Verdict(key, "failed", None, None, None, len(b), len(c), f"no ok repeat in the {side}"))
             continue
-        verdict = decide(b, c, threshold=threshold, higher_is_better=metric in HIGHER_IS_BETTER)
+        verdict = decide(b, c, threshold=threshold, higher_is_better=metric in HIGHER_IS_BETTER,
+                         noise=noise.get(key) if noise else None)
         verdict.config_key = key
         verdict.parity = parity.get(key)
+        if noise is not None and verdict.ci_low is None:
+            verdict.note += f"; {noise.source} has no noise floor for this configuration"
         if verdict.verdict == "improvement" and key in diverged:
             # Fast but training wrong is not better.
             verdict.verdict, verdict.note = "failed", "faster, but its loss parity diverged from the reference"
@@ -143,14 +167,16 @@ def compare(base: list[dict[str, Any]], cand: list[dict[str, Any]], *, metric: s
     return verdicts
 
 
-def environment_differences(base: list[dict[str, Any]], cand: list[dict[str, Any]]) -> dict[str, tuple[Any, Any]]:
-    """GPU model, driver and torch that differ between the two runs (first record with an env of each)."""
-    def env_of(records: list[dict[str, Any]]) -> dict[str, Any]:
-        env = next((r["env"] for r in records if r.get("env")), {}) or {}
-        device = env.get("device") or {}
-        return {"gpu": device.get("name"), "driver": device.get("driver"), "torch": env.get("torch")}
+def environment_of(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """GPU model, driver and torch of a run (its first record with an env)."""
+    env = next((r["env"] for r in records if r.get("env")), {}) or {}
+    device = env.get("device") or {}
+    return {"gpu": device.get("name"), "driver": device.get("driver"), "torch": env.get("torch")}
 
-    b, c = env_of(base), env_of(cand)
+
+def environment_differences(base: list[dict[str, Any]], cand: list[dict[str, Any]]) -> dict[str, tuple[Any, Any]]:
+    """GPU model, driver and torch that differ between the two runs."""
+    b, c = environment_of(base), environment_of(cand)
     return {k: (b[k], c[k]) for k in b if b[k] != c[k]}
 
 

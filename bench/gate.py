@@ -1,4 +1,4 @@
-"""The regression gate's outputs: verdict tables (text, Markdown, JSON), JUnit XML, exit codes, noise floors."""
+"""The regression gate's outputs: verdict tables (text, Markdown, JSON), JUnit XML, exit codes."""
 
 from __future__ import annotations
 
@@ -8,15 +8,16 @@ from typing import Any
 from xml.sax.saxutils import escape as xml_escape
 
 from lmbench import results
-from lmbench.compare import Verdict, environment_differences
+from lmbench.compare import Verdict, environment_differences, environment_of
 from lmbench.errors import UsageError
+from lmbench.noise import NoiseFloor
 from lmbench.report import markdown_table
 
 EXIT_OK, EXIT_REGRESSION = 0, 1
 
 
-def load_pair(base: Path, cand: Path, *, metric: str, allow_different_hardware: bool
-              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+def load_pair(base: Path, cand: Path, *, metric: str, allow_different_hardware: bool,
+              noise: NoiseFloor | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
     """(baseline records, candidate records, warnings), refusing pairs that cannot be compared."""
     loaded = {}
     warnings: list[str] = []
@@ -33,6 +34,9 @@ def load_pair(base: Path, cand: Path, *, metric: str, allow_different_hardware: 
     if not any(metric in (r.get("metrics") or {}) for r in b + c):
         raise UsageError(f"--metric {metric!r} is in no record of either run (e.g. tokens_per_s, step_time_median_s)")
     warnings += check_hardware(environment_differences(b, c), allow_different_hardware=allow_different_hardware)
+    gpu = environment_of(b)["gpu"]
+    if noise is not None and noise.device != gpu:
+        warnings.append(f"the noise floor {noise.source} was measured on {noise.device}, the baseline ran on {gpu}")
     return b, c, warnings
 
 
@@ -93,10 +97,3 @@ def junit_xml(verdicts: list[Verdict], *, metric: str) -> str:
 
 def exit_code(verdicts: list[Verdict]) -> int:
     return EXIT_REGRESSION if any(v.verdict == "regression" for v in verdicts) else EXIT_OK
-
-
-def noise_floor(v: Verdict) -> float | None:
-    """Smallest threshold at which this A/A comparison would not be inconclusive: the interval's reach from 1."""
-    if v.ci_low is None:
-        return None
-    return max(abs(1 - v.ci_low), abs(v.ci_high - 1), (v.ci_high - v.ci_low) / 2)

@@ -75,18 +75,23 @@ def plan_table(rows: list[tuple[dict[str, Any], str, str | None]]) -> Table:
     return table
 
 
-def noise_floor_table(verdicts: list[Any], *, title: str) -> Table:
-    """`lmbench calibrate`: each configuration's A/A ratio, interval and noise floor."""
-    from lmbench.gate import noise_floor
+def noise_floor_table(estimates: dict[str, Any], run_a: list[dict[str, Any]], run_b: list[dict[str, Any]], *,
+                      metric: str, title: str) -> Table:
+    """`lmbench calibrate`: each configuration's A/A ratio, between-process spread and the gate's floors."""
+    from lmbench.noise import MIN_REPEATS, ok_values
 
+    a, b = ok_values(run_a, metric), ok_values(run_b, metric)
     table = Table(title=title, title_justify="left")
-    for column in ("config", "A/A ratio", "95% CI", "noise floor"):
-        table.add_column(column)
-    for v in verdicts:
-        floor = noise_floor(v)
-        table.add_row(v.config_key, "-" if v.ratio is None else f"{v.ratio:.4f}",
-                      "-" if v.ci_low is None else f"[{v.ci_low:.4f}, {v.ci_high:.4f}]",
-                      escape(v.verdict if floor is None else f"{floor:.1%}"))
+    for column in ("config", "ok repeats", "A/A ratio", "sd per process", "floor 1 vs 1",
+                   f"floor {MIN_REPEATS} vs {MIN_REPEATS}"):
+        table.add_column(column, justify="left" if column == "config" else "right")
+    for key in dict.fromkeys([*a, *b]):
+        noise = estimates.get(key)
+        ratio = statistics.median(b[key]) / statistics.median(a[key]) if a.get(key) and b.get(key) else None
+        table.add_row(key, f"{len(a.get(key, []))}+{len(b.get(key, []))}", _fmt(ratio, ".4f"),
+                      "-" if noise is None else f"{noise.log_sd:.2%}",
+                      "-" if noise is None else f"{noise.floor(1):.1%}",
+                      "-" if noise is None else f"{noise.floor(MIN_REPEATS):.1%}")
     return table
 
 

@@ -8,7 +8,8 @@ from click.testing import CliRunner
 from lmbench.cli import cli
 from lmbench.compare import compare, decide, parse_threshold, ratio_interval
 from lmbench.errors import UsageError
-from lmbench.gate import junit_xml, noise_floor, render
+from lmbench.gate import junit_xml, render
+from lmbench.noise import ConfigNoise
 
 TIGHT = [100.0, 100.4, 99.7, 100.2, 99.9]
 
@@ -81,7 +82,6 @@ def test_renderings_and_junit():
     assert data["verdicts"][0]["verdict"] == "regression"
     xml = junit_xml(verdicts, metric="tokens_per_s")
     assert 'failures="1"' in xml and "<failure message=" in xml
-    assert noise_floor(verdicts[0]) == pytest.approx(max(1 - verdicts[0].ci_low, verdicts[0].ci_high - 1))
 
 
 def write_run(path, records, extra=""):
@@ -144,5 +144,93 @@ def test_calibrate_runs_twice_and_prints_noise_floors(tmp_path):
     assert (tmp_path / "c" / "a" / "results.jsonl").exists() and (tmp_path / "c" / "b" / "results.jsonl").exists()
     assert "noise floor of smoke (2 repeats per run, tokens_per_s)" in result.output
     row = next(line for line in result.stdout.splitlines() if line.startswith("│ tiny-llama-b4"))
-    assert row.rstrip(" │").endswith("%")
-    assert "gate each configuration with --threshold at or above its noise floor" in result.output
+    assert row.rstrip(" │").endswith("%") and "2+2" in row
+    floor = json.loads((tmp_path / "c" / "noise-floor.json").read_text())
+    assert floor["format"] == "lmbench-noise-floor" and floor["metric"] == "tokens_per_s"
+    (key, entry), = floor["configs"].items()
+    assert key.startswith("tiny-llama-b4") and entry["df"] == 3 and entry["log_sd"] > 0
+    assert f"noise floor: {tmp_path / 'c' / 'noise-floor.json'}" in result.output
+    # The file gates a 1-vs-1 comparison of the same runs: a verdict with an interval, exit 0 or 1 only.
+    gated = invoke(str(tmp_path / "c" / "a"), str(tmp_path / "c" / "b"), "--noise-floor",
+                   str(tmp_path / "c" / "noise-floor.json"), "--format", "json")
+    assert gated.exit_code in (0, 1), gated.output
+    verdict, = json.loads(gated.stdout)["verdicts"]
+    assert verdict["ci_low"] is not None and verdict["ci_low"] <= verdict["ratio"] <= verdict["ci_high"]
+
+
+def test_one_repeat_a_side_is_never_a_verdict():
+    """One process is one sample: without a noise estimate nothing is known about run-to-run noise."""
+    v = decide([100.0], [60.0], threshold=0.05, higher_is_better=True)
+    assert v.verdict == "inconclusive" and v.ci_low is None and v.ratio == pytest.approx(0.6)
+    assert v.note == "1/1 ok repeats: a verdict needs at least 3 a side, or --noise-floor FILE from lmbench calibrate"
+    assert decide([100.0, 101.0], [60.0, 61.0], threshold=0.05, higher_is_better=True).verdict == "inconclusive"
+
+
+def test_noise_floor_interval_is_the_t_interval_of_the_measured_spread():
+    noise = ConfigNoise(log_sd=0.02, df=5)
+    # t(0.975, 5) = 2.570582; one repeat a side: sqrt(1 + 1).
+    assert noise.half_width(1, 1) == pytest.approx(2.570582 * 0.02 * 2**0.5, rel=1e-6)
+    # Three a side: sqrt(2/3), times sqrt(pi/2) for medians.
+    assert noise.half_width(3, 3) == pytest.approx(2.570582 * 0.02 * (2 / 3) ** 0.5 * 1.2533141, rel=1e-6)
+    low, high = noise.interval(0.8, 1, 1)
+    assert low == pytest.approx(0.8 * 2.718281828 ** -noise.half_width(1, 1))
+    assert high == pytest.approx(0.8 * 2.718281828 ** noise.half_width(1, 1))
+    v = decide([100.0], [80.0], threshold=0.05, higher_is_better=True, noise=noise)
+    assert v.verdict == "regression" and (v.ci_low, v.ci_high) == (low, high)
+    assert v.note == "interval from the noise floor"
+    assert decide([100.0], [99.0], threshold=0.05, higher_is_better=True, noise=noise).verdict == "inconclusive"
+    assert decide([100.0], [99.0], threshold=0.1, higher_is_better=True, noise=noise).verdict == "unchanged"
+
+
+def test_a_noise_floor_never_narrows_the_bootstrap_interval():
+    wide = ConfigNoise(log_sd=0.5, df=2)
+    v = decide(TIGHT, [x * 0.8 for x in TIGHT], threshold=0.05, higher_is_better=True, noise=wide)
+    assert v.verdict == "inconclusive"
+    assert decide(TIGHT, [x * 0.8 for x in TIGHT], threshold=0.05, higher_is_better=True).verdict == "regression"
+
+
+def noise_file(path, configs, metric="tokens_per_s", device="NVIDIA H100 80GB HBM3"):
+    path.write_text(json.dumps({"format": "lmbench-noise-floor", "version": 1, "metric": metric, "device": device,
+                                "configs": configs}))
+    return str(path)
+
+
+def test_gate_exit_codes_respect_noise(tmp_path):
+    # Identical code, one repeat a side: no verdict, exit 0.
+    one = write_run(tmp_path / "one", run_of({"a": [100.0]}))
+    again = write_run(tmp_path / "again", run_of({"a": [93.0]}))
+    result = invoke(one, again)
+    assert result.exit_code == 0, result.output
+    assert "inconclusive" in result.output and "needs at least 3 a side" in result.output
+    # A planted 20% slowdown with 3 repeats a side: regression, exit 1.
+    base = write_run(tmp_path / "base", run_of({"a": [100.0, 101.0, 99.0]}))
+    slow = write_run(tmp_path / "slow", run_of({"a": [80.0, 80.8, 79.2]}))
+    result = invoke(base, slow)
+    assert result.exit_code == 1 and "regression" in result.output
+    # The same slowdown, one repeat a side, with a measured noise floor: regression, exit 1.
+    floor = noise_file(tmp_path / "floor.json", {"a": {"log_sd": 0.02, "df": 5}})
+    slow_one = write_run(tmp_path / "slow1", run_of({"a": [80.0]}))
+    result = invoke(one, slow_one, "--noise-floor", floor)
+    assert result.exit_code == 1 and "regression" in result.output and "noise floor" in result.output
+    # A configuration the floor does not know stays inconclusive.
+    other = noise_file(tmp_path / "other.json", {"b": {"log_sd": 0.02, "df": 5}})
+    result = invoke(one, slow_one, "--noise-floor", other)
+    assert result.exit_code == 0 and "has no noise floor for this configuration" in result.output
+
+
+def test_bad_noise_floor_files_are_one_line_errors(tmp_path):
+    base = write_run(tmp_path / "base", run_of({"a": [100.0]}))
+    garbage = tmp_path / "garbage.json"
+    garbage.write_text("{not json")
+    cases = [
+        (str(tmp_path / "missing.json"), "no such file (write one with lmbench calibrate)"),
+        (str(garbage), "not a noise-floor file (Expecting property name enclosed in double quotes"),
+        (noise_file(tmp_path / "m.json", {}, metric="mfu"), "was measured for mfu, not --metric tokens_per_s"),
+        (noise_file(tmp_path / "n.json", {"a": {"log_sd": -1, "df": 2}}),
+         "configs['a'] needs log_sd >= 0 and an integer df >= 1"),
+    ]
+    for path, text in cases:
+        result = invoke(base, base, "--noise-floor", path)
+        assert result.exit_code == 2, result.output
+        line, = result.stderr.strip().splitlines()
+        assert line.startswith("lmbench: error: --noise-floor ") and text in line, line
