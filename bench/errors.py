@@ -25,3 +25,7 @@ class ResultsError(UsageError):
 
 class WorkerError(LmbenchError):
     """A worker process could not be started or returned something unreadable."""
+
+
+class KernelSwapError(LmbenchError):
+    """A kernel set did not apply to a model as built with the installed libraries: it would run unfused."""

@@ -58,6 +58,9 @@ def skip_reason(config: Config, platform: Platform) -> str | None:
     if config.parallel == "fsdp" and config.kernels == "triton":
         return ("kernels=triton is not available with parallel=fsdp: its fused loss reads the LM head's weight "
                 "outside the head's forward, where FSDP2 keeps it sharded")
+    if config.parallel == "dp" and config.kernels == "liger":
+        return ("kernels=liger is not available with parallel=dp: Liger binds its forwards to the device-0 modules, "
+                "which every DataParallel replica would then run")
     if config.parallel == "fsdp" and config.precision == "fp16":
         return "precision=fp16 (fp32 master weights) is not implemented for parallel=fsdp; use amp-fp16 or bf16"
     if config.device.startswith("cuda"):

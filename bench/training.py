@@ -67,7 +67,8 @@ class TrainingStep:
         self.base_model = model
         """The model as built: not wrapped, not compiled (for counting parameters)."""
         kernel_set = KERNEL_SETS[config.kernels]
-        model = kernel_set.swap(model, self.spec)
+        model, self.kernels_applied = kernel_set.swap(model, self.spec)
+        """What the kernel set swapped in, e.g. "norms 5/5, GELU-tanh 2/2" (None for eager and compile)."""
         make_optimizer = partial(OPTIMIZERS[kernel_set.optimizer or config.optimizer], lr=config.lr)
         wrap = partial(WRAPPERS[config.parallel], config=config, device=device)
         self.precision: Precision = PRECISIONS[config.precision](model, make_optimizer, device, wrap)

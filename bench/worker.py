@@ -147,6 +147,7 @@ def measure(config: Config, *, timeline_path: Path | None = None) -> dict[str, A
         "device_names": sorted({r["device_name"] for r in per_rank if r["device_name"]}),
         "param_checksum_initial": initial_checksum,
         "kernels_note": KERNEL_SETS[config.kernels].note,
+        "kernels_applied": step.kernels_applied,
     })
     warnings = []
     if result.get("throttled_power_or_heat"):

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from lmbench.config import Config
+from lmbench.errors import KernelSwapError
 from lmbench.kernel_sets import KERNEL_SETS, FusedLossLM
 from lmbench.models import MODELS, build_model
 from lmbench.training import TrainingStep
@@ -36,7 +37,7 @@ def test_triton_swap_keeps_every_weight(model):
     torch.manual_seed(0)
     built = build_model(MODELS[model], attention="sdpa")
     before = {id(p) for p in built.parameters()}
-    swapped = KERNEL_SETS["triton"].swap(built, MODELS[model])
+    swapped, _ = KERNEL_SETS["triton"].swap(built, MODELS[model])
     assert isinstance(swapped, FusedLossLM)
     assert {id(p) for p in swapped.parameters()} == before
     names = {type(m).__name__ for m in swapped.modules()}
@@ -98,3 +99,121 @@ def test_gpt2_blocks_use_the_fused_add_norm(monkeypatch, checkpointing):
     fused = losses(base.replace(kernels="triton"), 2)
     assert len(calls) >= 2 * 2  # two blocks, two steps
     torch.testing.assert_close(torch.tensor(fused), torch.tensor(losses(base, 2)), atol=1e-5, rtol=1e-5)
+
+
+def swapped(model: str):
+    torch.manual_seed(0)
+    return KERNEL_SETS["triton"].swap(build_model(MODELS[model], attention="sdpa"), MODELS[model])
+
+
+@pytest.mark.parametrize("model, applied", [
+    ("tiny-gpt2", "norms 5/5, GELU-tanh 2/2, fused residual add + norm 2/2, fused linear-CE loss 1/1"),
+    ("tiny-llama", "norms 5/5, SwiGLU MLPs 2/2, fused residual add + norm 2/2, fused linear-CE loss 1/1"),
+    ("tiny-bert-mlm", "norms 6/6, fused linear-CE loss 1/1"),
+    ("tiny-torch-transformer-lm", "norms 5/5, fused residual add + norm 2/2, fused linear-CE loss 1/1"),
+])
+def test_triton_swap_counts_what_it_applied(model, applied):
+    assert swapped(model)[1] == applied
+    step = TrainingStep(Config(model=model, batch_size=2, seq_len=16, kernels="triton", device=DEVICE.type), DEVICE)
+    assert step.kernels_applied == applied
+    assert TrainingStep(Config(model=model, batch_size=2, seq_len=16, device=DEVICE.type), DEVICE).kernels_applied \
+        is None
+
+
+def test_a_swap_that_cannot_apply_is_an_error_naming_the_versions(monkeypatch):
+    """A renamed activation class (a newer transformers) must not leave an `ok` row that ran unfused."""
+    import transformers
+
+    import lmbench.kernel_sets as kernel_sets
+
+    monkeypatch.setattr(kernel_sets, "_tanh_gelu_classes", lambda: ())
+    with pytest.raises(KernelSwapError) as caught:
+        swapped("tiny-gpt2")
+    assert str(caught.value).startswith(
+        f"kernels=triton did not apply to tiny-gpt2 with transformers {transformers.__version__}, torch "
+        f"{torch.__version__}")
+    assert "GELU-tanh 0 of 2 (no tanh-GELU module found where transformers' ACT2CLS says)" in str(caught.value)
+
+
+def test_a_block_signature_the_fused_forward_does_not_know_is_refused(monkeypatch):
+    """transformers 4.x blocks return tuples: the fused forward would change what the model computes."""
+    from transformers.models.gpt2.modeling_gpt2 import GPT2Block
+
+    def tuple_forward(self, hidden_states, layer_past=None, attention_mask=None) -> tuple:
+        raise AssertionError("never called")
+
+    monkeypatch.setattr(GPT2Block, "forward", tuple_forward)
+    with pytest.raises(KernelSwapError, match=r"fused residual add \+ norm 0 of 2 \(GPT2Block.forward returns "
+                                              r"<class 'tuple'>, not one tensor\)"):
+        swapped("tiny-gpt2")
+
+
+def test_failed_swap_is_an_error_row_not_a_crash(monkeypatch, tmp_path):
+    import json
+
+    import lmbench.kernel_sets as kernel_sets
+    from lmbench.worker import run_job
+
+    monkeypatch.setattr(kernel_sets, "_tanh_gelu_classes", lambda: ())
+    config = Config(model="tiny-gpt2", batch_size=2, seq_len=16, steps=1, warmup=0, kernels="triton",
+                    device=DEVICE.type)
+    (tmp_path / "job.json").write_text(json.dumps({"config": config.to_dict()}))
+    assert run_job(tmp_path / "job.json", tmp_path / "result.json") == 0
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["status"] == "error"
+    assert result["reason"].startswith("KernelSwapError: kernels=triton did not apply to tiny-gpt2 with transformers")
+
+
+@pytest.mark.parametrize("model, blocks", [("tiny-gpt2", "transformer.h"), ("tiny-llama", "model.layers")])
+def test_fused_blocks_survive_data_parallel_replication(model, blocks):
+    """nn.DataParallel replicas copy an instance's __dict__: a forward bound there would run the original's
+    weights on every replica. The fused forward lives on a subclass, so each replica runs its own."""
+    import copy
+
+    lm = swapped(model)[0].lm
+    block = lm.get_submodule(blocks)[0]
+    assert "forward" not in vars(block) and type(block).__name__.startswith("Fused")
+    replica = block._replicate_for_data_parallel()
+    norm = "ln_2" if model == "tiny-gpt2" else "post_attention_layernorm"
+    replica._modules[norm] = copy.deepcopy(getattr(block, norm))
+    with torch.no_grad():
+        getattr(replica, norm).weight.zero_()
+    x = torch.randn(1, 4, MODELS[model].hidden)
+    extra = {} if model == "tiny-gpt2" else {"position_embeddings": lm.model.rotary_emb(x, torch.arange(4)[None])}
+    with torch.no_grad():
+        assert not torch.allclose(replica(x, **extra), block(x, **extra))
+
+
+def fake_liger(monkeypatch, *, patch_mlps: bool):
+    """A stand-in for liger_kernel.transformers that binds forwards the way Liger's instance patching does."""
+    import sys
+    import types
+
+    def rms_forward(self, hidden_states):
+        return hidden_states
+
+    def mlp_forward(self, x):
+        return x
+
+    rms_forward.__module__ = mlp_forward.__module__ = "liger_kernel.transformers.fake"
+
+    def apply(model):
+        for module in model.modules():
+            if type(module).__name__.endswith("RMSNorm"):
+                module.__dict__["forward"] = rms_forward.__get__(module)
+        for layer in model.model.layers if patch_mlps else []:
+            layer.mlp.__dict__["forward"] = mlp_forward.__get__(layer.mlp)
+
+    package = types.ModuleType("liger_kernel")
+    package.transformers = types.SimpleNamespace(_apply_liger_kernel_to_instance=apply)
+    monkeypatch.setitem(sys.modules, "liger_kernel", package)
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers", package.transformers)
+
+
+def test_liger_swap_is_verified(monkeypatch):
+    spec = MODELS["tiny-llama"]
+    fake_liger(monkeypatch, patch_mlps=True)
+    assert KERNEL_SETS["liger"].swap(build_model(spec, attention="sdpa"), spec)[1] == "RMSNorms 5/5, SwiGLU MLPs 2/2"
+    fake_liger(monkeypatch, patch_mlps=False)
+    with pytest.raises(KernelSwapError, match="kernels=liger did not apply to tiny-llama with .*: SwiGLU MLPs 0 of 2"):
+        KERNEL_SETS["liger"].swap(build_model(spec, attention="sdpa"), spec)
