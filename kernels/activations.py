@@ -18,13 +18,19 @@ GELU_COEF = 0.044715
 
 
 @triton.jit
+def _offsets(BLOCK: tl.constexpr):
+    # int64: past 2**31 elements (SwiGLU at batch 128 x 2048 tokens x 8192) an int32 `pid * BLOCK` wraps.
+    return tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+
+
+@triton.jit
 def _tanh(z):
     return 1.0 - 2.0 / (tl.exp(2.0 * z) + 1.0)
 
 
 @triton.jit
 def _gelu_fwd(X, Y, n, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    offs = _offsets(BLOCK)
     mask = offs < n
     x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
     t = _tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))
@@ -33,7 +39,7 @@ def _gelu_fwd(X, Y, n, BLOCK: tl.constexpr):
 
 @triton.jit
 def _gelu_bwd(X, DY, DX, n, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    offs = _offsets(BLOCK)
     mask = offs < n
     x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
     dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
@@ -44,7 +50,7 @@ def _gelu_bwd(X, DY, DX, n, BLOCK: tl.constexpr):
 
 @triton.jit
 def _swiglu_fwd(A, B, Y, n, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    offs = _offsets(BLOCK)
     mask = offs < n
     a = tl.load(A + offs, mask=mask, other=0.0).to(tl.float32)
     b = tl.load(B + offs, mask=mask, other=0.0).to(tl.float32)
@@ -54,7 +60,7 @@ def _swiglu_fwd(A, B, Y, n, BLOCK: tl.constexpr):
 
 @triton.jit
 def _swiglu_bwd(A, B, DY, DA, DB, n, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    offs = _offsets(BLOCK)
     mask = offs < n
     a = tl.load(A + offs, mask=mask, other=0.0).to(tl.float32)
     b = tl.load(B + offs, mask=mask, other=0.0).to(tl.float32)

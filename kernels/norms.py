@@ -22,7 +22,8 @@ import triton.language as tl
 @triton.jit
 def _norm_fwd(X, R, S, W, B, Y, Mean, Rstd, stride_x, stride_r, stride_s, stride_y, N, eps,
               IS_RMS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK_N: tl.constexpr):
-    row = tl.program_id(0)
+    # int64: `row * stride` passes 2**31 elements (8192 x 262144 rows) and an int32 product would wrap.
+    row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_N)
     mask = cols < N
     x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0)
@@ -56,7 +57,7 @@ def _norm_fwd(X, R, S, W, B, Y, Mean, Rstd, stride_x, stride_r, stride_s, stride
 def _norm_bwd(X, W, DY, DS, DX, Mean, Rstd, DW, DB, stride_x, stride_dy, stride_ds, stride_dx, M, N,
               rows_per_program, IS_RMS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
               BLOCK_N: tl.constexpr):
-    pid = tl.program_id(0)
+    pid = tl.program_id(0).to(tl.int64)  # rows are int64 as in the forward
     cols = tl.arange(0, BLOCK_N)
     col_mask = cols < N
     w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)
@@ -65,7 +66,7 @@ def _norm_bwd(X, W, DY, DS, DX, Mean, Rstd, DW, DB, stride_x, stride_dy, stride_
     for i in range(0, rows_per_program):
         row = pid * rows_per_program + i
         # A vector comparison: the interpreter rejects a scalar condition broadcast into a mask.
-        mask = col_mask & ((tl.zeros([BLOCK_N], dtype=tl.int32) + row) < M)
+        mask = col_mask & ((tl.zeros([BLOCK_N], dtype=tl.int64) + row) < M)
         x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0)
         dy = tl.load(DY + row * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
         # Rows past M (the last program's tail) read a valid row and are masked out everywhere else.
@@ -105,6 +106,15 @@ def _warps(block: int) -> int:
     return 16 if block >= 8192 else 8 if block >= 2048 else 4
 
 
+def _backward_warps(block: int) -> int:
+    """The backward keeps about twice the forward's row vectors live (x, dy, w and the dw/db partial sums).
+
+    With the forward's warps it needed 164-206 registers a thread at N=4096 (8 warps) and spilled
+    430-1056 bytes at N>=16384 (16 warps): more warps, so each thread holds a smaller slice of the row.
+    """
+    return 32 if block >= 16384 else 16 if block >= 4096 else 8 if block >= 2048 else 4
+
+
 def norm_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float, *, rms: bool,
                  residual: torch.Tensor | None = None):  # type: ignore[no-untyped-def]
     """Launch the forward; returns (y, sum-or-None, mean, rstd), y in the promoted dtype of x and weight."""
@@ -122,9 +132,14 @@ def norm_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     return y.view(*x.shape[:-1], N), (s.view(x.shape) if residual is not None else None), mean, rstd
 
 
-def norm_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, has_bias: bool, mean: torch.Tensor,
-                  rstd: torch.Tensor, *, rms: bool, ds: torch.Tensor | None = None):  # type: ignore[no-untyped-def]
-    """Launch the backward; `x` is what was normalised (the sum, with a residual). Returns (dx, dw, db)."""
+def launch_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, has_bias: bool, mean: torch.Tensor,
+                    rstd: torch.Tensor, *, rms: bool, ds: torch.Tensor | None = None
+                    ):  # type: ignore[no-untyped-def]
+    """Launch the backward kernel; returns (dx, per-program dw, per-program db or None, the launched kernel).
+
+    The launched kernel is Triton's compiled kernel on a GPU (its registers and spills can be read), None
+    under the interpreter.
+    """
     x2 = _rows(x)
     dy2 = _rows(dy)
     M, N = x2.shape
@@ -136,12 +151,20 @@ def norm_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, has_b
     dw_part = torch.empty((programs, N), dtype=torch.float32, device=x.device)
     db_part = torch.empty((programs, N), dtype=torch.float32, device=x.device) if has_bias else dw_part
     ds2 = _rows(ds) if ds is not None else dy2
-    _norm_bwd[(programs,)](x2, weight, dy2, ds2, dx, mean, rstd, dw_part, db_part, x2.stride(0), dy2.stride(0),
-                           ds2.stride(0), dx.stride(0), M, N, rows_per_program, IS_RMS=rms, HAS_BIAS=has_bias,
-                           HAS_RESIDUAL=ds is not None, BLOCK_N=_block(N), num_warps=_warps(_block(N)))
+    kernel = _norm_bwd[(programs,)](x2, weight, dy2, ds2, dx, mean, rstd, dw_part, db_part, x2.stride(0),
+                                    dy2.stride(0), ds2.stride(0), dx.stride(0), M, N, rows_per_program, IS_RMS=rms,
+                                    HAS_BIAS=has_bias, HAS_RESIDUAL=ds is not None, BLOCK_N=_block(N),
+                                    num_warps=_backward_warps(_block(N)))
+    return dx.view(x.shape), dw_part, db_part if has_bias else None, kernel
+
+
+def norm_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, has_bias: bool, mean: torch.Tensor,
+                  rstd: torch.Tensor, *, rms: bool, ds: torch.Tensor | None = None):  # type: ignore[no-untyped-def]
+    """Launch the backward; `x` is what was normalised (the sum, with a residual). Returns (dx, dw, db)."""
+    dx, dw_part, db_part, _ = launch_backward(dy, x, weight, has_bias, mean, rstd, rms=rms, ds=ds)
     dw = dw_part.sum(0).to(weight.dtype)
-    db = db_part.sum(0).to(weight.dtype) if has_bias else None
-    return dx.view(x.shape), dw, db
+    db = db_part.sum(0).to(weight.dtype) if db_part is not None else None
+    return dx, dw, db
 
 
 class _Norm(torch.autograd.Function):
