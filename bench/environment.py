@@ -79,14 +79,17 @@ def device_info(device: Any) -> dict[str, Any]:
 
     if device.type != "cuda":
         return {"type": "cpu", "name": platform.processor() or platform.machine(), "count": os.cpu_count()}
+    from lmbench.nvml import torch_device_ids
+
     index = device.index if device.index is not None else torch.cuda.current_device()
     props = torch.cuda.get_device_properties(index)
-    uuid = getattr(props, "uuid", None)
+    uuid, _ = torch_device_ids(index)
     return {
         "type": "cuda",
         "index": index,
         "name": props.name,
-        "uuid": f"GPU-{uuid}" if uuid is not None else None,
+        "uuid": uuid,
+        "mig": bool(uuid and uuid.startswith("MIG-")),
         "capability": f"{props.major}.{props.minor}",
         "memory_total_bytes": props.total_memory,
         "multiprocessors": props.multi_processor_count,

@@ -27,6 +27,7 @@ POWER_OR_HEAT = frozenset({"sw_power_cap", "hw_slowdown", "sw_thermal_slowdown",
                            "hw_power_brake_slowdown"})
 
 NVML_FI_DEV_POWER_INSTANT = 186
+NVML_DEVICE_MIG_ENABLE = 1
 NVML_CLOCK_SM = 1
 NVML_TEMPERATURE_GPU = 0
 NVML_SUCCESS = 0
@@ -84,9 +85,17 @@ class NvmlDevice:
             if not key:
                 continue
             try:
-                return cls(nvml, lookup(key))
+                handle = lookup(key)
             except nvml.NVMLError as err:
                 errors.append(f"{key}: {err}")
+                continue
+            # A GPU in MIG mode is never a CUDA device itself, only its instances are: the device found
+            # (by PCI bus id, since an instance's UUID is not the GPU's) is the parent, whose power and
+            # energy the other instances share.
+            if _is_mig(nvml, handle):
+                raise NvmlUnavailable(f"{key} is a MIG instance (its GPU is in MIG mode): NVML reports power "
+                                      "and energy only for the whole GPU, shared by every instance")
+            return cls(nvml, handle)
         raise NvmlUnavailable("NVML has no device " + ("; ".join(errors) or "(no UUID or PCI bus id given)"))
 
     def _query(self, name: str, call: Any, *args: Any) -> Any:
@@ -169,15 +178,44 @@ def _field_value(field: Any) -> float:
     return float(getattr(field.value, _VALUE_FIELDS.get(field.valueType, "uiVal")))
 
 
+def _is_mig(nvml: Any, handle: Any) -> bool:
+    """Whether `handle` is a MIG instance or a GPU in MIG mode; boards without MIG answer "not supported"."""
+    for query in ("nvmlDeviceIsMigDeviceHandle", "nvmlDeviceGetMigMode"):
+        call = getattr(nvml, query, None)
+        if call is None:
+            continue
+        try:
+            answer = call(handle)
+        except nvml.NVMLError:
+            continue
+        current = answer[0] if isinstance(answer, (list, tuple)) else answer
+        if current == NVML_DEVICE_MIG_ENABLE:
+            return True
+    return False
+
+
+def is_mig_instance(device_name: str, visible_devices: str | None) -> bool:
+    """Whether the CUDA device is a MIG instance: CUDA names one "<GPU> MIG <profile>" (e.g. "NVIDIA H100 80GB
+    HBM3 MIG 1g.10gb"), and CUDA_VISIBLE_DEVICES can select one only by its MIG- UUID."""
+    return " MIG " in f" {device_name} " or any(
+        entry.strip().startswith("MIG-") for entry in (visible_devices or "").split(","))
+
+
 def torch_device_ids(index: int) -> tuple[str | None, str | None]:
-    """(UUID as NVML spells it, PCI bus id) of CUDA device `index` as torch numbers it."""
+    """(UUID as NVML spells it, PCI bus id) of CUDA device `index` as torch numbers it.
+
+    torch gives the bare UUID; NVML prefixes a whole GPU's with GPU- and a MIG instance's with MIG-.
+    """
+    import os
+
     import torch
 
     props = torch.cuda.get_device_properties(index)
     uuid = getattr(props, "uuid", None)
     uuid = None if uuid is None else str(uuid)
     if uuid and not uuid.startswith(("GPU-", "MIG-")):
-        uuid = f"GPU-{uuid}"
+        mig = is_mig_instance(props.name, os.environ.get("CUDA_VISIBLE_DEVICES"))
+        uuid = f"{'MIG' if mig else 'GPU'}-{uuid}"
     pci = None
     if hasattr(props, "pci_bus_id"):
         pci = f"{getattr(props, 'pci_domain_id', 0):08X}:{props.pci_bus_id:02X}:{props.pci_device_id:02X}.0"

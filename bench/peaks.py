@@ -63,6 +63,10 @@ PRECISION_MODE: dict[str, str] = {
 
 def find_device(device_name: str) -> DevicePeak | None:
     """The table row for a CUDA device name, or None when the device is not in the table."""
+    if " MIG " in f" {device_name} ":
+        # A MIG instance ("NVIDIA H100 80GB HBM3 MIG 3g.40gb") has a fraction of the GPU's SMs; the
+        # datasheet peak is the whole GPU's, so an MFU against it would be wrong.
+        return None
     for row in PEAKS:
         if re.search(row.pattern, device_name):
             return row

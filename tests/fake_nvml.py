@@ -27,6 +27,8 @@ class FakeGpu:
     util_pct: int = 97
     sm_clock: int = 1980
     temp_c: int = 61
+    mig_mode: int = 0
+    """1 when the GPU is in MIG mode (CUDA then sees only its instances)."""
 
 
 class FakeNvml:
@@ -53,6 +55,13 @@ class FakeNvml:
             if gpu.pci_bus_id == bus_id:
                 return gpu
         raise NVMLError(13)
+
+    def nvmlDeviceGetMigMode(self, handle: FakeGpu) -> list[int]:
+        gpu = self._gpu(handle, "mig_mode")
+        return [gpu.mig_mode, gpu.mig_mode]
+
+    def nvmlDeviceIsMigDeviceHandle(self, handle: FakeGpu) -> int:
+        return 0
 
     def nvmlDeviceGetFieldValues(self, handle: FakeGpu, ids: list[int]) -> list[Any]:
         gpu = self._gpu(handle, "field_values")

@@ -47,6 +47,8 @@ def test_peak_table_matches_device_names_and_cites_sources():
     assert peak_flops("NVIDIA H100 80GB HBM3", "fp32")[0] == pytest.approx(67e12)
     assert peak_flops("NVIDIA A100-SXM4-40GB", "tf32")[0] == pytest.approx(156e12)
     assert peak_flops("Some Future GPU", "bf16") is None
+    # A MIG instance has a fraction of the SMs: no MFU against the whole GPU's peak.
+    assert peak_flops("NVIDIA H100 80GB HBM3 MIG 3g.40gb", "amp-bf16") is None
     assert peak_flops(None, "bf16") is None
     for row in PEAKS:
         assert row.source.startswith("https://")

@@ -2,12 +2,14 @@
 
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 from fake_nvml import FakeGpu, FakeNvml
 
-from lmbench.nvml import NvmlDevice, NvmlUnavailable, load_nvml, reason_names
+from lmbench import environment
+from lmbench.nvml import NvmlDevice, NvmlUnavailable, load_nvml, reason_names, torch_device_ids
 from lmbench.telemetry import SUMMARY_FIELDS, Sample, Telemetry, trapezoid_j
 
 A = "GPU-aaaaaaaa-0000-0000-0000-000000000000"
@@ -117,6 +119,49 @@ def test_device_is_found_by_uuid_not_by_index():
         NvmlDevice.open(uuid="GPU-ffff", nvml=nvml)
     with pytest.raises(NvmlUnavailable, match="is a MIG instance"):
         NvmlDevice.open(uuid="MIG-1234", nvml=nvml)
+
+
+MIG_UUID = "cccccccc-0000-0000-0000-000000000000"
+PARENT_PCI = "00000000:17:00.0"
+
+
+def fake_cuda_device(monkeypatch, name: str, *, visible: str | None = None) -> None:
+    """torch sees one CUDA device with this name, a bare UUID (as torch gives it) and bus 0x17."""
+    props = SimpleNamespace(name=name, uuid=MIG_UUID, pci_domain_id=0, pci_bus_id=0x17, pci_device_id=0, major=9,
+                            minor=0, total_memory=80 * 2**30, multi_processor_count=132)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(environment, "nvml_driver_version", lambda: None)
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+
+
+@pytest.mark.parametrize(("name", "visible", "prefix"), [
+    ("NVIDIA H100 80GB HBM3", None, "GPU-"),
+    ("NVIDIA H100 80GB HBM3", "0,1", "GPU-"),
+    ("NVIDIA H100 80GB HBM3 MIG 1g.10gb", None, "MIG-"),
+    ("NVIDIA A100-SXM4-40GB", f"MIG-{MIG_UUID}", "MIG-"),
+])
+def test_uuid_prefix_says_whether_the_device_is_a_mig_instance(monkeypatch, name, visible, prefix):
+    fake_cuda_device(monkeypatch, name, visible=visible)
+    assert torch_device_ids(0) == (prefix + MIG_UUID, PARENT_PCI)
+    info = environment.device_info(torch.device("cuda", 0))
+    assert info["uuid"] == prefix + MIG_UUID and info["mig"] is (prefix == "MIG-")
+
+
+def test_a_mig_instance_never_reports_its_parent_gpus_power(monkeypatch):
+    # CUDA names the instance by a UUID the parent GPU does not have: NVML finds the parent by PCI bus id.
+    parent = FakeGpu("GPU-dddddddd-0000-0000-0000-000000000000", PARENT_PCI, mig_mode=1)
+    with pytest.raises(NvmlUnavailable, match="is a MIG instance"):
+        NvmlDevice.open(uuid=f"GPU-{MIG_UUID}", pci_bus_id=PARENT_PCI, nvml=FakeNvml([parent]))
+    fake_cuda_device(monkeypatch, "NVIDIA H100 80GB HBM3")  # a name that hides it: the NVML check still holds
+    telemetry = Telemetry.for_device(torch.device("cuda", 0), nvml=FakeNvml([parent]))
+    assert telemetry.summary(tokens=1)["telemetry"].startswith("off: ") and "MIG" in telemetry.unavailable
+    # Boards without MIG answer "not supported", which is not MIG.
+    plain = FakeGpu(A, PARENT_PCI, unsupported={"mig_mode"})
+    assert NvmlDevice.open(uuid="GPU-ffff", pci_bus_id=PARENT_PCI, nvml=FakeNvml([plain])).handle is plain
 
 
 def test_absent_library_and_absent_driver(monkeypatch):
