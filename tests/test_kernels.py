@@ -8,10 +8,9 @@ import pytest
 import torch
 import triton
 import triton.language as tl
-from torch.utils._python_dispatch import TorchDispatchMode
+from op_log import OpLog
 
 from lmbench.kernels import cross_entropy, norms
-
 from lmbench.kernels.activations import (
     gelu_tanh,
     gelu_tanh_reference,
@@ -258,29 +257,6 @@ def test_linear_cross_entropy_takes_an_fp16_loss_scale(dtype):
     assert torch.isfinite(gh).all() and torch.isfinite(gw).all()
     torch.testing.assert_close(gh.double(), gh_ref, atol=2.0**16 * 1e-4, rtol=2e-2)
     torch.testing.assert_close(gw.double(), gw_ref, atol=2.0**16 * 1e-4, rtol=2e-2)
-
-
-class OpLog(TorchDispatchMode):
-    """Every ATen op run inside it, with its output."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        inputs = [a for a in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
-        fresh = isinstance(out, torch.Tensor) and all(
-            out.untyped_storage().data_ptr() != a.untyped_storage().data_ptr() for a in inputs)
-        self.calls.append((func, out if fresh else None))
-        return out
-
-    def new_tensors(self, shape):
-        """Ops that allocated a new tensor of `shape` (not a view, not in place, not out=)."""
-        return [f for f, out in self.calls if out is not None and tuple(out.shape) == tuple(shape)]
-
-    def host_reads(self):
-        return [f for f, _ in self.calls if f is torch.ops.aten._local_scalar_dense.default]
 
 
 def fused_ce_forward_ops(monkeypatch, *, chunks, autocast):

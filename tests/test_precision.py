@@ -1,6 +1,9 @@
+import math
+
 import pytest
 import torch
 import torch.nn as nn
+from op_log import OpLog
 
 from lmbench.precision import PRECISIONS, AmpFp16, Fp16MasterWeights, matmul_mode
 
@@ -60,6 +63,34 @@ def test_amp_fp16_counts_steps_gradscaler_skipped():
     scale = p.loss_scale
     p.step()
     assert p.skipped_steps == 1 and p.loss_scale == scale / 2
+
+
+def fused_adamw(params):
+    return torch.optim.AdamW(params, lr=0.1, fused=True)
+
+
+@pytest.mark.parametrize("make_optimizer", [sgd, fused_adamw])
+def test_amp_fp16_step_waits_for_the_device_no_more_than_gradscaler_itself(make_optimizer):
+    # GradScaler reads found_inf on the host once a step unless the optimizer takes the scaler (fused
+    # AdamW); counting skipped steps must add no read of its own.
+    p = AmpFp16(tiny(), make_optimizer, CPU)
+    model = tiny()
+    bare_opt, bare_scaler = make_optimizer(list(model.parameters())), torch.amp.GradScaler("cpu")
+    for step in range(2):
+        with p.autocast():
+            p.backward(p.model(torch.ones(3, 4)).float().sum())
+        with torch.autocast("cpu", dtype=torch.float16):
+            bare_scaler.scale(model(torch.ones(3, 4)).float().sum()).backward()
+        with OpLog() as ours:
+            p.step()
+        with OpLog() as bare:
+            bare_scaler.step(bare_opt)
+            bare_scaler.update()
+            bare_opt.zero_grad(set_to_none=True)
+        assert len(ours.host_reads()) == len(bare.host_reads()) <= 1
+    # Both overflow at first (3 x 2**16 is past fp16) and skip alike; the device-side count agrees.
+    assert p.loss_scale == bare_scaler.get_scale() < 2.0**16
+    assert p.skipped_steps == round(math.log2(2.0**16 / bare_scaler.get_scale()))
 
 
 @pytest.mark.parametrize("name", list(PRECISIONS))
