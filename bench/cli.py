@@ -229,8 +229,9 @@ def report(run_dirs: tuple[Path, ...], out: Path | None, baseline: str | None) -
     """
     from lmbench import frame
     from lmbench import report as reports
+    from lmbench.baseline import parse
 
-    parsed = reports.parse_baseline(baseline)
+    parsed = parse(baseline)
     df, records, warnings = frame.load(list(run_dirs))
     for warning in warnings:
         click.echo(f"lmbench: warning: {warning}", err=True)

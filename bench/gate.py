@@ -11,7 +11,7 @@ from lmbench import results
 from lmbench.compare import Verdict, environment_differences, environment_of
 from lmbench.errors import UsageError
 from lmbench.noise import NoiseFloor
-from lmbench.report import markdown_table
+from lmbench.table import markdown_table
 
 EXIT_OK, EXIT_REGRESSION = 0, 1
 

@@ -55,3 +55,16 @@ def loss_health(losses: Sequence[float]) -> dict[str, Any]:
         "loss_last": losses[-1] if losses else None,
         "nonfinite_losses": sum(1 for v in losses if not math.isfinite(v)),
     }
+
+
+#: Coefficient of variation of step times above which a window is flagged: past 10% the median step no
+#: longer describes the window (stalls, clock changes, recompilation), whatever the tokens/s says.
+STEP_CV_LIMIT = 0.10
+
+
+def unstable_steps(step_cvs: Sequence[float]) -> str | None:
+    """A note when any repeat's step-time CV exceeds STEP_CV_LIMIT, else None."""
+    worst = max((cv for cv in step_cvs if cv is not None and math.isfinite(cv)), default=None)
+    if worst is None or worst <= STEP_CV_LIMIT:
+        return None
+    return f"unstable steps: cv {worst:.0%} > {STEP_CV_LIMIT:.0%}"

@@ -18,8 +18,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from lmbench.baseline import counterpart  # noqa: E402
 from lmbench.config import FIELD_TYPES  # noqa: E402
-from lmbench.table import varying_axes  # noqa: E402
+from lmbench.table import configs_of, varying_axes  # noqa: E402
 
 GIB = 2**30
 
@@ -43,8 +44,12 @@ def _ok(df: pd.DataFrame, column: str) -> pd.DataFrame:
 
 
 def _series_axes(df: pd.DataFrame, exclude: set[str]) -> list[str]:
-    """Configuration axes (not metrics or statuses) whose value varies across the rows."""
-    configs = df[[a for a in FIELD_TYPES if a in df]].to_dict("records")
+    """Axes whose value varies across the rows (the run too, for a report of several runs), but `exclude`.
+
+    Every varying axis is kept, so grouping by these never pools configurations that differ.
+    """
+    columns = (["run"] if "run" in df and df["run"].nunique() > 1 else []) + [a for a in FIELD_TYPES if a in df]
+    configs = df[columns].to_dict("records")
     return [a for a in varying_axes(configs) if a not in exclude and len(configs) > 1 and a in df
             and df[a].nunique(dropna=False) > 1]
 
@@ -75,7 +80,7 @@ def tokens_vs_batch(df: pd.DataFrame) -> Figure:
     if ok.empty:
         return _empty(title, "no successful configuration")
     fig, ax = plt.subplots(figsize=(7, 4))
-    _lines_over_batch(ax, ok, _series_axes(df, {"batch_size", "seed"}), "tokens_per_s", "median", 1.0)
+    _lines_over_batch(ax, ok, _series_axes(df, {"batch_size"}), "tokens_per_s", "median", 1.0)
     _finish_batch_axes(ax, title, "tokens/s (median over repeats)")
     return fig
 
@@ -88,7 +93,7 @@ def memory_vs_batch(df: pd.DataFrame) -> Figure:
     if ok.empty and ooms.empty:
         return _empty(title, "no device memory measured (CPU run or no successful configuration)")
     fig, ax = plt.subplots(figsize=(7, 4))
-    _lines_over_batch(ax, ok, _series_axes(df, {"batch_size", "seed"}), "mem_peak_reserved_bytes", "max", GIB)
+    _lines_over_batch(ax, ok, _series_axes(df, {"batch_size"}), "mem_peak_reserved_bytes", "max", GIB)
     capacity = df["memory_total_bytes"].dropna().max() if "memory_total_bytes" in df else None
     if capacity is not None and capacity == capacity:
         ax.axhline(capacity / GIB, color="red", linestyle="--", label=f"device capacity {capacity / GIB:.0f} GiB")
@@ -104,11 +109,13 @@ def tokens_per_joule(df: pd.DataFrame) -> Figure:
     ok = _ok(df, "tokens_per_j")
     if ok.empty:
         return _empty(title, "no energy measured (no NVML telemetry in these results)")
-    axes = _series_axes(df, {"seed"}) or ["model"]
-    medians = ok.groupby("config_key").agg({"tokens_per_j": "median", **{a: "first" for a in axes}})
-    fig, ax = plt.subplots(figsize=(7, max(3, 0.4 * len(medians) + 1)))
-    labels = [config_label(row, axes) for _, row in medians.iterrows()]
-    ax.barh(labels, medians["tokens_per_j"])
+    axes = _series_axes(df, set()) or ["model"]
+    labels, values = [], []
+    for _, group in ok.groupby(["run", "config_key"], sort=False):
+        labels.append(config_label(group.iloc[0], axes))
+        values.append(group["tokens_per_j"].median())
+    fig, ax = plt.subplots(figsize=(7, max(3, 0.4 * len(labels) + 1)))
+    ax.barh(labels, values)
     ax.set_xlabel("tokens per joule (median over repeats)")
     ax.set_title(title)
     ax.tick_params(axis="y", labelsize=7)
@@ -116,45 +123,82 @@ def tokens_per_joule(df: pd.DataFrame) -> Figure:
     return fig
 
 
+def _units(df: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
+    """One row per configuration (per run): its axes, median tokens/s over ok repeats, and its statuses."""
+    rows = []
+    for _, group in df.groupby(["run", "config_key"], sort=False, dropna=False):
+        good = group[group["status"] == "ok"]["tokens_per_s"].dropna() if "tokens_per_s" in group else []
+        failed = sorted(set(group["status"]) - {"ok"})
+        rows.append({**group.iloc[0][axes].to_dict(), "tokens_per_s": good.median() if len(good) else float("nan"),
+                     "status": "/".join(failed) if not len(good) else "ok"})
+    return pd.DataFrame(rows)
+
+
+def _text_colour(rgba: tuple[float, ...]) -> str:
+    """Black on light cells, white on dark ones (relative luminance, ITU-R BT.709 weights)."""
+    r, g, b = rgba[:3]
+    return "black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.5 else "white"
+
+
 def speedup_heatmap(df: pd.DataFrame, *, x: str | None = None, y: str | None = None,
-                    baseline_key: str | None = None) -> Figure:
-    """Median tokens/s of each (x, y) cell over the baseline configuration's; failed cells show their status."""
+                    baseline: tuple[str, str] | None = None) -> Figure:
+    """Median tokens/s of each configuration over its baseline counterpart's, one panel per value of the other axes.
+
+    The counterpart is equal on every varying axis but the baseline's (lmbench.baseline), so no cell pools
+    configurations; without --baseline it is the first value of the x axis. The colour scale is
+    logarithmic and centred on 1.0 (white): 2x and 0.5x are equally strong blue and red.
+    """
+    from matplotlib.colors import LogNorm
+
     title = "Speedup over baseline"
-    axes = _series_axes(df, {"seed"})
-    x = x or (axes[0] if axes else None)
-    y = y or (axes[1] if len(axes) > 1 else None)
+    axes = _series_axes(df, set())
     ok = _ok(df, "tokens_per_s")
-    if x is None or y is None or ok.empty:
-        return _empty(title, "needs two varying axes and at least one successful configuration")
-    baseline_key = baseline_key or ok["config_key"].iloc[0]
-    base = ok[ok["config_key"] == baseline_key]["tokens_per_s"].median()
-    if base != base:
-        return _empty(title, f"baseline {baseline_key} has no successful repeat")
+    if not axes or ok.empty:
+        return _empty(title, "needs a varying axis and at least one successful configuration")
+    # The baseline's axis across, so every row of a panel starts from its own baseline cell.
+    x = x or (baseline[0] if baseline and baseline[0] in axes else axes[0])
+    y = y or next((a for a in axes if a != x), None)
+    facets = [a for a in axes if a not in (x, y)]
+    baseline = baseline or (x, str(df[x].iloc[0]))
+    units = _units(df, axes)
+    configs = units[axes].to_dict("records")
+    speedups = []
+    for config, tps in zip(configs, units["tokens_per_s"]):
+        match = counterpart(config, configs, baseline, axes)
+        speedups.append(tps / units["tokens_per_s"].iloc[match] if match is not None else float("nan"))
+    units["speedup"] = speedups
+    finite = [v for v in speedups if v == v and v > 0]
+    reach = max([1.25, *(max(v, 1 / v) for v in finite)])
+    norm = LogNorm(vmin=1 / reach, vmax=reach)
+    cmap = matplotlib.colormaps["RdBu"].with_extremes(bad="#eeeeee")
     xs = list(dict.fromkeys(df[x]))
-    ys = list(dict.fromkeys(df[y]))
-    grid = [[float("nan")] * len(xs) for _ in ys]
-    notes = [[""] * len(xs) for _ in ys]
-    for (xv, yv), group in df.groupby([x, y]):
-        i, j = ys.index(yv), xs.index(xv)
-        good = group[group["status"] == "ok"]["tokens_per_s"].dropna()
-        if len(good):
-            grid[i][j] = good.median() / base
-            notes[i][j] = f"{grid[i][j]:.2f}x"
-        else:
-            notes[i][j] = "/".join(sorted(set(group["status"])))
-    fig, ax = plt.subplots(figsize=(1.2 * len(xs) + 3, 0.6 * len(ys) + 2))
-    image = ax.imshow(grid, cmap="RdYlGn", vmin=min(0.5, *[v for r in grid for v in r if v == v]),
-                      vmax=max(1.5, *[v for r in grid for v in r if v == v]), aspect="auto")
-    for i in range(len(ys)):
-        for j in range(len(xs)):
-            ax.text(j, i, notes[i][j], ha="center", va="center", fontsize=8)
-    ax.set_xticks(range(len(xs)), [str(v) for v in xs])
-    ax.set_yticks(range(len(ys)), [str(v) for v in ys])
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
-    ax.set_title(f"{title} ({baseline_key[:40]}…)" if len(baseline_key) > 40 else f"{title} ({baseline_key})")
-    fig.colorbar(image, ax=ax, label="tokens/s ÷ baseline")
-    fig.tight_layout()
+    ys = list(dict.fromkeys(df[y])) if y else [None]
+    panels = list(units.groupby(facets, sort=False, dropna=False)) if facets else [((), units)]
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, grid = plt.subplots(rows, cols, squeeze=False, layout="constrained",
+                             figsize=(cols * (1.0 * len(xs) + 2.5) + 1, rows * (0.55 * len(ys) + 1.8) + 0.5))
+    for n, (ax, (values, panel)) in enumerate(zip(grid.flat, panels)):
+        cells = [[float("nan")] * len(xs) for _ in ys]
+        for _, unit in panel.iterrows():
+            i, j = ys.index(unit[y]) if y else 0, xs.index(unit[x])
+            cells[i][j] = unit["speedup"]
+            rgba = cmap(norm(unit["speedup"])) if unit["speedup"] == unit["speedup"] else (0.93, 0.93, 0.93, 1)
+            text = (f"{unit['speedup']:.2f}x" if unit["speedup"] == unit["speedup"] else
+                    unit["status"] if unit["status"] != "ok" else "no baseline")
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color=_text_colour(rgba))
+        image = ax.imshow(cells, cmap=cmap, norm=norm, aspect="auto")
+        ax.set_xticks(range(len(xs)), [str(v) for v in xs], rotation=30, ha="right", fontsize=8)
+        ax.set_yticks(range(len(ys)), ["" if v is None else str(v) for v in ys], fontsize=8)
+        ax.set_xlabel(x)
+        if n % cols == 0:
+            ax.set_ylabel(y or "")
+        values = values if isinstance(values, tuple) else (values,)
+        ax.set_title(" ".join(f"{a}={v}" for a, v in zip(facets, values)), fontsize=9)
+    for ax in list(grid.flat)[len(panels):]:
+        ax.set_axis_off()
+    fig.suptitle(f"{title}: tokens/s ÷ that of {baseline[0]}={baseline[1]} with the other axes equal", fontsize=10)
+    fig.colorbar(image, ax=grid.ravel().tolist(), label="tokens/s ÷ baseline (log scale)")
     return fig
 
 
@@ -164,10 +208,13 @@ def step_time_distributions(records: list[dict[str, Any]]) -> Figure:
     ok = [r for r in records if r["status"] == "ok" and r.get("step_times_s")]
     if not ok:
         return _empty(title, "no successful configuration")
-    axes = varying_axes(r["config"] for r in records) or ["model"]
+    configs = configs_of(records)
+    axes = varying_axes(configs) or ["model"]
     pooled: dict[str, list[float]] = {}
-    for r in ok:
-        pooled.setdefault(config_label(r["config"], axes), []).extend(t * 1e3 for t in r["step_times_s"])
+    for r, config in zip(records, configs):
+        if r["status"] == "ok" and r.get("step_times_s"):
+            # All repeats of one configuration together: nothing else shares a label.
+            pooled.setdefault(config_label(config, axes), []).extend(t * 1e3 for t in r["step_times_s"])
     fig, ax = plt.subplots(figsize=(7, max(3, 0.4 * len(pooled) + 1)))
     # matplotlib 3.10 replaced `vert` with `orientation`; support both.
     horizontal = ({"orientation": "horizontal"} if "orientation" in inspect.signature(ax.boxplot).parameters

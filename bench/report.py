@@ -12,22 +12,13 @@ from typing import Any
 
 import pandas as pd
 
+from lmbench import baseline as baselines
 from lmbench import plots
 from lmbench.errors import UsageError
-from lmbench.table import varying_axes
+from lmbench.metrics import unstable_steps
+from lmbench.table import Grid, configs_of, varying_axes
 
-GIB = 2**30
-
-
-def markdown_table(headers: list[str], rows: list[list[str]], *, right: set[int] = frozenset()) -> str:
-    """A GitHub-flavoured Markdown table; columns in `right` are right-aligned."""
-    def cell(text: str) -> str:
-        return str(text).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(cell(h) for h in headers) + " |",
-             "| " + " | ".join("---:" if i in right else "---" for i in range(len(headers))) + " |"]
-    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+GIB, MIB = 2**30, 2**20
 
 
 def _fmt(value: float | None, spec: str, scale: float = 1.0) -> str:
@@ -36,7 +27,7 @@ def _fmt(value: float | None, spec: str, scale: float = 1.0) -> str:
 
 @dataclass
 class ConfigSummary:
-    """One configuration over its repeats."""
+    """One configuration over its repeats (of one run, when a report covers several)."""
 
     key: str
     config: dict[str, Any]
@@ -55,26 +46,47 @@ class ConfigSummary:
             return None
         return statistics.stdev(values) / statistics.mean(values)
 
+    def step_time_s(self) -> float | None:
+        """The step time that goes with the row's tokens/s: tokens per step / median tokens/s over repeats.
 
-SUMMARY_METRICS = ("tokens_per_s", "step_time_median_s", "mfu", "mem_peak_reserved_bytes", "mem_peak_allocated_bytes",
-                   "mem_nvml_used_peak_bytes", "j_per_token", "tokens_per_j", "power_avg_w", "energy_j",
+        Each repeat's tokens/s is its tokens per step over its median step, so this is the same samples
+        seen the other way up; a separate median of step times would disagree with an even repeat count.
+        """
+        tps, tokens = self.median("tokens_per_s"), self.median("tokens_per_step")
+        return tokens / tps if tps and tokens else None
+
+    def note(self) -> str:
+        return unstable_steps(self.metrics.get("step_time_cv") or []) or ""
+
+
+SUMMARY_METRICS = ("tokens_per_s", "step_time_median_s", "tokens_per_step", "step_time_cv", "mfu",
+                   "mem_peak_reserved_bytes", "mem_peak_allocated_bytes", "mem_nvml_used_peak_bytes",
+                   "mem_host_peak_growth_bytes", "j_per_token", "tokens_per_j", "power_avg_w", "energy_j",
                    "parity_max_rel_dev")
 #: Worst parity over repeats is reported.
 PARITY_ORDER = ["reference", "ok", "drift", "diverged"]
 
 
 def summarize(records: list[dict[str, Any]]) -> list[ConfigSummary]:
-    """Configurations in first-seen order; metrics collected over ok repeats only."""
+    """Configurations in first-seen order; metrics collected over ok repeats only.
+
+    Records of several runs (a `run` key each) are kept apart: `run` becomes the first axis.
+    """
     by_key: dict[str, ConfigSummary] = {}
-    for r in records:
-        s = by_key.setdefault(r["config_key"], ConfigSummary(r["config_key"], r["config"], [], None))
+    for r, config in zip(records, configs_of(records)):
+        key = f"{config['run']}::{r['config_key']}" if "run" in config else r["config_key"]
+        s = by_key.setdefault(key, ConfigSummary(key, config, [], None))
         s.statuses.append(r["status"])
         s.reason = s.reason or r.get("reason")
         if (r.get("metrics") or {}).get("parity"):
             s.parity.append(r["metrics"]["parity"])
         if r["status"] == "ok" and r.get("metrics"):
+            m = r["metrics"]
+            if m.get("tokens_per_step") is None and m.get("tokens_per_s") and m.get("step_time_median_s"):
+                # Records from before tokens_per_step was kept: their tokens/s was computed this way round.
+                m = {**m, "tokens_per_step": m["tokens_per_s"] * m["step_time_median_s"]}
             for name in SUMMARY_METRICS:
-                value = r["metrics"].get(name)
+                value = m.get(name)
                 if isinstance(value, (int, float)):
                     s.metrics.setdefault(name, []).append(float(value))
     return list(by_key.values())
@@ -88,30 +100,22 @@ def _status(s: ConfigSummary) -> str:
     return "/".join(others) + (f" ({ok}/{len(s.statuses)} ok)" if len(s.statuses) > 1 else "")
 
 
-def parse_baseline(text: str | None) -> tuple[str, str] | None:
-    if text is None:
-        return None
-    axis, sep, value = text.partition("=")
-    if not sep or not axis or not value:
-        raise UsageError(f"--baseline {text!r}: expected KEY=VALUE, e.g. precision=fp32")
-    return axis.strip(), value.strip()
-
-
 def _baseline_of(s: ConfigSummary, summaries: list[ConfigSummary], baseline: tuple[str, str] | None,
                  axes: list[str]) -> ConfigSummary | None:
     """The configuration equal to `s` on every varying axis but the baseline's, which takes its value."""
     if baseline is None:
         return None
-    axis, value = baseline
-    want = {a: s.config[a] for a in axes if a != axis}
-    for other in summaries:
-        if str(other.config.get(axis)) == value and all(other.config.get(a) == v for a, v in want.items()):
-            return other
-    return None
+    found = baselines.counterpart(s.config, [o.config for o in summaries], baseline, axes)
+    return None if found is None else summaries[found]
 
 
 def tables(records: list[dict[str, Any]], baseline: tuple[str, str] | None = None) -> dict[str, str]:
     """Markdown tables by section: throughput (with speedup vs baseline), memory, energy, failures."""
+    return {name: grid.markdown() for name, grid in sections(records, baseline).items()}
+
+
+def sections(records: list[dict[str, Any]], baseline: tuple[str, str] | None = None) -> dict[str, Grid]:
+    """The report's tables by section, for Markdown and HTML alike."""
     summaries = summarize(records)
     axes = varying_axes(s.config for s in summaries)
     if baseline and baseline[0] not in (summaries[0].config if summaries else {}):
@@ -122,7 +126,7 @@ def tables(records: list[dict[str, Any]], baseline: tuple[str, str] | None = Non
         label = [str(s.config[a]) for a in axes]
         tps = s.median("tokens_per_s")
         row = label + [_status(s), _fmt(tps, ",.0f"), _fmt(s.cv("tokens_per_s"), ".1%"),
-                       _fmt(s.median("step_time_median_s"), ".1f", 1e-3), _fmt(s.median("mfu"), ".1%")]
+                       _fmt(s.step_time_s(), ".1f", 1e-3), _fmt(s.median("mfu"), ".1%")]
         if with_parity:
             worst = max(s.parity, key=PARITY_ORDER.index, default=None)
             dev = s.median("parity_max_rel_dev")
@@ -133,10 +137,11 @@ def tables(records: list[dict[str, Any]], baseline: tuple[str, str] | None = Non
             speedup = tps / base_tps if tps and base_tps else None
             row += [_fmt(speedup, ".2f") + ("x" if speedup else ""),
                     "-" if speedup is None else f"{(speedup - 1) * 100:+.1f}%"]
-        throughput_rows.append(row)
+        throughput_rows.append(row + [s.note()])
         memory_rows.append(label + [_status(s), _fmt(s.median("mem_peak_allocated_bytes"), ".2f", GIB),
                                     _fmt(s.median("mem_peak_reserved_bytes"), ".2f", GIB),
-                                    _fmt(s.median("mem_nvml_used_peak_bytes"), ".2f", GIB)])
+                                    _fmt(s.median("mem_nvml_used_peak_bytes"), ".2f", GIB),
+                                    _fmt(s.median("mem_host_peak_growth_bytes"), ".1f", MIB)])
         energy_rows.append(label + [_status(s), _fmt(s.median("power_avg_w"), ".0f"), _fmt(s.median("energy_j"), ".1f"),
                                     _fmt(s.median("j_per_token"), ".3g"), _fmt(s.median("tokens_per_j"), ",.0f")])
         if any(status != "ok" for status in s.statuses):
@@ -147,37 +152,37 @@ def tables(records: list[dict[str, Any]], baseline: tuple[str, str] | None = Non
         head += ["parity", "max loss dev"]
     if baseline:
         head += [f"speedup vs {baseline[0]}={baseline[1]}", "Diff %"]
-    out = {"throughput": markdown_table(axes + head, throughput_rows, right=set(range(n + 1, n + len(head)))),
-           "memory": markdown_table(axes + ["status", "peak allocated GiB", "peak reserved GiB", "NVML used GiB"],
-                                    memory_rows, right={n + 1, n + 2, n + 3}),
-           "energy": markdown_table(axes + ["status", "power W", "energy J", "J/token", "tokens/J"], energy_rows,
-                                    right={n + 1, n + 2, n + 3, n + 4})}
+    out = {"throughput": Grid(axes + head + ["note"], throughput_rows, right=set(range(n + 1, n + len(head)))),
+           "memory": Grid(axes + ["status", "peak allocated GiB", "peak reserved GiB", "NVML used GiB",
+                                  "host RSS growth MiB"], memory_rows, right={n + 1, n + 2, n + 3, n + 4}),
+           "energy": Grid(axes + ["status", "power W", "energy J", "J/token", "tokens/J"], energy_rows,
+                          right={n + 1, n + 2, n + 3, n + 4})}
     if failure_rows:
-        out["failures"] = markdown_table(axes + ["status", "reason"], failure_rows)
+        out["failures"] = Grid(axes + ["status", "reason"], failure_rows)
     return out
 
 
 def timelines(records: list[dict[str, Any]], axes: list[str]) -> dict[str, Path]:
     """Telemetry CSV of repeat 0 of each configuration (rank 0 for multi-GPU runs), labelled."""
     found = {}
-    for r in records:
+    for r, config in zip(records, configs_of(records)):
         if r["repeat"] != 0 or "run" not in r:
             continue
         folder = Path(r["run"]) / "telemetry"
         for name in (f"{r['config_key']}-r0.csv", f"{r['config_key']}-r0-rank0.csv"):
             if (folder / name).exists():
-                found[plots.config_label(r["config"], axes)] = folder / name
+                found[plots.config_label(config, axes)] = folder / name
                 break
     return found
 
 
-def figures(df: pd.DataFrame, records: list[dict[str, Any]], baseline_key: str | None) -> dict[str, Any]:
-    axes = varying_axes(r["config"] for r in records)
+def figures(df: pd.DataFrame, records: list[dict[str, Any]], baseline: tuple[str, str] | None) -> dict[str, Any]:
+    axes = varying_axes(configs_of(records))
     return {
         "tokens_vs_batch": plots.tokens_vs_batch(df),
         "memory_vs_batch": plots.memory_vs_batch(df),
         "tokens_per_joule": plots.tokens_per_joule(df),
-        "speedup_heatmap": plots.speedup_heatmap(df, baseline_key=baseline_key),
+        "speedup_heatmap": plots.speedup_heatmap(df, baseline=baseline),
         "step_time_distributions": plots.step_time_distributions(records),
         "power_over_time": plots.power_over_time(timelines(records, axes)),
     }
@@ -192,15 +197,6 @@ def _png(fig: Any) -> bytes:
 SECTION_TITLES = {"throughput": "Throughput", "memory": "Memory", "energy": "Energy", "failures": "Failures"}
 
 
-def _md_to_html_table(md: str) -> str:
-    lines = md.splitlines()
-    header = [c.strip() for c in lines[0].strip("|").split(" | ")]
-    rows = [[c.strip().replace("\\|", "|") for c in line.strip("| ").split(" | ")] for line in lines[2:]]
-    out = ["<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead><tbody>"]
-    out += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows]
-    return "\n".join(out) + "</tbody></table>"
-
-
 def build(df: pd.DataFrame, records: list[dict[str, Any]], out: Path, *, baseline: tuple[str, str] | None = None,
           runs: list[str]) -> dict[str, Path]:
     """Write report.md, results.csv, report.html and plots/*.png into `out`; returns their paths."""
@@ -208,15 +204,10 @@ def build(df: pd.DataFrame, records: list[dict[str, Any]], out: Path, *, baselin
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "plots").mkdir(exist_ok=True)
-    sections = tables(records, baseline)
+    grids = sections(records, baseline)
     summaries = summarize(records)
-    baseline_key = None
-    if baseline and summaries:
-        axes = varying_axes(s.config for s in summaries)
-        match = _baseline_of(summaries[0], summaries, baseline, axes)
-        baseline_key = match.key if match else None
     images = {}
-    for name, fig in figures(df, records, baseline_key).items():
+    for name, fig in figures(df, records, baseline).items():
         images[name] = _png(fig)
         (out / "plots" / f"{name}.png").write_bytes(images[name])
         plt.close(fig)
@@ -225,17 +216,18 @@ def build(df: pd.DataFrame, records: list[dict[str, Any]], out: Path, *, baselin
     header = (f"# lmbench report\n\nRuns: {', '.join(runs)}  \nDevice: {device}; torch {env.get('torch')}, "
               f"CUDA {env.get('cuda')}, lmbench {env.get('lmbench')} ({env.get('lmbench_commit')})  \n"
               f"{len(records)} records, {len(summaries)} configurations; figures are medians over repeats.\n")
-    md = header + "".join(f"\n## {SECTION_TITLES[k]}\n\n{v}\n" for k, v in sections.items())
+    md = header + "".join(f"\n## {SECTION_TITLES[k]}\n\n{grid.markdown()}\n" for k, grid in grids.items())
     md += "\n## Plots\n\n" + "".join(f"![{name}](plots/{name}.png)\n" for name in images)
     paths = {"report.md": out / "report.md", "results.csv": out / "results.csv", "report.html": out / "report.html"}
     paths["report.md"].write_text(md, encoding="utf-8")
     df.to_csv(paths["results.csv"], index=False)
-    body = "".join(f"<h2>{SECTION_TITLES[k]}</h2>{_md_to_html_table(v)}" for k, v in sections.items())
+    body = "".join(f"<h2>{SECTION_TITLES[k]}</h2>{grid.html()}" for k, grid in grids.items())
     body += "<h2>Plots</h2>" + "".join(
         f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
         f"<figcaption>{name}</figcaption></figure>" for name, data in images.items())
     style = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}th{background:#f3f3f3}img{max-width:100%}")
+             "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}th{background:#f3f3f3}.r{text-align:right}"
+             "img{max-width:100%}")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>lmbench report</title><style>{style}</style>"
             f"</head><body><h1>lmbench report</h1><p>{html.escape(header.splitlines()[2])}</p>"
             f"<p>{html.escape(header.splitlines()[3])}</p>{body}</body></html>")

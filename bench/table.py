@@ -1,9 +1,11 @@
-"""Terminal tables: the summary printed at the end of a run, and the dry-run plan."""
+"""Tables: the terminal's (run summary, dry-run plan, command outputs) and the reports' Markdown and HTML grids."""
 
 from __future__ import annotations
 
+import html
 import statistics
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from rich.markup import escape
@@ -22,6 +24,46 @@ def varying_axes(configs: Iterable[dict[str, Any]]) -> list[str]:
     return axes or ["model"]
 
 
+@dataclass
+class Grid:
+    """Headers and rows of text cells; columns in `right` are right-aligned. Renders as Markdown or HTML."""
+
+    headers: list[str]
+    rows: list[list[str]]
+    right: set[int] = field(default_factory=set)
+
+    def markdown(self) -> str:
+        """A GitHub-flavoured Markdown table."""
+        def cell(text: str) -> str:
+            return str(text).replace("|", "\\|").replace("\n", " ")
+
+        lines = ["| " + " | ".join(cell(h) for h in self.headers) + " |",
+                 "| " + " | ".join("---:" if i in self.right else "---" for i in range(len(self.headers))) + " |"]
+        lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in self.rows]
+        return "\n".join(lines)
+
+    def html(self) -> str:
+        def cells(tag: str, row: list[str]) -> str:
+            return "".join(f'<{tag}{" class=r" if i in self.right else ""}>{html.escape(str(c))}</{tag}>'
+                           for i, c in enumerate(row))
+
+        body = "".join(f"<tr>{cells('td', row)}</tr>" for row in self.rows)
+        return f"<table><thead><tr>{cells('th', self.headers)}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def markdown_table(headers: list[str], rows: list[list[str]], *, right: set[int] = frozenset()) -> str:
+    """A GitHub-flavoured Markdown table; columns in `right` are right-aligned."""
+    return Grid(headers, rows, set(right)).markdown()
+
+
+def configs_of(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each record's configuration, with its `run` as the first axis when the records come from several runs
+    (the same configuration measured by two runs is two rows, never one pooled row)."""
+    if len({r.get("run") for r in records}) <= 1:
+        return [r["config"] for r in records]
+    return [{"run": r.get("run"), **r["config"]} for r in records]
+
+
 def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -31,13 +73,19 @@ def _median(values: list[float]) -> float | None:
 
 
 def summary(records: list[dict[str, Any]]) -> Table:
-    """One row per configuration: status over repeats, median tokens/s, MFU and peak memory."""
+    """One row per configuration: status over repeats, median tokens/s, MFU and peak memory, and a note.
+
+    Memory is the device's peak reserved memory, or on a CPU the growth of the resident set over the
+    window (marked "host"). The note holds the failure reason, or flags steps too unstable to trust.
+    """
+    from lmbench.metrics import unstable_steps
+
     axes = varying_axes(r["config"] for r in records)
     table = Table(title="lmbench summary", title_justify="left")
     for axis in axes:
         table.add_column(axis)
     with_parity = any((r.get("metrics") or {}).get("parity") for r in records)
-    for name in ("status", "tokens/s", "step cv", "MFU", "peak mem GiB", *(("parity",) if with_parity else ()),
+    for name in ("status", "tokens/s", "step cv", "MFU", "peak mem", *(("parity",) if with_parity else ()),
                  "note"):
         table.add_column(name, justify="right" if name not in ("status", "note", "parity") else "left")
     by_key: dict[str, list[dict[str, Any]]] = {}
@@ -53,12 +101,16 @@ def summary(records: list[dict[str, Any]]) -> Table:
         cv = _median([m["step_time_cv"] for m in ok])
         mfu = _median([m["mfu"] for m in ok if m.get("mfu") is not None])
         mem = _median([m["mem_peak_reserved_bytes"] for m in ok if m.get("mem_peak_reserved_bytes") is not None])
+        host = _median([m["mem_host_peak_growth_bytes"] for m in ok
+                        if m.get("mem_host_peak_growth_bytes") is not None])
+        memory = f"{mem / 2**30:.2f} GiB" if mem is not None else f"{host / 2**20:.1f} MiB host" if host is not None \
+            else "-"
         note = next((r["reason"] for r in group if r.get("reason")), "") or ""
+        note = note or unstable_steps([m["step_time_cv"] for m in ok]) or ""
         parity = sorted({str((r.get("metrics") or {}).get("parity") or "-") for r in group})
         table.add_row(*(escape(str(group[0]["config"][a])) for a in axes), status, _fmt(tps, ",.0f"),
-                      "-" if cv is None else f"{cv:.1%}", "-" if mfu is None else f"{mfu:.1%}",
-                      "-" if mem is None else f"{mem / 2**30:.2f}", *(("/".join(parity),) if with_parity else ()),
-                      escape(note[:80]))
+                      "-" if cv is None else f"{cv:.1%}", "-" if mfu is None else f"{mfu:.1%}", memory,
+                      *(("/".join(parity),) if with_parity else ()), escape(note[:80]))
     return table
 
 

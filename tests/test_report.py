@@ -1,6 +1,7 @@
 """Reports from real and hand-made results: DataFrame, exact Markdown, every plot, HTML in a real browser."""
 
 import shutil
+import statistics
 import subprocess
 from pathlib import Path
 
@@ -12,16 +13,18 @@ from matplotlib.figure import Figure
 from lmbench import frame, plots, report
 from lmbench.cli import cli
 from lmbench.config import Config
+from lmbench.table import Grid, markdown_table
 
 GIB = 2**30
 
 
-def hand_record(precision, batch, tps, *, repeat=0, status="ok", reason=None, telemetry=True):
+def hand_record(precision, batch, tps, *, repeat=0, status="ok", reason=None, telemetry=True, step_cv=0.01):
     config = Config(precision=precision, batch_size=batch, device="cuda").to_dict()
     key = Config(precision=precision, batch_size=batch, device="cuda").key
     metrics = None
     if status == "ok":
-        metrics = {"tokens_per_s": tps, "step_time_median_s": 1024 / tps, "mfu": 0.4, "step_time_cv": 0.01,
+        metrics = {"tokens_per_s": tps, "step_time_median_s": 1024 / tps, "tokens_per_step": 1024, "mfu": 0.4,
+                   "step_time_cv": step_cv,
                    "mem_peak_allocated_bytes": 2 * GIB * batch / 8, "mem_peak_reserved_bytes": 3 * GIB * batch / 8,
                    "mem_nvml_used_peak_bytes": 4 * GIB * batch / 8,
                    "power_avg_w": 500.0 if telemetry else None, "energy_j": 100.0 if telemetry else None,
@@ -34,7 +37,8 @@ def hand_record(precision, batch, tps, *, repeat=0, status="ok", reason=None, te
                     "cuda": "13.0", "lmbench": "0.1.0", "lmbench_commit": "abc"}, "warnings": []}
 
 
-HAND = [hand_record("fp32", 8, 1000.0), hand_record("fp32", 8, 1100.0, repeat=1), hand_record("amp-bf16", 8, 2000.0),
+HAND = [hand_record("fp32", 8, 1000.0), hand_record("fp32", 8, 1100.0, repeat=1),
+        hand_record("amp-bf16", 8, 2000.0, step_cv=0.43),
         hand_record("amp-bf16", 16, 0, status="oom", reason="OutOfMemoryError: CUDA out of memory"),
         hand_record("fp32", 16, 1200.0, telemetry=False)]
 
@@ -43,21 +47,49 @@ def test_markdown_tables_exact_text():
     t = report.tables(HAND, baseline=("precision", "fp32"))
     assert t["throughput"] == "\n".join([
         "| batch_size | precision | status | tokens/s | cv over repeats | step ms | MFU | speedup vs precision=fp32 "
-        "| Diff % |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-        "| 8 | fp32 | ok (2/2) | 1,050 | 6.7% | 977.5 | 40.0% | 1.00x | +0.0% |",
-        "| 8 | amp-bf16 | ok | 2,000 | - | 512.0 | 40.0% | 1.90x | +90.5% |",
-        "| 16 | amp-bf16 | oom | - | - | - | - | - | - |",
-        "| 16 | fp32 | ok | 1,200 | - | 853.3 | 40.0% | 1.00x | +0.0% |",
+        "| Diff % | note |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        # 1024 tokens per step at the median of 1000 and 1100 tokens/s: 975.2 ms, not the median step (977.5).
+        "| 8 | fp32 | ok (2/2) | 1,050 | 6.7% | 975.2 | 40.0% | 1.00x | +0.0% |  |",
+        "| 8 | amp-bf16 | ok | 2,000 | - | 512.0 | 40.0% | 1.90x | +90.5% | unstable steps: cv 43% > 10% |",
+        "| 16 | amp-bf16 | oom | - | - | - | - | - | - |  |",
+        "| 16 | fp32 | ok | 1,200 | - | 853.3 | 40.0% | 1.00x | +0.0% |  |",
     ])
     assert t["failures"] == ("| batch_size | precision | status | reason |\n| --- | --- | --- | --- |\n"
                              "| 16 | amp-bf16 | oom | OutOfMemoryError: CUDA out of memory |")
     assert "| 16 | fp32 | ok | - | - | - | - |" in t["energy"]
-    assert "| 8 | amp-bf16 | ok | 2.00 | 3.00 | 4.00 |" in t["memory"]
+    assert "| 8 | amp-bf16 | ok | 2.00 | 3.00 | 4.00 | - |" in t["memory"]
+
+
+def test_tokens_per_s_and_step_time_of_a_row_come_from_the_same_samples():
+    """Two repeats, 100 and 416.7 ms steps of 128 tokens: 1280 and 307 tokens/s. The row's tokens/s is their
+    median (794) and its step time 128 / 794 = 161 ms, not the median step (258 ms, which is 495 tokens/s)."""
+    records = [hand_record("fp32", 8, 128 / step, repeat=i) for i, step in enumerate([0.1, 0.41667])]
+    for r in records:
+        r["metrics"].update(tokens_per_step=128, step_time_median_s=128 / r["metrics"]["tokens_per_s"])
+    row = report.tables(records)["throughput"].splitlines()[2]
+    assert row == "| tiny-gpt2 | ok (2/2) | 794 | 86.7% | 161.3 | 40.0% |  |"
+    s, = report.summarize(records)
+    assert s.median("tokens_per_s") * s.step_time_s() == pytest.approx(128)
+    assert s.step_time_s() == pytest.approx(128 / statistics.median([1280, 128 / 0.41667]))
+
+
+def test_host_memory_growth_fills_the_memory_table_on_cpu():
+    record = hand_record("fp32", 8, 1000.0)
+    record["metrics"].update(mem_peak_allocated_bytes=None, mem_peak_reserved_bytes=None,
+                             mem_nvml_used_peak_bytes=None, mem_host_peak_growth_bytes=0.25 * GIB)
+    assert report.tables([record])["memory"].splitlines()[2] == "| tiny-gpt2 | ok | - | - | - | 256.0 |"
+
+
+def test_several_runs_are_never_pooled():
+    runs = [{**r, "run": name} for name, rs in (("base", HAND[:2]), ("pr", HAND[:1])) for r in rs]
+    lines = report.tables(runs)["throughput"].splitlines()
+    assert lines[0].startswith("| run | status | tokens/s |")
+    assert lines[2].startswith("| base | ok (2/2) | 1,050 |") and lines[3].startswith("| pr | ok | 1,000 |")
 
 
 def test_markdown_escapes_pipes():
-    assert report.markdown_table(["a"], [["x|y"]]) == "| a |\n| --- |\n| x\\|y |"
+    assert markdown_table(["a"], [["x|y"]]) == "| a |\n| --- |\n| x\\|y |"
 
 
 def hand_frame(records):
@@ -163,3 +195,77 @@ def test_html_report_renders_its_plots_in_headless_chromium(real_run, tmp_path):
         shots[name] = _colored_pixels(shot)
     # The plots drew their lines; with the images broken the same page has none of that colour.
     assert shots["report"] > 500 and shots["broken"] < 50, shots
+
+
+def heatmap_records():
+    """precision x batch_size x seq_len, amp-bf16 twice as fast as fp32, longer sequences 10% slower."""
+    records = []
+    for seq, slow in ((64, 1.0), (128, 0.9)):
+        for batch in (8, 16):
+            for precision, speed in (("fp32", 1.0), ("amp-bf16", 2.0)):
+                config = Config(precision=precision, batch_size=batch, seq_len=seq, device="cuda")
+                record = hand_record(precision, batch, 1000.0 * speed * slow * batch / 8)
+                records.append({**record, "config": config.to_dict(), "config_key": config.key})
+    return records
+
+
+def test_speedup_heatmap_never_pools_and_is_centred_on_one():
+    """With a third varying axis, each panel holds one value of it and the baseline cells read 1.00x."""
+    from matplotlib.colors import LogNorm
+
+    fig = plots.speedup_heatmap(hand_frame(heatmap_records()), baseline=("precision", "fp32"))
+    panels = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title() for ax in panels] == ["seq_len=64", "seq_len=128"]
+    for ax in panels:
+        # x: precision (fp32, amp-bf16), y: batch size (8, 16).
+        assert [t.get_text() for t in ax.texts] == ["1.00x", "2.00x", "1.00x", "2.00x"]
+        image, = ax.images
+        assert isinstance(image.norm, LogNorm) and image.norm(1.0) == pytest.approx(0.5)
+        white_ish = image.cmap(image.norm(1.0))
+        assert min(white_ish[:3]) > 0.9
+        colours = {t.get_text(): t.get_color() for t in ax.texts}
+        assert colours["1.00x"] == "black"  # dark text on the light centre
+    assert "precision=fp32 with the other axes equal" in fig._suptitle.get_text()
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def test_speedup_heatmap_text_is_white_on_dark_cells_and_marks_missing_baselines():
+    records = heatmap_records()
+    records[0]["metrics"]["tokens_per_s"] = 100.0  # fp32 b8 s64: amp-bf16 beside it is 20x
+    fig = plots.speedup_heatmap(hand_frame(records), baseline=("precision", "fp32"))
+    panel = next(ax for ax in fig.axes if ax.images)
+    colours = {t.get_text(): t.get_color() for t in panel.texts}
+    assert colours["20.00x"] == "white"
+    records = [r for r in heatmap_records() if not (r["config"]["precision"] == "fp32" and r["config"]["seq_len"] == 64
+                                                    and r["config"]["batch_size"] == 8)]
+    fig = plots.speedup_heatmap(hand_frame(records), baseline=("precision", "fp32"))
+    panel = next(ax for ax in fig.axes if ax.images)
+    assert [t.get_text() for t in panel.texts] == ["no baseline", "1.00x", "2.00x"]
+
+
+def test_run_summary_flags_unstable_steps_and_shows_host_memory():
+    from rich.console import Console
+
+    from lmbench.table import summary
+
+    cpu = hand_record("fp32", 8, 1000.0, step_cv=0.25)
+    cpu["metrics"].update(mem_peak_reserved_bytes=None, mem_host_peak_growth_bytes=3 * 2**20)
+    gpu = hand_record("amp-bf16", 8, 2000.0)
+    console = Console(width=200, record=True)
+    console.print(summary([cpu, gpu]))
+    rows = [line for line in console.export_text().splitlines() if line.startswith("│")]
+    assert rows[0].split("│")[1:-1] == [" fp32      ", " ok     ", "    1,000 ", "   25.0% ", " 40.0% ",
+                                        " 3.0 MiB host ", " unstable steps: cv 25% > 10% "]
+    assert rows[1].split("│")[6:8] == ["     3.00 GiB ", "                              "]
+
+
+def test_html_tables_keep_every_cell_and_escape_text():
+    grid = report.sections(HAND, baseline=("precision", "fp32"))["throughput"]
+    page = grid.html()
+    rows = page.split("<tr>")[2:]
+    assert len(rows) == 4 and all(row.count("<td") == len(grid.headers) for row in rows)
+    assert "<td></td>" in page  # an empty note stays a cell
+    assert Grid(["a<b"], [["x&y"]]).html() == "<table><thead><tr><th>a&lt;b</th></tr></thead><tbody><tr><td>x&amp;y" \
+                                              "</td></tr></tbody></table>"

@@ -1,0 +1,38 @@
+"""Speedup baselines: which configuration each one is compared with, for report tables and plots alike.
+
+A baseline `AXIS=VALUE` pairs every configuration with its counterpart: the configuration equal to it
+on every other varying axis, with AXIS set to VALUE. Nothing is pooled: a configuration without an
+exact counterpart has no speedup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from lmbench.errors import UsageError
+
+
+def parse(text: str | None) -> tuple[str, str] | None:
+    """`--baseline precision=fp32` -> ("precision", "fp32")."""
+    if text is None:
+        return None
+    axis, sep, value = text.partition("=")
+    if not sep or not axis.strip() or not value.strip():
+        raise UsageError(f"--baseline {text!r}: expected KEY=VALUE, e.g. precision=fp32")
+    return axis.strip(), value.strip()
+
+
+def counterpart(config: Mapping[str, Any], candidates: Iterable[Mapping[str, Any]], baseline: tuple[str, str],
+                axes: list[str]) -> int | None:
+    """Index in `candidates` of `config`'s baseline counterpart (None when there is none).
+
+    Values are compared as text on the baseline's axis (it came from the command line) and exactly
+    on every other axis in `axes`.
+    """
+    axis, value = baseline
+    want = {a: config.get(a) for a in axes if a != axis}
+    for i, other in enumerate(candidates):
+        if str(other.get(axis)) == value and all(other.get(a) == v for a, v in want.items()):
+            return i
+    return None
