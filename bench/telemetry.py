@@ -240,18 +240,24 @@ def _interpolate(trace: list[tuple[float, float]], t: float) -> float:
     return trace[-1][1]
 
 
-def combine(summaries: list[dict[str, Any]], traces: list[list[tuple[float, float]]], *, tokens: int
-            ) -> dict[str, Any]:
-    """One telemetry summary for several GPUs measured over the same window (one per rank).
+def summed_power(traces: list[list[tuple[float, float]]]) -> list[Sample]:
+    """Power summed across GPUs at each instant: every trace interpolated onto the first one's sample times."""
+    grid = [t for t, _ in traces[0]] if traces and all(traces) else []
+    return [Sample(t, sum(_interpolate(tr, t) for tr in traces), None, None, None, None, None) for t in grid]
 
-    Energy sums over GPUs. Power sums across GPUs at each instant: every trace is interpolated
-    onto the first one's sample times (windows open together after a barrier) and added up.
+
+def combine(summaries: list[dict[str, Any]], traces: list[list[tuple[float, float]]], *, tokens: int,
+            member: str = "rank") -> dict[str, Any]:
+    """One telemetry summary for several GPUs measured over the same window (one per rank or device).
+
+    Energy sums over GPUs. Power sums across GPUs at each instant (windows open together: after a
+    barrier across ranks, one after the other within a process). `member` names a GPU in messages.
     """
     if len(summaries) == 1:
         return summaries[0]
     off = next(((rank, s) for rank, s in enumerate(summaries) if s["telemetry"] != "on"), None)
     if off is not None:
-        return {**{name: None for name in SUMMARY_FIELDS}, "telemetry": f"{off[1]['telemetry']} (rank {off[0]})"}
+        return {**{name: None for name in SUMMARY_FIELDS}, "telemetry": f"{off[1]['telemetry']} ({member} {off[0]})"}
 
     def values(name: str) -> list[Any]:
         return [s[name] for s in summaries if s[name] is not None]
@@ -260,8 +266,7 @@ def combine(summaries: list[dict[str, Any]], traces: list[list[tuple[float, floa
         found = values(name)
         return sum(found) if len(found) == len(summaries) else None
 
-    grid = [t for t, _ in traces[0]] if all(traces) else []
-    summed = [Sample(t, sum(_interpolate(tr, t) for tr in traces), None, None, None, None, None) for t in grid]
+    summed = summed_power(traces)
     energy = total("energy_j")
     sources = sorted(set(values("energy_source")))
     reasons = sorted({r for s in summaries for r in s["throttle_reasons"]},
@@ -292,3 +297,45 @@ def combine(summaries: list[dict[str, Any]], traces: list[list[tuple[float, floa
         "driver_version": summaries[0]["driver_version"],
         "nvml_name": summaries[0]["nvml_name"],
     }
+
+
+class DeviceGroupTelemetry:
+    """Telemetry of every GPU one process trains on (nn.DataParallel): a sampler and an energy counter each.
+
+    Reads like one Telemetry: `samples` is the summed board power, `summary` sums energy over the
+    GPUs (so J/token counts every GPU the tokens cost), and each GPU keeps its own timeline file.
+    """
+
+    def __init__(self, members: list[Telemetry]) -> None:
+        self.members = members
+
+    @property
+    def available(self) -> bool:
+        return all(m.available for m in self.members)
+
+    @contextlib.contextmanager
+    def window(self) -> Iterator[DeviceGroupTelemetry]:
+        with contextlib.ExitStack() as stack:
+            for member in self.members:
+                stack.enter_context(member.window())
+            yield self
+
+    @property
+    def samples(self) -> list[Sample]:
+        return summed_power([power_trace(m.samples) for m in self.members])
+
+    def summary(self, *, tokens: int) -> dict[str, Any]:
+        return combine([m.summary(tokens=tokens) for m in self.members], [power_trace(m.samples) for m in self.members],
+                       tokens=tokens, member="device")
+
+    def write_timeline(self, path: Path) -> None:
+        """One CSV per GPU: PATH-dev0.csv, PATH-dev1.csv, ..."""
+        for index, member in enumerate(self.members):
+            member.write_timeline(path.with_name(f"{path.stem}-dev{index}{path.suffix}"))
+
+
+def for_devices(devices: list[Any], *, period_s: float) -> Telemetry | DeviceGroupTelemetry:
+    """Telemetry of the GPUs one process trains on: a plain Telemetry for one, a group for several."""
+    if len(devices) == 1:
+        return Telemetry.for_device(devices[0], period_s=period_s)
+    return DeviceGroupTelemetry([Telemetry.for_device(d, period_s=period_s) for d in devices])

@@ -53,6 +53,12 @@ def replicas(config: Config) -> int:
     return max(1, torch.cuda.device_count()) if config.parallel == "dp" else 1
 
 
+def devices_used(config: Config, device: torch.device) -> list[torch.device]:
+    """The devices one process trains on: nn.DataParallel replicates over cuda:0..N-1 (its default device_ids)."""
+    count = replicas(config)
+    return [device] if count == 1 else [torch.device("cuda", index) for index in range(count)]
+
+
 class TrainingStep:
     """Callable that runs one optimizer step (all micro-batches) and returns its mean loss, unsynchronised."""
 

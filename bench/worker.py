@@ -57,6 +57,20 @@ def _rank_timeline(path: Path | None, rank: int, world: int) -> Path | None:
     return path.with_name(f"{path.stem}-rank{rank}{path.suffix}")
 
 
+def _peak_memory(devices: list[Any]) -> dict[str, Any]:
+    """Allocator peaks of the window: the largest over the devices used, and each device's when several."""
+    import torch
+
+    if devices[0].type != "cuda":
+        return {"mem_peak_allocated_bytes": None, "mem_peak_reserved_bytes": None}
+    allocated = [torch.cuda.max_memory_allocated(d) for d in devices]
+    reserved = [torch.cuda.max_memory_reserved(d) for d in devices]
+    peaks = {"mem_peak_allocated_bytes": max(allocated), "mem_peak_reserved_bytes": max(reserved)}
+    if len(devices) > 1:
+        peaks.update(mem_peak_allocated_bytes_per_device=allocated, mem_peak_reserved_bytes_per_device=reserved)
+    return peaks
+
+
 def measure(config: Config, *, timeline_path: Path | None = None) -> dict[str, Any] | None:
     """Build, warm up and time `config` in this process; returns the result payload (None off rank 0).
 
@@ -68,9 +82,9 @@ def measure(config: Config, *, timeline_path: Path | None = None) -> dict[str, A
     from lmbench.flops import matmul_params, palm_flops_per_token
     from lmbench.kernel_sets import KERNEL_SETS
     from lmbench.precision import matmul_mode
-    from lmbench.telemetry import Telemetry, power_trace
+    from lmbench.telemetry import Telemetry, for_devices, power_trace
     from lmbench.timer import StepTimer
-    from lmbench.training import TrainingStep
+    from lmbench.training import TrainingStep, devices_used
 
     info = distributed.RankInfo.from_env()
     device = worker_device(config, info)
@@ -88,12 +102,15 @@ def measure(config: Config, *, timeline_path: Path | None = None) -> dict[str, A
         for _ in range(config.warmup):
             step()
             budget.check()
+        # Under nn.DataParallel every GPU it replicates over spends memory and energy on the tokens.
+        devices = devices_used(config, device)
         if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
+            for used in devices:
+                torch.cuda.synchronize(used)
+                torch.cuda.reset_peak_memory_stats(used)
         host_window = hostmem.Budget(0)
         timer = StepTimer(device)
-        telemetry = (Telemetry.for_device(device, period_s=config.telemetry_period_s) if config.telemetry
+        telemetry = (for_devices(devices, period_s=config.telemetry_period_s) if config.telemetry
                      else Telemetry(None, unavailable="turned off (telemetry=false)"))
         # Ranks open their windows together, so per-step times and power traces line up.
         distributed.barrier()
@@ -111,8 +128,7 @@ def measure(config: Config, *, timeline_path: Path | None = None) -> dict[str, A
         "step_times_s": timer.times_s(),
         "window_s": timer.window_s,
         "losses": torch.stack(losses_t).cpu().tolist(),
-        "mem_peak_allocated_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
-        "mem_peak_reserved_bytes": torch.cuda.max_memory_reserved(device) if device.type == "cuda" else None,
+        **_peak_memory(devices),
         "mem_host_peak_growth_bytes": host_window.growth_bytes if device.type == "cpu" else None,
         "telemetry": telemetry.summary(tokens=tokens_per_rank * config.steps),
         "power_trace": power_trace(telemetry.samples),
@@ -149,6 +165,7 @@ def measure(config: Config, *, timeline_path: Path | None = None) -> dict[str, A
         "kernels_note": KERNEL_SETS[config.kernels].note,
         "kernels_applied": step.kernels_applied,
     })
+    result.update({key: value for key, value in local.items() if key.endswith("_per_device")})
     warnings = []
     if result.get("throttled_power_or_heat"):
         warnings.append(f"clocks were throttled for power or heat during the window "

@@ -10,7 +10,9 @@ from fake_nvml import FakeGpu, FakeNvml
 
 from lmbench import environment
 from lmbench.nvml import NvmlDevice, NvmlUnavailable, load_nvml, reason_names, torch_device_ids
-from lmbench.telemetry import SUMMARY_FIELDS, Sample, Telemetry, trapezoid_j
+from lmbench.config import Config
+from lmbench.telemetry import SUMMARY_FIELDS, DeviceGroupTelemetry, Sample, Telemetry, power_trace, trapezoid_j
+from lmbench.training import devices_used
 
 A = "GPU-aaaaaaaa-0000-0000-0000-000000000000"
 B = "GPU-bbbbbbbb-0000-0000-0000-000000000000"
@@ -53,6 +55,32 @@ def test_energy_from_the_counter_difference():
     assert s["power_limit_w"] == 700.0 and s["sm_clock_max_mhz"] == 1980 and s["driver_version"] == "580.159.04"
     assert s["throttle_reasons"] == [] and s["throttled_power_or_heat"] is False
     assert set(SUMMARY_FIELDS) == set(s)
+
+
+def test_data_parallel_energy_and_power_add_up_over_every_gpu(tmp_path):
+    # nn.DataParallel spends every replica's energy on the tokens: J/token from cuda:0 alone is too low.
+    gpus = [FakeGpu(A, "00000000:17:00.0", energy_mj=[5_000_000, 5_250_500]),
+            FakeGpu(B, "00000000:65:00.0", energy_mj=[1_000_000, 1_200_000], power_mw=lambda: 150_000)]
+    nvml = FakeNvml(gpus)
+    group = DeviceGroupTelemetry([Telemetry(NvmlDevice.open(uuid=g.uuid, nvml=nvml), period_s=0.01,
+                                            min_counter_window_s=0.0) for g in gpus])
+    with group.window():
+        busy(0.05)
+    s = group.summary(tokens=1000)
+    assert s["energy_j"] == pytest.approx(450.5) and s["j_per_token"] == pytest.approx(0.4505)
+    assert s["energy_source"] == "counter" and s["power_limit_w"] == 1400.0
+    assert s["power_avg_w"] == pytest.approx(350.0) and s["power_max_w"] == pytest.approx(350.0)
+    assert group.samples and [w for _, w in power_trace(group.samples)] == pytest.approx([350.0] * len(group.samples))
+    group.write_timeline(tmp_path / "key-r0.csv")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["key-r0-dev0.csv", "key-r0-dev1.csv"]
+
+
+def test_data_parallel_trains_on_every_visible_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    cuda0 = torch.device("cuda", 0)
+    assert devices_used(Config(parallel="dp", device="cuda"), cuda0) == [cuda0, torch.device("cuda", 1)]
+    assert devices_used(Config(parallel="none", device="cuda"), cuda0) == [cuda0]
+    assert devices_used(Config(device="cpu"), torch.device("cpu")) == [torch.device("cpu")]
 
 
 def test_unsupported_counter_falls_back_to_the_power_integral():
