@@ -66,7 +66,7 @@ class TrainingStep:
         self.config = config
         self.spec = MODELS[config.model]
         torch.manual_seed(config.seed)
-        model = build_model(self.spec, attention=config.attention)
+        model = build_model(self.spec, attention=config.attention, device=device)
         if config.checkpointing != "none":
             enable_checkpointing(model, selective=config.checkpointing == "selective")
         model.train()

@@ -18,7 +18,7 @@ def test_gpt2_124m_block_count_by_hand():
 
 
 def test_gpt2_124m_flops_per_token_hand_count():
-    model = build_model(MODELS["gpt2-124m"], attention="sdpa")
+    model = build_model(MODELS["gpt2-124m"], attention="sdpa", device="meta")  # shapes only: no init
     n = matmul_params(model)
     assert n == GPT2_NON_EMBEDDING + GPT2_HEAD == 123_653_376
     flops = palm_flops_per_token(n_matmul_params=n, n_layers=12, n_heads=12, head_dim=64, seq_len=1024)

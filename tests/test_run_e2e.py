@@ -54,6 +54,8 @@ def test_smoke_run_writes_one_complete_record_per_config(smoke_run):
         assert m["step_time_p10_s"] <= m["step_time_median_s"] <= m["step_time_p90_s"]
         # Warmup is excluded and the window is synchronised: the steps fit inside it.
         assert sum(r["step_times_s"]) <= m["window_s"] * 1.001
+        # Start-up (interpreter, imports, model) and warmup are measured, to budget a suite's wall time.
+        assert 0 < m["startup_s"] < c["timeout_s"] and 0 < m["warmup_s"] < c["timeout_s"]
         assert m["flops_per_token"] > 0 and m["tflops"] > 0
         assert m["mfu"] is None  # no datasheet peak for a CPU
         assert all(math.isfinite(v) for v in r["losses"])
@@ -64,6 +66,12 @@ def test_smoke_run_writes_one_complete_record_per_config(smoke_run):
     assert "lmbench summary" in result.output and "tiny-torch-transformer-lm" in result.output
     assert list((out / "work").iterdir()) == []
     assert json.loads((out / "run.json").read_text())["suite"] == "smoke"
+
+
+def test_process_age_counts_from_the_start_of_the_interpreter():
+    code = "import time; time.sleep(0.5); from lmbench.worker import process_age_s; print(process_age_s())"
+    age = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert 0.5 <= age < 10
 
 
 def test_amp_bf16_rows_differ_from_fp32_rows(smoke_run):
