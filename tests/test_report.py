@@ -269,3 +269,10 @@ def test_html_tables_keep_every_cell_and_escape_text():
     assert "<td></td>" in page  # an empty note stays a cell
     assert Grid(["a<b"], [["x&y"]]).html() == "<table><thead><tr><th>a&lt;b</th></tr></thead><tbody><tr><td>x&amp;y" \
                                               "</td></tr></tbody></table>"
+
+
+def test_step_times_a_hundred_times_apart_get_a_log_axis():
+    fast, slow = hand_record("fp32", 8, 1000.0), hand_record("amp-bf16", 8, 10.0)
+    slow["step_times_s"] = [10.0, 11.0, 9.0]
+    assert plots.step_time_distributions([fast, slow]).axes[0].get_xscale() == "log"
+    assert plots.step_time_distributions([fast]).axes[0].get_xscale() == "linear"
