@@ -100,9 +100,11 @@ def aggregate(per_rank: list[dict[str, Any]], *, tokens_per_step: int, samples_p
     `tokens_per_step` and `samples_per_step` are per rank.
     """
     world = len(per_rank)
+    # The job's window lasts as long as its slowest rank's.
+    window_s = max((r["window_s"] for r in per_rank if r.get("window_s")), default=None)
     result = metrics.throughput(step_times_s=slowest_steps(per_rank), tokens_per_step=tokens_per_step,
                                 samples_per_step=samples_per_step, world_size=world,
-                                devices_per_rank=devices_per_rank)
+                                devices_per_rank=devices_per_rank, window_s=window_s)
     for key in ("mem_peak_allocated_bytes", "mem_peak_reserved_bytes", "mem_host_peak_growth_bytes"):
         values = [r.get(key) for r in per_rank]
         result[key] = None if any(v is None for v in values) else max(values)

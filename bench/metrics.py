@@ -7,31 +7,69 @@ from collections.abc import Sequence
 from typing import Any
 
 from lmbench.peaks import peak_flops
-from lmbench.stats import summarize
+from lmbench.stats import percentile, summarize
+
+
+#: Sustained throughput this far below typical means the window had stalls the median step hides.
+STALL_GAP = 0.05
+
+
+def outlier_steps(step_times_s: Sequence[float]) -> list[float]:
+    """Steps beyond Tukey's far-out fence (p75 + 3 x IQR): stalls, not the spread of ordinary steps."""
+    p25, p75 = percentile(step_times_s, 25), percentile(step_times_s, 75)
+    fence = p75 + 3 * (p75 - p25)
+    return [t for t in step_times_s if t > fence]
 
 
 def throughput(*, step_times_s: Sequence[float], tokens_per_step: int, samples_per_step: int,
-               world_size: int = 1, devices_per_rank: int = 1) -> dict[str, float]:
-    """Step-time distribution and throughput; rates use the median step (robust to stray slow steps).
+               world_size: int = 1, devices_per_rank: int = 1, window_s: float | None = None) -> dict[str, Any]:
+    """Step-time distribution and the two throughput figures of a window.
 
-    `tokens_per_step` and `samples_per_step` are per rank; global rates multiply by `world_size`.
-    A rank drives `devices_per_rank` GPUs (more than one only under nn.DataParallel).
+    `tokens_per_s_sustained` is the tokens of the whole window over its wall time `window_s` (edges
+    synchronised): what a training run gets, stalls included. It is the headline `tokens_per_s` (and
+    `samples_per_s`, `tokens_per_s_per_device`, hence MFU follow it). `tokens_per_s_typical` is
+    tokens per step over the median step: the speed of an ordinary step. When the sustained figure is
+    more than STALL_GAP below the typical one, `stalls` is true and the outlier steps are counted.
+    Without `window_s` (a caller that has no window) the headline is the typical figure.
+    `tokens_per_step` and `samples_per_step` are per rank; global rates multiply by `world_size`. A
+    rank drives `devices_per_rank` GPUs (more than one only under nn.DataParallel).
     """
     s = summarize(step_times_s)
     median = s["median"]
-    tokens_per_s = tokens_per_step * world_size / median
+    tokens = tokens_per_step * world_size
+    typical = tokens / median
+    sustained = tokens * len(step_times_s) / window_s if window_s else None
+    headline = sustained if sustained is not None else typical
+    outliers = outlier_steps(step_times_s)
+    stalls = sustained is not None and sustained < (1 - STALL_GAP) * typical
     return {
         "step_time_median_s": median,
         "step_time_p10_s": s["p10"],
         "step_time_p90_s": s["p90"],
+        "step_time_p95_s": percentile(step_times_s, 95),
+        "step_time_p99_s": percentile(step_times_s, 99),
         "step_time_mean_s": s["mean"],
         "step_time_std_s": s["std"],
         "step_time_cv": s["cv"],
-        "tokens_per_step": tokens_per_step * world_size,
-        "tokens_per_s": tokens_per_s,
-        "tokens_per_s_per_device": tokens_per_s / (world_size * devices_per_rank),
-        "samples_per_s": samples_per_step * world_size / median,
+        "tokens_per_step": tokens,
+        "tokens_per_s": headline,
+        "tokens_per_s_sustained": sustained,
+        "tokens_per_s_typical": typical,
+        "tokens_per_s_per_device": headline / (world_size * devices_per_rank),
+        "samples_per_s": samples_per_step * world_size * headline / tokens,
+        "stalls": stalls,
+        "stall_steps": len(outliers),
+        "stall_excess_s": sum(t - median for t in outliers),
     }
+
+
+def stall_note(m: dict[str, Any]) -> str | None:
+    """`stalls: ...` for a record whose sustained throughput is over STALL_GAP below its typical one."""
+    if not m.get("stalls"):
+        return None
+    gap = 1 - m["tokens_per_s_sustained"] / m["tokens_per_s_typical"]
+    return (f"stalls: sustained {gap:.0%} below typical; {m.get('stall_steps', 0)} outlier step(s), "
+            f"{m.get('stall_excess_s', 0):.3g} s beyond the median")
 
 
 def flops_utilisation(*, flops_per_token: int, tokens_per_s_per_device: float, device_name: str | None,

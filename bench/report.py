@@ -15,7 +15,7 @@ import pandas as pd
 from lmbench import baseline as baselines
 from lmbench import plots
 from lmbench.errors import UsageError
-from lmbench.metrics import unstable_steps
+from lmbench.metrics import stall_note, unstable_steps
 from lmbench.table import Grid, configs_of, varying_axes
 
 GIB, MIB = 2**30, 2**20
@@ -35,6 +35,8 @@ class ConfigSummary:
     reason: str | None
     metrics: dict[str, list[float]] = field(default_factory=dict)
     parity: list[str] = field(default_factory=list)
+    stalls: list[str] = field(default_factory=list)
+    """stall_note of each ok repeat that had stalls."""
 
     def median(self, name: str) -> float | None:
         values = self.metrics.get(name) or []
@@ -56,7 +58,8 @@ class ConfigSummary:
         return tokens / tps if tps and tokens else None
 
     def note(self) -> str:
-        return unstable_steps(self.metrics.get("step_time_cv") or []) or ""
+        notes = [*dict.fromkeys(self.stalls), unstable_steps(self.metrics.get("step_time_cv") or [])]
+        return "; ".join(filter(None, notes))
 
 
 SUMMARY_METRICS = ("tokens_per_s", "step_time_median_s", "tokens_per_step", "step_time_cv", "mfu",
@@ -85,6 +88,8 @@ def summarize(records: list[dict[str, Any]]) -> list[ConfigSummary]:
             if m.get("tokens_per_step") is None and m.get("tokens_per_s") and m.get("step_time_median_s"):
                 # Records from before tokens_per_step was kept: their tokens/s was computed this way round.
                 m = {**m, "tokens_per_step": m["tokens_per_s"] * m["step_time_median_s"]}
+            if stall_note(m):
+                s.stalls.append(stall_note(m))
             for name in SUMMARY_METRICS:
                 value = m.get(name)
                 if isinstance(value, (int, float)):

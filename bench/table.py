@@ -78,7 +78,7 @@ def summary(records: list[dict[str, Any]]) -> Table:
     Memory is the device's peak reserved memory, or on a CPU the growth of the resident set over the
     window (marked "host"). The note holds the failure reason, or flags steps too unstable to trust.
     """
-    from lmbench.metrics import unstable_steps
+    from lmbench.metrics import stall_note, unstable_steps
 
     axes = varying_axes(r["config"] for r in records)
     table = Table(title="lmbench summary", title_justify="left")
@@ -106,7 +106,8 @@ def summary(records: list[dict[str, Any]]) -> Table:
         memory = f"{mem / 2**30:.2f} GiB" if mem is not None else f"{host / 2**20:.1f} MiB host" if host is not None \
             else "-"
         note = next((r["reason"] for r in group if r.get("reason")), "") or ""
-        note = note or unstable_steps([m["step_time_cv"] for m in ok]) or ""
+        note = note or "; ".join(filter(None, [*dict.fromkeys(map(stall_note, ok)),
+                                               unstable_steps([m["step_time_cv"] for m in ok])]))
         parity = sorted({str((r.get("metrics") or {}).get("parity") or "-") for r in group})
         table.add_row(*(escape(str(group[0]["config"][a])) for a in axes), status, _fmt(tps, ",.0f"),
                       "-" if cv is None else f"{cv:.1%}", "-" if mfu is None else f"{mfu:.1%}", memory,

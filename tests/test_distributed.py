@@ -47,6 +47,15 @@ def test_aggregate_uses_the_slowest_rank_and_global_tokens():
     assert aggregate(per_rank, tokens_per_step=1, samples_per_step=1, steps=3)["params_in_sync"] is False
 
 
+def test_sustained_throughput_uses_the_slowest_rank_window():
+    per_rank = [{**rank([0.1, 0.1, 0.1], mem=1, checksum=1.0), "window_s": 0.5},
+                {**rank([0.1, 0.1, 0.1], mem=1, checksum=1.0), "window_s": 0.6}]
+    m = aggregate(per_rank, tokens_per_step=100, samples_per_step=1, steps=3)
+    assert m["tokens_per_s"] == m["tokens_per_s_sustained"] == pytest.approx(2 * 100 * 3 / 0.6)
+    assert m["tokens_per_s_typical"] == pytest.approx(200 / 0.1)
+    assert m["stalls"] is True
+
+
 def test_single_process_aggregate_is_its_own_measurement():
     m = aggregate([rank([0.1, 0.2, 0.3], mem=5, checksum=None)], tokens_per_step=10, samples_per_step=1, steps=3)
     assert m["step_time_median_s"] == pytest.approx(0.2) and m["world_size"] == 1
@@ -134,7 +143,8 @@ def test_real_ddp_and_fsdp_over_gloo_keep_ranks_in_sync(tmp_path):
         assert m["param_checksum_per_rank"][0] != m["param_checksum_initial"]
         tokens = 2 * 4 * 64 * 2  # world x batch x seq x accum
         assert m["tokens_per_step"] == tokens
-        assert m["tokens_per_s"] == pytest.approx(tokens / m["step_time_median_s"])
+        assert m["tokens_per_s_typical"] == pytest.approx(tokens / m["step_time_median_s"])
+        assert m["tokens_per_s"] == pytest.approx(tokens * 4 / m["window_s"])
         assert m["step_time_median_s"] >= max(m["step_time_median_s_per_rank"]) * 0.999
         assert m["scaling_efficiency"] == pytest.approx(m["tokens_per_s"] / (2 * none["tokens_per_s"]))
         assert len(r["step_times_s"]) == 4 and len(r["losses"]) == 4

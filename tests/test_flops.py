@@ -1,7 +1,7 @@
 import pytest
 
 from lmbench.flops import matmul_params, palm_flops_per_token
-from lmbench.metrics import flops_utilisation, throughput
+from lmbench.metrics import flops_utilisation, stall_note, throughput
 from lmbench.models import MODELS, build_model
 from lmbench.peaks import PEAKS, find_device, peak_flops
 
@@ -70,3 +70,17 @@ def test_throughput_uses_median_step_and_counts_all_ranks():
     assert t["tokens_per_s"] == pytest.approx(2000 / 0.55)
     assert t["tokens_per_s_per_device"] == pytest.approx(1000 / 0.55)
     assert t["samples_per_s"] == pytest.approx(8 / 0.55)
+
+
+def test_sustained_is_the_headline_and_stalls_are_counted():
+    # Nine 10 ms steps and one 200 ms stall in a 0.3 s window: the median hides the stall.
+    times = [0.01] * 9 + [0.2]
+    t = throughput(step_times_s=times, tokens_per_step=100, samples_per_step=2, window_s=0.3)
+    assert t["tokens_per_s_typical"] == pytest.approx(100 / 0.01)
+    assert t["tokens_per_s"] == t["tokens_per_s_sustained"] == pytest.approx(1000 / 0.3)
+    assert t["samples_per_s"] == pytest.approx(20 / 0.3) and t["tokens_per_s_per_device"] == t["tokens_per_s"]
+    assert t["stalls"] is True and t["stall_steps"] == 1 and t["stall_excess_s"] == pytest.approx(0.19)
+    assert t["step_time_p99_s"] == pytest.approx(0.01 + 0.91 * 0.19)  # linear between the 9th and 10th steps
+    assert stall_note(t) == "stalls: sustained 67% below typical; 1 outlier step(s), 0.19 s beyond the median"
+    steady = throughput(step_times_s=[0.01] * 10, tokens_per_step=100, samples_per_step=2, window_s=0.101)
+    assert steady["stalls"] is False and steady["stall_steps"] == 0 and stall_note(steady) is None

@@ -276,3 +276,12 @@ def test_step_times_a_hundred_times_apart_get_a_log_axis():
     slow["step_times_s"] = [10.0, 11.0, 9.0]
     assert plots.step_time_distributions([fast, slow]).axes[0].get_xscale() == "log"
     assert plots.step_time_distributions([fast]).axes[0].get_xscale() == "linear"
+
+
+def test_stalls_show_in_the_note_column():
+    record = hand_record("fp32", 8, 1000.0, step_cv=0.5)
+    record["metrics"].update(stalls=True, tokens_per_s_sustained=600.0, tokens_per_s_typical=1000.0, stall_steps=2,
+                             stall_excess_s=0.8)
+    row = report.tables([record])["throughput"].splitlines()[2]
+    assert row.endswith("| stalls: sustained 40% below typical; 2 outlier step(s), 0.8 s beyond the median; "
+                        "unstable steps: cv 50% > 10% |")

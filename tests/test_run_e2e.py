@@ -49,8 +49,11 @@ def test_smoke_run_writes_one_complete_record_per_config(smoke_run):
         assert len(r["step_times_s"]) == c["steps"] == m["steps_measured"] == len(r["losses"])
         tokens = c["batch_size"] * c["seq_len"] * c["grad_accum"]
         assert m["tokens_per_step"] == tokens
-        assert m["tokens_per_s"] == pytest.approx(tokens / m["step_time_median_s"])
-        assert m["samples_per_s"] == pytest.approx(c["batch_size"] * c["grad_accum"] / m["step_time_median_s"])
+        # Headline: the window's tokens over its wall time; typical: one median step's.
+        assert m["tokens_per_s"] == m["tokens_per_s_sustained"] == pytest.approx(tokens * c["steps"] / m["window_s"])
+        assert m["tokens_per_s_typical"] == pytest.approx(tokens / m["step_time_median_s"])
+        assert m["samples_per_s"] == pytest.approx(c["batch_size"] * c["grad_accum"] * c["steps"] / m["window_s"])
+        assert m["stalls"] == (m["tokens_per_s_sustained"] < 0.95 * m["tokens_per_s_typical"])
         assert m["step_time_p10_s"] <= m["step_time_median_s"] <= m["step_time_p90_s"]
         # Warmup is excluded and the window is synchronised: the steps fit inside it.
         assert sum(r["step_times_s"]) <= m["window_s"] * 1.001
