@@ -73,16 +73,24 @@ def stall_note(m: dict[str, Any]) -> str | None:
 
 
 def flops_utilisation(*, flops_per_token: int, tokens_per_s_per_device: float, device_name: str | None,
-                      precision: str) -> dict[str, Any]:
-    """Achieved TFLOP/s per device and MFU against the datasheet dense peak (None when the device is unknown)."""
+                      precision: str, hardware_flops_per_token: int | None = None) -> dict[str, Any]:
+    """Achieved TFLOP/s per device, MFU and HFU against the datasheet dense peak (None when the device is unknown).
+
+    MFU counts model FLOPs (lmbench.flops, PaLM); HFU counts the FLOPs the hardware really ran, the
+    forwards that activation checkpointing recomputes included (equal to MFU without recomputation).
+    """
     achieved = flops_per_token * tokens_per_s_per_device
+    hardware = hardware_flops_per_token if hardware_flops_per_token is not None else flops_per_token
     peak = peak_flops(device_name, precision)
     return {
         "flops_per_token": flops_per_token,
+        "hardware_flops_per_token": hardware,
         "tflops": achieved / 1e12,
+        "hardware_tflops": hardware * tokens_per_s_per_device / 1e12,
         "peak_tflops": peak[0] / 1e12 if peak else None,
         "peak_source": peak[1] if peak else None,
         "mfu": achieved / peak[0] if peak else None,
+        "hfu": hardware * tokens_per_s_per_device / peak[0] if peak else None,
     }
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from lmbench.flops import matmul_params, palm_flops_per_token
+from lmbench.flops import matmul_params, palm_flops_per_token, recompute_flops_per_token, rerun_params
 from lmbench.metrics import flops_utilisation, stall_note, throughput
 from lmbench.models import MODELS, build_model
 from lmbench.peaks import PEAKS, find_device, peak_flops
@@ -84,3 +84,60 @@ def test_sustained_is_the_headline_and_stalls_are_counted():
     assert stall_note(t) == "stalls: sustained 67% below typical; 1 outlier step(s), 0.19 s beyond the median"
     steady = throughput(step_times_s=[0.01] * 10, tokens_per_step=100, samples_per_step=2, window_s=0.101)
     assert steady["stalls"] is False and steady["stall_steps"] == 0 and stall_note(steady) is None
+
+
+def test_full_checkpointing_recompute_hand_count():
+    model = build_model(MODELS["gpt2-124m"], attention="sdpa", device="meta")
+    assert rerun_params(model, "gpt2") == 12 * GPT2_BLOCK == 85_054_464
+    # 2 x 85,054,464 + 4 x 12 x 12 x 64 x 1024 = 170,108,928 + 37,748,736
+    assert recompute_flops_per_token(checkpointing="full", n_rerun_params=12 * GPT2_BLOCK, n_layers=12, n_heads=12,
+                                     head_dim=64, seq_len=1024) == 207_857_664
+    for mode in ("none", "selective"):
+        assert recompute_flops_per_token(checkpointing=mode, n_rerun_params=1, n_layers=1, n_heads=1, head_dim=1,
+                                         seq_len=1) == 0
+    llama = build_model(MODELS["llama-1b"], attention="sdpa", device="meta")
+    # Per layer: q, o 2048x2048, k, v 2048x512, gate/up 2048x8192, two RMSNorms; down_proj (8192x2048) is not rerun.
+    assert rerun_params(llama, "llama") == 16 * (2 * 2048 * 2048 + 2 * 2048 * 512 + 2 * 2048 * 8192 + 2 * 2048)
+
+
+def _attention_flops(query, key, *args, out_val=None, **kwargs) -> int:
+    """CPU SDPA, which torch's FLOP counter has no formula for: QK^T and AV, 2 FLOPs a multiply-add."""
+    *batch, length, dim = query
+    heads = 1
+    for size in batch:
+        heads *= size
+    return 4 * heads * length * key[-2] * dim
+
+
+@pytest.mark.parametrize("model", ["tiny-gpt2", "tiny-llama", "tiny-bert-mlm", "tiny-torch-transformer-lm"])
+def test_recompute_count_matches_what_torch_counts_in_a_real_step(model):
+    """torch's FLOP counter over one real training step: full checkpointing adds the analytic recompute (which
+    also counts biases and norms, as PaLM's N does), selective adds no matmul FLOPs at all."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lmbench.config import Config
+    from lmbench.training import TrainingStep
+
+    cpu_sdpa = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention_flops}
+    spec, counted = MODELS[model], {}
+    for mode in ("none", "full", "selective"):
+        config = Config(model=model, batch_size=2, seq_len=32, device="cpu", checkpointing=mode)
+        step = TrainingStep(config, torch.device("cpu"))
+        with FlopCounterMode(display=False, custom_mapping=cpu_sdpa) as counter:
+            step()
+        counted[mode] = counter.get_total_flops()
+    analytic = recompute_flops_per_token(checkpointing="full", n_rerun_params=rerun_params(step.base_model, spec.family),
+                                         n_layers=spec.n_layers, n_heads=spec.n_heads, head_dim=spec.head_dim,
+                                         seq_len=32) * config.tokens_per_step
+    assert counted["full"] - counted["none"] == pytest.approx(analytic, rel=0.03)
+    assert counted["selective"] == counted["none"]
+
+
+def test_hfu_exceeds_mfu_only_with_recompute():
+    m = flops_utilisation(flops_per_token=1_000_000, tokens_per_s_per_device=100_000_000.0,
+                          device_name="NVIDIA H100 80GB HBM3", precision="bf16", hardware_flops_per_token=1_300_000)
+    assert m["hfu"] == pytest.approx(1.3 * m["mfu"]) and m["hardware_tflops"] == pytest.approx(130.0)
+    same = flops_utilisation(flops_per_token=1_000_000, tokens_per_s_per_device=1e8,
+                             device_name="NVIDIA H100 80GB HBM3", precision="bf16")
+    assert same["hfu"] == same["mfu"] and same["hardware_flops_per_token"] == 1_000_000
