@@ -1,77 +1,300 @@
 #!/usr/bin/env bash
-# Runs lmbench's GPU checks and collects results, reports and logs under $OUT (default ./gpu-out), laid
-# out as reports/<gpu>-<date>/ expects: one run directory (with its report) per suite.
+# lmbench's GPU validation, in stages that each fit one command on a lent, offline GPU machine.
 #
-#   ci/gpu-validate.sh STEP...     steps: env tests smoke fp16 precision batch-sweep memory kernels parallel
-#                                         ci microbench parity tune
-#   ci/gpu-validate.sh quick       = env tests smoke fp16
-#   ci/gpu-validate.sh full        = every step
+#   ci/gpu-validate.sh STAGE               on the GPU (STAGE 1-5; see ci/README.md for what each runs)
+#   ci/gpu-validate.sh --rehearse STAGE    the same stage on this CPU: tiny models, short runs, a fake $OUT
 #
-# Steps append to the same $OUT, so a machine that limits each command's time can run them a few at a
-# time (quick first, then the suites, then microbench parity tune).
+# Every stage is self-contained: it installs lmbench from this checkout (offline: no index, no build
+# isolation, no dependencies), runs each step under `timeout` inside one wall-clock budget for the whole
+# stage (STAGE_BUDGET_S, default 400 s: 6 min 40 s, install included), and always ends, even when a
+# step fails or time runs out, by packing everything it wrote (results.jsonl, env, logs, reports,
+# plots, telemetry timelines) into ONE tarball in $OUT, beside a short summary:
+#
+#   $OUT/stageN.tar.gz         everything, under stageN/
+#   $OUT/stageN-summary.txt    versions, each step's status and seconds, one line per record
+#
+# Nothing is assumed to survive between stages: the machine may be a fresh one each time.
+# Environment: OUT (default ./gpu-out; a new temporary directory when rehearsing), PYTHON (default
+# python3), STAGE_BUDGET_S.
 set -uo pipefail
-out="${OUT:-gpu-out}"
-mkdir -p "$out"
-log() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$out/validate.log"; }
 
-suite_run() {  # suite, extra args...
-    local suite="$1"; shift
-    log "suite $suite $*"
-    lmbench run --suite "$suite" --device cuda --out "$out/runs/$suite" --resume "$@" > "$out/$suite.txt" 2>&1
-    tail -25 "$out/$suite.txt"
-    lmbench report "$out/runs/$suite" >> "$out/$suite.txt" 2>&1
+usage() {
+    sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//'
 }
 
-step() {
-    case "$1" in
-        env)
-            log "lmbench env and the card's ceilings"
-            lmbench env > "$out/env.txt" 2>&1; cat "$out/env.txt"
-            nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
-            lmbench ceilings --out "$out/ceilings.json" | tee -a "$out/validate.log" ;;
-        tests)
-            log "GPU tests"
-            python -m pytest -q -s -m gpu tests > "$out/pytest-gpu.txt" 2>&1; tail -20 "$out/pytest-gpu.txt" ;;
-        smoke|fp16|precision|batch-sweep|memory|kernels|parallel)
-            suite_run "$1" ;;
-        ci)
-            suite_run ci --repeats 3 ;;
-        microbench)
-            log "kernel microbenchmarks"
-            mkdir -p "$out/kernels"
-            for n in 2048 4096 8192; do
-                for op in rmsnorm layernorm; do
-                    lmbench kernels --op "$op" --shape "8192x$n" --dtype bf16 --csv "$out/kernels/$op-8192x$n.csv" \
-                        >> "$out/kernels.txt" 2>&1
-                done
-            done
-            lmbench kernels --op linear-ce --shape 8192x4096x128256 --dtype bf16 \
-                --csv "$out/kernels/linear-ce.csv" >> "$out/kernels.txt" 2>&1
-            cat "$out/kernels.txt" ;;
-        parity)
-            log "parity tolerances on the GPU"
-            OUT="$out/runs/parity-tolerances" ci/parity-tolerances.sh --device cuda > "$out/parity-tolerances.txt" 2>&1
-            cat "$out/parity-tolerances.txt" ;;
-        tune)
-            log "tune"
-            lmbench tune --model gpt2-124m --precision amp-bf16,bf16 --checkpointing none,full --device cuda \
-                --budget-minutes 8 --out "$out/runs/tune-gpt2-124m" > "$out/tune-gpt2-124m.txt" 2>&1
-            tail -30 "$out/tune-gpt2-124m.txt" ;;
-        *)
-            echo "unknown step '$1'; steps: env tests smoke fp16 precision batch-sweep memory kernels parallel ci" \
-                 "microbench parity tune, or quick / full" >&2
-            exit 2 ;;
-    esac
+MODE=gpu
+if [[ ${1:-} == --rehearse ]]; then
+    MODE=rehearse
+    shift
+fi
+STAGE=${1:-}
+if [[ ${STAGE} == -h || ${STAGE} == --help ]]; then
+    usage
+    exit 0
+fi
+if [[ ! ${STAGE} =~ ^[1-5]$ || $# -ne 1 ]]; then
+    usage >&2
+    exit 2
+fi
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+cd "$REPO" || exit 2
+PY=${PYTHON:-python3}
+# `python3` inside helper scripts (ci/parity-tolerances.sh) must be the same interpreter.
+PATH="$(dirname "$(command -v "$PY")"):$PATH"
+if [[ $MODE == rehearse ]]; then
+    OUT=${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/lmbench-fake-out.XXXXXX")}
+else
+    OUT=${OUT:-gpu-out}
+fi
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+BUDGET_S=${STAGE_BUDGET_S:-400}
+PACK_RESERVE_S=25   # packing and the summary, after the last step
+KILL_AFTER_S=20     # a step gets SIGINT at its limit (lmbench then stops its worker), SIGKILL this much later
+SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/lmbench-stage$STAGE.XXXXXX")
+WORK=$SCRATCH/stage$STAGE
+mkdir -p "$WORK/logs" "$WORK/runs"
+SUMMARY=$WORK/summary.txt
+FAILED=0
+export PY WORK REPO
+
+# The stage's sizes: real models on the GPU; on a CPU tiny ones, so the same commands finish in seconds.
+if [[ $MODE == gpu ]]; then
+    DEVICE=cuda GPT2=gpt2-124m LLAMA=llama-1b GPT2_MEDIUM=gpt2-355m SEQ=1024 BATCH=8 STEPS=20 WARMUP=5
+    CONFIG_TIMEOUT_S=150 TUNE_MAX_BATCH=256 TUNE_MINUTES=2
+    PYTEST_MODE=()
+else
+    DEVICE=cpu GPT2=tiny-gpt2 LLAMA=tiny-llama GPT2_MEDIUM=tiny-gpt2 SEQ=64 BATCH=2 STEPS=2 WARMUP=1
+    CONFIG_TIMEOUT_S=120 TUNE_MAX_BATCH=8 TUNE_MINUTES=0.5
+    # Kernel tests under the interpreter take minutes; collecting them proves the command line and imports.
+    PYTEST_MODE=(--collect-only)
+fi
+SIZES=(--device "$DEVICE" --set "seq_len=$SEQ" --set "timeout_s=$CONFIG_TIMEOUT_S")
+
+note() {
+    echo "$*" >> "$SUMMARY"
+    echo "$*" >&2
 }
 
-steps=("$@")
-[[ ${#steps[@]} -eq 0 ]] && steps=(quick)
-for s in "${steps[@]}"; do
-    case "$s" in
-        quick) for t in env tests smoke fp16; do step "$t"; done ;;
-        full) for t in env tests smoke fp16 precision batch-sweep memory kernels parallel ci microbench parity tune; do
-                  step "$t"; done ;;
-        *) step "$s" ;;
+lmbench() {
+    "$PY" -m lmbench.cli "$@"
+}
+export -f lmbench
+
+reap() {
+    # Workers run in their own sessions: a step stopped by `timeout` must not leave one on the GPU.
+    "$PY" - "$WORK" <<'PY'
+import os, signal, sys
+mine = sys.argv[1]
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+    except OSError:
+        continue
+    if any(mine.encode() in a for a in argv) and int(pid) != os.getpid():
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+            print(f"killed leftover process {pid}: {b' '.join(argv)[:200].decode(errors='replace')}")
+        except OSError:
+            pass
+PY
+}
+
+step() {  # NAME SECONDS COMMAND...: run under the remaining budget, log to logs/NAME.txt, note the outcome
+    local name=$1 want=$2
+    shift 2
+    local left=$((BUDGET_S - PACK_RESERVE_S - KILL_AFTER_S - SECONDS))
+    if ((left < 10)); then
+        note "$(printf '%-22s %-28s' "$name" "skipped: stage budget spent")"
+        FAILED=1
+        return 1
+    fi
+    local limit=$((want < left ? want : left)) start=$SECONDS rc status
+    echo "== $(date -u +%H:%M:%S) $name (up to ${limit}s): $*" >&2
+    timeout --signal=INT --kill-after="$KILL_AFTER_S" "$limit" "$@" > "$WORK/logs/$name.txt" 2>&1
+    rc=$?
+    reap >> "$WORK/logs/$name.txt" 2>&1
+    case $rc in
+        0) status=ok ;;
+        124) status="TIMEOUT after ${limit}s" ;;
+        137) status="KILLED after ${limit}s" ;;
+        *) status="FAILED (exit $rc)" ;;
     esac
-done
-log "done"
+    ((rc == 0)) || FAILED=1
+    note "$(printf '%-22s %-28s %4ds' "$name" "$status" $((SECONDS - start)))"
+    tail -n 3 "$WORK/logs/$name.txt" >&2
+    return "$rc"
+}
+
+install_lmbench() {
+    # Already importable from this checkout (a rehearsal in the test environment): nothing to do.
+    local check="import lmbench, pathlib, sys
+sys.exit(pathlib.Path(lmbench.__file__).resolve().parent != pathlib.Path('bench').resolve())"
+    if "$PY" -c "$check" 2>/dev/null; then
+        echo "lmbench already installed from $REPO"
+        return 0
+    fi
+    # Offline: no index, no isolated build (it would fetch setuptools), no dependencies (the machine has them).
+    # PIP_BREAK_SYSTEM_PACKAGES lets a newer pip install into a distribution's Python; older pips ignore it.
+    PIP_BREAK_SYSTEM_PACKAGES=1 "$PY" -m pip install --no-index --no-build-isolation --no-deps -e . ||
+        PIP_BREAK_SYSTEM_PACKAGES=1 "$PY" -m pip install --user --no-index --no-build-isolation --no-deps -e .
+}
+export -f install_lmbench
+
+preflight() {
+    "$PY" - <<'PY'
+import importlib, importlib.metadata as md, sys
+missing = []
+for module, dist in [("torch", "torch"), ("triton", "triton"), ("transformers", "transformers"),
+                     ("tokenizers", "tokenizers"), ("pandas", "pandas"), ("scipy", "scipy"), ("click", "click"),
+                     ("rich", "rich"), ("matplotlib", "matplotlib"), ("pynvml", "nvidia-ml-py"), ("pytest", "pytest"),
+                     ("lmbench", "lmbench")]:
+    try:
+        importlib.import_module(module)
+        try:
+            version = md.version(dist)
+        except md.PackageNotFoundError:
+            version = "?"
+        print(f"  {module:<13} {version}")
+    except Exception as err:  # noqa: BLE001
+        missing.append(module)
+        print(f"  {module:<13} MISSING: {type(err).__name__}: {err}")
+import torch
+cuda = torch.cuda.is_available()
+print(f"  {'cuda':<13} {torch.version.cuda} available={cuda}",
+      f"devices={torch.cuda.device_count()} {torch.cuda.get_device_name(0)}" if cuda else "")
+sys.exit(1 if {"torch", "lmbench"} & set(missing) else 0)
+PY
+}
+export -f preflight
+
+run_suite() {  # NAME SECONDS SUITE ARGS...: one run directory, runs/NAME
+    local name=$1 want=$2 suite=$3
+    shift 3
+    step "$name" "$want" "$PY" -m lmbench.cli run --suite "$suite" --out "$WORK/runs/$name" "${SIZES[@]}" "$@"
+}
+
+pytest_step() {  # NAME SECONDS PYTEST-ARGS...
+    local name=$1 want=$2
+    shift 2
+    # Its temporary directories (run directories of the CLI tests) live in WORK: packed, and reaped on a timeout.
+    step "$name" "$want" "$PY" -m pytest -q -rfE -p no:cacheprovider --junitxml="$WORK/logs/$name.xml" \
+        --basetemp="$WORK/pytest-tmp/$name" ${PYTEST_MODE[@]+"${PYTEST_MODE[@]}"} "$@"
+}
+
+report() {  # one report over every run directory of the stage
+    local runs=("$WORK"/runs/*/)
+    [[ -e ${runs[0]} ]] || return 0
+    step report 90 "$PY" -m lmbench.cli report "${runs[@]}" --out "$WORK/report"
+}
+
+summarize() {
+    "$PY" - "$WORK" <<'PY' || true
+import json, re, sys
+from pathlib import Path
+work = Path(sys.argv[1])
+for results in sorted(work.glob("runs/*/results.jsonl")):
+    print(f"\n{results.parent.name}:")
+    for line in results.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        m = r.get("metrics") or {}
+        def f(key, fmt):
+            return format(m[key], fmt) if isinstance(m.get(key), (int, float)) else "-"
+        note = r.get("reason") or (m.get("telemetry") if m.get("telemetry") != "on" else "")
+        print(f"  {r['status']:<8} {r['config_key'][:64]:<64} r{r['repeat']} tok/s {f('tokens_per_s', ',.0f'):>9}"
+              f" mfu {f('mfu', '.3f'):>5} start {f('startup_s', '.1f'):>5}s warm {f('warmup_s', '.1f'):>5}s"
+              f" window {f('window_s', '.1f'):>5}s {f('energy_j', '.0f'):>6} J {str(note or '')[:90]}")
+for log in sorted(work.glob("logs/pytest-*.txt")):
+    lines = log.read_text(errors="replace").splitlines()
+    tail = [l for l in lines if re.search(r"\b(passed|failed|error|skipped|collected|no tests ran)\b", l)][-1:]
+    bad = [l for l in lines if l.startswith(("FAILED", "ERROR"))][:15]
+    print(f"\n{log.stem}: {tail[0] if tail else '(no summary line)'}")
+    for l in bad:
+        print(f"  {l[:160]}")
+for text in sorted(work.glob("logs/microbench-*.txt")) + sorted(work.glob("ceilings.json")):
+    print(f"\n{text.name}:")
+    for l in text.read_text(errors="replace").splitlines()[-14:]:
+        print(f"  {l[:160]}")
+PY
+}
+
+pack() {
+    trap - EXIT INT TERM
+    summarize >> "$SUMMARY" 2>&1
+    note ""
+    local verdict="every step passed"
+    ((FAILED)) && verdict="some steps did not pass"
+    note "stage $STAGE ($MODE) took ${SECONDS}s of a ${BUDGET_S}s budget; $verdict"
+    cp "$SUMMARY" "$OUT/stage$STAGE-summary.txt"
+    cat "$SUMMARY"
+    tar -czf "$OUT/stage$STAGE.tar.gz" -C "$SCRATCH" "stage$STAGE"
+    rm -rf "$SCRATCH"
+    echo "results: $OUT/stage$STAGE.tar.gz ($(du -h "$OUT/stage$STAGE.tar.gz" | cut -f1))," \
+        "$OUT/stage$STAGE-summary.txt" >&2
+    exit "$FAILED"
+}
+trap pack EXIT
+trap 'note "interrupted"; FAILED=1; exit 1' INT TERM
+
+note "lmbench GPU validation, stage $STAGE ($MODE) on $(hostname) at $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+changes=$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null | grep -q . &&
+    echo " (with local changes)")
+note "commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "unknown: not a git checkout")$changes"
+step install 120 bash -c install_lmbench || exit 1
+step preflight 60 bash -c preflight || exit 1
+sed 's/^/  /' "$WORK/logs/preflight.txt" | grep -v '^  $' >> "$SUMMARY"
+
+case $STAGE in
+    1)  # What this machine is, what it can do at best, the GPU tests, and the fp16 suite end to end.
+        step env 60 "$PY" -m lmbench.cli env && sed 's/^/  /' "$WORK/logs/env.txt" >> "$SUMMARY"
+        if [[ $MODE == gpu ]]; then
+            step nvidia-smi 30 bash -c 'nvidia-smi; nvidia-smi -q'
+        fi
+        step ceilings 60 "$PY" -m lmbench.cli ceilings --out "$WORK/ceilings.json"
+        run_suite fp16 200 fp16 --set "model=$GPT2" --set "batch_size=$BATCH" --set "steps=$STEPS" \
+            --set "warmup=$WARMUP"
+        report
+        # Every kernel test runs on the GPU when there is one (not only the `gpu`-marked ones).
+        pytest_step pytest-kernels 150 tests/test_kernels.py
+        pytest_step pytest-gpu 300 -m gpu tests/test_gpu.py tests/test_microbench.py -k "not harness_overhead"
+        ;;
+    2)  # Kernel sets in training, data parallelism, kernel microbenchmarks.
+        pytest_step pytest-kernel-sets 120 tests/test_kernel_sets.py
+        # torch.compile compiles during the first steps: a longer warmup keeps it out of the window.
+        run_suite kernels-gpt2 200 kernels --set "model=$GPT2" --set kernels=eager,compile,triton \
+            --set "steps=$STEPS" --set warmup=10
+        run_suite kernels-llama 120 kernels --set "model=$LLAMA" --set kernels=eager,triton --set "steps=$STEPS" \
+            --set "warmup=$WARMUP"
+        run_suite parallel 100 parallel --set "model=$GPT2" --set "steps=$STEPS" --set "warmup=$WARMUP"
+        report
+        step microbench-linear-ce 60 "$PY" -m lmbench.cli kernels --op linear-ce --shape 8192x2048x128256 \
+            --dtype bf16 --csv "$WORK/kernels-linear-ce.csv"
+        step microbench-rmsnorm 40 "$PY" -m lmbench.cli kernels --op rmsnorm --shape 8192x4096 --dtype bf16 \
+            --csv "$WORK/kernels-rmsnorm.csv"
+        ;;
+    3)  # Every precision, the regression-gate suite with repeats (its noise), the harness overhead.
+        run_suite precision 190 precision --set "model=$GPT2,$LLAMA" --set "batch_size=$BATCH" --set steps=15 \
+            --set "warmup=$WARMUP"
+        run_suite ci 150 ci --set "model=$GPT2,$LLAMA" --repeats 3
+        report
+        pytest_step pytest-overhead 60 -s -m gpu tests/test_gpu.py -k harness_overhead
+        ;;
+    4)  # The largest batch that fits and the fastest configuration, for each model.
+        for model in "$GPT2" "$LLAMA"; do
+            step "tune-$model" 150 "$PY" -m lmbench.cli tune --model "$model" --seq-len "$SEQ" --precision amp-bf16 \
+                --checkpointing none --budget-minutes "$TUNE_MINUTES" --steps 10 --warmup 3 \
+                --max-batch "$TUNE_MAX_BATCH" --device "$DEVICE" --out "$WORK/runs/tune-$model"
+        done
+        report
+        ;;
+    5)  # Loss-parity tolerances measured on this device, and memory against activation checkpointing.
+        step parity-tolerances 200 env OUT="$WORK/runs/parity-tolerances" ci/parity-tolerances.sh \
+            --device "$DEVICE" --set model=tiny-gpt2,tiny-llama --set "timeout_s=$CONFIG_TIMEOUT_S"
+        run_suite memory 150 memory --set "model=$GPT2_MEDIUM" --set steps=10 --set warmup=3
+        report
+        ;;
+esac
