@@ -1,0 +1,211 @@
+"""Where the time goes: a step-time breakdown from a torch.profiler Chrome trace.
+
+Each profiled step (a `ProfilerStep#N` range) is cut into disjoint slices of the device's time, so
+the fractions sum to 1 of the step:
+
+    optimizer      work inside an `Optimizer.step` / `Optimizer.zero_grad` range
+    data           host-to-device copies (CUDA) or DataLoader ranges (CPU)
+    attention      attention kernels / ops (flash, memory-efficient, cuDNN, SDPA and their backward)
+    matmul         GEMM kernels / mm, addmm, bmm, baddbmm ops
+    other          every other kernel or op: norms, elementwise, reductions, the loss, copies
+    communication  collectives (NCCL, gloo) while nothing else runs: the exposed part
+    idle           the device does nothing: host-side gaps (launch overhead, Python, syncs)
+
+Where several run at once the slice goes to the first in that list, so communication counts only
+where it is exposed; `communication_overlap` says which fraction of all collective time overlapped
+other work. On CUDA the device's timeline is its kernels (any stream), each assigned to the step
+whose host range launched it (by the launch's correlation id); a step spans from its first kernel to
+the next step's first kernel. On a CPU the device is the main thread: its aten ops, nested, with
+the innermost category winning by the priority above.
+
+Holistic Trace Analysis (holistictraceanalysis) computes a similar temporal breakdown, but it is
+not installable on the offline GPU machine, reads whole trace directories, and does not split
+optimizer or attention time; parsing the trace here keeps one dependency-free definition for CPU
+and CUDA, tested on real CPU traces and on a hand-written CUDA trace.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+#: Highest priority first: a slice of time goes to the first category active in it.
+PRIORITY = ("optimizer", "data", "attention", "matmul", "other", "communication")
+CATEGORIES = (*PRIORITY, "idle")
+
+_ATTENTION = re.compile(r"flash|fmha|attention|sdpa|scaled_dot_product", re.IGNORECASE)
+# cuBLAS names its Hopper kernels nvjet_*; older ones and CUTLASS say gemm, xmma or cutlass.
+_MATMUL = re.compile(r"gemm|cutlass|cublas|xmma|wgmma|nvjet|^aten::(mm|addmm|bmm|baddbmm|matmul)$", re.IGNORECASE)
+_COMMUNICATION = re.compile(r"nccl|gloo|^c10d::|record_param_comms", re.IGNORECASE)
+_OPTIMIZER = re.compile(r"^Optimizer\.(step|zero_grad)#")
+_DATA_RANGE = re.compile(r"enumerate\(DataLoader\)|DataLoader")
+_LAUNCH_CATEGORIES = ("cuda_runtime", "cuda_driver")
+_KERNEL_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
+
+
+def load(path: Path) -> dict[str, Any]:
+    """A Chrome trace as written by torch.profiler (`.json` or `.json.gz`)."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _category(name: str) -> str:
+    if _COMMUNICATION.search(name):
+        return "communication"
+    if _ATTENTION.search(name):
+        return "attention"
+    if _MATMUL.search(name):
+        return "matmul"
+    return "other"
+
+
+def _slices(intervals: dict[str, list[tuple[float, float]]], start: float, end: float) -> dict[str, float]:
+    """Time in [start, end) of each category, disjoint by PRIORITY, and the rest as idle (microseconds)."""
+    edges: list[tuple[float, int, str]] = []
+    for category, spans in intervals.items():
+        for a, b in spans:
+            a, b = max(a, start), min(b, end)
+            if b > a:
+                edges += [(a, 1, category), (b, -1, category)]
+    edges.sort(key=lambda e: (e[0], e[1]))
+    active: dict[str, int] = defaultdict(int)
+    time = dict.fromkeys(CATEGORIES, 0.0)
+    last = start
+    for at, change, category in edges:
+        winner = next((c for c in PRIORITY if active[c] > 0), "idle")
+        time[winner] += at - last
+        active[category] += change
+        last = at
+    time["idle"] += end - last
+    return time
+
+
+def _overlap(intervals: dict[str, list[tuple[float, float]]], start: float, end: float) -> float | None:
+    """Fraction of collective time during which something else also ran; None without collectives."""
+    comm = _slices({"communication": intervals.get("communication", [])}, start, end)["communication"]
+    if comm <= 0:
+        return None
+    exposed = _slices(intervals, start, end)["communication"]
+    return 1 - exposed / comm
+
+
+def _ranges(events: list[dict[str, Any]], pattern: re.Pattern[str]) -> list[tuple[float, float]]:
+    return [(e["ts"], e["ts"] + e["dur"]) for e in events if pattern.search(e.get("name", "")) and "dur" in e]
+
+
+def _within(ts: float, spans: list[tuple[float, float]]) -> bool:
+    return any(a <= ts < b for a, b in spans)
+
+
+def _step_ranges(events: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    steps = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
+                   if e.get("ph") == "X" and e.get("name", "").startswith("ProfilerStep#"))
+    if not steps:
+        raise ValueError("the trace has no ProfilerStep ranges (profile with a schedule and call prof.step())")
+    return steps
+
+
+def _cuda_timeline(events: list[dict[str, Any]], steps: list[tuple[float, float]]
+                   ) -> tuple[list[tuple[float, float]], list[dict[str, list[tuple[float, float]]]], dict[str, list]]:
+    """Per step: its device span and category intervals; and every kernel's name -> durations."""
+    host = [e for e in events if e.get("ph") == "X" and e.get("cat") in ("cpu_op", "user_annotation")]
+    optimizer = _ranges(host, _OPTIMIZER)
+    launches = {e["args"]["correlation"]: e["ts"] for e in events
+                if e.get("cat") in _LAUNCH_CATEGORIES and "correlation" in e.get("args", {})}
+    per_step: list[list[dict[str, Any]]] = [[] for _ in steps]
+    kernels: dict[str, list[float]] = defaultdict(list)
+    for e in events:
+        if e.get("cat") not in _KERNEL_CATEGORIES or "dur" not in e:
+            continue
+        launched = launches.get(e.get("args", {}).get("correlation"))
+        index = next((i for i, (a, b) in enumerate(steps) if launched is not None and a <= launched < b), None)
+        if index is None:
+            continue
+        name = e.get("name", "")
+        if e["cat"] == "gpu_memcpy" and "HtoD" in name:
+            category = "data"
+        elif _within(launched, optimizer):
+            category = "optimizer"
+        else:
+            category = _category(name) if e["cat"] == "kernel" else "other"
+        per_step[index].append({"span": (e["ts"], e["ts"] + e["dur"]), "category": category})
+        kernels[name].append(e["dur"])
+    spans, intervals = [], []
+    firsts = [min(k["span"][0] for k in ks) if ks else None for ks in per_step]
+    for i, ks in enumerate(per_step):
+        if not ks:
+            continue
+        following = next((f for f in firsts[i + 1:] if f is not None), None)
+        spans.append((firsts[i], following if following is not None else max(k["span"][1] for k in ks)))
+        by_category: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        for k in ks:
+            by_category[k["category"]].append(k["span"])
+        intervals.append(by_category)
+    return spans, intervals, kernels
+
+
+def _self_times(ops: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Each op's time less that of the ops nested directly inside it, by name (the CPU's 'kernels')."""
+    ordered = sorted(ops, key=lambda e: (e["ts"], -e["dur"]))
+    stack: list[dict[str, Any]] = []
+    own: dict[int, float] = {}
+    for e in ordered:
+        while stack and stack[-1]["ts"] + stack[-1]["dur"] <= e["ts"]:
+            stack.pop()
+        own[id(e)] = e["dur"]
+        if stack:
+            own[id(stack[-1])] -= e["dur"]
+        stack.append(e)
+    times: dict[str, list[float]] = defaultdict(list)
+    for e in ordered:
+        times[e["name"]].append(max(0.0, own[id(e)]))
+    return times
+
+
+def _cpu_timeline(events: list[dict[str, Any]], steps: list[tuple[float, float]]
+                  ) -> tuple[list[tuple[float, float]], list[dict[str, list[tuple[float, float]]]], dict[str, list]]:
+    main = next(e["tid"] for e in events if e.get("name", "").startswith("ProfilerStep#"))
+    host = [e for e in events if e.get("ph") == "X" and e.get("tid") == main and "dur" in e
+            and e.get("cat") in ("cpu_op", "user_annotation") and not e["name"].startswith("ProfilerStep#")]
+    ops = [e for e in host if e["cat"] == "cpu_op"]
+    by_category: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    by_category["optimizer"] = _ranges(host, _OPTIMIZER)
+    by_category["data"] = _ranges(host, _DATA_RANGE)
+    for e in ops:
+        by_category[_category(e["name"])].append((e["ts"], e["ts"] + e["dur"]))
+    in_steps = [e for e in ops if _within(e["ts"], steps)]
+    return steps, [by_category] * len(steps), _self_times(in_steps)
+
+
+def breakdown(trace: dict[str, Any], *, top: int = 10) -> dict[str, Any]:
+    """Mean fractions of the profiled steps' time by category, the step time, and the top kernels by time."""
+    events = [e for e in trace.get("traceEvents", []) if isinstance(e, dict)]
+    steps = _step_ranges(events)
+    cuda = any(e.get("cat") == "kernel" for e in events)
+    spans, intervals, kernels = (_cuda_timeline if cuda else _cpu_timeline)(events, steps)
+    if not spans:
+        raise ValueError("no device activity inside the profiled steps")
+    totals = dict.fromkeys(CATEGORIES, 0.0)
+    overlaps = []
+    for (start, end), categories in zip(spans, intervals):
+        for category, time in _slices(categories, start, end).items():
+            totals[category] += time
+        overlap = _overlap(categories, start, end)
+        if overlap is not None:
+            overlaps.append(overlap)
+    whole = sum(totals.values())
+    ranked = sorted(kernels.items(), key=lambda kv: -sum(kv[1]))[:top]
+    return {
+        "device": "cuda" if cuda else "cpu",
+        "steps": len(spans),
+        "step_time_s": whole / len(spans) / 1e6,
+        "fractions": {c: totals[c] / whole for c in CATEGORIES},
+        "communication_overlap": sum(overlaps) / len(overlaps) if overlaps else None,
+        "top_kernels": [{"name": name, "time_s": sum(d) / 1e6 / len(spans), "calls": len(d) / len(spans)}
+                        for name, d in ranked],
+    }

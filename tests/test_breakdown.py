@@ -1,0 +1,62 @@
+"""Where the time goes: the breakdown of a real profiled CPU run, and of a hand-written CUDA trace by hand."""
+
+import gzip
+import json
+
+import pytest
+import torch
+
+from lmbench.breakdown import CATEGORIES, breakdown
+from lmbench.config import Config
+from lmbench.profiling import profile_steps
+from lmbench.training import TrainingStep
+
+
+def test_a_profiled_cpu_run_breaks_down_into_fractions_that_sum_to_one(tmp_path):
+    step = TrainingStep(Config(model="tiny-gpt2", batch_size=2, seq_len=32, device="cpu"), torch.device("cpu"))
+    step()
+    trace = tmp_path / "trace.json.gz"
+    found = profile_steps(step, torch.device("cpu"), trace)
+    # The trace is gzipped Chrome-trace JSON, as Perfetto opens it.
+    with gzip.open(trace, "rt") as f:
+        assert "traceEvents" in json.load(f)
+    assert found["device"] == "cpu" and found["steps"] == 3 and found["step_time_s"] > 0
+    assert set(found["fractions"]) == set(CATEGORIES)
+    assert sum(found["fractions"].values()) == pytest.approx(1, abs=0.02)
+    assert found["fractions"]["matmul"] > 0.01 and found["fractions"]["optimizer"] > 0.01
+    assert found["fractions"]["communication"] == 0 and found["communication_overlap"] is None
+    names = [k["name"] for k in found["top_kernels"]]
+    assert len(names) == 10 and "aten::mm" in names
+
+
+def X(name, ts, dur, cat, **args):
+    return {"ph": "X", "name": name, "ts": ts, "dur": dur, "cat": cat, "pid": 0, "tid": 1, "args": args}
+
+
+def test_hand_made_cuda_trace_by_hand():
+    """Step 1 spans from its first kernel (50 us) to step 2's (150 us): GEMM 20, flash 10, NCCL 30 of which 20
+    overlap compute and 10 are exposed, optimizer 5, idle 55. Step 2 is one 10 us elementwise kernel."""
+    events = [
+        X("ProfilerStep#1", 0, 100, "user_annotation"), X("ProfilerStep#2", 100, 100, "user_annotation"),
+        X("Optimizer.step#AdamW.step", 25, 15, "user_annotation"),
+        *(X("cudaLaunchKernel", ts, 1, "cuda_runtime", correlation=c) for c, ts in
+          ((1, 10), (2, 20), (3, 30), (4, 110), (5, 15))),
+        X("sm90_xmma_gemm_bf16bf16_bf16f32", 50, 20, "kernel", correlation=1),
+        X("flash_fwd_kernel", 70, 10, "kernel", correlation=2),
+        X("ncclDevKernel_AllReduce_Sum_bf16_RING_LL", 60, 30, "kernel", correlation=5),
+        X("multi_tensor_apply_kernel", 95, 5, "kernel", correlation=3),
+        X("vectorized_elementwise_kernel", 150, 10, "kernel", correlation=4),
+    ]
+    found = breakdown({"traceEvents": events})
+    assert found["device"] == "cuda" and found["steps"] == 2
+    assert found["step_time_s"] == pytest.approx(55e-6)
+    expected = {"matmul": 20, "attention": 10, "communication": 10, "optimizer": 5, "other": 10, "idle": 55, "data": 0}
+    assert found["fractions"] == pytest.approx({k: v / 110 for k, v in expected.items()})
+    assert found["communication_overlap"] == pytest.approx(2 / 3)
+    assert found["top_kernels"][0] == {"name": "ncclDevKernel_AllReduce_Sum_bf16_RING_LL", "time_s": 15e-6,
+                                       "calls": 0.5}
+
+
+def test_a_trace_without_steps_is_refused():
+    with pytest.raises(ValueError, match="no ProfilerStep ranges"):
+        breakdown({"traceEvents": [X("aten::mm", 0, 1, "cpu_op")]})
