@@ -1,0 +1,77 @@
+"""Distance to the roofline: the step time this card's measured ceilings would allow, and the measured one's ratio.
+
+A step needs at least its hardware FLOPs at the measured matmul ceiling (`lmbench ceilings`:
+a large bf16 GEMM) and at least its unavoidable bytes at the measured copy ceiling (a large
+device-to-device copy). The roofline step time is the larger of the two; `roofline_ratio` is the
+measured step time over it (1 would be a step at both ceilings; 3 means two thirds of the step is
+lost to something else: small or unfused kernels, launch gaps, communication, stalls).
+
+The compute roof is the bf16 GEMM ceiling for every precision, so for fp32 and tf32 configurations it
+is optimistic (their matmuls cannot reach it) and their ratio overstates what is lost.
+
+Unavoidable bytes are a lower bound from the parameters alone, per device, activations excluded:
+the forward and backward each read the weights once, the backward writes the gradients, and AdamW
+reads parameters (or fp32 master weights), gradients and both moments and writes parameters and
+moments back; `precision=fp16` also writes its half-precision copy of the master weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ByteWidths:
+    """Bytes per parameter of each tensor a step touches, for one precision mode."""
+
+    weights: int
+    grads: int
+    optimizer_state: int
+    master: int = 0
+    """fp32 master weights kept beside half-precision model weights (0: none)."""
+
+
+#: fp32, tf32 and the autocast modes keep fp32 weights, gradients and AdamW state (autocast casts per op);
+#: fp16 keeps fp16 weights and gradients beside fp32 master weights and state; bf16 keeps everything in bf16.
+BYTE_WIDTHS = {
+    "fp32": ByteWidths(4, 4, 4), "tf32": ByteWidths(4, 4, 4), "amp-fp16": ByteWidths(4, 4, 4),
+    "amp-bf16": ByteWidths(4, 4, 4), "fp16": ByteWidths(2, 2, 4, master=4), "bf16": ByteWidths(2, 2, 2),
+}
+
+
+def bytes_per_step(*, params: int, precision: str) -> int:
+    """Lower bound on the device memory traffic of one optimizer step over `params` parameters."""
+    w = BYTE_WIDTHS[precision]
+    updated = w.master or w.weights
+    forward_backward = params * (2 * w.weights + w.grads)
+    adamw = params * (2 * updated + w.grads + 4 * w.optimizer_state)
+    half_copy = params * w.weights if w.master else 0
+    return forward_backward + adamw + half_copy
+
+
+def roofline(*, flops_per_step: float, bytes_per_step: float, matmul_flops_per_s: float, copy_bytes_per_s: float,
+             step_time_s: float) -> dict[str, Any]:
+    """The ceilings' step time, which one binds, and the measured step time's ratio to it (per device)."""
+    compute_s, memory_s = flops_per_step / matmul_flops_per_s, bytes_per_step / copy_bytes_per_s
+    bound = max(compute_s, memory_s)
+    return {"roofline_compute_s": compute_s, "roofline_memory_s": memory_s, "roofline_step_time_s": bound,
+            "roofline_bound": "compute" if compute_s >= memory_s else "memory",
+            "roofline_ratio": step_time_s / bound if bound > 0 else None}
+
+
+def for_record(metrics: dict[str, Any], config: dict[str, Any], ceilings: dict[str, Any]) -> dict[str, Any] | None:
+    """The roofline of one ok record against `lmbench ceilings --out` figures; None when the record lacks what it needs.
+
+    Per device: its share of the step's tokens, and of the parameters where FSDP shards them.
+    """
+    needed = ("hardware_flops_per_token", "tokens_per_step", "tokens_per_s", "params", "devices")
+    if any(not metrics.get(name) for name in needed):
+        return None
+    devices = metrics["devices"]
+    params = metrics["params"] / devices if config.get("parallel") == "fsdp" else metrics["params"]
+    step_time_s = metrics["tokens_per_step"] / metrics["tokens_per_s"]
+    return roofline(flops_per_step=metrics["hardware_flops_per_token"] * metrics["tokens_per_step"] / devices,
+                    bytes_per_step=bytes_per_step(params=int(params), precision=config["precision"]),
+                    matmul_flops_per_s=ceilings["bf16_matmul_tflops"] * 1e12,
+                    copy_bytes_per_s=ceilings["copy_gb_per_s"] * 1e9, step_time_s=step_time_s)
