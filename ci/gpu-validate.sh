@@ -61,12 +61,14 @@ export PY WORK REPO
 
 # The stage's sizes: real models on the GPU; on a CPU tiny ones, so the same commands finish in seconds.
 if [[ $MODE == gpu ]]; then
-    DEVICE=cuda GPT2=gpt2-124m LLAMA=llama-1b GPT2_MEDIUM=gpt2-355m SEQ=1024 BATCH=8 STEPS=20 WARMUP=5
+    DEVICE=cuda GPT2=gpt2-124m LLAMA=llama-1b GPT2_MEDIUM=gpt2-355m SEQ=1024 BATCH=8
     CONFIG_TIMEOUT_S=150 TUNE_MAX_BATCH=256 TUNE_MINUTES=2
-    PYTEST_MODE=()
+    SHORT=() PYTEST_MODE=()
 else
-    DEVICE=cpu GPT2=tiny-gpt2 LLAMA=tiny-llama GPT2_MEDIUM=tiny-gpt2 SEQ=64 BATCH=2 STEPS=2 WARMUP=1
+    DEVICE=cpu GPT2=tiny-gpt2 LLAMA=tiny-llama GPT2_MEDIUM=tiny-gpt2 SEQ=64 BATCH=2
     CONFIG_TIMEOUT_S=120 TUNE_MAX_BATCH=8 TUNE_MINUTES=0.5
+    # Given last, these win over each stage's own steps and warmup.
+    SHORT=(--set steps=2 --set warmup=1)
     # Kernel tests under the interpreter take minutes; collecting them proves the command line and imports.
     PYTEST_MODE=(--collect-only)
 fi
@@ -172,7 +174,8 @@ export -f preflight
 run_suite() {  # NAME SECONDS SUITE ARGS...: one run directory, runs/NAME
     local name=$1 want=$2 suite=$3
     shift 3
-    step "$name" "$want" "$PY" -m lmbench.cli run --suite "$suite" --out "$WORK/runs/$name" "${SIZES[@]}" "$@"
+    step "$name" "$want" "$PY" -m lmbench.cli run --suite "$suite" --out "$WORK/runs/$name" "${SIZES[@]}" "$@" \
+        ${SHORT[@]+"${SHORT[@]}"}
 }
 
 pytest_step() {  # NAME SECONDS PYTEST-ARGS...
@@ -215,7 +218,8 @@ for log in sorted(work.glob("logs/pytest-*.txt")):
     print(f"\n{log.stem}: {tail[0] if tail else '(no summary line)'}")
     for l in bad:
         print(f"  {l[:160]}")
-for text in sorted(work.glob("logs/microbench-*.txt")) + sorted(work.glob("ceilings.json")):
+tails = ["logs/microbench-*.txt", "logs/parity-tolerances.txt", "logs/tune-*.txt", "ceilings.json"]
+for text in [path for pattern in tails for path in sorted(work.glob(pattern))]:
     print(f"\n{text.name}:")
     for l in text.read_text(errors="replace").splitlines()[-14:]:
         print(f"  {l[:160]}")
@@ -255,8 +259,7 @@ case $STAGE in
             step nvidia-smi 30 bash -c 'nvidia-smi; nvidia-smi -q'
         fi
         step ceilings 60 "$PY" -m lmbench.cli ceilings --out "$WORK/ceilings.json"
-        run_suite fp16 200 fp16 --set "model=$GPT2" --set "batch_size=$BATCH" --set "steps=$STEPS" \
-            --set "warmup=$WARMUP"
+        run_suite fp16 200 fp16 --set "model=$GPT2" --set "batch_size=$BATCH" --set steps=20 --set warmup=5
         report
         # Every kernel test runs on the GPU when there is one (not only the `gpu`-marked ones).
         pytest_step pytest-kernels 150 tests/test_kernels.py
@@ -265,11 +268,11 @@ case $STAGE in
     2)  # Kernel sets in training, data parallelism, kernel microbenchmarks.
         pytest_step pytest-kernel-sets 120 tests/test_kernel_sets.py
         # torch.compile compiles during the first steps: a longer warmup keeps it out of the window.
-        run_suite kernels-gpt2 200 kernels --set "model=$GPT2" --set kernels=eager,compile,triton \
-            --set "steps=$STEPS" --set warmup=10
-        run_suite kernels-llama 120 kernels --set "model=$LLAMA" --set kernels=eager,triton --set "steps=$STEPS" \
-            --set "warmup=$WARMUP"
-        run_suite parallel 100 parallel --set "model=$GPT2" --set "steps=$STEPS" --set "warmup=$WARMUP"
+        run_suite kernels-gpt2 200 kernels --set "model=$GPT2" --set kernels=eager,compile,triton --set steps=20 \
+            --set warmup=10
+        run_suite kernels-llama 120 kernels --set "model=$LLAMA" --set kernels=eager,triton --set steps=20 \
+            --set warmup=5
+        run_suite parallel 100 parallel --set "model=$GPT2" --set steps=20 --set warmup=5
         report
         step microbench-linear-ce 60 "$PY" -m lmbench.cli kernels --op linear-ce --shape 8192x2048x128256 \
             --dtype bf16 --csv "$WORK/kernels-linear-ce.csv"
@@ -278,7 +281,7 @@ case $STAGE in
         ;;
     3)  # Every precision, the regression-gate suite with repeats (its noise), the harness overhead.
         run_suite precision 190 precision --set "model=$GPT2,$LLAMA" --set "batch_size=$BATCH" --set steps=15 \
-            --set "warmup=$WARMUP"
+            --set warmup=5
         run_suite ci 150 ci --set "model=$GPT2,$LLAMA" --repeats 3
         report
         pytest_step pytest-overhead 60 -s -m gpu tests/test_gpu.py -k harness_overhead
@@ -293,7 +296,8 @@ case $STAGE in
         ;;
     5)  # Loss-parity tolerances measured on this device, and memory against activation checkpointing.
         step parity-tolerances 200 env OUT="$WORK/runs/parity-tolerances" ci/parity-tolerances.sh \
-            --device "$DEVICE" --set model=tiny-gpt2,tiny-llama --set "timeout_s=$CONFIG_TIMEOUT_S"
+            --device "$DEVICE" --set model=tiny-gpt2,tiny-llama --set "timeout_s=$CONFIG_TIMEOUT_S" \
+            ${SHORT[@]+"${SHORT[@]}"}
         run_suite memory 150 memory --set "model=$GPT2_MEDIUM" --set steps=10 --set warmup=3
         report
         ;;
