@@ -245,7 +245,7 @@ trap pack EXIT
 trap 'note "interrupted"; FAILED=1; exit 1' INT TERM
 
 note "lmbench GPU validation, stage $STAGE ($MODE) on $(hostname) at $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-changes=$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null | grep -q . &&
+changes=$(git --no-optional-locks -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null | grep -q . &&
     echo " (with local changes)")
 note "commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "unknown: not a git checkout")$changes"
 step install 120 bash -c install_lmbench || exit 1

@@ -192,6 +192,22 @@ def test_a_mig_instance_never_reports_its_parent_gpus_power(monkeypatch):
     assert NvmlDevice.open(uuid="GPU-ffff", pci_bus_id=PARENT_PCI, nvml=FakeNvml([plain])).handle is plain
 
 
+def test_commit_lookup_never_locks_the_index(monkeypatch):
+    # Every worker asks git for the commit; a worker killed during `git status` must not leave .git/index.lock.
+    import subprocess
+
+    calls = []
+
+    def run(cmd, **kwargs):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, stdout="abc\n" if "rev-parse" in cmd else "")
+
+    monkeypatch.setattr(environment.subprocess, "run", run)
+    monkeypatch.setattr(environment.Path, "exists", lambda self: True)
+    assert environment.git_commit() == "abc"
+    assert [c for c in calls if "status" in c] and all("--no-optional-locks" in c for c in calls if "status" in c)
+
+
 def test_absent_library_and_absent_driver(monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", None)
     with pytest.raises(NvmlUnavailable, match=r"^nvidia-ml-py is not installed"):
