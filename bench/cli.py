@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import math
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,11 +22,12 @@ from rich.progress import (
 )
 
 import lmbench
-from lmbench import runner
+from lmbench import runner, runplan
 from lmbench import suite as suites
-from lmbench.errors import LmbenchError, UsageError
+from lmbench.errors import LmbenchError, StorageError, UsageError
+from lmbench.interrupts import Interrupted, interruptible
 from lmbench.models import MODELS
-
+from lmbench.runplan import RunPlan
 
 #: Exit codes of every command (DESIGN.md): 1 is compare's alone, so a crash never reads as a regression.
 EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -47,9 +51,9 @@ class LmbenchGroup(click.Group):
         except UsageError as err:
             click.echo(f"lmbench: error: {err}", err=True)
             sys.exit(EXIT_BAD_INPUT)
-        except (click.Abort, KeyboardInterrupt):
+        except (click.Abort, KeyboardInterrupt) as err:
             click.echo("lmbench: interrupted", err=True)
-            sys.exit(EXIT_INTERRUPTED)
+            sys.exit(getattr(err, "exit_code", EXIT_INTERRUPTED))
         except Exception as err:  # noqa: BLE001 - the one place an unexpected error becomes a message
             from lmbench import crash
 
@@ -86,93 +90,149 @@ def cli() -> None:
               help="Node 0's address and a free port, for multi-node torchrun.")
 @click.option("--parity", is_flag=True,
               help="Check each configuration's loss curve against its fp32/eager reference (added to the plan).")
+@click.option("--max-configs", type=click.IntRange(min=1), default=suites.MAX_CONFIGS, show_default=True,
+              help="Refuse a matrix with more points than this (counted before it is built).")
 def run(suite_name: str, out: Path | None, overrides: tuple[str, ...], device: str | None, repeats: int,
         resume: bool, dry_run: bool, nnodes: int, node_rank: int | None, rdzv_endpoint: str | None,
-        parity: bool) -> int:
+        parity: bool, max_configs: int) -> int:
     """Run every configuration of a suite, one fresh process each (torchrun for ddp/fsdp).
 
     Example: lmbench run --suite fp16 --set batch_size=8,16 --repeats 3
     """
-    return _run_suite(suite_name, out, overrides, device, repeats, resume=resume, dry_run=dry_run, nnodes=nnodes,
-                      node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, parity=parity)
+    plan = RunPlan(suite=suite_name, suite_sha256="", overrides=overrides, device=device, repeats=repeats,
+                   parity=parity, nnodes=nnodes)
+    return _run_suite(plan, out, resume=resume, dry_run=dry_run, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
+                      max_configs=max_configs)
 
 
-def _run_suite(suite_name: str, out: Path | None, overrides: tuple[str, ...], device: str | None, repeats: int, *,
-               resume: bool, dry_run: bool = False, nnodes: int = 1, node_rank: int | None = None,
-               rdzv_endpoint: str | None = None, parity: bool = False) -> int:
-    """Everything `lmbench run` does; `calibrate` runs it twice."""
+def _run_suite(plan: RunPlan, out: Path | None, *, resume: bool, dry_run: bool = False, node_rank: int | None = None,
+               rdzv_endpoint: str | None = None, max_configs: int = suites.MAX_CONFIGS,
+               resume_command: str | None = None) -> int:
+    """Everything `lmbench run` does; `calibrate` runs it twice (and says how to resume itself)."""
     import os
 
     from lmbench.environment import probe_platform
     from lmbench.launcher import Launch
-    from lmbench.table import plan_table, summary
+    from lmbench.table import plan_table
 
     if node_rank is None:
-        node_rank = int(os.environ.get("SLURM_NODEID", "0")) if nnodes > 1 else 0
-    launch = Launch(nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint)
-    parsed = suites.parse_overrides(list(overrides) + ([f"device={device}"] if device else []))
-    suite = suites.load(suite_name).with_overrides(parsed)
-    planned = suite.expand()
-    if parity:
+        node_rank = int(os.environ.get("SLURM_NODEID", "0")) if plan.nnodes > 1 else 0
+    launch = Launch(nnodes=plan.nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint)
+    parsed = suites.parse_overrides(list(plan.overrides) + ([f"device={plan.device}"] if plan.device else []))
+    suite = suites.load(plan.suite).with_overrides(parsed)
+    plan = dataclasses.replace(plan, suite_sha256=suite.digest)
+    planned = suite.expand(max_configs=max_configs)
+    if plan.parity:
         from lmbench.parity import with_references
 
         planned, notices = with_references(planned)
         for notice in notices:
             click.echo(notice, err=True)
     platform = probe_platform()
-    console = _console()
     if dry_run:
         jobs = runner.plan(planned, platform, repeats=1)
-        console.print(plan_table([(j.config.to_dict(), j.config.key, j.skip) for j in jobs]))
+        _console().print(plan_table([(j.config.to_dict(), j.config.key, j.skip) for j in jobs]))
         return 0
     if resume and out is None:
         raise UsageError("--resume needs --out RUN_DIR, the run to continue")
-    out = out or Path("runs") / f"{suite.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
-    run_dir = runner.RunDirectory(out, resume=resume)
-    recorded = run_dir.recorded()
-    previous = recorded.records
-    done = {(r["config_key"], r["repeat"]) for r in previous}
-    for warning in recorded.warnings:
-        click.echo(f"lmbench: warning: {warning}", err=True)
-    jobs = runner.plan(planned, platform, repeats=repeats, done=done, parity=parity)
-    run_dir.write_meta({"suite": suite.name, "source": suite.source, "overrides": list(overrides),
-                        "repeats": repeats, "parity": parity, "lmbench": lmbench.__version__, "argv": sys.argv,
-                        "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
-    if done:
-        click.echo(f"resuming {out}: {len(done)} record(s) kept, {len(jobs)} job(s) to go", err=True)
-    records = []
+    # Nodes other than 0 sharing a file system must not share node 0's directory (and its lock).
+    node = f"-node{node_rank}" if node_rank else ""
+    out = out or Path("runs") / f"{suite.name}-{dt.datetime.now():%Y%m%d-%H%M%S}{node}"
+    extra = ("--node-rank", str(node_rank), *(("--rdzv-endpoint", rdzv_endpoint) if rdzv_endpoint else ())) \
+        if plan.nnodes > 1 else ()
+    suggest = resume_command is None  # calibrate resumes itself, not with `lmbench run`
+    resume_command = resume_command or plan.resume_command(out, extra=extra)
+    with interruptible(), runner.RunDirectory(out, resume=resume) as run_dir:
+        for notice in run_dir.notices:
+            click.echo(f"lmbench: warning: {notice}", err=True)
+        opened = len(run_dir.notices)
+        recorded = run_dir.recorded()
+        for warning in recorded.warnings:
+            click.echo(f"lmbench: warning: {warning}", err=True)
+        _record_plan(run_dir, plan, suite, resume=resume, recorded=bool(recorded.records), suggest=suggest)
+        done = {(r["config_key"], r["repeat"]) for r in recorded.records}
+        jobs = runner.plan(planned, platform, repeats=plan.repeats, done=done, parity=plan.parity)
+        if done:
+            click.echo(f"resuming {out}: {len(done)} record(s) kept, {len(jobs)} job(s) to go", err=True)
+        session: list[dict[str, Any]] = []
+        try:
+            _execute(jobs, run_dir, suite.name, launch, recorded.records, plan.parity, session)
+        except Interrupted as stop:
+            what = "interrupted" if stop.signum == signal.SIGINT else f"stopped by {stop.name}"
+            _say(f"lmbench: {what}; {len(session)} record(s) of this session are in {run_dir.results_path}; the "
+                 f"configuration that was running has none and runs again on resume; continue with: "
+                 f"{resume_command}")
+            return stop.exit_code
+        except StorageError as err:
+            raise StorageError(f"{err}; the {len(session)} record(s) of this session are kept; once there is "
+                               f"room, continue with: {resume_command}") from None
+        for notice in run_dir.notices[opened:]:
+            click.echo(f"lmbench: warning: {notice}", err=True)
+        everything = run_dir.recorded().records
+    _print_summary(launch, session, everything, run_dir.results_path)
+    return 0
+
+
+def _record_plan(run_dir: runner.RunDirectory, plan: RunPlan, suite: suites.Suite, *, resume: bool, recorded: bool,
+                 suggest: bool) -> None:
+    """Check a resumed run's plan against run.json (refusing another), then write run.json."""
+    meta = run_dir.meta()
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    if resume and (recorded or (meta and "plan" in meta)):
+        warning = runplan.check(meta, plan, out=run_dir.path, suggest=suggest)
+        if warning:
+            click.echo(f"lmbench: warning: {warning}", err=True)
+        if meta and "plan" in meta:
+            earlier = meta.get("resumed") if isinstance(meta.get("resumed"), list) else []
+            run_dir.write_meta({**meta, "resumed": [*earlier, now]})
+            return
+    run_dir.write_meta({"suite": suite.name, "source": suite.source, "plan": plan.to_json(),
+                        "overrides": list(plan.overrides), "repeats": plan.repeats, "parity": plan.parity,
+                        "lmbench": lmbench.__version__, "argv": sys.argv, "started": now})
+
+
+def _execute(jobs: list[runner.Job], run_dir: runner.RunDirectory, suite: str, launch: Any,
+             previous: list[dict[str, Any]], parity: bool, session: list[dict[str, Any]]) -> None:
+    """Run the jobs under a progress bar; each record lands in `session` as it is saved."""
     err_console = _console(stderr=True)
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[figure]}")]
-    try:
-        with Progress(*columns, console=err_console, transient=False) as progress:
-            task = progress.add_task(suite.name, total=len(jobs), figure="")
-            warned = False
-            for job, record in runner.execute(jobs, run_dir, suite=suite.name, launch=launch, previous=previous,
-                                              parity=parity):
-                records.append(record)
-                if record["warnings"] and not warned:
-                    # Once per run: the record of every affected config keeps its own warning.
-                    progress.console.print(f"[yellow]warning: {job.name}: {escape(record['warnings'][0])}")
-                    warned = True
-                figure = record["status"]
-                if record["status"] == "ok":
-                    figure = f"{record['metrics']['tokens_per_s']:,.0f} tok/s  {job.config.key}"
-                progress.update(task, advance=1, figure=figure)
-    except KeyboardInterrupt:
-        click.echo(f"lmbench: interrupted; {len(records)} record(s) of this session are in {run_dir.results_path}; "
-                   f"continue with: lmbench run --suite {suite_name} --out {out} --resume", err=True)
-        return 130
-    from lmbench import results
+    with Progress(*columns, console=err_console, transient=False) as progress:
+        task = progress.add_task(suite, total=len(jobs), figure="")
+        warned = False
+        for job, record in runner.execute(jobs, run_dir, suite=suite, launch=launch, previous=previous,
+                                          parity=parity):
+            session.append(record)
+            if record["warnings"] and not warned:
+                # Once per run: the record of every affected config keeps its own warning.
+                progress.console.print(f"[yellow]warning: {job.name}: {escape(record['warnings'][0])}")
+                warned = True
+            figure = record["status"]
+            if record["status"] == "ok":
+                figure = f"{record['metrics']['tokens_per_s']:,.0f} tok/s  {job.config.key}"
+            progress.update(task, advance=1, figure=figure)
 
+
+def _print_summary(launch: Any, session: list[dict[str, Any]], everything: list[dict[str, Any]],
+                   results_path: Path) -> None:
+    from lmbench import results
+    from lmbench.table import summary
+
+    console = _console()
     if not launch.records:
-        console.print(f"node {launch.node_rank} of {launch.nnodes}: took part in {len(records)} distributed job(s); "
+        console.print(f"node {launch.node_rank} of {launch.nnodes}: took part in {len(session)} distributed job(s); "
                       "node 0 records the results")
-        return 0
-    everything = results.read(run_dir.results_path).records
-    console.print(summary(everything))
-    console.print(f"results: {run_dir.results_path}")
-    return 0
+        return
+    console.print(summary([{**r, "config": results.full_config(r["config"])} for r in everything]))
+    console.print(f"results: {results_path}")
+
+
+def _say(message: str) -> None:
+    """A last message on stderr that must not fail the exit: after SIGHUP the terminal may be gone."""
+    try:
+        click.echo(message, err=True)
+    except OSError:
+        pass
 
 
 @cli.command(name="list")
@@ -219,7 +279,7 @@ def env() -> int:
 @cli.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where to write the report (default: RUN_DIR/report for one run, ./report otherwise).")
+              help="Where to write the report (default: RUN_DIR/report; required for several runs).")
 @click.option("--baseline", default=None, metavar="KEY=VALUE",
               help="Speedups against the configuration with this axis value, e.g. precision=fp32.")
 def report(run_dirs: tuple[Path, ...], out: Path | None, baseline: str | None) -> int:
@@ -227,16 +287,21 @@ def report(run_dirs: tuple[Path, ...], out: Path | None, baseline: str | None) -
 
     Example: lmbench report runs/fp16-20260101-120000 --baseline precision=fp32
     """
-    from lmbench import frame
+    from lmbench import frame, results
     from lmbench import report as reports
     from lmbench.baseline import parse
 
     parsed = parse(baseline)
+    distinct, _ = frame.distinct(list(run_dirs))
+    if out is None and len(distinct) > 1:
+        raise UsageError("a report of several runs needs --out DIR (where to write the combined report)")
     df, records, warnings = frame.load(list(run_dirs))
     for warning in warnings:
         click.echo(f"lmbench: warning: {warning}", err=True)
-    out = out or (run_dirs[0] / "report" if len(run_dirs) == 1 else Path("report"))
-    paths = reports.build(df, records, out, baseline=parsed, runs=[str(d) for d in run_dirs])
+    results.writable_dir(out or distinct[0] / "report", what="--out" if out else "the report directory")
+    out = out or distinct[0] / "report"
+    with results.saving(out):
+        paths = reports.build(df, records, out, baseline=parsed, runs=[str(d) for d in distinct])
     for name, path in paths.items():
         click.echo(f"{name}: {path}")
     return 0
@@ -274,9 +339,9 @@ def compare(base: Path, cand: Path, threshold: str, metric: str, fmt: str, junit
     for warning in warnings:
         click.echo(f"lmbench: warning: {warning}", err=True)
     verdicts = compare_runs(b, c, metric=metric, threshold=limit, noise=floor)
-    click.echo(gate.render(verdicts, fmt=fmt, metric=metric, threshold=limit))
     if junit is not None:
-        junit.write_text(gate.junit_xml(verdicts, metric=metric), encoding="utf-8")
+        gate.write_junit(junit, verdicts, metric=metric)
+    click.echo(gate.render(verdicts, fmt=fmt, metric=metric, threshold=limit))
     return gate.exit_code(verdicts)
 
 
@@ -288,25 +353,38 @@ def compare(base: Path, cand: Path, threshold: str, metric: str, fmt: str, junit
 @click.option("--set", "overrides", multiple=True, metavar="KEY=V[,V...]")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
 @click.option("--metric", default="tokens_per_s", show_default=True, help="Metric whose noise to measure.")
+@click.option("--resume", is_flag=True, help="Finish the calibration in --out, keeping the repeats it recorded.")
 def calibrate(suite_name: str, repeats: int, out: Path | None, overrides: tuple[str, ...], device: str | None,
-              metric: str) -> int:
+              metric: str, resume: bool) -> int:
     """Run a suite twice, each configuration in fresh processes: its between-process noise floor.
 
     Writes OUT/noise-floor.json for `lmbench compare --noise-floor`.
 
     Example: lmbench calibrate --suite ci --repeats 3
     """
+    import shlex
+
     from lmbench import noise, results
     from lmbench.table import noise_floor_table
 
+    if resume and out is None:
+        raise UsageError("--resume needs --out DIR, the calibration to finish")
     out = out or Path("runs") / f"calibrate-{Path(suite_name).stem}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    if not resume and any((out / name / results.RESULTS_FILE).exists() for name in ("a", "b")):
+        raise UsageError(f"--out {str(out)!r} already holds a calibration; pass --resume to finish it, or choose "
+                         "another directory")
+    args = ["lmbench", "calibrate", "--suite", suite_name, "--repeats", str(repeats), "--out", str(out)]
+    args += [a for item in overrides for a in ("--set", item)] + (["--device", device] if device else [])
+    args += ["--metric", metric] if metric != "tokens_per_s" else []
+    plan = RunPlan(suite=suite_name, suite_sha256="", overrides=overrides, device=device, repeats=repeats)
     for name in ("a", "b"):
-        code = _run_suite(suite_name, out / name, overrides, device, repeats, resume=False)
+        code = _run_suite(plan, out / name, resume=resume, resume_command=shlex.join([*args, "--resume"]))
         if code:
             return code
     records = {name: results.read(out / name).records for name in ("a", "b")}
     estimates, payload = noise.calibrate(records["a"], records["b"], metric=metric, repeats_per_run=repeats)
-    noise.write(out / "noise-floor.json", payload)
+    with results.saving(out / "noise-floor.json"):
+        noise.write(out / "noise-floor.json", payload)
     table = noise_floor_table(estimates, records["a"], records["b"], metric=metric,
                               title=f"noise floor of {suite_name} ({repeats} repeats per run, {metric})")
     _console().print(table)
@@ -346,13 +424,15 @@ def tune(model: str, seq_len: int, precisions: str, kernel_sets: str, checkpoint
     from lmbench import tune as tuning
     from lmbench.config import Config
     from lmbench.environment import probe_platform
-    from lmbench.feasibility import resolve, skip_reason
-    from lmbench.table import tune_ranking_table, tune_search_table
+    from lmbench.feasibility import resolve
 
     values = {"model": model, "seq_len": seq_len, "max_memory_bytes": tuning.parse_size(max_memory) if max_memory
               else 0, **({"device": device} if device else {})}
     axes = {"precision": precisions, "kernels": kernel_sets, "checkpointing": checkpointings}
-    lists = {axis: suites.parse_overrides([f"{axis}={raw}"])[axis] for axis, raw in axes.items()}
+    lists = {axis: suites.parse_values(axis, raw, where=f"--{axis} {raw!r}") for axis, raw in axes.items()}
+    for option, number in (("--budget-minutes", budget_minutes), ("--margin", margin)):
+        if number is not None and not math.isfinite(number):
+            raise UsageError(f"{option} {number}: must be a finite number")
     try:
         base = resolve(Config.from_mapping(values), probe_platform())
     except LmbenchError as err:
@@ -362,11 +442,26 @@ def tune(model: str, seq_len: int, precisions: str, kernel_sets: str, checkpoint
     if resume and out is None:
         raise UsageError("--resume needs --out RUN_DIR, the tune to continue")
     out = out or Path("runs") / f"tune-{model}-{dt.datetime.now():%Y%m%d-%H%M%S}"
-    run_dir = runner.RunDirectory(out, resume=resume)
+    with interruptible(), runner.RunDirectory(out, resume=resume) as run_dir:
+        return _tune(base, run_dir, lists, model=model, seq_len=seq_len, budget_minutes=budget_minutes, margin=margin,
+                     max_batch=max_batch, global_batch=global_batch, steps=steps, warmup=warmup)
+
+
+def _tune(base: Any, run_dir: runner.RunDirectory, lists: dict[str, list[Any]], *, model: str, seq_len: int,
+          budget_minutes: float | None, margin: float, max_batch: int, global_batch: int | None, steps: int,
+          warmup: int) -> int:
+    """The search and measurements of `lmbench tune` in a locked run directory, then its tables and winner."""
+    from lmbench import tune as tuning
+    from lmbench.environment import probe_platform
+    from lmbench.feasibility import skip_reason
+    from lmbench.table import tune_ranking_table, tune_search_table
+
     err_console = _console(stderr=True)
     tuner = tuning.Tuner(base, run_dir, launch=runner.run_worker, budget_s=budget_minutes * 60 if budget_minutes
                          else None, margin=margin, max_batch=max_batch, global_batch=global_batch,
                          on_event=lambda message: err_console.print(escape(message)))
+    for warning in run_dir.notices + tuner.warnings:
+        click.echo(f"lmbench: warning: {warning}", err=True)
     found = []
     for combo in tuning.combos(lists["precision"], lists["kernels"], lists["checkpointing"]):
         reason = skip_reason(base.replace(**combo), probe_platform())

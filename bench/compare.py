@@ -63,7 +63,8 @@ def ratio_interval(base: list[float], cand: list[float]) -> tuple[float, float, 
     from scipy.stats import bootstrap
 
     def statistic(b: np.ndarray, c: np.ndarray, axis: int = -1) -> np.ndarray:
-        return np.median(c, axis=axis) / np.median(b, axis=axis)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.median(c, axis=axis) / np.median(b, axis=axis)
 
     result = bootstrap((np.asarray(base, float), np.asarray(cand, float)), statistic, paired=False,
                        vectorized=True, n_resamples=RESAMPLES, confidence_level=CONFIDENCE, method="percentile",
@@ -100,6 +101,11 @@ def _interval(base: list[float], cand: list[float], noise: ConfigNoise | None) -
 
 def decide(base: list[float], cand: list[float], *, threshold: float, higher_is_better: bool,
            noise: ConfigNoise | None = None) -> Verdict:
+    zero = [side for side, values in (("baseline", base), ("candidate", cand)) if statistics.median(values) == 0]
+    if zero:
+        # A count that is 0 (skipped steps, non-finite losses) has no ratio; its change is not a speed.
+        return Verdict(config_key="", verdict="inconclusive", ratio=None, ci_low=None, ci_high=None,
+                       n_base=len(base), n_cand=len(cand), note=f"median 0 in the {' and '.join(zero)}: no ratio")
     ratio = statistics.median(cand) / statistics.median(base)
     interval = _interval(base, cand, noise)
     if interval is None:
@@ -108,8 +114,8 @@ def decide(base: list[float], cand: list[float], *, threshold: float, higher_is_
         return Verdict(config_key="", verdict="inconclusive", ratio=ratio, ci_low=None, ci_high=None,
                        n_base=len(base), n_cand=len(cand), note=note)
     low, high = interval
-    # Orient so that > 1 always means "better".
-    lo, hi = (low, high) if higher_is_better else (1 / high, 1 / low)
+    # Orient so that > 1 always means "better" (a resampled median of 0 gives an unbounded end).
+    lo, hi = (low, high) if higher_is_better else (_inverse(high), _inverse(low))
     if hi < 1 - threshold:
         verdict, note = "regression", ""
     elif lo > 1 + threshold:
@@ -125,6 +131,10 @@ def decide(base: list[float], cand: list[float], *, threshold: float, higher_is_
         note = "; ".join(filter(None, [note, "interval from the noise floor"]))
     return Verdict(config_key="", verdict=verdict, ratio=ratio, ci_low=low, ci_high=high, n_base=len(base),
                    n_cand=len(cand), note=note)
+
+
+def _inverse(x: float) -> float:
+    return 1 / x if x else math.inf
 
 
 def compare(base: list[dict[str, Any]], cand: list[dict[str, Any]], *, metric: str = "tokens_per_s",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": ("adamw", "adamw-fused", "apex-adam"),
     "tokenizer": ("byte", "bpe"),
 }
+
+#: Processes per node for ddp/fsdp: more than any node has accelerators; a larger number is a typo, not a plan.
+MAX_NPROC = 64
+#: Longest wall-clock limit of one worker (30 days): beyond it, timers and process-group timeouts overflow.
+MAX_TIMEOUT_S = 30 * 86400.0
 
 #: Axes excluded from the config key: they change how long or where we wait, not what is measured.
 _UNKEYED = frozenset({"timeout_s"})
@@ -96,22 +102,28 @@ class Config:
         for axis in ("batch_size", "seq_len", "grad_accum", "steps", "bucket_cap_mb"):
             _require_int(axis, getattr(self, axis), minimum=1)
         _require_int("nproc", self.nproc, minimum=0)
+        if self.nproc > MAX_NPROC:
+            raise ConfigError(f"nproc={self.nproc} is more processes per node than lmbench runs (at most {MAX_NPROC})")
         _require_int("max_memory_bytes", self.max_memory_bytes, minimum=0)
         _require_int("warmup", self.warmup, minimum=0)
         _require_int("seed", self.seed, minimum=0)
-        if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or not self.lr > 0:
-            raise ConfigError(f"lr={self.lr!r} must be a positive number")
+        if not _positive_finite(self.lr):
+            raise ConfigError(f"lr={self.lr!r} must be a positive, finite number")
         for axis in ("timeout_s", "telemetry_period_s"):
             value = getattr(self, axis)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-                raise ConfigError(f"{axis}={value!r} must be a positive number of seconds")
+            if not _positive_finite(value) or value > MAX_TIMEOUT_S:
+                raise ConfigError(f"{axis}={value!r} must be a positive, finite number of seconds "
+                                  f"(at most {MAX_TIMEOUT_S:,.0f})")
         for axis in ("telemetry", "gradient_as_bucket_view", "static_graph"):
             if not isinstance(getattr(self, axis), bool):
                 raise ConfigError(f"{axis}={getattr(self, axis)!r} must be true or false")
         if not (self.device in ("auto", "cpu", "cuda") or _is_cuda_index(self.device)):
             raise ConfigError(f"device={self.device!r} is not one of: auto, cpu, cuda, cuda:N")
-        if self.data not in ("synthetic", "markov") and not Path(self.data).is_file():
-            raise ConfigError(f"data={self.data!r} is neither 'synthetic', 'markov' nor an existing text file")
+        if self.data not in ("synthetic", "markov"):
+            if not Path(self.data).is_file():
+                raise ConfigError(f"data={self.data!r} is neither 'synthetic', 'markov' nor an existing text file")
+            if Path(self.data).stat().st_size == 0:
+                raise ConfigError(f"data={self.data!r} is an empty file")
 
     def conflict(self) -> str | None:
         """Why two valid axis values cannot go together (e.g. seq_len past the model's positions), or None."""
@@ -187,6 +199,10 @@ def _require_int(axis: str, value: Any, *, minimum: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         bound = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
         raise ConfigError(f"{axis}={value!r} must be {bound}")
+
+
+def _positive_finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 def _is_cuda_index(device: str) -> bool:

@@ -29,3 +29,11 @@ class WorkerError(LmbenchError):
 
 class KernelSwapError(LmbenchError):
     """A kernel set did not apply to a model as built with the installed libraries: it would run unfused."""
+
+
+class StorageError(ResultsError):
+    """A result could not be saved: disk full, file-size limit, read-only file system. Not a measured failure."""
+
+
+class RunLockedError(ResultsError):
+    """Another lmbench process is writing to the same run directory."""

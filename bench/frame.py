@@ -8,7 +8,6 @@ from typing import Any
 import pandas as pd
 
 from lmbench import results
-from lmbench.config import FIELD_TYPES
 from lmbench.errors import ResultsError
 
 #: Environment fields copied into every row, for comparisons across machines.
@@ -31,7 +30,7 @@ def to_rows(records: list[dict[str, Any]], *, run: str) -> list[dict[str, Any]]:
     for r in records:
         row: dict[str, Any] = {"run": run, "suite": r.get("suite"), "config_key": r["config_key"],
                                "repeat": r["repeat"], "status": r["status"], "reason": r.get("reason")}
-        row.update({axis: (r.get("config") or {}).get(axis) for axis in FIELD_TYPES})
+        row.update(results.full_config(r["config"]))
         for name, value in (r.get("metrics") or {}).items():
             if name == "throttle_reasons":
                 row[name] = ",".join(value or [])
@@ -43,19 +42,37 @@ def to_rows(records: list[dict[str, Any]], *, run: str) -> list[dict[str, Any]]:
     return rows
 
 
+def distinct(run_dirs: list[Path]) -> tuple[list[Path], list[str]]:
+    """The run directories with repeats removed (one directory named twice would count its records twice)."""
+    seen: dict[Path, Path] = {}
+    warnings = []
+    for run_dir in map(Path, run_dirs):
+        real = run_dir.resolve()
+        if real in seen:
+            again = "given twice" if str(run_dir) == str(seen[real]) else f"the same directory as {seen[real]}"
+            warnings.append(f"run directory {run_dir} is {again}: its records are read once")
+            continue
+        seen[real] = run_dir
+    return list(seen.values()), warnings
+
+
 def load(run_dirs: list[Path]) -> tuple[pd.DataFrame, list[dict[str, Any]], list[str]]:
-    """(DataFrame, the raw records with a `run` key, warnings) for one or more run directories."""
+    """(DataFrame, the raw records with a `run` key, warnings) for one or more run directories.
+
+    A directory named twice is read once. Raw records carry every axis in `config` (None where an
+    older record lacks one), so tables over records of several versions line up.
+    """
     all_rows: list[dict[str, Any]] = []
     raw: list[dict[str, Any]] = []
-    warnings: list[str] = []
-    for run_dir in run_dirs:
-        path = Path(run_dir)
+    run_dirs, warnings = distinct(run_dirs)
+    for path in run_dirs:
         if not path.is_dir():
             raise ResultsError(f"run directory {str(path)!r} does not exist")
         loaded = results.read(path)
         warnings.extend(loaded.warnings)
         all_rows.extend(to_rows(loaded.records, run=str(path)))
-        raw.extend({**record, "run": str(path)} for record in loaded.records)
+        raw.extend({**record, "config": results.full_config(record["config"]), "run": str(path)}
+                   for record in loaded.records)
     if not all_rows:
         raise ResultsError(f"no results in {', '.join(map(str, run_dirs))}")
     return pd.DataFrame(all_rows), raw, warnings

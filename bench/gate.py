@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape as xml_escape
 
 from lmbench import results
 from lmbench.compare import Verdict, environment_differences, environment_of
-from lmbench.errors import UsageError
+from lmbench.errors import ResultsError, UsageError
 from lmbench.noise import NoiseFloor
 from lmbench.table import markdown_table
 
@@ -33,11 +34,33 @@ def load_pair(base: Path, cand: Path, *, metric: str, allow_different_hardware: 
                          "runs of one suite")
     if not any(metric in (r.get("metrics") or {}) for r in b + c):
         raise UsageError(f"--metric {metric!r} is in no record of either run (e.g. tokens_per_s, step_time_median_s)")
+    _check_numeric(metric, b + c)
     warnings += check_hardware(environment_differences(b, c), allow_different_hardware=allow_different_hardware)
     gpu = environment_of(b)["gpu"]
     if noise is not None and noise.device != gpu:
         warnings.append(f"the noise floor {noise.source} was measured on {noise.device}, the baseline ran on {gpu}")
     return b, c, warnings
+
+
+def _check_numeric(metric: str, records: list[dict[str, Any]]) -> None:
+    """A ratio of medians needs numbers, and a baseline that is not zero everywhere."""
+    values = [(r.get("metrics") or {}).get(metric) for r in records if r["status"] == "ok"]
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+    if not numbers:
+        shown = next((repr(v)[:40] for v in values if v is not None), "none")
+        raise UsageError(f"--metric {metric!r} has no numeric value in the ok records (e.g. {shown}); compare a "
+                         "number such as tokens_per_s or step_time_median_s")
+    if not any(numbers):
+        raise UsageError(f"--metric {metric!r} is 0 in every ok record: a ratio of medians needs a non-zero "
+                         "baseline")
+
+
+def write_junit(path: Path, verdicts: list[Verdict], *, metric: str) -> None:
+    """The JUnit file, or a one-line ResultsError when `path` cannot be written."""
+    try:
+        Path(path).write_text(junit_xml(verdicts, metric=metric), encoding="utf-8")
+    except OSError as err:
+        raise ResultsError(f"cannot write --junit {str(path)!r}: {err.strerror or err}") from None
 
 
 def check_hardware(differences: dict[str, tuple[Any, Any]], *, allow_different_hardware: bool) -> list[str]:

@@ -1,7 +1,8 @@
 """The parent side of a run: one fresh worker process per configuration and repeat, with a timeout.
 
 Records are appended to RUN_DIR/results.jsonl as each job ends, so an interrupted run keeps
-everything it finished and `--resume` picks up the rest.
+everything it finished and `--resume` picks up the rest: the job that was running when a signal
+came, or whose result could not be saved, has no record and runs again.
 """
 
 from __future__ import annotations
@@ -18,17 +19,22 @@ from typing import Any
 from lmbench import results
 from lmbench.config import Config
 from lmbench.environment import Platform
-from lmbench.errors import ResultsError
+from lmbench.errors import StorageError
 from lmbench.feasibility import resolve, skip_reason
 from lmbench.launcher import Launch, worker_command
 from lmbench.parity import is_reference, reference_config
 from lmbench.parity import verdict as parity_verdict
+from lmbench.rundir import RunDirectory
 from lmbench.stats import percentile
 from lmbench.suite import Planned
 from lmbench.worker import OOM_MARKERS
 
 #: Seconds a worker gets to exit after SIGTERM before it is killed.
 KILL_GRACE_S = 5.0
+#: Room a worker's result needs (a few KiB; long loss lists more), to tell a full disk from a crash.
+RESULT_ROOM_BYTES = 64 * 1024
+
+__all__ = ["Job", "RunDirectory", "execute", "plan", "run_worker"]
 
 
 @dataclass(frozen=True)
@@ -65,51 +71,24 @@ def plan(planned: list[Planned], platform: Platform, *, repeats: int, done: set[
     return jobs
 
 
-class RunDirectory:
-    """RUN_DIR: results.jsonl, run.json, logs/, telemetry/ and work/ (job and result files of live workers)."""
-
-    def __init__(self, path: Path, *, resume: bool) -> None:
-        self.path = Path(path)
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            (self.path / "logs").mkdir(exist_ok=True)
-            (self.path / "work").mkdir(exist_ok=True)
-            probe = self.path / ".write-test"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as err:
-            raise ResultsError(f"cannot write to --out {str(self.path)!r}: {err.strerror or err}") from None
-        self.results_path = self.path / results.RESULTS_FILE
-        if self.results_path.exists() and self.results_path.stat().st_size and not resume:
-            raise ResultsError(f"--out {str(self.path)!r} already holds results; pass --resume to continue "
-                               "that run, or choose another directory")
-
-    def recorded(self) -> results.Loaded:
-        """Records already in the run (empty for a new one), with warnings about unreadable lines."""
-        return results.read(self.results_path) if self.results_path.exists() else results.Loaded()
-
-    def write_meta(self, meta: dict[str, Any]) -> None:
-        results.write_json(self.path / "run.json", meta)
-
-    def log_path(self, job: Job) -> Path:
-        return self.path / "logs" / f"{job.name}.log"
-
-    def timeline_path(self, job: Job) -> Path:
-        """Telemetry samples of the job's window (CSV), when NVML was there to take them."""
-        return self.path / "telemetry" / f"{job.name}.csv"
-
-
 def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch()
                ) -> tuple[str, str | None, dict[str, Any] | None]:
-    """Run one job in a fresh interpreter (torchrun for ddp/fsdp); returns (status, reason, payload)."""
+    """Run one job in a fresh interpreter (torchrun for ddp/fsdp); returns (status, reason, payload).
+
+    The worker gets its own session (process group), so stopping it stops everything it started;
+    any exception here (an `Interrupted` signal included) stops it before propagating. A job whose
+    result could not be saved raises StorageError: that is the disk's failure, not the job's.
+    """
     job_path = run_dir.path / "work" / f"{job.name}.job.json"
     result_path = run_dir.path / "work" / f"{job.name}.result.json"
     result_path.unlink(missing_ok=True)
-    results.write_json(job_path, {"config": job.config.to_dict(), "repeat": job.repeat,
-                                  "timeline_path": str(run_dir.timeline_path(job))})
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-    log_path = run_dir.log_path(job)
-    with open(log_path, "w", encoding="utf-8") as log:
+    run_dir.write_job(job_path, {"config": job.config.to_dict(), "repeat": job.repeat,
+                                 "timeline_path": str(run_dir.timeline_path(job.name))})
+    # LMBENCH_PARENT_PID: the worker exits when this process is gone, even if it is SIGKILLed.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
+           "LMBENCH_PARENT_PID": str(os.getpid())}
+    log_path = run_dir.log_path(job.name)
+    with results.saving(log_path), open(log_path, "w", encoding="utf-8") as log:
         proc = subprocess.Popen(worker_command(job.config, job_path, result_path, launch), stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         try:
@@ -120,16 +99,50 @@ def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch()
         except BaseException:
             _stop(proc)
             raise
-    job_path.unlink(missing_ok=True)
+        finally:
+            job_path.unlink(missing_ok=True)
     if result_path.exists():
-        payload = json.loads(result_path.read_text())
+        payload = _read_result(result_path)
         result_path.unlink()
-        return payload["status"], payload["reason"], payload
+        if payload is not None:
+            return payload["status"], payload["reason"], payload
+        return "error", "the worker's result file was unreadable", None
+    no_room = _no_room_for_a_result(run_dir, result_path)
+    if no_room is not None:
+        raise no_room
     how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
     log_text = log_path.read_text(errors="replace")
     # A rank other than 0 that ran out of memory leaves no result, only its traceback in the log.
     status = "oom" if any(marker in log_text for marker in OOM_MARKERS) else "error"
     return status, f"worker {how} without a result; last log line: {_last_line(log_path)}", None
+
+
+def _read_result(path: Path) -> dict[str, Any] | None:
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(payload, dict) and payload.get("status") in results.STATUSES
+    return payload if ok else None
+
+
+def _no_room_for_a_result(run_dir: RunDirectory, result_path: Path) -> StorageError | None:
+    """When a worker left no result, whether the storage is why: a result-sized file that cannot be written.
+
+    A worker on a full disk (or past a file-size limit) fails at whatever it writes first, often
+    before its log says anything; its job is unsaved, not failed, and --resume runs it again.
+    """
+    probe = run_dir.path / "work" / ".room-probe"
+    try:
+        with open(probe, "wb") as f:
+            f.write(bytes(RESULT_ROOM_BYTES))
+    except OSError as err:
+        if err.errno in results.CANNOT_SAVE:
+            return results.storage_error(err, result_path)
+        raise
+    finally:
+        probe.unlink(missing_ok=True)
+    return None
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -190,9 +203,9 @@ def execute(jobs: list[Job], run_dir: RunDirectory, *, suite: str, launch: Launc
     throughput: dict[str, list[float]] = {}
     reference_losses: dict[str, dict[int, list]] = {}
     for record in previous:
-        if record["status"] == "ok" and record.get("metrics"):
+        if record["status"] == "ok":
             throughput.setdefault(record["config_key"], []).append(record["metrics"]["tokens_per_s"])
-            reference_losses.setdefault(record["config_key"], {})[record["repeat"]] = record["losses"]
+            reference_losses.setdefault(record["config_key"], {})[record["repeat"]] = record.get("losses") or []
     for job in jobs:
         if not launch.runs(job.config):
             continue
@@ -211,5 +224,5 @@ def execute(jobs: list[Job], run_dir: RunDirectory, *, suite: str, launch: Launc
         if parity and status in ("ok", "diverged"):
             add_parity(record, job.config, reference_losses)
         if launch.records:
-            results.append(run_dir.path, record)
+            run_dir.append(record)
         yield job, record

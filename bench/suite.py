@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import math
+import re
 import sys
 from dataclasses import dataclass, field
 from importlib import resources
@@ -18,6 +21,11 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 _TOP_LEVEL = ("name", "description", "defaults", "matrix", "exclude")
+#: Largest matrix `expand` builds unless told otherwise (`lmbench run --max-configs`): a typo such as a
+#: 1000-value axis should be a message, not minutes of planning and gigabytes of memory.
+MAX_CONFIGS = 10_000
+#: Suite names become directory names (runs/NAME-DATE): no separators, no leading dot.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,8 @@ class Suite:
     description: str
     source: str
     """Where it came from, for error messages: a path, or `builtin:NAME`."""
+    digest: str = ""
+    """sha256 of the file's text: `--resume` checks that the suite did not change."""
     defaults: dict[str, Any] = field(default_factory=dict)
     matrix: dict[str, list[Any]] = field(default_factory=dict)
     exclude: list[dict[str, list[Any]]] = field(default_factory=list)
@@ -43,10 +53,7 @@ class Suite:
     @property
     def size(self) -> int:
         """Number of matrix points before exclusions."""
-        size = 1
-        for values in self.matrix.values():
-            size *= len(values)
-        return size
+        return math.prod(len(values) for values in self.matrix.values())
 
     def with_overrides(self, overrides: dict[str, list[Any]]) -> Suite:
         """Apply `--set KEY=V1,V2`: one value replaces the default, several become a matrix axis."""
@@ -59,21 +66,26 @@ class Suite:
                 defaults[axis] = values[0]
             else:
                 matrix[axis] = values
-        return Suite(name=self.name, description=self.description, source=self.source, defaults=defaults,
-                     matrix=matrix, exclude=self.exclude)
+        return Suite(name=self.name, description=self.description, source=self.source, digest=self.digest,
+                     defaults=defaults, matrix=matrix, exclude=self.exclude)
 
-    def expand(self) -> list[Planned]:
+    def expand(self, *, max_configs: int = MAX_CONFIGS) -> list[Planned]:
         """Cartesian product of the matrix over the defaults, minus exclusions, duplicates removed.
 
         A value that is wrong on its own (batch_size=0) is an error; a combination of valid values
         that cannot go together (seq_len past one model's positions) becomes a planned row with a
-        conflict, unless no combination at all is possible, which is an error again.
+        conflict, unless no combination at all is possible, which is an error again. The matrix is
+        counted before anything is built: more than `max_configs` points is an error.
         """
+        if self.size > max_configs:
+            shape = " x ".join(f"{len(v)} {a}" for a, v in self.matrix.items() if len(v) > 1)
+            raise SuiteError(f"{self.source}: the matrix has {self.size:,} points ({shape}), more than "
+                             f"--max-configs {max_configs:,}; narrow it, or raise --max-configs")
         axes = list(self.matrix)
         planned: dict[str, Planned] = {}
         for combo in itertools.product(*(self.matrix[a] for a in axes)):
             point = dict(zip(axes, combo))
-            if any(_matches(rule, point) for rule in self.exclude):
+            if any(_matches(rule, {**self.defaults, **point}) for rule in self.exclude):
                 continue
             try:
                 config = Config.from_mapping({**self.defaults, **point})
@@ -88,8 +100,9 @@ class Suite:
         return rows
 
 
-def _matches(rule: dict[str, list[Any]], point: dict[str, Any]) -> bool:
-    return all(axis in point and point[axis] in values for axis, values in rule.items())
+def _matches(rule: dict[str, list[Any]], values: dict[str, Any]) -> bool:
+    """Whether a configuration's axes (defaults and matrix point together) fall under an [[exclude]] rule."""
+    return all(axis in values and values[axis] in allowed for axis, allowed in rule.items())
 
 
 def builtin_names() -> list[str]:
@@ -120,14 +133,17 @@ def parse(text: str, *, source: str) -> Suite:
     unknown = sorted(set(data) - set(_TOP_LEVEL))
     if unknown:
         raise SuiteError(f"{source}: unknown key {unknown[0]!r}; allowed: {', '.join(_TOP_LEVEL)}")
-    name = data.get("name", Path(source).stem)
+    # Without a name, the file's stem made safe ("my suite.toml" runs as my-suite).
+    name = data.get("name", re.sub(r"[^A-Za-z0-9._+-]", "-", Path(source).stem).lstrip(".")[:100] or "suite")
     description = data.get("description", "")
     if not isinstance(name, str) or not isinstance(description, str):
         raise SuiteError(f"{source}: 'name' and 'description' must be strings")
-    defaults = _table(data, "defaults", source)
+    if not _SAFE_NAME.fullmatch(name):
+        raise SuiteError(f"{source}: name {name!r} is not a safe file name (up to 100 letters, digits, '.', '_', "
+                         "'+' or '-', not starting with '.'): run directories are named after it")
+    defaults = {axis: _check_value(axis, value, f"{source}: [defaults]")
+                for axis, value in _table(data, "defaults", source).items()}
     matrix_raw = _table(data, "matrix", source)
-    for axis, value in defaults.items():
-        _check_value(axis, value, f"{source}: [defaults]")
     matrix: dict[str, list[Any]] = {}
     for axis, values in matrix_raw.items():
         values = values if isinstance(values, list) else [values]
@@ -143,8 +159,27 @@ def parse(text: str, *, source: str) -> Suite:
         for axis, values in rule.items():
             values = values if isinstance(values, list) else [values]
             checked[axis] = [_check_value(axis, v, f"{source}: [[exclude]]") for v in values]
+            _check_excluded(axis, checked[axis], defaults, matrix, source)
         rules.append(checked)
-    return Suite(name=name, description=description, source=source, defaults=defaults, matrix=matrix, exclude=rules)
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    return Suite(name=name, description=description, source=source, digest=digest, defaults=defaults, matrix=matrix,
+                 exclude=rules)
+
+
+def _check_excluded(axis: str, values: list[Any], defaults: dict[str, Any], matrix: dict[str, list[Any]],
+                    source: str) -> None:
+    """An [[exclude]] rule must be able to match: its axis is set by the file, and to one of its values."""
+    if axis in matrix:
+        present = matrix[axis]
+    elif axis in defaults:
+        present = [defaults[axis]]
+    else:
+        raise SuiteError(f"{source}: [[exclude]] {axis} is neither in [matrix] nor in [defaults], so the rule "
+                         f"would exclude nothing; matrix axes: {', '.join(matrix) or 'none'}")
+    if not any(v in present for v in values):
+        shown = values[0] if len(values) == 1 else values
+        raise SuiteError(f"{source}: [[exclude]] {axis}={shown!r} matches none of its values "
+                         f"({', '.join(map(repr, present))}), so the rule would exclude nothing")
 
 
 def parse_overrides(assignments: tuple[str, ...] | list[str]) -> dict[str, list[Any]]:
@@ -155,8 +190,13 @@ def parse_overrides(assignments: tuple[str, ...] | list[str]) -> dict[str, list[
         axis = axis.strip()
         if not sep or not raw.strip():
             raise SuiteError(f"--set {item!r}: expected KEY=VALUE[,VALUE...]")
-        overrides[axis] = [_check_value(axis, v.strip(), f"--set {item!r}") for v in raw.split(",")]
+        overrides[axis] = parse_values(axis, raw, where=f"--set {item!r}")
     return overrides
+
+
+def parse_values(axis: str, raw: str, *, where: str) -> list[Any]:
+    """Comma-separated values of one axis; errors start with `where` (the option as the user typed it)."""
+    return [_check_value(axis, v.strip(), where) for v in raw.split(",")]
 
 
 def _table(data: dict[str, Any], key: str, source: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,8 +42,8 @@ def parse_size(text: str) -> int:
         value = float(digits) * units[unit]
     except (ValueError, KeyError):
         raise UsageError(f"--max-memory {text!r}: expected a size like 512MiB, 2GiB or 1.5G") from None
-    if value <= 0:
-        raise UsageError(f"--max-memory {text!r}: must be positive")
+    if not math.isfinite(value) or value < 1:
+        raise UsageError(f"--max-memory {text!r}: must be a finite size of at least 1 byte")
     return int(value)
 
 
@@ -77,13 +78,19 @@ class Tuner:
         self.on_event = on_event
         self.probe_path = run_dir.path / "probes.jsonl"
         self.cache: dict[str, str] = {}
-        if self.probe_path.exists():
-            for line in self.probe_path.read_text().splitlines():
-                if line.strip():
-                    entry = json.loads(line)
-                    self.cache[entry["config_key"]] = entry["status"]
-        self.done = {r["config_key"] for r in results.read(run_dir.results_path).records} \
-            if run_dir.results_path.exists() else set()
+        with results.saving(self.probe_path):
+            repaired = results.repair(self.probe_path)
+        entries, self.warnings = results.read_lines(self.probe_path)
+        self.warnings += [repaired] if repaired else []
+        for number, entry in entries:
+            if isinstance(entry, dict) and isinstance(entry.get("config_key"), str) and entry.get("status") in \
+                    results.STATUSES:
+                self.cache[entry["config_key"]] = entry["status"]
+            else:
+                self.warnings.append(f"{self.probe_path}:{number}: skipped line without config_key and status")
+        recorded = run_dir.recorded()
+        self.warnings += recorded.warnings
+        self.done = {r["config_key"] for r in recorded.records}
 
     def out_of_time(self) -> bool:
         return self.deadline is not None and time.monotonic() > self.deadline
@@ -97,9 +104,9 @@ class Tuner:
         if config.key not in self.cache:
             status, reason, _ = self.launch(Job(config, 0), self.run_dir)
             self.cache[config.key] = status
-            with open(self.probe_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"config_key": config.key, "combo": combo, "batch_size": batch, "status": status,
-                                    "reason": reason}) + "\n")
+            with results.saving(self.probe_path):
+                results.append_line(self.probe_path, {"config_key": config.key, "combo": combo, "batch_size": batch,
+                                                      "status": status, "reason": reason})
             self.on_event(f"probe {_label(combo)} batch {batch}: {status}")
         return self.cache[config.key] == "ok"
 
@@ -140,7 +147,7 @@ class Tuner:
                 status, reason, payload = self.launch(Job(config, 0), self.run_dir)
                 record = results.make_record(suite="tune", config=config.to_dict(), config_key=config.key, repeat=0,
                                              status=status, reason=reason, payload=payload)
-                results.append(self.run_dir.path, record)
+                self.run_dir.append(record)
                 self.done.add(config.key)
                 self.on_event(f"measure {_label(found.combo)} batch {batch} x{accum}: {status}")
             found.measured.append({"config": config})
@@ -157,7 +164,7 @@ def _label(combo: dict[str, str]) -> str:
 
 def ranked(run_dir: RunDirectory) -> list[dict[str, Any]]:
     """Measured configurations, fastest first (tokens/s over repeat 0), failed ones last."""
-    records = results.read(run_dir.results_path).records if run_dir.results_path.exists() else []
+    records = run_dir.recorded().records
     ok = [r for r in records if r["status"] == "ok"]
     ok.sort(key=lambda r: -r["metrics"]["tokens_per_s"])
     return ok + [r for r in records if r["status"] != "ok"]
@@ -181,5 +188,6 @@ def write_winner(run_dir: RunDirectory) -> Path | None:
     if not rows or rows[0]["status"] != "ok":
         return None
     path = run_dir.path / "tuned.toml"
-    path.write_text(winner_suite(rows[0]), encoding="utf-8")
+    with results.saving(path):
+        path.write_text(winner_suite(rows[0]), encoding="utf-8")
     return path

@@ -238,7 +238,56 @@ def run_job(job_path: Path, result_path: Path) -> int:
     return 0
 
 
+def exit_with_parent() -> None:
+    """Die with the lmbench process that started this worker ($LMBENCH_PARENT_PID), however it ends.
+
+    A direct child asks Linux for SIGKILL when its parent exits (PR_SET_PDEATHSIG). A rank under
+    torchrun also gets that from the agent, and watches the lmbench parent once a second: if it is
+    gone, the rank kills its own session (torchrun gives each rank one), and torchrun stops the rest.
+    """
+    import ctypes
+    import signal
+    import threading
+
+    parent = int(os.environ.get("LMBENCH_PARENT_PID") or 0)
+    if not parent:
+        return
+    try:
+        armed = ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0) == 0  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        armed = False  # not Linux: the watch below covers direct children too
+    if armed and os.getppid() == parent:
+        return
+    if not _alive(parent):  # gone before the request took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while _alive(parent):
+            time.sleep(1.0)
+        if os.getsid(0) == os.getpid():
+            os.killpg(0, signal.SIGKILL)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="lmbench-parent-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie waiting to be reaped counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        pass  # no /proc: ask the kernel
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
+    exit_with_parent()
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
         print("usage: python -m lmbench.worker JOB_JSON RESULT_JSON", file=sys.stderr)

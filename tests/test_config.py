@@ -25,7 +25,12 @@ def test_key_ignores_timeout_but_not_steps_or_device():
     ({"precision": "fp8"}, "precision='fp8' is not one of: fp32, tf32, amp-fp16, amp-bf16, fp16, bf16"),
     ({"model": "gpt5"}, "model='gpt5' is not one of: gpt2-124m"),
     ({"device": "tpu"}, "device='tpu' is not one of: auto, cpu, cuda, cuda:N"),
-    ({"lr": 0.0}, "lr=0.0 must be a positive number"),
+    ({"lr": 0.0}, "lr=0.0 must be a positive, finite number"),
+    ({"lr": "inf"}, "lr=inf must be a positive, finite number"),
+    ({"lr": "nan"}, "lr=nan must be a positive, finite number"),
+    ({"timeout_s": "inf"}, "timeout_s=inf must be a positive, finite number of seconds (at most 2,592,000)"),
+    ({"telemetry_period_s": float("nan")}, "telemetry_period_s=nan must be a positive, finite number of seconds"),
+    ({"nproc": 100000}, "nproc=100000 is more processes per node than lmbench runs (at most 64)"),
     ({"data": "/no/such/file.txt"}, "data='/no/such/file.txt' is neither 'synthetic', 'markov' nor an existing text file"),
 ])
 def test_invalid_values_name_the_axis(values, message):
@@ -54,3 +59,10 @@ def test_cross_axis_conflicts_are_reported_not_raised():
     assert "attention='eager' is not available for model tiny-torch-transformer-lm" in Config(
         model="tiny-torch-transformer-lm", attention="eager").conflict()
     assert Config().conflict() is None
+
+
+def test_an_empty_data_file_is_refused(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match=rf"^data='{empty}' is an empty file$"):
+        Config(data=str(empty))

@@ -1,0 +1,68 @@
+"""A stand-in for `lmbench.worker` in the fault-injection tests: a result in milliseconds, or a hang on request.
+
+    python tests/fake_worker.py JOB_JSON RESULT_JSON     as the worker (the real parent-death handling included)
+    python tests/fake_worker.py --cli ARGS...            lmbench's command line with this worker in place
+
+Behaviour comes from the environment, which the parent passes on to its workers:
+  FAKE_WORKER_PIDS=DIR   write this worker's pid to DIR/<pid> before anything else
+  FAKE_WORKER_HANG=TEXT  hang (until killed) when TEXT is in the job's config key
+  FAKE_WORKER_OOM_ABOVE=N  batch sizes above N end as `oom` (for tune's search)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve()
+
+
+def command(config, job_path, result_path, launch) -> list[str]:
+    """Drop-in for lmbench.launcher.worker_command."""
+    return [sys.executable, str(HERE), str(job_path), str(result_path)]
+
+
+def work(job_path: Path, result_path: Path) -> int:
+    from lmbench.config import Config
+    from lmbench.worker import exit_with_parent
+
+    exit_with_parent()
+    if os.environ.get("FAKE_WORKER_PIDS"):
+        (Path(os.environ["FAKE_WORKER_PIDS"]) / str(os.getpid())).write_text("")
+    config = Config.from_mapping(json.loads(job_path.read_text())["config"])
+    if os.environ.get("FAKE_WORKER_HANG") and os.environ["FAKE_WORKER_HANG"] in config.key:
+        while True:
+            time.sleep(0.1)
+    if config.batch_size > int(os.environ.get("FAKE_WORKER_OOM_ABOVE") or 10**9):
+        payload = {"status": "oom", "reason": "OutOfMemoryError: fake", "metrics": None, "losses": None}
+    else:
+        # Deterministic figures: a larger batch is faster, so tune's ranking is known.
+        tps = 1000.0 * config.batch_size + config.seed
+        payload = {"status": "ok", "reason": None, "losses": [2.0] * config.steps,
+                   "step_times_s": [config.tokens_per_step / tps] * config.steps,
+                   "metrics": {"tokens_per_s": tps, "step_time_median_s": config.tokens_per_step / tps,
+                               "tokens_per_step": config.tokens_per_step, "step_time_cv": 0.0,
+                               "mem_host_peak_growth_bytes": 2**20}}
+    tmp = result_path.with_name(result_path.name + ".tmp")
+    tmp.write_text(json.dumps({**payload, "env": {"torch": "fake", "device": {"type": "cpu"}}}))
+    tmp.replace(result_path)
+    return 0
+
+
+def cli(args: list[str]) -> None:
+    from lmbench import cli as lmbench_cli
+    from lmbench import runner
+
+    runner.worker_command = command
+    sys.argv = ["lmbench", *args]
+    lmbench_cli.main()
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "--cli":
+        cli(sys.argv[2:])
+    else:
+        sys.exit(work(Path(sys.argv[1]), Path(sys.argv[2])))

@@ -1,0 +1,613 @@
+"""Fault injection (issue 14): every case is a reproduction, numbered as in the issue.
+
+Workers are tests/fake_worker.py (a result in milliseconds, or a hang on request, with the real
+parent-death handling of lmbench.worker), so signals, full disks and concurrent runs are cheap to
+provoke. Every test checks the exit code, a one-line message without a traceback, what is in
+results.jsonl, and (autouse fixture) that no process of the test is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import fake_worker
+import pytest
+from click.testing import CliRunner
+
+from lmbench import results, runner
+from lmbench.cli import cli
+from lmbench.compare import decide
+from lmbench.config import Config
+from lmbench.rundir import RunDirectory
+from lmbench.tune import Tuner
+
+TINY = """
+name = "tiny"
+[defaults]
+model = "tiny-gpt2"
+seq_len = 32
+batch_size = 2
+steps = 3
+warmup = 1
+device = "cpu"
+[matrix]
+precision = ["fp32", "amp-bf16"]
+"""
+THREE = ("--set", "precision=fp32,amp-bf16,bf16")
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> str:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    return str(path)
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """In-process commands start fake workers; returns the folder where they leave their pids."""
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    monkeypatch.setattr(runner, "worker_command", fake_worker.command)
+    monkeypatch.setenv("FAKE_WORKER_PIDS", str(pids))
+    return pids
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_behind(tmp_path: Path):
+    yield
+    deadline = time.monotonic() + 10
+    while leftovers(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert leftovers(tmp_path) == []
+
+
+def leftovers(tmp_path: Path) -> list[str]:
+    """Live processes whose command line names this test's directory (workers carry their job's path)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if str(tmp_path) in cmdline and state != "Z":
+            found.append(f"{proc.name}: {cmdline}")
+    return found
+
+
+def lmbench(*args: object):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def one_line_error(result, exit_code: int = 2) -> str:
+    assert result.exit_code == exit_code, result.output
+    assert "Traceback" not in result.output
+    line, = result.stderr.strip().splitlines()[-1:]
+    assert line.startswith("lmbench: error"), result.stderr
+    return line
+
+
+def spawn(tmp_path: Path, *args: object, env: dict[str, str] | None = None, **kw) -> subprocess.Popen:
+    """lmbench in a process of its own (fake workers), for signals and resource limits."""
+    pids = tmp_path / "pids"
+    pids.mkdir(exist_ok=True)
+    return subprocess.Popen([sys.executable, fake_worker.__file__, "--cli", *map(str, args)], cwd=tmp_path,
+                            env={**os.environ, "FAKE_WORKER_PIDS": str(pids), **(env or {})}, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+def wait_for(condition, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def lines(out: Path) -> list[str]:
+    path = out / "results.jsonl"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def keys(out: Path) -> list[tuple[str, int]]:
+    loaded = results.read(out)
+    assert loaded.warnings == []
+    return [(r["config"]["precision"], r["repeat"]) for r in loaded.records]
+
+
+# 1. A partial last line loses the next record; a failed append leaves one.
+
+def test_1_a_partial_last_line_is_moved_aside_before_the_next_append(tmp_path, tiny, fake):
+    out = tmp_path / "run"
+    assert lmbench("run", "--suite", tiny, "--out", out, *THREE).exit_code == 0
+    # The bf16 record was never saved (killed writer); a partial line is all that is left of it.
+    kept = lines(out)[:2]
+    (out / "results.jsonl").write_text("\n".join(kept) + "\n")
+    offset = (out / "results.jsonl").stat().st_size
+    with open(out / "results.jsonl", "a") as f:
+        f.write('{"config_key": "abc')
+    result = lmbench("run", "--suite", tiny, "--out", out, *THREE, "--resume")
+    assert result.exit_code == 0, result.output
+    corrupt = out / "results.jsonl.corrupt"
+    assert (f"lmbench: warning: {out}/results.jsonl: partial last line (19 bytes at byte offset {offset}) moved to "
+            f"{corrupt}") in result.stderr
+    assert corrupt.read_text() == '{"config_key": "abc\n'
+    assert lines(out)[:2] == kept
+    assert keys(out) == [("fp32", 0), ("amp-bf16", 0), ("bf16", 0)]
+
+
+def test_1_a_whole_last_line_without_its_newline_is_completed_not_moved(tmp_path):
+    path = tmp_path / "results.jsonl"
+    record = {"config_key": "k", "repeat": 0, "status": "skipped", "config": {"model": "tiny-gpt2"}}
+    path.write_text(json.dumps(record))
+    note = results.append_line(path, {**record, "repeat": 1})
+    assert note == f"{path}: the last line had no newline (byte offset 0); completed it"
+    assert [r["repeat"] for r in results.read(path).records] == [0, 1]
+    assert not path.with_name("results.jsonl.corrupt").exists()
+
+
+def test_1_an_append_past_the_file_size_limit_leaves_the_file_as_it_was(tmp_path):
+    path = tmp_path / "results.jsonl"
+    path.write_text('{"a": 1}\n')
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100, hard))
+    try:
+        with pytest.raises(OSError) as err:
+            results.append_line(path, {"padding": "x" * 200})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert err.value.errno == 27  # EFBIG: 91 bytes fitted, and were cut off again
+    assert path.read_text() == '{"a": 1}\n'
+
+
+@pytest.mark.slow
+def test_1_6_a_file_size_limit_stops_the_run_and_resume_runs_what_was_unsaved(tmp_path, tiny):
+    out = tmp_path / "run"
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2500, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    proc = spawn(tmp_path, "run", "--suite", tiny, "--out", out, *THREE, preexec_fn=limit)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2, stderr
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith(f"lmbench: error: cannot save '{out}/results.jsonl': File too large (")
+    assert ("file-size limit 2.4 KiB); the 2 record(s) of this session are kept; once there is room, continue "
+            f"with: lmbench run --suite {tiny} --out {out} --set precision=fp32,amp-bf16,bf16 --resume") in line
+    assert "Traceback" not in stderr
+    assert keys(out) == [("fp32", 0), ("amp-bf16", 0)]  # whole lines only: the third was cut off again
+    result = lmbench("run", "--suite", tiny, "--out", out, *THREE, "--resume")
+    assert result.exit_code == 0, result.output
+    assert "2 record(s) kept, 1 job(s) to go" in result.stderr
+    assert keys(out) == [("fp32", 0), ("amp-bf16", 0), ("bf16", 0)]
+
+
+# 2. Two runs into one --out at once.
+
+def test_2_a_second_run_into_a_locked_out_is_refused_and_says_who_holds_it(tmp_path, tiny, fake):
+    out = tmp_path / "run"
+    with RunDirectory(out, resume=False):
+        line = one_line_error(lmbench("run", "--suite", tiny, "--out", out))
+        assert line.startswith(f"lmbench: error: --out '{out}' is in use by lmbench (pid {os.getpid()} on ")
+        assert line.endswith("; wait for it to finish or choose another directory")
+        one_line_error(lmbench("tune", "--model", "tiny-gpt2", "--device", "cpu", "--seq-len", "16", "--out", out,
+                               "--resume"))
+    assert not (out / "results.jsonl").exists()
+    assert lmbench("run", "--suite", tiny, "--out", out).exit_code == 0  # released with the directory
+
+
+# 3. Signals to the parent and to the worker.
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_3_a_signal_stops_the_worker_records_nothing_half_done_and_resume_finishes(tmp_path, tiny, fake, sig):
+    out = tmp_path / "run"
+    args = ["run", "--suite", tiny, "--out", out, *THREE, "--set", "seed=3", "--device", "cpu"]
+    if sig == signal.SIGINT:
+        args += ["--repeats", "2", "--parity"]
+    proc = spawn(tmp_path, *args, env={"FAKE_WORKER_HANG": "-amp-bf16-"})
+    pids = tmp_path / "pids"
+    wait_for(lambda: len(list(pids.iterdir())) == 2 and len(lines(out)) == 1)
+    hanging = max(int(p.name) for p in pids.iterdir())
+    if sig == signal.SIGTERM:
+        # 2. Meanwhile, a second run into the same directory is refused, naming the first.
+        line = one_line_error(lmbench("run", *args[1:], "--resume"))
+        assert f"is in use by lmbench (pid {proc.pid} on " in line
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig, stderr
+    assert not alive(hanging)
+    what = "interrupted" if sig == signal.SIGINT else f"stopped by {signal.Signals(sig).name}"
+    message = stderr.strip().splitlines()[-1]
+    command = shlex.join(["lmbench", *map(str, args), "--resume"])
+    assert message == (f"lmbench: {what}; 1 record(s) of this session are in {out}/results.jsonl; the configuration "
+                       f"that was running has none and runs again on resume; continue with: {command}")
+    assert "Traceback" not in stderr
+    assert keys(out) == [("fp32", 0)] and list((out / "work").iterdir()) == []
+    first = lines(out)[0]
+    # 4. The hint is the exact command: following it resumes the same plan.
+    result = lmbench(*shlex.split(command)[1:])
+    assert result.exit_code == 0, result.output
+    repeats = 2 if sig == signal.SIGINT else 1
+    assert f"1 record(s) kept, {3 * repeats - 1} job(s) to go" in result.stderr
+    assert lines(out)[0] == first
+    assert sorted(keys(out)) == sorted((p, r) for p in ("fp32", "amp-bf16", "bf16") for r in range(repeats))
+
+
+@pytest.mark.slow
+def test_3_a_killed_parent_takes_its_worker_with_it(tmp_path, tiny, fake):
+    out = tmp_path / "run"
+    proc = spawn(tmp_path, "run", "--suite", tiny, "--out", out, env={"FAKE_WORKER_HANG": "-fp32-"})
+    wait_for(lambda: any((tmp_path / "pids").iterdir()))
+    worker = int(next((tmp_path / "pids").iterdir()).name)
+    proc.kill()
+    proc.communicate()
+    wait_for(lambda: not alive(worker), timeout_s=10)
+    assert not (out / "results.jsonl").exists()
+    # The lock died with its holder; the interrupted job runs on resume.
+    result = lmbench("run", "--suite", tiny, "--out", out, "--resume")
+    assert result.exit_code == 0, result.output
+    assert keys(out) == [("fp32", 0), ("amp-bf16", 0)]
+
+
+def test_3_a_rank_under_torchrun_watches_the_lmbench_parent_by_pid(tmp_path):
+    # A rank's own parent is the torchrun agent; the lmbench parent is further up, so it is watched.
+    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(tmp_path)])
+    code = ("from lmbench.worker import exit_with_parent; import time; exit_with_parent(); print('armed', flush=True); "
+            "time.sleep(60)")
+    rank = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "LMBENCH_PARENT_PID": str(stand_in.pid)}, start_new_session=True)
+    assert rank.stdout.readline() == "armed\n"
+    stand_in.kill()
+    stand_in.wait()
+    assert rank.wait(timeout=10) == -signal.SIGKILL  # it killed its own session
+    rank.stdout.close()
+
+
+def test_3_a_worker_killed_by_a_signal_is_an_error_record_and_the_suite_goes_on(tmp_path, tiny, fake, monkeypatch):
+    monkeypatch.setenv("FAKE_WORKER_HANG", "-fp32-")
+
+    def kill_the_first_worker() -> None:
+        wait_for(lambda: any(fake.iterdir()))
+        os.kill(int(next(fake.iterdir()).name), signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_the_first_worker)
+    killer.start()
+    out = tmp_path / "run"
+    result = lmbench("run", "--suite", tiny, "--out", out)
+    killer.join()
+    assert result.exit_code == 0, result.output
+    first, second = results.read(out).records
+    assert first["status"] == "error" and first["reason"].startswith("worker was killed by SIGKILL without a result")
+    assert second["status"] == "ok"
+
+
+# 4. --resume runs whatever plan it is given.
+
+def test_4_resume_refuses_another_plan_naming_the_difference(tmp_path, tiny, fake):
+    out = tmp_path / "run"
+    assert lmbench("run", "--suite", tiny, "--out", out, "--set", "seed=1").exit_code == 0
+    meta, before = (out / "run.json").read_text(), lines(out)
+    line = one_line_error(lmbench("run", "--suite", tiny, "--out", out, "--set", "seed=2", "--resume"))
+    assert line == (f"lmbench: error: --resume: '{out}' was started with another plan (overrides (--set, --device): "
+                    f"seed=2 now, seed=1 then); resume it with lmbench run --suite {tiny} --out {out} --set seed=1 "
+                    "--resume, or choose another --out")
+    line = one_line_error(lmbench("run", "--suite", "smoke", "--out", out, "--set", "seed=1", "--repeats", "2",
+                                  "--resume"))
+    assert "(suite: smoke (sha256 " in line and f"now, {tiny} (sha256 " in line and "--repeats: 2 now, 1 then" in line
+    Path(tiny).write_text(TINY.replace("steps = 3", "steps = 4"))
+    line = one_line_error(lmbench("run", "--suite", tiny, "--out", out, "--set", "seed=1", "--resume"))
+    assert line.startswith(f"lmbench: error: --resume: '{out}' was started with another plan (suite: {tiny} (sha256 ")
+    assert (out / "run.json").read_text() == meta and lines(out) == before
+    Path(tiny).write_text(TINY)
+    # The same plan spelled another way is the same plan.
+    result = lmbench("run", "--suite", tiny, "--out", out, "--set", " seed = 01 ", "--resume")
+    assert result.exit_code == 0, result.output
+    assert "2 record(s) kept, 0 job(s) to go" in result.stderr
+    assert json.loads((out / "run.json").read_text())["started"] == json.loads(meta)["started"]
+
+
+# 5. Valid JSON of the wrong shape.
+
+MALFORMED = [
+    ('{"config_key": "x", "repeat": 0, "status": "ok"}', "config is not an object naming a model"),
+    ('{"config_key": "x", "repeat": 0, "status": "ok", "config": {"model": "tiny-gpt2"}, "metrics": "oops"}',
+     "metrics is not an object"),
+    ('{"config_key": ["x"], "repeat": 0, "status": "ok", "config": {"model": "tiny-gpt2"}}',
+     "config_key is not a non-empty string"),
+    ('{"config_key": "x", "repeat": 0, "status": "ok", "config": null}', "config is not an object naming a model"),
+    ('{"config_key": "x", "repeat": -1, "status": "error", "config": {"model": "tiny-gpt2"}}',
+     "repeat is not an integer >= 0"),
+    ('{"config_key": "x", "repeat": true, "status": "error", "config": {"model": "tiny-gpt2"}}',
+     "repeat is not an integer >= 0"),
+    ('{"config_key": "x", "repeat": 0, "status": "great", "config": {"model": "tiny-gpt2"}}',
+     "status is not one of ok, oom, diverged, error, timeout, skipped"),
+    ('{"config_key": "x", "repeat": 0, "status": "ok", "config": {"model": "tiny-gpt2"}, "metrics": {}}',
+     "an ok record without a numeric metrics.tokens_per_s"),
+    ('{"config_key": "x", "repeat": 0, "status": "skipped", "config": {"model": "tiny-gpt2", "batch_size": null}}',
+     "config holds something other than strings, numbers and booleans"),
+    ('{"config_key": "x", "repeat": 0, "status": "error", "config": {"model": "tiny-gpt2"}, "losses": ["a"]}',
+     "losses holds something other than numbers"),
+    ('{"config_key": "x", "repeat": 0, "status": "error", "config": {"model": "tiny-gpt2"}, "reason": 3}',
+     "reason is not a string"),
+    ("[1, 2]", "not a JSON object"),
+    ('{"config_key": "x", "repe', "skipped corrupt line"),
+]
+
+
+def test_5_wrongly_shaped_lines_are_skipped_by_report_resume_and_compare(tmp_path, tiny, fake):
+    out = tmp_path / "run"
+    assert lmbench("run", "--suite", tiny, "--out", out).exit_code == 0
+    good = lines(out)
+    with open(out / "results.jsonl", "a") as f:
+        f.write("".join(line + "\n" for line, _ in MALFORMED) + good[0] + "\n")
+    expected = [f"{out}/results.jsonl:{3 + i}: {'skipped line: ' if 'corrupt' not in why else ''}{why}"
+                for i, (_, why) in enumerate(MALFORMED)]
+    expected.append(f"{out}/results.jsonl:{3 + len(MALFORMED)}: skipped line: repeat 0 of "
+                    f"{json.loads(good[0])['config_key']} is already on line 1")
+    loaded = results.read(out)
+    assert [w.split(" (")[0] for w in loaded.warnings] == expected
+    assert [json.dumps(r) for r in loaded.records] == [json.dumps(json.loads(g)) for g in good]
+    report = lmbench("report", out)
+    assert report.exit_code == 0, report.output
+    assert report.stderr.count("lmbench: warning: ") == len(expected)
+    assert (out / "report" / "results.csv").read_text().count("\n") == 3  # header and the two good records
+    resumed = lmbench("run", "--suite", tiny, "--out", out, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert "2 record(s) kept, 0 job(s) to go" in resumed.stderr
+    assert lmbench("compare", out, out).exit_code == 0
+
+
+# 6. Disk full: a real full file system (a 16 KiB tmpfs in a private mount namespace), where one can be made.
+
+FULL_DISK = """
+set -u
+mount -t tmpfs -o size=16k tmpfs "$MNT"
+run() { python "$FAKE" --cli "$@"; }
+run run --suite "$SUITE" --out "$MNT/run" --set precision=fp32,amp-bf16,bf16 >/dev/null 2>"$OUT/full.err"
+echo $? > "$OUT/full.rc"
+cp -r "$MNT/run" "$OUT/full"
+mount -o remount,size=1m "$MNT"
+run run --suite "$SUITE" --out "$MNT/run" --set precision=fp32,amp-bf16,bf16 --resume >/dev/null 2>"$OUT/resume.err"
+echo $? > "$OUT/resume.rc"
+cp -r "$MNT/run" "$OUT/resumed"
+mount -o remount,ro "$MNT"
+run report "$MNT/run" >/dev/null 2>"$OUT/report.err"
+echo $? > "$OUT/report.rc"
+"""
+
+
+@pytest.mark.slow
+def test_6_11_a_full_then_read_only_disk(tmp_path, tiny):
+    probe = subprocess.run(["unshare", "--mount", "--map-root-user", "mount", "-t", "tmpfs", "tmpfs", str(tmp_path)],
+                           capture_output=True) if shutil.which("unshare") else None
+    if probe is None or probe.returncode:
+        pytest.skip("no private mount namespace here (unshare) for a small tmpfs")
+    mnt, out = tmp_path / "mnt", tmp_path / "out"
+    mnt.mkdir()
+    out.mkdir()
+    env = {**os.environ, "MNT": str(mnt), "OUT": str(out), "FAKE": fake_worker.__file__, "SUITE": tiny}
+    subprocess.run(["unshare", "--mount", "--map-root-user", "sh", "-c", FULL_DISK], env=env, timeout=300,
+                   check=True)
+    err = (out / "full.err").read_text()
+    assert (out / "full.rc").read_text().strip() == "2", err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"lmbench: error: cannot save '{mnt}/run/") and ": No space left on device (" in line
+    assert "record(s) of this session are kept; once there is room, continue with: lmbench run" in line
+    assert "Traceback" not in err
+    saved = keys(out / "full")
+    assert saved == [("fp32", 0), ("amp-bf16", 0), ("bf16", 0)][: len(saved)]
+    assert (out / "resume.rc").read_text().strip() == "0", (out / "resume.err").read_text()
+    assert keys(out / "resumed") == [("fp32", 0), ("amp-bf16", 0), ("bf16", 0)]
+    # 11. A report of a run directory that cannot be written.
+    assert (out / "report.rc").read_text().strip() == "2"
+    assert (out / "report.err").read_text() == (f"lmbench: error: cannot write to the report directory "
+                                                f"'{mnt}/run/report': Read-only file system\n")
+
+
+def test_6_a_worker_without_a_result_on_a_full_disk_is_unsaved_not_failed(tmp_path, tiny, monkeypatch):
+    """The worker fails at its first write, before its log says anything; a result-sized probe tells why."""
+    def full_disk(path, mode="r", *args, **kwargs):
+        if Path(path).name == ".room-probe":
+            raise OSError(28, "No space left on device")
+        return open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "open", full_disk, raising=False)
+    monkeypatch.setattr(runner, "worker_command", lambda *a: [sys.executable, "-c", "raise SystemExit(1)"])
+    out = tmp_path / "run"
+    line = one_line_error(lmbench("run", "--suite", tiny, "--out", out))
+    assert line.startswith(f"lmbench: error: cannot save '{out}/work/tiny-gpt2-b2-s32-a1-fp32-")
+    assert ".result.json': No space left on device (" in line
+    assert not (out / "results.jsonl").exists()
+
+
+# 7. compare: a bad --junit path, a metric that is not a number or is zero everywhere.
+
+def _hand_run(path: Path, *values: float) -> Path:
+    path.mkdir()
+    for repeat, value in enumerate(values):
+        results.append(path, results.make_record(
+            suite="s", config={"model": "tiny-gpt2"}, config_key="k", repeat=repeat, status="ok", reason=None,
+            payload={"metrics": {"tokens_per_s": value, "nonfinite_losses": 0, "telemetry": "off: not a CUDA device",
+                                 "step_time_median_s": 1 / value}}))
+    return path
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--junit", "/nonexistent/dir/x.xml"],
+     "lmbench: error: cannot write --junit '/nonexistent/dir/x.xml': No such file or directory"),
+    (["--metric", "nonfinite_losses"],
+     ("lmbench: error: --metric 'nonfinite_losses' is 0 in every ok record: a ratio of medians needs a non-zero "
+      "baseline")),
+    (["--metric", "telemetry"],
+     ("lmbench: error: --metric 'telemetry' has no numeric value in the ok records (e.g. 'off: not a CUDA device'); "
+      "compare a number such as tokens_per_s or step_time_median_s")),
+])
+def test_7_compare_refuses_in_one_line_with_exit_2(tmp_path, args, message):
+    base, cand = _hand_run(tmp_path / "a", 100.0, 101.0, 99.0), _hand_run(tmp_path / "b", 80.0, 81.0, 79.0)
+    result = lmbench("compare", base, cand, *args)
+    assert one_line_error(result) == message
+    assert result.stdout == ""  # nothing printed before the refusal
+
+
+@pytest.mark.filterwarnings("ignore::scipy.stats.DegenerateDataWarning")
+def test_7_a_zero_median_has_no_ratio_and_no_verdict():
+    verdict = decide([0.0, 0.0, 1.0], [2.0, 2.0, 2.0], threshold=0.05, higher_is_better=False)
+    assert (verdict.verdict, verdict.ratio) == ("inconclusive", None)
+    assert verdict.note == "median 0 in the baseline: no ratio"
+    # Resampled medians of 0 give an unbounded interval end, not a ZeroDivisionError.
+    assert decide([1.0, 0.0, 1.0, 1.0], [1.0, 1.0, 0.0, 1.0], threshold=0.05, higher_is_better=False).verdict
+
+
+# 8. A huge matrix.
+
+def test_8_a_matrix_above_max_configs_is_refused_before_it_is_built(tiny):
+    values, values100 = ",".join(map(str, range(100))), ",".join(map(str, range(1, 101)))
+    started = time.monotonic()
+    result = lmbench("run", "--suite", tiny, "--set", f"seed={values}", "--set", f"grad_accum={values100}", "--set",
+                     f"steps={values100}", "--dry-run")
+    assert one_line_error(result) == (
+        f"lmbench: error: {tiny}: the matrix has 2,000,000 points (2 precision x 100 seed x 100 grad_accum x 100 "
+        "steps), more than --max-configs 10,000; narrow it, or raise --max-configs")
+    assert time.monotonic() - started < 30
+    assert one_line_error(lmbench("run", "--suite", tiny, "--dry-run", "--max-configs", "1")).endswith(
+        "more than --max-configs 1; narrow it, or raise --max-configs")
+    assert lmbench("run", "--suite", tiny, "--dry-run", "--max-configs", "2").exit_code == 0
+
+
+# 9. Accepted nonsense.
+
+@pytest.mark.parametrize(("suite_text", "args", "message"), [
+    (None, ["--set", "lr=inf"], "--set 'lr=inf': lr=inf must be a positive, finite number"),
+    (None, ["--set", "timeout_s=inf"],
+     "--set 'timeout_s=inf': timeout_s=inf must be a positive, finite number of seconds (at most 2,592,000)"),
+    (None, ["--set", "nproc=100000"],
+     "--set 'nproc=100000': nproc=100000 is more processes per node than lmbench runs (at most 64)"),
+    (TINY + "[[exclude]]\nseed = 3\n", [],
+     ("{suite}: [[exclude]] seed is neither in [matrix] nor in [defaults], so the rule would exclude nothing; matrix "
+      "axes: precision")),
+    (TINY + "[[exclude]]\nprecision = 'fp16'\n", [],
+     ("{suite}: [[exclude]] precision='fp16' matches none of its values ('fp32', 'amp-bf16'), so the rule would "
+      "exclude nothing")),
+    (TINY.replace('name = "tiny"', 'name = "../../escaped"'), [],
+     ("{suite}: name '../../escaped' is not a safe file name (up to 100 letters, digits, '.', '_', '+' or '-', not "
+      "starting with '.'): run directories are named after it")),
+    (None, ["--set", "data={empty}"], "--set 'data={empty}': data='{empty}' is an empty file"),
+])
+def test_9_nonsense_is_refused_at_validation(tmp_path, tiny, suite_text, args, message):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    if suite_text is not None:
+        Path(tiny).write_text(suite_text)
+    args = [a.format(empty=empty) for a in args]
+    line = one_line_error(lmbench("run", "--suite", tiny, *args, "--dry-run"))
+    assert line == "lmbench: error: " + message.format(suite=tiny, empty=empty)
+
+
+def test_9_an_exclude_rule_on_a_default_axis_still_applies(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text(TINY + "[[exclude]]\nmodel = 'tiny-gpt2'\nprecision = 'fp32'\n")
+    result = lmbench("run", "--suite", path, "--dry-run")
+    assert result.exit_code == 0 and "1 configurations" in result.output and "amp-bf16" in result.output
+
+
+# 10. tune.
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--max-memory", "inf"], "--max-memory 'inf': must be a finite size of at least 1 byte"),
+    (["--max-memory", "nan"], "--max-memory 'nan': must be a finite size of at least 1 byte"),
+    (["--precision", "fp8"], ("--precision 'fp8': precision='fp8' is not one of: fp32, tf32, amp-fp16, amp-bf16, "
+                             "fp16, bf16")),
+    (["--budget-minutes", "nan"], "--budget-minutes nan: must be a finite number"),
+])
+def test_10_tune_refuses_nonsense(args, message):
+    line = one_line_error(lmbench("tune", "--model", "tiny-gpt2", "--device", "cpu", *args))
+    assert line == "lmbench: error: " + message
+
+
+def test_10_tune_resumes_over_a_truncated_probes_file(tmp_path, fake, monkeypatch):
+    monkeypatch.setenv("FAKE_WORKER_OOM_ABOVE", "4")
+    out = tmp_path / "tune"
+    args = ["tune", "--model", "tiny-gpt2", "--seq-len", "16", "--device", "cpu", "--precision", "fp32",
+            "--checkpointing", "none", "--max-batch", "8", "--margin", "0", "--out", out]
+    assert lmbench(*args).exit_code == 0
+    probes = (out / "probes.jsonl").read_text().splitlines()
+    assert [json.loads(p)["batch_size"] for p in probes] == [1, 2, 4, 8, 6, 5]
+    cut = "\n".join(probes[:-1]) + "\n" + probes[-1][:20]
+    (out / "probes.jsonl").write_text(cut)
+    result = lmbench(*args, "--resume")
+    assert result.exit_code == 0, result.output
+    assert (f"lmbench: warning: {out}/probes.jsonl: partial last line (20 bytes at byte offset "
+            f"{len(cut) - 20}) moved to {out}/probes.jsonl.corrupt") in result.stderr
+    again = (out / "probes.jsonl").read_text().splitlines()
+    assert again[:-1] == probes[:-1] and json.loads(again[-1])["batch_size"] == 5  # only the lost probe re-ran
+    assert len(results.read(out).records) == 3  # batch 4, 3 and 2, measured once
+
+
+def test_10_tuner_skips_unreadable_probe_lines(tmp_path):
+    with RunDirectory(tmp_path / "t", resume=False) as run_dir:
+        (run_dir.path / "probes.jsonl").write_text('[1]\nnot json\n{"config_key": "k", "status": "ok"}\n')
+        tuner = Tuner(Config(device="cpu"), run_dir, launch=lambda job, run_dir: ("ok", None, None))
+    assert tuner.cache == {"k": "ok"}
+    assert tuner.warnings == [f"{run_dir.path}/probes.jsonl:2: skipped corrupt line",
+                              f"{run_dir.path}/probes.jsonl:1: skipped line without config_key and status"]
+
+
+# 11. report.
+
+def test_11_report_refuses_unwritable_outputs_and_reads_a_run_once(tmp_path):
+    run = _hand_run(tmp_path / "run", 100.0)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert one_line_error(lmbench("report", run, "--out", blocker / "report")) == (
+        f"lmbench: error: cannot write to --out '{blocker}/report': Not a directory")
+    (run / "report").write_text("")
+    assert one_line_error(lmbench("report", run)) == (
+        f"lmbench: error: cannot write to the report directory '{run}/report': File exists")
+    (run / "report").unlink()
+    other = _hand_run(tmp_path / "other", 90.0)
+    assert one_line_error(lmbench("report", run, other)) == (
+        "lmbench: error: a report of several runs needs --out DIR (where to write the combined report)")
+    (tmp_path / "link").symlink_to(run)
+    result = lmbench("report", run, f"{run}/", tmp_path / "link")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("is given twice: its records are read once") == 1
+    assert f"run directory {tmp_path}/link is the same directory as {run}: its records are read once" in result.stderr
+    assert (run / "report" / "results.csv").read_text().count("\n") == 2
+
+
+# 12. calibrate.
+
+def test_12_calibrate_into_an_existing_out_can_be_resumed(tmp_path, tiny, fake):
+    out = tmp_path / "cal"
+    args = ["calibrate", "--suite", tiny, "--repeats", "2", "--out", out]
+    assert lmbench(*args).exit_code == 0
+    line = one_line_error(lmbench(*args))
+    assert line == (f"lmbench: error: --out '{out}' already holds a calibration; pass --resume to finish it, or "
+                    "choose another directory")
+    (out / "noise-floor.json").unlink()
+    (out / "b" / "results.jsonl").write_text("\n".join(lines(out / "b")[:1]) + "\n")
+    result = lmbench(*args, "--resume")
+    assert result.exit_code == 0, result.output
+    assert "1 record(s) kept, 3 job(s) to go" in result.stderr
+    assert json.loads((out / "noise-floor.json").read_text())["repeats_per_run"] == 2
+    assert len(results.read(out / "b").records) == 4
