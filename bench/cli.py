@@ -168,7 +168,10 @@ def _run_suite(plan: RunPlan, out: Path | None, *, resume: bool, dry_run: bool =
                                f"room, continue with: {resume_command}") from None
         for notice in run_dir.notices[opened:]:
             click.echo(f"lmbench: warning: {notice}", err=True)
-        everything = run_dir.recorded().records
+        # The summary is of this plan: a foreign line (hand-written, or from a run before plans were checked)
+        # is no row of it.
+        planned_keys = {job.config.key for job in runner.plan(planned, platform, repeats=1)}
+        everything = [r for r in run_dir.recorded().records if r["config_key"] in planned_keys]
     _print_summary(launch, session, everything, run_dir.results_path)
     return 0
 

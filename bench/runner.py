@@ -88,7 +88,9 @@ def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
            "LMBENCH_PARENT_PID": str(os.getpid())}
     log_path = run_dir.log_path(job.name)
-    with results.saving(log_path), open(log_path, "w", encoding="utf-8") as log:
+    with results.saving(log_path):
+        log = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed by the block below
+    with log:
         proc = subprocess.Popen(worker_command(job.config, job_path, result_path, launch), stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         try:
@@ -101,20 +103,24 @@ def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch()
             raise
         finally:
             job_path.unlink(missing_ok=True)
-    if result_path.exists():
-        payload = _read_result(result_path)
-        result_path.unlink()
-        if payload is not None:
-            return payload["status"], payload["reason"], payload
-        return "error", "the worker's result file was unreadable", None
-    no_room = _no_room_for_a_result(run_dir, result_path)
-    if no_room is not None:
-        raise no_room
-    how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
-    log_text = log_path.read_text(errors="replace")
-    # A rank other than 0 that ran out of memory leaves no result, only its traceback in the log.
-    status = "oom" if any(marker in log_text for marker in OOM_MARKERS) else "error"
-    return status, f"worker {how} without a result; last log line: {_last_line(log_path)}", None
+    left = result_path.exists()
+    payload = _read_result(result_path) if left else None
+    result_path.unlink(missing_ok=True)
+    if payload is not None:
+        status, reason = payload["status"], payload["reason"]
+    elif left:
+        status, reason = "error", "the worker's result file was unreadable"
+    else:
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        log_text = log_path.read_text(errors="replace")
+        # A rank other than 0 that ran out of memory leaves no result, only its traceback in the log.
+        status = "oom" if any(marker in log_text for marker in OOM_MARKERS) else "error"
+        reason = f"worker {how} without a result; last log line: {_last_line(log_path)}"
+    if status == "error":
+        no_room = _no_room_for_a_result(run_dir, result_path)
+        if no_room is not None:
+            raise no_room
+    return status, reason, payload
 
 
 def _read_result(path: Path) -> dict[str, Any] | None:
@@ -127,10 +133,11 @@ def _read_result(path: Path) -> dict[str, Any] | None:
 
 
 def _no_room_for_a_result(run_dir: RunDirectory, result_path: Path) -> StorageError | None:
-    """When a worker left no result, whether the storage is why: a result-sized file that cannot be written.
+    """When a worker failed, whether the storage is why: a result-sized file that cannot be written.
 
-    A worker on a full disk (or past a file-size limit) fails at whatever it writes first, often
-    before its log says anything; its job is unsaved, not failed, and --resume runs it again.
+    A worker on a full disk (or past a file-size limit) fails at whatever it writes first (its result,
+    a telemetry file, its log), often before its log says anything; its job is unsaved, not failed,
+    and --resume runs it again.
     """
     probe = run_dir.path / "work" / ".room-probe"
     try:

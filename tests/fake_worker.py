@@ -7,6 +7,7 @@ Behaviour comes from the environment, which the parent passes on to its workers:
   FAKE_WORKER_PIDS=DIR   write this worker's pid to DIR/<pid> before anything else
   FAKE_WORKER_HANG=TEXT  hang (until killed) when TEXT is in the job's config key
   FAKE_WORKER_OOM_ABOVE=N  batch sizes above N end as `oom` (for tune's search)
+  FAKE_WORKER_ERROR=TEXT   every job ends as `error` with this reason
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ def work(job_path: Path, result_path: Path) -> int:
     if os.environ.get("FAKE_WORKER_HANG") and os.environ["FAKE_WORKER_HANG"] in config.key:
         while True:
             time.sleep(0.1)
-    if config.batch_size > int(os.environ.get("FAKE_WORKER_OOM_ABOVE") or 10**9):
+    if os.environ.get("FAKE_WORKER_ERROR"):
+        payload = {"status": "error", "reason": os.environ["FAKE_WORKER_ERROR"], "metrics": None, "losses": None}
+    elif config.batch_size > int(os.environ.get("FAKE_WORKER_OOM_ABOVE") or 10**9):
         payload = {"status": "oom", "reason": "OutOfMemoryError: fake", "metrics": None, "losses": None}
     else:
         # Deterministic figures: a larger batch is faster, so tune's ranking is known.

@@ -358,22 +358,25 @@ def test_5_wrongly_shaped_lines_are_skipped_by_report_resume_and_compare(tmp_pat
     out = tmp_path / "run"
     assert lmbench("run", "--suite", tiny, "--out", out).exit_code == 0
     good = lines(out)
+    # Well shaped but foreign: a hand-written record of no planned configuration, with few metrics.
+    foreign = ('{"suite": "tiny", "config_key": "x", "repeat": 0, "status": "ok", "config": {"model": "tiny-gpt2"}, '
+               '"metrics": {"tokens_per_s": 1.0}}')
     with open(out / "results.jsonl", "a") as f:
-        f.write("".join(line + "\n" for line, _ in MALFORMED) + good[0] + "\n")
+        f.write("".join(line + "\n" for line, _ in MALFORMED) + good[0] + "\n" + foreign + "\n")
     expected = [f"{out}/results.jsonl:{3 + i}: {'skipped line: ' if 'corrupt' not in why else ''}{why}"
                 for i, (_, why) in enumerate(MALFORMED)]
     expected.append(f"{out}/results.jsonl:{3 + len(MALFORMED)}: skipped line: repeat 0 of "
                     f"{json.loads(good[0])['config_key']} is already on line 1")
     loaded = results.read(out)
     assert [w.split(" (")[0] for w in loaded.warnings] == expected
-    assert [json.dumps(r) for r in loaded.records] == [json.dumps(json.loads(g)) for g in good]
+    assert [json.dumps(r) for r in loaded.records] == [json.dumps(json.loads(g)) for g in [*good, foreign]]
     report = lmbench("report", out)
     assert report.exit_code == 0, report.output
     assert report.stderr.count("lmbench: warning: ") == len(expected)
-    assert (out / "report" / "results.csv").read_text().count("\n") == 3  # header and the two good records
+    assert (out / "report" / "results.csv").read_text().count("\n") == 4  # header, two good records, the foreign
     resumed = lmbench("run", "--suite", tiny, "--out", out, "--resume")
     assert resumed.exit_code == 0, resumed.output
-    assert "2 record(s) kept, 0 job(s) to go" in resumed.stderr
+    assert "3 record(s) kept, 0 job(s) to go" in resumed.stderr  # the foreign one is kept, not summarised
     assert lmbench("compare", out, out).exit_code == 0
 
 
@@ -424,15 +427,20 @@ def test_6_11_a_full_then_read_only_disk(tmp_path, tiny):
                                                 f"'{mnt}/run/report': Read-only file system\n")
 
 
-def test_6_a_worker_without_a_result_on_a_full_disk_is_unsaved_not_failed(tmp_path, tiny, monkeypatch):
-    """The worker fails at its first write, before its log says anything; a result-sized probe tells why."""
+@pytest.mark.parametrize("failure", ["no result", "an error result"])
+def test_6_a_worker_failing_on_a_full_disk_is_unsaved_not_failed(tmp_path, tiny, fake, monkeypatch, failure):
+    """The worker fails at its first write (result, telemetry, log), maybe before its log says anything;
+    a result-sized probe tells why."""
     def full_disk(path, mode="r", *args, **kwargs):
         if Path(path).name == ".room-probe":
             raise OSError(28, "No space left on device")
         return open(path, mode, *args, **kwargs)
 
     monkeypatch.setattr(runner, "open", full_disk, raising=False)
-    monkeypatch.setattr(runner, "worker_command", lambda *a: [sys.executable, "-c", "raise SystemExit(1)"])
+    if failure == "no result":
+        monkeypatch.setattr(runner, "worker_command", lambda *a: [sys.executable, "-c", "raise SystemExit(1)"])
+    else:
+        monkeypatch.setenv("FAKE_WORKER_ERROR", "OSError: [Errno 28] No space left on device")
     out = tmp_path / "run"
     line = one_line_error(lmbench("run", "--suite", tiny, "--out", out))
     assert line.startswith(f"lmbench: error: cannot save '{out}/work/tiny-gpt2-b2-s32-a1-fp32-")
