@@ -93,6 +93,9 @@ class Config:
     """Sample NVML (power, energy, memory, clocks, throttling) over the measured window."""
     telemetry_period_s: float = 0.05
     """Seconds between telemetry samples."""
+    profile: bool = False
+    """After the measured window (never inside it), a few more steps under torch.profiler: a gzipped Chrome
+    trace beside the record and the breakdown of where the step time goes."""
 
     def __post_init__(self) -> None:
         for axis, allowed in CHOICES.items():
@@ -114,7 +117,7 @@ class Config:
             if not _positive_finite(value) or value > MAX_TIMEOUT_S:
                 raise ConfigError(f"{axis}={value!r} must be a positive, finite number of seconds "
                                   f"(at most {MAX_TIMEOUT_S:,.0f})")
-        for axis in ("telemetry", "gradient_as_bucket_view", "static_graph"):
+        for axis in ("telemetry", "gradient_as_bucket_view", "static_graph", "profile"):
             if not isinstance(getattr(self, axis), bool):
                 raise ConfigError(f"{axis}={getattr(self, axis)!r} must be true or false")
         if not (self.device in ("auto", "cpu", "cuda") or _is_cuda_index(self.device)):

@@ -114,3 +114,22 @@ def unstable_steps(step_cvs: Sequence[float]) -> str | None:
     if worst is None or worst <= STEP_CV_LIMIT:
         return None
     return f"unstable steps: cv {worst:.0%} > {STEP_CV_LIMIT:.0%}"
+
+
+def warmup(step_times_s: Sequence[float]) -> dict[str, Any]:
+    """The warmup steps as their own distribution: the first one (compilation, autotuning) and the rest."""
+    if not step_times_s:
+        return {"warmup_step_times_s": [], "warmup_first_step_s": None, "warmup_step_time_median_s": None}
+    return {"warmup_step_times_s": list(step_times_s), "warmup_first_step_s": step_times_s[0],
+            "warmup_step_time_median_s": percentile(step_times_s, 50)}
+
+
+def profile_fields(profile: dict[str, Any] | None) -> dict[str, Any]:
+    """A profiled window's breakdown as flat metrics (`time_frac_<category>`), plus its top kernels and trace."""
+    if profile is None:
+        return {}
+    fields: dict[str, Any] = {f"time_frac_{category}": value for category, value in profile["fractions"].items()}
+    fields.update(profile_step_time_s=profile["step_time_s"], profile_steps=profile["steps"],
+                  comm_overlap_frac=profile["communication_overlap"], profile_top_kernels=profile["top_kernels"],
+                  profile_trace=profile["trace"])
+    return fields

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -90,15 +91,17 @@ def _peak_memory(devices: list[Any]) -> dict[str, Any]:
     return peaks
 
 
-def measure(config: Config, *, timeline_path: Path | None = None) -> dict[str, Any] | None:
+def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Path | None = None
+            ) -> dict[str, Any] | None:
     """Build, warm up and time `config` in this process; returns the result payload (None off rank 0).
 
-    The telemetry timeline, when there is one, is written to `timeline_path` (one file per rank).
+    The telemetry timeline, when there is one, is written to `timeline_path` (one file per rank), and
+    with `config.profile` the profiler's trace of the extra steps after the window to `trace_path`.
     """
     import torch
 
     from lmbench import distributed, hostmem, metrics
-    from lmbench.flops import matmul_params, palm_flops_per_token
+    from lmbench.flops import matmul_params, palm_flops_per_token, recompute_flops_per_token, rerun_params
     from lmbench.kernel_sets import KERNEL_SETS
     from lmbench.precision import matmul_mode
     from lmbench.telemetry import Telemetry, for_devices, power_trace
@@ -121,9 +124,13 @@ def measure(config: Config, *, timeline_path: Path | None = None) -> dict[str, A
         # What a suite's wall time is made of besides the window: start-up, then warmup (compilation).
         startup_s = process_age_s()
         warmup_start = time.perf_counter()
-        for _ in range(config.warmup):
-            step()
-            budget.check()
+        # Warmup steps are timed too, as their own distribution (compilation, autotuning, allocator growth).
+        warmup_timer = StepTimer(device)
+        with warmup_timer.window():
+            for _ in range(config.warmup):
+                with warmup_timer.step():
+                    step()
+                budget.check()
         # Under nn.DataParallel every GPU it replicates over spends memory and energy on the tokens.
         devices = devices_used(config, device)
         if device.type == "cuda":
@@ -142,6 +149,15 @@ def measure(config: Config, *, timeline_path: Path | None = None) -> dict[str, A
             for _ in range(config.steps):
                 with timer.step():
                     losses_t.append(step())
+        # Read before profiling: the profiler's steps and buffers are not part of the measurement.
+        peaks = _peak_memory(devices)
+        host_growth = host_window.growth_bytes if device.type == "cpu" else None
+        profiled = None
+        if config.profile:
+            from lmbench.profiling import profile_steps
+
+            trace = _rank_timeline(trace_path or Path(tempfile.mkdtemp()) / "trace.json.gz", rank, world)
+            profiled = {**profile_steps(step, device, trace), "trace": str(trace)}
     budget.check()
     own_timeline = _rank_timeline(timeline_path, rank, world)
     if own_timeline is not None and telemetry.samples:
@@ -152,9 +168,11 @@ def measure(config: Config, *, timeline_path: Path | None = None) -> dict[str, A
         "window_s": timer.window_s,
         "startup_s": startup_s,
         "warmup_s": warmup_s,
+        "warmup_step_times_s": warmup_timer.times_s(),
         "losses": torch.stack(losses_t).cpu().tolist(),
-        **_peak_memory(devices),
-        "mem_host_peak_growth_bytes": host_window.growth_bytes if device.type == "cpu" else None,
+        **peaks,
+        "mem_host_peak_growth_bytes": host_growth,
+        "profile": profiled,
         "telemetry": telemetry.summary(tokens=tokens_per_rank * config.steps),
         "power_trace": power_trace(telemetry.samples),
         "param_checksum": distributed.param_checksum(step.base_model) if world > 1 else None,
@@ -170,11 +188,15 @@ def measure(config: Config, *, timeline_path: Path | None = None) -> dict[str, A
     result = distributed.aggregate(per_rank, tokens_per_step=tokens_per_rank,
                                    samples_per_step=config.batch_size * step.replicas * config.grad_accum,
                                    steps=config.steps, devices_per_rank=step.replicas)
-    flops = palm_flops_per_token(n_matmul_params=matmul_params(step.base_model), n_layers=spec.n_layers,
-                                 n_heads=spec.n_heads, head_dim=spec.head_dim, seq_len=config.seq_len)
-    result.update(metrics.flops_utilisation(flops_per_token=flops,
+    shape = {"n_layers": spec.n_layers, "n_heads": spec.n_heads, "head_dim": spec.head_dim, "seq_len": config.seq_len}
+    flops = palm_flops_per_token(n_matmul_params=matmul_params(step.base_model), **shape)
+    recompute = recompute_flops_per_token(checkpointing=config.checkpointing,
+                                          n_rerun_params=rerun_params(step.base_model, spec.family), **shape)
+    result.update(metrics.flops_utilisation(flops_per_token=flops, hardware_flops_per_token=flops + recompute,
                                             tokens_per_s_per_device=result["tokens_per_s_per_device"],
                                             device_name=local["device_name"], precision=config.precision))
+    result.update(metrics.warmup(per_rank[0]["warmup_step_times_s"]))
+    result.update(metrics.profile_fields(per_rank[0]["profile"]))
     result.update(metrics.loss_health(losses))
     result.update({
         "window_s": max(r["window_s"] for r in per_rank),
@@ -191,6 +213,7 @@ def measure(config: Config, *, timeline_path: Path | None = None) -> dict[str, A
         "param_checksum_initial": initial_checksum,
         "kernels_note": KERNEL_SETS[config.kernels].note,
         "kernels_applied": step.kernels_applied,
+        "params": sum(p.numel() for p in step.base_model.parameters()),
     })
     result.update({key: value for key, value in local.items() if key.endswith("_per_device")})
     warnings = []
@@ -209,6 +232,13 @@ def measure(config: Config, *, timeline_path: Path | None = None) -> dict[str, A
             "step_times_s": distributed.slowest_steps(per_rank), "warnings": warnings}
 
 
+def trace_path(job: dict[str, Any], timeline: Path | None) -> Path | None:
+    """Where a profiled job's trace goes: RUN_DIR/traces/KEY-rN.json.gz, beside RUN_DIR/telemetry/KEY-rN.csv."""
+    if job.get("trace_path"):
+        return Path(job["trace_path"])
+    return timeline.parent.parent / "traces" / f"{timeline.stem}.json.gz" if timeline else None
+
+
 def run_job(job_path: Path, result_path: Path) -> int:
     job = json.loads(job_path.read_text())
     config = Config.from_mapping(job["config"])
@@ -219,8 +249,8 @@ def run_job(job_path: Path, result_path: Path) -> int:
     device = worker_device(config, info)
     env = environment.capture(device)
     try:
-        timeline = job.get("timeline_path")
-        payload = measure(config, timeline_path=Path(timeline) if timeline else None)
+        timeline = Path(job["timeline_path"]) if job.get("timeline_path") else None
+        payload = measure(config, timeline_path=timeline, trace_path=trace_path(job, timeline))
     except Exception as error:  # noqa: BLE001 - every failure of a config is data, not a crash
         traceback.print_exc()
         if info is not None and info.rank != 0:

@@ -60,3 +60,30 @@ def test_hand_made_cuda_trace_by_hand():
 def test_a_trace_without_steps_is_refused():
     with pytest.raises(ValueError, match="no ProfilerStep ranges"):
         breakdown({"traceEvents": [X("aten::mm", 0, 1, "cpu_op")]})
+
+
+@pytest.mark.slow
+def test_a_profiled_run_records_its_breakdown_trace_and_hfu(tmp_path):
+    from click.testing import CliRunner
+
+    from lmbench import results
+    from lmbench.cli import cli
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["run", "--suite", "smoke", "--device", "cpu", "--out", str(out), "--set",
+                                      "model=tiny-gpt2", "--set", "precision=fp32", "--set", "profile=true",
+                                      "--set", "checkpointing=none,full", "--set", "steps=3"])
+    assert result.exit_code == 0, result.output
+    records = {r["config"]["checkpointing"]: r for r in results.read(out).records}
+    for mode, r in records.items():
+        m = r["metrics"]
+        assert r["status"] == "ok", r["reason"]
+        assert sum(m[f"time_frac_{c}"] for c in CATEGORIES) == pytest.approx(1, abs=0.02)
+        assert m["time_frac_matmul"] > 0 and m["time_frac_optimizer"] > 0 and m["profile_steps"] == 3
+        trace = out / "traces" / f"{r['config_key']}-r0.json.gz"
+        assert m["profile_trace"] == str(trace) and trace.exists()
+        # Warmup steps are their own distribution; HFU and MFU are both in every record (None without a peak).
+        assert len(m["warmup_step_times_s"]) == r["config"]["warmup"] and m["warmup_first_step_s"] > 0
+        assert "hfu" in m and "mfu" in m
+    assert records["none"]["metrics"]["hardware_flops_per_token"] == records["none"]["metrics"]["flops_per_token"]
+    assert records["full"]["metrics"]["hardware_flops_per_token"] > records["full"]["metrics"]["flops_per_token"]
