@@ -202,6 +202,29 @@ def speedup_heatmap(df: pd.DataFrame, *, x: str | None = None, y: str | None = N
     return fig
 
 
+def time_breakdown(profiled: list[tuple[dict[str, Any], dict[str, Any]]], axes: list[str]) -> Figure:
+    """One stacked bar per profiled configuration: the fractions of its step time by category."""
+    from lmbench.breakdown import CATEGORIES
+
+    title = "Where the time goes (profiled steps)"
+    if not profiled:
+        return _empty(title, "no profiled configuration (run with --set profile=true)")
+    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.45 * len(profiled) + 1.5)), layout="constrained")
+    labels = [config_label(config, axes) for config, _ in profiled]
+    left = [0.0] * len(profiled)
+    colours = plt.get_cmap("tab10")
+    for i, category in enumerate(CATEGORIES):
+        widths = [m[f"time_frac_{category}"] or 0.0 for _, m in profiled]
+        ax.barh(labels, widths, left=left, label=category, color="#bbbbbb" if category == "idle" else colours(i))
+        left = [a + b for a, b in zip(left, widths)]
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("fraction of the step time")
+    ax.set_title(title)
+    ax.tick_params(axis="y", labelsize=7)
+    fig.legend(fontsize=7, ncols=len(CATEGORIES), loc="outside lower center")
+    return fig
+
+
 def step_time_distributions(records: list[dict[str, Any]]) -> Figure:
     """Box plot of per-step times (all repeats pooled) per configuration."""
     title = "Step time distributions"

@@ -167,6 +167,58 @@ def sections(records: list[dict[str, Any]], baseline: tuple[str, str] | None = N
     return out
 
 
+def profiled(records: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(configuration, metrics) of the first ok profiled repeat of each configuration."""
+    found: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+    for r, config in zip(records, configs_of(records)):
+        m = r.get("metrics") or {}
+        if r["status"] == "ok" and m.get("time_frac_idle") is not None:
+            found.setdefault(f"{config.get('run')}::{r['config_key']}", (config, m))
+    return list(found.values())
+
+
+def time_sections(records: list[dict[str, Any]]) -> dict[str, Grid]:
+    """Where the time goes, for profiled configurations: the breakdown of a step and the top kernels."""
+    from lmbench.breakdown import CATEGORIES
+
+    found = profiled(records)
+    if not found:
+        return {}
+    axes = varying_axes(configs_of(records))
+    rows, kernels = [], []
+    for config, m in found:
+        label = [str(config[a]) for a in axes]
+        overlap = m.get("comm_overlap_frac")
+        rows.append(label + [_fmt(m["profile_step_time_s"], ".2f", 1e-3)]
+                    + [_fmt(m[f"time_frac_{c}"], ".1%") for c in CATEGORIES] + [_fmt(overlap, ".0%")])
+        kernels += [label + [k["name"][:90], _fmt(k["time_s"], ".3f", 1e-3), _fmt(k["calls"], ".0f")]
+                    for k in m.get("profile_top_kernels") or []]
+    n = len(axes)
+    return {"time": Grid(axes + ["profiled step ms", *CATEGORIES, "comm overlapped"], rows,
+                         right=set(range(n, n + len(CATEGORIES) + 2))),
+            "kernels": Grid(axes + ["kernel (top 10 by time)", "ms per step", "calls per step"], kernels,
+                            right={n + 1, n + 2})}
+
+
+def roofline_section(records: list[dict[str, Any]], ceilings: dict[str, Any]) -> dict[str, Grid]:
+    """Each configuration's step time at the measured ceilings and the measured step's ratio to it."""
+    from lmbench.roofline import for_record
+
+    axes = varying_axes(configs_of(records))
+    rows = []
+    for s in summarize(records):
+        ok = next((r for r in records if r["status"] == "ok" and r["config_key"] == s.key.rpartition("::")[2]), None)
+        found = for_record(ok["metrics"], ok["config"], ceilings) if ok else None
+        if found:
+            rows.append([str(s.config[a]) for a in axes] + [
+                found["roofline_bound"], _fmt(found["roofline_compute_s"], ".2f", 1e-3),
+                _fmt(found["roofline_memory_s"], ".2f", 1e-3), _fmt(s.step_time_s(), ".2f", 1e-3),
+                _fmt(s.step_time_s() / found["roofline_step_time_s"], ".2f") + "x"])
+    n = len(axes)
+    head = ["bound", "compute roof ms", "memory roof ms", "measured step ms", "measured ÷ roof"]
+    return {"roofline": Grid(axes + head, rows, right=set(range(n + 1, n + 5)))} if rows else {}
+
+
 def timelines(records: list[dict[str, Any]], axes: list[str]) -> dict[str, Path]:
     """Telemetry CSV of repeat 0 of each configuration (rank 0 for multi-GPU runs), labelled."""
     found = {}
@@ -174,7 +226,8 @@ def timelines(records: list[dict[str, Any]], axes: list[str]) -> dict[str, Path]
         if r["repeat"] != 0 or "run" not in r:
             continue
         folder = Path(r["run"]) / "telemetry"
-        for name in (f"{r['config_key']}-r0.csv", f"{r['config_key']}-r0-rank0.csv"):
+        # One process, several ranks (rank 0's), or nn.DataParallel's several devices (the first's).
+        for name in (f"{r['config_key']}-r0.csv", f"{r['config_key']}-r0-rank0.csv", f"{r['config_key']}-r0-dev0.csv"):
             if (folder / name).exists():
                 found[plots.config_label(config, axes)] = folder / name
                 break
@@ -183,7 +236,9 @@ def timelines(records: list[dict[str, Any]], axes: list[str]) -> dict[str, Path]
 
 def figures(df: pd.DataFrame, records: list[dict[str, Any]], baseline: tuple[str, str] | None) -> dict[str, Any]:
     axes = varying_axes(configs_of(records))
+    breakdown = {"time_breakdown": plots.time_breakdown(profiled(records), axes)} if profiled(records) else {}
     return {
+        **breakdown,
         "tokens_vs_batch": plots.tokens_vs_batch(df),
         "memory_vs_batch": plots.memory_vs_batch(df),
         "tokens_per_joule": plots.tokens_per_joule(df),
@@ -199,17 +254,23 @@ def _png(fig: Any) -> bytes:
     return buffer.getvalue()
 
 
-SECTION_TITLES = {"throughput": "Throughput", "memory": "Memory", "energy": "Energy", "failures": "Failures"}
+SECTION_TITLES = {"throughput": "Throughput", "memory": "Memory", "energy": "Energy", "failures": "Failures",
+                  "time": "Where the time goes", "kernels": "Top kernels of the profiled steps",
+                  "roofline": "Distance to the roofline (measured ceilings)"}
 
 
 def build(df: pd.DataFrame, records: list[dict[str, Any]], out: Path, *, baseline: tuple[str, str] | None = None,
-          runs: list[str]) -> dict[str, Path]:
-    """Write report.md, results.csv, report.html and plots/*.png into `out`; returns their paths."""
+          runs: list[str], ceilings: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Write report.md, results.csv, report.html and plots/*.png into `out`; returns their paths.
+
+    With `ceilings` (`lmbench ceilings --out` figures) the report adds the distance to the roofline.
+    """
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "plots").mkdir(exist_ok=True)
-    grids = sections(records, baseline)
+    grids = {**sections(records, baseline), **time_sections(records),
+             **(roofline_section(records, ceilings) if ceilings else {})}
     summaries = summarize(records)
     images = {}
     for name, fig in figures(df, records, baseline).items():

@@ -285,3 +285,32 @@ def test_stalls_show_in_the_note_column():
     row = report.tables([record])["throughput"].splitlines()[2]
     assert row.endswith("| stalls: sustained 40% below typical; 2 outlier step(s), 0.8 s beyond the median; "
                         "unstable steps: cv 50% > 10% |")
+
+
+def profiled_record(precision, tps, fractions):
+    record = hand_record(precision, 8, tps)
+    record["metrics"].update({f"time_frac_{c}": v for c, v in fractions.items()}, profile_step_time_s=0.05,
+                             comm_overlap_frac=None, profile_steps=3,
+                             profile_top_kernels=[{"name": "sm90_xmma_gemm", "time_s": 0.02, "calls": 12.0}])
+    return record
+
+
+def test_where_the_time_goes_and_the_roofline(tmp_path):
+    fractions = {"optimizer": 0.1, "data": 0.0, "attention": 0.2, "matmul": 0.4, "other": 0.2, "communication": 0.0,
+                 "idle": 0.1}
+    records = [profiled_record("fp32", 1000.0, fractions), hand_record("amp-bf16", 8, 2000.0)]
+    grids = report.time_sections(records)
+    assert grids["time"].rows == [["fp32", "50.00", "10.0%", "0.0%", "20.0%", "40.0%", "20.0%", "0.0%", "10.0%", "-"]]
+    assert grids["kernels"].rows == [["fp32", "sm90_xmma_gemm", "20.000", "12"]]
+    for r in records:
+        r["metrics"].update(hardware_flops_per_token=1e9, params=10**9, devices=1)
+    ceilings = {"bf16_matmul_tflops": 1000.0, "copy_gb_per_s": 2000.0}
+    # 1024 tokens x 1e9 FLOPs at 1000 TFLOP/s: 1.02 ms; 40e9 bytes (fp32 AdamW) at 2 TB/s: 20 ms; step 1024 ms.
+    roof = report.roofline_section(records, ceilings)["roofline"]
+    assert roof.rows[0] == ["fp32", "memory", "1.02", "20.00", "1024.00", "51.20x"]
+    df = hand_frame(records)
+    paths = report.build(df, records, tmp_path / "r", runs=["hand"], ceilings=ceilings)
+    md = paths["report.md"].read_text()
+    assert "## Where the time goes" in md and "## Distance to the roofline" in md
+    assert (tmp_path / "r" / "plots" / "time_breakdown.png").exists()
+    assert report.time_sections([hand_record("fp32", 8, 1000.0)]) == {}
