@@ -178,14 +178,16 @@ def compare(base: list[dict[str, Any]], cand: list[dict[str, Any]], *, metric: s
 
 
 def environment_of(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """GPU model, driver and torch of a run (its first record with an env)."""
+    """Device model (a GPU, or the CPU for CPU runs), driver and torch of a run (its first record with an env)."""
     env = next((r["env"] for r in records if r.get("env")), {}) or {}
     device = env.get("device") or {}
-    return {"gpu": device.get("name"), "driver": device.get("driver"), "torch": env.get("torch")}
+    kind = "CPU" if device.get("type") == "cpu" else "GPU"
+    return {"device": f"{device.get('name')} ({kind})" if device.get("name") else None, "driver": device.get("driver"),
+            "torch": env.get("torch")}
 
 
 def environment_differences(base: list[dict[str, Any]], cand: list[dict[str, Any]]) -> dict[str, tuple[Any, Any]]:
-    """GPU model, driver and torch that differ between the two runs."""
+    """Device model, driver and torch that differ between the two runs."""
     b, c = environment_of(base), environment_of(cand)
     return {k: (b[k], c[k]) for k in b if b[k] != c[k]}
 

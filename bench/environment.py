@@ -76,12 +76,46 @@ def nvml_rows(device_count: int) -> list[tuple[str, str]]:
     return rows
 
 
+def _proc_fields(path: str) -> list[tuple[str, str]]:
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    return [(k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in text.splitlines()) if _]
+
+
+def cpu_info() -> dict[str, Any]:
+    """The CPU as a device: model, physical and logical cores, the cores this process may use, torch's
+    intra-op threads and total memory, so two machines are told apart as GPUs are (Linux /proc; else less)."""
+    import torch
+
+    cpuinfo = _proc_fields("/proc/cpuinfo")
+    model = next((v for k, v in cpuinfo if k in ("model name", "Model", "Processor")), None)
+    cores, physical = set(), "0"
+    for key, value in cpuinfo:
+        if key == "physical id":
+            physical = value
+        elif key == "core id":
+            cores.add((physical, value))
+    memory = next((v for k, v in _proc_fields("/proc/meminfo") if k == "MemTotal"), None)
+    return {
+        "type": "cpu",
+        "name": model or platform.processor() or platform.machine(),
+        "count": os.cpu_count(),
+        "physical_cores": len(cores) or None,
+        "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "memory_total_bytes": int(memory.split()[0]) * 1024 if memory else None,
+    }
+
+
 def device_info(device: Any) -> dict[str, Any]:
     """Name, UUID, capability and memory of a torch device (only `type` for the CPU)."""
     import torch
 
     if device.type != "cuda":
-        return {"type": "cpu", "name": platform.processor() or platform.machine(), "count": os.cpu_count()}
+        return cpu_info()
     from lmbench.nvml import torch_device_ids
 
     index = device.index if device.index is not None else torch.cuda.current_device()
@@ -170,7 +204,10 @@ def describe() -> list[tuple[str, str]]:
                                           f"{d['memory_total_bytes'] / 2**30:.1f} GiB, {d['uuid']}"))
     else:
         rows.append(("GPU", "none visible: runs use the CPU (device=cpu)"))
-    rows.append(("cpu", f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical cores"))
+    cpu = cpu_info()
+    memory = f", {cpu['memory_total_bytes'] / 2**30:.1f} GiB" if cpu["memory_total_bytes"] else ""
+    rows.append(("cpu", f"{cpu['name']}, {cpu['physical_cores'] or '?'} physical / {cpu['logical_cores']} logical "
+                        f"cores ({cpu['usable_cores']} usable), torch threads {cpu['torch_threads']}{memory}"))
     rows.extend(nvml_rows(info.device_count))
     rows.append(("apex", "installed" if info.apex_available else "not installed"))
     rows.append(("liger-kernel", "installed" if info.liger_available else "not installed (pip install lmbench[liger])"))

@@ -9,7 +9,7 @@ from typing import Any
 from xml.sax.saxutils import escape as xml_escape
 
 from lmbench import results
-from lmbench.compare import Verdict, environment_differences, environment_of
+from lmbench.compare import Verdict, environment_differences
 from lmbench.errors import ResultsError, UsageError
 from lmbench.noise import NoiseFloor
 from lmbench.table import markdown_table
@@ -36,9 +36,9 @@ def load_pair(base: Path, cand: Path, *, metric: str, allow_different_hardware: 
         raise UsageError(f"--metric {metric!r} is in no record of either run (e.g. tokens_per_s, step_time_median_s)")
     _check_numeric(metric, b + c)
     warnings += check_hardware(environment_differences(b, c), allow_different_hardware=allow_different_hardware)
-    gpu = environment_of(b)["gpu"]
-    if noise is not None and noise.device != gpu:
-        warnings.append(f"the noise floor {noise.source} was measured on {noise.device}, the baseline ran on {gpu}")
+    device = (next((r["env"] for r in b if r.get("env")), {}).get("device") or {}).get("name")
+    if noise is not None and noise.device != device:
+        warnings.append(f"the noise floor {noise.source} was measured on {noise.device}, the baseline ran on {device}")
     return b, c, warnings
 
 
@@ -64,11 +64,11 @@ def write_junit(path: Path, verdicts: list[Verdict], *, metric: str) -> None:
 
 
 def check_hardware(differences: dict[str, tuple[Any, Any]], *, allow_different_hardware: bool) -> list[str]:
-    """Warnings for environments that differ; a different GPU model is an error unless allowed."""
-    if "gpu" in differences and not allow_different_hardware:
-        base, cand = differences["gpu"]
-        raise UsageError(f"the runs come from different GPUs ({base} vs {cand}); pass --allow-different-hardware "
-                         "to compare them anyway")
+    """Warnings for environments that differ; a different device model (GPU or CPU) is an error unless allowed."""
+    if "device" in differences and not allow_different_hardware:
+        base, cand = differences["device"]
+        raise UsageError(f"the runs come from different devices ({base} vs {cand}); pass "
+                         "--allow-different-hardware to compare them anyway")
     return [f"{name} differs: {base} (baseline) vs {cand} (candidate)" for name, (base, cand) in differences.items()]
 
 

@@ -112,8 +112,8 @@ def test_compare_bad_inputs_are_one_line_errors(tmp_path):
     cases = [
         ((base, str(tmp_path / "nope")), f"lmbench: error: candidate run directory '{tmp_path / 'nope'}' does not exist"),
         ((base, other_suite), "lmbench: error: the runs are of different suites (s, t); compare runs of one suite"),
-        ((base, other_gpu), "lmbench: error: the runs come from different GPUs (NVIDIA H100 80GB HBM3 vs "
-                            "NVIDIA A100-SXM4-80GB); pass --allow-different-hardware to compare them anyway"),
+        ((base, other_gpu), "lmbench: error: the runs come from different devices (NVIDIA H100 80GB HBM3 (GPU) vs "
+                            "NVIDIA A100-SXM4-80GB (GPU)); pass --allow-different-hardware to compare them anyway"),
         ((base, base, "--metric", "speed"), "lmbench: error: --metric 'speed' is in no record of either run "
                                             "(e.g. tokens_per_s, step_time_median_s)"),
         ((base, base, "--threshold", "x"), "lmbench: error: --threshold 'x': expected a percentage like 5% or a "
@@ -234,3 +234,19 @@ def test_bad_noise_floor_files_are_one_line_errors(tmp_path):
         assert result.exit_code == 2, result.output
         line, = result.stderr.strip().splitlines()
         assert line.startswith("lmbench: error: --noise-floor ") and text in line, line
+
+
+def test_cpu_runs_of_different_cpu_models_are_refused_like_gpus(tmp_path):
+    def cpu_run(name, model):
+        records = run_of({"a": [100.0]})
+        for r in records:
+            r["env"] = {"device": {"type": "cpu", "name": model, "physical_cores": 2}, "torch": "2.13"}
+        return write_run(tmp_path / name, records)
+
+    epyc, xeon = cpu_run("epyc", "AMD EPYC 9654"), cpu_run("xeon", "Intel(R) Xeon(R) Platinum 8480+")
+    result = invoke(epyc, xeon)
+    assert result.exit_code == 2
+    assert result.stderr.strip() == ("lmbench: error: the runs come from different devices (AMD EPYC 9654 (CPU) vs "
+                                     "Intel(R) Xeon(R) Platinum 8480+ (CPU)); pass --allow-different-hardware to "
+                                     "compare them anyway")
+    assert invoke(epyc, cpu_run("epyc2", "AMD EPYC 9654")).exit_code == 0
