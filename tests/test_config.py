@@ -66,3 +66,10 @@ def test_an_empty_data_file_is_refused(tmp_path):
     empty.write_text("")
     with pytest.raises(ConfigError, match=rf"^data='{empty}' is an empty file$"):
         Config(data=str(empty))
+
+
+def test_every_default_has_a_reason():
+    from lmbench.config import DEFAULT_REASONS, FIELD_TYPES
+
+    assert set(DEFAULT_REASONS) == set(FIELD_TYPES)
+    assert all(reason and len(reason) < 120 for reason in DEFAULT_REASONS.values())

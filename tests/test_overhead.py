@@ -22,7 +22,7 @@ class BareLoop:
     def __init__(self) -> None:
         torch.manual_seed(CONFIG.seed)
         self.model = build_model(MODELS[CONFIG.model], attention="sdpa").train()
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=CONFIG.lr, foreach=True)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=CONFIG.lr, fused=True)
         self.batches = make_batches(spec=MODELS[CONFIG.model], batch_size=CONFIG.batch_size, seq_len=CONFIG.seq_len,
                                     data="synthetic", tokenizer="byte", seed=CONFIG.seed, count=16, device=CPU)
         self.i = 0
