@@ -200,20 +200,35 @@ def _execute(jobs: list[runner.Job], run_dir: runner.RunDirectory, suite: str, l
     err_console = _console(stderr=True)
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[figure]}")]
-    with Progress(*columns, console=err_console, transient=False) as progress:
-        task = progress.add_task(suite, total=len(jobs), figure="")
-        warned = False
-        for job, record in runner.execute(jobs, run_dir, suite=suite, launch=launch, previous=previous,
-                                          parity=parity):
-            session.append(record)
-            if record["warnings"] and not warned:
-                # Once per run: the record of every affected config keeps its own warning.
-                progress.console.print(f"[yellow]warning: {job.name}: {escape(record['warnings'][0])}")
-                warned = True
-            figure = record["status"]
-            if record["status"] == "ok":
-                figure = f"{record['metrics']['tokens_per_s']:,.0f} tok/s  {job.config.key}"
-            progress.update(task, advance=1, figure=figure)
+    stopped: Interrupted | None = None
+    try:
+        with Progress(*columns, console=err_console, transient=False) as progress:
+            task = progress.add_task(suite, total=len(jobs), figure="")
+            try:
+                records = runner.execute(jobs, run_dir, suite=suite, launch=launch, previous=previous, parity=parity)
+                _follow(progress, task, records, session)
+            except Interrupted as stop:
+                stopped = stop
+    except OSError:
+        # After SIGHUP the terminal is gone: closing the progress bar fails, the stop goes on.
+        if stopped is None:
+            raise
+    if stopped is not None:
+        raise stopped
+
+
+def _follow(progress: Progress, task: Any, records: Any, session: list[dict[str, Any]]) -> None:
+    warned = False
+    for job, record in records:
+        session.append(record)
+        if record["warnings"] and not warned:
+            # Once per run: the record of every affected config keeps its own warning.
+            progress.console.print(f"[yellow]warning: {job.name}: {escape(record['warnings'][0])}")
+            warned = True
+        figure = record["status"]
+        if record["status"] == "ok":
+            figure = f"{record['metrics']['tokens_per_s']:,.0f} tok/s  {job.config.key}"
+        progress.update(task, advance=1, figure=figure)
 
 
 def _print_summary(launch: Any, session: list[dict[str, Any]], everything: list[dict[str, Any]],

@@ -27,23 +27,24 @@ META_FILE = "run.json"
 class RunDirectory:
     """One run's directory, locked for this process while open (use it as a context manager)."""
 
-    def __init__(self, path: Path, *, resume: bool, resume_hint: str = "pass --resume to continue that run") -> None:
+    def __init__(self, path: Path, *, resume: bool) -> None:
         self.path = Path(path)
         for folder in (self.path, self.path / "logs", self.path / "work"):
             results.writable_dir(folder)
         self.results_path = self.path / results.RESULTS_FILE
         self.notices: list[str] = []
         """Repairs made on opening and appending, for the command to show."""
-        self._lock: IO[bytes] | None = _lock(self.path / LOCK_FILE)
+        self._lock: IO[bytes] | None = _lock(self.path / LOCK_FILE, self.notices)
         try:
             if self.results_path.exists() and self.results_path.stat().st_size and not resume:
-                raise ResultsError(f"--out {str(self.path)!r} already holds results; {resume_hint}, or choose "
-                                   "another directory")
+                raise ResultsError(f"--out {str(self.path)!r} already holds results; pass --resume to continue that "
+                                   "run, or choose another directory")
             with results.saving(self.results_path):
                 note = results.repair(self.results_path)
             self.notices += [note] if note else []
             for leftover in (self.path / "work").iterdir():
-                leftover.unlink(missing_ok=True)
+                if leftover.is_file():
+                    leftover.unlink(missing_ok=True)
         except BaseException:
             self.close()
             raise
@@ -86,13 +87,12 @@ class RunDirectory:
         return meta
 
     def write_meta(self, meta: dict[str, Any]) -> None:
-        path = self.path / META_FILE
-        with results.saving(path):
-            results.write_json(path, meta)
+        self.write_json(self.path / META_FILE, meta)
 
-    def write_job(self, path: Path, job: dict[str, Any]) -> None:
+    def write_json(self, path: Path, payload: dict[str, Any]) -> None:
+        """A JSON file in the run (run.json, a worker's job), atomically; a storage failure is a StorageError."""
         with results.saving(path):
-            results.write_json(path, job)
+            results.write_json(path, payload)
 
     def log_path(self, name: str) -> Path:
         return self.path / "logs" / f"{name}.log"
@@ -102,10 +102,12 @@ class RunDirectory:
         return self.path / "telemetry" / f"{name}.csv"
 
 
-def _lock(path: Path) -> IO[bytes]:
+def _lock(path: Path, notices: list[str]) -> IO[bytes] | None:
     """Take the run's lock without waiting, and write who holds it; a held lock is a RunLockedError naming them.
 
     The lock belongs to the open file: closing it, or the end of this process however it ends, releases it.
+    A file system without flock (Lustre mounted noflock, some NFS) gets a notice and no lock: refusing
+    would make lmbench unusable there.
     """
     try:
         f = open(path, "a+b")
@@ -120,9 +122,10 @@ def _lock(path: Path) -> IO[bytes]:
         raise RunLockedError(f"--out {str(path.parent)!r} is in use by {holder}; wait for it to finish or choose "
                              "another directory") from None
     except OSError as err:
-        # A file system without locks (some network mounts) cannot promise one writer; refuse rather than guess.
         f.close()
-        raise ResultsError(f"cannot lock --out {str(path.parent)!r}: {err.strerror or err}") from None
+        notices.append(f"cannot lock {str(path.parent)!r} ({err.strerror or err}): nothing stops a second run from "
+                       "writing there too")
+        return None
     started = dt.datetime.now().astimezone().isoformat(timespec="seconds")
     command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
     try:

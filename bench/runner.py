@@ -82,8 +82,8 @@ def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch()
     job_path = run_dir.path / "work" / f"{job.name}.job.json"
     result_path = run_dir.path / "work" / f"{job.name}.result.json"
     result_path.unlink(missing_ok=True)
-    run_dir.write_job(job_path, {"config": job.config.to_dict(), "repeat": job.repeat,
-                                 "timeline_path": str(run_dir.timeline_path(job.name))})
+    run_dir.write_json(job_path, {"config": job.config.to_dict(), "repeat": job.repeat,
+                                  "timeline_path": str(run_dir.timeline_path(job.name))})
     # LMBENCH_PARENT_PID: the worker exits when this process is gone, even if it is SIGKILLed.
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
            "LMBENCH_PARENT_PID": str(os.getpid())}

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import resource
+import select
 import shlex
 import shutil
 import signal
@@ -104,9 +106,9 @@ def spawn(tmp_path: Path, *args: object, env: dict[str, str] | None = None, **kw
     """lmbench in a process of its own (fake workers), for signals and resource limits."""
     pids = tmp_path / "pids"
     pids.mkdir(exist_ok=True)
+    streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
     return subprocess.Popen([sys.executable, fake_worker.__file__, "--cli", *map(str, args)], cwd=tmp_path,
-                            env={**os.environ, "FAKE_WORKER_PIDS": str(pids), **(env or {})}, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+                            env={**os.environ, "FAKE_WORKER_PIDS": str(pids), **(env or {})}, **{**streams, **kw})
 
 
 def wait_for(condition, timeout_s: float = 60.0) -> None:
@@ -215,6 +217,17 @@ def test_2_a_second_run_into_a_locked_out_is_refused_and_says_who_holds_it(tmp_p
     assert lmbench("run", "--suite", tiny, "--out", out).exit_code == 0  # released with the directory
 
 
+def test_2_a_file_system_without_locks_gets_a_warning_not_a_refusal(tmp_path, monkeypatch):
+    def no_flock(fd, operation):
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr("fcntl.flock", no_flock)
+    with RunDirectory(tmp_path / "run", resume=False) as run_dir:
+        notice, = run_dir.notices
+    assert notice == (f"cannot lock '{tmp_path}/run' (Function not implemented): nothing stops a second run from "
+                      "writing there too")
+
+
 # 3. Signals to the parent and to the worker.
 
 @pytest.mark.slow
@@ -251,6 +264,34 @@ def test_3_a_signal_stops_the_worker_records_nothing_half_done_and_resume_finish
     assert f"1 record(s) kept, {3 * repeats - 1} job(s) to go" in result.stderr
     assert lines(out)[0] == first
     assert sorted(keys(out)) == sorted((p, r) for p in ("fp32", "amp-bf16", "bf16") for r in range(repeats))
+
+
+@pytest.mark.slow
+def test_3_a_hang_up_after_the_terminal_is_gone_still_stops_cleanly(tmp_path, tiny, fake):
+    """A closed ssh session: the terminal lmbench writes to is gone (writes fail with EIO), then SIGHUP."""
+    master, terminal = pty.openpty()
+    out = tmp_path / "run"
+    proc = spawn(tmp_path, "run", "--suite", tiny, "--out", out, env={"FAKE_WORKER_HANG": "-amp-bf16-"},
+                 stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    hung_up = threading.Event()
+
+    def drain() -> None:  # a terminal that nobody reads would block the progress bar
+        while not hung_up.is_set():
+            if select.select([master], [], [], 0.1)[0]:
+                os.read(master, 65536)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    wait_for(lambda: len(list((tmp_path / "pids").iterdir())) == 2 and len(lines(out)) == 1)
+    hanging = max(int(p.name) for p in (tmp_path / "pids").iterdir())
+    hung_up.set()
+    reader.join()
+    os.close(master)
+    proc.send_signal(signal.SIGHUP)
+    assert proc.wait(timeout=60) == 128 + signal.SIGHUP
+    assert not alive(hanging)
+    assert keys(out) == [("fp32", 0)]
 
 
 @pytest.mark.slow
