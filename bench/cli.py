@@ -92,13 +92,16 @@ def cli() -> None:
               help="Check each configuration's loss curve against its fp32/eager reference (added to the plan).")
 @click.option("--max-configs", type=click.IntRange(min=1), default=suites.MAX_CONFIGS, show_default=True,
               help="Refuse a matrix with more points than this (counted before it is built).")
+@click.option("--profile", is_flag=True,
+              help="After each measured window, profile a few more steps (same as --set profile=true).")
 def run(suite_name: str, out: Path | None, overrides: tuple[str, ...], device: str | None, repeats: int,
         resume: bool, dry_run: bool, nnodes: int, node_rank: int | None, rdzv_endpoint: str | None,
-        parity: bool, max_configs: int) -> int:
+        parity: bool, max_configs: int, profile: bool) -> int:
     """Run every configuration of a suite, one fresh process each (torchrun for ddp/fsdp).
 
     Example: lmbench run --suite fp16 --set batch_size=8,16 --repeats 3
     """
+    overrides = (*overrides, "profile=true") if profile else overrides
     plan = RunPlan(suite=suite_name, suite_sha256="", overrides=overrides, device=device, repeats=repeats,
                    parity=parity, nnodes=nnodes)
     return _run_suite(plan, out, resume=resume, dry_run=dry_run, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
@@ -187,7 +190,10 @@ def _record_plan(run_dir: runner.RunDirectory, plan: RunPlan, suite: suites.Suit
             click.echo(f"lmbench: warning: {warning}", err=True)
         if meta and "plan" in meta:
             earlier = meta.get("resumed") if isinstance(meta.get("resumed"), list) else []
-            run_dir.write_meta({**meta, "resumed": [*earlier, now]})
+            # A resume with more repeats extends the plan: the next resume continues that.
+            repeats = max(plan.repeats, RunPlan.from_json(meta["plan"]).repeats)
+            run_dir.write_meta({**meta, "plan": {**meta["plan"], "repeats": repeats}, "repeats": repeats,
+                                "resumed": [*earlier, now]})
             return
     run_dir.write_meta({"suite": suite.name, "source": suite.source, "plan": plan.to_json(),
                         "overrides": list(plan.overrides), "repeats": plan.repeats, "parity": plan.parity,
@@ -254,14 +260,24 @@ def _say(message: str) -> None:
 
 
 @cli.command(name="list")
-def list_() -> int:
+@click.option("--defaults", is_flag=True, help="Also list every axis's default value and why it is the default.")
+def list_(defaults: bool) -> int:
     """List the built-in suites (with matrix sizes) and the models.
 
-    Example: lmbench list
+    Example: lmbench list --defaults
     """
     from rich.table import Table
 
     console = _console()
+    if defaults:
+        from lmbench.config import DEFAULT_REASONS, Config
+
+        table = Table(title="defaults (every axis a suite or --set does not give)", title_justify="left")
+        for column in ("axis", "default", "why"):
+            table.add_column(column)
+        for axis, reason in DEFAULT_REASONS.items():
+            table.add_row(axis, escape(str(getattr(Config(), axis))), escape(reason))
+        console.print(table)
     table = Table(title="suites", title_justify="left")
     for column in ("suite", "configs", "description"):
         table.add_column(column)
@@ -300,16 +316,20 @@ def env() -> int:
               help="Where to write the report (default: RUN_DIR/report; required for several runs).")
 @click.option("--baseline", default=None, metavar="KEY=VALUE",
               help="Speedups against the configuration with this axis value, e.g. precision=fp32.")
-def report(run_dirs: tuple[Path, ...], out: Path | None, baseline: str | None) -> int:
+@click.option("--ceilings", "ceilings_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="This GPU's measured ceilings (`lmbench ceilings --out FILE`): adds the distance to the roofline.")
+def report(run_dirs: tuple[Path, ...], out: Path | None, baseline: str | None, ceilings_path: Path | None) -> int:
     """Write report.md, results.csv, report.html (plots embedded) and plots/ for run directories.
 
-    Example: lmbench report runs/fp16-20260101-120000 --baseline precision=fp32
+    Example: lmbench report runs/fp16-20260101-120000 --baseline precision=fp32 --ceilings ceilings.json
     """
     from lmbench import frame, results
     from lmbench import report as reports
     from lmbench.baseline import parse
+    from lmbench.ceilings import load as load_ceilings
 
     parsed = parse(baseline)
+    ceilings = load_ceilings(ceilings_path) if ceilings_path else None
     distinct, _ = frame.distinct(list(run_dirs))
     if out is None and len(distinct) > 1:
         raise UsageError("a report of several runs needs --out DIR (where to write the combined report)")
@@ -319,7 +339,7 @@ def report(run_dirs: tuple[Path, ...], out: Path | None, baseline: str | None) -
     results.writable_dir(out or distinct[0] / "report", what="--out" if out else "the report directory")
     out = out or distinct[0] / "report"
     with results.saving(out):
-        paths = reports.build(df, records, out, baseline=parsed, runs=[str(d) for d in distinct])
+        paths = reports.build(df, records, out, baseline=parsed, runs=[str(d) for d in distinct], ceilings=ceilings)
     for name, path in paths.items():
         click.echo(f"{name}: {path}")
     return 0
@@ -432,9 +452,12 @@ def calibrate(suite_name: str, repeats: int, out: Path | None, overrides: tuple[
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None)
 @click.option("--resume", is_flag=True, help="Continue the tune in --out; probes already made are reused.")
+@click.option("--timeout-s", type=click.FloatRange(min=1), default=None,
+              help="Wall-clock limit of each probe's and measurement's worker (default: the timeout_s axis's).")
 def tune(model: str, seq_len: int, precisions: str, kernel_sets: str, checkpointings: str,
          budget_minutes: float | None, max_memory: str | None, global_batch: int | None, margin: float,
-         max_batch: int, steps: int, warmup: int, device: str | None, out: Path | None, resume: bool) -> int:
+         max_batch: int, steps: int, warmup: int, device: str | None, out: Path | None, resume: bool,
+         timeout_s: float | None) -> int:
     """Find the largest batch that fits and the fastest configuration for a model.
 
     Example: lmbench tune --model llama-1b --precision amp-bf16,bf16 --checkpointing none,full
@@ -445,7 +468,7 @@ def tune(model: str, seq_len: int, precisions: str, kernel_sets: str, checkpoint
     from lmbench.feasibility import resolve
 
     values = {"model": model, "seq_len": seq_len, "max_memory_bytes": tuning.parse_size(max_memory) if max_memory
-              else 0, **({"device": device} if device else {})}
+              else 0, **({"device": device} if device else {}), **({"timeout_s": timeout_s} if timeout_s else {})}
     axes = {"precision": precisions, "kernels": kernel_sets, "checkpointing": checkpointings}
     lists = {axis: suites.parse_values(axis, raw, where=f"--{axis} {raw!r}") for axis, raw in axes.items()}
     for option, number in (("--budget-minutes", budget_minutes), ("--margin", margin)):

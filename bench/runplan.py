@@ -3,7 +3,8 @@
 The plan is what decides the list of jobs: the suite's content (its sha256, so an edited suite file
 counts as another plan), the overrides (--set and --device, compared after parsing, so order and
 spelling do not matter), --repeats, --parity and --nnodes. Where it runs (--node-rank,
---rdzv-endpoint) and the --max-configs guard are not part of it.
+--rdzv-endpoint) and the --max-configs guard are not part of it. Raising --repeats on resume extends
+the plan rather than changing it.
 """
 
 from __future__ import annotations
@@ -57,7 +58,11 @@ class RunPlan:
                 "--nnodes": str(self.nnodes)}
 
     def differences(self, earlier: RunPlan) -> list[str]:
+        """What differs from the plan the run started with. More --repeats than before extends the same plan
+        (each repeat is one more fresh process of every configuration), as CI does to interleave two runs."""
         now, then = self.settings(), earlier.settings()
+        if self.repeats >= earlier.repeats:
+            now["--repeats"] = then["--repeats"]
         found = [f"{name}: {now[name]} now, {then[name]} then" for name in now if now[name] != then[name]]
         if found and found[0].startswith("suite content"):
             found[0] = (f"suite: {self.suite} ({now['suite content']}) now, {earlier.suite} "

@@ -128,3 +128,30 @@ def test_env_reports_versions_and_backends():
 def test_version():
     result = invoke("--version")
     assert result.exit_code == 0 and "lmbench, version" in result.output
+
+
+def test_list_defaults_gives_every_axis_a_reason():
+    result = invoke("list", "--defaults")
+    assert result.exit_code == 0
+    assert "optimizer" in result.output and "adamw-fused" in result.output and "fastest correct" in result.output
+
+
+def test_profile_flag_is_the_profile_axis():
+    plain = invoke("run", "--suite", "smoke", "--dry-run", "--device", "cpu", "--set", "model=tiny-gpt2")
+    profiled = invoke("run", "--suite", "smoke", "--dry-run", "--device", "cpu", "--set", "model=tiny-gpt2",
+                      "--profile")
+    same = invoke("run", "--suite", "smoke", "--dry-run", "--device", "cpu", "--set", "model=tiny-gpt2",
+                  "--set", "profile=true")
+    assert plain.exit_code == profiled.exit_code == 0
+    assert profiled.output == same.output != plain.output
+
+
+def test_report_ceilings_file_errors(tmp_path):
+    bad = tmp_path / "c.json"
+    bad.write_text('{"bf16_matmul_tflops": 700}')
+    (tmp_path / "run").mkdir()
+    line = one_line_error(invoke("report", str(tmp_path / "run"), "--ceilings", str(bad)))
+    assert line == (f"lmbench: error: --ceilings '{bad}': needs a positive number copy_gb_per_s (lmbench ceilings "
+                    "--out writes it)")
+    line = one_line_error(invoke("report", str(tmp_path / "run"), "--ceilings", str(tmp_path / "none.json")))
+    assert line.endswith("no such file (write one with lmbench ceilings --out FILE on the GPU)")
