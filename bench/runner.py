@@ -85,8 +85,11 @@ def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch()
     run_dir.write_json(job_path, {"config": job.config.to_dict(), "repeat": job.repeat,
                                   "timeline_path": str(run_dir.timeline_path(job.name))})
     # LMBENCH_PARENT_PID: the worker exits when this process is gone, even if it is SIGKILLed.
+    # PYTHONSAFEPATH (Python 3.11+, as `python -P`) keeps the current directory off the worker's sys.path, so a
+    # folder named lmbench there (a clone) is not imported in place of the installed package; PYTHONNOUSERSITE
+    # keeps ~/.local's packages out. Both reach torchrun's ranks too.
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
-           "LMBENCH_PARENT_PID": str(os.getpid())}
+           "LMBENCH_PARENT_PID": str(os.getpid()), "PYTHONSAFEPATH": "1", "PYTHONNOUSERSITE": "1"}
     log_path = run_dir.log_path(job.name)
     with results.saving(log_path):
         log = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed by the block below

@@ -87,20 +87,25 @@ class TrainingStep:
                                     seed=config.seed + RANK_SEED_STRIDE * rank, count=pool, device=device)
         self._attention = _attention_context(config.attention)
         self._next = 0
-        self._zero = torch.zeros((), device=device)
 
     def __call__(self) -> torch.Tensor:
         accum = self.config.grad_accum
-        total = self._zero.clone()
-        for micro in range(accum):
-            batch = self.batches[self._next % len(self.batches)]
-            self._next += 1
-            with gradient_sync(self.parallel_model, self.config.parallel, micro == accum - 1), self._attention():
-                with self.precision.autocast():
-                    loss = self.model(input_ids=batch.input_ids, labels=batch.labels).loss
-                # nn.DataParallel returns one loss per replica.
-                loss = loss.mean() if loss.dim() else loss
-                self.precision.backward(loss / accum)
-            total += loss.detach().float()
+        total = self._micro_step(last=accum == 1)
+        for micro in range(1, accum):
+            total = total + self._micro_step(last=micro == accum - 1)
         self.precision.step()
-        return total / accum
+        # One micro-batch (the common case) runs exactly a hand-written loop's operations: no scaling, no sum.
+        return total if accum == 1 else total / accum
+
+    def _micro_step(self, *, last: bool) -> torch.Tensor:
+        """Forward and backward of the next micro-batch; its loss, detached, in fp32."""
+        accum = self.config.grad_accum
+        batch = self.batches[self._next % len(self.batches)]
+        self._next += 1
+        with gradient_sync(self.parallel_model, self.config.parallel, last), self._attention():
+            with self.precision.autocast():
+                loss = self.model(input_ids=batch.input_ids, labels=batch.labels).loss
+            # nn.DataParallel returns one loss per replica.
+            loss = loss.mean() if loss.dim() else loss
+            self.precision.backward(loss if accum == 1 else loss / accum)
+        return loss.detach().float()

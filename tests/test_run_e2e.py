@@ -191,3 +191,17 @@ def test_cuda_without_an_index_becomes_the_current_device(monkeypatch):
     rank = RankInfo(rank=5, local_rank=2, world_size=8, local_world_size=4)
     assert worker_device(Config(device="cuda"), rank) == torch.device("cuda", 2)
     assert worker_device(Config(device="cpu"), rank) == torch.device("cpu")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="PYTHONSAFEPATH (python -P) is Python 3.11+")
+def test_workers_ignore_a_decoy_lmbench_package_in_the_current_directory(tmp_path, monkeypatch):
+    decoy = tmp_path / "lmbench"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("raise ImportError('the decoy lmbench package was imported')\n")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["run", "--suite", "smoke", "--device", "cpu", "--out", str(tmp_path / "run"),
+                                      "--set", "model=tiny-gpt2", "--set", "precision=fp32", "--set", "steps=2"])
+    assert result.exit_code == 0, result.output
+    record, = results.read(tmp_path / "run").records
+    assert record["status"] == "ok", record["reason"]

@@ -1,0 +1,77 @@
+"""lmbench's worker against a bare hand-written loop, each in a fresh process, paired and interleaved, with an
+A/A control (a bare loop against another bare loop) measuring in the same test how far two processes of the
+same code drift apart. See docs/overhead.md for the long version of this measurement and its figures."""
+
+import json
+import math
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lmbench.config import Config
+from lmbench.stats import percentile
+
+CONFIG = Config(model="tiny-gpt2", batch_size=8, seq_len=128, steps=30, warmup=5, device="cpu", telemetry=False)
+BARE = Path(__file__).with_name("bare_loop.py")
+
+
+def bare_median_s(config: Config) -> float:
+    out = subprocess.run([sys.executable, str(BARE), json.dumps(config.to_dict())], capture_output=True, text=True,
+                         check=True, timeout=300)
+    return statistics.median(json.loads(out.stdout.splitlines()[-1])["step_times_s"])
+
+
+def worker_median_s(config: Config, work: Path) -> float:
+    """The real worker (`python -m lmbench.worker`), as `lmbench run` starts it."""
+    job, result = work / "job.json", work / "result.json"
+    job.write_text(json.dumps({"config": config.to_dict(), "repeat": 0}))
+    subprocess.run([sys.executable, "-m", "lmbench.worker", str(job), str(result)], capture_output=True, check=True,
+                   timeout=300)
+    record = json.loads(result.read_text())
+    assert record["status"] == "ok", record["reason"]
+    return statistics.median(record["step_times_s"])
+
+
+def paired_rounds(rounds: int, work: Path, config: Config = CONFIG) -> tuple[list[float], list[float]]:
+    """Per round: lmbench / bare and bare / bare, the three processes in an order that alternates by round."""
+    harness, control = [], []
+    for i in range(rounds):
+        if i % 2:
+            lm, a, b = worker_median_s(config, work), bare_median_s(config), bare_median_s(config)
+        else:
+            a, lm, b = bare_median_s(config), worker_median_s(config, work), bare_median_s(config)
+        harness.append(lm / a)
+        control.append(b / a)
+    return harness, control
+
+
+def tolerance(control: list[float], rounds: int) -> float:
+    """How far the median of `rounds` log ratios may sit from the A/A control's median by noise alone: three
+    standard errors of a difference of two medians, from the control's robust spread (IQR / 1.349)."""
+    logs = [math.log(r) for r in control]
+    sigma = (percentile(logs, 75) - percentile(logs, 25)) / 1.349
+    return 3 * 1.2533 * sigma * math.sqrt(2 / rounds)
+
+
+@pytest.mark.slow
+def test_the_worker_is_within_the_noise_of_a_bare_loop(tmp_path):
+    rounds = 6
+    harness, control = paired_rounds(rounds, tmp_path)
+    gap = math.log(statistics.median(harness)) - math.log(statistics.median(control))
+    allowed = max(tolerance(control, rounds), 0.02)
+    print(f"worker/bare {statistics.median(harness):.4f}, A/A {statistics.median(control):.4f}, "
+          f"gap {gap:+.4f} (allowed ±{allowed:.4f})")
+    assert abs(gap) <= allowed, (harness, control)
+
+
+if __name__ == "__main__":
+    # The long measurement behind docs/overhead.md: python tests/test_overhead_processes.py ROUNDS
+    import tempfile
+
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 30
+    with tempfile.TemporaryDirectory() as folder:
+        h, c = paired_rounds(n, Path(folder))
+    print(json.dumps({"rounds": n, "worker_over_bare": h, "bare_over_bare": c}))
