@@ -68,8 +68,8 @@ def stall_note(m: dict[str, Any]) -> str | None:
     if not m.get("stalls"):
         return None
     gap = 1 - m["tokens_per_s_sustained"] / m["tokens_per_s_typical"]
-    return (f"stalls: sustained {gap:.0%} below typical; {m.get('stall_steps', 0)} outlier step(s), "
-            f"{m.get('stall_excess_s', 0):.3g} s beyond the median")
+    return (f"stalls: sustained {gap:.0%} below typical ({m.get('stall_steps', 0)} outlier steps, "
+            f"+{m.get('stall_excess_s', 0) * 1e3:.3g} ms)")
 
 
 def flops_utilisation(*, flops_per_token: int, tokens_per_s_per_device: float, device_name: str | None,

@@ -111,7 +111,7 @@ def summary(records: list[dict[str, Any]]) -> Table:
         parity = sorted({str((r.get("metrics") or {}).get("parity") or "-") for r in group})
         table.add_row(*(escape(str(group[0]["config"][a])) for a in axes), status, _fmt(tps, ",.0f"),
                       "-" if cv is None else f"{cv:.1%}", "-" if mfu is None else f"{mfu:.1%}", memory,
-                      *(("/".join(parity),) if with_parity else ()), escape(note[:80]))
+                      *(("/".join(parity),) if with_parity else ()), escape(note[:100]))
     return table
 
 

@@ -283,8 +283,8 @@ def test_stalls_show_in_the_note_column():
     record["metrics"].update(stalls=True, tokens_per_s_sustained=600.0, tokens_per_s_typical=1000.0, stall_steps=2,
                              stall_excess_s=0.8)
     row = report.tables([record])["throughput"].splitlines()[2]
-    assert row.endswith("| stalls: sustained 40% below typical; 2 outlier step(s), 0.8 s beyond the median; "
-                        "unstable steps: cv 50% > 10% |")
+    assert row.endswith("| stalls: sustained 40% below typical (2 outlier steps, +800 ms); unstable steps: cv 50% "
+                        "> 10% |")
 
 
 def profiled_record(precision, tps, fractions):
