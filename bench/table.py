@@ -100,11 +100,10 @@ def summary(records: list[dict[str, Any]]) -> Table:
         tps = _median([m["tokens_per_s"] for m in ok])
         cv = _median([m["step_time_cv"] for m in ok])
         mfu = _median([m["mfu"] for m in ok if m.get("mfu") is not None])
-        mem = _median([m["mem_peak_reserved_bytes"] for m in ok if m.get("mem_peak_reserved_bytes") is not None])
-        host = _median([m["mem_host_peak_growth_bytes"] for m in ok
-                        if m.get("mem_host_peak_growth_bytes") is not None])
-        memory = f"{mem / 2**30:.2f} GiB" if mem is not None else f"{host / 2**20:.1f} MiB host" if host is not None \
-            else "-"
+        memory = memory_cell(_median([m["mem_peak_reserved_bytes"] for m in ok
+                                      if m.get("mem_peak_reserved_bytes") is not None]),
+                             _median([m["mem_host_peak_growth_bytes"] for m in ok
+                                      if m.get("mem_host_peak_growth_bytes") is not None]))
         note = next((r["reason"] for r in group if r.get("reason")), "") or ""
         note = note or "; ".join(filter(None, [*dict.fromkeys(map(stall_note, ok)),
                                                unstable_steps([m["step_time_cv"] for m in ok])]))
@@ -113,6 +112,13 @@ def summary(records: list[dict[str, Any]]) -> Table:
                       "-" if cv is None else f"{cv:.1%}", "-" if mfu is None else f"{mfu:.1%}", memory,
                       *(("/".join(parity),) if with_parity else ()), escape(note[:100]))
     return table
+
+
+def memory_cell(device_bytes: float | None, host_bytes: float | None) -> str:
+    """The device's peak reserved memory, or on a CPU the resident set's growth over the window (marked host)."""
+    if device_bytes is not None:
+        return f"{device_bytes / 2**30:.2f} GiB"
+    return "-" if host_bytes is None else f"{host_bytes / 2**20:.1f} MiB host"
 
 
 def plan_table(rows: list[tuple[dict[str, Any], str, str | None]]) -> Table:
@@ -178,13 +184,13 @@ def tune_ranking_table(records: list[dict[str, Any]]) -> Table:
     """`lmbench tune`: measured configurations, fastest first."""
     table = Table(title="ranked by tokens/s", title_justify="left")
     for column in ("#", "precision", "kernels", "checkpointing", "batch", "accum", "status", "tokens/s",
-                   "peak mem GiB", "J/token"):
+                   "peak mem", "J/token"):
         table.add_column(column)
     for i, r in enumerate(records, start=1):
         m, c = r["metrics"] or {}, r["config"]
-        mem = m.get("mem_peak_reserved_bytes") or m.get("mem_host_peak_growth_bytes")
+        memory = memory_cell(m.get("mem_peak_reserved_bytes"), m.get("mem_host_peak_growth_bytes"))
         table.add_row(str(i), c["precision"], c["kernels"], c["checkpointing"], str(c["batch_size"]),
                       str(c["grad_accum"]), r["status"], "-" if not m.get("tokens_per_s") else
-                      f"{m['tokens_per_s']:,.0f}", "-" if mem is None else f"{mem / 2**30:.2f}",
-                      "-" if m.get("j_per_token") is None else f"{m['j_per_token']:.3g}")
+                      f"{m['tokens_per_s']:,.0f}", memory, "-" if m.get("j_per_token") is None else
+                      f"{m['j_per_token']:.3g}")
     return table
