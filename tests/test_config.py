@@ -73,3 +73,13 @@ def test_every_default_has_a_reason():
 
     assert set(DEFAULT_REASONS) == set(FIELD_TYPES)
     assert all(reason and len(reason) < 120 for reason in DEFAULT_REASONS.values())
+
+
+def test_the_default_optimizer_is_the_fused_adamw_a_performance_engineer_would_pick():
+    from lmbench.training import OPTIMIZERS
+
+    assert Config().optimizer == "adamw-fused"
+    import torch
+
+    optimizer = OPTIMIZERS[Config().optimizer]([torch.nn.Parameter(torch.zeros(2))], lr=1e-3)
+    assert optimizer.defaults["fused"] is True
