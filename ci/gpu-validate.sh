@@ -189,7 +189,10 @@ pytest_step() {  # NAME SECONDS PYTEST-ARGS...
 report() {  # one report over every run directory of the stage
     local runs=("$WORK"/runs/*/)
     [[ -e ${runs[0]} ]] || return 0
-    step report 90 "$PY" -m lmbench.cli report "${runs[@]}" --out "$WORK/report"
+    # With this stage's measured ceilings (stage 1), the report adds the distance to the roofline.
+    local roof=()
+    [[ -s $WORK/ceilings.json ]] && roof=(--ceilings "$WORK/ceilings.json")
+    step report 90 "$PY" -m lmbench.cli report "${runs[@]}" --out "$WORK/report" ${roof[@]+"${roof[@]}"}
 }
 
 summarize() {
@@ -259,7 +262,8 @@ case $STAGE in
             step nvidia-smi 30 bash -c 'nvidia-smi; nvidia-smi -q'
         fi
         step ceilings 60 "$PY" -m lmbench.cli ceilings --out "$WORK/ceilings.json"
-        run_suite fp16 200 fp16 --set "model=$GPT2" --set "batch_size=$BATCH" --set steps=20 --set warmup=5
+        # --profile: a few extra steps per configuration after its window, for the CUDA time breakdown.
+        run_suite fp16 200 fp16 --set "model=$GPT2" --set "batch_size=$BATCH" --set steps=20 --set warmup=5 --profile
         report
         # Every kernel test runs on the GPU when there is one (not only the `gpu`-marked ones).
         pytest_step pytest-kernels 150 tests/test_kernels.py
@@ -269,7 +273,7 @@ case $STAGE in
         pytest_step pytest-kernel-sets 120 tests/test_kernel_sets.py
         # torch.compile compiles during the first steps: a longer warmup keeps it out of the window.
         run_suite kernels-gpt2 200 kernels --set "model=$GPT2" --set kernels=eager,compile,triton --set steps=20 \
-            --set warmup=10
+            --set warmup=10 --profile
         run_suite kernels-llama 120 kernels --set "model=$LLAMA" --set kernels=eager,triton --set steps=20 \
             --set warmup=5
         run_suite parallel 100 parallel --set "model=$GPT2" --set steps=20 --set warmup=5
