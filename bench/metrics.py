@@ -9,7 +9,6 @@ from typing import Any
 from lmbench.peaks import peak_flops
 from lmbench.stats import percentile, summarize
 
-
 #: Sustained throughput this far below typical means the window had stalls the median step hides.
 STALL_GAP = 0.05
 

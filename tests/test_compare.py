@@ -110,7 +110,8 @@ def test_compare_bad_inputs_are_one_line_errors(tmp_path):
     other_suite = write_run(tmp_path / "other", run_of({"a": TIGHT}, suite="t"))
     other_gpu = write_run(tmp_path / "gpu", run_of({"a": TIGHT}, gpu="NVIDIA A100-SXM4-80GB"))
     cases = [
-        ((base, str(tmp_path / "nope")), f"lmbench: error: candidate run directory '{tmp_path / 'nope'}' does not exist"),
+        ((base, str(tmp_path / "nope")),
+         f"lmbench: error: candidate run directory '{tmp_path / 'nope'}' does not exist"),
         ((base, other_suite), "lmbench: error: the runs are of different suites (s, t); compare runs of one suite"),
         ((base, other_gpu), "lmbench: error: the runs come from different devices (NVIDIA H100 80GB HBM3 (GPU) vs "
                             "NVIDIA A100-SXM4-80GB (GPU)); pass --allow-different-hardware to compare them anyway"),

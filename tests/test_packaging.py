@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 
-import lmbench
-
 #: Imported only inside the kernel sets or optimizers that need them, each with an `unavailable` reason.
 OPTIONAL = {"apex", "liger_kernel", "fused_layer_norm_cuda"}
 

@@ -9,8 +9,8 @@ import torch
 from fake_nvml import FakeGpu, FakeNvml
 
 from lmbench import environment
-from lmbench.nvml import NvmlDevice, NvmlUnavailable, load_nvml, reason_names, torch_device_ids
 from lmbench.config import Config
+from lmbench.nvml import NvmlDevice, NvmlUnavailable, load_nvml, reason_names, torch_device_ids
 from lmbench.telemetry import SUMMARY_FIELDS, DeviceGroupTelemetry, Sample, Telemetry, power_trace, trapezoid_j
 from lmbench.training import devices_used
 
