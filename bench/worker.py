@@ -63,6 +63,14 @@ def _rank_timeline(path: Path | None, rank: int, world: int) -> Path | None:
     return path.with_name(f"{path.stem}-rank{rank}{path.suffix}")
 
 
+def _rank_trace(path: Path, rank: int, world: int) -> Path:
+    """KEY-rN.json.gz, or KEY-rN-rankR.json.gz for each rank of a multi-process job."""
+    if world == 1:
+        return path
+    stem = path.name.removesuffix(".json.gz")
+    return path.with_name(f"{stem}-rank{rank}.json.gz")
+
+
 def process_age_s() -> float:
     """Seconds since this process started: interpreter, imports, CUDA context and model build included.
 
@@ -156,7 +164,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         if config.profile:
             from lmbench.profiling import profile_steps
 
-            trace = _rank_timeline(trace_path or Path(tempfile.mkdtemp()) / "trace.json.gz", rank, world)
+            trace = _rank_trace(trace_path or Path(tempfile.mkdtemp()) / "trace.json.gz", rank, world)
             profiled = {**profile_steps(step, device, trace), "trace": str(trace)}
     budget.check()
     own_timeline = _rank_timeline(timeline_path, rank, world)

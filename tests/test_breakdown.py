@@ -87,3 +87,13 @@ def test_a_profiled_run_records_its_breakdown_trace_and_hfu(tmp_path):
         assert "hfu" in m and "mfu" in m
     assert records["none"]["metrics"]["hardware_flops_per_token"] == records["none"]["metrics"]["flops_per_token"]
     assert records["full"]["metrics"]["hardware_flops_per_token"] > records["full"]["metrics"]["flops_per_token"]
+
+
+def test_each_rank_writes_its_own_trace_name():
+    from pathlib import Path
+
+    from lmbench.worker import _rank_trace
+
+    path = Path("/run/traces/KEY-r0.json.gz")
+    assert _rank_trace(path, 0, 1) == path
+    assert _rank_trace(path, 1, 2) == Path("/run/traces/KEY-r0-rank1.json.gz")
