@@ -60,7 +60,7 @@ UNRERUN_TAIL = {"llama": "mlp.down_proj", "torch-lm": "linear2"}
 
 def rerun_params(model: nn.Module, family: str) -> int:
     """N_rerun: parameters of the transformer blocks whose forward matmuls a full checkpoint reruns."""
-    from lmbench.parallel import transformer_blocks
+    from lmbench.models import transformer_blocks
 
     total = 0
     for block in transformer_blocks(model):

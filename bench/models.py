@@ -7,7 +7,7 @@ so throughput does not depend on a hub and runs are reproducible from the seed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     import torch
@@ -191,3 +191,18 @@ def enable_checkpointing(model: nn.Module, *, selective: bool = False) -> None:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """The repeated blocks of any registry model (FSDP shards one unit per block)."""
+    if hasattr(model, "lm"):  # a kernel set's wrapper (FusedLossLM) around the model
+        model = model.lm
+    for path in ("transformer.h", "model.layers", "bert.encoder.layer", "encoder.layers"):
+        module: Any = model
+        try:
+            for attr in path.split("."):
+                module = getattr(module, attr)
+        except AttributeError:
+            continue
+        return list(module)
+    raise ValueError(f"no transformer blocks found in {type(model).__name__}")

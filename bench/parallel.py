@@ -8,27 +8,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.nn as nn
 
 from lmbench.config import Config
-
-
-def transformer_blocks(model: nn.Module) -> list[nn.Module]:
-    """The repeated blocks of any registry model (FSDP shards one unit per block)."""
-    if hasattr(model, "lm"):  # a kernel set's wrapper (FusedLossLM) around the model
-        model = model.lm
-    for path in ("transformer.h", "model.layers", "bert.encoder.layer", "encoder.layers"):
-        module: Any = model
-        try:
-            for attr in path.split("."):
-                module = getattr(module, attr)
-        except AttributeError:
-            continue
-        return list(module)
-    raise ValueError(f"no transformer blocks found in {type(model).__name__}")
+from lmbench.models import transformer_blocks
 
 
 def _none(model: nn.Module, *, config: Config, device: torch.device) -> nn.Module:
