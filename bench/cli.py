@@ -22,12 +22,13 @@ from rich.progress import (
 )
 
 import lmbench
-from lmbench import runner, runplan
-from lmbench import suite as suites
 from lmbench.errors import LmbenchError, StorageError, UsageError
-from lmbench.interrupts import Interrupted, interruptible
-from lmbench.models import MODELS
-from lmbench.runplan import RunPlan
+from lmbench.models.registry import MODELS
+from lmbench.plan import runplan
+from lmbench.plan import suite as suites
+from lmbench.plan.runplan import RunPlan
+from lmbench.run import runner
+from lmbench.run.interrupts import Interrupted, interruptible
 
 #: Exit codes of every command (DESIGN.md): 1 is compare's alone, so a crash never reads as a regression.
 EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -114,9 +115,9 @@ def _run_suite(plan: RunPlan, out: Path | None, *, resume: bool, dry_run: bool =
     """Everything `lmbench run` does; `calibrate` runs it twice (and says how to resume itself)."""
     import os
 
-    from lmbench.environment import probe_platform
-    from lmbench.launcher import Launch
-    from lmbench.table import plan_table
+    from lmbench.analyze.table import plan_table
+    from lmbench.measure.environment import probe_platform
+    from lmbench.run.launcher import Launch
 
     if node_rank is None:
         node_rank = int(os.environ.get("SLURM_NODEID", "0")) if plan.nnodes > 1 else 0
@@ -126,7 +127,7 @@ def _run_suite(plan: RunPlan, out: Path | None, *, resume: bool, dry_run: bool =
     plan = dataclasses.replace(plan, suite_sha256=suite.digest)
     planned = suite.expand(max_configs=max_configs)
     if plan.parity:
-        from lmbench.parity import with_references
+        from lmbench.plan.parity import with_references
 
         planned, notices = with_references(planned)
         for notice in notices:
@@ -239,8 +240,8 @@ def _follow(progress: Progress, task: Any, records: Any, session: list[dict[str,
 
 def _print_summary(launch: Any, session: list[dict[str, Any]], everything: list[dict[str, Any]],
                    results_path: Path) -> None:
-    from lmbench import results
-    from lmbench.table import summary
+    from lmbench.analyze import results
+    from lmbench.analyze.table import summary
 
     console = _console()
     if not launch.records:
@@ -270,7 +271,7 @@ def list_(defaults: bool) -> int:
 
     console = _console()
     if defaults:
-        from lmbench.config import DEFAULT_REASONS, Config
+        from lmbench.plan.config import DEFAULT_REASONS, Config
 
         table = Table(title="defaults (every axis a suite or --set does not give)", title_justify="left")
         for column in ("axis", "default", "why"):
@@ -301,7 +302,7 @@ def env() -> int:
 
     Example: lmbench env
     """
-    from lmbench.environment import describe
+    from lmbench.measure.environment import describe
 
     rows = describe()
     width = max(len(k) for k, _ in rows)
@@ -323,10 +324,10 @@ def report(run_dirs: tuple[Path, ...], out: Path | None, baseline: str | None, c
 
     Example: lmbench report runs/fp16-20260101-120000 --baseline precision=fp32 --ceilings ceilings.json
     """
-    from lmbench import frame, results
-    from lmbench import report as reports
-    from lmbench.baseline import parse
-    from lmbench.ceilings import load as load_ceilings
+    from lmbench.analyze import frame, results
+    from lmbench.analyze import report as reports
+    from lmbench.analyze.baseline import parse
+    from lmbench.measure.ceilings import load as load_ceilings
 
     parsed = parse(baseline)
     ceilings = load_ceilings(ceilings_path) if ceilings_path else None
@@ -366,9 +367,9 @@ def compare(base: Path, cand: Path, threshold: str, metric: str, fmt: str, junit
 
     Example: lmbench compare runs/main runs/pr --threshold 5% --format md
     """
-    from lmbench import gate, noise
-    from lmbench.compare import compare as compare_runs
-    from lmbench.compare import parse_threshold
+    from lmbench.analyze import gate, noise
+    from lmbench.analyze.compare import compare as compare_runs
+    from lmbench.analyze.compare import parse_threshold
 
     limit = parse_threshold(threshold)
     floor = noise.load(noise_floor) if noise_floor else None
@@ -402,8 +403,8 @@ def calibrate(suite_name: str, repeats: int, out: Path | None, overrides: tuple[
     """
     import shlex
 
-    from lmbench import noise, results
-    from lmbench.table import noise_floor_table
+    from lmbench.analyze import noise, results
+    from lmbench.analyze.table import noise_floor_table
 
     if resume and out is None:
         raise UsageError("--resume needs --out DIR, the calibration to finish")
@@ -463,9 +464,9 @@ def tune(model: str, seq_len: int, precisions: str, kernel_sets: str, checkpoint
     Example: lmbench tune --model llama-1b --precision amp-bf16,bf16 --checkpointing none,full
     """
     from lmbench import tune as tuning
-    from lmbench.config import Config
-    from lmbench.environment import probe_platform
-    from lmbench.feasibility import resolve
+    from lmbench.measure.environment import probe_platform
+    from lmbench.plan.config import Config
+    from lmbench.plan.feasibility import resolve
 
     values = {"model": model, "seq_len": seq_len, "max_memory_bytes": tuning.parse_size(max_memory) if max_memory
               else 0, **({"device": device} if device else {}), **({"timeout_s": timeout_s} if timeout_s else {})}
@@ -493,9 +494,9 @@ def _tune(base: Any, run_dir: runner.RunDirectory, lists: dict[str, list[Any]], 
           warmup: int) -> int:
     """The search and measurements of `lmbench tune` in a locked run directory, then its tables and winner."""
     from lmbench import tune as tuning
-    from lmbench.environment import probe_platform
-    from lmbench.feasibility import skip_reason
-    from lmbench.table import tune_ranking_table, tune_search_table
+    from lmbench.analyze.table import tune_ranking_table, tune_search_table
+    from lmbench.measure.environment import probe_platform
+    from lmbench.plan.feasibility import skip_reason
 
     err_console = _console(stderr=True)
     tuner = tuning.Tuner(base, run_dir, launch=runner.run_worker, budget_s=budget_minutes * 60 if budget_minutes
@@ -537,9 +538,9 @@ def kernels(op: str, shape: str, dtype: str, mode: str, csv_path: Path | None) -
     """
     import torch
 
-    from lmbench import microbench
-    from lmbench.environment import capture
-    from lmbench.table import kernels_table
+    from lmbench.analyze.table import kernels_table
+    from lmbench.measure import microbench
+    from lmbench.measure.environment import capture
 
     spec = microbench.OPS[op]
     dims = microbench.parse_shape(spec, shape)
@@ -571,7 +572,7 @@ def ceilings(out: Path | None) -> int:
 
     import torch
 
-    from lmbench import ceilings as measured
+    from lmbench.measure import ceilings as measured
 
     if not torch.cuda.is_available():
         click.echo(f"skipped: lmbench ceilings needs a CUDA GPU (none visible; torch {torch.__version__})")

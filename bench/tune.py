@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmbench import results
-from lmbench.config import Config
+from lmbench.analyze import results
 from lmbench.errors import UsageError
-from lmbench.runner import Job, RunDirectory
+from lmbench.plan.config import Config
+from lmbench.run.runner import Job, RunDirectory
 
 Launcher = Callable[[Job, RunDirectory], tuple[str, str | None, dict[str, Any] | None]]
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measures how far each precision's loss curve strays from the fp32 reference on healthy runs, and how
-# far an fp32 rerun strays from itself (nondeterminism), the basis of lmbench.parity.TOLERANCES.
+# far an fp32 rerun strays from itself (nondeterminism), the basis of lmbench.plan.parity.TOLERANCES.
 #   ci/parity-tolerances.sh [--device cpu|cuda] [more lmbench run options]
 set -euo pipefail
 out="${OUT:-runs/parity-tolerances-$(date +%Y%m%d-%H%M%S)}"
@@ -10,7 +10,7 @@ lmbench run --suite smoke --parity --out "$out" --repeats 2 \
 python3 - "$out/results.jsonl" <<'PY'
 import json, sys
 from collections import defaultdict
-from lmbench.parity import ema
+from lmbench.plan.parity import ema
 
 records = [json.loads(line) for line in open(sys.argv[1])]
 worst = defaultdict(float)

@@ -13,9 +13,9 @@ import time
 
 import torch
 
-from lmbench.config import Config
-from lmbench.data import make_batches
-from lmbench.models import MODELS, build_model
+from lmbench.models.registry import MODELS, build_model
+from lmbench.plan.config import Config
+from lmbench.run.data import make_batches
 
 
 def main() -> None:

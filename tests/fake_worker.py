@@ -1,4 +1,4 @@
-"""A stand-in for `lmbench.worker` in the fault-injection tests: a result in milliseconds, or a hang on request.
+"""A stand-in for `lmbench.run.worker` in the fault-injection tests: a result in milliseconds, or a hang on request.
 
     python tests/fake_worker.py JOB_JSON RESULT_JSON     as the worker (the real parent-death handling included)
     python tests/fake_worker.py --cli ARGS...            lmbench's command line with this worker in place
@@ -22,13 +22,13 @@ HERE = Path(__file__).resolve()
 
 
 def command(config, job_path, result_path, launch) -> list[str]:
-    """Drop-in for lmbench.launcher.worker_command."""
+    """Drop-in for lmbench.run.launcher.worker_command."""
     return [sys.executable, str(HERE), str(job_path), str(result_path)]
 
 
 def work(job_path: Path, result_path: Path) -> int:
-    from lmbench.config import Config
-    from lmbench.worker import exit_with_parent
+    from lmbench.plan.config import Config
+    from lmbench.run.worker import exit_with_parent
 
     exit_with_parent()
     if os.environ.get("FAKE_WORKER_PIDS"):
@@ -57,7 +57,7 @@ def work(job_path: Path, result_path: Path) -> int:
 
 def cli(args: list[str]) -> None:
     from lmbench import cli as lmbench_cli
-    from lmbench import runner
+    from lmbench.run import runner
 
     runner.worker_command = command
     sys.argv = ["lmbench", *args]

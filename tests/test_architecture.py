@@ -9,48 +9,55 @@ from pathlib import Path
 
 import lmbench
 
-#: Each module's stage; a module may import its own stage (without a cycle) or any stage below it.
+#: Stages from the bottom: a module may import its own stage (without a cycle) or any stage below it.
 STAGES = ["errors", "models", "measure", "plan", "analyze", "run", "commands"]
-LAYERS = {
-    "errors": "errors", "__init__": "errors",
-    "models": "models", "torch_lm": "models", "kernel_sets": "models",
-    "timer": "measure", "telemetry": "measure", "nvml": "measure", "environment": "measure", "flops": "measure",
-    "peaks": "measure", "metrics": "measure", "stats": "measure", "ceilings": "measure", "microbench": "measure",
-    "breakdown": "measure", "roofline": "measure", "hostmem": "measure",
-    "config": "plan", "suite": "plan", "feasibility": "plan", "parity": "plan", "runplan": "plan",
-    "results": "analyze", "frame": "analyze", "compare": "analyze", "noise": "analyze", "gate": "analyze",
-    "table": "analyze", "report": "analyze", "plots": "analyze", "baseline": "analyze",
-    "runner": "run", "launcher": "run", "worker": "run", "training": "run", "precision": "run", "data": "run",
-    "distributed": "run", "parallel": "run", "rundir": "run", "interrupts": "run", "profiling": "run",
-    "cli": "commands", "tune": "commands", "crash": "commands",
-}
+#: Modules at the top of the package, outside the stage subpackages.
+TOP = {"__init__": "errors", "errors": "errors", "cli": "commands", "tune": "commands", "crash": "commands"}
+ROOT = Path(lmbench.__file__).parent
+
+
+def _stage(module: str) -> str:
+    """`plan.config` -> plan; `cli` -> commands."""
+    head, _, _ = module.partition(".")
+    return TOP[head] if head in TOP else head
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for path in ROOT.rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        found[".".join(parts[:-1]) if parts[-1] == "__init__" and len(parts) > 1 else ".".join(parts)] = path
+    return found
 
 
 def _imports() -> dict[str, set[str]]:
     """Module -> the lmbench modules it imports (at any depth of its code, lazy imports included)."""
-    root = Path(lmbench.__file__).parent
-    found = {}
-    for path in root.glob("*.py"):
-        names = set()
+    modules = _modules()
+    graph = {}
+    for name, path in modules.items():
+        found = set()
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.module == "lmbench":
-                names |= {a.name for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lmbench."):
-                names.add(node.module.split(".")[1])
+            targets = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "lmbench":
+                base = node.module.removeprefix("lmbench").lstrip(".")
+                targets = [f"{base}.{a.name}".lstrip(".") for a in node.names] + [base]
             elif isinstance(node, ast.Import):
-                names |= {a.name.split(".")[1] for a in node.names if a.name.startswith("lmbench.")}
-        found[path.stem] = {n for n in names if n in LAYERS and n != path.stem}
-    return found
+                targets = [a.name.removeprefix("lmbench.") for a in node.names if a.name.startswith("lmbench.")]
+            found |= {t for t in targets if t in modules and t != name and t != ""}
+        graph[name] = found
+    return graph
 
 
-def test_every_module_has_a_stage():
-    assert set(_imports()) == set(LAYERS)
+def test_every_module_sits_in_a_stage():
+    for module in _modules():
+        assert _stage(module) in STAGES, module
+    assert {_stage(m) for m in _modules()} == set(STAGES)
 
 
 def test_imports_point_down_the_stages():
-    upward = [f"{module} ({LAYERS[module]}) imports {dep} ({LAYERS[dep]})"
+    upward = [f"{module} ({_stage(module)}) imports {dep} ({_stage(dep)})"
               for module, deps in _imports().items() for dep in sorted(deps)
-              if STAGES.index(LAYERS[dep]) > STAGES.index(LAYERS[module])]
+              if STAGES.index(_stage(dep)) > STAGES.index(_stage(module))]
     assert not upward, upward
 
 
@@ -70,3 +77,17 @@ def test_no_import_cycles():
     for module in sorted(graph):
         if module not in state:
             visit(module, [module])
+
+
+def test_every_stage_says_what_it_owns_and_may_import():
+    for stage in STAGES[1:-1]:
+        doc = ast.get_docstring(ast.parse((ROOT / stage / "__init__.py").read_text(encoding="utf-8")))
+        assert doc and "May import:" in doc, stage
+
+
+def test_the_public_surface_is_at_the_top():
+    from lmbench.analyze.compare import compare
+    from lmbench.analyze.frame import load
+    from lmbench.plan.config import Config
+
+    assert lmbench.Config is Config and lmbench.load_results is load and lmbench.compare is compare

@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from lmbench.breakdown import CATEGORIES, breakdown
-from lmbench.config import Config
-from lmbench.profiling import profile_steps
-from lmbench.training import TrainingStep
+from lmbench.measure.breakdown import CATEGORIES, breakdown
+from lmbench.plan.config import Config
+from lmbench.run.profiling import profile_steps
+from lmbench.run.training import TrainingStep
 
 
 def test_a_profiled_cpu_run_breaks_down_into_fractions_that_sum_to_one(tmp_path):
@@ -66,7 +66,7 @@ def test_a_trace_without_steps_is_refused():
 def test_a_profiled_run_records_its_breakdown_trace_and_hfu(tmp_path):
     from click.testing import CliRunner
 
-    from lmbench import results
+    from lmbench.analyze import results
     from lmbench.cli import cli
 
     out = tmp_path / "run"
@@ -92,7 +92,7 @@ def test_a_profiled_run_records_its_breakdown_trace_and_hfu(tmp_path):
 def test_each_rank_writes_its_own_trace_name():
     from pathlib import Path
 
-    from lmbench.worker import _rank_trace
+    from lmbench.run.worker import _rank_trace
 
     path = Path("/run/traces/KEY-r0.json.gz")
     assert _rank_trace(path, 0, 1) == path

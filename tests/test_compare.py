@@ -5,11 +5,11 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from lmbench.analyze.compare import compare, decide, parse_threshold, ratio_interval
+from lmbench.analyze.gate import junit_xml, render
+from lmbench.analyze.noise import ConfigNoise
 from lmbench.cli import cli
-from lmbench.compare import compare, decide, parse_threshold, ratio_interval
 from lmbench.errors import UsageError
-from lmbench.gate import junit_xml, render
-from lmbench.noise import ConfigNoise
 
 TIGHT = [100.0, 100.4, 99.7, 100.2, 99.9]
 

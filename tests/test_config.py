@@ -1,7 +1,7 @@
 import pytest
 
-from lmbench.config import Config
 from lmbench.errors import ConfigError
+from lmbench.plan.config import Config
 
 
 def test_defaults_are_valid_and_key_is_stable():
@@ -69,14 +69,14 @@ def test_an_empty_data_file_is_refused(tmp_path):
 
 
 def test_every_default_has_a_reason():
-    from lmbench.config import DEFAULT_REASONS, FIELD_TYPES
+    from lmbench.plan.config import DEFAULT_REASONS, FIELD_TYPES
 
     assert set(DEFAULT_REASONS) == set(FIELD_TYPES)
     assert all(reason and len(reason) < 120 for reason in DEFAULT_REASONS.values())
 
 
 def test_the_default_optimizer_is_the_fused_adamw_a_performance_engineer_would_pick():
-    from lmbench.training import OPTIMIZERS
+    from lmbench.run.training import OPTIMIZERS
 
     assert Config().optimizer == "adamw-fused"
     import torch

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from lmbench.data import DataError, make_batches, tokenize_file
-from lmbench.models import MODELS
+from lmbench.models.registry import MODELS
+from lmbench.run.data import DataError, make_batches, tokenize_file
 
 CPU = torch.device("cpu")
 

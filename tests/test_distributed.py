@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from lmbench import results
+from lmbench.analyze import results
 from lmbench.cli import cli
-from lmbench.config import Config
-from lmbench.distributed import aggregate, mean_losses
 from lmbench.errors import UsageError
-from lmbench.launcher import Launch, worker_command
-from lmbench.runner import scaling_efficiency, single_device_key
-from lmbench.telemetry import SUMMARY_FIELDS, combine
+from lmbench.measure.telemetry import SUMMARY_FIELDS, combine
+from lmbench.plan.config import Config
+from lmbench.run.distributed import aggregate, mean_losses
+from lmbench.run.launcher import Launch, worker_command
+from lmbench.run.runner import scaling_efficiency, single_device_key
 
 
 def off(reason="off: not a CUDA device"):
@@ -99,11 +99,11 @@ def test_torchrun_command_single_and_multi_node(tmp_path):
     ddp = Config(parallel="ddp", nproc=4)
     cmd = worker_command(ddp, tmp_path / "j", tmp_path / "r", Launch())
     assert cmd[1:8] == ["-m", "torch.distributed.run", "--nproc-per-node", "4", "--max-restarts", "0", "--standalone"]
-    assert cmd[-4:] == ["-m", "lmbench.worker", str(tmp_path / "j"), str(tmp_path / "r")]
+    assert cmd[-4:] == ["-m", "lmbench.run.worker", str(tmp_path / "j"), str(tmp_path / "r")]
     multi = worker_command(ddp, tmp_path / "j", tmp_path / "r",
                            Launch(nnodes=2, node_rank=1, rdzv_endpoint="node0:29500"))
     assert multi[7:15] == ["--nnodes", "2", "--node-rank", "1", "--master-addr", "node0", "--master-port", "29500"]
-    assert worker_command(Config(), tmp_path / "j", tmp_path / "r", Launch())[1:3] == ["-m", "lmbench.worker"]
+    assert worker_command(Config(), tmp_path / "j", tmp_path / "r", Launch())[1:3] == ["-m", "lmbench.run.worker"]
     follower = Launch(nnodes=2, node_rank=1, rdzv_endpoint="h:1")
     assert not follower.records and follower.runs(ddp) and not follower.runs(Config())
     with pytest.raises(UsageError, match="multi-node runs need HOST:PORT"):
@@ -161,7 +161,7 @@ def _rank_process(marker: str, local_rank: int) -> int | None:
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if "lmbench.worker" in cmdline and marker in cmdline and f"LOCAL_RANK={local_rank}".encode() in environ:
+        if "lmbench.run.worker" in cmdline and marker in cmdline and f"LOCAL_RANK={local_rank}".encode() in environ:
             return int(pid)
     return None
 

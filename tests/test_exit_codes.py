@@ -11,16 +11,16 @@ from lmbench.cli import cli
 #: Per command: arguments that are bad input, arguments that succeed, and (module, attribute) of a library
 #: function the command calls, which the internal-error case makes raise.
 CASES = {
-    "list": (["extra"], [], ("lmbench.suite", "builtin_names")),
-    "env": (["--bogus"], [], ("lmbench.environment", "describe")),
-    "run": (["--suite", "nope"], None, ("lmbench.runner", "plan")),
-    "report": (["{tmp}/nope"], None, ("lmbench.report", "build")),
+    "list": (["extra"], [], ("lmbench.plan.suite", "builtin_names")),
+    "env": (["--bogus"], [], ("lmbench.measure.environment", "describe")),
+    "run": (["--suite", "nope"], None, ("lmbench.run.runner", "plan")),
+    "report": (["{tmp}/nope"], None, ("lmbench.analyze.report", "build")),
     "compare": (["{tmp}/run", "{tmp}/run", "--threshold", "x"], ["{tmp}/run", "{tmp}/run"],
-                ("lmbench.compare", "compare")),
-    "calibrate": (["--suite", "smoke", "--repeats", "1"], None, ("lmbench.suite", "load")),
+                ("lmbench.analyze.compare", "compare")),
+    "calibrate": (["--suite", "smoke", "--repeats", "1"], None, ("lmbench.plan.suite", "load")),
     "tune": (["--model", "nope"], None, ("lmbench.tune", "Tuner")),
     "kernels": (["--op", "rmsnorm", "--shape", "12"], ["--op", "rmsnorm", "--shape", "64x64"],
-                ("lmbench.microbench", "parse_shape")),
+                ("lmbench.measure.microbench", "parse_shape")),
     "ceilings": (["extra"], [], ("torch.cuda", "is_available")),
 }
 #: What the internal-error case runs: arguments that get as far as the broken function.

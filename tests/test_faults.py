@@ -1,7 +1,7 @@
 """Fault injection (issue 14): every case is a reproduction, numbered as in the issue.
 
 Workers are tests/fake_worker.py (a result in milliseconds, or a hang on request, with the real
-parent-death handling of lmbench.worker), so signals, full disks and concurrent runs are cheap to
+parent-death handling of lmbench.run.worker), so signals, full disks and concurrent runs are cheap to
 provoke. Every test checks the exit code, a one-line message without a traceback, what is in
 results.jsonl, and (autouse fixture) that no process of the test is left behind.
 """
@@ -26,11 +26,12 @@ import fake_worker
 import pytest
 from click.testing import CliRunner
 
-from lmbench import results, runner
+from lmbench.analyze import results
+from lmbench.analyze.compare import decide
 from lmbench.cli import cli
-from lmbench.compare import decide
-from lmbench.config import Config
-from lmbench.rundir import RunDirectory
+from lmbench.plan.config import Config
+from lmbench.run import runner
+from lmbench.run.rundir import RunDirectory
 from lmbench.tune import Tuner
 
 TINY = """
@@ -313,7 +314,8 @@ def test_3_a_killed_parent_takes_its_worker_with_it(tmp_path, tiny, fake):
 def test_3_a_rank_under_torchrun_watches_the_lmbench_parent_by_pid(tmp_path):
     # A rank's own parent is the torchrun agent; the lmbench parent is further up, so it is watched.
     stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(tmp_path)])
-    code = ("from lmbench.worker import exit_with_parent; import time; exit_with_parent(); print('armed', flush=True); "
+    code = ("from lmbench.run.worker import exit_with_parent; import time; exit_with_parent(); "
+            "print('armed', flush=True); "
             "time.sleep(60)")
     rank = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "LMBENCH_PARENT_PID": str(stand_in.pid)}, start_new_session=True)

@@ -1,9 +1,9 @@
 import pytest
 
-from lmbench.flops import matmul_params, palm_flops_per_token, recompute_flops_per_token, rerun_params
-from lmbench.metrics import flops_utilisation, stall_note, throughput
-from lmbench.models import MODELS, build_model
-from lmbench.peaks import PEAKS, find_device, peak_flops
+from lmbench.measure.flops import matmul_params, palm_flops_per_token, recompute_flops_per_token, rerun_params
+from lmbench.measure.metrics import flops_utilisation, stall_note, throughput
+from lmbench.measure.peaks import PEAKS, find_device, peak_flops
+from lmbench.models.registry import MODELS, build_model
 
 # GPT-2 124M by hand. Per block: c_attn 768x2304 + 2304, attn c_proj 768x768 + 768,
 # mlp c_fc 768x3072 + 3072, mlp c_proj 3072x768 + 768, two LayerNorms 2 x (768 + 768).
@@ -27,7 +27,7 @@ def test_gpt2_124m_flops_per_token_hand_count():
 
 
 def test_torch_lm_counts_its_tied_head_once():
-    from lmbench.torch_lm import TorchTransformerLM
+    from lmbench.models.torch_lm import TorchTransformerLM
 
     m = TorchTransformerLM(vocab_size=100, hidden=8, n_layers=1, n_heads=2, intermediate=16, max_positions=10)
     block = (8 * 24 + 24) + (8 * 8 + 8) + (8 * 16 + 16) + (16 * 8 + 8) + 2 * 16
@@ -116,8 +116,8 @@ def test_recompute_count_matches_what_torch_counts_in_a_real_step(model):
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from lmbench.config import Config
-    from lmbench.training import TrainingStep
+    from lmbench.plan.config import Config
+    from lmbench.run.training import TrainingStep
 
     cpu_sdpa = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention_flops}
     spec, counted = MODELS[model], {}

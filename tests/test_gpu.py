@@ -3,7 +3,7 @@
 import pytest
 from click.testing import CliRunner
 
-from lmbench import results
+from lmbench.analyze import results
 from lmbench.cli import cli
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
@@ -56,7 +56,7 @@ def test_out_of_memory_is_a_status_and_the_suite_goes_on(tmp_path):
 def test_real_nvml_readings_are_plausible():
     import torch
 
-    from lmbench.telemetry import Telemetry
+    from lmbench.measure.telemetry import Telemetry
 
     device = torch.device("cuda")
     telemetry = Telemetry.for_device(device, period_s=0.05)
@@ -99,10 +99,10 @@ def test_harness_overhead_against_a_bare_loop_on_gpu():
     import torch
     from test_overhead import harness_times
 
-    from lmbench.config import Config
-    from lmbench.data import make_batches
-    from lmbench.models import MODELS, build_model
-    from lmbench.training import TrainingStep
+    from lmbench.models.registry import MODELS, build_model
+    from lmbench.plan.config import Config
+    from lmbench.run.data import make_batches
+    from lmbench.run.training import TrainingStep
 
     device = torch.device("cuda")
     config = Config(model="gpt2-124m", batch_size=8, seq_len=1024, precision="amp-bf16", steps=200, warmup=0,

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from lmbench.config import Config
 from lmbench.errors import KernelSwapError
-from lmbench.kernel_sets import KERNEL_SETS, FusedLossLM
-from lmbench.models import MODELS, build_model
-from lmbench.training import TrainingStep
+from lmbench.models.kernel_sets import KERNEL_SETS, FusedLossLM
+from lmbench.models.registry import MODELS, build_model
+from lmbench.plan.config import Config
+from lmbench.run.training import TrainingStep
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -66,7 +66,7 @@ def test_checkpointing_modes_train_identically(model):
 def test_selective_checkpointing_saves_matmuls_and_recomputes_the_rest():
     from torch.utils.checkpoint import CheckpointPolicy
 
-    from lmbench.models import _selective_context
+    from lmbench.models.registry import _selective_context
 
     forward_ctx, _ = _selective_context()
     policy = forward_ctx.policy_fn
@@ -124,7 +124,7 @@ def test_a_swap_that_cannot_apply_is_an_error_naming_the_versions(monkeypatch):
     """A renamed activation class (a newer transformers) must not leave an `ok` row that ran unfused."""
     import transformers
 
-    import lmbench.kernel_sets as kernel_sets
+    import lmbench.models.kernel_sets as kernel_sets
 
     monkeypatch.setattr(kernel_sets, "_tanh_gelu_classes", lambda: ())
     with pytest.raises(KernelSwapError) as caught:
@@ -151,8 +151,8 @@ def test_a_block_signature_the_fused_forward_does_not_know_is_refused(monkeypatc
 def test_failed_swap_is_an_error_row_not_a_crash(monkeypatch, tmp_path):
     import json
 
-    import lmbench.kernel_sets as kernel_sets
-    from lmbench.worker import run_job
+    import lmbench.models.kernel_sets as kernel_sets
+    from lmbench.run.worker import run_job
 
     monkeypatch.setattr(kernel_sets, "_tanh_gelu_classes", lambda: ())
     config = Config(model="tiny-gpt2", batch_size=2, seq_len=16, steps=1, warmup=0, kernels="triton",

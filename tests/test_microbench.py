@@ -4,9 +4,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from lmbench import microbench
 from lmbench.cli import cli
 from lmbench.errors import UsageError
+from lmbench.measure import microbench
 
 
 def test_shapes_are_parsed_per_op():
@@ -64,8 +64,8 @@ def test_ceilings_say_skipped_without_cuda():
 
 @pytest.mark.gpu
 def test_ceilings_are_below_the_datasheet(tmp_path):
-    from lmbench.ceilings import measure
-    from lmbench.peaks import peak_flops
+    from lmbench.measure.ceilings import measure
+    from lmbench.measure.peaks import peak_flops
 
     figures = measure(torch.device("cuda"), matmul_n=4096, copy_bytes=2**28, repeats=5)
     peak = peak_flops(figures["device"], "bf16")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lmbench.models import MODELS, build_model
+from lmbench.models.registry import MODELS, build_model
 
 
 @pytest.mark.parametrize("name", list(MODELS))

@@ -5,12 +5,12 @@ import time
 
 import torch
 
-from lmbench.config import Config
-from lmbench.data import make_batches
-from lmbench.models import MODELS, build_model
-from lmbench.stats import percentile
-from lmbench.timer import StepTimer
-from lmbench.training import TrainingStep
+from lmbench.measure.stats import percentile
+from lmbench.measure.timer import StepTimer
+from lmbench.models.registry import MODELS, build_model
+from lmbench.plan.config import Config
+from lmbench.run.data import make_batches
+from lmbench.run.training import TrainingStep
 
 CPU = torch.device("cpu")
 CONFIG = Config(model="tiny-gpt2", batch_size=8, seq_len=128, steps=200, warmup=0, device="cpu")
@@ -90,8 +90,8 @@ def test_telemetry_sampling_does_not_slow_training():
     """Same step with the sampler thread running (fake NVML, default 50 ms period) and without."""
     from fake_nvml import FakeGpu, FakeNvml
 
-    from lmbench.nvml import NvmlDevice
-    from lmbench.telemetry import Telemetry
+    from lmbench.measure.nvml import NvmlDevice
+    from lmbench.measure.telemetry import Telemetry
 
     step = TrainingStep(CONFIG, CPU)
     gpu = FakeGpu("GPU-0", "x", energy_mj=None)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from lmbench.config import Config
-from lmbench.stats import percentile
+from lmbench.measure.stats import percentile
+from lmbench.plan.config import Config
 
 CONFIG = Config(model="tiny-gpt2", batch_size=8, seq_len=128, steps=30, warmup=5, device="cpu", telemetry=False)
 BARE = Path(__file__).with_name("bare_loop.py")
@@ -25,10 +25,10 @@ def bare_median_s(config: Config) -> float:
 
 
 def worker_median_s(config: Config, work: Path) -> float:
-    """The real worker (`python -m lmbench.worker`), as `lmbench run` starts it."""
+    """The real worker (`python -m lmbench.run.worker`), as `lmbench run` starts it."""
     job, result = work / "job.json", work / "result.json"
     job.write_text(json.dumps({"config": config.to_dict(), "repeat": 0}))
-    subprocess.run([sys.executable, "-m", "lmbench.worker", str(job), str(result)], capture_output=True, check=True,
+    subprocess.run([sys.executable, "-m", "lmbench.run.worker", str(job), str(result)], capture_output=True, check=True,
                    timeout=300)
     record = json.loads(result.read_text())
     assert record["status"] == "ok", record["reason"]

@@ -31,7 +31,7 @@ def _modules() -> list[str]:
 
 def test_the_package_has_its_stages():
     names = _modules()
-    assert {"lmbench.cli", "lmbench.kernels.norms", "lmbench.suites", "lmbench.plots"} <= set(names)
+    assert {"lmbench.cli", "lmbench.kernels.norms", "lmbench.suites", "lmbench.analyze.plots"} <= set(names)
 
 
 @pytest.mark.parametrize("name", _modules())

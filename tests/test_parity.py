@@ -5,14 +5,14 @@ import math
 import torch
 from click.testing import CliRunner
 
-from lmbench import results
+from lmbench.analyze import results
+from lmbench.analyze.compare import compare
 from lmbench.cli import cli
-from lmbench.compare import compare
-from lmbench.config import Config
-from lmbench.data import make_batches
-from lmbench.models import MODELS
-from lmbench.parity import TOLERANCES, ema, reference_config, verdict
-from lmbench.training import TrainingStep
+from lmbench.models.registry import MODELS
+from lmbench.plan.config import Config
+from lmbench.plan.parity import TOLERANCES, ema, reference_config, verdict
+from lmbench.run.data import make_batches
+from lmbench.run.training import TrainingStep
 
 
 def test_ema_by_hand():

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 from op_log import OpLog
 
-from lmbench.precision import PRECISIONS, AmpFp16, Fp16MasterWeights, matmul_mode
+from lmbench.run.precision import PRECISIONS, AmpFp16, Fp16MasterWeights, matmul_mode
 
 CPU = torch.device("cpu")
 

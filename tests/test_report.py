@@ -10,10 +10,10 @@ import pytest
 from click.testing import CliRunner
 from matplotlib.figure import Figure
 
-from lmbench import frame, plots, report
+from lmbench.analyze import frame, plots, report
+from lmbench.analyze.table import Grid, markdown_table
 from lmbench.cli import cli
-from lmbench.config import Config
-from lmbench.table import Grid, markdown_table
+from lmbench.plan.config import Config
 
 GIB = 2**30
 
@@ -248,7 +248,7 @@ def test_speedup_heatmap_text_is_white_on_dark_cells_and_marks_missing_baselines
 def test_run_summary_flags_unstable_steps_and_shows_host_memory():
     from rich.console import Console
 
-    from lmbench.table import summary
+    from lmbench.analyze.table import summary
 
     cpu = hand_record("fp32", 8, 1000.0, step_cv=0.25)
     cpu["metrics"].update(mem_peak_reserved_bytes=None, mem_host_peak_growth_bytes=3 * 2**20)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from lmbench.roofline import bytes_per_step, for_record, roofline
+from lmbench.measure.roofline import bytes_per_step, for_record, roofline
 
 
 def test_unavoidable_bytes_by_hand():

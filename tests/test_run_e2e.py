@@ -10,7 +10,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from lmbench import results
+from lmbench.analyze import results
 from lmbench.cli import cli
 
 pytestmark = pytest.mark.slow
@@ -72,7 +72,7 @@ def test_smoke_run_writes_one_complete_record_per_config(smoke_run):
 
 
 def test_process_age_counts_from_the_start_of_the_interpreter():
-    code = "import time; time.sleep(0.5); from lmbench.worker import process_age_s; print(process_age_s())"
+    code = "import time; time.sleep(0.5); from lmbench.run.worker import process_age_s; print(process_age_s())"
     age = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert 0.5 <= age < 10
 
@@ -181,9 +181,9 @@ def test_cuda_without_an_index_becomes_the_current_device(monkeypatch):
     """torch.cuda.set_device rejects a bare `cuda`; the worker spells the index out."""
     import torch
 
-    from lmbench.config import Config
-    from lmbench.distributed import RankInfo
-    from lmbench.worker import worker_device
+    from lmbench.plan.config import Config
+    from lmbench.run.distributed import RankInfo
+    from lmbench.run.worker import worker_device
 
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
     assert worker_device(Config(device="cuda"), None) == torch.device("cuda", 3)

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from lmbench.stats import mean, percentile, stdev, summarize
+from lmbench.measure.stats import mean, percentile, stdev, summarize
 
 
 def test_percentile_interpolates_between_order_statistics():

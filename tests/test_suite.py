@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from lmbench import suite as suites
 from lmbench.errors import SuiteError
+from lmbench.plan import suite as suites
 
 
 def write(tmp_path: Path, text: str) -> str:

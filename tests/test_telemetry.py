@@ -8,11 +8,11 @@ import pytest
 import torch
 from fake_nvml import FakeGpu, FakeNvml
 
-from lmbench import environment
-from lmbench.config import Config
-from lmbench.nvml import NvmlDevice, NvmlUnavailable, load_nvml, reason_names, torch_device_ids
-from lmbench.telemetry import SUMMARY_FIELDS, DeviceGroupTelemetry, Sample, Telemetry, power_trace, trapezoid_j
-from lmbench.training import devices_used
+from lmbench.measure import environment
+from lmbench.measure.nvml import NvmlDevice, NvmlUnavailable, load_nvml, reason_names, torch_device_ids
+from lmbench.measure.telemetry import SUMMARY_FIELDS, DeviceGroupTelemetry, Sample, Telemetry, power_trace, trapezoid_j
+from lmbench.plan.config import Config
+from lmbench.run.training import devices_used
 
 A = "GPU-aaaaaaaa-0000-0000-0000-000000000000"
 B = "GPU-bbbbbbbb-0000-0000-0000-000000000000"

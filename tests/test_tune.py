@@ -5,12 +5,12 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from lmbench import results
-from lmbench import suite as suites
+from lmbench.analyze import results
 from lmbench.cli import cli
-from lmbench.config import Config
 from lmbench.errors import UsageError
-from lmbench.runner import RunDirectory, run_worker
+from lmbench.plan import suite as suites
+from lmbench.plan.config import Config
+from lmbench.run.runner import RunDirectory, run_worker
 from lmbench.tune import Tuner, parse_size, winner_suite
 
 BASE = Config(model="tiny-gpt2", seq_len=256, device="cpu", max_memory_bytes=60 * 2**20)

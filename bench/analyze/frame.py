@@ -1,0 +1,78 @@
+"""Results as a tidy pandas DataFrame: one row per configuration and repeat, unit-suffixed columns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from lmbench.analyze import results
+from lmbench.errors import ResultsError
+
+#: Environment fields copied into every row, for comparisons across machines.
+ENV_COLUMNS = {"gpu": ("device", "name"), "driver": ("device", "driver"),
+               "memory_total_bytes": ("device", "memory_total_bytes"), "torch": ("torch",), "cuda": ("cuda",),
+               "lmbench_commit": ("lmbench_commit",), "host": ("host",)}
+#: Metric values that are lists or nested: kept out of the flat table.
+_NOT_SCALAR = (list, dict)
+
+
+def _env_value(env: dict[str, Any] | None, path: tuple[str, ...]) -> Any:
+    value: Any = env or {}
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def to_rows(records: list[dict[str, Any]], *, run: str) -> list[dict[str, Any]]:
+    rows = []
+    for r in records:
+        row: dict[str, Any] = {"run": run, "suite": r.get("suite"), "config_key": r["config_key"],
+                               "repeat": r["repeat"], "status": r["status"], "reason": r.get("reason")}
+        row.update(results.full_config(r["config"]))
+        for name, value in (r.get("metrics") or {}).items():
+            if name == "throttle_reasons":
+                row[name] = ",".join(value or [])
+            elif not isinstance(value, _NOT_SCALAR):
+                row[name] = value
+        row.update({column: _env_value(r.get("env"), path) for column, path in ENV_COLUMNS.items()})
+        row["warnings"] = "; ".join(r.get("warnings") or [])
+        rows.append(row)
+    return rows
+
+
+def distinct(run_dirs: list[Path]) -> tuple[list[Path], list[str]]:
+    """The run directories with repeats removed (one directory named twice would count its records twice)."""
+    seen: dict[Path, Path] = {}
+    warnings = []
+    for run_dir in map(Path, run_dirs):
+        real = run_dir.resolve()
+        if real in seen:
+            again = "given twice" if str(run_dir) == str(seen[real]) else f"the same directory as {seen[real]}"
+            warnings.append(f"run directory {run_dir} is {again}: its records are read once")
+            continue
+        seen[real] = run_dir
+    return list(seen.values()), warnings
+
+
+def load(run_dirs: list[Path]) -> tuple[pd.DataFrame, list[dict[str, Any]], list[str]]:
+    """(DataFrame, the raw records with a `run` key, warnings) for one or more run directories.
+
+    A directory named twice is read once. Raw records carry every axis in `config` (None where an
+    older record lacks one), so tables over records of several versions line up.
+    """
+    all_rows: list[dict[str, Any]] = []
+    raw: list[dict[str, Any]] = []
+    run_dirs, warnings = distinct(run_dirs)
+    for path in run_dirs:
+        if not path.is_dir():
+            raise ResultsError(f"run directory {str(path)!r} does not exist")
+        loaded = results.read(path)
+        warnings.extend(loaded.warnings)
+        all_rows.extend(to_rows(loaded.records, run=str(path)))
+        raw.extend({**record, "config": results.full_config(record["config"]), "run": str(path)}
+                   for record in loaded.records)
+    if not all_rows:
+        raise ResultsError(f"no results in {', '.join(map(str, run_dirs))}")
+    return pd.DataFrame(all_rows), raw, warnings

@@ -1,0 +1,122 @@
+"""The regression gate's outputs: verdict tables (text, Markdown, JSON), JUnit XML, exit codes."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape as xml_escape
+
+from lmbench.analyze import results
+from lmbench.analyze.compare import Verdict, environment_differences
+from lmbench.analyze.noise import NoiseFloor
+from lmbench.analyze.table import markdown_table
+from lmbench.errors import ResultsError, UsageError
+
+EXIT_OK, EXIT_REGRESSION = 0, 1
+
+
+def load_pair(base: Path, cand: Path, *, metric: str, allow_different_hardware: bool,
+              noise: NoiseFloor | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+    """(baseline records, candidate records, warnings), refusing pairs that cannot be compared."""
+    loaded = {}
+    warnings: list[str] = []
+    for side, path in (("baseline", base), ("candidate", cand)):
+        if not Path(path).is_dir():
+            raise UsageError(f"{side} run directory {str(path)!r} does not exist")
+        loaded[side] = results.read(path)
+        warnings += loaded[side].warnings
+    b, c = loaded["baseline"].records, loaded["candidate"].records
+    suites_seen = {r.get("suite") for r in b} | {r.get("suite") for r in c}
+    if len(suites_seen) > 1:
+        raise UsageError(f"the runs are of different suites ({', '.join(sorted(map(str, suites_seen)))}); compare "
+                         "runs of one suite")
+    if not any(metric in (r.get("metrics") or {}) for r in b + c):
+        raise UsageError(f"--metric {metric!r} is in no record of either run (e.g. tokens_per_s, step_time_median_s)")
+    _check_numeric(metric, b + c)
+    warnings += check_hardware(environment_differences(b, c), allow_different_hardware=allow_different_hardware)
+    device = (next((r["env"] for r in b if r.get("env")), {}).get("device") or {}).get("name")
+    if noise is not None and noise.device != device:
+        warnings.append(f"the noise floor {noise.source} was measured on {noise.device}, the baseline ran on {device}")
+    return b, c, warnings
+
+
+def _check_numeric(metric: str, records: list[dict[str, Any]]) -> None:
+    """A ratio of medians needs numbers, and a baseline that is not zero everywhere."""
+    values = [(r.get("metrics") or {}).get(metric) for r in records if r["status"] == "ok"]
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+    if not numbers:
+        shown = next((repr(v)[:40] for v in values if v is not None), "none")
+        raise UsageError(f"--metric {metric!r} has no numeric value in the ok records (e.g. {shown}); compare a "
+                         "number such as tokens_per_s or step_time_median_s")
+    if not any(numbers):
+        raise UsageError(f"--metric {metric!r} is 0 in every ok record: a ratio of medians needs a non-zero "
+                         "baseline")
+
+
+def write_junit(path: Path, verdicts: list[Verdict], *, metric: str) -> None:
+    """The JUnit file, or a one-line ResultsError when `path` cannot be written."""
+    try:
+        Path(path).write_text(junit_xml(verdicts, metric=metric), encoding="utf-8")
+    except OSError as err:
+        raise ResultsError(f"cannot write --junit {str(path)!r}: {err.strerror or err}") from None
+
+
+def check_hardware(differences: dict[str, tuple[Any, Any]], *, allow_different_hardware: bool) -> list[str]:
+    """Warnings for environments that differ; a different device model (GPU or CPU) is an error unless allowed."""
+    if "device" in differences and not allow_different_hardware:
+        base, cand = differences["device"]
+        raise UsageError(f"the runs come from different devices ({base} vs {cand}); pass "
+                         "--allow-different-hardware to compare them anyway")
+    return [f"{name} differs: {base} (baseline) vs {cand} (candidate)" for name, (base, cand) in differences.items()]
+
+
+def _cells(v: Verdict) -> list[str]:
+    def num(x: float | None, spec: str) -> str:
+        return "-" if x is None else format(x, spec)
+
+    interval = "-" if v.ci_low is None else f"[{v.ci_low:.3f}, {v.ci_high:.3f}]"
+    change = "-" if v.ratio is None else f"{(v.ratio - 1) * 100:+.1f}%"
+    return [v.config_key, v.verdict, num(v.ratio, ".3f"), change, interval, f"{v.n_base}/{v.n_cand}",
+            v.parity or "-", v.note]
+
+
+HEADERS = ["config", "verdict", "ratio", "change", "95% CI", "repeats base/cand", "parity", "note"]
+
+
+def render(verdicts: list[Verdict], *, fmt: str, metric: str, threshold: float) -> str:
+    if fmt == "json":
+        return json.dumps({"metric": metric, "threshold": threshold, "verdicts": [v.as_dict() for v in verdicts]},
+                          indent=2)
+    rows = [_cells(v) for v in verdicts]
+    if fmt == "md":
+        title = (f"**lmbench compare**: {metric}, candidate ÷ baseline (median of repeats), "
+                 f"threshold ±{threshold:.0%}\n\n")
+        return title + markdown_table(HEADERS, rows, right={2, 3, 5})
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(HEADERS)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(HEADERS, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def junit_xml(verdicts: list[Verdict], *, metric: str) -> str:
+    """One test case per configuration; a regression is a failure, missing/failed are errors."""
+    failures = sum(v.verdict == "regression" for v in verdicts)
+    errors = sum(v.verdict in ("missing", "failed") for v in verdicts)
+    cases = []
+    for v in verdicts:
+        body = ""
+        message = xml_escape(f"{v.verdict}: ratio {v.ratio}, CI [{v.ci_low}, {v.ci_high}] {v.note}", {'"': "&quot;"})
+        if v.verdict == "regression":
+            body = f'<failure message="{message}"/>'
+        elif v.verdict in ("missing", "failed"):
+            body = f'<error message="{message}"/>'
+        cases.append(f'  <testcase classname="lmbench.{xml_escape(metric)}" name="{xml_escape(v.config_key)}">'
+                     f"{body}</testcase>")
+    return (f'<?xml version="1.0" encoding="utf-8"?>\n<testsuite name="lmbench compare" tests="{len(verdicts)}" '
+            f'failures="{failures}" errors="{errors}">\n' + "\n".join(cases) + "\n</testsuite>\n")
+
+
+def exit_code(verdicts: list[Verdict]) -> int:
+    return EXIT_REGRESSION if any(v.verdict == "regression" for v in verdicts) else EXIT_OK

@@ -1,0 +1,277 @@
+"""Report figures: each function takes results and returns a matplotlib Figure (Agg backend, no display).
+
+Every figure renders even without data (failed rows only, no telemetry): it then says so inside
+the plot instead of raising, so a report of a broken run still has all its pages.
+"""
+
+from __future__ import annotations
+
+import csv
+import inspect
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from lmbench.analyze.baseline import counterpart  # noqa: E402
+from lmbench.analyze.table import configs_of, varying_axes  # noqa: E402
+from lmbench.plan.config import FIELD_TYPES  # noqa: E402
+
+GIB = 2**30
+
+
+def _empty(title: str, why: str) -> Figure:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.set_title(title)
+    ax.text(0.5, 0.5, why, ha="center", va="center", transform=ax.transAxes, color="gray")
+    ax.set_axis_off()
+    return fig
+
+
+def config_label(row: pd.Series | dict[str, Any], axes: list[str]) -> str:
+    return " ".join(f"{a}={row[a]}" for a in axes)
+
+
+def _ok(df: pd.DataFrame, column: str) -> pd.DataFrame:
+    if column not in df:
+        return df.iloc[0:0]
+    return df[(df["status"] == "ok") & df[column].notna()]
+
+
+def _series_axes(df: pd.DataFrame, exclude: set[str]) -> list[str]:
+    """Axes whose value varies across the rows (the run too, for a report of several runs), but `exclude`.
+
+    Every varying axis is kept, so grouping by these never pools configurations that differ.
+    """
+    columns = (["run"] if "run" in df and df["run"].nunique() > 1 else []) + [a for a in FIELD_TYPES if a in df]
+    configs = df[columns].to_dict("records")
+    return [a for a in varying_axes(configs) if a not in exclude and len(configs) > 1 and a in df
+            and df[a].nunique(dropna=False) > 1]
+
+
+def _lines_over_batch(ax: Any, ok: pd.DataFrame, series: list[str], column: str, how: str, scale: float) -> None:
+    """One line per combination of the `series` axes: `column` aggregated over repeats, against batch size."""
+    if ok.empty:
+        return
+    for label, group in ok.groupby(series, dropna=False) if series else [((), ok)]:
+        points = (group.groupby("batch_size")[column].agg(how) / scale).sort_index()
+        name = " ".join(map(str, label if isinstance(label, tuple) else (label,))) or "all"
+        ax.plot(points.index, points.values, marker="o", label=name)
+
+
+def _finish_batch_axes(ax: Any, title: str, ylabel: str) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size (sequences per device)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def tokens_vs_batch(df: pd.DataFrame) -> Figure:
+    """Median tokens/s over repeats against batch size, one line per precision (and other varying axes)."""
+    title = "Throughput vs batch size"
+    ok = _ok(df, "tokens_per_s")
+    if ok.empty:
+        return _empty(title, "no successful configuration")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    _lines_over_batch(ax, ok, _series_axes(df, {"batch_size"}), "tokens_per_s", "median", 1.0)
+    _finish_batch_axes(ax, title, "tokens/s (median over repeats)")
+    return fig
+
+
+def memory_vs_batch(df: pd.DataFrame) -> Figure:
+    """Peak reserved memory against batch size, with the device's capacity and the OOM points marked."""
+    title = "Peak memory vs batch size"
+    ok = _ok(df, "mem_peak_reserved_bytes")
+    ooms = df[df["status"] == "oom"] if "status" in df else df.iloc[0:0]
+    if ok.empty and ooms.empty:
+        return _empty(title, "no device memory measured (CPU run or no successful configuration)")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    _lines_over_batch(ax, ok, _series_axes(df, {"batch_size"}), "mem_peak_reserved_bytes", "max", GIB)
+    capacity = df["memory_total_bytes"].dropna().max() if "memory_total_bytes" in df else None
+    if capacity is not None and capacity == capacity:
+        ax.axhline(capacity / GIB, color="red", linestyle="--", label=f"device capacity {capacity / GIB:.0f} GiB")
+        if not ooms.empty:
+            ax.scatter(ooms["batch_size"], [capacity / GIB] * len(ooms), marker="x", color="red", label="out of memory")
+    _finish_batch_axes(ax, title, "peak reserved memory (GiB)")
+    return fig
+
+
+def tokens_per_joule(df: pd.DataFrame) -> Figure:
+    """Tokens per joule per configuration (median over repeats)."""
+    title = "Energy efficiency"
+    ok = _ok(df, "tokens_per_j")
+    if ok.empty:
+        return _empty(title, "no energy measured (no NVML telemetry in these results)")
+    axes = _series_axes(df, set()) or ["model"]
+    labels, values = [], []
+    for _, group in ok.groupby(["run", "config_key"], sort=False):
+        labels.append(config_label(group.iloc[0], axes))
+        values.append(group["tokens_per_j"].median())
+    fig, ax = plt.subplots(figsize=(7, max(3, 0.4 * len(labels) + 1)))
+    ax.barh(labels, values)
+    ax.set_xlabel("tokens per joule (median over repeats)")
+    ax.set_title(title)
+    ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _units(df: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
+    """One row per configuration (per run): its axes, median tokens/s over ok repeats, and its statuses."""
+    rows = []
+    for _, group in df.groupby(["run", "config_key"], sort=False, dropna=False):
+        good = group[group["status"] == "ok"]["tokens_per_s"].dropna() if "tokens_per_s" in group else []
+        failed = sorted(set(group["status"]) - {"ok"})
+        rows.append({**group.iloc[0][axes].to_dict(), "tokens_per_s": good.median() if len(good) else float("nan"),
+                     "status": "/".join(failed) if not len(good) else "ok"})
+    return pd.DataFrame(rows)
+
+
+def _text_colour(rgba: tuple[float, ...]) -> str:
+    """Black on light cells, white on dark ones (relative luminance, ITU-R BT.709 weights)."""
+    r, g, b = rgba[:3]
+    return "black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.5 else "white"
+
+
+def speedup_heatmap(df: pd.DataFrame, *, x: str | None = None, y: str | None = None,
+                    baseline: tuple[str, str] | None = None) -> Figure:
+    """Median tokens/s of each configuration over its baseline counterpart's, one panel per value of the other axes.
+
+    The counterpart is equal on every varying axis but the baseline's (lmbench.analyze.baseline), so no cell pools
+    configurations; without --baseline it is the first value of the x axis. The colour scale is
+    logarithmic and centred on 1.0 (white): 2x and 0.5x are equally strong blue and red.
+    """
+    from matplotlib.colors import LogNorm
+
+    title = "Speedup over baseline"
+    axes = _series_axes(df, set())
+    ok = _ok(df, "tokens_per_s")
+    if not axes or ok.empty:
+        return _empty(title, "needs a varying axis and at least one successful configuration")
+    # The baseline's axis across, so every row of a panel starts from its own baseline cell.
+    x = x or (baseline[0] if baseline and baseline[0] in axes else axes[0])
+    y = y or next((a for a in axes if a != x), None)
+    facets = [a for a in axes if a not in (x, y)]
+    baseline = baseline or (x, str(df[x].iloc[0]))
+    units = _units(df, axes)
+    configs = units[axes].to_dict("records")
+    speedups = []
+    for config, tps in zip(configs, units["tokens_per_s"]):
+        match = counterpart(config, configs, baseline, axes)
+        speedups.append(tps / units["tokens_per_s"].iloc[match] if match is not None else float("nan"))
+    units["speedup"] = speedups
+    finite = [v for v in speedups if v == v and v > 0]
+    reach = max([1.25, *(max(v, 1 / v) for v in finite)])
+    norm = LogNorm(vmin=1 / reach, vmax=reach)
+    cmap = matplotlib.colormaps["RdBu"].with_extremes(bad="#eeeeee")
+    xs = list(dict.fromkeys(df[x]))
+    ys = list(dict.fromkeys(df[y])) if y else [None]
+    panels = list(units.groupby(facets, sort=False, dropna=False)) if facets else [((), units)]
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, grid = plt.subplots(rows, cols, squeeze=False, layout="constrained",
+                             figsize=(cols * (1.0 * len(xs) + 2.5) + 1, rows * (0.55 * len(ys) + 1.8) + 0.5))
+    for n, (ax, (values, panel)) in enumerate(zip(grid.flat, panels)):
+        cells = [[float("nan")] * len(xs) for _ in ys]
+        for _, unit in panel.iterrows():
+            i, j = ys.index(unit[y]) if y else 0, xs.index(unit[x])
+            cells[i][j] = unit["speedup"]
+            rgba = cmap(norm(unit["speedup"])) if unit["speedup"] == unit["speedup"] else (0.93, 0.93, 0.93, 1)
+            text = (f"{unit['speedup']:.2f}x" if unit["speedup"] == unit["speedup"] else
+                    unit["status"] if unit["status"] != "ok" else "no baseline")
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color=_text_colour(rgba))
+        image = ax.imshow(cells, cmap=cmap, norm=norm, aspect="auto")
+        ax.set_xticks(range(len(xs)), [str(v) for v in xs], rotation=30, ha="right", fontsize=8)
+        ax.set_yticks(range(len(ys)), ["" if v is None else str(v) for v in ys], fontsize=8)
+        ax.set_xlabel(x)
+        if n % cols == 0:
+            ax.set_ylabel(y or "")
+        values = values if isinstance(values, tuple) else (values,)
+        ax.set_title(" ".join(f"{a}={v}" for a, v in zip(facets, values)), fontsize=9)
+    for ax in list(grid.flat)[len(panels):]:
+        ax.set_axis_off()
+    fig.suptitle(f"{title}: tokens/s ÷ that of {baseline[0]}={baseline[1]} with the other axes equal", fontsize=10)
+    fig.colorbar(image, ax=grid.ravel().tolist(), label="tokens/s ÷ baseline (log scale)")
+    return fig
+
+
+def time_breakdown(profiled: list[tuple[dict[str, Any], dict[str, Any]]], axes: list[str]) -> Figure:
+    """One stacked bar per profiled configuration: the fractions of its step time by category."""
+    from lmbench.measure.breakdown import CATEGORIES
+
+    title = "Where the time goes (profiled steps)"
+    if not profiled:
+        return _empty(title, "no profiled configuration (run with --set profile=true)")
+    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.45 * len(profiled) + 1.5)), layout="constrained")
+    labels = [config_label(config, axes) for config, _ in profiled]
+    left = [0.0] * len(profiled)
+    colours = plt.get_cmap("tab10")
+    for i, category in enumerate(CATEGORIES):
+        widths = [m[f"time_frac_{category}"] or 0.0 for _, m in profiled]
+        ax.barh(labels, widths, left=left, label=category, color="#bbbbbb" if category == "idle" else colours(i))
+        left = [a + b for a, b in zip(left, widths)]
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("fraction of the step time")
+    ax.set_title(title)
+    ax.tick_params(axis="y", labelsize=7)
+    fig.legend(fontsize=7, ncols=len(CATEGORIES), loc="outside lower center")
+    return fig
+
+
+def step_time_distributions(records: list[dict[str, Any]]) -> Figure:
+    """Box plot of per-step times (all repeats pooled) per configuration."""
+    title = "Step time distributions"
+    ok = [r for r in records if r["status"] == "ok" and r.get("step_times_s")]
+    if not ok:
+        return _empty(title, "no successful configuration")
+    configs = configs_of(records)
+    axes = varying_axes(configs) or ["model"]
+    pooled: dict[str, list[float]] = {}
+    for r, config in zip(records, configs):
+        if r["status"] == "ok" and r.get("step_times_s"):
+            # All repeats of one configuration together: nothing else shares a label.
+            pooled.setdefault(config_label(config, axes), []).extend(t * 1e3 for t in r["step_times_s"])
+    fig, ax = plt.subplots(figsize=(7, max(3, 0.4 * len(pooled) + 1)))
+    # matplotlib 3.10 replaced `vert` with `orientation`; support both.
+    horizontal = ({"orientation": "horizontal"} if "orientation" in inspect.signature(ax.boxplot).parameters
+                  else {"vert": False})
+    ax.boxplot(list(pooled.values()), showfliers=True, **horizontal)
+    ax.set_yticks(range(1, len(pooled) + 1), list(pooled), fontsize=7)
+    everything = [t for times in pooled.values() for t in times if t > 0]
+    # Configurations a hundred times apart would squash the fast ones into a line at zero.
+    log = bool(everything) and max(everything) > 20 * min(everything)
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlabel("step time (ms, log scale)" if log else "step time (ms)")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def power_over_time(timelines: dict[str, Path]) -> Figure:
+    """Board power of each configuration's window, from the telemetry CSVs (label -> file)."""
+    title = "Power over the measured window"
+    traces = {}
+    for label, path in timelines.items():
+        with open(path, newline="", encoding="utf-8") as f:
+            points = [(float(row["t_s"]), float(row["power_w"])) for row in csv.DictReader(f) if row["power_w"]]
+        if points:
+            traces[label] = points
+    if not traces:
+        return _empty(title, "no telemetry timelines (CPU run or NVML unavailable)")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, points in traces.items():
+        ax.plot([t for t, _ in points], [p for _, p in points], label=label, linewidth=1)
+    ax.set_xlabel("seconds since the window opened")
+    ax.set_ylabel("board power (W)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    return fig

@@ -1,0 +1,301 @@
+"""`lmbench report`: Markdown, CSV and a self-contained HTML page (plots embedded) from run directories."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from lmbench.analyze import baseline as baselines
+from lmbench.analyze import plots
+from lmbench.analyze.table import Grid, configs_of, varying_axes
+from lmbench.errors import UsageError
+from lmbench.measure.metrics import stall_note, unstable_steps
+
+GIB, MIB = 2**30, 2**20
+
+
+def _fmt(value: float | None, spec: str, scale: float = 1.0) -> str:
+    return "-" if value is None or value != value else format(value / scale, spec)
+
+
+@dataclass
+class ConfigSummary:
+    """One configuration over its repeats (of one run, when a report covers several)."""
+
+    key: str
+    config: dict[str, Any]
+    statuses: list[str]
+    reason: str | None
+    metrics: dict[str, list[float]] = field(default_factory=dict)
+    parity: list[str] = field(default_factory=list)
+    stalls: list[str] = field(default_factory=list)
+    """stall_note of each ok repeat that had stalls."""
+
+    def median(self, name: str) -> float | None:
+        values = self.metrics.get(name) or []
+        return statistics.median(values) if values else None
+
+    def cv(self, name: str) -> float | None:
+        values = self.metrics.get(name) or []
+        if len(values) < 2:
+            return None
+        return statistics.stdev(values) / statistics.mean(values)
+
+    def step_time_s(self) -> float | None:
+        """The step time that goes with the row's tokens/s: tokens per step / median tokens/s over repeats.
+
+        Each repeat's tokens/s is its tokens per step over its median step, so this is the same samples
+        seen the other way up; a separate median of step times would disagree with an even repeat count.
+        """
+        tps, tokens = self.median("tokens_per_s"), self.median("tokens_per_step")
+        return tokens / tps if tps and tokens else None
+
+    def note(self) -> str:
+        notes = [*dict.fromkeys(self.stalls), unstable_steps(self.metrics.get("step_time_cv") or [])]
+        return "; ".join(filter(None, notes))
+
+
+SUMMARY_METRICS = ("tokens_per_s", "step_time_median_s", "tokens_per_step", "step_time_cv", "mfu",
+                   "mem_peak_reserved_bytes", "mem_peak_allocated_bytes", "mem_nvml_used_peak_bytes",
+                   "mem_host_peak_growth_bytes", "j_per_token", "tokens_per_j", "power_avg_w", "energy_j",
+                   "parity_max_rel_dev")
+#: Worst parity over repeats is reported.
+PARITY_ORDER = ["reference", "ok", "drift", "diverged"]
+
+
+def summarize(records: list[dict[str, Any]]) -> list[ConfigSummary]:
+    """Configurations in first-seen order; metrics collected over ok repeats only.
+
+    Records of several runs (a `run` key each) are kept apart: `run` becomes the first axis.
+    """
+    by_key: dict[str, ConfigSummary] = {}
+    for r, config in zip(records, configs_of(records)):
+        key = f"{config['run']}::{r['config_key']}" if "run" in config else r["config_key"]
+        s = by_key.setdefault(key, ConfigSummary(key, config, [], None))
+        s.statuses.append(r["status"])
+        s.reason = s.reason or r.get("reason")
+        if (r.get("metrics") or {}).get("parity"):
+            s.parity.append(r["metrics"]["parity"])
+        if r["status"] == "ok" and r.get("metrics"):
+            m = r["metrics"]
+            if m.get("tokens_per_step") is None and m.get("tokens_per_s") and m.get("step_time_median_s"):
+                # Records from before tokens_per_step was kept: their tokens/s was computed this way round.
+                m = {**m, "tokens_per_step": m["tokens_per_s"] * m["step_time_median_s"]}
+            if stall_note(m):
+                s.stalls.append(stall_note(m))
+            for name in SUMMARY_METRICS:
+                value = m.get(name)
+                if isinstance(value, (int, float)):
+                    s.metrics.setdefault(name, []).append(float(value))
+    return list(by_key.values())
+
+
+def _status(s: ConfigSummary) -> str:
+    ok = s.statuses.count("ok")
+    if ok == len(s.statuses):
+        return "ok" if ok == 1 else f"ok ({ok}/{ok})"
+    others = sorted(set(s.statuses) - {"ok"})
+    return "/".join(others) + (f" ({ok}/{len(s.statuses)} ok)" if len(s.statuses) > 1 else "")
+
+
+def _baseline_of(s: ConfigSummary, summaries: list[ConfigSummary], baseline: tuple[str, str] | None,
+                 axes: list[str]) -> ConfigSummary | None:
+    """The configuration equal to `s` on every varying axis but the baseline's, which takes its value."""
+    if baseline is None:
+        return None
+    found = baselines.counterpart(s.config, [o.config for o in summaries], baseline, axes)
+    return None if found is None else summaries[found]
+
+
+def tables(records: list[dict[str, Any]], baseline: tuple[str, str] | None = None) -> dict[str, str]:
+    """Markdown tables by section: throughput (with speedup vs baseline), memory, energy, failures."""
+    return {name: grid.markdown() for name, grid in sections(records, baseline).items()}
+
+
+def sections(records: list[dict[str, Any]], baseline: tuple[str, str] | None = None) -> dict[str, Grid]:
+    """The report's tables by section, for Markdown and HTML alike."""
+    summaries = summarize(records)
+    axes = varying_axes(s.config for s in summaries)
+    if baseline and baseline[0] not in (summaries[0].config if summaries else {}):
+        raise UsageError(f"--baseline {baseline[0]}={baseline[1]}: {baseline[0]!r} is not a configuration axis")
+    with_parity = any(s.parity for s in summaries)
+    throughput_rows, memory_rows, energy_rows, failure_rows = [], [], [], []
+    for s in summaries:
+        label = [str(s.config[a]) for a in axes]
+        tps = s.median("tokens_per_s")
+        row = label + [_status(s), _fmt(tps, ",.0f"), _fmt(s.cv("tokens_per_s"), ".1%"),
+                       _fmt(s.step_time_s(), ".1f", 1e-3), _fmt(s.median("mfu"), ".1%")]
+        if with_parity:
+            worst = max(s.parity, key=PARITY_ORDER.index, default=None)
+            dev = s.median("parity_max_rel_dev")
+            row += [worst or "-", _fmt(dev, ".2g")]
+        if baseline:
+            base = _baseline_of(s, summaries, baseline, axes)
+            base_tps = base.median("tokens_per_s") if base else None
+            speedup = tps / base_tps if tps and base_tps else None
+            row += [_fmt(speedup, ".2f") + ("x" if speedup else ""),
+                    "-" if speedup is None else f"{(speedup - 1) * 100:+.1f}%"]
+        throughput_rows.append(row + [s.note()])
+        memory_rows.append(label + [_status(s), _fmt(s.median("mem_peak_allocated_bytes"), ".2f", GIB),
+                                    _fmt(s.median("mem_peak_reserved_bytes"), ".2f", GIB),
+                                    _fmt(s.median("mem_nvml_used_peak_bytes"), ".2f", GIB),
+                                    _fmt(s.median("mem_host_peak_growth_bytes"), ".1f", MIB)])
+        energy_rows.append(label + [_status(s), _fmt(s.median("power_avg_w"), ".0f"), _fmt(s.median("energy_j"), ".1f"),
+                                    _fmt(s.median("j_per_token"), ".3g"), _fmt(s.median("tokens_per_j"), ",.0f")])
+        if any(status != "ok" for status in s.statuses):
+            failure_rows.append(label + [_status(s), s.reason or ""])
+    n = len(axes)
+    head = ["status", "tokens/s", "cv over repeats", "step ms", "MFU"]
+    if with_parity:
+        head += ["parity", "max loss dev"]
+    if baseline:
+        head += [f"speedup vs {baseline[0]}={baseline[1]}", "Diff %"]
+    out = {"throughput": Grid(axes + head + ["note"], throughput_rows, right=set(range(n + 1, n + len(head)))),
+           "memory": Grid(axes + ["status", "peak allocated GiB", "peak reserved GiB", "NVML used GiB",
+                                  "host RSS growth MiB"], memory_rows, right={n + 1, n + 2, n + 3, n + 4}),
+           "energy": Grid(axes + ["status", "power W", "energy J", "J/token", "tokens/J"], energy_rows,
+                          right={n + 1, n + 2, n + 3, n + 4})}
+    if failure_rows:
+        out["failures"] = Grid(axes + ["status", "reason"], failure_rows)
+    return out
+
+
+def profiled(records: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(configuration, metrics) of the first ok profiled repeat of each configuration."""
+    found: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+    for r, config in zip(records, configs_of(records)):
+        m = r.get("metrics") or {}
+        if r["status"] == "ok" and m.get("time_frac_idle") is not None:
+            found.setdefault(f"{config.get('run')}::{r['config_key']}", (config, m))
+    return list(found.values())
+
+
+def time_sections(records: list[dict[str, Any]]) -> dict[str, Grid]:
+    """Where the time goes, for profiled configurations: the breakdown of a step and the top kernels."""
+    from lmbench.measure.breakdown import CATEGORIES
+
+    found = profiled(records)
+    if not found:
+        return {}
+    axes = varying_axes(configs_of(records))
+    rows, kernels = [], []
+    for config, m in found:
+        label = [str(config[a]) for a in axes]
+        overlap = m.get("comm_overlap_frac")
+        rows.append(label + [_fmt(m["profile_step_time_s"], ".2f", 1e-3)]
+                    + [_fmt(m[f"time_frac_{c}"], ".1%") for c in CATEGORIES] + [_fmt(overlap, ".0%")])
+        kernels += [label + [k["name"][:90], _fmt(k["time_s"], ".3f", 1e-3), _fmt(k["calls"], ".0f")]
+                    for k in m.get("profile_top_kernels") or []]
+    n = len(axes)
+    return {"time": Grid(axes + ["profiled step ms", *CATEGORIES, "comm overlapped"], rows,
+                         right=set(range(n, n + len(CATEGORIES) + 2))),
+            "kernels": Grid(axes + ["kernel (top 10 by time)", "ms per step", "calls per step"], kernels,
+                            right={n + 1, n + 2})}
+
+
+def roofline_section(records: list[dict[str, Any]], ceilings: dict[str, Any]) -> dict[str, Grid]:
+    """Each configuration's step time at the measured ceilings and the measured step's ratio to it."""
+    from lmbench.measure.roofline import for_record
+
+    axes = varying_axes(configs_of(records))
+    rows = []
+    for s in summarize(records):
+        ok = next((r for r in records if r["status"] == "ok" and r["config_key"] == s.key.rpartition("::")[2]), None)
+        found = for_record(ok["metrics"], ok["config"], ceilings) if ok else None
+        if found:
+            rows.append([str(s.config[a]) for a in axes] + [
+                found["roofline_bound"], _fmt(found["roofline_compute_s"], ".2f", 1e-3),
+                _fmt(found["roofline_memory_s"], ".2f", 1e-3), _fmt(s.step_time_s(), ".2f", 1e-3),
+                _fmt(s.step_time_s() / found["roofline_step_time_s"], ".2f") + "x"])
+    n = len(axes)
+    head = ["bound", "compute roof ms", "memory roof ms", "measured step ms", "measured ÷ roof"]
+    return {"roofline": Grid(axes + head, rows, right=set(range(n + 1, n + 5)))} if rows else {}
+
+
+def timelines(records: list[dict[str, Any]], axes: list[str]) -> dict[str, Path]:
+    """Telemetry CSV of repeat 0 of each configuration (rank 0 for multi-GPU runs), labelled."""
+    found = {}
+    for r, config in zip(records, configs_of(records)):
+        if r["repeat"] != 0 or "run" not in r:
+            continue
+        folder = Path(r["run"]) / "telemetry"
+        # One process, several ranks (rank 0's), or nn.DataParallel's several devices (the first's).
+        for name in (f"{r['config_key']}-r0.csv", f"{r['config_key']}-r0-rank0.csv", f"{r['config_key']}-r0-dev0.csv"):
+            if (folder / name).exists():
+                found[plots.config_label(config, axes)] = folder / name
+                break
+    return found
+
+
+def figures(df: pd.DataFrame, records: list[dict[str, Any]], baseline: tuple[str, str] | None) -> dict[str, Any]:
+    axes = varying_axes(configs_of(records))
+    breakdown = {"time_breakdown": plots.time_breakdown(profiled(records), axes)} if profiled(records) else {}
+    return {
+        **breakdown,
+        "tokens_vs_batch": plots.tokens_vs_batch(df),
+        "memory_vs_batch": plots.memory_vs_batch(df),
+        "tokens_per_joule": plots.tokens_per_joule(df),
+        "speedup_heatmap": plots.speedup_heatmap(df, baseline=baseline),
+        "step_time_distributions": plots.step_time_distributions(records),
+        "power_over_time": plots.power_over_time(timelines(records, axes)),
+    }
+
+
+def _png(fig: Any) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+SECTION_TITLES = {"throughput": "Throughput", "memory": "Memory", "energy": "Energy", "failures": "Failures",
+                  "time": "Where the time goes", "kernels": "Top kernels of the profiled steps",
+                  "roofline": "Distance to the roofline (measured ceilings)"}
+
+
+def build(df: pd.DataFrame, records: list[dict[str, Any]], out: Path, *, baseline: tuple[str, str] | None = None,
+          runs: list[str], ceilings: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Write report.md, results.csv, report.html and plots/*.png into `out`; returns their paths.
+
+    With `ceilings` (`lmbench ceilings --out` figures) the report adds the distance to the roofline.
+    """
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "plots").mkdir(exist_ok=True)
+    grids = {**sections(records, baseline), **time_sections(records),
+             **(roofline_section(records, ceilings) if ceilings else {})}
+    summaries = summarize(records)
+    images = {}
+    for name, fig in figures(df, records, baseline).items():
+        images[name] = _png(fig)
+        (out / "plots" / f"{name}.png").write_bytes(images[name])
+        plt.close(fig)
+    env = next((r["env"] for r in records if r.get("env")), {}) or {}
+    device = (env.get("device") or {}).get("name", "unknown device")
+    header = (f"# lmbench report\n\nRuns: {', '.join(runs)}  \nDevice: {device}; torch {env.get('torch')}, "
+              f"CUDA {env.get('cuda')}, lmbench {env.get('lmbench')} ({env.get('lmbench_commit')})  \n"
+              f"{len(records)} records, {len(summaries)} configurations; figures are medians over repeats.\n")
+    md = header + "".join(f"\n## {SECTION_TITLES[k]}\n\n{grid.markdown()}\n" for k, grid in grids.items())
+    md += "\n## Plots\n\n" + "".join(f"![{name}](plots/{name}.png)\n" for name in images)
+    paths = {"report.md": out / "report.md", "results.csv": out / "results.csv", "report.html": out / "report.html"}
+    paths["report.md"].write_text(md, encoding="utf-8")
+    df.to_csv(paths["results.csv"], index=False)
+    body = "".join(f"<h2>{SECTION_TITLES[k]}</h2>{grid.html()}" for k, grid in grids.items())
+    body += "<h2>Plots</h2>" + "".join(
+        f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+        f"<figcaption>{name}</figcaption></figure>" for name, data in images.items())
+    style = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}th{background:#f3f3f3}.r{text-align:right}"
+             "img{max-width:100%}")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>lmbench report</title><style>{style}</style>"
+            f"</head><body><h1>lmbench report</h1><p>{html.escape(header.splitlines()[2])}</p>"
+            f"<p>{html.escape(header.splitlines()[3])}</p>{body}</body></html>")
+    paths["report.html"].write_text(page, encoding="utf-8")
+    return paths

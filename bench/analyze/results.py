@@ -1,0 +1,320 @@
+"""The results file: one JSON record per configuration and repeat, appended as each one finishes.
+
+Appends are whole lines or nothing: a line that could not be written completely is cut off again,
+and a partial last line left by an older or killed writer is repaired before anything is appended
+(completed when it holds a whole record, else moved aside to RESULTS.corrupt). Readers skip a line
+that is not JSON or not shaped like a record, naming its line number, and go on.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import resource
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lmbench import SCHEMA_VERSION
+from lmbench.errors import ResultsError, StorageError
+
+RESULTS_FILE = "results.jsonl"
+CORRUPT_SUFFIX = ".corrupt"
+STATUSES = ("ok", "oom", "diverged", "error", "timeout", "skipped")
+#: Errors of the storage, not of lmbench or the measurement: the run stops and --resume re-runs what is unsaved.
+CANNOT_SAVE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
+                         errno.ENOTDIR, errno.EISDIR})
+_SCALAR = (str, int, float, bool)
+
+
+def sanitize(value: Any) -> Any:
+    """JSON has no NaN or Infinity: non-finite floats become null (metrics keep a count of them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: sanitize(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [sanitize(v) for v in value]
+    return value
+
+
+def storage_error(err: OSError, path: Path) -> StorageError:
+    """One line naming the path, what the system said and the space left (and the file-size limit for EFBIG)."""
+    where = Path(path)
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    try:
+        space = f"{_size(shutil.disk_usage(where).free)} free there"
+    except OSError:
+        space = "free space unknown"
+    if err.errno == errno.EFBIG:
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY:
+            space += f", file-size limit {_size(limit)}"
+    return StorageError(f"cannot save {str(path)!r}: {err.strerror or err} ({space})")
+
+
+def _size(n: float) -> str:
+    if n < 1024:
+        return f"{int(n)} bytes"
+    unit = max(u for u in range(1, 4) if n >= 1024**u or u == 1)
+    return f"{n / 1024**unit:.1f} {('KiB', 'MiB', 'GiB')[unit - 1]}"
+
+
+@contextmanager
+def saving(path: Path) -> Iterator[None]:
+    """Turn a storage failure (disk full, file too large, read-only...) while writing `path` into a StorageError."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in CANNOT_SAVE:
+            raise
+        raise storage_error(err, path) from None
+
+
+def writable_dir(path: Path, *, what: str = "--out") -> None:
+    """Create `path` (and parents) and prove a file can be written there; a ResultsError naming `what` if not."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ResultsError(f"cannot write to {what} {str(path)!r}: {err.strerror or err}") from None
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write atomically (temporary file, then rename), so a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(json.dumps(sanitize(payload), default=str))
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def make_record(*, suite: str, config: dict[str, Any], config_key: str, repeat: int, status: str,
+                reason: str | None, payload: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A results.jsonl line (DESIGN.md, 'The results file')."""
+    if status not in STATUSES:
+        raise ValueError(f"status={status!r} is not one of {STATUSES}")
+    payload = payload or {}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "suite": suite,
+        "config_key": config_key,
+        "repeat": repeat,
+        "config": config,
+        "status": status,
+        "reason": reason,
+        "metrics": payload.get("metrics"),
+        "losses": payload.get("losses"),
+        "step_times_s": payload.get("step_times_s"),
+        "env": payload.get("env"),
+        "warnings": payload.get("warnings") or [],
+    }
+
+
+def append(run_dir: Path, record: dict[str, Any]) -> str | None:
+    """Append one record to RUN_DIR/results.jsonl, fsynced; returns a note when a partial tail was repaired first."""
+    return append_line(Path(run_dir) / RESULTS_FILE, record)
+
+
+def append_line(path: Path, payload: Any) -> str | None:
+    """Append one JSON line, whole or not at all, and flush it to disk before returning.
+
+    A partial tail is repaired first (see `repair`, whose note is returned). If the line cannot be
+    written completely (disk full, file-size limit) the file is cut back to where it was and the
+    OSError propagates: the record is unsaved, never half saved.
+    """
+    data = (json.dumps(sanitize(payload), default=str) + "\n").encode()
+    note = repair(path)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.fstat(fd).st_size
+        written = 0
+        try:
+            while written < len(data):
+                written += os.write(fd, data[written:])
+            os.fsync(fd)
+        except BaseException:
+            if written < len(data):
+                os.ftruncate(fd, start)
+            raise
+    finally:
+        os.close(fd)
+    return note
+
+
+def repair(path: Path) -> str | None:
+    """Make the file end with a whole line; returns a note naming what was done, or None when nothing was.
+
+    A last line without its newline is an append cut short (killed writer, full disk). When it still
+    parses as a JSON object it only lacks the newline (a cut line never does: its closing brace is
+    missing); otherwise its bytes are moved to PATH.corrupt
+    (appended, so earlier repairs are kept) and the file is cut back to the end of the line before.
+    """
+    path = Path(path)
+    try:
+        f = open(path, "r+b")
+    except FileNotFoundError:
+        return None
+    with f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return None
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return None
+        offset = _line_start(f, size)
+        f.seek(offset)
+        tail = f.read()
+        if isinstance(_loads(tail), dict):
+            f.seek(size)
+            f.write(b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+            return f"{path}: the last line had no newline (byte offset {offset}); completed it"
+        corrupt = path.with_name(path.name + CORRUPT_SUFFIX)
+        with open(corrupt, "ab") as aside:
+            aside.write(tail + b"\n")
+            aside.flush()
+            os.fsync(aside.fileno())
+        f.truncate(offset)
+        f.flush()
+        os.fsync(f.fileno())
+    return f"{path}: partial last line ({len(tail)} bytes at byte offset {offset}) moved to {corrupt}"
+
+
+def _line_start(f: Any, size: int) -> int:
+    """Byte offset just past the last newline before `size` (0 when there is none)."""
+    end = size
+    while end > 0:
+        start = max(0, end - 65536)
+        f.seek(start)
+        found = f.read(end - start).rfind(b"\n")
+        if found >= 0:
+            return start + found + 1
+        end = start
+    return 0
+
+
+def _loads(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def shape_problem(record: Any) -> str | None:
+    """What makes `record` unusable as a results line, or None when it has a record's shape.
+
+    Required: `config_key` (text), `repeat` (integer >= 0), `status` (one of STATUSES) and `config` (an
+    object of strings, numbers and booleans, `model` among them). Optional keys, when present, must have
+    their types; an ok record carries its throughput. Metric names are free (new ones appear), so only
+    the containers are checked.
+    """
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    key, repeat, status, config = (record.get(k) for k in ("config_key", "repeat", "status", "config"))
+    if not isinstance(key, str) or not key:
+        return "config_key is not a non-empty string"
+    if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 0:
+        return "repeat is not an integer >= 0"
+    if status not in STATUSES:
+        return f"status is not one of {', '.join(STATUSES)}"
+    if not isinstance(config, dict) or not isinstance(config.get("model"), str):
+        return "config is not an object naming a model"
+    if not all(isinstance(v, _SCALAR) for v in config.values()):
+        return "config holds something other than strings, numbers and booleans"
+    for name, kind in (("metrics", dict), ("env", dict), ("losses", list), ("step_times_s", list),
+                       ("warnings", list), ("reason", str), ("suite", str)):
+        if record.get(name) is not None and not isinstance(record[name], kind):
+            return f"{name} is not {'an object' if kind is dict else 'a list' if kind is list else 'a string'}"
+    if any(not isinstance(v, (int, float)) or isinstance(v, bool) for v in record.get("losses") or []
+           if v is not None):
+        return "losses holds something other than numbers"
+    if status == "ok":
+        tps = (record.get("metrics") or {}).get("tokens_per_s")
+        if not isinstance(tps, (int, float)) or isinstance(tps, bool):
+            return "an ok record without a numeric metrics.tokens_per_s"
+    return None
+
+
+@dataclass
+class Loaded:
+    records: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    """One per skipped line, naming the file and line number."""
+
+
+def read(path: Path) -> Loaded:
+    """Read a results file (or a run directory holding one).
+
+    Lines that are not JSON, not shaped like a record, or repeat the (config_key, repeat) of an
+    earlier line are skipped with a warning naming the line; the first record of a pair is kept.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / RESULTS_FILE
+    if not path.is_file():
+        raise ResultsError(f"no results file at {str(path)!r}")
+    loaded = Loaded()
+    seen: dict[tuple[str, int], int] = {}
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:
+                    loaded.warnings.append(f"{path}:{number}: skipped corrupt line ({err.msg})")
+                    continue
+                problem = shape_problem(record)
+                if problem:
+                    loaded.warnings.append(f"{path}:{number}: skipped line: {problem}")
+                    continue
+                first = seen.setdefault((record["config_key"], record["repeat"]), number)
+                if first != number:
+                    loaded.warnings.append(f"{path}:{number}: skipped line: repeat {record['repeat']} of "
+                                           f"{record['config_key']} is already on line {first}")
+                    continue
+                loaded.records.append(record)
+    except OSError as err:
+        raise ResultsError(f"cannot read {str(path)!r}: {err.strerror or err}") from None
+    return loaded
+
+
+def read_lines(path: Path) -> tuple[list[tuple[int, Any]], list[str]]:
+    """(line number, value) of every JSON line of a side file (tune's probes.jsonl); unreadable lines are
+    skipped with a warning each."""
+    entries: list[tuple[int, Any]] = []
+    warnings: list[str] = []
+    if not Path(path).exists():
+        return entries, warnings
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            value = _loads(line)
+            if value is None:
+                warnings.append(f"{path}:{number}: skipped corrupt line")
+                continue
+            entries.append((number, value))
+    return entries, warnings
+
+
+def full_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A record's config with every axis present, for tables: an axis added after the record was written
+    takes its default, which is what that older lmbench ran."""
+    from lmbench.plan.config import Config
+
+    return {**Config().to_dict(), **config}

@@ -1,0 +1,196 @@
+"""Tables: the terminal's (run summary, dry-run plan, command outputs) and the reports' Markdown and HTML grids."""
+
+from __future__ import annotations
+
+import html
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+
+#: Config fields never shown as columns: they do not describe what was trained.
+_HIDDEN = frozenset({"timeout_s"})
+
+
+def varying_axes(configs: Iterable[dict[str, Any]]) -> list[str]:
+    """Axes whose value differs between configurations, in config field order (at least `model`)."""
+    configs = list(configs)
+    if not configs:
+        return ["model"]
+    axes = [a for a in configs[0] if a not in _HIDDEN and len({repr(c.get(a)) for c in configs}) > 1]
+    return axes or ["model"]
+
+
+@dataclass
+class Grid:
+    """Headers and rows of text cells; columns in `right` are right-aligned. Renders as Markdown or HTML."""
+
+    headers: list[str]
+    rows: list[list[str]]
+    right: set[int] = field(default_factory=set)
+
+    def markdown(self) -> str:
+        """A GitHub-flavoured Markdown table."""
+        def cell(text: str) -> str:
+            return str(text).replace("|", "\\|").replace("\n", " ")
+
+        lines = ["| " + " | ".join(cell(h) for h in self.headers) + " |",
+                 "| " + " | ".join("---:" if i in self.right else "---" for i in range(len(self.headers))) + " |"]
+        lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in self.rows]
+        return "\n".join(lines)
+
+    def html(self) -> str:
+        def cells(tag: str, row: list[str]) -> str:
+            return "".join(f'<{tag}{" class=r" if i in self.right else ""}>{html.escape(str(c))}</{tag}>'
+                           for i, c in enumerate(row))
+
+        body = "".join(f"<tr>{cells('td', row)}</tr>" for row in self.rows)
+        return f"<table><thead><tr>{cells('th', self.headers)}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def markdown_table(headers: list[str], rows: list[list[str]], *, right: set[int] = frozenset()) -> str:
+    """A GitHub-flavoured Markdown table; columns in `right` are right-aligned."""
+    return Grid(headers, rows, set(right)).markdown()
+
+
+def configs_of(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each record's configuration, with its `run` as the first axis when the records come from several runs
+    (the same configuration measured by two runs is two rows, never one pooled row)."""
+    if len({r.get("run") for r in records}) <= 1:
+        return [r["config"] for r in records]
+    return [{"run": r.get("run"), **r["config"]} for r in records]
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def summary(records: list[dict[str, Any]]) -> Table:
+    """One row per configuration: status over repeats, median tokens/s, MFU and peak memory, and a note.
+
+    Memory is the device's peak reserved memory, or on a CPU the growth of the resident set over the
+    window (marked "host"). The note holds the failure reason, or flags steps too unstable to trust.
+    """
+    from lmbench.measure.metrics import stall_note, unstable_steps
+
+    axes = varying_axes(r["config"] for r in records)
+    table = Table(title="lmbench summary", title_justify="left")
+    for axis in axes:
+        table.add_column(axis)
+    with_parity = any((r.get("metrics") or {}).get("parity") for r in records)
+    for name in ("status", "tokens/s", "step cv", "MFU", "peak mem", *(("parity",) if with_parity else ()),
+                 "note"):
+        table.add_column(name, justify="right" if name not in ("status", "note", "parity") else "left")
+    by_key: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        by_key.setdefault(record["config_key"], []).append(record)
+    for group in by_key.values():
+        ok = [r["metrics"] for r in group if r["status"] == "ok" and r["metrics"]]
+        statuses = sorted({r["status"] for r in group})
+        status = statuses[0] if len(statuses) == 1 else "/".join(statuses)
+        if len(group) > 1:
+            status += f" ({len(ok)}/{len(group)} ok)"
+        tps = _median([m["tokens_per_s"] for m in ok])
+        cv = _median([m["step_time_cv"] for m in ok])
+        mfu = _median([m["mfu"] for m in ok if m.get("mfu") is not None])
+        memory = memory_cell(_median([m["mem_peak_reserved_bytes"] for m in ok
+                                      if m.get("mem_peak_reserved_bytes") is not None]),
+                             _median([m["mem_host_peak_growth_bytes"] for m in ok
+                                      if m.get("mem_host_peak_growth_bytes") is not None]))
+        note = next((r["reason"] for r in group if r.get("reason")), "") or ""
+        note = note or "; ".join(filter(None, [*dict.fromkeys(map(stall_note, ok)),
+                                               unstable_steps([m["step_time_cv"] for m in ok])]))
+        parity = sorted({str((r.get("metrics") or {}).get("parity") or "-") for r in group})
+        table.add_row(*(escape(str(group[0]["config"][a])) for a in axes), status, _fmt(tps, ",.0f"),
+                      "-" if cv is None else f"{cv:.1%}", "-" if mfu is None else f"{mfu:.1%}", memory,
+                      *(("/".join(parity),) if with_parity else ()), escape(note[:100]))
+    return table
+
+
+def memory_cell(device_bytes: float | None, host_bytes: float | None) -> str:
+    """The device's peak reserved memory, or on a CPU the resident set's growth over the window (marked host)."""
+    if device_bytes is not None:
+        return f"{device_bytes / 2**30:.2f} GiB"
+    return "-" if host_bytes is None else f"{host_bytes / 2**20:.1f} MiB host"
+
+
+def plan_table(rows: list[tuple[dict[str, Any], str, str | None]]) -> Table:
+    """The --dry-run listing: (config dict, key, skip reason) per configuration."""
+    axes = varying_axes(config for config, _, _ in rows)
+    table = Table(title=f"{len(rows)} configurations", title_justify="left")
+    for axis in axes:
+        table.add_column(axis)
+    table.add_column("config_key")
+    table.add_column("plan")
+    for config, key, skip in rows:
+        table.add_row(*(escape(str(config[a])) for a in axes), key, escape(f"skip: {skip}") if skip else "run")
+    return table
+
+
+def noise_floor_table(estimates: dict[str, Any], run_a: list[dict[str, Any]], run_b: list[dict[str, Any]], *,
+                      metric: str, title: str) -> Table:
+    """`lmbench calibrate`: each configuration's A/A ratio, between-process spread and the gate's floors."""
+    from lmbench.analyze.noise import MIN_REPEATS, ok_values
+
+    a, b = ok_values(run_a, metric), ok_values(run_b, metric)
+    table = Table(title=title, title_justify="left")
+    for column in ("config", "ok repeats", "A/A ratio", "sd per process", "floor 1 vs 1",
+                   f"floor {MIN_REPEATS} vs {MIN_REPEATS}"):
+        table.add_column(column, justify="left" if column == "config" else "right")
+    for key in dict.fromkeys([*a, *b]):
+        noise = estimates.get(key)
+        ratio = statistics.median(b[key]) / statistics.median(a[key]) if a.get(key) and b.get(key) else None
+        table.add_row(key, f"{len(a.get(key, []))}+{len(b.get(key, []))}", _fmt(ratio, ".4f"),
+                      "-" if noise is None else f"{noise.log_sd:.2%}",
+                      "-" if noise is None else f"{noise.floor(1):.1%}",
+                      "-" if noise is None else f"{noise.floor(MIN_REPEATS):.1%}")
+    return table
+
+
+def kernels_table(rows: list[dict[str, Any]], *, title: str) -> Table:
+    """`lmbench kernels`: one row per implementation."""
+    table = Table(title=escape(title), title_justify="left")
+    for column in ("impl", "median ms", "p20 ms", "p80 ms", "GB/s", "peak MiB", "note"):
+        table.add_column(column, justify="left" if column in ("impl", "note") else "right")
+    for row in rows:
+        if row["status"] != "ok":
+            table.add_row(row["impl"], "-", "-", "-", "-", "-", escape(f"{row['status']}: {row['reason']}"))
+            continue
+        table.add_row(row["impl"], f"{row['time_median_ms']:.4f}", f"{row['time_p20_ms']:.4f}",
+                      f"{row['time_p80_ms']:.4f}", f"{row['gb_per_s']:,.0f}", f"{row['peak_mem_bytes'] / 2**20:.1f}",
+                      "")
+    return table
+
+
+def tune_search_table(found: list[Any], *, title: str) -> Table:
+    """`lmbench tune`: what the batch-size search found per combination."""
+    table = Table(title=title, title_justify="left")
+    for column in ("precision", "kernels", "checkpointing", "fits", "fails", "chosen", "probes", "note"):
+        table.add_column(column)
+    for r in found:
+        table.add_row(*r.combo.values(), str(r.largest_fitting), str(r.first_failing or "-"), str(r.chosen),
+                      str(r.probes), escape(r.note))
+    return table
+
+
+def tune_ranking_table(records: list[dict[str, Any]]) -> Table:
+    """`lmbench tune`: measured configurations, fastest first."""
+    table = Table(title="ranked by tokens/s", title_justify="left")
+    for column in ("#", "precision", "kernels", "checkpointing", "batch", "accum", "status", "tokens/s",
+                   "peak mem", "J/token"):
+        table.add_column(column)
+    for i, r in enumerate(records, start=1):
+        m, c = r["metrics"] or {}, r["config"]
+        memory = memory_cell(m.get("mem_peak_reserved_bytes"), m.get("mem_host_peak_growth_bytes"))
+        table.add_row(str(i), c["precision"], c["kernels"], c["checkpointing"], str(c["batch_size"]),
+                      str(c["grad_accum"]), r["status"], "-" if not m.get("tokens_per_s") else
+                      f"{m['tokens_per_s']:,.0f}", memory, "-" if m.get("j_per_token") is None else
+                      f"{m['j_per_token']:.3g}")
+    return table

@@ -1,0 +1,214 @@
+"""What machine and software a measurement came from, and what this machine can run."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import importlib.util
+import os
+import platform
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lmbench
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def git_commit() -> str | None:
+    """Commit of the lmbench checkout this code runs from (suffixed `-dirty` with local changes), if any."""
+    root = Path(lmbench.__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        # No optional locks: `git status` would otherwise refresh the index under .git/index.lock, and a
+        # worker killed meanwhile (a timeout) leaves that lock behind, blocking every later git command.
+        dirty = subprocess.run(["git", "--no-optional-locks", "-C", str(root), "status", "--porcelain",
+                                "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{head}-dirty" if dirty else head
+
+
+def nvml_driver_version() -> str | None:
+    from lmbench.measure.nvml import NvmlUnavailable, load_nvml
+
+    try:
+        nvml = load_nvml()
+        version = nvml.nvmlSystemGetDriverVersion()
+    except (NvmlUnavailable, Exception):  # noqa: BLE001 - any NVML failure means "unknown", never a crash
+        return None
+    return version.decode() if isinstance(version, bytes) else version
+
+
+def nvml_rows(device_count: int) -> list[tuple[str, str]]:
+    """NVML's view of each visible GPU: power limit and which power/energy readings it supports."""
+    from lmbench.measure.nvml import NvmlDevice, NvmlUnavailable, load_nvml, torch_device_ids
+
+    try:
+        nvml = load_nvml()
+    except NvmlUnavailable as err:
+        return [("NVML", f"unavailable: {err}")]
+    rows = [("NVML", f"driver {nvml_driver_version() or 'unknown'}")]
+    for index in range(device_count):
+        uuid, pci = torch_device_ids(index)
+        try:
+            device = NvmlDevice.open(uuid=uuid, pci_bus_id=pci, nvml=nvml)
+        except NvmlUnavailable as err:
+            rows.append((f"NVML cuda:{index}", f"unavailable: {err}"))
+            continue
+        info = device.static_info()
+        limit = "unknown" if info["power_limit_w"] is None else f"{info['power_limit_w']:.0f} W"
+        energy = "yes" if device.energy_mj() is not None else "no (power is integrated instead)"
+        instant = "yes" if device.instant_power_w() is not None else "no (1 s averaged power usage instead)"
+        rows.append((f"NVML cuda:{index}", f"power limit {limit}; energy counter: {energy}; instant power: {instant}"))
+    return rows
+
+
+def _proc_fields(path: str) -> list[tuple[str, str]]:
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    return [(k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in text.splitlines()) if _]
+
+
+def cpu_info() -> dict[str, Any]:
+    """The CPU as a device: model, physical and logical cores, the cores this process may use, torch's
+    intra-op threads and total memory, so two machines are told apart as GPUs are (Linux /proc; else less)."""
+    import torch
+
+    cpuinfo = _proc_fields("/proc/cpuinfo")
+    model = next((v for k, v in cpuinfo if k in ("model name", "Model", "Processor")), None)
+    cores, physical = set(), "0"
+    for key, value in cpuinfo:
+        if key == "physical id":
+            physical = value
+        elif key == "core id":
+            cores.add((physical, value))
+    memory = next((v for k, v in _proc_fields("/proc/meminfo") if k == "MemTotal"), None)
+    return {
+        "type": "cpu",
+        "name": model or platform.processor() or platform.machine(),
+        "count": os.cpu_count(),
+        "physical_cores": len(cores) or None,
+        "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "memory_total_bytes": int(memory.split()[0]) * 1024 if memory else None,
+    }
+
+
+def device_info(device: Any) -> dict[str, Any]:
+    """Name, UUID, capability and memory of a torch device (only `type` for the CPU)."""
+    import torch
+
+    if device.type != "cuda":
+        return cpu_info()
+    from lmbench.measure.nvml import torch_device_ids
+
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(index)
+    uuid, _ = torch_device_ids(index)
+    return {
+        "type": "cuda",
+        "index": index,
+        "name": props.name,
+        "uuid": uuid,
+        "mig": bool(uuid and uuid.startswith("MIG-")),
+        "capability": f"{props.major}.{props.minor}",
+        "memory_total_bytes": props.total_memory,
+        "multiprocessors": props.multi_processor_count,
+        "count": torch.cuda.device_count(),
+        "driver": nvml_driver_version(),
+    }
+
+
+def capture(device: Any) -> dict[str, Any]:
+    """The `env` block of a result record."""
+    import torch
+
+    return {
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "lmbench": lmbench.__version__,
+        "lmbench_commit": git_commit(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "triton": _version("triton"),
+        "transformers": _version("transformers"),
+        "device": device_info(device),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+@dataclass(frozen=True, kw_only=True)
+class Platform:
+    """What the machine running the parent can do; decides which configurations are skipped."""
+
+    cuda_available: bool
+    device_count: int
+    capability: tuple[int, int] | None
+    """Compute capability of cuda:0, None without CUDA."""
+    torch_version: str
+    apex_available: bool
+    liger_available: bool
+
+
+def probe_platform() -> Platform:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return Platform(
+        cuda_available=cuda,
+        device_count=torch.cuda.device_count() if cuda else 0,
+        capability=torch.cuda.get_device_capability(0) if cuda else None,
+        torch_version=torch.__version__,
+        apex_available=importlib.util.find_spec("apex") is not None,
+        liger_available=importlib.util.find_spec("liger_kernel") is not None,
+    )
+
+
+def describe() -> list[tuple[str, str]]:
+    """Rows of `lmbench env`: what this machine is and which optional back-ends it has."""
+    import torch
+
+    info = probe_platform()
+    rows = [
+        ("lmbench", f"{lmbench.__version__} ({git_commit() or 'not a git checkout'})"),
+        ("python", platform.python_version()),
+        ("torch", torch.__version__),
+        ("triton", _version("triton") or "not installed"),
+        ("transformers", _version("transformers") or "not installed"),
+        ("CUDA (torch build)", torch.version.cuda or "none (CPU build)"),
+    ]
+    if info.cuda_available:
+        rows.append(("driver", nvml_driver_version() or "unknown (NVML unavailable)"))
+        for index in range(info.device_count):
+            d = device_info(torch.device("cuda", index))
+            rows.append((f"cuda:{index}", f"{d['name']}, sm_{d['capability'].replace('.', '')}, "
+                                          f"{d['memory_total_bytes'] / 2**30:.1f} GiB, {d['uuid']}"))
+    else:
+        rows.append(("GPU", "none visible: runs use the CPU (device=cpu)"))
+    cpu = cpu_info()
+    memory = f", {cpu['memory_total_bytes'] / 2**30:.1f} GiB" if cpu["memory_total_bytes"] else ""
+    rows.append(("cpu", f"{cpu['name']}, {cpu['physical_cores'] or '?'} physical / {cpu['logical_cores']} logical "
+                        f"cores ({cpu['usable_cores']} usable), torch threads {cpu['torch_threads']}{memory}"))
+    rows.extend(nvml_rows(info.device_count))
+    rows.append(("apex", "installed" if info.apex_available else "not installed"))
+    rows.append(("liger-kernel", "installed" if info.liger_available else "not installed (pip install lmbench[liger])"))
+    return rows

@@ -1,0 +1,70 @@
+"""Model FLOPs per token, PaLM convention (Chowdhery et al. 2022, appendix B).
+
+FLOPs per token = 6·N + 12·L·H·Q·T, for a forward and backward pass, where
+  N  = weights that multiply activations: every parameter except embedding-lookup tables
+       (token, position, token-type), plus the output projection (LM/MLM head), counted once
+       even when it shares its weight with the input embedding, because its V×d matmul runs;
+  L, H, Q = layers, query heads, head dimension; T = sequence length (full T×T attention, as PaLM).
+Recomputation from activation checkpointing is not counted there: that is model FLOPs (MFU).
+
+Hardware FLOPs (HFU) add what checkpointing really recomputes in the backward pass, counted the same
+way. `full` reruns the forward of every block, 2·N_rerun + 4·L·H·Q·T per token, where N_rerun is the
+block's parameters less its final matmul when nothing after that matmul saves its output for the
+backward: non-reentrant checkpointing (torch.utils.checkpoint, early stop) stops rerunning once every
+saved activation is back, so Llama's `mlp.down_proj` and torch-transformer-lm's `linear2` (its
+dropout is 0) are not rerun, while GPT-2's and BERT's last matmuls feed a dropout mask or a
+LayerNorm and are. `selective` keeps the outputs of every matmul and attention op
+(lmbench.models.registry.SELECTIVE_SAVED_OPS) and recomputes only norms, activations and adds: no matmul
+FLOPs, so its HFU equals its MFU, as with `none`. tests/test_flops.py checks these counts against
+torch's own FLOP counter over a real training step of every model family.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+
+def palm_flops_per_token(*, n_matmul_params: int, n_layers: int, n_heads: int, head_dim: int, seq_len: int) -> int:
+    """6N + 12·L·H·Q·T (see the module docstring for what N counts)."""
+    return 6 * n_matmul_params + 12 * n_layers * n_heads * head_dim * seq_len
+
+
+def matmul_params(model: nn.Module) -> int:
+    """N of the PaLM formula for a built model: all parameters minus embedding tables, plus the output head."""
+    import torch.nn as nn
+
+    embedding_ids = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+    total = sum(p.numel() for p in model.parameters() if id(p) not in embedding_ids)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and id(head.weight) in embedding_ids:
+        total += head.weight.numel()
+    return total
+
+
+def recompute_flops_per_token(*, checkpointing: str, n_rerun_params: int, n_layers: int, n_heads: int, head_dim: int,
+                              seq_len: int) -> int:
+    """Matmul FLOPs per token that activation checkpointing adds by rerunning forwards in the backward."""
+    if checkpointing == "full":
+        return 2 * n_rerun_params + 4 * n_layers * n_heads * head_dim * seq_len
+    if checkpointing in ("none", "selective"):
+        return 0
+    raise ValueError(f"checkpointing={checkpointing!r} has no recompute count")
+
+
+#: Per family, the block's last matmul that early-stopping recomputation never reruns (see the module docstring).
+UNRERUN_TAIL = {"llama": "mlp.down_proj", "torch-lm": "linear2"}
+
+
+def rerun_params(model: nn.Module, family: str) -> int:
+    """N_rerun: parameters of the transformer blocks whose forward matmuls a full checkpoint reruns."""
+    from lmbench.models.registry import transformer_blocks
+
+    total = 0
+    for block in transformer_blocks(model):
+        total += sum(p.numel() for p in block.parameters())
+        if family in UNRERUN_TAIL:
+            total -= sum(p.numel() for p in block.get_submodule(UNRERUN_TAIL[family]).parameters())
+    return total

@@ -1,0 +1,134 @@
+"""Derived metrics of one measured window: pure functions of step times and the configuration."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from lmbench.measure.peaks import peak_flops
+from lmbench.measure.stats import percentile, summarize
+
+#: Sustained throughput this far below typical means the window had stalls the median step hides.
+STALL_GAP = 0.05
+
+
+def outlier_steps(step_times_s: Sequence[float]) -> list[float]:
+    """Steps beyond Tukey's far-out fence (p75 + 3 x IQR): stalls, not the spread of ordinary steps."""
+    p25, p75 = percentile(step_times_s, 25), percentile(step_times_s, 75)
+    fence = p75 + 3 * (p75 - p25)
+    return [t for t in step_times_s if t > fence]
+
+
+def throughput(*, step_times_s: Sequence[float], tokens_per_step: int, samples_per_step: int,
+               world_size: int = 1, devices_per_rank: int = 1, window_s: float | None = None) -> dict[str, Any]:
+    """Step-time distribution and the two throughput figures of a window.
+
+    `tokens_per_s_sustained` is the tokens of the whole window over its wall time `window_s` (edges
+    synchronised): what a training run gets, stalls included. It is the headline `tokens_per_s` (and
+    `samples_per_s`, `tokens_per_s_per_device`, hence MFU follow it). `tokens_per_s_typical` is
+    tokens per step over the median step: the speed of an ordinary step. When the sustained figure is
+    more than STALL_GAP below the typical one, `stalls` is true and the outlier steps are counted.
+    Without `window_s` (a caller that has no window) the headline is the typical figure.
+    `tokens_per_step` and `samples_per_step` are per rank; global rates multiply by `world_size`. A
+    rank drives `devices_per_rank` GPUs (more than one only under nn.DataParallel).
+    """
+    s = summarize(step_times_s)
+    median = s["median"]
+    tokens = tokens_per_step * world_size
+    typical = tokens / median
+    sustained = tokens * len(step_times_s) / window_s if window_s else None
+    headline = sustained if sustained is not None else typical
+    outliers = outlier_steps(step_times_s)
+    stalls = sustained is not None and sustained < (1 - STALL_GAP) * typical
+    return {
+        "step_time_median_s": median,
+        "step_time_p10_s": s["p10"],
+        "step_time_p90_s": s["p90"],
+        "step_time_p95_s": percentile(step_times_s, 95),
+        "step_time_p99_s": percentile(step_times_s, 99),
+        "step_time_mean_s": s["mean"],
+        "step_time_std_s": s["std"],
+        "step_time_cv": s["cv"],
+        "tokens_per_step": tokens,
+        "tokens_per_s": headline,
+        "tokens_per_s_sustained": sustained,
+        "tokens_per_s_typical": typical,
+        "tokens_per_s_per_device": headline / (world_size * devices_per_rank),
+        "samples_per_s": samples_per_step * world_size * headline / tokens,
+        "stalls": stalls,
+        "stall_steps": len(outliers),
+        "stall_excess_s": sum(t - median for t in outliers),
+    }
+
+
+def stall_note(m: dict[str, Any]) -> str | None:
+    """`stalls: ...` for a record whose sustained throughput is over STALL_GAP below its typical one."""
+    if not m.get("stalls"):
+        return None
+    gap = 1 - m["tokens_per_s_sustained"] / m["tokens_per_s_typical"]
+    return (f"stalls: sustained {gap:.0%} below typical ({m.get('stall_steps', 0)} outlier steps, "
+            f"+{m.get('stall_excess_s', 0) * 1e3:.3g} ms)")
+
+
+def flops_utilisation(*, flops_per_token: int, tokens_per_s_per_device: float, device_name: str | None,
+                      precision: str, hardware_flops_per_token: int | None = None) -> dict[str, Any]:
+    """Achieved TFLOP/s per device, MFU and HFU against the datasheet dense peak (None when the device is unknown).
+
+    MFU counts model FLOPs (lmbench.measure.flops, PaLM); HFU counts the FLOPs the hardware really ran, the
+    forwards that activation checkpointing recomputes included (equal to MFU without recomputation).
+    """
+    achieved = flops_per_token * tokens_per_s_per_device
+    hardware = hardware_flops_per_token if hardware_flops_per_token is not None else flops_per_token
+    peak = peak_flops(device_name, precision)
+    return {
+        "flops_per_token": flops_per_token,
+        "hardware_flops_per_token": hardware,
+        "tflops": achieved / 1e12,
+        "hardware_tflops": hardware * tokens_per_s_per_device / 1e12,
+        "peak_tflops": peak[0] / 1e12 if peak else None,
+        "peak_source": peak[1] if peak else None,
+        "mfu": achieved / peak[0] if peak else None,
+        "hfu": hardware * tokens_per_s_per_device / peak[0] if peak else None,
+    }
+
+
+def loss_health(losses: Sequence[float]) -> dict[str, Any]:
+    """First and last loss, and how many were non-finite (any makes the status `diverged`)."""
+    return {
+        "loss_first": losses[0] if losses else None,
+        "loss_last": losses[-1] if losses else None,
+        "nonfinite_losses": sum(1 for v in losses if not math.isfinite(v)),
+    }
+
+
+#: Coefficient of variation of step times above which a window is flagged: past 10% the median step no
+#: longer describes the window (stalls, clock changes, recompilation), whatever the tokens/s says.
+STEP_CV_LIMIT = 0.10
+
+
+def unstable_steps(step_cvs: Sequence[float]) -> str | None:
+    """A note when any repeat's step-time CV exceeds STEP_CV_LIMIT, else None."""
+    worst = max((cv for cv in step_cvs if cv is not None and math.isfinite(cv)), default=None)
+    if worst is None or worst <= STEP_CV_LIMIT:
+        return None
+    return f"unstable steps: cv {worst:.0%} > {STEP_CV_LIMIT:.0%}"
+
+
+def warmup(step_times_s: Sequence[float]) -> dict[str, Any]:
+    """The warmup steps as their own distribution: the first one (compilation, autotuning) and the rest."""
+    if not step_times_s:
+        return {"warmup_step_times_s": [], "warmup_first_step_s": None, "warmup_step_time_median_s": None}
+    return {"warmup_step_times_s": list(step_times_s), "warmup_first_step_s": step_times_s[0],
+            "warmup_step_time_median_s": percentile(step_times_s, 50)}
+
+
+def profile_fields(profile: dict[str, Any] | None) -> dict[str, Any]:
+    """A profiled window's breakdown as flat metrics (`time_frac_<category>`), plus its top kernels and trace."""
+    if profile is None:
+        return {}
+    fields: dict[str, Any] = {f"time_frac_{category}": value for category, value in profile["fractions"].items()}
+    fields.update(profile_step_time_s=profile["step_time_s"], profile_steps=profile["steps"],
+                  comm_overlap_frac=profile["communication_overlap"], profile_top_kernels=profile["top_kernels"],
+                  profile_trace=profile["trace"])
+    return fields

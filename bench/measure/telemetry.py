@@ -1,0 +1,341 @@
+"""GPU telemetry over exactly the measured window: power, energy, memory, utilisation, clocks, throttling.
+
+    telemetry = Telemetry.for_device(device, period_s=0.05)
+    with telemetry.window():
+        ...measured steps...
+    fields = telemetry.summary(tokens=...)
+
+A background thread samples NVML every `period_s` (sleeping on an Event, never spinning); the
+energy counter is read at the window's edges after the device is synchronised. Without NVML the
+window still works and every field is None, with the reason in `unavailable`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from lmbench.measure.nvml import (
+    CLOCK_EVENT_REASONS,
+    POWER_OR_HEAT,
+    NvmlDevice,
+    NvmlUnavailable,
+    reason_names,
+)
+
+#: The energy counter advances in steps tens of milliseconds apart, so over a short window one step
+#: more or less is a large error (or a silent 0 J). Below this window length the sampled-power
+#: integral is used instead, and `energy_source` says so.
+MIN_COUNTER_WINDOW_S = 1.0
+
+
+@dataclass
+class Sample:
+    """One reading of the sampler; times are seconds since the window opened."""
+
+    t_s: float
+    power_w: float | None
+    mem_used_bytes: int | None
+    gpu_util_pct: float | None
+    sm_clock_mhz: float | None
+    temp_c: float | None
+    clock_event_bits: int | None
+
+
+TIMELINE_COLUMNS = [f.name for f in fields(Sample)]
+
+
+def trapezoid_j(samples: list[Sample]) -> float | None:
+    """Energy as the trapezoid integral of sampled power over time; None with fewer than two readings."""
+    points = [(s.t_s, s.power_w) for s in samples if s.power_w is not None]
+    if len(points) < 2:
+        return None
+    return sum((t1 - t0) * (p0 + p1) / 2 for (t0, p0), (t1, p1) in zip(points, points[1:]))
+
+
+class Telemetry:
+    """Owns one device's sampler thread, its samples and the energy counter readings of one window."""
+
+    def __init__(self, device: NvmlDevice | None, *, period_s: float = 0.05, unavailable: str | None = None,
+                 synchronize: Callable[[], None] = lambda: None,
+                 min_counter_window_s: float = MIN_COUNTER_WINDOW_S) -> None:
+        if period_s <= 0:
+            raise ValueError(f"period_s={period_s} must be positive")
+        self.device = device
+        self.period_s = period_s
+        self.min_counter_window_s = min_counter_window_s
+        self.unavailable = unavailable
+        self._synchronize = synchronize
+        self.samples: list[Sample] = []
+        self.sample_cost_s: list[float] = []
+        """Time each sample took to read: the sampler's own cost."""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._t0 = 0.0
+        self.duration_s: float | None = None
+        self.energy_edges_mj: tuple[int | None, int | None] = (None, None)
+        self.static: dict[str, Any] = {}
+
+    @classmethod
+    def for_device(cls, device: Any, *, period_s: float = 0.05, nvml: Any = None) -> Telemetry:
+        """Telemetry of a torch device; an unavailable one (CPU, no NVML, MIG) with the reason."""
+        if device.type != "cuda":
+            return cls(None, period_s=period_s, unavailable="not a CUDA device")
+        import torch
+
+        from lmbench.measure.nvml import torch_device_ids
+
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        uuid, pci = torch_device_ids(index)
+        try:
+            nvml_device = NvmlDevice.open(uuid=uuid, pci_bus_id=pci, nvml=nvml)
+        except NvmlUnavailable as err:
+            return cls(None, period_s=period_s, unavailable=str(err))
+        return cls(nvml_device, period_s=period_s, synchronize=lambda: torch.cuda.synchronize(device))
+
+    @property
+    def available(self) -> bool:
+        return self.device is not None
+
+    def _read(self) -> None:
+        d = self.device
+        start = time.perf_counter()
+        sample = Sample(t_s=start - self._t0, power_w=d.power_w(), mem_used_bytes=d.memory_used_bytes(),
+                        gpu_util_pct=d.gpu_util_pct(), sm_clock_mhz=d.sm_clock_mhz(), temp_c=d.temperature_c(),
+                        clock_event_bits=d.clock_event_bits())
+        self.sample_cost_s.append(time.perf_counter() - start)
+        self.samples.append(sample)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            self._read()
+
+    @contextlib.contextmanager
+    def window(self) -> Iterator[Telemetry]:
+        """Sample from the (synchronised) start to the (synchronised) end of the block."""
+        if not self.available:
+            yield self
+            return
+        self.samples.clear()
+        self.sample_cost_s.clear()
+        self.static = self.device.static_info()
+        self._synchronize()
+        self._t0 = time.perf_counter()
+        start_mj = self.device.energy_mj()
+        self._read()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="lmbench-telemetry", daemon=True)
+        self._thread.start()
+        try:
+            yield self
+        finally:
+            self._synchronize()
+            end_mj = self.device.energy_mj()
+            self.duration_s = time.perf_counter() - self._t0
+            self._stop.set()
+            self._thread.join()
+            self._read()
+            self.energy_edges_mj = (start_mj, end_mj)
+
+    def energy(self) -> tuple[float | None, str | None]:
+        """(joules over the window, source): the counter when it is trustworthy, else the power integral."""
+        start, end = self.energy_edges_mj
+        long_enough = (self.duration_s or 0) >= self.min_counter_window_s
+        if start is not None and end is not None and end > start and long_enough:
+            return (end - start) / 1e3, "counter"
+        integral = trapezoid_j(self.samples)
+        if integral is not None:
+            why = "counter unsupported" if start is None else "window too short for the counter"
+            return integral, f"power-integral ({why})"
+        return None, None
+
+    def summary(self, *, tokens: int) -> dict[str, Any]:
+        """Result fields (DESIGN.md names); all None when telemetry is unavailable."""
+        empty = {name: None for name in SUMMARY_FIELDS}
+        if not self.available or not self.samples:
+            return {**empty, "telemetry": f"off: {self.unavailable or 'no samples'}"}
+        powers = [s.power_w for s in self.samples if s.power_w is not None]
+        energy_j, source = self.energy()
+        bits = 0
+        for s in self.samples:
+            bits |= s.clock_event_bits or 0
+        reasons = reason_names(bits)
+        clocks = [s.sm_clock_mhz for s in self.samples if s.sm_clock_mhz is not None]
+        utils = [s.gpu_util_pct for s in self.samples if s.gpu_util_pct is not None]
+        mems = [s.mem_used_bytes for s in self.samples if s.mem_used_bytes is not None]
+        temps = [s.temp_c for s in self.samples if s.temp_c is not None]
+        integral = trapezoid_j(self.samples)
+        duration = self.duration_s or 0.0
+        return {
+            "telemetry": "on",
+            "power_avg_w": _time_weighted_power(self.samples) or _avg(powers),
+            "power_max_w": max(powers) if powers else None,
+            "power_source": self.device.power_source,
+            "energy_j": energy_j,
+            "energy_source": source,
+            "energy_integral_j": integral,
+            "j_per_token": energy_j / tokens if energy_j is not None and tokens else None,
+            "tokens_per_j": tokens / energy_j if energy_j else None,
+            "mem_nvml_used_peak_bytes": max(mems) if mems else None,
+            "gpu_util_avg_pct": _avg(utils),
+            "sm_clock_avg_mhz": _avg(clocks),
+            "sm_clock_min_mhz": min(clocks) if clocks else None,
+            "temp_max_c": max(temps) if temps else None,
+            "throttle_reasons": reasons,
+            "throttled_power_or_heat": bool(POWER_OR_HEAT & set(reasons)),
+            "telemetry_samples": len(self.samples),
+            "telemetry_period_s": self.period_s,
+            "telemetry_window_s": duration,
+            "sampler_cost_per_sample_s": _avg(self.sample_cost_s),
+            **self.static,
+        }
+
+    def write_timeline(self, path: Path) -> None:
+        """The samples as CSV (one row per sample), for plots of power over time."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=TIMELINE_COLUMNS)
+            writer.writeheader()
+            for sample in self.samples:
+                writer.writerow(asdict(sample))
+
+
+def _time_weighted_power(samples: list[Sample]) -> float | None:
+    """Mean power over the sampled span (trapezoid integral / span), robust to uneven sample spacing."""
+    timed = [s.t_s for s in samples if s.power_w is not None]
+    integral = trapezoid_j(samples)
+    if integral is None or timed[-1] <= timed[0]:
+        return None
+    return integral / (timed[-1] - timed[0])
+
+
+def _avg(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+SUMMARY_FIELDS = ("telemetry", "power_avg_w", "power_max_w", "power_source", "energy_j", "energy_source",
+                  "energy_integral_j", "j_per_token", "tokens_per_j", "mem_nvml_used_peak_bytes", "gpu_util_avg_pct",
+                  "sm_clock_avg_mhz", "sm_clock_min_mhz", "temp_max_c", "throttle_reasons",
+                  "throttled_power_or_heat", "telemetry_samples", "telemetry_period_s", "telemetry_window_s",
+                  "sampler_cost_per_sample_s", "power_limit_w", "sm_clock_max_mhz", "driver_version", "nvml_name")
+
+
+def power_trace(samples: list[Sample]) -> list[tuple[float, float]]:
+    """(seconds since the window opened, watts) of every sample that has a power reading."""
+    return [(s.t_s, s.power_w) for s in samples if s.power_w is not None]
+
+
+def _interpolate(trace: list[tuple[float, float]], t: float) -> float:
+    if t <= trace[0][0]:
+        return trace[0][1]
+    for (t0, p0), (t1, p1) in zip(trace, trace[1:]):
+        if t <= t1:
+            return p0 + (p1 - p0) * (t - t0) / (t1 - t0) if t1 > t0 else p1
+    return trace[-1][1]
+
+
+def summed_power(traces: list[list[tuple[float, float]]]) -> list[Sample]:
+    """Power summed across GPUs at each instant: every trace interpolated onto the first one's sample times."""
+    grid = [t for t, _ in traces[0]] if traces and all(traces) else []
+    return [Sample(t, sum(_interpolate(tr, t) for tr in traces), None, None, None, None, None) for t in grid]
+
+
+def combine(summaries: list[dict[str, Any]], traces: list[list[tuple[float, float]]], *, tokens: int,
+            member: str = "rank") -> dict[str, Any]:
+    """One telemetry summary for several GPUs measured over the same window (one per rank or device).
+
+    Energy sums over GPUs. Power sums across GPUs at each instant (windows open together: after a
+    barrier across ranks, one after the other within a process). `member` names a GPU in messages.
+    """
+    if len(summaries) == 1:
+        return summaries[0]
+    off = next(((rank, s) for rank, s in enumerate(summaries) if s["telemetry"] != "on"), None)
+    if off is not None:
+        return {**{name: None for name in SUMMARY_FIELDS}, "telemetry": f"{off[1]['telemetry']} ({member} {off[0]})"}
+
+    def values(name: str) -> list[Any]:
+        return [s[name] for s in summaries if s[name] is not None]
+
+    def total(name: str) -> float | None:
+        found = values(name)
+        return sum(found) if len(found) == len(summaries) else None
+
+    summed = summed_power(traces)
+    energy = total("energy_j")
+    sources = sorted(set(values("energy_source")))
+    reasons = sorted({r for s in summaries for r in s["throttle_reasons"]},
+                     key=lambda name: next((b for b, n in CLOCK_EVENT_REASONS.items() if n == name), 1 << 30))
+    return {
+        "telemetry": "on",
+        "power_avg_w": _time_weighted_power(summed),
+        "power_max_w": max((s.power_w for s in summed), default=None),
+        "power_source": "/".join(sorted(set(values("power_source")))) or None,
+        "energy_j": energy,
+        "energy_source": sources[0] if len(sources) == 1 else "mixed: " + ", ".join(sources),
+        "energy_integral_j": total("energy_integral_j"),
+        "j_per_token": energy / tokens if energy is not None and tokens else None,
+        "tokens_per_j": tokens / energy if energy else None,
+        "mem_nvml_used_peak_bytes": max(values("mem_nvml_used_peak_bytes"), default=None),
+        "gpu_util_avg_pct": _avg(values("gpu_util_avg_pct")),
+        "sm_clock_avg_mhz": _avg(values("sm_clock_avg_mhz")),
+        "sm_clock_min_mhz": min(values("sm_clock_min_mhz"), default=None),
+        "temp_max_c": max(values("temp_max_c"), default=None),
+        "throttle_reasons": reasons,
+        "throttled_power_or_heat": any(s["throttled_power_or_heat"] for s in summaries),
+        "telemetry_samples": sum(values("telemetry_samples")),
+        "telemetry_period_s": summaries[0]["telemetry_period_s"],
+        "telemetry_window_s": max(values("telemetry_window_s"), default=None),
+        "sampler_cost_per_sample_s": _avg(values("sampler_cost_per_sample_s")),
+        "power_limit_w": total("power_limit_w"),
+        "sm_clock_max_mhz": min(values("sm_clock_max_mhz"), default=None),
+        "driver_version": summaries[0]["driver_version"],
+        "nvml_name": summaries[0]["nvml_name"],
+    }
+
+
+class DeviceGroupTelemetry:
+    """Telemetry of every GPU one process trains on (nn.DataParallel): a sampler and an energy counter each.
+
+    Reads like one Telemetry: `samples` is the summed board power, `summary` sums energy over the
+    GPUs (so J/token counts every GPU the tokens cost), and each GPU keeps its own timeline file.
+    """
+
+    def __init__(self, members: list[Telemetry]) -> None:
+        self.members = members
+
+    @property
+    def available(self) -> bool:
+        return all(m.available for m in self.members)
+
+    @contextlib.contextmanager
+    def window(self) -> Iterator[DeviceGroupTelemetry]:
+        with contextlib.ExitStack() as stack:
+            for member in self.members:
+                stack.enter_context(member.window())
+            yield self
+
+    @property
+    def samples(self) -> list[Sample]:
+        return summed_power([power_trace(m.samples) for m in self.members])
+
+    def summary(self, *, tokens: int) -> dict[str, Any]:
+        return combine([m.summary(tokens=tokens) for m in self.members], [power_trace(m.samples) for m in self.members],
+                       tokens=tokens, member="device")
+
+    def write_timeline(self, path: Path) -> None:
+        """One CSV per GPU: PATH-dev0.csv, PATH-dev1.csv, ..."""
+        for index, member in enumerate(self.members):
+            member.write_timeline(path.with_name(f"{path.stem}-dev{index}{path.suffix}"))
+
+
+def for_devices(devices: list[Any], *, period_s: float) -> Telemetry | DeviceGroupTelemetry:
+    """Telemetry of the GPUs one process trains on: a plain Telemetry for one, a group for several."""
+    if len(devices) == 1:
+        return Telemetry.for_device(devices[0], period_s=period_s)
+    return DeviceGroupTelemetry([Telemetry.for_device(d, period_s=period_s) for d in devices])

@@ -1,0 +1,5 @@
+"""Plan: what to run. Suite files expanded into frozen, validated `Config`s, what this machine can run
+(and why not the rest), loss-parity references, and the plan a run directory is held to on resume.
+
+May import: lmbench.measure, lmbench.models, lmbench.errors.
+"""

@@ -1,0 +1,249 @@
+"""One training configuration: a frozen, validated point of a suite's matrix."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lmbench.errors import ConfigError
+from lmbench.models.registry import ATTENTION_SUPPORT, MODELS
+
+#: Allowed values of every enumerated axis (DESIGN.md names them; they are part of the interface).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model": tuple(MODELS),
+    "precision": ("fp32", "tf32", "amp-fp16", "amp-bf16", "fp16", "bf16"),
+    "parallel": ("none", "dp", "ddp", "fsdp"),
+    "kernels": ("eager", "compile", "triton", "apex", "liger"),
+    "attention": ("sdpa", "math", "eager"),
+    "checkpointing": ("none", "full", "selective"),
+    "optimizer": ("adamw-fused", "adamw", "apex-adam"),
+    "tokenizer": ("byte", "bpe"),
+}
+
+#: Processes per node for ddp/fsdp: more than any node has accelerators; a larger number is a typo, not a plan.
+MAX_NPROC = 64
+#: Longest wall-clock limit of one worker (30 days): beyond it, timers and process-group timeouts overflow.
+MAX_TIMEOUT_S = 30 * 86400.0
+
+#: Axes excluded from the config key: they change how long or where we wait, not what is measured.
+_UNKEYED = frozenset({"timeout_s"})
+#: Axes spelled out in the readable part of the key, in this order.
+_KEY_AXES = ("model", "batch_size", "seq_len", "grad_accum", "precision", "parallel", "kernels", "attention",
+             "checkpointing", "optimizer")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """Everything that defines one measured training configuration."""
+
+    model: str = "tiny-gpt2"
+    """Registry name of the model (see `lmbench list`)."""
+    batch_size: int = 8
+    """Sequences per micro-batch, per device."""
+    seq_len: int = 128
+    """Tokens per sequence; at most the model's position count."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    precision: str = "fp32"
+    """Numeric mode: fp32 (TF32 off), tf32, amp-fp16, amp-bf16, fp16 (master weights), bf16."""
+    parallel: str = "none"
+    """Data parallelism: none, dp (nn.DataParallel), ddp (torchrun), fsdp (FSDP2 on torchrun)."""
+    nproc: int = 0
+    """Processes per node for ddp/fsdp; 0 means every visible GPU (2 on a CPU-only machine)."""
+    bucket_cap_mb: int = 25
+    """DDP gradient bucket size in MiB."""
+    gradient_as_bucket_view: bool = False
+    """DDP: gradients are views into the allreduce buckets (saves a copy and memory)."""
+    static_graph: bool = False
+    """DDP: the graph is the same every step, so DDP can skip per-step bookkeeping."""
+    kernels: str = "eager"
+    """Kernel set: eager, compile, triton, apex, liger."""
+    attention: str = "sdpa"
+    """Attention implementation: sdpa (PyTorch picks), math (SDPA's math backend), eager."""
+    checkpointing: str = "none"
+    """Activation checkpointing: none, full (every block), selective."""
+    optimizer: str = "adamw-fused"
+    """adamw-fused (torch's fused AdamW kernel, the fastest correct implementation torch has on CPU and CUDA, and
+    Hugging Face Trainer's default), adamw (foreach), apex-adam."""
+    lr: float = 3e-4
+    """Learning rate of the optimizer (constant)."""
+    data: str = "synthetic"
+    """`synthetic` (seeded uniform tokens), `markov` (a seeded Markov corpus a model can learn), or the path of
+    a UTF-8 text file."""
+    tokenizer: str = "byte"
+    """How `data=PATH` is tokenized: byte (UTF-8 bytes) or bpe (trained locally on the file)."""
+    steps: int = 20
+    """Measured optimizer steps."""
+    warmup: int = 5
+    """Steps run before the measured window and left out of every figure."""
+    seed: int = 0
+    """Seeds weights and data."""
+    timeout_s: float = 900.0
+    """Wall-clock limit of the worker process, start-up included."""
+    device: str = "auto"
+    """auto (cuda when available), cpu, cuda or cuda:N."""
+    max_memory_bytes: int = 0
+    """Memory cap, 0 for none: the CUDA allocator's limit on a GPU; on a CPU, the largest growth of the
+    resident set allowed during training (a run past it ends as `oom`)."""
+    telemetry: bool = True
+    """Sample NVML (power, energy, memory, clocks, throttling) over the measured window."""
+    telemetry_period_s: float = 0.05
+    """Seconds between telemetry samples."""
+    profile: bool = False
+    """After the measured window (never inside it), a few more steps under torch.profiler: a gzipped Chrome
+    trace beside the record and the breakdown of where the step time goes."""
+
+    def __post_init__(self) -> None:
+        for axis, allowed in CHOICES.items():
+            value = getattr(self, axis)
+            if value not in allowed:
+                raise ConfigError(f"{axis}={value!r} is not one of: {', '.join(allowed)}")
+        for axis in ("batch_size", "seq_len", "grad_accum", "steps", "bucket_cap_mb"):
+            _require_int(axis, getattr(self, axis), minimum=1)
+        _require_int("nproc", self.nproc, minimum=0)
+        if self.nproc > MAX_NPROC:
+            raise ConfigError(f"nproc={self.nproc} is more processes per node than lmbench runs (at most {MAX_NPROC})")
+        _require_int("max_memory_bytes", self.max_memory_bytes, minimum=0)
+        _require_int("warmup", self.warmup, minimum=0)
+        _require_int("seed", self.seed, minimum=0)
+        if not _positive_finite(self.lr):
+            raise ConfigError(f"lr={self.lr!r} must be a positive, finite number")
+        for axis in ("timeout_s", "telemetry_period_s"):
+            value = getattr(self, axis)
+            if not _positive_finite(value) or value > MAX_TIMEOUT_S:
+                raise ConfigError(f"{axis}={value!r} must be a positive, finite number of seconds "
+                                  f"(at most {MAX_TIMEOUT_S:,.0f})")
+        for axis in ("telemetry", "gradient_as_bucket_view", "static_graph", "profile"):
+            if not isinstance(getattr(self, axis), bool):
+                raise ConfigError(f"{axis}={getattr(self, axis)!r} must be true or false")
+        if not (self.device in ("auto", "cpu", "cuda") or _is_cuda_index(self.device)):
+            raise ConfigError(f"device={self.device!r} is not one of: auto, cpu, cuda, cuda:N")
+        if self.data not in ("synthetic", "markov"):
+            if not Path(self.data).is_file():
+                raise ConfigError(f"data={self.data!r} is neither 'synthetic', 'markov' nor an existing text file")
+            if Path(self.data).stat().st_size == 0:
+                raise ConfigError(f"data={self.data!r} is an empty file")
+
+    def conflict(self) -> str | None:
+        """Why two valid axis values cannot go together (e.g. seq_len past the model's positions), or None."""
+        spec = MODELS[self.model]
+        if self.seq_len > spec.max_positions:
+            return (f"seq_len={self.seq_len} exceeds the {spec.max_positions} positions of model {self.model}; "
+                    f"allowed: 1..{spec.max_positions}")
+        if self.attention not in ATTENTION_SUPPORT[spec.family]:
+            return (f"attention={self.attention!r} is not available for model {self.model}; allowed: "
+                    f"{', '.join(sorted(ATTENTION_SUPPORT[spec.family]))}")
+        return None
+
+    def without_ddp_options(self) -> Config:
+        """The same configuration with DDP's own options at their defaults (they mean nothing elsewhere)."""
+        return self.replace(bucket_cap_mb=_DEFAULT_BUCKET_CAP_MB, gradient_as_bucket_view=False, static_graph=False)
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens consumed by one optimizer step on one device."""
+        return self.batch_size * self.seq_len * self.grad_accum
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def key(self) -> str:
+        """Stable identifier, the same across runs: readable axes plus a hash of all the rest."""
+        values = self.to_dict()
+        readable = "-".join(_key_part(axis, values[axis]) for axis in _KEY_AXES)
+        rest = {k: v for k, v in sorted(values.items()) if k not in _KEY_AXES and k not in _UNKEYED}
+        digest = hashlib.sha1(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:8]
+        return f"{readable}-{digest}"
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any]) -> Config:
+        """Build from a flat dict (suite file, --set, results record); unknown keys are errors."""
+        unknown = sorted(set(values) - set(FIELD_TYPES))
+        if unknown:
+            raise ConfigError(f"unknown axis {unknown[0]!r}; allowed: {', '.join(FIELD_TYPES)}")
+        coerced = {name: coerce(name, value) for name, value in values.items()}
+        return cls(**coerced)
+
+
+FIELD_TYPES: dict[str, type] = {f.name: type(f.default) for f in dataclasses.fields(Config)}
+
+#: Why each default is what it is (`lmbench list --defaults`); a test keeps it complete.
+DEFAULT_REASONS: dict[str, str] = {
+    "model": "the smallest GPT-2: a step in milliseconds on any machine; real suites name their model",
+    "batch_size": "fits every registry model at seq_len 128 on a CPU; suites sweep it",
+    "seq_len": "short enough for a CPU smoke run; suites set the length they study",
+    "grad_accum": "one micro-batch per step: accumulation is a choice to measure, not a default",
+    "precision": "fp32 with TF32 off is the reference every other mode is compared and parity-checked against",
+    "parallel": "one device: parallelism is a choice to measure",
+    "nproc": "every visible GPU, as torchrun users run data parallelism",
+    "bucket_cap_mb": "DDP's own default",
+    "gradient_as_bucket_view": "DDP's own default",
+    "static_graph": "DDP's own default",
+    "kernels": "plain PyTorch, the baseline the fused sets are measured against",
+    "attention": "PyTorch picks its fastest scaled-dot-product backend, as users get by default",
+    "checkpointing": "none: recomputation trades speed for memory, a choice to measure",
+    "optimizer": "torch's fused AdamW is the fastest correct implementation on CPU and CUDA (Trainer's default too)",
+    "lr": "a common GPT-2-scale rate; throughput does not depend on it",
+    "data": "seeded random tokens, staged on the device: the input pipeline stays out of the figure",
+    "tokenizer": "bytes need no training and no download",
+    "steps": "enough steps for a median and percentiles at tiny sizes; suites set more",
+    "warmup": "covers allocator growth and cuDNN/cuBLAS autotuning; compiled sets need at least one",
+    "seed": "reproducible weights and data",
+    "timeout_s": "15 minutes: a hung worker becomes a timeout row, not a stuck suite",
+    "device": "CUDA when visible, else the CPU",
+    "max_memory_bytes": "no cap: the device's own memory",
+    "telemetry": "power, energy and clocks are part of every measurement where NVML is there",
+    "telemetry_period_s": "20 samples a second: enough for a power profile, costs well under 1% of a core",
+    "profile": "off: the profiler runs extra steps after the window; turn it on for configurations to explain",
+}
+_DEFAULT_BUCKET_CAP_MB = Config.bucket_cap_mb
+
+
+def coerce(axis: str, value: Any) -> Any:
+    """Convert a TOML or command-line value to the axis's type, naming the axis when it cannot."""
+    wanted = FIELD_TYPES[axis]
+    if wanted is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false", "on", "off", "1", "0"):
+            return value.lower() in ("true", "on", "1")
+        if not isinstance(value, bool):
+            raise ConfigError(f"{axis}={value!r} must be true or false")
+        return value
+    if isinstance(value, str) and wanted is not str:
+        try:
+            return wanted(value)
+        except ValueError:
+            raise ConfigError(f"{axis}={value!r} is not a valid {wanted.__name__}") from None
+    if wanted is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, wanted) or isinstance(value, bool):
+        raise ConfigError(f"{axis}={value!r} must be a {wanted.__name__}")
+    return value
+
+
+def _require_int(axis: str, value: Any, *, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        bound = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ConfigError(f"{axis}={value!r} must be {bound}")
+
+
+def _positive_finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _is_cuda_index(device: str) -> bool:
+    prefix, _, index = device.partition(":")
+    return prefix == "cuda" and index.isdigit()
+
+
+def _key_part(axis: str, value: Any) -> str:
+    short = {"batch_size": "b", "seq_len": "s", "grad_accum": "a", "checkpointing": "ckpt-"}
+    return f"{short.get(axis, '')}{value}"

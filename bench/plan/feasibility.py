@@ -1,0 +1,88 @@
+"""Which configurations this machine and this lmbench version can run, and why not the others.
+
+Anything refused here becomes a `skipped` row with the reason, decided in the parent before a
+worker process is spent on it.
+"""
+
+from __future__ import annotations
+
+from lmbench import __version__
+from lmbench.measure.environment import Platform
+from lmbench.models.kernel_sets import KERNEL_SETS
+from lmbench.models.registry import MODELS
+from lmbench.plan.config import Config
+
+#: Axis values that a later version fills in; until then they are skipped, never a crash.
+NOT_YET: dict[str, frozenset[str]] = {}
+
+
+#: Processes per node for ddp/fsdp on a machine without GPUs (nproc=0).
+CPU_NPROC = 2
+
+
+def resolve(config: Config, platform: Platform) -> Config:
+    """Settle what `auto` and 0 mean on this machine; resolved values are part of the config key.
+
+    device=auto becomes cuda when a GPU is visible, else cpu. nproc becomes the processes (or, for
+    dp, the GPUs) the configuration really uses: 1 for none, every visible GPU for dp, and for
+    ddp/fsdp every visible GPU when nproc=0 (CPU_NPROC on a CPU). DDP's own options are reset to
+    their defaults for every other parallel mode.
+    """
+    device = config.device
+    if device == "auto":
+        device = "cuda" if platform.cuda_available else "cpu"
+    nproc = config.nproc
+    gpus = platform.device_count if device.startswith("cuda") else 0
+    if config.parallel == "none":
+        nproc = 1
+    elif config.parallel == "dp":
+        nproc = gpus
+    elif nproc == 0:
+        nproc = gpus or CPU_NPROC
+    resolved = config.replace(device=device, nproc=nproc)
+    # DDP-only options mean nothing elsewhere; defaults keep one key per real configuration.
+    return resolved if config.parallel == "ddp" else resolved.without_ddp_options()
+
+
+def skip_reason(config: Config, platform: Platform) -> str | None:
+    """None when `config` can run here, else a one-line reason for the `skipped` row."""
+    conflict = config.conflict()
+    if conflict:
+        return conflict
+    for axis, values in NOT_YET.items():
+        value = getattr(config, axis)
+        if value in values:
+            return f"{axis}={value} is not implemented in lmbench {__version__}"
+    if config.parallel == "dp" and not config.device.startswith("cuda"):
+        return "parallel=dp (nn.DataParallel) needs CUDA GPUs"
+    if config.parallel == "fsdp" and config.kernels == "triton":
+        return ("kernels=triton is not available with parallel=fsdp: its fused loss reads the LM head's weight "
+                "outside the head's forward, where FSDP2 keeps it sharded")
+    if config.parallel == "dp" and config.kernels == "liger":
+        return ("kernels=liger is not available with parallel=dp: Liger binds its forwards to the device-0 modules, "
+                "which every DataParallel replica would then run")
+    if config.parallel == "fsdp" and config.precision == "fp16":
+        return "precision=fp16 (fp32 master weights) is not implemented for parallel=fsdp; use amp-fp16 or bf16"
+    if config.device.startswith("cuda"):
+        if not platform.cuda_available:
+            return (f"device={config.device} but CUDA is not available (torch {platform.torch_version}, "
+                    "no visible GPU)")
+        index = int(config.device.partition(":")[2] or 0)
+        if index >= platform.device_count:
+            return f"device={config.device} but only {platform.device_count} CUDA device(s) are visible"
+        if config.parallel in ("ddp", "fsdp") and config.nproc > platform.device_count:
+            return (f"parallel={config.parallel} with nproc={config.nproc} but only {platform.device_count} CUDA "
+                    "device(s) are visible on this node")
+        major = platform.capability[0] if platform.capability else 0
+        if config.precision in ("tf32", "bf16", "amp-bf16") and major < 8:
+            return f"precision={config.precision} needs compute capability 8.0 or later (Ampere); this GPU is {major}.x"
+    elif config.precision == "tf32":
+        return "precision=tf32 needs a CUDA GPU with TF32 tensor cores; on the CPU it would just be fp32"
+    kernels_problem = KERNEL_SETS[config.kernels].unavailable(MODELS[config.model], config.device.partition(":")[0])
+    if kernels_problem:
+        return kernels_problem
+    if config.optimizer == "apex-adam" and (not platform.apex_available or not config.device.startswith("cuda")):
+        return "optimizer=apex-adam needs Apex (with its CUDA extensions) and a CUDA GPU"
+    if config.kernels == "compile" and config.warmup < 1:
+        return "kernels=compile needs warmup >= 1 so compilation stays out of the measured window"
+    return None

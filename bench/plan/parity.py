@@ -1,0 +1,99 @@
+"""Loss parity: does a fast configuration still train like the reference (fp32, eager, no checkpointing)?
+
+Both runs start from the same seed, hence the same initial weights and the same batches. Their
+per-step losses are smoothed with a short EMA and compared step by step; the verdict is
+  ok        max relative deviation <= the precision's tolerance
+  drift     above the tolerance but below DIVERGED_REL_DEV
+  diverged  a non-finite loss, or a deviation of DIVERGED_REL_DEV or more
+Tolerances come from measured reruns, see TOLERANCES.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from lmbench.plan.config import Config
+
+#: Weight of the newest loss in the EMA (a short one: about five steps).
+EMA_ALPHA = 0.2
+#: A deviation this large means the configuration no longer trains like the reference.
+DIVERGED_REL_DEV = 0.5
+#: Largest relative deviation of the smoothed loss from the fp32 reference that still counts as parity:
+#: 3x the largest deviation measured on healthy runs by ci/parity-tolerances.sh (4 tiny models, Markov
+#: data, 30 steps, lr 1e-3, 2-core CPU, torch 2.13), with a floor of 1e-4. Measured there: fp32 rerun 0
+#: (the CPU is deterministic), amp-fp16 1.73e-5, amp-bf16 1.74e-5, fp16 1.25e-2, bf16 4.86e-3. tf32 cannot
+#: run on a CPU and borrows amp-fp16's figure. CPU autocast covers fewer ops than CUDA's, so these must
+#: be measured again on a GPU (same script, --device cuda) before they judge GPU runs.
+TOLERANCES: dict[str, float] = {
+    "fp32": 1e-4,
+    "tf32": 1e-4,
+    "amp-fp16": 1e-4,
+    "amp-bf16": 1e-4,
+    "fp16": 4e-2,
+    "bf16": 1.5e-2,
+}
+
+
+def ema(values: Sequence[float], alpha: float = EMA_ALPHA) -> list[float]:
+    out: list[float] = []
+    for v in values:
+        out.append(v if not out else alpha * v + (1 - alpha) * out[-1])
+    return out
+
+
+def reference_config(config: Config) -> Config:
+    """The configuration a parity check compares against: same model, data, seed and batches, in plain fp32."""
+    return config.replace(precision="fp32", kernels="eager", checkpointing="none")
+
+
+def is_reference(config: Config) -> bool:
+    return reference_config(config) == config
+
+
+def verdict(reference: Sequence[float | None], losses: Sequence[float | None], *, precision: str
+            ) -> dict[str, Any]:
+    """Parity fields of a record: `parity`, `parity_max_rel_dev`, `parity_tolerance`."""
+    tolerance = TOLERANCES[precision]
+    if any(v is None or not math.isfinite(v) for v in losses):
+        return {"parity": "diverged", "parity_max_rel_dev": None, "parity_tolerance": tolerance}
+    if len(reference) != len(losses) or any(v is None or not math.isfinite(v) for v in reference):
+        return {"parity": None, "parity_max_rel_dev": None, "parity_tolerance": tolerance}
+    deviation = max(abs(a - b) / abs(b) for a, b in zip(ema(losses), ema(reference)))
+    if deviation <= tolerance:
+        result = "ok"
+    elif deviation < DIVERGED_REL_DEV:
+        result = "drift"
+    else:
+        result = "diverged"
+    return {"parity": result, "parity_max_rel_dev": deviation, "parity_tolerance": tolerance}
+
+
+def with_references(planned: list[Any]) -> tuple[list[Any], list[str]]:
+    """The plan for a parity run: learnable data, and every configuration's reference in the plan.
+
+    Uniform synthetic tokens have no structure to learn (the loss stays at log(vocabulary)), so
+    they are replaced by the Markov corpus. Returns (planned rows, notices for the user).
+    """
+    from lmbench.plan.suite import Planned
+
+    notices = []
+    rows: list[Planned] = []
+    for row in planned:
+        config = row.config
+        if config.data == "synthetic":
+            config = config.replace(data="markov")
+            if not notices:
+                notices.append("parity: data=synthetic replaced by data=markov (uniform tokens show no loss curve)")
+        rows.append(Planned(config, row.conflict))
+    keys = {row.config.key for row in rows}
+    references = []
+    for row in rows:
+        reference = reference_config(row.config)
+        if reference.key not in keys:
+            keys.add(reference.key)
+            references.append(Planned(reference, reference.conflict()))
+    if references:
+        notices.append(f"parity: added {len(references)} reference configuration(s) (fp32, eager, no checkpointing)")
+    return references + rows, notices

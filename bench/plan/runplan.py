@@ -1,0 +1,102 @@
+"""A run's plan as run.json keeps it, the proof that `--resume` continues the same plan, and the command that does.
+
+The plan is what decides the list of jobs: the suite's content (its sha256, so an edited suite file
+counts as another plan), the overrides (--set and --device, compared after parsing, so order and
+spelling do not matter), --repeats, --parity and --nnodes. Where it runs (--node-rank,
+--rdzv-endpoint) and the --max-configs guard are not part of it. Raising --repeats on resume extends
+the plan rather than changing it.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from lmbench.errors import LmbenchError, UsageError
+from lmbench.plan import suite as suites
+
+
+class PlanMismatch(UsageError):
+    """`--resume` was given a plan other than the one the run directory was started with."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunPlan:
+    """Every option of `lmbench run` that shapes the list of jobs."""
+
+    suite: str
+    """The suite as given on the command line: a built-in name or a path."""
+    suite_sha256: str
+    overrides: tuple[str, ...] = ()
+    """--set arguments as given."""
+    device: str | None = None
+    repeats: int = 1
+    parity: bool = False
+    nnodes: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "overrides": list(self.overrides)}
+
+    @classmethod
+    def from_json(cls, data: Any) -> RunPlan:
+        try:
+            return cls(**{**data, "overrides": tuple(data.get("overrides") or ())})
+        except (TypeError, AttributeError) as err:
+            raise UsageError(f"run.json holds no readable plan ({err})") from None
+
+    def settings(self) -> dict[str, str]:
+        """The plan as comparable text, one entry per thing a user can change (the suite by content only)."""
+        try:
+            parsed = suites.parse_overrides([*self.overrides, *([f"device={self.device}"] if self.device else [])])
+            overrides = " ".join(f"{axis}={','.join(map(str, values))}" for axis, values in sorted(parsed.items()))
+        except LmbenchError:
+            overrides = " ".join(self.overrides)  # from another lmbench version: compared as written
+        return {"suite content": f"sha256 {self.suite_sha256[:12]}", "overrides (--set, --device)": overrides or "none",
+                "--repeats": str(self.repeats), "--parity": "on" if self.parity else "off",
+                "--nnodes": str(self.nnodes)}
+
+    def differences(self, earlier: RunPlan) -> list[str]:
+        """What differs from the plan the run started with. More --repeats than before extends the same plan
+        (each repeat is one more fresh process of every configuration), as CI does to interleave two runs."""
+        now, then = self.settings(), earlier.settings()
+        if self.repeats >= earlier.repeats:
+            now["--repeats"] = then["--repeats"]
+        found = [f"{name}: {now[name]} now, {then[name]} then" for name in now if now[name] != then[name]]
+        if found and found[0].startswith("suite content"):
+            found[0] = (f"suite: {self.suite} ({now['suite content']}) now, {earlier.suite} "
+                        f"({then['suite content']}) then")
+        return found
+
+    def resume_command(self, out: Path, *, extra: tuple[str, ...] = ()) -> str:
+        """`lmbench run ... --resume` with exactly this plan; `extra` adds options outside the plan."""
+        args = ["lmbench", "run", "--suite", self.suite, "--out", str(out)]
+        for item in self.overrides:
+            args += ["--set", item]
+        if self.device:
+            args += ["--device", self.device]
+        if self.repeats != 1:
+            args += ["--repeats", str(self.repeats)]
+        if self.parity:
+            args.append("--parity")
+        if self.nnodes != 1:
+            args += ["--nnodes", str(self.nnodes)]
+        return shlex.join([*args, *extra, "--resume"])
+
+
+def check(meta: dict[str, Any] | None, plan: RunPlan, *, out: Path, suggest: bool = True) -> str | None:
+    """Refuse to resume `out` with another plan (PlanMismatch naming every difference and, with `suggest`,
+    the `lmbench run` command that resumes it).
+
+    Returns a warning when run.json predates recorded plans (nothing to compare), else None.
+    """
+    if meta is None or "plan" not in meta:
+        return f"{out}: run.json records no plan (an older lmbench, or not a run directory); resuming unchecked"
+    earlier = RunPlan.from_json(meta["plan"])
+    differences = plan.differences(earlier)
+    if not differences:
+        return None
+    how = f"resume it with {earlier.resume_command(out)}" if suggest else "resume it with the options it started with"
+    raise PlanMismatch(f"--resume: {str(out)!r} was started with another plan ({'; '.join(differences)}); {how}, "
+                       "or choose another --out")

@@ -1,0 +1,221 @@
+"""Suite files: TOML with defaults, a cartesian matrix and exclusions, expanded into configurations."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+import re
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from lmbench.errors import ConfigError, SuiteError
+from lmbench.plan.config import FIELD_TYPES, Config, coerce
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+_TOP_LEVEL = ("name", "description", "defaults", "matrix", "exclude")
+#: Largest matrix `expand` builds unless told otherwise (`lmbench run --max-configs`): a typo such as a
+#: 1000-value axis should be a message, not minutes of planning and gigabytes of memory.
+MAX_CONFIGS = 10_000
+#: Suite names become directory names (runs/NAME-DATE): no separators, no leading dot.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One configuration of an expanded suite; `conflict` says why it cannot run at all."""
+
+    config: Config
+    conflict: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Suite:
+    """A parsed suite file, before expansion."""
+
+    name: str
+    description: str
+    source: str
+    """Where it came from, for error messages: a path, or `builtin:NAME`."""
+    digest: str = ""
+    """sha256 of the file's text: `--resume` checks that the suite did not change."""
+    defaults: dict[str, Any] = field(default_factory=dict)
+    matrix: dict[str, list[Any]] = field(default_factory=dict)
+    exclude: list[dict[str, list[Any]]] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        """Number of matrix points before exclusions."""
+        return math.prod(len(values) for values in self.matrix.values())
+
+    def with_overrides(self, overrides: dict[str, list[Any]]) -> Suite:
+        """Apply `--set KEY=V1,V2`: one value replaces the default, several become a matrix axis."""
+        defaults = dict(self.defaults)
+        matrix = dict(self.matrix)
+        for axis, values in overrides.items():
+            defaults.pop(axis, None)
+            matrix.pop(axis, None)
+            if len(values) == 1:
+                defaults[axis] = values[0]
+            else:
+                matrix[axis] = values
+        return Suite(name=self.name, description=self.description, source=self.source, digest=self.digest,
+                     defaults=defaults, matrix=matrix, exclude=self.exclude)
+
+    def expand(self, *, max_configs: int = MAX_CONFIGS) -> list[Planned]:
+        """Cartesian product of the matrix over the defaults, minus exclusions, duplicates removed.
+
+        A value that is wrong on its own (batch_size=0) is an error; a combination of valid values
+        that cannot go together (seq_len past one model's positions) becomes a planned row with a
+        conflict, unless no combination at all is possible, which is an error again. The matrix is
+        counted before anything is built: more than `max_configs` points is an error.
+        """
+        if self.size > max_configs:
+            shape = " x ".join(f"{len(v)} {a}" for a, v in self.matrix.items() if len(v) > 1)
+            raise SuiteError(f"{self.source}: the matrix has {self.size:,} points ({shape}), more than "
+                             f"--max-configs {max_configs:,}; narrow it, or raise --max-configs")
+        axes = list(self.matrix)
+        planned: dict[str, Planned] = {}
+        for combo in itertools.product(*(self.matrix[a] for a in axes)):
+            point = dict(zip(axes, combo))
+            if any(_matches(rule, {**self.defaults, **point}) for rule in self.exclude):
+                continue
+            try:
+                config = Config.from_mapping({**self.defaults, **point})
+            except ConfigError as err:
+                raise SuiteError(f"{self.source}: {err}") from None
+            planned.setdefault(config.key, Planned(config, config.conflict()))
+        rows = list(planned.values())
+        if not rows:
+            raise SuiteError(f"{self.source}: the matrix is empty after [[exclude]]")
+        if all(row.conflict for row in rows):
+            raise SuiteError(f"{self.source}: {rows[0].conflict}")
+        return rows
+
+
+def _matches(rule: dict[str, list[Any]], values: dict[str, Any]) -> bool:
+    """Whether a configuration's axes (defaults and matrix point together) fall under an [[exclude]] rule."""
+    return all(axis in values and values[axis] in allowed for axis, allowed in rule.items())
+
+
+def builtin_names() -> list[str]:
+    """Names of the suites shipped inside the package."""
+    return sorted(p.name[:-5] for p in resources.files("lmbench.suites").iterdir() if p.name.endswith(".toml"))
+
+
+def load(name_or_path: str) -> Suite:
+    """Load a built-in suite by name, or a suite file by path."""
+    path = Path(name_or_path)
+    if name_or_path.endswith(".toml") or path.is_file():
+        if not path.is_file():
+            raise SuiteError(f"suite file {name_or_path!r} does not exist")
+        return parse(path.read_text(encoding="utf-8"), source=str(path))
+    if name_or_path not in builtin_names():
+        raise SuiteError(f"unknown suite {name_or_path!r}; available: {', '.join(builtin_names())} "
+                         "(or the path of a .toml file)")
+    text = resources.files("lmbench.suites").joinpath(f"{name_or_path}.toml").read_text(encoding="utf-8")
+    return parse(text, source=f"builtin:{name_or_path}")
+
+
+def parse(text: str, *, source: str) -> Suite:
+    """Parse and check suite TOML; every error names `source` and the offending key."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise SuiteError(f"{source}: malformed TOML: {err}") from None
+    unknown = sorted(set(data) - set(_TOP_LEVEL))
+    if unknown:
+        raise SuiteError(f"{source}: unknown key {unknown[0]!r}; allowed: {', '.join(_TOP_LEVEL)}")
+    # Without a name, the file's stem made safe ("my suite.toml" runs as my-suite).
+    name = data.get("name", re.sub(r"[^A-Za-z0-9._+-]", "-", Path(source).stem).lstrip(".")[:100] or "suite")
+    description = data.get("description", "")
+    if not isinstance(name, str) or not isinstance(description, str):
+        raise SuiteError(f"{source}: 'name' and 'description' must be strings")
+    if not _SAFE_NAME.fullmatch(name):
+        raise SuiteError(f"{source}: name {name!r} is not a safe file name (up to 100 letters, digits, '.', '_', "
+                         "'+' or '-', not starting with '.'): run directories are named after it")
+    defaults = {axis: _check_value(axis, value, f"{source}: [defaults]")
+                for axis, value in _table(data, "defaults", source).items()}
+    matrix_raw = _table(data, "matrix", source)
+    matrix: dict[str, list[Any]] = {}
+    for axis, values in matrix_raw.items():
+        values = values if isinstance(values, list) else [values]
+        if not values:
+            raise SuiteError(f"{source}: [matrix] {axis} is an empty list")
+        matrix[axis] = [_check_value(axis, v, f"{source}: [matrix]") for v in values]
+    excludes = data.get("exclude", [])
+    if not isinstance(excludes, list) or not all(isinstance(rule, dict) for rule in excludes):
+        raise SuiteError(f"{source}: 'exclude' must be an array of tables ([[exclude]])")
+    rules = []
+    for rule in excludes:
+        checked = {}
+        for axis, values in rule.items():
+            values = values if isinstance(values, list) else [values]
+            checked[axis] = [_check_value(axis, v, f"{source}: [[exclude]]") for v in values]
+            _check_excluded(axis, checked[axis], defaults, matrix, source)
+        rules.append(checked)
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    return Suite(name=name, description=description, source=source, digest=digest, defaults=defaults, matrix=matrix,
+                 exclude=rules)
+
+
+def _check_excluded(axis: str, values: list[Any], defaults: dict[str, Any], matrix: dict[str, list[Any]],
+                    source: str) -> None:
+    """An [[exclude]] rule must be able to match: its axis is set by the file, and to one of its values."""
+    if axis in matrix:
+        present = matrix[axis]
+    elif axis in defaults:
+        present = [defaults[axis]]
+    else:
+        raise SuiteError(f"{source}: [[exclude]] {axis} is neither in [matrix] nor in [defaults], so the rule "
+                         f"would exclude nothing; matrix axes: {', '.join(matrix) or 'none'}")
+    if not any(v in present for v in values):
+        shown = values[0] if len(values) == 1 else values
+        raise SuiteError(f"{source}: [[exclude]] {axis}={shown!r} matches none of its values "
+                         f"({', '.join(map(repr, present))}), so the rule would exclude nothing")
+
+
+def parse_overrides(assignments: tuple[str, ...] | list[str]) -> dict[str, list[Any]]:
+    """Parse `--set KEY=V1[,V2...]` strings into axis -> values."""
+    overrides: dict[str, list[Any]] = {}
+    for item in assignments:
+        axis, sep, raw = item.partition("=")
+        axis = axis.strip()
+        if not sep or not raw.strip():
+            raise SuiteError(f"--set {item!r}: expected KEY=VALUE[,VALUE...]")
+        overrides[axis] = parse_values(axis, raw, where=f"--set {item!r}")
+    return overrides
+
+
+def parse_values(axis: str, raw: str, *, where: str) -> list[Any]:
+    """Comma-separated values of one axis; errors start with `where` (the option as the user typed it)."""
+    return [_check_value(axis, v.strip(), where) for v in raw.split(",")]
+
+
+def _table(data: dict[str, Any], key: str, source: str) -> dict[str, Any]:
+    table = data.get(key, {})
+    if not isinstance(table, dict):
+        raise SuiteError(f"{source}: [{key}] must be a table")
+    return table
+
+
+def _check_value(axis: str, value: Any, where: str) -> Any:
+    if axis not in FIELD_TYPES:
+        raise SuiteError(f"{where}: unknown axis {axis!r}; allowed: {', '.join(FIELD_TYPES)}")
+    try:
+        value = coerce(axis, value)
+    except ConfigError as err:
+        raise SuiteError(f"{where}: {err}") from None
+    try:
+        # A one-axis config checks the value on its own; combinations are checked after expansion.
+        Config(**{axis: value})
+    except ConfigError as err:
+        raise SuiteError(f"{where}: {err}") from None
+    return value

@@ -1,0 +1,133 @@
+"""Multi-process runs under torchrun: rank bookkeeping, the process group, and ONE record from all ranks.
+
+Every rank measures its own window; rank 0 gathers the per-rank measurements and aggregates them:
+throughput is global (all ranks), the step time is the slowest rank's at each step (the one the
+others wait for at the gradient allreduce), memory is reported per rank and as the maximum.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from lmbench.measure import metrics
+from lmbench.measure.telemetry import combine as combine_telemetry
+
+
+@dataclass(frozen=True, kw_only=True)
+class RankInfo:
+    """Where this process sits in the job, from the environment torchrun sets."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    local_world_size: int
+
+    @property
+    def nnodes(self) -> int:
+        return max(1, self.world_size // max(1, self.local_world_size))
+
+    @classmethod
+    def from_env(cls) -> RankInfo | None:
+        """None when this process was not started by torchrun."""
+        if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+            return None
+        world = int(os.environ["WORLD_SIZE"])
+        return cls(rank=int(os.environ["RANK"]), local_rank=int(os.environ.get("LOCAL_RANK", 0)), world_size=world,
+                   local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", world)))
+
+
+def init(info: RankInfo, device: Any, *, timeout_s: float) -> str:
+    """Join the process group (NCCL on CUDA, gloo on CPU); returns the backend name.
+
+    The group's timeout makes a hung collective (a dead or missing peer) raise instead of
+    waiting forever; the parent's wall-clock timeout is the last resort behind it.
+    """
+    import torch.distributed as dist
+
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    kwargs = {"device_id": device} if device.type == "cuda" else {}
+    dist.init_process_group(backend, timeout=dt.timedelta(seconds=timeout_s), **kwargs)
+    return backend
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def gather(local: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """Every rank's `local` dict on rank 0 (None elsewhere); a plain one-element list without a group."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return [local]
+    everything: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(everything, local)
+    return everything if dist.get_rank() == 0 else None
+
+
+def destroy() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def param_checksum(model: Any) -> float:
+    """Sum of every parameter in float64: equal on all ranks exactly when data parallelism kept them in sync.
+
+    Sharded (FSDP) parameters are gathered whole first, so this is a collective there.
+    """
+    import torch
+
+    total = 0.0
+    with torch.no_grad():
+        for p in model.parameters():
+            full = p.full_tensor() if hasattr(p, "full_tensor") else p
+            total += float(full.double().sum())
+    return total
+
+
+def aggregate(per_rank: list[dict[str, Any]], *, tokens_per_step: int, samples_per_step: int, steps: int,
+              devices_per_rank: int = 1) -> dict[str, Any]:
+    """One set of metrics from every rank's measurements (a single process is a world of one).
+
+    `tokens_per_step` and `samples_per_step` are per rank.
+    """
+    world = len(per_rank)
+    # The job's window lasts as long as its slowest rank's.
+    window_s = max((r["window_s"] for r in per_rank if r.get("window_s")), default=None)
+    result = metrics.throughput(step_times_s=slowest_steps(per_rank), tokens_per_step=tokens_per_step,
+                                samples_per_step=samples_per_step, world_size=world,
+                                devices_per_rank=devices_per_rank, window_s=window_s)
+    for key in ("mem_peak_allocated_bytes", "mem_peak_reserved_bytes", "mem_host_peak_growth_bytes"):
+        values = [r.get(key) for r in per_rank]
+        result[key] = None if any(v is None for v in values) else max(values)
+        if world > 1:
+            result[f"{key}_per_rank"] = values
+    result.update(combine_telemetry([r["telemetry"] for r in per_rank], [r["power_trace"] for r in per_rank],
+                                    tokens=tokens_per_step * steps * world))
+    result["world_size"] = world
+    if world > 1:
+        checksums = [r["param_checksum"] for r in per_rank]
+        result["param_checksum_per_rank"] = checksums
+        result["params_in_sync"] = len(set(checksums)) == 1
+        result["step_time_median_s_per_rank"] = [metrics.throughput(
+            step_times_s=r["step_times_s"], tokens_per_step=1, samples_per_step=1)["step_time_median_s"]
+            for r in per_rank]
+    return result
+
+
+def slowest_steps(per_rank: list[dict[str, Any]]) -> list[float]:
+    """Each step's time on the slowest rank: the one the others wait for at the gradient allreduce."""
+    return [max(times) for times in zip(*(r["step_times_s"] for r in per_rank))]
+
+
+def mean_losses(per_rank: list[dict[str, Any]]) -> list[float]:
+    """The global loss of each step: the mean over ranks (each rank trains on its own batches)."""
+    return [sum(values) / len(values) for values in zip(*(r["losses"] for r in per_rank))]

@@ -1,0 +1,137 @@
+"""RUN_DIR on disk: results.jsonl, run.json, logs/, telemetry/, and work/ (job and result files of live workers).
+
+A run directory has one writer: an advisory lock (fcntl.flock on RUN_DIR/.lock) is held from opening
+to closing, and the lock file says who holds it. Opening repairs a partial last line of the results
+and clears work/, whose files can only be left over from a writer that died.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import json
+import os
+import shlex
+import socket
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+from lmbench.analyze import results
+from lmbench.errors import ResultsError, RunLockedError
+
+LOCK_FILE = ".lock"
+META_FILE = "run.json"
+
+
+class RunDirectory:
+    """One run's directory, locked for this process while open (use it as a context manager)."""
+
+    def __init__(self, path: Path, *, resume: bool) -> None:
+        self.path = Path(path)
+        for folder in (self.path, self.path / "logs", self.path / "work"):
+            results.writable_dir(folder)
+        self.results_path = self.path / results.RESULTS_FILE
+        self.notices: list[str] = []
+        """Repairs made on opening and appending, for the command to show."""
+        self._lock: IO[bytes] | None = _lock(self.path / LOCK_FILE, self.notices)
+        try:
+            if self.results_path.exists() and self.results_path.stat().st_size and not resume:
+                raise ResultsError(f"--out {str(self.path)!r} already holds results; pass --resume to continue that "
+                                   "run, or choose another directory")
+            with results.saving(self.results_path):
+                note = results.repair(self.results_path)
+            self.notices += [note] if note else []
+            for leftover in (self.path / "work").iterdir():
+                if leftover.is_file():
+                    leftover.unlink(missing_ok=True)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the lock (closing its file does); the directory stays as it is."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def __enter__(self) -> RunDirectory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def recorded(self) -> results.Loaded:
+        """Records already in the run (empty for a new one), with warnings about unreadable lines."""
+        return results.read(self.results_path) if self.results_path.exists() else results.Loaded()
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Save one record; a storage failure is a StorageError and leaves no partial line."""
+        with results.saving(self.results_path):
+            note = results.append(self.path, record)
+        self.notices += [note] if note else []
+
+    def meta(self) -> dict[str, Any] | None:
+        """run.json as written by the run that created the directory; None when there is none."""
+        path = self.path / META_FILE
+        if not path.exists():
+            return None
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise ResultsError(f"cannot read {str(path)!r} ({err}); move it aside to resume without checking "
+                               "the plan") from None
+        if not isinstance(meta, dict):
+            raise ResultsError(f"{str(path)!r} is not a JSON object; move it aside to resume without checking "
+                               "the plan")
+        return meta
+
+    def write_meta(self, meta: dict[str, Any]) -> None:
+        self.write_json(self.path / META_FILE, meta)
+
+    def write_json(self, path: Path, payload: dict[str, Any]) -> None:
+        """A JSON file in the run (run.json, a worker's job), atomically; a storage failure is a StorageError."""
+        with results.saving(path):
+            results.write_json(path, payload)
+
+    def log_path(self, name: str) -> Path:
+        return self.path / "logs" / f"{name}.log"
+
+    def timeline_path(self, name: str) -> Path:
+        """Telemetry samples of the job's window (CSV), when NVML was there to take them."""
+        return self.path / "telemetry" / f"{name}.csv"
+
+
+def _lock(path: Path, notices: list[str]) -> IO[bytes] | None:
+    """Take the run's lock without waiting, and write who holds it; a held lock is a RunLockedError naming them.
+
+    The lock belongs to the open file: closing it, or the end of this process however it ends, releases it.
+    A file system without flock (Lustre mounted noflock, some NFS) gets a notice and no lock: refusing
+    would make lmbench unusable there.
+    """
+    try:
+        f = open(path, "a+b")
+    except OSError as err:
+        raise ResultsError(f"cannot write to --out {str(path.parent)!r}: {err.strerror or err}") from None
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read(4096).decode(errors="replace").strip() or "another process"
+        f.close()
+        raise RunLockedError(f"--out {str(path.parent)!r} is in use by {holder}; wait for it to finish or choose "
+                             "another directory") from None
+    except OSError as err:
+        f.close()
+        notices.append(f"cannot lock {str(path.parent)!r} ({err.strerror or err}): nothing stops a second run from "
+                       "writing there too")
+        return None
+    started = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    try:
+        f.truncate(0)
+        f.write(f"lmbench (pid {os.getpid()} on {socket.gethostname()} since {started}: {command})".encode()[:4000])
+        f.flush()
+    except OSError:
+        pass  # who holds it is a courtesy to the next process; the lock itself is taken
+    return f

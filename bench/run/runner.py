@@ -1,0 +1,238 @@
+"""The parent side of a run: one fresh worker process per configuration and repeat, with a timeout.
+
+Records are appended to RUN_DIR/results.jsonl as each job ends, so an interrupted run keeps
+everything it finished and `--resume` picks up the rest: the job that was running when a signal
+came, or whose result could not be saved, has no record and runs again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lmbench.analyze import results
+from lmbench.errors import StorageError
+from lmbench.measure.environment import Platform
+from lmbench.measure.stats import percentile
+from lmbench.plan.config import Config
+from lmbench.plan.feasibility import resolve, skip_reason
+from lmbench.plan.parity import is_reference, reference_config
+from lmbench.plan.parity import verdict as parity_verdict
+from lmbench.plan.suite import Planned
+from lmbench.run.launcher import Launch, worker_command
+from lmbench.run.rundir import RunDirectory
+from lmbench.run.worker import OOM_MARKERS
+
+#: Seconds a worker gets to exit after SIGTERM before it is killed.
+KILL_GRACE_S = 5.0
+#: Room a worker's result needs (a few KiB; long loss lists more), to tell a full disk from a crash.
+RESULT_ROOM_BYTES = 64 * 1024
+
+__all__ = ["Job", "RunDirectory", "execute", "plan", "run_worker"]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One configuration and repeat to run (or to record as skipped)."""
+
+    config: Config
+    repeat: int
+    skip: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.config.key}-r{self.repeat}"
+
+
+#: Within a repeat, single-device configurations run first, so a ddp/fsdp record can be compared
+#: with its single-device counterpart (scaling efficiency) as soon as it is written.
+_PARALLEL_ORDER = {"none": 0, "dp": 1, "ddp": 2, "fsdp": 3}
+
+
+def plan(planned: list[Planned], platform: Platform, *, repeats: int, done: set[tuple[str, int]] = frozenset(),
+         parity: bool = False) -> list[Job]:
+    """Jobs in run order: repeat-major, so repeats of a config are spread over the run's duration."""
+    jobs = []
+    # With parity, references (fp32, eager, no checkpointing) run before the configurations judged by them.
+    ordered = sorted(planned, key=lambda row: (_PARALLEL_ORDER[row.config.parallel],
+                                               parity and not is_reference(row.config)))
+    for repeat in range(repeats):
+        for row in ordered:
+            config = resolve(row.config, platform)
+            if (config.key, repeat) in done:
+                continue
+            jobs.append(Job(config, repeat, row.conflict or skip_reason(config, platform)))
+    return jobs
+
+
+def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch()
+               ) -> tuple[str, str | None, dict[str, Any] | None]:
+    """Run one job in a fresh interpreter (torchrun for ddp/fsdp); returns (status, reason, payload).
+
+    The worker gets its own session (process group), so stopping it stops everything it started;
+    any exception here (an `Interrupted` signal included) stops it before propagating. A job whose
+    result could not be saved raises StorageError: that is the disk's failure, not the job's.
+    """
+    job_path = run_dir.path / "work" / f"{job.name}.job.json"
+    result_path = run_dir.path / "work" / f"{job.name}.result.json"
+    result_path.unlink(missing_ok=True)
+    run_dir.write_json(job_path, {"config": job.config.to_dict(), "repeat": job.repeat,
+                                  "timeline_path": str(run_dir.timeline_path(job.name))})
+    # LMBENCH_PARENT_PID: the worker exits when this process is gone, even if it is SIGKILLed.
+    # PYTHONSAFEPATH (Python 3.11+, as `python -P`) keeps the current directory off the worker's sys.path, so a
+    # folder named lmbench there (a clone) is not imported in place of the installed package; PYTHONNOUSERSITE
+    # keeps ~/.local's packages out. Both reach torchrun's ranks too.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
+           "LMBENCH_PARENT_PID": str(os.getpid()), "PYTHONSAFEPATH": "1", "PYTHONNOUSERSITE": "1"}
+    log_path = run_dir.log_path(job.name)
+    with results.saving(log_path):
+        log = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed by the block below
+    with log:
+        proc = subprocess.Popen(worker_command(job.config, job_path, result_path, launch), stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        try:
+            code = proc.wait(timeout=job.config.timeout_s)
+        except subprocess.TimeoutExpired:
+            _stop(proc)
+            return "timeout", f"no result within timeout_s={job.config.timeout_s:g} (worker killed)", None
+        except BaseException:
+            _stop(proc)
+            raise
+        finally:
+            job_path.unlink(missing_ok=True)
+    left = result_path.exists()
+    payload = _read_result(result_path) if left else None
+    result_path.unlink(missing_ok=True)
+    if payload is not None:
+        status, reason = payload["status"], payload["reason"]
+    elif left:
+        status, reason = "error", "the worker's result file was unreadable"
+    else:
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        log_text = log_path.read_text(errors="replace")
+        # A rank other than 0 that ran out of memory leaves no result, only its traceback in the log.
+        status = "oom" if any(marker in log_text for marker in OOM_MARKERS) else "error"
+        reason = f"worker {how} without a result; last log line: {_last_line(log_path)}"
+    if status == "error":
+        no_room = _no_room_for_a_result(run_dir, result_path)
+        if no_room is not None:
+            raise no_room
+    return status, reason, payload
+
+
+def _read_result(path: Path) -> dict[str, Any] | None:
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(payload, dict) and payload.get("status") in results.STATUSES
+    return payload if ok else None
+
+
+def _no_room_for_a_result(run_dir: RunDirectory, result_path: Path) -> StorageError | None:
+    """When a worker failed, whether the storage is why: a result-sized file that cannot be written.
+
+    A worker on a full disk (or past a file-size limit) fails at whatever it writes first (its result,
+    a telemetry file, its log), often before its log says anything; its job is unsaved, not failed,
+    and --resume runs it again.
+    """
+    probe = run_dir.path / "work" / ".room-probe"
+    try:
+        with open(probe, "wb") as f:
+            f.write(bytes(RESULT_ROOM_BYTES))
+    except OSError as err:
+        if err.errno in results.CANNOT_SAVE:
+            return results.storage_error(err, result_path)
+        raise
+    finally:
+        probe.unlink(missing_ok=True)
+    return None
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the worker's whole process group, SIGKILL it if it lingers."""
+    for sig, wait_s in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _last_line(path: Path) -> str:
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "(empty log)"
+
+
+def single_device_key(config: Config) -> str:
+    """Key of the same configuration on one device, the baseline of scaling efficiency."""
+    return config.replace(parallel="none", nproc=1).without_ddp_options().key
+
+
+def scaling_efficiency(record: dict[str, Any], baseline: list[float]) -> float | None:
+    """Global tokens/s over (devices x single-device tokens/s); 1.0 is perfect linear scaling."""
+    metrics = record["metrics"] or {}
+    if record["status"] != "ok" or not baseline or not metrics.get("devices"):
+        return None
+    reference = percentile(baseline, 50)
+    return metrics["tokens_per_s"] / (metrics["devices"] * reference)
+
+
+def add_parity(record: dict[str, Any], config: Config, reference_losses: dict[str, dict[int, list]]) -> None:
+    """Parity fields in the record's metrics: against the reference's same repeat, else its first."""
+    if record["metrics"] is None:
+        return
+    if is_reference(config):
+        record["metrics"].update({"parity": "reference", "parity_max_rel_dev": 0.0, "parity_tolerance": None})
+        return
+    runs = reference_losses.get(reference_config(config).key, {})
+    reference = runs.get(record["repeat"]) or next(iter(runs.values()), None)
+    if reference is None:
+        record["metrics"].update({"parity": None, "parity_max_rel_dev": None, "parity_tolerance": None})
+        return
+    record["metrics"].update(parity_verdict(reference, record["losses"] or [], precision=config.precision))
+
+
+def execute(jobs: list[Job], run_dir: RunDirectory, *, suite: str, launch: Launch = Launch(),
+            previous: list[dict[str, Any]] = (), parity: bool = False) -> Iterator[tuple[Job, dict[str, Any]]]:
+    """Run jobs in order, appending each record as it ends; yields (job, record) for progress display.
+
+    On nodes other than node 0 (multi-node runs) only distributed jobs run and nothing is recorded.
+    `previous` holds records already in the run (resume), for scaling efficiency and parity.
+    """
+    throughput: dict[str, list[float]] = {}
+    reference_losses: dict[str, dict[int, list]] = {}
+    for record in previous:
+        if record["status"] == "ok":
+            throughput.setdefault(record["config_key"], []).append(record["metrics"]["tokens_per_s"])
+            reference_losses.setdefault(record["config_key"], {})[record["repeat"]] = record.get("losses") or []
+    for job in jobs:
+        if not launch.runs(job.config):
+            continue
+        if job.skip:
+            status, reason, payload = "skipped", job.skip, None
+        else:
+            status, reason, payload = run_worker(job, run_dir, launch)
+        record = results.make_record(suite=suite, config=job.config.to_dict(), config_key=job.config.key,
+                                     repeat=job.repeat, status=status, reason=reason, payload=payload)
+        if status == "ok":
+            if job.config.parallel in ("ddp", "fsdp", "dp"):
+                efficiency = scaling_efficiency(record, throughput.get(single_device_key(job.config), []))
+                record["metrics"]["scaling_efficiency"] = efficiency
+            throughput.setdefault(job.config.key, []).append(record["metrics"]["tokens_per_s"])
+            reference_losses.setdefault(job.config.key, {})[job.repeat] = record["losses"]
+        if parity and status in ("ok", "diverged"):
+            add_parity(record, job.config, reference_losses)
+        if launch.records:
+            run_dir.append(record)
+        yield job, record

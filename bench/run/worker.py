@@ -1,0 +1,338 @@
+"""The worker: one configuration, one fresh process (or one per rank under torchrun), one result file.
+
+    python -m lmbench.run.worker JOB_JSON RESULT_JSON
+
+The parent writes the job (the configuration), starts this module with a wall-clock timeout, and
+reads the result. Whatever happens in here (OOM, NaN loss, an exception) ends as a result with a
+status; only a hard crash or a timeout leaves no file, and the parent records that instead.
+Under torchrun every rank measures its own window and rank 0 alone writes the result.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from lmbench.analyze.results import write_json
+from lmbench.plan.config import Config
+
+#: Fallback start of the process where /proc cannot say (the module is imported at start-up).
+_IMPORTED_AT = time.monotonic()
+
+OOM_MARKERS = ("out of memory", "OutOfMemoryError", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED",
+               "can't allocate memory", "MemoryCapExceeded")
+
+
+def classify_failure(error: BaseException) -> str:
+    """`oom` for memory exhaustion (CUDA or host), else `error`."""
+    import torch
+
+    if isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return "oom"
+    if isinstance(error, RuntimeError) and any(m in str(error) for m in OOM_MARKERS):
+        return "oom"
+    return "error"
+
+
+def worker_device(config: Config, info: Any) -> Any:
+    """The torch device this process trains on, always with an index on CUDA.
+
+    Under torchrun each rank takes the GPU of its local rank; `cuda` alone means the current device
+    (torch.cuda.set_device and NVML lookups need the index spelled out).
+    """
+    import torch
+
+    device = torch.device(config.device)
+    if device.type != "cuda":
+        return device
+    if info is not None:
+        return torch.device("cuda", info.local_rank)
+    return device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
+
+
+def _rank_timeline(path: Path | None, rank: int, world: int) -> Path | None:
+    if path is None or world == 1:
+        return path
+    return path.with_name(f"{path.stem}-rank{rank}{path.suffix}")
+
+
+def _rank_trace(path: Path, rank: int, world: int) -> Path:
+    """KEY-rN.json.gz, or KEY-rN-rankR.json.gz for each rank of a multi-process job."""
+    if world == 1:
+        return path
+    stem = path.name.removesuffix(".json.gz")
+    return path.with_name(f"{stem}-rank{rank}.json.gz")
+
+
+def process_age_s() -> float:
+    """Seconds since this process started: interpreter, imports, CUDA context and model build included.
+
+    Linux gives the start in clock ticks since boot (/proc/self/stat, field 22); elsewhere the time
+    since this module was imported is the nearest figure.
+    """
+    try:
+        after_name = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started_s = int(after_name[19]) / os.sysconf("SC_CLK_TCK")
+        return float(Path("/proc/uptime").read_text().split()[0]) - started_s
+    except (OSError, ValueError, IndexError):
+        return time.monotonic() - _IMPORTED_AT
+
+
+def _peak_memory(devices: list[Any]) -> dict[str, Any]:
+    """Allocator peaks of the window: the largest over the devices used, and each device's when several."""
+    import torch
+
+    if devices[0].type != "cuda":
+        return {"mem_peak_allocated_bytes": None, "mem_peak_reserved_bytes": None}
+    allocated = [torch.cuda.max_memory_allocated(d) for d in devices]
+    reserved = [torch.cuda.max_memory_reserved(d) for d in devices]
+    peaks = {"mem_peak_allocated_bytes": max(allocated), "mem_peak_reserved_bytes": max(reserved)}
+    if len(devices) > 1:
+        peaks.update(mem_peak_allocated_bytes_per_device=allocated, mem_peak_reserved_bytes_per_device=reserved)
+    return peaks
+
+
+def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Path | None = None
+            ) -> dict[str, Any] | None:
+    """Build, warm up and time `config` in this process; returns the result payload (None off rank 0).
+
+    The telemetry timeline, when there is one, is written to `timeline_path` (one file per rank), and
+    with `config.profile` the profiler's trace of the extra steps after the window to `trace_path`.
+    """
+    import torch
+
+    from lmbench.measure import hostmem, metrics
+    from lmbench.measure.flops import matmul_params, palm_flops_per_token, recompute_flops_per_token, rerun_params
+    from lmbench.measure.telemetry import Telemetry, for_devices, power_trace
+    from lmbench.measure.timer import StepTimer
+    from lmbench.models.kernel_sets import KERNEL_SETS
+    from lmbench.run import distributed
+    from lmbench.run.precision import matmul_mode
+    from lmbench.run.training import TrainingStep, devices_used
+
+    info = distributed.RankInfo.from_env()
+    device = worker_device(config, info)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    backend = distributed.init(info, device, timeout_s=config.timeout_s) if info else None
+    rank, world = (info.rank, info.world_size) if info else (0, 1)
+    if device.type == "cuda" and config.max_memory_bytes:
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, config.max_memory_bytes / total), device)
+    with matmul_mode(config.precision):
+        step = TrainingStep(config, device, rank=rank)
+        initial_checksum = distributed.param_checksum(step.base_model) if world > 1 else None
+        budget = hostmem.Budget(config.max_memory_bytes if device.type == "cpu" else 0)
+        # What a suite's wall time is made of besides the window: start-up, then warmup (compilation).
+        startup_s = process_age_s()
+        warmup_start = time.perf_counter()
+        # Warmup steps are timed too, as their own distribution (compilation, autotuning, allocator growth).
+        warmup_timer = StepTimer(device)
+        with warmup_timer.window():
+            for _ in range(config.warmup):
+                with warmup_timer.step():
+                    step()
+                budget.check()
+        # Under nn.DataParallel every GPU it replicates over spends memory and energy on the tokens.
+        devices = devices_used(config, device)
+        if device.type == "cuda":
+            for used in devices:
+                torch.cuda.synchronize(used)
+                torch.cuda.reset_peak_memory_stats(used)
+        warmup_s = time.perf_counter() - warmup_start
+        host_window = hostmem.Budget(0)
+        timer = StepTimer(device)
+        telemetry = (for_devices(devices, period_s=config.telemetry_period_s) if config.telemetry
+                     else Telemetry(None, unavailable="turned off (telemetry=false)"))
+        # Ranks open their windows together, so per-step times and power traces line up.
+        distributed.barrier()
+        losses_t = []
+        with telemetry.window(), timer.window():
+            for _ in range(config.steps):
+                with timer.step():
+                    losses_t.append(step())
+        # Read before profiling: the profiler's steps and buffers are not part of the measurement.
+        peaks = _peak_memory(devices)
+        host_growth = host_window.growth_bytes if device.type == "cpu" else None
+        profiled = None
+        if config.profile:
+            from lmbench.run.profiling import profile_steps
+
+            trace = _rank_trace(trace_path or Path(tempfile.mkdtemp()) / "trace.json.gz", rank, world)
+            profiled = {**profile_steps(step, device, trace), "trace": str(trace)}
+    budget.check()
+    own_timeline = _rank_timeline(timeline_path, rank, world)
+    if own_timeline is not None and telemetry.samples:
+        telemetry.write_timeline(own_timeline)
+    tokens_per_rank = config.tokens_per_step * step.replicas
+    local = {
+        "step_times_s": timer.times_s(),
+        "window_s": timer.window_s,
+        "startup_s": startup_s,
+        "warmup_s": warmup_s,
+        "warmup_step_times_s": warmup_timer.times_s(),
+        "losses": torch.stack(losses_t).cpu().tolist(),
+        **peaks,
+        "mem_host_peak_growth_bytes": host_growth,
+        "profile": profiled,
+        "telemetry": telemetry.summary(tokens=tokens_per_rank * config.steps),
+        "power_trace": power_trace(telemetry.samples),
+        "param_checksum": distributed.param_checksum(step.base_model) if world > 1 else None,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+    }
+    per_rank = distributed.gather(local)
+    distributed.destroy()
+    if per_rank is None:
+        return None
+
+    spec = step.spec
+    losses = distributed.mean_losses(per_rank)
+    result = distributed.aggregate(per_rank, tokens_per_step=tokens_per_rank,
+                                   samples_per_step=config.batch_size * step.replicas * config.grad_accum,
+                                   steps=config.steps, devices_per_rank=step.replicas)
+    shape = {"n_layers": spec.n_layers, "n_heads": spec.n_heads, "head_dim": spec.head_dim, "seq_len": config.seq_len}
+    flops = palm_flops_per_token(n_matmul_params=matmul_params(step.base_model), **shape)
+    recompute = recompute_flops_per_token(checkpointing=config.checkpointing,
+                                          n_rerun_params=rerun_params(step.base_model, spec.family), **shape)
+    result.update(metrics.flops_utilisation(flops_per_token=flops, hardware_flops_per_token=flops + recompute,
+                                            tokens_per_s_per_device=result["tokens_per_s_per_device"],
+                                            device_name=local["device_name"], precision=config.precision))
+    result.update(metrics.warmup(per_rank[0]["warmup_step_times_s"]))
+    result.update(metrics.profile_fields(per_rank[0]["profile"]))
+    result.update(metrics.loss_health(losses))
+    result.update({
+        "window_s": max(r["window_s"] for r in per_rank),
+        "startup_s": max(r["startup_s"] for r in per_rank),
+        "warmup_s": max(r["warmup_s"] for r in per_rank),
+        "steps_measured": config.steps,
+        "overflow_skipped_steps": step.precision.skipped_steps,
+        "loss_scale_final": step.precision.loss_scale,
+        "parallel_backend": backend or ("DataParallel" if config.parallel == "dp" else None),
+        "nnodes": info.nnodes if info else 1,
+        "nproc_per_node": info.local_world_size if info else 1,
+        "devices": world * step.replicas,
+        "device_names": sorted({r["device_name"] for r in per_rank if r["device_name"]}),
+        "param_checksum_initial": initial_checksum,
+        "kernels_note": KERNEL_SETS[config.kernels].note,
+        "kernels_applied": step.kernels_applied,
+        "params": sum(p.numel() for p in step.base_model.parameters()),
+    })
+    result.update({key: value for key, value in local.items() if key.endswith("_per_device")})
+    warnings = []
+    if result.get("throttled_power_or_heat"):
+        warnings.append(f"clocks were throttled for power or heat during the window "
+                        f"({', '.join(result['throttle_reasons'])}); the figures may not be representative")
+    if config.parallel == "dp" and step.replicas == 1:
+        warnings.append("parallel=dp on one GPU is degenerate: DataParallel's scatter/gather without a second replica")
+    if result.get("params_in_sync") is False:
+        warnings.append("parameters differ between ranks after the window: data parallelism lost sync")
+    status, reason = "ok", None
+    if result["nonfinite_losses"]:
+        first_bad = next(i for i, v in enumerate(losses) if not math.isfinite(v))
+        status, reason = "diverged", f"non-finite loss at measured step {first_bad} of {len(losses)}"
+    return {"status": status, "reason": reason, "metrics": result, "losses": losses,
+            "step_times_s": distributed.slowest_steps(per_rank), "warnings": warnings}
+
+
+def trace_path(job: dict[str, Any], timeline: Path | None) -> Path | None:
+    """Where a profiled job's trace goes: RUN_DIR/traces/KEY-rN.json.gz, beside RUN_DIR/telemetry/KEY-rN.csv."""
+    if job.get("trace_path"):
+        return Path(job["trace_path"])
+    return timeline.parent.parent / "traces" / f"{timeline.stem}.json.gz" if timeline else None
+
+
+def run_job(job_path: Path, result_path: Path) -> int:
+    job = json.loads(job_path.read_text())
+    config = Config.from_mapping(job["config"])
+    from lmbench.measure import environment
+    from lmbench.run.distributed import RankInfo
+
+    info = RankInfo.from_env()
+    device = worker_device(config, info)
+    env = environment.capture(device)
+    try:
+        timeline = Path(job["timeline_path"]) if job.get("timeline_path") else None
+        payload = measure(config, timeline_path=timeline, trace_path=trace_path(job, timeline))
+    except Exception as error:  # noqa: BLE001 - every failure of a config is data, not a crash
+        traceback.print_exc()
+        if info is not None and info.rank != 0:
+            # torchrun sees the failed rank and stops the others; rank 0's parent records the error.
+            return 1
+        status = classify_failure(error)
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        payload = {"status": status, "reason": f"{type(error).__name__}: {first_line}"[:500], "metrics": None,
+                   "losses": None, "step_times_s": None}
+        write_json(result_path, {**payload, "env": env})
+        # Under torchrun other ranks may wait in a collective: a non-zero exit makes torchrun stop them.
+        return 1 if info is not None else 0
+    if payload is not None:
+        write_json(result_path, {**payload, "env": env})
+    return 0
+
+
+def exit_with_parent() -> None:
+    """Die with the lmbench process that started this worker ($LMBENCH_PARENT_PID), however it ends.
+
+    A direct child asks Linux for SIGKILL when its parent exits (PR_SET_PDEATHSIG). A rank under
+    torchrun also gets that from the agent, and watches the lmbench parent once a second: if it is
+    gone, the rank kills its own session (torchrun gives each rank one), and torchrun stops the rest.
+    """
+    import ctypes
+    import signal
+    import threading
+
+    parent = int(os.environ.get("LMBENCH_PARENT_PID") or 0)
+    if not parent:
+        return
+    try:
+        armed = ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0) == 0  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        armed = False  # not Linux: the watch below covers direct children too
+    if armed and os.getppid() == parent:
+        return
+    if not _alive(parent):  # gone before the request took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while _alive(parent):
+            time.sleep(1.0)
+        if os.getsid(0) == os.getpid():
+            os.killpg(0, signal.SIGKILL)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="lmbench-parent-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie waiting to be reaped counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        pass  # no /proc: ask the kernel
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    exit_with_parent()
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m lmbench.run.worker JOB_JSON RESULT_JSON", file=sys.stderr)
+        return 2
+    return run_job(Path(args[0]), Path(args[1]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
