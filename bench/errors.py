@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 
 class LmbenchError(Exception):
     """Base of every error lmbench raises on purpose."""
@@ -37,3 +41,14 @@ class StorageError(ResultsError):
 
 class RunLockedError(ResultsError):
     """Another lmbench process is writing to the same run directory."""
+
+
+def read_json_input(path: Path, *, where: str, kind: str, made_by: str) -> Any:
+    """A JSON file the user hands lmbench (`--noise-floor`, `--ceilings`): its content, or a UsageError naming
+    `where` (the option and the path) when it is missing or not JSON."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"{where}: no such file (write one with {made_by})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UsageError(f"{where}: not a {kind} file ({err})") from None

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmbench.errors import UsageError
+from lmbench.errors import UsageError, read_json_input
 from lmbench.measure import stats
 
 FORMAT, VERSION = "lmbench-noise-floor", 1
@@ -101,12 +101,7 @@ def write(path: Path, payload: dict[str, Any]) -> None:
 def load(path: Path) -> NoiseFloor:
     """Read a noise-floor file; anything else is a one-line UsageError naming the file."""
     where = f"--noise-floor {str(path)!r}"
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"{where}: no such file (write one with lmbench calibrate)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UsageError(f"{where}: not a noise-floor file ({err})") from None
+    data = read_json_input(path, where=where, kind="noise-floor", made_by="lmbench calibrate")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise UsageError(f"{where}: not a noise-floor file (no \"format\": \"{FORMAT}\"; lmbench calibrate "
                          "writes one)")

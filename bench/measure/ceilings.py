@@ -6,13 +6,12 @@ clocks and power limit, delivers on the simplest possible workloads, a second ya
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from pathlib import Path
 from typing import Any
 
-from lmbench.errors import UsageError
+from lmbench.errors import UsageError, read_json_input
 
 
 def measure(device: Any, *, matmul_n: int = 8192, copy_bytes: int = 2**31, repeats: int = 20) -> dict[str, Any]:
@@ -54,12 +53,7 @@ def measure(device: Any, *, matmul_n: int = 8192, copy_bytes: int = 2**31, repea
 def load(path: Path) -> dict[str, Any]:
     """Figures written by `lmbench ceilings --out`; anything else is a one-line UsageError naming the file."""
     where = f"--ceilings {str(path)!r}"
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"{where}: no such file (write one with lmbench ceilings --out FILE on the GPU)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UsageError(f"{where}: not a ceilings file ({err})") from None
+    data = read_json_input(path, where=where, kind="ceilings", made_by="lmbench ceilings --out FILE on the GPU")
     for key in ("bf16_matmul_tflops", "copy_gb_per_s"):
         value = data.get(key) if isinstance(data, dict) else None
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
