@@ -70,6 +70,11 @@ SUMMARY_METRICS = ("tokens_per_s", "step_time_median_s", "tokens_per_step", "ste
 PARITY_ORDER = ["reference", "ok", "drift", "diverged"]
 
 
+def _summary_key(record: dict[str, Any], config: dict[str, Any]) -> str:
+    """One configuration of one run: the config key, prefixed by the run when a report covers several."""
+    return f"{config['run']}::{record['config_key']}" if "run" in config else record["config_key"]
+
+
 def summarize(records: list[dict[str, Any]]) -> list[ConfigSummary]:
     """Configurations in first-seen order; metrics collected over ok repeats only.
 
@@ -77,7 +82,7 @@ def summarize(records: list[dict[str, Any]]) -> list[ConfigSummary]:
     """
     by_key: dict[str, ConfigSummary] = {}
     for r, config in zip(records, configs_of(records)):
-        key = f"{config['run']}::{r['config_key']}" if "run" in config else r["config_key"]
+        key = _summary_key(r, config)
         s = by_key.setdefault(key, ConfigSummary(key, config, [], None))
         s.statuses.append(r["status"])
         s.reason = s.reason or r.get("reason")
@@ -173,7 +178,7 @@ def profiled(records: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[s
     for r, config in zip(records, configs_of(records)):
         m = r.get("metrics") or {}
         if r["status"] == "ok" and m.get("time_frac_idle") is not None:
-            found.setdefault(f"{config.get('run')}::{r['config_key']}", (config, m))
+            found.setdefault(_summary_key(r, config), (config, m))
     return list(found.values())
 
 
@@ -204,10 +209,15 @@ def roofline_section(records: list[dict[str, Any]], ceilings: dict[str, Any]) ->
     """Each configuration's step time at the measured ceilings and the measured step's ratio to it."""
     from lmbench.measure.roofline import for_record
 
-    axes = varying_axes(configs_of(records))
+    configs = configs_of(records)
+    axes = varying_axes(configs)
+    first_ok: dict[str, dict[str, Any]] = {}
+    for r, config in zip(records, configs):
+        if r["status"] == "ok":
+            first_ok.setdefault(_summary_key(r, config), r)
     rows = []
     for s in summarize(records):
-        ok = next((r for r in records if r["status"] == "ok" and r["config_key"] == s.key.rpartition("::")[2]), None)
+        ok = first_ok.get(s.key)
         found = for_record(ok["metrics"], ok["config"], ceilings) if ok else None
         if found:
             rows.append([str(s.config[a]) for a in axes] + [
@@ -236,7 +246,8 @@ def timelines(records: list[dict[str, Any]], axes: list[str]) -> dict[str, Path]
 
 def figures(df: pd.DataFrame, records: list[dict[str, Any]], baseline: tuple[str, str] | None) -> dict[str, Any]:
     axes = varying_axes(configs_of(records))
-    breakdown = {"time_breakdown": plots.time_breakdown(profiled(records), axes)} if profiled(records) else {}
+    found = profiled(records)
+    breakdown = {"time_breakdown": plots.time_breakdown(found, axes)} if found else {}
     return {
         **breakdown,
         "tokens_vs_batch": plots.tokens_vs_batch(df),
