@@ -83,3 +83,11 @@ def test_the_default_optimizer_is_the_fused_adamw_a_performance_engineer_would_p
 
     optimizer = OPTIMIZERS[Config().optimizer]([torch.nn.Parameter(torch.zeros(2))], lr=1e-3)
     assert optimizer.defaults["fused"] is True
+
+
+def test_key_of_a_configuration_measured_before_new_axes_never_changes():
+    # Pinned: baselines, noise floors and resumed runs match records by config_key. An axis added to
+    # Config must leave these keys as they are (it enters the hash only when set away from its default).
+    assert Config().key == "tiny-gpt2-b8-s128-a1-fp32-none-eager-sdpa-ckpt-none-adamw-fused-dee460a2"
+    assert (Config(model="gpt2-124m", precision="bf16", parallel="ddp", nproc=2).key
+            == "gpt2-124m-b8-s128-a1-bf16-ddp-eager-sdpa-ckpt-none-adamw-fused-f5139163")

@@ -32,6 +32,14 @@ MAX_TIMEOUT_S = 30 * 86400.0
 
 #: Axes excluded from the config key: they change how long or where we wait, not what is measured.
 _UNKEYED = frozenset({"timeout_s"})
+#: The axes of the first key format. Every axis added since enters the key's hash only when it is set away
+#: from its default, so adding an axis never changes the key of a configuration measured before it existed
+#: (config_key is "the same across runs": baselines, noise floors and resumed runs match by it).
+_KEY_V1_AXES = frozenset({
+    "model", "batch_size", "seq_len", "grad_accum", "precision", "parallel", "nproc", "bucket_cap_mb",
+    "gradient_as_bucket_view", "static_graph", "kernels", "attention", "checkpointing", "optimizer", "lr", "data",
+    "tokenizer", "steps", "warmup", "seed", "timeout_s", "device", "max_memory_bytes", "telemetry",
+    "telemetry_period_s", "profile"})
 #: Axes spelled out in the readable part of the key, in this order.
 _KEY_AXES = ("model", "batch_size", "seq_len", "grad_accum", "precision", "parallel", "kernels", "attention",
              "checkpointing", "optimizer")
@@ -160,7 +168,8 @@ class Config:
         """Stable identifier, the same across runs: readable axes plus a hash of all the rest."""
         values = self.to_dict()
         readable = "-".join(_key_part(axis, values[axis]) for axis in _KEY_AXES)
-        rest = {k: v for k, v in sorted(values.items()) if k not in _KEY_AXES and k not in _UNKEYED}
+        rest = {k: v for k, v in sorted(values.items())
+                if k not in _KEY_AXES and k not in _UNKEYED and (k in _KEY_V1_AXES or v != _DEFAULTS[k])}
         digest = hashlib.sha1(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:8]
         return f"{readable}-{digest}"
 
@@ -206,6 +215,7 @@ DEFAULT_REASONS: dict[str, str] = {
     "profile": "off: the profiler runs extra steps after the window; turn it on for configurations to explain",
 }
 _DEFAULT_BUCKET_CAP_MB = Config.bucket_cap_mb
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Config)}
 
 
 def coerce(axis: str, value: Any) -> Any:
