@@ -126,13 +126,13 @@ def _run_suite(plan: RunPlan, out: Path | None, *, resume: bool, dry_run: bool =
     suite = suites.load(plan.suite).with_overrides(parsed)
     plan = dataclasses.replace(plan, suite_sha256=suite.digest)
     planned = suite.expand(max_configs=max_configs)
+    platform = probe_platform()
     if plan.parity:
         from lmbench.plan.parity import with_references
 
-        planned, notices = with_references(planned)
+        planned, notices = with_references(planned, platform, nnodes=plan.nnodes)
         for notice in notices:
             click.echo(notice, err=True)
-    platform = probe_platform()
     if dry_run:
         jobs = runner.plan(planned, platform, repeats=1)
         _console().print(plan_table([(j.config.to_dict(), j.config.key, j.skip) for j in jobs]))

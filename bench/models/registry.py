@@ -80,17 +80,18 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in [
 ]}
 
 
-def _build_gpt2(spec: ModelSpec, attention: str) -> nn.Module:
+def _build_gpt2(spec: ModelSpec, attention: str, dropout: bool) -> nn.Module:
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    off = {} if dropout else {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
     config = GPT2Config(n_layer=spec.n_layers, n_embd=spec.hidden, n_head=spec.n_heads, n_inner=spec.intermediate,
                         vocab_size=spec.vocab_size, n_positions=spec.max_positions, use_cache=False,
-                        bos_token_id=None, eos_token_id=None, activation_function="gelu_new")
+                        bos_token_id=None, eos_token_id=None, activation_function="gelu_new", **off)
     config._attn_implementation = attention
     return GPT2LMHeadModel(config)
 
 
-def _build_llama(spec: ModelSpec, attention: str) -> nn.Module:
+def _build_llama(spec: ModelSpec, attention: str, dropout: bool) -> nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(hidden_size=spec.hidden, intermediate_size=spec.intermediate,
@@ -98,29 +99,31 @@ def _build_llama(spec: ModelSpec, attention: str) -> nn.Module:
                          num_key_value_heads=spec.n_kv_heads, vocab_size=spec.vocab_size,
                          max_position_embeddings=spec.max_positions, rope_theta=500000.0,
                          tie_word_embeddings=True, use_cache=False, bos_token_id=None, eos_token_id=None,
-                         pad_token_id=None)
+                         pad_token_id=None, attention_dropout=0.0)  # Llama trains without dropout
     config._attn_implementation = attention
     return LlamaForCausalLM(config)
 
 
-def _build_bert(spec: ModelSpec, attention: str) -> nn.Module:
+def _build_bert(spec: ModelSpec, attention: str, dropout: bool) -> nn.Module:
     from transformers import BertConfig, BertForMaskedLM
 
+    off = {} if dropout else {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
     config = BertConfig(hidden_size=spec.hidden, num_hidden_layers=spec.n_layers, num_attention_heads=spec.n_heads,
                         intermediate_size=spec.intermediate, vocab_size=spec.vocab_size,
-                        max_position_embeddings=spec.max_positions, pad_token_id=0)
+                        max_position_embeddings=spec.max_positions, pad_token_id=0, **off)
     config._attn_implementation = attention
     return BertForMaskedLM(config)
 
 
-def _build_torch_lm(spec: ModelSpec, attention: str) -> nn.Module:
+def _build_torch_lm(spec: ModelSpec, attention: str, dropout: bool) -> nn.Module:
     from lmbench.models.torch_lm import TorchTransformerLM
 
+    # Built without dropout, so `dropout` changes nothing here.
     return TorchTransformerLM(vocab_size=spec.vocab_size, hidden=spec.hidden, n_layers=spec.n_layers,
                               n_heads=spec.n_heads, intermediate=spec.intermediate, max_positions=spec.max_positions)
 
 
-BUILDERS: dict[str, Callable[[ModelSpec, str], "nn.Module"]] = {
+BUILDERS: dict[str, Callable[[ModelSpec, str, bool], "nn.Module"]] = {
     "gpt2": _build_gpt2,
     "llama": _build_llama,
     "bert": _build_bert,
@@ -136,8 +139,11 @@ ATTENTION_SUPPORT: dict[str, frozenset[str]] = {
 }
 
 
-def build_model(spec: ModelSpec, *, attention: str, device: torch.device | str | None = None) -> nn.Module:
+def build_model(spec: ModelSpec, *, attention: str, device: torch.device | str | None = None,
+                dropout: bool = True) -> nn.Module:
     """Construct `spec` with random weights (seed the RNG first); `attention` is the transformers name.
+
+    `dropout=False` sets every dropout probability of the model to 0 (the model's own otherwise).
 
     With `device`, parameters are created and initialised there: random init of llama-1b on a CPU
     takes about 14 s (gpt2-1.5b about 18 s) of every worker's start, on a GPU a fraction of a second.
@@ -149,7 +155,7 @@ def build_model(spec: ModelSpec, *, attention: str, device: torch.device | str |
 
     hf_attention = "sdpa" if attention == "math" else attention
     with torch.device(device) if device is not None else contextlib.nullcontext():
-        return BUILDERS[spec.family](spec, hf_attention)
+        return BUILDERS[spec.family](spec, hf_attention, dropout)
 
 
 #: ATen ops whose outputs selective checkpointing keeps (the expensive ones).

@@ -17,12 +17,13 @@ from lmbench.models.registry import ATTENTION_SUPPORT, MODELS
 CHOICES: dict[str, tuple[str, ...]] = {
     "model": tuple(MODELS),
     "precision": ("fp32", "tf32", "amp-fp16", "amp-bf16", "fp16", "bf16"),
-    "parallel": ("none", "dp", "ddp", "fsdp"),
+    "parallel": ("none", "dp", "ddp", "fsdp", "tp", "pp", "fsdp+tp"),
     "kernels": ("eager", "compile", "triton", "apex", "liger"),
     "attention": ("sdpa", "math", "eager"),
     "checkpointing": ("none", "full", "selective"),
     "optimizer": ("adamw-fused", "adamw", "apex-adam"),
     "tokenizer": ("byte", "bpe"),
+    "pp_schedule": ("gpipe", "1f1b"),
 }
 
 #: Processes per node for ddp/fsdp: more than any node has accelerators; a larger number is a typo, not a plan.
@@ -60,9 +61,21 @@ class Config:
     precision: str = "fp32"
     """Numeric mode: fp32 (TF32 off), tf32, amp-fp16, amp-bf16, fp16 (master weights), bf16."""
     parallel: str = "none"
-    """Data parallelism: none, dp (nn.DataParallel), ddp (torchrun), fsdp (FSDP2 on torchrun)."""
+    """none; data parallelism: dp (nn.DataParallel), ddp (torchrun), fsdp (FSDP2 on torchrun); model parallelism
+    on torchrun: tp (tensor parallel over every rank), pp (pipeline parallel, one stage per rank), fsdp+tp (a 2-D
+    mesh: tensor parallel inside groups of tp_degree ranks, FSDP across them)."""
     nproc: int = 0
-    """Processes per node for ddp/fsdp; 0 means every visible GPU (2 on a CPU-only machine)."""
+    """Processes per node under torchrun; 0 means every visible GPU (2 on a CPU-only machine)."""
+    tp_degree: int = 0
+    """parallel=fsdp+tp: ranks in one tensor-parallel group (the rest of the world is the FSDP dimension); 0 means
+    2. Under parallel=tp the group is the whole world."""
+    pp_schedule: str = "1f1b"
+    """parallel=pp: gpipe (all forwards, then all backwards) or 1f1b (one forward, one backward in steady state)."""
+    microbatches: int = 4
+    """parallel=pp: micro-batches of batch_size sequences each that one pipeline step splits its batch into."""
+    dropout: bool = True
+    """true keeps the model's own dropout (GPT-2 and BERT 0.1, Llama none); false sets every dropout to 0, so
+    that runs laid out differently over devices draw no different random masks (parity of tp/pp against none)."""
     bucket_cap_mb: int = 25
     """DDP gradient bucket size in MiB."""
     gradient_as_bucket_view: bool = False
@@ -111,9 +124,10 @@ class Config:
             value = getattr(self, axis)
             if value not in allowed:
                 raise ConfigError(f"{axis}={value!r} is not one of: {', '.join(allowed)}")
-        for axis in ("batch_size", "seq_len", "grad_accum", "steps", "bucket_cap_mb"):
+        for axis in ("batch_size", "seq_len", "grad_accum", "steps", "bucket_cap_mb", "microbatches"):
             _require_int(axis, getattr(self, axis), minimum=1)
         _require_int("nproc", self.nproc, minimum=0)
+        _require_int("tp_degree", self.tp_degree, minimum=0)
         if self.nproc > MAX_NPROC:
             raise ConfigError(f"nproc={self.nproc} is more processes per node than lmbench runs (at most {MAX_NPROC})")
         _require_int("max_memory_bytes", self.max_memory_bytes, minimum=0)
@@ -126,7 +140,7 @@ class Config:
             if not _positive_finite(value) or value > MAX_TIMEOUT_S:
                 raise ConfigError(f"{axis}={value!r} must be a positive, finite number of seconds "
                                   f"(at most {MAX_TIMEOUT_S:,.0f})")
-        for axis in ("telemetry", "gradient_as_bucket_view", "static_graph", "profile"):
+        for axis in ("telemetry", "gradient_as_bucket_view", "static_graph", "profile", "dropout"):
             if not isinstance(getattr(self, axis), bool):
                 raise ConfigError(f"{axis}={getattr(self, axis)!r} must be true or false")
         if not (self.device in ("auto", "cpu", "cuda") or _is_cuda_index(self.device)):
@@ -151,6 +165,16 @@ class Config:
     def without_ddp_options(self) -> Config:
         """The same configuration with DDP's own options at their defaults (they mean nothing elsewhere)."""
         return self.replace(bucket_cap_mb=_DEFAULT_BUCKET_CAP_MB, gradient_as_bucket_view=False, static_graph=False)
+
+    def without_foreign_options(self) -> Config:
+        """The same configuration with every option of another parallel mode at its default: DDP's outside ddp,
+        tp_degree outside fsdp+tp, the pipeline's outside pp. One key per configuration really measured."""
+        config = self if self.parallel == "ddp" else self.without_ddp_options()
+        if self.parallel != "fsdp+tp":
+            config = config.replace(tp_degree=_DEFAULTS["tp_degree"])
+        if self.parallel != "pp":
+            config = config.replace(pp_schedule=_DEFAULTS["pp_schedule"], microbatches=_DEFAULTS["microbatches"])
+        return config
 
     @property
     def tokens_per_step(self) -> int:
@@ -194,6 +218,10 @@ DEFAULT_REASONS: dict[str, str] = {
     "precision": "fp32 with TF32 off is the reference every other mode is compared and parity-checked against",
     "parallel": "one device: parallelism is a choice to measure",
     "nproc": "every visible GPU, as torchrun users run data parallelism",
+    "tp_degree": "the smallest tensor-parallel group, 2, leaves the most ranks to FSDP; suites sweep it",
+    "pp_schedule": "1F1B holds at most one micro-batch's activations per stage in flight, GPipe all of them",
+    "microbatches": "4: the bubble of 2 stages is then (p-1)/(m+p-1) = 20%; suites sweep it",
+    "dropout": "the model as published: GPT-2 and BERT train with dropout 0.1",
     "bucket_cap_mb": "DDP's own default",
     "gradient_as_bucket_view": "DDP's own default",
     "static_graph": "DDP's own default",

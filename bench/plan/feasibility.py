@@ -11,13 +11,18 @@ from lmbench.measure.environment import Platform
 from lmbench.models.kernel_sets import KERNEL_SETS
 from lmbench.models.registry import MODELS
 from lmbench.plan.config import Config
+from lmbench.plan.layout import DEFAULT_TP_DEGREE, DISTRIBUTED, MODEL_PARALLEL, problem
 
 #: Axis values that a later version fills in; until then they are skipped, never a crash.
 NOT_YET: dict[str, frozenset[str]] = {}
 
 
-#: Processes per node for ddp/fsdp on a machine without GPUs (nproc=0).
+#: Processes per node for torchrun modes on a machine without GPUs (nproc=0).
 CPU_NPROC = 2
+#: Kernel sets that model-parallel modes run: the fused sets replace blocks whose layout TP and PP rewrite.
+MODEL_PARALLEL_KERNELS = frozenset({"eager", "compile"})
+#: Precisions without a loss scale: a scale would have to be agreed between ranks holding different parts.
+MODEL_PARALLEL_PRECISIONS = frozenset({"fp32", "tf32", "amp-bf16", "bf16"})
 
 
 def resolve(config: Config, platform: Platform) -> Config:
@@ -25,8 +30,9 @@ def resolve(config: Config, platform: Platform) -> Config:
 
     device=auto becomes cuda when a GPU is visible, else cpu. nproc becomes the processes (or, for
     dp, the GPUs) the configuration really uses: 1 for none, every visible GPU for dp, and for
-    ddp/fsdp every visible GPU when nproc=0 (CPU_NPROC on a CPU). DDP's own options are reset to
-    their defaults for every other parallel mode.
+    the torchrun modes every visible GPU when nproc=0 (CPU_NPROC on a CPU). tp_degree=0 becomes
+    DEFAULT_TP_DEGREE under fsdp+tp. Options of other parallel modes (DDP's, the pipeline's,
+    tp_degree) are reset to their defaults.
     """
     device = config.device
     if device == "auto":
@@ -39,9 +45,9 @@ def resolve(config: Config, platform: Platform) -> Config:
         nproc = gpus
     elif nproc == 0:
         nproc = gpus or CPU_NPROC
-    resolved = config.replace(device=device, nproc=nproc)
-    # DDP-only options mean nothing elsewhere; defaults keep one key per real configuration.
-    return resolved if config.parallel == "ddp" else resolved.without_ddp_options()
+    tp_degree = (config.tp_degree or DEFAULT_TP_DEGREE) if config.parallel == "fsdp+tp" else config.tp_degree
+    # Options of other modes mean nothing here; defaults keep one key per real configuration.
+    return config.replace(device=device, nproc=nproc, tp_degree=tp_degree).without_foreign_options()
 
 
 def skip_reason(config: Config, platform: Platform) -> str | None:
@@ -63,6 +69,17 @@ def skip_reason(config: Config, platform: Platform) -> str | None:
                 "which every DataParallel replica would then run")
     if config.parallel == "fsdp" and config.precision == "fp16":
         return "precision=fp16 (fp32 master weights) is not implemented for parallel=fsdp; use amp-fp16 or bf16"
+    if config.parallel in MODEL_PARALLEL:
+        layout_problem = problem(config, MODELS[config.model])
+        if layout_problem:
+            return layout_problem
+        if config.kernels not in MODEL_PARALLEL_KERNELS:
+            return (f"kernels={config.kernels} is not available with parallel={config.parallel}: its fused blocks "
+                    f"replace the modules that tensor and pipeline parallelism shard; use eager or compile")
+        if config.precision not in MODEL_PARALLEL_PRECISIONS:
+            return (f"precision={config.precision} is not implemented for parallel={config.parallel}: a loss scale "
+                    f"would have to be agreed between ranks holding different parts of the model; use amp-bf16 or "
+                    f"bf16")
     if config.device.startswith("cuda"):
         if not platform.cuda_available:
             return (f"device={config.device} but CUDA is not available (torch {platform.torch_version}, "
@@ -70,7 +87,7 @@ def skip_reason(config: Config, platform: Platform) -> str | None:
         index = int(config.device.partition(":")[2] or 0)
         if index >= platform.device_count:
             return f"device={config.device} but only {platform.device_count} CUDA device(s) are visible"
-        if config.parallel in ("ddp", "fsdp") and config.nproc > platform.device_count:
+        if config.parallel in DISTRIBUTED and config.nproc > platform.device_count:
             return (f"parallel={config.parallel} with nproc={config.nproc} but only {platform.device_count} CUDA "
                     "device(s) are visible on this node")
         major = platform.capability[0] if platform.capability else 0

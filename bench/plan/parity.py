@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lmbench.plan.config import Config
+from lmbench.plan.layout import MODEL_PARALLEL, layout
 
 #: Weight of the newest loss in the EMA (a short one: about five steps).
 EMA_ALPHA = 0.2
@@ -43,9 +44,19 @@ def ema(values: Sequence[float], alpha: float = EMA_ALPHA) -> list[float]:
     return out
 
 
-def reference_config(config: Config) -> Config:
-    """The configuration a parity check compares against: same model, data, seed and batches, in plain fp32."""
-    return config.replace(precision="fp32", kernels="eager", checkpointing="none")
+def reference_config(config: Config, *, nnodes: int = 1) -> Config:
+    """The configuration a parity check compares against: same model, data, seed and batches, in plain fp32.
+
+    A model-parallel configuration (resolved: nproc settled) is compared with parallel=none training on the same
+    global batch, which its ranks cut up (lmbench.run.training): the check that sharding and staging left the
+    arithmetic as it was.
+    """
+    reference = config.replace(precision="fp32", kernels="eager", checkpointing="none")
+    if config.parallel in MODEL_PARALLEL:
+        shape = layout(config, nnodes=nnodes)
+        reference = reference.replace(parallel="none", nproc=1, batch_size=shape.global_batch_sequences
+                                      // config.grad_accum).without_foreign_options()
+    return reference
 
 
 def is_reference(config: Config) -> bool:
@@ -70,27 +81,36 @@ def verdict(reference: Sequence[float | None], losses: Sequence[float | None], *
     return {"parity": result, "parity_max_rel_dev": deviation, "parity_tolerance": tolerance}
 
 
-def with_references(planned: list[Any]) -> tuple[list[Any], list[str]]:
+def with_references(planned: list[Any], platform: Any = None, *, nnodes: int = 1) -> tuple[list[Any], list[str]]:
     """The plan for a parity run: learnable data, and every configuration's reference in the plan.
 
     Uniform synthetic tokens have no structure to learn (the loss stays at log(vocabulary)), so
-    they are replaced by the Markov corpus. Returns (planned rows, notices for the user).
+    they are replaced by the Markov corpus. Model-parallel rows lose their dropout: the stages and
+    shards of a model draw other random masks than the whole model does. With `platform`, rows are
+    resolved for it first (a model-parallel reference depends on the number of processes).
+    Returns (planned rows, notices for the user).
     """
+    from lmbench.plan.feasibility import resolve
     from lmbench.plan.suite import Planned
 
     notices = []
     rows: list[Planned] = []
     for row in planned:
-        config = row.config
+        config = resolve(row.config, platform) if platform is not None else row.config
         if config.data == "synthetic":
             config = config.replace(data="markov")
-            if not notices:
+            if not any(n.startswith("parity: data=") for n in notices):
                 notices.append("parity: data=synthetic replaced by data=markov (uniform tokens show no loss curve)")
+        if config.parallel in MODEL_PARALLEL and config.dropout:
+            config = config.replace(dropout=False)
+            if not any(n.startswith("parity: dropout") for n in notices):
+                notices.append("parity: dropout=false for tensor and pipeline parallel rows (their shards and stages "
+                               "draw other random masks than the whole model)")
         rows.append(Planned(config, row.conflict))
     keys = {row.config.key for row in rows}
     references = []
     for row in rows:
-        reference = reference_config(row.config)
+        reference = reference_config(row.config, nnodes=nnodes)
         if reference.key not in keys:
             keys.add(reference.key)
             references.append(Planned(reference, reference.conflict()))

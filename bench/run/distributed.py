@@ -94,33 +94,45 @@ def param_checksum(model: Any) -> float:
 
 
 def aggregate(per_rank: list[dict[str, Any]], *, tokens_per_step: int, samples_per_step: int, steps: int,
-              devices_per_rank: int = 1) -> dict[str, Any]:
+              replicas: int | None = None, devices_per_replica: int = 1) -> dict[str, Any]:
     """One set of metrics from every rank's measurements (a single process is a world of one).
 
-    `tokens_per_step` and `samples_per_step` are per rank.
+    `tokens_per_step` and `samples_per_step` are one data-parallel replica's; `replicas` of them train side by
+    side (every rank, by default; one under tensor or pipeline parallelism, whose ranks share a batch), each on
+    `devices_per_replica` devices (the GPUs of nn.DataParallel's one process count as replicas of one device).
     """
     world = len(per_rank)
+    replicas = world if replicas is None else replicas
     # The job's window lasts as long as its slowest rank's.
     window_s = max((r["window_s"] for r in per_rank if r.get("window_s")), default=None)
     result = metrics.throughput(step_times_s=slowest_steps(per_rank), tokens_per_step=tokens_per_step,
-                                samples_per_step=samples_per_step, world_size=world,
-                                devices_per_rank=devices_per_rank, window_s=window_s)
+                                samples_per_step=samples_per_step, world_size=replicas,
+                                devices_per_rank=devices_per_replica, window_s=window_s)
     for key in ("mem_peak_allocated_bytes", "mem_peak_reserved_bytes", "mem_host_peak_growth_bytes"):
         values = [r.get(key) for r in per_rank]
         result[key] = None if any(v is None for v in values) else max(values)
         if world > 1:
             result[f"{key}_per_rank"] = values
     result.update(combine_telemetry([r["telemetry"] for r in per_rank], [r["power_trace"] for r in per_rank],
-                                    tokens=tokens_per_step * steps * world))
+                                    tokens=tokens_per_step * steps * replicas))
     result["world_size"] = world
     if world > 1:
         checksums = [r["param_checksum"] for r in per_rank]
-        result["param_checksum_per_rank"] = checksums
-        result["params_in_sync"] = len(set(checksums)) == 1
+        if all(c is not None for c in checksums):
+            result["param_checksum_per_rank"] = checksums
+            result["params_in_sync"] = len(set(checksums)) == 1
         result["step_time_median_s_per_rank"] = [metrics.throughput(
             step_times_s=r["step_times_s"], tokens_per_step=1, samples_per_step=1)["step_time_median_s"]
             for r in per_rank]
     return result
+
+
+def pipeline_idle(per_rank: list[dict[str, Any]]) -> dict[str, Any]:
+    """Measured bubble of a pipeline: each stage's idle share of its window (1 - time in its own forward, backward
+    and loss / window), and their mean. Idle is the bubble plus the transfers a stage waited for."""
+    idle = [max(0.0, 1.0 - r["pp_busy_s"] / r["window_s"]) for r in per_rank]
+    return {"pp_idle_fraction_per_stage": idle, "pp_bubble_fraction": sum(idle) / len(idle),
+            "pp_busy_s_per_stage": [r["pp_busy_s"] for r in per_rank]}
 
 
 def slowest_steps(per_rank: list[dict[str, Any]]) -> list[float]:
@@ -129,5 +141,7 @@ def slowest_steps(per_rank: list[dict[str, Any]]) -> list[float]:
 
 
 def mean_losses(per_rank: list[dict[str, Any]]) -> list[float]:
-    """The global loss of each step: the mean over ranks (each rank trains on its own batches)."""
-    return [sum(values) / len(values) for values in zip(*(r["losses"] for r in per_rank))]
+    """The global loss of each step: the mean over the ranks that have one (each data-parallel rank trains on its
+    own batches; the ranks of a tensor-parallel group share one loss; of a pipeline only the last stage has it)."""
+    owned = [r["losses"] for r in per_rank if r["losses"] is not None]
+    return [sum(values) / len(values) for values in zip(*owned)]

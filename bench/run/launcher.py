@@ -1,4 +1,5 @@
-"""The command line that starts a worker: a plain interpreter, or torchrun for ddp/fsdp.
+"""The command line that starts a worker: a plain interpreter, or torchrun for ddp, fsdp and the
+model-parallel modes.
 
 Multi-node runs use torchrun's static rendezvous (master address, port, node rank), so global
 rank 0, the rank that writes the record, is on node 0, whose parent records it.
@@ -12,8 +13,7 @@ from pathlib import Path
 
 from lmbench.errors import UsageError
 from lmbench.plan.config import Config
-
-DISTRIBUTED = frozenset({"ddp", "fsdp"})
+from lmbench.plan.layout import DISTRIBUTED
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,7 +1,8 @@
-"""Data parallelism: how a built model is wrapped for each value of the `parallel` axis.
+"""How a built model is wrapped or sharded for each value of the `parallel` axis.
 
-Wrapping happens after the precision cast and before the optimizer is created (FSDP replaces the
-parameters with sharded ones, which the optimizer must see).
+Wrapping happens after the precision cast and before the optimizer is created (FSDP and tensor
+parallelism replace the parameters with sharded ones, which the optimizer must see). Pipeline
+parallelism cuts the model into stages instead (lmbench.run.pipeline); here it is left whole.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from lmbench.models.registry import transformer_blocks
+from lmbench.models.registry import MODELS, transformer_blocks
 from lmbench.plan.config import Config
+from lmbench.plan.layout import layout
 
 
 def _none(model: nn.Module, *, config: Config, device: torch.device) -> nn.Module:
@@ -34,13 +36,39 @@ def _ddp(model: nn.Module, *, config: Config, device: torch.device) -> nn.Module
                                    static_graph=config.static_graph)
 
 
-def _fsdp(model: nn.Module, *, config: Config, device: torch.device) -> nn.Module:
+def _fsdp(model: nn.Module, *, config: Config, device: torch.device, mesh: object = None) -> nn.Module:
     from torch.distributed.fsdp import fully_shard
 
     for block in transformer_blocks(model):
-        fully_shard(block)
-    fully_shard(model)
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
     return model
+
+
+def _tp(model: nn.Module, *, config: Config, device: torch.device) -> nn.Module:
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from lmbench.run.tensor_parallel import parallelize
+
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),), mesh_dim_names=("tp",))
+    parallelize(model, MODELS[config.model], mesh["tp"])
+    return model
+
+
+def _fsdp_tp(model: nn.Module, *, config: Config, device: torch.device) -> nn.Module:
+    """Tensor parallel inside each group of tp_degree consecutive ranks (the fast links of a node), FSDP across
+    the groups: torchtitan's 2-D layout, built on the same DeviceMesh."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from lmbench.run.tensor_parallel import parallelize
+
+    world = dist.get_world_size()
+    tp = layout(config.replace(nproc=world)).tp
+    mesh = init_device_mesh(device.type, (world // tp, tp), mesh_dim_names=("dp", "tp"))
+    parallelize(model, MODELS[config.model], mesh["tp"])
+    return _fsdp(model, config=config, device=device, mesh=mesh["dp"])
 
 
 WRAPPERS: dict[str, Callable[..., nn.Module]] = {
@@ -48,13 +76,16 @@ WRAPPERS: dict[str, Callable[..., nn.Module]] = {
     "dp": _dp,
     "ddp": _ddp,
     "fsdp": _fsdp,
+    "tp": _tp,
+    "pp": _none,
+    "fsdp+tp": _fsdp_tp,
 }
 
 
 def gradient_sync(model: nn.Module, parallel: str, sync: bool) -> contextlib.AbstractContextManager:
     """Context for one micro-batch: skip the gradient allreduce (sync=False) on all but the last one
     of an accumulation, so communication happens once per optimizer step, not once per micro-batch."""
-    if sync or parallel not in ("ddp", "fsdp"):
+    if sync or parallel not in ("ddp", "fsdp", "fsdp+tp"):
         return contextlib.nullcontext()
     if parallel == "ddp":
         return model.no_sync()

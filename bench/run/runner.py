@@ -52,7 +52,7 @@ class Job:
 
 #: Within a repeat, single-device configurations run first, so a ddp/fsdp record can be compared
 #: with its single-device counterpart (scaling efficiency) as soon as it is written.
-_PARALLEL_ORDER = {"none": 0, "dp": 1, "ddp": 2, "fsdp": 3}
+_PARALLEL_ORDER = {"none": 0, "dp": 1, "ddp": 2, "fsdp": 3, "tp": 4, "pp": 5, "fsdp+tp": 6}
 
 
 def plan(planned: list[Planned], platform: Platform, *, repeats: int, done: set[tuple[str, int]] = frozenset(),
@@ -188,14 +188,15 @@ def scaling_efficiency(record: dict[str, Any], baseline: list[float]) -> float |
     return metrics["tokens_per_s"] / (metrics["devices"] * reference)
 
 
-def add_parity(record: dict[str, Any], config: Config, reference_losses: dict[str, dict[int, list]]) -> None:
+def add_parity(record: dict[str, Any], config: Config, reference_losses: dict[str, dict[int, list]], *,
+               nnodes: int = 1) -> None:
     """Parity fields in the record's metrics: against the reference's same repeat, else its first."""
     if record["metrics"] is None:
         return
     if is_reference(config):
         record["metrics"].update({"parity": "reference", "parity_max_rel_dev": 0.0, "parity_tolerance": None})
         return
-    runs = reference_losses.get(reference_config(config).key, {})
+    runs = reference_losses.get(reference_config(config, nnodes=nnodes).key, {})
     reference = runs.get(record["repeat"]) or next(iter(runs.values()), None)
     if reference is None:
         record["metrics"].update({"parity": None, "parity_max_rel_dev": None, "parity_tolerance": None})
@@ -232,7 +233,7 @@ def execute(jobs: list[Job], run_dir: RunDirectory, *, suite: str, launch: Launc
             throughput.setdefault(job.config.key, []).append(record["metrics"]["tokens_per_s"])
             reference_losses.setdefault(job.config.key, {})[job.repeat] = record["losses"]
         if parity and status in ("ok", "diverged"):
-            add_parity(record, job.config, reference_losses)
+            add_parity(record, job.config, reference_losses, nnodes=launch.nnodes)
         if launch.records:
             run_dir.append(record)
         yield job, record

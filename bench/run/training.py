@@ -8,10 +8,12 @@ from functools import partial
 
 import torch
 
+from lmbench.measure.flops import matmul_params, rerun_params
 from lmbench.models.kernel_sets import KERNEL_SETS
 from lmbench.models.registry import MODELS, build_model, enable_checkpointing
 from lmbench.plan.config import Config
-from lmbench.run.data import POOL_SIZE, make_batches
+from lmbench.plan.layout import Layout, layout
+from lmbench.run.data import POOL_SIZE, Batch, make_batches
 from lmbench.run.parallel import WRAPPERS, gradient_sync
 from lmbench.run.precision import PRECISIONS, Precision
 
@@ -19,12 +21,21 @@ from lmbench.run.precision import PRECISIONS, Precision
 RANK_SEED_STRIDE = 1000
 
 
+def _by_kind(params: list[torch.Tensor]) -> list[dict[str, list[torch.Tensor]]]:
+    """One parameter group per tensor kind: under tensor parallelism the sharded weights are DTensors and the
+    replicated ones (embeddings, norms) plain tensors, which one fused or foreach kernel call cannot mix."""
+    groups: dict[type, list[torch.Tensor]] = {}
+    for param in params:
+        groups.setdefault(type(param.data), []).append(param)
+    return [{"params": group} for group in groups.values()]
+
+
 def _adamw(params: list[torch.Tensor], *, lr: float) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=lr, foreach=True)
+    return torch.optim.AdamW(_by_kind(params), lr=lr, foreach=True)
 
 
 def _adamw_fused(params: list[torch.Tensor], *, lr: float) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=lr, fused=True)
+    return torch.optim.AdamW(_by_kind(params), lr=lr, fused=True)
 
 
 def _apex_adam(params: list[torch.Tensor], *, lr: float) -> torch.optim.Optimizer:
@@ -60,18 +71,35 @@ def devices_used(config: Config, device: torch.device) -> list[torch.device]:
 
 
 class TrainingStep:
-    """Callable that runs one optimizer step (all micro-batches) and returns its mean loss, unsynchronised."""
+    """Callable that runs one optimizer step (all micro-batches) and returns its mean loss, unsynchronised.
 
-    def __init__(self, config: Config, device: torch.device, *, rank: int = 0) -> None:
+    Under pipeline parallelism only the last stage has a loss (`owns_loss`); the others return a zero.
+    """
+
+    def __init__(self, config: Config, device: torch.device, *, rank: int = 0, world: int = 1) -> None:
         self.config = config
         self.spec = MODELS[config.model]
+        self.replicas = replicas(config)
+        self.layout: Layout = layout(config.replace(nproc=world if world > 1 else self.replicas))
+        """Degrees of data, tensor and pipeline parallelism and the global batch of this job."""
         torch.manual_seed(config.seed)
-        model = build_model(self.spec, attention=config.attention, device=device)
+        model = build_model(self.spec, attention=config.attention, device=device, dropout=config.dropout)
+        # Counted on the whole model, before a pipeline keeps only its stage of it.
+        self.matmul_params = matmul_params(model)
+        self.rerun_params = rerun_params(model, self.spec.family)
+        self.param_count = sum(p.numel() for p in model.parameters())
         if config.checkpointing != "none":
             enable_checkpointing(model, selective=config.checkpointing == "selective")
         model.train()
+        self.pipeline = None
+        stage = None
+        if config.parallel == "pp":
+            from lmbench.run.pipeline import cut, tied_weight
+
+            tied = tied_weight(model)
+            model = stage = cut(model, self.spec, rank, world)
         self.base_model = model
-        """The model as built: not wrapped, not compiled (for counting parameters)."""
+        """The model (a pipeline's stage of it) as built: not wrapped, not compiled."""
         kernel_set = KERNEL_SETS[config.kernels]
         model, self.kernels_applied = kernel_set.swap(model, self.spec)
         """What the kernel set swapped in, e.g. "norms 5/5, GELU-tanh 2/2" (None for eager and compile)."""
@@ -80,15 +108,45 @@ class TrainingStep:
         self.precision: Precision = PRECISIONS[config.precision](model, make_optimizer, device, wrap)
         self.parallel_model = self.precision.model
         self.model = kernel_set.finish(self.parallel_model)
-        self.replicas = replicas(config)
-        pool = min(POOL_SIZE, config.grad_accum * (config.steps + config.warmup))
-        self.batches = make_batches(spec=self.spec, batch_size=config.batch_size * self.replicas,
-                                    seq_len=config.seq_len, data=config.data, tokenizer=config.tokenizer,
-                                    seed=config.seed + RANK_SEED_STRIDE * rank, count=pool, device=device)
+        if stage is not None:
+            from lmbench.run.pipeline import Pipeline
+
+            stage.autocast = self.precision.autocast
+            self.pipeline = Pipeline(self.model, stage=rank, stages=world, device=device, schedule=config.pp_schedule,
+                                     microbatches=config.microbatches, grad_accum=config.grad_accum, tied=tied)
+        self.owns_loss = self.pipeline is None or self.pipeline.last
+        self.batches = self._batches(device, rank)
         self._attention = _attention_context(config.attention)
         self._next = 0
 
+    def _batches(self, device: torch.device, rank: int) -> list[Batch]:
+        """This rank's pool of micro-batches.
+
+        Data-parallel ranks draw their own (seed + RANK_SEED_STRIDE x rank). The model-parallel modes cut the
+        global batch that parallel=none with the same global batch size would train on: every rank of a pipeline
+        or a tensor-parallel group reads the same sequences, a pipeline step's batch holds all its micro-batches,
+        and FSDP group g of fsdp+tp takes the g-th slice. So their losses can be checked against parallel=none.
+        """
+        config, shape = self.config, self.layout
+        pool = min(POOL_SIZE, config.grad_accum * (config.steps + config.warmup))
+        per_draw = config.batch_size * self.replicas
+        seed = config.seed + RANK_SEED_STRIDE * rank
+        slice_of = None
+        if config.parallel in ("tp", "pp", "fsdp+tp"):
+            per_draw = config.batch_size * shape.microbatches * shape.dp
+            seed = config.seed
+            if shape.dp > 1:
+                group = rank // shape.tp
+                slice_of = slice(group * config.batch_size, (group + 1) * config.batch_size)
+        batches = make_batches(spec=self.spec, batch_size=per_draw, seq_len=config.seq_len, data=config.data,
+                               tokenizer=config.tokenizer, seed=seed, count=pool, device=device)
+        if slice_of is None:
+            return batches
+        return [Batch(b.input_ids[slice_of].contiguous(), b.labels[slice_of].contiguous()) for b in batches]
+
     def __call__(self) -> torch.Tensor:
+        if self.pipeline is not None:
+            return self._pipeline_step()
         accum = self.config.grad_accum
         total = self._micro_step(last=accum == 1)
         for micro in range(1, accum):
@@ -96,6 +154,22 @@ class TrainingStep:
         self.precision.step()
         # One micro-batch (the common case) runs exactly a hand-written loop's operations: no scaling, no sum.
         return total if accum == 1 else total / accum
+
+    def _pipeline_step(self) -> torch.Tensor:
+        """All pipeline steps of one optimizer step (one per accumulated batch), then the update."""
+        pipeline = self.pipeline
+        pipeline.new_step()
+        losses = []
+        for _ in range(self.config.grad_accum):
+            batch = self.batches[self._next % len(self.batches)]
+            self._next += 1
+            with self._attention():
+                losses.append(pipeline.run(batch.input_ids, batch.labels))
+        pipeline.sum_tied_gradients()
+        self.precision.step()
+        if not self.owns_loss:
+            return torch.zeros((), device=self.batches[0].input_ids.device)
+        return torch.stack(losses).mean() if len(losses) > 1 else losses[0]
 
     def _micro_step(self, *, last: bool) -> torch.Tensor:
         """Forward and backward of the next micro-batch; its loss, detached, in fp32."""

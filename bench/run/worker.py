@@ -109,7 +109,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
     import torch
 
     from lmbench.measure import hostmem, metrics
-    from lmbench.measure.flops import matmul_params, palm_flops_per_token, recompute_flops_per_token, rerun_params
+    from lmbench.measure.flops import palm_flops_per_token, recompute_flops_per_token
     from lmbench.measure.telemetry import Telemetry, for_devices, power_trace
     from lmbench.measure.timer import StepTimer
     from lmbench.models.kernel_sets import KERNEL_SETS
@@ -127,8 +127,10 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         total = torch.cuda.get_device_properties(device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, config.max_memory_bytes / total), device)
     with matmul_mode(config.precision):
-        step = TrainingStep(config, device, rank=rank)
-        initial_checksum = distributed.param_checksum(step.base_model) if world > 1 else None
+        step = TrainingStep(config, device, rank=rank, world=world)
+        # Ranks of a pipeline hold different stages: there is nothing to compare between them.
+        checksums = world > 1 and config.parallel != "pp"
+        initial_checksum = distributed.param_checksum(step.base_model) if checksums else None
         budget = hostmem.Budget(config.max_memory_bytes if device.type == "cpu" else 0)
         # What a suite's wall time is made of besides the window: start-up, then warmup (compilation).
         startup_s = process_age_s()
@@ -160,6 +162,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
                     losses_t.append(step())
         # Read before profiling: the profiler's steps and buffers are not part of the measurement.
         peaks = _peak_memory(devices)
+        busy_s = sum(step.pipeline.clock.busy_s(config.steps)) if step.pipeline else None
         host_growth = host_window.growth_bytes if device.type == "cpu" else None
         profiled = None
         if config.profile:
@@ -171,20 +174,22 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
     own_timeline = _rank_timeline(timeline_path, rank, world)
     if own_timeline is not None and telemetry.samples:
         telemetry.write_timeline(own_timeline)
-    tokens_per_rank = config.tokens_per_step * step.replicas
+    shape = step.layout
     local = {
         "step_times_s": timer.times_s(),
         "window_s": timer.window_s,
         "startup_s": startup_s,
         "warmup_s": warmup_s,
         "warmup_step_times_s": warmup_timer.times_s(),
-        "losses": torch.stack(losses_t).cpu().tolist(),
+        "losses": torch.stack(losses_t).cpu().tolist() if step.owns_loss else None,
+        "pp_busy_s": busy_s,
         **peaks,
         "mem_host_peak_growth_bytes": host_growth,
         "profile": profiled,
-        "telemetry": telemetry.summary(tokens=tokens_per_rank * config.steps),
+        # Each process's share of the tokens, for its own energy per token.
+        "telemetry": telemetry.summary(tokens=shape.global_batch_tokens * config.steps / world),
         "power_trace": power_trace(telemetry.samples),
-        "param_checksum": distributed.param_checksum(step.base_model) if world > 1 else None,
+        "param_checksum": distributed.param_checksum(step.base_model) if checksums else None,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
     }
     per_rank = distributed.gather(local)
@@ -194,13 +199,18 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
 
     spec = step.spec
     losses = distributed.mean_losses(per_rank)
-    result = distributed.aggregate(per_rank, tokens_per_step=tokens_per_rank,
-                                   samples_per_step=config.batch_size * step.replicas * config.grad_accum,
-                                   steps=config.steps, devices_per_rank=step.replicas)
-    shape = {"n_layers": spec.n_layers, "n_heads": spec.n_heads, "head_dim": spec.head_dim, "seq_len": config.seq_len}
-    flops = palm_flops_per_token(n_matmul_params=matmul_params(step.base_model), **shape)
-    recompute = recompute_flops_per_token(checkpointing=config.checkpointing,
-                                          n_rerun_params=rerun_params(step.base_model, spec.family), **shape)
+    # Throughput counts each data-parallel replica's batch once: the ranks of a tensor-parallel group or of a
+    # pipeline share theirs.
+    result = distributed.aggregate(per_rank, tokens_per_step=shape.global_batch_tokens // shape.dp,
+                                   samples_per_step=shape.global_batch_sequences // shape.dp,
+                                   steps=config.steps, replicas=shape.dp, devices_per_replica=shape.world // shape.dp)
+    result.update(shape.record())
+    if step.pipeline:
+        result.update(distributed.pipeline_idle(per_rank))
+    dims = {"n_layers": spec.n_layers, "n_heads": spec.n_heads, "head_dim": spec.head_dim, "seq_len": config.seq_len}
+    flops = palm_flops_per_token(n_matmul_params=step.matmul_params, **dims)
+    recompute = recompute_flops_per_token(checkpointing=config.checkpointing, n_rerun_params=step.rerun_params,
+                                          **dims)
     result.update(metrics.flops_utilisation(flops_per_token=flops, hardware_flops_per_token=flops + recompute,
                                             tokens_per_s_per_device=result["tokens_per_s_per_device"],
                                             device_name=local["device_name"], precision=config.precision))
@@ -222,7 +232,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         "param_checksum_initial": initial_checksum,
         "kernels_note": KERNEL_SETS[config.kernels].note,
         "kernels_applied": step.kernels_applied,
-        "params": sum(p.numel() for p in step.base_model.parameters()),
+        "params": step.param_count,
     })
     result.update({key: value for key, value in local.items() if key.endswith("_per_device")})
     warnings = []

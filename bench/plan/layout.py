@@ -1,0 +1,181 @@
+"""How a configuration lays the model and the batch out over its processes: what each rank holds.
+
+Pure arithmetic from the configuration and the model's shape, so the planner can refuse a layout
+that cannot work (heads that do not divide the tensor-parallel degree) before a process starts,
+the dry run can explain it, and the worker records the same degrees and global batch it trained with.
+
+Degrees multiply to the world: data-parallel replicas (`dp`, independent batches per step) x
+tensor-parallel group (`tp`) x pipeline stages (`pp`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lmbench.models.registry import ModelSpec
+from lmbench.plan.config import Config
+
+#: Model-parallel modes: processes hold parts of the model, not whole replicas.
+MODEL_PARALLEL = frozenset({"tp", "pp", "fsdp+tp"})
+#: Modes launched by torchrun, one process per device.
+DISTRIBUTED = frozenset({"ddp", "fsdp"}) | MODEL_PARALLEL
+#: Model families whose blocks lmbench knows how to shard (tp) and to cut into stages (pp).
+MODEL_PARALLEL_FAMILIES = frozenset({"gpt2", "llama"})
+#: tp_degree=0 under fsdp+tp.
+DEFAULT_TP_DEGREE = 2
+
+
+@dataclass(frozen=True, kw_only=True)
+class Layout:
+    """The degrees of one configuration's layout and the batch one optimizer step consumes."""
+
+    parallel: str
+    world: int
+    """Processes (ranks); for nn.DataParallel the GPUs of its one process."""
+    dp: int
+    """Data-parallel replicas: each draws its own batches."""
+    tp: int
+    pp: int
+    microbatches: int
+    """Pipeline micro-batches per step (1 outside pp)."""
+    batch_size: int
+    grad_accum: int
+    seq_len: int
+
+    @property
+    def global_batch_sequences(self) -> int:
+        """Sequences one optimizer step trains on, over all ranks."""
+        return self.batch_size * self.microbatches * self.grad_accum * self.dp
+
+    @property
+    def global_batch_tokens(self) -> int:
+        return self.global_batch_sequences * self.seq_len
+
+    @property
+    def bubble_fraction_theory(self) -> float | None:
+        """Idle share of a pipeline step with equal stages and free communication, (p-1)/(m+p-1), the same for
+        GPipe and 1F1B (Huang et al. 2019, GPipe, section 2.3; Narayanan et al. 2021, Megatron-LM, section 2.2)."""
+        if self.pp < 2:
+            return None
+        return (self.pp - 1) / (self.microbatches + self.pp - 1)
+
+    def record(self) -> dict[str, int | float | None]:
+        """The layout's fields in a result record."""
+        return {"dp_degree": self.dp, "tp_degree": self.tp, "pp_degree": self.pp,
+                "pp_microbatches": self.microbatches if self.pp > 1 else None,
+                "pp_bubble_fraction_theory": self.bubble_fraction_theory,
+                "global_batch_sequences": self.global_batch_sequences,
+                "global_batch_tokens": self.global_batch_tokens}
+
+
+def layout(config: Config, *, nnodes: int = 1) -> Layout:
+    """The layout of a resolved configuration (nproc settled) on `nnodes` nodes."""
+    world = max(1, config.nproc) * nnodes if config.parallel in DISTRIBUTED else max(1, config.nproc)
+    dp, tp, pp, micro = world, 1, 1, 1
+    if config.parallel == "none":
+        dp = world = 1
+    elif config.parallel == "tp":
+        dp, tp = 1, world
+    elif config.parallel == "fsdp+tp":
+        tp = config.tp_degree or DEFAULT_TP_DEGREE
+        dp = max(1, world // tp)
+    elif config.parallel == "pp":
+        dp, pp, micro = 1, world, config.microbatches
+    return Layout(parallel=config.parallel, world=world, dp=dp, tp=tp, pp=pp, microbatches=micro,
+                  batch_size=config.batch_size, grad_accum=config.grad_accum, seq_len=config.seq_len)
+
+
+def stage_layers(n_layers: int, stages: int) -> list[range]:
+    """Blocks of each pipeline stage, as even as possible; earlier stages take the remainder, because the
+    last one also runs the final norm, the LM head and the loss."""
+    base, extra = divmod(n_layers, stages)
+    ranges, start = [], 0
+    for stage in range(stages):
+        count = base + (1 if stage < extra else 0)
+        ranges.append(range(start, start + count))
+        start += count
+    return ranges
+
+
+def tensor_split_problem(spec: ModelSpec, degree: int) -> str | None:
+    """Why `spec`'s blocks cannot be split `degree` ways by tensor parallelism, or None."""
+    if spec.family not in MODEL_PARALLEL_FAMILIES:
+        return f"tensor parallelism is implemented for the GPT-2 and Llama families; {spec.name} is {spec.family}"
+    for what, size in (("attention heads", spec.n_heads), ("key/value heads", spec.n_kv_heads),
+                       ("MLP width", spec.intermediate)):
+        if size % degree:
+            return f"{spec.name} has {size} {what}, which tensor parallelism of degree {degree} cannot split evenly"
+    return None
+
+
+def problem(config: Config, spec: ModelSpec, *, nnodes: int = 1) -> str | None:
+    """Why this layout cannot be built for `spec`, or None. Only model-parallel modes have conditions here."""
+    if config.parallel not in MODEL_PARALLEL:
+        return None
+    if spec.family not in MODEL_PARALLEL_FAMILIES:
+        return (f"parallel={config.parallel} is implemented for the GPT-2 and Llama families; {spec.name} is "
+                f"{spec.family}")
+    shape = layout(config, nnodes=nnodes)
+    if shape.world < 2:
+        return f"parallel={config.parallel} needs at least 2 processes; nproc={config.nproc}"
+    if config.parallel == "fsdp+tp":
+        if shape.tp < 2 or shape.world % shape.tp or shape.tp == shape.world:
+            return (f"parallel=fsdp+tp with tp_degree={shape.tp} needs a tensor-parallel group of 2 or more ranks "
+                    f"that divides the {shape.world} ranks into 2 or more FSDP groups (use parallel=tp for one group)")
+    if config.parallel in ("tp", "fsdp+tp"):
+        split = tensor_split_problem(spec, shape.tp)
+        if split:
+            return split
+    if config.parallel == "pp":
+        if spec.n_layers < shape.pp:
+            return f"{spec.name} has {spec.n_layers} layers, fewer than the {shape.pp} pipeline stages"
+        if config.attention == "eager":
+            return ("parallel=pp runs its stages' blocks without transformers' mask builder, so it needs SDPA's "
+                    "built-in causal masking: attention=sdpa or math, not eager")
+        if config.pp_schedule == "1f1b" and config.microbatches < shape.pp:
+            return (f"pp_schedule=1f1b needs microbatches >= stages ({shape.pp}); microbatches={config.microbatches}"
+                    " (use gpipe for fewer)")
+    return None
+
+
+def explain(config: Config, spec: ModelSpec, *, nnodes: int = 1) -> list[str]:
+    """What each rank holds and reads, one line per rank group (the dry run prints it)."""
+    shape = layout(config, nnodes=nnodes)
+    batch = (f"{shape.global_batch_sequences} sequences x {config.seq_len} tokens per optimizer step "
+             f"({shape.global_batch_tokens:,} tokens)")
+    if config.parallel == "none":
+        return [f"one process holds the whole model, gradients and optimizer state; {batch}"]
+    if config.parallel == "dp":
+        return [f"one process, {shape.world} GPU replicas (nn.DataParallel), each {config.batch_size} sequences of "
+                f"every micro-batch; {batch}"]
+    if config.parallel == "ddp":
+        return [f"ranks 0-{shape.world - 1}: a whole replica each, {config.batch_size} sequences of their own per "
+                f"micro-batch, gradients all-reduced once per step; {batch}"]
+    if config.parallel == "fsdp":
+        return [f"ranks 0-{shape.world - 1}: 1/{shape.world} of every parameter, gradient and optimizer state "
+                f"(FSDP2, one unit per block, gathered for its forward and backward), {config.batch_size} sequences "
+                f"of their own; {batch}"]
+    heads, kv, width = spec.n_heads // shape.tp, spec.n_kv_heads // shape.tp, spec.intermediate // shape.tp
+    tp_part = (f"1/{shape.tp} of every block's projections: {heads} of {spec.n_heads} attention heads"
+               f"{f' ({kv} of {spec.n_kv_heads} key/value heads)' if spec.n_kv_heads != spec.n_heads else ''}, "
+               f"{width} of {spec.intermediate} MLP columns (q/k/v and MLP-in column-wise, attention-out and "
+               f"MLP-out row-wise); embeddings, norms and the LM head whole")
+    if config.parallel == "tp":
+        return [f"ranks 0-{shape.world - 1} (one tensor-parallel group): {tp_part}; every rank reads the same "
+                f"{config.batch_size} sequences; {batch}"]
+    if config.parallel == "fsdp+tp":
+        return [f"{shape.dp} x {shape.tp} mesh (FSDP x TP): rank r is tensor-parallel shard r % {shape.tp} of FSDP "
+                f"group r // {shape.tp}",
+                f"each rank: {tp_part}, and of all that 1/{shape.dp} at rest (FSDP over the {shape.dp} groups)",
+                f"the {shape.tp} ranks of a group read the same {config.batch_size} sequences, each group its own; "
+                f"{batch}"]
+    lines = []
+    ranges = stage_layers(spec.n_layers, shape.pp)
+    for stage, blocks in enumerate(ranges):
+        parts = (["embeddings"] if stage == 0 else []) + [f"layers {blocks.start}-{blocks.stop - 1}"] + (
+            ["final norm, LM head and loss"] if stage == shape.pp - 1 else [])
+        lines.append(f"rank {stage} (stage {stage}): {', '.join(parts)}")
+    lines.append(f"{config.pp_schedule} over {config.microbatches} micro-batches of {config.batch_size} sequences; "
+                 f"bubble (p-1)/(m+p-1) = {shape.bubble_fraction_theory:.0%} in theory; tied embedding and LM head "
+                 f"gradients summed between the first and last stage; {batch}")
+    return lines

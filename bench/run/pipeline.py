@@ -1,0 +1,231 @@
+"""Pipeline parallelism: the model cut at block boundaries into one stage per rank, run by
+`torch.distributed.pipelining` with the GPipe or 1F1B schedule.
+
+Every rank builds the whole model from the same seed (the same weights as parallel=none), keeps
+its own stage (lmbench.plan.layout.stage_layers: the first stage the embeddings, the last the
+final norm, the LM head and the loss) and lets the rest go. A stage calls the model's own blocks
+in order, so the arithmetic is the unsplit model's. The loss is the model's (next-token cross
+entropy, mean over tokens), computed by the schedule on the last stage per micro-batch; each
+micro-batch's loss is divided by micro-batches x accumulation, so the summed gradients are the
+whole batch's mean, as without a pipeline.
+
+GPT-2 and Llama tie the LM head to the token embedding. Cut apart, the first and last stages
+each hold a copy; their gradients are summed between those two ranks before every optimizer
+step (as Megatron-LM does), so both copies take the same update and stay equal.
+
+The measured bubble: the schedule's own forward, backward and loss calls on each stage are timed
+(CUDA events on a GPU, no host synchronisation), and a stage's idle share of the window is
+1 - busy / window. Idle is the bubble plus point-to-point transfers the stage waited for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lmbench.models.registry import ModelSpec, transformer_blocks
+from lmbench.plan.layout import stage_layers
+
+
+class PipelineError(ValueError):
+    """The model cannot be cut into these stages (the planner refuses these first)."""
+
+
+def _block_output(out: Any) -> torch.Tensor:
+    # Older transformers return a tuple from a block, newer ones the hidden states alone.
+    return out[0] if isinstance(out, tuple) else out
+
+
+class Stage(nn.Module):
+    """One stage's modules; `token_embedding` on the first stage, `lm_head` on the last. `autocast` is the
+    precision's context (the schedule calls the stage directly, outside the training step's own)."""
+
+    token_embedding: nn.Embedding | None
+    lm_head: nn.Module | None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+
+    def tied_parameter(self) -> nn.Parameter:
+        """This stage's copy of the weight the token embedding and the LM head share."""
+        module = self.token_embedding if self.token_embedding is not None else self.lm_head
+        return module.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            return self.run(x)
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class GPT2Stage(Stage):
+    """Part of a GPT2LMHeadModel: token and position embeddings first, blocks, final LayerNorm and LM head last."""
+
+    def __init__(self, model: nn.Module, blocks: range, *, first: bool, last: bool) -> None:
+        super().__init__()
+        body = model.transformer
+        self.token_embedding, self.wpe, self.drop = (body.wte, body.wpe, body.drop) if first else (None, None, None)
+        self.h = nn.ModuleList(body.h[i] for i in blocks)
+        self.ln_f, self.lm_head = (body.ln_f, model.lm_head) if last else (None, None)
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        if self.token_embedding is not None:
+            positions = torch.arange(x.shape[1], device=x.device)
+            x = self.drop(self.token_embedding(x) + self.wpe(positions)[None])
+        for block in self.h:
+            x = _block_output(block(x))
+        if self.lm_head is not None:
+            x = self.lm_head(self.ln_f(x))
+        return x
+
+
+class LlamaStage(Stage):
+    """Part of a LlamaForCausalLM: token embedding first, decoder layers (rotary positions on every stage), final
+    RMSNorm and LM head last."""
+
+    def __init__(self, model: nn.Module, blocks: range, *, first: bool, last: bool) -> None:
+        super().__init__()
+        body = model.model
+        self.token_embedding = body.embed_tokens if first else None
+        self.rotary_emb = body.rotary_emb
+        self.layers = nn.ModuleList(body.layers[i] for i in blocks)
+        self.norm, self.lm_head = (body.norm, model.lm_head) if last else (None, None)
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        if self.token_embedding is not None:
+            x = self.token_embedding(x)
+        positions = torch.arange(x.shape[1], device=x.device)[None]
+        rotary = self.rotary_emb(x, position_ids=positions)
+        for layer in self.layers:
+            x = _block_output(layer(x, position_ids=positions, position_embeddings=rotary))
+        if self.lm_head is not None:
+            x = self.lm_head(self.norm(x))
+        return x
+
+
+STAGES: dict[str, type[Stage]] = {"gpt2": GPT2Stage, "llama": LlamaStage}
+
+
+def cut(model: nn.Module, spec: ModelSpec, stage: int, stages: int) -> Stage:
+    """This rank's stage of `model`; the blocks of other stages are left to be freed with the model."""
+    if spec.family not in STAGES:
+        raise PipelineError(f"pipeline parallelism is implemented for {', '.join(STAGES)}; {spec.name} is "
+                            f"{spec.family}")
+    if len(transformer_blocks(model)) < stages:
+        raise PipelineError(f"{spec.name} has {spec.n_layers} layers, fewer than the {stages} pipeline stages")
+    blocks = stage_layers(spec.n_layers, stages)[stage]
+    return STAGES[spec.family](model, blocks, first=stage == 0, last=stage == stages - 1)
+
+
+def tied_weight(model: nn.Module) -> bool:
+    """Whether the model's LM head shares its weight with the token embedding."""
+    head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
+    return head is not None and head.weight is embedding.weight
+
+
+def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """transformers' causal-LM loss: position t predicts token t+1, mean over the tokens, in fp32."""
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten())
+
+
+class BusyClock:
+    """Time spent inside the wrapped calls, per pipeline step: CUDA events on a GPU (read after the window, so
+    no host synchronisation), the host clock on a CPU (where the calls run synchronously)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self._cuda = device.type == "cuda"
+        self._steps: list[list[tuple[Any, Any]]] = []
+
+    def new_step(self) -> None:
+        self._steps.append([])
+
+    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = self._mark()
+            out = fn(*args, **kwargs)
+            if self._steps:
+                self._steps[-1].append((start, self._mark()))
+            return out
+        return timed
+
+    def _mark(self) -> Any:
+        if not self._cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def busy_s(self, steps: int) -> list[float]:
+        """Busy seconds of each of the last `steps` steps (call after the device is synchronised)."""
+        out = []
+        for spans in self._steps[-steps:]:
+            if self._cuda:
+                out.append(sum(start.elapsed_time(end) for start, end in spans) / 1e3)
+            else:
+                out.append(sum(end - start for start, end in spans))
+        return out
+
+
+class Pipeline:
+    """One rank's stage and its schedule; `run(batch)` is one pipeline step (all micro-batches, forward and
+    backward), leaving the gradients for the optimizer."""
+
+    def __init__(self, stage_module: Stage, *, stage: int, stages: int, device: torch.device, schedule: str,
+                 microbatches: int, grad_accum: int, tied: bool) -> None:
+        import torch.distributed as dist
+        from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+
+        self.first, self.last = stage == 0, stage == stages - 1
+        self.module = stage_module
+        self.stage = PipelineStage(stage_module, stage, stages, device)
+        self.clock = BusyClock(device)
+        # The schedule calls these on its stage object: timing them times the stage's compute, nothing else.
+        self.stage.forward_one_chunk = self.clock.wrap(self.stage.forward_one_chunk)
+        self.stage.backward_one_chunk = self.clock.wrap(self.stage.backward_one_chunk)
+        self._scale = 1.0 / (microbatches * grad_accum)
+        self._microbatches = microbatches
+        self._losses: list[torch.Tensor] = []
+        schedule_class = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}[schedule]
+        # Gradients are scaled in the loss instead: the schedule's own scaling would rescale what earlier
+        # accumulation steps left in .grad.
+        self.schedule = schedule_class(self.stage, microbatches, loss_fn=self.clock.wrap(self._loss),
+                                       scale_grads=False)
+        self._step_kwargs = ({"return_outputs": False}
+                             if "return_outputs" in inspect.signature(self.schedule.step).parameters else {})
+        # new_group is collective: every rank takes part, only the two ends use it.
+        group = dist.new_group([0, stages - 1]) if tied else None
+        self._tied_group = group if tied and (self.first or self.last) else None
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        loss = next_token_loss(logits, labels)
+        self._losses.append(loss.detach())
+        return loss * self._scale
+
+    def new_step(self) -> None:
+        self.clock.new_step()
+
+    def run(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+        """One pipeline step over a batch of micro-batches; the mean loss on the last stage, None elsewhere."""
+        self._losses = []
+        args = (input_ids,) if self.first else ()
+        target = {"target": labels} if self.last else {}
+        self.schedule.step(*args, **target, **self._step_kwargs)
+        # The schedule's first step also calls the loss on stand-in outputs, to learn the gradients' shapes: only
+        # the last `microbatches` losses are the batch's.
+        return torch.stack(self._losses[-self._microbatches:]).mean() if self.last else None
+
+    def sum_tied_gradients(self) -> None:
+        """First and last stage add up their copies' gradients of the tied embedding / LM head weight."""
+        import torch.distributed as dist
+
+        if self._tied_group is not None:
+            dist.all_reduce(self.module.tied_parameter().grad, group=self._tied_group)
