@@ -134,8 +134,12 @@ def _run_suite(plan: RunPlan, out: Path | None, *, resume: bool, dry_run: bool =
         for notice in notices:
             click.echo(notice, err=True)
     if dry_run:
+        from lmbench.plan.layout import explain_plan
+
         jobs = runner.plan(planned, platform, repeats=1)
         _console().print(plan_table([(j.config.to_dict(), j.config.key, j.skip) for j in jobs]))
+        for line in explain_plan([j.config for j in jobs if not j.skip], nnodes=plan.nnodes):
+            click.echo(line)
         return 0
     if resume and out is None:
         raise UsageError("--resume needs --out RUN_DIR, the run to continue")

@@ -203,3 +203,20 @@ steps = 100000
     by = {r["config"]["parallel"]: r for r in results.read(out).records}
     assert by["ddp"]["status"] == "error", by["ddp"]
     assert by["none"]["status"] == "ok"
+
+
+def test_throughput_counts_one_batch_per_data_parallel_replica():
+    # Two tensor-parallel ranks share one batch of 1000 tokens a step: 2000 tokens/s, 1000 per device.
+    per_rank = [rank([0.5, 0.5], mem=1, checksum=1.5), rank([0.5, 0.5], mem=1, checksum=1.5)]
+    for r in per_rank:
+        r["window_s"] = 1.0
+    m = aggregate(per_rank, tokens_per_step=1000, samples_per_step=4, steps=2, replicas=1, devices_per_replica=2)
+    assert m["tokens_per_s"] == pytest.approx(2000)
+    assert m["tokens_per_s_per_device"] == pytest.approx(1000)
+    assert m["samples_per_s"] == pytest.approx(8)
+    assert m["world_size"] == 2 and m["params_in_sync"] is True
+
+
+def test_ranks_holding_different_stages_report_no_sync_verdict():
+    per_rank = [rank([0.1], mem=1, checksum=None), rank([0.1], mem=1, checksum=None)]
+    assert "params_in_sync" not in aggregate(per_rank, tokens_per_step=1, samples_per_step=1, steps=1)

@@ -85,6 +85,16 @@ def layout(config: Config, *, nnodes: int = 1) -> Layout:
                   batch_size=config.batch_size, grad_accum=config.grad_accum, seq_len=config.seq_len)
 
 
+def single_device(config: Config, *, nnodes: int = 1) -> Config:
+    """The same configuration in one process on one device: the baseline of scaling efficiency and, for the
+    model-parallel modes, of loss parity. Data parallelism keeps the per-device batch (weak scaling); the model-
+    parallel modes train the whole global batch on the one device (strong scaling: the same work, split up)."""
+    batch = config.batch_size
+    if config.parallel in MODEL_PARALLEL:
+        batch = layout(config, nnodes=nnodes).global_batch_sequences // config.grad_accum
+    return config.replace(parallel="none", nproc=1, batch_size=batch).without_foreign_options()
+
+
 def stage_layers(n_layers: int, stages: int) -> list[range]:
     """Blocks of each pipeline stage, as even as possible; earlier stages take the remainder, because the
     last one also runs the final norm, the LM head and the loss."""
@@ -179,3 +189,21 @@ def explain(config: Config, spec: ModelSpec, *, nnodes: int = 1) -> list[str]:
                  f"bubble (p-1)/(m+p-1) = {shape.bubble_fraction_theory:.0%} in theory; tied embedding and LM head "
                  f"gradients summed between the first and last stage; {batch}")
     return lines
+
+
+def explain_plan(configs: list[Config], *, nnodes: int = 1) -> list[str]:
+    """The dry run's account of what each rank holds, once per distinct layout among `configs` (none when every
+    configuration runs in one process on one device)."""
+    from lmbench.models.registry import MODELS
+
+    groups: dict[tuple[str, ...], list[Config]] = {}
+    for config in configs:
+        if config.parallel != "none":
+            groups.setdefault(tuple(explain(config, MODELS[config.model], nnodes=nnodes)), []).append(config)
+    lines = []
+    for text, members in groups.items():
+        first = members[0]
+        more = f" and {len(members) - 1} more configuration(s) laid out alike" if len(members) > 1 else ""
+        lines.append(f"{first.parallel} x {layout(first, nnodes=nnodes).world} ({first.key}{more}):")
+        lines.extend(f"  {line}" for line in text)
+    return (["", "what each rank holds:"] + lines) if lines else []

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lmbench.plan.config import Config
-from lmbench.plan.layout import MODEL_PARALLEL, layout
+from lmbench.plan.layout import MODEL_PARALLEL, single_device
 
 #: Weight of the newest loss in the EMA (a short one: about five steps).
 EMA_ALPHA = 0.2
@@ -52,11 +52,7 @@ def reference_config(config: Config, *, nnodes: int = 1) -> Config:
     arithmetic as it was.
     """
     reference = config.replace(precision="fp32", kernels="eager", checkpointing="none")
-    if config.parallel in MODEL_PARALLEL:
-        shape = layout(config, nnodes=nnodes)
-        reference = reference.replace(parallel="none", nproc=1, batch_size=shape.global_batch_sequences
-                                      // config.grad_accum).without_foreign_options()
-    return reference
+    return single_device(reference, nnodes=nnodes) if config.parallel in MODEL_PARALLEL else reference
 
 
 def is_reference(config: Config) -> bool:

@@ -22,6 +22,7 @@ from lmbench.measure.environment import Platform
 from lmbench.measure.stats import percentile
 from lmbench.plan.config import Config
 from lmbench.plan.feasibility import resolve, skip_reason
+from lmbench.plan.layout import single_device
 from lmbench.plan.parity import is_reference, reference_config
 from lmbench.plan.parity import verdict as parity_verdict
 from lmbench.plan.suite import Planned
@@ -63,10 +64,13 @@ def plan(planned: list[Planned], platform: Platform, *, repeats: int, done: set[
     ordered = sorted(planned, key=lambda row: (_PARALLEL_ORDER[row.config.parallel],
                                                parity and not is_reference(row.config)))
     for repeat in range(repeats):
+        seen: set[str] = set()
         for row in ordered:
             config = resolve(row.config, platform)
-            if (config.key, repeat) in done:
+            # Rows that differ only in another mode's options (pp_schedule of a ddp row) are one configuration.
+            if config.key in seen or (config.key, repeat) in done:
                 continue
+            seen.add(config.key)
             jobs.append(Job(config, repeat, row.conflict or skip_reason(config, platform)))
     return jobs
 
@@ -174,9 +178,9 @@ def _last_line(path: Path) -> str:
     return lines[-1][:300] if lines else "(empty log)"
 
 
-def single_device_key(config: Config) -> str:
-    """Key of the same configuration on one device, the baseline of scaling efficiency."""
-    return config.replace(parallel="none", nproc=1).without_ddp_options().key
+def single_device_key(config: Config, *, nnodes: int = 1) -> str:
+    """Key of the same configuration on one device, the baseline of scaling efficiency (lmbench.plan.layout)."""
+    return single_device(config, nnodes=nnodes).key
 
 
 def scaling_efficiency(record: dict[str, Any], baseline: list[float]) -> float | None:
@@ -227,8 +231,9 @@ def execute(jobs: list[Job], run_dir: RunDirectory, *, suite: str, launch: Launc
         record = results.make_record(suite=suite, config=job.config.to_dict(), config_key=job.config.key,
                                      repeat=job.repeat, status=status, reason=reason, payload=payload)
         if status == "ok":
-            if job.config.parallel in ("ddp", "fsdp", "dp"):
-                efficiency = scaling_efficiency(record, throughput.get(single_device_key(job.config), []))
+            if job.config.parallel != "none":
+                baseline = throughput.get(single_device_key(job.config, nnodes=launch.nnodes), [])
+                efficiency = scaling_efficiency(record, baseline)
                 record["metrics"]["scaling_efficiency"] = efficiency
             throughput.setdefault(job.config.key, []).append(record["metrics"]["tokens_per_s"])
             reference_losses.setdefault(job.config.key, {})[job.repeat] = record["losses"]

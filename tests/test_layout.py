@@ -1,0 +1,176 @@
+"""Model-parallel layouts without processes: degrees, global batch, refusals, the dry run's account, the stage cut,
+the tensor-parallel weight rewrite and the pipeline's bookkeeping."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from lmbench.measure.environment import Platform
+from lmbench.models.registry import MODELS, build_model
+from lmbench.plan.config import Config
+from lmbench.plan.feasibility import resolve, skip_reason
+from lmbench.plan.layout import explain, layout, problem, single_device, stage_layers
+from lmbench.plan.parity import reference_config
+from lmbench.run import distributed
+from lmbench.run.pipeline import BusyClock, cut, next_token_loss, tied_weight
+from lmbench.run.tensor_parallel import _linear_like, qkv_order
+
+CPU = Platform(cuda_available=False, device_count=0, capability=None, torch_version=torch.__version__,
+               apex_available=False, liger_available=False)
+
+
+def resolved(**axes) -> Config:
+    return resolve(Config(**axes), CPU)
+
+
+@pytest.mark.parametrize(("axes", "degrees", "sequences"), [
+    ({"parallel": "none"}, (1, 1, 1, 1), 8),
+    ({"parallel": "ddp", "nproc": 4}, (4, 4, 1, 1), 32),
+    ({"parallel": "fsdp", "nproc": 2, "grad_accum": 2}, (2, 2, 1, 1), 32),
+    ({"parallel": "tp", "nproc": 4}, (4, 1, 4, 1), 8),
+    ({"parallel": "fsdp+tp", "nproc": 8, "tp_degree": 4}, (8, 2, 4, 1), 16),
+    ({"parallel": "fsdp+tp", "nproc": 4}, (4, 2, 2, 1), 16),
+    ({"parallel": "pp", "nproc": 2, "microbatches": 4, "grad_accum": 3}, (2, 1, 1, 2), 96),
+])
+def test_degrees_multiply_to_the_world_and_the_global_batch_is_what_one_step_trains_on(axes, degrees, sequences):
+    shape = layout(resolved(**axes))
+    assert (shape.world, shape.dp, shape.tp, shape.pp) == degrees
+    assert shape.dp * shape.tp * shape.pp == shape.world
+    assert shape.global_batch_sequences == sequences
+    assert shape.global_batch_tokens == sequences * 128
+
+
+def test_bubble_of_a_pipeline_in_theory():
+    # (p - 1) / (m + p - 1): 2 stages, 4 micro-batches -> 1/5; 4 stages, 8 -> 3/11.
+    assert layout(resolved(parallel="pp", nproc=2, microbatches=4)).bubble_fraction_theory == pytest.approx(0.2)
+    assert layout(resolved(parallel="pp", nproc=4, microbatches=8)).bubble_fraction_theory == pytest.approx(3 / 11)
+    assert layout(resolved(parallel="tp", nproc=2)).bubble_fraction_theory is None
+
+
+def test_stage_layers_split_evenly_with_the_remainder_on_early_stages():
+    assert stage_layers(12, 2) == [range(0, 6), range(6, 12)]
+    assert stage_layers(5, 2) == [range(0, 3), range(3, 5)]
+    assert stage_layers(16, 3) == [range(0, 6), range(6, 11), range(11, 16)]
+
+
+@pytest.mark.parametrize(("axes", "reason"), [
+    ({"model": "tiny-bert-mlm", "parallel": "tp", "nproc": 2}, "implemented for the GPT-2 and Llama families"),
+    ({"model": "tiny-gpt2", "parallel": "tp", "nproc": 4}, "2 attention heads, which tensor parallelism of degree 4"),
+    ({"model": "tiny-llama", "parallel": "tp", "nproc": 4}, "2 key/value heads"),
+    ({"model": "tiny-gpt2", "parallel": "pp", "nproc": 4}, "2 layers, fewer than the 4 pipeline stages"),
+    ({"model": "tiny-gpt2", "parallel": "pp", "nproc": 2, "attention": "eager"}, "attention=sdpa or math"),
+    ({"model": "tiny-gpt2", "parallel": "pp", "nproc": 2, "microbatches": 1}, "needs microbatches >= stages (2)"),
+    ({"model": "tiny-gpt2", "parallel": "fsdp+tp", "nproc": 2}, "use parallel=tp for one group"),
+    ({"model": "tiny-gpt2", "parallel": "fsdp+tp", "nproc": 6, "tp_degree": 4}, "divides the 6 ranks"),
+])
+def test_layouts_that_cannot_work_are_refused_with_the_reason(axes, reason):
+    config = resolved(**axes)
+    assert reason in problem(config, MODELS[config.model])
+    assert reason in skip_reason(config, CPU)
+
+
+def test_gpipe_runs_fewer_micro_batches_than_stages():
+    assert problem(resolved(model="tiny-gpt2", parallel="pp", nproc=2, microbatches=1, pp_schedule="gpipe"),
+                   MODELS["tiny-gpt2"]) is None
+
+
+@pytest.mark.parametrize(("axes", "reason"), [
+    ({"parallel": "tp", "kernels": "triton"}, "kernels=triton is not available with parallel=tp"),
+    ({"parallel": "pp", "precision": "amp-fp16"}, "precision=amp-fp16 is not implemented for parallel=pp"),
+    ({"parallel": "fsdp+tp", "nproc": 4, "precision": "fp16"}, "a loss scale would have to be agreed"),
+])
+def test_kernel_sets_and_loss_scaling_that_model_parallelism_lacks_are_skipped(axes, reason):
+    assert reason in skip_reason(resolved(model="tiny-gpt2", **axes), CPU)
+
+
+def test_resolve_keeps_each_modes_own_options_and_resets_the_rest():
+    assert resolved(parallel="fsdp+tp", nproc=4).tp_degree == 2
+    assert resolved(parallel="tp", nproc=2, tp_degree=4).tp_degree == 0
+    ddp = resolved(parallel="ddp", pp_schedule="gpipe", microbatches=8)
+    assert (ddp.pp_schedule, ddp.microbatches) == ("1f1b", 4)
+    assert ddp.key == resolved(parallel="ddp").key
+    pp = resolved(parallel="pp", pp_schedule="gpipe", microbatches=8, bucket_cap_mb=50)
+    assert (pp.pp_schedule, pp.microbatches, pp.bucket_cap_mb) == ("gpipe", 8, 25)
+
+
+def test_model_parallel_rows_are_compared_with_one_device_training_the_same_global_batch():
+    pp = resolved(model="tiny-gpt2", parallel="pp", nproc=2, batch_size=2, microbatches=4, grad_accum=2,
+                  precision="bf16")
+    assert reference_config(pp) == Config(model="tiny-gpt2", batch_size=8, grad_accum=2, device="cpu", nproc=1)
+    fsdp_tp = resolved(model="tiny-gpt2", parallel="fsdp+tp", nproc=4, batch_size=2)
+    assert reference_config(fsdp_tp).batch_size == 4
+    assert reference_config(fsdp_tp, nnodes=2).batch_size == 8
+    assert reference_config(resolved(model="tiny-gpt2", parallel="tp", nproc=2)).parallel == "none"
+    # Data parallelism keeps its per-device batch for scaling efficiency; its parity reference stays ddp.
+    ddp = resolved(model="tiny-gpt2", parallel="ddp", nproc=2)
+    assert single_device(ddp).batch_size == 8 and reference_config(ddp).parallel == "ddp"
+
+
+def test_the_dry_run_says_what_each_rank_holds():
+    llama, gpt2 = MODELS["llama-1b"], MODELS["gpt2-124m"]
+    tp = explain(resolved(model="llama-1b", parallel="tp", nproc=4), llama)
+    assert "8 of 32 attention heads (2 of 8 key/value heads), 2048 of 8192 MLP columns" in tp[0]
+    pp = explain(resolved(model="gpt2-124m", parallel="pp", nproc=2, microbatches=8), gpt2)
+    assert pp[0] == "rank 0 (stage 0): embeddings, layers 0-5"
+    assert pp[1] == "rank 1 (stage 1): layers 6-11, final norm, LM head and loss"
+    assert "1f1b over 8 micro-batches of 8 sequences; bubble (p-1)/(m+p-1) = 11% in theory" in pp[2]
+    assert "64 sequences x 128 tokens per optimizer step (8,192 tokens)" in pp[2]
+    mesh = explain(resolved(model="llama-1b", parallel="fsdp+tp", nproc=8, tp_degree=4), llama)
+    assert mesh[0] == "2 x 4 mesh (FSDP x TP): rank r is tensor-parallel shard r % 4 of FSDP group r // 4"
+
+
+def test_qkv_columns_are_reordered_so_each_ranks_shard_holds_its_own_q_k_and_v():
+    # hidden 4, degree 2: q = 0..3, k = 4..7, v = 8..11; rank 0 gets q0 q1 k0 k1 v0 v1.
+    assert qkv_order(4, 2).tolist() == [0, 1, 4, 5, 8, 9, 2, 3, 6, 7, 10, 11]
+    assert sorted(qkv_order(768, 4).tolist()) == list(range(3 * 768))
+
+
+def test_a_conv1d_becomes_the_linear_that_computes_the_same():
+    torch.manual_seed(0)
+    conv = build_model(MODELS["tiny-gpt2"], attention="sdpa").transformer.h[0].attn.c_attn
+    x = torch.randn(3, 5, 64)
+    assert torch.allclose(_linear_like(conv)(x), conv(x), atol=1e-6)
+    order = qkv_order(64, 2)
+    assert torch.allclose(_linear_like(conv, order)(x), conv(x)[..., order], atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
+def test_stages_chained_compute_the_whole_models_logits_and_loss(name):
+    spec = MODELS[name]
+    torch.manual_seed(0)
+    model = build_model(spec, attention="sdpa", dropout=False).eval()
+    ids = torch.randint(0, spec.vocab_size, (2, 16))
+    with torch.no_grad():
+        whole = model(input_ids=ids, labels=ids)
+        first, last = cut(model, spec, 0, 2), cut(model, spec, 1, 2)
+        logits = last(first(ids))
+    assert torch.allclose(logits, whole.logits, atol=1e-5)
+    assert next_token_loss(logits, ids).item() == pytest.approx(whole.loss.item(), rel=1e-6)
+    assert tied_weight(model)
+    assert first.tied_parameter() is last.tied_parameter()  # one process: the same tensor; apart, two copies
+    assert sum(p.numel() for p in first.parameters()) < sum(p.numel() for p in model.parameters())
+
+
+def test_busy_clock_sums_the_wrapped_calls_of_each_step():
+    clock = BusyClock(torch.device("cpu"))
+    work = clock.wrap(lambda: time.sleep(0.02))
+    work()  # before the first step: not counted
+    for calls in (1, 3):
+        clock.new_step()
+        for _ in range(calls):
+            work()
+    one, three = clock.busy_s(2)
+    assert 0.02 <= one < 0.06 <= three
+    assert clock.busy_s(1) == [three]
+
+
+def test_pipeline_losses_come_from_the_last_stage_and_idle_is_one_minus_busy():
+    ranks = [{"losses": None, "pp_busy_s": 0.25, "window_s": 1.0}, {"losses": [2.0, 1.0], "pp_busy_s": 0.5,
+                                                                    "window_s": 1.0}]
+    assert distributed.mean_losses(ranks) == [2.0, 1.0]
+    idle = distributed.pipeline_idle(ranks)
+    assert idle["pp_idle_fraction_per_stage"] == [0.75, 0.5]
+    assert idle["pp_bubble_fraction"] == pytest.approx(0.625)
