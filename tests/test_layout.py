@@ -174,3 +174,10 @@ def test_pipeline_losses_come_from_the_last_stage_and_idle_is_one_minus_busy():
     idle = distributed.pipeline_idle(ranks)
     assert idle["pp_idle_fraction_per_stage"] == [0.75, 0.5]
     assert idle["pp_bubble_fraction"] == pytest.approx(0.625)
+
+
+def test_the_summary_note_puts_the_measured_bubble_beside_the_theory():
+    from lmbench.measure.metrics import bubble_note
+
+    assert bubble_note(0.634, 0.2) == "bubble: 63% idle measured, 20% in theory"
+    assert bubble_note(None, 0.2) is None and bubble_note(0.5, None) is None

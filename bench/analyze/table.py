@@ -78,7 +78,7 @@ def summary(records: list[dict[str, Any]]) -> Table:
     Memory is the device's peak reserved memory, or on a CPU the growth of the resident set over the
     window (marked "host"). The note holds the failure reason, or flags steps too unstable to trust.
     """
-    from lmbench.measure.metrics import stall_note, unstable_steps
+    from lmbench.measure.metrics import bubble_note, stall_note, unstable_steps
 
     axes = varying_axes(r["config"] for r in records)
     table = Table(title="lmbench summary", title_justify="left")
@@ -105,7 +105,9 @@ def summary(records: list[dict[str, Any]]) -> Table:
                              _median([m["mem_host_peak_growth_bytes"] for m in ok
                                       if m.get("mem_host_peak_growth_bytes") is not None]))
         note = next((r["reason"] for r in group if r.get("reason")), "") or ""
-        note = note or "; ".join(filter(None, [*dict.fromkeys(map(stall_note, ok)),
+        bubble = bubble_note(_median([m["pp_bubble_fraction"] for m in ok if m.get("pp_bubble_fraction") is not None]),
+                             next((m.get("pp_bubble_fraction_theory") for m in ok), None))
+        note = note or "; ".join(filter(None, [*dict.fromkeys(map(stall_note, ok)), bubble,
                                                unstable_steps([m["step_time_cv"] for m in ok])]))
         parity = sorted({str((r.get("metrics") or {}).get("parity") or "-") for r in group})
         table.add_row(*(escape(str(group[0]["config"][a])) for a in axes), status, _fmt(tps, ",.0f"),

@@ -71,6 +71,14 @@ def stall_note(m: dict[str, Any]) -> str | None:
             f"+{m.get('stall_excess_s', 0) * 1e3:.3g} ms)")
 
 
+def bubble_note(measured: float | None, theory: float | None) -> str | None:
+    """`bubble: ...` for pipeline parallelism: the measured idle share of a step (lmbench.run.distributed.
+    pipeline_idle) beside the theory's (p-1)/(m+p-1)."""
+    if measured is None or theory is None:
+        return None
+    return f"bubble: {measured:.0%} idle measured, {theory:.0%} in theory"
+
+
 def flops_utilisation(*, flops_per_token: int, tokens_per_s_per_device: float, device_name: str | None,
                       precision: str, hardware_flops_per_token: int | None = None) -> dict[str, Any]:
     """Achieved TFLOP/s per device, MFU and HFU against the datasheet dense peak (None when the device is unknown).
