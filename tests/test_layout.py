@@ -181,3 +181,12 @@ def test_the_summary_note_puts_the_measured_bubble_beside_the_theory():
 
     assert bubble_note(0.634, 0.2) == "bubble: 63% idle measured, 20% in theory"
     assert bubble_note(None, 0.2) is None and bubble_note(0.5, None) is None
+
+
+def test_tables_show_a_dash_for_options_of_another_parallel_mode():
+    from lmbench.analyze.table import cell
+
+    assert cell({"parallel": "tp", "microbatches": 4}, "microbatches") == "-"
+    assert cell({"parallel": "pp", "microbatches": 4}, "microbatches") == "4"
+    assert cell({"parallel": "ddp", "bucket_cap_mb": 25}, "bucket_cap_mb") == "25"
+    assert cell({"parallel": "fsdp+tp", "tp_degree": 2, "model": "m"}, "model") == "m"

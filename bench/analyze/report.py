@@ -14,7 +14,7 @@ import pandas as pd
 
 from lmbench.analyze import baseline as baselines
 from lmbench.analyze import plots
-from lmbench.analyze.table import Grid, configs_of, varying_axes
+from lmbench.analyze.table import Grid, cell, configs_of, varying_axes
 from lmbench.errors import UsageError
 from lmbench.measure.metrics import bubble_note, stall_note, unstable_steps
 
@@ -135,7 +135,7 @@ def sections(records: list[dict[str, Any]], baseline: tuple[str, str] | None = N
     with_parity = any(s.parity for s in summaries)
     throughput_rows, memory_rows, energy_rows, failure_rows = [], [], [], []
     for s in summaries:
-        label = [str(s.config[a]) for a in axes]
+        label = [cell(s.config, a) for a in axes]
         tps = s.median("tokens_per_s")
         row = label + [_status(s), _fmt(tps, ",.0f"), _fmt(s.cv("tokens_per_s"), ".1%"),
                        _fmt(s.step_time_s(), ".1f", 1e-3), _fmt(s.median("mfu"), ".1%")]
@@ -194,7 +194,7 @@ def time_sections(records: list[dict[str, Any]]) -> dict[str, Grid]:
     axes = varying_axes(configs_of(records))
     rows, kernels = [], []
     for config, m in found:
-        label = [str(config[a]) for a in axes]
+        label = [cell(config, a) for a in axes]
         overlap = m.get("comm_overlap_frac")
         rows.append(label + [_fmt(m["profile_step_time_s"], ".2f", 1e-3)]
                     + [_fmt(m[f"time_frac_{c}"], ".1%") for c in CATEGORIES] + [_fmt(overlap, ".0%")])
@@ -222,7 +222,7 @@ def roofline_section(records: list[dict[str, Any]], ceilings: dict[str, Any]) ->
         ok = first_ok.get(s.key)
         found = for_record(ok["metrics"], ok["config"], ceilings) if ok else None
         if found:
-            rows.append([str(s.config[a]) for a in axes] + [
+            rows.append([cell(s.config, a) for a in axes] + [
                 found["roofline_bound"], _fmt(found["roofline_compute_s"], ".2f", 1e-3),
                 _fmt(found["roofline_memory_s"], ".2f", 1e-3), _fmt(s.step_time_s(), ".2f", 1e-3),
                 _fmt(s.step_time_s() / found["roofline_step_time_s"], ".2f") + "x"])

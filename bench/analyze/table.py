@@ -11,8 +11,18 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
+from lmbench.plan.config import MODE_AXES
+
 #: Config fields never shown as columns: they do not describe what was trained.
 _HIDDEN = frozenset({"timeout_s"})
+
+
+def cell(config: dict[str, Any], axis: str) -> str:
+    """An axis's value as a table shows it: `-` for an option of a parallel mode this row does not use."""
+    modes = MODE_AXES.get(axis)
+    if modes is not None and config.get("parallel") not in modes:
+        return "-"
+    return str(config.get(axis))
 
 
 def varying_axes(configs: Iterable[dict[str, Any]]) -> list[str]:
@@ -34,12 +44,12 @@ class Grid:
 
     def markdown(self) -> str:
         """A GitHub-flavoured Markdown table."""
-        def cell(text: str) -> str:
+        def escaped(text: str) -> str:
             return str(text).replace("|", "\\|").replace("\n", " ")
 
-        lines = ["| " + " | ".join(cell(h) for h in self.headers) + " |",
+        lines = ["| " + " | ".join(escaped(h) for h in self.headers) + " |",
                  "| " + " | ".join("---:" if i in self.right else "---" for i in range(len(self.headers))) + " |"]
-        lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in self.rows]
+        lines += ["| " + " | ".join(escaped(c) for c in row) + " |" for row in self.rows]
         return "\n".join(lines)
 
     def html(self) -> str:
@@ -110,7 +120,7 @@ def summary(records: list[dict[str, Any]]) -> Table:
         note = note or "; ".join(filter(None, [*dict.fromkeys(map(stall_note, ok)), bubble,
                                                unstable_steps([m["step_time_cv"] for m in ok])]))
         parity = sorted({str((r.get("metrics") or {}).get("parity") or "-") for r in group})
-        table.add_row(*(escape(str(group[0]["config"][a])) for a in axes), status, _fmt(tps, ",.0f"),
+        table.add_row(*(escape(cell(group[0]["config"], a)) for a in axes), status, _fmt(tps, ",.0f"),
                       "-" if cv is None else f"{cv:.1%}", "-" if mfu is None else f"{mfu:.1%}", memory,
                       *(("/".join(parity),) if with_parity else ()), escape(note[:100]))
     return table
@@ -132,7 +142,7 @@ def plan_table(rows: list[tuple[dict[str, Any], str, str | None]]) -> Table:
     table.add_column("config_key")
     table.add_column("plan")
     for config, key, skip in rows:
-        table.add_row(*(escape(str(config[a])) for a in axes), key, escape(f"skip: {skip}") if skip else "run")
+        table.add_row(*(escape(cell(config, a)) for a in axes), key, escape(f"skip: {skip}") if skip else "run")
     return table
 
 

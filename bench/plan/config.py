@@ -31,6 +31,15 @@ MAX_NPROC = 64
 #: Longest wall-clock limit of one worker (30 days): beyond it, timers and process-group timeouts overflow.
 MAX_TIMEOUT_S = 30 * 86400.0
 
+#: Axes that mean something under some parallel modes only; elsewhere they are held at their defaults.
+MODE_AXES: dict[str, frozenset[str]] = {
+    "bucket_cap_mb": frozenset({"ddp"}),
+    "gradient_as_bucket_view": frozenset({"ddp"}),
+    "static_graph": frozenset({"ddp"}),
+    "tp_degree": frozenset({"fsdp+tp"}),
+    "pp_schedule": frozenset({"pp"}),
+    "microbatches": frozenset({"pp"}),
+}
 #: Axes excluded from the config key: they change how long or where we wait, not what is measured.
 _UNKEYED = frozenset({"timeout_s"})
 #: The axes of the first key format. Every axis added since enters the key's hash only when it is set away
@@ -162,19 +171,11 @@ class Config:
                     f"{', '.join(sorted(ATTENTION_SUPPORT[spec.family]))}")
         return None
 
-    def without_ddp_options(self) -> Config:
-        """The same configuration with DDP's own options at their defaults (they mean nothing elsewhere)."""
-        return self.replace(bucket_cap_mb=_DEFAULT_BUCKET_CAP_MB, gradient_as_bucket_view=False, static_graph=False)
-
     def without_foreign_options(self) -> Config:
-        """The same configuration with every option of another parallel mode at its default: DDP's outside ddp,
-        tp_degree outside fsdp+tp, the pipeline's outside pp. One key per configuration really measured."""
-        config = self if self.parallel == "ddp" else self.without_ddp_options()
-        if self.parallel != "fsdp+tp":
-            config = config.replace(tp_degree=_DEFAULTS["tp_degree"])
-        if self.parallel != "pp":
-            config = config.replace(pp_schedule=_DEFAULTS["pp_schedule"], microbatches=_DEFAULTS["microbatches"])
-        return config
+        """The same configuration with every option of another parallel mode (MODE_AXES) at its default: DDP's
+        outside ddp, tp_degree outside fsdp+tp, the pipeline's outside pp. One key per configuration measured."""
+        foreign = {axis: _DEFAULTS[axis] for axis, modes in MODE_AXES.items() if self.parallel not in modes}
+        return self.replace(**foreign)
 
     @property
     def tokens_per_step(self) -> int:
@@ -242,7 +243,6 @@ DEFAULT_REASONS: dict[str, str] = {
     "telemetry_period_s": "20 samples a second: enough for a power profile, costs well under 1% of a core",
     "profile": "off: the profiler runs extra steps after the window; turn it on for configurations to explain",
 }
-_DEFAULT_BUCKET_CAP_MB = Config.bucket_cap_mb
 _DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Config)}
 
 
