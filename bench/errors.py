@@ -35,6 +35,10 @@ class KernelSwapError(LmbenchError):
     """A kernel set did not apply to a model as built with the installed libraries: it would run unfused."""
 
 
+class Float8ConversionError(LmbenchError):
+    """FP8 training did not apply to exactly the layers it should: the record would claim FP8 for bf16 matmuls."""
+
+
 class StorageError(ResultsError):
     """A result could not be saved: disk full, file-size limit, read-only file system. Not a measured failure."""
 

@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from lmbench.measure.peaks import peak_flops
+from lmbench.measure.peaks import mode_peak_flops, peak_flops
 from lmbench.measure.stats import percentile, summarize
 
 #: Sustained throughput this far below typical means the window had stalls the median step hides.
@@ -84,12 +84,19 @@ def flops_utilisation(*, flops_per_token: int, tokens_per_s_per_device: float, d
     """Achieved TFLOP/s per device, MFU and HFU against the datasheet dense peak (None when the device is unknown).
 
     MFU counts model FLOPs (lmbench.measure.flops, PaLM); HFU counts the FLOPs the hardware really ran, the
-    forwards that activation checkpointing recomputes included (equal to MFU without recomputation).
+    forwards that activation checkpointing recomputes included (equal to MFU without recomputation). An FP8
+    precision's `mfu` is against the bf16 peak and `mfu_fp8_peak` against the FP8 one (lmbench.measure.peaks).
     """
     achieved = flops_per_token * tokens_per_s_per_device
     hardware = hardware_flops_per_token if hardware_flops_per_token is not None else flops_per_token
     peak = peak_flops(device_name, precision)
-    return {
+    fp8: dict[str, Any] = {}
+    if precision.startswith("fp8"):
+        fp8_peak = mode_peak_flops(device_name, "fp8")
+        fp8 = {"peak_fp8_tflops": fp8_peak[0] / 1e12 if fp8_peak else None,
+               "mfu_fp8_peak": achieved / fp8_peak[0] if fp8_peak else None,
+               "hfu_fp8_peak": hardware * tokens_per_s_per_device / fp8_peak[0] if fp8_peak else None}
+    return {**fp8,
         "flops_per_token": flops_per_token,
         "hardware_flops_per_token": hardware,
         "tflops": achieved / 1e12,

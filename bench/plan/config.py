@@ -16,7 +16,7 @@ from lmbench.models.registry import ATTENTION_SUPPORT, MODELS
 #: Allowed values of every enumerated axis (DESIGN.md names them; they are part of the interface).
 CHOICES: dict[str, tuple[str, ...]] = {
     "model": tuple(MODELS),
-    "precision": ("fp32", "tf32", "amp-fp16", "amp-bf16", "fp16", "bf16"),
+    "precision": ("fp32", "tf32", "amp-fp16", "amp-bf16", "fp16", "bf16", "fp8-tensorwise", "fp8-rowwise"),
     "parallel": ("none", "dp", "ddp", "fsdp", "tp", "pp", "fsdp+tp"),
     "kernels": ("eager", "compile", "triton", "apex", "liger"),
     "attention": ("sdpa", "math", "eager"),
@@ -68,7 +68,8 @@ class Config:
     grad_accum: int = 1
     """Micro-batches per optimizer step."""
     precision: str = "fp32"
-    """Numeric mode: fp32 (TF32 off), tf32, amp-fp16, amp-bf16, fp16 (master weights), bf16."""
+    """Numeric mode: fp32 (TF32 off), tf32, amp-fp16, amp-bf16, fp16 (master weights), bf16, and fp8-tensorwise /
+    fp8-rowwise (amp-bf16 with the transformer blocks' linears in FP8 through torchao's float8 training)."""
     parallel: str = "none"
     """none; data parallelism: dp (nn.DataParallel), ddp (torchrun), fsdp (FSDP2 on torchrun); model parallelism
     on torchrun: tp (tensor parallel over every rank), pp (pipeline parallel, one stage per rank), fsdp+tp (a 2-D

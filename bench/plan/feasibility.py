@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from lmbench import __version__
 from lmbench.measure.environment import Platform
+from lmbench.models import float8
 from lmbench.models.kernel_sets import KERNEL_SETS
 from lmbench.models.registry import MODELS
 from lmbench.plan.config import Config
@@ -95,6 +96,11 @@ def skip_reason(config: Config, platform: Platform) -> str | None:
             return f"precision={config.precision} needs compute capability 8.0 or later (Ampere); this GPU is {major}.x"
     elif config.precision == "tf32":
         return "precision=tf32 needs a CUDA GPU with TF32 tensor cores; on the CPU it would just be fp32"
+    if config.precision in float8.RECIPES:
+        # On a CPU FP8 runs through torch._scaled_mm's CPU kernel: the numbers (tests, parity), not the speed.
+        fp8_problem = float8.unavailable(config.precision, config.device.partition(":")[0], platform.capability)
+        if fp8_problem:
+            return fp8_problem
     kernels_problem = KERNEL_SETS[config.kernels].unavailable(MODELS[config.model], config.device.partition(":")[0])
     if kernels_problem:
         return kernels_problem

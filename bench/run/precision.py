@@ -26,6 +26,8 @@ class Precision:
     name = "fp32"
     weight_dtype = torch.float32
     autocast_dtype: torch.dtype | None = None
+    applied: str | None = None
+    """What the mode changed in the model, for the record (FP8: "float8 linears 12/12 (tensorwise)")."""
 
     def __init__(self, model: nn.Module, make_optimizer: OptimizerFactory, device: torch.device,
                  wrap: Wrapper = _unwrapped) -> None:
@@ -74,6 +76,33 @@ class AmpBf16(Precision):
 
     name = "amp-bf16"
     autocast_dtype = torch.bfloat16
+
+
+class Fp8(AmpBf16):
+    """FP8 matmuls in the transformer blocks' linears (torchao float8 training), on top of amp-bf16.
+
+    Master weights stay fp32 and everything outside the converted linears runs under bf16 autocast,
+    as in torchao's and torchtitan's recipes: the only difference from amp-bf16, the parity
+    reference, is the FP8 matmuls (pure bf16 weights would add their own rounding drift). Each
+    Float8Linear scales its input, weight and output gradient to FP8 dynamically every step (per
+    tensor or per row, by recipe). On a CUDA device the linear's input is cast to bf16 first; under
+    CPU autocast torchao leaves it in fp32 (its autocast check is CUDA's), so a CPU run's FP8 matmuls
+    return fp32.
+    """
+
+    name = "fp8-tensorwise"
+
+    def __init__(self, model: nn.Module, make_optimizer: OptimizerFactory, device: torch.device,
+                 wrap: Wrapper = _unwrapped) -> None:
+        from lmbench.models.float8 import convert
+
+        # Before the move and any wrapping: data parallelism must see the Float8Linear modules.
+        model, self.applied = convert(model, self.name)
+        super().__init__(model, make_optimizer, device, wrap)
+
+
+class Fp8Rowwise(Fp8):
+    name = "fp8-rowwise"
 
 
 class AmpFp16(Precision):
@@ -185,6 +214,8 @@ PRECISIONS: dict[str, type[Precision]] = {
     "amp-bf16": AmpBf16,
     "fp16": Fp16MasterWeights,
     "bf16": Bf16,
+    "fp8-tensorwise": Fp8,
+    "fp8-rowwise": Fp8Rowwise,
 }
 
 

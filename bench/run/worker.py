@@ -232,6 +232,9 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         "param_checksum_initial": initial_checksum,
         "kernels_note": KERNEL_SETS[config.kernels].note,
         "kernels_applied": step.kernels_applied,
+        "precision_applied": step.precision.applied,
+        # torchao's FP8 is meant to run compiled; the record says whether it was.
+        "fp8_compiled": config.kernels == "compile" if config.precision.startswith("fp8") else None,
         "params": step.param_count,
     })
     result.update({key: value for key, value in local.items() if key.endswith("_per_device")})
@@ -239,6 +242,10 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
     if result.get("throttled_power_or_heat"):
         warnings.append(f"clocks were throttled for power or heat during the window "
                         f"({', '.join(result['throttle_reasons'])}); the figures may not be representative")
+    if config.precision.startswith("fp8") and config.kernels != "compile":
+        warnings.append(f"precision={config.precision} with kernels={config.kernels}: without torch.compile torchao's "
+                        "FP8 scaling and casts run as separate kernels, so expect it slower than amp-bf16; "
+                        "measure FP8 speed with kernels=compile")
     if config.parallel == "dp" and step.replicas == 1:
         warnings.append("parallel=dp on one GPU is degenerate: DataParallel's scatter/gather without a second replica")
     if result.get("params_in_sync") is False:
