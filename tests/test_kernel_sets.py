@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn as nn
 
 from lmbench.errors import KernelSwapError
 from lmbench.models.kernel_sets import KERNEL_SETS, FusedLossLM
@@ -45,10 +46,18 @@ def test_triton_swap_keeps_every_weight(model):
     assert names & {"TritonLayerNorm", "TritonRMSNorm"}
 
 
-def test_unavailable_sets_say_why():
+def test_unavailable_sets_say_why(monkeypatch):
+    import importlib.util
+
     spec = MODELS["gpt2-124m"]
-    assert KERNEL_SETS["apex"].unavailable(spec, "cuda") == "Apex is not installed (with its CUDA extensions)"
-    assert KERNEL_SETS["liger"].unavailable(spec, "cuda").startswith("Liger-Kernel is not installed")
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("apex", "liger_kernel") else real_find_spec(name, *a))
+    assert KERNEL_SETS["apex"].unavailable(spec, "cuda") == (
+        "Apex is not installed with its fused LayerNorm/RMSNorm and FusedAdam extensions (fused_layer_norm_cuda, "
+        "amp_C); it is not on the package index: build them from a source checkout on a CUDA machine with "
+        "ci/build-apex.sh")
+    assert KERNEL_SETS["liger"].unavailable(spec, "cuda") == "Liger-Kernel is not installed (pip install 'lmbench[liger]')"
     assert KERNEL_SETS["eager"].unavailable(spec, "cpu") is None
     assert KERNEL_SETS["apex"].note.endswith("fall back to native code on CPU or under torch.compile")
 
@@ -184,10 +193,24 @@ def test_fused_blocks_survive_data_parallel_replication(model, blocks):
         assert not torch.allclose(replica(x, **extra), block(x, **extra))
 
 
+def keep_llama_globals(monkeypatch):
+    """Liger patches transformers' Llama module process-wide (RoPE, and the classes new models are built from);
+    restore it after the test so later tests build plain models."""
+    from transformers.models.llama import modeling_llama
+
+    for name in ("apply_rotary_pos_emb", "LlamaRMSNorm", "LlamaMLP"):
+        monkeypatch.setattr(modeling_llama, name, getattr(modeling_llama, name))
+    monkeypatch.setattr(modeling_llama.LlamaForCausalLM, "forward", modeling_llama.LlamaForCausalLM.forward)
+
+
 def fake_liger(monkeypatch, *, patch_mlps: bool):
-    """A stand-in for liger_kernel.transformers that binds forwards the way Liger's instance patching does."""
+    """A stand-in for liger_kernel.transformers that patches the way Liger's instance patching does."""
     import sys
     import types
+
+    from transformers.models.llama import modeling_llama
+
+    keep_llama_globals(monkeypatch)
 
     def rms_forward(self, hidden_states):
         return hidden_states
@@ -195,9 +218,18 @@ def fake_liger(monkeypatch, *, patch_mlps: bool):
     def mlp_forward(self, x):
         return x
 
-    rms_forward.__module__ = mlp_forward.__module__ = "liger_kernel.transformers.fake"
+    def rope(q, k, cos, sin, *args, **kwargs):
+        return q, k
+
+    def lce_forward(self, input_ids=None, labels=None, **kwargs):
+        raise AssertionError("never called")
+
+    for function in (rms_forward, mlp_forward, rope, lce_forward):
+        function.__module__ = "liger_kernel.transformers.fake"
 
     def apply(model):
+        modeling_llama.apply_rotary_pos_emb = rope
+        model.__dict__["forward"] = lce_forward.__get__(model)
         for module in model.modules():
             if type(module).__name__.endswith("RMSNorm"):
                 module.__dict__["forward"] = rms_forward.__get__(module)
@@ -210,10 +242,132 @@ def fake_liger(monkeypatch, *, patch_mlps: bool):
     monkeypatch.setitem(sys.modules, "liger_kernel.transformers", package.transformers)
 
 
+LIGER_APPLIED = "RMSNorms 5/5, SwiGLU MLPs 2/2, RoPE 2/2, fused linear-CE loss 1/1"
+
+
 def test_liger_swap_is_verified(monkeypatch):
     spec = MODELS["tiny-llama"]
     fake_liger(monkeypatch, patch_mlps=True)
-    assert KERNEL_SETS["liger"].swap(build_model(spec, attention="sdpa"), spec)[1] == "RMSNorms 5/5, SwiGLU MLPs 2/2"
+    assert KERNEL_SETS["liger"].swap(build_model(spec, attention="sdpa"), spec)[1] == LIGER_APPLIED
     fake_liger(monkeypatch, patch_mlps=False)
     with pytest.raises(KernelSwapError, match="kernels=liger did not apply to tiny-llama with .*: SwiGLU MLPs 0 of 2"):
         KERNEL_SETS["liger"].swap(build_model(spec, attention="sdpa"), spec)
+
+
+def _liger_modules(model) -> set[str]:
+    """Modules whose forward is Liger's: bound into the instance, or from a Liger class."""
+    from lmbench.models.kernel_sets import _runs_liger
+
+    return {name for name, module in model.named_modules() if _runs_liger(module)}
+
+
+def test_real_liger_swaps_exactly_the_norms_mlps_rope_and_loss_of_llama(monkeypatch):
+    """The installed Liger-Kernel patches these modules and nothing else; its Triton kernels do not run on a CPU
+    (the interpreter fails in LigerRMSNorm), so they are counted here and executed only on a GPU."""
+    pytest.importorskip("liger_kernel.transformers")
+    from transformers.models.llama import modeling_llama
+
+    keep_llama_globals(monkeypatch)
+    spec = MODELS["tiny-llama"]
+    torch.manual_seed(0)
+    model = build_model(spec, attention="sdpa")
+    before = {name: (type(m), id(m)) for name, m in model.named_modules()}
+    params = {name: id(p) for name, p in model.named_parameters()}
+    swapped, applied = KERNEL_SETS["liger"].swap(model, spec)
+    assert swapped is model and applied == LIGER_APPLIED
+    layers = [f"model.layers.{i}" for i in range(spec.n_layers)]
+    assert _liger_modules(model) == {"", "model.norm", *(f"{layer}.{part}" for layer in layers
+                                                          for part in ("input_layernorm", "post_attention_layernorm",
+                                                                       "mlp"))}
+    assert modeling_llama.apply_rotary_pos_emb.__module__.startswith("liger_kernel")
+    # Same modules (classes included: Liger binds forwards), same parameters: only the forwards changed.
+    assert {name: (type(m), id(m)) for name, m in model.named_modules()} == before
+    assert {name: id(p) for name, p in model.named_parameters()} == params
+
+
+def test_liger_is_refused_on_a_cpu_even_when_installed():
+    pytest.importorskip("liger_kernel")
+    assert KERNEL_SETS["liger"].unavailable(MODELS["tiny-llama"], "cpu") == "kernels=liger needs a CUDA GPU"
+    assert KERNEL_SETS["liger"].unavailable(MODELS["llama-1b"], "cuda") is None
+    assert KERNEL_SETS["liger"].unavailable(MODELS["gpt2-124m"], "cuda") == \
+        "Liger-Kernel has no kernels for model family gpt2"
+
+
+def fake_apex(monkeypatch) -> list[str]:
+    """A stand-in `apex` (normalization and optimizers) in sys.modules; returns the log of what it built."""
+    import sys
+    import types
+
+    import torch.nn.functional as F
+
+    built: list[str] = []
+
+    class FusedLayerNorm(nn.Module):
+        def __init__(self, normalized_shape, eps=1e-5):
+            super().__init__()
+            built.append(f"FusedLayerNorm({tuple(normalized_shape)}, eps={eps})")
+            self.normalized_shape, self.eps = tuple(normalized_shape), eps
+            self.weight = nn.Parameter(torch.ones(normalized_shape))
+            self.bias = nn.Parameter(torch.zeros(normalized_shape))
+
+        def forward(self, x):
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    class FusedRMSNorm(nn.Module):
+        def __init__(self, normalized_shape, eps=1e-5):
+            super().__init__()
+            built.append(f"FusedRMSNorm({tuple(normalized_shape)}, eps={eps})")
+            self.normalized_shape, self.eps = tuple(normalized_shape), eps
+            self.weight = nn.Parameter(torch.ones(normalized_shape))
+
+        def forward(self, x):
+            return F.rms_norm(x.float(), self.normalized_shape, self.weight.float(), self.eps).to(x.dtype)
+
+    class FusedAdam(torch.optim.AdamW):
+        def __init__(self, params, lr, adam_w_mode):
+            assert adam_w_mode
+            built.append("FusedAdam")
+            super().__init__(params, lr=lr, foreach=False)
+
+    apex = types.ModuleType("apex")
+    apex.normalization = types.SimpleNamespace(FusedLayerNorm=FusedLayerNorm, FusedRMSNorm=FusedRMSNorm)
+    apex.optimizers = types.SimpleNamespace(FusedAdam=FusedAdam)
+    for name, module in (("apex", apex), ("apex.normalization", apex.normalization),
+                         ("apex.optimizers", apex.optimizers)):
+        monkeypatch.setitem(sys.modules, name, module)
+    return built
+
+
+@pytest.mark.parametrize("model, norm, eps", [("tiny-gpt2", "FusedLayerNorm", 1e-5),
+                                              ("tiny-llama", "FusedRMSNorm", 1e-6)])
+def test_apex_swap_replaces_every_norm_and_keeps_the_weights(monkeypatch, model, norm, eps):
+    built = fake_apex(monkeypatch)
+    spec = MODELS[model]
+    torch.manual_seed(0)
+    lm = build_model(spec, attention="sdpa")
+    norms = {name: m.weight for name, m in lm.named_modules() if type(m).__name__.endswith(("LayerNorm", "RMSNorm"))}
+    swapped, applied = KERNEL_SETS["apex"].swap(lm, spec)
+    assert swapped is lm and applied == "norms 5/5"
+    assert built == [f"{norm}(({spec.hidden},), eps={eps})"] * 5
+    assert {name: type(lm.get_submodule(name)).__name__ for name in norms} == dict.fromkeys(norms, norm)
+    assert all(lm.get_submodule(name).weight is weight for name, weight in norms.items())
+
+
+def test_apex_set_trains_with_fused_adam_and_matches_eager(monkeypatch):
+    """The set's optimizer replaces the config's; with stand-ins that compute what torch does, the losses match."""
+    built = fake_apex(monkeypatch)
+    base = Config(model="tiny-gpt2", batch_size=2, seq_len=16, steps=3, warmup=0, device="cpu", optimizer="adamw")
+    step = TrainingStep(base.replace(kernels="apex"), torch.device("cpu"))
+    assert type(step.precision.optimizer).__name__ == "FusedAdam" and built.count("FusedAdam") == 1
+    assert step.kernels_applied == "norms 5/5"
+    fused = [step().item() for _ in range(3)]
+    torch.testing.assert_close(torch.tensor(fused), torch.tensor(losses(base, 3)), atol=1e-5, rtol=1e-5)
+
+
+def test_apex_problem_names_the_missing_extensions_and_the_build_script(monkeypatch):
+    from lmbench.models.kernel_sets import apex_problem
+
+    fake_apex(monkeypatch)  # the Python package without its compiled extensions
+    assert apex_problem().startswith("Apex is not installed with its fused LayerNorm/RMSNorm and FusedAdam "
+                                     "extensions (fused_layer_norm_cuda, amp_C)")
+    assert apex_problem().endswith("ci/build-apex.sh")

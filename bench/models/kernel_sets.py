@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import sys
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -307,9 +308,31 @@ def _triton_unavailable(spec: ModelSpec, device: str) -> str | None:
     return None
 
 
+#: Apex's compiled extensions lmbench uses: FusedLayerNorm/FusedRMSNorm, and FusedAdam (multi_tensor_adam).
+APEX_EXTENSIONS = ("fused_layer_norm_cuda", "amp_C")
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a module already imported without a spec (a stand-in in sys.modules)
+        return name in sys.modules
+
+
+def apex_problem() -> str | None:
+    """Why Apex's fused norms and FusedAdam cannot run here (not installed, or without its extensions), or None."""
+    missing = [name for name in ("apex", *APEX_EXTENSIONS) if not _importable(name)]
+    if not missing:
+        return None
+    return ("Apex is not installed with its fused LayerNorm/RMSNorm and FusedAdam extensions (fused_layer_norm_cuda, "
+            "amp_C); it is not on the package index: build them from a source checkout on a CUDA machine with "
+            "ci/build-apex.sh")
+
+
 def _apex_unavailable(spec: ModelSpec, device: str) -> str | None:
-    if importlib.util.find_spec("apex") is None or importlib.util.find_spec("fused_layer_norm_cuda") is None:
-        return "Apex is not installed (with its CUDA extensions)"
+    problem = apex_problem()
+    if problem:
+        return problem
     if device == "cpu":
         return "kernels=apex needs a CUDA GPU (Apex norms silently fall back to native code on a CPU)"
     return None
@@ -357,13 +380,25 @@ def _runs_liger(module: nn.Module) -> bool:
 
 
 def _swap_liger(model: nn.Module, spec: ModelSpec) -> tuple[nn.Module, str]:
+    """Liger's instance patching for Llama: RMSNorms, SwiGLU MLPs, RoPE, and the fused linear cross-entropy.
+
+    Liger patches RoPE by replacing `apply_rotary_pos_emb` in transformers' Llama module (process-wide: the
+    worker is a fresh process per configuration) and the loss by binding its own forward to the model.
+    """
     from liger_kernel.transformers import _apply_liger_kernel_to_instance
+    from transformers.models.llama import modeling_llama
 
     norms = _count_norms(model)
     _apply_liger_kernel_to_instance(model=model)
     liger_norms = sum(_runs_liger(m) for m in model.modules() if type(m).__name__.endswith("RMSNorm"))
     mlps = sum(_runs_liger(layer.mlp) for layer in model.model.layers)
-    return model, verify("liger", spec, {"RMSNorms": (liger_norms, norms), "SwiGLU MLPs": (mlps, spec.n_layers)}, {})
+    rope = getattr(modeling_llama.apply_rotary_pos_emb, "__module__", "") or ""
+    counts = {"RMSNorms": (liger_norms, norms), "SwiGLU MLPs": (mlps, spec.n_layers),
+              "RoPE": (spec.n_layers if rope.startswith("liger_kernel") else 0, spec.n_layers),
+              "fused linear-CE loss": (int(_runs_liger(model)), 1)}
+    why = {"RoPE": f"transformers' Llama apply_rotary_pos_emb is {rope or 'unknown'}'s",
+           "fused linear-CE loss": "the model's forward is not Liger's"}
+    return model, verify("liger", spec, counts, why)
 
 
 def _compile(model: nn.Module) -> nn.Module:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from lmbench import __version__
 from lmbench.measure.environment import Platform
 from lmbench.models import float8
-from lmbench.models.kernel_sets import KERNEL_SETS
+from lmbench.models.kernel_sets import KERNEL_SETS, apex_problem
 from lmbench.models.registry import MODELS
 from lmbench.plan.config import Config
 from lmbench.plan.layout import DEFAULT_TP_DEGREE, DISTRIBUTED, MODEL_PARALLEL, problem
@@ -104,8 +104,10 @@ def skip_reason(config: Config, platform: Platform) -> str | None:
     kernels_problem = KERNEL_SETS[config.kernels].unavailable(MODELS[config.model], config.device.partition(":")[0])
     if kernels_problem:
         return kernels_problem
-    if config.optimizer == "apex-adam" and (not platform.apex_available or not config.device.startswith("cuda")):
-        return "optimizer=apex-adam needs Apex (with its CUDA extensions) and a CUDA GPU"
+    if config.optimizer == "apex-adam":
+        problem = apex_problem()
+        if problem or not config.device.startswith("cuda"):
+            return f"optimizer=apex-adam needs a CUDA GPU and Apex's FusedAdam: {problem or 'this is a CPU'}"
     if config.kernels == "compile" and config.warmup < 1:
         return "kernels=compile needs warmup >= 1 so compilation stays out of the measured window"
     return None
