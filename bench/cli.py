@@ -457,12 +457,15 @@ def calibrate(suite_name: str, repeats: int, out: Path | None, overrides: tuple[
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None)
 @click.option("--resume", is_flag=True, help="Continue the tune in --out; probes already made are reused.")
+@click.option("--parity", "check_parity", is_flag=True,
+              help="Check every combination's loss against its reference (FP8 ones always are); one that drifts "
+                   "never wins.")
 @click.option("--timeout-s", type=click.FloatRange(min=1), default=None,
               help="Wall-clock limit of each probe's and measurement's worker (default: the timeout_s axis's).")
 def tune(model: str, seq_len: int, precisions: str, kernel_sets: str, checkpointings: str,
          budget_minutes: float | None, max_memory: str | None, global_batch: int | None, margin: float,
          max_batch: int, steps: int, warmup: int, device: str | None, out: Path | None, resume: bool,
-         timeout_s: float | None) -> int:
+         check_parity: bool, timeout_s: float | None) -> int:
     """Find the largest batch that fits and the fastest configuration for a model.
 
     Example: lmbench tune --model llama-1b --precision amp-bf16,bf16 --checkpointing none,full
@@ -490,12 +493,13 @@ def tune(model: str, seq_len: int, precisions: str, kernel_sets: str, checkpoint
     out = out or Path("runs") / f"tune-{model}-{dt.datetime.now():%Y%m%d-%H%M%S}"
     with interruptible(), runner.RunDirectory(out, resume=resume) as run_dir:
         return _tune(base, run_dir, lists, model=model, seq_len=seq_len, budget_minutes=budget_minutes, margin=margin,
-                     max_batch=max_batch, global_batch=global_batch, steps=steps, warmup=warmup)
+                     max_batch=max_batch, global_batch=global_batch, steps=steps, warmup=warmup,
+                     check_parity=check_parity)
 
 
 def _tune(base: Any, run_dir: runner.RunDirectory, lists: dict[str, list[Any]], *, model: str, seq_len: int,
           budget_minutes: float | None, margin: float, max_batch: int, global_batch: int | None, steps: int,
-          warmup: int) -> int:
+          warmup: int, check_parity: bool = False) -> int:
     """The search and measurements of `lmbench tune` in a locked run directory, then its tables and winner."""
     from lmbench import tune as tuning
     from lmbench.analyze.table import tune_ranking_table, tune_search_table
@@ -505,7 +509,7 @@ def _tune(base: Any, run_dir: runner.RunDirectory, lists: dict[str, list[Any]], 
     err_console = _console(stderr=True)
     tuner = tuning.Tuner(base, run_dir, launch=runner.run_worker, budget_s=budget_minutes * 60 if budget_minutes
                          else None, margin=margin, max_batch=max_batch, global_batch=global_batch,
-                         on_event=lambda message: err_console.print(escape(message)))
+                         check_parity=check_parity, on_event=lambda message: err_console.print(escape(message)))
     for warning in run_dir.notices + tuner.warnings:
         click.echo(f"lmbench: warning: {warning}", err=True)
     found = []

@@ -5,6 +5,12 @@ probe runs out of memory, bisect between the last size that fitted and the first
 off by a safety margin, then measure throughput at that size and a few below it. Probes are short
 runs (one warmup step, two measured) recorded in RUN_DIR/probes.jsonl, measurements are ordinary
 records in RUN_DIR/results.jsonl, so an interrupted tune resumes where it stopped.
+
+A combination whose loss may stray from its reference (FP8 always, every one with --parity) gets a
+parity check first: PARITY_STEPS on the Markov corpus at the chosen batch, against the reference
+(lmbench.plan.parity), recorded in RUN_DIR/parity.jsonl. Its verdict goes into every measured record
+of the combination, and a configuration that drifts or diverges is ranked after every one that
+does not, so it never wins.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any
 
 from lmbench.analyze import results
 from lmbench.errors import UsageError
+from lmbench.plan import parity
 from lmbench.plan.config import Config
 from lmbench.run.runner import Job, RunDirectory
 
@@ -29,6 +36,10 @@ Launcher = Callable[[Job, RunDirectory], tuple[str, str | None, dict[str, Any] |
 PROBE_STEPS, PROBE_WARMUP = 2, 1
 #: Sizes measured besides the chosen one, as fractions of it.
 BELOW = (0.75, 0.5)
+#: Parity check of a combination: the steps over which ci/parity-tolerances.sh measured the tolerances.
+PARITY_STEPS, PARITY_WARMUP = 30, 1
+#: Parity verdicts that keep a configuration from winning.
+STRAYED = ("drift", "diverged")
 
 
 def parse_size(text: str) -> int:
@@ -65,7 +76,8 @@ class Tuner:
 
     def __init__(self, base: Config, run_dir: RunDirectory, *, launch: Launcher, budget_s: float | None = None,
                  margin: float = 0.1, max_batch: int = 4096, global_batch: int | None = None,
-                 on_event: Callable[[str], None] = lambda message: None) -> None:
+                 check_parity: bool = False, on_event: Callable[[str], None] = lambda message: None) -> None:
+        """`check_parity`: a parity check for every combination, not only the FP8 ones."""
         if not 0 <= margin < 1:
             raise UsageError(f"--margin {margin}: must be in [0, 1)")
         self.base = base
@@ -76,7 +88,9 @@ class Tuner:
         self.max_batch = max_batch
         self.global_batch = global_batch
         self.on_event = on_event
+        self.check_parity = check_parity
         self.probe_path = run_dir.path / "probes.jsonl"
+        self.parity_path = run_dir.path / "parity.jsonl"
         self.cache: dict[str, str] = {}
         with results.saving(self.probe_path):
             repaired = results.repair(self.probe_path)
@@ -88,6 +102,14 @@ class Tuner:
                 self.cache[entry["config_key"]] = entry["status"]
             else:
                 self.warnings.append(f"{self.probe_path}:{number}: skipped line without config_key and status")
+        self.parity_runs: dict[str, dict[str, Any]] = {}
+        with results.saving(self.parity_path):
+            repaired = results.repair(self.parity_path)
+        entries, warnings = results.read_lines(self.parity_path)
+        self.warnings += warnings + ([repaired] if repaired else [])
+        for _, entry in entries:
+            if isinstance(entry, dict) and isinstance(entry.get("config_key"), str):
+                self.parity_runs[entry["config_key"]] = entry
         recorded = run_dir.recorded()
         self.warnings += recorded.warnings
         self.done = {r["config_key"] for r in recorded.records}
@@ -135,7 +157,41 @@ class Tuner:
         found.chosen = max(1, int(fitting * (1 - self.margin))) if fitting else 0
         return found
 
+    def needs_parity(self, combo: dict[str, str]) -> bool:
+        return self.check_parity or combo["precision"] in parity.FP8_PRECISIONS
+
+    def _losses(self, config: Config) -> dict[str, Any]:
+        """Status and losses of one parity run (cached in parity.jsonl)."""
+        if config.key not in self.parity_runs:
+            status, reason, payload = self.launch(Job(config, 0), self.run_dir)
+            entry = {"config_key": config.key, "precision": config.precision, "kernels": config.kernels,
+                     "batch_size": config.batch_size, "status": status, "reason": reason,
+                     "losses": (payload or {}).get("losses")}
+            self.parity_runs[config.key] = entry
+            with results.saving(self.parity_path):
+                results.append_line(self.parity_path, entry)
+            self.on_event(f"parity {config.precision} {config.kernels} batch {config.batch_size}: {status}")
+        return self.parity_runs[config.key]
+
+    def parity_check(self, combo: dict[str, str], batch: int) -> dict[str, Any]:
+        """The combination's parity fields at `batch` against its reference (None verdict when either failed)."""
+        config = self.base.replace(**combo, batch_size=batch, grad_accum=1, steps=PARITY_STEPS, warmup=PARITY_WARMUP,
+                                   telemetry=False, data="markov")
+        reference = parity.reference_config(config)
+        ran = self._losses(config)
+        if ran["status"] == "diverged":
+            return parity.verdict([], ran["losses"] or [None], precision=config.precision)
+        judged = self._losses(reference)
+        if ran["status"] != "ok" or judged["status"] != "ok":
+            return {"parity": None, "parity_max_rel_dev": None, "parity_tolerance": parity.TOLERANCES[config.precision]}
+        return parity.verdict(judged["losses"], ran["losses"], precision=config.precision)
+
     def measure(self, found: ComboResult, steps: int, warmup: int) -> None:
+        checked = None
+        if self.needs_parity(found.combo) and not self.out_of_time():
+            checked = self.parity_check(found.combo, found.chosen)
+            if checked["parity"] in STRAYED:
+                found.note = found.note or f"parity {checked['parity']}: never ranked first"
         sizes = sorted({found.chosen, *(max(1, int(found.chosen * f)) for f in BELOW)}, reverse=True)
         for batch in sizes:
             if self.out_of_time():
@@ -147,6 +203,8 @@ class Tuner:
                 status, reason, payload = self.launch(Job(config, 0), self.run_dir)
                 record = results.make_record(suite="tune", config=config.to_dict(), config_key=config.key, repeat=0,
                                              status=status, reason=reason, payload=payload)
+                if checked is not None and record["metrics"] is not None:
+                    record["metrics"].update(checked)
                 self.run_dir.append(record)
                 self.done.add(config.key)
                 self.on_event(f"measure {_label(found.combo)} batch {batch} x{accum}: {status}")
@@ -162,11 +220,17 @@ def _label(combo: dict[str, str]) -> str:
     return " ".join(combo.values())
 
 
+def strayed(record: dict[str, Any]) -> bool:
+    """Whether the record's loss drifted or diverged from its reference's (a parity check said so)."""
+    return (record.get("metrics") or {}).get("parity") in STRAYED
+
+
 def ranked(run_dir: RunDirectory) -> list[dict[str, Any]]:
-    """Measured configurations, fastest first (tokens/s over repeat 0), failed ones last."""
+    """Measured configurations, fastest first (tokens/s over repeat 0); those whose loss strayed from their
+    reference's after every other ok one, failed ones last."""
     records = run_dir.recorded().records
     ok = [r for r in records if r["status"] == "ok"]
-    ok.sort(key=lambda r: -r["metrics"]["tokens_per_s"])
+    ok.sort(key=lambda r: (strayed(r), -r["metrics"]["tokens_per_s"]))
     return ok + [r for r in records if r["status"] != "ok"]
 
 
@@ -185,7 +249,7 @@ def winner_suite(record: dict[str, Any]) -> str:
 
 def write_winner(run_dir: RunDirectory) -> Path | None:
     rows = ranked(run_dir)
-    if not rows or rows[0]["status"] != "ok":
+    if not rows or rows[0]["status"] != "ok" or strayed(rows[0]):
         return None
     path = run_dir.path / "tuned.toml"
     with results.saving(path):

@@ -41,7 +41,9 @@ def test_peak_table_matches_device_names_and_cites_sources():
     assert find_device("NVIDIA H200").device == "H200 SXM"
     assert find_device("NVIDIA A100-SXM4-80GB").device == "A100"
     assert find_device("NVIDIA L4").device == "L4"
-    assert find_device("NVIDIA L40S") is None
+    assert find_device("NVIDIA L40S").device == "L40S"
+    assert find_device("NVIDIA B200").device == "B200"
+    assert find_device("NVIDIA GB200") is None  # another power envelope, other peaks
     assert find_device("NVIDIA GeForce RTX 4090").device == "RTX 4090"
     assert peak_flops("NVIDIA H100 80GB HBM3", "amp-bf16")[0] == pytest.approx(989.5e12)
     assert peak_flops("NVIDIA H100 80GB HBM3", "fp32")[0] == pytest.approx(67e12)
@@ -62,6 +64,27 @@ def test_mfu_is_achieved_over_peak_and_absent_for_unknown_devices():
     cpu = flops_utilisation(flops_per_token=1_000_000, tokens_per_s_per_device=1e6, device_name=None,
                             precision="fp32")
     assert cpu["mfu"] is None and cpu["tflops"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("device, fp8_tflops", [("NVIDIA H100 80GB HBM3", 1979.0), ("NVIDIA H100 PCIe", 1513.0),
+                                                ("NVIDIA H100 NVL", 1670.5), ("NVIDIA H200", 1979.0),
+                                                ("NVIDIA L40S", 733.0), ("NVIDIA L4", 242.5), ("NVIDIA B200", 4500.0)])
+def test_fp8_mfu_is_stated_against_the_bf16_and_the_fp8_peak(device, fp8_tflops):
+    m = flops_utilisation(flops_per_token=1_000_000, tokens_per_s_per_device=100_000_000.0, device_name=device,
+                          precision="fp8-rowwise", hardware_flops_per_token=2_000_000)
+    bf16 = find_device(device).bf16_tflops
+    assert fp8_tflops == pytest.approx(2 * bf16, rel=0.02)  # every datasheet here about doubles bf16 for FP8
+    assert m["peak_tflops"] == pytest.approx(bf16) and m["mfu"] == pytest.approx(100 / bf16)
+    assert m["peak_fp8_tflops"] == pytest.approx(fp8_tflops)
+    assert m["mfu_fp8_peak"] == pytest.approx(100 / fp8_tflops) and m["hfu_fp8_peak"] == pytest.approx(200 / fp8_tflops)
+
+
+def test_fp8_mfu_is_absent_where_the_table_has_no_fp8_peak():
+    a100 = flops_utilisation(flops_per_token=1, tokens_per_s_per_device=1.0, device_name="NVIDIA A100-SXM4-80GB",
+                             precision="fp8-tensorwise")
+    assert a100["mfu"] is not None and a100["peak_fp8_tflops"] is None and a100["mfu_fp8_peak"] is None
+    assert "mfu_fp8_peak" not in flops_utilisation(flops_per_token=1, tokens_per_s_per_device=1.0,
+                                                   device_name="NVIDIA H100 PCIe", precision="amp-bf16")
 
 
 def test_throughput_uses_median_step_and_counts_all_ranks():

@@ -102,3 +102,65 @@ def test_winner_suite_reproduces_the_config():
     text = winner_suite({"config": config.to_dict(), "metrics": {"tokens_per_s": 1234.0}})
     (planned,) = suites.parse(text, source="tuned.toml").expand()
     assert planned.config == config
+
+
+class ParityLauncher(FakeLauncher):
+    """FP8 is twice as fast as amp-bf16; its loss tracks the bf16 reference's, or strays by `fp8_offset`."""
+
+    def __init__(self, boundary: int, fp8_offset: float) -> None:
+        super().__init__(boundary)
+        self.fp8_offset = fp8_offset
+        self.parity_runs: list[tuple[str, str]] = []
+
+    def __call__(self, job, run_dir):
+        config = job.config
+        if config.data == "markov":
+            self.parity_runs.append((config.precision, config.kernels))
+            losses = [6.0 - 0.05 * step for step in range(config.steps)]
+            if config.precision.startswith("fp8"):
+                losses = [v * (1 + self.fp8_offset) for v in losses]
+            return "ok", None, {"metrics": {}, "losses": losses, "env": None}
+        status, reason, payload = super().__call__(job, run_dir)
+        if payload and config.precision.startswith("fp8"):
+            payload["metrics"]["tokens_per_s"] *= 2
+        return status, reason, payload
+
+
+@pytest.mark.parametrize("offset, verdict, winner", [(0.0, "ok", "fp8-rowwise"), (0.05, "drift", "amp-bf16")])
+def test_fp8_gets_a_parity_check_and_never_wins_when_it_drifts(tmp_path, offset, verdict, winner):
+    from lmbench.tune import PARITY_STEPS, ranked, write_winner
+
+    run_dir = RunDirectory(tmp_path / "run", resume=False)
+    launcher = ParityLauncher(8, offset)
+    tuner = Tuner(BASE, run_dir, launch=launcher)
+    for precision in ("amp-bf16", "fp8-rowwise"):
+        combo = {**COMBO, "precision": precision, "kernels": "compile"}
+        found = tuner.search(combo)
+        tuner.measure(found, steps=2, warmup=1)
+    # Only FP8 is checked, against amp-bf16 eager, at the chosen batch, over the steps the tolerance was measured on.
+    assert launcher.parity_runs == [("fp8-rowwise", "compile"), ("amp-bf16", "eager")]
+    assert [json.loads(line)["batch_size"] for line in (tmp_path / "run" / "parity.jsonl").read_text().splitlines()] \
+        == [7, 7]
+    assert PARITY_STEPS == 30
+    rows = ranked(run_dir)
+    fp8 = [r for r in rows if r["config"]["precision"] == "fp8-rowwise"]
+    assert {r["metrics"]["parity"] for r in fp8} == {verdict}
+    assert rows[0]["config"]["precision"] == winner
+    assert suites.parse(write_winner(run_dir).read_text(), source="tuned.toml").expand()[0].config.precision == winner
+    # A resumed tune reuses the parity runs.
+    again = ParityLauncher(8, offset)
+    Tuner(BASE, run_dir, launch=again).parity_check(
+        {**COMBO, "precision": "fp8-rowwise", "kernels": "compile"}, 7)
+    assert again.parity_runs == []
+
+
+def test_a_tune_where_only_drifting_configurations_ran_has_no_winner(tmp_path):
+    from lmbench.tune import write_winner
+
+    run_dir = RunDirectory(tmp_path / "run", resume=False)
+    tuner = Tuner(BASE, run_dir, launch=ParityLauncher(4, 0.05))
+    combo = {**COMBO, "precision": "fp8-tensorwise", "kernels": "compile"}
+    found = tuner.search(combo)
+    tuner.measure(found, steps=2, warmup=1)
+    assert found.note == "parity drift: never ranked first"
+    assert write_winner(run_dir) is None

@@ -193,10 +193,11 @@ def tune_search_table(found: list[Any], *, title: str) -> Table:
 
 
 def tune_ranking_table(records: list[dict[str, Any]]) -> Table:
-    """`lmbench tune`: measured configurations, fastest first."""
-    table = Table(title="ranked by tokens/s", title_justify="left")
+    """`lmbench tune`: measured configurations, fastest first (those whose loss strayed after the others)."""
+    table = Table(title="ranked by tokens/s (a loss that drifted from its reference never ranks first)",
+                  title_justify="left")
     for column in ("#", "precision", "kernels", "checkpointing", "batch", "accum", "status", "tokens/s",
-                   "peak mem", "J/token"):
+                   "peak mem", "J/token", "parity"):
         table.add_column(column)
     for i, r in enumerate(records, start=1):
         m, c = r["metrics"] or {}, r["config"]
@@ -204,5 +205,5 @@ def tune_ranking_table(records: list[dict[str, Any]]) -> Table:
         table.add_row(str(i), c["precision"], c["kernels"], c["checkpointing"], str(c["batch_size"]),
                       str(c["grad_accum"]), r["status"], "-" if not m.get("tokens_per_s") else
                       f"{m['tokens_per_s']:,.0f}", memory, "-" if m.get("j_per_token") is None else
-                      f"{m['j_per_token']:.3g}")
+                      f"{m['j_per_token']:.3g}", m.get("parity") or "-")
     return table

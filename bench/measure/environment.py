@@ -150,6 +150,8 @@ def capture(device: Any) -> dict[str, Any]:
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "triton": _version("triton"),
         "transformers": _version("transformers"),
+        "torchao": _version("torchao"),
+        "liger_kernel": _version("liger-kernel"),
         "device": device_info(device),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -211,4 +213,5 @@ def describe() -> list[tuple[str, str]]:
     rows.extend(nvml_rows(info.device_count))
     rows.append(("apex", "installed" if info.apex_available else "not installed"))
     rows.append(("liger-kernel", "installed" if info.liger_available else "not installed (pip install lmbench[liger])"))
+    rows.append(("torchao (FP8)", _version("torchao") or "not installed (pip install lmbench[fp8])"))
     return rows

@@ -1,5 +1,9 @@
 """Loss parity: does a fast configuration still train like the reference (fp32, eager, no checkpointing)?
 
+An FP8 configuration is judged against its bf16 reference instead (amp-bf16, eager, no checkpointing):
+FP8 changes only the block linears of amp-bf16, so that is the difference parity must isolate; the
+bf16 reference is itself judged against fp32 when both are in the plan.
+
 Both runs start from the same seed, hence the same initial weights and the same batches. Their
 per-step losses are smoothed with a short EMA and compared step by step; the verdict is
   ok        max relative deviation <= the precision's tolerance
@@ -34,7 +38,13 @@ TOLERANCES: dict[str, float] = {
     "amp-bf16": 1e-4,
     "fp16": 4e-2,
     "bf16": 1.5e-2,
+    # Against amp-bf16 (FP8_REFERENCE), measured by ci/parity-tolerances.sh --fp8: see docs/parity.md.
+    "fp8-tensorwise": 1.0,
+    "fp8-rowwise": 1.0,
 }
+#: The precision an FP8 configuration's loss is compared with.
+FP8_REFERENCE = "amp-bf16"
+FP8_PRECISIONS = frozenset(p for p in TOLERANCES if p.startswith("fp8"))
 
 
 def ema(values: Sequence[float], alpha: float = EMA_ALPHA) -> list[float]:
@@ -45,18 +55,29 @@ def ema(values: Sequence[float], alpha: float = EMA_ALPHA) -> list[float]:
 
 
 def reference_config(config: Config, *, nnodes: int = 1) -> Config:
-    """The configuration a parity check compares against: same model, data, seed and batches, in plain fp32.
+    """The configuration a parity check compares against: same model, data, seed and batches, eager, no
+    checkpointing, in plain fp32 (FP8: in amp-bf16).
 
     A model-parallel configuration (resolved: nproc settled) is compared with parallel=none training on the same
     global batch, which its ranks cut up (lmbench.run.training): the check that sharding and staging left the
     arithmetic as it was.
     """
-    reference = config.replace(precision="fp32", kernels="eager", checkpointing="none")
+    precision = FP8_REFERENCE if config.precision in FP8_PRECISIONS else "fp32"
+    reference = config.replace(precision=precision, kernels="eager", checkpointing="none")
     return single_device(reference, nnodes=nnodes) if config.parallel in MODEL_PARALLEL else reference
 
 
 def is_reference(config: Config) -> bool:
+    """Whether `config` is the end of its reference chain (fp32 eager): judged by nothing."""
     return reference_config(config) == config
+
+
+def reference_depth(config: Config) -> int:
+    """References to run before `config` can be judged: 0 for fp32 eager, 2 for FP8 (amp-bf16, then fp32)."""
+    depth = 0
+    while not is_reference(config):
+        config, depth = reference_config(config), depth + 1
+    return depth
 
 
 def verdict(reference: Sequence[float | None], losses: Sequence[float | None], *, precision: str
@@ -106,10 +127,13 @@ def with_references(planned: list[Any], platform: Any = None, *, nnodes: int = 1
     keys = {row.config.key for row in rows}
     references = []
     for row in rows:
-        reference = reference_config(row.config, nnodes=nnodes)
-        if reference.key not in keys:
-            keys.add(reference.key)
-            references.append(Planned(reference, reference.conflict()))
+        config = row.config
+        while not is_reference(config):  # an FP8 row needs its amp-bf16 reference and that one's fp32 reference
+            config = reference_config(config, nnodes=nnodes)
+            if config.key not in keys:
+                keys.add(config.key)
+                references.append(Planned(config, config.conflict()))
     if references:
-        notices.append(f"parity: added {len(references)} reference configuration(s) (fp32, eager, no checkpointing)")
+        notices.append(f"parity: added {len(references)} reference configuration(s) (eager, no checkpointing; fp32, "
+                       "and amp-bf16 for FP8)")
     return references + rows, notices

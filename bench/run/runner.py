@@ -23,7 +23,7 @@ from lmbench.measure.stats import percentile
 from lmbench.plan.config import Config
 from lmbench.plan.feasibility import resolve, skip_reason
 from lmbench.plan.layout import single_device
-from lmbench.plan.parity import is_reference, reference_config
+from lmbench.plan.parity import is_reference, reference_config, reference_depth
 from lmbench.plan.parity import verdict as parity_verdict
 from lmbench.plan.suite import Planned
 from lmbench.run.launcher import Launch, worker_command
@@ -60,9 +60,10 @@ def plan(planned: list[Planned], platform: Platform, *, repeats: int, done: set[
          parity: bool = False) -> list[Job]:
     """Jobs in run order: repeat-major, so repeats of a config are spread over the run's duration."""
     jobs = []
-    # With parity, references (fp32, eager, no checkpointing) run before the configurations judged by them.
+    # With parity, references run before the configurations judged by them: fp32 eager first, then
+    # everything judged against it (FP8's amp-bf16 reference among them), then FP8.
     ordered = sorted(planned, key=lambda row: (_PARALLEL_ORDER[row.config.parallel],
-                                               parity and not is_reference(row.config)))
+                                               reference_depth(row.config) if parity else 0))
     for repeat in range(repeats):
         seen: set[str] = set()
         for row in ordered:
