@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # lmbench's GPU validation, in stages that each fit one command on a lent, offline GPU machine.
 #
-#   ci/gpu-validate.sh STAGE               on the GPU (STAGE 1-5; see ci/README.md for what each runs)
+#   ci/gpu-validate.sh STAGE               on the GPU (STAGE 1-6; see ci/README.md for what each runs)
 #   ci/gpu-validate.sh --rehearse STAGE    the same stage on this CPU: tiny models, short runs, a fake $OUT
 #
 # Every stage is self-contained: it installs lmbench from this checkout (offline: no index, no build
@@ -32,7 +32,7 @@ if [[ ${STAGE} == -h || ${STAGE} == --help ]]; then
     usage
     exit 0
 fi
-if [[ ! ${STAGE} =~ ^[1-5]$ || $# -ne 1 ]]; then
+if [[ ! ${STAGE} =~ ^[1-6]$ || $# -ne 1 ]]; then
     usage >&2
     exit 2
 fi
@@ -144,6 +144,19 @@ sys.exit(pathlib.Path(lmbench.__file__).resolve().parent != pathlib.Path('bench'
 }
 export -f install_lmbench
 
+install_wheels() {
+    # The optional back-ends an offline machine cannot fetch (Liger-Kernel, torchao), carried in ci/wheels by
+    # ci/liger-wheel.sh; without them their configurations are `skipped` with the reason.
+    local wheels=("$REPO"/ci/wheels/*.whl)
+    if [[ ! -e ${wheels[0]} ]]; then
+        echo "no wheels in ci/wheels: run ci/liger-wheel.sh where there is a package index and carry ci/wheels"
+        return 0
+    fi
+    PIP_BREAK_SYSTEM_PACKAGES=1 "$PY" -m pip install --no-index --no-deps "${wheels[@]}" ||
+        PIP_BREAK_SYSTEM_PACKAGES=1 "$PY" -m pip install --user --no-index --no-deps "${wheels[@]}"
+}
+export -f install_wheels
+
 preflight() {
     "$PY" - <<'PY'
 import importlib, importlib.metadata as md, sys
@@ -151,7 +164,7 @@ missing = []
 for module, dist in [("torch", "torch"), ("triton", "triton"), ("transformers", "transformers"),
                      ("tokenizers", "tokenizers"), ("pandas", "pandas"), ("scipy", "scipy"), ("click", "click"),
                      ("rich", "rich"), ("matplotlib", "matplotlib"), ("pynvml", "nvidia-ml-py"), ("pytest", "pytest"),
-                     ("lmbench", "lmbench")]:
+                     ("torchao", "torchao"), ("liger_kernel", "liger-kernel"), ("lmbench", "lmbench")]:
     try:
         importlib.import_module(module)
         try:
@@ -211,9 +224,14 @@ for results in sorted(work.glob("runs/*/results.jsonl")):
         def f(key, fmt):
             return format(m[key], fmt) if isinstance(m.get(key), (int, float)) else "-"
         note = r.get("reason") or (m.get("telemetry") if m.get("telemetry") != "on" else "")
+        # What FP8 and the kernel sets applied, FP8's MFU against its own peak, and the loss parity verdict.
+        extra = [m.get("precision_applied"), m.get("kernels_applied"),
+                 m.get("mfu_fp8_peak") is not None and f"mfu(fp8 peak) {m['mfu_fp8_peak']:.3f}",
+                 m.get("parity") and f"parity {m['parity']} {f('parity_max_rel_dev', '.2e')}"]
+        note = "; ".join(str(x) for x in [note, *extra] if x)
         print(f"  {r['status']:<8} {r['config_key'][:64]:<64} r{r['repeat']} tok/s {f('tokens_per_s', ',.0f'):>9}"
               f" mfu {f('mfu', '.3f'):>5} start {f('startup_s', '.1f'):>5}s warm {f('warmup_s', '.1f'):>5}s"
-              f" window {f('window_s', '.1f'):>5}s {f('energy_j', '.0f'):>6} J {str(note or '')[:90]}")
+              f" window {f('window_s', '.1f'):>5}s {f('energy_j', '.0f'):>6} J {str(note or '')[:160]}")
 for log in sorted(work.glob("logs/pytest-*.txt")):
     lines = log.read_text(errors="replace").splitlines()
     tail = [l for l in lines if re.search(r"\b(passed|failed|error|skipped|collected|no tests ran)\b", l)][-1:]
@@ -284,8 +302,9 @@ case $STAGE in
             --csv "$WORK/kernels-rmsnorm.csv"
         ;;
     3)  # Every precision, the regression-gate suite with repeats (its noise), the harness overhead.
+        # The six eager precisions only: the suite's compiled FP8 rows (three compilations a model) are stage 6's.
         run_suite precision 190 precision --set "model=$GPT2,$LLAMA" --set "batch_size=$BATCH" --set steps=15 \
-            --set warmup=5
+            --set warmup=5 --set kernels=eager --set precision=fp32,tf32,amp-fp16,fp16,amp-bf16,bf16
         run_suite ci 150 ci --set "model=$GPT2,$LLAMA" --repeats 3
         report
         pytest_step pytest-overhead 60 -s -m gpu tests/test_gpu.py -k harness_overhead
@@ -300,9 +319,18 @@ case $STAGE in
         ;;
     5)  # Loss-parity tolerances measured on this device, and memory against activation checkpointing.
         step parity-tolerances 200 env OUT="$WORK/runs/parity-tolerances" ci/parity-tolerances.sh \
-            --device "$DEVICE" --set model=tiny-gpt2,tiny-llama --set "timeout_s=$CONFIG_TIMEOUT_S" \
-            ${SHORT[@]+"${SHORT[@]}"}
+            --device "$DEVICE" --set model=tiny-gpt2,tiny-llama --set precision=fp32,tf32,amp-fp16,amp-bf16,fp16,bf16 \
+            --set "timeout_s=$CONFIG_TIMEOUT_S" ${SHORT[@]+"${SHORT[@]}"}
         run_suite memory 150 memory --set "model=$GPT2_MEDIUM" --set steps=10 --set warmup=3
+        report
+        ;;
+    6)  # FP8 against amp-bf16 (all compiled, loss parity included) and Liger against eager, on Llama-1B.
+        step wheels 60 bash -c install_wheels
+        # --parity adds amp-bf16 and fp32 eager references on the Markov corpus: does FP8's loss track bf16's?
+        run_suite fp8 260 fp8 --set "model=$LLAMA" --set "batch_size=$BATCH" --set steps=15 --set warmup=3 --parity \
+            --set timeout_s=240
+        run_suite kernels-liger 90 kernels --set "model=$LLAMA" --set kernels=eager,liger --set steps=15 \
+            --set warmup=3
         report
         ;;
 esac
