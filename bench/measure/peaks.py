@@ -38,31 +38,39 @@ class DevicePeak:
 # Order matters: the first matching pattern wins, so specific variants come before generic names.
 PEAKS: list[DevicePeak] = [
     DevicePeak(device="H100 NVL", pattern=r"H100.*NVL", fp32_tflops=60.0, tf32_tflops=417.5, bf16_tflops=835.5,
-               fp16_tflops=835.5, fp8_tflops=1670.5, source="https://www.nvidia.com/en-us/data-center/h100/ (H100 NVL column, "
+               fp16_tflops=835.5, fp8_tflops=1670.5,
+               source="https://www.nvidia.com/en-us/data-center/h100/ (H100 NVL column, "
                "sparse tensor figures halved)"),
     DevicePeak(device="H100 PCIe", pattern=r"H100.*PCIe", fp32_tflops=51.0, tf32_tflops=378.0, bf16_tflops=756.5,
-               fp16_tflops=756.5, fp8_tflops=1513.0, source="https://www.nvidia.com/en-us/data-center/h100/ (H100 PCIe column, "
+               fp16_tflops=756.5, fp8_tflops=1513.0,
+               source="https://www.nvidia.com/en-us/data-center/h100/ (H100 PCIe column, "
                "sparse tensor figures halved)"),
     DevicePeak(device="H100 SXM", pattern=r"H100", fp32_tflops=67.0, tf32_tflops=494.5, bf16_tflops=989.5,
-               fp16_tflops=989.5, fp8_tflops=1979.0, source="https://www.nvidia.com/en-us/data-center/h100/ (H100 SXM column, "
+               fp16_tflops=989.5, fp8_tflops=1979.0,
+               source="https://www.nvidia.com/en-us/data-center/h100/ (H100 SXM column, "
                "sparse tensor figures halved)"),
     DevicePeak(device="H200 NVL", pattern=r"H200.*NVL", fp32_tflops=60.0, tf32_tflops=417.5, bf16_tflops=835.5,
-               fp16_tflops=835.5, fp8_tflops=1670.5, source="https://www.nvidia.com/en-us/data-center/h200/ (H200 NVL column, "
+               fp16_tflops=835.5, fp8_tflops=1670.5,
+               source="https://www.nvidia.com/en-us/data-center/h200/ (H200 NVL column, "
                "sparse tensor figures halved)"),
     DevicePeak(device="H200 SXM", pattern=r"H200", fp32_tflops=67.0, tf32_tflops=494.5, bf16_tflops=989.5,
-               fp16_tflops=989.5, fp8_tflops=1979.0, source="https://www.nvidia.com/en-us/data-center/h200/ (H200 SXM column, "
+               fp16_tflops=989.5, fp8_tflops=1979.0,
+               source="https://www.nvidia.com/en-us/data-center/h200/ (H200 SXM column, "
                "sparse tensor figures halved)"),
     DevicePeak(device="A100", pattern=r"A100", fp32_tflops=19.5, tf32_tflops=156.0, bf16_tflops=312.0,
                fp16_tflops=312.0, source="https://www.nvidia.com/content/dam/en-zz/Solutions/Data-Center/a100/pdf/"
                "nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf (dense figures; same for 40/80 GB, PCIe/SXM)"),
     DevicePeak(device="B200", pattern=r"(?<!G)B200", fp32_tflops=75.0, tf32_tflops=1100.0, bf16_tflops=2250.0,
-               fp16_tflops=2250.0, fp8_tflops=4500.0, source="https://www.nvidia.com/en-us/data-center/hgx/ (HGX "
+               fp16_tflops=2250.0, fp8_tflops=4500.0,
+               source="https://www.nvidia.com/en-us/data-center/hgx/ (HGX "
                "B200, 'Individual Blackwell GPU Specifications' rows, sparse tensor figures halved)"),
     DevicePeak(device="L40S", pattern=r"L40S", fp32_tflops=91.6, tf32_tflops=183.0, bf16_tflops=362.05,
-               fp16_tflops=362.05, fp8_tflops=733.0, source="https://www.nvidia.com/en-us/data-center/l40s/ (dense "
+               fp16_tflops=362.05, fp8_tflops=733.0,
+               source="https://www.nvidia.com/en-us/data-center/l40s/ (dense "
                "figures, the left of each 'dense | sparse' pair)"),
     DevicePeak(device="L4", pattern=r"\bL4\b", fp32_tflops=30.3, tf32_tflops=60.0, bf16_tflops=121.0,
-               fp16_tflops=121.0, fp8_tflops=242.5, source="https://www.nvidia.com/en-us/data-center/l4/ (sparse tensor figures "
+               fp16_tflops=121.0, fp8_tflops=242.5,
+               source="https://www.nvidia.com/en-us/data-center/l4/ (sparse tensor figures "
                "halved)"),
     DevicePeak(device="RTX 4090", pattern=r"RTX 4090", fp32_tflops=82.6, tf32_tflops=82.6, bf16_tflops=165.2,
                fp16_tflops=165.2, source="https://images.nvidia.com/aem-dam/Solutions/geforce/ada/"
