@@ -29,7 +29,8 @@ def test_every_command_has_help(command):
 
 def test_unknown_suite():
     line = one_line_error(invoke("run", "--suite", "nope"))
-    assert line.startswith("lmbench: error: unknown suite 'nope'; available: batch-sweep, ci, fp16, kernels, memory")
+    assert line.startswith("lmbench: error: unknown suite 'nope'; available: batch-sweep, ci, fp16, fp8, kernels, "
+                           "memory")
 
 
 def test_malformed_toml(tmp_path):
@@ -44,7 +45,7 @@ def test_unknown_axis_value_in_file(tmp_path):
     path.write_text('[matrix]\nprecision = ["fp32", "int4"]\n')
     line = one_line_error(invoke("run", "--suite", str(path), "--dry-run"))
     assert line == (f"lmbench: error: {path}: [matrix]: precision='int4' is not one of: "
-                    "fp32, tf32, amp-fp16, amp-bf16, fp16, bf16")
+                    "fp32, tf32, amp-fp16, amp-bf16, fp16, bf16, fp8-tensorwise, fp8-rowwise")
 
 
 def test_batch_size_zero():

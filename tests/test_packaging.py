@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-#: Imported only inside the kernel sets or optimizers that need them, each with an `unavailable` reason.
-OPTIONAL = {"apex", "liger_kernel", "fused_layer_norm_cuda"}
+#: Imported only inside the kernel sets, optimizers or precisions that need them, each with an `unavailable` reason
+#: (liger_kernel and torchao are the `liger` and `fp8` extras).
+OPTIONAL = {"apex", "liger_kernel", "fused_layer_norm_cuda", "torchao"}
 
 
 #: Packages that pyproject.toml maps from their own folders (kernels/, suites/), beside lmbench itself.

@@ -93,7 +93,8 @@ def test_amp_fp16_step_waits_for_the_device_no_more_than_gradscaler_itself(make_
     assert p.skipped_steps == round(math.log2(2.0**16 / bare_scaler.get_scale()))
 
 
-@pytest.mark.parametrize("name", list(PRECISIONS))
+# FP8 converts the linears of a model's transformer blocks, which a bare nn.Linear has not: tests/test_float8.py.
+@pytest.mark.parametrize("name", [name for name in PRECISIONS if not name.startswith("fp8")])
 def test_every_mode_trains_a_step_on_cpu(name):
     p = PRECISIONS[name](tiny(), sgd, CPU)
     x = torch.ones(3, 4, dtype=next(p.model.parameters()).dtype)
