@@ -38,9 +38,10 @@ TOLERANCES: dict[str, float] = {
     "amp-bf16": 1e-4,
     "fp16": 4e-2,
     "bf16": 1.5e-2,
-    # Against amp-bf16 (FP8_REFERENCE), measured by ci/parity-tolerances.sh --fp8: see docs/parity.md.
-    "fp8-tensorwise": 1.0,
-    "fp8-rowwise": 1.0,
+    # Against amp-bf16 (FP8_REFERENCE), 3x the largest of 20 healthy runs a recipe (4 tiny models x seeds 0-4,
+    # same settings as above, eager): tensorwise 2.78e-4, rowwise 2.76e-4, both on tiny-llama. docs/parity.md.
+    "fp8-tensorwise": 8.5e-4,
+    "fp8-rowwise": 8.5e-4,
 }
 #: The precision an FP8 configuration's loss is compared with.
 FP8_REFERENCE = "amp-bf16"
