@@ -150,6 +150,14 @@ def test_fp8_is_skipped_without_torchao_or_a_cpu_scaled_mm(monkeypatch):
                                                      "torchao is not installed (pip install 'lmbench[fp8]')")
 
 
+@pytest.mark.parametrize("parallel, nproc", [("tp", 2), ("pp", 2), ("fsdp+tp", 4)])
+def test_fp8_is_refused_with_model_parallelism(parallel, nproc):
+    reason = skip_reason(Config(model="tiny-llama", precision="fp8-rowwise", parallel=parallel, nproc=nproc,
+                                device="cpu"), probe_platform())
+    assert reason.startswith(f"precision=fp8-rowwise is not implemented for parallel={parallel}: lmbench's tensor "
+                             "and pipeline plans shard nn.Linear, not torchao's Float8Linear")
+
+
 def test_fp8_parity_is_against_bf16_and_its_references_run_first():
     from lmbench.run.runner import plan
 

@@ -77,6 +77,10 @@ def skip_reason(config: Config, platform: Platform) -> str | None:
         if config.kernels not in MODEL_PARALLEL_KERNELS:
             return (f"kernels={config.kernels} is not available with parallel={config.parallel}: its fused blocks "
                     f"replace the modules that tensor and pipeline parallelism shard; use eager or compile")
+        if config.precision in float8.RECIPES:
+            return (f"precision={config.precision} is not implemented for parallel={config.parallel}: lmbench's tensor "
+                    "and pipeline plans shard nn.Linear, not torchao's Float8Linear (which needs torchao's float8 "
+                    "tensor-parallel styles); FP8 runs with parallel none, dp, ddp or fsdp")
         if config.precision not in MODEL_PARALLEL_PRECISIONS:
             return (f"precision={config.precision} is not implemented for parallel={config.parallel}: a loss scale "
                     f"would have to be agreed between ranks holding different parts of the model; use amp-bf16 or "
@@ -105,9 +109,9 @@ def skip_reason(config: Config, platform: Platform) -> str | None:
     if kernels_problem:
         return kernels_problem
     if config.optimizer == "apex-adam":
-        problem = apex_problem()
-        if problem or not config.device.startswith("cuda"):
-            return f"optimizer=apex-adam needs a CUDA GPU and Apex's FusedAdam: {problem or 'this is a CPU'}"
+        apex_missing = apex_problem()
+        if apex_missing or not config.device.startswith("cuda"):
+            return f"optimizer=apex-adam needs a CUDA GPU and Apex's FusedAdam: {apex_missing or 'this is a CPU'}"
     if config.kernels == "compile" and config.warmup < 1:
         return "kernels=compile needs warmup >= 1 so compilation stays out of the measured window"
     return None
