@@ -600,7 +600,7 @@ def test_9_an_exclude_rule_on_a_default_axis_still_applies(tmp_path):
     (["--max-memory", "inf"], "--max-memory 'inf': must be a finite size of at least 1 byte"),
     (["--max-memory", "nan"], "--max-memory 'nan': must be a finite size of at least 1 byte"),
     (["--precision", "fp8"], ("--precision 'fp8': precision='fp8' is not one of: fp32, tf32, amp-fp16, amp-bf16, "
-                             "fp16, bf16")),
+                             "fp16, bf16, fp8-tensorwise, fp8-rowwise")),
     (["--budget-minutes", "nan"], "--budget-minutes nan: must be a finite number"),
 ])
 def test_10_tune_refuses_nonsense(args, message):
