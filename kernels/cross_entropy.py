@@ -15,6 +15,10 @@ scale of 2**16, one past fp16's largest value. The weight gradient accumulates i
 The matmuls run in autocast's dtype when autocast is on (as eager code would), with the weight cast
 once per call rather than once per chunk, and nothing in the forward waits for the device.
 
+Label smoothing ε (PyTorch's definition: the target distribution is (1 - ε) one_hot + ε / V) makes a
+row's loss lse - (1 - ε) z_label - (ε / V) Σ_k z_k and its logit gradient softmax - (1 - ε) one_hot - ε / V;
+the sum of the logits is taken in the same first pass as the log-sum-exp.
+
 Rows whose label is `ignore_index` contribute no loss and no gradient. With reduction="mean" the
 sum is divided by the number of counted rows; when every row is ignored the loss is 0 (PyTorch's
 F.cross_entropy gives NaN there, which would end a training run).
@@ -34,31 +38,42 @@ LOGITS_BUDGET_BYTES = 512 * 2**20
 
 
 @triton.jit
-def _ce_loss_and_grad(Logits, stride, Labels, Loss, V, ignore_index, BLOCK_V: tl.constexpr):
+def _ce_loss_and_grad(Logits, stride, Labels, Loss, V, ignore_index, smoothing, BLOCK_V: tl.constexpr,
+                      SMOOTH: tl.constexpr):
     # int64: a large chunk's `row * stride` may pass 2**31 elements.
     row = tl.program_id(0).to(tl.int64)
     base = Logits + row * stride
     label = tl.load(Labels + row)
     m = float("-inf")
     d = 0.0
+    total = 0.0
     for start in range(0, V, BLOCK_V):
         cols = start + tl.arange(0, BLOCK_V)
         x = tl.load(base + cols, mask=cols < V, other=float("-inf")).to(tl.float32)
         m_new = tl.maximum(m, tl.max(x, axis=0))
         d = d * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
         m = m_new
+        if SMOOTH:
+            total += tl.sum(tl.where(cols < V, x, 0.0), axis=0)
     lse = m + tl.log(d)
     valid = label != ignore_index
     safe_label = tl.where(valid, label, 0)
     label_logit = tl.load(base + safe_label).to(tl.float32)
-    tl.store(Loss + row, tl.where(valid, lse - label_logit, 0.0))
+    if SMOOTH:
+        row_loss = lse - (1.0 - smoothing) * label_logit - smoothing / V * total
+    else:
+        row_loss = lse - label_logit
+    tl.store(Loss + row, tl.where(valid, row_loss, 0.0))
     keep = tl.where(valid, 1.0, 0.0)
     for start in range(0, V, BLOCK_V):
         cols = start + tl.arange(0, BLOCK_V)
         mask = cols < V
         x = tl.load(base + cols, mask=mask, other=0.0).to(tl.float32)
         p = tl.exp(x - lse)
-        grad = tl.where(cols == safe_label, p - 1.0, p) * keep
+        if SMOOTH:
+            grad = (tl.where(cols == safe_label, p - (1.0 - smoothing), p) - smoothing / V) * keep
+        else:
+            grad = tl.where(cols == safe_label, p - 1.0, p) * keep
         tl.store(base + cols, grad.to(Logits.dtype.element_ty), mask=mask)
 
 
@@ -78,8 +93,8 @@ def _chunk_rows(n_rows: int, vocab: int, itemsize: int) -> int:
 
 
 def linear_cross_entropy_forward(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                                 bias: torch.Tensor | None, ignore_index: int, reduction: str
-                                 ):  # type: ignore[no-untyped-def]
+                                 bias: torch.Tensor | None, ignore_index: int, reduction: str,
+                                 label_smoothing: float = 0.0):  # type: ignore[no-untyped-def]
     """Returns (loss, grad_hidden, grad_weight, grad_bias, scale).
 
     The gradients are those of the *sum* of the counted rows' losses; multiplied by `scale` (an fp32
@@ -88,6 +103,8 @@ def linear_cross_entropy_forward(hidden: torch.Tensor, weight: torch.Tensor, lab
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction={reduction!r}; allowed: mean, sum")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing={label_smoothing!r}; allowed: 0.0 to 1.0")
     dtype = _compute_dtype(hidden, weight)
     device = hidden.device
     h, w = hidden.to(dtype), weight.to(dtype)
@@ -118,7 +135,8 @@ def linear_cross_entropy_forward(hidden: torch.Tensor, weight: torch.Tensor, lab
             else:
                 torch.addmm(b, h_chunk, w.t(), out=logits)
             _ce_loss_and_grad[(end - start,)](logits, logits.stride(0), labels[start:end], row_loss[start:end],
-                                              vocab, ignore_index, BLOCK_V=BLOCK_V)
+                                              vocab, ignore_index, float(label_smoothing), BLOCK_V=BLOCK_V,
+                                              SMOOTH=label_smoothing > 0)
             grad_logits = logits  # overwritten in place by the kernel
             torch.mm(grad_logits, w, out=grad_hidden[start:end])
             if product is None:
@@ -134,8 +152,9 @@ def linear_cross_entropy_forward(hidden: torch.Tensor, weight: torch.Tensor, lab
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, labels, bias, ignore_index, reduction):  # type: ignore[no-untyped-def]
-        loss, gh, gw, gb, scale = linear_cross_entropy_forward(hidden, weight, labels, bias, ignore_index, reduction)
+    def forward(ctx, hidden, weight, labels, bias, ignore_index, reduction, label_smoothing):  # type: ignore[no-untyped-def]
+        loss, gh, gw, gb, scale = linear_cross_entropy_forward(hidden, weight, labels, bias, ignore_index, reduction,
+                                                               label_smoothing)
         ctx.save_for_backward(gh, gw, gb if gb is not None else gw, scale)
         ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
         return loss
@@ -147,27 +166,28 @@ class _LinearCrossEntropy(torch.autograd.Function):
         # In fp32: grad_loss may be a loss scale of 2**16, which fp16 rounds to inf.
         factor = grad_loss.float() * scale
         return ((gh.float() * factor).to(hidden_dtype), (gw * factor).to(weight_dtype), None,
-                (gb * factor).to(bias_dtype) if bias_dtype is not None else None, None, None)
+                (gb * factor).to(bias_dtype) if bias_dtype is not None else None, None, None, None)
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                          bias: torch.Tensor | None = None, *, ignore_index: int = -100,
-                         reduction: str = "mean") -> torch.Tensor:
-    """cross_entropy(hidden @ weight.T + bias, labels) without materialising the logits.
+                         reduction: str = "mean", label_smoothing: float = 0.0) -> torch.Tensor:
+    """cross_entropy(hidden @ weight.T + bias, labels, label_smoothing=...) without materialising the logits.
 
     `hidden` is (..., H) and `labels` (...); both are flattened over the leading dimensions.
     """
     return _LinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, labels.reshape(-1), bias,
-                                     ignore_index, reduction)
+                                     ignore_index, reduction, label_smoothing)
 
 
 # --- plain PyTorch reference ---
 
 def linear_cross_entropy_reference(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                                    bias: torch.Tensor | None = None, *, ignore_index: int = -100,
-                                   reduction: str = "mean") -> torch.Tensor:
+                                   reduction: str = "mean", label_smoothing: float = 0.0) -> torch.Tensor:
     logits = F.linear(hidden.reshape(-1, hidden.shape[-1]), weight, bias).float()
-    total = F.cross_entropy(logits, labels.reshape(-1), ignore_index=ignore_index, reduction="sum")
+    total = F.cross_entropy(logits, labels.reshape(-1), ignore_index=ignore_index, reduction="sum",
+                            label_smoothing=label_smoothing)
     if reduction == "sum":
         return total
     return total / (labels != ignore_index).sum().clamp(min=1)

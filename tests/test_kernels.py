@@ -193,6 +193,26 @@ def test_linear_cross_entropy(dtype, reduction, with_bias):
     assert torch.equal(labels, labels_before)
 
 
+@pytest.mark.parametrize("smoothing", [0.1, 0.4])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_linear_cross_entropy_label_smoothing_matches_torch(smoothing, reduction):
+    """Loss and both gradients equal F.cross_entropy(label_smoothing=...) on the materialised logits."""
+    h = rand(2, 33, 32, dtype=torch.float32)
+    w = rand(1000, 32, dtype=torch.float32, seed=1)
+    labels = torch.randint(0, 1000, (2, 33), generator=torch.Generator().manual_seed(3)).to(DEVICE)
+    labels[1, ::3] = -100
+
+    def torch_ce(h, w, smoothing=smoothing):
+        return torch.nn.functional.cross_entropy(h.reshape(-1, 32) @ w.t(), labels.reshape(-1), ignore_index=-100,
+                                                 reduction=reduction, label_smoothing=smoothing)
+
+    check(lambda h, w: linear_cross_entropy(h, w, labels, reduction=reduction, label_smoothing=smoothing), torch_ce,
+          [h, w], torch.float32 if reduction == "mean" else torch.bfloat16)
+    # The smoothing is really applied: the loss is not the unsmoothed one.
+    smoothed = linear_cross_entropy(h, w, labels, reduction=reduction, label_smoothing=smoothing).item()
+    assert abs(smoothed - torch_ce(h, w, smoothing=0.0).item()) > 1e-2
+
+
 def test_linear_cross_entropy_all_ignored_is_zero_with_zero_gradients():
     h = rand(5, 16, dtype=torch.float32)
     w = rand(50, 16, dtype=torch.float32, seed=1)

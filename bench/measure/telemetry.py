@@ -80,6 +80,10 @@ class Telemetry:
         self._t0 = 0.0
         self.duration_s: float | None = None
         self.energy_edges_mj: tuple[int | None, int | None] = (None, None)
+        self.paused_mj = 0
+        """Energy counted while paused (held-out evaluations inside the window), left out of `energy`."""
+        self._lock = threading.Lock()
+        self._paused = False
         self.static: dict[str, Any] = {}
 
     @classmethod
@@ -114,7 +118,31 @@ class Telemetry:
 
     def _run(self) -> None:
         while not self._stop.wait(self.period_s):
-            self._read()
+            with self._lock:
+                if not self._paused:
+                    self._read()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[Telemetry]:
+        """Leave a span of the window out (a held-out evaluation): no samples, its energy subtracted, and the
+        sample times shifted so that the timeline and `duration_s` cover the window's own work only."""
+        if not self.available or self._thread is None:
+            yield self
+            return
+        self._synchronize()
+        with self._lock:
+            self._paused = True
+            start, start_mj = time.perf_counter(), self.device.energy_mj()
+        try:
+            yield self
+        finally:
+            self._synchronize()
+            with self._lock:
+                end_mj = self.device.energy_mj()
+                self._t0 += time.perf_counter() - start
+                if start_mj is not None and end_mj is not None:
+                    self.paused_mj += end_mj - start_mj
+                self._paused = False
 
     @contextlib.contextmanager
     def window(self) -> Iterator[Telemetry]:
@@ -124,6 +152,7 @@ class Telemetry:
             return
         self.samples.clear()
         self.sample_cost_s.clear()
+        self.paused_mj = 0
         self.static = self.device.static_info()
         self._synchronize()
         self._t0 = time.perf_counter()
@@ -140,8 +169,9 @@ class Telemetry:
             self.duration_s = time.perf_counter() - self._t0
             self._stop.set()
             self._thread.join()
+            self._thread = None
             self._read()
-            self.energy_edges_mj = (start_mj, end_mj)
+            self.energy_edges_mj = (start_mj, end_mj - self.paused_mj if end_mj is not None else None)
 
     def energy(self) -> tuple[float | None, str | None]:
         """(joules over the window, source): the counter when it is trustworthy, else the power integral."""
@@ -320,6 +350,13 @@ class DeviceGroupTelemetry:
                 stack.enter_context(member.window())
             yield self
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[DeviceGroupTelemetry]:
+        with contextlib.ExitStack() as stack:
+            for member in self.members:
+                stack.enter_context(member.paused())
+            yield self
+
     @property
     def samples(self) -> list[Sample]:
         return summed_power([power_trace(m.samples) for m in self.members])
@@ -332,6 +369,26 @@ class DeviceGroupTelemetry:
         """One CSV per GPU: PATH-dev0.csv, PATH-dev1.csv, ..."""
         for index, member in enumerate(self.members):
             member.write_timeline(path.with_name(f"{path.stem}-dev{index}{path.suffix}"))
+
+
+class EnergyCounter:
+    """NVML's total-energy counters of the GPUs one process trains on, read on demand (no sampler thread):
+    the energy of a whole training run, evaluations and all, at the cost of one query per GPU per reading."""
+
+    def __init__(self, members: list[Telemetry]) -> None:
+        self.members = members
+
+    @classmethod
+    def for_devices(cls, devices: list[Any]) -> EnergyCounter:
+        return cls([Telemetry.for_device(d) for d in devices])
+
+    def read_j(self) -> float | None:
+        """Joules on the counters, summed over the GPUs; None on a CPU or where any counter is unsupported.
+        Synchronise the devices first: the counter knows nothing of queued work."""
+        readings = [m.device.energy_mj() if m.available else None for m in self.members]
+        if not readings or any(r is None for r in readings):
+            return None
+        return sum(readings) / 1e3
 
 
 def for_devices(devices: list[Any], *, period_s: float) -> Telemetry | DeviceGroupTelemetry:

@@ -23,6 +23,7 @@ class StepTimer:
         self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
         self._host: list[float] = []
         self._window: tuple[float, float] | None = None
+        self._paused_s = 0.0
 
     @contextlib.contextmanager
     def window(self) -> Iterator[StepTimer]:
@@ -47,6 +48,18 @@ class StepTimer:
             yield
             self._host.append(time.perf_counter() - t0)
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Work between steps that is no part of the window (a held-out evaluation): drained before and after,
+        and its wall time left out of `window_s`."""
+        self.synchronize()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.synchronize()
+            self._paused_s += time.perf_counter() - start
+
     def synchronize(self) -> None:
         if self._cuda:
             torch.cuda.synchronize(self.device)
@@ -59,7 +72,12 @@ class StepTimer:
 
     @property
     def window_s(self) -> float:
-        """Host wall time of the whole window, edges synchronised."""
+        """Host wall time of the whole window, edges synchronised, paused spans left out."""
         if self._window is None:
             raise RuntimeError("window_s read before the window closed")
-        return self._window[1] - self._window[0]
+        return self._window[1] - self._window[0] - self._paused_s
+
+    @property
+    def device_s(self) -> float:
+        """Sum of the step times so far (the device must be synchronised past the last step)."""
+        return sum(self.times_s())

@@ -139,14 +139,16 @@ class FusedLossLM(nn.Module):
             return self.lm.cls.predictions.transform(self.lm.bert(input_ids=input_ids).last_hidden_state)
         return self.lm.hidden_states(input_ids)
 
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor) -> LMOutput:
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0,
+                reduction: str = "mean") -> LMOutput:
         from lmbench.kernels.cross_entropy import linear_cross_entropy
 
         hidden = self._hidden(input_ids)
         head = self.lm.get_output_embeddings()
         if self.spec.objective == "causal-lm":
             hidden, labels = hidden[:, :-1], labels[:, 1:]
-        return LMOutput(linear_cross_entropy(hidden, head.weight, labels, head.bias), None)
+        return LMOutput(linear_cross_entropy(hidden, head.weight, labels, head.bias, reduction=reduction,
+                                             label_smoothing=label_smoothing), None)
 
 
 # Fused blocks. A block's forward is replaced by a subclass of its class (made once per class), never by a

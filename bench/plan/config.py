@@ -128,6 +128,23 @@ class Config:
     profile: bool = False
     """After the measured window (never inside it), a few more steps under torch.profiler: a gzipped Chrome
     trace beside the record and the breakdown of where the step time goes."""
+    label_smoothing: float = 0.0
+    """Label smoothing of the training loss, in [0, 1): the same formula in the eager loss and the fused
+    linear cross-entropy (held-out perplexity is always the unsmoothed cross-entropy)."""
+    val_frac: float = 0.1
+    """Share of a learnable corpus held out for validation: the last tokens of `data=PATH`, a separate
+    stream of the same chain for `data=markov`; training never reads them."""
+    eval_every: int = 0
+    """Evaluate the held-out loss every this many optimizer steps (and before the first and after the last),
+    outside every timed and sampled window; 0 for never."""
+    eval_tokens: int = 65536
+    """Held-out tokens read by each evaluation (the first ones of the split, the same every time)."""
+    target_loss: float = 0.0
+    """Time-to-target mode: train until the held-out loss (nats per token) is at most this; 0 for none."""
+    target_ppl: float = 0.0
+    """Time-to-target mode by perplexity (exp of the held-out loss); 0 for none."""
+    max_steps: int = 0
+    """Time-to-target mode: most optimizer steps (warmup included) before the run ends `not_reached`."""
 
     def __post_init__(self) -> None:
         for axis, allowed in CHOICES.items():
@@ -155,15 +172,70 @@ class Config:
                 raise ConfigError(f"{axis}={getattr(self, axis)!r} must be true or false")
         if not (self.device in ("auto", "cpu", "cuda") or _is_cuda_index(self.device)):
             raise ConfigError(f"device={self.device!r} is not one of: auto, cpu, cuda, cuda:N")
+        self._check_quality_axes()
         if self.data not in ("synthetic", "markov"):
             if not Path(self.data).is_file():
                 raise ConfigError(f"data={self.data!r} is neither 'synthetic', 'markov' nor an existing text file")
             if Path(self.data).stat().st_size == 0:
                 raise ConfigError(f"data={self.data!r} is an empty file")
 
+    def _check_quality_axes(self) -> None:
+        """Held-out evaluation and time-to-target axes: each valid alone, and the target ones together."""
+        if not (isinstance(self.label_smoothing, (int, float)) and not isinstance(self.label_smoothing, bool)
+                and 0.0 <= self.label_smoothing < 1.0):
+            raise ConfigError(f"label_smoothing={self.label_smoothing!r} must be a number in [0, 1)")
+        if not (isinstance(self.val_frac, (int, float)) and not isinstance(self.val_frac, bool)
+                and 0.0 <= self.val_frac < 1.0):
+            raise ConfigError(f"val_frac={self.val_frac!r} must be a number in [0, 1)")
+        _require_int("eval_every", self.eval_every, minimum=0)
+        _require_int("eval_tokens", self.eval_tokens, minimum=1)
+        _require_int("max_steps", self.max_steps, minimum=0)
+        for axis in ("target_loss", "target_ppl"):
+            value = getattr(self, axis)
+            if not (value == 0 or _positive_finite(value)):
+                raise ConfigError(f"{axis}={value!r} must be a positive, finite number (0 for no target)")
+        if self.target_ppl and self.target_ppl <= 1.0:
+            raise ConfigError(f"target_ppl={self.target_ppl!r} must be above 1 (perplexity is at least 1)")
+        if self.target_loss and self.target_ppl:
+            raise ConfigError("target_loss and target_ppl are two spellings of one target: set one of them")
+        if self.has_target:
+            if not self.eval_every:
+                raise ConfigError("a target (target_loss/target_ppl) needs eval_every > 0: the held-out loss is "
+                                  "only known where it is evaluated")
+            if self.max_steps < self.warmup + self.steps:
+                raise ConfigError(f"max_steps={self.max_steps} must be at least warmup + steps = "
+                                  f"{self.warmup + self.steps} (a time-to-target run also measures throughput)")
+        elif self.max_steps:
+            raise ConfigError(f"max_steps={self.max_steps} needs target_loss or target_ppl (time-to-target mode)")
+        if self.eval_every and self.val_frac == 0:
+            raise ConfigError("eval_every > 0 needs val_frac > 0: nothing is held out to evaluate on")
+
+    @property
+    def has_target(self) -> bool:
+        """Whether this is a time-to-target run."""
+        return bool(self.target_loss or self.target_ppl)
+
+    @property
+    def target_loss_nats(self) -> float | None:
+        """The target as a held-out loss in nats per token (a perplexity target converted), or None."""
+        if self.target_ppl:
+            return math.log(self.target_ppl)
+        return self.target_loss or None
+
+    @property
+    def evaluates(self) -> bool:
+        """Whether the run evaluates the held-out loss (and so trains on batches it never repeats)."""
+        return self.eval_every > 0
+
     def conflict(self) -> str | None:
         """Why two valid axis values cannot go together (e.g. seq_len past the model's positions), or None."""
         spec = MODELS[self.model]
+        if self.evaluates and self.data == "synthetic":
+            return ("data=synthetic is uniform random tokens: nothing to learn, so no held-out quality or target to "
+                    "reach; use data=markov or data=PATH")
+        if self.label_smoothing and self.kernels == "liger":
+            return ("label_smoothing with kernels=liger: Liger's patched Llama forward passes no label_smoothing to "
+                    "its fused loss, so the run would train unsmoothed")
         if self.seq_len > spec.max_positions:
             return (f"seq_len={self.seq_len} exceeds the {spec.max_positions} positions of model {self.model}; "
                     f"allowed: 1..{spec.max_positions}")
@@ -243,6 +315,13 @@ DEFAULT_REASONS: dict[str, str] = {
     "telemetry": "power, energy and clocks are part of every measurement where NVML is there",
     "telemetry_period_s": "20 samples a second: enough for a power profile, costs well under 1% of a core",
     "profile": "off: the profiler runs extra steps after the window; turn it on for configurations to explain",
+    "label_smoothing": "none: the plain cross-entropy every model is trained with by default",
+    "val_frac": "a tenth of the corpus held out, as WikiText-style splits hold out a few percent to a tenth",
+    "eval_every": "off: a throughput run needs no held-out loss; quality runs set how often",
+    "eval_tokens": "64k positions: a stable mean at the cost of a few forward passes on a GPU",
+    "target_loss": "no target: the run measures throughput over a fixed number of steps",
+    "target_ppl": "no target: the run measures throughput over a fixed number of steps",
+    "max_steps": "no target, so no step budget beyond warmup + steps",
 }
 _DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Config)}
 

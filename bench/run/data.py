@@ -1,11 +1,19 @@
 """Training batches: seeded synthetic tokens, a seeded Markov corpus, or windows of a local text file.
 
 Batches are built before the measured window and cycled, so data preparation never shows up in
-step times: lmbench measures the training step, not the input pipeline.
+step times: lmbench measures the training step, not the input pipeline. A run that evaluates
+held-out quality builds every micro-batch it will train on instead (none repeats), since a held-out
+loss after cycling a few batches measures memorisation.
+
+Held-out data: the last `val_frac` of a text file's tokens (training windows never reach into it),
+or for `markov` a separate stream of sequences from the same chain. Uniform synthetic tokens have
+nothing to learn and no held-out set.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +27,10 @@ POOL_SIZE = 16
 MLM_MASK_PROB = 0.15
 #: Size of the BPE vocabulary trained on a text file, capped by the model's vocabulary.
 BPE_VOCAB = 8192
+#: Most memory the batches of a run that never repeats a batch may take (input ids and labels, int64).
+DISTINCT_POOL_BYTES = 4 * 2**30
+#: Added to the seed for the held-out Markov stream and the held-out MLM masks: never a training draw.
+HELDOUT_SEED_OFFSET = 2**40
 
 
 class DataError(ValueError):
@@ -31,8 +43,13 @@ class Batch:
     labels: torch.Tensor
 
 
+@functools.lru_cache(maxsize=2)
 def tokenize_file(path: str | Path, *, tokenizer: str, vocab_limit: int) -> torch.Tensor:
-    """Token ids of a UTF-8 text file: raw bytes, or a byte-level BPE trained on the file itself."""
+    """Token ids of a UTF-8 text file: raw bytes, or a byte-level BPE trained on the file itself.
+
+    Cached: training batches and held-out batches read one tokenization (BPE training takes seconds).
+    Callers must not modify the tensor.
+    """
     raw = Path(path).read_bytes()
     if tokenizer == "byte":
         return torch.frombuffer(bytearray(raw), dtype=torch.uint8).long()
@@ -51,12 +68,22 @@ MARKOV_BRANCHING = 4
 MARKOV_STATES = 512
 
 
-def markov_batches(*, vocab_size: int, batch_size: int, seq_len: int, count: int, gen: torch.Generator
-                   ) -> list[torch.Tensor]:
-    """Token sequences from a seeded sparse Markov chain: learnable structure, unlike uniform tokens."""
+def markov_chain(vocab_size: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(successors, weights) of a seeded sparse Markov chain: MARKOV_BRANCHING successors per state."""
     states = min(vocab_size, MARKOV_STATES)
     successors = torch.randint(0, states, (states, MARKOV_BRANCHING), generator=gen)
     weights = torch.rand(states, MARKOV_BRANCHING, generator=gen) + 0.1
+    return successors, weights
+
+
+def markov_batches(*, vocab_size: int, batch_size: int, seq_len: int, count: int, gen: torch.Generator,
+                   chain: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """Token sequences from a seeded sparse Markov chain: learnable structure, unlike uniform tokens.
+
+    The chain is drawn from `gen` first unless given (held-out sequences reuse the training chain).
+    """
+    successors, weights = chain or markov_chain(vocab_size, gen)
+    states = successors.shape[0]
     out = []
     for _ in range(count):
         ids = torch.empty(batch_size, seq_len, dtype=torch.long)
@@ -69,9 +96,27 @@ def markov_batches(*, vocab_size: int, batch_size: int, seq_len: int, count: int
     return out
 
 
+def split_file(data: str, *, spec: ModelSpec, tokenizer: str, val_frac: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training tokens, held-out tokens) of a text file: the held-out split is its last floor(N * val_frac)."""
+    stream = tokenize_file(data, tokenizer=tokenizer, vocab_limit=spec.vocab_size)
+    if stream.numel() and int(stream.max()) >= spec.vocab_size:
+        raise DataError(f"data={data!r} has token ids up to {int(stream.max())}, beyond the "
+                        f"{spec.vocab_size}-token vocabulary of {spec.name}")
+    cut = stream.numel() - math.floor(stream.numel() * val_frac)
+    return stream[:cut], stream[cut:]
+
+
 def make_batches(*, spec: ModelSpec, batch_size: int, seq_len: int, data: str, tokenizer: str, seed: int,
-                 count: int, device: torch.device) -> list[Batch]:
-    """`count` micro-batches (seeded, reproducible) for the model's objective, on `device`."""
+                 count: int, device: torch.device, val_frac: float = 0.0) -> list[Batch]:
+    """`count` micro-batches (seeded, reproducible) for the model's objective, on `device`.
+
+    Windows of a text file are drawn from its first 1 - val_frac of tokens only.
+    """
+    need = count * batch_size * seq_len * 2 * 8
+    if need > DISTINCT_POOL_BYTES:
+        raise DataError(f"{count} distinct micro-batches of {batch_size}x{seq_len} tokens take {need / 2**30:.1f} GiB, "
+                        f"more than the {DISTINCT_POOL_BYTES / 2**30:.0f} GiB lmbench stages; lower max_steps or "
+                        "the batch size")
     gen = torch.Generator().manual_seed(seed)
     if data == "synthetic":
         ids = [torch.randint(0, spec.vocab_size, (batch_size, seq_len), generator=gen) for _ in range(count)]
@@ -79,17 +124,41 @@ def make_batches(*, spec: ModelSpec, batch_size: int, seq_len: int, data: str, t
         ids = markov_batches(vocab_size=spec.vocab_size, batch_size=batch_size, seq_len=seq_len, count=count,
                              gen=gen)
     else:
-        stream = tokenize_file(data, tokenizer=tokenizer, vocab_limit=spec.vocab_size)
+        stream, _ = split_file(data, spec=spec, tokenizer=tokenizer, val_frac=val_frac)
         if stream.numel() < seq_len + 1:
-            raise DataError(f"data={data!r} holds {stream.numel()} tokens, fewer than seq_len+1={seq_len + 1}")
-        if int(stream.max()) >= spec.vocab_size:
-            raise DataError(f"data={data!r} has token ids up to {int(stream.max())}, beyond the "
-                            f"{spec.vocab_size}-token vocabulary of {spec.name}")
-        ids = []
-        for _ in range(count):
-            starts = torch.randint(0, stream.numel() - seq_len, (batch_size,), generator=gen)
-            ids.append(torch.stack([stream[s:s + seq_len] for s in starts.tolist()]))
+            held = f" outside its held-out split (val_frac={val_frac:g})" if val_frac else ""
+            raise DataError(f"data={data!r} holds {stream.numel()} tokens{held}, fewer than seq_len+1={seq_len + 1}")
+        offsets = torch.arange(seq_len)
+        ids = [stream[torch.randint(0, stream.numel() - seq_len, (batch_size,), generator=gen)[:, None] + offsets]
+               for _ in range(count)]
     batches = [_for_objective(x, spec, gen) for x in ids]
+    return [Batch(b.input_ids.to(device), b.labels.to(device)) for b in batches]
+
+
+def heldout_batches(*, spec: ModelSpec, batch_size: int, seq_len: int, data: str, tokenizer: str, seed: int,
+                    eval_tokens: int, val_frac: float, device: torch.device) -> list[Batch]:
+    """The held-out set: ceil(eval_tokens / seq_len) sequences in micro-batches of `batch_size`, on `device`.
+
+    A text file gives consecutive non-overlapping windows from the start of its held-out split (as many
+    as it holds, at least one); `markov` gives fresh sequences of the training chain. MLM masks are
+    seeded apart from training, and the same at every evaluation.
+    """
+    if data == "synthetic":
+        raise DataError("data=synthetic (uniform random tokens) has no held-out set; use data=markov or data=PATH")
+    wanted = max(1, math.ceil(eval_tokens / seq_len))
+    gen = torch.Generator().manual_seed(seed + HELDOUT_SEED_OFFSET)
+    if data == "markov":
+        chain = markov_chain(spec.vocab_size, torch.Generator().manual_seed(seed))
+        ids = torch.cat(markov_batches(vocab_size=spec.vocab_size, batch_size=wanted, seq_len=seq_len, count=1,
+                                       gen=gen, chain=chain))
+    else:
+        _, heldout = split_file(data, spec=spec, tokenizer=tokenizer, val_frac=val_frac)
+        windows = min(wanted, heldout.numel() // seq_len)
+        if windows == 0:
+            raise DataError(f"data={data!r}: the held-out split (val_frac={val_frac:g}) holds {heldout.numel()} "
+                            f"tokens, fewer than one window of seq_len={seq_len}; raise val_frac or use a longer file")
+        ids = heldout[:windows * seq_len].view(windows, seq_len)
+    batches = [_for_objective(chunk, spec, gen) for chunk in ids.split(batch_size)]
     return [Batch(b.input_ids.to(device), b.labels.to(device)) for b in batches]
 
 

@@ -60,6 +60,17 @@ def barrier() -> None:
         dist.barrier()
 
 
+def sum_pair(values: tuple[Any, Any]) -> tuple[Any, Any]:
+    """Two scalar tensors summed over every rank (a held-out loss's sum and the positions it counted)."""
+    import torch
+    import torch.distributed as dist
+
+    total, count = values
+    packed = torch.stack([total.double(), count.double()])
+    dist.all_reduce(packed)
+    return packed[0], packed[1]
+
+
 def gather(local: dict[str, Any]) -> list[dict[str, Any]] | None:
     """Every rank's `local` dict on rank 0 (None elsewhere); a plain one-element list without a group."""
     import torch.distributed as dist

@@ -7,13 +7,14 @@ from collections.abc import Callable
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 
 from lmbench.measure.flops import matmul_params, rerun_params
 from lmbench.models.kernel_sets import KERNEL_SETS
 from lmbench.models.registry import MODELS, build_model, enable_checkpointing
 from lmbench.plan.config import Config
 from lmbench.plan.layout import Layout, layout
-from lmbench.run.data import POOL_SIZE, Batch, make_batches
+from lmbench.run.data import POOL_SIZE, Batch, heldout_batches, make_batches
 from lmbench.run.parallel import WRAPPERS, gradient_sync
 from lmbench.run.precision import PRECISIONS, Precision
 
@@ -57,6 +58,21 @@ def _attention_context(attention: str) -> Callable[[], contextlib.AbstractContex
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return partial(sdpa_kernel, SDPBackend.MATH)
+
+
+def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, *, objective: str, label_smoothing: float = 0.0,
+                        reduction: str = "mean") -> torch.Tensor:
+    """The loss the transformers models compute (causal LMs shift labels by one; -100 is ignored), in fp32,
+    with PyTorch's label smoothing: what the eager path trains with when label_smoothing > 0."""
+    if objective == "causal-lm":
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100,
+                           label_smoothing=label_smoothing, reduction=reduction)
+
+
+def counted_tokens(labels: torch.Tensor, objective: str) -> torch.Tensor:
+    """Positions a batch's loss averages over: every predicted next token, or the masked tokens of MLM."""
+    return ((labels[:, 1:] if objective == "causal-lm" else labels) != -100).sum()
 
 
 def replicas(config: Config) -> int:
@@ -115,7 +131,17 @@ class TrainingStep:
             self.pipeline = Pipeline(self.model, stage=rank, stages=world, device=device, schedule=config.pp_schedule,
                                      microbatches=config.microbatches, grad_accum=config.grad_accum, tied=tied)
         self.owns_loss = self.pipeline is None or self.pipeline.last
+        self.fused_loss = config.kernels == "triton"
+        """The model is a FusedLossLM: it takes label_smoothing and reduction itself."""
         self.batches = self._batches(device, rank)
+        self.heldout: list[Batch] = []
+        if config.evaluates:
+            # Every rank evaluates a whole held-out set (the sums are all-reduced over ranks); a Markov one comes
+            # from the chain this rank trains on.
+            self.heldout = heldout_batches(spec=self.spec, batch_size=config.batch_size * self.replicas,
+                                           seq_len=config.seq_len, data=config.data, tokenizer=config.tokenizer,
+                                           seed=self.data_seed, eval_tokens=config.eval_tokens,
+                                           val_frac=config.val_frac, device=device)
         self._attention = _attention_context(config.attention)
         self._next = 0
 
@@ -128,7 +154,9 @@ class TrainingStep:
         and FSDP group g of fsdp+tp takes the g-th slice. So their losses can be checked against parallel=none.
         """
         config, shape = self.config, self.layout
-        pool = min(POOL_SIZE, config.grad_accum * (config.steps + config.warmup))
+        steps = config.max_steps if config.has_target else config.steps + config.warmup
+        # A run that measures held-out quality never repeats a batch; a throughput run cycles a small pool.
+        pool = config.grad_accum * steps if config.evaluates else min(POOL_SIZE, config.grad_accum * steps)
         per_draw = config.batch_size * self.replicas
         seed = config.seed + RANK_SEED_STRIDE * rank
         slice_of = None
@@ -138,8 +166,11 @@ class TrainingStep:
             if shape.dp > 1:
                 group = rank // shape.tp
                 slice_of = slice(group * config.batch_size, (group + 1) * config.batch_size)
+        self.data_seed = seed
+        """Seed of this rank's training draws (the Markov chain's too)."""
         batches = make_batches(spec=self.spec, batch_size=per_draw, seq_len=config.seq_len, data=config.data,
-                               tokenizer=config.tokenizer, seed=seed, count=pool, device=device)
+                               tokenizer=config.tokenizer, seed=seed, count=pool, device=device,
+                               val_frac=config.val_frac)
         if slice_of is None:
             return batches
         return [Batch(b.input_ids[slice_of].contiguous(), b.labels[slice_of].contiguous()) for b in batches]
@@ -178,8 +209,40 @@ class TrainingStep:
         self._next += 1
         with gradient_sync(self.parallel_model, self.config.parallel, last), self._attention():
             with self.precision.autocast():
-                loss = self.model(input_ids=batch.input_ids, labels=batch.labels).loss
+                loss = self._loss(batch, self.config.label_smoothing)
             # nn.DataParallel returns one loss per replica.
             loss = loss.mean() if loss.dim() else loss
             self.precision.backward(loss if accum == 1 else loss / accum)
         return loss.detach().float()
+
+    def _loss(self, batch: Batch, label_smoothing: float, reduction: str = "mean") -> torch.Tensor:
+        """The model's loss on a batch; with label smoothing (or a sum) the eager path computes it from the logits,
+        since the transformers losses take no label_smoothing."""
+        if self.fused_loss:
+            return self.model(input_ids=batch.input_ids, labels=batch.labels, label_smoothing=label_smoothing,
+                              reduction=reduction).loss
+        if not label_smoothing and reduction == "mean":
+            return self.model(input_ids=batch.input_ids, labels=batch.labels).loss
+        logits = self.model(input_ids=batch.input_ids).logits
+        return token_cross_entropy(logits, batch.labels, objective=self.spec.objective,
+                                   label_smoothing=label_smoothing, reduction=reduction)
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(summed cross-entropy in nats, positions counted) over the held-out set, unsmoothed, in eval mode.
+
+        Dropout is off while evaluating and the training mode is restored after; nothing here draws from a
+        random generator, so training goes on exactly as it would have without the evaluation.
+        """
+        self.model.eval()
+        try:
+            total = torch.zeros((), dtype=torch.float64, device=self.heldout[0].input_ids.device)
+            count = torch.zeros((), dtype=torch.int64, device=total.device)
+            with self._attention(), self.precision.autocast():
+                for batch in self.heldout:
+                    loss = self._loss(batch, 0.0, reduction="sum")
+                    total += loss.sum().double()  # nn.DataParallel: one sum per replica
+                    count += counted_tokens(batch.labels, self.spec.objective)
+        finally:
+            self.model.train()
+        return total, count

@@ -132,23 +132,31 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         checksums = world > 1 and config.parallel != "pp"
         initial_checksum = distributed.param_checksum(step.base_model) if checksums else None
         budget = hostmem.Budget(config.max_memory_bytes if device.type == "cpu" else 0)
+        # Under nn.DataParallel every GPU it replicates over spends memory and energy on the tokens.
+        devices = devices_used(config, device)
+        quality = _convergence(config, step, devices, world) if config.evaluates else None
         # What a suite's wall time is made of besides the window: start-up, then warmup (compilation).
         startup_s = process_age_s()
+        if quality is not None:
+            quality.start()
         warmup_start = time.perf_counter()
+        done = 0
         # Warmup steps are timed too, as their own distribution (compilation, autotuning, allocator growth).
         warmup_timer = StepTimer(device)
         with warmup_timer.window():
             for _ in range(config.warmup):
                 with warmup_timer.step():
                     step()
+                done += 1
                 budget.check()
-        # Under nn.DataParallel every GPU it replicates over spends memory and energy on the tokens.
-        devices = devices_used(config, device)
+                if quality is not None and quality.due(done):
+                    with warmup_timer.paused():
+                        quality.evaluate(done, warmup_timer.device_s)
         if device.type == "cuda":
             for used in devices:
                 torch.cuda.synchronize(used)
                 torch.cuda.reset_peak_memory_stats(used)
-        warmup_s = time.perf_counter() - warmup_start
+        warmup_s = time.perf_counter() - warmup_start - (quality.eval_s if quality is not None else 0.0)
         host_window = hostmem.Budget(0)
         timer = StepTimer(device)
         telemetry = (for_devices(devices, period_s=config.telemetry_period_s) if config.telemetry
@@ -160,10 +168,17 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
             for _ in range(config.steps):
                 with timer.step():
                     losses_t.append(step())
+                done += 1
+                if quality is not None and quality.due(done):
+                    # Outside the window: its timer, wall time, samples and energy leave the evaluation out.
+                    with timer.paused(), telemetry.paused():
+                        quality.evaluate(done, warmup_timer.device_s + timer.device_s)
         # Read before profiling: the profiler's steps and buffers are not part of the measurement.
         peaks = _peak_memory(devices)
         busy_s = sum(step.pipeline.clock.busy_s(config.steps)) if step.pipeline else None
         host_growth = host_window.growth_bytes if device.type == "cpu" else None
+        if quality is not None:
+            _train_on(config, step, quality, done, warmup_timer.device_s + timer.device_s, budget)
         profiled = None
         if config.profile:
             from lmbench.run.profiling import profile_steps
@@ -191,6 +206,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         "power_trace": power_trace(telemetry.samples),
         "param_checksum": distributed.param_checksum(step.base_model) if checksums else None,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "quality": quality.fields() if quality is not None else None,
     }
     per_rank = distributed.gather(local)
     distributed.destroy()
@@ -238,6 +254,11 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         "params": step.param_count,
     })
     result.update({key: value for key, value in local.items() if key.endswith("_per_device")})
+    if per_rank[0]["quality"] is not None:
+        from lmbench.run.convergence import merge_ranks
+
+        result.update(merge_ranks([r["quality"] for r in per_rank]))
+        result["label_smoothing"] = config.label_smoothing
     warnings = []
     if result.get("throttled_power_or_heat"):
         warnings.append(f"clocks were throttled for power or heat during the window "
@@ -256,6 +277,46 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         status, reason = "diverged", f"non-finite loss at measured step {first_bad} of {len(losses)}"
     return {"status": status, "reason": reason, "metrics": result, "losses": losses,
             "step_times_s": distributed.slowest_steps(per_rank), "warnings": warnings}
+
+
+def _convergence(config: Config, step: Any, devices: list[Any], world: int) -> Any:
+    """The held-out evaluations of a quality run: clocks drained on every device used, energy from NVML's
+    counters (unless telemetry is off), the loss summed over ranks so every rank takes the same decisions."""
+    import torch
+
+    from lmbench.measure.telemetry import EnergyCounter
+    from lmbench.run import distributed
+    from lmbench.run.convergence import Convergence
+
+    def synchronize() -> None:
+        for used in devices:
+            if used.type == "cuda":
+                torch.cuda.synchronize(used)
+
+    energy = EnergyCounter.for_devices(devices) if config.telemetry else None
+    return Convergence(config, evaluate=step.evaluate, synchronize=synchronize,
+                       tokens_per_step=config.tokens_per_step * step.replicas * world,
+                       read_energy_j=energy.read_j if energy else lambda: None,
+                       all_reduce=distributed.sum_pair if world > 1 else lambda values: values)
+
+
+def _train_on(config: Config, step: Any, quality: Any, done: int, device_s: float, budget: Any) -> None:
+    """After the window: a time-to-target run trains on until the target is met (checked at each evaluation)
+    or max_steps are spent; every quality run ends with an evaluation after its last step."""
+    from lmbench.measure.timer import StepTimer
+
+    tail = StepTimer(step.batches[0].input_ids.device)
+    with tail.window():
+        while config.has_target and not quality.finished(done):
+            with tail.step():
+                step()
+            done += 1
+            budget.check()
+            if quality.due(done):
+                with tail.paused():
+                    quality.evaluate(done, device_s + tail.device_s)
+    if not quality.points or quality.points[-1].step != done:
+        quality.evaluate(done, device_s + tail.device_s)
 
 
 def trace_path(job: dict[str, Any], timeline: Path | None) -> Path | None:
