@@ -180,7 +180,7 @@ class Config:
                 raise ConfigError(f"data={self.data!r} is an empty file")
 
     def _check_quality_axes(self) -> None:
-        """Held-out evaluation and time-to-target axes: each valid alone, and the target ones together."""
+        """Held-out evaluation, label smoothing and time-to-target axes, each on its own (combinations: conflict)."""
         if not (isinstance(self.label_smoothing, (int, float)) and not isinstance(self.label_smoothing, bool)
                 and 0.0 <= self.label_smoothing < 1.0):
             raise ConfigError(f"label_smoothing={self.label_smoothing!r} must be a number in [0, 1)")
@@ -196,19 +196,6 @@ class Config:
                 raise ConfigError(f"{axis}={value!r} must be a positive, finite number (0 for no target)")
         if self.target_ppl and self.target_ppl <= 1.0:
             raise ConfigError(f"target_ppl={self.target_ppl!r} must be above 1 (perplexity is at least 1)")
-        if self.target_loss and self.target_ppl:
-            raise ConfigError("target_loss and target_ppl are two spellings of one target: set one of them")
-        if self.has_target:
-            if not self.eval_every:
-                raise ConfigError("a target (target_loss/target_ppl) needs eval_every > 0: the held-out loss is "
-                                  "only known where it is evaluated")
-            if self.max_steps < self.warmup + self.steps:
-                raise ConfigError(f"max_steps={self.max_steps} must be at least warmup + steps = "
-                                  f"{self.warmup + self.steps} (a time-to-target run also measures throughput)")
-        elif self.max_steps:
-            raise ConfigError(f"max_steps={self.max_steps} needs target_loss or target_ppl (time-to-target mode)")
-        if self.eval_every and self.val_frac == 0:
-            raise ConfigError("eval_every > 0 needs val_frac > 0: nothing is held out to evaluate on")
 
     @property
     def has_target(self) -> bool:
@@ -233,6 +220,9 @@ class Config:
         if self.evaluates and self.data == "synthetic":
             return ("data=synthetic is uniform random tokens: nothing to learn, so no held-out quality or target to "
                     "reach; use data=markov or data=PATH")
+        quality = self._quality_conflict()
+        if quality:
+            return quality
         if self.label_smoothing and self.kernels == "liger":
             return ("label_smoothing with kernels=liger: Liger's patched Llama forward passes no label_smoothing to "
                     "its fused loss, so the run would train unsmoothed")
@@ -242,6 +232,22 @@ class Config:
         if self.attention not in ATTENTION_SUPPORT[spec.family]:
             return (f"attention={self.attention!r} is not available for model {self.model}; allowed: "
                     f"{', '.join(sorted(ATTENTION_SUPPORT[spec.family]))}")
+        return None
+
+    def _quality_conflict(self) -> str | None:
+        if self.target_loss and self.target_ppl:
+            return "target_loss and target_ppl are two spellings of one target: set one of them"
+        if self.has_target:
+            if not self.eval_every:
+                return ("a target (target_loss/target_ppl) needs eval_every > 0: the held-out loss is only known "
+                        "where it is evaluated")
+            if self.max_steps < self.warmup + self.steps:
+                return (f"max_steps={self.max_steps} must be at least warmup + steps = {self.warmup + self.steps} "
+                        "(a time-to-target run also measures throughput over those)")
+        elif self.max_steps:
+            return f"max_steps={self.max_steps} needs target_loss or target_ppl (time-to-target mode)"
+        if self.evaluates and self.val_frac == 0:
+            return "eval_every > 0 needs val_frac > 0: nothing is held out to evaluate on"
         return None
 
     def without_foreign_options(self) -> Config:

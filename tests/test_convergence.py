@@ -1,0 +1,248 @@
+"""Held-out quality: the split, perplexity by hand, evaluations kept out of every measured figure, time to target,
+label smoothing in the eager and fused losses."""
+
+import math
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+from fake_nvml import FakeGpu, FakeNvml
+from text_corpus import write_corpus
+
+from lmbench.measure.nvml import NvmlDevice
+from lmbench.measure.telemetry import Telemetry
+from lmbench.measure.timer import StepTimer
+from lmbench.models.registry import MODELS
+from lmbench.plan.config import Config
+from lmbench.run.convergence import Convergence
+from lmbench.run.data import DataError, heldout_batches, make_batches, markov_chain, split_file
+from lmbench.run.training import TrainingStep, token_cross_entropy
+from lmbench.run.worker import measure
+
+CPU = torch.device("cpu")
+
+
+def test_held_out_split_is_the_files_last_tokens_and_training_never_reads_them(tmp_path):
+    # Training text uses only a-j; the last 10% only k-t: any held-out byte in a batch would show.
+    path = tmp_path / "c.txt"
+    path.write_bytes(bytes(ord("a") + i % 10 for i in range(9000)) + bytes(ord("k") + i % 10 for i in range(1000)))
+    spec = MODELS["tiny-gpt2"]
+    train, heldout = split_file(str(path), spec=spec, tokenizer="byte", val_frac=0.1)
+    assert (train.numel(), heldout.numel()) == (9000, 1000)
+    batches = make_batches(spec=spec, batch_size=8, seq_len=32, data=str(path), tokenizer="byte", seed=0, count=200,
+                           device=CPU, val_frac=0.1)
+    seen = torch.cat([b.input_ids.flatten() for b in batches])
+    assert int(seen.max()) == ord("j") and int(seen.min()) == ord("a")
+    held = heldout_batches(spec=spec, batch_size=4, seq_len=32, data=str(path), tokenizer="byte", seed=0,
+                           eval_tokens=200, val_frac=0.1, device=CPU)
+    ids = torch.cat([b.input_ids for b in held])
+    # ceil(200 / 32) = 7 consecutive windows from the start of the split, in batches of 4.
+    assert [b.input_ids.shape[0] for b in held] == [4, 3]
+    assert torch.equal(ids.flatten(), heldout[:7 * 32])
+
+
+def test_held_out_markov_stream_follows_the_training_chain_but_is_not_a_training_draw():
+    spec = MODELS["tiny-gpt2"]
+    held = heldout_batches(spec=spec, batch_size=4, seq_len=16, data="markov", tokenizer="byte", seed=3,
+                           eval_tokens=64, val_frac=0.1, device=CPU)
+    train = make_batches(spec=spec, batch_size=4, seq_len=16, data="markov", tokenizer="byte", seed=3, count=1,
+                         device=CPU)
+    successors, _ = markov_chain(spec.vocab_size, torch.Generator().manual_seed(3))
+    ids = held[0].input_ids
+    assert all(int(b) in successors[int(a)].tolist() for row in ids for a, b in zip(row, row[1:]))
+    assert not torch.equal(ids, train[0].input_ids)
+
+
+def test_synthetic_data_has_no_held_out_set_and_evaluating_it_is_skipped():
+    with pytest.raises(DataError, match="no held-out set"):
+        heldout_batches(spec=MODELS["tiny-gpt2"], batch_size=1, seq_len=8, data="synthetic", tokenizer="byte", seed=0,
+                        eval_tokens=8, val_frac=0.1, device=CPU)
+    assert "nothing to learn" in Config(eval_every=5).conflict()
+
+
+@pytest.mark.parametrize("values, reason", [
+    ({"target_loss": 2.0, "max_steps": 100}, "needs eval_every > 0"),
+    ({"target_loss": 2.0, "eval_every": 5, "max_steps": 10}, "must be at least warmup + steps = 25"),
+    ({"max_steps": 100}, "needs target_loss or target_ppl"),
+    ({"target_loss": 2.0, "target_ppl": 8.0, "eval_every": 5, "max_steps": 100}, "two spellings of one target"),
+    ({"eval_every": 5, "val_frac": 0.0}, "needs val_frac > 0"),
+    ({"label_smoothing": 0.1, "kernels": "liger"}, "passes no label_smoothing"),
+])
+def test_quality_axes_that_cannot_go_together_are_skipped_rows(values, reason):
+    assert reason in Config(data="markov", **values).conflict()
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"label_smoothing": 1.0}, "label_smoothing=1.0 must be a number in [0, 1)"),
+    ({"val_frac": -0.1}, "val_frac=-0.1 must be a number in [0, 1)"),
+    ({"eval_every": -1}, "eval_every=-1 must be an integer >= 0"),
+    ({"eval_tokens": 0}, "eval_tokens=0 must be a positive integer"),
+    ({"target_loss": float("nan")}, "target_loss=nan must be a positive, finite number (0 for no target)"),
+    ({"target_ppl": 1.0}, "target_ppl=1.0 must be above 1 (perplexity is at least 1)"),
+])
+def test_invalid_quality_values_name_the_axis(values, message):
+    from lmbench.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        Config(**values)
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize("model", ["tiny-gpt2", "tiny-bert-mlm"])
+def test_perplexity_is_exp_of_the_mean_cross_entropy_over_counted_positions(model):
+    """By hand on the fixed held-out batches: logits from the model, CE summed over the next tokens (causal) or
+    the masked positions only (MLM), divided by their count."""
+    config = Config(model=model, data="markov", batch_size=2, seq_len=16, eval_every=1, eval_tokens=80, warmup=0,
+                    steps=1, device="cpu")
+    step = TrainingStep(config, CPU)
+    total, count = step.evaluate()
+    assert step.model.training
+    step.model.eval()
+    losses, positions = [], 0
+    with torch.no_grad():
+        for batch in step.heldout:
+            logits = step.model(input_ids=batch.input_ids).logits
+            if model == "tiny-gpt2":
+                logits, labels = logits[:, :-1], batch.labels[:, 1:]
+            else:
+                keep = batch.labels != -100
+                assert bool((batch.input_ids[keep] == MODELS[model].vocab_size - 1).all())
+                logits, labels = logits[keep], batch.labels[keep]
+            log_p = torch.log_softmax(logits.double(), -1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+            losses.append(-log_p.sum())
+            positions += labels.numel()
+    expected = 5 * 15 if model == "tiny-gpt2" else positions
+    assert int(count) == positions == expected
+    assert float(total) / int(count) == pytest.approx(float(sum(losses)) / positions, rel=1e-6)
+    assert math.exp(float(total) / int(count)) == pytest.approx(math.exp(float(sum(losses)) / positions), rel=1e-6)
+
+
+def test_evaluations_change_nothing_the_window_measures():
+    """Same losses (no random draw, dropout back on), one step time per step, window wall time without the
+    evaluations: a run with an evaluation after every step trains exactly like one without."""
+    base = Config(model="tiny-gpt2", data="markov", batch_size=2, seq_len=16, warmup=2, steps=6, device="cpu",
+                  telemetry=False)
+    plain = measure(base)
+    evaluated = measure(base.replace(eval_every=1, eval_tokens=64))
+    assert plain["losses"] == evaluated["losses"]
+    m = evaluated["metrics"]
+    assert len(evaluated["step_times_s"]) == 6 and m["eval_count"] == 9  # before step 1, then after each of 8
+    assert [p["step"] for p in m["val_points"]] == list(range(1, 9))
+    assert m["window_s"] < sum(evaluated["step_times_s"]) + m["eval_time_s"]
+    assert "val_loss" not in plain["metrics"]
+
+
+def test_timer_pause_is_left_out_of_the_window():
+    timer = StepTimer(CPU)
+    with timer.window():
+        with timer.step():
+            time.sleep(0.01)
+        with timer.paused():
+            time.sleep(0.2)
+    assert timer.window_s < 0.1 and len(timer.times_s()) == 1
+
+
+def test_telemetry_pause_leaves_its_energy_and_samples_out():
+    # Counter readings: window start, pause start, pause end, window end: 1 J + 2 J of training, 3 J paused.
+    gpu = FakeGpu("GPU-a", "x", energy_mj=[1_000, 2_000, 5_000, 7_000])
+    t = Telemetry(NvmlDevice.open(uuid=gpu.uuid, nvml=FakeNvml([gpu])), period_s=0.01, min_counter_window_s=0.0)
+    with t.window():
+        time.sleep(0.03)
+        with t.paused():
+            time.sleep(0.3)
+        time.sleep(0.03)
+    assert t.energy() == (pytest.approx(3.0), "counter")
+    assert t.duration_s < 0.25
+    gaps = [b.t_s - a.t_s for a, b in zip(t.samples, t.samples[1:])]
+    assert max(gaps) < 0.2
+
+
+class FakeClock:
+    """Held-out losses and energy readings the test chooses."""
+
+    def __init__(self, losses, energy):
+        self.losses, self.energy = list(losses), list(energy)
+
+    def evaluate(self):
+        return torch.tensor(self.losses.pop(0) * 10), torch.tensor(10)
+
+    def read_energy_j(self):
+        return self.energy.pop(0)
+
+
+def test_time_to_target_is_the_first_evaluation_that_meets_it_after_the_window():
+    config = Config(data="markov", target_ppl=math.exp(2.0), eval_every=10, max_steps=100, warmup=5, steps=20)
+    # Initial loss, then after steps 10, 20, 30; energy at start, then around each evaluation.
+    clock = FakeClock([5.0, 3.0, 1.9, 1.5], [100.0, 110.0, 111.0, 121.0, 122.0, 132.0, 133.0])
+    quality = Convergence(config, evaluate=clock.evaluate, tokens_per_step=512, read_energy_j=clock.read_energy_j)
+    quality.start()
+    assert quality.initial_loss == 5.0 and quality.target == pytest.approx(2.0)
+    for step in (10, 20, 30):
+        quality.evaluate(step, device_s=step * 0.01)
+    # Reached at step 20, but a run stops only once its throughput window (warmup 5 + steps 20) is over.
+    assert quality.finished(25) and not quality.finished(24)
+    f = quality.fields()
+    assert f["target_status"] == "reached" and f["steps_to_target"] == 20 and f["tokens_to_target"] == 10240
+    assert f["device_time_to_target_s"] == pytest.approx(0.2)
+    assert f["energy_to_target_j"] == pytest.approx(22.0)  # 122 - 100, the evaluation after step 20 included
+    assert f["train_energy_to_target_j"] == pytest.approx(20.0)  # minus the 1 J of each of 2 evaluations
+    assert f["time_to_target_s"] >= f["train_time_to_target_s"]
+    assert f["val_loss"] == 1.5 and f["val_ppl"] == pytest.approx(math.exp(1.5)) and f["val_loss_best"] == 1.5
+    assert f["eval_count"] == 4 and f["val_tokens_per_eval"] == 10
+
+
+def test_a_target_not_met_within_max_steps_is_not_reached_with_the_best_loss():
+    config = Config(data="markov", target_loss=1.0, eval_every=10, max_steps=30, warmup=5, steps=20)
+    clock = FakeClock([5.0, 3.0, 2.5, 2.7], [None] * 7)
+    quality = Convergence(config, evaluate=clock.evaluate, tokens_per_step=512, read_energy_j=clock.read_energy_j)
+    quality.start()
+    for step in (10, 20, 30):
+        quality.evaluate(step, device_s=0.0)
+    assert quality.finished(30)
+    f = quality.fields()
+    assert f["target_status"] == "not_reached" and f["time_to_target_s"] is None and f["val_loss_best"] == 2.5
+    assert f["energy_to_target_j"] is None
+
+
+def test_tiny_model_reaches_a_loose_target_on_text_within_bounded_steps(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus.txt")
+    config = Config(model="tiny-gpt2", data=str(corpus), batch_size=8, seq_len=64, lr=3e-3, warmup=2, steps=8,
+                    eval_every=10, eval_tokens=4096, target_loss=3.3, max_steps=200, device="cpu", telemetry=False)
+    m = measure(config)["metrics"]
+    assert m["target_status"] == "reached", m["val_points"]
+    assert m["val_loss_initial"] > 5.5  # about log(512) untrained
+    assert m["steps_to_target"] <= 200 and m["tokens_to_target"] == m["steps_to_target"] * 512
+    assert 0 < m["device_time_to_target_s"] <= m["train_time_to_target_s"] <= m["time_to_target_s"]
+    assert m["energy_to_target_j"] is None  # no NVML on a CPU
+
+
+def test_eager_label_smoothing_is_torchs_on_the_models_logits():
+    config = Config(model="tiny-gpt2", data="markov", batch_size=2, seq_len=16, warmup=0, steps=1, device="cpu",
+                    label_smoothing=0.1)
+    step = TrainingStep(config, CPU)
+    step.model.eval()  # no dropout: two forward passes give the same logits
+    batch = step.batches[0]
+    logits = step.model(input_ids=batch.input_ids).logits
+    expected = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), batch.labels[:, 1:].reshape(-1),
+                               label_smoothing=0.1)
+    ours = token_cross_entropy(logits, batch.labels, objective="causal-lm", label_smoothing=0.1)
+    torch.testing.assert_close(ours, expected)
+    assert abs(ours.item() - token_cross_entropy(logits, batch.labels, objective="causal-lm").item()) > 1e-3
+    torch.testing.assert_close(step._loss(batch, 0.1), expected)
+
+
+@pytest.mark.parametrize("model", ["tiny-gpt2", "tiny-bert-mlm"])
+def test_fused_and_eager_training_agree_with_label_smoothing(model):
+    """Three optimizer steps with label_smoothing=0.1: the Triton fused linear-CE (interpreted on a CPU) against the
+    eager logits + F.cross_entropy, loss for loss (so gradients agree too)."""
+    base = Config(model=model, data="markov", batch_size=2, seq_len=16, warmup=0, steps=3, device="cpu",
+                  label_smoothing=0.1, lr=1e-3)
+
+    def losses(config):
+        step = TrainingStep(config, CPU)
+        return torch.tensor([step().item() for _ in range(3)])
+
+    eager = losses(base)
+    torch.testing.assert_close(losses(base.replace(kernels="triton")), eager, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(eager, losses(base.replace(label_smoothing=0.0)), atol=1e-3)
