@@ -22,6 +22,7 @@ from rich.progress import (
 )
 
 import lmbench
+from lmbench.analyze.convergence import OBJECTIVES
 from lmbench.errors import LmbenchError, StorageError, UsageError
 from lmbench.models.registry import MODELS
 from lmbench.plan import runplan
@@ -95,23 +96,25 @@ def cli() -> None:
               help="Refuse a matrix with more points than this (counted before it is built).")
 @click.option("--profile", is_flag=True,
               help="After each measured window, profile a few more steps (same as --set profile=true).")
+@click.option("--objective", type=click.Choice(OBJECTIVES), default=None,
+              help="Also print the configurations ranked by this (with --parity, diverged ones rank last).")
 def run(suite_name: str, out: Path | None, overrides: tuple[str, ...], device: str | None, repeats: int,
         resume: bool, dry_run: bool, nnodes: int, node_rank: int | None, rdzv_endpoint: str | None,
-        parity: bool, max_configs: int, profile: bool) -> int:
+        parity: bool, max_configs: int, profile: bool, objective: str | None) -> int:
     """Run every configuration of a suite, one fresh process each (torchrun for ddp/fsdp).
 
-    Example: lmbench run --suite fp16 --set batch_size=8,16 --repeats 3
+    Example: lmbench run --suite convergence --parity --objective time-to-target
     """
     overrides = (*overrides, "profile=true") if profile else overrides
     plan = RunPlan(suite=suite_name, suite_sha256="", overrides=overrides, device=device, repeats=repeats,
                    parity=parity, nnodes=nnodes)
     return _run_suite(plan, out, resume=resume, dry_run=dry_run, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
-                      max_configs=max_configs)
+                      max_configs=max_configs, objective=objective)
 
 
 def _run_suite(plan: RunPlan, out: Path | None, *, resume: bool, dry_run: bool = False, node_rank: int | None = None,
                rdzv_endpoint: str | None = None, max_configs: int = suites.MAX_CONFIGS,
-               resume_command: str | None = None) -> int:
+               resume_command: str | None = None, objective: str | None = None) -> int:
     """Everything `lmbench run` does; `calibrate` runs it twice (and says how to resume itself)."""
     import os
 
@@ -181,6 +184,10 @@ def _run_suite(plan: RunPlan, out: Path | None, *, resume: bool, dry_run: bool =
         planned_keys = {job.config.key for job in runner.plan(planned, platform, repeats=1)}
         everything = [r for r in run_dir.recorded().records if r["config_key"] in planned_keys]
     _print_summary(launch, session, everything, run_dir.results_path)
+    if objective and launch.records:
+        from lmbench.analyze.convergence import ranking_table
+
+        _console().print(ranking_table(everything, objective))
     return 0
 
 
@@ -323,7 +330,10 @@ def env() -> int:
               help="Speedups against the configuration with this axis value, e.g. precision=fp32.")
 @click.option("--ceilings", "ceilings_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="This GPU's measured ceilings (`lmbench ceilings --out FILE`): adds the distance to the roofline.")
-def report(run_dirs: tuple[Path, ...], out: Path | None, baseline: str | None, ceilings_path: Path | None) -> int:
+@click.option("--objective", type=click.Choice(OBJECTIVES), default="time-to-target", show_default=True,
+              help="How the time-to-target table ranks configurations that evaluated held-out loss.")
+def report(run_dirs: tuple[Path, ...], out: Path | None, baseline: str | None, ceilings_path: Path | None,
+           objective: str) -> int:
     """Write report.md, results.csv, report.html (plots embedded) and plots/ for run directories.
 
     Example: lmbench report runs/fp16-20260101-120000 --baseline precision=fp32 --ceilings ceilings.json
@@ -344,7 +354,8 @@ def report(run_dirs: tuple[Path, ...], out: Path | None, baseline: str | None, c
     results.writable_dir(out or distinct[0] / "report", what="--out" if out else "the report directory")
     out = out or distinct[0] / "report"
     with results.saving(out):
-        paths = reports.build(df, records, out, baseline=parsed, runs=[str(d) for d in distinct], ceilings=ceilings)
+        paths = reports.build(df, records, out, baseline=parsed, runs=[str(d) for d in distinct], ceilings=ceilings,
+                              objective=objective)
     for name, path in paths.items():
         click.echo(f"{name}: {path}")
     return 0
@@ -462,10 +473,15 @@ def calibrate(suite_name: str, repeats: int, out: Path | None, overrides: tuple[
                    "never wins.")
 @click.option("--timeout-s", type=click.FloatRange(min=1), default=None,
               help="Wall-clock limit of each probe's and measurement's worker (default: the timeout_s axis's).")
+@click.option("--objective", type=click.Choice(OBJECTIVES), default="throughput", show_default=True,
+              help="Rank by tokens/s, or by time to a held-out target (needs --set target_loss=..., max_steps, "
+                   "eval_every and a learnable data=).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=V",
+              help="Any other axis of the measured configurations (probes keep only what shapes memory). Repeatable.")
 def tune(model: str, seq_len: int, precisions: str, kernel_sets: str, checkpointings: str,
          budget_minutes: float | None, max_memory: str | None, global_batch: int | None, margin: float,
          max_batch: int, steps: int, warmup: int, device: str | None, out: Path | None, resume: bool,
-         check_parity: bool, timeout_s: float | None) -> int:
+         check_parity: bool, timeout_s: float | None, objective: str, overrides: tuple[str, ...]) -> int:
     """Find the largest batch that fits and the fastest configuration for a model.
 
     Example: lmbench tune --model llama-1b --precision amp-bf16,bf16 --checkpointing none,full
@@ -477,6 +493,7 @@ def tune(model: str, seq_len: int, precisions: str, kernel_sets: str, checkpoint
 
     values = {"model": model, "seq_len": seq_len, "max_memory_bytes": tuning.parse_size(max_memory) if max_memory
               else 0, **({"device": device} if device else {}), **({"timeout_s": timeout_s} if timeout_s else {})}
+    values.update(tuning.parse_set(overrides))
     axes = {"precision": precisions, "kernels": kernel_sets, "checkpointing": checkpointings}
     lists = {axis: suites.parse_values(axis, raw, where=f"--{axis} {raw!r}") for axis, raw in axes.items()}
     for option, number in (("--budget-minutes", budget_minutes), ("--margin", margin)):
@@ -486,20 +503,23 @@ def tune(model: str, seq_len: int, precisions: str, kernel_sets: str, checkpoint
         base = resolve(Config.from_mapping(values), probe_platform())
     except LmbenchError as err:
         raise UsageError(str(err)) from None
-    if base.conflict():
-        raise UsageError(base.conflict())
+    if base.replace(steps=steps, warmup=warmup).conflict():
+        raise UsageError(base.replace(steps=steps, warmup=warmup).conflict())
+    if objective == "time-to-target" and not base.has_target:
+        raise UsageError("--objective time-to-target needs a target: --set target_loss=NATS (or target_ppl), "
+                         "--set max_steps=N, --set eval_every=N and a learnable --set data=markov|PATH")
     if resume and out is None:
         raise UsageError("--resume needs --out RUN_DIR, the tune to continue")
     out = out or Path("runs") / f"tune-{model}-{dt.datetime.now():%Y%m%d-%H%M%S}"
     with interruptible(), runner.RunDirectory(out, resume=resume) as run_dir:
         return _tune(base, run_dir, lists, model=model, seq_len=seq_len, budget_minutes=budget_minutes, margin=margin,
                      max_batch=max_batch, global_batch=global_batch, steps=steps, warmup=warmup,
-                     check_parity=check_parity)
+                     check_parity=check_parity, objective=objective)
 
 
 def _tune(base: Any, run_dir: runner.RunDirectory, lists: dict[str, list[Any]], *, model: str, seq_len: int,
           budget_minutes: float | None, margin: float, max_batch: int, global_batch: int | None, steps: int,
-          warmup: int, check_parity: bool = False) -> int:
+          warmup: int, check_parity: bool = False, objective: str = "throughput") -> int:
     """The search and measurements of `lmbench tune` in a locked run directory, then its tables and winner."""
     from lmbench import tune as tuning
     from lmbench.analyze.table import tune_ranking_table, tune_search_table
@@ -523,11 +543,11 @@ def _tune(base: Any, run_dir: runner.RunDirectory, lists: dict[str, list[Any]], 
             tuner.measure(result, steps, warmup)
         found.append(result)
     search = tune_search_table(found, title=f"largest batch that fits: {model}, seq_len {seq_len}")
-    ranking = tune_ranking_table(tuning.ranked(run_dir))
+    ranking = tune_ranking_table(tuning.ranked(run_dir, objective), objective=objective)
     console = _console()
     console.print(search)
     console.print(ranking)
-    winner = tuning.write_winner(run_dir)
+    winner = tuning.write_winner(run_dir, objective)
     console.print(f"winner as a suite: {winner}" if winner else "no configuration ran successfully")
     return 0
 

@@ -118,8 +118,9 @@ class Tuner:
         return self.deadline is not None and time.monotonic() > self.deadline
 
     def probe_config(self, combo: dict[str, str], batch: int) -> Config:
+        """A short throughput run: no held-out evaluation or target (memory is the training step's)."""
         return self.base.replace(**combo, batch_size=batch, steps=PROBE_STEPS, warmup=PROBE_WARMUP, telemetry=False,
-                                 grad_accum=1)
+                                 grad_accum=1, eval_every=0, target_loss=0.0, target_ppl=0.0, max_steps=0)
 
     def fits(self, combo: dict[str, str], batch: int) -> bool:
         config = self.probe_config(combo, batch)
@@ -225,33 +226,50 @@ def strayed(record: dict[str, Any]) -> bool:
     return (record.get("metrics") or {}).get("parity") in STRAYED
 
 
-def ranked(run_dir: RunDirectory) -> list[dict[str, Any]]:
-    """Measured configurations, fastest first (tokens/s over repeat 0); those whose loss strayed from their
-    reference's after every other ok one, failed ones last."""
-    records = run_dir.recorded().records
-    ok = [r for r in records if r["status"] == "ok"]
-    ok.sort(key=lambda r: (strayed(r), -r["metrics"]["tokens_per_s"]))
-    return ok + [r for r in records if r["status"] != "ok"]
+def parse_set(assignments: tuple[str, ...]) -> dict[str, Any]:
+    """`--set KEY=V` of tune: one value per axis (the search itself varies precision, kernels, checkpointing)."""
+    from lmbench.plan.suite import parse_overrides
+
+    values = {}
+    for axis, parsed in parse_overrides(assignments).items():
+        if axis in ("precision", "kernels", "checkpointing", "batch_size", "grad_accum", "steps", "warmup"):
+            raise UsageError(f"--set {axis}=...: tune searches or sets {axis} itself; use its own option")
+        if len(parsed) != 1:
+            raise UsageError(f"--set {axis}=...: tune takes one value per axis")
+        values[axis] = parsed[0]
+    return values
 
 
-def winner_suite(record: dict[str, Any]) -> str:
+def ranked(run_dir: RunDirectory, objective: str = "throughput") -> list[dict[str, Any]]:
+    """Measured configurations best first by `objective` (tokens/s, or time to the held-out target); those whose
+    loss strayed from their reference's after every other ok one, failed ones last."""
+    from lmbench.analyze.convergence import ranked_records
+
+    return ranked_records(run_dir.recorded().records, objective)
+
+
+def winner_suite(record: dict[str, Any], objective: str = "throughput") -> str:
     """A suite file that reproduces the winning configuration."""
     config = Config.from_mapping({k: v for k, v in record["config"].items()})
     defaults = Config()
+    m = record["metrics"]
+    figure = (f"{m['time_to_target_s']:.1f} s to held-out loss {m['target_loss_nats']:.3g}"
+              if objective == "time-to-target" and m.get("time_to_target_s") is not None
+              else f"{m['tokens_per_s']:,.0f} tokens/s")
+    best = "Fastest to target" if objective == "time-to-target" else "Fastest configuration"
     lines = [f'name = "tuned-{config.model}"',
-             f'description = "Fastest configuration lmbench tune found for {config.model} '
-             f'({record["metrics"]["tokens_per_s"]:,.0f} tokens/s)"', "", "[defaults]"]
+             f'description = "{best} lmbench tune found for {config.model} ({figure})"', "", "[defaults]"]
     for name, value in config.to_dict().items():
         if value != getattr(defaults, name) or name in ("model", "batch_size", "seq_len", "precision"):
             lines.append(f"{name} = {json.dumps(value)}")
     return "\n".join(lines) + "\n"
 
 
-def write_winner(run_dir: RunDirectory) -> Path | None:
-    rows = ranked(run_dir)
+def write_winner(run_dir: RunDirectory, objective: str = "throughput") -> Path | None:
+    rows = ranked(run_dir, objective)
     if not rows or rows[0]["status"] != "ok" or strayed(rows[0]):
         return None
     path = run_dir.path / "tuned.toml"
     with results.saving(path):
-        path.write_text(winner_suite(rows[0]), encoding="utf-8")
+        path.write_text(winner_suite(rows[0], objective), encoding="utf-8")
     return path

@@ -275,3 +275,50 @@ def power_over_time(timelines: dict[str, Path]) -> Figure:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6)
     return fig
+
+
+def _curves(records: list[dict[str, Any]]) -> tuple[dict[str, list[dict[str, Any]]], set[float]]:
+    """Repeat 0's held-out curve of each configuration that evaluated (label -> points, the untrained model
+    first at step 0), and the targets (nats) of those that had one."""
+    configs = configs_of(records)
+    axes = varying_axes(configs) or ["model"]
+    curves, targets = {}, set()
+    for r, config in zip(records, configs):
+        m = r.get("metrics") or {}
+        if r["repeat"] != 0 or not m.get("val_points"):
+            continue
+        start = {"step": 0, "tokens": 0, "wall_s": 0.0, "train_wall_s": 0.0, "val_loss": m.get("val_loss_initial")}
+        curves[config_label(config, axes)] = [start, *m["val_points"]]
+        if m.get("target_loss_nats"):
+            targets.add(m["target_loss_nats"])
+    return curves, targets
+
+
+def _val_loss_against(records: list[dict[str, Any]], x: str, title: str, xlabel: str) -> Figure:
+    curves, targets = _curves(records)
+    if not curves:
+        return _empty(title, "no held-out evaluations (run with eval_every > 0 on data=markov or data=PATH)")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, points in curves.items():
+        shown = [p for p in points if p["val_loss"] is not None]
+        ax.plot([p[x] for p in shown], [p["val_loss"] for p in shown], marker=".", label=label, linewidth=1)
+    for target in sorted(targets):
+        ax.axhline(target, color="gray", linestyle="--", linewidth=1, label=f"target {target:.3g} nats")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("held-out loss (nats per token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    return fig
+
+
+def val_loss_vs_time(records: list[dict[str, Any]]) -> Figure:
+    """Held-out loss of each configuration (repeat 0) against the time-to-target clock: wall time since the first
+    training step, evaluations included."""
+    return _val_loss_against(records, "wall_s", "Held-out loss vs wall time",
+                             "wall time since the first training step (s, evaluations included)")
+
+
+def val_loss_vs_tokens(records: list[dict[str, Any]]) -> Figure:
+    """Held-out loss of each configuration (repeat 0) against the tokens trained on (all devices)."""
+    return _val_loss_against(records, "tokens", "Held-out loss vs tokens", "tokens trained (all devices)")

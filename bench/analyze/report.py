@@ -250,7 +250,11 @@ def figures(df: pd.DataFrame, records: list[dict[str, Any]], baseline: tuple[str
     axes = varying_axes(configs_of(records))
     found = profiled(records)
     breakdown = {"time_breakdown": plots.time_breakdown(found, axes)} if found else {}
+    evaluated = any((r.get("metrics") or {}).get("val_points") for r in records)
+    quality = {"val_loss_vs_time": plots.val_loss_vs_time(records),
+               "val_loss_vs_tokens": plots.val_loss_vs_tokens(records)} if evaluated else {}
     return {
+        **quality,
         **breakdown,
         "tokens_vs_batch": plots.tokens_vs_batch(df),
         "memory_vs_batch": plots.memory_vs_batch(df),
@@ -267,22 +271,26 @@ def _png(fig: Any) -> bytes:
     return buffer.getvalue()
 
 
-SECTION_TITLES = {"throughput": "Throughput", "memory": "Memory", "energy": "Energy", "failures": "Failures",
+SECTION_TITLES = {"quality": "Time to target (held-out loss)", "throughput": "Throughput", "memory": "Memory", "energy": "Energy", "failures": "Failures",
                   "time": "Where the time goes", "kernels": "Top kernels of the profiled steps",
                   "roofline": "Distance to the roofline (measured ceilings)"}
 
 
 def build(df: pd.DataFrame, records: list[dict[str, Any]], out: Path, *, baseline: tuple[str, str] | None = None,
-          runs: list[str], ceilings: dict[str, Any] | None = None) -> dict[str, Path]:
+          runs: list[str], ceilings: dict[str, Any] | None = None, objective: str = "time-to-target"
+          ) -> dict[str, Path]:
     """Write report.md, results.csv, report.html and plots/*.png into `out`; returns their paths.
 
-    With `ceilings` (`lmbench ceilings --out` figures) the report adds the distance to the roofline.
+    With `ceilings` (`lmbench ceilings --out` figures) the report adds the distance to the roofline. Runs that
+    evaluated held-out loss get the time-to-target table first, ranked by `objective`.
     """
     import matplotlib.pyplot as plt
 
+    from lmbench.analyze import convergence
+
     out.mkdir(parents=True, exist_ok=True)
     (out / "plots").mkdir(exist_ok=True)
-    grids = {**sections(records, baseline), **time_sections(records),
+    grids = {**convergence.section(records, objective), **sections(records, baseline), **time_sections(records),
              **(roofline_section(records, ceilings) if ceilings else {})}
     summaries = summarize(records)
     images = {}

@@ -192,18 +192,24 @@ def tune_search_table(found: list[Any], *, title: str) -> Table:
     return table
 
 
-def tune_ranking_table(records: list[dict[str, Any]]) -> Table:
-    """`lmbench tune`: measured configurations, fastest first (those whose loss strayed after the others)."""
-    table = Table(title="ranked by tokens/s (a loss that drifted from its reference never ranks first)",
-                  title_justify="left")
-    for column in ("#", "precision", "kernels", "checkpointing", "batch", "accum", "status", "tokens/s",
-                   "peak mem", "J/token", "parity"):
+def tune_ranking_table(records: list[dict[str, Any]], *, objective: str = "throughput") -> Table:
+    """`lmbench tune`: measured configurations, best first by the objective (a loss that strayed from its
+    reference's after the others)."""
+    to_target = objective == "time-to-target"
+    table = Table(title=f"ranked by {'time to target' if to_target else 'tokens/s'} (a loss that drifted from its "
+                        "reference never ranks first)", title_justify="left")
+    columns = ["#", "precision", "kernels", "checkpointing", "batch", "accum", "status", "tokens/s", "peak mem",
+               "J/token", "parity"] + (["target", "time to target s"] if to_target else [])
+    for column in columns:
         table.add_column(column)
     for i, r in enumerate(records, start=1):
         m, c = r["metrics"] or {}, r["config"]
         memory = memory_cell(m.get("mem_peak_reserved_bytes"), m.get("mem_host_peak_growth_bytes"))
-        table.add_row(str(i), c["precision"], c["kernels"], c["checkpointing"], str(c["batch_size"]),
-                      str(c["grad_accum"]), r["status"], "-" if not m.get("tokens_per_s") else
-                      f"{m['tokens_per_s']:,.0f}", memory, "-" if m.get("j_per_token") is None else
-                      f"{m['j_per_token']:.3g}", m.get("parity") or "-")
+        cells = [str(i), c["precision"], c["kernels"], c["checkpointing"], str(c["batch_size"]),
+                 str(c["grad_accum"]), r["status"], "-" if not m.get("tokens_per_s") else
+                 f"{m['tokens_per_s']:,.0f}", memory, "-" if m.get("j_per_token") is None else
+                 f"{m['j_per_token']:.3g}", m.get("parity") or "-"]
+        if to_target:
+            cells += [m.get("target_status") or "-", _fmt(m.get("time_to_target_s"), ".2f")]
+        table.add_row(*cells)
     return table

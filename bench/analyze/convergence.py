@@ -1,0 +1,149 @@
+"""Time to quality in reports: the time-to-target table, and ranking configurations by an objective.
+
+Two objectives rank configurations: `throughput` (median tokens/s, higher first) and `time-to-target`
+(median time to the held-out target over the repeats that reached it, lower first; configurations
+that never reached it follow, by their best held-out loss). A configuration whose loss parity
+diverged, or that failed, ranks after every one that did not, whatever its figure.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+
+from lmbench.analyze.table import Grid, configs_of, varying_axes
+
+OBJECTIVES = ("throughput", "time-to-target")
+
+#: Per-repeat figures of the time-to-target table, medians over the repeats that reached the target.
+TARGET_METRICS = ("steps_to_target", "tokens_to_target", "time_to_target_s", "train_time_to_target_s",
+                  "device_time_to_target_s", "energy_to_target_j")
+
+
+@dataclass
+class Standing:
+    """One configuration (of one run) over its repeats: what ranking and the table need."""
+
+    config: dict[str, Any]
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    def ok(self) -> list[dict[str, Any]]:
+        return [r for r in self.records if r["status"] == "ok" and r.get("metrics")]
+
+    def reached(self) -> list[dict[str, Any]]:
+        return [r for r in self.ok() if r["metrics"].get("target_status") == "reached"]
+
+    def median(self, name: str, among: list[dict[str, Any]] | None = None) -> float | None:
+        values = [r["metrics"].get(name) for r in (self.ok() if among is None else among)]
+        values = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+        return statistics.median(values) if values else None
+
+    @property
+    def evaluated(self) -> bool:
+        return any(r["metrics"].get("val_points") for r in self.ok())
+
+    @property
+    def has_target(self) -> bool:
+        return any(r["metrics"].get("target_status") for r in self.ok())
+
+    @property
+    def parity_diverged(self) -> bool:
+        return any(r["metrics"].get("parity") == "diverged" for r in self.ok())
+
+    def target_cell(self) -> str:
+        if not self.has_target:
+            return "-"
+        statuses = [r["metrics"].get("target_status") for r in self.ok()]
+        reached = statuses.count("reached")
+        if reached == len(statuses):
+            return "reached" if reached == 1 else f"reached ({reached}/{reached})"
+        worst = "diverged" if "diverged" in statuses else "not_reached"
+        return worst if len(statuses) == 1 else f"{worst} ({reached}/{len(statuses)} reached)"
+
+    def sort_key(self, objective: str) -> tuple[float, ...]:
+        """Lower ranks first: failed or diverged last, then by the objective's figure."""
+        if not self.ok():
+            return (3, 0.0, 0.0)
+        if self.parity_diverged:
+            return (2, 0.0, 0.0)
+        if objective == "throughput":
+            return (0, -(self.median("tokens_per_s") or 0.0), 0.0)
+        time = self.median("time_to_target_s", self.reached())
+        if time is not None:
+            return (0, time, 0.0)
+        return (1, self.median("val_loss_best") or math.inf, 0.0)
+
+
+def standings(records: list[dict[str, Any]]) -> list[Standing]:
+    """Configurations in first-seen order (a report of several runs keeps each run's apart)."""
+    found: dict[tuple[str, str], Standing] = {}
+    for record, config in zip(records, configs_of(records)):
+        key = (str(record.get("run", "")), record["config_key"])
+        found.setdefault(key, Standing(config)).records.append(record)
+    return list(found.values())
+
+
+def rank(records: list[dict[str, Any]], objective: str) -> list[Standing]:
+    """Configurations best first by `objective` (see the module docstring); ties keep their order."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective={objective!r}; allowed: {', '.join(OBJECTIVES)}")
+    return sorted(standings(records), key=lambda s: s.sort_key(objective))
+
+
+def ranked_records(records: list[dict[str, Any]], objective: str) -> list[dict[str, Any]]:
+    """Every record, configurations best first by `objective`, each configuration's repeats together."""
+    return [r for standing in rank(records, objective) for r in standing.records]
+
+
+def _fmt(value: float | None, spec: str, scale: float = 1.0) -> str:
+    return "-" if value is None else format(value / scale, spec)
+
+
+def section(records: list[dict[str, Any]], objective: str = "time-to-target") -> dict[str, Grid]:
+    """The report's time-to-target table (configurations that evaluated held-out loss), ranked by `objective`;
+    empty when none did."""
+    ranked = [s for s in rank(records, objective) if s.evaluated]
+    if not ranked:
+        return {}
+    axes = varying_axes(configs_of(records))
+    with_parity = any(r["metrics"].get("parity") for s in ranked for r in s.ok())
+    rows = []
+    for place, s in enumerate(ranked, start=1):
+        reached = s.reached()
+        row = [str(place)] + [str(s.config[a]) for a in axes] + [
+            s.target_cell(), _fmt(s.median("target_loss_nats"), ".3g"),
+            _fmt(s.median("steps_to_target", reached), ",.0f"), _fmt(s.median("tokens_to_target", reached), ",.0f"),
+            _fmt(s.median("time_to_target_s", reached), ".2f"), _fmt(s.median("train_time_to_target_s", reached), ".2f"),
+            _fmt(s.median("device_time_to_target_s", reached), ".2f"),
+            _fmt(s.median("energy_to_target_j", reached), ",.0f"), _fmt(s.median("val_loss_best"), ".3f"),
+            _fmt(s.median("val_ppl"), ",.2f"), _fmt(s.median("tokens_per_s"), ",.0f")]
+        if with_parity:
+            verdicts = {r["metrics"].get("parity") for r in s.ok()} - {None}
+            row.append("/".join(sorted(verdicts)) or "-")
+        rows.append(row)
+    n = len(axes) + 1
+    head = ["target", "target nats", "steps", "tokens", "time to target s", "train time s", "device time s",
+            "energy J", "best val loss", "final val ppl", "tokens/s"] + (["parity"] if with_parity else [])
+    return {"quality": Grid(["#"] + axes + head, rows, right={0, *range(n + 1, n + 11)})}
+
+
+def ranking_table(records: list[dict[str, Any]], objective: str) -> Table:
+    """`lmbench run --objective`: the run's configurations best first, with what the ranking read."""
+    table = Table(title=f"ranked by {'time to target' if objective == 'time-to-target' else 'tokens/s'}",
+                  title_justify="left")
+    axes = varying_axes(configs_of(records))
+    for column in ["#", *axes, "status", "tokens/s", "target", "time to target s", "best val loss", "parity"]:
+        table.add_column(column)
+    for place, s in enumerate(rank(records, objective), start=1):
+        statuses = sorted({r["status"] for r in s.records})
+        parity = "/".join(sorted({r["metrics"].get("parity") for r in s.ok()} - {None})) or "-"
+        table.add_row(str(place), *(escape(str(s.config[a])) for a in axes), "/".join(statuses),
+                      _fmt(s.median("tokens_per_s"), ",.0f"), s.target_cell(),
+                      _fmt(s.median("time_to_target_s", s.reached()), ".2f"), _fmt(s.median("val_loss_best"), ".3f"),
+                      parity)
+    return table
