@@ -22,7 +22,7 @@ from rich.progress import (
 )
 
 import lmbench
-from lmbench.analyze.convergence import OBJECTIVES
+from lmbench.analyze.ranking import OBJECTIVES
 from lmbench.errors import LmbenchError, StorageError, UsageError
 from lmbench.models.registry import MODELS
 from lmbench.plan import runplan
@@ -185,7 +185,7 @@ def _run_suite(plan: RunPlan, out: Path | None, *, resume: bool, dry_run: bool =
         everything = [r for r in run_dir.recorded().records if r["config_key"] in planned_keys]
     _print_summary(launch, session, everything, run_dir.results_path)
     if objective and launch.records:
-        from lmbench.analyze.convergence import ranking_table
+        from lmbench.analyze.ranking import ranking_table
 
         _console().print(ranking_table(everything, objective))
     return 0

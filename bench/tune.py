@@ -243,7 +243,7 @@ def parse_set(assignments: tuple[str, ...]) -> dict[str, Any]:
 def ranked(run_dir: RunDirectory, objective: str = "throughput") -> list[dict[str, Any]]:
     """Measured configurations best first by `objective` (tokens/s, or time to the held-out target); those whose
     loss strayed from their reference's after every other ok one, failed ones last."""
-    from lmbench.analyze.convergence import ranked_records
+    from lmbench.analyze.ranking import ranked_records
 
     return ranked_records(run_dir.recorded().records, objective)
 

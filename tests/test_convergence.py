@@ -246,3 +246,33 @@ def test_fused_and_eager_training_agree_with_label_smoothing(model):
     eager = losses(base)
     torch.testing.assert_close(losses(base.replace(kernels="triton")), eager, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(eager, losses(base.replace(label_smoothing=0.0)), atol=1e-3)
+
+
+@pytest.mark.slow
+def test_convergence_suite_on_cpu_gives_time_to_target_rows_and_loss_curves(tmp_path):
+    """The issue's 'done when': a CPU run of the convergence suite on a small corpus, ranked by time to target,
+    and its report with the time-to-target table and the held-out loss plots."""
+    from click.testing import CliRunner
+
+    from lmbench.analyze import results
+    from lmbench.cli import cli
+
+    corpus = write_corpus(tmp_path / "corpus.txt")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["run", "--suite", "convergence", "--device", "cpu", "--out", str(out),
+                                      "--set", f"data={corpus}", "--set", "precision=fp32,bf16", "--set",
+                                      "batch_size=8", "--set", "target_loss=3.3", "--set", "max_steps=200",
+                                      "--set", "eval_tokens=4096", "--set", "telemetry=false",
+                                      "--objective", "time-to-target"])
+    assert result.exit_code == 0, result.output
+    assert "ranked by time to target" in result.output
+    records = results.read(out).records
+    assert [r["status"] for r in records] == ["ok", "ok"]
+    fp32 = next(r for r in records if r["config"]["precision"] == "fp32")["metrics"]
+    assert fp32["target_status"] == "reached" and fp32["time_to_target_s"] > 0
+    report = tmp_path / "report"
+    assert CliRunner().invoke(cli, ["report", str(out), "--out", str(report)]).exit_code == 0
+    md = (report / "report.md").read_text()
+    assert "## Time to target (held-out loss)" in md and "| # | precision | target |" in md
+    assert "![val_loss_vs_time](plots/val_loss_vs_time.png)" in md
+    assert (report / "plots" / "val_loss_vs_tokens.png").exists()

@@ -286,11 +286,11 @@ def build(df: pd.DataFrame, records: list[dict[str, Any]], out: Path, *, baselin
     """
     import matplotlib.pyplot as plt
 
-    from lmbench.analyze import convergence
+    from lmbench.analyze import ranking
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "plots").mkdir(exist_ok=True)
-    grids = {**convergence.section(records, objective), **sections(records, baseline), **time_sections(records),
+    grids = {**ranking.section(records, objective), **sections(records, baseline), **time_sections(records),
              **(roofline_section(records, ceilings) if ceilings else {})}
     summaries = summarize(records)
     images = {}

@@ -1,4 +1,4 @@
-"""Time to quality in reports: the time-to-target table, and ranking configurations by an objective.
+"""Ranking configurations by an objective (tokens/s or time to target), and the report's time-to-target table.
 
 Two objectives rank configurations: `throughput` (median tokens/s, higher first) and `time-to-target`
 (median time to the held-out target over the repeats that reached it, lower first; configurations
