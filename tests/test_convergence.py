@@ -276,3 +276,75 @@ def test_convergence_suite_on_cpu_gives_time_to_target_rows_and_loss_curves(tmp_
     assert "## Time to target (held-out loss)" in md and "| # | precision | target |" in md
     assert "![val_loss_vs_time](plots/val_loss_vs_time.png)" in md
     assert (report / "plots" / "val_loss_vs_tokens.png").exists()
+
+
+def quality_record(precision, batch, *, time_s, status="reached", parity=None, tps=1000.0, repeat=0, best=2.9):
+    config = Config(precision=precision, batch_size=batch, data="markov", eval_every=10, target_loss=3.0,
+                    max_steps=100, device="cuda")
+    reached = status == "reached"
+    points = [{"step": 10, "tokens": 10240, "val_loss": 4.0, "wall_s": 1.0, "train_wall_s": 0.9, "device_s": 0.8,
+               "energy_j": 100.0, "train_energy_j": 90.0},
+              {"step": 20, "tokens": 20480, "val_loss": best, "wall_s": 2.0, "train_wall_s": 1.8, "device_s": 1.6,
+               "energy_j": 200.0, "train_energy_j": 180.0}]
+    metrics = {"tokens_per_s": tps, "val_points": points, "val_loss": best, "val_ppl": math.exp(best),
+               "val_loss_best": best, "val_loss_initial": 6.2, "target_loss_nats": 3.0, "target_status": status,
+               "time_to_target_s": time_s if reached else None, "train_time_to_target_s": 1.8 if reached else None,
+               "device_time_to_target_s": 1.6 if reached else None, "energy_to_target_j": 200.0 if reached else None,
+               "steps_to_target": 20 if reached else None, "tokens_to_target": 20480 if reached else None,
+               "parity": parity}
+    return {"schema_version": 1, "suite": "hand", "config_key": config.key, "repeat": repeat,
+            "config": config.to_dict(), "status": "ok", "reason": None, "metrics": metrics, "losses": [3.0],
+            "step_times_s": [0.1], "env": {}, "warnings": []}
+
+
+HAND = [quality_record("fp32", 8, time_s=9.0), quality_record("amp-bf16", 8, time_s=4.0, tps=3000.0),
+        quality_record("bf16", 8, time_s=None, status="not_reached", best=3.2, tps=4000.0),
+        quality_record("amp-bf16", 16, time_s=2.0, parity="diverged", tps=5000.0)]
+
+
+def test_time_to_target_table_ranks_by_the_objective_exactly():
+    from lmbench.analyze import ranking
+
+    table = ranking.section(HAND)["quality"].markdown().splitlines()
+    assert table[0] == ("| # | batch_size | precision | target | target nats | steps | tokens | time to target s | "
+                        "train time s | device time s | energy J | best val loss | final val ppl | tokens/s | parity |")
+    assert table[2:] == [
+        "| 1 | 8 | amp-bf16 | reached | 3 | 20 | 20,480 | 4.00 | 1.80 | 1.60 | 200 | 2.900 | 18.17 | 3,000 | - |",
+        "| 2 | 8 | fp32 | reached | 3 | 20 | 20,480 | 9.00 | 1.80 | 1.60 | 200 | 2.900 | 18.17 | 1,000 | - |",
+        "| 3 | 8 | bf16 | not_reached | 3 | - | - | - | - | - | - | 3.200 | 24.53 | 4,000 | - |",
+        "| 4 | 16 | amp-bf16 | reached | 3 | 20 | 20,480 | 2.00 | 1.80 | 1.60 | 200 | 2.900 | 18.17 | 5,000 | diverged |",
+    ]
+    by_throughput = [s.config["precision"] + str(s.config["batch_size"]) for s in ranking.rank(HAND, "throughput")]
+    assert by_throughput == ["bf168", "amp-bf168", "fp328", "amp-bf1616"]
+    assert ranking.section([{**HAND[0], "metrics": {"tokens_per_s": 1.0}}]) == {}
+
+
+def test_held_out_loss_plots_render_with_and_without_curves():
+    import matplotlib.pyplot as plt
+
+    from lmbench.analyze import plots
+
+    for records in (HAND, [{**HAND[0], "metrics": {"tokens_per_s": 1.0}}]):
+        for fig in (plots.val_loss_vs_time(records), plots.val_loss_vs_tokens(records)):
+            fig.canvas.draw()
+            plt.close(fig)
+    fig = plots.val_loss_vs_tokens(HAND)
+    lines = fig.axes[0].get_lines()
+    assert list(lines[0].get_xdata()) == [0, 10240, 20480] and list(lines[0].get_ydata()) == [6.2, 4.0, 2.9]
+    assert lines[-1].get_ydata()[0] == 3.0  # the target
+    plt.close(fig)
+
+
+def test_tune_by_time_to_target_needs_a_target_and_one_value_per_axis():
+    from click.testing import CliRunner
+
+    from lmbench.cli import cli
+
+    runner = CliRunner()
+    result = runner.invoke(cli, ["tune", "--model", "tiny-gpt2", "--seq-len", "16", "--device", "cpu", "--objective", "time-to-target"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("lmbench: error: --objective time-to-target needs a target: --set target_loss=")
+    result = runner.invoke(cli, ["tune", "--model", "tiny-gpt2", "--seq-len", "16", "--device", "cpu", "--set", "lr=1e-3,2e-3"])
+    assert result.exit_code == 2 and "tune takes one value per axis" in result.stderr
+    result = runner.invoke(cli, ["tune", "--model", "tiny-gpt2", "--seq-len", "16", "--device", "cpu", "--set", "precision=bf16"])
+    assert result.exit_code == 2 and "tune searches or sets precision itself" in result.stderr
