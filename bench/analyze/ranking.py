@@ -118,7 +118,8 @@ def section(records: list[dict[str, Any]], objective: str = "time-to-target") ->
         row = [str(place)] + [str(s.config[a]) for a in axes] + [
             s.target_cell(), _fmt(s.median("target_loss_nats"), ".3g"),
             _fmt(s.median("steps_to_target", reached), ",.0f"), _fmt(s.median("tokens_to_target", reached), ",.0f"),
-            _fmt(s.median("time_to_target_s", reached), ".2f"), _fmt(s.median("train_time_to_target_s", reached), ".2f"),
+            _fmt(s.median("time_to_target_s", reached), ".2f"),
+            _fmt(s.median("train_time_to_target_s", reached), ".2f"),
             _fmt(s.median("device_time_to_target_s", reached), ".2f"),
             _fmt(s.median("energy_to_target_j", reached), ",.0f"), _fmt(s.median("val_loss_best"), ".3f"),
             _fmt(s.median("val_ppl"), ",.2f"), _fmt(s.median("tokens_per_s"), ",.0f")]

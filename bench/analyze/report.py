@@ -271,7 +271,8 @@ def _png(fig: Any) -> bytes:
     return buffer.getvalue()
 
 
-SECTION_TITLES = {"quality": "Time to target (held-out loss)", "throughput": "Throughput", "memory": "Memory", "energy": "Energy", "failures": "Failures",
+SECTION_TITLES = {"quality": "Time to target (held-out loss)", "throughput": "Throughput", "memory": "Memory",
+                  "energy": "Energy", "failures": "Failures",
                   "time": "Where the time goes", "kernels": "Top kernels of the profiled steps",
                   "roofline": "Distance to the roofline (measured ceilings)"}
 

@@ -344,18 +344,18 @@ class DeviceGroupTelemetry:
         return all(m.available for m in self.members)
 
     @contextlib.contextmanager
-    def window(self) -> Iterator[DeviceGroupTelemetry]:
+    def _every(self, context: Callable[[Telemetry], contextlib.AbstractContextManager]
+               ) -> Iterator[DeviceGroupTelemetry]:
         with contextlib.ExitStack() as stack:
             for member in self.members:
-                stack.enter_context(member.window())
+                stack.enter_context(context(member))
             yield self
 
-    @contextlib.contextmanager
-    def paused(self) -> Iterator[DeviceGroupTelemetry]:
-        with contextlib.ExitStack() as stack:
-            for member in self.members:
-                stack.enter_context(member.paused())
-            yield self
+    def window(self) -> contextlib.AbstractContextManager[DeviceGroupTelemetry]:
+        return self._every(Telemetry.window)
+
+    def paused(self) -> contextlib.AbstractContextManager[DeviceGroupTelemetry]:
+        return self._every(Telemetry.paused)
 
     @property
     def samples(self) -> list[Sample]:
