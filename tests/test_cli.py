@@ -29,8 +29,8 @@ def test_every_command_has_help(command):
 
 def test_unknown_suite():
     line = one_line_error(invoke("run", "--suite", "nope"))
-    assert line.startswith("lmbench: error: unknown suite 'nope'; available: batch-sweep, ci, fp16, fp8, kernels, "
-                           "memory")
+    assert line.startswith("lmbench: error: unknown suite 'nope'; available: batch-sweep, ci, convergence, fp16, "
+                           "fp8, kernels, memory")
 
 
 def test_malformed_toml(tmp_path):

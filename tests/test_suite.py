@@ -97,5 +97,6 @@ def test_every_builtin_suite_parses_and_expands(name):
 
 
 def test_required_suites_ship():
-    assert {"smoke", "fp16", "precision", "batch-sweep", "memory", "kernels", "parallel", "ci", "fp8"} <= set(
+    assert {"smoke", "fp16", "precision", "batch-sweep", "memory", "kernels", "parallel", "ci", "fp8",
+            "convergence"} <= set(
         suites.builtin_names())
