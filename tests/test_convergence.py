@@ -68,6 +68,8 @@ def test_synthetic_data_has_no_held_out_set_and_evaluating_it_is_skipped():
     ({"target_loss": 2.0, "target_ppl": 8.0, "eval_every": 5, "max_steps": 100}, "two spellings of one target"),
     ({"eval_every": 5, "val_frac": 0.0}, "needs val_frac > 0"),
     ({"label_smoothing": 0.1, "kernels": "liger"}, "passes no label_smoothing"),
+    ({"eval_every": 5, "parallel": "pp"}, "held-out evaluation (eval_every) is not implemented for parallel=pp"),
+    ({"label_smoothing": 0.1, "parallel": "tp"}, "label_smoothing is not implemented for parallel=tp"),
 ])
 def test_quality_axes_that_cannot_go_together_are_skipped_rows(values, reason):
     assert reason in Config(data="markov", **values).conflict()

@@ -235,6 +235,10 @@ class Config:
         return None
 
     def _quality_conflict(self) -> str | None:
+        if self.parallel in ("tp", "pp", "fsdp+tp") and (self.evaluates or self.label_smoothing):
+            what = "held-out evaluation (eval_every)" if self.evaluates else "label_smoothing"
+            return (f"{what} is not implemented for parallel={self.parallel}: it calls the whole model's forward and "
+                    "computes the loss from its logits, which a pipeline stage or sharded model does not give")
         if self.target_loss and self.target_ppl:
             return "target_loss and target_ppl are two spellings of one target: set one of them"
         if self.has_target:

@@ -295,7 +295,7 @@ def _convergence(config: Config, step: Any, devices: list[Any], world: int) -> A
 
     energy = EnergyCounter.for_devices(devices) if config.telemetry else None
     return Convergence(config, evaluate=step.evaluate, synchronize=synchronize,
-                       tokens_per_step=config.tokens_per_step * step.replicas * world,
+                       tokens_per_step=step.layout.global_batch_tokens,
                        read_energy_j=energy.read_j if energy else lambda: None,
                        all_reduce=distributed.sum_pair if world > 1 else lambda values: values)
 
