@@ -127,7 +127,9 @@ data = "{short}"
     assert by[("synthetic", 120.0, "fp32")]["status"] == "ok"
     error = by[(str(short), 120.0, "fp32")]
     assert error["status"] == "error"
-    assert error["reason"] == f"DataError: data={str(short)!r} holds 9 tokens, fewer than seq_len+1=33"
+    # The message says what was held out, even when floor(9 x 0.1) is no token at all.
+    assert error["reason"] == (f"DataError: data={str(short)!r} holds 9 tokens outside its held-out split "
+                               "(val_frac=0.1), fewer than seq_len+1=33")
     assert error["env"]["torch"]  # the environment is known even when the config fails
     timeout = by[("synthetic", 0.5, "fp32")]
     assert timeout["status"] == "timeout" and "timeout_s=0.5" in timeout["reason"]

@@ -76,7 +76,8 @@ def test_bad_suite_files_name_file_and_key(tmp_path, text, message):
 
 
 def test_unknown_suite_lists_the_builtin_ones():
-    with pytest.raises(SuiteError, match=r"^unknown suite 'nope'; available: batch-sweep, ci, fp16, fp8, kernels"):
+    with pytest.raises(SuiteError,
+                       match=r"^unknown suite 'nope'; available: batch-sweep, ci, convergence, fp16, fp8, kernels"):
         suites.load("nope")
     with pytest.raises(SuiteError, match=r"^suite file 'missing.toml' does not exist$"):
         suites.load("missing.toml")
