@@ -314,13 +314,15 @@ def test_time_to_target_table_ranks_by_the_objective_exactly():
         "| 1 | 8 | amp-bf16 | reached | 3 | 20 | 20,480 | 4.00 | 1.80 | 1.60 | 200 | 2.900 | 18.17 | 3,000 | - |",
         "| 2 | 8 | fp32 | reached | 3 | 20 | 20,480 | 9.00 | 1.80 | 1.60 | 200 | 2.900 | 18.17 | 1,000 | - |",
         "| 3 | 8 | bf16 | not_reached | 3 | - | - | - | - | - | - | 3.200 | 24.53 | 4,000 | - |",
-        # Fastest to the target, but its parity diverged: last.
+        # Fastest to the target, but its parity diverged: last (a drift would rank it there too).
         "| 4 | 16 | amp-bf16 | reached | 3 | 20 | 20,480 | 2.00 | 1.80 | 1.60 | 200 | 2.900 | 18.17 | 5,000 "
         "| diverged |",
     ]
     by_throughput = [s.config["precision"] + str(s.config["batch_size"]) for s in ranking.rank(HAND, "throughput")]
     assert by_throughput == ["bf168", "amp-bf168", "fp328", "amp-bf1616"]
     assert ranking.section([{**HAND[0], "metrics": {"tokens_per_s": 1.0}}]) == {}
+    drifted = [HAND[0], {**HAND[1], "metrics": {**HAND[1]["metrics"], "parity": "drift"}}]
+    assert [s.config["precision"] for s in ranking.rank(drifted, "time-to-target")] == ["fp32", "amp-bf16"]
 
 
 def test_held_out_loss_plots_render_with_and_without_curves():

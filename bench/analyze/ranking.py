@@ -3,7 +3,8 @@
 Two objectives rank configurations: `throughput` (median tokens/s, higher first) and `time-to-target`
 (median time to the held-out target over the repeats that reached it, lower first; configurations
 that never reached it follow, by their best held-out loss). A configuration whose loss parity
-diverged, or that failed, ranks after every one that did not, whatever its figure.
+drifted or diverged from its reference (as `tune` ranks them), or that failed, ranks after every one that
+did not, whatever its figure.
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ class Standing:
         return any(r["metrics"].get("target_status") for r in self.ok())
 
     @property
-    def parity_diverged(self) -> bool:
-        return any(r["metrics"].get("parity") == "diverged" for r in self.ok())
+    def strayed(self) -> bool:
+        """A parity check found the loss drifting or diverging from its reference's."""
+        return any(r["metrics"].get("parity") in ("drift", "diverged") for r in self.ok())
 
     def target_cell(self) -> str:
         if not self.has_target:
@@ -69,7 +71,7 @@ class Standing:
         """Lower ranks first: failed or diverged last, then by the objective's figure."""
         if not self.ok():
             return (3, 0.0, 0.0)
-        if self.parity_diverged:
+        if self.strayed:
             return (2, 0.0, 0.0)
         if objective == "throughput":
             return (0, -(self.median("tokens_per_s") or 0.0), 0.0)
