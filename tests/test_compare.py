@@ -251,3 +251,16 @@ def test_cpu_runs_of_different_cpu_models_are_refused_like_gpus(tmp_path):
                                      "Intel(R) Xeon(R) Platinum 8480+ (CPU)); pass --allow-different-hardware to "
                                      "compare them anyway")
     assert invoke(epyc, cpu_run("epyc2", "AMD EPYC 9654")).exit_code == 0
+
+
+def test_a_longer_time_to_target_is_a_regression(tmp_path):
+    def run(values):
+        records = run_of({"a": values})
+        for r, value in zip(records, values):
+            r["metrics"]["time_to_target_s"] = value
+        return records
+
+    base = write_run(tmp_path / "base", run(TIGHT))
+    slower = write_run(tmp_path / "slower", run([x * 1.1 for x in TIGHT]))
+    assert invoke(base, slower, "--metric", "time_to_target_s").exit_code == 1
+    assert invoke(slower, base, "--metric", "time_to_target_s").exit_code == 0
