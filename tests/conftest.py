@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 import torch
@@ -11,6 +12,12 @@ import torch
 # defined (lmbench.kernels is imported by tests only, after this).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# A shell without job control starts background commands with SIGINT ignored, and lmbench rightly keeps a
+# signal ignored on purpose (nohup). The tests that stop a run with SIGINT need it to arrive: the test session
+# takes it back, and the processes it starts inherit the default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
