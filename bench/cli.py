@@ -548,7 +548,7 @@ def _tune(base: Any, run_dir: runner.RunDirectory, lists: dict[str, list[Any]], 
     console.print(search)
     console.print(ranking)
     winner = tuning.write_winner(run_dir, objective)
-    console.print(f"winner as a suite: {winner}" if winner else "no configuration ran successfully")
+    console.print(f"winner as a suite: {winner}" if winner else tuning.no_winner_reason(run_dir, objective))
     return 0
 
 

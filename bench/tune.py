@@ -28,6 +28,7 @@ from lmbench.analyze import results
 from lmbench.errors import UsageError
 from lmbench.plan import parity
 from lmbench.plan.config import Config
+from lmbench.plan.layout import MODEL_PARALLEL
 from lmbench.run.runner import Job, RunDirectory
 
 Launcher = Callable[[Job, RunDirectory], tuple[str, str | None, dict[str, Any] | None]]
@@ -178,6 +179,9 @@ class Tuner:
         """The combination's parity fields at `batch` against its reference (None verdict when either failed)."""
         config = self.base.replace(**combo, batch_size=batch, grad_accum=1, steps=PARITY_STEPS, warmup=PARITY_WARMUP,
                                    telemetry=False, data="markov")
+        if config.parallel in MODEL_PARALLEL:
+            # As `run --parity` does: shards and stages draw other dropout masks than the whole model.
+            config = config.replace(dropout=False)
         reference = parity.reference_config(config)
         ran = self._losses(config)
         if ran["status"] == "diverged":
@@ -263,6 +267,14 @@ def winner_suite(record: dict[str, Any], objective: str = "throughput") -> str:
         if value != getattr(defaults, name) or name in ("model", "batch_size", "seq_len", "precision"):
             lines.append(f"{name} = {json.dumps(value)}")
     return "\n".join(lines) + "\n"
+
+
+def no_winner_reason(run_dir: RunDirectory, objective: str = "throughput") -> str:
+    """Why write_winner wrote nothing: nothing ran, or everything that ran strayed from its parity reference."""
+    rows = ranked(run_dir, objective)
+    if any(row["status"] == "ok" for row in rows):
+        return "no winner: every configuration that ran drifted or diverged from its parity reference"
+    return "no configuration ran successfully"
 
 
 def write_winner(run_dir: RunDirectory, objective: str = "throughput") -> Path | None:

@@ -355,3 +355,25 @@ def test_tune_by_time_to_target_needs_a_target_and_one_value_per_axis():
     assert result.exit_code == 2 and "tune takes one value per axis" in result.stderr
     result = runner.invoke(cli, [*tune, "--set", "precision=bf16"])
     assert result.exit_code == 2 and "tune searches or sets precision itself" in result.stderr
+
+
+def test_an_evaluation_inside_the_window_is_left_out_of_its_peak_memory(monkeypatch):
+    import torch
+
+    from lmbench.run.worker import _TrainingPeaks
+
+    allocated = {"now": 100, "peak": 100}
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: allocated["peak"])
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device: 2 * allocated["peak"])
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device: allocated.update(peak=allocated["now"]))
+    peaks = _TrainingPeaks([torch.device("cuda", 0)])
+    with peaks.excluded():
+        allocated.update(now=100, peak=500)  # the evaluation's whole logits
+    allocated.update(peak=120)  # training after it
+    assert peaks.read() == {"mem_peak_allocated_bytes": 120, "mem_peak_reserved_bytes": 240}
+    allocated.update(peak=150)  # more training, then another evaluation: the training peak before it counts
+    with peaks.excluded():
+        allocated.update(peak=700)
+    assert peaks.read()["mem_peak_allocated_bytes"] == 150
+    assert _TrainingPeaks([torch.device("cpu")]).read() == {"mem_peak_allocated_bytes": None,
+                                                              "mem_peak_reserved_bytes": None}

@@ -190,3 +190,13 @@ def test_tables_show_a_dash_for_options_of_another_parallel_mode():
     assert cell({"parallel": "pp", "microbatches": 4}, "microbatches") == "4"
     assert cell({"parallel": "ddp", "bucket_cap_mb": 25}, "bucket_cap_mb") == "25"
     assert cell({"parallel": "fsdp+tp", "tp_degree": 2, "model": "m"}, "model") == "m"
+
+
+def test_optimizer_groups_never_mix_tensor_kinds_or_device_meshes():
+    from lmbench.run.training import _by_kind
+
+    plain, on_a, also_a, on_b = (torch.nn.Parameter(torch.zeros(1)) for _ in range(4))
+    on_a.device_mesh = also_a.device_mesh = "mesh (dp, tp)"
+    on_b.device_mesh = "mesh (dp,)"
+    groups = [group["params"] for group in _by_kind([plain, on_a, on_b, also_a])]
+    assert groups == [[plain], [on_a, also_a], [on_b]]

@@ -164,3 +164,25 @@ def test_a_tune_where_only_drifting_configurations_ran_has_no_winner(tmp_path):
     tuner.measure(found, steps=2, warmup=1)
     assert found.note == "parity drift: never ranked first"
     assert write_winner(run_dir) is None
+    from lmbench.tune import no_winner_reason
+
+    assert no_winner_reason(run_dir) == ("no winner: every configuration that ran drifted or diverged from its "
+                                         "parity reference")
+
+
+def test_a_model_parallel_parity_check_turns_dropout_off_on_both_sides(tmp_path):
+    launcher = ParityLauncher(8, 0.0)
+    seen = []
+
+    def launch(job, run_dir):
+        seen.append(job.config)
+        return launcher(job, run_dir)
+
+    base = BASE.replace(parallel="pp", nproc=2, microbatches=2)
+    checked = Tuner(base, RunDirectory(tmp_path / "run", resume=False), launch=launch, check_parity=True) \
+        .parity_check({**COMBO, "precision": "amp-bf16", "kernels": "eager"}, 4)
+    assert checked["parity"] == "ok"
+    pp, reference = seen
+    assert (pp.parallel, pp.dropout) == ("pp", False)
+    # The reference is one device on the pipeline's global batch (4 sequences x 2 micro-batches), also dropout-free.
+    assert (reference.parallel, reference.batch_size, reference.dropout) == ("none", 8, False)

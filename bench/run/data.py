@@ -107,10 +107,13 @@ def split_file(data: str, *, spec: ModelSpec, tokenizer: str, val_frac: float) -
 
 
 def make_batches(*, spec: ModelSpec, batch_size: int, seq_len: int, data: str, tokenizer: str, seed: int,
-                 count: int, device: torch.device, val_frac: float = 0.0) -> list[Batch]:
+                 count: int, device: torch.device, val_frac: float = 0.0, chain_seed: int | None = None
+                 ) -> list[Batch]:
     """`count` micro-batches (seeded, reproducible) for the model's objective, on `device`.
 
-    Windows of a text file are drawn from its first 1 - val_frac of tokens only.
+    Windows of a text file are drawn from its first 1 - val_frac of tokens only. The Markov chain is drawn
+    from `chain_seed` when it differs from `seed`: data-parallel ranks sample their own sequences of ONE
+    corpus, as they would read their own shards of one text.
     """
     need = count * batch_size * seq_len * 2 * 8
     if need > DISTINCT_POOL_BYTES:
@@ -121,8 +124,10 @@ def make_batches(*, spec: ModelSpec, batch_size: int, seq_len: int, data: str, t
     if data == "synthetic":
         ids = [torch.randint(0, spec.vocab_size, (batch_size, seq_len), generator=gen) for _ in range(count)]
     elif data == "markov":
+        chain = (None if chain_seed is None or chain_seed == seed
+                 else markov_chain(spec.vocab_size, torch.Generator().manual_seed(chain_seed)))
         ids = markov_batches(vocab_size=spec.vocab_size, batch_size=batch_size, seq_len=seq_len, count=count,
-                             gen=gen)
+                             gen=gen, chain=chain)
     else:
         stream, _ = split_file(data, spec=spec, tokenizer=tokenizer, val_frac=val_frac)
         if stream.numel() < seq_len + 1:

@@ -139,8 +139,8 @@ def aggregate(per_rank: list[dict[str, Any]], *, tokens_per_step: int, samples_p
 
 
 def pipeline_idle(per_rank: list[dict[str, Any]]) -> dict[str, Any]:
-    """Measured bubble of a pipeline: each stage's idle share of its window (1 - time in its own forward, backward
-    and loss / window), and their mean. Idle is the bubble plus the transfers a stage waited for."""
+    """Measured bubble of a pipeline: each stage's idle share of its window (1 - time in its own forward, backward,
+    loss and update / window), and their mean. Idle is the bubble plus the transfers a stage waited for."""
     idle = [max(0.0, 1.0 - r["pp_busy_s"] / r["window_s"]) for r in per_rank]
     return {"pp_idle_fraction_per_stage": idle, "pp_bubble_fraction": sum(idle) / len(idle),
             "pp_busy_s_per_stage": [r["pp_busy_s"] for r in per_rank]}

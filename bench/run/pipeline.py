@@ -14,7 +14,8 @@ each hold a copy; their gradients are summed between those two ranks before ever
 step (as Megatron-LM does), so both copies take the same update and stay equal.
 
 The measured bubble: the schedule's own forward, backward and loss calls on each stage are timed
-(CUDA events on a GPU, no host synchronisation), and a stage's idle share of the window is
+(CUDA events on a GPU, no host synchronisation), and so is the update after them (the tied
+gradients' all-reduce and the optimizer step); a stage's idle share of the window is
 1 - busy / window. Idle is the bubble plus point-to-point transfers the stage waited for.
 """
 

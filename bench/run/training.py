@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,11 +24,13 @@ RANK_SEED_STRIDE = 1000
 
 
 def _by_kind(params: list[torch.Tensor]) -> list[dict[str, list[torch.Tensor]]]:
-    """One parameter group per tensor kind: under tensor parallelism the sharded weights are DTensors and the
-    replicated ones (embeddings, norms) plain tensors, which one fused or foreach kernel call cannot mix."""
-    groups: dict[type, list[torch.Tensor]] = {}
+    """One parameter group per tensor kind and device mesh: under tensor parallelism the sharded weights are
+    DTensors and the replicated ones (embeddings, norms) plain tensors, and under fsdp+tp the projections live
+    on the 2-D mesh and the rest on FSDP's 1-D one; one fused or foreach kernel call can mix neither (older
+    torch raises "DTensor does not support cross-mesh operation", pytorch/pytorch#134212)."""
+    groups: dict[tuple[type, Any], list[torch.Tensor]] = {}
     for param in params:
-        groups.setdefault(type(param.data), []).append(param)
+        groups.setdefault((type(param.data), getattr(param, "device_mesh", None)), []).append(param)
     return [{"params": group} for group in groups.values()]
 
 
@@ -136,11 +139,11 @@ class TrainingStep:
         self.batches = self._batches(device, rank)
         self.heldout: list[Batch] = []
         if config.evaluates:
-            # Every rank evaluates a whole held-out set (the sums are all-reduced over ranks); a Markov one comes
-            # from the chain this rank trains on.
+            # Every rank evaluates the same whole held-out set (the sums are all-reduced over ranks), of the one
+            # corpus every rank trains on.
             self.heldout = heldout_batches(spec=self.spec, batch_size=config.batch_size * self.replicas,
                                            seq_len=config.seq_len, data=config.data, tokenizer=config.tokenizer,
-                                           seed=self.data_seed, eval_tokens=config.eval_tokens,
+                                           seed=config.seed, eval_tokens=config.eval_tokens,
                                            val_frac=config.val_frac, device=device)
         self._attention = _attention_context(config.attention)
         self._next = 0
@@ -166,11 +169,10 @@ class TrainingStep:
             if shape.dp > 1:
                 group = rank // shape.tp
                 slice_of = slice(group * config.batch_size, (group + 1) * config.batch_size)
-        self.data_seed = seed
-        """Seed of this rank's training draws (the Markov chain's too)."""
+        # Ranks sample their own sequences (seed) of one Markov corpus (config.seed draws its chain).
         batches = make_batches(spec=self.spec, batch_size=per_draw, seq_len=config.seq_len, data=config.data,
                                tokenizer=config.tokenizer, seed=seed, count=pool, device=device,
-                               val_frac=config.val_frac)
+                               val_frac=config.val_frac, chain_seed=config.seed)
         if slice_of is None:
             return batches
         return [Batch(b.input_ids[slice_of].contiguous(), b.labels[slice_of].contiguous()) for b in batches]
@@ -186,6 +188,10 @@ class TrainingStep:
         # One micro-batch (the common case) runs exactly a hand-written loop's operations: no scaling, no sum.
         return total if accum == 1 else total / accum
 
+    def _pipeline_update(self) -> None:
+        self.pipeline.sum_tied_gradients()
+        self.precision.step()
+
     def _pipeline_step(self) -> torch.Tensor:
         """All pipeline steps of one optimizer step (one per accumulated batch), then the update."""
         pipeline = self.pipeline
@@ -196,8 +202,8 @@ class TrainingStep:
             self._next += 1
             with self._attention():
                 losses.append(pipeline.run(batch.input_ids, batch.labels))
-        pipeline.sum_tied_gradients()
-        self.precision.step()
+        # The update is the stage's own work too: timed with its forward and backward, it is not counted as bubble.
+        pipeline.clock.wrap(self._pipeline_update)()
         if not self.owns_loss:
             return torch.zeros((), device=self.batches[0].input_ids.device)
         return torch.stack(losses).mean() if len(losses) > 1 else losses[0]

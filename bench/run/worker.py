@@ -10,6 +10,7 @@ Under torchrun every rank measures its own window and rank 0 alone writes the re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -17,6 +18,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,18 +87,43 @@ def process_age_s() -> float:
         return time.monotonic() - _IMPORTED_AT
 
 
-def _peak_memory(devices: list[Any]) -> dict[str, Any]:
-    """Allocator peaks of the window: the largest over the devices used, and each device's when several."""
-    import torch
+class _TrainingPeaks:
+    """Allocator peaks of the window's training steps: an evaluation inside the window (a quality run's) is set
+    aside, since it may build what training never does (whole logits where the kernel set fuses the loss)."""
 
-    if devices[0].type != "cuda":
-        return {"mem_peak_allocated_bytes": None, "mem_peak_reserved_bytes": None}
-    allocated = [torch.cuda.max_memory_allocated(d) for d in devices]
-    reserved = [torch.cuda.max_memory_reserved(d) for d in devices]
-    peaks = {"mem_peak_allocated_bytes": max(allocated), "mem_peak_reserved_bytes": max(reserved)}
-    if len(devices) > 1:
-        peaks.update(mem_peak_allocated_bytes_per_device=allocated, mem_peak_reserved_bytes_per_device=reserved)
-    return peaks
+    def __init__(self, devices: list[Any]) -> None:
+        self.devices = devices
+        self.cuda = devices[0].type == "cuda"
+        self._before = [(0, 0)] * len(devices)
+
+    def _now(self) -> list[tuple[int, int]]:
+        import torch
+
+        return [(torch.cuda.max_memory_allocated(d), torch.cuda.max_memory_reserved(d)) for d in self.devices]
+
+    @contextlib.contextmanager
+    def excluded(self) -> Iterator[None]:
+        """Keep the peaks so far, and start counting afresh after the block (host-side allocator statistics:
+        no device synchronisation)."""
+        import torch
+
+        if self.cuda:
+            self._before = [(max(a, b), max(r, s)) for (a, r), (b, s) in zip(self._before, self._now())]
+        yield
+        if self.cuda:
+            for device in self.devices:
+                torch.cuda.reset_peak_memory_stats(device)
+
+    def read(self) -> dict[str, Any]:
+        """The window's peaks: the largest over the devices used, and each device's when several."""
+        if not self.cuda:
+            return {"mem_peak_allocated_bytes": None, "mem_peak_reserved_bytes": None}
+        both = [(max(a, b), max(r, s)) for (a, r), (b, s) in zip(self._before, self._now())]
+        allocated, reserved = [a for a, _ in both], [r for _, r in both]
+        peaks = {"mem_peak_allocated_bytes": max(allocated), "mem_peak_reserved_bytes": max(reserved)}
+        if len(self.devices) > 1:
+            peaks.update(mem_peak_allocated_bytes_per_device=allocated, mem_peak_reserved_bytes_per_device=reserved)
+        return peaks
 
 
 def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Path | None = None
@@ -158,6 +185,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
                 torch.cuda.reset_peak_memory_stats(used)
         warmup_s = time.perf_counter() - warmup_start - (quality.eval_s if quality is not None else 0.0)
         host_window = hostmem.Budget(0)
+        training_peaks = _TrainingPeaks(devices)
         timer = StepTimer(device)
         telemetry = (for_devices(devices, period_s=config.telemetry_period_s) if config.telemetry
                      else Telemetry(None, unavailable="turned off (telemetry=false)"))
@@ -171,10 +199,10 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
                 done += 1
                 if quality is not None and quality.due(done):
                     # Outside the window: its timer, wall time, samples and energy leave the evaluation out.
-                    with timer.paused(), telemetry.paused():
+                    with timer.paused(), telemetry.paused(), training_peaks.excluded():
                         quality.evaluate(done, warmup_timer.device_s + timer.device_s)
         # Read before profiling: the profiler's steps and buffers are not part of the measurement.
-        peaks = _peak_memory(devices)
+        peaks = training_peaks.read()
         busy_s = sum(step.pipeline.clock.busy_s(config.steps)) if step.pipeline else None
         host_growth = host_window.growth_bytes if device.type == "cpu" else None
         if quality is not None:
