@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from lmbench.measure.environment import Platform
+from lmbench.models.conv1d import conv1d_as_linear
 from lmbench.models.registry import MODELS, build_model
 from lmbench.plan.config import Config
 from lmbench.plan.feasibility import resolve, skip_reason
@@ -16,7 +17,7 @@ from lmbench.plan.layout import explain, layout, problem, single_device, stage_l
 from lmbench.plan.parity import reference_config
 from lmbench.run import distributed
 from lmbench.run.pipeline import BusyClock, cut, next_token_loss, tied_weight
-from lmbench.run.tensor_parallel import _linear_like, qkv_order
+from lmbench.run.tensor_parallel import qkv_order
 
 CPU = Platform(cuda_available=False, device_count=0, capability=None, torch_version=torch.__version__,
                apex_available=False, liger_available=False)
@@ -132,9 +133,9 @@ def test_a_conv1d_becomes_the_linear_that_computes_the_same():
     torch.manual_seed(0)
     conv = build_model(MODELS["tiny-gpt2"], attention="sdpa").transformer.h[0].attn.c_attn
     x = torch.randn(3, 5, 64)
-    assert torch.allclose(_linear_like(conv)(x), conv(x), atol=1e-6)
+    assert torch.allclose(conv1d_as_linear(conv)(x), conv(x), atol=1e-6)
     order = qkv_order(64, 2)
-    assert torch.allclose(_linear_like(conv, order)(x), conv(x)[..., order], atol=1e-6)
+    assert torch.allclose(conv1d_as_linear(conv, order)(x), conv(x)[..., order], atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])

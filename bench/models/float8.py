@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from lmbench.errors import Float8ConversionError
+from lmbench.models.conv1d import conv1d_as_linear, is_conv1d
 
 #: precision axis value -> torchao Float8LinearConfig recipe name.
 RECIPES: dict[str, str] = {"fp8-tensorwise": "tensorwise", "fp8-rowwise": "rowwise"}
@@ -77,20 +78,6 @@ def unavailable(precision: str, device_type: str, capability: tuple[int, int] | 
     return f"precision={precision} cannot run on the CPU: {problem}" if problem else None
 
 
-def _is_conv1d(module: nn.Module) -> bool:
-    return type(module).__name__ == "Conv1D" and type(module).__module__.startswith("transformers")
-
-
-def _as_linear(conv: nn.Module) -> nn.Linear:
-    """transformers' Conv1D (y = x @ W + b, W of shape in x out) as the nn.Linear computing the same."""
-    fan_in, fan_out = conv.weight.shape
-    linear = nn.Linear(fan_in, fan_out, bias=conv.bias is not None, device="meta")
-    linear.weight = nn.Parameter(conv.weight.detach().t().contiguous(), requires_grad=conv.weight.requires_grad)
-    if conv.bias is not None:
-        linear.bias = conv.bias
-    return linear
-
-
 def _read_by_parent(parent: nn.Module) -> bool:
     """A parent that uses its child linears' weights directly (so a swapped child would never run)."""
     return isinstance(parent, nn.MultiheadAttention)
@@ -109,7 +96,7 @@ def eligible_linears(model: nn.Module) -> list[str]:
         if id(module) not in inside or _read_by_parent(module):
             continue
         for child_name, child in module.named_children():
-            if isinstance(child, nn.Linear) or _is_conv1d(child):
+            if isinstance(child, nn.Linear) or is_conv1d(child):
                 names.append(f"{name}.{child_name}" if name else child_name)
     return names
 
@@ -129,8 +116,8 @@ def convert(model: nn.Module, precision: str) -> tuple[nn.Module, str]:
         parent_name, _, child_name = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         child = getattr(parent, child_name)
-        if _is_conv1d(child):
-            setattr(parent, child_name, _as_linear(child))
+        if is_conv1d(child):
+            setattr(parent, child_name, conv1d_as_linear(child))
     wanted = set(targets)
     convert_to_float8_training(model, config=Float8LinearConfig.from_recipe_name(recipe),
                                module_filter_fn=lambda module, fqn: fqn in wanted)

@@ -24,25 +24,13 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from lmbench.models.conv1d import conv1d_as_linear
 from lmbench.models.registry import ModelSpec, transformer_blocks
 from lmbench.plan.layout import tensor_split_problem
 
 
 class TensorParallelError(ValueError):
     """The model cannot be split over this tensor-parallel group (the planner refuses these first)."""
-
-
-def _linear_like(conv: nn.Module, order: torch.Tensor | None = None) -> nn.Linear:
-    """transformers' Conv1D (y = x W + b, W of shape in x out) as an nn.Linear with the same values, its output
-    features optionally permuted by `order`."""
-    weight, bias = conv.weight.detach().t(), conv.bias.detach()
-    if order is not None:
-        weight, bias = weight[order], bias[order]
-    linear = nn.Linear(weight.shape[1], weight.shape[0], device=weight.device, dtype=weight.dtype)
-    with torch.no_grad():
-        linear.weight.copy_(weight)
-        linear.bias.copy_(bias)
-    return linear
 
 
 def qkv_order(hidden: int, degree: int, device: torch.device | None = None) -> torch.Tensor:
@@ -57,12 +45,12 @@ def qkv_order(hidden: int, degree: int, device: torch.device | None = None) -> t
 def _prepare_gpt2(block: nn.Module, degree: int) -> None:
     attention = block.attn
     hidden = attention.embed_dim
-    attention.c_attn = _linear_like(attention.c_attn, qkv_order(hidden, degree, attention.c_attn.weight.device))
-    attention.c_proj = _linear_like(attention.c_proj)
+    attention.c_attn = conv1d_as_linear(attention.c_attn, qkv_order(hidden, degree, attention.c_attn.weight.device))
+    attention.c_proj = conv1d_as_linear(attention.c_proj)
     # The block splits the fused output into q, k and v by this width: a rank's shard is a third of its columns.
     attention.split_size = hidden // degree
-    block.mlp.c_fc = _linear_like(block.mlp.c_fc)
-    block.mlp.c_proj = _linear_like(block.mlp.c_proj)
+    block.mlp.c_fc = conv1d_as_linear(block.mlp.c_fc)
+    block.mlp.c_proj = conv1d_as_linear(block.mlp.c_proj)
 
 
 #: Per family: column-wise and row-wise projections of one block (paths inside the block), and what must be
