@@ -118,6 +118,15 @@ def tensor_split_problem(spec: ModelSpec, degree: int) -> str | None:
     return None
 
 
+def stage_split_problem(spec: ModelSpec, stages: int) -> str | None:
+    """Why `spec` cannot be cut into `stages` pipeline stages at block boundaries, or None."""
+    if spec.family not in MODEL_PARALLEL_FAMILIES:
+        return f"pipeline parallelism is implemented for the GPT-2 and Llama families; {spec.name} is {spec.family}"
+    if spec.n_layers < stages:
+        return f"{spec.name} has {spec.n_layers} layers, fewer than the {stages} pipeline stages"
+    return None
+
+
 def problem(config: Config, spec: ModelSpec, *, nnodes: int = 1) -> str | None:
     """Why this layout cannot be built for `spec`, or None. Only model-parallel modes have conditions here."""
     if config.parallel not in MODEL_PARALLEL:
@@ -137,8 +146,9 @@ def problem(config: Config, spec: ModelSpec, *, nnodes: int = 1) -> str | None:
         if split:
             return split
     if config.parallel == "pp":
-        if spec.n_layers < shape.pp:
-            return f"{spec.name} has {spec.n_layers} layers, fewer than the {shape.pp} pipeline stages"
+        split = stage_split_problem(spec, shape.pp)
+        if split:
+            return split
         if config.attention == "eager":
             return ("parallel=pp runs its stages' blocks without transformers' mask builder, so it needs SDPA's "
                     "built-in causal masking: attention=sdpa or math, not eager")

@@ -31,8 +31,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmbench.models.registry import ModelSpec, transformer_blocks
-from lmbench.plan.layout import stage_layers
+from lmbench.models.registry import ModelSpec
+from lmbench.plan.layout import stage_layers, stage_split_problem
 
 
 class PipelineError(ValueError):
@@ -118,11 +118,9 @@ STAGES: dict[str, type[Stage]] = {"gpt2": GPT2Stage, "llama": LlamaStage}
 
 def cut(model: nn.Module, spec: ModelSpec, stage: int, stages: int) -> Stage:
     """This rank's stage of `model`; the blocks of other stages are left to be freed with the model."""
-    if spec.family not in STAGES:
-        raise PipelineError(f"pipeline parallelism is implemented for {', '.join(STAGES)}; {spec.name} is "
-                            f"{spec.family}")
-    if len(transformer_blocks(model)) < stages:
-        raise PipelineError(f"{spec.name} has {spec.n_layers} layers, fewer than the {stages} pipeline stages")
+    refused = stage_split_problem(spec, stages)
+    if refused:
+        raise PipelineError(refused)
     blocks = stage_layers(spec.n_layers, stages)[stage]
     return STAGES[spec.family](model, blocks, first=stage == 0, last=stage == stages - 1)
 
