@@ -373,9 +373,12 @@ def report(run_dirs: tuple[Path, ...], out: Path | None, baseline: str | None, c
 @click.option("--noise-floor", "noise_floor", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Between-process noise from `lmbench calibrate` (its noise-floor.json): verdicts with fewer than "
                    "3 repeats a side.")
+@click.option("--allow-missing", is_flag=True,
+              help="A configuration the candidate run lacks (a suite that dropped it) does not fail the gate.")
 def compare(base: Path, cand: Path, threshold: str, metric: str, fmt: str, junit: Path | None,
-            allow_different_hardware: bool, noise_floor: Path | None) -> int:
-    """Compare a candidate run with a baseline run: verdict per configuration; exit 1 on a regression.
+            allow_different_hardware: bool, noise_floor: Path | None, allow_missing: bool) -> int:
+    """Compare a candidate run with a baseline run: verdict per configuration; exit 1 on a regression,
+    on a configuration the candidate failed (oom, error, diverged, timeout) or lacks.
 
     A regression or improvement needs at least 3 ok repeats a side, or --noise-floor; otherwise the
     verdict is inconclusive (exit 0).
@@ -392,7 +395,7 @@ def compare(base: Path, cand: Path, threshold: str, metric: str, fmt: str, junit
                                     noise=floor)
     for warning in warnings:
         click.echo(f"lmbench: warning: {warning}", err=True)
-    verdicts = compare_runs(b, c, metric=metric, threshold=limit, noise=floor)
+    verdicts = compare_runs(b, c, metric=metric, threshold=limit, noise=floor, allow_missing=allow_missing)
     if junit is not None:
         gate.write_junit(junit, verdicts, metric=metric)
     click.echo(gate.render(verdicts, fmt=fmt, metric=metric, threshold=limit))

@@ -61,7 +61,10 @@ def test_missing_and_failed_configs():
     verdicts = {v.config_key: v for v in compare(base, cand)}
     assert verdicts["a"].verdict == "unchanged"
     assert verdicts["b"].verdict == "missing" and verdicts["b"].note == "not in the candidate run"
-    assert verdicts["c"].verdict == "failed"
+    assert verdicts["c"].verdict == "failed" and verdicts["c"].note == "no ok repeat in the baseline (1 oom)"
+    # The gate blocks on what the candidate lacks, not on what the baseline never measured.
+    assert [verdicts[k].blocking for k in "abc"] == [False, True, False]
+    assert compare(base, cand, allow_missing=True)[1].blocking is False
 
 
 def test_thresholds_parse():
@@ -82,6 +85,9 @@ def test_renderings_and_junit():
     assert data["verdicts"][0]["verdict"] == "regression"
     xml = junit_xml(verdicts, metric="tokens_per_s")
     assert 'failures="1"' in xml and "<failure message=" in xml
+    unjudged = junit_xml(compare(run_of({"a": TIGHT}) + [record("b", None, status="oom")],
+                                 run_of({"a": TIGHT, "b": TIGHT})), metric="tokens_per_s")
+    assert 'failures="0" errors="0" skipped="1"' in unjudged and "<skipped message=" in unjudged
 
 
 def write_run(path, records, extra=""):
@@ -264,3 +270,82 @@ def test_a_longer_time_to_target_is_a_regression(tmp_path):
     slower = write_run(tmp_path / "slower", run([x * 1.1 for x in TIGHT]))
     assert invoke(base, slower, "--metric", "time_to_target_s").exit_code == 1
     assert invoke(slower, base, "--metric", "time_to_target_s").exit_code == 0
+
+
+def test_every_rate_is_higher_is_better_and_every_cost_lower():
+    slower = [x * 0.7 for x in TIGHT]
+    for metric in ("tokens_per_s", "tokens_per_s_typical", "tokens_per_s_sustained", "samples_per_s", "hfu",
+                   "hardware_tflops", "mfu_fp8_peak", "hfu_fp8_peak", "tokens_per_j", "scaling_efficiency"):
+        verdict, = compare(run_of({"a": TIGHT}, metric=metric), run_of({"a": slower}, metric=metric), metric=metric)
+        assert verdict.verdict == "regression", metric
+    for metric in ("step_time_median_s", "mem_peak_reserved_bytes_per_device", "energy_j", "j_per_token",
+                   "val_loss", "steps_to_target", "step_time_cv"):
+        verdict, = compare(run_of({"a": TIGHT}, metric=metric), run_of({"a": slower}, metric=metric), metric=metric)
+        assert verdict.verdict == "improvement", metric
+    with pytest.raises(UsageError, match="'power_avg_w': not known whether more is better or worse"):
+        compare(run_of({"a": TIGHT}, metric="power_avg_w"), run_of({"a": TIGHT}, metric="power_avg_w"),
+                metric="power_avg_w")
+
+
+def test_the_threshold_applies_to_a_cost_as_measured():
+    """5.2% more step time is a regression at 5%: the interval is not turned into a speed first."""
+    base = [1.0, 1.0005, 0.9995, 1.0002, 0.9998]
+    v = decide(base, [x * 1.052 for x in base], threshold=0.05, higher_is_better=False)
+    assert v.verdict == "regression" and v.ci_low > 1.05
+    assert decide(base, [x * 0.948 for x in base], threshold=0.05, higher_is_better=False).verdict == "improvement"
+
+
+def test_three_repeats_a_side_get_an_interval_that_covers_95_percent():
+    """With 3 a side the percentile bootstrap is the range of ratios, a 90% interval; the union with the Welch
+    t interval of the logs covers the true ratio at least 95% of the time (seeded: 400 pairs of samples)."""
+    import numpy as np
+
+    from lmbench.analyze.compare import _interval
+
+    b, c = [100.0, 103.0, 98.0], [97.0, 101.0, 104.0]
+    low, high = _interval(b, c, None)
+    assert low < min(c) / max(b) and high > max(c) / min(b)
+    rng = np.random.default_rng(7)
+    misses = 0
+    for _ in range(400):
+        low, high = _interval(list(np.exp(rng.normal(0, 0.03, 3))), list(np.exp(rng.normal(0, 0.03, 3))), None)
+        misses += not low <= 1.0 <= high
+    assert misses / 400 <= 0.05
+
+
+def test_a_candidate_that_fails_fails_the_gate(tmp_path):
+    base = write_run(tmp_path / "base", run_of({k: TIGHT for k in "abcd"}))
+    cand_records = ([record("a", None, status="oom", repeat=i) for i in range(5)]
+                    + [record("b", None, status="diverged", repeat=i) for i in range(5)]
+                    + run_of({"c": TIGHT[:3]}) + [record("c", None, status="oom", repeat=i) for i in (3, 4)])
+    cand = write_run(tmp_path / "cand", cand_records)
+    result = invoke(base, cand, "--format", "json")
+    assert result.exit_code == 1, result.output
+    verdicts = {v["config_key"]: v for v in json.loads(result.stdout)["verdicts"]}
+    assert (verdicts["a"]["verdict"], verdicts["a"]["note"]) == ("failed", "no ok repeat in the candidate (5 oom)")
+    assert verdicts["b"]["note"] == "no ok repeat in the candidate (5 diverged)"
+    assert (verdicts["c"]["verdict"], verdicts["c"]["note"]) == (
+        "failed", "2 of 5 candidate repeats ended 2 oom; every baseline repeat ran")
+    assert verdicts["d"]["verdict"] == "missing" and all(v["blocking"] for v in verdicts.values())
+    # A configuration the candidate run dropped on purpose passes with --allow-missing; failures still fail.
+    only_d = write_run(tmp_path / "only_d", run_of({k: TIGHT for k in "abc"}))
+    assert invoke(base, only_d).exit_code == 1
+    assert invoke(base, only_d, "--allow-missing").exit_code == 0
+    # Failures on both sides are noise of the set-up, not of the candidate: judged on the ok repeats.
+    flaky = run_of({"a": TIGHT[:4]}) + [record("a", None, status="timeout", repeat=4)]
+    v, = compare(flaky, flaky)
+    assert v.verdict == "unchanged" and v.note == "failed repeats: candidate 1 timeout, baseline 1 timeout"
+
+
+def test_runs_of_different_sizes_are_refused(tmp_path):
+    def sized(name, nnodes):
+        records = run_of({"a": TIGHT})
+        for r in records:
+            r["metrics"].update(nnodes=nnodes, world_size=8 * nnodes, devices=8 * nnodes)
+        return write_run(tmp_path / name, records)
+
+    result = invoke(sized("one", 1), sized("two", 2))
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.strip() == ("lmbench: error: configuration a ran at different sizes (nnodes 1 vs 2, "
+                                     "world_size 8 vs 16, devices 8 vs 16, baseline vs candidate): compare runs with "
+                                     "the same --nnodes and devices")

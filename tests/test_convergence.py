@@ -325,6 +325,23 @@ def test_time_to_target_table_ranks_by_the_objective_exactly():
     assert [s.config["precision"] for s in ranking.rank(drifted, "time-to-target")] == ["fp32", "amp-bf16"]
 
 
+def test_a_configuration_that_succeeds_only_sometimes_ranks_after_those_that_always_do():
+    from lmbench.analyze import ranking
+
+    sometimes = [quality_record("fp32", 8, time_s=1.0, repeat=0),
+                 quality_record("fp32", 8, time_s=None, status="not_reached", repeat=1),
+                 quality_record("fp32", 8, time_s=None, status="not_reached", repeat=2)]
+    always = [quality_record("amp-bf16", 8, time_s=1.2, repeat=i) for i in range(3)]
+    order = [s.config["precision"] for s in ranking.rank(sometimes + always, "time-to-target")]
+    assert order == ["amp-bf16", "fp32"]
+    # Throughput: 2 of 3 repeats out of memory ranks after 3 of 3 that ran, however fast the 1 that ran.
+    ooms = [quality_record("bf16", 8, time_s=1.0, tps=9000.0)] + [
+        {**quality_record("bf16", 8, time_s=1.0, repeat=i), "status": "oom", "metrics": None} for i in (1, 2)]
+    standings = ranking.rank(ooms + always, "throughput")
+    assert [s.config["precision"] for s in standings] == ["amp-bf16", "bf16"]
+    assert [s.status_cell() for s in standings] == ["ok", "1 ok, 2 oom"]
+
+
 def test_held_out_loss_plots_render_with_and_without_curves():
     import matplotlib.pyplot as plt
 

@@ -3,24 +3,33 @@
 One sample is one repeat (one fresh process); step times inside a process never stand in for
 repeats. For each configuration present in both runs the statistic is median(candidate) /
 median(baseline) of the metric. Its interval needs an estimate of between-process noise:
-  - with at least 3 ok repeats a side, a 95% bootstrap interval (scipy.stats.bootstrap, independent
-    resampling of both sides, fixed seed);
+  - with at least 3 ok repeats a side, the union of a 95% percentile bootstrap interval
+    (scipy.stats.bootstrap, independent resampling of both sides, fixed seed) and a Welch t interval of
+    the log ratio from the repeats' own spread. The bootstrap alone covers too little with few repeats:
+    with 3 a side its interval is the range [min c / max b, max c / min b], which misses the true ratio
+    2 times in C(6, 3) = 20, a 90% interval; the t interval pays for a spread estimated from 3 values;
   - with a noise floor from `lmbench calibrate` (lmbench.analyze.noise), a t interval from that spread, for
-    any number of repeats; with both, the union of the two (a floor never narrows an interval);
+    any number of repeats; with both, the union (a floor never narrows an interval);
   - with neither, no interval: the verdict is `inconclusive` and says how many repeats are needed.
-With a threshold t and the interval [lo, hi] oriented so that > 1 is better:
-  regression   hi < 1 - t          (the whole interval is worse by more than t)
-  improvement  lo > 1 + t
+With a threshold t and the interval [lo, hi] of the ratio candidate / baseline, for a metric where more
+is better (tokens/s, MFU) and, mirrored, where less is (times, memory, energy):
+  regression   hi < 1 - t          (lo > 1 + t: the whole interval is worse by more than t)
+  improvement  lo > 1 + t          (hi < 1 - t)
   inconclusive hi - lo > 2t        (too noisy to tell at this threshold), or no noise estimate
   unchanged    otherwise
-plus `missing` (in one run only) and `failed` (no ok repeat on one side, or an improvement whose loss
-parity diverged: a configuration that trains wrong never counts as faster).
+plus `missing` (in one run only) and `failed` (no ok repeat on one side; candidate repeats that ended
+oom, error, diverged or timeout where the baseline's all ran; or an improvement whose loss parity
+diverged: a configuration that trains wrong never counts as faster). A verdict is `blocking` (the
+gate's exit 1) for a regression, for a failure of the candidate, and for a configuration the candidate
+lacks unless that is allowed.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import statistics
+from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -29,9 +38,16 @@ import numpy as np
 from lmbench.analyze.noise import MIN_REPEATS, ConfigNoise, NoiseFloor, ok_values
 from lmbench.errors import UsageError
 
-#: Metrics where a larger value is better; for the others (times, memory, energy) smaller is.
-HIGHER_IS_BETTER = frozenset({"tokens_per_s", "samples_per_s", "tokens_per_s_per_device", "tflops", "mfu",
-                              "tokens_per_j", "scaling_efficiency"})
+#: Metrics where a larger value is better (docs/metrics.md), besides every rate "..._per_s...".
+HIGHER_IS_BETTER = frozenset({"tflops", "hardware_tflops", "mfu", "hfu", "mfu_fp8_peak", "hfu_fp8_peak",
+                              "tokens_per_j", "scaling_efficiency", "comm_overlap_frac"})
+#: Metrics where a smaller value is better, besides every time (_s), memory (_bytes) and energy (_j).
+LOWER_IS_BETTER = frozenset({"step_time_cv", "j_per_token", "val_loss", "val_loss_best", "val_ppl", "loss_last",
+                             "steps_to_target", "tokens_to_target", "pp_bubble_fraction", "stall_steps",
+                             "nonfinite_losses", "overflow_skipped_steps", "time_frac_idle"})
+_COST = re.compile(r"_(s|bytes|j)(_|$)")
+#: Statuses of a repeat that ran and failed (a skipped configuration never ran).
+FAILURES = ("oom", "diverged", "error", "timeout")
 CONFIDENCE = 0.95
 SEED = 20240607
 RESAMPLES = 2000
@@ -50,9 +66,22 @@ class Verdict:
     note: str = ""
     parity: str | None = None
     """The candidate's worst loss parity over repeats, when the run checked it."""
+    blocking: bool = False
+    """Fails the gate (exit 1): a regression, a failure of the candidate, or a configuration it lacks."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether more of `metric` is better; a UsageError for a metric with no known direction."""
+    if metric in HIGHER_IS_BETTER or "_per_s" in metric:
+        return True
+    if metric in LOWER_IS_BETTER or _COST.search(metric):
+        return False
+    raise UsageError(f"--metric {metric!r}: not known whether more is better or worse; compare a rate "
+                     "(tokens_per_s, mfu, tokens_per_j) or a cost (a time _s, memory _bytes, energy _j, step_time_cv, "
+                     "val_loss)")
 
 
 def ratio_interval(base: list[float], cand: list[float]) -> tuple[float, float, float]:
@@ -73,6 +102,24 @@ def ratio_interval(base: list[float], cand: list[float]) -> tuple[float, float, 
     return ratio, float(low), float(high)
 
 
+def log_t_interval(base: list[float], cand: list[float]) -> tuple[float, float] | None:
+    """95% Welch t interval of the ratio of medians from the repeats' own spread of log(metric): ratio ×
+    exp(± t(0.975, df_Welch) × sqrt(s_b²/n_b + s_c²/n_c) × sqrt(pi/2)) (sqrt(pi/2): a median's cost over a
+    mean, as for noise floors). None where a value is not positive (a log needs one) or a side has one repeat."""
+    if min(len(base), len(cand)) < 2 or min(base + cand) <= 0:
+        return None
+    from scipy.stats import t
+
+    ratio = statistics.median(cand) / statistics.median(base)
+    var_b = statistics.variance([math.log(v) for v in base]) / len(base)
+    var_c = statistics.variance([math.log(v) for v in cand]) / len(cand)
+    if var_b + var_c == 0:
+        return ratio, ratio
+    df = (var_b + var_c) ** 2 / (var_b**2 / (len(base) - 1) + var_c**2 / (len(cand) - 1))
+    half = float(t.ppf(0.5 + CONFIDENCE / 2, df)) * math.sqrt(var_b + var_c) * math.sqrt(math.pi / 2)
+    return ratio * math.exp(-half), ratio * math.exp(half)
+
+
 def repeats_needed(base: list[float], cand: list[float], threshold: float) -> int | None:
     """Rough repeats per side for an interval of width 2*threshold, from the observed spread (CI ~ 1/sqrt(n))."""
     n = min(len(base), len(cand))
@@ -91,6 +138,9 @@ def _interval(base: list[float], cand: list[float], noise: ConfigNoise | None) -
     intervals = []
     if min(len(base), len(cand)) >= MIN_REPEATS:
         intervals.append(ratio_interval(base, cand)[1:])
+        spread = log_t_interval(base, cand)
+        if spread is not None:
+            intervals.append(spread)
     if noise is not None:
         ratio = statistics.median(cand) / statistics.median(base)
         intervals.append(noise.interval(ratio, len(base), len(cand)))
@@ -114,13 +164,11 @@ def decide(base: list[float], cand: list[float], *, threshold: float, higher_is_
         return Verdict(config_key="", verdict="inconclusive", ratio=ratio, ci_low=None, ci_high=None,
                        n_base=len(base), n_cand=len(cand), note=note)
     low, high = interval
-    # Orient so that > 1 always means "better" (a resampled median of 0 gives an unbounded end).
-    lo, hi = (low, high) if higher_is_better else (_inverse(high), _inverse(low))
-    if hi < 1 - threshold:
-        verdict, note = "regression", ""
-    elif lo > 1 + threshold:
-        verdict, note = "improvement", ""
-    elif hi - lo > 2 * threshold:
+    # The threshold applies to the metric as measured: 5% more step time is a regression at 5%.
+    below, above = high < 1 - threshold, low > 1 + threshold
+    if below or above:
+        verdict, note = ("improvement" if above == higher_is_better else "regression"), ""
+    elif high - low > 2 * threshold:
         needed = repeats_needed(base, cand, threshold)
         verdict = "inconclusive"
         note = f"interval wider than ±{threshold:.0%}; about {needed} repeats per side needed" if needed else \
@@ -133,18 +181,16 @@ def decide(base: list[float], cand: list[float], *, threshold: float, higher_is_
                    n_cand=len(cand), note=note)
 
 
-def _inverse(x: float) -> float:
-    return 1 / x if x else math.inf
-
-
 def compare(base: list[dict[str, Any]], cand: list[dict[str, Any]], *, metric: str = "tokens_per_s",
-            threshold: float = 0.05, noise: NoiseFloor | None = None) -> list[Verdict]:
+            threshold: float = 0.05, noise: NoiseFloor | None = None, allow_missing: bool = False) -> list[Verdict]:
     """One verdict per configuration key found in either run, in the baseline's order."""
     if not 0 < threshold < 1:
         raise UsageError(f"--threshold {threshold:g}: must be between 0 and 1 (e.g. 5%)")
     if noise is not None and noise.metric != metric:
         raise UsageError(f"--noise-floor {noise.source!r} was measured for {noise.metric}, not --metric {metric}")
+    more_is_better = higher_is_better(metric)
     b_values, c_values = ok_values(base, metric), ok_values(cand, metric)
+    b_status, c_status = _statuses(base), _statuses(cand)
     order = ["reference", "ok", "drift", "diverged"]
     parity: dict[str, str] = {}
     for r in cand:
@@ -155,26 +201,53 @@ def compare(base: list[dict[str, Any]], cand: list[dict[str, Any]], *, metric: s
     verdicts = []
     for key in list(dict.fromkeys([*b_values, *c_values])):
         if key not in b_values or key not in c_values:
-            side = "candidate" if key not in c_values else "baseline"
+            lacking = "candidate" if key not in c_values else "baseline"
+            note = f"not in the {lacking} run" + (" (allowed)" if lacking == "candidate" and allow_missing else "")
             verdicts.append(Verdict(key, "missing", None, None, None, len(b_values.get(key, [])),
-                                    len(c_values.get(key, [])), f"not in the {side} run"))
+                                    len(c_values.get(key, [])), note,
+                                    blocking=lacking == "candidate" and not allow_missing))
             continue
         b, c = b_values[key], c_values[key]
         if not b or not c:
-            side = "baseline" if not b else "candidate"
-            verdicts.append(Verdict(key, "failed", None, None, None, len(b), len(c), f"no ok repeat in the {side}"))
+            side, statuses = ("baseline", b_status[key]) if not b else ("candidate", c_status[key])
+            verdicts.append(Verdict(key, "failed", None, None, None, len(b), len(c),
+                                    f"no ok repeat in the {side} ({_tally(statuses)})", blocking=bool(b)))
             continue
-        verdict = decide(b, c, threshold=threshold, higher_is_better=metric in HIGHER_IS_BETTER,
+        verdict = decide(b, c, threshold=threshold, higher_is_better=more_is_better,
                          noise=noise.get(key) if noise else None)
         verdict.config_key = key
         verdict.parity = parity.get(key)
         if noise is not None and verdict.ci_low is None:
             verdict.note += f"; {noise.source} has no noise floor for this configuration"
-        if verdict.verdict == "improvement" and key in diverged:
+        new_failures = Counter({s: n for s, n in c_status[key].items() if s in FAILURES})
+        if new_failures and not any(s in FAILURES for s in b_status[key]):
+            # A candidate that crashes some of the time is not judged on the repeats that survived.
+            verdict.verdict = "failed"
+            verdict.note = (f"{sum(new_failures.values())} of {sum(c_status[key].values())} candidate repeats "
+                            f"ended {_tally(new_failures)}; every baseline repeat ran")
+        elif verdict.verdict == "improvement" and key in diverged:
             # Fast but training wrong is not better.
             verdict.verdict, verdict.note = "failed", "faster, but its loss parity diverged from the reference"
+        elif any(s in FAILURES for s in c_status[key]):
+            verdict.note = "; ".join(filter(None, [verdict.note, f"failed repeats: candidate "
+                                                   f"{_tally(c_status[key], FAILURES)}, baseline "
+                                                   f"{_tally(b_status[key], FAILURES)}"]))
+        verdict.blocking = verdict.verdict in ("regression", "failed")
         verdicts.append(verdict)
     return verdicts
+
+
+def _statuses(records: list[dict[str, Any]]) -> dict[str, Counter[str]]:
+    counts: dict[str, Counter[str]] = {}
+    for r in records:
+        counts.setdefault(r["config_key"], Counter())[r["status"]] += 1
+    return counts
+
+
+def _tally(statuses: Counter[str], only: tuple[str, ...] | None = None) -> str:
+    """'2 oom, 1 ok' (the statuses named in `only`, when given)."""
+    shown = [(s, n) for s, n in sorted(statuses.items()) if only is None or s in only]
+    return ", ".join(f"{n} {s}" for s, n in shown) or "none failed"
 
 
 def environment_of(records: list[dict[str, Any]]) -> dict[str, Any]:

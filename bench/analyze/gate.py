@@ -9,7 +9,7 @@ from typing import Any
 from xml.sax.saxutils import escape as xml_escape
 
 from lmbench.analyze import results
-from lmbench.analyze.compare import Verdict, environment_differences
+from lmbench.analyze.compare import Verdict, environment_differences, higher_is_better
 from lmbench.analyze.noise import NoiseFloor
 from lmbench.analyze.table import markdown_table
 from lmbench.errors import ResultsError, UsageError
@@ -35,6 +35,8 @@ def load_pair(base: Path, cand: Path, *, metric: str, allow_different_hardware: 
     if not any(metric in (r.get("metrics") or {}) for r in b + c):
         raise UsageError(f"--metric {metric!r} is in no record of either run (e.g. tokens_per_s, step_time_median_s)")
     _check_numeric(metric, b + c)
+    higher_is_better(metric)
+    _check_sizes(b, c)
     warnings += check_hardware(environment_differences(b, c), allow_different_hardware=allow_different_hardware)
     device = (next((r["env"] for r in b if r.get("env")), {}).get("device") or {}).get("name")
     if noise is not None and noise.device != device:
@@ -53,6 +55,28 @@ def _check_numeric(metric: str, records: list[dict[str, Any]]) -> None:
     if not any(numbers):
         raise UsageError(f"--metric {metric!r} is 0 in every ok record: a ratio of medians needs a non-zero "
                          "baseline")
+
+
+#: Metrics that say how many processes and devices a record ran on; the config key leaves out --nnodes.
+_SIZE = ("nnodes", "world_size", "devices")
+
+
+def _check_sizes(base: list[dict[str, Any]], cand: list[dict[str, Any]]) -> None:
+    """A configuration must have run on as many nodes, processes and devices on both sides."""
+    def sizes(records: list[dict[str, Any]]) -> dict[str, tuple[Any, ...]]:
+        found = {}
+        for r in records:
+            m = r.get("metrics") or {}
+            if r["status"] == "ok" and any(m.get(name) is not None for name in _SIZE):
+                found.setdefault(r["config_key"], tuple(m.get(name) for name in _SIZE))
+        return found
+
+    b, c = sizes(base), sizes(cand)
+    for key in b.keys() & c.keys():
+        if b[key] != c[key]:
+            shown = ", ".join(f"{name} {x} vs {y}" for name, x, y in zip(_SIZE, b[key], c[key]) if x != y)
+            raise UsageError(f"configuration {key} ran at different sizes ({shown}, baseline vs candidate): "
+                             "compare runs with the same --nnodes and devices")
 
 
 def write_junit(path: Path, verdicts: list[Verdict], *, metric: str) -> None:
@@ -101,22 +125,24 @@ def render(verdicts: list[Verdict], *, fmt: str, metric: str, threshold: float) 
 
 
 def junit_xml(verdicts: list[Verdict], *, metric: str) -> str:
-    """One test case per configuration; a regression is a failure, missing/failed are errors."""
-    failures = sum(v.verdict == "regression" for v in verdicts)
-    errors = sum(v.verdict in ("missing", "failed") for v in verdicts)
+    """One test case per configuration: a blocking verdict (regression, a failed or missing candidate) is a
+    failure; a configuration the gate cannot judge for want of a baseline is skipped."""
+    failures = sum(v.blocking for v in verdicts)
+    skipped = sum(not v.blocking and v.verdict in ("missing", "failed") for v in verdicts)
     cases = []
     for v in verdicts:
         body = ""
         message = xml_escape(f"{v.verdict}: ratio {v.ratio}, CI [{v.ci_low}, {v.ci_high}] {v.note}", {'"': "&quot;"})
-        if v.verdict == "regression":
+        if v.blocking:
             body = f'<failure message="{message}"/>'
         elif v.verdict in ("missing", "failed"):
-            body = f'<error message="{message}"/>'
+            body = f'<skipped message="{message}"/>'
         cases.append(f'  <testcase classname="lmbench.{xml_escape(metric)}" name="{xml_escape(v.config_key)}">'
                      f"{body}</testcase>")
     return (f'<?xml version="1.0" encoding="utf-8"?>\n<testsuite name="lmbench compare" tests="{len(verdicts)}" '
-            f'failures="{failures}" errors="{errors}">\n' + "\n".join(cases) + "\n</testsuite>\n")
+            f'failures="{failures}" errors="0" skipped="{skipped}">\n' + "\n".join(cases) + "\n</testsuite>\n")
 
 
 def exit_code(verdicts: list[Verdict]) -> int:
-    return EXIT_REGRESSION if any(v.verdict == "regression" for v in verdicts) else EXIT_OK
+    """1 when any verdict blocks: a regression, a candidate that failed, or one that lacks a configuration."""
+    return EXIT_REGRESSION if any(v.blocking for v in verdicts) else EXIT_OK

@@ -2,15 +2,18 @@
 
 Two objectives rank configurations: `throughput` (median tokens/s, higher first) and `time-to-target`
 (median time to the held-out target over the repeats that reached it, lower first; configurations
-that never reached it follow, by their best held-out loss). A configuration whose loss parity
-drifted or diverged from its reference (as `tune` ranks them), or that failed, ranks after every one that
-did not, whatever its figure.
+that never reached it follow, by their best held-out loss). A figure is a median over the repeats that
+succeeded, so a configuration that succeeded only some of the time (a repeat that ran out of memory,
+or that missed the target) ranks after every one that succeeded every time, whatever its figure. A
+configuration whose loss parity drifted or diverged from its reference (as `tune` ranks them), or that
+never succeeded, ranks after those.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,18 +70,31 @@ class Standing:
         worst = "diverged" if "diverged" in statuses else "not_reached"
         return worst if len(statuses) == 1 else f"{worst} ({reached}/{len(statuses)} reached)"
 
+    @property
+    def always_ok(self) -> bool:
+        """Every repeat ran to the end (none ran out of memory, failed or timed out)."""
+        return len(self.ok()) == len(self.records)
+
     def sort_key(self, objective: str) -> tuple[float, ...]:
-        """Lower ranks first: failed or diverged last, then by the objective's figure."""
+        """Lower ranks first: by tier (every repeat succeeded, some did, the target never reached, the loss
+        strayed, none succeeded), then by the objective's figure."""
         if not self.ok():
-            return (3, 0.0, 0.0)
+            return (5, 0.0)
         if self.strayed:
-            return (2, 0.0, 0.0)
+            return (4, 0.0)
         if objective == "throughput":
-            return (0, -(self.median("tokens_per_s") or 0.0), 0.0)
-        time = self.median("time_to_target_s", self.reached())
-        if time is not None:
-            return (0, time, 0.0)
-        return (1, self.median("val_loss_best") or math.inf, 0.0)
+            return (0 if self.always_ok else 1, -(self.median("tokens_per_s") or 0.0))
+        reached = self.reached()
+        if reached:
+            return (0 if len(reached) == len(self.records) else 2, self.median("time_to_target_s", reached) or 0.0)
+        return (3, self.median("val_loss_best") or math.inf)
+
+    def status_cell(self) -> str:
+        """'ok' when every repeat is, else the count of each status ('2 ok, 1 oom')."""
+        counts = Counter(r["status"] for r in self.records)
+        if len(counts) == 1:
+            return next(iter(counts))
+        return ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
 
 
 def standings(records: list[dict[str, Any]]) -> list[Standing]:
@@ -143,9 +159,8 @@ def ranking_table(records: list[dict[str, Any]], objective: str) -> Table:
     for column in ["#", *axes, "status", "tokens/s", "target", "time to target s", "best val loss", "parity"]:
         table.add_column(column)
     for place, s in enumerate(rank(records, objective), start=1):
-        statuses = sorted({r["status"] for r in s.records})
         parity = "/".join(sorted({r["metrics"].get("parity") for r in s.ok()} - {None})) or "-"
-        table.add_row(str(place), *(escape(str(s.config[a])) for a in axes), "/".join(statuses),
+        table.add_row(str(place), *(escape(str(s.config[a])) for a in axes), s.status_cell(),
                       _fmt(s.median("tokens_per_s"), ",.0f"), s.target_cell(),
                       _fmt(s.median("time_to_target_s", s.reached()), ".2f"), _fmt(s.median("val_loss_best"), ".3f"),
                       parity)
