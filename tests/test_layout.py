@@ -168,6 +168,21 @@ def test_busy_clock_sums_the_wrapped_calls_of_each_step():
     assert clock.busy_s(1) == [three]
 
 
+def test_the_pipeline_update_counts_the_optimizer_step_as_busy_and_the_tied_all_reduce_as_idle():
+    """The end stage that reaches the tied all-reduce first waits there for the other: that wait is bubble."""
+    from types import SimpleNamespace
+
+    from lmbench.run.training import TrainingStep
+
+    clock = BusyClock(torch.device("cpu"))
+    step = SimpleNamespace(pipeline=SimpleNamespace(clock=clock, sum_tied_gradients=lambda: time.sleep(0.2)),
+                           precision=SimpleNamespace(step=lambda: time.sleep(0.02)))
+    clock.new_step()
+    TrainingStep._pipeline_update(step)
+    busy, = clock.busy_s(1)
+    assert 0.02 <= busy < 0.15
+
+
 def test_pipeline_losses_come_from_the_last_stage_and_idle_is_one_minus_busy():
     ranks = [{"losses": None, "pp_busy_s": 0.25, "window_s": 1.0}, {"losses": [2.0, 1.0], "pp_busy_s": 0.5,
                                                                     "window_s": 1.0}]

@@ -189,8 +189,10 @@ class TrainingStep:
         return total if accum == 1 else total / accum
 
     def _pipeline_update(self) -> None:
+        # The tied all-reduce is a transfer: the wait in it for the other end stage is idle, like a stage's wait
+        # for its activations. The optimizer step is the stage's own work, timed with its forward and backward.
         self.pipeline.sum_tied_gradients()
-        self.precision.step()
+        self.pipeline.clock.wrap(self.precision.step)()
 
     def _pipeline_step(self) -> torch.Tensor:
         """All pipeline steps of one optimizer step (one per accumulated batch), then the update."""
@@ -202,8 +204,7 @@ class TrainingStep:
             self._next += 1
             with self._attention():
                 losses.append(pipeline.run(batch.input_ids, batch.labels))
-        # The update is the stage's own work too: timed with its forward and backward, it is not counted as bubble.
-        pipeline.clock.wrap(self._pipeline_update)()
+        self._pipeline_update()
         if not self.owns_loss:
             return torch.zeros((), device=self.batches[0].input_ids.device)
         return torch.stack(losses).mean() if len(losses) > 1 else losses[0]
