@@ -557,34 +557,43 @@ def _tune(base: Any, run_dir: runner.RunDirectory, lists: dict[str, list[Any]], 
 
 @cli.command()
 @click.option("--op", type=click.Choice(["rmsnorm", "layernorm", "linear-ce"]), required=True)
-@click.option("--shape", required=True, help="MxN for norms (e.g. 8192x4096), BTxHxV for linear-ce.")
+@click.option("--shape", required=True,
+              help="MxN for norms (e.g. 8192x4096), BTxHxV for linear-ce; several separated by commas.")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="bf16", show_default=True)
 @click.option("--mode", type=click.Choice(["fwd", "bwd", "fwd+bwd"]), default="fwd+bwd", show_default=True)
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where to write the CSV (default: kernels-OP-SHAPE-DTYPE-MODE.csv).")
-def kernels(op: str, shape: str, dtype: str, mode: str, csv_path: Path | None) -> int:
+@click.option("--ceilings", "ceilings_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="This GPU's ceilings (lmbench ceilings --out FILE): adds each kernel's share of the copy GB/s.")
+def kernels(op: str, shape: str, dtype: str, mode: str, csv_path: Path | None, ceilings_path: Path | None) -> int:
     """Time one op across eager, compile, native fused, lmbench Triton, Liger and Apex (CUDA only).
 
-    Example: lmbench kernels --op rmsnorm --shape 8192x4096 --dtype bf16
+    Example: lmbench kernels --op rmsnorm --shape 8192x2048,8192x4096 --ceilings ceilings.json
     """
     import torch
 
     from lmbench.analyze.table import kernels_table
     from lmbench.measure import microbench
+    from lmbench.measure.ceilings import load as load_ceilings
     from lmbench.measure.environment import capture
 
     spec = microbench.OPS[op]
-    dims = microbench.parse_shape(spec, shape)
+    shapes = microbench.parse_shapes(spec, shape)
+    copy = load_ceilings(ceilings_path)["copy_gb_per_s"] if ceilings_path else None
     if not torch.cuda.is_available():
         click.echo(f"skipped: lmbench kernels needs a CUDA GPU (none visible; torch {torch.__version__})")
         return 0
     device = torch.device("cuda")
-    rows = microbench.measure(spec, dims, microbench.DTYPES[dtype], mode, device)
     env = capture(device)
-    table = kernels_table(rows, title=f"{op} {shape} {dtype} {mode} on {env['device']['name']} "
-                                      f"(bytes moved: {spec.bytes_formula})")
-    _console().print(table)
-    csv_path = csv_path or Path(f"kernels-{op}-{shape}-{dtype}-{mode.replace('+', '')}.csv")
+    rows = []
+    for dims in shapes:
+        measured = microbench.measure(spec, dims, microbench.DTYPES[dtype], mode, device)
+        measured = microbench.against_copy(measured, copy) if copy else measured
+        title = (f"{op} {'x'.join(map(str, dims))} {dtype} {mode} on {env['device']['name']} "
+                 f"(bytes moved: {spec.bytes_formula}" + (f"; copy ceiling {copy:,.0f} GB/s)" if copy else ")"))
+        _console().print(kernels_table(measured, title=title))
+        rows += measured
+    csv_path = csv_path or Path(f"kernels-{op}-{shape.replace(',', '_')}-{dtype}-{mode.replace('+', '')}.csv")
     microbench.write_csv(rows, csv_path, {"gpu": env["device"]["name"], "torch": env["torch"],
                                           "triton": env["triton"], "cuda": env["cuda"]})
     click.echo(f"csv: {csv_path}")

@@ -170,6 +170,19 @@ def parse_shape(op: Op, text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in parts)
 
 
+def parse_shapes(op: Op, text: str) -> list[tuple[int, ...]]:
+    """'8192x2048,8192x4096' -> each shape once, in order."""
+    shapes = [parse_shape(op, part.strip()) for part in text.split(",")]
+    return list(dict.fromkeys(shapes))
+
+
+def against_copy(rows: list[dict[str, Any]], copy_gb_per_s: float) -> list[dict[str, Any]]:
+    """Each ok row's achieved bandwidth as a share of the device's measured copy bandwidth (`lmbench ceilings`):
+    a memory-bound kernel's distance to what the device can move."""
+    return [{**row, "copy_gb_per_s": copy_gb_per_s, "pct_of_copy": 100 * row["gb_per_s"] / copy_gb_per_s}
+            if row.get("status") == "ok" else row for row in rows]
+
+
 def _call(impl: Impl, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     return impl(*inputs.values())
 
@@ -179,6 +192,9 @@ def measure(op: Op, shape: tuple[int, ...], dtype: torch.dtype, mode: str, devic
     """One row per implementation: time quantiles, GB/s, peak memory, or the reason it did not run."""
     from triton.testing import do_bench
 
+    # torch.compile specialises to this shape, as it would in a model of this shape: without a fresh cache a
+    # second shape in one process would get a dynamic-shape recompilation instead.
+    torch._dynamo.reset()
     inputs = op.inputs(shape, dtype, device)
     grads = [t for t in inputs.values() if t.requires_grad]
     elem = torch.finfo(dtype).bits // 8
@@ -217,7 +233,8 @@ def measure(op: Op, shape: tuple[int, ...], dtype: torch.dtype, mode: str, devic
 
 def write_csv(rows: list[dict[str, Any]], path: Path, env: dict[str, Any]) -> None:
     columns = ["op", "shape", "dtype", "mode", "impl", "status", "time_median_ms", "time_p20_ms", "time_p80_ms",
-               "gb_per_s", "bytes_moved", "peak_mem_bytes", "reason", "gpu", "torch", "triton", "cuda"]
+               "gb_per_s", "pct_of_copy", "copy_gb_per_s", "bytes_moved", "peak_mem_bytes", "reason", "gpu", "torch",
+               "triton", "cuda"]
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
