@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # lmbench's GPU validation, in stages that each fit one command on a lent, offline GPU machine.
 #
-#   ci/gpu-validate.sh STAGE               on the GPU (STAGE 1-6; see ci/README.md for what each runs)
+#   ci/gpu-validate.sh STAGE               on the GPU (STAGE 1-7; see ci/README.md for what each runs)
 #   ci/gpu-validate.sh --rehearse STAGE    the same stage on this CPU: tiny models, short runs, a fake $OUT
 #
 # Every stage is self-contained: it installs lmbench from this checkout (offline: no index, no build
@@ -32,7 +32,7 @@ if [[ ${STAGE} == -h || ${STAGE} == --help ]]; then
     usage
     exit 0
 fi
-if [[ ! ${STAGE} =~ ^[1-6]$ || $# -ne 1 ]]; then
+if [[ ! ${STAGE} =~ ^[1-7]$ || $# -ne 1 ]]; then
     usage >&2
     exit 2
 fi
@@ -63,10 +63,12 @@ export PY WORK REPO
 if [[ $MODE == gpu ]]; then
     DEVICE=cuda GPT2=gpt2-124m LLAMA=llama-1b GPT2_MEDIUM=gpt2-355m SEQ=1024 BATCH=8
     CONFIG_TIMEOUT_S=150 TUNE_MAX_BATCH=256 TUNE_MINUTES=2
+    NORM_SHAPES=8192x2048,8192x4096,8192x8192 LCE_SHAPE=8192x4096x128256
     SHORT=() PYTEST_MODE=()
 else
     DEVICE=cpu GPT2=tiny-gpt2 LLAMA=tiny-llama GPT2_MEDIUM=tiny-gpt2 SEQ=64 BATCH=2
     CONFIG_TIMEOUT_S=120 TUNE_MAX_BATCH=8 TUNE_MINUTES=0.5
+    NORM_SHAPES=64x64,64x128 LCE_SHAPE=64x32x256
     # Given last, these win over each stage's own steps and warmup.
     SHORT=(--set steps=2 --set warmup=1)
     # Kernel tests under the interpreter take minutes; collecting them proves the command line and imports.
@@ -242,7 +244,8 @@ for log in sorted(work.glob("logs/pytest-*.txt")):
 tails = ["logs/microbench-*.txt", "logs/parity-tolerances.txt", "logs/tune-*.txt", "ceilings.json"]
 for text in [path for pattern in tails for path in sorted(work.glob(pattern))]:
     print(f"\n{text.name}:")
-    for l in text.read_text(errors="replace").splitlines()[-14:]:
+    # A microbenchmark's log holds one table per shape: all of them.
+    for l in text.read_text(errors="replace").splitlines()[-(60 if text.name.startswith("microbench") else 14):]:
         print(f"  {l[:160]}")
 PY
 }
@@ -296,10 +299,6 @@ case $STAGE in
             --set warmup=5
         run_suite parallel 100 parallel --set "model=$GPT2" --set steps=20 --set warmup=5
         report
-        step microbench-linear-ce 60 "$PY" -m lmbench.cli kernels --op linear-ce --shape 8192x2048x128256 \
-            --dtype bf16 --csv "$WORK/kernels-linear-ce.csv"
-        step microbench-rmsnorm 40 "$PY" -m lmbench.cli kernels --op rmsnorm --shape 8192x4096 --dtype bf16 \
-            --csv "$WORK/kernels-rmsnorm.csv"
         ;;
     3)  # Every precision, the regression-gate suite with repeats (its noise), the harness overhead.
         # The six eager precisions only: the suite's compiled FP8 rows (three compilations a model) are stage 6's.
@@ -332,5 +331,17 @@ case $STAGE in
         run_suite kernels-liger 90 kernels --set "model=$LLAMA" --set kernels=eager,liger --set steps=15 \
             --set warmup=3
         report
+        ;;
+    7)  # Kernel microbenchmarks against this card's measured copy bandwidth, Liger side by side.
+        step wheels 60 bash -c install_wheels
+        step ceilings 60 "$PY" -m lmbench.cli ceilings --out "$WORK/ceilings.json"
+        roof=()
+        [[ -s $WORK/ceilings.json ]] && roof=(--ceilings "$WORK/ceilings.json")
+        for op in rmsnorm layernorm; do
+            step "microbench-$op" 90 "$PY" -m lmbench.cli kernels --op "$op" --shape "$NORM_SHAPES" --dtype bf16 \
+                --csv "$WORK/kernels-$op.csv" ${roof[@]+"${roof[@]}"}
+        done
+        step microbench-linear-ce 120 "$PY" -m lmbench.cli kernels --op linear-ce --shape "$LCE_SHAPE" --dtype bf16 \
+            --csv "$WORK/kernels-linear-ce.csv" ${roof[@]+"${roof[@]}"}
         ;;
 esac
