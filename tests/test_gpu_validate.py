@@ -41,6 +41,23 @@ def test_stage_1_rehearsal_packs_everything_into_one_tarball_and_a_summary(tmp_p
     assert {"stage1/summary.txt", "stage1/report/report.html", "stage1/logs/env.txt",
             "stage1/logs/pytest-kernels.txt"} <= names
     assert not list(tmp_path.glob("lmbench-stage1.*")), "the scratch directory is left behind"
+    # What comes back is published by ci/publish-stage.py: a real run only, unless told it is a rehearsal.
+    publish = [sys.executable, str(SCRIPT.parent / "publish-stage.py"), str(out), "--reports", str(tmp_path / "r")]
+    refused = subprocess.run(publish, capture_output=True, text=True)
+    assert refused.returncode == 2 and not (tmp_path / "r").exists()
+    assert refused.stderr == f"publish-stage: error: {out / 'stage1.tar.gz'}: a CPU rehearsal, not a GPU run: " \
+                             "reports/ holds real runs only\n"
+    done = subprocess.run([*publish, "--allow-rehearsal"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    folder = next((tmp_path / "r").glob("cpu-20*"))
+    assert (folder / "stage1" / "runs" / "fp16" / "results.jsonl").exists()
+    readme = (folder / "README.md").read_text()
+    assert "## Stage 1" in readme and summary.strip() in readme
+    assert "[stage1/report/report.md](stage1/report/report.md)" in readme
+    index = (tmp_path / "r" / "README.md").read_text()
+    assert f"Newest: [{folder.name}]({folder.name}/README.md)" in index
+    again = subprocess.run([*publish, "--allow-rehearsal"], capture_output=True, text=True)
+    assert again.returncode == 2 and "already exists: pass --replace" in again.stderr
 
 
 def test_a_stage_out_of_time_skips_the_rest_and_still_packs(tmp_path):
@@ -53,7 +70,7 @@ def test_a_stage_out_of_time_skips_the_rest_and_still_packs(tmp_path):
     assert (tmp_path / "out" / "stage1.tar.gz").stat().st_size > 0
 
 
-@pytest.mark.parametrize("args", [(), ("7",), ("--rehearse",), ("1", "2")])
+@pytest.mark.parametrize("args", [(), ("8",), ("--rehearse",), ("1", "2")])
 def test_a_stage_must_be_named(tmp_path, args):
     done = rehearse(tmp_path, *args)
     assert done.returncode == 2 and "ci/gpu-validate.sh STAGE" in done.stderr

@@ -1,0 +1,290 @@
+#!/usr/bin/env python3
+"""Publish what a GPU lease brought back: ci/gpu-validate.sh's stage tarballs into reports/, with the figures
+that issue 13's targets ask for taken from lmbench's own output, never typed by hand.
+
+    python3 ci/publish-stage.py DIR [--reports reports] [--replace] [--allow-rehearsal]
+
+DIR holds stageN.tar.gz and stageN-summary.txt as the device tool returned them. Each stage goes to
+reports/<gpu>-<yyyy-mm-dd>/stageN/ (the GPU from the stage's preflight, the date from its summary), then that
+folder's README.md is written again from every stage it holds:
+
+  - the targets table: each target, the figure measured for it, whether it is met, and the file it came from;
+  - per stage, the summary gpu-validate.sh wrote on the GPU (verbatim) and links to its report.
+
+reports/README.md gets the same targets table between its `<!-- targets:begin -->` and `<!-- targets:end -->`
+markers, for the newest folder. A rehearsal on a CPU (`gpu-validate.sh --rehearse`) is refused unless
+--allow-rehearsal (the tests publish one into a temporary folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import statistics
+import sys
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HEADER = re.compile(r"^lmbench GPU validation, stage (\d+) \((gpu|rehearse)\) on \S+ at (\d{4}-\d{2}-\d{2})T")
+DEVICE = re.compile(r"^\s*cuda\s+\S+\s+available=True\s+devices=\d+\s+(.+?)\s*$", re.M)
+OVERHEAD = re.compile(r"gpu harness/bare median step time: ([0-9.]+)")
+BEGIN, END = "<!-- targets:begin -->", "<!-- targets:end -->"
+
+
+class PublishError(Exception):
+    """Bad input: one line for the user, exit 2."""
+
+
+@dataclass
+class Stage:
+    number: int
+    mode: str
+    date: str
+    gpu: str
+    summary: str
+
+
+def inspect(tarball: Path) -> Stage:
+    """The stage's number, mode, date and GPU, read from inside its tarball."""
+    with tarfile.open(tarball) as tar:
+        names = tar.getnames()
+        top = {name.split("/")[0] for name in names}
+        if len(top) != 1 or not re.fullmatch(r"stage\d+", next(iter(top))):
+            raise PublishError(f"{tarball}: not a gpu-validate.sh tarball (one folder stageN/ expected, found "
+                               f"{', '.join(sorted(top)) or 'nothing'})")
+        folder = next(iter(top))
+
+        def text(name: str) -> str:
+            try:
+                member = tar.extractfile(f"{folder}/{name}")
+            except KeyError:
+                member = None
+            return member.read().decode(errors="replace") if member else ""
+
+        summary, preflight = text("summary.txt"), text("logs/preflight.txt")
+    header = HEADER.match(summary)
+    if not header:
+        raise PublishError(f"{tarball}: {folder}/summary.txt does not start with gpu-validate.sh's header line")
+    number, mode, date = int(header[1]), header[2], header[3]
+    if f"stage{number}" != folder:
+        raise PublishError(f"{tarball}: its folder {folder} holds the summary of stage {number}")
+    device = DEVICE.search(preflight)
+    gpu = device[1] if device else "cpu"
+    return Stage(number=number, mode=mode, date=date, gpu=gpu, summary=summary)
+
+
+def slug(gpu: str) -> str:
+    """'NVIDIA H100 80GB HBM3' -> 'h100-80gb-hbm3'."""
+    name = re.sub(r"^nvidia\s+", "", gpu.strip(), flags=re.I).lower()
+    return re.sub(r"[^a-z0-9]+", "-", name).strip("-") or "unknown"
+
+
+def unpack(tarball: Path, stage: Stage, reports: Path, *, replace: bool) -> Path:
+    folder = reports / f"{slug(stage.gpu)}-{stage.date}"
+    target = folder / f"stage{stage.number}"
+    if target.exists():
+        if not replace:
+            raise PublishError(f"{target} already exists: pass --replace to publish stage {stage.number} again")
+        import shutil
+
+        shutil.rmtree(target)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(tarball) as tar:
+        for member in tar.getmembers():
+            if member.issym() or member.islnk() or member.name.startswith("/") or ".." in Path(member.name).parts:
+                raise PublishError(f"{tarball}: unsafe member {member.name!r}")
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(folder, filter="data")
+        else:
+            tar.extractall(folder)
+    return folder
+
+
+# The targets, each read from the files of the stage that measures it.
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    from lmbench.analyze import results
+
+    return results.read(path).records if (path / "results.jsonl").exists() else []
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(path.open(encoding="utf-8"))) if path.exists() else []
+
+
+def _link(folder: Path, path: Path) -> str:
+    return f"[{path.relative_to(folder)}]({path.relative_to(folder)})"
+
+
+def overhead(folder: Path) -> tuple[str, str, str]:
+    log = folder / "stage3" / "logs" / "pytest-overhead.txt"
+    found = OVERHEAD.search(log.read_text(errors="replace")) if log.exists() else None
+    if not found:
+        return "-", "not measured yet", _link(folder, log) if log.exists() else "stage 3"
+    pct = (float(found[1]) - 1) * 100
+    return f"{pct:+.2f}% of a bare loop's median step time", "met" if pct <= 1 else "not met", _link(folder, log)
+
+
+def repeat_cv(folder: Path) -> tuple[str, str, str]:
+    run = folder / "stage3" / "runs" / "ci"
+    by_key: dict[str, list[float]] = {}
+    for r in _records(run):
+        value = (r.get("metrics") or {}).get("tokens_per_s")
+        if r["status"] == "ok" and isinstance(value, (int, float)):
+            by_key.setdefault(r["config_key"], []).append(float(value))
+    cvs = {key: statistics.stdev(v) / statistics.mean(v) * 100 for key, v in by_key.items() if len(v) >= 2}
+    if not cvs:
+        return "-", "not measured yet", "stage 3"
+    worst = max(cvs, key=cvs.get)
+    shown = (f"worst {cvs[worst]:.2f}% ({worst}, {len(by_key[worst])} repeats); all {len(cvs)}: "
+             + ", ".join(f"{v:.2f}%" for v in cvs.values()))
+    return shown, "met" if cvs[worst] <= 2 else "not met", _link(folder, run / "results.jsonl")
+
+
+def mfu(folder: Path, model: str, target_pct: float) -> tuple[str, str, str]:
+    best: tuple[float, str, Path] | None = None
+    for results_file in sorted(folder.glob("stage*/runs/*/results.jsonl")):
+        for r in _records(results_file.parent):
+            value = (r.get("metrics") or {}).get("mfu")
+            if r["status"] == "ok" and r["config"].get("model") == model and isinstance(value, (int, float)):
+                if best is None or value > best[0]:
+                    best = (value, r["config_key"], results_file)
+    if best is None:
+        return "-", "not measured yet", "stage 4"
+    value, key, where = best
+    return f"{value * 100:.1f}% ({key})", "met" if value * 100 >= target_pct else "not met", _link(folder, where)
+
+
+def norms(folder: Path) -> tuple[str, str, str]:
+    parts, met, sources = [], True, []
+    for op in ("rmsnorm", "layernorm"):
+        path = folder / "stage7" / f"kernels-{op}.csv"
+        rows = [r for r in _csv(path) if r["status"] == "ok"]
+        for shape in dict.fromkeys(r["shape"] for r in rows):
+            by = {r["impl"]: r for r in rows if r["shape"] == shape}
+            ours = by.get("lmbench triton")
+            if ours is None:
+                parts.append(f"{op} {shape}: ours did not run")
+                met = False
+                continue
+            rivals = [name for name in ("compile", "liger") if name in by]
+            slower = [n for n in rivals if float(ours["time_median_ms"]) > float(by[n]["time_median_ms"])]
+            share = float(ours["pct_of_copy"]) if ours.get("pct_of_copy") else None
+            met &= share is not None and share >= 80 and not slower
+            parts.append(f"{op} {shape}: {share:.0f}% of copy" if share is not None else f"{op} {shape}: no ceiling")
+            parts[-1] += f", slower than {'/'.join(slower)}" if slower else f", no slower than {'/'.join(rivals)}"
+        if rows:
+            sources.append(_link(folder, path))
+    if not parts:
+        return "-", "not measured yet", "stage 7"
+    return "; ".join(parts), "met" if met else "not met", ", ".join(sources)
+
+
+def linear_ce(folder: Path) -> tuple[str, str, str]:
+    path = folder / "stage7" / "kernels-linear-ce.csv"
+    by = {r["impl"]: r for r in _csv(path) if r["status"] == "ok"}
+    if "lmbench triton" not in by or "eager" not in by:
+        return "-", "not measured yet", "stage 7"
+    ours, eager = by["lmbench triton"], by["eager"]
+    memory = float(ours["peak_mem_bytes"]) / float(eager["peak_mem_bytes"])
+    time = float(ours["time_median_ms"]) / float(eager["time_median_ms"])
+    return (f"{memory:.3f}× eager's peak memory at {time:.2f}× its time ({ours['shape']})",
+            "met" if memory <= 0.25 and time <= 1.1 else "not met", _link(folder, path))
+
+
+def energy(folder: Path) -> tuple[str, str, str]:
+    run = folder / "stage1" / "runs" / "fp16"
+    parts = []
+    for r in _records(run):
+        m = r.get("metrics") or {}
+        if r["status"] == "ok" and m.get("j_per_token") is not None:
+            reasons = ", ".join(m.get("throttle_reasons") or []) or "none"
+            parts.append(f"{r['config']['precision']} {m['j_per_token'] * 1e3:.3f} mJ/token (throttle: {reasons})")
+    if not parts:
+        return "-", "not measured yet", "stage 1"
+    return "; ".join(parts), "measured", _link(folder, run / "results.jsonl")
+
+
+TARGETS = [
+    ("Harness overhead ≤ 1% of a bare loop's step time", overhead),
+    ("CV of tokens/s over 3 repeats ≤ 2% per ci-suite config", repeat_cv),
+    ("MFU gpt2-124m ≥ 45% (PaLM, datasheet dense bf16 peak)", lambda f: mfu(f, "gpt2-124m", 45)),
+    ("MFU llama-1b ≥ 50%", lambda f: mfu(f, "llama-1b", 50)),
+    ("Triton RMSNorm/LayerNorm ≥ 80% of copy GB/s, no slower than compile or Liger", norms),
+    ("Fused linear-CE ≤ 1/4 of eager's peak memory at ≤ 1.1× its time", linear_ce),
+    ("NVML energy per token for each precision of the fp16 suite, with throttle reasons", energy),
+]
+
+
+def targets_table(folder: Path, *, prefix: str = "") -> str:
+    """Markdown; `prefix` puts the links relative to another file's folder."""
+    lines = ["| target | measured | verdict | evidence |", "|---|---|---|---|"]
+    for name, read in TARGETS:
+        figure, verdict, source = read(folder)
+        source = re.sub(r"\]\(", f"]({prefix}", source) if prefix else source
+        lines.append(f"| {name} | {figure} | {verdict} | {source} |")
+    return "\n".join(lines)
+
+
+def write_readme(folder: Path, gpu: str) -> Path:
+    stages = sorted((int(p.name[5:]), p) for p in folder.glob("stage*") if p.name[5:].isdigit())
+    parts = [f"# lmbench on {gpu}, {folder.name[-10:]}", "",
+             "Written by `ci/publish-stage.py` from the tarballs `ci/gpu-validate.sh` brought back: every figure "
+             "below is lmbench's own output, read from the files it links.", "", "## Targets (issue 13)", "",
+             targets_table(folder), ""]
+    for number, path in stages:
+        summary = (path / "summary.txt").read_text(errors="replace").rstrip()
+        links = [_link(folder, p) for p in (path / "report" / "report.md", path / "report" / "report.html")
+                 if p.exists()]
+        parts += [f"## Stage {number}", "", *([f"Report: {', '.join(links)}", ""] if links else []),
+                  "```", summary, "```", ""]
+    readme = folder / "README.md"
+    readme.write_text("\n".join(parts), encoding="utf-8")
+    return readme
+
+
+def update_index(reports: Path, folder: Path) -> None:
+    index = reports / "README.md"
+    text = index.read_text(encoding="utf-8") if index.exists() else f"# Published results\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in text or END not in text:
+        text = text.rstrip() + f"\n\n{BEGIN}\n{END}\n"
+    block = (f"{BEGIN}\nNewest: [{folder.name}]({folder.name}/README.md)\n\n"
+             f"{targets_table(folder, prefix=folder.name + '/')}\n{END}")
+    head, rest = text.split(BEGIN, 1)
+    index.write_text(head + block + rest.split(END, 1)[1], encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("dir", type=Path, help="where stageN.tar.gz and stageN-summary.txt are")
+    parser.add_argument("--reports", type=Path, default=Path(__file__).resolve().parent.parent / "reports")
+    parser.add_argument("--replace", action="store_true", help="publish a stage already in its folder again")
+    parser.add_argument("--allow-rehearsal", action="store_true", help="publish a CPU rehearsal (for tests)")
+    args = parser.parse_args(argv)
+    try:
+        tarballs = sorted(args.dir.glob("stage*.tar.gz"))
+        if not tarballs:
+            raise PublishError(f"{args.dir}: no stageN.tar.gz here (what the device tool brought back)")
+        for tarball in tarballs:
+            stage = inspect(tarball)
+            if stage.mode != "gpu" and not args.allow_rehearsal:
+                raise PublishError(f"{tarball}: a CPU rehearsal, not a GPU run: reports/ holds real runs only")
+            folder = unpack(tarball, stage, args.reports, replace=args.replace)
+            readme = write_readme(folder, stage.gpu)
+            update_index(args.reports, folder)
+            print(f"stage {stage.number}: {folder / f'stage{stage.number}'}; {readme}")
+    except PublishError as err:
+        print(f"publish-stage: error: {err}", file=sys.stderr)
+        return 2
+    except (OSError, tarfile.TarError, json.JSONDecodeError) as err:
+        print(f"publish-stage: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""ci/publish-stage.py's targets table: each figure read from the file of the stage that measures it."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parent.parent / "ci" / "publish-stage.py"
+spec = importlib.util.spec_from_file_location("publish_stage", SCRIPT)
+publish = importlib.util.module_from_spec(spec)
+sys.modules["publish_stage"] = publish  # its dataclasses look their module up
+spec.loader.exec_module(publish)
+
+CSV_HEAD = "op,shape,dtype,mode,impl,status,time_median_ms,peak_mem_bytes,pct_of_copy\n"
+
+
+def record(key, model, precision, tps, **metrics):
+    return json.dumps({"schema_version": 1, "suite": "s", "config_key": key, "repeat": metrics.pop("repeat", 0),
+                       "config": {"model": model, "precision": precision}, "status": "ok", "reason": None,
+                       "metrics": {"tokens_per_s": tps, **metrics}}) + "\n"
+
+
+def test_targets_come_from_the_stage_files_with_their_verdicts(tmp_path):
+    folder = tmp_path / "h100-80gb-hbm3-2026-11-26"
+    (folder / "stage3" / "logs").mkdir(parents=True)
+    (folder / "stage3" / "logs" / "pytest-overhead.txt").write_text("gpu harness/bare median step time: 1.0040\n")
+    ci = folder / "stage3" / "runs" / "ci"
+    ci.mkdir(parents=True)
+    (ci / "results.jsonl").write_text("".join(record("k1", "gpt2-124m", "amp-bf16", v, repeat=i)
+                                              for i, v in enumerate([100.0, 102.0, 98.0])))
+    tune = folder / "stage4" / "runs" / "tune-gpt2-124m"
+    tune.mkdir(parents=True)
+    (tune / "results.jsonl").write_text(record("best", "gpt2-124m", "amp-bf16", 1.0, mfu=0.471)
+                                        + record("other", "gpt2-124m", "amp-bf16", 1.0, mfu=0.30))
+    stage7 = folder / "stage7"
+    stage7.mkdir()
+    (stage7 / "kernels-rmsnorm.csv").write_text(CSV_HEAD + "rmsnorm,8192x4096,bfloat16,fwd+bwd,lmbench triton,ok,"
+                                                "0.100,0,85.0\nrmsnorm,8192x4096,bfloat16,fwd+bwd,liger,ok,0.095,0,\n")
+    (stage7 / "kernels-linear-ce.csv").write_text(CSV_HEAD + "linear-ce,8x4x10,bfloat16,fwd+bwd,eager,ok,1.0,1000,\n"
+                                                  "linear-ce,8x4x10,bfloat16,fwd+bwd,lmbench triton,ok,1.05,200,\n")
+    table = publish.targets_table(folder).splitlines()
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in table[2:]}
+    assert rows["Harness overhead ≤ 1% of a bare loop's step time"][:2] == [
+        "+0.40% of a bare loop's median step time", "met"]
+    cv = rows["CV of tokens/s over 3 repeats ≤ 2% per ci-suite config"]
+    assert cv[:2] == ["worst 2.00% (k1, 3 repeats); all 1: 2.00%", "met"]  # stdev 2 of mean 100
+    assert rows["MFU gpt2-124m ≥ 45% (PaLM, datasheet dense bf16 peak)"][:2] == ["47.1% (best)", "met"]
+    assert rows["MFU llama-1b ≥ 50%"][:2] == ["-", "not measured yet"]
+    assert rows["Triton RMSNorm/LayerNorm ≥ 80% of copy GB/s, no slower than compile or Liger"][:2] == [
+        "rmsnorm 8192x4096: 85% of copy, slower than liger", "not met"]
+    assert rows["Fused linear-CE ≤ 1/4 of eager's peak memory at ≤ 1.1× its time"][:3] == [
+        "0.200× eager's peak memory at 1.05× its time (8x4x10)", "met",
+        "[stage7/kernels-linear-ce.csv](stage7/kernels-linear-ce.csv) |"]
