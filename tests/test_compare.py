@@ -349,3 +349,9 @@ def test_runs_of_different_sizes_are_refused(tmp_path):
     assert result.stderr.strip() == ("lmbench: error: configuration a ran at different sizes (nnodes 1 vs 2, "
                                      "world_size 8 vs 16, devices 8 vs 16, baseline vs candidate): compare runs with "
                                      "the same --nnodes and devices")
+
+
+def test_a_real_change_inside_the_threshold_is_unchanged_and_says_so():
+    v = decide(TIGHT, [x * 0.97 for x in TIGHT], threshold=0.05, higher_is_better=True)
+    assert (v.verdict, v.note) == ("unchanged", "a change of -3.0%, inside the ±5% threshold")
+    assert decide(TIGHT, list(TIGHT), threshold=0.05, higher_is_better=True).note == ""

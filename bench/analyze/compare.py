@@ -173,6 +173,9 @@ def decide(base: list[float], cand: list[float], *, threshold: float, higher_is_
         verdict = "inconclusive"
         note = f"interval wider than ±{threshold:.0%}; about {needed} repeats per side needed" if needed else \
             "interval wider than the threshold; more repeats needed"
+    elif high < 1 or low > 1:
+        # The interval excludes no change: a real difference, smaller than the threshold.
+        verdict, note = "unchanged", f"a change of {ratio - 1:+.1%}, inside the ±{threshold:.0%} threshold"
     else:
         verdict, note = "unchanged", ""
     if noise is not None:
