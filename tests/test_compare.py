@@ -355,3 +355,12 @@ def test_a_real_change_inside_the_threshold_is_unchanged_and_says_so():
     v = decide(TIGHT, [x * 0.97 for x in TIGHT], threshold=0.05, higher_is_better=True)
     assert (v.verdict, v.note) == ("unchanged", "a change of -3.0%, inside the ±5% threshold")
     assert decide(TIGHT, list(TIGHT), threshold=0.05, higher_is_better=True).note == ""
+
+
+def test_runs_with_no_configuration_in_common_are_refused(tmp_path):
+    base = write_run(tmp_path / "base", run_of({"a": TIGHT}))
+    other = write_run(tmp_path / "other", run_of({"b": TIGHT, "c": TIGHT}))
+    result = invoke(base, other, "--allow-missing")
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.strip() == ("lmbench: error: the runs share no configuration (1 in the baseline, e.g. a; 2 in "
+                                     "the candidate, e.g. b): run both with the same suite and options")

@@ -36,6 +36,7 @@ def load_pair(base: Path, cand: Path, *, metric: str, allow_different_hardware: 
         raise UsageError(f"--metric {metric!r} is in no record of either run (e.g. tokens_per_s, step_time_median_s)")
     _check_numeric(metric, b + c)
     higher_is_better(metric)
+    _check_shared(b, c)
     _check_sizes(b, c)
     warnings += check_hardware(environment_differences(b, c), allow_different_hardware=allow_different_hardware)
     device = (next((r["env"] for r in b if r.get("env")), {}).get("device") or {}).get("name")
@@ -55,6 +56,15 @@ def _check_numeric(metric: str, records: list[dict[str, Any]]) -> None:
     if not any(numbers):
         raise UsageError(f"--metric {metric!r} is 0 in every ok record: a ratio of medians needs a non-zero "
                          "baseline")
+
+
+def _check_shared(base: list[dict[str, Any]], cand: list[dict[str, Any]]) -> None:
+    """Two runs with no configuration in common compare nothing (another suite version, --set steps=...)."""
+    b_keys, c_keys = dict.fromkeys(r["config_key"] for r in base), dict.fromkeys(r["config_key"] for r in cand)
+    if b_keys and c_keys and not b_keys.keys() & c_keys.keys():
+        raise UsageError(f"the runs share no configuration ({len(b_keys)} in the baseline, e.g. {next(iter(b_keys))}; "
+                         f"{len(c_keys)} in the candidate, e.g. {next(iter(c_keys))}): run both with the same suite "
+                         "and options")
 
 
 #: Metrics that say how many processes and devices a record ran on; the config key leaves out --nnodes.
