@@ -134,6 +134,9 @@ def test_dataframe_from_a_real_smoke_run(real_run):
         assert column in df.columns
     assert set(df["status"]) == {"ok"}
     assert (df["tokens_per_s"] > 0).all()
+    # The axis as asked and the metric of the same name as applied are two columns, neither hiding the other.
+    assert set(df["telemetry"]) == {True} and set(df["telemetry_applied"]) == {"off: not a CUDA device"}
+    assert set(df["tp_degree"]) == {0} and set(df["tp_degree_applied"]) == {1}
 
 
 def test_report_command_writes_everything(real_run, tmp_path):

@@ -30,12 +30,16 @@ def to_rows(records: list[dict[str, Any]], *, run: str) -> list[dict[str, Any]]:
     for r in records:
         row: dict[str, Any] = {"run": run, "suite": r.get("suite"), "config_key": r["config_key"],
                                "repeat": r["repeat"], "status": r["status"], "reason": r.get("reason")}
-        row.update(results.full_config(r["config"]))
+        config = results.full_config(r["config"])
+        row.update(config)
         for name, value in (r.get("metrics") or {}).items():
+            # A metric named like an axis is what the run applied (tp_degree 0 = "auto" ran as 2; telemetry on
+            # ran "off: not a CUDA device"): a column of its own, beside the axis as asked.
+            column = f"{name}_applied" if name in config else name
             if name == "throttle_reasons":
-                row[name] = ",".join(value or [])
+                row[column] = ",".join(value or [])
             elif not isinstance(value, _NOT_SCALAR):
-                row[name] = value
+                row[column] = value
         row.update({column: _env_value(r.get("env"), path) for column, path in ENV_COLUMNS.items()})
         row["warnings"] = "; ".join(r.get("warnings") or [])
         rows.append(row)
