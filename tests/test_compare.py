@@ -364,3 +364,10 @@ def test_runs_with_no_configuration_in_common_are_refused(tmp_path):
     assert result.exit_code == 2 and result.stdout == ""
     assert result.stderr.strip() == ("lmbench: error: the runs share no configuration (1 in the baseline, e.g. a; 2 in "
                                      "the candidate, e.g. b): run both with the same suite and options")
+
+
+def test_an_absurd_repeat_estimate_says_the_noise_is_far_above_the_threshold():
+    v = decide([10.0, 100.0, 1000.0], [12.0, 90.0, 1100.0], threshold=0.001, higher_is_better=True)
+    assert v.verdict == "inconclusive"
+    assert v.note == ("interval wider than ±0.1%; the noise is far above the threshold (over 1,000 repeats per side "
+                      "needed)")

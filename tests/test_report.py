@@ -46,7 +46,7 @@ HAND = [hand_record("fp32", 8, 1000.0), hand_record("fp32", 8, 1100.0, repeat=1)
 def test_markdown_tables_exact_text():
     t = report.tables(HAND, baseline=("precision", "fp32"))
     assert t["throughput"] == "\n".join([
-        "| batch_size | precision | status | tokens/s | cv over repeats | step ms | MFU | speedup vs precision=fp32 "
+        "| batch_size | precision | status | tokens/s | cv over repeats | ms/step sustained | MFU | speedup vs precision=fp32 "
         "| Diff % | note |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
         # 1024 tokens per step at the median of 1000 and 1100 tokens/s: 975.2 ms, not the median step (977.5).
@@ -260,7 +260,7 @@ def test_run_summary_flags_unstable_steps_and_shows_host_memory():
     console.print(summary([cpu, gpu]))
     rows = [line for line in console.export_text().splitlines() if line.startswith("│")]
     assert rows[0].split("│")[1:-1] == [" fp32      ", " ok     ", "    1,000 ", "   25.0% ", " 40.0% ",
-                                        " 3.0 MiB host ", " unstable steps: cv 25% > 10% "]
+                                        " +3.0 MiB RSS ", " unstable steps: cv 25% > 10% "]
     assert rows[1].split("│")[6:8] == ["     3.00 GiB ", "                              "]
 
 
@@ -317,3 +317,13 @@ def test_where_the_time_goes_and_the_roofline(tmp_path):
     assert "## Where the time goes" in md and "## Distance to the roofline" in md
     assert (tmp_path / "r" / "plots" / "time_breakdown.png").exists()
     assert report.time_sections([hand_record("fp32", 8, 1000.0)]) == {}
+
+
+def test_tables_and_reports_say_what_device_ran():
+    from lmbench.analyze.table import device_label
+
+    cpu = {"env": {"device": {"type": "cpu", "name": "AMD EPYC", "physical_cores": 2}}}
+    gpu = {"env": {"device": {"name": "NVIDIA H100 80GB HBM3", "driver": "580.65"}}}
+    assert device_label([cpu, cpu]) == "AMD EPYC (CPU, 2 physical cores: no NVML power or energy, no MFU)"
+    assert device_label([gpu, {}]) == "NVIDIA H100 80GB HBM3 (GPU, driver 580.65)"
+    assert device_label([{}]) == "unknown device"

@@ -49,6 +49,8 @@ _COST = re.compile(r"_(s|bytes|j)(_|$)")
 #: Statuses of a repeat that ran and failed (a skipped configuration never ran).
 FAILURES = ("oom", "diverged", "error", "timeout")
 CONFIDENCE = 0.95
+#: Beyond this estimate of repeats a side, the note says the noise is far above the threshold instead.
+MAX_REPEATS_SHOWN = 1000
 SEED = 20240607
 RESAMPLES = 2000
 
@@ -171,11 +173,16 @@ def decide(base: list[float], cand: list[float], *, threshold: float, higher_is_
     elif high - low > 2 * threshold:
         needed = repeats_needed(base, cand, threshold)
         verdict = "inconclusive"
-        note = f"interval wider than ±{threshold:.0%}; about {needed} repeats per side needed" if needed else \
-            "interval wider than the threshold; more repeats needed"
+        if needed is None:
+            note = "interval wider than the threshold; more repeats needed"
+        elif needed > MAX_REPEATS_SHOWN:
+            note = (f"interval wider than ±{threshold * 100:g}%; the noise is far above the threshold (over "
+                    f"{MAX_REPEATS_SHOWN:,} repeats per side needed)")
+        else:
+            note = f"interval wider than ±{threshold * 100:g}%; about {needed} repeats per side needed"
     elif high < 1 or low > 1:
         # The interval excludes no change: a real difference, smaller than the threshold.
-        verdict, note = "unchanged", f"a change of {ratio - 1:+.1%}, inside the ±{threshold:.0%} threshold"
+        verdict, note = "unchanged", f"a change of {ratio - 1:+.1%}, inside the ±{threshold * 100:g}% threshold"
     else:
         verdict, note = "unchanged", ""
     if noise is not None:

@@ -14,7 +14,7 @@ import pandas as pd
 
 from lmbench.analyze import baseline as baselines
 from lmbench.analyze import plots
-from lmbench.analyze.table import Grid, cell, configs_of, varying_axes
+from lmbench.analyze.table import Grid, cell, configs_of, device_label, varying_axes
 from lmbench.errors import UsageError
 from lmbench.measure.metrics import bubble_note, stall_note, unstable_steps
 
@@ -159,7 +159,7 @@ def sections(records: list[dict[str, Any]], baseline: tuple[str, str] | None = N
         if any(status != "ok" for status in s.statuses):
             failure_rows.append(label + [_status(s), s.reason or ""])
     n = len(axes)
-    head = ["status", "tokens/s", "cv over repeats", "step ms", "MFU"]
+    head = ["status", "tokens/s", "cv over repeats", "ms/step sustained", "MFU"]
     if with_parity:
         head += ["parity", "max loss dev"]
     if baseline:
@@ -300,7 +300,7 @@ def build(df: pd.DataFrame, records: list[dict[str, Any]], out: Path, *, baselin
         (out / "plots" / f"{name}.png").write_bytes(images[name])
         plt.close(fig)
     env = next((r["env"] for r in records if r.get("env")), {}) or {}
-    device = (env.get("device") or {}).get("name", "unknown device")
+    device = device_label(records)
     header = (f"# lmbench report\n\nRuns: {', '.join(runs)}  \nDevice: {device}; torch {env.get('torch')}, "
               f"CUDA {env.get('cuda')}, lmbench {env.get('lmbench')} ({env.get('lmbench_commit')})  \n"
               f"{len(records)} records, {len(summaries)} configurations; figures are medians over repeats.\n")

@@ -82,16 +82,33 @@ def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
+def device_label(records: list[dict[str, Any]]) -> str:
+    """What the records ran on, for titles: 'NVIDIA H100 80GB HBM3 (GPU, driver 580.65)' or 'AMD EPYC (CPU, 2 physical
+    cores: no NVML power or energy, no MFU)'; several devices joined."""
+    labels = []
+    for record in records:
+        device = ((record.get("env") or {}).get("device")) or {}
+        if not device.get("name"):
+            continue
+        if device.get("type") == "cpu":
+            cores = device.get("physical_cores") or device.get("logical_cores") or "?"
+            label = f"{device['name']} (CPU, {cores} physical cores: no NVML power or energy, no MFU)"
+        else:
+            label = f"{device['name']} (GPU" + (f", driver {device['driver']})" if device.get("driver") else ")")
+        labels.append(label)
+    return "; ".join(dict.fromkeys(labels)) or "unknown device"
+
+
 def summary(records: list[dict[str, Any]]) -> Table:
     """One row per configuration: status over repeats, median tokens/s, MFU and peak memory, and a note.
 
     Memory is the device's peak reserved memory, or on a CPU the growth of the resident set over the
-    window (marked "host"). The note holds the failure reason, or flags steps too unstable to trust.
+    window ("+1.9 MiB RSS"). The note holds the failure reason, or flags steps too unstable to trust.
     """
     from lmbench.measure.metrics import bubble_note, stall_note, unstable_steps
 
     axes = varying_axes(r["config"] for r in records)
-    table = Table(title="lmbench summary", title_justify="left")
+    table = Table(title=escape(f"lmbench summary on {device_label(records)}"), title_justify="left")
     for axis in axes:
         table.add_column(axis)
     with_parity = any((r.get("metrics") or {}).get("parity") for r in records)
@@ -127,10 +144,10 @@ def summary(records: list[dict[str, Any]]) -> Table:
 
 
 def memory_cell(device_bytes: float | None, host_bytes: float | None) -> str:
-    """The device's peak reserved memory, or on a CPU the resident set's growth over the window (marked host)."""
+    """The device's peak reserved memory, or on a CPU the resident set's growth over the window ("+1.9 MiB RSS")."""
     if device_bytes is not None:
         return f"{device_bytes / 2**30:.2f} GiB"
-    return "-" if host_bytes is None else f"{host_bytes / 2**20:.1f} MiB host"
+    return "-" if host_bytes is None else f"+{host_bytes / 2**20:.1f} MiB RSS"
 
 
 def plan_table(rows: list[tuple[dict[str, Any], str, str | None]]) -> Table:

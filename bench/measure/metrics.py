@@ -67,8 +67,17 @@ def stall_note(m: dict[str, Any]) -> str | None:
     if not m.get("stalls"):
         return None
     gap = 1 - m["tokens_per_s_sustained"] / m["tokens_per_s_typical"]
-    return (f"stalls: sustained {gap:.0%} below typical ({m.get('stall_steps', 0)} outlier steps, "
-            f"+{m.get('stall_excess_s', 0) * 1e3:.3g} ms)")
+    if m.get("stall_steps"):
+        return (f"stalls: sustained {gap:.0%} below typical ({m['stall_steps']} outlier steps, "
+                f"+{m.get('stall_excess_s', 0) * 1e3:.3g} ms)")
+    # No step stands out: the time went to slow steps spread through the window, or to time between steps.
+    mean, median = m.get("step_time_mean_s"), m.get("step_time_median_s")
+    between = None
+    if m.get("window_s") is not None and mean is not None and m.get("steps_measured"):
+        between = m["window_s"] - mean * m["steps_measured"]
+    parts = [f"mean step {mean * 1e3:.3g} ms vs median {median * 1e3:.3g} ms" if mean and median else None,
+             f"{between * 1e3:.3g} ms between steps" if between is not None and between > 0 else None]
+    return f"stalls: sustained {gap:.0%} below typical, no outlier step: " + ", ".join(filter(None, parts))
 
 
 def bubble_note(measured: float | None, theory: float | None) -> str | None:
