@@ -16,6 +16,7 @@ from lmbench.analyze import baseline as baselines
 from lmbench.analyze import plots
 from lmbench.analyze.table import Grid, cell, configs_of, device_label, varying_axes
 from lmbench.errors import UsageError
+from lmbench.measure.hostload import contention_note
 from lmbench.measure.metrics import bubble_note, stall_note, unstable_steps
 
 GIB, MIB = 2**30, 2**20
@@ -61,13 +62,17 @@ class ConfigSummary:
         notes = [*dict.fromkeys(self.stalls), bubble_note(self.median("pp_bubble_fraction"),
                                                           self.median("pp_bubble_fraction_theory")),
                  unstable_steps(self.metrics.get("step_time_cv") or [])]
+        busiest = max(self.metrics.get("host_other_cpu_cores") or [], default=None)
+        notes.append(contention_note({"host_other_cpu_cores": busiest,
+                                      "host_usable_cores": self.median("host_usable_cores")}))
         return "; ".join(filter(None, notes))
 
 
 SUMMARY_METRICS = ("tokens_per_s", "step_time_median_s", "tokens_per_step", "step_time_cv", "mfu",
                    "mem_peak_reserved_bytes", "mem_peak_allocated_bytes", "mem_nvml_used_peak_bytes",
                    "mem_host_peak_growth_bytes", "j_per_token", "tokens_per_j", "power_avg_w", "energy_j",
-                   "parity_max_rel_dev", "pp_bubble_fraction", "pp_bubble_fraction_theory")
+                   "parity_max_rel_dev", "pp_bubble_fraction", "pp_bubble_fraction_theory", "host_other_cpu_cores",
+                   "host_usable_cores")
 #: Worst parity over repeats is reported.
 PARITY_ORDER = ["reference", "ok", "drift", "diverged"]
 

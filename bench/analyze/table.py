@@ -105,6 +105,7 @@ def summary(records: list[dict[str, Any]]) -> Table:
     Memory is the device's peak reserved memory, or on a CPU the growth of the resident set over the
     window ("+1.9 MiB RSS"). The note holds the failure reason, or flags steps too unstable to trust.
     """
+    from lmbench.measure.hostload import contention_note
     from lmbench.measure.metrics import bubble_note, stall_note, unstable_steps
 
     axes = varying_axes(r["config"] for r in records)
@@ -135,7 +136,9 @@ def summary(records: list[dict[str, Any]]) -> Table:
         bubble = bubble_note(_median([m["pp_bubble_fraction"] for m in ok if m.get("pp_bubble_fraction") is not None]),
                              next((m.get("pp_bubble_fraction_theory") for m in ok), None))
         note = note or "; ".join(filter(None, [*dict.fromkeys(map(stall_note, ok)), bubble,
-                                               unstable_steps([m["step_time_cv"] for m in ok])]))
+                                               unstable_steps([m["step_time_cv"] for m in ok]),
+                                               contention_note(max(ok, default={}, key=lambda m: m.get(
+                                                   "host_other_cpu_cores") or 0))]))
         parity = sorted({str((r.get("metrics") or {}).get("parity") or "-") for r in group})
         table.add_row(*(escape(cell(group[0]["config"], a)) for a in axes), status, _fmt(tps, ",.0f"),
                       "-" if cv is None else f"{cv:.1%}", "-" if mfu is None else f"{mfu:.1%}", memory,

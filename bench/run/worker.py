@@ -135,7 +135,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
     """
     import torch
 
-    from lmbench.measure import hostmem, metrics
+    from lmbench.measure import hostload, hostmem, metrics
     from lmbench.measure.flops import palm_flops_per_token, recompute_flops_per_token
     from lmbench.measure.telemetry import Telemetry, for_devices, power_trace
     from lmbench.measure.timer import StepTimer
@@ -192,6 +192,8 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         # Ranks open their windows together, so per-step times and power traces line up.
         distributed.barrier()
         losses_t = []
+        load = hostload.HostLoad()
+        load.start()
         with telemetry.window(), timer.window():
             for _ in range(config.steps):
                 with timer.step():
@@ -201,6 +203,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
                     # Outside the window: its timer, wall time, samples and energy leave the evaluation out.
                     with timer.paused(), telemetry.paused(), training_peaks.excluded():
                         quality.evaluate(done, warmup_timer.device_s + timer.device_s)
+        load_span = load.stop()
         # Read before profiling: the profiler's steps and buffers are not part of the measurement.
         peaks = training_peaks.read()
         busy_s = sum(step.pipeline.clock.busy_s(config.steps)) if step.pipeline else None
@@ -235,6 +238,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         "param_checksum": distributed.param_checksum(step.base_model) if checksums else None,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "quality": quality.fields() if quality is not None else None,
+        "host_load": load_span,
     }
     per_rank = distributed.gather(local)
     distributed.destroy()
@@ -287,7 +291,12 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
 
         result.update(merge_ranks([r["quality"] for r in per_rank]))
         result["label_smoothing"] = config.label_smoothing
+    result["host_other_cpu_cores"] = hostload.other_cores([r["host_load"] for r in per_rank])
+    result["host_usable_cores"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     warnings = []
+    contention = hostload.contention_warning(result["host_other_cpu_cores"], result["host_usable_cores"])
+    if contention:
+        warnings.append(contention)
     if result.get("throttled_power_or_heat"):
         warnings.append(f"clocks were throttled for power or heat during the window "
                         f"({', '.join(result['throttle_reasons'])}); the figures may not be representative")
