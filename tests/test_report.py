@@ -248,6 +248,26 @@ def test_speedup_heatmap_text_is_white_on_dark_cells_and_marks_missing_baselines
     assert [t.get_text() for t in panel.texts] == ["no baseline", "1.00x", "2.00x"]
 
 
+def test_speedup_heatmap_without_baseline_goes_across_a_treatment_never_across_models():
+    records = heatmap_records()
+    for r in records:
+        r["config"]["model"] = "tiny-gpt2" if r["config"]["batch_size"] == 8 else "tiny-llama"
+    fig = plots.speedup_heatmap(hand_frame(records))
+    panel = next(ax for ax in fig.axes if ax.images)
+    assert panel.get_xlabel() == "precision"
+    assert "(one repeat each: a speed-up inside the step-time noise means nothing)" in fig._suptitle.get_text()
+    import copy
+
+    first = records[0]
+    other = copy.deepcopy(first)
+    other["config"]["model"], other["config_key"] = "tiny-bert-mlm", first["config_key"] + "-bert"
+    only_models = [first, other]
+    fig = plots.speedup_heatmap(hand_frame(only_models))
+    assert not any(ax.images for ax in fig.axes)
+    why = fig.axes[0].texts[0].get_text()
+    assert why.startswith("only model varies: tokens/s across them\ncompares different work")
+
+
 def test_run_summary_flags_unstable_steps_and_shows_host_memory():
     from rich.console import Console
 

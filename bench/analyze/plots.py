@@ -140,13 +140,21 @@ def _text_colour(rgba: tuple[float, ...]) -> str:
     return "black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.5 else "white"
 
 
+#: Axes that change how the same work is done, in the order a heatmap without --baseline picks one across:
+#: a speed-up along them means something. Along model, seq_len or data the work itself differs.
+TREATMENT_AXES = ("precision", "kernels", "parallel", "checkpointing", "attention", "optimizer", "grad_accum",
+                  "batch_size", "tp_degree", "pp_schedule", "microbatches")
+
+
 def speedup_heatmap(df: pd.DataFrame, *, x: str | None = None, y: str | None = None,
                     baseline: tuple[str, str] | None = None) -> Figure:
     """Median tokens/s of each configuration over its baseline counterpart's, one panel per value of the other axes.
 
     The counterpart is equal on every varying axis but the baseline's (lmbench.analyze.baseline), so no cell pools
-    configurations; without --baseline it is the first value of the x axis. The colour scale is
-    logarithmic and centred on 1.0 (white): 2x and 0.5x are equally strong blue and red.
+    configurations; without --baseline it is the first value of the first varying axis in TREATMENT_AXES (never
+    the model: tokens/s across models compares different work). The colour scale is logarithmic and centred
+    on 1.0 (white): 2x and 0.5x are equally strong blue and red. The title says how many repeats the medians
+    are of: with one, a speed-up inside the step-time noise means nothing.
     """
     from matplotlib.colors import LogNorm
 
@@ -155,8 +163,13 @@ def speedup_heatmap(df: pd.DataFrame, *, x: str | None = None, y: str | None = N
     ok = _ok(df, "tokens_per_s")
     if not axes or ok.empty:
         return _empty(title, "needs a varying axis and at least one successful configuration")
+    treatments = [a for a in TREATMENT_AXES if a in axes]
+    if not (x or (baseline and baseline[0] in axes) or treatments):
+        return _empty(title, f"only {' and '.join(axes)} {'vary' if len(axes) > 1 else 'varies'}: tokens/s across "
+                             "them\ncompares different work, not one way of doing it against another\n"
+                             "(--baseline AXIS=VALUE draws it anyway)")
     # The baseline's axis across, so every row of a panel starts from its own baseline cell.
-    x = x or (baseline[0] if baseline and baseline[0] in axes else axes[0])
+    x = x or (baseline[0] if baseline and baseline[0] in axes else treatments[0])
     y = y or next((a for a in axes if a != x), None)
     facets = [a for a in axes if a not in (x, y)]
     baseline = baseline or (x, str(df[x].iloc[0]))
@@ -197,7 +210,12 @@ def speedup_heatmap(df: pd.DataFrame, *, x: str | None = None, y: str | None = N
         ax.set_title(" ".join(f"{a}={v}" for a, v in zip(facets, values)), fontsize=9)
     for ax in list(grid.flat)[len(panels):]:
         ax.set_axis_off()
-    fig.suptitle(f"{title}: tokens/s ÷ that of {baseline[0]}={baseline[1]} with the other axes equal", fontsize=10)
+    repeats = ok.groupby(["run", "config_key"], sort=False).size()
+    fewest = int(repeats.min()) if len(repeats) else 0
+    caveat = "one repeat each: a speed-up inside the step-time noise means nothing" if fewest == 1 else \
+        f"medians of at least {fewest} repeats"
+    fig.suptitle(f"{title}: tokens/s ÷ that of {baseline[0]}={baseline[1]} with the other axes equal ({caveat})",
+                 fontsize=10)
     fig.colorbar(image, ax=grid.ravel().tolist(), label="tokens/s ÷ baseline (log scale)")
     return fig
 
