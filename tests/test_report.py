@@ -77,8 +77,16 @@ def test_tokens_per_s_and_step_time_of_a_row_come_from_the_same_samples():
 def test_host_memory_growth_fills_the_memory_table_on_cpu():
     record = hand_record("fp32", 8, 1000.0)
     record["metrics"].update(mem_peak_allocated_bytes=None, mem_peak_reserved_bytes=None,
-                             mem_nvml_used_peak_bytes=None, mem_host_peak_growth_bytes=0.25 * GIB)
-    assert report.tables([record])["memory"].splitlines()[2] == "| tiny-gpt2 | ok | - | - | - | 256.0 |"
+                             mem_nvml_used_peak_bytes=None, mem_host_peak_growth_bytes=0.25 * GIB,
+                             mem_host_training_growth_bytes=0.75 * GIB)
+    memory = report.tables([record])["memory"].splitlines()
+    assert memory[0].endswith("| host RSS growth in training MiB | in window MiB |")
+    assert memory[2] == "| tiny-gpt2 | ok | - | - | - | 768.0 | 256.0 |"
+    # The summary (and tune) show the growth --max-memory caps: since training started.
+    from lmbench.analyze.table import host_growth
+
+    assert host_growth(record["metrics"]) == 0.75 * GIB
+    assert host_growth({"mem_host_peak_growth_bytes": 5.0}) == 5.0  # a record from before the training figure
 
 
 def test_several_runs_are_never_pooled():

@@ -70,7 +70,7 @@ class ConfigSummary:
 
 SUMMARY_METRICS = ("tokens_per_s", "step_time_median_s", "tokens_per_step", "step_time_cv", "mfu",
                    "mem_peak_reserved_bytes", "mem_peak_allocated_bytes", "mem_nvml_used_peak_bytes",
-                   "mem_host_peak_growth_bytes", "j_per_token", "tokens_per_j", "power_avg_w", "energy_j",
+                   "mem_host_peak_growth_bytes", "mem_host_training_growth_bytes", "j_per_token", "tokens_per_j", "power_avg_w", "energy_j",
                    "parity_max_rel_dev", "pp_bubble_fraction", "pp_bubble_fraction_theory", "host_other_cpu_cores",
                    "host_usable_cores")
 #: Worst parity over repeats is reported.
@@ -158,6 +158,7 @@ def sections(records: list[dict[str, Any]], baseline: tuple[str, str] | None = N
         memory_rows.append(label + [_status(s), _fmt(s.median("mem_peak_allocated_bytes"), ".2f", GIB),
                                     _fmt(s.median("mem_peak_reserved_bytes"), ".2f", GIB),
                                     _fmt(s.median("mem_nvml_used_peak_bytes"), ".2f", GIB),
+                                    _fmt(s.median("mem_host_training_growth_bytes"), ".1f", MIB),
                                     _fmt(s.median("mem_host_peak_growth_bytes"), ".1f", MIB)])
         energy_rows.append(label + [_status(s), _fmt(s.median("power_avg_w"), ".0f"), _fmt(s.median("energy_j"), ".1f"),
                                     _fmt(s.median("j_per_token"), ".3g"), _fmt(s.median("tokens_per_j"), ",.0f")])
@@ -171,7 +172,8 @@ def sections(records: list[dict[str, Any]], baseline: tuple[str, str] | None = N
         head += [f"speedup vs {baseline[0]}={baseline[1]}", "Diff %"]
     out = {"throughput": Grid(axes + head + ["note"], throughput_rows, right=set(range(n + 1, n + len(head)))),
            "memory": Grid(axes + ["status", "peak allocated GiB", "peak reserved GiB", "NVML used GiB",
-                                  "host RSS growth MiB"], memory_rows, right={n + 1, n + 2, n + 3, n + 4}),
+                                  "host RSS growth in training MiB", "in window MiB"], memory_rows,
+                            right={n + 1, n + 2, n + 3, n + 4, n + 5}),
            "energy": Grid(axes + ["status", "power W", "energy J", "J/token", "tokens/J"], energy_rows,
                           right={n + 1, n + 2, n + 3, n + 4})}
     if failure_rows:

@@ -102,8 +102,8 @@ def device_label(records: list[dict[str, Any]]) -> str:
 def summary(records: list[dict[str, Any]]) -> Table:
     """One row per configuration: status over repeats, median tokens/s, MFU and peak memory, and a note.
 
-    Memory is the device's peak reserved memory, or on a CPU the growth of the resident set over the
-    window ("+1.9 MiB RSS"). The note holds the failure reason, or flags steps too unstable to trust.
+    Memory is the device's peak reserved memory, or on a CPU the growth of the resident set since training
+    started ("+1.9 MiB RSS"), what --max-memory caps. The note holds the failure reason, or flags steps too unstable to trust.
     """
     from lmbench.measure.hostload import contention_note
     from lmbench.measure.metrics import bubble_note, stall_note, unstable_steps
@@ -130,8 +130,7 @@ def summary(records: list[dict[str, Any]]) -> Table:
         mfu = _median([m["mfu"] for m in ok if m.get("mfu") is not None])
         memory = memory_cell(_median([m["mem_peak_reserved_bytes"] for m in ok
                                       if m.get("mem_peak_reserved_bytes") is not None]),
-                             _median([m["mem_host_peak_growth_bytes"] for m in ok
-                                      if m.get("mem_host_peak_growth_bytes") is not None]))
+                             _median([host_growth(m) for m in ok if host_growth(m) is not None]))
         note = next((r["reason"] for r in group if r.get("reason")), "") or ""
         bubble = bubble_note(_median([m["pp_bubble_fraction"] for m in ok if m.get("pp_bubble_fraction") is not None]),
                              next((m.get("pp_bubble_fraction_theory") for m in ok), None))
@@ -144,6 +143,13 @@ def summary(records: list[dict[str, Any]]) -> Table:
                       "-" if cv is None else f"{cv:.1%}", "-" if mfu is None else f"{mfu:.1%}", memory,
                       *(("/".join(parity),) if with_parity else ()), escape(note[:100]))
     return table
+
+
+def host_growth(m: dict[str, Any]) -> float | None:
+    """A CPU run's memory: the resident set's growth since training started, what --max-memory caps (records from
+    before it was kept: the growth over the window)."""
+    training = m.get("mem_host_training_growth_bytes")
+    return training if training is not None else m.get("mem_host_peak_growth_bytes")
 
 
 def memory_cell(device_bytes: float | None, host_bytes: float | None) -> str:
@@ -228,7 +234,7 @@ def tune_ranking_table(records: list[dict[str, Any]], *, objective: str = "throu
         table.add_column(column)
     for i, r in enumerate(records, start=1):
         m, c = r["metrics"] or {}, r["config"]
-        memory = memory_cell(m.get("mem_peak_reserved_bytes"), m.get("mem_host_peak_growth_bytes"))
+        memory = memory_cell(m.get("mem_peak_reserved_bytes"), host_growth(m))
         cells = [str(i), c["precision"], c["kernels"], c["checkpointing"], str(c["batch_size"]),
                  str(c["grad_accum"]), r["status"], "-" if not m.get("tokens_per_s") else
                  f"{m['tokens_per_s']:,.0f}", memory, "-" if m.get("j_per_token") is None else

@@ -119,7 +119,8 @@ def aggregate(per_rank: list[dict[str, Any]], *, tokens_per_step: int, samples_p
     result = metrics.throughput(step_times_s=slowest_steps(per_rank), tokens_per_step=tokens_per_step,
                                 samples_per_step=samples_per_step, world_size=replicas,
                                 devices_per_rank=devices_per_replica, window_s=window_s)
-    for key in ("mem_peak_allocated_bytes", "mem_peak_reserved_bytes", "mem_host_peak_growth_bytes"):
+    for key in ("mem_peak_allocated_bytes", "mem_peak_reserved_bytes", "mem_host_peak_growth_bytes",
+                "mem_host_training_growth_bytes"):
         values = [r.get(key) for r in per_rank]
         result[key] = None if any(v is None for v in values) else max(values)
         if world > 1:

@@ -208,6 +208,8 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         peaks = training_peaks.read()
         busy_s = sum(step.pipeline.clock.busy_s(config.steps)) if step.pipeline else None
         host_growth = host_window.growth_bytes if device.type == "cpu" else None
+        # What --max-memory caps on a CPU: the growth since training started (optimizer state and activations).
+        training_growth = budget.growth_bytes if device.type == "cpu" else None
         if quality is not None:
             _train_on(config, step, quality, done, warmup_timer.device_s + timer.device_s, budget)
         profiled = None
@@ -231,6 +233,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         "pp_busy_s": busy_s,
         **peaks,
         "mem_host_peak_growth_bytes": host_growth,
+        "mem_host_training_growth_bytes": training_growth,
         "profile": profiled,
         # Each process's share of the tokens, for its own energy per token.
         "telemetry": telemetry.summary(tokens=shape.global_batch_tokens * config.steps / world),
