@@ -70,9 +70,9 @@ class ConfigSummary:
 
 SUMMARY_METRICS = ("tokens_per_s", "step_time_median_s", "tokens_per_step", "step_time_cv", "mfu",
                    "mem_peak_reserved_bytes", "mem_peak_allocated_bytes", "mem_nvml_used_peak_bytes",
-                   "mem_host_peak_growth_bytes", "mem_host_training_growth_bytes", "j_per_token", "tokens_per_j", "power_avg_w", "energy_j",
-                   "parity_max_rel_dev", "pp_bubble_fraction", "pp_bubble_fraction_theory", "host_other_cpu_cores",
-                   "host_usable_cores")
+                   "mem_host_peak_growth_bytes", "mem_host_training_growth_bytes", "j_per_token", "tokens_per_j",
+                   "power_avg_w", "energy_j", "parity_max_rel_dev", "pp_bubble_fraction", "pp_bubble_fraction_theory",
+                   "host_other_cpu_cores", "host_usable_cores")
 #: Worst parity over repeats is reported.
 PARITY_ORDER = ["reference", "ok", "drift", "diverged"]
 

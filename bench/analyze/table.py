@@ -103,7 +103,8 @@ def summary(records: list[dict[str, Any]]) -> Table:
     """One row per configuration: status over repeats, median tokens/s, MFU and peak memory, and a note.
 
     Memory is the device's peak reserved memory, or on a CPU the growth of the resident set since training
-    started ("+1.9 MiB RSS"), what --max-memory caps. The note holds the failure reason, or flags steps too unstable to trust.
+    started ("+1.9 MiB RSS"), what --max-memory caps. The note holds the failure reason, or flags steps too
+    unstable to trust.
     """
     from lmbench.measure.hostload import contention_note
     from lmbench.measure.metrics import bubble_note, stall_note, unstable_steps
