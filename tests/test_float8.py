@@ -87,6 +87,9 @@ def losses(config: Config, steps: int) -> list[float]:
 def test_fp8_trains_like_its_bf16_reference(model, precision):
     """End to end on the CPU (torch._scaled_mm's CPU kernel): loss finite, falling, within the tolerance of amp-bf16.
     Short and small because bf16 matmuls are slow on a CPU without bf16 instructions (the reference's cost)."""
+    problem = float8.cpu_scaled_mm_problem(float8.RECIPES[precision])
+    if problem:
+        pytest.skip(problem)  # torch 2.11: per-tensor scales only on a CPU
     base = Config(model=model, batch_size=2, seq_len=32, lr=1e-3, data="markov", device="cpu", steps=20)
     step = TrainingStep(base.replace(precision=precision), CPU)
     count = 8 if model == "tiny-gpt2" else 14
@@ -115,6 +118,31 @@ def test_a_worker_records_what_fp8_applied_and_that_compile_was_off(tmp_path):
                for w in result["warnings"])
 
 
+@pytest.mark.parametrize("precision", sorted(float8.RECIPES))
+def test_the_cpu_probe_says_what_torchao_can_run(precision):
+    """Whether FP8 runs on this CPU is asked of torch._scaled_mm once per recipe (torch 2.11's CPU kernel takes
+    per-tensor scales only, 2.13's per-row ones too): the answer must be what a Float8Linear does, and a recipe
+    that cannot run must plan as `skipped` naming the torch version, never fail as an `error` row."""
+    from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 32))
+    convert_to_float8_training(model, config=Float8LinearConfig.from_recipe_name(float8.RECIPES[precision]))
+    problem = float8.cpu_scaled_mm_problem(float8.RECIPES[precision])
+    try:
+        model(torch.randn(16, 32)).sum().backward()
+        failed = None
+    except RuntimeError as err:
+        failed = err
+    assert (problem is None) == (failed is None), (problem, failed)
+    reason = skip_reason(Config(precision=precision, device="cpu"), probe_platform())
+    if problem is None:
+        assert reason is None
+    else:
+        assert reason == f"precision={precision} cannot run on the CPU: {problem}"
+        assert problem.startswith(f"torch {torch.__version__} has no CPU torch._scaled_mm with rowwise scales (")
+
+
 def platform(**changes):
     import dataclasses
 
@@ -139,7 +167,7 @@ def test_fp8_is_skipped_without_torchao_or_a_cpu_scaled_mm(monkeypatch):
 
     config = Config(precision="fp8-tensorwise", device="cpu")
     assert skip_reason(config, probe_platform()) is None  # torch 2.13 has a CPU _scaled_mm
-    monkeypatch.setattr(float8, "cpu_scaled_mm_problem", lambda: "torch 2.9 has no CPU torch._scaled_mm (...)")
+    monkeypatch.setattr(float8, "cpu_scaled_mm_problem", lambda recipe: "torch 2.9 has no CPU torch._scaled_mm (...)")
     assert skip_reason(config, probe_platform()) == \
         "precision=fp8-tensorwise cannot run on the CPU: torch 2.9 has no CPU torch._scaled_mm (...)"
     monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.13.0")

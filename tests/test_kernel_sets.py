@@ -132,16 +132,19 @@ def test_triton_swap_counts_what_it_applied(model, applied):
 
 def test_a_swap_that_cannot_apply_is_an_error_naming_the_versions(monkeypatch):
     """A renamed activation class (a newer transformers) must not leave an `ok` row that ran unfused."""
-    import transformers
+    import importlib.metadata
 
     import lmbench.models.kernel_sets as kernel_sets
 
     monkeypatch.setattr(kernel_sets, "_tanh_gelu_classes", lambda: ())
     with pytest.raises(KernelSwapError) as caught:
         swapped("tiny-gpt2")
+    # The installed distributions' versions: a CUDA wheel's torch.__version__ has a local tag ("2.11.0+cu130") that
+    # its distribution version ("2.11.0") lacks.
+    version = importlib.metadata.version
     assert str(caught.value).startswith(
-        f"kernels=triton did not apply to tiny-gpt2 with transformers {transformers.__version__}, torch "
-        f"{torch.__version__}")
+        f"kernels=triton did not apply to tiny-gpt2 with transformers {version('transformers')}, torch "
+        f"{version('torch')}, triton {version('triton')}")
     assert "GELU-tanh 0 of 2 (no tanh-GELU module found where transformers' ACT2CLS says)" in str(caught.value)
 
 

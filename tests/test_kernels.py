@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 from op_log import OpLog
 
-from lmbench.kernels import cross_entropy, norms
+from lmbench.kernels import cross_entropy, interpreter, norms
 from lmbench.kernels.activations import (
     gelu_tanh,
     gelu_tanh_reference,
@@ -316,6 +316,24 @@ def test_chunks_fill_the_logits_budget():
     assert cross_entropy._chunk_rows(8184, 128256, 2) == 2046
     assert cross_entropy._chunk_rows(5, 1000, 4) == 5
     assert cross_entropy._chunk_rows(0, 1000, 4) == 1
+
+
+@triton.jit
+def _count_blocks(Out, N, BLOCK: tl.constexpr):
+    total = 0
+    for _ in range(0, N, BLOCK):
+        total += 1
+    tl.store(Out, total)
+
+
+def test_a_loop_over_a_kernel_argument_runs():
+    """Under TRITON_INTERPRET an integer argument is a one-element array, and `range(0, N, BLOCK)` needs an int
+    from it: Triton 3.6's interpreter cannot make one under NumPy 2.4 unless lmbench.kernels mends it."""
+    out = torch.zeros(1, dtype=torch.int32, device=DEVICE)
+    _count_blocks[(1,)](out, 1000, BLOCK=64)
+    assert out.item() == 16
+    if DEVICE == "cpu":
+        assert not interpreter.broken()
 
 
 @pytest.mark.parametrize("kernels", ["norms", "elementwise"])

@@ -47,19 +47,30 @@ def torchao_problem() -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_scaled_mm_problem() -> str | None:
-    """Why torch._scaled_mm (the FP8 matmul torchao calls) does not run on this CPU, or None.
+#: Scale shapes of an (M, K) @ (K, N) FP8 matmul under each recipe: one per tensor, or one per row of the input
+#: and per column of the weight.
+_SCALE_SHAPES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "tensorwise": ((), ()), "rowwise": ((16, 1), (1, 16))}
 
-    torch 2.13 has a CPU kernel (the tests run FP8 end to end with it); older releases raise.
+
+@functools.lru_cache(maxsize=None)
+def cpu_scaled_mm_problem(recipe: str = "tensorwise") -> str | None:
+    """Why torch._scaled_mm (the FP8 matmul torchao calls) does not run on this CPU with `recipe`'s scales, or None.
+
+    torch 2.13 has a CPU kernel for both recipes (the tests run FP8 end to end with it); torch 2.11's takes
+    per-tensor scales only, and older releases have none.
     """
     a = torch.ones(16, 16).to(torch.float8_e4m3fn)
     b = torch.ones(16, 16).to(torch.float8_e4m3fn).t()
-    one = torch.ones((), dtype=torch.float32)
+    scale_a, scale_b = (torch.ones(shape, dtype=torch.float32) for shape in _SCALE_SHAPES[recipe])
     try:
-        torch._scaled_mm(a, b, scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
+        torch._scaled_mm(a, b, scale_a=scale_a, scale_b=scale_b, out_dtype=torch.bfloat16)
     except (RuntimeError, NotImplementedError, TypeError) as err:
-        return f"torch {torch.__version__} has no CPU torch._scaled_mm ({(str(err).splitlines() or [''])[0][:120]})"
+        scales = "" if recipe == "tensorwise" else f" with {recipe} scales"
+        first = (str(err).strip().splitlines() or [""])[0]
+        # torch's internal asserts lead with the C++ condition: the sentence after it says what is missing.
+        first = first.rsplit("PyTorch. ", 1)[-1]
+        return f"torch {torch.__version__} has no CPU torch._scaled_mm{scales} ({first[:120]})"
     return None
 
 
@@ -74,7 +85,7 @@ def unavailable(precision: str, device_type: str, capability: tuple[int, int] | 
             return (f"precision={precision} needs FP8 tensor cores (compute capability 8.9 or later: Ada, Hopper, "
                     f"Blackwell); this GPU is {major}.{minor}")
         return None
-    problem = cpu_scaled_mm_problem()
+    problem = cpu_scaled_mm_problem(RECIPES[precision])
     return f"precision={precision} cannot run on the CPU: {problem}" if problem else None
 
 
