@@ -1,5 +1,6 @@
 """Our Triton kernels against their PyTorch references: forward and every gradient (TRITON_INTERPRET on CPU)."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -341,6 +342,17 @@ def test_kernels_address_elements_past_2_31(kernels):
     script = Path(__file__).with_name("far_offsets.py")
     done = subprocess.run([sys.executable, str(script), kernels], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode, done.stderr[-3000:])
+
+
+def test_every_kernel_compiles_for_an_h100():
+    """The installed Triton lowers every kernel to an sm_90 cubin, no GPU needed: a Triton release that cannot
+    compile one fails here, not on a lent GPU (tests/compile_kernels.py, in a child without TRITON_INTERPRET)."""
+    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
+        pytest.skip(f"triton {triton.__version__} carries no ptxas to compile for sm_90 without a GPU")
+    script = Path(__file__).with_name("compile_kernels.py")
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0 and done.stdout.strip() == "ok 44", (done.returncode, done.stderr[-3000:])
 
 
 def test_norm_backward_warps_grow_with_the_row():

@@ -1,0 +1,68 @@
+"""Run by test_kernels.py in a child process: every Triton kernel compiles to a cubin for an H100 (sm_90).
+
+Triton compiles for a named target without a GPU (its wheel carries ptxas), so a kernel that the
+installed Triton cannot lower fails here, on a CPU, rather than in a lent GPU's minutes. The child
+runs without TRITON_INTERPRET: under the interpreter `@triton.jit` makes interpreted functions,
+which Triton's compiler cannot take. Each kernel is compiled in every branch of its constexpr flags,
+for bf16 and fp32 tensors, with the warps its launcher picks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+
+os.environ.pop("TRITON_INTERPRET", None)
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from lmbench.kernels import activations, cross_entropy, norms  # noqa: E402
+
+TARGET = GPUTarget("cuda", 90, 32)
+#: Norm rows as wide as Llama-1B's hidden size (16 warps in the backward).
+WIDTH = 4096
+
+
+def compile_one(fn: object, signature: dict[str, str], constants: dict[str, object], warps: int = 4) -> None:
+    source = ASTSource(fn=fn, signature={**signature, **dict.fromkeys(constants, "constexpr")}, constexprs=constants)
+    kernel = triton.compile(source, target=TARGET, options={"num_warps": warps})
+    if not kernel.asm.get("cubin"):
+        raise SystemExit(f"{fn.__name__} {constants}: no cubin")
+
+
+def main() -> int:
+    count = 0
+    for dtype in ("bf16", "fp32"):
+        for fn, pointers in ((activations._gelu_fwd, 2), (activations._gelu_bwd, 3), (activations._swiglu_fwd, 3),
+                             (activations._swiglu_bwd, 5)):
+            names = list(fn.arg_names)
+            compile_one(fn, {**dict.fromkeys(names[:pointers], f"*{dtype}"), names[pointers]: "i64"},
+                        {"BLOCK": activations.BLOCK})
+            count += 1
+        strides = dict.fromkeys(("stride_x", "stride_r", "stride_s", "stride_y"), "i32")
+        forward = {**dict.fromkeys(("X", "R", "S", "W", "B", "Y"), f"*{dtype}"), "Mean": "*fp32", "Rstd": "*fp32",
+                   **strides, "N": "i32", "eps": "fp32"}
+        backward = {**dict.fromkeys(("X", "W", "DY", "DS", "DX"), f"*{dtype}"),
+                    **dict.fromkeys(("Mean", "Rstd", "DW", "DB"), "*fp32"),
+                    **dict.fromkeys(("stride_x", "stride_dy", "stride_ds", "stride_dx", "M", "N",
+                                     "rows_per_program"), "i32")}
+        for rms, bias, residual in itertools.product((True, False), repeat=3):
+            flags = {"IS_RMS": rms, "HAS_BIAS": bias, "HAS_RESIDUAL": residual, "BLOCK_N": WIDTH}
+            compile_one(norms._norm_fwd, forward, flags, norms._warps(WIDTH))
+            compile_one(norms._norm_bwd, backward, flags, norms._backward_warps(WIDTH))
+            count += 2
+        for smooth in (True, False):
+            compile_one(cross_entropy._ce_loss_and_grad,
+                        {"Logits": f"*{dtype}", "stride": "i32", "Labels": "*i64", "Loss": "*fp32", "V": "i32",
+                         "ignore_index": "i32", "smoothing": "fp32"},
+                        {"BLOCK_V": cross_entropy.BLOCK_V, "SMOOTH": smooth})
+            count += 1
+    print(f"ok {count}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
