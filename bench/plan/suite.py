@@ -116,12 +116,23 @@ def load(name_or_path: str) -> Suite:
     if name_or_path.endswith(".toml") or path.is_file():
         if not path.is_file():
             raise SuiteError(f"suite file {name_or_path!r} does not exist")
-        return parse(path.read_text(encoding="utf-8"), source=str(path))
+        return parse(_read(path), source=str(path))
     if name_or_path not in builtin_names():
         raise SuiteError(f"unknown suite {name_or_path!r}; available: {', '.join(builtin_names())} "
                          "(or the path of a .toml file)")
     text = resources.files("lmbench.suites").joinpath(f"{name_or_path}.toml").read_text(encoding="utf-8")
     return parse(text, source=f"builtin:{name_or_path}")
+
+
+def _read(path: Path) -> str:
+    """A suite file's text; one that cannot be read, or is not UTF-8 (TOML is), is a SuiteError naming it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise SuiteError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); a suite "
+                         "file is TOML, which is UTF-8") from None
+    except OSError as err:
+        raise SuiteError(f"cannot read suite file {str(path)!r}: {err.strerror or err}") from None
 
 
 def parse(text: str, *, source: str) -> Suite:
