@@ -65,6 +65,21 @@ class LmbenchGroup(click.Group):
         sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 
+class NonEmptyPath(click.Path):
+    """A path option that refuses '': Path('') is the current directory, so `--out ''` would write there."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value == "":
+            self.fail("empty; give a path (an empty one would mean the current directory)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+def _suite_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if value == "":
+        raise click.BadParameter("empty; give a built-in suite (lmbench list) or the path of a suite file", ctx, param)
+    return value
+
+
 @click.group(name="lmbench", cls=LmbenchGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(lmbench.__version__, prog_name="lmbench")
 def cli() -> None:
@@ -72,9 +87,9 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--suite", "suite_name", required=True, metavar="NAME|PATH",
+@click.option("--suite", "suite_name", required=True, metavar="NAME|PATH", callback=_suite_name,
               help="A built-in suite (see `lmbench list`) or the path of a suite TOML file.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--out", type=NonEmptyPath(file_okay=False, path_type=Path), default=None,
               help="Run directory (default: runs/SUITE-YYYYmmdd-HHMMSS).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=V[,V...]",
               help="Override an axis; several comma-separated values make it a matrix axis. Repeatable.")
@@ -323,12 +338,12 @@ def env() -> int:
 
 
 @cli.command()
-@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.argument("run_dirs", nargs=-1, required=True, type=NonEmptyPath(path_type=Path))
+@click.option("--out", type=NonEmptyPath(file_okay=False, path_type=Path), default=None,
               help="Where to write the report (default: RUN_DIR/report; required for several runs).")
 @click.option("--baseline", default=None, metavar="KEY=VALUE",
               help="Speedups against the configuration with this axis value, e.g. precision=fp32.")
-@click.option("--ceilings", "ceilings_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--ceilings", "ceilings_path", type=NonEmptyPath(dir_okay=False, path_type=Path), default=None,
               help="This GPU's measured ceilings (`lmbench ceilings --out FILE`): adds the distance to the roofline.")
 @click.option("--objective", type=click.Choice(OBJECTIVES), default="time-to-target", show_default=True,
               help="How the time-to-target table ranks configurations that evaluated held-out loss.")
@@ -362,15 +377,15 @@ def report(run_dirs: tuple[Path, ...], out: Path | None, baseline: str | None, c
 
 
 @cli.command()
-@click.argument("base", type=click.Path(path_type=Path))
-@click.argument("cand", type=click.Path(path_type=Path))
+@click.argument("base", type=NonEmptyPath(path_type=Path))
+@click.argument("cand", type=NonEmptyPath(path_type=Path))
 @click.option("--threshold", default="5%", show_default=True, help="Smallest change that counts, e.g. 5% or 0.05.")
 @click.option("--metric", default="tokens_per_s", show_default=True, help="Metric of the results records to compare.")
 @click.option("--format", "fmt", type=click.Choice(["text", "md", "json"]), default="text", show_default=True)
-@click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--junit", type=NonEmptyPath(dir_okay=False, path_type=Path), default=None,
               help="Also write a JUnit XML file (one test case per configuration).")
 @click.option("--allow-different-hardware", is_flag=True, help="Compare runs from different GPU models anyway.")
-@click.option("--noise-floor", "noise_floor", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--noise-floor", "noise_floor", type=NonEmptyPath(dir_okay=False, path_type=Path), default=None,
               help="Between-process noise from `lmbench calibrate` (its noise-floor.json): verdicts with fewer than "
                    "3 repeats a side.")
 @click.option("--allow-missing", is_flag=True,
@@ -403,9 +418,9 @@ def compare(base: Path, cand: Path, threshold: str, metric: str, fmt: str, junit
 
 
 @cli.command()
-@click.option("--suite", "suite_name", required=True, metavar="NAME|PATH")
+@click.option("--suite", "suite_name", required=True, metavar="NAME|PATH", callback=_suite_name)
 @click.option("--repeats", type=click.IntRange(min=2), default=3, show_default=True)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--out", type=NonEmptyPath(file_okay=False, path_type=Path), default=None,
               help="Directory for the two runs and noise-floor.json (default: runs/calibrate-SUITE-YYYYmmdd-HHMMSS).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=V[,V...]")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
@@ -469,7 +484,7 @@ def calibrate(suite_name: str, repeats: int, out: Path | None, overrides: tuple[
 @click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True, help="Measured steps per size.")
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--out", type=NonEmptyPath(file_okay=False, path_type=Path), default=None)
 @click.option("--resume", is_flag=True, help="Continue the tune in --out; probes already made are reused.")
 @click.option("--parity", "check_parity", is_flag=True,
               help="Check every combination's loss against its reference (FP8 ones always are); one that drifts "
@@ -561,9 +576,9 @@ def _tune(base: Any, run_dir: runner.RunDirectory, lists: dict[str, list[Any]], 
               help="MxN for norms (e.g. 8192x4096), BTxHxV for linear-ce; several separated by commas.")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="bf16", show_default=True)
 @click.option("--mode", type=click.Choice(["fwd", "bwd", "fwd+bwd"]), default="fwd+bwd", show_default=True)
-@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--csv", "csv_path", type=NonEmptyPath(dir_okay=False, path_type=Path), default=None,
               help="Where to write the CSV (default: kernels-OP-SHAPE-DTYPE-MODE.csv).")
-@click.option("--ceilings", "ceilings_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--ceilings", "ceilings_path", type=NonEmptyPath(dir_okay=False, path_type=Path), default=None,
               help="This GPU's ceilings (lmbench ceilings --out FILE): adds each kernel's share of the copy GB/s.")
 def kernels(op: str, shape: str, dtype: str, mode: str, csv_path: Path | None, ceilings_path: Path | None) -> int:
     """Time one op across eager, compile, native fused, lmbench Triton, Liger and Apex (CUDA only).
@@ -601,7 +616,7 @@ def kernels(op: str, shape: str, dtype: str, mode: str, csv_path: Path | None, c
 
 
 @cli.command()
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--out", type=NonEmptyPath(dir_okay=False, path_type=Path), default=None,
               help="Also write the figures as JSON here.")
 def ceilings(out: Path | None) -> int:
     """Measure this GPU's bf16 matmul TFLOP/s and device-to-device copy GB/s (a second yardstick for MFU).

@@ -3,6 +3,7 @@ allowed, exit 2, never a traceback; nothing measured is lost or mixed with anoth
 
 from __future__ import annotations
 
+import pytest
 from click.testing import CliRunner
 
 from lmbench.cli import cli
@@ -13,11 +14,12 @@ def lmbench(*args: object):
 
 
 def error(result) -> str:
-    """The one line of a refusal (exit 2), without its `lmbench: error: ` prefix."""
+    """The one line of a refusal (exit 2), without its `lmbench: error: ` prefix (click's own errors keep theirs:
+    `lmbench: error (lmbench COMMAND): ...`)."""
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     line, = result.stderr.strip().splitlines()
-    assert line.startswith("lmbench: error: "), line
+    assert line.startswith("lmbench: error"), line
     return line.removeprefix("lmbench: error: ")
 
 
@@ -28,3 +30,38 @@ def test_a_suite_file_that_is_not_utf8_is_bad_input(tmp_path):
     path.write_bytes(b"\xff\xfe[defaults]\n")
     assert error(lmbench("run", "--suite", path, "--dry-run")) == (
         f"{path}: not UTF-8 text (byte 0xff at offset 0); a suite file is TOML, which is UTF-8")
+
+
+# 4. An empty path is the current directory: refused for every path option of every command.
+
+EMPTY = "empty; give a path (an empty one would mean the current directory)"
+
+
+@pytest.mark.parametrize(("args", "name"), [
+    (["run", "--suite", "smoke", "--out", ""], "'--out'"),
+    (["calibrate", "--suite", "smoke", "--out", ""], "'--out'"),
+    (["tune", "--model", "tiny-gpt2", "--out", ""], "'--out'"),
+    (["report", ""], "'RUN_DIRS...'"),
+    (["report", "{run}", "--out", ""], "'--out'"),
+    (["report", "{run}", "--ceilings", ""], "'--ceilings'"),
+    (["compare", "", "{run}"], "'BASE'"),
+    (["compare", "{run}", ""], "'CAND'"),
+    (["compare", "{run}", "{run}", "--junit", ""], "'--junit'"),
+    (["compare", "{run}", "{run}", "--noise-floor", ""], "'--noise-floor'"),
+    (["kernels", "--op", "rmsnorm", "--shape", "8x8", "--csv", ""], "'--csv'"),
+    (["kernels", "--op", "rmsnorm", "--shape", "8x8", "--ceilings", ""], "'--ceilings'"),
+    (["ceilings", "--out", ""], "'--out'"),
+])
+def test_an_empty_path_option_is_refused(tmp_path, monkeypatch, args, name):
+    monkeypatch.chdir(tmp_path)
+    line = error(lmbench(*(a.format(run=tmp_path) for a in args)))
+    assert line == f"lmbench: error (lmbench {args[0]}): Invalid value for {name}: {EMPTY}"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_empty_suite_is_refused():
+    assert error(lmbench("run", "--suite", "", "--dry-run")) == (
+        "lmbench: error (lmbench run): Invalid value for '--suite': empty; give a built-in suite (lmbench list) or "
+        "the path of a suite file")
+    assert error(lmbench("calibrate", "--suite", "")).startswith("lmbench: error (lmbench calibrate): Invalid value "
+                                                                  "for '--suite': empty;")
