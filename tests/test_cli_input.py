@@ -65,3 +65,31 @@ def test_an_empty_suite_is_refused():
         "the path of a suite file")
     assert error(lmbench("calibrate", "--suite", "")).startswith("lmbench: error (lmbench calibrate): Invalid value "
                                                                   "for '--suite': empty;")
+
+
+# 12. A noise floor that does not say where it was measured.
+
+def _run_with(path, *values: float, device: str | None = "NVIDIA H100 80GB HBM3"):
+    from lmbench.analyze import results
+
+    path.mkdir()
+    for repeat, value in enumerate(values):
+        results.append(path, results.make_record(
+            suite="s", config={"model": "tiny-gpt2"}, config_key="k", repeat=repeat, status="ok", reason=None,
+            payload={"metrics": {"tokens_per_s": value}, "env": {"device": {"name": device}} if device else None}))
+    return path
+
+
+def test_a_noise_floor_without_a_device_says_so(tmp_path):
+    import json
+
+    from lmbench.analyze import noise
+
+    run = _run_with(tmp_path / "run", 100.0, 101.0)
+    floor = tmp_path / "nf.json"
+    floor.write_text(json.dumps({"format": noise.FORMAT, "version": noise.VERSION, "metric": "tokens_per_s",
+                                 "configs": {"k": {"log_sd": 0.01, "df": 4}}}))
+    result = lmbench("compare", run, run, "--noise-floor", floor)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [f"lmbench: warning: the noise floor {floor} was measured on an unrecorded "
+                                          "device, the baseline ran on NVIDIA H100 80GB HBM3"]

@@ -41,7 +41,8 @@ def load_pair(base: Path, cand: Path, *, metric: str, allow_different_hardware: 
     warnings += check_hardware(environment_differences(b, c), allow_different_hardware=allow_different_hardware)
     device = (next((r["env"] for r in b if r.get("env")), {}).get("device") or {}).get("name")
     if noise is not None and noise.device != device:
-        warnings.append(f"the noise floor {noise.source} was measured on {noise.device}, the baseline ran on {device}")
+        warnings.append(f"the noise floor {noise.source} was measured on {noise.device or 'an unrecorded device'}, "
+                        f"the baseline ran on {device or 'an unrecorded device'}")
     return b, c, warnings
 
 
