@@ -360,6 +360,9 @@ def report(run_dirs: tuple[Path, ...], out: Path | None, baseline: str | None, c
 
     parsed = parse(baseline)
     ceilings = load_ceilings(ceilings_path) if ceilings_path else None
+    for run_dir in run_dirs:
+        if run_dir.exists() and not run_dir.is_dir():
+            raise UsageError(f"run directory {str(run_dir)!r} is a file, not a run directory")
     distinct, _ = frame.distinct(list(run_dirs))
     if out is None and len(distinct) > 1:
         raise UsageError("a report of several runs needs --out DIR (where to write the combined report)")

@@ -93,3 +93,36 @@ def test_a_noise_floor_without_a_device_says_so(tmp_path):
     assert result.exit_code == 0, result.output
     assert result.stderr.splitlines() == [f"lmbench: warning: the noise floor {floor} was measured on an unrecorded "
                                           "device, the baseline ran on NVIDIA H100 80GB HBM3"]
+
+
+# 10. Messages that named the wrong thing.
+
+def test_a_directory_given_as_suite_is_named_a_directory(tmp_path):
+    line = error(lmbench("run", "--suite", tmp_path, "--dry-run"))
+    assert line.startswith(f"suite '{tmp_path}' is a directory; give the path of a suite .toml file, or a built-in "
+                           "suite: batch-sweep, ci, ")
+
+
+def test_a_file_given_as_run_directory_is_named_a_file(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    assert error(lmbench("report", afile)) == f"run directory '{afile}' is a file, not a run directory"
+    assert error(lmbench("report", tmp_path / "none")) == f"run directory '{tmp_path / 'none'}' does not exist"
+
+
+def test_nnodes_without_an_endpoint_names_the_missing_option():
+    assert error(lmbench("run", "--suite", "smoke", "--nnodes", "2", "--dry-run")) == (
+        "--nnodes 2 needs --rdzv-endpoint HOST:PORT, node 0's address and a free port")
+
+
+def test_plural_and_type_names_read_as_english(tmp_path):
+    result = lmbench("run", "--suite", "smoke", "--device", "cpu", "--set", "model=tiny-gpt2",
+                     "--set", "precision=fp32", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0].rstrip() == "1 configuration"
+    path = tmp_path / "s.toml"
+    path.write_text("[defaults]\nbatch_size = 4.5\n")
+    assert error(lmbench("run", "--suite", path, "--dry-run")) == (
+        f"{path}: [defaults]: batch_size=4.5 must be an integer")
+    assert error(lmbench("run", "--suite", "smoke", "--set", "lr=fast", "--dry-run")) == (
+        "--set 'lr=fast': lr='fast' is not a number")

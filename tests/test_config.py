@@ -42,9 +42,9 @@ def test_invalid_values_name_the_axis(values, message):
 def test_unknown_axis_and_wrong_type():
     with pytest.raises(ConfigError, match=r"^unknown axis 'batchsize'; allowed: model, batch_size"):
         Config.from_mapping({"batchsize": 4})
-    with pytest.raises(ConfigError, match=r"^batch_size='eight' is not a valid int$"):
+    with pytest.raises(ConfigError, match=r"^batch_size='eight' is not an integer$"):
         Config.from_mapping({"batch_size": "eight"})
-    with pytest.raises(ConfigError, match=r"^batch_size=True must be a int$"):
+    with pytest.raises(ConfigError, match=r"^batch_size=True must be an integer$"):
         Config.from_mapping({"batch_size": True})
 
 

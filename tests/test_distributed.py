@@ -106,7 +106,7 @@ def test_torchrun_command_single_and_multi_node(tmp_path):
     assert worker_command(Config(), tmp_path / "j", tmp_path / "r", Launch())[1:3] == ["-m", "lmbench.run.worker"]
     follower = Launch(nnodes=2, node_rank=1, rdzv_endpoint="h:1")
     assert not follower.records and follower.runs(ddp) and not follower.runs(Config())
-    with pytest.raises(UsageError, match="multi-node runs need HOST:PORT"):
+    with pytest.raises(UsageError, match=r"^--nnodes 2 needs --rdzv-endpoint HOST:PORT"):
         Launch(nnodes=2)
     with pytest.raises(UsageError, match=r"--node-rank 2: must be in 0..1"):
         Launch(nnodes=2, node_rank=2, rdzv_endpoint="h:1")
@@ -115,8 +115,8 @@ def test_torchrun_command_single_and_multi_node(tmp_path):
 def test_multi_node_options_are_checked_by_the_cli():
     result = CliRunner().invoke(cli, ["run", "--suite", "parallel", "--nnodes", "2", "--dry-run"])
     assert result.exit_code == 2
-    assert result.stderr.strip() == ("lmbench: error: --rdzv-endpoint None: multi-node runs need HOST:PORT of "
-                                     "node 0")
+    assert result.stderr.strip() == ("lmbench: error: --nnodes 2 needs --rdzv-endpoint HOST:PORT, node 0's address "
+                                     "and a free port")
 
 
 @pytest.mark.slow

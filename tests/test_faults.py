@@ -591,7 +591,7 @@ def test_9_an_exclude_rule_on_a_default_axis_still_applies(tmp_path):
     path = tmp_path / "s.toml"
     path.write_text(TINY + "[[exclude]]\nmodel = 'tiny-gpt2'\nprecision = 'fp32'\n")
     result = lmbench("run", "--suite", path, "--dry-run")
-    assert result.exit_code == 0 and "1 configurations" in result.output and "amp-bf16" in result.output
+    assert result.exit_code == 0 and result.output.startswith("1 configuration ") and "amp-bf16" in result.output
 
 
 # 10. tune.

@@ -86,7 +86,7 @@ def test_unknown_suite_lists_the_builtin_ones():
 def test_bad_overrides():
     with pytest.raises(SuiteError, match=r"^--set 'batch_size': expected KEY=VALUE"):
         suites.parse_overrides(["batch_size"])
-    with pytest.raises(SuiteError, match=r"^--set 'batch_size=1,x': batch_size='x' is not a valid int$"):
+    with pytest.raises(SuiteError, match=r"^--set 'batch_size=1,x': batch_size='x' is not an integer$"):
         suites.parse_overrides(["batch_size=1,x"])
 
 

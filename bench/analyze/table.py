@@ -163,7 +163,7 @@ def memory_cell(device_bytes: float | None, host_bytes: float | None) -> str:
 def plan_table(rows: list[tuple[dict[str, Any], str, str | None]]) -> Table:
     """The --dry-run listing: (config dict, key, skip reason) per configuration."""
     axes = varying_axes(config for config, _, _ in rows)
-    table = Table(title=f"{len(rows)} configurations", title_justify="left")
+    table = Table(title=f"{len(rows)} configuration{'' if len(rows) == 1 else 's'}", title_justify="left")
     for axis in axes:
         table.add_column(axis)
     table.add_column("config_key")

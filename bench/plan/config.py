@@ -336,6 +336,10 @@ DEFAULT_REASONS: dict[str, str] = {
 _DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Config)}
 
 
+#: How messages name each axis type.
+TYPE_NAMES: dict[type, str] = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
 def coerce(axis: str, value: Any) -> Any:
     """Convert a TOML or command-line value to the axis's type, naming the axis when it cannot."""
     wanted = FIELD_TYPES[axis]
@@ -349,11 +353,11 @@ def coerce(axis: str, value: Any) -> Any:
         try:
             return wanted(value)
         except ValueError:
-            raise ConfigError(f"{axis}={value!r} is not a valid {wanted.__name__}") from None
+            raise ConfigError(f"{axis}={value!r} is not {TYPE_NAMES[wanted]}") from None
     if wanted is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, wanted) or isinstance(value, bool):
-        raise ConfigError(f"{axis}={value!r} must be a {wanted.__name__}")
+        raise ConfigError(f"{axis}={value!r} must be {TYPE_NAMES[wanted]}")
     return value
 
 

@@ -118,6 +118,9 @@ def load(name_or_path: str) -> Suite:
             raise SuiteError(f"suite file {name_or_path!r} does not exist")
         return parse(_read(path), source=str(path))
     if name_or_path not in builtin_names():
+        if path.is_dir():
+            raise SuiteError(f"suite {name_or_path!r} is a directory; give the path of a suite .toml file, or a "
+                             f"built-in suite: {', '.join(builtin_names())}")
         raise SuiteError(f"unknown suite {name_or_path!r}; available: {', '.join(builtin_names())} "
                          "(or the path of a .toml file)")
     text = resources.files("lmbench.suites").joinpath(f"{name_or_path}.toml").read_text(encoding="utf-8")

@@ -30,6 +30,9 @@ class Launch:
             raise UsageError(f"--nnodes {self.nnodes}: must be at least 1")
         if not 0 <= self.node_rank < self.nnodes:
             raise UsageError(f"--node-rank {self.node_rank}: must be in 0..{self.nnodes - 1}")
+        if self.nnodes > 1 and self.rdzv_endpoint is None:
+            raise UsageError(f"--nnodes {self.nnodes} needs --rdzv-endpoint HOST:PORT, node 0's address and a free "
+                             "port")
         if self.nnodes > 1:
             host, _, port = (self.rdzv_endpoint or "").rpartition(":")
             if not host or not port.isdigit():
