@@ -126,3 +126,45 @@ def test_plural_and_type_names_read_as_english(tmp_path):
         f"{path}: [defaults]: batch_size=4.5 must be an integer")
     assert error(lmbench("run", "--suite", "smoke", "--set", "lr=fast", "--dry-run")) == (
         "--set 'lr=fast': lr='fast' is not a number")
+
+
+# 11. A TOML file has types; a matrix measures each point once.
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('[defaults]\nbatch_size = "4"\n',
+     "[defaults]: batch_size='4' is a string; batch_size takes an integer (written without quotes in TOML)"),
+    ('[matrix]\nlr = ["1e-3", 3e-4]\n',
+     "[matrix]: lr='1e-3' is a string; lr takes a number (written without quotes in TOML)"),
+    ('[defaults]\ntelemetry = "false"\n',
+     "[defaults]: telemetry='false' is a string; telemetry takes true or false (written without quotes in TOML)"),
+    ('[matrix]\nprecision = ["fp32", "bf16"]\n[[exclude]]\nprecision = "bf16"\nseed = "0"\n',
+     "[[exclude]]: seed='0' is a string; seed takes an integer (written without quotes in TOML)"),
+    ("[defaults]\nbatch_size = 4.0\n", "[defaults]: batch_size=4.0 must be an integer"),
+    ("[matrix]\nbatch_size = [4, 4]\n", "[matrix]: batch_size lists 4 more than once; give each value once"),
+    ("[matrix]\nlr = [1, 1.0]\n", "[matrix]: lr lists 1.0 more than once; give each value once"),
+    ("[defaults]\nbatch_size = 2\n[matrix]\nbatch_size = [4, 8]\n",
+     "batch_size is in both [defaults] and [matrix]; give it in one of them"),
+])
+def test_suite_values_keep_their_toml_types(tmp_path, text, message):
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    assert error(lmbench("run", "--suite", path, "--dry-run")) == f"{path}: {message}"
+
+
+def test_set_values_are_text_and_parsed_but_not_repeated():
+    result = lmbench("run", "--suite", "smoke", "--set", "batch_size=4", "--set", "lr=1e-3", "--set", "telemetry=off",
+                     "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert error(lmbench("run", "--suite", "smoke", "--set", "batch_size=4,4", "--dry-run")) == (
+        "--set 'batch_size=4,4': batch_size lists 4 more than once; give each value once")
+    assert error(lmbench("tune", "--model", "tiny-gpt2", "--precision", "fp32,fp32")) == (
+        "--precision 'fp32,fp32': precision lists 'fp32' more than once; give each value once")
+
+
+def test_a_scalar_in_the_matrix_is_a_one_value_axis(tmp_path):
+    from lmbench.plan import suite as suites
+
+    path = tmp_path / "s.toml"
+    path.write_text('[matrix]\nmodel = "tiny-llama"\nbatch_size = [1, 2]\n')
+    planned = suites.load(str(path)).expand()
+    assert [(p.config.model, p.config.batch_size) for p in planned] == [("tiny-llama", 1), ("tiny-llama", 2)]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lmbench.errors import ConfigError, SuiteError
-from lmbench.plan.config import FIELD_TYPES, Config, coerce
+from lmbench.plan.config import FIELD_TYPES, TYPE_NAMES, Config, coerce
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -155,15 +155,19 @@ def parse(text: str, *, source: str) -> Suite:
     if not _SAFE_NAME.fullmatch(name):
         raise SuiteError(f"{source}: name {name!r} is not a safe file name (up to 100 letters, digits, '.', '_', "
                          "'+' or '-', not starting with '.'): run directories are named after it")
-    defaults = {axis: _check_value(axis, value, f"{source}: [defaults]")
+    defaults = {axis: _check_value(axis, value, f"{source}: [defaults]", typed=True)
                 for axis, value in _table(data, "defaults", source).items()}
     matrix_raw = _table(data, "matrix", source)
     matrix: dict[str, list[Any]] = {}
     for axis, values in matrix_raw.items():
+        if axis in defaults:
+            raise SuiteError(f"{source}: {axis} is in both [defaults] and [matrix]; give it in one of them")
+        # A scalar is a one-value axis, as in [[exclude]].
         values = values if isinstance(values, list) else [values]
         if not values:
             raise SuiteError(f"{source}: [matrix] {axis} is an empty list")
-        matrix[axis] = [_check_value(axis, v, f"{source}: [matrix]") for v in values]
+        matrix[axis] = _distinct(axis, [_check_value(axis, v, f"{source}: [matrix]", typed=True) for v in values],
+                                 f"{source}: [matrix]")
     excludes = data.get("exclude", [])
     if not isinstance(excludes, list) or not all(isinstance(rule, dict) for rule in excludes):
         raise SuiteError(f"{source}: 'exclude' must be an array of tables ([[exclude]])")
@@ -172,7 +176,7 @@ def parse(text: str, *, source: str) -> Suite:
         checked = {}
         for axis, values in rule.items():
             values = values if isinstance(values, list) else [values]
-            checked[axis] = [_check_value(axis, v, f"{source}: [[exclude]]") for v in values]
+            checked[axis] = [_check_value(axis, v, f"{source}: [[exclude]]", typed=True) for v in values]
             _check_excluded(axis, checked[axis], defaults, matrix, source)
         rules.append(checked)
     digest = hashlib.sha256(text.encode()).hexdigest()
@@ -210,7 +214,15 @@ def parse_overrides(assignments: tuple[str, ...] | list[str]) -> dict[str, list[
 
 def parse_values(axis: str, raw: str, *, where: str) -> list[Any]:
     """Comma-separated values of one axis; errors start with `where` (the option as the user typed it)."""
-    return [_check_value(axis, v.strip(), where) for v in raw.split(",")]
+    return _distinct(axis, [_check_value(axis, v.strip(), where) for v in raw.split(",")], where)
+
+
+def _distinct(axis: str, values: list[Any], where: str) -> list[Any]:
+    """The values of one axis, refusing one given twice (a matrix point is measured once: a repeat is a typo)."""
+    twice = [v for i, v in enumerate(values) if v in values[:i]]
+    if twice:
+        raise SuiteError(f"{where}: {axis} lists {twice[0]!r} more than once; give each value once")
+    return values
 
 
 def _table(data: dict[str, Any], key: str, source: str) -> dict[str, Any]:
@@ -220,9 +232,14 @@ def _table(data: dict[str, Any], key: str, source: str) -> dict[str, Any]:
     return table
 
 
-def _check_value(axis: str, value: Any, where: str) -> Any:
+def _check_value(axis: str, value: Any, where: str, *, typed: bool = False) -> Any:
+    """One value of an axis, converted to its type. `typed`: it comes from TOML, which has numbers and booleans, so
+    a string for a number or boolean axis is a mistake (only command-line text is parsed)."""
     if axis not in FIELD_TYPES:
         raise SuiteError(f"{where}: unknown axis {axis!r}; allowed: {', '.join(FIELD_TYPES)}")
+    if typed and isinstance(value, str) and FIELD_TYPES[axis] is not str:
+        raise SuiteError(f"{where}: {axis}={value!r} is a string; {axis} takes {TYPE_NAMES[FIELD_TYPES[axis]]} "
+                         "(written without quotes in TOML)")
     try:
         value = coerce(axis, value)
     except ConfigError as err:
