@@ -355,10 +355,10 @@ def report(run_dirs: tuple[Path, ...], out: Path | None, baseline: str | None, c
     """
     from lmbench.analyze import frame, results
     from lmbench.analyze import report as reports
-    from lmbench.analyze.baseline import parse
+    from lmbench.analyze import baseline as baselines
     from lmbench.measure.ceilings import load as load_ceilings
 
-    parsed = parse(baseline)
+    parsed = baselines.parse(baseline)
     ceilings = load_ceilings(ceilings_path) if ceilings_path else None
     for run_dir in run_dirs:
         if run_dir.exists() and not run_dir.is_dir():
@@ -367,6 +367,7 @@ def report(run_dirs: tuple[Path, ...], out: Path | None, baseline: str | None, c
     if out is None and len(distinct) > 1:
         raise UsageError("a report of several runs needs --out DIR (where to write the combined report)")
     df, records, warnings = frame.load(list(run_dirs))
+    baselines.check(parsed, (record["config"] for record in records))
     for warning in warnings:
         click.echo(f"lmbench: warning: {warning}", err=True)
     results.writable_dir(out or distinct[0] / "report", what="--out" if out else "the report directory")

@@ -168,3 +168,21 @@ def test_a_scalar_in_the_matrix_is_a_one_value_axis(tmp_path):
     path.write_text('[matrix]\nmodel = "tiny-llama"\nbatch_size = [1, 2]\n')
     planned = suites.load(str(path)).expand()
     assert [(p.config.model, p.config.batch_size) for p in planned] == [("tiny-llama", 1), ("tiny-llama", 2)]
+
+
+# 5. A baseline no configuration has.
+
+def test_a_baseline_value_no_configuration_has_is_refused(tmp_path):
+    from lmbench.analyze import results
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for precision in ("fp32", "amp-bf16"):
+        results.append(run, results.make_record(
+            suite="s", config={"model": "tiny-gpt2", "precision": precision}, config_key=precision, repeat=0,
+            status="ok", reason=None, payload={"metrics": {"tokens_per_s": 100.0}}))
+    assert error(lmbench("report", run, "--baseline", "precision=fp99")) == (
+        "--baseline precision=fp99: no configuration has precision=fp99; precision values present: amp-bf16, fp32")
+    assert error(lmbench("report", run, "--baseline", "precison=fp32")) == (
+        "--baseline precison=fp32: 'precison' is not a configuration axis")
+    assert not (run / "report").exists()

@@ -23,6 +23,20 @@ def parse(text: str | None) -> tuple[str, str] | None:
     return axis.strip(), value.strip()
 
 
+def check(baseline: tuple[str, str] | None, configs: Iterable[Mapping[str, Any]]) -> None:
+    """Refuse a baseline that no configuration has (every speedup would be empty), naming the values there are."""
+    if baseline is None:
+        return
+    axis, value = baseline
+    configs = list(configs)
+    if not any(axis in config for config in configs):
+        raise UsageError(f"--baseline {axis}={value}: {axis!r} is not a configuration axis")
+    present = sorted({str(config.get(axis)) for config in configs})
+    if value not in present:
+        raise UsageError(f"--baseline {axis}={value}: no configuration has {axis}={value}; {axis} values present: "
+                         f"{', '.join(present)}")
+
+
 def counterpart(config: Mapping[str, Any], candidates: Iterable[Mapping[str, Any]], baseline: tuple[str, str],
                 axes: list[str]) -> int | None:
     """Index in `candidates` of `config`'s baseline counterpart (None when there is none).
