@@ -120,11 +120,32 @@ def run(suite_name: str, out: Path | None, overrides: tuple[str, ...], device: s
 
     Example: lmbench run --suite convergence --parity --objective time-to-target
     """
+    _one_setting_each(overrides, {"device": ("--device", device), "profile": ("--profile", profile)})
     overrides = (*overrides, "profile=true") if profile else overrides
     plan = RunPlan(suite=suite_name, suite_sha256="", overrides=overrides, device=device, repeats=repeats,
                    parity=parity, nnodes=nnodes)
     return _run_suite(plan, out, resume=resume, dry_run=dry_run, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
                       max_configs=max_configs, objective=objective)
+
+
+def _one_setting_each(overrides: tuple[str, ...], own: dict[str, tuple[str, Any]]) -> None:
+    """Refuse an axis set both by its own option (given) and by --set: neither may silently win."""
+    for item in overrides:
+        axis = item.partition("=")[0].strip()
+        option, value = own.get(axis, ("", None))
+        if value:
+            shown = option if value is True else f"{option} {value}"
+            raise UsageError(f"{shown} and --set {item!r} both set {axis}; give one of them")
+
+
+def _refuse_other_writer(out: Path, command: str) -> None:
+    """A directory another command wrote (a tune, a calibration, a run) is not this command's to add to."""
+    from lmbench.run.rundir import writer
+
+    found = writer(out)
+    if found not in (None, command):
+        raise UsageError(f"--out {str(out)!r} already holds results of lmbench {found}, not of lmbench {command}; "
+                         "choose another directory")
 
 
 def _run_suite(plan: RunPlan, out: Path | None, *, resume: bool, dry_run: bool = False, node_rank: int | None = None,
@@ -168,6 +189,7 @@ def _run_suite(plan: RunPlan, out: Path | None, *, resume: bool, dry_run: bool =
         if plan.nnodes > 1 else ()
     suggest = resume_command is None  # calibrate resumes itself, not with `lmbench run`
     resume_command = resume_command or plan.resume_command(out, extra=extra)
+    _refuse_other_writer(out, "run")
     with interruptible(), runner.RunDirectory(out, resume=resume) as run_dir:
         for notice in run_dir.notices:
             click.echo(f"lmbench: warning: {notice}", err=True)
@@ -222,7 +244,7 @@ def _record_plan(run_dir: runner.RunDirectory, plan: RunPlan, suite: suites.Suit
             run_dir.write_meta({**meta, "plan": {**meta["plan"], "repeats": repeats}, "repeats": repeats,
                                 "resumed": [*earlier, now]})
             return
-    run_dir.write_meta({"suite": suite.name, "source": suite.source, "plan": plan.to_json(),
+    run_dir.write_meta({"command": "run", "suite": suite.name, "source": suite.source, "plan": plan.to_json(),
                         "overrides": list(plan.overrides), "repeats": plan.repeats, "parity": plan.parity,
                         "lmbench": lmbench.__version__, "argv": sys.argv, "started": now})
 
@@ -353,9 +375,9 @@ def report(run_dirs: tuple[Path, ...], out: Path | None, baseline: str | None, c
 
     Example: lmbench report runs/fp16-20260101-120000 --baseline precision=fp32 --ceilings ceilings.json
     """
+    from lmbench.analyze import baseline as baselines
     from lmbench.analyze import frame, results
     from lmbench.analyze import report as reports
-    from lmbench.analyze import baseline as baselines
     from lmbench.measure.ceilings import load as load_ceilings
 
     parsed = baselines.parse(baseline)
@@ -443,9 +465,11 @@ def calibrate(suite_name: str, repeats: int, out: Path | None, overrides: tuple[
     from lmbench.analyze import noise, results
     from lmbench.analyze.table import noise_floor_table
 
+    _one_setting_each(overrides, {"device": ("--device", device)})
     if resume and out is None:
         raise UsageError("--resume needs --out DIR, the calibration to finish")
     out = out or Path("runs") / f"calibrate-{Path(suite_name).stem}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    _refuse_other_writer(out, "calibrate")
     if not resume and any((out / name / results.RESULTS_FILE).exists() for name in ("a", "b")):
         raise UsageError(f"--out {str(out)!r} already holds a calibration; pass --resume to finish it, or choose "
                          "another directory")
@@ -533,6 +557,7 @@ def tune(model: str, seq_len: int, precisions: str, kernel_sets: str, checkpoint
     if resume and out is None:
         raise UsageError("--resume needs --out RUN_DIR, the tune to continue")
     out = out or Path("runs") / f"tune-{model}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    _refuse_other_writer(out, "tune")
     with interruptible(), runner.RunDirectory(out, resume=resume) as run_dir:
         return _tune(base, run_dir, lists, model=model, seq_len=seq_len, budget_minutes=budget_minutes, margin=margin,
                      max_batch=max_batch, global_batch=global_batch, steps=steps, warmup=warmup,

@@ -29,6 +29,7 @@ from lmbench.errors import UsageError
 from lmbench.plan import parity
 from lmbench.plan.config import Config
 from lmbench.plan.layout import MODEL_PARALLEL
+from lmbench.run.rundir import PARITY_FILE, PROBES_FILE, WINNER_FILE
 from lmbench.run.runner import Job, RunDirectory
 
 Launcher = Callable[[Job, RunDirectory], tuple[str, str | None, dict[str, Any] | None]]
@@ -39,6 +40,11 @@ PROBE_STEPS, PROBE_WARMUP = 2, 1
 BELOW = (0.75, 0.5)
 #: Parity check of a combination: the steps over which ci/parity-tolerances.sh measured the tolerances.
 PARITY_STEPS, PARITY_WARMUP = 30, 1
+#: Axes tune sets from its own options, never from --set (one source each, so neither silently wins).
+OWN_OPTIONS = {"model": "--model", "seq_len": "--seq-len", "precision": "--precision", "kernels": "--kernels",
+               "checkpointing": "--checkpointing", "grad_accum": "--global-batch", "steps": "--steps",
+               "warmup": "--warmup", "device": "--device", "timeout_s": "--timeout-s",
+               "max_memory_bytes": "--max-memory"}
 #: Parity verdicts that keep a configuration from winning.
 STRAYED = ("drift", "diverged")
 
@@ -90,8 +96,8 @@ class Tuner:
         self.global_batch = global_batch
         self.on_event = on_event
         self.check_parity = check_parity
-        self.probe_path = run_dir.path / "probes.jsonl"
-        self.parity_path = run_dir.path / "parity.jsonl"
+        self.probe_path = run_dir.path / PROBES_FILE
+        self.parity_path = run_dir.path / PARITY_FILE
         self.cache: dict[str, str] = {}
         with results.saving(self.probe_path):
             repaired = results.repair(self.probe_path)
@@ -236,8 +242,10 @@ def parse_set(assignments: tuple[str, ...]) -> dict[str, Any]:
 
     values = {}
     for axis, parsed in parse_overrides(assignments).items():
-        if axis in ("precision", "kernels", "checkpointing", "batch_size", "grad_accum", "steps", "warmup"):
-            raise UsageError(f"--set {axis}=...: tune searches or sets {axis} itself; use its own option")
+        if axis == "batch_size":
+            raise UsageError("--set batch_size=...: tune searches batch_size itself")
+        if axis in OWN_OPTIONS:
+            raise UsageError(f"--set {axis}=...: tune sets {axis} with its own option; use {OWN_OPTIONS[axis]}")
         if len(parsed) != 1:
             raise UsageError(f"--set {axis}=...: tune takes one value per axis")
         values[axis] = parsed[0]
@@ -281,7 +289,7 @@ def write_winner(run_dir: RunDirectory, objective: str = "throughput") -> Path |
     rows = ranked(run_dir, objective)
     if not rows or rows[0]["status"] != "ok" or strayed(rows[0]):
         return None
-    path = run_dir.path / "tuned.toml"
+    path = run_dir.path / WINNER_FILE
     with results.saving(path):
         path.write_text(winner_suite(rows[0], objective), encoding="utf-8")
     return path

@@ -9,6 +9,17 @@ from click.testing import CliRunner
 from lmbench.cli import cli
 
 
+@pytest.fixture(autouse=True)
+def no_worker(monkeypatch):
+    """Nothing here trains: a command that would start a worker fails the test at once (fake workers where asked)."""
+    from lmbench.run import runner
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("this test must not start a worker")
+
+    monkeypatch.setattr(runner, "worker_command", refuse)
+
+
 def lmbench(*args: object):
     return CliRunner().invoke(cli, [str(a) for a in args])
 
@@ -186,3 +197,63 @@ def test_a_baseline_value_no_configuration_has_is_refused(tmp_path):
     assert error(lmbench("report", run, "--baseline", "precison=fp32")) == (
         "--baseline precison=fp32: 'precison' is not a configuration axis")
     assert not (run / "report").exists()
+
+
+# 8. Conflicting or odd options.
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["run", "--suite", "smoke", "--device", "cpu", "--set", "device=cuda"],
+     "--device cpu and --set 'device=cuda' both set device; give one of them"),
+    (["run", "--suite", "smoke", "--profile", "--set", "profile=false"],
+     "--profile and --set 'profile=false' both set profile; give one of them"),
+    (["calibrate", "--suite", "smoke", "--device", "cpu", "--set", "device=cpu,cuda"],
+     "--device cpu and --set 'device=cpu,cuda' both set device; give one of them"),
+    (["run", "--suite", "smoke", "--set", "seed=1", "--set", "seed=2"],
+     "--set 'seed=2': seed is already set by --set 'seed=1'; give each axis once (several values: --set KEY=V1,V2)"),
+    (["run", "--suite", "smoke", "--rdzv-endpoint", "foo"],
+     "--rdzv-endpoint 'foo': expected HOST:PORT of node 0, with PORT in 1..65535"),
+    (["run", "--suite", "smoke", "--nnodes", "2", "--rdzv-endpoint", "host:99999"],
+     "--rdzv-endpoint 'host:99999': expected HOST:PORT of node 0, with PORT in 1..65535"),
+    (["run", "--suite", "smoke", "--rdzv-endpoint", ":29500"],
+     "--rdzv-endpoint ':29500': expected HOST:PORT of node 0, with PORT in 1..65535"),
+    (["tune", "--model", "tiny-gpt2", "--device", "cpu", "--set", "device=cuda"],
+     "--set device=...: tune sets device with its own option; use --device"),
+    (["tune", "--model", "tiny-gpt2", "--set", "seq_len=32"],
+     "--set seq_len=...: tune sets seq_len with its own option; use --seq-len"),
+])
+def test_an_axis_set_twice_or_an_odd_endpoint_is_refused(args, message):
+    dry = ["--dry-run"] if args[0] == "run" else []
+    assert error(lmbench(*args, *dry)) == message
+
+
+def test_a_good_endpoint_passes_the_dry_run():
+    result = lmbench("run", "--suite", "smoke", "--nnodes", "2", "--rdzv-endpoint", "[::1]:29500", "--dry-run")
+    assert result.exit_code == 0, result.output
+
+
+def _calibration(path):
+    (path / "a").mkdir(parents=True)
+    (path / "a" / "results.jsonl").write_text("")
+    return path
+
+
+def _tune_dir(path):
+    path.mkdir()
+    (path / "probes.jsonl").write_text('{"config_key": "k", "status": "ok"}\n')
+    return path
+
+
+@pytest.mark.parametrize(("command", "made_by", "make"), [
+    (["calibrate", "--suite", "smoke"], "run", lambda path: _run_with(path, 100.0)),
+    (["calibrate", "--suite", "smoke", "--resume"], "tune", _tune_dir),
+    (["run", "--suite", "smoke"], "calibrate", _calibration),
+    (["run", "--suite", "smoke", "--resume"], "tune", _tune_dir),
+    (["tune", "--model", "tiny-gpt2", "--seq-len", "16"], "calibrate", _calibration),
+])
+def test_a_directory_of_another_command_is_refused(tmp_path, command, made_by, make):
+    out = make(tmp_path / "out")
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    line = error(lmbench(*command, "--device", "cpu", "--out", out))
+    assert line == (f"--out '{out}' already holds results of lmbench {made_by}, not of lmbench "
+                    f"{command[0]}; choose another directory")
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before

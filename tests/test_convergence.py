@@ -371,7 +371,7 @@ def test_tune_by_time_to_target_needs_a_target_and_one_value_per_axis():
     result = runner.invoke(cli, [*tune, "--set", "lr=1e-3,2e-3"])
     assert result.exit_code == 2 and "tune takes one value per axis" in result.stderr
     result = runner.invoke(cli, [*tune, "--set", "precision=bf16"])
-    assert result.exit_code == 2 and "tune searches or sets precision itself" in result.stderr
+    assert result.exit_code == 2 and "tune sets precision with its own option; use --precision" in result.stderr
 
 
 def test_an_evaluation_inside_the_window_is_left_out_of_its_peak_memory(monkeypatch):

@@ -33,10 +33,11 @@ class Launch:
         if self.nnodes > 1 and self.rdzv_endpoint is None:
             raise UsageError(f"--nnodes {self.nnodes} needs --rdzv-endpoint HOST:PORT, node 0's address and a free "
                              "port")
-        if self.nnodes > 1:
-            host, _, port = (self.rdzv_endpoint or "").rpartition(":")
-            if not host or not port.isdigit():
-                raise UsageError(f"--rdzv-endpoint {self.rdzv_endpoint!r}: multi-node runs need HOST:PORT of node 0")
+        if self.rdzv_endpoint is not None:
+            host, _, port = self.rdzv_endpoint.rpartition(":")
+            if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise UsageError(f"--rdzv-endpoint {self.rdzv_endpoint!r}: expected HOST:PORT of node 0, with PORT in "
+                                 "1..65535")
 
     @property
     def records(self) -> bool:

@@ -22,6 +22,31 @@ from lmbench.errors import ResultsError, RunLockedError
 
 LOCK_FILE = ".lock"
 META_FILE = "run.json"
+#: Files only `lmbench tune` leaves in its directory, and only `lmbench calibrate` in its own.
+PROBES_FILE, PARITY_FILE, WINNER_FILE = "probes.jsonl", "parity.jsonl", "tuned.toml"
+NOISE_FLOOR_FILE, CALIBRATION_RUNS = "noise-floor.json", ("a", "b")
+
+
+def writer(path: Path) -> str | None:
+    """The command whose directory `path` is: 'run', 'tune' or 'calibrate', known by run.json or by the files only
+    that command leaves (records alone are a run's); None for a new directory."""
+    path = Path(path)
+    try:
+        meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        meta = None
+    if isinstance(meta, dict) and meta.get("command") in ("run", "tune"):
+        return meta["command"]
+    if isinstance(meta, dict) and "plan" in meta:
+        return "run"  # run.json of a run from before it named its command
+    if any((path / name).exists() for name in (PROBES_FILE, PARITY_FILE, WINNER_FILE)):
+        return "tune"
+    if (path / NOISE_FLOOR_FILE).exists() or any((path / run / name).exists() for run in CALIBRATION_RUNS
+                                                 for name in (META_FILE, results.RESULTS_FILE)):
+        return "calibrate"
+    if (path / results.RESULTS_FILE).exists():
+        return "run"  # records without a plan: an older run, or hand-made (`run --resume` checks their suite)
+    return None
 
 
 class RunDirectory:
