@@ -495,7 +495,8 @@ def calibrate(suite_name: str, repeats: int, out: Path | None, overrides: tuple[
 
 @cli.command()
 @click.option("--model", required=True, help="Model to tune (see `lmbench list`).")
-@click.option("--seq-len", type=click.IntRange(min=1), default=1024, show_default=True)
+@click.option("--seq-len", type=click.IntRange(min=1), default=None,
+              help="Tokens per sequence (default: 1024, or the model's positions when it has fewer).")
 @click.option("--precision", "precisions", default="amp-bf16", show_default=True, help="Comma-separated list.")
 @click.option("--kernels", "kernel_sets", default="eager", show_default=True, help="Comma-separated list.")
 @click.option("--checkpointing", "checkpointings", default="none,full", show_default=True,
@@ -506,8 +507,8 @@ def calibrate(suite_name: str, repeats: int, out: Path | None, overrides: tuple[
               "of the resident set during training).")
 @click.option("--global-batch", type=click.IntRange(min=1), default=None,
               help="Keep batch x grad_accum near this many sequences, for comparable optimisation.")
-@click.option("--margin", type=float, default=0.1, show_default=True,
-              help="Back off this fraction from the largest fit.")
+@click.option("--margin", type=click.FloatRange(min=0, max=1, max_open=True), default=0.1, show_default=True,
+              help="Back off this fraction from the largest fit, in [0, 1).")
 @click.option("--max-batch", type=click.IntRange(min=1), default=4096, show_default=True)
 @click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True, help="Measured steps per size.")
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
@@ -524,7 +525,7 @@ def calibrate(suite_name: str, repeats: int, out: Path | None, overrides: tuple[
                    "eval_every and a learnable data=).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=V",
               help="Any other axis of the measured configurations (probes keep only what shapes memory). Repeatable.")
-def tune(model: str, seq_len: int, precisions: str, kernel_sets: str, checkpointings: str,
+def tune(model: str, seq_len: int | None, precisions: str, kernel_sets: str, checkpointings: str,
          budget_minutes: float | None, max_memory: str | None, global_batch: int | None, margin: float,
          max_batch: int, steps: int, warmup: int, device: str | None, out: Path | None, resume: bool,
          check_parity: bool, timeout_s: float | None, objective: str, overrides: tuple[str, ...]) -> int:
@@ -537,18 +538,25 @@ def tune(model: str, seq_len: int, precisions: str, kernel_sets: str, checkpoint
     from lmbench.plan.config import Config
     from lmbench.plan.feasibility import resolve
 
-    values = {"model": model, "seq_len": seq_len, "max_memory_bytes": tuning.parse_size(max_memory) if max_memory
+    # Options that are wrong on their own first, then what depends on the model.
+    for option, number in (("--budget-minutes", budget_minutes), ("--margin", margin)):
+        if number is not None and not math.isfinite(number):
+            raise UsageError(f"{option} {number}: must be a finite number")
+    values = {"model": model, "max_memory_bytes": tuning.parse_size(max_memory) if max_memory
               else 0, **({"device": device} if device else {}), **({"timeout_s": timeout_s} if timeout_s else {})}
     values.update(tuning.parse_set(overrides))
     axes = {"precision": precisions, "kernels": kernel_sets, "checkpointing": checkpointings}
     lists = {axis: suites.parse_values(axis, raw, where=f"--{axis} {raw!r}") for axis, raw in axes.items()}
-    for option, number in (("--budget-minutes", budget_minutes), ("--margin", margin)):
-        if number is not None and not math.isfinite(number):
-            raise UsageError(f"{option} {number}: must be a finite number")
     try:
         base = resolve(Config.from_mapping(values), probe_platform())
     except LmbenchError as err:
         raise UsageError(str(err)) from None
+    positions = MODELS[model].max_positions
+    if seq_len is not None and seq_len > positions:
+        raise UsageError(f"--seq-len {seq_len}: more than the {positions} positions of model {model}; allowed: "
+                         f"1..{positions}")
+    seq_len = seq_len or min(tuning.DEFAULT_SEQ_LEN, positions)
+    base = base.replace(seq_len=seq_len)
     if base.replace(steps=steps, warmup=warmup).conflict():
         raise UsageError(base.replace(steps=steps, warmup=warmup).conflict())
     if objective == "time-to-target" and not base.has_target:

@@ -36,6 +36,8 @@ Launcher = Callable[[Job, RunDirectory], tuple[str, str | None, dict[str, Any] |
 
 #: Probe runs: enough steps to reach the steady-state memory peak (optimizer state exists after step one).
 PROBE_STEPS, PROBE_WARMUP = 2, 1
+#: --seq-len when not given (a model with fewer positions gets all of them).
+DEFAULT_SEQ_LEN = 1024
 #: Sizes measured besides the chosen one, as fractions of it.
 BELOW = (0.75, 0.5)
 #: Parity check of a combination: the steps over which ci/parity-tolerances.sh measured the tolerances.

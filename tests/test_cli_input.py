@@ -257,3 +257,25 @@ def test_a_directory_of_another_command_is_refused(tmp_path, command, made_by, m
     assert line == (f"--out '{out}' already holds results of lmbench {made_by}, not of lmbench "
                     f"{command[0]}; choose another directory")
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
+
+# 9. tune: options wrong on their own are named first; --seq-len is named; its default fits the model.
+
+def test_tune_names_the_option_at_fault_cheap_ones_first():
+    assert error(lmbench("tune", "--model", "tiny-gpt2", "--seq-len", "1024", "--margin", "2")) == (
+        "lmbench: error (lmbench tune): Invalid value for '--margin': 2.0 is not in the range 0<=x<1.")
+    assert error(lmbench("tune", "--model", "tiny-gpt2", "--seq-len", "1024", "--margin", "nan")) == (
+        "--margin nan: must be a finite number")
+    assert error(lmbench("tune", "--model", "tiny-gpt2", "--seq-len", "1024", "--max-memory", "lots")) == (
+        "--max-memory 'lots': expected a size like 512MiB, 2GiB or 1.5G")
+    assert error(lmbench("tune", "--model", "tiny-gpt2", "--seq-len", "1024")) == (
+        "--seq-len 1024: more than the 256 positions of model tiny-gpt2; allowed: 1..256")
+
+
+def test_tune_default_seq_len_is_the_models_positions_when_fewer(tmp_path, monkeypatch):
+    from lmbench import tune
+
+    monkeypatch.setattr(tune, "combos", lambda *lists: [])
+    result = lmbench("tune", "--model", "tiny-gpt2", "--device", "cpu", "--out", tmp_path / "t")
+    assert result.exit_code == 0, result.output
+    assert "largest batch that fits: tiny-gpt2, seq_len 256" in result.output
