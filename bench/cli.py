@@ -25,12 +25,16 @@ import lmbench
 from lmbench.analyze.ranking import OBJECTIVES
 from lmbench.errors import LmbenchError, StorageError, UsageError
 from lmbench.models.registry import MODELS
-from lmbench.plan import runplan
+from lmbench.plan import runplan, tuneplan
 from lmbench.plan import suite as suites
 from lmbench.plan.runplan import RunPlan
+from lmbench.plan.tuneplan import TunePlan
 from lmbench.run import runner
 from lmbench.run.interrupts import Interrupted, interruptible
 
+#: tune's option defaults: those of its plan (the resume command leaves defaults out).
+_TUNE = {field.name: field.default for field in dataclasses.fields(TunePlan)}
+_TUNE_OBJECTIVE = "throughput"
 #: Exit codes of every command (DESIGN.md): 1 is compare's alone, so a crash never reads as a regression.
 EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -497,9 +501,9 @@ def calibrate(suite_name: str, repeats: int, out: Path | None, overrides: tuple[
 @click.option("--model", required=True, help="Model to tune (see `lmbench list`).")
 @click.option("--seq-len", type=click.IntRange(min=1), default=None,
               help="Tokens per sequence (default: 1024, or the model's positions when it has fewer).")
-@click.option("--precision", "precisions", default="amp-bf16", show_default=True, help="Comma-separated list.")
-@click.option("--kernels", "kernel_sets", default="eager", show_default=True, help="Comma-separated list.")
-@click.option("--checkpointing", "checkpointings", default="none,full", show_default=True,
+@click.option("--precision", "precisions", default=_TUNE["precision"], show_default=True, help="Comma-separated list.")
+@click.option("--kernels", "kernel_sets", default=_TUNE["kernels"], show_default=True, help="Comma-separated list.")
+@click.option("--checkpointing", "checkpointings", default=_TUNE["checkpointing"], show_default=True,
               help="Comma-separated list.")
 @click.option("--budget-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Start no probe or measurement after this long.")
@@ -507,20 +511,23 @@ def calibrate(suite_name: str, repeats: int, out: Path | None, overrides: tuple[
               "of the resident set during training).")
 @click.option("--global-batch", type=click.IntRange(min=1), default=None,
               help="Keep batch x grad_accum near this many sequences, for comparable optimisation.")
-@click.option("--margin", type=click.FloatRange(min=0, max=1, max_open=True), default=0.1, show_default=True,
+@click.option("--margin", type=click.FloatRange(min=0, max=1, max_open=True), default=_TUNE["margin"],
+              show_default=True,
               help="Back off this fraction from the largest fit, in [0, 1).")
-@click.option("--max-batch", type=click.IntRange(min=1), default=4096, show_default=True)
-@click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True, help="Measured steps per size.")
-@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
+@click.option("--max-batch", type=click.IntRange(min=1), default=_TUNE["max_batch"], show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=_TUNE["steps"], show_default=True,
+              help="Measured steps per size.")
+@click.option("--warmup", type=click.IntRange(min=0), default=_TUNE["warmup"], show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
 @click.option("--out", type=NonEmptyPath(file_okay=False, path_type=Path), default=None)
-@click.option("--resume", is_flag=True, help="Continue the tune in --out; probes already made are reused.")
+@click.option("--resume", is_flag=True,
+              help="Continue the tune in --out with the options it started with; probes already made are reused.")
 @click.option("--parity", "check_parity", is_flag=True,
               help="Check every combination's loss against its reference (FP8 ones always are); one that drifts "
                    "never wins.")
 @click.option("--timeout-s", type=click.FloatRange(min=1), default=None,
               help="Wall-clock limit of each probe's and measurement's worker (default: the timeout_s axis's).")
-@click.option("--objective", type=click.Choice(OBJECTIVES), default="throughput", show_default=True,
+@click.option("--objective", type=click.Choice(OBJECTIVES), default=_TUNE_OBJECTIVE, show_default=True,
               help="Rank by tokens/s, or by time to a held-out target (needs --set target_loss=..., max_steps, "
                    "eval_every and a learnable data=).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=V",
@@ -542,7 +549,7 @@ def tune(model: str, seq_len: int | None, precisions: str, kernel_sets: str, che
     for option, number in (("--budget-minutes", budget_minutes), ("--margin", margin)):
         if number is not None and not math.isfinite(number):
             raise UsageError(f"{option} {number}: must be a finite number")
-    values = {"model": model, "max_memory_bytes": tuning.parse_size(max_memory) if max_memory
+    values = {"model": model, "max_memory_bytes": tuneplan.parse_size(max_memory) if max_memory
               else 0, **({"device": device} if device else {}), **({"timeout_s": timeout_s} if timeout_s else {})}
     values.update(tuning.parse_set(overrides))
     axes = {"precision": precisions, "kernels": kernel_sets, "checkpointing": checkpointings}
@@ -565,16 +572,45 @@ def tune(model: str, seq_len: int | None, precisions: str, kernel_sets: str, che
     if resume and out is None:
         raise UsageError("--resume needs --out RUN_DIR, the tune to continue")
     out = out or Path("runs") / f"tune-{model}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    plan = TunePlan(model=model, seq_len=seq_len, precision=precisions, kernels=kernel_sets,
+                    checkpointing=checkpointings, max_memory=max_memory, global_batch=global_batch, margin=margin,
+                    max_batch=max_batch, steps=steps, warmup=warmup, device=device, parity=check_parity,
+                    timeout_s=timeout_s, overrides=overrides)
+    # Outside the plan, but the user's choice: the command that resumes keeps them.
+    extra = (*(("--budget-minutes", f"{budget_minutes:g}") if budget_minutes else ()),
+             *(("--objective", objective) if objective != _TUNE_OBJECTIVE else ()))
     _refuse_other_writer(out, "tune")
     with interruptible(), runner.RunDirectory(out, resume=resume) as run_dir:
-        return _tune(base, run_dir, lists, model=model, seq_len=seq_len, budget_minutes=budget_minutes, margin=margin,
-                     max_batch=max_batch, global_batch=global_batch, steps=steps, warmup=warmup,
-                     check_parity=check_parity, objective=objective)
+        _record_tune_plan(run_dir, plan, resume=resume, extra=extra)
+        return _tune(base, run_dir, lists, plan, budget_minutes=budget_minutes, objective=objective)
 
 
-def _tune(base: Any, run_dir: runner.RunDirectory, lists: dict[str, list[Any]], *, model: str, seq_len: int,
-          budget_minutes: float | None, margin: float, max_batch: int, global_batch: int | None, steps: int,
-          warmup: int, check_parity: bool = False, objective: str = "throughput") -> int:
+def _record_tune_plan(run_dir: runner.RunDirectory, plan: TunePlan, *, resume: bool, extra: tuple[str, ...]) -> None:
+    """Check a resumed tune's plan against run.json (refusing another), then write run.json."""
+    from lmbench.analyze.results import RESULTS_FILE
+    from lmbench.run.rundir import PARITY_FILE, PROBES_FILE
+
+    started = any((run_dir.path / name).is_file() and (run_dir.path / name).stat().st_size
+                  for name in (PROBES_FILE, PARITY_FILE, RESULTS_FILE))
+    if started and not resume:
+        raise UsageError(f"--out {str(run_dir.path)!r} already holds a tune; pass --resume to continue it, or choose "
+                         "another directory")
+    meta = run_dir.meta()
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    if resume and meta and "plan" in meta:
+        tuneplan.check(meta, plan, out=run_dir.path, extra=extra)
+        earlier = meta.get("resumed") if isinstance(meta.get("resumed"), list) else []
+        run_dir.write_meta({**meta, "resumed": [*earlier, now]})
+        return
+    if resume and started:
+        click.echo(f"lmbench: warning: {run_dir.path}: run.json records no plan (an older lmbench); resuming "
+                   "unchecked", err=True)
+    run_dir.write_meta({"command": "tune", "plan": plan.to_json(), "lmbench": lmbench.__version__, "argv": sys.argv,
+                        "started": now})
+
+
+def _tune(base: Any, run_dir: runner.RunDirectory, lists: dict[str, list[Any]], plan: TunePlan, *,
+          budget_minutes: float | None, objective: str) -> int:
     """The search and measurements of `lmbench tune` in a locked run directory, then its tables and winner."""
     from lmbench import tune as tuning
     from lmbench.analyze.table import tune_ranking_table, tune_search_table
@@ -583,8 +619,8 @@ def _tune(base: Any, run_dir: runner.RunDirectory, lists: dict[str, list[Any]], 
 
     err_console = _console(stderr=True)
     tuner = tuning.Tuner(base, run_dir, launch=runner.run_worker, budget_s=budget_minutes * 60 if budget_minutes
-                         else None, margin=margin, max_batch=max_batch, global_batch=global_batch,
-                         check_parity=check_parity, on_event=lambda message: err_console.print(escape(message)))
+                         else None, margin=plan.margin, max_batch=plan.max_batch, global_batch=plan.global_batch,
+                         check_parity=plan.parity, on_event=lambda message: err_console.print(escape(message)))
     for warning in run_dir.notices + tuner.warnings:
         click.echo(f"lmbench: warning: {warning}", err=True)
     found = []
@@ -595,9 +631,9 @@ def _tune(base: Any, run_dir: runner.RunDirectory, lists: dict[str, list[Any]], 
             continue
         result = tuner.search(combo)
         if result.chosen:
-            tuner.measure(result, steps, warmup)
+            tuner.measure(result, plan.steps, plan.warmup)
         found.append(result)
-    search = tune_search_table(found, title=f"largest batch that fits: {model}, seq_len {seq_len}")
+    search = tune_search_table(found, title=f"largest batch that fits: {plan.model}, seq_len {plan.seq_len}")
     ranking = tune_ranking_table(tuning.ranked(run_dir, objective), objective=objective)
     console = _console()
     console.print(search)

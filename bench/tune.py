@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,22 +48,6 @@ OWN_OPTIONS = {"model": "--model", "seq_len": "--seq-len", "precision": "--preci
                "max_memory_bytes": "--max-memory"}
 #: Parity verdicts that keep a configuration from winning.
 STRAYED = ("drift", "diverged")
-
-
-def parse_size(text: str) -> int:
-    """'512MiB', '2GiB', '1.5G', '800M' or plain bytes -> bytes."""
-    units = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
-             "g": 10**9, "gb": 10**9, "gib": 2**30}
-    number = text.strip().lower().rstrip("bytes") if text.strip().lower().endswith("bytes") else text.strip().lower()
-    digits = number.rstrip("kmgib")
-    unit = number[len(digits):]
-    try:
-        value = float(digits) * units[unit]
-    except (ValueError, KeyError):
-        raise UsageError(f"--max-memory {text!r}: expected a size like 512MiB, 2GiB or 1.5G") from None
-    if not math.isfinite(value) or value < 1:
-        raise UsageError(f"--max-memory {text!r}: must be a finite size of at least 1 byte")
-    return int(value)
 
 
 @dataclass

@@ -279,3 +279,61 @@ def test_tune_default_seq_len_is_the_models_positions_when_fewer(tmp_path, monke
     result = lmbench("tune", "--model", "tiny-gpt2", "--device", "cpu", "--out", tmp_path / "t")
     assert result.exit_code == 0, result.output
     assert "largest batch that fits: tiny-gpt2, seq_len 256" in result.output
+
+
+# 1. tune records its plan, and --resume continues that plan or nothing.
+
+@pytest.fixture
+def fake_tune(monkeypatch):
+    """tune's workers are tests/fake_worker.py: batch sizes above 2 run out of memory."""
+    import fake_worker
+
+    from lmbench.run import runner
+
+    monkeypatch.setattr(runner, "worker_command", fake_worker.command)
+    monkeypatch.setenv("FAKE_WORKER_OOM_ABOVE", "2")
+
+
+TUNE = ("tune", "--model", "tiny-gpt2", "--seq-len", "16", "--precision", "fp32", "--checkpointing", "none",
+        "--max-memory", "30MiB", "--max-batch", "4", "--margin", "0", "--device", "cpu")
+
+
+def test_tune_resume_refuses_another_plan_and_names_the_command_that_resumes(tmp_path, fake_tune):
+    import json
+
+    out = tmp_path / "tune"
+    assert lmbench(*TUNE, "--out", out).exit_code == 0
+    plan = json.loads((out / "run.json").read_text())
+    assert plan["command"] == "tune" and plan["plan"]["seq_len"] == 16 and plan["plan"]["max_memory"] == "30MiB"
+    probes, records = (out / "probes.jsonl").read_text(), (out / "results.jsonl").read_text()
+    same = (f"lmbench tune --model tiny-gpt2 --seq-len 16 --precision fp32 --kernels eager --checkpointing none "
+            f"--max-memory 30MiB --margin 0.0 --max-batch 4 --device cpu --out {out} --resume")
+    other = ["tune", "--model", "tiny-gpt2", "--seq-len", "8", "--precision", "fp32", "--checkpointing", "full",
+             "--max-batch", "4", "--margin", "0", "--device", "cpu", "--out", out, "--resume"]
+    assert error(lmbench(*other)) == (
+        f"--resume: '{out}' was started with another plan (--seq-len: 8 now, 16 then; --checkpointing: full now, "
+        f"none then; --max-memory: none now, 30MiB then); resume it with {same}, or choose another --out")
+    # The tester's other case: only --out and --steps, every default standing in for what the tune was given.
+    assert error(lmbench("tune", "--model", "tiny-gpt2", "--out", out, "--resume", "--steps", "5")).startswith(
+        f"--resume: '{out}' was started with another plan (--seq-len: 256 now, 16 then; --precision: amp-bf16 now, "
+        "fp32 then; --checkpointing: none,full now, none then; --max-memory: none now, 30MiB then; --margin: 0.1 "
+        "now, 0.0 then; --max-batch: 4096 now, 4 then; --steps: 5 now, 20 then; --device: none now, cpu then); ")
+    assert (out / "probes.jsonl").read_text() == probes and (out / "results.jsonl").read_text() == records
+    # Another spelling of the same plan resumes, and so does the command the refusal gave; nothing runs again.
+    respelled = [a if a != "30MiB" else str(30 * 2**20) for a in TUNE]
+    assert error(lmbench(*respelled, "--out", out, "--resume", "--set", "seed=1")).startswith(
+        f"--resume: '{out}' was started with another plan (--set: seed=1 now, none then); resume it with ")
+    result = lmbench(*respelled, "--out", out, "--resume", "--budget-minutes", "5")  # not part of the plan
+    assert result.exit_code == 0, result.output
+    assert lmbench(*same.split()[1:]).exit_code == 0
+    assert (out / "probes.jsonl").read_text() == probes and (out / "results.jsonl").read_text() == records
+    assert len(json.loads((out / "run.json").read_text())["resumed"]) == 2
+
+
+def test_tune_into_a_started_tune_needs_resume(tmp_path, fake_tune):
+    out = tmp_path / "tune"
+    out.mkdir()
+    (out / "probes.jsonl").write_text('{"config_key": "k", "status": "ok"}\n')
+    assert error(lmbench(*TUNE, "--out", out)) == (
+        f"--out '{out}' already holds a tune; pass --resume to continue it, or choose another directory")
+

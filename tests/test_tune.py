@@ -10,8 +10,9 @@ from lmbench.cli import cli
 from lmbench.errors import UsageError
 from lmbench.plan import suite as suites
 from lmbench.plan.config import Config
+from lmbench.plan.tuneplan import parse_size
 from lmbench.run.runner import RunDirectory, run_worker
-from lmbench.tune import Tuner, parse_size, winner_suite
+from lmbench.tune import Tuner, winner_suite
 
 BASE = Config(model="tiny-gpt2", seq_len=256, device="cpu", max_memory_bytes=60 * 2**20)
 COMBO = {"precision": "fp32", "kernels": "eager", "checkpointing": "none"}

@@ -98,5 +98,10 @@ def check(meta: dict[str, Any] | None, plan: RunPlan, *, out: Path, suggest: boo
     if not differences:
         return None
     how = f"resume it with {earlier.resume_command(out)}" if suggest else "resume it with the options it started with"
-    raise PlanMismatch(f"--resume: {str(out)!r} was started with another plan ({'; '.join(differences)}); {how}, "
-                       "or choose another --out")
+    raise mismatch(out, differences, how)
+
+
+def mismatch(out: Path, differences: list[str], how: str) -> PlanMismatch:
+    """The refusal of a resume with another plan: every difference, then `how` to resume it as it was started."""
+    return PlanMismatch(f"--resume: {str(out)!r} was started with another plan ({'; '.join(differences)}); {how}, "
+                        "or choose another --out")
