@@ -582,7 +582,17 @@ def tune(model: str, seq_len: int | None, precisions: str, kernel_sets: str, che
     _refuse_other_writer(out, "tune")
     with interruptible(), runner.RunDirectory(out, resume=resume) as run_dir:
         _record_tune_plan(run_dir, plan, resume=resume, extra=extra)
-        return _tune(base, run_dir, lists, plan, budget_minutes=budget_minutes, objective=objective)
+        command = plan.resume_command(out, extra=extra)
+        try:
+            return _tune(base, run_dir, lists, plan, budget_minutes=budget_minutes, objective=objective)
+        except Interrupted as stop:
+            what = "interrupted" if stop.signum == signal.SIGINT else f"stopped by {stop.name}"
+            _say(f"lmbench: {what}; the probes and measurements made so far are kept in {out}; the one that was "
+                 f"running has none and runs again on resume; continue with: {command}")
+            return stop.exit_code
+        except StorageError as err:
+            raise StorageError(f"{err}; the probes and measurements made so far are kept; once there is room, "
+                               f"continue with: {command}") from None
 
 
 def _record_tune_plan(run_dir: runner.RunDirectory, plan: TunePlan, *, resume: bool, extra: tuple[str, ...]) -> None:

@@ -337,3 +337,33 @@ def test_tune_into_a_started_tune_needs_resume(tmp_path, fake_tune):
     assert error(lmbench(*TUNE, "--out", out)) == (
         f"--out '{out}' already holds a tune; pass --resume to continue it, or choose another directory")
 
+
+# 6. An interrupted tune says how to continue it.
+
+def test_an_interrupted_tune_prints_the_command_that_resumes_it(tmp_path, fake_tune, monkeypatch):
+    import shlex
+    import signal
+
+    from lmbench import tune
+    from lmbench.run.interrupts import Interrupted
+
+    out = tmp_path / "tune"
+    fits = tune.Tuner.fits
+
+    def interrupted_at_batch_4(self, combo, batch):
+        if batch == 4:
+            raise Interrupted(signal.SIGINT)
+        return fits(self, combo, batch)
+
+    monkeypatch.setattr(tune.Tuner, "fits", interrupted_at_batch_4)
+    result = lmbench(*TUNE, "--out", out, "--budget-minutes", "30", "--objective", "throughput")
+    assert result.exit_code == 130, result.output
+    command = (f"lmbench tune --model tiny-gpt2 --seq-len 16 --precision fp32 --kernels eager --checkpointing none "
+               f"--max-memory 30MiB --margin 0.0 --max-batch 4 --device cpu --out {out} --budget-minutes 30 --resume")
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"lmbench: interrupted; the probes and measurements made so far are kept in {out}; the one that was running "
+        f"has none and runs again on resume; continue with: {command}")
+    monkeypatch.setattr(tune.Tuner, "fits", fits)
+    resumed = lmbench(*shlex.split(command)[1:])
+    assert resumed.exit_code == 0, resumed.output
+    assert [line.count('"batch_size": ') for line in (out / "probes.jsonl").read_text().splitlines()] == [1] * 4
