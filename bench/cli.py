@@ -201,7 +201,7 @@ def _run_suite(plan: RunPlan, out: Path | None, *, resume: bool, dry_run: bool =
         recorded = run_dir.recorded()
         for warning in recorded.warnings:
             click.echo(f"lmbench: warning: {warning}", err=True)
-        _record_plan(run_dir, plan, suite, resume=resume, recorded=bool(recorded.records), suggest=suggest)
+        _record_plan(run_dir, plan, suite, resume=resume, recorded=recorded.records, suggest=suggest)
         done = {(r["config_key"], r["repeat"]) for r in recorded.records}
         jobs = runner.plan(planned, platform, repeats=plan.repeats, done=done, parity=plan.parity)
         if done:
@@ -232,13 +232,14 @@ def _run_suite(plan: RunPlan, out: Path | None, *, resume: bool, dry_run: bool =
     return 0
 
 
-def _record_plan(run_dir: runner.RunDirectory, plan: RunPlan, suite: suites.Suite, *, resume: bool, recorded: bool,
-                 suggest: bool) -> None:
+def _record_plan(run_dir: runner.RunDirectory, plan: RunPlan, suite: suites.Suite, *, resume: bool,
+                 recorded: list[dict[str, Any]], suggest: bool) -> None:
     """Check a resumed run's plan against run.json (refusing another), then write run.json."""
     meta = run_dir.meta()
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     if resume and (recorded or (meta and "plan" in meta)):
-        warning = runplan.check(meta, plan, out=run_dir.path, suggest=suggest)
+        warning = runplan.check(meta, plan, out=run_dir.path, suggest=suggest, suite_name=suite.name,
+                                recorded_suites=(record.get("suite") for record in recorded))
         if warning:
             click.echo(f"lmbench: warning: {warning}", err=True)
         if meta and "plan" in meta:

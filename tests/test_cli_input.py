@@ -367,3 +367,38 @@ def test_an_interrupted_tune_prints_the_command_that_resumes_it(tmp_path, fake_t
     resumed = lmbench(*shlex.split(command)[1:])
     assert resumed.exit_code == 0, resumed.output
     assert [line.count('"batch_size": ') for line in (out / "probes.jsonl").read_text().splitlines()] == [1] * 4
+
+
+# 2. A run directory without a plan: resumed only when its records are of the same suite.
+
+def test_resume_without_a_plan_refuses_records_of_another_suite(tmp_path):
+    from lmbench.analyze import results
+
+    out = tmp_path / "run"
+    out.mkdir()
+    results.append(out, results.make_record(suite="tune", config={"model": "tiny-gpt2"}, config_key="k", repeat=0,
+                                            status="ok", reason=None, payload={"metrics": {"tokens_per_s": 1.0}}))
+    before = (out / "results.jsonl").read_text()
+    assert error(lmbench("run", "--suite", "smoke", "--device", "cpu", "--out", out, "--resume")) == (
+        f"--resume: '{out}' records no plan (no run.json, or one from before plans were recorded) and holds records "
+        "of suite 'tune', not of 'smoke'; choose another --out")
+    assert (out / "results.jsonl").read_text() == before and not (out / "run.json").exists()
+
+
+def test_resume_without_a_plan_continues_records_of_the_same_suite_with_a_warning(tmp_path, fake_tune):
+    import json
+
+    from lmbench.analyze import results
+
+    suite = tmp_path / "mine.toml"
+    suite.write_text('[defaults]\nmodel = "tiny-gpt2"\nseq_len = 16\nbatch_size = 1\ndevice = "cpu"\n')
+    out = tmp_path / "run"
+    out.mkdir()
+    results.append(out, results.make_record(suite="mine", config={"model": "tiny-gpt2"}, config_key="k", repeat=0,
+                                            status="ok", reason=None, payload={"metrics": {"tokens_per_s": 1.0}}))
+    result = lmbench("run", "--suite", suite, "--out", out, "--resume")
+    assert result.exit_code == 0, result.output
+    assert (f"lmbench: warning: {out}: run.json records no plan (an older lmbench, or not a run directory); "
+            "resuming unchecked") in result.stderr.splitlines()
+    assert [r["suite"] for r in results.read(out).records] == ["mine", "mine"]
+    assert json.loads((out / "run.json").read_text())["command"] == "run"

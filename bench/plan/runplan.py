@@ -10,6 +10,7 @@ the plan rather than changing it.
 from __future__ import annotations
 
 import shlex
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -85,13 +86,20 @@ class RunPlan:
         return shlex.join([*args, *extra, "--resume"])
 
 
-def check(meta: dict[str, Any] | None, plan: RunPlan, *, out: Path, suggest: bool = True) -> str | None:
+def check(meta: dict[str, Any] | None, plan: RunPlan, *, out: Path, suggest: bool = True, suite_name: str = "",
+          recorded_suites: Iterable[Any] = ()) -> str | None:
     """Refuse to resume `out` with another plan (PlanMismatch naming every difference and, with `suggest`,
     the `lmbench run` command that resumes it).
 
-    Returns a warning when run.json predates recorded plans (nothing to compare), else None.
+    Without a plan in run.json (an older lmbench, or none at all) there is nothing to compare: records of
+    suites other than `suite_name` are refused (another run's, or a tune's), else this returns a warning.
     """
     if meta is None or "plan" not in meta:
+        foreign = sorted({str(name) for name in recorded_suites} - {suite_name})
+        if foreign:
+            raise PlanMismatch(f"--resume: {str(out)!r} records no plan (no run.json, or one from before plans were "
+                               f"recorded) and holds records of suite {', '.join(map(repr, foreign))}, not of "
+                               f"{suite_name!r}; choose another --out")
         return f"{out}: run.json records no plan (an older lmbench, or not a run directory); resuming unchecked"
     earlier = RunPlan.from_json(meta["plan"])
     differences = plan.differences(earlier)
