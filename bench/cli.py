@@ -176,16 +176,17 @@ def _run_suite(plan: RunPlan, out: Path | None, *, resume: bool, dry_run: bool =
         planned, notices = with_references(planned, platform, nnodes=plan.nnodes)
         for notice in notices:
             click.echo(notice, err=True)
+    if resume and out is None:
+        raise UsageError("--resume needs --out RUN_DIR, the run to continue")
     if dry_run:
         from lmbench.plan.layout import explain_plan
 
         jobs = runner.plan(planned, platform, repeats=1)
-        _console().print(plan_table([(j.config.to_dict(), j.config.key, j.skip) for j in jobs]))
+        kept = _kept(planned, platform, plan, out, suite) if resume and out is not None else {}
+        _console().print(plan_table([(j.config.to_dict(), j.config.key, j.skip) for j in jobs], kept))
         for line in explain_plan([j.config for j in jobs if not j.skip], nnodes=plan.nnodes):
             click.echo(line)
         return 0
-    if resume and out is None:
-        raise UsageError("--resume needs --out RUN_DIR, the run to continue")
     # Nodes other than 0 sharing a file system must not share node 0's directory (and its lock).
     node = f"-node{node_rank}" if node_rank else ""
     out = out or Path("runs") / f"{suite.name}-{dt.datetime.now():%Y%m%d-%H%M%S}{node}"
@@ -230,6 +231,36 @@ def _run_suite(plan: RunPlan, out: Path | None, *, resume: bool, dry_run: bool =
 
         _console().print(ranking_table(everything, objective))
     return 0
+
+
+def _kept(planned: list[suites.Planned], platform: Any, plan: RunPlan, out: Path, suite: suites.Suite
+          ) -> dict[str, str]:
+    """What `run --resume --dry-run` would keep: the plan checked as the resume checks it, the same count of records
+    kept and jobs to go, and the plan column's text for each configuration with records."""
+    from lmbench.analyze import results
+    from lmbench.run.rundir import read_meta
+
+    _refuse_other_writer(out, "run")
+    recorded = results.read(out) if (out / results.RESULTS_FILE).is_file() else results.Loaded()
+    for warning in recorded.warnings:
+        click.echo(f"lmbench: warning: {warning}", err=True)
+    meta = read_meta(out) if out.is_dir() else None
+    if recorded.records or (meta and "plan" in meta):
+        warning = runplan.check(meta, plan, out=out, suite_name=suite.name,
+                                recorded_suites=(record.get("suite") for record in recorded.records))
+        if warning:
+            click.echo(f"lmbench: warning: {warning}", err=True)
+    done = {(r["config_key"], r["repeat"]) for r in recorded.records}
+    to_go = runner.plan(planned, platform, repeats=plan.repeats, done=done, parity=plan.parity)
+    click.echo(f"resuming {out}: {len(done)} record(s) kept, {len(to_go)} job(s) to go", err=True)
+    kept = {}
+    for job in runner.plan(planned, platform, repeats=1):
+        have = sum((job.config.key, repeat) in done for repeat in range(plan.repeats))
+        if have == plan.repeats:
+            kept[job.config.key] = "kept"
+        elif have:
+            kept[job.config.key] = f"run ({have} of {plan.repeats} repeats kept)"
+    return kept
 
 
 def _record_plan(run_dir: runner.RunDirectory, plan: RunPlan, suite: suites.Suite, *, resume: bool,

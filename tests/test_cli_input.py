@@ -402,3 +402,30 @@ def test_resume_without_a_plan_continues_records_of_the_same_suite_with_a_warnin
             "resuming unchecked") in result.stderr.splitlines()
     assert [r["suite"] for r in results.read(out).records] == ["mine", "mine"]
     assert json.loads((out / "run.json").read_text())["command"] == "run"
+
+
+# 7. run --resume --dry-run shows what the resume keeps.
+
+def test_a_resumed_dry_run_shows_the_configurations_already_recorded(tmp_path, fake_tune):
+    suite = tmp_path / "two.toml"
+    suite.write_text('[defaults]\nmodel = "tiny-gpt2"\nseq_len = 16\nbatch_size = 1\ndevice = "cpu"\n'
+                     "[matrix]\nseed = [1, 2]\n")
+    out = tmp_path / "run"
+    assert lmbench("run", "--suite", suite, "--out", out).exit_code == 0
+    lines = (out / "results.jsonl").read_text().splitlines()
+    (out / "results.jsonl").write_text(lines[0] + "\n")
+    result = lmbench("run", "--suite", suite, "--out", out, "--resume", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [f"resuming {out}: 1 record(s) kept, 1 job(s) to go"]
+    plans = [line.split("│")[-2].strip() for line in result.output.splitlines() if "tiny-gpt2-b1-s16" in line]
+    assert plans == ["kept", "run"]
+    result = lmbench("run", "--suite", suite, "--out", out, "--resume", "--dry-run", "--repeats", "2")
+    assert result.stderr.splitlines() == [f"resuming {out}: 1 record(s) kept, 3 job(s) to go"]
+    plans = [line.split("│")[-2].strip() for line in result.output.splitlines() if "tiny-gpt2-b1-s16" in line]
+    assert plans == ["run (1 of 2 repeats kept)", "run"]
+    refused = lmbench("run", "--suite", suite, "--out", out, "--resume", "--dry-run", "--set", "steps=3")
+    assert error(refused).startswith(
+        f"--resume: '{out}' was started with another plan (overrides (--set, --device): steps=3 now, none then); ")
+    assert (out / "results.jsonl").read_text() == lines[0] + "\n"
+    real = lmbench("run", "--suite", suite, "--out", out, "--resume")
+    assert f"resuming {out}: 1 record(s) kept, 1 job(s) to go" in real.stderr

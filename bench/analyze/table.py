@@ -160,8 +160,9 @@ def memory_cell(device_bytes: float | None, host_bytes: float | None) -> str:
     return "-" if host_bytes is None else f"+{host_bytes / 2**20:.1f} MiB RSS"
 
 
-def plan_table(rows: list[tuple[dict[str, Any], str, str | None]]) -> Table:
-    """The --dry-run listing: (config dict, key, skip reason) per configuration."""
+def plan_table(rows: list[tuple[dict[str, Any], str, str | None]], kept: dict[str, str] | None = None) -> Table:
+    """The --dry-run listing: (config dict, key, skip reason) per configuration; `kept` gives the plan of
+    configurations a resumed run already holds records of (by key)."""
     axes = varying_axes(config for config, _, _ in rows)
     table = Table(title=f"{len(rows)} configuration{'' if len(rows) == 1 else 's'}", title_justify="left")
     for axis in axes:
@@ -169,7 +170,8 @@ def plan_table(rows: list[tuple[dict[str, Any], str, str | None]]) -> Table:
     table.add_column("config_key")
     table.add_column("plan")
     for config, key, skip in rows:
-        table.add_row(*(escape(cell(config, a)) for a in axes), key, escape(f"skip: {skip}") if skip else "run")
+        plan = (kept or {}).get(key) or (f"skip: {skip}" if skip else "run")
+        table.add_row(*(escape(cell(config, a)) for a in axes), key, escape(plan))
     return table
 
 

@@ -98,18 +98,7 @@ class RunDirectory:
 
     def meta(self) -> dict[str, Any] | None:
         """run.json as written by the run that created the directory; None when there is none."""
-        path = self.path / META_FILE
-        if not path.exists():
-            return None
-        try:
-            meta = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise ResultsError(f"cannot read {str(path)!r} ({err}); move it aside to resume without checking "
-                               "the plan") from None
-        if not isinstance(meta, dict):
-            raise ResultsError(f"{str(path)!r} is not a JSON object; move it aside to resume without checking "
-                               "the plan")
-        return meta
+        return read_meta(self.path)
 
     def write_meta(self, meta: dict[str, Any]) -> None:
         self.write_json(self.path / META_FILE, meta)
@@ -125,6 +114,22 @@ class RunDirectory:
     def timeline_path(self, name: str) -> Path:
         """Telemetry samples of the job's window (CSV), when NVML was there to take them."""
         return self.path / "telemetry" / f"{name}.csv"
+
+
+def read_meta(run_dir: Path) -> dict[str, Any] | None:
+    """RUN_DIR/run.json; None when there is none, a ResultsError when it cannot be read as a JSON object."""
+    path = Path(run_dir) / META_FILE
+    if not path.exists():
+        return None
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ResultsError(f"cannot read {str(path)!r} ({err}); move it aside to resume without checking "
+                           "the plan") from None
+    if not isinstance(meta, dict):
+        raise ResultsError(f"{str(path)!r} is not a JSON object; move it aside to resume without checking "
+                           "the plan")
+    return meta
 
 
 def _lock(path: Path, notices: list[str]) -> IO[bytes] | None:
