@@ -429,3 +429,18 @@ def test_a_resumed_dry_run_shows_the_configurations_already_recorded(tmp_path, f
     assert (out / "results.jsonl").read_text() == lines[0] + "\n"
     real = lmbench("run", "--suite", suite, "--out", out, "--resume")
     assert f"resuming {out}: 1 record(s) kept, 1 job(s) to go" in real.stderr
+
+
+@pytest.mark.parametrize("what", ["run.json", "noise floor", "ceilings"])
+def test_other_files_the_cli_reads_that_are_not_utf8_are_bad_input(tmp_path, what):
+    run = _run_with(tmp_path / "run", 100.0)
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe{}")
+    if what == "run.json":
+        (run / "run.json").write_bytes(b"\xff\xfe{}")
+        args = ["run", "--suite", "smoke", "--device", "cpu", "--out", run, "--resume"]
+    elif what == "noise floor":
+        args = ["compare", run, run, "--noise-floor", binary]
+    else:
+        args = ["report", run, "--ceilings", binary]
+    assert "'utf-8' codec can't decode byte 0xff in position 0" in error(lmbench(*args))
