@@ -13,7 +13,7 @@ import shlex
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from lmbench.errors import LmbenchError, UsageError
 from lmbench.plan import suite as suites
@@ -23,8 +23,27 @@ class PlanMismatch(UsageError):
     """`--resume` was given a plan other than the one the run directory was started with."""
 
 
+P = TypeVar("P", bound="StoredPlan")
+
+
+class StoredPlan:
+    """A frozen plan dataclass as run.json keeps it: its fields, with the `overrides` tuple as a JSON list."""
+
+    overrides: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "overrides": list(self.overrides)}
+
+    @classmethod
+    def from_json(cls: type[P], data: Any) -> P:
+        try:
+            return cls(**{**data, "overrides": tuple(data.get("overrides") or ())})
+        except (TypeError, AttributeError) as err:
+            raise UsageError(f"run.json holds no readable plan ({err})") from None
+
+
 @dataclass(frozen=True, kw_only=True)
-class RunPlan:
+class RunPlan(StoredPlan):
     """Every option of `lmbench run` that shapes the list of jobs."""
 
     suite: str
@@ -36,16 +55,6 @@ class RunPlan:
     repeats: int = 1
     parity: bool = False
     nnodes: int = 1
-
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "overrides": list(self.overrides)}
-
-    @classmethod
-    def from_json(cls, data: Any) -> RunPlan:
-        try:
-            return cls(**{**data, "overrides": tuple(data.get("overrides") or ())})
-        except (TypeError, AttributeError) as err:
-            raise UsageError(f"run.json holds no readable plan ({err})") from None
 
     def settings(self) -> dict[str, str]:
         """The plan as comparable text, one entry per thing a user can change (the suite by content only)."""

@@ -13,13 +13,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import shlex
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lmbench.errors import LmbenchError, UsageError
 from lmbench.plan import suite as suites
-from lmbench.plan.runplan import mismatch
+from lmbench.plan.runplan import StoredPlan, mismatch
 
 #: The option of each plan field, in the order the resume command gives them.
 OPTIONS = {"model": "--model", "seq_len": "--seq-len", "precision": "--precision", "kernels": "--kernels",
@@ -48,7 +48,7 @@ def parse_size(text: str) -> int:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TunePlan:
+class TunePlan(StoredPlan):
     """Every option of `lmbench tune` that shapes its probes and measurements, as given on the command line."""
 
     model: str
@@ -70,16 +70,6 @@ class TunePlan:
     timeout_s: float | None = None
     overrides: tuple[str, ...] = ()
     """--set arguments as given."""
-
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "overrides": list(self.overrides)}
-
-    @classmethod
-    def from_json(cls, data: Any) -> TunePlan:
-        try:
-            return cls(**{**data, "overrides": tuple(data.get("overrides") or ())})
-        except (TypeError, AttributeError) as err:
-            raise UsageError(f"run.json holds no readable tune plan ({err})") from None
 
     def _compared(self, name: str) -> str:
         """A field as comparable text: lists as sets, sizes in bytes, --set parsed (as written when it no
