@@ -208,8 +208,6 @@ def test_a_baseline_value_no_configuration_has_is_refused(tmp_path):
      "--profile and --set 'profile=false' both set profile; give one of them"),
     (["calibrate", "--suite", "smoke", "--device", "cpu", "--set", "device=cpu,cuda"],
      "--device cpu and --set 'device=cpu,cuda' both set device; give one of them"),
-    (["run", "--suite", "smoke", "--set", "seed=1", "--set", "seed=2"],
-     "--set 'seed=2': seed is already set by --set 'seed=1'; give each axis once (several values: --set KEY=V1,V2)"),
     (["run", "--suite", "smoke", "--rdzv-endpoint", "foo"],
      "--rdzv-endpoint 'foo': expected HOST:PORT of node 0, with PORT in 1..65535"),
     (["run", "--suite", "smoke", "--nnodes", "2", "--rdzv-endpoint", "host:99999"],
@@ -224,6 +222,12 @@ def test_a_baseline_value_no_configuration_has_is_refused(tmp_path):
 def test_an_axis_set_twice_or_an_odd_endpoint_is_refused(args, message):
     dry = ["--dry-run"] if args[0] == "run" else []
     assert error(lmbench(*args, *dry)) == message
+
+
+def test_the_last_set_of_an_axis_wins_as_scripts_layer_them():
+    from lmbench.plan import suite as suites
+
+    assert suites.parse_overrides(["steps=20", "seed=1", "steps=2"]) == {"seed": [1], "steps": [2]}
 
 
 def test_a_good_endpoint_passes_the_dry_run():
