@@ -75,9 +75,10 @@ def stall_note(m: dict[str, Any]) -> str | None:
     between = None
     if m.get("window_s") is not None and mean is not None and m.get("steps_measured"):
         between = m["window_s"] - mean * m["steps_measured"]
-    parts = [f"mean step {mean * 1e3:.3g} ms vs median {median * 1e3:.3g} ms" if mean and median else None,
-             f"{between * 1e3:.3g} ms between steps" if between is not None and between > 0 else None]
-    return f"stalls: sustained {gap:.0%} below typical, no outlier step: " + ", ".join(filter(None, parts))
+    parts = [f"mean {mean * 1e3:.3g} vs median {median * 1e3:.3g} ms" if mean and median else None,
+             f"{between * 1e3:.3g} ms between steps" if between is not None and between > 0.01 * m["window_s"]
+             else None]
+    return f"stalls: {gap:.0%} below typical, spread over steps (" + "; ".join(filter(None, parts)) + ")"
 
 
 def bubble_note(measured: float | None, theory: float | None) -> str | None:
