@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from lmbench.analyze.noise import MIN_REPEATS, ConfigNoise, NoiseFloor, ok_values
+from lmbench.analyze.table import status_counts
 from lmbench.errors import UsageError
 
 #: Metrics where a larger value is better (docs/metrics.md), besides every rate "..._per_s...".
@@ -221,7 +222,7 @@ def compare(base: list[dict[str, Any]], cand: list[dict[str, Any]], *, metric: s
         if not b or not c:
             side, statuses = ("baseline", b_status[key]) if not b else ("candidate", c_status[key])
             verdicts.append(Verdict(key, "failed", None, None, None, len(b), len(c),
-                                    f"no ok repeat in the {side} ({_tally(statuses)})", blocking=bool(b)))
+                                    f"no ok repeat in the {side} ({status_counts(statuses)})", blocking=bool(b)))
             continue
         verdict = decide(b, c, threshold=threshold, higher_is_better=more_is_better,
                          noise=noise.get(key) if noise else None)
@@ -234,14 +235,14 @@ def compare(base: list[dict[str, Any]], cand: list[dict[str, Any]], *, metric: s
             # A candidate that crashes some of the time is not judged on the repeats that survived.
             verdict.verdict = "failed"
             verdict.note = (f"{sum(new_failures.values())} of {sum(c_status[key].values())} candidate repeats "
-                            f"ended {_tally(new_failures)}; every baseline repeat ran")
+                            f"ended {status_counts(new_failures)}; every baseline repeat ran")
         elif verdict.verdict == "improvement" and key in diverged:
             # Fast but training wrong is not better.
             verdict.verdict, verdict.note = "failed", "faster, but its loss parity diverged from the reference"
         elif any(s in FAILURES for s in c_status[key]):
             verdict.note = "; ".join(filter(None, [verdict.note, f"failed repeats: candidate "
-                                                   f"{_tally(c_status[key], FAILURES)}, baseline "
-                                                   f"{_tally(b_status[key], FAILURES)}"]))
+                                                   f"{status_counts(c_status[key], FAILURES)}, baseline "
+                                                   f"{status_counts(b_status[key], FAILURES) or 'none failed'}"]))
         verdict.blocking = verdict.verdict in ("regression", "failed")
         verdicts.append(verdict)
     return verdicts
@@ -252,12 +253,6 @@ def _statuses(records: list[dict[str, Any]]) -> dict[str, Counter[str]]:
     for r in records:
         counts.setdefault(r["config_key"], Counter())[r["status"]] += 1
     return counts
-
-
-def _tally(statuses: Counter[str], only: tuple[str, ...] | None = None) -> str:
-    """'2 oom, 1 ok' (the statuses named in `only`, when given)."""
-    shown = [(s, n) for s, n in sorted(statuses.items()) if only is None or s in only]
-    return ", ".join(f"{n} {s}" for s, n in shown) or "none failed"
 
 
 def environment_of(records: list[dict[str, Any]]) -> dict[str, Any]:

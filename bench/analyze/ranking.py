@@ -20,7 +20,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from lmbench.analyze.table import Grid, configs_of, varying_axes
+from lmbench.analyze.table import Grid, configs_of, status_counts, varying_axes
 
 OBJECTIVES = ("throughput", "time-to-target")
 
@@ -92,9 +92,7 @@ class Standing:
     def status_cell(self) -> str:
         """'ok' when every repeat is, else the count of each status ('2 ok, 1 oom')."""
         counts = Counter(r["status"] for r in self.records)
-        if len(counts) == 1:
-            return next(iter(counts))
-        return ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        return next(iter(counts)) if len(counts) == 1 else status_counts(counts)
 
 
 def standings(records: list[dict[str, Any]]) -> list[Standing]:

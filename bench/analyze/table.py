@@ -66,6 +66,11 @@ def markdown_table(headers: list[str], rows: list[list[str]], *, right: set[int]
     return Grid(headers, rows, set(right)).markdown()
 
 
+def status_counts(counts: dict[str, int], only: tuple[str, ...] | None = None) -> str:
+    """'1 ok, 2 oom': how many repeats ended with each status, by status (only those in `only`, when given)."""
+    return ", ".join(f"{n} {status}" for status, n in sorted(counts.items()) if only is None or status in only)
+
+
 def configs_of(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each record's configuration, with its `run` as the first axis when the records come from several runs
     (the same configuration measured by two runs is two rows, never one pooled row)."""

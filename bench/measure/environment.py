@@ -84,6 +84,11 @@ def _proc_fields(path: str) -> list[tuple[str, str]]:
     return [(k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in text.splitlines()) if _]
 
 
+def usable_cores() -> int | None:
+    """The CPUs this process may run on (its affinity mask, e.g. a Slurm or cgroup share), else all of them."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
 def cpu_info() -> dict[str, Any]:
     """The CPU as a device: model, physical and logical cores, the cores this process may use, torch's
     intra-op threads and total memory, so two machines are told apart as GPUs are (Linux /proc; else less)."""
@@ -104,7 +109,7 @@ def cpu_info() -> dict[str, Any]:
         "count": os.cpu_count(),
         "physical_cores": len(cores) or None,
         "logical_cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "usable_cores": usable_cores(),
         "torch_threads": torch.get_num_threads(),
         "memory_total_bytes": int(memory.split()[0]) * 1024 if memory else None,
     }

@@ -135,7 +135,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
     """
     import torch
 
-    from lmbench.measure import hostload, hostmem, metrics
+    from lmbench.measure import environment, hostload, hostmem, metrics
     from lmbench.measure.flops import palm_flops_per_token, recompute_flops_per_token
     from lmbench.measure.telemetry import Telemetry, for_devices, power_trace
     from lmbench.measure.timer import StepTimer
@@ -295,7 +295,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         result.update(merge_ranks([r["quality"] for r in per_rank]))
         result["label_smoothing"] = config.label_smoothing
     result["host_other_cpu_cores"] = hostload.other_cores([r["host_load"] for r in per_rank])
-    result["host_usable_cores"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    result["host_usable_cores"] = environment.usable_cores()
     warnings = []
     contention = hostload.contention_warning(result["host_other_cpu_cores"], result["host_usable_cores"])
     if contention:
