@@ -196,6 +196,8 @@ run_suite() {  # NAME SECONDS SUITE ARGS...: one run directory, runs/NAME
 pytest_step() {  # NAME SECONDS PYTEST-ARGS...
     local name=$1 want=$2
     shift 2
+    # pytest makes --basetemp without its parents.
+    mkdir -p "$WORK/pytest-tmp"
     # Its temporary directories (run directories of the CLI tests) live in WORK: packed, and reaped on a timeout.
     step "$name" "$want" "$PY" -m pytest -q -rfE -p no:cacheprovider --junitxml="$WORK/logs/$name.xml" \
         --basetemp="$WORK/pytest-tmp/$name" ${PYTEST_MODE[@]+"${PYTEST_MODE[@]}"} "$@"

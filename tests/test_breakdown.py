@@ -57,6 +57,27 @@ def test_hand_made_cuda_trace_by_hand():
                                        "calls": 0.5}
 
 
+def test_the_device_side_copies_of_the_step_ranges_are_not_steps():
+    """torch 2.11 on an H100 writes each ProfilerStep twice: the host's range (user_annotation) and the span of
+    its kernels on the device's timeline (gpu_user_annotation), which lags the host. A launch at the top of the
+    next host step fell inside the lagging device range and made it a step: three 184 ms fp32 steps read as
+    five averaging 110 ms. Here each 200 us step launches a 2 us elementwise kernel, then a 184 us GEMM."""
+    events = []
+    for i in range(3):
+        t = 200 * i
+        events += [X(f"ProfilerStep#{i}", t, 190, "user_annotation"),
+                   {**X(f"ProfilerStep#{i}", t + 4, 200, "gpu_user_annotation"), "tid": 7},
+                   X("cudaLaunchKernel", t + 1, 1, "cuda_runtime", correlation=2 * i),
+                   X("cudaLaunchKernel", t + 5, 1, "cuda_runtime", correlation=2 * i + 1),
+                   X("vectorized_elementwise_kernel", t + 4, 2, "kernel", correlation=2 * i),
+                   X("sm90_xmma_gemm_f32f32", t + 20, 184, "kernel", correlation=2 * i + 1)]
+    found = breakdown({"traceEvents": events})
+    assert found["steps"] == 3
+    assert found["step_time_s"] == pytest.approx(200e-6)
+    assert found["fractions"]["matmul"] == pytest.approx(184 / 200)
+    assert found["fractions"]["other"] == pytest.approx(2 / 200)
+
+
 def test_a_trace_without_steps_is_refused():
     with pytest.raises(ValueError, match="no ProfilerStep ranges"):
         breakdown({"traceEvents": [X("aten::mm", 0, 1, "cpu_op")]})

@@ -103,8 +103,12 @@ def _within(ts: float, spans: list[tuple[float, float]]) -> bool:
 
 
 def _step_ranges(events: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    # The host's ranges only: on CUDA, torch also writes each step's annotation on the device's timeline
+    # (`gpu_user_annotation`, from its first kernel to its last); counting those too doubled the steps and
+    # averaged every real step with a sliver between two of them.
     steps = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
-                   if e.get("ph") == "X" and e.get("name", "").startswith("ProfilerStep#"))
+                   if e.get("ph") == "X" and e.get("name", "").startswith("ProfilerStep#")
+                   and e.get("cat") != "gpu_user_annotation")
     if not steps:
         raise ValueError("the trace has no ProfilerStep ranges (profile with a schedule and call prof.step())")
     return steps
