@@ -30,8 +30,10 @@ def test_targets_come_from_the_stage_files_with_their_verdicts(tmp_path):
                                               for i, v in enumerate([100.0, 102.0, 98.0])))
     tune = folder / "stage4" / "runs" / "tune-gpt2-124m"
     tune.mkdir(parents=True)
+    # fp32's MFU is against fp32's own peak (67 TFLOP/s on an H100): never the bf16-peak target's figure.
     (tune / "results.jsonl").write_text(record("best", "gpt2-124m", "amp-bf16", 1.0, mfu=0.471)
-                                        + record("other", "gpt2-124m", "amp-bf16", 1.0, mfu=0.30))
+                                        + record("other", "gpt2-124m", "amp-bf16", 1.0, mfu=0.30)
+                                        + record("fp32", "gpt2-124m", "fp32", 1.0, mfu=0.567))
     stage7 = folder / "stage7"
     stage7.mkdir()
     (stage7 / "kernels-rmsnorm.csv").write_text(CSV_HEAD + "rmsnorm,8192x4096,bfloat16,fwd+bwd,lmbench triton,ok,"
@@ -51,3 +53,47 @@ def test_targets_come_from_the_stage_files_with_their_verdicts(tmp_path):
     assert rows["Fused linear-CE ≤ 1/4 of eager's peak memory at ≤ 1.1× its time"][:3] == [
         "0.200× eager's peak memory at 1.05× its time (8x4x10)", "met",
         "[stage7/kernels-linear-ce.csv](stage7/kernels-linear-ce.csv) |"]
+
+
+def _tarball(tmp_path, *links):
+    import io
+    import tarfile
+
+    path = tmp_path / "stage1.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        data = b"ok\n"
+        info = tarfile.TarInfo("stage1/logs/pytest-gpu.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+        for name, target, kind in links:
+            link = tarfile.TarInfo(name)
+            link.type, link.linkname = kind, target
+            tar.addfile(link)
+    return path
+
+
+def test_links_in_a_stage_tarball_are_left_out_and_named(tmp_path, capsys):
+    """pytest leaves a `<test>current` link in each --basetemp; the first real stage 1 was refused for it."""
+    import tarfile
+
+    tarball = _tarball(tmp_path, ("stage1/pytest-tmp/pytest-gpu/test_xcurrent", "/etc/passwd", tarfile.SYMTYPE),
+                       ("stage1/hard", "stage1/logs/pytest-gpu.txt", tarfile.LNKTYPE))
+    stage = publish.Stage(number=1, mode="gpu", date="2026-11-26", gpu="NVIDIA H100 80GB HBM3", summary="")
+    folder = publish.unpack(tarball, stage, tmp_path / "reports", replace=False)
+    assert (folder / "stage1" / "logs" / "pytest-gpu.txt").read_text() == "ok\n"
+    assert not (folder / "stage1" / "pytest-tmp" / "pytest-gpu" / "test_xcurrent").is_symlink()
+    assert not (folder / "stage1" / "hard").exists()
+    err = capsys.readouterr().err
+    assert "left out link stage1/pytest-tmp/pytest-gpu/test_xcurrent -> /etc/passwd" in err
+
+
+def test_a_member_outside_the_stage_folder_refuses_the_whole_tarball(tmp_path):
+    import tarfile
+
+    import pytest
+
+    tarball = _tarball(tmp_path, ("stage1/../../escape", "x", tarfile.SYMTYPE))
+    stage = publish.Stage(number=1, mode="gpu", date="2026-11-26", gpu="NVIDIA H100 80GB HBM3", summary="")
+    with pytest.raises(publish.PublishError, match="unsafe member"):
+        publish.unpack(tarball, stage, tmp_path / "reports", replace=False)
+    assert not (tmp_path / "reports").exists()
