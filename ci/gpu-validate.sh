@@ -234,7 +234,8 @@ for results in sorted(work.glob("runs/*/results.jsonl")):
                  m.get("parity") and f"parity {m['parity']} {f('parity_max_rel_dev', '.2e')}"]
         note = "; ".join(str(x) for x in [note, *extra] if x)
         print(f"  {r['status']:<8} {r['config_key'][:64]:<64} r{r['repeat']} tok/s {f('tokens_per_s', ',.0f'):>9}"
-              f" mfu {f('mfu', '.3f'):>5} start {f('startup_s', '.1f'):>5}s warm {f('warmup_s', '.1f'):>5}s"
+              f" mfu {f('mfu', '.3f'):>5} start {f('startup_s', '.1f'):>5}s (imports {f('startup_imports_s', '.1f')}"
+              f" device {f('startup_device_s', '.1f')} build {f('startup_build_s', '.1f')}) warm {f('warmup_s', '.1f'):>5}s"
               f" window {f('window_s', '.1f'):>5}s {f('energy_j', '.0f'):>6} J {str(note or '')[:160]}")
 for log in sorted(work.glob("logs/pytest-*.txt")):
     lines = log.read_text(errors="replace").splitlines()

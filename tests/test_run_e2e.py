@@ -59,6 +59,9 @@ def test_smoke_run_writes_one_complete_record_per_config(smoke_run):
         assert sum(r["step_times_s"]) <= m["window_s"] * 1.001
         # Start-up (interpreter, imports, model) and warmup are measured, to budget a suite's wall time.
         assert 0 < m["startup_s"] < c["timeout_s"] and 0 < m["warmup_s"] < c["timeout_s"]
+        # Its phases, in order, inside the whole (the rest: the quality run's set-up, the first checksum).
+        phases = [m["startup_imports_s"], m["startup_device_s"], m["startup_build_s"]]
+        assert m["startup_imports_s"] > 0 and min(phases) >= 0 and sum(phases) <= m["startup_s"]
         assert m["flops_per_token"] > 0 and m["tflops"] > 0
         assert m["mfu"] is None  # no datasheet peak for a CPU
         assert all(math.isfinite(v) for v in r["losses"])

@@ -144,6 +144,9 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
     from lmbench.run.precision import matmul_mode
     from lmbench.run.training import TrainingStep, devices_used
 
+    # Where start-up goes (each phase's end as the process's age): interpreter and imports, the device
+    # (CUDA context: cudaSetDevice creates it) and process group, then the model, optimizer and kernel set.
+    imported_s = process_age_s()
     info = distributed.RankInfo.from_env()
     device = worker_device(config, info)
     if device.type == "cuda":
@@ -153,8 +156,10 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
     if device.type == "cuda" and config.max_memory_bytes:
         total = torch.cuda.get_device_properties(device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, config.max_memory_bytes / total), device)
+    device_ready_s = process_age_s()
     with matmul_mode(config.precision):
         step = TrainingStep(config, device, rank=rank, world=world)
+        built_s = process_age_s()
         # Ranks of a pipeline hold different stages: there is nothing to compare between them.
         checksums = world > 1 and config.parallel != "pp"
         initial_checksum = distributed.param_checksum(step.base_model) if checksums else None
@@ -227,6 +232,9 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         "step_times_s": timer.times_s(),
         "window_s": timer.window_s,
         "startup_s": startup_s,
+        "startup_imports_s": imported_s,
+        "startup_device_s": device_ready_s - imported_s,
+        "startup_build_s": built_s - device_ready_s,
         "warmup_s": warmup_s,
         "warmup_step_times_s": warmup_timer.times_s(),
         "losses": torch.stack(losses_t).cpu().tolist() if step.owns_loss else None,
@@ -271,6 +279,9 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
     result.update({
         "window_s": max(r["window_s"] for r in per_rank),
         "startup_s": max(r["startup_s"] for r in per_rank),
+        # The slowest rank's phases, each on its own: they need not all come from the same rank.
+        **{phase: max(r[phase] for r in per_rank)
+           for phase in ("startup_imports_s", "startup_device_s", "startup_build_s")},
         "warmup_s": max(r["warmup_s"] for r in per_rank),
         "steps_measured": config.steps,
         "overflow_skipped_steps": step.precision.skipped_steps,
