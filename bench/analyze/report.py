@@ -191,6 +191,24 @@ def profiled(records: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[s
     return list(found.values())
 
 
+#: A profiled step this much slower than the window's median is mostly the profiler's own host cost.
+PROFILER_SLOWDOWN_NOTE = 0.10
+
+
+def _profiled_vs_window(m: dict[str, Any]) -> str:
+    window = m.get("step_time_median_s")
+    return f"{m['profile_step_time_s'] / window - 1:+.0%}" if window else "-"
+
+
+def _profiler_note(m: dict[str, Any]) -> str:
+    """Why the breakdown may not describe the window: the profiler records every op on the host, so a step that
+    was host-bound or nearly so runs slower under it and its device idles more than in the window."""
+    window = m.get("step_time_median_s")
+    if not window or m["profile_step_time_s"] / window - 1 <= PROFILER_SLOWDOWN_NOTE:
+        return ""
+    return "slower under the profiler (its host cost): idle overstated"
+
+
 def time_sections(records: list[dict[str, Any]]) -> dict[str, Grid]:
     """Where the time goes, for profiled configurations: the breakdown of a step and the top kernels."""
     from lmbench.measure.breakdown import CATEGORIES
@@ -203,13 +221,14 @@ def time_sections(records: list[dict[str, Any]]) -> dict[str, Grid]:
     for config, m in found:
         label = [cell(config, a) for a in axes]
         overlap = m.get("comm_overlap_frac")
-        rows.append(label + [_fmt(m["profile_step_time_s"], ".2f", 1e-3)]
-                    + [_fmt(m[f"time_frac_{c}"], ".1%") for c in CATEGORIES] + [_fmt(overlap, ".0%")])
+        rows.append(label + [_fmt(m["profile_step_time_s"], ".2f", 1e-3), _profiled_vs_window(m)]
+                    + [_fmt(m[f"time_frac_{c}"], ".1%") for c in CATEGORIES] + [_fmt(overlap, ".0%")]
+                    + [_profiler_note(m)])
         kernels += [label + [k["name"][:90], _fmt(k["time_s"], ".3f", 1e-3), _fmt(k["calls"], ".0f")]
                     for k in m.get("profile_top_kernels") or []]
     n = len(axes)
-    return {"time": Grid(axes + ["profiled step ms", *CATEGORIES, "comm overlapped"], rows,
-                         right=set(range(n, n + len(CATEGORIES) + 2))),
+    return {"time": Grid(axes + ["profiled step ms", "vs window", *CATEGORIES, "comm overlapped", "note"], rows,
+                         right=set(range(n, n + len(CATEGORIES) + 3))),
             "kernels": Grid(axes + ["kernel (top 10 by time)", "ms per step", "calls per step"], kernels,
                             right={n + 1, n + 2})}
 
