@@ -210,16 +210,26 @@ def linear_ce(folder: Path) -> tuple[str, str, str]:
 
 
 def energy(folder: Path) -> tuple[str, str, str]:
+    from lmbench.measure.telemetry import ENERGY_DISAGREEMENT_WARN, energy_disagreement
+
     run = folder / "stage1" / "runs" / "fp16"
-    parts = []
+    parts, short = [], []
     for r in _records(run):
         m = r.get("metrics") or {}
         if r["status"] == "ok" and m.get("j_per_token") is not None:
             reasons = ", ".join(m.get("throttle_reasons") or []) or "none"
-            parts.append(f"{r['config']['precision']} {m['j_per_token'] * 1e3:.3f} mJ/token (throttle: {reasons})")
+            # The counter against the sampled-power integral: how far the window's energy can be trusted.
+            gap = energy_disagreement(m.get("energy_j"), m.get("energy_source"), m.get("energy_integral_j"))
+            check = "" if gap is None else f"; integral vs counter {gap:+.1%} over {m['telemetry_window_s']:.1f} s"
+            if gap is not None and abs(gap) >= ENERGY_DISAGREEMENT_WARN:
+                short.append(r["config"]["precision"])
+            parts.append(f"{r['config']['precision']} {m['j_per_token'] * 1e3:.3f} mJ/token (throttle: {reasons}"
+                         f"{check})")
     if not parts:
         return "-", "not measured yet", "stage 1"
-    return "; ".join(parts), "measured", _link(folder, run / "results.jsonl")
+    verdict = (f"measured; windows too short to quote for {', '.join(short)} (counter and integral "
+               f"differ by {ENERGY_DISAGREEMENT_WARN:.0%} or more)" if short else "measured")
+    return "; ".join(parts), verdict, _link(folder, run / "results.jsonl")
 
 
 TARGETS = [

@@ -97,3 +97,22 @@ def test_a_member_outside_the_stage_folder_refuses_the_whole_tarball(tmp_path):
     with pytest.raises(publish.PublishError, match="unsafe member"):
         publish.unpack(tarball, stage, tmp_path / "reports", replace=False)
     assert not (tmp_path / "reports").exists()
+
+
+def test_energy_target_says_which_windows_are_too_short_to_quote(tmp_path):
+    """H100 stage 1: fp32's 3.7 s window, counter and integral within 0.4%; fp16's 1.15 s window, 5.9% apart."""
+    folder = tmp_path / "h100-80gb-hbm3-2026-11-26"
+    run = folder / "stage1" / "runs" / "fp16"
+    run.mkdir(parents=True)
+    common = {"energy_source": "counter", "throttle_reasons": []}
+    run.joinpath("results.jsonl").write_text(
+        record("a", "gpt2-124m", "fp32", 44456.0, j_per_token=0.014391, energy_j=2357.8, energy_integral_j=2367.7,
+               telemetry_window_s=3.69, **common)
+        + record("b", "gpt2-124m", "fp16", 143132.0, j_per_token=0.003388, energy_j=555.1, energy_integral_j=587.9,
+                 telemetry_window_s=1.15, **{**common, "throttle_reasons": ["sw_power_cap"]}))
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in
+            publish.targets_table(folder).splitlines()[2:]}
+    measured, verdict = rows["NVML energy per token for each precision of the fp16 suite, with throttle reasons"][:2]
+    assert measured == ("fp32 14.391 mJ/token (throttle: none; integral vs counter +0.4% over 3.7 s); "
+                        "fp16 3.388 mJ/token (throttle: sw_power_cap; integral vs counter +5.9% over 1.1 s)")
+    assert verdict == "measured; windows too short to quote for fp16 (counter and integral differ by 3% or more)"

@@ -373,3 +373,21 @@ def test_a_breakdown_slower_than_its_window_says_the_profiler_overstates_idle():
     rows = {row[0]: dict(zip(grid.headers, row)) for row in grid.rows}
     assert rows["fp16"]["vs window"] == "+35%" and "idle overstated" in rows["fp16"]["note"]
     assert rows["amp-bf16"]["vs window"] == "+8%" and rows["amp-bf16"]["note"] == ""
+
+
+def test_the_energy_table_names_throttling_and_a_window_too_short_for_its_energy():
+    """Stage 1 on an H100: the fp16 window of 1.15 s gave 555.1 J by NVML's counter and 587.9 J by the sampled
+    power; the record predates `energy_disagreement_frac`, so the report computes it."""
+    short, long_, off = hand_record("fp16", 8, 1000.0), hand_record("fp32", 8, 500.0), hand_record(
+        "amp-bf16", 8, 900.0, telemetry=False)
+    short["metrics"].update(energy_j=555.1, energy_source="counter", energy_integral_j=587.9,
+                            telemetry_window_s=1.15, throttle_reasons=["sw_power_cap"])
+    long_["metrics"].update(energy_j=2357.8, energy_source="counter", energy_integral_j=2367.7,
+                            telemetry_window_s=3.69, energy_disagreement_frac=0.0042)
+    del off["metrics"]["throttle_reasons"]
+    grid = report.sections([short, long_, off])["energy"]
+    rows = {row[0]: dict(zip(grid.headers, row)) for row in grid.rows}
+    assert rows["fp16"]["throttling"] == "sw_power_cap"
+    assert rows["fp16"]["note"] == "power integral +5.9% vs counter over a 1.1 s window: too short to quote"
+    assert rows["fp32"]["throttling"] == "none" and rows["fp32"]["note"] == ""
+    assert rows["amp-bf16"]["throttling"] == "-" and rows["amp-bf16"]["note"] == ""

@@ -54,6 +54,7 @@ def test_energy_from_the_counter_difference():
     assert s["temp_max_c"] == 61
     assert s["power_limit_w"] == 700.0 and s["sm_clock_max_mhz"] == 1980 and s["driver_version"] == "580.159.04"
     assert s["throttle_reasons"] == [] and s["throttled_power_or_heat"] is False
+    assert s["energy_disagreement_frac"] == pytest.approx((s["energy_integral_j"] - 250.5) / 250.5)
     assert set(SUMMARY_FIELDS) == set(s)
 
 
@@ -253,3 +254,27 @@ def test_timeline_csv(tmp_path):
     lines = path.read_text().splitlines()
     assert lines[0] == "t_s,power_w,mem_used_bytes,gpu_util_pct,sm_clock_mhz,temp_c,clock_event_bits"
     assert len(lines) == len(t.samples) + 1
+
+
+def test_counter_and_integral_disagreement_is_recorded_and_warned_about_from_three_percent():
+    """H100, 2026-11-26: fp32's 3.7 s window gave 2357.8 J by the counter and 2367.7 J by the integral (+0.4%);
+    fp16's 1.15 s window 555.1 J and 587.9 J (+5.9%)."""
+    from lmbench.measure.telemetry import disagreement_warning, energy_disagreement
+
+    assert energy_disagreement(2357.8, "counter", 2367.7) == pytest.approx(0.0042, abs=1e-4)
+    assert energy_disagreement(555.1, "counter", 587.9) == pytest.approx(0.0591, abs=1e-4)
+    # Not from the counter (the integral is the energy itself), or nothing to compare: no figure.
+    assert energy_disagreement(587.9, "power-integral (counter unsupported)", 587.9) is None
+    assert energy_disagreement(555.1, "counter", None) is None and energy_disagreement(0.0, "counter", 1.0) is None
+
+    def fields(counter, integral, window):
+        return {"energy_j": counter, "energy_integral_j": integral, "telemetry_window_s": window,
+                "energy_disagreement_frac": energy_disagreement(counter, "counter", integral)}
+
+    assert disagreement_warning(fields(2357.8, 2367.7, 3.69)) is None
+    assert disagreement_warning(fields(100.0, 102.9, 2.0)) is None
+    assert disagreement_warning(fields(555.1, 587.9, 1.15)) == (
+        "energy: NVML's counter (555 J) and the sampled-power integral (588 J) differ by +5.9% over a 1.15 s "
+        "window; lengthen the window (more steps) before quoting J/token")
+    assert "differ by -3.0%" in disagreement_warning(fields(100.0, 97.0, 1.0))
+

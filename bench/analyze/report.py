@@ -38,6 +38,8 @@ class ConfigSummary:
     parity: list[str] = field(default_factory=list)
     stalls: list[str] = field(default_factory=list)
     """stall_note of each ok repeat that had stalls."""
+    throttles: list[str] | None = None
+    """Clock-event reasons seen in any ok repeat with telemetry (in first-seen order); None without telemetry."""
 
     def median(self, name: str) -> float | None:
         values = self.metrics.get(name) or []
@@ -72,9 +74,28 @@ SUMMARY_METRICS = ("tokens_per_s", "step_time_median_s", "tokens_per_step", "ste
                    "mem_peak_reserved_bytes", "mem_peak_allocated_bytes", "mem_nvml_used_peak_bytes",
                    "mem_host_peak_growth_bytes", "mem_host_training_growth_bytes", "j_per_token", "tokens_per_j",
                    "power_avg_w", "energy_j", "parity_max_rel_dev", "pp_bubble_fraction", "pp_bubble_fraction_theory",
-                   "host_other_cpu_cores", "host_usable_cores")
+                   "host_other_cpu_cores", "host_usable_cores", "energy_disagreement_frac", "telemetry_window_s")
 #: Worst parity over repeats is reported.
 PARITY_ORDER = ["reference", "ok", "drift", "diverged"]
+
+
+def _throttling(s: ConfigSummary) -> str:
+    """The clock-event reasons of the configuration's windows: `none`, or `-` without telemetry."""
+    if s.throttles is None:
+        return "-"
+    return ", ".join(s.throttles) or "none"
+
+
+def _energy_note(s: ConfigSummary) -> str:
+    """Where NVML's energy counter and the sampled-power integral disagree (the worst repeat): too short a window."""
+    from lmbench.measure.telemetry import ENERGY_DISAGREEMENT_WARN
+
+    gaps = s.metrics.get("energy_disagreement_frac") or []
+    worst = max(gaps, key=abs, default=None)
+    if worst is None or abs(worst) < ENERGY_DISAGREEMENT_WARN:
+        return ""
+    return (f"power integral {worst:+.1%} vs counter over a {s.median('telemetry_window_s') or 0:.1f} s window: "
+            "too short to quote")
 
 
 def _summary_key(record: dict[str, Any], config: dict[str, Any]) -> str:
@@ -100,8 +121,16 @@ def summarize(records: list[dict[str, Any]]) -> list[ConfigSummary]:
             if m.get("tokens_per_step") is None and m.get("tokens_per_s") and m.get("step_time_median_s"):
                 # Records from before tokens_per_step was kept: their tokens/s was computed this way round.
                 m = {**m, "tokens_per_step": m["tokens_per_s"] * m["step_time_median_s"]}
+            if "energy_disagreement_frac" not in m:
+                # Records from before it was kept carry what it is computed from.
+                from lmbench.measure.telemetry import energy_disagreement
+
+                m = {**m, "energy_disagreement_frac": energy_disagreement(m.get("energy_j"), m.get("energy_source"),
+                                                                          m.get("energy_integral_j"))}
             if stall_note(m):
                 s.stalls.append(stall_note(m))
+            if isinstance(m.get("throttle_reasons"), list):
+                s.throttles = list(dict.fromkeys([*(s.throttles or []), *m["throttle_reasons"]]))
             for name in SUMMARY_METRICS:
                 value = m.get(name)
                 if isinstance(value, (int, float)):
@@ -161,7 +190,8 @@ def sections(records: list[dict[str, Any]], baseline: tuple[str, str] | None = N
                                     _fmt(s.median("mem_host_training_growth_bytes"), ".1f", MIB),
                                     _fmt(s.median("mem_host_peak_growth_bytes"), ".1f", MIB)])
         energy_rows.append(label + [_status(s), _fmt(s.median("power_avg_w"), ".0f"), _fmt(s.median("energy_j"), ".1f"),
-                                    _fmt(s.median("j_per_token"), ".3g"), _fmt(s.median("tokens_per_j"), ",.0f")])
+                                    _fmt(s.median("j_per_token"), ".3g"), _fmt(s.median("tokens_per_j"), ",.0f"),
+                                    _throttling(s), _energy_note(s)])
         if any(status != "ok" for status in s.statuses):
             failure_rows.append(label + [_status(s), s.reason or ""])
     n = len(axes)
@@ -174,8 +204,8 @@ def sections(records: list[dict[str, Any]], baseline: tuple[str, str] | None = N
            "memory": Grid(axes + ["status", "peak allocated GiB", "peak reserved GiB", "NVML used GiB",
                                   "host RSS growth in training MiB", "in window MiB"], memory_rows,
                             right={n + 1, n + 2, n + 3, n + 4, n + 5}),
-           "energy": Grid(axes + ["status", "power W", "energy J", "J/token", "tokens/J"], energy_rows,
-                          right={n + 1, n + 2, n + 3, n + 4})}
+           "energy": Grid(axes + ["status", "power W", "energy J", "J/token", "tokens/J", "throttling", "note"],
+                          energy_rows, right={n + 1, n + 2, n + 3, n + 4})}
     if failure_rows:
         out["failures"] = Grid(axes + ["status", "reason"], failure_rows)
     return out

@@ -34,6 +34,29 @@ from lmbench.measure.nvml import (
 #: integral is used instead, and `energy_source` says so.
 MIN_COUNTER_WINDOW_S = 1.0
 
+#: From this relative difference between the counter's energy and the sampled-power integral, the window is
+#: too short for either to be quoted alone (3%: the size of the differences between configurations one quotes).
+#: On an H100 (2026-11-26) they agreed within 0.4% over 3.7 s and differed by 4-6% over 1.1-1.4 s, as a
+#: counter that advances about every 100 ms would.
+ENERGY_DISAGREEMENT_WARN = 0.03
+
+
+def energy_disagreement(energy_j: float | None, source: str | None, integral_j: float | None) -> float | None:
+    """(integral - counter) / counter when the energy came from the counter and an integral exists, else None."""
+    if source != "counter" or not energy_j or integral_j is None:
+        return None
+    return (integral_j - energy_j) / energy_j
+
+
+def disagreement_warning(fields: dict[str, Any]) -> str | None:
+    """A warning when the counter and the integral differ by ENERGY_DISAGREEMENT_WARN or more, else None."""
+    gap = fields.get("energy_disagreement_frac")
+    if gap is None or abs(gap) < ENERGY_DISAGREEMENT_WARN:
+        return None
+    return (f"energy: NVML's counter ({fields['energy_j']:.0f} J) and the sampled-power integral "
+            f"({fields['energy_integral_j']:.0f} J) differ by {gap:+.1%} over a {fields['telemetry_window_s']:.2f} s "
+            "window; lengthen the window (more steps) before quoting J/token")
+
 
 @dataclass
 class Sample:
@@ -210,6 +233,7 @@ class Telemetry:
             "energy_j": energy_j,
             "energy_source": source,
             "energy_integral_j": integral,
+            "energy_disagreement_frac": energy_disagreement(energy_j, source, integral),
             "j_per_token": energy_j / tokens if energy_j is not None and tokens else None,
             "tokens_per_j": tokens / energy_j if energy_j else None,
             "mem_nvml_used_peak_bytes": max(mems) if mems else None,
@@ -250,10 +274,11 @@ def _avg(values: list[float]) -> float | None:
 
 
 SUMMARY_FIELDS = ("telemetry", "power_avg_w", "power_max_w", "power_source", "energy_j", "energy_source",
-                  "energy_integral_j", "j_per_token", "tokens_per_j", "mem_nvml_used_peak_bytes", "gpu_util_avg_pct",
-                  "sm_clock_avg_mhz", "sm_clock_min_mhz", "temp_max_c", "throttle_reasons",
-                  "throttled_power_or_heat", "telemetry_samples", "telemetry_period_s", "telemetry_window_s",
-                  "sampler_cost_per_sample_s", "power_limit_w", "sm_clock_max_mhz", "driver_version", "nvml_name")
+                  "energy_integral_j", "energy_disagreement_frac", "j_per_token", "tokens_per_j",
+                  "mem_nvml_used_peak_bytes", "gpu_util_avg_pct", "sm_clock_avg_mhz", "sm_clock_min_mhz",
+                  "temp_max_c", "throttle_reasons", "throttled_power_or_heat", "telemetry_samples",
+                  "telemetry_period_s", "telemetry_window_s", "sampler_cost_per_sample_s", "power_limit_w",
+                  "sm_clock_max_mhz", "driver_version", "nvml_name")
 
 
 def power_trace(samples: list[Sample]) -> list[tuple[float, float]]:
@@ -309,6 +334,8 @@ def combine(summaries: list[dict[str, Any]], traces: list[list[tuple[float, floa
         "energy_j": energy,
         "energy_source": sources[0] if len(sources) == 1 else "mixed: " + ", ".join(sources),
         "energy_integral_j": total("energy_integral_j"),
+        "energy_disagreement_frac": energy_disagreement(energy, sources[0] if len(sources) == 1 else None,
+                                                        total("energy_integral_j")),
         "j_per_token": energy / tokens if energy is not None and tokens else None,
         "tokens_per_j": tokens / energy if energy else None,
         "mem_nvml_used_peak_bytes": max(values("mem_nvml_used_peak_bytes"), default=None),
