@@ -229,7 +229,8 @@ for results in sorted(work.glob("runs/*/results.jsonl")):
             return format(m[key], fmt) if isinstance(m.get(key), (int, float)) else "-"
         note = r.get("reason") or (m.get("telemetry") if m.get("telemetry") != "on" else "")
         # What FP8 and the kernel sets applied, FP8's MFU against its own peak, and the loss parity verdict.
-        extra = [m.get("precision_applied"), m.get("kernels_applied"),
+        extra = [(r.get("config") or {}).get("vocab_multiple", 1) != 1 and f"vocab_multiple {r['config']['vocab_multiple']}",
+                 m.get("precision_applied"), m.get("kernels_applied"),
                  m.get("mfu_fp8_peak") is not None and f"mfu(fp8 peak) {m['mfu_fp8_peak']:.3f}",
                  m.get("parity") and f"parity {m['parity']} {f('parity_max_rel_dev', '.2e')}"]
         note = "; ".join(str(x) for x in [note, *extra] if x)
@@ -313,11 +314,16 @@ case $STAGE in
         report
         pytest_step pytest-overhead 60 -s -m gpu tests/test_gpu.py -k harness_overhead
         ;;
-    4)  # The largest batch that fits and the fastest configuration, for each model.
+    4)  # GPT-2's vocabulary padded or not, side by side; then the largest batch that fits and the fastest
+        # configuration, for each model (GPT-2 padded to 50304 rows, as a performance engineer would train it).
+        run_suite vocab-gpt2 60 fp16 --set "model=$GPT2" --set "batch_size=$BATCH" --set precision=amp-bf16 \
+            --set vocab_multiple=1,64 --set steps=20 --set warmup=5 --profile
         for model in "$GPT2" "$LLAMA"; do
+            pad=()
+            [[ $model == "$GPT2" ]] && pad=(--set vocab_multiple=64)
             step "tune-$model" 150 "$PY" -m lmbench.cli tune --model "$model" --seq-len "$SEQ" --precision amp-bf16 \
                 --checkpointing none --budget-minutes "$TUNE_MINUTES" --steps 10 --warmup 3 \
-                --max-batch "$TUNE_MAX_BATCH" --device "$DEVICE" --out "$WORK/runs/tune-$model"
+                --max-batch "$TUNE_MAX_BATCH" --device "$DEVICE" --out "$WORK/runs/tune-$model" ${pad[@]+"${pad[@]}"}
         done
         report
         ;;

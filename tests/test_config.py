@@ -91,3 +91,18 @@ def test_key_of_a_configuration_measured_before_new_axes_never_changes():
     assert Config().key == "tiny-gpt2-b8-s128-a1-fp32-none-eager-sdpa-ckpt-none-adamw-fused-dee460a2"
     assert (Config(model="gpt2-124m", precision="bf16", parallel="ddp", nproc=2).key
             == "gpt2-124m-b8-s128-a1-bf16-ddp-eager-sdpa-ckpt-none-adamw-fused-f5139163")
+
+
+@pytest.mark.parametrize("value, message", [
+    (0, "vocab_multiple=0"), (-64, "vocab_multiple=-64"), (2048, "allowed: 1..1024"), ("64", "vocab_multiple")])
+def test_vocab_multiple_is_a_small_positive_integer(value, message):
+    with pytest.raises(ConfigError, match=message):
+        Config(vocab_multiple=value)
+
+
+def test_padded_vocab_rounds_up_and_keeps_keys_of_the_unpadded_model():
+    assert Config(model="gpt2-124m", vocab_multiple=64).padded_vocab == 50304  # nanoGPT's and llm.c's
+    assert Config(model="gpt2-124m").padded_vocab == 50257
+    assert Config(model="llama-1b", vocab_multiple=64).padded_vocab == 128256  # already aligned
+    assert Config(vocab_multiple=1).key == Config().key
+    assert Config(model="gpt2-124m", vocab_multiple=64).key != Config(model="gpt2-124m").key

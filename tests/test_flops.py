@@ -170,3 +170,23 @@ def test_hfu_exceeds_mfu_only_with_recompute():
     same = flops_utilisation(flops_per_token=1_000_000, tokens_per_s_per_device=1e8,
                              device_name="NVIDIA H100 80GB HBM3", precision="bf16")
     assert same["hfu"] == same["mfu"] and same["hardware_flops_per_token"] == 1_000_000
+
+
+def test_a_padded_vocabulary_trains_and_counts_its_rows_but_never_draws_them():
+    """vocab_multiple=384 pads tiny-gpt2's 512 rows to 768: the model has them, its params and FLOPs count
+    them (256 more LM-head rows x width 64), and no batch draws a token past the real 512."""
+    import torch
+
+    from lmbench.plan.config import Config
+    from lmbench.run.training import TrainingStep
+
+    base = Config(model="tiny-gpt2", batch_size=2, seq_len=16, steps=2, warmup=0, device="cpu")
+    plain, padded = (TrainingStep(base.replace(vocab_multiple=m), torch.device("cpu")) for m in (1, 384))
+    embedding = padded.base_model.get_input_embeddings()
+    assert embedding.num_embeddings == 768 and plain.base_model.get_input_embeddings().num_embeddings == 512
+    assert padded.matmul_params - plain.matmul_params == 256 * 64
+    assert padded.param_count - plain.param_count == 256 * 64  # tied: the head shares the embedding's rows
+    for step in (plain, padded):
+        assert torch.isfinite(step())
+    tokens = torch.cat([b.input_ids.flatten() for b in padded.batches])
+    assert int(tokens.max()) < 512

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -102,7 +103,9 @@ class TrainingStep:
         self.layout: Layout = layout(config.replace(nproc=world if world > 1 else self.replicas))
         """Degrees of data, tensor and pipeline parallelism and the global batch of this job."""
         torch.manual_seed(config.seed)
-        model = build_model(self.spec, attention=config.attention, device=device, dropout=config.dropout)
+        # The model alone gets the padded vocabulary (vocab_multiple); the data keeps drawing from the real one.
+        built = dataclasses.replace(self.spec, vocab_size=config.padded_vocab)
+        model = build_model(built, attention=config.attention, device=device, dropout=config.dropout)
         # Counted on the whole model, before a pipeline keeps only its stage of it.
         self.matmul_params = matmul_params(model)
         self.rerun_params = rerun_params(model, self.spec.family)
