@@ -276,6 +276,12 @@ note "lmbench GPU validation, stage $STAGE ($MODE) on $(hostname) at $(date -u +
 changes=$(git --no-optional-locks -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null | grep -q . &&
     echo " (with local changes)")
 note "commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "unknown: not a git checkout")$changes"
+if [[ -n $changes ]]; then
+    # The code that ran is that commit plus these changes (a lent machine's copy of .git may be older than its
+    # files): kept, so that the figures can be traced to their code.
+    git --no-optional-locks -C "$REPO" diff HEAD > "$WORK/logs/local-changes.patch" 2>/dev/null
+    note "  the changes: logs/local-changes.patch ($(wc -l < "$WORK/logs/local-changes.patch") lines)"
+fi
 step install 120 bash -c install_lmbench || exit 1
 step preflight 60 bash -c preflight || exit 1
 sed 's/^/  /' "$WORK/logs/preflight.txt" | grep -v '^  $' >> "$SUMMARY"
