@@ -33,6 +33,8 @@ HEADER = re.compile(r"^lmbench GPU validation, stage (\d+) \((gpu|rehearse)\) on
 DEVICE = re.compile(r"^\s*cuda\s+\S+\s+available=True\s+devices=\d+\s+(.+?)\s*$", re.M)
 OVERHEAD = re.compile(r"gpu harness/bare median step time: ([0-9.]+)")
 BEGIN, END = "<!-- targets:begin -->", "<!-- targets:end -->"
+#: Longest figure in the project README's headline table (the folder's README has them whole).
+HEADLINE_WIDTH = 100
 
 
 class PublishError(Exception):
@@ -233,20 +235,22 @@ def energy(folder: Path) -> tuple[str, str, str]:
 
 
 TARGETS = [
-    ("Harness overhead ≤ 1% of a bare loop's step time", overhead),
-    ("CV of tokens/s over 3 repeats ≤ 2% per ci-suite config", repeat_cv),
-    ("MFU gpt2-124m ≥ 45% (PaLM, datasheet dense bf16 peak)", lambda f: mfu(f, "gpt2-124m", 45)),
-    ("MFU llama-1b ≥ 50%", lambda f: mfu(f, "llama-1b", 50)),
-    ("Triton RMSNorm/LayerNorm ≥ 80% of copy GB/s, no slower than compile or Liger", norms),
-    ("Fused linear-CE ≤ 1/4 of eager's peak memory at ≤ 1.1× its time", linear_ce),
-    ("NVML energy per token for each precision of the fp16 suite, with throttle reasons", energy),
+    ("Harness overhead ≤ 1% of a bare loop's step time", overhead, "harness overhead ≤ 1%"),
+    ("CV of tokens/s over 3 repeats ≤ 2% per ci-suite config", repeat_cv, "CV of tokens/s ≤ 2%"),
+    ("MFU gpt2-124m ≥ 45% (PaLM, datasheet dense bf16 peak)", lambda f: mfu(f, "gpt2-124m", 45),
+     "MFU gpt2-124m ≥ 45%"),
+    ("MFU llama-1b ≥ 50%", lambda f: mfu(f, "llama-1b", 50), "MFU llama-1b ≥ 50%"),
+    ("Triton RMSNorm/LayerNorm ≥ 80% of copy GB/s, no slower than compile or Liger", norms,
+     "norms ≥ 80% of copy GB/s"),
+    ("Fused linear-CE ≤ 1/4 of eager's peak memory at ≤ 1.1× its time", linear_ce, "linear-CE ≤ 1/4 memory"),
+    ("NVML energy per token for each precision of the fp16 suite, with throttle reasons", energy, "J/token"),
 ]
 
 
 def targets_table(folder: Path, *, prefix: str = "") -> str:
     """Markdown; `prefix` puts the links relative to another file's folder."""
     lines = ["| target | measured | verdict | evidence |", "|---|---|---|---|"]
-    for name, read in TARGETS:
+    for name, read, _ in TARGETS:
         figure, verdict, source = read(folder)
         source = re.sub(r"\]\(", f"]({prefix}", source) if prefix else source
         lines.append(f"| {name} | {figure} | {verdict} | {source} |")
@@ -270,15 +274,40 @@ def write_readme(folder: Path, gpu: str) -> Path:
     return readme
 
 
+def _replace_block(path: Path, block: str) -> None:
+    text = path.read_text(encoding="utf-8")
+    head, rest = text.split(BEGIN, 1)
+    path.write_text(head + f"{BEGIN}\n{block}\n{END}" + rest.split(END, 1)[1], encoding="utf-8")
+
+
 def update_index(reports: Path, folder: Path) -> None:
     index = reports / "README.md"
     text = index.read_text(encoding="utf-8") if index.exists() else f"# Published results\n\n{BEGIN}\n{END}\n"
     if BEGIN not in text or END not in text:
         text = text.rstrip() + f"\n\n{BEGIN}\n{END}\n"
-    block = (f"{BEGIN}\nNewest: [{folder.name}]({folder.name}/README.md)\n\n"
-             f"{targets_table(folder, prefix=folder.name + '/')}\n{END}")
-    head, rest = text.split(BEGIN, 1)
-    index.write_text(head + block + rest.split(END, 1)[1], encoding="utf-8")
+    index.write_text(text, encoding="utf-8")
+    _replace_block(index, f"Newest: [{folder.name}]({folder.name}/README.md)\n\n"
+                          f"{targets_table(folder, prefix=folder.name + '/')}")
+
+
+def update_headline(readme: Path, reports: Path, folder: Path) -> bool:
+    """The project README's short table between the markers, when it has them: each target's verdict (its first
+    clause) linked to its evidence. The figures themselves stay in the folder's README, one click away."""
+    if not readme.exists() or BEGIN not in (text := readme.read_text(encoding="utf-8")) or END not in text:
+        return False
+    where = f"{reports.name}/{folder.name}"
+    rows = ["| target | measured | verdict |", "|---|---|---|"]
+    for _, read, name in TARGETS:
+        figure, verdict, source = read(folder)
+        link = re.search(r"\]\(([^)]+)\)", source)
+        # The figure and the verdict without their parentheticals (configuration keys, throttle reasons, the
+        # caveat's threshold); a caveat itself ("windows too short to quote for ...") stays.
+        figure, short = (re.sub(r" \([^()]*\)", "", text) for text in (figure, verdict))
+        figure = figure if len(figure) <= HEADLINE_WIDTH else figure[:HEADLINE_WIDTH - 1] + "…"
+        rows.append(f"| {name} | {figure} | {f'[{short}]({where}/{link[1]})' if link else short} |")
+    _replace_block(readme, f"Issue 13's targets on [{folder.name}]({where}/README.md) (`ci/publish-stage.py`):\n\n"
+                           + "\n".join(rows))
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -299,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             folder = unpack(tarball, stage, args.reports, replace=args.replace)
             readme = write_readme(folder, stage.gpu)
             update_index(args.reports, folder)
+            update_headline(args.reports.parent / "README.md", args.reports, folder)
             print(f"stage {stage.number}: {folder / f'stage{stage.number}'}; {readme}")
     except PublishError as err:
         print(f"publish-stage: error: {err}", file=sys.stderr)

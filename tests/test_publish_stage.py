@@ -116,3 +116,27 @@ def test_energy_target_says_which_windows_are_too_short_to_quote(tmp_path):
     assert measured == ("fp32 14.391 mJ/token (throttle: none; integral vs counter +0.4% over 3.7 s); "
                         "fp16 3.388 mJ/token (throttle: sw_power_cap; integral vs counter +5.9% over 1.1 s)")
     assert verdict == "measured; windows too short to quote for fp16 (counter and integral differ by 3% or more)"
+
+
+def test_the_project_readme_gets_a_short_headline_table_between_its_markers(tmp_path):
+    reports = tmp_path / "reports"
+    folder = reports / "h100-80gb-hbm3-2026-11-26"
+    run = folder / "stage1" / "runs" / "fp16"
+    run.mkdir(parents=True)
+    run.joinpath("results.jsonl").write_text(
+        record("key-with-a-hash", "gpt2-124m", "amp-bf16", 123614.0, mfu=0.107, j_per_token=0.004429,
+               energy_j=725.6, energy_source="counter", energy_integral_j=690.4, telemetry_window_s=1.33,
+               throttle_reasons=[]))
+    readme = tmp_path / "README.md"
+    assert not publish.update_headline(readme, reports, folder)  # no README: nothing written
+    readme.write_text(f"# x\n\n{publish.BEGIN}\nold\n{publish.END}\n\nafter\n")
+    assert publish.update_headline(readme, reports, folder)
+    text = readme.read_text()
+    assert "old" not in text and text.endswith(f"{publish.END}\n\nafter\n")
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in text.splitlines()
+            if line.startswith("| ") and " | " in line}
+    link = "(reports/h100-80gb-hbm3-2026-11-26/stage1/runs/fp16/results.jsonl)"
+    assert rows["MFU gpt2-124m ≥ 45%"] == ["10.7%", f"[not met]{link} |"]  # the configuration key left out
+    # The caveat stays; its parenthetical threshold goes.
+    assert rows["J/token"] == ["amp-bf16 4.429 mJ/token", f"[measured; windows too short to quote for amp-bf16]{link} |"]
+    assert rows["MFU llama-1b ≥ 50%"] == ["-", "not measured yet |"]
