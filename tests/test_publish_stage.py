@@ -138,5 +138,6 @@ def test_the_project_readme_gets_a_short_headline_table_between_its_markers(tmp_
     link = "(reports/h100-80gb-hbm3-2026-11-26/stage1/runs/fp16/results.jsonl)"
     assert rows["MFU gpt2-124m ≥ 45%"] == ["10.7%", f"[not met]{link} |"]  # the configuration key left out
     # The caveat stays; its parenthetical threshold goes.
-    assert rows["J/token"] == ["amp-bf16 4.429 mJ/token", f"[measured; windows too short to quote for amp-bf16]{link} |"]
+    assert rows["J/token"] == ["amp-bf16 4.429 mJ/token",
+                               f"[measured; windows too short to quote for amp-bf16]{link} |"]
     assert rows["MFU llama-1b ≥ 50%"] == ["-", "not measured yet |"]
