@@ -155,23 +155,29 @@ def repeat_cv(folder: Path) -> tuple[str, str, str]:
 
 
 def mfu(folder: Path, model: str, target_pct: float) -> tuple[str, str, str]:
-    """The best MFU against the dense bf16 peak: a record's `mfu` is against its own precision's math mode
-    (fp32's 67 TFLOP/s on an H100), so only precisions bounded by the bf16 peak count."""
-    from lmbench.measure.peaks import PRECISION_MODE
+    """The best MFU against the device's dense bf16 peak, the target's convention, whatever the precision: a
+    record's own `mfu` is against its precision's math mode (fp32's 67 TFLOP/s on an H100), so it is taken
+    from the record's achieved `tflops` instead. A padded vocabulary (vocab_multiple) is named beside it."""
+    from lmbench.measure.peaks import mode_peak_flops
 
-    best: tuple[float, str, Path] | None = None
+    best: tuple[float, dict[str, Any], Path] | None = None
     for results_file in sorted(folder.glob("stage*/runs/*/results.jsonl")):
         for r in _records(results_file.parent):
-            value = (r.get("metrics") or {}).get("mfu")
-            on_bf16_peak = PRECISION_MODE.get(r["config"].get("precision", "")) == "bf16"
-            if (r["status"] == "ok" and r["config"].get("model") == model and on_bf16_peak
-                    and isinstance(value, (int, float))):
+            m = r.get("metrics") or {}
+            device = (m.get("device_names") or [None])[0]
+            peak = (mode_peak_flops(device, "bf16") or (None,))[0]
+            if (r["status"] == "ok" and r["config"].get("model") == model and peak
+                    and isinstance(m.get("tflops"), (int, float))):
+                value = m["tflops"] * 1e12 / peak
                 if best is None or value > best[0]:
-                    best = (value, r["config_key"], results_file)
+                    best = (value, r, results_file)
     if best is None:
         return "-", "not measured yet", "stage 4"
-    value, key, where = best
-    return f"{value * 100:.1f}% ({key})", "met" if value * 100 >= target_pct else "not met", _link(folder, where)
+    value, r, where = best
+    config = r["config"]
+    padded = f", vocab_multiple {config['vocab_multiple']}" if config.get("vocab_multiple", 1) != 1 else ""
+    shown = f"{value * 100:.1f}% {config.get('precision')}{padded} ({r['config_key']})"
+    return shown, "met" if value * 100 >= target_pct else "not met", _link(folder, where)
 
 
 def norms(folder: Path) -> tuple[str, str, str]:
@@ -212,25 +218,34 @@ def linear_ce(folder: Path) -> tuple[str, str, str]:
 
 
 def energy(folder: Path) -> tuple[str, str, str]:
-    from lmbench.measure.telemetry import ENERGY_DISAGREEMENT_WARN, energy_disagreement
+    """J/token of each precision of stage 1's fp16 run, its throttle reasons, and what makes it unquotable."""
+    from lmbench.measure.nvml import POWER_OR_HEAT
+    from lmbench.measure.telemetry import energy_caveat, energy_disagreement
 
     run = folder / "stage1" / "runs" / "fp16"
-    parts, short = [], []
+    parts, short, throttled = [], [], []
     for r in _records(run):
         m = r.get("metrics") or {}
         if r["status"] == "ok" and m.get("j_per_token") is not None:
-            reasons = ", ".join(m.get("throttle_reasons") or []) or "none"
-            # The counter against the sampled-power integral: how far the window's energy can be trusted.
-            gap = energy_disagreement(m.get("energy_j"), m.get("energy_source"), m.get("energy_integral_j"))
+            precision = r["config"]["precision"]
+            reasons = m.get("throttle_reasons") or []
+            if POWER_OR_HEAT & set(reasons):
+                throttled.append(precision)
+            # Records from before energy_disagreement_frac was kept carry what it is computed from.
+            m = {"energy_disagreement_frac": energy_disagreement(m.get("energy_j"), m.get("energy_source"),
+                                                                 m.get("energy_integral_j")), **m}
+            gap = m["energy_disagreement_frac"]
             check = "" if gap is None else f"; integral vs counter {gap:+.1%} over {m['telemetry_window_s']:.1f} s"
-            if gap is not None and abs(gap) >= ENERGY_DISAGREEMENT_WARN:
-                short.append(r["config"]["precision"])
-            parts.append(f"{r['config']['precision']} {m['j_per_token'] * 1e3:.3f} mJ/token (throttle: {reasons}"
+            if energy_caveat(m):
+                short.append(precision)
+            parts.append(f"{precision} {m['j_per_token'] * 1e3:.3f} mJ/token (throttle: {', '.join(reasons) or 'none'}"
                          f"{check})")
     if not parts:
         return "-", "not measured yet", "stage 1"
-    verdict = (f"measured; windows too short to quote for {', '.join(short)} (counter and integral "
-               f"differ by {ENERGY_DISAGREEMENT_WARN:.0%} or more)" if short else "measured")
+    verdict = "; ".join(["measured",
+                         *([f"throttled for power or heat: {', '.join(throttled)}"] if throttled else []),
+                         *([f"windows too short to quote for {', '.join(short)} (under 1 s, or counter and integral "
+                            "3% or more apart)"] if short else [])])
     return "; ".join(parts), verdict, _link(folder, run / "results.jsonl")
 
 

@@ -50,6 +50,7 @@ def test_hand_made_cuda_trace_by_hand():
     found = breakdown({"traceEvents": events})
     assert found["device"] == "cuda" and found["steps"] == 2
     assert found["step_time_s"] == pytest.approx(55e-6)
+    assert found["step_time_median_s"] == pytest.approx(55e-6)  # of 100 and 10 us
     expected = {"matmul": 20, "attention": 10, "communication": 10, "optimizer": 5, "other": 10, "idle": 55, "data": 0}
     assert found["fractions"] == pytest.approx({k: v / 110 for k, v in expected.items()})
     assert found["communication_overlap"] == pytest.approx(2 / 3)
@@ -73,7 +74,7 @@ def test_the_device_side_copies_of_the_step_ranges_are_not_steps():
                    X("sm90_xmma_gemm_f32f32", t + 20, 184, "kernel", correlation=2 * i + 1)]
     found = breakdown({"traceEvents": events})
     assert found["steps"] == 3
-    assert found["step_time_s"] == pytest.approx(200e-6)
+    assert found["step_time_s"] == pytest.approx(200e-6) and found["step_time_median_s"] == pytest.approx(200e-6)
     assert found["fractions"]["matmul"] == pytest.approx(184 / 200)
     assert found["fractions"]["other"] == pytest.approx(2 / 200)
 

@@ -360,19 +360,26 @@ def test_tables_and_reports_say_what_device_ran():
 
 
 def test_a_breakdown_slower_than_its_window_says_the_profiler_overstates_idle():
-    """Stage 1 on an H100: fp16 gpt2-124m ran 57.8 ms steps in its window and 78.1 ms under the profiler, with
-    36% idle against 3-11% for the other precisions. The report says so beside the breakdown."""
+    """Stage 1 on an H100: fp16 gpt2-124m ran 57.8 ms steps in its window and 65, 101 and 68 ms under the
+    profiler (mean 78.1, median 68.0), with 36% idle against 3-11% for the other precisions. The report
+    compares the median (one slow step does not make the note) and says so beside the breakdown."""
     fractions = {"optimizer": 0.017, "data": 0.0, "attention": 0.039, "matmul": 0.29, "other": 0.294,
                  "communication": 0.0, "idle": 0.36}
     profiled = {**{f"time_frac_{k}": v for k, v in fractions.items()}, "profile_top_kernels": [],
                 "comm_overlap_frac": None}
     slow, close = hand_record("fp16", 8, 141_730.0), hand_record("amp-bf16", 8, 124_121.0)
-    slow["metrics"].update(profiled, profile_step_time_s=0.0781, step_time_median_s=0.0578)
-    close["metrics"].update(profiled, profile_step_time_s=0.0713, step_time_median_s=0.066)
-    grid = report.time_sections([slow, close])["time"]
+    slow["metrics"].update(profiled, profile_step_time_s=0.0781, profile_step_time_median_s=0.068,
+                           step_time_median_s=0.0578)
+    # amp-bf16: one 78.9 ms step of three made the mean +8%; the median is +2%.
+    close["metrics"].update(profiled, profile_step_time_s=0.0713, profile_step_time_median_s=0.0676,
+                            step_time_median_s=0.066)
+    old = hand_record("fp32", 8, 44_456.0)  # a record from before the median was kept: its mean
+    old["metrics"].update(profiled, profile_step_time_s=0.0781, step_time_median_s=0.0578)
+    grid = report.time_sections([slow, close, old])["time"]
     rows = {row[0]: dict(zip(grid.headers, row)) for row in grid.rows}
-    assert rows["fp16"]["vs window"] == "+35%" and "idle overstated" in rows["fp16"]["note"]
-    assert rows["amp-bf16"]["vs window"] == "+8%" and rows["amp-bf16"]["note"] == ""
+    assert rows["fp16"]["vs window"] == "+18%" and "idle overstated" in rows["fp16"]["note"]
+    assert rows["amp-bf16"]["vs window"] == "+2%" and rows["amp-bf16"]["note"] == ""
+    assert rows["fp32"]["vs window"] == "+35%" and "idle overstated" in rows["fp32"]["note"]
 
 
 def test_the_energy_table_names_throttling_and_a_window_too_short_for_its_energy():
@@ -385,9 +392,15 @@ def test_the_energy_table_names_throttling_and_a_window_too_short_for_its_energy
     long_["metrics"].update(energy_j=2357.8, energy_source="counter", energy_integral_j=2367.7,
                             telemetry_window_s=3.69, energy_disagreement_frac=0.0042)
     del off["metrics"]["throttle_reasons"]
-    grid = report.sections([short, long_, off])["energy"]
+    tiny = hand_record("bf16", 8, 800.0)
+    tiny["metrics"].update(energy_j=12.0, energy_source="power-integral (window too short for the counter)",
+                           energy_integral_j=12.0, telemetry_window_s=0.10, telemetry_samples=3)
+    grid = report.sections([short, long_, off, tiny, {**tiny, "repeat": 1}])["energy"]
     rows = {row[0]: dict(zip(grid.headers, row)) for row in grid.rows}
     assert rows["fp16"]["throttling"] == "sw_power_cap"
-    assert rows["fp16"]["note"] == "power integral +5.9% vs counter over a 1.1 s window: too short to quote"
+    assert rows["fp16"]["note"] == ("power integral +5.9% vs counter over a 1.15 s window; lengthen the window to "
+                                    "quote J/token")
     assert rows["fp32"]["throttling"] == "none" and rows["fp32"]["note"] == ""
     assert rows["amp-bf16"]["throttling"] == "-" and rows["amp-bf16"]["note"] == ""
+    assert rows["bf16"]["note"] == ("a 0.10 s window, too short for NVML's counter: energy from 3 power samples "
+                                    "(and 1 more repeat); lengthen the window to quote J/token")

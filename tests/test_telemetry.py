@@ -274,7 +274,33 @@ def test_counter_and_integral_disagreement_is_recorded_and_warned_about_from_thr
     assert disagreement_warning(fields(2357.8, 2367.7, 3.69)) is None
     assert disagreement_warning(fields(100.0, 102.9, 2.0)) is None
     assert disagreement_warning(fields(555.1, 587.9, 1.15)) == (
-        "energy: NVML's counter (555 J) and the sampled-power integral (588 J) differ by +5.9% over a 1.15 s "
-        "window; lengthen the window (more steps) before quoting J/token")
-    assert "differ by -3.0%" in disagreement_warning(fields(100.0, 97.0, 1.0))
+        "energy: power integral +5.9% vs counter over a 1.15 s window; lengthen the window (more steps) to quote "
+        "J/token")
+    assert "integral -3.0% vs counter" in disagreement_warning(fields(100.0, 97.0, 1.0))
+    # Under a second the counter is not read at all: the few power samples' integral is the energy, and no
+    # disagreement can be computed. Stage 1's GPU tests ran such windows (0.10-0.21 s, 3-5 samples).
+    short = {"energy_j": 12.6, "energy_source": "power-integral (window too short for the counter)",
+             "energy_integral_j": 12.6, "telemetry_window_s": 0.11, "telemetry_samples": 4,
+             "energy_disagreement_frac": None}
+    assert disagreement_warning(short) == (
+        "energy: a 0.11 s window, too short for NVML's counter: energy from 4 power samples; lengthen the window "
+        "(more steps) to quote J/token")
+    unsupported = {**short, "energy_source": "power-integral (counter unsupported)", "telemetry_window_s": 5.0}
+    assert disagreement_warning(unsupported) is None
 
+
+
+def test_over_several_gpus_the_worst_disagreement_stands_and_none_cancel():
+    from lmbench.measure.telemetry import combine, energy_disagreement
+
+    def member(counter, integral):
+        return {**dict.fromkeys(SUMMARY_FIELDS), "telemetry": "on", "energy_j": counter, "energy_source": "counter",
+                "energy_integral_j": integral, "throttle_reasons": [], "throttled_power_or_heat": False,
+                "telemetry_samples": 10, "telemetry_period_s": 0.05, "telemetry_window_s": 1.2,
+                "energy_disagreement_frac": energy_disagreement(counter, "counter", integral)}
+
+    merged = combine([member(500.0, 530.0), member(500.0, 470.0)], [[], []], tokens=1000)
+    assert merged["energy_j"] == 1000.0 and merged["energy_integral_j"] == 1000.0  # summed, they would cancel
+    assert merged["energy_disagreement_frac"] == pytest.approx(0.06)
+    assert combine([member(500.0, 501.0), member(500.0, 499.0)], [[], []],
+                   tokens=1000)["energy_disagreement_frac"] == pytest.approx(0.002)

@@ -18,6 +18,7 @@ from lmbench.analyze.table import Grid, cell, configs_of, device_label, varying_
 from lmbench.errors import UsageError
 from lmbench.measure.hostload import contention_note
 from lmbench.measure.metrics import bubble_note, stall_note, unstable_steps
+from lmbench.measure.telemetry import energy_caveat, energy_disagreement
 
 GIB, MIB = 2**30, 2**20
 
@@ -38,6 +39,8 @@ class ConfigSummary:
     parity: list[str] = field(default_factory=list)
     stalls: list[str] = field(default_factory=list)
     """stall_note of each ok repeat that had stalls."""
+    energy_caveats: list[str] = field(default_factory=list)
+    """Why an ok repeat's energy should not be quoted (telemetry.energy_caveat), one per repeat that has one."""
     throttles: list[str] | None = None
     """Clock-event reasons seen in any ok repeat with telemetry (in first-seen order); None without telemetry."""
 
@@ -74,7 +77,7 @@ SUMMARY_METRICS = ("tokens_per_s", "step_time_median_s", "tokens_per_step", "ste
                    "mem_peak_reserved_bytes", "mem_peak_allocated_bytes", "mem_nvml_used_peak_bytes",
                    "mem_host_peak_growth_bytes", "mem_host_training_growth_bytes", "j_per_token", "tokens_per_j",
                    "power_avg_w", "energy_j", "parity_max_rel_dev", "pp_bubble_fraction", "pp_bubble_fraction_theory",
-                   "host_other_cpu_cores", "host_usable_cores", "energy_disagreement_frac", "telemetry_window_s")
+                   "host_other_cpu_cores", "host_usable_cores")
 #: Worst parity over repeats is reported.
 PARITY_ORDER = ["reference", "ok", "drift", "diverged"]
 
@@ -87,15 +90,12 @@ def _throttling(s: ConfigSummary) -> str:
 
 
 def _energy_note(s: ConfigSummary) -> str:
-    """Where NVML's energy counter and the sampled-power integral disagree (the worst repeat): too short a window."""
-    from lmbench.measure.telemetry import ENERGY_DISAGREEMENT_WARN
-
-    gaps = s.metrics.get("energy_disagreement_frac") or []
-    worst = max(gaps, key=abs, default=None)
-    if worst is None or abs(worst) < ENERGY_DISAGREEMENT_WARN:
+    """Why the configuration's energy should not be quoted (its first repeat that says so), with how many said it."""
+    if not s.energy_caveats:
         return ""
-    return (f"power integral {worst:+.1%} vs counter over a {s.median('telemetry_window_s') or 0:.1f} s window: "
-            "too short to quote")
+    others = len(s.energy_caveats) - 1
+    more = f" (and {others} more repeat{'s' if others > 1 else ''})" if others else ""
+    return f"{s.energy_caveats[0]}{more}; lengthen the window to quote J/token"
 
 
 def _summary_key(record: dict[str, Any], config: dict[str, Any]) -> str:
@@ -123,12 +123,12 @@ def summarize(records: list[dict[str, Any]]) -> list[ConfigSummary]:
                 m = {**m, "tokens_per_step": m["tokens_per_s"] * m["step_time_median_s"]}
             if "energy_disagreement_frac" not in m:
                 # Records from before it was kept carry what it is computed from.
-                from lmbench.measure.telemetry import energy_disagreement
-
                 m = {**m, "energy_disagreement_frac": energy_disagreement(m.get("energy_j"), m.get("energy_source"),
                                                                           m.get("energy_integral_j"))}
             if stall_note(m):
                 s.stalls.append(stall_note(m))
+            if energy_caveat(m):
+                s.energy_caveats.append(energy_caveat(m))
             if isinstance(m.get("throttle_reasons"), list):
                 s.throttles = list(dict.fromkeys([*(s.throttles or []), *m["throttle_reasons"]]))
             for name in SUMMARY_METRICS:
@@ -225,16 +225,24 @@ def profiled(records: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[s
 PROFILER_SLOWDOWN_NOTE = 0.10
 
 
-def _profiled_vs_window(m: dict[str, Any]) -> str:
+def _profiled_slowdown(m: dict[str, Any]) -> float | None:
+    """The profiled steps' median against the window's median step, less 1 (records from before the median was
+    kept: their mean)."""
     window = m.get("step_time_median_s")
-    return f"{m['profile_step_time_s'] / window - 1:+.0%}" if window else "-"
+    profiled = m.get("profile_step_time_median_s") or m["profile_step_time_s"]
+    return profiled / window - 1 if window else None
+
+
+def _profiled_vs_window(m: dict[str, Any]) -> str:
+    slowdown = _profiled_slowdown(m)
+    return "-" if slowdown is None else f"{slowdown:+.0%}"
 
 
 def _profiler_note(m: dict[str, Any]) -> str:
     """Why the breakdown may not describe the window: the profiler records every op on the host, so a step that
     was host-bound or nearly so runs slower under it and its device idles more than in the window."""
-    window = m.get("step_time_median_s")
-    if not window or m["profile_step_time_s"] / window - 1 <= PROFILER_SLOWDOWN_NOTE:
+    slowdown = _profiled_slowdown(m)
+    if slowdown is None or slowdown <= PROFILER_SLOWDOWN_NOTE:
         return ""
     return "slower under the profiler (its host cost): idle overstated"
 

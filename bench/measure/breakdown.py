@@ -29,6 +29,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -208,6 +209,8 @@ def breakdown(trace: dict[str, Any], *, top: int = 10) -> dict[str, Any]:
         "device": "cuda" if cuda else "cpu",
         "steps": len(spans),
         "step_time_s": whole / len(spans) / 1e6,
+        # Three profiled steps' mean follows one slow step (a host hiccup); their median does not.
+        "step_time_median_s": statistics.median(end - start for start, end in spans) / 1e6,
         "fractions": {c: totals[c] / whole for c in CATEGORIES},
         "communication_overlap": sum(overlaps) / len(overlaps) if overlaps else None,
         "top_kernels": [{"name": name, "time_s": sum(d) / 1e6 / len(spans), "calls": len(d) / len(spans)}

@@ -48,14 +48,27 @@ def energy_disagreement(energy_j: float | None, source: str | None, integral_j: 
     return (integral_j - energy_j) / energy_j
 
 
-def disagreement_warning(fields: dict[str, Any]) -> str | None:
-    """A warning when the counter and the integral differ by ENERGY_DISAGREEMENT_WARN or more, else None."""
+#: energy_source when the window was too short for the counter (the power integral stands in).
+SHORT_WINDOW_SOURCE = "power-integral (window too short for the counter)"
+
+
+def energy_caveat(fields: dict[str, Any]) -> str | None:
+    """Why a window's energy should not be quoted, in a few words, or None: a window too short for NVML's
+    counter (the energy is a few power samples' integral), or counter and integral ENERGY_DISAGREEMENT_WARN apart."""
+    window = fields.get("telemetry_window_s") or 0.0
+    if fields.get("energy_source") == SHORT_WINDOW_SOURCE:
+        return (f"a {window:.2f} s window, too short for NVML's counter: energy from "
+                f"{fields.get('telemetry_samples') or 0} power samples")
     gap = fields.get("energy_disagreement_frac")
-    if gap is None or abs(gap) < ENERGY_DISAGREEMENT_WARN:
-        return None
-    return (f"energy: NVML's counter ({fields['energy_j']:.0f} J) and the sampled-power integral "
-            f"({fields['energy_integral_j']:.0f} J) differ by {gap:+.1%} over a {fields['telemetry_window_s']:.2f} s "
-            "window; lengthen the window (more steps) before quoting J/token")
+    if gap is not None and abs(gap) >= ENERGY_DISAGREEMENT_WARN:
+        return f"power integral {gap:+.1%} vs counter over a {window:.2f} s window"
+    return None
+
+
+def disagreement_warning(fields: dict[str, Any]) -> str | None:
+    """The record's warning when its energy should not be quoted (energy_caveat), else None."""
+    caveat = energy_caveat(fields)
+    return f"energy: {caveat}; lengthen the window (more steps) to quote J/token" if caveat else None
 
 
 @dataclass
@@ -204,8 +217,7 @@ class Telemetry:
             return (end - start) / 1e3, "counter"
         integral = trapezoid_j(self.samples)
         if integral is not None:
-            why = "counter unsupported" if start is None else "window too short for the counter"
-            return integral, f"power-integral ({why})"
+            return integral, "power-integral (counter unsupported)" if start is None else SHORT_WINDOW_SOURCE
         return None, None
 
     def summary(self, *, tokens: int) -> dict[str, Any]:
@@ -334,8 +346,8 @@ def combine(summaries: list[dict[str, Any]], traces: list[list[tuple[float, floa
         "energy_j": energy,
         "energy_source": sources[0] if len(sources) == 1 else "mixed: " + ", ".join(sources),
         "energy_integral_j": total("energy_integral_j"),
-        "energy_disagreement_frac": energy_disagreement(energy, sources[0] if len(sources) == 1 else None,
-                                                        total("energy_integral_j")),
+        # The worst device's: summed, one GPU's +6% and another's -6% would cancel.
+        "energy_disagreement_frac": max(values("energy_disagreement_frac"), key=abs, default=None),
         "j_per_token": energy / tokens if energy is not None and tokens else None,
         "tokens_per_j": tokens / energy if energy else None,
         "mem_nvml_used_peak_bytes": max(values("mem_nvml_used_peak_bytes"), default=None),

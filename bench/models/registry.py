@@ -123,6 +123,22 @@ def _build_torch_lm(spec: ModelSpec, attention: str, dropout: bool) -> nn.Module
                               n_heads=spec.n_heads, intermediate=spec.intermediate, max_positions=spec.max_positions)
 
 
+#: The module each family's builder imports (transformers' import is most of it: about 2 s on a CPU).
+FAMILY_MODULES: dict[str, str] = {
+    "gpt2": "transformers.models.gpt2.modeling_gpt2",
+    "llama": "transformers.models.llama.modeling_llama",
+    "bert": "transformers.models.bert.modeling_bert",
+    "torch-lm": "lmbench.models.torch_lm",
+}
+
+
+def import_family(family: str) -> None:
+    """Import what building a model of `family` imports, so a worker can time the import apart from the build."""
+    import importlib
+
+    importlib.import_module(FAMILY_MODULES[family])
+
+
 BUILDERS: dict[str, Callable[[ModelSpec, str, bool], "nn.Module"]] = {
     "gpt2": _build_gpt2,
     "llama": _build_llama,

@@ -140,17 +140,23 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
     from lmbench.measure.telemetry import Telemetry, disagreement_warning, for_devices, power_trace
     from lmbench.measure.timer import StepTimer
     from lmbench.models.kernel_sets import KERNEL_SETS
+    from lmbench.models.registry import MODELS, import_family
     from lmbench.run import distributed
     from lmbench.run.precision import matmul_mode
     from lmbench.run.training import TrainingStep, devices_used
 
-    # Where start-up goes (each phase's end as the process's age): interpreter and imports, the device
-    # (CUDA context: cudaSetDevice creates it) and process group, then the model, optimizer and kernel set.
+    # Where start-up goes (each phase's end as the process's age): interpreter and imports (the model family's
+    # library, transformers, included), the device (CUDA context) and process group, then the model, optimizer
+    # and kernel set.
+    import_family(MODELS[config.model].family)
     imported_s = process_age_s()
     info = distributed.RankInfo.from_env()
     device = worker_device(config, info)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+        # The primary context is created lazily (cudaSetDevice on the current device does nothing): a
+        # synchronisation creates it here rather than at the model's first allocation.
+        torch.cuda.synchronize(device)
     backend = distributed.init(info, device, timeout_s=config.timeout_s) if info else None
     rank, world = (info.rank, info.world_size) if info else (0, 1)
     if device.type == "cuda" and config.max_memory_bytes:
