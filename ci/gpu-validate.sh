@@ -319,8 +319,11 @@ case $STAGE in
         run_suite parallel 100 parallel --set "model=$GPT2" --set steps=20 --set warmup=5
         report
         ;;
-    3)  # Issue 13's noise and overhead targets: the regression-gate suite with repeats, the harness overhead.
+    3)  # Issue 13's noise and overhead targets: the regression-gate suite with repeats, the harness overhead;
+        # and J/token of each precision over windows long enough for NVML's counter (stage 1's 20 steps gave
+        # 1.1-1.4 s, where counter and integral differed by 4-6%; 60 steps give 3.5 s and more).
         run_suite ci 250 ci --set "model=$GPT2,$LLAMA" --repeats 3
+        run_suite fp16-energy 120 fp16 --set "model=$GPT2" --set "batch_size=$BATCH" --set steps=60 --set warmup=5
         report
         pytest_step pytest-overhead 90 -s -m gpu tests/test_gpu.py -k harness_overhead
         ;;

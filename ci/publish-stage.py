@@ -218,11 +218,12 @@ def linear_ce(folder: Path) -> tuple[str, str, str]:
 
 
 def energy(folder: Path) -> tuple[str, str, str]:
-    """J/token of each precision of stage 1's fp16 run, its throttle reasons, and what makes it unquotable."""
+    """J/token of each precision of the fp16 suite, its throttle reasons, and what makes it unquotable."""
     from lmbench.measure.nvml import POWER_OR_HEAT
     from lmbench.measure.telemetry import energy_caveat, energy_disagreement
 
-    run = folder / "stage1" / "runs" / "fp16"
+    # Stage 3's long windows when they exist (60 steps), else stage 1's fp16 run.
+    run = next(iter(sorted(folder.glob("stage*/runs/fp16-energy"))), folder / "stage1" / "runs" / "fp16")
     parts, short, throttled = [], [], []
     for r in _records(run):
         m = r.get("metrics") or {}

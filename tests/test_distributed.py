@@ -220,3 +220,23 @@ def test_throughput_counts_one_batch_per_data_parallel_replica():
 def test_ranks_holding_different_stages_report_no_sync_verdict():
     per_rank = [rank([0.1], mem=1, checksum=None), rank([0.1], mem=1, checksum=None)]
     assert "params_in_sync" not in aggregate(per_rank, tokens_per_step=1, samples_per_step=1, steps=1)
+
+
+def test_gather_keeps_its_tensors_until_the_group_is_destroyed():
+    """Rank results are gathered through byte tensors this module holds until destroy(): a gloo run-loop thread
+    that dropped the last reference to one would need the GIL, which destroy_process_group holds while joining
+    that thread (all_gather_object's temporaries hung a CI run that way, torch 2.13)."""
+    import torch
+    import torch.distributed as dist
+
+    from lmbench.run import distributed
+
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    try:
+        local = {"step_times_s": [0.1, 0.2], "name": "ünïcode", "nested": {"x": None}}
+        assert distributed.gather(local) == [local]
+        held = list(distributed._HELD)
+        assert held and all(isinstance(t, torch.Tensor) for t in held)
+    finally:
+        distributed.destroy()
+    assert not dist.is_initialized() and distributed._HELD == []

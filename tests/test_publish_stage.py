@@ -145,3 +145,17 @@ def test_the_project_readme_gets_a_short_headline_table_between_its_markers(tmp_
     assert rows["J/token"] == ["amp-bf16 4.429 mJ/token",
                                f"[measured; windows too short to quote for amp-bf16]{link} |"]
     assert rows["MFU llama-1b ≥ 50%"] == ["-", "not measured yet |"]
+
+
+def test_energy_comes_from_stage_3s_long_windows_once_they_exist(tmp_path):
+    folder = tmp_path / "h100-80gb-hbm3-2026-11-26"
+    for stage, name, window, tps in (("stage1", "fp16", 1.33, 123614.0), ("stage3", "fp16-energy", 3.9, 124000.0)):
+        run = folder / stage / "runs" / name
+        run.mkdir(parents=True)
+        run.joinpath("results.jsonl").write_text(
+            record("k", "gpt2-124m", "amp-bf16", tps, j_per_token=0.0044 if stage == "stage1" else 0.0042,
+                   energy_j=700.0, energy_source="counter", energy_integral_j=701.0, telemetry_window_s=window,
+                   throttle_reasons=[]))
+    figure, verdict, source = publish.energy(folder)
+    assert figure == "amp-bf16 4.200 mJ/token (throttle: none; integral vs counter +0.1% over 3.9 s)"
+    assert verdict == "measured" and "stage3/runs/fp16-energy/results.jsonl" in source

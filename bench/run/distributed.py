@@ -71,15 +71,40 @@ def sum_pair(values: tuple[Any, Any]) -> tuple[Any, Any]:
     return packed[0], packed[1]
 
 
+#: The tensors of the last collectives, referenced from Python until the group is destroyed. Were a gloo run-loop
+#: thread to drop the last reference to a tensor Python made, freeing it would take the GIL, which
+#: destroy_process_group holds while it joins that thread: the worker hung for good (CI, torch 2.13, the
+#: temporary byte tensors of all_gather_object, gathered just before the group was destroyed).
+_HELD: list[Any] = []
+
+
 def gather(local: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """Every rank's `local` dict on rank 0 (None elsewhere); a plain one-element list without a group."""
+    """Every rank's `local` dict on rank 0 (None elsewhere); a plain one-element list without a group.
+
+    Pickled into byte tensors this module keeps (`_HELD`) until `destroy`, rather than all_gather_object's.
+    """
+    import pickle
+
+    import torch
     import torch.distributed as dist
 
     if not dist.is_initialized():
         return [local]
-    everything: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(everything, local)
-    return everything if dist.get_rank() == 0 else None
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    world = dist.get_world_size()
+    payload = torch.frombuffer(bytearray(pickle.dumps(local)), dtype=torch.uint8)
+    size = torch.tensor([payload.numel()], dtype=torch.int64, device=device)
+    sizes = [torch.empty_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    lengths = [int(s.item()) for s in sizes]
+    mine = torch.zeros(max(lengths), dtype=torch.uint8, device=device)
+    mine[:payload.numel()] = payload.to(device)
+    slots = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(slots, mine)
+    _HELD.extend([size, *sizes, mine, *slots])
+    if dist.get_rank() != 0:
+        return None
+    return [pickle.loads(slot[:n].cpu().numpy().tobytes()) for slot, n in zip(slots, lengths)]
 
 
 def destroy() -> None:
@@ -87,6 +112,8 @@ def destroy() -> None:
 
     if dist.is_initialized():
         dist.destroy_process_group()
+    # Only now: the group's threads are joined, nothing but Python refers to these.
+    _HELD.clear()
 
 
 def param_checksum(model: Any) -> float:
