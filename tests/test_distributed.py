@@ -222,21 +222,23 @@ def test_ranks_holding_different_stages_report_no_sync_verdict():
     assert "params_in_sync" not in aggregate(per_rank, tokens_per_step=1, samples_per_step=1, steps=1)
 
 
-def test_gather_keeps_its_tensors_until_the_group_is_destroyed():
-    """Rank results are gathered through byte tensors this module holds until destroy(): a gloo run-loop thread
-    that dropped the last reference to one would need the GIL, which destroy_process_group holds while joining
-    that thread (all_gather_object's temporaries hung a CI run that way, torch 2.13)."""
+def test_gather_keeps_its_tensors_and_the_step_past_the_group():
+    """Rank results are gathered through byte tensors this module keeps for the life of the process, and finish()
+    keeps the training step: tearing a gloo group down joins its run-loop threads holding the GIL, and a run-loop
+    thread freeing the last reference to a tensor Python made needs the GIL (CI hung twice, torch 2.13: on
+    all_gather_object's temporaries, then on DDP's reducer freeing the group when the model went out of scope)."""
     import torch
     import torch.distributed as dist
 
     from lmbench.run import distributed
 
     dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    step = object()
     try:
         local = {"step_times_s": [0.1, 0.2], "name": "ünïcode", "nested": {"x": None}}
         assert distributed.gather(local) == [local]
-        held = list(distributed._HELD)
-        assert held and all(isinstance(t, torch.Tensor) for t in held)
+        distributed.finish(step)
     finally:
-        distributed.destroy()
-    assert not dist.is_initialized() and distributed._HELD == []
+        dist.destroy_process_group()
+    tensors = [t for t in distributed._HELD if isinstance(t, torch.Tensor)]
+    assert len(tensors) >= 4 and any(held is step for held in distributed._HELD)

@@ -71,17 +71,18 @@ def sum_pair(values: tuple[Any, Any]) -> tuple[Any, Any]:
     return packed[0], packed[1]
 
 
-#: The tensors of the last collectives, referenced from Python until the group is destroyed. Were a gloo run-loop
-#: thread to drop the last reference to a tensor Python made, freeing it would take the GIL, which
-#: destroy_process_group holds while it joins that thread: the worker hung for good (CI, torch 2.13, the
-#: temporary byte tensors of all_gather_object, gathered just before the group was destroyed).
+#: What a rank keeps referenced until its process ends with os._exit (the worker's run_job): the tensors of its
+#: collectives and its training step (model, DDP reducer, process group). Tearing a gloo group down joins its
+#: run-loop threads while holding the GIL; a run-loop thread that drops the last reference to a tensor Python made
+#: needs the GIL to free it: the worker hung for good, twice in CI (torch 2.13; all_gather_object's temporaries,
+#: then, with destroy_process_group, DDP's reducer freeing the group as the model went out of scope).
 _HELD: list[Any] = []
 
 
 def gather(local: dict[str, Any]) -> list[dict[str, Any]] | None:
     """Every rank's `local` dict on rank 0 (None elsewhere); a plain one-element list without a group.
 
-    Pickled into byte tensors this module keeps (`_HELD`) until `destroy`, rather than all_gather_object's.
+    Pickled into byte tensors this module keeps (`_HELD`) until the process ends, not all_gather_object's.
     """
     import pickle
 
@@ -107,13 +108,10 @@ def gather(local: dict[str, Any]) -> list[dict[str, Any]] | None:
     return [pickle.loads(slot[:n].cpu().numpy().tobytes()) for slot, n in zip(slots, lengths)]
 
 
-def destroy() -> None:
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    # Only now: the group's threads are joined, nothing but Python refers to these.
-    _HELD.clear()
+def finish(*keep: Any) -> None:
+    """End this rank's collectives without tearing the group down: `keep` (the training step) stays referenced, and
+    the worker ends the process with os._exit once its result is written, so nothing is destroyed (see _HELD)."""
+    _HELD.extend(keep)
 
 
 def param_checksum(model: Any) -> float:

@@ -258,7 +258,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         "host_load": load_span,
     }
     per_rank = distributed.gather(local)
-    distributed.destroy()
+    distributed.finish(step)
     if per_rank is None:
         return None
 
@@ -387,6 +387,24 @@ def trace_path(job: dict[str, Any], timeline: Path | None) -> Path | None:
 
 
 def run_job(job_path: Path, result_path: Path) -> int:
+    """Measure the job and write its result; a rank under torchrun ends its process here (`_end_rank`)."""
+    from lmbench.run.distributed import RankInfo
+
+    code = _run_job(job_path, result_path)
+    if RankInfo.from_env() is not None:
+        _end_rank(code)
+    return code
+
+
+def _end_rank(code: int) -> None:
+    """Exit without tearing the process group down: its destructor joins gloo's threads holding the GIL, which
+    one of them may need to free a tensor (lmbench.run.distributed._HELD). Everything is written by now."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _run_job(job_path: Path, result_path: Path) -> int:
     job = json.loads(job_path.read_text())
     config = Config.from_mapping(job["config"])
     from lmbench.measure import environment
