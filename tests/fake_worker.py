@@ -8,6 +8,7 @@ Behaviour comes from the environment, which the parent passes on to its workers:
   FAKE_WORKER_HANG=TEXT  hang (until killed) when TEXT is in the job's config key
   FAKE_WORKER_OOM_ABOVE=N  batch sizes above N end as `oom` (for tune's search)
   FAKE_WORKER_ERROR=TEXT   every job ends as `error` with this reason
+  FAKE_WORKER_STRAGGLER=DIR  leave a child running in the worker's session (its pid in DIR/<pid>), then exit
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ def work(job_path: Path, result_path: Path) -> int:
                    "metrics": {"tokens_per_s": tps, "step_time_median_s": config.tokens_per_step / tps,
                                "tokens_per_step": config.tokens_per_step, "step_time_cv": 0.0,
                                "mem_host_peak_growth_bytes": 2**20}}
+    if os.environ.get("FAKE_WORKER_STRAGGLER"):
+        import subprocess
+
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        (Path(os.environ["FAKE_WORKER_STRAGGLER"]) / str(child.pid)).write_text("")
     tmp = result_path.with_name(result_path.name + ".tmp")
     tmp.write_text(json.dumps({**payload, "env": {"torch": "fake", "device": {"type": "cpu"}}}))
     tmp.replace(result_path)

@@ -344,6 +344,27 @@ def test_3_a_worker_killed_by_a_signal_is_an_error_record_and_the_suite_goes_on(
     assert second["status"] == "ok"
 
 
+def test_3_nothing_the_worker_left_running_outlives_it(tmp_path, tiny, fake, monkeypatch):
+    """A straggler in a finished worker's session (a compile worker, a rank's helper; ranks end with os._exit) is
+    killed before the next configuration is measured, not left holding a core or the GPU."""
+    stragglers = tmp_path / "stragglers"
+    stragglers.mkdir()
+    monkeypatch.setenv("FAKE_WORKER_STRAGGLER", str(stragglers))
+    result = lmbench("run", "--suite", tiny, "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    pids = [int(p.name) for p in stragglers.iterdir()]
+    assert len(pids) == 2
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"  # a zombie of the run
+
+    assert all(gone(pid) for pid in pids)
+
+
 # 4. --resume runs whatever plan it is given.
 
 def test_4_resume_refuses_another_plan_naming_the_difference(tmp_path, tiny, fake):

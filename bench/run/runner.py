@@ -111,6 +111,7 @@ def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch()
             raise
         finally:
             job_path.unlink(missing_ok=True)
+    _reap(proc)
     left = result_path.exists()
     payload = _read_result(result_path) if left else None
     result_path.unlink(missing_ok=True)
@@ -172,6 +173,16 @@ def _stop(proc: subprocess.Popen) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def _reap(proc: subprocess.Popen) -> None:
+    """Kill what is left of the worker's session once the worker has exited: a straggler (a compile worker,
+    a rank's helper) must not hold the GPU or a core into the next configuration's measurement. Ranks end
+    with os._exit (lmbench.run.worker), which runs no clean-up of their own."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _last_line(path: Path) -> str:
