@@ -75,12 +75,16 @@ class NonEmptyPath(click.Path):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if value == "":
             self.fail("empty; give a path (an empty one would mean the current directory)", param, ctx)
+        if isinstance(value, str) and not value.strip():
+            self.fail(f"{value!r} is only whitespace; give a path", param, ctx)
         return super().convert(value, param, ctx)
 
 
 def _suite_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    if value == "":
-        raise click.BadParameter("empty; give a built-in suite (lmbench list) or the path of a suite file", ctx, param)
+    if not value.strip():
+        what = "empty" if value == "" else f"{value!r} is only whitespace"
+        raise click.BadParameter(f"{what}; give a built-in suite (lmbench list) or the path of a suite file", ctx,
+                                 param)
     return value
 
 

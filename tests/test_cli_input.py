@@ -70,7 +70,19 @@ def test_an_empty_path_option_is_refused(tmp_path, monkeypatch, args, name):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("args", [["run", "--suite", "smoke", "--out", "  "], ["ceilings", "--out", "\t"],
+                                  ["report", " "]])
+def test_a_path_of_only_whitespace_is_refused(tmp_path, monkeypatch, args):
+    monkeypatch.chdir(tmp_path)
+    line = error(lmbench(*args))
+    assert line.endswith(f"is only whitespace; give a path") and repr(args[-1]) in line
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_empty_suite_is_refused():
+    assert error(lmbench("run", "--suite", "  ", "--dry-run")) == (
+        "lmbench: error (lmbench run): Invalid value for '--suite': '  ' is only whitespace; give a built-in suite "
+        "(lmbench list) or the path of a suite file")
     assert error(lmbench("run", "--suite", "", "--dry-run")) == (
         "lmbench: error (lmbench run): Invalid value for '--suite': empty; give a built-in suite (lmbench list) or "
         "the path of a suite file")
