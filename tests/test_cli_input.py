@@ -75,7 +75,7 @@ def test_an_empty_path_option_is_refused(tmp_path, monkeypatch, args, name):
 def test_a_path_of_only_whitespace_is_refused(tmp_path, monkeypatch, args):
     monkeypatch.chdir(tmp_path)
     line = error(lmbench(*args))
-    assert line.endswith(f"is only whitespace; give a path") and repr(args[-1]) in line
+    assert line.endswith("is only whitespace; give a path") and repr(args[-1]) in line
     assert list(tmp_path.iterdir()) == []
 
 
