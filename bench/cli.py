@@ -430,7 +430,8 @@ def report(run_dirs: tuple[Path, ...], out: Path | None, baseline: str | None, c
         raise UsageError("a report of several runs needs --out DIR (where to write the combined report)")
     df, records, warnings = frame.load(list(run_dirs))
     baselines.check(parsed, (record["config"] for record in records))
-    for warning in warnings:
+    failed_baseline = baselines.failed_only(parsed, records)
+    for warning in warnings + ([failed_baseline] if failed_baseline else []):
         click.echo(f"lmbench: warning: {warning}", err=True)
     results.writable_dir(out or distinct[0] / "report", what="--out" if out else "the report directory")
     out = out or distinct[0] / "report"

@@ -211,6 +211,24 @@ def test_a_baseline_value_no_configuration_has_is_refused(tmp_path):
     assert not (run / "report").exists()
 
 
+def test_a_baseline_whose_every_record_failed_gets_a_warning_and_the_report_is_written(tmp_path):
+    from lmbench.analyze import results
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for repeat, (precision, status) in enumerate((("fp32", "oom"), ("fp32", "error"), ("amp-bf16", "ok"))):
+        results.append(run, results.make_record(
+            suite="s", config={"model": "tiny-gpt2", "precision": precision}, config_key=precision, repeat=repeat,
+            status=status, reason=None if status == "ok" else "x",
+            payload={"metrics": {"tokens_per_s": 100.0} if status == "ok" else None}))
+    done = lmbench("report", run, "--baseline", "precision=fp32")
+    assert done.exit_code == 0, done.output
+    assert ("lmbench: warning: --baseline precision=fp32: every precision=fp32 configuration failed (error, oom), "
+            "so there is no speedup to show") in done.output
+    assert (run / "report" / "report.md").exists()
+    assert "every precision" not in lmbench("report", run, "--baseline", "precision=amp-bf16").output
+
+
 # 8. Conflicting or odd options.
 
 @pytest.mark.parametrize(("args", "message"), [

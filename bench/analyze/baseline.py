@@ -37,6 +37,19 @@ def check(baseline: tuple[str, str] | None, configs: Iterable[Mapping[str, Any]]
                          f"{', '.join(present)}")
 
 
+def failed_only(baseline: tuple[str, str] | None, records: Iterable[Mapping[str, Any]]) -> str | None:
+    """A warning when every record with the baseline's value failed (each speedup will be empty), else None."""
+    if baseline is None:
+        return None
+    axis, value = baseline
+    theirs = [r for r in records if str(r["config"].get(axis)) == value]
+    if not theirs or any(r["status"] == "ok" for r in theirs):
+        return None
+    statuses = ", ".join(sorted({r["status"] for r in theirs}))
+    return (f"--baseline {axis}={value}: every {axis}={value} configuration failed ({statuses}), so there is no "
+            "speedup to show")
+
+
 def counterpart(config: Mapping[str, Any], candidates: Iterable[Mapping[str, Any]], baseline: tuple[str, str],
                 axes: list[str]) -> int | None:
     """Index in `candidates` of `config`'s baseline counterpart (None when there is none).
