@@ -31,7 +31,8 @@ def test_key_ignores_timeout_but_not_steps_or_device():
     ({"timeout_s": "inf"}, "timeout_s=inf must be a positive, finite number of seconds (at most 2,592,000)"),
     ({"telemetry_period_s": float("nan")}, "telemetry_period_s=nan must be a positive, finite number of seconds"),
     ({"nproc": 100000}, "nproc=100000 is more processes per node than lmbench runs (at most 64)"),
-    ({"data": "/no/such/file.txt"}, "data='/no/such/file.txt' is neither 'synthetic', 'markov' nor an existing text file"),
+    ({"data": "/no/such/file.txt"},
+     "data='/no/such/file.txt' is neither 'synthetic', 'markov' nor an existing text file"),
 ])
 def test_invalid_values_name_the_axis(values, message):
     with pytest.raises(ConfigError) as err:
