@@ -275,8 +275,8 @@ trap 'note "interrupted"; FAILED=1; exit 1' INT TERM
 
 note "lmbench GPU validation, stage $STAGE ($MODE) on $(hostname) at $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 # Untracked files count too (not ignored ones): a lent machine's copy of .git may predate files added since.
-changes=$(git --no-optional-locks -C "$REPO" status --porcelain 2>/dev/null | grep -q . &&
-    echo " (with local changes)")
+# Captured whole, not piped into `grep -q` (which, exiting early, made git die of SIGPIPE under pipefail).
+changes=$([[ -n $(git --no-optional-locks -C "$REPO" status --porcelain 2>/dev/null) ]] && echo " (with local changes)")
 note "commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "unknown: not a git checkout")$changes"
 if [[ -n $changes ]]; then
     # The code that ran is that commit plus these changes (a lent machine's copy of .git may be older than its
@@ -322,10 +322,11 @@ case $STAGE in
     3)  # Issue 13's noise and overhead targets: the regression-gate suite with repeats, the harness overhead;
         # and J/token of each precision over windows long enough for NVML's counter (stage 1's 20 steps gave
         # 1.1-1.4 s, where counter and integral differed by 4-6%; 60 steps give 3.5 s and more).
+        # The two targets first: the energy run, last, is the one a tight budget cuts.
         run_suite ci 250 ci --set "model=$GPT2,$LLAMA" --repeats 3
+        pytest_step pytest-overhead 90 -s -m gpu tests/test_gpu.py -k harness_overhead
         run_suite fp16-energy 120 fp16 --set "model=$GPT2" --set "batch_size=$BATCH" --set steps=60 --set warmup=5
         report
-        pytest_step pytest-overhead 90 -s -m gpu tests/test_gpu.py -k harness_overhead
         ;;
     4)  # GPT-2's vocabulary padded or not, side by side; then the largest batch that fits and the fastest
         # configuration, for each model (GPT-2 padded to 50304 rows, as a performance engineer would train it).

@@ -222,8 +222,10 @@ def energy(folder: Path) -> tuple[str, str, str]:
     from lmbench.measure.nvml import POWER_OR_HEAT
     from lmbench.measure.telemetry import energy_caveat, energy_disagreement
 
-    # Stage 3's long windows when they exist (60 steps), else stage 1's fp16 run.
-    run = next(iter(sorted(folder.glob("stage*/runs/fp16-energy"))), folder / "stage1" / "runs" / "fp16")
+    # Stage 3's long windows when they gave a figure (60 steps), else stage 1's fp16 run.
+    runs = [*sorted(folder.glob("stage*/runs/fp16-energy")), folder / "stage1" / "runs" / "fp16"]
+    run = next((r for r in runs if any(x["status"] == "ok" and (x.get("metrics") or {}).get("j_per_token")
+                                       is not None for x in _records(r))), runs[-1])
     parts, short, throttled = [], [], []
     for r in _records(run):
         m = r.get("metrics") or {}

@@ -242,3 +242,29 @@ def test_gather_keeps_its_tensors_and_the_step_past_the_group():
         dist.destroy_process_group()
     tensors = [t for t in distributed._HELD if isinstance(t, torch.Tensor)]
     assert len(tensors) >= 4 and any(held is step for held in distributed._HELD)
+    # Without a group (a single-process worker, a test calling measure()) nothing is kept.
+    before = len(distributed._HELD)
+    distributed.finish(object())
+    assert len(distributed._HELD) == before
+
+
+def test_a_rank_ends_with_os_exit_even_when_its_job_raises(monkeypatch, tmp_path):
+    """Under torchrun a rank never returns into the interpreter's teardown (which could hang in gloo's), not
+    even when writing its result fails: the traceback goes to its log and it exits 1."""
+    from lmbench.run import worker
+
+    ended = []
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(worker, "_end_rank", ended.append)
+
+    def no_room(job, result):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(worker, "_run_job", no_room)
+    worker.run_job(tmp_path / "job.json", tmp_path / "result.json")
+    monkeypatch.setattr(worker, "_run_job", lambda job, result: 0)
+    worker.run_job(tmp_path / "job.json", tmp_path / "result.json")
+    assert ended == [1, 0]
+    monkeypatch.delenv("RANK")
+    assert worker.run_job(tmp_path / "job.json", tmp_path / "result.json") == 0 and ended == [1, 0]

@@ -159,3 +159,7 @@ def test_energy_comes_from_stage_3s_long_windows_once_they_exist(tmp_path):
     figure, verdict, source = publish.energy(folder)
     assert figure == "amp-bf16 4.200 mJ/token (throttle: none; integral vs counter +0.1% over 3.9 s)"
     assert verdict == "measured" and "stage3/runs/fp16-energy/results.jsonl" in source
+    # A stage-3 energy run that gave nothing (its step timed out) leaves stage 1's figure standing.
+    (folder / "stage3" / "runs" / "fp16-energy" / "results.jsonl").write_text("")
+    figure, _, source = publish.energy(folder)
+    assert figure.startswith("amp-bf16 4.400 mJ/token") and "stage1/runs/fp16/results.jsonl" in source

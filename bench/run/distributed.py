@@ -103,6 +103,11 @@ def gather(local: dict[str, Any]) -> list[dict[str, Any]] | None:
     slots = [torch.empty_like(mine) for _ in range(world)]
     dist.all_gather(slots, mine)
     _HELD.extend([size, *sizes, mine, *slots])
+    # NCCL's all_gather returns before the bytes have moved; every rank waits for the whole exchange here, since
+    # ranks other than 0 end their process (os._exit) right after: one leaving early would starve rank 0.
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    dist.barrier()
     if dist.get_rank() != 0:
         return None
     return [pickle.loads(slot[:n].cpu().numpy().tobytes()) for slot, n in zip(slots, lengths)]
@@ -110,8 +115,12 @@ def gather(local: dict[str, Any]) -> list[dict[str, Any]] | None:
 
 def finish(*keep: Any) -> None:
     """End this rank's collectives without tearing the group down: `keep` (the training step) stays referenced, and
-    the worker ends the process with os._exit once its result is written, so nothing is destroyed (see _HELD)."""
-    _HELD.extend(keep)
+    the worker ends the process with os._exit once its result is written, so nothing is destroyed (see _HELD).
+    Without a process group there is nothing to protect and nothing is kept."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        _HELD.extend(keep)
 
 
 def param_checksum(model: Any) -> float:

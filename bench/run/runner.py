@@ -176,9 +176,10 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def _reap(proc: subprocess.Popen) -> None:
-    """Kill what is left of the worker's session once the worker has exited: a straggler (a compile worker,
-    a rank's helper) must not hold the GPU or a core into the next configuration's measurement. Ranks end
-    with os._exit (lmbench.run.worker), which runs no clean-up of their own."""
+    """Kill what is left of the worker's session once the worker has exited: a straggler (a compile worker a
+    single-process worker started) must not hold the GPU or a core into the next configuration's measurement.
+    Under torchrun this reaches torchrun's own helpers only: torchrun starts each rank in a session of its own,
+    and stops the ranks themselves; torch.compile's workers watch their parent and exit with it."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):

@@ -390,10 +390,15 @@ def run_job(job_path: Path, result_path: Path) -> int:
     """Measure the job and write its result; a rank under torchrun ends its process here (`_end_rank`)."""
     from lmbench.run.distributed import RankInfo
 
-    code = _run_job(job_path, result_path)
-    if RankInfo.from_env() is not None:
-        _end_rank(code)
-    return code
+    if RankInfo.from_env() is None:
+        return _run_job(job_path, result_path)
+    try:
+        code = _run_job(job_path, result_path)
+    except BaseException:  # noqa: BLE001 - e.g. no room for the result: the rank still must not tear down
+        traceback.print_exc()
+        code = 1
+    _end_rank(code)
+    return code  # not reached
 
 
 def _end_rank(code: int) -> None:
