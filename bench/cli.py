@@ -739,7 +739,7 @@ def kernels(op: str, shape: str, dtype: str, mode: str, csv_path: Path | None, c
 @click.option("--out", type=NonEmptyPath(dir_okay=False, path_type=Path), default=None,
               help="Also write the figures as JSON here.")
 def ceilings(out: Path | None) -> int:
-    """Measure this GPU's bf16 matmul TFLOP/s and device-to-device copy GB/s (a second yardstick for MFU).
+    """Measure this GPU's matmul TFLOP/s (bf16, fp16, tf32, fp32) and copy GB/s (a second yardstick for MFU).
 
     Example: lmbench ceilings --out ceilings.json
     """
@@ -753,8 +753,9 @@ def ceilings(out: Path | None) -> int:
         click.echo(f"skipped: lmbench ceilings needs a CUDA GPU (none visible; torch {torch.__version__})")
         return 0
     figures = measured.measure(torch.device("cuda"))
-    click.echo(f"{figures['device']}: bf16 matmul {figures['bf16_matmul_tflops']:.0f} TFLOP/s "
-               f"({figures['bf16_matmul_n']}^3), copy {figures['copy_gb_per_s']:.0f} GB/s (read + write)")
+    modes = ", ".join(f"{mode} {figures[f'{mode}_matmul_tflops']:.0f}" for mode in ("bf16", "fp16", "tf32", "fp32"))
+    click.echo(f"{figures['device']}: matmul TFLOP/s {modes} ({figures['bf16_matmul_n']}^3), "
+               f"copy {figures['copy_gb_per_s']:.0f} GB/s (read + write)")
     if out is not None:
         out.write_text(json.dumps(figures, indent=2), encoding="utf-8")
     return 0

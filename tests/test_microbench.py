@@ -106,7 +106,10 @@ def test_ceilings_are_below_the_datasheet(tmp_path):
     from lmbench.measure.peaks import peak_flops
 
     figures = measure(torch.device("cuda"), matmul_n=4096, copy_bytes=2**28, repeats=5)
-    peak = peak_flops(figures["device"], "bf16")
     assert figures["bf16_matmul_tflops"] > 10 and figures["copy_gb_per_s"] > 100
-    if peak:
-        assert figures["bf16_matmul_tflops"] * 1e12 < peak[0] * 1.05
+    # Every mode below its datasheet peak, and fp32 with TF32 off far below tf32 (not silently TF32).
+    for mode in ("bf16", "fp16", "tf32", "fp32"):
+        peak = peak_flops(figures["device"], mode)
+        if peak:
+            assert 0 < figures[f"{mode}_matmul_tflops"] * 1e12 < peak[0] * 1.05, mode
+    assert figures["fp32_matmul_tflops"] < figures["tf32_matmul_tflops"] / 2

@@ -340,7 +340,17 @@ def test_where_the_time_goes_and_the_roofline(tmp_path):
     ceilings = {"bf16_matmul_tflops": 1000.0, "copy_gb_per_s": 2000.0}
     # 1024 tokens x 1e9 FLOPs at 1000 TFLOP/s: 1.02 ms; 40e9 bytes (fp32 AdamW) at 2 TB/s: 20 ms; step 1024 ms.
     roof = report.roofline_section(records, ceilings)["roofline"]
-    assert roof.rows[0] == ["fp32", "memory", "1.02", "20.00", "1024.00", "51.20x"]
+    assert roof.rows[0] == ["fp32", "memory", "1.02", "20.00", "1024.00", "51.20x",
+                            "bf16 1000 TFLOP/s (no fp32 ceiling measured)"]
+    assert roof.rows[1][-1] == "bf16 1000 TFLOP/s"
+    # With fp32's own ceiling (TF32 off: 50 TFLOP/s), fp32 is held to it: 1024 x 1e9 / 50e12 = 20.48 ms.
+    roof = report.roofline_section(records, {**ceilings, "fp32_matmul_tflops": 50.0})["roofline"]
+    assert roof.rows[0] == ["fp32", "compute", "20.48", "20.00", "1024.00", "50.00x", "fp32 50 TFLOP/s"]
+    # FP8 keeps fp32 weights and state (bytes as amp-bf16) and is held to the bf16 ceiling, as its headline MFU.
+    fp8 = hand_record("fp8-rowwise", 8, 2000.0)
+    fp8["metrics"].update(hardware_flops_per_token=1e9, params=10**9, devices=1)
+    (row,) = report.roofline_section([fp8], ceilings)["roofline"].rows
+    assert row[1:] == ["memory", "1.02", "20.00", "512.00", "25.60x", "bf16 1000 TFLOP/s"]  # 512 ms / 20 ms
     df = hand_frame(records)
     paths = report.build(df, records, tmp_path / "r", runs=["hand"], ceilings=ceilings)
     md = paths["report.md"].read_text()

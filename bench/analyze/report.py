@@ -289,9 +289,9 @@ def roofline_section(records: list[dict[str, Any]], ceilings: dict[str, Any]) ->
             rows.append([cell(s.config, a) for a in axes] + [
                 found["roofline_bound"], _fmt(found["roofline_compute_s"], ".2f", 1e-3),
                 _fmt(found["roofline_memory_s"], ".2f", 1e-3), _fmt(s.step_time_s(), ".2f", 1e-3),
-                _fmt(s.step_time_s() / found["roofline_step_time_s"], ".2f") + "x"])
+                _fmt(s.step_time_s() / found["roofline_step_time_s"], ".2f") + "x", found["roofline_ceiling"]])
     n = len(axes)
-    head = ["bound", "compute roof ms", "memory roof ms", "measured step ms", "measured ÷ roof"]
+    head = ["bound", "compute roof ms", "memory roof ms", "measured step ms", "measured ÷ roof", "matmul ceiling"]
     return {"roofline": Grid(axes + head, rows, right=set(range(n + 1, n + 5)))} if rows else {}
 
 

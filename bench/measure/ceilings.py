@@ -1,4 +1,5 @@
-"""The device's own ceilings, measured: a large bf16 matmul's TFLOP/s and a large device-to-device copy's GB/s.
+"""The device's own ceilings, measured: a large matmul's TFLOP/s in each math mode (bf16, fp16, tf32, fp32 with
+TF32 off) and a large device-to-device copy's GB/s.
 
 Datasheet peaks are upper bounds no kernel reaches; these are what this card, at its current
 clocks and power limit, delivers on the simplest possible workloads, a second yardstick for MFU.
@@ -18,8 +19,8 @@ def measure(device: Any, *, matmul_n: int = 8192, copy_bytes: int = 2**31, repea
     """Median over `repeats` timed runs (CUDA events) after warmup; random data (zeros would flatter the matmul)."""
     import torch
 
-    a = torch.randn(matmul_n, matmul_n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(matmul_n, matmul_n, device=device, dtype=torch.bfloat16)
+    from lmbench.run.precision import matmul_mode
+
     src = torch.empty(copy_bytes // 2, device=device, dtype=torch.bfloat16).normal_()
     dst = torch.empty_like(src)
 
@@ -36,17 +37,25 @@ def measure(device: Any, *, matmul_n: int = 8192, copy_bytes: int = 2**31, repea
             times.append(start.elapsed_time(end) / 1e3)
         return statistics.median(times)
 
-    matmul_s = timed(lambda: torch.mm(a, b))
+    matmul_tflops = {}
+    # Each mode as a precision of that mode runs it: fp32 with TF32 off (lmbench's fp32), tf32 with it on.
+    for mode, dtype, precision in (("bf16", torch.bfloat16, "bf16"), ("fp16", torch.float16, "fp16"),
+                                   ("tf32", torch.float32, "tf32"), ("fp32", torch.float32, "fp32")):
+        a = torch.randn(matmul_n, matmul_n, device=device, dtype=dtype)
+        b = torch.randn(matmul_n, matmul_n, device=device, dtype=dtype)
+        with matmul_mode(precision):
+            matmul_tflops[mode] = 2 * matmul_n**3 / timed(lambda: torch.mm(a, b)) / 1e12  # noqa: B023 - used now
+        del a, b
     copy_s = timed(lambda: dst.copy_(src))
     return {
         "device": torch.cuda.get_device_name(device),
-        "bf16_matmul_tflops": 2 * matmul_n**3 / matmul_s / 1e12,
+        **{f"{mode}_matmul_tflops": value for mode, value in matmul_tflops.items()},
         "bf16_matmul_n": matmul_n,
         # A copy reads and writes every byte.
         "copy_gb_per_s": 2 * copy_bytes / copy_s / 1e9,
         "copy_bytes": copy_bytes,
         "repeats": repeats,
-        "method": "median of CUDA-event-timed runs after 3 warmups; random bf16 data",
+        "method": "median of CUDA-event-timed runs after 3 warmups; random data of each dtype (bf16 for the copy)",
     }
 
 

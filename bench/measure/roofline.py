@@ -6,8 +6,10 @@ device-to-device copy). The roofline step time is the larger of the two; `roofli
 measured step time over it (1 would be a step at both ceilings; 3 means two thirds of the step is
 lost to something else: small or unfused kernels, launch gaps, communication, stalls).
 
-The compute roof is the bf16 GEMM ceiling for every precision, so for fp32 and tf32 configurations it
-is optimistic (their matmuls cannot reach it) and their ratio overstates what is lost.
+The compute roof is the measured GEMM ceiling of the precision's math mode (fp32 with TF32 off, tf32,
+fp16, bf16; FP8 precisions against bf16, as their headline MFU). A ceilings file from before the other
+modes were measured has bf16 only: other precisions are then held to it, and `roofline_ceiling` says so
+(it once showed fp32 gpt2-124m 20x from a roof fp32 cannot reach).
 
 Unavoidable bytes are a lower bound from the parameters alone, per device, activations excluded:
 the forward and backward each read the weights once, the backward writes the gradients, and AdamW
@@ -32,11 +34,13 @@ class ByteWidths:
     """fp32 master weights kept beside half-precision model weights (0: none)."""
 
 
-#: fp32, tf32 and the autocast modes keep fp32 weights, gradients and AdamW state (autocast casts per op);
+#: fp32, tf32, the autocast and FP8 modes keep fp32 weights, gradients and AdamW state (casts per op);
 #: fp16 keeps fp16 weights and gradients beside fp32 master weights and state; bf16 keeps everything in bf16.
 BYTE_WIDTHS = {
     "fp32": ByteWidths(4, 4, 4), "tf32": ByteWidths(4, 4, 4), "amp-fp16": ByteWidths(4, 4, 4),
     "amp-bf16": ByteWidths(4, 4, 4), "fp16": ByteWidths(2, 2, 4, master=4), "bf16": ByteWidths(2, 2, 2),
+    # torchao's float8 training keeps fp32 weights, gradients and AdamW state and casts per matmul, as autocast.
+    "fp8-tensorwise": ByteWidths(4, 4, 4), "fp8-rowwise": ByteWidths(4, 4, 4),
 }
 
 
@@ -71,7 +75,14 @@ def for_record(metrics: dict[str, Any], config: dict[str, Any], ceilings: dict[s
     devices = metrics["devices"]
     params = metrics["params"] / devices if config.get("parallel") == "fsdp" else metrics["params"]
     step_time_s = metrics["tokens_per_step"] / metrics["tokens_per_s"]
-    return roofline(flops_per_step=metrics["hardware_flops_per_token"] * metrics["tokens_per_step"] / devices,
-                    bytes_per_step=bytes_per_step(params=int(params), precision=config["precision"]),
-                    matmul_flops_per_s=ceilings["bf16_matmul_tflops"] * 1e12,
-                    copy_bytes_per_s=ceilings["copy_gb_per_s"] * 1e9, step_time_s=step_time_s)
+    from lmbench.measure.peaks import PRECISION_MODE
+
+    mode = PRECISION_MODE[config["precision"]]
+    measured = ceilings.get(f"{mode}_matmul_tflops")
+    ceiling = (f"{mode} {measured:.0f} TFLOP/s" if measured
+               else f"bf16 {ceilings['bf16_matmul_tflops']:.0f} TFLOP/s (no {mode} ceiling measured)")
+    found = roofline(flops_per_step=metrics["hardware_flops_per_token"] * metrics["tokens_per_step"] / devices,
+                     bytes_per_step=bytes_per_step(params=int(params), precision=config["precision"]),
+                     matmul_flops_per_s=(measured or ceilings["bf16_matmul_tflops"]) * 1e12,
+                     copy_bytes_per_s=ceilings["copy_gb_per_s"] * 1e9, step_time_s=step_time_s)
+    return {**found, "roofline_ceiling": ceiling}
