@@ -113,3 +113,31 @@ def test_ceilings_are_below_the_datasheet(tmp_path):
         if peak:
             assert 0 < figures[f"{mode}_matmul_tflops"] * 1e12 < peak[0] * 1.05, mode
     assert figures["fp32_matmul_tflops"] < figures["tf32_matmul_tflops"] / 2
+
+
+def test_ceilings_measure_every_math_mode_on_a_cpu_with_cuda_events_faked(monkeypatch):
+    """The code path of `lmbench ceilings` without a GPU: CUDA events timed on the host."""
+    import time
+
+    from lmbench.measure import ceilings
+
+    class Event:
+        def __init__(self, **_):
+            self.t = 0.0
+
+        def record(self):
+            self.t = time.perf_counter()
+
+        def synchronize(self):
+            pass
+
+        def elapsed_time(self, end):
+            return (end.t - self.t) * 1e3
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "a CPU")
+    before = torch.backends.cuda.matmul.allow_tf32
+    figures = ceilings.measure(torch.device("cpu"), matmul_n=64, copy_bytes=2**16, repeats=2)
+    assert all(figures[f"{mode}_matmul_tflops"] > 0 for mode in ("bf16", "fp16", "tf32", "fp32"))
+    assert figures["copy_gb_per_s"] > 0 and figures["device"] == "a CPU"
+    assert torch.backends.cuda.matmul.allow_tf32 == before  # the tf32 and fp32 GEMMs put the switch back

@@ -37,15 +37,16 @@ def measure(device: Any, *, matmul_n: int = 8192, copy_bytes: int = 2**31, repea
             times.append(start.elapsed_time(end) / 1e3)
         return statistics.median(times)
 
-    matmul_tflops = {}
-    # Each mode as a precision of that mode runs it: fp32 with TF32 off (lmbench's fp32), tf32 with it on.
-    for mode, dtype, precision in (("bf16", torch.bfloat16, "bf16"), ("fp16", torch.float16, "fp16"),
-                                   ("tf32", torch.float32, "tf32"), ("fp32", torch.float32, "fp32")):
+    def gemm_tflops(dtype: Any, precision: str) -> float:
         a = torch.randn(matmul_n, matmul_n, device=device, dtype=dtype)
         b = torch.randn(matmul_n, matmul_n, device=device, dtype=dtype)
         with matmul_mode(precision):
-            matmul_tflops[mode] = 2 * matmul_n**3 / timed(lambda: torch.mm(a, b)) / 1e12  # noqa: B023 - used now
-        del a, b
+            return 2 * matmul_n**3 / timed(lambda: torch.mm(a, b)) / 1e12
+
+    # Each mode as a precision of that mode runs it: fp32 with TF32 off (lmbench's fp32), tf32 with it on.
+    matmul_tflops = {mode: gemm_tflops(dtype, precision) for mode, dtype, precision in (
+        ("bf16", torch.bfloat16, "bf16"), ("fp16", torch.float16, "fp16"), ("tf32", torch.float32, "tf32"),
+        ("fp32", torch.float32, "fp32"))}
     copy_s = timed(lambda: dst.copy_(src))
     return {
         "device": torch.cuda.get_device_name(device),
