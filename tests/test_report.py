@@ -414,3 +414,11 @@ def test_the_energy_table_names_throttling_and_a_window_too_short_for_its_energy
     assert rows["amp-bf16"]["throttling"] == "-" and rows["amp-bf16"]["note"] == ""
     assert rows["bf16"]["note"] == ("a 0.10 s window, too short for NVML's counter: energy from 3 power samples "
                                     "(and 1 more repeat); lengthen the window to quote J/token")
+
+
+def test_plots_against_batch_size_need_several_batch_sizes():
+    """Stage 1 on an H100 ran one batch size: its 'throughput vs batch size' was a single column of dots."""
+    one = [hand_record("fp32", 8, 1000.0), hand_record("amp-bf16", 8, 2000.0)]
+    several = [*one, hand_record("fp32", 16, 1500.0)]
+    assert "tokens_vs_batch" not in report.figures(hand_frame(one), one, None)
+    assert {"tokens_vs_batch", "memory_vs_batch"} <= set(report.figures(hand_frame(several), several, None))

@@ -317,11 +317,14 @@ def figures(df: pd.DataFrame, records: list[dict[str, Any]], baseline: tuple[str
     evaluated = any((r.get("metrics") or {}).get("val_points") for r in records)
     quality = {"val_loss_vs_time": plots.val_loss_vs_time(records),
                "val_loss_vs_tokens": plots.val_loss_vs_tokens(records)} if evaluated else {}
+    # Against batch size only when the run has several: one column of dots says nothing the tables do not.
+    sizes = df.loc[df["status"] == "ok", "batch_size"].nunique() if "batch_size" in df.columns else 0
+    over_batch = {"tokens_vs_batch": plots.tokens_vs_batch(df),
+                  "memory_vs_batch": plots.memory_vs_batch(df)} if sizes > 1 else {}
     return {
         **quality,
         **breakdown,
-        "tokens_vs_batch": plots.tokens_vs_batch(df),
-        "memory_vs_batch": plots.memory_vs_batch(df),
+        **over_batch,
         "tokens_per_joule": plots.tokens_per_joule(df),
         "speedup_heatmap": plots.speedup_heatmap(df, baseline=baseline),
         "step_time_distributions": plots.step_time_distributions(records),
