@@ -250,7 +250,7 @@ tails = ["logs/microbench-*.txt", "logs/parity-tolerances.txt", "logs/tune-*.txt
 for text in [path for pattern in tails for path in sorted(work.glob(pattern))]:
     print(f"\n{text.name}:")
     # A microbenchmark's log holds one table per shape: all of them.
-    for l in text.read_text(errors="replace").splitlines()[-(60 if text.name.startswith("microbench") else 14):]:
+    for l in text.read_text(errors="replace").splitlines()[-(60 if text.name.startswith("microbench") else 20):]:
         print(f"  {l[:160]}")
 PY
 }
