@@ -157,6 +157,7 @@ def speedup_heatmap(df: pd.DataFrame, *, x: str | None = None, y: str | None = N
     are of: with one, a speed-up inside the step-time noise means nothing.
     """
     from matplotlib.colors import LogNorm
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     title = "Speedup over baseline"
     axes = _series_axes(df, set())
@@ -216,7 +217,11 @@ def speedup_heatmap(df: pd.DataFrame, *, x: str | None = None, y: str | None = N
         f"medians of at least {fewest} repeats"
     fig.suptitle(f"{title}: tokens/s ÷ that of {baseline[0]}={baseline[1]} with the other axes equal ({caveat})",
                  fontsize=10)
-    fig.colorbar(image, ax=grid.ravel().tolist(), label="tokens/s ÷ baseline (log scale)")
+    bar = fig.colorbar(image, ax=grid.ravel().tolist(), label="tokens/s ÷ baseline (log scale)")
+    # Ratios as ratios at round values ("0.5x", "2x"), not matplotlib's log-axis "3×10^0" on every minor tick.
+    bar.set_ticks([t for t in (0.1, 0.2, 0.33, 0.5, 0.67, 1, 1.5, 2, 3, 5, 10) if 1 / reach <= t <= reach])
+    bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}x"))
+    bar.ax.yaxis.set_minor_formatter(NullFormatter())
     return fig
 
 
