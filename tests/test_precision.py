@@ -5,7 +5,8 @@ import torch
 import torch.nn as nn
 from op_log import OpLog
 
-from lmbench.run.precision import PRECISIONS, AmpFp16, Fp16MasterWeights, matmul_mode
+from lmbench.measure.mathmode import matmul_mode
+from lmbench.run.precision import PRECISIONS, AmpFp16, Fp16MasterWeights
 
 CPU = torch.device("cpu")
 

@@ -19,7 +19,7 @@ def measure(device: Any, *, matmul_n: int = 8192, copy_bytes: int = 2**31, repea
     """Median over `repeats` timed runs (CUDA events) after warmup; random data (zeros would flatter the matmul)."""
     import torch
 
-    from lmbench.run.precision import matmul_mode
+    from lmbench.measure.mathmode import matmul_mode
 
     src = torch.empty(copy_bytes // 2, device=device, dtype=torch.bfloat16).normal_()
     dst = torch.empty_like(src)

@@ -7,7 +7,7 @@ only calls `autocast()`, `backward(loss)` and `step()`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -217,16 +217,3 @@ PRECISIONS: dict[str, type[Precision]] = {
     "fp8-tensorwise": Fp8,
     "fp8-rowwise": Fp8Rowwise,
 }
-
-
-@contextlib.contextmanager
-def matmul_mode(precision: str) -> Iterator[None]:
-    """TF32 on only for precision=tf32, so fp32 means true fp32 (PyTorch's default varies by release)."""
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    allow = precision == "tf32"
-    torch.backends.cuda.matmul.allow_tf32 = allow
-    torch.backends.cudnn.allow_tf32 = allow
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

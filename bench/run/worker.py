@@ -137,12 +137,12 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
 
     from lmbench.measure import environment, hostload, hostmem, metrics
     from lmbench.measure.flops import palm_flops_per_token, recompute_flops_per_token
+    from lmbench.measure.mathmode import matmul_mode
     from lmbench.measure.telemetry import Telemetry, disagreement_warning, for_devices, power_trace
     from lmbench.measure.timer import StepTimer
     from lmbench.models.kernel_sets import KERNEL_SETS
     from lmbench.models.registry import MODELS, import_family
     from lmbench.run import distributed
-    from lmbench.run.precision import matmul_mode
     from lmbench.run.training import TrainingStep, devices_used
 
     # Where start-up goes (each phase's end as the process's age): interpreter and imports (the model family's
