@@ -220,7 +220,7 @@ def linear_ce(folder: Path) -> tuple[str, str, str]:
 def energy(folder: Path) -> tuple[str, str, str]:
     """J/token of each precision of the fp16 suite, its throttle reasons, and what makes it unquotable."""
     from lmbench.measure.nvml import POWER_OR_HEAT
-    from lmbench.measure.telemetry import energy_caveat, energy_disagreement
+    from lmbench.measure.telemetry import disagreement_of, energy_caveat
 
     # Stage 3's long windows when they gave a figure (60 steps), else stage 1's fp16 run.
     runs = [*sorted(folder.glob("stage*/runs/fp16-energy")), folder / "stage1" / "runs" / "fp16"]
@@ -234,10 +234,7 @@ def energy(folder: Path) -> tuple[str, str, str]:
             reasons = m.get("throttle_reasons") or []
             if POWER_OR_HEAT & set(reasons):
                 throttled.append(precision)
-            # Records from before energy_disagreement_frac was kept carry what it is computed from.
-            m = {"energy_disagreement_frac": energy_disagreement(m.get("energy_j"), m.get("energy_source"),
-                                                                 m.get("energy_integral_j")), **m}
-            gap = m["energy_disagreement_frac"]
+            gap = disagreement_of(m)
             check = "" if gap is None else f"; integral vs counter {gap:+.1%} over {m['telemetry_window_s']:.1f} s"
             if energy_caveat(m):
                 short.append(precision)

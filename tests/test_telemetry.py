@@ -259,7 +259,7 @@ def test_timeline_csv(tmp_path):
 def test_counter_and_integral_disagreement_is_recorded_and_warned_about_from_three_percent():
     """H100, 2026-11-26: fp32's 3.7 s window gave 2357.8 J by the counter and 2367.7 J by the integral (+0.4%);
     fp16's 1.15 s window 555.1 J and 587.9 J (+5.9%)."""
-    from lmbench.measure.telemetry import disagreement_warning, energy_disagreement
+    from lmbench.measure.telemetry import energy_disagreement, energy_warning
 
     assert energy_disagreement(2357.8, "counter", 2367.7) == pytest.approx(0.0042, abs=1e-4)
     assert energy_disagreement(555.1, "counter", 587.9) == pytest.approx(0.0591, abs=1e-4)
@@ -271,22 +271,22 @@ def test_counter_and_integral_disagreement_is_recorded_and_warned_about_from_thr
         return {"energy_j": counter, "energy_integral_j": integral, "telemetry_window_s": window,
                 "energy_disagreement_frac": energy_disagreement(counter, "counter", integral)}
 
-    assert disagreement_warning(fields(2357.8, 2367.7, 3.69)) is None
-    assert disagreement_warning(fields(100.0, 102.9, 2.0)) is None
-    assert disagreement_warning(fields(555.1, 587.9, 1.15)) == (
+    assert energy_warning(fields(2357.8, 2367.7, 3.69)) is None
+    assert energy_warning(fields(100.0, 102.9, 2.0)) is None
+    assert energy_warning(fields(555.1, 587.9, 1.15)) == (
         "energy: power integral +5.9% vs counter over a 1.15 s window; lengthen the window (more steps) to quote "
         "J/token")
-    assert "integral -3.0% vs counter" in disagreement_warning(fields(100.0, 97.0, 1.0))
+    assert "integral -3.0% vs counter" in energy_warning(fields(100.0, 97.0, 1.0))
     # Under a second the counter is not read at all: the few power samples' integral is the energy, and no
     # disagreement can be computed. Stage 1's GPU tests ran such windows (0.10-0.21 s, 3-5 samples).
     short = {"energy_j": 12.6, "energy_source": "power-integral (window too short for the counter)",
              "energy_integral_j": 12.6, "telemetry_window_s": 0.11, "telemetry_samples": 4,
              "energy_disagreement_frac": None}
-    assert disagreement_warning(short) == (
+    assert energy_warning(short) == (
         "energy: a 0.11 s window, too short for NVML's counter: energy from 4 power samples; lengthen the window "
         "(more steps) to quote J/token")
     unsupported = {**short, "energy_source": "power-integral (counter unsupported)", "telemetry_window_s": 5.0}
-    assert disagreement_warning(unsupported) is None
+    assert energy_warning(unsupported) is None
 
 
 

@@ -18,7 +18,7 @@ from lmbench.analyze.table import Grid, cell, configs_of, device_label, varying_
 from lmbench.errors import UsageError
 from lmbench.measure.hostload import contention_note
 from lmbench.measure.metrics import bubble_note, stall_note, unstable_steps
-from lmbench.measure.telemetry import energy_caveat, energy_disagreement
+from lmbench.measure.telemetry import energy_caveat
 
 GIB, MIB = 2**30, 2**20
 
@@ -121,10 +121,6 @@ def summarize(records: list[dict[str, Any]]) -> list[ConfigSummary]:
             if m.get("tokens_per_step") is None and m.get("tokens_per_s") and m.get("step_time_median_s"):
                 # Records from before tokens_per_step was kept: their tokens/s was computed this way round.
                 m = {**m, "tokens_per_step": m["tokens_per_s"] * m["step_time_median_s"]}
-            if "energy_disagreement_frac" not in m:
-                # Records from before it was kept carry what it is computed from.
-                m = {**m, "energy_disagreement_frac": energy_disagreement(m.get("energy_j"), m.get("energy_source"),
-                                                                          m.get("energy_integral_j"))}
             if stall_note(m):
                 s.stalls.append(stall_note(m))
             if energy_caveat(m):

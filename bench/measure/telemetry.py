@@ -52,6 +52,13 @@ def energy_disagreement(energy_j: float | None, source: str | None, integral_j: 
 SHORT_WINDOW_SOURCE = "power-integral (window too short for the counter)"
 
 
+def disagreement_of(fields: dict[str, Any]) -> float | None:
+    """A record's energy_disagreement_frac, computed from its energy fields when it predates the field."""
+    if "energy_disagreement_frac" in fields:
+        return fields["energy_disagreement_frac"]
+    return energy_disagreement(fields.get("energy_j"), fields.get("energy_source"), fields.get("energy_integral_j"))
+
+
 def energy_caveat(fields: dict[str, Any]) -> str | None:
     """Why a window's energy should not be quoted, in a few words, or None: a window too short for NVML's
     counter (the energy is a few power samples' integral), or counter and integral ENERGY_DISAGREEMENT_WARN apart."""
@@ -59,13 +66,13 @@ def energy_caveat(fields: dict[str, Any]) -> str | None:
     if fields.get("energy_source") == SHORT_WINDOW_SOURCE:
         return (f"a {window:.2f} s window, too short for NVML's counter: energy from "
                 f"{fields.get('telemetry_samples') or 0} power samples")
-    gap = fields.get("energy_disagreement_frac")
+    gap = disagreement_of(fields)
     if gap is not None and abs(gap) >= ENERGY_DISAGREEMENT_WARN:
         return f"power integral {gap:+.1%} vs counter over a {window:.2f} s window"
     return None
 
 
-def disagreement_warning(fields: dict[str, Any]) -> str | None:
+def energy_warning(fields: dict[str, Any]) -> str | None:
     """The record's warning when its energy should not be quoted (energy_caveat), else None."""
     caveat = energy_caveat(fields)
     return f"energy: {caveat}; lengthen the window (more steps) to quote J/token" if caveat else None

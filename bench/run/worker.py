@@ -138,7 +138,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
     from lmbench.measure import environment, hostload, hostmem, metrics
     from lmbench.measure.flops import palm_flops_per_token, recompute_flops_per_token
     from lmbench.measure.mathmode import matmul_mode
-    from lmbench.measure.telemetry import Telemetry, disagreement_warning, for_devices, power_trace
+    from lmbench.measure.telemetry import Telemetry, energy_warning, for_devices, power_trace
     from lmbench.measure.timer import StepTimer
     from lmbench.models.kernel_sets import KERNEL_SETS
     from lmbench.models.registry import MODELS, import_family
@@ -317,9 +317,9 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
     contention = hostload.contention_warning(result["host_other_cpu_cores"], result["host_usable_cores"])
     if contention:
         warnings.append(contention)
-    energy_warning = disagreement_warning(result)
-    if energy_warning:
-        warnings.append(energy_warning)
+    unquotable = energy_warning(result)
+    if unquotable:
+        warnings.append(unquotable)
     if result.get("throttled_power_or_heat"):
         warnings.append(f"clocks were throttled for power or heat during the window "
                         f"({', '.join(result['throttle_reasons'])}); the figures may not be representative")
