@@ -289,10 +289,10 @@ def write_readme(folder: Path, gpu: str) -> Path:
     return readme
 
 
-def _replace_block(path: Path, block: str) -> None:
-    text = path.read_text(encoding="utf-8")
+def _with_block(text: str, block: str) -> str:
+    """`text` with what stands between its BEGIN and END markers replaced by `block`."""
     head, rest = text.split(BEGIN, 1)
-    path.write_text(head + f"{BEGIN}\n{block}\n{END}" + rest.split(END, 1)[1], encoding="utf-8")
+    return head + f"{BEGIN}\n{block}\n{END}" + rest.split(END, 1)[1]
 
 
 def update_index(reports: Path, folder: Path) -> None:
@@ -300,9 +300,8 @@ def update_index(reports: Path, folder: Path) -> None:
     text = index.read_text(encoding="utf-8") if index.exists() else f"# Published results\n\n{BEGIN}\n{END}\n"
     if BEGIN not in text or END not in text:
         text = text.rstrip() + f"\n\n{BEGIN}\n{END}\n"
-    index.write_text(text, encoding="utf-8")
-    _replace_block(index, f"Newest: [{folder.name}]({folder.name}/README.md)\n\n"
-                          f"{targets_table(folder, prefix=folder.name + '/')}")
+    block = f"Newest: [{folder.name}]({folder.name}/README.md)\n\n{targets_table(folder, prefix=folder.name + '/')}"
+    index.write_text(_with_block(text, block), encoding="utf-8")
 
 
 def update_headline(readme: Path, reports: Path, folder: Path) -> bool:
@@ -320,8 +319,8 @@ def update_headline(readme: Path, reports: Path, folder: Path) -> bool:
         figure, short = (re.sub(r" \([^()]*\)", "", text) for text in (figure, verdict))
         figure = figure if len(figure) <= HEADLINE_WIDTH else figure[:HEADLINE_WIDTH - 1] + "…"
         rows.append(f"| {name} | {figure} | {f'[{short}]({where}/{link[1]})' if link else short} |")
-    _replace_block(readme, f"Issue 13's targets on [{folder.name}]({where}/README.md) (`ci/publish-stage.py`):\n\n"
-                           + "\n".join(rows))
+    block = f"Issue 13's targets on [{folder.name}]({where}/README.md) (`ci/publish-stage.py`):\n\n" + "\n".join(rows)
+    readme.write_text(_with_block(text, block), encoding="utf-8")
     return True
 
 

@@ -121,10 +121,10 @@ def summarize(records: list[dict[str, Any]]) -> list[ConfigSummary]:
             if m.get("tokens_per_step") is None and m.get("tokens_per_s") and m.get("step_time_median_s"):
                 # Records from before tokens_per_step was kept: their tokens/s was computed this way round.
                 m = {**m, "tokens_per_step": m["tokens_per_s"] * m["step_time_median_s"]}
-            if stall_note(m):
-                s.stalls.append(stall_note(m))
-            if energy_caveat(m):
-                s.energy_caveats.append(energy_caveat(m))
+            if stalled := stall_note(m):
+                s.stalls.append(stalled)
+            if caveat := energy_caveat(m):
+                s.energy_caveats.append(caveat)
             if isinstance(m.get("throttle_reasons"), list):
                 s.throttles = list(dict.fromkeys([*(s.throttles or []), *m["throttle_reasons"]]))
             for name in SUMMARY_METRICS:
