@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -163,3 +164,18 @@ def test_energy_comes_from_stage_3s_long_windows_once_they_exist(tmp_path):
     (folder / "stage3" / "runs" / "fp16-energy" / "results.jsonl").write_text("")
     figure, _, source = publish.energy(folder)
     assert figure.startswith("amp-bf16 4.400 mJ/token") and "stage1/runs/fp16/results.jsonl" in source
+
+
+def test_every_link_in_the_published_reports_reaches_a_file_in_the_repository():
+    """Evidence is only evidence if a clean checkout has it: a link into an ignored folder (stage 1's `runs/` was
+    ignored by a `runs/` pattern meant for the top level) would be dead in every clone."""
+    root = Path(__file__).resolve().parent.parent
+    pages = [root / "README.md", *sorted((root / "reports").rglob("README.md"))]
+    dead = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#\s]+)\)", page.read_text()):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            if not (page.parent / target).exists():
+                dead.append(f"{page.relative_to(root)} -> {target}")
+    assert not dead, "dead links: " + ", ".join(dead[:10])
