@@ -14,7 +14,7 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def losses(config: Config, steps: int) -> list[float]:
-    step = TrainingStep(config, DEVICE)
+    step = TrainingStep(config, torch.device(config.device))
     return [step().item() for _ in range(steps)]
 
 
@@ -63,14 +63,22 @@ def test_unavailable_sets_say_why(monkeypatch):
     assert KERNEL_SETS["apex"].note.endswith("fall back to native code on CPU or under torch.compile")
 
 
-@pytest.mark.parametrize("model", ["tiny-gpt2", "tiny-llama", "tiny-torch-transformer-lm"])
-def test_checkpointing_modes_train_identically(model):
-    """Recomputation changes memory and time, never the numbers (fp32, dropout replayed from saved RNG state)."""
-    base = Config(model=model, batch_size=2, seq_len=32, steps=3, warmup=0, device=DEVICE.type)
+@pytest.mark.parametrize(("model", "dropout"), [("tiny-gpt2", True), ("tiny-gpt2", False), ("tiny-llama", False),
+                                               ("tiny-torch-transformer-lm", False)])
+def test_checkpointing_modes_train_identically(model, dropout):
+    """Recomputation changes memory and time, never the numbers (fp32, dropout replayed from saved RNG state).
+
+    Exact on a CPU. On a GPU a backward kernel may add with atomics, so the bound is how far the same
+    configuration lands from itself run to run (0 where it repeats bit for bit): checkpointing may differ by
+    no more than that. GPT-2 runs with and without dropout, so a failure says whether the replay is at fault.
+    """
+    base = Config(model=model, batch_size=2, seq_len=32, steps=3, warmup=0, device=DEVICE.type, dropout=dropout)
     reference = torch.tensor(losses(base, 3))
+    noise = (torch.tensor(losses(base, 3)) - reference).abs().max().item()
     for mode in ("full", "selective"):
-        torch.testing.assert_close(torch.tensor(losses(base.replace(checkpointing=mode), 3)), reference,
-                                   atol=0, rtol=0)
+        apart = (torch.tensor(losses(base.replace(checkpointing=mode), 3)) - reference).abs().max().item()
+        assert apart <= 4 * noise, (f"checkpointing={mode} lands {apart:.3g} from no checkpointing; "
+                                    f"run to run {noise:.3g}")
 
 
 def test_selective_checkpointing_saves_matmuls_and_recomputes_the_rest():
@@ -183,7 +191,7 @@ def test_fused_blocks_survive_data_parallel_replication(model, blocks):
     weights on every replica. The fused forward lives on a subclass, so each replica runs its own."""
     import copy
 
-    lm = swapped(model)[0].lm
+    lm = swapped(model)[0].lm.to(DEVICE)
     block = lm.get_submodule(blocks)[0]
     assert "forward" not in vars(block) and type(block).__name__.startswith("Fused")
     replica = block._replicate_for_data_parallel()
@@ -191,8 +199,9 @@ def test_fused_blocks_survive_data_parallel_replication(model, blocks):
     replica._modules[norm] = copy.deepcopy(getattr(block, norm))
     with torch.no_grad():
         getattr(replica, norm).weight.zero_()
-    x = torch.randn(1, 4, MODELS[model].hidden)
-    extra = {} if model == "tiny-gpt2" else {"position_embeddings": lm.model.rotary_emb(x, torch.arange(4)[None])}
+    x = torch.randn(1, 4, MODELS[model].hidden, device=DEVICE)
+    positions = torch.arange(4, device=DEVICE)[None]
+    extra = {} if model == "tiny-gpt2" else {"position_embeddings": lm.model.rotary_emb(x, positions)}
     with torch.no_grad():
         assert not torch.allclose(replica(x, **extra), block(x, **extra))
 

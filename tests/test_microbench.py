@@ -1,4 +1,5 @@
 import csv
+import statistics
 
 import pytest
 import torch
@@ -6,7 +7,7 @@ from click.testing import CliRunner
 
 from lmbench.cli import cli
 from lmbench.errors import UsageError
-from lmbench.measure import microbench
+from lmbench.measure import graphtime, microbench
 
 
 def test_shapes_are_parsed_per_op():
@@ -141,3 +142,71 @@ def test_ceilings_measure_every_math_mode_on_a_cpu_with_cuda_events_faked(monkey
     assert all(figures[f"{mode}_matmul_tflops"] > 0 for mode in ("bf16", "fp16", "tf32", "fp32"))
     assert figures["copy_gb_per_s"] > 0 and figures["device"] == "a CPU"
     assert torch.backends.cuda.matmul.allow_tf32 == before  # the tf32 and fp32 GEMMs put the switch back
+
+
+def test_calls_per_graph_aim_at_forty_ms_a_replay():
+    assert [graphtime.calls_per_graph(ms) for ms in (0.5, 0.11, 53.0, 0.0)] == [80, 100, 1, 100]
+
+
+def test_device_time_is_the_calls_graph_less_the_flushes_graph():
+    assert graphtime.per_call_ms([10.0, 12.0], [2.0, 2.0], 4) == [2.0, 2.5]
+    with pytest.raises(ValueError):
+        graphtime.per_call_ms([10.0], [], 4)
+
+
+def test_a_call_much_slower_between_events_than_on_the_device_is_called_launch_bound():
+    # The H100's RMSNorm 8192x2048 under torch.compile: 0.53 ms a call between events, 0.11 ms for the native kernel.
+    assert graphtime.launch_bound(0.53, 0.11) == (
+        "launch-bound: 0.530 ms a call with the host in the loop, 0.110 ms on the device (4.8x)")
+    assert graphtime.launch_bound(0.12, 0.11) is None
+
+
+def test_bandwidth_comes_from_the_device_time_when_there_is_one(tmp_path):
+    from rich.console import Console
+
+    from lmbench.analyze.table import kernels_table
+
+    base = {"op": "rmsnorm", "shape": "2x2", "dtype": "bfloat16", "mode": "fwd+bwd", "status": "ok", "reason": None,
+            "time_median_ms": 0.5, "time_p20_ms": 0.4, "time_p80_ms": 0.6, "peak_mem_bytes": 0, "bytes_moved": 10**6}
+    graphed = microbench.with_device_time({**base, "impl": "ours"}, [0.1, 0.1, 0.12, 0.08], 10**6)
+    assert graphed["gb_per_s"] == pytest.approx(10.0) and graphed["bandwidth_from"] == "device"
+    assert graphed["device_median_ms"] == pytest.approx(0.1) and graphed["note"].startswith("launch-bound: 0.500 ms")
+    ungraphed = microbench.with_device_time({**base, "impl": "liger"}, None, 10**6,
+                                            "no device time (RuntimeError: operation not permitted)")
+    assert ungraphed["gb_per_s"] == pytest.approx(2.0) and ungraphed["bandwidth_from"] == "events"
+    console = Console(width=250, record=True)
+    console.print(kernels_table([graphed, ungraphed], title="t"))
+    text = console.export_text()
+    assert "0.1000" in text and "0.0920-0.1080" in text and "launch-bound" in text and "no device time" in text
+    microbench.write_csv([graphed, ungraphed], tmp_path / "k.csv", {"gpu": "g", "torch": "t", "triton": "3.6",
+                                                                     "cuda": "13.0"})
+    first, second = csv.DictReader((tmp_path / "k.csv").open())
+    assert (first["device_median_ms"], first["bandwidth_from"], second["device_median_ms"]) == ("0.1", "device", "")
+
+
+@pytest.mark.gpu
+def test_device_time_takes_the_host_out_of_the_loop():
+    """A call that sleeps 2 ms on the host around a 4 MB add: events see the sleep, the replayed graph does not;
+    a large copy, which keeps the device busy, reads the same both ways."""
+    import time
+
+    device = torch.device("cuda")
+    x = torch.zeros(2**20, device=device)
+
+    def slow_host():
+        time.sleep(0.002)
+        x.add_(1)
+
+    assert statistics.median(graphtime.device_times_ms(slow_host, [], estimate_ms=2.0, device=device)) < 0.2
+    src = torch.empty(2**28, dtype=torch.int8, device=device)
+    dst = torch.empty_like(src)
+    copy_ms = statistics.median(graphtime.device_times_ms(lambda: dst.copy_(src), [], estimate_ms=0.2, device=device))
+    events = []
+    for _ in range(20):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dst.copy_(src)
+        end.record()
+        end.synchronize()
+        events.append(start.elapsed_time(end))
+    assert copy_ms == pytest.approx(statistics.median(events), rel=0.2)

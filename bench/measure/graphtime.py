@@ -1,0 +1,107 @@
+"""A kernel's device time with the host taken out of the loop: CUDA-graph replay.
+
+`lmbench kernels` times each call between CUDA events, as triton.testing.do_bench does. When the host
+needs longer to launch a call (Python, autograd, Triton's launcher, torch.compile's guards) than the
+device needs to run it, the device idles between the events and that time is the host's: on the H100
+(2026-11-26) RMSNorm fwd+bwd at 8192x2048 read 0.50-0.68 ms a call for torch.compile, Liger and ours,
+whatever the row width, against 0.11 ms for torch's native kernel, with a p20-p80 spread of a third.
+Such a figure says nothing about the kernels' bandwidth.
+
+Here the calls are captured once into a CUDA graph and replayed, so the device runs them back to back
+with no host in between. Each call is preceded by an L2 flush (as do_bench does, so no call reads
+what the previous one left in cache), and a second graph of the flushes alone is replayed beside it:
+a call's device time is the difference over the number of calls. A callable that cannot be captured
+(one that waits for the device on the host, such as a `.item()`) raises; the caller says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+#: Bytes zeroed before each call: more than any current GPU's L2 (H100 50 MB, B200 126 MB), do_bench's size.
+FLUSH_BYTES = 256 * 2**20
+#: Device time one graph replay should take: long against event resolution (about 0.5 us), short enough
+#: that ten replays of a slow op stay within seconds.
+GRAPH_TARGET_MS = 40.0
+MAX_CALLS = 100
+REPLAYS = 10
+#: From this ratio of a call's event-timed time to its device time, the host set the pace.
+LAUNCH_BOUND_RATIO = 1.25
+
+
+def calls_per_graph(estimate_ms: float) -> int:
+    """Calls captured in one graph, from one call's rough time: about GRAPH_TARGET_MS a replay."""
+    if estimate_ms <= 0:
+        return MAX_CALLS
+    return max(1, min(MAX_CALLS, int(GRAPH_TARGET_MS / estimate_ms)))
+
+
+def per_call_ms(work_ms: Sequence[float], flush_ms: Sequence[float], calls: int) -> list[float]:
+    """Each replay pair: the calls' graph less the flushes' graph, over the number of calls."""
+    if len(work_ms) != len(flush_ms) or not work_ms:
+        raise ValueError("one flush replay for every work replay")
+    return [(work - flush) / calls for work, flush in zip(work_ms, flush_ms, strict=True)]
+
+
+def launch_bound(event_ms: float, device_ms: float) -> str | None:
+    """A note when the event-timed call took LAUNCH_BOUND_RATIO times its device time or longer."""
+    if device_ms <= 0 or event_ms < LAUNCH_BOUND_RATIO * device_ms:
+        return None
+    return (f"launch-bound: {event_ms:.3f} ms a call with the host in the loop, {device_ms:.3f} ms on the device "
+            f"({event_ms / device_ms:.1f}x)")
+
+
+def device_times_ms(fn: Callable[[], Any], grads: Sequence[Any], *, estimate_ms: float, device: Any,
+                    replays: int = REPLAYS) -> list[float]:
+    """Device milliseconds of one call of `fn`, one figure per replay pair (CUDA only)."""
+    import torch
+
+    # The graph's private memory pool comes from the device, not from the blocks the event-timed calls cached.
+    torch.cuda.empty_cache()
+    flush = torch.empty(FLUSH_BYTES, dtype=torch.int8, device=device)
+
+    def reset() -> None:
+        for tensor in grads:
+            tensor.grad = None
+
+    # Capture needs the callable warmed up on a side stream first (lazy initialisation, cuBLAS workspaces).
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            reset()
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    torch.cuda.synchronize(device)
+    calls = calls_per_graph(estimate_ms)
+    work, flushes = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(work):
+            for _ in range(calls):
+                reset()
+                flush.zero_()
+                fn()
+        with torch.cuda.graph(flushes):
+            for _ in range(calls):
+                flush.zero_()
+
+        def replay_ms(graph: Any) -> float:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graph.replay()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end)
+
+        work.replay()  # the first replay uploads the graph
+        flushes.replay()
+        work_ms, flush_ms = [], []
+        for _ in range(replays):
+            work_ms.append(replay_ms(work))
+            flush_ms.append(replay_ms(flushes))
+        return per_call_ms(work_ms, flush_ms, calls)
+    finally:
+        reset()
+        del work, flushes
+        torch.cuda.synchronize(device)
