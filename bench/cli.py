@@ -551,6 +551,9 @@ def calibrate(suite_name: str, repeats: int, out: Path | None, overrides: tuple[
 @click.option("--margin", type=click.FloatRange(min=0, max=1, max_open=True), default=_TUNE["margin"],
               show_default=True,
               help="Back off this fraction from the largest fit, in [0, 1).")
+@click.option("--min-batch", type=click.IntRange(min=1), default=_TUNE["min_batch"], show_default=True,
+              help="The batch size the doubling starts from (each probe is a fresh process: a compiled model's probe "
+                   "costs its compilation, so start near where the answer is).")
 @click.option("--max-batch", type=click.IntRange(min=1), default=_TUNE["max_batch"], show_default=True)
 @click.option("--steps", type=click.IntRange(min=1), default=_TUNE["steps"], show_default=True,
               help="Measured steps per size.")
@@ -571,8 +574,8 @@ def calibrate(suite_name: str, repeats: int, out: Path | None, overrides: tuple[
               help="Any other axis of the measured configurations (probes keep only what shapes memory). Repeatable.")
 def tune(model: str, seq_len: int | None, precisions: str, kernel_sets: str, checkpointings: str,
          budget_minutes: float | None, max_memory: str | None, global_batch: int | None, margin: float,
-         max_batch: int, steps: int, warmup: int, device: str | None, out: Path | None, resume: bool,
-         check_parity: bool, timeout_s: float | None, objective: str, overrides: tuple[str, ...]) -> int:
+         min_batch: int, max_batch: int, steps: int, warmup: int, device: str | None, out: Path | None,
+         resume: bool, check_parity: bool, timeout_s: float | None, objective: str, overrides: tuple[str, ...]) -> int:
     """Find the largest batch that fits and the fastest configuration for a model.
 
     Example: lmbench tune --model llama-1b --precision amp-bf16,bf16 --checkpointing none,full
@@ -608,11 +611,13 @@ def tune(model: str, seq_len: int | None, precisions: str, kernel_sets: str, che
                          "--set max_steps=N, --set eval_every=N and a learnable --set data=markov|PATH")
     if resume and out is None:
         raise UsageError("--resume needs --out RUN_DIR, the tune to continue")
+    if min_batch > max_batch:
+        raise UsageError(f"--min-batch {min_batch}: more than --max-batch {max_batch}; allowed: 1..{max_batch}")
     out = out or Path("runs") / f"tune-{model}-{dt.datetime.now():%Y%m%d-%H%M%S}"
     plan = TunePlan(model=model, seq_len=seq_len, precision=precisions, kernels=kernel_sets,
                     checkpointing=checkpointings, max_memory=max_memory, global_batch=global_batch, margin=margin,
-                    max_batch=max_batch, steps=steps, warmup=warmup, device=device, parity=check_parity,
-                    timeout_s=timeout_s, overrides=overrides)
+                    min_batch=min_batch, max_batch=max_batch, steps=steps, warmup=warmup, device=device,
+                    parity=check_parity, timeout_s=timeout_s, overrides=overrides)
     # Outside the plan, but the user's choice: the command that resumes keeps them.
     extra = (*(("--budget-minutes", f"{budget_minutes:g}") if budget_minutes else ()),
              *(("--objective", objective) if objective != _TUNE_OBJECTIVE else ()))
@@ -666,8 +671,9 @@ def _tune(base: Any, run_dir: runner.RunDirectory, lists: dict[str, list[Any]], 
 
     err_console = _console(stderr=True)
     tuner = tuning.Tuner(base, run_dir, launch=runner.run_worker, budget_s=budget_minutes * 60 if budget_minutes
-                         else None, margin=plan.margin, max_batch=plan.max_batch, global_batch=plan.global_batch,
-                         check_parity=plan.parity, on_event=lambda message: err_console.print(escape(message)))
+                         else None, margin=plan.margin, min_batch=plan.min_batch, max_batch=plan.max_batch,
+                         global_batch=plan.global_batch, check_parity=plan.parity,
+                         on_event=lambda message: err_console.print(escape(message)))
     for warning in run_dir.notices + tuner.warnings:
         click.echo(f"lmbench: warning: {warning}", err=True)
     found = []

@@ -35,6 +35,9 @@ Launcher = Callable[[Job, RunDirectory], tuple[str, str | None, dict[str, Any] |
 
 #: Probe runs: enough steps to reach the steady-state memory peak (optimizer state exists after step one).
 PROBE_STEPS, PROBE_WARMUP = 2, 1
+#: The search stops while this many of its longest probe's durations are left of the budget, so that what it found
+#: is measured: on an H100 a compiled GPT-2 probe took 50 s, and a search that spent the budget measured nothing.
+RESERVE_PROBES = 1.5
 #: --seq-len when not given (a model with fewer positions gets all of them).
 DEFAULT_SEQ_LEN = 1024
 #: Sizes measured besides the chosen one, as fractions of it.
@@ -67,7 +70,7 @@ class Tuner:
     """Owns the probe cache (probes.jsonl) and the search; `launch` runs one job in a fresh process."""
 
     def __init__(self, base: Config, run_dir: RunDirectory, *, launch: Launcher, budget_s: float | None = None,
-                 margin: float = 0.1, max_batch: int = 4096, global_batch: int | None = None,
+                 margin: float = 0.1, max_batch: int = 4096, min_batch: int = 1, global_batch: int | None = None,
                  check_parity: bool = False, on_event: Callable[[str], None] = lambda message: None) -> None:
         """`check_parity`: a parity check for every combination, not only the FP8 ones."""
         if not 0 <= margin < 1:
@@ -78,6 +81,10 @@ class Tuner:
         self.deadline = time.monotonic() + budget_s if budget_s else None
         self.margin = margin
         self.max_batch = max_batch
+        if not 1 <= min_batch <= max_batch:
+            raise UsageError(f"--min-batch {min_batch}: must be from 1 to --max-batch ({max_batch})")
+        self.min_batch = min_batch
+        self.longest_probe_s = 0.0
         self.global_batch = global_batch
         self.on_event = on_event
         self.check_parity = check_parity
@@ -109,6 +116,10 @@ class Tuner:
     def out_of_time(self) -> bool:
         return self.deadline is not None and time.monotonic() > self.deadline
 
+    def out_of_search_time(self) -> bool:
+        """Past the deadline less the reserve for measuring what the search found (RESERVE_PROBES probes)."""
+        return self.deadline is not None and time.monotonic() > self.deadline - RESERVE_PROBES * self.longest_probe_s
+
     def probe_config(self, combo: dict[str, str], batch: int) -> Config:
         """A short throughput run: no held-out evaluation or target (memory is the training step's)."""
         return self.base.replace(**combo, batch_size=batch, steps=PROBE_STEPS, warmup=PROBE_WARMUP, telemetry=False,
@@ -117,7 +128,9 @@ class Tuner:
     def fits(self, combo: dict[str, str], batch: int) -> bool:
         config = self.probe_config(combo, batch)
         if config.key not in self.cache:
+            started = time.monotonic()
             status, reason, _ = self.launch(Job(config, 0), self.run_dir)
+            self.longest_probe_s = max(self.longest_probe_s, time.monotonic() - started)
             self.cache[config.key] = status
             with results.saving(self.probe_path):
                 results.append_line(self.probe_path, {"config_key": config.key, "combo": combo, "batch_size": batch,
@@ -126,16 +139,25 @@ class Tuner:
         return self.cache[config.key] == "ok"
 
     def search(self, combo: dict[str, str]) -> ComboResult:
-        """Largest fitting batch by doubling then bisection; any non-ok probe counts as not fitting."""
+        """Largest fitting batch by doubling from --min-batch then bisection; any non-ok probe counts as not fitting.
+
+        When --min-batch does not fit, the bisection runs between 0 and it. The search stops early to leave
+        the budget room for measuring what it found."""
         found = ComboResult(combo)
         before = len(self.cache)
-        fitting, failing, batch = 0, None, 1
-        while batch <= self.max_batch and not self.out_of_time():
+        fitting, failing, batch = 0, None, self.min_batch
+        while batch <= self.max_batch and not self.out_of_search_time():
             if not self.fits(combo, batch):
                 failing = batch
                 break
             fitting, batch = batch, batch * 2
-        while failing is not None and failing - fitting > 1 and not self.out_of_time():
+        if failing is None and fitting and fitting < self.max_batch < batch and not self.out_of_search_time():
+            # Doubling from --min-batch stepped over --max-batch: try it, then bisect below it if it fails.
+            if self.fits(combo, self.max_batch):
+                fitting = self.max_batch
+            else:
+                failing = self.max_batch
+        while failing is not None and failing - fitting > 1 and not self.out_of_search_time():
             middle = (fitting + failing) // 2
             if self.fits(combo, middle):
                 fitting = middle
@@ -143,8 +165,9 @@ class Tuner:
                 failing = middle
         found.largest_fitting, found.first_failing = fitting, failing
         found.probes = len(self.cache) - before
-        if self.out_of_time():
-            found.note = "budget ran out during the search"
+        if self.out_of_search_time():
+            found.note = "budget ran out during the search" + (
+                f" (what is left measures batch {max(1, int(fitting * (1 - self.margin)))})" if fitting else "")
         if failing is None and fitting == self.max_batch:
             found.note = f"fits up to --max-batch {self.max_batch}"
         found.chosen = max(1, int(fitting * (1 - self.margin))) if fitting else 0

@@ -130,7 +130,10 @@ def _link(folder: Path, path: Path) -> str:
 
 
 def overhead(folder: Path) -> tuple[str, str, str]:
-    log = folder / "stage3" / "logs" / "pytest-overhead.txt"
+    # Stage 10's recheck, once it ran, supersedes stage 3's test (whose bare loop was not like for like).
+    logs = [folder / stage / "logs" / "pytest-overhead.txt" for stage in ("stage10", "stage3")]
+    log = next((path for path in logs if path.exists() and OVERHEAD.search(path.read_text(errors="replace"))),
+               logs[-1])
     found = OVERHEAD.search(log.read_text(errors="replace")) if log.exists() else None
     if not found:
         return "-", "not measured yet", _link(folder, log) if log.exists() else "stage 3"

@@ -209,3 +209,12 @@ def test_kernels_are_compared_on_device_time_when_every_row_has_one(tmp_path):
         head + "rmsnorm,8192x2048,bfloat16,fwd+bwd,lmbench triton,ok,0.60,0.070,0,82.0\n"
         "rmsnorm,8192x2048,bfloat16,fwd+bwd,liger,ok,0.50,0.080,0,\n")
     assert publish.norms(folder)[:2] == ("rmsnorm 8192x2048: 82% of copy, no slower than liger", "met")
+
+
+def test_stage_10s_overhead_recheck_supersedes_stage_3s(tmp_path):
+    folder = tmp_path / "h100-80gb-hbm3-2026-11-26"
+    for stage, ratio in (("stage3", "0.9643"), ("stage10", "1.0060")):
+        (folder / stage / "logs").mkdir(parents=True)
+        (folder / stage / "logs" / "pytest-overhead.txt").write_text(f"gpu harness/bare median step time: {ratio}\n")
+    assert publish.overhead(folder) == ("+0.60% of a bare loop's median step time", "met",
+                                        "[stage10/logs/pytest-overhead.txt](stage10/logs/pytest-overhead.txt)")

@@ -187,3 +187,48 @@ def test_a_model_parallel_parity_check_turns_dropout_off_on_both_sides(tmp_path)
     assert (pp.parallel, pp.dropout) == ("pp", False)
     # The reference is one device on the pipeline's global batch (4 sequences x 2 micro-batches), also dropout-free.
     assert (reference.parallel, reference.batch_size, reference.dropout) == ("none", 8, False)
+
+
+@pytest.mark.parametrize(("boundary", "largest", "failing"), [(100, 64, None), (40, 40, 41), (5, 5, 6)])
+def test_the_search_starts_from_min_batch_and_bisects_below_it_when_it_does_not_fit(tmp_path, boundary, largest,
+                                                                                      failing):
+    launcher = FakeLauncher(boundary)
+    tuner = Tuner(BASE, RunDirectory(tmp_path / "run", resume=False), launch=launcher, min_batch=16, max_batch=64)
+    found = tuner.search(COMBO)
+    assert (found.largest_fitting, found.first_failing) == (largest, failing)
+    assert launcher.launched[0] == 16 and min(launcher.launched) >= (1 if boundary < 16 else 16)
+
+
+def test_doubling_past_max_batch_tries_max_batch_itself(tmp_path):
+    launcher = FakeLauncher(10**6)
+    found = Tuner(BASE, RunDirectory(tmp_path / "run", resume=False), launch=launcher, min_batch=3,
+                  max_batch=64).search(COMBO)
+    assert launcher.launched == [3, 6, 12, 24, 48, 64] and found.largest_fitting == 64
+
+
+def test_the_search_leaves_room_to_measure_what_it_found(tmp_path, monkeypatch):
+    """Each probe takes 50 s of a 150 s budget (a compiled GPT-2 on the H100): the search stops after two, so the
+    batch it found is measured within the budget instead of nothing at all."""
+    import lmbench.tune as tuning
+
+    clock = [0.0]
+    monkeypatch.setattr(tuning.time, "monotonic", lambda: clock[0])
+
+    class Slow(FakeLauncher):
+        def __call__(self, job, run_dir):
+            clock[0] += 50.0
+            return super().__call__(job, run_dir)
+
+    launcher = Slow(10**6)
+    tuner = Tuner(BASE, RunDirectory(tmp_path / "run", resume=False), launch=launcher, budget_s=150, min_batch=16,
+                  max_batch=256, margin=0.0)
+    found = tuner.search(COMBO)
+    assert launcher.launched == [16, 32] and found.note == "budget ran out during the search (what is left measures " \
+                                                           "batch 32)"
+    tuner.measure(found, steps=2, warmup=0)
+    assert launcher.launched[2] == 32
+
+
+def test_min_batch_above_max_batch_is_refused():
+    result = CliRunner().invoke(cli, ["tune", "--model", "tiny-gpt2", "--min-batch", "64", "--max-batch", "8"])
+    assert result.exit_code == 2 and "--min-batch 64: more than --max-batch 8; allowed: 1..8" in result.output

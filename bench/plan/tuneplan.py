@@ -3,7 +3,7 @@ command that does.
 
 The plan is every option that decides which probes and measurements a tune makes: --model, --seq-len,
 the --precision, --kernels and --checkpointing lists (compared as sets: their order only orders the
-search), --max-memory (compared in bytes), --global-batch, --margin, --max-batch, --steps, --warmup,
+search), --max-memory (compared in bytes), --global-batch, --margin, --min-batch, --max-batch, --steps, --warmup,
 --device, --parity, --timeout-s and --set (compared after parsing). --budget-minutes and --objective are
 not: they decide when to stop and how to rank what was measured, so a resume may change them.
 """
@@ -24,8 +24,9 @@ from lmbench.plan.runplan import StoredPlan, mismatch
 #: The option of each plan field, in the order the resume command gives them.
 OPTIONS = {"model": "--model", "seq_len": "--seq-len", "precision": "--precision", "kernels": "--kernels",
            "checkpointing": "--checkpointing", "max_memory": "--max-memory", "global_batch": "--global-batch",
-           "margin": "--margin", "max_batch": "--max-batch", "steps": "--steps", "warmup": "--warmup",
-           "device": "--device", "parity": "--parity", "timeout_s": "--timeout-s", "overrides": "--set"}
+           "margin": "--margin", "min_batch": "--min-batch", "max_batch": "--max-batch", "steps": "--steps",
+           "warmup": "--warmup", "device": "--device", "parity": "--parity", "timeout_s": "--timeout-s",
+           "overrides": "--set"}
 #: Fields the resume command always spells out (the search space), even at their defaults.
 _ALWAYS = ("model", "seq_len", "precision", "kernels", "checkpointing")
 _LISTS = ("precision", "kernels", "checkpointing")
@@ -62,6 +63,8 @@ class TunePlan(StoredPlan):
     """As given, e.g. 30MiB; compared in bytes."""
     global_batch: int | None = None
     margin: float = 0.1
+    min_batch: int = 1
+    """Where the doubling starts (a plan from before it existed reads 1, as it searched)."""
     max_batch: int = 4096
     steps: int = 20
     warmup: int = 5
