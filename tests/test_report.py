@@ -326,6 +326,19 @@ def profiled_record(precision, tps, fractions):
     return record
 
 
+def test_an_unaligned_gemm_among_the_top_kernels_names_the_vocabulary_behind_it():
+    """The H100's GPT-2 profile: the 50257-row LM head on sm75-era align1 CUTLASS kernels, 15.5 of 68 ms a step."""
+    name = "void cutlass::Kernel2<cutlass_75_tensorop_bf16_s1688gemm_bf16_128x128_tn_align1>(cutlass_75_tensorop"
+    assert report.kernel_note(name, {"model": "gpt2-124m", "vocab_multiple": 1}) == (
+        "unaligned GEMM: a dimension is not a multiple of 8 elements; the vocabulary (50257) is not: try "
+        "--set vocab_multiple=64")
+    assert report.kernel_note(name, {"model": "gpt2-124m", "vocab_multiple": 64}) == (
+        "unaligned GEMM: a dimension is not a multiple of 8 elements")
+    aligned = "void cutlass::Kernel2<cutlass_80_tensorop_bf16_s16816gemm_relu_bf16_64x64_64x4_tn_align8>"
+    assert report.kernel_note(aligned, {"model": "gpt2-124m"}) == ""
+    assert report.kernel_note("void at::native::vectorized_elementwise_kernel<align1>", {"model": "gpt2-124m"}) == ""
+
+
 def test_where_the_time_goes_and_the_roofline(tmp_path):
     fractions = {"optimizer": 0.1, "data": 0.0, "attention": 0.2, "matmul": 0.4, "other": 0.2, "communication": 0.0,
                  "idle": 0.1}
@@ -334,7 +347,7 @@ def test_where_the_time_goes_and_the_roofline(tmp_path):
     # The hand-made window's median step is 1.024 s, so the profiled 50 ms one is 95% faster: no note.
     assert grids["time"].rows == [["fp32", "50.00", "-95%", "10.0%", "0.0%", "20.0%", "40.0%", "20.0%", "0.0%",
                                    "10.0%", "-", ""]]
-    assert grids["kernels"].rows == [["fp32", "sm90_xmma_gemm", "20.000", "12"]]
+    assert grids["kernels"].rows == [["fp32", "sm90_xmma_gemm", "20.000", "12", ""]]
     for r in records:
         r["metrics"].update(hardware_flops_per_token=1e9, params=10**9, devices=1)
     ceilings = {"bf16_matmul_tflops": 1000.0, "copy_gb_per_s": 2000.0}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -258,13 +259,35 @@ def time_sections(records: list[dict[str, Any]]) -> dict[str, Grid]:
         rows.append(label + [_fmt(m["profile_step_time_s"], ".2f", 1e-3), _profiled_vs_window(m)]
                     + [_fmt(m[f"time_frac_{c}"], ".1%") for c in CATEGORIES] + [_fmt(overlap, ".0%")]
                     + [_profiler_note(m)])
-        kernels += [label + [k["name"][:90], _fmt(k["time_s"], ".3f", 1e-3), _fmt(k["calls"], ".0f")]
+        kernels += [label + [k["name"][:90], _fmt(k["time_s"], ".3f", 1e-3), _fmt(k["calls"], ".0f"),
+                             kernel_note(k["name"], config)]
                     for k in m.get("profile_top_kernels") or []]
     n = len(axes)
     return {"time": Grid(axes + ["profiled step ms", "vs window", *CATEGORIES, "comm overlapped", "note"], rows,
                          right=set(range(n, n + len(CATEGORIES) + 3))),
-            "kernels": Grid(axes + ["kernel (top 10 by time)", "ms per step", "calls per step"], kernels,
+            "kernels": Grid(axes + ["kernel (top 10 by time)", "ms per step", "calls per step", "note"], kernels,
                             right={n + 1, n + 2})}
+
+
+#: CUTLASS names its kernels by the elements a memory access may assume aligned: align1 and align2 mean an
+#: operand's leading dimension is not a multiple of 8 16-bit elements, so the GEMM cannot use 16-byte accesses
+#: (and cuBLAS falls back to such kernels: on the H100 GPT-2's 50257-row LM head ran on sm75-era
+#: `cutlass_75 ... align1` kernels, 15.5 ms of a 68 ms step).
+_UNALIGNED_GEMM = re.compile(r"gemm.*_align[12]\b|_align[12]\b.*gemm", re.IGNORECASE)
+
+
+def kernel_note(name: str, config: dict[str, Any]) -> str:
+    """What a top kernel's name says about the configuration: an unaligned GEMM, and the vocabulary behind it."""
+    from lmbench.models.registry import MODELS
+
+    if not _UNALIGNED_GEMM.search(name):
+        return ""
+    note = "unaligned GEMM: a dimension is not a multiple of 8 elements"
+    spec = MODELS.get(str(config.get("model")))
+    multiple = config.get("vocab_multiple", 1)
+    if spec is not None and multiple == 1 and spec.vocab_size % 64:
+        note += f"; the vocabulary ({spec.vocab_size}) is not: try --set vocab_multiple=64"
+    return note
 
 
 def roofline_section(records: list[dict[str, Any]], ceilings: dict[str, Any]) -> dict[str, Grid]:
