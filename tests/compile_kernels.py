@@ -55,11 +55,14 @@ def main() -> int:
             compile_one(norms._norm_bwd, backward, flags, norms._backward_warps(WIDTH))
             count += 2
         for smooth in (True, False):
-            compile_one(cross_entropy._ce_loss_and_grad,
-                        {"Logits": f"*{dtype}", "stride": "i32", "Labels": "*i64", "Loss": "*fp32", "V": "i32",
-                         "ignore_index": "i32", "smoothing": "fp32"},
-                        {"BLOCK_V": cross_entropy.BLOCK_V, "SMOOTH": smooth})
-            count += 1
+            flags = {"BLOCK_V": cross_entropy.BLOCK_V, "SMOOTH": smooth}
+            compile_one(cross_entropy._ce_forward,
+                        {"Logits": f"*{dtype}", "stride": "i32", "Labels": "*i64", "Loss": "*fp32", "Lse": "*fp32",
+                         "V": "i32", "ignore_index": "i32", "smoothing": "fp32"}, flags)
+            compile_one(cross_entropy._ce_backward,
+                        {"Logits": f"*{dtype}", "stride": "i32", "Labels": "*i64", "Lse": "*fp32", "Factor": "*fp32",
+                         "v0": "i32", "width": "i32", "V": "i32", "ignore_index": "i32", "smoothing": "fp32"}, flags)
+            count += 2
     print(f"ok {count}")
     return 0
 

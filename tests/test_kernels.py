@@ -319,6 +319,84 @@ def test_chunks_fill_the_logits_budget():
     assert cross_entropy._chunk_rows(0, 1000, 4) == 1
 
 
+def test_vocab_blocks_fill_the_logits_budget():
+    # The backward's blocks of all 8192 rows in bf16: Llama-3 in 4 blocks of 32128 columns (the last 31872),
+    # GPT-2 in 2 of 25216; multiples of 128 and within the 512 MiB.
+    assert cross_entropy._vocab_block(8192, 128256, 2) == 32128
+    assert cross_entropy._vocab_block(8192, 50257, 2) == 25216
+    assert 8192 * 32128 * 2 <= cross_entropy.LOGITS_BUDGET_BYTES
+    assert cross_entropy._vocab_block(5, 1000, 4) == 1000
+    assert cross_entropy._vocab_block(0, 1000, 4) == 1000
+
+
+#: 24 rows, a vocabulary of 290 and the budget of 8 rows of logits: the forward runs 3 chunks of 8 rows and
+#: the backward 4 vocabulary blocks of 73, 73, 73 and 71 columns (the last one a strided view of the buffer).
+SWEEP_ROWS, SWEEP_VOCAB, SWEEP_WIDTH = 24, 290, 16
+#: Every block's first and last column, ignored rows, and a few more.
+SWEEP_LABELS = [0, 72, 73, 145, 146, 218, 219, 289, -100, 5, 100, 200, -100, 250, 30, 160, 289, 0, -100, 73, 146,
+                219, 40, -100]
+
+
+def force_sweep(monkeypatch, dtype, compute_dtype=None):
+    itemsize = (compute_dtype or dtype).itemsize
+    monkeypatch.setattr(cross_entropy, "LOGITS_BUDGET_BYTES", 8 * SWEEP_VOCAB * itemsize)
+    assert cross_entropy._chunk_rows(SWEEP_ROWS, SWEEP_VOCAB, itemsize) == 8
+    assert cross_entropy._vocab_block(SWEEP_ROWS, SWEEP_VOCAB, itemsize) == 73
+    labels = torch.tensor(SWEEP_LABELS, device=DEVICE)
+    h = rand(SWEEP_ROWS, SWEEP_WIDTH, dtype=dtype)
+    w = rand(SWEEP_VOCAB, SWEEP_WIDTH, dtype=dtype, seed=1)
+    b = rand(SWEEP_VOCAB, dtype=dtype, seed=2)
+    return h, w, b, labels
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_linear_cross_entropy_sweeps_vocab_blocks_and_row_chunks(monkeypatch, dtype, smoothing):
+    """Several row chunks forward and vocabulary blocks backward, a label at every block's edges: all gradients."""
+    h, w, b, labels = force_sweep(monkeypatch, dtype)
+    # The sum: the mean's gradients (1/20 of these, 20 rows counted) would be under bf16's absolute tolerance.
+    check(lambda h, w, b: linear_cross_entropy(h, w, labels, b, reduction="sum", label_smoothing=smoothing),
+          lambda h, w, b: linear_cross_entropy_reference(h, w, labels, b, reduction="sum", label_smoothing=smoothing),
+          [h, w, b], dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_linear_cross_entropy_backward_twice_gives_the_same_gradients(monkeypatch, dtype):
+    """retain_graph: the backward only reads what the forward saved (nothing is overwritten in place)."""
+    h, w, b, labels = force_sweep(monkeypatch, dtype)
+    loss = linear_cross_entropy(h, w, labels, b, label_smoothing=0.1) * 3.0
+    first = torch.autograd.grad(loss, (h, w, b), retain_graph=True)
+    second = torch.autograd.grad(loss, (h, w, b))
+    for one, two in zip(first, second):
+        assert torch.equal(one, two)
+        assert one.any()
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_linear_cross_entropy_makes_no_fp32_weight_sized_tensor(monkeypatch, autocast):
+    """Forward and backward allocate no fp32 tensor of V x H elements (under autocast with fp32 weights, the
+    weight gradient itself only), no BT x V tensor, save nothing fp32 but per-row values, and never wait."""
+    h, w, b, labels = force_sweep(monkeypatch, torch.float32 if autocast else torch.bfloat16, torch.bfloat16)
+    log = OpLog()
+    with log:
+        with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=autocast):
+            loss = linear_cross_entropy(h, w, labels, b)
+        saved = loss.grad_fn.saved_tensors
+        loss.backward()
+    assert all(t.numel() <= SWEEP_ROWS for t in saved if t is not None and t.dtype == torch.float32)
+    fresh = [out for _, out in log.calls if out is not None and out.is_floating_point()]  # not the interpreter's bytes
+    big_fp32 = [t for t in fresh if t.dtype == torch.float32 and t.numel() >= SWEEP_VOCAB * SWEEP_WIDTH]
+    assert [(t.shape, t.data_ptr()) for t in big_fp32] == ([(w.grad.shape, w.grad.data_ptr())] if autocast else [])
+    assert max(t.numel() for t in fresh) < SWEEP_ROWS * SWEEP_VOCAB
+    assert log.host_reads() == []
+    if autocast:  # the gradients are right too, as bf16 computes them
+        hd, wd, bd = (t.detach().double().requires_grad_() for t in (h, w, b))
+        linear_cross_entropy_reference(hd, wd, labels, bd).backward()
+        for ours, ref in ((h.grad, hd.grad), (w.grad, wd.grad), (b.grad, bd.grad)):
+            assert ours.dtype == torch.float32
+            torch.testing.assert_close(ours.double(), ref, **TOL[torch.bfloat16])
+
+
 @triton.jit
 def _count_blocks(Out, N, BLOCK: tl.constexpr):
     total = 0
@@ -352,7 +430,7 @@ def test_every_kernel_compiles_for_an_h100():
     script = Path(__file__).with_name("compile_kernels.py")
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0 and done.stdout.strip() == "ok 44", (done.returncode, done.stderr[-3000:])
+    assert done.returncode == 0 and done.stdout.strip() == "ok 48", (done.returncode, done.stderr[-3000:])
 
 
 def test_norm_backward_warps_grow_with_the_row():
