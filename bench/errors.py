@@ -56,3 +56,9 @@ def read_json_input(path: Path, *, where: str, kind: str, made_by: str) -> Any:
         raise UsageError(f"{where}: no such file (write one with {made_by})") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise UsageError(f"{where}: not a {kind} file ({err})") from None
+
+
+def one_line(err: BaseException, limit: int = 200) -> str:
+    """An exception as one table cell or record reason: its type and message on one line (CUDA's run over
+    several), at most `limit` characters."""
+    return " ".join(f"{type(err).__name__}: {err}".split())[:limit]

@@ -88,6 +88,8 @@ def test_measure_on_gpu_gives_every_available_impl_a_time(tmp_path):
                               torch.device("cuda"))
     by = {r["impl"]: r for r in rows}
     assert by["lmbench triton"]["status"] == "ok" and by["eager"]["status"] == "ok"
+    assert {name: by[name]["bandwidth_from"] for name in ("eager", "compile", "lmbench triton")} == dict.fromkeys(
+        ("eager", "compile", "lmbench triton"), "device"), [r.get("note") for r in rows]
     assert 0 < by["lmbench triton"]["time_p20_ms"] <= by["lmbench triton"]["time_median_ms"]
     # A second shape in the same process: torch.compile specialises again (a fresh cache), and still runs.
     second = {r["impl"]: r for r in microbench.measure(microbench.OPS["rmsnorm"], (2048, 512), torch.bfloat16,
@@ -184,6 +186,20 @@ def test_bandwidth_comes_from_the_device_time_when_there_is_one(tmp_path):
     assert (first["device_median_ms"], first["bandwidth_from"], second["device_median_ms"]) == ("0.1", "device", "")
 
 
+def test_a_device_time_at_or_under_zero_is_no_device_time():
+    row = {"time_median_ms": 0.5, "status": "ok"}
+    empty = microbench.with_device_time(row, [0.0, -0.001, 0.001], 10**6)
+    assert empty["bandwidth_from"] == "events" and empty["gb_per_s"] == pytest.approx(2.0)
+    assert empty["note"] == "no device time (a median of 0.0000 ms)" and "device_median_ms" not in empty
+
+
+def test_after_a_failed_capture_no_later_one_is_trusted(monkeypatch):
+    """torch before 2.12 leaves its allocator believing a capture is under way after one failed (pytorch#180395)."""
+    monkeypatch.setattr(graphtime, "_failed", ["RuntimeError: operation not permitted when stream is capturing"])
+    with pytest.raises(graphtime.NotCapturable, match="an earlier capture in this process failed"):
+        graphtime.device_times_ms(lambda: None, [], estimate_ms=1.0, device=None)
+
+
 @pytest.mark.gpu
 def test_device_time_takes_the_host_out_of_the_loop():
     """A call that sleeps 2 ms on the host around a 4 MB add: events see the sleep, the replayed graph does not;
@@ -198,6 +214,10 @@ def test_device_time_takes_the_host_out_of_the_loop():
         x.add_(1)
 
     assert statistics.median(graphtime.device_times_ms(slow_host, [], estimate_ms=2.0, device=device)) < 0.2
+    # A host wait is found in the warm-up, before any capture, and leaves later captures trusted.
+    with pytest.raises(graphtime.NotCapturable, match="waits for the device on the host"):
+        graphtime.device_times_ms(lambda: x.sum().item(), [], estimate_ms=0.1, device=device)
+    assert not graphtime._failed
     src = torch.empty(2**28, dtype=torch.int8, device=device)
     dst = torch.empty_like(src)
     copy_ms = statistics.median(graphtime.device_times_ms(lambda: dst.copy_(src), [], estimate_ms=0.2, device=device))

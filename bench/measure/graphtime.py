@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from lmbench.errors import LmbenchError, one_line
+
 #: Bytes zeroed before each call: more than any current GPU's L2 (H100 50 MB, B200 126 MB), do_bench's size.
 FLUSH_BYTES = 256 * 2**20
 #: Device time one graph replay should take: long against event resolution (about 0.5 us), short enough
@@ -52,39 +54,68 @@ def launch_bound(event_ms: float, device_ms: float) -> str | None:
             f"({event_ms / device_ms:.1f}x)")
 
 
+class NotCapturable(LmbenchError):
+    """The callable cannot be timed from a CUDA graph; the message says why (for the row's note)."""
+
+
+#: Set once a capture failed in this process. On torch before 2.12 a failed capture leaves the caching allocator
+#: believing a capture is under way (pytorch#180395): every later empty_cache() then fails an internal assert and
+#: the failed graph's memory pool is never released, so no later capture in the process is trusted.
+_failed: list[str] = []
+
+
 def device_times_ms(fn: Callable[[], Any], grads: Sequence[Any], *, estimate_ms: float, device: Any,
                     replays: int = REPLAYS) -> list[float]:
-    """Device milliseconds of one call of `fn`, one figure per replay pair (CUDA only)."""
+    """Device milliseconds of one call of `fn`, one figure per replay pair (CUDA only).
+
+    Raises NotCapturable when `fn` waits for the device on the host (found in the warm-up, before any
+    capture: torch's sync debug mode turns such a wait into an error) or when a capture failed earlier in
+    this process."""
     import torch
 
-    # The graph's private memory pool comes from the device, not from the blocks the event-timed calls cached.
-    torch.cuda.empty_cache()
-    flush = torch.empty(FLUSH_BYTES, dtype=torch.int8, device=device)
+    if _failed:
+        raise NotCapturable(f"an earlier capture in this process failed ({_failed[0]}); no later one is trusted")
 
     def reset() -> None:
         for tensor in grads:
             tensor.grad = None
 
-    # Capture needs the callable warmed up on a side stream first (lazy initialisation, cuBLAS workspaces).
+    # Capture needs the callable warmed up on a side stream first (lazy initialisation, cuBLAS workspaces). A
+    # host wait (.item(), torch.equal, a copy to the host) would fail the capture and, on older torch, the
+    # allocator with it: the sync debug mode finds it here instead.
+    caller = torch.cuda.current_stream(device)
     side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            reset()
-            fn()
-    torch.cuda.current_stream(device).wait_stream(side)
+    side.wait_stream(caller)
+    debug_mode = torch.cuda.get_sync_debug_mode()
+    try:
+        torch.cuda.set_sync_debug_mode("error")
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                reset()
+                fn()
+    except RuntimeError as err:
+        raise NotCapturable(f"it waits for the device on the host ({one_line(err)})") from None
+    finally:
+        torch.cuda.set_sync_debug_mode(debug_mode)
+    caller.wait_stream(side)
     torch.cuda.synchronize(device)
+    flush = torch.empty(FLUSH_BYTES, dtype=torch.int8, device=device)
     calls = calls_per_graph(estimate_ms)
     work, flushes = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
     try:
-        with torch.cuda.graph(work):
-            for _ in range(calls):
-                reset()
-                flush.zero_()
-                fn()
-        with torch.cuda.graph(flushes):
-            for _ in range(calls):
-                flush.zero_()
+        try:
+            with torch.cuda.graph(work):
+                for _ in range(calls):
+                    reset()
+                    flush.zero_()
+                    fn()
+            with torch.cuda.graph(flushes):
+                for _ in range(calls):
+                    flush.zero_()
+        except Exception as err:
+            # torch.cuda.graph's exit reports "a previous error during capture"; the cause is the one it hides.
+            _failed.append(one_line(err.__context__ or err))
+            raise NotCapturable(f"the capture failed ({_failed[-1]})") from err
 
         def replay_ms(graph: Any) -> float:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -102,6 +133,8 @@ def device_times_ms(fn: Callable[[], Any], grads: Sequence[Any], *, estimate_ms:
             flush_ms.append(replay_ms(flushes))
         return per_call_ms(work_ms, flush_ms, calls)
     finally:
+        # A failed capture's exit skips restoring the stream it captured on.
+        torch.cuda.set_stream(caller)
+        torch.cuda.synchronize(device)  # no replay may still run when the graphs' memory is released
         reset()
         del work, flushes
-        torch.cuda.synchronize(device)
