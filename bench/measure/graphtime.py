@@ -30,6 +30,9 @@ MAX_CALLS = 100
 REPLAYS = 10
 #: From this ratio of a call's event-timed time to its device time, the host set the pace.
 LAUNCH_BOUND_RATIO = 1.25
+#: What torch's sync debug mode says, set to "error", when an operation waits for the device on the host
+#: (c10/cuda/CUDAFunctions.cpp, warn_or_error_on_sync).
+SYNC_ERROR = "called a synchronizing CUDA operation"
 
 
 def calls_per_graph(estimate_ms: float) -> int:
@@ -94,6 +97,8 @@ def device_times_ms(fn: Callable[[], Any], grads: Sequence[Any], *, estimate_ms:
                 reset()
                 fn()
     except RuntimeError as err:
+        if SYNC_ERROR not in str(err):
+            raise  # out of memory, or a fault of the callable: not a host wait
         raise NotCapturable(f"it waits for the device on the host ({one_line(err)})") from None
     finally:
         torch.cuda.set_sync_debug_mode(debug_mode)
