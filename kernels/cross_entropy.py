@@ -1,7 +1,8 @@
 """Fused linear + cross-entropy: no (tokens x vocabulary) logits, no fp32 (vocabulary x width) tensor.
 
 Forward. For each chunk of rows, logits = hidden @ weight.T (+ bias) go through cuBLAS in the compute
-dtype into one reused buffer of at most LOGITS_BUDGET_BYTES; one Triton program per row finds the
+dtype into one reused buffer of at most LOGITS_BUDGET_BYTES, whose rows start a multiple of 128 columns
+apart (with GPT-2's 50257 as the row stride cuBLAS has only unaligned kernels); one Triton program per row finds the
 log-sum-exp in one pass over the vocabulary (online softmax), the label's logit and, with smoothing,
 the sum of the logits, and writes the row's loss (0 for ignored rows) and its log-sum-exp in fp32.
 What the backward needs is saved: the hidden states and the weight in the compute dtype, the labels,
@@ -59,6 +60,9 @@ Label smoothing ε (PyTorch's definition: the target distribution is (1 - ε) on
 row's loss lse - (1 - ε) z_label - (ε / V) Σ_k z_k and its logit gradient softmax - (1 - ε) one_hot - ε / V;
 the sum of the logits is taken in the same pass as the log-sum-exp.
 
+A label outside [0, V) that is not `ignore_index` is never read past its row: its loss is NaN (a
+diverged run), where eager code stops on a device assert. An empty vocabulary is refused.
+
 Rows whose label is `ignore_index` contribute no loss and no gradient. With reduction="mean" the
 sum is divided by the number of counted rows; when every row is ignored the loss is 0 (PyTorch's
 F.cross_entropy gives NaN there, which would end a training run) and so are the gradients.
@@ -100,12 +104,16 @@ def _ce_forward(Logits, stride, Labels, Loss, Lse, V, ignore_index, smoothing, B
             total += tl.sum(tl.where(cols < V, x, 0.0), axis=0)
     lse = m + tl.log(d)
     valid = label != ignore_index
-    safe_label = tl.where(valid, label, 0)
+    # A label outside the vocabulary is never read (it would read past the row): its loss is NaN, which the
+    # run reports as diverged, where eager code would stop on a device assert.
+    in_range = (label >= 0) & (label < V)
+    safe_label = tl.where(valid & in_range, label, 0)
     label_logit = tl.load(base + safe_label).to(tl.float32)
     if SMOOTH:
         row_loss = lse - (1.0 - smoothing) * label_logit - smoothing / V * total
     else:
         row_loss = lse - label_logit
+    row_loss = tl.where(in_range, row_loss, float("nan"))
     tl.store(Loss + row, tl.where(valid, row_loss, 0.0))
     tl.store(Lse + row, lse)
 
@@ -159,6 +167,19 @@ def _vocab_block(n_rows: int, vocab: int, itemsize: int) -> int:
     return triton.cdiv(vocab, triton.cdiv(vocab, fit))
 
 
+#: Elements of a weight-gradient block scaled at a time in fp32 (64 MiB of fp32).
+_SCALE_SLICE = 16 * 2**20
+
+
+def _scale_in_fp32(block: torch.Tensor, factor: torch.Tensor) -> None:
+    """block *= factor, the product in fp32. On CUDA an fp16 tensor times a 0-dim fp32 device tensor loads the
+    factor as fp16 first, where a factor under 6.1e-5 (1/N past 16384 tokens) is subnormal or zero."""
+    rows = max(1, _SCALE_SLICE // max(1, block.shape[1]))
+    for start in range(0, block.shape[0], rows):
+        part = block[start:start + rows]
+        part.copy_(part.float().mul_(factor))
+
+
 def _check_arguments(reduction: str, label_smoothing: float) -> None:
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction={reduction!r}; allowed: mean, sum")
@@ -177,18 +198,23 @@ def linear_cross_entropy_forward(h: torch.Tensor, w: torch.Tensor, labels: torch
     _check_arguments(reduction, label_smoothing)
     device = h.device
     n_rows, vocab = h.shape[0], w.shape[0]
+    if vocab == 0:
+        raise ValueError("the weight has no rows: a vocabulary of at least 1 is needed")
     # The count stays on the device: reading it on the host would wait for the whole forward so far.
     counted = (labels != ignore_index).sum()
     scale = (1.0 / counted.clamp(min=1).float() if reduction == "mean"
              else torch.ones((), dtype=torch.float32, device=device))
     row_loss = torch.zeros(n_rows, dtype=torch.float32, device=device)
     lse = torch.zeros(n_rows, dtype=torch.float32, device=device)
-    chunk = _chunk_rows(n_rows, vocab, h.dtype.itemsize)
-    buffer = torch.empty((min(chunk, n_rows), vocab), dtype=h.dtype, device=device)
+    # Rows of the buffer start VOCAB_ALIGN columns apart: with GPT-2's 50257 columns as the row stride, cuBLAS
+    # could only write the logits with its unaligned (align1) kernels.
+    columns = triton.cdiv(vocab, VOCAB_ALIGN) * VOCAB_ALIGN
+    chunk = _chunk_rows(n_rows, columns, h.dtype.itemsize)
+    buffer = torch.empty((min(chunk, n_rows), columns), dtype=h.dtype, device=device)
     with torch.autocast(device.type, enabled=False):
         for start in range(0, n_rows, chunk):
             end = min(start + chunk, n_rows)
-            logits = buffer[:end - start]
+            logits = buffer[:end - start, :vocab]
             if b is None:
                 torch.mm(h[start:end], w.t(), out=logits)
             else:
@@ -255,12 +281,12 @@ def linear_cross_entropy_backward(grad_loss: torch.Tensor, h: torch.Tensor, w: t
                 if staging is None:
                     torch.mm(grad_logits.t(), h, out=grad_weight[v0:v1])
                     if rest is not None:
-                        grad_weight[v0:v1].mul_(rest)
+                        _scale_in_fp32(grad_weight[v0:v1], rest)
                 else:
                     torch.mm(grad_logits.t(), h, out=staging[:v1 - v0])
                     grad_weight[v0:v1].copy_(staging[:v1 - v0])
                     if rest is not None:
-                        grad_weight[v0:v1].mul_(rest)
+                        _scale_in_fp32(grad_weight[v0:v1], rest)
             if need_b:
                 column_sum = grad_logits.sum(0, dtype=torch.float32)
                 grad_bias[v0:v1].copy_(column_sum.mul_(rest) if rest is not None else column_sum)
@@ -276,10 +302,9 @@ def linear_cross_entropy_backward(grad_loss: torch.Tensor, h: torch.Tensor, w: t
                         grad_hidden.copy_(part)
                     else:
                         grad_hidden += part
-    del buffer, part, staging
+    # The views too: they keep the block buffer alive.
+    del buffer, logits, grad_logits, part, staging
     if need_h:
-        if vocab == 0:
-            grad_hidden.zero_()
         if rest is not None:
             grad_hidden.mul_(rest)
         grad_hidden = grad_hidden.to(hidden_dtype)

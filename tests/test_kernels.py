@@ -329,8 +329,9 @@ def test_vocab_blocks_fill_the_logits_budget():
     assert cross_entropy._vocab_block(0, 1000, 4) == 1000
 
 
-#: 24 rows, a vocabulary of 290 and the budget of 8 rows of logits: the forward runs 3 chunks of 8 rows and
-#: the backward 4 vocabulary blocks of 73, 73, 73 and 71 columns (the last one a strided view of the buffer).
+#: 24 rows, a vocabulary of 290 and the budget of 8 rows of 290 logits: the forward's buffer rows are 384 columns
+#: apart (VOCAB_ALIGN), so it runs 4 chunks of 6 rows; the backward 4 vocabulary blocks of 73, 73, 73 and 71 columns
+#: (the last one a strided view of the buffer).
 SWEEP_ROWS, SWEEP_VOCAB, SWEEP_WIDTH = 24, 290, 16
 #: Every block's first and last column, ignored rows, and a few more.
 SWEEP_LABELS = [0, 72, 73, 145, 146, 218, 219, 289, -100, 5, 100, 200, -100, 250, 30, 160, 289, 0, -100, 73, 146,
@@ -340,7 +341,7 @@ SWEEP_LABELS = [0, 72, 73, 145, 146, 218, 219, 289, -100, 5, 100, 200, -100, 250
 def force_sweep(monkeypatch, dtype, compute_dtype=None):
     itemsize = (compute_dtype or dtype).itemsize
     monkeypatch.setattr(cross_entropy, "LOGITS_BUDGET_BYTES", 8 * SWEEP_VOCAB * itemsize)
-    assert cross_entropy._chunk_rows(SWEEP_ROWS, SWEEP_VOCAB, itemsize) == 8
+    assert cross_entropy._chunk_rows(SWEEP_ROWS, 384, itemsize) == 6
     assert cross_entropy._vocab_block(SWEEP_ROWS, SWEEP_VOCAB, itemsize) == 73
     labels = torch.tensor(SWEEP_LABELS, device=DEVICE)
     h = rand(SWEEP_ROWS, SWEEP_WIDTH, dtype=dtype)
@@ -358,6 +359,27 @@ def test_linear_cross_entropy_sweeps_vocab_blocks_and_row_chunks(monkeypatch, dt
     check(lambda h, w, b: linear_cross_entropy(h, w, labels, b, reduction="sum", label_smoothing=smoothing),
           lambda h, w, b: linear_cross_entropy_reference(h, w, labels, b, reduction="sum", label_smoothing=smoothing),
           [h, w, b], dtype)
+
+
+def test_linear_cross_entropy_forward_writes_logits_rows_128_columns_apart(monkeypatch):
+    """GPT-2's 50257 columns as the buffer's row stride left cuBLAS only its unaligned (align1) kernels."""
+    h, w, b, labels = force_sweep(monkeypatch, torch.float32)
+    log = OpLog()
+    with log, torch.no_grad():
+        linear_cross_entropy(h, w, labels, b)
+    # (Under the interpreter, Triton's own host copies of the (6, 290) views show up as new_empty.)
+    assert log.new_tensors((6, 384)) == [torch.ops.aten.empty.memory_format]
+
+
+def test_linear_cross_entropy_refuses_an_empty_vocabulary_and_marks_a_label_past_it():
+    h = rand(4, 8, dtype=torch.float32)
+    with pytest.raises(ValueError, match="the weight has no rows"):
+        linear_cross_entropy(h, rand(0, 8, dtype=torch.float32), torch.zeros(4, dtype=torch.long, device=DEVICE))
+    # Eager code stops on a device assert; the fused loss never reads past the row and says NaN (a diverged run).
+    labels = torch.tensor([1, 10, -100, 2], device=DEVICE)
+    assert linear_cross_entropy(h, rand(10, 8, dtype=torch.float32), labels).isnan()
+    labels = torch.tensor([1, 9, -100, 2], device=DEVICE)
+    assert linear_cross_entropy(h, rand(10, 8, dtype=torch.float32), labels).isfinite()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
