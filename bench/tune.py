@@ -121,9 +121,11 @@ class Tuner:
         return self.deadline is not None and time.monotonic() > self.deadline - RESERVE_PROBES * self.longest_probe_s
 
     def probe_config(self, combo: dict[str, str], batch: int) -> Config:
-        """A short throughput run: no held-out evaluation or target (memory is the training step's)."""
+        """A short throughput run: no held-out evaluation or target (memory is the training step's), and no
+        profiler (`--set profile=true` is for the measurements: its traces cost memory a probe must not count)."""
         return self.base.replace(**combo, batch_size=batch, steps=PROBE_STEPS, warmup=PROBE_WARMUP, telemetry=False,
-                                 grad_accum=1, eval_every=0, target_loss=0.0, target_ppl=0.0, max_steps=0)
+                                 grad_accum=1, eval_every=0, target_loss=0.0, target_ppl=0.0, max_steps=0,
+                                 profile=False)
 
     def fits(self, combo: dict[str, str], batch: int) -> bool:
         config = self.probe_config(combo, batch)
@@ -192,7 +194,7 @@ class Tuner:
     def parity_check(self, combo: dict[str, str], batch: int) -> dict[str, Any]:
         """The combination's parity fields at `batch` against its reference (None verdict when either failed)."""
         config = self.base.replace(**combo, batch_size=batch, grad_accum=1, steps=PARITY_STEPS, warmup=PARITY_WARMUP,
-                                   telemetry=False, data="markov")
+                                   telemetry=False, data="markov", profile=False)
         if config.parallel in MODEL_PARALLEL:
             # As `run --parity` does: shards and stages draw other dropout masks than the whole model.
             config = config.replace(dropout=False)

@@ -347,9 +347,10 @@ case $STAGE in
             extra=(--kernels triton --warmup 3 --min-batch "$((BATCH))")
             [[ $model == "$GPT2" ]] && extra=(--kernels compile --warmup 8 --set vocab_multiple=64 \
                 --min-batch "$((2 * BATCH))")
+            # Profiled measurements (never the probes): the report then says what holds each one's MFU back.
             step "tune-$model" 170 "$PY" -m lmbench.cli tune --model "$model" --seq-len "$SEQ" --precision amp-bf16 \
                 --checkpointing none --budget-minutes "$TUNE_MINUTES" --steps 10 --max-batch "$TUNE_MAX_BATCH" \
-                --device "$DEVICE" --out "$WORK/runs/tune-$model" "${extra[@]}"
+                --device "$DEVICE" --out "$WORK/runs/tune-$model" --set profile=true "${extra[@]}"
         done
         report
         ;;

@@ -232,3 +232,13 @@ def test_the_search_leaves_room_to_measure_what_it_found(tmp_path, monkeypatch):
 def test_min_batch_above_max_batch_is_refused():
     result = CliRunner().invoke(cli, ["tune", "--model", "tiny-gpt2", "--min-batch", "64", "--max-batch", "8"])
     assert result.exit_code == 2 and "--min-batch 64: more than --max-batch 8; allowed: 1..8" in result.output
+
+
+def test_probes_never_run_the_profiler_the_measurements_asked_for(tmp_path):
+    launcher = FakeLauncher(8)
+    tuner = Tuner(BASE.replace(profile=True), RunDirectory(tmp_path / "run", resume=False), launch=launcher,
+                  max_batch=8)
+    found = tuner.search(COMBO)
+    assert not tuner.probe_config(COMBO, 8).profile
+    tuner.measure(found, steps=2, warmup=0)
+    assert all(r["config"]["profile"] for r in results.read(tmp_path / "run").records)
