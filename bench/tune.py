@@ -167,12 +167,12 @@ class Tuner:
                 failing = middle
         found.largest_fitting, found.first_failing = fitting, failing
         found.probes = len(self.cache) - before
+        found.chosen = max(1, int(fitting * (1 - self.margin))) if fitting else 0
         if self.out_of_search_time():
             found.note = "budget ran out during the search" + (
-                f" (what is left measures batch {max(1, int(fitting * (1 - self.margin)))})" if fitting else "")
+                f" (what is left measures batch {found.chosen})" if fitting else "")
         if failing is None and fitting == self.max_batch:
             found.note = f"fits up to --max-batch {self.max_batch}"
-        found.chosen = max(1, int(fitting * (1 - self.margin))) if fitting else 0
         return found
 
     def needs_parity(self, combo: dict[str, str]) -> bool:

@@ -180,6 +180,14 @@ def _scale_in_fp32(block: torch.Tensor, factor: torch.Tensor) -> None:
         part.copy_(part.float().mul_(factor))
 
 
+def _logits(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, *, out: torch.Tensor) -> None:
+    """out = h @ w.T (+ b), written in place by cuBLAS (the forward's row chunk, the backward's vocabulary block)."""
+    if b is None:
+        torch.mm(h, w.t(), out=out)
+    else:
+        torch.addmm(b, h, w.t(), out=out)
+
+
 def _check_arguments(reduction: str, label_smoothing: float) -> None:
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction={reduction!r}; allowed: mean, sum")
@@ -215,10 +223,7 @@ def linear_cross_entropy_forward(h: torch.Tensor, w: torch.Tensor, labels: torch
         for start in range(0, n_rows, chunk):
             end = min(start + chunk, n_rows)
             logits = buffer[:end - start, :vocab]
-            if b is None:
-                torch.mm(h[start:end], w.t(), out=logits)
-            else:
-                torch.addmm(b, h[start:end], w.t(), out=logits)
+            _logits(h[start:end], w, b, out=logits)
             _ce_forward[(end - start,)](logits, logits.stride(0), labels[start:end], row_loss[start:end],
                                         lse[start:end], vocab, ignore_index, float(label_smoothing),
                                         BLOCK_V=BLOCK_V, SMOOTH=label_smoothing > 0)
@@ -268,10 +273,7 @@ def linear_cross_entropy_backward(grad_loss: torch.Tensor, h: torch.Tensor, w: t
             v1 = min(v0 + block, vocab)
             logits = buffer[:, :v1 - v0]
             w_block = w[v0:v1]
-            if b is None:
-                torch.mm(h, w_block.t(), out=logits)
-            else:
-                torch.addmm(b[v0:v1], h, w_block.t(), out=logits)
+            _logits(h, w_block, b[v0:v1] if b is not None else None, out=logits)
             if n_rows:
                 _ce_backward[(n_rows, triton.cdiv(v1 - v0, BLOCK_V))](
                     logits, logits.stride(0), labels, lse, kernel_factor, v0, v1 - v0, vocab, ignore_index,
@@ -280,13 +282,11 @@ def linear_cross_entropy_backward(grad_loss: torch.Tensor, h: torch.Tensor, w: t
             if need_w:
                 if staging is None:
                     torch.mm(grad_logits.t(), h, out=grad_weight[v0:v1])
-                    if rest is not None:
-                        _scale_in_fp32(grad_weight[v0:v1], rest)
                 else:
                     torch.mm(grad_logits.t(), h, out=staging[:v1 - v0])
                     grad_weight[v0:v1].copy_(staging[:v1 - v0])
-                    if rest is not None:
-                        _scale_in_fp32(grad_weight[v0:v1], rest)
+                if rest is not None:
+                    _scale_in_fp32(grad_weight[v0:v1], rest)
             if need_b:
                 column_sum = grad_logits.sum(0, dtype=torch.float32)
                 grad_bias[v0:v1].copy_(column_sum.mul_(rest) if rest is not None else column_sum)
