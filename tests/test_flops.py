@@ -123,6 +123,9 @@ def test_full_checkpointing_recompute_hand_count():
     for mode in ("none", "selective"):
         assert recompute_flops_per_token(checkpointing=mode, n_rerun_params=1, n_layers=1, n_heads=1, head_dim=1,
                                          seq_len=1) == 0
+    # Selective reruns a fused attention with dropout (GPT-2 on CUDA), its matmuls alone: 4 x 12 x 12 x 64 x 1024.
+    assert recompute_flops_per_token(checkpointing="selective", n_rerun_params=12 * GPT2_BLOCK, n_layers=12,
+                                     n_heads=12, head_dim=64, seq_len=1024, attention_rerun=True) == 37_748_736
     llama = build_model(MODELS["llama-1b"], attention="sdpa", device="meta")
     # Per layer: q, o 2048x2048, k, v 2048x512, gate/up 2048x8192, two RMSNorms; down_proj (8192x2048) is not rerun.
     assert rerun_params(llama, "llama") == 16 * (2 * 2048 * 2048 + 2 * 2048 * 512 + 2 * 2048 * 8192 + 2 * 2048)
@@ -155,6 +158,8 @@ def test_recompute_count_matches_what_torch_counts_in_a_real_step(model):
         with FlopCounterMode(display=False, custom_mapping=cpu_sdpa) as counter:
             step()
         counted[mode] = counter.get_total_flops()
+        # A CPU's attention with dropout runs unfused: its matmuls are saved, nothing reruns.
+        assert not step.reruns_attention
     rerun = rerun_params(step.base_model, spec.family)
     per_token = recompute_flops_per_token(checkpointing="full", n_rerun_params=rerun, n_layers=spec.n_layers,
                                           n_heads=spec.n_heads, head_dim=spec.head_dim, seq_len=32)

@@ -90,6 +90,48 @@ def test_selective_checkpointing_saves_matmuls_and_recomputes_the_rest():
     policy = forward_ctx.policy_fn
     assert policy(None, torch.ops.aten.mm.default) == CheckpointPolicy.MUST_SAVE
     assert policy(None, torch.ops.aten.gelu.default) == CheckpointPolicy.PREFER_RECOMPUTE
+    # The fused attention is kept, unless it draws a dropout mask: a saved draw would shift the block's later masks.
+    flash, q = torch.ops.aten._scaled_dot_product_flash_attention.default, torch.zeros(1, 1, 2, 2)
+    assert policy(None, flash, q, q, q) == CheckpointPolicy.MUST_SAVE
+    assert policy(None, flash, q, q, q, 0.0) == CheckpointPolicy.MUST_SAVE
+    assert policy(None, flash, q, q, q, 0.1) == CheckpointPolicy.MUST_RECOMPUTE
+    assert policy(None, flash, q, q, q, dropout_p=0.1) == CheckpointPolicy.MUST_RECOMPUTE
+    efficient = torch.ops.aten._scaled_dot_product_efficient_attention.default
+    assert policy(None, efficient, q, q, q, None, True, 0.1) == CheckpointPolicy.MUST_RECOMPUTE
+    assert policy(None, torch.ops.aten.native_dropout.default, q, 0.1, True) == CheckpointPolicy.MUST_RECOMPUTE
+
+
+def test_selective_checkpointing_replays_every_random_draw_in_order(monkeypatch):
+    """A saved op that draws (CUDA's fused attention with dropout) must not shift the masks recomputed after it.
+
+    A CPU has no fused attention with dropout, so a bernoulli draw stands in for it on the list of saved ops: the
+    forward draws two masks; the recompute restores the generator and must draw the same two, in order.
+    """
+    import collections
+
+    from torch.utils.checkpoint import checkpoint
+
+    import lmbench.models.registry as registry
+
+    monkeypatch.setattr(registry, "SELECTIVE_SAVED_OPS", (*registry.SELECTIVE_SAVED_OPS, "bernoulli"))
+    weight = torch.randn(64, 64)
+
+    def block(x: torch.Tensor) -> torch.Tensor:
+        first = x * torch.bernoulli(torch.full_like(x, 0.5))
+        second, _ = torch.ops.aten.native_dropout.default(first @ weight, 0.5, True)
+        return second.sin()
+
+    def gradient(checkpointed: bool, reruns: collections.Counter | None = None) -> torch.Tensor:
+        x = torch.randn(64, 64, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        torch.manual_seed(0)
+        out = (checkpoint(block, x, use_reentrant=False, context_fn=lambda: registry._selective_context(reruns))
+               if checkpointed else block(x))
+        out.sum().backward()
+        return x.grad
+
+    reruns: collections.Counter = collections.Counter()
+    torch.testing.assert_close(gradient(True, reruns), gradient(False), rtol=0, atol=0)
+    assert reruns == {"aten::bernoulli": 1, "aten::native_dropout": 1}
 
 
 def test_fused_add_norm_is_used_in_torch_lm_and_survives_checkpointing(monkeypatch):

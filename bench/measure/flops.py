@@ -15,7 +15,9 @@ saved activation is back, so Llama's `mlp.down_proj` and torch-transformer-lm's 
 dropout is 0) are not rerun, while GPT-2's and BERT's last matmuls feed a dropout mask or a
 LayerNorm and are. `selective` keeps the outputs of every matmul and attention op
 (lmbench.models.registry.SELECTIVE_SAVED_OPS) and recomputes only norms, activations and adds: no matmul
-FLOPs, so its HFU equals its MFU, as with `none`. tests/test_flops.py checks these counts against
+FLOPs, so its HFU equals its MFU, as with `none`; except that an op drawing random numbers is always
+recomputed, so a fused attention with dropout (GPT-2's on CUDA) reruns, 4·L·H·Q·T per token. A CPU's
+attention with dropout runs unfused (its matmuls saved, its dropout recomputed) and reruns nothing. tests/test_flops.py checks these counts against
 torch's own FLOP counter over a real training step of every model family.
 """
 
@@ -45,11 +47,17 @@ def matmul_params(model: nn.Module) -> int:
 
 
 def recompute_flops_per_token(*, checkpointing: str, n_rerun_params: int, n_layers: int, n_heads: int, head_dim: int,
-                              seq_len: int) -> int:
-    """Matmul FLOPs per token that activation checkpointing adds by rerunning forwards in the backward."""
+                              seq_len: int, attention_rerun: bool = False) -> int:
+    """Matmul FLOPs per token that activation checkpointing adds by rerunning forwards in the backward.
+
+    `attention_rerun`: selective checkpointing recomputed the fused attention (it had dropout).
+    """
+    attention = 4 * n_layers * n_heads * head_dim * seq_len
     if checkpointing == "full":
-        return 2 * n_rerun_params + 4 * n_layers * n_heads * head_dim * seq_len
-    if checkpointing in ("none", "selective"):
+        return 2 * n_rerun_params + attention
+    if checkpointing == "selective":
+        return attention if attention_rerun else 0
+    if checkpointing == "none":
         return 0
     raise ValueError(f"checkpointing={checkpointing!r} has no recompute count")
 

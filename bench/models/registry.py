@@ -6,6 +6,8 @@ so throughput does not depend on a hub and runs are reproducible from the seed.
 
 from __future__ import annotations
 
+import collections
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -180,11 +182,37 @@ SELECTIVE_SAVED_OPS = ("mm", "addmm", "bmm", "baddbmm", "_scaled_dot_product_fla
                        "_scaled_dot_product_flash_attention_for_cpu")
 
 
-def _selective_context():  # type: ignore[no-untyped-def]
+def draws_random_numbers(op, args: tuple, kwargs: dict) -> bool:  # type: ignore[no-untyped-def]
+    """Whether this call of an ATen op consumes the random generator (dropout, bernoulli, a fused attention
+    with dropout_p > 0).
+
+    Ops tagged `nondeterministic_seeded` may draw; the fused attention ops carry the tag whatever their
+    dropout, so an op with a `dropout_p` argument draws only when it is above 0.
+    """
+    import torch
+
+    if torch.Tag.nondeterministic_seeded not in op.tags:
+        return False
+    for index, argument in enumerate(op._schema.arguments):
+        if argument.name == "dropout_p":
+            given = kwargs.get("dropout_p", args[index] if index < len(args) else argument.default_value)
+            return bool(given and given > 0)
+    return True
+
+
+def _selective_context(reruns: collections.Counter | None = None):  # type: ignore[no-untyped-def]
     """Inside a checkpointed block, keep the outputs of matmuls and attention, recompute everything else.
 
     The expensive ops are saved, the cheap memory-hungry ones (norms, activations, dropout, adds) are
     recomputed: most of full checkpointing's memory saving for a fraction of its recompute.
+
+    An op that draws random numbers is always recomputed, attention with dropout included. Checkpointing
+    restores the generator's state before the recompute, and the recompute must draw what the forward drew,
+    in the same order: a saved draw (CUDA's fused attention with dropout, which advances the Philox offset)
+    would shift every later dropout mask of the block, so the backward would use masks the forward never
+    applied. Recomputing the attention core under dropout is also Megatron's selective recomputation
+    (Korthikanti et al. 2022). `reruns`, when given, counts each such op the forward leaves to the recompute
+    (the hardware FLOPs count the attention reruns).
     """
     import torch
     from torch.utils.checkpoint import (
@@ -197,17 +225,25 @@ def _selective_context():  # type: ignore[no-untyped-def]
     saved = {getattr(aten, name).default for name in SELECTIVE_SAVED_OPS if hasattr(aten, name)}
 
     def policy(ctx, op, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if draws_random_numbers(op, args, kwargs):
+            # Counted as the forward marks it (newer torch no longer asks the policy during the recompute).
+            if reruns is not None and not (ctx is not None and ctx.is_recompute):
+                reruns[op.name()] += 1
+            return CheckpointPolicy.MUST_RECOMPUTE
         return CheckpointPolicy.MUST_SAVE if op in saved else CheckpointPolicy.PREFER_RECOMPUTE
 
     return create_selective_checkpoint_contexts(policy)
 
 
-def enable_checkpointing(model: nn.Module, *, selective: bool = False) -> None:
+def enable_checkpointing(model: nn.Module, *, selective: bool = False,
+                         reruns: collections.Counter | None = None) -> None:
     """Recompute every block in backward instead of keeping its activations (non-reentrant).
 
-    `selective` keeps matmul and attention outputs inside each block (see _selective_context).
+    `selective` keeps matmul and attention outputs inside each block (see _selective_context, which counts
+    into `reruns` the random ops it recomputed).
     """
-    kwargs = {"use_reentrant": False, **({"context_fn": _selective_context} if selective else {})}
+    context = functools.partial(_selective_context, reruns)
+    kwargs = {"use_reentrant": False, **({"context_fn": context} if selective else {})}
     # Newer transformers renamed the method (and its argument) and deprecated the old name.
     if hasattr(model, "activation_checkpointing_enable"):
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 from collections.abc import Callable
@@ -110,8 +111,11 @@ class TrainingStep:
         self.matmul_params = matmul_params(model)
         self.rerun_params = rerun_params(model, self.spec.family)
         self.param_count = sum(p.numel() for p in model.parameters())
+        self.random_reruns: collections.Counter[str] = collections.Counter()
+        """Random ops (attention with dropout among them) that selective checkpointing left to its recompute, by ATen
+        name."""
         if config.checkpointing != "none":
-            enable_checkpointing(model, selective=config.checkpointing == "selective")
+            enable_checkpointing(model, selective=config.checkpointing == "selective", reruns=self.random_reruns)
         model.train()
         self.pipeline = None
         stage = None
@@ -150,6 +154,11 @@ class TrainingStep:
                                            val_frac=config.val_frac, device=device)
         self._attention = _attention_context(config.attention)
         self._next = 0
+
+    @property
+    def reruns_attention(self) -> bool:
+        """Selective checkpointing recomputed a fused attention op (one with dropout) in a backward so far."""
+        return any("scaled_dot_product" in name for name in self.random_reruns)
 
     def _batches(self, device: torch.device, rank: int) -> list[Batch]:
         """This rank's pool of micro-batches.

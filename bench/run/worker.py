@@ -275,7 +275,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
     dims = {"n_layers": spec.n_layers, "n_heads": spec.n_heads, "head_dim": spec.head_dim, "seq_len": config.seq_len}
     flops = palm_flops_per_token(n_matmul_params=step.matmul_params, **dims)
     recompute = recompute_flops_per_token(checkpointing=config.checkpointing, n_rerun_params=step.rerun_params,
-                                          **dims)
+                                          attention_rerun=step.reruns_attention, **dims)
     result.update(metrics.flops_utilisation(flops_per_token=flops, hardware_flops_per_token=flops + recompute,
                                             tokens_per_s_per_device=result["tokens_per_s_per_device"],
                                             device_name=local["device_name"], precision=config.precision))
