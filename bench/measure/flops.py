@@ -17,8 +17,9 @@ LayerNorm and are. `selective` keeps the outputs of every matmul and attention o
 (lmbench.models.registry.SELECTIVE_SAVED_OPS) and recomputes only norms, activations and adds: no matmul
 FLOPs, so its HFU equals its MFU, as with `none`; except that an op drawing random numbers is always
 recomputed, so a fused attention with dropout (GPT-2's on CUDA) reruns, 4·L·H·Q·T per token. A CPU's
-attention with dropout runs unfused (its matmuls saved, its dropout recomputed) and reruns nothing. tests/test_flops.py checks these counts against
-torch's own FLOP counter over a real training step of every model family.
+attention with dropout runs unfused (its matmuls saved, its dropout recomputed) and reruns nothing.
+tests/test_flops.py checks these counts against torch's own FLOP counter over a real training step of every
+model family.
 """
 
 from __future__ import annotations
