@@ -2,7 +2,7 @@
 """Publish what a GPU lease brought back: ci/gpu-validate.sh's stage tarballs into reports/, with the figures
 that issue 13's targets ask for taken from lmbench's own output, never typed by hand.
 
-    python3 ci/publish-stage.py DIR [--reports reports] [--replace] [--allow-rehearsal]
+    python3 ci/publish-stage.py DIR [--reports reports] [--replace | --merge] [--allow-rehearsal]
 
 DIR holds stageN.tar.gz and stageN-summary.txt as the device tool returned them. Each stage goes to
 reports/<gpu>-<yyyy-mm-dd>/stageN/ (the GPU from the stage's preflight, the date from its summary), then that
@@ -11,8 +11,10 @@ folder's README.md is written again from every stage it holds:
   - the targets table: each target, the figure measured for it, whether it is met, and the file it came from;
   - per stage, the summary gpu-validate.sh wrote on the GPU (verbatim) and links to its report.
 
-reports/README.md gets the same targets table between its `<!-- targets:begin -->` and `<!-- targets:end -->`
-markers, for the newest folder. A rehearsal on a CPU (`gpu-validate.sh --rehearse`) is refused unless
+reports/README.md gets the targets table between its `<!-- targets:begin -->` and `<!-- targets:end -->`
+markers, and the project README a short one: each target from the newest folder of that GPU that measured it (a
+lease measures a few stages; the targets of the others stand from earlier dates). --merge adds a rerun of a
+stage to the one already published that day (the rerun's files win, both summaries are kept). A rehearsal on a CPU (`gpu-validate.sh --rehearse`) is refused unless
 --allow-rehearsal (the tests publish one into a temporary folder).
 """
 
@@ -33,6 +35,7 @@ HEADER = re.compile(r"^lmbench GPU validation, stage (\d+) \((gpu|rehearse)\) on
 DEVICE = re.compile(r"^\s*cuda\s+\S+\s+available=True\s+devices=\d+\s+(.+?)\s*$", re.M)
 OVERHEAD = re.compile(r"gpu harness/bare median step time: ([0-9.]+)")
 BEGIN, END = "<!-- targets:begin -->", "<!-- targets:end -->"
+NOT_MEASURED = "not measured yet"
 #: Longest figure in the project README's headline table (the folder's README has them whole).
 HEADLINE_WIDTH = 100
 
@@ -85,15 +88,22 @@ def slug(gpu: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name).strip("-") or "unknown"
 
 
-def unpack(tarball: Path, stage: Stage, reports: Path, *, replace: bool) -> Path:
+def unpack(tarball: Path, stage: Stage, reports: Path, *, replace: bool, merge: bool = False) -> Path:
+    """Into reports/<gpu>-<date>/stageN/. `merge`: over a stage already there (a rerun of some of its steps):
+    the rerun's files replace theirs, the others stay, and summary.txt holds the earlier summary, then the rerun's."""
     folder = reports / f"{slug(stage.gpu)}-{stage.date}"
     target = folder / f"stage{stage.number}"
+    earlier = ""
     if target.exists():
-        if not replace:
-            raise PublishError(f"{target} already exists: pass --replace to publish stage {stage.number} again")
-        import shutil
+        if merge:
+            earlier = (target / "summary.txt").read_text(errors="replace").rstrip() + "\n\n"
+        elif not replace:
+            raise PublishError(f"{target} already exists: pass --replace to publish stage {stage.number} again, "
+                               "or --merge to add a rerun of some of its steps")
+        else:
+            import shutil
 
-        shutil.rmtree(target)
+            shutil.rmtree(target)
     with tarfile.open(tarball) as tar:
         members = tar.getmembers()
         for member in members:
@@ -110,6 +120,8 @@ def unpack(tarball: Path, stage: Stage, reports: Path, *, replace: bool) -> Path
             tar.extractall(folder, members=files, filter="data")
         else:
             tar.extractall(folder, members=files)
+    if earlier:
+        (target / "summary.txt").write_text(earlier + stage.summary, encoding="utf-8")
     return folder
 
 
@@ -136,7 +148,7 @@ def overhead(folder: Path) -> tuple[str, str, str]:
                logs[-1])
     found = OVERHEAD.search(log.read_text(errors="replace")) if log.exists() else None
     if not found:
-        return "-", "not measured yet", _link(folder, log) if log.exists() else "stage 3"
+        return "-", NOT_MEASURED, _link(folder, log) if log.exists() else "stage 3"
     pct = (float(found[1]) - 1) * 100
     # A harness cannot run the same work faster than a bare loop: beyond the target's own 1%, a faster
     # harness means the two loops did different work (the first H100 run: fused AdamW against foreach).
@@ -153,7 +165,7 @@ def repeat_cv(folder: Path) -> tuple[str, str, str]:
             by_key.setdefault(r["config_key"], []).append(float(value))
     cvs = {key: statistics.stdev(v) / statistics.mean(v) * 100 for key, v in by_key.items() if len(v) >= 2}
     if not cvs:
-        return "-", "not measured yet", "stage 3"
+        return "-", NOT_MEASURED, "stage 3"
     worst = max(cvs, key=cvs.get)
     shown = (f"worst {cvs[worst]:.2f}% ({worst}, {len(by_key[worst])} repeats); all {len(cvs)}: "
              + ", ".join(f"{v:.2f}%" for v in cvs.values()))
@@ -178,7 +190,7 @@ def mfu(folder: Path, model: str, target_pct: float) -> tuple[str, str, str]:
                 if best is None or value > best[0]:
                     best = (value, r, results_file)
     if best is None:
-        return "-", "not measured yet", "stage 4"
+        return "-", NOT_MEASURED, "stage 4"
     value, r, where = best
     config = r["config"]
     padded = f", vocab_multiple {config['vocab_multiple']}" if config.get("vocab_multiple", 1) != 1 else ""
@@ -215,7 +227,7 @@ def norms(folder: Path) -> tuple[str, str, str]:
         if rows:
             sources.append(_link(folder, path))
     if not parts:
-        return "-", "not measured yet", "stage 7"
+        return "-", NOT_MEASURED, "stage 7"
     return "; ".join(parts), "met" if met else "not met", ", ".join(sources)
 
 
@@ -223,7 +235,7 @@ def linear_ce(folder: Path) -> tuple[str, str, str]:
     path = folder / "stage7" / "kernels-linear-ce.csv"
     by = {r["impl"]: r for r in _csv(path) if r["status"] == "ok"}
     if "lmbench triton" not in by or "eager" not in by:
-        return "-", "not measured yet", "stage 7"
+        return "-", NOT_MEASURED, "stage 7"
     ours, eager = by["lmbench triton"], by["eager"]
     memory = float(ours["peak_mem_bytes"]) / float(eager["peak_mem_bytes"])
     (mine, theirs), basis = _times(ours, eager)
@@ -256,7 +268,7 @@ def energy(folder: Path) -> tuple[str, str, str]:
             parts.append(f"{precision} {m['j_per_token'] * 1e3:.3f} mJ/token (throttle: {', '.join(reasons) or 'none'}"
                          f"{check})")
     if not parts:
-        return "-", "not measured yet", "stage 1"
+        return "-", NOT_MEASURED, "stage 1"
     verdict = "; ".join(["measured",
                          *([f"throttled for power or heat: {', '.join(throttled)}"] if throttled else []),
                          *([f"windows too short to quote for {', '.join(short)} (under 1 s, or counter and integral "
@@ -277,13 +289,36 @@ TARGETS = [
 ]
 
 
-def targets_table(folder: Path, *, prefix: str = "") -> str:
-    """Markdown; `prefix` puts the links relative to another file's folder."""
+def same_gpu(folder: Path) -> list[Path]:
+    """The published folders of `folder`'s GPU (itself among them), newest date first."""
+    gpu = folder.name[:-11]
+    found = {p for p in folder.parent.glob(f"{gpu}-*")
+             if p.is_dir() and p.name[:-11] == gpu and re.fullmatch(r"\d{4}-\d{2}-\d{2}", p.name[-10:])}
+    return sorted(found | {folder}, key=lambda p: p.name[-10:], reverse=True)
+
+
+def readings(folders: list[Path]) -> list[tuple[str, str, str, str, str, Path]]:
+    """Per target: its name, short name, figure, verdict, evidence (links relative to its folder) and that folder:
+    the first of `folders` that measured it, else the first's reading."""
+    found = []
+    for name, read, short in TARGETS:
+        taken = next((((figure, verdict, source), f) for f in folders
+                      for figure, verdict, source in [read(f)] if verdict != NOT_MEASURED), None)
+        reading, where = taken or (read(folders[0]), folders[0])
+        found.append((name, short, *reading, where))
+    return found
+
+
+def targets_table(folder: Path, *, prefix: str = "", across: bool = False) -> str:
+    """Markdown; `prefix` puts the links relative to another file's folder. `across`: each target from the newest
+    folder of this GPU that measured it (same_gpu), its links through that folder, with the date it was measured."""
+    folders = same_gpu(folder) if across else [folder]
     lines = ["| target | measured | verdict | evidence |", "|---|---|---|---|"]
-    for name, read, _ in TARGETS:
-        figure, verdict, source = read(folder)
-        source = re.sub(r"\]\(", f"]({prefix}", source) if prefix else source
-        lines.append(f"| {name} | {figure} | {verdict} | {source} |")
+    for name, _, figure, verdict, source, where in readings(folders):
+        through = prefix + (f"{where.name}/" if across else "")
+        source = re.sub(r"\]\(", f"]({through}", source) if through else source
+        dated = f" ({where.name[-10:]})" if across and verdict != NOT_MEASURED else ""
+        lines.append(f"| {name} | {figure} | {verdict}{dated} | {source} |")
     return "\n".join(lines)
 
 
@@ -315,7 +350,9 @@ def update_index(reports: Path, folder: Path) -> None:
     text = index.read_text(encoding="utf-8") if index.exists() else f"# Published results\n\n{BEGIN}\n{END}\n"
     if BEGIN not in text or END not in text:
         text = text.rstrip() + f"\n\n{BEGIN}\n{END}\n"
-    block = f"Newest: [{folder.name}]({folder.name}/README.md)\n\n{targets_table(folder, prefix=folder.name + '/')}"
+    dates = ", ".join(f"[{f.name}]({f.name}/README.md)" for f in same_gpu(folder))
+    block = (f"Each target from the newest of {dates} that measured it:\n\n"
+             f"{targets_table(folder, across=True)}")
     index.write_text(_with_block(text, block), encoding="utf-8")
 
 
@@ -324,17 +361,19 @@ def update_headline(readme: Path, reports: Path, folder: Path) -> bool:
     clause) linked to its evidence. The figures themselves stay in the folder's README, one click away."""
     if not readme.exists() or BEGIN not in (text := readme.read_text(encoding="utf-8")) or END not in text:
         return False
-    where = f"{reports.name}/{folder.name}"
-    rows = ["| target | measured | verdict |", "|---|---|---|"]
-    for _, read, name in TARGETS:
-        figure, verdict, source = read(folder)
+    rows = ["| target | measured | verdict | on |", "|---|---|---|---|"]
+    for _, name, figure, verdict, source, where in readings(same_gpu(folder)):
         link = re.search(r"\]\(([^)]+)\)", source)
         # The figure and the verdict without their parentheticals (configuration keys, throttle reasons, the
         # caveat's threshold); a caveat itself ("windows too short to quote for ...") stays.
         figure, short = (re.sub(r" \([^()]*\)", "", text) for text in (figure, verdict))
         figure = figure if len(figure) <= HEADLINE_WIDTH else figure[:HEADLINE_WIDTH - 1] + "…"
-        rows.append(f"| {name} | {figure} | {f'[{short}]({where}/{link[1]})' if link else short} |")
-    block = f"Issue 13's targets on [{folder.name}]({where}/README.md) (`ci/publish-stage.py`):\n\n" + "\n".join(rows)
+        on = f"{reports.name}/{where.name}"
+        rows.append(f"| {name} | {figure} | {f'[{short}]({on}/{link[1]})' if link else short} | "
+                    f"{where.name[-10:] if verdict != NOT_MEASURED else '-'} |")
+    gpu = folder.name[:-11]
+    block = (f"Issue 13's targets on {gpu}, each from the newest lease that measured it ([{reports.name}/]"
+             f"({reports.name}/README.md), `ci/publish-stage.py`):\n\n" + "\n".join(rows))
     readme.write_text(_with_block(text, block), encoding="utf-8")
     return True
 
@@ -343,7 +382,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dir", type=Path, help="where stageN.tar.gz and stageN-summary.txt are")
     parser.add_argument("--reports", type=Path, default=Path(__file__).resolve().parent.parent / "reports")
-    parser.add_argument("--replace", action="store_true", help="publish a stage already in its folder again")
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument("--replace", action="store_true", help="publish a stage already in its folder again")
+    again.add_argument("--merge", action="store_true",
+                       help="add a rerun of some of a stage's steps to the stage already in its folder")
     parser.add_argument("--allow-rehearsal", action="store_true", help="publish a CPU rehearsal (for tests)")
     args = parser.parse_args(argv)
     try:
@@ -354,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
             stage = inspect(tarball)
             if stage.mode != "gpu" and not args.allow_rehearsal:
                 raise PublishError(f"{tarball}: a CPU rehearsal, not a GPU run: reports/ holds real runs only")
-            folder = unpack(tarball, stage, args.reports, replace=args.replace)
+            folder = unpack(tarball, stage, args.reports, replace=args.replace, merge=args.merge)
             readme = write_readme(folder, stage.gpu)
             update_index(args.reports, folder)
             update_headline(args.reports.parent / "README.md", args.reports, folder)

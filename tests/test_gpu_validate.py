@@ -55,9 +55,12 @@ def test_stage_1_rehearsal_packs_everything_into_one_tarball_and_a_summary(tmp_p
     assert "## Stage 1" in readme and summary.strip() in readme
     assert "[stage1/report/report.md](stage1/report/report.md)" in readme
     index = (tmp_path / "r" / "README.md").read_text()
-    assert f"Newest: [{folder.name}]({folder.name}/README.md)" in index
+    assert f"Each target from the newest of [{folder.name}]({folder.name}/README.md) that measured it" in index
     again = subprocess.run([*publish, "--allow-rehearsal"], capture_output=True, text=True)
     assert again.returncode == 2 and "already exists: pass --replace" in again.stderr
+    merged = subprocess.run([*publish, "--allow-rehearsal", "--merge"], capture_output=True, text=True)
+    assert merged.returncode == 0, merged.stderr
+    assert (folder / "stage1" / "summary.txt").read_text().count("lmbench GPU validation, stage 1") == 2
 
 
 def test_a_stage_out_of_time_skips_the_rest_and_still_packs(tmp_path):

@@ -141,11 +141,38 @@ def test_the_project_readme_gets_a_short_headline_table_between_its_markers(tmp_
     rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in text.splitlines()
             if line.startswith("| ") and " | " in line}
     link = "(reports/h100-80gb-hbm3-2026-11-26/stage1/runs/fp16/results.jsonl)"
-    assert rows["MFU gpt2-124m ≥ 45%"] == ["10.7% amp-bf16", f"[not met]{link} |"]  # the key left out
+    assert rows["MFU gpt2-124m ≥ 45%"] == ["10.7% amp-bf16", f"[not met]{link}", "2026-11-26 |"]  # the key left out
     # The caveat stays; its parenthetical threshold goes.
     assert rows["J/token"] == ["amp-bf16 4.429 mJ/token",
-                               f"[measured; windows too short to quote for amp-bf16]{link} |"]
-    assert rows["MFU llama-1b ≥ 50%"] == ["-", "not measured yet |"]
+                               f"[measured; windows too short to quote for amp-bf16]{link}", "2026-11-26 |"]
+    assert rows["MFU llama-1b ≥ 50%"] == ["-", "not measured yet", "- |"]
+
+
+def test_each_target_comes_from_the_newest_lease_of_that_gpu_that_measured_it(tmp_path):
+    """A lease measures a few stages: the targets it did not measure stand from earlier dates, never 'not
+    measured yet' over a figure already published; another GPU's folders are never mixed in."""
+    reports = tmp_path / "reports"
+    old, new = reports / "h100-80gb-hbm3-2026-11-26", reports / "h100-80gb-hbm3-2026-11-27"
+    other = reports / "h200-2026-11-28"
+    for folder, ratio in ((old, "1.0300"), (new, "0.9970"), (other, "1.5000")):
+        (folder / "stage10" / "logs").mkdir(parents=True)
+        (folder / "stage10" / "logs" / "pytest-overhead.txt").write_text(
+            f"gpu harness/bare median step time: {ratio}\n")
+    ci = old / "stage3" / "runs" / "ci"
+    ci.mkdir(parents=True)
+    (ci / "results.jsonl").write_text("".join(record("k1", "gpt2-124m", "amp-bf16", v, repeat=i)
+                                              for i, v in enumerate([100.0, 101.0])))
+    assert publish.same_gpu(new) == [new, old]
+    table = publish.targets_table(new, across=True).splitlines()
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in table[2:]}
+    assert rows["Harness overhead ≤ 1% of a bare loop's step time"] == [
+        "-0.30% of a bare loop's median step time", "met (2026-11-27)",
+        f"[stage10/logs/pytest-overhead.txt]({new.name}/stage10/logs/pytest-overhead.txt) |"]
+    assert rows["CV of tokens/s over 3 repeats ≤ 2% per ci-suite config"][1:] == [
+        "met (2026-11-26)", f"[stage3/runs/ci/results.jsonl]({old.name}/stage3/runs/ci/results.jsonl) |"]
+    # The folder's own README keeps to what that lease measured.
+    own = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in publish.targets_table(new).splitlines()}
+    assert own["CV of tokens/s over 3 repeats ≤ 2% per ci-suite config"][1] == "not measured yet"
 
 
 def test_energy_comes_from_stage_3s_long_windows_once_they_exist(tmp_path):
