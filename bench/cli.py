@@ -550,7 +550,7 @@ def calibrate(suite_name: str, repeats: int, out: Path | None, overrides: tuple[
               help="Keep batch x grad_accum near this many sequences, for comparable optimisation.")
 @click.option("--margin", type=click.FloatRange(min=0, max=1, max_open=True), default=_TUNE["margin"],
               show_default=True,
-              help="Back off this fraction from the largest fit, in [0, 1).")
+              help="Back off this fraction from the largest fit when a larger batch did not fit, in [0, 1).")
 @click.option("--min-batch", type=click.IntRange(min=1), default=_TUNE["min_batch"], show_default=True,
               help="The batch size the doubling starts from (each probe is a fresh process: a compiled model's probe "
                    "costs its compilation, so start near where the answer is).")

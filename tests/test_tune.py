@@ -58,6 +58,8 @@ def test_search_stops_at_max_batch(tmp_path):
     tuner = Tuner(BASE, RunDirectory(tmp_path / "run", resume=False), launch=FakeLauncher(10**6), max_batch=64)
     found = tuner.search(COMBO)
     assert found.largest_fitting == 64 and found.first_failing is None and "fits up to --max-batch 64" in found.note
+    # No batch failed: there is no edge to back off from, so the margin takes nothing off what fitted.
+    assert found.chosen == 64
 
 
 @pytest.mark.slow
@@ -221,7 +223,7 @@ def test_the_search_leaves_room_to_measure_what_it_found(tmp_path, monkeypatch):
 
     launcher = Slow(10**6)
     tuner = Tuner(BASE, RunDirectory(tmp_path / "run", resume=False), launch=launcher, budget_s=150, min_batch=16,
-                  max_batch=256, margin=0.0)
+                  max_batch=256, margin=0.1)
     found = tuner.search(COMBO)
     assert launcher.launched == [16, 32] and found.note == "budget ran out during the search (what is left measures " \
                                                            "batch 32)"
