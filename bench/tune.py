@@ -2,9 +2,10 @@
 
 For every combination of precision x kernels x checkpointing: grow the batch size by doubling until a
 probe runs out of memory, bisect between the last size that fitted and the first that did not, back
-off from that edge by a safety margin (not from a search that found no edge), then measure throughput at that size and a few below it. Probes are short
-runs (one warmup step, two measured) recorded in RUN_DIR/probes.jsonl, measurements are ordinary
-records in RUN_DIR/results.jsonl, so an interrupted tune resumes where it stopped.
+off from that edge by a safety margin (not from a search that found no edge), then measure throughput
+at that size and a few below it. Probes are short runs (one warmup step, two measured) recorded in
+RUN_DIR/probes.jsonl, measurements are ordinary records in RUN_DIR/results.jsonl, so an interrupted
+tune resumes where it stopped.
 
 A combination whose loss may stray from its reference (FP8 always, every one with --parity) gets a
 parity check first: PARITY_STEPS on the Markov corpus at the chosen batch, against the reference

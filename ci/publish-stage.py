@@ -14,8 +14,9 @@ folder's README.md is written again from every stage it holds:
 reports/README.md gets the targets table between its `<!-- targets:begin -->` and `<!-- targets:end -->`
 markers, and the project README a short one: each target from the newest folder of that GPU that measured it (a
 lease measures a few stages; the targets of the others stand from earlier dates). --merge adds a rerun of a
-stage to the one already published that day (the rerun's files win, both summaries are kept). A rehearsal on a CPU (`gpu-validate.sh --rehearse`) is refused unless
---allow-rehearsal (the tests publish one into a temporary folder).
+stage to the one already published that day (the rerun's files win, both summaries are kept). A rehearsal
+on a CPU (`gpu-validate.sh --rehearse`) is refused unless --allow-rehearsal (the tests publish one into a
+temporary folder).
 """
 
 from __future__ import annotations
