@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"case": name, "host_us_per_call": round(host, 2), "wall_us_per_call": round(wall, 2),
                      "error": ""})
     device = "cpu" if rehearsal else torch.cuda.get_device_name()
-    print(f"{device}; torch {torch.__version__}, triton {triton.__version__}; {3 if rehearsal else args.calls} calls each")
+    calls = 3 if rehearsal else args.calls
+    print(f"{device}; torch {torch.__version__}, triton {triton.__version__}; {calls} calls each")
     print(f"{'case':34} {'host us':>9} {'wall us':>9}")
     for r in rows:
         if r["error"]:
