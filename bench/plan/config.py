@@ -42,6 +42,10 @@ MODE_AXES: dict[str, frozenset[str]] = {
     "pp_schedule": frozenset({"pp"}),
     "microbatches": frozenset({"pp"}),
 }
+#: cuda_graph=true: eager steps before the capture (lmbench.run.stepgraph), and the warmup that keeps them and the
+#: capture out of the measured window.
+CUDA_GRAPH_EAGER_STEPS = 2
+CUDA_GRAPH_WARMUP = CUDA_GRAPH_EAGER_STEPS + 1
 #: Axes excluded from the config key: they change how long or where we wait, not what is measured.
 _UNKEYED = frozenset({"timeout_s"})
 #: The axes of the first key format. Every axis added since enters the key's hash only when it is set away
@@ -132,6 +136,10 @@ class Config:
     """Sample NVML (power, energy, memory, clocks, throttling) over the measured window."""
     telemetry_period_s: float = 0.05
     """Seconds between telemetry samples."""
+    cuda_graph: bool = False
+    """Capture the whole training step (forward, backward, optimizer) into one CUDA graph during the warmup and
+    replay it each step, so that the host's launch costs leave the step (one device; not with kernels=compile,
+    whose own graphs are mode=reduce-overhead's). A step that cannot be captured is an `error` row saying why."""
     profile: bool = False
     """After the measured window (never inside it), a few more steps under torch.profiler: a gzipped Chrome
     trace beside the record and the breakdown of where the step time goes."""
@@ -178,7 +186,7 @@ class Config:
             if not _positive_finite(value) or value > MAX_TIMEOUT_S:
                 raise ConfigError(f"{axis}={value!r} must be a positive, finite number of seconds "
                                   f"(at most {MAX_TIMEOUT_S:,.0f})")
-        for axis in ("telemetry", "gradient_as_bucket_view", "static_graph", "profile", "dropout"):
+        for axis in ("telemetry", "gradient_as_bucket_view", "static_graph", "profile", "dropout", "cuda_graph"):
             if not isinstance(getattr(self, axis), bool):
                 raise ConfigError(f"{axis}={getattr(self, axis)!r} must be true or false")
         if not (self.device in ("auto", "cpu", "cuda") or _is_cuda_index(self.device)):
@@ -343,6 +351,7 @@ DEFAULT_REASONS: dict[str, str] = {
     "telemetry": "power, energy and clocks are part of every measurement where NVML is there",
     "telemetry_period_s": "20 samples a second: enough for a power profile, costs well under 1% of a core",
     "profile": "off: the profiler runs extra steps after the window; turn it on for configurations to explain",
+    "cuda_graph": "off: PyTorch as users run it, the host launching every kernel; a graph is a choice to measure",
     "label_smoothing": "none: the plain cross-entropy every model is trained with by default",
     "val_frac": "a tenth of the corpus held out, as WikiText-style splits hold out a few percent to a tenth",
     "eval_every": "off: a throughput run needs no held-out loss; quality runs set how often",

@@ -11,7 +11,7 @@ from lmbench.measure.environment import Platform
 from lmbench.models import float8
 from lmbench.models.kernel_sets import KERNEL_SETS, apex_problem
 from lmbench.models.registry import MODELS
-from lmbench.plan.config import Config
+from lmbench.plan.config import CUDA_GRAPH_WARMUP, Config
 from lmbench.plan.layout import DEFAULT_TP_DEGREE, DISTRIBUTED, MODEL_PARALLEL, problem
 
 #: Axis values that a later version fills in; until then they are skipped, never a crash.
@@ -114,4 +114,28 @@ def skip_reason(config: Config, platform: Platform) -> str | None:
             return f"optimizer=apex-adam needs a CUDA GPU and Apex's FusedAdam: {apex_missing or 'this is a CPU'}"
     if config.kernels == "compile" and config.warmup < 1:
         return "kernels=compile needs warmup >= 1 so compilation stays out of the measured window"
+    return _cuda_graph_problem(config)
+
+
+def _cuda_graph_problem(config: Config) -> str | None:
+    """Why cuda_graph=true cannot run this configuration, or None (lmbench.run.stepgraph)."""
+    if not config.cuda_graph:
+        return None
+    if not config.device.startswith("cuda"):
+        return "cuda_graph=true needs a CUDA GPU: a CUDA graph holds the step's kernels"
+    if config.parallel != "none":
+        return (f"cuda_graph=true is implemented for parallel=none; parallel={config.parallel} would need its "
+                "collectives captured too")
+    if config.kernels == "compile":
+        return ("cuda_graph=true with kernels=compile: torch.compile makes its own CUDA graphs "
+                "(mode=reduce-overhead), which lmbench does not offer yet")
+    if config.optimizer == "apex-adam":
+        return "cuda_graph=true with optimizer=apex-adam: Apex's FusedAdam has no capturable mode"
+    if config.precision == "fp16":
+        return ("cuda_graph=true with precision=fp16: its loss scaling decides on the host whether to skip each "
+                "step (lmbench.run.precision.Fp16), which a CUDA graph cannot hold; amp-fp16's scaler decides on "
+                "the device")
+    if config.warmup < CUDA_GRAPH_WARMUP:
+        return (f"cuda_graph=true needs warmup >= {CUDA_GRAPH_WARMUP}: its eager steps and the capture stay out of the "
+                "measured window")
     return None

@@ -154,6 +154,12 @@ class TrainingStep:
                                            val_frac=config.val_frac, device=device)
         self._attention = _attention_context(config.attention)
         self._next = 0
+        self.graph = None
+        """With cuda_graph=true: the StepGraph that captures and replays the step (lmbench.run.stepgraph)."""
+        if config.cuda_graph:
+            from lmbench.run.stepgraph import StepGraph
+
+            self.graph = StepGraph(self, self._eager_step)
 
     @property
     def reruns_attention(self) -> bool:
@@ -190,6 +196,10 @@ class TrainingStep:
         return [Batch(b.input_ids[slice_of].contiguous(), b.labels[slice_of].contiguous()) for b in batches]
 
     def __call__(self) -> torch.Tensor:
+        """One optimizer step; its loss (detached, fp32) as a device tensor, never read on the host here."""
+        return self.graph() if self.graph is not None else self._eager_step()
+
+    def _eager_step(self) -> torch.Tensor:
         if self.pipeline is not None:
             return self._pipeline_step()
         accum = self.config.grad_accum

@@ -1,0 +1,116 @@
+"""The whole training step as one CUDA graph (`cuda_graph=true`): captured once in the warmup, replayed each step.
+
+Eager PyTorch launches every kernel of a step from Python, and when the host needs longer to launch them than
+the device needs to run them, the device waits: on the H100 (2026-11-27) GPT-2 with our Triton kernels ran 52.6
+ms steps that held about 25 ms of device work, and every Triton norm's fwd+bwd cost 0.5-0.8 ms a call with the
+host in the loop for 0.08 ms on the device. Captured, the forward, backward and optimizer update replay with
+no host in between; what is left of the host each step is a copy of the next micro-batches into the graph's
+input buffers, the replay and a copy of the loss out.
+
+Before the capture, EAGER_STEPS ordinary steps run on a side stream, as torch.cuda.graphs' whole-network example
+does (the optimizer's state, cuBLAS workspaces, Triton's compilation and autotuning come into being there),
+under torch's sync debug mode set to "error": a step that waits for the device on the host (an `.item()`, a
+data-dependent shape) cannot be captured, and says so before any capture. A capture records without running,
+so the call that captures also replays. All of it happens within the warmup (feasibility asks for warmup >=
+CUDA_GRAPH_WARMUP); nothing of it is in the measured window.
+
+The optimizer's parameter groups are made capturable (its step count on the device) before its first step.
+Gradients are set to None at the end of each step, so the backward inside the capture allocates them from the
+graph's own memory pool, as the whole-network example does. Dropout draws from the default CUDA generator,
+which the capture registers: each replay draws new masks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from lmbench.errors import LmbenchError, one_line
+from lmbench.measure.graphtime import SYNC_ERROR
+from lmbench.plan.config import CUDA_GRAPH_EAGER_STEPS as EAGER_STEPS
+from lmbench.run.data import Batch
+
+if TYPE_CHECKING:
+    import torch
+
+
+class StepNotCapturable(LmbenchError):
+    """The training step cannot run as a CUDA graph; the message says why (the record's reason)."""
+
+
+class StepGraph:
+    """Runs `step` (a TrainingStep; `run`, its eager step) eagerly EAGER_STEPS times, then captures and replays it."""
+
+    def __init__(self, step: Any, run: Callable[[], torch.Tensor]) -> None:
+        device = step.batches[0].input_ids.device
+        if device.type != "cuda":
+            raise StepNotCapturable(f"cuda_graph=true needs a CUDA device, not {device}")
+        self.step, self.run = step, run
+        self.pool = step.batches
+        accum = step.config.grad_accum
+        # One input buffer per micro-batch of a step, refilled from the pool before each call.
+        self.inputs = [Batch(self.pool[i % len(self.pool)].input_ids.clone(),
+                             self.pool[i % len(self.pool)].labels.clone()) for i in range(accum)]
+        step.batches = self.inputs
+        self._next = 0
+        self.eager_steps = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.loss: torch.Tensor | None = None
+        for group in step.precision.optimizer.param_groups:
+            if "capturable" not in group:
+                raise StepNotCapturable(f"optimizer {type(step.precision.optimizer).__name__} cannot be captured "
+                                        "in a CUDA graph (it has no capturable mode)")
+            group["capturable"] = True
+
+    def _refill(self) -> None:
+        """The next micro-batches of the pool into the graph's input buffers (device-to-device copies)."""
+        for buffer in self.inputs:
+            batch = self.pool[self._next % len(self.pool)]
+            self._next += 1
+            buffer.input_ids.copy_(batch.input_ids)
+            buffer.labels.copy_(batch.labels)
+        self.step._next = 0
+
+    def __call__(self) -> torch.Tensor:
+        self._refill()
+        if self.graph is None:
+            if self.eager_steps < EAGER_STEPS:
+                self.eager_steps += 1
+                return self._eager()
+            self._capture()
+        self.graph.replay()
+        return self.loss.clone()
+
+    def _eager(self) -> torch.Tensor:
+        import torch
+
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        before = torch.cuda.get_sync_debug_mode()
+        try:
+            torch.cuda.set_sync_debug_mode("error")
+            with torch.cuda.stream(side):
+                loss = self.run()
+        except RuntimeError as err:
+            if SYNC_ERROR in str(err):
+                raise StepNotCapturable(f"cuda_graph=true: the step waits for the device on the host, which a "
+                                        f"CUDA graph cannot hold ({one_line(err)})") from err
+            raise
+        finally:
+            torch.cuda.set_sync_debug_mode(before)
+        torch.cuda.current_stream().wait_stream(side)
+        return loss
+
+    def _capture(self) -> None:
+        import torch
+
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                loss = self.run()
+        except torch.OutOfMemoryError:
+            raise
+        except RuntimeError as err:
+            raise StepNotCapturable(f"cuda_graph=true: the capture of the step failed ({one_line(err)})") from err
+        self.graph, self.loss = graph, loss
