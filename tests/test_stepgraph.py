@@ -26,14 +26,30 @@ CPU = dataclasses.replace(H100, cuda_available=False, device_count=0, capability
     ({"kernels": "compile"}, "cuda_graph=true with kernels=compile: torch.compile makes its own CUDA graphs "
                              "(mode=reduce-overhead), which lmbench does not offer yet"),
     ({"precision": "fp16"}, "cuda_graph=true with precision=fp16: its loss scaling decides on the host whether to "
-                            "skip each step (lmbench.run.precision.Fp16), which a CUDA graph cannot hold; amp-fp16's "
-                            "scaler decides on the device"),
+                            "skip each step (lmbench.run.precision.Fp16), which a CUDA graph cannot hold"),
+    ({"precision": "amp-fp16", "optimizer": "adamw"},
+     "cuda_graph=true with precision=amp-fp16 and optimizer=adamw: GradScaler reads the overflow flags on the host "
+     "unless the optimizer is fused (optimizer=adamw-fused)"),
+    ({"kernels": "liger", "model": "tiny-llama"},
+     "cuda_graph=true with kernels=liger: Liger's fused linear cross-entropy counts the labels on the host (an "
+     ".item() every step), which a CUDA graph cannot hold"),
+    ({"checkpointing": "selective"}, "cuda_graph=true with checkpointing=selective: torch.utils.checkpoint saves and "
+                                     "restores the CUDA generator's state, which a capture forbids"),
     ({"warmup": CUDA_GRAPH_WARMUP - 1}, f"cuda_graph=true needs warmup >= {CUDA_GRAPH_WARMUP}: its eager steps and the "
                                     "capture stay out of the measured window"),
 ])
 def test_configurations_a_step_graph_cannot_run_are_skipped_with_the_reason(axes, reason):
     config = Config(**{"device": "cuda", "cuda_graph": True, **axes})
     assert skip_reason(config, CPU if config.device == "cpu" else H100) == reason
+
+
+@pytest.mark.parametrize("axes", [{"kernels": "apex"}, {"optimizer": "apex-adam"}])
+def test_apex_adam_is_refused_even_where_apex_is_installed(axes):
+    from lmbench.plan.feasibility import _cuda_graph_problem
+
+    assert _cuda_graph_problem(Config(device="cuda", cuda_graph=True, **axes)) == (
+        "cuda_graph=true with Apex's FusedAdam (optimizer=apex-adam, or kernels=apex's): lmbench does not build it "
+        "capturable (its capturable mode is a constructor argument with the lr on the device)")
 
 
 def test_a_capturable_configuration_is_not_skipped_and_off_changes_no_key():
@@ -68,10 +84,13 @@ def test_a_replayed_step_trains_as_the_eager_step(model, kernels, precision, acc
     pool; the losses are the eager run's (dropout off: a graph's masks come from other Philox offsets)."""
     base = Config(model=model, batch_size=2, seq_len=32, grad_accum=accum, precision=precision, kernels=kernels,
                   device="cuda", dropout=False, steps=8, warmup=0)
-    eager = losses(base, 8)
-    graphed = losses(base.replace(cuda_graph=True), 8)
+    eager = torch.tensor(losses(base, 8))
+    graphed = torch.tensor(losses(base.replace(cuda_graph=True), 8))
     assert eager[-1] < eager[0]
-    torch.testing.assert_close(torch.tensor(graphed), torch.tensor(eager), rtol=1e-4, atol=1e-4)
+    # Backward kernels may add with atomics: the bound is how far eager lands from itself, or 1e-4.
+    noise = (torch.tensor(losses(base, 8)) - eager).abs().max().item()
+    apart = (graphed - eager).abs().max().item()
+    assert apart <= max(1e-4, 4 * noise), f"graphed {apart:.3g} from eager; eager run to run {noise:.3g}"
 
 
 @pytest.mark.gpu
@@ -82,3 +101,60 @@ def test_a_step_that_waits_on_the_host_is_refused_before_any_capture(monkeypatch
     monkeypatch.setattr(step.graph, "run", lambda: real() + real().item() * 0)
     with pytest.raises(StepNotCapturable, match="the step waits for the device on the host"):
         step()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("model", ["tiny-gpt2", "tiny-llama"])
+def test_the_captured_step_attends_as_the_eager_one(monkeypatch, model):
+    """No explicit mask: transformers' packed-sequence check, which hands SDPA a mask while the stream is capturing,
+    is answered without it (never_packed), so flash attention stays possible in the graph."""
+    import torch.nn.functional as F
+
+    seen = []
+    real = F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs.get("attn_mask") is None and (len(args) < 4 or args[3] is None),
+                     bool(kwargs.get("is_causal", False)), torch.cuda.is_current_stream_capturing()))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    step = TrainingStep(Config(model=model, batch_size=2, seq_len=32, device="cuda", cuda_graph=True, dropout=False),
+                        torch.device("cuda"))
+    for _ in range(3):  # two eager steps and the capture
+        step()
+    assert {capturing for _, _, capturing in seen} == {False, True}
+    assert all(no_mask and causal for no_mask, causal, _ in seen), seen
+
+
+@pytest.mark.gpu
+def test_the_allocated_peak_of_a_graphed_run_holds_the_step_it_replays(tmp_path):
+    """A replay allocates nothing: without the capture's peak the window's would leave out activations."""
+    from click.testing import CliRunner
+
+    from lmbench.analyze import results
+    from lmbench.cli import cli
+
+    out = tmp_path / "run"
+    done = CliRunner().invoke(cli, ["run", "--out", str(out), "--device", "cuda", "--set", "model=tiny-gpt2",
+                                    "--set", "batch_size=8", "--set", "seq_len=256", "--set", "steps=5",
+                                    "--set", "warmup=3", "--set", "cuda_graph=false,true", "--set", "dropout=false"])
+    assert done.exit_code == 0, done.output
+    records = {r["config"]["cuda_graph"]: r for r in results.read(out).records}
+    assert all(r["status"] == "ok" for r in records.values()), [r["reason"] for r in records.values()]
+    eager, graphed = (records[flag]["metrics"]["mem_peak_allocated_bytes"] for flag in (False, True))
+    assert graphed >= 0.9 * eager
+
+
+def test_never_packed_answers_as_transformers_does_for_the_unpacked_sequences_lmbench_trains_on(monkeypatch):
+    from transformers import masking_utils
+
+    from lmbench.run.stepgraph import never_packed
+
+    original = masking_utils.find_packed_sequence_indices
+    monkeypatch.setattr(masking_utils, "find_packed_sequence_indices", original)  # restored after the test
+    positions = torch.arange(16).expand(2, 16)
+    assert original(positions) is None  # one sequence a row: what lmbench's batches always are
+    assert original(torch.tensor([[0, 1, 2, 0, 1, 2]])) is not None  # packed: never made by lmbench
+    never_packed()
+    assert masking_utils.find_packed_sequence_indices(positions) is None

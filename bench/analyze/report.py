@@ -239,9 +239,10 @@ def _profiler_note(m: dict[str, Any]) -> str:
     """Why the breakdown may not describe the window: the profiler records every op on the host, so a step that
     was host-bound or nearly so runs slower under it and its device idles more than in the window."""
     slowdown = _profiled_slowdown(m)
-    if slowdown is None or slowdown <= PROFILER_SLOWDOWN_NOTE:
-        return ""
-    return "slower under the profiler (its host cost): idle overstated"
+    notes = [m.get("profile_note") or ""]
+    if slowdown is not None and slowdown > PROFILER_SLOWDOWN_NOTE:
+        notes.append("slower under the profiler (its host cost): idle overstated")
+    return "; ".join(note for note in notes if note)
 
 
 def time_sections(records: list[dict[str, Any]]) -> dict[str, Grid]:

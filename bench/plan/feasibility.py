@@ -129,12 +129,22 @@ def _cuda_graph_problem(config: Config) -> str | None:
     if config.kernels == "compile":
         return ("cuda_graph=true with kernels=compile: torch.compile makes its own CUDA graphs "
                 "(mode=reduce-overhead), which lmbench does not offer yet")
-    if config.optimizer == "apex-adam":
-        return "cuda_graph=true with optimizer=apex-adam: Apex's FusedAdam has no capturable mode"
+    if config.kernels == "liger":
+        return ("cuda_graph=true with kernels=liger: Liger's fused linear cross-entropy counts the labels on the "
+                "host (an .item() every step), which a CUDA graph cannot hold")
+    optimizer = KERNEL_SETS[config.kernels].optimizer or config.optimizer
+    if optimizer == "apex-adam":
+        return ("cuda_graph=true with Apex's FusedAdam (optimizer=apex-adam, or kernels=apex's): lmbench does not "
+                "build it capturable (its capturable mode is a constructor argument with the lr on the device)")
     if config.precision == "fp16":
         return ("cuda_graph=true with precision=fp16: its loss scaling decides on the host whether to skip each "
-                "step (lmbench.run.precision.Fp16), which a CUDA graph cannot hold; amp-fp16's scaler decides on "
-                "the device")
+                "step (lmbench.run.precision.Fp16), which a CUDA graph cannot hold")
+    if config.precision == "amp-fp16" and optimizer != "adamw-fused":
+        return (f"cuda_graph=true with precision=amp-fp16 and optimizer={optimizer}: GradScaler reads the overflow "
+                "flags on the host unless the optimizer is fused (optimizer=adamw-fused)")
+    if config.checkpointing != "none":
+        return (f"cuda_graph=true with checkpointing={config.checkpointing}: torch.utils.checkpoint saves and "
+                "restores the CUDA generator's state, which a capture forbids")
     if config.warmup < CUDA_GRAPH_WARMUP:
         return (f"cuda_graph=true needs warmup >= {CUDA_GRAPH_WARMUP}: its eager steps and the capture stay out of the "
                 "measured window")

@@ -10,9 +10,21 @@ input buffers, the replay and a copy of the loss out.
 Before the capture, EAGER_STEPS ordinary steps run on a side stream, as torch.cuda.graphs' whole-network example
 does (the optimizer's state, cuBLAS workspaces, Triton's compilation and autotuning come into being there),
 under torch's sync debug mode set to "error": a step that waits for the device on the host (an `.item()`, a
-data-dependent shape) cannot be captured, and says so before any capture. A capture records without running,
-so the call that captures also replays. All of it happens within the warmup (feasibility asks for warmup >=
-CUDA_GRAPH_WARMUP); nothing of it is in the measured window.
+data-dependent shape) cannot be captured, and most such steps say so there, before any capture (the mode does
+not see a device-wide synchronize or a read of the generator's state; those fail the capture itself, whose
+cause is then reported). A capture records without running, so the call that captures also replays. All of it
+happens within the warmup (feasibility asks for warmup >= CUDA_GRAPH_WARMUP); nothing of it is in the
+measured window.
+
+transformers looks for packed sequences in every forward of GPT-2 and Llama (masking_utils'
+find_packed_sequence_indices): a `.all()` on the device, read on the host, unless it is tracing, in which case
+it hands SDPA an explicit mask in place of is_causal, and flash attention cannot take one. lmbench never packs
+sequences, for which that function returns None; under cuda_graph it returns None without looking
+(never_packed), so the captured step attends as the eager one does.
+
+Memory: the window's replays allocate nothing, so the allocator's peak over the window would leave out the
+step's activations and gradients, which live in the graph's private pool; the peak of the capture is kept
+(capture_peak_allocated_bytes) and the record's allocated peak is the larger of the two.
 
 The optimizer's parameter groups are made capturable (its step count on the device) before its first step.
 Gradients are set to None at the end of each step, so the backward inside the capture allocates them from the
@@ -56,6 +68,8 @@ class StepGraph:
         self.eager_steps = 0
         self.graph: torch.cuda.CUDAGraph | None = None
         self.loss: torch.Tensor | None = None
+        self.capture_peak_allocated_bytes: int | None = None
+        never_packed()
         for group in step.precision.optimizer.param_groups:
             if "capturable" not in group:
                 raise StepNotCapturable(f"optimizer {type(step.precision.optimizer).__name__} cannot be captured "
@@ -105,12 +119,38 @@ class StepGraph:
         import torch
 
         torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph):
                 loss = self.run()
-        except torch.OutOfMemoryError:
-            raise
         except RuntimeError as err:
-            raise StepNotCapturable(f"cuda_graph=true: the capture of the step failed ({one_line(err)})") from err
+            # torch.cuda.graph's exit reports "a previous error during capture"; the cause is the one it hides.
+            cause = err.__context__ if isinstance(err.__context__, BaseException) else err
+            if isinstance(cause, torch.OutOfMemoryError) or isinstance(err, torch.OutOfMemoryError):
+                raise cause if isinstance(cause, torch.OutOfMemoryError) else err
+            raise StepNotCapturable(f"cuda_graph=true: the capture of the step failed ({one_line(cause)})") from err
+        self.capture_peak_allocated_bytes = torch.cuda.max_memory_allocated()
         self.graph, self.loss = graph, loss
+
+    def with_capture_peak(self, peaks: dict[str, Any]) -> dict[str, Any]:
+        """The window's allocator peaks, the allocated one raised to the capture's (see the module docstring)."""
+        window = peaks.get("mem_peak_allocated_bytes")
+        if self.capture_peak_allocated_bytes is None or window is None:
+            return peaks
+        return {**peaks, "mem_peak_allocated_bytes": max(window, self.capture_peak_allocated_bytes)}
+
+
+def never_packed() -> None:
+    """transformers' packed-sequence check returns None (not packed) without reading the device (see the module
+    docstring); a transformers without it is left as it is."""
+    try:
+        from transformers import masking_utils
+    except ImportError:
+        return
+    if hasattr(masking_utils, "find_packed_sequence_indices"):
+        masking_utils.find_packed_sequence_indices = _not_packed
+
+
+def _not_packed(position_ids: Any) -> None:
+    return None
