@@ -107,7 +107,8 @@ def test_a_step_that_waits_on_the_host_is_refused_before_any_capture(monkeypatch
 @pytest.mark.parametrize("model", ["tiny-gpt2", "tiny-llama"])
 def test_the_captured_step_attends_as_the_eager_one(monkeypatch, model):
     """No explicit mask: transformers' packed-sequence check, which hands SDPA a mask while the stream is capturing,
-    is answered without it (never_packed), so flash attention stays possible in the graph."""
+    is answered without it (lmbench.models.registry.never_packed), so flash attention stays possible in the
+    graph."""
     import torch.nn.functional as F
 
     seen = []
@@ -145,16 +146,3 @@ def test_the_allocated_peak_of_a_graphed_run_holds_the_step_it_replays(tmp_path)
     eager, graphed = (records[flag]["metrics"]["mem_peak_allocated_bytes"] for flag in (False, True))
     assert graphed >= 0.9 * eager
 
-
-def test_never_packed_answers_as_transformers_does_for_the_unpacked_sequences_lmbench_trains_on(monkeypatch):
-    from transformers import masking_utils
-
-    from lmbench.run.stepgraph import never_packed
-
-    original = masking_utils.find_packed_sequence_indices
-    monkeypatch.setattr(masking_utils, "find_packed_sequence_indices", original)  # restored after the test
-    positions = torch.arange(16).expand(2, 16)
-    assert original(positions) is None  # one sequence a row: what lmbench's batches always are
-    assert original(torch.tensor([[0, 1, 2, 0, 1, 2]])) is not None  # packed: never made by lmbench
-    never_packed()
-    assert masking_utils.find_packed_sequence_indices(positions) is None

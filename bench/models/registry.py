@@ -172,8 +172,37 @@ def build_model(spec: ModelSpec, *, attention: str, device: torch.device | str |
     import torch
 
     hf_attention = "sdpa" if attention == "math" else attention
+    if FAMILY_MODULES[spec.family].startswith("transformers."):
+        never_packed()
     with torch.device(device) if device is not None else contextlib.nullcontext():
         return BUILDERS[spec.family](spec, hf_attention, dropout)
+
+
+def never_packed() -> None:
+    """transformers' check for packed sequences answers "not packed" without looking: what it answers for every
+    batch lmbench makes (one sequence a row), minus the two ways the check itself changes what is measured.
+
+    transformers (masking_utils.find_packed_sequence_indices, in every GPT-2, Llama and BERT forward without an
+    attention mask) reads `(mask[:, -1] == 0).all()` on the host, a synchronisation in every step that keeps the
+    host from running ahead and that a CUDA graph cannot hold; and while tracing (torch.compile, a CUDA graph
+    capture) it skips that read and hands SDPA an explicit [B, 1, T, T] mask with is_causal=False, which flash
+    attention cannot take and which gives up skipping the masked half of the attention (tests/test_models.py: a
+    compiled GPT-2's SDPA calls got a mask, the eager one's none). lmbench's compile rows would have timed
+    masked attention against eager's causal flash attention. A transformers without the check is left alone.
+    """
+    try:
+        from transformers import masking_utils
+    except ImportError:
+        return
+    check = getattr(masking_utils, "find_packed_sequence_indices", None)
+    if check is not None and check is not _not_packed:
+        _not_packed.replaced = check  # type: ignore[attr-defined]
+        masking_utils.find_packed_sequence_indices = _not_packed
+
+
+def _not_packed(position_ids: Any) -> None:
+    """What replaces transformers' check (`_not_packed.replaced` is the check itself)."""
+    return None
 
 
 #: ATen ops whose outputs selective checkpointing keeps (the expensive ones).

@@ -16,11 +16,9 @@ cause is then reported). A capture records without running, so the call that cap
 happens within the warmup (feasibility asks for warmup >= CUDA_GRAPH_WARMUP); nothing of it is in the
 measured window.
 
-transformers looks for packed sequences in every forward of GPT-2 and Llama (masking_utils'
-find_packed_sequence_indices): a `.all()` on the device, read on the host, unless it is tracing, in which case
-it hands SDPA an explicit mask in place of is_causal, and flash attention cannot take one. lmbench never packs
-sequences, for which that function returns None; under cuda_graph it returns None without looking
-(never_packed), so the captured step attends as the eager one does.
+transformers' packed-sequence check, a host read in every GPT-2 and Llama forward that would refuse the step
+and, while capturing, an explicit attention mask, is answered without looking for every model lmbench builds
+(lmbench.models.registry.never_packed): the captured step attends as the eager one does.
 
 Memory: the window's replays allocate nothing, so the allocator's peak over the window would leave out the
 step's activations and gradients, which live in the graph's private pool; the peak of the capture is kept
@@ -69,7 +67,6 @@ class StepGraph:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.loss: torch.Tensor | None = None
         self.capture_peak_allocated_bytes: int | None = None
-        never_packed()
         for group in step.precision.optimizer.param_groups:
             if "capturable" not in group:
                 raise StepNotCapturable(f"optimizer {type(step.precision.optimizer).__name__} cannot be captured "
@@ -140,17 +137,3 @@ class StepGraph:
             return peaks
         return {**peaks, "mem_peak_allocated_bytes": max(window, self.capture_peak_allocated_bytes)}
 
-
-def never_packed() -> None:
-    """transformers' packed-sequence check returns None (not packed) without reading the device (see the module
-    docstring); a transformers without it is left as it is."""
-    try:
-        from transformers import masking_utils
-    except ImportError:
-        return
-    if hasattr(masking_utils, "find_packed_sequence_indices"):
-        masking_utils.find_packed_sequence_indices = _not_packed
-
-
-def _not_packed(position_ids: Any) -> None:
-    return None
