@@ -1,0 +1,61 @@
+"""No host synchronisation inside a training step: the device is synchronised at the window's edges only.
+
+A read of a device value on the host (`.item()`, `bool(tensor)`, `nonzero`) inside a step makes the host wait
+for the device every step, so it can no longer queue the next step's work ahead; on a GPU that shows as idle
+time charged to the model. torch dispatches each such read to one of SYNC_OPS, so a dispatch spy over a real
+step finds them on a CPU too. transformers' packed-sequence check was one in every GPT-2, Llama and BERT
+forward (lmbench.models.registry.never_packed answers it without reading).
+"""
+
+import collections
+import traceback
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from lmbench.plan.config import Config
+from lmbench.run.training import TrainingStep
+
+SYNC_OPS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default,
+            torch.ops.aten.nonzero.default}
+
+
+class HostReads(TorchDispatchMode):
+    """Counts the ops that read a device value on the host, by op and the caller's file:line outside torch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: collections.Counter = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if func in SYNC_OPS:
+            caller = next((f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}"
+                           for frame in reversed(traceback.extract_stack()[:-1])
+                           if "/torch/" not in frame.filename), "?")
+            self.found[f"{func} from {caller}"] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def host_reads(config: Config) -> collections.Counter:
+    step = TrainingStep(config, torch.device("cpu"))
+    step()  # the first step creates the optimizer's state
+    with HostReads() as spy:
+        step()
+    return spy.found
+
+
+@pytest.mark.parametrize("model", ["tiny-gpt2", "tiny-llama", "tiny-bert-mlm", "tiny-torch-transformer-lm"])
+@pytest.mark.parametrize(("kernels", "precision"), [("eager", "fp32"), ("eager", "amp-fp16"), ("eager", "bf16"),
+                                                    ("triton", "amp-bf16")])
+def test_a_training_step_never_reads_the_device_on_the_host(model, kernels, precision):
+    config = Config(model=model, batch_size=2, seq_len=16, device="cpu", kernels=kernels, precision=precision,
+                    grad_accum=2, label_smoothing=0.1 if model == "tiny-llama" else 0.0)
+    assert host_reads(config) == {}
+
+
+def test_fp16_master_weights_read_one_overflow_flag_a_step_and_the_spy_sees_it():
+    """The one read lmbench makes on purpose (precision=fp16 decides on the host whether to skip the step, as
+    Apex does), which also shows that the spy finds what it looks for."""
+    found = host_reads(Config(model="tiny-gpt2", batch_size=2, seq_len=16, device="cpu", precision="fp16"))
+    assert list(found.values()) == [1] and "precision.py" in next(iter(found))
