@@ -3,7 +3,7 @@
 A read of a device value on the host (`.item()`, `bool(tensor)`, `nonzero`) inside a step makes the host wait
 for the device every step, so it can no longer queue the next step's work ahead; on a GPU that shows as idle
 time charged to the model. torch dispatches each such read to one of SYNC_OPS, so a dispatch spy over a real
-step finds them on a CPU too. transformers' packed-sequence check was one in every GPT-2, Llama and BERT
+step finds them on a CPU too (and on a GPU, where gpu-validate's stage 10 runs this file). transformers' packed-sequence check was one in every GPT-2, Llama and BERT
 forward (lmbench.models.registry.never_packed answers it without reading).
 """
 
@@ -17,6 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from lmbench.plan.config import Config
 from lmbench.run.training import TrainingStep
 
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 SYNC_OPS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default,
             torch.ops.aten.nonzero.default}
 
@@ -38,7 +39,7 @@ class HostReads(TorchDispatchMode):
 
 
 def host_reads(config: Config) -> collections.Counter:
-    step = TrainingStep(config, torch.device("cpu"))
+    step = TrainingStep(config, DEVICE)
     step()  # the first step creates the optimizer's state
     with HostReads() as spy:
         step()
@@ -49,7 +50,7 @@ def host_reads(config: Config) -> collections.Counter:
 @pytest.mark.parametrize(("kernels", "precision"), [("eager", "fp32"), ("eager", "amp-fp16"), ("eager", "bf16"),
                                                     ("triton", "amp-bf16")])
 def test_a_training_step_never_reads_the_device_on_the_host(model, kernels, precision):
-    config = Config(model=model, batch_size=2, seq_len=16, device="cpu", kernels=kernels, precision=precision,
+    config = Config(model=model, batch_size=2, seq_len=16, device=DEVICE.type, kernels=kernels, precision=precision,
                     grad_accum=2, label_smoothing=0.1 if model == "tiny-llama" else 0.0)
     assert host_reads(config) == {}
 
@@ -57,5 +58,5 @@ def test_a_training_step_never_reads_the_device_on_the_host(model, kernels, prec
 def test_fp16_master_weights_read_one_overflow_flag_a_step_and_the_spy_sees_it():
     """The one read lmbench makes on purpose (precision=fp16 decides on the host whether to skip the step, as
     Apex does), which also shows that the spy finds what it looks for."""
-    found = host_reads(Config(model="tiny-gpt2", batch_size=2, seq_len=16, device="cpu", precision="fp16"))
+    found = host_reads(Config(model="tiny-gpt2", batch_size=2, seq_len=16, device=DEVICE.type, precision="fp16"))
     assert list(found.values()) == [1] and "precision.py" in next(iter(found))
