@@ -24,7 +24,8 @@ Memory: the window's replays allocate nothing, so the allocator's peak over the 
 step's activations and gradients, which live in the graph's private pool; the peak of the capture is kept
 (capture_peak_allocated_bytes) and the record's allocated peak is the larger of the two.
 
-The optimizer's parameter groups are made capturable (its step count on the device) before its first step.
+The optimizer's parameter groups are made capturable (its step count on the device) before its first step;
+lmbench's learning rate is constant, so the captured update holds it as it is.
 Gradients are set to None at the end of each step, so the backward inside the capture allocates them from the
 graph's own memory pool, as the whole-network example does. Dropout draws from the default CUDA generator,
 which the capture registers: each replay draws new masks.
