@@ -347,12 +347,12 @@ case $STAGE in
         # Budgets from the H100 (2026-11-27): a compiled GPT-2 configuration costs 60 s (20 s start, 40 s
         # compiling), a Llama one with ours 20-25 s; a tune's step allows its budget and one configuration more.
         step "tune-$GPT2" "$TUNE_GPT2_S" "$PY" -m lmbench.cli tune --model "$GPT2" --seq-len "$SEQ" --precision amp-bf16 \
-            --checkpointing none --budget-minutes "$(tune_minutes "$TUNE_GPT2_S" 70)" --steps 10 \
+            --checkpointing none --budget-minutes "$(tune_minutes "$TUNE_GPT2_S" 70)" --steps 30 \
             --max-batch "$TUNE_MAX_BATCH" --device "$DEVICE" --out "$WORK/runs/tune-$GPT2" --set profile=true \
             --kernels compile --warmup 8 --set vocab_multiple=64 --set dropout=false --min-batch "$((2 * BATCH))"
         step "tune-$LLAMA" "$TUNE_LLAMA_S" "$PY" -m lmbench.cli tune --model "$LLAMA" --seq-len "$SEQ" \
             --precision amp-bf16 --checkpointing none --budget-minutes "$(tune_minutes "$TUNE_LLAMA_S" 30)" \
-            --steps 10 --max-batch "$TUNE_MAX_BATCH" --device "$DEVICE" --out "$WORK/runs/tune-$LLAMA" \
+            --steps 30 --max-batch "$TUNE_MAX_BATCH" --device "$DEVICE" --out "$WORK/runs/tune-$LLAMA" \
             --set profile=true --kernels triton --warmup 3 --min-batch "$((2 * BATCH))"
         report
         ;;

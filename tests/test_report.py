@@ -346,7 +346,7 @@ def test_where_the_time_goes_and_the_roofline(tmp_path):
     grids = report.time_sections(records)
     # The hand-made window's median step is 1.024 s, so the profiled 50 ms one is 95% faster: no note.
     assert grids["time"].rows == [["fp32", "50.00", "-95%", "10.0%", "0.0%", "20.0%", "40.0%", "20.0%", "0.0%",
-                                   "10.0%", "-", ""]]
+                                   "10.0%", "-", "other kernels 20% (matmul + attention 60%)", ""]]
     assert grids["kernels"].rows == [["fp32", "sm90_xmma_gemm", "20.000", "12", ""]]
     for r in records:
         r["metrics"].update(hardware_flops_per_token=1e9, params=10**9, devices=1)
@@ -401,6 +401,7 @@ def test_a_breakdown_slower_than_its_window_says_the_profiler_overstates_idle():
     grid = report.time_sections([slow, close, old])["time"]
     rows = {row[0]: dict(zip(grid.headers, row)) for row in grid.rows}
     assert rows["fp16"]["vs window"] == "+18%" and "idle overstated" in rows["fp16"]["note"]
+    assert rows["fp16"]["held back most by"] == "the host (GPU idle) 36% (matmul + attention 33%)"
     assert rows["amp-bf16"]["vs window"] == "+2%" and rows["amp-bf16"]["note"] == ""
     assert rows["fp32"]["vs window"] == "+35%" and "idle overstated" in rows["fp32"]["note"]
 

@@ -245,6 +245,23 @@ def _profiler_note(m: dict[str, Any]) -> str:
     return "; ".join(note for note in notes if note)
 
 
+#: What each share of a profiled step that is neither matmul nor attention (MFU's FLOPs) is, in a note.
+_HOLDING_BACK = {"idle": "the host (GPU idle)", "other": "other kernels", "optimizer": "the optimizer",
+                 "communication": "communication", "data": "data"}
+
+
+def held_back_by(m: dict[str, Any]) -> str:
+    """What holds MFU back most in a profiled step: the largest share of the step outside matmul and attention
+    (the kernels MFU counts FLOPs for), beside the share those two have."""
+    shares = {c: m.get(f"time_frac_{c}") for c in _HOLDING_BACK}
+    shares = {c: v for c, v in shares.items() if isinstance(v, (int, float))}
+    useful = [m.get(f"time_frac_{c}") for c in ("matmul", "attention")]
+    if not shares or not all(isinstance(v, (int, float)) for v in useful):
+        return "-"
+    largest = max(shares, key=shares.get)
+    return f"{_HOLDING_BACK[largest]} {shares[largest]:.0%} (matmul + attention {sum(useful):.0%})"
+
+
 def time_sections(records: list[dict[str, Any]]) -> dict[str, Grid]:
     """Where the time goes, for profiled configurations: the breakdown of a step and the top kernels."""
     from lmbench.measure.breakdown import CATEGORIES
@@ -259,12 +276,13 @@ def time_sections(records: list[dict[str, Any]]) -> dict[str, Grid]:
         overlap = m.get("comm_overlap_frac")
         rows.append(label + [_fmt(m["profile_step_time_s"], ".2f", 1e-3), _profiled_vs_window(m)]
                     + [_fmt(m[f"time_frac_{c}"], ".1%") for c in CATEGORIES] + [_fmt(overlap, ".0%")]
-                    + [_profiler_note(m)])
+                    + [held_back_by(m), _profiler_note(m)])
         kernels += [label + [k["name"][:90], _fmt(k["time_s"], ".3f", 1e-3), _fmt(k["calls"], ".0f"),
                              kernel_note(k["name"], config)]
                     for k in m.get("profile_top_kernels") or []]
     n = len(axes)
-    return {"time": Grid(axes + ["profiled step ms", "vs window", *CATEGORIES, "comm overlapped", "note"], rows,
+    return {"time": Grid(axes + ["profiled step ms", "vs window", *CATEGORIES, "comm overlapped",
+                                 "held back most by", "note"], rows,
                          right=set(range(n, n + len(CATEGORIES) + 3))),
             "kernels": Grid(axes + ["kernel (top 10 by time)", "ms per step", "calls per step", "note"], kernels,
                             right={n + 1, n + 2})}
