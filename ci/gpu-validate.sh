@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # lmbench's GPU validation, in stages that each fit one command on a lent, offline GPU machine.
 #
-#   ci/gpu-validate.sh STAGE               on the GPU (STAGE 1-10; see ci/README.md for what each runs)
+#   ci/gpu-validate.sh STAGE               on the GPU (STAGE 1-11; see ci/README.md for what each runs)
 #   ci/gpu-validate.sh --rehearse STAGE    the same stage on this CPU: tiny models, short runs, a fake $OUT
 #
 # Every stage is self-contained: it installs lmbench from this checkout (offline: no index, no build
@@ -32,7 +32,7 @@ if [[ ${STAGE} == -h || ${STAGE} == --help ]]; then
     usage
     exit 0
 fi
-if [[ ! ${STAGE} =~ ^([1-9]|10)$ || $# -ne 1 ]]; then
+if [[ ! ${STAGE} =~ ^([1-9]|1[01])$ || $# -ne 1 ]]; then
     usage >&2
     exit 2
 fi
@@ -63,12 +63,12 @@ export PY WORK REPO
 # The stage's sizes: real models on the GPU; on a CPU tiny ones, so the same commands finish in seconds.
 if [[ $MODE == gpu ]]; then
     DEVICE=cuda GPT2=gpt2-124m LLAMA=llama-1b GPT2_MEDIUM=gpt2-355m SEQ=1024 BATCH=8
-    CONFIG_TIMEOUT_S=150 TUNE_MAX_BATCH=64 TUNE_GPT2_S=230 TUNE_LLAMA_S=135
+    CONFIG_TIMEOUT_S=150 TUNE_MAX_BATCH=64 TUNE_GPT2_S=230 TUNE_LLAMA_S=135 TUNE_LONG_S=185
     NORM_SHAPES=8192x2048,8192x4096,8192x8192 LCE_SHAPE=8192x4096x128256
     SHORT=() PYTEST_MODE=()
 else
     DEVICE=cpu GPT2=tiny-gpt2 LLAMA=tiny-llama GPT2_MEDIUM=tiny-gpt2 SEQ=64 BATCH=2
-    CONFIG_TIMEOUT_S=120 TUNE_MAX_BATCH=8 TUNE_GPT2_S=60 TUNE_LLAMA_S=60
+    CONFIG_TIMEOUT_S=120 TUNE_MAX_BATCH=8 TUNE_GPT2_S=60 TUNE_LLAMA_S=60 TUNE_LONG_S=60
     NORM_SHAPES=64x64,64x128 LCE_SHAPE=64x32x256
     # Given last, these win over each stage's own steps and warmup.
     SHORT=(--set steps=2 --set warmup=1)
@@ -354,6 +354,20 @@ case $STAGE in
             --precision amp-bf16 --checkpointing none --budget-minutes "$(tune_minutes "$TUNE_LLAMA_S" 30)" \
             --steps 30 --max-batch "$TUNE_MAX_BATCH" --device "$DEVICE" --out "$WORK/runs/tune-$LLAMA" \
             --set profile=true --kernels triton --warmup 3 --min-batch "$((2 * BATCH))"
+        report
+        ;;
+    11) # The rest of issue 13's MFU matrix that stage 4 leaves: Llama-1B at 2048 tokens (GPT-2 has 1024 positions),
+        # amp-bf16 with selective checkpointing and pure bf16 without, our kernels, each tuned and profiled.
+        step "tune-$LLAMA-long-selective" "$TUNE_LONG_S" "$PY" -m lmbench.cli tune --model "$LLAMA" \
+            --seq-len "$((2 * SEQ))" --precision amp-bf16 --checkpointing selective --kernels triton \
+            --budget-minutes "$(tune_minutes "$TUNE_LONG_S" 40)" --steps 30 --warmup 3 --min-batch "$((BATCH / 2))" \
+            --max-batch "$TUNE_MAX_BATCH" --device "$DEVICE" --out "$WORK/runs/tune-$LLAMA-long-selective" \
+            --set profile=true
+        step "tune-$LLAMA-long-bf16" "$TUNE_LONG_S" "$PY" -m lmbench.cli tune --model "$LLAMA" \
+            --seq-len "$((2 * SEQ))" --precision bf16 --checkpointing none --kernels triton \
+            --budget-minutes "$(tune_minutes "$TUNE_LONG_S" 40)" --steps 30 --warmup 3 --min-batch "$((BATCH / 2))" \
+            --max-batch "$TUNE_MAX_BATCH" --device "$DEVICE" --out "$WORK/runs/tune-$LLAMA-long-bf16" \
+            --set profile=true
         report
         ;;
     5)  # Loss-parity tolerances measured on this device (about 25 fresh processes: a stage of its own).
