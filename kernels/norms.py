@@ -196,7 +196,9 @@ class _AddNorm(torch.autograd.Function):
         if ds is None:
             ds = torch.zeros_like(s)
         dx, dw, db = norm_backward(dy, s, weight, ctx.has_bias, mean, rstd, rms=ctx.rms, ds=ds)
-        return dx, dx.clone(), dw, db, None, None
+        # x and residual get the same gradient: one tensor for both, as for any add (autograd never accumulates in
+        # place into a gradient it holds twice); a copy would move M x N elements for nothing.
+        return dx, dx, dw, db, None, None
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float = 1e-5) -> torch.Tensor:

@@ -160,6 +160,22 @@ def test_add_norm(dtype, rms):
               lambda x, r, w, b: add_norm_reference(x, r, w, b, 1e-5, rms=False), [x, r, w, b], dtype)
 
 
+def test_add_norm_gradients_of_a_residual_used_again_accumulate_apart():
+    """The backward hands x and the residual one gradient tensor; the residual's other use adds to its gradient
+    and never to x's (autograd does not accumulate in place into a tensor it holds twice)."""
+    x, r = rand(4, 64, dtype=torch.float32), rand(4, 64, dtype=torch.float32, seed=3)
+    w = rand(64, dtype=torch.float32, seed=1)
+    grads = []
+    for fn in (add_norm, add_norm_reference):
+        leaves = [t.detach().clone().requires_grad_(True) for t in (x, r, w)]
+        y, s = fn(*leaves, rms=True)
+        (y.square().sum() + (s * 3).sum() + (leaves[1] * 5).sum()).backward()
+        grads.append([t.grad for t in leaves])
+    for mine, theirs in zip(*grads):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5)
+    assert not torch.equal(grads[0][0], grads[0][1])  # the residual's own use shows in its gradient only
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1,), (1000,), (3, 423, 5)])
 def test_gelu_tanh(dtype, shape):
