@@ -12,6 +12,8 @@ as the new residual stream, and normalised; its gradient is shared by `x` and `r
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -132,6 +134,12 @@ def norm_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     return y.view(*x.shape[:-1], N), (s.view(x.shape) if residual is not None else None), mean, rstd
 
 
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(device_index: int) -> int:
+    """The device's SM count, asked once: every backward call needs it, and the host time of a call counts."""
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
 def launch_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, has_bias: bool, mean: torch.Tensor,
                     rstd: torch.Tensor, *, rms: bool, ds: torch.Tensor | None = None
                     ):  # type: ignore[no-untyped-def]
@@ -144,7 +152,8 @@ def launch_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, has
     dy2 = _rows(dy)
     M, N = x2.shape
     dx = torch.empty((M, N), dtype=x.dtype, device=x.device)
-    sm_count = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 4
+    sm_count = _multiprocessors(x.device.index if x.device.index is not None else torch.cuda.current_device()) \
+        if x.is_cuda else 4
     programs = max(1, min(M, 2 * sm_count))
     rows_per_program = triton.cdiv(M, programs)
     programs = triton.cdiv(M, rows_per_program)
