@@ -4,7 +4,7 @@ A read of a device value on the host (`.item()`, `bool(tensor)`, `nonzero`) insi
 for the device every step, so it can no longer queue the next step's work ahead; on a GPU that shows as idle
 time charged to the model. torch dispatches each such read to one of SYNC_OPS, so a dispatch spy over a real
 step finds them on a CPU too (and on a GPU, where gpu-validate's stage 10 runs this file). transformers'
-packed-sequence check was one in every GPT-2, Llama and BERT forward (lmbench.models.registry.never_packed
+packed-sequence check was one in every GPT-2 and Llama forward (lmbench.models.registry.for_unpadded_batches
 answers it without reading).
 """
 

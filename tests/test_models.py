@@ -20,17 +20,19 @@ def test_default_build_stays_on_the_cpu():
     assert {p.device.type for p in model.parameters()} == {"cpu"}
 
 
-@pytest.mark.parametrize("model", ["tiny-gpt2", "tiny-llama"])
-def test_compiled_and_eager_models_attend_alike_with_no_mask(monkeypatch, model):
-    """transformers hands SDPA an explicit mask while tracing (its packed-sequence check); lmbench's models answer
-    that check without it (registry.never_packed), so a compiled model attends causally, as the eager one does."""
+@pytest.mark.parametrize(("model", "causal"), [("tiny-gpt2", True), ("tiny-llama", True), ("tiny-bert-mlm", False)])
+def test_compiled_and_eager_models_attend_alike_with_no_mask(monkeypatch, model, causal):
+    """transformers hands SDPA an explicit mask while tracing; lmbench's models are built to tell its mask
+    checks that every batch is unpadded and unpacked (registry.for_unpadded_batches), so a compiled model attends
+    as the eager one does: no mask, is_causal for the causal models."""
     import torch.nn.functional as F
     from transformers import masking_utils
 
-    # The check as transformers has it (an earlier build may have replaced it already), put back for this test.
-    current = masking_utils.find_packed_sequence_indices
-    original = getattr(current, "replaced", current)
-    monkeypatch.setattr(masking_utils, "find_packed_sequence_indices", original)
+    # transformers' own checks (an earlier build may have replaced them), put back for this test.
+    for name in ("find_packed_sequence_indices", "_ignore_causal_mask_sdpa", "_ignore_bidirectional_mask_sdpa"):
+        current = getattr(masking_utils, name)
+        monkeypatch.setattr(masking_utils, name, getattr(current, "replaced", current))
+    original = masking_utils.find_packed_sequence_indices
     positions = torch.arange(16).expand(2, 16)
     assert original(positions) is None  # one sequence a row, as lmbench's batches: "not packed"
     assert original(torch.tensor([[0, 1, 2, 0, 1, 2]])) is not None  # packed, which lmbench never makes
@@ -40,7 +42,7 @@ def test_compiled_and_eager_models_attend_alike_with_no_mask(monkeypatch, model)
     real = F.scaled_dot_product_attention
 
     def spy(*args, **kwargs):
-        seen.append((kwargs.get("attn_mask") is None, kwargs.get("is_causal")))
+        seen.append((kwargs.get("attn_mask") is None, bool(kwargs.get("is_causal"))))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
@@ -48,4 +50,18 @@ def test_compiled_and_eager_models_attend_alike_with_no_mask(monkeypatch, model)
     torch._dynamo.reset()
     torch.compile(built, backend="eager")(input_ids=tokens, labels=tokens)
     built(input_ids=tokens, labels=tokens)
-    assert set(seen) == {(True, True)}
+    assert set(seen) == {(True, causal)}
+
+
+def test_a_padding_mask_still_reaches_transformers_own_checks():
+    """Only the unpadded case is answered without looking: a real padding mask gets transformers' answer."""
+    from transformers import masking_utils
+
+    from lmbench.models.registry import for_unpadded_batches
+
+    for_unpadded_batches()
+    skip = masking_utils._ignore_causal_mask_sdpa
+    padded = torch.tensor([[True] * 7 + [False]])
+    assert skip(None, 8, 8, 0, 0) is True
+    assert skip(padded, 8, 8, 0, 0) is skip.replaced(padded, 8, 8, 0, 0) is False
+    assert skip(None, 8, 8, 0, 0, local_attention_size=4) is False  # a sliding window needs its mask

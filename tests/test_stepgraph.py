@@ -107,7 +107,7 @@ def test_a_step_that_waits_on_the_host_is_refused_before_any_capture(monkeypatch
 @pytest.mark.parametrize("model", ["tiny-gpt2", "tiny-llama"])
 def test_the_captured_step_attends_as_the_eager_one(monkeypatch, model):
     """No explicit mask: transformers' packed-sequence check, which hands SDPA a mask while the stream is capturing,
-    is answered without it (lmbench.models.registry.never_packed), so flash attention stays possible in the
+    is answered without it (lmbench.models.registry.for_unpadded_batches), so flash attention stays possible in the
     graph."""
     import torch.nn.functional as F
 

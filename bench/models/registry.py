@@ -173,36 +173,87 @@ def build_model(spec: ModelSpec, *, attention: str, device: torch.device | str |
 
     hf_attention = "sdpa" if attention == "math" else attention
     if FAMILY_MODULES[spec.family].startswith("transformers."):
-        never_packed()
+        for_unpadded_batches()
     with torch.device(device) if device is not None else contextlib.nullcontext():
         return BUILDERS[spec.family](spec, hf_attention, dropout)
 
 
-def never_packed() -> None:
-    """transformers' check for packed sequences answers "not packed" without looking: what it answers for every
-    batch lmbench makes (one sequence a row), minus the two ways the check itself changes what is measured.
+def for_unpadded_batches() -> None:
+    """transformers' attention masks, told what every batch lmbench makes is: one unpadded sequence a row.
 
-    transformers (masking_utils.find_packed_sequence_indices, in every GPT-2, Llama and BERT forward without an
-    attention mask) reads `(mask[:, -1] == 0).all()` on the host, a synchronisation in every step that keeps the
-    host from running ahead and that a CUDA graph cannot hold; and while tracing (torch.compile, a CUDA graph
-    capture) it skips that read and hands SDPA an explicit [B, 1, T, T] mask with is_causal=False, which flash
-    attention cannot take and which gives up skipping the masked half of the attention (tests/test_models.py: a
-    compiled GPT-2's SDPA calls got a mask, the eager one's none). lmbench's compile rows would have timed
-    masked attention against eager's causal flash attention. A transformers without the check is left alone.
+    transformers builds each forward's mask from a padding mask (None: lmbench passes no attention mask) and a
+    check for packed sequences, and lets SDPA use `is_causal=True` (or no mask, bidirectional) when it can prove
+    no token is masked. Two of its ways of proving it change what is measured:
+      - masking_utils.find_packed_sequence_indices, in every GPT-2 and Llama forward, reads
+        `(mask[:, -1] == 0).all()` on the host: a synchronisation every step that keeps the host from running
+        ahead, and that a CUDA graph cannot hold;
+      - while tracing (torch.compile, a CUDA graph capture) it proves nothing (transformers 5.17 gives up in
+        `_ignore_causal_mask_sdpa` and `_ignore_bidirectional_mask_sdpa`; 5.24 still returns a packed mask), so
+        SDPA gets an explicit [B, 1, T, T] mask with is_causal=False, which flash attention cannot take and which
+        gives up skipping the masked half of causal attention (tests/test_models.py: a compiled GPT-2's SDPA calls
+        got a mask, the eager one's none): lmbench's compile rows timed masked attention against eager's causal
+        flash attention.
+    Here the packed check answers "not packed" without looking (what it answers for lmbench's batches), and with no
+    padding mask, queries as long as the keys and no local window, the skip checks answer yes without looking:
+    what they answer eagerly, where the mask they would build is exactly the causal (or full) one. Anything else
+    goes to transformers' own checks. lmbench never exports a model (whose export the tracing guard is for).
     """
     try:
         from transformers import masking_utils
     except ImportError:
         return
-    check = getattr(masking_utils, "find_packed_sequence_indices", None)
-    if check is not None and check is not _not_packed:
-        _not_packed.replaced = check  # type: ignore[attr-defined]
-        masking_utils.find_packed_sequence_indices = _not_packed
+    _replace(masking_utils, "find_packed_sequence_indices", lambda original: _not_packed)
+    _replace(masking_utils, "_ignore_causal_mask_sdpa", _causal_skip)
+    _replace(masking_utils, "_ignore_bidirectional_mask_sdpa", _bidirectional_skip)
+
+
+def _replace(module: Any, name: str, make: Callable[[Any], Any]) -> None:
+    """module.name = make(module.name), once; the replacement keeps what it replaced as `.replaced`."""
+    original = getattr(module, name, None)
+    if original is None or getattr(original, "lmbench", False):
+        return
+    replacement = make(original)
+    replacement.lmbench, replacement.replaced = True, original
+    setattr(module, name, replacement)
 
 
 def _not_packed(position_ids: Any) -> None:
-    """What replaces transformers' check (`_not_packed.replaced` is the check itself)."""
     return None
+
+
+def _causal_skip(original: Callable[..., bool]) -> Callable[..., bool]:
+    import inspect
+
+    signature = inspect.signature(original)
+
+    def skip(*args: Any, **kwargs: Any) -> bool:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        given = bound.arguments
+        local = given.get("local_attention_size")
+        if (given.get("padding_mask") is None and given.get("q_length") == given.get("kv_length")
+                and isinstance(given.get("q_offset", 0), int) and (local is None or given["kv_length"] < local)):
+            return True
+        return original(*args, **kwargs)
+
+    return skip
+
+
+def _bidirectional_skip(original: Callable[..., bool]) -> Callable[..., bool]:
+    import inspect
+
+    signature = inspect.signature(original)
+
+    def skip(*args: Any, **kwargs: Any) -> bool:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        given = bound.arguments
+        local = given.get("local_attention_size")
+        if given.get("padding_mask") is None and (local is None or given["kv_length"] < local):
+            return True
+        return original(*args, **kwargs)
+
+    return skip
 
 
 #: ATen ops whose outputs selective checkpointing keeps (the expensive ones).

@@ -18,7 +18,7 @@ measured window.
 
 transformers' packed-sequence check, a host read in every GPT-2 and Llama forward that would refuse the step
 and, while capturing, an explicit attention mask, is answered without looking for every model lmbench builds
-(lmbench.models.registry.never_packed): the captured step attends as the eager one does.
+(lmbench.models.registry.for_unpadded_batches): the captured step attends as the eager one does.
 
 Memory: the window's replays allocate nothing, so the allocator's peak over the window would leave out the
 step's activations and gradients, which live in the graph's private pool; the peak of the capture is kept
