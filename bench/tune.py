@@ -168,10 +168,16 @@ class Tuner:
                 failing = middle
         found.largest_fitting, found.first_failing = fitting, failing
         found.probes = len(self.cache) - before
-        # The margin backs off from an edge the search found (a batch that did not fit); without one (the search
-        # reached --max-batch, or the budget stopped it) the largest probe that fitted is measured as it is: on the
-        # H100 a compiled GPT-2 that fitted at --min-batch 16 was measured at 14, below anything the search had seen.
-        found.chosen = (fitting if failing is None else max(1, int(fitting * (1 - self.margin)))) if fitting else 0
+        # The margin backs off from the edge (the first batch that did not fit), never past what fitted: a search
+        # the budget stopped before it found the edge (16 fitted, 32 did not, nothing between was tried), or one
+        # that never failed, measures its largest fitting probe. On the H100 a compiled GPT-2 that fitted at
+        # --min-batch 16 was measured at 14, below anything the search had seen.
+        if not fitting:
+            found.chosen = 0
+        elif failing is None:
+            found.chosen = fitting
+        else:
+            found.chosen = min(fitting, max(1, int((failing - 1) * (1 - self.margin))))
         if self.out_of_search_time():
             found.note = "budget ran out during the search" + (
                 f" (what is left measures batch {found.chosen})" if fitting else "")

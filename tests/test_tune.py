@@ -231,6 +231,28 @@ def test_the_search_leaves_room_to_measure_what_it_found(tmp_path, monkeypatch):
     assert launcher.launched[2] == 32
 
 
+def test_a_bisection_the_budget_stopped_measures_what_fitted_not_less(tmp_path, monkeypatch):
+    """16 fits, 32 does not, and the budget ends before anything between is tried: the edge is somewhere in
+    17-32, so the margin (10% off 31 is 27) takes nothing off 16; an edge found exactly (37 fits, 38 does not)
+    still loses its 10%."""
+    import lmbench.tune as tuning
+
+    clock = [0.0]
+    monkeypatch.setattr(tuning.time, "monotonic", lambda: clock[0])
+
+    class Slow(FakeLauncher):
+        def __call__(self, job, run_dir):
+            clock[0] += 50.0
+            return super().__call__(job, run_dir)
+
+    found = Tuner(BASE, RunDirectory(tmp_path / "a", resume=False), launch=Slow(20), budget_s=150, min_batch=16,
+                  max_batch=256, margin=0.1).search(COMBO)
+    assert (found.largest_fitting, found.first_failing, found.chosen) == (16, 32, 16)
+    exact = Tuner(BASE, RunDirectory(tmp_path / "b", resume=False), launch=FakeLauncher(37),
+                  margin=0.1).search(COMBO)
+    assert (exact.largest_fitting, exact.first_failing, exact.chosen) == (37, 38, 33)
+
+
 def test_min_batch_above_max_batch_is_refused():
     result = CliRunner().invoke(cli, ["tune", "--model", "tiny-gpt2", "--min-batch", "64", "--max-batch", "8"])
     assert result.exit_code == 2 and "--min-batch 64: more than --max-batch 8; allowed: 1..8" in result.output
