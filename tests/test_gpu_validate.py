@@ -59,8 +59,7 @@ def test_stage_1_rehearsal_packs_everything_into_one_tarball_and_a_summary(tmp_p
     again = subprocess.run([*publish, "--allow-rehearsal"], capture_output=True, text=True)
     assert again.returncode == 2 and "already exists: pass --replace" in again.stderr
     merged = subprocess.run([*publish, "--allow-rehearsal", "--merge"], capture_output=True, text=True)
-    assert merged.returncode == 0, merged.stderr
-    assert (folder / "stage1" / "summary.txt").read_text().count("lmbench GPU validation, stage 1") == 2
+    assert merged.returncode == 2 and "is merged into" in merged.stderr and "already" in merged.stderr
 
 
 def test_a_stage_out_of_time_skips_the_rest_and_still_packs(tmp_path):
