@@ -401,7 +401,11 @@ def test_a_breakdown_slower_than_its_window_says_the_profiler_overstates_idle():
     grid = report.time_sections([slow, close, old])["time"]
     rows = {row[0]: dict(zip(grid.headers, row)) for row in grid.rows}
     assert rows["fp16"]["vs window"] == "+18%" and "idle overstated" in rows["fp16"]["note"]
-    assert rows["fp16"]["held back most by"] == "the host (GPU idle) 36% (matmul + attention 33%)"
+    # In the window's 57.8 ms step the device was as busy as in the profiled 68 ms: idle 25%, not 36%; other
+    # kernels (0.294 x 68 / 57.8 = 35%) hold it back most.
+    assert rows["fp16"]["held back most by"] == ("other kernels 35% (matmul + attention 39%; idle less the "
+                                                 "profiler's slowdown)")
+    assert rows["amp-bf16"]["held back most by"] == "the host (GPU idle) 36% (matmul + attention 33%)"
     assert rows["amp-bf16"]["vs window"] == "+2%" and rows["amp-bf16"]["note"] == ""
     assert rows["fp32"]["vs window"] == "+35%" and "idle overstated" in rows["fp32"]["note"]
 

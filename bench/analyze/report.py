@@ -252,14 +252,25 @@ _HOLDING_BACK = {"idle": "the host (GPU idle)", "other": "other kernels", "optim
 
 def held_back_by(m: dict[str, Any]) -> str:
     """What holds MFU back most in a profiled step: the largest share of the step outside matmul and attention
-    (the kernels MFU counts FLOPs for), beside the share those two have."""
+    (the kernels MFU counts FLOPs for), beside the share those two have.
+
+    When the profiled step ran slower than the window's (the profiler's host cost, _profiler_note), the shares
+    are those of the window's step: the device's busy time is the same, the difference was idle. A host-bound
+    step stays host-bound; one that only looked so under the profiler does not."""
     shares = {c: m.get(f"time_frac_{c}") for c in _HOLDING_BACK}
     shares = {c: v for c, v in shares.items() if isinstance(v, (int, float))}
     useful = [m.get(f"time_frac_{c}") for c in ("matmul", "attention")]
     if not shares or not all(isinstance(v, (int, float)) for v in useful):
         return "-"
+    useful_share, corrected = sum(useful), ""
+    slowdown = _profiled_slowdown(m)
+    if slowdown is not None and slowdown > PROFILER_SLOWDOWN_NOTE:
+        scale = 1 + slowdown  # profiled step over the window's
+        shares = {c: (max(0.0, (v * scale - (scale - 1))) if c == "idle" else v * scale) for c, v in shares.items()}
+        useful_share *= scale
+        corrected = "; idle less the profiler's slowdown"
     largest = max(shares, key=shares.get)
-    return f"{_HOLDING_BACK[largest]} {shares[largest]:.0%} (matmul + attention {sum(useful):.0%})"
+    return f"{_HOLDING_BACK[largest]} {shares[largest]:.0%} (matmul + attention {useful_share:.0%}{corrected})"
 
 
 def time_sections(records: list[dict[str, Any]]) -> dict[str, Grid]:
