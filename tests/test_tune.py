@@ -41,6 +41,21 @@ class FakeLauncher:
         return ("ok", None, payload) if ok else ("oom", "OutOfMemoryError", None)
 
 
+def slow_launcher(monkeypatch, boundary: int) -> FakeLauncher:
+    """A FakeLauncher whose every launch takes 50 s of tune's clock (a compiled GPT-2's probe on the H100)."""
+    import lmbench.tune as tuning
+
+    clock = [0.0]
+    monkeypatch.setattr(tuning.time, "monotonic", lambda: clock[0])
+
+    class Slow(FakeLauncher):
+        def __call__(self, job, run_dir):
+            clock[0] += 50.0
+            return super().__call__(job, run_dir)
+
+    return Slow(boundary)
+
+
 @pytest.mark.parametrize("boundary", [1, 2, 37, 64, 1000])
 def test_search_finds_the_exact_boundary_in_logarithmic_probes(tmp_path, boundary):
     launcher = FakeLauncher(boundary)
@@ -211,17 +226,7 @@ def test_doubling_past_max_batch_tries_max_batch_itself(tmp_path):
 def test_the_search_leaves_room_to_measure_what_it_found(tmp_path, monkeypatch):
     """Each probe takes 50 s of a 150 s budget (a compiled GPT-2 on the H100): the search stops after two, so the
     batch it found is measured within the budget instead of nothing at all."""
-    import lmbench.tune as tuning
-
-    clock = [0.0]
-    monkeypatch.setattr(tuning.time, "monotonic", lambda: clock[0])
-
-    class Slow(FakeLauncher):
-        def __call__(self, job, run_dir):
-            clock[0] += 50.0
-            return super().__call__(job, run_dir)
-
-    launcher = Slow(10**6)
+    launcher = slow_launcher(monkeypatch, 10**6)
     tuner = Tuner(BASE, RunDirectory(tmp_path / "run", resume=False), launch=launcher, budget_s=150, min_batch=16,
                   max_batch=256, margin=0.1)
     found = tuner.search(COMBO)
@@ -235,18 +240,8 @@ def test_a_bisection_the_budget_stopped_measures_what_fitted_not_less(tmp_path, 
     """16 fits, 32 does not, and the budget ends before anything between is tried: the edge is somewhere in
     17-32, so the margin (10% off 31 is 27) takes nothing off 16; an edge found exactly (37 fits, 38 does not)
     still loses its 10%."""
-    import lmbench.tune as tuning
-
-    clock = [0.0]
-    monkeypatch.setattr(tuning.time, "monotonic", lambda: clock[0])
-
-    class Slow(FakeLauncher):
-        def __call__(self, job, run_dir):
-            clock[0] += 50.0
-            return super().__call__(job, run_dir)
-
-    found = Tuner(BASE, RunDirectory(tmp_path / "a", resume=False), launch=Slow(20), budget_s=150, min_batch=16,
-                  max_batch=256, margin=0.1).search(COMBO)
+    found = Tuner(BASE, RunDirectory(tmp_path / "a", resume=False), launch=slow_launcher(monkeypatch, 20),
+                  budget_s=150, min_batch=16, max_batch=256, margin=0.1).search(COMBO)
     assert (found.largest_fitting, found.first_failing, found.chosen) == (16, 32, 16)
     exact = Tuner(BASE, RunDirectory(tmp_path / "b", resume=False), launch=FakeLauncher(37),
                   margin=0.1).search(COMBO)

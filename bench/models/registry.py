@@ -221,39 +221,34 @@ def _not_packed(position_ids: Any) -> None:
     return None
 
 
-def _causal_skip(original: Callable[..., bool]) -> Callable[..., bool]:
-    import inspect
+def _skip_when(unmasked: Callable[[dict[str, Any]], bool]) -> Callable[[Callable[..., bool]], Callable[..., bool]]:
+    """A replacement for one of transformers' mask-skip checks: yes when `unmasked` holds of its arguments (by
+    name, whatever their order in this transformers), else transformers' own answer."""
+    def make(original: Callable[..., bool]) -> Callable[..., bool]:
+        import inspect
 
-    signature = inspect.signature(original)
+        signature = inspect.signature(original)
 
-    def skip(*args: Any, **kwargs: Any) -> bool:
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        given = bound.arguments
-        local = given.get("local_attention_size")
-        if (given.get("padding_mask") is None and given.get("q_length") == given.get("kv_length")
-                and isinstance(given.get("q_offset", 0), int) and (local is None or given["kv_length"] < local)):
-            return True
-        return original(*args, **kwargs)
+        def skip(*args: Any, **kwargs: Any) -> bool:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            return True if unmasked(bound.arguments) else original(*args, **kwargs)
 
-    return skip
+        return skip
+
+    return make
 
 
-def _bidirectional_skip(original: Callable[..., bool]) -> Callable[..., bool]:
-    import inspect
+def _no_window(given: dict[str, Any]) -> bool:
+    local = given.get("local_attention_size")
+    return local is None or given["kv_length"] < local
 
-    signature = inspect.signature(original)
 
-    def skip(*args: Any, **kwargs: Any) -> bool:
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        given = bound.arguments
-        local = given.get("local_attention_size")
-        if given.get("padding_mask") is None and (local is None or given["kv_length"] < local):
-            return True
-        return original(*args, **kwargs)
-
-    return skip
+#: No padding mask, queries as long as the keys (no cache), no sliding window: the causal mask is is_causal's.
+_causal_skip = _skip_when(lambda given: given.get("padding_mask") is None and given.get("q_length") == given.get(
+    "kv_length") and isinstance(given.get("q_offset", 0), int) and _no_window(given))
+#: No padding mask and no sliding window: the bidirectional mask is no mask at all.
+_bidirectional_skip = _skip_when(lambda given: given.get("padding_mask") is None and _no_window(given))
 
 
 #: ATen ops whose outputs selective checkpointing keeps (the expensive ones).
