@@ -163,7 +163,7 @@ class TrainingStep:
 
     @property
     def reruns_attention(self) -> bool:
-        """Selective checkpointing recomputed a fused attention op (one with dropout) in a backward so far."""
+        """Selective checkpointing left a fused attention op (one with dropout) to its recompute, in a step so far."""
         return any("scaled_dot_product" in name for name in self.random_reruns)
 
     def _batches(self, device: torch.device, rank: int) -> list[Batch]:
