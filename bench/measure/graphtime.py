@@ -16,7 +16,8 @@ a call's device time is the difference over the number of calls. A callable that
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from lmbench.errors import LmbenchError, one_line
@@ -61,6 +62,35 @@ class NotCapturable(LmbenchError):
     """The callable cannot be timed from a CUDA graph; the message says why (for the row's note)."""
 
 
+class HostWait(LmbenchError):
+    """Work meant for a CUDA graph waited for the device on the host; the message is torch's, on one line."""
+
+
+@contextlib.contextmanager
+def side_stream_refusing_host_waits(device: Any = None) -> Iterator[None]:
+    """The block runs on a fresh side stream after the current stream's work, under torch's sync debug mode set to
+    "error", as work must be warmed up before a capture (lazy initialisation, cuBLAS workspaces): a host wait
+    (.item(), torch.equal, a copy to the host), which would fail the capture and on older torch the allocator with
+    it, raises HostWait here instead. After the block the current stream waits for the side stream."""
+    import torch
+
+    caller = torch.cuda.current_stream(device)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(caller)
+    before = torch.cuda.get_sync_debug_mode()
+    try:
+        torch.cuda.set_sync_debug_mode("error")
+        with torch.cuda.stream(side):
+            yield
+    except RuntimeError as err:
+        if SYNC_ERROR not in str(err):
+            raise  # out of memory, or a fault of the work: not a host wait
+        raise HostWait(one_line(err)) from err
+    finally:
+        torch.cuda.set_sync_debug_mode(before)
+    caller.wait_stream(side)
+
+
 #: Set once a capture failed in this process. On torch before 2.12 a failed capture leaves the caching allocator
 #: believing a capture is under way (pytorch#180395): every later empty_cache() then fails an internal assert and
 #: the failed graph's memory pool is never released, so no later capture in the process is trusted.
@@ -83,26 +113,14 @@ def device_times_ms(fn: Callable[[], Any], grads: Sequence[Any], *, estimate_ms:
         for tensor in grads:
             tensor.grad = None
 
-    # Capture needs the callable warmed up on a side stream first (lazy initialisation, cuBLAS workspaces). A
-    # host wait (.item(), torch.equal, a copy to the host) would fail the capture and, on older torch, the
-    # allocator with it: the sync debug mode finds it here instead.
     caller = torch.cuda.current_stream(device)
-    side = torch.cuda.Stream(device)
-    side.wait_stream(caller)
-    debug_mode = torch.cuda.get_sync_debug_mode()
     try:
-        torch.cuda.set_sync_debug_mode("error")
-        with torch.cuda.stream(side):
+        with side_stream_refusing_host_waits(device):
             for _ in range(2):
                 reset()
                 fn()
-    except RuntimeError as err:
-        if SYNC_ERROR not in str(err):
-            raise  # out of memory, or a fault of the callable: not a host wait
-        raise NotCapturable(f"it waits for the device on the host ({one_line(err)})") from None
-    finally:
-        torch.cuda.set_sync_debug_mode(debug_mode)
-    caller.wait_stream(side)
+    except HostWait as err:
+        raise NotCapturable(f"it waits for the device on the host ({err})") from None
     torch.cuda.synchronize(device)
     flush = torch.empty(FLUSH_BYTES, dtype=torch.int8, device=device)
     calls = calls_per_graph(estimate_ms)

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from lmbench.errors import LmbenchError, one_line
-from lmbench.measure.graphtime import SYNC_ERROR
+from lmbench.measure.graphtime import HostWait, side_stream_refusing_host_waits
 from lmbench.plan.config import CUDA_GRAPH_EAGER_STEPS as EAGER_STEPS
 from lmbench.run.data import Batch
 
@@ -60,8 +60,8 @@ class StepGraph:
         self.pool = step.batches
         accum = step.config.grad_accum
         # One input buffer per micro-batch of a step, refilled from the pool before each call.
-        self.inputs = [Batch(self.pool[i % len(self.pool)].input_ids.clone(),
-                             self.pool[i % len(self.pool)].labels.clone()) for i in range(accum)]
+        firsts = (self.pool[i % len(self.pool)] for i in range(accum))
+        self.inputs = [Batch(batch.input_ids.clone(), batch.labels.clone()) for batch in firsts]
         step.batches = self.inputs
         self._next = 0
         self.eager_steps = 0
@@ -94,24 +94,12 @@ class StepGraph:
         return self.loss.clone()
 
     def _eager(self) -> torch.Tensor:
-        import torch
-
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        before = torch.cuda.get_sync_debug_mode()
         try:
-            torch.cuda.set_sync_debug_mode("error")
-            with torch.cuda.stream(side):
-                loss = self.run()
-        except RuntimeError as err:
-            if SYNC_ERROR in str(err):
-                raise StepNotCapturable(f"cuda_graph=true: the step waits for the device on the host, which a "
-                                        f"CUDA graph cannot hold ({one_line(err)})") from err
-            raise
-        finally:
-            torch.cuda.set_sync_debug_mode(before)
-        torch.cuda.current_stream().wait_stream(side)
-        return loss
+            with side_stream_refusing_host_waits():
+                return self.run()
+        except HostWait as err:
+            raise StepNotCapturable(f"cuda_graph=true: the step waits for the device on the host, which a CUDA graph "
+                                    f"cannot hold ({err})") from err
 
     def _capture(self) -> None:
         import torch
