@@ -582,7 +582,7 @@ def tune(model: str, seq_len: int | None, precisions: str, kernel_sets: str, che
     """
     from lmbench import tune as tuning
     from lmbench.measure.environment import probe_platform
-    from lmbench.plan.config import Config
+    from lmbench.plan.config import KERNEL_AXES, Config
     from lmbench.plan.feasibility import resolve
 
     # Options that are wrong on their own first, then what depends on the model.
@@ -598,6 +598,9 @@ def tune(model: str, seq_len: int | None, precisions: str, kernel_sets: str, che
         base = resolve(Config.from_mapping(values), probe_platform())
     except LmbenchError as err:
         raise UsageError(str(err)) from None
+    # Resolving the base (kernels=eager) held a kernel set's options at their defaults; the combinations of --kernels
+    # each take theirs back (Tuner.config).
+    base = base.replace(**{axis: values[axis] for axis in KERNEL_AXES if axis in values})
     positions = MODELS[model].max_positions
     if seq_len is not None and seq_len > positions:
         raise UsageError(f"--seq-len {seq_len}: more than the {positions} positions of model {model}; allowed: "
@@ -670,15 +673,18 @@ def _tune(base: Any, run_dir: runner.RunDirectory, lists: dict[str, list[Any]], 
     from lmbench.plan.feasibility import skip_reason
 
     err_console = _console(stderr=True)
+    platform = probe_platform()
     tuner = tuning.Tuner(base, run_dir, launch=runner.run_worker, budget_s=budget_minutes * 60 if budget_minutes
                          else None, margin=plan.margin, min_batch=plan.min_batch, max_batch=plan.max_batch,
                          global_batch=plan.global_batch, check_parity=plan.parity,
-                         on_event=lambda message: err_console.print(escape(message)))
+                         on_event=lambda message: err_console.print(escape(message)),
+                         skip=lambda config: skip_reason(config, platform))
     for warning in run_dir.notices + tuner.warnings:
         click.echo(f"lmbench: warning: {warning}", err=True)
     found = []
     for combo in tuning.combos(lists["precision"], lists["kernels"], lists["checkpointing"]):
-        reason = skip_reason(base.replace(**combo), probe_platform())
+        # With the measurements' own steps and warmup: a CUDA graph's capture must stay out of their windows.
+        reason = skip_reason(tuner.config(combo, steps=plan.steps, warmup=plan.warmup), platform)
         if reason:
             found.append(tuning.ComboResult(combo, note=f"skipped: {reason}"))
             continue

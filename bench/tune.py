@@ -72,8 +72,10 @@ class Tuner:
 
     def __init__(self, base: Config, run_dir: RunDirectory, *, launch: Launcher, budget_s: float | None = None,
                  margin: float = 0.1, max_batch: int = 4096, min_batch: int = 1, global_batch: int | None = None,
-                 check_parity: bool = False, on_event: Callable[[str], None] = lambda message: None) -> None:
-        """`check_parity`: a parity check for every combination, not only the FP8 ones."""
+                 check_parity: bool = False, on_event: Callable[[str], None] = lambda message: None,
+                 skip: Callable[[Config], str | None] = lambda config: None) -> None:
+        """`check_parity`: a parity check for every combination, not only the FP8 ones. `skip`: why a measurement
+        cannot run (feasibility), checked again for each, since --global-batch gives each its own accumulation."""
         if not 0 <= margin < 1:
             raise UsageError(f"--margin {margin}: must be in [0, 1)")
         self.base = base
@@ -88,6 +90,7 @@ class Tuner:
         self.longest_probe_s = 0.0
         self.global_batch = global_batch
         self.on_event = on_event
+        self.skip = skip
         self.check_parity = check_parity
         self.probe_path = run_dir.path / PROBES_FILE
         self.parity_path = run_dir.path / PARITY_FILE
@@ -124,9 +127,13 @@ class Tuner:
     def probe_config(self, combo: dict[str, str], batch: int) -> Config:
         """A short throughput run: no held-out evaluation or target (memory is the training step's), and no
         profiler (`--set profile=true` is for the measurements: its traces cost memory a probe must not count)."""
-        return self.base.replace(**combo, batch_size=batch, steps=PROBE_STEPS, warmup=PROBE_WARMUP, telemetry=False,
-                                 grad_accum=1, eval_every=0, target_loss=0.0, target_ppl=0.0, max_steps=0,
-                                 profile=False)
+        return self.config(combo, batch_size=batch, steps=PROBE_STEPS, warmup=PROBE_WARMUP, telemetry=False,
+                           grad_accum=1, eval_every=0, target_loss=0.0, target_ppl=0.0, max_steps=0, profile=False)
+
+    def config(self, combo: dict[str, str], **changes: Any) -> Config:
+        """The base with a combination and `changes`; the base keeps options of every kernel set (compile_mode), and
+        each combination holds the ones of other sets at their defaults, so an eager row has one key."""
+        return self.base.replace(**combo, **changes).without_foreign_options()
 
     def fits(self, combo: dict[str, str], batch: int) -> bool:
         config = self.probe_config(combo, batch)
@@ -203,8 +210,8 @@ class Tuner:
 
     def parity_check(self, combo: dict[str, str], batch: int) -> dict[str, Any]:
         """The combination's parity fields at `batch` against its reference (None verdict when either failed)."""
-        config = self.base.replace(**combo, batch_size=batch, grad_accum=1, steps=PARITY_STEPS, warmup=PARITY_WARMUP,
-                                   telemetry=False, data="markov", profile=False)
+        config = self.config(combo, batch_size=batch, grad_accum=1, steps=PARITY_STEPS, warmup=PARITY_WARMUP,
+                             telemetry=False, data="markov", profile=False)
         if config.parallel in MODEL_PARALLEL:
             # As `run --parity` does: shards and stages draw other dropout masks than the whole model.
             config = config.replace(dropout=False)
@@ -229,9 +236,11 @@ class Tuner:
                 found.note = found.note or "budget ran out during measurement"
                 return
             accum = max(1, self.global_batch // batch) if self.global_batch else 1
-            config = self.base.replace(**found.combo, batch_size=batch, grad_accum=accum, steps=steps, warmup=warmup)
+            config = self.config(found.combo, batch_size=batch, grad_accum=accum, steps=steps, warmup=warmup)
             if config.key not in self.done:
-                status, reason, payload = self.launch(Job(config, 0), self.run_dir)
+                reason = self.skip(config)
+                status, reason, payload = ("skipped", reason, None) if reason else self.launch(Job(config, 0),
+                                                                                               self.run_dir)
                 record = results.make_record(suite="tune", config=config.to_dict(), config_key=config.key, repeat=0,
                                              status=status, reason=reason, payload=payload)
                 if checked is not None and record["metrics"] is not None:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # lmbench's GPU validation, in stages that each fit one command on a lent, offline GPU machine.
 #
-#   ci/gpu-validate.sh STAGE               on the GPU (STAGE 1-11; see ci/README.md for what each runs)
+#   ci/gpu-validate.sh STAGE               on the GPU (STAGE 1-12; see ci/README.md for what each runs)
 #   ci/gpu-validate.sh --rehearse STAGE    the same stage on this CPU: tiny models, short runs, a fake $OUT
 #
 # Every stage is self-contained: it installs lmbench from this checkout (offline: no index, no build
@@ -32,7 +32,7 @@ if [[ ${STAGE} == -h || ${STAGE} == --help ]]; then
     usage
     exit 0
 fi
-if [[ ! ${STAGE} =~ ^([1-9]|1[01])$ || $# -ne 1 ]]; then
+if [[ ! ${STAGE} =~ ^([1-9]|1[012])$ || $# -ne 1 ]]; then
     usage >&2
     exit 2
 fi
@@ -63,12 +63,12 @@ export PY WORK REPO
 # The stage's sizes: real models on the GPU; on a CPU tiny ones, so the same commands finish in seconds.
 if [[ $MODE == gpu ]]; then
     DEVICE=cuda GPT2=gpt2-124m LLAMA=llama-1b GPT2_MEDIUM=gpt2-355m SEQ=1024 BATCH=8
-    CONFIG_TIMEOUT_S=150 TUNE_MAX_BATCH=64 TUNE_GPT2_S=230 TUNE_LLAMA_S=135 TUNE_LONG_S=185
+    CONFIG_TIMEOUT_S=150 TUNE_MAX_BATCH=64 TUNE_GPT2_S=230 TUNE_LLAMA_S=135 TUNE_LONG_S=185 COMPILED_BATCH=14
     NORM_SHAPES=8192x2048,8192x4096,8192x8192 LCE_SHAPE=8192x4096x128256
     SHORT=() PYTEST_MODE=()
 else
     DEVICE=cpu GPT2=tiny-gpt2 LLAMA=tiny-llama GPT2_MEDIUM=tiny-gpt2 SEQ=64 BATCH=2
-    CONFIG_TIMEOUT_S=120 TUNE_MAX_BATCH=8 TUNE_GPT2_S=60 TUNE_LLAMA_S=60 TUNE_LONG_S=60
+    CONFIG_TIMEOUT_S=120 TUNE_MAX_BATCH=8 TUNE_GPT2_S=60 TUNE_LLAMA_S=60 TUNE_LONG_S=60 COMPILED_BATCH=2
     NORM_SHAPES=64x64,64x128 LCE_SHAPE=64x32x256
     # Given last, these win over each stage's own steps and warmup.
     SHORT=(--set steps=2 --set warmup=1)
@@ -422,6 +422,16 @@ case $STAGE in
         pytest_step pytest-stepgraph 150 -v tests/test_stepgraph.py tests/test_host_sync.py
         run_suite graphs 150 kernels --set "model=$GPT2" --set kernels=eager,triton --set cuda_graph=false,true \
             --set vocab_multiple=64 --set steps=20 --set warmup=5
+        report
+        ;;
+    12) # torch.compile's CUDA graphs (compile_mode, built on a CPU after stage 4 found the compiled GPT-2 host-bound):
+        # its GPU tests (the graphed step trains as the default mode's and keeps every loss), then GPT-2 compiled
+        # with the default mode against reduce-overhead, padded and without dropout as stage 4 tunes it, at the
+        # batch stage 4's tune measured (14), profiled; one report.
+        pytest_step pytest-compile-modes 120 -v -m gpu tests/test_compile_modes.py
+        run_suite compile-modes 220 kernels --set "model=$GPT2" --set kernels=compile \
+            --set compile_mode=default,reduce-overhead --set vocab_multiple=64 --set dropout=false \
+            --set "batch_size=$COMPILED_BATCH" --set steps=30 --set warmup=8 --profile
         report
         ;;
 esac

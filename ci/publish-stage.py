@@ -201,7 +201,8 @@ def repeat_cv(folder: Path) -> tuple[str, str, str]:
 def mfu(folder: Path, model: str, target_pct: float) -> tuple[str, str, str]:
     """The best MFU against the device's dense bf16 peak, the target's convention, whatever the precision: a
     record's own `mfu` is against its precision's math mode (fp32's 67 TFLOP/s on an H100), so it is taken
-    from the record's achieved `tflops` instead. A padded vocabulary (vocab_multiple) is named beside it."""
+    from the record's achieved `tflops` instead. A padded vocabulary (vocab_multiple) and CUDA graphs
+    (compile_mode, cuda_graph) are named beside it."""
     from lmbench.measure.peaks import mode_peak_flops
 
     best: tuple[float, dict[str, Any], Path] | None = None
@@ -220,7 +221,9 @@ def mfu(folder: Path, model: str, target_pct: float) -> tuple[str, str, str]:
     value, r, where = best
     config = r["config"]
     padded = f", vocab_multiple {config['vocab_multiple']}" if config.get("vocab_multiple", 1) != 1 else ""
-    shown = f"{value * 100:.1f}% {config.get('precision')}{padded} ({r['config_key']})"
+    graphs = "".join(f", {axis} {config[axis]}" for axis, plain in (("compile_mode", "default"), ("cuda_graph", False))
+                     if config.get(axis, plain) != plain)
+    shown = f"{value * 100:.1f}% {config.get('precision')}{padded}{graphs} ({r['config_key']})"
     return shown, "met" if value * 100 >= target_pct else "not met", _link(folder, where)
 
 

@@ -197,13 +197,16 @@ class _AddNorm(torch.autograd.Function):
         y, s, mean, rstd = norm_forward(x, weight, bias, eps, rms=rms, residual=residual)
         ctx.save_for_backward(s, weight, mean, rstd)
         ctx.rms, ctx.has_bias = rms, bias is not None
+        # An output the loss never used (the last block's sum) comes to the backward as None, not as a tensor of
+        # zeros that autograd would fill and the kernel would read.
+        ctx.set_materialize_grads(False)
         return y, s
 
     @staticmethod
     def backward(ctx, dy, ds):  # type: ignore[no-untyped-def]
         s, weight, mean, rstd = ctx.saved_tensors
-        if ds is None:
-            ds = torch.zeros_like(s)
+        if dy is None:  # only the sum was used: the add's gradient alone
+            return ds, ds, None, None, None, None
         dx, dw, db = norm_backward(dy, s, weight, ctx.has_bias, mean, rstd, rms=ctx.rms, ds=ds)
         # x and residual get the same gradient: one tensor for both, as for any add (autograd never accumulates in
         # place into a gradient it holds twice); a copy would move M x N elements for nothing.

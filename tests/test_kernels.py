@@ -176,6 +176,29 @@ def test_add_norm_gradients_of_a_residual_used_again_accumulate_apart():
     assert not torch.equal(grads[0][0], grads[0][1])  # the residual's own use shows in its gradient only
 
 
+@pytest.mark.parametrize("rms", [True, False])
+@pytest.mark.parametrize("used", ["y", "s"])
+def test_add_norm_with_one_output_unused(monkeypatch, rms, used):
+    """One output alone reaches the loss (the last block's sum is never used): its gradient comes to the backward
+    as None, so the kernel reads no tensor of zeros (the sum's) or does not run at all (the output's)."""
+    from lmbench.kernels import norms
+
+    x, r = rand(4, 64, dtype=torch.float32), rand(4, 64, dtype=torch.float32, seed=3)
+    w = rand(64, dtype=torch.float32, seed=1)
+    seen = []
+    real = norms.norm_backward
+    monkeypatch.setattr(norms, "norm_backward", lambda *args, **kw: seen.append(kw["ds"]) or real(*args, **kw))
+    grads = []
+    for fn in (add_norm, add_norm_reference):
+        leaves = [t.detach().clone().requires_grad_(True) for t in (x, r, w)]
+        y, s = fn(*leaves, rms=rms)
+        ((y if used == "y" else s) * torch.arange(64.0)).sum().backward()
+        grads.append([t.grad if t.grad is not None else torch.zeros_like(t) for t in leaves])
+    assert seen == ([None] if used == "y" else [])
+    for mine, theirs in zip(*grads):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1,), (1000,), (3, 423, 5)])
 def test_gelu_tanh(dtype, shape):

@@ -23,8 +23,8 @@ CPU = dataclasses.replace(H100, cuda_available=False, device_count=0, capability
     ({"device": "cpu"}, "cuda_graph=true needs a CUDA GPU: a CUDA graph holds the step's kernels"),
     ({"parallel": "ddp", "nproc": 2}, "cuda_graph=true is implemented for parallel=none; parallel=ddp would need "
                                       "its collectives captured too"),
-    ({"kernels": "compile"}, "cuda_graph=true with kernels=compile: torch.compile makes its own CUDA graphs "
-                             "(mode=reduce-overhead), which lmbench does not offer yet"),
+    ({"kernels": "compile"}, "cuda_graph=true with kernels=compile: torch.compile makes its own CUDA graphs; set "
+                             "compile_mode=reduce-overhead instead"),
     ({"precision": "fp16"}, "cuda_graph=true with precision=fp16: its loss scaling decides on the host whether to "
                             "skip each step (lmbench.run.precision.Fp16), which a CUDA graph cannot hold"),
     ({"precision": "amp-fp16", "optimizer": "adamw"},

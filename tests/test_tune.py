@@ -261,3 +261,17 @@ def test_probes_never_run_the_profiler_the_measurements_asked_for(tmp_path):
     assert not tuner.probe_config(COMBO, 8).profile
     tuner.measure(found, steps=2, warmup=0)
     assert all(r["config"]["profile"] for r in results.read(tmp_path / "run").records)
+
+
+def test_a_measurement_feasibility_refuses_is_a_skipped_record_not_a_launch(tmp_path):
+    """--global-batch gives each measured size its own accumulation, which the combination's check never saw."""
+    launcher = FakeLauncher(8)
+    tuner = Tuner(BASE, RunDirectory(tmp_path / "run", resume=False), launch=launcher, max_batch=8, global_batch=8,
+                  skip=lambda config: f"grad_accum={config.grad_accum} refused" if config.grad_accum > 1 else None)
+    found = tuner.search(COMBO)
+    searched = len(launcher.launched)
+    tuner.measure(found, steps=2, warmup=0)
+    by_batch = {r["config"]["batch_size"]: r for r in results.read(tmp_path / "run").records}
+    # Sizes 8, 6 and 4 (BELOW): 8 // 6 = 1 micro-batch, 8 // 4 = 2.
+    assert launcher.launched[searched:] == [8, 6] and by_batch[6]["status"] == "ok"
+    assert (by_batch[4]["status"], by_batch[4]["reason"]) == ("skipped", "grad_accum=2 refused")

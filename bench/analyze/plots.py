@@ -142,8 +142,8 @@ def _text_colour(rgba: tuple[float, ...]) -> str:
 
 #: Axes that change how the same work is done, in the order a heatmap without --baseline picks one across:
 #: a speed-up along them means something. Along model, seq_len or data the work itself differs.
-TREATMENT_AXES = ("precision", "kernels", "parallel", "checkpointing", "attention", "optimizer", "grad_accum",
-                  "batch_size", "tp_degree", "pp_schedule", "microbatches")
+TREATMENT_AXES = ("precision", "kernels", "compile_mode", "cuda_graph", "parallel", "checkpointing", "attention",
+                  "optimizer", "grad_accum", "batch_size", "tp_degree", "pp_schedule", "microbatches")
 
 
 def speedup_heatmap(df: pd.DataFrame, *, x: str | None = None, y: str | None = None,

@@ -11,16 +11,18 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from lmbench.plan.config import MODE_AXES
+from lmbench.plan.config import KERNEL_AXES, MODE_AXES
 
 #: Config fields never shown as columns: they do not describe what was trained.
 _HIDDEN = frozenset({"timeout_s"})
 
 
 def cell(config: dict[str, Any], axis: str) -> str:
-    """An axis's value as a table shows it: `-` for an option of a parallel mode this row does not use."""
-    modes = MODE_AXES.get(axis)
-    if modes is not None and config.get("parallel") not in modes:
+    """An axis's value as a table shows it: `-` for an option of a parallel mode or kernel set this row does not
+    use."""
+    modes, sets = MODE_AXES.get(axis), KERNEL_AXES.get(axis)
+    if (modes is not None and config.get("parallel") not in modes) or (sets is not None
+                                                                          and config.get("kernels") not in sets):
         return "-"
     return str(config.get(axis))
 

@@ -23,7 +23,7 @@ from lmbench.models.registry import ModelSpec
 from lmbench.models.torch_lm import LMOutput
 
 
-def _identity(model: nn.Module) -> nn.Module:
+def _identity(model: nn.Module, *, compile_mode: str = "default") -> nn.Module:
     return model
 
 
@@ -38,7 +38,8 @@ class KernelSet:
     """Swaps the set's kernels into a built model: (model, what was swapped, as "norms 5/5, ...").
 
     Raises KernelSwapError when any part did not apply."""
-    finish: Callable[[nn.Module], nn.Module] = _identity
+    finish: Callable[..., nn.Module] = _identity
+    """Wraps the final module (after precision and parallelism), given the config's compile_mode."""
     unavailable: Callable[[ModelSpec, str], str | None] = lambda spec, device: None
     """Why this set cannot run `spec` on a device of this type here, or None."""
     note: str | None = None
@@ -403,8 +404,53 @@ def _swap_liger(model: nn.Module, spec: ModelSpec) -> tuple[nn.Module, str]:
     return model, verify("liger", spec, counts, why)
 
 
-def _compile(model: nn.Module) -> nn.Module:
-    return torch.compile(model)
+def compile_mode_graphs(compile_mode: str) -> bool:
+    """Whether torch.compile's `compile_mode` runs the compiled graphs as CUDA graphs, as torch itself says."""
+    if compile_mode == "default":
+        return False
+    import torch._inductor
+
+    return bool(torch._inductor.list_mode_options(compile_mode).get("triton.cudagraphs", False))
+
+
+def _compile(model: nn.Module, *, compile_mode: str = "default") -> nn.Module:
+    if compile_mode_graphs(compile_mode):
+        import torch._inductor.config as inductor
+
+        # The worker is a fresh process: these settings reach this configuration only.
+        # A graph inductor cannot run as a CUDA graph (an input it mutates, a CPU op, too many re-recordings) is an
+        # error at once, with inductor's reason, rather than a graph run without one.
+        if hasattr(inductor.triton, "cudagraph_or_error"):
+            inductor.triton.cudagraph_or_error = True
+        # Graph partitioning (on by default) would instead split such a graph and run the parts around the offending
+        # ops without CUDA graphs, some of them without a count or a message (torch 2.11 and 2.13 alike): off, a
+        # graph replays whole or fails. On lmbench's models every compiled graph is the GPU's alone, with nothing
+        # to split; one that is not says so as an error row.
+        if hasattr(inductor, "graph_partition"):
+            inductor.graph_partition = False
+    return torch.compile(model, mode=None if compile_mode == "default" else compile_mode)
+
+
+def compiled_graph_fallbacks() -> dict[str, int]:
+    """What inductor has run outside CUDA graphs in this process so far, by its own counters: graphs it skipped,
+    and partitions of graphs it split (only when a graph was split in more than one)."""
+    from torch._dynamo.utils import counters
+
+    return {"skipped": int(counters["inductor"]["cudagraph_skips"]),
+            "partitions": int(counters["inductor"]["cudagraph_partitions"])}
+
+
+def confirm_compiled_graphs(compile_mode: str) -> str:
+    """The record's line for a compile mode with CUDA graphs; raises KernelSwapError when inductor ran any compiled
+    graph, or part of one, without its CUDA graph."""
+    found = compiled_graph_fallbacks()
+    if found["skipped"] or found["partitions"]:
+        parts = [f"{found['skipped']} graph(s) skipped" if found["skipped"] else "",
+                 f"{found['partitions']} partitions of graphs split" if found["partitions"] else ""]
+        detail = ", ".join(part for part in parts if part)
+        raise KernelSwapError(f"compile_mode={compile_mode}: inductor ran compiled graphs without their CUDA graphs "
+                              f"({detail}) with {versions()} (its log says why); refusing to measure it without them")
+    return f"compile_mode={compile_mode}: every compiled graph replayed whole as a CUDA graph"
 
 
 KERNEL_SETS: dict[str, KernelSet] = {

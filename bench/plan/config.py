@@ -24,6 +24,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": ("adamw-fused", "adamw", "apex-adam"),
     "tokenizer": ("byte", "bpe"),
     "pp_schedule": ("gpipe", "1f1b"),
+    "compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
 }
 
 #: Processes per node for ddp/fsdp: more than any node has accelerators; a larger number is a typo, not a plan.
@@ -42,6 +43,12 @@ MODE_AXES: dict[str, frozenset[str]] = {
     "pp_schedule": frozenset({"pp"}),
     "microbatches": frozenset({"pp"}),
 }
+#: Axes that mean something under some kernel sets only; elsewhere they are held at their defaults too.
+KERNEL_AXES: dict[str, frozenset[str]] = {
+    "compile_mode": frozenset({"compile"}),
+}
+#: torch.compile modes whose compiled graphs run as CUDA graphs (inductor's cudagraph trees).
+COMPILE_GRAPH_MODES = frozenset({"reduce-overhead", "max-autotune"})
 #: cuda_graph=true: eager steps before the capture (lmbench.run.stepgraph), and the warmup that keeps them and the
 #: capture out of the measured window.
 CUDA_GRAPH_EAGER_STEPS = 2
@@ -105,6 +112,11 @@ class Config:
     """DDP: the graph is the same every step, so DDP can skip per-step bookkeeping."""
     kernels: str = "eager"
     """Kernel set: eager, compile, triton, apex, liger."""
+    compile_mode: str = "default"
+    """kernels=compile: torch.compile's mode. default; reduce-overhead (the compiled forward and backward replay
+    as CUDA graphs, inductor's cudagraph trees); max-autotune (Triton GEMM and kernel autotuning, plus those
+    graphs); max-autotune-no-cudagraphs. A compiled graph that inductor would run without its CUDA graph is an
+    `error` row saying why, never a silent fallback."""
     attention: str = "sdpa"
     """Attention implementation: sdpa (PyTorch picks), math (SDPA's math backend), eager."""
     checkpointing: str = "none"
@@ -274,10 +286,18 @@ class Config:
         return None
 
     def without_foreign_options(self) -> Config:
-        """The same configuration with every option of another parallel mode (MODE_AXES) at its default: DDP's
-        outside ddp, tp_degree outside fsdp+tp, the pipeline's outside pp. One key per configuration measured."""
+        """The same configuration with every option of another parallel mode (MODE_AXES) or kernel set
+        (KERNEL_AXES) at its default: DDP's outside ddp, tp_degree outside fsdp+tp, the pipeline's outside pp,
+        compile_mode outside kernels=compile. One key per configuration measured."""
         foreign = {axis: _DEFAULTS[axis] for axis, modes in MODE_AXES.items() if self.parallel not in modes}
+        foreign.update({axis: _DEFAULTS[axis] for axis, sets in KERNEL_AXES.items() if self.kernels not in sets})
         return self.replace(**foreign)
+
+    @property
+    def compile_graphs(self) -> bool:
+        """Whether torch.compile runs the compiled graphs as CUDA graphs (compile_mode reduce-overhead or
+        max-autotune)."""
+        return self.kernels == "compile" and self.compile_mode in COMPILE_GRAPH_MODES
 
     @property
     def padded_vocab(self) -> int:
@@ -336,6 +356,7 @@ DEFAULT_REASONS: dict[str, str] = {
     "gradient_as_bucket_view": "DDP's own default",
     "static_graph": "DDP's own default",
     "kernels": "plain PyTorch, the baseline the fused sets are measured against",
+    "compile_mode": "torch.compile as users call it first; CUDA graphs and autotuning are choices to measure",
     "attention": "PyTorch picks its fastest scaled-dot-product backend, as users get by default",
     "checkpointing": "none: recomputation trades speed for memory, a choice to measure",
     "optimizer": "torch's fused AdamW is the fastest correct implementation on CPU and CUDA (Trainer's default too)",

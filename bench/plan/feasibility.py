@@ -114,7 +114,28 @@ def skip_reason(config: Config, platform: Platform) -> str | None:
             return f"optimizer=apex-adam needs a CUDA GPU and Apex's FusedAdam: {apex_missing or 'this is a CPU'}"
     if config.kernels == "compile" and config.warmup < 1:
         return "kernels=compile needs warmup >= 1 so compilation stays out of the measured window"
-    return _cuda_graph_problem(config)
+    return _cuda_graph_problem(config) or _compile_graph_problem(config)
+
+
+def _compile_graph_problem(config: Config) -> str | None:
+    """Why torch.compile's CUDA graphs (compile_mode reduce-overhead or max-autotune) cannot run this configuration,
+    or None."""
+    if not config.compile_graphs:
+        return None
+    mode = f"compile_mode={config.compile_mode}"
+    if not config.device.startswith("cuda"):
+        return f"{mode} needs a CUDA GPU: its compiled graphs replay as CUDA graphs"
+    if config.parallel != "none":
+        return (f"{mode} is implemented for parallel=none; under parallel={config.parallel} the gradient "
+                "collectives run between the compiled graphs, and lmbench has not validated CUDA graphs around them")
+    if config.grad_accum > 1:
+        return (f"{mode} with grad_accum={config.grad_accum}: lmbench has not yet checked on a GPU that the graphs "
+                "accumulate micro-batch gradients as the default mode does (tests/test_compile_modes.py holds that "
+                "check)")
+    if config.warmup < CUDA_GRAPH_WARMUP:
+        return (f"{mode} needs warmup >= {CUDA_GRAPH_WARMUP}: the compilation, the graphs' warm-up run and their "
+                "recording stay out of the measured window")
+    return None
 
 
 def _cuda_graph_problem(config: Config) -> str | None:
@@ -127,8 +148,8 @@ def _cuda_graph_problem(config: Config) -> str | None:
         return (f"cuda_graph=true is implemented for parallel=none; parallel={config.parallel} would need its "
                 "collectives captured too")
     if config.kernels == "compile":
-        return ("cuda_graph=true with kernels=compile: torch.compile makes its own CUDA graphs "
-                "(mode=reduce-overhead), which lmbench does not offer yet")
+        return ("cuda_graph=true with kernels=compile: torch.compile makes its own CUDA graphs; set "
+                "compile_mode=reduce-overhead instead")
     if config.kernels == "liger":
         return ("cuda_graph=true with kernels=liger: Liger's fused linear cross-entropy counts the labels on the "
                 "host (an .item() every step), which a CUDA graph cannot hold")

@@ -64,7 +64,8 @@ def reference_config(config: Config, *, nnodes: int = 1) -> Config:
     arithmetic as it was.
     """
     precision = FP8_REFERENCE if config.precision in FP8_PRECISIONS else "fp32"
-    reference = config.replace(precision=precision, kernels="eager", checkpointing="none")
+    # Eager holds a kernel set's options (compile_mode) at their defaults: the reference has one key.
+    reference = config.replace(precision=precision, kernels="eager", checkpointing="none").without_foreign_options()
     return single_device(reference, nnodes=nnodes) if config.parallel in MODEL_PARALLEL else reference
 
 

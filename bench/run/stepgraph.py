@@ -121,8 +121,14 @@ class StepGraph:
 
     def with_capture_peak(self, peaks: dict[str, Any]) -> dict[str, Any]:
         """The window's allocator peaks, the allocated one raised to the capture's (see the module docstring)."""
-        window = peaks.get("mem_peak_allocated_bytes")
-        if self.capture_peak_allocated_bytes is None or window is None:
-            return peaks
-        return {**peaks, "mem_peak_allocated_bytes": max(window, self.capture_peak_allocated_bytes)}
+        return with_graph_peak(peaks, self.capture_peak_allocated_bytes)
+
+
+def with_graph_peak(peaks: dict[str, Any], recorded: int | None) -> dict[str, Any]:
+    """Allocator peaks of a window of graph replays, which allocate nothing: the allocated one raised to the peak
+    of the steps that recorded the graphs (their memory is what each replay writes into)."""
+    window = peaks.get("mem_peak_allocated_bytes")
+    if recorded is None or window is None:
+        return peaks
+    return {**peaks, "mem_peak_allocated_bytes": max(window, recorded)}
 

@@ -133,7 +133,11 @@ class TrainingStep:
         wrap = partial(WRAPPERS[config.parallel], config=config, device=device)
         self.precision: Precision = PRECISIONS[config.precision](model, make_optimizer, device, wrap)
         self.parallel_model = self.precision.model
-        self.model = kernel_set.finish(self.parallel_model)
+        self.model = kernel_set.finish(self.parallel_model, compile_mode=config.compile_mode)
+        self.compile_graphs = config.compile_graphs
+        """torch.compile replays the compiled forward and backward as CUDA graphs (inductor's cudagraph trees): each
+        step marks its start for them, and the loss it returns is copied out of their memory, which the next
+        replay overwrites."""
         if stage is not None:
             from lmbench.run.pipeline import Pipeline
 
@@ -202,6 +206,8 @@ class TrainingStep:
     def _eager_step(self) -> torch.Tensor:
         if self.pipeline is not None:
             return self._pipeline_step()
+        if self.compile_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         accum = self.config.grad_accum
         total = self._micro_step(last=accum == 1)
         for micro in range(1, accum):
@@ -242,7 +248,7 @@ class TrainingStep:
             # nn.DataParallel returns one loss per replica.
             loss = loss.mean() if loss.dim() else loss
             self.precision.backward(loss if accum == 1 else loss / accum)
-        return loss.detach().float()
+        return loss.detach().float().clone() if self.compile_graphs else loss.detach().float()
 
     def _loss(self, batch: Batch, label_smoothing: float, reduction: str = "mean") -> torch.Tensor:
         """The model's loss on a batch; with label smoothing (or a sum) the eager path computes it from the logits,

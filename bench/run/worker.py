@@ -140,7 +140,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
     from lmbench.measure.mathmode import matmul_mode
     from lmbench.measure.telemetry import Telemetry, energy_warning, for_devices, power_trace
     from lmbench.measure.timer import StepTimer
-    from lmbench.models.kernel_sets import KERNEL_SETS
+    from lmbench.models.kernel_sets import KERNEL_SETS, confirm_compiled_graphs
     from lmbench.models.registry import MODELS, import_family
     from lmbench.run import distributed
     from lmbench.run.training import TrainingStep, devices_used
@@ -186,13 +186,25 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
                 with warmup_timer.step():
                     step()
                 done += 1
+                if done == 1 and step.compile_graphs and device.type == "cuda":
+                    # torch.compile's CUDA graphs: the window's replays allocate nothing, so its allocated peak
+                    # would leave out activations and gradients. The peak of the warmup's later steps, which record
+                    # the graphs (the first compiles them and autotunes, in memory the step never needs again),
+                    # stands in for them (lmbench.run.stepgraph.with_graph_peak).
+                    for used in devices:
+                        torch.cuda.synchronize(used)
+                        torch.cuda.reset_peak_memory_stats(used)
                 budget.check()
                 if quality is not None and quality.due(done):
                     with warmup_timer.paused():
                         quality.evaluate(done, warmup_timer.device_s)
+        recorded_peak = None
         if device.type == "cuda":
             for used in devices:
                 torch.cuda.synchronize(used)
+            if step.compile_graphs:
+                recorded_peak = max(torch.cuda.max_memory_allocated(used) for used in devices)
+            for used in devices:
                 torch.cuda.reset_peak_memory_stats(used)
         warmup_s = time.perf_counter() - warmup_start - (quality.eval_s if quality is not None else 0.0)
         host_window = hostmem.Budget(0)
@@ -215,10 +227,16 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
                     with timer.paused(), telemetry.paused(), training_peaks.excluded():
                         quality.evaluate(done, warmup_timer.device_s + timer.device_s)
         load_span = load.stop()
+        if step.compile_graphs:
+            step.kernels_applied = confirm_compiled_graphs(config.compile_mode)
         # Read before profiling: the profiler's steps and buffers are not part of the measurement.
         peaks = training_peaks.read()
         if step.graph is not None:
             peaks = step.graph.with_capture_peak(peaks)
+        elif recorded_peak is not None:
+            from lmbench.run.stepgraph import with_graph_peak
+
+            peaks = with_graph_peak(peaks, recorded_peak)
         busy_s = sum(step.pipeline.clock.busy_s(config.steps)) if step.pipeline else None
         host_growth = host_window.growth_bytes if device.type == "cpu" else None
         # What --max-memory caps on a CPU: the growth since training started (optimizer state and activations).

@@ -1,0 +1,201 @@
+"""compile_mode: torch.compile's modes, CUDA graphs (inductor's cudagraph trees) among them.
+
+On a CPU: the axis, its key, which configurations it refuses and why, what reaches torch.compile, and the
+refusal to measure a compiled step whose graphs inductor ran without their CUDA graph. On a GPU: a step whose
+compiled graphs replay as CUDA graphs trains as the default mode's, and keeps every step's loss.
+"""
+
+import dataclasses
+
+import pytest
+import torch
+
+from lmbench.errors import KernelSwapError
+from lmbench.measure.environment import Platform
+from lmbench.models import kernel_sets
+from lmbench.plan.config import CHOICES, COMPILE_GRAPH_MODES, CUDA_GRAPH_WARMUP, Config, ConfigError
+from lmbench.plan.feasibility import resolve, skip_reason
+from lmbench.run.training import TrainingStep
+
+H100 = Platform(cuda_available=True, device_count=8, capability=(9, 0), torch_version=torch.__version__,
+                apex_available=False, liger_available=False)
+CPU = dataclasses.replace(H100, cuda_available=False, device_count=0, capability=None)
+GRAPHED = {"device": "cuda", "kernels": "compile", "compile_mode": "reduce-overhead"}
+
+
+@pytest.fixture(autouse=True)
+def inductor_as_it_was():
+    """A compile mode with CUDA graphs sets inductor's cudagraph_or_error and graph_partition for the whole process
+    (a worker's own): here they must not outlive the test."""
+    import torch._inductor.config as inductor
+
+    with inductor.patch({"triton.cudagraph_or_error": inductor.triton.cudagraph_or_error,
+                         "graph_partition": inductor.graph_partition}):
+        yield
+
+
+def test_the_modes_with_cuda_graphs_are_the_ones_torch_says():
+    assert {mode for mode in CHOICES["compile_mode"] if kernel_sets.compile_mode_graphs(mode)} == COMPILE_GRAPH_MODES
+
+
+def test_an_unknown_mode_is_refused_naming_the_allowed_ones():
+    with pytest.raises(ConfigError, match="compile_mode='fast' is not one of: default, reduce-overhead, "
+                                          "max-autotune, max-autotune-no-cudagraphs"):
+        Config(compile_mode="fast")
+
+
+def test_the_default_mode_keeps_every_key_and_another_mode_makes_its_own():
+    compiled = Config(kernels="compile")
+    assert compiled.replace(compile_mode="default").key == compiled.key
+    assert len({compiled.replace(compile_mode=mode).key for mode in CHOICES["compile_mode"]}) == 4
+
+
+def test_outside_kernels_compile_the_mode_is_held_at_its_default():
+    """A matrix of kernels x compile_mode measures eager once, not once per mode."""
+    eager = [resolve(Config(kernels="eager", compile_mode=mode, device="cpu"), CPU) for mode in CHOICES["compile_mode"]]
+    assert {config.key for config in eager} == {resolve(Config(kernels="eager", device="cpu"), CPU).key}
+    assert resolve(Config(kernels="compile", compile_mode="max-autotune", device="cpu"), CPU).compile_mode == \
+        "max-autotune"
+
+
+@pytest.mark.parametrize(("axes", "reason"), [
+    ({"device": "cpu"}, "compile_mode=reduce-overhead needs a CUDA GPU: its compiled graphs replay as CUDA graphs"),
+    ({"compile_mode": "max-autotune", "device": "cpu"},
+     "compile_mode=max-autotune needs a CUDA GPU: its compiled graphs replay as CUDA graphs"),
+    ({"parallel": "ddp", "nproc": 2},
+     "compile_mode=reduce-overhead is implemented for parallel=none; under parallel=ddp the gradient collectives run "
+     "between the compiled graphs, and lmbench has not validated CUDA graphs around them"),
+    ({"grad_accum": 2}, "compile_mode=reduce-overhead with grad_accum=2: lmbench has not yet checked on a GPU that the "
+                        "graphs accumulate micro-batch gradients as the default mode does (tests/test_compile_modes.py "
+                        "holds that check)"),
+    ({"warmup": CUDA_GRAPH_WARMUP - 1},
+     f"compile_mode=reduce-overhead needs warmup >= {CUDA_GRAPH_WARMUP}: the compilation, the graphs' warm-up run and "
+     "their recording stay out of the measured window"),
+])
+def test_configurations_compiled_cuda_graphs_cannot_run_are_skipped_with_the_reason(axes, reason):
+    config = Config(**{**GRAPHED, **axes})
+    assert skip_reason(config, CPU if config.device == "cpu" else H100) == reason
+
+
+@pytest.mark.parametrize("mode", ["default", "max-autotune-no-cudagraphs"])
+def test_modes_without_cuda_graphs_run_anywhere(mode):
+    assert skip_reason(Config(kernels="compile", compile_mode=mode, device="cpu"), CPU) is None
+    assert skip_reason(Config(kernels="compile", compile_mode=mode, device="cuda", grad_accum=4), H100) is None
+
+
+@pytest.mark.parametrize(("mode", "passed", "or_error"), [
+    ("default", None, False), ("reduce-overhead", "reduce-overhead", True), ("max-autotune", "max-autotune", True),
+    ("max-autotune-no-cudagraphs", "max-autotune-no-cudagraphs", False)])
+def test_the_mode_reaches_torch_compile_and_a_skipped_graph_becomes_an_error(monkeypatch, mode, passed, or_error):
+    import torch._inductor.config as inductor
+
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: seen.append(kwargs) or model)
+    model = torch.nn.Linear(2, 2)
+    inductor.triton.cudagraph_or_error = False
+    inductor.graph_partition = True
+    assert kernel_sets.KERNEL_SETS["compile"].finish(model, compile_mode=mode) is model
+    assert inductor.triton.cudagraph_or_error is or_error
+    # A graph replays whole or the row is an error: no partitions run around what inductor cannot graph.
+    assert inductor.graph_partition is not or_error
+    assert seen == [{"mode": passed}]
+
+
+def test_every_other_kernel_set_leaves_the_model_as_it_is():
+    model = torch.nn.Linear(2, 2)
+    for name, kernel_set in kernel_sets.KERNEL_SETS.items():
+        if name != "compile":
+            assert kernel_set.finish(model, compile_mode="reduce-overhead") is model
+
+
+def test_a_compiled_step_whose_graphs_ran_without_cuda_graphs_is_refused():
+    """On a CPU inductor runs every graph without its CUDA graph and counts each one: the check after the window
+    turns that into an error naming the mode, where a record would otherwise claim CUDA graphs it never had."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    config = Config(model="tiny-gpt2", batch_size=2, seq_len=16, dropout=False, **{**GRAPHED, "device": "cpu"})
+    step = TrainingStep(config, torch.device("cpu"))
+    assert step.compile_graphs
+    assert torch.isfinite(torch.stack([step(), step()])).all()
+    assert kernel_sets.compiled_graph_fallbacks()["skipped"] > 0
+    with pytest.raises(KernelSwapError, match=r"compile_mode=reduce-overhead: inductor ran compiled graphs without "
+                                              r"their CUDA graphs \(\d+ graph\(s\) skipped\) with .*refusing to "
+                                              r"measure it without them"):
+        kernel_sets.confirm_compiled_graphs("reduce-overhead")
+
+
+def test_a_graph_split_into_partitions_is_refused_too():
+    """Partitions of a split graph run the ops between them outside CUDA graphs; inductor counts them only."""
+    torch._dynamo.utils.counters.clear()
+    assert kernel_sets.confirm_compiled_graphs("max-autotune").endswith("replayed whole as a CUDA graph")
+    torch._dynamo.utils.counters["inductor"]["cudagraph_partitions"] += 3
+    with pytest.raises(KernelSwapError, match=r"\(3 partitions of graphs split\)"):
+        kernel_sets.confirm_compiled_graphs("max-autotune")
+    torch._dynamo.utils.counters.clear()
+
+
+def trained(config: Config, steps: int) -> tuple[list[float], int]:
+    """The losses of `steps` steps, read after the last one as the worker reads its window's, and the CUDA graphs
+    one more step launched."""
+    torch._dynamo.reset()
+    step = TrainingStep(config, torch.device("cuda"))
+    kept = [step() for _ in range(steps)]
+    # The runtime's calls (cudaGraphLaunch among them) come with the CUDA activity.
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as profiler:
+        step()
+    return torch.stack(kept).tolist(), sum("cudaGraphLaunch" in event.name for event in profiler.events())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("model", "accum"), [("tiny-gpt2", 1), ("tiny-llama", 1), ("tiny-gpt2", 2)])
+def test_compiled_cuda_graphs_train_as_the_default_mode_and_keep_every_loss(model, accum):
+    """grad_accum=2 is refused by feasibility until this passes on a GPU: the TrainingStep here is built directly."""
+    torch._dynamo.utils.counters.clear()
+    base = Config(model=model, batch_size=2, seq_len=32, grad_accum=accum, precision="amp-bf16", kernels="compile",
+                  device="cuda", dropout=False)
+    default, launched_default = trained(base, 8)
+    graphed, launched = trained(base.replace(compile_mode="reduce-overhead"), 8)
+    # A forward and a backward graph for each micro-batch at least; none in the default mode.
+    assert launched >= 2 * accum and launched_default == 0, (launched, launched_default)
+    assert default[-1] < default[0]
+    assert kernel_sets.confirm_compiled_graphs("reduce-overhead").endswith("replayed whole as a CUDA graph")
+    # Backward kernels may add with atomics: the bound is how far the default mode lands from itself, or 1e-4.
+    noise = (torch.tensor(trained(base, 8)[0]) - torch.tensor(default)).abs().max().item()
+    apart = (torch.tensor(graphed) - torch.tensor(default)).abs().max().item()
+    assert apart <= max(1e-4, 4 * noise), f"graphed {apart:.3g} from the default mode; run to run {noise:.3g}"
+
+
+def test_tune_judges_a_combination_with_the_warmup_its_measurements_get(tmp_path, monkeypatch):
+    """`--warmup 1` would put the graphs' recording in every measured window: the combination is skipped, not
+    measured (feasibility used to see the axis's default warmup, 5)."""
+    from click.testing import CliRunner
+
+    from lmbench.cli import cli
+    from lmbench.measure import environment
+
+    monkeypatch.setattr(environment, "probe_platform", lambda: H100)
+    result = CliRunner().invoke(cli, ["tune", "--model", "tiny-gpt2", "--device", "cuda", "--kernels", "compile",
+                                      "--precision", "amp-bf16", "--checkpointing", "none", "--warmup", "1",
+                                      "--set", "compile_mode=reduce-overhead", "--out", str(tmp_path / "tune")])
+    assert result.exit_code == 0, result.output
+    assert "compile_mode=reduce-overhead needs warmup >= 3" in " ".join(result.output.split())
+    assert not (tmp_path / "tune" / "probes.jsonl").exists()
+
+
+def test_tune_gives_the_mode_to_compiled_combinations_only(tmp_path):
+    from lmbench.run.rundir import RunDirectory
+    from lmbench.tune import Tuner
+
+    base = Config(model="tiny-gpt2", device="cuda", compile_mode="max-autotune")
+    tuner = Tuner(base, RunDirectory(tmp_path / "run", resume=False), launch=lambda job, run_dir: None)
+    combo = {"precision": "amp-bf16", "checkpointing": "none"}
+    assert tuner.probe_config({**combo, "kernels": "compile"}, 8).compile_mode == "max-autotune"
+    assert tuner.probe_config({**combo, "kernels": "eager"}, 8).compile_mode == "default"
+
+
+def test_a_table_shows_no_mode_for_a_kernel_set_without_one():
+    from lmbench.analyze.table import cell
+
+    assert cell({"kernels": "eager", "compile_mode": "default"}, "compile_mode") == "-"
+    assert cell({"kernels": "compile", "compile_mode": "reduce-overhead"}, "compile_mode") == "reduce-overhead"
