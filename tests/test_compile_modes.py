@@ -199,3 +199,12 @@ def test_a_table_shows_no_mode_for_a_kernel_set_without_one():
 
     assert cell({"kernels": "eager", "compile_mode": "default"}, "compile_mode") == "-"
     assert cell({"kernels": "compile", "compile_mode": "reduce-overhead"}, "compile_mode") == "reduce-overhead"
+
+
+def test_a_tune_ranking_names_what_ran_as_cuda_graphs():
+    from lmbench.analyze.table import kernels_cell
+
+    assert kernels_cell({"kernels": "compile", "compile_mode": "default"}) == "compile"
+    assert kernels_cell({"kernels": "compile", "compile_mode": "max-autotune"}) == "compile max-autotune"
+    assert kernels_cell({"kernels": "triton", "cuda_graph": True}) == "triton cuda_graph"
+    assert kernels_cell({"kernels": "eager"}) == "eager"  # a record from before either axis

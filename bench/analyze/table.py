@@ -236,6 +236,14 @@ def tune_search_table(found: list[Any], *, title: str) -> Table:
     return table
 
 
+def kernels_cell(config: dict[str, Any]) -> str:
+    """The kernel set with what runs it as CUDA graphs, when anything does: `compile reduce-overhead`,
+    `triton cuda_graph` (a tune's --set can change either, and the ranking must say which ran)."""
+    mode = config.get("compile_mode", "default")
+    return " ".join([config["kernels"], *([mode] if config["kernels"] == "compile" and mode != "default" else []),
+                     *(["cuda_graph"] if config.get("cuda_graph") else [])])
+
+
 def tune_ranking_table(records: list[dict[str, Any]], *, objective: str = "throughput") -> Table:
     """`lmbench tune`: measured configurations, best first by the objective (a loss that strayed from its
     reference's after the others)."""
@@ -249,7 +257,7 @@ def tune_ranking_table(records: list[dict[str, Any]], *, objective: str = "throu
     for i, r in enumerate(records, start=1):
         m, c = r["metrics"] or {}, r["config"]
         memory = memory_cell(m.get("mem_peak_reserved_bytes"), host_growth(m))
-        cells = [str(i), c["precision"], c["kernels"], c["checkpointing"], str(c["batch_size"]),
+        cells = [str(i), c["precision"], kernels_cell(c), c["checkpointing"], str(c["batch_size"]),
                  str(c["grad_accum"]), r["status"], "-" if not m.get("tokens_per_s") else
                  f"{m['tokens_per_s']:,.0f}", memory, "-" if m.get("j_per_token") is None else
                  f"{m['j_per_token']:.3g}", m.get("parity") or "-"]
