@@ -67,6 +67,18 @@ def test_missing_and_failed_configs():
     assert compare(base, cand, allow_missing=True)[1].blocking is False
 
 
+def test_a_configuration_skipped_in_both_runs_is_skipped_not_failed():
+    skipped = {**record("d", None, status="skipped"), "reason": "cuda_graph=true needs a CUDA GPU"}
+    base, cand = run_of({"a": TIGHT}) + [skipped], run_of({"a": TIGHT}) + [skipped]
+    verdict = {v.config_key: v for v in compare(base, cand)}["d"]
+    assert (verdict.verdict, verdict.blocking) == ("skipped", False)
+    assert verdict.note == "skipped in both runs: cuda_graph=true needs a CUDA GPU"
+    assert '<skipped message="skipped: ' in junit_xml(compare(base, cand), metric="tokens_per_s")
+    # Skipped in the candidate alone, after the baseline ran it: the candidate lost a configuration.
+    lost = {v.config_key: v for v in compare(run_of({"a": TIGHT, "d": TIGHT}), cand)}["d"]
+    assert (lost.verdict, lost.blocking) == ("failed", True)
+
+
 def test_thresholds_parse():
     assert parse_threshold("5%") == 0.05 and parse_threshold("0.1") == 0.1
     with pytest.raises(UsageError, match="expected a percentage"):
@@ -113,6 +125,7 @@ def test_compare_exit_codes(tmp_path):
 
 def test_compare_bad_inputs_are_one_line_errors(tmp_path):
     base = write_run(tmp_path / "base", run_of({"a": TIGHT}))
+    nothing_ran = write_run(tmp_path / "skipped", [record("a", None, status="skipped")])
     other_suite = write_run(tmp_path / "other", run_of({"a": TIGHT}, suite="t"))
     other_gpu = write_run(tmp_path / "gpu", run_of({"a": TIGHT}, gpu="NVIDIA A100-SXM4-80GB"))
     cases = [
@@ -123,6 +136,8 @@ def test_compare_bad_inputs_are_one_line_errors(tmp_path):
                             "NVIDIA A100-SXM4-80GB (GPU)); pass --allow-different-hardware to compare them anyway"),
         ((base, base, "--metric", "speed"), "lmbench: error: --metric 'speed' is in no record of either run "
                                             "(e.g. tokens_per_s, step_time_median_s)"),
+        ((nothing_ran, nothing_ran), "lmbench: error: neither run has a measured configuration to compare "
+                                     "(statuses: skipped)"),
         ((base, base, "--threshold", "x"), "lmbench: error: --threshold 'x': expected a percentage like 5% or a "
                                            "fraction like 0.05"),
     ]

@@ -208,3 +208,19 @@ def test_a_tune_ranking_names_what_ran_as_cuda_graphs():
     assert kernels_cell({"kernels": "compile", "compile_mode": "max-autotune"}) == "compile max-autotune"
     assert kernels_cell({"kernels": "triton", "cuda_graph": True}) == "triton cuda_graph"
     assert kernels_cell({"kernels": "eager"}) == "eager"  # a record from before either axis
+
+
+def test_every_compile_mode_has_eager_for_its_baseline_and_eager_has_no_mode():
+    from lmbench.analyze.baseline import counterpart
+    from lmbench.analyze.plots import config_label
+
+    configs = [{"kernels": "eager", "compile_mode": "default", "precision": "fp32"},
+               *({"kernels": "compile", "compile_mode": mode, "precision": "fp32"} for mode in CHOICES["compile_mode"])]
+    axes = ["kernels", "compile_mode"]
+    assert [counterpart(c, configs, ("kernels", "eager"), axes) for c in configs] == [0] * 5
+    # The mode's own baseline: compiled rows against compile_mode=default; eager has none (not even itself).
+    assert [counterpart(c, configs, ("compile_mode", "default"), axes) for c in configs] == [None, 1, 1, 1, 1]
+    assert config_label(configs[0], axes) == "kernels=eager compile_mode=-"
+    # The same holds for a parallel mode's options: a pipeline with 8 micro-batches against parallel=none.
+    rows = [{"parallel": "none", "microbatches": 4}, {"parallel": "pp", "microbatches": 8}]
+    assert counterpart(rows[1], rows, ("parallel", "none"), ["parallel", "microbatches"]) == 0

@@ -440,3 +440,21 @@ def test_plots_against_batch_size_need_several_batch_sizes():
     several = [*one, hand_record("fp32", 16, 1500.0)]
     assert "tokens_vs_batch" not in report.figures(hand_frame(one), one, None)
     assert {"tokens_vs_batch", "memory_vs_batch"} <= set(report.figures(hand_frame(several), several, None))
+
+
+def test_a_run_where_nothing_ran_says_so_rather_than_unknown_or_none(tmp_path):
+    from lmbench.analyze import results
+    from lmbench.analyze.table import device_label
+    from lmbench.cli import cli
+    from lmbench.plan.config import Config
+
+    skipped = results.make_record(suite="s", config=Config(device="cuda", cuda_graph=True).to_dict(), config_key="k",
+                                  repeat=0, status="skipped", reason="cuda_graph=true needs a CUDA GPU")
+    assert device_label([skipped]) == "no device: every configuration was skipped"
+    run = tmp_path / "run"
+    run.mkdir()
+    results.append(run, skipped)
+    done = CliRunner().invoke(cli, ["report", str(run), "--out", str(tmp_path / "report")])
+    assert done.exit_code == 0, done.output
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "Device: no device: every configuration was skipped  \n" in md and "None" not in md.split("\n\n")[1]

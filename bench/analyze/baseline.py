@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from lmbench.errors import UsageError
+from lmbench.plan.config import applies
 
 
 def parse(text: str | None) -> tuple[str, str] | None:
@@ -55,11 +56,16 @@ def counterpart(config: Mapping[str, Any], candidates: Iterable[Mapping[str, Any
     """Index in `candidates` of `config`'s baseline counterpart (None when there is none).
 
     Values are compared as text on the baseline's axis (it came from the command line) and exactly
-    on every other axis in `axes`.
+    on every other axis in `axes`, except an option that means nothing for one of the two (compile_mode for
+    eager, microbatches outside pp: lmbench.plan.config.applies). A configuration the baseline's axis means
+    nothing for has no counterpart: eager is not compile_mode=default.
     """
     axis, value = baseline
+    if not applies(config, axis):
+        return None
     want = {a: config.get(a) for a in axes if a != axis}
     for i, other in enumerate(candidates):
-        if str(other.get(axis)) == value and all(other.get(a) == v for a, v in want.items()):
+        if str(other.get(axis)) == value and applies(other, axis) and all(
+                other.get(a) == v for a, v in want.items() if applies(config, a) and applies(other, a)):
             return i
     return None

@@ -17,7 +17,8 @@ is better (tokens/s, MFU) and, mirrored, where less is (times, memory, energy):
   improvement  lo > 1 + t          (hi < 1 - t)
   inconclusive hi - lo > 2t        (too noisy to tell at this threshold), or no noise estimate
   unchanged    otherwise
-plus `missing` (in one run only) and `failed` (no ok repeat on one side; candidate repeats that ended
+plus `missing` (in one run only), `skipped` (skipped in both: it never ran, never blocks) and `failed` (no ok
+repeat on one side; candidate repeats that ended
 oom, error, diverged or timeout where the baseline's all ran; or an improvement whose loss parity
 diverged: a configuration that trains wrong never counts as faster). A verdict is `blocking` (the
 gate's exit 1) for a regression, for a failure of the candidate, and for a configuration the candidate
@@ -219,6 +220,12 @@ def compare(base: list[dict[str, Any]], cand: list[dict[str, Any]], *, metric: s
                                     blocking=lacking == "candidate" and not allow_missing))
             continue
         b, c = b_values[key], c_values[key]
+        if set(b_status[key]) == set(c_status[key]) == {"skipped"}:
+            # Never ran on either side (a GPU-only configuration on a CPU, say): nothing failed, nothing to judge.
+            reason = next((r.get("reason") for r in [*cand, *base] if r["config_key"] == key and r.get("reason")), "")
+            verdicts.append(Verdict(key, "skipped", None, None, None, 0, 0,
+                                    f"skipped in both runs{': ' + reason if reason else ''}", blocking=False))
+            continue
         if not b or not c:
             side, statuses = ("baseline", b_status[key]) if not b else ("candidate", c_status[key])
             verdicts.append(Verdict(key, "failed", None, None, None, len(b), len(c),

@@ -32,6 +32,9 @@ def load_pair(base: Path, cand: Path, *, metric: str, allow_different_hardware: 
     if len(suites_seen) > 1:
         raise UsageError(f"the runs are of different suites ({', '.join(sorted(map(str, suites_seen)))}); compare "
                          "runs of one suite")
+    if not any(r.get("metrics") for r in b + c):
+        statuses = ", ".join(sorted({r["status"] for r in b + c})) or "no records"
+        raise UsageError(f"neither run has a measured configuration to compare (statuses: {statuses})")
     if not any(metric in (r.get("metrics") or {}) for r in b + c):
         raise UsageError(f"--metric {metric!r} is in no record of either run (e.g. tokens_per_s, step_time_median_s)")
     _check_numeric(metric, b + c)
@@ -139,14 +142,14 @@ def junit_xml(verdicts: list[Verdict], *, metric: str) -> str:
     """One test case per configuration: a blocking verdict (regression, a failed or missing candidate) is a
     failure; a configuration the gate cannot judge for want of a baseline is skipped."""
     failures = sum(v.blocking for v in verdicts)
-    skipped = sum(not v.blocking and v.verdict in ("missing", "failed") for v in verdicts)
+    skipped = sum(not v.blocking and v.verdict in ("missing", "failed", "skipped") for v in verdicts)
     cases = []
     for v in verdicts:
         body = ""
         message = xml_escape(f"{v.verdict}: ratio {v.ratio}, CI [{v.ci_low}, {v.ci_high}] {v.note}", {'"': "&quot;"})
         if v.blocking:
             body = f'<failure message="{message}"/>'
-        elif v.verdict in ("missing", "failed"):
+        elif v.verdict in ("missing", "failed", "skipped"):
             body = f'<skipped message="{message}"/>'
         cases.append(f'  <testcase classname="lmbench.{xml_escape(metric)}" name="{xml_escape(v.config_key)}">'
                      f"{body}</testcase>")

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from lmbench.analyze.baseline import counterpart  # noqa: E402
 from lmbench.analyze.table import configs_of, varying_axes  # noqa: E402
-from lmbench.plan.config import FIELD_TYPES  # noqa: E402
+from lmbench.plan.config import FIELD_TYPES, applies  # noqa: E402
 
 GIB = 2**30
 
@@ -34,7 +34,9 @@ def _empty(title: str, why: str) -> Figure:
 
 
 def config_label(row: pd.Series | dict[str, Any], axes: list[str]) -> str:
-    return " ".join(f"{a}={row[a]}" for a in axes)
+    """`kernels=compile compile_mode=max-autotune`; an option the row does not use is `-` (kernels=eager
+    compile_mode=-), as tables show it."""
+    return " ".join(f"{a}={row[a] if applies(row, a) else '-'}" for a in axes)
 
 
 def _ok(df: pd.DataFrame, column: str) -> pd.DataFrame:

@@ -417,8 +417,10 @@ def build(df: pd.DataFrame, records: list[dict[str, Any]], out: Path, *, baselin
         plt.close(fig)
     env = next((r["env"] for r in records if r.get("env")), {}) or {}
     device = device_label(records)
-    header = (f"# lmbench report\n\nRuns: {', '.join(runs)}  \nDevice: {device}; torch {env.get('torch')}, "
-              f"CUDA {env.get('cuda')}, lmbench {env.get('lmbench')} ({env.get('lmbench_commit')})  \n"
+    # Versions come from the workers' environments: a run where nothing ran has none to give.
+    versions = (f"; torch {env.get('torch')}, CUDA {env.get('cuda')}, lmbench {env.get('lmbench')} "
+                f"({env.get('lmbench_commit')})" if env else "")
+    header = (f"# lmbench report\n\nRuns: {', '.join(runs)}  \nDevice: {device}{versions}  \n"
               f"{len(records)} records, {len(summaries)} configurations; figures are medians over repeats.\n")
     md = header + "".join(f"\n## {SECTION_TITLES[k]}\n\n{grid.markdown()}\n" for k, grid in grids.items())
     md += "\n## Plots\n\n" + "".join(f"![{name}](plots/{name}.png)\n" for name in images)

@@ -11,7 +11,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from lmbench.plan.config import KERNEL_AXES, MODE_AXES
+from lmbench.plan.config import applies
 
 #: Config fields never shown as columns: they do not describe what was trained.
 _HIDDEN = frozenset({"timeout_s"})
@@ -20,11 +20,7 @@ _HIDDEN = frozenset({"timeout_s"})
 def cell(config: dict[str, Any], axis: str) -> str:
     """An axis's value as a table shows it: `-` for an option of a parallel mode or kernel set this row does not
     use."""
-    modes, sets = MODE_AXES.get(axis), KERNEL_AXES.get(axis)
-    if (modes is not None and config.get("parallel") not in modes) or (sets is not None
-                                                                          and config.get("kernels") not in sets):
-        return "-"
-    return str(config.get(axis))
+    return str(config.get(axis)) if applies(config, axis) else "-"
 
 
 def varying_axes(configs: Iterable[dict[str, Any]]) -> list[str]:
@@ -103,7 +99,11 @@ def device_label(records: list[dict[str, Any]]) -> str:
         else:
             label = f"{device['name']} (GPU" + (f", driver {device['driver']})" if device.get("driver") else ")")
         labels.append(label)
-    return "; ".join(dict.fromkeys(labels)) or "unknown device"
+    if labels:
+        return "; ".join(dict.fromkeys(labels))
+    if records and all(record.get("status") == "skipped" for record in records):
+        return "no device: every configuration was skipped"
+    return "unknown device"
 
 
 def summary(records: list[dict[str, Any]]) -> Table:

@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,16 @@ MODE_AXES: dict[str, frozenset[str]] = {
 KERNEL_AXES: dict[str, frozenset[str]] = {
     "compile_mode": frozenset({"compile"}),
 }
+
+
+def applies(config: Mapping[str, Any], axis: str) -> bool:
+    """Whether `axis` means something for `config` (a flat dict, as records keep it): an option of a parallel mode
+    (MODE_AXES) or kernel set (KERNEL_AXES) it does not use is held at its default and means nothing."""
+    modes, sets = MODE_AXES.get(axis), KERNEL_AXES.get(axis)
+    return not ((modes is not None and config.get("parallel") not in modes)
+                or (sets is not None and config.get("kernels") not in sets))
+
+
 #: torch.compile modes whose compiled graphs run as CUDA graphs (inductor's cudagraph trees).
 COMPILE_GRAPH_MODES = frozenset({"reduce-overhead", "max-autotune"})
 #: cuda_graph=true: eager steps before the capture (lmbench.run.stepgraph), and the warmup that keeps them and the
