@@ -6,8 +6,8 @@ import dataclasses
 import hashlib
 import json
 import math
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
