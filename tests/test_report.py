@@ -51,7 +51,7 @@ def test_markdown_tables_exact_text():
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
         # 1024 tokens per step at the median of 1000 and 1100 tokens/s: 975.2 ms, not the median step (977.5).
         "| 8 | fp32 | ok (2/2) | 1,050 | 6.7% | 975.2 | 40.0% | 1.00x | +0.0% |  |",
-        "| 8 | amp-bf16 | ok | 2,000 | - | 512.0 | 40.0% | 1.90x | +90.5% | unstable steps: cv 43% > 10% |",
+        "| 8 | amp-bf16 | ok | 2,000 | - | 512.0 | 40.0% | 1.90x | +90.5% | unstable steps: cv 43.0% > 10% |",
         "| 16 | amp-bf16 | oom | - | - | - | - | - | - |  |",
         "| 16 | fp32 | ok | 1,200 | - | 853.3 | 40.0% | 1.00x | +0.0% |  |",
     ])
@@ -288,8 +288,9 @@ def test_run_summary_flags_unstable_steps_and_shows_host_memory():
     console.print(summary([cpu, gpu]))
     rows = [line for line in console.export_text().splitlines() if line.startswith("│")]
     assert rows[0].split("│")[1:-1] == [" fp32      ", " ok     ", "    1,000 ", "   25.0% ", " 40.0% ",
-                                        " +3.0 MiB RSS ", " unstable steps: cv 25% > 10% "]
-    assert rows[1].split("│")[6:8] == ["     3.00 GiB ", "                              "]
+                                        " +3.0 MiB RSS ", " unstable steps: cv 25.0% > 10% "]
+    memory, note = rows[1].split("│")[6:8]
+    assert memory == "     3.00 GiB " and note.strip() == ""
 
 
 def test_html_tables_keep_every_cell_and_escape_text():
@@ -314,7 +315,7 @@ def test_stalls_show_in_the_note_column():
     record["metrics"].update(stalls=True, tokens_per_s_sustained=600.0, tokens_per_s_typical=1000.0, stall_steps=2,
                              stall_excess_s=0.8)
     row = report.tables([record])["throughput"].splitlines()[2]
-    assert row.endswith("| stalls: sustained 40% below typical (2 outlier steps, +800 ms); unstable steps: cv 50% "
+    assert row.endswith("| stalls: sustained 40.0% below typical (2 outlier steps, +800 ms); unstable steps: cv 50.0% "
                         "> 10% |")
 
 

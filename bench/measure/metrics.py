@@ -68,7 +68,7 @@ def stall_note(m: dict[str, Any]) -> str | None:
         return None
     gap = 1 - m["tokens_per_s_sustained"] / m["tokens_per_s_typical"]
     if m.get("stall_steps"):
-        return (f"stalls: sustained {gap:.0%} below typical ({m['stall_steps']} outlier steps, "
+        return (f"stalls: sustained {gap:.1%} below typical ({m['stall_steps']} outlier steps, "
                 f"+{m.get('stall_excess_s', 0) * 1e3:.3g} ms)")
     # No step stands out: the time went to slow steps spread through the window, or to time between steps.
     mean, median = m.get("step_time_mean_s"), m.get("step_time_median_s")
@@ -78,7 +78,7 @@ def stall_note(m: dict[str, Any]) -> str | None:
     parts = [f"mean {mean * 1e3:.3g} vs median {median * 1e3:.3g} ms" if mean and median else None,
              f"{between * 1e3:.3g} ms between steps" if between is not None and between > 0.01 * m["window_s"]
              else None]
-    return f"stalls: {gap:.0%} below typical, spread over steps (" + "; ".join(filter(None, parts)) + ")"
+    return f"stalls: {gap:.1%} below typical, spread over steps (" + "; ".join(filter(None, parts)) + ")"
 
 
 def bubble_note(measured: float | None, theory: float | None) -> str | None:
@@ -137,7 +137,8 @@ def unstable_steps(step_cvs: Sequence[float]) -> str | None:
     worst = max((cv for cv in step_cvs if cv is not None and math.isfinite(cv)), default=None)
     if worst is None or worst <= STEP_CV_LIMIT:
         return None
-    return f"unstable steps: cv {worst:.0%} > {STEP_CV_LIMIT:.0%}"
+    # One decimal: past the limit by a little must not read as equal to it (cv 10.3% printed as 10%).
+    return f"unstable steps: cv {worst:.1%} > {STEP_CV_LIMIT:.0%}"
 
 
 def warmup(step_times_s: Sequence[float]) -> dict[str, Any]:
