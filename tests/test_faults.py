@@ -697,3 +697,15 @@ def test_12_calibrate_into_an_existing_out_can_be_resumed(tmp_path, tiny, fake):
     assert "1 record(s) kept, 3 job(s) to go" in result.stderr
     assert json.loads((out / "noise-floor.json").read_text())["repeats_per_run"] == 2
     assert len(results.read(out / "b").records) == 4
+
+
+def test_4_resume_into_a_directory_with_nothing_to_resume_says_so_and_runs(tmp_path, tiny, fake):
+    """Scripts pass --resume every time; a mistyped path would measure everything again, so it is said."""
+    out = tmp_path / "typo"
+    result = lmbench("run", "--suite", tiny, "--out", out, "--resume")
+    assert result.exit_code == 0, result.output
+    assert (f"lmbench: warning: --resume: nothing to resume in '{out}' (no results, run.json or probes there): this "
+            "is a new run") in result.stderr
+    assert keys(out) == [("fp32", 0), ("amp-bf16", 0)]
+    again = lmbench("run", "--suite", tiny, "--out", out, "--resume")
+    assert again.exit_code == 0 and "nothing to resume" not in again.stderr
