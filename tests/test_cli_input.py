@@ -126,6 +126,12 @@ def test_a_directory_given_as_suite_is_named_a_directory(tmp_path):
                            "suite: batch-sweep, ci, ")
 
 
+def test_a_directory_named_like_a_suite_file_is_named_a_directory(tmp_path):
+    (tmp_path / "adir.toml").mkdir()
+    line = error(lmbench("run", "--suite", tmp_path / "adir.toml", "--dry-run"))
+    assert line == f"suite file '{tmp_path / 'adir.toml'}' is a directory; give the path of a suite .toml file"
+
+
 def test_a_file_given_as_run_directory_is_named_a_file(tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("")
@@ -207,7 +213,7 @@ def test_a_baseline_value_no_configuration_has_is_refused(tmp_path):
     assert error(lmbench("report", run, "--baseline", "precision=fp99")) == (
         "--baseline precision=fp99: no configuration has precision=fp99; precision values present: amp-bf16, fp32")
     assert error(lmbench("report", run, "--baseline", "precison=fp32")) == (
-        "--baseline precison=fp32: 'precison' is not a configuration axis")
+        "--baseline precison=fp32: 'precison' is not a configuration axis; the axes that vary here: precision")
     assert not (run / "report").exists()
 
 

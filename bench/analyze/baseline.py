@@ -31,7 +31,11 @@ def check(baseline: tuple[str, str] | None, configs: Iterable[Mapping[str, Any]]
     axis, value = baseline
     configs = list(configs)
     if not any(axis in config for config in configs):
-        raise UsageError(f"--baseline {axis}={value}: {axis!r} is not a configuration axis")
+        names = sorted({name for config in configs for name in config})
+        varying = [name for name in names if len({repr(config.get(name)) for config in configs}) > 1]
+        raise UsageError(f"--baseline {axis}={value}: {axis!r} is not a configuration axis; "
+                         + (f"the axes that vary here: {', '.join(varying)}" if varying else
+                            f"axes: {', '.join(names)}"))
     present = sorted({str(config.get(axis)) for config in configs})
     if value not in present:
         raise UsageError(f"--baseline {axis}={value}: no configuration has {axis}={value}; {axis} values present: "

@@ -406,7 +406,7 @@ def coerce(axis: str, value: Any) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "false", "on", "off", "1", "0"):
             return value.lower() in ("true", "on", "1")
         if not isinstance(value, bool):
-            raise ConfigError(f"{axis}={value!r} must be true or false")
+            raise ConfigError(f"{axis}={value!r} must be true or false (on/off and 1/0 are read as those)")
         return value
     if isinstance(value, str) and wanted is not str:
         try:

@@ -114,6 +114,8 @@ def load(name_or_path: str) -> Suite:
     """Load a built-in suite by name, or a suite file by path."""
     path = Path(name_or_path)
     if name_or_path.endswith(".toml") or path.is_file():
+        if path.is_dir():
+            raise SuiteError(f"suite file {name_or_path!r} is a directory; give the path of a suite .toml file")
         if not path.is_file():
             raise SuiteError(f"suite file {name_or_path!r} does not exist")
         return parse(_read(path), source=str(path))
