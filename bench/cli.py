@@ -686,7 +686,7 @@ def _tune(base: Any, run_dir: runner.RunDirectory, lists: dict[str, list[Any]], 
         # With the measurements' own steps and warmup: a CUDA graph's capture must stay out of their windows.
         reason = skip_reason(tuner.config(combo, steps=plan.steps, warmup=plan.warmup), platform)
         if reason:
-            found.append(tuning.ComboResult(combo, note=f"skipped: {reason}"))
+            found.append(tuner.result(combo, note=f"skipped: {reason}"))
             continue
         result = tuner.search(combo)
         if result.chosen:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lmbench.analyze import results
+from lmbench.analyze.table import kernels_cell
 from lmbench.errors import UsageError
 from lmbench.plan import parity
 from lmbench.plan.config import Config
@@ -63,8 +64,16 @@ class ComboResult:
     first_failing: int | None = None
     chosen: int = 0
     probes: int = 0
+    """Sizes the search consulted: probes made now and probes an earlier session left (resume)."""
     note: str = ""
     measured: list[dict[str, Any]] = field(default_factory=list)
+    kernels: str = ""
+    """The kernel set as tables show it, with what runs as CUDA graphs (`compile reduce-overhead`)."""
+
+    @property
+    def skipped(self) -> bool:
+        """Feasibility refused the combination: nothing was probed or measured."""
+        return self.note.startswith("skipped")
 
 
 class Tuner:
@@ -130,6 +139,14 @@ class Tuner:
         return self.config(combo, batch_size=batch, steps=PROBE_STEPS, warmup=PROBE_WARMUP, telemetry=False,
                            grad_accum=1, eval_every=0, target_loss=0.0, target_ppl=0.0, max_steps=0, profile=False)
 
+    def result(self, combo: dict[str, str], **fields: Any) -> ComboResult:
+        """A combination's result, labelled with what its configurations run (compile's mode, cuda_graph)."""
+        return ComboResult(combo, kernels=kernels_cell(self.config(combo).to_dict()), **fields)
+
+    def label(self, combo: dict[str, str]) -> str:
+        """`amp-bf16 compile reduce-overhead none`, for progress lines."""
+        return " ".join([combo["precision"], kernels_cell(self.config(combo).to_dict()), combo["checkpointing"]])
+
     def config(self, combo: dict[str, str], **changes: Any) -> Config:
         """The base with a combination and `changes`; the base keeps options of every kernel set (compile_mode), and
         each combination holds the ones of other sets at their defaults, so an eager row has one key."""
@@ -145,7 +162,7 @@ class Tuner:
             with results.saving(self.probe_path):
                 results.append_line(self.probe_path, {"config_key": config.key, "combo": combo, "batch_size": batch,
                                                       "status": status, "reason": reason})
-            self.on_event(f"probe {_label(combo)} batch {batch}: {status}")
+            self.on_event(f"probe {self.label(combo)} batch {batch}: {status}")
         return self.cache[config.key] == "ok"
 
     def search(self, combo: dict[str, str]) -> ComboResult:
@@ -153,28 +170,33 @@ class Tuner:
 
         When --min-batch does not fit, the bisection runs between 0 and it. The search stops early to leave
         the budget room for measuring what it found."""
-        found = ComboResult(combo)
-        before = len(self.cache)
+        found = self.result(combo)
+        consulted: list[int] = []
+
+        def fits(batch: int) -> bool:
+            consulted.append(batch)
+            return self.fits(combo, batch)
+
         fitting, failing, batch = 0, None, self.min_batch
         while batch <= self.max_batch and not self.out_of_search_time():
-            if not self.fits(combo, batch):
+            if not fits(batch):
                 failing = batch
                 break
             fitting, batch = batch, batch * 2
         if failing is None and fitting and fitting < self.max_batch < batch and not self.out_of_search_time():
             # Doubling from --min-batch stepped over --max-batch: try it, then bisect below it if it fails.
-            if self.fits(combo, self.max_batch):
+            if fits(self.max_batch):
                 fitting = self.max_batch
             else:
                 failing = self.max_batch
         while failing is not None and failing - fitting > 1 and not self.out_of_search_time():
             middle = (fitting + failing) // 2
-            if self.fits(combo, middle):
+            if fits(middle):
                 fitting = middle
             else:
                 failing = middle
         found.largest_fitting, found.first_failing = fitting, failing
-        found.probes = len(self.cache) - before
+        found.probes = len(consulted)
         # The margin backs off from the edge (the first batch that did not fit), never past what fitted: a search
         # the budget stopped before it found the edge (16 fitted, 32 did not, nothing between was tried), or one
         # that never failed, measures its largest fitting probe. On the H100 a compiled GPT-2 that fitted at
@@ -247,17 +269,13 @@ class Tuner:
                     record["metrics"].update(checked)
                 self.run_dir.append(record)
                 self.done.add(config.key)
-                self.on_event(f"measure {_label(found.combo)} batch {batch} x{accum}: {status}")
+                self.on_event(f"measure {self.label(found.combo)} batch {batch} x{accum}: {status}")
             found.measured.append({"config": config})
 
 
 def combos(precisions: list[str], kernels: list[str], checkpointing: list[str]) -> list[dict[str, str]]:
     return [{"precision": p, "kernels": k, "checkpointing": c}
             for p, k, c in itertools.product(precisions, kernels, checkpointing)]
-
-
-def _label(combo: dict[str, str]) -> str:
-    return " ".join(combo.values())
 
 
 def strayed(record: dict[str, Any]) -> bool:

@@ -224,3 +224,14 @@ def test_every_compile_mode_has_eager_for_its_baseline_and_eager_has_no_mode():
     # The same holds for a parallel mode's options: a pipeline with 8 micro-batches against parallel=none.
     rows = [{"parallel": "none", "microbatches": 4}, {"parallel": "pp", "microbatches": 8}]
     assert counterpart(rows[1], rows, ("parallel", "none"), ["parallel", "microbatches"]) == 0
+
+
+def test_tune_says_which_mode_it_probes_and_measures(tmp_path):
+    from lmbench.run.rundir import RunDirectory
+    from lmbench.tune import Tuner
+
+    base = Config(model="tiny-gpt2", device="cuda", compile_mode="reduce-overhead")
+    tuner = Tuner(base, RunDirectory(tmp_path / "run", resume=False), launch=lambda job, run_dir: None)
+    combo = {"precision": "amp-bf16", "checkpointing": "none"}
+    assert tuner.label({**combo, "kernels": "compile"}) == "amp-bf16 compile reduce-overhead none"
+    assert tuner.result({**combo, "kernels": "eager"}).kernels == "eager"

@@ -275,3 +275,27 @@ def test_a_measurement_feasibility_refuses_is_a_skipped_record_not_a_launch(tmp_
     # Sizes 8, 6 and 4 (BELOW): 8 // 6 = 1 micro-batch, 8 // 4 = 2.
     assert launcher.launched[searched:] == [8, 6] and by_batch[6]["status"] == "ok"
     assert (by_batch[4]["status"], by_batch[4]["reason"]) == ("skipped", "grad_accum=2 refused")
+
+
+def test_a_resumed_search_counts_the_probes_it_reused(tmp_path):
+    """The table's `probes` is the sizes the search consulted, not only the ones this session launched."""
+    with RunDirectory(tmp_path / "run", resume=False) as run_dir:
+        first = Tuner(BASE, run_dir, launch=FakeLauncher(5), max_batch=16).search(COMBO)
+    launcher = FakeLauncher(5)
+    with RunDirectory(tmp_path / "run", resume=True) as run_dir:
+        again = Tuner(BASE, run_dir, launch=launcher, max_batch=16).search(COMBO)
+    made = len((tmp_path / "run" / "probes.jsonl").read_text().splitlines())
+    assert launcher.launched == [] and again.probes == first.probes == made > 1
+
+
+def test_a_skipped_combination_shows_no_search_in_the_table():
+    from rich.console import Console
+
+    from lmbench.analyze.table import tune_search_table
+    from lmbench.tune import ComboResult
+
+    console = Console(width=200, record=True)
+    console.print(tune_search_table([ComboResult(COMBO, note="skipped: needs a CUDA GPU", kernels="eager")], title="t"))
+    row = next(line for line in console.export_text().splitlines() if "skipped" in line)
+    assert [cell.strip() for cell in row.split("│")[1:-1]] == ["fp32", "eager", "none", "-", "-", "-", "-",
+                                                                "skipped: needs a CUDA GPU"]

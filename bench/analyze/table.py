@@ -231,8 +231,9 @@ def tune_search_table(found: list[Any], *, title: str) -> Table:
     for column in ("precision", "kernels", "checkpointing", "fits", "fails", "chosen", "probes", "note"):
         table.add_column(column)
     for r in found:
-        table.add_row(*r.combo.values(), str(r.largest_fitting), str(r.first_failing or "-"), str(r.chosen),
-                      str(r.probes), escape(r.note))
+        searched = [str(r.largest_fitting), str(r.first_failing or "-"), str(r.chosen), str(r.probes)]
+        table.add_row(r.combo["precision"], r.kernels or r.combo["kernels"], r.combo["checkpointing"],
+                      *(["-"] * 4 if r.skipped else searched), escape(r.note))
     return table
 
 
