@@ -173,6 +173,8 @@ def _run_suite(plan: RunPlan, out: Path | None, *, resume: bool, dry_run: bool =
     suite = suites.load(plan.suite).with_overrides(parsed)
     plan = dataclasses.replace(plan, suite_sha256=suite.digest)
     planned = suite.expand(max_configs=max_configs)
+    for warning in suite.unused_options(planned):
+        click.echo(f"lmbench: warning: {warning}", err=True)
     platform = probe_platform()
     if plan.parity:
         from lmbench.plan.parity import with_references
@@ -601,6 +603,10 @@ def tune(model: str, seq_len: int | None, precisions: str, kernel_sets: str, che
     # Resolving the base (kernels=eager) held a kernel set's options at their defaults; the combinations of --kernels
     # each take theirs back (Tuner.config).
     base = base.replace(**{axis: values[axis] for axis in KERNEL_AXES if axis in values})
+    for axis, sets in KERNEL_AXES.items():
+        if axis in values and not set(lists["kernels"]) & sets:
+            click.echo(f"lmbench: warning: --set {axis}={values[axis]} applies to kernels={'/'.join(sorted(sets))} "
+                       "only, which --kernels does not list: it changes nothing", err=True)
     positions = MODELS[model].max_positions
     if seq_len is not None and seq_len > positions:
         raise UsageError(f"--seq-len {seq_len}: more than the {positions} positions of model {model}; allowed: "

@@ -235,3 +235,31 @@ def test_tune_says_which_mode_it_probes_and_measures(tmp_path):
     combo = {"precision": "amp-bf16", "checkpointing": "none"}
     assert tuner.label({**combo, "kernels": "compile"}) == "amp-bf16 compile reduce-overhead none"
     assert tuner.result({**combo, "kernels": "eager"}).kernels == "eager"
+
+
+def test_a_mode_no_configuration_uses_is_said_to_change_nothing():
+    from lmbench.plan import suite as suites
+
+    eager = suites.load("smoke").with_overrides({"kernels": ["eager"], "compile_mode": ["default", "max-autotune"]})
+    assert eager.unused_options(eager.expand()) == [
+        "compile_mode=default,max-autotune applies to kernels=compile only, which no configuration here uses: it "
+        "changes nothing"]
+    both = suites.load("smoke").with_overrides({"kernels": ["eager", "compile"], "compile_mode": ["max-autotune"]})
+    assert both.unused_options(both.expand()) == []
+    pipelined = suites.load("smoke").with_overrides({"microbatches": [8]})
+    assert pipelined.unused_options(pipelined.expand()) == [
+        "microbatches=8 applies to parallel=pp only, which no configuration here uses: it changes nothing"]
+
+
+def test_tune_says_a_mode_without_compiled_combinations_changes_nothing(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from lmbench import tune
+    from lmbench.cli import cli
+
+    monkeypatch.setattr(tune, "combos", lambda *lists: [])
+    result = CliRunner().invoke(cli, ["tune", "--model", "tiny-gpt2", "--device", "cpu", "--kernels", "eager",
+                                      "--set", "compile_mode=max-autotune", "--out", str(tmp_path / "t")])
+    assert result.exit_code == 0, result.output
+    assert ("lmbench: warning: --set compile_mode=max-autotune applies to kernels=compile only, which --kernels does "
+            "not list: it changes nothing") in result.stderr

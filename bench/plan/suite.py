@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lmbench.errors import ConfigError, SuiteError
-from lmbench.plan.config import FIELD_TYPES, TYPE_NAMES, Config, coerce
+from lmbench.plan.config import FIELD_TYPES, KERNEL_AXES, MODE_AXES, TYPE_NAMES, Config, applies, coerce
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -68,6 +68,22 @@ class Suite:
                 matrix[axis] = values
         return Suite(name=self.name, description=self.description, source=self.source, digest=self.digest,
                      defaults=defaults, matrix=matrix, exclude=self.exclude)
+
+    def unused_options(self, planned: list[Planned]) -> list[str]:
+        """Warnings for options of a parallel mode or kernel set that the suite sets but no planned configuration
+        uses (compile_mode without kernels=compile): they change nothing, which is likely not what was meant."""
+        warnings = []
+        for axis, owners in {**{a: ("parallel", m) for a, m in MODE_AXES.items()},
+                             **{a: ("kernels", k) for a, k in KERNEL_AXES.items()}}.items():
+            asked = self.matrix.get(axis, [self.defaults[axis]] if axis in self.defaults else [])
+            default = Config().to_dict()[axis]
+            if any(coerce(axis, value) != default for value in asked) and not any(
+                    applies(row.config.to_dict(), axis) for row in planned):
+                owner, users = owners
+                values = ",".join(str(value) for value in asked)
+                warnings.append(f"{axis}={values} applies to {owner}={'/'.join(sorted(users))} only, which no "
+                                "configuration here uses: it changes nothing")
+        return warnings
 
     def expand(self, *, max_configs: int = MAX_CONFIGS) -> list[Planned]:
         """Cartesian product of the matrix over the defaults, minus exclusions, duplicates removed.
