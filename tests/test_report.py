@@ -459,3 +459,6 @@ def test_a_run_where_nothing_ran_says_so_rather_than_unknown_or_none(tmp_path):
     assert done.exit_code == 0, done.output
     md = (tmp_path / "report" / "report.md").read_text()
     assert "Device: no device: every configuration was skipped  \n" in md and "None" not in md.split("\n\n")[1]
+    throughput = md.split("## Throughput")[1].split("##")[0]
+    assert "| skipped: cuda_graph=true needs a CUDA GPU |" in throughput
+    assert "## Not measured: failures and skips" in md

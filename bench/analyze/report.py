@@ -180,7 +180,9 @@ def sections(records: list[dict[str, Any]], baseline: tuple[str, str] | None = N
             speedup = tps / base_tps if tps and base_tps else None
             row += [_fmt(speedup, ".2f") + ("x" if speedup else ""),
                     "-" if speedup is None else f"{(speedup - 1) * 100:+.1f}%"]
-        throughput_rows.append(row + [s.note()])
+        # A configuration that never ran says why where its figures would be.
+        skipped = set(s.statuses) == {"skipped"}
+        throughput_rows.append(row + [s.note() or (f"skipped: {s.reason}" if skipped and s.reason else "")])
         memory_rows.append(label + [_status(s), _fmt(s.median("mem_peak_allocated_bytes"), ".2f", GIB),
                                     _fmt(s.median("mem_peak_reserved_bytes"), ".2f", GIB),
                                     _fmt(s.median("mem_nvml_used_peak_bytes"), ".2f", GIB),
@@ -388,7 +390,7 @@ def _png(fig: Any) -> bytes:
 
 
 SECTION_TITLES = {"quality": "Time to target (held-out loss)", "throughput": "Throughput", "memory": "Memory",
-                  "energy": "Energy", "failures": "Failures",
+                  "energy": "Energy", "failures": "Not measured: failures and skips",
                   "time": "Where the time goes", "kernels": "Top kernels of the profiled steps",
                   "roofline": "Distance to the roofline (measured ceilings)"}
 
