@@ -119,3 +119,28 @@ def test_each_rank_writes_its_own_trace_name():
     path = Path("/run/traces/KEY-r0.json.gz")
     assert _rank_trace(path, 0, 1) == path
     assert _rank_trace(path, 1, 2) == Path("/run/traces/KEY-r0-rank1.json.gz")
+
+
+def test_a_gpu_trace_without_kernels_is_the_profilers_failure_not_a_cpu_breakdown():
+    """CUPTI can collect nothing (a warm-up session before CUDA graphs did so on CUDA 13.0): the host ops of such a
+    trace must not be broken down as if the steps had run on a CPU."""
+    events = [X("ProfilerStep#1", 0, 100, "user_annotation"), X("aten::mm", 10, 50, "cpu_op")]
+    assert breakdown({"traceEvents": events})["device"] == "cpu"
+    with pytest.raises(ValueError, match="the profiler recorded no GPU kernel in the profiled steps"):
+        breakdown({"traceEvents": events}, on_gpu=True)
+
+
+def test_a_profiler_that_fails_after_the_window_costs_the_breakdown_not_the_record(monkeypatch):
+    from lmbench.run import profiling
+    from lmbench.run.worker import measure
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUPTI_ERROR_NOT_INITIALIZED\nsecond line")
+
+    monkeypatch.setattr(profiling, "profile_steps", broken)
+    payload = measure(Config(model="tiny-gpt2", batch_size=2, seq_len=16, steps=2, warmup=1, device="cpu",
+                             telemetry=False, profile=True))
+    assert payload["status"] == "ok" and payload["metrics"]["tokens_per_s"] > 0
+    assert "time_frac_matmul" not in payload["metrics"]
+    assert ("profiling after the window failed (RuntimeError: CUPTI_ERROR_NOT_INITIALIZED second line): no breakdown; "
+            "the window's figures stand") in payload["warnings"]

@@ -187,11 +187,17 @@ def _cpu_timeline(events: list[dict[str, Any]], steps: list[tuple[float, float]]
     return steps, [by_category] * len(steps), _self_times(in_steps)
 
 
-def breakdown(trace: dict[str, Any], *, top: int = 10) -> dict[str, Any]:
-    """Mean fractions of the profiled steps' time by category, the step time, and the top kernels by time."""
+def breakdown(trace: dict[str, Any], *, top: int = 10, on_gpu: bool = False) -> dict[str, Any]:
+    """Mean fractions of the profiled steps' time by category, the step time, and the top kernels by time.
+
+    `on_gpu`: the steps ran on a GPU, so a trace without kernels is the profiler's failure (CUPTI collected
+    nothing), an error, not a CPU run to break down by host ops.
+    """
     events = [e for e in trace.get("traceEvents", []) if isinstance(e, dict)]
     steps = _step_ranges(events)
     cuda = any(e.get("cat") == "kernel" for e in events)
+    if on_gpu and not cuda:
+        raise ValueError("the profiler recorded no GPU kernel in the profiled steps (CUPTI collected nothing)")
     spans, intervals, kernels = (_cuda_timeline if cuda else _cpu_timeline)(events, steps)
     if not spans:
         raise ValueError("no device activity inside the profiled steps")

@@ -35,4 +35,4 @@ def profile_steps(step: Callable[[], Any], device: torch.device, trace_path: Pat
         torch.cuda.synchronize(device)
     # A name ending in .gz makes torch write the trace gzipped.
     prof.export_chrome_trace(str(trace_path))
-    return breakdown(load(trace_path))
+    return breakdown(load(trace_path), on_gpu=device.type == "cuda")

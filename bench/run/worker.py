@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lmbench.analyze.results import write_json
+from lmbench.errors import one_line
 from lmbench.plan.config import Config
 
 #: Fallback start of the process where /proc cannot say (the module is imported at start-up).
@@ -243,12 +244,16 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         training_growth = budget.growth_bytes if device.type == "cpu" else None
         if quality is not None:
             _train_on(config, step, quality, done, warmup_timer.device_s + timer.device_s, budget)
-        profiled = None
+        profiled, profile_error = None, None
         if config.profile:
             from lmbench.run.profiling import profile_steps
 
             trace = _rank_trace(trace_path or Path(tempfile.mkdtemp()) / "trace.json.gz", rank, world)
-            profiled = {**profile_steps(step, device, trace), "trace": str(trace)}
+            try:
+                profiled = {**profile_steps(step, device, trace), "trace": str(trace)}
+            except Exception as error:  # noqa: BLE001 - after the window: it costs the breakdown, not the figures
+                traceback.print_exc()
+                profile_error = one_line(error)
     budget.check()
     own_timeline = _rank_timeline(timeline_path, rank, world)
     if own_timeline is not None and telemetry.samples:
@@ -269,6 +274,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         "mem_host_peak_growth_bytes": host_growth,
         "mem_host_training_growth_bytes": training_growth,
         "profile": profiled,
+        "profile_error": profile_error,
         # Each process's share of the tokens, for its own energy per token.
         "telemetry": telemetry.summary(tokens=shape.global_batch_tokens * config.steps / world),
         "power_trace": power_trace(telemetry.samples),
@@ -347,6 +353,9 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
     if result.get("throttled_power_or_heat"):
         warnings.append(f"clocks were throttled for power or heat during the window "
                         f"({', '.join(result['throttle_reasons'])}); the figures may not be representative")
+    if per_rank[0]["profile_error"]:
+        warnings.append(f"profiling after the window failed ({per_rank[0]['profile_error']}): no breakdown; the "
+                        "window's figures stand")
     if config.precision.startswith("fp8") and config.kernels != "compile":
         warnings.append(f"precision={config.precision} with kernels={config.kernels}: without torch.compile torchao's "
                         "FP8 scaling and casts run as separate kernels, so expect it slower than amp-bf16; "
