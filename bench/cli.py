@@ -31,6 +31,7 @@ from lmbench.plan.runplan import RunPlan
 from lmbench.plan.tuneplan import TunePlan
 from lmbench.run import runner
 from lmbench.run.interrupts import Interrupted, interruptible
+from lmbench.run.rundir import nothing_to_resume
 
 #: tune's option defaults: those of its plan (the resume command leaves defaults out).
 _TUNE = {field.name: field.default for field in dataclasses.fields(TunePlan)}
@@ -201,6 +202,10 @@ def _run_suite(plan: RunPlan, out: Path | None, *, resume: bool, dry_run: bool =
     suggest = resume_command is None  # calibrate resumes itself, not with `lmbench run`
     resume_command = resume_command or plan.resume_command(out, extra=extra)
     _refuse_other_writer(out, "run")
+    # calibrate resumes its second run as a matter of course: only `lmbench run --resume` is told.
+    fresh = nothing_to_resume(out) if resume and suggest else None
+    if fresh:
+        click.echo(f"lmbench: warning: {fresh}", err=True)
     with interruptible(), runner.RunDirectory(out, resume=resume) as run_dir:
         for notice in run_dir.notices:
             click.echo(f"lmbench: warning: {notice}", err=True)
@@ -604,7 +609,7 @@ def tune(model: str, seq_len: int | None, precisions: str, kernel_sets: str, che
     # each take theirs back (Tuner.config).
     base = base.replace(**{axis: values[axis] for axis in KERNEL_AXES if axis in values})
     for axis, sets in KERNEL_AXES.items():
-        if axis in values and not set(lists["kernels"]) & sets:
+        if axis in values and values[axis] != Config().to_dict()[axis] and not set(lists["kernels"]) & sets:
             click.echo(f"lmbench: warning: --set {axis}={values[axis]} applies to kernels={'/'.join(sorted(sets))} "
                        "only, which --kernels does not list: it changes nothing", err=True)
     positions = MODELS[model].max_positions
@@ -631,6 +636,9 @@ def tune(model: str, seq_len: int | None, precisions: str, kernel_sets: str, che
     extra = (*(("--budget-minutes", f"{budget_minutes:g}") if budget_minutes else ()),
              *(("--objective", objective) if objective != _TUNE_OBJECTIVE else ()))
     _refuse_other_writer(out, "tune")
+    fresh = nothing_to_resume(out) if resume else None
+    if fresh:
+        click.echo(f"lmbench: warning: {fresh}", err=True)
     with interruptible(), runner.RunDirectory(out, resume=resume) as run_dir:
         _record_tune_plan(run_dir, plan, resume=resume, extra=extra)
         command = plan.resume_command(out, extra=extra)
@@ -692,7 +700,7 @@ def _tune(base: Any, run_dir: runner.RunDirectory, lists: dict[str, list[Any]], 
         # With the measurements' own steps and warmup: a CUDA graph's capture must stay out of their windows.
         reason = skip_reason(tuner.config(combo, steps=plan.steps, warmup=plan.warmup), platform)
         if reason:
-            found.append(tuner.result(combo, note=f"skipped: {reason}"))
+            found.append(tuner.result(combo, note=f"skipped: {reason}", skipped=True))
             continue
         result = tuner.search(combo)
         if result.chosen:

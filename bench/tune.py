@@ -69,11 +69,8 @@ class ComboResult:
     measured: list[dict[str, Any]] = field(default_factory=list)
     kernels: str = ""
     """The kernel set as tables show it, with what runs as CUDA graphs (`compile reduce-overhead`)."""
-
-    @property
-    def skipped(self) -> bool:
-        """Feasibility refused the combination: nothing was probed or measured."""
-        return self.note.startswith("skipped")
+    skipped: bool = False
+    """Feasibility refused the combination: nothing was probed or measured (the note says why)."""
 
 
 class Tuner:

@@ -130,17 +130,41 @@ def test_a_gpu_trace_without_kernels_is_the_profilers_failure_not_a_cpu_breakdow
         breakdown({"traceEvents": events}, on_gpu=True)
 
 
-def test_a_profiler_that_fails_after_the_window_costs_the_breakdown_not_the_record(monkeypatch):
+def test_a_trace_that_cannot_be_broken_down_costs_the_breakdown_not_the_record(monkeypatch, tmp_path):
     from lmbench.run import profiling
+    from lmbench.run.profiling import ProfileError
     from lmbench.run.worker import measure
 
-    def broken(*args, **kwargs):
-        raise RuntimeError("CUPTI_ERROR_NOT_INITIALIZED\nsecond line")
+    def kernel_less(trace, **kwargs):
+        raise ValueError("the profiler recorded no GPU kernel in the profiled steps (CUPTI collected nothing)")
 
-    monkeypatch.setattr(profiling, "profile_steps", broken)
+    monkeypatch.setattr(profiling, "breakdown", kernel_less)
+    step = TrainingStep(Config(model="tiny-gpt2", batch_size=2, seq_len=16, device="cpu"), torch.device("cpu"))
+    with pytest.raises(ProfileError, match=r"ValueError: the profiler recorded no GPU kernel .*; trace: .*t.json.gz"):
+        profile_steps(step, torch.device("cpu"), tmp_path / "t.json.gz")
     payload = measure(Config(model="tiny-gpt2", batch_size=2, seq_len=16, steps=2, warmup=1, device="cpu",
                              telemetry=False, profile=True))
     assert payload["status"] == "ok" and payload["metrics"]["tokens_per_s"] > 0
     assert "time_frac_matmul" not in payload["metrics"]
-    assert ("profiling after the window failed (RuntimeError: CUPTI_ERROR_NOT_INITIALIZED second line): no breakdown; "
-            "the window's figures stand") in payload["warnings"]
+    warning, = [w for w in payload["warnings"] if "broken down" in w]
+    assert warning.startswith("the profiled steps' trace could not be broken down (ValueError: the profiler recorded "
+                              "no GPU kernel") and warning.endswith("no breakdown; the window's figures stand")
+
+
+def test_a_profiled_step_that_fails_still_fails_the_record(monkeypatch):
+    """Out of memory, a CUDA error, a collective: the steps under the profiler are steps like any other."""
+    from lmbench.run import worker
+
+    calls = []
+    real = TrainingStep.__call__
+
+    def failing_after_the_window(self):
+        calls.append(1)
+        if len(calls) > 3:  # warmup 1 + 2 measured steps, then the profiled ones
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real(self)
+
+    monkeypatch.setattr(TrainingStep, "__call__", failing_after_the_window)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        worker.measure(Config(model="tiny-gpt2", batch_size=2, seq_len=16, steps=2, warmup=1, device="cpu",
+                              telemetry=False, profile=True))

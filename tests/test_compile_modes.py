@@ -10,7 +10,7 @@ import dataclasses
 import pytest
 import torch
 
-from lmbench.errors import KernelSwapError
+from lmbench.errors import KernelSwapError, UsageError
 from lmbench.measure.environment import Platform
 from lmbench.models import kernel_sets
 from lmbench.plan.config import CHOICES, COMPILE_GRAPH_MODES, CUDA_GRAPH_WARMUP, Config, ConfigError
@@ -221,9 +221,28 @@ def test_every_compile_mode_has_eager_for_its_baseline_and_eager_has_no_mode():
     # The mode's own baseline: compiled rows against compile_mode=default; eager has none (not even itself).
     assert [counterpart(c, configs, ("compile_mode", "default"), axes) for c in configs] == [None, 1, 1, 1, 1]
     assert config_label(configs[0], axes) == "kernels=eager compile_mode=-"
-    # The same holds for a parallel mode's options: a pipeline with 8 micro-batches against parallel=none.
-    rows = [{"parallel": "none", "microbatches": 4}, {"parallel": "pp", "microbatches": 8}]
+    # Under kernels=compile eager's counterpart is compile_mode=default, whichever compiled row is listed first.
+    for ordered in (configs, [configs[0], *reversed(configs[1:])]):
+        found = counterpart(configs[0], ordered, ("kernels", "compile"), axes)
+        assert ordered[found]["compile_mode"] == "default"
+    # The same holds for a parallel mode's options: a pipeline with 8 micro-batches against parallel=none, and
+    # parallel=none against the pipeline with the default 4, not the first listed.
+    rows = [{"parallel": "none", "microbatches": 4}, {"parallel": "pp", "microbatches": 8},
+            {"parallel": "pp", "microbatches": 4}]
     assert counterpart(rows[1], rows, ("parallel", "none"), ["parallel", "microbatches"]) == 0
+    assert counterpart(rows[0], rows, ("parallel", "pp"), ["parallel", "microbatches"]) == 2
+
+
+def test_a_baseline_only_rows_without_the_option_hold_is_refused():
+    from lmbench.analyze.baseline import check
+
+    eager = [{"kernels": "eager", "compile_mode": "default"}, {"kernels": "triton", "compile_mode": "default"}]
+    with pytest.raises(UsageError, match="compile_mode is an option of a parallel mode or kernel set "
+                                                     "that no configuration here uses"):
+        check(("compile_mode", "default"), eager)
+    with pytest.raises(UsageError, match="no configuration has compile_mode=default; compile_mode values "
+                                                     "present: max-autotune"):
+        check(("compile_mode", "default"), [*eager, {"kernels": "compile", "compile_mode": "max-autotune"}])
 
 
 def test_tune_says_which_mode_it_probes_and_measures(tmp_path):

@@ -195,3 +195,11 @@ def test_a_padded_vocabulary_trains_and_counts_its_rows_but_never_draws_them():
         assert torch.isfinite(step())
     tokens = torch.cat([b.input_ids.flatten() for b in padded.batches])
     assert int(tokens.max()) < 512
+
+
+def test_a_cv_just_past_the_limit_never_reads_as_equal_to_it():
+    from lmbench.measure.metrics import unstable_steps
+
+    assert unstable_steps([0.103]) == "unstable steps: cv 10.3% > 10%"
+    assert unstable_steps([0.1004]) == "unstable steps: cv 10.04% > 10%"
+    assert unstable_steps([0.1, 0.05]) is None

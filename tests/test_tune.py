@@ -295,7 +295,8 @@ def test_a_skipped_combination_shows_no_search_in_the_table():
     from lmbench.tune import ComboResult
 
     console = Console(width=200, record=True)
-    console.print(tune_search_table([ComboResult(COMBO, note="skipped: needs a CUDA GPU", kernels="eager")], title="t"))
+    skipped = ComboResult(COMBO, note="skipped: needs a CUDA GPU", kernels="eager", skipped=True)
+    console.print(tune_search_table([skipped], title="t"))
     row = next(line for line in console.export_text().splitlines() if "skipped" in line)
     assert [cell.strip() for cell in row.split("│")[1:-1]] == ["fp32", "eager", "none", "-", "-", "-", "-",
                                                                 "skipped: needs a CUDA GPU"]

@@ -36,7 +36,11 @@ def check(baseline: tuple[str, str] | None, configs: Iterable[Mapping[str, Any]]
         raise UsageError(f"--baseline {axis}={value}: {axis!r} is not a configuration axis; "
                          + (f"the axes that vary here: {', '.join(varying)}" if varying else
                             f"axes: {', '.join(names)}"))
-    present = sorted({str(config.get(axis)) for config in configs})
+    # Values the axis holds where it means something: eager's compile_mode=default is no baseline for anything.
+    present = sorted({str(config.get(axis)) for config in configs if applies(config, axis)})
+    if not present:
+        raise UsageError(f"--baseline {axis}={value}: {axis} is an option of a parallel mode or kernel set that no "
+                         "configuration here uses")
     if value not in present:
         raise UsageError(f"--baseline {axis}={value}: no configuration has {axis}={value}; {axis} values present: "
                          f"{', '.join(present)}")
@@ -47,7 +51,7 @@ def failed_only(baseline: tuple[str, str] | None, records: Iterable[Mapping[str,
     if baseline is None:
         return None
     axis, value = baseline
-    theirs = [r for r in records if str(r["config"].get(axis)) == value]
+    theirs = [r for r in records if str(r["config"].get(axis)) == value and applies(r["config"], axis)]
     if not theirs or any(r["status"] == "ok" for r in theirs):
         return None
     statuses = ", ".join(sorted({r["status"] for r in theirs}))
@@ -60,9 +64,10 @@ def counterpart(config: Mapping[str, Any], candidates: Iterable[Mapping[str, Any
     """Index in `candidates` of `config`'s baseline counterpart (None when there is none).
 
     Values are compared as text on the baseline's axis (it came from the command line) and exactly
-    on every other axis in `axes`, except an option that means nothing for one of the two (compile_mode for
-    eager, microbatches outside pp: lmbench.plan.config.applies). A configuration the baseline's axis means
-    nothing for has no counterpart: eager is not compile_mode=default.
+    on every other axis in `axes` that means something for the candidate (lmbench.plan.config.applies): a
+    compiled row's baseline under kernels=eager is eager whatever its compile_mode, and eager's under
+    kernels=compile is compile_mode=default (eager holds the default), never the first compiled row listed.
+    A configuration the baseline's axis means nothing for has no counterpart: eager is not compile_mode=default.
     """
     axis, value = baseline
     if not applies(config, axis):
@@ -70,6 +75,6 @@ def counterpart(config: Mapping[str, Any], candidates: Iterable[Mapping[str, Any
     want = {a: config.get(a) for a in axes if a != axis}
     for i, other in enumerate(candidates):
         if str(other.get(axis)) == value and applies(other, axis) and all(
-                other.get(a) == v for a, v in want.items() if applies(config, a) and applies(other, a)):
+                other.get(a) == v for a, v in want.items() if applies(other, a)):
             return i
     return None

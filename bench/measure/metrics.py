@@ -137,8 +137,10 @@ def unstable_steps(step_cvs: Sequence[float]) -> str | None:
     worst = max((cv for cv in step_cvs if cv is not None and math.isfinite(cv)), default=None)
     if worst is None or worst <= STEP_CV_LIMIT:
         return None
-    # One decimal: past the limit by a little must not read as equal to it (cv 10.3% printed as 10%).
-    return f"unstable steps: cv {worst:.1%} > {STEP_CV_LIMIT:.0%}"
+    # Past the limit by a little must not read as equal to it (cv 10.3% printed as 10%): a tenth of a percent, or a
+    # hundredth where a tenth still rounds to the limit.
+    shown = f"{worst:.1%}" if f"{worst:.1%}" != f"{STEP_CV_LIMIT:.1%}" else f"{worst:.2%}"
+    return f"unstable steps: cv {shown} > {STEP_CV_LIMIT:.0%}"
 
 
 def warmup(step_times_s: Sequence[float]) -> dict[str, Any]:

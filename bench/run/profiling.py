@@ -14,15 +14,25 @@ from typing import Any
 
 import torch
 
+from lmbench.errors import LmbenchError, one_line
 from lmbench.measure.breakdown import breakdown, load
 
 #: Steps the profiler's schedule warms up on, then records.
 WARMUP_STEPS, ACTIVE_STEPS = 2, 3
 
 
+class ProfileError(LmbenchError):
+    """The profiled steps ran but their trace could not be written or broken down: the breakdown is lost, not the
+    window measured before them."""
+
+
 def profile_steps(step: Callable[[], Any], device: torch.device, trace_path: Path, *, warmup: int = WARMUP_STEPS,
                   active: int = ACTIVE_STEPS) -> dict[str, Any]:
-    """Run `warmup + active` steps under torch.profiler, save the trace, return its breakdown."""
+    """Run `warmup + active` steps under torch.profiler, save the trace, return its breakdown.
+
+    A failure of the steps themselves (out of memory, a CUDA error, a collective under torchrun) propagates as
+    any step's would; one of writing or reading the trace is a ProfileError.
+    """
     from torch.profiler import ProfilerActivity, profile, schedule
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -33,6 +43,9 @@ def profile_steps(step: Callable[[], Any], device: torch.device, trace_path: Pat
             prof.step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    # A name ending in .gz makes torch write the trace gzipped.
-    prof.export_chrome_trace(str(trace_path))
-    return breakdown(load(trace_path), on_gpu=device.type == "cuda")
+    try:
+        # A name ending in .gz makes torch write the trace gzipped.
+        prof.export_chrome_trace(str(trace_path))
+        return breakdown(load(trace_path), on_gpu=device.type == "cuda")
+    except (OSError, ValueError, RuntimeError) as err:
+        raise ProfileError(f"{one_line(err)}; trace: {trace_path}") from err

@@ -49,22 +49,24 @@ def writer(path: Path) -> str | None:
     return None
 
 
+def nothing_to_resume(path: Path) -> str | None:
+    """The warning for `--resume` into a directory no run or tune has started: scripts pass --resume every time, so
+    that is no error, but a mistyped path would measure everything again."""
+    if any((Path(path) / name).is_file() for name in (results.RESULTS_FILE, META_FILE, PROBES_FILE)):
+        return None
+    return f"--resume: nothing to resume in {str(path)!r} (no results, run.json or probes there): this is a new run"
+
+
 class RunDirectory:
     """One run's directory, locked for this process while open (use it as a context manager)."""
 
     def __init__(self, path: Path, *, resume: bool) -> None:
         self.path = Path(path)
-        started = any((self.path / name).is_file() for name in (results.RESULTS_FILE, META_FILE, PROBES_FILE))
         for folder in (self.path, self.path / "logs", self.path / "work"):
             results.writable_dir(folder)
         self.results_path = self.path / results.RESULTS_FILE
         self.notices: list[str] = []
-        """Repairs made on opening and appending, and what the command should know, for it to show."""
-        if resume and not started:
-            # Scripts pass --resume every time, so a first run with it is no error; a mistyped path would measure
-            # everything again, so it is said.
-            self.notices.append(f"--resume: nothing to resume in {str(self.path)!r} (no results, run.json or probes "
-                                "there): this is a new run")
+        """Repairs made on opening and appending, for the command to show."""
         self._lock: IO[bytes] | None = _lock(self.path / LOCK_FILE, self.notices)
         try:
             if self.results_path.exists() and self.results_path.stat().st_size and not resume:

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from lmbench.analyze.results import write_json
-from lmbench.errors import one_line
 from lmbench.plan.config import Config
 
 #: Fallback start of the process where /proc cannot say (the module is imported at start-up).
@@ -246,14 +245,14 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
             _train_on(config, step, quality, done, warmup_timer.device_s + timer.device_s, budget)
         profiled, profile_error = None, None
         if config.profile:
-            from lmbench.run.profiling import profile_steps
+            from lmbench.run.profiling import ProfileError, profile_steps
 
             trace = _rank_trace(trace_path or Path(tempfile.mkdtemp()) / "trace.json.gz", rank, world)
             try:
                 profiled = {**profile_steps(step, device, trace), "trace": str(trace)}
-            except Exception as error:  # noqa: BLE001 - after the window: it costs the breakdown, not the figures
+            except ProfileError as error:  # after the window: it costs the breakdown, not the figures
                 traceback.print_exc()
-                profile_error = one_line(error)
+                profile_error = str(error)
     budget.check()
     own_timeline = _rank_timeline(timeline_path, rank, world)
     if own_timeline is not None and telemetry.samples:
@@ -353,9 +352,11 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
     if result.get("throttled_power_or_heat"):
         warnings.append(f"clocks were throttled for power or heat during the window "
                         f"({', '.join(result['throttle_reasons'])}); the figures may not be representative")
-    if per_rank[0]["profile_error"]:
-        warnings.append(f"profiling after the window failed ({per_rank[0]['profile_error']}): no breakdown; the "
-                        "window's figures stand")
+    for rank_of, failed in enumerate(r["profile_error"] for r in per_rank):
+        if failed:
+            where = f" on rank {rank_of}" if world > 1 else ""
+            warnings.append(f"the profiled steps' trace could not be broken down{where} ({failed}): no breakdown; the "
+                            "window's figures stand")
     if config.precision.startswith("fp8") and config.kernels != "compile":
         warnings.append(f"precision={config.precision} with kernels={config.kernels}: without torch.compile torchao's "
                         "FP8 scaling and casts run as separate kernels, so expect it slower than amp-bf16; "
