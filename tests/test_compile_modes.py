@@ -237,11 +237,11 @@ def test_a_baseline_only_rows_without_the_option_hold_is_refused():
     from lmbench.analyze.baseline import check
 
     eager = [{"kernels": "eager", "compile_mode": "default"}, {"kernels": "triton", "compile_mode": "default"}]
-    with pytest.raises(UsageError, match="compile_mode is an option of a parallel mode or kernel set "
-                                                     "that no configuration here uses"):
+    with pytest.raises(UsageError, match="compile_mode is an option of a parallel mode or kernel set that no "
+                                         "configuration here uses"):
         check(("compile_mode", "default"), eager)
-    with pytest.raises(UsageError, match="no configuration has compile_mode=default; compile_mode values "
-                                                     "present: max-autotune"):
+    with pytest.raises(UsageError, match="no configuration has compile_mode=default; compile_mode values present: "
+                                         "max-autotune"):
         check(("compile_mode", "default"), [*eager, {"kernels": "compile", "compile_mode": "max-autotune"}])
 
 
