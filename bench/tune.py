@@ -29,7 +29,6 @@ from lmbench.analyze.table import kernels_cell
 from lmbench.errors import UsageError
 from lmbench.plan import parity
 from lmbench.plan.config import Config
-from lmbench.plan.layout import MODEL_PARALLEL
 from lmbench.run.rundir import PARITY_FILE, PROBES_FILE, WINNER_FILE
 from lmbench.run.runner import Job, RunDirectory
 
@@ -231,8 +230,8 @@ class Tuner:
         """The combination's parity fields at `batch` against its reference (None verdict when either failed)."""
         config = self.config(combo, batch_size=batch, grad_accum=1, steps=PARITY_STEPS, warmup=PARITY_WARMUP,
                              telemetry=False, data="markov", profile=False)
-        if config.parallel in MODEL_PARALLEL:
-            # As `run --parity` does: shards and stages draw other dropout masks than the whole model.
+        if parity.other_dropout_masks(config):
+            # As `run --parity` does: shards, stages, compiled code and graph replays draw other dropout masks.
             config = config.replace(dropout=False)
         reference = parity.reference_config(config)
         ran = self._losses(config)

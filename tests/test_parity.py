@@ -104,3 +104,24 @@ def test_diverged_parity_never_counts_as_an_improvement():
     assert v.verdict == "failed" and v.parity == "diverged" and "parity diverged" in v.note
     (v,) = compare(base, [rec(150.0, "ok", i) for i in range(3)])
     assert v.verdict == "improvement" and v.parity == "ok"
+
+
+def test_rows_that_draw_other_dropout_masks_run_their_parity_without_dropout():
+    """A compiled GPT-2 with dropout drew other masks than eager (its first loss 6.2764 against 6.2695 before any
+    update, on a CPU): every compiled row, FP8 among them, read `drift` for its random numbers, not its numerics."""
+    from lmbench.plan.parity import other_dropout_masks, with_references
+    from lmbench.plan.suite import Planned
+
+    compiled = Config(model="tiny-gpt2", precision="amp-bf16", kernels="compile", device="cpu")
+    graphed = Config(model="tiny-gpt2", device="cuda", cuda_graph=True)
+    eager = Config(model="tiny-gpt2", precision="amp-bf16", device="cpu")
+    assert [other_dropout_masks(c) is not None for c in (compiled, graphed, eager, compiled.replace(dropout=False))] \
+        == [True, True, False, False]
+    rows, notices = with_references([Planned(c, None) for c in (compiled, graphed, eager)])
+    by = {(r.config.kernels, r.config.cuda_graph, r.config.precision): r.config.dropout for r in rows}
+    assert by[("compile", False, "amp-bf16")] is False and by[("eager", True, "fp32")] is False
+    # The compiled row's reference is dropout-free too; the eager row and its reference keep the model's dropout.
+    assert by[("eager", False, "amp-bf16")] is True
+    assert {r.config.dropout for r in rows if (r.config.kernels, r.config.precision) == ("eager", "fp32")
+            and not r.config.cuda_graph} == {False, True}
+    assert "parity: dropout=false for compiled rows (inductor draws its own random numbers, not eager's masks)" in notices

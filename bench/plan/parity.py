@@ -100,12 +100,27 @@ def verdict(reference: Sequence[float | None], losses: Sequence[float | None], *
     return {"parity": result, "parity_max_rel_dev": deviation, "parity_tolerance": tolerance}
 
 
+def other_dropout_masks(config: Config) -> str | None:
+    """Why `config`, with dropout on, draws other random masks than its eager reference (so its loss would differ
+    by the masks, not the numerics a parity check judges), or None. Its parity runs turn dropout off, and so does
+    its reference (reference_config keeps the row's dropout)."""
+    if not config.dropout:
+        return None
+    if config.parallel in MODEL_PARALLEL:
+        return "tensor and pipeline parallel rows (their shards and stages draw other masks than the whole model)"
+    if config.kernels == "compile":
+        return "compiled rows (inductor draws its own random numbers, not eager's masks)"
+    if config.cuda_graph:
+        return "rows captured as a CUDA graph (a replay draws its masks from other Philox offsets)"
+    return None
+
+
 def with_references(planned: list[Any], platform: Any = None, *, nnodes: int = 1) -> tuple[list[Any], list[str]]:
     """The plan for a parity run: learnable data, and every configuration's reference in the plan.
 
     Uniform synthetic tokens have no structure to learn (the loss stays at log(vocabulary)), so
-    they are replaced by the Markov corpus. Model-parallel rows lose their dropout: the stages and
-    shards of a model draw other random masks than the whole model does. With `platform`, rows are
+    they are replaced by the Markov corpus. Rows that draw other dropout masks than eager (model-parallel,
+    compiled, captured as a CUDA graph: other_dropout_masks) lose their dropout. With `platform`, rows are
     resolved for it first (a model-parallel reference depends on the number of processes).
     Returns (planned rows, notices for the user).
     """
@@ -120,11 +135,12 @@ def with_references(planned: list[Any], platform: Any = None, *, nnodes: int = 1
             config = config.replace(data="markov")
             if not any(n.startswith("parity: data=") for n in notices):
                 notices.append("parity: data=synthetic replaced by data=markov (uniform tokens show no loss curve)")
-        if config.parallel in MODEL_PARALLEL and config.dropout:
+        other_masks = other_dropout_masks(config)
+        if other_masks:
             config = config.replace(dropout=False)
-            if not any(n.startswith("parity: dropout") for n in notices):
-                notices.append("parity: dropout=false for tensor and pipeline parallel rows (their shards and stages "
-                               "draw other random masks than the whole model)")
+            notice = f"parity: dropout=false for {other_masks}"
+            if notice not in notices:
+                notices.append(notice)
         rows.append(Planned(config, row.conflict))
     keys = {row.config.key for row in rows}
     references = []
