@@ -124,4 +124,5 @@ def test_rows_that_draw_other_dropout_masks_run_their_parity_without_dropout():
     assert by[("eager", False, "amp-bf16")] is True
     assert {r.config.dropout for r in rows if (r.config.kernels, r.config.precision) == ("eager", "fp32")
             and not r.config.cuda_graph} == {False, True}
-    assert "parity: dropout=false for compiled rows (inductor draws its own random numbers, not eager's masks)" in notices
+    assert "parity: dropout=false for compiled rows (inductor draws its own random numbers, not eager's masks)" in \
+        notices
