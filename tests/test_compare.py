@@ -386,3 +386,13 @@ def test_an_absurd_repeat_estimate_says_the_noise_is_far_above_the_threshold():
     assert v.verdict == "inconclusive"
     assert v.note == ("interval wider than ±0.1%; the noise is far above the threshold (over 1,000 repeats per side "
                       "needed)")
+
+
+def test_with_a_noise_floor_the_repeats_needed_follow_the_floors_own_model():
+    """A calibration with log_sd 0.0474 over 4 processes (df 3) resolves ±5% at 31 repeats a side, not at the 3 the
+    observed 2 + 2 spread alone suggested."""
+    noise = ConfigNoise(log_sd=0.0474, df=3)
+    needed = noise.repeats_for(0.05)
+    assert noise.floor(needed) <= 0.05 < noise.floor(needed - 1) and needed == 31
+    verdict = decide([100.0, 101.0], [99.0, 100.5], threshold=0.05, higher_is_better=True, noise=noise)
+    assert verdict.verdict == "inconclusive" and "about 31 repeats per side needed" in verdict.note

@@ -173,7 +173,9 @@ def decide(base: list[float], cand: list[float], *, threshold: float, higher_is_
     if below or above:
         verdict, note = ("improvement" if above == higher_is_better else "regression"), ""
     elif high - low > 2 * threshold:
-        needed = repeats_needed(base, cand, threshold)
+        # The interval is the widest of the estimates: so is the count of repeats that would narrow it.
+        needed = max(filter(None, [repeats_needed(base, cand, threshold),
+                                   noise.repeats_for(threshold) if noise is not None else None]), default=None)
         verdict = "inconclusive"
         if needed is None:
             note = "interval wider than the threshold; more repeats needed"

@@ -65,6 +65,14 @@ class ConfigNoise:
         """Smallest threshold that `repeats` a side can resolve: the interval's reach around a ratio of 1."""
         return math.exp(self.half_width(repeats, repeats)) - 1
 
+    def repeats_for(self, threshold: float) -> int:
+        """Repeats a side whose interval around a ratio of 1 reaches no further than `threshold` (floor(n) <=
+        threshold), by the same model as `half_width` (at least MIN_REPEATS)."""
+        if self.log_sd == 0:
+            return MIN_REPEATS
+        one = self.half_width(MIN_REPEATS, MIN_REPEATS) * math.sqrt(MIN_REPEATS / 2)  # the half-width at 2/n = 1
+        return max(MIN_REPEATS, math.ceil(2 * (one / math.log1p(threshold)) ** 2))
+
 
 @dataclass(frozen=True)
 class NoiseFloor:
