@@ -436,7 +436,10 @@ def report(run_dirs: tuple[Path, ...], out: Path | None, baseline: str | None, c
     if out is None and len(distinct) > 1:
         raise UsageError("a report of several runs needs --out DIR (where to write the combined report)")
     df, records, warnings = frame.load(list(run_dirs))
-    baselines.check(parsed, (record["config"] for record in records))
+    from lmbench.analyze.table import configs_of
+
+    # With its run as an axis when there are several: their directories are never paired with each other.
+    baselines.check(parsed, configs_of(records))
     failed_baseline = baselines.failed_only(parsed, records)
     for warning in warnings + ([failed_baseline] if failed_baseline else []):
         click.echo(f"lmbench: warning: {warning}", err=True)

@@ -282,3 +282,19 @@ def test_tune_says_a_mode_without_compiled_combinations_changes_nothing(tmp_path
     assert result.exit_code == 0, result.output
     assert ("lmbench: warning: --set compile_mode=max-autotune applies to kernels=compile only, which --kernels does "
             "not list: it changes nothing") in result.stderr
+
+
+def test_a_baseline_that_pairs_nothing_is_refused_and_booleans_read_as_set_reads_them():
+    """Two runs that differ only in dropout: run directories are never paired, so dropout=True pairs nothing."""
+    from lmbench.analyze.baseline import check, counterpart, matches
+
+    one = [{"run": "a", "precision": p, "dropout": True} for p in ("fp32", "amp-bf16")]
+    two = [{"run": "b", "precision": p, "dropout": False} for p in ("fp32", "amp-bf16")]
+    with pytest.raises(UsageError, match=r"--baseline dropout=true: no configuration has a counterpart with "
+                                         r"dropout=True that is equal to it on every other varying axis \(run "
+                                         r"directories are never paired with each other\), so every speedup would "
+                                         r"be empty"):
+        check(("dropout", "true"), one + two)
+    check(("precision", "fp32"), one + two)  # within each run, fp32 is there
+    assert matches(False, "off") and matches(True, "1") and not matches(True, "false") and matches("fp32", "fp32")
+    assert counterpart(one[1], one, ("precision", "fp32"), ["precision"]) == 0

@@ -24,26 +24,48 @@ def parse(text: str | None) -> tuple[str, str] | None:
     return axis.strip(), value.strip()
 
 
+def matches(stored: Any, text: str) -> bool:
+    """Whether an axis's stored value is the command line's `text`: as text, and booleans as --set reads them
+    (true/false, on/off, 1/0, any case)."""
+    if isinstance(stored, bool) and text.lower() in ("true", "false", "on", "off", "1", "0"):
+        return stored == (text.lower() in ("true", "on", "1"))
+    return str(stored) == text
+
+
+def names_of(configs: Iterable[Mapping[str, Any]]) -> list[str]:
+    return sorted({name for config in configs for name in config})
+
+
 def check(baseline: tuple[str, str] | None, configs: Iterable[Mapping[str, Any]]) -> None:
     """Refuse a baseline that no configuration has (every speedup would be empty), naming the values there are."""
     if baseline is None:
         return
-    axis, value = baseline
+    axis, asked = baseline
+    value = asked
     configs = list(configs)
     if not any(axis in config for config in configs):
-        names = sorted({name for config in configs for name in config})
+        names = names_of(configs)
         varying = [name for name in names if len({repr(config.get(name)) for config in configs}) > 1]
-        raise UsageError(f"--baseline {axis}={value}: {axis!r} is not a configuration axis; "
+        raise UsageError(f"--baseline {axis}={asked}: {axis!r} is not a configuration axis; "
                          + (f"the axes that vary here: {', '.join(varying)}" if varying else
                             f"axes: {', '.join(names)}"))
     # Values the axis holds where it means something: eager's compile_mode=default is no baseline for anything.
     present = sorted({str(config.get(axis)) for config in configs if applies(config, axis)})
+    value = next((str(config[axis]) for config in configs if applies(config, axis) and axis in config
+                  and matches(config[axis], value)), value)
     if not present:
-        raise UsageError(f"--baseline {axis}={value}: {axis} is an option of a parallel mode or kernel set that no "
+        raise UsageError(f"--baseline {axis}={asked}: {axis} is an option of a parallel mode or kernel set that no "
                          "configuration here uses")
     if value not in present:
-        raise UsageError(f"--baseline {axis}={value}: no configuration has {axis}={value}; {axis} values present: "
+        raise UsageError(f"--baseline {axis}={asked}: no configuration has {axis}={value}; {axis} values present: "
                          f"{', '.join(present)}")
+    distinct = list({repr(sorted(config.items())): config for config in configs}.values())
+    axes = [name for name in names_of(distinct) if len({repr(config.get(name)) for config in distinct}) > 1]
+    others = [config for config in distinct if applies(config, axis) and not matches(config.get(axis), value)]
+    if others and all(counterpart(config, distinct, (axis, value), axes) is None for config in others):
+        across = " (run directories are never paired with each other)" if "run" in axes else ""
+        raise UsageError(f"--baseline {axis}={asked}: no configuration has a counterpart with {axis}={value} that "
+                         f"is equal to it on every other varying axis{across}, so every speedup would be empty")
 
 
 def failed_only(baseline: tuple[str, str] | None, records: Iterable[Mapping[str, Any]]) -> str | None:
@@ -51,7 +73,7 @@ def failed_only(baseline: tuple[str, str] | None, records: Iterable[Mapping[str,
     if baseline is None:
         return None
     axis, value = baseline
-    theirs = [r for r in records if str(r["config"].get(axis)) == value and applies(r["config"], axis)]
+    theirs = [r for r in records if matches(r["config"].get(axis), value) and applies(r["config"], axis)]
     if not theirs or any(r["status"] == "ok" for r in theirs):
         return None
     statuses = ", ".join(sorted({r["status"] for r in theirs}))
@@ -74,7 +96,7 @@ def counterpart(config: Mapping[str, Any], candidates: Iterable[Mapping[str, Any
         return None
     want = {a: config.get(a) for a in axes if a != axis}
     for i, other in enumerate(candidates):
-        if str(other.get(axis)) == value and applies(other, axis) and all(
+        if matches(other.get(axis), value) and applies(other, axis) and all(
                 other.get(a) == v for a, v in want.items() if applies(other, a)):
             return i
     return None
