@@ -394,3 +394,10 @@ def test_an_evaluation_inside_the_window_is_left_out_of_its_peak_memory(monkeypa
     assert peaks.read()["mem_peak_allocated_bytes"] == 150
     assert _TrainingPeaks([torch.device("cpu")]).read() == {"mem_peak_allocated_bytes": None,
                                                               "mem_peak_reserved_bytes": None}
+
+
+def test_short_times_to_target_keep_their_digits():
+    from lmbench.analyze.table import seconds_cell
+
+    assert [seconds_cell(v) for v in (0.01335, 0.01821, 4.0, 123.456, None)] == ["0.0134", "0.0182", "4.00", "123.46",
+                                                                                 "-"]

@@ -462,3 +462,17 @@ def test_a_run_where_nothing_ran_says_so_rather_than_unknown_or_none(tmp_path):
     throughput = md.split("## Throughput")[1].split("##")[0]
     assert "| skipped: cuda_graph=true needs a CUDA GPU |" in throughput
     assert "## Not measured: failures and skips" in md
+
+
+def test_a_long_note_in_the_run_summary_ends_in_an_ellipsis():
+    from rich.console import Console
+
+    from lmbench.analyze.table import NOTE_WIDTH, summary
+
+    record = hand_record("fp32", 8, 1000.0, step_cv=0.287)
+    record["metrics"].update(stalls=True, tokens_per_s_sustained=860.0, tokens_per_s_typical=1000.0,
+                             step_time_mean_s=0.0118, step_time_median_s=0.0102, window_s=1.0, steps_measured=3)
+    console = Console(width=300, record=True)
+    console.print(summary([record]))
+    note = next(line for line in console.export_text().splitlines() if "stalls" in line).split("│")[-2].strip()
+    assert note.endswith("…") and len(note) == NOTE_WIDTH, note

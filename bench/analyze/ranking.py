@@ -20,7 +20,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from lmbench.analyze.table import Grid, configs_of, status_counts, varying_axes
+from lmbench.analyze.table import Grid, configs_of, seconds_cell, status_counts, varying_axes
 
 OBJECTIVES = ("throughput", "time-to-target")
 
@@ -134,9 +134,9 @@ def section(records: list[dict[str, Any]], objective: str = "time-to-target") ->
         row = [str(place)] + [str(s.config[a]) for a in axes] + [
             s.target_cell(), _fmt(s.median("target_loss_nats"), ".3g"),
             _fmt(s.median("steps_to_target", reached), ",.0f"), _fmt(s.median("tokens_to_target", reached), ",.0f"),
-            _fmt(s.median("time_to_target_s", reached), ".2f"),
-            _fmt(s.median("train_time_to_target_s", reached), ".2f"),
-            _fmt(s.median("device_time_to_target_s", reached), ".2f"),
+            seconds_cell(s.median("time_to_target_s", reached)),
+            seconds_cell(s.median("train_time_to_target_s", reached)),
+            seconds_cell(s.median("device_time_to_target_s", reached)),
             _fmt(s.median("energy_to_target_j", reached), ",.0f"), _fmt(s.median("val_loss_best"), ".3f"),
             _fmt(s.median("val_ppl"), ",.2f"), _fmt(s.median("tokens_per_s"), ",.0f")]
         if with_parity:
@@ -160,6 +160,6 @@ def ranking_table(records: list[dict[str, Any]], objective: str) -> Table:
         parity = "/".join(sorted({r["metrics"].get("parity") for r in s.ok()} - {None})) or "-"
         table.add_row(str(place), *(escape(str(s.config[a])) for a in axes), s.status_cell(),
                       _fmt(s.median("tokens_per_s"), ",.0f"), s.target_cell(),
-                      _fmt(s.median("time_to_target_s", s.reached()), ".2f"), _fmt(s.median("val_loss_best"), ".3f"),
+                      seconds_cell(s.median("time_to_target_s", s.reached())), _fmt(s.median("val_loss_best"), ".3f"),
                       parity)
     return table

@@ -13,6 +13,8 @@ from rich.table import Table
 
 from lmbench.plan.config import applies
 
+#: Characters of a note the run summary shows (the report shows it whole).
+NOTE_WIDTH = 100
 #: Config fields never shown as columns: they do not describe what was trained.
 _HIDDEN = frozenset({"timeout_s"})
 
@@ -81,6 +83,14 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def seconds_cell(value: float | None) -> str:
+    """Seconds with two decimals from 1 s and three significant digits below (0.0134 and 0.0182 s must not both
+    read 0.01)."""
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if abs(value) >= 1 else f"{value:.3g}"
+
+
 def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
@@ -147,9 +157,11 @@ def summary(records: list[dict[str, Any]]) -> Table:
                                                contention_note(max(ok, default={}, key=lambda m: m.get(
                                                    "host_other_cpu_cores") or 0))]))
         parity = sorted({str((r.get("metrics") or {}).get("parity") or "-") for r in group})
+        # The report has every note whole; here a cut one ends in an ellipsis, never mid-figure without a sign.
+        shown = note if len(note) <= NOTE_WIDTH else note[:NOTE_WIDTH - 1] + "…"
         table.add_row(*(escape(cell(group[0]["config"], a)) for a in axes), status, _fmt(tps, ",.0f"),
                       "-" if cv is None else f"{cv:.1%}", "-" if mfu is None else f"{mfu:.1%}", memory,
-                      *(("/".join(parity),) if with_parity else ()), escape(note[:100]))
+                      *(("/".join(parity),) if with_parity else ()), escape(shown))
     return table
 
 
@@ -263,6 +275,6 @@ def tune_ranking_table(records: list[dict[str, Any]], *, objective: str = "throu
                  f"{m['tokens_per_s']:,.0f}", memory, "-" if m.get("j_per_token") is None else
                  f"{m['j_per_token']:.3g}", m.get("parity") or "-"]
         if to_target:
-            cells += [m.get("target_status") or "-", _fmt(m.get("time_to_target_s"), ".2f")]
+            cells += [m.get("target_status") or "-", seconds_cell(m.get("time_to_target_s"))]
         table.add_row(*cells)
     return table
