@@ -592,7 +592,7 @@ def tune(model: str, seq_len: int | None, precisions: str, kernel_sets: str, che
     """
     from lmbench import tune as tuning
     from lmbench.measure.environment import probe_platform
-    from lmbench.plan.config import KERNEL_AXES, Config
+    from lmbench.plan.config import DEFAULTS, KERNEL_AXES, Config
     from lmbench.plan.feasibility import resolve
 
     # Options that are wrong on their own first, then what depends on the model.
@@ -612,7 +612,7 @@ def tune(model: str, seq_len: int | None, precisions: str, kernel_sets: str, che
     # each take theirs back (Tuner.config).
     base = base.replace(**{axis: values[axis] for axis in KERNEL_AXES if axis in values})
     for axis, sets in KERNEL_AXES.items():
-        if axis in values and values[axis] != Config().to_dict()[axis] and not set(lists["kernels"]) & sets:
+        if axis in values and values[axis] != DEFAULTS[axis] and not set(lists["kernels"]) & sets:
             click.echo(f"lmbench: warning: --set {axis}={values[axis]} applies to kernels={'/'.join(sorted(sets))} "
                        "only, which --kernels does not list: it changes nothing", err=True)
     positions = MODELS[model].max_positions

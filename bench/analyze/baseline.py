@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from lmbench.analyze.table import varying_axes
 from lmbench.errors import UsageError
 from lmbench.plan.config import applies
 
@@ -60,7 +61,8 @@ def check(baseline: tuple[str, str] | None, configs: Iterable[Mapping[str, Any]]
         raise UsageError(f"--baseline {axis}={asked}: no configuration has {axis}={value}; {axis} values present: "
                          f"{', '.join(present)}")
     distinct = list({repr(sorted(config.items())): config for config in configs}.values())
-    axes = [name for name in names_of(distinct) if len({repr(config.get(name)) for config in distinct}) > 1]
+    # The axes the report pairs on (lmbench.analyze.report), so the refusal is exactly an empty speedup column.
+    axes = varying_axes(distinct)
     others = [config for config in distinct if applies(config, axis) and not matches(config.get(axis), value)]
     if others and all(counterpart(config, distinct, (axis, value), axes) is None for config in others):
         across = " (run directories are never paired with each other)" if "run" in axes else ""

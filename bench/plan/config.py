@@ -300,8 +300,8 @@ class Config:
         """The same configuration with every option of another parallel mode (MODE_AXES) or kernel set
         (KERNEL_AXES) at its default: DDP's outside ddp, tp_degree outside fsdp+tp, the pipeline's outside pp,
         compile_mode outside kernels=compile. One key per configuration measured."""
-        foreign = {axis: _DEFAULTS[axis] for axis, modes in MODE_AXES.items() if self.parallel not in modes}
-        foreign.update({axis: _DEFAULTS[axis] for axis, sets in KERNEL_AXES.items() if self.kernels not in sets})
+        foreign = {axis: DEFAULTS[axis] for axis, modes in MODE_AXES.items() if self.parallel not in modes}
+        foreign.update({axis: DEFAULTS[axis] for axis, sets in KERNEL_AXES.items() if self.kernels not in sets})
         return self.replace(**foreign)
 
     @property
@@ -333,7 +333,7 @@ class Config:
         values = self.to_dict()
         readable = "-".join(_key_part(axis, values[axis]) for axis in _KEY_AXES)
         rest = {k: v for k, v in sorted(values.items())
-                if k not in _KEY_AXES and k not in _UNKEYED and (k in _KEY_V1_AXES or v != _DEFAULTS[k])}
+                if k not in _KEY_AXES and k not in _UNKEYED and (k in _KEY_V1_AXES or v != DEFAULTS[k])}
         digest = hashlib.sha1(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:8]
         return f"{readable}-{digest}"
 
@@ -392,7 +392,8 @@ DEFAULT_REASONS: dict[str, str] = {
     "target_ppl": "no target: the run measures throughput over a fixed number of steps",
     "max_steps": "no target, so no step budget beyond warmup + steps",
 }
-_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Config)}
+#: Every axis's default value.
+DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Config)}
 
 
 #: How messages name each axis type.

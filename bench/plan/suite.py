@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lmbench.errors import ConfigError, SuiteError
-from lmbench.plan.config import FIELD_TYPES, KERNEL_AXES, MODE_AXES, TYPE_NAMES, Config, applies, coerce
+from lmbench.plan.config import DEFAULTS, FIELD_TYPES, KERNEL_AXES, MODE_AXES, TYPE_NAMES, Config, applies, coerce
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -76,8 +76,7 @@ class Suite:
         for axis, owners in {**{a: ("parallel", m) for a, m in MODE_AXES.items()},
                              **{a: ("kernels", k) for a, k in KERNEL_AXES.items()}}.items():
             asked = self.matrix.get(axis, [self.defaults[axis]] if axis in self.defaults else [])
-            default = Config().to_dict()[axis]
-            if any(coerce(axis, value) != default for value in asked) and not any(
+            if any(coerce(axis, value) != DEFAULTS[axis] for value in asked) and not any(
                     applies(row.config.to_dict(), axis) for row in planned):
                 owner, users = owners
                 values = ",".join(str(value) for value in asked)
