@@ -13,7 +13,7 @@ from lmbench.models.conv1d import conv1d_as_linear
 from lmbench.models.registry import MODELS, build_model
 from lmbench.plan.config import Config
 from lmbench.plan.feasibility import resolve, skip_reason
-from lmbench.plan.layout import explain, layout, problem, single_device, stage_layers
+from lmbench.plan.layout import explain, layout, problem, rank_stages, single_device, stage_layers
 from lmbench.plan.parity import reference_config
 from lmbench.run import distributed
 from lmbench.run.pipeline import BusyClock, cut, next_token_loss, tied_weight
@@ -51,6 +51,31 @@ def test_bubble_of_a_pipeline_in_theory():
     assert layout(resolved(parallel="tp", nproc=2)).bubble_fraction_theory is None
 
 
+def test_interleaved_schedules_hold_several_stages_a_rank_and_shrink_the_bubble_in_theory():
+    # Looped: stage s on rank s mod p; a V: rank r holds r and 2p-1-r, so rank 0 holds the first and the last.
+    assert rank_stages(2, 2, "interleaved-1f1b") == [[0, 2], [1, 3]]
+    assert rank_stages(4, 3, "zero-bubble") == [[0, 4, 8], [1, 5, 9], [2, 6, 10], [3, 7, 11]]
+    assert rank_stages(4, 2, "zbv") == [[0, 7], [1, 6], [2, 5], [3, 4]]
+    assert rank_stages(2, 1, "1f1b") == [[0], [1]]
+    # (p-1)/(v m+p-1) (Narayanan et al. 2021, section 2.2.2): 4 ranks, 2 stages each, 8 micro-batches -> 3/19.
+    interleaved = layout(resolved(parallel="pp", nproc=4, microbatches=8, pp_schedule="interleaved-1f1b"))
+    assert (interleaved.stages_per_rank, interleaved.bubble_fraction_theory) == (2, pytest.approx(3 / 19))
+    assert interleaved.record()["pp_stages_per_rank"] == 2
+    # The zero-bubble schedules' bubble depends on the forward and backward halves' times: measured only.
+    for schedule in ("zero-bubble", "zbv"):
+        assert layout(resolved(parallel="pp", nproc=2, pp_schedule=schedule)).bubble_fraction_theory is None
+
+
+def test_stages_per_rank_resolves_to_the_schedules_own_and_leaves_earlier_keys_alone():
+    assert resolved(parallel="pp", pp_schedule="interleaved-1f1b").pp_stages_per_rank == 2
+    assert resolved(parallel="pp", pp_schedule="zero-bubble", pp_stages_per_rank=3).pp_stages_per_rank == 3
+    # One stage per rank is the default of gpipe and 1f1b: 1 and 0 are one configuration with the key it had
+    # before the axis existed.
+    one = resolved(parallel="pp", pp_stages_per_rank=1)
+    assert one.pp_stages_per_rank == 0 and one.key == resolved(parallel="pp").key
+    assert resolved(parallel="ddp", pp_stages_per_rank=2).pp_stages_per_rank == 0
+
+
 def test_stage_layers_split_evenly_with_the_remainder_on_early_stages():
     assert stage_layers(12, 2) == [range(0, 6), range(6, 12)]
     assert stage_layers(5, 2) == [range(0, 3), range(3, 5)]
@@ -64,6 +89,16 @@ def test_stage_layers_split_evenly_with_the_remainder_on_early_stages():
     ({"model": "tiny-gpt2", "parallel": "pp", "nproc": 4}, "2 layers, fewer than the 4 pipeline stages"),
     ({"model": "tiny-gpt2", "parallel": "pp", "nproc": 2, "attention": "eager"}, "attention=sdpa or math"),
     ({"model": "tiny-gpt2", "parallel": "pp", "nproc": 2, "microbatches": 1}, "needs microbatches >= stages (2)"),
+    ({"model": "tiny-gpt2", "parallel": "pp", "nproc": 2, "pp_schedule": "interleaved-1f1b"},
+     "2 layers, fewer than the 4 pipeline stages (2 ranks x 2)"),
+    ({"model": "tiny-gpt2-4l", "parallel": "pp", "nproc": 2, "pp_stages_per_rank": 2}, "pp_schedule=1f1b runs one "
+     "stage per rank; pp_stages_per_rank=2 needs interleaved-1f1b, zbv, zero-bubble"),
+    ({"model": "llama-1b", "parallel": "pp", "nproc": 2, "pp_schedule": "zbv", "pp_stages_per_rank": 4},
+     "pp_schedule=zbv lays exactly 2 stages on each rank"),
+    ({"model": "llama-1b", "parallel": "pp", "nproc": 2, "pp_schedule": "interleaved-1f1b", "microbatches": 5},
+     "rounds of microbatches // ranks = 2, which must divide microbatches=5"),
+    ({"model": "tiny-gpt2-4l", "parallel": "pp", "nproc": 2, "pp_schedule": "zbv", "kernels": "compile"},
+     "not support for compiled stages"),
     ({"model": "tiny-gpt2", "parallel": "fsdp+tp", "nproc": 2}, "use parallel=tp for one group"),
     ({"model": "tiny-gpt2", "parallel": "fsdp+tp", "nproc": 6, "tp_degree": 4}, "divides the 6 ranks"),
 ])
@@ -119,6 +154,15 @@ def test_the_dry_run_says_what_each_rank_holds():
     assert pp[1] == "rank 1 (stage 1): layers 6-11, final norm, LM head and loss"
     assert "1f1b over 8 micro-batches of 8 sequences; bubble (p-1)/(m+p-1) = 11% in theory" in pp[2]
     assert "64 sequences x 128 tokens per optimizer step (8,192 tokens)" in pp[2]
+    looped = explain(resolved(model="gpt2-124m", parallel="pp", nproc=2, microbatches=4,
+                              pp_schedule="interleaved-1f1b"), gpt2)
+    assert looped[0] == "rank 0 (stages 0, 2): stage 0: embeddings, layers 0-2; stage 2: layers 6-8"
+    assert looped[1] == "rank 1 (stages 1, 3): stage 1: layers 3-5; stage 3: layers 9-11, final norm, LM head and loss"
+    assert "bubble (p-1)/(v m+p-1) = 11% in theory" in looped[2] and "summed between" in looped[2]
+    v = explain(resolved(model="gpt2-124m", parallel="pp", nproc=2, pp_schedule="zbv"), gpt2)
+    assert v[0] == ("rank 0 (stages 0, 3): stage 0: embeddings, layers 0-2; stage 3: layers 9-11, final norm, LM head "
+                    "and loss")
+    assert "no closed-form bubble" in v[2] and "one weight on rank 0" in v[2]
     mesh = explain(resolved(model="llama-1b", parallel="fsdp+tp", nproc=8, tp_degree=4), llama)
     assert mesh[0] == "2 x 4 mesh (FSDP x TP): rank r is tensor-parallel shard r % 4 of FSDP group r // 4"
 
@@ -146,13 +190,30 @@ def test_stages_chained_compute_the_whole_models_logits_and_loss(name):
     ids = torch.randint(0, spec.vocab_size, (2, 16))
     with torch.no_grad():
         whole = model(input_ids=ids, labels=ids)
-        first, last = cut(model, spec, 0, 2), cut(model, spec, 1, 2)
-        logits = last(first(ids))
-    assert torch.allclose(logits, whole.logits, atol=1e-5)
+        first, last = cut(model, spec, [0], 2), cut(model, spec, [1], 2)
+        logits = last[0](first[0](ids))
+
     assert next_token_loss(logits, ids).item() == pytest.approx(whole.loss.item(), rel=1e-6)
     assert tied_weight(model)
     assert first.tied_parameter() is last.tied_parameter()  # one process: the same tensor; apart, two copies
     assert sum(p.numel() for p in first.parameters()) < sum(p.numel() for p in model.parameters())
+    assert (first.first, first.last, last.first, last.last) == (True, False, False, True)
+
+
+def test_stages_laid_out_in_a_v_compute_the_whole_model_and_share_the_tied_weight():
+    spec = MODELS["tiny-gpt2-4l"]
+    torch.manual_seed(0)
+    model = build_model(spec, attention="sdpa", dropout=False).eval()
+    ids = torch.randint(0, spec.vocab_size, (2, 16))
+    with torch.no_grad():
+        whole = model(input_ids=ids).logits
+        # Four stages, two a rank: rank 0 runs stages 0 and 3, rank 1 stages 1 and 2.
+        outer, inner = cut(model, spec, [0, 3], 4), cut(model, spec, [1, 2], 4)
+        logits = outer[1](inner[1](inner[0](outer[0](ids))))
+    assert torch.allclose(logits, whole, atol=1e-5)
+    assert (outer.first, outer.last, inner.first, inner.last) == (True, True, False, False)
+    # Rank 0 holds the tied weight once: its embedding and its LM head are one parameter, stepped once.
+    assert sum(p is outer.tied_parameter() for p in outer.parameters()) == 1
 
 
 def test_busy_clock_sums_the_wrapped_calls_of_each_step():
@@ -196,7 +257,7 @@ def test_the_summary_note_puts_the_measured_bubble_beside_the_theory():
     from lmbench.measure.metrics import bubble_note
 
     assert bubble_note(0.634, 0.2) == "bubble: 63% idle measured, 20% in theory"
-    assert bubble_note(None, 0.2) is None and bubble_note(0.5, None) is None
+    assert bubble_note(None, 0.2) is None and bubble_note(0.5, None) == "bubble: 50% idle measured"
 
 
 def test_tables_show_a_dash_for_options_of_another_parallel_mode():

@@ -43,14 +43,19 @@ parallel = ["pp", "fsdp+tp"]
 """
 
 
-@pytest.mark.slow
-def test_tp_pp_and_fsdp_tp_train_as_the_whole_model_does(tmp_path):
-    suite = tmp_path / "mp.toml"
-    suite.write_text(SUITE)
+def run_with_parity(tmp_path, suite_text: str) -> list[dict]:
+    """The records of `lmbench run --parity` over a suite on the CPU (exit 0 required)."""
+    suite = tmp_path / "suite.toml"
+    suite.write_text(suite_text)
     out = tmp_path / "run"
     result = CliRunner().invoke(cli, ["run", "--suite", str(suite), "--out", str(out), "--device", "cpu", "--parity"])
     assert result.exit_code == 0, result.output
-    records = results.read(out).records
+    return results.read(out).records
+
+
+@pytest.mark.slow
+def test_tp_pp_and_fsdp_tp_train_as_the_whole_model_does(tmp_path):
+    records = run_with_parity(tmp_path, SUITE)
     by = {(r["config"]["model"], r["config"]["parallel"], r["config"]["pp_schedule"]): r for r in records}
     references = [r for r in records if r["metrics"] and r["metrics"].get("parity") == "reference"]
     # tp trains each rank's 2 sequences, pp and fsdp+tp 4 (2 micro-batches; 2 FSDP groups): one device, same batch.
@@ -80,3 +85,42 @@ def test_tp_pp_and_fsdp_tp_train_as_the_whole_model_does(tmp_path):
             assert m["params_in_sync"] is True and m["pp_bubble_fraction_theory"] is None
     # Rows of the matrix that differ only in another mode's options (tp's pp_schedule) ran once.
     assert len(records) == len(expected) + len(references)
+
+
+INTERLEAVED = """
+name = "interleaved-cpu"
+description = "pipelines with two stages a rank (looped and in a V) on a 4-layer GPT-2 over gloo"
+[defaults]
+model = "tiny-gpt2-4l"
+precision = "fp32"
+parallel = "pp"
+nproc = 2
+batch_size = 2
+seq_len = 32
+grad_accum = 2
+microbatches = 2
+steps = 4
+warmup = 1
+lr = 1e-3
+dropout = false
+[matrix]
+pp_schedule = ["interleaved-1f1b", "zero-bubble", "zbv"]
+"""
+
+
+@pytest.mark.slow
+def test_interleaved_and_zero_bubble_pipelines_train_as_the_whole_model_does(tmp_path):
+    """Two stages a rank: looped (interleaved 1F1B, zero bubble: tied weight summed between ranks 0 and 1) and in a
+    V (ZBV: the tied weight's two uses on rank 0, one parameter). Each trains as parallel=none on the same batch."""
+    records = run_with_parity(tmp_path, INTERLEAVED)
+    by = {r["config"]["pp_schedule"]: r for r in records if r["config"]["parallel"] == "pp"}
+    assert sorted(by) == ["interleaved-1f1b", "zbv", "zero-bubble"]
+    for schedule, record in by.items():
+        assert record["status"] == "ok", (schedule, record["reason"])
+        m = record["metrics"]
+        assert m["parity"] == "ok" and m["parity_max_rel_dev"] < LAYOUT_DEVIATION, (schedule, m["parity_max_rel_dev"])
+        assert (m["pp_degree"], m["pp_stages_per_rank"], m["global_batch_sequences"]) == (2, 2, 8)
+        assert len(record["losses"]) == 4 and 0 < m["pp_bubble_fraction"] < 1
+    # (p-1)/(v m+p-1) = 1/5 for the interleaved schedule; the zero-bubble ones have no closed form.
+    assert by["interleaved-1f1b"]["metrics"]["pp_bubble_fraction_theory"] == pytest.approx(0.2)
+    assert by["zbv"]["metrics"]["pp_bubble_fraction_theory"] is None

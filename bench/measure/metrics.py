@@ -83,9 +83,12 @@ def stall_note(m: dict[str, Any]) -> str | None:
 
 def bubble_note(measured: float | None, theory: float | None) -> str | None:
     """`bubble: ...` for pipeline parallelism: the measured idle share of a step (lmbench.run.distributed.
-    pipeline_idle) beside the theory's (p-1)/(m+p-1)."""
-    if measured is None or theory is None:
+    pipeline_idle) beside the theory's ((p-1)/(m+p-1), or (p-1)/(v m+p-1) interleaved), where it has one (the
+    zero-bubble schedules do not)."""
+    if measured is None:
         return None
+    if theory is None:
+        return f"bubble: {measured:.0%} idle measured"
     return f"bubble: {measured:.0%} idle measured, {theory:.0%} in theory"
 
 

@@ -72,6 +72,8 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in [
               description="plain nn.TransformerEncoder LM with a causal mask, GPT-2-small shapes"),
     # Tiny variants: a training step takes milliseconds on a CPU, for tests and the smoke suite.
     _gpt2("tiny-gpt2", 2, 64, 2, "2-layer GPT-2, width 64 (tests)", vocab_size=512, max_positions=256),
+    _gpt2("tiny-gpt2-4l", 4, 64, 2, "4-layer GPT-2, width 64 (tests of pipelines with 2 stages per rank)",
+          vocab_size=512, max_positions=256),
     ModelSpec(name="tiny-llama", family="llama", objective="causal-lm", n_layers=2, hidden=64, n_heads=4,
               n_kv_heads=2, intermediate=176, vocab_size=512, max_positions=256,
               description="2-layer Llama, width 64, GQA (tests)"),

@@ -24,12 +24,15 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "checkpointing": ("none", "full", "selective"),
     "optimizer": ("adamw-fused", "adamw", "apex-adam"),
     "tokenizer": ("byte", "bpe"),
-    "pp_schedule": ("gpipe", "1f1b"),
+    "pp_schedule": ("gpipe", "1f1b", "interleaved-1f1b", "zero-bubble", "zbv"),
     "compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
 }
 
 #: Processes per node for ddp/fsdp: more than any node has accelerators; a larger number is a typo, not a plan.
 MAX_NPROC = 64
+#: Most pipeline stages one rank holds: a stage is at least one block, and no registry model has more blocks than
+#: this many stages per rank would need on two ranks.
+MAX_STAGES_PER_RANK = 16
 #: Largest vocabulary padding multiple: tensor-core tiles want 8-128 rows; a larger multiple is a typo.
 MAX_VOCAB_MULTIPLE = 1024
 #: Longest wall-clock limit of one worker (30 days): beyond it, timers and process-group timeouts overflow.
@@ -42,6 +45,7 @@ MODE_AXES: dict[str, frozenset[str]] = {
     "static_graph": frozenset({"ddp"}),
     "tp_degree": frozenset({"fsdp+tp"}),
     "pp_schedule": frozenset({"pp"}),
+    "pp_stages_per_rank": frozenset({"pp"}),
     "microbatches": frozenset({"pp"}),
 }
 #: Axes that mean something under some kernel sets only; elsewhere they are held at their defaults too.
@@ -104,7 +108,13 @@ class Config:
     """parallel=fsdp+tp: ranks in one tensor-parallel group (the rest of the world is the FSDP dimension); 0 means
     2. Under parallel=tp the group is the whole world."""
     pp_schedule: str = "1f1b"
-    """parallel=pp: gpipe (all forwards, then all backwards) or 1f1b (one forward, one backward in steady state)."""
+    """parallel=pp: gpipe (all forwards, then all backwards), 1f1b (one forward, one backward in steady state),
+    interleaved-1f1b (1F1B over several stages per rank, looped: Narayanan et al. 2021), zero-bubble (interleaved
+    ZB1P: each backward split into input and weight gradients, the weight halves filling the bubble; Qi et al.
+    2024) or zbv (zero bubble with two stages per rank laid out in a V, the first and last stage on rank 0)."""
+    pp_stages_per_rank: int = 0
+    """parallel=pp: pipeline stages each rank holds (virtual stages); 0 means the schedule's own: 1 for gpipe and
+    1f1b, 2 for interleaved-1f1b, zero-bubble and zbv (zbv takes exactly 2)."""
     microbatches: int = 4
     """parallel=pp: micro-batches of batch_size sequences each that one pipeline step splits its batch into."""
     vocab_multiple: int = 1
@@ -193,6 +203,10 @@ class Config:
             _require_int(axis, getattr(self, axis), minimum=1)
         _require_int("nproc", self.nproc, minimum=0)
         _require_int("tp_degree", self.tp_degree, minimum=0)
+        _require_int("pp_stages_per_rank", self.pp_stages_per_rank, minimum=0)
+        if self.pp_stages_per_rank > MAX_STAGES_PER_RANK:
+            raise ConfigError(f"pp_stages_per_rank={self.pp_stages_per_rank} cuts the model finer than lmbench runs; "
+                              f"allowed: 0..{MAX_STAGES_PER_RANK}")
         _require_int("vocab_multiple", self.vocab_multiple, minimum=1)
         if self.vocab_multiple > MAX_VOCAB_MULTIPLE:
             raise ConfigError(f"vocab_multiple={self.vocab_multiple} pads to more rows than any kernel needs; "
@@ -361,6 +375,7 @@ DEFAULT_REASONS: dict[str, str] = {
     "vocab_multiple": "the model as published (GPT-2's 50257 rows): padding changes the model, so it is a choice",
     "tp_degree": "the smallest tensor-parallel group, 2, leaves the most ranks to FSDP; suites sweep it",
     "pp_schedule": "1F1B holds at most one micro-batch's activations per stage in flight, GPipe all of them",
+    "pp_stages_per_rank": "the schedule's own: one stage per rank for gpipe and 1f1b, two for the interleaved ones",
     "microbatches": "4: the bubble of 2 stages is then (p-1)/(m+p-1) = 20%; suites sweep it",
     "dropout": "the model as published: GPT-2 and BERT train with dropout 0.1",
     "bucket_cap_mb": "DDP's own default",

@@ -23,6 +23,28 @@ DISTRIBUTED = frozenset({"ddp", "fsdp"}) | MODEL_PARALLEL
 MODEL_PARALLEL_FAMILIES = frozenset({"gpt2", "llama"})
 #: tp_degree=0 under fsdp+tp.
 DEFAULT_TP_DEGREE = 2
+#: Pipeline schedules that run several stages on each rank (torch.distributed.pipelining's multi-stage ones).
+MULTI_STAGE_SCHEDULES = frozenset({"interleaved-1f1b", "zero-bubble", "zbv"})
+#: Schedules that split each backward into its input and its weight gradients: torch refuses compiled stages there.
+SPLIT_BACKWARD_SCHEDULES = frozenset({"zero-bubble", "zbv"})
+#: Schedules whose stages sit on the ranks in a V (rank r holds stages r and 2p-1-r); the others loop (stage s on
+#: rank s mod p).
+V_SCHEDULES = frozenset({"zbv"})
+
+
+def stages_per_rank(config: Config) -> int:
+    """Pipeline stages each rank holds: pp_stages_per_rank, or the schedule's own when it is 0."""
+    if config.pp_stages_per_rank:
+        return config.pp_stages_per_rank
+    return 2 if config.pp_schedule in MULTI_STAGE_SCHEDULES else 1
+
+
+def rank_stages(ranks: int, per_rank: int, schedule: str) -> list[list[int]]:
+    """The stage indices each rank holds, in order: looped (stage s on rank s mod ranks) or, for a V schedule, rank
+    r holds stages r and 2 x ranks - 1 - r, so the first and the last stage share rank 0."""
+    if schedule in V_SCHEDULES:
+        return [[rank, 2 * ranks - 1 - rank] for rank in range(ranks)]
+    return [list(range(rank, ranks * per_rank, ranks)) for rank in range(ranks)]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,6 +60,10 @@ class Layout:
     pp: int
     microbatches: int
     """Pipeline micro-batches per step (1 outside pp)."""
+    stages_per_rank: int = 1
+    """Pipeline stages each rank holds (1 outside pp)."""
+    schedule: str = ""
+    """The pipeline's schedule ("" outside pp)."""
     batch_size: int
     grad_accum: int
     seq_len: int
@@ -53,16 +79,20 @@ class Layout:
 
     @property
     def bubble_fraction_theory(self) -> float | None:
-        """Idle share of a pipeline step with equal stages and free communication, (p-1)/(m+p-1), the same for
-        GPipe and 1F1B (Huang et al. 2019, GPipe, section 2.3; Narayanan et al. 2021, Megatron-LM, section 2.2)."""
-        if self.pp < 2:
+        """Idle share of a pipeline step with equal stages and free communication: (p-1)/(m+p-1), the same for
+        GPipe and 1F1B (Huang et al. 2019, GPipe, section 2.3; Narayanan et al. 2021, Megatron-LM, section 2.2);
+        (p-1)/(v m+p-1) with v stages per rank, interleaved (Narayanan et al. 2021, section 2.2.2: the bubble is
+        1/v of 1F1B's). None for the zero-bubble schedules, whose bubble depends on how the forward, input-gradient
+        and weight-gradient times of a stage compare (Qi et al. 2024, section 3): there it is measured only."""
+        if self.pp < 2 or self.schedule in SPLIT_BACKWARD_SCHEDULES:
             return None
-        return (self.pp - 1) / (self.microbatches + self.pp - 1)
+        return (self.pp - 1) / (self.stages_per_rank * self.microbatches + self.pp - 1)
 
     def record(self) -> dict[str, int | float | None]:
         """The layout's fields in a result record."""
         return {"dp_degree": self.dp, "tp_degree": self.tp, "pp_degree": self.pp,
                 "pp_microbatches": self.microbatches if self.pp > 1 else None,
+                "pp_stages_per_rank": self.stages_per_rank if self.pp > 1 else None,
                 "pp_bubble_fraction_theory": self.bubble_fraction_theory,
                 "global_batch_sequences": self.global_batch_sequences,
                 "global_batch_tokens": self.global_batch_tokens}
@@ -71,7 +101,7 @@ class Layout:
 def layout(config: Config, *, nnodes: int = 1) -> Layout:
     """The layout of a resolved configuration (nproc settled) on `nnodes` nodes."""
     world = max(1, config.nproc) * nnodes if config.parallel in DISTRIBUTED else max(1, config.nproc)
-    dp, tp, pp, micro = world, 1, 1, 1
+    dp, tp, pp, micro, per_rank, schedule = world, 1, 1, 1, 1, ""
     if config.parallel == "none":
         dp = world = 1
     elif config.parallel == "tp":
@@ -81,8 +111,10 @@ def layout(config: Config, *, nnodes: int = 1) -> Layout:
         dp = max(1, world // tp)
     elif config.parallel == "pp":
         dp, pp, micro = 1, world, config.microbatches
+        per_rank, schedule = stages_per_rank(config), config.pp_schedule
     return Layout(parallel=config.parallel, world=world, dp=dp, tp=tp, pp=pp, microbatches=micro,
-                  batch_size=config.batch_size, grad_accum=config.grad_accum, seq_len=config.seq_len)
+                  stages_per_rank=per_rank, schedule=schedule, batch_size=config.batch_size,
+                  grad_accum=config.grad_accum, seq_len=config.seq_len)
 
 
 def single_device(config: Config, *, nnodes: int = 1) -> Config:
@@ -146,15 +178,34 @@ def problem(config: Config, spec: ModelSpec, *, nnodes: int = 1) -> str | None:
         if split:
             return split
     if config.parallel == "pp":
-        split = stage_split_problem(spec, shape.pp)
-        if split:
-            return split
-        if config.attention == "eager":
-            return ("parallel=pp runs its stages' blocks without transformers' mask builder, so it needs SDPA's "
-                    "built-in causal masking: attention=sdpa or math, not eager")
-        if config.pp_schedule == "1f1b" and config.microbatches < shape.pp:
-            return (f"pp_schedule=1f1b needs microbatches >= stages ({shape.pp}); microbatches={config.microbatches}"
-                    " (use gpipe for fewer)")
+        return _pipeline_problem(config, spec, shape)
+    return None
+
+
+def _pipeline_problem(config: Config, spec: ModelSpec, shape: Layout) -> str | None:
+    schedule, per_rank, micro = config.pp_schedule, shape.stages_per_rank, config.microbatches
+    if schedule not in MULTI_STAGE_SCHEDULES and per_rank > 1:
+        return (f"pp_schedule={schedule} runs one stage per rank; pp_stages_per_rank={per_rank} needs "
+                f"{', '.join(sorted(MULTI_STAGE_SCHEDULES))}")
+    if schedule in V_SCHEDULES and per_rank != 2:
+        return f"pp_schedule={schedule} lays exactly 2 stages on each rank (a V); pp_stages_per_rank={per_rank}"
+    split = stage_split_problem(spec, shape.pp * per_rank)
+    if split:
+        return split + (f" ({shape.pp} ranks x {per_rank})" if per_rank > 1 else "")
+    if config.attention == "eager":
+        return ("parallel=pp runs its stages' blocks without transformers' mask builder, so it needs SDPA's "
+                "built-in causal masking: attention=sdpa or math, not eager")
+    if schedule == "1f1b" and micro < shape.pp:
+        return (f"pp_schedule=1f1b needs microbatches >= stages ({shape.pp}); microbatches={micro}"
+                " (use gpipe for fewer)")
+    rounds = max(1, micro // shape.pp)
+    if schedule in MULTI_STAGE_SCHEDULES - V_SCHEDULES and micro % rounds:
+        # torch.distributed.pipelining's flexible interleaving runs rounds of m // p micro-batches.
+        return (f"pp_schedule={schedule} runs rounds of microbatches // ranks = {rounds}, which must divide "
+                f"microbatches={micro}: use a multiple of {shape.pp} or fewer than {2 * shape.pp}")
+    if schedule in SPLIT_BACKWARD_SCHEDULES and config.kernels == "compile":
+        return (f"pp_schedule={schedule} splits each backward into input and weight gradients, which torch does "
+                "not support for compiled stages; use eager, or gpipe, 1f1b or interleaved-1f1b")
     return None
 
 
@@ -189,15 +240,35 @@ def explain(config: Config, spec: ModelSpec, *, nnodes: int = 1) -> list[str]:
                 f"each rank: {tp_part}, and of all that 1/{shape.dp} at rest (FSDP over the {shape.dp} groups)",
                 f"the {shape.tp} ranks of a group read the same {config.batch_size} sequences, each group its own; "
                 f"{batch}"]
-    lines = []
-    ranges = stage_layers(spec.n_layers, shape.pp)
-    for stage, blocks in enumerate(ranges):
+    stages = shape.pp * shape.stages_per_rank
+    ranges = stage_layers(spec.n_layers, stages)
+
+    def holds(stage: int) -> str:
+        blocks = ranges[stage]
         parts = (["embeddings"] if stage == 0 else []) + [f"layers {blocks.start}-{blocks.stop - 1}"] + (
-            ["final norm, LM head and loss"] if stage == shape.pp - 1 else [])
-        lines.append(f"rank {stage} (stage {stage}): {', '.join(parts)}")
+            ["final norm, LM head and loss"] if stage == stages - 1 else [])
+        return ", ".join(parts)
+
+    lines = []
+    for rank, held in enumerate(rank_stages(shape.pp, shape.stages_per_rank, config.pp_schedule)):
+        if len(held) == 1:
+            lines.append(f"rank {rank} (stage {held[0]}): {holds(held[0])}")
+        else:
+            lines.append(f"rank {rank} (stages {', '.join(map(str, held))}): "
+                         + "; ".join(f"stage {stage}: {holds(stage)}" for stage in held))
+    theory = shape.bubble_fraction_theory
+    if theory is None:
+        bubble = ("no closed-form bubble (it depends on how a stage's forward, input-gradient and weight-gradient "
+                  "times compare): measured only")
+    elif shape.stages_per_rank > 1:
+        bubble = f"bubble (p-1)/(v m+p-1) = {theory:.0%} in theory"
+    else:
+        bubble = f"bubble (p-1)/(m+p-1) = {theory:.0%} in theory"
+    tied = ("tied embedding and LM head: one weight on rank 0, in its first and last stage"
+            if config.pp_schedule in V_SCHEDULES else
+            "tied embedding and LM head gradients summed between the first and last stage")
     lines.append(f"{config.pp_schedule} over {config.microbatches} micro-batches of {config.batch_size} sequences; "
-                 f"bubble (p-1)/(m+p-1) = {shape.bubble_fraction_theory:.0%} in theory; tied embedding and LM head "
-                 f"gradients summed between the first and last stage; {batch}")
+                 f"{bubble}; {tied}; {batch}")
     return lines
 
 

@@ -1,22 +1,25 @@
-"""Pipeline parallelism: the model cut at block boundaries into one stage per rank, run by
-`torch.distributed.pipelining` with the GPipe or 1F1B schedule.
+"""Pipeline parallelism: the model cut at block boundaries into stages, one or more per rank, run by
+`torch.distributed.pipelining`: GPipe and 1F1B (one stage per rank), interleaved 1F1B and
+zero-bubble (several, looped: stage s on rank s mod p) and ZBV (two, in a V).
 
 Every rank builds the whole model from the same seed (the same weights as parallel=none), keeps
-its own stage (lmbench.plan.layout.stage_layers: the first stage the embeddings, the last the
+its own stages (lmbench.plan.layout.stage_layers: the first stage the embeddings, the last the
 final norm, the LM head and the loss) and lets the rest go. A stage calls the model's own blocks
 in order, so the arithmetic is the unsplit model's. The loss is the model's (next-token cross
 entropy, mean over tokens), computed by the schedule on the last stage per micro-batch; each
 micro-batch's loss is divided by micro-batches x accumulation, so the summed gradients are the
 whole batch's mean, as without a pipeline.
 
-GPT-2 and Llama tie the LM head to the token embedding. Cut apart, the first and last stages
-each hold a copy; their gradients are summed between those two ranks before every optimizer
-step (as Megatron-LM does), so both copies take the same update and stay equal.
+GPT-2 and Llama tie the LM head to the token embedding. Cut apart on two ranks, the first and
+last stages each hold a copy; their gradients are summed between those two ranks before every
+optimizer step (as Megatron-LM does), so both copies take the same update and stay equal. In a V
+both stages are on rank 0 and share the one weight, whose gradient autograd sums.
 
-The measured bubble: the schedule's own forward, backward and loss calls on each stage are timed
-(CUDA events on a GPU, no host synchronisation), and so is the update after them (the tied
-gradients' all-reduce and the optimizer step); a stage's idle share of the window is
-1 - busy / window. Idle is the bubble plus point-to-point transfers the stage waited for.
+The measured bubble: the schedule's own forward, backward (input and weight halves, where the
+schedule splits them) and loss calls on each stage are timed (CUDA events on a GPU, no host
+synchronisation), and so is the update after them (the optimizer step; the tied gradients'
+all-reduce is a transfer); a rank's idle share of the window is 1 - busy / window. Idle is the
+bubble plus point-to-point transfers the rank waited for.
 """
 
 from __future__ import annotations
@@ -32,7 +35,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmbench.models.registry import ModelSpec
-from lmbench.plan.layout import stage_layers, stage_split_problem
+from lmbench.plan.layout import MULTI_STAGE_SCHEDULES, V_SCHEDULES, stage_layers, stage_split_problem
+
+#: torch.distributed.pipelining's schedule class of each pp_schedule.
+SCHEDULE_CLASSES = {"gpipe": "ScheduleGPipe", "1f1b": "Schedule1F1B", "interleaved-1f1b": "ScheduleInterleaved1F1B",
+                    "zero-bubble": "ScheduleInterleavedZeroBubble", "zbv": "ScheduleZBVZeroBubble"}
 
 
 class PipelineError(ValueError):
@@ -116,13 +123,38 @@ class LlamaStage(Stage):
 STAGES: dict[str, type[Stage]] = {"gpt2": GPT2Stage, "llama": LlamaStage}
 
 
-def cut(model: nn.Module, spec: ModelSpec, stage: int, stages: int) -> Stage:
-    """This rank's stage of `model`; the blocks of other stages are left to be freed with the model."""
-    refused = stage_split_problem(spec, stages)
+class RankStages(nn.ModuleList):
+    """The stages one rank holds, in stage order: what the precision casts and the optimizer steps. Stages of a V
+    that both hold the tied weight share it (one parameter, counted once)."""
+
+    def __init__(self, stages: list[Stage], indices: list[int], num_stages: int) -> None:
+        super().__init__(stages)
+        self.indices = indices
+        self.num_stages = num_stages
+
+    @property
+    def first(self) -> bool:
+        return 0 in self.indices
+
+    @property
+    def last(self) -> bool:
+        return self.num_stages - 1 in self.indices
+
+    def tied_parameter(self) -> nn.Parameter:
+        """This rank's copy of the weight the token embedding and the LM head share."""
+        held = [stage for stage in self if stage.token_embedding is not None or stage.lm_head is not None]
+        return held[0].tied_parameter()
+
+
+def cut(model: nn.Module, spec: ModelSpec, indices: list[int], num_stages: int) -> RankStages:
+    """This rank's stages `indices` of `model` cut into `num_stages`; the blocks of other stages are left to be
+    freed with the model."""
+    refused = stage_split_problem(spec, num_stages)
     if refused:
         raise PipelineError(refused)
-    blocks = stage_layers(spec.n_layers, stages)[stage]
-    return STAGES[spec.family](model, blocks, first=stage == 0, last=stage == stages - 1)
+    ranges = stage_layers(spec.n_layers, num_stages)
+    return RankStages([STAGES[spec.family](model, ranges[i], first=i == 0, last=i == num_stages - 1)
+                       for i in indices], indices, num_stages)
 
 
 def tied_weight(model: nn.Module) -> bool:
@@ -175,34 +207,38 @@ class BusyClock:
 
 
 class Pipeline:
-    """One rank's stage and its schedule; `run(batch)` is one pipeline step (all micro-batches, forward and
+    """One rank's stages and their schedule; `run(batch)` is one pipeline step (all micro-batches, forward and
     backward), leaving the gradients for the optimizer."""
 
-    def __init__(self, stage_module: Stage, *, stage: int, stages: int, device: torch.device, schedule: str,
-                 microbatches: int, grad_accum: int, tied: bool) -> None:
+    def __init__(self, stage_modules: list[nn.Module], held: RankStages, *, ranks: int,
+                 device: torch.device, schedule: str, microbatches: int, grad_accum: int, tied: bool) -> None:
+        """`stage_modules` are `held`'s stages as they run (compiled, where the kernel set compiles)."""
         import torch.distributed as dist
-        from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+        from torch.distributed import pipelining
 
-        self.first, self.last = stage == 0, stage == stages - 1
-        self.module = stage_module
-        self.stage = PipelineStage(stage_module, stage, stages, device)
+        self.first, self.last = held.first, held.last
+        self.module = held
+        self.stages = [pipelining.PipelineStage(module, index, held.num_stages, device)
+                       for module, index in zip(stage_modules, held.indices)]
         self.clock = BusyClock(device)
-        # The schedule calls these on its stage object: timing them times the stage's compute, nothing else.
-        self.stage.forward_one_chunk = self.clock.wrap(self.stage.forward_one_chunk)
-        self.stage.backward_one_chunk = self.clock.wrap(self.stage.backward_one_chunk)
+        # The schedule calls these on its stage objects: timing them times the stages' compute, nothing else.
+        for stage in self.stages:
+            for name in ("forward_one_chunk", "backward_one_chunk", "backward_weight_one_chunk"):
+                setattr(stage, name, self.clock.wrap(getattr(stage, name)))
         self._scale = 1.0 / (microbatches * grad_accum)
         self._microbatches = microbatches
         self._losses: list[torch.Tensor] = []
-        schedule_class = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}[schedule]
         # Gradients are scaled in the loss instead: the schedule's own scaling would rescale what earlier
         # accumulation steps left in .grad.
-        self.schedule = schedule_class(self.stage, microbatches, loss_fn=self.clock.wrap(self._loss),
-                                       scale_grads=False)
+        options = {"loss_fn": self.clock.wrap(self._loss), "scale_grads": False}
+        stages = self.stages if schedule in MULTI_STAGE_SCHEDULES else self.stages[0]
+        self.schedule = getattr(pipelining, SCHEDULE_CLASSES[schedule])(stages, microbatches, **options)
         self._step_kwargs = ({"return_outputs": False}
                              if "return_outputs" in inspect.signature(self.schedule.step).parameters else {})
-        # new_group is collective: every rank takes part, only the two ends use it.
-        group = dist.new_group([0, stages - 1]) if tied else None
-        self._tied_group = group if tied and (self.first or self.last) else None
+        # In a V the first and last stage are on rank 0 and share the weight. Otherwise new_group is collective:
+        # every rank takes part (the same decision on every rank), only the two end ranks use it.
+        group = dist.new_group([0, ranks - 1]) if tied and schedule not in V_SCHEDULES else None
+        self._tied_group = group if group is not None and (self.first or self.last) else None
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         loss = next_token_loss(logits, labels)

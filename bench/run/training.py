@@ -120,12 +120,15 @@ class TrainingStep:
         self.pipeline = None
         stage = None
         if config.parallel == "pp":
+            from lmbench.plan.layout import rank_stages
             from lmbench.run.pipeline import cut, tied_weight
 
             tied = tied_weight(model)
-            model = stage = cut(model, self.spec, rank, world)
+            shape = self.layout
+            held = rank_stages(shape.pp, shape.stages_per_rank, config.pp_schedule)[rank]
+            model = stage = cut(model, self.spec, held, shape.pp * shape.stages_per_rank)
         self.base_model = model
-        """The model (a pipeline's stage of it) as built: not wrapped, not compiled."""
+        """The model (a pipeline rank's stages of it) as built: not wrapped, not compiled."""
         kernel_set = KERNEL_SETS[config.kernels]
         model, self.kernels_applied = kernel_set.swap(model, self.spec)
         """What the kernel set swapped in, e.g. "norms 5/5, GELU-tanh 2/2" (None for eager and compile)."""
@@ -133,7 +136,9 @@ class TrainingStep:
         wrap = partial(WRAPPERS[config.parallel], config=config, device=device)
         self.precision: Precision = PRECISIONS[config.precision](model, make_optimizer, device, wrap)
         self.parallel_model = self.precision.model
-        self.model = kernel_set.finish(self.parallel_model, compile_mode=config.compile_mode)
+        # A pipeline's stages are finished (compiled) one by one: the schedule calls each on its own.
+        self.model = (self.parallel_model if stage is not None
+                      else kernel_set.finish(self.parallel_model, compile_mode=config.compile_mode))
         self.compile_graphs = config.compile_graphs
         """torch.compile replays the compiled forward and backward as CUDA graphs (inductor's cudagraph trees): each
         step marks its start for them, and the loss it returns is copied out of their memory, which the next
@@ -141,8 +146,11 @@ class TrainingStep:
         if stage is not None:
             from lmbench.run.pipeline import Pipeline
 
-            stage.autocast = self.precision.autocast
-            self.pipeline = Pipeline(self.model, stage=rank, stages=world, device=device, schedule=config.pp_schedule,
+            runs = []
+            for part in stage:
+                part.autocast = self.precision.autocast
+                runs.append(kernel_set.finish(part, compile_mode=config.compile_mode))
+            self.pipeline = Pipeline(runs, stage, ranks=world, device=device, schedule=config.pp_schedule,
                                      microbatches=config.microbatches, grad_accum=config.grad_accum, tied=tied)
         self.owns_loss = self.pipeline is None or self.pipeline.last
         self.fused_loss = config.kernels == "triton"
