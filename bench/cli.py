@@ -467,13 +467,15 @@ def report(run_dirs: tuple[Path, ...], out: Path | None, baseline: str | None, c
                    "3 repeats a side.")
 @click.option("--allow-missing", is_flag=True,
               help="A configuration the candidate run lacks (a suite that dropped it) does not fail the gate.")
+@click.option("--strict", is_flag=True,
+              help="An inconclusive verdict fails the gate too (exit 1): a noisy runner cannot pass by saying nothing.")
 def compare(base: Path, cand: Path, threshold: str, metric: str, fmt: str, junit: Path | None,
-            allow_different_hardware: bool, noise_floor: Path | None, allow_missing: bool) -> int:
+            allow_different_hardware: bool, noise_floor: Path | None, allow_missing: bool, strict: bool) -> int:
     """Compare a candidate run with a baseline run: verdict per configuration; exit 1 on a regression,
     on a configuration the candidate failed (oom, error, diverged, timeout) or lacks.
 
     A regression or improvement needs at least 3 ok repeats a side, or --noise-floor; otherwise the
-    verdict is inconclusive (exit 0).
+    verdict is inconclusive (exit 0, or 1 with --strict).
 
     Example: lmbench compare runs/main runs/pr --threshold 5% --format md
     """
@@ -487,7 +489,8 @@ def compare(base: Path, cand: Path, threshold: str, metric: str, fmt: str, junit
                                     noise=floor)
     for warning in warnings:
         click.echo(f"lmbench: warning: {warning}", err=True)
-    verdicts = compare_runs(b, c, metric=metric, threshold=limit, noise=floor, allow_missing=allow_missing)
+    verdicts = compare_runs(b, c, metric=metric, threshold=limit, noise=floor, allow_missing=allow_missing,
+                            strict=strict)
     if junit is not None:
         gate.write_junit(junit, verdicts, metric=metric)
     click.echo(gate.render(verdicts, fmt=fmt, metric=metric, threshold=limit))

@@ -396,3 +396,69 @@ def test_with_a_noise_floor_the_repeats_needed_follow_the_floors_own_model():
     assert noise.floor(needed) <= 0.05 < noise.floor(needed - 1) and needed == 31
     verdict = decide([100.0, 101.0], [99.0, 100.5], threshold=0.05, higher_is_better=True, noise=noise)
     assert verdict.verdict == "inconclusive" and "about 31 repeats per side needed" in verdict.note
+
+
+def test_an_interval_reaching_past_the_threshold_is_inconclusive_not_unchanged():
+    # Every candidate repeat about 7% slower: the interval [-9.7%, -4.2%] neither shows nor excludes a change
+    # beyond 5%; calling it unchanged would pass a regression.
+    v = decide([1000.0, 1010.0, 990.0], [920.0, 940.0, 930.0], threshold=0.05, higher_is_better=True)
+    assert v.verdict == "inconclusive" and v.ci_low < 0.95 < v.ci_high < 1
+    assert "reaches past -5.0%" in v.note and "neither shown nor excluded" in v.note
+    # Inside on both sides: unchanged.
+    assert decide(TIGHT, [x * 0.98 for x in TIGHT], threshold=0.05, higher_is_better=True).verdict == "unchanged"
+
+
+def test_a_noise_floor_does_not_stand_in_for_repeats_that_spread_far_more_than_it():
+    floor = ConfigNoise(log_sd=0.02, df=5)
+    # One candidate repeat matches the baseline, the other is 30% slower: not the floor's 2% noise.
+    v = decide([1000.0, 1002.0], [700.0, 1001.0], threshold=0.05, higher_is_better=True, noise=floor)
+    assert v.verdict == "inconclusive" and "more than the noise floor's 2.0% allows" in v.note
+    # Repeats that agree with the floor keep its verdict.
+    agreeing = decide([1000.0, 1010.0], [900.0, 905.0], threshold=0.05, higher_is_better=True, noise=floor)
+    assert agreeing.verdict == "regression"
+
+
+def test_a_candidate_failing_in_new_ways_or_more_often_fails_even_if_the_baseline_failed_once():
+    base = run_of({"a": [1000.0, 1000.0]}) + [record("a", None, status="timeout", repeat=2)]
+    errors = [record("a", None, status="error", repeat=i) for i in (0, 1)] + run_of({"a": [700.0]})
+    (v,) = compare(base, errors)
+    assert v.verdict == "failed" and v.blocking
+    assert v.note == ("2 of 3 candidate repeats ended 2 error, which the baseline never did (error; 1 timeout of 3 in "
+                      "the baseline)")
+    more = [record("a", None, status="timeout", repeat=i) for i in (0, 1)] + run_of({"a": [1000.0]})
+    assert compare(base, more)[0].note.endswith("a larger share than the baseline's (1 timeout of 3 in the baseline)")
+    # As often and in the same way as the baseline: judged on the repeats that ran, with a note.
+    same = run_of({"a": [1000.0, 1001.0]}) + [record("a", None, status="timeout", repeat=2)]
+    (v,) = compare(base, same)
+    assert v.verdict == "inconclusive" and "failed repeats: candidate 1 timeout" in v.note
+
+
+def test_strict_gates_fail_on_inconclusive_and_junit_shows_why(tmp_path):
+    base = write_run(tmp_path / "base", run_of({"a": [100.0]}))
+    cand = write_run(tmp_path / "cand", run_of({"a": [90.0]}))
+    assert invoke(base, cand).exit_code == 0
+    result = invoke(base, cand, "--strict", "--junit", str(tmp_path / "j.xml"), "--threshold", "2.5%", "--format", "md")
+    assert result.exit_code == 1 and "threshold ±2.5%" in result.output
+    assert "<failure message=\"inconclusive" in (tmp_path / "j.xml").read_text()
+    xml = junit_xml(compare(run_of({"a": [100.0]}), run_of({"a": [90.0]})), metric="tokens_per_s")
+    assert 'skipped="1"' in xml and '<skipped message="inconclusive: ' in xml
+
+
+def test_repeats_whose_host_was_busy_are_named_beside_the_verdict():
+    base = run_of({"a": TIGHT})
+    cand = run_of({"a": [x * 0.9 for x in TIGHT]})
+    cand[0]["metrics"].update(host_other_cpu_cores=1.3, host_usable_cores=2)
+    (v,) = compare(base, cand)
+    assert v.verdict == "regression" and v.note == "host contended in 0 of 5 baseline and 1 of 5 candidate repeats"
+    assert compare(base, run_of({"a": TIGHT}))[0].note == ""
+
+
+def test_a_metric_no_ok_repeat_reports_is_skipped_not_failed():
+    # scaling_efficiency of a parallel=none row: ok on both sides, never reported.
+    base, cand = run_of({"a": [1.0]}, metric="tokens_per_s"), run_of({"a": [1.0]}, metric="tokens_per_s")
+    (v,) = compare(base, cand, metric="scaling_efficiency")
+    assert (v.verdict, v.blocking) == ("skipped", False)
+    assert v.note == "no ok repeat reports scaling_efficiency in either run"
+    (v,) = compare(run_of({"a": [0.9]}, metric="scaling_efficiency"), cand, metric="scaling_efficiency")
+    assert (v.verdict, v.blocking, v.note) == ("failed", True, "the candidate's 1 ok repeat(s) report no "
+                                               "scaling_efficiency")

@@ -15,14 +15,17 @@ With a threshold t and the interval [lo, hi] of the ratio candidate / baseline, 
 is better (tokens/s, MFU) and, mirrored, where less is (times, memory, energy):
   regression   hi < 1 - t          (lo > 1 + t: the whole interval is worse by more than t)
   improvement  lo > 1 + t          (hi < 1 - t)
-  inconclusive hi - lo > 2t        (too noisy to tell at this threshold), or no noise estimate
-  unchanged    otherwise
+  unchanged    1 - t <= lo and hi <= 1 + t   (the whole interval inside the threshold)
+  inconclusive otherwise: wider than 2t (too noisy to tell at this threshold), or reaching past one edge of
+               the threshold (a change beyond t is neither shown nor excluded), or no noise estimate
+A noise floor stands in for the repeats' own spread only while they agree with it: with fewer than 3 repeats a
+side, repeats spread more than the floor allows (an F test at 1%) make the verdict inconclusive.
 plus `missing` (in one run only), `skipped` (skipped in both: it never ran, never blocks) and `failed` (no ok
-repeat on one side; candidate repeats that ended
-oom, error, diverged or timeout where the baseline's all ran; or an improvement whose loss parity
-diverged: a configuration that trains wrong never counts as faster). A verdict is `blocking` (the
-gate's exit 1) for a regression, for a failure of the candidate, and for a configuration the candidate
-lacks unless that is allowed.
+repeat on one side; candidate repeats that ended oom, error, diverged or timeout in a way the baseline's did
+not: a status the baseline never ended in, or a larger share of failed repeats; or an improvement whose loss
+parity diverged: a configuration that trains wrong never counts as faster). A verdict is `blocking` (the
+gate's exit 1) for a regression, for a failure of the candidate, for a configuration the candidate lacks
+unless that is allowed, and, when the gate is strict, for an inconclusive one.
 """
 
 from __future__ import annotations
@@ -153,6 +156,28 @@ def _interval(base: list[float], cand: list[float], noise: ConfigNoise | None) -
     return min(low for low, _ in intervals), max(high for _, high in intervals)
 
 
+def _floor_disagreement(base: list[float], cand: list[float], noise: ConfigNoise | None) -> str | None:
+    """Why a noise floor cannot stand in for these repeats' spread, or None: the repeats spread more than the
+    floor's (pooled variance of log(metric) over both sides, an F test at 1% against the floor's variance)."""
+    if noise is None or min(base + cand) <= 0:
+        return None
+    logs = [[math.log(v) for v in side] for side in (base, cand)]
+    df = sum(len(side) - 1 for side in logs)
+    if df < 1:
+        return None
+    pooled = sum(sum((x - statistics.fmean(side)) ** 2 for x in side) for side in logs if len(side) > 1) / df
+    from scipy.stats import f
+
+    if noise.log_sd == 0:
+        limit = 0.0
+    else:
+        limit = noise.log_sd ** 2 * float(f.ppf(0.99, df, noise.df))
+    if pooled <= limit:
+        return None
+    return (f"the repeats spread {math.sqrt(pooled):.1%} (log sd), more than the noise floor's {noise.log_sd:.1%} "
+            f"allows: the floor does not describe these runs; use {MIN_REPEATS} or more repeats a side")
+
+
 def decide(base: list[float], cand: list[float], *, threshold: float, higher_is_better: bool,
            noise: ConfigNoise | None = None) -> Verdict:
     zero = [side for side, values in (("baseline", base), ("candidate", cand)) if statistics.median(values) == 0]
@@ -170,7 +195,10 @@ def decide(base: list[float], cand: list[float], *, threshold: float, higher_is_
     low, high = interval
     # The threshold applies to the metric as measured: 5% more step time is a regression at 5%.
     below, above = high < 1 - threshold, low > 1 + threshold
-    if below or above:
+    disagreement = _floor_disagreement(base, cand, noise) if min(len(base), len(cand)) < MIN_REPEATS else None
+    if disagreement:
+        verdict, note = "inconclusive", disagreement
+    elif below or above:
         verdict, note = ("improvement" if above == higher_is_better else "regression"), ""
     elif high - low > 2 * threshold:
         # The interval is the widest of the estimates: so is the count of repeats that would narrow it.
@@ -184,6 +212,12 @@ def decide(base: list[float], cand: list[float], *, threshold: float, higher_is_
                     f"{MAX_REPEATS_SHOWN:,} repeats per side needed)")
         else:
             note = f"interval wider than ±{threshold * 100:g}%; about {needed} repeats per side needed"
+    elif low < 1 - threshold or high > 1 + threshold:
+        # Narrow enough, but reaching past an edge: a change beyond the threshold is neither shown nor excluded.
+        edge = 1 - threshold if low < 1 - threshold else 1 + threshold
+        verdict = "inconclusive"
+        note = (f"interval {low - 1:+.1%} to {high - 1:+.1%} reaches past {edge - 1:+.1%}: a change beyond the "
+                f"threshold is neither shown nor excluded; more repeats narrow it")
     elif high < 1 or low > 1:
         # The interval excludes no change: a real difference, smaller than the threshold.
         verdict, note = "unchanged", f"a change of {ratio - 1:+.1%}, inside the ±{threshold * 100:g}% threshold"
@@ -196,8 +230,10 @@ def decide(base: list[float], cand: list[float], *, threshold: float, higher_is_
 
 
 def compare(base: list[dict[str, Any]], cand: list[dict[str, Any]], *, metric: str = "tokens_per_s",
-            threshold: float = 0.05, noise: NoiseFloor | None = None, allow_missing: bool = False) -> list[Verdict]:
-    """One verdict per configuration key found in either run, in the baseline's order."""
+            threshold: float = 0.05, noise: NoiseFloor | None = None, allow_missing: bool = False,
+            strict: bool = False) -> list[Verdict]:
+    """One verdict per configuration key found in either run, in the baseline's order; `strict` makes an
+    inconclusive verdict blocking too."""
     if not 0 < threshold < 1:
         raise UsageError(f"--threshold {threshold:g}: must be between 0 and 1 (e.g. 5%)")
     if noise is not None and noise.metric != metric:
@@ -229,9 +265,7 @@ def compare(base: list[dict[str, Any]], cand: list[dict[str, Any]], *, metric: s
                                     f"skipped in both runs{': ' + reason if reason else ''}", blocking=False))
             continue
         if not b or not c:
-            side, statuses = ("baseline", b_status[key]) if not b else ("candidate", c_status[key])
-            verdicts.append(Verdict(key, "failed", None, None, None, len(b), len(c),
-                                    f"no ok repeat in the {side} ({status_counts(statuses)})", blocking=bool(b)))
+            verdicts.append(_unmeasured(key, metric, b, c, b_status[key], c_status[key]))
             continue
         verdict = decide(b, c, threshold=threshold, higher_is_better=more_is_better,
                          noise=noise.get(key) if noise else None)
@@ -239,12 +273,10 @@ def compare(base: list[dict[str, Any]], cand: list[dict[str, Any]], *, metric: s
         verdict.parity = parity.get(key)
         if noise is not None and verdict.ci_low is None:
             verdict.note += f"; {noise.source} has no noise floor for this configuration"
-        new_failures = Counter({s: n for s, n in c_status[key].items() if s in FAILURES})
-        if new_failures and not any(s in FAILURES for s in b_status[key]):
+        worse = _worse_failures(b_status[key], c_status[key])
+        if worse:
             # A candidate that crashes some of the time is not judged on the repeats that survived.
-            verdict.verdict = "failed"
-            verdict.note = (f"{sum(new_failures.values())} of {sum(c_status[key].values())} candidate repeats "
-                            f"ended {status_counts(new_failures)}; every baseline repeat ran")
+            verdict.verdict, verdict.note = "failed", worse
         elif verdict.verdict == "improvement" and key in diverged:
             # Fast but training wrong is not better.
             verdict.verdict, verdict.note = "failed", "faster, but its loss parity diverged from the reference"
@@ -252,9 +284,62 @@ def compare(base: list[dict[str, Any]], cand: list[dict[str, Any]], *, metric: s
             verdict.note = "; ".join(filter(None, [verdict.note, f"failed repeats: candidate "
                                                    f"{status_counts(c_status[key], FAILURES)}, baseline "
                                                    f"{status_counts(b_status[key], FAILURES) or 'none failed'}"]))
-        verdict.blocking = verdict.verdict in ("regression", "failed")
+        busy = _contended(base, key), _contended(cand, key)
+        if any(busy):
+            # The host was busy with other work in these windows: a slowdown may be the machine's, not the code's.
+            verdict.note = "; ".join(filter(None, [verdict.note, f"host contended in {busy[0]} of {len(b)} baseline "
+                                                   f"and {busy[1]} of {len(c)} candidate repeats"]))
+        verdict.blocking = verdict.verdict in ("regression", "failed") or (strict and verdict.verdict == "inconclusive")
         verdicts.append(verdict)
     return verdicts
+
+
+def _unmeasured(key: str, metric: str, b: list[float], c: list[float], b_status: Counter[str],
+                c_status: Counter[str]) -> Verdict:
+    """The verdict of a configuration with no value of `metric` on a side: `failed` where that side has no ok
+    repeat (blocking when it is the candidate's), `skipped` where ok repeats on both sides report no such metric
+    (scaling_efficiency of a row that has no single-device baseline), `failed` where only one side's do."""
+    lacking = [side for side, values in (("baseline", b), ("candidate", c)) if not values]
+    statuses = {"baseline": b_status, "candidate": c_status}
+    unrun = [side for side in lacking if not statuses[side]["ok"]]
+    if unrun:
+        side = unrun[0]
+        return Verdict(key, "failed", None, None, None, len(b), len(c),
+                       f"no ok repeat in the {side} ({status_counts(statuses[side])})", blocking=side == "candidate")
+    if len(lacking) == 2:
+        return Verdict(key, "skipped", None, None, None, 0, 0, f"no ok repeat reports {metric} in either run")
+    side = lacking[0]
+    return Verdict(key, "failed", None, None, None, len(b), len(c),
+                   f"the {side}'s {statuses[side]['ok']} ok repeat(s) report no {metric}", blocking=side == "candidate")
+
+
+def _contended(records: list[dict[str, Any]], key: str) -> int:
+    """Ok repeats of `key` whose window other processes kept the host's cores busy in (lmbench.measure.hostload)."""
+    from lmbench.measure.hostload import contended
+
+    return sum(1 for r in records if r["config_key"] == key and r["status"] == "ok"
+               and contended((r.get("metrics") or {}).get("host_other_cpu_cores"),
+                             (r.get("metrics") or {}).get("host_usable_cores")))
+
+
+def _worse_failures(base: Counter[str], cand: Counter[str]) -> str | None:
+    """Why the candidate's failed repeats (oom, error, diverged, timeout) are worse than the baseline's, or None:
+    a status the baseline never ended in, or a larger share of its repeats."""
+    failed_c = Counter({s: n for s, n in cand.items() if s in FAILURES})
+    failed_b = Counter({s: n for s, n in base.items() if s in FAILURES})
+    if not failed_c:
+        return None
+    share_c, share_b = sum(failed_c.values()) / sum(cand.values()), sum(failed_b.values()) / sum(base.values())
+    new = sorted(set(failed_c) - set(failed_b))
+    if not new and share_c <= share_b:
+        return None
+    ended = f"{sum(failed_c.values())} of {sum(cand.values())} candidate repeats ended {status_counts(failed_c)}"
+    if not failed_b:
+        return f"{ended}; every baseline repeat ran"
+    baseline = f"{status_counts(failed_b)} of {sum(base.values())} in the baseline"
+    if new:
+        return f"{ended}, which the baseline never did ({', '.join(new)}; {baseline})"
+    return f"{ended}, a larger share than the baseline's ({baseline})"
 
 
 def _statuses(records: list[dict[str, Any]]) -> dict[str, Counter[str]]:

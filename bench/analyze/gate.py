@@ -130,7 +130,7 @@ def render(verdicts: list[Verdict], *, fmt: str, metric: str, threshold: float) 
     rows = [_cells(v) for v in verdicts]
     if fmt == "md":
         title = (f"**lmbench compare**: {metric}, candidate ÷ baseline (median of repeats), "
-                 f"threshold ±{threshold:.0%}\n\n")
+                 f"threshold ±{threshold * 100:g}%\n\n")
         return title + markdown_table(HEADERS, rows, right={2, 3, 5})
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(HEADERS)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(HEADERS, widths)).rstrip()]
@@ -140,16 +140,17 @@ def render(verdicts: list[Verdict], *, fmt: str, metric: str, threshold: float) 
 
 def junit_xml(verdicts: list[Verdict], *, metric: str) -> str:
     """One test case per configuration: a blocking verdict (regression, a failed or missing candidate) is a
-    failure; a configuration the gate cannot judge for want of a baseline is skipped."""
+    failure; one the gate could not judge (inconclusive, or no baseline to judge against) is skipped, with why."""
+    unjudged = ("missing", "failed", "skipped", "inconclusive")
     failures = sum(v.blocking for v in verdicts)
-    skipped = sum(not v.blocking and v.verdict in ("missing", "failed", "skipped") for v in verdicts)
+    skipped = sum(not v.blocking and v.verdict in unjudged for v in verdicts)
     cases = []
     for v in verdicts:
         body = ""
         message = xml_escape(f"{v.verdict}: ratio {v.ratio}, CI [{v.ci_low}, {v.ci_high}] {v.note}", {'"': "&quot;"})
         if v.blocking:
             body = f'<failure message="{message}"/>'
-        elif v.verdict in ("missing", "failed", "skipped"):
+        elif v.verdict in unjudged:
             body = f'<skipped message="{message}"/>'
         cases.append(f'  <testcase classname="lmbench.{xml_escape(metric)}" name="{xml_escape(v.config_key)}">'
                      f"{body}</testcase>")
