@@ -109,7 +109,8 @@ def cli() -> None:
 @click.option("--resume", is_flag=True, help="Continue the run in --out, skipping what it already recorded.")
 @click.option("--dry-run", is_flag=True, help="Print the expanded matrix and exit.")
 @click.option("--nnodes", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Nodes taking part in ddp/fsdp jobs (start lmbench with the same arguments on each).")
+              help="Nodes taking part in torchrun jobs (ddp, fsdp, tp, pp, fsdp+tp; start lmbench with the same "
+                   "arguments on each): a job's world is nproc x nnodes.")
 @click.option("--node-rank", type=click.IntRange(min=0), default=None,
               help="This node's rank, 0..nnodes-1 (default: $SLURM_NODEID, else 0). Node 0 records results.")
 @click.option("--rdzv-endpoint", default=None, metavar="HOST:PORT",
@@ -188,7 +189,7 @@ def _run_suite(plan: RunPlan, out: Path | None, *, resume: bool, dry_run: bool =
     if dry_run:
         from lmbench.plan.layout import explain_plan
 
-        jobs = runner.plan(planned, platform, repeats=1)
+        jobs = runner.plan(planned, platform, repeats=1, nnodes=plan.nnodes)
         kept = _kept(planned, platform, plan, out, suite) if resume and out is not None else {}
         _console().print(plan_table([(j.config.to_dict(), j.config.key, j.skip) for j in jobs], kept))
         for line in explain_plan([j.config for j in jobs if not j.skip], nnodes=plan.nnodes):
@@ -215,7 +216,8 @@ def _run_suite(plan: RunPlan, out: Path | None, *, resume: bool, dry_run: bool =
             click.echo(f"lmbench: warning: {warning}", err=True)
         _record_plan(run_dir, plan, suite, resume=resume, recorded=recorded.records, suggest=suggest)
         done = {(r["config_key"], r["repeat"]) for r in recorded.records}
-        jobs = runner.plan(planned, platform, repeats=plan.repeats, done=done, parity=plan.parity)
+        jobs = runner.plan(planned, platform, repeats=plan.repeats, done=done, parity=plan.parity,
+                          nnodes=plan.nnodes)
         if done:
             click.echo(f"resuming {out}: {len(done)} record(s) kept, {len(jobs)} job(s) to go", err=True)
         session: list[dict[str, Any]] = []
@@ -234,7 +236,7 @@ def _run_suite(plan: RunPlan, out: Path | None, *, resume: bool, dry_run: bool =
             click.echo(f"lmbench: warning: {notice}", err=True)
         # The summary is of this plan: a foreign line (hand-written, or from a run before plans were checked)
         # is no row of it.
-        planned_keys = {job.config.key for job in runner.plan(planned, platform, repeats=1)}
+        planned_keys = {job.config.key for job in runner.plan(planned, platform, repeats=1, nnodes=plan.nnodes)}
         everything = [r for r in run_dir.recorded().records if r["config_key"] in planned_keys]
     _print_summary(launch, session, everything, run_dir.results_path)
     if objective and launch.records:
@@ -262,10 +264,11 @@ def _kept(planned: list[suites.Planned], platform: Any, plan: RunPlan, out: Path
         if warning:
             click.echo(f"lmbench: warning: {warning}", err=True)
     done = {(r["config_key"], r["repeat"]) for r in recorded.records}
-    to_go = runner.plan(planned, platform, repeats=plan.repeats, done=done, parity=plan.parity)
+    to_go = runner.plan(planned, platform, repeats=plan.repeats, done=done, parity=plan.parity,
+                          nnodes=plan.nnodes)
     click.echo(f"resuming {out}: {len(done)} record(s) kept, {len(to_go)} job(s) to go", err=True)
     kept = {}
-    for job in runner.plan(planned, platform, repeats=1):
+    for job in runner.plan(planned, platform, repeats=1, nnodes=plan.nnodes):
         have = sum((job.config.key, repeat) in done for repeat in range(plan.repeats))
         if have == plan.repeats:
             kept[job.config.key] = "kept"

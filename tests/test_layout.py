@@ -277,3 +277,21 @@ def test_optimizer_groups_never_mix_tensor_kinds_or_device_meshes():
     on_b.device_mesh = "mesh (dp,)"
     groups = [group["params"] for group in _by_kind([plain, on_a, on_b, also_a])]
     assert groups == [[plain], [on_a, also_a], [on_b]]
+
+
+def test_layouts_are_judged_on_the_world_of_every_node():
+    # Two nodes of 2 processes: a 4-stage pipeline, a tensor-parallel group of 4; one process a node is a world of 2.
+    assert "2 layers, fewer than the 4 pipeline stages" in skip_reason(
+        resolved(model="tiny-gpt2", parallel="pp", nproc=2), CPU, nnodes=2)
+    assert "degree 4" in skip_reason(resolved(model="tiny-gpt2", parallel="tp", nproc=2), CPU, nnodes=2)
+    assert skip_reason(resolved(model="tiny-gpt2", parallel="tp", nproc=1), CPU, nnodes=2) is None
+    assert skip_reason(resolved(model="tiny-gpt2", parallel="tp", nproc=1), CPU) == (
+        "parallel=tp needs at least 2 processes; nproc=1")
+    assert skip_reason(resolved(model="tiny-llama", parallel="fsdp+tp", nproc=2), CPU, nnodes=2) is None
+
+
+def test_the_dry_run_names_one_rank_or_layer_in_the_singular():
+    gpt2 = MODELS["tiny-gpt2"]
+    assert explain(resolved(model="tiny-gpt2", parallel="ddp", nproc=1), gpt2)[0].startswith("rank 0: a whole replica")
+    pp = explain(resolved(model="tiny-gpt2", parallel="pp", nproc=2), gpt2)
+    assert pp[0] == "rank 0 (stage 0): embeddings, layer 0"

@@ -57,8 +57,9 @@ def resolve(config: Config, platform: Platform) -> Config:
                           pp_stages_per_rank=per_rank).without_foreign_options()
 
 
-def skip_reason(config: Config, platform: Platform) -> str | None:
-    """None when `config` can run here, else a one-line reason for the `skipped` row."""
+def skip_reason(config: Config, platform: Platform, *, nnodes: int = 1) -> str | None:
+    """None when `config` can run here (on `nnodes` nodes: a torchrun job's world is nproc x nnodes), else a
+    one-line reason for the `skipped` row."""
     conflict = config.conflict()
     if conflict:
         return conflict
@@ -77,7 +78,7 @@ def skip_reason(config: Config, platform: Platform) -> str | None:
     if config.parallel == "fsdp" and config.precision == "fp16":
         return "precision=fp16 (fp32 master weights) is not implemented for parallel=fsdp; use amp-fp16 or bf16"
     if config.parallel in MODEL_PARALLEL:
-        layout_problem = problem(config, MODELS[config.model])
+        layout_problem = problem(config, MODELS[config.model], nnodes=nnodes)
         if layout_problem:
             return layout_problem
         if config.kernels not in MODEL_PARALLEL_KERNELS:

@@ -168,7 +168,8 @@ def problem(config: Config, spec: ModelSpec, *, nnodes: int = 1) -> str | None:
                 f"{spec.family}")
     shape = layout(config, nnodes=nnodes)
     if shape.world < 2:
-        return f"parallel={config.parallel} needs at least 2 processes; nproc={config.nproc}"
+        nodes = f" x {nnodes} nodes" if nnodes > 1 else ""
+        return f"parallel={config.parallel} needs at least 2 processes; nproc={config.nproc}{nodes}"
     if config.parallel == "fsdp+tp":
         if shape.tp < 2 or shape.world % shape.tp or shape.tp == shape.world:
             return (f"parallel=fsdp+tp with tp_degree={shape.tp} needs a tensor-parallel group of 2 or more ranks "
@@ -209,6 +210,11 @@ def _pipeline_problem(config: Config, spec: ModelSpec, shape: Layout) -> str | N
     return None
 
 
+def _span(noun: str, count: int, start: int = 0) -> str:
+    """"rank 0" for one, "ranks 0-3" for several."""
+    return f"{noun} {start}" if count == 1 else f"{noun}s {start}-{start + count - 1}"
+
+
 def explain(config: Config, spec: ModelSpec, *, nnodes: int = 1) -> list[str]:
     """What each rank holds and reads, one line per rank group (the dry run prints it)."""
     shape = layout(config, nnodes=nnodes)
@@ -220,10 +226,10 @@ def explain(config: Config, spec: ModelSpec, *, nnodes: int = 1) -> list[str]:
         return [f"one process, {shape.world} GPU replicas (nn.DataParallel), each {config.batch_size} sequences of "
                 f"every micro-batch; {batch}"]
     if config.parallel == "ddp":
-        return [f"ranks 0-{shape.world - 1}: a whole replica each, {config.batch_size} sequences of their own per "
+        return [f"{_span('rank', shape.world)}: a whole replica each, {config.batch_size} sequences of their own per "
                 f"micro-batch, gradients all-reduced once per step; {batch}"]
     if config.parallel == "fsdp":
-        return [f"ranks 0-{shape.world - 1}: 1/{shape.world} of every parameter, gradient and optimizer state "
+        return [f"{_span('rank', shape.world)}: 1/{shape.world} of every parameter, gradient and optimizer state "
                 f"(FSDP2, one unit per block, gathered for its forward and backward), {config.batch_size} sequences "
                 f"of their own; {batch}"]
     heads, kv, width = spec.n_heads // shape.tp, spec.n_kv_heads // shape.tp, spec.intermediate // shape.tp
@@ -232,7 +238,7 @@ def explain(config: Config, spec: ModelSpec, *, nnodes: int = 1) -> list[str]:
                f"{width} of {spec.intermediate} MLP columns (q/k/v and MLP-in column-wise, attention-out and "
                f"MLP-out row-wise); embeddings, norms and the LM head whole")
     if config.parallel == "tp":
-        return [f"ranks 0-{shape.world - 1} (one tensor-parallel group): {tp_part}; every rank reads the same "
+        return [f"{_span('rank', shape.world)} (one tensor-parallel group): {tp_part}; every rank reads the same "
                 f"{config.batch_size} sequences; {batch}"]
     if config.parallel == "fsdp+tp":
         return [f"{shape.dp} x {shape.tp} mesh (FSDP x TP): rank r is tensor-parallel shard r % {shape.tp} of FSDP "
@@ -245,7 +251,7 @@ def explain(config: Config, spec: ModelSpec, *, nnodes: int = 1) -> list[str]:
 
     def holds(stage: int) -> str:
         blocks = ranges[stage]
-        parts = (["embeddings"] if stage == 0 else []) + [f"layers {blocks.start}-{blocks.stop - 1}"] + (
+        parts = (["embeddings"] if stage == 0 else []) + [_span("layer", blocks.stop - blocks.start, blocks.start)] + (
             ["final norm, LM head and loss"] if stage == stages - 1 else [])
         return ", ".join(parts)
 

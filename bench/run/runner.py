@@ -57,8 +57,9 @@ _PARALLEL_ORDER = {"none": 0, "dp": 1, "ddp": 2, "fsdp": 3, "tp": 4, "pp": 5, "f
 
 
 def plan(planned: list[Planned], platform: Platform, *, repeats: int, done: set[tuple[str, int]] = frozenset(),
-         parity: bool = False) -> list[Job]:
-    """Jobs in run order: repeat-major, so repeats of a config are spread over the run's duration."""
+         parity: bool = False, nnodes: int = 1) -> list[Job]:
+    """Jobs in run order: repeat-major, so repeats of a config are spread over the run's duration; layouts are
+    judged on `nnodes` nodes (a torchrun job's world is nproc x nnodes)."""
     jobs = []
     # With parity, references run before the configurations judged by them: fp32 eager first, then
     # everything judged against it (FP8's amp-bf16 reference among them), then FP8.
@@ -72,7 +73,7 @@ def plan(planned: list[Planned], platform: Platform, *, repeats: int, done: set[
             if config.key in seen or (config.key, repeat) in done:
                 continue
             seen.add(config.key)
-            jobs.append(Job(config, repeat, row.conflict or skip_reason(config, platform)))
+            jobs.append(Job(config, repeat, row.conflict or skip_reason(config, platform, nnodes=nnodes)))
     return jobs
 
 
