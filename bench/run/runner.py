@@ -19,6 +19,7 @@ from typing import Any
 from lmbench.analyze import results
 from lmbench.errors import StorageError
 from lmbench.measure.environment import Platform
+from lmbench.measure.hostload import contended
 from lmbench.measure.stats import percentile
 from lmbench.plan.config import Config
 from lmbench.plan.feasibility import resolve, skip_reason
@@ -197,13 +198,21 @@ def single_device_key(config: Config, *, nnodes: int = 1) -> str:
     return single_device(config, nnodes=nnodes).key
 
 
-def scaling_efficiency(record: dict[str, Any], baseline: list[float]) -> float | None:
-    """Global tokens/s over (devices x single-device tokens/s); 1.0 is perfect linear scaling."""
+def scaling_efficiency(record: dict[str, Any], baseline: list[dict[str, Any]]) -> dict[str, Any]:
+    """Global tokens/s over (devices x single-device tokens/s), 1.0 being perfect linear scaling, with the
+    baseline it used: the median of the single-device configuration's ok repeats recorded so far whose hosts
+    were not busy with other work (all of them when every one was). None on a CPU: a CPU's processes share
+    one host's cores (the single-device run uses all of them), so they are no independent devices."""
     metrics = record["metrics"] or {}
-    if record["status"] != "ok" or not baseline or not metrics.get("devices"):
-        return None
-    reference = percentile(baseline, 50)
-    return metrics["tokens_per_s"] / (metrics["devices"] * reference)
+    none = {"scaling_efficiency": None, "scaling_baseline_tokens_per_s": None, "scaling_baseline_repeats": 0}
+    on_cpu = (record.get("config") or {}).get("device") == "cpu"
+    if record["status"] != "ok" or not baseline or not metrics.get("devices") or on_cpu:
+        return none
+    quiet = [m for m in baseline if not contended(m.get("host_other_cpu_cores"), m.get("host_usable_cores"))]
+    used = quiet or baseline
+    reference = percentile([m["tokens_per_s"] for m in used], 50)
+    return {"scaling_efficiency": metrics["tokens_per_s"] / (metrics["devices"] * reference),
+            "scaling_baseline_tokens_per_s": reference, "scaling_baseline_repeats": len(used)}
 
 
 def add_parity(record: dict[str, Any], config: Config, reference_losses: dict[str, dict[int, list]], *,
@@ -229,11 +238,12 @@ def execute(jobs: list[Job], run_dir: RunDirectory, *, suite: str, launch: Launc
     On nodes other than node 0 (multi-node runs) only distributed jobs run and nothing is recorded.
     `previous` holds records already in the run (resume), for scaling efficiency and parity.
     """
-    throughput: dict[str, list[float]] = {}
+    throughput: dict[str, list[dict[str, Any]]] = {}
+    """The ok repeats' metrics of each configuration so far: single-device baselines of scaling efficiency."""
     reference_losses: dict[str, dict[int, list]] = {}
     for record in previous:
         if record["status"] == "ok":
-            throughput.setdefault(record["config_key"], []).append(record["metrics"]["tokens_per_s"])
+            throughput.setdefault(record["config_key"], []).append(record["metrics"])
             reference_losses.setdefault(record["config_key"], {})[record["repeat"]] = record.get("losses") or []
     for job in jobs:
         if not launch.runs(job.config):
@@ -247,9 +257,8 @@ def execute(jobs: list[Job], run_dir: RunDirectory, *, suite: str, launch: Launc
         if status == "ok":
             if job.config.parallel != "none":
                 baseline = throughput.get(single_device_key(job.config, nnodes=launch.nnodes), [])
-                efficiency = scaling_efficiency(record, baseline)
-                record["metrics"]["scaling_efficiency"] = efficiency
-            throughput.setdefault(job.config.key, []).append(record["metrics"]["tokens_per_s"])
+                record["metrics"].update(scaling_efficiency(record, baseline))
+            throughput.setdefault(job.config.key, []).append(record["metrics"])
             reference_losses.setdefault(job.config.key, {})[job.repeat] = record["losses"]
         if parity and status in ("ok", "diverged"):
             add_parity(record, job.config, reference_losses, nnodes=launch.nnodes)
