@@ -382,7 +382,9 @@ def list_(defaults: bool) -> int:
         table.add_column(column)
     for name in suites.builtin_names():
         suite = suites.load(name)
-        table.add_row(name, str(len(suite.expand())), escape(suite.description))
+        # Rows differing only in another mode's options (pp_schedule of a tp row) are one configuration.
+        distinct = {row.config.without_foreign_options().key for row in suite.expand()}
+        table.add_row(name, str(len(distinct)), escape(suite.description))
     console.print(table)
     models = Table(title="models", title_justify="left")
     for column in ("model", "layers", "hidden", "heads", "vocab", "positions", "description"):

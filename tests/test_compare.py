@@ -85,6 +85,8 @@ def test_thresholds_parse():
         parse_threshold("five")
     with pytest.raises(UsageError, match="between 0% and 100%"):
         parse_threshold("150%")
+    with pytest.raises(UsageError, match=r"5 is read as 500%; write 5% or 0.05"):
+        parse_threshold("5")
 
 
 def test_renderings_and_junit():

@@ -371,5 +371,6 @@ def parse_threshold(text: str) -> float:
     except ValueError:
         raise UsageError(f"--threshold {text!r}: expected a percentage like 5% or a fraction like 0.05") from None
     if not 0 < value < 1:
-        raise UsageError(f"--threshold {text!r}: must be between 0% and 100%")
+        read = f" ({text} is read as {value:.0%}; write 5% or 0.05)" if value >= 1 and not text.endswith("%") else ""
+        raise UsageError(f"--threshold {text!r}: must be between 0% and 100%{read}")
     return value

@@ -14,6 +14,7 @@ from typing import Any
 
 from lmbench.errors import ConfigError, SuiteError
 from lmbench.plan.config import DEFAULTS, FIELD_TYPES, KERNEL_AXES, MODE_AXES, TYPE_NAMES, Config, applies, coerce
+from lmbench.plan.layout import DISTRIBUTED
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -82,6 +83,13 @@ class Suite:
                 values = ",".join(str(value) for value in asked)
                 warnings.append(f"{axis}={values} applies to {owner}={'/'.join(sorted(users))} only, which no "
                                 "configuration here uses: it changes nothing")
+        # nproc: the processes of a torchrun job; parallel=none runs one, dp one process over every GPU.
+        asked = self.matrix.get("nproc", [self.defaults["nproc"]] if "nproc" in self.defaults else [])
+        if any(coerce("nproc", value) != DEFAULTS["nproc"] for value in asked) and not any(
+                row.config.parallel in DISTRIBUTED for row in planned):
+            warnings.append(f"nproc={','.join(str(value) for value in asked)} applies to the torchrun modes "
+                            f"({', '.join(sorted(DISTRIBUTED))}) only, which no configuration here uses: parallel=none "
+                            "runs one process, dp one process over every visible GPU")
         return warnings
 
     def expand(self, *, max_configs: int = MAX_CONFIGS) -> list[Planned]:
