@@ -231,6 +231,12 @@ def test_every_compile_mode_has_eager_for_its_baseline_and_eager_has_no_mode():
             {"parallel": "pp", "microbatches": 4}]
     assert counterpart(rows[1], rows, ("parallel", "none"), ["parallel", "microbatches"]) == 0
     assert counterpart(rows[0], rows, ("parallel", "pp"), ["parallel", "microbatches"]) == 2
+    # Processes follow the mode: ddp x 2 against parallel=none's one process, every other axis equal.
+    runs = [{"parallel": "none", "nproc": 1, "batch_size": 4}, {"parallel": "ddp", "nproc": 2, "batch_size": 4},
+            {"parallel": "none", "nproc": 1, "batch_size": 8}, {"parallel": "ddp", "nproc": 2, "batch_size": 8}]
+    axes = ["batch_size", "parallel", "nproc"]
+    assert [counterpart(c, runs, ("parallel", "none"), axes) for c in runs] == [0, 0, 2, 2]
+    assert counterpart(runs[0], runs, ("batch_size", "8"), axes) == 2
 
 
 def test_a_baseline_only_rows_without_the_option_hold_is_refused():

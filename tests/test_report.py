@@ -476,3 +476,22 @@ def test_a_long_note_in_the_run_summary_ends_in_an_ellipsis():
     console.print(summary([record]))
     note = next(line for line in console.export_text().splitlines() if "stalls" in line).split("│")[-2].strip()
     assert note.endswith("…") and len(note) == NOTE_WIDTH, note
+
+
+def test_parallel_runs_show_devices_batch_and_scaling_and_pair_with_one_process():
+    def laid_out(parallel, nproc, tps, extra):
+        r = hand_record("fp32", 8, tps)
+        config = Config(parallel=parallel, nproc=nproc, batch_size=8, device="cuda")
+        r.update(config=config.to_dict(), config_key=config.key)
+        r["metrics"].update(extra)
+        return r
+
+    one = {"devices": 1, "global_batch_sequences": 8, "tokens_per_s_per_device": 1000.0}
+    two = {"devices": 2, "global_batch_sequences": 16, "tokens_per_s_per_device": 950.0, "scaling_efficiency": 0.95}
+    records = [laid_out("none", 1, 1000.0, one), laid_out("ddp", 2, 1900.0, two)]
+    t = report.tables(records, baseline=("parallel", "none"))["throughput"].splitlines()
+    assert t[0].startswith("| parallel | nproc | status | tokens/s | cv over repeats | ms/step sustained | MFU "
+                           "| devices | sequences/step | tokens/s per device | scaling efficiency "
+                           "| speedup vs parallel=none |")
+    # ddp x 2 pairs with parallel=none's one process: nproc follows the mode.
+    assert t[3].startswith("| ddp | 2 | ok | 1,900 | - | 538.9 | 40.0% | 2 | 16 | 950 | 0.95 | 1.90x | +90.0% |")

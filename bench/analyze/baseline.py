@@ -92,11 +92,14 @@ def counterpart(config: Mapping[str, Any], candidates: Iterable[Mapping[str, Any
     compiled row's baseline under kernels=eager is eager whatever its compile_mode, and eager's under
     kernels=compile is compile_mode=default (eager holds the default), never the first compiled row listed.
     A configuration the baseline's axis means nothing for has no counterpart: eager is not compile_mode=default.
+    Under a `parallel` baseline nproc is not compared: ddp x 2's counterpart under parallel=none runs 1 process.
     """
     axis, value = baseline
     if not applies(config, axis):
         return None
-    want = {a: config.get(a) for a in axes if a != axis}
+    # Processes follow the parallel mode (none runs one): a parallel baseline pairs on everything else.
+    tied = {axis, "nproc"} if axis == "parallel" else {axis}
+    want = {a: config.get(a) for a in axes if a not in tied}
     for i, other in enumerate(candidates):
         if matches(other.get(axis), value) and applies(other, axis) and all(
                 other.get(a) == v for a, v in want.items() if applies(other, a)):

@@ -78,7 +78,8 @@ SUMMARY_METRICS = ("tokens_per_s", "step_time_median_s", "tokens_per_step", "ste
                    "mem_peak_reserved_bytes", "mem_peak_allocated_bytes", "mem_nvml_used_peak_bytes",
                    "mem_host_peak_growth_bytes", "mem_host_training_growth_bytes", "j_per_token", "tokens_per_j",
                    "power_avg_w", "energy_j", "parity_max_rel_dev", "pp_bubble_fraction", "pp_bubble_fraction_theory",
-                   "host_other_cpu_cores", "host_usable_cores")
+                   "host_other_cpu_cores", "host_usable_cores", "devices", "global_batch_sequences",
+                   "tokens_per_s_per_device", "scaling_efficiency")
 #: Worst parity over repeats is reported.
 PARITY_ORDER = ["reference", "ok", "drift", "diverged"]
 
@@ -164,12 +165,17 @@ def sections(records: list[dict[str, Any]], baseline: tuple[str, str] | None = N
     if baseline and baseline[0] not in (summaries[0].config if summaries else {}):
         raise UsageError(f"--baseline {baseline[0]}={baseline[1]}: {baseline[0]!r} is not a configuration axis")
     with_parity = any(s.parity for s in summaries)
+    # Laid out over several devices: what one step trains on, and what each device does, beside tokens/s.
+    spread = "parallel" in axes or any((s.median("devices") or 1) > 1 for s in summaries)
     throughput_rows, memory_rows, energy_rows, failure_rows = [], [], [], []
     for s in summaries:
         label = [cell(s.config, a) for a in axes]
         tps = s.median("tokens_per_s")
         row = label + [_status(s), _fmt(tps, ",.0f"), _fmt(s.cv("tokens_per_s"), ".1%"),
                        _fmt(s.step_time_s(), ".1f", 1e-3), _fmt(s.median("mfu"), ".1%")]
+        if spread:
+            row += [_fmt(s.median("devices"), ".0f"), _fmt(s.median("global_batch_sequences"), ",.0f"),
+                    _fmt(s.median("tokens_per_s_per_device"), ",.0f"), _fmt(s.median("scaling_efficiency"), ".2f")]
         if with_parity:
             worst = max(s.parity, key=PARITY_ORDER.index, default=None)
             dev = s.median("parity_max_rel_dev")
@@ -195,6 +201,8 @@ def sections(records: list[dict[str, Any]], baseline: tuple[str, str] | None = N
             failure_rows.append(label + [_status(s), s.reason or ""])
     n = len(axes)
     head = ["status", "tokens/s", "cv over repeats", "ms/step sustained", "MFU"]
+    if spread:
+        head += ["devices", "sequences/step", "tokens/s per device", "scaling efficiency"]
     if with_parity:
         head += ["parity", "max loss dev"]
     if baseline:
