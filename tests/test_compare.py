@@ -61,7 +61,12 @@ def test_missing_and_failed_configs():
     verdicts = {v.config_key: v for v in compare(base, cand)}
     assert verdicts["a"].verdict == "unchanged"
     assert verdicts["b"].verdict == "missing" and verdicts["b"].note == "not in the candidate run"
-    assert verdicts["c"].verdict == "failed" and verdicts["c"].note == "no ok repeat in the baseline (1 oom)"
+    assert verdicts["c"].verdict == "failed" and not verdicts["c"].blocking
+    assert verdicts["c"].note == ("no ok repeat in either run (baseline 1 oom, candidate 1 oom): it failed before, "
+                                  "so this does not fail the gate")
+    (fixed,) = compare([record("c", None, status="oom")], run_of({"c": TIGHT}))
+    assert (fixed.verdict, fixed.blocking) == ("failed", False)
+    assert fixed.note == "no ok repeat in the baseline (1 oom): the candidate ran, so this does not fail the gate"
     # The gate blocks on what the candidate lacks, not on what the baseline never measured.
     assert [verdicts[k].blocking for k in "abc"] == [False, True, False]
     assert compare(base, cand, allow_missing=True)[1].blocking is False

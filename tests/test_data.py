@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from lmbench.models.registry import MODELS
-from lmbench.run.data import DataError, make_batches, markov_chain, tokenize_file
+from lmbench.run.data import DataError, make_batches, tokenize_file
 
 CPU = torch.device("cpu")
 
@@ -47,22 +47,17 @@ def test_too_short_file_is_a_data_error(tmp_path):
                      count=1, device=CPU)
 
 
-def test_data_parallel_ranks_sample_one_markov_corpus():
-    spec = MODELS["tiny-gpt2"]
-    successors, _ = markov_chain(spec.vocab_size, torch.Generator().manual_seed(0))
+def test_data_parallel_ranks_take_their_slices_of_one_global_batch():
+    spec = MODELS["tiny-bert-mlm"]  # masks drawn with the batch: a slice keeps its rows' masks
 
-    def transitions_in_chain(batches) -> bool:
-        ids = torch.cat([b.input_ids for b in batches])
-        allowed = (successors[ids[:, :-1]] == ids[:, 1:, None]).any(-1)
-        return bool(allowed.all())
+    def draw(rows=None):
+        return make_batches(spec=spec, batch_size=8, seq_len=32, data="markov", tokenizer="byte", seed=3, count=2,
+                            device=torch.device("cpu"), rows=rows)
 
-    def rank(chain_seed):
-        return make_batches(spec=spec, batch_size=4, seq_len=32, data="markov", tokenizer="byte", seed=1000,
-                            count=2, device=torch.device("cpu"), chain_seed=chain_seed)
-
-    # Rank 1 (seed 0 + 1000) draws its own sequences of the chain seed 0 defines, not a chain of its own.
-    assert transitions_in_chain(rank(0))
-    assert not transitions_in_chain(rank(None))
-    assert not torch.equal(rank(0)[0].input_ids, make_batches(
-        spec=spec, batch_size=4, seq_len=32, data="markov", tokenizer="byte", seed=0, count=1,
-        device=torch.device("cpu"))[0].input_ids)
+    whole = draw()
+    for rank in (0, 1):
+        part = draw(slice(4 * rank, 4 * rank + 4))
+        for mine, full in zip(part, whole):
+            assert mine.input_ids.shape == (4, 32)
+            assert torch.equal(mine.input_ids, full.input_ids[4 * rank:4 * rank + 4])
+            assert torch.equal(mine.labels, full.labels[4 * rank:4 * rank + 4])

@@ -278,3 +278,42 @@ def test_a_rank_ends_with_os_exit_even_when_its_job_raises(monkeypatch, tmp_path
     assert ended == [1, 0]
     monkeypatch.delenv("RANK")
     assert worker.run_job(tmp_path / "job.json", tmp_path / "result.json") == 0 and ended == [1, 0]
+
+
+DATA_PARALLEL_PARITY = """
+name = "data-parallel-parity"
+description = "ddp and fsdp against parallel=none on the global batch, over gloo"
+[defaults]
+precision = "fp32"
+nproc = 2
+batch_size = 2
+seq_len = 32
+grad_accum = 2
+steps = 4
+warmup = 1
+lr = 1e-3
+[matrix]
+model = ["tiny-gpt2", "tiny-llama"]
+parallel = ["ddp", "fsdp"]
+"""
+
+
+@pytest.mark.slow
+def test_ddp_and_fsdp_train_as_one_device_does_on_the_global_batch(tmp_path):
+    """Rank r trains on the r-th slice of the global batch, so gradient averaging (DDP's all-reduce, FSDP's
+    reduce-scatter and sharded optimizer) must leave the losses of parallel=none on that whole batch."""
+    suite = tmp_path / "dp.toml"
+    suite.write_text(DATA_PARALLEL_PARITY)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["run", "--suite", str(suite), "--out", str(out), "--device", "cpu", "--parity"])
+    assert result.exit_code == 0, result.output
+    assert "data-parallel rows" in result.output  # their parity runs without dropout, and so do the references
+    records = results.read(out).records
+    references = [r for r in records if r["metrics"]["parity"] == "reference"]
+    assert sorted((r["config"]["model"], r["config"]["parallel"], r["config"]["batch_size"]) for r in references) == [
+        ("tiny-gpt2", "none", 4), ("tiny-llama", "none", 4)]
+    for r in records:
+        if r["config"]["parallel"] != "none":
+            m = r["metrics"]
+            assert r["status"] == "ok" and m["parity"] == "ok", (r["config_key"], r["reason"])
+            assert m["parity_max_rel_dev"] < 1e-6 and m["params_in_sync"] is True, m["parity_max_rel_dev"]

@@ -140,9 +140,13 @@ def test_model_parallel_rows_are_compared_with_one_device_training_the_same_glob
     assert reference_config(fsdp_tp).batch_size == 4
     assert reference_config(fsdp_tp, nnodes=2).batch_size == 8
     assert reference_config(resolved(model="tiny-gpt2", parallel="tp", nproc=2)).parallel == "none"
-    # Data parallelism keeps its per-device batch for scaling efficiency; its parity reference stays ddp.
+    # Data parallelism keeps its per-device batch for scaling efficiency; its parity reference trains the global
+    # batch on one device, except a masked LM's (each rank's mean is over its own count of masked positions).
     ddp = resolved(model="tiny-gpt2", parallel="ddp", nproc=2)
-    assert single_device(ddp).batch_size == 8 and reference_config(ddp).parallel == "ddp"
+    assert single_device(ddp).batch_size == 8
+    assert reference_config(ddp) == Config(model="tiny-gpt2", batch_size=16, device="cpu", nproc=1)
+    assert reference_config(resolved(model="tiny-gpt2", parallel="fsdp", nproc=4, grad_accum=2)).batch_size == 32
+    assert reference_config(resolved(model="tiny-bert-mlm", parallel="ddp", nproc=2)).parallel == "ddp"
 
 
 def test_the_dry_run_says_what_each_rank_holds():

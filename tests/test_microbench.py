@@ -1,4 +1,5 @@
 import csv
+import json
 import statistics
 
 import pytest
@@ -98,9 +99,14 @@ def test_measure_on_gpu_gives_every_available_impl_a_time(tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU message")
-def test_ceilings_say_skipped_without_cuda():
-    result = CliRunner().invoke(cli, ["ceilings"])
+def test_ceilings_say_skipped_without_cuda(tmp_path):
+    result = CliRunner().invoke(cli, ["ceilings", "--out", str(tmp_path / "c.json")])
     assert result.exit_code == 0 and result.output.startswith("skipped: lmbench ceilings needs a CUDA GPU")
+    # The file asked for says so, and a report given it refuses it by name rather than reading no figure.
+    assert json.loads((tmp_path / "c.json").read_text())["status"] == "skipped"
+    refused = CliRunner().invoke(cli, ["kernels", "--op", "rmsnorm", "--shape", "64x64", "--ceilings",
+                                       str(tmp_path / "c.json")])
+    assert refused.exit_code == 2 and "holds no figures: lmbench ceilings was skipped there" in refused.output
 
 
 @pytest.mark.gpu

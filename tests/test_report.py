@@ -380,7 +380,9 @@ def test_tables_and_reports_say_what_device_ran():
     gpu = {"env": {"device": {"name": "NVIDIA H100 80GB HBM3", "driver": "580.65"}}}
     assert device_label([cpu, cpu]) == "AMD EPYC (CPU, 2 physical cores: no NVML power or energy, no MFU)"
     assert device_label([gpu, {}]) == "NVIDIA H100 80GB HBM3 (GPU, driver 580.65)"
-    assert device_label([{}]) == "unknown device"
+    timed_out = {"status": "timeout", "config": {"device": "cpu"}, "env": None}
+    assert device_label([timed_out]) == ("device cpu, not recorded (timeout: no configuration reported its "
+                                         "environment)")
 
 
 def test_a_breakdown_slower_than_its_window_says_the_profiler_overstates_idle():

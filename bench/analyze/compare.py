@@ -302,10 +302,16 @@ def _unmeasured(key: str, metric: str, b: list[float], c: list[float], b_status:
     lacking = [side for side, values in (("baseline", b), ("candidate", c)) if not values]
     statuses = {"baseline": b_status, "candidate": c_status}
     unrun = [side for side in lacking if not statuses[side]["ok"]]
+    if len(unrun) == 2:
+        return Verdict(key, "failed", None, None, None, 0, 0,
+                       f"no ok repeat in either run (baseline {status_counts(b_status)}, candidate "
+                       f"{status_counts(c_status)}): it failed before, so this does not fail the gate")
     if unrun:
         side = unrun[0]
+        fixed = "" if side == "candidate" else ": the candidate ran, so this does not fail the gate"
         return Verdict(key, "failed", None, None, None, len(b), len(c),
-                       f"no ok repeat in the {side} ({status_counts(statuses[side])})", blocking=side == "candidate")
+                       f"no ok repeat in the {side} ({status_counts(statuses[side])}){fixed}",
+                       blocking=side == "candidate")
     if len(lacking) == 2:
         return Verdict(key, "skipped", None, None, None, 0, 0, f"no ok repeat reports {metric} in either run")
     side = lacking[0]

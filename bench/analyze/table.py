@@ -113,7 +113,10 @@ def device_label(records: list[dict[str, Any]]) -> str:
         return "; ".join(dict.fromkeys(labels))
     if records and all(record.get("status") == "skipped" for record in records):
         return "no device: every configuration was skipped"
-    return "unknown device"
+    # No worker lived to report its environment (every one timed out, say): the device each was meant for.
+    devices = ", ".join(dict.fromkeys(str((r.get("config") or {}).get("device", "?")) for r in records)) or "?"
+    statuses = ", ".join(sorted({str(r.get("status")) for r in records})) or "no records"
+    return f"device {devices}, not recorded ({statuses}: no configuration reported its environment)"
 
 
 def summary(records: list[dict[str, Any]]) -> Table:

@@ -64,6 +64,8 @@ def load(path: Path) -> dict[str, Any]:
     """Figures written by `lmbench ceilings --out`; anything else is a one-line UsageError naming the file."""
     where = f"--ceilings {str(path)!r}"
     data = read_json_input(path, where=where, kind="ceilings", made_by="lmbench ceilings --out FILE on the GPU")
+    if isinstance(data, dict) and data.get("status") == "skipped":
+        raise UsageError(f"{where}: holds no figures: lmbench ceilings was skipped there ({data.get('reason')})")
     for key in ("bf16_matmul_tflops", "copy_gb_per_s"):
         value = data.get(key) if isinstance(data, dict) else None
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):

@@ -18,8 +18,12 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from lmbench.models.registry import MODELS
 from lmbench.plan.config import Config
-from lmbench.plan.layout import MODEL_PARALLEL, single_device
+from lmbench.plan.layout import MODEL_PARALLEL, layout, single_device
+
+#: Data-parallel modes: whole replicas (or FSDP's shards of them) on batches of their own.
+DATA_PARALLEL = frozenset({"dp", "ddp", "fsdp"})
 
 #: Weight of the newest loss in the EMA (a short one: about five steps).
 EMA_ALPHA = 0.2
@@ -59,14 +63,21 @@ def reference_config(config: Config, *, nnodes: int = 1) -> Config:
     """The configuration a parity check compares against: same model, data, seed and batches, eager, no
     checkpointing, in plain fp32 (FP8: in amp-bf16).
 
-    A model-parallel configuration (resolved: nproc settled) is compared with parallel=none training on the same
-    global batch, which its ranks cut up (lmbench.run.training): the check that sharding and staging left the
-    arithmetic as it was.
+    A configuration laid out over several devices (resolved: nproc settled) is compared with parallel=none
+    training on the same global batch, which its ranks cut up (lmbench.run.training): the check that sharding,
+    staging and gradient averaging left the arithmetic as it was. Data parallelism of a masked-LM model keeps its
+    own layout as the reference: each rank's loss is the mean over its own masked positions, whose count differs
+    between ranks, so the averaged loss is not the whole batch's mean (a causal LM's positions are equal a row).
     """
     precision = FP8_REFERENCE if config.precision in FP8_PRECISIONS else "fp32"
     # Eager holds a kernel set's options (compile_mode) at their defaults: the reference has one key.
     reference = config.replace(precision=precision, kernels="eager", checkpointing="none").without_foreign_options()
-    return single_device(reference, nnodes=nnodes) if config.parallel in MODEL_PARALLEL else reference
+    if config.parallel in MODEL_PARALLEL:
+        return single_device(reference, nnodes=nnodes)
+    if config.parallel in DATA_PARALLEL and MODELS[config.model].objective != "mlm":
+        batch = layout(reference, nnodes=nnodes).global_batch_sequences // config.grad_accum
+        return reference.replace(parallel="none", nproc=1, batch_size=batch).without_foreign_options()
+    return reference
 
 
 def is_reference(config: Config) -> bool:
@@ -108,6 +119,8 @@ def other_dropout_masks(config: Config) -> str | None:
         return None
     if config.parallel in MODEL_PARALLEL:
         return "tensor and pipeline parallel rows (their shards and stages draw other masks than the whole model)"
+    if config.parallel in DATA_PARALLEL and reference_config(config).parallel == "none":
+        return "data-parallel rows (each rank draws its own masks for its part of the batch)"
     if config.kernels == "compile":
         return "compiled rows (inductor draws its own random numbers, not eager's masks)"
     if config.cuda_graph:

@@ -107,15 +107,16 @@ def split_file(data: str, *, spec: ModelSpec, tokenizer: str, val_frac: float) -
 
 
 def make_batches(*, spec: ModelSpec, batch_size: int, seq_len: int, data: str, tokenizer: str, seed: int,
-                 count: int, device: torch.device, val_frac: float = 0.0, chain_seed: int | None = None
+                 count: int, device: torch.device, val_frac: float = 0.0, rows: slice | None = None
                  ) -> list[Batch]:
     """`count` micro-batches (seeded, reproducible) for the model's objective, on `device`.
 
-    Windows of a text file are drawn from its first 1 - val_frac of tokens only. The Markov chain is drawn
-    from `chain_seed` when it differs from `seed`: data-parallel ranks sample their own sequences of ONE
-    corpus, as they would read their own shards of one text.
+    Windows of a text file are drawn from its first 1 - val_frac of tokens only. With `rows`, each micro-batch
+    is drawn whole and only those rows of it are kept (a rank's slice of the global batch; the rest never
+    reaches the device).
     """
-    need = count * batch_size * seq_len * 2 * 8
+    kept = batch_size if rows is None else len(range(batch_size)[rows])
+    need = count * kept * seq_len * 2 * 8
     if need > DISTINCT_POOL_BYTES:
         raise DataError(f"{count} distinct micro-batches of {batch_size}x{seq_len} tokens take {need / 2**30:.1f} GiB, "
                         f"more than the {DISTINCT_POOL_BYTES / 2**30:.0f} GiB lmbench stages; lower max_steps or "
@@ -124,10 +125,8 @@ def make_batches(*, spec: ModelSpec, batch_size: int, seq_len: int, data: str, t
     if data == "synthetic":
         ids = [torch.randint(0, spec.vocab_size, (batch_size, seq_len), generator=gen) for _ in range(count)]
     elif data == "markov":
-        chain = (None if chain_seed is None or chain_seed == seed
-                 else markov_chain(spec.vocab_size, torch.Generator().manual_seed(chain_seed)))
         ids = markov_batches(vocab_size=spec.vocab_size, batch_size=batch_size, seq_len=seq_len, count=count,
-                             gen=gen, chain=chain)
+                             gen=gen)
     else:
         stream, _ = split_file(data, spec=spec, tokenizer=tokenizer, val_frac=val_frac)
         if stream.numel() < seq_len + 1:
@@ -137,6 +136,8 @@ def make_batches(*, spec: ModelSpec, batch_size: int, seq_len: int, data: str, t
         ids = [stream[torch.randint(0, stream.numel() - seq_len, (batch_size,), generator=gen)[:, None] + offsets]
                for _ in range(count)]
     batches = [_for_objective(x, spec, gen) for x in ids]
+    if rows is not None:
+        batches = [Batch(b.input_ids[rows].contiguous(), b.labels[rows].contiguous()) for b in batches]
     return [Batch(b.input_ids.to(device), b.labels.to(device)) for b in batches]
 
 

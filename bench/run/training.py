@@ -22,7 +22,6 @@ from lmbench.run.parallel import WRAPPERS, gradient_sync
 from lmbench.run.precision import PRECISIONS, Precision
 
 #: Ranks draw different batches: seed + rank * this.
-RANK_SEED_STRIDE = 1000
 
 
 def _by_kind(params: list[torch.Tensor]) -> list[dict[str, list[torch.Tensor]]]:
@@ -181,31 +180,27 @@ class TrainingStep:
     def _batches(self, device: torch.device, rank: int) -> list[Batch]:
         """This rank's pool of micro-batches.
 
-        Data-parallel ranks draw their own (seed + RANK_SEED_STRIDE x rank). The model-parallel modes cut the
-        global batch that parallel=none with the same global batch size would train on: every rank of a pipeline
-        or a tensor-parallel group reads the same sequences, a pipeline step's batch holds all its micro-batches,
-        and FSDP group g of fsdp+tp takes the g-th slice. So their losses can be checked against parallel=none.
+        Every layout cuts the global batch that parallel=none with the same global batch size would train on, so
+        that its losses can be checked against parallel=none: data-parallel rank r (ddp, fsdp) takes the r-th
+        slice, every rank of a pipeline or a tensor-parallel group reads the same sequences, a pipeline step's
+        batch holds all its micro-batches, and FSDP group g of fsdp+tp takes the g-th slice. nn.DataParallel's
+        one process reads the whole global batch and splits it over its replicas itself.
         """
         config, shape = self.config, self.layout
         steps = config.max_steps if config.has_target else config.steps + config.warmup
         # A run that measures held-out quality never repeats a batch; a throughput run cycles a small pool.
         pool = config.grad_accum * steps if config.evaluates else min(POOL_SIZE, config.grad_accum * steps)
-        per_draw = config.batch_size * self.replicas
-        seed = config.seed + RANK_SEED_STRIDE * rank
-        slice_of = None
+        per_draw, part = config.batch_size * self.replicas, None
         if config.parallel in ("tp", "pp", "fsdp+tp"):
             per_draw = config.batch_size * shape.microbatches * shape.dp
-            seed = config.seed
             if shape.dp > 1:
-                group = rank // shape.tp
-                slice_of = slice(group * config.batch_size, (group + 1) * config.batch_size)
-        # Ranks sample their own sequences (seed) of one Markov corpus (config.seed draws its chain).
-        batches = make_batches(spec=self.spec, batch_size=per_draw, seq_len=config.seq_len, data=config.data,
-                               tokenizer=config.tokenizer, seed=seed, count=pool, device=device,
-                               val_frac=config.val_frac, chain_seed=config.seed)
-        if slice_of is None:
-            return batches
-        return [Batch(b.input_ids[slice_of].contiguous(), b.labels[slice_of].contiguous()) for b in batches]
+                part = rank // shape.tp
+        elif config.parallel in ("ddp", "fsdp"):
+            per_draw, part = config.batch_size * shape.dp, rank
+        rows = None if part is None else slice(part * config.batch_size, (part + 1) * config.batch_size)
+        return make_batches(spec=self.spec, batch_size=per_draw, seq_len=config.seq_len, data=config.data,
+                            tokenizer=config.tokenizer, seed=config.seed, count=pool, device=device,
+                            val_frac=config.val_frac, rows=rows)
 
     def __call__(self) -> torch.Tensor:
         """One optimizer step; its loss (detached, fp32) as a device tensor, never read on the host here."""
