@@ -31,6 +31,10 @@ def test_key_ignores_timeout_but_not_steps_or_device():
     ({"timeout_s": "inf"}, "timeout_s=inf must be a positive, finite number of seconds (at most 2,592,000)"),
     ({"telemetry_period_s": float("nan")}, "telemetry_period_s=nan must be a positive, finite number of seconds"),
     ({"nproc": 100000}, "nproc=100000 is more processes per node than lmbench runs (at most 64)"),
+    ({"microbatches": 100000}, "microbatches=100000 is more than a pipeline step splits a batch into; allowed: "
+     "1..4096"),
+    ({"pp_stages_per_rank": 17}, "pp_stages_per_rank=17 cuts the model finer than lmbench runs; allowed: 0..16"),
+    ({"pp_schedule": "looped-bfs"}, "pp_schedule='looped-bfs' is not one of: gpipe, 1f1b, interleaved-1f1b"),
     ({"data": "/no/such/file.txt"},
      "data='/no/such/file.txt' is neither 'synthetic', 'markov' nor an existing text file"),
 ])

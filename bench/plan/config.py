@@ -30,8 +30,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 #: Processes per node for ddp/fsdp: more than any node has accelerators; a larger number is a typo, not a plan.
 MAX_NPROC = 64
-#: Most pipeline stages one rank holds: a stage is at least one block, and no registry model has more blocks than
-#: this many stages per rank would need on two ranks.
+#: Most micro-batches of one pipeline step: schedules unroll every micro-batch's actions up front, and far more
+#: than stages x a few only shrinks a bubble that is already small; a larger count is a typo.
+MAX_MICROBATCHES = 4096
+#: Most pipeline stages one rank holds: interleaved schedules use a few (Megatron-LM's virtual pipeline sizes are
+#: 2-8); more only multiplies point-to-point transfers, and a larger count is a typo.
 MAX_STAGES_PER_RANK = 16
 #: Largest vocabulary padding multiple: tensor-core tiles want 8-128 rows; a larger multiple is a typo.
 MAX_VOCAB_MULTIPLE = 1024
@@ -203,6 +206,9 @@ class Config:
             _require_int(axis, getattr(self, axis), minimum=1)
         _require_int("nproc", self.nproc, minimum=0)
         _require_int("tp_degree", self.tp_degree, minimum=0)
+        if self.microbatches > MAX_MICROBATCHES:
+            raise ConfigError(f"microbatches={self.microbatches} is more than a pipeline step splits a batch into; "
+                              f"allowed: 1..{MAX_MICROBATCHES}")
         _require_int("pp_stages_per_rank", self.pp_stages_per_rank, minimum=0)
         if self.pp_stages_per_rank > MAX_STAGES_PER_RANK:
             raise ConfigError(f"pp_stages_per_rank={self.pp_stages_per_rank} cuts the model finer than lmbench runs; "
