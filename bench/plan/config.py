@@ -33,8 +33,8 @@ MAX_NPROC = 64
 #: Most micro-batches of one pipeline step: schedules unroll every micro-batch's actions up front, and far more
 #: than stages x a few only shrinks a bubble that is already small; a larger count is a typo.
 MAX_MICROBATCHES = 4096
-#: Most pipeline stages one rank holds: interleaved schedules use a few (Megatron-LM's virtual pipeline sizes are
-#: 2-8); more only multiplies point-to-point transfers, and a larger count is a typo.
+#: Most pipeline stages one rank holds: each one more multiplies the point-to-point transfers of a step, so
+#: interleaving uses a few; a larger count is a typo.
 MAX_STAGES_PER_RANK = 16
 #: Largest vocabulary padding multiple: tensor-core tiles want 8-128 rows; a larger multiple is a typo.
 MAX_VOCAB_MULTIPLE = 1024
