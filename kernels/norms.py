@@ -12,6 +12,7 @@ as the new residual stream, and normalised; its gradient is shared by `x` and `r
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import torch
@@ -56,38 +57,56 @@ def _norm_fwd(X, R, S, W, B, Y, Mean, Rstd, stride_x, stride_r, stride_s, stride
 
 
 @triton.jit
+def _norm_bwd_row(X, W, DY, DS, DX, Mean, Rstd, w, dw, db, row, cols, col_mask, stride_x, stride_dy, stride_ds,
+                  stride_dx, M, N, IS_RMS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+                  BLOCK_N: tl.constexpr):
+    """One row of the backward: writes its dx, returns the program's dw and db with the row's share added."""
+    # A vector comparison: the interpreter rejects a scalar condition broadcast into a mask.
+    mask = col_mask & ((tl.zeros([BLOCK_N], dtype=tl.int64) + row) < M)
+    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0)
+    dy = tl.load(DY + row * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
+    # Rows past M (the last program's tail) read a valid row and are masked out everywhere else.
+    mean = tl.load(Mean + tl.minimum(row, M - 1))
+    rstd = tl.load(Rstd + tl.minimum(row, M - 1))
+    xhat = tl.where(mask, (x.to(tl.float32) - mean) * rstd, 0.0)
+    wdy = w * dy
+    dx = wdy - xhat * (tl.sum(wdy * xhat, axis=0) / N)
+    if not IS_RMS:
+        dx -= tl.sum(wdy, axis=0) / N
+    dx *= rstd
+    if HAS_RESIDUAL:
+        dx += tl.load(DS + row * stride_ds + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(DX + row * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=mask)
+    if IS_RMS:
+        xhat = xhat.to(x.dtype).to(tl.float32)
+    dw += dy * xhat
+    if HAS_BIAS:
+        db += dy
+    return dw, db
+
+
+@triton.jit
 def _norm_bwd(X, W, DY, DS, DX, Mean, Rstd, DW, DB, stride_x, stride_dy, stride_ds, stride_dx, M, N,
               rows_per_program, IS_RMS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-              BLOCK_N: tl.constexpr):
+              BLOCK_N: tl.constexpr, LOAD_STAGES: tl.constexpr = 0):
     pid = tl.program_id(0).to(tl.int64)  # rows are int64 as in the forward
     cols = tl.arange(0, BLOCK_N)
     col_mask = cols < N
     w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)
     dw = tl.zeros([BLOCK_N], dtype=tl.float32)
     db = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for i in range(0, rows_per_program):
-        row = pid * rows_per_program + i
-        # A vector comparison: the interpreter rejects a scalar condition broadcast into a mask.
-        mask = col_mask & ((tl.zeros([BLOCK_N], dtype=tl.int64) + row) < M)
-        x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0)
-        dy = tl.load(DY + row * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
-        # Rows past M (the last program's tail) read a valid row and are masked out everywhere else.
-        mean = tl.load(Mean + tl.minimum(row, M - 1))
-        rstd = tl.load(Rstd + tl.minimum(row, M - 1))
-        xhat = tl.where(mask, (x.to(tl.float32) - mean) * rstd, 0.0)
-        wdy = w * dy
-        dx = wdy - xhat * (tl.sum(wdy * xhat, axis=0) / N)
-        if not IS_RMS:
-            dx -= tl.sum(wdy, axis=0) / N
-        dx *= rstd
-        if HAS_RESIDUAL:
-            dx += tl.load(DS + row * stride_ds + cols, mask=mask, other=0.0).to(tl.float32)
-        tl.store(DX + row * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=mask)
-        if IS_RMS:
-            xhat = xhat.to(x.dtype).to(tl.float32)
-        dw += dy * xhat
-        if HAS_BIAS:
-            db += dy
+    if LOAD_STAGES == 0:
+        for i in range(0, rows_per_program):
+            dw, db = _norm_bwd_row(X, W, DY, DS, DX, Mean, Rstd, w, dw, db, pid * rows_per_program + i, cols,
+                                   col_mask, stride_x, stride_dy, stride_ds, stride_dx, M, N, IS_RMS, HAS_BIAS,
+                                   HAS_RESIDUAL, BLOCK_N)
+    else:
+        # Software-pipelined: the next rows' loads are in flight while this row reduces (an experiment's knob,
+        # BackwardPlan.load_stages; the default plan keeps the plain loop).
+        for i in tl.range(0, rows_per_program, num_stages=LOAD_STAGES):
+            dw, db = _norm_bwd_row(X, W, DY, DS, DX, Mean, Rstd, w, dw, db, pid * rows_per_program + i, cols,
+                                   col_mask, stride_x, stride_dy, stride_ds, stride_dx, M, N, IS_RMS, HAS_BIAS,
+                                   HAS_RESIDUAL, BLOCK_N)
     tl.store(DW + pid * N + cols, dw, mask=col_mask)
     if HAS_BIAS:
         tl.store(DB + pid * N + cols, db, mask=col_mask)
@@ -106,6 +125,22 @@ def _block(n: int) -> int:
 def _warps(block: int) -> int:
     """More warps for wider rows, so each thread holds a bounded slice of the row in registers."""
     return 16 if block >= 8192 else 8 if block >= 2048 else 4
+
+
+@dataclasses.dataclass(frozen=True)
+class BackwardPlan:
+    """How the backward is launched: programs per SM (each walks M / programs rows and writes one partial dW/dB
+    row, summed after), warps per program, and software-pipelined loads (0: a plain loop)."""
+
+    programs_per_sm: int
+    warps: int
+    load_stages: int = 0
+
+
+def backward_plan(block: int) -> BackwardPlan:
+    """The plan every call uses: two programs per SM, the warps of _backward_warps, a plain loop (what the
+    H100 measurements of reports/ ran). ci/norm-sweep.py times others against it."""
+    return BackwardPlan(programs_per_sm=2, warps=_backward_warps(block))
 
 
 def _backward_warps(block: int) -> int:
@@ -141,9 +176,10 @@ def _multiprocessors(device_index: int) -> int:
 
 
 def launch_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, has_bias: bool, mean: torch.Tensor,
-                    rstd: torch.Tensor, *, rms: bool, ds: torch.Tensor | None = None
+                    rstd: torch.Tensor, *, rms: bool, ds: torch.Tensor | None = None, plan: BackwardPlan | None = None
                     ):  # type: ignore[no-untyped-def]
-    """Launch the backward kernel; returns (dx, per-program dw, per-program db or None, the launched kernel).
+    """Launch the backward kernel (with `plan`, else backward_plan's); returns (dx, per-program dw, per-program db
+    or None, the launched kernel).
 
     The launched kernel is Triton's compiled kernel on a GPU (its registers and spills can be read), None
     under the interpreter.
@@ -152,9 +188,10 @@ def launch_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, has
     dy2 = _rows(dy)
     M, N = x2.shape
     dx = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    plan = plan or backward_plan(_block(N))
     sm_count = _multiprocessors(x.device.index if x.device.index is not None else torch.cuda.current_device()) \
         if x.is_cuda else 4
-    programs = max(1, min(M, 2 * sm_count))
+    programs = max(1, min(M, plan.programs_per_sm * sm_count))
     rows_per_program = triton.cdiv(M, programs)
     programs = triton.cdiv(M, rows_per_program)
     dw_part = torch.empty((programs, N), dtype=torch.float32, device=x.device)
@@ -163,7 +200,7 @@ def launch_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, has
     kernel = _norm_bwd[(programs,)](x2, weight, dy2, ds2, dx, mean, rstd, dw_part, db_part, x2.stride(0),
                                     dy2.stride(0), ds2.stride(0), dx.stride(0), M, N, rows_per_program, IS_RMS=rms,
                                     HAS_BIAS=has_bias, HAS_RESIDUAL=ds is not None, BLOCK_N=_block(N),
-                                    num_warps=_backward_warps(_block(N)))
+                                    LOAD_STAGES=plan.load_stages, num_warps=plan.warps)
     return dx.view(x.shape), dw_part, db_part if has_bias else None, kernel
 
 

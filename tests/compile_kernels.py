@@ -52,8 +52,12 @@ def main() -> int:
         for rms, bias, residual in itertools.product((True, False), repeat=3):
             flags = {"IS_RMS": rms, "HAS_BIAS": bias, "HAS_RESIDUAL": residual, "BLOCK_N": WIDTH}
             compile_one(norms._norm_fwd, forward, flags, norms._warps(WIDTH))
-            compile_one(norms._norm_bwd, backward, flags, norms._backward_warps(WIDTH))
+            plan = norms.backward_plan(WIDTH)
+            compile_one(norms._norm_bwd, backward, {**flags, "LOAD_STAGES": plan.load_stages}, plan.warps)
             count += 2
+        # The backward's software-pipelined loop, which ci/norm-sweep.py times against the plain one.
+        compile_one(norms._norm_bwd, backward, {**flags, "LOAD_STAGES": 2}, norms.backward_plan(WIDTH).warps)
+        count += 1
         for smooth in (True, False):
             flags = {"BLOCK_V": cross_entropy.BLOCK_V, "SMOOTH": smooth}
             compile_one(cross_entropy._ce_forward,
