@@ -62,8 +62,8 @@ def test_missing_and_failed_configs():
     assert verdicts["a"].verdict == "unchanged"
     assert verdicts["b"].verdict == "missing" and verdicts["b"].note == "not in the candidate run"
     assert verdicts["c"].verdict == "failed" and not verdicts["c"].blocking
-    assert verdicts["c"].note == ("no ok repeat in either run (baseline 1 oom, candidate 1 oom): it failed before, "
-                                  "so this does not fail the gate")
+    assert verdicts["c"].note == ("no ok repeat in either run (baseline 1 oom, candidate 1 oom): it failed in the "
+                                  "baseline too, so this does not fail the gate")
     (fixed,) = compare([record("c", None, status="oom")], run_of({"c": TIGHT}))
     assert (fixed.verdict, fixed.blocking) == ("failed", False)
     assert fixed.note == "no ok repeat in the baseline (1 oom): the candidate ran, so this does not fail the gate"
@@ -467,5 +467,17 @@ def test_a_metric_no_ok_repeat_reports_is_skipped_not_failed():
     assert (v.verdict, v.blocking) == ("skipped", False)
     assert v.note == "no ok repeat reports scaling_efficiency in either run"
     (v,) = compare(run_of({"a": [0.9]}, metric="scaling_efficiency"), cand, metric="scaling_efficiency")
-    assert (v.verdict, v.blocking, v.note) == ("failed", True, "the candidate's 1 ok repeat(s) report no "
-                                               "scaling_efficiency")
+    assert (v.verdict, v.blocking, v.note) == ("skipped", False, "the candidate's 1 ok repeat(s) report no "
+                                               "scaling_efficiency: nothing to compare")
+    # A baseline that never ran a configuration the candidate crashes on: no false "failed before".
+    (v,) = compare([record("a", None, status="skipped")], [record("a", None, status="error")])
+    assert not v.blocking and v.note.endswith("the baseline never ran it, so this does not fail the gate")
+
+
+def test_a_count_that_stayed_at_zero_is_unchanged_even_for_a_strict_gate():
+    (v,) = compare(run_of({"a": [0, 0, 0]}, metric="stall_steps"), run_of({"a": [0, 0, 0]}, metric="stall_steps"),
+                   metric="stall_steps", strict=True)
+    assert (v.verdict, v.blocking, v.note) == ("unchanged", False, "median 0 on both sides")
+    (v,) = compare(run_of({"a": [0, 0, 0]}, metric="stall_steps"), run_of({"a": [4, 5, 3]}, metric="stall_steps"),
+                   metric="stall_steps", strict=True)
+    assert (v.verdict, v.blocking) == ("inconclusive", True)

@@ -237,6 +237,9 @@ def test_every_compile_mode_has_eager_for_its_baseline_and_eager_has_no_mode():
     axes = ["batch_size", "parallel", "nproc"]
     assert [counterpart(c, runs, ("parallel", "none"), axes) for c in runs] == [0, 0, 2, 2]
     assert counterpart(runs[0], runs, ("batch_size", "8"), axes) == 2
+    # Against a torchrun mode nproc is that mode's own: ddp x 4 is not ddp x 2's counterpart, fsdp x 4 pairs with x 4.
+    scaled = [{"parallel": p, "nproc": n} for p in ("ddp", "fsdp") for n in (2, 4)]
+    assert [counterpart(c, scaled, ("parallel", "ddp"), ["parallel", "nproc"]) for c in scaled] == [0, 1, 0, 1]
 
 
 def test_a_baseline_only_rows_without_the_option_hold_is_refused():

@@ -61,3 +61,20 @@ def test_data_parallel_ranks_take_their_slices_of_one_global_batch():
             assert mine.input_ids.shape == (4, 32)
             assert torch.equal(mine.input_ids, full.input_ids[4 * rank:4 * rank + 4])
             assert torch.equal(mine.labels, full.labels[4 * rank:4 * rank + 4])
+
+
+@pytest.mark.parametrize("data", ["synthetic", "markov"])
+def test_a_causal_rank_holds_only_its_rows_and_they_are_the_global_batchs(data):
+    spec = MODELS["tiny-gpt2"]
+    kwargs = dict(spec=spec, seq_len=8, data=data, tokenizer="byte", seed=5, device=torch.device("cpu"))
+    whole = make_batches(batch_size=8, count=3, **kwargs)
+    part = make_batches(batch_size=8, count=3, rows=slice(2, 4), **kwargs)
+    assert all(torch.equal(p.input_ids, w.input_ids[2:4]) for p, w in zip(part, whole))
+    # The pool guard counts the rows a rank holds: 200 global batches of 512 x 4096 tokens would be 6.7 GB, one
+    # rank's row of each 13 MB (drawn a batch at a time, cut at once).
+    big = dict(spec=spec, seq_len=4096, data="synthetic", tokenizer="byte", seed=0, device=torch.device("cpu"),
+               count=200, batch_size=512)
+    with pytest.raises(DataError, match="distinct micro-batches"):
+        make_batches(rows=slice(0, 512), **big)
+    held = make_batches(rows=slice(0, 1), **big)
+    assert len(held) == 200 and held[0].input_ids.shape == (1, 4096) and held[0].input_ids.is_contiguous()

@@ -3,6 +3,7 @@ the tensor-parallel weight rewrite and the pipeline's bookkeeping."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
@@ -196,7 +197,7 @@ def test_stages_chained_compute_the_whole_models_logits_and_loss(name):
         whole = model(input_ids=ids, labels=ids)
         first, last = cut(model, spec, [0], 2), cut(model, spec, [1], 2)
         logits = last[0](first[0](ids))
-
+    assert torch.allclose(logits, whole.logits, atol=1e-5)
     assert next_token_loss(logits, ids).item() == pytest.approx(whole.loss.item(), rel=1e-6)
     assert tied_weight(model)
     assert first.tied_parameter() is last.tied_parameter()  # one process: the same tensor; apart, two copies
@@ -299,3 +300,59 @@ def test_the_dry_run_names_one_rank_or_layer_in_the_singular():
     assert explain(resolved(model="tiny-gpt2", parallel="ddp", nproc=1), gpt2)[0].startswith("rank 0: a whole replica")
     pp = explain(resolved(model="tiny-gpt2", parallel="pp", nproc=2), gpt2)
     assert pp[0] == "rank 0 (stage 0): embeddings, layer 0"
+
+
+def _idle_share(orders, stages: int, per_rank: int) -> float:
+    """Mean idle share of the ranks running torch's `orders` (actions per rank) with equal stages, a backward twice
+    a forward, and free transfers: an action starts when its rank is free and what it needs is done."""
+    from torch.distributed.pipelining.schedules import _ComputationType as Kind
+
+    forward, backward = 1 / per_rank, 2 / per_rank
+    orders = [[a for a in order if a is not None] for order in orders]
+    done: dict[tuple[int, int, str], float] = {}
+    clock, busy, position = [0.0] * len(orders), [0.0] * len(orders), [0] * len(orders)
+    moved = True
+    while moved:
+        moved = False
+        for rank, order in enumerate(orders):
+            while position[rank] < len(order):
+                action = order[position[rank]]
+                stage, micro = action.stage_index, action.microbatch_index
+                if action.computation_type == Kind.FORWARD:
+                    kind, length, needs = "F", forward, [(stage - 1, micro, "F")] if stage else []
+                else:
+                    kind, length = "B", backward
+                    needs = [(stage, micro, "F")] + ([(stage + 1, micro, "B")] if stage < stages - 1 else [])
+                if not all(need in done for need in needs):
+                    break
+                end = max([clock[rank]] + [done[need] for need in needs]) + length
+                done[(stage, micro, kind)], clock[rank] = end, end
+                busy[rank] += length
+                position[rank] += 1
+                moved = True
+    assert all(position[rank] == len(order) for rank, order in enumerate(orders)), "the schedule deadlocked"
+    return sum(1 - b / max(clock) for b in busy) / len(orders)
+
+
+@pytest.mark.parametrize(("ranks", "micro"), [(2, 2), (2, 4), (4, 2), (4, 3), (4, 4), (4, 6), (4, 8), (8, 4)])
+def test_the_interleaved_bubble_in_theory_is_that_of_torchs_own_schedule(ranks, micro):
+    import contextlib
+    import io
+
+    from torch.distributed.pipelining import ScheduleInterleaved1F1B
+    from torch.distributed.pipelining._schedule_visualizer import get_schedule_ops
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        orders = get_schedule_ops(ScheduleInterleaved1F1B, ranks, micro, num_stages_per_rank=2)
+    shape = layout(resolved(model="llama-1b", parallel="pp", nproc=ranks, microbatches=micro,
+                            pp_schedule="interleaved-1f1b"))
+    assert shape.bubble_fraction_theory == pytest.approx(_idle_share(orders, 2 * ranks, 2), abs=1e-9)
+
+
+def test_a_v_over_gloo_needs_torch_2_13():
+    # torch 2.11's first step sends between a V's two stages on one rank; gloo has no pair to itself.
+    old = dataclasses.replace(CPU, torch_version="2.11.0+cpu")
+    v = resolved(model="tiny-gpt2-4l", parallel="pp", nproc=2, pp_schedule="zbv")
+    assert "needs torch 2.13 or later: torch 2.11.0+cpu's first pipeline step" in skip_reason(v, old)
+    assert skip_reason(v, dataclasses.replace(CPU, torch_version="2.13.0+cpu")) is None
+    assert skip_reason(v.replace(pp_schedule="interleaved-1f1b"), old) is None

@@ -4,6 +4,7 @@ same global batch (--parity): the sharded or staged model must train as the whol
 from __future__ import annotations
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from lmbench.analyze import results
@@ -115,6 +116,9 @@ def test_interleaved_and_zero_bubble_pipelines_train_as_the_whole_model_does(tmp
     records = run_with_parity(tmp_path, INTERLEAVED)
     by = {r["config"]["pp_schedule"]: r for r in records if r["config"]["parallel"] == "pp"}
     assert sorted(by) == ["interleaved-1f1b", "zbv", "zero-bubble"]
+    if tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) < (2, 13):
+        # torch 2.11's first step sends between a V's two stages on one rank, which gloo refuses: skipped, said why.
+        assert "needs torch 2.13 or later" in by.pop("zbv")["reason"]
     for schedule, record in by.items():
         assert record["status"] == "ok", (schedule, record["reason"])
         m = record["metrics"]
@@ -123,4 +127,4 @@ def test_interleaved_and_zero_bubble_pipelines_train_as_the_whole_model_does(tmp
         assert len(record["losses"]) == 4 and 0 < m["pp_bubble_fraction"] < 1
     # (p-1)/(v m+p-1) = 1/5 for the interleaved schedule; the zero-bubble ones have no closed form.
     assert by["interleaved-1f1b"]["metrics"]["pp_bubble_fraction_theory"] == pytest.approx(0.2)
-    assert by["zbv"]["metrics"]["pp_bubble_fraction_theory"] is None
+    assert by["zero-bubble"]["metrics"]["pp_bubble_fraction_theory"] is None

@@ -92,13 +92,14 @@ def counterpart(config: Mapping[str, Any], candidates: Iterable[Mapping[str, Any
     compiled row's baseline under kernels=eager is eager whatever its compile_mode, and eager's under
     kernels=compile is compile_mode=default (eager holds the default), never the first compiled row listed.
     A configuration the baseline's axis means nothing for has no counterpart: eager is not compile_mode=default.
-    Under a `parallel` baseline nproc is not compared: ddp x 2's counterpart under parallel=none runs 1 process.
+    Under parallel=none or dp as the baseline nproc is not compared: ddp x 2's counterpart runs 1 process.
     """
     axis, value = baseline
     if not applies(config, axis):
         return None
-    # Processes follow the parallel mode (none runs one): a parallel baseline pairs on everything else.
-    tied = {axis, "nproc"} if axis == "parallel" else {axis}
+    # parallel=none runs one process and dp one over every GPU: against those, nproc follows the mode. Against a
+    # torchrun mode it is that mode's choice (ddp x 4 is not ddp x 2's counterpart).
+    tied = {axis, "nproc"} if axis == "parallel" and value in ("none", "dp") else {axis}
     want = {a: config.get(a) for a in axes if a not in tied}
     for i, other in enumerate(candidates):
         if matches(other.get(axis), value) and applies(other, axis) and all(

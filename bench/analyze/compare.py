@@ -181,6 +181,10 @@ def _floor_disagreement(base: list[float], cand: list[float], noise: ConfigNoise
 def decide(base: list[float], cand: list[float], *, threshold: float, higher_is_better: bool,
            noise: ConfigNoise | None = None) -> Verdict:
     zero = [side for side, values in (("baseline", base), ("candidate", cand)) if statistics.median(values) == 0]
+    if len(zero) == 2:
+        # A count that stayed at 0 (no stalls, no skipped steps) did not change.
+        return Verdict(config_key="", verdict="unchanged", ratio=None, ci_low=None, ci_high=None,
+                       n_base=len(base), n_cand=len(cand), note="median 0 on both sides")
     if zero:
         # A count that is 0 (skipped steps, non-finite losses) has no ratio; its change is not a speed.
         return Verdict(config_key="", verdict="inconclusive", ratio=None, ci_low=None, ci_high=None,
@@ -297,15 +301,17 @@ def compare(base: list[dict[str, Any]], cand: list[dict[str, Any]], *, metric: s
 def _unmeasured(key: str, metric: str, b: list[float], c: list[float], b_status: Counter[str],
                 c_status: Counter[str]) -> Verdict:
     """The verdict of a configuration with no value of `metric` on a side: `failed` where that side has no ok
-    repeat (blocking when it is the candidate's), `skipped` where ok repeats on both sides report no such metric
-    (scaling_efficiency of a row that has no single-device baseline), `failed` where only one side's do."""
+    repeat (blocking when it is only the candidate's), `skipped` where ok repeats report no such metric on one
+    side or both (scaling_efficiency of a row that has no single-device baseline)."""
     lacking = [side for side, values in (("baseline", b), ("candidate", c)) if not values]
     statuses = {"baseline": b_status, "candidate": c_status}
     unrun = [side for side in lacking if not statuses[side]["ok"]]
     if len(unrun) == 2:
+        before = ("it failed in the baseline too" if any(s in FAILURES for s in b_status)
+                  else "the baseline never ran it")
         return Verdict(key, "failed", None, None, None, 0, 0,
                        f"no ok repeat in either run (baseline {status_counts(b_status)}, candidate "
-                       f"{status_counts(c_status)}): it failed before, so this does not fail the gate")
+                       f"{status_counts(c_status)}): {before}, so this does not fail the gate")
     if unrun:
         side = unrun[0]
         fixed = "" if side == "candidate" else ": the candidate ran, so this does not fail the gate"
@@ -314,9 +320,11 @@ def _unmeasured(key: str, metric: str, b: list[float], c: list[float], b_status:
                        blocking=side == "candidate")
     if len(lacking) == 2:
         return Verdict(key, "skipped", None, None, None, 0, 0, f"no ok repeat reports {metric} in either run")
+    # Ran on both sides, reported on one: the metric is the tool's to give (scaling_efficiency needs a
+    # single-device row and, since 2026-11-27, a GPU), not the code's to lose.
     side = lacking[0]
-    return Verdict(key, "failed", None, None, None, len(b), len(c),
-                   f"the {side}'s {statuses[side]['ok']} ok repeat(s) report no {metric}", blocking=side == "candidate")
+    return Verdict(key, "skipped", None, None, None, len(b), len(c),
+                   f"the {side}'s {statuses[side]['ok']} ok repeat(s) report no {metric}: nothing to compare")
 
 
 def _contended(records: list[dict[str, Any]], key: str) -> int:

@@ -27,6 +27,15 @@ MODEL_PARALLEL_KERNELS = frozenset({"eager", "compile"})
 MODEL_PARALLEL_PRECISIONS = frozenset({"fp32", "tf32", "amp-bf16", "bf16"})
 
 
+def _release(version: str | None) -> tuple[int, int]:
+    """(major, minor) of a version string such as 2.11.0+cu130; (0, 0) when it cannot be read."""
+    try:
+        major, minor = (version or "").split("+")[0].split(".")[:2]
+        return int(major), int(minor)
+    except ValueError:
+        return 0, 0
+
+
 def resolve(config: Config, platform: Platform) -> Config:
     """Settle what `auto` and 0 mean on this machine; resolved values are part of the config key.
 
@@ -88,6 +97,11 @@ def skip_reason(config: Config, platform: Platform, *, nnodes: int = 1) -> str |
             return (f"precision={config.precision} is not implemented for parallel={config.parallel}: lmbench's tensor "
                     "and pipeline plans shard nn.Linear, not torchao's Float8Linear (which needs torchao's float8 "
                     "tensor-parallel styles); FP8 runs with parallel none, dp, ddp or fsdp")
+        if config.parallel == "pp" and config.pp_schedule in layout.V_SCHEDULES and not config.device.startswith(
+                "cuda") and _release(platform.torch_version) < (2, 13):
+            return (f"pp_schedule={config.pp_schedule} over gloo needs torch 2.13 or later: torch "
+                    f"{platform.torch_version}'s first pipeline step sends between the two stages a rank holds in a V, "
+                    "which gloo refuses ('Pair is not connected')")
         if config.precision not in MODEL_PARALLEL_PRECISIONS:
             return (f"precision={config.precision} is not implemented for parallel={config.parallel}: a loss scale "
                     f"would have to be agreed between ranks holding different parts of the model; use amp-bf16 or "

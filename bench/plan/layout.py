@@ -81,12 +81,18 @@ class Layout:
     def bubble_fraction_theory(self) -> float | None:
         """Idle share of a pipeline step with equal stages and free communication: (p-1)/(m+p-1), the same for
         GPipe and 1F1B (Huang et al. 2019, GPipe, section 2.3; Narayanan et al. 2021, Megatron-LM, section 2.2);
-        (p-1)/(v m+p-1) with v stages per rank, interleaved (Narayanan et al. 2021, section 2.2.2: the bubble is
-        1/v of 1F1B's). None for the zero-bubble schedules, whose bubble depends on how the forward, input-gradient
-        and weight-gradient times of a stage compare (Qi et al. 2024, section 3): there it is measured only."""
+        (p-1)/(v m+p-1) with v stages per rank, interleaved, from m = p micro-batches (Narayanan et al. 2021,
+        section 2.2.2: the bubble is 1/v of 1F1B's). With fewer, torch's interleaved schedule runs one round of m
+        and each rank waits for the other ranks' stages of it: (v p+m-1-v m)/(v p+m-1), which meets the other at
+        m = p (both hold for torch's own order of actions, tests/test_layout.py simulates it). None for the
+        zero-bubble schedules, whose bubble depends on how the forward, input-gradient and weight-gradient times of
+        a stage compare (Qi et al. 2024, section 3): there it is measured only."""
         if self.pp < 2 or self.schedule in SPLIT_BACKWARD_SCHEDULES:
             return None
-        return (self.pp - 1) / (self.stages_per_rank * self.microbatches + self.pp - 1)
+        p, m, v = self.pp, self.microbatches, self.stages_per_rank
+        if v > 1 and m < p:
+            return (v * p + m - 1 - v * m) / (v * p + m - 1)
+        return (p - 1) / (v * m + p - 1)
 
     def record(self) -> dict[str, int | float | None]:
         """The layout's fields in a result record."""

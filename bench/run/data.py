@@ -77,10 +77,12 @@ def markov_chain(vocab_size: int, gen: torch.Generator) -> tuple[torch.Tensor, t
 
 
 def markov_batches(*, vocab_size: int, batch_size: int, seq_len: int, count: int, gen: torch.Generator,
-                   chain: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[torch.Tensor]:
+                   chain: tuple[torch.Tensor, torch.Tensor] | None = None, rows: slice | None = None
+                   ) -> list[torch.Tensor]:
     """Token sequences from a seeded sparse Markov chain: learnable structure, unlike uniform tokens.
 
-    The chain is drawn from `gen` first unless given (held-out sequences reuse the training chain).
+    The chain is drawn from `gen` first unless given (held-out sequences reuse the training chain). With `rows`,
+    each micro-batch is drawn whole and those rows of it kept.
     """
     successors, weights = chain or markov_chain(vocab_size, gen)
     states = successors.shape[0]
@@ -92,7 +94,7 @@ def markov_batches(*, vocab_size: int, batch_size: int, seq_len: int, count: int
             prev = ids[:, t - 1]
             choice = torch.multinomial(weights[prev], 1, generator=gen).squeeze(1)
             ids[:, t] = successors[prev, choice]
-        out.append(ids)
+        out.append(ids if rows is None else ids[rows].clone())
     return out
 
 
@@ -115,28 +117,34 @@ def make_batches(*, spec: ModelSpec, batch_size: int, seq_len: int, data: str, t
     is drawn whole and only those rows of it are kept (a rank's slice of the global batch; the rest never
     reaches the device).
     """
-    kept = batch_size if rows is None else len(range(batch_size)[rows])
-    need = count * kept * seq_len * 2 * 8
+    # A causal LM's rows are cut as each micro-batch is drawn; a masked LM's masks are drawn over whole batches
+    # after every id (the order its seed fixes), so its whole pool is held first. What is held is what is checked.
+    early = None if spec.objective != "causal-lm" else rows
+    held = batch_size if early is None else len(range(batch_size)[early])
+    need = count * held * seq_len * 2 * 8
     if need > DISTINCT_POOL_BYTES:
         raise DataError(f"{count} distinct micro-batches of {batch_size}x{seq_len} tokens take {need / 2**30:.1f} GiB, "
                         f"more than the {DISTINCT_POOL_BYTES / 2**30:.0f} GiB lmbench stages; lower max_steps or "
                         "the batch size")
     gen = torch.Generator().manual_seed(seed)
+    def cut(x: torch.Tensor) -> torch.Tensor:
+        return x if early is None else x[early].clone()
+
     if data == "synthetic":
-        ids = [torch.randint(0, spec.vocab_size, (batch_size, seq_len), generator=gen) for _ in range(count)]
+        ids = [cut(torch.randint(0, spec.vocab_size, (batch_size, seq_len), generator=gen)) for _ in range(count)]
     elif data == "markov":
         ids = markov_batches(vocab_size=spec.vocab_size, batch_size=batch_size, seq_len=seq_len, count=count,
-                             gen=gen)
+                             gen=gen, rows=early)
     else:
         stream, _ = split_file(data, spec=spec, tokenizer=tokenizer, val_frac=val_frac)
         if stream.numel() < seq_len + 1:
             held = f" outside its held-out split (val_frac={val_frac:g})" if val_frac else ""
             raise DataError(f"data={data!r} holds {stream.numel()} tokens{held}, fewer than seq_len+1={seq_len + 1}")
         offsets = torch.arange(seq_len)
-        ids = [stream[torch.randint(0, stream.numel() - seq_len, (batch_size,), generator=gen)[:, None] + offsets]
+        ids = [cut(stream[torch.randint(0, stream.numel() - seq_len, (batch_size,), generator=gen)[:, None] + offsets])
                for _ in range(count)]
     batches = [_for_objective(x, spec, gen) for x in ids]
-    if rows is not None:
+    if rows is not None and early is None:
         batches = [Batch(b.input_ids[rows].contiguous(), b.labels[rows].contiguous()) for b in batches]
     return [Batch(b.input_ids.to(device), b.labels.to(device)) for b in batches]
 

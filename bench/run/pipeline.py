@@ -254,8 +254,8 @@ class Pipeline:
         args = (input_ids,) if self.first else ()
         target = {"target": labels} if self.last else {}
         self.schedule.step(*args, **target, **self._step_kwargs)
-        # The schedule's first step also calls the loss on stand-in outputs, to learn the gradients' shapes: only
-        # the last `microbatches` losses are the batch's.
+        # torch 2.13's first step calls the loss once more, before the batch's own calls, to learn the gradients'
+        # shapes (2.11 does not): only the last `microbatches` losses are the batch's.
         return torch.stack(self._losses[-self._microbatches:]).mean() if self.last else None
 
     def sum_tied_gradients(self) -> None:
