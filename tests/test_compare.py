@@ -5,7 +5,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from lmbench.analyze.compare import compare, decide, parse_threshold, ratio_interval
+from lmbench.analyze.compare import compare, decide, parse_threshold, ratio_interval, repeats_needed
 from lmbench.analyze.gate import junit_xml, render
 from lmbench.analyze.noise import ConfigNoise
 from lmbench.cli import cli
@@ -98,8 +98,12 @@ def test_renderings_and_junit():
     verdicts = compare(run_of({"a": TIGHT}), run_of({"a": [x * 0.9 for x in TIGHT]}))
     text = render(verdicts, fmt="text", metric="tokens_per_s", threshold=0.05)
     assert text.splitlines()[1].startswith("a       regression  0.900  -10.0%")
+    assert text.splitlines()[-1] == "gate: fails: 1 blocking (1 regression)"
     md = render(verdicts, fmt="md", metric="tokens_per_s", threshold=0.05)
-    assert "| a | regression | 0.900 | -10.0% |" in md
+    assert "| a | regression | 0.900 | -10.0% |" in md and md.endswith("**gate: fails: 1 blocking (1 regression)**")
+    same = render(compare(run_of({"a": TIGHT}), run_of({"a": TIGHT})), fmt="text", metric="tokens_per_s",
+                  threshold=0.05)
+    assert same.splitlines()[-1] == "gate: passes (1 unchanged)"
     data = json.loads(render(verdicts, fmt="json", metric="tokens_per_s", threshold=0.05))
     assert data["verdicts"][0]["verdict"] == "regression"
     xml = junit_xml(verdicts, metric="tokens_per_s")
@@ -391,8 +395,21 @@ def test_runs_with_no_configuration_in_common_are_refused(tmp_path):
 def test_an_absurd_repeat_estimate_says_the_noise_is_far_above_the_threshold():
     v = decide([10.0, 100.0, 1000.0], [12.0, 90.0, 1100.0], threshold=0.001, higher_is_better=True)
     assert v.verdict == "inconclusive"
-    assert v.note == ("interval wider than ±0.1%; the noise is far above the threshold (over 1,000 repeats per side "
-                      "needed)")
+    assert v.note == ("interval wider than ±0.1%; the noise is far above the threshold, or the change sits on it "
+                      "(over 1,000 repeats per side needed)")
+
+
+def test_the_repeats_needed_are_those_whose_interval_would_settle_the_verdict():
+    base, cand = [1000.0, 1010.0, 990.0], [910.0, 935.0, 925.0]  # about 8% slower: the interval reaches past -5%
+
+    def more(values, n):  # n repeats spread as these three
+        return [values[i % 3] * (1 + 1e-6 * i) for i in range(n)]
+
+    needed = repeats_needed(base, cand, 0.05)
+    settles = [decide(more(base, n), more(cand, n), threshold=0.05, higher_is_better=True).verdict for n in (3, needed)]
+    assert needed == 4 and settles == ["inconclusive", "regression"]
+    # A change that sits on the threshold is never settled by repeats.
+    assert repeats_needed([100.0, 101.0, 99.0], [95.0, 95.95, 94.05], 0.05) > 1000
 
 
 def test_with_a_noise_floor_the_repeats_needed_follow_the_floors_own_model():

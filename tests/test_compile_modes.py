@@ -314,3 +314,14 @@ def test_a_baseline_that_pairs_nothing_is_refused_and_booleans_read_as_set_reads
     check(("precision", "fp32"), one + two)  # within each run, fp32 is there
     assert matches(False, "off") and matches(True, "1") and not matches(True, "false") and matches("fp32", "fp32")
     assert counterpart(one[1], one, ("precision", "fp32"), ["precision"]) == 0
+
+
+def test_a_refused_baseline_names_what_keeps_rows_apart():
+    from lmbench.analyze.baseline import check
+
+    # A --parity run: ddp rows at batch 2 without dropout, its parallel=none reference at the global batch 4.
+    rows = [{"parallel": "none", "nproc": 1, "batch_size": 4, "dropout": False},
+            {"parallel": "ddp", "nproc": 2, "batch_size": 2, "dropout": False}]
+    with pytest.raises(UsageError, match=r"e.g. parallel=ddp differs from the nearest parallel=none row in "
+                                         r"batch_size \(2 vs 4\)$"):
+        check(("parallel", "none"), rows)

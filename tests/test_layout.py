@@ -97,7 +97,8 @@ def test_stage_layers_split_evenly_with_the_remainder_on_early_stages():
     ({"model": "llama-1b", "parallel": "pp", "nproc": 2, "pp_schedule": "zbv", "pp_stages_per_rank": 4},
      "pp_schedule=zbv lays exactly 2 stages on each rank"),
     ({"model": "llama-1b", "parallel": "pp", "nproc": 2, "pp_schedule": "interleaved-1f1b", "microbatches": 5},
-     "rounds of microbatches // ranks = 2, which must divide microbatches=5"),
+     "runs microbatches // ranks = 2 rounds of equal size, which microbatches=5 cannot make; the next count that can "
+     "is 6"),
     ({"model": "tiny-gpt2-4l", "parallel": "pp", "nproc": 2, "pp_schedule": "zbv", "kernels": "compile"},
      "not support for compiled stages"),
     ({"model": "tiny-gpt2", "parallel": "fsdp+tp", "nproc": 2}, "use parallel=tp for one group"),
@@ -356,3 +357,14 @@ def test_a_v_over_gloo_needs_torch_2_13():
     assert "needs torch 2.13 or later: torch 2.11.0+cpu's first pipeline step" in skip_reason(v, old)
     assert skip_reason(v, dataclasses.replace(CPU, torch_version="2.13.0+cpu")) is None
     assert skip_reason(v.replace(pp_schedule="interleaved-1f1b"), old) is None
+
+
+def test_the_dry_run_names_the_formula_its_bubble_comes_from():
+    few = explain(resolved(model="gpt2-124m", parallel="pp", nproc=4, microbatches=2, pp_schedule="interleaved-1f1b"),
+                  MODELS["gpt2-124m"])
+    assert "bubble (v p+m-1-v m)/(v p+m-1) = 56% in theory (fewer micro-batches than ranks)" in few[-1]
+    # 4 ranks, 9 micro-batches: 2 rounds cannot split 9, 10 is 2 rounds of 5; 5 ranks, 21: 4 rounds cannot split 21,
+    # 22 or 23, 24 is 4 rounds of 6.
+    for ranks, micro, fits in ((4, 9, 10), (5, 21, 24)):
+        odd = resolved(model="llama-1b", parallel="pp", nproc=ranks, microbatches=micro, pp_schedule="interleaved-1f1b")
+        assert f"the next count that can is {fits} " in problem(odd, MODELS["llama-1b"])

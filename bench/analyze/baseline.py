@@ -67,7 +67,25 @@ def check(baseline: tuple[str, str] | None, configs: Iterable[Mapping[str, Any]]
     if others and all(counterpart(config, distinct, (axis, value), axes) is None for config in others):
         across = " (run directories are never paired with each other)" if "run" in axes else ""
         raise UsageError(f"--baseline {axis}={asked}: no configuration has a counterpart with {axis}={value} that "
-                         f"is equal to it on every other varying axis{across}, so every speedup would be empty")
+                         f"is equal to it on every other varying axis{across}, so every speedup would be empty"
+                         f"{_nearest(others[0], distinct, (axis, value), axes)}")
+
+
+def _nearest(config: Mapping[str, Any], candidates: list[Mapping[str, Any]], baseline: tuple[str, str],
+             axes: list[str]) -> str:
+    """'; e.g. ... differs from the nearest axis=value row in batch_size (2 vs 4)': what keeps a row unpaired."""
+    axis, value = baseline
+    tied = _tied(baseline)
+
+    def differences(other: Mapping[str, Any]) -> list[str]:
+        return [f"{a} ({config.get(a)} vs {other.get(a)})" for a in axes
+                if a not in tied and applies(other, a) and other.get(a) != config.get(a)]
+
+    found = [differences(other) for other in candidates if matches(other.get(axis), value) and applies(other, axis)]
+    if not found:
+        return ""
+    closest = min(found, key=len)
+    return f"; e.g. {axis}={config.get(axis)} differs from the nearest {axis}={value} row in {', '.join(closest)}"
 
 
 def failed_only(baseline: tuple[str, str] | None, records: Iterable[Mapping[str, Any]]) -> str | None:
@@ -81,6 +99,14 @@ def failed_only(baseline: tuple[str, str] | None, records: Iterable[Mapping[str,
     statuses = ", ".join(sorted({r["status"] for r in theirs}))
     return (f"--baseline {axis}={value}: every {axis}={value} configuration failed ({statuses}), so there is no "
             "speedup to show")
+
+
+def _tied(baseline: tuple[str, str]) -> set[str]:
+    """Axes a counterpart may differ in: the baseline's own, and nproc against parallel=none or dp (one process, and
+    one over every GPU: nproc follows the mode; against a torchrun mode it is that mode's choice, ddp x 4 is not
+    ddp x 2's counterpart)."""
+    axis, value = baseline
+    return {axis, "nproc"} if axis == "parallel" and value in ("none", "dp") else {axis}
 
 
 def counterpart(config: Mapping[str, Any], candidates: Iterable[Mapping[str, Any]], baseline: tuple[str, str],
@@ -97,10 +123,7 @@ def counterpart(config: Mapping[str, Any], candidates: Iterable[Mapping[str, Any
     axis, value = baseline
     if not applies(config, axis):
         return None
-    # parallel=none runs one process and dp one over every GPU: against those, nproc follows the mode. Against a
-    # torchrun mode it is that mode's choice (ddp x 4 is not ddp x 2's counterpart).
-    tied = {axis, "nproc"} if axis == "parallel" and value in ("none", "dp") else {axis}
-    want = {a: config.get(a) for a in axes if a not in tied}
+    want = {a: config.get(a) for a in axes if a not in _tied(baseline)}
     for i, other in enumerate(candidates):
         if matches(other.get(axis), value) and applies(other, axis) and all(
                 other.get(a) == v for a, v in want.items() if applies(other, a)):

@@ -128,16 +128,26 @@ def log_t_interval(base: list[float], cand: list[float]) -> tuple[float, float] 
 
 
 def repeats_needed(base: list[float], cand: list[float], threshold: float) -> int | None:
-    """Rough repeats per side for an interval of width 2*threshold, from the observed spread (CI ~ 1/sqrt(n))."""
-    n = min(len(base), len(cand))
-    values = [v / statistics.median(base) for v in base] + [v / statistics.median(cand) for v in cand]
-    if n < 2 or len(values) < 3:
+    """Repeats a side whose interval would settle the verdict: at this ratio of medians and these repeats' spread of
+    log(metric), by log_t_interval's own model (Welch's t for that many a side, times sqrt(pi/2)), the half-width
+    that clears the threshold's nearer edge (inside both edges: unchanged; beyond one: a regression or
+    improvement). None with fewer than two repeats a side; over MAX_REPEATS_SHOWN when the ratio sits on an edge."""
+    if min(len(base), len(cand)) < 2 or min(base + cand) <= 0:
         return None
-    spread = statistics.stdev(values)
-    if spread == 0:
-        return n
-    # Half-width of a 95% interval of the ratio ~ 1.96 * sqrt(2) * spread / sqrt(n).
-    return max(n + 1, math.ceil((1.96 * math.sqrt(2) * spread / threshold) ** 2))
+    from scipy.stats import t
+
+    var_b = statistics.variance([math.log(v) for v in base])
+    var_c = statistics.variance([math.log(v) for v in cand])
+    ratio = math.log(statistics.median(cand) / statistics.median(base))
+    room = min(abs(ratio - math.log1p(-threshold)), abs(ratio - math.log1p(threshold)))
+    if var_b + var_c == 0:
+        return min(len(base), len(cand))
+    for n in range(min(len(base), len(cand)) + 1, MAX_REPEATS_SHOWN + 1):
+        spread = (var_b + var_c) / n
+        df = spread ** 2 / ((var_b / n) ** 2 / (n - 1) + (var_c / n) ** 2 / (n - 1))
+        if float(t.ppf(0.5 + CONFIDENCE / 2, df)) * math.sqrt(spread) * math.sqrt(math.pi / 2) <= room:
+            return n
+    return MAX_REPEATS_SHOWN + 1
 
 
 def _interval(base: list[float], cand: list[float], noise: ConfigNoise | None) -> tuple[float, float] | None:
@@ -204,24 +214,25 @@ def decide(base: list[float], cand: list[float], *, threshold: float, higher_is_
         verdict, note = "inconclusive", disagreement
     elif below or above:
         verdict, note = ("improvement" if above == higher_is_better else "regression"), ""
-    elif high - low > 2 * threshold:
-        # The interval is the widest of the estimates: so is the count of repeats that would narrow it.
+    elif high - low > 2 * threshold or low < 1 - threshold or high > 1 + threshold:
+        # The interval is the widest of the estimates: so is the count of repeats that would settle it.
         needed = max(filter(None, [repeats_needed(base, cand, threshold),
                                    noise.repeats_for(threshold) if noise is not None else None]), default=None)
         verdict = "inconclusive"
-        if needed is None:
-            note = "interval wider than the threshold; more repeats needed"
-        elif needed > MAX_REPEATS_SHOWN:
-            note = (f"interval wider than ±{threshold * 100:g}%; the noise is far above the threshold (over "
-                    f"{MAX_REPEATS_SHOWN:,} repeats per side needed)")
+        if high - low > 2 * threshold:
+            note = f"interval wider than ±{threshold * 100:g}%"
         else:
-            note = f"interval wider than ±{threshold * 100:g}%; about {needed} repeats per side needed"
-    elif low < 1 - threshold or high > 1 + threshold:
-        # Narrow enough, but reaching past an edge: a change beyond the threshold is neither shown nor excluded.
-        edge = 1 - threshold if low < 1 - threshold else 1 + threshold
-        verdict = "inconclusive"
-        note = (f"interval {low - 1:+.1%} to {high - 1:+.1%} reaches past {edge - 1:+.1%}: a change beyond the "
-                f"threshold is neither shown nor excluded; more repeats narrow it")
+            # Narrow enough, but reaching past an edge: a change beyond the threshold is neither shown nor excluded.
+            edge = 1 - threshold if low < 1 - threshold else 1 + threshold
+            note = (f"interval {low - 1:+.1%} to {high - 1:+.1%} reaches past {edge - 1:+.1%}: a change beyond the "
+                    "threshold is neither shown nor excluded")
+        if needed is None:
+            note += "; more repeats needed"
+        elif needed > MAX_REPEATS_SHOWN:
+            note += (f"; the noise is far above the threshold, or the change sits on it (over {MAX_REPEATS_SHOWN:,} "
+                     "repeats per side needed)")
+        else:
+            note += f"; about {needed} repeats per side needed"
     elif high < 1 or low > 1:
         # The interval excludes no change: a real difference, smaller than the threshold.
         verdict, note = "unchanged", f"a change of {ratio - 1:+.1%}, inside the ±{threshold * 100:g}% threshold"

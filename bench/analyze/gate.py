@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape as xml_escape
@@ -131,11 +132,20 @@ def render(verdicts: list[Verdict], *, fmt: str, metric: str, threshold: float) 
     if fmt == "md":
         title = (f"**lmbench compare**: {metric}, candidate ÷ baseline (median of repeats), "
                  f"threshold ±{threshold * 100:g}%\n\n")
-        return title + markdown_table(HEADERS, rows, right={2, 3, 5})
+        return title + markdown_table(HEADERS, rows, right={2, 3, 5}) + f"\n\n**{outcome(verdicts)}**"
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(HEADERS)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(HEADERS, widths)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    return "\n".join(lines)
+    return "\n".join(lines + ["", outcome(verdicts)])
+
+
+def outcome(verdicts: list[Verdict]) -> str:
+    """The gate's outcome in words, with the verdicts counted: what the exit code says."""
+    counts = ", ".join(f"{n} {verdict}" for verdict, n in Counter(v.verdict for v in verdicts).items())
+    blocking = [v for v in verdicts if v.blocking]
+    if not blocking:
+        return f"gate: passes ({counts})"
+    return f"gate: fails: {len(blocking)} blocking ({counts})"
 
 
 def junit_xml(verdicts: list[Verdict], *, metric: str) -> str:

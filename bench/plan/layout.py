@@ -189,6 +189,11 @@ def problem(config: Config, spec: ModelSpec, *, nnodes: int = 1) -> str | None:
     return None
 
 
+def _rounds(micro: int, ranks: int) -> int:
+    """Rounds an interleaved schedule of torch runs a step in: microbatches // ranks, at least one."""
+    return max(1, micro // ranks)
+
+
 def _pipeline_problem(config: Config, spec: ModelSpec, shape: Layout) -> str | None:
     schedule, per_rank, micro = config.pp_schedule, shape.stages_per_rank, config.microbatches
     if schedule not in MULTI_STAGE_SCHEDULES and per_rank > 1:
@@ -205,11 +210,12 @@ def _pipeline_problem(config: Config, spec: ModelSpec, shape: Layout) -> str | N
     if schedule == "1f1b" and micro < shape.pp:
         return (f"pp_schedule=1f1b needs microbatches >= stages ({shape.pp}); microbatches={micro}"
                 " (use gpipe for fewer)")
-    rounds = max(1, micro // shape.pp)
-    if schedule in MULTI_STAGE_SCHEDULES - V_SCHEDULES and micro % rounds:
-        # torch.distributed.pipelining's flexible interleaving runs rounds of m // p micro-batches.
-        return (f"pp_schedule={schedule} runs rounds of microbatches // ranks = {rounds}, which must divide "
-                f"microbatches={micro}: use a multiple of {shape.pp} or fewer than {2 * shape.pp}")
+    if schedule in MULTI_STAGE_SCHEDULES - V_SCHEDULES and micro % _rounds(micro, shape.pp):
+        # torch.distributed.pipelining's flexible interleaving runs microbatches // ranks rounds of equal size.
+        fits = next(m for m in range(micro + 1, micro + 2 * shape.pp + 1) if m % _rounds(m, shape.pp) == 0)
+        return (f"pp_schedule={schedule} runs microbatches // ranks = {_rounds(micro, shape.pp)} rounds of equal "
+                f"size, which microbatches={micro} cannot make; the next count that can is {fits} (a multiple of "
+                f"{shape.pp}, or fewer than {2 * shape.pp}, always can)")
     if schedule in SPLIT_BACKWARD_SCHEDULES and config.kernels == "compile":
         return (f"pp_schedule={schedule} splits each backward into input and weight gradients, which torch does "
                 "not support for compiled stages; use eager, or gpipe, 1f1b or interleaved-1f1b")
@@ -272,6 +278,8 @@ def explain(config: Config, spec: ModelSpec, *, nnodes: int = 1) -> list[str]:
     if theory is None:
         bubble = ("no closed-form bubble (it depends on how a stage's forward, input-gradient and weight-gradient "
                   "times compare): measured only")
+    elif shape.stages_per_rank > 1 and shape.microbatches < shape.pp:
+        bubble = f"bubble (v p+m-1-v m)/(v p+m-1) = {theory:.0%} in theory (fewer micro-batches than ranks)"
     elif shape.stages_per_rank > 1:
         bubble = f"bubble (p-1)/(v m+p-1) = {theory:.0%} in theory"
     else:
