@@ -107,7 +107,7 @@ def test_renderings_and_junit():
     data = json.loads(render(verdicts, fmt="json", metric="tokens_per_s", threshold=0.05))
     assert data["verdicts"][0]["verdict"] == "regression"
     xml = junit_xml(verdicts, metric="tokens_per_s")
-    assert 'failures="1"' in xml and "<failure message=" in xml
+    assert 'failures="1"' in xml and '<failure message="regression: ratio 0.900 (-10.0%), 95% CI [0.' in xml
     unjudged = junit_xml(compare(run_of({"a": TIGHT}) + [record("b", None, status="oom")],
                                  run_of({"a": TIGHT, "b": TIGHT})), metric="tokens_per_s")
     assert 'failures="0" errors="0" skipped="1"' in unjudged and "<skipped message=" in unjudged

@@ -157,7 +157,9 @@ def junit_xml(verdicts: list[Verdict], *, metric: str) -> str:
     cases = []
     for v in verdicts:
         body = ""
-        message = xml_escape(f"{v.verdict}: ratio {v.ratio}, CI [{v.ci_low}, {v.ci_high}] {v.note}", {'"': "&quot;"})
+        cells = dict(zip(HEADERS, _cells(v)))
+        text = f"{v.verdict}: ratio {cells['ratio']} ({cells['change']}), 95% CI {cells['95% CI']}; {v.note}"
+        message = xml_escape(text.rstrip("; "), {'"': "&quot;"})
         if v.blocking:
             body = f'<failure message="{message}"/>'
         elif v.verdict in unjudged:
