@@ -272,6 +272,9 @@ def test_tables_show_a_dash_for_options_of_another_parallel_mode():
     assert cell({"parallel": "tp", "microbatches": 4}, "microbatches") == "-"
     assert cell({"parallel": "pp", "microbatches": 4}, "microbatches") == "4"
     assert cell({"parallel": "ddp", "bucket_cap_mb": 25}, "bucket_cap_mb") == "25"
+    # A one-stage schedule's 0 (its key's value) is shown as the one stage a rank holds.
+    assert cell({"parallel": "pp", "pp_schedule": "1f1b", "pp_stages_per_rank": 0}, "pp_stages_per_rank") == "1"
+    assert cell({"parallel": "pp", "pp_schedule": "zbv", "pp_stages_per_rank": 2}, "pp_stages_per_rank") == "2"
     assert cell({"parallel": "fsdp+tp", "tp_degree": 2, "model": "m"}, "model") == "m"
 
 

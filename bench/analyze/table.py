@@ -21,8 +21,12 @@ _HIDDEN = frozenset({"timeout_s"})
 
 def cell(config: dict[str, Any], axis: str) -> str:
     """An axis's value as a table shows it: `-` for an option of a parallel mode or kernel set this row does not
-    use."""
-    return str(config.get(axis)) if applies(config, axis) else "-"
+    use; pp_stages_per_rank as the stages a rank holds (its 0 is one stage under gpipe and 1f1b)."""
+    if not applies(config, axis):
+        return "-"
+    if axis == "pp_stages_per_rank" and not config.get(axis):
+        return "1"
+    return str(config.get(axis))
 
 
 def varying_axes(configs: Iterable[dict[str, Any]]) -> list[str]:
