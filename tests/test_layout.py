@@ -360,6 +360,10 @@ def test_a_v_over_gloo_needs_torch_2_13():
     assert "needs torch 2.13 or later: torch 2.11.0+cpu's first pipeline step" in skip_reason(v, old)
     assert skip_reason(v, dataclasses.replace(CPU, torch_version="2.13.0+cpu")) is None
     assert skip_reason(v.replace(pp_schedule="interleaved-1f1b"), old) is None
+    from lmbench.models.versions import release
+
+    assert (release("2.11.0+cu130"), release("0.18.0"), release("2.13.0a0+git"), release("nightly")) == (
+        (2, 11), (0, 18), (2, 13), ())
 
 
 def test_the_dry_run_names_the_formula_its_bubble_comes_from():

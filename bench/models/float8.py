@@ -26,6 +26,7 @@ import torch.nn as nn
 
 from lmbench.errors import Float8ConversionError
 from lmbench.models.conv1d import conv1d_as_linear, is_conv1d
+from lmbench.models.versions import release
 
 #: precision axis value -> torchao Float8LinearConfig recipe name.
 RECIPES: dict[str, str] = {"fp8-tensorwise": "tensorwise", "fp8-rowwise": "rowwise"}
@@ -41,8 +42,7 @@ def torchao_problem() -> str | None:
     if importlib.util.find_spec("torchao") is None:
         return "torchao is not installed (pip install 'lmbench[fp8]')"
     version = importlib.metadata.version("torchao")
-    numbers = tuple(int(part) for part in version.split("+")[0].split(".")[:2] if part.isdigit())
-    if numbers < MIN_TORCHAO:
+    if release(version) < MIN_TORCHAO:
         return f"torchao {version} is older than {'.'.join(map(str, MIN_TORCHAO))} (pip install 'lmbench[fp8]')"
     return None
 

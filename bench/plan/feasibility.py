@@ -11,6 +11,7 @@ from lmbench.measure.environment import Platform
 from lmbench.models import float8
 from lmbench.models.kernel_sets import KERNEL_SETS, apex_problem
 from lmbench.models.registry import MODELS
+from lmbench.models.versions import release
 from lmbench.plan import layout
 from lmbench.plan.config import CUDA_GRAPH_WARMUP, Config
 from lmbench.plan.layout import DEFAULT_TP_DEGREE, DISTRIBUTED, MODEL_PARALLEL, problem
@@ -25,15 +26,6 @@ CPU_NPROC = 2
 MODEL_PARALLEL_KERNELS = frozenset({"eager", "compile"})
 #: Precisions without a loss scale: a scale would have to be agreed between ranks holding different parts.
 MODEL_PARALLEL_PRECISIONS = frozenset({"fp32", "tf32", "amp-bf16", "bf16"})
-
-
-def _release(version: str | None) -> tuple[int, int]:
-    """(major, minor) of a version string such as 2.11.0+cu130; (0, 0) when it cannot be read."""
-    try:
-        major, minor = (version or "").split("+")[0].split(".")[:2]
-        return int(major), int(minor)
-    except ValueError:
-        return 0, 0
 
 
 def resolve(config: Config, platform: Platform) -> Config:
@@ -98,7 +90,7 @@ def skip_reason(config: Config, platform: Platform, *, nnodes: int = 1) -> str |
                     "and pipeline plans shard nn.Linear, not torchao's Float8Linear (which needs torchao's float8 "
                     "tensor-parallel styles); FP8 runs with parallel none, dp, ddp or fsdp")
         if config.parallel == "pp" and config.pp_schedule in layout.V_SCHEDULES and not config.device.startswith(
-                "cuda") and _release(platform.torch_version) < (2, 13):
+                "cuda") and release(platform.torch_version) < (2, 13):
             return (f"pp_schedule={config.pp_schedule} over gloo needs torch 2.13 or later: torch "
                     f"{platform.torch_version}'s first pipeline step sends between the two stages a rank holds in a V, "
                     "which gloo refuses ('Pair is not connected')")
