@@ -340,11 +340,10 @@ def _unmeasured(key: str, metric: str, b: list[float], c: list[float], b_status:
 
 def _contended(records: list[dict[str, Any]], key: str) -> int:
     """Ok repeats of `key` whose window other processes kept the host's cores busy in (lmbench.measure.hostload)."""
-    from lmbench.measure.hostload import contended
+    from lmbench.measure.hostload import window_contended
 
     return sum(1 for r in records if r["config_key"] == key and r["status"] == "ok"
-               and contended((r.get("metrics") or {}).get("host_other_cpu_cores"),
-                             (r.get("metrics") or {}).get("host_usable_cores")))
+               and window_contended(r.get("metrics") or {}))
 
 
 def _worse_failures(base: Counter[str], cand: Counter[str]) -> str | None:

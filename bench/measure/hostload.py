@@ -84,11 +84,16 @@ def contended(cores: float | None, usable_cores: int | None) -> bool:
     return cores is not None and cores >= max(0.5, 0.25 * (usable_cores or 0))
 
 
+def window_contended(m: dict[str, Any]) -> bool:
+    """Whether a record's metrics say other processes kept its window's host busy (contended)."""
+    return contended(m.get("host_other_cpu_cores"), m.get("host_usable_cores"))
+
+
 def contention_note(m: dict[str, Any]) -> str | None:
     """`contended: ...` for a record's note column, when its window was contended."""
-    cores, usable = m.get("host_other_cpu_cores"), m.get("host_usable_cores")
-    if not contended(cores, usable):
+    if not window_contended(m):
         return None
+    cores, usable = m["host_other_cpu_cores"], m.get("host_usable_cores")
     return f"contended: other processes used {cores:.1f}" + (f" of {usable}" if usable else "") + " cores"
 
 
