@@ -75,13 +75,7 @@ def _nearest(config: Mapping[str, Any], candidates: list[Mapping[str, Any]], bas
              axes: list[str]) -> str:
     """'; e.g. ... differs from the nearest axis=value row in batch_size (2 vs 4)': what keeps a row unpaired."""
     axis, value = baseline
-    tied = _tied(baseline)
-
-    def differences(other: Mapping[str, Any]) -> list[str]:
-        return [f"{a} ({config.get(a)} vs {other.get(a)})" for a in axes
-                if a not in tied and applies(other, a) and other.get(a) != config.get(a)]
-
-    found = [differences(other) for other in candidates if matches(other.get(axis), value) and applies(other, axis)]
+    found = [_differences(config, other, baseline, axes) for other in candidates if _holds(other, baseline)]
     if not found:
         return ""
     closest = min(found, key=len)
@@ -93,7 +87,7 @@ def failed_only(baseline: tuple[str, str] | None, records: Iterable[Mapping[str,
     if baseline is None:
         return None
     axis, value = baseline
-    theirs = [r for r in records if matches(r["config"].get(axis), value) and applies(r["config"], axis)]
+    theirs = [r for r in records if _holds(r["config"], baseline)]
     if not theirs or any(r["status"] == "ok" for r in theirs):
         return None
     statuses = ", ".join(sorted({r["status"] for r in theirs}))
@@ -101,12 +95,22 @@ def failed_only(baseline: tuple[str, str] | None, records: Iterable[Mapping[str,
             "speedup to show")
 
 
-def _tied(baseline: tuple[str, str]) -> set[str]:
-    """Axes a counterpart may differ in: the baseline's own, and nproc against parallel=none or dp (one process, and
-    one over every GPU: nproc follows the mode; against a torchrun mode it is that mode's choice, ddp x 4 is not
-    ddp x 2's counterpart)."""
+def _holds(other: Mapping[str, Any], baseline: tuple[str, str]) -> bool:
+    """Whether `other` has the baseline's value, on an axis that means something for it."""
     axis, value = baseline
-    return {axis, "nproc"} if axis == "parallel" and value in ("none", "dp") else {axis}
+    return matches(other.get(axis), value) and applies(other, axis)
+
+
+def _differences(config: Mapping[str, Any], other: Mapping[str, Any], baseline: tuple[str, str],
+                 axes: list[str]) -> list[str]:
+    """The axes of `axes` on which `other` is not `config`'s counterpart, as 'batch_size (2 vs 4)': all but the
+    baseline's own (and nproc against parallel=none or dp: one process, and one over every GPU, so nproc follows the
+    mode; against a torchrun mode it is that mode's choice, ddp x 4 is not ddp x 2's counterpart), where they mean
+    something for `other`."""
+    axis, value = baseline
+    tied = {axis, "nproc"} if axis == "parallel" and value in ("none", "dp") else {axis}
+    return [f"{a} ({config.get(a)} vs {other.get(a)})" for a in axes
+            if a not in tied and applies(other, a) and other.get(a) != config.get(a)]
 
 
 def counterpart(config: Mapping[str, Any], candidates: Iterable[Mapping[str, Any]], baseline: tuple[str, str],
@@ -120,12 +124,9 @@ def counterpart(config: Mapping[str, Any], candidates: Iterable[Mapping[str, Any
     A configuration the baseline's axis means nothing for has no counterpart: eager is not compile_mode=default.
     Under parallel=none or dp as the baseline nproc is not compared: ddp x 2's counterpart runs 1 process.
     """
-    axis, value = baseline
-    if not applies(config, axis):
+    if not applies(config, baseline[0]):
         return None
-    want = {a: config.get(a) for a in axes if a not in _tied(baseline)}
     for i, other in enumerate(candidates):
-        if matches(other.get(axis), value) and applies(other, axis) and all(
-                other.get(a) == v for a, v in want.items() if applies(other, a)):
+        if _holds(other, baseline) and not _differences(config, other, baseline, axes):
             return i
     return None
