@@ -116,3 +116,28 @@ def test_tf32_switch_is_scoped():
     with matmul_mode("fp32"):
         assert not torch.backends.cuda.matmul.allow_tf32
     assert torch.backends.cuda.matmul.allow_tf32 == saved
+
+
+def test_window_counts_its_own_loss_scale_overflows_and_warns(monkeypatch):
+    """Warmup's skipped steps are not the window's; a window with skipped steps says so (they update nothing)."""
+    from lmbench.plan.config import Config
+    from lmbench.run.worker import measure
+
+    unpatched = torch.amp.GradScaler.__init__
+
+    def huge_scale(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # 2**35 overflows fp16 gradients: every step skips and halves it until the gradients fit.
+        unpatched(self, *args, **{**kwargs, "init_scale": 2.0**35})
+
+    monkeypatch.setattr(torch.amp.GradScaler, "__init__", huge_scale)
+    config = Config.from_mapping({"model": "tiny-gpt2", "batch_size": 2, "seq_len": 32, "steps": 20, "warmup": 5,
+                                  "device": "cpu", "precision": "amp-fp16", "telemetry": False})
+    record = measure(config)
+    metrics = record["metrics"]
+    assert record["status"] == "ok"
+    assert metrics["overflow_skipped_warmup_steps"] == 5
+    window = metrics["overflow_skipped_steps"]
+    assert 0 < window < 20
+    # The final scale is 2**35 halved once per skipped step (no growth within 2000 good steps).
+    assert metrics["loss_scale_final"] == 2.0 ** (35 - 5 - window)
+    assert any(f"{window} of 20 measured steps skipped the optimizer update" in w for w in record["warnings"])

@@ -214,6 +214,8 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
                      else Telemetry(None, unavailable="turned off (telemetry=false)"))
         # Ranks open their windows together, so per-step times and power traces line up.
         distributed.barrier()
+        # Loss-scale overflows so far (warmup's): read outside the window, where the device is idle.
+        skipped_before = step.precision.skipped_steps
         losses_t = []
         load = hostload.HostLoad()
         load.start()
@@ -227,6 +229,8 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
                     with timer.paused(), telemetry.paused(), training_peaks.excluded():
                         quality.evaluate(done, warmup_timer.device_s + timer.device_s)
         load_span = load.stop()
+        # The window's own: the profiled steps and a quality run's further steps come after it.
+        skipped_window = step.precision.skipped_steps - skipped_before
         if step.compile_graphs:
             step.kernels_applied = confirm_compiled_graphs(config.compile_mode)
         # Read before profiling: the profiler's steps and buffers are not part of the measurement.
@@ -281,6 +285,8 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "quality": quality.fields() if quality is not None else None,
         "host_load": load_span,
+        "overflow_skipped_steps": skipped_window,
+        "overflow_skipped_warmup_steps": skipped_before,
     }
     per_rank = distributed.gather(local)
     distributed.finish(step)
@@ -319,7 +325,9 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
            for phase in ("startup_imports_s", "startup_device_s", "startup_build_s")},
         "warmup_s": max(r["warmup_s"] for r in per_rank),
         "steps_measured": config.steps,
-        "overflow_skipped_steps": step.precision.skipped_steps,
+        # Ranks of a data-parallel job unscale the same reduced gradients: they skip together; the most, to be sure.
+        "overflow_skipped_steps": max(r["overflow_skipped_steps"] for r in per_rank),
+        "overflow_skipped_warmup_steps": max(r["overflow_skipped_warmup_steps"] for r in per_rank),
         "loss_scale_final": step.precision.loss_scale,
         "parallel_backend": backend or ("DataParallel" if config.parallel == "dp" else None),
         "nnodes": info.nnodes if info else 1,
@@ -363,6 +371,10 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
                         "measure FP8 speed with kernels=compile")
     if config.parallel == "dp" and step.replicas == 1:
         warnings.append("parallel=dp on one GPU is degenerate: DataParallel's scatter/gather without a second replica")
+    if result["overflow_skipped_steps"]:
+        warnings.append(f"{result['overflow_skipped_steps']} of {config.steps} measured steps skipped the optimizer "
+                        f"update (loss-scale overflow: inf/NaN gradients): timed like the others, they updated nothing, "
+                        f"so the throughput flatters the recipe")
     if result.get("params_in_sync") is False:
         warnings.append("parameters differ between ranks after the window: data parallelism lost sync")
     status, reason = "ok", None
