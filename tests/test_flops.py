@@ -45,6 +45,12 @@ def test_peak_table_matches_device_names_and_cites_sources():
     assert find_device("NVIDIA B200").device == "B200"
     assert find_device("NVIDIA GB200") is None  # another power envelope, other peaks
     assert find_device("NVIDIA GeForce RTX 4090").device == "RTX 4090"
+    assert find_device("NVIDIA H100-PCIE-80GB").device == "H100 PCIe"  # case ignored
+    assert find_device("NVIDIA H100 SXM5 94GB").device == "H100 SXM"
+    # Variants the table has no figures for get no peak, not a sibling's (the SXM's, the H200's, the full 4090's).
+    for unlisted in ("NVIDIA H100 CNX", "NVIDIA H100 80GB HBM2e", "NVIDIA GH200 480GB", "NVIDIA GeForce RTX 4090 D",
+                     "NVIDIA H800", "NVIDIA H20"):
+        assert find_device(unlisted) is None, unlisted
     assert peak_flops("NVIDIA H100 80GB HBM3", "amp-bf16")[0] == pytest.approx(989.5e12)
     assert peak_flops("NVIDIA H100 80GB HBM3", "fp32")[0] == pytest.approx(67e12)
     assert peak_flops("NVIDIA A100-SXM4-40GB", "tf32")[0] == pytest.approx(156e12)

@@ -23,7 +23,9 @@ class DevicePeak:
 
     device: str
     pattern: str
-    """Regular expression matched against torch.cuda.get_device_name()."""
+    """Regular expression searched for in torch.cuda.get_device_name(), case ignored. Each names its device exactly:
+    a variant the table does not list (an H100 CNX, a GH200, an RTX 4090 D with fewer SMs) gets no row, hence no
+    MFU, rather than a sibling's peak."""
     fp32_tflops: float
     """Non-tensor-core FP32 (precision=fp32 runs with TF32 off)."""
     tf32_tflops: float
@@ -45,7 +47,7 @@ PEAKS: list[DevicePeak] = [
                fp16_tflops=756.5, fp8_tflops=1513.0,
                source="https://www.nvidia.com/en-us/data-center/h100/ (H100 PCIe column, "
                "sparse tensor figures halved)"),
-    DevicePeak(device="H100 SXM", pattern=r"H100", fp32_tflops=67.0, tf32_tflops=494.5, bf16_tflops=989.5,
+    DevicePeak(device="H100 SXM", pattern=r"H100 (80GB HBM3|SXM)", fp32_tflops=67.0, tf32_tflops=494.5, bf16_tflops=989.5,
                fp16_tflops=989.5, fp8_tflops=1979.0,
                source="https://www.nvidia.com/en-us/data-center/h100/ (H100 SXM column, "
                "sparse tensor figures halved)"),
@@ -53,7 +55,7 @@ PEAKS: list[DevicePeak] = [
                fp16_tflops=835.5, fp8_tflops=1670.5,
                source="https://www.nvidia.com/en-us/data-center/h200/ (H200 NVL column, "
                "sparse tensor figures halved)"),
-    DevicePeak(device="H200 SXM", pattern=r"H200", fp32_tflops=67.0, tf32_tflops=494.5, bf16_tflops=989.5,
+    DevicePeak(device="H200 SXM", pattern=r"(?<!G)H200", fp32_tflops=67.0, tf32_tflops=494.5, bf16_tflops=989.5,
                fp16_tflops=989.5, fp8_tflops=1979.0,
                source="https://www.nvidia.com/en-us/data-center/h200/ (H200 SXM column, "
                "sparse tensor figures halved)"),
@@ -72,7 +74,7 @@ PEAKS: list[DevicePeak] = [
                fp16_tflops=121.0, fp8_tflops=242.5,
                source="https://www.nvidia.com/en-us/data-center/l4/ (sparse tensor figures "
                "halved)"),
-    DevicePeak(device="RTX 4090", pattern=r"RTX 4090", fp32_tflops=82.6, tf32_tflops=82.6, bf16_tflops=165.2,
+    DevicePeak(device="RTX 4090", pattern=r"RTX 4090(?! ?D\b)", fp32_tflops=82.6, tf32_tflops=82.6, bf16_tflops=165.2,
                fp16_tflops=165.2, source="https://images.nvidia.com/aem-dam/Solutions/geforce/ada/"
                "nvidia-ada-gpu-architecture.pdf (appendix A, GeForce RTX 4090; FP16/BF16 with FP32 accumulate)"),
 ]
@@ -92,7 +94,7 @@ def find_device(device_name: str) -> DevicePeak | None:
         # datasheet peak is the whole GPU's, so an MFU against it would be wrong.
         return None
     for row in PEAKS:
-        if re.search(row.pattern, device_name):
+        if re.search(row.pattern, device_name, re.IGNORECASE):
             return row
     return None
 
