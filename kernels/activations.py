@@ -12,6 +12,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from lmbench.kernels.derivatives import first_order_only
+
 BLOCK = 1024
 SQRT_2_OVER_PI = 0.7978845608028654
 GELU_COEF = 0.044715
@@ -79,17 +81,21 @@ def _grid(n: int) -> tuple[int]:
     return (triton.cdiv(n, BLOCK),)
 
 
+# Outputs are made in their final shape (a view of a tensor made inside forward could not be modified in place,
+# as eager's output can).
+
 class _GeluTanh(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):  # type: ignore[no-untyped-def]
         xf = _flat(x)
-        y = torch.empty_like(xf)
-        _gelu_fwd[_grid(xf.numel())](xf, y, xf.numel(), BLOCK=BLOCK)
+        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        _gelu_fwd[_grid(xf.numel())](xf, y.view(-1), xf.numel(), BLOCK=BLOCK)
         ctx.save_for_backward(xf)
         ctx.shape = x.shape
-        return y.view(x.shape)
+        return y
 
     @staticmethod
+    @first_order_only
     def backward(ctx, dy):  # type: ignore[no-untyped-def]
         (xf,) = ctx.saved_tensors
         dyf = _flat(dy)
@@ -102,13 +108,15 @@ class _SwiGLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, b):  # type: ignore[no-untyped-def]
         af, bf = _flat(a), _flat(b)
-        y = torch.empty_like(af)
-        _swiglu_fwd[_grid(af.numel())](af, bf, y, af.numel(), BLOCK=BLOCK)
+        # silu(gate) * up in the promoted dtype, as the eager product is.
+        y = torch.empty(a.shape, dtype=torch.promote_types(a.dtype, b.dtype), device=a.device)
+        _swiglu_fwd[_grid(af.numel())](af, bf, y.view(-1), af.numel(), BLOCK=BLOCK)
         ctx.save_for_backward(af, bf)
         ctx.shape = a.shape
-        return y.view(a.shape)
+        return y
 
     @staticmethod
+    @first_order_only
     def backward(ctx, dy):  # type: ignore[no-untyped-def]
         af, bf = ctx.saved_tensors
         da, db = torch.empty_like(af), torch.empty_like(bf)

@@ -26,15 +26,14 @@ cuBLAS accumulates in fp32 inside, so nothing is summed across blocks in a V x H
 grad_bias[v0:v1] is the block's column sum in fp32, cast once; grad_hidden is summed over the blocks
 in an fp32 BT x H tensor (128 MiB at 8192 x 4096) and cast to the hidden states' dtype at the end.
 
-fp16: the incoming gradient of fp16 training is a loss scale of 2**16, one past fp16's largest value,
-so the factor (incoming gradient x 1/N for the mean) stays an fp32 device scalar and multiplies in the
-kernel, in fp32. But a factor under 1, such as 1/N without a loss scale, would flush every small softmax
-entry (about 1/V / N, some 2e-9 for GPT-2 at 8k tokens) to zero in fp16 before the matmuls. So in fp16
-only, the kernel multiplies by the factor where |factor| >= 1 and by 1 otherwise, and the rest (1, or
-the factor) is applied after the matmuls: in fp32 to grad_hidden and grad_bias, in place on each block of
-the fp16 weight gradient (one more pass over V x H fp16). With a loss scale of 2**16 and N up to 65536
-tokens the rest is 1. Without one, a block's unscaled weight gradient (up to a token's count x |h|) must
-fit in fp16 before the rest scales it down. bf16 has fp32's exponent range and fp32 needs neither.
+fp16: the incoming gradient of fp16 training is a loss scale of 2**16, one past fp16's largest value, so the
+factor (incoming gradient x 1/N for the mean) stays an fp32 device scalar and multiplies in the kernel, in fp32,
+before the cast. The logits' gradient is then what eager code casts to fp16 for the LM head's backward (autocast
+runs the cross-entropy in fp32): a softmax entry x factor under fp16's smallest subnormal flushes to zero as it
+does there, and a weight gradient overflows where eager's would, which a loss scaler undoes by lowering the scale.
+(An earlier version left a factor under 1 out of the kernel, to keep those small entries, and applied it after the
+matmuls; its unscaled weight gradient, up to a token count x |h|, overflowed fp16 at every loss scale, so a scaler
+that had dropped below the token count skipped every step from then on.) bf16 has fp32's exponent range.
 
 Cost: four matmuls of 2·BT·H·V flops (forward logits, backward recompute, the two gradients) against
 eager's three, and the logits are read twice (forward log-sum-exp, backward gradient) and written once
@@ -75,6 +74,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from lmbench.kernels.derivatives import first_order_only
+
 BLOCK_V = 1024
 #: Most memory one chunk's logits (forward) or one vocabulary block's logits (backward) may take.
 #: 512 MiB is 2 row chunks of GPT-2 and 4 of Llama-3 at 8k tokens, and as many vocabulary blocks.
@@ -98,7 +99,9 @@ def _ce_forward(Logits, stride, Labels, Loss, Lse, V, ignore_index, smoothing, B
         cols = start + tl.arange(0, BLOCK_V)
         x = tl.load(base + cols, mask=cols < V, other=float("-inf")).to(tl.float32)
         m_new = tl.maximum(m, tl.max(x, axis=0))
-        d = d * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
+        # While every logit so far is -inf, -inf - -inf would be NaN: shift by 0 instead (exp(-inf) is 0).
+        shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        d = d * tl.exp(m - shift) + tl.sum(tl.exp(x - shift), axis=0)
         m = m_new
         if SMOOTH:
             total += tl.sum(tl.where(cols < V, x, 0.0), axis=0)
@@ -165,19 +168,6 @@ def _vocab_block(n_rows: int, vocab: int, itemsize: int) -> int:
         fit -= fit % VOCAB_ALIGN
         return triton.cdiv(triton.cdiv(vocab, triton.cdiv(vocab, fit)), VOCAB_ALIGN) * VOCAB_ALIGN
     return triton.cdiv(vocab, triton.cdiv(vocab, fit))
-
-
-#: Elements of a weight-gradient block scaled at a time in fp32 (64 MiB of fp32).
-_SCALE_SLICE = 16 * 2**20
-
-
-def _scale_in_fp32(block: torch.Tensor, factor: torch.Tensor) -> None:
-    """block *= factor, the product in fp32. On CUDA an fp16 tensor times a 0-dim fp32 device tensor loads the
-    factor as fp16 first, where a factor under 6.1e-5 (1/N past 16384 tokens) is subnormal or zero."""
-    rows = max(1, _SCALE_SLICE // max(1, block.shape[1]))
-    for start in range(0, block.shape[0], rows):
-        part = block[start:start + rows]
-        part.copy_(part.float().mul_(factor))
 
 
 def _logits(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, *, out: torch.Tensor) -> None:
@@ -248,16 +238,9 @@ def linear_cross_entropy_backward(grad_loss: torch.Tensor, h: torch.Tensor, w: t
     device = h.device
     n_rows, width = h.shape
     vocab = w.shape[0]
-    # In fp32: grad_loss may be a loss scale of 2**16, which fp16 rounds to inf.
+    # In fp32: grad_loss may be a loss scale of 2**16, which fp16 rounds to inf. The kernel applies all of it, as
+    # eager code's gradient carries it into the fp16 matmuls (see the module docstring).
     factor = grad_loss.detach().float().reshape(()) * scale
-    # fp16 only: a small softmax entry x 1/N would flush to zero, so a factor under 1 in magnitude is left
-    # out of the kernel and `rest` applies it in fp32 after the matmuls (rest is 1 otherwise).
-    rest = None
-    if dtype == torch.float16:
-        kernel_factor = torch.where(factor.abs() >= 1.0, factor, torch.ones_like(factor))
-        rest = factor / kernel_factor
-    else:
-        kernel_factor = factor
     grad_hidden = torch.empty((n_rows, width), dtype=torch.float32, device=device) if need_h else None
     part = torch.empty((n_rows, width), dtype=dtype, device=device) if need_h and dtype != torch.float32 else None
     grad_weight = torch.empty((vocab, width), dtype=weight_dtype, device=device) if need_w else None
@@ -276,7 +259,7 @@ def linear_cross_entropy_backward(grad_loss: torch.Tensor, h: torch.Tensor, w: t
             _logits(h, w_block, b[v0:v1] if b is not None else None, out=logits)
             if n_rows:
                 _ce_backward[(n_rows, triton.cdiv(v1 - v0, BLOCK_V))](
-                    logits, logits.stride(0), labels, lse, kernel_factor, v0, v1 - v0, vocab, ignore_index,
+                    logits, logits.stride(0), labels, lse, factor, v0, v1 - v0, vocab, ignore_index,
                     float(label_smoothing), BLOCK_V=BLOCK_V, SMOOTH=label_smoothing > 0)
             grad_logits = logits  # overwritten in place by the kernel
             if need_w:
@@ -285,11 +268,8 @@ def linear_cross_entropy_backward(grad_loss: torch.Tensor, h: torch.Tensor, w: t
                 else:
                     torch.mm(grad_logits.t(), h, out=staging[:v1 - v0])
                     grad_weight[v0:v1].copy_(staging[:v1 - v0])
-                if rest is not None:
-                    _scale_in_fp32(grad_weight[v0:v1], rest)
             if need_b:
-                column_sum = grad_logits.sum(0, dtype=torch.float32)
-                grad_bias[v0:v1].copy_(column_sum.mul_(rest) if rest is not None else column_sum)
+                grad_bias[v0:v1].copy_(grad_logits.sum(0, dtype=torch.float32))
             if need_h:
                 if part is None:
                     if v0 == 0:
@@ -305,8 +285,6 @@ def linear_cross_entropy_backward(grad_loss: torch.Tensor, h: torch.Tensor, w: t
     # The views too: they keep the block buffer alive.
     del buffer, logits, grad_logits, part, staging
     if need_h:
-        if rest is not None:
-            grad_hidden.mul_(rest)
         grad_hidden = grad_hidden.to(hidden_dtype)
     return grad_hidden, grad_weight, grad_bias
 
@@ -326,6 +304,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return loss
 
     @staticmethod
+    @first_order_only
     def backward(ctx, grad_loss):  # type: ignore[no-untyped-def]
         h, w, labels, b, lse, scale = ctx.saved_tensors
         needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[3])

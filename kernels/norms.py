@@ -21,6 +21,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from lmbench.kernels.derivatives import first_order_only
+
 
 @triton.jit
 def _norm_fwd(X, R, S, W, B, Y, Mean, Rstd, stride_x, stride_r, stride_s, stride_y, N, eps,
@@ -157,16 +159,24 @@ def norm_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     """Launch the forward; returns (y, sum-or-None, mean, rstd), y in the promoted dtype of x and weight."""
     x2 = _rows(x)
     M, N = x2.shape
+    # The kernels read the weight and bias as N consecutive elements.
+    weight = weight.contiguous()
+    bias = bias.contiguous() if bias is not None else None
     out_dtype = torch.promote_types(x.dtype, weight.dtype) if rms else x.dtype
-    y = torch.empty((M, N), dtype=out_dtype, device=x.device)
+    # Outputs in their final shape, the kernel writing through 2-D views: an output that is a view of a tensor
+    # made inside forward could not be modified in place, as eager's can.
+    y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
     mean = torch.empty(M, dtype=torch.float32, device=x.device)
     rstd = torch.empty(M, dtype=torch.float32, device=x.device)
     r2 = _rows(residual) if residual is not None else x2
-    s = torch.empty_like(x2) if residual is not None else x2
-    _norm_fwd[(M,)](x2, r2, s, weight, bias if bias is not None else weight, y, mean, rstd, x2.stride(0),
-                    r2.stride(0), s.stride(0), y.stride(0), N, eps, IS_RMS=rms, HAS_BIAS=bias is not None,
-                    HAS_RESIDUAL=residual is not None, BLOCK_N=_block(N), num_warps=_warps(_block(N)))
-    return y.view(*x.shape[:-1], N), (s.view(x.shape) if residual is not None else None), mean, rstd
+    s = torch.empty(x.shape, dtype=x.dtype, device=x.device) if residual is not None else None
+    s2 = s.view(M, N) if s is not None else x2
+    y2 = y.view(M, N)
+    if M:
+        _norm_fwd[(M,)](x2, r2, s2, weight, bias if bias is not None else weight, y2, mean, rstd, x2.stride(0),
+                        r2.stride(0), s2.stride(0), y2.stride(0), N, eps, IS_RMS=rms, HAS_BIAS=bias is not None,
+                        HAS_RESIDUAL=residual is not None, BLOCK_N=_block(N), num_warps=_warps(_block(N)))
+    return y, s, mean, rstd
 
 
 @functools.lru_cache(maxsize=None)
@@ -187,7 +197,11 @@ def launch_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, has
     x2 = _rows(x)
     dy2 = _rows(dy)
     M, N = x2.shape
+    weight = weight.contiguous()
     dx = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    if M == 0:  # no rows: no gradient to any of them, and none to the weight and bias
+        zeros = torch.zeros((1, N), dtype=torch.float32, device=x.device)
+        return dx.view(x.shape), zeros, zeros if has_bias else None, None
     plan = plan or backward_plan(_block(N))
     sm_count = _multiprocessors(x.device.index if x.device.index is not None else torch.cuda.current_device()) \
         if x.is_cuda else 4
@@ -222,6 +236,7 @@ class _Norm(torch.autograd.Function):
         return y
 
     @staticmethod
+    @first_order_only
     def backward(ctx, dy):  # type: ignore[no-untyped-def]
         x, weight, mean, rstd = ctx.saved_tensors
         dx, dw, db = norm_backward(dy, x, weight, ctx.has_bias, mean, rstd, rms=ctx.rms)
@@ -240,6 +255,7 @@ class _AddNorm(torch.autograd.Function):
         return y, s
 
     @staticmethod
+    @first_order_only
     def backward(ctx, dy, ds):  # type: ignore[no-untyped-def]
         s, weight, mean, rstd = ctx.saved_tensors
         if dy is None:  # only the sum was used: the add's gradient alone

@@ -211,6 +211,15 @@ def test_a_block_signature_the_fused_forward_does_not_know_is_refused(monkeypatc
         swapped("tiny-gpt2")
 
 
+def test_a_refused_first_block_names_its_reason_when_later_ones_fuse():
+    from lmbench.models.kernel_sets import _fuse_blocks
+
+    model = build_model(MODELS["tiny-gpt2"], attention="sdpa")
+    first, second = model.transformer.h
+    del first.ln_2
+    assert _fuse_blocks([first, second], "gpt2") == (1, "GPT2Block has no ln_2")
+
+
 def test_failed_swap_is_an_error_row_not_a_crash(monkeypatch, tmp_path):
     import json
 

@@ -47,8 +47,8 @@ PEAKS: list[DevicePeak] = [
                fp16_tflops=756.5, fp8_tflops=1513.0,
                source="https://www.nvidia.com/en-us/data-center/h100/ (H100 PCIe column, "
                "sparse tensor figures halved)"),
-    DevicePeak(device="H100 SXM", pattern=r"H100 (80GB HBM3|SXM)", fp32_tflops=67.0, tf32_tflops=494.5, bf16_tflops=989.5,
-               fp16_tflops=989.5, fp8_tflops=1979.0,
+    DevicePeak(device="H100 SXM", pattern=r"H100 (80GB HBM3|SXM)", fp32_tflops=67.0, tf32_tflops=494.5,
+               bf16_tflops=989.5, fp16_tflops=989.5, fp8_tflops=1979.0,
                source="https://www.nvidia.com/en-us/data-center/h100/ (H100 SXM column, "
                "sparse tensor figures halved)"),
     DevicePeak(device="H200 NVL", pattern=r"H200.*NVL", fp32_tflops=60.0, tf32_tflops=417.5, bf16_tflops=835.5,

@@ -237,13 +237,14 @@ def _block_unfusable(block: nn.Module, family: str) -> str | None:
 
 def _fuse_blocks(blocks: list[nn.Module], family: str) -> tuple[int, str | None]:
     """Give each block the fused forward; returns (blocks fused, why the others were not)."""
-    fused, why = 0, None
+    fused, first_why = 0, None
     for block in blocks:
         why = _block_unfusable(block, family)
         if why is None:
             block.__class__ = _fused_class(type(block), family)
             fused += 1
-    return fused, why
+        first_why = first_why or why
+    return fused, first_why
 
 
 def _torch_lm_unfusable(layer: nn.Module) -> str | None:

@@ -373,8 +373,8 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         warnings.append("parallel=dp on one GPU is degenerate: DataParallel's scatter/gather without a second replica")
     if result["overflow_skipped_steps"]:
         warnings.append(f"{result['overflow_skipped_steps']} of {config.steps} measured steps skipped the optimizer "
-                        f"update (loss-scale overflow: inf/NaN gradients): timed like the others, they updated nothing, "
-                        f"so the throughput flatters the recipe")
+                        "update (loss-scale overflow: inf/NaN gradients): timed like the others, they updated "
+                        "nothing, so the throughput flatters the recipe")
     if result.get("params_in_sync") is False:
         warnings.append("parameters differ between ranks after the window: data parallelism lost sync")
     status, reason = "ok", None
