@@ -27,6 +27,7 @@ from typing import Any
 from lmbench.analyze import results
 from lmbench.analyze.table import kernels_cell
 from lmbench.errors import UsageError
+from lmbench.measure.hostload import contention_note
 from lmbench.plan import parity
 from lmbench.plan.config import Config
 from lmbench.run.rundir import PARITY_FILE, PROBES_FILE, WINNER_FILE
@@ -265,7 +266,9 @@ class Tuner:
                     record["metrics"].update(checked)
                 self.run_dir.append(record)
                 self.done.add(config.key)
-                self.on_event(f"measure {self.label(found.combo)} batch {batch} x{accum}: {status}")
+                busy = contention_note(record["metrics"] or {})
+                self.on_event(f"measure {self.label(found.combo)} batch {batch} x{accum}: {status}"
+                              + (f" ({busy}: ranked after the quiet measurements)" if busy else ""))
             found.measured.append({"config": config})
 
 

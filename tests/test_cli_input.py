@@ -109,10 +109,11 @@ def test_a_noise_floor_without_a_device_says_so(tmp_path):
     from lmbench.analyze import noise
 
     run = _run_with(tmp_path / "run", 100.0, 101.0)
+    again = _run_with(tmp_path / "again", 100.0, 101.0)
     floor = tmp_path / "nf.json"
     floor.write_text(json.dumps({"format": noise.FORMAT, "version": noise.VERSION, "metric": "tokens_per_s",
                                  "configs": {"k": {"log_sd": 0.01, "df": 4}}}))
-    result = lmbench("compare", run, run, "--noise-floor", floor)
+    result = lmbench("compare", run, again, "--noise-floor", floor)
     assert result.exit_code == 0, result.output
     assert result.stderr.splitlines() == [f"lmbench: warning: the noise floor {floor} was measured on an unrecorded "
                                           "device, the baseline ran on NVIDIA H100 80GB HBM3"]

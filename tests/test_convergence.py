@@ -401,3 +401,21 @@ def test_short_times_to_target_keep_their_digits():
 
     assert [seconds_cell(v) for v in (0.01335, 0.01821, 4.0, 123.456, None)] == ["0.0134", "0.0182", "4.00", "123.46",
                                                                                  "-"]
+
+
+def test_contended_repeats_do_not_rank_a_configuration():
+    """A repeat whose host other processes kept busy is not the configuration's speed: the quiet repeats are, and a
+    configuration measured only on a busy host ranks after the quiet ones."""
+    from lmbench.analyze import ranking
+
+    def busy(record):
+        return {**record, "metrics": {**record["metrics"], "host_other_cpu_cores": 1.3, "host_usable_cores": 2}}
+
+    quiet_slow = [quality_record("fp32", 8, time_s=1.0, tps=1000.0, repeat=i) for i in range(2)]
+    mixed = [quality_record("bf16", 8, time_s=1.0, tps=2000.0, repeat=0),
+             busy(quality_record("bf16", 8, time_s=1.0, tps=10.0, repeat=1)),
+             busy(quality_record("bf16", 8, time_s=1.0, tps=12.0, repeat=2))]
+    busy_fast = [busy(quality_record("amp-bf16", 8, time_s=1.0, tps=9000.0))]
+    standings = ranking.rank(busy_fast + quiet_slow + mixed, "throughput")
+    assert [s.config["precision"] for s in standings] == ["bf16", "fp32", "amp-bf16"]
+    assert standings[0].median("tokens_per_s") == 2000.0

@@ -15,7 +15,7 @@ CASES = {
     "env": (["--bogus"], [], ("lmbench.measure.environment", "describe")),
     "run": (["--suite", "nope"], None, ("lmbench.run.runner", "plan")),
     "report": (["{tmp}/nope"], None, ("lmbench.analyze.report", "build")),
-    "compare": (["{tmp}/run", "{tmp}/run", "--threshold", "x"], ["{tmp}/run", "{tmp}/run"],
+    "compare": (["{tmp}/run", "{tmp}/run2", "--threshold", "x"], ["{tmp}/run", "{tmp}/run2"],
                 ("lmbench.analyze.compare", "compare")),
     "calibrate": (["--suite", "smoke", "--repeats", "1"], None, ("lmbench.plan.suite", "load")),
     "tune": (["--model", "nope"], None, ("lmbench.tune", "Tuner")),
@@ -26,7 +26,7 @@ CASES = {
 #: What the internal-error case runs: arguments that get as far as the broken function.
 REACHES = {
     "list": [], "env": [], "run": ["--suite", "smoke", "--device", "cpu", "--out", "{tmp}/out"],
-    "report": ["{tmp}/run"], "compare": ["{tmp}/run", "{tmp}/run"], "calibrate": ["--suite", "smoke"],
+    "report": ["{tmp}/run"], "compare": ["{tmp}/run", "{tmp}/run2"], "calibrate": ["--suite", "smoke"],
     "tune": ["--model", "tiny-gpt2", "--device", "cpu", "--out", "{tmp}/tune", "--seq-len", "16"],
     "kernels": ["--op", "rmsnorm", "--shape", "64x64"], "ceilings": [],
 }
@@ -44,8 +44,9 @@ def _args(args, tmp_path):
 def run_dir(tmp_path):
     record = {"schema_version": 1, "suite": "s", "config_key": "k", "repeat": 0, "config": {"model": "tiny-gpt2"},
               "status": "ok", "reason": None, "metrics": {"tokens_per_s": 100.0}, "env": {}}
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "results.jsonl").write_text(json.dumps(record) + "\n")
+    for name in ("run", "run2"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.jsonl").write_text(json.dumps(record) + "\n")
     return tmp_path
 
 

@@ -74,6 +74,19 @@ def test_tokens_per_s_and_step_time_of_a_row_come_from_the_same_samples():
     assert s.step_time_s() == pytest.approx(128 / statistics.median([1280, 128 / 0.41667]))
 
 
+def test_a_contended_repeat_is_left_out_of_the_row_while_a_quiet_one_stands():
+    records = [hand_record("fp32", 8, 1000.0), hand_record("fp32", 8, 1100.0, repeat=1),
+               hand_record("fp32", 8, 5.0, repeat=2)]
+    records[2]["metrics"].update(host_other_cpu_cores=1.4, host_usable_cores=2)
+    row = report.tables(records)["throughput"].splitlines()[2]
+    assert row.startswith("| tiny-gpt2 | ok (3/3) | 1,050 |") and row.endswith("| 1 contended repeat left out |")
+    for r in records[:2]:
+        r["metrics"].update(host_other_cpu_cores=1.4, host_usable_cores=2)
+    # Every repeat contended: the figure is theirs, and the note says what they were.
+    row = report.tables(records)["throughput"].splitlines()[2]
+    assert "| 1,000 |" in row and row.endswith("| contended: other processes used 1.4 of 2 cores |")
+
+
 def test_host_memory_growth_fills_the_memory_table_on_cpu():
     record = hand_record("fp32", 8, 1000.0)
     record["metrics"].update(mem_peak_allocated_bytes=None, mem_peak_reserved_bytes=None,

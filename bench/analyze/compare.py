@@ -250,11 +250,13 @@ def compare(base: list[dict[str, Any]], cand: list[dict[str, Any]], *, metric: s
     """One verdict per configuration key found in either run, in the baseline's order; `strict` makes an
     inconclusive verdict blocking too."""
     if not 0 < threshold < 1:
-        raise UsageError(f"--threshold {threshold:g}: must be between 0 and 1 (e.g. 5%)")
+        raise UsageError(f"--threshold {threshold:g}: must be above 0 and below 1 (e.g. 5%)")
     if noise is not None and noise.metric != metric:
         raise UsageError(f"--noise-floor {noise.source!r} was measured for {noise.metric}, not --metric {metric}")
     more_is_better = higher_is_better(metric)
     b_values, c_values = ok_values(base, metric), ok_values(cand, metric)
+    # The repeats a verdict rests on: those whose host no other process kept busy (lmbench.measure.hostload).
+    b_quiet, c_quiet = ok_values(_quiet(base), metric), ok_values(_quiet(cand), metric)
     b_status, c_status = _statuses(base), _statuses(cand)
     order = ["reference", "ok", "drift", "diverged"]
     parity: dict[str, str] = {}
@@ -282,8 +284,16 @@ def compare(base: list[dict[str, Any]], cand: list[dict[str, Any]], *, metric: s
         if not b or not c:
             verdicts.append(_unmeasured(key, metric, b, c, b_status[key], c_status[key]))
             continue
-        verdict = decide(b, c, threshold=threshold, higher_is_better=more_is_better,
-                         noise=noise.get(key) if noise else None)
+        busy = len(b) - len(b_quiet.get(key, [])), len(c) - len(c_quiet.get(key, []))
+        b, c = b_quiet.get(key, []), c_quiet.get(key, [])
+        if b and c:
+            verdict = decide(b, c, threshold=threshold, higher_is_better=more_is_better,
+                             noise=noise.get(key) if noise else None)
+        else:
+            # A contended window measures the machine's other work as much as the code: no verdict on it alone.
+            sides = " and ".join(side for side, quiet in (("baseline", b), ("candidate", c)) if not quiet)
+            verdict = Verdict("", "inconclusive", None, None, None, len(b), len(c),
+                              f"every {sides} repeat ran on a contended host; rerun where no other work runs")
         verdict.config_key = key
         verdict.parity = parity.get(key)
         if noise is not None and verdict.ci_low is None:
@@ -299,11 +309,11 @@ def compare(base: list[dict[str, Any]], cand: list[dict[str, Any]], *, metric: s
             verdict.note = "; ".join(filter(None, [verdict.note, f"failed repeats: candidate "
                                                    f"{status_counts(c_status[key], FAILURES)}, baseline "
                                                    f"{status_counts(b_status[key], FAILURES) or 'none failed'}"]))
-        busy = _contended(base, key), _contended(cand, key)
         if any(busy):
-            # The host was busy with other work in these windows: a slowdown may be the machine's, not the code's.
-            verdict.note = "; ".join(filter(None, [verdict.note, f"host contended in {busy[0]} of {len(b)} baseline "
-                                                   f"and {busy[1]} of {len(c)} candidate repeats"]))
+            # Other processes kept the host busy in these windows: left out, a slowdown there being the machine's.
+            verdict.note = "; ".join(filter(None, [verdict.note, f"left out as contended: {busy[0]} of "
+                                                   f"{busy[0] + len(b)} baseline and {busy[1]} of {busy[1] + len(c)} "
+                                                   "candidate repeats"]))
         verdict.blocking = verdict.verdict in ("regression", "failed") or (strict and verdict.verdict == "inconclusive")
         verdicts.append(verdict)
     return verdicts
@@ -338,12 +348,12 @@ def _unmeasured(key: str, metric: str, b: list[float], c: list[float], b_status:
                    f"the {side}'s {statuses[side]['ok']} ok repeat(s) report no {metric}: nothing to compare")
 
 
-def _contended(records: list[dict[str, Any]], key: str) -> int:
-    """Ok repeats of `key` whose window other processes kept the host's cores busy in (lmbench.measure.hostload)."""
+def _quiet(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records less the ok repeats whose window other processes kept the host's cores busy in
+    (lmbench.measure.hostload)."""
     from lmbench.measure.hostload import window_contended
 
-    return sum(1 for r in records if r["config_key"] == key and r["status"] == "ok"
-               and window_contended(r.get("metrics") or {}))
+    return [r for r in records if r["status"] != "ok" or not window_contended(r.get("metrics") or {})]
 
 
 def _worse_failures(base: Counter[str], cand: Counter[str]) -> str | None:
@@ -396,5 +406,5 @@ def parse_threshold(text: str) -> float:
         raise UsageError(f"--threshold {text!r}: expected a percentage like 5% or a fraction like 0.05") from None
     if not 0 < value < 1:
         read = f" ({text} is read as {value:.0%}; write 5% or 0.05)" if value >= 1 and not text.endswith("%") else ""
-        raise UsageError(f"--threshold {text!r}: must be between 0% and 100%{read}")
+        raise UsageError(f"--threshold {text!r}: must be above 0% and below 100%{read}")
     return value

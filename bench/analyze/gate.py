@@ -26,9 +26,19 @@ def load_pair(base: Path, cand: Path, *, metric: str, allow_different_hardware: 
     for side, path in (("baseline", base), ("candidate", cand)):
         if not Path(path).is_dir():
             raise UsageError(f"{side} run directory {str(path)!r} does not exist")
+    if Path(base).resolve() == Path(cand).resolve():
+        # A CI job that names one directory twice would pass for ever.
+        raise UsageError(f"baseline and candidate are the same run directory ({str(base)!r}): a run compared with "
+                         "itself always passes; compare two runs")
+    for side, path in (("baseline", base), ("candidate", cand)):
         loaded[side] = results.read(path)
         warnings += loaded[side].warnings
     b, c = loaded["baseline"].records, loaded["candidate"].records
+    empty = [side for side, records in (("baseline", b), ("candidate", c)) if not records]
+    if len(empty) == 1:
+        path = base if empty[0] == "baseline" else cand
+        raise UsageError(f"the {empty[0]} run {str(path)!r} holds no records (no {results.RESULTS_FILE}, or an empty "
+                         "one): nothing ran there to compare")
     suites_seen = {r.get("suite") for r in b} | {r.get("suite") for r in c}
     if len(suites_seen) > 1:
         raise UsageError(f"the runs are of different suites ({', '.join(sorted(map(str, suites_seen)))}); compare "
@@ -55,8 +65,9 @@ def _check_numeric(metric: str, records: list[dict[str, Any]]) -> None:
     values = [(r.get("metrics") or {}).get(metric) for r in records if r["status"] == "ok"]
     numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
     if not numbers:
-        shown = next((repr(v)[:40] for v in values if v is not None), "none")
-        raise UsageError(f"--metric {metric!r} has no numeric value in the ok records (e.g. {shown}); compare a "
+        shown = next((repr(v)[:40] for v in values if v is not None), None)
+        found = f"e.g. {shown}" if shown else "it is null in every one: not measured there (mfu and power need a GPU)"
+        raise UsageError(f"--metric {metric!r} has no numeric value in the ok records ({found}); compare a "
                          "number such as tokens_per_s or step_time_median_s")
     if not any(numbers):
         raise UsageError(f"--metric {metric!r} is 0 in every ok record: a ratio of medians needs a non-zero "

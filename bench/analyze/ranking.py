@@ -6,7 +6,9 @@ that never reached it follow, by their best held-out loss). A figure is a median
 succeeded, so a configuration that succeeded only some of the time (a repeat that ran out of memory,
 or that missed the target) ranks after every one that succeeded every time, whatever its figure. A
 configuration whose loss parity drifted or diverged from its reference (as `tune` ranks them), or that
-never succeeded, ranks after those.
+never succeeded, ranks after those. Repeats whose host other processes kept busy (contended, as `compare`
+leaves them out) do not count toward a figure while a quiet repeat of the configuration does; a configuration
+measured only on a contended host ranks after the quiet ones of its tier.
 """
 
 from __future__ import annotations
@@ -39,11 +41,25 @@ class Standing:
     def ok(self) -> list[dict[str, Any]]:
         return [r for r in self.records if r["status"] == "ok" and r.get("metrics")]
 
+    def counted(self) -> list[dict[str, Any]]:
+        """The ok repeats a figure rests on: the quiet ones, or every ok one when none was quiet."""
+        from lmbench.measure.hostload import window_contended
+
+        ok = self.ok()
+        return [r for r in ok if not window_contended(r["metrics"])] or ok
+
+    @property
+    def contended_only(self) -> bool:
+        """Every ok repeat ran on a host other processes kept busy."""
+        from lmbench.measure.hostload import window_contended
+
+        return bool(self.ok()) and all(window_contended(r["metrics"]) for r in self.ok())
+
     def reached(self) -> list[dict[str, Any]]:
-        return [r for r in self.ok() if r["metrics"].get("target_status") == "reached"]
+        return [r for r in self.counted() if r["metrics"].get("target_status") == "reached"]
 
     def median(self, name: str, among: list[dict[str, Any]] | None = None) -> float | None:
-        values = [r["metrics"].get(name) for r in (self.ok() if among is None else among)]
+        values = [r["metrics"].get(name) for r in (self.counted() if among is None else among)]
         values = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
         return statistics.median(values) if values else None
 
@@ -79,15 +95,17 @@ class Standing:
         """Lower ranks first: by tier (every repeat succeeded, some did, the target never reached, the loss
         strayed, none succeeded), then by the objective's figure."""
         if not self.ok():
-            return (5, 0.0)
+            return (5, 0, 0.0)
         if self.strayed:
-            return (4, 0.0)
+            return (4, 0, 0.0)
+        busy = int(self.contended_only)
         if objective == "throughput":
-            return (0 if self.always_ok else 1, -(self.median("tokens_per_s") or 0.0))
+            return (0 if self.always_ok else 1, busy, -(self.median("tokens_per_s") or 0.0))
         reached = self.reached()
         if reached:
-            return (0 if len(reached) == len(self.records) else 2, self.median("time_to_target_s", reached) or 0.0)
-        return (3, self.median("val_loss_best") or math.inf)
+            return (0 if len(reached) == len(self.counted()) and self.always_ok else 2, busy,
+                    self.median("time_to_target_s", reached) or 0.0)
+        return (3, busy, self.median("val_loss_best") or math.inf)
 
     def status_cell(self) -> str:
         """'ok' when every repeat is, else the count of each status ('2 ok, 1 oom')."""

@@ -17,7 +17,7 @@ from lmbench.analyze import baseline as baselines
 from lmbench.analyze import plots
 from lmbench.analyze.table import Grid, cell, configs_of, device_label, varying_axes
 from lmbench.errors import UsageError
-from lmbench.measure.hostload import contention_note
+from lmbench.measure.hostload import contention_note, window_contended
 from lmbench.measure.metrics import bubble_note, stall_note, unstable_steps
 from lmbench.measure.telemetry import energy_caveat
 
@@ -44,6 +44,8 @@ class ConfigSummary:
     """Why an ok repeat's energy should not be quoted (telemetry.energy_caveat), one per repeat that has one."""
     throttles: list[str] | None = None
     """Clock-event reasons seen in any ok repeat with telemetry (in first-seen order); None without telemetry."""
+    left_out: int = 0
+    """Ok repeats left out of the figures as contended (while a quiet one was there to stand for them)."""
 
     def median(self, name: str) -> float | None:
         values = self.metrics.get(name) or []
@@ -71,6 +73,8 @@ class ConfigSummary:
         busiest = max(self.metrics.get("host_other_cpu_cores") or [], default=None)
         notes.append(contention_note({"host_other_cpu_cores": busiest,
                                       "host_usable_cores": self.median("host_usable_cores")}))
+        if self.left_out:
+            notes.append(f"{self.left_out} contended repeat{'s' if self.left_out > 1 else ''} left out")
         return "; ".join(filter(None, notes))
 
 
@@ -106,19 +110,34 @@ def _summary_key(record: dict[str, Any], config: dict[str, Any]) -> str:
 
 
 def summarize(records: list[dict[str, Any]]) -> list[ConfigSummary]:
-    """Configurations in first-seen order; metrics collected over ok repeats only.
+    """Configurations in first-seen order; metrics collected over ok repeats only, and of those the quiet ones
+    when there is one: a repeat whose host other processes kept busy is left out, as compare leaves it out
+    (the note counts it).
 
     Records of several runs (a `run` key each) are kept apart: `run` becomes the first axis.
     """
     by_key: dict[str, ConfigSummary] = {}
+    grouped: dict[str, list[dict[str, Any]]] = {}
     for r, config in zip(records, configs_of(records)):
         key = _summary_key(r, config)
-        s = by_key.setdefault(key, ConfigSummary(key, config, [], None))
+        by_key.setdefault(key, ConfigSummary(key, config, [], None))
+        grouped.setdefault(key, []).append(r)
+    for key, group in grouped.items():
+        _collect(by_key[key], group)
+    return list(by_key.values())
+
+
+def _collect(s: ConfigSummary, group: list[dict[str, Any]]) -> None:
+    """One configuration's repeats into its summary (see summarize)."""
+    ok = [r for r in group if r["status"] == "ok" and r.get("metrics")]
+    quiet = [r for r in ok if not window_contended(r["metrics"])]
+    s.left_out = len(ok) - len(quiet) if quiet else 0
+    for r in group:
         s.statuses.append(r["status"])
         s.reason = s.reason or r.get("reason")
         if (r.get("metrics") or {}).get("parity"):
             s.parity.append(r["metrics"]["parity"])
-        if r["status"] == "ok" and r.get("metrics"):
+        if r in (quiet or ok):
             m = r["metrics"]
             if m.get("tokens_per_step") is None and m.get("tokens_per_s") and m.get("step_time_median_s"):
                 # Records from before tokens_per_step was kept: their tokens/s was computed this way round.
@@ -133,7 +152,6 @@ def summarize(records: list[dict[str, Any]]) -> list[ConfigSummary]:
                 value = m.get(name)
                 if isinstance(value, (int, float)):
                     s.metrics.setdefault(name, []).append(float(value))
-    return list(by_key.values())
 
 
 def _status(s: ConfigSummary) -> str:

@@ -270,8 +270,10 @@ def tune_ranking_table(records: list[dict[str, Any]], *, objective: str = "throu
     to_target = objective == "time-to-target"
     table = Table(title=f"ranked by {'time to target' if to_target else 'tokens/s'} (a loss that drifted from its "
                         "reference never ranks first)", title_justify="left")
+    from lmbench.measure.hostload import contention_note
+
     columns = ["#", "precision", "kernels", "checkpointing", "batch", "accum", "status", "tokens/s", "peak mem",
-               "J/token", "parity"] + (["target", "time to target s"] if to_target else [])
+               "J/token", "parity"] + (["target", "time to target s"] if to_target else []) + ["note"]
     for column in columns:
         table.add_column(column)
     for i, r in enumerate(records, start=1):
@@ -283,5 +285,7 @@ def tune_ranking_table(records: list[dict[str, Any]], *, objective: str = "throu
                  f"{m['j_per_token']:.3g}", m.get("parity") or "-"]
         if to_target:
             cells += [m.get("target_status") or "-", seconds_cell(m.get("time_to_target_s"))]
+        # A contended measurement ranks after the quiet ones (lmbench.analyze.ranking): say why it sits there.
+        cells.append(escape(r.get("reason") or contention_note(m) or ""))
         table.add_row(*cells)
     return table

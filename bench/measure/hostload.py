@@ -94,7 +94,7 @@ def contention_note(m: dict[str, Any]) -> str | None:
     if not window_contended(m):
         return None
     cores, usable = m["host_other_cpu_cores"], m.get("host_usable_cores")
-    return f"contended: other processes used {cores:.1f}" + (f" of {usable}" if usable else "") + " cores"
+    return f"contended: other processes used {cores:.1f}" + (f" of {usable:g}" if usable else "") + " cores"
 
 
 def contention_warning(cores: float | None, usable_cores: int | None) -> str | None:
