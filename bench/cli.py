@@ -463,7 +463,8 @@ def report(run_dirs: tuple[Path, ...], out: Path | None, baseline: str | None, c
 @click.argument("cand", type=NonEmptyPath(path_type=Path))
 @click.option("--threshold", default="5%", show_default=True, help="Smallest change that counts, e.g. 5% or 0.05.")
 @click.option("--metric", default="tokens_per_s", show_default=True, help="Metric of the results records to compare.")
-@click.option("--format", "fmt", type=click.Choice(["text", "md", "json"]), default="text", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "md", "json"]), default="text", show_default=True,
+              help="The verdict table as text, Markdown (a pull-request comment) or JSON (with `blocking`).")
 @click.option("--junit", type=NonEmptyPath(dir_okay=False, path_type=Path), default=None,
               help="Also write a JUnit XML file (one test case per configuration).")
 @click.option("--allow-different-hardware", is_flag=True, help="Compare runs from different GPU models anyway.")
@@ -503,12 +504,16 @@ def compare(base: Path, cand: Path, threshold: str, metric: str, fmt: str, junit
 
 
 @cli.command()
-@click.option("--suite", "suite_name", required=True, metavar="NAME|PATH", callback=_suite_name)
-@click.option("--repeats", type=click.IntRange(min=2), default=3, show_default=True)
+@click.option("--suite", "suite_name", required=True, metavar="NAME|PATH", callback=_suite_name,
+              help="The suite whose noise to measure: a built-in one or a suite TOML file.")
+@click.option("--repeats", type=click.IntRange(min=2), default=3, show_default=True,
+              help="Fresh-process repeats of each configuration in each of the two runs.")
 @click.option("--out", type=NonEmptyPath(file_okay=False, path_type=Path), default=None,
               help="Directory for the two runs and noise-floor.json (default: runs/calibrate-SUITE-YYYYmmdd-HHMMSS).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=V[,V...]")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=V[,V...]",
+              help="Override an axis, as `run --set` does (the gate's runs must use the same ones).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
+              help="Run every configuration on this device (default: cuda when available).")
 @click.option("--metric", default="tokens_per_s", show_default=True, help="Metric whose noise to measure.")
 @click.option("--resume", is_flag=True, help="Finish the calibration in --out, keeping the repeats it recorded.")
 def calibrate(suite_name: str, repeats: int, out: Path | None, overrides: tuple[str, ...], device: str | None,
@@ -572,12 +577,16 @@ def calibrate(suite_name: str, repeats: int, out: Path | None, overrides: tuple[
 @click.option("--min-batch", type=click.IntRange(min=1), default=_TUNE["min_batch"], show_default=True,
               help="The batch size the doubling starts from (each probe is a fresh process: a compiled model's probe "
                    "costs its compilation, so start near where the answer is).")
-@click.option("--max-batch", type=click.IntRange(min=1), default=_TUNE["max_batch"], show_default=True)
+@click.option("--max-batch", type=click.IntRange(min=1), default=_TUNE["max_batch"], show_default=True,
+              help="The largest batch size the search tries.")
 @click.option("--steps", type=click.IntRange(min=1), default=_TUNE["steps"], show_default=True,
               help="Measured steps per size.")
-@click.option("--warmup", type=click.IntRange(min=0), default=_TUNE["warmup"], show_default=True)
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
-@click.option("--out", type=NonEmptyPath(file_okay=False, path_type=Path), default=None)
+@click.option("--warmup", type=click.IntRange(min=0), default=_TUNE["warmup"], show_default=True,
+              help="Unmeasured steps before each measurement's window (compilation, autotuning).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
+              help="Probe and measure on this device (default: cuda when available).")
+@click.option("--out", type=NonEmptyPath(file_okay=False, path_type=Path), default=None,
+              help="Run directory for probes, measurements and the winner (default: runs/tune-MODEL-YYYYmmdd-HHMMSS).")
 @click.option("--resume", is_flag=True,
               help="Continue the tune in --out with the options it started with; probes already made are reused.")
 @click.option("--parity", "check_parity", is_flag=True,
@@ -728,11 +737,14 @@ def _tune(base: Any, run_dir: runner.RunDirectory, lists: dict[str, list[Any]], 
 
 
 @cli.command()
-@click.option("--op", type=click.Choice(["rmsnorm", "layernorm", "linear-ce"]), required=True)
+@click.option("--op", type=click.Choice(["rmsnorm", "layernorm", "linear-ce"]), required=True,
+              help="The operation to time.")
 @click.option("--shape", required=True,
               help="MxN for norms (e.g. 8192x4096), BTxHxV for linear-ce; several separated by commas.")
-@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="bf16", show_default=True)
-@click.option("--mode", type=click.Choice(["fwd", "bwd", "fwd+bwd"]), default="fwd+bwd", show_default=True)
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="bf16", show_default=True,
+              help="The inputs' dtype.")
+@click.option("--mode", type=click.Choice(["fwd", "bwd", "fwd+bwd"]), default="fwd+bwd", show_default=True,
+              help="Time the forward, the backward (on a saved forward) or both.")
 @click.option("--csv", "csv_path", type=NonEmptyPath(dir_okay=False, path_type=Path), default=None,
               help="Where to write the CSV (default: kernels-OP-SHAPE-DTYPE-MODE.csv).")
 @click.option("--ceilings", "ceilings_path", type=NonEmptyPath(dir_okay=False, path_type=Path), default=None,

@@ -72,6 +72,9 @@ class ComboResult:
     skipped: bool = False
     """Feasibility refused the combination: nothing was probed or measured (the note says why)."""
 
+    def add_note(self, text: str) -> None:
+        self.note = "; ".join(filter(None, [self.note, text]))
+
 
 class Tuner:
     """Owns the probe cache (probes.jsonl) and the search; `launch` runs one job in a fresh process."""
@@ -204,11 +207,13 @@ class Tuner:
             found.chosen = fitting
         else:
             found.chosen = min(fitting, max(1, int((failing - 1) * (1 - self.margin))))
-        if self.out_of_search_time():
-            found.note = "budget ran out during the search" + (
-                f" (what is left measures batch {found.chosen})" if fitting else "")
+        # Cut short: the edge is not pinned down (no failure seen below --max-batch, or a gap left to bisect).
+        edge_found = (failing is not None and failing - fitting <= 1) or fitting == self.max_batch
+        if self.out_of_search_time() and not edge_found:
+            found.add_note("budget ran out during the search" + (
+                f" (what is left measures batch {found.chosen})" if fitting else ""))
         if failing is None and fitting == self.max_batch:
-            found.note = f"fits up to --max-batch {self.max_batch}"
+            found.add_note(f"fits up to --max-batch {self.max_batch}")
         return found
 
     def needs_parity(self, combo: dict[str, str]) -> bool:
@@ -248,11 +253,13 @@ class Tuner:
         if self.needs_parity(found.combo) and not self.out_of_time():
             checked = self.parity_check(found.combo, found.chosen)
             if checked["parity"] in STRAYED:
-                found.note = found.note or f"parity {checked['parity']}: never ranked first"
+                found.add_note(f"parity {checked['parity']}: never ranked first")
         sizes = sorted({found.chosen, *(max(1, int(found.chosen * f)) for f in BELOW)}, reverse=True)
         for batch in sizes:
             if self.out_of_time():
-                found.note = found.note or "budget ran out during measurement"
+                unmeasured = ", ".join(str(b) for b in sizes if b not in {m["config"].batch_size
+                                                                           for m in found.measured})
+                found.add_note(f"budget ran out during measurement (batch {unmeasured} not measured)")
                 return
             accum = max(1, self.global_batch // batch) if self.global_batch else 1
             config = self.config(found.combo, batch_size=batch, grad_accum=accum, steps=steps, warmup=warmup)

@@ -27,6 +27,21 @@ def test_every_command_has_help(command):
         assert "Example: lmbench" in result.output
 
 
+def test_usage_md_lists_every_option_as_the_cli_has_it():
+    """docs/usage.md's option tables are the CLI's own (python tests/usage_reference.py rewrites them)."""
+    from pathlib import Path
+
+    import usage_reference
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "usage.md").read_text(encoding="utf-8")
+    assert usage_reference.section(text) == usage_reference.reference().strip("\n"), (
+        "docs/usage.md's options are out of date: run python tests/usage_reference.py")
+    for command in cli.commands.values():
+        for param in command.params:
+            for flag in getattr(param, "opts", []):
+                assert not flag.startswith("--") or f"`{flag}" in usage_reference.section(text)
+
+
 def test_unknown_suite():
     line = one_line_error(invoke("run", "--suite", "nope"))
     assert line.startswith("lmbench: error: unknown suite 'nope'; available: batch-sweep, ci, convergence, fp16, "

@@ -59,6 +59,8 @@ seq_len = [1024]
 
 @pytest.mark.parametrize(("text", "message"), [
     ("name = [", "malformed TOML"),
+    ("", "an empty suite file; give at least a [defaults] or [matrix] table"),
+    ("# only a comment\n", "an empty suite file"),
     ("nmae = 'x'", "unknown key 'nmae'; allowed: name, description, defaults, matrix, exclude"),
     ("[defaults]\nbatch_size = 0", "batch_size=0 must be a positive integer"),
     ("[matrix]\nprecision = ['fp32', 'fp64']", "[matrix]: precision='fp64' is not one of: fp32, tf32"),

@@ -300,3 +300,16 @@ def test_a_skipped_combination_shows_no_search_in_the_table():
     row = next(line for line in console.export_text().splitlines() if "skipped" in line)
     assert [cell.strip() for cell in row.split("│")[1:-1]] == ["fp32", "eager", "none", "-", "-", "-", "-",
                                                                 "skipped: needs a CUDA GPU"]
+
+
+def test_a_search_that_found_its_edge_is_not_called_cut_short_and_unmeasured_sizes_are_named(tmp_path, monkeypatch):
+    """Boundary 4 from --min-batch 4 (50 s a launch, 240 s budget): 4 fits, 8 fails, 5 and 6 settle the edge at 4;
+    the search is then out of time but found its edge. Measuring 4 uses the budget up, so 3 and 2 (BELOW) are not
+    measured, and the note says which."""
+    tuner = Tuner(BASE, RunDirectory(tmp_path / "run", resume=False), launch=slow_launcher(monkeypatch, 4),
+                  budget_s=240, min_batch=4, max_batch=64, margin=0.0)
+    found = tuner.search(COMBO)
+    assert (found.largest_fitting, found.first_failing, found.chosen) == (4, 5, 4)
+    assert tuner.out_of_search_time() and found.note == ""
+    tuner.measure(found, steps=2, warmup=0)
+    assert found.note == "budget ran out during measurement (batch 3, 2 not measured)"

@@ -446,8 +446,8 @@ def build(df: pd.DataFrame, records: list[dict[str, Any]], out: Path, *, baselin
     env = next((r["env"] for r in records if r.get("env")), {}) or {}
     device = device_label(records)
     # Versions come from the workers' environments: a run where nothing ran has none to give.
-    versions = (f"; torch {env.get('torch')}, CUDA {env.get('cuda')}, lmbench {env.get('lmbench')} "
-                f"({env.get('lmbench_commit')})" if env else "")
+    versions = (f"; torch {env.get('torch')}, CUDA {env.get('cuda') or 'none (a CPU build)'}, lmbench "
+                f"{env.get('lmbench')} ({env.get('lmbench_commit') or 'not a git checkout'})" if env else "")
     header = (f"# lmbench report\n\nRuns: {', '.join(runs)}  \nDevice: {device}{versions}  \n"
               f"{len(records)} records, {len(summaries)} configurations; figures are medians over repeats.\n")
     md = header + "".join(f"\n## {SECTION_TITLES[k]}\n\n{grid.markdown()}\n" for k, grid in grids.items())

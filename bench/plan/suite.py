@@ -172,6 +172,10 @@ def parse(text: str, *, source: str) -> Suite:
     unknown = sorted(set(data) - set(_TOP_LEVEL))
     if unknown:
         raise SuiteError(f"{source}: unknown key {unknown[0]!r}; allowed: {', '.join(_TOP_LEVEL)}")
+    if not data:
+        # An empty file (a wrong path, a truncated write) would run the defaults' one configuration, silently.
+        raise SuiteError(f"{source}: an empty suite file; give at least a [defaults] or [matrix] table "
+                         f"(allowed keys: {', '.join(_TOP_LEVEL)})")
     # Without a name, the file's stem made safe ("my suite.toml" runs as my-suite).
     name = data.get("name", re.sub(r"[^A-Za-z0-9._+-]", "-", Path(source).stem).lstrip(".")[:100] or "suite")
     description = data.get("description", "")
