@@ -109,8 +109,8 @@ def cli() -> None:
 @click.option("--resume", is_flag=True, help="Continue the run in --out, skipping what it already recorded.")
 @click.option("--dry-run", is_flag=True, help="Print the expanded matrix and exit.")
 @click.option("--nnodes", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Nodes taking part in torchrun jobs (ddp, fsdp, tp, pp, fsdp+tp; start lmbench with the same "
-                   "arguments on each): a job's world is nproc x nnodes.")
+              help="Nodes taking part in torchrun jobs (ddp, fsdp, tp, pp, fsdp+tp, fsdp+pp; start lmbench with the "
+                   "same arguments on each): a job's world is nproc x nnodes.")
 @click.option("--node-rank", type=click.IntRange(min=0), default=None,
               help="This node's rank, 0..nnodes-1 (default: $SLURM_NODEID, else 0). Node 0 records results.")
 @click.option("--rdzv-endpoint", default=None, metavar="HOST:PORT",

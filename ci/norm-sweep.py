@@ -1,20 +1,30 @@
 #!/usr/bin/env python3
 """Launch plans of our norms' backward, timed against the one every call uses, on a CUDA GPU.
 
-    python3 ci/norm-sweep.py [--rows 8192] [--widths 2048,4096,8192] [--reps 30] [--csv FILE]
+    python3 ci/norm-sweep.py [--rows 8192] [--widths 2048,4096,8192] [--rounds 7] [--csv FILE]
 
 On the H100 (2026-11-27, ci/gpu-validate.sh stage 7) our RMSNorm fwd+bwd reached 67% of the measured copy
 bandwidth at 8192x2048, LayerNorm 59-73%, against issue 13's 80%, and LayerNorm ran slower than Liger's at
 4096 and 8192. The backward walks M / programs rows a program, one at a time, with two programs an SM: few
 bytes in flight. This times its other plans (lmbench.kernels.norms.BackwardPlan: programs per SM, warps, and a
 software-pipelined row loop) on RMSNorm and LayerNorm, bf16, each on the same inputs: the backward alone (the
-kernel and the sum of its partial dW/dB rows, as every call runs them), device time from CUDA events around
-each call, the median of `--reps`. Every plan's dx and dW are checked against the default plan's first. The
-table gives each plan's time, GB/s (x, dy and dx moved once, the weight's gradient ignored) and its speedup
-over the default; `--csv` keeps every row.
+kernel and the sum of its partial dW/dB rows, as every call runs them). Every plan's dx and dW are checked
+against the default plan's first.
+
+How a winner is told from noise (a sceptic's questions, answered before they are asked):
+- device time only: each plan's calls are captured in a CUDA graph, each call after an L2 flush, and replayed
+  beside a graph of the flushes alone (lmbench.measure.graphtime), so neither the host nor the cache sets it;
+- drift: `--rounds` rounds, each replaying every plan once in a fresh random order, and a plan's figure against
+  the default is the ratio within each round, so clocks and temperature that drift over the sweep cancel;
+- noise: each ratio is a geometric mean over the rounds with a 95% t interval, and a plan is only called faster
+  when the whole interval is;
+- the winner's curse (the fastest of 27 noisy figures is flattered by its noise): the fastest plan is timed
+  again head to head with the default, twice as many rounds, and that second figure is the one to act on.
+GB/s counts x, dy and dx once and the plan's fp32 partial dW (and dB) rows written and read back, which grow
+with the programs a plan runs. `--csv` keeps every row.
 
 Without CUDA it says so and exits 0, unless TRITON_INTERPRET=1 (a rehearsal): then a few plans run on a
-small CPU shape and their figures mean nothing.
+small CPU shape, timed on the host, and their figures mean nothing.
 """
 
 from __future__ import annotations
@@ -40,10 +50,66 @@ def plans(block: int, *, rehearse: bool) -> list:  # type: ignore[type-arg]
     return [default] + [plan for plan in others if plan != default]
 
 
-def sweep(torch, device: str, rows: int, widths: list[int], reps: int, rehearse: bool):  # type: ignore[no-untyped-def]
+#: Device time one replay of a plan's graph aims at: 27 plans x 6 shapes x (rounds + head to head) replays.
+REPLAY_TARGET_MS = 5.0
+
+
+def partials_bytes(plan, rows: int, width: int, sms: int, bias: bool) -> int:  # type: ignore[no-untyped-def]
+    """Bytes of the fp32 partial dW (and dB) rows a plan's programs write and the sum reads back."""
+    programs = max(1, min(rows, plan.programs_per_sm * sms))
+    programs = -(-rows // -(-rows // programs))  # as launch_backward evens the rows out
+    return 2 * programs * width * 4 * (2 if bias else 1)
+
+
+def ratio_interval(ratios: list[float]) -> tuple[float, float, float]:
+    """Geometric mean of per-round ratios and its 95% t interval (a single round: no interval)."""
+    import math
+
+    from scipy.stats import t
+
+    logs = [math.log(r) for r in ratios]
+    mean = statistics.fmean(logs)
+    if len(logs) < 2:
+        return math.exp(mean), 0.0, math.inf
+    half = float(t.ppf(0.975, len(logs) - 1)) * statistics.stdev(logs) / math.sqrt(len(logs))
+    return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
+
+
+def interleaved(timers: dict, rounds: int, seed: int) -> dict:  # type: ignore[type-arg]
+    """{name: [one time a round]}: every round calls each timer once, in a fresh random order."""
+    import random
+
+    rng = random.Random(seed)
+    samples: dict = {name: [] for name in timers}  # type: ignore[type-arg]
+    for _ in range(rounds):
+        order = list(timers)
+        rng.shuffle(order)
+        for name in order:
+            samples[name].append(timers[name]())
+    return samples
+
+
+def host_timer(fn):  # type: ignore[no-untyped-def]
+    """The rehearsal's stand-in for a graph: a few host-timed calls, their median."""
+    def timed() -> float:
+        times = []
+        for _ in range(3):
+            begin = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - begin) * 1e3)
+        return statistics.median(times)
+    return timed
+
+
+def sweep(torch, device: str, rows: int, widths: list[int], rounds: int, rehearse: bool):  # type: ignore[no-untyped-def]
+    import contextlib
+
     from lmbench.kernels import norms
+    from lmbench.measure import graphtime
 
     cuda = device == "cuda"
+    sms = torch.cuda.get_device_properties(0).multi_processor_count if cuda else 4
+    flush = torch.empty(graphtime.FLUSH_BYTES, dtype=torch.int8, device=device) if cuda else None
     out = []
     for op, width in itertools.product(("rmsnorm", "layernorm"), widths):
         rms = op == "rmsnorm"
@@ -59,73 +125,103 @@ def sweep(torch, device: str, rows: int, widths: list[int], reps: int, rehearse:
             dx, dw_part, db_part, _ = norms.launch_backward(dy, x, w, b is not None, mean, rstd, rms=rms, plan=plan)
             return dx, dw_part.sum(0), None if db_part is None else db_part.sum(0)
 
-        reference = None
-        for plan in plans(norms._block(width), rehearse=rehearse):
+        candidates = plans(norms._block(width), rehearse=rehearse)
+        default = candidates[0]
+        shape_rows, reference, runnable = {}, None, {}
+        for plan in candidates:
             row = {"op": op, "shape": f"{rows}x{width}", "programs_per_sm": plan.programs_per_sm,
-                   "warps": plan.warps, "load_stages": plan.load_stages, "default": reference is None}
+                   "warps": plan.warps, "load_stages": plan.load_stages, "default": plan == default,
+                   "gb_moved": (moved + partials_bytes(plan, rows, width, sms, b is not None)) / 1e9}
+            shape_rows[plan] = row
             try:
-                result = backward(plan)
-                if reference is None:
+                result = backward(plan)  # compiles it
+                if plan == default:
                     reference = result
+                elif reference is None:
+                    raise RuntimeError("the default plan did not run: nothing to check this one against")
                 else:
                     for name, got, want in zip(("dx", "dw", "db"), result, reference):
                         if want is not None and not torch.allclose(got.float(), want.float(), rtol=2e-2, atol=2e-2):
                             raise AssertionError(f"{name} differs from the default plan's")
-                times = []
-                for _ in range(3 if rehearse else 5):
-                    backward(plan)
-                for _ in range(reps):
-                    if cuda:
-                        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                        start.record()
-                        backward(plan)
-                        end.record()
-                        times.append((start, end))
-                    else:
-                        begin = time.perf_counter()
-                        backward(plan)
-                        times.append(time.perf_counter() - begin)
-                if cuda:
-                    torch.cuda.synchronize()
-                    times = [start.elapsed_time(end) / 1e3 for start, end in times]
-                median = statistics.median(times)
-                row.update(status="ok", time_median_us=median * 1e6, gb_per_s=moved / median / 1e9)
+                runnable[plan] = row
             except Exception as err:  # a plan Triton cannot compile or run is a row, not the end of the sweep
                 row.update(status="error", reason=f"{type(err).__name__}: {str(err).splitlines()[0][:160]}")
-            out.append(row)
+        with contextlib.ExitStack() as stack:
+            timers = {}
+            for plan in list(runnable):
+                if not cuda:
+                    timers[plan] = host_timer(lambda plan=plan: backward(plan))
+                    continue
+                try:
+                    graph = stack.enter_context(graphtime.captured(lambda plan=plan: backward(plan), [],
+                                                                   estimate_ms=0.5, target_ms=REPLAY_TARGET_MS,
+                                                                   device=device, flush=flush))
+                    timers[plan] = graph.sample
+                except Exception as err:  # noqa: BLE001 - the row says why this plan has no figure
+                    runnable.pop(plan)["status"] = "error"
+                    shape_rows[plan]["reason"] = f"no device time: {type(err).__name__}: {str(err)[:120]}"
+            samples = interleaved(timers, rounds, seed=width)
+            base = samples.get(default)
+            for plan, times in samples.items():
+                row = shape_rows[plan]
+                median_ms = statistics.median(times)
+                row.update(status="ok", time_median_us=median_ms * 1e3, gb_per_s=row["gb_moved"] / median_ms * 1e3)
+                if base is not None:
+                    ratio, low, high = ratio_interval([mine / theirs for mine, theirs in zip(times, base)])
+                    row.update(time_ratio=ratio, ratio_low=low, ratio_high=high)
+            challengers = [p for p in samples if p != default and base is not None]
+            if challengers:
+                # The winner's curse: the fastest of many noisy figures is timed again, head to head.
+                top = min(challengers, key=lambda p: shape_rows[p]["time_ratio"])
+                again = interleaved({default: timers[default], top: timers[top]}, 2 * rounds, seed=width + 1)
+                ratio, low, high = ratio_interval([m / t for m, t in zip(again[top], again[default])])
+                shape_rows[top].update(confirmed_ratio=ratio, confirmed_low=low, confirmed_high=high)
+        out.extend(shape_rows.values())
     return out
 
 
+def _speedup(ratio: float | None, low: float | None = None, high: float | None = None) -> str:
+    """A time ratio as a speedup over the default, with its interval: '1.12x [1.10, 1.14]'."""
+    if ratio is None:
+        return "-"
+    text = f"{1 / ratio:.2f}x"
+    return text + (f" [{1 / high:.2f}, {1 / low:.2f}]" if low and high and high != float("inf") else "")
+
+
 def table(rows: list[dict]) -> str:  # type: ignore[type-arg]
-    lines = [f"{'op':<10}{'shape':<11}{'prog/SM':>8}{'warps':>6}{'stages':>7}{'us':>9}{'GB/s':>8}{'vs default':>11}"]
-    defaults = {(r["op"], r["shape"]): r.get("time_median_us") for r in rows if r["default"]}
+    lines = [f"{'op':<10}{'shape':<11}{'prog/SM':>8}{'warps':>6}{'stages':>7}{'us':>9}{'GB/s':>8}  "
+             "vs default (95% interval)"]
     for r in sorted(rows, key=lambda r: (r["op"], r["shape"], r.get("time_median_us") or float("inf"))):
-        base = defaults.get((r["op"], r["shape"]))
-        if r["status"] != "ok":
-            lines.append(f"{r['op']:<10}{r['shape']:<11}{r['programs_per_sm']:>8}{r['warps']:>6}{r['load_stages']:>7}"
-                         f"  {r['status']}: {r.get('reason', '')}")
+        head = f"{r['op']:<10}{r['shape']:<11}{r['programs_per_sm']:>8}{r['warps']:>6}{r['load_stages']:>7}"
+        if r.get("status") != "ok":
+            lines.append(f"{head}  {r.get('status', 'error')}: {r.get('reason', '')}")
             continue
-        speed = f"{base / r['time_median_us']:.2f}x" if base else "-"
         mark = " (default)" if r["default"] else ""
-        lines.append(f"{r['op']:<10}{r['shape']:<11}{r['programs_per_sm']:>8}{r['warps']:>6}{r['load_stages']:>7}"
-                     f"{r['time_median_us']:>9.1f}{r['gb_per_s']:>8.0f}{speed:>11}{mark}")
+        lines.append(f"{head}{r['time_median_us']:>9.1f}{r['gb_per_s']:>8.0f}  "
+                     f"{_speedup(r.get('time_ratio'), r.get('ratio_low'), r.get('ratio_high'))}{mark}")
     return "\n".join(lines)
 
 
 def best(rows: list[dict]) -> str:  # type: ignore[type-arg]
-    """Each shape's fastest plan against the default, last in the output (the summary shows a log's tail)."""
-    lines = ["best plan a shape:"]
+    """Each shape's fastest plan against the default, as its head-to-head rerun measured it; last in the output
+    (the summary shows a log's tail)."""
+    lines = ["best plan a shape (head to head with the default; faster only when the whole interval is):"]
     for op, shape in dict.fromkeys((r["op"], r["shape"]) for r in rows):
-        mine = [r for r in rows if (r["op"], r["shape"]) == (op, shape) and r["status"] == "ok"]
+        mine = [r for r in rows if (r["op"], r["shape"]) == (op, shape) and r.get("status") == "ok"]
         default = next((r for r in mine if r["default"]), None)
-        if not mine or default is None:
+        if default is None:
             lines.append(f"  {op} {shape}: the default plan did not run")
             continue
-        top = min(mine, key=lambda r: r["time_median_us"])
-        lines.append(f"  {op} {shape}: default {default['time_median_us']:.1f} us ({default['gb_per_s']:.0f} GB/s); "
-                     f"best {top['programs_per_sm']}/SM, {top['warps']} warps, {top['load_stages']} stages "
-                     f"{top['time_median_us']:.1f} us ({top['gb_per_s']:.0f} GB/s, "
-                     f"{default['time_median_us'] / top['time_median_us']:.2f}x)")
+        top = next((r for r in mine if "confirmed_ratio" in r), None)
+        where = f"  {op} {shape}: default {default['time_median_us']:.1f} us ({default['gb_per_s']:.0f} GB/s)"
+        if top is None:
+            lines.append(f"{where}; no other plan ran")
+            continue
+        speed = _speedup(top["confirmed_ratio"], top["confirmed_low"], top["confirmed_high"])
+        verdict = ("faster" if top["confirmed_high"] < 1 else
+                   "slower" if top["confirmed_low"] > 1 else "not told apart from the default")
+        lines.append(f"{where}; best {top['programs_per_sm']}/SM, {top['warps']} warps, {top['load_stages']} "
+                     f"stages {top['time_median_us']:.1f} us ({top['gb_per_s']:.0f} GB/s): {speed}, {verdict}")
     return "\n".join(lines)
 
 
@@ -133,9 +229,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=8192)
     parser.add_argument("--widths", default="2048,4096,8192")
-    parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=7,
+                        help="Interleaved rounds (the head to head runs twice as many).")
     parser.add_argument("--csv", default=None)
     args = parser.parse_args()
+    if args.rounds < 2:
+        parser.error(f"--rounds {args.rounds}: at least 2 (an interval needs two rounds)")
     import torch
 
     rehearse = os.environ.get("TRITON_INTERPRET") == "1"
@@ -144,22 +243,24 @@ def main() -> int:
         return 0
     device = "cuda" if torch.cuda.is_available() and not rehearse else "cpu"
     widths = [int(w) for w in args.widths.split(",")]
-    rows, reps = (args.rows, args.reps) if device == "cuda" else (64, 3)
-    found = sweep(torch, device, rows, widths if device == "cuda" else [256], reps, rehearse)
+    rows, rounds = (args.rows, args.rounds) if device == "cuda" else (64, 2)
+    found = sweep(torch, device, rows, widths if device == "cuda" else [256], rounds, rehearse)
     if device == "cuda":
-        print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, backward only (kernel + partial sums)")
+        print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, backward only (kernel + partial sums), "
+              f"device time from CUDA-graph replay after L2 flushes, {rounds} interleaved rounds")
     else:
-        print("rehearsal on the CPU (TRITON_INTERPRET=1): the figures mean nothing")
+        print("rehearsal on the CPU (TRITON_INTERPRET=1): host-timed, the figures mean nothing")
     print(table(found))
     print(best(found))
     if args.csv:
         fields = ["op", "shape", "programs_per_sm", "warps", "load_stages", "default", "status", "time_median_us",
-                  "gb_per_s", "reason"]
+                  "gb_per_s", "gb_moved", "time_ratio", "ratio_low", "ratio_high", "confirmed_ratio",
+                  "confirmed_low", "confirmed_high", "reason"]
         with open(args.csv, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
+            writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(found)
-    return 1 if any(r["status"] != "ok" and r["default"] for r in found) else 0
+    return 1 if any(r.get("status") != "ok" and r["default"] for r in found) else 0
 
 
 if __name__ == "__main__":

@@ -16,3 +16,13 @@ def run(script: str, *args: str, interpret: bool) -> subprocess.CompletedProcess
     if interpret:
         env["TRITON_INTERPRET"] = "1"
     return subprocess.run([sys.executable, str(CI / script), *args], capture_output=True, text=True, env=env)
+
+
+def load(script: str):  # type: ignore[no-untyped-def]
+    """A script of ci/ as a module, for its functions (its main() is not run)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(script.removesuffix(".py").replace("-", "_"), CI / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -208,4 +208,6 @@ def test_a_cv_just_past_the_limit_never_reads_as_equal_to_it():
 
     assert unstable_steps([0.103]) == "unstable steps: cv 10.3% > 10%"
     assert unstable_steps([0.1004]) == "unstable steps: cv 10.04% > 10%"
+    # The row's cv column is the median repeat's: the note says how many repeats were past the limit.
+    assert unstable_steps([0.014, 0.148, 0.02]) == "unstable steps: cv 14.8% > 10% in 1 of 3 repeats"
     assert unstable_steps([0.1, 0.05]) is None

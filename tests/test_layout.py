@@ -36,6 +36,8 @@ def resolved(**axes) -> Config:
     ({"parallel": "fsdp+tp", "nproc": 8, "tp_degree": 4}, (8, 2, 4, 1), 16),
     ({"parallel": "fsdp+tp", "nproc": 4}, (4, 2, 2, 1), 16),
     ({"parallel": "pp", "nproc": 2, "microbatches": 4, "grad_accum": 3}, (2, 1, 1, 2), 96),
+    ({"parallel": "fsdp+pp", "nproc": 4, "microbatches": 2}, (4, 2, 1, 2), 32),
+    ({"parallel": "fsdp+pp", "nproc": 8, "pp_degree": 4, "microbatches": 4}, (8, 2, 1, 4), 64),
 ])
 def test_degrees_multiply_to_the_world_and_the_global_batch_is_what_one_step_trains_on(axes, degrees, sequences):
     shape = layout(resolved(**axes))
@@ -101,6 +103,12 @@ def test_stage_layers_split_evenly_with_the_remainder_on_early_stages():
      "is 6"),
     ({"model": "tiny-gpt2-4l", "parallel": "pp", "nproc": 2, "pp_schedule": "zbv", "kernels": "compile"},
      "not support for compiled stages"),
+    ({"model": "tiny-gpt2", "parallel": "fsdp+pp", "nproc": 2}, "use parallel=pp for one pipeline"),
+    ({"model": "tiny-gpt2-4l", "parallel": "fsdp+pp", "nproc": 6, "pp_degree": 4}, "divides the 6 ranks"),
+    ({"model": "tiny-gpt2-4l", "parallel": "fsdp+pp", "nproc": 4, "pp_schedule": "zbv"},
+     "which FSDP would shard as two units"),
+    ({"model": "tiny-gpt2", "parallel": "fsdp+pp", "nproc": 4, "pp_schedule": "interleaved-1f1b"},
+     "2 layers, fewer than the 4 pipeline stages (2 ranks x 2)"),
     ({"model": "tiny-gpt2", "parallel": "fsdp+tp", "nproc": 2}, "use parallel=tp for one group"),
     ({"model": "tiny-gpt2", "parallel": "fsdp+tp", "nproc": 6, "tp_degree": 4}, "divides the 6 ranks"),
 ])
@@ -171,6 +179,30 @@ def test_the_dry_run_says_what_each_rank_holds():
     assert "no closed-form bubble" in v[2] and "one weight on rank 0" in v[2]
     mesh = explain(resolved(model="llama-1b", parallel="fsdp+tp", nproc=8, tp_degree=4), llama)
     assert mesh[0] == "2 x 4 mesh (FSDP x TP): rank r is tensor-parallel shard r % 4 of FSDP group r // 4"
+
+
+def test_fsdp_pp_lays_pipelines_across_fsdp_groups_and_says_so():
+    """A (pp, dp) mesh: pipeline d is ranks d, d + dp, ...; the ranks holding one stage are consecutive, its FSDP
+    group, and pipeline d reads the d-th slice of the global batch (all of a pipeline step's micro-batches)."""
+    shape = layout(resolved(model="tiny-gpt2-4l", parallel="fsdp+pp", nproc=8, pp_degree=4, microbatches=4))
+    assert shape.pipelines() == [[0, 2, 4, 6], [1, 3, 5, 7]]
+    assert [shape.pipeline_rank(r) for r in range(8)] == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert [shape.data_group(r) for r in range(8)] == [0, 1, 0, 1, 0, 1, 0, 1]
+    # Every other layout keeps its own: fsdp+tp's groups are consecutive ranks, a pipeline is the world.
+    mesh = layout(resolved(parallel="fsdp+tp", nproc=8, tp_degree=4))
+    assert [mesh.data_group(r) for r in range(8)] == [0, 0, 0, 0, 1, 1, 1, 1]
+    pipe = layout(resolved(parallel="pp", nproc=4, model="tiny-gpt2-4l"))
+    assert pipe.pipelines() == [[0, 1, 2, 3]] and [pipe.pipeline_rank(r) for r in range(4)] == [0, 1, 2, 3]
+    assert resolved(parallel="fsdp+pp", nproc=4).pp_degree == 2 and resolved(parallel="ddp").pp_degree == 0
+    lines = explain(resolved(model="gpt2-124m", parallel="fsdp+pp", nproc=4, microbatches=4), MODELS["gpt2-124m"])
+    assert lines[0] == ("2 x 2 mesh (PP x FSDP): rank r is stage rank r // 2 of pipeline r % 2; each stage 1/2 at "
+                        "rest, sharded by FSDP over the 2 ranks that hold it")
+    assert lines[1] == "ranks 0-1 (stage 0): embeddings, layers 0-5"
+    assert lines[2] == "ranks 2-3 (stage 1): layers 6-11, final norm, LM head and loss"
+    assert "(each of the 2 pipelines its own)" in lines[3] and "64 sequences x 128 tokens" in lines[3]
+    # Compared with one device training the whole global batch.
+    assert reference_config(resolved(model="tiny-gpt2-4l", parallel="fsdp+pp", nproc=4, microbatches=2)).batch_size \
+        == 32
 
 
 def test_qkv_columns_are_reordered_so_each_ranks_shard_holds_its_own_q_k_and_v():

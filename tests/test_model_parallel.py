@@ -89,14 +89,16 @@ def test_tp_pp_and_fsdp_tp_train_as_the_whole_model_does(tmp_path):
     assert len(records) == len(expected) + len(references)
 
 
-INTERLEAVED = """
-name = "interleaved-cpu"
-description = "pipelines with two stages a rank (looped and in a V) on a 4-layer GPT-2 over gloo"
+def four_layer_suite(name: str, description: str, *, parallel: str, nproc: int, schedules: list[str]) -> str:
+    """A suite of pipelines on the 4-layer GPT-2: 2 sequences a micro-batch, 2 micro-batches, accumulation 2, fp32."""
+    return f"""
+name = "{name}"
+description = "{description}"
 [defaults]
 model = "tiny-gpt2-4l"
 precision = "fp32"
-parallel = "pp"
-nproc = 2
+parallel = "{parallel}"
+nproc = {nproc}
 batch_size = 2
 seq_len = 32
 grad_accum = 2
@@ -106,8 +108,13 @@ warmup = 1
 lr = 1e-3
 dropout = false
 [matrix]
-pp_schedule = ["interleaved-1f1b", "zero-bubble", "zbv"]
-"""
+pp_schedule = {schedules!r}
+""".replace("'", '"')
+
+
+INTERLEAVED = four_layer_suite("interleaved-cpu", "pipelines with two stages a rank (looped and in a V) on a 4-layer "
+                               "GPT-2 over gloo", parallel="pp", nproc=2,
+                               schedules=["interleaved-1f1b", "zero-bubble", "zbv"])
 
 
 @pytest.mark.slow
@@ -129,3 +136,27 @@ def test_interleaved_and_zero_bubble_pipelines_train_as_the_whole_model_does(tmp
     # (p-1)/(v m+p-1) = 1/5 for the interleaved schedule; the zero-bubble ones have no closed form.
     assert by["interleaved-1f1b"]["metrics"]["pp_bubble_fraction_theory"] == pytest.approx(0.2)
     assert by["zero-bubble"]["metrics"]["pp_bubble_fraction_theory"] is None
+
+
+FSDP_PP = four_layer_suite("fsdp-pp-cpu", "pipelines across FSDP groups (a 2 x 2 mesh) on a 4-layer GPT-2 over "
+                           "gloo", parallel="fsdp+pp", nproc=4, schedules=["1f1b", "interleaved-1f1b"])
+
+
+@pytest.mark.slow
+def test_pipelines_across_fsdp_groups_train_as_the_whole_model_does(tmp_path):
+    """2 pipelines of 2 stage ranks (one stage each, or two looped), each stage sharded by FSDP over the 2 ranks that
+    hold it; pipeline d reads the d-th slice of the global batch. Tied embedding and LM head: their gradient shards
+    are summed between each pipeline's end ranks. Each trains as parallel=none on the whole batch."""
+    records = run_with_parity(tmp_path, FSDP_PP)
+    by = {r["config"]["pp_schedule"]: r for r in records if r["config"]["parallel"] == "fsdp+pp"}
+    assert sorted(by) == ["1f1b", "interleaved-1f1b"]
+    reference, = [r for r in records if r["config"]["parallel"] == "none"]
+    assert reference["config"]["batch_size"] == 8  # 2 sequences x 2 micro-batches x 2 pipelines
+    for schedule, record in by.items():
+        assert record["status"] == "ok", (schedule, record["reason"])
+        m = record["metrics"]
+        assert m["parity"] == "ok" and m["parity_max_rel_dev"] < LAYOUT_DEVIATION, (schedule, m["parity_max_rel_dev"])
+        assert (m["dp_degree"], m["tp_degree"], m["pp_degree"], m["world_size"]) == (2, 1, 2, 4)
+        assert m["global_batch_sequences"] == 16 and m["tokens_per_step"] == 16 * 32
+        assert len(m["pp_idle_fraction_per_stage"]) == 4 and 0 < m["pp_bubble_fraction"] < 1
+        assert "params_in_sync" not in m and len(record["losses"]) == 4

@@ -36,11 +36,11 @@ LAUNCH_BOUND_RATIO = 1.25
 SYNC_ERROR = "called a synchronizing CUDA operation"
 
 
-def calls_per_graph(estimate_ms: float) -> int:
-    """Calls captured in one graph, from one call's rough time: about GRAPH_TARGET_MS a replay."""
+def calls_per_graph(estimate_ms: float, target_ms: float = GRAPH_TARGET_MS) -> int:
+    """Calls captured in one graph, from one call's rough time: about `target_ms` a replay."""
     if estimate_ms <= 0:
         return MAX_CALLS
-    return max(1, min(MAX_CALLS, int(GRAPH_TARGET_MS / estimate_ms)))
+    return max(1, min(MAX_CALLS, int(target_ms / estimate_ms)))
 
 
 def per_call_ms(work_ms: Sequence[float], flush_ms: Sequence[float], calls: int) -> list[float]:
@@ -97,9 +97,34 @@ def side_stream_refusing_host_waits(device: Any = None) -> Iterator[None]:
 _failed: list[str] = []
 
 
-def device_times_ms(fn: Callable[[], Any], grads: Sequence[Any], *, estimate_ms: float, device: Any,
-                    replays: int = REPLAYS) -> list[float]:
-    """Device milliseconds of one call of `fn`, one figure per replay pair (CUDA only).
+class Captured:
+    """`calls` calls, each after an L2 flush, captured in one CUDA graph beside a graph of the flushes alone."""
+
+    def __init__(self, work: Any, flushes: Any, calls: int) -> None:
+        self._work, self._flushes, self.calls = work, flushes, calls
+
+    def sample(self) -> float:
+        """Replay both graphs once: one call's device milliseconds (the calls' replay less the flushes', over the
+        number of calls)."""
+        return per_call_ms([_replay_ms(self._work)], [_replay_ms(self._flushes)], self.calls)[0]
+
+
+def _replay_ms(graph: Any) -> float:
+    import torch
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
+@contextlib.contextmanager
+def captured(fn: Callable[[], Any], grads: Sequence[Any], *, estimate_ms: float, device: Any,
+             target_ms: float = GRAPH_TARGET_MS, flush: Any = None) -> Iterator[Captured]:
+    """`fn` captured as a Captured pair of graphs (CUDA only), held until the block ends; `flush` a buffer of
+    FLUSH_BYTES to zero before each call (one is made when None; several captures may share one).
 
     Raises NotCapturable when `fn` waits for the device on the host (found in the warm-up, before any
     capture: torch's sync debug mode turns such a wait into an error) or when a capture failed earlier in
@@ -122,8 +147,9 @@ def device_times_ms(fn: Callable[[], Any], grads: Sequence[Any], *, estimate_ms:
     except HostWait as err:
         raise NotCapturable(f"it waits for the device on the host ({err})") from None
     torch.cuda.synchronize(device)
-    flush = torch.empty(FLUSH_BYTES, dtype=torch.int8, device=device)
-    calls = calls_per_graph(estimate_ms)
+    if flush is None:
+        flush = torch.empty(FLUSH_BYTES, dtype=torch.int8, device=device)
+    calls = calls_per_graph(estimate_ms, target_ms)
     work, flushes = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
     try:
         try:
@@ -139,25 +165,19 @@ def device_times_ms(fn: Callable[[], Any], grads: Sequence[Any], *, estimate_ms:
             # torch.cuda.graph's exit reports "a previous error during capture"; the cause is the one it hides.
             _failed.append(one_line(err.__context__ or err))
             raise NotCapturable(f"the capture failed ({_failed[-1]})") from err
-
-        def replay_ms(graph: Any) -> float:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            graph.replay()
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end)
-
         work.replay()  # the first replay uploads the graph
         flushes.replay()
-        work_ms, flush_ms = [], []
-        for _ in range(replays):
-            work_ms.append(replay_ms(work))
-            flush_ms.append(replay_ms(flushes))
-        return per_call_ms(work_ms, flush_ms, calls)
+        yield Captured(work, flushes, calls)
     finally:
         # A failed capture's exit skips restoring the stream it captured on.
         torch.cuda.set_stream(caller)
         torch.cuda.synchronize(device)  # no replay may still run when the graphs' memory is released
         reset()
         del work, flushes
+
+
+def device_times_ms(fn: Callable[[], Any], grads: Sequence[Any], *, estimate_ms: float, device: Any,
+                    replays: int = REPLAYS) -> list[float]:
+    """Device milliseconds of one call of `fn`, one figure per replay pair (CUDA only; see `captured`)."""
+    with captured(fn, grads, estimate_ms=estimate_ms, device=device) as graph:
+        return [graph.sample() for _ in range(replays)]

@@ -136,14 +136,18 @@ STEP_CV_LIMIT = 0.10
 
 
 def unstable_steps(step_cvs: Sequence[float]) -> str | None:
-    """A note when any repeat's step-time CV exceeds STEP_CV_LIMIT, else None."""
-    worst = max((cv for cv in step_cvs if cv is not None and math.isfinite(cv)), default=None)
+    """A note when any repeat's step-time CV exceeds STEP_CV_LIMIT, else None; with several repeats it says how
+    many did (a row's step cv column is the median repeat's, which may be well under the limit)."""
+    finite = [cv for cv in step_cvs if cv is not None and math.isfinite(cv)]
+    worst = max(finite, default=None)
     if worst is None or worst <= STEP_CV_LIMIT:
         return None
     # Past the limit by a little must not read as equal to it (cv 10.3% printed as 10%): a tenth of a percent, or a
     # hundredth where a tenth still rounds to the limit.
     shown = f"{worst:.1%}" if f"{worst:.1%}" != f"{STEP_CV_LIMIT:.1%}" else f"{worst:.2%}"
-    return f"unstable steps: cv {shown} > {STEP_CV_LIMIT:.0%}"
+    over = sum(cv > STEP_CV_LIMIT for cv in finite)
+    which = f" in {over} of {len(finite)} repeats" if len(finite) > 1 else ""
+    return f"unstable steps: cv {shown} > {STEP_CV_LIMIT:.0%}{which}"
 
 
 def warmup(step_times_s: Sequence[float]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from lmbench.models.registry import ATTENTION_SUPPORT, MODELS
 CHOICES: dict[str, tuple[str, ...]] = {
     "model": tuple(MODELS),
     "precision": ("fp32", "tf32", "amp-fp16", "amp-bf16", "fp16", "bf16", "fp8-tensorwise", "fp8-rowwise"),
-    "parallel": ("none", "dp", "ddp", "fsdp", "tp", "pp", "fsdp+tp"),
+    "parallel": ("none", "dp", "ddp", "fsdp", "tp", "pp", "fsdp+tp", "fsdp+pp"),
     "kernels": ("eager", "compile", "triton", "apex", "liger"),
     "attention": ("sdpa", "math", "eager"),
     "checkpointing": ("none", "full", "selective"),
@@ -47,9 +47,10 @@ MODE_AXES: dict[str, frozenset[str]] = {
     "gradient_as_bucket_view": frozenset({"ddp"}),
     "static_graph": frozenset({"ddp"}),
     "tp_degree": frozenset({"fsdp+tp"}),
-    "pp_schedule": frozenset({"pp"}),
-    "pp_stages_per_rank": frozenset({"pp"}),
-    "microbatches": frozenset({"pp"}),
+    "pp_degree": frozenset({"fsdp+pp"}),
+    "pp_schedule": frozenset({"pp", "fsdp+pp"}),
+    "pp_stages_per_rank": frozenset({"pp", "fsdp+pp"}),
+    "microbatches": frozenset({"pp", "fsdp+pp"}),
 }
 #: Axes that mean something under some kernel sets only; elsewhere they are held at their defaults too.
 KERNEL_AXES: dict[str, frozenset[str]] = {
@@ -104,22 +105,28 @@ class Config:
     parallel: str = "none"
     """none; data parallelism: dp (nn.DataParallel), ddp (torchrun), fsdp (FSDP2 on torchrun); model parallelism
     on torchrun: tp (tensor parallel over every rank), pp (pipeline parallel, one stage per rank), fsdp+tp (a 2-D
-    mesh: tensor parallel inside groups of tp_degree ranks, FSDP across them)."""
+    mesh: tensor parallel inside groups of tp_degree ranks, FSDP across them), fsdp+pp (a 2-D mesh: pipelines of
+    pp_degree ranks, each stage sharded by FSDP over the pipelines)."""
     nproc: int = 0
     """Processes per node under torchrun; 0 means every visible GPU (2 on a CPU-only machine)."""
     tp_degree: int = 0
     """parallel=fsdp+tp: ranks in one tensor-parallel group (the rest of the world is the FSDP dimension); 0 means
     2. Under parallel=tp the group is the whole world."""
+    pp_degree: int = 0
+    """parallel=fsdp+pp: ranks in one pipeline (the rest of the world is the FSDP dimension: each stage is sharded
+    over the pipelines); 0 means 2. Under parallel=pp the pipeline is the whole world."""
     pp_schedule: str = "1f1b"
-    """parallel=pp: gpipe (all forwards, then all backwards), 1f1b (one forward, one backward in steady state),
-    interleaved-1f1b (1F1B over several stages per rank, looped: Narayanan et al. 2021), zero-bubble (interleaved
-    ZB1P: each backward split into input and weight gradients, the weight halves filling the bubble; Qi et al.
-    2024) or zbv (zero bubble with two stages per rank laid out in a V, the first and last stage on rank 0)."""
+    """parallel=pp and fsdp+pp: gpipe (all forwards, then all backwards), 1f1b (one forward, one backward in steady
+    state), interleaved-1f1b (1F1B over several stages per rank, looped: Narayanan et al. 2021), zero-bubble
+    (interleaved ZB1P: each backward split into input and weight gradients, the weight halves filling the bubble;
+    Qi et al. 2024) or zbv (zero bubble with two stages per rank laid out in a V, the first and last stage on
+    rank 0)."""
     pp_stages_per_rank: int = 0
-    """parallel=pp: pipeline stages each rank holds (virtual stages); 0 means the schedule's own: 1 for gpipe and
-    1f1b, 2 for interleaved-1f1b, zero-bubble and zbv (zbv takes exactly 2)."""
+    """parallel=pp and fsdp+pp: pipeline stages each rank holds (virtual stages); 0 means the schedule's own: 1 for
+    gpipe and 1f1b, 2 for interleaved-1f1b, zero-bubble and zbv (zbv takes exactly 2)."""
     microbatches: int = 4
-    """parallel=pp: micro-batches of batch_size sequences each that one pipeline step splits its batch into."""
+    """parallel=pp and fsdp+pp: micro-batches of batch_size sequences each that one pipeline step splits its batch
+    into."""
     vocab_multiple: int = 1
     """Pad the embedding and LM head to a multiple of this many rows (1: the model's own vocabulary). 64 turns
     GPT-2's 50257 into 50304, as nanoGPT and llm.c do: on an H100, cuBLAS ran the unpadded LM head's three GEMMs
@@ -206,6 +213,7 @@ class Config:
             _require_int(axis, getattr(self, axis), minimum=1)
         _require_int("nproc", self.nproc, minimum=0)
         _require_int("tp_degree", self.tp_degree, minimum=0)
+        _require_int("pp_degree", self.pp_degree, minimum=0)
         if self.microbatches > MAX_MICROBATCHES:
             raise ConfigError(f"microbatches={self.microbatches} is more than a pipeline step splits a batch into; "
                               f"allowed: 1..{MAX_MICROBATCHES}")
@@ -297,7 +305,7 @@ class Config:
         return None
 
     def _quality_conflict(self) -> str | None:
-        if self.parallel in ("tp", "pp", "fsdp+tp") and (self.evaluates or self.label_smoothing):
+        if self.parallel in ("tp", "pp", "fsdp+tp", "fsdp+pp") and (self.evaluates or self.label_smoothing):
             what = "held-out evaluation (eval_every)" if self.evaluates else "label_smoothing"
             return (f"{what} is not implemented for parallel={self.parallel}: it calls the whole model's forward and "
                     "computes the loss from its logits, which a pipeline stage or sharded model does not give")
@@ -318,8 +326,8 @@ class Config:
 
     def without_foreign_options(self) -> Config:
         """The same configuration with every option of another parallel mode (MODE_AXES) or kernel set
-        (KERNEL_AXES) at its default: DDP's outside ddp, tp_degree outside fsdp+tp, the pipeline's outside pp,
-        compile_mode outside kernels=compile. One key per configuration measured."""
+        (KERNEL_AXES) at its default: DDP's outside ddp, tp_degree outside fsdp+tp, the pipeline's outside pp and
+        fsdp+pp, compile_mode outside kernels=compile. One key per configuration measured."""
         foreign = {axis: DEFAULTS[axis] for axis, modes in MODE_AXES.items() if self.parallel not in modes}
         foreign.update({axis: DEFAULTS[axis] for axis, sets in KERNEL_AXES.items() if self.kernels not in sets})
         return self.replace(**foreign)
@@ -380,6 +388,7 @@ DEFAULT_REASONS: dict[str, str] = {
     "nproc": "every visible GPU, as torchrun users run data parallelism",
     "vocab_multiple": "the model as published (GPT-2's 50257 rows): padding changes the model, so it is a choice",
     "tp_degree": "the smallest tensor-parallel group, 2, leaves the most ranks to FSDP; suites sweep it",
+    "pp_degree": "the shortest pipeline, 2 stages, has the smallest bubble and leaves the most ranks to FSDP",
     "pp_schedule": "1F1B holds at most one micro-batch's activations per stage in flight, GPipe all of them",
     "pp_stages_per_rank": "the schedule's own: one stage per rank for gpipe and 1f1b, two for the interleaved ones",
     "microbatches": "4: the bubble of 2 stages is then (p-1)/(m+p-1) = 20%; suites sweep it",

@@ -34,7 +34,8 @@ def resolve(config: Config, platform: Platform) -> Config:
     device=auto becomes cuda when a GPU is visible, else cpu. nproc becomes the processes (or, for
     dp, the GPUs) the configuration really uses: 1 for none, every visible GPU for dp, and for
     the torchrun modes every visible GPU when nproc=0 (CPU_NPROC on a CPU). tp_degree=0 becomes
-    DEFAULT_TP_DEGREE under fsdp+tp, pp_stages_per_rank=0 a multi-stage schedule's 2. Options of other
+    DEFAULT_TP_DEGREE under fsdp+tp, pp_degree=0 DEFAULT_PP_DEGREE under fsdp+pp, pp_stages_per_rank=0 a
+    multi-stage schedule's 2. Options of other
     parallel modes (DDP's, the pipeline's, tp_degree) are reset to their defaults.
     """
     device = config.device
@@ -49,12 +50,13 @@ def resolve(config: Config, platform: Platform) -> Config:
     elif nproc == 0:
         nproc = gpus or CPU_NPROC
     tp_degree = (config.tp_degree or DEFAULT_TP_DEGREE) if config.parallel == "fsdp+tp" else config.tp_degree
+    pp_degree = (config.pp_degree or layout.DEFAULT_PP_DEGREE) if config.parallel == "fsdp+pp" else config.pp_degree
     # A multi-stage schedule's 0 is its 2 stages per rank; a one-stage schedule's 1 is its default 0 (the key of
     # every pipeline measured before the axis existed).
     per_rank = layout.stages_per_rank(config)
     per_rank = per_rank if config.pp_schedule in layout.MULTI_STAGE_SCHEDULES or per_rank > 1 else 0
     # Options of other modes mean nothing here; defaults keep one key per real configuration.
-    return config.replace(device=device, nproc=nproc, tp_degree=tp_degree,
+    return config.replace(device=device, nproc=nproc, tp_degree=tp_degree, pp_degree=pp_degree,
                           pp_stages_per_rank=per_rank).without_foreign_options()
 
 

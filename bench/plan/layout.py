@@ -16,13 +16,18 @@ from lmbench.models.registry import ModelSpec
 from lmbench.plan.config import Config
 
 #: Model-parallel modes: processes hold parts of the model, not whole replicas.
-MODEL_PARALLEL = frozenset({"tp", "pp", "fsdp+tp"})
+MODEL_PARALLEL = frozenset({"tp", "pp", "fsdp+tp", "fsdp+pp"})
+#: Modes that cut the model into pipeline stages: over every rank (pp), or over pp_degree ranks, with FSDP across
+#: the pipelines (fsdp+pp).
+PIPELINES = frozenset({"pp", "fsdp+pp"})
 #: Modes launched by torchrun, one process per device.
 DISTRIBUTED = frozenset({"ddp", "fsdp"}) | MODEL_PARALLEL
 #: Model families whose blocks lmbench knows how to shard (tp) and to cut into stages (pp).
 MODEL_PARALLEL_FAMILIES = frozenset({"gpt2", "llama"})
 #: tp_degree=0 under fsdp+tp.
 DEFAULT_TP_DEGREE = 2
+#: pp_degree=0 under fsdp+pp.
+DEFAULT_PP_DEGREE = 2
 #: Pipeline schedules that run several stages on each rank (torch.distributed.pipelining's multi-stage ones).
 MULTI_STAGE_SCHEDULES = frozenset({"interleaved-1f1b", "zero-bubble", "zbv"})
 #: Schedules that split each backward into its input and its weight gradients: torch refuses compiled stages there.
@@ -94,6 +99,25 @@ class Layout:
             return (v * p + m - 1 - v * m) / (v * p + m - 1)
         return (p - 1) / (v * m + p - 1)
 
+    def data_group(self, rank: int) -> int:
+        """Which data-parallel replica (FSDP group) `rank` belongs to: the slice of the global batch it reads. fsdp+tp
+        lays its mesh out (dp, tp), tensor-parallel groups of consecutive ranks; fsdp+pp (pp, dp), each pipeline
+        rank's FSDP group consecutive, so pipeline d is ranks d, d + dp, d + 2 dp, ..."""
+        if self.parallel == "fsdp+pp":
+            return rank % self.dp
+        return rank // (self.world // self.dp)
+
+    def pipeline_rank(self, rank: int) -> int:
+        """`rank`'s place in its pipeline (0 outside pipelines)."""
+        if self.parallel == "fsdp+pp":
+            return rank // self.dp
+        return rank if self.parallel == "pp" else 0
+
+    def pipelines(self) -> list[list[int]]:
+        """The global ranks of each pipeline, in stage order."""
+        return [[stage * self.dp + group for stage in range(self.pp)] for group in range(self.dp)] \
+            if self.parallel == "fsdp+pp" else [list(range(self.pp))]
+
     def record(self) -> dict[str, int | float | None]:
         """The layout's fields in a result record."""
         return {"dp_degree": self.dp, "tp_degree": self.tp, "pp_degree": self.pp,
@@ -117,6 +141,10 @@ def layout(config: Config, *, nnodes: int = 1) -> Layout:
         dp = max(1, world // tp)
     elif config.parallel == "pp":
         dp, pp, micro = 1, world, config.microbatches
+        per_rank, schedule = stages_per_rank(config), config.pp_schedule
+    elif config.parallel == "fsdp+pp":
+        pp = config.pp_degree or DEFAULT_PP_DEGREE
+        dp, micro = max(1, world // pp), config.microbatches
         per_rank, schedule = stages_per_rank(config), config.pp_schedule
     return Layout(parallel=config.parallel, world=world, dp=dp, tp=tp, pp=pp, microbatches=micro,
                   stages_per_rank=per_rank, schedule=schedule, batch_size=config.batch_size,
@@ -180,11 +208,19 @@ def problem(config: Config, spec: ModelSpec, *, nnodes: int = 1) -> str | None:
         if shape.tp < 2 or shape.world % shape.tp or shape.tp == shape.world:
             return (f"parallel=fsdp+tp with tp_degree={shape.tp} needs a tensor-parallel group of 2 or more ranks "
                     f"that divides the {shape.world} ranks into 2 or more FSDP groups (use parallel=tp for one group)")
+    if config.parallel == "fsdp+pp":
+        if shape.pp < 2 or shape.world % shape.pp or shape.pp == shape.world:
+            return (f"parallel=fsdp+pp with pp_degree={shape.pp} needs a pipeline of 2 or more ranks that divides "
+                    f"the {shape.world} ranks into 2 or more pipelines (use parallel=pp for one pipeline)")
+        if config.pp_schedule in V_SCHEDULES:
+            return (f"pp_schedule={config.pp_schedule} with parallel=fsdp+pp: its V puts the tied embedding and LM "
+                    "head, one parameter, in two stages of one rank, which FSDP would shard as two units; use "
+                    "interleaved-1f1b or zero-bubble")
     if config.parallel in ("tp", "fsdp+tp"):
         split = tensor_split_problem(spec, shape.tp)
         if split:
             return split
-    if config.parallel == "pp":
+    if config.parallel in PIPELINES:
         return _pipeline_problem(config, spec, shape)
     return None
 
@@ -205,8 +241,8 @@ def _pipeline_problem(config: Config, spec: ModelSpec, shape: Layout) -> str | N
     if split:
         return split + (f" ({shape.pp} ranks x {per_rank})" if per_rank > 1 else "")
     if config.attention == "eager":
-        return ("parallel=pp runs its stages' blocks without transformers' mask builder, so it needs SDPA's "
-                "built-in causal masking: attention=sdpa or math, not eager")
+        return (f"parallel={config.parallel} runs its stages' blocks without transformers' mask builder, so it needs "
+                "SDPA's built-in causal masking: attention=sdpa or math, not eager")
     if schedule == "1f1b" and micro < shape.pp:
         return (f"pp_schedule=1f1b needs microbatches >= stages ({shape.pp}); microbatches={micro}"
                 " (use gpipe for fewer)")
@@ -268,11 +304,17 @@ def explain(config: Config, spec: ModelSpec, *, nnodes: int = 1) -> list[str]:
         return ", ".join(parts)
 
     lines = []
+    sharded = config.parallel == "fsdp+pp"
+    if sharded:
+        lines.append(f"{shape.pp} x {shape.dp} mesh (PP x FSDP): rank r is stage rank r // {shape.dp} of pipeline "
+                     f"r % {shape.dp}; each stage 1/{shape.dp} at rest, sharded by FSDP over the {shape.dp} ranks "
+                     "that hold it")
     for rank, held in enumerate(rank_stages(shape.pp, shape.stages_per_rank, config.pp_schedule)):
+        who = _span("rank", shape.dp, rank * shape.dp) if sharded else f"rank {rank}"
         if len(held) == 1:
-            lines.append(f"rank {rank} (stage {held[0]}): {holds(held[0])}")
+            lines.append(f"{who} (stage {held[0]}): {holds(held[0])}")
         else:
-            lines.append(f"rank {rank} (stages {', '.join(map(str, held))}): "
+            lines.append(f"{who} (stages {', '.join(map(str, held))}): "
                          + "; ".join(f"stage {stage}: {holds(stage)}" for stage in held))
     theory = shape.bubble_fraction_theory
     if theory is None:
@@ -287,8 +329,9 @@ def explain(config: Config, spec: ModelSpec, *, nnodes: int = 1) -> list[str]:
     tied = ("tied embedding and LM head: one weight on rank 0, in its first and last stage"
             if config.pp_schedule in V_SCHEDULES else
             "tied embedding and LM head gradients summed between the first and last stage")
-    lines.append(f"{config.pp_schedule} over {config.microbatches} micro-batches of {config.batch_size} sequences; "
-                 f"{bubble}; {tied}; {batch}")
+    each = f" (each of the {shape.dp} pipelines its own)" if sharded else ""
+    lines.append(f"{config.pp_schedule} over {config.microbatches} micro-batches of {config.batch_size} sequences"
+                 f"{each}; {bubble}; {tied}; {batch}")
     return lines
 
 

@@ -71,6 +71,20 @@ def _fsdp_tp(model: nn.Module, *, config: Config, device: torch.device) -> nn.Mo
     return _fsdp(model, config=config, device=device, mesh=mesh["dp"])
 
 
+def _fsdp_pp(model: nn.Module, *, config: Config, device: torch.device, mesh: object) -> nn.Module:
+    """Each of this rank's pipeline stages (a RankStages) sharded by FSDP over the ranks that hold the same stages
+    in the other pipelines (`mesh`, the 2-D mesh's dp dimension): one unit per block, then the stage. Parameters
+    stay gathered from a micro-batch's forward to its backward (reshard_after_forward=False, as torchtitan runs
+    FSDP under a pipeline): resharding would gather every block again for each micro-batch's backward."""
+    from torch.distributed.fsdp import fully_shard
+
+    for stage in model:
+        for block in stage.blocks():
+            fully_shard(block, mesh=mesh, reshard_after_forward=False)
+        fully_shard(stage, mesh=mesh, reshard_after_forward=False)
+    return model
+
+
 WRAPPERS: dict[str, Callable[..., nn.Module]] = {
     "none": _none,
     "dp": _dp,
@@ -79,6 +93,7 @@ WRAPPERS: dict[str, Callable[..., nn.Module]] = {
     "tp": _tp,
     "pp": _none,
     "fsdp+tp": _fsdp_tp,
+    "fsdp+pp": _fsdp_pp,
 }
 
 

@@ -74,6 +74,10 @@ class Stage(nn.Module):
     def run(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def blocks(self) -> nn.ModuleList:
+        """The stage's transformer blocks (FSDP's units under fsdp+pp)."""
+        raise NotImplementedError
+
 
 class GPT2Stage(Stage):
     """Part of a GPT2LMHeadModel: token and position embeddings first, blocks, final LayerNorm and LM head last."""
@@ -84,6 +88,9 @@ class GPT2Stage(Stage):
         self.token_embedding, self.wpe, self.drop = (body.wte, body.wpe, body.drop) if first else (None, None, None)
         self.h = nn.ModuleList(body.h[i] for i in blocks)
         self.ln_f, self.lm_head = (body.ln_f, model.lm_head) if last else (None, None)
+
+    def blocks(self) -> nn.ModuleList:
+        return self.h
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         if self.token_embedding is not None:
@@ -107,6 +114,9 @@ class LlamaStage(Stage):
         self.rotary_emb = body.rotary_emb
         self.layers = nn.ModuleList(body.layers[i] for i in blocks)
         self.norm, self.lm_head = (body.norm, model.lm_head) if last else (None, None)
+
+    def blocks(self) -> nn.ModuleList:
+        return self.layers
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         if self.token_embedding is not None:
@@ -210,15 +220,18 @@ class Pipeline:
     """One rank's stages and their schedule; `run(batch)` is one pipeline step (all micro-batches, forward and
     backward), leaving the gradients for the optimizer."""
 
-    def __init__(self, stage_modules: list[nn.Module], held: RankStages, *, ranks: int,
-                 device: torch.device, schedule: str, microbatches: int, grad_accum: int, tied: bool) -> None:
-        """`stage_modules` are `held`'s stages as they run (compiled, where the kernel set compiles)."""
+    def __init__(self, stage_modules: list[nn.Module], held: RankStages, *, pipelines: list[list[int]],
+                 device: torch.device, schedule: str, microbatches: int, grad_accum: int, tied: bool,
+                 group: Any = None) -> None:
+        """`stage_modules` are `held`'s stages as they run (compiled, where the kernel set compiles); `pipelines` the
+        global ranks of every pipeline of the job in stage order (one under parallel=pp, one per FSDP group under
+        fsdp+pp); `group` this rank's pipeline's process group (None: the whole world is the pipeline)."""
         import torch.distributed as dist
         from torch.distributed import pipelining
 
         self.first, self.last = held.first, held.last
         self.module = held
-        self.stages = [pipelining.PipelineStage(module, index, held.num_stages, device)
+        self.stages = [pipelining.PipelineStage(module, index, held.num_stages, device, group=group)
                        for module, index in zip(stage_modules, held.indices)]
         self.clock = BusyClock(device)
         # The schedule calls these on its stage objects: timing them times the stages' compute, nothing else.
@@ -236,9 +249,14 @@ class Pipeline:
         self._step_kwargs = ({"return_outputs": False}
                              if "return_outputs" in inspect.signature(self.schedule.step).parameters else {})
         # In a V the first and last stage are on rank 0 and share the weight. Otherwise new_group is collective:
-        # every rank takes part (the same decision on every rank), only the two end ranks use it.
-        group = dist.new_group([0, ranks - 1]) if tied and schedule not in V_SCHEDULES else None
-        self._tied_group = group if group is not None and (self.first or self.last) else None
+        # every rank creates every pipeline's group of its two end ranks, in the same order, and keeps its own.
+        self._tied_group = None
+        if tied and schedule not in V_SCHEDULES:
+            me = dist.get_rank()
+            for ranks in pipelines:
+                ends = dist.new_group([ranks[0], ranks[-1]])
+                if me in (ranks[0], ranks[-1]):
+                    self._tied_group = ends
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         loss = next_token_loss(logits, labels)
@@ -263,4 +281,6 @@ class Pipeline:
         import torch.distributed as dist
 
         if self._tied_group is not None:
-            dist.all_reduce(self.module.tied_parameter().grad, group=self._tied_group)
+            grad = self.module.tied_parameter().grad
+            # Under fsdp+pp a shard (a DTensor): both end stages shard the weight alike, so the shards add up.
+            dist.all_reduce(grad.to_local() if hasattr(grad, "to_local") else grad, group=self._tied_group)

@@ -54,7 +54,7 @@ class Job:
 
 #: Within a repeat, single-device configurations run first, so a ddp/fsdp record can be compared
 #: with its single-device counterpart (scaling efficiency) as soon as it is written.
-_PARALLEL_ORDER = {"none": 0, "dp": 1, "ddp": 2, "fsdp": 3, "tp": 4, "pp": 5, "fsdp+tp": 6}
+_PARALLEL_ORDER = {"none": 0, "dp": 1, "ddp": 2, "fsdp": 3, "tp": 4, "pp": 5, "fsdp+tp": 6, "fsdp+pp": 7}
 
 
 def plan(planned: list[Planned], platform: Platform, *, repeats: int, done: set[tuple[str, int]] = frozenset(),

@@ -16,7 +16,7 @@ from lmbench.measure.flops import matmul_params, rerun_params
 from lmbench.models.kernel_sets import KERNEL_SETS
 from lmbench.models.registry import MODELS, build_model, enable_checkpointing
 from lmbench.plan.config import Config
-from lmbench.plan.layout import Layout, layout
+from lmbench.plan.layout import MODEL_PARALLEL, PIPELINES, Layout, layout
 from lmbench.run.data import POOL_SIZE, Batch, heldout_batches, make_batches
 from lmbench.run.parallel import WRAPPERS, gradient_sync
 from lmbench.run.precision import PRECISIONS, Precision
@@ -117,22 +117,28 @@ class TrainingStep:
             enable_checkpointing(model, selective=config.checkpointing == "selective", reruns=self.random_reruns)
         model.train()
         self.pipeline = None
-        stage = None
-        if config.parallel == "pp":
+        stage, mesh = None, None
+        if config.parallel in PIPELINES:
             from lmbench.plan.layout import rank_stages
             from lmbench.run.pipeline import cut, tied_weight
 
             tied = tied_weight(model)
             shape = self.layout
-            held = rank_stages(shape.pp, shape.stages_per_rank, config.pp_schedule)[rank]
+            held = rank_stages(shape.pp, shape.stages_per_rank, config.pp_schedule)[shape.pipeline_rank(rank)]
             model = stage = cut(model, self.spec, held, shape.pp * shape.stages_per_rank)
+            if config.parallel == "fsdp+pp":
+                from torch.distributed.device_mesh import init_device_mesh
+
+                # Pipelines of consecutive stage ranks d, d + dp, ...; each stage's FSDP group consecutive ranks.
+                mesh = init_device_mesh(device.type, (shape.pp, shape.dp), mesh_dim_names=("pp", "dp"))
         self.base_model = model
         """The model (a pipeline rank's stages of it) as built: not wrapped, not compiled."""
         kernel_set = KERNEL_SETS[config.kernels]
         model, self.kernels_applied = kernel_set.swap(model, self.spec)
         """What the kernel set swapped in, e.g. "norms 5/5, GELU-tanh 2/2" (None for eager and compile)."""
         make_optimizer = partial(OPTIMIZERS[kernel_set.optimizer or config.optimizer], lr=config.lr)
-        wrap = partial(WRAPPERS[config.parallel], config=config, device=device)
+        wrap = partial(WRAPPERS[config.parallel], config=config, device=device,
+                       **({"mesh": mesh["dp"]} if mesh is not None else {}))
         self.precision: Precision = PRECISIONS[config.precision](model, make_optimizer, device, wrap)
         self.parallel_model = self.precision.model
         # A pipeline's stages are finished (compiled) one by one: the schedule calls each on its own.
@@ -149,8 +155,10 @@ class TrainingStep:
             for part in stage:
                 part.autocast = self.precision.autocast
                 runs.append(kernel_set.finish(part, compile_mode=config.compile_mode))
-            self.pipeline = Pipeline(runs, stage, ranks=world, device=device, schedule=config.pp_schedule,
-                                     microbatches=config.microbatches, grad_accum=config.grad_accum, tied=tied)
+            self.pipeline = Pipeline(runs, stage, pipelines=self.layout.pipelines(), device=device,
+                                     schedule=config.pp_schedule, microbatches=config.microbatches,
+                                     grad_accum=config.grad_accum, tied=tied,
+                                     group=mesh["pp"].get_group() if mesh is not None else None)
         self.owns_loss = self.pipeline is None or self.pipeline.last
         self.fused_loss = config.kernels == "triton"
         """The model is a FusedLossLM: it takes label_smoothing and reduction itself."""
@@ -183,7 +191,8 @@ class TrainingStep:
         Every layout cuts the global batch that parallel=none with the same global batch size would train on, so
         that its losses can be checked against parallel=none: data-parallel rank r (ddp, fsdp) takes the r-th
         slice, every rank of a pipeline or a tensor-parallel group reads the same sequences, a pipeline step's
-        batch holds all its micro-batches, and FSDP group g of fsdp+tp takes the g-th slice. nn.DataParallel's
+        batch holds all its micro-batches, and FSDP group g of fsdp+tp (pipeline g of fsdp+pp) takes the g-th
+        slice. nn.DataParallel's
         one process reads the whole global batch and splits it over its replicas itself.
         """
         config, shape = self.config, self.layout
@@ -191,13 +200,15 @@ class TrainingStep:
         # A run that measures held-out quality never repeats a batch; a throughput run cycles a small pool.
         pool = config.grad_accum * steps if config.evaluates else min(POOL_SIZE, config.grad_accum * steps)
         per_draw, part = config.batch_size * self.replicas, None
-        if config.parallel in ("tp", "pp", "fsdp+tp"):
+        if config.parallel in MODEL_PARALLEL:
             per_draw = config.batch_size * shape.microbatches * shape.dp
             if shape.dp > 1:
-                part = rank // shape.tp
+                part = shape.data_group(rank)
         elif config.parallel in ("ddp", "fsdp"):
             per_draw, part = config.batch_size * shape.dp, rank
-        rows = None if part is None else slice(part * config.batch_size, (part + 1) * config.batch_size)
+        # A replica's share: its batch_size sequences, times the micro-batches of a pipeline step.
+        share = config.batch_size * shape.microbatches
+        rows = None if part is None else slice(part * share, (part + 1) * share)
         return make_batches(spec=self.spec, batch_size=per_draw, seq_len=config.seq_len, data=config.data,
                             tokenizer=config.tokenizer, seed=config.seed, count=pool, device=device,
                             val_frac=config.val_frac, rows=rows)

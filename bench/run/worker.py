@@ -142,6 +142,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
     from lmbench.measure.timer import StepTimer
     from lmbench.models.kernel_sets import KERNEL_SETS, confirm_compiled_graphs
     from lmbench.models.registry import MODELS, import_family
+    from lmbench.plan.layout import PIPELINES
     from lmbench.run import distributed
     from lmbench.run.training import TrainingStep, devices_used
 
@@ -167,7 +168,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         step = TrainingStep(config, device, rank=rank, world=world)
         built_s = process_age_s()
         # Ranks of a pipeline hold different stages: there is nothing to compare between them.
-        checksums = world > 1 and config.parallel != "pp"
+        checksums = world > 1 and config.parallel not in PIPELINES
         initial_checksum = distributed.param_checksum(step.base_model) if checksums else None
         budget = hostmem.Budget(config.max_memory_bytes if device.type == "cpu" else 0)
         # Under nn.DataParallel every GPU it replicates over spends memory and energy on the tokens.
