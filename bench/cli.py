@@ -763,7 +763,10 @@ def kernels(op: str, shape: str, dtype: str, mode: str, csv_path: Path | None, c
 
     spec = microbench.OPS[op]
     shapes = microbench.parse_shapes(spec, shape)
-    copy = load_ceilings(ceilings_path)["copy_gb_per_s"] if ceilings_path else None
+    ceilings = load_ceilings(ceilings_path) if ceilings_path else {}
+    copy = ceilings.get("copy_gb_per_s")
+    # A compute-bound op (linear-ce) against the matmul ceiling of its dtype.
+    matmul = ceilings.get(f"{dtype}_matmul_tflops") if spec.flops else None
     if not torch.cuda.is_available():
         click.echo(f"skipped: lmbench kernels needs a CUDA GPU (none visible; torch {torch.__version__})")
         return 0
@@ -773,8 +776,11 @@ def kernels(op: str, shape: str, dtype: str, mode: str, csv_path: Path | None, c
     for dims in shapes:
         measured = microbench.measure(spec, dims, microbench.DTYPES[dtype], mode, device)
         measured = microbench.against_copy(measured, copy) if copy else measured
+        measured = microbench.against_matmul(measured, matmul) if matmul else measured
+        ceiling = (f"; {dtype} matmul ceiling {matmul:,.0f} TFLOP/s" if matmul else
+                   f"; copy ceiling {copy:,.0f} GB/s" if copy and not spec.flops else "")
         title = (f"{op} {'x'.join(map(str, dims))} {dtype} {mode} on {env['device']['name']} "
-                 f"(bytes moved: {spec.bytes_formula}" + (f"; copy ceiling {copy:,.0f} GB/s)" if copy else ")"))
+                 f"(bytes moved: {spec.bytes_formula}{ceiling})")
         _console().print(kernels_table(measured, title=title))
         rows += measured
     csv_path = csv_path or Path(f"kernels-{op}-{shape.replace(',', '_')}-{dtype}-{mode.replace('+', '')}.csv")

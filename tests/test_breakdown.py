@@ -168,3 +168,26 @@ def test_a_profiled_step_that_fails_still_fails_the_record(monkeypatch):
     with pytest.raises(RuntimeError, match="illegal memory access"):
         worker.measure(Config(model="tiny-gpt2", batch_size=2, seq_len=16, steps=2, warmup=1, device="cpu",
                               telemetry=False, profile=True))
+
+
+def test_breakdowns_of_graph_replays_are_flagged_where_cupti_may_time_them_wrongly(monkeypatch):
+    """pytorch/kineto#1165: CUPTI before CUDA 13.1 Update 1 mistimes kernels replayed from CUDA graphs; torch names
+    only its CUDA's minor release, so anything before 13.2 is flagged (the H100 runs were CUDA 13.0)."""
+    import torch
+
+    from lmbench.run.worker import graph_timing_suspect
+
+    for cuda, suspect in (("13.0", True), ("12.8", True), ("13.1", True), ("13.2", False), (None, False)):
+        monkeypatch.setattr(torch.version, "cuda", cuda)
+        assert graph_timing_suspect() is suspect, cuda
+
+
+def test_kernels_are_put_in_their_category_by_name():
+    from lmbench.measure.breakdown import _category
+
+    for name in ("nvjet_tst_128x256_64x4_2x1_v_bz_coopA_TNT", "sm90_xmma_gemm_bf16bf16_bf16f32",
+                 "triton_tem_fused_mm_t_3", "triton_tem_fused_addmm_0", "aten::mm"):
+        assert _category(name) == "matmul", name
+    assert _category("triton_per_fused_native_layer_norm_0") == "other"
+    assert _category("ncclDevKernel_AllReduce_Sum_bf16_RING_LL") == "communication"
+    assert _category("flash_fwd_kernel") == "attention"

@@ -229,7 +229,7 @@ def speedup_heatmap(df: pd.DataFrame, *, x: str | None = None, y: str | None = N
 
 def time_breakdown(profiled: list[tuple[dict[str, Any], dict[str, Any]]], axes: list[str]) -> Figure:
     """One stacked bar per profiled configuration: the fractions of its step time by category."""
-    from lmbench.measure.breakdown import CATEGORIES
+    from lmbench.measure.breakdown import CATEGORIES, window_shares
 
     title = "Where the time goes (profiled steps)"
     if not profiled:
@@ -239,7 +239,7 @@ def time_breakdown(profiled: list[tuple[dict[str, Any], dict[str, Any]]], axes: 
     left = [0.0] * len(profiled)
     colours = plt.get_cmap("tab10")
     for i, category in enumerate(CATEGORIES):
-        widths = [m[f"time_frac_{category}"] or 0.0 for _, m in profiled]
+        widths = [window_shares(m)[category] or 0.0 for _, m in profiled]
         ax.barh(labels, widths, left=left, label=category, color="#bbbbbb" if category == "idle" else colours(i))
         left = [a + b for a, b in zip(left, widths)]
     ax.set_xlim(0, 1)

@@ -17,6 +17,7 @@ from lmbench.analyze import baseline as baselines
 from lmbench.analyze import plots
 from lmbench.analyze.table import Grid, cell, configs_of, device_label, varying_axes
 from lmbench.errors import UsageError
+from lmbench.measure.breakdown import PROFILER_SLOWDOWN_NOTE, profiled_slowdown, window_shares
 from lmbench.measure.hostload import contention_note, window_contended
 from lmbench.measure.metrics import bubble_note, stall_note, unstable_steps
 from lmbench.measure.telemetry import energy_caveat
@@ -246,30 +247,19 @@ def profiled(records: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[s
     return list(found.values())
 
 
-#: A profiled step this much slower than the window's median is mostly the profiler's own host cost.
-PROFILER_SLOWDOWN_NOTE = 0.10
-
-
-def _profiled_slowdown(m: dict[str, Any]) -> float | None:
-    """The profiled steps' median against the window's median step, less 1 (records from before the median was
-    kept: their mean)."""
-    window = m.get("step_time_median_s")
-    profiled = m.get("profile_step_time_median_s") or m["profile_step_time_s"]
-    return profiled / window - 1 if window else None
-
-
 def _profiled_vs_window(m: dict[str, Any]) -> str:
-    slowdown = _profiled_slowdown(m)
+    slowdown = profiled_slowdown(m)
     return "-" if slowdown is None else f"{slowdown:+.0%}"
 
 
 def _profiler_note(m: dict[str, Any]) -> str:
-    """Why the breakdown may not describe the window: the profiler records every op on the host, so a step that
-    was host-bound or nearly so runs slower under it and its device idles more than in the window."""
-    slowdown = _profiled_slowdown(m)
+    """Why the breakdown may not describe the window as profiled: the profiler records every op on the host, so a
+    step that was host-bound or nearly so runs slower under it and its device idles more than in the window."""
+    slowdown = profiled_slowdown(m)
     notes = [m.get("profile_note") or ""]
     if slowdown is not None and slowdown > PROFILER_SLOWDOWN_NOTE:
-        notes.append("slower under the profiler (its host cost): idle overstated")
+        notes.append(f"{slowdown:.0%} slower under the profiler (its host cost): shares of the window's step, the "
+                     "device's busy time as profiled, idle the rest")
     return "; ".join(note for note in notes if note)
 
 
@@ -285,18 +275,15 @@ def held_back_by(m: dict[str, Any]) -> str:
     When the profiled step ran slower than the window's (the profiler's host cost, _profiler_note), the shares
     are those of the window's step: the device's busy time is the same, the difference was idle. A host-bound
     step stays host-bound; one that only looked so under the profiler does not."""
-    shares = {c: m.get(f"time_frac_{c}") for c in _HOLDING_BACK}
-    shares = {c: v for c, v in shares.items() if isinstance(v, (int, float))}
-    useful = [m.get(f"time_frac_{c}") for c in ("matmul", "attention")]
+    every = window_shares(m)
+    shares = {c: v for c, v in every.items() if c in _HOLDING_BACK and isinstance(v, (int, float))}
+    useful = [every.get(c) for c in ("matmul", "attention")]
     if not shares or not all(isinstance(v, (int, float)) for v in useful):
         return "-"
-    useful_share, corrected = sum(useful), ""
-    slowdown = _profiled_slowdown(m)
-    if slowdown is not None and slowdown > PROFILER_SLOWDOWN_NOTE:
-        scale = 1 + slowdown  # profiled step over the window's
-        shares = {c: (max(0.0, (v * scale - (scale - 1))) if c == "idle" else v * scale) for c, v in shares.items()}
-        useful_share *= scale
-        corrected = "; idle less the profiler's slowdown"
+    useful_share = sum(useful)
+    slowdown = profiled_slowdown(m)
+    corrected = ("; idle less the profiler's slowdown" if slowdown is not None and slowdown > PROFILER_SLOWDOWN_NOTE
+                 else "")
     largest = max(shares, key=shares.get)
     return f"{_HOLDING_BACK[largest]} {shares[largest]:.0%} (matmul + attention {useful_share:.0%}{corrected})"
 
@@ -313,8 +300,9 @@ def time_sections(records: list[dict[str, Any]]) -> dict[str, Grid]:
     for config, m in found:
         label = [cell(config, a) for a in axes]
         overlap = m.get("comm_overlap_frac")
+        shares = window_shares(m)
         rows.append(label + [_fmt(m["profile_step_time_s"], ".2f", 1e-3), _profiled_vs_window(m)]
-                    + [_fmt(m[f"time_frac_{c}"], ".1%") for c in CATEGORIES] + [_fmt(overlap, ".0%")]
+                    + [_fmt(shares[c], ".1%") for c in CATEGORIES] + [_fmt(overlap, ".0%")]
                     + [held_back_by(m), _profiler_note(m)])
         kernels += [label + [k["name"][:90], _fmt(k["time_s"], ".3f", 1e-3), _fmt(k["calls"], ".0f"),
                              kernel_note(k["name"], config)]

@@ -226,21 +226,26 @@ def kernels_table(rows: list[dict[str, Any]], *, title: str) -> Table:
     between CUDA events, which includes the host's launch work when the host cannot keep ahead."""
     table = Table(title=escape(title), title_justify="left")
     copy = any("pct_of_copy" in row for row in rows)
-    for column in ("impl", "device ms", "device p20-p80", "call ms", "call p20-p80", "GB/s",
-                   *(["% of copy"] if copy else []), "peak MiB", "note"):
+    flops = any(row.get("tflops") is not None for row in rows)
+    matmul = any("pct_of_matmul" in row for row in rows)
+    rates = [("GB/s", "gb_per_s", ",.0f", True), ("% of copy", "pct_of_copy", ".0f", copy),
+             ("TFLOP/s", "tflops", ",.0f", flops), ("% of matmul", "pct_of_matmul", ".0f", matmul)]
+    shown = [(name, key, spec) for name, key, spec, wanted in rates if wanted]
+    for column in ("impl", "device ms", "device p20-p80", "call ms", "call p20-p80", *(n for n, _, _ in shown),
+                   "peak MiB", "note"):
         table.add_column(column, justify="left" if column in ("impl", "note") else "right")
     for row in rows:
         if row["status"] != "ok":
-            table.add_row(row["impl"], "-", "-", "-", "-", "-", *(["-"] if copy else []), "-",
+            table.add_row(row["impl"], "-", "-", "-", "-", *["-"] * len(shown), "-",
                           escape(f"{row['status']}: {row['reason']}"))
             continue
         device = row.get("device_median_ms")
-        share = [f"{row['pct_of_copy']:.0f}%"] if copy else []
+        figures = [("-" if row.get(key) is None else format(row[key], spec) + ("%" if key.startswith("pct") else ""))
+                   for _, key, spec in shown]
         table.add_row(row["impl"], "-" if device is None else f"{device:.4f}",
                       "-" if device is None else f"{row['device_p20_ms']:.4f}-{row['device_p80_ms']:.4f}",
                       f"{row['time_median_ms']:.4f}", f"{row['time_p20_ms']:.4f}-{row['time_p80_ms']:.4f}",
-                      f"{row['gb_per_s']:,.0f}", *share, f"{row['peak_mem_bytes'] / 2**20:.1f}",
-                      escape(row.get("note") or ""))
+                      *figures, f"{row['peak_mem_bytes'] / 2**20:.1f}", escape(row.get("note") or ""))
     return table
 
 

@@ -39,8 +39,10 @@ PRIORITY = ("optimizer", "data", "attention", "matmul", "other", "communication"
 CATEGORIES = (*PRIORITY, "idle")
 
 _ATTENTION = re.compile(r"flash|fmha|attention|sdpa|scaled_dot_product", re.IGNORECASE)
-# cuBLAS names its Hopper kernels nvjet_*; older ones and CUTLASS say gemm, xmma or cutlass.
-_MATMUL = re.compile(r"gemm|cutlass|cublas|xmma|wgmma|nvjet|^aten::(mm|addmm|bmm|baddbmm|matmul)$", re.IGNORECASE)
+# cuBLAS names its Hopper kernels nvjet_*; older ones and CUTLASS say gemm, xmma or cutlass; inductor's Triton GEMM
+# templates (compile_mode=max-autotune) are triton_tem_fused_mm_..., _addmm_..., _bmm_....
+_MATMUL = re.compile(r"gemm|cutlass|cublas|xmma|wgmma|nvjet|^triton_tem_|^aten::(mm|addmm|bmm|baddbmm|matmul)$",
+                     re.IGNORECASE)
 _COMMUNICATION = re.compile(r"nccl|gloo|^c10d::|record_param_comms", re.IGNORECASE)
 _OPTIMIZER = re.compile(r"^Optimizer\.(step|zero_grad)#")
 _DATA_RANGE = re.compile(r"enumerate\(DataLoader\)|DataLoader")
@@ -222,3 +224,32 @@ def breakdown(trace: dict[str, Any], *, top: int = 10, on_gpu: bool = False) -> 
         "top_kernels": [{"name": name, "time_s": sum(d) / 1e6 / len(spans), "calls": len(d) / len(spans)}
                         for name, d in ranked],
     }
+
+
+#: A profiled step this much slower than the window's median is mostly the profiler's own host cost.
+PROFILER_SLOWDOWN_NOTE = 0.10
+
+
+def profiled_slowdown(m: dict[str, Any]) -> float | None:
+    """The profiled steps' median against the window's median step, less 1 (records from before the median was
+    kept: their mean)."""
+    window = m.get("step_time_median_s")
+    profiled = m.get("profile_step_time_median_s") or m["profile_step_time_s"]
+    return profiled / window - 1 if window else None
+
+
+def window_shares(m: dict[str, Any]) -> dict[str, float | None]:
+    """Each category's share of the step, the window's step where the profiled one ran PROFILER_SLOWDOWN_NOTE
+    slower or more: the device was as busy in the window as under the profiler (its kernels are the same), and
+    the difference was idle, the profiler's host cost. Otherwise the profiled shares as recorded."""
+    shares = {c: m.get(f"time_frac_{c}") for c in CATEGORIES}
+    slowdown = profiled_slowdown(m)
+    if slowdown is None or slowdown <= PROFILER_SLOWDOWN_NOTE or not all(
+            isinstance(v, (int, float)) for v in shares.values()):
+        return shares
+    scale = 1 + slowdown  # profiled step over the window's
+    busy = {c: v * scale for c, v in shares.items() if c != "idle"}
+    total = sum(busy.values())
+    if total > 1:  # busier than the window's step (kernels slowed by the profiler too): the busy shares alone
+        busy = {c: v / total for c, v in busy.items()}
+    return {**busy, "idle": max(0.0, 1 - sum(busy.values()))}

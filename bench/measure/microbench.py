@@ -9,7 +9,11 @@ Two times per implementation, both after an L2 flush:
   a note says when the event-timed call was launch-bound.
 Achieved bandwidth counts the bytes an ideal kernel must move, stated per op in `bytes_moved`; a fused
 kernel that reads and writes each tensor once reaches it, an unfused one moves more and shows a lower
-figure for the same work.
+figure for the same work. That yardstick is a memory-bound op's (the norms). The fused linear + cross-entropy
+is compute-bound (8192 x 4096 x 128256: some 11,500 FLOPs a byte against an H100's ridge of about 260), so it
+also gets its matmul FLOP rate (`flops`), measured against the matmul ceiling rather than the copy one.
+Without a device time (--mode bwd; an implementation that cannot be captured) no rate is given: an
+event-timed call may be the host's time, not the kernels'.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ class Op:
     """Implementation name -> callable, or the reason it is unavailable."""
     bytes_moved: Callable[[tuple[int, ...], int, str], int]
     bytes_formula: str
+    flops: Callable[[tuple[int, ...], str], int] | None = None
+    """Matmul FLOPs of one call, for a compute-bound op (None: a memory-bound one, judged by its bytes)."""
 
 
 def _norm_inputs(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
@@ -78,6 +84,8 @@ def _rmsnorm_impls() -> dict[str, Impl | str]:
     def liger() -> Impl:
         from liger_kernel.ops.rms_norm import LigerRMSNormFunction
 
+        # As Liger's LigerRMSNorm module runs it (in_place=True, its default): dx is written over dy, so its peak
+        # memory holds no dx (the row's note says so).
         return lambda x, w, b: LigerRMSNormFunction.apply(x, w, 1e-6)
 
     def apex() -> Impl:
@@ -158,9 +166,17 @@ def _lce_impls() -> dict[str, Impl | str]:
 
 
 def _lce_bytes(shape: tuple[int, ...], elem: int, mode: str) -> int:
-    # The weight and hidden states are read (and their gradients written) once; logits never exist.
+    # The forward reads the hidden states and the weight; the backward reads both again and writes their gradients;
+    # the logits never exist.
     bt, h, v = shape
-    return (2 if mode == "fwd" else 4) * (bt * h + v * h) * elem
+    return {"fwd": 1, "bwd": 3, "fwd+bwd": 4}[mode] * (bt * h + v * h) * elem
+
+
+def _lce_flops(shape: tuple[int, ...], mode: str) -> int:
+    # The logits' matmul forward (2 BT H V), the input's and the weight's gradients backward (4 BT H V); a design
+    # that recomputes the logits in its backward (ours) does 2 BT H V more, which this leaves out (model FLOPs).
+    bt, h, v = shape
+    return {"fwd": 2, "bwd": 4, "fwd+bwd": 6}[mode] * bt * h * v
 
 
 OPS: dict[str, Op] = {
@@ -169,7 +185,8 @@ OPS: dict[str, Op] = {
     "layernorm": Op(name="layernorm", shape_help="MxN", inputs=_norm_inputs, impls=_layernorm_impls,
                     bytes_moved=_rows_bytes, bytes_formula="fwd 2MN, bwd 3MN, fwd+bwd 5MN elements"),
     "linear-ce": Op(name="linear-ce", shape_help="BTxHxV", inputs=_lce_inputs, impls=_lce_impls,
-                    bytes_moved=_lce_bytes, bytes_formula="fwd 2(BT·H + V·H), with bwd 4(BT·H + V·H) elements"),
+                    bytes_moved=_lce_bytes, bytes_formula="fwd BT·H + V·H, bwd 3(BT·H + V·H), fwd+bwd 4(BT·H + V·H) "
+                    "elements; FLOPs fwd 2, bwd 4, fwd+bwd 6 BT·H·V", flops=_lce_flops),
 }
 
 
@@ -189,9 +206,17 @@ def parse_shapes(op: Op, text: str) -> list[tuple[int, ...]]:
 
 def against_copy(rows: list[dict[str, Any]], copy_gb_per_s: float) -> list[dict[str, Any]]:
     """Each ok row's achieved bandwidth as a share of the device's measured copy bandwidth (`lmbench ceilings`):
-    a memory-bound kernel's distance to what the device can move."""
+    a memory-bound kernel's distance to what the device can move (none for a compute-bound op's rows, which carry
+    a FLOP rate, nor for rows without a device time)."""
     return [{**row, "copy_gb_per_s": copy_gb_per_s, "pct_of_copy": 100 * row["gb_per_s"] / copy_gb_per_s}
-            if row.get("status") == "ok" else row for row in rows]
+            if row.get("status") == "ok" and row.get("gb_per_s") and row.get("tflops") is None else row
+            for row in rows]
+
+
+def against_matmul(rows: list[dict[str, Any]], matmul_tflops: float) -> list[dict[str, Any]]:
+    """Each ok row's FLOP rate as a share of the device's measured matmul ceiling in the op's dtype."""
+    return [{**row, "matmul_tflops": matmul_tflops, "pct_of_matmul": 100 * row["tflops"] / matmul_tflops}
+            if row.get("status") == "ok" and row.get("tflops") else row for row in rows]
 
 
 def _call(impl: Impl, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -248,41 +273,50 @@ def measure(op: Op, shape: tuple[int, ...], dtype: torch.dtype, mode: str, devic
             continue
         row = {**row, "status": "ok", "reason": None, "time_median_ms": median, "time_p20_ms": p20,
                "time_p80_ms": p80, "peak_mem_bytes": peak}
+        flops = op.flops(shape, mode) if op.flops else None
+        if name == "liger" and op.name == "rmsnorm" and mode != "fwd":
+            row["note"] = "in place: Liger writes dx over dy (its module's default), so no dx is allocated"
         if mode == "bwd":
             # Its forward ran outside the graph, on another stream: the graph would hold the flushes and no more.
-            rows.append(with_device_time(row, None, moved, "no device time in --mode bwd"))
+            rows.append(with_device_time(row, None, moved, "no device time in --mode bwd", flops=flops))
             continue
         try:
             device_ms = graphtime.device_times_ms(fn, grads, estimate_ms=estimate_ms, device=device)
         except graphtime.NotCapturable as err:
-            rows.append(with_device_time(row, None, moved, f"no device time: {err}"))
+            rows.append(with_device_time(row, None, moved, f"no device time: {err}", flops=flops))
             continue
         except Exception as err:  # noqa: BLE001 - the event-timed figure stands; the row says why there is no other
-            rows.append(with_device_time(row, None, moved, f"no device time ({one_line(err)})"))
+            rows.append(with_device_time(row, None, moved, f"no device time ({one_line(err)})", flops=flops))
             continue
-        rows.append(with_device_time(row, device_ms, moved))
+        rows.append(with_device_time(row, device_ms, moved, flops=flops))
     return rows
 
 
-def with_device_time(row: dict[str, Any], device_ms: list[float] | None, moved: int, why_not: str = ""
-                     ) -> dict[str, Any]:
-    """The row with its device-time quantiles, GB/s from the device time (the event time without one) and a note
-    when the event-timed call was launch-bound."""
+def with_device_time(row: dict[str, Any], device_ms: list[float] | None, moved: int, why_not: str = "", *,
+                     flops: int | None = None) -> dict[str, Any]:
+    """The row with its device-time quantiles, GB/s (and TFLOP/s, for a compute-bound op) from the device time, and
+    a note when the event-timed call was launch-bound. Without a device time no rate: the event-timed call may be
+    the host's time (a launch-bound call read 0.5-0.8 ms for 0.08 ms of kernels on the H100), not the kernels'."""
     median = percentile(device_ms, 50) if device_ms else 0.0
+    notes = [row.get("note")]
     if median <= 0:
         # A graph of near-empty work can read at or under its flushes alone: no figure to divide by.
-        why_not = why_not or (f"no device time (a median of {median:.4f} ms)" if device_ms else "")
-        return {**row, "bandwidth_from": "events", "note": why_not or None,
-                "gb_per_s": moved / (row["time_median_ms"] * 1e-3) / 1e9}
+        why_not = why_not or (f"no device time (a median of {median:.4f} ms)" if device_ms else "no device time")
+        return {**row, "bandwidth_from": None, "gb_per_s": None, "tflops": None,
+                "note": "; ".join(filter(None, [*notes, f"{why_not}: no GB/s from an event-timed call"]))}
+    notes.append(graphtime.launch_bound(row["time_median_ms"], median))
     return {**row, "device_median_ms": median, "device_p20_ms": percentile(device_ms, 20),
             "device_p80_ms": percentile(device_ms, 80), "bandwidth_from": "device",
-            "gb_per_s": moved / (median * 1e-3) / 1e9, "note": graphtime.launch_bound(row["time_median_ms"], median)}
+            "gb_per_s": moved / (median * 1e-3) / 1e9,
+            "tflops": flops / (median * 1e-3) / 1e12 if flops else None,
+            "note": "; ".join(filter(None, notes)) or None}
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path, env: dict[str, Any]) -> None:
     columns = ["op", "shape", "dtype", "mode", "impl", "status", "time_median_ms", "time_p20_ms", "time_p80_ms",
                "device_median_ms", "device_p20_ms", "device_p80_ms", "gb_per_s", "bandwidth_from", "pct_of_copy",
-               "copy_gb_per_s", "bytes_moved", "peak_mem_bytes", "note", "reason", "gpu", "torch", "triton", "cuda"]
+               "copy_gb_per_s", "tflops", "pct_of_matmul", "matmul_tflops", "bytes_moved", "peak_mem_bytes", "note",
+               "reason", "gpu", "torch", "triton", "cuda"]
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")

@@ -44,13 +44,15 @@ BYTE_WIDTHS = {
 }
 
 
-def bytes_per_step(*, params: int, precision: str) -> int:
-    """Lower bound on the device memory traffic of one optimizer step over `params` parameters."""
+def bytes_per_step(*, params: int, precision: str, updated: int | None = None) -> int:
+    """Lower bound on the device memory traffic of one optimizer step: the forward and backward read all `params`
+    weights and write their gradients; the optimizer updates `updated` of them (all by default; FSDP's shard)."""
     w = BYTE_WIDTHS[precision]
-    updated = w.master or w.weights
+    updated = params if updated is None else updated
+    width = w.master or w.weights
     forward_backward = params * (2 * w.weights + w.grads)
-    adamw = params * (2 * updated + w.grads + 4 * w.optimizer_state)
-    half_copy = params * w.weights if w.master else 0
+    adamw = updated * (2 * width + w.grads + 4 * w.optimizer_state)
+    half_copy = updated * w.weights if w.master else 0
     return forward_backward + adamw + half_copy
 
 
@@ -67,13 +69,15 @@ def roofline(*, flops_per_step: float, bytes_per_step: float, matmul_flops_per_s
 def for_record(metrics: dict[str, Any], config: dict[str, Any], ceilings: dict[str, Any]) -> dict[str, Any] | None:
     """The roofline of one ok record against `lmbench ceilings --out` figures; None when the record lacks what it needs.
 
-    Per device: its share of the step's tokens, and of the parameters where FSDP shards them.
+    Per device: its share of the step's tokens, and under FSDP its shard of the parameters for the optimizer (the
+    forward and backward gather every weight whole, so they read them all).
     """
     needed = ("hardware_flops_per_token", "tokens_per_step", "tokens_per_s", "params", "devices")
     if any(not metrics.get(name) for name in needed):
         return None
     devices = metrics["devices"]
-    params = metrics["params"] / devices if config.get("parallel") == "fsdp" else metrics["params"]
+    params = metrics["params"]
+    updated = params / devices if config.get("parallel") == "fsdp" else params
     step_time_s = metrics["tokens_per_step"] / metrics["tokens_per_s"]
     from lmbench.measure.peaks import PRECISION_MODE
 
@@ -82,7 +86,8 @@ def for_record(metrics: dict[str, Any], config: dict[str, Any], ceilings: dict[s
     ceiling = (f"{mode} {measured:.0f} TFLOP/s" if measured
                else f"bf16 {ceilings['bf16_matmul_tflops']:.0f} TFLOP/s (no {mode} ceiling measured)")
     found = roofline(flops_per_step=metrics["hardware_flops_per_token"] * metrics["tokens_per_step"] / devices,
-                     bytes_per_step=bytes_per_step(params=int(params), precision=config["precision"]),
+                     bytes_per_step=bytes_per_step(params=int(params), precision=config["precision"],
+                                                   updated=int(updated)),
                      matmul_flops_per_s=(measured or ceilings["bf16_matmul_tflops"]) * 1e12,
                      copy_bytes_per_s=ceilings["copy_gb_per_s"] * 1e9, step_time_s=step_time_s)
     return {**found, "roofline_ceiling": ceiling}

@@ -313,10 +313,18 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
                                             device_name=local["device_name"], precision=config.precision))
     result.update(metrics.warmup(per_rank[0]["warmup_step_times_s"]))
     result.update(metrics.profile_fields(per_rank[0]["profile"]))
+    notes = []
     if config.cuda_graph and result.get("time_frac_optimizer") is not None:
         # A replay has no host ranges: the breakdown cannot tell the optimizer's kernels from the others.
-        result.update(time_frac_optimizer=None,
-                      profile_note="a replayed CUDA graph: the optimizer's kernels are counted in matmul and other")
+        result.update(time_frac_optimizer=None)
+        notes.append("a replayed CUDA graph: the optimizer's kernels are counted in matmul and other")
+    graphed = config.cuda_graph or step.compile_graphs
+    if graphed and result.get("time_frac_idle") is not None and graph_timing_suspect():
+        notes.append(f"kernels replayed from CUDA graphs, which CUPTI before CUDA 13.1 Update 1 times wrongly "
+                     f"(pytorch/kineto#1165; this torch: CUDA {torch.version.cuda}): the shares are indicative; the "
+                     "window's figures come from CUDA events")
+    if notes:
+        result["profile_note"] = "; ".join(notes)
     result.update(metrics.loss_health(losses))
     result.update({
         "window_s": max(r["window_s"] for r in per_rank),
@@ -384,6 +392,17 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         status, reason = "diverged", f"non-finite loss at measured step {first_bad} of {len(losses)}"
     return {"status": status, "reason": reason, "metrics": result, "losses": losses,
             "step_times_s": distributed.slowest_steps(per_rank), "warnings": warnings}
+
+
+def graph_timing_suspect() -> bool:
+    """Whether this torch's CUDA is older than 13.2, so its CUPTI may predate 13.1 Update 1, which fixed the timing
+    of kernels replayed from CUDA graphs (pytorch/kineto#1165). torch names its CUDA's minor release, not the
+    update, so 13.1 counts as suspect too."""
+    import torch
+
+    from lmbench.models.versions import release
+
+    return torch.version.cuda is not None and release(torch.version.cuda) < (13, 2)
 
 
 def _convergence(config: Config, step: Any, devices: list[Any], world: int) -> Any:
