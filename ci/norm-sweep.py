@@ -153,14 +153,27 @@ def sweep(torch, device: str, rows: int, widths: list[int], rounds: int, rehears
                     timers[plan] = host_timer(lambda plan=plan: backward(plan))
                     continue
                 try:
+                    # One call's rough time sizes the graph: REPLAY_TARGET_MS of calls a replay.
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    backward(plan)
+                    end.record()
+                    end.synchronize()
                     graph = stack.enter_context(graphtime.captured(lambda plan=plan: backward(plan), [],
-                                                                   estimate_ms=0.5, target_ms=REPLAY_TARGET_MS,
-                                                                   device=device, flush=flush))
+                                                                   estimate_ms=start.elapsed_time(end),
+                                                                   target_ms=REPLAY_TARGET_MS, device=device,
+                                                                   flush=flush))
                     timers[plan] = graph.sample
                 except Exception as err:  # noqa: BLE001 - the row says why this plan has no figure
                     runnable.pop(plan)["status"] = "error"
                     shape_rows[plan]["reason"] = f"no device time: {type(err).__name__}: {str(err)[:120]}"
             samples = interleaved(timers, rounds, seed=width)
+            for plan, times in list(samples.items()):
+                if min(times) <= 0:
+                    # A replay of near-empty work can read at or under its flushes alone: no figure to divide by.
+                    shape_rows[plan].update(status="error", reason="no device time: a replay read at or under its "
+                                                                   "flushes alone (more rows would help)")
+                    del samples[plan]
             base = samples.get(default)
             for plan, times in samples.items():
                 row = shape_rows[plan]
@@ -174,8 +187,9 @@ def sweep(torch, device: str, rows: int, widths: list[int], rounds: int, rehears
                 # The winner's curse: the fastest of many noisy figures is timed again, head to head.
                 top = min(challengers, key=lambda p: shape_rows[p]["time_ratio"])
                 again = interleaved({default: timers[default], top: timers[top]}, 2 * rounds, seed=width + 1)
-                ratio, low, high = ratio_interval([m / t for m, t in zip(again[top], again[default])])
-                shape_rows[top].update(confirmed_ratio=ratio, confirmed_low=low, confirmed_high=high)
+                if min(again[top] + again[default]) > 0:
+                    ratio, low, high = ratio_interval([m / t for m, t in zip(again[top], again[default])])
+                    shape_rows[top].update(confirmed_ratio=ratio, confirmed_low=low, confirmed_high=high)
         out.extend(shape_rows.values())
     return out
 
@@ -215,7 +229,7 @@ def best(rows: list[dict]) -> str:  # type: ignore[type-arg]
         top = next((r for r in mine if "confirmed_ratio" in r), None)
         where = f"  {op} {shape}: default {default['time_median_us']:.1f} us ({default['gb_per_s']:.0f} GB/s)"
         if top is None:
-            lines.append(f"{where}; no other plan ran")
+            lines.append(f"{where}; no other plan was timed head to head with it")
             continue
         speed = _speedup(top["confirmed_ratio"], top["confirmed_low"], top["confirmed_high"])
         verdict = ("faster" if top["confirmed_high"] < 1 else

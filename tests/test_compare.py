@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from lmbench.analyze.compare import compare, decide, parse_threshold, ratio_interval, repeats_needed
 from lmbench.analyze.gate import junit_xml, render
-from lmbench.analyze.noise import ConfigNoise
+from lmbench.analyze.noise import ConfigNoise, NoiseFloor
 from lmbench.cli import cli
 from lmbench.errors import UsageError
 
@@ -504,6 +504,9 @@ def test_a_side_measured_only_on_a_contended_host_gets_no_verdict():
     assert v.verdict == "inconclusive" and not v.blocking
     assert v.note.startswith("every candidate repeat ran on a contended host")
     assert compare(base, cand, strict=True)[0].blocking
+    # A noise floor that has the configuration: no claim that it has none.
+    floor = NoiseFloor(metric="tokens_per_s", configs={"a": ConfigNoise(0.01, 5)}, source="nf.json")
+    assert compare(base, cand, noise=floor)[0].note == v.note
 
 
 def test_a_metric_no_ok_repeat_reports_is_skipped_not_failed():

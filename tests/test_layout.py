@@ -103,6 +103,8 @@ def test_stage_layers_split_evenly_with_the_remainder_on_early_stages():
      "is 6"),
     ({"model": "tiny-gpt2-4l", "parallel": "pp", "nproc": 2, "pp_schedule": "zbv", "kernels": "compile"},
      "not support for compiled stages"),
+    ({"model": "tiny-gpt2-4l", "parallel": "fsdp+pp", "nproc": 4, "pp_schedule": "zero-bubble",
+      "checkpointing": "selective"}, "Trying to backward an extra time"),
     ({"model": "tiny-gpt2", "parallel": "fsdp+pp", "nproc": 2}, "use parallel=pp for one pipeline"),
     ({"model": "tiny-gpt2-4l", "parallel": "fsdp+pp", "nproc": 6, "pp_degree": 4}, "divides the 6 ranks"),
     ({"model": "tiny-gpt2-4l", "parallel": "fsdp+pp", "nproc": 4, "pp_schedule": "zbv"},

@@ -160,3 +160,49 @@ def test_pipelines_across_fsdp_groups_train_as_the_whole_model_does(tmp_path):
         assert m["global_batch_sequences"] == 16 and m["tokens_per_step"] == 16 * 32
         assert len(m["pp_idle_fraction_per_stage"]) == 4 and 0 < m["pp_bubble_fraction"] < 1
         assert "params_in_sync" not in m and len(record["losses"]) == 4
+
+
+COUNT_COLLECTIVES = """
+import collections, os, sys
+import torch, torch.distributed as dist
+import torch.distributed.fsdp._fully_shard._fsdp_param_group as group
+from lmbench.plan.config import Config
+from lmbench.run.training import TrainingStep
+
+dist.init_process_group("gloo")
+counts = collections.Counter()
+for name in ("foreach_reduce", "foreach_all_gather"):
+    def counted(*args, _original=getattr(group, name), _name=name, **kwargs):
+        counts[_name] += 1
+        return _original(*args, **kwargs)
+    setattr(group, name, counted)
+config = Config(model="tiny-gpt2-4l", parallel="fsdp+pp", nproc=4, precision="fp32", microbatches=4,
+                kernels=sys.argv[1], device="cpu", batch_size=2, seq_len=32, dropout=False, data="markov")
+step = TrainingStep(config, torch.device("cpu"), rank=dist.get_rank(), world=4)
+step()
+counts.clear()
+step()
+if dist.get_rank() == 0:
+    print(dict(sorted(counts.items())))
+dist.barrier()
+os._exit(0)
+"""
+
+
+@pytest.mark.slow
+def test_a_compiled_fsdp_pp_stage_gathers_and_reduces_once_a_pipeline_step_as_eager_does(tmp_path):
+    """torch's pipeline schedule runs FSDP's gradient sync once a step only for a stage that is an FSDPModule: a
+    torch.compile wrapper hid it, and the compiled rows gathered and reduce-scattered after every micro-batch
+    (24 of each a step against eager's 6, 4 micro-batches). The stage is compiled in place instead."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "count.py"
+    script.write_text(COUNT_COLLECTIVES)
+    seen = {}
+    for kernels in ("eager", "compile"):
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "4", str(script),
+                               kernels], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        seen[kernels] = done.stdout.strip().splitlines()[-1]
+    assert seen["compile"] == seen["eager"] == "{'foreach_all_gather': 3, 'foreach_reduce': 3}", seen

@@ -87,6 +87,21 @@ def test_a_contended_repeat_is_left_out_of_the_row_while_a_quiet_one_stands():
     assert "| 1,000 |" in row and row.endswith("| contended: other processes used 1.4 of 2 cores |")
 
 
+def test_the_plots_leave_out_contended_repeats_as_the_tables_do():
+    from lmbench.analyze import plots
+
+    records = [hand_record("fp32", 8, 1000.0), hand_record("fp32", 8, 5.0, repeat=1),
+               hand_record("amp-bf16", 8, 7.0)]
+    for r in records[1:]:
+        r["metrics"].update(host_other_cpu_cores=1.4, host_usable_cores=2)
+    kept = report.quiet_records([{**r, "run": "a"} for r in records])
+    # fp32 has a quiet repeat to stand for its contended one; amp-bf16 has only its contended one, which stays.
+    assert [(r["config"]["precision"], r["repeat"]) for r in kept] == [("fp32", 0), ("amp-bf16", 0)]
+    df = report.quiet_frame(hand_frame(records))
+    units = plots._units(df, ["precision"])
+    assert sorted(zip(units["precision"], units["tokens_per_s"])) == [("amp-bf16", 7.0), ("fp32", 1000.0)]
+
+
 def test_host_memory_growth_fills_the_memory_table_on_cpu():
     record = hand_record("fp32", 8, 1000.0)
     record["metrics"].update(mem_peak_allocated_bytes=None, mem_peak_reserved_bytes=None,

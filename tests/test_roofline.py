@@ -37,4 +37,11 @@ def test_a_record_against_measured_ceilings():
     fsdp = for_record(metrics, {"precision": "amp-bf16", "parallel": "fsdp"}, ceilings)
     assert r["roofline_memory_s"] == pytest.approx(10**9 * (12 + 28) / 2000e9)
     assert fsdp["roofline_memory_s"] == pytest.approx(10**9 * (12 + 28 / 2) / 2000e9)
+    # Pipelines across 2 FSDP groups of 2: each rank's stage holds half the weights, its optimizer a quarter.
+    mesh = {**metrics, "devices": 4, "dp_degree": 2, "tp_degree": 1, "pp_degree": 2}
+    staged = for_record(mesh, {"precision": "amp-bf16", "parallel": "fsdp+pp"}, ceilings)
+    assert staged["roofline_memory_s"] == pytest.approx(10**9 * (12 / 2 + 28 / 4) / 2000e9)
+    tp = for_record({**mesh, "dp_degree": 1, "tp_degree": 4, "pp_degree": 1}, {"precision": "amp-bf16",
+                                                                               "parallel": "tp"}, ceilings)
+    assert tp["roofline_memory_s"] == pytest.approx(10**9 * (12 + 28) / 4 / 2000e9)
     assert for_record({**metrics, "params": None}, {"precision": "fp32"}, ceilings) is None

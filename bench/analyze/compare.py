@@ -296,7 +296,7 @@ def compare(base: list[dict[str, Any]], cand: list[dict[str, Any]], *, metric: s
                               f"every {sides} repeat ran on a contended host; rerun where no other work runs")
         verdict.config_key = key
         verdict.parity = parity.get(key)
-        if noise is not None and verdict.ci_low is None:
+        if noise is not None and verdict.ci_low is None and b and c:
             verdict.note += f"; {noise.source} has no noise floor for this configuration"
         worse = _worse_failures(b_status[key], c_status[key])
         if worse:

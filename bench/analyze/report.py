@@ -375,7 +375,38 @@ def timelines(records: list[dict[str, Any]], axes: list[str]) -> dict[str, Path]
     return found
 
 
+def quiet_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records less the ok repeats whose host other processes kept busy, in configurations (of a run) that
+    have a quiet ok repeat to stand for them: what the tables' figures rest on (summarize), for the plots too."""
+    def contended(r: dict[str, Any]) -> bool:
+        return r["status"] == "ok" and bool(r.get("metrics")) and window_contended(r["metrics"])
+
+    quiet = {(r.get("run"), r["config_key"]) for r in records
+             if r["status"] == "ok" and r.get("metrics") and not contended(r)}
+    return [r for r in records if not (contended(r) and (r.get("run"), r["config_key"]) in quiet)]
+
+
+def quiet_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """The frame's rows as quiet_records keeps the records (one row a record)."""
+    if "host_other_cpu_cores" not in df.columns:
+        return df
+
+    def number(value: Any) -> float | None:
+        return None if value is None or value != value else float(value)
+
+    busy = pd.Series([status == "ok" and window_contended({"host_other_cpu_cores": number(cores),
+                                                           "host_usable_cores": number(usable)})
+                      for status, cores, usable in zip(df["status"], df["host_other_cpu_cores"],
+                                                       df.get("host_usable_cores", [None] * len(df)))],
+                     index=df.index)
+    quiet_ok = (df["status"] == "ok") & ~busy
+    has_quiet = quiet_ok.groupby([df["run"], df["config_key"]], dropna=False).transform("any")
+    return df[~(busy & has_quiet)]
+
+
 def figures(df: pd.DataFrame, records: list[dict[str, Any]], baseline: tuple[str, str] | None) -> dict[str, Any]:
+    # The plots rest on the repeats the tables rest on: a contended repeat 200x slower would paint the heatmap.
+    df, records = quiet_frame(df), quiet_records(records)
     axes = varying_axes(configs_of(records))
     found = profiled(records)
     breakdown = {"time_breakdown": plots.time_breakdown(found, axes)} if found else {}

@@ -169,7 +169,7 @@ def _lce_bytes(shape: tuple[int, ...], elem: int, mode: str) -> int:
     # The forward reads the hidden states and the weight; the backward reads both again and writes their gradients;
     # the logits never exist.
     bt, h, v = shape
-    return {"fwd": 1, "bwd": 3, "fwd+bwd": 4}[mode] * (bt * h + v * h) * elem
+    return {"fwd": 1, "bwd": 2, "fwd+bwd": 3}[mode] * (bt * h + v * h) * elem
 
 
 def _lce_flops(shape: tuple[int, ...], mode: str) -> int:
@@ -185,7 +185,7 @@ OPS: dict[str, Op] = {
     "layernorm": Op(name="layernorm", shape_help="MxN", inputs=_norm_inputs, impls=_layernorm_impls,
                     bytes_moved=_rows_bytes, bytes_formula="fwd 2MN, bwd 3MN, fwd+bwd 5MN elements"),
     "linear-ce": Op(name="linear-ce", shape_help="BTxHxV", inputs=_lce_inputs, impls=_lce_impls,
-                    bytes_moved=_lce_bytes, bytes_formula="fwd BT·H + V·H, bwd 3(BT·H + V·H), fwd+bwd 4(BT·H + V·H) "
+                    bytes_moved=_lce_bytes, bytes_formula="fwd BT·H + V·H, bwd 2(BT·H + V·H), fwd+bwd 3(BT·H + V·H) "
                     "elements; FLOPs fwd 2, bwd 4, fwd+bwd 6 BT·H·V", flops=_lce_flops),
 }
 

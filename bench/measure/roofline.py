@@ -69,15 +69,18 @@ def roofline(*, flops_per_step: float, bytes_per_step: float, matmul_flops_per_s
 def for_record(metrics: dict[str, Any], config: dict[str, Any], ceilings: dict[str, Any]) -> dict[str, Any] | None:
     """The roofline of one ok record against `lmbench ceilings --out` figures; None when the record lacks what it needs.
 
-    Per device: its share of the step's tokens, and under FSDP its shard of the parameters for the optimizer (the
-    forward and backward gather every weight whole, so they read them all).
+    Per device: its share of the step's tokens and of the weights its forward and backward read (1/tp of them
+    under tensor parallelism, 1/pp in a pipeline, about: the split is by blocks and heads, the embeddings and head
+    where they fall), and of those the optimizer's shard under FSDP (1/dp; FSDP gathers the weights whole for the
+    forward and backward, so they read all the rank's layout holds).
     """
     needed = ("hardware_flops_per_token", "tokens_per_step", "tokens_per_s", "params", "devices")
     if any(not metrics.get(name) for name in needed):
         return None
     devices = metrics["devices"]
-    params = metrics["params"]
-    updated = params / devices if config.get("parallel") == "fsdp" else params
+    held = metrics["params"] / ((metrics.get("tp_degree") or 1) * (metrics.get("pp_degree") or 1))
+    # Records from before the degrees were kept: plain FSDP shards over every device.
+    shards = (metrics.get("dp_degree") or devices) if config.get("parallel") in ("fsdp", "fsdp+tp", "fsdp+pp") else 1
     step_time_s = metrics["tokens_per_step"] / metrics["tokens_per_s"]
     from lmbench.measure.peaks import PRECISION_MODE
 
@@ -86,8 +89,8 @@ def for_record(metrics: dict[str, Any], config: dict[str, Any], ceilings: dict[s
     ceiling = (f"{mode} {measured:.0f} TFLOP/s" if measured
                else f"bf16 {ceilings['bf16_matmul_tflops']:.0f} TFLOP/s (no {mode} ceiling measured)")
     found = roofline(flops_per_step=metrics["hardware_flops_per_token"] * metrics["tokens_per_step"] / devices,
-                     bytes_per_step=bytes_per_step(params=int(params), precision=config["precision"],
-                                                   updated=int(updated)),
+                     bytes_per_step=bytes_per_step(params=int(held), precision=config["precision"],
+                                                   updated=int(held / shards)),
                      matmul_flops_per_s=(measured or ceilings["bf16_matmul_tflops"]) * 1e12,
                      copy_bytes_per_s=ceilings["copy_gb_per_s"] * 1e9, step_time_s=step_time_s)
     return {**found, "roofline_ceiling": ceiling}

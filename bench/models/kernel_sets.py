@@ -23,7 +23,7 @@ from lmbench.models.registry import ModelSpec
 from lmbench.models.torch_lm import LMOutput
 
 
-def _identity(model: nn.Module, *, compile_mode: str = "default") -> nn.Module:
+def _identity(model: nn.Module, *, compile_mode: str = "default", in_place: bool = False) -> nn.Module:
     return model
 
 
@@ -414,7 +414,10 @@ def compile_mode_graphs(compile_mode: str) -> bool:
     return bool(torch._inductor.list_mode_options(compile_mode).get("triton.cudagraphs", False))
 
 
-def _compile(model: nn.Module, *, compile_mode: str = "default") -> nn.Module:
+def _compile(model: nn.Module, *, compile_mode: str = "default", in_place: bool = False) -> nn.Module:
+    """torch.compile of the model: a wrapper module, or with `in_place` the model itself compiled (Module.compile),
+    which keeps its class: an FSDP-sharded pipeline stage must stay an FSDPModule for torch's schedule to run FSDP's
+    gradient sync once a pipeline step (a wrapper made it reduce-scatter and re-gather after every micro-batch)."""
     if compile_mode_graphs(compile_mode):
         import torch._inductor.config as inductor
 
@@ -429,7 +432,11 @@ def _compile(model: nn.Module, *, compile_mode: str = "default") -> nn.Module:
         # to split; one that is not says so as an error row.
         if hasattr(inductor, "graph_partition"):
             inductor.graph_partition = False
-    return torch.compile(model, mode=None if compile_mode == "default" else compile_mode)
+    mode = None if compile_mode == "default" else compile_mode
+    if in_place:
+        model.compile(mode=mode)
+        return model
+    return torch.compile(model, mode=mode)
 
 
 def compiled_graph_fallbacks() -> dict[str, int]:

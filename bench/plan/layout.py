@@ -252,6 +252,10 @@ def _pipeline_problem(config: Config, spec: ModelSpec, shape: Layout) -> str | N
         return (f"pp_schedule={schedule} runs microbatches // ranks = {_rounds(micro, shape.pp)} rounds of equal "
                 f"size, which microbatches={micro} cannot make; the next count that can is {fits} (a multiple of "
                 f"{shape.pp}, or fewer than {2 * shape.pp}, always can)")
+    if schedule in SPLIT_BACKWARD_SCHEDULES and config.checkpointing == "selective":
+        return (f"pp_schedule={schedule} splits each backward into input and weight gradients, which runs a "
+                "selectively checkpointed block's backward twice (torch: 'Trying to backward an extra time'); use "
+                "checkpointing none or full, or another schedule")
     if schedule in SPLIT_BACKWARD_SCHEDULES and config.kernels == "compile":
         return (f"pp_schedule={schedule} splits each backward into input and weight gradients, which torch does "
                 "not support for compiled stages; use eager, or gpipe, 1f1b or interleaved-1f1b")

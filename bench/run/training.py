@@ -154,7 +154,8 @@ class TrainingStep:
             runs = []
             for part in stage:
                 part.autocast = self.precision.autocast
-                runs.append(kernel_set.finish(part, compile_mode=config.compile_mode))
+                runs.append(kernel_set.finish(part, compile_mode=config.compile_mode,
+                                              in_place=config.parallel == "fsdp+pp"))
             self.pipeline = Pipeline(runs, stage, pipelines=self.layout.pipelines(), device=device,
                                      schedule=config.pp_schedule, microbatches=config.microbatches,
                                      grad_accum=config.grad_accum, tied=tied,
