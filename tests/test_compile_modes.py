@@ -276,12 +276,13 @@ def test_a_mode_no_configuration_uses_is_said_to_change_nothing():
     assert both.unused_options(both.expand()) == []
     pipelined = suites.load("smoke").with_overrides({"microbatches": [8]})
     assert pipelined.unused_options(pipelined.expand()) == [
-        "microbatches=8 applies to parallel=pp only, which no configuration here uses: it changes nothing"]
+        "microbatches=8 applies to parallel=pp or fsdp+pp only, which no configuration here uses: it changes "
+        "nothing"]
     # nproc sizes torchrun jobs only: parallel=none runs one process whatever it says.
     single = suites.load("smoke").with_overrides({"nproc": [2]})
     assert single.unused_options(single.expand()) == [
-        "nproc=2 applies to the torchrun modes (ddp, fsdp, fsdp+tp, pp, tp) only, which no configuration here uses: "
-        "parallel=none runs one process, dp one process over every visible GPU"]
+        "nproc=2 applies to the torchrun modes (ddp, fsdp, fsdp+pp, fsdp+tp, pp, tp) only, which no configuration "
+        "here uses: parallel=none runs one process, dp one process over every visible GPU"]
     ddp = suites.load("smoke").with_overrides({"nproc": [2], "parallel": ["none", "ddp"]})
     assert ddp.unused_options(ddp.expand()) == []
 

@@ -81,8 +81,9 @@ class Suite:
                     applies(row.config.to_dict(), axis) for row in planned):
                 owner, users = owners
                 values = ",".join(str(value) for value in asked)
-                warnings.append(f"{axis}={values} applies to {owner}={'/'.join(sorted(users))} only, which no "
-                                "configuration here uses: it changes nothing")
+                modes = " or ".join(sorted(users, key=lambda user: (len(user), user)))
+                warnings.append(f"{axis}={values} applies to {owner}={modes} only, which no configuration here "
+                                "uses: it changes nothing")
         # nproc: the processes of a torchrun job; parallel=none runs one, dp one process over every GPU.
         asked = self.matrix.get("nproc", [self.defaults["nproc"]] if "nproc" in self.defaults else [])
         if any(coerce("nproc", value) != DEFAULTS["nproc"] for value in asked) and not any(
