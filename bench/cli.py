@@ -323,17 +323,27 @@ def _execute(jobs: list[runner.Job], run_dir: runner.RunDirectory, suite: str, l
 
 
 def _follow(progress: Progress, task: Any, records: Any, session: list[dict[str, Any]]) -> None:
-    warned = False
+    import re
+
+    # Each kind of warning once (a kind: its text with the figures taken out), then how many more there were: a
+    # suite where every configuration ran contended prints one line, and one with a contended and a throttled
+    # configuration prints both. Every record keeps its own warnings.
+    seen: dict[str, int] = {}
     for job, record in records:
         session.append(record)
-        if record["warnings"] and not warned:
-            # Once per run: the record of every affected config keeps its own warning.
-            progress.console.print(f"[yellow]warning: {job.name}: {escape(record['warnings'][0])}")
-            warned = True
+        for warning in record["warnings"] or []:
+            kind = re.sub(r"[\d.,]+", "#", warning)
+            if kind not in seen:
+                progress.console.print(f"[yellow]warning: {job.name}: {escape(warning)}")
+            seen[kind] = seen.get(kind, 0) + 1
         figure = record["status"]
         if record["status"] == "ok":
             figure = f"{record['metrics']['tokens_per_s']:,.0f} tok/s  {job.config.key}"
         progress.update(task, advance=1, figure=figure)
+    more = sum(seen.values()) - len(seen)
+    if more:
+        progress.console.print(f"[yellow]warning: {more} more like the above, in other configurations' records "
+                               "(the summary's notes, the report)")
 
 
 def _print_summary(launch: Any, session: list[dict[str, Any]], everything: list[dict[str, Any]],

@@ -171,3 +171,29 @@ def test_report_ceilings_file_errors(tmp_path):
                     "--out writes it)")
     line = one_line_error(invoke("report", str(tmp_path / "run"), "--ceilings", str(tmp_path / "none.json")))
     assert line.endswith("no such file (write one with lmbench ceilings --out FILE on the GPU)")
+
+
+def test_each_kind_of_warning_is_printed_once_then_counted():
+    from types import SimpleNamespace
+
+    from rich.console import Console
+    from rich.progress import Progress, TextColumn
+
+    from lmbench import cli as cli_module
+
+    console = Console(record=True, width=200)
+    job = SimpleNamespace(name="job", config=SimpleNamespace(key="k"))
+
+    def record(*warnings):
+        return {"status": "skipped", "warnings": list(warnings)}
+
+    busy = "other processes kept {} of 2 CPU cores busy during the window: host contention may have slowed this"
+    records = [(job, record(busy.format(1.2))), (job, record(busy.format(0.9), "clocks were throttled")),
+               (job, record()), (job, record(busy.format(1.5)))]
+    session: list = []
+    with Progress(TextColumn("{task.description}"), console=console) as progress:
+        task = progress.add_task("run", total=4, figure="")
+        cli_module._follow(progress, task, records, session)
+    text = console.export_text()
+    assert text.count("host contention may have slowed") == 1 and text.count("clocks were throttled") == 1
+    assert "warning: 2 more like the above" in text and len(session) == 4
