@@ -105,8 +105,12 @@ def test_stage_layers_split_evenly_with_the_remainder_on_early_stages():
      "not support for compiled stages"),
     ({"model": "tiny-gpt2-4l", "parallel": "fsdp+pp", "nproc": 4, "pp_schedule": "zero-bubble",
       "checkpointing": "selective"}, "Trying to backward an extra time"),
-    ({"model": "tiny-gpt2", "parallel": "fsdp+pp", "nproc": 2}, "use parallel=pp for one pipeline"),
-    ({"model": "tiny-gpt2-4l", "parallel": "fsdp+pp", "nproc": 6, "pp_degree": 4}, "divides the 6 ranks"),
+    ({"model": "tiny-gpt2", "parallel": "fsdp+pp", "nproc": 2}, "pp_degree=2 on 2 ranks leaves 1 pipeline: FSDP "
+     "across pipelines needs 2 or more (use parallel=pp for one pipeline)"),
+    ({"model": "tiny-gpt2-4l", "parallel": "fsdp+pp", "nproc": 6, "pp_degree": 4}, "pp_degree=4 does not divide the "
+     "6 ranks"),
+    ({"model": "tiny-gpt2-4l", "parallel": "fsdp+pp", "nproc": 4, "pp_degree": 1}, "pipelines of 2 or more stage "
+     "ranks; pp_degree=1"),
     ({"model": "tiny-gpt2-4l", "parallel": "fsdp+pp", "nproc": 4, "pp_schedule": "zbv"},
      "which FSDP would shard as two units"),
     ({"model": "tiny-gpt2", "parallel": "fsdp+pp", "nproc": 4, "pp_schedule": "interleaved-1f1b"},

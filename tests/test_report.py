@@ -529,3 +529,18 @@ def test_parallel_runs_show_devices_batch_and_scaling_and_pair_with_one_process(
                            "| speedup vs parallel=none |")
     # ddp x 2 pairs with parallel=none's one process: nproc follows the mode.
     assert t[3].startswith("| ddp | 2 | ok | 1,900 | - | 538.9 | 40.0% | 2 | 16 | 950 | 0.95 | 1.90x | +90.0% |")
+
+
+def test_the_run_summary_leaves_out_contended_repeats_as_the_report_does():
+    from rich.console import Console
+
+    from lmbench.analyze.table import summary
+
+    records = [hand_record("fp32", 8, 1000.0), hand_record("fp32", 8, 1100.0, repeat=1),
+               hand_record("fp32", 8, 5.0, repeat=2)]
+    records[2]["metrics"].update(host_other_cpu_cores=1.4, host_usable_cores=2)
+    console = Console(width=250, record=True)
+    console.print(summary(records))
+    text = console.export_text()
+    assert "1,050" in text and "1 contended repeat left out" in text
+    assert report.tables(records)["throughput"].splitlines()[2].startswith("| tiny-gpt2 | ok (3/3) | 1,050 |")

@@ -130,7 +130,7 @@ def summary(records: list[dict[str, Any]]) -> Table:
     started ("+1.9 MiB RSS"), what --max-memory caps. The note holds the failure reason, or flags steps too
     unstable to trust.
     """
-    from lmbench.measure.hostload import contention_note
+    from lmbench.measure.hostload import contention_note, window_contended
     from lmbench.measure.metrics import bubble_note, stall_note, unstable_steps
 
     axes = varying_axes(r["config"] for r in records)
@@ -145,7 +145,10 @@ def summary(records: list[dict[str, Any]]) -> Table:
     for record in records:
         by_key.setdefault(record["config_key"], []).append(record)
     for group in by_key.values():
-        ok = [r["metrics"] for r in group if r["status"] == "ok" and r["metrics"]]
+        every = [r["metrics"] for r in group if r["status"] == "ok" and r["metrics"]]
+        # As the report and compare: a contended repeat is left out while a quiet one stands for it.
+        ok = [m for m in every if not window_contended(m)] or every
+        left_out = len(every) - len(ok)
         statuses = sorted({r["status"] for r in group})
         status = statuses[0] if len(statuses) == 1 else "/".join(statuses)
         if len(group) > 1:
@@ -162,7 +165,9 @@ def summary(records: list[dict[str, Any]]) -> Table:
         note = note or "; ".join(filter(None, [*dict.fromkeys(map(stall_note, ok)), bubble,
                                                unstable_steps([m["step_time_cv"] for m in ok]),
                                                contention_note(max(ok, default={}, key=lambda m: m.get(
-                                                   "host_other_cpu_cores") or 0))]))
+                                                   "host_other_cpu_cores") or 0)),
+                                               left_out and f"{left_out} contended repeat"
+                                                            f"{'s' if left_out > 1 else ''} left out"]))
         parity = sorted({str((r.get("metrics") or {}).get("parity") or "-") for r in group})
         # The report has every note whole; here a cut one ends in an ellipsis, never mid-figure without a sign.
         shown = note if len(note) <= NOTE_WIDTH else note[:NOTE_WIDTH - 1] + "…"

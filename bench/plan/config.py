@@ -389,7 +389,8 @@ DEFAULT_REASONS: dict[str, str] = {
     "vocab_multiple": "the model as published (GPT-2's 50257 rows): padding changes the model, so it is a choice",
     "tp_degree": "the smallest tensor-parallel group, 2, leaves the most ranks to FSDP; suites sweep it",
     "pp_degree": "the shortest pipeline, 2 stages, has the smallest bubble and leaves the most ranks to FSDP",
-    "pp_schedule": "1F1B holds at most one micro-batch's activations per stage in flight, GPipe all of them",
+    "pp_schedule": "1F1B holds at most as many micro-batches' activations in flight as there are stages, GPipe all "
+                   "of them",
     "pp_stages_per_rank": "the schedule's own: one stage per rank for gpipe and 1f1b, two for the interleaved ones",
     "microbatches": "4: the bubble of 2 stages is then (p-1)/(m+p-1) = 20%; suites sweep it",
     "dropout": "the model as published: GPT-2 and BERT train with dropout 0.1",

@@ -209,9 +209,14 @@ def problem(config: Config, spec: ModelSpec, *, nnodes: int = 1) -> str | None:
             return (f"parallel=fsdp+tp with tp_degree={shape.tp} needs a tensor-parallel group of 2 or more ranks "
                     f"that divides the {shape.world} ranks into 2 or more FSDP groups (use parallel=tp for one group)")
     if config.parallel == "fsdp+pp":
-        if shape.pp < 2 or shape.world % shape.pp or shape.pp == shape.world:
-            return (f"parallel=fsdp+pp with pp_degree={shape.pp} needs a pipeline of 2 or more ranks that divides "
-                    f"the {shape.world} ranks into 2 or more pipelines (use parallel=pp for one pipeline)")
+        if shape.pp < 2:
+            return f"parallel=fsdp+pp needs pipelines of 2 or more stage ranks; pp_degree={shape.pp}"
+        if shape.world % shape.pp:
+            return (f"parallel=fsdp+pp with pp_degree={shape.pp} does not divide the {shape.world} ranks into "
+                    "pipelines")
+        if shape.pp == shape.world:
+            return (f"parallel=fsdp+pp with pp_degree={shape.pp} on {shape.world} ranks leaves 1 pipeline: FSDP "
+                    "across pipelines needs 2 or more (use parallel=pp for one pipeline)")
         if config.pp_schedule in V_SCHEDULES:
             return (f"pp_schedule={config.pp_schedule} with parallel=fsdp+pp: its V puts the tied embedding and LM "
                     "head, one parameter, in two stages of one rank, which FSDP would shard as two units; use "
