@@ -284,6 +284,19 @@ def test_speedup_heatmap_text_is_white_on_dark_cells_and_marks_missing_baselines
     assert [t.get_text() for t in panel.texts] == ["no baseline", "1.00x", "2.00x"]
 
 
+def test_a_heatmap_where_nothing_pairs_with_its_baseline_says_so_instead_of_a_grid():
+    """Pipeline rows and their parity reference differ in nproc and batch too: every panel would hold the reference
+    against itself and "no baseline" cells, under titles too long to read."""
+    records = [hand_record("fp32", 8, 1000.0), hand_record("amp-bf16", 16, 2000.0)]
+    fig = plots.speedup_heatmap(hand_frame(records), baseline=("precision", "fp32"))
+    assert not any(ax.images for ax in fig.axes)
+    (why,) = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert why.startswith("no configuration pairs with a precision=fp32 one with every other axis equal")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
 def test_speedup_heatmap_without_baseline_goes_across_a_treatment_never_across_models():
     records = heatmap_records()
     for r in records:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import inspect
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +184,11 @@ def speedup_heatmap(df: pd.DataFrame, *, x: str | None = None, y: str | None = N
         match = counterpart(config, configs, baseline, axes)
         speedups.append(tps / units["tokens_per_s"].iloc[match] if match is not None else float("nan"))
     units["speedup"] = speedups
+    paired = [v for v, value in zip(speedups, units[x]) if v == v and str(value) != str(baseline[1])]
+    if not paired:
+        # Only the baselines against themselves: a grid of 1.00x and "no baseline" says nothing.
+        return _empty(title, f"no configuration pairs with a {baseline[0]}={baseline[1]} one with every other axis "
+                             "equal\n(--baseline AXIS=VALUE picks another, and says which axes keep them apart)")
     finite = [v for v in speedups if v == v and v > 0]
     reach = max([1.25, *(max(v, 1 / v) for v in finite)])
     norm = LogNorm(vmin=1 / reach, vmax=reach)
@@ -210,7 +216,9 @@ def speedup_heatmap(df: pd.DataFrame, *, x: str | None = None, y: str | None = N
         if n % cols == 0:
             ax.set_ylabel(y or "")
         values = values if isinstance(values, tuple) else (values,)
-        ax.set_title(" ".join(f"{a}={v}" for a, v in zip(facets, values)), fontsize=9)
+        # Wrapped to the panel's width: long facet titles (pipeline options) ran into the next panel's.
+        ax.set_title("\n".join(textwrap.wrap(" ".join(f"{a}={v}" for a, v in zip(facets, values)),
+                                              width=max(24, int(9 * (1.0 * len(xs) + 2.5))))), fontsize=9)
     for ax in list(grid.flat)[len(panels):]:
         ax.set_axis_off()
     repeats = ok.groupby(["run", "config_key"], sort=False).size()
