@@ -22,7 +22,18 @@ def _value(option: click.Option) -> str:
     if isinstance(option.type, click.Choice):
         return " " + "|".join(map(str, option.type.choices))
     names = {"integer": "N", "integer range": "N", "float": "X", "float range": "X"}
-    return " " + (option.metavar or names.get(option.type.name, option.type.name.upper()))
+    value = " " + (option.metavar or names.get(option.type.name, option.type.name.upper()))
+    low, high = getattr(option.type, "min", None), getattr(option.type, "max", None)
+    # click's ranges: what is allowed, as the refusal says it.
+    above = ">" if getattr(option.type, "min_open", False) else ">="
+    below = "<" if getattr(option.type, "max_open", False) else "<="
+    if low is not None and high is not None:
+        value += f" ({above} {low}, {below} {high})"
+    elif low is not None:
+        value += f" ({above} {low})"
+    elif high is not None:
+        value += f" ({below} {high})"
+    return value
 
 
 def _default(option: click.Option) -> str:
