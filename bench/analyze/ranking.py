@@ -42,11 +42,10 @@ class Standing:
         return [r for r in self.records if r["status"] == "ok" and r.get("metrics")]
 
     def counted(self) -> list[dict[str, Any]]:
-        """The ok repeats a figure rests on: the quiet ones, or every ok one when none was quiet."""
-        from lmbench.measure.hostload import window_contended
+        """The ok repeats a figure rests on (lmbench.measure.hostload.standing)."""
+        from lmbench.measure.hostload import standing
 
-        ok = self.ok()
-        return [r for r in ok if not window_contended(r["metrics"])] or ok
+        return standing(self.ok(), lambda r: r["metrics"])
 
     @property
     def contended_only(self) -> bool:

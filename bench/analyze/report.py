@@ -18,7 +18,7 @@ from lmbench.analyze import plots
 from lmbench.analyze.table import Grid, cell, configs_of, device_label, varying_axes
 from lmbench.errors import UsageError
 from lmbench.measure.breakdown import PROFILER_SLOWDOWN_NOTE, profiled_slowdown, window_shares
-from lmbench.measure.hostload import contention_note, window_contended
+from lmbench.measure.hostload import contention_note, standing, window_contended
 from lmbench.measure.metrics import bubble_note, stall_note, unstable_steps
 from lmbench.measure.telemetry import energy_caveat
 
@@ -131,14 +131,14 @@ def summarize(records: list[dict[str, Any]]) -> list[ConfigSummary]:
 def _collect(s: ConfigSummary, group: list[dict[str, Any]]) -> None:
     """One configuration's repeats into its summary (see summarize)."""
     ok = [r for r in group if r["status"] == "ok" and r.get("metrics")]
-    quiet = [r for r in ok if not window_contended(r["metrics"])]
-    s.left_out = len(ok) - len(quiet) if quiet else 0
+    kept = standing(ok, lambda r: r["metrics"])
+    s.left_out = len(ok) - len(kept)
     for r in group:
         s.statuses.append(r["status"])
         s.reason = s.reason or r.get("reason")
         if (r.get("metrics") or {}).get("parity"):
             s.parity.append(r["metrics"]["parity"])
-        if r in (quiet or ok):
+        if r in kept:
             m = r["metrics"]
             if m.get("tokens_per_step") is None and m.get("tokens_per_s") and m.get("step_time_median_s"):
                 # Records from before tokens_per_step was kept: their tokens/s was computed this way round.
@@ -378,12 +378,12 @@ def timelines(records: list[dict[str, Any]], axes: list[str]) -> dict[str, Path]
 def quiet_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The records less the ok repeats whose host other processes kept busy, in configurations (of a run) that
     have a quiet ok repeat to stand for them: what the tables' figures rest on (summarize), for the plots too."""
-    def contended(r: dict[str, Any]) -> bool:
-        return r["status"] == "ok" and bool(r.get("metrics")) and window_contended(r["metrics"])
-
-    quiet = {(r.get("run"), r["config_key"]) for r in records
-             if r["status"] == "ok" and r.get("metrics") and not contended(r)}
-    return [r for r in records if not (contended(r) and (r.get("run"), r["config_key"]) in quiet)]
+    groups: dict[tuple[Any, str], list[dict[str, Any]]] = {}
+    for r in records:
+        if r["status"] == "ok" and r.get("metrics"):
+            groups.setdefault((r.get("run"), r["config_key"]), []).append(r)
+    kept = {id(r) for group in groups.values() for r in standing(group, lambda r: r["metrics"])}
+    return [r for r in records if not (r["status"] == "ok" and r.get("metrics")) or id(r) in kept]
 
 
 def quiet_frame(df: pd.DataFrame) -> pd.DataFrame:

@@ -130,7 +130,7 @@ def summary(records: list[dict[str, Any]]) -> Table:
     started ("+1.9 MiB RSS"), what --max-memory caps. The note holds the failure reason, or flags steps too
     unstable to trust.
     """
-    from lmbench.measure.hostload import contention_note, window_contended
+    from lmbench.measure.hostload import contention_note, standing
     from lmbench.measure.metrics import bubble_note, stall_note, unstable_steps
 
     axes = varying_axes(r["config"] for r in records)
@@ -147,7 +147,7 @@ def summary(records: list[dict[str, Any]]) -> Table:
     for group in by_key.values():
         every = [r["metrics"] for r in group if r["status"] == "ok" and r["metrics"]]
         # As the report and compare: a contended repeat is left out while a quiet one stands for it.
-        ok = [m for m in every if not window_contended(m)] or every
+        ok = standing(every)
         left_out = len(every) - len(ok)
         statuses = sorted({r["status"] for r in group})
         status = statuses[0] if len(statuses) == 1 else "/".join(statuses)

@@ -14,8 +14,11 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 _STAT = Path("/proc/stat")
 #: Fields of /proc/stat's "cpu" line that are busy time (after user: nice, system, idle, iowait, irq, softirq,
@@ -87,6 +90,13 @@ def contended(cores: float | None, usable_cores: int | None) -> bool:
 def window_contended(m: dict[str, Any]) -> bool:
     """Whether a record's metrics say other processes kept its window's host busy (contended)."""
     return contended(m.get("host_other_cpu_cores"), m.get("host_usable_cores"))
+
+
+def standing(repeats: list[T], metrics: Callable[[T], dict[str, Any]] = lambda m: m) -> list[T]:
+    """The ok repeats a configuration's figures rest on: its quiet ones (no contended window), or every one when
+    none was quiet. The run summary, the report, tune's ranking and scaling efficiency's baseline all use it."""
+    quiet = [r for r in repeats if not window_contended(metrics(r))]
+    return quiet or list(repeats)
 
 
 def contention_note(m: dict[str, Any]) -> str | None:

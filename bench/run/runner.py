@@ -19,7 +19,7 @@ from typing import Any
 from lmbench.analyze import results
 from lmbench.errors import StorageError
 from lmbench.measure.environment import Platform
-from lmbench.measure.hostload import window_contended
+from lmbench.measure.hostload import standing
 from lmbench.measure.stats import percentile
 from lmbench.plan.config import Config
 from lmbench.plan.feasibility import resolve, skip_reason
@@ -208,8 +208,7 @@ def scaling_efficiency(record: dict[str, Any], baseline: list[dict[str, Any]]) -
     on_cpu = (record.get("config") or {}).get("device") == "cpu"
     if record["status"] != "ok" or not baseline or not metrics.get("devices") or on_cpu:
         return none
-    quiet = [m for m in baseline if not window_contended(m)]
-    used = quiet or baseline
+    used = standing(baseline)
     reference = percentile([m["tokens_per_s"] for m in used], 50)
     return {"scaling_efficiency": metrics["tokens_per_s"] / (metrics["devices"] * reference),
             "scaling_baseline_tokens_per_s": reference, "scaling_baseline_repeats": len(used)}
