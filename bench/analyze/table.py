@@ -152,7 +152,7 @@ def summary(records: list[dict[str, Any]]) -> Table:
         statuses = sorted({r["status"] for r in group})
         status = statuses[0] if len(statuses) == 1 else "/".join(statuses)
         if len(group) > 1:
-            status += f" ({len(ok)}/{len(group)} ok)"
+            status += f" ({len(every)}/{len(group)} ok)"
         tps = _median([m["tokens_per_s"] for m in ok])
         cv = _median([m["step_time_cv"] for m in ok])
         mfu = _median([m["mfu"] for m in ok if m.get("mfu") is not None])
