@@ -759,7 +759,10 @@ def _tune(base: Any, run_dir: runner.RunDirectory, lists: dict[str, list[Any]], 
               help="Where to write the CSV (default: kernels-OP-SHAPE-DTYPE-MODE.csv).")
 @click.option("--ceilings", "ceilings_path", type=NonEmptyPath(dir_okay=False, path_type=Path), default=None,
               help="This GPU's ceilings (lmbench ceilings --out FILE): adds each kernel's share of the copy GB/s.")
-def kernels(op: str, shape: str, dtype: str, mode: str, csv_path: Path | None, ceilings_path: Path | None) -> int:
+@click.option("--rounds", type=click.IntRange(min=2), default=10, show_default=True,
+              help="Interleaved rounds of device timing: each replays every implementation once, in a fresh order.")
+def kernels(op: str, shape: str, dtype: str, mode: str, csv_path: Path | None, ceilings_path: Path | None,
+            rounds: int) -> int:
     """Time one op across eager, compile, native fused, lmbench Triton, Liger and Apex (CUDA only).
 
     Example: lmbench kernels --op rmsnorm --shape 8192x2048,8192x4096 --ceilings ceilings.json
@@ -767,7 +770,7 @@ def kernels(op: str, shape: str, dtype: str, mode: str, csv_path: Path | None, c
     import torch
 
     from lmbench.analyze.table import kernels_table
-    from lmbench.measure import microbench
+    from lmbench.measure import microbench, sidebyside
     from lmbench.measure.ceilings import load as load_ceilings
     from lmbench.measure.environment import capture
 
@@ -784,13 +787,13 @@ def kernels(op: str, shape: str, dtype: str, mode: str, csv_path: Path | None, c
     env = capture(device)
     rows = []
     for dims in shapes:
-        measured = microbench.measure(spec, dims, microbench.DTYPES[dtype], mode, device)
+        measured = microbench.measure(spec, dims, microbench.DTYPES[dtype], mode, device, rounds=rounds)
         measured = microbench.against_copy(measured, copy) if copy else measured
         measured = microbench.against_matmul(measured, matmul) if matmul else measured
         ceiling = (f"; {dtype} matmul ceiling {matmul:,.0f} TFLOP/s" if matmul else
                    f"; copy ceiling {copy:,.0f} GB/s" if copy and not spec.flops else "")
         title = (f"{op} {'x'.join(map(str, dims))} {dtype} {mode} on {env['device']['name']} "
-                 f"(bytes moved: {spec.bytes_formula}{ceiling})")
+                 f"(bytes moved: {spec.bytes_formula}{ceiling}; {sidebyside.timing_caption(measured)})")
         _console().print(kernels_table(measured, title=title))
         rows += measured
     csv_path = csv_path or Path(f"kernels-{op}-{shape.replace(',', '_')}-{dtype}-{mode.replace('+', '')}.csv")

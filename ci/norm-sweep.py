@@ -61,34 +61,6 @@ def partials_bytes(plan, rows: int, width: int, sms: int, bias: bool) -> int:  #
     return 2 * programs * width * 4 * (2 if bias else 1)
 
 
-def ratio_interval(ratios: list[float]) -> tuple[float, float, float]:
-    """Geometric mean of per-round ratios and its 95% t interval (a single round: no interval)."""
-    import math
-
-    from scipy.stats import t
-
-    logs = [math.log(r) for r in ratios]
-    mean = statistics.fmean(logs)
-    if len(logs) < 2:
-        return math.exp(mean), 0.0, math.inf
-    half = float(t.ppf(0.975, len(logs) - 1)) * statistics.stdev(logs) / math.sqrt(len(logs))
-    return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
-
-
-def interleaved(timers: dict, rounds: int, seed: int) -> dict:  # type: ignore[type-arg]
-    """{name: [one time a round]}: every round calls each timer once, in a fresh random order."""
-    import random
-
-    rng = random.Random(seed)
-    samples: dict = {name: [] for name in timers}  # type: ignore[type-arg]
-    for _ in range(rounds):
-        order = list(timers)
-        rng.shuffle(order)
-        for name in order:
-            samples[name].append(timers[name]())
-    return samples
-
-
 def host_timer(fn):  # type: ignore[no-untyped-def]
     """The rehearsal's stand-in for a graph: a few host-timed calls, their median."""
     def timed() -> float:
@@ -106,6 +78,7 @@ def sweep(torch, device: str, rows: int, widths: list[int], rounds: int, rehears
 
     from lmbench.kernels import norms
     from lmbench.measure import graphtime
+    from lmbench.measure.rounds import interleaved, paired_ratio
 
     cuda = device == "cuda"
     sms = torch.cuda.get_device_properties(0).multi_processor_count if cuda else 4
@@ -180,7 +153,7 @@ def sweep(torch, device: str, rows: int, widths: list[int], rounds: int, rehears
                 median_ms = statistics.median(times)
                 row.update(status="ok", time_median_us=median_ms * 1e3, gb_per_s=row["gb_moved"] / median_ms * 1e3)
                 if base is not None:
-                    ratio, low, high = ratio_interval([mine / theirs for mine, theirs in zip(times, base)])
+                    ratio, low, high = paired_ratio(times, base)
                     row.update(time_ratio=ratio, ratio_low=low, ratio_high=high)
             challengers = [p for p in samples if p != default and base is not None]
             if challengers:
@@ -188,7 +161,7 @@ def sweep(torch, device: str, rows: int, widths: list[int], rounds: int, rehears
                 top = min(challengers, key=lambda p: shape_rows[p]["time_ratio"])
                 again = interleaved({default: timers[default], top: timers[top]}, 2 * rounds, seed=width + 1)
                 if min(again[top] + again[default]) > 0:
-                    ratio, low, high = ratio_interval([m / t for m, t in zip(again[top], again[default])])
+                    ratio, low, high = paired_ratio(again[top], again[default])
                     shape_rows[top].update(confirmed_ratio=ratio, confirmed_low=low, confirmed_high=high)
         out.extend(shape_rows.values())
     return out
@@ -219,6 +192,8 @@ def table(rows: list[dict]) -> str:  # type: ignore[type-arg]
 def best(rows: list[dict]) -> str:  # type: ignore[type-arg]
     """Each shape's fastest plan against the default, as its head-to-head rerun measured it; last in the output
     (the summary shows a log's tail)."""
+    from lmbench.measure.rounds import verdict
+
     lines = ["best plan a shape (head to head with the default; faster only when the whole interval is):"]
     for op, shape in dict.fromkeys((r["op"], r["shape"]) for r in rows):
         mine = [r for r in rows if (r["op"], r["shape"]) == (op, shape) and r.get("status") == "ok"]
@@ -232,10 +207,10 @@ def best(rows: list[dict]) -> str:  # type: ignore[type-arg]
             lines.append(f"{where}; no other plan was timed head to head with it")
             continue
         speed = _speedup(top["confirmed_ratio"], top["confirmed_low"], top["confirmed_high"])
-        verdict = ("faster" if top["confirmed_high"] < 1 else
-                   "slower" if top["confirmed_low"] > 1 else "not told apart from the default")
+        said = verdict(top["confirmed_low"], top["confirmed_high"])
+        said += " from the default" if said == "not told apart" else ""
         lines.append(f"{where}; best {top['programs_per_sm']}/SM, {top['warps']} warps, {top['load_stages']} "
-                     f"stages {top['time_median_us']:.1f} us ({top['gb_per_s']:.0f} GB/s): {speed}, {verdict}")
+                     f"stages {top['time_median_us']:.1f} us ({top['gb_per_s']:.0f} GB/s): {speed}, {said}")
     return "\n".join(lines)
 
 

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from lmbench.cli import cli
 from lmbench.errors import UsageError
-from lmbench.measure import graphtime, microbench
+from lmbench.measure import graphtime, microbench, sidebyside
 
 
 def test_shapes_are_parsed_per_op():
@@ -92,6 +92,10 @@ def test_measure_on_gpu_gives_every_available_impl_a_time(tmp_path):
     assert {name: by[name]["bandwidth_from"] for name in ("eager", "compile", "lmbench triton")} == dict.fromkeys(
         ("eager", "compile", "lmbench triton"), "device"), [r.get("note") for r in rows]
     assert 0 < by["lmbench triton"]["time_p20_ms"] <= by["lmbench triton"]["time_median_ms"]
+    # Interleaved (a 1024x1024 norm's graphs fit together on any card), each against ours, the clock beside.
+    assert by["eager"]["device_timing"] == "interleaved" and by["eager"]["rounds"] == microbench.ROUNDS
+    assert by["eager"]["vs_ours_low"] <= by["eager"]["vs_ours"] <= by["eager"]["vs_ours_high"]
+    assert "vs_ours" not in by["lmbench triton"] and by["eager"]["sm_clock_min_mhz"] > 0
     # A second shape in the same process: torch.compile specialises again (a fresh cache), and still runs.
     second = {r["impl"]: r for r in microbench.measure(microbench.OPS["rmsnorm"], (2048, 512), torch.bfloat16,
                                                        "fwd+bwd", torch.device("cuda"))}
@@ -258,3 +262,130 @@ def test_device_time_takes_the_host_out_of_the_loop():
         end.synchronize()
         events.append(start.elapsed_time(end))
     assert copy_ms == pytest.approx(statistics.median(events), rel=0.2)
+
+
+class _FakeGraphs:
+    """graphtime.captured on a CPU: each implementation's graph replays at a set time, scaled by a drift that
+    grows with every replay (a card warming up), and the graphs held at once are counted."""
+
+    def __init__(self, monkeypatch, times, *, refuse=()):
+        import contextlib
+
+        self.held, self.most_held, self.order, self.drift = 0, 0, [], 1.0
+        fakes = self
+
+        class Graph:
+            def __init__(self, name):
+                self.name = name
+
+            def sample(self):
+                fakes.order.append(self.name)
+                fakes.drift *= 1.01
+                return times[self.name] * fakes.drift
+
+        @contextlib.contextmanager
+        def captured(fn, grads, *, estimate_ms, device, target_ms=40.0, flush=None):
+            name = fn()
+            if name in refuse:
+                raise graphtime.NotCapturable("it waits for the device on the host (x.item())")
+            self.held += 1
+            self.most_held = max(self.most_held, self.held)
+            try:
+                yield Graph(name)
+            finally:
+                self.held -= 1
+
+        monkeypatch.setattr(graphtime, "captured", captured)
+        monkeypatch.setattr(graphtime, "FLUSH_BYTES", 8)
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (1000, 2000))
+        monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 0)
+        monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 0)
+        clocks = iter([1980.0, 1980.0, 1755.0] + [1900.0] * 100)
+        monkeypatch.setattr(sidebyside, "_clock_reader", lambda device: lambda: (
+            next(clocks), ["sw_power_cap"] if fakes.order.count("lmbench triton") == 2 else []))
+
+
+def _timed(peaks):
+    return {name: ((lambda name=name: name), 0.1, peak) for name, peak in peaks.items()}
+
+
+def test_device_times_are_taken_in_interleaved_rounds_with_every_graph_held(monkeypatch):
+    fakes = _FakeGraphs(monkeypatch, {"eager": 0.3, "lmbench triton": 0.1, "liger": 0.13})
+    timing = sidebyside.device_times(_timed({"eager": 100, "lmbench triton": 100, "liger": 100}), [],
+                                     device=torch.device("cpu"), rounds=4)
+    assert timing.interleaved and fakes.most_held == 3 and timing.why_not == {}
+    assert {name: len(times) for name, times in timing.samples.items()} == {"eager": 4, "lmbench triton": 4,
+                                                                            "liger": 4}
+    each = [tuple(fakes.order[i:i + 3]) for i in range(0, 12, 3)]
+    assert all(sorted(r) == ["eager", "liger", "lmbench triton"] for r in each) and len(set(each)) > 1
+    # A clock read after each round; a power cap seen after the second.
+    assert timing.clocks_mhz == [1980.0, 1980.0, 1755.0, 1900.0] and timing.clock_events == ["sw_power_cap"]
+    assert timing.columns() == {"rounds": 4, "device_timing": "interleaved", "sm_clock_min_mhz": 1755.0,
+                                "sm_clock_max_mhz": 1980.0, "clock_events": "sw_power_cap"}
+    # The drift (1% a replay, 12% over the session) cancels out of the ratio within each round: Liger's 1.3x of
+    # ours comes back within a few percent, where its medians over the session would carry the drift's noise.
+    rows = sidebyside.against([{"impl": name, "status": "ok"} for name in ("eager", "lmbench triton", "liger")],
+                              timing.samples, sidebyside.OURS)
+    assert rows[2]["vs_ours"] == pytest.approx(1.3, rel=0.03) and rows[2]["vs_ours_verdict"] == "ours faster"
+    assert rows[0]["vs_ours"] == pytest.approx(3.0, rel=0.03) and "vs_ours" not in rows[1]
+
+
+def test_graphs_too_large_to_hold_together_are_timed_one_after_another(monkeypatch):
+    fakes = _FakeGraphs(monkeypatch, {"eager": 0.3, "lmbench triton": 0.1})
+    # 1.25 x (600 + 200) + 8 flush bytes > 1000 free: one graph at a time.
+    assert not sidebyside.fit_together([600, 200], 1000) and sidebyside.fit_together([400, 300], 1000)
+    timing = sidebyside.device_times(_timed({"eager": 600, "lmbench triton": 200}), [],
+                                     device=torch.device("cpu"), rounds=3)
+    assert not timing.interleaved and fakes.most_held == 1
+    assert fakes.order == ["eager"] * 3 + ["lmbench triton"] * 3
+    assert sidebyside.timing_caption([{"status": "ok", **timing.columns()}]) == (
+        "device times: 3 rounds one implementation after another (their graphs would not fit in memory together), "
+        "SM clock 1,980 MHz")
+
+
+def test_an_implementation_that_cannot_be_captured_says_why_and_the_others_are_timed(monkeypatch):
+    _FakeGraphs(monkeypatch, {"eager": 0.3, "lmbench triton": 0.1}, refuse={"eager"})
+    timing = sidebyside.device_times(_timed({"eager": 1, "lmbench triton": 1}), [], device=torch.device("cpu"),
+                                     rounds=2)
+    assert list(timing.samples) == ["lmbench triton"] and len(timing.samples["lmbench triton"]) == 2
+    assert timing.why_not == {"eager": "no device time: it waits for the device on the host (x.item())"}
+
+
+def test_a_time_against_ours_is_a_difference_only_when_its_whole_interval_is():
+    samples = {"lmbench triton": [0.10, 0.11, 0.10, 0.12], "liger": [0.101, 0.108, 0.102, 0.119],
+               "compile": [0.09, 0.099, 0.09, 0.108], "eager": [0.0, 0.3, 0.3, 0.3]}
+    rows = sidebyside.against([{"impl": name, "status": "ok"} for name in samples], samples, "lmbench triton")
+    liger, compiled, eager = rows[1], rows[2], rows[3]
+    assert liger["vs_ours_low"] < 1 < liger["vs_ours_high"] and liger["vs_ours_verdict"] == "not told apart"
+    assert compiled["vs_ours"] == pytest.approx(0.9) and compiled["vs_ours_verdict"] == "ours slower"
+    # A replay read at or under its flushes: no ratio rather than a division by it.
+    assert "vs_ours" not in eager
+    # Without our row (it failed) no row gets a ratio.
+    fresh = [{"impl": "liger", "status": "ok"}]
+    assert "vs_ours" not in sidebyside.against(fresh, {"liger": [0.1]}, "lmbench triton")[0]
+
+
+def test_the_table_shows_each_time_against_ours_and_the_title_how_it_was_taken(tmp_path):
+    from rich.console import Console
+
+    from lmbench.analyze.table import kernels_table
+
+    base = {"op": "rmsnorm", "shape": "2x2", "dtype": "bfloat16", "mode": "fwd+bwd", "status": "ok", "reason": None,
+            "time_median_ms": 0.5, "time_p20_ms": 0.4, "time_p80_ms": 0.6, "peak_mem_bytes": 0, "bytes_moved": 10**6,
+            "rounds": 10, "device_timing": "interleaved", "sm_clock_min_mhz": 1755.0, "sm_clock_max_mhz": 1980.0,
+            "clock_events": "sw_power_cap"}
+    ours = microbench.with_device_time({**base, "impl": "lmbench triton"}, [0.1] * 4, 10**6)
+    liger = microbench.with_device_time({**base, "impl": "liger"}, [0.12] * 4, 10**6)
+    rows = sidebyside.against([ours, liger], {"lmbench triton": [0.1, 0.1, 0.11, 0.1],
+                                               "liger": [0.12, 0.12, 0.13, 0.12]}, "lmbench triton")
+    caption = sidebyside.timing_caption(rows)
+    assert caption == "device times: 10 interleaved rounds, SM clock 1,755-1,980 MHz, clock events: sw_power_cap"
+    console = Console(width=300, record=True)
+    console.print(kernels_table(rows, title=caption))
+    text = console.export_text()
+    assert "device vs ours (95%)" in text and "1.20x [1.18, 1.21] ours faster" in text
+    microbench.write_csv(rows, tmp_path / "k.csv", {"gpu": "g", "torch": "t", "triton": "3.6", "cuda": "13.0"})
+    first, second = csv.DictReader((tmp_path / "k.csv").open())
+    assert (first["vs_ours"], second["vs_ours_verdict"], second["sm_clock_min_mhz"], second["clock_events"]) == (
+        "", "ours faster", "1755.0", "sw_power_cap")
+    assert sidebyside.timing_caption([{"status": "error"}]) == "no device times"

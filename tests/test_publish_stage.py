@@ -241,6 +241,30 @@ def test_kernels_are_compared_on_device_time_when_every_row_has_one(tmp_path):
                                          "measured", "not met")
 
 
+def test_kernels_with_interleaved_rounds_are_judged_by_the_whole_interval(tmp_path):
+    """A rival whose median is faster but whose round-by-round ratio to ours straddles 1 is not told apart from
+    ours: no slower. Linear-CE's time is eager's ratio inverted, and met only when the interval's far end is."""
+    folder = tmp_path / "h100-80gb-hbm3-2026-11-28"
+    (folder / "stage7").mkdir(parents=True)
+    head = ("op,shape,dtype,mode,impl,status,time_median_ms,device_median_ms,vs_ours,vs_ours_low,vs_ours_high,"
+            "vs_ours_verdict,peak_mem_bytes,pct_of_copy\n")
+    (folder / "stage7" / "kernels-rmsnorm.csv").write_text(
+        head + "rmsnorm,8192x2048,bfloat16,fwd+bwd,lmbench triton,ok,0.60,0.070,,,,,0,82.0\n"
+        "rmsnorm,8192x2048,bfloat16,fwd+bwd,liger,ok,0.50,0.069,0.99,0.97,1.01,not told apart,0,\n"
+        "rmsnorm,8192x2048,bfloat16,fwd+bwd,compile,ok,0.50,0.080,1.14,1.12,1.16,ours faster,0,\n")
+    assert publish.norms(folder)[0].startswith("rmsnorm 8192x2048: 82% of copy, no slower than compile/liger;")
+    (folder / "stage7" / "kernels-rmsnorm.csv").write_text(
+        head + "rmsnorm,8192x2048,bfloat16,fwd+bwd,lmbench triton,ok,0.60,0.070,,,,,0,82.0\n"
+        "rmsnorm,8192x2048,bfloat16,fwd+bwd,liger,ok,0.50,0.069,0.98,0.97,0.99,ours slower,0,\n")
+    assert publish.norms(folder)[0].startswith("rmsnorm 8192x2048: 82% of copy, slower than liger;")
+    (folder / "stage7" / "kernels-linear-ce.csv").write_text(
+        head + "linear-ce,8x4x10,bfloat16,fwd+bwd,lmbench triton,ok,1.0,40.0,,,,,200,\n"
+        "linear-ce,8x4x10,bfloat16,fwd+bwd,eager,ok,1.0,40.0,0.95,0.89,1.01,not told apart,1000,\n")
+    # ours / eager = 1 / 0.95 = 1.05, and up to 1 / 0.89 = 1.12: past 1.1, so not met.
+    assert publish.linear_ce(folder)[:2] == (
+        "0.200× eager's peak memory at 1.05× its time (device, 95% interval up to 1.12×, 8x4x10)", "not met")
+
+
 def test_stage_10s_overhead_recheck_supersedes_stage_3s(tmp_path):
     folder = tmp_path / "h100-80gb-hbm3-2026-11-26"
     for stage, ratio in (("stage3", "0.9643"), ("stage10", "1.0060")):

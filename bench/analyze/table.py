@@ -236,19 +236,23 @@ def kernels_table(rows: list[dict[str, Any]], *, title: str) -> Table:
     rates = [("GB/s", "gb_per_s", ",.0f", True), ("% of copy", "pct_of_copy", ".0f", copy),
              ("TFLOP/s", "tflops", ",.0f", flops), ("% of matmul", "pct_of_matmul", ".0f", matmul)]
     shown = [(name, key, spec) for name, key, spec, wanted in rates if wanted]
-    for column in ("impl", "device ms", "device p20-p80", "call ms", "call p20-p80", *(n for n, _, _ in shown),
-                   "peak MiB", "note"):
-        table.add_column(column, justify="left" if column in ("impl", "note") else "right")
+    for column in ("impl", "device ms", "device p20-p80", "device vs ours (95%)", "call ms", "call p20-p80",
+                   *(n for n, _, _ in shown), "peak MiB", "note"):
+        table.add_column(column, justify="left" if column in ("impl", "note", "device vs ours (95%)") else "right")
     for row in rows:
         if row["status"] != "ok":
-            table.add_row(row["impl"], "-", "-", "-", "-", *["-"] * len(shown), "-",
+            table.add_row(row["impl"], "-", "-", "-", "-", "-", *["-"] * len(shown), "-",
                           escape(f"{row['status']}: {row['reason']}"))
             continue
         device = row.get("device_median_ms")
+        # This implementation's device time over ours, round by round: 1.30x is 30% slower than ours.
+        versus = ("-" if row.get("vs_ours") is None else
+                  f"{row['vs_ours']:.2f}x [{row['vs_ours_low']:.2f}, {row['vs_ours_high']:.2f}] "
+                  f"{row['vs_ours_verdict']}")
         figures = [("-" if row.get(key) is None else format(row[key], spec) + ("%" if key.startswith("pct") else ""))
                    for _, key, spec in shown]
         table.add_row(row["impl"], "-" if device is None else f"{device:.4f}",
-                      "-" if device is None else f"{row['device_p20_ms']:.4f}-{row['device_p80_ms']:.4f}",
+                      "-" if device is None else f"{row['device_p20_ms']:.4f}-{row['device_p80_ms']:.4f}", versus,
                       f"{row['time_median_ms']:.4f}", f"{row['time_p20_ms']:.4f}-{row['time_p80_ms']:.4f}",
                       *figures, f"{row['peak_mem_bytes'] / 2**20:.1f}", escape(row.get("note") or ""))
     return table

@@ -7,6 +7,12 @@ Two times per implementation, both after an L2 flush:
 - its device time, from CUDA-graph replay with no host in the loop (graphtime; median, p20, p80 over
   the replays). Achieved bandwidth comes from this one when the implementation could be captured, and
   a note says when the event-timed call was launch-bound.
+Device times are taken in interleaved rounds (sidebyside): every implementation's graph is held at once and each
+round replays each of them once, in a fresh order, so that a clock or temperature drifting over the session
+does not favour whichever ran first; each one's time against ours is the ratio within each round, with a 95%
+interval, and "ours faster" or "ours slower" only when the whole interval says so. NVML's SM clock and any
+power or heat clock event are read after each round and go beside the figures. When the graphs would not fit
+in memory together, they are timed one after another and the rows say so.
 Achieved bandwidth counts the bytes an ideal kernel must move, stated per op in `bytes_moved`; a fused
 kernel that reads and writes each tensor once reaches it, an unfused one moves more and shows a lower
 figure for the same work. That yardstick is a memory-bound op's (the norms). The fused linear + cross-entropy
@@ -29,11 +35,14 @@ import torch
 import torch.nn.functional as F
 
 from lmbench.errors import UsageError, one_line
-from lmbench.measure import graphtime
+from lmbench.measure import graphtime, sidebyside
 from lmbench.measure.stats import percentile
 
 #: Fewest event-timed calls per implementation: do_bench's default 100 ms gave a 53 ms op a single call.
 MIN_SAMPLES = 10
+
+#: Interleaved rounds of device timing, each replaying every implementation's graph once (sidebyside).
+ROUNDS = 10
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 MODES = ("fwd", "bwd", "fwd+bwd")
@@ -223,9 +232,22 @@ def _call(impl: Impl, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     return impl(*inputs.values())
 
 
-def measure(op: Op, shape: tuple[int, ...], dtype: torch.dtype, mode: str, device: torch.device
-            ) -> list[dict[str, Any]]:
-    """One row per implementation: time quantiles, GB/s, peak memory, or the reason it did not run."""
+def _timed_call(impl: Impl, inputs: dict[str, torch.Tensor], mode: str) -> Callable[[], Any]:
+    """One call of `impl` as `mode` times it; a backward runs on a forward made here (and kept) once."""
+    out = _call(impl, inputs)
+    dy = torch.randn_like(out)
+    if mode == "fwd":
+        return lambda: _call(impl, inputs)
+    if mode == "bwd":
+        return lambda: out.backward(dy, retain_graph=True)
+    # Its graph (eager linear-CE: 4 GiB of fp32 log-softmax) is not what is timed: `out` goes with this frame.
+    return lambda: _call(impl, inputs).backward(dy)
+
+
+def measure(op: Op, shape: tuple[int, ...], dtype: torch.dtype, mode: str, device: torch.device, *,
+            rounds: int = ROUNDS) -> list[dict[str, Any]]:
+    """One row per implementation: time quantiles, GB/s, peak memory, its device time against ours, or the reason
+    it did not run."""
     from triton.testing import do_bench
 
     # torch.compile specialises to this shape, as it would in a model of this shape: without a fresh cache a
@@ -235,7 +257,9 @@ def measure(op: Op, shape: tuple[int, ...], dtype: torch.dtype, mode: str, devic
     grads = [t for t in inputs.values() if t.requires_grad]
     elem = torch.finfo(dtype).bits // 8
     moved = op.bytes_moved(shape, elem, mode)
-    rows = []
+    flops = op.flops(shape, mode) if op.flops else None
+    rows: list[dict[str, Any]] = []
+    timed: dict[str, tuple[Callable[[], Any], float, int]] = {}
     for name, impl in op.impls().items():
         row: dict[str, Any] = {"impl": name, "op": op.name, "shape": "x".join(map(str, shape)),
                                "dtype": str(dtype).removeprefix("torch."), "mode": mode, "bytes_moved": moved}
@@ -243,16 +267,7 @@ def measure(op: Op, shape: tuple[int, ...], dtype: torch.dtype, mode: str, devic
             rows.append({**row, "status": "skipped", "reason": impl})
             continue
         try:
-            out = _call(impl, inputs)
-            dy = torch.randn_like(out)
-            if mode == "fwd":
-                fn = lambda: _call(impl, inputs)  # noqa: E731
-            elif mode == "bwd":
-                fn = lambda: out.backward(dy, retain_graph=True)  # noqa: E731
-            else:
-                fn = lambda: _call(impl, inputs).backward(dy)  # noqa: E731
-            if mode != "bwd":
-                out = None  # its graph (eager linear-CE: 4 GiB of fp32 log-softmax) is not what is timed
+            fn = _timed_call(impl, inputs, mode)
             fn()
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
@@ -273,23 +288,19 @@ def measure(op: Op, shape: tuple[int, ...], dtype: torch.dtype, mode: str, devic
             continue
         row = {**row, "status": "ok", "reason": None, "time_median_ms": median, "time_p20_ms": p20,
                "time_p80_ms": p80, "peak_mem_bytes": peak}
-        flops = op.flops(shape, mode) if op.flops else None
         if name == "liger" and op.name == "rmsnorm" and mode != "fwd":
             row["note"] = "in place: Liger writes dx over dy (its module's default), so no dx is allocated"
-        if mode == "bwd":
-            # Its forward ran outside the graph, on another stream: the graph would hold the flushes and no more.
-            rows.append(with_device_time(row, None, moved, "no device time in --mode bwd", flops=flops))
-            continue
-        try:
-            device_ms = graphtime.device_times_ms(fn, grads, estimate_ms=estimate_ms, device=device)
-        except graphtime.NotCapturable as err:
-            rows.append(with_device_time(row, None, moved, f"no device time: {err}", flops=flops))
-            continue
-        except Exception as err:  # noqa: BLE001 - the event-timed figure stands; the row says why there is no other
-            rows.append(with_device_time(row, None, moved, f"no device time ({one_line(err)})", flops=flops))
-            continue
-        rows.append(with_device_time(row, device_ms, moved, flops=flops))
-    return rows
+        rows.append(row)
+        if mode != "bwd":  # a backward's saved forward (eager linear-CE: GiBs) is not held beyond its row
+            timed[name] = (fn, estimate_ms, peak)
+    if mode == "bwd":
+        # Its forward ran outside the graph, on another stream: the graph would hold the flushes and no more.
+        return [with_device_time(row, None, moved, "no device time in --mode bwd", flops=flops)
+                if row["status"] == "ok" else row for row in rows]
+    timing = sidebyside.device_times(timed, grads, device=device, rounds=rounds)
+    done = [with_device_time(row, timing.samples.get(row["impl"]), moved, timing.why_not.get(row["impl"], ""),
+                             flops=flops) | timing.columns() if row["status"] == "ok" else row for row in rows]
+    return sidebyside.against(done, timing.samples, sidebyside.OURS)
 
 
 def with_device_time(row: dict[str, Any], device_ms: list[float] | None, moved: int, why_not: str = "", *,
@@ -314,7 +325,9 @@ def with_device_time(row: dict[str, Any], device_ms: list[float] | None, moved: 
 
 def write_csv(rows: list[dict[str, Any]], path: Path, env: dict[str, Any]) -> None:
     columns = ["op", "shape", "dtype", "mode", "impl", "status", "time_median_ms", "time_p20_ms", "time_p80_ms",
-               "device_median_ms", "device_p20_ms", "device_p80_ms", "gb_per_s", "bandwidth_from", "pct_of_copy",
+               "device_median_ms", "device_p20_ms", "device_p80_ms", "vs_ours", "vs_ours_low", "vs_ours_high",
+               "vs_ours_verdict", "rounds", "device_timing", "sm_clock_min_mhz", "sm_clock_max_mhz", "clock_events",
+               "gb_per_s", "bandwidth_from", "pct_of_copy",
                "copy_gb_per_s", "tflops", "pct_of_matmul", "matmul_tflops", "bytes_moved", "peak_mem_bytes", "note",
                "reason", "gpu", "torch", "triton", "cuda"]
     path.parent.mkdir(parents=True, exist_ok=True)
