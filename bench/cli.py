@@ -192,6 +192,10 @@ def _run_suite(plan: RunPlan, out: Path | None, *, resume: bool, dry_run: bool =
         jobs = runner.plan(planned, platform, repeats=1, nnodes=plan.nnodes)
         kept = _kept(planned, platform, plan, out, suite) if resume and out is not None else {}
         _console().print(plan_table([(j.config.to_dict(), j.config.key, j.skip) for j in jobs], kept))
+        profiled = sum(j.config.profile for j in jobs if not j.skip)
+        if profiled:
+            # Not in the table: profiling leaves the window, and so config_key, as they are.
+            click.echo(f"profiled: {profiled} of {len(jobs)} configurations (torch.profiler steps after the window)")
         for line in explain_plan([j.config for j in jobs if not j.skip], nnodes=plan.nnodes):
             click.echo(line)
         return 0

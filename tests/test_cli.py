@@ -160,6 +160,9 @@ def test_profile_flag_is_the_profile_axis():
                   "--set", "profile=true")
     assert plain.exit_code == profiled.exit_code == 0
     assert profiled.output == same.output != plain.output
+    # The same configurations and keys (profiling leaves the window as it is), and the plan says they are profiled.
+    assert profiled.output.replace("profiled: 2 of 2 configurations (torch.profiler steps after the window)\n",
+                                   "") == plain.output
 
 
 def test_report_ceilings_file_errors(tmp_path):

@@ -14,6 +14,9 @@ def test_defaults_are_valid_and_key_is_stable():
 def test_key_ignores_timeout_but_not_steps_or_device():
     c = Config()
     assert c.replace(timeout_s=5.0).key == c.key
+    # Its profiler steps come after the window: a profiled candidate pairs with an unprofiled baseline.
+    assert c.replace(profile=True).key == c.key == (
+        "tiny-gpt2-b8-s128-a1-fp32-none-eager-sdpa-ckpt-none-adamw-fused-dee460a2")
     assert c.replace(steps=7).key != c.key
     assert c.replace(device="cpu").key != c.key
 

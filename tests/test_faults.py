@@ -712,3 +712,27 @@ def test_4_resume_into_a_directory_with_nothing_to_resume_says_so_and_runs(tmp_p
     assert keys(out) == [("fp32", 0), ("amp-bf16", 0)]
     again = lmbench("run", "--suite", tiny, "--out", out, "--resume")
     assert again.exit_code == 0 and "nothing to resume" not in again.stderr
+
+
+def test_a_profiled_record_written_under_the_old_key_is_read_under_todays(tmp_path, monkeypatch):
+    """`profile` was hashed into config_key until it was keyed at its default (its steps come after the window):
+    a profiled record of before is read under the key it has now, so it pairs with an unprofiled baseline and
+    counts as done on --resume instead of being measured again."""
+    from lmbench.plan import config as config_module
+    from lmbench.plan.config import Config
+
+    profiled = Config(profile=True)
+    with monkeypatch.context() as patch:
+        patch.setattr(config_module, "_KEYED_AT_DEFAULT", frozenset())
+        old_key = profiled.key
+    assert old_key != profiled.key == Config().key
+    lines = [{"config_key": old_key, "repeat": 0, "status": "ok", "config": profiled.to_dict()},
+             # A config this lmbench cannot read keeps its key as written.
+             {"config_key": "odd", "repeat": 0, "status": "ok", "config": {"model": "tiny-gpt2", "profile": True,
+                                                                             "no_such_axis": 1}},
+             {"config_key": old_key, "repeat": 0, "status": "ok", "config": {**profiled.to_dict(), "profile": False}}]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps({**line, "metrics": {"tokens_per_s": 1.0}}) + "\n"
+                                                    for line in lines))
+    loaded = results.read(tmp_path)
+    assert loaded.warnings == []
+    assert [r["config_key"] for r in loaded.records] == [Config().key, "odd", old_key]

@@ -282,6 +282,7 @@ def read(path: Path) -> Loaded:
                 if problem:
                     loaded.warnings.append(f"{path}:{number}: skipped line: {problem}")
                     continue
+                record["config_key"] = current_key(record)
                 first = seen.setdefault((record["config_key"], record["repeat"]), number)
                 if first != number:
                     loaded.warnings.append(f"{path}:{number}: skipped line: repeat {record['repeat']} of "
@@ -291,6 +292,22 @@ def read(path: Path) -> Loaded:
     except OSError as err:
         raise ResultsError(f"cannot read {str(path)!r}: {err.strerror or err}") from None
     return loaded
+
+
+def current_key(record: dict[str, Any]) -> str:
+    """The record's config_key as this lmbench spells it. Only a profiled record's can differ: `profile` was
+    hashed into the key until it was keyed at its default (its steps come after the window), so such a record,
+    written before, is read under the key it now has, to pair in `compare` and count as done on `--resume`."""
+    config = record["config"]
+    if config.get("profile") is not True:
+        return record["config_key"]
+    from lmbench.errors import ConfigError
+    from lmbench.plan.config import Config
+
+    try:
+        return Config.from_mapping(config).key
+    except (ConfigError, TypeError, ValueError):
+        return record["config_key"]  # a config this lmbench cannot read: its key as written
 
 
 def read_lines(path: Path) -> tuple[list[tuple[int, Any]], list[str]]:

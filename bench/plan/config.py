@@ -74,6 +74,10 @@ CUDA_GRAPH_EAGER_STEPS = 2
 CUDA_GRAPH_WARMUP = CUDA_GRAPH_EAGER_STEPS + 1
 #: Axes excluded from the config key: they change how long or where we wait, not what is measured.
 _UNKEYED = frozenset({"timeout_s"})
+#: Axes that change nothing in the measured window, keyed at their default whatever they are set to: a profiled
+#: run (its profiler steps come after the window) pairs with an unprofiled baseline in `compare`, and every key
+#: measured before stays what it was (the first key format hashed `profile` at its default, false).
+_KEYED_AT_DEFAULT = frozenset({"profile"})
 #: The axes of the first key format. Every axis added since enters the key's hash only when it is set away
 #: from its default, so adding an axis never changes the key of a configuration measured before it existed
 #: (config_key is "the same across runs": baselines, noise floors and resumed runs match by it).
@@ -358,7 +362,7 @@ class Config:
     @property
     def key(self) -> str:
         """Stable identifier, the same across runs: readable axes plus a hash of all the rest."""
-        values = self.to_dict()
+        values = {**self.to_dict(), **{axis: DEFAULTS[axis] for axis in _KEYED_AT_DEFAULT}}
         readable = "-".join(_key_part(axis, values[axis]) for axis in _KEY_AXES)
         rest = {k: v for k, v in sorted(values.items())
                 if k not in _KEY_AXES and k not in _UNKEYED and (k in _KEY_V1_AXES or v != DEFAULTS[k])}
