@@ -736,3 +736,58 @@ def test_a_profiled_record_written_under_the_old_key_is_read_under_todays(tmp_pa
     loaded = results.read(tmp_path)
     assert loaded.warnings == []
     assert [r["config_key"] for r in loaded.records] == [Config().key, "odd", old_key]
+
+
+_RANKS_FAIL = """
+import json, sys, time
+result, rank1_at, rank0_at = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+now = time.time()
+with open(result + ".rank1", "w") as f:
+    json.dump({"status": "oom", "reason": "OutOfMemoryError: CUDA out of memory", "failed_at": now + rank1_at,
+               "rank": 1}, f)
+if rank0_at != "none":
+    with open(result, "w") as f:
+        json.dump({"status": "error", "reason": "RuntimeError: Connection reset by peer", "metrics": None,
+                   "failed_at": now + float(rank0_at), "losses": None, "step_times_s": None}, f)
+raise SystemExit(1)
+"""
+
+
+@pytest.mark.parametrize(("rank1_at", "rank0_at", "status", "reason"), [
+    # Rank 1 ran out of memory; rank 0's collective then lost its peer: the record names the cause.
+    ("0", "0.5", "oom", "rank 1 failed first: OutOfMemoryError: CUDA out of memory"),
+    # torchrun stopped rank 0 before it could write anything.
+    ("0", "none", "oom", "rank 1 failed first: OutOfMemoryError: CUDA out of memory"),
+    # Rank 0 failed first: its own failure stands.
+    ("0.5", "0", "error", "RuntimeError: Connection reset by peer"),
+])
+def test_a_rank_that_failed_first_is_the_records_cause(tmp_path, tiny, monkeypatch, rank1_at, rank0_at, status,
+                                                        reason):
+    monkeypatch.setattr(runner, "worker_command", lambda config, job, result, launch: [
+        sys.executable, "-c", _RANKS_FAIL, str(result), rank1_at, rank0_at])
+    out = tmp_path / "run"
+    assert lmbench("run", "--suite", tiny, "--out", out, "--set", "precision=fp32").exit_code == 0
+    record, = results.read(out).records
+    assert (record["status"], record["reason"]) == (status, reason)
+    assert not list((out / "work").glob("*.rank*")), "a rank's failure file is removed once read"
+
+
+def test_a_failing_rank_other_than_0_leaves_its_failure_for_the_parent(tmp_path, monkeypatch):
+    from lmbench.run import worker
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"config": {"model": "tiny-gpt2", "device": "cpu"}}))
+
+    def oom(config, **kwargs):
+        raise MemoryError("host out of memory")
+
+    monkeypatch.setattr(worker, "measure", oom)
+    result = tmp_path / "r.result.json"
+    assert worker._run_job(job, result) == 1
+    assert not result.exists()
+    failure = json.loads(worker.rank_failure_path(result, 1).read_text())
+    assert (failure["status"], failure["reason"], failure["rank"]) == ("oom", "MemoryError: host out of memory", 1)
+    assert failure["failed_at"] == pytest.approx(time.time(), abs=60)

@@ -89,6 +89,7 @@ def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch()
     job_path = run_dir.path / "work" / f"{job.name}.job.json"
     result_path = run_dir.path / "work" / f"{job.name}.result.json"
     result_path.unlink(missing_ok=True)
+    _rank_failures(result_path)  # none left from an earlier try of this job
     run_dir.write_json(job_path, {"config": job.config.to_dict(), "repeat": job.repeat,
                                   "timeline_path": str(run_dir.timeline_path(job.name))})
     # LMBENCH_PARENT_PID: the worker exits when this process is gone, even if it is SIGKILLed.
@@ -107,6 +108,10 @@ def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch()
             code = proc.wait(timeout=job.config.timeout_s)
         except subprocess.TimeoutExpired:
             _stop(proc)
+            cause = first_failure(_rank_failures(result_path), None)
+            if cause is not None:  # a rank failed and the others waited for it in a collective
+                return cause["status"], (f"rank {cause['rank']} failed first: {cause['reason']}; the others then "
+                                         f"waited until timeout_s={job.config.timeout_s:g}"), None
             return "timeout", f"no result within timeout_s={job.config.timeout_s:g} (worker killed)", None
         except BaseException:
             _stop(proc)
@@ -117,6 +122,7 @@ def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch()
     left = result_path.exists()
     payload = _read_result(result_path) if left else None
     result_path.unlink(missing_ok=True)
+    others = _rank_failures(result_path)
     if payload is not None:
         status, reason = payload["status"], payload["reason"]
     elif left:
@@ -127,11 +133,38 @@ def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch()
         # A rank other than 0 that ran out of memory leaves no result, only its traceback in the log.
         status = "oom" if any(marker in log_text for marker in OOM_MARKERS) else "error"
         reason = f"worker {how} without a result; last log line: {_last_line(log_path)}"
+    cause = first_failure(others, payload if status != "ok" else None) if status != "ok" else None
+    if cause is not None:
+        status, reason = cause["status"], f"rank {cause['rank']} failed first: {cause['reason']}"
     if status == "error":
         no_room = _no_room_for_a_result(run_dir, result_path)
         if no_room is not None:
             raise no_room
     return status, reason, payload
+
+
+def _rank_failures(result_path: Path) -> list[dict[str, Any]]:
+    """The failures ranks other than 0 left beside the result (worker.rank_failure_path), removed once read."""
+    found = []
+    for path in sorted(result_path.parent.glob(f"{result_path.name}.rank*")):
+        failure = _read_result(path)
+        path.unlink(missing_ok=True)
+        if failure is not None and isinstance(failure.get("failed_at"), (int, float)):
+            found.append(failure)
+    return found
+
+
+def first_failure(others: list[dict[str, Any]], rank0: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The failure of another rank to record in place of rank 0's: the earliest of theirs, when it came before
+    rank 0's own (a rank that ran out of memory leaves rank 0 a connection reset in its next collective) or
+    rank 0 left none (torchrun stopped it). None: rank 0's failure stands."""
+    if not others:
+        return None
+    first = min(others, key=lambda failure: failure["failed_at"])
+    if rank0 is None:
+        return first
+    mine = rank0.get("failed_at")  # none: rank 0 ended the job itself (diverged), not of an exception
+    return first if isinstance(mine, (int, float)) and first["failed_at"] < mine else None
 
 
 def _read_result(path: Path) -> dict[str, Any] | None:

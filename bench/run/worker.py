@@ -488,20 +488,29 @@ def _run_job(job_path: Path, result_path: Path) -> int:
         timeline = Path(job["timeline_path"]) if job.get("timeline_path") else None
         payload = measure(config, timeline_path=timeline, trace_path=trace_path(job, timeline))
     except Exception as error:  # noqa: BLE001 - every failure of a config is data, not a crash
+        failed_at = time.time()
         traceback.print_exc()
-        if info is not None and info.rank != 0:
-            # torchrun sees the failed rank and stops the others; rank 0's parent records the error.
-            return 1
         status = classify_failure(error)
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        payload = {"status": status, "reason": f"{type(error).__name__}: {first_line}"[:500], "metrics": None,
-                   "losses": None, "step_times_s": None}
+        failure = {"status": status, "reason": f"{type(error).__name__}: {first_line}"[:500], "failed_at": failed_at}
+        if info is not None and info.rank != 0:
+            # torchrun sees the failed rank and stops the others. Rank 0 may fail too, of this rank's failure (a
+            # connection reset in its collective): the parent reads every rank's failure and names the first.
+            with contextlib.suppress(OSError):
+                write_json(rank_failure_path(result_path, info.rank), {**failure, "rank": info.rank})
+            return 1
+        payload = {**failure, "metrics": None, "losses": None, "step_times_s": None}
         write_json(result_path, {**payload, "env": env})
         # Under torchrun other ranks may wait in a collective: a non-zero exit makes torchrun stop them.
         return 1 if info is not None else 0
     if payload is not None:
         write_json(result_path, {**payload, "env": env})
     return 0
+
+
+def rank_failure_path(result_path: Path, rank: int) -> Path:
+    """Where rank `rank` (not 0, whose failure is the result itself) leaves its failure for the parent."""
+    return result_path.with_name(f"{result_path.name}.rank{rank}")
 
 
 def exit_with_parent() -> None:
