@@ -33,18 +33,36 @@ def rank(times, *, mem, checksum, telemetry=None, trace=()):
 def test_aggregate_uses_the_slowest_rank_and_global_tokens():
     per_rank = [rank([0.10, 0.30, 0.20], mem=100, checksum=1.5), rank([0.20, 0.10, 0.25], mem=300, checksum=1.5)]
     m = aggregate(per_rank, tokens_per_step=1000, samples_per_step=4, steps=3)
-    # slowest per step: 0.20, 0.30, 0.25 -> median 0.25
-    assert m["step_time_median_s"] == pytest.approx(0.25)
+    # Steps end at 0.1, 0.4, 0.6 s on rank 0 and 0.2, 0.3, 0.55 s on rank 1: the last rank is done at 0.2, 0.4
+    # and 0.6 s, so each global step takes 0.2 s (the slowest rank's own times, 0.2, 0.3, 0.25, would sum past
+    # the 0.6 s the window lasted).
+    assert m["step_time_median_s"] == pytest.approx(0.2)
     assert m["tokens_per_step"] == 2000
-    assert m["tokens_per_s"] == pytest.approx(2000 / 0.25)
-    assert m["tokens_per_s_per_device"] == pytest.approx(1000 / 0.25)
-    assert m["samples_per_s"] == pytest.approx(8 / 0.25)
+    assert m["tokens_per_s"] == pytest.approx(2000 / 0.2)
+    assert m["tokens_per_s_per_device"] == pytest.approx(1000 / 0.2)
+    assert m["samples_per_s"] == pytest.approx(8 / 0.2)
     assert m["mem_peak_allocated_bytes"] == 300 and m["mem_peak_allocated_bytes_per_rank"] == [100, 300]
     assert m["mem_peak_reserved_bytes_per_rank"] == [200, 600]
     assert m["world_size"] == 2 and m["params_in_sync"] is True
     assert m["step_time_median_s_per_rank"] == [pytest.approx(0.2), pytest.approx(0.2)]
     per_rank[1]["param_checksum"] = 1.6
     assert aggregate(per_rank, tokens_per_step=1, samples_per_step=1, steps=3)["params_in_sync"] is False
+
+
+def test_a_rank_stalling_at_the_end_of_a_step_is_counted_once():
+    """The review's reproducer: rank 1 sleeps 0.5 s at the end of step 2 of 5; rank 0 waits for it in step 3.
+    The slowest rank's time of each step counted the stall twice (1.114 s of steps in a 0.601 s window)."""
+    from lmbench.run.distributed import slowest_steps
+
+    ranks = [{"step_times_s": [0.037, 0.010, 0.527, 0.012, 0.009]},
+             {"step_times_s": [0.036, 0.527, 0.011, 0.012, 0.009]}]
+    steps = slowest_steps(ranks)
+    assert steps == pytest.approx([0.037, 0.526, 0.011, 0.012, 0.009])
+    assert sum(steps) == pytest.approx(0.595)
+    # The stall is one outlier step, where a fence can find it.
+    assert sorted(steps)[-1] == pytest.approx(0.526) and sorted(steps)[-2] == pytest.approx(0.037)
+    # One rank: its own times, exactly.
+    assert slowest_steps(ranks[:1]) == ranks[0]["step_times_s"]
 
 
 def test_sustained_throughput_uses_the_slowest_rank_window():

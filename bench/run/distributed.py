@@ -8,6 +8,7 @@ others wait for at the gradient allreduce), memory is reported per rank and as t
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -182,8 +183,14 @@ def pipeline_idle(per_rank: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def slowest_steps(per_rank: list[dict[str, Any]]) -> list[float]:
-    """Each step's time on the slowest rank: the one the others wait for at the gradient allreduce."""
-    return [max(times) for times in zip(*(r["step_times_s"] for r in per_rank))]
+    """Each global step's time: from the moment the last rank finished the step before to the moment the last rank
+    finished this one, on each rank's clock from its window's start (a barrier opens the window). The slowest
+    rank's time of each step instead would count a stall twice: on the rank that stalled at the end of step i
+    (its optimizer, a collection) and again on the others, which wait for it in step i + 1's first collective."""
+    if len(per_rank) == 1:
+        return list(per_rank[0]["step_times_s"])
+    ends = [max(values) for values in zip(*(itertools.accumulate(r["step_times_s"]) for r in per_rank))]
+    return [end - start for start, end in zip([0.0, *ends], ends)]
 
 
 def mean_losses(per_rank: list[dict[str, Any]]) -> list[float]:
