@@ -174,6 +174,15 @@ def test_recompute_count_matches_what_torch_counts_in_a_real_step(model):
     assert counted["selective"] == counted["none"]
 
 
+def test_tensor_parallel_ranks_each_run_the_whole_lm_head():
+    from lmbench.measure.flops import replicated_head_flops_per_token
+
+    # llama-1b at tp 2: 6 x 128256 x 2048 = 1.576 GFLOP a token more than PaLM's count, against its 7.4 GFLOP.
+    assert replicated_head_flops_per_token(vocab=128256, hidden=2048, tp=2) == 1_576_009_728
+    assert replicated_head_flops_per_token(vocab=128256, hidden=2048, tp=4) == 3 * 1_576_009_728
+    assert replicated_head_flops_per_token(vocab=50304, hidden=768, tp=1) == 0
+
+
 def test_hfu_exceeds_mfu_only_with_recompute():
     m = flops_utilisation(flops_per_token=1_000_000, tokens_per_s_per_device=100_000_000.0,
                           device_name="NVIDIA H100 80GB HBM3", precision="bf16", hardware_flops_per_token=1_300_000)

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from lmbench.analyze import results
 from lmbench.cli import cli
+from lmbench.models.registry import MODELS
 from lmbench.models.versions import release
 
 #: Largest deviation of a model-parallel fp32 loss curve from its parallel=none reference that these tests accept;
@@ -78,6 +79,9 @@ def test_tp_pp_and_fsdp_tp_train_as_the_whole_model_does(tmp_path):
         assert m["world_size"] == dp * tp * pp and m["devices"] == dp * tp * pp
         assert len(m["mem_host_peak_growth_bytes_per_rank"]) == dp * tp * pp
         assert m["parallel_backend"] == "gloo" and len(record["losses"]) == 6
+        # The LM head runs whole on each of a tensor-parallel group's ranks: hardware FLOPs count it tp times.
+        spec = MODELS[key[0]]
+        assert m["hardware_flops_per_token"] - m["flops_per_token"] == 6 * spec.vocab_size * spec.hidden * (tp - 1)
         if pp > 1:
             assert m["pp_bubble_fraction_theory"] == pytest.approx(1 / 3)  # (2 - 1) / (2 + 2 - 1)
             assert len(m["pp_idle_fraction_per_stage"]) == 2

@@ -63,6 +63,13 @@ def recompute_flops_per_token(*, checkpointing: str, n_rerun_params: int, n_laye
     raise ValueError(f"checkpointing={checkpointing!r} has no recompute count")
 
 
+def replicated_head_flops_per_token(*, vocab: int, hidden: int, tp: int) -> int:
+    """Matmul FLOPs per token that a tensor-parallel layout runs more than once: the LM head stays whole on every
+    rank of a tensor-parallel group (lmbench.run.tensor_parallel), so each token's 6 V d run `tp` times, of which
+    the PaLM count has one. Hardware FLOPs, never model FLOPs (MFU)."""
+    return 6 * vocab * hidden * (tp - 1)
+
+
 #: Per family, the block's last matmul that early-stopping recomputation never reruns (see the module docstring).
 UNRERUN_TAIL = {"llama": "mlp.down_proj", "torch-lm": "linear2"}
 

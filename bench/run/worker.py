@@ -136,7 +136,11 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
     import torch
 
     from lmbench.measure import environment, hostload, hostmem, metrics
-    from lmbench.measure.flops import palm_flops_per_token, recompute_flops_per_token
+    from lmbench.measure.flops import (
+        palm_flops_per_token,
+        recompute_flops_per_token,
+        replicated_head_flops_per_token,
+    )
     from lmbench.measure.mathmode import matmul_mode
     from lmbench.measure.telemetry import Telemetry, energy_warning, for_devices, power_trace
     from lmbench.measure.timer import StepTimer
@@ -306,9 +310,11 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         result.update(distributed.pipeline_idle(per_rank))
     dims = {"n_layers": spec.n_layers, "n_heads": spec.n_heads, "head_dim": spec.head_dim, "seq_len": config.seq_len}
     flops = palm_flops_per_token(n_matmul_params=step.matmul_params, **dims)
-    recompute = recompute_flops_per_token(checkpointing=config.checkpointing, n_rerun_params=step.rerun_params,
-                                          attention_rerun=step.reruns_attention, **dims)
-    result.update(metrics.flops_utilisation(flops_per_token=flops, hardware_flops_per_token=flops + recompute,
+    # The hardware's FLOPs are the model's plus what checkpointing reruns and what tensor parallelism runs twice.
+    extra = recompute_flops_per_token(checkpointing=config.checkpointing, n_rerun_params=step.rerun_params,
+                                      attention_rerun=step.reruns_attention, **dims)
+    extra += replicated_head_flops_per_token(vocab=config.padded_vocab, hidden=spec.hidden, tp=shape.tp)
+    result.update(metrics.flops_utilisation(flops_per_token=flops, hardware_flops_per_token=flops + extra,
                                             tokens_per_s_per_device=result["tokens_per_s_per_device"],
                                             device_name=local["device_name"], precision=config.precision))
     result.update(metrics.warmup(per_rank[0]["warmup_step_times_s"]))
