@@ -164,10 +164,14 @@ def test_real_ddp_and_fsdp_over_gloo_keep_ranks_in_sync(tmp_path):
         assert r["config"]["nproc"] == 2
         assert m["world_size"] == 2 and m["devices"] == 2 and m["parallel_backend"] == "gloo"
         assert m["nnodes"] == 1 and m["nproc_per_node"] == 2
-        # Ranks train on different batches; only gradient averaging keeps them identical.
-        assert m["params_in_sync"] is True
-        assert len(set(m["param_checksum_per_rank"])) == 1
-        assert m["param_checksum_per_rank"][0] != m["param_checksum_initial"]
+        if name == "ddp":
+            # Ranks train on different batches; only gradient averaging keeps them identical.
+            assert m["params_in_sync"] is True
+            assert len(set(m["param_checksum_per_rank"])) == 1
+            assert m["param_checksum_per_rank"][0] != m["param_checksum_initial"]
+        else:
+            # FSDP shards every parameter: nothing is whole on two ranks, so no check that could fail.
+            assert "params_in_sync" not in m and m["param_checksum_initial"] is None
         tokens = 2 * 4 * 64 * 2  # world x batch x seq x accum
         assert m["tokens_per_step"] == tokens
         assert m["tokens_per_s_typical"] == pytest.approx(tokens / m["step_time_median_s"])
@@ -334,4 +338,5 @@ def test_ddp_and_fsdp_train_as_one_device_does_on_the_global_batch(tmp_path):
         if r["config"]["parallel"] != "none":
             m = r["metrics"]
             assert r["status"] == "ok" and m["parity"] == "ok", (r["config_key"], r["reason"])
-            assert m["parity_max_rel_dev"] < 1e-6 and m["params_in_sync"] is True, m["parity_max_rel_dev"]
+            assert m["parity_max_rel_dev"] < 1e-6, m["parity_max_rel_dev"]
+            assert m.get("params_in_sync") is (True if r["config"]["parallel"] == "ddp" else None)

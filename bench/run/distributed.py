@@ -124,19 +124,23 @@ def finish(*keep: Any) -> None:
         _HELD.extend(keep)
 
 
-def param_checksum(model: Any) -> float:
-    """Sum of every parameter in float64: equal on all ranks exactly when data parallelism kept them in sync.
-
-    Sharded (FSDP) parameters are gathered whole first, so this is a collective there.
-    """
+def param_checksum(model: Any) -> float | None:
+    """Sum in float64 of the parameters this rank holds whole: equal on all ranks exactly when data parallelism
+    kept them in sync. A sharded parameter (FSDP's, a tensor-parallel shard) is left out: its shards differ by
+    design, and gathered whole it would read the same on every rank whatever the gradients did, a check that
+    cannot fail. None when every parameter is sharded (FSDP): there is nothing to compare."""
     import torch
 
-    total = 0.0
+    total, counted = 0.0, False
     with torch.no_grad():
         for p in model.parameters():
-            full = p.full_tensor() if hasattr(p, "full_tensor") else p
-            total += float(full.double().sum())
-    return total
+            if hasattr(p, "placements"):  # a DTensor: whole on this rank only when replicated on every mesh dim
+                if not all(placement.is_replicate() for placement in p.placements):
+                    continue
+                p = p.to_local()
+            total += float(p.double().sum())
+            counted = True
+    return total if counted else None
 
 
 def aggregate(per_rank: list[dict[str, Any]], *, tokens_per_step: int, samples_per_step: int, steps: int,
