@@ -508,6 +508,39 @@ def test_6_11_a_full_then_read_only_disk(tmp_path, tiny):
                                                 f"'{mnt}/run/report': Read-only file system\n")
 
 
+ALREADY_FULL = """
+set -u
+mount -t tmpfs -o size=64k tmpfs "$MNT"
+head -c 1048576 /dev/zero > "$MNT/fill" 2>/dev/null
+for command in run calibrate; do
+    python "$FAKE" --cli $command --suite "$SUITE" --out "$MNT/$command" >/dev/null 2>"$OUT/$command.err"
+    echo $? > "$OUT/$command.rc"
+done
+"""
+
+
+@pytest.mark.slow
+def test_6_a_disk_full_before_the_run_starts(tmp_path, tiny):
+    """A disk already full: the lock holder's name cannot be written, which must not resurface as an internal
+    error when the lock's file is closed (a buffered write failing again): one line, exit 2."""
+    probe = subprocess.run(["unshare", "--mount", "--map-root-user", "mount", "-t", "tmpfs", "tmpfs", str(tmp_path)],
+                           capture_output=True) if shutil.which("unshare") else None
+    if probe is None or probe.returncode:
+        pytest.skip("no private mount namespace here (unshare) for a small tmpfs")
+    mnt, out = tmp_path / "mnt", tmp_path / "out"
+    mnt.mkdir()
+    out.mkdir()
+    env = {**os.environ, "MNT": str(mnt), "OUT": str(out), "FAKE": fake_worker.__file__, "SUITE": tiny}
+    subprocess.run(["unshare", "--mount", "--map-root-user", "sh", "-c", ALREADY_FULL], env=env, timeout=300,
+                   check=True)
+    for command in ("run", "calibrate"):
+        err = (out / f"{command}.err").read_text()
+        assert (out / f"{command}.rc").read_text().strip() == "2", err
+        assert "Traceback" not in err and "internal error" not in err, err
+        line = err.strip().splitlines()[-1]
+        assert line.startswith("lmbench: error: ") and "No space left on device" in line, line
+
+
 @pytest.mark.parametrize("failure", ["no result", "an error result"])
 def test_6_a_worker_failing_on_a_full_disk_is_unsaved_not_failed(tmp_path, tiny, fake, monkeypatch, failure):
     """The worker fails at its first write (result, telemetry, log), maybe before its log says anything;
@@ -527,6 +560,23 @@ def test_6_a_worker_failing_on_a_full_disk_is_unsaved_not_failed(tmp_path, tiny,
     assert line.startswith(f"lmbench: error: cannot save '{out}/work/tiny-gpt2-b2-s32-a1-fp32-")
     assert ".result.json': No space left on device (" in line
     assert not (out / "results.jsonl").exists()
+
+
+def test_6_a_worker_that_failed_of_its_own_is_a_record_even_with_little_room(tmp_path, tiny, fake, monkeypatch):
+    """A worker that wrote its result, an error of its own (a corpus too short), failed of nothing the storage did:
+    with less room left than a result takes, the probe would fail, but the record is saved and the run goes on
+    (before, the run stopped as 'cannot save', and every --resume ran the configuration and stopped again)."""
+    def little_room(path, mode="r", *args, **kwargs):
+        if Path(path).name == ".room-probe":
+            raise OSError(27, "File too large")
+        return open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "open", little_room, raising=False)
+    monkeypatch.setenv("FAKE_WORKER_ERROR", "DataError: the corpus has 2 tokens, fewer than one batch")
+    out = tmp_path / "run"
+    assert lmbench("run", "--suite", tiny, "--out", out).exit_code == 0
+    assert [(r["status"], r["reason"]) for r in results.read(out).records] == [
+        ("error", "DataError: the corpus has 2 tokens, fewer than one batch")] * 2
 
 
 # 7. compare: a bad --junit path, a metric that is not a number or is zero everywhere.

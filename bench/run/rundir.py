@@ -167,9 +167,10 @@ def _lock(path: Path, notices: list[str]) -> IO[bytes] | None:
     started = dt.datetime.now().astimezone().isoformat(timespec="seconds")
     command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
     try:
-        f.truncate(0)
-        f.write(f"lmbench (pid {os.getpid()} on {socket.gethostname()} since {started}: {command})".encode()[:4000])
-        f.flush()
+        # Unbuffered: on a full disk a buffered write would fail again, and raise, when the lock's file is closed.
+        os.ftruncate(f.fileno(), 0)
+        os.write(f.fileno(), f"lmbench (pid {os.getpid()} on {socket.gethostname()} since {started}: "
+                             f"{command})".encode()[:4000])
     except OSError:
         pass  # who holds it is a courtesy to the next process; the lock itself is taken
     return f

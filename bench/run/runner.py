@@ -136,11 +136,18 @@ def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch()
     cause = first_failure(others, payload if status != "ok" else None) if status != "ok" else None
     if cause is not None:
         status, reason = cause["status"], f"rank {cause['rank']} failed first: {cause['reason']}"
-    if status == "error":
+    # A worker that failed without a result, or of a write, may have failed of the storage: a probe tells. One that
+    # failed of its own and said so (a bad corpus, a kernel error) is a record, whatever room is left.
+    if status == "error" and (payload is None or _of_a_write(reason)):
         no_room = _no_room_for_a_result(run_dir, result_path)
         if no_room is not None:
             raise no_room
     return status, reason, payload
+
+
+def _of_a_write(reason: str | None) -> bool:
+    """Whether a worker's failure reads as a write the storage refused (ENOSPC, EFBIG, EDQUOT, EROFS...)."""
+    return any(os.strerror(code) in (reason or "") for code in results.CANNOT_SAVE)
 
 
 def _rank_failures(result_path: Path) -> list[dict[str, Any]]:
