@@ -229,9 +229,10 @@ def _run_suite(plan: RunPlan, out: Path | None, *, resume: bool, dry_run: bool =
             _execute(jobs, run_dir, suite.name, launch, recorded.records, plan.parity, session)
         except Interrupted as stop:
             what = "interrupted" if stop.signum == signal.SIGINT else f"stopped by {stop.name}"
-            _say(f"lmbench: {what}; {len(session)} record(s) of this session are in {run_dir.results_path}; the "
-                 f"configuration that was running has none and runs again on resume; continue with: "
-                 f"{resume_command}")
+            running = ("the configuration running when it came had finished and is recorded" if stop.after_a_record
+                       else "the configuration that was running has none and runs again on resume")
+            _say(f"lmbench: {what}; {len(session)} record(s) of this session are in {run_dir.results_path}; "
+                 f"{running}; continue with: {resume_command}")
             return stop.exit_code
         except StorageError as err:
             raise StorageError(f"{err}; the {len(session)} record(s) of this session are kept; once there is "

@@ -9,6 +9,7 @@ Behaviour comes from the environment, which the parent passes on to its workers:
   FAKE_WORKER_OOM_ABOVE=N  batch sizes above N end as `oom` (for tune's search)
   FAKE_WORKER_ERROR=TEXT   every job ends as `error` with this reason
   FAKE_WORKER_STRAGGLER=DIR  leave a child running in the worker's session (its pid in DIR/<pid>), then exit
+  FAKE_WORKER_LINGER=TEXT  after writing the result, hang (until killed) when TEXT is in the job's config key
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ def work(job_path: Path, result_path: Path) -> int:
     tmp = result_path.with_name(result_path.name + ".tmp")
     tmp.write_text(json.dumps({**payload, "env": {"torch": "fake", "device": {"type": "cpu"}}}))
     tmp.replace(result_path)
+    if os.environ.get("FAKE_WORKER_LINGER") and os.environ["FAKE_WORKER_LINGER"] in config.key:
+        while True:  # a worker slow to exit after its result (a process group torn down, CUDA's teardown)
+            time.sleep(0.1)
     return 0
 
 

@@ -269,6 +269,26 @@ def test_3_a_signal_stops_the_worker_records_nothing_half_done_and_resume_finish
 
 
 @pytest.mark.slow
+def test_3_a_signal_after_a_worker_wrote_its_result_keeps_that_measurement(tmp_path, tiny, fake):
+    """The worker wrote its result and was still exiting when Ctrl-C came: the measurement is recorded, and resume
+    runs only what had not run (before, the result was dropped with the work folder and measured again)."""
+    out = tmp_path / "run"
+    args = ["run", "--suite", tiny, "--out", out, *THREE, "--device", "cpu"]
+    proc = spawn(tmp_path, *args, env={"FAKE_WORKER_LINGER": "-amp-bf16-"})
+    wait_for(lambda: len(lines(out)) == 1 and any((out / "work").glob("*amp-bf16*.result.json")))
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "2 record(s) of this session are in" in stderr
+    assert "the configuration running when it came had finished and is recorded" in stderr
+    assert keys(out) == [("fp32", 0), ("amp-bf16", 0)] and list((out / "work").iterdir()) == []
+    result = lmbench(*args, "--resume")
+    assert result.exit_code == 0, result.output
+    assert "2 record(s) kept, 1 job(s) to go" in result.stderr
+    assert keys(out) == [("fp32", 0), ("amp-bf16", 0), ("bf16", 0)]
+
+
+@pytest.mark.slow
 def test_3_a_hang_up_after_the_terminal_is_gone_still_stops_cleanly(tmp_path, tiny, fake):
     """A closed ssh session: the terminal lmbench writes to is gone (writes fail with EIO), then SIGHUP."""
     master, terminal = pty.openpty()

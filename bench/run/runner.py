@@ -7,6 +7,7 @@ came, or whose result could not be saved, has no record and runs again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -27,6 +28,7 @@ from lmbench.plan.layout import single_device
 from lmbench.plan.parity import is_reference, reference_config, reference_depth
 from lmbench.plan.parity import verdict as parity_verdict
 from lmbench.plan.suite import Planned
+from lmbench.run.interrupts import Hold, Interrupted, holding
 from lmbench.run.launcher import Launch, worker_command
 from lmbench.run.rundir import RunDirectory
 from lmbench.run.worker import OOM_MARKERS
@@ -78,7 +80,7 @@ def plan(planned: list[Planned], platform: Platform, *, repeats: int, done: set[
     return jobs
 
 
-def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch()
+def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch(), hold: Hold | None = None
                ) -> tuple[str, str | None, dict[str, Any] | None]:
     """Run one job in a fresh interpreter (torchrun for ddp/fsdp); returns (status, reason, payload).
 
@@ -105,7 +107,16 @@ def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch()
         proc = subprocess.Popen(worker_command(job.config, job_path, result_path, launch), stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         try:
-            code = proc.wait(timeout=job.config.timeout_s)
+            with hold.released() if hold is not None else contextlib.nullcontext():
+                code = proc.wait(timeout=job.config.timeout_s)
+        except Interrupted as stop:
+            # A result already written is a finished job (its last act): recorded before the stop goes on.
+            finished = hold is not None and result_path.exists()
+            _stop(proc)
+            if not finished:
+                raise
+            hold.pending = stop
+            code = proc.returncode if proc.returncode is not None else 0
         except subprocess.TimeoutExpired:
             _stop(proc)
             cause = first_failure(_rank_failures(result_path), None)
@@ -287,20 +298,23 @@ def execute(jobs: list[Job], run_dir: RunDirectory, *, suite: str, launch: Launc
     for job in jobs:
         if not launch.runs(job.config):
             continue
-        if job.skip:
-            status, reason, payload = "skipped", job.skip, None
-        else:
-            status, reason, payload = run_worker(job, run_dir, launch)
-        record = results.make_record(suite=suite, config=job.config.to_dict(), config_key=job.config.key,
-                                     repeat=job.repeat, status=status, reason=reason, payload=payload)
-        if status == "ok":
-            if job.config.parallel != "none":
-                baseline = throughput.get(single_device_key(job.config, nnodes=launch.nnodes), [])
-                record["metrics"].update(scaling_efficiency(record, baseline))
-            throughput.setdefault(job.config.key, []).append(record["metrics"])
-            reference_losses.setdefault(job.config.key, {})[job.repeat] = record["losses"]
-        if parity and status in ("ok", "diverged"):
-            add_parity(record, job.config, reference_losses, nnodes=launch.nnodes)
-        if launch.records:
-            run_dir.append(record)
+        # A signal stops the wait for a worker at once; anywhere else it waits until this job's record is saved.
+        with holding() as hold:
+            if job.skip:
+                status, reason, payload = "skipped", job.skip, None
+            else:
+                status, reason, payload = run_worker(job, run_dir, launch, hold)
+            record = results.make_record(suite=suite, config=job.config.to_dict(), config_key=job.config.key,
+                                         repeat=job.repeat, status=status, reason=reason, payload=payload)
+            if status == "ok":
+                if job.config.parallel != "none":
+                    baseline = throughput.get(single_device_key(job.config, nnodes=launch.nnodes), [])
+                    record["metrics"].update(scaling_efficiency(record, baseline))
+                throughput.setdefault(job.config.key, []).append(record["metrics"])
+                reference_losses.setdefault(job.config.key, {})[job.repeat] = record["losses"]
+            if parity and status in ("ok", "diverged"):
+                add_parity(record, job.config, reference_losses, nnodes=launch.nnodes)
+            if launch.records:
+                run_dir.append(record)
         yield job, record
+        hold.raise_pending(after_a_record=True)
