@@ -440,7 +440,25 @@ MALFORMED = [
     ('{"config_key": "x", "repeat": 0, "status": "great", "config": {"model": "tiny-gpt2"}}',
      "status is not one of ok, oom, diverged, error, timeout, skipped"),
     ('{"config_key": "x", "repeat": 0, "status": "ok", "config": {"model": "tiny-gpt2"}, "metrics": {}}',
-     "an ok record without a numeric metrics.tokens_per_s"),
+     "an ok record without a positive, finite metrics.tokens_per_s"),
+    # Each of these crashed report, compare or the run summary (exit 3) before it was refused here.
+    ('{"config_key": "x", "repeat": 0, "status": "ok", "config": {"model": "tiny-gpt2"}, '
+     '"metrics": {"tokens_per_s": 0}}', "an ok record without a positive, finite metrics.tokens_per_s"),
+    ('{"config_key": "x", "repeat": 0, "status": "ok", "config": {"model": "tiny-gpt2"}, '
+     '"metrics": {"tokens_per_s": Infinity}}', "an ok record without a positive, finite metrics.tokens_per_s"),
+    ('{"config_key": "x", "repeat": 0, "status": "ok", "config": {"model": "tiny-gpt2"}, '
+     '"metrics": {"tokens_per_s": NaN}}', "an ok record without a positive, finite metrics.tokens_per_s"),
+    ('{"config_key": "x", "repeat": 0, "status": "ok", "config": {"model": "tiny-gpt2"}, '
+     '"metrics": {"tokens_per_s": 1.0, "step_time_cv": "y"}}', "metrics.step_time_cv is not a number"),
+    ('{"config_key": "x", "repeat": 0, "status": "ok", "config": {"model": "tiny-gpt2"}, '
+     '"metrics": {"tokens_per_s": 1.0, "mem_peak_allocated_bytes_per_rank": [1, "a"]}}',
+     "metrics.mem_peak_allocated_bytes_per_rank is not a number"),
+    ('{"config_key": "x", "repeat": 0, "status": "error", "config": {"model": "tiny-gpt2"}, "step_times_s": ["a"]}',
+     "step_times_s holds something other than numbers"),
+    ('{"config_key": "x", "repeat": 0, "status": "error", "config": {"model": "tiny-gpt2"}, "warnings": [1, {}]}',
+     "warnings holds something other than text"),
+    ('{"config_key": "x", "repeat": 0, "status": "error", "config": {"model": "tiny-gpt2"}, '
+     '"env": {"device": "oops"}}', "env.device is not an object"),
     ('{"config_key": "x", "repeat": 0, "status": "skipped", "config": {"model": "tiny-gpt2", "batch_size": null}}',
      "config holds something other than strings, numbers and booleans"),
     ('{"config_key": "x", "repeat": 0, "status": "error", "config": {"model": "tiny-gpt2"}, "losses": ["a"]}',

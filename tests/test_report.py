@@ -558,3 +558,11 @@ def test_the_run_summary_leaves_out_contended_repeats_as_the_report_does():
     # Three ok repeats, one left out of the figures: the status still counts all three as ok.
     assert "1,050" in text and "1 contended repeat left out" in text and "ok (3/3 ok)" in text
     assert report.tables(records)["throughput"].splitlines()[2].startswith("| tiny-gpt2 | ok (3/3) | 1,050 |")
+
+
+def test_an_axis_a_record_does_not_have_is_shown_as_unused():
+    """A record from a newer lmbench carries an axis older records lack: their labels show it as `-`, not a crash."""
+    from lmbench.analyze import plots
+
+    assert plots.config_label({"model": "tiny-gpt2", "kernels": "eager"}, ["model", "foo_axis"]) == (
+        "model=tiny-gpt2 foo_axis=-")

@@ -36,8 +36,8 @@ def _empty(title: str, why: str) -> Figure:
 
 def config_label(row: pd.Series | dict[str, Any], axes: list[str]) -> str:
     """`kernels=compile compile_mode=max-autotune`; an option the row does not use is `-` (kernels=eager
-    compile_mode=-), as tables show it."""
-    return " ".join(f"{a}={row[a] if applies(row, a) else '-'}" for a in axes)
+    compile_mode=-), as tables show it; so is an axis the row's lmbench did not have (a newer record's axis)."""
+    return " ".join(f"{a}={row.get(a, '-') if applies(row, a) else '-'}" for a in axes)
 
 
 def _ok(df: pd.DataFrame, column: str) -> pd.DataFrame:

@@ -12,6 +12,7 @@ import errno
 import json
 import math
 import os
+import re
 import resource
 import shutil
 from collections.abc import Iterator
@@ -30,6 +31,10 @@ STATUSES = ("ok", "oom", "diverged", "error", "timeout", "skipped")
 CANNOT_SAVE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
                          errno.ENOTDIR, errno.EISDIR})
 _SCALAR = (str, int, float, bool)
+#: Metric names whose unit says they hold a number (or a list of numbers: one a rank, one a step): seconds, bytes,
+#: watts, joules, percent, MHz, degrees, fractions, rates, FLOPs. Metric names are free, their units are not.
+_NUMERIC_METRIC = re.compile(r"(_s|_bytes|_w|_j|_pct|_mhz|_c|_frac|_fraction|_cv|_per_s|tflops|_per_token)"
+                             r"(_per_rank|_per_stage)?$|^[mh]fu")
 
 
 def sanitize(value: Any) -> Any:
@@ -238,14 +243,28 @@ def shape_problem(record: Any) -> str | None:
                        ("warnings", list), ("reason", str), ("suite", str)):
         if record.get(name) is not None and not isinstance(record[name], kind):
             return f"{name} is not {'an object' if kind is dict else 'a list' if kind is list else 'a string'}"
-    if any(not isinstance(v, (int, float)) or isinstance(v, bool) for v in record.get("losses") or []
-           if v is not None):
-        return "losses holds something other than numbers"
+    for name in ("losses", "step_times_s"):
+        if not _numbers(record.get(name) or []):
+            return f"{name} holds something other than numbers"
+    if any(not isinstance(w, str) for w in record.get("warnings") or []):
+        return "warnings holds something other than text"
+    if not isinstance((record.get("env") or {}).get("device", {}), (dict, type(None))):
+        return "env.device is not an object"
+    metrics = record.get("metrics") or {}
+    wrong = next((name for name, value in metrics.items() if _NUMERIC_METRIC.search(name) and
+                  not _numbers(value if isinstance(value, list) else [value])), None)
+    if wrong is not None:
+        return f"metrics.{wrong} is not a number (its unit says it is one)"
     if status == "ok":
-        tps = (record.get("metrics") or {}).get("tokens_per_s")
-        if not isinstance(tps, (int, float)) or isinstance(tps, bool):
-            return "an ok record without a numeric metrics.tokens_per_s"
+        tps = metrics.get("tokens_per_s")
+        if not isinstance(tps, (int, float)) or isinstance(tps, bool) or not math.isfinite(tps) or tps <= 0:
+            return "an ok record without a positive, finite metrics.tokens_per_s"
     return None
+
+
+def _numbers(values: list[Any]) -> bool:
+    """Whether every value is a number (not a bool) or null."""
+    return all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values)
 
 
 @dataclass
