@@ -168,9 +168,14 @@ def _run_suite(plan: RunPlan, out: Path | None, *, resume: bool, dry_run: bool =
     from lmbench.measure.environment import probe_platform
     from lmbench.run.launcher import Launch
 
-    if node_rank is None:
-        node_rank = int(os.environ.get("SLURM_NODEID", "0")) if plan.nnodes > 1 else 0
-    launch = Launch(nnodes=plan.nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint)
+    if node_rank is None and plan.nnodes > 1 and os.environ.get("SLURM_NODEID"):
+        slurm = os.environ["SLURM_NODEID"]
+        if not slurm.strip().isdigit() or int(slurm) >= plan.nnodes:
+            raise UsageError(f"SLURM_NODEID={slurm!r} (this node's rank, as --node-rank is not given): must be an "
+                             f"integer in 0..{plan.nnodes - 1} for --nnodes {plan.nnodes}")
+        node_rank = int(slurm)
+    launch = Launch(nnodes=plan.nnodes, node_rank=node_rank or 0, rdzv_endpoint=rdzv_endpoint)
+    node_rank = launch.node_rank
     parsed = suites.parse_overrides(list(plan.overrides) + ([f"device={plan.device}"] if plan.device else []))
     suite = suites.load(plan.suite).with_overrides(parsed)
     plan = dataclasses.replace(plan, suite_sha256=suite.digest)
@@ -820,21 +825,26 @@ def ceilings(out: Path | None) -> int:
 
     import torch
 
+    from lmbench.analyze import results
     from lmbench.measure import ceilings as measured
 
+    if out is not None:  # before a minute of measuring, not after
+        results.writable_dir(out.parent, what="the directory of --out")
     if not torch.cuda.is_available():
         reason = f"lmbench ceilings needs a CUDA GPU (none visible; torch {torch.__version__})"
         click.echo(f"skipped: {reason}")
         if out is not None:
             # The file a script asked for exists and says why it holds no figure (--ceilings refuses it, naming it).
-            out.write_text(json.dumps({"status": "skipped", "reason": reason}, indent=2), encoding="utf-8")
+            with results.saving(out):
+                out.write_text(json.dumps({"status": "skipped", "reason": reason}, indent=2), encoding="utf-8")
         return 0
     figures = measured.measure(torch.device("cuda"))
     modes = ", ".join(f"{mode} {figures[f'{mode}_matmul_tflops']:.0f}" for mode in ("bf16", "fp16", "tf32", "fp32"))
     click.echo(f"{figures['device']}: matmul TFLOP/s {modes} ({figures['bf16_matmul_n']}^3), "
                f"copy {figures['copy_gb_per_s']:.0f} GB/s (read + write)")
     if out is not None:
-        out.write_text(json.dumps(figures, indent=2), encoding="utf-8")
+        with results.saving(out):
+            out.write_text(json.dumps(figures, indent=2), encoding="utf-8")
     return 0
 
 

@@ -485,3 +485,38 @@ def test_other_files_the_cli_reads_that_are_not_utf8_are_bad_input(tmp_path, wha
     else:
         args = ["report", run, "--ceilings", binary]
     assert "'utf-8' codec can't decode byte 0xff in position 0" in error(lmbench(*args))
+
+
+@pytest.mark.parametrize(("edit", "why"), [
+    ({"repeats": "1"}, "repeats='1' is not int"),
+    ({"suite_sha256": None, "device": 5}, "suite_sha256=None is not str"),
+    ({"parity": 1}, "parity=1 is not bool"),
+    ({"overrides": [1]}, "overrides=(1,) is not tuple[str, ...]"),
+])
+def test_resume_refuses_a_hand_edited_plan_of_the_wrong_types(tmp_path, edit, why):
+    """run.json edited by hand (or by another tool) gets one line naming the field, not a TypeError (exit 3)."""
+
+    out = tmp_path / "run"
+    args = ("run", "--suite", "smoke", "--device", "cpu", "--out", out)
+    from lmbench.plan.runplan import RunPlan
+    from lmbench.run.rundir import RunDirectory
+
+    with RunDirectory(out, resume=False) as run_dir:
+        plan = RunPlan(suite="smoke", suite_sha256="0" * 64, device="cpu")
+        run_dir.write_meta({"command": "run", "plan": {**plan.to_json(), **edit}})
+    assert error(lmbench(*args, "--resume")) == f"run.json holds no readable plan ({why})"
+
+
+@pytest.mark.parametrize("value", ["abc", "7", "-1"])
+def test_a_slurm_node_id_that_is_no_node_rank_is_named(monkeypatch, value):
+    monkeypatch.setenv("SLURM_NODEID", value)
+    result = lmbench("run", "--suite", "smoke", "--device", "cpu", "--nnodes", "2", "--dry-run")
+    assert error(result) == (f"SLURM_NODEID={value!r} (this node's rank, as --node-rank is not given): must be an "
+                             "integer in 0..1 for --nnodes 2")
+
+
+def test_ceilings_out_in_a_place_that_cannot_hold_it_is_refused_before_measuring(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert error(lmbench("ceilings", "--out", blocker / "c.json")) == (
+        f"cannot write to the directory of --out {str(blocker)!r}: File exists")

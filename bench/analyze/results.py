@@ -87,9 +87,9 @@ def writable_dir(path: Path, *, what: str = "--out") -> None:
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
+        probe = path / f".write-test-{os.getpid()}"  # its own: two writers starting at once never share one
         probe.write_text("")
-        probe.unlink()
+        probe.unlink(missing_ok=True)
     except OSError as err:
         raise ResultsError(f"cannot write to {what} {str(path)!r}: {err.strerror or err}") from None
 

@@ -9,7 +9,10 @@ the plan rather than changing it.
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
+import types
+import typing
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,9 +40,35 @@ class StoredPlan:
     @classmethod
     def from_json(cls: type[P], data: Any) -> P:
         try:
-            return cls(**{**data, "overrides": tuple(data.get("overrides") or ())})
+            plan = cls(**{**data, "overrides": tuple(data.get("overrides") or ())})
         except (TypeError, AttributeError) as err:
             raise UsageError(f"run.json holds no readable plan ({err})") from None
+        hints = typing.get_type_hints(cls)
+        for field in dataclasses.fields(plan):  # type: ignore[arg-type]
+            value = getattr(plan, field.name)
+            if not _fits(value, hints[field.name]):
+                raise UsageError(f"run.json holds no readable plan ({field.name}={value!r} is not "
+                                 f"{_spelled(hints[field.name])})")
+        return plan
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether `value`, read from JSON, has the type `hint` (bool is not an int here)."""
+    if hint is Any:
+        return True
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_fits(value, arm) for arm in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        return isinstance(value, tuple) and all(_fits(v, typing.get_args(hint)[0]) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint in (int, float):  # JSON writes 2.0 as 2
+        return isinstance(value, (int, hint)) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _spelled(hint: Any) -> str:
+    return str(hint).replace("typing.", "") if typing.get_origin(hint) else getattr(hint, "__name__", str(hint))
 
 
 @dataclass(frozen=True, kw_only=True)
