@@ -132,8 +132,8 @@ def run(suite_name: str, out: Path | None, overrides: tuple[str, ...], device: s
     """
     _one_setting_each(overrides, {"device": ("--device", device), "profile": ("--profile", profile)})
     overrides = (*overrides, "profile=true") if profile else overrides
-    plan = RunPlan(suite=suite_name, suite_sha256="", overrides=overrides, device=device, repeats=repeats,
-                   parity=parity, nnodes=nnodes)
+    plan = RunPlan(suite=suites.as_recorded(suite_name), suite_sha256="", overrides=overrides, device=device,
+                   repeats=repeats, parity=parity, nnodes=nnodes)
     return _run_suite(plan, out, resume=resume, dry_run=dry_run, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
                       max_configs=max_configs, objective=objective)
 
@@ -560,7 +560,8 @@ def calibrate(suite_name: str, repeats: int, out: Path | None, overrides: tuple[
     args = ["lmbench", "calibrate", "--suite", suite_name, "--repeats", str(repeats), "--out", str(out)]
     args += [a for item in overrides for a in ("--set", item)] + (["--device", device] if device else [])
     args += ["--metric", metric] if metric != "tokens_per_s" else []
-    plan = RunPlan(suite=suite_name, suite_sha256="", overrides=overrides, device=device, repeats=repeats)
+    plan = RunPlan(suite=suites.as_recorded(suite_name), suite_sha256="", overrides=overrides, device=device,
+                   repeats=repeats)
     for name in ("a", "b"):
         code = _run_suite(plan, out / name, resume=resume, resume_command=shlex.join([*args, "--resume"]))
         if code:

@@ -879,3 +879,15 @@ def test_a_failing_rank_other_than_0_leaves_its_failure_for_the_parent(tmp_path,
     failure = json.loads(worker.rank_failure_path(result, 1).read_text())
     assert (failure["status"], failure["reason"], failure["rank"]) == ("oom", "MemoryError: host out of memory", 1)
     assert failure["failed_at"] == pytest.approx(time.time(), abs=60)
+
+
+def test_resume_takes_a_matrix_in_any_order_and_records_a_suite_file_by_its_whole_path(tmp_path, tiny, fake,
+                                                                                       monkeypatch):
+    """The order of a --set's values orders the jobs, not the plan; a suite file given relative to one directory is
+    recorded whole, so the resume command lmbench prints works from any other."""
+    monkeypatch.chdir(tmp_path)
+    assert lmbench("run", "--suite", "tiny.toml", "--out", "run", "--set", "precision=fp32,bf16").exit_code == 0
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["plan"]["suite"] == str(tmp_path / "tiny.toml")
+    resumed = lmbench("run", "--suite", tiny, "--out", tmp_path / "run", "--set", "precision=bf16,fp32", "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert "2 record(s) kept, 0 job(s) to go" in resumed.stderr

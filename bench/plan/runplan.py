@@ -1,8 +1,8 @@
 """A run's plan as run.json keeps it, the proof that `--resume` continues the same plan, and the command that does.
 
 The plan is what decides the list of jobs: the suite's content (its sha256, so an edited suite file
-counts as another plan), the overrides (--set and --device, compared after parsing, so order and
-spelling do not matter), --repeats, --parity and --nnodes. Where it runs (--node-rank,
+counts as another plan), the overrides (--set and --device, compared after parsing, so order, the order of
+a matrix's values and spelling do not matter), --repeats, --parity and --nnodes. Where it runs (--node-rank,
 --rdzv-endpoint) and the --max-configs guard are not part of it. Raising --repeats on resume extends
 the plan rather than changing it.
 """
@@ -89,7 +89,9 @@ class RunPlan(StoredPlan):
         """The plan as comparable text, one entry per thing a user can change (the suite by content only)."""
         try:
             parsed = suites.parse_overrides([*self.overrides, *([f"device={self.device}"] if self.device else [])])
-            overrides = " ".join(f"{axis}={','.join(map(str, values))}" for axis, values in sorted(parsed.items()))
+            # A matrix's values in any order are one plan (the order only orders the jobs).
+            overrides = " ".join(f"{axis}={','.join(sorted(map(str, values)))}"
+                                 for axis, values in sorted(parsed.items()))
         except LmbenchError:
             overrides = " ".join(self.overrides)  # from another lmbench version: compared as written
         return {"suite content": f"sha256 {self.suite_sha256[:12]}", "overrides (--set, --device)": overrides or "none",

@@ -134,6 +134,13 @@ def builtin_names() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files("lmbench.suites").iterdir() if p.name.endswith(".toml"))
 
 
+def as_recorded(name_or_path: str) -> str:
+    """How a run records its suite: a suite file by its absolute path, so that the resume command it prints works
+    from any directory; a built-in suite by its name."""
+    path = Path(name_or_path)
+    return str(path.resolve()) if path.is_file() else name_or_path
+
+
 def load(name_or_path: str) -> Suite:
     """Load a built-in suite by name, or a suite file by path."""
     path = Path(name_or_path)
