@@ -147,6 +147,9 @@ def test_compare_bad_inputs_are_one_line_errors(tmp_path):
     cases = [
         ((base, str(tmp_path / "nope")),
          f"lmbench: error: candidate run directory '{tmp_path / 'nope'}' does not exist"),
+        ((str(tmp_path / "base" / "results.jsonl"), base),
+         f"lmbench: error: baseline run directory '{tmp_path / 'base' / 'results.jsonl'}' is a file, not a run "
+         "directory"),
         ((base, other_suite), "lmbench: error: the runs are of different suites (s, t); compare runs of one suite"),
         ((base, other_gpu), "lmbench: error: the runs come from different devices (NVIDIA H100 80GB HBM3 (GPU) vs "
                             "NVIDIA A100-SXM4-80GB (GPU)); pass --allow-different-hardware to compare them anyway"),

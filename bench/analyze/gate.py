@@ -25,7 +25,8 @@ def load_pair(base: Path, cand: Path, *, metric: str, allow_different_hardware: 
     warnings: list[str] = []
     for side, path in (("baseline", base), ("candidate", cand)):
         if not Path(path).is_dir():
-            raise UsageError(f"{side} run directory {str(path)!r} does not exist")
+            what = "is a file, not a run directory" if Path(path).exists() else "does not exist"
+            raise UsageError(f"{side} run directory {str(path)!r} {what}")
     if Path(base).resolve() == Path(cand).resolve():
         # A CI job that names one directory twice would pass for ever.
         raise UsageError(f"baseline and candidate are the same run directory ({str(base)!r}): a run compared with "
