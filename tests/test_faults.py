@@ -824,6 +824,14 @@ def test_a_profiled_record_written_under_the_old_key_is_read_under_todays(tmp_pa
     loaded = results.read(tmp_path)
     assert loaded.warnings == []
     assert [r["config_key"] for r in loaded.records] == [Config().key, "odd", old_key]
+    # Its side files keep the key they were written under: the report still finds its telemetry.
+    assert [r.get("written_key") for r in loaded.records] == [old_key, None, None]
+    from lmbench.analyze.report import timelines
+
+    (tmp_path / "telemetry").mkdir()
+    (tmp_path / "telemetry" / f"{old_key}-r0.csv").write_text("t_s,power_w\n")
+    first = {**loaded.records[0], "run": str(tmp_path)}
+    assert list(timelines([first], ["model"]).values()) == [tmp_path / "telemetry" / f"{old_key}-r0.csv"]
 
 
 _RANKS_FAIL = """

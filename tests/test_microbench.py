@@ -225,6 +225,14 @@ def test_a_compute_bound_op_gets_its_flop_rate_against_the_matmul_ceiling():
     assert microbench.OPS["rmsnorm"].flops is None
 
 
+def test_a_captured_pair_kept_past_its_block_holds_no_graph():
+    """`captured` releases its graphs when its block ends: a Captured still referenced (a loop variable) must not
+    keep a graph's memory pool alive while the next implementation is captured."""
+    held = graphtime.Captured(object(), object(), 4)
+    held.release()
+    assert held._work is None and held._flushes is None
+
+
 def test_after_a_failed_capture_no_later_one_is_trusted(monkeypatch):
     """torch before 2.12 leaves its allocator believing a capture is under way after one failed (pytorch#180395)."""
     monkeypatch.setattr(graphtime, "_failed", ["RuntimeError: operation not permitted when stream is capturing"])
@@ -298,11 +306,15 @@ class _FakeGraphs:
         monkeypatch.setattr(graphtime, "captured", captured)
         monkeypatch.setattr(graphtime, "FLUSH_BYTES", 8)
         monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (1000, 2000))
-        monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 0)
-        monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 0)
+        monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
         clocks = iter([1980.0, 1980.0, 1755.0] + [1900.0] * 100)
         monkeypatch.setattr(sidebyside, "_clock_reader", lambda device: lambda: (
             next(clocks), ["sw_power_cap"] if fakes.order.count("lmbench triton") == 2 else []))
+
+
+def _timing(samples, *, interleaved=True):
+    return sidebyside.DeviceTiming(samples=samples, why_not={}, rounds=4, interleaved=interleaved, clocks_mhz=[],
+                                   clock_events=[])
 
 
 def _timed(peaks):
@@ -325,15 +337,15 @@ def test_device_times_are_taken_in_interleaved_rounds_with_every_graph_held(monk
     # The drift (1% a replay, 12% over the session) cancels out of the ratio within each round: Liger's 1.3x of
     # ours comes back within a few percent, where its medians over the session would carry the drift's noise.
     rows = sidebyside.against([{"impl": name, "status": "ok"} for name in ("eager", "lmbench triton", "liger")],
-                              timing.samples, sidebyside.OURS)
+                              timing, sidebyside.OURS)
     assert rows[2]["vs_ours"] == pytest.approx(1.3, rel=0.03) and rows[2]["vs_ours_verdict"] == "ours faster"
     assert rows[0]["vs_ours"] == pytest.approx(3.0, rel=0.03) and "vs_ours" not in rows[1]
 
 
 def test_graphs_too_large_to_hold_together_are_timed_one_after_another(monkeypatch):
     fakes = _FakeGraphs(monkeypatch, {"eager": 0.3, "lmbench triton": 0.1})
-    # 1.25 x (600 + 200) + 8 flush bytes > 1000 free: one graph at a time.
-    assert not sidebyside.fit_together([600, 200], 1000) and sidebyside.fit_together([400, 300], 1000)
+    # 2 x (600 + 200) + 8 flush bytes > 1000 free: one graph at a time; 2 x (300 + 190) + 8 fits.
+    assert not sidebyside.fit_together([600, 200], 1000) and sidebyside.fit_together([300, 190], 1000)
     timing = sidebyside.device_times(_timed({"eager": 600, "lmbench triton": 200}), [],
                                      device=torch.device("cpu"), rounds=3)
     assert not timing.interleaved and fakes.most_held == 1
@@ -354,7 +366,8 @@ def test_an_implementation_that_cannot_be_captured_says_why_and_the_others_are_t
 def test_a_time_against_ours_is_a_difference_only_when_its_whole_interval_is():
     samples = {"lmbench triton": [0.10, 0.11, 0.10, 0.12], "liger": [0.101, 0.108, 0.102, 0.119],
                "compile": [0.09, 0.099, 0.09, 0.108], "eager": [0.0, 0.3, 0.3, 0.3]}
-    rows = sidebyside.against([{"impl": name, "status": "ok"} for name in samples], samples, "lmbench triton")
+    rows = sidebyside.against([{"impl": name, "status": "ok"} for name in samples], _timing(samples),
+                              "lmbench triton")
     liger, compiled, eager = rows[1], rows[2], rows[3]
     assert liger["vs_ours_low"] < 1 < liger["vs_ours_high"] and liger["vs_ours_verdict"] == "not told apart"
     assert compiled["vs_ours"] == pytest.approx(0.9) and compiled["vs_ours_verdict"] == "ours slower"
@@ -362,7 +375,11 @@ def test_a_time_against_ours_is_a_difference_only_when_its_whole_interval_is():
     assert "vs_ours" not in eager
     # Without our row (it failed) no row gets a ratio.
     fresh = [{"impl": "liger", "status": "ok"}]
-    assert "vs_ours" not in sidebyside.against(fresh, {"liger": [0.1]}, "lmbench triton")[0]
+    assert "vs_ours" not in sidebyside.against(fresh, _timing({"liger": [0.1]}), "lmbench triton")[0]
+    # Timed one after another, the rounds are no pairs: no ratio, no verdict.
+    apart = sidebyside.against([{"impl": "compile", "status": "ok"}], _timing(samples, interleaved=False),
+                               "lmbench triton")
+    assert "vs_ours" not in apart[0]
 
 
 def test_the_table_shows_each_time_against_ours_and_the_title_how_it_was_taken(tmp_path):
@@ -376,8 +393,8 @@ def test_the_table_shows_each_time_against_ours_and_the_title_how_it_was_taken(t
             "clock_events": "sw_power_cap"}
     ours = microbench.with_device_time({**base, "impl": "lmbench triton"}, [0.1] * 4, 10**6)
     liger = microbench.with_device_time({**base, "impl": "liger"}, [0.12] * 4, 10**6)
-    rows = sidebyside.against([ours, liger], {"lmbench triton": [0.1, 0.1, 0.11, 0.1],
-                                               "liger": [0.12, 0.12, 0.13, 0.12]}, "lmbench triton")
+    rows = sidebyside.against([ours, liger], _timing({"lmbench triton": [0.1, 0.1, 0.11, 0.1],
+                                                       "liger": [0.12, 0.12, 0.13, 0.12]}), "lmbench triton")
     caption = sidebyside.timing_caption(rows)
     assert caption == "device times: 10 interleaved rounds, SM clock 1,755-1,980 MHz, clock events: sw_power_cap"
     console = Console(width=300, record=True)

@@ -103,3 +103,14 @@ def test_required_suites_ship():
     assert {"smoke", "fp16", "precision", "batch-sweep", "memory", "kernels", "parallel", "ci", "fp8",
             "convergence"} <= set(
         suites.builtin_names())
+
+
+@pytest.mark.parametrize("values", [[False, True], [True, False]])
+def test_a_profile_matrix_is_one_profiled_configuration(values):
+    """profile leaves the key as it is (its steps come after the window): profile=[false, true] is one configuration,
+    profiled, in either order (before, the first point stood and the other went silently)."""
+    from lmbench.plan.suite import parse
+
+    suite = parse(f"[defaults]\nmodel = 'tiny-gpt2'\n[matrix]\nprofile = {str(values).lower()}\n", source="t.toml")
+    row, = suite.expand()
+    assert row.config.profile is True

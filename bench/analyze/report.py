@@ -368,7 +368,8 @@ def timelines(records: list[dict[str, Any]], axes: list[str]) -> dict[str, Path]
             continue
         folder = Path(r["run"]) / "telemetry"
         # One process, several ranks (rank 0's), or nn.DataParallel's several devices (the first's).
-        for name in (f"{r['config_key']}-r0.csv", f"{r['config_key']}-r0-rank0.csv", f"{r['config_key']}-r0-dev0.csv"):
+        key = r.get("written_key", r["config_key"])  # as its files are named (a profiled record read under a new key)
+        for name in (f"{key}-r0.csv", f"{key}-r0-rank0.csv", f"{key}-r0-dev0.csv"):
             if (folder / name).exists():
                 found[plots.config_label(config, axes)] = folder / name
                 break

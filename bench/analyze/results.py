@@ -301,7 +301,9 @@ def read(path: Path) -> Loaded:
                 if problem:
                     loaded.warnings.append(f"{path}:{number}: skipped line: {problem}")
                     continue
-                record["config_key"] = current_key(record)
+                written, record["config_key"] = record["config_key"], current_key(record)
+                if written != record["config_key"]:
+                    record["written_key"] = written  # its side files (telemetry, logs, traces) carry this one
                 first = seen.setdefault((record["config_key"], record["repeat"]), number)
                 if first != number:
                     loaded.warnings.append(f"{path}:{number}: skipped line: repeat {record['repeat']} of "

@@ -103,6 +103,11 @@ class Captured:
     def __init__(self, work: Any, flushes: Any, calls: int) -> None:
         self._work, self._flushes, self.calls = work, flushes, calls
 
+    def release(self) -> None:
+        """Drop the graphs (their memory pools go with the last reference): `captured` does it when its block ends,
+        so a Captured kept past the block holds nothing."""
+        self._work = self._flushes = None
+
     def sample(self) -> float:
         """Replay both graphs once: one call's device milliseconds (the calls' replay less the flushes', over the
         number of calls)."""
@@ -147,6 +152,9 @@ def captured(fn: Callable[[], Any], grads: Sequence[Any], *, estimate_ms: float,
     except HostWait as err:
         raise NotCapturable(f"it waits for the device on the host ({err})") from None
     torch.cuda.synchronize(device)
+    # What the warm-up left cached (on its side stream) is no capture's to use: a capture allocates from its own pool
+    # and frees no cached block while it runs.
+    torch.cuda.empty_cache()
     if flush is None:
         flush = torch.empty(FLUSH_BYTES, dtype=torch.int8, device=device)
     calls = calls_per_graph(estimate_ms, target_ms)
@@ -167,7 +175,11 @@ def captured(fn: Callable[[], Any], grads: Sequence[Any], *, estimate_ms: float,
             raise NotCapturable(f"the capture failed ({_failed[-1]})") from err
         work.replay()  # the first replay uploads the graph
         flushes.replay()
-        yield Captured(work, flushes, calls)
+        held = Captured(work, flushes, calls)
+        try:
+            yield held
+        finally:
+            held.release()
     finally:
         # A failed capture's exit skips restoring the stream it captured on.
         torch.cuda.set_stream(caller)

@@ -300,7 +300,7 @@ def measure(op: Op, shape: tuple[int, ...], dtype: torch.dtype, mode: str, devic
     timing = sidebyside.device_times(timed, grads, device=device, rounds=rounds)
     done = [with_device_time(row, timing.samples.get(row["impl"]), moved, timing.why_not.get(row["impl"], ""),
                              flops=flops) | timing.columns() if row["status"] == "ok" else row for row in rows]
-    return sidebyside.against(done, timing.samples, sidebyside.OURS)
+    return sidebyside.against(done, timing, sidebyside.OURS)
 
 
 def with_device_time(row: dict[str, Any], device_ms: list[float] | None, moved: int, why_not: str = "", *,

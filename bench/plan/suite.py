@@ -115,7 +115,11 @@ class Suite:
                 config = Config.from_mapping({**self.defaults, **point})
             except ConfigError as err:
                 raise SuiteError(f"{self.source}: {err}") from None
-            planned.setdefault(config.key, Planned(config, config.conflict()))
+            kept = planned.setdefault(config.key, Planned(config, config.conflict()))
+            if config.profile and not kept.config.profile:
+                # profile=[false, true] is one configuration (profiling leaves the window, and the key, as they
+                # are): it is profiled, whichever order the values came in.
+                planned[config.key] = Planned(config, config.conflict())
         rows = list(planned.values())
         if not rows:
             raise SuiteError(f"{self.source}: the matrix is empty after [[exclude]]")

@@ -188,7 +188,8 @@ def pipeline_idle(per_rank: list[dict[str, Any]]) -> dict[str, Any]:
 
 def slowest_steps(per_rank: list[dict[str, Any]]) -> list[float]:
     """Each global step's time: from the moment the last rank finished the step before to the moment the last rank
-    finished this one, on each rank's clock from its window's start (a barrier opens the window). The slowest
+    finished this one, each rank's step ends taken as the running sum of its step times from the window's start (a
+    barrier opens it; the steps run back to back, the host's few microseconds between two left out). The slowest
     rank's time of each step instead would count a stall twice: on the rank that stalled at the end of step i
     (its optimizer, a collection) and again on the others, which wait for it in step i + 1's first collective."""
     if len(per_rank) == 1:

@@ -49,9 +49,9 @@ class Hold:
     def released(self) -> Iterator[None]:
         """A span inside the hold where a signal stops at once (waiting for a worker); one held before it stops
         here, on entry."""
-        self.raise_pending()
-        self._open = True
+        self._open = True  # first: a signal landing between the check and this would be held through the wait
         try:
+            self.raise_pending()
             yield
         finally:
             self._open = False
