@@ -899,3 +899,30 @@ def test_resume_takes_a_matrix_in_any_order_and_records_a_suite_file_by_its_whol
     resumed = lmbench("run", "--suite", tiny, "--out", tmp_path / "run", "--set", "precision=bf16,fp32", "--resume")
     assert resumed.exit_code == 0, resumed.output
     assert "2 record(s) kept, 0 job(s) to go" in resumed.stderr
+
+
+def test_a_signal_at_the_start_of_a_workers_wait_stops_it(monkeypatch):
+    """A signal landing as the wait for a worker begins stops the wait; held, it would have lasted up to timeout_s,
+    and the second Ctrl-C is ignored by then (review)."""
+    from lmbench.run import interrupts
+
+    original = interrupts.Hold.raise_pending
+
+    def signal_after_the_check(self, **kwargs):
+        original(self, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)  # the handler runs at once, in this thread
+
+    monkeypatch.setattr(interrupts.Hold, "raise_pending", signal_after_the_check)
+    waited = []
+    with pytest.raises(interrupts.Interrupted), interrupts.interruptible(), interrupts.holding() as hold:
+        with hold.released():
+            waited.append(True)
+    assert waited == []
+    # Outside a released span the same signal is held until the caller raises it.
+    monkeypatch.setattr(interrupts.Hold, "raise_pending", original)
+    with interrupts.interruptible(), interrupts.holding() as hold:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert isinstance(hold.pending, interrupts.Interrupted)
+    with pytest.raises(interrupts.Interrupted):
+        hold.raise_pending(after_a_record=True)
+    assert hold.pending.after_a_record
