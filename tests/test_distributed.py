@@ -178,6 +178,9 @@ def test_real_ddp_and_fsdp_over_gloo_keep_ranks_in_sync(tmp_path):
         assert m["tokens_per_s"] == pytest.approx(tokens * 4 / m["window_s"])
         # Each global step ends when the last rank has finished it: the steps fit in the window, each counted once.
         assert sum(r["step_times_s"]) <= m["window_s"] and len(m["step_time_median_s_per_rank"]) == 2
+        # Warmup steps as the window's: the job's, not rank 0's, within the slowest rank's warmup.
+        assert len(m["warmup_step_times_s"]) == r["config"]["warmup"]
+        assert sum(m["warmup_step_times_s"]) <= m["warmup_s"]
         # Two processes share the CPU's cores that parallel=none used alone: no scaling efficiency on a CPU.
         assert m["scaling_efficiency"] is None and none["tokens_per_s"] > 0
         assert len(r["step_times_s"]) == 4 and len(r["losses"]) == 4

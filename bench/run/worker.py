@@ -317,7 +317,9 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
     result.update(metrics.flops_utilisation(flops_per_token=flops, hardware_flops_per_token=flops + extra,
                                             tokens_per_s_per_device=result["tokens_per_s_per_device"],
                                             device_name=local["device_name"], precision=config.precision))
-    result.update(metrics.warmup(per_rank[0]["warmup_step_times_s"]))
+    # The job's warmup steps as its window's: each ends when the last rank has finished it (warmup_s is the slowest's).
+    result.update(metrics.warmup(distributed.slowest_steps(
+        [{"step_times_s": r["warmup_step_times_s"]} for r in per_rank])))
     result.update(metrics.profile_fields(per_rank[0]["profile"]))
     notes = []
     if config.cuda_graph and result.get("time_frac_optimizer") is not None:
