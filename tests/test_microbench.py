@@ -234,8 +234,11 @@ def test_a_captured_pair_kept_past_its_block_holds_no_graph():
 
 
 def test_after_a_failed_capture_no_later_one_is_trusted(monkeypatch):
-    """torch before 2.12 leaves its allocator believing a capture is under way after one failed (pytorch#180395)."""
+    """torch before 2.12 leaves its allocator believing a capture is under way after one failed (pytorch#180395):
+    no later capture, and no empty_cache() (an internal assert there)."""
     monkeypatch.setattr(graphtime, "_failed", ["RuntimeError: operation not permitted when stream is capturing"])
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: pytest.fail("empty_cache() after a failed capture"))
+    graphtime.empty_cache()
     with pytest.raises(graphtime.NotCapturable, match="an earlier capture in this process failed"):
         graphtime.device_times_ms(lambda: None, [], estimate_ms=1.0, device=None)
 
@@ -306,7 +309,7 @@ class _FakeGraphs:
         monkeypatch.setattr(graphtime, "captured", captured)
         monkeypatch.setattr(graphtime, "FLUSH_BYTES", 8)
         monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (1000, 2000))
-        monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+        monkeypatch.setattr(graphtime, "empty_cache", lambda: None)
         clocks = iter([1980.0, 1980.0, 1755.0] + [1900.0] * 100)
         monkeypatch.setattr(sidebyside, "_clock_reader", lambda device: lambda: (
             next(clocks), ["sw_power_cap"] if fakes.order.count("lmbench triton") == 2 else []))

@@ -97,6 +97,15 @@ def side_stream_refusing_host_waits(device: Any = None) -> Iterator[None]:
 _failed: list[str] = []
 
 
+def empty_cache() -> None:
+    """torch.cuda.empty_cache(), unless a capture failed in this process: torch before 2.12 then fails an internal
+    assert in it (pytorch#180395), and no later capture is made anyway."""
+    import torch
+
+    if not _failed:
+        torch.cuda.empty_cache()
+
+
 class Captured:
     """`calls` calls, each after an L2 flush, captured in one CUDA graph beside a graph of the flushes alone."""
 
@@ -154,7 +163,7 @@ def captured(fn: Callable[[], Any], grads: Sequence[Any], *, estimate_ms: float,
     torch.cuda.synchronize(device)
     # What the warm-up left cached (on its side stream) is no capture's to use: a capture allocates from its own pool
     # and frees no cached block while it runs.
-    torch.cuda.empty_cache()
+    empty_cache()
     if flush is None:
         flush = torch.empty(FLUSH_BYTES, dtype=torch.int8, device=device)
     calls = calls_per_graph(estimate_ms, target_ms)

@@ -64,7 +64,7 @@ def device_times(timed: dict[str, tuple[Callable[[], Any], float, int]], grads: 
     session lands on all of them alike. When their graphs would not fit in memory together, one after another."""
     # Only the device's free memory counts: a capture allocates from its own pool and frees no cached block while it
     # runs, so what the default pool holds cached (eager linear-CE's GiBs after its event timing) is no graph's.
-    torch.cuda.empty_cache()
+    graphtime.empty_cache()
     free, _ = torch.cuda.mem_get_info(device)
     together = fit_together([peak for _, _, peak in timed.values()], free)
     clocks, events = [], []
