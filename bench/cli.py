@@ -574,6 +574,11 @@ def calibrate(suite_name: str, repeats: int, out: Path | None, overrides: tuple[
                               title=f"noise floor of {suite_name} ({repeats} repeats per run, {metric})")
     _console().print(table)
     click.echo(f"noise floor: {out / 'noise-floor.json'} (lmbench compare --noise-floor)")
+    busy = [key for key, entry in payload["configs"].items() if entry.get("contended")]
+    if busy:
+        click.echo(f"lmbench: warning: {len(busy)} of {len(payload['configs'])} floor(s) rest on repeats that ran "
+                   "while other processes kept the host's cores busy: they measure the host's load as much as the "
+                   "configuration; calibrate again on a quiet host", err=True)
     click.echo("gate each configuration with --threshold at or above the floor for the repeats you run")
     return 0
 

@@ -140,17 +140,45 @@ def ok_values(records: list[dict[str, Any]], metric: str) -> dict[str, list[floa
     return values
 
 
+def floor_values(records: list[dict[str, Any]], metric: str) -> tuple[dict[str, list[float]], dict[str, str]]:
+    """The values a configuration's noise floor rests on, by key, and a note for each configuration whose host was
+    busy: repeats whose window other processes kept the cores busy in (lmbench.measure.hostload) are left out
+    while two quiet ones remain to estimate from; with fewer, every repeat counts and the note says the floor
+    measures the host's load as much as the configuration (a contended CPU gave floors of 945,524%)."""
+    from lmbench.measure.hostload import window_contended
+
+    everything = ok_values(records, metric)
+    quiet = ok_values([r for r in records if r["status"] != "ok" or not window_contended(r.get("metrics") or {})],
+                      metric)
+    values, notes = {}, {}
+    for key, every in everything.items():
+        calm = quiet.get(key, [])
+        if len(calm) == len(every):
+            values[key] = every
+        elif len(calm) >= 2:
+            values[key] = calm
+            notes[key] = f"{len(every) - len(calm)} contended repeat(s) left out"
+        else:
+            values[key] = every
+            notes[key] = (f"contended: {len(every) - len(calm)} of {len(every)} repeats ran while other processes "
+                          "kept the cores busy; calibrate on a quiet host")
+    return values, notes
+
+
 def calibrate(run_a: list[dict[str, Any]], run_b: list[dict[str, Any]], *, metric: str, repeats_per_run: int
               ) -> tuple[dict[str, ConfigNoise], dict[str, Any]]:
-    """Each configuration's spread over the ok repeats of two runs of one suite, and the file's payload."""
-    a, b = ok_values(run_a, metric), ok_values(run_b, metric)
+    """Each configuration's spread over the ok repeats of two runs of one suite (the quiet ones: floor_values), and
+    the file's payload, which marks a floor taken on a busy host `contended`."""
+    values, notes = floor_values(run_a + run_b, metric)
     estimates = {}
-    for key in dict.fromkeys([*a, *b]):
-        found = estimate(a.get(key, []) + b.get(key, []))
+    for key, found in ((key, estimate(v)) for key, v in values.items()):
         if found is not None:
             estimates[key] = found
     first = next((r for r in run_a + run_b if r.get("env")), {})
     device = ((first.get("env") or {}).get("device") or {}).get("name")
     suite = next((r.get("suite") for r in run_a + run_b), None)
-    return estimates, to_json(estimates, metric=metric, suite=str(suite), device=device,
-                              repeats_per_run=repeats_per_run)
+    payload = to_json(estimates, metric=metric, suite=str(suite), device=device, repeats_per_run=repeats_per_run)
+    for key, note in notes.items():
+        if key in payload["configs"]:
+            payload["configs"][key].update(note=note, contended=note.startswith("contended"))
+    return estimates, payload

@@ -208,21 +208,23 @@ def plan_table(rows: list[tuple[dict[str, Any], str, str | None]], kept: dict[st
 
 def noise_floor_table(estimates: dict[str, Any], run_a: list[dict[str, Any]], run_b: list[dict[str, Any]], *,
                       metric: str, title: str) -> Table:
-    """`lmbench calibrate`: each configuration's A/A ratio, between-process spread and the gate's floors."""
-    from lmbench.analyze.noise import MIN_REPEATS, ok_values
+    """`lmbench calibrate`: each configuration's A/A ratio, between-process spread and the gate's floors, with the
+    repeats they rest on (noise.floor_values: contended ones left out while two quiet ones remain)."""
+    from lmbench.analyze.noise import MIN_REPEATS, floor_values, ok_values
 
     a, b = ok_values(run_a, metric), ok_values(run_b, metric)
+    _, notes = floor_values(run_a + run_b, metric)
     table = Table(title=title, title_justify="left")
     for column in ("config", "ok repeats", "A/A ratio", "sd per process", "floor 1 vs 1",
-                   f"floor {MIN_REPEATS} vs {MIN_REPEATS}"):
-        table.add_column(column, justify="left" if column == "config" else "right")
+                   f"floor {MIN_REPEATS} vs {MIN_REPEATS}", "note"):
+        table.add_column(column, justify="left" if column in ("config", "note") else "right")
     for key in dict.fromkeys([*a, *b]):
         noise = estimates.get(key)
         ratio = statistics.median(b[key]) / statistics.median(a[key]) if a.get(key) and b.get(key) else None
         table.add_row(key, f"{len(a.get(key, []))}+{len(b.get(key, []))}", _fmt(ratio, ".4f"),
                       "-" if noise is None else f"{noise.log_sd:.2%}",
                       "-" if noise is None else f"{noise.floor(1):.1%}",
-                      "-" if noise is None else f"{noise.floor(MIN_REPEATS):.1%}")
+                      "-" if noise is None else f"{noise.floor(MIN_REPEATS):.1%}", escape(notes.get(key, "")))
     return table
 
 
