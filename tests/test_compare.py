@@ -231,6 +231,17 @@ def test_a_noise_floor_rests_on_the_quiet_repeats_and_says_when_there_were_too_f
     assert payload["configs"]["b"]["note"].startswith("contended: 2 of 2 repeats ran while other processes")
 
 
+def test_a_candidate_that_only_timed_out_fails_the_gate_and_is_not_blamed_on_the_hardware(tmp_path):
+    """Its records carry no environment (the worker was killed before saying what it ran on): before, compare said
+    the runs came from different devices (the CPU vs None) and exited 2 (new-user trial)."""
+    base = write_run(tmp_path / "base", run_of({"a": TIGHT}))
+    timed_out = {**record("a", None, status="timeout"), "env": None}
+    cand = write_run(tmp_path / "cand", [timed_out])
+    result = invoke(base, cand)
+    assert result.exit_code == 1, result.output
+    assert "different devices" not in result.output and "no ok repeat in the candidate (1 timeout)" in result.output
+
+
 def test_one_repeat_a_side_is_never_a_verdict():
     """One process is one sample: without a noise estimate nothing is known about run-to-run noise."""
     v = decide([100.0], [60.0], threshold=0.05, higher_is_better=True)

@@ -393,9 +393,10 @@ def environment_of(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def environment_differences(base: list[dict[str, Any]], cand: list[dict[str, Any]]) -> dict[str, tuple[Any, Any]]:
-    """Device model, driver and torch that differ between the two runs."""
+    """Device model, driver and torch that differ between the two runs; one a side does not record (a run whose
+    every record timed out before its worker said what it ran on) is no difference."""
     b, c = environment_of(base), environment_of(cand)
-    return {k: (b[k], c[k]) for k in b if b[k] != c[k]}
+    return {k: (b[k], c[k]) for k in b if b[k] is not None and c[k] is not None and b[k] != c[k]}
 
 
 def parse_threshold(text: str) -> float:
