@@ -753,12 +753,15 @@ def _tune(base: Any, run_dir: runner.RunDirectory, lists: dict[str, list[Any]], 
             tuner.measure(result, plan.steps, plan.warmup)
         found.append(result)
     search = tune_search_table(found, title=f"largest batch that fits: {plan.model}, seq_len {plan.seq_len}")
-    ranking = tune_ranking_table(tuning.ranked(run_dir, objective), objective=objective)
+    rows = tuning.ranked(run_dir, objective)
     console = _console()
     console.print(search)
-    console.print(ranking)
+    console.print(tune_ranking_table(rows, objective=objective))
     winner = tuning.write_winner(run_dir, objective)
     console.print(f"winner as a suite: {winner}" if winner else tuning.no_winner_reason(run_dir, objective))
+    busy = tuning.contention_warning(rows)
+    if busy:
+        click.echo(f"lmbench: warning: {busy}", err=True)
     return 0
 
 

@@ -29,7 +29,8 @@ from lmbench.analyze.table import kernels_cell
 from lmbench.errors import UsageError
 from lmbench.measure.hostload import contention_note
 from lmbench.plan import parity
-from lmbench.plan.config import Config
+from lmbench.plan.config import Config, applies
+from lmbench.plan.layout import DISTRIBUTED
 from lmbench.run.rundir import PARITY_FILE, PROBES_FILE, WINNER_FILE
 from lmbench.run.runner import Job, RunDirectory
 
@@ -313,6 +314,21 @@ def ranked(run_dir: RunDirectory, objective: str = "throughput") -> list[dict[st
     return ranked_records(run_dir.recorded().records, objective)
 
 
+def contention_warning(rows: list[dict[str, Any]]) -> str | None:
+    """A warning when measured configurations ran while other processes kept the host's cores busy: their figures,
+    and so the ranking, may be the host's load (a contended CPU ranked batch 12 at 11,539 tokens/s above batch 16 at
+    4,469). None when every one ran quiet."""
+    from lmbench.measure.hostload import window_contended
+
+    measured = [r for r in rows if r["status"] == "ok"]
+    busy = [r for r in measured if window_contended(r["metrics"])]
+    if not busy:
+        return None
+    winner = " (the winner among them)" if measured and busy[0] is measured[0] else ""
+    return (f"{len(busy)} of {len(measured)} measured configurations{winner} ran while other processes kept the "
+            "host's cores busy: their figures, and the ranking, may be the host's load; tune again on a quiet host")
+
+
 def winner_suite(record: dict[str, Any], objective: str = "throughput") -> str:
     """A suite file that reproduces the winning configuration."""
     config = Config.from_mapping({k: v for k, v in record["config"].items()})
@@ -325,7 +341,11 @@ def winner_suite(record: dict[str, Any], objective: str = "throughput") -> str:
     lines = [f'name = "tuned-{config.model}"',
              f'description = "{best} lmbench tune found for {config.model} ({figure})"', "", "[defaults]"]
     for name, value in config.to_dict().items():
-        if value != getattr(defaults, name) or name in ("model", "batch_size", "seq_len", "precision"):
+        # An option the configuration does not use (nproc, resolved to 1 for one process; a mode's or kernel set's
+        # option) would only draw lmbench's own "changes nothing" warning when the suite is run.
+        unused = not applies(config.to_dict(), name) or (name == "nproc" and config.parallel not in DISTRIBUTED)
+        if (value != getattr(defaults, name) and not unused) or name in ("model", "batch_size", "seq_len",
+                                                                           "precision"):
             lines.append(f"{name} = {json.dumps(value)}")
     return "\n".join(lines) + "\n"
 

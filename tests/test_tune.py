@@ -120,6 +120,18 @@ def test_winner_suite_reproduces_the_config():
     text = winner_suite({"config": config.to_dict(), "metrics": {"tokens_per_s": 1234.0}})
     (planned,) = suites.parse(text, source="tuned.toml").expand()
     assert planned.config == config
+    # A one-process winner as tune records it (nproc resolved to 1): no nproc line, which running the suite would
+    # warn changes nothing (new-user trial), and the same configuration once resolved.
+    from lmbench.measure.environment import Platform
+    from lmbench.plan.feasibility import resolve
+
+    ran = config.replace(nproc=1)
+    suite = suites.parse(winner_suite({"config": ran.to_dict(), "metrics": {"tokens_per_s": 1.0}}), source="t.toml")
+    (planned,) = suite.expand()
+    assert "nproc" not in suite.defaults and suite.unused_options([planned]) == []
+    platform = Platform(cuda_available=False, device_count=0, capability=None, torch_version="2.13.0",
+                        apex_available=False, liger_available=False)
+    assert resolve(planned.config, platform).key == resolve(ran, platform).key
 
 
 class ParityLauncher(FakeLauncher):
@@ -313,3 +325,17 @@ def test_a_search_that_found_its_edge_is_not_called_cut_short_and_unmeasured_siz
     assert tuner.out_of_search_time() and found.note == ""
     tuner.measure(found, steps=2, warmup=0)
     assert found.note == "budget ran out during measurement (batch 3, 2 not measured)"
+
+
+def test_a_ranking_measured_on_a_busy_host_says_so():
+    from lmbench.tune import contention_warning
+
+    busy = {"host_other_cpu_cores": 1.5, "host_usable_cores": 2}
+    quiet = {"status": "ok", "metrics": {"tokens_per_s": 2.0}}
+    slowed = {"status": "ok", "metrics": {"tokens_per_s": 3.0, **busy}}
+    failed = {"status": "oom", "metrics": None}
+    assert contention_warning([quiet, failed]) is None
+    assert contention_warning([slowed, quiet, failed]) == (
+        "1 of 2 measured configurations (the winner among them) ran while other processes kept the host's cores "
+        "busy: their figures, and the ranking, may be the host's load; tune again on a quiet host")
+    assert "(the winner" not in contention_warning([quiet, slowed])
