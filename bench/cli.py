@@ -148,6 +148,24 @@ def _one_setting_each(overrides: tuple[str, ...], own: dict[str, tuple[str, Any]
             raise UsageError(f"{shown} and --set {item!r} both set {axis}; give one of them")
 
 
+def _refuse_a_run_with_no_record_yet(run_dir: Path) -> None:
+    """A run stopped before its first record (run.json there, no results file): say so, and how to go on."""
+    import json
+
+    from lmbench.analyze.results import RESULTS_FILE
+    from lmbench.run.rundir import META_FILE
+
+    if (run_dir / RESULTS_FILE).exists() or not (run_dir / META_FILE).is_file():
+        return
+    try:
+        meta = json.loads((run_dir / META_FILE).read_text(encoding="utf-8"))
+        resume = RunPlan.from_json(meta["plan"]).resume_command(run_dir) if meta.get("command") == "run" else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, LmbenchError):
+        resume = None
+    how = f"; continue it with: {resume}" if resume else ""
+    raise UsageError(f"{str(run_dir)!r} holds no record yet: it stopped before any configuration finished{how}")
+
+
 def _refuse_other_writer(out: Path, command: str) -> None:
     """A directory another command wrote (a tune, a calibration, a run) is not this command's to add to."""
     from lmbench.run.rundir import writer
@@ -457,6 +475,7 @@ def report(run_dirs: tuple[Path, ...], out: Path | None, baseline: str | None, c
     for run_dir in run_dirs:
         if run_dir.exists() and not run_dir.is_dir():
             raise UsageError(f"run directory {str(run_dir)!r} is a file, not a run directory")
+        _refuse_a_run_with_no_record_yet(run_dir)
     distinct, _ = frame.distinct(list(run_dirs))
     if out is None and len(distinct) > 1:
         raise UsageError("a report of several runs needs --out DIR (where to write the combined report)")

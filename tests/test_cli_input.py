@@ -520,3 +520,16 @@ def test_ceilings_out_in_a_place_that_cannot_hold_it_is_refused_before_measuring
     blocker.write_text("")
     assert error(lmbench("ceilings", "--out", blocker / "c.json")) == (
         f"cannot write to the directory of --out {str(blocker)!r}: File exists")
+
+
+def test_report_of_a_run_stopped_before_its_first_record_says_how_to_go_on(tmp_path):
+    from lmbench.plan.runplan import RunPlan
+    from lmbench.run.rundir import RunDirectory
+
+    out = tmp_path / "run"
+    plan = RunPlan(suite="smoke", suite_sha256="0" * 64, device="cpu")
+    with RunDirectory(out, resume=False) as run_dir:
+        run_dir.write_meta({"command": "run", "plan": plan.to_json()})
+    assert error(lmbench("report", out)) == (
+        f"{str(out)!r} holds no record yet: it stopped before any configuration finished; continue it with: "
+        f"lmbench run --suite smoke --out {out} --device cpu --resume")
