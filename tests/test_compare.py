@@ -441,7 +441,14 @@ def test_runs_with_no_configuration_in_common_are_refused(tmp_path):
     result = invoke(base, other, "--allow-missing")
     assert result.exit_code == 2 and result.stdout == ""
     assert result.stderr.strip() == ("lmbench: error: the runs share no configuration (1 in the baseline, e.g. a; 2 in "
-                                     "the candidate, e.g. b): run both with the same suite and options")
+                                     "the candidate, e.g. b); they differ in model a vs b,c: run both with the same "
+                                     "suite and options")
+    # The key's hash hides what differs (steps and warmup here): the message names it.
+    stepped = [{**r, "config_key": "a2", "config": {**r["config"], "steps": 5, "warmup": 2}}
+               for r in run_of({"a": TIGHT})]
+    base_records = [{**r, "config": {**r["config"], "steps": 3, "warmup": 1}} for r in run_of({"a": TIGHT})]
+    result = invoke(write_run(tmp_path / "b3", base_records), write_run(tmp_path / "s5", stepped))
+    assert "; they differ in steps 3 vs 5, warmup 1 vs 2: run both" in result.stderr
 
 
 def test_an_absurd_repeat_estimate_says_the_noise_is_far_above_the_threshold():

@@ -79,9 +79,22 @@ def _check_shared(base: list[dict[str, Any]], cand: list[dict[str, Any]]) -> Non
     """Two runs with no configuration in common compare nothing (another suite version, --set steps=...)."""
     b_keys, c_keys = dict.fromkeys(r["config_key"] for r in base), dict.fromkeys(r["config_key"] for r in cand)
     if b_keys and c_keys and not b_keys.keys() & c_keys.keys():
+        differ = _axes_apart(base, cand)
         raise UsageError(f"the runs share no configuration ({len(b_keys)} in the baseline, e.g. {next(iter(b_keys))}; "
-                         f"{len(c_keys)} in the candidate, e.g. {next(iter(c_keys))}): run both with the same suite "
-                         "and options")
+                         f"{len(c_keys)} in the candidate, e.g. {next(iter(c_keys))})"
+                         + (f"; they differ in {differ}" if differ else "") + ": run both with the same suite and "
+                         "options")
+
+
+def _axes_apart(base: list[dict[str, Any]], cand: list[dict[str, Any]], shown: int = 4) -> str:
+    """The axes whose values the two runs never share (`steps 3 vs 5`), the first few: what a key's hash hides."""
+    found = []
+    for axis in dict.fromkeys(axis for r in base + cand for axis in r["config"]):
+        b = sorted({str(r["config"].get(axis)) for r in base})
+        c = sorted({str(r["config"].get(axis)) for r in cand})
+        if not set(b) & set(c):
+            found.append(f"{axis} {','.join(b)} vs {','.join(c)}")
+    return ", ".join(found[:shown]) + (f" and {len(found) - shown} more" if len(found) > shown else "")
 
 
 #: Metrics that say how many processes and devices a record ran on; the config key leaves out --nnodes.
