@@ -206,7 +206,16 @@ def test_calibrate_runs_twice_and_prints_noise_floors(tmp_path):
                    str(tmp_path / "c" / "noise-floor.json"), "--format", "json")
     assert gated.exit_code in (0, 1), gated.output
     verdict, = json.loads(gated.stdout)["verdicts"]
-    assert verdict["ci_low"] is not None and verdict["ci_low"] <= verdict["ratio"] <= verdict["ci_high"]
+    from lmbench.analyze import results
+    from lmbench.measure.hostload import window_contended
+
+    sides = [[r for r in results.read(tmp_path / "c" / side).records if r["status"] == "ok"] for side in "ab"]
+    if any(all(window_contended(r["metrics"]) for r in side) for side in sides):
+        # Other processes kept this machine's cores busy through a whole side (a CI run beside the tests): compare
+        # leaves contended repeats out, and says so, rather than gate on them.
+        assert verdict["verdict"] == "inconclusive" and "contended" in verdict["note"]
+    else:
+        assert verdict["ci_low"] is not None and verdict["ci_low"] <= verdict["ratio"] <= verdict["ci_high"]
 
 
 def test_a_noise_floor_rests_on_the_quiet_repeats_and_says_when_there_were_too_few():
