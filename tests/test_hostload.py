@@ -26,6 +26,18 @@ def test_contention_is_flagged_from_half_a_core_and_a_quarter_of_the_host():
     assert hostload.contention_warning(1.0, 2).startswith("other processes kept 1.0 of 2 CPU cores busy")
 
 
+def test_a_window_too_short_for_the_ticks_is_not_called_contended():
+    """An idle 2-core machine: a 60 ms window of a tiny model read 0.5 other cores, two 10 ms ticks of rounding at
+    the window's edges. Below ten ticks of other processes' CPU time (more on many CPUs) nothing is flagged."""
+    assert hostload.tick_noise_s(2) == pytest.approx(0.1) and hostload.tick_noise_s(64) == pytest.approx(0.32)
+    assert not hostload.contended(0.5, 2, 0.06) and hostload.contended(0.5, 2, 0.2)
+    assert not hostload.window_contended({"host_other_cpu_cores": 1.0, "host_usable_cores": 2, "window_s": 0.09})
+    assert hostload.window_contended({"host_other_cpu_cores": 1.0, "host_usable_cores": 2, "window_s": 0.1})
+    # A record from before its window was kept in the check: the fraction alone, as before.
+    assert hostload.window_contended({"host_other_cpu_cores": 1.0, "host_usable_cores": 2})
+    assert hostload.contention_warning(0.5, 2, 0.06) is None
+
+
 def _spin(seconds: float) -> None:
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:

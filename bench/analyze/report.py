@@ -399,9 +399,11 @@ def quiet_frame(df: pd.DataFrame) -> pd.DataFrame:
         return None if value is None or value != value else float(value)
 
     busy = pd.Series([status == "ok" and window_contended({"host_other_cpu_cores": number(cores),
-                                                           "host_usable_cores": number(usable)})
-                      for status, cores, usable in zip(df["status"], df["host_other_cpu_cores"],
-                                                       df.get("host_usable_cores", [None] * len(df)))],
+                                                           "host_usable_cores": number(usable),
+                                                           "window_s": number(window)})
+                      for status, cores, usable, window in zip(df["status"], df["host_other_cpu_cores"],
+                                                               df.get("host_usable_cores", [None] * len(df)),
+                                                               df.get("window_s", [None] * len(df)))],
                      index=df.index)
     quiet_ok = (df["status"] == "ok") & ~busy
     has_quiet = quiet_ok.groupby([df["run"], df["config_key"]], dropna=False).transform("any")

@@ -11,6 +11,7 @@ a warning light, not a measurement of the benchmark.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import time
@@ -82,14 +83,29 @@ def other_cores(spans: list[dict[str, Any] | None]) -> float | None:
     return worst
 
 
-def contended(cores: float | None, usable_cores: int | None) -> bool:
-    """Other processes kept at least half a core, and a quarter of the usable ones, busy."""
-    return cores is not None and cores >= max(0.5, 0.25 * (usable_cores or 0))
+#: Seconds of a clock tick (USER_HZ is 100 on Linux): /proc/stat and os.times count in them.
+TICK_S = 0.01
+
+
+def tick_noise_s(usable_cores: int | None) -> float:
+    """Other processes' CPU time over a window that the ticks' granularity alone could make up: every CPU's counter
+    and this process's are read to the tick at both edges, so some ten ticks, and more on many CPUs (the roundings
+    add like noise: with the square root of their number). A 60 ms window of a tiny model read 0.5 other cores
+    from two such ticks on an idle 2-core machine."""
+    return TICK_S * max(10.0, 4 * math.sqrt(usable_cores or 1))
+
+
+def contended(cores: float | None, usable_cores: int | None, window_s: float | None = None) -> bool:
+    """Other processes kept at least half a core, and a quarter of the usable ones, busy; and, over a window of
+    `window_s`, for longer than the ticks' granularity could account for (tick_noise_s)."""
+    if cores is None or cores < max(0.5, 0.25 * (usable_cores or 0)):
+        return False
+    return window_s is None or cores * window_s >= tick_noise_s(usable_cores)
 
 
 def window_contended(m: dict[str, Any]) -> bool:
     """Whether a record's metrics say other processes kept its window's host busy (contended)."""
-    return contended(m.get("host_other_cpu_cores"), m.get("host_usable_cores"))
+    return contended(m.get("host_other_cpu_cores"), m.get("host_usable_cores"), m.get("window_s"))
 
 
 def standing(repeats: list[T], metrics: Callable[[T], dict[str, Any]] = lambda m: m) -> list[T]:
@@ -107,9 +123,9 @@ def contention_note(m: dict[str, Any]) -> str | None:
     return f"contended: other processes used {cores:.1f}" + (f" of {usable:g}" if usable else "") + " cores"
 
 
-def contention_warning(cores: float | None, usable_cores: int | None) -> str | None:
+def contention_warning(cores: float | None, usable_cores: int | None, window_s: float | None = None) -> str | None:
     """The record's warning for a contended window."""
-    if not contended(cores, usable_cores):
+    if not contended(cores, usable_cores, window_s):
         return None
     of = f" of {usable_cores}" if usable_cores else ""
     return (f"other processes kept {cores:.1f}{of} CPU cores busy during the window: host contention may have "

@@ -368,7 +368,8 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
     result["host_other_cpu_cores"] = hostload.other_cores([r["host_load"] for r in per_rank])
     result["host_usable_cores"] = environment.usable_cores()
     warnings = []
-    contention = hostload.contention_warning(result["host_other_cpu_cores"], result["host_usable_cores"])
+    contention = hostload.contention_warning(result["host_other_cpu_cores"], result["host_usable_cores"],
+                                             result.get("window_s"))
     if contention:
         warnings.append(contention)
     unquotable = energy_warning(result)
