@@ -358,6 +358,13 @@ def test_stalls_show_in_the_note_column():
     row = report.tables([record])["throughput"].splitlines()[2]
     assert row.endswith("| stalls: sustained 40.0% below typical (2 outlier steps, +800 ms); unstable steps: cv 50.0% "
                         "> 10% |")
+    # Three repeats, two stalled: how many, by how much, and the worst one's detail; not one unnamed note a repeat.
+    again = {**record, "repeat": 1, "metrics": {**record["metrics"], "tokens_per_s_sustained": 900.0,
+                                                 "stall_steps": 1, "stall_excess_s": 0.1}}
+    steady = {**record, "repeat": 2, "metrics": {**record["metrics"], "stalls": False}}
+    row = report.tables([record, again, steady])["throughput"].splitlines()[2]
+    assert "| stalls in 2 of 3 repeats, sustained 10.0%-40.0% below typical (worst: sustained 40.0% below typical (2 " \
+           "outlier steps, +800 ms)); unstable steps" in row
 
 
 def profiled_record(precision, tps, fractions):

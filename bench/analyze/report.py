@@ -19,7 +19,7 @@ from lmbench.analyze.table import Grid, cell, configs_of, device_label, varying_
 from lmbench.errors import UsageError
 from lmbench.measure.breakdown import PROFILER_SLOWDOWN_NOTE, profiled_slowdown, window_shares
 from lmbench.measure.hostload import contention_note, standing, window_contended
-from lmbench.measure.metrics import bubble_note, stall_note, unstable_steps
+from lmbench.measure.metrics import bubble_note, stalls_note, unstable_steps
 from lmbench.measure.telemetry import energy_caveat
 
 GIB, MIB = 2**30, 2**20
@@ -39,8 +39,8 @@ class ConfigSummary:
     reason: str | None
     metrics: dict[str, list[float]] = field(default_factory=dict)
     parity: list[str] = field(default_factory=list)
-    stalls: list[str] = field(default_factory=list)
-    """stall_note of each ok repeat that had stalls."""
+    repeats: list[dict[str, Any]] = field(default_factory=list)
+    """The metrics of each ok repeat the figures rest on (for the stalls note: metrics.stalls_note)."""
     energy_caveats: list[str] = field(default_factory=list)
     """Why an ok repeat's energy should not be quoted (telemetry.energy_caveat), one per repeat that has one."""
     throttles: list[str] | None = None
@@ -68,7 +68,7 @@ class ConfigSummary:
         return tokens / tps if tps and tokens else None
 
     def note(self) -> str:
-        notes = [*dict.fromkeys(self.stalls), bubble_note(self.median("pp_bubble_fraction"),
+        notes = [stalls_note(self.repeats), bubble_note(self.median("pp_bubble_fraction"),
                                                           self.median("pp_bubble_fraction_theory")),
                  unstable_steps(self.metrics.get("step_time_cv") or [])]
         busiest = max(self.metrics.get("host_other_cpu_cores") or [], default=None)
@@ -143,8 +143,7 @@ def _collect(s: ConfigSummary, group: list[dict[str, Any]]) -> None:
             if m.get("tokens_per_step") is None and m.get("tokens_per_s") and m.get("step_time_median_s"):
                 # Records from before tokens_per_step was kept: their tokens/s was computed this way round.
                 m = {**m, "tokens_per_step": m["tokens_per_s"] * m["step_time_median_s"]}
-            if stalled := stall_note(m):
-                s.stalls.append(stalled)
+            s.repeats.append(m)
             if caveat := energy_caveat(m):
                 s.energy_caveats.append(caveat)
             if isinstance(m.get("throttle_reasons"), list):

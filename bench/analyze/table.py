@@ -131,7 +131,7 @@ def summary(records: list[dict[str, Any]]) -> Table:
     unstable to trust.
     """
     from lmbench.measure.hostload import contention_note, standing
-    from lmbench.measure.metrics import bubble_note, stall_note, unstable_steps
+    from lmbench.measure.metrics import bubble_note, stalls_note, unstable_steps
 
     axes = varying_axes(r["config"] for r in records)
     table = Table(title=escape(f"lmbench summary on {device_label(records)}"), title_justify="left")
@@ -162,7 +162,7 @@ def summary(records: list[dict[str, Any]]) -> Table:
         note = next((r["reason"] for r in group if r.get("reason")), "") or ""
         bubble = bubble_note(_median([m["pp_bubble_fraction"] for m in ok if m.get("pp_bubble_fraction") is not None]),
                              next((m.get("pp_bubble_fraction_theory") for m in ok), None))
-        note = note or "; ".join(filter(None, [*dict.fromkeys(map(stall_note, ok)), bubble,
+        note = note or "; ".join(filter(None, [stalls_note(ok), bubble,
                                                unstable_steps([m["step_time_cv"] for m in ok]),
                                                contention_note(max(ok, default={}, key=lambda m: m.get(
                                                    "host_other_cpu_cores") or 0)),

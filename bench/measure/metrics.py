@@ -81,6 +81,21 @@ def stall_note(m: dict[str, Any]) -> str | None:
     return f"stalls: {gap:.1%} below typical, spread over steps (" + "; ".join(filter(None, parts)) + ")"
 
 
+def stalls_note(repeats: Sequence[dict[str, Any]]) -> str | None:
+    """stall_note over a configuration's repeats: one repeat's own note, or how many of several stalled, by how much,
+    and the worst one's detail (a note a repeat, unnamed, read as the same stall told twice)."""
+    stalled = [(1 - m["tokens_per_s_sustained"] / m["tokens_per_s_typical"], stall_note(m)) for m in repeats
+               if stall_note(m)]
+    if not stalled:
+        return None
+    if len(repeats) == 1:
+        return stalled[0][1]
+    gaps = sorted(gap for gap, _ in stalled)
+    spread = f"{gaps[0]:.1%}" if len(gaps) == 1 else f"{gaps[0]:.1%}-{gaps[-1]:.1%}"
+    worst = max(stalled)[1].removeprefix("stalls: ")
+    return f"stalls in {len(stalled)} of {len(repeats)} repeats, sustained {spread} below typical (worst: {worst})"
+
+
 def bubble_note(measured: float | None, theory: float | None) -> str | None:
     """`bubble: ...` for pipeline parallelism: the measured idle share of a step (lmbench.run.distributed.
     pipeline_idle) beside the theory's ((p-1)/(m+p-1), or (p-1)/(v m+p-1) interleaved), where it has one (the
