@@ -162,8 +162,9 @@ def _refuse_a_run_with_no_record_yet(run_dir: Path) -> None:
         resume = RunPlan.from_json(meta["plan"]).resume_command(run_dir) if meta.get("command") == "run" else None
     except (OSError, ValueError, KeyError, TypeError, AttributeError, LmbenchError):
         resume = None
-    how = f"; continue it with: {resume}" if resume else ""
-    raise UsageError(f"{str(run_dir)!r} holds no record yet: it stopped before any configuration finished{how}")
+    how = f"; if it stopped, continue it with: {resume}" if resume else ""
+    raise UsageError(f"{str(run_dir)!r} holds no record yet: no configuration has finished there (the run is still "
+                     f"going, or it stopped before its first record){how}")
 
 
 def _refuse_other_writer(out: Path, command: str) -> None:

@@ -324,7 +324,9 @@ def contention_warning(rows: list[dict[str, Any]]) -> str | None:
     busy = [r for r in measured if window_contended(r["metrics"])]
     if not busy:
         return None
-    winner = " (the winner among them)" if measured and busy[0] is measured[0] else ""
+    # The first ok row is the winner only when write_winner takes it (not when its loss strayed from its reference).
+    winner = " (the winner among them)" if busy[0] is measured[0] and rows[0] is measured[0] and not strayed(
+        rows[0]) else ""
     return (f"{len(busy)} of {len(measured)} measured configurations{winner} ran while other processes kept the "
             "host's cores busy: their figures, and the ranking, may be the host's load; tune again on a quiet host")
 

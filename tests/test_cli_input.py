@@ -531,5 +531,6 @@ def test_report_of_a_run_stopped_before_its_first_record_says_how_to_go_on(tmp_p
     with RunDirectory(out, resume=False) as run_dir:
         run_dir.write_meta({"command": "run", "plan": plan.to_json()})
     assert error(lmbench("report", out)) == (
-        f"{str(out)!r} holds no record yet: it stopped before any configuration finished; continue it with: "
-        f"lmbench run --suite smoke --out {out} --device cpu --resume")
+        f"{str(out)!r} holds no record yet: no configuration has finished there (the run is still going, or it "
+        f"stopped before its first record); if it stopped, continue it with: lmbench run --suite smoke --out {out} "
+        "--device cpu --resume")

@@ -195,7 +195,8 @@ def test_calibrate_runs_twice_and_prints_noise_floors(tmp_path):
     assert (tmp_path / "c" / "a" / "results.jsonl").exists() and (tmp_path / "c" / "b" / "results.jsonl").exists()
     assert "noise floor of smoke (2 repeats per run, tokens_per_s)" in result.output
     row = next(line for line in result.stdout.splitlines() if line.startswith("│ tiny-llama-b4"))
-    assert "%" in row and "2+2" in row
+    cells = [cell.strip() for cell in row.strip("│ ").split("│")]
+    assert cells[1] in ("2+2", "1+2", "2+1") and all(cell.endswith("%") for cell in cells[3:6]), cells
     floor = json.loads((tmp_path / "c" / "noise-floor.json").read_text())
     assert floor["format"] == "lmbench-noise-floor" and floor["metric"] == "tokens_per_s"
     (key, entry), = floor["configs"].items()
@@ -218,7 +219,7 @@ def test_calibrate_runs_twice_and_prints_noise_floors(tmp_path):
         assert verdict["ci_low"] is not None and verdict["ci_low"] <= verdict["ratio"] <= verdict["ci_high"]
 
 
-def test_a_noise_floor_rests_on_the_quiet_repeats_and_says_when_there_were_too_few():
+def test_a_noise_floor_rests_on_the_quiet_repeats_and_says_when_there_were_too_few(tmp_path):
     """A repeat another process slowed (a shared CPU: 200x) made floors of 945,524%: the quiet repeats stand for
     a configuration while two remain; with fewer, every repeat counts and the file and table say the host was busy."""
     from lmbench.analyze import noise
@@ -238,6 +239,26 @@ def test_a_noise_floor_rests_on_the_quiet_repeats_and_says_when_there_were_too_f
     assert payload["configs"]["q"]["contended"] is False
     assert estimates["b"].df == 1 and payload["configs"]["b"]["contended"] is True
     assert payload["configs"]["b"]["note"].startswith("contended: 2 of 2 repeats ran while other processes")
+    # The table's A/A ratio and counts rest on the same repeats as the floor beside them: 102 / median(100, 98).
+    from rich.console import Console
+
+    from lmbench.analyze.table import noise_floor_table
+
+    console = Console(width=250, record=True)
+    console.print(noise_floor_table(estimates, quiet_key[:2] + [slowed], quiet_key[2:] + all_busy,
+                                    metric="tokens_per_s", title="t"))
+    row = next(line for line in console.export_text().splitlines() if line.startswith("│ q "))
+    assert " 2+1 │" in row and f"{98.0 / 101.0:.4f}" in row and "1 contended repeat(s) left out" in row
+    # compare, gating with that floor, says which of its floors were taken on a busy host.
+    floor_file = tmp_path / "floor.json"
+    floor_file.write_text(json.dumps(payload))
+    from lmbench.analyze import noise as noise_module
+
+    loaded = noise_module.load(floor_file)
+    assert loaded.contended == {"b"}
+    base, cand = write_run(tmp_path / "fb", run_of({"b": TIGHT})), write_run(tmp_path / "fc", run_of({"b": TIGHT}))
+    result = invoke(base, cand, "--noise-floor", str(floor_file), "--allow-different-hardware")
+    assert "was taken on a busy host for 1 configuration(s) (e.g. b)" in result.stderr
 
 
 def test_a_candidate_that_only_timed_out_fails_the_gate_and_is_not_blamed_on_the_hardware(tmp_path):
@@ -457,6 +478,12 @@ def test_runs_with_no_configuration_in_common_are_refused(tmp_path):
                for r in run_of({"a": TIGHT})]
     base_records = [{**r, "config": {**r["config"], "steps": 3, "warmup": 1}} for r in run_of({"a": TIGHT})]
     result = invoke(write_run(tmp_path / "b3", base_records), write_run(tmp_path / "s5", stepped))
+    assert "; they differ in steps 3 vs 5, warmup 1 vs 2: run both" in result.stderr
+    # An axis older records lack counts at its default (what they ran), and one no key holds is never named.
+    older = [{**r, "config": {k: v for k, v in r["config"].items() if k != "vocab_multiple"}} for r in base_records]
+    newer = [{**r, "config": {**r["config"], "vocab_multiple": 1, "timeout_s": 99.0, "profile": True}}
+             for r in stepped]
+    result = invoke(write_run(tmp_path / "old", older), write_run(tmp_path / "new", newer))
     assert "; they differ in steps 3 vs 5, warmup 1 vs 2: run both" in result.stderr
 
 

@@ -576,3 +576,14 @@ def test_an_axis_a_record_does_not_have_is_shown_as_unused():
 
     assert plots.config_label({"model": "tiny-gpt2", "kernels": "eager"}, ["model", "foo_axis"]) == (
         "model=tiny-gpt2 foo_axis=-")
+
+
+def test_a_window_too_short_for_the_ticks_gets_no_contention_note_in_the_report():
+    """As in the run summary, compare and tune: 0.6 other cores over a 60 ms window is the ticks' rounding."""
+    records = [hand_record("fp32", 8, 1000.0, repeat=i) for i in range(2)]
+    for r in records:
+        r["metrics"].update(host_other_cpu_cores=0.6, host_usable_cores=2, window_s=0.06)
+    assert "contended" not in report.tables(records)["throughput"]
+    for r in records:
+        r["metrics"]["window_s"] = 5.0
+    assert "contended: other processes used 0.6 of 2 cores" in report.tables(records)["throughput"]

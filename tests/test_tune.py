@@ -343,3 +343,6 @@ def test_a_ranking_measured_on_a_busy_host_says_so():
         "1 of 2 measured configurations (the winner among them) ran while other processes kept the host's cores "
         "busy: their figures, and the ranking, may be the host's load; tune again on a quiet host")
     assert "(the winner" not in contention_warning([quiet, slowed])
+    # A first row whose loss strayed from its reference is no winner (write_winner writes none).
+    drifted = {"status": "ok", "metrics": {"tokens_per_s": 3.0, "parity": "drift", **busy}}
+    assert "(the winner" not in contention_warning([drifted, failed])

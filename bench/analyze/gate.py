@@ -58,6 +58,11 @@ def load_pair(base: Path, cand: Path, *, metric: str, allow_different_hardware: 
     if noise is not None and noise.device != device:
         warnings.append(f"the noise floor {noise.source} was measured on {noise.device or 'an unrecorded device'}, "
                         f"the baseline ran on {device or 'an unrecorded device'}")
+    busy = sorted(noise.contended & {r["config_key"] for r in b + c}) if noise is not None else []
+    if busy:
+        warnings.append(f"the noise floor {noise.source} was taken on a busy host for {len(busy)} configuration(s) "
+                        f"(e.g. {busy[0]}): their floors measure that host's load as much as the configuration; "
+                        "calibrate again on a quiet host")
     return b, c, warnings
 
 
@@ -88,10 +93,16 @@ def _check_shared(base: list[dict[str, Any]], cand: list[dict[str, Any]]) -> Non
 
 def _axes_apart(base: list[dict[str, Any]], cand: list[dict[str, Any]], shown: int = 4) -> str:
     """The axes whose values the two runs never share (`steps 3 vs 5`), the first few: what a key's hash hides."""
+    from lmbench.plan.config import UNKEYED_AXES
+
+    # Every axis, as the record's lmbench ran it (an axis older records lack at its default), and only the keyed.
+    b_configs, c_configs = ([results.full_config(r["config"]) for r in side] for side in (base, cand))
     found = []
-    for axis in dict.fromkeys(axis for r in base + cand for axis in r["config"]):
-        b = sorted({str(r["config"].get(axis)) for r in base})
-        c = sorted({str(r["config"].get(axis)) for r in cand})
+    for axis in dict.fromkeys(axis for config in b_configs + c_configs for axis in config):
+        if axis in UNKEYED_AXES:
+            continue
+        b = sorted({str(config.get(axis)) for config in b_configs})
+        c = sorted({str(config.get(axis)) for config in c_configs})
         if not set(b) & set(c):
             found.append(f"{axis} {','.join(b)} vs {','.join(c)}")
     return ", ".join(found[:shown]) + (f" and {len(found) - shown} more" if len(found) > shown else "")

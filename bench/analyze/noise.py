@@ -80,6 +80,8 @@ class NoiseFloor:
     configs: dict[str, ConfigNoise]
     device: str | None = None
     source: str = ""
+    contended: frozenset[str] = frozenset()
+    """Configurations whose floor was taken on a busy host (calibrate marks them): it says more about that load."""
 
     def get(self, config_key: str) -> ConfigNoise | None:
         return self.configs.get(config_key)
@@ -126,7 +128,9 @@ def load(path: Path) -> NoiseFloor:
                 and isinstance(df, int) and df >= 1):
             raise UsageError(f"{where}: configs[{key!r}] needs log_sd >= 0 and an integer df >= 1")
         configs[key] = ConfigNoise(log_sd=float(log_sd), df=df)
-    return NoiseFloor(metric=data["metric"], configs=configs, device=data.get("device"), source=str(path))
+    busy = frozenset(key for key, entry in raw.items() if entry.get("contended") is True)
+    return NoiseFloor(metric=data["metric"], configs=configs, device=data.get("device"), source=str(path),
+                      contended=busy)
 
 
 def ok_values(records: list[dict[str, Any]], metric: str) -> dict[str, list[float]]:
@@ -140,29 +144,35 @@ def ok_values(records: list[dict[str, Any]], metric: str) -> dict[str, list[floa
     return values
 
 
-def floor_values(records: list[dict[str, Any]], metric: str) -> tuple[dict[str, list[float]], dict[str, str]]:
-    """The values a configuration's noise floor rests on, by key, and a note for each configuration whose host was
-    busy: repeats whose window other processes kept the cores busy in (lmbench.measure.hostload) are left out
-    while two quiet ones remain to estimate from; with fewer, every repeat counts and the note says the floor
-    measures the host's load as much as the configuration (a contended CPU gave floors of 945,524%)."""
+def floor_records(records: list[dict[str, Any]], metric: str) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The records a configuration's noise floor rests on, and a note for each configuration whose host was busy:
+    repeats whose window other processes kept the cores busy in (lmbench.measure.hostload) are left out while two
+    quiet ones remain to estimate from; with fewer, every repeat counts and the note says the floor measures the
+    host's load as much as the configuration (a contended CPU gave floors of 945,524%)."""
     from lmbench.measure.hostload import window_contended
 
-    everything = ok_values(records, metric)
-    quiet = ok_values([r for r in records if r["status"] != "ok" or not window_contended(r.get("metrics") or {})],
-                      metric)
-    values, notes = {}, {}
-    for key, every in everything.items():
+    def busy(r: dict[str, Any]) -> bool:
+        return r["status"] == "ok" and window_contended(r.get("metrics") or {})
+
+    every, quiet = ok_values(records, metric), ok_values([r for r in records if not busy(r)], metric)
+    dropped, notes = set(), {}
+    for key, values in every.items():
         calm = quiet.get(key, [])
-        if len(calm) == len(every):
-            values[key] = every
-        elif len(calm) >= 2:
-            values[key] = calm
-            notes[key] = f"{len(every) - len(calm)} contended repeat(s) left out"
+        if len(calm) == len(values):
+            continue
+        if len(calm) >= 2:
+            dropped.add(key)
+            notes[key] = f"{len(values) - len(calm)} contended repeat(s) left out"
         else:
-            values[key] = every
-            notes[key] = (f"contended: {len(every) - len(calm)} of {len(every)} repeats ran while other processes "
+            notes[key] = (f"contended: {len(values) - len(calm)} of {len(values)} repeats ran while other processes "
                           "kept the cores busy; calibrate on a quiet host")
-    return values, notes
+    return [r for r in records if not (r["config_key"] in dropped and busy(r))], notes
+
+
+def floor_values(records: list[dict[str, Any]], metric: str) -> tuple[dict[str, list[float]], dict[str, str]]:
+    """The values each configuration's noise floor rests on (floor_records), by key, and the notes."""
+    kept, notes = floor_records(records, metric)
+    return ok_values(kept, metric), notes
 
 
 def calibrate(run_a: list[dict[str, Any]], run_b: list[dict[str, Any]], *, metric: str, repeats_per_run: int

@@ -71,9 +71,9 @@ class ConfigSummary:
         notes = [stalls_note(self.repeats), bubble_note(self.median("pp_bubble_fraction"),
                                                           self.median("pp_bubble_fraction_theory")),
                  unstable_steps(self.metrics.get("step_time_cv") or [])]
-        busiest = max(self.metrics.get("host_other_cpu_cores") or [], default=None)
-        notes.append(contention_note({"host_other_cpu_cores": busiest,
-                                      "host_usable_cores": self.median("host_usable_cores")}))
+        # The busiest repeat's own metrics, its window among them: a window too short for the ticks is not contended.
+        notes.append(contention_note(max(self.repeats, default={},
+                                         key=lambda m: m.get("host_other_cpu_cores") or 0)))
         if self.left_out:
             notes.append(f"{self.left_out} contended repeat{'s' if self.left_out > 1 else ''} left out")
         return "; ".join(filter(None, notes))

@@ -210,10 +210,13 @@ def noise_floor_table(estimates: dict[str, Any], run_a: list[dict[str, Any]], ru
                       metric: str, title: str) -> Table:
     """`lmbench calibrate`: each configuration's A/A ratio, between-process spread and the gate's floors, with the
     repeats they rest on (noise.floor_values: contended ones left out while two quiet ones remain)."""
-    from lmbench.analyze.noise import MIN_REPEATS, floor_values, ok_values
+    from lmbench.analyze.noise import MIN_REPEATS, floor_records, ok_values
 
-    a, b = ok_values(run_a, metric), ok_values(run_b, metric)
-    _, notes = floor_values(run_a + run_b, metric)
+    # The repeats the floor rests on, for the ratio and the counts too: a contended repeat left out of one is out of
+    # every figure of its row.
+    kept, notes = floor_records(run_a + run_b, metric)
+    ids = {id(r) for r in kept}
+    a, b = (ok_values([r for r in run if id(r) in ids], metric) for run in (run_a, run_b))
     table = Table(title=title, title_justify="left")
     for column in ("config", "ok repeats", "A/A ratio", "sd per process", "floor 1 vs 1",
                    f"floor {MIN_REPEATS} vs {MIN_REPEATS}", "note"):

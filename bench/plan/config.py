@@ -78,6 +78,8 @@ _UNKEYED = frozenset({"timeout_s"})
 #: run (its profiler steps come after the window) pairs with an unprofiled baseline in `compare`, and every key
 #: measured before stays what it was (the first key format hashed `profile` at its default, false).
 _KEYED_AT_DEFAULT = frozenset({"profile"})
+#: Axes whose value never tells two configuration keys apart.
+UNKEYED_AXES = _UNKEYED | _KEYED_AT_DEFAULT
 #: The axes of the first key format. Every axis added since enters the key's hash only when it is set away
 #: from its default, so adding an axis never changes the key of a configuration measured before it existed
 #: (config_key is "the same across runs": baselines, noise floors and resumed runs match by it).
