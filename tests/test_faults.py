@@ -518,8 +518,9 @@ echo $? > "$OUT/report.rc"
 """
 
 
-@pytest.mark.slow
-def test_6_11_a_full_then_read_only_disk(tmp_path, tiny):
+def _in_a_small_tmpfs(tmp_path: Path, suite: str, script: str) -> tuple[Path, Path]:
+    """Run `script` (sh) in a private mount namespace, where it mounts its own small tmpfs at $MNT and leaves its
+    findings in $OUT; (MNT, OUT). Skips where no such namespace can be made."""
     probe = subprocess.run(["unshare", "--mount", "--map-root-user", "mount", "-t", "tmpfs", "tmpfs", str(tmp_path)],
                            capture_output=True) if shutil.which("unshare") else None
     if probe is None or probe.returncode:
@@ -527,9 +528,14 @@ def test_6_11_a_full_then_read_only_disk(tmp_path, tiny):
     mnt, out = tmp_path / "mnt", tmp_path / "out"
     mnt.mkdir()
     out.mkdir()
-    env = {**os.environ, "MNT": str(mnt), "OUT": str(out), "FAKE": fake_worker.__file__, "SUITE": tiny}
-    subprocess.run(["unshare", "--mount", "--map-root-user", "sh", "-c", FULL_DISK], env=env, timeout=300,
-                   check=True)
+    env = {**os.environ, "MNT": str(mnt), "OUT": str(out), "FAKE": fake_worker.__file__, "SUITE": suite}
+    subprocess.run(["unshare", "--mount", "--map-root-user", "sh", "-c", script], env=env, timeout=300, check=True)
+    return mnt, out
+
+
+@pytest.mark.slow
+def test_6_11_a_full_then_read_only_disk(tmp_path, tiny):
+    mnt, out = _in_a_small_tmpfs(tmp_path, tiny, FULL_DISK)
     err = (out / "full.err").read_text()
     assert (out / "full.rc").read_text().strip() == "2", err
     line = err.strip().splitlines()[-1]
@@ -561,16 +567,7 @@ done
 def test_6_a_disk_full_before_the_run_starts(tmp_path, tiny):
     """A disk already full: the lock holder's name cannot be written, which must not resurface as an internal
     error when the lock's file is closed (a buffered write failing again): one line, exit 2."""
-    probe = subprocess.run(["unshare", "--mount", "--map-root-user", "mount", "-t", "tmpfs", "tmpfs", str(tmp_path)],
-                           capture_output=True) if shutil.which("unshare") else None
-    if probe is None or probe.returncode:
-        pytest.skip("no private mount namespace here (unshare) for a small tmpfs")
-    mnt, out = tmp_path / "mnt", tmp_path / "out"
-    mnt.mkdir()
-    out.mkdir()
-    env = {**os.environ, "MNT": str(mnt), "OUT": str(out), "FAKE": fake_worker.__file__, "SUITE": tiny}
-    subprocess.run(["unshare", "--mount", "--map-root-user", "sh", "-c", ALREADY_FULL], env=env, timeout=300,
-                   check=True)
+    _, out = _in_a_small_tmpfs(tmp_path, tiny, ALREADY_FULL)
     for command in ("run", "calibrate"):
         err = (out / f"{command}.err").read_text()
         assert (out / f"{command}.rc").read_text().strip() == "2", err
