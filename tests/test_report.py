@@ -97,7 +97,7 @@ def test_the_plots_leave_out_contended_repeats_as_the_tables_do():
     kept = report.quiet_records([{**r, "run": "a"} for r in records])
     # fp32 has a quiet repeat to stand for its contended one; amp-bf16 has only its contended one, which stays.
     assert [(r["config"]["precision"], r["repeat"]) for r in kept] == [("fp32", 0), ("amp-bf16", 0)]
-    df = report.quiet_frame(hand_frame(records))
+    df = report.quiet_frame(hand_frame(records), records)
     units = plots._units(df, ["precision"])
     assert sorted(zip(units["precision"], units["tokens_per_s"])) == [("amp-bf16", 7.0), ("fp32", 1000.0)]
 

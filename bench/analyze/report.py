@@ -18,7 +18,7 @@ from lmbench.analyze import plots
 from lmbench.analyze.table import Grid, cell, configs_of, device_label, varying_axes
 from lmbench.errors import UsageError
 from lmbench.measure.breakdown import PROFILER_SLOWDOWN_NOTE, profiled_slowdown, window_shares
-from lmbench.measure.hostload import contention_note, standing, window_contended
+from lmbench.measure.hostload import contention_note, standing
 from lmbench.measure.metrics import bubble_note, stalls_note, unstable_steps
 from lmbench.measure.telemetry import energy_caveat
 
@@ -389,29 +389,17 @@ def quiet_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in records if not (r["status"] == "ok" and r.get("metrics")) or id(r) in kept]
 
 
-def quiet_frame(df: pd.DataFrame) -> pd.DataFrame:
-    """The frame's rows as quiet_records keeps the records (one row a record)."""
-    if "host_other_cpu_cores" not in df.columns:
-        return df
-
-    def number(value: Any) -> float | None:
-        return None if value is None or value != value else float(value)
-
-    busy = pd.Series([status == "ok" and window_contended({"host_other_cpu_cores": number(cores),
-                                                           "host_usable_cores": number(usable),
-                                                           "window_s": number(window)})
-                      for status, cores, usable, window in zip(df["status"], df["host_other_cpu_cores"],
-                                                               df.get("host_usable_cores", [None] * len(df)),
-                                                               df.get("window_s", [None] * len(df)))],
-                     index=df.index)
-    quiet_ok = (df["status"] == "ok") & ~busy
-    has_quiet = quiet_ok.groupby([df["run"], df["config_key"]], dropna=False).transform("any")
-    return df[~(busy & has_quiet)]
+def quiet_frame(df: pd.DataFrame, records: list[dict[str, Any]]) -> pd.DataFrame:
+    """The frame's rows of the records quiet_records keeps: frame.load builds one row a record, in their order."""
+    if len(df) != len(records):
+        raise ValueError(f"a frame of {len(df)} rows for {len(records)} records")
+    kept = {id(r) for r in quiet_records(records)}
+    return df[[id(r) in kept for r in records]]
 
 
 def figures(df: pd.DataFrame, records: list[dict[str, Any]], baseline: tuple[str, str] | None) -> dict[str, Any]:
     # The plots rest on the repeats the tables rest on: a contended repeat 200x slower would paint the heatmap.
-    df, records = quiet_frame(df), quiet_records(records)
+    df, records = quiet_frame(df, records), quiet_records(records)
     axes = varying_axes(configs_of(records))
     found = profiled(records)
     breakdown = {"time_breakdown": plots.time_breakdown(found, axes)} if found else {}
