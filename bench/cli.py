@@ -150,17 +150,17 @@ def _one_setting_each(overrides: tuple[str, ...], own: dict[str, tuple[str, Any]
 
 def _refuse_a_run_with_no_record_yet(run_dir: Path) -> None:
     """A run stopped before its first record (run.json there, no results file): say so, and how to go on."""
-    import json
-
     from lmbench.analyze.results import RESULTS_FILE
-    from lmbench.run.rundir import META_FILE
+    from lmbench.run.rundir import read_meta
 
-    if (run_dir / RESULTS_FILE).exists() or not (run_dir / META_FILE).is_file():
+    if (run_dir / RESULTS_FILE).exists():
         return
     try:
-        meta = json.loads((run_dir / META_FILE).read_text(encoding="utf-8"))
+        meta = read_meta(run_dir)
+        if meta is None:
+            return
         resume = RunPlan.from_json(meta["plan"]).resume_command(run_dir) if meta.get("command") == "run" else None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, LmbenchError):
+    except (KeyError, LmbenchError):  # run.json unreadable, or with no plan this lmbench can read
         resume = None
     how = f"; if it stopped, continue it with: {resume}" if resume else ""
     raise UsageError(f"{str(run_dir)!r} holds no record yet: no configuration has finished there (the run is still "

@@ -144,7 +144,7 @@ def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch(), hold:
         # A rank other than 0 that ran out of memory leaves no result, only its traceback in the log.
         status = "oom" if any(marker in log_text for marker in OOM_MARKERS) else "error"
         reason = f"worker {how} without a result; last log line: {_last_line(log_path)}"
-    cause = first_failure(others, payload if status != "ok" else None) if status != "ok" else None
+    cause = first_failure(others, payload) if status != "ok" else None
     if cause is not None:
         status, reason = cause["status"], f"rank {cause['rank']} failed first: {cause['reason']}"
     # A worker that failed without a result, or of a write, may have failed of the storage: a probe tells. One that
