@@ -29,8 +29,8 @@ from lmbench.analyze.table import kernels_cell
 from lmbench.errors import UsageError
 from lmbench.measure.hostload import contention_note
 from lmbench.plan import parity
-from lmbench.plan.config import Config, applies
-from lmbench.plan.layout import DISTRIBUTED
+from lmbench.plan.config import Config
+from lmbench.plan.suite import uses
 from lmbench.run.rundir import PARITY_FILE, PROBES_FILE, WINNER_FILE
 from lmbench.run.runner import Job, RunDirectory
 
@@ -345,9 +345,8 @@ def winner_suite(record: dict[str, Any], objective: str = "throughput") -> str:
     for name, value in config.to_dict().items():
         # An option the configuration does not use (nproc, resolved to 1 for one process; a mode's or kernel set's
         # option) would only draw lmbench's own "changes nothing" warning when the suite is run.
-        unused = not applies(config.to_dict(), name) or (name == "nproc" and config.parallel not in DISTRIBUTED)
-        if (value != getattr(defaults, name) and not unused) or name in ("model", "batch_size", "seq_len",
-                                                                           "precision"):
+        if (value != getattr(defaults, name) and uses(config, name)) or name in ("model", "batch_size", "seq_len",
+                                                                                  "precision"):
             lines.append(f"{name} = {json.dumps(value)}")
     return "\n".join(lines) + "\n"
 

@@ -84,8 +84,8 @@ def stall_note(m: dict[str, Any]) -> str | None:
 def stalls_note(repeats: Sequence[dict[str, Any]]) -> str | None:
     """stall_note over a configuration's repeats: one repeat's own note, or how many of several stalled, by how much,
     and the worst one's detail (a note a repeat, unnamed, read as the same stall told twice)."""
-    stalled = [(1 - m["tokens_per_s_sustained"] / m["tokens_per_s_typical"], stall_note(m)) for m in repeats
-               if stall_note(m)]
+    stalled = [(1 - m["tokens_per_s_sustained"] / m["tokens_per_s_typical"], note) for m in repeats
+               if (note := stall_note(m))]
     if not stalled:
         return None
     if len(repeats) == 1:

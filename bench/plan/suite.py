@@ -78,7 +78,7 @@ class Suite:
                              **{a: ("kernels", k) for a, k in KERNEL_AXES.items()}}.items():
             asked = self.matrix.get(axis, [self.defaults[axis]] if axis in self.defaults else [])
             if any(coerce(axis, value) != DEFAULTS[axis] for value in asked) and not any(
-                    applies(row.config.to_dict(), axis) for row in planned):
+                    uses(row.config, axis) for row in planned):
                 owner, users = owners
                 values = ",".join(str(value) for value in asked)
                 modes = " or ".join(sorted(users, key=lambda user: (len(user), user)))
@@ -87,7 +87,7 @@ class Suite:
         # nproc: the processes of a torchrun job; parallel=none runs one, dp one process over every GPU.
         asked = self.matrix.get("nproc", [self.defaults["nproc"]] if "nproc" in self.defaults else [])
         if any(coerce("nproc", value) != DEFAULTS["nproc"] for value in asked) and not any(
-                row.config.parallel in DISTRIBUTED for row in planned):
+                uses(row.config, "nproc") for row in planned):
             warnings.append(f"nproc={','.join(str(value) for value in asked)} applies to the torchrun modes "
                             f"({', '.join(sorted(DISTRIBUTED))}) only, which no configuration here uses: parallel=none "
                             "runs one process, dp one process over every visible GPU")
@@ -136,6 +136,14 @@ def _matches(rule: dict[str, list[Any]], values: dict[str, Any]) -> bool:
 def builtin_names() -> list[str]:
     """Names of the suites shipped inside the package."""
     return sorted(p.name[:-5] for p in resources.files("lmbench.suites").iterdir() if p.name.endswith(".toml"))
+
+
+def uses(config: Config, axis: str) -> bool:
+    """Whether `axis` changes anything for `config`: an option of a parallel mode or kernel set it runs (applies),
+    and nproc only for the torchrun modes (parallel=none runs one process, dp one over every visible GPU)."""
+    if axis == "nproc":
+        return config.parallel in DISTRIBUTED
+    return applies(config.to_dict(), axis)
 
 
 def as_recorded(name_or_path: str) -> str:
