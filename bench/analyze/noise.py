@@ -180,10 +180,7 @@ def calibrate(run_a: list[dict[str, Any]], run_b: list[dict[str, Any]], *, metri
     """Each configuration's spread over the ok repeats of two runs of one suite (the quiet ones: floor_values), and
     the file's payload, which marks a floor taken on a busy host `contended`."""
     values, notes = floor_values(run_a + run_b, metric)
-    estimates = {}
-    for key, found in ((key, estimate(v)) for key, v in values.items()):
-        if found is not None:
-            estimates[key] = found
+    estimates = {key: found for key, v in values.items() if (found := estimate(v)) is not None}
     first = next((r for r in run_a + run_b if r.get("env")), {})
     device = ((first.get("env") or {}).get("device") or {}).get("name")
     suite = next((r.get("suite") for r in run_a + run_b), None)
