@@ -35,10 +35,14 @@ def work(job_path: Path, result_path: Path) -> int:
     exit_with_parent()
     if os.environ.get("FAKE_WORKER_PIDS"):
         (Path(os.environ["FAKE_WORKER_PIDS"]) / str(os.getpid())).write_text("")
-    config = Config.from_mapping(json.loads(job_path.read_text())["config"])
+    job = json.loads(job_path.read_text())
+    config = Config.from_mapping(job["config"])
+    if "deadline" in job:  # as the real worker: its stacks just before the deadline, for a hang's record
+        from lmbench.run import stacks
+
+        stacks.arm(result_path, 0, deadline=job["deadline"], timeout_s=config.timeout_s)
     if os.environ.get("FAKE_WORKER_HANG") and os.environ["FAKE_WORKER_HANG"] in config.key:
-        while True:
-            time.sleep(0.1)
+        hang()
     if os.environ.get("FAKE_WORKER_ERROR"):
         payload = {"status": "error", "reason": os.environ["FAKE_WORKER_ERROR"], "metrics": None, "losses": None}
     elif config.batch_size > int(os.environ.get("FAKE_WORKER_OOM_ABOVE") or 10**9):
@@ -63,6 +67,11 @@ def work(job_path: Path, result_path: Path) -> int:
         while True:  # a worker slow to exit after its result (a process group torn down, CUDA's teardown)
             time.sleep(0.1)
     return 0
+
+
+def hang() -> None:
+    while True:
+        time.sleep(0.1)
 
 
 def cli(args: list[str]) -> None:

@@ -8,6 +8,7 @@ results.jsonl, and (autouse fixture) that no process of the test is left behind.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import pty
@@ -923,3 +924,20 @@ def test_a_signal_at_the_start_of_a_workers_wait_stops_it(monkeypatch):
     with pytest.raises(interrupts.Interrupted):
         hold.raise_pending(after_a_record=True)
     assert hold.pending.after_a_record
+
+
+def test_a_hung_worker_is_a_timeout_that_says_where_it_was(tmp_path, tiny, fake, monkeypatch):
+    """Just before the deadline the worker dumps its stacks: the record names the function it hung in, the log
+    holds every thread's stack, and no dump is left behind."""
+    monkeypatch.setenv("FAKE_WORKER_HANG", "-fp32-")
+    out = tmp_path / "run"
+    assert lmbench("run", "--suite", tiny, "--out", out, "--set", "precision=fp32", "--set", "timeout_s=4"
+                   ).exit_code == 0
+    record, = results.read(out).records
+    assert record["status"] == "timeout"
+    line = inspect.getsourcelines(fake_worker.hang)[1] + 2
+    assert record["reason"] == ("no result within timeout_s=4 (worker killed); 1 s before it the worker was in "
+                                f"hang (tests/fake_worker.py:{line}) (stacks in the log)")
+    log = next((out / "logs").glob("*.log")).read_text()
+    assert "rank 0's Python stacks just before timeout_s" in log and 'fake_worker.py", line' in log
+    assert not list((out / "work").glob("*.stack.*"))

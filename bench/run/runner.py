@@ -12,10 +12,11 @@ import json
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from lmbench.analyze import results
 from lmbench.errors import StorageError
@@ -28,6 +29,7 @@ from lmbench.plan.layout import single_device
 from lmbench.plan.parity import is_reference, reference_config, reference_depth
 from lmbench.plan.parity import verdict as parity_verdict
 from lmbench.plan.suite import Planned
+from lmbench.run import stacks
 from lmbench.run.interrupts import Hold, Interrupted, holding
 from lmbench.run.launcher import Launch, worker_command
 from lmbench.run.rundir import RunDirectory
@@ -92,8 +94,11 @@ def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch(), hold:
     result_path = run_dir.path / "work" / f"{job.name}.result.json"
     result_path.unlink(missing_ok=True)
     _rank_failures(result_path)  # none left from an earlier try of this job
+    stacks.clear(result_path)
+    # The deadline: each rank dumps its stacks just before it (lmbench.run.stacks), which the parent reaches later.
     run_dir.write_json(job_path, {"config": job.config.to_dict(), "repeat": job.repeat,
-                                  "timeline_path": str(run_dir.timeline_path(job.name))})
+                                  "timeline_path": str(run_dir.timeline_path(job.name)),
+                                  "deadline": time.time() + job.config.timeout_s})
     # LMBENCH_PARENT_PID: the worker exits when this process is gone, even if it is SIGKILLed.
     # PYTHONSAFEPATH (Python 3.11+, as `python -P`) keeps the current directory off the worker's sys.path, so a
     # folder named lmbench there (a clone) is not imported in place of the installed package; PYTHONNOUSERSITE
@@ -119,16 +124,21 @@ def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch(), hold:
             code = proc.returncode if proc.returncode is not None else 0
         except subprocess.TimeoutExpired:
             _stop(proc)
+            dumps = stacks.collect(result_path)
+            _append_stacks(log, dumps)
             cause = first_failure(_rank_failures(result_path), None)
             if cause is not None:  # a rank failed and the others waited for it in a collective
                 return cause["status"], (f"rank {cause['rank']} failed first: {cause['reason']}; the others then "
                                          f"waited until timeout_s={job.config.timeout_s:g}"), None
-            return "timeout", f"no result within timeout_s={job.config.timeout_s:g} (worker killed)", None
+            place = stacks.where(dumps, timeout_s=job.config.timeout_s)
+            return "timeout", (f"no result within timeout_s={job.config.timeout_s:g} (worker killed)"
+                               + (f"; {place} (stacks in the log)" if place else "")), None
         except BaseException:
             _stop(proc)
             raise
         finally:
             job_path.unlink(missing_ok=True)
+            stacks.clear(result_path)
     _reap(proc)
     left = result_path.exists()
     payload = _read_result(result_path) if left else None
@@ -154,6 +164,16 @@ def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch(), hold:
         if no_room is not None:
             raise no_room
     return status, reason, payload
+
+
+def _append_stacks(log: TextIO, dumps: dict[int, str]) -> None:
+    """Each rank's stacks at the end of the job's log, which the stopped worker no longer writes."""
+    if not dumps:
+        return
+    log.seek(0, os.SEEK_END)
+    for rank, text in dumps.items():
+        log.write(f"\n--- lmbench: rank {rank}'s Python stacks just before timeout_s ---\n{text}")
+    log.flush()
 
 
 def _of_a_write(reason: str | None) -> bool:
