@@ -344,3 +344,49 @@ def test_ddp_and_fsdp_train_as_one_device_does_on_the_global_batch(tmp_path):
             assert r["status"] == "ok" and m["parity"] == "ok", (r["config_key"], r["reason"])
             assert m["parity_max_rel_dev"] < 1e-6, m["parity_max_rel_dev"]
             assert m.get("params_in_sync") is (True if r["config"]["parallel"] == "ddp" else None)
+
+
+_HANG_RANK_1 = '''
+import os
+
+if os.environ.get("RANK") == "1" and os.environ.get("LOCAL_RANK"):
+    import time
+
+    import torch
+
+    backward = torch.Tensor.backward
+
+    def stuck(self, *args, **kwargs):
+        """Rank 1 stops in its second backward (warmup's): rank 0 waits for its gradients."""
+        stuck.calls += 1
+        if stuck.calls == 2:
+            while True:
+                time.sleep(0.1)
+        return backward(self, *args, **kwargs)
+
+    stuck.calls = 0
+    torch.Tensor.backward = stuck
+'''
+
+
+@pytest.mark.slow
+def test_a_hung_rank_is_named_in_the_timeout_record(tmp_path):
+    """Real torchrun, real DDP over gloo: rank 1 hangs, rank 0 waits for its gradients; the timeout row says which
+    rank was where just before the deadline."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_HANG_RANK_1)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "lmbench.cli", "run", "--suite", "smoke", "--out", str(out), "--device", "cpu",
+           "--set", "model=tiny-gpt2", "--set", "precision=fp32", "--set", "parallel=ddp", "--set", "nproc=2",
+           "--set", "steps=3", "--set", "timeout_s=40"]
+    done = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(site)}, capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stderr
+    record, = results.read(out).records
+    assert record["status"] == "timeout", record
+    reason = record["reason"]
+    assert reason.startswith("no result within timeout_s=40 (worker killed); 3 s before it rank 0 in "), reason
+    hung = reason.split("; rank 1 in ", 1)[1]
+    assert hung.startswith("stuck (site/sitecustomize.py:") and "from lmbench/run/precision.py:" in hung, reason
+    assert reason.endswith("(stacks in the log)")
