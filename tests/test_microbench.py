@@ -233,6 +233,12 @@ def test_a_captured_pair_kept_past_its_block_holds_no_graph():
     assert held._work is None and held._flushes is None
 
 
+def device_times_ms(fn, grads, *, estimate_ms, device, replays=graphtime.REPLAYS):
+    """Device milliseconds of one call of `fn`, one figure per replay pair (CUDA only)."""
+    with graphtime.captured(fn, grads, estimate_ms=estimate_ms, device=device) as graph:
+        return [graph.sample() for _ in range(replays)]
+
+
 def test_after_a_failed_capture_no_later_one_is_trusted(monkeypatch):
     """torch before 2.12 leaves its allocator believing a capture is under way after one failed (pytorch#180395):
     no later capture, and no empty_cache() (an internal assert there)."""
@@ -240,7 +246,7 @@ def test_after_a_failed_capture_no_later_one_is_trusted(monkeypatch):
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: pytest.fail("empty_cache() after a failed capture"))
     graphtime.empty_cache()
     with pytest.raises(graphtime.NotCapturable, match="an earlier capture in this process failed"):
-        graphtime.device_times_ms(lambda: None, [], estimate_ms=1.0, device=None)
+        device_times_ms(lambda: None, [], estimate_ms=1.0, device=None)
 
 
 @pytest.mark.gpu
@@ -256,14 +262,14 @@ def test_device_time_takes_the_host_out_of_the_loop():
         time.sleep(0.002)
         x.add_(1)
 
-    assert statistics.median(graphtime.device_times_ms(slow_host, [], estimate_ms=2.0, device=device)) < 0.2
+    assert statistics.median(device_times_ms(slow_host, [], estimate_ms=2.0, device=device)) < 0.2
     # A host wait is found in the warm-up, before any capture, and leaves later captures trusted.
     with pytest.raises(graphtime.NotCapturable, match="waits for the device on the host"):
-        graphtime.device_times_ms(lambda: x.sum().item(), [], estimate_ms=0.1, device=device)
+        device_times_ms(lambda: x.sum().item(), [], estimate_ms=0.1, device=device)
     assert not graphtime._failed
     src = torch.empty(2**28, dtype=torch.int8, device=device)
     dst = torch.empty_like(src)
-    copy_ms = statistics.median(graphtime.device_times_ms(lambda: dst.copy_(src), [], estimate_ms=0.2, device=device))
+    copy_ms = statistics.median(device_times_ms(lambda: dst.copy_(src), [], estimate_ms=0.2, device=device))
     events = []
     for _ in range(20):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -196,9 +196,3 @@ def captured(fn: Callable[[], Any], grads: Sequence[Any], *, estimate_ms: float,
         reset()
         del work, flushes
 
-
-def device_times_ms(fn: Callable[[], Any], grads: Sequence[Any], *, estimate_ms: float, device: Any,
-                    replays: int = REPLAYS) -> list[float]:
-    """Device milliseconds of one call of `fn`, one figure per replay pair (CUDA only; see `captured`)."""
-    with captured(fn, grads, estimate_ms=estimate_ms, device=device) as graph:
-        return [graph.sample() for _ in range(replays)]
