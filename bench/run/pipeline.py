@@ -238,6 +238,9 @@ class Pipeline:
         for stage in self.stages:
             for name in ("forward_one_chunk", "backward_one_chunk", "backward_weight_one_chunk"):
                 setattr(stage, name, self.clock.wrap(getattr(stage, name)))
+            stage.perform_reduce_grad = self._on_the_last_batch(stage.perform_reduce_grad)
+        self._grad_accum = grad_accum
+        self._batch = 0
         self._scale = 1.0 / (microbatches * grad_accum)
         self._microbatches = microbatches
         self._losses: list[torch.Tensor] = []
@@ -263,12 +266,26 @@ class Pipeline:
         self._losses.append(loss.detach())
         return loss * self._scale
 
+    def _on_the_last_batch(self, reduce: Callable[..., Any]) -> Callable[..., Any]:
+        """A stage's gradient reduction (FSDP's reduce-scatter and reshard, which the schedule runs after its last
+        backward) on the optimizer step's last accumulated batch only: after every batch, an FSDP stage would
+        reduce-scatter and gather again once per accumulated batch, not once per optimizer step as fsdp without a
+        pipeline does. Until then the unsharded gradients add up, as in FSDP's own no-sync accumulation."""
+        def once_per_step(*args: Any, **kwargs: Any) -> Any:
+            if self._batch == self._grad_accum:
+                return reduce(*args, **kwargs)
+            return None
+        return once_per_step
+
     def new_step(self) -> None:
         self.clock.new_step()
+        self._batch = 0
 
     def run(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
-        """One pipeline step over a batch of micro-batches; the mean loss on the last stage, None elsewhere."""
+        """One pipeline step over a batch of micro-batches (the `grad_accum`-th since `new_step` reduces the
+        gradients); the mean loss on the last stage, None elsewhere."""
         self._losses = []
+        self._batch += 1
         args = (input_ids,) if self.first else ()
         target = {"target": labels} if self.last else {}
         self.schedule.step(*args, **target, **self._step_kwargs)
