@@ -116,7 +116,7 @@ def test_a_noise_floor_without_a_device_says_so(tmp_path):
     result = lmbench("compare", run, again, "--noise-floor", floor)
     assert result.exit_code == 0, result.output
     assert result.stderr.splitlines() == [f"lmbench: warning: the noise floor {floor} was measured on an unrecorded "
-                                          "device, the baseline ran on NVIDIA H100 80GB HBM3"]
+                                          "device, the runs ran on NVIDIA H100 80GB HBM3"]
 
 
 # 10. Messages that named the wrong thing.

@@ -43,7 +43,7 @@ from lmbench.analyze.noise import MIN_REPEATS, ConfigNoise, NoiseFloor, ok_value
 from lmbench.analyze.table import status_counts
 from lmbench.errors import UsageError
 
-#: Metrics where a larger value is better (docs/metrics.md), besides every rate "..._per_s...".
+#: Metrics where a larger value is better (docs/metrics.md), besides every rate ("_per_s", "_per_s_...").
 HIGHER_IS_BETTER = frozenset({"tflops", "hardware_tflops", "mfu", "hfu", "mfu_fp8_peak", "hfu_fp8_peak",
                               "tokens_per_j", "scaling_efficiency", "comm_overlap_frac"})
 #: Metrics where a smaller value is better, besides every time (_s), memory (_bytes) and energy (_j).
@@ -51,6 +51,7 @@ LOWER_IS_BETTER = frozenset({"step_time_cv", "j_per_token", "val_loss", "val_los
                              "steps_to_target", "tokens_to_target", "pp_bubble_fraction", "stall_steps",
                              "nonfinite_losses", "overflow_skipped_steps", "time_frac_idle"})
 _COST = re.compile(r"_(s|bytes|j)(_|$)")
+_RATE = re.compile(r"_per_s(_|$)")
 #: Statuses of a repeat that ran and failed (a skipped configuration never ran).
 FAILURES = ("oom", "diverged", "error", "timeout")
 CONFIDENCE = 0.95
@@ -82,7 +83,7 @@ class Verdict:
 
 def higher_is_better(metric: str) -> bool:
     """Whether more of `metric` is better; a UsageError for a metric with no known direction."""
-    if metric in HIGHER_IS_BETTER or "_per_s" in metric:
+    if metric in HIGHER_IS_BETTER or _RATE.search(metric):
         return True
     if metric in LOWER_IS_BETTER or _COST.search(metric):
         return False
@@ -150,20 +151,25 @@ def repeats_needed(base: list[float], cand: list[float], threshold: float) -> in
     return MAX_REPEATS_SHOWN + 1
 
 
-def _interval(base: list[float], cand: list[float], noise: ConfigNoise | None) -> tuple[float, float] | None:
-    """The 95% interval of the ratio from whatever noise estimate there is; None without one."""
+def _interval(base: list[float], cand: list[float], noise: ConfigNoise | None
+              ) -> tuple[float, float, bool] | None:
+    """The 95% interval of the ratio from whatever noise estimate there is, and whether the noise floor's set an
+    edge of it (it was at least as wide as the repeats' own where they had one); None without an estimate."""
     intervals = []
     if min(len(base), len(cand)) >= MIN_REPEATS:
         intervals.append(ratio_interval(base, cand)[1:])
         spread = log_t_interval(base, cand)
         if spread is not None:
             intervals.append(spread)
+    floor = None
     if noise is not None:
         ratio = statistics.median(cand) / statistics.median(base)
-        intervals.append(noise.interval(ratio, len(base), len(cand)))
+        floor = noise.interval(ratio, len(base), len(cand))
+        intervals.append(floor)
     if not intervals:
         return None
-    return min(low for low, _ in intervals), max(high for _, high in intervals)
+    low, high = min(low for low, _ in intervals), max(high for _, high in intervals)
+    return low, high, floor is not None and (floor[0] == low or floor[1] == high)
 
 
 def _floor_disagreement(base: list[float], cand: list[float], noise: ConfigNoise | None) -> str | None:
@@ -196,9 +202,7 @@ def decide(base: list[float], cand: list[float], *, threshold: float, higher_is_
         return Verdict(config_key="", verdict="unchanged", ratio=None, ci_low=None, ci_high=None,
                        n_base=len(base), n_cand=len(cand), note="median 0 on both sides")
     if zero:
-        # A count that is 0 (skipped steps, non-finite losses) has no ratio; its change is not a speed.
-        return Verdict(config_key="", verdict="inconclusive", ratio=None, ci_low=None, ci_high=None,
-                       n_base=len(base), n_cand=len(cand), note=f"median 0 in the {' and '.join(zero)}: no ratio")
+        return _without_a_ratio(base, cand, zero[0], higher_is_better=higher_is_better)
     ratio = statistics.median(cand) / statistics.median(base)
     interval = _interval(base, cand, noise)
     if interval is None:
@@ -206,7 +210,7 @@ def decide(base: list[float], cand: list[float], *, threshold: float, higher_is_
                 "--noise-floor FILE from lmbench calibrate")
         return Verdict(config_key="", verdict="inconclusive", ratio=ratio, ci_low=None, ci_high=None,
                        n_base=len(base), n_cand=len(cand), note=note)
-    low, high = interval
+    low, high, from_floor = interval
     # The threshold applies to the metric as measured: 5% more step time is a regression at 5%.
     below, above = high < 1 - threshold, low > 1 + threshold
     disagreement = _floor_disagreement(base, cand, noise) if min(len(base), len(cand)) < MIN_REPEATS else None
@@ -217,7 +221,8 @@ def decide(base: list[float], cand: list[float], *, threshold: float, higher_is_
     elif high - low > 2 * threshold or low < 1 - threshold or high > 1 + threshold:
         # The interval is the widest of the estimates: so is the count of repeats that would settle it.
         needed = max(filter(None, [repeats_needed(base, cand, threshold),
-                                   noise.repeats_for(threshold) if noise is not None else None]), default=None)
+                                   noise.repeats_for(threshold, ratio) if noise is not None else None]),
+                     default=None)
         verdict = "inconclusive"
         if high - low > 2 * threshold:
             note = f"interval wider than ±{threshold * 100:g}%"
@@ -239,8 +244,34 @@ def decide(base: list[float], cand: list[float], *, threshold: float, higher_is_
     else:
         verdict, note = "unchanged", ""
     if noise is not None:
-        note = "; ".join(filter(None, [note, "interval from the noise floor"]))
+        source = "interval from the noise floor" if from_floor else "interval from the repeats (wider than the floor's)"
+        note = "; ".join(filter(None, [note, source]))
     return Verdict(config_key="", verdict=verdict, ratio=ratio, ci_low=low, ci_high=high, n_base=len(base),
+                   n_cand=len(cand), note=note)
+
+
+def _without_a_ratio(base: list[float], cand: list[float], zero: str, *, higher_is_better: bool) -> Verdict:
+    """A count at 0 on one side (stall_steps, nonfinite_losses, overflow_skipped_steps) has no ratio, so no
+    threshold applies: the repeats' order decides. Every repeat of one side above every repeat of the other is a
+    change when that order is unlikely by chance (an exact rank test: 1 / C(n_b + n_c, n_b) <= 5%, which 3
+    repeats a side allow); 0 in 3 baseline repeats and 4, 5, 3 stalls in 3 candidate ones is a regression."""
+    def span(values: list[float]) -> str:
+        low, high = min(values), max(values)
+        return f"{low:g}" if low == high else f"{low:g} to {high:g}"
+
+    note = f"median 0 in the {zero}: no ratio"
+    above, below = min(cand) > max(base), max(cand) < min(base)
+    chance = 1 / math.comb(len(base) + len(cand), len(base))
+    if (above or below) and chance <= 1 - CONFIDENCE + 1e-12:
+        verdict = "improvement" if above == higher_is_better else "regression"
+        note += (f"; every candidate repeat ({span(cand)}) {'above' if above else 'below'} every baseline one "
+                 f"({span(base)}; exact rank test p = {chance:.3f})")
+    else:
+        verdict = "inconclusive"
+        why = "the repeats overlap" if not (above or below) else f"{len(base)}/{len(cand)} repeats are too few"
+        note += (f"; {why}: a change needs every repeat of one side beyond every one of the other, with "
+                 f"{MIN_REPEATS} or more a side")
+    return Verdict(config_key="", verdict=verdict, ratio=None, ci_low=None, ci_high=None, n_base=len(base),
                    n_cand=len(cand), note=note)
 
 
@@ -258,13 +289,7 @@ def compare(base: list[dict[str, Any]], cand: list[dict[str, Any]], *, metric: s
     # The repeats a verdict rests on: those whose host no other process kept busy (lmbench.measure.hostload).
     b_quiet, c_quiet = ok_values(_quiet(base), metric), ok_values(_quiet(cand), metric)
     b_status, c_status = _statuses(base), _statuses(cand)
-    order = ["reference", "ok", "drift", "diverged"]
-    parity: dict[str, str] = {}
-    for r in cand:
-        value = (r.get("metrics") or {}).get("parity")
-        if value in order and order.index(value) >= order.index(parity.get(r["config_key"], "reference")):
-            parity[r["config_key"]] = value
-    diverged = {key for key, value in parity.items() if value == "diverged"}
+    parity, parity_before = _worst_parity(cand), _worst_parity(base)
     verdicts = []
     for key in list(dict.fromkeys([*b_values, *c_values])):
         if key not in b_values or key not in c_values:
@@ -282,7 +307,9 @@ def compare(base: list[dict[str, Any]], cand: list[dict[str, Any]], *, metric: s
                                     f"skipped in both runs{': ' + reason if reason else ''}", blocking=False))
             continue
         if not b or not c:
-            verdicts.append(_unmeasured(key, metric, b, c, b_status[key], c_status[key]))
+            verdict = _unmeasured(key, metric, b, c, b_status[key], c_status[key])
+            verdict.blocking = verdict.blocking or (strict and verdict.verdict == "inconclusive")
+            verdicts.append(verdict)
             continue
         busy = len(b) - len(b_quiet.get(key, [])), len(c) - len(c_quiet.get(key, []))
         b, c = b_quiet.get(key, []), c_quiet.get(key, [])
@@ -296,13 +323,25 @@ def compare(base: list[dict[str, Any]], cand: list[dict[str, Any]], *, metric: s
                               f"every {sides} repeat ran on a contended host; rerun where no other work runs")
         verdict.config_key = key
         verdict.parity = parity.get(key)
-        if noise is not None and verdict.ci_low is None and b and c:
-            verdict.note += f"; {noise.source} has no noise floor for this configuration"
+        if noise is not None and noise.get(key) is None and b and c:
+            verdict.note = "; ".join(filter(None, [verdict.note, f"{noise.source} has no noise floor for this "
+                                                   "configuration"]))
+        unreported = [f"{status[key]['ok'] - len(values[key])} of {status[key]['ok']} {side} ok repeats"
+                      for side, status, values in (("baseline", b_status, b_values), ("candidate", c_status, c_values))
+                      if status[key]["ok"] > len(values[key])]
+        if unreported:
+            verdict.note = "; ".join(filter(None, [verdict.note, f"{' and '.join(unreported)} report no finite "
+                                                   f"{metric}, left out"]))
         worse = _worse_failures(b_status[key], c_status[key])
         if worse:
             # A candidate that crashes some of the time is not judged on the repeats that survived.
             verdict.verdict, verdict.note = "failed", worse
-        elif verdict.verdict == "improvement" and key in diverged:
+        elif parity.get(key) == "diverged" and parity_before.get(key) != "diverged":
+            # Training wrong is a failure whatever the speed: the baseline trained as its reference did.
+            verdict.verdict, verdict.note = "failed", (
+                f"its loss parity diverged from the reference (the baseline's: {parity_before.get(key, 'not checked')}"
+                f"); {metric} was {_as_measured(verdict)}")
+        elif verdict.verdict == "improvement" and parity.get(key) == "diverged":
             # Fast but training wrong is not better.
             verdict.verdict, verdict.note = "failed", "faster, but its loss parity diverged from the reference"
         elif any(s in FAILURES for s in c_status[key]):
@@ -322,8 +361,9 @@ def compare(base: list[dict[str, Any]], cand: list[dict[str, Any]], *, metric: s
 def _unmeasured(key: str, metric: str, b: list[float], c: list[float], b_status: Counter[str],
                 c_status: Counter[str]) -> Verdict:
     """The verdict of a configuration with no value of `metric` on a side: `failed` where that side has no ok
-    repeat (blocking when it is only the candidate's), `skipped` where ok repeats report no such metric on one
-    side or both (scaling_efficiency of a row that has no single-device baseline)."""
+    repeat (blocking when it is only the candidate's); `skipped` where the ok repeats of both sides, or of the
+    baseline only, report no such metric (scaling_efficiency of a row that has no single-device baseline);
+    `inconclusive` where the candidate's report none that the baseline's did."""
     lacking = [side for side, values in (("baseline", b), ("candidate", c)) if not values]
     statuses = {"baseline": b_status, "candidate": c_status}
     unrun = [side for side in lacking if not statuses[side]["ok"]]
@@ -341,11 +381,32 @@ def _unmeasured(key: str, metric: str, b: list[float], c: list[float], b_status:
                        blocking=side == "candidate")
     if len(lacking) == 2:
         return Verdict(key, "skipped", None, None, None, 0, 0, f"no ok repeat reports {metric} in either run")
-    # Ran on both sides, reported on one: the metric is the tool's to give (scaling_efficiency needs a
-    # single-device row and, since 2026-11-27, a GPU), not the code's to lose.
+    # Ran on both sides, reported on one. The candidate losing a metric the baseline had is not judged, and not
+    # passed over either: inconclusive, which a strict gate fails (it may be the tool's change: scaling_efficiency
+    # needs a single-device row and, since 2026-11-27, a GPU). A metric only the candidate reports lost nothing.
     side = lacking[0]
+    if side == "candidate":
+        return Verdict(key, "inconclusive", None, None, None, len(b), 0,
+                       f"the candidate's {c_status['ok']} ok repeat(s) report no {metric}, which the baseline's "
+                       "did: nothing to compare")
     return Verdict(key, "skipped", None, None, None, len(b), len(c),
-                   f"the {side}'s {statuses[side]['ok']} ok repeat(s) report no {metric}: nothing to compare")
+                   f"the baseline's {b_status['ok']} ok repeat(s) report no {metric}: nothing to compare")
+
+
+def _worst_parity(records: list[dict[str, Any]]) -> dict[str, str]:
+    """Each configuration's worst loss parity over its repeats (reference < ok < drift < diverged), where checked."""
+    order = ["reference", "ok", "drift", "diverged"]
+    worst: dict[str, str] = {}
+    for r in records:
+        value = (r.get("metrics") or {}).get("parity")
+        if value in order and order.index(value) >= order.index(worst.get(r["config_key"], "reference")):
+            worst[r["config_key"]] = value
+    return worst
+
+
+def _as_measured(verdict: Verdict) -> str:
+    """What a verdict found of the metric, for a note that overrides it: `unchanged (+0.4%)`."""
+    return verdict.verdict + (f" ({verdict.ratio - 1:+.1%})" if verdict.ratio is not None else "")
 
 
 def _quiet(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -358,22 +419,28 @@ def _quiet(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _worse_failures(base: Counter[str], cand: Counter[str]) -> str | None:
     """Why the candidate's failed repeats (oom, error, diverged, timeout) are worse than the baseline's, or None:
-    a status the baseline never ended in, or a larger share of its repeats."""
+    a status the baseline never ended in (a hang or an OOM is a finding, not noise), or a larger share of its
+    repeats than chance explains (Fisher's exact test, one-sided, at 5%: 1 timeout in 3 repeats against 1 in 5
+    is not worse, 3 in 3 against 1 in 10 is)."""
     failed_c = Counter({s: n for s, n in cand.items() if s in FAILURES})
     failed_b = Counter({s: n for s, n in base.items() if s in FAILURES})
     if not failed_c:
         return None
-    share_c, share_b = sum(failed_c.values()) / sum(cand.values()), sum(failed_b.values()) / sum(base.values())
     new = sorted(set(failed_c) - set(failed_b))
-    if not new and share_c <= share_b:
-        return None
+    if not new:
+        from scipy.stats import fisher_exact
+
+        n_c, n_b, f_c, f_b = sum(cand.values()), sum(base.values()), sum(failed_c.values()), sum(failed_b.values())
+        p_value = float(fisher_exact([[f_c, n_c - f_c], [f_b, n_b - f_b]], alternative="greater")[1])
+        if p_value >= 1 - CONFIDENCE:
+            return None
     ended = f"{sum(failed_c.values())} of {sum(cand.values())} candidate repeats ended {status_counts(failed_c)}"
     if not failed_b:
         return f"{ended}; every baseline repeat ran"
     baseline = f"{status_counts(failed_b)} of {sum(base.values())} in the baseline"
     if new:
         return f"{ended}, which the baseline never did ({', '.join(new)}; {baseline})"
-    return f"{ended}, a larger share than the baseline's ({baseline})"
+    return f"{ended}, a larger share than the baseline's ({baseline}; Fisher's exact test p = {p_value:.3f})"
 
 
 def _statuses(records: list[dict[str, Any]]) -> dict[str, Counter[str]]:
@@ -383,20 +450,38 @@ def _statuses(records: list[dict[str, Any]]) -> dict[str, Counter[str]]:
     return counts
 
 
-def environment_of(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Device model (a GPU, or the CPU for CPU runs), driver and torch of a run (its first record with an env)."""
-    env = next((r["env"] for r in records if r.get("env")), {}) or {}
-    device = env.get("device") or {}
-    kind = "CPU" if device.get("type") == "cpu" else "GPU"
-    return {"device": f"{device.get('name')} ({kind})" if device.get("name") else None, "driver": device.get("driver"),
-            "torch": env.get("torch")}
+#: What a record's environment says that changes performance: the device model, then the software under the code.
+ENVIRONMENT_FIELDS = ("device", "driver", "torch", "cuda", "triton", "transformers")
 
 
-def environment_differences(base: list[dict[str, Any]], cand: list[dict[str, Any]]) -> dict[str, tuple[Any, Any]]:
-    """Device model, driver and torch that differ between the two runs; one a side does not record (a run whose
-    every record timed out before its worker said what it ran on) is no difference."""
+def environment_of(records: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Each environment field's values over every record of a run that says what it ran on (a run resumed or merged
+    on another machine holds several), in the order first seen; the device is its model and kind (GPU or CPU)."""
+    seen: dict[str, list[str]] = {name: [] for name in ENVIRONMENT_FIELDS}
+    for r in records:
+        env = r.get("env") or {}
+        device = env.get("device") or {}
+        kind = "CPU" if device.get("type") == "cpu" else "GPU"
+        values = {"device": f"{device.get('name')} ({kind})" if device.get("name") else None,
+                  "driver": device.get("driver"), **{name: env.get(name) for name in ENVIRONMENT_FIELDS[2:]}}
+        for name, value in values.items():
+            if value is not None and str(value) not in seen[name]:
+                seen[name].append(str(value))
+    return seen
+
+
+def environment_differences(base: list[dict[str, Any]], cand: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
+    """The environment fields whose values differ between the two runs, each side's values joined; a field one side
+    does not record (a run whose every record timed out before its worker said what it ran on) is no difference."""
     b, c = environment_of(base), environment_of(cand)
-    return {k: (b[k], c[k]) for k in b if b[k] is not None and c[k] is not None and b[k] != c[k]}
+    return {name: (", ".join(b[name]), ", ".join(c[name])) for name in ENVIRONMENT_FIELDS
+            if b[name] and c[name] and set(b[name]) != set(c[name])}
+
+
+def mixed_environments(records: list[dict[str, Any]], side: str) -> list[str]:
+    """Warnings for a run whose own records ran on more than one device or software version."""
+    return [f"the {side}'s records come from more than one {name} ({', '.join(values)}): it was resumed or merged "
+            "on another machine" for name, values in environment_of(records).items() if len(values) > 1]
 
 
 def parse_threshold(text: str) -> float:

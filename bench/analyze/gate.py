@@ -10,7 +10,7 @@ from typing import Any
 from xml.sax.saxutils import escape as xml_escape
 
 from lmbench.analyze import results
-from lmbench.analyze.compare import Verdict, environment_differences, higher_is_better
+from lmbench.analyze.compare import Verdict, environment_differences, higher_is_better, mixed_environments
 from lmbench.analyze.noise import NoiseFloor
 from lmbench.analyze.table import markdown_table
 from lmbench.errors import ResultsError, UsageError
@@ -54,16 +54,27 @@ def load_pair(base: Path, cand: Path, *, metric: str, allow_different_hardware: 
     _check_shared(b, c)
     _check_sizes(b, c)
     warnings += check_hardware(environment_differences(b, c), allow_different_hardware=allow_different_hardware)
-    device = (next((r["env"] for r in b if r.get("env")), {}).get("device") or {}).get("name")
-    if noise is not None and noise.device != device:
-        warnings.append(f"the noise floor {noise.source} was measured on {noise.device or 'an unrecorded device'}, "
-                        f"the baseline ran on {device or 'an unrecorded device'}")
+    warnings += mixed_environments(b, "baseline") + mixed_environments(c, "candidate")
+    if noise is not None:
+        warnings += _floor_elsewhere(noise, b, c)
     busy = sorted(noise.contended & {r["config_key"] for r in b + c}) if noise is not None else []
     if busy:
         warnings.append(f"the noise floor {noise.source} was taken on a busy host for {len(busy)} configuration(s) "
                         f"(e.g. {busy[0]}): their floors measure that host's load as much as the configuration; "
                         "calibrate again on a quiet host")
     return b, c, warnings
+
+
+def _floor_elsewhere(noise: NoiseFloor, base: list[dict[str, Any]], cand: list[dict[str, Any]]) -> list[str]:
+    """A warning when a side ran on a device other than the one the noise floor was measured on."""
+    ran = [sorted({((r.get("env") or {}).get("device") or {}).get("name") for r in side if r.get("env")} - {None})
+           for side in (base, cand)]
+    if all(devices == [noise.device] for devices in ran):
+        return []
+    named = [", ".join(devices) or "an unrecorded device" for devices in ran]
+    where = (f"the runs ran on {named[0]}" if named[0] == named[1]
+             else f"the baseline ran on {named[0]}, the candidate on {named[1]}")
+    return [f"the noise floor {noise.source} was measured on {noise.device or 'an unrecorded device'}, {where}"]
 
 
 def _check_numeric(metric: str, records: list[dict[str, Any]]) -> None:

@@ -40,6 +40,12 @@ CONFIDENCE = 0.95
 MIN_REPEATS = 3
 
 
+def median_cost(repeats: int) -> float:
+    """Variance of a median of `repeats` over that of their mean: pi/2 (the large-sample cost) from MIN_REPEATS
+    on, 1 below, where the median of one or two values is their mean."""
+    return math.pi / 2 if repeats >= MIN_REPEATS else 1.0
+
+
 @dataclass(frozen=True)
 class ConfigNoise:
     """One configuration's between-process spread of a metric."""
@@ -50,12 +56,12 @@ class ConfigNoise:
     """Degrees of freedom of that estimate (samples - 1)."""
 
     def half_width(self, n_base: int, n_cand: int) -> float:
-        """Half-width of the 95% interval of log(ratio of medians) for these repeat counts."""
+        """Half-width of the 95% interval of log(ratio of medians) for these repeat counts: each side's median
+        costs its own factor (median_cost), so 1 repeat against 5 pays for the 5's median."""
         from scipy.stats import t
 
-        median_cost = math.sqrt(math.pi / 2) if min(n_base, n_cand) >= MIN_REPEATS else 1.0
-        return float(t.ppf(0.5 + CONFIDENCE / 2, self.df)) * self.log_sd * math.sqrt(1 / n_base + 1 / n_cand) \
-            * median_cost
+        spread = math.sqrt(median_cost(n_base) / n_base + median_cost(n_cand) / n_cand)
+        return float(t.ppf(0.5 + CONFIDENCE / 2, self.df)) * self.log_sd * spread
 
     def interval(self, ratio: float, n_base: int, n_cand: int) -> tuple[float, float]:
         width = self.half_width(n_base, n_cand)
@@ -65,13 +71,17 @@ class ConfigNoise:
         """Smallest threshold that `repeats` a side can resolve: the interval's reach around a ratio of 1."""
         return math.exp(self.half_width(repeats, repeats)) - 1
 
-    def repeats_for(self, threshold: float) -> int:
-        """Repeats a side whose interval around a ratio of 1 reaches no further than `threshold` (floor(n) <=
-        threshold), by the same model as `half_width` (at least MIN_REPEATS)."""
+    def repeats_for(self, threshold: float, ratio: float = 1.0, most: int = 1000) -> int:
+        """Repeats a side whose interval around `ratio` clears the threshold's nearer edge (inside both edges:
+        unchanged; beyond one: a change), by the same model as `half_width`, at least MIN_REPEATS; `most` + 1 when
+        even `most` would not (a ratio sitting on an edge never settles)."""
+        room = min(abs(math.log(ratio) - math.log1p(-threshold)), abs(math.log(ratio) - math.log1p(threshold)))
         if self.log_sd == 0:
             return MIN_REPEATS
-        one = self.half_width(MIN_REPEATS, MIN_REPEATS) * math.sqrt(MIN_REPEATS / 2)  # the half-width at 2/n = 1
-        return max(MIN_REPEATS, math.ceil(2 * (one / math.log1p(threshold)) ** 2))
+        # The half-width falls as sqrt(2 / n) once the median's cost is the same on both sides.
+        at_min = self.half_width(MIN_REPEATS, MIN_REPEATS)
+        needed = math.ceil(MIN_REPEATS * (at_min / room) ** 2) if room > 0 else most + 1
+        return min(max(MIN_REPEATS, needed), most + 1)
 
 
 @dataclass(frozen=True)
@@ -124,7 +134,8 @@ def load(path: Path) -> NoiseFloor:
     for key, entry in raw.items():
         log_sd = entry.get("log_sd") if isinstance(entry, dict) else None
         df = entry.get("df") if isinstance(entry, dict) else None
-        if not (isinstance(log_sd, (int, float)) and math.isfinite(log_sd) and log_sd >= 0
+        numbers = not isinstance(log_sd, bool) and not isinstance(df, bool)
+        if not (numbers and isinstance(log_sd, (int, float)) and math.isfinite(log_sd) and log_sd >= 0
                 and isinstance(df, int) and df >= 1):
             raise UsageError(f"{where}: configs[{key!r}] needs log_sd >= 0 and an integer df >= 1")
         configs[key] = ConfigNoise(log_sd=float(log_sd), df=df)
