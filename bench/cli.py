@@ -509,8 +509,8 @@ def report(run_dirs: tuple[Path, ...], out: Path | None, baseline: str | None, c
               help="Also write a JUnit XML file (one test case per configuration).")
 @click.option("--allow-different-hardware", is_flag=True, help="Compare runs from different GPU models anyway.")
 @click.option("--noise-floor", "noise_floor", type=NonEmptyPath(dir_okay=False, path_type=Path), default=None,
-              help="Between-process noise from `lmbench calibrate` (its noise-floor.json): verdicts with fewer than "
-                   "3 repeats a side.")
+              help="Between-process and between-run noise from `lmbench calibrate` (its noise-floor.json): verdicts "
+                   "with fewer than 3 repeats a side.")
 @click.option("--allow-missing", is_flag=True,
               help="A configuration the candidate run lacks (a suite that dropped it) does not fail the gate.")
 @click.option("--strict", is_flag=True,
@@ -547,24 +547,30 @@ def compare(base: Path, cand: Path, threshold: str, metric: str, fmt: str, junit
 @click.option("--suite", "suite_name", required=True, metavar="NAME|PATH", callback=_suite_name,
               help="The suite whose noise to measure: a built-in one or a suite TOML file.")
 @click.option("--repeats", type=click.IntRange(min=2), default=3, show_default=True,
-              help="Fresh-process repeats of each configuration in each of the two runs.")
+              help="Fresh-process repeats of each configuration in each run.")
+@click.option("--runs", type=click.IntRange(min=2, max=26), default=3, show_default=True,
+              help="Runs of the suite, one after another: the spread of their means is how far two runs can differ "
+                   "(more runs pin it down better; 2 leave it one degree of freedom).")
 @click.option("--out", type=NonEmptyPath(file_okay=False, path_type=Path), default=None,
-              help="Directory for the two runs and noise-floor.json (default: runs/calibrate-SUITE-YYYYmmdd-HHMMSS).")
+              help="Directory for the runs (a, b, ...) and noise-floor.json (default: "
+                   "runs/calibrate-SUITE-YYYYmmdd-HHMMSS).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=V[,V...]",
               help="Override an axis, as `run --set` does (the gate's runs must use the same ones).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
               help="Run every configuration on this device (default: cuda when available).")
 @click.option("--metric", default="tokens_per_s", show_default=True, help="Metric whose noise to measure.")
 @click.option("--resume", is_flag=True, help="Finish the calibration in --out, keeping the repeats it recorded.")
-def calibrate(suite_name: str, repeats: int, out: Path | None, overrides: tuple[str, ...], device: str | None,
-              metric: str, resume: bool) -> int:
-    """Run a suite twice, each configuration in fresh processes: its between-process noise floor.
+def calibrate(suite_name: str, repeats: int, runs: int, out: Path | None, overrides: tuple[str, ...],
+              device: str | None, metric: str, resume: bool) -> int:
+    """Run a suite --runs times, each configuration in fresh processes: its noise floor, between processes and
+    between runs.
 
     Writes OUT/noise-floor.json for `lmbench compare --noise-floor`.
 
     Example: lmbench calibrate --suite ci --repeats 3
     """
     import shlex
+    import string
 
     from lmbench.analyze import noise, results
     from lmbench.analyze.table import noise_floor_table
@@ -574,24 +580,26 @@ def calibrate(suite_name: str, repeats: int, out: Path | None, overrides: tuple[
         raise UsageError("--resume needs --out DIR, the calibration to finish")
     out = out or Path("runs") / f"calibrate-{Path(suite_name).stem}-{dt.datetime.now():%Y%m%d-%H%M%S}"
     _refuse_other_writer(out, "calibrate")
-    if not resume and any((out / name / results.RESULTS_FILE).exists() for name in ("a", "b")):
+    names = [string.ascii_lowercase[i] for i in range(runs)]
+    if not resume and any((out / name / results.RESULTS_FILE).exists() for name in string.ascii_lowercase):
         raise UsageError(f"--out {str(out)!r} already holds a calibration; pass --resume to finish it, or choose "
                          "another directory")
     args = ["lmbench", "calibrate", "--suite", suite_name, "--repeats", str(repeats), "--out", str(out)]
+    args += ["--runs", str(runs)] if runs != 3 else []
     args += [a for item in overrides for a in ("--set", item)] + (["--device", device] if device else [])
     args += ["--metric", metric] if metric != "tokens_per_s" else []
     plan = RunPlan(suite=suites.as_recorded(suite_name), suite_sha256="", overrides=overrides, device=device,
                    repeats=repeats)
-    for name in ("a", "b"):
+    for name in names:
         code = _run_suite(plan, out / name, resume=resume, resume_command=shlex.join([*args, "--resume"]))
         if code:
             return code
-    records = {name: results.read(out / name).records for name in ("a", "b")}
-    estimates, payload = noise.calibrate(records["a"], records["b"], metric=metric, repeats_per_run=repeats)
+    records = [results.read(out / name).records for name in names]
+    estimates, payload = noise.calibrate(records, metric=metric, repeats_per_run=repeats)
     with results.saving(out / "noise-floor.json"):
         noise.write(out / "noise-floor.json", payload)
-    table = noise_floor_table(estimates, records["a"], records["b"], metric=metric,
-                              title=f"noise floor of {suite_name} ({repeats} repeats per run, {metric})")
+    table = noise_floor_table(estimates, records, metric=metric,
+                              title=f"noise floor of {suite_name} ({runs} runs of {repeats} repeats, {metric})")
     _console().print(table)
     click.echo(f"noise floor: {out / 'noise-floor.json'} (lmbench compare --noise-floor)")
     busy = [key for key, entry in payload["configs"].items() if entry.get("contended")]

@@ -647,8 +647,10 @@ def test_7_compare_refuses_in_one_line_with_exit_2(tmp_path, args, message):
 @pytest.mark.filterwarnings("ignore::scipy.stats.DegenerateDataWarning")
 def test_7_a_zero_median_has_no_ratio_and_no_verdict():
     verdict = decide([0.0, 0.0, 1.0], [2.0, 2.0, 2.0], threshold=0.05, higher_is_better=False)
+    assert (verdict.verdict, verdict.ratio) == ("regression", None)
+    assert verdict.note.startswith("median 0 in the baseline: no ratio; every candidate repeat (2) above every")
+    verdict = decide([0.0, 0.0, 3.0], [2.0, 2.0, 2.0], threshold=0.05, higher_is_better=False)
     assert (verdict.verdict, verdict.ratio) == ("inconclusive", None)
-    assert verdict.note == "median 0 in the baseline: no ratio"
     # Resampled medians of 0 give an unbounded interval end, not a ZeroDivisionError.
     assert decide([1.0, 0.0, 1.0, 1.0], [1.0, 1.0, 0.0, 1.0], threshold=0.05, higher_is_better=False).verdict
 

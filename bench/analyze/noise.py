@@ -1,22 +1,40 @@
-"""Between-process noise: estimated by `lmbench calibrate`, saved as a noise-floor file, read by `compare`.
+"""Between-process and between-run noise: estimated by `lmbench calibrate`, saved as a noise-floor file, read by
+`compare`.
 
 One process is one sample: the step times inside it say nothing about how much the next process
 will differ (placement, clocks, allocator, compilation), so the gate needs the spread *between*
-processes. `calibrate` runs every configuration 2 × N times in fresh processes; for each one the
-sample standard deviation of log(metric) over all ok repeats of both runs is `log_sd` (its degrees of
-freedom `df` = samples − 1; a shift between the two runs counts as noise, as it would in a gate).
+processes. And a gate compares two runs, made at different times, perhaps on another boot of the
+machine: each run's processes may share an offset (a clock or thermal state, the machine's other
+load) that no number of repeats inside it averages away. `calibrate` runs every configuration R
+times (3 by default) with N fresh processes each, and keeps, on log(metric):
 
-With a noise floor, a comparison of n_b baseline and n_c candidate repeats gets the interval
+    log_sd        the spread of a process about its run's mean: the pooled within-run sample standard
+                  deviation, df = the repeats less one per run;
+    run_mean_sd   the spread of the runs' means, run_df = R - 1: what two runs of N repeats differ by,
+                  offsets and processes together, without assuming there is no offset;
+    mean_repeats  the repeats a run's mean rests on (N, or their harmonic mean where some failed).
 
-    ratio × exp(± t(0.975, df) × log_sd × sqrt(1/n_b + 1/n_c) × k),    k = sqrt(pi/2) when min(n) ≥ 3
+A gate of n_b baseline and n_c candidate repeats then gets the interval
 
-(ratio of medians; k is the large-sample cost of a median over a mean, 1 for one or two repeats where
-the median is the mean). The noise-floor file (JSON, written by `lmbench calibrate`):
+    ratio × exp(± t(0.975, df*) × sqrt(2 × run_mean_sd² + log_sd² × max(0, k_b/n_b + k_c/n_c - 2/mean_repeats)))
 
-    {"format": "lmbench-noise-floor", "version": 1, "metric": "tokens_per_s", "suite": "ci",
-     "device": "NVIDIA H100 80GB HBM3", "created": "2026-11-26T12:00:00+00:00", "repeats_per_run": 3,
-     "configs": {"<config_key>": {"log_sd": 0.012, "df": 5, "samples": 6,
-                                  "floor_1v1": 0.043, "floor_3v3": 0.031}}}
+(ratio of medians): two runs' means differ by 2 × run_mean_sd² in variance, and the second term adds what the
+gate's medians of its own repeat counts cost beyond the calibration's means (k is the cost of a median over
+a mean, pi/2 from 3 repeats on, 1 for one or two, where the median is the mean); more repeats than the
+calibration's never narrow the run term, which also holds the calibration's process noise (conservative:
+it is not subtracted, so an estimate with few runs cannot come out near 0 by chance). df* is
+Welch-Satterthwaite's for the two terms. Simulated with 1% noise a process and a 2% offset a run, 3 runs
+of 3 calibrate a 3-vs-3 gate that misses the true ratio 6.5% of the time (2 runs: 11%; taking the
+runs' shift for process noise, as version 1 did: 22-51%); with no offset, its 3-vs-3 floor is 2.4%.
+
+A floor file of version 1 (before runs were told apart) holds a log_sd over every repeat of both runs and
+no run term: `compare` still reads it, as ratio × exp(± t(0.975, df) × log_sd × sqrt(k_b/n_b + k_c/n_c)).
+The noise-floor file (JSON, written by `lmbench calibrate`):
+
+    {"format": "lmbench-noise-floor", "version": 2, "metric": "tokens_per_s", "suite": "ci",
+     "device": "NVIDIA H100 80GB HBM3", "created": "2026-11-26T12:00:00+00:00", "repeats_per_run": 3, "runs": 3,
+     "configs": {"<config_key>": {"log_sd": 0.012, "df": 6, "run_mean_sd": 0.008, "run_df": 2,
+                                  "mean_repeats": 3.0, "floor_1v1": 0.06, "floor_3v3": 0.04}}}
 
 `floor_KvK` is the smallest threshold at which K repeats a side can give a verdict (the interval's
 half-width for an unchanged ratio), for choosing `--threshold`.
@@ -27,6 +45,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +53,9 @@ from typing import Any
 from lmbench.errors import UsageError, read_json_input
 from lmbench.measure import stats
 
-FORMAT, VERSION = "lmbench-noise-floor", 1
+FORMAT, VERSION = "lmbench-noise-floor", 2
+#: Versions `load` reads: 1 has no run term.
+READABLE = (1, 2)
 CONFIDENCE = 0.95
 #: Repeats a side at which the gate trusts its own spread (a bootstrap over the repeats).
 MIN_REPEATS = 3
@@ -48,20 +69,36 @@ def median_cost(repeats: int) -> float:
 
 @dataclass(frozen=True)
 class ConfigNoise:
-    """One configuration's between-process spread of a metric."""
+    """One configuration's spread of a metric: between the processes of a run, and between the runs' means."""
 
     log_sd: float
-    """Sample standard deviation of log(metric) over fresh processes."""
+    """Sample standard deviation of log(metric) of a fresh process about its run's mean (version 1: about the
+    mean of every repeat of both runs)."""
     df: int
-    """Degrees of freedom of that estimate (samples - 1)."""
+    """Degrees of freedom of that estimate (repeats less one per run; version 1: repeats less one)."""
+    run_mean_sd: float = 0.0
+    """Sample standard deviation of the runs' means of log(metric); 0 without one (version 1)."""
+    run_df: int = 0
+    """Degrees of freedom of that estimate (runs - 1)."""
+    mean_repeats: float = 1.0
+    """The repeats a run's mean rests on (their harmonic mean over the runs)."""
 
     def half_width(self, n_base: int, n_cand: int) -> float:
-        """Half-width of the 95% interval of log(ratio of medians) for these repeat counts: each side's median
-        costs its own factor (median_cost), so 1 repeat against 5 pays for the 5's median."""
+        """Half-width of the 95% interval of log(ratio of medians) for these repeat counts (module docstring):
+        each side's median costs its own factor (median_cost), so 1 repeat against 5 pays for the 5's median."""
         from scipy.stats import t
 
-        spread = math.sqrt(median_cost(n_base) / n_base + median_cost(n_cand) / n_cand)
-        return float(t.ppf(0.5 + CONFIDENCE / 2, self.df)) * self.log_sd * spread
+        cost = median_cost(n_base) / n_base + median_cost(n_cand) / n_cand
+        if self.run_df == 0:
+            variance, df = self.log_sd ** 2 * cost, float(self.df)
+        else:
+            runs = 2 * self.run_mean_sd ** 2
+            processes = self.log_sd ** 2 * max(0.0, cost - 2 / self.mean_repeats)
+            variance = runs + processes
+            if variance == 0:
+                return 0.0
+            df = variance ** 2 / (runs ** 2 / self.run_df + processes ** 2 / self.df)
+        return float(t.ppf(0.5 + CONFIDENCE / 2, df)) * math.sqrt(variance)
 
     def interval(self, ratio: float, n_base: int, n_cand: int) -> tuple[float, float]:
         width = self.half_width(n_base, n_cand)
@@ -74,14 +111,14 @@ class ConfigNoise:
     def repeats_for(self, threshold: float, ratio: float = 1.0, most: int = 1000) -> int:
         """Repeats a side whose interval around `ratio` clears the threshold's nearer edge (inside both edges:
         unchanged; beyond one: a change), by the same model as `half_width`, at least MIN_REPEATS; `most` + 1 when
-        even `most` would not (a ratio sitting on an edge never settles)."""
+        even `most` would not (a ratio sitting on an edge, or runs whose means differ by more than the threshold)."""
         room = min(abs(math.log(ratio) - math.log1p(-threshold)), abs(math.log(ratio) - math.log1p(threshold)))
-        if self.log_sd == 0:
-            return MIN_REPEATS
-        # The half-width falls as sqrt(2 / n) once the median's cost is the same on both sides.
-        at_min = self.half_width(MIN_REPEATS, MIN_REPEATS)
-        needed = math.ceil(MIN_REPEATS * (at_min / room) ** 2) if room > 0 else most + 1
-        return min(max(MIN_REPEATS, needed), most + 1)
+        if self.run_df == 0 and self.log_sd > 0 and room > 0:
+            # The half-width falls as sqrt(2 / n) once the median's cost is the same on both sides.
+            needed = math.ceil(MIN_REPEATS * (self.half_width(MIN_REPEATS, MIN_REPEATS) / room) ** 2)
+            return min(max(MIN_REPEATS, needed), most + 1)
+        # With a run term the degrees of freedom move with the repeats too: the first count that fits.
+        return next((n for n in range(MIN_REPEATS, most + 1) if self.half_width(n, n) <= room), most + 1)
 
 
 @dataclass(frozen=True)
@@ -97,21 +134,32 @@ class NoiseFloor:
         return self.configs.get(config_key)
 
 
-def estimate(values: list[float]) -> ConfigNoise | None:
-    """Spread of one configuration's ok repeats (positive values); None with fewer than two."""
-    logs = [math.log(v) for v in values if v > 0 and math.isfinite(v)]
-    if len(logs) < 2:
+def estimate(runs: list[list[float]]) -> ConfigNoise | None:
+    """Spread of one configuration's ok repeats (positive values), run by run: the processes' about their run's
+    mean, and the runs' means' (module docstring); None with fewer than two values. With one run that has values,
+    the spread of its repeats alone, as version 1 (nothing tells a run's offset then)."""
+    logs = [[math.log(v) for v in run if v > 0 and math.isfinite(v)] for run in runs]
+    logs = [run for run in logs if run]
+    values = [x for run in logs for x in run]
+    if len(values) < 2:
         return None
-    return ConfigNoise(log_sd=stats.stdev(logs), df=len(logs) - 1)
+    if len(logs) < 2:
+        return ConfigNoise(log_sd=stats.stdev(values), df=len(values) - 1)
+    df = sum(len(run) - 1 for run in logs)
+    within = sum(sum((x - statistics.fmean(run)) ** 2 for x in run) for run in logs) / df if df else 0.0
+    means = [statistics.fmean(run) for run in logs]
+    return ConfigNoise(log_sd=math.sqrt(within), df=max(df, 1), run_mean_sd=statistics.stdev(means),
+                       run_df=len(logs) - 1, mean_repeats=1 / statistics.fmean(1 / len(run) for run in logs))
 
 
 def to_json(noise: dict[str, ConfigNoise], *, metric: str, suite: str, device: str | None,
-            repeats_per_run: int) -> dict[str, Any]:
-    configs = {key: {"log_sd": n.log_sd, "df": n.df, "samples": n.df + 1, "floor_1v1": n.floor(1),
+            repeats_per_run: int, runs: int) -> dict[str, Any]:
+    configs = {key: {"log_sd": n.log_sd, "df": n.df, "run_mean_sd": n.run_mean_sd, "run_df": n.run_df,
+                     "mean_repeats": n.mean_repeats, "floor_1v1": n.floor(1),
                      f"floor_{MIN_REPEATS}v{MIN_REPEATS}": n.floor(MIN_REPEATS)} for key, n in noise.items()}
     return {"format": FORMAT, "version": VERSION, "metric": metric, "suite": suite, "device": device,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "repeats_per_run": repeats_per_run, "configs": configs}
+            "repeats_per_run": repeats_per_run, "runs": runs, "configs": configs}
 
 
 def write(path: Path, payload: dict[str, Any]) -> None:
@@ -125,23 +173,35 @@ def load(path: Path) -> NoiseFloor:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise UsageError(f"{where}: not a noise-floor file (no \"format\": \"{FORMAT}\"; lmbench calibrate "
                          "writes one)")
-    if data.get("version") != VERSION:
-        raise UsageError(f"{where}: version {data.get('version')!r} is not supported (expected {VERSION})")
+    if data.get("version") not in READABLE:
+        raise UsageError(f"{where}: version {data.get('version')!r} is not supported (expected one of "
+                         f"{', '.join(map(str, READABLE))})")
     configs: dict[str, ConfigNoise] = {}
     raw = data.get("configs")
     if not isinstance(data.get("metric"), str) or not isinstance(raw, dict):
         raise UsageError(f"{where}: needs a \"metric\" string and a \"configs\" object")
     for key, entry in raw.items():
-        log_sd = entry.get("log_sd") if isinstance(entry, dict) else None
-        df = entry.get("df") if isinstance(entry, dict) else None
-        numbers = not isinstance(log_sd, bool) and not isinstance(df, bool)
-        if not (numbers and isinstance(log_sd, (int, float)) and math.isfinite(log_sd) and log_sd >= 0
-                and isinstance(df, int) and df >= 1):
-            raise UsageError(f"{where}: configs[{key!r}] needs log_sd >= 0 and an integer df >= 1")
-        configs[key] = ConfigNoise(log_sd=float(log_sd), df=df)
+        fields = entry if isinstance(entry, dict) else {}
+        log_sd, df = fields.get("log_sd"), fields.get("df")
+        run_sd, run_df = fields.get("run_mean_sd", 0.0), fields.get("run_df", 0)
+        repeats = fields.get("mean_repeats", 1.0)
+        if not (_spread(log_sd) and _count(df, least=1) and _spread(run_sd) and _count(run_df, least=0)
+                and _spread(repeats) and repeats >= 1):
+            raise UsageError(f"{where}: configs[{key!r}] needs log_sd >= 0 and an integer df >= 1 (and run_mean_sd >= "
+                             "0, an integer run_df >= 0, mean_repeats >= 1 where given)")
+        configs[key] = ConfigNoise(log_sd=float(log_sd), df=df, run_mean_sd=float(run_sd), run_df=run_df,
+                                   mean_repeats=float(repeats))
     busy = frozenset(key for key, entry in raw.items() if entry.get("contended") is True)
     return NoiseFloor(metric=data["metric"], configs=configs, device=data.get("device"), source=str(path),
                       contended=busy)
+
+
+def _spread(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+def _count(value: Any, *, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
 def ok_values(records: list[dict[str, Any]], metric: str) -> dict[str, list[float]]:
@@ -180,22 +240,21 @@ def floor_records(records: list[dict[str, Any]], metric: str) -> tuple[list[dict
     return [r for r in records if not (r["config_key"] in dropped and busy(r))], notes
 
 
-def floor_values(records: list[dict[str, Any]], metric: str) -> tuple[dict[str, list[float]], dict[str, str]]:
-    """The values each configuration's noise floor rests on (floor_records), by key, and the notes."""
-    kept, notes = floor_records(records, metric)
-    return ok_values(kept, metric), notes
-
-
-def calibrate(run_a: list[dict[str, Any]], run_b: list[dict[str, Any]], *, metric: str, repeats_per_run: int
+def calibrate(runs: list[list[dict[str, Any]]], *, metric: str, repeats_per_run: int
               ) -> tuple[dict[str, ConfigNoise], dict[str, Any]]:
-    """Each configuration's spread over the ok repeats of two runs of one suite (the quiet ones: floor_values), and
-    the file's payload, which marks a floor taken on a busy host `contended`."""
-    values, notes = floor_values(run_a + run_b, metric)
-    estimates = {key: found for key, v in values.items() if (found := estimate(v)) is not None}
-    first = next((r for r in run_a + run_b if r.get("env")), {})
+    """Each configuration's spread over the ok repeats of R runs of one suite (the quiet ones: floor_records),
+    within and between runs, and the file's payload, which marks a floor taken on a busy host `contended`."""
+    every = [r for run in runs for r in run]
+    kept, notes = floor_records(every, metric)
+    ids = {id(r) for r in kept}
+    by_run = [ok_values([r for r in run if id(r) in ids], metric) for run in runs]
+    keys = dict.fromkeys(key for values in by_run for key in values)
+    estimates = {key: found for key in keys if (found := estimate([values.get(key, []) for values in by_run]))}
+    first = next((r for r in every if r.get("env")), {})
     device = ((first.get("env") or {}).get("device") or {}).get("name")
-    suite = next((r.get("suite") for r in run_a + run_b), None)
-    payload = to_json(estimates, metric=metric, suite=str(suite), device=device, repeats_per_run=repeats_per_run)
+    suite = next((r.get("suite") for r in every), None)
+    payload = to_json(estimates, metric=metric, suite=str(suite), device=device, repeats_per_run=repeats_per_run,
+                      runs=len(runs))
     for key, note in notes.items():
         if key in payload["configs"]:
             payload["configs"][key].update(note=note, contended=note.startswith("contended"))

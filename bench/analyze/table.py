@@ -206,28 +206,31 @@ def plan_table(rows: list[tuple[dict[str, Any], str, str | None]], kept: dict[st
     return table
 
 
-def noise_floor_table(estimates: dict[str, Any], run_a: list[dict[str, Any]], run_b: list[dict[str, Any]], *,
-                      metric: str, title: str) -> Table:
-    """`lmbench calibrate`: each configuration's A/A ratio, between-process spread and the gate's floors, with the
-    repeats they rest on (noise.floor_values: contended ones left out while two quiet ones remain)."""
+def noise_floor_table(estimates: dict[str, Any], runs: list[list[dict[str, Any]]], *, metric: str,
+                      title: str) -> Table:
+    """`lmbench calibrate`: each configuration's A/A ratio (the last run's median over the first's), its spread
+    between processes and between runs and the gate's floors, with the repeats they rest on (noise.floor_records:
+    contended ones left out while two quiet ones remain)."""
     from lmbench.analyze.noise import MIN_REPEATS, floor_records, ok_values
 
     # The repeats the floor rests on, for the ratio and the counts too: a contended repeat left out of one is out of
     # every figure of its row.
-    kept, notes = floor_records(run_a + run_b, metric)
+    kept, notes = floor_records([r for run in runs for r in run], metric)
     ids = {id(r) for r in kept}
-    a, b = (ok_values([r for r in run if id(r) in ids], metric) for run in (run_a, run_b))
+    by_run = [ok_values([r for r in run if id(r) in ids], metric) for run in runs]
     table = Table(title=title, title_justify="left")
-    for column in ("config", "ok repeats", "A/A ratio", "sd per process", "floor 1 vs 1",
+    for column in ("config", "ok repeats", "A/A ratio", "sd per process", "sd of run means", "floor 1 vs 1",
                    f"floor {MIN_REPEATS} vs {MIN_REPEATS}", "note"):
         table.add_column(column, justify="left" if column in ("config", "note") else "right")
-    for key in dict.fromkeys([*a, *b]):
+    for key in dict.fromkeys(key for values in by_run for key in values):
         noise = estimates.get(key)
-        ratio = statistics.median(b[key]) / statistics.median(a[key]) if a.get(key) and b.get(key) else None
-        table.add_row(key, f"{len(a.get(key, []))}+{len(b.get(key, []))}", _fmt(ratio, ".4f"),
-                      "-" if noise is None else f"{noise.log_sd:.2%}",
-                      "-" if noise is None else f"{noise.floor(1):.1%}",
-                      "-" if noise is None else f"{noise.floor(MIN_REPEATS):.1%}", escape(notes.get(key, "")))
+        first, last = by_run[0].get(key), by_run[-1].get(key)
+        ratio = statistics.median(last) / statistics.median(first) if first and last else None
+        table.add_row(key, "+".join(str(len(values.get(key, []))) for values in by_run), _fmt(ratio, ".4f"),
+                      *(["-"] * 4 if noise is None else
+                        [f"{noise.log_sd:.2%}", f"{noise.run_mean_sd:.2%}" if noise.run_df else "-",
+                         f"{noise.floor(1):.1%}", f"{noise.floor(MIN_REPEATS):.1%}"]),
+                      escape(notes.get(key, "")))
     return table
 
 
