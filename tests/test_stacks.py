@@ -13,14 +13,17 @@ TORCH = "/venv/lib/python3.11/site-packages/torch"
 
 
 def dump(main: str, *frames: tuple[str, int, str], other: bool = True) -> str:
-    """A faulthandler dump as `stacks.arm` leaves it: the header, a helper thread, the main thread."""
-    lines = [f"main thread {main}", "Timeout (0:00:57)!"]
+    """A faulthandler dump as `stacks.arm` leaves it: a helper thread, then the main thread, run by `python -m`."""
+    lines = ["Timeout (0:00:57)!"]
     if other:
         lines += ["Thread 0x00007f0000000002 (most recent call first):",
                   f'  File "{OURS}/measure/telemetry.py", line 90 in _sample',
-                  '  File "/usr/lib/python3.11/threading.py", line 982 in run', ""]
+                  '  File "/usr/lib/python3.11/threading.py", line 982 in run',
+                  '  File "/usr/lib/python3.11/threading.py", line 1002 in _bootstrap', ""]
     lines.append(f"Thread {main} (most recent call first):")
     lines += [f'  File "{file}", line {line} in {function}' for file, line, function in frames]
+    lines += [f'  File "{OURS}/run/worker.py", line 600 in <module>',
+              '  File "<frozen runpy>", line 198 in _run_module_as_main'] if frames else []
     return "\n".join(lines) + "\n"
 
 
@@ -31,7 +34,7 @@ LOADING = dump("0x00007f0000000003", (f"{OURS}/run/data.py", 41, "batches"), (f"
 
 def test_the_main_threads_frames_are_read_innermost_first_and_other_threads_left_out():
     frames = stacks.main_stack(WAITING)
-    assert [f.function for f in frames] == ["all_reduce", "gather", "measure"]
+    assert [f.function for f in frames] == ["all_reduce", "gather", "measure", "<module>", "_run_module_as_main"]
     assert stacks.place(frames) == ("all_reduce (torch/distributed/distributed_c10d.py:2806) from "
                                     "lmbench/run/distributed.py:120 gather")
     assert stacks.place(stacks.main_stack(LOADING)) == "batches (lmbench/run/data.py:41)"
@@ -47,8 +50,8 @@ def test_ranks_at_one_place_are_named_together_and_the_odd_one_out_first():
     assert stacks.where({}, timeout_s=900) is None
 
 
-@pytest.mark.parametrize("text", ["", "Timeout (0:00:57)!\n", dump("0x1", other=False)])
-def test_a_dump_without_its_header_or_its_main_thread_counts_as_none(tmp_path, text):
+@pytest.mark.parametrize("text", ["", "Timeout (0:00:57)!\n", dump("0x1", other=False), dump("0x1")])
+def test_a_dump_without_a_main_thread_counts_as_none(tmp_path, text):
     result = tmp_path / "k.result.json"
     stacks.path(result, 0).write_text(text)
     assert stacks.collect(result) == {}

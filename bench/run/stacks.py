@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import faulthandler
 import re
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +22,10 @@ from typing import IO
 #: parent that reaches its deadline early (a job of a few seconds gets a quarter of its time instead).
 MARGIN_S = 3.0
 
-_HEADER = "main thread "
 _THREAD = re.compile(r"^(?:Current thread|Thread) (0x[0-9a-f]+)")
+#: The outermost frame of a main thread: a script's module, or runpy's for `python -m` (torchrun's ranks, the
+#: worker). A thread started by `threading` has its _bootstrap there instead.
+_MAIN_OUTERMOST = frozenset({"<module>", "_run_module_as_main"})
 _FRAME = re.compile(r'^\s+File "(.*)", line (\d+) in (.*)$')
 _OURS = Path(__file__).resolve().parent.parent
 #: The files faulthandler writes to: it holds only their descriptors, so they stay open for the process.
@@ -60,9 +61,8 @@ def arm(result_path: Path, rank: int, *, deadline: float, timeout_s: float) -> b
     left_s = deadline - margin_s(timeout_s) - time.time()
     if left_s <= 0:
         return False
+    # Empty until the dump: a file that takes no room on a full disk unless the job hangs.
     out = open(path(result_path, rank), "w", encoding="utf-8")  # noqa: SIM115 - faulthandler writes to it later
-    out.write(f"{_HEADER}0x{threading.main_thread().ident:016x}\n")
-    out.flush()
     _open.append(out)
     faulthandler.dump_traceback_later(left_s, file=out)
     return True
@@ -88,22 +88,16 @@ def clear(result_path: Path) -> None:
 
 
 def main_stack(text: str) -> list[Frame]:
-    """The main thread's frames in a dump, innermost first."""
-    lines = text.splitlines()
-    if not lines or not lines[0].startswith(_HEADER):
-        return []
-    main = lines[0].removeprefix(_HEADER).strip()
-    frames: list[Frame] = []
-    inside = False
-    for line in lines[1:]:
-        thread = _THREAD.match(line)
-        if thread:
-            inside = thread.group(1) == main
+    """The main thread's frames in a dump, innermost first: the thread whose outermost frame runs the module."""
+    threads: list[list[Frame]] = []
+    for line in text.splitlines():
+        if _THREAD.match(line):
+            threads.append([])
             continue
         frame = _FRAME.match(line)
-        if inside and frame:
-            frames.append(Frame(frame.group(1), int(frame.group(2)), frame.group(3)))
-    return frames
+        if threads and frame:
+            threads[-1].append(Frame(frame.group(1), int(frame.group(2)), frame.group(3)))
+    return next((frames for frames in threads if frames and frames[-1].function in _MAIN_OUTERMOST), [])
 
 
 def place(frames: list[Frame]) -> str:
