@@ -333,6 +333,25 @@ def test_3_a_killed_parent_takes_its_worker_with_it(tmp_path, tiny, fake):
     assert keys(out) == [("fp32", 0), ("amp-bf16", 0)]
 
 
+def test_3_a_result_a_killed_parent_never_recorded_is_kept_on_resume(tmp_path, tiny, fake):
+    """SIGKILL after the worker wrote its result, before the parent recorded it: resume deleted the finished
+    measurement and ran the job again (new-user trial). It is recorded once, from the file, and not run again."""
+    out = tmp_path / "run"
+    proc = spawn(tmp_path, "run", "--suite", tiny, "--out", out, env={"FAKE_WORKER_LINGER": "-fp32-"})
+    wait_for(lambda: (out / "work").is_dir() and any((out / "work").glob("*-fp32-*.result.json")))
+    proc.kill()
+    proc.communicate()
+    assert not (out / "results.jsonl").exists()
+    before = set((tmp_path / "pids").iterdir())
+    result = lmbench("run", "--suite", tiny, "--out", out, "--resume")
+    assert result.exit_code == 0, result.output
+    assert keys(out) == [("fp32", 0), ("amp-bf16", 0)]
+    fp32 = next(r for r in results.read(out).records if r["config"]["precision"] == "fp32")
+    assert fp32["status"] == "ok" and fp32["metrics"]["tokens_per_s"] == 2000.0
+    assert len(set((tmp_path / "pids").iterdir()) - before) == 1, "only amp-bf16 ran on resume"
+    assert not list((out / "work").glob("*.result.json"))
+
+
 def test_3_a_rank_under_torchrun_watches_the_lmbench_parent_by_pid(tmp_path):
     # A rank's own parent is the torchrun agent; the lmbench parent is further up, so it is watched.
     stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(tmp_path)])

@@ -76,7 +76,10 @@ class RunDirectory:
                 note = results.repair(self.results_path)
             self.notices += [note] if note else []
             for leftover in (self.path / "work").iterdir():
-                if leftover.is_file():
+                # A result (and its ranks' failures) is a finished job a killed parent never recorded: resume
+                # records it (lmbench.run.runner.run_worker). Everything else there is a job's half-done state.
+                finished = leftover.name.endswith(".result.json") or ".result.json.rank" in leftover.name
+                if leftover.is_file() and not (resume and finished):
                     leftover.unlink(missing_ok=True)
         except BaseException:
             self.close()

@@ -92,6 +92,16 @@ def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch(), hold:
     """
     job_path = run_dir.path / "work" / f"{job.name}.job.json"
     result_path = run_dir.path / "work" / f"{job.name}.result.json"
+    finished = _read_result(result_path)
+    if finished is not None:
+        # A worker's result is its last act, written whole (results.write_json): one left here finished a job whose
+        # parent was killed before recording it (SIGKILL, the OOM killer, a lost node). Measured once, kept once.
+        cause = first_failure(_rank_failures(result_path), finished) if finished["status"] != "ok" else None
+        result_path.unlink()
+        stacks.clear(result_path)
+        if cause is not None:
+            return cause["status"], f"rank {cause['rank']} failed first: {cause['reason']}", finished
+        return finished["status"], finished["reason"], finished
     result_path.unlink(missing_ok=True)
     _rank_failures(result_path)  # none left from an earlier try of this job
     stacks.clear(result_path)
