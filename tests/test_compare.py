@@ -766,3 +766,34 @@ def test_a_version_1_floor_still_gates_with_no_run_term(tmp_path):
                                 "device": "NVIDIA H100 80GB HBM3", "configs": {"a": {"log_sd": 0.01, "df": 5}}}))
     result = invoke(base, cand, "--noise-floor", str(path))
     assert result.exit_code == 1 and "regression" in result.stdout
+
+
+def test_a_run_of_unreadable_lines_says_why_not_that_it_is_empty(tmp_path):
+    base = write_run(tmp_path / "base", run_of({"a": TIGHT}))
+    broken = write_run(tmp_path / "broken", [], extra='{"broken": \n')
+    result = invoke(base, broken)
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (f"lmbench: error: the candidate run {broken!r} holds no readable record: 1 "
+                                     f"line(s) skipped ({broken}/results.jsonl:1: skipped corrupt line "
+                                     "(Expecting value))")
+
+
+def test_an_absurd_value_gives_an_unbounded_interval_not_a_crash(tmp_path):
+    """1e308 tokens/s: exp() of the interval's half-width overflowed (exit 3, numpy warnings on stderr)."""
+    base = write_run(tmp_path / "base", run_of({"a": [100.0, 101.0, 99.0]}))
+    cand = write_run(tmp_path / "cand", run_of({"a": [1e308, 100.0, 101.0]}))
+    result = invoke(base, cand, "--format", "json")
+    assert result.exit_code == 0 and result.stderr == ""
+    verdict, = json.loads(result.stdout)["verdicts"]
+    assert verdict["verdict"] == "inconclusive" and (verdict["ci_high"] is None or verdict["ci_high"] > 1e300)
+
+
+def test_runs_of_one_repeat_each_take_the_means_spread_for_the_processes():
+    """Contended repeats left out can leave one a run: no within-run spread, and a floor of 0 would call any two
+    repeats a side too spread for it."""
+    from lmbench.analyze import noise
+
+    floor = noise.estimate([[100.0], [102.0], [98.0]])
+    logs = [math.log(v) for v in (100.0, 102.0, 98.0)]
+    assert floor.log_sd == floor.run_mean_sd == pytest.approx(statistics.stdev(logs))
+    assert (floor.df, floor.run_df, floor.mean_repeats) == (2, 2, 1.0)

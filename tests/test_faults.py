@@ -485,6 +485,11 @@ MALFORMED = [
      "losses holds something other than numbers"),
     ('{"config_key": "x", "repeat": 0, "status": "error", "config": {"model": "tiny-gpt2"}, "reason": 3}',
      "reason is not a string"),
+    # A new-user trial's: report sorted a string batch size among integers; hostload added a string's cores.
+    ('{"config_key": "x", "repeat": 0, "status": "skipped", "config": {"model": "tiny-gpt2", "batch_size": "4"}}',
+     "config.batch_size is not an integer"),
+    ('{"config_key": "x", "repeat": 0, "status": "ok", "config": {"model": "tiny-gpt2"}, '
+     '"metrics": {"tokens_per_s": 1.0, "host_other_cpu_cores": "x"}}', "metrics.host_other_cpu_cores is not a number"),
     ("[1, 2]", "not a JSON object"),
     ('{"config_key": "x", "repe', "skipped corrupt line"),
 ]

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from lmbench.analyze.noise import MIN_REPEATS, ConfigNoise, NoiseFloor, ok_values
+from lmbench.analyze.noise import MIN_REPEATS, ConfigNoise, NoiseFloor, exp_or_inf, ok_values
 from lmbench.analyze.table import status_counts
 from lmbench.errors import UsageError
 
@@ -103,9 +103,10 @@ def ratio_interval(base: list[float], cand: list[float]) -> tuple[float, float, 
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.median(c, axis=axis) / np.median(b, axis=axis)
 
-    result = bootstrap((np.asarray(base, float), np.asarray(cand, float)), statistic, paired=False,
-                       vectorized=True, n_resamples=RESAMPLES, confidence_level=CONFIDENCE, method="percentile",
-                       random_state=np.random.default_rng(SEED))
+    with np.errstate(over="ignore", invalid="ignore"):  # absurd values (1e308) give an unbounded end, not a warning
+        result = bootstrap((np.asarray(base, float), np.asarray(cand, float)), statistic, paired=False,
+                           vectorized=True, n_resamples=RESAMPLES, confidence_level=CONFIDENCE, method="percentile",
+                           random_state=np.random.default_rng(SEED))
     low, high = result.confidence_interval
     return ratio, float(low), float(high)
 
@@ -125,7 +126,7 @@ def log_t_interval(base: list[float], cand: list[float]) -> tuple[float, float] 
         return ratio, ratio
     df = (var_b + var_c) ** 2 / (var_b**2 / (len(base) - 1) + var_c**2 / (len(cand) - 1))
     half = float(t.ppf(0.5 + CONFIDENCE / 2, df)) * math.sqrt(var_b + var_c) * math.sqrt(math.pi / 2)
-    return ratio * math.exp(-half), ratio * math.exp(half)
+    return ratio * exp_or_inf(-half), ratio * exp_or_inf(half)
 
 
 def repeats_needed(base: list[float], cand: list[float], threshold: float) -> int | None:

@@ -38,6 +38,10 @@ def load_pair(base: Path, cand: Path, *, metric: str, allow_different_hardware: 
     empty = [side for side, records in (("baseline", b), ("candidate", c)) if not records]
     if len(empty) == 1:
         path = base if empty[0] == "baseline" else cand
+        skipped = loaded[empty[0]].warnings
+        if skipped:  # a file of lines, none readable: say why, not that it is empty
+            raise UsageError(f"the {empty[0]} run {str(path)!r} holds no readable record: {len(skipped)} line(s) "
+                             f"skipped ({skipped[0]})")
         raise UsageError(f"the {empty[0]} run {str(path)!r} holds no records (no {results.RESULTS_FILE}, or an empty "
                          "one): nothing ran there to compare")
     suites_seen = {r.get("suite") for r in b} | {r.get("suite") for r in c}

@@ -61,6 +61,12 @@ CONFIDENCE = 0.95
 MIN_REPEATS = 3
 
 
+def exp_or_inf(x: float) -> float:
+    """exp(x), or inf where it overflows: an interval's end from absurd spreads (a record's 1e308 tokens/s) is
+    unbounded, not an OverflowError."""
+    return math.exp(x) if x < 709.0 else math.inf
+
+
 def median_cost(repeats: int) -> float:
     """Variance of a median of `repeats` over that of their mean: pi/2 (the large-sample cost) from MIN_REPEATS
     on, 1 below, where the median of one or two values is their mean."""
@@ -102,11 +108,11 @@ class ConfigNoise:
 
     def interval(self, ratio: float, n_base: int, n_cand: int) -> tuple[float, float]:
         width = self.half_width(n_base, n_cand)
-        return ratio * math.exp(-width), ratio * math.exp(width)
+        return ratio * exp_or_inf(-width), ratio * exp_or_inf(width)
 
     def floor(self, repeats: int) -> float:
         """Smallest threshold that `repeats` a side can resolve: the interval's reach around a ratio of 1."""
-        return math.exp(self.half_width(repeats, repeats)) - 1
+        return exp_or_inf(self.half_width(repeats, repeats)) - 1
 
     def repeats_for(self, threshold: float, ratio: float = 1.0, most: int = 1000) -> int:
         """Repeats a side whose interval around `ratio` clears the threshold's nearer edge (inside both edges:
@@ -146,9 +152,12 @@ def estimate(runs: list[list[float]]) -> ConfigNoise | None:
     if len(logs) < 2:
         return ConfigNoise(log_sd=stats.stdev(values), df=len(values) - 1)
     df = sum(len(run) - 1 for run in logs)
-    within = sum(sum((x - statistics.fmean(run)) ** 2 for x in run) for run in logs) / df if df else 0.0
     means = [statistics.fmean(run) for run in logs]
-    return ConfigNoise(log_sd=math.sqrt(within), df=max(df, 1), run_mean_sd=statistics.stdev(means),
+    if df == 0:  # one repeat a run: each mean is one process, so the means' spread is the processes' best estimate
+        within, df = statistics.variance(means), len(logs) - 1
+    else:
+        within = sum(sum((x - statistics.fmean(run)) ** 2 for x in run) for run in logs) / df
+    return ConfigNoise(log_sd=math.sqrt(within), df=df, run_mean_sd=statistics.stdev(means),
                        run_df=len(logs) - 1, mean_repeats=1 / statistics.fmean(1 / len(run) for run in logs))
 
 

@@ -32,8 +32,10 @@ CANNOT_SAVE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, e
                          errno.ENOTDIR, errno.EISDIR})
 _SCALAR = (str, int, float, bool)
 #: Metric names whose unit says they hold a number (or a list of numbers: one a rank, one a step): seconds, bytes,
-#: watts, joules, percent, MHz, degrees, fractions, rates, FLOPs. Metric names are free, their units are not.
-_NUMERIC_METRIC = re.compile(r"(_s|_bytes|_w|_j|_pct|_mhz|_c|_frac|_fraction|_cv|_per_s|tflops|_per_token)"
+#: watts, joules, percent, MHz, degrees, fractions, rates, FLOPs, cores, and counts (steps, losses, samples,
+#: devices, a layout's degrees and sizes). Metric names are free, their units are not.
+_NUMERIC_METRIC = re.compile(r"(_s|_bytes|_w|_j|_pct|_mhz|_c|_frac|_fraction|_cv|_per_s|tflops|_per_token|_cores"
+                             r"|_steps|_losses|_samples|_degree|_size|^devices|^tokens_per_step)"
                              r"(_per_rank|_per_stage)?$|^[mh]fu")
 
 
@@ -239,6 +241,9 @@ def shape_problem(record: Any) -> str | None:
         return "config is not an object naming a model"
     if not all(isinstance(v, _SCALAR) for v in config.values()):
         return "config holds something other than strings, numbers and booleans"
+    mistyped = _mistyped_axis(config)
+    if mistyped is not None:
+        return mistyped
     for name, kind in (("metrics", dict), ("env", dict), ("losses", list), ("step_times_s", list),
                        ("warnings", list), ("reason", str), ("suite", str)):
         if record.get(name) is not None and not isinstance(record[name], kind):
@@ -259,6 +264,22 @@ def shape_problem(record: Any) -> str | None:
         tps = metrics.get("tokens_per_s")
         if not isinstance(tps, (int, float)) or isinstance(tps, bool) or not math.isfinite(tps) or tps <= 0:
             return "an ok record without a positive, finite metrics.tokens_per_s"
+    return None
+
+
+def _mistyped_axis(config: dict[str, Any]) -> str | None:
+    """The first axis of `config` whose value is not of the axis's type (batch_size "4"), as a reason; axes this
+    version does not know (an older or newer one's) are free."""
+    from lmbench.plan.config import FIELD_TYPES, TYPE_NAMES
+
+    for name, value in config.items():
+        wanted = FIELD_TYPES.get(name)
+        if wanted not in TYPE_NAMES or value is None:
+            continue
+        fits = (isinstance(value, wanted) and not (wanted is not bool and isinstance(value, bool))
+                or wanted is float and isinstance(value, int) and not isinstance(value, bool))
+        if not fits:
+            return f"config.{name} is not {TYPE_NAMES[wanted]}"
     return None
 
 
