@@ -797,3 +797,11 @@ def test_runs_of_one_repeat_each_take_the_means_spread_for_the_processes():
     logs = [math.log(v) for v in (100.0, 102.0, 98.0)]
     assert floor.log_sd == floor.run_mean_sd == pytest.approx(statistics.stdev(logs))
     assert (floor.df, floor.run_df, floor.mean_repeats) == (2, 2, 1.0)
+
+
+def test_a_noise_floor_of_other_configurations_is_not_ignored_silently(tmp_path):
+    base, cand = write_run(tmp_path / "b", run_of({"a": TIGHT})), write_run(tmp_path / "c", run_of({"a": TIGHT}))
+    floor = noise_file(tmp_path / "floor.json", {"other": {"log_sd": 0.01, "df": 5}})
+    result = invoke(base, cand, "--noise-floor", floor)
+    assert (f"lmbench: warning: the noise floor {floor} has none of these runs' configurations (another suite or "
+            "other --set values?): every verdict rests on its repeats alone") in result.stderr

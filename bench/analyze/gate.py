@@ -61,6 +61,9 @@ def load_pair(base: Path, cand: Path, *, metric: str, allow_different_hardware: 
     warnings += mixed_environments(b, "baseline") + mixed_environments(c, "candidate")
     if noise is not None:
         warnings += _floor_elsewhere(noise, b, c)
+        if not set(noise.configs) & {r["config_key"] for r in b + c}:
+            warnings.append(f"the noise floor {noise.source} has none of these runs' configurations (another suite "
+                            "or other --set values?): every verdict rests on its repeats alone")
     busy = sorted(noise.contended & {r["config_key"] for r in b + c}) if noise is not None else []
     if busy:
         warnings.append(f"the noise floor {noise.source} was taken on a busy host for {len(busy)} configuration(s) "
