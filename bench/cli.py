@@ -255,8 +255,9 @@ def _run_suite(plan: RunPlan, out: Path | None, *, resume: bool, dry_run: bool =
             what = "interrupted" if stop.signum == signal.SIGINT else f"stopped by {stop.name}"
             running = ("the configuration running when it came had finished and is recorded" if stop.after_a_record
                        else "the configuration that was running has none and runs again on resume")
-            _say(f"lmbench: {what}; {len(session)} record(s) of this session are in {run_dir.results_path}; "
-                 f"{running}; continue with: {resume_command}")
+            kept = (f"{len(session)} record(s) of this session are in {run_dir.results_path}" if session
+                    else "this session recorded nothing yet")
+            _say(f"lmbench: {what}; {kept}; {running}; continue with: {resume_command}")
             return stop.exit_code
         except StorageError as err:
             raise StorageError(f"{err}; the {len(session)} record(s) of this session are kept; once there is "

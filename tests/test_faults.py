@@ -270,6 +270,19 @@ def test_3_a_signal_stops_the_worker_records_nothing_half_done_and_resume_finish
 
 
 @pytest.mark.slow
+def test_3_a_signal_during_the_first_job_says_nothing_was_recorded_yet(tmp_path, tiny, fake):
+    """It named a results file that did not exist: '0 record(s) of this session are in .../results.jsonl'."""
+    out = tmp_path / "run"
+    proc = spawn(tmp_path, "run", "--suite", tiny, "--out", out, env={"FAKE_WORKER_HANG": "-fp32-"})
+    wait_for(lambda: any((tmp_path / "pids").iterdir()))
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1].startswith("lmbench: interrupted; this session recorded nothing yet; the "
+                                                      "configuration that was running has none")
+
+
+@pytest.mark.slow
 def test_3_a_signal_after_a_worker_wrote_its_result_keeps_that_measurement(tmp_path, tiny, fake):
     """The worker wrote its result and was still exiting when Ctrl-C came: the measurement is recorded, and resume
     runs only what had not run (before, the result was dropped with the work folder and measured again)."""
