@@ -110,7 +110,7 @@ def test_sustained_is_the_headline_and_stalls_are_counted():
     assert t["samples_per_s"] == pytest.approx(20 / 0.3) and t["tokens_per_s_per_device"] == t["tokens_per_s"]
     assert t["stalls"] is True and t["stall_steps"] == 1 and t["stall_excess_s"] == pytest.approx(0.19)
     assert t["step_time_p99_s"] == pytest.approx(0.01 + 0.91 * 0.19)  # linear between the 9th and 10th steps
-    assert stall_note(t) == "stalls: sustained 66.7% below typical (1 outlier steps, +190 ms)"
+    assert stall_note(t) == "stalls: sustained 66.7% below typical (1 outlier step, +190 ms)"
     steady = throughput(step_times_s=[0.01] * 10, tokens_per_step=100, samples_per_step=2, window_s=0.101)
     assert steady["stalls"] is False and steady["stall_steps"] == 0 and stall_note(steady) is None
     # Ten 10 ms steps in a 0.2 s window: no step stands out, the time went between steps; the note says so.

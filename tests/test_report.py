@@ -1,5 +1,6 @@
 """Reports from real and hand-made results: DataFrame, exact Markdown, every plot, HTML in a real browser."""
 
+import io
 import shutil
 import statistics
 import subprocess
@@ -587,3 +588,138 @@ def test_a_window_too_short_for_the_ticks_gets_no_contention_note_in_the_report(
     for r in records:
         r["metrics"]["window_s"] = 5.0
     assert "contended: other processes used 0.6 of 2 cores" in report.tables(records)["throughput"]
+
+
+def kernels_record(kernels, tps, *, repeat=0, contended=False):
+    config = Config(kernels=kernels, device="cuda")
+    record = hand_record("fp32", 8, tps, repeat=repeat)
+    record.update(config=config.to_dict(), config_key=config.key)
+    if contended:
+        record["metrics"].update(host_other_cpu_cores=1.4, host_usable_cores=2)
+    return record
+
+
+def test_a_speedup_over_contended_repeats_is_not_shown():
+    """A new user's run on a busy machine: every eager repeat ran beside a busy core, so compile read 36.47x faster
+    (+3547.3%) in the table and the heatmap; on a quiet host it is about 1.1x. No ratio rests on such repeats."""
+    records = [kernels_record("eager", 100.0, contended=True), kernels_record("eager", 100.0, repeat=1, contended=True),
+               kernels_record("compile", 3647.0), kernels_record("compile", 3647.0, repeat=1)]
+    rows = report.tables(records, baseline=("kernels", "eager"))["throughput"].splitlines()
+    assert rows[0].endswith("| speedup vs kernels=eager | Diff % | note |")
+    assert rows[2].endswith("| 1.00x | +0.0% | contended: other processes used 1.4 of 2 cores |")
+    assert rows[3].endswith("| - | - | speedup not shown: every repeat of its kernels=eager counterpart ran on a "
+                            "contended host |")
+    # The other way round the row's own repeats are the contended ones; its note says that first.
+    for r in records:
+        r["metrics"].pop("host_other_cpu_cores", None)
+    for r in records[2:]:
+        r["metrics"].update(host_other_cpu_cores=1.4, host_usable_cores=2)
+    rows = report.tables(records, baseline=("kernels", "eager"))["throughput"].splitlines()
+    assert rows[3].endswith("| - | - | contended: other processes used 1.4 of 2 cores; speedup not shown: every "
+                            "repeat of this configuration ran on a contended host |")
+    # A quiet repeat stands for the contended ones: the ratio rests on it, and is shown.
+    records[3]["metrics"].pop("host_other_cpu_cores")
+    rows = report.tables(records, baseline=("kernels", "eager"))["throughput"].splitlines()
+    assert rows[3].endswith("| 36.47x | +3547.0% | 1 contended repeat left out |")
+
+
+def test_the_heatmap_shows_no_ratio_over_contended_repeats():
+    import matplotlib.pyplot as plt
+
+    def cells(records):
+        # The repeats the report's figures rest on (report.figures): a contended one stays where none is quiet.
+        fig = plots.speedup_heatmap(report.quiet_frame(hand_frame(records), records), baseline=("kernels", "eager"))
+        panel = next(ax for ax in fig.axes if ax.images)
+        plt.close(fig)
+        return [t.get_text() for t in panel.texts], panel.images[0].norm.vmax
+
+    texts, reach = cells([kernels_record("eager", 100.0, contended=True), kernels_record("compile", 3647.0)])
+    # Neither does the colour scale stretch to the ratio it does not show.
+    assert texts == ["1.00x", "contended\nbaseline"] and reach == pytest.approx(1.25)
+    records = [kernels_record("eager", 100.0), kernels_record("compile", 3647.0, contended=True)]
+    assert cells(records)[0] == ["1.00x", "contended"]
+    records.append(kernels_record("compile", 3647.0, repeat=1))  # a quiet repeat stands for the contended one
+    assert cells(records)[0] == ["1.00x", "36.47x"]
+
+
+def test_the_contended_note_comes_first_so_a_cut_note_keeps_it():
+    """The run summary cuts notes at NOTE_WIDTH: `contended: ...` came last, after stalls and unstable steps, and was
+    the part cut off."""
+    from rich.console import Console
+
+    from lmbench.analyze.table import NOTE_WIDTH, summary
+
+    record = hand_record("fp32", 8, 1000.0, step_cv=0.287)
+    record["metrics"].update(stalls=True, tokens_per_s_sustained=860.0, tokens_per_s_typical=1000.0,
+                             step_time_mean_s=0.0118, step_time_median_s=0.0102, window_s=1.0, steps_measured=3,
+                             host_other_cpu_cores=1.4, host_usable_cores=2)
+    console = Console(width=300, record=True)
+    console.print(summary([record]))
+    note = next(line for line in console.export_text().splitlines() if "stalls" in line).split("│")[-2].strip()
+    assert note.startswith("contended: other processes used 1.4 of 2 cores; stalls: ") and len(note) == NOTE_WIDTH
+    row = report.tables([record])["throughput"].splitlines()[2]
+    assert "| contended: other processes used 1.4 of 2 cores; stalls: 14.0% below typical" in row
+    # A failed repeat's reason no longer hides that the ok ones' figures were contended.
+    failed = hand_record("fp32", 8, 0, repeat=1, status="error", reason="RuntimeError: boom")
+    console = Console(width=300, record=True)
+    console.print(summary([record, failed]))
+    assert "contended: other processes used 1.4 of 2 cores; RuntimeError: boom" in console.export_text()
+
+
+def test_one_measured_step_has_no_step_cv_rather_than_zero():
+    """`--set steps=1 --set warmup=0` recorded step_time_cv 0.0 and the summary showed `step cv 0.0%`."""
+    from rich.console import Console
+
+    from lmbench.analyze.table import summary
+    from lmbench.measure.metrics import throughput
+
+    one = hand_record("fp32", 8, 1000.0)
+    one["metrics"].update(throughput(step_times_s=[0.012], tokens_per_step=1024, samples_per_step=8, window_s=0.012))
+    assert one["metrics"]["step_time_std_s"] is None and one["metrics"]["step_time_cv"] is None
+    two = hand_record("fp32", 8, 1000.0, repeat=1, step_cv=0.25)
+    for records, shown in (([one], "-"), ([one, two], "25.0%")):
+        console = Console(width=200, record=True)
+        console.print(summary(records))
+        row = next(line for line in console.export_text().splitlines() if line.startswith("│"))
+        assert row.split("│")[4].strip() == shown
+    assert "unstable steps: cv 25.0% > 10%" in report.tables([one, two])["throughput"]
+    df = hand_frame([one])
+    assert df["step_time_cv"].isna().all()
+    df.to_csv(io.StringIO())
+
+
+def test_stall_notes_read_as_plain_milliseconds_and_count_one_step_as_one():
+    from lmbench.measure.metrics import stall_note
+
+    m = {"stalls": True, "tokens_per_s_sustained": 500.0, "tokens_per_s_typical": 1000.0, "stall_steps": 1,
+         "stall_excess_s": 6.8234}
+    assert stall_note(m) == "stalls: sustained 50.0% below typical (1 outlier step, +6,823 ms)"
+    assert stall_note({**m, "stall_steps": 2, "stall_excess_s": 0.0123}) == (
+        "stalls: sustained 50.0% below typical (2 outlier steps, +12.3 ms)")
+    spread = {**m, "stall_steps": 0, "step_time_mean_s": 2.5, "step_time_median_s": 0.9996, "window_s": 30.0,
+              "steps_measured": 10}
+    assert stall_note(spread) == ("stalls: 50.0% below typical, spread over steps (mean 2,500 vs median 1,000 ms; "
+                                  "5,000 ms between steps)")
+
+
+def test_the_speedup_colour_bar_labels_never_overlap():
+    """A 36.47x cell in a one-row heatmap: the labels 0.5x and 0.67x, 1.5x, 2x and 3x were drawn over each other."""
+    import matplotlib.pyplot as plt
+
+    # A bar 10 labels tall from 1/36.47 to 36.47: ticks 1.5 x 2 ln 36.47 / 10 = 1.08 apart in ln, so 2 (0.69 from 1)
+    # and 5 (0.92 from 10) have no room; 10 and 3 (1.10 from 1, 1.20 from 10) do.
+    assert plots.ratio_ticks(36.47, 10) == pytest.approx([0.1, 1 / 3, 1, 3, 10])
+    # From 0.5x to 2x: 0.21 apart, so 1.25 (0.18 from 1.5) has no room at 10 labels tall and has at 20 (0.10).
+    assert plots.ratio_ticks(2.0, 10) == pytest.approx([0.5, 2 / 3, 1, 1.5, 2])
+    assert plots.ratio_ticks(2.0, 20) == pytest.approx([0.5, 2 / 3, 0.8, 1, 1.25, 1.5, 2])
+    for speedup in (1.1, 2.0, 5.0, 10.0, 36.47, 200.0):
+        records = [kernels_record("eager", 100.0), kernels_record("compile", 100.0 * speedup)]
+        fig = plots.speedup_heatmap(hand_frame(records), baseline=("kernels", "eager"))
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        labels = [t for t in fig.axes[-1].yaxis.get_ticklabels() if t.get_visible() and t.get_text()]
+        boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in labels]
+        assert len(boxes) >= 3 and "1x" in [text for text, _ in boxes], (speedup, boxes)
+        overlapping = [(a, b) for i, (a, box) in enumerate(boxes) for b, other in boxes[i + 1:] if box.overlaps(other)]
+        assert overlapping == [], speedup
+        plt.close(fig)

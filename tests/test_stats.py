@@ -30,10 +30,12 @@ def test_summarize_hand_computed():
     assert s["p90"] == pytest.approx(0.127)
 
 
-def test_single_value_has_zero_spread():
-    assert stdev([2.0]) == 0.0
-    assert summarize([2.0])["cv"] == 0.0
-    assert mean([2.0]) == 2.0
+def test_a_single_value_has_no_spread_not_a_zero_one():
+    """`--set steps=1 --set warmup=0` recorded step cv 0.0: the sample spread of one value is undefined."""
+    assert stdev([2.0]) is None
+    assert summarize([2.0])["std"] is None and summarize([2.0])["cv"] is None
+    assert summarize([2.0])["median"] == summarize([2.0])["mean"] == mean([2.0]) == 2.0
+    assert stdev([2.0, 2.0]) == 0.0  # two equal values are steady
 
 
 def test_empty_and_out_of_range_are_errors():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import inspect
+import math
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from lmbench.analyze.baseline import counterpart  # noqa: E402
 from lmbench.analyze.table import configs_of, varying_axes  # noqa: E402
+from lmbench.measure.hostload import window_contended  # noqa: E402
 from lmbench.plan.config import FIELD_TYPES, applies  # noqa: E402
 
 GIB = 2**30
@@ -126,14 +128,24 @@ def tokens_per_joule(df: pd.DataFrame) -> Figure:
     return fig
 
 
+def _contended(ok: pd.DataFrame) -> bool:
+    """Whether every ok repeat of a configuration ran on a contended host (hostload.window_contended): with no quiet
+    one to stand for them (report.quiet_frame keeps them then), its tokens/s measures the other processes too."""
+    fields = ("host_other_cpu_cores", "host_usable_cores", "window_s")
+    windows = [{f: row.get(f) if row.get(f) == row.get(f) else None for f in fields} for _, row in ok.iterrows()]
+    return bool(windows) and all(window_contended(m) for m in windows)
+
+
 def _units(df: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
-    """One row per configuration (per run): its axes, median tokens/s over ok repeats, and its statuses."""
+    """One row per configuration (per run): its axes, median tokens/s over ok repeats, its statuses, and whether
+    those repeats all ran on a contended host."""
     rows = []
     for _, group in df.groupby(["run", "config_key"], sort=False, dropna=False):
-        good = group[group["status"] == "ok"]["tokens_per_s"].dropna() if "tokens_per_s" in group else []
+        ok = _ok(group, "tokens_per_s")
         failed = sorted(set(group["status"]) - {"ok"})
-        rows.append({**group.iloc[0][axes].to_dict(), "tokens_per_s": good.median() if len(good) else float("nan"),
-                     "status": "/".join(failed) if not len(good) else "ok"})
+        rows.append({**group.iloc[0][axes].to_dict(),
+                     "tokens_per_s": ok["tokens_per_s"].median() if len(ok) else float("nan"),
+                     "status": "/".join(failed) if not len(ok) else "ok", "contended": _contended(ok)})
     return pd.DataFrame(rows)
 
 
@@ -157,9 +169,11 @@ def speedup_heatmap(df: pd.DataFrame, *, x: str | None = None, y: str | None = N
     configurations; without --baseline it is the first value of the first varying axis in TREATMENT_AXES (never
     the model: tokens/s across models compares different work). The colour scale is logarithmic and centred
     on 1.0 (white): 2x and 0.5x are equally strong blue and red. The title says how many repeats the medians
-    are of: with one, a speed-up inside the step-time noise means nothing.
+    are of: with one, a speed-up inside the step-time noise means nothing. A cell whose repeats, or its
+    counterpart's, all ran on a contended host shows no ratio but says so, as the report's table does.
     """
     from matplotlib.colors import LogNorm
+    from matplotlib.font_manager import FontProperties
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
     title = "Speedup over baseline"
@@ -179,12 +193,21 @@ def speedup_heatmap(df: pd.DataFrame, *, x: str | None = None, y: str | None = N
     baseline = baseline or (x, str(df[x].iloc[0]))
     units = _units(df, axes)
     configs = units[axes].to_dict("records")
-    speedups = []
-    for config, tps in zip(configs, units["tokens_per_s"]):
+    speedups, withheld = [], []
+    for i, (config, tps) in enumerate(zip(configs, units["tokens_per_s"])):
         match = counterpart(config, configs, baseline, axes)
-        speedups.append(tps / units["tokens_per_s"].iloc[match] if match is not None else float("nan"))
-    units["speedup"] = speedups
-    paired = [v for v, value in zip(speedups, units[x]) if v == v and str(value) != str(baseline[1])]
+        ratio = tps / units["tokens_per_s"].iloc[match] if match is not None else float("nan")
+        why = ""
+        if ratio == ratio and match != i:
+            # As the report's table: no ratio where either side's repeats all ran on a contended host (a contended
+            # eager baseline made compile read 36x, 1.1x on a quiet host); the baseline against itself stays 1.00x.
+            busy = units["contended"]
+            why = "contended" if busy.iloc[i] else "contended\nbaseline" if busy.iloc[match] else ""
+        speedups.append(float("nan") if why else ratio)
+        withheld.append(why)
+    units["speedup"], units["withheld"] = speedups, withheld
+    paired = [v for v, why, value in zip(speedups, withheld, units[x])
+              if (v == v or why) and str(value) != str(baseline[1])]
     if not paired:
         # Only the baselines against themselves: a grid of 1.00x and "no baseline" says nothing.
         return _empty(title, f"no configuration pairs with a {baseline[0]}={baseline[1]} one with every other axis "
@@ -206,8 +229,8 @@ def speedup_heatmap(df: pd.DataFrame, *, x: str | None = None, y: str | None = N
             i, j = ys.index(unit[y]) if y else 0, xs.index(unit[x])
             cells[i][j] = unit["speedup"]
             rgba = cmap(norm(unit["speedup"])) if unit["speedup"] == unit["speedup"] else (0.93, 0.93, 0.93, 1)
-            text = (f"{unit['speedup']:.2f}x" if unit["speedup"] == unit["speedup"] else
-                    unit["status"] if unit["status"] != "ok" else "no baseline")
+            text = (f"{unit['speedup']:.2f}x" if unit["speedup"] == unit["speedup"] else unit["withheld"] or
+                    (unit["status"] if unit["status"] != "ok" else "no baseline"))
             ax.text(j, i, text, ha="center", va="center", fontsize=8, color=_text_colour(rgba))
         image = ax.imshow(cells, cmap=cmap, norm=norm, aspect="auto")
         ax.set_xticks(range(len(xs)), [str(v) for v in xs], rotation=30, ha="right", fontsize=8)
@@ -228,11 +251,32 @@ def speedup_heatmap(df: pd.DataFrame, *, x: str | None = None, y: str | None = N
     fig.suptitle(f"{title}: tokens/s ÷ that of {baseline[0]}={baseline[1]} with the other axes equal ({caveat})",
                  fontsize=10)
     bar = fig.colorbar(image, ax=grid.ravel().tolist(), label="tokens/s ÷ baseline (log scale)")
-    # Ratios as ratios at round values ("0.5x", "2x"), not matplotlib's log-axis "3×10^0" on every minor tick.
-    bar.set_ticks([t for t in (0.1, 0.2, 0.33, 0.5, 0.67, 1, 1.5, 2, 3, 5, 10) if 1 / reach <= t <= reach])
-    bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}x"))
+    # Ratios as ratios at round values ("0.5x", "2x"), not matplotlib's log-axis "3×10^0" on every minor tick; as
+    # many as the bar's height, known once laid out, has room for.
+    fig.draw_without_rendering()
+    tall = bar.ax.get_window_extent().height * 72 / fig.dpi
+    label = FontProperties(size=matplotlib.rcParams["ytick.labelsize"]).get_size_in_points()
+    bar.set_ticks(ratio_ticks(reach, tall / label))
+    bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}x" if value >= 1 else
+                                                   f"{value:.2g}x"))
     bar.ax.yaxis.set_minor_formatter(NullFormatter())
     return fig
+
+
+#: Ratios a speed-up colour bar labels, the rounder first: each with its reciprocal, where there is room.
+_RATIOS = (2, 10, 100, 5, 50, 3, 20, 1.5, 1.25)
+
+
+def ratio_ticks(reach: float, lines: float) -> list[float]:
+    """Round ratios for a log colour bar from 1/reach to reach that is `lines` tick labels tall: 1, and each of
+    _RATIOS with its reciprocal that is a label and a half from every other (0.5x and 0.67x, 1.5x and 2x overlapped
+    on a bar reaching 36x)."""
+    gap = 1.5 * 2 * math.log(reach) / max(lines, 1)
+    chosen = [1.0]
+    for ratio in _RATIOS:
+        if ratio <= reach and all(abs(math.log(ratio / other)) >= gap for other in chosen):
+            chosen.append(ratio)
+    return sorted([*chosen, *(1 / ratio for ratio in chosen[1:])])
 
 
 def time_breakdown(profiled: list[tuple[dict[str, Any], dict[str, Any]]], axes: list[str]) -> Figure:

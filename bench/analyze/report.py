@@ -18,7 +18,7 @@ from lmbench.analyze import plots
 from lmbench.analyze.table import Grid, cell, configs_of, device_label, varying_axes
 from lmbench.errors import UsageError
 from lmbench.measure.breakdown import PROFILER_SLOWDOWN_NOTE, profiled_slowdown, window_shares
-from lmbench.measure.hostload import contention_note, standing
+from lmbench.measure.hostload import contention_note, standing, window_contended
 from lmbench.measure.metrics import bubble_note, stalls_note, unstable_steps
 from lmbench.measure.telemetry import energy_caveat
 
@@ -67,13 +67,19 @@ class ConfigSummary:
         tps, tokens = self.median("tokens_per_s"), self.median("tokens_per_step")
         return tokens / tps if tps and tokens else None
 
-    def note(self) -> str:
-        notes = [stalls_note(self.repeats), bubble_note(self.median("pp_bubble_fraction"),
-                                                          self.median("pp_bubble_fraction_theory")),
-                 unstable_steps(self.metrics.get("step_time_cv") or [])]
+    @property
+    def contended(self) -> bool:
+        """Whether every ok repeat ran on a contended host, so the figures are theirs (no quiet one stood for them)."""
+        return bool(self.repeats) and all(window_contended(m) for m in self.repeats)
+
+    def note(self, speedup: str | None = None) -> str:
+        """The row's notes, contention first: it says whether the figures mean anything, and a note cut short (the
+        run summary's) must not lose it. `speedup` says why the row's speedup is not shown."""
         # The busiest repeat's own metrics, its window among them: a window too short for the ticks is not contended.
-        notes.append(contention_note(max(self.repeats, default={},
-                                         key=lambda m: m.get("host_other_cpu_cores") or 0)))
+        notes = [contention_note(max(self.repeats, default={}, key=lambda m: m.get("host_other_cpu_cores") or 0)),
+                 speedup, stalls_note(self.repeats), bubble_note(self.median("pp_bubble_fraction"),
+                                                                 self.median("pp_bubble_fraction_theory")),
+                 unstable_steps(self.metrics.get("step_time_cv") or [])]
         if self.left_out:
             notes.append(f"{self.left_out} contended repeat{'s' if self.left_out > 1 else ''} left out")
         return "; ".join(filter(None, notes))
@@ -171,6 +177,20 @@ def _baseline_of(s: ConfigSummary, summaries: list[ConfigSummary], baseline: tup
     return None if found is None else summaries[found]
 
 
+def _contended_speedup(s: ConfigSummary, base: ConfigSummary | None, baseline: tuple[str, str]) -> str | None:
+    """Why a row's speedup is not shown: its figures or its counterpart's rest on contended repeats only, and a
+    ratio of those measures the other processes' work as much as the code (an eager row that ran beside a busy core
+    made compile 36x faster, 1.1x on a quiet host); compare gives no verdict on them either. The baseline row
+    against itself stays 1.00x."""
+    if base is None or base is s:
+        return None
+    sides = [side for side, summary in (("this configuration", s),
+                                        (f"its {baseline[0]}={baseline[1]} counterpart", base)) if summary.contended]
+    if not sides:
+        return None
+    return f"speedup not shown: every repeat of {' and '.join(sides)} ran on a contended host"
+
+
 def tables(records: list[dict[str, Any]], baseline: tuple[str, str] | None = None) -> dict[str, str]:
     """Markdown tables by section: throughput (with speedup vs baseline), memory, energy, failures."""
     return {name: grid.markdown() for name, grid in sections(records, baseline).items()}
@@ -198,15 +218,18 @@ def sections(records: list[dict[str, Any]], baseline: tuple[str, str] | None = N
             worst = max(s.parity, key=PARITY_ORDER.index, default=None)
             dev = s.median("parity_max_rel_dev")
             row += [worst or "-", _fmt(dev, ".2g")]
+        withheld = None
         if baseline:
             base = _baseline_of(s, summaries, baseline, axes)
             base_tps = base.median("tokens_per_s") if base else None
             speedup = tps / base_tps if tps and base_tps else None
+            withheld = _contended_speedup(s, base, baseline) if speedup else None
+            speedup = None if withheld else speedup
             row += [_fmt(speedup, ".2f") + ("x" if speedup else ""),
                     "-" if speedup is None else f"{(speedup - 1) * 100:+.1f}%"]
         # A configuration that never ran says why where its figures would be.
         skipped = set(s.statuses) == {"skipped"}
-        throughput_rows.append(row + [s.note() or (f"skipped: {s.reason}" if skipped and s.reason else "")])
+        throughput_rows.append(row + [s.note(withheld) or (f"skipped: {s.reason}" if skipped and s.reason else "")])
         memory_rows.append(label + [_status(s), _fmt(s.median("mem_peak_allocated_bytes"), ".2f", GIB),
                                     _fmt(s.median("mem_peak_reserved_bytes"), ".2f", GIB),
                                     _fmt(s.median("mem_nvml_used_peak_bytes"), ".2f", GIB),

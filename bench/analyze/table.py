@@ -154,20 +154,23 @@ def summary(records: list[dict[str, Any]]) -> Table:
         if len(group) > 1:
             status += f" ({len(every)}/{len(group)} ok)"
         tps = _median([m["tokens_per_s"] for m in ok])
-        cv = _median([m["step_time_cv"] for m in ok])
+        # One measured step has no spread: its cv is None, shown as `-` (never 0.0%).
+        cvs = [m["step_time_cv"] for m in ok if m.get("step_time_cv") is not None]
+        cv = _median(cvs)
         mfu = _median([m["mfu"] for m in ok if m.get("mfu") is not None])
         memory = memory_cell(_median([m["mem_peak_reserved_bytes"] for m in ok
                                       if m.get("mem_peak_reserved_bytes") is not None]),
                              _median([host_growth(m) for m in ok if host_growth(m) is not None]))
-        note = next((r["reason"] for r in group if r.get("reason")), "") or ""
+        reason = next((r["reason"] for r in group if r.get("reason")), "") or ""
         bubble = bubble_note(_median([m["pp_bubble_fraction"] for m in ok if m.get("pp_bubble_fraction") is not None]),
                              next((m.get("pp_bubble_fraction_theory") for m in ok), None))
-        note = note or "; ".join(filter(None, [stalls_note(ok), bubble,
-                                               unstable_steps([m["step_time_cv"] for m in ok]),
-                                               contention_note(max(ok, default={}, key=lambda m: m.get(
-                                                   "host_other_cpu_cores") or 0)),
-                                               left_out and f"{left_out} contended repeat"
-                                                            f"{'s' if left_out > 1 else ''} left out"]))
+        measured = "; ".join(filter(None, [stalls_note(ok), bubble, unstable_steps(cvs),
+                                           left_out and f"{left_out} contended repeat"
+                                                        f"{'s' if left_out > 1 else ''} left out"]))
+        # Contention first, before a failure's reason too: it says whether the figures mean anything, and a note
+        # cut at NOTE_WIDTH must not lose it.
+        note = "; ".join(filter(None, [contention_note(max(ok, default={}, key=lambda m: m.get(
+            "host_other_cpu_cores") or 0)), reason or measured]))
         parity = sorted({str((r.get("metrics") or {}).get("parity") or "-") for r in group})
         # The report has every note whole; here a cut one ends in an ellipsis, never mid-figure without a sign.
         shown = note if len(note) <= NOTE_WIDTH else note[:NOTE_WIDTH - 1] + "…"
@@ -207,15 +210,16 @@ def plan_table(rows: list[tuple[dict[str, Any], str, str | None]], kept: dict[st
 
 
 def noise_floor_table(estimates: dict[str, Any], runs: list[list[dict[str, Any]]], *, metric: str,
-                      title: str) -> Table:
+                      title: str, notes: dict[str, str] | None = None) -> Table:
     """`lmbench calibrate`: each configuration's A/A ratio (the last run's median over the first's), its spread
     between processes and between runs and the gate's floors, with the repeats they rest on (noise.floor_records:
-    contended ones left out while two quiet ones remain)."""
+    contended ones left out while two quiet ones remain); `notes` by configuration (the noise-floor file's)."""
     from lmbench.analyze.noise import MIN_REPEATS, floor_records, ok_values
 
     # The repeats the floor rests on, for the ratio and the counts too: a contended repeat left out of one is out of
     # every figure of its row.
-    kept, notes = floor_records([r for run in runs for r in run], metric)
+    kept, left_out = floor_records([r for run in runs for r in run], metric)
+    notes = left_out if notes is None else notes  # the file's notes, where given: they say more
     ids = {id(r) for r in kept}
     by_run = [ok_values([r for r in run if id(r) in ids], metric) for run in runs]
     table = Table(title=title, title_justify="left")

@@ -31,7 +31,8 @@ def throughput(*, step_times_s: Sequence[float], tokens_per_step: int, samples_p
     more than STALL_GAP below the typical one, `stalls` is true and the outlier steps are counted.
     Without `window_s` (a caller that has no window) the headline is the typical figure.
     `tokens_per_step` and `samples_per_step` are per rank; global rates multiply by `world_size`. A
-    rank drives `devices_per_rank` GPUs (more than one only under nn.DataParallel).
+    rank drives `devices_per_rank` GPUs (more than one only under nn.DataParallel). One step has no spread:
+    `step_time_std_s` and `step_time_cv` are None.
     """
     s = summarize(step_times_s)
     median = s["median"]
@@ -62,21 +63,29 @@ def throughput(*, step_times_s: Sequence[float], tokens_per_step: int, samples_p
     }
 
 
+def _milliseconds(seconds: float) -> str:
+    """Seconds as milliseconds for a note: three significant digits, and whole ones from 100 ms with thousands
+    separated (`.3g` wrote a 6.8 s stall as 6.82e+03)."""
+    ms = seconds * 1e3
+    return f"{ms:,.0f}" if abs(ms) >= 100 else f"{ms:.3g}"
+
+
 def stall_note(m: dict[str, Any]) -> str | None:
     """`stalls: ...` for a record whose sustained throughput is over STALL_GAP below its typical one."""
     if not m.get("stalls"):
         return None
     gap = 1 - m["tokens_per_s_sustained"] / m["tokens_per_s_typical"]
     if m.get("stall_steps"):
-        return (f"stalls: sustained {gap:.1%} below typical ({m['stall_steps']} outlier steps, "
-                f"+{m.get('stall_excess_s', 0) * 1e3:.3g} ms)")
+        steps = m["stall_steps"]
+        return (f"stalls: sustained {gap:.1%} below typical ({steps} outlier step{'' if steps == 1 else 's'}, "
+                f"+{_milliseconds(m.get('stall_excess_s', 0))} ms)")
     # No step stands out: the time went to slow steps spread through the window, or to time between steps.
     mean, median = m.get("step_time_mean_s"), m.get("step_time_median_s")
     between = None
     if m.get("window_s") is not None and mean is not None and m.get("steps_measured"):
         between = m["window_s"] - mean * m["steps_measured"]
-    parts = [f"mean {mean * 1e3:.3g} vs median {median * 1e3:.3g} ms" if mean and median else None,
-             f"{between * 1e3:.3g} ms between steps" if between is not None and between > 0.01 * m["window_s"]
+    parts = [f"mean {_milliseconds(mean)} vs median {_milliseconds(median)} ms" if mean and median else None,
+             f"{_milliseconds(between)} ms between steps" if between is not None and between > 0.01 * m["window_s"]
              else None]
     return f"stalls: {gap:.1%} below typical, spread over steps (" + "; ".join(filter(None, parts)) + ")"
 

@@ -23,16 +23,18 @@ def mean(values: Sequence[float]) -> float:
     return math.fsum(values) / len(values)
 
 
-def stdev(values: Sequence[float]) -> float:
-    """Sample standard deviation (n - 1 in the denominator); 0 for a single value."""
+def stdev(values: Sequence[float]) -> float | None:
+    """Sample standard deviation (n - 1 in the denominator); None for a single value, whose spread is undefined
+    (0 would read as a perfectly steady measurement)."""
     if len(values) < 2:
-        return 0.0
+        return None
     m = mean(values)
     return math.sqrt(math.fsum((v - m) ** 2 for v in values) / (len(values) - 1))
 
 
-def summarize(values: Sequence[float]) -> dict[str, float]:
-    """Median, p10, p90, mean, sample stdev and coefficient of variation (stdev / mean)."""
+def summarize(values: Sequence[float]) -> dict[str, float | None]:
+    """Median, p10, p90, mean, sample stdev and coefficient of variation (stdev / mean); the spread is None for a
+    single value."""
     m = mean(values)
     sd = stdev(values)
     return {
@@ -41,5 +43,5 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
         "p90": percentile(values, 90),
         "mean": m,
         "std": sd,
-        "cv": sd / m if m else math.nan,
+        "cv": None if sd is None else sd / m if m else math.nan,
     }
