@@ -600,7 +600,8 @@ def calibrate(suite_name: str, repeats: int, runs: int, out: Path | None, overri
     with results.saving(out / "noise-floor.json"):
         noise.write(out / "noise-floor.json", payload)
     table = noise_floor_table(estimates, records, metric=metric,
-                              title=f"noise floor of {suite_name} ({runs} runs of {repeats} repeats, {metric})")
+                              title=f"noise floor of {suite_name} ({runs} runs of {repeats} repeats, {metric})",
+                              notes={key: entry.get("note", "") for key, entry in payload["configs"].items()})
     _console().print(table)
     click.echo(f"noise floor: {out / 'noise-floor.json'} (lmbench compare --noise-floor)")
     busy = [key for key, entry in payload["configs"].items() if entry.get("contended")]

@@ -165,7 +165,8 @@ def test_compare_bad_inputs_are_one_line_errors(tmp_path):
         ((base, empty), f"lmbench: error: the candidate run {empty!r} holds no records (no results.jsonl, or an empty "
                         "one): nothing ran there to compare"),
         ((no_mfu, again, "--metric", "mfu"), "lmbench: error: --metric 'mfu' has no numeric value in the ok records "
-                                            "(it is null in every one: not measured there (mfu and power need a GPU)); "
+                                            "(it is null in every one: not measured there (mfu and power need a GPU, "
+                                            "a step-time spread two steps or more)); "
                                             "compare a number such as tokens_per_s or step_time_median_s"),
         ((base, base, "--threshold", "x"), "lmbench: error: --threshold 'x': expected a percentage like 5% or a "
                                            "fraction like 0.05"),
@@ -345,9 +346,12 @@ def test_bad_noise_floor_files_are_one_line_errors(tmp_path):
         (str(garbage), "not a noise-floor file (Expecting property name enclosed in double quotes"),
         (noise_file(tmp_path / "m.json", {}, metric="mfu"), "was measured for mfu, not --metric tokens_per_s"),
         (noise_file(tmp_path / "n.json", {"a": {"log_sd": -1, "df": 2}}),
-         "configs['a'] needs log_sd >= 0 and an integer df >= 1"),
+         "configs['a'] needs log_sd in [0, 5] and an integer df >= 1"),
         (noise_file(tmp_path / "t.json", {"a": {"log_sd": 0.01, "df": True}}),
-         "configs['a'] needs log_sd >= 0 and an integer df >= 1"),
+         "configs['a'] needs log_sd in [0, 5] and an integer df >= 1"),
+        # A spread whose square overflowed (exit 3), or made identical runs a regression through a NaN df.
+        (noise_file(tmp_path / "big.json", {"a": {"log_sd": 0.01, "df": 5, "run_mean_sd": 1e154, "run_df": 2}}),
+         "configs['a'] needs log_sd in [0, 5] and an integer df >= 1 (and run_mean_sd in [0, 5]"),
     ]
     for path, text in cases:
         result = invoke(base, cand, "--noise-floor", path)
@@ -640,24 +644,26 @@ def test_a_count_that_stayed_at_zero_is_unchanged_even_for_a_strict_gate():
 
 
 def test_a_count_leaving_zero_is_judged_by_the_order_of_its_repeats():
-    """No ratio, so no threshold: every candidate repeat above every baseline one, with an order chance gives 1 time
-    in C(6, 3) = 20 or less, is a change; overlapping or too few repeats are inconclusive."""
+    """No ratio, so no threshold: every candidate repeat above every baseline one, an order chance gives (either way)
+    at most 5% of the time, 2 / C(8, 4) = 2.9% with 4 a side, is a change; 3 a side (10%), overlapping or fewer
+    repeats are inconclusive."""
     def stalls(base, cand, **kw):
         (v,) = compare(run_of({"a": base}, metric="stall_steps"), run_of({"a": cand}, metric="stall_steps"),
                        metric="stall_steps", **kw)
         return v
 
-    v = stalls([0, 0, 0], [4, 5, 3])
+    v = stalls([0, 0, 0, 0], [4, 5, 3, 4])
     assert (v.verdict, v.blocking, v.ratio) == ("regression", True, None)
     assert v.note == ("median 0 in the baseline: no ratio; every candidate repeat (3 to 5) above every baseline one "
-                      "(0; exact rank test p = 0.050)")
-    assert stalls([2, 3, 2], [0, 0, 0]).verdict == "improvement"
-    assert stalls([0, 0, 1], [0, 4, 5]).note.endswith("the repeats overlap: a change needs every repeat of one side "
-                                                      "beyond every one of the other, with 3 or more a side")
-    v = stalls([0], [40], strict=True)
-    assert (v.verdict, v.blocking) == ("inconclusive", True) and "1/1 repeats are too few" in v.note
+                      "(0; exact rank test p = 0.029, two-sided)")
+    assert stalls([2, 3, 2, 2], [0, 0, 0, 0]).verdict == "improvement"
+    assert stalls([0, 0, 1, 0], [0, 4, 5, 3]).note.endswith("the repeats overlap: a change needs every repeat of one "
+                                                            "side beyond every one of the other, with 4 or more a side")
+    v = stalls([0, 0, 0], [4, 5, 3], strict=True)
+    assert (v.verdict, v.blocking) == ("inconclusive", True) and "3/3 repeats are too few" in v.note
     # Where more is better, a rate leaving 0 is an improvement.
-    (v,) = compare(run_of({"a": [0, 0, 0]}, metric="mfu"), run_of({"a": [0.3, 0.31, 0.29]}, metric="mfu"), metric="mfu")
+    (v,) = compare(run_of({"a": [0] * 4}, metric="mfu"), run_of({"a": [0.3, 0.31, 0.29, 0.3]}, metric="mfu"),
+                   metric="mfu")
     assert v.verdict == "improvement"
 
 
@@ -805,3 +811,14 @@ def test_a_noise_floor_of_other_configurations_is_not_ignored_silently(tmp_path)
     result = invoke(base, cand, "--noise-floor", floor)
     assert (f"lmbench: warning: the noise floor {floor} has none of these runs' configurations (another suite or "
             "other --set values?): every verdict rests on its repeats alone") in result.stderr
+
+
+def test_a_floor_measured_in_one_run_only_says_it_has_no_run_term():
+    from lmbench.analyze import noise
+
+    runs = [run_of({"a": [100.0, 101.0], "b": [50.0, 51.0]}), run_of({"a": [99.0, 100.5]}),
+            run_of({"a": [100.2, 99.8]}) + [record("b", None, status="oom")]]
+    estimates, payload = noise.calibrate(runs, metric="tokens_per_s", repeats_per_run=2)
+    assert estimates["b"].run_df == 0 and "note" not in payload["configs"]["a"]
+    assert payload["configs"]["b"]["note"] == ("ok in 1 of 3 runs: no term for a run's offset, the floor covers one "
+                                               "run's processes only")

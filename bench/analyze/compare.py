@@ -254,24 +254,24 @@ def decide(base: list[float], cand: list[float], *, threshold: float, higher_is_
 def _without_a_ratio(base: list[float], cand: list[float], zero: str, *, higher_is_better: bool) -> Verdict:
     """A count at 0 on one side (stall_steps, nonfinite_losses, overflow_skipped_steps) has no ratio, so no
     threshold applies: the repeats' order decides. Every repeat of one side above every repeat of the other is a
-    change when that order is unlikely by chance (an exact rank test: 1 / C(n_b + n_c, n_b) <= 5%, which 3
-    repeats a side allow); 0 in 3 baseline repeats and 4, 5, 3 stalls in 3 candidate ones is a regression."""
+    change when that order, either way, is unlikely by chance (an exact rank test, two-sided as the ratio's
+    interval is: 2 / C(n_b + n_c, n_b) <= 5%, which 4 repeats a side allow, 3 do not); 0 in 4 baseline repeats
+    and 4, 5, 3, 4 stalls in 4 candidate ones is a regression."""
     def span(values: list[float]) -> str:
         low, high = min(values), max(values)
         return f"{low:g}" if low == high else f"{low:g} to {high:g}"
 
     note = f"median 0 in the {zero}: no ratio"
     above, below = min(cand) > max(base), max(cand) < min(base)
-    chance = 1 / math.comb(len(base) + len(cand), len(base))
+    chance = 2 / math.comb(len(base) + len(cand), len(base))
     if (above or below) and chance <= 1 - CONFIDENCE + 1e-12:
         verdict = "improvement" if above == higher_is_better else "regression"
         note += (f"; every candidate repeat ({span(cand)}) {'above' if above else 'below'} every baseline one "
-                 f"({span(base)}; exact rank test p = {chance:.3f})")
+                 f"({span(base)}; exact rank test p = {chance:.3f}, two-sided)")
     else:
         verdict = "inconclusive"
         why = "the repeats overlap" if not (above or below) else f"{len(base)}/{len(cand)} repeats are too few"
-        note += (f"; {why}: a change needs every repeat of one side beyond every one of the other, with "
-                 f"{MIN_REPEATS} or more a side")
+        note += f"; {why}: a change needs every repeat of one side beyond every one of the other, with 4 or more a side"
     return Verdict(config_key="", verdict=verdict, ratio=None, ci_low=None, ci_high=None, n_base=len(base),
                    n_cand=len(cand), note=note)
 
@@ -283,8 +283,8 @@ def compare(base: list[dict[str, Any]], cand: list[dict[str, Any]], *, metric: s
     inconclusive verdict blocking too."""
     if not 0 < threshold < 1:
         raise UsageError(f"--threshold {threshold:g}: must be above 0 and below 1 (e.g. 5%)")
-    if noise is not None and noise.metric != metric:
-        raise UsageError(f"--noise-floor {noise.source!r} was measured for {noise.metric}, not --metric {metric}")
+    if noise is not None:
+        noise.check_metric(metric)
     more_is_better = higher_is_better(metric)
     b_values, c_values = ok_values(base, metric), ok_values(cand, metric)
     # The repeats a verdict rests on: those whose host no other process kept busy (lmbench.measure.hostload).

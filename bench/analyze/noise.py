@@ -34,7 +34,7 @@ The noise-floor file (JSON, written by `lmbench calibrate`):
     {"format": "lmbench-noise-floor", "version": 2, "metric": "tokens_per_s", "suite": "ci",
      "device": "NVIDIA H100 80GB HBM3", "created": "2026-11-26T12:00:00+00:00", "repeats_per_run": 3, "runs": 3,
      "configs": {"<config_key>": {"log_sd": 0.012, "df": 6, "run_mean_sd": 0.008, "run_df": 2,
-                                  "mean_repeats": 3.0, "floor_1v1": 0.06, "floor_3v3": 0.04}}}
+                                  "mean_repeats": 3.0, "floor_1v1": 0.043, "floor_3v3": 0.039}}}
 
 `floor_KvK` is the smallest threshold at which K repeats a side can give a verdict (the interval's
 half-width for an unchanged ratio), for choosing `--threshold`.
@@ -59,6 +59,9 @@ READABLE = (1, 2)
 CONFIDENCE = 0.95
 #: Repeats a side at which the gate trusts its own spread (a bootstrap over the repeats).
 MIN_REPEATS = 3
+#: The largest spread of log(metric) a floor file may hold: a factor of e^5 (148x) between processes is no
+#: measurement (and its square must not overflow).
+MAX_LOG_SD = 5.0
 
 
 def exp_or_inf(x: float) -> float:
@@ -95,6 +98,8 @@ class ConfigNoise:
         from scipy.stats import t
 
         cost = median_cost(n_base) / n_base + median_cost(n_cand) / n_cand
+        if self.log_sd > MAX_LOG_SD or self.run_mean_sd > MAX_LOG_SD:
+            return math.inf
         if self.run_df == 0:
             variance, df = self.log_sd ** 2 * cost, float(self.df)
         else:
@@ -123,7 +128,10 @@ class ConfigNoise:
             # The half-width falls as sqrt(2 / n) once the median's cost is the same on both sides.
             needed = math.ceil(MIN_REPEATS * (self.half_width(MIN_REPEATS, MIN_REPEATS) / room) ** 2)
             return min(max(MIN_REPEATS, needed), most + 1)
-        # With a run term the degrees of freedom move with the repeats too: the first count that fits.
+        # With a run term the degrees of freedom move with the repeats too: the first count that fits, once the most
+        # repeats could (past mean_repeats x pi/4 the processes' term is 0 and nothing changes).
+        if self.half_width(most, most) > room:
+            return most + 1
         return next((n for n in range(MIN_REPEATS, most + 1) if self.half_width(n, n) <= room), most + 1)
 
 
@@ -138,6 +146,11 @@ class NoiseFloor:
 
     def get(self, config_key: str) -> ConfigNoise | None:
         return self.configs.get(config_key)
+
+    def check_metric(self, metric: str) -> None:
+        """A UsageError unless the floor was measured for `metric`, the one compared."""
+        if self.metric != metric:
+            raise UsageError(f"--noise-floor {self.source!r} was measured for {self.metric}, not --metric {metric}")
 
 
 def estimate(runs: list[list[float]]) -> ConfigNoise | None:
@@ -195,9 +208,10 @@ def load(path: Path) -> NoiseFloor:
         run_sd, run_df = fields.get("run_mean_sd", 0.0), fields.get("run_df", 0)
         repeats = fields.get("mean_repeats", 1.0)
         if not (_spread(log_sd) and _count(df, least=1) and _spread(run_sd) and _count(run_df, least=0)
-                and _spread(repeats) and repeats >= 1):
-            raise UsageError(f"{where}: configs[{key!r}] needs log_sd >= 0 and an integer df >= 1 (and run_mean_sd >= "
-                             "0, an integer run_df >= 0, mean_repeats >= 1 where given)")
+                and _count(repeats, least=1, number=float)):
+            raise UsageError(f"{where}: configs[{key!r}] needs log_sd in [0, {MAX_LOG_SD:g}] and an integer df >= 1 "
+                             f"(and run_mean_sd in [0, {MAX_LOG_SD:g}], an integer run_df >= 0, mean_repeats >= 1 "
+                             "where given)")
         configs[key] = ConfigNoise(log_sd=float(log_sd), df=df, run_mean_sd=float(run_sd), run_df=run_df,
                                    mean_repeats=float(repeats))
     busy = frozenset(key for key, entry in raw.items() if entry.get("contended") is True)
@@ -206,11 +220,13 @@ def load(path: Path) -> NoiseFloor:
 
 
 def _spread(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= MAX_LOG_SD
 
 
-def _count(value: Any, *, least: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+def _count(value: Any, *, least: int, number: type = int) -> bool:
+    """An integer (or, with number=float, any finite number) no smaller than `least`."""
+    kinds = (int, float) if number is float else (int,)
+    return isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value) and value >= least
 
 
 def ok_values(records: list[dict[str, Any]], metric: str) -> dict[str, list[float]]:
@@ -267,4 +283,11 @@ def calibrate(runs: list[list[dict[str, Any]]], *, metric: str, repeats_per_run:
     for key, note in notes.items():
         if key in payload["configs"]:
             payload["configs"][key].update(note=note, contended=note.startswith("contended"))
+    for key, entry in payload["configs"].items():
+        measured = sum(1 for values in by_run if values.get(key))
+        if measured < len(runs):
+            # One run with values cannot tell a run's offset from its processes' noise: the floor has no run term.
+            alone = (f"ok in {measured} of {len(runs)} runs" + (": no term for a run's offset, the floor covers one "
+                                                               "run's processes only" if measured == 1 else ""))
+            entry["note"] = "; ".join(filter(None, [entry.get("note"), alone]))
     return estimates, payload

@@ -96,7 +96,8 @@ def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch(), hold:
     if finished is not None:
         # A worker's result is its last act, written whole (results.write_json): one left here finished a job whose
         # parent was killed before recording it (SIGKILL, the OOM killer, a lost node). Measured once, kept once.
-        cause = first_failure(_rank_failures(result_path), finished) if finished["status"] != "ok" else None
+        others = _rank_failures(result_path)  # read, and removed, whatever the result says
+        cause = first_failure(others, finished) if finished["status"] != "ok" else None
         result_path.unlink()
         stacks.clear(result_path)
         if cause is not None:
@@ -134,15 +135,11 @@ def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch(), hold:
             code = proc.returncode if proc.returncode is not None else 0
         except subprocess.TimeoutExpired:
             _stop(proc)
-            dumps = stacks.collect(result_path)
-            _append_stacks(log, dumps)
-            cause = first_failure(_rank_failures(result_path), None)
-            if cause is not None:  # a rank failed and the others waited for it in a collective
-                return cause["status"], (f"rank {cause['rank']} failed first: {cause['reason']}; the others then "
-                                         f"waited until timeout_s={job.config.timeout_s:g}"), None
-            place = stacks.where(dumps, timeout_s=job.config.timeout_s)
-            return "timeout", (f"no result within timeout_s={job.config.timeout_s:g} (worker killed)"
-                               + (f"; {place} (stacks in the log)" if place else "")), None
+            if not result_path.exists():
+                return _timed_out(job, result_path, log)
+            # The worker wrote its result (its last act) and hung on the way out (a process group's or CUDA's
+            # teardown): the measurement stands, as under an interrupt.
+            code = proc.returncode if proc.returncode is not None else 0
         except BaseException:
             _stop(proc)
             raise
@@ -174,6 +171,20 @@ def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch(), hold:
         if no_room is not None:
             raise no_room
     return status, reason, payload
+
+
+def _timed_out(job: Job, result_path: Path, log: TextIO) -> tuple[str, str, None]:
+    """The record of a job stopped at timeout_s without a result: the rank that failed first, if one did (the others
+    waited for it in a collective), else a timeout naming where each rank was (lmbench.run.stacks)."""
+    dumps = stacks.collect(result_path)
+    _append_stacks(log, dumps)
+    cause = first_failure(_rank_failures(result_path), None)
+    if cause is not None:
+        return cause["status"], (f"rank {cause['rank']} failed first: {cause['reason']}; the others then waited "
+                                 f"until timeout_s={job.config.timeout_s:g}"), None
+    place = stacks.where(dumps, timeout_s=job.config.timeout_s)
+    return "timeout", (f"no result within timeout_s={job.config.timeout_s:g} (worker killed)"
+                       + (f"; {place} (stacks in the log)" if place else "")), None
 
 
 def _append_stacks(log: TextIO, dumps: dict[int, str]) -> None:
