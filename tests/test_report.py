@@ -723,3 +723,18 @@ def test_the_speedup_colour_bar_labels_never_overlap():
         overlapping = [(a, b) for i, (a, box) in enumerate(boxes) for b, other in boxes[i + 1:] if box.overlaps(other)]
         assert overlapping == [], speedup
         plt.close(fig)
+
+
+def test_a_run_of_unreadable_lines_says_why_it_has_no_results(tmp_path):
+    from click.testing import CliRunner
+
+    from lmbench.cli import cli
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.jsonl").write_text('{"broken": \n')
+    result = CliRunner().invoke(cli, ["report", str(run)])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"lmbench: error: no results in {run}: 1 line(s) skipped ({run}/results.jsonl:1: skipped corrupt line "
+        "(Expecting value))")

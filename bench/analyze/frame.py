@@ -68,15 +68,19 @@ def load(run_dirs: list[Path]) -> tuple[pd.DataFrame, list[dict[str, Any]], list
     """
     all_rows: list[dict[str, Any]] = []
     raw: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    """The lines results.read skipped, each naming its file and line."""
     run_dirs, warnings = distinct(run_dirs)
     for path in run_dirs:
         if not path.is_dir():
             raise ResultsError(f"run directory {str(path)!r} does not exist")
         loaded = results.read(path)
         warnings.extend(loaded.warnings)
+        skipped.extend(loaded.warnings)
         all_rows.extend(to_rows(loaded.records, run=str(path)))
         raw.extend({**record, "config": results.full_config(record["config"]), "run": str(path)}
                    for record in loaded.records)
     if not all_rows:
-        raise ResultsError(f"no results in {', '.join(map(str, run_dirs))}")
+        why = f": {len(skipped)} line(s) skipped ({skipped[0]})" if skipped else ""
+        raise ResultsError(f"no results in {', '.join(map(str, run_dirs))}{why}")
     return pd.DataFrame(all_rows), raw, warnings
