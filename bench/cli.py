@@ -32,9 +32,11 @@ from lmbench.plan.tuneplan import TunePlan
 from lmbench.run import runner
 from lmbench.run.interrupts import Interrupted, interruptible
 from lmbench.run.rundir import nothing_to_resume
+from lmbench.tune import CONFIRM_REPEATS
 
 #: tune's option defaults: those of its plan (the resume command leaves defaults out).
 _TUNE = {field.name: field.default for field in dataclasses.fields(TunePlan)}
+_CONFIRM_REPEATS = CONFIRM_REPEATS
 _TUNE_OBJECTIVE = "throughput"
 #: Exit codes of every command (DESIGN.md): 1 is compare's alone, so a crash never reads as a regression.
 EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -653,12 +655,16 @@ def calibrate(suite_name: str, repeats: int, runs: int, out: Path | None, overri
 @click.option("--objective", type=click.Choice(OBJECTIVES), default=_TUNE_OBJECTIVE, show_default=True,
               help="Rank by tokens/s, or by time to a held-out target (needs --set target_loss=..., max_steps, "
                    "eval_every and a learnable data=).")
+@click.option("--confirm-repeats", type=click.IntRange(min=1), default=_CONFIRM_REPEATS, show_default=True,
+              help="Fresh-process repeats of the two best configurations, to tell the winner's lead from noise "
+                   "(1: none).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=V",
               help="Any other axis of the measured configurations (probes keep only what shapes memory). Repeatable.")
 def tune(model: str, seq_len: int | None, precisions: str, kernel_sets: str, checkpointings: str,
          budget_minutes: float | None, max_memory: str | None, global_batch: int | None, margin: float,
          min_batch: int, max_batch: int, steps: int, warmup: int, device: str | None, out: Path | None,
-         resume: bool, check_parity: bool, timeout_s: float | None, objective: str, overrides: tuple[str, ...]) -> int:
+         resume: bool, check_parity: bool, timeout_s: float | None, objective: str, confirm_repeats: int,
+         overrides: tuple[str, ...]) -> int:
     """Find the largest batch that fits and the fastest configuration for a model.
 
     Example: lmbench tune --model llama-1b --precision amp-bf16,bf16 --checkpointing none,full
@@ -710,7 +716,8 @@ def tune(model: str, seq_len: int | None, precisions: str, kernel_sets: str, che
                     parity=check_parity, timeout_s=timeout_s, overrides=overrides)
     # Outside the plan, but the user's choice: the command that resumes keeps them.
     extra = (*(("--budget-minutes", f"{budget_minutes:g}") if budget_minutes else ()),
-             *(("--objective", objective) if objective != _TUNE_OBJECTIVE else ()))
+             *(("--objective", objective) if objective != _TUNE_OBJECTIVE else ()),
+             *(("--confirm-repeats", str(confirm_repeats)) if confirm_repeats != _CONFIRM_REPEATS else ()))
     _refuse_other_writer(out, "tune")
     fresh = nothing_to_resume(out) if resume else None
     if fresh:
@@ -719,7 +726,8 @@ def tune(model: str, seq_len: int | None, precisions: str, kernel_sets: str, che
         _record_tune_plan(run_dir, plan, resume=resume, extra=extra)
         command = plan.resume_command(out, extra=extra)
         try:
-            return _tune(base, run_dir, lists, plan, budget_minutes=budget_minutes, objective=objective)
+            return _tune(base, run_dir, lists, plan, budget_minutes=budget_minutes, objective=objective,
+                         confirm_repeats=confirm_repeats)
         except Interrupted as stop:
             what = "interrupted" if stop.signum == signal.SIGINT else f"stopped by {stop.name}"
             _say(f"lmbench: {what}; the probes and measurements made so far are kept in {out}; the one that was "
@@ -755,7 +763,7 @@ def _record_tune_plan(run_dir: runner.RunDirectory, plan: TunePlan, *, resume: b
 
 
 def _tune(base: Any, run_dir: runner.RunDirectory, lists: dict[str, list[Any]], plan: TunePlan, *,
-          budget_minutes: float | None, objective: str) -> int:
+          budget_minutes: float | None, objective: str, confirm_repeats: int) -> int:
     """The search and measurements of `lmbench tune` in a locked run directory, then its tables and winner."""
     from lmbench import tune as tuning
     from lmbench.analyze.table import tune_ranking_table, tune_search_table
@@ -782,11 +790,15 @@ def _tune(base: Any, run_dir: runner.RunDirectory, lists: dict[str, list[Any]], 
         if result.chosen:
             tuner.measure(result, plan.steps, plan.warmup)
         found.append(result)
+    tuner.confirm(objective, confirm_repeats)
     search = tune_search_table(found, title=f"largest batch that fits: {plan.model}, seq_len {plan.seq_len}")
     rows = tuning.ranked(run_dir, objective)
     console = _console()
     console.print(search)
     console.print(tune_ranking_table(rows, objective=objective))
+    apart = tuning.told_apart(rows, objective)
+    if apart:
+        console.print(apart)
     winner = tuning.write_winner(run_dir, objective)
     console.print(f"winner as a suite: {winner}" if winner else tuning.no_winner_reason(run_dir, objective))
     busy = tuning.contention_warning(rows)

@@ -7,6 +7,10 @@ at that size and a few below it. Probes are short runs (one warmup step, two mea
 RUN_DIR/probes.jsonl, measurements are ordinary records in RUN_DIR/results.jsonl, so an interrupted
 tune resumes where it stopped.
 
+Then the two best configurations are measured again, alternating, until each has CONFIRM_REPEATS fresh
+processes (`--confirm-repeats`): one measurement each cannot tell a 3% lead from the noise between
+processes, and `told_apart` says whether the winner's lead is outside it (compare's interval).
+
 A combination whose loss may stray from its reference (FP8 always, every one with --parity) gets a
 parity check first: PARITY_STEPS on the Markov corpus at the chosen batch, against the reference
 (lmbench.plan.parity), recorded in RUN_DIR/parity.jsonl. Its verdict goes into every measured record
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,6 +59,11 @@ OWN_OPTIONS = {"model": "--model", "seq_len": "--seq-len", "precision": "--preci
                "max_memory_bytes": "--max-memory"}
 #: Parity verdicts that keep a configuration from winning.
 STRAYED = ("drift", "diverged")
+#: Fresh-process repeats of the two best configurations after the search (the first is the measurement itself):
+#: what compare needs of each side for an interval of their ratio (lmbench.analyze.noise.MIN_REPEATS).
+CONFIRM_REPEATS = 3
+#: Fields of a configuration's parity check, copied from its first measurement into the repeats that confirm it.
+_PARITY_FIELDS = ("parity", "parity_max_rel_dev", "parity_tolerance")
 
 
 @dataclass
@@ -126,6 +136,7 @@ class Tuner:
         recorded = run_dir.recorded()
         self.warnings += recorded.warnings
         self.done = {r["config_key"] for r in recorded.records}
+        self.repeats_done = {(r["config_key"], r["repeat"]) for r in recorded.records}
 
     def out_of_time(self) -> bool:
         return self.deadline is not None and time.monotonic() > self.deadline
@@ -280,6 +291,68 @@ class Tuner:
             found.measured.append({"config": config})
 
 
+    def confirm(self, objective: str, repeats: int = CONFIRM_REPEATS) -> None:
+        """Measure the two best configurations (every measurement ok, loss not strayed) again, alternating, until
+        each has `repeats`; within the budget. Each repeat is a fresh process and a record of its own."""
+        from lmbench.analyze.ranking import rank
+
+        contenders = [s for s in rank(self.run_dir.recorded().records, objective)
+                      if s.ok() and s.always_ok and not s.strayed][:2]
+        if len(contenders) < 2:
+            return
+        for repeat in range(1, repeats):
+            for standing in contenders:
+                first = standing.records[0]
+                if (first["config_key"], repeat) in self.repeats_done:
+                    continue
+                if self.out_of_time():
+                    self.on_event("budget ran out while confirming the two best configurations")
+                    return
+                config = Config.from_mapping(first["config"])
+                status, reason, payload = self.launch(Job(config, repeat), self.run_dir)
+                record = results.make_record(suite="tune", config=config.to_dict(), config_key=config.key,
+                                             repeat=repeat, status=status, reason=reason, payload=payload)
+                if record["metrics"] is not None:  # checked once, at the first measurement
+                    record["metrics"].update({k: first["metrics"][k] for k in _PARITY_FIELDS if k in first["metrics"]})
+                self.run_dir.append(record)
+                self.repeats_done.add((config.key, repeat))
+                combo = {axis: first["config"][axis] for axis in ("precision", "kernels", "checkpointing")}
+                self.on_event(f"confirm {self.label(combo)} batch {config.batch_size} repeat {repeat + 1} of "
+                              f"{repeats}: {status}")
+
+
+def told_apart(records: list[dict[str, Any]], objective: str = "throughput") -> str | None:
+    """Whether the winner's lead over the runner-up is outside the noise between processes: the ratio of their
+    medians with compare's 95% interval over their quiet repeats (3 a side at least), in one line; None with fewer
+    than two ranked configurations."""
+    from lmbench.analyze.compare import repeats_interval
+    from lmbench.analyze.noise import MIN_REPEATS
+    from lmbench.analyze.ranking import rank
+
+    ranked_ = [s for s in rank(records, objective) if s.ok() and not s.strayed][:2]
+    if len(ranked_) < 2:
+        return None
+    metric, better = ("time_to_target_s", "faster to target") if objective == "time-to-target" else \
+        ("tokens_per_s", "tokens/s")
+    sides = [[r["metrics"][metric] for r in s.counted() if isinstance(r["metrics"].get(metric), (int, float))]
+             for s in ranked_]
+    if not all(sides):
+        return None
+    winner, runner_up = sides
+    lead = statistics.median(winner) / statistics.median(runner_up)
+    if objective == "time-to-target":
+        lead = 1 / lead  # how many times faster to the target
+    head = f"winner vs runner-up: {lead - 1:+.1%} {better} ({len(winner)} and {len(runner_up)} repeats)"
+    interval = repeats_interval(runner_up, winner) if min(len(winner), len(runner_up)) >= MIN_REPEATS else None
+    if interval is None:
+        return f"{head}: not tested; {MIN_REPEATS} quiet repeats each would tell it from the noise between processes"
+    low, high = interval if objective != "time-to-target" else (1 / interval[1], 1 / interval[0])
+    span = f"95% interval {low - 1:+.1%} to {high - 1:+.1%}"
+    if low > 1:
+        return f"{head}: told apart ({span})"
+    return f"{head}: not told apart ({span}): the runner-up may be as fast"
+
+
 def combos(precisions: list[str], kernels: list[str], checkpointing: list[str]) -> list[dict[str, str]]:
     return [{"precision": p, "kernels": k, "checkpointing": c}
             for p, k, c in itertools.product(precisions, kernels, checkpointing)]
@@ -363,7 +436,12 @@ def write_winner(run_dir: RunDirectory, objective: str = "throughput") -> Path |
     rows = ranked(run_dir, objective)
     if not rows or rows[0]["status"] != "ok" or strayed(rows[0]):
         return None
+    # The winner's figures as the ranking took them: medians over its repeats (it has several once confirmed).
+    repeats = [r["metrics"] for r in rows if r["config_key"] == rows[0]["config_key"] and r["status"] == "ok"]
+    medians = {name: statistics.median(values) for name in ("tokens_per_s", "time_to_target_s")
+               if (values := [m[name] for m in repeats if isinstance(m.get(name), (int, float))])}
     path = run_dir.path / WINNER_FILE
     with results.saving(path):
-        path.write_text(winner_suite(rows[0], objective), encoding="utf-8")
+        path.write_text(winner_suite({**rows[0], "metrics": {**rows[0]["metrics"], **medians}}, objective),
+                        encoding="utf-8")
     return path

@@ -780,7 +780,8 @@ def test_10_tune_resumes_over_a_truncated_probes_file(tmp_path, fake, monkeypatc
             f"{len(cut) - 20}) moved to {out}/probes.jsonl.corrupt") in result.stderr
     again = (out / "probes.jsonl").read_text().splitlines()
     assert again[:-1] == probes[:-1] and json.loads(again[-1])["batch_size"] == 5  # only the lost probe re-ran
-    assert len(results.read(out).records) == 3  # batch 4, 3 and 2, measured once
+    # Batch 4, 3 and 2 measured once, and the two best confirmed to 3 repeats each: nothing again on resume.
+    assert len(results.read(out).records) == 7
 
 
 def test_10_tuner_skips_unreadable_probe_lines(tmp_path):

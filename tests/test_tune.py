@@ -346,3 +346,85 @@ def test_a_ranking_measured_on_a_busy_host_says_so():
     # A first row whose loss strayed from its reference is no winner (write_winner writes none).
     drifted = {"status": "ok", "metrics": {"tokens_per_s": 3.0, "parity": "drift", **busy}}
     assert "(the winner" not in contention_warning([drifted, failed])
+
+
+class NoisyLauncher(FakeLauncher):
+    """tokens/s of 100 x batch, times a factor for (batch, repeat) (noise between processes; 1 where not given)."""
+
+    def __init__(self, boundary: int, factors: dict[tuple[int, int], float] | None = None) -> None:
+        super().__init__(boundary)
+        self.factors = factors or {}
+        self.repeats: list[tuple[int, int]] = []
+
+    def __call__(self, job, run_dir):
+        status, reason, payload = super().__call__(job, run_dir)
+        batch = job.config.batch_size
+        if job.config.steps != 2:  # a measurement, not a probe
+            self.repeats.append((batch, job.repeat))
+        if payload:
+            payload["metrics"]["tokens_per_s"] *= self.factors.get((batch, job.repeat), 1.0)
+        return status, reason, payload
+
+
+def measured_tune(tmp_path, launcher, repeats=3):
+    from lmbench.tune import told_apart
+
+    with RunDirectory(tmp_path / "run", resume=False) as run_dir:
+        tuner = Tuner(BASE, run_dir, launch=launcher, max_batch=4)
+        found = tuner.search(COMBO)
+        tuner.measure(found, steps=5, warmup=1)
+        tuner.confirm("throughput", repeats)
+    records = results.read(run_dir.path).records
+    return tuner, records, told_apart(records)
+
+
+def test_the_two_best_configurations_are_measured_again_until_told_apart_or_not(tmp_path):
+    """Sizes 4, 3 and 2 measured once; 4 and 3 again, alternating, until 3 repeats each: 33% apart is told apart."""
+    launcher = NoisyLauncher(4, {(4, 1): 1.01, (4, 2): 0.99, (3, 1): 0.99, (3, 2): 1.02})
+    tuner, records, apart = measured_tune(tmp_path, launcher)
+    assert launcher.repeats == [(4, 0), (3, 0), (2, 0), (4, 1), (3, 1), (4, 2), (3, 2)]
+    assert sorted((r["config"]["batch_size"], r["repeat"]) for r in records if r["repeat"]) == [
+        (3, 1), (3, 2), (4, 1), (4, 2)]
+    assert apart.startswith("winner vs runner-up: +33.3% tokens/s (3 and 3 repeats): told apart (95% interval +")
+    # Resumed: nothing measured again.
+    again = NoisyLauncher(4)
+    with RunDirectory(tmp_path / "run", resume=True) as run_dir:
+        Tuner(BASE, run_dir, launch=again, max_batch=4).confirm("throughput", 3)
+    assert again.launched == []
+
+
+def test_a_lead_inside_the_noise_is_not_told_apart(tmp_path):
+    """Batch 4 at 400, 280, 400 tokens/s and batch 3 at 390, 300, 405 (noise between processes): not told apart."""
+    launcher = NoisyLauncher(4, {(4, 1): 0.7, (3, 0): 1.3, (3, 2): 1.35})
+    *_, apart = measured_tune(tmp_path, launcher)
+    assert "not told apart (95% interval" in apart and apart.endswith("the runner-up may be as fast")
+
+
+def test_one_repeat_each_is_not_tested_and_says_what_would(tmp_path):
+    *_, apart = measured_tune(tmp_path, NoisyLauncher(4), repeats=1)
+    assert apart == ("winner vs runner-up: +33.3% tokens/s (1 and 1 repeats): not tested; 3 quiet repeats each "
+                     "would tell it from the noise between processes")
+
+
+def test_the_ranking_shows_one_row_a_configuration_with_its_repeats(tmp_path):
+    from rich.console import Console
+
+    from lmbench.analyze.table import tune_ranking_table
+    from lmbench.tune import ranked
+
+    tuner, *_ = measured_tune(tmp_path, NoisyLauncher(4))
+    console = Console(width=200, record=True)
+    with RunDirectory(tmp_path / "run", resume=True) as run_dir:
+        console.print(tune_ranking_table(ranked(run_dir)))
+    rows = [line for line in console.export_text().splitlines() if line.startswith("│ ")]
+    assert [row.split("│")[5].strip() for row in rows] == ["4", "3", "2"]  # batch
+    assert [row.split("│")[8].strip() for row in rows] == ["3", "3", "1"]  # repeats
+
+
+def test_the_winners_suite_quotes_its_median_over_the_repeats(tmp_path):
+    from lmbench.tune import write_winner
+
+    measured_tune(tmp_path, NoisyLauncher(4, {(4, 0): 1.05, (4, 1): 1.01, (4, 2): 0.99}))  # 420, 404, 396
+    with RunDirectory(tmp_path / "run", resume=True) as run_dir:
+        suite = write_winner(run_dir).read_text()
+    assert "(404 tokens/s)" in suite

@@ -152,6 +152,13 @@ def repeats_needed(base: list[float], cand: list[float], threshold: float) -> in
     return MAX_REPEATS_SHOWN + 1
 
 
+def repeats_interval(base: list[float], cand: list[float]) -> tuple[float, float] | None:
+    """The 95% interval of median(cand) / median(base) from the repeats alone (at least MIN_REPEATS a side), as
+    compare takes it without a noise floor; None with fewer."""
+    found = _interval(base, cand, None)
+    return None if found is None else found[:2]
+
+
 def _interval(base: list[float], cand: list[float], noise: ConfigNoise | None
               ) -> tuple[float, float, bool] | None:
     """The 95% interval of the ratio from whatever noise estimate there is, and whether the noise floor's set an

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import statistics
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -292,26 +293,43 @@ def kernels_cell(config: dict[str, Any]) -> str:
 
 def tune_ranking_table(records: list[dict[str, Any]], *, objective: str = "throughput") -> Table:
     """`lmbench tune`: measured configurations, best first by the objective (a loss that strayed from its
-    reference's after the others)."""
+    reference's after the others), one row each: the median over its quiet ok repeats (the two best have several)."""
+    from lmbench.measure.hostload import contention_note, standing
+
     to_target = objective == "time-to-target"
     table = Table(title=f"ranked by {'time to target' if to_target else 'tokens/s'} (a loss that drifted from its "
                         "reference never ranks first)", title_justify="left")
-    from lmbench.measure.hostload import contention_note
-
-    columns = ["#", "precision", "kernels", "checkpointing", "batch", "accum", "status", "tokens/s", "peak mem",
-               "J/token", "parity"] + (["target", "time to target s"] if to_target else []) + ["note"]
+    columns = ["#", "precision", "kernels", "checkpointing", "batch", "accum", "status", "repeats", "tokens/s",
+               "peak mem", "J/token", "parity"] + (["target", "time to target s"] if to_target else []) + ["note"]
     for column in columns:
         table.add_column(column)
-    for i, r in enumerate(records, start=1):
-        m, c = r["metrics"] or {}, r["config"]
-        memory = memory_cell(m.get("mem_peak_reserved_bytes"), host_growth(m))
+    groups: list[list[dict[str, Any]]] = []
+    for r in records:  # ranked: a configuration's repeats are together
+        if groups and groups[-1][0]["config_key"] == r["config_key"]:
+            groups[-1].append(r)
+        else:
+            groups.append([r])
+    for i, group in enumerate(groups, start=1):
+        ok = [r for r in group if r["status"] == "ok" and r.get("metrics")]
+        counted = standing(ok, lambda r: r["metrics"]) if ok else []
+
+        def median(name: str, among: list[dict[str, Any]] = counted) -> float | None:
+            values = [r["metrics"][name] for r in among if isinstance(r["metrics"].get(name), (int, float))]
+            return statistics.median(values) if values else None
+
+        first, c = (counted or group)[0], group[0]["config"]
+        m = first.get("metrics") or {}
+        statuses = Counter(r["status"] for r in group)
+        memory = memory_cell(median("mem_peak_reserved_bytes"), host_growth(m))
+        tokens, energy = median("tokens_per_s"), median("j_per_token")
         cells = [str(i), c["precision"], kernels_cell(c), c["checkpointing"], str(c["batch_size"]),
-                 str(c["grad_accum"]), r["status"], "-" if not m.get("tokens_per_s") else
-                 f"{m['tokens_per_s']:,.0f}", memory, "-" if m.get("j_per_token") is None else
-                 f"{m['j_per_token']:.3g}", m.get("parity") or "-"]
+                 str(c["grad_accum"]), next(iter(statuses)) if len(statuses) == 1 else status_counts(statuses),
+                 str(len(group)), "-" if not tokens else f"{tokens:,.0f}", memory,
+                 "-" if energy is None else f"{energy:.3g}", m.get("parity") or "-"]
         if to_target:
-            cells += [m.get("target_status") or "-", seconds_cell(m.get("time_to_target_s"))]
+            cells += [m.get("target_status") or "-", seconds_cell(median("time_to_target_s"))]
         # A contended measurement ranks after the quiet ones (lmbench.analyze.ranking): say why it sits there.
-        cells.append(escape(r.get("reason") or contention_note(m) or ""))
+        reason = next((r.get("reason") for r in group if r.get("reason")), None)
+        cells.append(escape(reason or contention_note(m) or ""))
         table.add_row(*cells)
     return table
