@@ -766,7 +766,8 @@ def _tune(base: Any, run_dir: runner.RunDirectory, lists: dict[str, list[Any]], 
           budget_minutes: float | None, objective: str, confirm_repeats: int) -> int:
     """The search and measurements of `lmbench tune` in a locked run directory, then its tables and winner."""
     from lmbench import tune as tuning
-    from lmbench.analyze.table import tune_ranking_table, tune_search_table
+    from lmbench.analyze.ranking import tune_ranking_table
+    from lmbench.analyze.table import tune_search_table
     from lmbench.measure.environment import probe_platform
     from lmbench.plan.feasibility import skip_reason
 

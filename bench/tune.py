@@ -136,7 +136,6 @@ class Tuner:
         recorded = run_dir.recorded()
         self.warnings += recorded.warnings
         self.done = {r["config_key"] for r in recorded.records}
-        self.repeats_done = {(r["config_key"], r["repeat"]) for r in recorded.records}
 
     def out_of_time(self) -> bool:
         return self.deadline is not None and time.monotonic() > self.deadline
@@ -292,61 +291,66 @@ class Tuner:
 
 
     def confirm(self, objective: str, repeats: int = CONFIRM_REPEATS) -> None:
-        """Measure the two best configurations (every measurement ok, loss not strayed) again, alternating, until
-        each has `repeats`; within the budget. Each repeat is a fresh process and a record of its own."""
+        """Measure the two best configurations again until each has `repeats` measurements, within the budget. The
+        ranking is taken again after every repeat: one that a repeat pulled down, or that failed once (a tier
+        lower), gives way, and the new runner-up is confirmed in turn; each configuration is measured at most
+        `repeats` times, so this ends, and a resumed or finished tune picks up where it stands. Each repeat is a
+        fresh process and a record of its own."""
         from lmbench.analyze.ranking import rank
 
-        contenders = [s for s in rank(self.run_dir.recorded().records, objective)
-                      if s.ok() and s.always_ok and not s.strayed][:2]
-        if len(contenders) < 2:
-            return
-        for repeat in range(1, repeats):
-            for standing in contenders:
-                first = standing.records[0]
-                if (first["config_key"], repeat) in self.repeats_done:
-                    continue
-                if self.out_of_time():
-                    self.on_event("budget ran out while confirming the two best configurations")
-                    return
-                config = Config.from_mapping(first["config"])
-                status, reason, payload = self.launch(Job(config, repeat), self.run_dir)
-                record = results.make_record(suite="tune", config=config.to_dict(), config_key=config.key,
-                                             repeat=repeat, status=status, reason=reason, payload=payload)
-                if record["metrics"] is not None:  # checked once, at the first measurement
-                    record["metrics"].update({k: first["metrics"][k] for k in _PARITY_FIELDS if k in first["metrics"]})
-                self.run_dir.append(record)
-                self.repeats_done.add((config.key, repeat))
-                combo = {axis: first["config"][axis] for axis in ("precision", "kernels", "checkpointing")}
-                self.on_event(f"confirm {self.label(combo)} batch {config.batch_size} repeat {repeat + 1} of "
-                              f"{repeats}: {status}")
+        while True:
+            # Contenders: the best tier (every repeat ok, and the target reached where the objective wants one).
+            top = [s for s in rank(self.run_dir.recorded().records, objective)
+                   if s.ok() and s.sort_key(objective)[0] == 0][:2]
+            waiting = [s for s in top if len(s.records) < repeats]
+            if len(top) < 2 or not waiting:
+                return
+            if self.out_of_time():
+                self.on_event("budget ran out while confirming the two best configurations")
+                return
+            standing = min(waiting, key=lambda s: len(s.records))  # the one with fewer repeats: they alternate
+            first = standing.records[0]
+            repeat = 1 + max(r["repeat"] for r in standing.records)
+            config = Config.from_mapping(first["config"])
+            status, reason, payload = self.launch(Job(config, repeat), self.run_dir)
+            record = results.make_record(suite="tune", config=config.to_dict(), config_key=config.key,
+                                         repeat=repeat, status=status, reason=reason, payload=payload)
+            if record["metrics"] is not None:  # checked once, at the first measurement
+                record["metrics"].update({k: first["metrics"][k] for k in _PARITY_FIELDS if k in first["metrics"]})
+            self.run_dir.append(record)
+            combo = {axis: first["config"][axis] for axis in ("precision", "kernels", "checkpointing")}
+            self.on_event(f"confirm {self.label(combo)} batch {config.batch_size}: repeat {repeat + 1} of {repeats}: "
+                          f"{status}")
 
 
 def told_apart(records: list[dict[str, Any]], objective: str = "throughput") -> str | None:
     """Whether the winner's lead over the runner-up is outside the noise between processes: the ratio of their
-    medians with compare's 95% interval over their quiet repeats (3 a side at least), in one line; None with fewer
-    than two ranked configurations."""
+    medians with compare's 95% interval over their quiet ok repeats (MIN_REPEATS a side at least; to target, the
+    repeats that reached it), in one line; None with fewer than two ranked configurations."""
     from lmbench.analyze.compare import repeats_interval
     from lmbench.analyze.noise import MIN_REPEATS
     from lmbench.analyze.ranking import rank
 
-    ranked_ = [s for s in rank(records, objective) if s.ok() and not s.strayed][:2]
-    if len(ranked_) < 2:
+    pair = [s for s in rank(records, objective) if s.ok() and not s.strayed][:2]
+    if len(pair) < 2:
         return None
-    metric, better = ("time_to_target_s", "faster to target") if objective == "time-to-target" else \
-        ("tokens_per_s", "tokens/s")
-    sides = [[r["metrics"][metric] for r in s.counted() if isinstance(r["metrics"].get(metric), (int, float))]
-             for s in ranked_]
-    if not all(sides):
-        return None
-    winner, runner_up = sides
+    to_target = objective == "time-to-target"
+    metric, unit = ("time_to_target_s", "faster to target") if to_target else ("tokens_per_s", "tokens/s")
+    winner, runner_up = ([r["metrics"][metric] for r in (s.reached() if to_target else s.counted())
+                          if isinstance(r["metrics"].get(metric), (int, float))] for s in pair)
+    if not winner or not runner_up:
+        return ("winner vs runner-up: only the winner reached the target" if winner
+                else "winner vs runner-up: no figure to compare")
     lead = statistics.median(winner) / statistics.median(runner_up)
-    if objective == "time-to-target":
-        lead = 1 / lead  # how many times faster to the target
-    head = f"winner vs runner-up: {lead - 1:+.1%} {better} ({len(winner)} and {len(runner_up)} repeats)"
-    interval = repeats_interval(runner_up, winner) if min(len(winner), len(runner_up)) >= MIN_REPEATS else None
-    if interval is None:
-        return f"{head}: not tested; {MIN_REPEATS} quiet repeats each would tell it from the noise between processes"
-    low, high = interval if objective != "time-to-target" else (1 / interval[1], 1 / interval[0])
+    lead = 1 / lead if to_target else lead  # to target: how many times faster
+    head = f"winner vs runner-up: {lead - 1:+.1%} {unit} ({len(winner)} and {len(runner_up)} repeats)"
+    if min(len(winner), len(runner_up)) < MIN_REPEATS:
+        return (f"{head}: not tested; {MIN_REPEATS} a side are needed to tell it from the noise between processes "
+                "(a repeat that failed, ran on a busy host or that the budget left out does not count; "
+                "--confirm-repeats)")
+    low, high = repeats_interval(runner_up, winner)
+    if to_target:
+        low, high = 1 / high, 1 / low
     span = f"95% interval {low - 1:+.1%} to {high - 1:+.1%}"
     if low > 1:
         return f"{head}: told apart ({span})"
@@ -388,18 +392,22 @@ def ranked(run_dir: RunDirectory, objective: str = "throughput") -> list[dict[st
 
 
 def contention_warning(rows: list[dict[str, Any]]) -> str | None:
-    """A warning when measured configurations ran while other processes kept the host's cores busy: their figures,
-    and so the ranking, may be the host's load (a contended CPU ranked batch 12 at 11,539 tokens/s above batch 16 at
-    4,469). None when every one ran quiet."""
+    """A warning when measured configurations ran while other processes kept the host's cores busy (any of their
+    repeats): their figures, and so the ranking, may be the host's load (a contended CPU ranked batch 12 at 11,539
+    tokens/s above batch 16 at 4,469). None when every one ran quiet. `rows` are ranked records (a configuration's
+    repeats together)."""
     from lmbench.measure.hostload import window_contended
 
-    measured = [r for r in rows if r["status"] == "ok"]
-    busy = [r for r in measured if window_contended(r["metrics"])]
+    measured: dict[str, bool] = {}  # configuration -> whether any ok repeat was contended, best first
+    for r in rows:
+        if r["status"] == "ok":
+            measured[r["config_key"]] = measured.get(r["config_key"], False) or window_contended(r["metrics"])
+    busy = [key for key, contended in measured.items() if contended]
     if not busy:
         return None
-    # The first ok row is the winner only when write_winner takes it (not when its loss strayed from its reference).
-    winner = " (the winner among them)" if busy[0] is measured[0] and rows[0] is measured[0] and not strayed(
-        rows[0]) else ""
+    # The first row is the winner only when write_winner takes it (not when its loss strayed from its reference).
+    winner = (" (the winner among them)" if rows[0]["status"] == "ok" and not strayed(rows[0])
+              and rows[0]["config_key"] in busy else "")
     return (f"{len(busy)} of {len(measured)} measured configurations{winner} ran while other processes kept the "
             "host's cores busy: their figures, and the ranking, may be the host's load; tune again on a quiet host")
 
@@ -436,10 +444,13 @@ def write_winner(run_dir: RunDirectory, objective: str = "throughput") -> Path |
     rows = ranked(run_dir, objective)
     if not rows or rows[0]["status"] != "ok" or strayed(rows[0]):
         return None
-    # The winner's figures as the ranking took them: medians over its repeats (it has several once confirmed).
-    repeats = [r["metrics"] for r in rows if r["config_key"] == rows[0]["config_key"] and r["status"] == "ok"]
-    medians = {name: statistics.median(values) for name in ("tokens_per_s", "time_to_target_s")
-               if (values := [m[name] for m in repeats if isinstance(m.get(name), (int, float))])}
+    # The winner's figures as the ranking took them: medians over its quiet ok repeats (several once confirmed).
+    from lmbench.analyze.ranking import rank
+
+    best = rank(run_dir.recorded().records, objective)[0]
+    figures = {"tokens_per_s": best.median("tokens_per_s"),
+               "time_to_target_s": best.median("time_to_target_s", best.reached())}
+    medians = {name: value for name, value in figures.items() if value is not None}
     path = run_dir.path / WINNER_FILE
     with results.saving(path):
         path.write_text(winner_suite({**rows[0], "metrics": {**rows[0]["metrics"], **medians}}, objective),

@@ -335,25 +335,30 @@ def test_a_ranking_measured_on_a_busy_host_says_so():
     from lmbench.tune import contention_warning
 
     busy = {"host_other_cpu_cores": 1.5, "host_usable_cores": 2}
-    quiet = {"status": "ok", "metrics": {"tokens_per_s": 2.0}}
-    slowed = {"status": "ok", "metrics": {"tokens_per_s": 3.0, **busy}}
-    failed = {"status": "oom", "metrics": None}
+    quiet = {"config_key": "q", "status": "ok", "metrics": {"tokens_per_s": 2.0}}
+    slowed = {"config_key": "s", "status": "ok", "metrics": {"tokens_per_s": 3.0, **busy}}
+    failed = {"config_key": "f", "status": "oom", "metrics": None}
     assert contention_warning([quiet, failed]) is None
     assert contention_warning([slowed, quiet, failed]) == (
         "1 of 2 measured configurations (the winner among them) ran while other processes kept the host's cores "
         "busy: their figures, and the ranking, may be the host's load; tune again on a quiet host")
     assert "(the winner" not in contention_warning([quiet, slowed])
     # A first row whose loss strayed from its reference is no winner (write_winner writes none).
-    drifted = {"status": "ok", "metrics": {"tokens_per_s": 3.0, "parity": "drift", **busy}}
+    drifted = {"config_key": "d", "status": "ok", "metrics": {"tokens_per_s": 3.0, "parity": "drift", **busy}}
     assert "(the winner" not in contention_warning([drifted, failed])
+    # Configurations are counted, not records: the winner's three repeats, one of them contended.
+    repeats = [{**quiet, "config_key": "w"}, {**slowed, "config_key": "w"}, {**quiet, "config_key": "w"}]
+    assert contention_warning([*repeats, quiet]).startswith("1 of 2 measured configurations (the winner among them)")
 
 
 class NoisyLauncher(FakeLauncher):
     """tokens/s of 100 x batch, times a factor for (batch, repeat) (noise between processes; 1 where not given)."""
 
-    def __init__(self, boundary: int, factors: dict[tuple[int, int], float] | None = None) -> None:
+    def __init__(self, boundary: int, factors: dict[tuple[int, int], float] | None = None,
+                 fail: frozenset[tuple[int, int]] = frozenset()) -> None:
         super().__init__(boundary)
         self.factors = factors or {}
+        self.fail = fail
         self.repeats: list[tuple[int, int]] = []
 
     def __call__(self, job, run_dir):
@@ -361,6 +366,8 @@ class NoisyLauncher(FakeLauncher):
         batch = job.config.batch_size
         if job.config.steps != 2:  # a measurement, not a probe
             self.repeats.append((batch, job.repeat))
+        if (batch, job.repeat) in self.fail:
+            return "error", "RuntimeError: boom", None
         if payload:
             payload["metrics"]["tokens_per_s"] *= self.factors.get((batch, job.repeat), 1.0)
         return status, reason, payload
@@ -378,6 +385,14 @@ def measured_tune(tmp_path, launcher, repeats=3):
     return tuner, records, told_apart(records)
 
 
+def confirmed_again(tmp_path) -> list[int]:
+    """The batch sizes a resumed confirmation launches."""
+    again = NoisyLauncher(4)
+    with RunDirectory(tmp_path / "run", resume=True) as run_dir:
+        Tuner(BASE, run_dir, launch=again, max_batch=4).confirm("throughput", 3)
+    return again.launched
+
+
 def test_the_two_best_configurations_are_measured_again_until_told_apart_or_not(tmp_path):
     """Sizes 4, 3 and 2 measured once; 4 and 3 again, alternating, until 3 repeats each: 33% apart is told apart."""
     launcher = NoisyLauncher(4, {(4, 1): 1.01, (4, 2): 0.99, (3, 1): 0.99, (3, 2): 1.02})
@@ -386,11 +401,7 @@ def test_the_two_best_configurations_are_measured_again_until_told_apart_or_not(
     assert sorted((r["config"]["batch_size"], r["repeat"]) for r in records if r["repeat"]) == [
         (3, 1), (3, 2), (4, 1), (4, 2)]
     assert apart.startswith("winner vs runner-up: +33.3% tokens/s (3 and 3 repeats): told apart (95% interval +")
-    # Resumed: nothing measured again.
-    again = NoisyLauncher(4)
-    with RunDirectory(tmp_path / "run", resume=True) as run_dir:
-        Tuner(BASE, run_dir, launch=again, max_batch=4).confirm("throughput", 3)
-    assert again.launched == []
+    assert confirmed_again(tmp_path) == []  # resumed: nothing measured again
 
 
 def test_a_lead_inside_the_noise_is_not_told_apart(tmp_path):
@@ -402,14 +413,15 @@ def test_a_lead_inside_the_noise_is_not_told_apart(tmp_path):
 
 def test_one_repeat_each_is_not_tested_and_says_what_would(tmp_path):
     *_, apart = measured_tune(tmp_path, NoisyLauncher(4), repeats=1)
-    assert apart == ("winner vs runner-up: +33.3% tokens/s (1 and 1 repeats): not tested; 3 quiet repeats each "
-                     "would tell it from the noise between processes")
+    assert apart == ("winner vs runner-up: +33.3% tokens/s (1 and 1 repeats): not tested; 3 a side are needed to "
+                     "tell it from the noise between processes (a repeat that failed, ran on a busy host or that the "
+                     "budget left out does not count; --confirm-repeats)")
 
 
 def test_the_ranking_shows_one_row_a_configuration_with_its_repeats(tmp_path):
     from rich.console import Console
 
-    from lmbench.analyze.table import tune_ranking_table
+    from lmbench.analyze.ranking import tune_ranking_table
     from lmbench.tune import ranked
 
     tuner, *_ = measured_tune(tmp_path, NoisyLauncher(4))
@@ -428,3 +440,28 @@ def test_the_winners_suite_quotes_its_median_over_the_repeats(tmp_path):
     with RunDirectory(tmp_path / "run", resume=True) as run_dir:
         suite = write_winner(run_dir).read_text()
     assert "(404 tokens/s)" in suite
+
+
+def test_a_contender_its_own_repeats_pull_down_gives_way_and_the_winner_is_confirmed(tmp_path):
+    """Batch 4, 3 and 2 at 400, 300 and 200; every repeat of 4 and 3 at 150 (review): confirming them once and
+    stopping left batch 2, measured once, the winner. The ranking is taken again after each repeat."""
+    factors = {(b, r): 150 / (100 * b) for b in (4, 3) for r in (1, 2)}
+    launcher = NoisyLauncher(4, factors)
+    _, records, apart = measured_tune(tmp_path, launcher)
+    from lmbench.analyze.ranking import rank
+
+    best = rank(records, "throughput")[0]
+    assert best.config["batch_size"] == 2 and len(best.records) == 3
+    # Its runner-up measured 400, 150, 150: far too spread to tell the two apart.
+    assert apart.startswith("winner vs runner-up: +33.3% tokens/s (3 and 3 repeats): not told apart")
+    assert confirmed_again(tmp_path) == []  # finished: a resume measures nothing more
+
+
+def test_a_contender_that_fails_a_repeat_gives_way(tmp_path):
+    launcher = NoisyLauncher(4, fail=frozenset({(4, 1)}))
+    _, records, apart = measured_tune(tmp_path, launcher)
+    from lmbench.analyze.ranking import rank
+
+    ranked_ = rank(records, "throughput")
+    assert [(s.config["batch_size"], len(s.records)) for s in ranked_] == [(3, 3), (2, 3), (4, 2)]
+    assert apart.startswith("winner vs runner-up: +50.0% tokens/s (3 and 3 repeats): told apart")

@@ -22,7 +22,16 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from lmbench.analyze.table import Grid, configs_of, seconds_cell, status_counts, varying_axes
+from lmbench.analyze.table import (
+    Grid,
+    configs_of,
+    host_growth,
+    kernels_cell,
+    memory_cell,
+    seconds_cell,
+    status_counts,
+    varying_axes,
+)
 
 OBJECTIVES = ("throughput", "time-to-target")
 
@@ -179,4 +188,39 @@ def ranking_table(records: list[dict[str, Any]], objective: str) -> Table:
                       _fmt(s.median("tokens_per_s"), ",.0f"), s.target_cell(),
                       seconds_cell(s.median("time_to_target_s", s.reached())), _fmt(s.median("val_loss_best"), ".3f"),
                       parity)
+    return table
+
+
+def tune_ranking_table(records: list[dict[str, Any]], *, objective: str = "throughput") -> Table:
+    """`lmbench tune`: measured configurations best first by the objective (a loss that strayed from its reference's
+    after the others), one row each with the figures the ranking read: medians over the quiet ok repeats (the two
+    best have several once confirmed)."""
+    from lmbench.measure.hostload import contention_note, window_contended
+
+    to_target = objective == "time-to-target"
+    table = Table(title=f"ranked by {'time to target' if to_target else 'tokens/s'} (a loss that drifted from its "
+                        "reference never ranks first)", title_justify="left")
+    columns = ["#", "precision", "kernels", "checkpointing", "batch", "accum", "status", "repeats", "tokens/s",
+               "peak mem", "J/token", "parity"] + (["target", "time to target s"] if to_target else []) + ["note"]
+    for column in columns:
+        table.add_column(column)
+    for place, s in enumerate(rank(records, objective), start=1):
+        c, counted = s.config, s.counted()
+        growth = [g for r in counted if (g := host_growth(r["metrics"])) is not None]
+        parity = "/".join(sorted({r["metrics"].get("parity") for r in s.ok()} - {None})) or "-"
+        cells = [str(place), c["precision"], kernels_cell(c), c["checkpointing"], str(c["batch_size"]),
+                 str(c["grad_accum"]), s.status_cell(), str(len(s.records)), _fmt(s.median("tokens_per_s"), ",.0f"),
+                 memory_cell(s.median("mem_peak_reserved_bytes"), statistics.median(growth) if growth else None),
+                 _fmt(s.median("j_per_token"), ".3g"), parity]
+        if to_target:
+            cells += [s.target_cell(), seconds_cell(s.median("time_to_target_s", s.reached()))]
+        # Why a row sits where it does: a failure's reason, or the host's load (a contended measurement ranks after
+        # the quiet ones) and the contended repeats its figures leave out.
+        reason = next((r.get("reason") for r in s.records if r.get("reason")), None)
+        busy = [r for r in s.ok() if window_contended(r["metrics"])]
+        left_out = len(s.ok()) - len(counted)
+        notes = [reason, contention_note(busy[0]["metrics"]) if busy and not left_out else None,
+                 f"{left_out} contended repeat{'s' if left_out > 1 else ''} left out" if left_out else None]
+        cells.append(escape("; ".join(filter(None, notes))))
+        table.add_row(*cells)
     return table

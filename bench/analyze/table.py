@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import statistics
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -289,47 +288,3 @@ def kernels_cell(config: dict[str, Any]) -> str:
     mode = config.get("compile_mode", "default")
     return " ".join([config["kernels"], *([mode] if config["kernels"] == "compile" and mode != "default" else []),
                      *(["cuda_graph"] if config.get("cuda_graph") else [])])
-
-
-def tune_ranking_table(records: list[dict[str, Any]], *, objective: str = "throughput") -> Table:
-    """`lmbench tune`: measured configurations, best first by the objective (a loss that strayed from its
-    reference's after the others), one row each: the median over its quiet ok repeats (the two best have several)."""
-    from lmbench.measure.hostload import contention_note, standing
-
-    to_target = objective == "time-to-target"
-    table = Table(title=f"ranked by {'time to target' if to_target else 'tokens/s'} (a loss that drifted from its "
-                        "reference never ranks first)", title_justify="left")
-    columns = ["#", "precision", "kernels", "checkpointing", "batch", "accum", "status", "repeats", "tokens/s",
-               "peak mem", "J/token", "parity"] + (["target", "time to target s"] if to_target else []) + ["note"]
-    for column in columns:
-        table.add_column(column)
-    groups: list[list[dict[str, Any]]] = []
-    for r in records:  # ranked: a configuration's repeats are together
-        if groups and groups[-1][0]["config_key"] == r["config_key"]:
-            groups[-1].append(r)
-        else:
-            groups.append([r])
-    for i, group in enumerate(groups, start=1):
-        ok = [r for r in group if r["status"] == "ok" and r.get("metrics")]
-        counted = standing(ok, lambda r: r["metrics"]) if ok else []
-
-        def median(name: str, among: list[dict[str, Any]] = counted) -> float | None:
-            values = [r["metrics"][name] for r in among if isinstance(r["metrics"].get(name), (int, float))]
-            return statistics.median(values) if values else None
-
-        first, c = (counted or group)[0], group[0]["config"]
-        m = first.get("metrics") or {}
-        statuses = Counter(r["status"] for r in group)
-        memory = memory_cell(median("mem_peak_reserved_bytes"), host_growth(m))
-        tokens, energy = median("tokens_per_s"), median("j_per_token")
-        cells = [str(i), c["precision"], kernels_cell(c), c["checkpointing"], str(c["batch_size"]),
-                 str(c["grad_accum"]), next(iter(statuses)) if len(statuses) == 1 else status_counts(statuses),
-                 str(len(group)), "-" if not tokens else f"{tokens:,.0f}", memory,
-                 "-" if energy is None else f"{energy:.3g}", m.get("parity") or "-"]
-        if to_target:
-            cells += [m.get("target_status") or "-", seconds_cell(median("time_to_target_s"))]
-        # A contended measurement ranks after the quiet ones (lmbench.analyze.ranking): say why it sits there.
-        reason = next((r.get("reason") for r in group if r.get("reason")), None)
-        cells.append(escape(reason or contention_note(m) or ""))
-        table.add_row(*cells)
-    return table
