@@ -584,7 +584,12 @@ def calibrate(suite_name: str, repeats: int, runs: int, out: Path | None, overri
     out = out or Path("runs") / f"calibrate-{Path(suite_name).stem}-{dt.datetime.now():%Y%m%d-%H%M%S}"
     _refuse_other_writer(out, "calibrate")
     names = [string.ascii_lowercase[i] for i in range(runs)]
-    if not resume and any((out / name / results.RESULTS_FILE).exists() for name in string.ascii_lowercase):
+    measured = [name for name in string.ascii_lowercase if (out / name / results.RESULTS_FILE).exists()]
+    if resume and len(measured) > runs:
+        # A floor from fewer runs than were measured would drop one silently.
+        raise UsageError(f"--runs {runs}: the calibration in {str(out)!r} holds {len(measured)} runs "
+                         f"({', '.join(measured)}); resume with --runs {len(measured)} or more")
+    if not resume and measured:
         raise UsageError(f"--out {str(out)!r} already holds a calibration; pass --resume to finish it, or choose "
                          "another directory")
     args = ["lmbench", "calibrate", "--suite", suite_name, "--repeats", str(repeats), "--out", str(out)]
@@ -611,6 +616,12 @@ def calibrate(suite_name: str, repeats: int, runs: int, out: Path | None, overri
         click.echo(f"lmbench: warning: {len(busy)} of {len(payload['configs'])} floor(s) rest on repeats that ran "
                    "while other processes kept the host's cores busy: they measure the host's load as much as the "
                    "configuration; calibrate again on a quiet host", err=True)
+    ungated = [key for key, entry in payload["configs"].items()
+               if min(entry["floor_1v1"], entry[f"floor_{noise.MIN_REPEATS}v{noise.MIN_REPEATS}"]) >= 1]
+    if ungated:
+        click.echo(f"lmbench: warning: {len(ungated)} configuration(s) have floors of 100% or more (e.g. "
+                   f"{ungated[0]}): no --threshold (below 100%) can gate them; calibrate on a quieter host, or with "
+                   "more --runs", err=True)
     click.echo("gate each configuration with --threshold at or above the floor for the repeats you run")
     return 0
 

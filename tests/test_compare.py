@@ -442,7 +442,7 @@ def test_a_candidate_that_fails_fails_the_gate(tmp_path):
     assert (verdicts["a"]["verdict"], verdicts["a"]["note"]) == ("failed", "no ok repeat in the candidate (5 oom)")
     assert verdicts["b"]["note"] == "no ok repeat in the candidate (5 diverged)"
     assert (verdicts["c"]["verdict"], verdicts["c"]["note"]) == (
-        "failed", "2 of 5 candidate repeats ended 2 oom; every baseline repeat ran")
+        "failed", "2 of 5 candidate repeats ended in oom; every baseline repeat ran")
     assert verdicts["d"]["verdict"] == "missing" and all(v["blocking"] for v in verdicts.values())
     # A configuration the candidate run dropped on purpose passes with --allow-missing; failures still fail.
     only_d = write_run(tmp_path / "only_d", run_of({k: TIGHT for k in "abc"}))
@@ -558,7 +558,7 @@ def test_a_candidate_failing_in_new_ways_or_more_often_fails_even_if_the_baselin
     errors = [record("a", None, status="error", repeat=i) for i in (0, 1)] + run_of({"a": [700.0]})
     (v,) = compare(base, errors)
     assert v.verdict == "failed" and v.blocking
-    assert v.note == ("2 of 3 candidate repeats ended 2 error, which the baseline never did (error; 1 timeout of 3 in "
+    assert v.note == ("2 of 3 candidate repeats ended in error, which the baseline never did (error; 1 timeout of 3 in "
                       "the baseline)")
     # A larger share counts when chance does not explain it: 4 timeouts in 5 against 1 in 10, not 2 in 3 against 1 in 3.
     more = [record("a", None, status="timeout", repeat=i) for i in (0, 1)] + run_of({"a": [1000.0]})
@@ -567,7 +567,7 @@ def test_a_candidate_failing_in_new_ways_or_more_often_fails_even_if_the_baselin
     often = [record("a", None, status="timeout", repeat=i) for i in range(4)] + [record("a", 1000.0, repeat=4)]
     (v,) = compare(seldom, often)
     assert (v.verdict, v.blocking) == ("failed", True)
-    assert v.note == ("4 of 5 candidate repeats ended 4 timeout, a larger share than the baseline's (1 timeout of 10 "
+    assert v.note == ("4 of 5 candidate repeats ended in timeout, a larger share than the baseline's (1 timeout of 10 "
                       "in the baseline; Fisher's exact test p = 0.017)")
     # As often and in the same way as the baseline: judged on the repeats that ran, with a note.
     same = run_of({"a": [1000.0, 1001.0]}) + [record("a", None, status="timeout", repeat=2)]
@@ -822,3 +822,20 @@ def test_a_floor_measured_in_one_run_only_says_it_has_no_run_term():
     assert estimates["b"].run_df == 0 and "note" not in payload["configs"]["a"]
     assert payload["configs"]["b"]["note"] == ("ok in 1 of 3 runs: no term for a run's offset, the floor covers one "
                                                "run's processes only")
+
+
+def test_a_gap_the_runs_alone_leave_unsettled_asks_for_runs_not_repeats():
+    """The run term never narrows with repeats: 'over 1,000 repeats per side needed' sent the user after repeats."""
+    floor = ConfigNoise(log_sd=0.005, df=6, run_mean_sd=0.01, run_df=2, mean_repeats=3.0)
+    v = decide([100.0], [93.0], threshold=0.05, higher_is_better=True, noise=floor)
+    assert v.verdict == "inconclusive" and ("the floor's noise between runs alone reaches past the threshold, which "
+                                            "no number of repeats narrows") in v.note
+
+
+def test_a_floor_entry_with_run_df_needs_its_run_mean_sd(tmp_path):
+    base, cand = write_run(tmp_path / "b", run_of({"a": [100.0]})), write_run(tmp_path / "c", run_of({"a": [90.0]}))
+    floor = tmp_path / "f.json"
+    floor.write_text(json.dumps({"format": "lmbench-noise-floor", "version": 2, "metric": "tokens_per_s",
+                                 "configs": {"a": {"log_sd": 0.01, "df": 4, "run_df": 2}}}))
+    result = invoke(base, cand, "--noise-floor", str(floor))
+    assert result.exit_code == 2 and "configs['a'] needs log_sd in [0, 5]" in result.stderr

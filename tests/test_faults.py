@@ -832,6 +832,9 @@ def test_12_calibrate_into_an_existing_out_can_be_resumed(tmp_path, tiny, fake):
     assert "1 record(s) kept, 3 job(s) to go" in result.stderr
     assert json.loads((out / "noise-floor.json").read_text())["repeats_per_run"] == 2
     assert len(results.read(out / "b").records) == 4
+    # Fewer --runs than were measured would drop run c from the floor silently (trial).
+    assert one_line_error(lmbench(*args, "--resume", "--runs", "2")) == (
+        f"lmbench: error: --runs 2: the calibration in '{out}' holds 3 runs (a, b, c); resume with --runs 3 or more")
 
 
 def test_4_resume_into_a_directory_with_nothing_to_resume_says_so_and_runs(tmp_path, tiny, fake):
@@ -999,3 +1002,22 @@ def test_a_worker_that_hangs_after_writing_its_result_keeps_its_measurement(tmp_
     record, = results.read(out).records
     assert record["status"] == "ok" and record["metrics"]["tokens_per_s"] == 2000.0
     assert not list((out / "work").iterdir())
+
+
+def test_12_calibrate_warns_of_floors_no_threshold_can_gate(tmp_path, tiny, fake, monkeypatch):
+    """A floor of 100% or more: the advice to gate at or above it cannot be followed (--threshold is below 100%)."""
+    from lmbench.analyze import noise
+
+    calibrate = noise.calibrate
+
+    def noisy(*args, **kwargs):
+        estimates, payload = calibrate(*args, **kwargs)
+        for entry in payload["configs"].values():
+            entry.update(floor_1v1=1.35, floor_3v3=1.76)
+        return estimates, payload
+
+    monkeypatch.setattr(noise, "calibrate", noisy)
+    result = lmbench("calibrate", "--suite", tiny, "--repeats", "2", "--runs", "2", "--out", tmp_path / "cal")
+    assert result.exit_code == 0, result.output
+    assert ("configuration(s) have floors of 100% or more (e.g. tiny-gpt2-" in result.stderr
+            and "no --threshold (below 100%) can gate them" in result.stderr)

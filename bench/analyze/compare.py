@@ -239,8 +239,12 @@ def decide(base: list[float], cand: list[float], *, threshold: float, higher_is_
             edge = 1 - threshold if low < 1 - threshold else 1 + threshold
             note = (f"interval {low - 1:+.1%} to {high - 1:+.1%} reaches past {edge - 1:+.1%}: a change beyond the "
                     "threshold is neither shown nor excluded")
+        room = min(abs(math.log(ratio) - math.log1p(-threshold)), abs(math.log(ratio) - math.log1p(threshold)))
         if needed is None:
             note += "; more repeats needed"
+        elif noise is not None and noise.run_df and noise.half_width(MAX_REPEATS_SHOWN, MAX_REPEATS_SHOWN) > room:
+            note += ("; the floor's noise between runs alone reaches past the threshold, which no number of repeats "
+                     "narrows: calibrate with more --runs, or gate at a larger --threshold")
         elif needed > MAX_REPEATS_SHOWN:
             note += (f"; the noise is far above the threshold, or the change sits on it (over {MAX_REPEATS_SHOWN:,} "
                      "repeats per side needed)")
@@ -442,7 +446,8 @@ def _worse_failures(base: Counter[str], cand: Counter[str]) -> str | None:
         p_value = float(fisher_exact([[f_c, n_c - f_c], [f_b, n_b - f_b]], alternative="greater")[1])
         if p_value >= 1 - CONFIDENCE:
             return None
-    ended = f"{sum(failed_c.values())} of {sum(cand.values())} candidate repeats ended {status_counts(failed_c)}"
+    how = f"in {next(iter(failed_c))}" if len(failed_c) == 1 else status_counts(failed_c)  # not "ended 4 timeout"
+    ended = f"{sum(failed_c.values())} of {sum(cand.values())} candidate repeats ended {how}"
     if not failed_b:
         return f"{ended}; every baseline repeat ran"
     baseline = f"{status_counts(failed_b)} of {sum(base.values())} in the baseline"

@@ -208,6 +208,7 @@ def load(path: Path) -> NoiseFloor:
         run_sd, run_df = fields.get("run_mean_sd", 0.0), fields.get("run_df", 0)
         repeats = fields.get("mean_repeats", 1.0)
         if not (_spread(log_sd) and _count(df, least=1) and _spread(run_sd) and _count(run_df, least=0)
+                and (run_df == 0 or "run_mean_sd" in fields)
                 and _count(repeats, least=1, number=float)):
             raise UsageError(f"{where}: configs[{key!r}] needs log_sd in [0, {MAX_LOG_SD:g}] and an integer df >= 1 "
                              f"(and run_mean_sd in [0, {MAX_LOG_SD:g}], an integer run_df >= 0, mean_repeats >= 1 "
