@@ -113,6 +113,11 @@ def test_renderings_and_junit():
     unjudged = junit_xml(compare(run_of({"a": TIGHT}) + [record("b", None, status="oom")],
                                  run_of({"a": TIGHT, "b": TIGHT})), metric="tokens_per_s")
     assert 'failures="0" errors="0" skipped="1"' in unjudged and "<skipped message=" in unjudged
+    # No ratio (a count at 0 on a side): the note alone, not "ratio - (-), 95% CI -" (trial).
+    zero = junit_xml(compare(run_of({"a": [0] * 4}, metric="stall_steps"), run_of({"a": [3, 4, 5, 4]},
+                                                                                  metric="stall_steps"),
+                             metric="stall_steps"), metric="stall_steps")
+    assert '<failure message="regression: median 0 in the baseline: no ratio; every candidate repeat' in zero
 
 
 def write_run(path, records, extra=""):

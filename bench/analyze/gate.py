@@ -212,7 +212,10 @@ def junit_xml(verdicts: list[Verdict], *, metric: str) -> str:
     for v in verdicts:
         body = ""
         cells = dict(zip(HEADERS, _cells(v)))
-        text = f"{v.verdict}: ratio {cells['ratio']} ({cells['change']}), 95% CI {cells['95% CI']}; {v.note}"
+        # A verdict without a ratio (a count at 0 on a side, a missing configuration) says its note alone.
+        figures = f" ratio {cells['ratio']} ({cells['change']}), 95% CI {cells['95% CI']};" if v.ratio is not None \
+            else ""
+        text = f"{v.verdict}:{figures} {v.note}"
         message = xml_escape(text.rstrip("; "), {'"': "&quot;"})
         if v.blocking:
             body = f'<failure message="{message}"/>'
