@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from lmbench.analyze.noise import MIN_REPEATS, ConfigNoise, NoiseFloor, exp_or_inf, ok_values
+from lmbench.analyze.noise import MIN_REPEATS, ConfigNoise, NoiseFloor, exp_or_inf, ok_values, room_to_edge
 from lmbench.analyze.table import status_counts
 from lmbench.errors import UsageError
 
@@ -140,8 +140,7 @@ def repeats_needed(base: list[float], cand: list[float], threshold: float) -> in
 
     var_b = statistics.variance([math.log(v) for v in base])
     var_c = statistics.variance([math.log(v) for v in cand])
-    ratio = math.log(statistics.median(cand) / statistics.median(base))
-    room = min(abs(ratio - math.log1p(-threshold)), abs(ratio - math.log1p(threshold)))
+    room = room_to_edge(statistics.median(cand) / statistics.median(base), threshold)
     if var_b + var_c == 0:
         return min(len(base), len(cand))
     for n in range(min(len(base), len(cand)) + 1, MAX_REPEATS_SHOWN + 1):
@@ -239,7 +238,7 @@ def decide(base: list[float], cand: list[float], *, threshold: float, higher_is_
             edge = 1 - threshold if low < 1 - threshold else 1 + threshold
             note = (f"interval {low - 1:+.1%} to {high - 1:+.1%} reaches past {edge - 1:+.1%}: a change beyond the "
                     "threshold is neither shown nor excluded")
-        room = min(abs(math.log(ratio) - math.log1p(-threshold)), abs(math.log(ratio) - math.log1p(threshold)))
+        room = room_to_edge(ratio, threshold)
         if needed is None:
             note += "; more repeats needed"
         elif noise is not None and noise.run_df and noise.half_width(MAX_REPEATS_SHOWN, MAX_REPEATS_SHOWN) > room:

@@ -70,6 +70,12 @@ def exp_or_inf(x: float) -> float:
     return math.exp(x) if x < 709.0 else math.inf
 
 
+def room_to_edge(ratio: float, threshold: float) -> float:
+    """How far, in log, `ratio` is from the nearer edge of the threshold (1 - t or 1 + t): the half-width an interval
+    around it may have and still settle the verdict."""
+    return min(abs(math.log(ratio) - math.log1p(-threshold)), abs(math.log(ratio) - math.log1p(threshold)))
+
+
 def median_cost(repeats: int) -> float:
     """Variance of a median of `repeats` over that of their mean: pi/2 (the large-sample cost) from MIN_REPEATS
     on, 1 below, where the median of one or two values is their mean."""
@@ -123,7 +129,7 @@ class ConfigNoise:
         """Repeats a side whose interval around `ratio` clears the threshold's nearer edge (inside both edges:
         unchanged; beyond one: a change), by the same model as `half_width`, at least MIN_REPEATS; `most` + 1 when
         even `most` would not (a ratio sitting on an edge, or runs whose means differ by more than the threshold)."""
-        room = min(abs(math.log(ratio) - math.log1p(-threshold)), abs(math.log(ratio) - math.log1p(threshold)))
+        room = room_to_edge(ratio, threshold)
         if self.run_df == 0 and self.log_sd > 0 and room > 0:
             # The half-width falls as sqrt(2 / n) once the median's cost is the same on both sides.
             needed = math.ceil(MIN_REPEATS * (self.half_width(MIN_REPEATS, MIN_REPEATS) / room) ** 2)
