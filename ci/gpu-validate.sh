@@ -439,7 +439,7 @@ case $STAGE in
     13) # Our norms' backward launch plans (stage 7, 2026-11-27: RMSNorm 67% and LayerNorm 59-73% of the copy
         # bandwidth, LayerNorm slower than Liger's at 4096 and 8192): programs per SM, warps and a software-pipelined
         # row loop, each timed against the default plan on the same inputs (ci/norm-sweep.py), then the norm tests.
-        step norm-sweep 150 env TRITON_INTERPRET="$([[ $MODE == rehearse ]] && echo 1 || echo 0)" \
+        step norm-sweep 200 env TRITON_INTERPRET="$([[ $MODE == rehearse ]] && echo 1 || echo 0)" \
             "$PY" ci/norm-sweep.py --csv "$WORK/norm-sweep.csv"
         pytest_step pytest-norms 90 -k "norm" tests/test_kernels.py tests/test_norm_sweep.py
         ;;

@@ -103,8 +103,8 @@ def _norm_bwd(X, W, DY, DS, DX, Mean, Rstd, DW, DB, stride_x, stride_dy, stride_
                                    col_mask, stride_x, stride_dy, stride_ds, stride_dx, M, N, IS_RMS, HAS_BIAS,
                                    HAS_RESIDUAL, BLOCK_N)
     else:
-        # Software-pipelined: the next rows' loads are in flight while this row reduces (an experiment's knob,
-        # BackwardPlan.load_stages; the default plan keeps the plain loop).
+        # Software-pipelined: the next rows' loads are in flight while this row reduces (backward_plan's for the
+        # widths it was measured at).
         for i in tl.range(0, rows_per_program, num_stages=LOAD_STAGES):
             dw, db = _norm_bwd_row(X, W, DY, DS, DX, Mean, Rstd, w, dw, db, pid * rows_per_program + i, cols,
                                    col_mask, stride_x, stride_dy, stride_ds, stride_dx, M, N, IS_RMS, HAS_BIAS,
@@ -139,19 +139,29 @@ class BackwardPlan:
     load_stages: int = 0
 
 
+#: Row widths (BLOCK_N) whose plan ci/norm-sweep.py measured on an H100 (reports/h100-80gb-hbm3-2026-11-27/stage13:
+#: RMSNorm and LayerNorm, bf16, 8192 rows). Two programs an SM, BLOCK_N / 512 warps (16 elements of each row
+#: vector a thread) and a loop that keeps three rows' loads in flight were the fastest plan at each width, 1.04x to
+#: 1.42x the plain loop with the old warps (95% intervals, head to head); the widths outside keep the plain loop
+#: until a sweep measures them.
+PIPELINED_WIDTHS = range(2048, 8192 + 1)
+
+
 def backward_plan(block: int) -> BackwardPlan:
-    """The plan every call uses: two programs per SM, the warps of _backward_warps, a plain loop (what the
-    H100 measurements of reports/ ran). ci/norm-sweep.py times others against it."""
-    return BackwardPlan(programs_per_sm=2, warps=_backward_warps(block))
+    """The plan every call uses. ci/norm-sweep.py times others against it."""
+    return BackwardPlan(programs_per_sm=2, warps=_backward_warps(block),
+                        load_stages=3 if block in PIPELINED_WIDTHS else 0)
 
 
 def _backward_warps(block: int) -> int:
-    """The backward keeps about twice the forward's row vectors live (x, dy, w and the dw/db partial sums).
+    """A warp for every 512 columns, 4 to 32: the backward keeps about twice the forward's row vectors live (x,
+    dy, w and the dw/db partial sums), so 16 columns a thread.
 
-    With the forward's warps it needed 164-206 registers a thread at N=4096 (8 warps) and spilled
-    430-1056 bytes at N>=16384 (16 warps): more warps, so each thread holds a smaller slice of the row.
+    Measured (stage 13 above, three load stages): 4, 8 and 16 warps at 2048, 4096 and 8192 ran 1.00x-1.16x as
+    fast as twice as many. At N>=16384 16 warps spilled 430-1056 bytes a thread; 32 do not
+    (test_norm_backward_does_not_spill_on_gpu).
     """
-    return 32 if block >= 16384 else 16 if block >= 4096 else 8 if block >= 2048 else 4
+    return min(32, max(4, block // 512))
 
 
 def norm_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float, *, rms: bool,
