@@ -139,25 +139,33 @@ class BackwardPlan:
     load_stages: int = 0
 
 
-#: Row widths (BLOCK_N) whose plan ci/norm-sweep.py measured on an H100 (reports/h100-80gb-hbm3-2026-11-27/stage13:
-#: RMSNorm and LayerNorm, bf16, 8192 rows). Two programs an SM, BLOCK_N / 512 warps (16 elements of each row
-#: vector a thread) and a loop that keeps three rows' loads in flight were the fastest plan at each width, 1.04x to
-#: 1.42x the plain loop with the old warps (95% intervals, head to head); the widths outside keep the plain loop
-#: until a sweep measures them.
-PIPELINED_WIDTHS = range(2048, 8192 + 1)
+#: The backward's plan at each row width (BLOCK_N) that ci/norm-sweep.py measured on an H100, RMSNorm and
+#: LayerNorm, bf16, 8192 rows: reports/h100-80gb-hbm3-2026-11-27/stage13 (2048-8192) and norm-sweep-768-16384
+#: (768, whose BLOCK_N is 1024, and 16384). Head to head with the plain loop of the old warps (95% intervals):
+#: 1024: eight programs an SM, 4 warps, three rows' loads in flight: 1.55x RMSNorm, 1.35x LayerNorm (whose best,
+#:       two programs an SM, was 1.37x);
+#: 2048-8192: two programs an SM, 16 columns a thread, three loads in flight: 1.04x-1.42x, the fastest at each;
+#: 16384: the plain loop with 32 warps stays: RMSNorm's fastest (LayerNorm's 16 warps were 1.10x, RMSNorm's 0.96x).
+#: Other widths: two programs an SM, the plain loop, _backward_warps, until a sweep measures them.
+MEASURED_PLANS: dict[int, BackwardPlan] = {
+    1024: BackwardPlan(programs_per_sm=8, warps=4, load_stages=3),
+    2048: BackwardPlan(programs_per_sm=2, warps=4, load_stages=3),
+    4096: BackwardPlan(programs_per_sm=2, warps=8, load_stages=3),
+    8192: BackwardPlan(programs_per_sm=2, warps=16, load_stages=3),
+    16384: BackwardPlan(programs_per_sm=2, warps=32, load_stages=0),
+}
 
 
 def backward_plan(block: int) -> BackwardPlan:
     """The plan every call uses. ci/norm-sweep.py times others against it."""
-    return BackwardPlan(programs_per_sm=2, warps=_backward_warps(block),
-                        load_stages=3 if block in PIPELINED_WIDTHS else 0)
+    return MEASURED_PLANS.get(block) or BackwardPlan(programs_per_sm=2, warps=_backward_warps(block))
 
 
 def _backward_warps(block: int) -> int:
     """A warp for every 512 columns, 4 to 32: the backward keeps about twice the forward's row vectors live (x,
     dy, w and the dw/db partial sums), so 16 columns a thread.
 
-    Measured (stage 13 above, three load stages): 4, 8 and 16 warps at 2048, 4096 and 8192 ran 1.00x-1.16x as
+    Measured (MEASURED_PLANS, three load stages): 4, 8 and 16 warps at 2048, 4096 and 8192 ran 1.00x-1.16x as
     fast as twice as many. At N>=16384 16 warps spilled 430-1056 bytes a thread; 32 do not
     (test_norm_backward_does_not_spill_on_gpu).
     """

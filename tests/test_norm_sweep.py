@@ -24,12 +24,14 @@ def test_rehearsal_times_the_default_plan_and_another_with_equal_gradients(tmp_p
 def test_the_default_plan_is_the_measured_one_and_other_plans_give_the_same_gradients():
     assert norms.backward_plan(4096) == norms.BackwardPlan(programs_per_sm=2, warps=8, load_stages=3)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    x = torch.randn(37, 96, dtype=torch.bfloat16, device=device)
-    w, dy = (torch.randn(*shape, dtype=torch.bfloat16, device=device) for shape in ((96,), (37, 96)))
+    # More rows than eight programs an SM can take (4 stand-in SMs on a CPU).
+    rows = 37 + (8 * torch.cuda.get_device_properties(0).multi_processor_count if device == "cuda" else 0)
+    x = torch.randn(rows, 96, dtype=torch.bfloat16, device=device)
+    w, dy = (torch.randn(*shape, dtype=torch.bfloat16, device=device) for shape in ((96,), (rows, 96)))
     _, _, mean, rstd = norms.norm_forward(x, w, None, 1e-6, rms=True)
     dx, dw, _, _ = norms.launch_backward(dy, x, w, False, mean, rstd, rms=True)
     other = norms.launch_backward(dy, x, w, False, mean, rstd, rms=True, plan=norms.BackwardPlan(8, 4, 2))
-    # 8 programs a (stand-in) SM over 37 rows: more partial rows, the same sums.
+    # 8 programs a (stand-in) SM: more partial rows, the same sums.
     assert other[1].shape[0] > dw.shape[0]
     assert torch.equal(other[0], dx) and torch.allclose(other[1].sum(0), dw.sum(0), rtol=1e-5, atol=1e-5)
 
