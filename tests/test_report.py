@@ -24,7 +24,9 @@ def hand_record(precision, batch, tps, *, repeat=0, status="ok", reason=None, te
     key = Config(precision=precision, batch_size=batch, device="cuda").key
     metrics = None
     if status == "ok":
+        peak = 67.0 if precision == "fp32" else 989.5
         metrics = {"tokens_per_s": tps, "step_time_median_s": 1024 / tps, "tokens_per_step": 1024, "mfu": 0.4,
+                   "tflops": 0.4 * peak, "peak_tflops": peak, "peak_source": "the H100 SXM datasheet",
                    "step_time_cv": step_cv,
                    "mem_peak_allocated_bytes": 2 * GIB * batch / 8, "mem_peak_reserved_bytes": 3 * GIB * batch / 8,
                    "mem_nvml_used_peak_bytes": 4 * GIB * batch / 8,
@@ -47,14 +49,20 @@ HAND = [hand_record("fp32", 8, 1000.0), hand_record("fp32", 8, 1100.0, repeat=1)
 def test_markdown_tables_exact_text():
     t = report.tables(HAND, baseline=("precision", "fp32"))
     assert t["throughput"] == "\n".join([
-        "| batch_size | precision | status | tokens/s | cv over repeats | ms/step sustained | MFU "
-        "| speedup vs precision=fp32 | Diff % | note |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| batch_size | precision | status | tokens/s | cv over repeats | ms/step sustained | MFU | TFLOP/s per device "
+        "| peak TFLOP/s | speedup vs precision=fp32 | Diff % | note |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
         # 1024 tokens per step at the median of 1000 and 1100 tokens/s: 975.2 ms, not the median step (977.5).
-        "| 8 | fp32 | ok (2/2) | 1,050 | 6.7% | 975.2 | 40.0% | 1.00x | +0.0% |  |",
-        "| 8 | amp-bf16 | ok | 2,000 | - | 512.0 | 40.0% | 1.90x | +90.5% | unstable steps: cv 43.0% > 10% |",
-        "| 16 | amp-bf16 | oom | - | - | - | - | - | - |  |",
-        "| 16 | fp32 | ok | 1,200 | - | 853.3 | 40.0% | 1.00x | +0.0% |  |",
+        "| 8 | fp32 | ok (2/2) | 1,050 | 6.7% | 975.2 | 40.0% | 26.8 | 67 | 1.00x | +0.0% |  |",
+        "| 8 | amp-bf16 | ok | 2,000 | - | 512.0 | 40.0% | 395.8 | 989.5 | 1.90x | +90.5% "
+        "| unstable steps: cv 43.0% > 10% |",
+        "| 16 | amp-bf16 | oom | - | - | - | - | - | - | - | - |  |",
+        "| 16 | fp32 | ok | 1,200 | - | 853.3 | 40.0% | 26.8 | 67 | 1.00x | +0.0% |  |",
+        "",
+        # The same MFU beside peaks 15x apart: the note says what each is against, and where the peaks come from.
+        "MFU: model FLOPs a token (PaLM: 6N + 12·L·H·Q·T, N without embedding tables, LM head counted, recomputation "
+        "excluded) × tokens/s per device ÷ the precision's datasheet dense peak (fp32 with TF32 off: the CUDA cores' "
+        "peak; the others: the tensor cores'; FP8: bf16's). Peaks: the H100 SXM datasheet.",
     ])
     assert t["failures"] == ("| batch_size | precision | status | reason |\n| --- | --- | --- | --- |\n"
                              "| 16 | amp-bf16 | oom | OutOfMemoryError: CUDA out of memory |")
@@ -69,7 +77,7 @@ def test_tokens_per_s_and_step_time_of_a_row_come_from_the_same_samples():
     for r in records:
         r["metrics"].update(tokens_per_step=128, step_time_median_s=128 / r["metrics"]["tokens_per_s"])
     row = report.tables(records)["throughput"].splitlines()[2]
-    assert row == "| tiny-gpt2 | ok (2/2) | 794 | 86.7% | 161.3 | 40.0% |  |"
+    assert row == "| tiny-gpt2 | ok (2/2) | 794 | 86.7% | 161.3 | 40.0% | 26.8 | 67 |  |"
     s, = report.summarize(records)
     assert s.median("tokens_per_s") * s.step_time_s() == pytest.approx(128)
     assert s.step_time_s() == pytest.approx(128 / statistics.median([1280, 128 / 0.41667]))
@@ -549,10 +557,11 @@ def test_parallel_runs_show_devices_batch_and_scaling_and_pair_with_one_process(
     records = [laid_out("none", 1, 1000.0, one), laid_out("ddp", 2, 1900.0, two)]
     t = report.tables(records, baseline=("parallel", "none"))["throughput"].splitlines()
     assert t[0].startswith("| parallel | nproc | status | tokens/s | cv over repeats | ms/step sustained | MFU "
-                           "| devices | sequences/step | tokens/s per device | scaling efficiency "
-                           "| speedup vs parallel=none |")
+                           "| TFLOP/s per device | peak TFLOP/s | devices | sequences/step | tokens/s per device "
+                           "| scaling efficiency | speedup vs parallel=none |")
     # ddp x 2 pairs with parallel=none's one process: nproc follows the mode.
-    assert t[3].startswith("| ddp | 2 | ok | 1,900 | - | 538.9 | 40.0% | 2 | 16 | 950 | 0.95 | 1.90x | +90.0% |")
+    assert t[3].startswith("| ddp | 2 | ok | 1,900 | - | 538.9 | 40.0% | 26.8 | 67 | 2 | 16 | 950 | 0.95 | 1.90x "
+                           "| +90.0% |")
 
 
 def test_the_run_summary_leaves_out_contended_repeats_as_the_report_does():

@@ -85,8 +85,8 @@ class ConfigSummary:
         return "; ".join(filter(None, notes))
 
 
-SUMMARY_METRICS = ("tokens_per_s", "step_time_median_s", "tokens_per_step", "step_time_cv", "mfu",
-                   "mem_peak_reserved_bytes", "mem_peak_allocated_bytes", "mem_nvml_used_peak_bytes",
+SUMMARY_METRICS = ("tokens_per_s", "step_time_median_s", "tokens_per_step", "step_time_cv", "mfu", "tflops",
+                   "peak_tflops", "mem_peak_reserved_bytes", "mem_peak_allocated_bytes", "mem_nvml_used_peak_bytes",
                    "mem_host_peak_growth_bytes", "mem_host_training_growth_bytes", "j_per_token", "tokens_per_j",
                    "power_avg_w", "energy_j", "parity_max_rel_dev", "pp_bubble_fraction", "pp_bubble_fraction_theory",
                    "host_other_cpu_cores", "host_usable_cores", "devices", "global_batch_sequences",
@@ -210,7 +210,8 @@ def sections(records: list[dict[str, Any]], baseline: tuple[str, str] | None = N
         label = [cell(s.config, a) for a in axes]
         tps = s.median("tokens_per_s")
         row = label + [_status(s), _fmt(tps, ",.0f"), _fmt(s.cv("tokens_per_s"), ".1%"),
-                       _fmt(s.step_time_s(), ".1f", 1e-3), _fmt(s.median("mfu"), ".1%")]
+                       _fmt(s.step_time_s(), ".1f", 1e-3), _fmt(s.median("mfu"), ".1%"),
+                       _fmt(s.median("tflops"), ".1f"), _fmt(s.median("peak_tflops"), ".4g")]
         if spread:
             row += [_fmt(s.median("devices"), ".0f"), _fmt(s.median("global_batch_sequences"), ",.0f"),
                     _fmt(s.median("tokens_per_s_per_device"), ",.0f"), _fmt(s.median("scaling_efficiency"), ".2f")]
@@ -241,14 +242,16 @@ def sections(records: list[dict[str, Any]], baseline: tuple[str, str] | None = N
         if any(status != "ok" for status in s.statuses):
             failure_rows.append(label + [_status(s), s.reason or ""])
     n = len(axes)
-    head = ["status", "tokens/s", "cv over repeats", "ms/step sustained", "MFU"]
+    head = ["status", "tokens/s", "cv over repeats", "ms/step sustained", "MFU", "TFLOP/s per device",
+            "peak TFLOP/s"]
     if spread:
         head += ["devices", "sequences/step", "tokens/s per device", "scaling efficiency"]
     if with_parity:
         head += ["parity", "max loss dev"]
     if baseline:
         head += [f"speedup vs {baseline[0]}={baseline[1]}", "Diff %"]
-    out = {"throughput": Grid(axes + head + ["note"], throughput_rows, right=set(range(n + 1, n + len(head)))),
+    out = {"throughput": Grid(axes + head + ["note"], throughput_rows, right=set(range(n + 1, n + len(head))),
+                              note=mfu_note(records)),
            "memory": Grid(axes + ["status", "peak allocated GiB", "peak reserved GiB", "NVML used GiB",
                                   "host RSS growth in training MiB", "in window MiB"], memory_rows,
                             right={n + 1, n + 2, n + 3, n + 4, n + 5}),
@@ -257,6 +260,20 @@ def sections(records: list[dict[str, Any]], baseline: tuple[str, str] | None = N
     if failure_rows:
         out["failures"] = Grid(axes + ["status", "reason"], failure_rows)
     return out
+
+
+def mfu_note(records: list[dict[str, Any]]) -> str:
+    """What MFU is divided by, and where each peak comes from: fp32's MFU is against the CUDA cores' peak, 7 to
+    15 times below the tensor cores' that bound the others, so an fp32 row can show a higher MFU than a faster
+    tf32 or bf16 row, and a reader must be able to see why."""
+    sources = sorted({m["peak_source"] for m in (r.get("metrics") or {} for r in records)
+                      if isinstance(m.get("peak_source"), str)})
+    if not sources:
+        return ""
+    return ("MFU: model FLOPs a token (PaLM: 6N + 12·L·H·Q·T, N without embedding tables, LM head counted, "
+            "recomputation excluded) × tokens/s "
+            "per device ÷ the precision's datasheet dense peak (fp32 with TF32 off: the CUDA cores' peak; the "
+            "others: the tensor cores'; FP8: bf16's). Peaks: " + "; ".join(sources) + ".")
 
 
 def profiled(records: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:

@@ -45,16 +45,18 @@ class Grid:
     headers: list[str]
     rows: list[list[str]]
     right: set[int] = field(default_factory=set)
+    note: str = ""
+    """A paragraph under the table: how to read it (a definition, the sources of its constants)."""
 
     def markdown(self) -> str:
-        """A GitHub-flavoured Markdown table."""
+        """A GitHub-flavoured Markdown table, its note below."""
         def escaped(text: str) -> str:
             return str(text).replace("|", "\\|").replace("\n", " ")
 
         lines = ["| " + " | ".join(escaped(h) for h in self.headers) + " |",
                  "| " + " | ".join("---:" if i in self.right else "---" for i in range(len(self.headers))) + " |"]
         lines += ["| " + " | ".join(escaped(c) for c in row) + " |" for row in self.rows]
-        return "\n".join(lines)
+        return "\n".join(lines + (["", self.note] if self.note else []))
 
     def html(self) -> str:
         def cells(tag: str, row: list[str]) -> str:
@@ -62,7 +64,8 @@ class Grid:
                            for i, c in enumerate(row))
 
         body = "".join(f"<tr>{cells('td', row)}</tr>" for row in self.rows)
-        return f"<table><thead><tr>{cells('th', self.headers)}</tr></thead><tbody>{body}</tbody></table>"
+        note = f"<p>{html.escape(self.note)}</p>" if self.note else ""
+        return f"<table><thead><tr>{cells('th', self.headers)}</tr></thead><tbody>{body}</tbody></table>{note}"
 
 
 def markdown_table(headers: list[str], rows: list[list[str]], *, right: set[int] = frozenset()) -> str:
