@@ -348,3 +348,16 @@ def test_the_mfu_target_is_the_best_over_the_leases_of_a_gpu(tmp_path):
         (run / "results.jsonl").write_text(record(name, "gpt2-124m", "amp-bf16", 1.0, tflops=tflops, **h100))
     rows = {row[1]: row for row in publish.readings(publish.same_gpu(reports / "h100-80gb-hbm3-2026-11-28"))}
     assert rows["MFU gpt2-124m ≥ 45%"][2].startswith("30.0%") and rows["MFU gpt2-124m ≥ 45%"][5].name.endswith("27")
+
+
+def test_without_lmbench_it_says_so_in_one_line_before_unpacking_anything(tmp_path):
+    import subprocess
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "stage8.tar.gz").write_bytes(b"not read")
+    # -S: no site-packages, so no lmbench (as with a system python3 beside the project's virtual environment).
+    done = subprocess.run([sys.executable, "-S", str(SCRIPT), str(tmp_path / "in"), "--reports",
+                           str(tmp_path / "reports")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("publish-stage: error: lmbench is not importable by ")
+    assert len(done.stderr.splitlines()) == 1 and not (tmp_path / "reports").exists()
