@@ -97,12 +97,9 @@ def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch(), hold:
         # A worker's result is its last act, written whole (results.write_json): one left here finished a job whose
         # parent was killed before recording it (SIGKILL, the OOM killer, a lost node). Measured once, kept once.
         others = _rank_failures(result_path)  # read, and removed, whatever the result says
-        cause = first_failure(others, finished) if finished["status"] != "ok" else None
         result_path.unlink()
         stacks.clear(result_path)
-        if cause is not None:
-            return cause["status"], f"rank {cause['rank']} failed first: {cause['reason']}", finished
-        return finished["status"], finished["reason"], finished
+        return (*_first_to_fail(finished["status"], finished["reason"], finished, others), finished)
     result_path.unlink(missing_ok=True)
     _rank_failures(result_path)  # none left from an earlier try of this job
     stacks.clear(result_path)
@@ -161,9 +158,7 @@ def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch(), hold:
         # A rank other than 0 that ran out of memory leaves no result, only its traceback in the log.
         status = "oom" if any(marker in log_text for marker in OOM_MARKERS) else "error"
         reason = f"worker {how} without a result; last log line: {_last_line(log_path)}"
-    cause = first_failure(others, payload) if status != "ok" else None
-    if cause is not None:
-        status, reason = cause["status"], f"rank {cause['rank']} failed first: {cause['reason']}"
+    status, reason = _first_to_fail(status, reason, payload, others)
     # A worker that failed without a result, or of a write, may have failed of the storage: a probe tells. One that
     # failed of its own and said so (a bad corpus, a kernel error) is a record, whatever room is left.
     if status == "error" and (payload is None or _of_a_write(reason)):
@@ -211,6 +206,15 @@ def _rank_failures(result_path: Path) -> list[dict[str, Any]]:
         if failure is not None and isinstance(failure.get("failed_at"), (int, float)):
             found.append(failure)
     return found
+
+
+def _first_to_fail(status: str, reason: str | None, rank0: dict[str, Any] | None, others: list[dict[str, Any]]
+                   ) -> tuple[str, str | None]:
+    """The job's (status, reason): rank 0's, unless another rank failed before it (first_failure)."""
+    cause = first_failure(others, rank0) if status != "ok" else None
+    if cause is None:
+        return status, reason
+    return cause["status"], f"rank {cause['rank']} failed first: {cause['reason']}"
 
 
 def first_failure(others: list[dict[str, Any]], rank0: dict[str, Any] | None) -> dict[str, Any] | None:
