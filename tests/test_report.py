@@ -351,6 +351,11 @@ def test_html_tables_keep_every_cell_and_escape_text():
     assert "<td></td>" in page  # an empty note stays a cell
     assert Grid(["a<b"], [["x&y"]]).html() == "<table><thead><tr><th>a&lt;b</th></tr></thead><tbody><tr><td>x&amp;y" \
                                               "</td></tr></tbody></table>"
+    # The note (what MFU is against) follows the table, escaped.
+    assert page.endswith("</table><p>MFU: model FLOPs a token (PaLM: 6N + 12·L·H·Q·T, N without embedding tables, "
+                         "LM head counted, recomputation excluded) × tokens/s per device ÷ the precision&#x27;s "
+                         "datasheet dense peak (fp32 with TF32 off: the CUDA cores&#x27; peak; the others: the tensor "
+                         "cores&#x27;; FP8: bf16&#x27;s). Peaks: the H100 SXM datasheet.</p>")
 
 
 def test_step_times_a_hundred_times_apart_get_a_log_axis():
