@@ -20,6 +20,10 @@ def tiny():
     return nn.Linear(4, 2)
 
 
+def fused_adamw(params):
+    return torch.optim.AdamW(params, lr=0.1, fused=True)
+
+
 def test_fp16_keeps_fp32_master_weights_and_half_model():
     p = Fp16MasterWeights(tiny(), sgd, CPU)
     assert all(w.dtype == torch.float16 for w in p.model.parameters())
@@ -27,9 +31,12 @@ def test_fp16_keeps_fp32_master_weights_and_half_model():
     assert p.optimizer.param_groups[0]["params"][0] is p.master[0]
 
 
-def test_fp16_overflow_skips_the_step_and_halves_the_scale():
-    p = Fp16MasterWeights(tiny(), sgd, CPU, init_scale=1024.0)
+@pytest.mark.parametrize("make_optimizer", [sgd, fused_adamw])
+def test_fp16_overflow_skips_the_step_and_halves_the_scale(make_optimizer):
+    # SGD: the flag read on the host; fused AdamW: the step skipped by the optimizer's kernel, on the device.
+    p = Fp16MasterWeights(tiny(), make_optimizer, CPU, init_scale=1024.0)
     before = [w.detach().clone() for w in p.model.parameters()]
+    masters = [m.detach().clone() for m in p.master]
     loss = p.model(torch.ones(3, 4, dtype=torch.float16)).float().sum()
     p.backward(loss)
     p.model.weight.grad[0, 0] = float("inf")
@@ -37,7 +44,23 @@ def test_fp16_overflow_skips_the_step_and_halves_the_scale():
     assert p.skipped_steps == 1
     assert p.loss_scale == 512.0
     assert all(torch.equal(b, w) for b, w in zip(before, p.model.parameters()))
+    assert all(torch.equal(b, m) for b, m in zip(masters, p.master))
     assert all(w.grad is None for w in p.model.parameters())
+    # The skipped step is not counted as one of AdamW's: the next good step is its first.
+    assert all(int(s["step"]) == 0 for s in p.optimizer.state.values()) if make_optimizer is fused_adamw else True
+    p.backward(p.model(torch.ones(3, 4, dtype=torch.float16)).float().sum())
+    p.step()
+    assert p.skipped_steps == 1 and not all(torch.equal(b, w) for b, w in zip(before, p.model.parameters()))
+
+
+@pytest.mark.parametrize("make_optimizer", [sgd, fused_adamw])
+def test_fp16_step_reads_the_overflow_flag_only_for_an_optimizer_that_cannot_skip_itself(make_optimizer):
+    p = Fp16MasterWeights(tiny(), make_optimizer, CPU)
+    for _ in range(2):
+        p.backward(p.model(torch.ones(3, 4, dtype=torch.float16)).float().sum())
+        with OpLog() as ours:
+            p.step()
+        assert len(ours.host_reads()) == (1 if make_optimizer is sgd else 0)
 
 
 def test_fp16_good_step_unscales_updates_master_and_copies_back():
@@ -66,8 +89,6 @@ def test_amp_fp16_counts_steps_gradscaler_skipped():
     assert p.skipped_steps == 1 and p.loss_scale == scale / 2
 
 
-def fused_adamw(params):
-    return torch.optim.AdamW(params, lr=0.1, fused=True)
 
 
 @pytest.mark.parametrize("make_optimizer", [sgd, fused_adamw])

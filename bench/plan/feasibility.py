@@ -172,9 +172,10 @@ def _cuda_graph_problem(config: Config) -> str | None:
     if optimizer == "apex-adam":
         return ("cuda_graph=true with Apex's FusedAdam (optimizer=apex-adam, or kernels=apex's): lmbench does not "
                 "build it capturable (its capturable mode is a constructor argument with the lr on the device)")
-    if config.precision == "fp16":
-        return ("cuda_graph=true with precision=fp16: its loss scaling decides on the host whether to skip each "
-                "step (lmbench.run.precision.Fp16), which a CUDA graph cannot hold")
+    if config.precision == "fp16" and optimizer != "adamw-fused":
+        return (f"cuda_graph=true with precision=fp16 and optimizer={optimizer}: its loss scaling reads the overflow "
+                "flag on the host unless the optimizer is fused (optimizer=adamw-fused), which a CUDA graph cannot "
+                "hold")
     if config.precision == "amp-fp16" and optimizer != "adamw-fused":
         return (f"cuda_graph=true with precision=amp-fp16 and optimizer={optimizer}: GradScaler reads the overflow "
                 "flags on the host unless the optimizer is fused (optimizer=adamw-fused)")

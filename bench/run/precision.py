@@ -149,6 +149,11 @@ class Fp16MasterWeights(Precision):
     The classic mixed-precision recipe (Micikevicius et al. 2018; Apex O2): the model runs in fp16,
     gradients are scaled up to stay representable, unscaled into fp32 copies, checked for inf/NaN
     (a step with overflow is skipped and the scale halved), and the fp32 result is copied back.
+
+    The check, the skip and the scale stay on the device, as torch.amp.GradScaler keeps them, when the optimizer
+    takes the overflow flag itself (torch's fused AdamW, lmbench's default `adamw-fused`): its kernel leaves a
+    flagged step's weights and state as they were. Any other optimizer cannot be told, so the flag is read on
+    the host, one wait a step, as GradScaler (and Apex) read it for such an optimizer.
     """
 
     name = "fp16"
@@ -157,24 +162,30 @@ class Fp16MasterWeights(Precision):
     def __init__(self, model: nn.Module, make_optimizer: OptimizerFactory, device: torch.device,
                  wrap: Wrapper = _unwrapped, *, init_scale: float = 2.0**16, growth_interval: int = 2000) -> None:
         self.device = device
-        self._skipped_steps = 0
         # Master copies come from the fp32 init, before the cast loses precision.
         model = model.to(device=device)
         self.params = self._trainable(model)
         self.master = [p.detach().float().clone().requires_grad_(True) for p in self.params]
         self.model = wrap(model.to(dtype=torch.float16))
         self.optimizer = make_optimizer(self.master)
-        self.scale = init_scale
         self.growth_interval = growth_interval
-        self._good_steps = 0
+        # As GradScaler keeps them: the scale, the good steps since it last changed, and the overflow flag.
+        self._scale = torch.full((), init_scale, dtype=torch.float32, device=device)
+        self._growth_tracker = torch.zeros((), dtype=torch.int32, device=device)
         self._found_inf = torch.zeros(1, device=device)
+        self._skipped = torch.zeros((), dtype=torch.int64, device=device)
+        self._skips_on_device = bool(getattr(self.optimizer, "_step_supports_amp_scaling", False))
 
     @property
     def loss_scale(self) -> float | None:
-        return self.scale
+        return float(self._scale)
+
+    @property
+    def skipped_steps(self) -> int:
+        return int(self._skipped)
 
     def backward(self, loss: torch.Tensor) -> None:
-        (loss.float() * self.scale).backward()
+        (loss.float() * self._scale).backward()
 
     def step(self) -> None:
         pairs = [(m, p) for m, p in zip(self.master, self.params) if p.grad is not None]
@@ -182,20 +193,26 @@ class Fp16MasterWeights(Precision):
             master.grad = param.grad.float()
         grads = [m.grad for m, _ in pairs]
         self._found_inf.zero_()
-        inv_scale = torch.full((1,), 1.0 / self.scale, device=self.device)
+        inv_scale = self._scale.double().reciprocal().float().reshape(1)
         torch._amp_foreach_non_finite_check_and_unscale_(grads, self._found_inf, inv_scale)
-        # The skip decision needs the flag on the host: one synchronisation per step, as in Apex.
-        if self._found_inf.item():
-            self._skipped_steps += 1
-            self.scale /= 2.0
-            self._good_steps = 0
+        if self._skips_on_device:
+            # Read by the fused kernel, as GradScaler.step passes it; shaped as the step counts it is taken from.
+            self.optimizer.found_inf = self._found_inf.view(())
+            try:
+                self.optimizer.step()
+            finally:
+                del self.optimizer.found_inf
+            update = True  # a flagged step left the masters as they were: copying them back changes nothing
         else:
-            self.optimizer.step()
+            update = not self._found_inf.item()  # the one host read, for an optimizer that cannot skip itself
+            if update:
+                self.optimizer.step()
+        if update:
             with torch.no_grad():
                 torch._foreach_copy_([p for _, p in pairs], [m for m, _ in pairs])
-            self._good_steps += 1
-            if self._good_steps % self.growth_interval == 0:
-                self.scale *= 2.0
+        self._skipped += self._found_inf.to(torch.int64).sum()
+        # Halve the scale after an overflow, double it after growth_interval good steps in a row.
+        torch._amp_update_scale_(self._scale, self._growth_tracker, self._found_inf, 2.0, 0.5, self.growth_interval)
         for master, param in pairs:
             master.grad = None
             param.grad = None
