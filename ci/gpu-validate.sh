@@ -256,7 +256,7 @@ for log in sorted(work.glob("logs/pytest-*.txt")):
     print(f"\n{log.stem}: {tail[0] if tail else '(no summary line)'}")
     for l in bad:
         print(f"  {l[:160]}")
-tails = ["logs/microbench-*.txt", "logs/launch-overhead.txt", "logs/norm-sweep.txt", "logs/parity-tolerances.txt",
+tails = ["logs/microbench-*.txt", "logs/launch-overhead.txt", "logs/norm-sweep*.txt", "logs/parity-tolerances.txt",
          "logs/tune-*.txt", "logs/importtime-top.txt", "ceilings.json"]
 for text in [path for pattern in tails for path in sorted(work.glob(pattern))]:
     print(f"\n{text.name}:")
@@ -441,6 +441,10 @@ case $STAGE in
         # row loop, each timed against the default plan on the same inputs (ci/norm-sweep.py), then the norm tests.
         step norm-sweep 200 env TRITON_INTERPRET="$([[ $MODE == rehearse ]] && echo 1 || echo 0)" \
             "$PY" ci/norm-sweep.py --csv "$WORK/norm-sweep.csv"
+        # fp32 rows (the residual stream under amp) at GPT-2's, Llama-1B's and a 7B model's widths: the measured
+        # plans are 16-bit rows' only until this says what suits fp32.
+        step norm-sweep-fp32 120 env TRITON_INTERPRET="$([[ $MODE == rehearse ]] && echo 1 || echo 0)" \
+            "$PY" ci/norm-sweep.py --dtype fp32 --widths 768,2048,4096 --csv "$WORK/norm-sweep-fp32.csv"
         pytest_step pytest-norms 90 -k "norm" tests/test_kernels.py tests/test_norm_sweep.py
         ;;
 esac

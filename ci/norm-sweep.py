@@ -10,8 +10,9 @@ bytes in flight. This times its other plans (lmbench.kernels.norms.BackwardPlan:
 software-pipelined row loop) on RMSNorm and LayerNorm, bf16, each on the same inputs: the backward alone (the
 kernel and the sum of its partial dW/dB rows, as every call runs them). Every plan's dx and dW are checked
 against the default plan's first. Its first runs (2026-11-27, stage 13 and widths 768 and 16384 after it) set
-the default plan at each width they measured (norms.MEASURED_PLANS: 1.04x-1.55x the plain loop at 768-8192);
-a sweep now checks that nothing beats them.
+the default plan of 16-bit rows at each width they measured (norms.MEASURED_PLANS: 1.04x-1.56x the plain loop
+at 768-8192); a sweep now checks that nothing beats them. `--dtype fp32` sweeps fp32 rows (the residual stream
+under amp), which keep the plain loop until it is measured.
 
 How a winner is told from noise (a sceptic's questions, answered before they are asked):
 - device time only: each plan's calls are captured in a CUDA graph, each call after an L2 flush, and replayed
@@ -20,7 +21,7 @@ How a winner is told from noise (a sceptic's questions, answered before they are
   the default is the ratio within each round, so clocks and temperature that drift over the sweep cancel;
 - noise: each ratio is a geometric mean over the rounds with a 95% t interval, and a plan is only called faster
   when the whole interval is;
-- the winner's curse (the fastest of 27 noisy figures is flattered by its noise): the fastest plan is timed
+- the winner's curse (the fastest of up to 27 noisy figures is flattered by its noise): the fastest plan is timed
   again head to head with the default, twice as many rounds, and that second figure is the one to act on.
 GB/s counts x, dy and dx once and the plan's fp32 partial dW (and dB) rows written and read back, which grow
 with the programs a plan runs. `--csv` keeps every row.
@@ -40,11 +41,11 @@ import sys
 import time
 
 
-def plans(block: int, *, rehearse: bool) -> list:  # type: ignore[type-arg]
+def plans(block: int, *, rms: bool, itemsize: int, rehearse: bool) -> list:  # type: ignore[type-arg]
     """The default plan first, then every other combination of programs per SM, warps and load stages."""
     from lmbench.kernels.norms import BackwardPlan, backward_plan
 
-    default = backward_plan(block)
+    default = backward_plan(block, rms=rms, itemsize=itemsize)
     if rehearse:
         return [default, BackwardPlan(4, default.warps, 2)]
     warps = sorted({max(4, default.warps // 2), default.warps, min(32, default.warps * 2)})
@@ -52,7 +53,10 @@ def plans(block: int, *, rehearse: bool) -> list:  # type: ignore[type-arg]
     return [default] + [plan for plan in others if plan != default]
 
 
-#: Device time one replay of a plan's graph aims at: 27 plans x 10 shapes x (rounds + head to head) replays.
+#: The rows' dtypes a sweep takes, and torch's names for them.
+DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
+
+#: Device time one replay of a plan's graph aims at: 18-27 plans a shape x (rounds + head to head) replays.
 REPLAY_TARGET_MS = 5.0
 
 
@@ -75,7 +79,8 @@ def host_timer(fn):  # type: ignore[no-untyped-def]
     return timed
 
 
-def sweep(torch, device: str, rows: int, widths: list[int], rounds: int, rehearse: bool):  # type: ignore[no-untyped-def]
+def sweep(torch, device: str, rows: int, widths: list[int], rounds: int, rehearse: bool,  # type: ignore[no-untyped-def]
+          dtype: str = "bf16"):
     import contextlib
 
     from lmbench.kernels import norms
@@ -86,13 +91,14 @@ def sweep(torch, device: str, rows: int, widths: list[int], rounds: int, rehears
     sms = torch.cuda.get_device_properties(0).multi_processor_count if cuda else 4
     flush = torch.empty(graphtime.FLUSH_BYTES, dtype=torch.int8, device=device) if cuda else None
     out = []
+    dt = getattr(torch, DTYPES[dtype])
     for op, width in itertools.product(("rmsnorm", "layernorm"), widths):
         rms = op == "rmsnorm"
         gen = torch.Generator(device=device).manual_seed(0)
-        x = torch.randn(rows, width, device=device, dtype=torch.bfloat16, generator=gen)
-        w = torch.randn(width, device=device, dtype=torch.bfloat16, generator=gen)
-        b = None if rms else torch.randn(width, device=device, dtype=torch.bfloat16, generator=gen)
-        dy = torch.randn(rows, width, device=device, dtype=torch.bfloat16, generator=gen)
+        x = torch.randn(rows, width, device=device, dtype=dt, generator=gen)
+        w = torch.randn(width, device=device, dtype=dt, generator=gen)
+        b = None if rms else torch.randn(width, device=device, dtype=dt, generator=gen)
+        dy = torch.randn(rows, width, device=device, dtype=dt, generator=gen)
         _, _, mean, rstd = norms.norm_forward(x, w, b, 1e-6, rms=rms)
         moved = 3 * rows * width * x.element_size()
 
@@ -100,11 +106,11 @@ def sweep(torch, device: str, rows: int, widths: list[int], rounds: int, rehears
             dx, dw_part, db_part, _ = norms.launch_backward(dy, x, w, b is not None, mean, rstd, rms=rms, plan=plan)
             return dx, dw_part.sum(0), None if db_part is None else db_part.sum(0)
 
-        candidates = plans(norms._block(width), rehearse=rehearse)
+        candidates = plans(norms._block(width), rms=rms, itemsize=x.element_size(), rehearse=rehearse)
         default = candidates[0]
         shape_rows, reference, runnable = {}, None, {}
         for plan in candidates:
-            row = {"op": op, "shape": f"{rows}x{width}", "programs_per_sm": plan.programs_per_sm,
+            row = {"op": op, "shape": f"{rows}x{width}", "dtype": dtype, "programs_per_sm": plan.programs_per_sm,
                    "warps": plan.warps, "load_stages": plan.load_stages, "default": plan == default,
                    "gb_moved": (moved + partials_bytes(plan, rows, width, sms, b is not None)) / 1e9}
             shape_rows[plan] = row
@@ -220,6 +226,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=8192)
     parser.add_argument("--widths", default="768,2048,4096,8192,16384")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16",
+                        help="The rows' dtype (fp32: the residual stream under amp).")
     parser.add_argument("--rounds", type=int, default=7,
                         help="Interleaved rounds (the head to head runs twice as many).")
     parser.add_argument("--csv", default=None)
@@ -235,17 +243,17 @@ def main() -> int:
     device = "cuda" if torch.cuda.is_available() and not rehearse else "cpu"
     widths = [int(w) for w in args.widths.split(",")]
     rows, rounds = (args.rows, args.rounds) if device == "cuda" else (64, 2)
-    found = sweep(torch, device, rows, widths if device == "cuda" else [256], rounds, rehearse)
+    found = sweep(torch, device, rows, widths if device == "cuda" else [256], rounds, rehearse, args.dtype)
     if device == "cuda":
-        print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, backward only (kernel + partial sums), "
-              f"device time from CUDA-graph replay after L2 flushes, {rounds} interleaved rounds")
+        print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, {args.dtype} rows, backward only (kernel + "
+              f"partial sums), device time from CUDA-graph replay after L2 flushes, {rounds} interleaved rounds")
     else:
         print("rehearsal on the CPU (TRITON_INTERPRET=1): host-timed, the figures mean nothing")
     print(table(found))
     print(best(found))
     if args.csv:
-        fields = ["op", "shape", "programs_per_sm", "warps", "load_stages", "default", "status", "time_median_us",
-                  "gb_per_s", "gb_moved", "time_ratio", "ratio_low", "ratio_high", "confirmed_ratio",
+        fields = ["op", "shape", "dtype", "programs_per_sm", "warps", "load_stages", "default", "status",
+                  "time_median_us", "gb_per_s", "gb_moved", "time_ratio", "ratio_low", "ratio_high", "confirmed_ratio",
                   "confirmed_low", "confirmed_high", "reason"]
         with open(args.csv, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")

@@ -139,37 +139,57 @@ class BackwardPlan:
     load_stages: int = 0
 
 
-#: The backward's plan at each row width (BLOCK_N) that ci/norm-sweep.py measured on an H100, RMSNorm and
-#: LayerNorm, bf16, 8192 rows: reports/h100-80gb-hbm3-2026-11-27/stage13 (2048-8192) and norm-sweep-768-16384
-#: (768, whose BLOCK_N is 1024, and 16384). Head to head with the plain loop of the old warps (95% intervals):
-#: 1024: eight programs an SM, 4 warps, three rows' loads in flight: 1.55x RMSNorm, 1.35x LayerNorm (whose best,
-#:       two programs an SM, was 1.37x);
-#: 2048-8192: two programs an SM, 16 columns a thread, three loads in flight: 1.04x-1.42x, the fastest at each;
-#: 16384: the plain loop with 32 warps stays: RMSNorm's fastest (LayerNorm's 16 warps were 1.10x, RMSNorm's 0.96x).
-#: Other widths: two programs an SM, the plain loop, _backward_warps, until a sweep measures them.
-MEASURED_PLANS: dict[int, BackwardPlan] = {
-    1024: BackwardPlan(programs_per_sm=8, warps=4, load_stages=3),
-    2048: BackwardPlan(programs_per_sm=2, warps=4, load_stages=3),
-    4096: BackwardPlan(programs_per_sm=2, warps=8, load_stages=3),
-    8192: BackwardPlan(programs_per_sm=2, warps=16, load_stages=3),
-    16384: BackwardPlan(programs_per_sm=2, warps=32, load_stages=0),
+#: The backward's plan for each norm (rms) and row width (BLOCK_N) that ci/norm-sweep.py measured on an H100,
+#: bf16, 8192 rows: reports/h100-80gb-hbm3-2026-11-27/stage13 (2048-8192) and norm-sweep-768-16384 (768, whose
+#: BLOCK_N is 1024, and 16384). Each is the plan the sweep timed fastest, its speedup over the plain loop with
+#: the warps of _backward_warps from the head-to-head rerun (95% intervals):
+#:   1024: RMSNorm eight programs an SM, 4 warps, three rows' loads in flight, 1.56x; LayerNorm two programs an SM,
+#:         1.36x (its eight-program plan ran 1.35x in the first pass);
+#:   2048-8192: two programs an SM, 16 columns a thread, three loads in flight: 1.04x-1.42x for both norms;
+#:   16384: the plain loop; RMSNorm's 32 warps stay (nothing beat them), LayerNorm's 16 warps were 1.10x.
+#: They were measured on 16-bit rows and are used for 16-bit rows; fp32 rows (the residual stream under amp) and
+#: widths not listed keep the plain loop until a sweep measures them.
+MEASURED_PLANS: dict[tuple[bool, int], BackwardPlan] = {
+    (True, 1024): BackwardPlan(programs_per_sm=8, warps=4, load_stages=3),
+    (False, 1024): BackwardPlan(programs_per_sm=2, warps=4, load_stages=3),
+    **{(rms, block): BackwardPlan(programs_per_sm=2, warps=block // 512, load_stages=3)
+       for rms in (True, False) for block in (2048, 4096, 8192)},
+    (True, 16384): BackwardPlan(programs_per_sm=2, warps=32, load_stages=0),
+    (False, 16384): BackwardPlan(programs_per_sm=2, warps=16, load_stages=0),
 }
 
 
-def backward_plan(block: int) -> BackwardPlan:
-    """The plan every call uses. ci/norm-sweep.py times others against it."""
-    return MEASURED_PLANS.get(block) or BackwardPlan(programs_per_sm=2, warps=_backward_warps(block))
+def backward_plan(block: int, *, rms: bool, itemsize: int = 2, residual: bool = False,
+                  shared_limit: int | None = None) -> BackwardPlan:
+    """The plan every call uses (ci/norm-sweep.py times others against it): MEASURED_PLANS' for 16-bit rows,
+    else two programs an SM and the plain loop.
+
+    A pipelined loop keeps its rows' loads in shared memory, which Triton does not shrink to fit: where that
+    exceeds `shared_limit` (the device's bytes a block, when known) the plain loop runs instead of a launch error.
+    """
+    plain = BackwardPlan(programs_per_sm=2, warps=_backward_warps(block))
+    plan = MEASURED_PLANS.get((rms, block), plain) if itemsize == 2 else plain
+    if plan.load_stages and shared_limit is not None and \
+            pipelined_bytes(plan, block, itemsize, residual) > shared_limit:
+        return plain
+    return plan
+
+
+def pipelined_bytes(plan: BackwardPlan, block: int, itemsize: int, residual: bool) -> int:
+    """Shared memory a pipelined backward keeps: (stages - 1) buffers of each row it loads (x, dy, and the sum's
+    gradient with a residual), as Triton 3.6 compiles it for sm_90 (64 KiB at bf16 x 8192, three stages), plus
+    1 KiB for the rest."""
+    return (plan.load_stages - 1) * (3 if residual else 2) * block * itemsize + 1024 if plan.load_stages else 0
 
 
 def _backward_warps(block: int) -> int:
-    """A warp for every 512 columns, 4 to 32: the backward keeps about twice the forward's row vectors live (x,
-    dy, w and the dw/db partial sums), so 16 columns a thread.
+    """The plain loop's warps: the backward keeps about twice the forward's row vectors live (x, dy, w and the
+    dw/db partial sums).
 
-    Measured (MEASURED_PLANS, three load stages): 4, 8 and 16 warps at 2048, 4096 and 8192 ran 1.00x-1.16x as
-    fast as twice as many. At N>=16384 16 warps spilled 430-1056 bytes a thread; 32 do not
-    (test_norm_backward_does_not_spill_on_gpu).
+    With the forward's warps it needed 164-206 registers a thread at N=4096 (8 warps) and spilled
+    430-1056 bytes at N>=16384 (16 warps): more warps, so each thread holds a smaller slice of the row.
     """
-    return min(32, max(4, block // 512))
+    return 32 if block >= 16384 else 16 if block >= 4096 else 8 if block >= 2048 else 4
 
 
 def norm_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float, *, rms: bool,
@@ -203,6 +223,13 @@ def _multiprocessors(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+@functools.lru_cache(maxsize=None)
+def _shared_memory(device_index: int) -> int:
+    """Shared memory a block may opt in to on the device (227 KiB on an H100, 163 on an A100, 99 on an L4)."""
+    props = torch.cuda.get_device_properties(device_index)
+    return int(getattr(props, "shared_memory_per_block_optin", 0) or 48 * 1024)
+
+
 def launch_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, has_bias: bool, mean: torch.Tensor,
                     rstd: torch.Tensor, *, rms: bool, ds: torch.Tensor | None = None, plan: BackwardPlan | None = None
                     ):  # type: ignore[no-untyped-def]
@@ -220,9 +247,10 @@ def launch_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, has
     if M == 0:  # no rows: no gradient to any of them, and none to the weight and bias
         zeros = torch.zeros((1, N), dtype=torch.float32, device=x.device)
         return dx.view(x.shape), zeros, zeros if has_bias else None, None
-    plan = plan or backward_plan(_block(N))
-    sm_count = _multiprocessors(x.device.index if x.device.index is not None else torch.cuda.current_device()) \
-        if x.is_cuda else 4
+    index = (x.device.index if x.device.index is not None else torch.cuda.current_device()) if x.is_cuda else None
+    plan = plan or backward_plan(_block(N), rms=rms, itemsize=x.element_size(), residual=ds is not None,
+                                 shared_limit=_shared_memory(index) if index is not None else None)
+    sm_count = _multiprocessors(index) if index is not None else 4
     programs = max(1, min(M, plan.programs_per_sm * sm_count))
     rows_per_program = triton.cdiv(M, programs)
     programs = triton.cdiv(M, rows_per_program)

@@ -22,7 +22,8 @@ from triton.compiler import ASTSource  # noqa: E402
 from lmbench.kernels import activations, cross_entropy, norms  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
-#: Norm rows as wide as Llama-1B's hidden size (16 warps in the backward).
+#: Norm rows 4096 wide, a 7B model's hidden size (the backward's plan: 8 warps and a pipelined loop in bf16, 16
+#: warps and the plain loop in fp32).
 WIDTH = 4096
 
 
@@ -52,7 +53,7 @@ def main() -> int:
         for rms, bias, residual in itertools.product((True, False), repeat=3):
             flags = {"IS_RMS": rms, "HAS_BIAS": bias, "HAS_RESIDUAL": residual, "BLOCK_N": WIDTH}
             compile_one(norms._norm_fwd, forward, flags, norms._warps(WIDTH))
-            plan = norms.backward_plan(WIDTH)
+            plan = norms.backward_plan(WIDTH, rms=rms, itemsize=2 if dtype == "bf16" else 4, residual=residual)
             compile_one(norms._norm_bwd, backward, {**flags, "LOAD_STAGES": plan.load_stages}, plan.warps)
             count += 2
         # The backward's other row loop (plain or software-pipelined), which ci/norm-sweep.py times against it.

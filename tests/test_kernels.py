@@ -1,5 +1,6 @@
 """Our Triton kernels against their PyTorch references: forward and every gradient (TRITON_INTERPRET on CPU)."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -215,9 +216,12 @@ def test_non_contiguous_inputs():
 @pytest.mark.parametrize("dtype", NORM_DTYPES)
 @pytest.mark.parametrize("rms", [True, False])
 def test_add_norm(dtype, rms):
-    shape = (3, 37, 130)
+    check_add_norm((3, 37, 130), dtype, rms)
+
+
+def check_add_norm(shape, dtype, rms):
     x, r = rand(*shape, dtype=dtype), rand(*shape, dtype=dtype, seed=3)
-    w, b = rand(130, dtype=dtype, seed=1), rand(130, dtype=dtype, seed=2)
+    w, b = rand(shape[-1], dtype=dtype, seed=1), rand(shape[-1], dtype=dtype, seed=2)
     if rms:
         def exact(x, r, w):
             s = kernel_rounded(x + r, dtype)  # the sum is rounded to the input dtype, as `x + residual` is
@@ -592,13 +596,22 @@ def test_every_kernel_compiles_for_an_h100():
 
 
 def test_norm_backward_plan_is_the_one_measured_at_each_width():
-    # What the H100 sweep measured fastest at 1024-16384 (16 columns a thread at 2048-8192, 32 warps from 16384,
-    # where 16 spilled); the plain loop at the widths it did not measure.
+    # What the H100 sweep measured fastest for 16-bit rows at 1024-16384 (16 columns a thread at 2048-8192);
+    # the plain loop with the old warps elsewhere, for fp32 rows, and where the pipeline would not fit.
     widths = (512, 1024, 2048, 4096, 8192, 16384, 65536)
-    assert [norms._backward_warps(n) for n in widths] == [4, 4, 4, 8, 16, 32, 32]
-    plans = [norms.backward_plan(n) for n in widths]
-    assert [(p.programs_per_sm, p.warps, p.load_stages) for p in plans] == [
-        (2, 4, 0), (8, 4, 3), (2, 4, 3), (2, 8, 3), (2, 16, 3), (2, 32, 0), (2, 32, 0)]
+
+    def plans(**how):
+        return [dataclasses.astuple(norms.backward_plan(n, **how)) for n in widths]
+
+    assert plans(rms=True) == [(2, 4, 0), (8, 4, 3), (2, 4, 3), (2, 8, 3), (2, 16, 3), (2, 32, 0), (2, 32, 0)]
+    assert plans(rms=False) == [(2, 4, 0), (2, 4, 3), (2, 4, 3), (2, 8, 3), (2, 16, 3), (2, 16, 0), (2, 32, 0)]
+    plain = [(2, 4, 0), (2, 4, 0), (2, 8, 0), (2, 16, 0), (2, 16, 0), (2, 32, 0), (2, 32, 0)]
+    assert plans(rms=True, itemsize=4) == plain
+    # Three stages keep two buffers of x and dy (and ds): 64 KiB at 8192 bf16, 96 KiB with a residual.
+    assert norms.pipelined_bytes(norms.backward_plan(8192, rms=True), 8192, 2, residual=True) == 96 * 1024 + 1024
+    assert norms.backward_plan(8192, rms=True, residual=True, shared_limit=99 * 1024).load_stages == 3  # an L4
+    assert norms.backward_plan(8192, rms=True, residual=True, shared_limit=96 * 1024) == norms.BackwardPlan(2, 16)
+    assert norms.backward_plan(8192, rms=True, shared_limit=96 * 1024).load_stages == 3
     assert [norms._warps(n) for n in (1024, 2048, 4096, 8192)] == [4, 8, 8, 16]
 
 
@@ -609,6 +622,16 @@ def test_bf16_norms_on_gpu(n):
     w, b = rand(n, dtype=torch.bfloat16, seed=1), rand(n, dtype=torch.bfloat16, seed=2)
     check(layer_norm, layer_norm_reference, [x, w, b], torch.bfloat16)
     check(rms_norm, rms_norm_reference, [x, w], torch.bfloat16, rms_norm_as_rounded(torch.bfloat16))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("n", [768, 4096, 8192])
+@pytest.mark.parametrize("rms", [True, False])
+def test_add_norm_under_each_backward_plan_on_gpu(dtype, n, rms):
+    """The measured plans (eight programs an SM at 768, the pipelined loop at 4096 and 8192) and fp32's plain
+    loop, with a residual, over rows enough for several a program and a remainder."""
+    check_add_norm((3 * 8 * torch.cuda.get_device_properties(0).multi_processor_count + 5, n), dtype, rms)
 
 
 @pytest.mark.gpu

@@ -22,7 +22,7 @@ def test_rehearsal_times_the_default_plan_and_another_with_equal_gradients(tmp_p
 
 
 def test_the_default_plan_is_the_measured_one_and_other_plans_give_the_same_gradients():
-    assert norms.backward_plan(4096) == norms.BackwardPlan(programs_per_sm=2, warps=8, load_stages=3)
+    assert norms.backward_plan(4096, rms=True) == norms.BackwardPlan(programs_per_sm=2, warps=8, load_stages=3)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     # More rows than eight programs an SM can take (4 stand-in SMs on a CPU).
     rows = 37 + (8 * torch.cuda.get_device_properties(0).multi_processor_count if device == "cuda" else 0)

@@ -263,9 +263,9 @@ def sections(records: list[dict[str, Any]], baseline: tuple[str, str] | None = N
 
 
 def mfu_note(records: list[dict[str, Any]]) -> str:
-    """What MFU is divided by, and where each peak comes from: fp32's MFU is against the CUDA cores' peak, 7 to
-    15 times below the tensor cores' that bound the others, so an fp32 row can show a higher MFU than a faster
-    tf32 or bf16 row, and a reader must be able to see why."""
+    """What MFU is divided by, and where each peak comes from: fp32's MFU is against the CUDA cores' peak, below
+    the tensor cores' that bound the others (7 to 15 times on an H100, 1 to 2 on an RTX 4090), so an fp32 row can
+    show a higher MFU than a faster tf32 or bf16 row, and a reader must be able to see why."""
     sources = sorted({m["peak_source"] for m in (r.get("metrics") or {} for r in records)
                       if isinstance(m.get("peak_source"), str)})
     if not sources:
