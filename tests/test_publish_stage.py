@@ -350,6 +350,17 @@ def test_the_mfu_target_is_the_best_over_the_leases_of_a_gpu(tmp_path):
     assert rows["MFU gpt2-124m ≥ 45%"][2].startswith("30.0%") and rows["MFU gpt2-124m ≥ 45%"][5].name.endswith("27")
 
 
+def test_the_mfu_figure_cites_the_key_the_file_has_and_says_what_pure_bf16_is(tmp_path):
+    h100 = {"device_names": ["NVIDIA H100 80GB HBM3"]}
+    run = tmp_path / "h100-80gb-hbm3-2026-11-27" / "stage8" / "runs" / "precision"
+    run.mkdir(parents=True)
+    line = json.loads(record("as-written", "llama-1b", "bf16", 1.0, tflops=372.0, **h100))
+    line["config"]["profile"] = True  # read under the key lmbench spells now; the file has its own
+    (run / "results.jsonl").write_text(json.dumps(line) + "\n")
+    figure = publish.mfu(tmp_path / "h100-80gb-hbm3-2026-11-27", "llama-1b", 50)[0]
+    assert figure == "37.6% bf16 (pure: bf16 weights and optimizer state, no fp32 master copy) (as-written)"
+
+
 def test_without_lmbench_it_says_so_in_one_line_before_unpacking_anything(tmp_path):
     import subprocess
 

@@ -752,3 +752,13 @@ def test_a_run_of_unreadable_lines_says_why_it_has_no_results(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == (
         f"lmbench: error: no results in {run}: 1 line(s) skipped ({run}/results.jsonl:1: skipped corrupt line "
         "(Expecting value))")
+
+
+def test_the_header_says_how_many_repeats_the_figures_rest_on():
+    once = report.summarize([hand_record("fp32", 8, 1000.0), hand_record("amp-bf16", 8, 2000.0)])
+    assert report.repeats_line(once) == ("each configuration measured once: no spread over repeats to quote "
+                                         "(--repeats 3 gives one)")
+    # HAND: fp32 b8 twice, amp-bf16 b8 and fp32 b16 once, amp-bf16 b16 out of memory.
+    assert report.repeats_line(report.summarize(HAND)) == "figures are medians over repeats (1-2 ok a configuration)"
+    failed = report.summarize([hand_record("amp-bf16", 16, 0, status="oom")])
+    assert report.repeats_line(failed) == "no configuration measured"

@@ -262,6 +262,17 @@ def sections(records: list[dict[str, Any]], baseline: tuple[str, str] | None = N
     return out
 
 
+def repeats_line(summaries: list[ConfigSummary]) -> str:
+    """What the figures rest on: a median over how many repeats, or one repeat each (no spread to quote)."""
+    counts = sorted({s.statuses.count("ok") for s in summaries if "ok" in s.statuses})
+    if not counts:
+        return "no configuration measured"
+    if counts == [1]:
+        return "each configuration measured once: no spread over repeats to quote (--repeats 3 gives one)"
+    span = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    return f"figures are medians over repeats ({span} ok a configuration)"
+
+
 def mfu_note(records: list[dict[str, Any]]) -> str:
     """What MFU is divided by, and where each peak comes from: fp32's MFU is against the CUDA cores' peak, below
     the tensor cores' that bound the others (7 to 15 times on an H100, 1 to 2 on an RTX 4090), so an fp32 row can
@@ -501,7 +512,7 @@ def build(df: pd.DataFrame, records: list[dict[str, Any]], out: Path, *, baselin
     versions = (f"; torch {env.get('torch')}, CUDA {env.get('cuda') or 'none (a CPU build)'}, lmbench "
                 f"{env.get('lmbench')} ({env.get('lmbench_commit') or 'not a git checkout'})" if env else "")
     header = (f"# lmbench report\n\nRuns: {', '.join(runs)}  \nDevice: {device}{versions}  \n"
-              f"{len(records)} records, {len(summaries)} configurations; figures are medians over repeats.\n")
+              f"{len(records)} records, {len(summaries)} configurations; {repeats_line(summaries)}.\n")
     md = header + "".join(f"\n## {SECTION_TITLES[k]}\n\n{grid.markdown()}\n" for k, grid in grids.items())
     md += "\n## Plots\n\n" + "".join(f"![{name}](plots/{name}.png)\n" for name in images)
     paths = {"report.md": out / "report.md", "results.csv": out / "results.csv", "report.html": out / "report.html"}
