@@ -488,7 +488,8 @@ def test_the_energy_table_names_throttling_and_a_window_too_short_for_its_energy
     short, long_, off = hand_record("fp16", 8, 1000.0), hand_record("fp32", 8, 500.0), hand_record(
         "amp-bf16", 8, 900.0, telemetry=False)
     short["metrics"].update(energy_j=555.1, energy_source="counter", energy_integral_j=587.9,
-                            telemetry_window_s=1.15, throttle_reasons=["sw_power_cap"])
+                            telemetry_window_s=1.15, throttle_reasons=["sw_power_cap"], sm_clock_avg_mhz=1825.4,
+                            sm_clock_min_mhz=1650.0)
     long_["metrics"].update(energy_j=2357.8, energy_source="counter", energy_integral_j=2367.7,
                             telemetry_window_s=3.69, energy_disagreement_frac=0.0042)
     del off["metrics"]["throttle_reasons"]
@@ -497,7 +498,8 @@ def test_the_energy_table_names_throttling_and_a_window_too_short_for_its_energy
                            energy_integral_j=12.0, telemetry_window_s=0.10, telemetry_samples=3)
     grid = report.sections([short, long_, off, tiny, {**tiny, "repeat": 1}])["energy"]
     rows = {row[0]: dict(zip(grid.headers, row)) for row in grid.rows}
-    assert rows["fp16"]["throttling"] == "sw_power_cap"
+    assert rows["fp16"]["throttling"] == "sw_power_cap" and rows["fp16"]["SM clock MHz avg (min)"] == "1825 (1650)"
+    assert rows["amp-bf16"]["SM clock MHz avg (min)"] == "-"
     assert rows["fp16"]["note"] == ("power integral +5.9% vs counter over a 1.15 s window; lengthen the window to "
                                     "quote J/token")
     assert rows["fp32"]["throttling"] == "none" and rows["fp32"]["note"] == ""

@@ -86,7 +86,8 @@ class ConfigSummary:
 
 
 SUMMARY_METRICS = ("tokens_per_s", "step_time_median_s", "tokens_per_step", "step_time_cv", "mfu", "tflops",
-                   "peak_tflops", "mem_peak_reserved_bytes", "mem_peak_allocated_bytes", "mem_nvml_used_peak_bytes",
+                   "peak_tflops", "sm_clock_avg_mhz", "sm_clock_min_mhz", "mem_peak_reserved_bytes",
+                   "mem_peak_allocated_bytes", "mem_nvml_used_peak_bytes",
                    "mem_host_peak_growth_bytes", "mem_host_training_growth_bytes", "j_per_token", "tokens_per_j",
                    "power_avg_w", "energy_j", "parity_max_rel_dev", "pp_bubble_fraction", "pp_bubble_fraction_theory",
                    "host_other_cpu_cores", "host_usable_cores", "devices", "global_batch_sequences",
@@ -100,6 +101,13 @@ def _throttling(s: ConfigSummary) -> str:
     if s.throttles is None:
         return "-"
     return ", ".join(s.throttles) or "none"
+
+
+def _clocks(s: ConfigSummary) -> str:
+    """The SM clock over the window, its average and lowest sample (medians over repeats): a power cap that
+    throttled one configuration more than another shows here beside its throughput's difference."""
+    avg, low = s.median("sm_clock_avg_mhz"), s.median("sm_clock_min_mhz")
+    return "-" if avg is None else f"{avg:.0f}" + (f" ({low:.0f})" if low is not None else "")
 
 
 def _energy_note(s: ConfigSummary) -> str:
@@ -238,7 +246,7 @@ def sections(records: list[dict[str, Any]], baseline: tuple[str, str] | None = N
                                     _fmt(s.median("mem_host_peak_growth_bytes"), ".1f", MIB)])
         energy_rows.append(label + [_status(s), _fmt(s.median("power_avg_w"), ".0f"), _fmt(s.median("energy_j"), ".1f"),
                                     _fmt(s.median("j_per_token"), ".3g"), _fmt(s.median("tokens_per_j"), ",.0f"),
-                                    _throttling(s), _energy_note(s)])
+                                    _throttling(s), _clocks(s), _energy_note(s)])
         if any(status != "ok" for status in s.statuses):
             failure_rows.append(label + [_status(s), s.reason or ""])
     n = len(axes)
@@ -255,8 +263,9 @@ def sections(records: list[dict[str, Any]], baseline: tuple[str, str] | None = N
            "memory": Grid(axes + ["status", "peak allocated GiB", "peak reserved GiB", "NVML used GiB",
                                   "host RSS growth in training MiB", "in window MiB"], memory_rows,
                             right={n + 1, n + 2, n + 3, n + 4, n + 5}),
-           "energy": Grid(axes + ["status", "power W", "energy J", "J/token", "tokens/J", "throttling", "note"],
-                          energy_rows, right={n + 1, n + 2, n + 3, n + 4})}
+           "energy": Grid(axes + ["status", "power W", "energy J", "J/token", "tokens/J", "throttling",
+                                  "SM clock MHz avg (min)", "note"], energy_rows,
+                          right={n + 1, n + 2, n + 3, n + 4, n + 6})}
     if failure_rows:
         out["failures"] = Grid(axes + ["status", "reason"], failure_rows)
     return out
