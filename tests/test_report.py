@@ -764,3 +764,11 @@ def test_the_header_says_how_many_repeats_the_figures_rest_on():
     assert report.repeats_line(report.summarize(HAND)) == "figures are medians over repeats (1-2 ok a configuration)"
     failed = report.summarize([hand_record("amp-bf16", 16, 0, status="oom")])
     assert report.repeats_line(failed) == "no configuration measured"
+
+
+def test_a_window_the_host_held_back_says_so_in_the_note():
+    """The H100's gpt2-355m at batch 4 (stage 9): NVML saw the GPU busy 83% of the window; GPU-bound rows 99-100%."""
+    held, busy = hand_record("fp32", 4, 1000.0), hand_record("fp32", 8, 1900.0)
+    held["metrics"]["gpu_util_avg_pct"], busy["metrics"]["gpu_util_avg_pct"] = 83.27, 99.3
+    notes = {row[0]: row[-1] for row in report.sections([held, busy])["throughput"].rows}
+    assert notes == {"4": "GPU busy 83% of the window (NVML): the host held it back", "8": ""}

@@ -19,7 +19,7 @@ from lmbench.analyze.table import Grid, cell, configs_of, device_label, varying_
 from lmbench.errors import UsageError
 from lmbench.measure.breakdown import PROFILER_SLOWDOWN_NOTE, profiled_slowdown, window_shares
 from lmbench.measure.hostload import contention_note, standing, window_contended
-from lmbench.measure.metrics import bubble_note, stalls_note, unstable_steps
+from lmbench.measure.metrics import bubble_note, host_bound_note, stalls_note, unstable_steps
 from lmbench.measure.telemetry import energy_caveat
 
 GIB, MIB = 2**30, 2**20
@@ -79,7 +79,8 @@ class ConfigSummary:
         notes = [contention_note(max(self.repeats, default={}, key=lambda m: m.get("host_other_cpu_cores") or 0)),
                  speedup, stalls_note(self.repeats), bubble_note(self.median("pp_bubble_fraction"),
                                                                  self.median("pp_bubble_fraction_theory")),
-                 unstable_steps(self.metrics.get("step_time_cv") or [])]
+                 unstable_steps(self.metrics.get("step_time_cv") or []),
+                 host_bound_note(self.median("gpu_util_avg_pct"))]
         if self.left_out:
             notes.append(f"{self.left_out} contended repeat{'s' if self.left_out > 1 else ''} left out")
         return "; ".join(filter(None, notes))
@@ -91,7 +92,7 @@ SUMMARY_METRICS = ("tokens_per_s", "step_time_median_s", "tokens_per_step", "ste
                    "mem_host_peak_growth_bytes", "mem_host_training_growth_bytes", "j_per_token", "tokens_per_j",
                    "power_avg_w", "energy_j", "parity_max_rel_dev", "pp_bubble_fraction", "pp_bubble_fraction_theory",
                    "host_other_cpu_cores", "host_usable_cores", "devices", "global_batch_sequences",
-                   "tokens_per_s_per_device", "scaling_efficiency")
+                   "tokens_per_s_per_device", "scaling_efficiency", "gpu_util_avg_pct")
 #: Worst parity over repeats is reported.
 PARITY_ORDER = ["reference", "ok", "drift", "diverged"]
 

@@ -159,6 +159,20 @@ def loss_health(losses: Sequence[float]) -> dict[str, Any]:
 STEP_CV_LIMIT = 0.10
 
 
+#: NVML's utilisation (the share of the time a kernel was running, over its sample periods) under which a window's
+#: GPU is called held back by the host. On the H100 (reports/h100-80gb-hbm3-2026-11-27, stages 8 and 9) every
+#: GPU-bound row read 99.3-100%; gpt2-124m fp16, whose step then read a flag on the host, 94.9%; gpt2-355m at
+#: batch 4, whose host work is the largest share of its step, 83-91%.
+GPU_BUSY_LIMIT_PCT = 97.0
+
+
+def host_bound_note(gpu_util_pct: float | None) -> str | None:
+    """`GPU busy N% ...` when NVML saw the GPU idle for more than 3% of the window: the host set the figure."""
+    if gpu_util_pct is None or gpu_util_pct >= GPU_BUSY_LIMIT_PCT:
+        return None
+    return f"GPU busy {gpu_util_pct:.0f}% of the window (NVML): the host held it back"
+
+
 def unstable_steps(step_cvs: Sequence[float]) -> str | None:
     """A note when any repeat's step-time CV exceeds STEP_CV_LIMIT, else None; with several repeats it says how
     many did (a row's step cv column is the median repeat's, which may be well under the limit)."""
