@@ -24,7 +24,8 @@ How a winner is told from noise (a sceptic's questions, answered before they are
 - the winner's curse (the fastest of up to 27 noisy figures is flattered by its noise): the fastest plan is timed
   again head to head with the default, twice as many rounds, and that second figure is the one to act on.
 GB/s counts x, dy and dx once and the plan's fp32 partial dW (and dB) rows written and read back, which grow
-with the programs a plan runs. `--csv` keeps every row.
+with the programs a plan runs; `useful` counts x, dy and dx alone (what issue 13's copy-bandwidth target
+counts). `--csv` keeps every row.
 
 Without CUDA it says so and exits 0, unless TRITON_INTERPRET=1 (a rehearsal): then a few plans run on a
 small CPU shape, timed on the host, and their figures mean nothing.
@@ -112,7 +113,8 @@ def sweep(torch, device: str, rows: int, widths: list[int], rounds: int, rehears
         for plan in candidates:
             row = {"op": op, "shape": f"{rows}x{width}", "dtype": dtype, "programs_per_sm": plan.programs_per_sm,
                    "warps": plan.warps, "load_stages": plan.load_stages, "default": plan == default,
-                   "gb_moved": (moved + partials_bytes(plan, rows, width, sms, b is not None)) / 1e9}
+                   "gb_moved": (moved + partials_bytes(plan, rows, width, sms, b is not None)) / 1e9,
+                   "gb_useful": moved / 1e9}
             shape_rows[plan] = row
             try:
                 result = backward(plan)  # compiles it
@@ -159,7 +161,8 @@ def sweep(torch, device: str, rows: int, widths: list[int], rounds: int, rehears
             for plan, times in samples.items():
                 row = shape_rows[plan]
                 median_ms = statistics.median(times)
-                row.update(status="ok", time_median_us=median_ms * 1e3, gb_per_s=row["gb_moved"] / median_ms * 1e3)
+                row.update(status="ok", time_median_us=median_ms * 1e3, gb_per_s=row["gb_moved"] / median_ms * 1e3,
+                           useful_gb_per_s=row["gb_useful"] / median_ms * 1e3)
                 if base is not None:
                     ratio, low, high = paired_ratio(times, base)
                     row.update(time_ratio=ratio, ratio_low=low, ratio_high=high)
@@ -184,7 +187,7 @@ def _speedup(ratio: float | None, low: float | None = None, high: float | None =
 
 
 def table(rows: list[dict]) -> str:  # type: ignore[type-arg]
-    lines = [f"{'op':<10}{'shape':<11}{'prog/SM':>8}{'warps':>6}{'stages':>7}{'us':>9}{'GB/s':>8}  "
+    lines = [f"{'op':<10}{'shape':<11}{'prog/SM':>8}{'warps':>6}{'stages':>7}{'us':>9}{'GB/s':>8}{'useful':>8}  "
              "vs default (95% interval)"]
     for r in sorted(rows, key=lambda r: (r["op"], r["shape"], r.get("time_median_us") or float("inf"))):
         head = f"{r['op']:<10}{r['shape']:<11}{r['programs_per_sm']:>8}{r['warps']:>6}{r['load_stages']:>7}"
@@ -192,9 +195,16 @@ def table(rows: list[dict]) -> str:  # type: ignore[type-arg]
             lines.append(f"{head}  {r.get('status', 'error')}: {r.get('reason', '')}")
             continue
         mark = " (default)" if r["default"] else ""
-        lines.append(f"{head}{r['time_median_us']:>9.1f}{r['gb_per_s']:>8.0f}  "
+        lines.append(f"{head}{r['time_median_us']:>9.1f}{r['gb_per_s']:>8.0f}{r.get('useful_gb_per_s', 0):>8.0f}  "
                      f"{_speedup(r.get('time_ratio'), r.get('ratio_low'), r.get('ratio_high'))}{mark}")
     return "\n".join(lines)
+
+
+def _gbps(row: dict) -> str:  # type: ignore[type-arg]
+    """A plan's bandwidth: the useful bytes' (x, dy, dx: what the copy-bandwidth target counts), then with its
+    partial dW/dB rows, which grow with its programs."""
+    useful = row.get("useful_gb_per_s")
+    return (f"{useful:.0f} GB/s useful, " if useful is not None else "") + f"{row['gb_per_s']:.0f} with partials"
 
 
 def best(rows: list[dict]) -> str:  # type: ignore[type-arg]
@@ -210,7 +220,7 @@ def best(rows: list[dict]) -> str:  # type: ignore[type-arg]
             lines.append(f"  {op} {shape}: the default plan did not run")
             continue
         top = next((r for r in mine if "confirmed_ratio" in r), None)
-        where = f"  {op} {shape}: default {default['time_median_us']:.1f} us ({default['gb_per_s']:.0f} GB/s)"
+        where = f"  {op} {shape}: default {default['time_median_us']:.1f} us ({_gbps(default)})"
         if top is None:
             lines.append(f"{where}; no other plan was timed head to head with it")
             continue
@@ -218,7 +228,7 @@ def best(rows: list[dict]) -> str:  # type: ignore[type-arg]
         said = verdict(top["confirmed_low"], top["confirmed_high"])
         said += " from the default" if said == "not told apart" else ""
         lines.append(f"{where}; best {top['programs_per_sm']}/SM, {top['warps']} warps, {top['load_stages']} "
-                     f"stages {top['time_median_us']:.1f} us ({top['gb_per_s']:.0f} GB/s): {speed}, {said}")
+                     f"stages {top['time_median_us']:.1f} us ({_gbps(top)}): {speed}, {said}")
     return "\n".join(lines)
 
 
@@ -253,7 +263,8 @@ def main() -> int:
     print(best(found))
     if args.csv:
         fields = ["op", "shape", "dtype", "programs_per_sm", "warps", "load_stages", "default", "status",
-                  "time_median_us", "gb_per_s", "gb_moved", "time_ratio", "ratio_low", "ratio_high", "confirmed_ratio",
+                  "time_median_us", "gb_per_s", "useful_gb_per_s", "gb_moved", "time_ratio", "ratio_low", "ratio_high",
+                  "confirmed_ratio",
                   "confirmed_low", "confirmed_high", "reason"]
         with open(args.csv, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
