@@ -772,3 +772,11 @@ def test_a_window_the_host_held_back_says_so_in_the_note():
     held["metrics"]["gpu_util_avg_pct"], busy["metrics"]["gpu_util_avg_pct"] = 83.27, 99.3
     notes = {row[0]: row[-1] for row in report.sections([held, busy])["throughput"].rows}
     assert notes == {"4": "GPU busy 83% of the window (NVML): the host held it back", "8": ""}
+    # The run summary's note says it too.
+    from rich.console import Console
+
+    from lmbench.analyze.table import summary
+
+    console = Console(width=300, record=True)
+    console.print(summary([held, busy]))
+    assert sum("GPU busy 83% of the window" in line for line in console.export_text().splitlines()) == 1

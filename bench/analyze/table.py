@@ -134,7 +134,7 @@ def summary(records: list[dict[str, Any]]) -> Table:
     unstable to trust.
     """
     from lmbench.measure.hostload import contention_note, standing
-    from lmbench.measure.metrics import bubble_note, stalls_note, unstable_steps
+    from lmbench.measure.metrics import bubble_note, host_bound_note, stalls_note, unstable_steps
 
     axes = varying_axes(r["config"] for r in records)
     table = Table(title=escape(f"lmbench summary on {device_label(records)}"), title_justify="left")
@@ -167,7 +167,8 @@ def summary(records: list[dict[str, Any]]) -> Table:
         reason = next((r["reason"] for r in group if r.get("reason")), "") or ""
         bubble = bubble_note(_median([m["pp_bubble_fraction"] for m in ok if m.get("pp_bubble_fraction") is not None]),
                              next((m.get("pp_bubble_fraction_theory") for m in ok), None))
-        measured = "; ".join(filter(None, [stalls_note(ok), bubble, unstable_steps(cvs),
+        busy = host_bound_note(_median([m["gpu_util_avg_pct"] for m in ok if m.get("gpu_util_avg_pct") is not None]))
+        measured = "; ".join(filter(None, [stalls_note(ok), bubble, unstable_steps(cvs), busy,
                                            left_out and f"{left_out} contended repeat"
                                                         f"{'s' if left_out > 1 else ''} left out"]))
         # Contention first, before a failure's reason too: it says whether the figures mean anything, and a note
