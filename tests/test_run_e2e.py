@@ -136,7 +136,7 @@ data = "{short}"
                                "(val_frac=0.1), fewer than seq_len+1=33")
     assert error["env"]["torch"]  # the environment is known even when the config fails
     timeout = by[("synthetic", 0.5, "fp32")]
-    assert timeout["status"] == "timeout" and "timeout_s=0.5" in timeout["reason"]
+    assert timeout["status"] == "timeout" and "timeout_s=0.5" in timeout["reason"], timeout["reason"]
     skipped = by[("synthetic", 120.0, "tf32")]
     assert skipped["status"] == "skipped" and skipped["reason"].startswith("precision=tf32 needs a CUDA GPU")
     log = (out / "logs" / f"{error['config_key']}-r0.log").read_text()
