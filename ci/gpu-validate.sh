@@ -255,14 +255,14 @@ for log in sorted(work.glob("logs/pytest-*.txt")):
     bad = [l for l in lines if l.startswith(("FAILED", "ERROR"))][:15]
     print(f"\n{log.stem}: {tail[0] if tail else '(no summary line)'}")
     for l in bad:
-        print(f"  {l[:160]}")
+        print(f"  {l[:200]}")
 tails = ["logs/microbench-*.txt", "logs/launch-overhead.txt", "logs/norm-sweep*.txt", "logs/parity-tolerances.txt",
          "logs/tune-*.txt", "logs/importtime-top.txt", "ceilings.json"]
 for text in [path for pattern in tails for path in sorted(work.glob(pattern))]:
     print(f"\n{text.name}:")
     # A microbenchmark's log holds one table per shape: all of them.
     for l in text.read_text(errors="replace").splitlines()[-(60 if text.name.startswith("microbench") else 20):]:
-        print(f"  {l[:160]}")
+        print(f"  {l[:200]}")
 PY
 }
 
@@ -437,14 +437,15 @@ case $STAGE in
         report
         ;;
     13) # Our norms' backward launch plans (stage 7, 2026-11-27: RMSNorm 67% and LayerNorm 59-73% of the copy
-        # bandwidth, LayerNorm slower than Liger's at 4096 and 8192): programs per SM, warps and a software-pipelined
-        # row loop, each timed against the default plan on the same inputs (ci/norm-sweep.py), then the norm tests.
+        # bandwidth, LayerNorm slower than Liger's at 4096 and 8192): the norm tests, then programs per SM, warps and
+        # a software-pipelined row loop, each timed against the default plan on the same inputs (ci/norm-sweep.py).
+        # The tests first (every plan's gradients, spills): a sweep that runs long must not cut them.
+        pytest_step pytest-norms 90 -k "norm" tests/test_kernels.py tests/test_norm_sweep.py
         step norm-sweep 200 env TRITON_INTERPRET="$([[ $MODE == rehearse ]] && echo 1 || echo 0)" \
             "$PY" ci/norm-sweep.py --csv "$WORK/norm-sweep.csv"
         # fp32 rows (the residual stream under amp) at GPT-2's, Llama-1B's and a 7B model's widths: the measured
         # plans are 16-bit rows' only until this says what suits fp32.
         step norm-sweep-fp32 120 env TRITON_INTERPRET="$([[ $MODE == rehearse ]] && echo 1 || echo 0)" \
             "$PY" ci/norm-sweep.py --dtype fp32 --widths 768,2048,4096 --csv "$WORK/norm-sweep-fp32.csv"
-        pytest_step pytest-norms 90 -k "norm" tests/test_kernels.py tests/test_norm_sweep.py
         ;;
 esac

@@ -201,10 +201,10 @@ def table(rows: list[dict]) -> str:  # type: ignore[type-arg]
 
 
 def _gbps(row: dict) -> str:  # type: ignore[type-arg]
-    """A plan's bandwidth: the useful bytes' (x, dy, dx: what the copy-bandwidth target counts), then with its
-    partial dW/dB rows, which grow with its programs."""
+    """A plan's bandwidth in the best-plan lines: the useful bytes' (x, dy, dx: what the copy-bandwidth target
+    counts; the table has the figure with the partial dW/dB rows too). Short: the summary cuts lines at 200."""
     useful = row.get("useful_gb_per_s")
-    return (f"{useful:.0f} GB/s useful, " if useful is not None else "") + f"{row['gb_per_s']:.0f} with partials"
+    return f"{useful:.0f} GB/s useful" if useful is not None else f"{row['gb_per_s']:.0f} GB/s with partials"
 
 
 def best(rows: list[dict]) -> str:  # type: ignore[type-arg]

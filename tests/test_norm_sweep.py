@@ -48,7 +48,7 @@ def test_a_plan_is_faster_only_when_its_whole_interval_is_and_the_head_to_head_d
     # First pass 0.875 (the fastest of many, flattered by its noise); head to head it is not told apart.
     assert sweep.best(rows).endswith("1.02x [0.99, 1.05], not told apart from the default")
     rows[1].update(confirmed_ratio=0.90, confirmed_low=0.89, confirmed_high=0.91, useful_gb_per_s=1700.0)
-    assert sweep.best(rows).endswith("(1700 GB/s useful, 1900 with partials): 1.11x [1.10, 1.12], faster")
+    assert sweep.best(rows).endswith("(1700 GB/s useful): 1.11x [1.10, 1.12], faster")
 
 
 def test_partial_rows_count_in_what_a_plan_moves():
