@@ -23,9 +23,14 @@ gate's medians of its own repeat counts cost beyond the calibration's means (k i
 a mean, pi/2 from 3 repeats on, 1 for one or two, where the median is the mean); more repeats than the
 calibration's never narrow the run term, which also holds the calibration's process noise (conservative:
 it is not subtracted, so an estimate with few runs cannot come out near 0 by chance). df* is
-Welch-Satterthwaite's for the two terms. Simulated with 1% noise a process and a 2% offset a run, 3 runs
-of 3 calibrate a 3-vs-3 gate that misses the true ratio 6.5% of the time (2 runs: 11%; taking the
-runs' shift for process noise, as version 1 did: 22-51%); with no offset, its 3-vs-3 floor is 2.4%.
+Welch-Satterthwaite's for the two terms. The interval is the widest this formula gives for the gate's
+repeats or any more: more repeats shrink the processes' term until the run term, with its R - 1 degrees of
+freedom, sets the t quantile, and by its own repeat counts alone the interval *widened* with more repeats
+(2 runs: 17% at 1 a side, 22% at 3, 36% at 5), the narrow intervals of few repeats being the ones that
+missed (2 runs of 3, 1 vs 1: 9.5% of gates). Simulated with 1% noise a process and a 2% offset a run, 3
+runs of 3 calibrate a 3-vs-3 gate that misses the true ratio 4.9% of the time (2 runs: 4.2%, at an
+interval three times as wide; taking the runs' shift for process noise, as version 1 did: 22-51%); with
+no offset, its 3-vs-3 floor is 3.0% (2 runs: 7.1%).
 
 A floor file of version 1 (before runs were told apart) holds a log_sd over every repeat of both runs and
 no run term: `compare` still reads it, as ratio × exp(± t(0.975, df) × log_sd × sqrt(k_b/n_b + k_c/n_c)).
@@ -34,7 +39,7 @@ The noise-floor file (JSON, written by `lmbench calibrate`):
     {"format": "lmbench-noise-floor", "version": 2, "metric": "tokens_per_s", "suite": "ci",
      "device": "NVIDIA H100 80GB HBM3", "created": "2026-11-26T12:00:00+00:00", "repeats_per_run": 3, "runs": 3,
      "configs": {"<config_key>": {"log_sd": 0.012, "df": 6, "run_mean_sd": 0.008, "run_df": 2,
-                                  "mean_repeats": 3.0, "floor_1v1": 0.043, "floor_3v3": 0.039}}}
+                                  "mean_repeats": 3.0, "floor_1v1": 0.050, "floor_3v3": 0.050}}}
 
 `floor_KvK` is the smallest threshold at which K repeats a side can give a verdict (the interval's
 half-width for an unchanged ratio), for choosing `--threshold`.
@@ -59,6 +64,9 @@ READABLE = (1, 2)
 CONFIDENCE = 0.95
 #: Repeats a side at which the gate trusts its own spread (a bootstrap over the repeats).
 MIN_REPEATS = 3
+#: How far below the gate's own cost (the variance factor of its two medians) `half_width` looks for a wider
+#: interval: 1/1024 reaches a thousand repeats a side's (cost 0.003) from one a side's (cost 2).
+COSTS_SPAN = 1024.0
 #: The largest spread of log(metric) a floor file may hold: a factor of e^5 (148x) between processes is no
 #: measurement (and its square must not overflow).
 MAX_LOG_SD = 5.0
@@ -107,15 +115,23 @@ class ConfigNoise:
         if self.log_sd > MAX_LOG_SD or self.run_mean_sd > MAX_LOG_SD:
             return math.inf
         if self.run_df == 0:
-            variance, df = self.log_sd ** 2 * cost, float(self.df)
-        else:
-            runs = 2 * self.run_mean_sd ** 2
-            processes = self.log_sd ** 2 * max(0.0, cost - 2 / self.mean_repeats)
-            variance = runs + processes
-            if variance == 0:
-                return 0.0
+            return float(t.ppf(0.5 + CONFIDENCE / 2, self.df)) * math.sqrt(self.log_sd ** 2 * cost)
+        # The widest over this cost and every smaller one (more repeats a side). By the gate's own cost alone, more
+        # repeats shrank the processes' term until the run term's few degrees of freedom set the t quantile: a
+        # calibration of 2 runs gave 17% at 1 repeat a side and 22% at 3 (36% at 5), so more repeats made the gate
+        # less decisive, and the narrow intervals of few repeats were the ones that missed (module docstring).
+        import numpy as np
+
+        costs = cost * np.geomspace(1.0 / COSTS_SPAN, 1.0, 97)
+        runs = 2 * self.run_mean_sd ** 2
+        processes = self.log_sd ** 2 * np.maximum(0.0, costs - 2 / self.mean_repeats)
+        variance = runs + processes
+        if variance[-1] == 0:
+            return 0.0
+        with np.errstate(divide="ignore", invalid="ignore"):
             df = variance ** 2 / (runs ** 2 / self.run_df + processes ** 2 / self.df)
-        return float(t.ppf(0.5 + CONFIDENCE / 2, df)) * math.sqrt(variance)
+        widths = t.ppf(0.5 + CONFIDENCE / 2, df) * np.sqrt(variance)
+        return float(np.nanmax(widths))
 
     def interval(self, ratio: float, n_base: int, n_cand: int) -> tuple[float, float]:
         width = self.half_width(n_base, n_cand)
