@@ -635,7 +635,8 @@ def calibrate(suite_name: str, repeats: int, runs: int, out: Path | None, overri
 @click.option("--checkpointing", "checkpointings", default=_TUNE["checkpointing"], show_default=True,
               help="Comma-separated list.")
 @click.option("--budget-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Start no probe or measurement after this long.")
+              help="End within this long: start no probe or measurement that the longest of its kind so far "
+              "would carry past it.")
 @click.option("--max-memory", default=None, help="Memory cap, e.g. 70GiB (a GPU's allocator; on a CPU, growth "
               "of the resident set during training).")
 @click.option("--global-batch", type=click.IntRange(min=1), default=None,
@@ -736,17 +737,26 @@ def tune(model: str, seq_len: int | None, precisions: str, kernel_sets: str, che
     with interruptible(), runner.RunDirectory(out, resume=resume) as run_dir:
         _record_tune_plan(run_dir, plan, resume=resume, extra=extra)
         command = plan.resume_command(out, extra=extra)
+        found: list[Any] = []
         try:
-            return _tune(base, run_dir, lists, plan, budget_minutes=budget_minutes, objective=objective,
-                         confirm_repeats=confirm_repeats)
+            _tune(base, run_dir, lists, plan, found, budget_minutes=budget_minutes, confirm_repeats=confirm_repeats,
+                  objective=objective)
         except Interrupted as stop:
             what = "interrupted" if stop.signum == signal.SIGINT else f"stopped by {stop.name}"
+            # What was found so far, said to be partial: a tune cut by an outer timeout still names its best.
+            try:
+                _tune_outcome(run_dir, found, plan, objective, cut=what)
+            except StorageError as err:  # no room for tuned.toml: the stop and how to go on are said all the same
+                _say(f"lmbench: warning: {err}")
+            except OSError:  # the terminal went with the signal (SIGHUP)
+                pass
             _say(f"lmbench: {what}; the probes and measurements made so far are kept in {out}; the one that was "
                  f"running has none and runs again on resume; continue with: {command}")
             return stop.exit_code
         except StorageError as err:
             raise StorageError(f"{err}; the probes and measurements made so far are kept; once there is room, "
                                f"continue with: {command}") from None
+    return 0
 
 
 def _record_tune_plan(run_dir: runner.RunDirectory, plan: TunePlan, *, resume: bool, extra: tuple[str, ...]) -> None:
@@ -773,12 +783,11 @@ def _record_tune_plan(run_dir: runner.RunDirectory, plan: TunePlan, *, resume: b
                         "started": now})
 
 
-def _tune(base: Any, run_dir: runner.RunDirectory, lists: dict[str, list[Any]], plan: TunePlan, *,
-          budget_minutes: float | None, objective: str, confirm_repeats: int) -> int:
-    """The search and measurements of `lmbench tune` in a locked run directory, then its tables and winner."""
+def _tune(base: Any, run_dir: runner.RunDirectory, lists: dict[str, list[Any]], plan: TunePlan, found: list[Any], *,
+          budget_minutes: float | None, objective: str, confirm_repeats: int) -> None:
+    """The search and measurements of `lmbench tune` in a locked run directory (each combination's result into
+    `found` as it ends), then its tables and winner."""
     from lmbench import tune as tuning
-    from lmbench.analyze.ranking import tune_ranking_table
-    from lmbench.analyze.table import tune_search_table
     from lmbench.measure.environment import probe_platform
     from lmbench.plan.feasibility import skip_reason
 
@@ -791,7 +800,6 @@ def _tune(base: Any, run_dir: runner.RunDirectory, lists: dict[str, list[Any]], 
                          skip=lambda config: skip_reason(config, platform))
     for warning in run_dir.notices + tuner.warnings:
         click.echo(f"lmbench: warning: {warning}", err=True)
-    found = []
     for combo in tuning.combos(lists["precision"], lists["kernels"], lists["checkpointing"]):
         # With the measurements' own steps and warmup: a CUDA graph's capture must stay out of their windows.
         reason = skip_reason(tuner.config(combo, steps=plan.steps, warmup=plan.warmup), platform)
@@ -803,7 +811,19 @@ def _tune(base: Any, run_dir: runner.RunDirectory, lists: dict[str, list[Any]], 
             tuner.measure(result, plan.steps, plan.warmup)
         found.append(result)
     tuner.confirm(objective, confirm_repeats)
-    search = tune_search_table(found, title=f"largest batch that fits: {plan.model}, seq_len {plan.seq_len}")
+    _tune_outcome(run_dir, found, plan, objective)
+
+
+def _tune_outcome(run_dir: runner.RunDirectory, found: list[Any], plan: TunePlan, objective: str,
+                  cut: str | None = None) -> None:
+    """tune's tables, its winner as a suite, and its warnings; `cut`: why it ended early (the tables then show
+    what had ended by then, and tuned.toml says it is partial)."""
+    from lmbench import tune as tuning
+    from lmbench.analyze.ranking import tune_ranking_table
+    from lmbench.analyze.table import tune_search_table
+
+    search = tune_search_table(found, title=f"largest batch that fits: {plan.model}, seq_len {plan.seq_len}"
+                               + (f" (cut short: {cut}; combinations searched so far)" if cut else ""))
     rows = tuning.ranked(run_dir, objective)
     console = _console()
     console.print(search)
@@ -811,12 +831,12 @@ def _tune(base: Any, run_dir: runner.RunDirectory, lists: dict[str, list[Any]], 
     apart = tuning.told_apart(rows, objective)
     if apart:
         console.print(apart)
-    winner = tuning.write_winner(run_dir, objective)
-    console.print(f"winner as a suite: {winner}" if winner else tuning.no_winner_reason(run_dir, objective))
+    winner = tuning.write_winner(run_dir, objective, cut=cut)
+    console.print(f"winner as a suite{' (partial)' if cut else ''}: {winner}" if winner
+                  else tuning.no_winner_reason(run_dir, objective))
     busy = tuning.contention_warning(rows)
     if busy:
         click.echo(f"lmbench: warning: {busy}", err=True)
-    return 0
 
 
 @cli.command()

@@ -3,9 +3,11 @@
 For every combination of precision x kernels x checkpointing: grow the batch size by doubling until a
 probe runs out of memory, bisect between the last size that fitted and the first that did not, back
 off from that edge by a safety margin (not from a search that found no edge), then measure throughput
-at that size and a few below it. Probes are short runs (one warmup step, two measured) recorded in
-RUN_DIR/probes.jsonl, measurements are ordinary records in RUN_DIR/results.jsonl, so an interrupted
-tune resumes where it stopped.
+at that size and a few below it. A probe that fails of anything but memory (a timeout, a crash) ends
+the combination's search there: it is no edge to bisect towards. A job starts only when the longest
+of its kind so far would end within --budget-minutes, so the budget bounds when tune ends. Probes
+are short runs (one warmup step, two measured) recorded in RUN_DIR/probes.jsonl, measurements are
+ordinary records in RUN_DIR/results.jsonl, so an interrupted tune resumes where it stopped.
 
 Then the two best configurations are measured again, alternating, until each has CONFIRM_REPEATS fresh
 processes (`--confirm-repeats`): one measurement each cannot tell a 3% lead from the noise between
@@ -43,9 +45,6 @@ Launcher = Callable[[Job, RunDirectory], tuple[str, str | None, dict[str, Any] |
 
 #: Probe runs: enough steps to reach the steady-state memory peak (optimizer state exists after step one).
 PROBE_STEPS, PROBE_WARMUP = 2, 1
-#: The search stops while this many of its longest probe's durations are left of the budget, so that what it found
-#: is measured: on an H100 a compiled GPT-2 probe took 50 s, and a search that spent the budget measured nothing.
-RESERVE_PROBES = 1.5
 #: --seq-len when not given (a model with fewer positions gets all of them).
 DEFAULT_SEQ_LEN = 1024
 #: Sizes measured besides the chosen one, as fractions of it.
@@ -82,6 +81,9 @@ class ComboResult:
     """The kernel set as tables show it, with what runs as CUDA graphs (`compile reduce-overhead`)."""
     skipped: bool = False
     """Feasibility refused the combination: nothing was probed or measured (the note says why)."""
+    stopped_by: str | None = None
+    """A probe that failed of something other than memory (a timeout, a crash, a compile error): no edge, and the
+    search went no further (the note says what)."""
 
     def add_note(self, text: str) -> None:
         self.note = "; ".join(filter(None, [self.note, text]))
@@ -108,13 +110,15 @@ class Tuner:
             raise UsageError(f"--min-batch {min_batch}: must be from 1 to --max-batch ({max_batch})")
         self.min_batch = min_batch
         self.longest_probe_s = 0.0
+        self.longest_measure_s = 0.0
         self.global_batch = global_batch
         self.on_event = on_event
         self.skip = skip
         self.check_parity = check_parity
         self.probe_path = run_dir.path / PROBES_FILE
         self.parity_path = run_dir.path / PARITY_FILE
-        self.cache: dict[str, str] = {}
+        self.cache: dict[str, tuple[str, str | None]] = {}
+        """Each probe's (status, reason) by config key."""
         with results.saving(self.probe_path):
             repaired = results.repair(self.probe_path)
         entries, self.warnings = results.read_lines(self.probe_path)
@@ -122,7 +126,12 @@ class Tuner:
         for number, entry in entries:
             if isinstance(entry, dict) and isinstance(entry.get("config_key"), str) and entry.get("status") in \
                     results.STATUSES:
-                self.cache[entry["config_key"]] = entry["status"]
+                # A probe that fitted or ran out of memory says the same again; one that failed otherwise (a
+                # timeout, a crash) may not, and a resumed search probes it again.
+                if entry["status"] in ("ok", "oom"):
+                    self.cache[entry["config_key"]] = (entry["status"], entry.get("reason"))
+                if isinstance(entry.get("wall_s"), (int, float)):
+                    self.longest_probe_s = max(self.longest_probe_s, float(entry["wall_s"]))
             else:
                 self.warnings.append(f"{self.probe_path}:{number}: skipped line without config_key and status")
         self.parity_runs: dict[str, dict[str, Any]] = {}
@@ -137,12 +146,30 @@ class Tuner:
         self.warnings += recorded.warnings
         self.done = {r["config_key"] for r in recorded.records}
 
-    def out_of_time(self) -> bool:
-        return self.deadline is not None and time.monotonic() > self.deadline
+    def fits_in_budget(self, expected_s: float) -> bool:
+        """Whether a job of `expected_s` started now ends within the budget: the budget bounds when the tune ends,
+        not only when it starts its last job (a measurement started at its edge ran a minute past it on the H100)."""
+        return self.deadline is None or time.monotonic() + expected_s <= self.deadline
+
+    def measure_s(self) -> float:
+        """What a measurement is expected to take: the longest seen, and before the first, the longest probe (a
+        measurement runs more steps than a probe, in a process that starts and compiles alike)."""
+        return max(self.longest_measure_s, self.longest_probe_s)
 
     def out_of_search_time(self) -> bool:
-        """Past the deadline less the reserve for measuring what the search found (RESERVE_PROBES probes)."""
-        return self.deadline is not None and time.monotonic() > self.deadline - RESERVE_PROBES * self.longest_probe_s
+        """Whether another probe would leave too little of the budget to measure what the search found: on an
+        H100 a compiled GPT-2 probe took 50 s, and a search that spent the budget measured nothing."""
+        return not self.fits_in_budget(self.longest_probe_s + self.measure_s())
+
+    def _launch_timed(self, job: Job) -> tuple[str, str | None, dict[str, Any] | None, float]:
+        started = time.monotonic()
+        status, reason, payload = self.launch(job, self.run_dir)
+        return status, reason, payload, time.monotonic() - started
+
+    def _launch_measurement(self, job: Job) -> tuple[str, str | None, dict[str, Any] | None]:
+        status, reason, payload, took_s = self._launch_timed(job)
+        self.longest_measure_s = max(self.longest_measure_s, took_s)
+        return status, reason, payload
 
     def probe_config(self, combo: dict[str, str], batch: int) -> Config:
         """A short throughput run: no held-out evaluation or target (memory is the training step's), and no
@@ -163,49 +190,68 @@ class Tuner:
         each combination holds the ones of other sets at their defaults, so an eager row has one key."""
         return self.base.replace(**combo, **changes).without_foreign_options()
 
-    def fits(self, combo: dict[str, str], batch: int) -> bool:
+    def probe(self, combo: dict[str, str], batch: int) -> tuple[str, str | None]:
+        """A probe's (status, reason) at `batch`: run now, or as an earlier one found it."""
         config = self.probe_config(combo, batch)
         if config.key not in self.cache:
-            started = time.monotonic()
-            status, reason, _ = self.launch(Job(config, 0), self.run_dir)
-            self.longest_probe_s = max(self.longest_probe_s, time.monotonic() - started)
-            self.cache[config.key] = status
+            status, reason, _, took_s = self._launch_timed(Job(config, 0))
+            self.longest_probe_s = max(self.longest_probe_s, took_s)
+            self.cache[config.key] = (status, reason)
             with results.saving(self.probe_path):
                 results.append_line(self.probe_path, {"config_key": config.key, "combo": combo, "batch_size": batch,
-                                                      "status": status, "reason": reason})
+                                                      "status": status, "reason": reason, "wall_s": round(took_s, 3)})
             self.on_event(f"probe {self.label(combo)} batch {batch}: {status}")
-        return self.cache[config.key] == "ok"
+        return self.cache[config.key]
+
+    def fits(self, combo: dict[str, str], batch: int) -> bool:
+        return self.probe(combo, batch)[0] == "ok"
 
     def search(self, combo: dict[str, str]) -> ComboResult:
-        """Largest fitting batch by doubling from --min-batch then bisection; any non-ok probe counts as not fitting.
+        """Largest fitting batch by doubling from --min-batch then bisection between the largest that fitted and
+        the smallest that ran out of memory.
 
-        When --min-batch does not fit, the bisection runs between 0 and it. The search stops early to leave
-        the budget room for measuring what it found."""
+        When --min-batch does not fit, the bisection runs between 0 and it. A probe that failed of anything else
+        (a timeout, a crash, a compile error) is no memory edge: the search stops there and says so. The search
+        stops early to leave the budget room for measuring what it found."""
         found = self.result(combo)
         consulted: list[int] = []
 
+        class Stopped(Exception):
+            pass
+
         def fits(batch: int) -> bool:
             consulted.append(batch)
-            return self.fits(combo, batch)
+            status, reason = self.probe(combo, batch)
+            if status not in ("ok", "oom"):
+                found.stopped_by = f"batch {batch}: {status}" + (f" ({reason})" if reason else "")
+                raise Stopped
+            return status == "ok"
 
         fitting, failing, batch = 0, None, self.min_batch
-        while batch <= self.max_batch and not self.out_of_search_time():
-            if not fits(batch):
-                failing = batch
-                break
-            fitting, batch = batch, batch * 2
-        if failing is None and fitting and fitting < self.max_batch < batch and not self.out_of_search_time():
-            # Doubling from --min-batch stepped over --max-batch: try it, then bisect below it if it fails.
-            if fits(self.max_batch):
-                fitting = self.max_batch
-            else:
-                failing = self.max_batch
-        while failing is not None and failing - fitting > 1 and not self.out_of_search_time():
-            middle = (fitting + failing) // 2
-            if fits(middle):
-                fitting = middle
-            else:
-                failing = middle
+        try:
+            while batch <= self.max_batch and not self.out_of_search_time():
+                if not fits(batch):
+                    failing = batch
+                    break
+                fitting, batch = batch, batch * 2
+            if failing is None and fitting and fitting < self.max_batch < batch and not self.out_of_search_time():
+                # Doubling from --min-batch stepped over --max-batch: try it, then bisect below it if it fails.
+                if fits(self.max_batch):
+                    fitting = self.max_batch
+                else:
+                    failing = self.max_batch
+            while failing is not None and failing - fitting > 1 and not self.out_of_search_time():
+                middle = (fitting + failing) // 2
+                if fits(middle):
+                    fitting = middle
+                else:
+                    failing = middle
+        except Stopped:
+            # Measured at the largest size that fitted, with no margin: no edge was found to back off from.
+            found.largest_fitting, found.chosen, found.probes = fitting, fitting, len(consulted)
+            found.add_note(f"probe at {found.stopped_by}: not out of memory, so no edge; the search stopped there"
+                           + (f" and measures batch {fitting}" if fitting else ""))
+            return found
         found.largest_fitting, found.first_failing = fitting, failing
         found.probes = len(consulted)
         # The margin backs off from the edge (the first batch that did not fit), never past what fitted: a search
@@ -220,7 +266,9 @@ class Tuner:
             found.chosen = min(fitting, max(1, int((failing - 1) * (1 - self.margin))))
         # Cut short: the edge is not pinned down (no failure seen below --max-batch, or a gap left to bisect).
         edge_found = (failing is not None and failing - fitting <= 1) or fitting == self.max_batch
-        if self.out_of_search_time() and not edge_found:
+        if not consulted:
+            found.add_note("budget ran out before its search began")
+        elif self.out_of_search_time() and not edge_found:
             found.add_note("budget ran out during the search" + (
                 f" (what is left measures batch {found.chosen})" if fitting else ""))
         if failing is None and fitting == self.max_batch:
@@ -233,7 +281,7 @@ class Tuner:
     def _losses(self, config: Config) -> dict[str, Any]:
         """Status and losses of one parity run (cached in parity.jsonl)."""
         if config.key not in self.parity_runs:
-            status, reason, payload = self.launch(Job(config, 0), self.run_dir)
+            status, reason, payload = self._launch_measurement(Job(config, 0))
             entry = {"config_key": config.key, "precision": config.precision, "kernels": config.kernels,
                      "batch_size": config.batch_size, "status": status, "reason": reason,
                      "losses": (payload or {}).get("losses")}
@@ -261,13 +309,14 @@ class Tuner:
 
     def measure(self, found: ComboResult, steps: int, warmup: int) -> None:
         checked = None
-        if self.needs_parity(found.combo) and not self.out_of_time():
+        # Two runs (the combination's and its reference's), and the measurement after them.
+        if self.needs_parity(found.combo) and self.fits_in_budget(3 * self.measure_s()):
             checked = self.parity_check(found.combo, found.chosen)
             if checked["parity"] in STRAYED:
                 found.add_note(f"parity {checked['parity']}: never ranked first")
         sizes = sorted({found.chosen, *(max(1, int(found.chosen * f)) for f in BELOW)}, reverse=True)
         for batch in sizes:
-            if self.out_of_time():
+            if not self.fits_in_budget(self.measure_s()):
                 unmeasured = ", ".join(str(b) for b in sizes if b not in {m["config"].batch_size
                                                                            for m in found.measured})
                 found.add_note(f"budget ran out during measurement (batch {unmeasured} not measured)")
@@ -276,8 +325,8 @@ class Tuner:
             config = self.config(found.combo, batch_size=batch, grad_accum=accum, steps=steps, warmup=warmup)
             if config.key not in self.done:
                 reason = self.skip(config)
-                status, reason, payload = ("skipped", reason, None) if reason else self.launch(Job(config, 0),
-                                                                                               self.run_dir)
+                status, reason, payload = ("skipped", reason, None) if reason else self._launch_measurement(
+                    Job(config, 0))
                 record = results.make_record(suite="tune", config=config.to_dict(), config_key=config.key, repeat=0,
                                              status=status, reason=reason, payload=payload)
                 if checked is not None and record["metrics"] is not None:
@@ -305,14 +354,14 @@ class Tuner:
             waiting = [s for s in top if len(s.records) < repeats]
             if len(top) < 2 or not waiting:
                 return
-            if self.out_of_time():
+            if not self.fits_in_budget(self.measure_s()):
                 self.on_event("budget ran out while confirming the two best configurations")
                 return
             standing = min(waiting, key=lambda s: len(s.records))  # the one with fewer repeats: they alternate
             first = standing.records[0]
             repeat = 1 + max(r["repeat"] for r in standing.records)
             config = Config.from_mapping(first["config"])
-            status, reason, payload = self.launch(Job(config, repeat), self.run_dir)
+            status, reason, payload = self._launch_measurement(Job(config, repeat))
             record = results.make_record(suite="tune", config=config.to_dict(), config_key=config.key,
                                          repeat=repeat, status=status, reason=reason, payload=payload)
             if record["metrics"] is not None:  # checked once, at the first measurement
@@ -412,8 +461,9 @@ def contention_warning(rows: list[dict[str, Any]]) -> str | None:
             "host's cores busy: their figures, and the ranking, may be the host's load; tune again on a quiet host")
 
 
-def winner_suite(record: dict[str, Any], objective: str = "throughput") -> str:
-    """A suite file that reproduces the winning configuration."""
+def winner_suite(record: dict[str, Any], objective: str = "throughput", notes: tuple[str, ...] = ()) -> str:
+    """A suite file that reproduces the winning configuration; `notes` (what its figure rests on, whether it was
+    told apart from the runner-up) open it as comments."""
     config = Config.from_mapping({k: v for k, v in record["config"].items()})
     defaults = Config()
     m = record["metrics"]
@@ -421,7 +471,7 @@ def winner_suite(record: dict[str, Any], objective: str = "throughput") -> str:
               if objective == "time-to-target" and m.get("time_to_target_s") is not None
               else f"{m['tokens_per_s']:,.0f} tokens/s")
     best = "Fastest to target" if objective == "time-to-target" else "Fastest configuration"
-    lines = [f'name = "tuned-{config.model}"',
+    lines = [*(f"# {note}" for note in notes), f'name = "tuned-{config.model}"',
              f'description = "{best} lmbench tune found for {config.model} ({figure})"', "", "[defaults]"]
     for name, value in config.to_dict().items():
         # An option the configuration does not use (nproc, resolved to 1 for one process; a mode's or kernel set's
@@ -432,6 +482,28 @@ def winner_suite(record: dict[str, Any], objective: str = "throughput") -> str:
     return "\n".join(lines) + "\n"
 
 
+def winner_basis(best: Any, objective: str) -> tuple[dict[str, float], str]:
+    """The winner's figure and what it rests on. The measurement that ranked it first was picked as the best of
+    several noisy ones, so it flatters it (the winner's curse: in 20,000 simulated tunes of six configurations of
+    equal speed with 3% noise, it read 3.9% high, the median of all three repeats 2.1%, of the two after it 1.0%,
+    docs/tuning.md): the figure quoted is the median of the repeats measured after it was
+    picked (--confirm-repeats), and only without them the picking measurement, said to be unconfirmed."""
+    to_target = objective == "time-to-target"
+    among = best.reached() if to_target else best.counted()
+    again = [r for r in among if r["repeat"] >= 1]
+    name, unit = ("time_to_target_s", "s to target") if to_target else ("tokens_per_s", "tokens/s")
+    figures = {"tokens_per_s": best.median("tokens_per_s", [r for r in best.counted() if r["repeat"] >= 1]
+                                           or best.counted()),
+               "time_to_target_s": best.median("time_to_target_s", again or among)}
+    medians = {key: value for key, value in figures.items() if value is not None}
+    if not again:
+        return medians, ("its figure is the one measurement that ranked it first, unconfirmed: picked as the best of "
+                         "several noisy figures, it flatters it (--confirm-repeats measures it again)")
+    overall = best.median(name, among)
+    return medians, (f"its figure is the median of the {len(again)} repeat(s) measured after it was picked, leaving "
+                     f"out the measurement that picked it (over all {len(among)}: {overall:,.1f} {unit})")
+
+
 def no_winner_reason(run_dir: RunDirectory, objective: str = "throughput") -> str:
     """Why write_winner wrote nothing: nothing ran, or everything that ran strayed from its parity reference."""
     rows = ranked(run_dir, objective)
@@ -440,19 +512,20 @@ def no_winner_reason(run_dir: RunDirectory, objective: str = "throughput") -> st
     return "no configuration ran successfully"
 
 
-def write_winner(run_dir: RunDirectory, objective: str = "throughput") -> Path | None:
+def write_winner(run_dir: RunDirectory, objective: str = "throughput", cut: str | None = None) -> Path | None:
+    """tuned.toml: the winner as a suite, opening with what its figure rests on, whether its lead over the
+    runner-up is outside the noise, and `cut` (why the tune ended before its plan did), when it did."""
     rows = ranked(run_dir, objective)
     if not rows or rows[0]["status"] != "ok" or strayed(rows[0]):
         return None
-    # The winner's figures as the ranking took them: medians over its quiet ok repeats (several once confirmed).
     from lmbench.analyze.ranking import rank
 
-    best = rank(run_dir.recorded().records, objective)[0]
-    figures = {"tokens_per_s": best.median("tokens_per_s"),
-               "time_to_target_s": best.median("time_to_target_s", best.reached())}
-    medians = {name: value for name, value in figures.items() if value is not None}
+    records = run_dir.recorded().records
+    medians, basis = winner_basis(rank(records, objective)[0], objective)
+    notes = tuple(filter(None, [f"from a tune cut short ({cut}): the search and measurements are partial" if cut
+                                else None, basis, told_apart(rows, objective)]))
     path = run_dir.path / WINNER_FILE
     with results.saving(path):
-        path.write_text(winner_suite({**rows[0], "metrics": {**rows[0]["metrics"], **medians}}, objective),
+        path.write_text(winner_suite({**rows[0], "metrics": {**rows[0]["metrics"], **medians}}, objective, notes),
                         encoding="utf-8")
     return path

@@ -252,6 +252,71 @@ def test_the_search_leaves_room_to_measure_what_it_found(tmp_path, monkeypatch):
     assert launcher.launched[2] == 32
 
 
+@pytest.mark.parametrize("budget_s, probes, measured", [(150, [16, 32], [32]), (149, [16], [16]),
+                                                         (240, [16, 32, 64], [64]), (300, [16, 32, 64], [64, 48, 32])])
+def test_no_job_starts_that_the_longest_of_its_kind_would_carry_past_the_budget(tmp_path, monkeypatch, budget_s,
+                                                                                 probes, measured):
+    """50 s a launch (a compiled GPT-2 on the H100): a probe starts only when it and a measurement after it end
+    within the budget, a measurement only when it does. A measurement that started at the budget's edge (150 s of
+    150) ran 50 s past it, and an outer timeout cut the H100's tune before it named anything."""
+    launcher = slow_launcher(monkeypatch, 10**6)
+    tuner = Tuner(BASE, RunDirectory(tmp_path / "run", resume=False), launch=launcher, budget_s=budget_s,
+                  min_batch=16, max_batch=64, margin=0.1)
+    found = tuner.search(COMBO)
+    searched = len(launcher.launched)
+    tuner.measure(found, steps=2, warmup=0)
+    tuner.confirm("throughput")
+    import lmbench.tune as tuning
+
+    assert launcher.launched[:searched] == probes and launcher.launched[searched:] == measured
+    assert tuning.time.monotonic() <= budget_s
+
+
+def test_a_probe_that_fails_of_other_than_memory_stops_the_search_and_is_probed_again_on_resume(tmp_path):
+    """A timeout at 32 is no memory edge: bisecting towards it would call 31 the largest batch that fits. The
+    search stops, measures what fitted (no margin: no edge), says why, and a resumed tune probes 32 again."""
+
+    class TimesOut(FakeLauncher):
+        def __call__(self, job, run_dir):
+            if job.config.batch_size >= 32:
+                self.launched.append(job.config.batch_size)
+                return "timeout", "no result within timeout_s=900 (worker killed)", None
+            return super().__call__(job, run_dir)
+
+    with RunDirectory(tmp_path / "run", resume=False) as run_dir:
+        found = Tuner(BASE, run_dir, launch=(launcher := TimesOut(10**6)), max_batch=256, margin=0.1).search(COMBO)
+    assert launcher.launched == [1, 2, 4, 8, 16, 32]
+    assert (found.largest_fitting, found.first_failing, found.chosen) == (16, None, 16)
+    assert found.note == ("probe at batch 32: timeout (no result within timeout_s=900 (worker killed)): not out of "
+                          "memory, so no edge; the search stopped there and measures batch 16")
+    again = TimesOut(10**6)
+    with RunDirectory(tmp_path / "run", resume=True) as run_dir:
+        Tuner(BASE, run_dir, launch=again, max_batch=256).search(COMBO)
+    assert again.launched == [32]  # the sizes that fitted are not probed again; the timeout is
+
+
+def test_a_resumed_tune_knows_how_long_its_probes_took(tmp_path, monkeypatch):
+    """probes.jsonl keeps each probe's wall time: a resumed search leaves the budget room from its first probe."""
+    with RunDirectory(tmp_path / "run", resume=False) as run_dir:
+        Tuner(BASE, run_dir, launch=slow_launcher(monkeypatch, 8), max_batch=8).search(COMBO)
+    with RunDirectory(tmp_path / "run", resume=True) as run_dir:
+        assert Tuner(BASE, run_dir, launch=FakeLauncher(8), max_batch=8).longest_probe_s == 50.0
+
+
+def test_a_combination_the_budget_never_reached_shows_no_search():
+    from rich.console import Console
+
+    from lmbench.analyze.table import tune_search_table
+    from lmbench.tune import ComboResult
+
+    console = Console(width=200, record=True)
+    console.print(tune_search_table([ComboResult(COMBO, note="budget ran out before its search began",
+                                                 kernels="eager")], title="t"))
+    row = next(line for line in console.export_text().splitlines() if "budget" in line)
+    assert [cell.strip() for cell in row.split("│")[1:-1]] == ["fp32", "eager", "none", "-", "-", "-", "0",
+                                                                "budget ran out before its search began"]
+
+
 def test_a_bisection_the_budget_stopped_measures_what_fitted_not_less(tmp_path, monkeypatch):
     """16 fits, 32 does not, and the budget ends before anything between is tried: the edge is somewhere in
     17-32, so the margin (10% off 31 is 27) takes nothing off 16; an edge found exactly (37 fits, 38 does not)
@@ -319,11 +384,11 @@ def test_a_skipped_combination_shows_no_search_in_the_table():
 
 
 def test_a_search_that_found_its_edge_is_not_called_cut_short_and_unmeasured_sizes_are_named(tmp_path, monkeypatch):
-    """Boundary 4 from --min-batch 4 (50 s a launch, 240 s budget): 4 fits, 8 fails, 5 and 6 settle the edge at 4;
-    the search is then out of time but found its edge. Measuring 4 uses the budget up, so 3 and 2 (BELOW) are not
-    measured, and the note says which."""
+    """Boundary 4 from --min-batch 4 (50 s a launch, 250 s budget): 4 fits, 8 fails, 6 and 5 settle the edge at 4
+    (the probe of 5 starts at 150 s: it and a measurement end by 250 s); the search is then out of time but found
+    its edge. Measuring 4 uses the budget up, so 3 and 2 (BELOW) are not measured, and the note says which."""
     tuner = Tuner(BASE, RunDirectory(tmp_path / "run", resume=False), launch=slow_launcher(monkeypatch, 4),
-                  budget_s=240, min_batch=4, max_batch=64, margin=0.0)
+                  budget_s=250, min_batch=4, max_batch=64, margin=0.0)
     found = tuner.search(COMBO)
     assert (found.largest_fitting, found.first_failing, found.chosen) == (4, 5, 4)
     assert tuner.out_of_search_time() and found.note == ""
@@ -439,7 +504,24 @@ def test_the_winners_suite_quotes_its_median_over_the_repeats(tmp_path):
     measured_tune(tmp_path, NoisyLauncher(4, {(4, 0): 1.05, (4, 1): 1.01, (4, 2): 0.99}))  # 420, 404, 396
     with RunDirectory(tmp_path / "run", resume=True) as run_dir:
         suite = write_winner(run_dir).read_text()
-    assert "(404 tokens/s)" in suite
+    # The measurement that picked it (420) flatters it: the figure is the median of the two measured after.
+    assert "(400 tokens/s)" in suite
+    assert suite.startswith("# its figure is the median of the 2 repeat(s) measured after it was picked, leaving out "
+                            "the measurement that picked it (over all 3: 404.0 tokens/s)\n# winner vs runner-up: ")
+    assert suites.load(str(tmp_path / "run" / "tuned.toml")).name == "tuned-tiny-gpt2"  # still a suite
+
+
+def test_an_unconfirmed_winner_says_its_figure_flatters_it(tmp_path):
+    from lmbench.tune import write_winner
+
+    measured_tune(tmp_path, NoisyLauncher(4), repeats=1)
+    with RunDirectory(tmp_path / "run", resume=True) as run_dir:
+        suite = write_winner(run_dir, cut="interrupted").read_text()
+    assert suite.splitlines()[:2] == [
+        "# from a tune cut short (interrupted): the search and measurements are partial",
+        "# its figure is the one measurement that ranked it first, unconfirmed: picked as the best of several noisy "
+        "figures, it flatters it (--confirm-repeats measures it again)"]
+    assert "(400 tokens/s)" in suite
 
 
 def test_a_contender_its_own_repeats_pull_down_gives_way_and_the_winner_is_confirmed(tmp_path):
