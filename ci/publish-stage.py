@@ -3,6 +3,7 @@
 that issue 13's targets ask for taken from lmbench's own output, never typed by hand.
 
     python3 ci/publish-stage.py DIR [--reports reports] [--replace | --merge] [--allow-rehearsal]
+    python3 ci/publish-stage.py --rerender reports/<gpu>-<yyyy-mm-dd> [...]
 
 DIR holds stageN.tar.gz and stageN-summary.txt as the device tool returned them. Each stage goes to
 reports/<gpu>-<yyyy-mm-dd>/stageN/ (the GPU from the stage's preflight, the date from its summary), then that
@@ -17,6 +18,12 @@ lease measures a few stages; the targets of the others stand from earlier dates)
 stage to the one already published that day (the rerun's files win, both summaries are kept). A rehearsal
 on a CPU (`gpu-validate.sh --rehearse`) is refused unless --allow-rehearsal (the tests publish one into a
 temporary folder).
+
+--rerender renders each published stage's report again from the runs committed beside it, with this checkout's
+lmbench (`lmbench report`, the stage's ceilings.json when it has one), then writes the READMEs again: a report
+rendered on the GPU by an older lmbench lacks the notes and columns added since (what MFU divides by, throttling
+beside throughput, the energy caveats). The report's header names both versions: the one that measured, the
+one that rendered.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import csv
 import json
 import re
 import statistics
+import subprocess
 import sys
 import tarfile
 from dataclasses import dataclass
@@ -230,8 +238,22 @@ def mfu(folder: Path, model: str, target_pct: float) -> tuple[str, str, str]:
     # The key as the results file spells it (lmbench reads a profiled record under its current key).
     recipe = RECIPES.get(config.get("precision"), "")
     shown = (f"{value * 100:.1f}% {config.get('precision')}{recipe}{padded}{graphs} "
-             f"({r.get('written_key', r['config_key'])})")
+             f"({r.get('written_key', r['config_key'])}); {basis(r, _records(where.parent))}")
     return shown, "met" if value * 100 >= target_pct else "not met", _link(folder, where)
+
+
+def basis(record: dict[str, Any], records: list[dict[str, Any]]) -> str:
+    """What a best figure rests on: its configuration's ok repeats, the window, and a power or heat cap. The best
+    over leases is the largest of single figures, which flatters it; a sceptic must see how thin it is."""
+    m = record.get("metrics") or {}
+    repeats = sum(1 for r in records if r["config_key"] == record["config_key"] and r["status"] == "ok")
+    window = m.get("window_s")
+    parts = ["one repeat" if repeats == 1 else f"the best of {repeats} repeats"]
+    if isinstance(window, (int, float)):
+        parts.append(f"a {window:.2f} s window")
+    if m.get("throttled_power_or_heat"):
+        parts.append(f"clocks throttled ({', '.join(m.get('throttle_reasons') or [])})")
+    return ", ".join(parts)
 
 
 def _times(*rows: dict[str, str]) -> tuple[list[float], str]:
@@ -456,9 +478,40 @@ def _headline(reports: Path, folder: Path) -> str:
             f"([{reports.name}/]({reports.name}/README.md), `ci/publish-stage.py`):\n\n" + "\n".join(rows))
 
 
+def rerender(stage: Path) -> bool:
+    """The stage's report/ rendered again from its runs/ by this checkout's lmbench (as gpu-validate.sh's report()
+    renders it: every run that recorded something, the stage's ceilings when measured); False without runs."""
+    runs = sorted(path.name for path in (stage / "runs").glob("*") if (path / "results.jsonl").is_file()
+                  and (path / "results.jsonl").stat().st_size) if (stage / "runs").is_dir() else []
+    if not runs:
+        return False
+    ceilings = stage / "ceilings.json"
+    roof = ["--ceilings", ceilings.name] if ceilings.is_file() and "copy_gb_per_s" in ceilings.read_text() else []
+    # From the stage's folder, so the report names its runs as they are published (runs/NAME), not the GPU's paths.
+    done = subprocess.run([sys.executable, "-m", "lmbench.cli", "report", *(f"runs/{name}" for name in runs),
+                           "--out", "report", *roof], cwd=stage, capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise PublishError(f"{stage}: lmbench report exited {done.returncode}: {last}")
+    return True
+
+
+def published_gpu(folder: Path) -> str:
+    """The GPU a published folder's README names in its title (`# lmbench on GPU, DATE`)."""
+    readme = folder / "README.md"
+    title = readme.read_text(encoding="utf-8").splitlines()[0] if readme.is_file() else ""
+    found = re.fullmatch(r"# lmbench on (.+), \d{4}-\d{2}-\d{2}", title)
+    if not found:
+        raise PublishError(f"{folder}: not a published folder (no README.md titled '# lmbench on GPU, DATE')")
+    return found[1]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("dir", type=Path, help="where stageN.tar.gz and stageN-summary.txt are")
+    parser.add_argument("dir", type=Path, nargs="+",
+                        help="where stageN.tar.gz and stageN-summary.txt are (with --rerender: published folders)")
+    parser.add_argument("--rerender", action="store_true",
+                        help="render the reports of published folders again with this checkout's lmbench")
     parser.add_argument("--reports", type=Path, default=Path(__file__).resolve().parent.parent / "reports")
     again = parser.add_mutually_exclusive_group()
     again.add_argument("--replace", action="store_true", help="publish a stage already in its folder again")
@@ -473,9 +526,20 @@ def main(argv: list[str] | None = None) -> int:
               "lmbench is installed in (pip install -e .)", file=sys.stderr)
         return 2
     try:
-        tarballs = sorted(args.dir.glob("stage*.tar.gz"))
+        if args.rerender:
+            for folder in args.dir:
+                gpu = published_gpu(folder)
+                done = [stage.name for stage in sorted(folder.glob("stage*")) if rerender(stage)]
+                readme = write_readme(folder, gpu)
+                update_index(args.reports, folder)
+                update_headline(args.reports.parent / "README.md", args.reports, folder)
+                print(f"{folder}: rendered {', '.join(done) or 'no report (no runs)'} again; {readme}")
+            return 0
+        if len(args.dir) > 1:
+            raise PublishError("one DIR of tarballs at a time (several folders are for --rerender)")
+        tarballs = sorted(args.dir[0].glob("stage*.tar.gz"))
         if not tarballs:
-            raise PublishError(f"{args.dir}: no stageN.tar.gz here (what the device tool brought back)")
+            raise PublishError(f"{args.dir[0]}: no stageN.tar.gz here (what the device tool brought back)")
         for tarball in tarballs:
             stage = inspect(tarball)
             if stage.mode != "gpu" and not args.allow_rehearsal:

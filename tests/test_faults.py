@@ -523,6 +523,7 @@ def test_5_wrongly_shaped_lines_are_skipped_by_report_resume_and_compare(tmp_pat
                     f"{json.loads(good[0])['config_key']} is already on line 1")
     loaded = results.read(out)
     assert [w.split(" (")[0] for w in loaded.warnings] == expected
+    # The foreign record's config is too partial to key: it keeps the key it was written with.
     assert [json.dumps(r) for r in loaded.records] == [json.dumps(json.loads(g)) for g in [*good, foreign]]
     report = lmbench("report", out)
     assert report.exit_code == 0, report.output
@@ -784,11 +785,31 @@ def test_10_tune_resumes_over_a_truncated_probes_file(tmp_path, fake, monkeypatc
     assert len(results.read(out).records) == 7
 
 
+@pytest.mark.slow
+def test_10_an_interrupted_tune_shows_what_it_found_and_writes_a_partial_winner(tmp_path, fake):
+    """Cut by a signal (an outer timeout, Ctrl-C), tune said only how to resume: the GPU lease's tune named nothing.
+    Now its tables and a tuned.toml that says it is partial come first, then the resume line."""
+    out = tmp_path / "tune"
+    args = ["tune", "--model", "tiny-gpt2", "--seq-len", "16", "--device", "cpu", "--precision", "fp32",
+            "--checkpointing", "none", "--max-batch", "8", "--margin", "0", "--out", out]
+    proc = spawn(tmp_path, *args, env={"FAKE_WORKER_OOM_ABOVE": "4", "FAKE_WORKER_HANG": "-b3-"})
+    wait_for(lambda: len(lines(out)) == 1 and len(list((tmp_path / "pids").iterdir())) == 8)  # 6 probes, 4, 3
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1].startswith("lmbench: interrupted; the probes and measurements made so "
+                                                      "far are kept in")
+    assert "cut short: interrupted" in stdout and f"winner as a suite (partial): {out}/tuned.toml" in stdout
+    tuned = (out / "tuned.toml").read_text()
+    assert tuned.startswith("# from a tune cut short (interrupted): the search and measurements are partial\n")
+    assert "batch_size = 4" in tuned
+
+
 def test_10_tuner_skips_unreadable_probe_lines(tmp_path):
     with RunDirectory(tmp_path / "t", resume=False) as run_dir:
         (run_dir.path / "probes.jsonl").write_text('[1]\nnot json\n{"config_key": "k", "status": "ok"}\n')
         tuner = Tuner(Config(device="cpu"), run_dir, launch=lambda job, run_dir: ("ok", None, None))
-    assert tuner.cache == {"k": "ok"}
+    assert tuner.cache == {"k": ("ok", None)}
     assert tuner.warnings == [f"{run_dir.path}/probes.jsonl:2: skipped corrupt line",
                               f"{run_dir.path}/probes.jsonl:1: skipped line without config_key and status"]
 
@@ -865,20 +886,46 @@ def test_a_profiled_record_written_under_the_old_key_is_read_under_todays(tmp_pa
              # A config this lmbench cannot read keeps its key as written.
              {"config_key": "odd", "repeat": 0, "status": "ok", "config": {"model": "tiny-gpt2", "profile": True,
                                                                              "no_such_axis": 1}},
-             {"config_key": old_key, "repeat": 0, "status": "ok", "config": {**profiled.to_dict(), "profile": False}}]
+             # An unprofiled record under another config's key (a line edited by hand, or a key from before a
+             # default changed) is read as the configuration it measured, and the file's one warning says so.
+             {"config_key": old_key, "repeat": 0, "status": "ok", "config": {**profiled.to_dict(), "profile": False,
+                                                                            "seed": 1}}]
     (tmp_path / "results.jsonl").write_text("".join(json.dumps({**line, "metrics": {"tokens_per_s": 1.0}}) + "\n"
                                                     for line in lines))
     loaded = results.read(tmp_path)
-    assert loaded.warnings == []
-    assert [r["config_key"] for r in loaded.records] == [Config().key, "odd", old_key]
+    assert loaded.warnings == [f"{tmp_path / 'results.jsonl'}: 1 record(s) carry a config_key their config does not "
+                               f"have under this lmbench (first on line 3: {old_key}, its config's key "
+                               f"{Config(seed=1).key}); read under their configs' keys, which compare and --resume "
+                               "match by"]
+    assert [r["config_key"] for r in loaded.records] == [Config().key, "odd", Config(seed=1).key]
     # Its side files keep the key they were written under: the report still finds its telemetry.
-    assert [r.get("written_key") for r in loaded.records] == [old_key, None, None]
+    assert [r.get("written_key") for r in loaded.records] == [old_key, None, old_key]
     from lmbench.analyze.report import timelines
 
     (tmp_path / "telemetry").mkdir()
     (tmp_path / "telemetry" / f"{old_key}-r0.csv").write_text("t_s,power_w\n")
     first = {**loaded.records[0], "run": str(tmp_path)}
     assert list(timelines([first], ["model"]).values()) == [tmp_path / "telemetry" / f"{old_key}-r0.csv"]
+
+
+def test_a_record_measured_at_an_axis_old_default_does_not_pair_with_todays_default(tmp_path, monkeypatch):
+    """An axis added after the first key format enters the key only away from its default: were that default
+    changed, a record measured at the old one would carry today's default configuration's key. Read under its
+    config's own key, it pairs with neither a run at the new default nor, on --resume, stands in for one."""
+    from lmbench.plan import config as config_module
+    from lmbench.plan.config import Config
+
+    old = Config(vocab_multiple=1)
+    old_key = old.key  # written while 1 was the default
+    line = {"config_key": old_key, "repeat": 0, "status": "ok", "config": old.to_dict(),
+            "metrics": {"tokens_per_s": 1.0}}
+    (tmp_path / "results.jsonl").write_text(json.dumps(line) + "\n")
+    monkeypatch.setitem(config_module.DEFAULTS, "vocab_multiple", 64)
+    today = Config(vocab_multiple=64)
+    assert today.key == old_key  # the collision the written key alone would make
+    record, = results.read(tmp_path).records
+    assert record["config_key"] == old.key != today.key
+    assert record["written_key"] == old_key
 
 
 _RANKS_FAIL = """

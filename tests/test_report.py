@@ -4,6 +4,7 @@ import io
 import shutil
 import statistics
 import subprocess
+from html import escape
 from pathlib import Path
 
 import matplotlib
@@ -11,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from matplotlib.figure import Figure
 
-from lmbench.analyze import frame, plots, report
+from lmbench.analyze import frame, plots, report, results
 from lmbench.analyze.table import Grid, markdown_table
 from lmbench.cli import cli
 from lmbench.plan.config import Config
@@ -416,8 +417,10 @@ def test_where_the_time_goes_and_the_roofline(tmp_path):
     ceilings = {"bf16_matmul_tflops": 1000.0, "copy_gb_per_s": 2000.0}
     # 1024 tokens x 1e9 FLOPs at 1000 TFLOP/s: 1.02 ms; 40e9 bytes (fp32 AdamW) at 2 TB/s: 20 ms; step 1024 ms.
     roof = report.roofline_section(records, ceilings)["roofline"]
-    assert roof.rows[0] == ["fp32", "memory", "1.02", "20.00", "1024.00", "51.20x",
-                            "bf16 1000 TFLOP/s (no fp32 ceiling measured)"]
+    # Without fp32's own ceiling, bf16's is no roof for it: the memory roof alone, no bound, no distance (bf16's
+    # 1.02 ms compute roof made fp32 read memory-bound, 51x from its roof).
+    assert roof.rows[0] == ["fp32", "-", "-", "20.00", "1024.00", "-",
+                            "none: no fp32 ceiling measured (lmbench ceilings measures it)"]
     assert roof.rows[1][-1] == "bf16 1000 TFLOP/s"
     # With fp32's own ceiling (TF32 off: 50 TFLOP/s), fp32 is held to it: 1024 x 1e9 / 50e12 = 20.48 ms.
     roof = report.roofline_section(records, {**ceilings, "fp32_matmul_tflops": 50.0})["roofline"]
@@ -780,3 +783,71 @@ def test_a_window_the_host_held_back_says_so_in_the_note():
     console = Console(width=300, record=True)
     console.print(summary([held, busy]))
     assert sum("GPU busy 83% of the window" in line for line in console.export_text().splitlines()) == 1
+
+
+def test_throughput_notes_carry_throttling_and_the_records_own_warnings_and_the_header_what_is_fixed(tmp_path):
+    throttled = hand_record("amp-bf16", 8, 2000.0)
+    throttled["metrics"].update(throttle_reasons=["sw_power_cap", "gpu_idle"], throttled_power_or_heat=True,
+                                sm_clock_avg_mhz=1825.0, sm_clock_min_mhz=1650.0)
+    warned = hand_record("fp32", 8, 1000.0)
+    warned["warnings"] = ["parallel=dp on one GPU is degenerate: DataParallel's scatter/gather without a second "
+                          "replica", "energy: a 0.8 s window, too short", "clocks were throttled for power or heat "
+                          "during the window (sw_power_cap); the figures may not be representative"]
+    grid = report.sections([throttled, warned])["throughput"]
+    notes = {row[0]: row[-1] for row in grid.rows}
+    # The power cap beside the throughput it slowed (gpu_idle is no throttle); each warning said once, and the
+    # energy and throttling warnings only where their own table or note says them.
+    assert notes["amp-bf16"] == "clocks throttled (sw_power_cap), SM clock avg 1825 MHz"
+    assert notes["fp32"] == ("parallel=dp on one GPU is degenerate: DataParallel's scatter/gather without a second "
+                             "replica")
+    run = tmp_path / "run"
+    run.mkdir()
+    for record in (throttled, warned):
+        results.append(run, record)
+    done = CliRunner().invoke(cli, ["report", str(run), "--out", str(tmp_path / "report")])
+    assert done.exit_code == 0, done.output
+    md = (tmp_path / "report" / "report.md").read_text()
+    header = md.split("\n\n")[1].split("  \n")
+    assert header[1].endswith("measured with lmbench 0.1.0 (abc)")
+    assert header[2].startswith("Report rendered by lmbench ")
+    # What no column shows: the model and the batch every row shares (device is away from its default).
+    assert header[3] == ("Every configuration: model=tiny-gpt2, batch_size=8, seq_len=128, grad_accum=1, "
+                         "parallel=none, kernels=eager, attention=sdpa, checkpointing=none, optimizer=adamw-fused, "
+                         "device=cuda")
+    assert header[4].startswith("2 records, 2 configurations; each configuration measured once")
+    page = (tmp_path / "report" / "report.html").read_text()
+    for line in header:
+        assert f"<p>{escape(line.strip())}</p>" in page
+
+
+def test_plots_tell_series_apart_mark_what_not_to_quote_and_show_the_out_of_memory_sizes():
+    """Twelve power traces took ten colours (two pairs alike); legends named values without their axes; the
+    tokens-per-joule bars drew figures the energy table says not to quote, and no spread over repeats."""
+    from matplotlib.patches import Rectangle
+
+    fp32 = [hand_record("fp32", 8, 1000.0), hand_record("fp32", 8, 1100.0, repeat=1)]
+    fp32[1]["metrics"]["tokens_per_j"] = 120.0
+    bf16 = hand_record("amp-bf16", 8, 2000.0)
+    from lmbench.measure.telemetry import SHORT_WINDOW_SOURCE
+
+    bf16["metrics"].update(energy_source=SHORT_WINDOW_SOURCE, telemetry_window_s=0.8, telemetry_samples=17)
+    records = [*fp32, bf16, hand_record("amp-bf16", 16, 2500.0),
+               hand_record("amp-bf16", 32, 0, status="oom", reason="OutOfMemoryError")]
+    df = hand_frame(records)
+    energy = plots.tokens_per_joule(df)
+    ax = energy.axes[0]
+    hatched = [patch.get_hatch() for patch in ax.patches if isinstance(patch, Rectangle) and patch.get_width() > 0]
+    assert hatched == [None, "//", None]  # fp32 b8, amp-bf16 b8 (the short window), amp-bf16 b16
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "lowest to highest repeat", "not to quote: a window too short for NVML's counter, or counter and integral "
+        "apart (energy table)"]
+    over_batch = plots.tokens_vs_batch(df).axes[0]
+    assert [t.get_text() for t in over_batch.get_legend().get_texts()] == ["precision=amp-bf16", "precision=fp32",
+                                                                          "out of memory"]
+    assert over_batch.get_ylim()[0] == 0
+    assert [plots._style(i) for i in (0, 9, 10, 11)] == [
+        {"color": "C0", "linestyle": "-"}, {"color": "C9", "linestyle": "-"}, {"color": "C0", "linestyle": "--"},
+        {"color": "C1", "linestyle": "--"}]
+    import matplotlib.pyplot as plt
+
+    plt.close("all")

@@ -23,6 +23,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from lmbench.analyze.baseline import counterpart  # noqa: E402
 from lmbench.analyze.table import configs_of, varying_axes  # noqa: E402
 from lmbench.measure.hostload import window_contended  # noqa: E402
+from lmbench.measure.telemetry import energy_caveat  # noqa: E402
 from lmbench.plan.config import FIELD_TYPES, applies  # noqa: E402
 
 GIB = 2**30
@@ -59,14 +60,28 @@ def _series_axes(df: pd.DataFrame, exclude: set[str]) -> list[str]:
             and df[a].nunique(dropna=False) > 1]
 
 
+#: Line styles taken in turn once matplotlib's ten colours are spent, so no two series look alike.
+_STYLES = ("-", "--", ":", "-.")
+
+
+def _style(index: int) -> dict[str, Any]:
+    """The `index`-th series' colour and line style: ten colours, then the next style with the colours again."""
+    return {"color": f"C{index % 10}", "linestyle": _STYLES[(index // 10) % len(_STYLES)]}
+
+
+def _series_name(series: list[str], label: Any) -> str:
+    """`checkpointing=full precision=amp-bf16`: values alone ("full", "64 compile 10 8") name nothing."""
+    values = label if isinstance(label, tuple) else (label,)
+    return " ".join(f"{axis}={value}" for axis, value in zip(series, values)) or "all"
+
+
 def _lines_over_batch(ax: Any, ok: pd.DataFrame, series: list[str], column: str, how: str, scale: float) -> None:
     """One line per combination of the `series` axes: `column` aggregated over repeats, against batch size."""
     if ok.empty:
         return
-    for label, group in ok.groupby(series, dropna=False) if series else [((), ok)]:
+    for index, (label, group) in enumerate(ok.groupby(series, dropna=False) if series else [((), ok)]):
         points = (group.groupby("batch_size")[column].agg(how) / scale).sort_index()
-        name = " ".join(map(str, label if isinstance(label, tuple) else (label,))) or "all"
-        ax.plot(points.index, points.values, marker="o", label=name)
+        ax.plot(points.index, points.values, marker="o", label=_series_name(series, label), **_style(index))
 
 
 def _finish_batch_axes(ax: Any, title: str, ylabel: str) -> None:
@@ -86,6 +101,13 @@ def tokens_vs_batch(df: pd.DataFrame) -> Figure:
         return _empty(title, "no successful configuration")
     fig, ax = plt.subplots(figsize=(7, 4))
     _lines_over_batch(ax, ok, _series_axes(df, {"batch_size"}), "tokens_per_s", "median", 1.0)
+    # From zero: a line starting at 33,700 tokens/s drew a 0.68x ratio as a cliff. The sizes that ran out of
+    # memory sit on the axis, as the memory plot marks them.
+    ax.set_ylim(bottom=0)
+    ooms = df[df["status"] == "oom"] if "status" in df else df.iloc[0:0]
+    if not ooms.empty:
+        ax.scatter(ooms["batch_size"], [0] * len(ooms), marker="x", color="red", clip_on=False, zorder=3,
+                   label="out of memory")
     _finish_batch_axes(ax, title, "tokens/s (median over repeats)")
     return fig
 
@@ -115,12 +137,32 @@ def tokens_per_joule(df: pd.DataFrame) -> Figure:
     if ok.empty:
         return _empty(title, "no energy measured (no NVML telemetry in these results)")
     axes = _series_axes(df, set()) or ["model"]
-    labels, values = [], []
+    labels, values, spans, caveated = [], [], [], []
     for _, group in ok.groupby(["run", "config_key"], sort=False):
         labels.append(config_label(group.iloc[0], axes))
         values.append(group["tokens_per_j"].median())
+        spans.append((values[-1] - group["tokens_per_j"].min(), group["tokens_per_j"].max() - values[-1]))
+        # As the energy table's note: a window too short for NVML's counter, or counter and integral apart.
+        caveated.append(any(energy_caveat({k: (v if v == v else None) for k, v in row.items()})
+                            for _, row in group.iterrows()))
     fig, ax = plt.subplots(figsize=(7, max(3, 0.4 * len(labels) + 1)))
-    ax.barh(labels, values)
+    bars = ax.barh(labels, values, color=["lightgray" if c else "C0" for c in caveated],
+                   edgecolor=["gray" if c else "C0" for c in caveated])
+    for bar, unquotable in zip(bars, caveated):
+        if unquotable:
+            bar.set_hatch("//")
+    handles = []
+    if any(low or high for low, high in spans):  # repeats: their lowest and highest
+        handles.append(ax.errorbar(values, range(len(values)), xerr=list(zip(*spans)), fmt="none", ecolor="black",
+                                   capsize=3, label="lowest to highest repeat"))
+    if any(caveated):
+        from matplotlib.patches import Patch
+
+        handles.append(Patch(facecolor="lightgray", edgecolor="gray", hatch="//",
+                             label="not to quote: a window too short for NVML's counter, or counter and integral "
+                                   "apart (energy table)"))
+    if handles:
+        ax.legend(handles=handles, fontsize=7, loc="lower right")
     ax.set_xlabel("tokens per joule (median over repeats)")
     ax.set_title(title)
     ax.tick_params(axis="y", labelsize=7)
@@ -344,8 +386,8 @@ def power_over_time(timelines: dict[str, Path]) -> Figure:
     if not traces:
         return _empty(title, "no telemetry timelines (CPU run or NVML unavailable)")
     fig, ax = plt.subplots(figsize=(7, 4))
-    for label, points in traces.items():
-        ax.plot([t for t, _ in points], [p for _, p in points], label=label, linewidth=1)
+    for index, (label, points) in enumerate(traces.items()):
+        ax.plot([t for t, _ in points], [p for _, p in points], label=label, linewidth=1, **_style(index))
     ax.set_xlabel("seconds since the window opened")
     ax.set_ylabel("board power (W)")
     ax.set_title(title)
@@ -376,9 +418,10 @@ def _val_loss_against(records: list[dict[str, Any]], x: str, title: str, xlabel:
     if not curves:
         return _empty(title, "no held-out evaluations (run with eval_every > 0 on data=markov or data=PATH)")
     fig, ax = plt.subplots(figsize=(7, 4))
-    for label, points in curves.items():
+    for index, (label, points) in enumerate(curves.items()):
         shown = [p for p in points if p["val_loss"] is not None]
-        ax.plot([p[x] for p in shown], [p["val_loss"] for p in shown], marker=".", label=label, linewidth=1)
+        ax.plot([p[x] for p in shown], [p["val_loss"] for p in shown], marker=".", label=label, linewidth=1,
+                **_style(index))
     for target in sorted(targets):
         ax.axhline(target, color="gray", linestyle="--", linewidth=1, label=f"target {target:.3g} nats")
     ax.set_xlabel(xlabel)

@@ -15,11 +15,12 @@ import pandas as pd
 
 from lmbench.analyze import baseline as baselines
 from lmbench.analyze import plots
-from lmbench.analyze.table import Grid, cell, configs_of, device_label, varying_axes
+from lmbench.analyze.table import Grid, cell, configs_of, device_label, fixed_axes, varying_axes
 from lmbench.errors import UsageError
 from lmbench.measure.breakdown import PROFILER_SLOWDOWN_NOTE, profiled_slowdown, window_shares
 from lmbench.measure.hostload import contention_note, standing, window_contended
 from lmbench.measure.metrics import bubble_note, host_bound_note, stalls_note, unstable_steps
+from lmbench.measure.nvml import POWER_OR_HEAT
 from lmbench.measure.telemetry import energy_caveat
 
 GIB, MIB = 2**30, 2**20
@@ -47,6 +48,10 @@ class ConfigSummary:
     """Clock-event reasons seen in any ok repeat with telemetry (in first-seen order); None without telemetry."""
     left_out: int = 0
     """Ok repeats left out of the figures as contended (while a quiet one was there to stand for them)."""
+    throttled: list[str] = field(default_factory=list)
+    """The power or heat reasons that slowed the clocks in the figures' repeats (nvml.POWER_OR_HEAT)."""
+    warnings: list[str] = field(default_factory=list)
+    """The figures' repeats' own warnings that no other note or column says (a degenerate dp, skipped updates)."""
 
     def median(self, name: str) -> float | None:
         values = self.metrics.get(name) or []
@@ -80,10 +85,19 @@ class ConfigSummary:
                  speedup, stalls_note(self.repeats), bubble_note(self.median("pp_bubble_fraction"),
                                                                  self.median("pp_bubble_fraction_theory")),
                  unstable_steps(self.metrics.get("step_time_cv") or []),
-                 host_bound_note(self.median("gpu_util_avg_pct"))]
+                 host_bound_note(self.median("gpu_util_avg_pct")), self.throttle_note(), *self.warnings]
         if self.left_out:
             notes.append(f"{self.left_out} contended repeat{'s' if self.left_out > 1 else ''} left out")
         return "; ".join(filter(None, notes))
+
+    def throttle_note(self) -> str | None:
+        """Beside the throughput: the card slowed its clocks for power or heat in the window, so the figures are
+        this card's under that cap, not its unthrottled speed (the energy table has the clocks)."""
+        if not self.throttled:
+            return None
+        avg = self.median("sm_clock_avg_mhz")
+        clock = f", SM clock avg {avg:.0f} MHz" if avg is not None else ""
+        return f"clocks throttled ({', '.join(self.throttled)}){clock}"
 
 
 SUMMARY_METRICS = ("tokens_per_s", "step_time_median_s", "tokens_per_step", "step_time_cv", "mfu", "tflops",
@@ -95,6 +109,11 @@ SUMMARY_METRICS = ("tokens_per_s", "step_time_median_s", "tokens_per_step", "ste
                    "tokens_per_s_per_device", "scaling_efficiency", "gpu_util_avg_pct")
 #: Worst parity over repeats is reported.
 PARITY_ORDER = ["reference", "ok", "drift", "diverged"]
+
+
+#: Record warnings the report says in a note or column of its own: energy (the energy table's note), throttling
+#: (ConfigSummary.throttle_note), host contention (hostload.contention_note).
+_NOTED_ELSEWHERE = ("energy: ", "clocks were throttled for power or heat", "other processes kept")
 
 
 def _throttling(s: ConfigSummary) -> str:
@@ -163,6 +182,11 @@ def _collect(s: ConfigSummary, group: list[dict[str, Any]]) -> None:
                 s.energy_caveats.append(caveat)
             if isinstance(m.get("throttle_reasons"), list):
                 s.throttles = list(dict.fromkeys([*(s.throttles or []), *m["throttle_reasons"]]))
+                if m.get("throttled_power_or_heat"):
+                    s.throttled = list(dict.fromkeys([*s.throttled, *(reason for reason in m["throttle_reasons"]
+                                                                       if reason in POWER_OR_HEAT)]))
+            s.warnings = list(dict.fromkeys([*s.warnings, *(w for w in r.get("warnings") or []
+                                                            if not w.startswith(_NOTED_ELSEWHERE))]))
             for name in SUMMARY_METRICS:
                 value = m.get(name)
                 if isinstance(value, (int, float)):
@@ -414,10 +438,12 @@ def roofline_section(records: list[dict[str, Any]], ceilings: dict[str, Any]) ->
         ok = first_ok.get(s.key)
         found = for_record(ok["metrics"], ok["config"], ceilings) if ok else None
         if found:
+            roof_s, step_s = found["roofline_step_time_s"], s.step_time_s()
+            ratio = step_s / roof_s if roof_s and step_s else None
             rows.append([cell(s.config, a) for a in axes] + [
-                found["roofline_bound"], _fmt(found["roofline_compute_s"], ".2f", 1e-3),
-                _fmt(found["roofline_memory_s"], ".2f", 1e-3), _fmt(s.step_time_s(), ".2f", 1e-3),
-                _fmt(s.step_time_s() / found["roofline_step_time_s"], ".2f") + "x", found["roofline_ceiling"]])
+                found["roofline_bound"] or "-", _fmt(found["roofline_compute_s"], ".2f", 1e-3),
+                _fmt(found["roofline_memory_s"], ".2f", 1e-3), _fmt(step_s, ".2f", 1e-3),
+                _fmt(ratio, ".2f") + ("x" if ratio else ""), found["roofline_ceiling"]])
     n = len(axes)
     head = ["bound", "compute roof ms", "memory roof ms", "measured step ms", "measured ÷ roof", "matmul ceiling"]
     return {"roofline": Grid(axes + head, rows, right=set(range(n + 1, n + 5)))} if rows else {}
@@ -488,6 +514,26 @@ def _png(fig: Any) -> bytes:
     return buffer.getvalue()
 
 
+def header_lines(records: list[dict[str, Any]], summaries: list[ConfigSummary], runs: list[str]) -> list[str]:
+    """The report's opening lines: the runs; the device and what measured it (the workers' versions); what
+    rendered the report (this lmbench, which may be newer: the notes and columns are its own); what every
+    configuration shares, which no column shows; and how many repeats the figures rest on."""
+    from lmbench import __version__
+    from lmbench.measure.environment import git_commit
+
+    env = next((r["env"] for r in records if r.get("env")), {}) or {}
+    # Versions come from the workers' environments: a run where nothing ran has none to give.
+    versions = (f"; torch {env.get('torch')}, CUDA {env.get('cuda') or 'none (a CPU build)'}, measured with lmbench "
+                f"{env.get('lmbench')} ({env.get('lmbench_commit') or 'not a git checkout'})" if env else "")
+    lines = [f"Runs: {', '.join(runs)}", f"Device: {device_label(records)}{versions}",
+             f"Report rendered by lmbench {__version__} ({git_commit() or 'not a git checkout'})"]
+    shared = fixed_axes(s.config for s in summaries)
+    if shared:
+        lines.append(f"Every configuration: {shared}")
+    lines.append(f"{len(records)} records, {len(summaries)} configurations; {repeats_line(summaries)}.")
+    return lines
+
+
 SECTION_TITLES = {"quality": "Time to target (held-out loss)", "throughput": "Throughput", "memory": "Memory",
                   "energy": "Energy", "failures": "Not measured: failures and skips",
                   "time": "Where the time goes", "kernels": "Top kernels of the profiled steps",
@@ -516,13 +562,8 @@ def build(df: pd.DataFrame, records: list[dict[str, Any]], out: Path, *, baselin
         images[name] = _png(fig)
         (out / "plots" / f"{name}.png").write_bytes(images[name])
         plt.close(fig)
-    env = next((r["env"] for r in records if r.get("env")), {}) or {}
-    device = device_label(records)
-    # Versions come from the workers' environments: a run where nothing ran has none to give.
-    versions = (f"; torch {env.get('torch')}, CUDA {env.get('cuda') or 'none (a CPU build)'}, lmbench "
-                f"{env.get('lmbench')} ({env.get('lmbench_commit') or 'not a git checkout'})" if env else "")
-    header = (f"# lmbench report\n\nRuns: {', '.join(runs)}  \nDevice: {device}{versions}  \n"
-              f"{len(records)} records, {len(summaries)} configurations; {repeats_line(summaries)}.\n")
+    lines = header_lines(records, summaries, runs)
+    header = "# lmbench report\n\n" + "".join(f"{line}  \n" for line in lines[:-1]) + f"{lines[-1]}\n"
     md = header + "".join(f"\n## {SECTION_TITLES[k]}\n\n{grid.markdown()}\n" for k, grid in grids.items())
     md += "\n## Plots\n\n" + "".join(f"![{name}](plots/{name}.png)\n" for name in images)
     paths = {"report.md": out / "report.md", "results.csv": out / "results.csv", "report.html": out / "report.html"}
@@ -536,7 +577,7 @@ def build(df: pd.DataFrame, records: list[dict[str, Any]], out: Path, *, baselin
              "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}th{background:#f3f3f3}.r{text-align:right}"
              "img{max-width:100%}")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>lmbench report</title><style>{style}</style>"
-            f"</head><body><h1>lmbench report</h1><p>{html.escape(header.splitlines()[2])}</p>"
-            f"<p>{html.escape(header.splitlines()[3])}</p>{body}</body></html>")
+            f"</head><body><h1>lmbench report</h1>{''.join(f'<p>{html.escape(line)}</p>' for line in lines)}"
+            f"{body}</body></html>")
     paths["report.html"].write_text(page, encoding="utf-8")
     return paths

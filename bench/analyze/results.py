@@ -292,7 +292,8 @@ def _numbers(values: list[Any]) -> bool:
 class Loaded:
     records: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    """One per skipped line, naming the file and line number."""
+    """One per skipped line, naming the file and line number; one for a file whose records' config_key
+    disagree with their configs (read under the configs' keys)."""
 
 
 def read(path: Path) -> Loaded:
@@ -308,6 +309,7 @@ def read(path: Path) -> Loaded:
         raise ResultsError(f"no results file at {str(path)!r}")
     loaded = Loaded()
     seen: dict[tuple[str, int], int] = {}
+    rekeyed: list[tuple[int, str, str]] = []
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             for number, line in enumerate(f, start=1):
@@ -325,6 +327,8 @@ def read(path: Path) -> Loaded:
                 written, record["config_key"] = record["config_key"], current_key(record)
                 if written != record["config_key"]:
                     record["written_key"] = written  # its side files (telemetry, logs, traces) carry this one
+                    if record["config"].get("profile") is not True:  # a profiled record's new key is expected
+                        rekeyed.append((number, written, record["config_key"]))
                 first = seen.setdefault((record["config_key"], record["repeat"]), number)
                 if first != number:
                     loaded.warnings.append(f"{path}:{number}: skipped line: repeat {record['repeat']} of "
@@ -333,23 +337,26 @@ def read(path: Path) -> Loaded:
                 loaded.records.append(record)
     except OSError as err:
         raise ResultsError(f"cannot read {str(path)!r}: {err.strerror or err}") from None
+    if rekeyed:
+        number, written, now = rekeyed[0]
+        loaded.warnings.append(
+            f"{path}: {len(rekeyed)} record(s) carry a config_key their config does not have under this lmbench "
+            f"(first on line {number}: {written}, its config's key {now}); read under their configs' keys, "
+            "which compare and --resume match by")
     return loaded
 
 
 def current_key(record: dict[str, Any]) -> str:
-    """The record's config_key as this lmbench spells it. Only a profiled record's can differ: `profile` was
-    hashed into the key until it was keyed at its default (its steps come after the window), so such a record,
-    written before, is read under the key it now has, to pair in `compare` and count as done on `--resume`."""
-    config = record["config"]
-    if config.get("profile") is not True:
-        return record["config_key"]
-    from lmbench.errors import ConfigError
-    from lmbench.plan.config import Config
+    """The record's config_key as this lmbench spells it from the record's own config: what was measured, whatever
+    key was written beside it. They differ for a profiled record written while `profile` was hashed into the key
+    (it is keyed at its default now: its steps come after the window), for a line edited by hand, and for a
+    configuration measured at a newer axis's old default after that default changed (the written key omits the
+    axis, and today's run at the new default would share it). Read under the config's key, such a record pairs
+    in `compare` and counts as done on `--resume` as the configuration it measured. A config too partial to key
+    (a hand-made record) or one this lmbench cannot read (a newer version's axes) keeps its key as written."""
+    from lmbench.plan.config import recorded_key
 
-    try:
-        return Config.from_mapping(config).key
-    except (ConfigError, TypeError, ValueError):
-        return record["config_key"]  # a config this lmbench cannot read: its key as written
+    return recorded_key(record["config"]) or record["config_key"]
 
 
 def read_lines(path: Path) -> tuple[list[tuple[int, Any]], list[str]]:

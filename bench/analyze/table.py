@@ -38,6 +38,22 @@ def varying_axes(configs: Iterable[dict[str, Any]]) -> list[str]:
     return axes or ["model"]
 
 
+def fixed_axes(configs: Iterable[dict[str, Any]]) -> str:
+    """What every configuration shares and no column shows: `model=gpt2-355m, seq_len=1024, precision=amp-bf16`.
+    The key's readable axes always (what a figure is of), other axes only away from their default, options only
+    where they apply."""
+    from lmbench.plan.config import DEFAULTS, KEY_AXES
+
+    configs = list(configs)
+    if not configs:
+        return ""
+    first, varying = configs[0], set(varying_axes(configs))
+    shared = [axis for axis in first if axis not in _HIDDEN and axis not in varying and axis != "run"
+              and axis in DEFAULTS and applies(first, axis)
+              and (axis in KEY_AXES or first.get(axis) != DEFAULTS[axis])]
+    return ", ".join(f"{axis}={cell(first, axis)}" for axis in shared)
+
+
 @dataclass
 class Grid:
     """Headers and rows of text cells; columns in `right` are right-aligned. Renders as Markdown or HTML."""
@@ -280,7 +296,9 @@ def tune_search_table(found: list[Any], *, title: str) -> Table:
     for column in ("precision", "kernels", "checkpointing", "fits", "fails", "chosen", "probes", "note"):
         table.add_column(column)
     for r in found:
-        searched = [str(r.largest_fitting), str(r.first_failing or "-"), str(r.chosen), str(r.probes)]
+        # Not searched (the budget ran out first): no figures, where "fits 0" would read as nothing fitting.
+        searched = ([str(r.largest_fitting), str(r.first_failing or "-"), str(r.chosen), str(r.probes)] if r.probes
+                    else ["-", "-", "-", "0"])
         table.add_row(r.combo["precision"], r.kernels or r.combo["kernels"], r.combo["checkpointing"],
                       *(["-"] * 4 if r.skipped else searched), escape(r.note))
     return table

@@ -89,7 +89,7 @@ _KEY_V1_AXES = frozenset({
     "tokenizer", "steps", "warmup", "seed", "timeout_s", "device", "max_memory_bytes", "telemetry",
     "telemetry_period_s", "profile"})
 #: Axes spelled out in the readable part of the key, in this order.
-_KEY_AXES = ("model", "batch_size", "seq_len", "grad_accum", "precision", "parallel", "kernels", "attention",
+KEY_AXES = ("model", "batch_size", "seq_len", "grad_accum", "precision", "parallel", "kernels", "attention",
              "checkpointing", "optimizer")
 
 
@@ -365,9 +365,9 @@ class Config:
     def key(self) -> str:
         """Stable identifier, the same across runs: readable axes plus a hash of all the rest."""
         values = {**self.to_dict(), **{axis: DEFAULTS[axis] for axis in _KEYED_AT_DEFAULT}}
-        readable = "-".join(_key_part(axis, values[axis]) for axis in _KEY_AXES)
+        readable = "-".join(_key_part(axis, values[axis]) for axis in KEY_AXES)
         rest = {k: v for k, v in sorted(values.items())
-                if k not in _KEY_AXES and k not in _UNKEYED and (k in _KEY_V1_AXES or v != DEFAULTS[k])}
+                if k not in KEY_AXES and k not in _UNKEYED and (k in _KEY_V1_AXES or v != DEFAULTS[k])}
         digest = hashlib.sha1(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:8]
         return f"{readable}-{digest}"
 
@@ -382,6 +382,20 @@ class Config:
 
 
 FIELD_TYPES: dict[str, type] = {f.name: type(f.default) for f in dataclasses.fields(Config)}
+
+
+def recorded_key(values: dict[str, Any]) -> str | None:
+    """The key of a configuration as a record keeps it (every axis lmbench had when it wrote it), under today's
+    key format; None for a mapping that names too little to say (no axis of the first key format may be missing:
+    a hand-made one) or that this version cannot read (a newer one's axes)."""
+    from lmbench.errors import ConfigError
+
+    if not _KEY_V1_AXES <= set(values):
+        return None
+    try:
+        return Config.from_mapping(values).key
+    except (ConfigError, TypeError, ValueError):
+        return None
 
 #: Why each default is what it is (`lmbench list --defaults`); a test keeps it complete.
 DEFAULT_REASONS: dict[str, str] = {
