@@ -304,3 +304,28 @@ def test_over_several_gpus_the_worst_disagreement_stands_and_none_cancel():
     assert merged["energy_disagreement_frac"] == pytest.approx(0.06)
     assert combine([member(500.0, 501.0), member(500.0, 499.0)], [[], []],
                    tokens=1000)["energy_disagreement_frac"] == pytest.approx(0.002)
+
+
+def test_the_commit_is_dirty_for_changes_to_the_code_only(tmp_path, monkeypatch):
+    """A report rendered again into reports/ named its lmbench '-dirty' from the second stage on: only the
+    package's own paths say whether the commit is what ran."""
+    import subprocess
+
+    from lmbench.measure import environment
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    for name in ("bench/__init__.py", "reports/README.md", "docs/x.md"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("a\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "x")
+    monkeypatch.setattr(environment.lmbench, "__file__", str(tmp_path / "bench" / "__init__.py"))
+    (tmp_path / "reports" / "README.md").write_text("b\n")
+    (tmp_path / "docs" / "x.md").write_text("b\n")
+    commit = environment.git_commit()
+    assert commit is not None and not commit.endswith("-dirty")
+    (tmp_path / "bench" / "__init__.py").write_text("b\n")
+    assert environment.git_commit() == f"{commit}-dirty"
