@@ -534,6 +534,9 @@ def compare(base: Path, cand: Path, threshold: str, metric: str, fmt: str, junit
 
     limit = parse_threshold(threshold)
     floor = noise.load(noise_floor) if noise_floor else None
+    for run_dir in (base, cand):  # as report says it: 'no results file' told a user nothing of an interrupted run
+        if run_dir.is_dir():
+            _refuse_a_run_with_no_record_yet(run_dir)
     b, c, warnings = gate.load_pair(base, cand, metric=metric, allow_different_hardware=allow_different_hardware,
                                     noise=floor)
     for warning in warnings:
@@ -862,6 +865,7 @@ def kernels(op: str, shape: str, dtype: str, mode: str, csv_path: Path | None, c
     """
     import torch
 
+    from lmbench.analyze.results import writable_file
     from lmbench.analyze.table import kernels_table
     from lmbench.measure import microbench, sidebyside
     from lmbench.measure.ceilings import load as load_ceilings
@@ -870,6 +874,8 @@ def kernels(op: str, shape: str, dtype: str, mode: str, csv_path: Path | None, c
     spec = microbench.OPS[op]
     shapes = microbench.parse_shapes(spec, shape)
     ceilings = load_ceilings(ceilings_path) if ceilings_path else {}
+    csv_path = csv_path or Path(f"kernels-{op}-{shape.replace(',', '_')}-{dtype}-{mode.replace('+', '')}.csv")
+    writable_file(csv_path, what="--csv")  # before the measuring, not after
     copy = ceilings.get("copy_gb_per_s")
     # A compute-bound op (linear-ce) against the matmul ceiling of its dtype.
     matmul = ceilings.get(f"{dtype}_matmul_tflops") if spec.flops else None
@@ -889,7 +895,6 @@ def kernels(op: str, shape: str, dtype: str, mode: str, csv_path: Path | None, c
                  f"(bytes moved: {spec.bytes_formula}{ceiling}; {sidebyside.timing_caption(measured)})")
         _console().print(kernels_table(measured, title=title))
         rows += measured
-    csv_path = csv_path or Path(f"kernels-{op}-{shape.replace(',', '_')}-{dtype}-{mode.replace('+', '')}.csv")
     microbench.write_csv(rows, csv_path, {"gpu": env["device"]["name"], "torch": env["torch"],
                                           "triton": env["triton"], "cuda": env["cuda"]})
     click.echo(f"csv: {csv_path}")
@@ -912,7 +917,7 @@ def ceilings(out: Path | None) -> int:
     from lmbench.measure import ceilings as measured
 
     if out is not None:  # before a minute of measuring, not after
-        results.writable_dir(out.parent, what="the directory of --out")
+        results.writable_file(out, what="--out")
     if not torch.cuda.is_available():
         reason = f"lmbench ceilings needs a CUDA GPU (none visible; torch {torch.__version__})"
         click.echo(f"skipped: {reason}")

@@ -519,7 +519,14 @@ def test_ceilings_out_in_a_place_that_cannot_hold_it_is_refused_before_measuring
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     assert error(lmbench("ceilings", "--out", blocker / "c.json")) == (
-        f"cannot write to the directory of --out {str(blocker)!r}: File exists")
+        f"cannot write --out {str(blocker / 'c.json')!r}: its directory {str(blocker)!r} is not a directory")
+    # A folder that does not exist is the user's to make (compare --junit refuses one too): nothing is created.
+    missing = tmp_path / "no" / "such"
+    assert error(lmbench("ceilings", "--out", missing / "c.json")) == (
+        f"cannot write --out {str(missing / 'c.json')!r}: its directory {str(missing)!r} does not exist")
+    assert not (tmp_path / "no").exists()
+    assert error(lmbench("kernels", "--op", "rmsnorm", "--shape", "64x64", "--csv", missing / "k.csv")) == (
+        f"cannot write --csv {str(missing / 'k.csv')!r}: its directory {str(missing)!r} does not exist")
 
 
 def test_report_of_a_run_stopped_before_its_first_record_says_how_to_go_on(tmp_path):
@@ -530,7 +537,11 @@ def test_report_of_a_run_stopped_before_its_first_record_says_how_to_go_on(tmp_p
     plan = RunPlan(suite="smoke", suite_sha256="0" * 64, device="cpu")
     with RunDirectory(out, resume=False) as run_dir:
         run_dir.write_meta({"command": "run", "plan": plan.to_json()})
-    assert error(lmbench("report", out)) == (
-        f"{str(out)!r} holds no record yet: no configuration has finished there (the run is still going, or it "
-        f"stopped before its first record); if it stopped, continue it with: lmbench run --suite smoke --out {out} "
-        "--device cpu --resume")
+    expected = (f"{str(out)!r} holds no record yet: no configuration has finished there (the run is still going, or "
+                f"it stopped before its first record); if it stopped, continue it with: lmbench run --suite smoke "
+                f"--out {out} --device cpu --resume")
+    assert error(lmbench("report", out)) == expected
+    # compare says the same of either side (it said: no results file at '.../results.jsonl').
+    other = tmp_path / "other"
+    other.mkdir()
+    assert error(lmbench("compare", other, out)) == expected

@@ -430,6 +430,18 @@ def test_where_the_time_goes_and_the_roofline(tmp_path):
     fp8["metrics"].update(hardware_flops_per_token=1e9, params=10**9, devices=1)
     (row,) = report.roofline_section([fp8], ceilings)["roofline"].rows
     assert row[1:] == ["memory", "1.02", "20.00", "512.00", "25.60x", "bf16 1000 TFLOP/s"]  # 512 ms / 20 ms
+    # fp16 without its own ceiling: on an H100 its datasheet peak is bf16's (the same tensor cores), so bf16's
+    # measured ceiling stands for it and says so; on a device whose peaks are unknown it does not.
+    fp16 = hand_record("amp-fp16", 8, 2000.0)
+    fp16["metrics"].update(hardware_flops_per_token=1e9, params=10**9, devices=1,
+                           device_names=["NVIDIA H100 80GB HBM3"])
+    (row,) = report.roofline_section([fp16], ceilings)["roofline"].rows
+    assert row[1:] == ["memory", "1.02", "20.00", "512.00", "25.60x",
+                       "bf16 1000 TFLOP/s (no fp16 ceiling measured; fp16's datasheet peak is bf16's)"]
+    fp16["metrics"]["device_names"] = ["Some Unknown Accelerator"]
+    (row,) = report.roofline_section([fp16], ceilings)["roofline"].rows
+    assert row[1:] == ["-", "-", "20.00", "512.00", "-",
+                       "none: no fp16 ceiling measured (lmbench ceilings measures it)"]
     df = hand_frame(records)
     paths = report.build(df, records, tmp_path / "r", runs=["hand"], ceilings=ceilings)
     md = paths["report.md"].read_text()
@@ -851,3 +863,11 @@ def test_plots_tell_series_apart_mark_what_not_to_quote_and_show_the_out_of_memo
     import matplotlib.pyplot as plt
 
     plt.close("all")
+
+
+def test_a_cpu_run_s_tflops_keep_their_digits():
+    """A 2-core CPU's 0.00166 TFLOP/s read 0.0: no work at all."""
+    cpu = hand_record("fp32", 8, 1000.0)
+    cpu["metrics"]["tflops"] = 0.00166
+    row = report.sections([cpu])["throughput"].rows[0]
+    assert row[6] == "0.00166"  # model, status, tokens/s, cv, ms/step, MFU, TFLOP/s

@@ -220,3 +220,32 @@ def test_workers_ignore_a_decoy_lmbench_package_in_the_current_directory(tmp_pat
     assert result.exit_code == 0, result.output
     record, = results.read(tmp_path / "run").records
     assert record["status"] == "ok", record["reason"]
+
+
+def test_a_triton_row_run_in_the_interpreter_says_its_figures_are_no_speed(tmp_path):
+    """Under TRITON_INTERPRET=1 (the tests set it) kernels=triton runs on a CPU: 26 tokens/s beside eager's 3,080,
+    an `ok` row a new user read as a measurement."""
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["run", "--suite", "smoke", "--out", str(out), "--device", "cpu", "--set",
+                                      "model=tiny-gpt2", "--set", "kernels=triton", "--set", "precision=fp32",
+                                      "--set", "seq_len=16", "--set", "batch_size=2", "--set", "steps=2",
+                                      "--set", "warmup=1"])
+    assert result.exit_code == 0, result.output
+    record, = results.read(out).records
+    assert record["status"] == "ok"
+    assert ("kernels=triton ran in Triton's interpreter (TRITON_INTERPRET=1): it checks that the kernels work, and "
+            "its figures are no speed") in record["warnings"]
+
+
+def test_a_long_failure_reason_is_cut_with_an_ellipsis(tmp_path):
+    """An out-of-memory message cut at 500 characters ended mid-URL, reading as whole."""
+    deep = tmp_path / ("d" * 200) / ("e" * 200) / ("f" * 150)
+    deep.mkdir(parents=True)
+    (deep / "short.txt").write_text("too short")
+    out = tmp_path / "run"
+    result = run_cli("--suite", "smoke", "--out", str(out), "--device", "cpu", "--set", "model=tiny-gpt2", "--set",
+                     "precision=fp32", "--set", "batch_size=2", "--set", f"data={deep / 'short.txt'}")
+    assert result.exit_code == 0, result.output
+    record, = results.read(out).records
+    assert record["status"] == "error" and len(record["reason"]) == 500 and record["reason"].endswith("…")
+    assert record["reason"].startswith("DataError: data=")

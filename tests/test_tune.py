@@ -547,3 +547,11 @@ def test_a_contender_that_fails_a_repeat_gives_way(tmp_path):
     ranked_ = rank(records, "throughput")
     assert [(s.config["batch_size"], len(s.records)) for s in ranked_] == [(3, 3), (2, 3), (4, 2)]
     assert apart.startswith("winner vs runner-up: +50.0% tokens/s (3 and 3 repeats): told apart")
+
+
+def test_a_combination_where_nothing_fits_says_so(tmp_path):
+    """A new user's --max-memory 40MB: 'fits 0, fails 1, chosen 0' and an empty note."""
+    found = Tuner(BASE, RunDirectory(tmp_path / "run", resume=False), launch=FakeLauncher(0), min_batch=4,
+                  max_batch=64).search(COMBO)
+    assert (found.largest_fitting, found.first_failing, found.chosen) == (0, 1, 0)
+    assert found.note == "nothing fits: batch 1 ran out of memory"

@@ -241,10 +241,11 @@ def sections(records: list[dict[str, Any]], baseline: tuple[str, str] | None = N
     throughput_rows, memory_rows, energy_rows, failure_rows = [], [], [], []
     for s in summaries:
         label = [cell(s.config, a) for a in axes]
-        tps = s.median("tokens_per_s")
+        tps, tflops = s.median("tokens_per_s"), s.median("tflops")
         row = label + [_status(s), _fmt(tps, ",.0f"), _fmt(s.cv("tokens_per_s"), ".1%"),
                        _fmt(s.step_time_s(), ".1f", 1e-3), _fmt(s.median("mfu"), ".1%"),
-                       _fmt(s.median("tflops"), ".1f"), _fmt(s.median("peak_tflops"), ".4g")]
+                       _fmt(tflops, ".1f" if tflops is None or tflops >= 1 else ".3g"),  # a CPU's 0.00166
+                       _fmt(s.median("peak_tflops"), ".4g")]
         if spread:
             row += [_fmt(s.median("devices"), ".0f"), _fmt(s.median("global_batch_sequences"), ",.0f"),
                     _fmt(s.median("tokens_per_s_per_device"), ",.0f"), _fmt(s.median("scaling_efficiency"), ".2f")]

@@ -96,6 +96,24 @@ def writable_dir(path: Path, *, what: str = "--out") -> None:
         raise ResultsError(f"cannot write to {what} {str(path)!r}: {err.strerror or err}") from None
 
 
+def writable_file(path: Path, *, what: str) -> None:
+    """Prove `path` can be written (its folder exists and takes a file) before anything is measured, creating
+    nothing: an output file's folder is the user's to make, as `compare --junit` has it; a ResultsError naming
+    `what` if not."""
+    folder = Path(path).parent
+    if not folder.is_dir():
+        why = "is not a directory" if folder.exists() else "does not exist"
+        raise ResultsError(f"cannot write {what} {str(path)!r}: its directory {str(folder)!r} {why}")
+    if Path(path).is_dir():
+        raise ResultsError(f"cannot write {what} {str(path)!r}: it is a directory")
+    probe = folder / f".write-test-{os.getpid()}"
+    try:
+        probe.write_text("")
+        probe.unlink(missing_ok=True)
+    except OSError as err:
+        raise ResultsError(f"cannot write {what} {str(path)!r}: {err.strerror or err}") from None
+
+
 def write_json(path: Path, payload: Any) -> None:
     """Write atomically (temporary file, then rename), so a reader never sees half a file."""
     tmp = path.with_name(path.name + ".tmp")

@@ -57,5 +57,5 @@ class Budget:
     def check(self) -> None:
         growth = self.growth_bytes
         if self.cap_bytes and growth is not None and growth > self.cap_bytes:
-            raise MemoryCapExceeded(f"host memory grew by {growth / 2**20:.0f} MiB during training, over "
+            raise MemoryCapExceeded(f"host memory grew by {growth / 2**20:,.2f} MiB during training, over "
                                     f"max_memory_bytes={self.cap_bytes:,} ({self.cap_bytes / 2**20:,.2f} MiB)")

@@ -82,11 +82,19 @@ def for_record(metrics: dict[str, Any], config: dict[str, Any], ceilings: dict[s
     # Records from before the degrees were kept: plain FSDP shards over every device.
     shards = (metrics.get("dp_degree") or devices) if config.get("parallel") in ("fsdp", "fsdp+tp", "fsdp+pp") else 1
     step_time_s = metrics["tokens_per_step"] / metrics["tokens_per_s"]
-    from lmbench.measure.peaks import PRECISION_MODE
+    from lmbench.measure.peaks import PRECISION_MODE, mode_peak_flops
 
     mode = PRECISION_MODE[config["precision"]]
     measured = ceilings.get(f"{mode}_matmul_tflops")
     moved = bytes_per_step(params=int(held), precision=config["precision"], updated=int(held / shards))
+    label = f"{mode} {measured:.0f} TFLOP/s" if measured else None
+    device = (metrics.get("device_names") or [None])[0]
+    peaks = [mode_peak_flops(device, name) for name in (mode, "bf16")]
+    if not measured and ceilings.get("bf16_matmul_tflops") and peaks[0] and peaks[1] and peaks[0][0] == peaks[1][0]:
+        # The same tensor cores at the same datasheet peak (fp16 and bf16 on an H100): bf16's measured ceiling
+        # stands for this mode's, and says so.
+        measured = ceilings["bf16_matmul_tflops"]
+        label = f"bf16 {measured:.0f} TFLOP/s (no {mode} ceiling measured; {mode}'s datasheet peak is bf16's)"
     if not measured:
         # Another mode's ceiling is no roof for this one (bf16's tensor cores are 15x fp32's CUDA cores on an
         # H100): the memory roof stands alone, and neither the bound nor the distance can be said.
@@ -96,4 +104,4 @@ def for_record(metrics: dict[str, Any], config: dict[str, Any], ceilings: dict[s
     found = roofline(flops_per_step=metrics["hardware_flops_per_token"] * metrics["tokens_per_step"] / devices,
                      bytes_per_step=moved, matmul_flops_per_s=measured * 1e12,
                      copy_bytes_per_s=ceilings["copy_gb_per_s"] * 1e9, step_time_s=step_time_s)
-    return {**found, "roofline_ceiling": f"{mode} {measured:.0f} TFLOP/s"}
+    return {**found, "roofline_ceiling": label}

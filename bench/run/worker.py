@@ -387,6 +387,9 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         warnings.append(f"precision={config.precision} with kernels={config.kernels}: without torch.compile torchao's "
                         "FP8 scaling and casts run as separate kernels, so expect it slower than amp-bf16; "
                         "measure FP8 speed with kernels=compile")
+    if config.kernels == "triton" and os.environ.get("TRITON_INTERPRET") == "1":
+        warnings.append("kernels=triton ran in Triton's interpreter (TRITON_INTERPRET=1): it checks that the kernels "
+                        "work, and its figures are no speed")
     if config.parallel == "dp" and step.replicas == 1:
         warnings.append("parallel=dp on one GPU is degenerate: DataParallel's scatter/gather without a second replica")
     if result["overflow_skipped_steps"]:
@@ -461,6 +464,10 @@ def trace_path(job: dict[str, Any], timeline: Path | None) -> Path | None:
     return timeline.parent.parent / "traces" / f"{timeline.stem}.json.gz" if timeline else None
 
 
+#: The longest reason a failed record keeps (the worker's log keeps the whole traceback).
+REASON_CHARS = 500
+
+
 def run_job(job_path: Path, result_path: Path) -> int:
     """Measure the job and write its result; a rank under torchrun ends its process here (`_end_rank`)."""
     from lmbench.run.distributed import RankInfo
@@ -505,7 +512,10 @@ def _run_job(job_path: Path, result_path: Path) -> int:
         traceback.print_exc()
         status = classify_failure(error)
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        failure = {"status": status, "reason": f"{type(error).__name__}: {first_line}"[:500], "failed_at": failed_at}
+        reason = f"{type(error).__name__}: {first_line}"
+        # Cut at REASON_CHARS with an ellipsis (an OOM message ended mid-URL, as if whole); the log has it all.
+        reason = reason if len(reason) <= REASON_CHARS else reason[:REASON_CHARS - 1] + "…"
+        failure = {"status": status, "reason": reason, "failed_at": failed_at}
         if info is not None and info.rank != 0:
             # torchrun sees the failed rank and stops the others. Rank 0 may fail too, of this rank's failure (a
             # connection reset in its collective): the parent reads every rank's failure and names the first.
