@@ -753,6 +753,8 @@ def tune(model: str, seq_len: int | None, precisions: str, kernel_sets: str, che
                 _say(f"lmbench: warning: {err}")
             except OSError:  # the terminal went with the signal (SIGHUP)
                 pass
+            except Exception as err:  # noqa: BLE001 - the stop and how to go on must be said whatever failed here
+                _say(f"lmbench: warning: what the tune found could not be shown ({type(err).__name__}: {err})")
             _say(f"lmbench: {what}; the probes and measurements made so far are kept in {out}; the one that was "
                  f"running has none and runs again on resume; continue with: {command}")
             return stop.exit_code

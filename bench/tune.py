@@ -130,8 +130,8 @@ class Tuner:
                 # timeout, a crash) may not, and a resumed search probes it again.
                 if entry["status"] in ("ok", "oom"):
                     self.cache[entry["config_key"]] = (entry["status"], entry.get("reason"))
-                if isinstance(entry.get("wall_s"), (int, float)):
-                    self.longest_probe_s = max(self.longest_probe_s, float(entry["wall_s"]))
+                    if isinstance(entry.get("wall_s"), (int, float)):
+                        self.longest_probe_s = max(self.longest_probe_s, float(entry["wall_s"]))
             else:
                 self.warnings.append(f"{self.probe_path}:{number}: skipped line without config_key and status")
         self.parity_runs: dict[str, dict[str, Any]] = {}
@@ -168,7 +168,8 @@ class Tuner:
 
     def _launch_measurement(self, job: Job) -> tuple[str, str | None, dict[str, Any] | None]:
         status, reason, payload, took_s = self._launch_timed(job)
-        self.longest_measure_s = max(self.longest_measure_s, took_s)
+        if status != "timeout":  # what a hang took is its timeout_s, not what the next measurement will
+            self.longest_measure_s = max(self.longest_measure_s, took_s)
         return status, reason, payload
 
     def probe_config(self, combo: dict[str, str], batch: int) -> Config:
@@ -195,7 +196,8 @@ class Tuner:
         config = self.probe_config(combo, batch)
         if config.key not in self.cache:
             status, reason, _, took_s = self._launch_timed(Job(config, 0))
-            self.longest_probe_s = max(self.longest_probe_s, took_s)
+            if status in ("ok", "oom"):  # a hang's timeout_s (900 s) would hold every later probe back
+                self.longest_probe_s = max(self.longest_probe_s, took_s)
             self.cache[config.key] = (status, reason)
             with results.saving(self.probe_path):
                 results.append_line(self.probe_path, {"config_key": config.key, "combo": combo, "batch_size": batch,
@@ -293,14 +295,18 @@ class Tuner:
             self.on_event(f"parity {config.precision} {config.kernels} batch {config.batch_size}: {status}")
         return self.parity_runs[config.key]
 
-    def parity_check(self, combo: dict[str, str], batch: int) -> dict[str, Any]:
-        """The combination's parity fields at `batch` against its reference (None verdict when either failed)."""
+    def parity_configs(self, combo: dict[str, str], batch: int) -> tuple[Config, Config]:
+        """The combination's parity run at `batch` and its reference's."""
         config = self.config(combo, batch_size=batch, grad_accum=1, steps=PARITY_STEPS, warmup=PARITY_WARMUP,
                              telemetry=False, data="markov", profile=False)
         if parity.other_dropout_masks(config):
             # As `run --parity` does: shards, stages, compiled code and graph replays draw other dropout masks.
             config = config.replace(dropout=False)
-        reference = parity.reference_config(config)
+        return config, parity.reference_config(config)
+
+    def parity_check(self, combo: dict[str, str], batch: int) -> dict[str, Any]:
+        """The combination's parity fields at `batch` against its reference (None verdict when either failed)."""
+        config, reference = self.parity_configs(combo, batch)
         ran = self._losses(config)
         if ran["status"] == "diverged":
             return parity.verdict([], ran["losses"] or [None], precision=config.precision)
@@ -311,20 +317,26 @@ class Tuner:
 
     def measure(self, found: ComboResult, steps: int, warmup: int) -> None:
         checked = None
-        # Two runs (the combination's and its reference's), and the measurement after them.
-        if self.needs_parity(found.combo) and self.fits_in_budget(3 * self.measure_s()):
+        if self.needs_parity(found.combo):
+            # Its runs not made yet (the combination's and its reference's), and a measurement after them: a
+            # combination whose loss may stray is measured only once checked, or it could win unchecked.
+            unmade = sum(c.key not in self.parity_runs for c in self.parity_configs(found.combo, found.chosen))
+            if not self.fits_in_budget((unmade + 1) * self.measure_s()):
+                found.add_note("budget ran out before its parity check: not measured (a combination whose loss may "
+                               "stray from its reference is measured only once checked)")
+                return
             checked = self.parity_check(found.combo, found.chosen)
             if checked["parity"] in STRAYED:
                 found.add_note(f"parity {checked['parity']}: never ranked first")
         sizes = sorted({found.chosen, *(max(1, int(found.chosen * f)) for f in BELOW)}, reverse=True)
         for batch in sizes:
-            if not self.fits_in_budget(self.measure_s()):
+            accum = max(1, self.global_batch // batch) if self.global_batch else 1
+            config = self.config(found.combo, batch_size=batch, grad_accum=accum, steps=steps, warmup=warmup)
+            if config.key not in self.done and not self.fits_in_budget(self.measure_s()):
                 unmeasured = ", ".join(str(b) for b in sizes if b not in {m["config"].batch_size
                                                                            for m in found.measured})
                 found.add_note(f"budget ran out during measurement (batch {unmeasured} not measured)")
                 return
-            accum = max(1, self.global_batch // batch) if self.global_batch else 1
-            config = self.config(found.combo, batch_size=batch, grad_accum=accum, steps=steps, warmup=warmup)
             if config.key not in self.done:
                 reason = self.skip(config)
                 status, reason, payload = ("skipped", reason, None) if reason else self._launch_measurement(
@@ -527,7 +539,13 @@ def write_winner(run_dir: RunDirectory, objective: str = "throughput", cut: str 
     notes = tuple(filter(None, [f"from a tune cut short ({cut}): the search and measurements are partial" if cut
                                 else None, basis, told_apart(rows, objective)]))
     path = run_dir.path / WINNER_FILE
+    tmp = path.with_name(path.name + ".tmp")
     with results.saving(path):
-        path.write_text(winner_suite({**rows[0], "metrics": {**rows[0]["metrics"], **medians}}, objective, notes),
-                        encoding="utf-8")
+        # Whole or not at all: an interrupted tune writes it in its last seconds, perhaps just before a SIGKILL.
+        try:
+            tmp.write_text(winner_suite({**rows[0], "metrics": {**rows[0]["metrics"], **medians}}, objective, notes),
+                           encoding="utf-8")
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
     return path

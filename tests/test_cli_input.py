@@ -389,14 +389,14 @@ def test_an_interrupted_tune_prints_the_command_that_resumes_it(tmp_path, fake_t
     from lmbench.run.interrupts import Interrupted
 
     out = tmp_path / "tune"
-    fits = tune.Tuner.fits
+    probe = tune.Tuner.probe
 
     def interrupted_at_batch_4(self, combo, batch):
         if batch == 4:
             raise Interrupted(signal.SIGINT)
-        return fits(self, combo, batch)
+        return probe(self, combo, batch)
 
-    monkeypatch.setattr(tune.Tuner, "fits", interrupted_at_batch_4)
+    monkeypatch.setattr(tune.Tuner, "probe", interrupted_at_batch_4)
     result = lmbench(*TUNE, "--out", out, "--budget-minutes", "30", "--objective", "throughput")
     assert result.exit_code == 130, result.output
     command = (f"lmbench tune --model tiny-gpt2 --seq-len 16 --precision fp32 --kernels eager --checkpointing none "
@@ -404,7 +404,7 @@ def test_an_interrupted_tune_prints_the_command_that_resumes_it(tmp_path, fake_t
     assert result.stderr.strip().splitlines()[-1] == (
         f"lmbench: interrupted; the probes and measurements made so far are kept in {out}; the one that was running "
         f"has none and runs again on resume; continue with: {command}")
-    monkeypatch.setattr(tune.Tuner, "fits", fits)
+    monkeypatch.setattr(tune.Tuner, "probe", probe)
     resumed = lmbench(*shlex.split(command)[1:])
     assert resumed.exit_code == 0, resumed.output
     assert [line.count('"batch_size": ') for line in (out / "probes.jsonl").read_text().splitlines()] == [1] * 4

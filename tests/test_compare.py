@@ -780,6 +780,11 @@ def test_more_repeats_never_widen_a_floor_interval():
     assert two_runs.floor(1) >= two_runs.floor(3) >= two_runs.floor(1000)
     # Past mean_repeats the processes' term is 0: the run term alone, t(0.975, 1) x sqrt(2) x 0.02.
     assert two_runs.half_width(100, 100) == pytest.approx(12.706205 * 2**0.5 * 0.02, rel=1e-6)
+    # Where the processes' term rules: 3 a side (medians, pi/2 / 3 each) cost more than 2 a side (means, 1/2
+    # each), and 3 a side widened 2 a side's interval (1.50% to 1.59%, a reviewer's case).
+    processes = ConfigNoise(log_sd=0.01, df=6, run_mean_sd=0.002, run_df=2, mean_repeats=3.0)
+    floors = [processes.floor(n) for n in (1, 2, 3, 4, 5, 10)]
+    assert floors == sorted(floors, reverse=True) and floors[1] == floors[2]
     import numpy as np
 
     from lmbench.analyze import noise

@@ -114,3 +114,17 @@ def test_padded_vocab_rounds_up_and_keeps_keys_of_the_unpadded_model():
     assert Config(model="llama-1b", vocab_multiple=64).padded_vocab == 128256  # already aligned
     assert Config(vocab_multiple=1).key == Config().key
     assert Config(model="gpt2-124m", vocab_multiple=64).key != Config(model="gpt2-124m").key
+
+
+def test_the_defaults_of_axes_added_after_the_first_key_format_are_pinned():
+    """Such an axis enters the key only away from its default, and a record written before it existed is read
+    with it at today's default (results.current_key): changing one of these defaults would give the
+    configurations measured at the old one the key of the new, and --resume and compare would take them for it.
+    Change one only with a migration that fills a record's missing axis with its old default."""
+    from lmbench.plan.config import _KEY_V1_AXES, DEFAULTS
+
+    assert {axis: value for axis, value in DEFAULTS.items() if axis not in _KEY_V1_AXES} == {
+        "tp_degree": 0, "pp_degree": 0, "pp_schedule": "1f1b", "pp_stages_per_rank": 0, "microbatches": 4,
+        "vocab_multiple": 1, "dropout": True, "compile_mode": "default", "cuda_graph": False, "label_smoothing": 0.0,
+        "val_frac": 0.1, "eval_every": 0, "eval_tokens": 65536, "target_loss": 0.0, "target_ppl": 0.0,
+        "max_steps": 0}

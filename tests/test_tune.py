@@ -555,3 +555,42 @@ def test_a_combination_where_nothing_fits_says_so(tmp_path):
                   max_batch=64).search(COMBO)
     assert (found.largest_fitting, found.first_failing, found.chosen) == (0, 1, 0)
     assert found.note == "nothing fits: batch 1 ran out of memory"
+
+
+def test_a_timed_out_probe_does_not_hold_the_rest_of_the_budget_back(tmp_path, monkeypatch):
+    """A reviewer's case: one probe hung to its 900 s timeout, and every later probe then needed 1,800 s of the
+    budget left: the next combination was never searched with 1,100 s to go."""
+    import lmbench.tune as tuning
+
+    clock = [0.0]
+    monkeypatch.setattr(tuning.time, "monotonic", lambda: clock[0])
+
+    class Hangs(FakeLauncher):
+        def __call__(self, job, run_dir):
+            if job.config.batch_size == 32:
+                clock[0] += 900.0
+                self.launched.append(32)
+                return "timeout", "no result within timeout_s=900 (worker killed)", None
+            clock[0] += 50.0
+            return super().__call__(job, run_dir)
+
+    tuner = Tuner(BASE, RunDirectory(tmp_path / "run", resume=False), launch=Hangs(10**6), budget_s=2400,
+                  min_batch=16, max_batch=64)
+    tuner.search(COMBO)
+    assert tuner.longest_probe_s == 50.0  # the hang's 900 s are its timeout's, not a probe's
+    found = tuner.search({**COMBO, "checkpointing": "full"})
+    assert found.probes > 0 and "budget ran out before" not in found.note
+
+
+def test_a_combination_whose_parity_check_does_not_fit_is_not_measured_unchecked(tmp_path, monkeypatch):
+    """FP8 measured without its parity check could win with no verdict (a reviewer's case: 100 s left, 40 s a
+    measurement): with 140 s left and 50 s a run, its two parity runs and a measurement do not fit, so it is not
+    measured, and says why (150 s would fit all three)."""
+    launcher = slow_launcher(monkeypatch, 8)
+    tuner = Tuner(BASE, RunDirectory(tmp_path / "run", resume=False), launch=launcher, budget_s=140, max_batch=8)
+    fp8 = {**COMBO, "precision": "fp8-rowwise"}
+    found = tuner.result(fp8, chosen=8, largest_fitting=8, probes=1)
+    tuner.longest_probe_s = 50.0
+    tuner.measure(found, steps=2, warmup=0)
+    assert launcher.launched == [] and found.measured == []
+    assert found.note.startswith("budget ran out before its parity check: not measured")

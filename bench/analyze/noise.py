@@ -116,22 +116,25 @@ class ConfigNoise:
             return math.inf
         if self.run_df == 0:
             return float(t.ppf(0.5 + CONFIDENCE / 2, self.df)) * math.sqrt(self.log_sd ** 2 * cost)
-        # The widest over this cost and every smaller one (more repeats a side). By the gate's own cost alone, more
+        # The widest over the costs of these repeat counts and of any more a side. By the gate's own cost alone, more
         # repeats shrank the processes' term until the run term's few degrees of freedom set the t quantile: a
         # calibration of 2 runs gave 17% at 1 repeat a side and 22% at 3 (36% at 5), so more repeats made the gate
         # less decisive, and the narrow intervals of few repeats were the ones that missed (module docstring).
         import numpy as np
 
-        costs = cost * np.geomspace(1.0 / COSTS_SPAN, 1.0, 97)
+        # The costs of any counts at least these: below the gate's, but for a median's jump from 2 repeats (cost 1
+        # each, the mean) to 3 (pi/2 / 3 = 0.52 each), which costs more; so up to the dearer of the two.
+        upper = max(cost, *(median_cost(b) / b + median_cost(c) / c
+                            for b, c in ((max(n_base, MIN_REPEATS), n_cand), (n_base, max(n_cand, MIN_REPEATS)),
+                                         (max(n_base, MIN_REPEATS), max(n_cand, MIN_REPEATS)))))
+        costs = upper * np.geomspace(1.0 / COSTS_SPAN, 1.0, 97)
         runs = 2 * self.run_mean_sd ** 2
         processes = self.log_sd ** 2 * np.maximum(0.0, costs - 2 / self.mean_repeats)
         variance = runs + processes
-        if variance[-1] == 0:
-            return 0.0
         with np.errstate(divide="ignore", invalid="ignore"):
             df = variance ** 2 / (runs ** 2 / self.run_df + processes ** 2 / self.df)
-        widths = t.ppf(0.5 + CONFIDENCE / 2, df) * np.sqrt(variance)
-        return float(np.nanmax(widths))
+            widths = np.where(variance > 0, t.ppf(0.5 + CONFIDENCE / 2, df) * np.sqrt(variance), 0.0)
+        return float(np.max(widths))
 
     def interval(self, ratio: float, n_base: int, n_cand: int) -> tuple[float, float]:
         width = self.half_width(n_base, n_cand)

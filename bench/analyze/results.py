@@ -97,15 +97,17 @@ def writable_dir(path: Path, *, what: str = "--out") -> None:
 
 
 def writable_file(path: Path, *, what: str) -> None:
-    """Prove `path` can be written (its folder exists and takes a file) before anything is measured, creating
-    nothing: an output file's folder is the user's to make, as `compare --junit` has it; a ResultsError naming
-    `what` if not."""
+    """Prove `path` can be written (its folder exists and takes a file, and a file already there may be replaced)
+    before anything is measured, leaving nothing behind: an output file's folder is the user's to make, as
+    `compare --junit` has it; a ResultsError naming `what` if not."""
     folder = Path(path).parent
     if not folder.is_dir():
         why = "is not a directory" if folder.exists() else "does not exist"
         raise ResultsError(f"cannot write {what} {str(path)!r}: its directory {str(folder)!r} {why}")
     if Path(path).is_dir():
         raise ResultsError(f"cannot write {what} {str(path)!r}: it is a directory")
+    if Path(path).exists() and not os.access(path, os.W_OK):
+        raise ResultsError(f"cannot write {what} {str(path)!r}: the file there is read-only")
     probe = folder / f".write-test-{os.getpid()}"
     try:
         probe.write_text("")

@@ -49,7 +49,7 @@ def fixed_axes(configs: Iterable[dict[str, Any]]) -> str:
         return ""
     first, varying = configs[0], set(varying_axes(configs))
     shared = [axis for axis in first if axis not in _HIDDEN and axis not in varying and axis != "run"
-              and axis in DEFAULTS and applies(first, axis)
+              and axis in DEFAULTS and all(applies(config, axis) for config in configs)
               and (axis in KEY_AXES or first.get(axis) != DEFAULTS[axis])]
     return ", ".join(f"{axis}={cell(first, axis)}" for axis in shared)
 

@@ -387,9 +387,11 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         warnings.append(f"precision={config.precision} with kernels={config.kernels}: without torch.compile torchao's "
                         "FP8 scaling and casts run as separate kernels, so expect it slower than amp-bf16; "
                         "measure FP8 speed with kernels=compile")
-    if config.kernels == "triton" and os.environ.get("TRITON_INTERPRET") == "1":
-        warnings.append("kernels=triton ran in Triton's interpreter (TRITON_INTERPRET=1): it checks that the kernels "
-                        "work, and its figures are no speed")
+    # Our kernels and Liger's are Triton's, and so are torch.compile's on a GPU (inductor's on a CPU are C++).
+    runs_triton = config.kernels in ("triton", "liger") or (config.kernels == "compile" and device.type == "cuda")
+    if runs_triton and os.environ.get("TRITON_INTERPRET") == "1":
+        warnings.append(f"kernels={config.kernels} ran in Triton's interpreter (TRITON_INTERPRET=1): it checks that "
+                        "the kernels work, and its figures are no speed")
     if config.parallel == "dp" and step.replicas == 1:
         warnings.append("parallel=dp on one GPU is degenerate: DataParallel's scatter/gather without a second replica")
     if result["overflow_skipped_steps"]:
