@@ -72,7 +72,7 @@ def test_a_stage_out_of_time_skips_the_rest_and_still_packs(tmp_path):
     assert (tmp_path / "out" / "stage1.tar.gz").stat().st_size > 0
 
 
-@pytest.mark.parametrize("args", [(), ("14",), ("0",), ("--rehearse",), ("1", "2")])
+@pytest.mark.parametrize("args", [(), ("15",), ("0",), ("--rehearse",), ("1", "2")])
 def test_a_stage_must_be_named(tmp_path, args):
     done = rehearse(tmp_path, *args)
     assert done.returncode == 2 and "ci/gpu-validate.sh STAGE" in done.stderr
