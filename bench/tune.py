@@ -382,8 +382,10 @@ class Tuner:
                 record["metrics"].update({k: first["metrics"][k] for k in _PARITY_FIELDS if k in first["metrics"]})
             self.run_dir.append(record)
             combo = {axis: first["config"][axis] for axis in ("precision", "kernels", "checkpointing")}
+            busy = contention_note(record["metrics"] or {})
             self.on_event(f"confirm {self.label(combo)} batch {config.batch_size}: repeat {repeat + 1} of {repeats}: "
-                          f"{status}")
+                          f"{status}" + (f" ({busy}: it counts only where no quiet repeat does)" if busy
+                                         else ""))
 
 
 def told_apart(records: list[dict[str, Any]], objective: str = "throughput") -> str | None:
@@ -455,16 +457,17 @@ def ranked(run_dir: RunDirectory, objective: str = "throughput") -> list[dict[st
 
 
 def contention_warning(rows: list[dict[str, Any]]) -> str | None:
-    """A warning when measured configurations ran while other processes kept the host's cores busy (any of their
-    repeats): their figures, and so the ranking, may be the host's load (a contended CPU ranked batch 12 at 11,539
-    tokens/s above batch 16 at 4,469). None when every one ran quiet. `rows` are ranked records (a configuration's
-    repeats together)."""
+    """A warning when measured configurations' figures rest on repeats that ran while other processes kept the
+    host's cores busy (every ok repeat of theirs: a contended one is left out of a figure while a quiet one stands
+    for it, and the ranking says so): their figures, and so the ranking, may be the host's load (a contended CPU
+    ranked batch 12 at 11,539 tokens/s above batch 16 at 4,469). None when every figure rests on quiet repeats.
+    `rows` are ranked records (a configuration's repeats together)."""
     from lmbench.measure.hostload import window_contended
 
-    measured: dict[str, bool] = {}  # configuration -> whether any ok repeat was contended, best first
+    measured: dict[str, bool] = {}  # configuration -> whether every ok repeat was contended, best first
     for r in rows:
         if r["status"] == "ok":
-            measured[r["config_key"]] = measured.get(r["config_key"], False) or window_contended(r["metrics"])
+            measured[r["config_key"]] = measured.get(r["config_key"], True) and window_contended(r["metrics"])
     busy = [key for key, contended in measured.items() if contended]
     if not busy:
         return None

@@ -411,9 +411,12 @@ def test_a_ranking_measured_on_a_busy_host_says_so():
     # A first row whose loss strayed from its reference is no winner (write_winner writes none).
     drifted = {"config_key": "d", "status": "ok", "metrics": {"tokens_per_s": 3.0, "parity": "drift", **busy}}
     assert "(the winner" not in contention_warning([drifted, failed])
-    # Configurations are counted, not records: the winner's three repeats, one of them contended.
+    # Configurations are counted, not records, by what their figures rest on: the winner's three repeats, one of
+    # them contended, rank by the two quiet ones (the ranking says one was left out); all three contended, not.
     repeats = [{**quiet, "config_key": "w"}, {**slowed, "config_key": "w"}, {**quiet, "config_key": "w"}]
-    assert contention_warning([*repeats, quiet]).startswith("1 of 2 measured configurations (the winner among them)")
+    assert contention_warning([*repeats, quiet]) is None
+    busy_repeats = [{**slowed, "config_key": "w"}] * 3
+    assert contention_warning([*busy_repeats, quiet]).startswith("1 of 2 measured configurations (the winner among")
 
 
 class NoisyLauncher(FakeLauncher):
