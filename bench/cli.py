@@ -42,6 +42,10 @@ _TUNE_OBJECTIVE = "throughput"
 EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
+#: Click 8.2's error for a group given no command (8.1 printed the help and exited 0 itself).
+_NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", None)
+
+
 class LmbenchGroup(click.Group):
     """Turns every usage mistake into one line and exit 2, every unexpected error into one line and exit 3
     (the traceback goes to a log file), never a traceback on the terminal."""
@@ -51,6 +55,9 @@ class LmbenchGroup(click.Group):
         try:
             code = super().main(args, prog_name or "lmbench", complete_var, standalone_mode=False, **extra)
         except click.UsageError as err:
+            if _NO_ARGS is not None and isinstance(err, _NO_ARGS) and err.ctx is not None:
+                click.echo(err.ctx.get_help())  # bare `lmbench` asks what there is, as click 8.1 answered it
+                sys.exit(EXIT_OK)
             where = f" ({err.ctx.command_path})" if err.ctx else ""
             click.echo(f"lmbench: error{where}: {err.format_message()}", err=True)
             sys.exit(EXIT_BAD_INPUT)

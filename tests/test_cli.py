@@ -27,6 +27,13 @@ def test_every_command_has_help(command):
         assert "Example: lmbench" in result.output
 
 
+def test_bare_lmbench_prints_its_help_not_an_error():
+    """Click 8.2 made a group without a command an error: 'lmbench: error (lmbench): Usage: ...', exit 2."""
+    result = invoke()
+    assert result.exit_code == 0 and result.stderr == ""
+    assert result.stdout.startswith("Usage: lmbench [OPTIONS] COMMAND [ARGS]...")
+
+
 def test_usage_md_lists_every_option_as_the_cli_has_it():
     """docs/usage.md's option tables are the CLI's own (python tests/usage_reference.py rewrites them)."""
     from pathlib import Path
