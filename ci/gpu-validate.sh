@@ -454,7 +454,7 @@ case $STAGE in
         # compiled, padded, without dropout, at the batch stage 4 measured (14). Windows of 4-7 s: NVML's counter
         # needs a second, and throttling shows in the clocks. Llama first: cheaper, and the budget cuts the last.
         run_suite mfu-llama 170 kernels --set "model=$LLAMA" --set kernels=triton --set precision=amp-bf16,bf16 \
-            --set "batch_size=$BATCH" --set steps=40 --set warmup=3 --repeats 3
+            --set "batch_size=$BATCH" --set steps=30 --set warmup=3 --repeats 3
         run_suite mfu-gpt2 220 kernels --set "model=$GPT2" --set kernels=compile --set vocab_multiple=64 \
             --set dropout=false --set "batch_size=$COMPILED_BATCH" --set steps=100 --set warmup=8 --repeats 3
         report
