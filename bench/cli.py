@@ -820,8 +820,12 @@ def _tune(base: Any, run_dir: runner.RunDirectory, lists: dict[str, list[Any]], 
             continue
         result = tuner.search(combo)
         if result.chosen:
-            tuner.measure(result, plan.steps, plan.warmup)
+            tuner.measure(result, plan.steps, plan.warmup, part="chosen")
         found.append(result)
+    # Every combination's chosen size first, then the sizes below them: a tight budget spends itself on the likelier.
+    for result in found:
+        if result.chosen and not result.skipped:
+            tuner.measure(result, plan.steps, plan.warmup, part="below")
     tuner.confirm(objective, confirm_repeats)
     _tune_outcome(run_dir, found, plan, objective)
 

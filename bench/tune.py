@@ -86,7 +86,8 @@ class ComboResult:
     search went no further (the note says what)."""
 
     def add_note(self, text: str) -> None:
-        self.note = "; ".join(filter(None, [self.note, text]))
+        if text not in self.note.split("; "):  # a second pass over the same combination says it once
+            self.note = "; ".join(filter(None, [self.note, text]))
 
 
 class Tuner:
@@ -315,7 +316,10 @@ class Tuner:
             return {"parity": None, "parity_max_rel_dev": None, "parity_tolerance": parity.TOLERANCES[config.precision]}
         return parity.verdict(judged["losses"], ran["losses"], precision=config.precision)
 
-    def measure(self, found: ComboResult, steps: int, warmup: int) -> None:
+    def measure(self, found: ComboResult, steps: int, warmup: int, part: str = "all") -> None:
+        """Measure the combination at its chosen batch and BELOW it (`part` "all"), or at the chosen one only
+        ("chosen") or the ones below only ("below"): tune measures every combination's chosen size before any
+        smaller one, so a tight budget spends itself on the sizes likeliest to win."""
         checked = None
         if self.needs_parity(found.combo):
             # Its runs not made yet (the combination's and its reference's), and a measurement after them: a
@@ -329,7 +333,7 @@ class Tuner:
             if checked["parity"] in STRAYED:
                 found.add_note(f"parity {checked['parity']}: never ranked first")
         sizes = sorted({found.chosen, *(max(1, int(found.chosen * f)) for f in BELOW)}, reverse=True)
-        for batch in sizes:
+        for batch in {"all": sizes, "chosen": sizes[:1], "below": sizes[1:]}[part]:
             accum = max(1, self.global_batch // batch) if self.global_batch else 1
             config = self.config(found.combo, batch_size=batch, grad_accum=accum, steps=steps, warmup=warmup)
             if config.key not in self.done and not self.fits_in_budget(self.measure_s()):

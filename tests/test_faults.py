@@ -805,6 +805,19 @@ def test_10_an_interrupted_tune_shows_what_it_found_and_writes_a_partial_winner(
     assert "batch_size = 4" in tuned
 
 
+def test_10_tune_measures_every_combination_s_chosen_size_before_any_smaller_one(tmp_path, fake, monkeypatch):
+    """Under a tight budget the 3/4 and 1/2 sizes of the first combination were measured before the second was
+    searched at all: every chosen size comes first now."""
+    monkeypatch.setenv("FAKE_WORKER_OOM_ABOVE", "4")
+    out = tmp_path / "tune"
+    result = lmbench("tune", "--model", "tiny-gpt2", "--seq-len", "16", "--device", "cpu", "--precision", "fp32",
+                     "--checkpointing", "none,full", "--max-batch", "8", "--margin", "0", "--confirm-repeats", "1",
+                     "--out", out)
+    assert result.exit_code == 0, result.output
+    measured = [(r["config"]["checkpointing"], r["config"]["batch_size"]) for r in results.read(out).records]
+    assert measured == [("none", 4), ("full", 4), ("none", 3), ("none", 2), ("full", 3), ("full", 2)]
+
+
 def test_10_tuner_skips_unreadable_probe_lines(tmp_path):
     with RunDirectory(tmp_path / "t", resume=False) as run_dir:
         (run_dir.path / "probes.jsonl").write_text('[1]\nnot json\n{"config_key": "k", "status": "ok"}\n')
