@@ -451,3 +451,27 @@ def test_the_best_mfu_over_leases_names_the_best_confirmed_one_of_any_lease(tmp_
                       "median of 3 repeats (28.3-29.3%), 2026-11-28")
     assert verdict == "not met" and where.name.endswith("27")
     assert source == "[stage4/runs/tune/results.jsonl](stage4/runs/tune/results.jsonl)"
+
+
+def test_a_figure_measured_before_a_timing_fix_says_so():
+    """A sceptic's review: the published MFU, CV and energy figures were measured before transformers' host read
+    in every forward was removed (5137cad); nothing said so."""
+    import subprocess
+
+    root = SCRIPT.parent.parent
+    before = subprocess.run(["git", "-C", str(root), "rev-parse", "5137cad~1"], capture_output=True, text=True)
+    if before.returncode != 0:
+        import pytest
+
+        pytest.skip("a checkout without the fix's history (shallow)")
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    gpt2 = {"config": {"model": "gpt2-124m", "precision": "fp16"}, "env": {"lmbench_commit": before.stdout.strip()}}
+    assert publish.predates(gpt2) == [
+        "measured before 5137cad (transformers' packed-sequence check read the device every forward, and compiled "
+        "steps timed masked attention)",
+        "measured before 17b7ba7 (fp16 read its overflow flag on the host every step)"]
+    assert publish.predates({**gpt2, "env": {"lmbench_commit": head + "-dirty"}}) == []
+    assert publish.predates({**gpt2, "env": {"lmbench_commit": "f" * 40}}) == []  # a commit this clone lacks
+    # torch's own transformer LM never had transformers' check: untouched.
+    assert publish.predates({**gpt2, "config": {"model": "torch-transformer-lm", "precision": "bf16"}}) == []
+    assert len(publish.predates({**gpt2, "config": {"model": "tiny-llama", "precision": "bf16"}})) == 1
