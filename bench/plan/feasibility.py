@@ -153,6 +153,21 @@ def _compile_graph_problem(config: Config) -> str | None:
     return None
 
 
+def host_read_in_step(config: Config) -> str | None:
+    """What reads a device value on the host inside every step of this configuration, or None: a sync the GPU
+    waits on, against the rule of none inside a step; a run on these paths says so (its record's warning)."""
+    optimizer = KERNEL_SETS[config.kernels].optimizer or config.optimizer
+    if config.kernels == "liger":
+        return "Liger's fused linear cross-entropy counts the labels on the host (an .item() every step)"
+    if config.precision == "fp16" and optimizer != "adamw-fused":
+        return (f"precision=fp16 with optimizer={optimizer} reads the overflow flag on the host (the fused optimizer, "
+                "optimizer=adamw-fused, takes it on the device)")
+    if config.precision == "amp-fp16" and optimizer != "adamw-fused":
+        return (f"GradScaler with optimizer={optimizer} reads the overflow flags on the host (the fused optimizer, "
+                "optimizer=adamw-fused, takes them on the device)")
+    return None
+
+
 def _cuda_graph_problem(config: Config) -> str | None:
     """Why cuda_graph=true cannot run this configuration, or None (lmbench.run.stepgraph)."""
     if not config.cuda_graph:

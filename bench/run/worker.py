@@ -146,6 +146,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
     from lmbench.measure.timer import StepTimer
     from lmbench.models.kernel_sets import KERNEL_SETS, confirm_compiled_graphs
     from lmbench.models.registry import MODELS, import_family
+    from lmbench.plan.feasibility import host_read_in_step
     from lmbench.plan.layout import PIPELINES
     from lmbench.run import distributed
     from lmbench.run.training import TrainingStep, devices_used
@@ -392,6 +393,9 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
     if runs_triton and os.environ.get("TRITON_INTERPRET") == "1":
         warnings.append(f"kernels={config.kernels} ran in Triton's interpreter (TRITON_INTERPRET=1): it checks that "
                         "the kernels work, and its figures are no speed")
+    host_read = host_read_in_step(config) if device.type == "cuda" else None
+    if host_read:
+        warnings.append(f"{host_read}: a host sync inside every step, which the GPU may wait on")
     if config.parallel == "dp" and step.replicas == 1:
         warnings.append("parallel=dp on one GPU is degenerate: DataParallel's scatter/gather without a second replica")
     if result["overflow_skipped_steps"]:
