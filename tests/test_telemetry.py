@@ -48,7 +48,10 @@ def test_energy_from_the_counter_difference():
     assert s["j_per_token"] == pytest.approx(0.2505)
     assert s["tokens_per_j"] == pytest.approx(1000 / 250.5)
     assert s["power_source"] == "instant"
-    assert s["power_max_w"] == 200.0 and s["power_avg_w"] == pytest.approx(200.0)
+    # The mean power is the counter's where it gives the energy (sampled power aliases NVML's ~100 ms updates);
+    # the fake's counter and power disagree on purpose, so this tells which one it is.
+    assert s["power_max_w"] == 200.0 and s["power_avg_w"] == pytest.approx(250.5 / s["telemetry_window_s"])
+    assert s["power_readings"] == 1 < s["telemetry_samples"]  # one value, sampled again and again
     assert s["mem_nvml_used_peak_bytes"] == 10 * 2**30
     assert s["gpu_util_avg_pct"] == 97 and s["sm_clock_avg_mhz"] == 1980 and s["sm_clock_min_mhz"] == 1980
     assert s["temp_max_c"] == 61
@@ -70,7 +73,8 @@ def test_data_parallel_energy_and_power_add_up_over_every_gpu(tmp_path):
     s = group.summary(tokens=1000)
     assert s["energy_j"] == pytest.approx(450.5) and s["j_per_token"] == pytest.approx(0.4505)
     assert s["energy_source"] == "counter" and s["power_limit_w"] == 1400.0
-    assert s["power_avg_w"] == pytest.approx(350.0) and s["power_max_w"] == pytest.approx(350.0)
+    assert s["power_avg_w"] == pytest.approx(450.5 / s["telemetry_window_s"])
+    assert s["power_max_w"] == pytest.approx(350.0)
     assert group.samples and [w for _, w in power_trace(group.samples)] == pytest.approx([350.0] * len(group.samples))
     group.write_timeline(tmp_path / "key-r0.csv")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["key-r0-dev0.csv", "key-r0-dev1.csv"]
@@ -93,6 +97,7 @@ def test_unsupported_counter_falls_back_to_the_power_integral():
     span = t.samples[-1].t_s - t.samples[0].t_s
     assert source == "power-integral (counter unsupported)"
     assert energy == pytest.approx(250.0 * span, rel=1e-12)
+    assert t.summary(tokens=1)["power_avg_w"] == pytest.approx(250.0)  # no counter: the samples' mean
 
 
 def test_short_window_never_reports_zero_from_a_stalled_counter():

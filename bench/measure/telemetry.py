@@ -64,8 +64,10 @@ def energy_caveat(fields: dict[str, Any]) -> str | None:
     counter (the energy is a few power samples' integral), or counter and integral ENERGY_DISAGREEMENT_WARN apart."""
     window = fields.get("telemetry_window_s") or 0.0
     if fields.get("energy_source") == SHORT_WINDOW_SOURCE:
+        readings = fields.get("power_readings")
         return (f"a {window:.2f} s window, too short for NVML's counter: energy from "
-                f"{fields.get('telemetry_samples') or 0} power samples")
+                + (f"{readings} power readings" if readings is not None
+                   else f"{fields.get('telemetry_samples') or 0} power samples"))
     gap = disagreement_of(fields)
     if gap is not None and abs(gap) >= ENERGY_DISAGREEMENT_WARN:
         return f"power integral {gap:+.1%} vs counter over a {window:.2f} s window"
@@ -244,9 +246,13 @@ class Telemetry:
         temps = [s.temp_c for s in self.samples if s.temp_c is not None]
         integral = trapezoid_j(self.samples)
         duration = self.duration_s or 0.0
+        # The counter's mean where it gives the energy: NVML's power field changes about every 100 ms, so 50 ms
+        # samples see each value about twice, and under a power cap (an oscillation of about 200 ms) their mean
+        # aliased it: 608 W sampled against the counter's 664 W over one H100 window of 4 s.
+        counted = energy_j / duration if source == "counter" and energy_j and duration > 0 else None
         return {
             "telemetry": "on",
-            "power_avg_w": _time_weighted_power(self.samples) or _avg(powers),
+            "power_avg_w": counted or _time_weighted_power(self.samples) or _avg(powers),
             "power_max_w": max(powers) if powers else None,
             "power_source": self.device.power_source,
             "energy_j": energy_j,
@@ -263,6 +269,7 @@ class Telemetry:
             "throttle_reasons": reasons,
             "throttled_power_or_heat": bool(POWER_OR_HEAT & set(reasons)),
             "telemetry_samples": len(self.samples),
+            "power_readings": _readings(powers),
             "telemetry_period_s": self.period_s,
             "telemetry_window_s": duration,
             "sampler_cost_per_sample_s": _avg(self.sample_cost_s),
@@ -288,6 +295,12 @@ def _time_weighted_power(samples: list[Sample]) -> float | None:
     return integral / (timed[-1] - timed[0])
 
 
+def _readings(powers: list[float]) -> int:
+    """The distinct power readings among the samples: a value repeated by consecutive samples is one reading of
+    NVML's (which updates about every 100 ms, twice the default sampling period)."""
+    return sum(1 for i, power in enumerate(powers) if i == 0 or power != powers[i - 1])
+
+
 def _avg(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
@@ -295,7 +308,7 @@ def _avg(values: list[float]) -> float | None:
 SUMMARY_FIELDS = ("telemetry", "power_avg_w", "power_max_w", "power_source", "energy_j", "energy_source",
                   "energy_integral_j", "energy_disagreement_frac", "j_per_token", "tokens_per_j",
                   "mem_nvml_used_peak_bytes", "gpu_util_avg_pct", "sm_clock_avg_mhz", "sm_clock_min_mhz",
-                  "temp_max_c", "throttle_reasons", "throttled_power_or_heat", "telemetry_samples",
+                  "temp_max_c", "throttle_reasons", "throttled_power_or_heat", "telemetry_samples", "power_readings",
                   "telemetry_period_s", "telemetry_window_s", "sampler_cost_per_sample_s", "power_limit_w",
                   "sm_clock_max_mhz", "driver_version", "nvml_name")
 
@@ -345,9 +358,11 @@ def combine(summaries: list[dict[str, Any]], traces: list[list[tuple[float, floa
     sources = sorted(set(values("energy_source")))
     reasons = sorted({r for s in summaries for r in s["throttle_reasons"]},
                      key=lambda name: next((b for b, n in CLOCK_EVENT_REASONS.items() if n == name), 1 << 30))
+    window = max(values("telemetry_window_s"), default=None)
+    counted = energy / window if sources == ["counter"] and energy and window else None
     return {
         "telemetry": "on",
-        "power_avg_w": _time_weighted_power(summed),
+        "power_avg_w": counted or _time_weighted_power(summed),
         "power_max_w": max((s.power_w for s in summed), default=None),
         "power_source": "/".join(sorted(set(values("power_source")))) or None,
         "energy_j": energy,
@@ -365,8 +380,9 @@ def combine(summaries: list[dict[str, Any]], traces: list[list[tuple[float, floa
         "throttle_reasons": reasons,
         "throttled_power_or_heat": any(s["throttled_power_or_heat"] for s in summaries),
         "telemetry_samples": sum(values("telemetry_samples")),
+        "power_readings": sum(values("power_readings")),
         "telemetry_period_s": summaries[0]["telemetry_period_s"],
-        "telemetry_window_s": max(values("telemetry_window_s"), default=None),
+        "telemetry_window_s": window,
         "sampler_cost_per_sample_s": _avg(values("sampler_cost_per_sample_s")),
         "power_limit_w": total("power_limit_w"),
         "sm_clock_max_mhz": min(values("sm_clock_max_mhz"), default=None),
