@@ -271,8 +271,8 @@ class Tuner:
         edge_found = (failing is not None and failing - fitting <= 1) or fitting == self.max_batch
         if not consulted:
             found.add_note("budget ran out before its search began")
-        elif not fitting and failing is not None:
-            found.add_note(f"nothing fits: batch {failing} ran out of memory")
+        elif not fitting and failing == 1:
+            found.add_note("nothing fits: batch 1 ran out of memory")
         elif self.out_of_search_time() and not edge_found:
             found.add_note("budget ran out during the search" + (
                 f" (what is left measures batch {found.chosen})" if fitting else ""))
