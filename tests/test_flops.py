@@ -111,6 +111,11 @@ def test_sustained_is_the_headline_and_stalls_are_counted():
     assert t["stalls"] is True and t["stall_steps"] == 1 and t["stall_excess_s"] == pytest.approx(0.19)
     assert t["step_time_p99_s"] == pytest.approx(0.01 + 0.91 * 0.19)  # linear between the 9th and 10th steps
     assert stall_note(t) == "stalls: sustained 66.7% below typical (1 outlier step, +190 ms)"
+    # Steps that agree to 0.1% have no interquartile range to speak of: one 0.7% slower is no stall (an H100 fp32
+    # record counted it one), one 6% slower is.
+    tight = [0.1000, 0.1001, 0.0999, 0.1000, 0.1001, 0.1000, 0.0999, 0.1000, 0.1007]
+    assert throughput(step_times_s=tight, tokens_per_step=100, samples_per_step=2)["stall_steps"] == 0
+    assert throughput(step_times_s=[*tight[:-1], 0.106], tokens_per_step=100, samples_per_step=2)["stall_steps"] == 1
     steady = throughput(step_times_s=[0.01] * 10, tokens_per_step=100, samples_per_step=2, window_s=0.101)
     assert steady["stalls"] is False and steady["stall_steps"] == 0 and stall_note(steady) is None
     # Ten 10 ms steps in a 0.2 s window: no step stands out, the time went between steps; the note says so.
