@@ -276,7 +276,7 @@ def mfu_over(folders: list[Path], model: str, target_pct: float) -> tuple[str, s
     if not groups:
         return "-", NOT_MEASURED, "stage 4", folders[0]
     value, repeats, where, folder = max(groups, key=lambda group: group[0])
-    shown = f"{value * 100:.1f}% {_recipe(repeats[0])}; {basis(repeats)}"
+    shown = f"{value * 100:.1f}% {_recipe(repeats[0])}; {basis(repeats)}" + _held_back(repeats)
     verdict = "met" if value * 100 >= target_pct else "not met"
     confirmed = [group for group in groups if len(group[1]) >= MIN_REPEATS]
     if len(repeats) < MIN_REPEATS:
@@ -286,6 +286,15 @@ def mfu_over(folders: list[Path], model: str, target_pct: float) -> tuple[str, s
             shown += (f"; best confirmed: {best * 100:.1f}% {_recipe(sure[0])}, {basis(sure)}"
                       + (f", {there.name[-10:]}" if there != folder else ""))
     return shown, verdict, _link(folder, where), folder
+
+
+def _held_back(repeats: list[dict[str, Any]]) -> str:
+    """`; held back most by other kernels 29% (matmul + attention 65%)` from a profiled repeat (issue 13: name what
+    holds MFU back), else nothing."""
+    from lmbench.analyze.report import held_back_by
+
+    found = next((held_back_by(r["metrics"]) for r in repeats if r["metrics"].get("profile_step_time_s")), "-")
+    return "" if found == "-" else f"; held back most by {found}"
 
 
 def _recipe(record: dict[str, Any]) -> str:

@@ -475,3 +475,16 @@ def test_a_figure_measured_before_a_timing_fix_says_so():
     # torch's own transformer LM never had transformers' check: untouched.
     assert publish.predates({**gpt2, "config": {"model": "torch-transformer-lm", "precision": "bf16"}}) == []
     assert len(publish.predates({**gpt2, "config": {"model": "tiny-llama", "precision": "bf16"}})) == 1
+
+
+def test_the_best_mfu_names_what_holds_it_back_when_it_was_profiled(tmp_path):
+    """Issue 13: profile the best configuration of each model and name what holds MFU back."""
+    h100 = {"device_names": ["NVIDIA H100 80GB HBM3"]}
+    run = tmp_path / "h100-80gb-hbm3-2026-11-27" / "stage4" / "runs" / "tune"
+    run.mkdir(parents=True)
+    fractions = {"time_frac_optimizer": 0.03, "time_frac_data": 0.0, "time_frac_attention": 0.28,
+                 "time_frac_matmul": 0.37, "time_frac_other": 0.29, "time_frac_communication": 0.0,
+                 "time_frac_idle": 0.03, "profile_step_time_s": 0.041, "step_time_median_s": 0.041}
+    (run / "results.jsonl").write_text(record("k", "gpt2-124m", "amp-bf16", 1.0, tflops=296.9, **h100, **fractions))
+    figure = publish.mfu(tmp_path / "h100-80gb-hbm3-2026-11-27", "gpt2-124m", 45)[0]
+    assert figure == "30.0% amp-bf16 (k); one repeat; held back most by other kernels 29% (matmul + attention 65%)"
