@@ -10,6 +10,7 @@ Behaviour comes from the environment, which the parent passes on to its workers:
   FAKE_WORKER_ERROR=TEXT   every job ends as `error` with this reason
   FAKE_WORKER_STRAGGLER=DIR  leave a child running in the worker's session (its pid in DIR/<pid>), then exit
   FAKE_WORKER_LINGER=TEXT  after writing the result, hang (until killed) when TEXT is in the job's config key
+  FAKE_WORKER_CRASH_AT=S  die of SIGSEGV S seconds after the job starts (its stacks' dump crashing it)
 """
 
 from __future__ import annotations
@@ -41,6 +42,12 @@ def work(job_path: Path, result_path: Path) -> int:
         from lmbench.run import stacks
 
         stacks.arm(result_path, 0, deadline=job["deadline"], timeout_s=config.timeout_s)
+    if os.environ.get("FAKE_WORKER_CRASH_AT"):
+        import signal
+        import time
+
+        time.sleep(float(os.environ["FAKE_WORKER_CRASH_AT"]))
+        os.kill(os.getpid(), signal.SIGSEGV)
     if os.environ.get("FAKE_WORKER_HANG") and os.environ["FAKE_WORKER_HANG"] in config.key:
         hang()
     if os.environ.get("FAKE_WORKER_ERROR"):

@@ -1052,6 +1052,25 @@ def test_a_hung_worker_is_a_timeout_that_says_where_it_was(tmp_path, tiny, fake,
     assert not list((out / "work").glob("*.stack.*"))
 
 
+@pytest.mark.parametrize(("crash_at", "status"), [(3.2, "timeout"), (0.5, "error")])
+def test_a_worker_that_crashes_once_its_stacks_are_due_is_a_timeout(tmp_path, tiny, fake, monkeypatch, crash_at,
+                                                                    status):
+    """faulthandler's dump reads every thread's frames without the GIL: in CI a worker still importing when its
+    0.5 s timeout's dump came died of it (SIGSEGV) and was recorded as an error of its configuration. A crash
+    after the stacks' moment (1 s before a 4 s timeout_s) is the timeout it was about to be; one before is not."""
+    monkeypatch.setenv("FAKE_WORKER_CRASH_AT", str(crash_at))
+    out = tmp_path / "run"
+    assert lmbench("run", "--suite", tiny, "--out", out, "--set", "precision=fp32", "--set", "timeout_s=4"
+                   ).exit_code == 0
+    record, = results.read(out).records
+    assert record["status"] == status, record["reason"]
+    if status == "timeout":
+        assert record["reason"].startswith("no result within timeout_s=4: the worker was killed by SIGSEGV once its "
+                                           "stacks were due, ")
+    else:
+        assert record["reason"].startswith("worker was killed by SIGSEGV without a result")
+
+
 def test_a_worker_that_hangs_after_writing_its_result_keeps_its_measurement(tmp_path, tiny, fake, monkeypatch):
     """A slow teardown past timeout_s after the result (review): recorded as a timeout that said 'no result', and
     its result file stayed in work/ for ever."""

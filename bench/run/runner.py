@@ -104,9 +104,9 @@ def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch(), hold:
     _rank_failures(result_path)  # none left from an earlier try of this job
     stacks.clear(result_path)
     # The deadline: each rank dumps its stacks just before it (lmbench.run.stacks), which the parent reaches later.
+    deadline = time.time() + job.config.timeout_s
     run_dir.write_json(job_path, {"config": job.config.to_dict(), "repeat": job.repeat,
-                                  "timeline_path": str(run_dir.timeline_path(job.name)),
-                                  "deadline": time.time() + job.config.timeout_s})
+                                  "timeline_path": str(run_dir.timeline_path(job.name)), "deadline": deadline})
     # LMBENCH_PARENT_PID: the worker exits when this process is gone, even if it is SIGKILLed.
     # PYTHONSAFEPATH (Python 3.11+, as `python -P`) keeps the current directory off the worker's sys.path, so a
     # folder named lmbench there (a clone) is not imported in place of the installed package; PYTHONNOUSERSITE
@@ -152,6 +152,13 @@ def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch(), hold:
         status, reason = payload["status"], payload["reason"]
     elif left:
         status, reason = "error", "the worker's result file was unreadable"
+    elif -code in CRASHES and time.time() >= deadline - stacks.margin_s(job.config.timeout_s):
+        # Killed by a signal after its stacks' moment: faulthandler's dump reads every thread's frames without the
+        # GIL, and a worker busy importing (a 0.5 s timeout_s) died of it (SIGSEGV) in CI. Its time was up all the
+        # same: a timeout, not an error of the configuration's.
+        status, reason = "timeout", (f"no result within timeout_s={job.config.timeout_s:g}: the worker was killed "
+                                     f"by {signal.Signals(-code).name} once its stacks were due, "
+                                     f"{max(0.0, deadline - time.time()):.1f} s before it (the log has its end)")
     else:
         how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
         log_text = log_path.read_text(errors="replace")
@@ -166,6 +173,10 @@ def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch(), hold:
         if no_room is not None:
             raise no_room
     return status, reason, payload
+
+
+#: Signals of a process that crashed (not one stopped from outside, as the OOM killer's SIGKILL).
+CRASHES = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL})
 
 
 def _timed_out(job: Job, result_path: Path, log: TextIO) -> tuple[str, str, None]:
