@@ -206,9 +206,6 @@ class Tuner:
             self.on_event(f"probe {self.label(combo)} batch {batch}: {status}")
         return self.cache[config.key]
 
-    def fits(self, combo: dict[str, str], batch: int) -> bool:
-        return self.probe(combo, batch)[0] == "ok"
-
     def search(self, combo: dict[str, str]) -> ComboResult:
         """Largest fitting batch by doubling from --min-batch then bisection between the largest that fitted and
         the smallest that ran out of memory.

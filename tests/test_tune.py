@@ -83,7 +83,7 @@ def test_real_boundary_matches_a_brute_force_search(tmp_path):
     found = tuner.search(COMBO)
     assert found.largest_fitting >= 1 and found.first_failing is not None
     # Brute force: every size up to one past the boundary (probes already made are reused).
-    fits = {b: tuner.fits(COMBO, b) for b in range(1, found.first_failing + 2)}
+    fits = {b: tuner.probe(COMBO, b)[0] == "ok" for b in range(1, found.first_failing + 2)}
     brute = max(b for b in fits if all(fits[s] for s in range(1, b + 1)))
     assert abs(brute - found.largest_fitting) <= 1
     assert not fits[found.first_failing]

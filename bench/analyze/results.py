@@ -89,11 +89,16 @@ def writable_dir(path: Path, *, what: str = "--out") -> None:
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"  # its own: two writers starting at once never share one
-        probe.write_text("")
-        probe.unlink(missing_ok=True)
+        _write_probe(path)
     except OSError as err:
         raise ResultsError(f"cannot write to {what} {str(path)!r}: {err.strerror or err}") from None
+
+
+def _write_probe(folder: Path) -> None:
+    """Write and remove an empty file in `folder` (an OSError if it takes none)."""
+    probe = folder / f".write-test-{os.getpid()}"  # its own: two writers starting at once never share one
+    probe.write_text("")
+    probe.unlink(missing_ok=True)
 
 
 def writable_file(path: Path, *, what: str) -> None:
@@ -108,10 +113,8 @@ def writable_file(path: Path, *, what: str) -> None:
         raise ResultsError(f"cannot write {what} {str(path)!r}: it is a directory")
     if Path(path).exists() and not os.access(path, os.W_OK):
         raise ResultsError(f"cannot write {what} {str(path)!r}: the file there is read-only")
-    probe = folder / f".write-test-{os.getpid()}"
     try:
-        probe.write_text("")
-        probe.unlink(missing_ok=True)
+        _write_probe(folder)
     except OSError as err:
         raise ResultsError(f"cannot write {what} {str(path)!r}: {err.strerror or err}") from None
 
