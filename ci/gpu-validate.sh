@@ -453,9 +453,11 @@ case $STAGE in
         # Llama-1B with ours at batch 8 (38.9% in stage 2), amp-bf16 and pure bf16 (37.6% eager in stage 8); GPT-2
         # compiled, padded, without dropout, at the batch stage 4 measured (14). Windows of 4-7 s: NVML's counter
         # needs a second, and throttling shows in the clocks. Llama first: cheaper, and the budget cuts the last.
-        run_suite mfu-llama 170 kernels --set "model=$LLAMA" --set kernels=triton --set precision=amp-bf16,bf16 \
+        # On the H100 (2026-11-27) the six Llama processes took 165 s and the three GPT-2 ones 159 s, each step
+        # reaching its limit just after its last record: 185 s each, in STAGE_BUDGET_S=420.
+        run_suite mfu-llama 185 kernels --set "model=$LLAMA" --set kernels=triton --set precision=amp-bf16,bf16 \
             --set "batch_size=$BATCH" --set steps=30 --set warmup=3 --repeats 3
-        run_suite mfu-gpt2 220 kernels --set "model=$GPT2" --set kernels=compile --set vocab_multiple=64 \
+        run_suite mfu-gpt2 185 kernels --set "model=$GPT2" --set kernels=compile --set vocab_multiple=64 \
             --set dropout=false --set "batch_size=$COMPILED_BATCH" --set steps=100 --set warmup=8 --repeats 3
         report
         ;;
