@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import re
 import statistics
@@ -193,7 +194,8 @@ def overhead(folder: Path) -> tuple[str, str, str]:
 def repeat_cv(folder: Path) -> tuple[str, str, str]:
     run = folder / "stage3" / "runs" / "ci"
     by_key: dict[str, list[float]] = {}
-    for r in _records(run):
+    records = _records(run)
+    for r in records:
         value = (r.get("metrics") or {}).get("tokens_per_s")
         if r["status"] == "ok" and isinstance(value, (int, float)):
             by_key.setdefault(r["config_key"], []).append(float(value))
@@ -201,7 +203,7 @@ def repeat_cv(folder: Path) -> tuple[str, str, str]:
     if not cvs:
         return "-", NOT_MEASURED, "stage 3"
     worst = max(cvs, key=cvs.get)
-    stale = sorted({fix for r in _records(run) if r["config_key"] in cvs for fix in predates(r)})
+    stale = sorted({fix for r in records if r["config_key"] in cvs for fix in predates(r)})
     shown = (f"worst {cvs[worst]:.2f}% ({worst}, {len(by_key[worst])} repeats); all {len(cvs)}: "
              + ", ".join(f"{v:.2f}%" for v in cvs.values()) + "".join(f"; {fix}" for fix in stale))
     return shown, "met" if cvs[worst] <= 2 else "not met", _link(folder, run / "results.jsonl")
@@ -228,16 +230,16 @@ def predates(record: dict[str, Any]) -> list[str]:
     """The TIMING_FIXES the record's lmbench lacked (`measured before 5137cad: ...`), for its configuration; none
     when its commit is unknown here (not a git checkout, or a commit this clone does not have)."""
     commit = str(((record.get("env") or {}).get("lmbench_commit") or "")).removesuffix("-dirty")
-    root = Path(__file__).resolve().parent.parent
-    found = []
-    for fix, what, touches in TIMING_FIXES:
-        if not commit or not touches(record.get("config") or {}):
-            continue
-        done = subprocess.run(["git", "-C", str(root), "merge-base", "--is-ancestor", fix, commit],
-                              capture_output=True, text=True)
-        if done.returncode == 1:  # 0: the fix is in; 128: a commit git does not know
-            found.append(f"measured before {fix} ({what})")
-    return found
+    return [f"measured before {fix} ({what})" for fix, what, touches in TIMING_FIXES
+            if commit and touches(record.get("config") or {}) and _lacks(commit, fix)]
+
+
+@functools.cache
+def _lacks(commit: str, fix: str) -> bool:
+    """Whether `commit` is known here and lacks `fix` (one git call a pair: a folder's records share commits)."""
+    done = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent.parent), "merge-base", "--is-ancestor",
+                           fix, commit], capture_output=True, text=True)
+    return done.returncode == 1  # 0: the fix is in; 128: a commit git does not know
 
 
 #: Precisions whose name alone does not say the training recipe (the MFU target's figure names its precision).
