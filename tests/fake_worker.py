@@ -44,7 +44,6 @@ def work(job_path: Path, result_path: Path) -> int:
         stacks.arm(result_path, 0, deadline=job["deadline"], timeout_s=config.timeout_s)
     if os.environ.get("FAKE_WORKER_CRASH_AT"):
         import signal
-        import time
 
         time.sleep(float(os.environ["FAKE_WORKER_CRASH_AT"]))
         os.kill(os.getpid(), signal.SIGSEGV)
