@@ -127,6 +127,10 @@ def _build_torch_lm(spec: ModelSpec, attention: str, dropout: bool) -> nn.Module
                               n_heads=spec.n_heads, intermediate=spec.intermediate, max_positions=spec.max_positions)
 
 
+#: Families whose models train with dropout (GPT-2's and BERT's 0.1, attention's included); Llama and the torch
+#: LM have none, so `dropout` changes nothing there.
+DROPOUT_FAMILIES = frozenset({"gpt2", "bert"})
+
 #: The module each family's builder imports (transformers' import is most of it: about 2 s on a CPU).
 FAMILY_MODULES: dict[str, str] = {
     "gpt2": "transformers.models.gpt2.modeling_gpt2",
