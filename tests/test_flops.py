@@ -1,7 +1,7 @@
 import pytest
 
 from lmbench.measure.flops import matmul_params, palm_flops_per_token, recompute_flops_per_token, rerun_params
-from lmbench.measure.metrics import flops_utilisation, stall_note, throughput
+from lmbench.measure.metrics import flops_utilisation, stall_note, tail_percentile, throughput
 from lmbench.measure.peaks import PEAKS, find_device, peak_flops
 from lmbench.models.registry import MODELS, build_model
 
@@ -109,7 +109,10 @@ def test_sustained_is_the_headline_and_stalls_are_counted():
     assert t["tokens_per_s"] == t["tokens_per_s_sustained"] == pytest.approx(1000 / 0.3)
     assert t["samples_per_s"] == pytest.approx(20 / 0.3) and t["tokens_per_s_per_device"] == t["tokens_per_s"]
     assert t["stalls"] is True and t["stall_steps"] == 1 and t["stall_excess_s"] == pytest.approx(0.19)
-    assert t["step_time_p99_s"] == pytest.approx(0.01 + 0.91 * 0.19)  # linear between the 9th and 10th steps
+    # Ten steps have a p90 (one step beyond it), no p95 or p99: interpolated between the two slowest, they were
+    # 0.183 s and 0.117 s, the stall with a haircut.
+    assert t["step_time_p90_s"] == pytest.approx(0.01 + 0.1 * 0.19) and t["step_time_p10_s"] == pytest.approx(0.01)
+    assert t["step_time_p95_s"] is None and t["step_time_p99_s"] is None
     assert stall_note(t) == "stalls: sustained 66.7% below typical (1 outlier step, +190 ms)"
     # Steps that agree to 0.1% have no interquartile range to speak of: one 0.7% slower is no stall (an H100 fp32
     # record counted it one), one 6% slower is.
@@ -225,3 +228,11 @@ def test_a_cv_just_past_the_limit_never_reads_as_equal_to_it():
     # The row's cv column is the median repeat's: the note says how many repeats were past the limit.
     assert unstable_steps([0.014, 0.148, 0.02]) == "unstable steps: cv 14.8% > 10% in 1 of 3 repeats"
     assert unstable_steps([0.1, 0.05]) is None
+
+
+def test_a_tail_percentile_needs_a_step_beyond_it():
+    steps = [0.01 * (i + 1) for i in range(100)]
+    assert tail_percentile(steps, 99) == pytest.approx(0.01 + 0.99 * 0.99)
+    assert tail_percentile(steps[:99], 99) is None and tail_percentile(steps[:20], 95) == pytest.approx(0.1905)
+    assert tail_percentile(steps[:19], 95) is None and tail_percentile(steps[:19], 90) is not None
+    assert tail_percentile(steps[:9], 10) is None and tail_percentile(steps[:9], 50) == pytest.approx(0.05)

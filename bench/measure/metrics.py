@@ -22,6 +22,14 @@ def outlier_steps(step_times_s: Sequence[float]) -> list[float]:
     return [t for t in step_times_s if t > fence]
 
 
+def tail_percentile(step_times_s: Sequence[float], q: float) -> float | None:
+    """The q-th percentile of a window's step times, or None when the window has fewer steps than it takes for one
+    to lie beyond it (10 for p10 and p90, 20 for p95, 100 for p99): a p99 of 15 steps is the slowest step with a
+    haircut, interpolated between the two slowest, and reads like a tail it never saw."""
+    needed = math.ceil(100 / min(q, 100 - q) - 1e-9)
+    return percentile(step_times_s, q) if len(step_times_s) >= needed else None
+
+
 def throughput(*, step_times_s: Sequence[float], tokens_per_step: int, samples_per_step: int,
                world_size: int = 1, devices_per_rank: int = 1, window_s: float | None = None) -> dict[str, Any]:
     """Step-time distribution and the two throughput figures of a window.
@@ -34,7 +42,8 @@ def throughput(*, step_times_s: Sequence[float], tokens_per_step: int, samples_p
     Without `window_s` (a caller that has no window) the headline is the typical figure.
     `tokens_per_step` and `samples_per_step` are per rank; global rates multiply by `world_size`. A
     rank drives `devices_per_rank` GPUs (more than one only under nn.DataParallel). One step has no spread:
-    `step_time_std_s` and `step_time_cv` are None.
+    `step_time_std_s` and `step_time_cv` are None, and a tail percentile without a step beyond it too
+    (tail_percentile).
     """
     s = summarize(step_times_s)
     median = s["median"]
@@ -46,10 +55,10 @@ def throughput(*, step_times_s: Sequence[float], tokens_per_step: int, samples_p
     stalls = sustained is not None and sustained < (1 - STALL_GAP) * typical
     return {
         "step_time_median_s": median,
-        "step_time_p10_s": s["p10"],
-        "step_time_p90_s": s["p90"],
-        "step_time_p95_s": percentile(step_times_s, 95),
-        "step_time_p99_s": percentile(step_times_s, 99),
+        "step_time_p10_s": tail_percentile(step_times_s, 10),
+        "step_time_p90_s": tail_percentile(step_times_s, 90),
+        "step_time_p95_s": tail_percentile(step_times_s, 95),
+        "step_time_p99_s": tail_percentile(step_times_s, 99),
         "step_time_mean_s": s["mean"],
         "step_time_std_s": s["std"],
         "step_time_cv": s["cv"],
