@@ -348,3 +348,30 @@ def test_the_counter_is_read_next_to_the_window_s_edges():
         nvml.calls.clear()
     assert entered[-1] == "energy"
     assert nvml.calls[0] == "energy"
+
+
+def test_the_ranks_barrier_comes_after_the_telemetry_set_up_and_before_the_counter():
+    """The barrier came before each rank's telemetry set-up (7-23 ms of NVML calls and a thread's start on the H100,
+    another time on each rank): a rank delayed 50 ms there opened its timed window late, and the others waited for it
+    in their first collective (a DDP step 0.059 s against 0.006 s, counted a stall; review 2026-11-27)."""
+    gpu = FakeGpu(A, "x", energy_mj=[5_000_000, 5_250_500], power_mw=lambda: 200_000)
+    nvml = FakeNvml([gpu])
+    t = Telemetry(NvmlDevice.open(uuid=gpu.uuid, nvml=nvml), period_s=10.0, min_counter_window_s=0.0)
+    seen = []
+
+    def barrier() -> None:
+        seen.append((list(nvml.calls), t._thread is not None and t._thread.is_alive()))
+
+    with t.window(ready=barrier):
+        entered = list(nvml.calls)
+    (before, sampling), = seen
+    assert sampling and "energy" not in before and before  # set up and sampling, counter not read yet
+    assert entered[len(before):] == ["energy"]  # the counter straight after the barrier
+    # Without telemetry (a CPU, telemetry=false) the barrier runs all the same, and so it does for nn.DataParallel.
+    off = Telemetry(None, unavailable="turned off (telemetry=false)")
+    calls = []
+    with off.window(ready=lambda: calls.append("barrier")):
+        assert calls == ["barrier"]
+    group = DeviceGroupTelemetry([off, Telemetry(None, unavailable="turned off (telemetry=false)")])
+    with group.window(ready=lambda: calls.append("group")):
+        assert calls == ["barrier", "group"]

@@ -190,9 +190,17 @@ class Telemetry:
                 self._paused = False
 
     @contextlib.contextmanager
-    def window(self) -> Iterator[Telemetry]:
-        """Sample from the (synchronised) start to the (synchronised) end of the block."""
+    def window(self, ready: Callable[[], None] | None = None) -> Iterator[Telemetry]:
+        """Sample from the (synchronised) start to the (synchronised) end of the block.
+
+        `ready` runs once the sampler is going, just before the energy counter's first read: the ranks' barrier.
+        Before it, each rank's own set-up (NVML calls, a thread's start: 7-23 ms on the H100, another time on each
+        rank) put the ranks' timed windows that far apart, and the first to open waited for the others inside its
+        first collective: in its first step, as a stall, and in the job's window.
+        """
         if not self.available:
+            if ready is not None:
+                ready()
             yield self
             return
         self.samples.clear()
@@ -205,6 +213,8 @@ class Telemetry:
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="lmbench-telemetry", daemon=True)
         self._thread.start()
+        if ready is not None:
+            ready()
         # The counter is read last on the way in and first on the way out, next to the timed window's edges (the
         # block is the timer's window): read before the first sample and the thread's start, its window outran the
         # timed one by 7-23 ms on the H100 (2% of a 0.7 s window's J/token).
@@ -418,8 +428,14 @@ class DeviceGroupTelemetry:
                 stack.enter_context(context(member))
             yield self
 
-    def window(self) -> contextlib.AbstractContextManager[DeviceGroupTelemetry]:
-        return self._every(Telemetry.window)
+    @contextlib.contextmanager
+    def window(self, ready: Callable[[], None] | None = None) -> Iterator[DeviceGroupTelemetry]:
+        """Every GPU's window; `ready` (Telemetry.window) after all of them opened: one process drives them all
+        (nn.DataParallel), so there are no other ranks to wait for between its counters' reads."""
+        with self._every(Telemetry.window):
+            if ready is not None:
+                ready()
+            yield self
 
     def paused(self) -> contextlib.AbstractContextManager[DeviceGroupTelemetry]:
         return self._every(Telemetry.paused)

@@ -218,14 +218,14 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         timer = StepTimer(device)
         telemetry = (for_devices(devices, period_s=config.telemetry_period_s) if config.telemetry
                      else Telemetry(None, unavailable="turned off (telemetry=false)"))
-        # Ranks open their windows together, so per-step times and power traces line up.
-        distributed.barrier()
         # Loss-scale overflows so far (warmup's): read outside the window, where the device is idle.
         skipped_before = step.precision.skipped_steps
         losses_t = []
         load = hostload.HostLoad()
         load.start()
-        with telemetry.window(), timer.window():
+        # Ranks open their timed windows together, so per-step times and power traces line up: the barrier comes
+        # after each rank's telemetry set-up, right before the energy counter and the timer (Telemetry.window).
+        with telemetry.window(ready=distributed.barrier), timer.window():
             for _ in range(config.steps):
                 with timer.step():
                     losses_t.append(step())
