@@ -171,6 +171,11 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
     device_ready_s = process_age_s()
     with matmul_mode(config.precision):
         step = TrainingStep(config, device, rank=rank, world=world)
+        if device.type == "cuda":
+            # Every rank builds the whole model before cutting or sharding it (tp, pp, fsdp): the freed blocks stayed
+            # in the caching allocator, and the window's reserved peak (and NVML's memory used) started from them,
+            # above what training a shard or a stage takes. Warmup grows the cache again to what a step needs.
+            torch.cuda.empty_cache()
         built_s = process_age_s()
         # Ranks of a pipeline hold different stages: there is nothing to compare between them.
         checksums = world > 1 and config.parallel not in PIPELINES
