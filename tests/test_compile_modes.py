@@ -326,3 +326,43 @@ def test_a_refused_baseline_names_what_keeps_rows_apart():
     with pytest.raises(UsageError, match=r"e.g. parallel=ddp differs from the nearest parallel=none row in "
                                          r"batch_size \(2 vs 4\)$"):
         check(("parallel", "none"), rows)
+
+
+def test_gpt2_compiles_to_one_graph():
+    """transformers names no loss for GPT2LMHeadModel's class, so its loss_function logged a warning every forward,
+    which dynamo cannot trace: every compiled GPT-2 step ran its loss outside the graph (review 2026-11-27)."""
+    from lmbench.models.registry import MODELS, build_model
+
+    model = build_model(MODELS["tiny-gpt2"], attention="sdpa")
+    ids = torch.randint(0, MODELS["tiny-gpt2"].vocab_size, (2, 16))
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(model)(input_ids=ids, labels=ids)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
+@pytest.mark.slow
+def test_a_compiled_row_records_its_graphs_and_warns_of_graph_breaks(tmp_path):
+    """A compiled row said nothing of what torch.compile made of the step: a graph break (BERT under full
+    checkpointing breaks at each checkpointed block) ran part of every step eagerly, in an ordinary ok row."""
+    from click.testing import CliRunner
+
+    from lmbench.analyze import results
+    from lmbench.cli import cli
+
+    def run(name: str, *axes: str) -> dict:
+        out = tmp_path / name
+        args = ["run", "--suite", "smoke", "--device", "cpu", "--out", str(out), "--set", "kernels=compile",
+                "--set", "precision=fp32", "--set", "steps=2", "--set", "warmup=1"]
+        result = CliRunner().invoke(cli, [*args, *(a for axis in axes for a in ("--set", axis))])
+        assert result.exit_code == 0, result.output
+        (record,) = results.read(out).records
+        assert record["status"] == "ok", record["reason"]
+        return record
+
+    whole = run("gpt2", "model=tiny-gpt2")
+    assert whole["metrics"]["kernels_applied"] == "torch.compile: 1 graph(s), 0 graph break(s)"
+    assert (whole["metrics"]["compile_graphs"], whole["metrics"]["compile_graph_breaks"]) == (1, 0)
+    assert not any("graph break" in w or "broke" in w for w in whole["warnings"])
+    broken = run("bert", "model=tiny-bert-mlm", "checkpointing=full")
+    assert broken["metrics"]["compile_graph_breaks"] >= 1
+    assert any(w.startswith("torch.compile broke the model's graph") for w in broken["warnings"])

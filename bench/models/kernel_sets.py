@@ -448,6 +448,24 @@ def compiled_graph_fallbacks() -> dict[str, int]:
             "partitions": int(counters["inductor"]["cudagraph_partitions"])}
 
 
+def compiled_graph_counts() -> tuple[int, int]:
+    """(graphs dynamo compiled, graph breaks it made) in this process so far, by its own counters. A break runs the
+    code between two graphs eagerly on every call (GPT-2's loss once logged a warning there each forward)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"]), int(sum(counters["graph_break"].values()))
+
+
+def describe_compiled(compile_mode: str, *, cuda_graphs: bool) -> tuple[str, int, int]:
+    """The record's kernels_applied line for kernels=compile, with its graph and break counts; raises
+    KernelSwapError when a compile mode with CUDA graphs ran a graph without them (confirm_compiled_graphs)."""
+    graphs, breaks = compiled_graph_counts()
+    line = f"torch.compile: {graphs} graph(s), {breaks} graph break(s)"
+    if cuda_graphs:
+        line = f"{line}; {confirm_compiled_graphs(compile_mode)}"
+    return line, graphs, breaks
+
+
 def confirm_compiled_graphs(compile_mode: str) -> str:
     """The record's line for a compile mode with CUDA graphs; raises KernelSwapError when inductor ran any compiled
     graph, or part of one, without its CUDA graph."""

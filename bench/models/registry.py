@@ -92,7 +92,12 @@ def _build_gpt2(spec: ModelSpec, attention: str, dropout: bool) -> nn.Module:
                         vocab_size=spec.vocab_size, n_positions=spec.max_positions, use_cache=False,
                         bos_token_id=None, eos_token_id=None, activation_function="gelu_new", **off)
     config._attn_implementation = attention
-    return GPT2LMHeadModel(config)
+    model = GPT2LMHeadModel(config)
+    # transformers finds a model's loss by its class name, and GPT2LMHeadModel's names none: its loss_function then
+    # logged a warning on every forward, which torch.compile cannot trace, so every compiled GPT-2 step ran its loss
+    # outside the graph (a graph break, found in review 2026-11-27). The loss it falls back to, named.
+    model.loss_type = "ForCausalLM"
+    return model
 
 
 def _build_llama(spec: ModelSpec, attention: str, dropout: bool) -> nn.Module:

@@ -144,7 +144,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
     from lmbench.measure.mathmode import matmul_mode
     from lmbench.measure.telemetry import Telemetry, energy_warning, for_devices, power_trace
     from lmbench.measure.timer import StepTimer
-    from lmbench.models.kernel_sets import KERNEL_SETS, confirm_compiled_graphs
+    from lmbench.models.kernel_sets import KERNEL_SETS, describe_compiled
     from lmbench.models.registry import MODELS, import_family
     from lmbench.plan.feasibility import host_read_in_step
     from lmbench.plan.layout import PIPELINES
@@ -242,8 +242,9 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         load_span = load.stop()
         # The window's own: the profiled steps and a quality run's further steps come after it.
         skipped_window = step.precision.skipped_steps - skipped_before
-        if step.compile_graphs:
-            step.kernels_applied = confirm_compiled_graphs(config.compile_mode)
+        compiled = None
+        if config.kernels == "compile":
+            step.kernels_applied, *compiled = describe_compiled(config.compile_mode, cuda_graphs=step.compile_graphs)
         # Read before profiling: the profiler's steps and buffers are not part of the measurement.
         peaks = training_peaks.read()
         if step.graph is not None:
@@ -297,6 +298,8 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         "quality": quality.fields() if quality is not None else None,
         "host_load": load_span,
         "overflow_skipped_steps": skipped_window,
+        "compile_graphs": compiled[0] if compiled else None,
+        "compile_graph_breaks": compiled[1] if compiled else None,
         "overflow_skipped_warmup_steps": skipped_before,
     }
     per_rank = distributed.gather(local)
@@ -360,6 +363,9 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         "param_checksum_initial": initial_checksum,
         "kernels_note": KERNEL_SETS[config.kernels].note,
         "kernels_applied": step.kernels_applied,
+        # Dynamo's own counts (kernels=compile), the most any rank compiled or broke.
+        **{key: max(r[key] for r in per_rank) if per_rank[0][key] is not None else None
+           for key in ("compile_graphs", "compile_graph_breaks")},
         "precision_applied": step.precision.applied,
         # torchao's FP8 is meant to run compiled; the record says whether it was.
         "fp8_compiled": config.kernels == "compile" if config.precision.startswith("fp8") else None,
@@ -400,6 +406,10 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
     if runs_triton and os.environ.get("TRITON_INTERPRET") == "1":
         warnings.append(f"kernels={config.kernels} ran in Triton's interpreter (TRITON_INTERPRET=1): it checks that "
                         "the kernels work, and its figures are no speed")
+    if result["compile_graph_breaks"]:
+        warnings.append(f"torch.compile broke the model's graph {result['compile_graph_breaks']} time(s) "
+                        f"({result['compile_graphs']} graphs): the code between graphs ran eagerly every step "
+                        "(TORCH_LOGS=graph_breaks names the reasons)")
     host_read = host_read_in_step(config) if device.type == "cuda" else None
     if host_read:
         warnings.append(f"{host_read}: a host sync inside every step, which the GPU may wait on")
