@@ -390,3 +390,38 @@ def test_a_hung_rank_is_named_in_the_timeout_record(tmp_path):
     hung = reason.split("; rank 1 in ", 1)[1]
     assert hung.startswith("stuck (site/sitecustomize.py:") and "from lmbench/run/precision.py:" in hung, reason
     assert reason.endswith("(stacks in the log)")
+
+
+def torchrun_summary(root: tuple[int, int], *others: tuple[int, int]) -> str:
+    """torchrun's report of a failed job (as it printed one on 2026-11-27): each (rank, exit code), the root cause
+    (its "first observed failure") last."""
+    def entry(index: int, rank: int, code: int) -> str:
+        return (f"[{index}]:\n  time      : 2026-11-27_23:56:54\n  host      : localhost\n"
+                f"  rank      : {rank} (local_rank: {rank})\n  exitcode  : {code} (pid: {23128 + rank}) \n"
+                "  error_file: <N/A>\n  traceback : To enable traceback see: https://pytorch.org/docs\n")
+    failures = "".join(entry(i + 1, *other) for i, other in enumerate(others)) or "  <NO_OTHER_FAILURES>\n"
+    return ("torch.distributed.elastic.multiprocessing.errors.ChildFailedError:\n" + "=" * 60 + "\n"
+            "lmbench.run.worker FAILED\n" + "-" * 60 + "\nFailures:\n" + failures + "-" * 60 + "\n"
+            "Root Cause (first observed failure):\n" + entry(0, *root) + "=" * 60 + "\n")
+
+
+def test_a_rank_killed_by_a_signal_is_named_before_rank_0s_symptom():
+    """A reviewer SIGKILLed rank 1 of a ddp job at step 5: the record read rank 0's `RuntimeError: ... Connection
+    reset by peer` (no failure file: a killed rank writes none), while torchrun's summary named rank 1 and SIGKILL,
+    as its root cause in one run and among its other failures in the next."""
+    from lmbench.run.runner import killed_first
+
+    symptom = "RuntimeError: [gloo/transport/tcp/pair.cc:537] Read error: Connection reset by peer"
+    named = ("rank 1 was killed by SIGKILL (torchrun's summary; a SIGKILL comes from outside the job, most often from "
+             "the host's out-of-memory killer); then: " + symptom)
+    assert killed_first(symptom, "rank 0's log lines\n" + torchrun_summary((1, -9), (0, 1))) == named
+    assert killed_first(symptom, torchrun_summary((0, 1), (1, -9))) == named
+    assert killed_first(symptom, torchrun_summary((1, -11))).startswith(
+        "rank 1 was killed by SIGSEGV (torchrun's summary); then:")
+    # An exit code is a Python failure, which its rank's failure file names; SIGTERM is torchrun stopping the ranks
+    # left once one failed; no summary at all: nothing to add.
+    assert killed_first(symptom, torchrun_summary((1, 1), (0, -15))) == symptom
+    assert killed_first(symptom, "Traceback ...\n") == symptom
+    # A reason that already names the rank (its failure file's) is left as it is.
+    already = "rank 1 failed first: OutOfMemoryError: CUDA out of memory"
+    assert killed_first(already, torchrun_summary((1, -9))) == already

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -166,6 +167,8 @@ def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch(), hold:
         status = "oom" if any(marker in log_text for marker in OOM_MARKERS) else "error"
         reason = f"worker {how} without a result; last log line: {_last_line(log_path)}"
     status, reason = _first_to_fail(status, reason, payload, others)
+    if status == "error":
+        reason = killed_first(reason, log_path.read_text(errors="replace"))
     # A worker that failed without a result, or of a write, may have failed of the storage: a probe tells. One that
     # failed of its own and said so (a bad corpus, a kernel error) is a record, whatever room is left.
     if status == "error" and (payload is None or _of_a_write(reason)):
@@ -173,6 +176,33 @@ def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch(), hold:
         if no_room is not None:
             raise no_room
     return status, reason, payload
+
+
+#: torchrun's summary of a failed job: each failed rank and its exit code (`exitcode  : -9`: killed by a signal).
+_FAILED_RANK = re.compile(r"^\s*rank\s*:\s*(\d+) \(local_rank: \d+\)\s*\n\s*exitcode\s*:\s*(-?\d+)", re.MULTILINE)
+
+
+def killed_first(reason: str | None, log_text: str) -> str | None:
+    """`reason` with the rank a signal killed put before it, when torchrun's summary in the job's log says so.
+
+    A rank killed from outside (SIGKILL: the host's out-of-memory killer, most often) leaves no failure file: the
+    record named rank 0's symptom instead, a connection reset in its next collective (review 2026-11-27). torchrun's
+    "first observed failure" may be that symptom's rank, so every failed rank of its summary is read; SIGTERM is
+    torchrun's own stop of the ranks left once one failed, and says nothing of the cause."""
+    killed = {}
+    for rank, code in _FAILED_RANK.findall(log_text[log_text.rfind("ChildFailedError"):]):
+        if int(code) < 0 and -int(code) != signal.SIGTERM:
+            killed.setdefault(int(rank), -int(code))
+    if not killed or any(f"rank {rank} " in f"{reason or ''} " for rank in killed):
+        return reason
+    rank, number = min(killed.items())
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        name = f"signal {number}"
+    outside = ("; a SIGKILL comes from outside the job, most often from the host's out-of-memory killer"
+               if number == signal.SIGKILL else "")
+    return f"rank {rank} was killed by {name} (torchrun's summary{outside}); then: {reason}"
 
 
 #: Signals of a process that crashed (not one stopped from outside, as the OOM killer's SIGKILL).
