@@ -295,6 +295,12 @@ def test_pipeline_losses_come_from_the_last_stage_and_idle_is_one_minus_busy():
     idle = distributed.pipeline_idle(ranks)
     assert idle["pp_idle_fraction_per_stage"] == [0.75, 0.5]
     assert idle["pp_bubble_fraction"] == pytest.approx(0.625)
+    # Against the job's window (the longest rank's): the first stage's own window ended before the last stage's
+    # cool-down, which is idle time of the first stage all the same.
+    ranks[0]["window_s"] = 0.9
+    assert distributed.pipeline_idle(ranks)["pp_idle_fraction_per_stage"] == [0.75, 0.5]
+    ranks[0]["window_s"], ranks[1]["window_s"] = 1.0, 0.8
+    assert distributed.pipeline_idle(ranks)["pp_idle_fraction_per_stage"] == [0.75, 0.5]
 
 
 def test_the_summary_note_puts_the_measured_bubble_beside_the_theory():

@@ -1,8 +1,8 @@
 """Multi-process runs under torchrun: rank bookkeeping, the process group, and ONE record from all ranks.
 
 Every rank measures its own window; rank 0 gathers the per-rank measurements and aggregates them:
-throughput is global (all ranks), the step time is the slowest rank's at each step (the one the
-others wait for at the gradient allreduce), memory is reported per rank and as the maximum.
+throughput is global (all ranks), a global step lasts until the last rank finished it (slowest_steps), memory is
+reported per rank and as the maximum.
 """
 
 from __future__ import annotations
@@ -179,9 +179,11 @@ def aggregate(per_rank: list[dict[str, Any]], *, tokens_per_step: int, samples_p
 
 
 def pipeline_idle(per_rank: list[dict[str, Any]]) -> dict[str, Any]:
-    """Measured bubble of a pipeline: each stage's idle share of its window (1 - time in its own forward, backward,
-    loss and update / window), and their mean. Idle is the bubble plus the transfers a stage waited for."""
-    idle = [max(0.0, 1.0 - r["pp_busy_s"] / r["window_s"]) for r in per_rank]
+    """Measured bubble of a pipeline: each rank's idle share of the job's window (1 - time in its own forward,
+    backward, loss and update / window), and their mean. Idle is the bubble plus the transfers a stage waited for.
+    The job's window, the longest rank's: a rank's own left out the last stage's cool-down on the others' clocks."""
+    window_s = max(r["window_s"] for r in per_rank)
+    idle = [max(0.0, 1.0 - r["pp_busy_s"] / window_s) for r in per_rank]
     return {"pp_idle_fraction_per_stage": idle, "pp_bubble_fraction": sum(idle) / len(idle),
             "pp_busy_s_per_stage": [r["pp_busy_s"] for r in per_rank]}
 
