@@ -435,3 +435,19 @@ def test_apex_problem_names_the_missing_extensions_and_the_build_script(monkeypa
     assert apex_problem().startswith("Apex is not installed with its fused LayerNorm/RMSNorm and FusedAdam "
                                      "extensions (fused_layer_norm_cuda, amp_C)")
     assert apex_problem().endswith("ci/build-apex.sh")
+
+
+def test_a_kernel_set_with_its_own_optimizer_says_so_in_the_key():
+    """kernels=apex trains with Apex's FusedAdam whatever `optimizer` says: its records said adamw-fused, and rows
+    with optimizer=adamw and adamw-fused were two keys of one configuration (review 2026-11-27)."""
+    import dataclasses
+
+    from lmbench.measure.environment import Platform
+    from lmbench.plan.feasibility import resolve
+
+    h100 = Platform(cuda_available=True, device_count=1, capability=(9, 0), torch_version=torch.__version__,
+                    apex_available=True, liger_available=False)
+    rows = [resolve(Config(model="tiny-gpt2", kernels="apex", optimizer=o), h100) for o in ("adamw", "adamw-fused")]
+    assert {r.optimizer for r in rows} == {"apex-adam"} and rows[0].key == rows[1].key
+    eager = resolve(Config(model="tiny-gpt2", optimizer="adamw"), dataclasses.replace(h100, apex_available=False))
+    assert eager.optimizer == "adamw"

@@ -29,7 +29,8 @@ MODEL_PARALLEL_PRECISIONS = frozenset({"fp32", "tf32", "amp-bf16", "bf16"})
 
 
 def resolve(config: Config, platform: Platform) -> Config:
-    """Settle what `auto` and 0 mean on this machine; resolved values are part of the config key.
+    """Settle what `auto` and 0 mean on this machine, and a kernel set's own optimizer; resolved values are part of
+    the config key.
 
     device=auto becomes cuda when a GPU is visible, else cpu. nproc becomes the processes (or, for
     dp, the GPUs) the configuration really uses: 1 for none, every visible GPU for dp, and for
@@ -55,9 +56,12 @@ def resolve(config: Config, platform: Platform) -> Config:
     # every pipeline measured before the axis existed).
     per_rank = layout.stages_per_rank(config)
     per_rank = per_rank if config.pp_schedule in layout.MULTI_STAGE_SCHEDULES or per_rank > 1 else 0
+    # A kernel set that brings its own optimizer (kernels=apex: Apex's FusedAdam) trains with it whatever
+    # `optimizer` says: the key and the record say so, and two rows that differ only there are one configuration.
+    optimizer = KERNEL_SETS[config.kernels].optimizer or config.optimizer
     # Options of other modes mean nothing here; defaults keep one key per real configuration.
     return config.replace(device=device, nproc=nproc, tp_degree=tp_degree, pp_degree=pp_degree,
-                          pp_stages_per_rank=per_rank).without_foreign_options()
+                          pp_stages_per_rank=per_rank, optimizer=optimizer).without_foreign_options()
 
 
 def skip_reason(config: Config, platform: Platform, *, nnodes: int = 1) -> str | None:
