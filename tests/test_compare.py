@@ -876,3 +876,23 @@ def test_a_floor_entry_with_run_df_needs_its_run_mean_sd(tmp_path):
                                  "configs": {"a": {"log_sd": 0.01, "df": 4, "run_df": 2}}}))
     result = invoke(base, cand, "--noise-floor", str(floor))
     assert result.exit_code == 2 and "configs['a'] needs log_sd in [0, 5]" in result.stderr
+
+
+def test_a_configuration_whose_kernels_applied_differ_says_so():
+    """kernels_applied was recorded and never read: a newer lmbench fusing more, or torch.compile breaking the graph
+    somewhere else, compared as the same configuration without a word (review 2026-11-27)."""
+    def with_applied(records, applied):
+        for r in records:
+            r["metrics"]["kernels_applied"] = applied
+        return records
+
+    base = with_applied(run_of({"a": TIGHT}), "torch.compile: 2 graph(s), 1 graph break(s)")
+    cand = with_applied(run_of({"a": [v * 1.1 for v in TIGHT]}), "torch.compile: 1 graph(s), 0 graph break(s)")
+    (v,) = compare(base, cand)
+    assert v.verdict == "improvement"
+    assert v.note == ("other kernels applied: baseline torch.compile: 2 graph(s), 1 graph break(s); candidate "
+                      "torch.compile: 1 graph(s), 0 graph break(s)")
+    (same,) = compare(base, with_applied(run_of({"a": TIGHT}), "torch.compile: 2 graph(s), 1 graph break(s)"))
+    assert "other kernels" not in same.note
+    (unsaid,) = compare(run_of({"a": TIGHT}), cand)  # an older record says nothing: no claim either way
+    assert "other kernels" not in unsaid.note
