@@ -231,6 +231,9 @@ def _run_suite(plan: RunPlan, out: Path | None, *, resume: bool, dry_run: bool =
             click.echo(f"profiled: {profiled} of {len(jobs)} configurations (torch.profiler steps after the window)")
         for line in explain_plan([j.config for j in jobs if not j.skip], nnodes=plan.nnodes):
             click.echo(line)
+        lacking = runner.missing_baselines(jobs, nnodes=plan.nnodes)
+        if lacking:
+            click.echo(f"lmbench: warning: {lacking}", err=True)
         return 0
     # Nodes other than 0 sharing a file system must not share node 0's directory (and its lock).
     node = f"-node{node_rank}" if node_rank else ""
@@ -255,6 +258,9 @@ def _run_suite(plan: RunPlan, out: Path | None, *, resume: bool, dry_run: bool =
         done = {(r["config_key"], r["repeat"]) for r in recorded.records}
         jobs = runner.plan(planned, platform, repeats=plan.repeats, done=done, parity=plan.parity,
                           nnodes=plan.nnodes)
+        lacking = runner.missing_baselines(jobs, nnodes=plan.nnodes)
+        if lacking and not done:
+            click.echo(f"lmbench: warning: {lacking}", err=True)
         if done:
             click.echo(f"resuming {out}: {len(done)} record(s) kept, {len(jobs)} job(s) to go", err=True)
         session: list[dict[str, Any]] = []

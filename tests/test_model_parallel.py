@@ -214,3 +214,29 @@ def test_a_compiled_fsdp_pp_stage_gathers_and_reduces_once_a_pipeline_step_as_ea
         assert done.returncode == 0, done.stderr[-2000:]
         seen[kernels, accum] = done.stdout.strip().splitlines()[-1]
     assert set(seen.values()) == {"{'foreach_all_gather': 3, 'foreach_reduce': 3}"}, seen
+
+
+def test_a_plan_without_the_single_device_baselines_says_whose_scaling_efficiency_stays_empty():
+    """The shipped model-parallel suite's pp, fsdp+tp and fsdp+pp rows train a global batch its one parallel=none
+    size does not: their scaling_efficiency was null without a word (review 2026-11-27)."""
+    import torch
+
+    from lmbench.measure.environment import Platform
+    from lmbench.plan.config import Config
+    from lmbench.plan.suite import Planned
+    from lmbench.run.runner import missing_baselines, plan
+
+    node = Platform(cuda_available=True, device_count=2, capability=(9, 0), torch_version=torch.__version__,
+                    apex_available=False, liger_available=False)
+    base = Config(model="tiny-gpt2", batch_size=4, precision="amp-bf16", dropout=False)
+    rows = [base, base.replace(parallel="tp"), base.replace(parallel="pp", microbatches=4)]
+    jobs = plan([Planned(c, None) for c in rows], node, repeats=1)
+    warning = missing_baselines(jobs)
+    # tp trains the global batch of 4 (the none row's); pp's 2 x 4 micro-batches of 4 need batch_size=16 on one.
+    assert warning is not None and warning.startswith("1 configuration(s) laid out over several devices")
+    assert "tiny-gpt2 batch_size=16" in warning and "batch_size=4" not in warning
+    with_baseline = plan([Planned(c, None) for c in [*rows, base.replace(batch_size=16)]], node, repeats=1)
+    assert missing_baselines(with_baseline) is None
+    # No GPU, no scaling efficiency (a CPU's processes share its cores), and so no warning.
+    cpu = plan([Planned(c.replace(device="cpu"), None) for c in rows], node, repeats=1)
+    assert missing_baselines(cpu) is None

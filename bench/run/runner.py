@@ -335,6 +335,27 @@ def single_device_key(config: Config, *, nnodes: int = 1) -> str:
     return single_device(config, nnodes=nnodes).key
 
 
+def missing_baselines(jobs: list[Job], *, nnodes: int = 1) -> str | None:
+    """A warning when GPU jobs laid out over several devices have no single-device baseline in the plan
+    (single_device): their scaling_efficiency would stay empty without a word. The shipped model-parallel suite's
+    pp, fsdp+tp and fsdp+pp rows train a global batch its one parallel=none size does not (review 2026-11-27)."""
+    keys = {job.config.key for job in jobs}
+    lacking: dict[str, Config] = {}
+    for job in jobs:
+        config = job.config
+        if job.skip is None and config.parallel != "none" and config.device.startswith("cuda"):
+            baseline = single_device(config, nnodes=nnodes)
+            if baseline.key not in keys:
+                lacking.setdefault(config.key, baseline)
+    if not lacking:
+        return None
+    sizes = sorted({(b.model, b.batch_size) for b in lacking.values()})
+    shown = ", ".join(f"{model} batch_size={batch}" for model, batch in sizes[:6]) + (" ..." if len(sizes) > 6 else "")
+    return (f"{len(lacking)} configuration(s) laid out over several devices have no parallel=none row of their "
+            f"baseline in this plan, so their scaling_efficiency stays empty; the baselines they need: {shown} "
+            "(the same configuration on one device; docs/parallelism.md)")
+
+
 def scaling_efficiency(record: dict[str, Any], baseline: list[dict[str, Any]]) -> dict[str, Any]:
     """Global tokens/s over (devices x single-device tokens/s), 1.0 being perfect linear scaling, with the
     baseline it used: the median of the single-device configuration's ok repeats recorded so far whose hosts
