@@ -47,6 +47,33 @@ def test_too_short_file_is_a_data_error(tmp_path):
                      count=1, device=CPU)
 
 
+def test_a_corpus_that_cannot_feed_a_configuration_is_refused_before_any_worker(tmp_path):
+    """A binary file ran as an ok row (raw bytes under tokenizer=byte, replacement characters under bpe), and a file
+    too short for one sequence, or a held-out split too short for one window, failed inside a worker (exit 0, a
+    worker's start-up spent) (review 2026-11-27): the first is bad input, the others a conflict of the row."""
+    from lmbench.errors import ConfigError
+    from lmbench.plan.config import Config
+
+    binary = tmp_path / "weights.bin"
+    binary.write_bytes(b"text at first \xff\xfe then not")
+    with pytest.raises(ConfigError, match=r"is not UTF-8 text \(byte 14: b'\\xff'\)"):
+        Config(model="tiny-gpt2", data=str(binary))
+    cut = tmp_path / "cut.txt"
+    cut.write_bytes("caf\u00e9".encode()[:-1])  # ends inside its last character
+    with pytest.raises(ConfigError, match=r"ends inside a character, at byte 4"):
+        Config(model="tiny-gpt2", data=str(cut))
+    text = tmp_path / "short.txt"
+    text.write_text("x" * 100)  # 90 tokens to train on, 10 held out (val_frac 0.1)
+    assert Config(model="tiny-gpt2", data=str(text), seq_len=89).conflict() is None
+    assert "holds 90 tokens (a byte each) outside its held-out split (val_frac=0.1), fewer than one sequence of " \
+           "seq_len+1=91" in Config(model="tiny-gpt2", data=str(text), seq_len=90).conflict()
+    assert "at most 90 tokens (bpe)" in Config(model="tiny-gpt2", data=str(text), seq_len=90, tokenizer="bpe").conflict()
+    held = Config(model="tiny-gpt2", data=str(text), seq_len=16, eval_every=1).conflict()
+    assert held.endswith("holds 10 tokens (a byte each), fewer than one window of seq_len=16; raise val_frac or use a "
+                         "longer file")
+    assert Config(model="tiny-gpt2", data=str(text), seq_len=10, eval_every=1).conflict() is None
+
+
 def test_data_parallel_ranks_take_their_slices_of_one_global_batch():
     spec = MODELS["tiny-bert-mlm"]  # masks drawn with the batch: a slice keeps its rows' masks
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -254,6 +255,9 @@ class Config:
                 raise ConfigError(f"data={self.data!r} is neither 'synthetic', 'markov' nor an existing text file")
             if Path(self.data).stat().st_size == 0:
                 raise ConfigError(f"data={self.data!r} is an empty file")
+            binary = not_text(self.data)
+            if binary:
+                raise ConfigError(f"data={self.data!r} is not UTF-8 text ({binary}); a corpus is a text file")
 
     def _check_quality_axes(self) -> None:
         """Held-out evaluation, label smoothing and time-to-target axes, each on its own (combinations: conflict)."""
@@ -328,6 +332,24 @@ class Config:
             return f"max_steps={self.max_steps} needs target_loss or target_ppl (time-to-target mode)"
         if self.evaluates and self.val_frac == 0:
             return "eval_every > 0 needs val_frac > 0: nothing is held out to evaluate on"
+        return self._corpus_conflict()
+
+    def _corpus_conflict(self) -> str | None:
+        """Why data=PATH is too short for this configuration, judged before a worker starts (one did, to fail):
+        exact for tokenizer=byte, where a byte is a token; for bpe the bytes bound the tokens from above."""
+        if self.data in ("synthetic", "markov"):
+            return None
+        size = Path(self.data).stat().st_size
+        held = math.floor(size * self.val_frac)
+        def tokens(count: int) -> str:
+            return f"{count:,} tokens (a byte each)" if self.tokenizer == "byte" else f"at most {count:,} tokens (bpe)"
+
+        if size - held < self.seq_len + 1:
+            return (f"data={self.data!r} holds {tokens(size - held)} outside its held-out split (val_frac="
+                    f"{self.val_frac:g}), fewer than one sequence of seq_len+1={self.seq_len + 1}")
+        if self.evaluates and held < self.seq_len:
+            return (f"data={self.data!r}: its held-out split (val_frac={self.val_frac:g}) holds {tokens(held)}, fewer "
+                    f"than one window of seq_len={self.seq_len}; raise val_frac or use a longer file")
         return None
 
     def without_foreign_options(self) -> Config:
@@ -480,6 +502,33 @@ def _require_int(axis: str, value: Any, *, minimum: int) -> None:
 
 def _positive_finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def not_text(path: str) -> str | None:
+    """Where the file at `path` stops being UTF-8 (`byte 17: b'\\xff'`), or None; read once per size and
+    modification time, in 16 MiB pieces."""
+    stat = Path(path).stat()
+    return _not_text(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _not_text(path: str, size: int, mtime_ns: int) -> str | None:
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as f:
+        while piece := f.read(16 * 2**20):
+            try:
+                decoder.decode(piece)
+            except UnicodeDecodeError as err:
+                return f"byte {offset + err.start:,}: {piece[err.start:err.start + 1]!r}"
+            offset += len(piece)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return f"it ends inside a character, at byte {size:,}"
+    return None
 
 
 def _is_cuda_index(device: str) -> bool:
