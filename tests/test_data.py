@@ -67,7 +67,8 @@ def test_a_corpus_that_cannot_feed_a_configuration_is_refused_before_any_worker(
     assert Config(model="tiny-gpt2", data=str(text), seq_len=89).conflict() is None
     assert "holds 90 tokens (a byte each) outside its held-out split (val_frac=0.1), fewer than one sequence of " \
            "seq_len+1=91" in Config(model="tiny-gpt2", data=str(text), seq_len=90).conflict()
-    assert "at most 90 tokens (bpe)" in Config(model="tiny-gpt2", data=str(text), seq_len=90, tokenizer="bpe").conflict()
+    bpe = Config(model="tiny-gpt2", data=str(text), seq_len=90, tokenizer="bpe")
+    assert "at most 90 tokens (bpe)" in bpe.conflict()
     held = Config(model="tiny-gpt2", data=str(text), seq_len=16, eval_every=1).conflict()
     assert held.endswith("holds 10 tokens (a byte each), fewer than one window of seq_len=16; raise val_frac or use a "
                          "longer file")
