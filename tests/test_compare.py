@@ -896,3 +896,13 @@ def test_a_configuration_whose_kernels_applied_differ_says_so():
     assert "other kernels" not in same.note
     (unsaid,) = compare(run_of({"a": TIGHT}), cand)  # an older record says nothing: no claim either way
     assert "other kernels" not in unsaid.note
+
+
+def test_a_configuration_trained_on_another_corpus_says_so():
+    """Records name their corpus by its SHA-256: a file edited at the same path compared silently."""
+    base, cand = run_of({"a": TIGHT}), run_of({"a": TIGHT})
+    for records, digest in ((base, "aa11"), (cand, "bb22")):
+        for r in records:
+            r["metrics"]["data_sha256"] = digest
+    (v,) = compare(base, cand)
+    assert v.verdict == "unchanged" and "other data: baseline aa11; candidate bb22" in v.note

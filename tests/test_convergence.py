@@ -272,6 +272,11 @@ def test_convergence_suite_on_cpu_gives_time_to_target_rows_and_loss_curves(tmp_
     assert [r["status"] for r in records] == ["ok", "ok"]
     fp32 = next(r for r in records if r["config"]["precision"] == "fp32")["metrics"]
     assert fp32["target_status"] == "reached" and fp32["time_to_target_s"] > 0
+    # Which corpus it was: an edited file at the same path shows in compare (its note) and in the record.
+    import hashlib
+
+    assert fp32["data_sha256"] == hashlib.sha256(corpus.read_bytes()).hexdigest()
+    assert fp32["data_bytes"] == corpus.stat().st_size
     report = tmp_path / "report"
     assert CliRunner().invoke(cli, ["report", str(out), "--out", str(report)]).exit_code == 0
     md = (report / "report.md").read_text()

@@ -92,8 +92,10 @@ def test_amp_bf16_rows_differ_from_fp32_rows(smoke_run):
 
 
 def test_failures_become_rows_and_the_suite_goes_on(tmp_path):
+    # Long enough in bytes for one sequence (the parent's check, a bound for bpe), 3 tokens once a BPE learnt it:
+    # the worker finds it short.
     short = tmp_path / "short.txt"
-    short.write_text("too short")
+    short.write_text("a" * 100)
     suite = tmp_path / "mixed.toml"
     suite.write_text(f"""
 name = "mixed"
@@ -103,6 +105,7 @@ batch_size = 2
 seq_len = 32
 steps = 3
 warmup = 1
+tokenizer = "bpe"
 [matrix]
 data = ["synthetic", "{short}"]
 precision = ["fp32", "tf32"]
@@ -134,8 +137,8 @@ data = "{short}"
     assert by[("synthetic", 120.0, "fp32")]["status"] == "ok"
     error = by[(str(short), 120.0, "fp32")]
     assert error["status"] == "error"
-    # The message says what was held out, even when floor(9 x 0.1) is no token at all.
-    assert error["reason"] == (f"DataError: data={str(short)!r} holds 9 tokens outside its held-out split "
+    # The message says what was held out.
+    assert error["reason"] == (f"DataError: data={str(short)!r} holds 3 tokens outside its held-out split "
                                "(val_frac=0.1), fewer than seq_len+1=33")
     assert error["env"]["torch"]  # the environment is known even when the config fails
     timeout = by[("synthetic", 0.5, "fp32")]
@@ -244,10 +247,11 @@ def test_a_long_failure_reason_is_cut_with_an_ellipsis(tmp_path):
     """An out-of-memory message cut at 500 characters ended mid-URL, reading as whole."""
     deep = tmp_path / ("d" * 200) / ("e" * 200) / ("f" * 150)
     deep.mkdir(parents=True)
-    (deep / "short.txt").write_text("too short")
+    (deep / "short.txt").write_text("a" * 100)  # 3 tokens once a BPE learnt it: a worker's DataError
     out = tmp_path / "run"
     result = run_cli("--suite", "smoke", "--out", str(out), "--device", "cpu", "--set", "model=tiny-gpt2", "--set",
-                     "precision=fp32", "--set", "batch_size=2", "--set", f"data={deep / 'short.txt'}")
+                     "precision=fp32", "--set", "batch_size=2", "--set", "seq_len=32", "--set", "tokenizer=bpe",
+                     "--set", f"data={deep / 'short.txt'}")
     assert result.exit_code == 0, result.output
     record, = results.read(out).records
     assert record["status"] == "error" and len(record["reason"]) == 500 and record["reason"].endswith("…")

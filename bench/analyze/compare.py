@@ -359,10 +359,12 @@ def compare(base: list[dict[str, Any]], cand: list[dict[str, Any]], *, metric: s
             verdict.note = "; ".join(filter(None, [verdict.note, f"failed repeats: candidate "
                                                    f"{status_counts(c_status[key], FAILURES)}, baseline "
                                                    f"{status_counts(b_status[key], FAILURES) or 'none failed'}"]))
-        swapped = _applied_differs(base, cand, key)
-        if swapped:
-            # One key, other code: a newer lmbench fused more (or less), or compile broke the graph elsewhere.
-            verdict.note = "; ".join(filter(None, [verdict.note, swapped]))
+        # One key, other code (a newer lmbench fused more or less, compile broke the graph elsewhere) or other data
+        # (a corpus edited at the same path).
+        for field, what in (("kernels_applied", "other kernels applied"), ("data_sha256", "other data")):
+            differs = _differs(base, cand, key, field, what)
+            if differs:
+                verdict.note = "; ".join(filter(None, [verdict.note, differs]))
         if any(busy):
             # Other processes kept the host busy in these windows: left out, a slowdown there being the machine's.
             verdict.note = "; ".join(filter(None, [verdict.note, f"left out as contended: {busy[0]} of "
@@ -373,17 +375,17 @@ def compare(base: list[dict[str, Any]], cand: list[dict[str, Any]], *, metric: s
     return verdicts
 
 
-def _applied_differs(base: list[dict[str, Any]], cand: list[dict[str, Any]], key: str) -> str:
-    """A note when the configuration's ok records say other kernels applied in the two runs (kernels_applied), or
-    ''; records that say nothing (eager, older lmbench) are left out."""
-    def applied(records: list[dict[str, Any]]) -> set[str]:
-        return {str((r.get("metrics") or {}).get("kernels_applied")) for r in records
-                if r["config_key"] == key and r["status"] == "ok" and (r.get("metrics") or {}).get("kernels_applied")}
+def _differs(base: list[dict[str, Any]], cand: list[dict[str, Any]], key: str, field: str, what: str) -> str:
+    """A note when the configuration's ok records say other things of `field` in the two runs (kernels_applied,
+    data_sha256), or ''; records that say nothing (eager, an older lmbench) are left out."""
+    def said(records: list[dict[str, Any]]) -> set[str]:
+        return {str((r.get("metrics") or {}).get(field)) for r in records
+                if r["config_key"] == key and r["status"] == "ok" and (r.get("metrics") or {}).get(field)}
 
-    before, after = applied(base), applied(cand)
+    before, after = said(base), said(cand)
     if not before or not after or before == after:
         return ""
-    return (f"other kernels applied: baseline {' | '.join(sorted(before))}; candidate {' | '.join(sorted(after))}")
+    return f"{what}: baseline {' | '.join(sorted(before))}; candidate {' | '.join(sorted(after))}"
 
 
 def _unmeasured(key: str, metric: str, b: list[float], c: list[float], b_status: Counter[str],

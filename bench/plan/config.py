@@ -505,30 +505,46 @@ def _positive_finite(value: Any) -> bool:
 
 
 def not_text(path: str) -> str | None:
-    """Where the file at `path` stops being UTF-8 (`byte 17: b'\\xff'`), or None; read once per size and
-    modification time, in 16 MiB pieces."""
+    """Where the file at `path` stops being UTF-8 (`byte 17: b'\\xff'`), or None."""
+    return _scan(*_identity(path))[0]
+
+
+def corpus_identity(path: str) -> dict[str, Any]:
+    """What a record says of the corpus it trained on: its SHA-256 and size, so that a resume or a comparison over an
+    edited file at the same path shows it."""
+    resolved, size, mtime_ns = _identity(path)
+    return {"data_sha256": _scan(resolved, size, mtime_ns)[1], "data_bytes": size}
+
+
+def _identity(path: str) -> tuple[str, int, int]:
     stat = Path(path).stat()
-    return _not_text(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    return str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns
 
 
 @functools.lru_cache(maxsize=16)
-def _not_text(path: str, size: int, mtime_ns: int) -> str | None:
+def _scan(path: str, size: int, mtime_ns: int) -> tuple[str | None, str]:
+    """(where the file stops being UTF-8 or None, its SHA-256), read once per size and modification time in 16 MiB
+    pieces."""
     import codecs
 
     decoder = codecs.getincrementaldecoder("utf-8")()
-    offset = 0
+    digest = hashlib.sha256()
+    offset, problem = 0, None
     with open(path, "rb") as f:
         while piece := f.read(16 * 2**20):
-            try:
-                decoder.decode(piece)
-            except UnicodeDecodeError as err:
-                return f"byte {offset + err.start:,}: {piece[err.start:err.start + 1]!r}"
+            digest.update(piece)
+            if problem is None:
+                try:
+                    decoder.decode(piece)
+                except UnicodeDecodeError as err:
+                    problem = f"byte {offset + err.start:,}: {piece[err.start:err.start + 1]!r}"
             offset += len(piece)
-    try:
-        decoder.decode(b"", final=True)
-    except UnicodeDecodeError:
-        return f"it ends inside a character, at byte {size:,}"
-    return None
+    if problem is None:
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            problem = f"it ends inside a character, at byte {size:,}"
+    return problem, digest.hexdigest()
 
 
 def _is_cuda_index(device: str) -> bool:

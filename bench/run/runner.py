@@ -24,7 +24,7 @@ from lmbench.errors import StorageError
 from lmbench.measure.environment import Platform
 from lmbench.measure.hostload import standing
 from lmbench.measure.stats import percentile
-from lmbench.plan.config import Config
+from lmbench.plan.config import Config, corpus_identity
 from lmbench.plan.feasibility import resolve, skip_reason
 from lmbench.plan.layout import single_device
 from lmbench.plan.parity import is_reference, reference_config, reference_depth
@@ -413,6 +413,8 @@ def execute(jobs: list[Job], run_dir: RunDirectory, *, suite: str, launch: Launc
                 status, reason, payload = run_worker(job, run_dir, launch, hold)
             record = results.make_record(suite=suite, config=job.config.to_dict(), config_key=job.config.key,
                                          repeat=job.repeat, status=status, reason=reason, payload=payload)
+            if status == "ok" and job.config.data not in ("synthetic", "markov"):
+                record["metrics"].update(corpus_identity(job.config.data))
             if status == "ok":
                 if job.config.parallel != "none":
                     baseline = throughput.get(single_device_key(job.config, nnodes=launch.nnodes), [])
