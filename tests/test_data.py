@@ -106,3 +106,19 @@ def test_a_causal_rank_holds_only_its_rows_and_they_are_the_global_batchs(data):
         make_batches(rows=slice(0, 512), **big)
     held = make_batches(rows=slice(0, 1), **big)
     assert len(held) == 200 and held[0].input_ids.shape == (1, 4096) and held[0].input_ids.is_contiguous()
+
+
+def test_a_masked_lm_s_mask_token_is_no_data_token(tmp_path):
+    """tiny-bert-mlm's mask id 511 was also a Markov state and a BPE token (17 unmasked 511s in 10,240 tokens):
+    a masked position and a real token read alike (review 2026-11-27)."""
+    spec = MODELS["tiny-bert-mlm"]
+    mask = spec.vocab_size - 1
+    markov = make_batches(spec=spec, batch_size=16, seq_len=64, data="markov", tokenizer="byte", seed=1, count=10,
+                          device=CPU)
+    unmasked = sum(int(((b.input_ids == mask) & (b.labels == -100)).sum()) for b in markov)
+    masked_ids = torch.cat([b.labels[b.labels != -100] for b in markov])
+    assert unmasked == 0 and int(masked_ids.max()) < mask
+    # A causal LM keeps every id (its data unchanged).
+    gpt2 = make_batches(spec=MODELS["tiny-gpt2"], batch_size=16, seq_len=64, data="markov", tokenizer="byte", seed=1,
+                        count=10, device=CPU)
+    assert int(max(b.input_ids.max() for b in gpt2)) == MODELS["tiny-gpt2"].vocab_size - 1

@@ -68,6 +68,12 @@ MARKOV_BRANCHING = 4
 MARKOV_STATES = 512
 
 
+def token_ids(spec: ModelSpec) -> int:
+    """How many token ids the data may use: the vocabulary, less a masked LM's last id, its mask token (tiny-bert-mlm's
+    511 was also a Markov state and a BPE token: a masked position and a real token 511 read alike)."""
+    return spec.vocab_size - (spec.objective == "mlm")
+
+
 def markov_chain(vocab_size: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """(successors, weights) of a seeded sparse Markov chain: MARKOV_BRANCHING successors per state."""
     states = min(vocab_size, MARKOV_STATES)
@@ -100,7 +106,7 @@ def markov_batches(*, vocab_size: int, batch_size: int, seq_len: int, count: int
 
 def split_file(data: str, *, spec: ModelSpec, tokenizer: str, val_frac: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(training tokens, held-out tokens) of a text file: the held-out split is its last floor(N * val_frac)."""
-    stream = tokenize_file(data, tokenizer=tokenizer, vocab_limit=spec.vocab_size)
+    stream = tokenize_file(data, tokenizer=tokenizer, vocab_limit=token_ids(spec))
     if stream.numel() and int(stream.max()) >= spec.vocab_size:
         raise DataError(f"data={data!r} has token ids up to {int(stream.max())}, beyond the "
                         f"{spec.vocab_size}-token vocabulary of {spec.name}")
@@ -133,7 +139,7 @@ def make_batches(*, spec: ModelSpec, batch_size: int, seq_len: int, data: str, t
     if data == "synthetic":
         ids = [cut(torch.randint(0, spec.vocab_size, (batch_size, seq_len), generator=gen)) for _ in range(count)]
     elif data == "markov":
-        ids = markov_batches(vocab_size=spec.vocab_size, batch_size=batch_size, seq_len=seq_len, count=count,
+        ids = markov_batches(vocab_size=token_ids(spec), batch_size=batch_size, seq_len=seq_len, count=count,
                              gen=gen, rows=early)
     else:
         stream, _ = split_file(data, spec=spec, tokenizer=tokenizer, val_frac=val_frac)
@@ -162,8 +168,8 @@ def heldout_batches(*, spec: ModelSpec, batch_size: int, seq_len: int, data: str
     wanted = max(1, math.ceil(eval_tokens / seq_len))
     gen = torch.Generator().manual_seed(seed + HELDOUT_SEED_OFFSET)
     if data == "markov":
-        chain = markov_chain(spec.vocab_size, torch.Generator().manual_seed(seed))
-        ids = torch.cat(markov_batches(vocab_size=spec.vocab_size, batch_size=wanted, seq_len=seq_len, count=1,
+        chain = markov_chain(token_ids(spec), torch.Generator().manual_seed(seed))
+        ids = torch.cat(markov_batches(vocab_size=token_ids(spec), batch_size=wanted, seq_len=seq_len, count=1,
                                        gen=gen, chain=chain))
     else:
         _, heldout = split_file(data, spec=spec, tokenizer=tokenizer, val_frac=val_frac)
