@@ -424,3 +424,16 @@ def test_contended_repeats_do_not_rank_a_configuration():
     standings = ranking.rank(busy_fast + quiet_slow + mixed, "throughput")
     assert [s.config["precision"] for s in standings] == ["bf16", "fp32", "amp-bf16"]
     assert standings[0].median("tokens_per_s") == 2000.0
+
+
+def test_one_target_over_other_tokenizers_or_corpora_is_warned_of(tmp_path):
+    """A BPE token covered about 1.9 bytes of the reviewer's corpus: one target in nats per token is another goal for
+    tokenizer=byte and bpe, which also hold out other text; the plan ranked them together without a word."""
+    from lmbench.plan import suite as suites
+
+    corpus = write_corpus(tmp_path / "corpus.txt")
+    both = suites.load("convergence").with_overrides(suites.parse_overrides([f"data={corpus}", "tokenizer=byte,bpe"]))
+    (warning,) = [w for w in both.unused_options(both.expand()) if w.startswith("a target")]
+    assert f"({corpus} (bpe), {corpus} (byte))" in warning
+    one = suites.load("convergence").with_overrides(suites.parse_overrides([f"data={corpus}"]))
+    assert not [w for w in one.unused_options(one.expand()) if w.startswith("a target")]

@@ -72,7 +72,8 @@ class Suite:
 
     def unused_options(self, planned: list[Planned]) -> list[str]:
         """Warnings for options of a parallel mode or kernel set that the suite sets but no planned configuration
-        uses (compile_mode without kernels=compile): they change nothing, which is likely not what was meant."""
+        uses (compile_mode without kernels=compile): they change nothing, which is likely not what was meant; and for
+        one target over rows of other corpora or tokenizers."""
         warnings = []
         for axis, owners in {**{a: ("parallel", m) for a, m in MODE_AXES.items()},
                              **{a: ("kernels", k) for a, k in KERNEL_AXES.items()}}.items():
@@ -91,6 +92,13 @@ class Suite:
             warnings.append(f"nproc={','.join(str(value) for value in asked)} applies to the torchrun modes "
                             f"({', '.join(sorted(DISTRIBUTED))}) only, which no configuration here uses: parallel=none "
                             "runs one process, dp one process over every visible GPU")
+        targeted = sorted({(row.config.data, row.config.tokenizer if row.config.data not in ("synthetic", "markov")
+                            else "-") for row in planned if row.config.has_target})
+        if len(targeted) > 1:
+            corpora = ", ".join(data if tokens == "-" else f"{data} ({tokens})" for data, tokens in targeted)
+            warnings.append(f"a target (target_loss/target_ppl) is a held-out loss in nats per token: rows of other "
+                            f"data or tokenizers ({corpora}) count other tokens over other held-out text, so one "
+                            "target is not the same goal for them; compare each corpus and tokenizer apart")
         return warnings
 
     def expand(self, *, max_configs: int = MAX_CONFIGS) -> list[Planned]:
