@@ -277,6 +277,9 @@ def test_convergence_suite_on_cpu_gives_time_to_target_rows_and_loss_curves(tmp_
 
     assert fp32["data_sha256"] == hashlib.sha256(corpus.read_bytes()).hexdigest()
     assert fp32["data_bytes"] == corpus.stat().st_size
+    # Its host watched over the run to its target, not only over the window.
+    assert fp32["host_to_target_wall_s"] >= fp32["time_to_target_s"] > fp32["window_s"]
+    assert fp32["host_other_cpu_cores_to_target"] >= 0
     report = tmp_path / "report"
     assert CliRunner().invoke(cli, ["report", str(out), "--out", str(report)]).exit_code == 0
     md = (report / "report.md").read_text()

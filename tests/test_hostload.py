@@ -59,3 +59,16 @@ def test_a_busy_neighbour_is_seen_and_our_own_work_is_not():
     neighbour.join()
     # The neighbour kept about one core busy (spawn start-up included); other engineers' load only adds to it.
     assert hostload.other_cores([span]) > 0.5
+
+
+def test_a_time_to_target_run_is_contended_when_its_run_to_the_target_was():
+    """HostLoad watched the throughput window only, 0.10 s of a 0.99 s time to target on a CPU: other work in the
+    rest of the ranked clock went unflagged (review 2026-11-27)."""
+    quiet = {"host_other_cpu_cores": 0.0, "host_usable_cores": 2, "window_s": 0.1}
+    assert not hostload.window_contended(quiet)
+    busy_after = {**quiet, "host_other_cpu_cores_to_target": 1.0, "host_to_target_wall_s": 0.99}
+    assert hostload.window_contended(busy_after)
+    assert not hostload.window_contended({**busy_after, "host_other_cpu_cores_to_target": 0.1})
+    assert hostload.contention_warning(1.0, 2, 0.99, span="the run to its target") == (
+        "other processes kept 1.0 of 2 CPU cores busy during the run to its target: host contention may have slowed "
+        "this configuration")

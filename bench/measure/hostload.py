@@ -104,8 +104,11 @@ def contended(cores: float | None, usable_cores: int | None, window_s: float | N
 
 
 def window_contended(m: dict[str, Any]) -> bool:
-    """Whether a record's metrics say other processes kept its window's host busy (contended)."""
-    return contended(m.get("host_other_cpu_cores"), m.get("host_usable_cores"), m.get("window_s"))
+    """Whether a record's metrics say other processes kept its window's host busy (contended), or, for a
+    time-to-target run, its host over the run to its target (most of that clock runs after the window)."""
+    usable = m.get("host_usable_cores")
+    return (contended(m.get("host_other_cpu_cores"), usable, m.get("window_s"))
+            or contended(m.get("host_other_cpu_cores_to_target"), usable, m.get("host_to_target_wall_s")))
 
 
 def standing(repeats: list[T], metrics: Callable[[T], dict[str, Any]] = lambda m: m) -> list[T]:
@@ -123,10 +126,11 @@ def contention_note(m: dict[str, Any]) -> str | None:
     return f"contended: other processes used {cores:.1f}" + (f" of {usable:g}" if usable else "") + " cores"
 
 
-def contention_warning(cores: float | None, usable_cores: int | None, window_s: float | None = None) -> str | None:
-    """The record's warning for a contended window."""
+def contention_warning(cores: float | None, usable_cores: int | None, window_s: float | None = None, *,
+                       span: str = "the window") -> str | None:
+    """The record's warning for a contended window (or another `span`: a time-to-target run's)."""
     if not contended(cores, usable_cores, window_s):
         return None
     of = f" of {usable_cores}" if usable_cores else ""
-    return (f"other processes kept {cores:.1f}{of} CPU cores busy during the window: host contention may have "
+    return (f"other processes kept {cores:.1f}{of} CPU cores busy during {span}: host contention may have "
             "slowed this configuration")

@@ -186,8 +186,13 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         quality = _convergence(config, step, devices, world) if config.evaluates else None
         # What a suite's wall time is made of besides the window: start-up, then warmup (compilation).
         startup_s = process_age_s()
+        # A time-to-target run's clock runs from here to its target, mostly after the window: its host is watched
+        # over the whole span too, or other work there would slow the ranked figure without a flag.
+        to_target = hostload.HostLoad() if quality is not None and config.has_target else None
         if quality is not None:
             quality.start()
+            if to_target is not None:
+                to_target.start()
         warmup_start = time.perf_counter()
         done = 0
         # Warmup steps are timed too, as their own distribution (compilation, autotuning, allocator growth).
@@ -259,6 +264,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         training_growth = budget.growth_bytes if device.type == "cpu" else None
         if quality is not None:
             _train_on(config, step, quality, done, warmup_timer.device_s + timer.device_s, budget)
+        target_load = to_target.stop() if to_target is not None else None
         profiled, profile_error = None, None
         if config.profile:
             from lmbench.run.profiling import ProfileError, profile_steps
@@ -297,6 +303,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "quality": quality.fields() if quality is not None else None,
         "host_load": load_span,
+        "host_load_to_target": target_load,
         "overflow_skipped_steps": skipped_window,
         "compile_graphs": compiled[0] if compiled else None,
         "compile_graph_breaks": compiled[1] if compiled else None,
@@ -379,9 +386,18 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         result["label_smoothing"] = config.label_smoothing
     result["host_other_cpu_cores"] = hostload.other_cores([r["host_load"] for r in per_rank])
     result["host_usable_cores"] = environment.usable_cores()
+    spans = [r["host_load_to_target"] for r in per_rank if r["host_load_to_target"] is not None]
+    if spans:
+        result["host_other_cpu_cores_to_target"] = hostload.other_cores(spans)
+        result["host_to_target_wall_s"] = max(span["wall_s"] for span in spans)
     warnings = []
     contention = hostload.contention_warning(result["host_other_cpu_cores"], result["host_usable_cores"],
                                              result.get("window_s"))
+    if contention:
+        warnings.append(contention)
+    contention = hostload.contention_warning(result.get("host_other_cpu_cores_to_target"),
+                                             result["host_usable_cores"], result.get("host_to_target_wall_s"),
+                                             span="the run to its target")
     if contention:
         warnings.append(contention)
     unquotable = energy_warning(result)
