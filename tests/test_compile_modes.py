@@ -361,7 +361,7 @@ def test_a_compiled_row_records_its_graphs_and_warns_of_graph_breaks(tmp_path):
 
     whole = run("gpt2", "model=tiny-gpt2")
     assert whole["metrics"]["kernels_applied"] == "torch.compile: 1 graph(s), 0 graph break(s)"
-    assert (whole["metrics"]["compile_graphs"], whole["metrics"]["compile_graph_breaks"]) == (1, 0)
+    assert (whole["metrics"]["compiled_graphs"], whole["metrics"]["compile_graph_breaks"]) == (1, 0)
     assert not any("graph break" in w or "broke" in w for w in whole["warnings"])
     broken = run("bert", "model=tiny-bert-mlm", "checkpointing=full")
     assert broken["metrics"]["compile_graph_breaks"] >= 1

@@ -305,7 +305,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         "host_load": load_span,
         "host_load_to_target": target_load,
         "overflow_skipped_steps": skipped_window,
-        "compile_graphs": compiled[0] if compiled else None,
+        "compiled_graphs": compiled[0] if compiled else None,
         "compile_graph_breaks": compiled[1] if compiled else None,
         "overflow_skipped_warmup_steps": skipped_before,
     }
@@ -372,7 +372,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         "kernels_applied": step.kernels_applied,
         # Dynamo's own counts (kernels=compile), the most any rank compiled or broke.
         **{key: max(r[key] for r in per_rank) if per_rank[0][key] is not None else None
-           for key in ("compile_graphs", "compile_graph_breaks")},
+           for key in ("compiled_graphs", "compile_graph_breaks")},
         "precision_applied": step.precision.applied,
         # torchao's FP8 is meant to run compiled; the record says whether it was.
         "fp8_compiled": config.kernels == "compile" if config.precision.startswith("fp8") else None,
@@ -424,7 +424,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
                         "the kernels work, and its figures are no speed")
     if result["compile_graph_breaks"]:
         warnings.append(f"torch.compile broke the model's graph {result['compile_graph_breaks']} time(s) "
-                        f"({result['compile_graphs']} graphs): the code between graphs ran eagerly every step "
+                        f"({result['compiled_graphs']} graphs): the code between graphs ran eagerly every step "
                         "(TORCH_LOGS=graph_breaks names the reasons)")
     host_read = host_read_in_step(config) if device.type == "cuda" else None
     if host_read:
