@@ -250,7 +250,7 @@ class Config:
         if not (self.device in ("auto", "cpu", "cuda") or _is_cuda_index(self.device)):
             raise ConfigError(f"device={self.device!r} is not one of: auto, cpu, cuda, cuda:N")
         self._check_quality_axes()
-        if self.data not in ("synthetic", "markov"):
+        if self.reads_file:
             if not Path(self.data).is_file():
                 raise ConfigError(f"data={self.data!r} is neither 'synthetic', 'markov' nor an existing text file")
             if Path(self.data).stat().st_size == 0:
@@ -337,7 +337,7 @@ class Config:
     def _corpus_conflict(self) -> str | None:
         """Why data=PATH is too short for this configuration, judged before a worker starts (one did, to fail):
         exact for tokenizer=byte, where a byte is a token; for bpe the bytes bound the tokens from above."""
-        if self.data in ("synthetic", "markov"):
+        if not self.reads_file:
             return None
         size = Path(self.data).stat().st_size
         held = math.floor(size * self.val_frac)
@@ -359,6 +359,11 @@ class Config:
         foreign = {axis: DEFAULTS[axis] for axis, modes in MODE_AXES.items() if self.parallel not in modes}
         foreign.update({axis: DEFAULTS[axis] for axis, sets in KERNEL_AXES.items() if self.kernels not in sets})
         return self.replace(**foreign)
+
+    @property
+    def reads_file(self) -> bool:
+        """Whether `data` is a text file's path (not the built-in synthetic or Markov tokens)."""
+        return self.data not in ("synthetic", "markov")
 
     @property
     def compile_graphs(self) -> bool:

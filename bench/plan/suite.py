@@ -92,8 +92,8 @@ class Suite:
             warnings.append(f"nproc={','.join(str(value) for value in asked)} applies to the torchrun modes "
                             f"({', '.join(sorted(DISTRIBUTED))}) only, which no configuration here uses: parallel=none "
                             "runs one process, dp one process over every visible GPU")
-        targeted = sorted({(row.config.data, row.config.tokenizer if row.config.data not in ("synthetic", "markov")
-                            else "-") for row in planned if row.config.has_target})
+        targeted = sorted({(row.config.data, row.config.tokenizer if row.config.reads_file else "-")
+                           for row in planned if row.config.has_target})
         if len(targeted) > 1:
             corpora = ", ".join(data if tokens == "-" else f"{data} ({tokens})" for data, tokens in targeted)
             warnings.append(f"a target (target_loss/target_ppl) is a held-out loss in nats per token: rows of other "

@@ -413,7 +413,7 @@ def execute(jobs: list[Job], run_dir: RunDirectory, *, suite: str, launch: Launc
                 status, reason, payload = run_worker(job, run_dir, launch, hold)
             record = results.make_record(suite=suite, config=job.config.to_dict(), config_key=job.config.key,
                                          repeat=job.repeat, status=status, reason=reason, payload=payload)
-            if status == "ok" and job.config.data not in ("synthetic", "markov"):
+            if status == "ok" and job.config.reads_file:
                 record["metrics"].update(corpus_identity(job.config.data))
             if status == "ok":
                 if job.config.parallel != "none":
