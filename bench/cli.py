@@ -682,7 +682,7 @@ def calibrate(suite_name: str, repeats: int, runs: int, out: Path | None, overri
               help="Wall-clock limit of each probe's and measurement's worker (default: the timeout_s axis's).")
 @click.option("--objective", type=click.Choice(OBJECTIVES), default=_TUNE_OBJECTIVE, show_default=True,
               help="Rank by tokens/s, or by time to a held-out target (needs --set target_loss=..., max_steps, "
-                   "eval_every and a learnable data=).")
+                   "eval_every_tokens and a learnable data=).")
 @click.option("--confirm-repeats", type=click.IntRange(min=1), default=_CONFIRM_REPEATS, show_default=True,
               help="Fresh-process repeats of the two best configurations, to tell the winner's lead from noise "
                    "(1: none).")
@@ -732,7 +732,11 @@ def tune(model: str, seq_len: int | None, precisions: str, kernel_sets: str, che
         raise UsageError(base.replace(steps=steps, warmup=warmup).conflict())
     if objective == "time-to-target" and not base.has_target:
         raise UsageError("--objective time-to-target needs a target: --set target_loss=NATS (or target_ppl), "
-                         "--set max_steps=N, --set eval_every=N and a learnable --set data=markov|PATH")
+                         "--set max_steps=N, --set eval_every_tokens=N and a learnable --set data=markov|PATH")
+    if objective == "time-to-target" and base.eval_every:
+        click.echo("lmbench: warning: --set eval_every counts optimizer steps, and tune measures several batch sizes: "
+                   "the larger ones evaluate at coarser token counts and learn of the target later; --set "
+                   "eval_every_tokens=N evaluates them all at the same token counts", err=True)
     if resume and out is None:
         raise UsageError("--resume needs --out RUN_DIR, the tune to continue")
     if min_batch > max_batch:

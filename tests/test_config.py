@@ -126,5 +126,5 @@ def test_the_defaults_of_axes_added_after_the_first_key_format_are_pinned():
     assert {axis: value for axis, value in DEFAULTS.items() if axis not in _KEY_V1_AXES} == {
         "tp_degree": 0, "pp_degree": 0, "pp_schedule": "1f1b", "pp_stages_per_rank": 0, "microbatches": 4,
         "vocab_multiple": 1, "dropout": True, "compile_mode": "default", "cuda_graph": False, "label_smoothing": 0.0,
-        "val_frac": 0.1, "eval_every": 0, "eval_tokens": 65536, "target_loss": 0.0, "target_ppl": 0.0,
-        "max_steps": 0}
+        "val_frac": 0.1, "eval_every": 0, "eval_every_tokens": 0, "eval_tokens": 65536, "target_loss": 0.0,
+        "target_ppl": 0.0, "max_steps": 0}

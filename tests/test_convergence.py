@@ -62,13 +62,16 @@ def test_synthetic_data_has_no_held_out_set_and_evaluating_it_is_skipped():
 
 
 @pytest.mark.parametrize("values, reason", [
-    ({"target_loss": 2.0, "max_steps": 100}, "needs eval_every > 0"),
+    ({"target_loss": 2.0, "max_steps": 100}, "needs eval_every > 0 or eval_every_tokens > 0"),
+    ({"eval_every": 5, "eval_every_tokens": 512}, "two schedules of one evaluation: set one of them"),
     ({"target_loss": 2.0, "eval_every": 5, "max_steps": 10}, "must be at least warmup + steps = 25"),
     ({"max_steps": 100}, "needs target_loss or target_ppl"),
     ({"target_loss": 2.0, "target_ppl": 8.0, "eval_every": 5, "max_steps": 100}, "two spellings of one target"),
     ({"eval_every": 5, "val_frac": 0.0}, "needs val_frac > 0"),
+    ({"eval_every_tokens": 512, "val_frac": 0.0}, "needs val_frac > 0"),
     ({"label_smoothing": 0.1, "kernels": "liger"}, "passes no label_smoothing"),
-    ({"eval_every": 5, "parallel": "pp"}, "held-out evaluation (eval_every) is not implemented for parallel=pp"),
+    ({"eval_every": 5, "parallel": "pp"},
+     "held-out evaluation (eval_every, eval_every_tokens) is not implemented for parallel=pp"),
     ({"label_smoothing": 0.1, "parallel": "tp"}, "label_smoothing is not implemented for parallel=tp"),
 ])
 def test_quality_axes_that_cannot_go_together_are_skipped_rows(values, reason):
@@ -79,6 +82,7 @@ def test_quality_axes_that_cannot_go_together_are_skipped_rows(values, reason):
     ({"label_smoothing": 1.0}, "label_smoothing=1.0 must be a number in [0, 1)"),
     ({"val_frac": -0.1}, "val_frac=-0.1 must be a number in [0, 1)"),
     ({"eval_every": -1}, "eval_every=-1 must be an integer >= 0"),
+    ({"eval_every_tokens": -512}, "eval_every_tokens=-512 must be an integer >= 0"),
     ({"eval_tokens": 0}, "eval_tokens=0 must be a positive integer"),
     ({"target_loss": float("nan")}, "target_loss=nan must be a positive, finite number (0 for no target)"),
     ({"target_ppl": 1.0}, "target_ppl=1.0 must be above 1 (perplexity is at least 1)"),
@@ -129,7 +133,8 @@ def test_evaluations_change_nothing_the_window_measures():
     evaluated = measure(base.replace(eval_every=1, eval_tokens=64))
     assert plain["losses"] == evaluated["losses"]
     m = evaluated["metrics"]
-    assert len(evaluated["step_times_s"]) == 6 and m["eval_count"] == 9  # before step 1, then after each of 8
+    assert len(evaluated["step_times_s"]) == 6 and m["eval_count"] == 8  # after each of 8 steps
+    # (the untrained model's, before step 1, is val_loss_initial: outside the clocks and eval_time_s)
     assert [p["step"] for p in m["val_points"]] == list(range(1, 9))
     assert m["window_s"] < sum(evaluated["step_times_s"]) + m["eval_time_s"]
     assert "val_loss" not in plain["metrics"]
@@ -191,7 +196,34 @@ def test_time_to_target_is_the_first_evaluation_that_meets_it_after_the_window()
     assert f["train_energy_to_target_j"] == pytest.approx(20.0)  # minus the 1 J of each of 2 evaluations
     assert f["time_to_target_s"] >= f["train_time_to_target_s"]
     assert f["val_loss"] == 1.5 and f["val_ppl"] == pytest.approx(math.exp(1.5)) and f["val_loss_best"] == 1.5
-    assert f["eval_count"] == 4 and f["val_tokens_per_eval"] == 10
+    assert f["eval_count"] == 3 and f["val_tokens_per_eval"] == 10
+
+
+@pytest.mark.parametrize("tokens_per_step, due_after", [
+    (512, [2, 4, 6, 8, 10, 12]),  # every 1024 tokens: every other step
+    (1024, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]),
+    (768, [2, 3, 4, 6, 7, 8, 10, 11, 12]),  # 3,840 tokens after step 5 pass no new multiple of 1024
+    (4096, list(range(1, 13))),  # a step that passes four multiples evaluates once
+])
+def test_eval_every_tokens_evaluates_after_the_step_that_reaches_each_multiple(tokens_per_step, due_after):
+    config = Config(data="markov", eval_every_tokens=1024)
+    quality = Convergence(config, evaluate=lambda: (torch.tensor(1.0), torch.tensor(1)),
+                          tokens_per_step=tokens_per_step)
+    assert [step for step in range(1, 13) if quality.due(step)] == due_after
+
+
+def test_batch_sizes_evaluate_at_the_same_token_counts_with_eval_every_tokens():
+    """The grain of time to target is the same for every batch size: in steps, batch 4 would evaluate every 128
+    tokens and batch 2 every 64; in tokens both evaluate after 128, 256, ..."""
+    base = Config(model="tiny-gpt2", data="markov", seq_len=16, warmup=1, steps=8, device="cpu", telemetry=False,
+                  eval_every_tokens=128, eval_tokens=32)
+    counts = {}
+    for batch in (2, 4):
+        points = measure(base.replace(batch_size=batch))["metrics"]["val_points"]
+        counts[batch] = [p["tokens"] for p in points]
+    # Batch 2 trains 9 x 32 = 288 tokens, batch 4 576: each evaluates at the multiples of 128, then after its last.
+    assert counts[2] == [128, 256, 288]
+    assert counts[4] == [128, 256, 384, 512, 576]
 
 
 def test_a_target_not_met_within_max_steps_is_not_reached_with_the_best_loss():
@@ -378,6 +410,13 @@ def test_tune_by_time_to_target_needs_a_target_and_one_value_per_axis():
     assert result.stderr.startswith("lmbench: error: --objective time-to-target needs a target: --set target_loss=")
     result = runner.invoke(cli, [*tune, "--set", "lr=1e-3,2e-3"])
     assert result.exit_code == 2 and "tune takes one value per axis" in result.stderr
+    # A schedule in steps over the batch sizes tune measures is warned of (the run itself is refused after it).
+    targeted = [*tune, "--objective", "time-to-target", "--set", "data=markov", "--set", "target_loss=3.0",
+                "--set", "max_steps=100", "--min-batch", "4", "--max-batch", "2"]
+    result = runner.invoke(cli, [*targeted, "--set", "eval_every=10"])
+    assert result.exit_code == 2 and "warning: --set eval_every counts optimizer steps" in result.stderr
+    result = runner.invoke(cli, [*targeted, "--set", "eval_every_tokens=4096"])
+    assert result.exit_code == 2 and "warning" not in result.stderr and "--min-batch 4" in result.stderr
     result = runner.invoke(cli, [*tune, "--set", "precision=bf16"])
     assert result.exit_code == 2 and "tune sets precision with its own option; use --precision" in result.stderr
 
@@ -440,3 +479,19 @@ def test_one_target_over_other_tokenizers_or_corpora_is_warned_of(tmp_path):
     assert f"({corpus} (bpe), {corpus} (byte))" in warning
     one = suites.load("convergence").with_overrides(suites.parse_overrides([f"data={corpus}"]))
     assert not [w for w in one.unused_options(one.expand()) if w.startswith("a target")]
+
+
+def test_a_step_schedule_over_other_batch_sizes_is_warned_of():
+    """eval_every in steps evaluates batch 16 every 10,240 tokens and batch 8 every 5,120: batch 16's time to target
+    has twice the grain (a CPU run met the target 10,240 tokens after an evaluation it just missed). The shipped
+    suite evaluates in tokens; the same suite in steps is warned of."""
+    from lmbench.plan import suite as suites
+
+    def warned(overrides):
+        suite = suites.load("convergence").with_overrides(suites.parse_overrides(overrides))
+        return [w for w in suite.unused_options(suite.expand()) if w.startswith("eval_every counts")]
+
+    assert not warned([])
+    (warning,) = warned(["eval_every=10", "eval_every_tokens=0"])
+    assert "(batch_size 8 x grad_accum 1 x seq_len 64; batch_size 16 x grad_accum 1 x seq_len 64)" in warning
+    assert not warned(["eval_every=10", "eval_every_tokens=0", "batch_size=8"])

@@ -111,7 +111,12 @@ def test_interrupted_tune_resumes_without_repeating_probes(tmp_path):
     assert not failed & {r["config"]["batch_size"] for r in records}
     winner = suites.load(str(out / "tuned.toml"))
     (planned,) = winner.expand()
-    best = max(records, key=lambda r: r["metrics"]["tokens_per_s"])
+    # The ranking's first, not the single fastest record: that may be a confirming repeat of a configuration whose
+    # median ranks it second, or a measurement the host's load made and the ranking sets after the quiet ones (a
+    # run beside other tests named batch 2's fastest record while tuned.toml rightly held batch 1).
+    from lmbench.analyze.ranking import ranked_records
+
+    best = ranked_records(records, "throughput")[0]
     # As `lmbench run --suite tuned.toml` plans it here (nproc resolved for one process): the winner's own key.
     from lmbench.measure.environment import probe_platform
     from lmbench.plan.feasibility import resolve

@@ -416,7 +416,8 @@ def _curves(records: list[dict[str, Any]]) -> tuple[dict[str, list[dict[str, Any
 def _val_loss_against(records: list[dict[str, Any]], x: str, title: str, xlabel: str) -> Figure:
     curves, targets = _curves(records)
     if not curves:
-        return _empty(title, "no held-out evaluations (run with eval_every > 0 on data=markov or data=PATH)")
+        return _empty(title, "no held-out evaluations (run with eval_every_tokens or eval_every > 0 on data=markov or "
+                             "data=PATH)")
     fig, ax = plt.subplots(figsize=(7, 4))
     for index, (label, points) in enumerate(curves.items()):
         shown = [p for p in points if p["val_loss"] is not None]

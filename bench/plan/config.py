@@ -202,6 +202,10 @@ class Config:
     eval_every: int = 0
     """Evaluate the held-out loss every this many optimizer steps (and before the first and after the last),
     outside every timed and sampled window; 0 for never."""
+    eval_every_tokens: int = 0
+    """Evaluate every this many trained tokens (all ranks and replicas) instead: after the first optimizer step that
+    reaches each multiple, so rows of other global batches evaluate at the same token counts; 0 for never. Set
+    this or eval_every."""
     eval_tokens: int = 65536
     """Held-out tokens read by each evaluation (the first ones of the split, the same every time)."""
     target_loss: float = 0.0
@@ -268,6 +272,7 @@ class Config:
                 and 0.0 <= self.val_frac < 1.0):
             raise ConfigError(f"val_frac={self.val_frac!r} must be a number in [0, 1)")
         _require_int("eval_every", self.eval_every, minimum=0)
+        _require_int("eval_every_tokens", self.eval_every_tokens, minimum=0)
         _require_int("eval_tokens", self.eval_tokens, minimum=1)
         _require_int("max_steps", self.max_steps, minimum=0)
         for axis in ("target_loss", "target_ppl"):
@@ -292,7 +297,7 @@ class Config:
     @property
     def evaluates(self) -> bool:
         """Whether the run evaluates the held-out loss (and so trains on batches it never repeats)."""
-        return self.eval_every > 0
+        return self.eval_every > 0 or self.eval_every_tokens > 0
 
     def conflict(self) -> str | None:
         """Why two valid axis values cannot go together (e.g. seq_len past the model's positions), or None."""
@@ -316,22 +321,25 @@ class Config:
 
     def _quality_conflict(self) -> str | None:
         if self.parallel in ("tp", "pp", "fsdp+tp", "fsdp+pp") and (self.evaluates or self.label_smoothing):
-            what = "held-out evaluation (eval_every)" if self.evaluates else "label_smoothing"
+            what = "held-out evaluation (eval_every, eval_every_tokens)" if self.evaluates else "label_smoothing"
             return (f"{what} is not implemented for parallel={self.parallel}: it calls the whole model's forward and "
                     "computes the loss from its logits, which a pipeline stage or sharded model does not give")
         if self.target_loss and self.target_ppl:
             return "target_loss and target_ppl are two spellings of one target: set one of them"
+        if self.eval_every and self.eval_every_tokens:
+            return ("eval_every (optimizer steps) and eval_every_tokens (trained tokens) are two schedules of one "
+                    "evaluation: set one of them")
         if self.has_target:
-            if not self.eval_every:
-                return ("a target (target_loss/target_ppl) needs eval_every > 0: the held-out loss is only known "
-                        "where it is evaluated")
+            if not self.evaluates:
+                return ("a target (target_loss/target_ppl) needs eval_every > 0 or eval_every_tokens > 0: the "
+                        "held-out loss is only known where it is evaluated")
             if self.max_steps < self.warmup + self.steps:
                 return (f"max_steps={self.max_steps} must be at least warmup + steps = {self.warmup + self.steps} "
                         "(a time-to-target run also measures throughput over those)")
         elif self.max_steps:
             return f"max_steps={self.max_steps} needs target_loss or target_ppl (time-to-target mode)"
         if self.evaluates and self.val_frac == 0:
-            return "eval_every > 0 needs val_frac > 0: nothing is held out to evaluate on"
+            return "held-out evaluation (eval_every, eval_every_tokens) needs val_frac > 0: nothing is held out"
         return self._corpus_conflict()
 
     def _corpus_conflict(self) -> str | None:
@@ -465,6 +473,7 @@ DEFAULT_REASONS: dict[str, str] = {
     "label_smoothing": "none: the plain cross-entropy every model is trained with by default",
     "val_frac": "a tenth of the corpus held out, as WikiText-style splits hold out a few percent to a tenth",
     "eval_every": "off: a throughput run needs no held-out loss; quality runs set how often",
+    "eval_every_tokens": "off: eval_every's steps are the other schedule; in tokens, batch sizes evaluate alike",
     "eval_tokens": "64k positions: a stable mean at the cost of a few forward passes on a GPU",
     "target_loss": "no target: the run measures throughput over a fixed number of steps",
     "target_ppl": "no target: the run measures throughput over a fixed number of steps",

@@ -99,6 +99,13 @@ class Suite:
             warnings.append(f"a target (target_loss/target_ppl) is a held-out loss in nats per token: rows of other "
                             f"data or tokenizers ({corpora}) count other tokens over other held-out text, so one "
                             "target is not the same goal for them; compare each corpus and tokenizer apart")
+        stepped = [row.config for row in planned if row.config.has_target and row.config.eval_every]
+        shapes = list(dict.fromkeys(_step_shape(config) for config in sorted(stepped, key=_step_order)))
+        if len(shapes) > 1:
+            warnings.append("eval_every counts optimizer steps, and the rows with a target here train other tokens "
+                            f"per step ({'; '.join(shapes)}): they evaluate at other token counts, so a larger batch "
+                            "learns of its target later; eval_every_tokens=N evaluates every row at the same "
+                            "token counts")
         return warnings
 
     def expand(self, *, max_configs: int = MAX_CONFIGS) -> list[Planned]:
@@ -308,3 +315,15 @@ def _check_value(axis: str, value: Any, where: str, *, typed: bool = False) -> A
     except ConfigError as err:
         raise SuiteError(f"{where}: {err}") from None
     return value
+
+
+def _step_order(config: Config) -> tuple[Any, ...]:
+    return config.seq_len, config.batch_size * config.grad_accum, config.batch_size, config.parallel, config.nproc
+
+
+def _step_shape(config: Config) -> str:
+    """What sets the tokens of one optimizer step, as far as a plan knows them (nproc may be settled only later)."""
+    shape = f"batch_size {config.batch_size} x grad_accum {config.grad_accum} x seq_len {config.seq_len}"
+    if config.parallel != "none":
+        shape += f", parallel={config.parallel} nproc={config.nproc or 'all'}"
+    return shape

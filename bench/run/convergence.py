@@ -1,7 +1,9 @@
 """Held-out quality of a run: evaluations between optimizer steps, their clocks, and time to a target.
 
 A run with `eval_every > 0` evaluates the held-out loss before its first step, every `eval_every`
-optimizer steps, and after its last. Each evaluation drains the device queue, runs outside every
+optimizer steps, and after its last; one with `eval_every_tokens > 0` after the first optimizer step that
+reaches each multiple of that many trained tokens instead, so configurations of other global batches
+evaluate at the same token counts. Each evaluation drains the device queue, runs outside every
 step timer and telemetry window (they are paused around it), and records a point of the curve:
 
   step, tokens           optimizer steps and tokens (all ranks and replicas) trained so far
@@ -63,15 +65,22 @@ class Convergence:
         self._t0 = 0.0
         self._e0: float | None = None
 
-    def start(self) -> None:
-        """Evaluate the untrained model (its loss is the curve's start, outside every clock), then start the clocks."""
+    def start(self, before_clock: Callable[[], None] = lambda: None) -> None:
+        """Evaluate the untrained model (its loss is the curve's start, outside every clock), then start the clocks;
+        `before_clock` runs right before them (a watch over the span that must cover the whole clock)."""
         self.initial_loss = self._held_out_loss()
         self._synchronize()
+        before_clock()
         self._t0 = time.perf_counter()
         self._e0 = self._read_energy_j()
 
     def due(self, steps_done: int) -> bool:
-        return steps_done % self.config.eval_every == 0
+        """Whether an evaluation follows optimizer step `steps_done`: every eval_every steps, or where the tokens
+        trained pass a multiple of eval_every_tokens (a step that passes several evaluates once)."""
+        if self.config.eval_every:
+            return steps_done % self.config.eval_every == 0
+        every = self.config.eval_every_tokens
+        return steps_done * self.tokens_per_step // every > (steps_done - 1) * self.tokens_per_step // every
 
     def evaluate(self, steps_done: int, device_s: float) -> EvalPoint:
         """Evaluate after `steps_done` optimizer steps whose step times sum to `device_s`; records the point."""
@@ -126,7 +135,7 @@ class Convergence:
             "val_loss_best": min(finite, default=None),
             "val_loss_initial": self.initial_loss,
             "val_tokens_per_eval": self.counted,
-            "eval_count": len(self.points) + 1,
+            "eval_count": len(self.points),
             "eval_time_s": self.eval_s,
             "steps_trained": last.step if last else 0,
             "val_points": [asdict(p) for p in self.points],

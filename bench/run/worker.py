@@ -190,9 +190,8 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         # over the whole span too, or other work there would slow the ranked figure without a flag.
         to_target = hostload.HostLoad() if quality is not None and config.has_target else None
         if quality is not None:
-            quality.start()
-            if to_target is not None:
-                to_target.start()
+            # The host's watch starts before the clock, so its span covers all of time_to_target_s.
+            quality.start(before_clock=to_target.start if to_target is not None else lambda: None)
         warmup_start = time.perf_counter()
         done = 0
         # Warmup steps are timed too, as their own distribution (compilation, autotuning, allocator growth).
