@@ -122,3 +122,38 @@ def test_a_masked_lm_s_mask_token_is_no_data_token(tmp_path):
     gpt2 = make_batches(spec=MODELS["tiny-gpt2"], batch_size=16, seq_len=64, data="markov", tokenizer="byte", seed=1,
                         count=10, device=CPU)
     assert int(max(b.input_ids.max() for b in gpt2)) == MODELS["tiny-gpt2"].vocab_size - 1
+
+
+def test_markov_walks_follow_the_chains_weights_whatever_the_count_and_walk_size(monkeypatch):
+    """The vectorised walk draws each successor with its weight's share (empirical frequencies over 200k
+    transitions), the first micro-batches are the same whatever `count` is, and running the walks side by side in
+    smaller groups changes no token."""
+    from lmbench.run import data
+    from lmbench.run.data import markov_batches, markov_chain
+
+    chain = markov_chain(16, torch.Generator().manual_seed(5))
+    successors, weights = chain
+
+    def draw(count, seed=0):
+        return markov_batches(vocab_size=16, batch_size=8, seq_len=101, count=count, chain=chain,
+                              gen=torch.Generator().manual_seed(seed))
+
+    ids = torch.cat(draw(250))
+    prev, nxt = ids[:, :-1].flatten(), ids[:, 1:].flatten()
+    states = successors.shape[0]
+    seen = torch.zeros(states, states).index_put_((prev, nxt), torch.ones(prev.numel()), accumulate=True)
+    expected = torch.zeros(states, states).index_put_(
+        (torch.arange(states).repeat_interleave(successors.shape[1]), successors.flatten()), weights.flatten(),
+        accumulate=True)
+    expected = expected / expected.sum(1, keepdim=True)
+    visits = seen.sum(1, keepdim=True)
+    frequencies = seen / visits.clamp(min=1)
+    # Within 5 standard errors of each state's binomial share (visits differ by state: the chain's stationary law).
+    sigma = (expected * (1 - expected) / visits.clamp(min=1)).sqrt()
+    assert bool(((frequencies - expected).abs() <= 5 * sigma + 1e-9).all())
+    assert int((visits > 10_000).sum()) >= 4
+    assert bool(((seen > 0) <= (expected > 0)).all())  # never a transition the chain does not have
+    short = draw(3)
+    assert all(torch.equal(a, b) for a, b in zip(short, draw(250)))
+    monkeypatch.setattr(data, "MARKOV_WALK_TOKENS", 8 * 101 * 2)  # two micro-batches a walk
+    assert all(torch.equal(a, b) for a, b in zip(draw(7), draw(250)))
