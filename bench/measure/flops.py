@@ -11,13 +11,27 @@ Hardware FLOPs (HFU) add what checkpointing really recomputes in the backward pa
 way. `full` reruns the forward of every block, 2·N_rerun + 4·L·H·Q·T per token, where N_rerun is the
 block's parameters less its final matmul when nothing after that matmul saves its output for the
 backward: non-reentrant checkpointing (torch.utils.checkpoint, early stop) stops rerunning once every
-saved activation is back, so Llama's `mlp.down_proj` and torch-transformer-lm's `linear2` (its
-dropout is 0) are not rerun, while GPT-2's and BERT's last matmuls feed a dropout mask or a
-LayerNorm and are. `selective` keeps the outputs of every matmul and attention op
-(lmbench.models.registry.SELECTIVE_SAVED_OPS) and recomputes only norms, activations and adds: no matmul
-FLOPs, so its HFU equals its MFU, as with `none`; except that an op drawing random numbers is always
-recomputed, so a fused attention with dropout (GPT-2's on CUDA) reruns, 4·L·H·Q·T per token. A CPU's
-attention with dropout runs unfused (its matmuls saved, its dropout recomputed) and reruns nothing.
+saved activation is back, so Llama's `mlp.down_proj`, torch-transformer-lm's `linear2` (its
+dropout is 0) and GPT-2's `mlp.c_proj` with dropout off (dropout=false; parity runs) are not rerun,
+while GPT-2's with dropout and BERT's last matmuls feed a dropout mask or a LayerNorm and are. Under
+an FP8 precision every matmul reruns: a float8 linear saves its own casts of its inputs, made inside its
+forward (a reviewer's count over tiny-llama: 59 matmuls a step against amp-bf16's 57).
+
+`selective` keeps the outputs of every matmul and attention op (lmbench.models.registry.SELECTIVE_SAVED_OPS) and
+recomputes only norms, activations and adds: no matmul FLOPs, so its HFU equals its MFU, as with `none`;
+except that an op drawing random numbers is always recomputed, so a fused attention with dropout (GPT-2's and
+BERT's on CUDA, at the default dropout) reruns, 4·L·H·Q·T per token. A CPU's attention with dropout runs
+unfused (its matmuls saved, its dropout recomputed) and reruns nothing.
+
+The LM head's matmuls are 6·V·d per token in eager code (forward, input and weight gradients). lmbench's fused
+linear cross-entropy (kernels=triton) recomputes the logits in its backward rather than keep them: 8·V·d per
+position it scores (a causal LM's T - 1 of T), hardware FLOPs again. A tensor-parallel group runs the whole head
+on each of its ranks.
+
+Hardware FLOPs count attention as PaLM does, the whole T×T score matrix, though a causal fused kernel computes
+about half of it: 6·L·H·Q·T of the per-token count is not done (gpt2-124m at T=1024: 6.6% of its FLOPs; llama-1b
+2.6% at 1024, 4.9% at 2048).
+
 tests/test_flops.py checks these counts against torch's own FLOP counter over a real training step of every
 model family.
 """
@@ -63,24 +77,34 @@ def recompute_flops_per_token(*, checkpointing: str, n_rerun_params: int, n_laye
     raise ValueError(f"checkpointing={checkpointing!r} has no recompute count")
 
 
-def replicated_head_flops_per_token(*, vocab: int, hidden: int, tp: int) -> int:
-    """Matmul FLOPs per token that a tensor-parallel layout runs more than once: the LM head stays whole on every
-    rank of a tensor-parallel group (lmbench.run.tensor_parallel), so each token's 6 V d run `tp` times, of which
-    the PaLM count has one. Hardware FLOPs, never model FLOPs (MFU)."""
-    return 6 * vocab * hidden * (tp - 1)
+def head_extra_flops_per_token(*, vocab: int, hidden: int, seq_len: int, tp: int = 1, fused_recompute: bool = False,
+                               causal: bool = True) -> int:
+    """Matmul FLOPs per token the LM head runs beyond the PaLM count's 6 V d (hardware FLOPs, never model FLOPs).
+
+    `fused_recompute`: the head is lmbench's fused linear cross-entropy, which recomputes the logits in its backward:
+    8 V d per scored position, a causal LM's T - 1 of its T. `tp`: the head stays whole on every rank of a
+    tensor-parallel group (lmbench.run.tensor_parallel), so it runs `tp` times, of which the PaLM count has one."""
+    per_rank = 8 * vocab * hidden * (seq_len - 1 if causal else seq_len) // seq_len if fused_recompute \
+        else 6 * vocab * hidden
+    return per_rank * tp - 6 * vocab * hidden
 
 
-#: Per family, the block's last matmul that early-stopping recomputation never reruns (see the module docstring).
+#: Per family, the block's last matmul that early-stopping recomputation does not rerun when nothing after it saves
+#: its output: always for these (see the module docstring).
 UNRERUN_TAIL = {"llama": "mlp.down_proj", "torch-lm": "linear2"}
+#: ... and for these only with dropout off (with dropout, the mask after it is saved, so it reruns to draw it).
+UNRERUN_TAIL_WITHOUT_DROPOUT = {"gpt2": "mlp.c_proj"}
 
 
-def rerun_params(model: nn.Module, family: str) -> int:
-    """N_rerun: parameters of the transformer blocks whose forward matmuls a full checkpoint reruns."""
+def rerun_params(model: nn.Module, family: str, *, dropout: bool = True, fp8: bool = False) -> int:
+    """N_rerun: parameters of the transformer blocks whose forward matmuls a full checkpoint reruns. `fp8`: the
+    linears are float8 ones, which save their own input casts, so the last matmul reruns too."""
     from lmbench.models.registry import transformer_blocks
 
+    tails = {} if fp8 else {**UNRERUN_TAIL, **({} if dropout else UNRERUN_TAIL_WITHOUT_DROPOUT)}
     total = 0
     for block in transformer_blocks(model):
         total += sum(p.numel() for p in block.parameters())
-        if family in UNRERUN_TAIL:
-            total -= sum(p.numel() for p in block.get_submodule(UNRERUN_TAIL[family]).parameters())
+        if family in tails:
+            total -= sum(p.numel() for p in block.get_submodule(tails[family]).parameters())
     return total

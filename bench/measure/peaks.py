@@ -24,8 +24,8 @@ class DevicePeak:
     device: str
     pattern: str
     """Regular expression searched for in torch.cuda.get_device_name(), case ignored. Each names its device exactly:
-    a variant the table does not list (an H100 CNX, a GH200, an RTX 4090 D with fewer SMs) gets no row, hence no
-    MFU, rather than a sibling's peak."""
+    a variant the table does not list (an H100 CNX, a GH200, an RTX 4090 D with fewer SMs, the RTX 4090 Laptop GPU,
+    an RTX A1000) gets no row, hence no MFU, rather than a sibling's peak."""
     fp32_tflops: float
     """Non-tensor-core FP32 (precision=fp32 runs with TF32 off)."""
     tf32_tflops: float
@@ -59,7 +59,7 @@ PEAKS: list[DevicePeak] = [
                fp16_tflops=989.5, fp8_tflops=1979.0,
                source="https://www.nvidia.com/en-us/data-center/h200/ (H200 SXM column, "
                "sparse tensor figures halved)"),
-    DevicePeak(device="A100", pattern=r"A100", fp32_tflops=19.5, tf32_tflops=156.0, bf16_tflops=312.0,
+    DevicePeak(device="A100", pattern=r"\bA100\b", fp32_tflops=19.5, tf32_tflops=156.0, bf16_tflops=312.0,
                fp16_tflops=312.0, source="https://www.nvidia.com/content/dam/en-zz/Solutions/Data-Center/a100/pdf/"
                "nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf (dense figures; same for 40/80 GB, PCIe/SXM)"),
     DevicePeak(device="B200", pattern=r"(?<!G)B200", fp32_tflops=75.0, tf32_tflops=1100.0, bf16_tflops=2250.0,
@@ -74,8 +74,8 @@ PEAKS: list[DevicePeak] = [
                fp16_tflops=121.0, fp8_tflops=242.5,
                source="https://www.nvidia.com/en-us/data-center/l4/ (sparse tensor figures "
                "halved)"),
-    DevicePeak(device="RTX 4090", pattern=r"RTX 4090(?! ?D\b)", fp32_tflops=82.6, tf32_tflops=82.6, bf16_tflops=165.2,
-               fp16_tflops=165.2, source="https://images.nvidia.com/aem-dam/Solutions/geforce/ada/"
+    DevicePeak(device="RTX 4090", pattern=r"RTX 4090(?! ?D\b)(?!.*Laptop)", fp32_tflops=82.6, tf32_tflops=82.6,
+               bf16_tflops=165.2, fp16_tflops=165.2, source="https://images.nvidia.com/aem-dam/Solutions/geforce/ada/"
                "nvidia-ada-gpu-architecture.pdf (appendix A, GeForce RTX 4090; FP16/BF16 with FP32 accumulate)"),
 ]
 

@@ -108,7 +108,8 @@ class TrainingStep:
         model = build_model(built, attention=config.attention, device=device, dropout=config.dropout)
         # Counted on the whole model, before a pipeline keeps only its stage of it.
         self.matmul_params = matmul_params(model)
-        self.rerun_params = rerun_params(model, self.spec.family)
+        self.rerun_params = rerun_params(model, self.spec.family, dropout=config.dropout,
+                                         fp8=config.precision.startswith("fp8"))
         self.param_count = sum(p.numel() for p in model.parameters())
         self.random_reruns: collections.Counter[str] = collections.Counter()
         """Random ops (attention with dropout among them) that selective checkpointing left to its recompute, by ATen

@@ -136,11 +136,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
     import torch
 
     from lmbench.measure import environment, hostload, hostmem, metrics
-    from lmbench.measure.flops import (
-        palm_flops_per_token,
-        recompute_flops_per_token,
-        replicated_head_flops_per_token,
-    )
+    from lmbench.measure.flops import head_extra_flops_per_token, palm_flops_per_token, recompute_flops_per_token
     from lmbench.measure.mathmode import matmul_mode
     from lmbench.measure.telemetry import Telemetry, energy_warning, for_devices, power_trace
     from lmbench.measure.timer import StepTimer
@@ -299,7 +295,8 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         "telemetry": telemetry.summary(tokens=shape.global_batch_tokens * config.steps / world),
         "power_trace": power_trace(telemetry.samples),
         "param_checksum": distributed.param_checksum(step.base_model) if checksums else None,
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        # Every card this process trained on (nn.DataParallel's replicas among them): one datasheet peak needs one.
+        "device_names": sorted({torch.cuda.get_device_name(used) for used in devices if used.type == "cuda"}),
         "quality": quality.fields() if quality is not None else None,
         "host_load": load_span,
         "host_load_to_target": target_load,
@@ -325,13 +322,19 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         result.update(distributed.pipeline_idle(per_rank))
     dims = {"n_layers": spec.n_layers, "n_heads": spec.n_heads, "head_dim": spec.head_dim, "seq_len": config.seq_len}
     flops = palm_flops_per_token(n_matmul_params=step.matmul_params, **dims)
-    # The hardware's FLOPs are the model's plus what checkpointing reruns and what tensor parallelism runs twice.
+    # The hardware's FLOPs are the model's plus what checkpointing reruns, what the fused loss recomputes and what
+    # tensor parallelism runs twice.
     extra = recompute_flops_per_token(checkpointing=config.checkpointing, n_rerun_params=step.rerun_params,
                                       attention_rerun=step.reruns_attention, **dims)
-    extra += replicated_head_flops_per_token(vocab=config.padded_vocab, hidden=spec.hidden, tp=shape.tp)
+    extra += head_extra_flops_per_token(vocab=config.padded_vocab, hidden=spec.hidden, seq_len=config.seq_len,
+                                        tp=shape.tp, fused_recompute=step.fused_loss,
+                                        causal=spec.objective == "causal-lm")
+    # One datasheet peak for the job: cards of several kinds have none (MFU null, and a warning below).
+    cards = sorted({name for r in per_rank for name in r["device_names"]})
     result.update(metrics.flops_utilisation(flops_per_token=flops, hardware_flops_per_token=flops + extra,
                                             tokens_per_s_per_device=result["tokens_per_s_per_device"],
-                                            device_name=local["device_name"], precision=config.precision))
+                                            device_name=cards[0] if len(cards) == 1 else None,
+                                            precision=config.precision))
     # The job's warmup steps as its window's: each ends when the last rank has finished it (warmup_s is the slowest's).
     result.update(metrics.warmup(distributed.slowest_steps(
         [{"step_times_s": r["warmup_step_times_s"]} for r in per_rank])))
@@ -365,7 +368,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         "nnodes": info.nnodes if info else 1,
         "nproc_per_node": info.local_world_size if info else 1,
         "devices": world * step.replicas,
-        "device_names": sorted({r["device_name"] for r in per_rank if r["device_name"]}),
+        "device_names": cards,
         "param_checksum_initial": initial_checksum,
         "kernels_note": KERNEL_SETS[config.kernels].note,
         "kernels_applied": step.kernels_applied,
@@ -399,6 +402,9 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
                                              span="the run to its target")
     if contention:
         warnings.append(contention)
+    if len(cards) > 1:
+        warnings.append(f"the job ran on cards of {len(cards)} kinds ({', '.join(cards)}): no one datasheet peak, so "
+                        "no MFU or HFU; its throughput is the slowest card's pace")
     unquotable = energy_warning(result)
     if unquotable:
         warnings.append(unquotable)
