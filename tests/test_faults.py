@@ -380,22 +380,59 @@ def test_3_a_rank_under_torchrun_watches_the_lmbench_parent_by_pid(tmp_path):
     rank.stdout.close()
 
 
-def test_3_a_worker_killed_by_a_signal_is_an_error_record_and_the_suite_goes_on(tmp_path, tiny, fake, monkeypatch):
+def _kill_the_first_worker(tmp_path, tiny, fake, monkeypatch, *, before=lambda: None):
+    """Run the tiny suite with its fp32 worker hanging, SIGKILL that worker (after `before`); the two records."""
     monkeypatch.setenv("FAKE_WORKER_HANG", "-fp32-")
 
-    def kill_the_first_worker() -> None:
+    def kill() -> None:
         wait_for(lambda: any(fake.iterdir()))
+        before()
         os.kill(int(next(fake.iterdir()).name), signal.SIGKILL)
 
-    killer = threading.Thread(target=kill_the_first_worker)
+    killer = threading.Thread(target=kill)
     killer.start()
     out = tmp_path / "run"
     result = lmbench("run", "--suite", tiny, "--out", out)
     killer.join()
     assert result.exit_code == 0, result.output
-    first, second = results.read(out).records
+    return results.read(out).records
+
+
+def test_3_a_worker_killed_by_a_signal_is_an_error_record_and_the_suite_goes_on(tmp_path, tiny, fake, monkeypatch):
+    first, second = _kill_the_first_worker(tmp_path, tiny, fake, monkeypatch)
     assert first["status"] == "error" and first["reason"].startswith("worker was killed by SIGKILL without a result")
     assert second["status"] == "ok"
+
+
+def test_3_a_worker_the_out_of_memory_killer_ended_is_an_oom_record(tmp_path, tiny, fake, monkeypatch):
+    """gpt2-124m at batch 8 x 1024 in fp32 took 24 GiB of a 23 GiB CPU host: the kernel's OOM killer SIGKILLed it
+    and the row read `error` (killed by SIGKILL). A SIGKILL while the kernel's kill counter rose is the host's
+    memory: an `oom` row, which tune takes for a memory edge."""
+    from lmbench.measure import hostmem
+
+    kills = [7]
+    monkeypatch.setattr(hostmem, "oom_kills", lambda: kills[0])
+    # As the kernel counts it, before its SIGKILL.
+    first, second = _kill_the_first_worker(tmp_path, tiny, fake, monkeypatch,
+                                           before=lambda: kills.__setitem__(0, kills[0] + 1))
+    assert first["status"] == "oom", first["reason"]
+    assert first["reason"].startswith("the host ran out of memory: the kernel's out-of-memory killer ended 1 "
+                                      "process(es) while the job ran")
+    assert "process(es) while the job ran (/proc/vmstat oom_kill; the kernel log names them), and the job was " \
+           "SIGKILLed; worker was killed by SIGKILL without a result" in first["reason"]
+    assert second["status"] == "ok"
+
+
+def test_a_torchrun_rank_the_out_of_memory_killer_ended_is_oom_and_other_kills_stay_errors(monkeypatch):
+    from lmbench.measure import hostmem
+    from lmbench.run.runner import _host_oom
+
+    rank = "rank 1 was killed by SIGKILL (torchrun's summary); then: RuntimeError: Connection reset by peer"
+    monkeypatch.setattr(hostmem, "oom_kills", lambda: 4)
+    assert _host_oom(1, rank, 3)[0] == "oom"  # torchrun exits 1; its summary names the SIGKILLed rank
+    assert _host_oom(1, rank, 4) == ("error", rank)  # no kill by the kernel meanwhile: someone else's SIGKILL
+    assert _host_oom(-signal.SIGSEGV, "worker was killed by SIGSEGV", 3)[0] == "error"  # a crash, not a kill
+    assert _host_oom(-signal.SIGKILL, "worker was killed by SIGKILL", None)[0] == "error"  # no counter kept
 
 
 def test_3_nothing_the_worker_left_running_outlives_it(tmp_path, tiny, fake, monkeypatch):

@@ -1,4 +1,5 @@
-"""Host (CPU) memory of this process: peak resident set since a reset, from Linux's /proc.
+"""Host (CPU) memory of this process: peak resident set since a reset, from Linux's /proc; and the kernel's
+out-of-memory kills, host-wide.
 
 Writing "5" to /proc/self/clear_refs resets the peak (VmHWM) to the current resident set (Linux 4.0
 and later), so the peak of a window can be read without the start-up peaks before it.
@@ -10,6 +11,19 @@ import re
 from pathlib import Path
 
 _STATUS = Path("/proc/self/status")
+
+
+_VMSTAT = Path("/proc/vmstat")
+
+
+def oom_kills() -> int | None:
+    """Processes the kernel's out-of-memory killer has ended since boot, host-wide (/proc/vmstat's oom_kill, Linux
+    4.13 and later); None where it is not kept."""
+    try:
+        match = re.search(r"^oom_kill (\d+)$", _VMSTAT.read_text(), re.MULTILINE)
+    except OSError:
+        return None
+    return int(match.group(1)) if match else None
 
 
 class MemoryCapExceeded(MemoryError):
