@@ -153,6 +153,8 @@ def test_ceilings_measure_every_math_mode_on_a_cpu_with_cuda_events_faked(monkey
     figures = ceilings.measure(torch.device("cpu"), matmul_n=64, copy_bytes=2**16, repeats=2)
     assert all(figures[f"{mode}_matmul_tflops"] > 0 for mode in ("bf16", "fp16", "tf32", "fp32"))
     assert figures["copy_gb_per_s"] > 0 and figures["device"] == "a CPU"
+    # Calls launched back to back between each pair of events (the host's first launch spread over them); no NVML.
+    assert "ms of calls launched back to back" in figures["method"] and figures["clocks"] is None
     assert torch.backends.cuda.matmul.allow_tf32 == before  # the tf32 and fp32 GEMMs put the switch back
 
 
@@ -317,7 +319,7 @@ class _FakeGraphs:
         monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (1000, 2000))
         monkeypatch.setattr(graphtime, "empty_cache", lambda: None)
         clocks = iter([1980.0, 1980.0, 1755.0] + [1900.0] * 100)
-        monkeypatch.setattr(sidebyside, "_clock_reader", lambda device: lambda: (
+        monkeypatch.setattr(sidebyside, "clock_reader", lambda device: lambda: (
             next(clocks), ["sw_power_cap"] if fakes.order.count("lmbench triton") == 2 else []))
 
 

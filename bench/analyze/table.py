@@ -269,11 +269,11 @@ def kernels_table(rows: list[dict[str, Any]], *, title: str) -> Table:
              ("TFLOP/s", "tflops", ",.0f", flops), ("% of matmul", "pct_of_matmul", ".0f", matmul)]
     shown = [(name, key, spec) for name, key, spec, wanted in rates if wanted]
     for column in ("impl", "device ms", "device p20-p80", "device vs ours (95%)", "call ms", "call p20-p80",
-                   *(n for n, _, _ in shown), "peak MiB", "note"):
+                   *(n for n, _, _ in shown), "peak MiB above inputs", "peak MiB in all", "note"):
         table.add_column(column, justify="left" if column in ("impl", "note", "device vs ours (95%)") else "right")
     for row in rows:
         if row["status"] != "ok":
-            table.add_row(row["impl"], "-", "-", "-", "-", "-", *["-"] * len(shown), "-",
+            table.add_row(row["impl"], "-", "-", "-", "-", "-", *["-"] * len(shown), "-", "-",
                           escape(f"{row['status']}: {row['reason']}"))
             continue
         device = row.get("device_median_ms")
@@ -286,7 +286,9 @@ def kernels_table(rows: list[dict[str, Any]], *, title: str) -> Table:
         table.add_row(row["impl"], "-" if device is None else f"{device:.4f}",
                       "-" if device is None else f"{row['device_p20_ms']:.4f}-{row['device_p80_ms']:.4f}", versus,
                       f"{row['time_median_ms']:.4f}", f"{row['time_p20_ms']:.4f}-{row['time_p80_ms']:.4f}",
-                      *figures, f"{row['peak_mem_bytes'] / 2**20:.1f}", escape(row.get("note") or ""))
+                      *figures, f"{row['peak_mem_bytes'] / 2**20:.1f}",
+                      "-" if row.get("peak_mem_total_bytes") is None else f"{row['peak_mem_total_bytes'] / 2**20:.1f}",
+                      escape(row.get("note") or ""))
     return table
 
 

@@ -19,6 +19,10 @@ from lmbench.errors import UsageError, read_json_input
 #: its tf32 380-407 across sessions.
 WARMUP_S = 0.5
 TIMED_S = 0.5
+#: Seconds of launches between one pair of CUDA events: the host's launch of the first call, after the start event,
+#: is device time the events count (a few microseconds); several calls back to back spread it (a reviewer: one call
+#: of a 1.4 ms copy an event pair lowered the copy ceiling, so raised every kernel's share of it).
+BATCH_S = 0.01
 
 
 def measure(device: Any, *, matmul_n: int = 8192, copy_bytes: int = 2**31, repeats: int = 20) -> dict[str, Any]:
@@ -27,36 +31,47 @@ def measure(device: Any, *, matmul_n: int = 8192, copy_bytes: int = 2**31, repea
     import torch
 
     from lmbench.measure.mathmode import matmul_mode
+    from lmbench.measure.sidebyside import clock_reader
 
     src = torch.empty(copy_bytes // 2, device=device, dtype=torch.bfloat16).normal_()
     dst = torch.empty_like(src)
 
-    def once(fn: Any) -> float:
+    def once(fn: Any, calls: int = 1) -> float:
+        """Seconds a call, over `calls` launched back to back between two events."""
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        fn()
+        for _ in range(calls):
+            fn()
         end.record()
         end.synchronize()
-        return start.elapsed_time(end) / 1e3
+        return start.elapsed_time(end) / 1e3 / calls
 
-    def timed(fn: Any) -> float:
+    clocks: dict[str, Any] = {}
+    reader = clock_reader(device) if device.type == "cuda" else None
+
+    def timed(fn: Any, name: str) -> float:
         # The fastest of three first calls (the first may carry cuBLAS's set-up) sizes the warm-up and the runs.
         each = max(1e-6, min(once(fn) for _ in range(3)))
         for _ in range(math.ceil(WARMUP_S / each)):
             fn()
-        return statistics.median(once(fn) for _ in range(max(repeats, math.ceil(TIMED_S / each))))
+        calls = max(1, math.ceil(BATCH_S / each))
+        seconds = statistics.median(once(fn, calls) for _ in range(max(repeats, math.ceil(TIMED_S / (each * calls)))))
+        if reader is not None:
+            mhz, events = reader()
+            clocks[name] = {"sm_clock_mhz": mhz, "clock_events": events}
+        return seconds
 
     def gemm_tflops(dtype: Any, precision: str) -> float:
         a = torch.randn(matmul_n, matmul_n, device=device, dtype=dtype)
         b = torch.randn(matmul_n, matmul_n, device=device, dtype=dtype)
         with matmul_mode(precision):
-            return 2 * matmul_n**3 / timed(lambda: torch.mm(a, b)) / 1e12
+            return 2 * matmul_n**3 / timed(lambda: torch.mm(a, b), f"{precision}_matmul") / 1e12
 
     # Each mode as a precision of that mode runs it: fp32 with TF32 off (lmbench's fp32), tf32 with it on.
     matmul_tflops = {mode: gemm_tflops(dtype, precision) for mode, dtype, precision in (
         ("bf16", torch.bfloat16, "bf16"), ("fp16", torch.float16, "fp16"), ("tf32", torch.float32, "tf32"),
         ("fp32", torch.float32, "fp32"))}
-    copy_s = timed(lambda: dst.copy_(src))
+    copy_s = timed(lambda: dst.copy_(src), "copy")
     return {
         "device": torch.cuda.get_device_name(device),
         **{f"{mode}_matmul_tflops": value for mode, value in matmul_tflops.items()},
@@ -65,8 +80,11 @@ def measure(device: Any, *, matmul_n: int = 8192, copy_bytes: int = 2**31, repea
         "copy_gb_per_s": 2 * copy_bytes / copy_s / 1e9,
         "copy_bytes": copy_bytes,
         "repeats": repeats,
-        "method": (f"median of CUDA-event-timed runs (at least {repeats}, and {TIMED_S} s of work) after "
-                   f"{WARMUP_S} s of warm-up; random data of each dtype (bf16 for the copy)"),
+        "method": (f"median of CUDA-event-timed runs (at least {repeats}, and {TIMED_S} s of work), each of "
+                   f"{BATCH_S * 1e3:g} ms of calls launched back to back, after {WARMUP_S} s of warm-up; random data "
+                   "of each dtype (bf16 for the copy)"),
+        # NVML's SM clock and any power or heat clock event right after each workload's timed runs (none: no NVML).
+        "clocks": clocks or None,
     }
 
 

@@ -16,7 +16,7 @@ in memory together, they are timed one after another and the rows say so.
 Achieved bandwidth counts the bytes an ideal kernel must move, stated per op in `bytes_moved`; a fused
 kernel that reads and writes each tensor once reaches it, an unfused one moves more and shows a lower
 figure for the same work. That yardstick is a memory-bound op's (the norms). The fused linear + cross-entropy
-is compute-bound (8192 x 4096 x 128256: some 11,500 FLOPs a byte against an H100's ridge of about 260), so it
+is compute-bound (8192 x 4096 x 128256: some 7,700 FLOPs a byte against an H100's ridge of about 260), so it
 also gets its matmul FLOP rate (`flops`), measured against the matmul ceiling rather than the copy one.
 Without a device time (--mode bwd; an implementation that cannot be captured) no rate is given: an
 event-timed call may be the host's time, not the kernels'.
@@ -277,7 +277,10 @@ def measure(op: Op, shape: tuple[int, ...], dtype: torch.dtype, mode: str, devic
             fn()
             end.record()
             torch.cuda.synchronize(device)
-            peak = torch.cuda.max_memory_allocated(device) - base
+            # Above what was allocated before the call: its inputs and the gradients of the call before, which a
+            # call adds into (the memory the implementation itself needs); and in all, those included.
+            total = torch.cuda.max_memory_allocated(device)
+            peak = total - base
             estimate_ms = start.elapsed_time(end)
             # do_bench counts calls as rep / (its own estimate, flush included): half as much again keeps the
             # slowest ops at MIN_SAMPLES calls or more.
@@ -287,7 +290,7 @@ def measure(op: Op, shape: tuple[int, ...], dtype: torch.dtype, mode: str, devic
             rows.append({**row, "status": "error", "reason": one_line(err)})
             continue
         row = {**row, "status": "ok", "reason": None, "time_median_ms": median, "time_p20_ms": p20,
-               "time_p80_ms": p80, "peak_mem_bytes": peak}
+               "time_p80_ms": p80, "peak_mem_bytes": peak, "peak_mem_total_bytes": total}
         if name == "liger" and op.name == "rmsnorm" and mode != "fwd":
             row["note"] = "in place: Liger writes dx over dy (its module's default), so no dx is allocated"
         rows.append(row)
@@ -327,9 +330,9 @@ def write_csv(rows: list[dict[str, Any]], path: Path, env: dict[str, Any]) -> No
     columns = ["op", "shape", "dtype", "mode", "impl", "status", "time_median_ms", "time_p20_ms", "time_p80_ms",
                "device_median_ms", "device_p20_ms", "device_p80_ms", "vs_ours", "vs_ours_low", "vs_ours_high",
                "vs_ours_verdict", "rounds", "device_timing", "sm_clock_min_mhz", "sm_clock_max_mhz", "clock_events",
-               "gb_per_s", "bandwidth_from", "pct_of_copy",
-               "copy_gb_per_s", "tflops", "pct_of_matmul", "matmul_tflops", "bytes_moved", "peak_mem_bytes", "note",
-               "reason", "gpu", "torch", "triton", "cuda"]
+               "gb_per_s", "bandwidth_from", "pct_of_copy", "copy_gb_per_s", "tflops", "pct_of_matmul",
+               "matmul_tflops", "bytes_moved", "peak_mem_bytes", "peak_mem_total_bytes", "note", "reason", "gpu",
+               "torch", "triton", "cuda"]
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")

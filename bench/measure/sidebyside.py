@@ -68,7 +68,7 @@ def device_times(timed: dict[str, tuple[Callable[[], Any], float, int]], grads: 
     free, _ = torch.cuda.mem_get_info(device)
     together = fit_together([peak for _, _, peak in timed.values()], free)
     clocks, events = [], []
-    reader = _clock_reader(device)
+    reader = clock_reader(device)
 
     def read_clock() -> None:
         if reader is not None:
@@ -105,7 +105,7 @@ def device_times(timed: dict[str, tuple[Callable[[], Any], float, int]], grads: 
                         clock_events=events)
 
 
-def _clock_reader(device: torch.device) -> Callable[[], tuple[float | None, list[str]]] | None:
+def clock_reader(device: torch.device) -> Callable[[], tuple[float | None, list[str]]] | None:
     """A reading of the SM clock and the power or heat clock events now (NVML), or None without NVML."""
     from lmbench.measure.nvml import POWER_OR_HEAT, NvmlDevice, NvmlUnavailable, reason_names, torch_device_ids
 
