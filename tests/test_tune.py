@@ -602,3 +602,19 @@ def test_a_combination_whose_parity_check_does_not_fit_is_not_measured_unchecked
     tuner.measure(found, steps=2, warmup=0)
     assert launcher.launched == [] and found.measured == []
     assert found.note.startswith("budget ran out before its parity check: not measured")
+
+
+def test_a_cpu_runs_memory_figure_does_not_grow_with_its_steps():
+    """What --max-memory caps on a CPU is the resident set's growth since training started. Kept step losses held
+    the heap from shrinking: a new user's tiny-gpt2 grew it by 24 MiB over 8 steps and 1,013 MiB over 2,000 (357 MiB
+    of window growth over 1,000 steps here, 2 MiB once the losses went into one tensor)."""
+    from lmbench.run.worker import measure
+
+    def growth(steps):
+        m = measure(Config(model="tiny-gpt2", seq_len=64, batch_size=4, device="cpu", warmup=1, steps=steps,
+                           telemetry=False))["metrics"]
+        return m["mem_host_peak_growth_bytes"], m["mem_host_training_growth_bytes"]
+
+    short, long = growth(20), growth(800)
+    assert long[0] < 32 * 2**20, long
+    assert long[1] < short[1] + 32 * 2**20, (short, long)
