@@ -46,6 +46,17 @@ EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1
 _NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", None)
 
 
+def _allowed(err: click.UsageError) -> str:
+    """What is allowed, for click's own messages that do not say (a new user's `No such command 'x'.`, `Missing
+    option '--suite'.`): the commands, or the shipped suites."""
+    message = err.format_message()
+    if message.startswith("No such command") and isinstance(err.ctx.command if err.ctx else None, click.Group):
+        return f" Available: {', '.join(sorted(err.ctx.command.list_commands(err.ctx)))}."
+    if message.startswith("Missing option '--suite'"):
+        return f" Shipped suites: {', '.join(suites.builtin_names())} (or a suite file's path)."
+    return ""
+
+
 class LmbenchGroup(click.Group):
     """Turns every usage mistake into one line and exit 2, every unexpected error into one line and exit 3
     (the traceback goes to a log file), never a traceback on the terminal."""
@@ -59,7 +70,7 @@ class LmbenchGroup(click.Group):
                 click.echo(err.ctx.get_help())  # bare `lmbench` asks what there is, as click 8.1 answered it
                 sys.exit(EXIT_OK)
             where = f" ({err.ctx.command_path})" if err.ctx else ""
-            click.echo(f"lmbench: error{where}: {err.format_message()}", err=True)
+            click.echo(f"lmbench: error{where}: {err.format_message()}{_allowed(err)}", err=True)
             sys.exit(EXIT_BAD_INPUT)
         except click.ClickException as err:
             click.echo(f"lmbench: error: {err.format_message()}", err=True)
@@ -859,7 +870,7 @@ def _tune_outcome(run_dir: runner.RunDirectory, found: list[Any], plan: TunePlan
         console.print(apart)
     winner = tuning.write_winner(run_dir, objective, cut=cut)
     console.print(f"winner as a suite{' (partial)' if cut else ''}: {winner}" if winner
-                  else tuning.no_winner_reason(run_dir, objective))
+                  else tuning.no_winner_reason(run_dir, objective, cut=cut))
     busy = tuning.contention_warning(rows)
     if busy:
         click.echo(f"lmbench: warning: {busy}", err=True)

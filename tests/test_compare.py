@@ -818,7 +818,7 @@ def test_a_run_of_unreadable_lines_says_why_not_that_it_is_empty(tmp_path):
     assert result.exit_code == 2
     assert result.stderr.strip() == (f"lmbench: error: the candidate run {broken!r} holds no readable record: 1 "
                                      f"line(s) skipped ({broken}/results.jsonl:1: skipped corrupt line "
-                                     "(Expecting value))")
+                                     "(Expecting value: line 1 column 12 (char 11)))")
 
 
 def test_an_absurd_value_gives_an_unbounded_interval_not_a_crash(tmp_path):

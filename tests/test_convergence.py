@@ -356,7 +356,8 @@ def test_time_to_target_table_ranks_by_the_objective_exactly():
 
     table = ranking.section(HAND)["quality"].markdown().splitlines()
     assert table[0] == ("| # | batch_size | precision | target | target nats | steps | tokens | time to target s | "
-                        "train time s | device time s | energy J | best val loss | final val ppl | tokens/s | parity |")
+                        "train time s | device time s | energy J | best val loss nats | final val ppl | tokens/s | "
+                        "parity |")
     assert table[2:] == [
         "| 1 | 8 | amp-bf16 | reached | 3 | 20 | 20,480 | 4.00 | 1.80 | 1.60 | 200 | 2.900 | 18.17 | 3,000 | - |",
         "| 2 | 8 | fp32 | reached | 3 | 20 | 20,480 | 9.00 | 1.80 | 1.60 | 200 | 2.900 | 18.17 | 1,000 | - |",

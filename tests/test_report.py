@@ -768,7 +768,7 @@ def test_a_run_of_unreadable_lines_says_why_it_has_no_results(tmp_path):
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines()[-1] == (
         f"lmbench: error: no results in {run}: 1 line(s) skipped ({run}/results.jsonl:1: skipped corrupt line "
-        "(Expecting value))")
+        "(Expecting value: line 1 column 12 (char 11)))")
 
 
 def test_the_header_says_how_many_repeats_the_figures_rest_on():

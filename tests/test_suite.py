@@ -114,3 +114,15 @@ def test_a_profile_matrix_is_one_profiled_configuration(values):
     suite = parse(f"[defaults]\nmodel = 'tiny-gpt2'\n[matrix]\nprofile = {str(values).lower()}\n", source="t.toml")
     row, = suite.expand()
     assert row.config.profile is True
+
+
+@pytest.mark.parametrize("axis, values", [("timeout_s", "1,120")])
+def test_an_axis_outside_the_key_takes_one_value(axis, values, tmp_path):
+    """A new user's `--set timeout_s=1,120` planned one configuration, without a word: the two values share a key."""
+    with pytest.raises(SuiteError, match=rf"^--set '{axis}={values}': {axis} takes one value, not 2: it is no part "
+                                         "of a configuration"):
+        suites.parse_overrides([f"{axis}={values}"])
+    path = tmp_path / "s.toml"
+    path.write_text(f'name = "s"\n[matrix]\n{axis} = [{values.replace("1,", "1.0,")}]\n')
+    with pytest.raises(SuiteError, match=rf"\[matrix\]: {axis} takes one value"):
+        suites.load(str(path))

@@ -207,6 +207,11 @@ def test_a_tune_where_only_drifting_configurations_ran_has_no_winner(tmp_path):
 
     assert no_winner_reason(run_dir) == ("no winner: every configuration that ran drifted or diverged from its "
                                          "parity reference")
+    # A tune stopped before it measured anything says so, not that nothing ran successfully (a new user).
+    empty = RunDirectory(tmp_path / "empty", resume=False)
+    assert no_winner_reason(empty, cut="interrupted") == "no winner yet: nothing was measured before the tune was " \
+                                                          "interrupted"
+    assert no_winner_reason(empty) == "no configuration ran successfully"
 
 
 def test_a_model_parallel_parity_check_turns_dropout_off_on_both_sides(tmp_path):

@@ -171,7 +171,7 @@ def section(records: list[dict[str, Any]], objective: str = "time-to-target") ->
         rows.append(row)
     n = len(axes) + 1
     head = ["target", "target nats", "steps", "tokens", "time to target s", "train time s", "device time s",
-            "energy J", "best val loss", "final val ppl", "tokens/s"] + (["parity"] if with_parity else [])
+            "energy J", "best val loss nats", "final val ppl", "tokens/s"] + (["parity"] if with_parity else [])
     return {"quality": Grid(["#"] + axes + head, rows, right={0, *range(n + 1, n + 11)})}
 
 
@@ -180,7 +180,7 @@ def ranking_table(records: list[dict[str, Any]], objective: str) -> Table:
     table = Table(title=f"ranked by {'time to target' if objective == 'time-to-target' else 'tokens/s'}",
                   title_justify="left")
     axes = varying_axes(configs_of(records))
-    for column in ["#", *axes, "status", "tokens/s", "target", "time to target s", "best val loss", "parity"]:
+    for column in ["#", *axes, "status", "tokens/s", "target", "time to target s", "best val loss nats", "parity"]:
         table.add_column(column)
     for place, s in enumerate(rank(records, objective), start=1):
         parity = "/".join(sorted({r["metrics"].get("parity") for r in s.ok()} - {None})) or "-"

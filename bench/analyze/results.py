@@ -339,9 +339,9 @@ def read(path: Path) -> Loaded:
                 if not line.strip():
                     continue
                 try:
-                    record = json.loads(line)
+                    record = json.loads(line.rstrip("\n"))  # the error's column is then the line's own
                 except json.JSONDecodeError as err:
-                    loaded.warnings.append(f"{path}:{number}: skipped corrupt line ({err.msg})")
+                    loaded.warnings.append(f"{path}:{number}: skipped corrupt line ({err})")
                     continue
                 problem = shape_problem(record)
                 if problem:

@@ -328,7 +328,7 @@ class Config:
             return "target_loss and target_ppl are two spellings of one target: set one of them"
         if self.eval_every and self.eval_every_tokens:
             return ("eval_every (optimizer steps) and eval_every_tokens (trained tokens) are two schedules of one "
-                    "evaluation: set one of them")
+                    "evaluation: set one of them and the other to 0 (the convergence suite sets eval_every_tokens)")
         if self.has_target:
             if not self.evaluates:
                 return ("a target (target_loss/target_ppl) needs eval_every > 0 or eval_every_tokens > 0: the "

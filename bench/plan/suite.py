@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from lmbench.errors import ConfigError, SuiteError
-from lmbench.plan.config import DEFAULTS, FIELD_TYPES, KERNEL_AXES, MODE_AXES, TYPE_NAMES, Config, applies, coerce
+from lmbench.plan.config import (
+    DEFAULTS,
+    FIELD_TYPES,
+    KERNEL_AXES,
+    MODE_AXES,
+    TYPE_NAMES,
+    Config,
+    applies,
+    coerce,
+)
 from lmbench.plan.layout import DISTRIBUTED
 
 if sys.version_info >= (3, 11):
@@ -282,11 +291,20 @@ def parse_values(axis: str, raw: str, *, where: str) -> list[Any]:
     return _distinct(axis, [_check_value(axis, v.strip(), where) for v in raw.split(",")], where)
 
 
+#: Axes outside the configuration's key that take one value, and why: their values would be one configuration,
+#: measured once (profile's several are one profiled configuration, Planned's merge).
+_ONE_VALUE = {"timeout_s": "it bounds the worker, not what is measured"}
+
+
 def _distinct(axis: str, values: list[Any], where: str) -> list[Any]:
-    """The values of one axis, refusing one given twice (a matrix point is measured once: a repeat is a typo)."""
+    """The values of one axis, refusing one given twice (a matrix point is measured once: a repeat is a typo), and
+    several of an axis that is no part of a configuration's key (the plan kept the first, without a word)."""
     twice = [v for i, v in enumerate(values) if v in values[:i]]
     if twice:
         raise SuiteError(f"{where}: {axis} lists {twice[0]!r} more than once; give each value once")
+    if len(values) > 1 and axis in _ONE_VALUE:
+        raise SuiteError(f"{where}: {axis} takes one value, not {len(values)}: it is no part of a configuration "
+                         f"({_ONE_VALUE[axis]}), so its values would be one configuration, measured once")
     return values
 
 
