@@ -208,7 +208,9 @@ def test_commit_lookup_never_locks_the_index(monkeypatch):
         calls.append(cmd)
         return subprocess.CompletedProcess(cmd, 0, stdout="abc\n" if "rev-parse" in cmd else "")
 
-    monkeypatch.setattr(environment.subprocess, "run", run)
+    from lmbench.measure import provenance
+
+    monkeypatch.setattr(provenance.subprocess, "run", run)
     monkeypatch.setattr(environment.Path, "exists", lambda self: True)
     assert environment.git_commit() == "abc"
     assert [c for c in calls if "status" in c] and all("--no-optional-locks" in c for c in calls if "status" in c)
@@ -375,3 +377,32 @@ def test_the_ranks_barrier_comes_after_the_telemetry_set_up_and_before_the_count
     group = DeviceGroupTelemetry([off, Telemetry(None, unavailable="turned off (telemetry=false)")])
     with group.window(ready=lambda: calls.append("group")):
         assert calls == ["barrier", "group"]
+
+
+def test_an_install_built_from_a_clone_keeps_its_commit(tmp_path, monkeypatch):
+    """`pip install .` from a git clone: records said `not a git checkout` (a new user); the build now writes the
+    clone's commit beside the package (setup.py) and the record reads it there."""
+    package = tmp_path / "site-packages" / "lmbench"
+    package.mkdir(parents=True)
+    monkeypatch.setattr(environment.lmbench, "__file__", str(package / "__init__.py"))
+    assert environment.git_commit() is None  # neither a checkout nor a build's record
+    (package / "BUILD_COMMIT").write_text("0123abc-dirty\n")
+    assert environment.git_commit() == "0123abc-dirty"
+
+
+def test_setup_py_writes_the_commit_into_a_non_editable_build(tmp_path):
+    """The build hook's own step, run on this checkout (no network, no wheel)."""
+    import runpy
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    write = runpy.run_path(str(root / "setup.py"))["write_build_commit"]  # not run as __main__: no setup() call
+    written = write(tmp_path / "lib")
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert written.startswith(head)
+    assert (tmp_path / "lib" / "lmbench" / "BUILD_COMMIT").read_text() == written + "\n"
+    assert write(tmp_path / "other", root=tmp_path) is None  # outside a clone: nothing written
+    assert not (tmp_path / "other").exists()

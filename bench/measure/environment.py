@@ -8,12 +8,12 @@ import importlib.util
 import os
 import platform
 import socket
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lmbench
+from lmbench.measure import provenance
 
 
 def _version(distribution: str) -> str | None:
@@ -23,29 +23,13 @@ def _version(distribution: str) -> str | None:
         return None
 
 
-#: The checkout's paths that make up what runs (pyproject.toml's package dirs): a change elsewhere (reports/, docs/,
-#: tests/) changes nothing that measures or renders, and must not mark the commit dirty (a report rendered again
-#: into reports/ read `-dirty` from the second stage on).
-CODE_PATHS = ("bench", "kernels", "suites", "pyproject.toml")
-
-
 def git_commit() -> str | None:
     """Commit of the lmbench checkout this code runs from (suffixed `-dirty` with local changes to its code,
-    CODE_PATHS), if any."""
-    root = Path(lmbench.__file__).resolve().parent.parent
-    if not (root / ".git").exists():
-        return None
-    try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-        # No optional locks: `git status` would otherwise refresh the index under .git/index.lock, and a
-        # worker killed meanwhile (a timeout) leaves that lock behind, blocking every later git command.
-        dirty = subprocess.run(["git", "--no-optional-locks", "-C", str(root), "status", "--porcelain",
-                                "--untracked-files=no", "--", *CODE_PATHS],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return f"{head}-dirty" if dirty else head
+    provenance.CODE_PATHS), or of the checkout a non-editable install was built from; None when neither is known."""
+    package = Path(lmbench.__file__).resolve().parent
+    if (package.parent / ".git").exists():
+        return provenance.checkout_commit(package.parent)
+    return provenance.built_commit(package)
 
 
 def nvml_driver_version() -> str | None:
