@@ -292,7 +292,9 @@ def measure(op: Op, shape: tuple[int, ...], dtype: torch.dtype, mode: str, devic
         row = {**row, "status": "ok", "reason": None, "time_median_ms": median, "time_p20_ms": p20,
                "time_p80_ms": p80, "peak_mem_bytes": peak, "peak_mem_total_bytes": total}
         if name == "liger" and op.name == "rmsnorm" and mode != "fwd":
-            row["note"] = "in place: Liger writes dx over dy (its module's default), so no dx is allocated"
+            row["note"] = ("in place: Liger writes dx over dy (its module's default), so no dx is allocated; each "
+                           "call's dy is the call before's dx, whose values drift (to inf and NaN within ~100 calls) "
+                           "while a norm's kernels run the same instructions whatever the values")
         rows.append(row)
         if mode != "bwd":  # a backward's saved forward (eager linear-CE: GiBs) is not held beyond its row
             timed[name] = (fn, estimate_ms, peak)
