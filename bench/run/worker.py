@@ -225,10 +225,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
                      else Telemetry(None, unavailable="turned off (telemetry=false)"))
         # Loss-scale overflows so far (warmup's): read outside the window, where the device is idle.
         skipped_before = step.precision.skipped_steps
-        # Each step's loss is copied into one tensor made for them, not kept as a tensor of its own: on a CPU 2,000
-        # scalars kept among each step's freed activations held the heap from shrinking (a new user's tiny-gpt2 grew
-        # its resident set by 1,013 MiB over 2,000 steps, 24 MiB over 8; --max-memory caps that growth).
-        losses_t: torch.Tensor | None = None
+        losses_t = _StepLosses(config.steps)
         load = hostload.HostLoad()
         load.start()
         # Ranks open their timed windows together, so per-step times and power traces line up: the barrier comes
@@ -236,11 +233,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         with telemetry.window(ready=distributed.barrier), timer.window():
             for index in range(config.steps):
                 with timer.step():
-                    loss = step()
-                if losses_t is None:
-                    losses_t = torch.empty(config.steps, dtype=torch.float32, device=loss.device)
-                losses_t[index].copy_(loss)
-                del loss
+                    losses_t.add(index, step())
                 done += 1
                 if quality is not None and quality.due(done):
                     # Outside the window: its timer, wall time, samples and energy leave the evaluation out.
@@ -291,7 +284,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         "startup_build_s": built_s - device_ready_s,
         "warmup_s": warmup_s,
         "warmup_step_times_s": warmup_timer.times_s(),
-        "losses": losses_t.cpu().tolist() if step.owns_loss and losses_t is not None else None,
+        "losses": losses_t.values() if step.owns_loss else None,
         "pp_busy_s": busy_s,
         **peaks,
         "mem_host_peak_growth_bytes": host_growth,
@@ -466,6 +459,33 @@ def graph_timing_suspect() -> bool:
     from lmbench.models.versions import release
 
     return torch.version.cuda is not None and release(torch.version.cuda) < (13, 2)
+
+
+class _StepLosses:
+    """The window's losses, read on the host after it. On a CPU each is copied into one tensor made for them: 2,000
+    scalar tensors kept among each step's freed activations held the heap from shrinking (a new user's tiny-gpt2 grew
+    its resident set by 1,013 MiB over 2,000 steps, 24 MiB over 8; --max-memory caps that growth). On a GPU they are
+    kept as they come, in the caching allocator's small blocks: a copy would be one more launch a step."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+        self.kept: list[Any] = []
+        self.held: Any = None
+
+    def add(self, index: int, loss: Any) -> None:
+        if loss.device.type != "cpu":
+            self.kept.append(loss)
+            return
+        if self.held is None:
+            import torch
+
+            self.held = torch.empty(self.steps, dtype=torch.float32)
+        self.held[index] = loss
+
+    def values(self) -> list[float]:
+        import torch
+
+        return self.held.tolist() if self.held is not None else torch.stack(self.kept).cpu().tolist()
 
 
 def _convergence(config: Config, step: Any, devices: list[Any], world: int) -> Any:
