@@ -16,7 +16,8 @@
 # Nothing is assumed to survive between stages: the machine may be a fresh one each time.
 # Environment: OUT (default ./gpu-out; a new temporary directory when rehearsing), PYTHON (default
 # python3), STAGE_BUDGET_S, STAGE7_OPS (stage 7's microbenchmarks, default "rmsnorm layernorm linear-ce"),
-# STAGE14_MODELS (stage 14's, default "llama gpt2").
+# STAGE14_MODELS (stage 14's, default "llama gpt2"), STAGE14_LLAMA_BATCH and STAGE14_LLAMA_PRECISIONS (its Llama
+# rows', default the stage's batch and "amp-bf16,bf16").
 set -uo pipefail
 
 usage() {
@@ -503,8 +504,11 @@ case $STAGE in
         # STAGE14_MODELS picks one (GPT-2 alone after 3fbea7a: its compiled step broke its graph every forward).
         for model in ${STAGE14_MODELS:-llama gpt2}; do
             case $model in
+                # A larger batch spreads the optimizer's step (about 4% of a batch-8 step at 47.6% MFU) over more
+                # tokens: STAGE14_LLAMA_BATCH=16 STAGE14_LLAMA_PRECISIONS=bf16 measures it in 3 processes.
                 llama) run_suite mfu-llama 185 kernels --set "model=$LLAMA" --set kernels=triton \
-                           --set precision=amp-bf16,bf16 --set "batch_size=$BATCH" --set steps=30 --set warmup=3 \
+                           --set "precision=${STAGE14_LLAMA_PRECISIONS:-amp-bf16,bf16}" \
+                           --set "batch_size=${STAGE14_LLAMA_BATCH:-$BATCH}" --set steps=30 --set warmup=3 \
                            --repeats 3 ;;
                 gpt2) run_suite mfu-gpt2 185 kernels --set "model=$GPT2" --set kernels=compile --set vocab_multiple=64 \
                           --set dropout=false --set "batch_size=$COMPILED_BATCH" --set steps=100 --set warmup=8 \
