@@ -140,6 +140,12 @@ class Suite:
             except ConfigError as err:
                 raise SuiteError(f"{self.source}: {err}") from None
             kept = planned.setdefault(config.key, Planned(config, config.conflict()))
+            if kept.config.timeout_s != config.timeout_s:
+                # One configuration, measured once: the plan kept the first value without a word (a new user's
+                # `--set timeout_s=1,120`). Several are fine where other axes tell the configurations apart.
+                raise SuiteError(f"{self.source}: timeout_s={kept.config.timeout_s:g} and {config.timeout_s:g} fall "
+                                 f"on one configuration ({config.key}): timeout_s is no part of its key (it bounds "
+                                 "the worker, not what is measured); give each configuration one")
             if config.profile and not kept.config.profile:
                 # profile=[false, true] is one configuration (profiling leaves the window, and the key, as they
                 # are): it is profiled, whichever order the values came in.
@@ -291,20 +297,11 @@ def parse_values(axis: str, raw: str, *, where: str) -> list[Any]:
     return _distinct(axis, [_check_value(axis, v.strip(), where) for v in raw.split(",")], where)
 
 
-#: Axes outside the configuration's key that take one value, and why: their values would be one configuration,
-#: measured once (profile's several are one profiled configuration, Planned's merge).
-_ONE_VALUE = {"timeout_s": "it bounds the worker, not what is measured"}
-
-
 def _distinct(axis: str, values: list[Any], where: str) -> list[Any]:
-    """The values of one axis, refusing one given twice (a matrix point is measured once: a repeat is a typo), and
-    several of an axis that is no part of a configuration's key (the plan kept the first, without a word)."""
+    """The values of one axis, refusing one given twice (a matrix point is measured once: a repeat is a typo)."""
     twice = [v for i, v in enumerate(values) if v in values[:i]]
     if twice:
         raise SuiteError(f"{where}: {axis} lists {twice[0]!r} more than once; give each value once")
-    if len(values) > 1 and axis in _ONE_VALUE:
-        raise SuiteError(f"{where}: {axis} takes one value, not {len(values)}: it is no part of a configuration "
-                         f"({_ONE_VALUE[axis]}), so its values would be one configuration, measured once")
     return values
 
 

@@ -225,15 +225,16 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
                      else Telemetry(None, unavailable="turned off (telemetry=false)"))
         # Loss-scale overflows so far (warmup's): read outside the window, where the device is idle.
         skipped_before = step.precision.skipped_steps
-        losses_t = _StepLosses(config.steps)
+        losses_t = _StepLosses()
         load = hostload.HostLoad()
         load.start()
         # Ranks open their timed windows together, so per-step times and power traces line up: the barrier comes
         # after each rank's telemetry set-up, right before the energy counter and the timer (Telemetry.window).
         with telemetry.window(ready=distributed.barrier), timer.window():
-            for index in range(config.steps):
+            for _ in range(config.steps):
                 with timer.step():
-                    losses_t.add(index, step())
+                    loss = step()
+                losses_t.add(loss)
                 done += 1
                 if quality is not None and quality.due(done):
                     # Outside the window: its timer, wall time, samples and energy leave the evaluation out.
@@ -462,30 +463,24 @@ def graph_timing_suspect() -> bool:
 
 
 class _StepLosses:
-    """The window's losses, read on the host after it. On a CPU each is copied into one tensor made for them: 2,000
-    scalar tensors kept among each step's freed activations held the heap from shrinking (a new user's tiny-gpt2 grew
-    its resident set by 1,013 MiB over 2,000 steps, 24 MiB over 8; --max-memory caps that growth). On a GPU they are
-    kept as they come, in the caching allocator's small blocks: a copy would be one more launch a step."""
+    """The window's losses, read on the host after it. On a CPU each is read at once (as a bare loop's `loss.item()`:
+    no device to wait for): 2,000 scalar tensors kept among each step's freed activations held the heap from
+    shrinking (a new user's tiny-gpt2 grew its resident set by 1,013 MiB over 2,000 steps, 24 MiB over 8;
+    --max-memory caps that growth). On a GPU they are kept as they come, in the caching allocator's small blocks,
+    and read after the window: reading one there would wait for the device."""
 
-    def __init__(self, steps: int) -> None:
-        self.steps = steps
+    def __init__(self) -> None:
         self.kept: list[Any] = []
-        self.held: Any = None
 
-    def add(self, index: int, loss: Any) -> None:
-        if loss.device.type != "cpu":
-            self.kept.append(loss)
-            return
-        if self.held is None:
-            import torch
-
-            self.held = torch.empty(self.steps, dtype=torch.float32)
-        self.held[index] = loss
+    def add(self, loss: Any) -> None:
+        self.kept.append(loss.item() if loss.device.type == "cpu" else loss)
 
     def values(self) -> list[float]:
         import torch
 
-        return self.held.tolist() if self.held is not None else torch.stack(self.kept).cpu().tolist()
+        if not self.kept or isinstance(self.kept[0], float):
+            return list(self.kept)
+        return torch.stack(self.kept).cpu().tolist()
 
 
 def _convergence(config: Config, step: Any, devices: list[Any], world: int) -> Any:
