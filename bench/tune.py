@@ -177,7 +177,8 @@ class Tuner:
         """A short throughput run: no held-out evaluation or target (memory is the training step's), and no
         profiler (`--set profile=true` is for the measurements: its traces cost memory a probe must not count)."""
         return self.config(combo, batch_size=batch, steps=PROBE_STEPS, warmup=PROBE_WARMUP, telemetry=False,
-                           grad_accum=1, eval_every=0, target_loss=0.0, target_ppl=0.0, max_steps=0, profile=False)
+                           grad_accum=1, eval_every=0, eval_every_tokens=0, target_loss=0.0, target_ppl=0.0,
+                           max_steps=0, profile=False)
 
     def result(self, combo: dict[str, str], **fields: Any) -> ComboResult:
         """A combination's result, labelled with what its configurations run (compile's mode, cuda_graph)."""

@@ -503,3 +503,10 @@ def test_a_step_schedule_over_other_batch_sizes_is_warned_of():
     (warning,) = warned(["eval_every=10", "eval_every_tokens=0"])
     assert "(batch_size 8 x grad_accum 1 x seq_len 64; batch_size 16 x grad_accum 1 x seq_len 64)" in warning
     assert not warned(["eval_every=10", "eval_every_tokens=0", "batch_size=8"])
+    # The same tokens a step (8 x 2 and 16 x 1 sequences of 64) evaluate at the same token counts: no warning.
+    same = suites.parse("name = 's'\n[defaults]\nmodel = 'tiny-gpt2'\ndata = 'markov'\nseq_len = 64\n"
+                        "eval_every = 10\ntarget_loss = 3.0\nmax_steps = 100\n[matrix]\nbatch_size = [8, 16]\n"
+                        "grad_accum = [2, 1]\n[[exclude]]\nbatch_size = 8\ngrad_accum = 1\n[[exclude]]\n"
+                        "batch_size = 16\ngrad_accum = 2\n", source="s.toml")
+    assert len(same.expand()) == 2
+    assert not [w for w in same.unused_options(same.expand()) if w.startswith("eval_every counts")]

@@ -354,6 +354,16 @@ def test_probes_never_run_the_profiler_the_measurements_asked_for(tmp_path):
     assert all(r["config"]["profile"] for r in results.read(tmp_path / "run").records)
 
 
+@pytest.mark.parametrize("schedule", [{"eval_every": 10}, {"eval_every_tokens": 4096}])
+def test_probes_never_evaluate_whichever_schedule_the_measurements_use(schedule, tmp_path):
+    """A reviewer: with eval_every_tokens (the schedule the docs give a time-to-target tune) every memory probe
+    evaluated 65k held-out positions twice and drew a never-repeating pool; eval_every's was cleared."""
+    base = BASE.replace(data="markov", target_loss=3.0, max_steps=100, **schedule)
+    tuner = Tuner(base, RunDirectory(tmp_path / "run", resume=False), launch=FakeLauncher(8))
+    probe = tuner.probe_config(COMBO, 8)
+    assert not probe.evaluates and not probe.has_target and probe.conflict() is None
+
+
 def test_a_measurement_feasibility_refuses_is_a_skipped_record_not_a_launch(tmp_path):
     """--global-batch gives each measured size its own accumulation, which the combination's check never saw."""
     launcher = FakeLauncher(8)
@@ -612,7 +622,7 @@ def test_a_combination_whose_parity_check_does_not_fit_is_not_measured_unchecked
 def test_a_cpu_runs_memory_figure_does_not_grow_with_its_steps():
     """What --max-memory caps on a CPU is the resident set's growth since training started. Kept step losses held
     the heap from shrinking: a new user's tiny-gpt2 grew it by 24 MiB over 8 steps and 1,013 MiB over 2,000 (357 MiB
-    of window growth over 1,000 steps here, 2 MiB once the losses went into one tensor)."""
+    of window growth over 1,000 steps here, 2 MiB once a CPU's losses were read step by step)."""
     from lmbench.run.worker import measure
 
     def growth(steps):
@@ -621,5 +631,5 @@ def test_a_cpu_runs_memory_figure_does_not_grow_with_its_steps():
         return m["mem_host_peak_growth_bytes"], m["mem_host_training_growth_bytes"]
 
     short, long = growth(20), growth(800)
-    assert long[0] < 32 * 2**20, long
+    assert long[0] < 32 * 2**20, long  # each loss read as a bare loop reads it (worker._StepLosses)
     assert long[1] < short[1] + 32 * 2**20, (short, long)

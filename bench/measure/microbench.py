@@ -278,9 +278,11 @@ def measure(op: Op, shape: tuple[int, ...], dtype: torch.dtype, mode: str, devic
             end.record()
             torch.cuda.synchronize(device)
             # Above what was allocated before the call: its inputs and the gradients of the call before, which a
-            # call adds into (the memory the implementation itself needs); and in all, those included.
-            total = torch.cuda.max_memory_allocated(device)
-            peak = total - base
+            # call adds into (the memory the implementation itself needs); and in all, those included (counted from
+            # the tensors, not the allocator: earlier rows' closures still hold their dy, a reviewer found).
+            peak = torch.cuda.max_memory_allocated(device) - base
+            held = [t for t in inputs.values()] + [t.grad for t in grads if t.grad is not None]
+            total = peak + sum(t.numel() * t.element_size() for t in held)
             estimate_ms = start.elapsed_time(end)
             # do_bench counts calls as rep / (its own estimate, flush included): half as much again keeps the
             # slowest ops at MIN_SAMPLES calls or more.

@@ -110,7 +110,10 @@ class Suite:
                             "target is not the same goal for them; compare each corpus and tokenizer apart")
         stepped = [row.config for row in planned if row.config.has_target and row.config.eval_every]
         shapes = list(dict.fromkeys(_step_shape(config) for config in sorted(stepped, key=_step_order)))
-        if len(shapes) > 1:
+        # Other tokens a step: batch x accumulation x positions differ, or a parallel layout may (its replicas
+        # multiply them, nproc being settled only later). Equal products over one process evaluate alike.
+        tokens = {_step_order(config)[:1] if config.parallel == "none" else _step_order(config) for config in stepped}
+        if len(tokens) > 1:
             warnings.append("eval_every counts optimizer steps, and the rows with a target here train other tokens "
                             f"per step ({'; '.join(shapes)}): they evaluate at other token counts, so a larger batch "
                             "learns of its target later; eval_every_tokens=N evaluates every row at the same "
@@ -333,7 +336,8 @@ def _check_value(axis: str, value: Any, where: str, *, typed: bool = False) -> A
 
 
 def _step_order(config: Config) -> tuple[Any, ...]:
-    return config.seq_len, config.batch_size * config.grad_accum, config.batch_size, config.parallel, config.nproc
+    return config.seq_len * config.batch_size * config.grad_accum, config.seq_len, config.batch_size, \
+        config.parallel, config.nproc
 
 
 def _step_shape(config: Config) -> str:
