@@ -77,7 +77,10 @@ class FakeNvml:
         gpu = self._gpu(handle, "energy")
         if gpu.energy_mj is None:
             raise NVMLError(3)
-        return gpu.energy_mj.pop(0)
+        value = gpu.energy_mj.pop(0)
+        if isinstance(value, Exception):  # a reading that fails (a transient NVML error)
+            raise value
+        return value
 
     def nvmlDeviceGetMemoryInfo(self, handle: FakeGpu) -> Any:
         return SimpleNamespace(used=self._gpu(handle, "memory").used_bytes, total=80 * 2**30)

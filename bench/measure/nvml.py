@@ -33,6 +33,12 @@ NVML_TEMPERATURE_GPU = 0
 NVML_SUCCESS = 0
 
 
+#: NVML's return codes for a query this device or driver does not have (nvml.h: NVML_ERROR_NOT_SUPPORTED,
+#: NVML_ERROR_FUNCTION_NOT_FOUND); any other error is taken for a transient one.
+NVML_ERROR_NOT_SUPPORTED = 3
+NVML_ERROR_FUNCTION_NOT_FOUND = 13
+
+
 class NvmlUnavailable(Exception):
     """NVML cannot watch this device; the message says why in one line."""
 
@@ -99,12 +105,17 @@ class NvmlDevice:
         raise NvmlUnavailable("NVML has no device " + ("; ".join(errors) or "(no UUID or PCI bus id given)"))
 
     def _query(self, name: str, call: Any, *args: Any) -> Any:
+        """The call's value, or None: for good where the device does not support it (NOT_SUPPORTED, or a driver
+        without the function), for this reading only on any other error (a transient one turned the query off
+        for the rest of the run, and the energy's source then read `window too short`, a reviewer found)."""
         if name in self._unsupported:
             return None
         try:
             return call(self.handle, *args)
-        except self.nvml.NVMLError:
-            self._unsupported.add(name)
+        except self.nvml.NVMLError as err:
+            if getattr(err, "value", NVML_ERROR_NOT_SUPPORTED) in (NVML_ERROR_NOT_SUPPORTED,
+                                                                   NVML_ERROR_FUNCTION_NOT_FOUND):
+                self._unsupported.add(name)
             return None
 
     def instant_power_w(self) -> float | None:

@@ -17,7 +17,7 @@ import csv
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,13 @@ def energy_disagreement(energy_j: float | None, source: str | None, integral_j: 
 
 #: energy_source when the window was too short for the counter (the power integral stands in).
 SHORT_WINDOW_SOURCE = "power-integral (window too short for the counter)"
+#: ... when evaluations cut it into stretches each too short for the counter (each pause adds two counter reads).
+SHORT_STRETCH_SOURCE = "power-integral (evaluations cut the window into stretches too short for the counter)"
+#: ... when the counter was read at both edges but gave nothing usable.
+FAILED_READ_SOURCE = "power-integral (a counter read failed)"
+STALLED_SOURCE = "power-integral (the counter did not advance)"
+#: ... on a device without the counter: the integral is its only energy, no caveat.
+UNSUPPORTED_SOURCE = "power-integral (counter unsupported)"
 
 
 def disagreement_of(fields: dict[str, Any]) -> float | None:
@@ -63,11 +70,17 @@ def energy_caveat(fields: dict[str, Any]) -> str | None:
     """Why a window's energy should not be quoted, in a few words, or None: a window too short for NVML's
     counter (the energy is a few power samples' integral), or counter and integral ENERGY_DISAGREEMENT_WARN apart."""
     window = fields.get("telemetry_window_s") or 0.0
-    if fields.get("energy_source") == SHORT_WINDOW_SOURCE:
-        readings = fields.get("power_readings")
-        return (f"a {window:.2f} s window, too short for NVML's counter: energy from "
-                + (f"{readings} power readings" if readings is not None
-                   else f"{fields.get('telemetry_samples') or 0} power samples"))
+    source = fields.get("energy_source") or ""
+    readings = fields.get("power_readings")
+    integral = (f"{readings} power readings" if readings is not None
+                else f"{fields.get('telemetry_samples') or 0} power samples")
+    if source == SHORT_WINDOW_SOURCE:
+        return f"a {window:.2f} s window, too short for NVML's counter: energy from {integral}"
+    if source.startswith("power-integral") and source != UNSUPPORTED_SOURCE:
+        return f"energy from {integral} over a {window:.2f} s window: {source.removeprefix('power-integral ')}"
+    if source.startswith("mixed"):
+        # Ranks or GPUs whose energies came from other methods (combine): a caveat for the weakest of them.
+        return f"ranks' energies from other methods ({source})"
     gap = disagreement_of(fields)
     if gap is not None and abs(gap) >= ENERGY_DISAGREEMENT_WARN:
         return f"power integral {gap:+.1%} vs counter over a {window:.2f} s window"
@@ -125,6 +138,13 @@ class Telemetry:
         self._t0 = 0.0
         self.duration_s: float | None = None
         self.energy_edges_mj: tuple[int | None, int | None] = (None, None)
+        self.lead_s = 0.0
+        """Where the window's counted span starts on the samples' clock (after the sampler's start and the barrier)."""
+        self.stretches_s: list[float] = []
+        """The spans of training between pauses, when the window was paused (each needs the counter's length)."""
+        self.counter_read = False
+        """Whether the energy counter gave a reading at either edge (a failed read is not an unsupported counter)."""
+        self._stretch_start = 0.0
         self.paused_mj = 0
         """Energy counted while paused (held-out evaluations inside the window), left out of `energy`."""
         self._lock = threading.Lock()
@@ -178,13 +198,16 @@ class Telemetry:
         with self._lock:
             self._paused = True
             start, start_mj = time.perf_counter(), self.device.energy_mj()
+            self.stretches_s.append(start - self._stretch_start)
         try:
             yield self
         finally:
             self._synchronize()
             with self._lock:
                 end_mj = self.device.energy_mj()
-                self._t0 += time.perf_counter() - start
+                now = time.perf_counter()
+                self._t0 += now - start
+                self._stretch_start = now
                 if start_mj is not None and end_mj is not None:
                     self.paused_mj += end_mj - start_mj
                 self._paused = False
@@ -205,6 +228,7 @@ class Telemetry:
             return
         self.samples.clear()
         self.sample_cost_s.clear()
+        self.stretches_s.clear()
         self.paused_mj = 0
         self.static = self.device.static_info()
         self._synchronize()
@@ -219,12 +243,17 @@ class Telemetry:
         # block is the timer's window): read before the first sample and the thread's start, its window outran the
         # timed one by 7-23 ms on the H100 (2% of a 0.7 s window's J/token).
         start_mj = self.device.energy_mj()
-        lead = time.perf_counter() - self._t0  # the samples' clock starts before the counted span
+        self._stretch_start = time.perf_counter()
+        lead = self._stretch_start - self._t0  # the samples' clock starts before the counted span
+        self.lead_s = lead
         try:
             yield self
         finally:
             self._synchronize()
             end_mj = self.device.energy_mj()
+            if self.stretches_s:  # the last stretch, after the last pause
+                self.stretches_s.append(time.perf_counter() - self._stretch_start)
+            self.counter_read = start_mj is not None or end_mj is not None
             # _t0 moves forward over paused spans (paused): the window's own work, from the first counter read.
             self.duration_s = time.perf_counter() - self._t0 - lead
             self._stop.set()
@@ -234,15 +263,32 @@ class Telemetry:
             self.energy_edges_mj = (start_mj, end_mj - self.paused_mj if end_mj is not None else None)
 
     def energy(self) -> tuple[float | None, str | None]:
-        """(joules over the window, source): the counter when it is trustworthy, else the power integral."""
+        """(joules over the window, source): the counter when it is trustworthy, else the power integral over the
+        window's own span, each fallback saying why."""
         start, end = self.energy_edges_mj
         long_enough = (self.duration_s or 0) >= self.min_counter_window_s
-        if start is not None and end is not None and end > start and long_enough:
+        # Each pause reads the counter twice more: every stretch of training must be long enough on its own.
+        stretches_ok = not self.stretches_s or min(self.stretches_s) >= self.min_counter_window_s
+        if start is not None and end is not None and end > start and long_enough and stretches_ok:
             return (end - start) / 1e3, "counter"
-        integral = trapezoid_j(self.samples)
-        if integral is not None:
-            return integral, "power-integral (counter unsupported)" if start is None else SHORT_WINDOW_SOURCE
-        return None, None
+        integral = self.window_integral_j()
+        if integral is None:
+            return None, None
+        if start is None and not self.counter_read:
+            return integral, UNSUPPORTED_SOURCE
+        if not long_enough:
+            return integral, SHORT_WINDOW_SOURCE
+        if not stretches_ok:
+            return integral, SHORT_STRETCH_SOURCE
+        return integral, FAILED_READ_SOURCE if start is None or end is None else STALLED_SOURCE
+
+    def window_integral_j(self) -> float | None:
+        """The sampled power's trapezoid integral over the window's own span (from the counter's first read to its
+        last, on the samples' clock), the power at each edge interpolated: the samples start before the ranks'
+        barrier and end after the window (a reviewer: a 0.3 s barrier wait read 402 J for a 0.6 s window's 360)."""
+        if self.duration_s is None:
+            return trapezoid_j(self.samples)
+        return trapezoid_j(_clipped(self.samples, self.lead_s, self.lead_s + self.duration_s))
 
     def summary(self, *, tokens: int) -> dict[str, Any]:
         """Result fields (DESIGN.md names); all None when telemetry is unavailable."""
@@ -259,7 +305,7 @@ class Telemetry:
         utils = [s.gpu_util_pct for s in self.samples if s.gpu_util_pct is not None]
         mems = [s.mem_used_bytes for s in self.samples if s.mem_used_bytes is not None]
         temps = [s.temp_c for s in self.samples if s.temp_c is not None]
-        integral = trapezoid_j(self.samples)
+        integral = self.window_integral_j()
         duration = self.duration_s or 0.0
         # The counter's mean where it gives the energy: NVML's power field changes about every 100 ms, so 50 ms
         # samples see each value about twice, and under a power cap (an oscillation of about 200 ms) their mean
@@ -267,7 +313,8 @@ class Telemetry:
         counted = energy_j / duration if source == "counter" and energy_j and duration > 0 else None
         return {
             "telemetry": "on",
-            "power_avg_w": counted or _time_weighted_power(self.samples) or _avg(powers),
+            "power_avg_w": counted or (integral / duration if integral is not None and duration > 0 else None)
+            or _time_weighted_power(self.samples) or _avg(powers),
             "power_max_w": max(powers) if powers else None,
             "power_source": self.device.power_source,
             "energy_j": energy_j,
@@ -479,3 +526,21 @@ def for_devices(devices: list[Any], *, period_s: float) -> Telemetry | DeviceGro
     if len(devices) == 1:
         return Telemetry.for_device(devices[0], period_s=period_s)
     return DeviceGroupTelemetry([Telemetry.for_device(d, period_s=period_s) for d in devices])
+
+
+def _clipped(samples: list[Sample], start: float, end: float) -> list[Sample]:
+    """The samples with power inside [start, end], and a point at each edge interpolated from its neighbours."""
+    points = [s for s in samples if s.power_w is not None]
+    if len(points) < 2 or end <= start:
+        return points
+
+    def at(t: float) -> Sample:
+        before = [s for s in points if s.t_s <= t]
+        after = [s for s in points if s.t_s >= t]
+        if not before or not after:
+            return replace((before or after)[-1 if before else 0], t_s=t)
+        a, b = before[-1], after[0]
+        power = a.power_w if b.t_s == a.t_s else a.power_w + (b.power_w - a.power_w) * (t - a.t_s) / (b.t_s - a.t_s)
+        return replace(a, t_s=t, power_w=power)
+
+    return [at(start), *(s for s in points if start < s.t_s < end), at(end)]
