@@ -906,3 +906,22 @@ def test_a_configuration_trained_on_another_corpus_says_so():
             r["metrics"]["data_sha256"] = digest
     (v,) = compare(base, cand)
     assert v.verdict == "unchanged" and "other data: baseline aa11; candidate bb22" in v.note
+
+
+def test_energy_measured_two_ways_is_no_verdict():
+    """A speed-up that took the window under the counter's second switched the candidate's energy to the power
+    integral: the ratio mixed the change of method with the change (a reviewer)."""
+    base = run_of({"a": TIGHT}, metric="j_per_token")
+    cand = run_of({"a": [v * 0.8 for v in TIGHT]}, metric="j_per_token")
+    for records, source in ((base, "counter"), (cand, "power-integral (window too short for the counter)")):
+        for r in records:
+            r["metrics"]["energy_source"] = source
+    (v,) = compare(base, cand, metric="j_per_token")
+    assert v.verdict == "inconclusive" and "energy measured another way: baseline counter; candidate power-integral" \
+        in v.note
+    for r in cand:
+        r["metrics"]["energy_source"] = "counter"
+    (same,) = compare(base, cand, metric="j_per_token")
+    assert same.verdict == "improvement"
+    (speed,) = compare(run_of({"a": TIGHT}), run_of({"a": TIGHT}))  # not an energy metric: never looked at
+    assert "energy measured" not in speed.note

@@ -47,6 +47,8 @@ from lmbench.errors import UsageError
 HIGHER_IS_BETTER = frozenset({"tflops", "hardware_tflops", "mfu", "hfu", "mfu_fp8_peak", "hfu_fp8_peak",
                               "tokens_per_j", "scaling_efficiency", "comm_overlap_frac"})
 #: Metrics where a smaller value is better, besides every time (_s), memory (_bytes) and energy (_j).
+#: Metrics read from NVML's energy (their method, energy_source, must match on both sides for a verdict).
+ENERGY_METRICS = frozenset({"energy_j", "j_per_token", "tokens_per_j", "power_avg_w"})
 LOWER_IS_BETTER = frozenset({"step_time_cv", "j_per_token", "val_loss", "val_loss_best", "val_ppl", "loss_last",
                              "steps_to_target", "tokens_to_target", "pp_bubble_fraction", "stall_steps",
                              "nonfinite_losses", "overflow_skipped_steps", "time_frac_idle"})
@@ -365,6 +367,14 @@ def compare(base: list[dict[str, Any]], cand: list[dict[str, Any]], *, metric: s
             differs = _differs(base, cand, key, field, what)
             if differs:
                 verdict.note = "; ".join(filter(None, [verdict.note, differs]))
+        # Energy from the counter on one side and a power integral on the other (a window that a speed-up took
+        # under the counter's second): the ratio mixes the change of method with the change (a reviewer).
+        method = _differs(base, cand, key, "energy_source", "energy measured another way") \
+            if metric in ENERGY_METRICS else ""
+        if method:
+            if verdict.verdict in ("regression", "improvement"):
+                verdict.verdict = "inconclusive"
+            verdict.note = "; ".join(filter(None, [verdict.note, method]))
         if any(busy):
             # Other processes kept the host busy in these windows: left out, a slowdown there being the machine's.
             verdict.note = "; ".join(filter(None, [verdict.note, f"left out as contended: {busy[0]} of "
