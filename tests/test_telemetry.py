@@ -144,6 +144,16 @@ def test_throttle_bits_become_names_and_a_power_or_heat_flag():
     with t.window():
         busy(0.02)
     assert t.summary(tokens=1)["throttled_power_or_heat"] is False
+    assert s["throttled_sample_frac"] == 1.0
+    # The sample taken before the window (before the ranks' barrier) does not count: a reviewer found it could set
+    # the flag alone.
+    capped = FakeGpu(A, "x", energy_mj=[0, 1], clock_event_bits=0x4)
+    t = telemetry_for(capped)
+    with t.window(ready=lambda: setattr(capped, "clock_event_bits", 0x1)):
+        busy(0.05)
+    s = t.summary(tokens=1)
+    assert t.samples[0].clock_event_bits == 0x4 and s["throttled_power_or_heat"] is False
+    assert s["throttled_sample_frac"] == 0.0
 
 
 def test_device_is_found_by_uuid_not_by_index():

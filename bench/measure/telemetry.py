@@ -297,10 +297,17 @@ class Telemetry:
             return {**empty, "telemetry": f"off: {self.unavailable or 'no samples'}"}
         powers = [s.power_w for s in self.samples if s.power_w is not None]
         energy_j, source = self.energy()
+        # Clock events of the window's own samples (the first sample comes before it, the last after it), and the
+        # share of them held back for power or heat: a reviewer found one pre-window sample could set the flag.
+        duration_s = self.duration_s
+        inside = [s for s in self.samples if duration_s is None or self.lead_s <= s.t_s <= self.lead_s + duration_s]
+        inside = inside or self.samples
         bits = 0
-        for s in self.samples:
+        for s in inside:
             bits |= s.clock_event_bits or 0
         reasons = reason_names(bits)
+        held = [s for s in inside if s.clock_event_bits is not None]
+        throttled = [s for s in held if POWER_OR_HEAT & set(reason_names(s.clock_event_bits or 0))]
         clocks = [s.sm_clock_mhz for s in self.samples if s.sm_clock_mhz is not None]
         utils = [s.gpu_util_pct for s in self.samples if s.gpu_util_pct is not None]
         mems = [s.mem_used_bytes for s in self.samples if s.mem_used_bytes is not None]
@@ -330,6 +337,7 @@ class Telemetry:
             "temp_max_c": max(temps) if temps else None,
             "throttle_reasons": reasons,
             "throttled_power_or_heat": bool(POWER_OR_HEAT & set(reasons)),
+            "throttled_sample_frac": len(throttled) / len(held) if held else None,
             "telemetry_samples": len(self.samples),
             "power_readings": _readings(powers),
             "telemetry_period_s": self.period_s,
@@ -370,8 +378,9 @@ def _avg(values: list[float]) -> float | None:
 SUMMARY_FIELDS = ("telemetry", "power_avg_w", "power_max_w", "power_source", "energy_j", "energy_source",
                   "energy_integral_j", "energy_disagreement_frac", "j_per_token", "tokens_per_j",
                   "mem_nvml_used_peak_bytes", "gpu_util_avg_pct", "sm_clock_avg_mhz", "sm_clock_min_mhz",
-                  "temp_max_c", "throttle_reasons", "throttled_power_or_heat", "telemetry_samples", "power_readings",
-                  "telemetry_period_s", "telemetry_window_s", "sampler_cost_per_sample_s", "power_limit_w",
+                  "temp_max_c", "throttle_reasons", "throttled_power_or_heat", "throttled_sample_frac",
+                  "telemetry_samples", "power_readings", "telemetry_period_s", "telemetry_window_s",
+                  "sampler_cost_per_sample_s", "power_limit_w",
                   "sm_clock_max_mhz", "driver_version", "nvml_name")
 
 
@@ -441,6 +450,8 @@ def combine(summaries: list[dict[str, Any]], traces: list[list[tuple[float, floa
         "temp_max_c": max(values("temp_max_c"), default=None),
         "throttle_reasons": reasons,
         "throttled_power_or_heat": any(s["throttled_power_or_heat"] for s in summaries),
+        # The most held-back device's share.
+        "throttled_sample_frac": max(values("throttled_sample_frac"), default=None),
         "telemetry_samples": sum(values("telemetry_samples")),
         "power_readings": sum(values("power_readings")),
         "telemetry_period_s": summaries[0]["telemetry_period_s"],

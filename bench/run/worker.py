@@ -411,8 +411,10 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         warnings.append(unquotable)
     if result.get("throttled_power_or_heat"):
         # An H100 at full load sits at its 700 W cap: the usual state, which the figures then describe.
-        warnings.append(f"clocks were throttled for power or heat during the window "
-                        f"({', '.join(result['throttle_reasons'])}): the figures are this card's under that limit, "
+        share = result.get("throttled_sample_frac")
+        warnings.append("clocks were throttled for power or heat during the window "
+                        + (f"(in {share:.0%} of its samples; " if share is not None else "(")
+                        + f"{', '.join(result['throttle_reasons'])}): the figures are this card's under that limit, "
                         "not at its boost clock")
     for rank_of, failed in enumerate(r["profile_error"] for r in per_rank):
         if failed:
