@@ -435,6 +435,15 @@ def test_each_energy_fallback_says_why_and_a_transient_error_turns_nothing_off()
     assert t.device.energy_mj() == 5_000  # asked again: the error was this reading's only
     caveat = energy_caveat(t.summary(tokens=1))
     assert caveat.startswith("energy from ") and caveat.endswith("(a counter read failed)")
+    # A read around an evaluation's pause failed: its energy cannot be taken out of the counter's.
+    gpu = FakeGpu(A, "x", energy_mj=[0, NVMLError(999), 2_000, 3_000])
+    t = telemetry_for(gpu, min_counter_window_s=0.0)
+    with t.window():
+        busy(0.02)
+        with t.paused():
+            busy(0.01)
+        busy(0.02)
+    assert t.energy()[1] == "power-integral (a counter read failed)"
     # Unsupported (NOT_SUPPORTED): no caveat, the integral is the device's only energy.
     assert energy_caveat({"energy_source": "power-integral (counter unsupported)", "telemetry_window_s": 2.0}) is None
     # Ranks whose energies came from other methods: the weakest one's caveat is not lost.

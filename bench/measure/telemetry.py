@@ -144,6 +144,8 @@ class Telemetry:
         """The spans of training between pauses, when the window was paused (each needs the counter's length)."""
         self.counter_read = False
         """Whether the energy counter gave a reading at either edge (a failed read is not an unsupported counter)."""
+        self.pause_read_failed = False
+        """A counter read around a pause failed: its energy could not be left out of the counter's."""
         self._stretch_start = 0.0
         self.paused_mj = 0
         """Energy counted while paused (held-out evaluations inside the window), left out of `energy`."""
@@ -210,6 +212,8 @@ class Telemetry:
                 self._stretch_start = now
                 if start_mj is not None and end_mj is not None:
                     self.paused_mj += end_mj - start_mj
+                else:
+                    self.pause_read_failed = True
                 self._paused = False
 
     @contextlib.contextmanager
@@ -229,6 +233,7 @@ class Telemetry:
         self.samples.clear()
         self.sample_cost_s.clear()
         self.stretches_s.clear()
+        self.pause_read_failed = False
         self.paused_mj = 0
         self.static = self.device.static_info()
         self._synchronize()
@@ -269,7 +274,8 @@ class Telemetry:
         long_enough = (self.duration_s or 0) >= self.min_counter_window_s
         # Each pause reads the counter twice more: every stretch of training must be long enough on its own.
         stretches_ok = not self.stretches_s or min(self.stretches_s) >= self.min_counter_window_s
-        if start is not None and end is not None and end > start and long_enough and stretches_ok:
+        if start is not None and end is not None and end > start and long_enough and stretches_ok \
+                and not self.pause_read_failed:
             return (end - start) / 1e3, "counter"
         integral = self.window_integral_j()
         if integral is None:
@@ -280,7 +286,8 @@ class Telemetry:
             return integral, SHORT_WINDOW_SOURCE
         if not stretches_ok:
             return integral, SHORT_STRETCH_SOURCE
-        return integral, FAILED_READ_SOURCE if start is None or end is None else STALLED_SOURCE
+        failed = start is None or end is None or self.pause_read_failed
+        return integral, FAILED_READ_SOURCE if failed else STALLED_SOURCE
 
     def window_integral_j(self) -> float | None:
         """The sampled power's trapezoid integral over the window's own span (from the counter's first read to its
