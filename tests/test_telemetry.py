@@ -23,6 +23,17 @@ def telemetry_for(gpu: FakeGpu, *, period_s: float = 0.01, min_counter_window_s:
     return Telemetry(device, period_s=period_s, min_counter_window_s=min_counter_window_s)
 
 
+def window_with_a_pause(gpu: FakeGpu, *, train_s: float, pause_s: float, min_counter_window_s: float) -> Telemetry:
+    """A window of `train_s` of work, a pause (an evaluation) of `pause_s`, and `train_s` more."""
+    t = telemetry_for(gpu, min_counter_window_s=min_counter_window_s)
+    with t.window():
+        busy(train_s)
+        with t.paused():
+            busy(pause_s)
+        busy(train_s)
+    return t
+
+
 def busy(seconds: float) -> None:
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
@@ -436,13 +447,8 @@ def test_each_energy_fallback_says_why_and_a_transient_error_turns_nothing_off()
     caveat = energy_caveat(t.summary(tokens=1))
     assert caveat.startswith("energy from ") and caveat.endswith("(a counter read failed)")
     # A read around an evaluation's pause failed: its energy cannot be taken out of the counter's.
-    gpu = FakeGpu(A, "x", energy_mj=[0, NVMLError(999), 2_000, 3_000])
-    t = telemetry_for(gpu, min_counter_window_s=0.0)
-    with t.window():
-        busy(0.02)
-        with t.paused():
-            busy(0.01)
-        busy(0.02)
+    t = window_with_a_pause(FakeGpu(A, "x", energy_mj=[0, NVMLError(999), 2_000, 3_000]), train_s=0.02, pause_s=0.01,
+                            min_counter_window_s=0.0)
     assert t.energy()[1] == "power-integral (a counter read failed)"
     # Unsupported (NOT_SUPPORTED): no caveat, the integral is the device's only energy.
     assert energy_caveat({"energy_source": "power-integral (counter unsupported)", "telemetry_window_s": 2.0}) is None
@@ -452,13 +458,8 @@ def test_each_energy_fallback_says_why_and_a_transient_error_turns_nothing_off()
 
 def test_evaluations_that_cut_the_window_into_short_stretches_leave_the_counter_out():
     """Each pause reads the counter twice more: 16 stretches of 70 ms passed as a 1.12 s window (a reviewer)."""
-    gpu = FakeGpu(A, "x", energy_mj=[0, 1_000, 2_000, 3_000], power_mw=lambda: 200_000)
-    t = telemetry_for(gpu, min_counter_window_s=0.2)
-    with t.window():
-        busy(0.13)
-        with t.paused():
-            busy(0.02)
-        busy(0.13)
+    t = window_with_a_pause(FakeGpu(A, "x", energy_mj=[0, 1_000, 2_000, 3_000], power_mw=lambda: 200_000),
+                            train_s=0.13, pause_s=0.02, min_counter_window_s=0.2)
     assert t.duration_s >= 0.2 and len(t.stretches_s) == 2 and max(t.stretches_s) < 0.2
     energy, source = t.energy()
     assert source == "power-integral (evaluations cut the window into stretches too short for the counter)"
