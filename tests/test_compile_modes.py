@@ -12,7 +12,7 @@ import torch
 
 from lmbench.errors import KernelSwapError, UsageError
 from lmbench.measure.environment import Platform
-from lmbench.models import kernel_sets
+from lmbench.models import compiled, kernel_sets
 from lmbench.plan.config import CHOICES, COMPILE_GRAPH_MODES, CUDA_GRAPH_WARMUP, Config, ConfigError
 from lmbench.plan.feasibility import resolve, skip_reason
 from lmbench.run.training import TrainingStep
@@ -35,7 +35,7 @@ def inductor_as_it_was():
 
 
 def test_the_modes_with_cuda_graphs_are_the_ones_torch_says():
-    assert {mode for mode in CHOICES["compile_mode"] if kernel_sets.compile_mode_graphs(mode)} == COMPILE_GRAPH_MODES
+    assert {mode for mode in CHOICES["compile_mode"] if compiled.compile_mode_graphs(mode)} == COMPILE_GRAPH_MODES
 
 
 def test_an_unknown_mode_is_refused_naming_the_allowed_ones():
@@ -117,20 +117,20 @@ def test_a_compiled_step_whose_graphs_ran_without_cuda_graphs_is_refused():
     step = TrainingStep(config, torch.device("cpu"))
     assert step.compile_graphs
     assert torch.isfinite(torch.stack([step(), step()])).all()
-    assert kernel_sets.compiled_graph_fallbacks()["skipped"] > 0
+    assert compiled.compiled_graph_fallbacks()["skipped"] > 0
     with pytest.raises(KernelSwapError, match=r"compile_mode=reduce-overhead: inductor ran compiled graphs without "
                                               r"their CUDA graphs \(\d+ graph\(s\) skipped\) with .*refusing to "
                                               r"measure it without them"):
-        kernel_sets.confirm_compiled_graphs("reduce-overhead")
+        compiled.confirm_compiled_graphs("reduce-overhead")
 
 
 def test_a_graph_split_into_partitions_is_refused_too():
     """Partitions of a split graph run the ops between them outside CUDA graphs; inductor counts them only."""
     torch._dynamo.utils.counters.clear()
-    assert kernel_sets.confirm_compiled_graphs("max-autotune").endswith("replayed whole as a CUDA graph")
+    assert compiled.confirm_compiled_graphs("max-autotune").endswith("replayed whole as a CUDA graph")
     torch._dynamo.utils.counters["inductor"]["cudagraph_partitions"] += 3
     with pytest.raises(KernelSwapError, match=r"\(3 partitions of graphs split\)"):
-        kernel_sets.confirm_compiled_graphs("max-autotune")
+        compiled.confirm_compiled_graphs("max-autotune")
     torch._dynamo.utils.counters.clear()
 
 
@@ -159,7 +159,7 @@ def test_compiled_cuda_graphs_train_as_the_default_mode_and_keep_every_loss(mode
     # A forward and a backward graph for each micro-batch at least; none in the default mode.
     assert launched >= 2 * accum and launched_default == 0, (launched, launched_default)
     assert default[-1] < default[0]
-    assert kernel_sets.confirm_compiled_graphs("reduce-overhead").endswith("replayed whole as a CUDA graph")
+    assert compiled.confirm_compiled_graphs("reduce-overhead").endswith("replayed whole as a CUDA graph")
     # Backward kernels may add with atomics: the bound is how far the default mode lands from itself, or 1e-4.
     noise = (torch.tensor(trained(base, 8)[0]) - torch.tensor(default)).abs().max().item()
     apart = (torch.tensor(graphed) - torch.tensor(default)).abs().max().item()
@@ -343,7 +343,8 @@ def test_gpt2_compiles_to_one_graph():
 @pytest.mark.slow
 def test_a_compiled_row_records_its_graphs_and_warns_of_graph_breaks(tmp_path):
     """A compiled row said nothing of what torch.compile made of the step: a graph break (BERT under full
-    checkpointing breaks at each checkpointed block) ran part of every step eagerly, in an ordinary ok row."""
+    checkpointing breaks at each checkpointed block) ran part of every step eagerly, in an ordinary ok row. An
+    evaluation's graphs are not recompilations in the window."""
     from click.testing import CliRunner
 
     from lmbench.analyze import results
@@ -359,10 +360,45 @@ def test_a_compiled_row_records_its_graphs_and_warns_of_graph_breaks(tmp_path):
         assert record["status"] == "ok", record["reason"]
         return record
 
-    whole = run("gpt2", "model=tiny-gpt2")
-    assert whole["metrics"]["kernels_applied"] == "torch.compile: 1 graph(s), 0 graph break(s)"
-    assert (whole["metrics"]["compiled_graphs"], whole["metrics"]["compile_graph_breaks"]) == (1, 0)
-    assert not any("graph break" in w or "broke" in w for w in whole["warnings"])
+    # Evaluations inside the window: eval mode compiles a graph of its own there, outside the clocks.
+    whole = run("gpt2", "model=tiny-gpt2", "data=markov", "eval_every=1")
+    assert whole["metrics"]["kernels_applied"] == "torch.compile: 2 graph(s), 0 graph break(s)"
+    assert (whole["metrics"]["compiled_graphs"], whole["metrics"]["compile_graph_breaks"]) == (2, 0)
+    assert whole["metrics"]["compiled_graphs_in_window"] == 0
+    assert not any("graph break" in w or "broke" in w or "inside the measured window" in w
+                   for w in whole["warnings"])
     broken = run("bert", "model=tiny-bert-mlm", "checkpointing=full")
     assert broken["metrics"]["compile_graph_breaks"] >= 1
     assert any(w.startswith("torch.compile broke the model's graph") for w in broken["warnings"])
+
+
+def test_window_graphs_count_a_recompilation_but_not_an_excluded_evaluations():
+    """A graph dynamo compiles inside the window (a failed guard) puts its compilation into the step times; an
+    evaluation's graphs (eval mode, outside the clocks) do not count."""
+    torch._dynamo.reset()
+    double = torch.compile(lambda x: x * 2, backend="eager")
+    double(torch.ones(3))
+    window = compiled.WindowGraphs()
+    double(torch.ones(3))
+    assert window.read() == 0
+    with window.excluded():
+        double(torch.ones(3, dtype=torch.float64))
+    assert window.read() == 0
+    double(torch.ones(3, dtype=torch.int32))
+    assert window.read() == 1
+
+
+def test_the_recompile_limit_is_an_error_not_an_uncompiled_model(monkeypatch):
+    """Past dynamo's recompile limit the function would run uncompiled, with a log line only: a kernels=compile row
+    measured eagerly. compile_model makes it an error whose reason names the limit."""
+    import torch._dynamo.config as dynamo
+
+    monkeypatch.setattr(dynamo, "fail_on_recompile_limit_hit", False)
+    monkeypatch.setattr(dynamo, "recompile_limit", 1)
+    torch._dynamo.reset()
+    model = compiled.compile_model(torch.nn.Linear(4, 4))
+    model(torch.ones(2, 4))
+    with pytest.raises(torch._dynamo.exc.FailOnRecompileLimitHit) as raised:
+        model.double()(torch.ones(2, 4, dtype=torch.float64))  # new dtypes: a failed guard, a second graph
+    assert compiled.failure_reason(raised.value).startswith("torch.compile hit dynamo's recompile limit (1 graphs")
+    assert compiled.failure_reason(ValueError("x")) is None

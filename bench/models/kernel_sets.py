@@ -19,8 +19,10 @@ import torch
 import torch.nn as nn
 
 from lmbench.errors import KernelSwapError
+from lmbench.models.compiled import compile_model
 from lmbench.models.registry import ModelSpec
 from lmbench.models.torch_lm import LMOutput
+from lmbench.models.versions import versions
 
 
 def _identity(model: nn.Module, *, compile_mode: str = "default", in_place: bool = False) -> nn.Module:
@@ -46,19 +48,6 @@ class KernelSet:
     """Stated in every record that uses the set."""
     optimizer: str | None = None
     """Optimizer the set brings, replacing the config's (Apex: FusedAdam)."""
-
-
-def versions() -> str:
-    """The library versions a swap depends on, for its error messages."""
-    import importlib.metadata
-
-    found = []
-    for name in ("transformers", "torch", "triton", "liger-kernel", "apex"):
-        try:
-            found.append(f"{name} {importlib.metadata.version(name)}")
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return ", ".join(found)
 
 
 def verify(kernels: str, spec: ModelSpec, counts: dict[str, tuple[int, int]], why: dict[str, str]) -> str:
@@ -405,83 +394,9 @@ def _swap_liger(model: nn.Module, spec: ModelSpec) -> tuple[nn.Module, str]:
     return model, verify("liger", spec, counts, why)
 
 
-def compile_mode_graphs(compile_mode: str) -> bool:
-    """Whether torch.compile's `compile_mode` runs the compiled graphs as CUDA graphs, as torch itself says."""
-    if compile_mode == "default":
-        return False
-    import torch._inductor
-
-    return bool(torch._inductor.list_mode_options(compile_mode).get("triton.cudagraphs", False))
-
-
-def _compile(model: nn.Module, *, compile_mode: str = "default", in_place: bool = False) -> nn.Module:
-    """torch.compile of the model: a wrapper module, or with `in_place` the model itself compiled (Module.compile),
-    which keeps its class: an FSDP-sharded pipeline stage must stay an FSDPModule for torch's schedule to run FSDP's
-    gradient sync once a pipeline step (a wrapper made it reduce-scatter and re-gather after every micro-batch)."""
-    if compile_mode_graphs(compile_mode):
-        import torch._inductor.config as inductor
-
-        # The worker is a fresh process: these settings reach this configuration only.
-        # A graph inductor cannot run as a CUDA graph (an input it mutates, a CPU op, too many re-recordings) is an
-        # error at once, with inductor's reason, rather than a graph run without one.
-        if hasattr(inductor.triton, "cudagraph_or_error"):
-            inductor.triton.cudagraph_or_error = True
-        # Graph partitioning (on by default) would instead split such a graph and run the parts around the offending
-        # ops without CUDA graphs, some of them without a count or a message (torch 2.11 and 2.13 alike): off, a
-        # graph replays whole or fails. On lmbench's models every compiled graph is the GPU's alone, with nothing
-        # to split; one that is not says so as an error row.
-        if hasattr(inductor, "graph_partition"):
-            inductor.graph_partition = False
-    mode = None if compile_mode == "default" else compile_mode
-    if in_place:
-        model.compile(mode=mode)
-        return model
-    return torch.compile(model, mode=mode)
-
-
-def compiled_graph_fallbacks() -> dict[str, int]:
-    """What inductor has run outside CUDA graphs in this process so far, by its own counters: graphs it skipped,
-    and partitions of graphs it split (only when a graph was split in more than one)."""
-    from torch._dynamo.utils import counters
-
-    return {"skipped": int(counters["inductor"]["cudagraph_skips"]),
-            "partitions": int(counters["inductor"]["cudagraph_partitions"])}
-
-
-def compiled_graph_counts() -> tuple[int, int]:
-    """(graphs dynamo compiled, graph breaks it made) in this process so far, by its own counters. A break runs the
-    code between two graphs eagerly on every call (GPT-2's loss once logged a warning there each forward)."""
-    from torch._dynamo.utils import counters
-
-    return int(counters["stats"]["unique_graphs"]), int(sum(counters["graph_break"].values()))
-
-
-def describe_compiled(compile_mode: str, *, cuda_graphs: bool) -> tuple[str, int, int]:
-    """The record's kernels_applied line for kernels=compile, with its graph and break counts; raises
-    KernelSwapError when a compile mode with CUDA graphs ran a graph without them (confirm_compiled_graphs)."""
-    graphs, breaks = compiled_graph_counts()
-    line = f"torch.compile: {graphs} graph(s), {breaks} graph break(s)"
-    if cuda_graphs:
-        line = f"{line}; {confirm_compiled_graphs(compile_mode)}"
-    return line, graphs, breaks
-
-
-def confirm_compiled_graphs(compile_mode: str) -> str:
-    """The record's line for a compile mode with CUDA graphs; raises KernelSwapError when inductor ran any compiled
-    graph, or part of one, without its CUDA graph."""
-    found = compiled_graph_fallbacks()
-    if found["skipped"] or found["partitions"]:
-        parts = [f"{found['skipped']} graph(s) skipped" if found["skipped"] else "",
-                 f"{found['partitions']} partitions of graphs split" if found["partitions"] else ""]
-        detail = ", ".join(part for part in parts if part)
-        raise KernelSwapError(f"compile_mode={compile_mode}: inductor ran compiled graphs without their CUDA graphs "
-                              f"({detail}) with {versions()} (its log says why); refusing to measure it without them")
-    return f"compile_mode={compile_mode}: every compiled graph replayed whole as a CUDA graph"
-
-
 KERNEL_SETS: dict[str, KernelSet] = {
     "eager": KernelSet(name="eager"),
-    "compile": KernelSet(name="compile", finish=_compile),
+    "compile": KernelSet(name="compile", finish=compile_model),
     "triton": KernelSet(name="triton", swap=_swap_triton, unavailable=_triton_unavailable,
                         note="lmbench Triton kernels: norms, GELU-tanh/SwiGLU, fused residual add + norm (GPT-2, "
                              "Llama, torch-transformer-lm), chunked fused linear cross-entropy"),

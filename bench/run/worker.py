@@ -140,7 +140,8 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
     from lmbench.measure.mathmode import matmul_mode
     from lmbench.measure.telemetry import Telemetry, energy_warning, for_devices, power_trace
     from lmbench.measure.timer import StepTimer
-    from lmbench.models.kernel_sets import KERNEL_SETS, describe_compiled
+    from lmbench.models.compiled import WindowGraphs, describe_compiled
+    from lmbench.models.kernel_sets import KERNEL_SETS
     from lmbench.models.registry import MODELS, import_family
     from lmbench.plan.feasibility import host_read_in_step
     from lmbench.plan.layout import PIPELINES
@@ -226,6 +227,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         # Loss-scale overflows so far (warmup's): read outside the window, where the device is idle.
         skipped_before = step.precision.skipped_steps
         losses_t = _StepLosses()
+        window_graphs = WindowGraphs() if config.kernels == "compile" else None
         load = hostload.HostLoad()
         load.start()
         # Ranks open their timed windows together, so per-step times and power traces line up: the barrier comes
@@ -238,14 +240,16 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
                 done += 1
                 if quality is not None and quality.due(done):
                     # Outside the window: its timer, wall time, samples and energy leave the evaluation out.
-                    with timer.paused(), telemetry.paused(), training_peaks.excluded():
+                    with timer.paused(), telemetry.paused(), training_peaks.excluded(), \
+                            (window_graphs.excluded() if window_graphs else contextlib.nullcontext()):
                         quality.evaluate(done, warmup_timer.device_s + timer.device_s)
         load_span = load.stop()
         # The window's own: the profiled steps and a quality run's further steps come after it.
         skipped_window = step.precision.skipped_steps - skipped_before
         compiled = None
-        if config.kernels == "compile":
+        if window_graphs is not None:
             step.kernels_applied, *compiled = describe_compiled(config.compile_mode, cuda_graphs=step.compile_graphs)
+            compiled.append(window_graphs.read())
         # Read before profiling: the profiler's steps and buffers are not part of the measurement.
         peaks = training_peaks.read()
         if step.graph is not None:
@@ -304,6 +308,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         "overflow_skipped_steps": skipped_window,
         "compiled_graphs": compiled[0] if compiled else None,
         "compile_graph_breaks": compiled[1] if compiled else None,
+        "compiled_graphs_in_window": compiled[2] if compiled else None,
         "overflow_skipped_warmup_steps": skipped_before,
     }
     per_rank = distributed.gather(local)
@@ -375,7 +380,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         "kernels_applied": step.kernels_applied,
         # Dynamo's own counts (kernels=compile), the most any rank compiled or broke.
         **{key: max(r[key] for r in per_rank) if per_rank[0][key] is not None else None
-           for key in ("compiled_graphs", "compile_graph_breaks")},
+           for key in ("compiled_graphs", "compile_graph_breaks", "compiled_graphs_in_window")},
         "precision_applied": step.precision.applied,
         # torchao's FP8 is meant to run compiled; the record says whether it was.
         "fp8_compiled": config.kernels == "compile" if config.precision.startswith("fp8") else None,
@@ -434,6 +439,10 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         warnings.append(f"torch.compile broke the model's graph {result['compile_graph_breaks']} time(s) "
                         f"({result['compiled_graphs']} graphs): the code between graphs ran eagerly every step "
                         "(TORCH_LOGS=graph_breaks names the reasons)")
+    if result["compiled_graphs_in_window"]:
+        warnings.append(f"torch.compile compiled {result['compiled_graphs_in_window']} graph(s) inside the measured "
+                        "window (a guard of the compiled step failed; TORCH_LOGS=recompiles names it): the compilation "
+                        "is in the window's step times, not the compiled steady state")
     host_read = host_read_in_step(config) if device.type == "cuda" else None
     if host_read:
         warnings.append(f"{host_read}: a host sync inside every step, which the GPU may wait on")
@@ -578,9 +587,11 @@ def _run_job(job_path: Path, result_path: Path) -> int:
     except Exception as error:  # noqa: BLE001 - every failure of a config is data, not a crash
         failed_at = time.time()
         traceback.print_exc()
+        from lmbench.models.compiled import failure_reason
+
         status = classify_failure(error)
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        reason = f"{type(error).__name__}: {first_line}"
+        reason = failure_reason(error) or f"{type(error).__name__}: {first_line}"
         # Cut at REASON_CHARS with an ellipsis (an OOM message ended mid-URL, as if whole); the log has it all.
         reason = reason if len(reason) <= REASON_CHARS else reason[:REASON_CHARS - 1] + "…"
         failure = {"status": status, "reason": reason, "failed_at": failed_at}
