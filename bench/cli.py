@@ -265,7 +265,9 @@ def _run_suite(plan: RunPlan, out: Path | None, *, resume: bool, dry_run: bool =
         recorded = run_dir.recorded()
         for warning in recorded.warnings:
             click.echo(f"lmbench: warning: {warning}", err=True)
-        _record_plan(run_dir, plan, suite, resume=resume, recorded=recorded.records, suggest=suggest)
+        configurations = [job.config for job in runner.plan(planned, platform, repeats=1, nnodes=plan.nnodes)]
+        _record_plan(run_dir, plan, suite, resume=resume, recorded=recorded.records, suggest=suggest,
+                     configurations=configurations)
         done = {(r["config_key"], r["repeat"]) for r in recorded.records}
         jobs = runner.plan(planned, platform, repeats=plan.repeats, done=done, parity=plan.parity,
                           nnodes=plan.nnodes)
@@ -292,7 +294,7 @@ def _run_suite(plan: RunPlan, out: Path | None, *, resume: bool, dry_run: bool =
             click.echo(f"lmbench: warning: {notice}", err=True)
         # The summary is of this plan: a foreign line (hand-written, or from a run before plans were checked)
         # is no row of it.
-        planned_keys = {job.config.key for job in runner.plan(planned, platform, repeats=1, nnodes=plan.nnodes)}
+        planned_keys = {config.key for config in configurations}
         everything = [r for r in run_dir.recorded().records if r["config_key"] in planned_keys]
     _print_summary(launch, session, everything, run_dir.results_path)
     if objective and launch.records:
@@ -334,9 +336,17 @@ def _kept(planned: list[suites.Planned], platform: Any, plan: RunPlan, out: Path
 
 
 def _record_plan(run_dir: runner.RunDirectory, plan: RunPlan, suite: suites.Suite, *, resume: bool,
-                 recorded: list[dict[str, Any]], suggest: bool) -> None:
-    """Check a resumed run's plan against run.json (refusing another), then write run.json."""
+                 recorded: list[dict[str, Any]], suggest: bool, configurations: list[Any]) -> None:
+    """Check a resumed run's plan against run.json (refusing another), then write run.json, with the planned
+    configurations (a report names those a stopped run has no record of: lmbench.analyze.coverage)."""
+    from lmbench.analyze.coverage import planned_entry
+
     meta = run_dir.meta()
+    listed = meta.get("planned") if meta and isinstance(meta.get("planned"), list) else []
+    # A resume on another host may resolve a configuration otherwise (tp_degree=auto): both stay planned.
+    planned = list({entry["config_key"]: entry for entry in [
+        *(e for e in listed if isinstance(e, dict) and isinstance(e.get("config_key"), str)),
+        *(planned_entry(config.key, config.to_dict()) for config in configurations)]}.values())
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     if resume and (recorded or (meta and "plan" in meta)):
         warning = runplan.check(meta, plan, out=run_dir.path, suggest=suggest, suite_name=suite.name,
@@ -348,11 +358,11 @@ def _record_plan(run_dir: runner.RunDirectory, plan: RunPlan, suite: suites.Suit
             # A resume with more repeats extends the plan: the next resume continues that.
             repeats = max(plan.repeats, RunPlan.from_json(meta["plan"]).repeats)
             run_dir.write_meta({**meta, "plan": {**meta["plan"], "repeats": repeats}, "repeats": repeats,
-                                "resumed": [*earlier, now]})
+                                "resumed": [*earlier, now], "planned": planned})
             return
     run_dir.write_meta({"command": "run", "suite": suite.name, "source": suite.source, "plan": plan.to_json(),
                         "overrides": list(plan.overrides), "repeats": plan.repeats, "parity": plan.parity,
-                        "lmbench": lmbench.__version__, "argv": sys.argv, "started": now})
+                        "lmbench": lmbench.__version__, "argv": sys.argv, "started": now, "planned": planned})
 
 
 def _execute(jobs: list[runner.Job], run_dir: runner.RunDirectory, suite: str, launch: Any,
@@ -508,6 +518,9 @@ def report(run_dirs: tuple[Path, ...], out: Path | None, baseline: str | None, c
     if out is None and len(distinct) > 1:
         raise UsageError("a report of several runs needs --out DIR (where to write the combined report)")
     df, records, warnings = frame.load(list(run_dirs))
+    # Planned repeats with no record are rows too: a run stopped short must not read as complete.
+    df, records, unread = frame.with_unrecorded(df, records, distinct)
+    warnings += unread
     from lmbench.analyze.table import configs_of
 
     # With its run as an axis when there are several: their directories are never paired with each other.
@@ -519,7 +532,7 @@ def report(run_dirs: tuple[Path, ...], out: Path | None, baseline: str | None, c
     out = out or distinct[0] / "report"
     with results.saving(out):
         paths = reports.build(df, records, out, baseline=parsed, runs=[str(d) for d in distinct], ceilings=ceilings,
-                              objective=objective)
+                              objective=objective, notices=warnings)
     for name, path in paths.items():
         click.echo(f"{name}: {path}")
     return 0

@@ -871,3 +871,71 @@ def test_a_cpu_run_s_tflops_keep_their_digits():
     cpu["metrics"]["tflops"] = 0.00166
     row = report.sections([cpu])["throughput"].rows[0]
     assert row[6] == "0.00166"  # model, status, tokens/s, cv, ms/step, MFU, TFLOP/s
+
+
+def test_planned_repeats_with_no_record_are_rows_and_lines_left_out_are_named(real_run, tmp_path):
+    """A run stopped short (or a line lost) read as complete: the missing repeat vanished, and the loader's warnings
+    reached only the terminal (review 2026-11-28). run.json's planned configurations name even one with no record."""
+    import json
+
+    short = tmp_path / "short"
+    shutil.copytree(real_run, short)
+    lines = (short / "results.jsonl").read_text().splitlines()
+    assert len(json.loads((short / "run.json").read_text())["planned"]) == 4
+    gone = [line for line in lines if json.loads(line)["config"]["batch_size"] == 4
+            and json.loads(line)["config"]["precision"] == "amp-bf16"]
+    # Batch 4 amp-bf16's record is gone, and a corrupt line stands last.
+    (short / "results.jsonl").write_text("\n".join([line for line in lines if line not in gone] + ["{cut"]) + "\n")
+    out = tmp_path / "report"
+    result = CliRunner().invoke(cli, ["report", str(short), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    md = (out / "report.md").read_text()
+    assert f"Not recorded: 1 planned (configuration, repeat) pair(s) of 1 configuration(s) in {short}" in md
+    assert f"Read with a warning: {short / 'results.jsonl'}:4: skipped corrupt line" in md
+    assert "3 records, 4 configurations" in md
+    assert "| 4 | amp-bf16 | not recorded | - |" in md
+    failures = md.split("## Not measured")[1]
+    assert "| 4 | amp-bf16 | not recorded | planned, with no readable record" in failures
+    html = (out / "report.html").read_text()
+    assert "Not recorded: 1 planned" in html and "not recorded" in html
+
+
+def test_the_energy_row_is_one_repeat_and_parity_shows_its_worst_beside_the_tolerance():
+    """Medians taken apart mixed repeats (power of one, energy of another: J/token x tokens/s was not the power);
+    the parity cell put the worst verdict beside the median deviation, inside the tolerance it failed."""
+    rows = []
+    for repeat, (tps, power, dev, verdict) in enumerate([(1000.0, 400.0, 1e-3, "ok"), (1100.0, 500.0, 0.3, "drift"),
+                                                         (1050.0, 600.0, 2e-3, "ok")]):
+        r = hand_record("bf16", 8, tps, repeat=repeat)
+        r["metrics"].update(power_avg_w=power, energy_j=power * 2, j_per_token=power / tps, tokens_per_j=tps / power,
+                            sm_clock_avg_mhz=1500 + repeat, sm_clock_min_mhz=1400 + repeat, parity=verdict,
+                            parity_max_rel_dev=dev, parity_tolerance=0.015)
+        rows.append(r)
+    t = report.tables(rows)
+    # The repeat with the median tokens/s (1050): its power, energy, mJ/token, tokens/J and clocks together.
+    assert "| ok (3/3) | 600 | 1200.0 | 571.429 | 2 | none | 1502 (1402) |" in t["energy"]
+    assert "| drift | 0.3 | 0.015 |" in t["throughput"]
+    assert t["throughput"].splitlines()[0].endswith("| parity | max loss dev | tolerance | note |")
+
+
+def test_the_header_names_every_version_that_measured_the_records(tmp_path):
+    older = hand_record("fp32", 8, 1000.0, repeat=1)
+    older["env"] = {**older["env"], "torch": "2.9.0", "lmbench_commit": "def"}
+    summaries = report.summarize([hand_record("fp32", 8, 1000.0), older])
+    (device,) = [line for line in report.header_lines([hand_record("fp32", 8, 1000.0), older], summaries, ["r"])
+                 if line.startswith("Device")]
+    assert device.endswith("torch 2.11 / 2.9.0, CUDA 13.0, measured with lmbench 0.1.0 (abc) / 0.1.0 (def)")
+
+
+def test_a_rerendered_report_drops_the_plots_it_no_longer_draws(real_run, tmp_path):
+    out = tmp_path / "report"
+    (out / "plots").mkdir(parents=True)
+    (out / "plots" / "drawn_by_an_older_report.png").write_bytes(b"x")
+    result = CliRunner().invoke(cli, ["report", str(real_run), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert not (out / "plots" / "drawn_by_an_older_report.png").exists()
+    assert len(list((out / "plots").glob("*.png"))) == 6
+
+
+def test_markdown_cells_keep_what_reads_as_a_tag():
+    assert Grid(["kernel"], [["CUDAFunctor_add<float>"]]).markdown().endswith("| CUDAFunctor_add&lt;float> |")

@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from lmbench.analyze import results
+from lmbench.analyze import coverage, results
 from lmbench.errors import ResultsError
 
 #: Environment fields copied into every row, for comparisons across machines.
@@ -84,3 +84,20 @@ def load(run_dirs: list[Path]) -> tuple[pd.DataFrame, list[dict[str, Any]], list
         why = f": {len(skipped)} line(s) skipped ({skipped[0]})" if skipped else ""
         raise ResultsError(f"no results in {', '.join(map(str, run_dirs))}{why}")
     return pd.DataFrame(all_rows), raw, warnings
+
+
+def with_unrecorded(df: pd.DataFrame, records: list[dict[str, Any]], run_dirs: list[Path]
+                    ) -> tuple[pd.DataFrame, list[dict[str, Any]], list[str]]:
+    """`load`'s frame and records with a row for each planned (configuration, repeat) of the runs that has no record
+    (coverage.unrecorded: status `not recorded`, no metrics), and warnings; a report shows them, scripts that read
+    records keep `load`'s."""
+    extra: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    for path in distinct(run_dirs)[0]:
+        rows, notes = coverage.unrecorded(path, [r for r in records if r["run"] == str(path)])
+        extra.extend(rows)
+        warnings.extend(notes)
+    if not extra:
+        return df, records, warnings
+    added = pd.DataFrame([row for r in extra for row in to_rows([r], run=r["run"])])
+    return pd.concat([df, added], ignore_index=True), records + extra, warnings

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from lmbench.analyze import baseline as baselines
-from lmbench.analyze import plots
+from lmbench.analyze import coverage, plots
 from lmbench.analyze.table import Grid, cell, configs_of, device_label, fixed_axes, varying_axes
 from lmbench.errors import UsageError
 from lmbench.measure.breakdown import PROFILER_SLOWDOWN_NOTE, profiled_slowdown, window_shares
@@ -63,11 +63,19 @@ class ConfigSummary:
             return None
         return statistics.stdev(values) / statistics.mean(values)
 
+    def representative(self) -> dict[str, Any]:
+        """The repeat whose tokens/s is the median (the lower of the middle two of an even count), for figures that
+        must come from one window together: power, energy, J/token and clocks, each a median of its own, would mix
+        repeats (power from one, energy from another) and disagree with each other. {} without a measured repeat."""
+        measured = sorted((m for m in self.repeats if isinstance(m.get("tokens_per_s"), (int, float))),
+                          key=lambda m: m["tokens_per_s"])
+        return measured[(len(measured) - 1) // 2] if measured else {}
+
     def step_time_s(self) -> float | None:
         """The step time that goes with the row's tokens/s: tokens per step / median tokens/s over repeats.
 
-        Each repeat's tokens/s is its tokens per step over its median step, so this is the same samples
-        seen the other way up; a separate median of step times would disagree with an even repeat count.
+        Each repeat's tokens/s is sustained (its window's tokens over its wall time, stalls included), so this
+        is the window's mean step, sustained; a median of the repeats' median steps would be another figure.
         """
         tps, tokens = self.median("tokens_per_s"), self.median("tokens_per_step")
         return tokens / tps if tps and tokens else None
@@ -95,7 +103,7 @@ class ConfigSummary:
         this card's under that cap, not its unthrottled speed (the energy table has the clocks)."""
         if not self.throttled:
             return None
-        avg = self.median("sm_clock_avg_mhz")
+        avg = self.representative().get("sm_clock_avg_mhz")  # the energy table's clock, of the same repeat
         clock = f", SM clock avg {avg:.0f} MHz" if avg is not None else ""
         return f"clocks throttled ({', '.join(self.throttled)}){clock}"
 
@@ -104,9 +112,14 @@ SUMMARY_METRICS = ("tokens_per_s", "step_time_median_s", "tokens_per_step", "ste
                    "peak_tflops", "sm_clock_avg_mhz", "sm_clock_min_mhz", "mem_peak_reserved_bytes",
                    "mem_peak_allocated_bytes", "mem_nvml_used_peak_bytes",
                    "mem_host_peak_growth_bytes", "mem_host_training_growth_bytes", "j_per_token", "tokens_per_j",
-                   "power_avg_w", "energy_j", "parity_max_rel_dev", "pp_bubble_fraction", "pp_bubble_fraction_theory",
+                   "power_avg_w", "energy_j", "parity_max_rel_dev", "parity_tolerance", "pp_bubble_fraction",
+                   "pp_bubble_fraction_theory",
                    "host_other_cpu_cores", "host_usable_cores", "devices", "global_batch_sequences",
                    "tokens_per_s_per_device", "scaling_efficiency", "gpu_util_avg_pct")
+#: Above the energy table: whose figures each row gives.
+ENERGY_NOTE = ("Each row's power, energy, mJ/token, tokens/J and clocks are one repeat's, the one with the median "
+               "tokens/s, so they agree with each other (medians taken apart would mix repeats); throttling is over "
+               "every repeat the figures rest on.")
 #: Worst parity over repeats is reported.
 PARITY_ORDER = ["reference", "ok", "drift", "diverged"]
 
@@ -123,10 +136,10 @@ def _throttling(s: ConfigSummary) -> str:
     return ", ".join(s.throttles) or "none"
 
 
-def _clocks(s: ConfigSummary) -> str:
-    """The SM clock over the window, its average and lowest sample (medians over repeats): a power cap that
-    throttled one configuration more than another shows here beside its throughput's difference."""
-    avg, low = s.median("sm_clock_avg_mhz"), s.median("sm_clock_min_mhz")
+def _clocks(m: dict[str, Any]) -> str:
+    """The SM clock over a repeat's window, its average and lowest sample: a power cap that throttled one
+    configuration more than another shows here beside its throughput's difference."""
+    avg, low = m.get("sm_clock_avg_mhz"), m.get("sm_clock_min_mhz")
     return "-" if avg is None else f"{avg:.0f}" + (f" ({low:.0f})" if low is not None else "")
 
 
@@ -250,9 +263,11 @@ def sections(records: list[dict[str, Any]], baseline: tuple[str, str] | None = N
             row += [_fmt(s.median("devices"), ".0f"), _fmt(s.median("global_batch_sequences"), ",.0f"),
                     _fmt(s.median("tokens_per_s_per_device"), ",.0f"), _fmt(s.median("scaling_efficiency"), ".2f")]
         if with_parity:
+            # The worst verdict beside the worst deviation and the bound that judged it: a median deviation inside
+            # the tolerance beside a `drift` verdict reads as a contradiction.
             worst = max(s.parity, key=PARITY_ORDER.index, default=None)
-            dev = s.median("parity_max_rel_dev")
-            row += [worst or "-", _fmt(dev, ".2g")]
+            dev = max(s.metrics.get("parity_max_rel_dev") or [], default=None)
+            row += [worst or "-", _fmt(dev, ".2g"), _fmt(s.median("parity_tolerance"), ".2g")]
         withheld = None
         if baseline:
             base = _baseline_of(s, summaries, baseline, axes)
@@ -270,9 +285,10 @@ def sections(records: list[dict[str, Any]], baseline: tuple[str, str] | None = N
                                     _fmt(s.median("mem_nvml_used_peak_bytes"), ".2f", GIB),
                                     _fmt(s.median("mem_host_training_growth_bytes"), ".1f", MIB),
                                     _fmt(s.median("mem_host_peak_growth_bytes"), ".1f", MIB)])
-        energy_rows.append(label + [_status(s), _fmt(s.median("power_avg_w"), ".0f"), _fmt(s.median("energy_j"), ".1f"),
-                                    _fmt(s.median("j_per_token"), ".3g"), _fmt(s.median("tokens_per_j"), ",.0f"),
-                                    _throttling(s), _clocks(s), _energy_note(s)])
+        one = s.representative()
+        energy_rows.append(label + [_status(s), _fmt(one.get("power_avg_w"), ".0f"), _fmt(one.get("energy_j"), ".1f"),
+                                    _fmt(one.get("j_per_token"), ".3f", 1e-3), _fmt(one.get("tokens_per_j"), ",.0f"),
+                                    _throttling(s), _clocks(one), _energy_note(s)])
         if any(status != "ok" for status in s.statuses):
             failure_rows.append(label + [_status(s), s.reason or ""])
     n = len(axes)
@@ -281,7 +297,7 @@ def sections(records: list[dict[str, Any]], baseline: tuple[str, str] | None = N
     if spread:
         head += ["devices", "sequences/step", "tokens/s per device", "scaling efficiency"]
     if with_parity:
-        head += ["parity", "max loss dev"]
+        head += ["parity", "max loss dev", "tolerance"]
     if baseline:
         head += [f"speedup vs {baseline[0]}={baseline[1]}", "Diff %"]
     out = {"throughput": Grid(axes + head + ["note"], throughput_rows, right=set(range(n + 1, n + len(head))),
@@ -289,9 +305,9 @@ def sections(records: list[dict[str, Any]], baseline: tuple[str, str] | None = N
            "memory": Grid(axes + ["status", "peak allocated GiB", "peak reserved GiB", "NVML used GiB",
                                   "host RSS growth in training MiB", "in window MiB"], memory_rows,
                             right={n + 1, n + 2, n + 3, n + 4, n + 5}),
-           "energy": Grid(axes + ["status", "power W", "energy J", "J/token", "tokens/J", "throttling",
+           "energy": Grid(axes + ["status", "power W", "energy J", "mJ/token", "tokens/J", "throttling",
                                   "SM clock MHz avg (min)", "note"], energy_rows,
-                          right={n + 1, n + 2, n + 3, n + 4, n + 6})}
+                          right={n + 1, n + 2, n + 3, n + 4, n + 6}, note=ENERGY_NOTE)}
     if failure_rows:
         out["failures"] = Grid(axes + ["status", "reason"], failure_rows)
     return out
@@ -299,7 +315,7 @@ def sections(records: list[dict[str, Any]], baseline: tuple[str, str] | None = N
 
 def repeats_line(summaries: list[ConfigSummary]) -> str:
     """What the figures rest on: a median over how many repeats, or one repeat each (no spread to quote)."""
-    counts = sorted({s.statuses.count("ok") for s in summaries if "ok" in s.statuses})
+    counts = sorted({len(s.repeats) for s in summaries if s.repeats})
     if not counts:
         return "no configuration measured"
     if counts == [1]:
@@ -515,23 +531,41 @@ def _png(fig: Any) -> bytes:
     return buffer.getvalue()
 
 
-def header_lines(records: list[dict[str, Any]], summaries: list[ConfigSummary], runs: list[str]) -> list[str]:
+def _versions(records: list[dict[str, Any]]) -> str:
+    """What measured the records, from the workers' environments: torch, CUDA and lmbench, each value that
+    occurs (records measured by several versions name them all); empty when nothing ran."""
+    envs = [r["env"] for r in records if r.get("env")]
+    if not envs:
+        return ""
+
+    def values(describe: Any) -> str:
+        return " / ".join(dict.fromkeys(describe(env) for env in envs))
+
+    torch = values(lambda env: str(env.get("torch")))
+    cuda = values(lambda env: env.get("cuda") or "none (a CPU build)")
+    lmbench = values(lambda env: f"{env.get('lmbench')} ({env.get('lmbench_commit') or 'not a git checkout'})")
+    return f"; torch {torch}, CUDA {cuda}, measured with lmbench {lmbench}"
+
+
+def header_lines(records: list[dict[str, Any]], summaries: list[ConfigSummary], runs: list[str],
+                 notices: list[str] = ()) -> list[str]:
     """The report's opening lines: the runs; the device and what measured it (the workers' versions); what
     rendered the report (this lmbench, which may be newer: the notes and columns are its own); what every
-    configuration shares, which no column shows; and how many repeats the figures rest on."""
+    configuration shares, which no column shows; how many repeats the figures rest on; planned repeats with no
+    record, and what reading the results left out (`notices`: the loader's warnings)."""
     from lmbench import __version__
     from lmbench.measure.environment import git_commit
 
-    env = next((r["env"] for r in records if r.get("env")), {}) or {}
-    # Versions come from the workers' environments: a run where nothing ran has none to give.
-    versions = (f"; torch {env.get('torch')}, CUDA {env.get('cuda') or 'none (a CPU build)'}, measured with lmbench "
-                f"{env.get('lmbench')} ({env.get('lmbench_commit') or 'not a git checkout'})" if env else "")
-    lines = [f"Runs: {', '.join(runs)}", f"Device: {device_label(records)}{versions}",
+    lines = [f"Runs: {', '.join(runs)}", f"Device: {device_label(records)}{_versions(records)}",
              f"Report rendered by lmbench {__version__} ({git_commit() or 'not a git checkout'})"]
     shared = fixed_axes(s.config for s in summaries)
     if shared:
         lines.append(f"Every configuration: {shared}")
-    lines.append(f"{len(records)} records, {len(summaries)} configurations; {repeats_line(summaries)}.")
+    missing = [r for r in records if r["status"] == coverage.NOT_RECORDED]
+    lines.append(f"{len(records) - len(missing)} records, {len(summaries)} configurations; "
+                 f"{repeats_line(summaries)}.")
+    lines += [line for line in [coverage.summary_line(missing)] if line]
+    lines += [f"Read with a warning: {notice}" for notice in notices]
     return lines
 
 
@@ -542,8 +576,8 @@ SECTION_TITLES = {"quality": "Time to target (held-out loss)", "throughput": "Th
 
 
 def build(df: pd.DataFrame, records: list[dict[str, Any]], out: Path, *, baseline: tuple[str, str] | None = None,
-          runs: list[str], ceilings: dict[str, Any] | None = None, objective: str = "time-to-target"
-          ) -> dict[str, Path]:
+          runs: list[str], ceilings: dict[str, Any] | None = None, objective: str = "time-to-target",
+          notices: list[str] = ()) -> dict[str, Path]:
     """Write report.md, results.csv, report.html and plots/*.png into `out`; returns their paths.
 
     With `ceilings` (`lmbench ceilings --out` figures) the report adds the distance to the roofline. Runs that
@@ -559,11 +593,14 @@ def build(df: pd.DataFrame, records: list[dict[str, Any]], out: Path, *, baselin
              **(roofline_section(records, ceilings) if ceilings else {})}
     summaries = summarize(records)
     images = {}
+    # A figure an earlier rendering drew and this one does not (one batch size now) must not stay beside it.
+    for stale in (out / "plots").glob("*.png"):
+        stale.unlink()
     for name, fig in figures(df, records, baseline).items():
         images[name] = _png(fig)
         (out / "plots" / f"{name}.png").write_bytes(images[name])
         plt.close(fig)
-    lines = header_lines(records, summaries, runs)
+    lines = header_lines(records, summaries, runs, list(notices))
     header = "# lmbench report\n\n" + "".join(f"{line}  \n" for line in lines[:-1]) + f"{lines[-1]}\n"
     md = header + "".join(f"\n## {SECTION_TITLES[k]}\n\n{grid.markdown()}\n" for k, grid in grids.items())
     md += "\n## Plots\n\n" + "".join(f"![{name}](plots/{name}.png)\n" for name in images)

@@ -25,6 +25,8 @@ from lmbench import SCHEMA_VERSION
 from lmbench.errors import ResultsError, StorageError
 
 RESULTS_FILE = "results.jsonl"
+#: The run's plan and provenance, beside its results (lmbench.run.rundir writes it).
+META_FILE = "run.json"
 CORRUPT_SUFFIX = ".corrupt"
 STATUSES = ("ok", "oom", "diverged", "error", "timeout", "skipped")
 #: Errors of the storage, not of lmbench or the measurement: the run stops and --resume re-runs what is unsaved.
@@ -407,3 +409,19 @@ def full_config(config: dict[str, Any]) -> dict[str, Any]:
     from lmbench.plan.config import Config
 
     return {**Config().to_dict(), **config}
+
+
+def read_meta(run_dir: Path) -> dict[str, Any] | None:
+    """RUN_DIR/run.json; None when there is none, a ResultsError when it cannot be read as a JSON object."""
+    path = Path(run_dir) / META_FILE
+    if not path.exists():
+        return None
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ResultsError(f"cannot read {str(path)!r} ({err}); move it aside to resume without checking "
+                           "the plan") from None
+    if not isinstance(meta, dict):
+        raise ResultsError(f"{str(path)!r} is not a JSON object; move it aside to resume without checking "
+                           "the plan")
+    return meta

@@ -67,7 +67,8 @@ class Grid:
     def markdown(self) -> str:
         """A GitHub-flavoured Markdown table, its note below."""
         def escaped(text: str) -> str:
-            return str(text).replace("|", "\\|").replace("\n", " ")
+            # `<` as an entity: GitHub drops what reads as a tag (CUDAFunctor_add<float> lost its <float>).
+            return str(text).replace("|", "\\|").replace("\n", " ").replace("<", "&lt;")
 
         lines = ["| " + " | ".join(escaped(h) for h in self.headers) + " |",
                  "| " + " | ".join("---:" if i in self.right else "---" for i in range(len(self.headers))) + " |"]

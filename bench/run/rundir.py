@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from lmbench.analyze import results
+from lmbench.analyze.results import META_FILE, read_meta
 from lmbench.errors import ResultsError, RunLockedError
 
 LOCK_FILE = ".lock"
-META_FILE = "run.json"
 #: Files only `lmbench tune` leaves in its directory, and only `lmbench calibrate` in its own.
 PROBES_FILE, PARITY_FILE, WINNER_FILE = "probes.jsonl", "parity.jsonl", "tuned.toml"
 NOISE_FLOOR_FILE, CALIBRATION_RUNS = "noise-floor.json", ("a", "b")
@@ -125,22 +125,6 @@ class RunDirectory:
     def timeline_path(self, name: str) -> Path:
         """Telemetry samples of the job's window (CSV), when NVML was there to take them."""
         return self.path / "telemetry" / f"{name}.csv"
-
-
-def read_meta(run_dir: Path) -> dict[str, Any] | None:
-    """RUN_DIR/run.json; None when there is none, a ResultsError when it cannot be read as a JSON object."""
-    path = Path(run_dir) / META_FILE
-    if not path.exists():
-        return None
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise ResultsError(f"cannot read {str(path)!r} ({err}); move it aside to resume without checking "
-                           "the plan") from None
-    if not isinstance(meta, dict):
-        raise ResultsError(f"{str(path)!r} is not a JSON object; move it aside to resume without checking "
-                           "the plan")
-    return meta
 
 
 def _lock(path: Path, notices: list[str]) -> IO[bytes] | None:
