@@ -84,13 +84,19 @@ def _lines_over_batch(ax: Any, ok: pd.DataFrame, series: list[str], column: str,
         ax.plot(points.index, points.values, marker="o", label=_series_name(series, label), **_style(index))
 
 
+def _legend_below(ax: Any, fontsize: int = 7) -> None:
+    """The legend under the axes: labels that name several axes are wider than the plot, and inside it they covered
+    the data and the y label (the figure is saved with a tight box, which takes the legend in)."""
+    ax.legend(fontsize=fontsize, loc="upper center", bbox_to_anchor=(0.5, -0.16))
+
+
 def _finish_batch_axes(ax: Any, title: str, ylabel: str) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch size (sequences per device)")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _legend_below(ax)
 
 
 def tokens_vs_batch(df: pd.DataFrame) -> Figure:
@@ -120,13 +126,14 @@ def memory_vs_batch(df: pd.DataFrame) -> Figure:
     if ok.empty and ooms.empty:
         return _empty(title, "no device memory measured (CPU run or no successful configuration)")
     fig, ax = plt.subplots(figsize=(7, 4))
-    _lines_over_batch(ax, ok, _series_axes(df, {"batch_size"}), "mem_peak_reserved_bytes", "max", GIB)
+    # The median, as the memory table's: the plot and the table must not give two figures for one row.
+    _lines_over_batch(ax, ok, _series_axes(df, {"batch_size"}), "mem_peak_reserved_bytes", "median", GIB)
     capacity = df["memory_total_bytes"].dropna().max() if "memory_total_bytes" in df else None
     if capacity is not None and capacity == capacity:
         ax.axhline(capacity / GIB, color="red", linestyle="--", label=f"device capacity {capacity / GIB:.0f} GiB")
         if not ooms.empty:
             ax.scatter(ooms["batch_size"], [capacity / GIB] * len(ooms), marker="x", color="red", label="out of memory")
-    _finish_batch_axes(ax, title, "peak reserved memory (GiB)")
+    _finish_batch_axes(ax, title, "peak reserved memory (GiB, median over repeats)")
     return fig
 
 
@@ -346,7 +353,7 @@ def time_breakdown(profiled: list[tuple[dict[str, Any], dict[str, Any]]], axes: 
 
 def step_time_distributions(records: list[dict[str, Any]]) -> Figure:
     """Box plot of per-step times (all repeats pooled) per configuration."""
-    title = "Step time distributions"
+    title = "Step time distributions (each configuration's repeats pooled)"
     ok = [r for r in records if r["status"] == "ok" and r.get("step_times_s")]
     if not ok:
         return _empty(title, "no successful configuration")
@@ -375,8 +382,9 @@ def step_time_distributions(records: list[dict[str, Any]]) -> Figure:
 
 
 def power_over_time(timelines: dict[str, Path]) -> Figure:
-    """Board power of each configuration's window, from the telemetry CSVs (label -> file)."""
-    title = "Power over the measured window"
+    """Board power of each configuration's window, from the telemetry CSVs (label -> file): repeat 0's, of rank 0
+    or the first device (report.timelines)."""
+    title = "Power over the measured window (repeat 0; rank 0 or the first device)"
     traces = {}
     for label, path in timelines.items():
         with open(path, newline="", encoding="utf-8") as f:
@@ -392,7 +400,7 @@ def power_over_time(timelines: dict[str, Path]) -> Figure:
     ax.set_ylabel("board power (W)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
+    _legend_below(ax, fontsize=6)
     return fig
 
 
@@ -429,7 +437,7 @@ def _val_loss_against(records: list[dict[str, Any]], x: str, title: str, xlabel:
     ax.set_ylabel("held-out loss (nats per token)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
+    _legend_below(ax, fontsize=6)
     return fig
 
 
