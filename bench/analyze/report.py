@@ -17,7 +17,7 @@ from lmbench.analyze import baseline as baselines
 from lmbench.analyze import coverage, plots
 from lmbench.analyze.table import Grid, cell, configs_of, device_label, fixed_axes, varying_axes
 from lmbench.errors import UsageError
-from lmbench.measure.breakdown import PROFILER_SLOWDOWN_NOTE, profiled_slowdown, window_shares
+from lmbench.measure.breakdown import PROFILER_SLOWDOWN_NOTE, corrected, profiled_slowdown, window_shares
 from lmbench.measure.hostload import contention_note, standing, window_contended
 from lmbench.measure.metrics import bubble_note, host_bound_note, stalls_note, unstable_steps
 from lmbench.measure.nvml import POWER_OR_HEAT
@@ -358,9 +358,12 @@ def _profiler_note(m: dict[str, Any]) -> str:
     step that was host-bound or nearly so runs slower under it and its device idles more than in the window."""
     slowdown = profiled_slowdown(m)
     notes = [m.get("profile_note") or ""]
-    if slowdown is not None and slowdown > PROFILER_SLOWDOWN_NOTE:
+    if corrected(m):
         notes.append(f"{slowdown:.0%} slower under the profiler (its host cost): shares of the window's step, the "
                      "device's busy time as profiled, idle the rest")
+    elif slowdown is not None and slowdown > PROFILER_SLOWDOWN_NOTE:
+        notes.append(f"{slowdown:.0%} slower under the profiler, which on a CPU slows the ops themselves: the "
+                     "shares are as profiled")
     return "; ".join(note for note in notes if note)
 
 
@@ -382,11 +385,11 @@ def held_back_by(m: dict[str, Any]) -> str:
     if not shares or not all(isinstance(v, (int, float)) for v in useful):
         return "-"
     useful_share = sum(useful)
-    slowdown = profiled_slowdown(m)
-    corrected = ("; idle less the profiler's slowdown" if slowdown is not None and slowdown > PROFILER_SLOWDOWN_NOTE
-                 else "")
+    less = "; idle less the profiler's slowdown" if corrected(m) else ""
     largest = max(shares, key=shares.get)
-    return f"{_HOLDING_BACK[largest]} {shares[largest]:.0%} (matmul + attention {useful_share:.0%}{corrected})"
+    # On a CPU `idle` is the main thread's time outside every op: the host is the device.
+    what = "time outside ops" if largest == "idle" and m.get("profile_device") == "cpu" else _HOLDING_BACK[largest]
+    return f"{what} {shares[largest]:.0%} (matmul + attention {useful_share:.0%}{less})"
 
 
 def time_sections(records: list[dict[str, Any]]) -> dict[str, Grid]:

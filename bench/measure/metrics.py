@@ -213,7 +213,7 @@ def profile_fields(profile: dict[str, Any] | None) -> dict[str, Any]:
         return {}
     fields: dict[str, Any] = {f"time_frac_{category}": value for category, value in profile["fractions"].items()}
     fields.update(profile_step_time_s=profile["step_time_s"], profile_step_time_median_s=profile["step_time_median_s"],
-                  profile_steps=profile["steps"],
+                  profile_steps=profile["steps"], profile_device=profile["device"],
                   comm_overlap_frac=profile["communication_overlap"], profile_top_kernels=profile["top_kernels"],
                   profile_trace=profile["trace"])
     return fields
