@@ -191,3 +191,22 @@ def test_kernels_are_put_in_their_category_by_name():
     assert _category("triton_per_fused_native_layer_norm_0") == "other"
     assert _category("ncclDevKernel_AllReduce_Sum_bf16_RING_LL") == "communication"
     assert _category("flash_fwd_kernel") == "attention"
+
+
+def test_the_memory_cap_is_trainings_not_the_profilers(monkeypatch):
+    """--max-memory was checked after the profiled steps, so the profiler's own buffers failed a row (`oom`) whose
+    unprofiled twin, and tune's probes, fitted the cap: a profiled tune picked a smaller batch (review
+    2026-11-28). The cap is checked before them."""
+    from lmbench.run import profiling
+    from lmbench.run.profiling import ProfileError
+    from lmbench.run.worker import measure
+
+    def hungry_profiler(step, device, trace):
+        held = bytearray(400 * 2**20)  # every page written: resident
+        raise ProfileError(f"held {len(held)} bytes")
+
+    monkeypatch.setattr(profiling, "profile_steps", hungry_profiler)
+    payload = measure(Config(model="tiny-gpt2", batch_size=2, seq_len=16, steps=2, warmup=1, device="cpu",
+                             telemetry=False, profile=True, max_memory_bytes=200 * 2**20))
+    assert payload["status"] == "ok", payload.get("reason")
+    assert payload["metrics"]["mem_host_training_growth_bytes"] < 200 * 2**20

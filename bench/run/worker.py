@@ -265,6 +265,9 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         if quality is not None:
             _train_on(config, step, quality, done, warmup_timer.device_s + timer.device_s, budget)
         target_load = to_target.stop() if to_target is not None else None
+        # --max-memory caps training's growth: checked before the profiled steps, whose trace buffers are the
+        # profiler's (checked after them, a profiled row ran out of a cap its unprofiled twin and tune's probes fit).
+        budget.check()
         profiled, profile_error = None, None
         if config.profile:
             from lmbench.run.profiling import ProfileError, profile_steps
@@ -275,7 +278,6 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
             except ProfileError as error:  # after the window: it costs the breakdown, not the figures
                 traceback.print_exc()
                 profile_error = str(error)
-    budget.check()
     own_timeline = _rank_timeline(timeline_path, rank, world)
     if own_timeline is not None and telemetry.samples:
         telemetry.write_timeline(own_timeline)
