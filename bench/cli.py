@@ -678,7 +678,7 @@ def calibrate(suite_name: str, repeats: int, runs: int, out: Path | None, overri
               help="End within this long: start no probe or measurement that the longest of its kind so far "
               "would carry past it.")
 @click.option("--max-memory", default=None, help="Memory cap, e.g. 70GiB (a GPU's allocator; on a CPU, growth "
-              "of the resident set during training).")
+              "of the resident set during training, and required there).")
 @click.option("--global-batch", type=click.IntRange(min=1), default=None,
               help="Keep batch x grad_accum near this many sequences, for comparable optimisation.")
 @click.option("--margin", type=click.FloatRange(min=0, max=1, max_open=True), default=_TUNE["margin"],
@@ -765,6 +765,11 @@ def tune(model: str, seq_len: int | None, precisions: str, kernel_sets: str, che
         raise UsageError("--resume needs --out RUN_DIR, the tune to continue")
     if min_batch > max_batch:
         raise UsageError(f"--min-batch {min_batch}: more than --max-batch {max_batch}; allowed: 1..{max_batch}")
+    if base.device == "cpu" and not max_memory and not resume:  # a resume is held to its plan, which says
+        # A CPU has no device memory to run out of: without a cap the edge tune searches is the host's RAM, which
+        # the kernel's out-of-memory killer finds (a review's tune on this 23 GiB host probed up to batch 4096).
+        raise UsageError("tune on a CPU needs --max-memory SIZE (e.g. 60MiB, 2GiB): the cap on training's host memory "
+                         "growth is the memory edge it searches; without one the edge is the host's RAM")
     out = out or Path("runs") / f"tune-{model}-{dt.datetime.now():%Y%m%d-%H%M%S}"
     plan = TunePlan(model=model, seq_len=seq_len, precision=precisions, kernels=kernel_sets,
                     checkpointing=checkpointings, max_memory=max_memory, global_batch=global_batch, margin=margin,
@@ -861,13 +866,19 @@ def _tune(base: Any, run_dir: runner.RunDirectory, lists: dict[str, list[Any]], 
         if result.chosen and not result.skipped:
             tuner.measure(result, plan.steps, plan.warmup, part="below")
     tuner.confirm(objective, confirm_repeats)
-    _tune_outcome(run_dir, found, plan, objective)
+    if not _tune_outcome(run_dir, found, plan, objective) and not tuner.budget_ran_out:
+        # Nothing to recommend is no success: a script or CI step must tell it from a tuned winner. (A tune whose
+        # --budget-minutes ran out has no winner yet, and a resume goes on.)
+        from lmbench import tune as tuning
+
+        raise UsageError(f"tune found no winner ({tuning.no_winner_reason(run_dir, objective)}); its tables above "
+                         "say why")
 
 
 def _tune_outcome(run_dir: runner.RunDirectory, found: list[Any], plan: TunePlan, objective: str,
-                  cut: str | None = None) -> None:
+                  cut: str | None = None) -> bool:
     """tune's tables, its winner as a suite, and its warnings; `cut`: why it ended early (the tables then show
-    what had ended by then, and tuned.toml says it is partial)."""
+    what had ended by then, and tuned.toml says it is partial). Whether it had a winner to write."""
     from lmbench import tune as tuning
     from lmbench.analyze.ranking import tune_ranking_table
     from lmbench.analyze.table import tune_search_table
@@ -887,6 +898,7 @@ def _tune_outcome(run_dir: runner.RunDirectory, found: list[Any], plan: TunePlan
     busy = tuning.contention_warning(rows)
     if busy:
         click.echo(f"lmbench: warning: {busy}", err=True)
+    return winner is not None
 
 
 @cli.command()

@@ -112,6 +112,8 @@ class Tuner:
         self.min_batch = min_batch
         self.longest_probe_s = 0.0
         self.longest_measure_s = 0.0
+        self.budget_ran_out = False
+        """Whether --budget-minutes left a search, parity check or measurement undone (a resume goes on)."""
         self.global_batch = global_batch
         self.on_event = on_event
         self.skip = skip
@@ -146,6 +148,14 @@ class Tuner:
         recorded = run_dir.recorded()
         self.warnings += recorded.warnings
         self.done = {r["config_key"] for r in recorded.records}
+        # A resumed tune knows what its measurements took from their records (start-up, warmup, window and
+        # evaluations: the worker's own clock, short of its exit), or it would expect a probe's time and overrun
+        # --budget-minutes (probes of 5 s, measurements of 100 s: a 60 s budget ended after 100, a review found).
+        for record in recorded.records:
+            took = [(record.get("metrics") or {}).get(part) for part in ("startup_s", "warmup_s", "window_s")]
+            if all(isinstance(part, (int, float)) for part in took):
+                evaluated = (record["metrics"].get("eval_time_s") or 0.0)
+                self.longest_measure_s = max(self.longest_measure_s, sum(took) + evaluated)
 
     def fits_in_budget(self, expected_s: float) -> bool:
         """Whether a job of `expected_s` started now ends within the budget: the budget bounds when the tune ends,
@@ -268,10 +278,12 @@ class Tuner:
         # Cut short: the edge is not pinned down (no failure seen below --max-batch, or a gap left to bisect).
         edge_found = (failing is not None and failing - fitting <= 1) or fitting == self.max_batch
         if not consulted:
+            self.budget_ran_out = True
             found.add_note("budget ran out before its search began")
         elif not fitting and failing == 1:
             found.add_note("nothing fits: batch 1 ran out of memory")
         elif self.out_of_search_time() and not edge_found:
+            self.budget_ran_out = True
             found.add_note("budget ran out during the search" + (
                 f" (what is left measures batch {found.chosen})" if fitting else ""))
         if failing is None and fitting == self.max_batch:
@@ -324,6 +336,7 @@ class Tuner:
             # combination whose loss may stray is measured only once checked, or it could win unchecked.
             unmade = sum(c.key not in self.parity_runs for c in self.parity_configs(found.combo, found.chosen))
             if not self.fits_in_budget((unmade + 1) * self.measure_s()):
+                self.budget_ran_out = True
                 found.add_note("budget ran out before its parity check: not measured (a combination whose loss may "
                                "stray from its reference is measured only once checked)")
                 return
@@ -337,6 +350,7 @@ class Tuner:
             if config.key not in self.done and not self.fits_in_budget(self.measure_s()):
                 unmeasured = ", ".join(str(b) for b in sizes if b not in {m["config"].batch_size
                                                                            for m in found.measured})
+                self.budget_ran_out = True
                 found.add_note(f"budget ran out during measurement (batch {unmeasured} not measured)")
                 return
             if config.key not in self.done:
@@ -371,6 +385,7 @@ class Tuner:
             if len(top) < 2 or not waiting:
                 return
             if not self.fits_in_budget(self.measure_s()):
+                self.budget_ran_out = True
                 self.on_event("budget ran out while confirming the two best configurations")
                 return
             standing = min(waiting, key=lambda s: len(s.records))  # the one with fewer repeats: they alternate

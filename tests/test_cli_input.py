@@ -289,7 +289,7 @@ def _tune_dir(path):
     (["calibrate", "--suite", "smoke", "--resume"], "tune", _tune_dir),
     (["run", "--suite", "smoke"], "calibrate", _calibration),
     (["run", "--suite", "smoke", "--resume"], "tune", _tune_dir),
-    (["tune", "--model", "tiny-gpt2", "--seq-len", "16"], "calibrate", _calibration),
+    (["tune", "--model", "tiny-gpt2", "--seq-len", "16", "--max-memory", "30MiB"], "calibrate", _calibration),
 ])
 def test_a_directory_of_another_command_is_refused(tmp_path, command, made_by, make):
     out = make(tmp_path / "out")
@@ -317,9 +317,12 @@ def test_tune_default_seq_len_is_the_models_positions_when_fewer(tmp_path, monke
     from lmbench import tune
 
     monkeypatch.setattr(tune, "combos", lambda *lists: [])
-    result = lmbench("tune", "--model", "tiny-gpt2", "--device", "cpu", "--out", tmp_path / "t")
-    assert result.exit_code == 0, result.output
+    result = lmbench("tune", "--model", "tiny-gpt2", "--device", "cpu", "--max-memory", "30MiB",
+                     "--out", tmp_path / "t")
     assert "largest batch that fits: tiny-gpt2, seq_len 256" in result.output
+    # Nothing tuned is no success.
+    assert result.exit_code == 2 and error(result) == ("tune found no winner (no configuration ran successfully); "
+                                                       "its tables above say why")
 
 
 # 1. tune records its plan, and --resume continues that plan or nothing.
@@ -545,3 +548,12 @@ def test_report_of_a_run_stopped_before_its_first_record_says_how_to_go_on(tmp_p
     other = tmp_path / "other"
     other.mkdir()
     assert error(lmbench("compare", other, out)) == expected
+
+
+def test_tune_on_a_cpu_needs_a_memory_cap(tmp_path):
+    """Without one the edge tune searched was the host's RAM: a review's tune probed up to batch 4096 on a 23 GiB
+    host, and the kernel's out-of-memory killer ended it."""
+    assert error(lmbench("tune", "--model", "tiny-gpt2", "--device", "cpu", "--out", tmp_path / "t")) == (
+        "tune on a CPU needs --max-memory SIZE (e.g. 60MiB, 2GiB): the cap on training's host memory growth is the "
+        "memory edge it searches; without one the edge is the host's RAM")
+    assert not (tmp_path / "t").exists()

@@ -178,7 +178,7 @@ def test_tune_judges_a_combination_with_the_warmup_its_measurements_get(tmp_path
     result = CliRunner().invoke(cli, ["tune", "--model", "tiny-gpt2", "--device", "cuda", "--kernels", "compile",
                                       "--precision", "amp-bf16", "--checkpointing", "none", "--warmup", "1",
                                       "--set", "compile_mode=reduce-overhead", "--out", str(tmp_path / "tune")])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 2, result.output  # its one combination skipped: no winner
     assert "compile_mode=reduce-overhead needs warmup >= 3" in " ".join(result.output.split())
     assert not (tmp_path / "tune" / "probes.jsonl").exists()
 
@@ -295,8 +295,9 @@ def test_tune_says_a_mode_without_compiled_combinations_changes_nothing(tmp_path
 
     monkeypatch.setattr(tune, "combos", lambda *lists: [])
     result = CliRunner().invoke(cli, ["tune", "--model", "tiny-gpt2", "--device", "cpu", "--kernels", "eager",
-                                      "--set", "compile_mode=max-autotune", "--out", str(tmp_path / "t")])
-    assert result.exit_code == 0, result.output
+                                      "--max-memory", "30MiB", "--set", "compile_mode=max-autotune",
+                                      "--out", str(tmp_path / "t")])
+    assert result.exit_code == 2, result.output  # nothing to tune: no winner
     assert ("lmbench: warning: --set compile_mode=max-autotune applies to kernels=compile only, which --kernels does "
             "not list: it changes nothing") in result.stderr
 

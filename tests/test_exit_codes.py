@@ -27,7 +27,8 @@ CASES = {
 REACHES = {
     "list": [], "env": [], "run": ["--suite", "smoke", "--device", "cpu", "--out", "{tmp}/out"],
     "report": ["{tmp}/run"], "compare": ["{tmp}/run", "{tmp}/run2"], "calibrate": ["--suite", "smoke"],
-    "tune": ["--model", "tiny-gpt2", "--device", "cpu", "--out", "{tmp}/tune", "--seq-len", "16"],
+    "tune": ["--model", "tiny-gpt2", "--device", "cpu", "--out", "{tmp}/tune", "--seq-len", "16", "--max-memory",
+             "30MiB"],
     "kernels": ["--op", "rmsnorm", "--shape", "64x64"], "ceilings": [],
 }
 

@@ -806,7 +806,7 @@ def test_10_tune_resumes_over_a_truncated_probes_file(tmp_path, fake, monkeypatc
     monkeypatch.setenv("FAKE_WORKER_OOM_ABOVE", "4")
     out = tmp_path / "tune"
     args = ["tune", "--model", "tiny-gpt2", "--seq-len", "16", "--device", "cpu", "--precision", "fp32",
-            "--checkpointing", "none", "--max-batch", "8", "--margin", "0", "--out", out]
+            "--checkpointing", "none", "--max-batch", "8", "--margin", "0", "--max-memory", "30MiB", "--out", out]
     assert lmbench(*args).exit_code == 0
     probes = (out / "probes.jsonl").read_text().splitlines()
     assert [json.loads(p)["batch_size"] for p in probes] == [1, 2, 4, 8, 6, 5]
@@ -828,7 +828,7 @@ def test_10_an_interrupted_tune_shows_what_it_found_and_writes_a_partial_winner(
     Now its tables and a tuned.toml that says it is partial come first, then the resume line."""
     out = tmp_path / "tune"
     args = ["tune", "--model", "tiny-gpt2", "--seq-len", "16", "--device", "cpu", "--precision", "fp32",
-            "--checkpointing", "none", "--max-batch", "8", "--margin", "0", "--out", out]
+            "--checkpointing", "none", "--max-batch", "8", "--margin", "0", "--max-memory", "30MiB", "--out", out]
     proc = spawn(tmp_path, *args, env={"FAKE_WORKER_OOM_ABOVE": "4", "FAKE_WORKER_HANG": "-b3-"})
     wait_for(lambda: len(lines(out)) == 1 and len(list((tmp_path / "pids").iterdir())) == 8)  # 6 probes, 4, 3
     proc.send_signal(signal.SIGINT)
@@ -849,7 +849,7 @@ def test_10_tune_measures_every_combination_s_chosen_size_before_any_smaller_one
     out = tmp_path / "tune"
     result = lmbench("tune", "--model", "tiny-gpt2", "--seq-len", "16", "--device", "cpu", "--precision", "fp32",
                      "--checkpointing", "none,full", "--max-batch", "8", "--margin", "0", "--confirm-repeats", "1",
-                     "--out", out)
+                     "--max-memory", "30MiB", "--out", out)
     assert result.exit_code == 0, result.output
     measured = [(r["config"]["checkpointing"], r["config"]["batch_size"]) for r in results.read(out).records]
     assert measured == [("none", 4), ("full", 4), ("none", 3), ("none", 2), ("full", 3), ("full", 2)]

@@ -633,3 +633,19 @@ def test_a_cpu_runs_memory_figure_does_not_grow_with_its_steps():
     short, long = growth(20), growth(800)
     assert long[0] < 32 * 2**20, long  # each loss read as a bare loop reads it (worker._StepLosses)
     assert long[1] < short[1] + 32 * 2**20, (short, long)
+
+
+def test_a_resumed_tune_expects_a_measurement_to_take_what_its_records_took(tmp_path):
+    """A resume started from 0 and expected a probe's time: probes of 5 s, measurements of 100 s, and a session
+    with 60 s of budget started a measurement that ended after 100 (review 2026-11-28)."""
+    run_dir = RunDirectory(tmp_path / "run", resume=False)
+    config = BASE.replace(**COMBO, batch_size=4)
+    record = results.make_record(suite="tune", config=config.to_dict(), config_key=config.key, repeat=0,
+                                 status="ok", reason=None,
+                                 payload={"metrics": {"tokens_per_s": 1.0, "startup_s": 12.0, "warmup_s": 30.0,
+                                                      "window_s": 55.0, "eval_time_s": 3.0}})
+    run_dir.append(record)
+    run_dir.close()
+    tuner = Tuner(BASE, RunDirectory(tmp_path / "run", resume=True), launch=FakeLauncher(8), budget_s=60.0)
+    assert tuner.measure_s() == 100.0
+    assert not tuner.fits_in_budget(tuner.measure_s())

@@ -36,7 +36,7 @@ def parse_size(text: str) -> int:
     """'512MiB', '2GiB', '1.5G', '800M' or plain bytes -> bytes (the --max-memory option)."""
     units = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
              "g": 10**9, "gb": 10**9, "gib": 2**30}
-    number = text.strip().lower().rstrip("bytes") if text.strip().lower().endswith("bytes") else text.strip().lower()
+    number = text.strip().lower().removesuffix("bytes")
     digits = number.rstrip("kmgib")
     unit = number[len(digits):]
     try:
