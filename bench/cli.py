@@ -866,7 +866,8 @@ def _tune(base: Any, run_dir: runner.RunDirectory, lists: dict[str, list[Any]], 
         if result.chosen and not result.skipped:
             tuner.measure(result, plan.steps, plan.warmup, part="below")
     tuner.confirm(objective, confirm_repeats)
-    if not _tune_outcome(run_dir, found, plan, objective) and not tuner.budget_ran_out:
+    if not _tune_outcome(run_dir, found, plan, objective, budget_ran_out=tuner.budget_ran_out) \
+            and not tuner.budget_ran_out:
         # Nothing to recommend is no success: a script or CI step must tell it from a tuned winner. (A tune whose
         # --budget-minutes ran out has no winner yet, and a resume goes on.)
         from lmbench import tune as tuning
@@ -876,7 +877,7 @@ def _tune(base: Any, run_dir: runner.RunDirectory, lists: dict[str, list[Any]], 
 
 
 def _tune_outcome(run_dir: runner.RunDirectory, found: list[Any], plan: TunePlan, objective: str,
-                  cut: str | None = None) -> bool:
+                  cut: str | None = None, budget_ran_out: bool = False) -> bool:
     """tune's tables, its winner as a suite, and its warnings; `cut`: why it ended early (the tables then show
     what had ended by then, and tuned.toml says it is partial). Whether it had a winner to write."""
     from lmbench import tune as tuning
@@ -894,7 +895,7 @@ def _tune_outcome(run_dir: runner.RunDirectory, found: list[Any], plan: TunePlan
         console.print(apart)
     winner = tuning.write_winner(run_dir, objective, cut=cut)
     console.print(f"winner as a suite{' (partial)' if cut else ''}: {winner}" if winner
-                  else tuning.no_winner_reason(run_dir, objective, cut=cut))
+                  else tuning.no_winner_reason(run_dir, objective, cut=cut, budget_ran_out=budget_ran_out))
     busy = tuning.contention_warning(rows)
     if busy:
         click.echo(f"lmbench: warning: {busy}", err=True)

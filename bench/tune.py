@@ -538,14 +538,17 @@ def winner_basis(best: Any, objective: str) -> tuple[dict[str, float], str]:
                      f"out the measurement that picked it (over all {len(among)}: {overall:,.1f} {unit})")
 
 
-def no_winner_reason(run_dir: RunDirectory, objective: str = "throughput", cut: str | None = None) -> str:
-    """Why write_winner wrote nothing: nothing ran (or nothing yet, in a tune `cut` short), or everything that ran
-    strayed from its parity reference."""
+def no_winner_reason(run_dir: RunDirectory, objective: str = "throughput", cut: str | None = None,
+                     budget_ran_out: bool = False) -> str:
+    """Why write_winner wrote nothing: nothing ran (or nothing yet, in a tune `cut` short or whose --budget-minutes
+    ran out first), or everything that ran strayed from its parity reference."""
     rows = ranked(run_dir, objective)
     if any(row["status"] == "ok" for row in rows):
         return "no winner: every configuration that ran drifted or diverged from its parity reference"
     if cut and not rows:
         return f"no winner yet: nothing was measured before the tune was {cut}"
+    if budget_ran_out and not rows:
+        return "no winner yet: --budget-minutes ran out before anything was measured; --resume goes on"
     return "no configuration ran successfully"
 
 

@@ -71,13 +71,16 @@ if [[ $MODE == gpu ]]; then
     DEVICE=cuda GPT2=gpt2-124m LLAMA=llama-1b GPT2_MEDIUM=gpt2-355m SEQ=1024 BATCH=8
     CONFIG_TIMEOUT_S=150 TUNE_MAX_BATCH=64 TUNE_GPT2_S=230 TUNE_LLAMA_S=135 TUNE_LONG_S=185 COMPILED_BATCH=14
     NORM_SHAPES=8192x2048,8192x4096,8192x8192 LCE_SHAPE=8192x4096x128256
-    SHORT=() PYTEST_MODE=()
+    SHORT=() PYTEST_MODE=() TUNE_CAP=() TUNE_ENV=()
 else
     DEVICE=cpu GPT2=tiny-gpt2 LLAMA=tiny-llama GPT2_MEDIUM=tiny-gpt2 SEQ=64 BATCH=2
     CONFIG_TIMEOUT_S=120 TUNE_MAX_BATCH=8 TUNE_GPT2_S=60 TUNE_LLAMA_S=60 TUNE_LONG_S=60 COMPILED_BATCH=2
     NORM_SHAPES=64x64,64x128 LCE_SHAPE=64x32x256
     # Given last, these win over each stage's own steps and warmup.
     SHORT=(--set steps=2 --set warmup=1)
+    # tune on a CPU needs a memory edge: without one it would be the host's RAM. Its Triton combinations run under
+    # the interpreter (skipped, the tune would end with no winner: exit 2).
+    TUNE_CAP=(--max-memory 2GiB) TUNE_ENV=(env TRITON_INTERPRET=1)
     # Kernel tests under the interpreter take minutes; collecting them proves the command line and imports.
     PYTEST_MODE=(--collect-only)
 fi
@@ -388,27 +391,30 @@ case $STAGE in
         # that served it best in stage 2 (gpt2-124m 24.3% MFU compiled, llama-1b 38.9% with ours).
         # Budgets from the H100 (2026-11-27): a compiled GPT-2 configuration costs 60 s (20 s start, 40 s
         # compiling), a Llama one with ours 20-25 s; a tune's step allows its budget and one configuration more.
-        step "tune-$GPT2" "$TUNE_GPT2_S" "$PY" -m lmbench.cli tune --model "$GPT2" --seq-len "$SEQ" --precision amp-bf16 \
-            --checkpointing none --budget-minutes "$(tune_minutes "$TUNE_GPT2_S" 70)" --steps 30 \
+        step "tune-$GPT2" "$TUNE_GPT2_S" "${TUNE_ENV[@]}" "$PY" -m lmbench.cli tune --model "$GPT2" --seq-len "$SEQ" \
+            --precision amp-bf16 --checkpointing none --budget-minutes "$(tune_minutes "$TUNE_GPT2_S" 70)" --steps 30 \
             --max-batch "$TUNE_MAX_BATCH" --device "$DEVICE" --out "$WORK/runs/tune-$GPT2" --set profile=true \
+            "${TUNE_CAP[@]}" \
             --kernels compile --warmup 8 --set vocab_multiple=64 --set dropout=false --min-batch "$((2 * BATCH))"
-        step "tune-$LLAMA" "$TUNE_LLAMA_S" "$PY" -m lmbench.cli tune --model "$LLAMA" --seq-len "$SEQ" \
-            --precision amp-bf16 --checkpointing none --budget-minutes "$(tune_minutes "$TUNE_LLAMA_S" 30)" \
+        step "tune-$LLAMA" "$TUNE_LLAMA_S" "${TUNE_ENV[@]}" "$PY" -m lmbench.cli tune --model "$LLAMA" \
+            --seq-len "$SEQ" --precision amp-bf16 --checkpointing none --budget-minutes "$(tune_minutes "$TUNE_LLAMA_S" 30)" \
             --steps 30 --max-batch "$TUNE_MAX_BATCH" --device "$DEVICE" --out "$WORK/runs/tune-$LLAMA" \
+            "${TUNE_CAP[@]}" \
             --set profile=true --kernels triton --warmup 3 --min-batch "$((2 * BATCH))"
         report
         ;;
     11) # The rest of issue 13's MFU matrix that stage 4 leaves: Llama-1B at 2048 tokens (GPT-2 has 1024 positions),
         # amp-bf16 with selective checkpointing and pure bf16 without, our kernels, each tuned and profiled.
-        step "tune-$LLAMA-long-selective" "$TUNE_LONG_S" "$PY" -m lmbench.cli tune --model "$LLAMA" \
+        step "tune-$LLAMA-long-selective" "$TUNE_LONG_S" "${TUNE_ENV[@]}" "$PY" -m lmbench.cli tune --model "$LLAMA" \
             --seq-len "$((2 * SEQ))" --precision amp-bf16 --checkpointing selective --kernels triton \
             --budget-minutes "$(tune_minutes "$TUNE_LONG_S" 40)" --steps 30 --warmup 3 --min-batch "$((BATCH / 2))" \
             --max-batch "$TUNE_MAX_BATCH" --device "$DEVICE" --out "$WORK/runs/tune-$LLAMA-long-selective" \
+            "${TUNE_CAP[@]}" \
             --set profile=true
-        step "tune-$LLAMA-long-bf16" "$TUNE_LONG_S" "$PY" -m lmbench.cli tune --model "$LLAMA" \
+        step "tune-$LLAMA-long-bf16" "$TUNE_LONG_S" "${TUNE_ENV[@]}" "$PY" -m lmbench.cli tune --model "$LLAMA" \
             --seq-len "$((2 * SEQ))" --precision bf16 --checkpointing none --kernels triton \
             --budget-minutes "$(tune_minutes "$TUNE_LONG_S" 40)" --steps 30 --warmup 3 --min-batch "$((BATCH / 2))" \
-            --max-batch "$TUNE_MAX_BATCH" --device "$DEVICE" --out "$WORK/runs/tune-$LLAMA-long-bf16" \
+            --max-batch "$TUNE_MAX_BATCH" --device "$DEVICE" --out "$WORK/runs/tune-$LLAMA-long-bf16" "${TUNE_CAP[@]}" \
             --set profile=true
         report
         ;;
