@@ -162,3 +162,74 @@ def test_window_counts_its_own_loss_scale_overflows_and_warns(monkeypatch):
     # The final scale is 2**35 halved once per skipped step (no growth within 2000 good steps).
     assert metrics["loss_scale_final"] == 2.0 ** (35 - 5 - window)
     assert any(f"{window} of 20 measured steps skipped the optimizer update" in w for w in record["warnings"])
+
+
+def test_pure_16_bit_weights_keep_floating_buffers_in_fp32():
+    """Llama's RoPE frequencies cast to bf16 put the rotary angles 0.85 rad off at position 2047 (a reviewer's
+    finding, 2026-11-28): parameters take the dtype, buffers keep theirs."""
+    from lmbench.models.registry import MODELS, build_model
+
+    for mode in ("bf16", "fp16"):
+        model = PRECISIONS[mode](build_model(MODELS["tiny-llama"], attention="sdpa"), sgd, CPU).model
+        assert {p.dtype for p in model.parameters()} == {torch.bfloat16 if mode == "bf16" else torch.float16}
+        assert {b.dtype for b in model.buffers()} == {torch.float32}
+
+
+def test_a_masked_lm_loss_is_fp32_under_16_bit_weights():
+    """BERT's MLM loss is computed in the weights' dtype by transformers (the causal LMs upcast): pure bf16 recorded
+    losses rounded to bf16's steps, and parity's 16-bit tolerances were set by that rounding."""
+    from lmbench.plan.config import Config
+    from lmbench.run.training import TrainingStep
+
+    step = TrainingStep(Config(model="tiny-bert-mlm", precision="bf16", batch_size=2, seq_len=16, device="cpu"), CPU)
+    batch = step.batches[0]
+    with step.precision.autocast():
+        assert step._loss(batch, 0.0).dtype == torch.float32
+
+
+def test_data_parallel_replicas_run_under_the_callers_autocast_dtype(monkeypatch):
+    """torch's parallel_apply re-enters autocast in each replica's thread with `enabled` only, and the dtype is
+    thread-local: on two GPUs an amp-bf16 row ran fp16 autocast in its replicas. Shown on the CPU's autocast, whose
+    default dtype (bf16) stands in for CUDA's (fp16), with torch's threading of the replicas."""
+    import threading
+
+    from lmbench.run import parallel
+
+    def threaded(self, replicas, inputs, kwargs):
+        enabled, out = torch.is_autocast_enabled("cpu"), [None] * len(replicas)
+
+        def work(i):
+            with torch.amp.autocast("cpu", enabled=enabled):
+                out[i] = replicas[i](*inputs[i], **kwargs[i])
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(replicas))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return out
+
+    class CpuDataParallel(parallel.DataParallel):
+        device_type = "cpu"
+
+    monkeypatch.setattr(nn.DataParallel, "parallel_apply", threaded)
+    linear = tiny()
+    x = torch.ones(3, 4)
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert threaded(None, [linear], [(x,)], [{}])[0].dtype == torch.bfloat16  # torch's way: the dtype lost
+        (out,) = CpuDataParallel(linear).parallel_apply([linear], [(x,)], [{}])
+    assert out.dtype == torch.float16
+
+
+@pytest.mark.gpu
+def test_data_parallel_replicas_on_two_gpus_run_in_amp_bf16():
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA GPUs (nn.DataParallel calls a single replica in the caller's thread)")
+    from lmbench.run.parallel import DataParallel
+
+    seen = []
+    linear = nn.Linear(8, 8).cuda()
+    linear.register_forward_hook(lambda module, args, output: seen.append(output.dtype))
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        DataParallel(linear)(torch.ones(4, 8, device="cuda"))
+    assert seen == [torch.bfloat16, torch.bfloat16]

@@ -8,7 +8,7 @@ parallelism cuts the model into stages instead (lmbench.run.pipeline); here it i
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -22,9 +22,36 @@ def _none(model: nn.Module, *, config: Config, device: torch.device) -> nn.Modul
     return model
 
 
+class _UnderAutocast:
+    """A replica called under its caller's autocast dtype (DataParallel's replica threads re-enter autocast
+    without one)."""
+
+    def __init__(self, replica: nn.Module, device_type: str, dtype: torch.dtype) -> None:
+        self.replica, self.device_type, self.dtype = replica, device_type, dtype
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            return self.replica(*args, **kwargs)
+
+
+class DataParallel(nn.DataParallel):
+    """nn.DataParallel whose replicas run under the autocast dtype of the forward's caller. torch's parallel_apply
+    re-enters autocast in each replica's thread with `enabled` only, and the dtype is thread-local: on two or more
+    GPUs an amp-bf16 row (and FP8's bf16 casts) ran fp16 autocast in the replicas, without loss scaling (a
+    reviewer's finding, 2026-11-28; torch's own pytorch#125186)."""
+
+    device_type = "cuda"
+
+    def parallel_apply(self, replicas: Sequence[nn.Module], inputs: Sequence[object], kwargs: object) -> list[object]:
+        if torch.is_autocast_enabled(self.device_type):
+            dtype = torch.get_autocast_dtype(self.device_type)
+            replicas = [_UnderAutocast(replica, self.device_type, dtype) for replica in replicas]
+        return super().parallel_apply(replicas, inputs, kwargs)
+
+
 def _dp(model: nn.Module, *, config: Config, device: torch.device) -> nn.Module:
     # Replicates over every visible GPU each forward and splits the batch along dim 0.
-    return nn.DataParallel(model)
+    return DataParallel(model)
 
 
 def _ddp(model: nn.Module, *, config: Config, device: torch.device) -> nn.Module:

@@ -20,6 +20,19 @@ def _unwrapped(model: nn.Module) -> nn.Module:
     return model
 
 
+def cast_weights(model: nn.Module, dtype: torch.dtype, device: torch.device | None = None) -> nn.Module:
+    """The model (on `device`) with its parameters in `dtype`; floating buffers keep theirs. Llama's RoPE
+    frequencies (`inv_freq`) in bf16 put the rotary angles 0.85 rad off at position 2047 (transformers upcasts
+    them only after the rounding): a pure-bf16 row trained on distorted positions, which recipes keep in fp32."""
+    kept = {name: buffer.dtype for name, buffer in model.named_buffers() if buffer.is_floating_point()}
+    model = model.to(device=device, dtype=dtype)
+    for name, original in kept.items():
+        owner, _, leaf = name.rpartition(".")
+        module = model.get_submodule(owner)
+        module._buffers[leaf] = module._buffers[leaf].to(original)
+    return model
+
+
 class Precision:
     """fp32 / tf32 / bf16: weights in one dtype, no autocast, no loss scaling."""
 
@@ -33,7 +46,7 @@ class Precision:
                  wrap: Wrapper = _unwrapped) -> None:
         """`wrap` (data parallelism) is applied after the cast and before the optimizer sees the parameters."""
         self.device = device
-        self.model = wrap(model.to(device=device, dtype=self.weight_dtype))
+        self.model = wrap(cast_weights(model, self.weight_dtype, device))
         self.optimizer = make_optimizer(self._trainable(self.model))
         self._skipped_steps = 0
 
@@ -166,7 +179,7 @@ class Fp16MasterWeights(Precision):
         model = model.to(device=device)
         self.params = self._trainable(model)
         self.master = [p.detach().float().clone().requires_grad_(True) for p in self.params]
-        self.model = wrap(model.to(dtype=torch.float16))
+        self.model = wrap(cast_weights(model, torch.float16))
         self.optimizer = make_optimizer(self.master)
         self.growth_interval = growth_interval
         # As GradScaler keeps them: the scale, the good steps since it last changed, and the overflow flag.

@@ -267,12 +267,14 @@ class TrainingStep:
         return loss.detach().float().clone() if self.compile_graphs else loss.detach().float()
 
     def _loss(self, batch: Batch, label_smoothing: float, reduction: str = "mean") -> torch.Tensor:
-        """The model's loss on a batch; with label smoothing (or a sum) the eager path computes it from the logits,
-        since the transformers losses take no label_smoothing."""
+        """The model's loss on a batch, in fp32; with label smoothing (or a sum), or for a masked LM, the eager path
+        computes it from the logits (token_cross_entropy), since the transformers losses take no label_smoothing."""
         if self.fused_loss:
             return self.model(input_ids=batch.input_ids, labels=batch.labels, label_smoothing=label_smoothing,
                               reduction=reduction).loss
-        if not label_smoothing and reduction == "mean":
+        # The causal LMs' own loss upcasts the logits; BERT's MLM loss does not, so under fp16 or bf16 weights it
+        # was a 16-bit loss (recorded losses rounded to bf16's steps, and parity's 16-bit tolerances set by it).
+        if not label_smoothing and reduction == "mean" and self.spec.objective == "causal-lm":
             return self.model(input_ids=batch.input_ids, labels=batch.labels).loss
         logits = self.model(input_ids=batch.input_ids).logits
         return token_cross_entropy(logits, batch.labels, objective=self.spec.objective,
