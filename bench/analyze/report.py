@@ -300,8 +300,9 @@ def sections(records: list[dict[str, Any]], baseline: tuple[str, str] | None = N
         head += ["parity", "max loss dev", "tolerance"]
     if baseline:
         head += [f"speedup vs {baseline[0]}={baseline[1]}", "Diff %"]
-    out = {"throughput": Grid(axes + head + ["note"], throughput_rows, right=set(range(n + 1, n + len(head))),
-                              note=mfu_note(records)),
+    # Figures right-aligned; the parity verdict is a word.
+    numeric = {n + i for i, column in enumerate(head) if i and column != "parity"}
+    out = {"throughput": Grid(axes + head + ["note"], throughput_rows, right=numeric, note=mfu_note(records)),
            "memory": Grid(axes + ["status", "peak allocated GiB", "peak reserved GiB", "NVML used GiB",
                                   "host RSS growth in training MiB", "in window MiB"], memory_rows,
                             right={n + 1, n + 2, n + 3, n + 4, n + 5}),
