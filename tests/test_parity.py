@@ -66,6 +66,26 @@ def test_broken_configurations_are_caught():
     assert verdict(reference, curve(base.replace(lr=1e6)), precision="fp32")["parity"] in ("diverged", "drift")
 
 
+def test_pure_fp16_that_trains_wrong_drifts_and_healthy_pure_fp16_does_not():
+    """fp16's tolerance was 4e-2, set by BERT's 16-bit loss, and passed an fp16 run that skipped every third
+    optimizer update (deviation 0.026-0.035; a reviewer's finding, 2026-11-28). The settings of
+    ci/parity-tolerances.sh, tiny-gpt2."""
+    base = Config(model="tiny-gpt2", batch_size=4, seq_len=64, warmup=0, lr=1e-3, data="markov", device="cpu")
+    reference = curve(base, 30)
+    healthy = verdict(reference, curve(base.replace(precision="fp16"), 30), precision="fp16")
+    assert healthy["parity"] == "ok", healthy
+    step = TrainingStep(base.replace(precision="fp16"), torch.device("cpu"))
+    update, calls = step.precision.optimizer.step, []
+
+    def every_third_skipped(*args, **kwargs):
+        calls.append(1)
+        return None if len(calls) % 3 == 0 else update(*args, **kwargs)
+
+    step.precision.optimizer.step = every_third_skipped
+    broken = verdict(reference, [step().item() for _ in range(30)], precision="fp16")
+    assert broken["parity"] == "drift", broken
+
+
 def test_planted_kernel_bug_drifts(monkeypatch):
     import lmbench.kernels.norms as norms
 
