@@ -148,14 +148,17 @@ class Tuner:
         recorded = run_dir.recorded()
         self.warnings += recorded.warnings
         self.done = {r["config_key"] for r in recorded.records}
-        # A resumed tune knows what its measurements took from their records (start-up, warmup, window and
-        # evaluations: the worker's own clock, short of its exit), or it would expect a probe's time and overrun
-        # --budget-minutes (probes of 5 s, measurements of 100 s: a 60 s budget ended after 100, a review found).
+        # A resumed tune knows what its measurements took from their records, or it would expect a probe's time
+        # and overrun --budget-minutes (probes of 5 s, measurements of 100 s: a 60 s budget ended after 100, a
+        # review found): each job's wall time as the tune waited for it, or for records written before that was
+        # kept, the worker's own start-up, warmup, window and evaluations (short of profiling and a run to target).
         for record in recorded.records:
-            took = [(record.get("metrics") or {}).get(part) for part in ("startup_s", "warmup_s", "window_s")]
-            if all(isinstance(part, (int, float)) for part in took):
-                evaluated = (record["metrics"].get("eval_time_s") or 0.0)
-                self.longest_measure_s = max(self.longest_measure_s, sum(took) + evaluated)
+            metrics = record.get("metrics") or {}
+            took = [metrics.get(part) for part in ("startup_s", "warmup_s", "window_s")]
+            if isinstance(metrics.get("job_wall_s"), (int, float)):
+                self.longest_measure_s = max(self.longest_measure_s, float(metrics["job_wall_s"]))
+            elif all(isinstance(part, (int, float)) for part in took):
+                self.longest_measure_s = max(self.longest_measure_s, sum(took) + (metrics.get("eval_time_s") or 0.0))
 
     def fits_in_budget(self, expected_s: float) -> bool:
         """Whether a job of `expected_s` started now ends within the budget: the budget bounds when the tune ends,
@@ -181,6 +184,10 @@ class Tuner:
         status, reason, payload, took_s = self._launch_timed(job)
         if status != "timeout":  # what a hang took is its timeout_s, not what the next measurement will
             self.longest_measure_s = max(self.longest_measure_s, took_s)
+        if payload is not None and isinstance(payload.get("metrics"), dict):
+            # The whole job as this process waited for it (profiling, a run to target and the exit included): what
+            # a resumed tune expects a measurement to take.
+            payload["metrics"]["job_wall_s"] = took_s
         return status, reason, payload
 
     def probe_config(self, combo: dict[str, str], batch: int) -> Config:
@@ -547,8 +554,9 @@ def no_winner_reason(run_dir: RunDirectory, objective: str = "throughput", cut: 
         return "no winner: every configuration that ran drifted or diverged from its parity reference"
     if cut and not rows:
         return f"no winner yet: nothing was measured before the tune was {cut}"
-    if budget_ran_out and not rows:
-        return "no winner yet: --budget-minutes ran out before anything was measured; --resume goes on"
+    if budget_ran_out:
+        what = "anything was measured" if not rows else "a configuration ran successfully"
+        return f"no winner yet: --budget-minutes ran out before {what}; --resume goes on"
     return "no configuration ran successfully"
 
 

@@ -25,12 +25,15 @@ GRAPHED = {"device": "cuda", "kernels": "compile", "compile_mode": "reduce-overh
 
 @pytest.fixture(autouse=True)
 def inductor_as_it_was():
-    """A compile mode with CUDA graphs sets inductor's cudagraph_or_error and graph_partition for the whole process
-    (a worker's own): here they must not outlive the test."""
+    """A compile mode with CUDA graphs sets inductor's cudagraph_or_error and graph_partition, and every compile
+    dynamo's fail_on_recompile_limit_hit, for the whole process (a worker's own): here they must not outlive the
+    test."""
+    import torch._dynamo.config as dynamo
     import torch._inductor.config as inductor
 
     with inductor.patch({"triton.cudagraph_or_error": inductor.triton.cudagraph_or_error,
-                         "graph_partition": inductor.graph_partition}):
+                         "graph_partition": inductor.graph_partition}), \
+            dynamo.patch(fail_on_recompile_limit_hit=dynamo.fail_on_recompile_limit_hit):
         yield
 
 
@@ -403,3 +406,12 @@ def test_the_recompile_limit_is_an_error_not_an_uncompiled_model(monkeypatch):
         model.double()(torch.ones(2, 4, dtype=torch.float64))  # new dtypes: a failed guard, a second graph
     assert compiled.failure_reason(raised.value).startswith("torch.compile hit dynamo's recompile limit (1 graphs")
     assert compiled.failure_reason(ValueError("x")) is None
+
+
+def test_compile_under_data_parallel_is_skipped():
+    """nn.DataParallel runs each replica in a thread of its own, which dynamo does not trace: on two GPUs a
+    kernels=compile parallel=dp row ran its model uncompiled (a reviewer's finding, 2026-11-28)."""
+    config = resolve(Config(model="tiny-gpt2", parallel="dp", kernels="compile", device="cuda"), H100)
+    assert skip_reason(config, H100).startswith("kernels=compile is not available with parallel=dp: nn.DataParallel "
+                                                "runs its replicas in threads")
+    assert skip_reason(config.replace(kernels="eager"), H100) is None

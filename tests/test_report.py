@@ -912,6 +912,12 @@ def test_the_energy_row_is_one_repeat_and_parity_shows_its_worst_beside_the_tole
                             sm_clock_avg_mhz=1500 + repeat, sm_clock_min_mhz=1400 + repeat, parity=verdict,
                             parity_max_rel_dev=dev, parity_tolerance=0.015)
         rows.append(r)
+    # A contended repeat's parity counts (the host does not change how it trains): its verdict and deviation both.
+    contended = hand_record("bf16", 8, 900.0, repeat=3)
+    contended["metrics"].update(host_other_cpu_cores=1.5, host_usable_cores=2, window_s=10.0, parity="drift",
+                                parity_max_rel_dev=0.4, parity_tolerance=0.015)
+    mixed = report.tables([rows[0], contended])["throughput"]
+    assert "| drift | 0.4 | 0.015 |" in mixed and "1 contended repeat left out" in mixed
     t = report.tables(rows)
     # The repeat with the median tokens/s (1050): its power, energy, mJ/token, tokens/J and clocks together.
     assert "| ok (3/3) | 600 | 1200.0 | 571.429 | 2 | none | 1502 (1402) |" in t["energy"]
@@ -958,3 +964,15 @@ def test_a_cpu_profile_keeps_its_shares_as_profiled():
     assert cells["held back most by"] == "time outside ops 30% (matmul + attention 40%)"
     assert cells["note"] == ("200% slower under the profiler, which on a CPU slows the ops themselves: the shares "
                              "are as profiled")
+
+
+def test_the_header_counts_the_repeats_the_figures_rest_on():
+    """Two ok repeats, one left out as contended: the header said 'each configuration measured once ... --repeats
+    3 gives one' of a --repeats 2 run (a reviewer's finding)."""
+    quiet, busy = hand_record("fp32", 8, 1000.0), hand_record("fp32", 8, 400.0, repeat=1)
+    busy["metrics"].update(host_other_cpu_cores=1.5, host_usable_cores=2, window_s=10.0)
+    line = report.repeats_line(report.summarize([quiet, busy]))
+    assert line == "figures rest on one repeat a configuration; 1 contended repeat left out: no spread over repeats " \
+                   "to quote"
+    assert report.repeats_line(report.summarize([quiet, hand_record("fp32", 8, 1100.0, repeat=1)])) == (
+        "figures are medians over repeats (2 ok a configuration)")

@@ -11,7 +11,7 @@ from lmbench.errors import UsageError
 from lmbench.plan import suite as suites
 from lmbench.plan.config import Config
 from lmbench.plan.tuneplan import parse_size
-from lmbench.run.runner import RunDirectory, run_worker
+from lmbench.run.runner import Job, RunDirectory, run_worker
 from lmbench.tune import Tuner, winner_suite
 
 BASE = Config(model="tiny-gpt2", seq_len=256, device="cpu", max_memory_bytes=60 * 2**20)
@@ -648,7 +648,19 @@ def test_a_resumed_tune_expects_a_measurement_to_take_what_its_records_took(tmp_
                                  payload={"metrics": {"tokens_per_s": 1.0, "startup_s": 12.0, "warmup_s": 30.0,
                                                       "window_s": 55.0, "eval_time_s": 3.0}})
     run_dir.append(record)
+    # A record that kept the job's wall time (profiled steps and the exit are in it): that, whatever its parts say.
+    other = config.replace(batch_size=8)
+    timed = results.make_record(suite="tune", config=other.to_dict(), config_key=other.key, repeat=0,
+                                status="ok", reason=None,
+                                payload={"metrics": {"tokens_per_s": 1.0, "startup_s": 1.0, "warmup_s": 1.0,
+                                                     "window_s": 1.0, "job_wall_s": 140.0}})
     run_dir.close()
     tuner = Tuner(BASE, RunDirectory(tmp_path / "run", resume=True), launch=FakeLauncher(8), budget_s=60.0)
     assert tuner.measure_s() == 100.0
     assert not tuner.fits_in_budget(tuner.measure_s())
+    tuner.run_dir.append(timed)
+    tuner.run_dir.close()
+    assert Tuner(BASE, RunDirectory(tmp_path / "run", resume=True), launch=FakeLauncher(8)).measure_s() == 140.0
+    # A measurement launched now keeps its own.
+    fresh = Tuner(BASE, RunDirectory(tmp_path / "new", resume=False), launch=FakeLauncher(8))
+    assert "job_wall_s" in fresh._launch_measurement(Job(config, 0))[2]["metrics"]

@@ -28,10 +28,13 @@ def _planned(meta: dict[str, Any], records: list[dict[str, Any]]) -> list[tuple[
     """(key, config) of each planned configuration: run.json's list, or for a run from before it kept one, the
     configurations it recorded (their missing repeats can still be told; a configuration with none cannot)."""
     listed = meta.get("planned")
+    recorded = {r["config_key"]: r["config"] for r in records}
     if isinstance(listed, list) and all(isinstance(p, dict) and isinstance(p.get("config_key"), str)
                                         and isinstance(p.get("config"), dict) for p in listed):
-        return [(p["config_key"], p["config"]) for p in listed]
-    return list({r["config_key"]: r["config"] for r in records}.items())
+        # A configuration with records takes their config (every axis); one without, the planned axes away from
+        # their defaults, filled with this lmbench's.
+        return [(p["config_key"], recorded.get(p["config_key"], p["config"])) for p in listed]
+    return list(recorded.items())
 
 
 def unrecorded(run_dir: Path, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:

@@ -40,6 +40,9 @@ class ConfigSummary:
     reason: str | None
     metrics: dict[str, list[float]] = field(default_factory=dict)
     parity: list[str] = field(default_factory=list)
+    parity_devs: list[float] = field(default_factory=list)
+    """The deviations of the repeats with a parity verdict, contended ones too: parity judges training, which the
+    host's other work does not change, and the worst verdict must stand beside its own deviation."""
     repeats: list[dict[str, Any]] = field(default_factory=list)
     """The metrics of each ok repeat the figures rest on (for the stalls note: metrics.stalls_note)."""
     energy_caveats: list[str] = field(default_factory=list)
@@ -112,7 +115,7 @@ SUMMARY_METRICS = ("tokens_per_s", "step_time_median_s", "tokens_per_step", "ste
                    "peak_tflops", "sm_clock_avg_mhz", "sm_clock_min_mhz", "mem_peak_reserved_bytes",
                    "mem_peak_allocated_bytes", "mem_nvml_used_peak_bytes",
                    "mem_host_peak_growth_bytes", "mem_host_training_growth_bytes", "j_per_token", "tokens_per_j",
-                   "power_avg_w", "energy_j", "parity_max_rel_dev", "parity_tolerance", "pp_bubble_fraction",
+                   "power_avg_w", "energy_j", "parity_tolerance", "pp_bubble_fraction",
                    "pp_bubble_fraction_theory",
                    "host_other_cpu_cores", "host_usable_cores", "devices", "global_batch_sequences",
                    "tokens_per_s_per_device", "scaling_efficiency", "gpu_util_avg_pct")
@@ -185,6 +188,8 @@ def _collect(s: ConfigSummary, group: list[dict[str, Any]]) -> None:
         s.reason = s.reason or r.get("reason")
         if (r.get("metrics") or {}).get("parity"):
             s.parity.append(r["metrics"]["parity"])
+            if isinstance(r["metrics"].get("parity_max_rel_dev"), (int, float)):
+                s.parity_devs.append(float(r["metrics"]["parity_max_rel_dev"]))
         if r in kept:
             m = r["metrics"]
             if m.get("tokens_per_step") is None and m.get("tokens_per_s") and m.get("step_time_median_s"):
@@ -266,7 +271,7 @@ def sections(records: list[dict[str, Any]], baseline: tuple[str, str] | None = N
             # The worst verdict beside the worst deviation and the bound that judged it: a median deviation inside
             # the tolerance beside a `drift` verdict reads as a contradiction.
             worst = max(s.parity, key=PARITY_ORDER.index, default=None)
-            dev = max(s.metrics.get("parity_max_rel_dev") or [], default=None)
+            dev = max(s.parity_devs, default=None)
             row += [worst or "-", _fmt(dev, ".2g"), _fmt(s.median("parity_tolerance"), ".2g")]
         withheld = None
         if baseline:
@@ -317,12 +322,16 @@ def sections(records: list[dict[str, Any]], baseline: tuple[str, str] | None = N
 def repeats_line(summaries: list[ConfigSummary]) -> str:
     """What the figures rest on: a median over how many repeats, or one repeat each (no spread to quote)."""
     counts = sorted({len(s.repeats) for s in summaries if s.repeats})
+    left_out = sum(s.left_out for s in summaries)
+    contended = f"; {left_out} contended repeat{'s' if left_out > 1 else ''} left out" if left_out else ""
     if not counts:
         return "no configuration measured"
     if counts == [1]:
+        if left_out:
+            return f"figures rest on one repeat a configuration{contended}: no spread over repeats to quote"
         return "each configuration measured once: no spread over repeats to quote (--repeats 3 gives one)"
     span = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
-    return f"figures are medians over repeats ({span} ok a configuration)"
+    return f"figures are medians over repeats ({span} ok a configuration{contended})"
 
 
 def mfu_note(records: list[dict[str, Any]]) -> str:

@@ -79,6 +79,10 @@ def skip_reason(config: Config, platform: Platform, *, nnodes: int = 1) -> str |
     if config.parallel == "fsdp" and config.kernels == "triton":
         return ("kernels=triton is not available with parallel=fsdp: its fused loss reads the LM head's weight "
                 "outside the head's forward, where FSDP2 keeps it sharded")
+    if config.parallel == "dp" and config.kernels == "compile":
+        return ("kernels=compile is not available with parallel=dp: nn.DataParallel runs its replicas in threads of "
+                "its own, which torch.compile does not trace, so on two or more GPUs the model would run uncompiled; "
+                "use parallel=ddp")
     if config.parallel == "dp" and config.kernels == "liger":
         return ("kernels=liger is not available with parallel=dp: Liger binds its forwards to the device-0 modules, "
                 "which every DataParallel replica would then run")
