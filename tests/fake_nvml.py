@@ -29,6 +29,8 @@ class FakeGpu:
     temp_c: int = 61
     mig_mode: int = 0
     """1 when the GPU is in MIG mode (CUDA then sees only its instances)."""
+    compute_pids: list[int] = field(default_factory=list)
+    """The processes NVML lists with a compute context on the GPU."""
 
 
 class FakeNvml:
@@ -108,6 +110,10 @@ class FakeNvml:
     def nvmlDeviceGetName(self, handle: FakeGpu) -> bytes:
         self._gpu(handle, "name")
         return b"NVIDIA H100 80GB HBM3"
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: FakeGpu) -> list[Any]:
+        gpu = self._gpu(handle, "compute_processes")
+        return [SimpleNamespace(pid=pid, usedGpuMemory=2**30) for pid in gpu.compute_pids]
 
     def nvmlSystemGetDriverVersion(self) -> str:
         return "580.159.04"

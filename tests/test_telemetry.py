@@ -464,3 +464,55 @@ def test_evaluations_that_cut_the_window_into_short_stretches_leave_the_counter_
     energy, source = t.energy()
     assert source == "power-integral (evaluations cut the window into stretches too short for the counter)"
     assert energy == pytest.approx(200.0 * t.duration_s, rel=0.05)
+
+
+def test_another_process_on_the_gpu_is_named_and_warned_of():
+    """Host contention was measured, the GPU's was not: a second job on the card shared its SMs without a word.
+    NVML's compute processes at the window's edges: this process and its torchrun siblings (same parent) are the
+    job's own; in another PID namespace (this process not among NVML's pids) the others are counted."""
+    import os
+    import subprocess
+    import sys
+
+    from lmbench.measure import gpushare
+
+    sibling = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])  # a child of ours: not a rank
+    try:
+        gpu = FakeGpu(A, "00000000:65:00.0", energy_mj=[1_000, 2_000], compute_pids=[os.getpid(), sibling.pid])
+        t = telemetry_for(gpu)
+        with t.window():
+            busy(0.02)
+        s = t.summary(tokens=100)
+        assert (s["gpu_other_processes"], s["gpu_other_pids"]) == (1, [sibling.pid])
+        assert gpushare.sharing_warning(s) == (
+            f"1 other process held a CUDA context on a measured GPU during the window (pids {sibling.pid}): any "
+            "work of theirs shared its SMs and memory bandwidth with this measurement")
+        # Seen from one torchrun rank, another child of its parent is a rank of the same job.
+        rank = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        try:
+            assert gpushare.others([rank.pid, sibling.pid], own=rank.pid, parent=os.getpid()) == (0, [])
+        finally:
+            rank.kill()
+            rank.wait()
+    finally:
+        sibling.kill()
+        sibling.wait()
+    # Another PID namespace: counted, not named.
+    assert gpushare.others([11, 12, 13], own=5, parent=1) == (2, None)
+    assert "NVML's pids are of another PID namespace" in gpushare.sharing_warning(
+        {"gpu_other_processes": 2, "gpu_other_pids": None})
+    alone = FakeGpu(A, "00000000:65:00.0", energy_mj=[1_000, 2_000], compute_pids=[os.getpid()])
+    t = telemetry_for(alone)
+    with t.window():
+        busy(0.02)
+    assert t.summary(tokens=100)["gpu_other_processes"] == 0
+    assert gpushare.sharing_warning(t.summary(tokens=100)) is None
+    unsupported = FakeGpu(A, "00000000:65:00.0", energy_mj=[1_000, 2_000], unsupported={"compute_processes"})
+    t = telemetry_for(unsupported)
+    with t.window():
+        busy(0.02)
+    assert t.summary(tokens=100)["gpu_other_processes"] is None
+    # Several GPUs: the most on any, and every pid named.
+    assert gpushare.merged([{"gpu_other_processes": 1, "gpu_other_pids": [7]},
+                            {"gpu_other_processes": 2, "gpu_other_pids": [8, 9]}]) == {
+        "gpu_other_processes": 2, "gpu_other_pids": [7, 8, 9]}

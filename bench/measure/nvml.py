@@ -166,6 +166,12 @@ class NvmlDevice:
             self.nvml.nvmlDeviceGetCurrentClocksThrottleReasons
         return self._query("clock_events", call)
 
+    def compute_pids(self) -> list[int] | None:
+        """The processes holding a CUDA compute context on the device, as NVML numbers them; None where it cannot
+        tell."""
+        processes = self._query("compute_processes", self.nvml.nvmlDeviceGetComputeRunningProcesses)
+        return None if processes is None else sorted({int(p.pid) for p in processes})
+
     def static_info(self) -> dict[str, Any]:
         """Read once per window: power limit, max SM clock, driver version, name."""
         limit_mw = self._query("power_limit", self.nvml.nvmlDeviceGetEnforcedPowerLimit)

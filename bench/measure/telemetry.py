@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from lmbench.measure import gpushare
 from lmbench.measure.nvml import (
     CLOCK_EVENT_REASONS,
     POWER_OR_HEAT,
@@ -152,6 +153,8 @@ class Telemetry:
         self._lock = threading.Lock()
         self._paused = False
         self.static: dict[str, Any] = {}
+        self.pid_edges: list[list[int] | None] = []
+        """NVML's compute processes on the device as the window opened and as it closed (gpushare)."""
 
     @classmethod
     def for_device(cls, device: Any, *, period_s: float = 0.05, nvml: Any = None) -> Telemetry:
@@ -236,6 +239,8 @@ class Telemetry:
         self.pause_read_failed = False
         self.paused_mj = 0
         self.static = self.device.static_info()
+        # Who else holds a context on the card, read at both edges outside the timed span.
+        self.pid_edges = [self.device.compute_pids()]
         self._synchronize()
         self._t0 = time.perf_counter()
         self._read()
@@ -265,6 +270,7 @@ class Telemetry:
             self._thread.join()
             self._thread = None
             self._read()
+            self.pid_edges.append(self.device.compute_pids())
             self.energy_edges_mj = (start_mj, end_mj - self.paused_mj if end_mj is not None else None)
 
     def energy(self) -> tuple[float | None, str | None]:
@@ -350,6 +356,7 @@ class Telemetry:
             "telemetry_period_s": self.period_s,
             "telemetry_window_s": duration,
             "sampler_cost_per_sample_s": _avg(self.sample_cost_s),
+            **gpushare.fields(self.pid_edges),
             **self.static,
         }
 
@@ -388,7 +395,7 @@ SUMMARY_FIELDS = ("telemetry", "power_avg_w", "power_max_w", "power_source", "en
                   "temp_max_c", "throttle_reasons", "throttled_power_or_heat", "throttled_sample_frac",
                   "telemetry_samples", "power_readings", "telemetry_period_s", "telemetry_window_s",
                   "sampler_cost_per_sample_s", "power_limit_w",
-                  "sm_clock_max_mhz", "driver_version", "nvml_name")
+                  "sm_clock_max_mhz", "driver_version", "nvml_name", "gpu_other_processes", "gpu_other_pids")
 
 
 def power_trace(samples: list[Sample]) -> list[tuple[float, float]]:
@@ -468,6 +475,7 @@ def combine(summaries: list[dict[str, Any]], traces: list[list[tuple[float, floa
         "sm_clock_max_mhz": min(values("sm_clock_max_mhz"), default=None),
         "driver_version": summaries[0]["driver_version"],
         "nvml_name": summaries[0]["nvml_name"],
+        **gpushare.merged(summaries),
     }
 
 

@@ -135,7 +135,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
     """
     import torch
 
-    from lmbench.measure import environment, hostload, hostmem, metrics
+    from lmbench.measure import environment, gpushare, hostload, hostmem, metrics
     from lmbench.measure.flops import head_extra_flops_per_token, palm_flops_per_token, recompute_flops_per_token
     from lmbench.measure.mathmode import matmul_mode
     from lmbench.measure.telemetry import Telemetry, energy_warning, for_devices, power_trace
@@ -416,6 +416,9 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
     unquotable = energy_warning(result)
     if unquotable:
         warnings.append(unquotable)
+    shared = gpushare.sharing_warning(result)
+    if shared:
+        warnings.append(shared)
     if result.get("throttled_power_or_heat"):
         # An H100 at full load sits at its 700 W cap: the usual state, which the figures then describe.
         share = result.get("throttled_sample_frac")

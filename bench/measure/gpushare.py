@@ -1,0 +1,69 @@
+"""Other processes on a measured GPU: a CUDA context another process held on the card during the window.
+
+Host contention is measured (lmbench.measure.hostload); a second job on the same GPU would share its SMs and
+memory bandwidth and no figure would say so. NVML lists the processes that hold a compute context on a device
+(nvmlDeviceGetComputeRunningProcesses); lmbench reads the list as the window opens and as it closes. In the same
+PID namespace as the driver a process is told apart from this one and from its torchrun siblings (a rank's stray
+context, same parent); in a container whose PIDs NVML does not share, the processes are counted, not named.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+
+def _parent(pid: int) -> int | None:
+    """The parent of `pid` in this PID namespace, or None (gone, or not visible here)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command may hold spaces and parentheses: the fields after its closing one are fixed.
+    fields = stat[stat.rfind(")") + 2:].split()
+    return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
+
+
+def others(seen: Iterable[int], *, own: int | None = None, parent: int | None = None) -> tuple[int, list[int] | None]:
+    """(how many processes other than this job held a context, their pids or None when NVML's pids are of another
+    PID namespace) among `seen`, every pid NVML listed at the window's edges."""
+    own = os.getpid() if own is None else own
+    parent = os.getppid() if parent is None else parent
+    pids = sorted(set(seen))
+    if own not in pids:
+        # NVML's pids are the host's: this process is among them under another number (or NVML lists none).
+        return max(0, len(pids) - 1), None
+    foreign = [pid for pid in pids if pid != own and _parent(pid) != parent]
+    return len(foreign), foreign
+
+
+def fields(edges: list[list[int] | None]) -> dict[str, Any]:
+    """The record's fields from the pid lists read at the window's edges (None: NVML could not tell)."""
+    lists = [pids for pids in edges if pids is not None]
+    if not lists:
+        return {"gpu_other_processes": None, "gpu_other_pids": None}
+    count, named = others(pid for pids in lists for pid in pids)
+    return {"gpu_other_processes": count, "gpu_other_pids": named}
+
+
+def merged(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several GPUs' fields in one record: the most other processes on any of them, and every pid named."""
+    counts = [s.get("gpu_other_processes") for s in summaries if s.get("gpu_other_processes") is not None]
+    if not counts:
+        return {"gpu_other_processes": None, "gpu_other_pids": None}
+    named = [s.get("gpu_other_pids") for s in summaries]
+    pids = None if any(n is None for n in named) else sorted({pid for n in named for pid in n})
+    return {"gpu_other_processes": max(counts), "gpu_other_pids": pids}
+
+
+def sharing_warning(metrics: dict[str, Any]) -> str | None:
+    """A record's warning when another process held a CUDA context on a measured GPU during the window."""
+    count = metrics.get("gpu_other_processes")
+    if not count:
+        return None
+    pids = metrics.get("gpu_other_pids")
+    which = f" (pids {', '.join(map(str, pids))})" if pids else " (NVML's pids are of another PID namespace)"
+    return (f"{count} other process{'es' if count > 1 else ''} held a CUDA context on a measured GPU during the "
+            f"window{which}: any work of theirs shared its SMs and memory bandwidth with this measurement")
