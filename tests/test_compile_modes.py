@@ -392,19 +392,21 @@ def test_window_graphs_count_a_recompilation_but_not_an_excluded_evaluations():
     assert window.read() == 1
 
 
-def test_the_recompile_limit_is_an_error_not_an_uncompiled_model(monkeypatch):
+def test_the_recompile_limit_is_an_error_not_an_uncompiled_model():
     """Past dynamo's recompile limit the function would run uncompiled, with a log line only: a kernels=compile row
-    measured eagerly. compile_model makes it an error whose reason names the limit."""
+    measured eagerly. compile_model makes it an error whose reason names the limit. (dynamo's own patch: pytest's
+    monkeypatch deletes a config module's setting on undo, which hides it from dynamo for the rest of the run.)"""
     import torch._dynamo.config as dynamo
 
-    monkeypatch.setattr(dynamo, "fail_on_recompile_limit_hit", False)
-    monkeypatch.setattr(dynamo, "recompile_limit", 1)
+    with dynamo.patch(fail_on_recompile_limit_hit=False, recompile_limit=1):
+        torch._dynamo.reset()
+        model = compiled.compile_model(torch.nn.Linear(4, 4))
+        model(torch.ones(2, 4))
+        with pytest.raises(torch._dynamo.exc.FailOnRecompileLimitHit) as raised:
+            model.double()(torch.ones(2, 4, dtype=torch.float64))  # new dtypes: a failed guard, a second graph
+        assert compiled.failure_reason(raised.value).startswith("torch.compile hit dynamo's recompile limit (1 "
+                                                                "graphs")
     torch._dynamo.reset()
-    model = compiled.compile_model(torch.nn.Linear(4, 4))
-    model(torch.ones(2, 4))
-    with pytest.raises(torch._dynamo.exc.FailOnRecompileLimitHit) as raised:
-        model.double()(torch.ones(2, 4, dtype=torch.float64))  # new dtypes: a failed guard, a second graph
-    assert compiled.failure_reason(raised.value).startswith("torch.compile hit dynamo's recompile limit (1 graphs")
     assert compiled.failure_reason(ValueError("x")) is None
 
 
