@@ -2,9 +2,13 @@
 
 Host contention is measured (lmbench.measure.hostload); a second job on the same GPU would share its SMs and
 memory bandwidth and no figure would say so. NVML lists the processes that hold a compute context on a device
-(nvmlDeviceGetComputeRunningProcesses); lmbench reads the list as the window opens and as it closes. In the same
-PID namespace as the driver a process is told apart from this one and from its torchrun siblings (a rank's stray
-context, same parent); in a container whose PIDs NVML does not share, the processes are counted, not named.
+(nvmlDeviceGetComputeRunningProcesses); lmbench reads the list as the window opens and as it closes. The job's own
+processes are not others: this one, its ancestors (the lmbench CLI, a pytest or notebook that drives it and may
+hold a context of its own), its descendants (inductor's autotuning subprocesses), and under torchrun the other
+ranks (the same parent). What NVML can show depends on where lmbench runs: in the driver's PID namespace every
+process; in a container, drivers since about 560 list only the container's own processes (others are dropped, not
+renamed), so there a count of 0 proves nothing and is recorded as unknown; older drivers gave the host's pids,
+which are counted, not named. Under MPS the list holds the MPS server, not its clients.
 """
 
 from __future__ import annotations
@@ -26,16 +30,44 @@ def _parent(pid: int) -> int | None:
     return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
 
 
-def others(seen: Iterable[int], *, own: int | None = None, parent: int | None = None) -> tuple[int, list[int] | None]:
+def _ancestors(pid: int) -> set[int]:
+    found: set[int] = set()
+    parent = _parent(pid)
+    while parent and parent not in found:
+        found.add(parent)
+        parent = _parent(parent)
+    return found
+
+
+def nested_namespace() -> bool:
+    """Whether this process runs in a PID namespace below the driver's (a container): /proc/self/status's NSpid
+    then has more than one entry."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("NSpid:"):
+                return len(line.split()) > 2
+    except OSError:
+        pass
+    return False
+
+
+def others(seen: Iterable[int], *, own: int | None = None, parent: int | None = None,
+           torchrun: bool | None = None) -> tuple[int, list[int] | None]:
     """(how many processes other than this job held a context, their pids or None when NVML's pids are of another
     PID namespace) among `seen`, every pid NVML listed at the window's edges."""
     own = os.getpid() if own is None else own
     parent = os.getppid() if parent is None else parent
+    torchrun = "TORCHELASTIC_RUN_ID" in os.environ if torchrun is None else torchrun
     pids = sorted(set(seen))
     if own not in pids:
         # NVML's pids are the host's: this process is among them under another number (or NVML lists none).
         return max(0, len(pids) - 1), None
-    foreign = [pid for pid in pids if pid != own and _parent(pid) != parent]
+    job = {own} | _ancestors(own)
+    foreign = []
+    for pid in pids:
+        if pid in job or own in _ancestors(pid) or (torchrun and _parent(pid) == parent):
+            continue
+        foreign.append(pid)
     return len(foreign), foreign
 
 
@@ -45,17 +77,23 @@ def fields(edges: list[list[int] | None]) -> dict[str, Any]:
     if not lists:
         return {"gpu_other_processes": None, "gpu_other_pids": None}
     count, named = others(pid for pids in lists for pid in pids)
+    if count == 0 and nested_namespace():
+        # A container's NVML drops the processes it cannot see: none seen is not none there.
+        return {"gpu_other_processes": None, "gpu_other_pids": None}
     return {"gpu_other_processes": count, "gpu_other_pids": named}
 
 
 def merged(summaries: list[dict[str, Any]]) -> dict[str, Any]:
-    """Several GPUs' fields in one record: the most other processes on any of them, and every pid named."""
-    counts = [s.get("gpu_other_processes") for s in summaries if s.get("gpu_other_processes") is not None]
-    if not counts:
+    """Several GPUs' fields in one record: the other processes on any of them (counted over the GPUs that could
+    tell), every pid named."""
+    told = [s for s in summaries if s.get("gpu_other_processes") is not None]
+    if not told:
         return {"gpu_other_processes": None, "gpu_other_pids": None}
-    named = [s.get("gpu_other_pids") for s in summaries]
-    pids = None if any(n is None for n in named) else sorted({pid for n in named for pid in n})
-    return {"gpu_other_processes": max(counts), "gpu_other_pids": pids}
+    named = [s.get("gpu_other_pids") for s in told]
+    if any(n is None for n in named):
+        return {"gpu_other_processes": max(s["gpu_other_processes"] for s in told), "gpu_other_pids": None}
+    pids = sorted({pid for n in named for pid in n})
+    return {"gpu_other_processes": len(pids), "gpu_other_pids": pids}
 
 
 def sharing_warning(metrics: dict[str, Any]) -> str | None:

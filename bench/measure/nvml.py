@@ -169,7 +169,10 @@ class NvmlDevice:
     def compute_pids(self) -> list[int] | None:
         """The processes holding a CUDA compute context on the device, as NVML numbers them; None where it cannot
         tell."""
-        processes = self._query("compute_processes", self.nvml.nvmlDeviceGetComputeRunningProcesses)
+        try:
+            processes = self._query("compute_processes", self.nvml.nvmlDeviceGetComputeRunningProcesses)
+        except Exception:  # noqa: BLE001 - nvidia-ml-py's library-mismatch error is no NVMLError; a record is worth more
+            return None
         return None if processes is None else sorted({int(p.pid) for p in processes})
 
     def static_info(self) -> dict[str, Any]:
