@@ -343,12 +343,12 @@ def _record_plan(run_dir: runner.RunDirectory, plan: RunPlan, suite: suites.Suit
 
     meta = run_dir.meta()
     listed = meta.get("planned") if meta and isinstance(meta.get("planned"), list) else []
-    now = [planned_entry(config.key, config.to_dict()) for config in configurations]
+    current = [planned_entry(config.key, config.to_dict()) for config in configurations]
     # A resume on another host may resolve a configuration otherwise (tp_degree=auto, nproc): an earlier key stays
     # planned only while it has records, or a report would ask a resume that can no longer run it for the rest.
-    keep = {entry["config_key"] for entry in now} | {record["config_key"] for record in recorded}
+    keep = {entry["config_key"] for entry in current} | {record["config_key"] for record in recorded}
     planned = list({entry["config_key"]: entry for entry in [
-        *(e for e in listed if isinstance(e, dict) and e.get("config_key") in keep), *now]}.values())
+        *(e for e in listed if isinstance(e, dict) and e.get("config_key") in keep), *current]}.values())
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     if resume and (recorded or (meta and "plan" in meta)):
         warning = runplan.check(meta, plan, out=run_dir.path, suggest=suggest, suite_name=suite.name,
