@@ -1,5 +1,6 @@
 """Telemetry logic against a fake NVML: counter, fallback integral, throttle names, UUID mapping, absence."""
 
+import os
 import sys
 import time
 from types import SimpleNamespace
@@ -523,3 +524,25 @@ def test_another_process_on_the_gpu_is_named_and_warned_of(monkeypatch):
                             {"gpu_other_processes": 2, "gpu_other_pids": [7, 9]},
                             {"gpu_other_processes": None, "gpu_other_pids": None}]) == {
         "gpu_other_processes": 2, "gpu_other_pids": [7, 9]}
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs Linux's /proc")
+def test_proc_stat_fields_are_read_after_the_command_whatever_its_name_holds(tmp_path):
+    """A command may hold spaces and parentheses (the kernel puts it in parentheses too): the state, parent and
+    start time are the fields after its last closing one. Three readers split /proc/<pid>/stat, each its own way."""
+    import subprocess
+    import sys
+
+    from lmbench.measure import procstat
+
+    tricky = tmp_path / "x) Z 1 (y"
+    tricky.symlink_to(sys.executable)
+    child = subprocess.Popen([str(tricky), "-c", "import time; time.sleep(30)"])
+    try:
+        assert procstat.field(child.pid, procstat.STATE) in ("S", "R")
+        assert procstat.field(child.pid, procstat.PARENT) == str(os.getpid())
+        assert int(procstat.field(child.pid, procstat.START_TICKS)) > 0
+    finally:
+        child.kill()
+        child.wait()
+    assert procstat.fields(child.pid) is None and procstat.field(child.pid, procstat.STATE) is None

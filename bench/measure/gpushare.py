@@ -18,16 +18,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from lmbench.measure import procstat
+
 
 def _parent(pid: int) -> int | None:
     """The parent of `pid` in this PID namespace, or None (gone, or not visible here)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command may hold spaces and parentheses: the fields after its closing one are fixed.
-    fields = stat[stat.rfind(")") + 2:].split()
-    return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
+    parent = procstat.field(pid, procstat.PARENT)
+    return int(parent) if parent is not None and parent.isdigit() else None
 
 
 def _ancestors(pid: int) -> set[int]:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lmbench.analyze.results import write_json
+from lmbench.measure import procstat
 from lmbench.plan.config import Config
 
 #: Fallback start of the process where /proc cannot say (the module is imported at start-up).
@@ -80,8 +81,7 @@ def process_age_s() -> float:
     since this module was imported is the nearest figure.
     """
     try:
-        after_name = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        started_s = int(after_name[19]) / os.sysconf("SC_CLK_TCK")
+        started_s = int(procstat.field("self", procstat.START_TICKS) or "") / os.sysconf("SC_CLK_TCK")
         return float(Path("/proc/uptime").read_text().split()[0]) - started_s
     except (OSError, ValueError, IndexError):
         return time.monotonic() - _IMPORTED_AT
@@ -655,10 +655,10 @@ def exit_with_parent() -> None:
 
 def _alive(pid: int) -> bool:
     """Whether `pid` is a live process (a zombie waiting to be reaped counts as gone)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        pass  # no /proc: ask the kernel
+    state = procstat.field(pid, procstat.STATE)
+    if state is not None:
+        return state not in ("Z", "X")
+    # No /proc (or not visible in it): ask the kernel.
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
