@@ -481,7 +481,7 @@ def test_a_breakdown_slower_than_its_window_says_the_profiler_overstates_idle():
     grid = report.time_sections([slow, close, old])["time"]
     rows = {row[0]: dict(zip(grid.headers, row)) for row in grid.rows}
     assert rows["fp16"]["vs window"] == "+18%" and rows["fp16"]["note"] == (
-        "18% slower under the profiler (its host cost): shares of the window's step, the device's busy time as "
+        "18% slower under the profiler (its host cost): shares of the window's median step, the device's busy time as "
         "profiled, idle the rest")
     # The table shows the window's shares. The profiled shares are of the three steps' summed time, so 0.64 busy
     # is 0.64 x 78.1 ms (their mean) = 50.0 ms a step, 86.5% of the window's 57.8 ms: idle 13.5%, other kernels

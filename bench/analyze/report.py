@@ -369,8 +369,8 @@ def _profiler_note(m: dict[str, Any]) -> str:
     slowdown = profiled_slowdown(m)
     notes = [m.get("profile_note") or ""]
     if corrected(m):
-        notes.append(f"{slowdown:.0%} slower under the profiler (its host cost): shares of the window's step, the "
-                     "device's busy time as profiled, idle the rest")
+        notes.append(f"{slowdown:.0%} slower under the profiler (its host cost): shares of the window's median "
+                     "step, the device's busy time as profiled, idle the rest")
     elif slowdown is not None and slowdown > PROFILER_SLOWDOWN_NOTE:
         notes.append(f"{slowdown:.0%} slower under the profiler, which on a CPU slows the ops themselves: the "
                      "shares are as profiled")
