@@ -31,6 +31,9 @@ class FakeGpu:
     """1 when the GPU is in MIG mode (CUDA then sees only its instances)."""
     compute_pids: list[int] = field(default_factory=list)
     """The processes NVML lists with a compute context on the GPU."""
+    power_limit_mw: int = 700_000
+    app_clock_mhz: int = 1755
+    ecc: int = 1
 
 
 class FakeNvml:
@@ -104,8 +107,14 @@ class FakeNvml:
         return self._gpu(handle, "clock_events").clock_event_bits
 
     def nvmlDeviceGetEnforcedPowerLimit(self, handle: FakeGpu) -> int:
-        self._gpu(handle, "power_limit")
-        return 700_000
+        return self._gpu(handle, "power_limit").power_limit_mw
+
+    def nvmlDeviceGetApplicationsClock(self, handle: FakeGpu, clock: int) -> int:
+        return self._gpu(handle, "sm_clock_app").app_clock_mhz
+
+    def nvmlDeviceGetEccMode(self, handle: FakeGpu) -> list[int]:
+        gpu = self._gpu(handle, "ecc_mode")
+        return [gpu.ecc, gpu.ecc]
 
     def nvmlDeviceGetName(self, handle: FakeGpu) -> bytes:
         self._gpu(handle, "name")

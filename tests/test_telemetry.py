@@ -68,6 +68,7 @@ def test_energy_from_the_counter_difference():
     assert s["gpu_util_avg_pct"] == 97 and s["sm_clock_avg_mhz"] == 1980 and s["sm_clock_min_mhz"] == 1980
     assert s["temp_max_c"] == 61
     assert s["power_limit_w"] == 700.0 and s["sm_clock_max_mhz"] == 1980 and s["driver_version"] == "580.159.04"
+    assert s["power_limit_min_w"] == 700.0 and s["sm_clock_app_mhz"] == 1755 and s["ecc_enabled"] is True
     assert s["throttle_reasons"] == [] and s["throttled_power_or_heat"] is False
     assert s["energy_disagreement_frac"] == pytest.approx((s["energy_integral_j"] - 250.5) / 250.5)
     assert set(SUMMARY_FIELDS) == set(s)
@@ -76,7 +77,8 @@ def test_energy_from_the_counter_difference():
 def test_data_parallel_energy_and_power_add_up_over_every_gpu(tmp_path):
     # nn.DataParallel spends every replica's energy on the tokens: J/token from cuda:0 alone is too low.
     gpus = [FakeGpu(A, "00000000:17:00.0", energy_mj=[5_000_000, 5_250_500]),
-            FakeGpu(B, "00000000:65:00.0", energy_mj=[1_000_000, 1_200_000], power_mw=lambda: 150_000)]
+            FakeGpu(B, "00000000:65:00.0", energy_mj=[1_000_000, 1_200_000], power_mw=lambda: 150_000,
+                    power_limit_mw=500_000, ecc=0)]
     nvml = FakeNvml(gpus)
     group = DeviceGroupTelemetry([Telemetry(NvmlDevice.open(uuid=g.uuid, nvml=nvml), period_s=0.01,
                                             min_counter_window_s=0.0) for g in gpus])
@@ -84,7 +86,10 @@ def test_data_parallel_energy_and_power_add_up_over_every_gpu(tmp_path):
         busy(0.05)
     s = group.summary(tokens=1000)
     assert s["energy_j"] == pytest.approx(450.5) and s["j_per_token"] == pytest.approx(0.4505)
-    assert s["energy_source"] == "counter" and s["power_limit_w"] == 1400.0
+    # The limits add up; the most capped card's is kept too (700 + 500 W would read as two 600 W cards). ECC on one
+    # card and off on the other is no one setting.
+    assert s["energy_source"] == "counter" and s["power_limit_w"] == 1200.0 and s["power_limit_min_w"] == 500.0
+    assert s["ecc_enabled"] is None and s["sm_clock_app_mhz"] == 1755
     assert s["power_avg_w"] == pytest.approx(450.5 / s["telemetry_window_s"])
     assert s["power_max_w"] == pytest.approx(350.0)
     assert group.samples and [w for _, w in power_trace(group.samples)] == pytest.approx([350.0] * len(group.samples))

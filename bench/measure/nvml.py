@@ -175,9 +175,17 @@ class NvmlDevice:
             return None
         return None if processes is None else sorted({int(p.pid) for p in processes})
 
+    def _optional(self, name: str, function: str, *args: Any) -> Any:
+        """_query of an NVML function an older nvidia-ml-py (or a stand-in) may not have: None without it."""
+        call = getattr(self.nvml, function, None)
+        return None if call is None else self._query(name, call, *args)
+
     def static_info(self) -> dict[str, Any]:
-        """Read once per window: power limit, max SM clock, driver version, name."""
+        """Read once per window: the settings that bound a measurement (the enforced power limit, the SM clock the
+        applications clocks ask for, ECC, which costs memory bandwidth and capacity), the card's maximum SM clock
+        (its hardware's, whatever a setting holds it to), the driver version and the name."""
         limit_mw = self._query("power_limit", self.nvml.nvmlDeviceGetEnforcedPowerLimit)
+        ecc = self._optional("ecc_mode", "nvmlDeviceGetEccMode")  # (current, pending)
         try:
             driver = _decode(self.nvml.nvmlSystemGetDriverVersion())
         except self.nvml.NVMLError:
@@ -185,6 +193,9 @@ class NvmlDevice:
         name = self._query("name", self.nvml.nvmlDeviceGetName)
         return {
             "power_limit_w": None if limit_mw is None else limit_mw / 1e3,
+            "power_limit_min_w": None if limit_mw is None else limit_mw / 1e3,
+            "sm_clock_app_mhz": self._optional("sm_clock_app", "nvmlDeviceGetApplicationsClock", NVML_CLOCK_SM),
+            "ecc_enabled": None if not ecc else bool(ecc[0]),
             "sm_clock_max_mhz": self._query("sm_clock_max", self.nvml.nvmlDeviceGetMaxClockInfo, NVML_CLOCK_SM),
             "driver_version": driver,
             "nvml_name": None if name is None else _decode(name),

@@ -395,7 +395,8 @@ SUMMARY_FIELDS = ("telemetry", "power_avg_w", "power_max_w", "power_source", "en
                   "temp_max_c", "throttle_reasons", "throttled_power_or_heat", "throttled_sample_frac",
                   "telemetry_samples", "power_readings", "telemetry_period_s", "telemetry_window_s",
                   "sampler_cost_per_sample_s", "power_limit_w",
-                  "sm_clock_max_mhz", "driver_version", "nvml_name", "gpu_other_processes", "gpu_other_pids")
+                  "power_limit_min_w", "sm_clock_app_mhz", "ecc_enabled", "sm_clock_max_mhz", "driver_version",
+                  "nvml_name", "gpu_other_processes", "gpu_other_pids")
 
 
 def power_trace(samples: list[Sample]) -> list[tuple[float, float]]:
@@ -438,6 +439,11 @@ def combine(summaries: list[dict[str, Any]], traces: list[list[tuple[float, floa
         found = values(name)
         return sum(found) if len(found) == len(summaries) else None
 
+    def agreed(name: str) -> Any:
+        """The value every GPU says, else None (unknown on one, or mixed)."""
+        found = values(name)
+        return found[0] if len(found) == len(summaries) and len(set(found)) == 1 else None
+
     summed = summed_power(traces)
     energy = total("energy_j")
     sources = sorted(set(values("energy_source")))
@@ -472,6 +478,10 @@ def combine(summaries: list[dict[str, Any]], traces: list[list[tuple[float, floa
         "telemetry_window_s": window,
         "sampler_cost_per_sample_s": _avg(values("sampler_cost_per_sample_s")),
         "power_limit_w": total("power_limit_w"),
+        # The most capped card's (the sum hides one: 700 + 500 W reads as 600 + 600).
+        "power_limit_min_w": min(values("power_limit_min_w"), default=None),
+        "sm_clock_app_mhz": min(values("sm_clock_app_mhz"), default=None),
+        "ecc_enabled": agreed("ecc_enabled"),
         "sm_clock_max_mhz": min(values("sm_clock_max_mhz"), default=None),
         "driver_version": summaries[0]["driver_version"],
         "nvml_name": summaries[0]["nvml_name"],
