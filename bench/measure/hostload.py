@@ -1,42 +1,79 @@
-"""Contention on the host: CPU time that other processes took during a measured window.
+"""Contention on the host: CPU time that others took, on the job's CPUs, during a measured window.
 
 A busy host slows a CPU run directly and a GPU run wherever its steps wait on the host (kernel launches,
-the optimizer's Python, data). Linux's /proc/stat counts every CPU's busy time since boot (user, nice,
+the optimizer's Python, data). Linux's /proc/stat counts each CPU's busy time since boot (user, nice,
 system, irq, softirq, steal; USER_HZ ticks); os.times() counts this process's own (all its threads).
-Over a window, (host busy − the benchmark's own CPU time) ÷ wall time is the number of cores other
-processes kept busy: `host_other_cpu_cores`. Ranks of one job on one host are summed as "own", so a
-sibling rank is not contention. The tick granularity (10 ms) makes short windows coarse; the figure is
-a warning light, not a measurement of the benchmark.
+Over a window, (busy time of the job's CPUs − the job's own CPU time) ÷ wall time is the number of cores
+others kept busy: `host_other_cpu_cores`. The job's CPUs are its affinity mask (a cpuset: docker
+--cpuset-cpus, Kubernetes, Slurm), the union of its ranks' masks on one host: work on CPUs outside it
+cannot slow the job, and a 64-CPU node's other jobs read as 32 busy cores of the job's 8 when the host-wide
+line was counted. A CFS quota without a cpuset (docker --cpus) leaves the mask at every CPU of the host, so
+the figure then counts the whole host's other work. Where /proc/stat has no per-CPU lines, or they do not
+name the mask's CPUs (lxcfs renumbers a container's), the host-wide line is counted with the host's CPU count.
+
+Ranks of one job on one host are summed as "own", so a sibling rank is not contention. Steal time (a virtual
+machine's CPU taken by the hypervisor) is busy time the job could not use: it counts, and is kept apart
+(`host_steal_cpu_cores`) so the warning can name the hypervisor. The span is the timed window's: it opens
+with the window and pauses with it (evaluations). The tick granularity (10 ms) makes short windows coarse;
+the figure is a warning light, not a measurement of the benchmark.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 _STAT = Path("/proc/stat")
-#: Fields of /proc/stat's "cpu" line that are busy time (after user: nice, system, idle, iowait, irq, softirq,
+#: Fields of /proc/stat's cpu lines that are busy time (after user: nice, system, idle, iowait, irq, softirq,
 #: steal; guest time is already inside user).
 _BUSY = (0, 1, 2, 5, 6, 7)
+_STEAL = 7
+#: The host-wide line's name: counted where the per-CPU lines cannot be.
+_HOST_LINE = "cpu"
+#: From this share of the other cores, steal is named in the warning and note as the hypervisor's part.
+STEAL_SHARE_NAMED = 0.25
 
 
-def host_busy_s() -> float | None:
-    """Seconds of CPU time all of the host's CPUs spent busy since boot; None where /proc/stat is not there."""
+def cpu_ticks() -> dict[str, tuple[int, int]] | None:
+    """Busy and steal ticks since boot of each cpu line of /proc/stat ("cpu", "cpu0", ...); None without it."""
     try:
-        fields = _STAT.read_text().split("\n", 1)[0].split()
+        text = _STAT.read_text()
     except OSError:
         return None
-    if not fields or fields[0] != "cpu":
-        return None
-    ticks = [int(v) for v in fields[1:]]
-    return sum(ticks[i] for i in _BUSY if i < len(ticks)) / os.sysconf("SC_CLK_TCK")
+    lines = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if not fields or not fields[0].startswith(_HOST_LINE):
+            continue
+        ticks = [int(v) for v in fields[1:]]
+        lines[fields[0]] = (sum(ticks[i] for i in _BUSY if i < len(ticks)),
+                            ticks[_STEAL] if _STEAL < len(ticks) else 0)
+    return lines if _HOST_LINE in lines else None
+
+
+def counted_lines(ticks: dict[str, tuple[int, int]], cpus: Iterable[int] | None) -> list[str]:
+    """The lines that count `cpus`: theirs where /proc/stat has each, else the host-wide line."""
+    names = [f"cpu{n}" for n in sorted(cpus or ())]
+    return names if names and all(name in ticks for name in names) else [_HOST_LINE]
+
+
+def host_cpus(ticks: dict[str, tuple[int, int]]) -> int | None:
+    """CPUs the host-wide line sums: its per-CPU lines, else the host's count."""
+    return sum(1 for name in ticks if name != _HOST_LINE) or os.cpu_count()
+
+
+def affinity() -> set[int] | None:
+    """The CPUs this process may run on (its affinity mask); None where the platform cannot say."""
+    return set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
 
 
 def own_cpu_s() -> float:
@@ -45,41 +82,126 @@ def own_cpu_s() -> float:
 
 
 class HostLoad:
-    """Host busy time, this process's CPU time and the wall clock at `start()` and `stop()`."""
+    """The busy and steal time of this process's CPUs, its own CPU time and the wall clock over a span, with pauses
+    (`window()`, `paused()`; or `start()` and `stop()`)."""
 
-    def __init__(self) -> None:
-        self._start: tuple[float | None, float, float] | None = None
+    def __init__(self, cpus: set[int] | None = None) -> None:
+        self._cpus = cpus if cpus is not None else affinity()
+        self._lines: list[str] = []
+        self._host_cpus: int | None = None
+        self._mark: tuple[dict[str, tuple[int, int]], float, float] | None = None
+        self._busy: dict[str, float] = {}
+        self._steal: dict[str, float] = {}
+        self._own_s = self._wall_s = 0.0
+        self._failed = False
         self.span: dict[str, Any] | None = None
 
     def start(self) -> None:
-        self._start = (host_busy_s(), own_cpu_s(), time.perf_counter())
+        ticks = cpu_ticks()
+        self._failed = ticks is None
+        if ticks is not None:
+            self._lines = counted_lines(ticks, self._cpus)
+            self._host_cpus = host_cpus(ticks) if self._lines == [_HOST_LINE] else None
+            self._busy = dict.fromkeys(self._lines, 0.0)
+            self._steal = dict.fromkeys(self._lines, 0.0)
+        self._own_s = self._wall_s = 0.0
+        self._resume(ticks)
+
+    def _resume(self, ticks: dict[str, tuple[int, int]] | None = None) -> None:
+        self._mark = (ticks or cpu_ticks() or {}, own_cpu_s(), time.perf_counter())
+
+    def _pause(self) -> None:
+        """Add the span since the mark to the totals."""
+        if self._mark is None:
+            return
+        (before, own, wall), self._mark = self._mark, None
+        after = cpu_ticks()
+        if after is None or any(name not in before or name not in after for name in self._lines):
+            self._failed = True
+            return
+        tick_s = 1 / os.sysconf("SC_CLK_TCK")
+        for name in self._lines:
+            self._busy[name] += (after[name][0] - before[name][0]) * tick_s
+            self._steal[name] += (after[name][1] - before[name][1]) * tick_s
+        self._own_s += own_cpu_s() - own
+        self._wall_s += time.perf_counter() - wall
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Leave the block out of the span (a held-out evaluation, as the step timer does)."""
+        self._pause()
+        try:
+            yield
+        finally:
+            self._resume()
+
+    @contextlib.contextmanager
+    def window(self) -> Iterator[HostLoad]:
+        """The span of the block; `span` holds it after."""
+        self.start()
+        try:
+            yield self
+        finally:
+            self.stop()
 
     def stop(self) -> dict[str, Any] | None:
-        """This process's share of the window: {host, busy_s, own_s, wall_s}; None without /proc/stat."""
-        if self._start is None or self._start[0] is None:
+        """This process's share of the span: {host, busy_s, steal_s (per counted /proc/stat line), host_cpus (the CPUs
+        the host-wide line sums, where it was counted), own_s, wall_s}; None without /proc/stat."""
+        self._pause()
+        if self._failed or not self._lines:
+            self.span = None
             return None
-        busy, own, wall = host_busy_s(), own_cpu_s(), time.perf_counter()
-        if busy is None:
-            return None
-        self.span = {"host": socket.gethostname(), "busy_s": busy - self._start[0], "own_s": own - self._start[1],
-                     "wall_s": wall - self._start[2]}
+        self.span = {"host": socket.gethostname(), "busy_s": dict(self._busy), "steal_s": dict(self._steal),
+                     "host_cpus": self._host_cpus, "own_s": self._own_s, "wall_s": self._wall_s}
         return self.span
 
 
-def other_cores(spans: list[dict[str, Any] | None]) -> float | None:
-    """Cores other processes kept busy during the window, the worst host of the job: per host, its busy time
-    (the largest any of its ranks saw) less the CPU time of all its ranks, over the window's wall time."""
+@dataclass(frozen=True, kw_only=True)
+class JobLoad:
+    """The worst host of a job over a span."""
+
+    other_cores: float
+    """Cores others (processes, or the hypervisor's steal) kept busy among the job's CPUs."""
+    steal_cores: float
+    """The part of other_cores that was steal."""
+    usable_cores: int | None
+    """The CPUs counted: the union of the host's ranks' masks, or the host's count where its line was counted."""
+
+
+def _union(per_rank: list[dict[str, float]]) -> dict[str, float]:
+    """Each line's largest figure over the ranks that counted it (ranks read it a moment apart)."""
+    union: dict[str, float] = {}
+    for lines in per_rank:
+        for name, seconds in lines.items():
+            union[name] = max(union.get(name, seconds), seconds)
+    return union
+
+
+def _host_load(ranks: list[dict[str, Any]]) -> JobLoad | None:
+    wall = max(s["wall_s"] for s in ranks)
+    if wall <= 0:
+        return None
+    # A rank that counted the host-wide line saw every CPU: per-CPU lines beside it would count some twice.
+    whole = [s for s in ranks if _HOST_LINE in s["busy_s"]]
+    counted = whole or ranks
+    busy, steal = _union([s["busy_s"] for s in counted]), _union([s["steal_s"] for s in counted])
+    usable = len(busy) if not whole else max((s["host_cpus"] or 0 for s in whole), default=0) or None
+    other = max(0.0, (sum(busy.values()) - sum(s["own_s"] for s in ranks)) / wall)
+    return JobLoad(other_cores=other, steal_cores=min(other, sum(steal.values()) / wall), usable_cores=usable)
+
+
+def job_load(spans: list[dict[str, Any] | None]) -> JobLoad | None:
+    """Cores others kept busy during the span, the worst host of the job: per host, the busy time of the union of
+    its ranks' CPUs less the CPU time of all its ranks, over the span's wall time; None without a span."""
     by_host: dict[str, list[dict[str, Any]]] = {}
     for span in spans:
         if span is not None:
             by_host.setdefault(span["host"], []).append(span)
     worst = None
     for ranks in by_host.values():
-        wall = max(s["wall_s"] for s in ranks)
-        if wall <= 0:
-            continue
-        cores = max(0.0, (max(s["busy_s"] for s in ranks) - sum(s["own_s"] for s in ranks)) / wall)
-        worst = cores if worst is None else max(worst, cores)
+        load = _host_load(ranks)
+        if load is not None and (worst is None or load.other_cores > worst.other_cores):
+            worst = load
     return worst
 
 
@@ -88,24 +210,24 @@ TICK_S = 0.01
 
 
 def tick_noise_s(usable_cores: int | None) -> float:
-    """Other processes' CPU time over a window that the ticks' granularity alone could make up: every CPU's counter
-    and this process's are read to the tick at both edges, so some ten ticks, and more on many CPUs (the roundings
-    add like noise: with the square root of their number). A 60 ms window of a tiny model read 0.5 other cores
-    from two such ticks on an idle 2-core machine."""
+    """Other processes' CPU time over a window that the ticks' granularity alone could make up: every counted CPU's
+    counter and this process's are read to the tick at both edges, so some ten ticks, and more on many CPUs (the
+    roundings add like noise: with the square root of their number). A 60 ms window of a tiny model read 0.5 other
+    cores from two such ticks on an idle 2-core machine."""
     return TICK_S * max(10.0, 4 * math.sqrt(usable_cores or 1))
 
 
 def contended(cores: float | None, usable_cores: int | None, window_s: float | None = None) -> bool:
-    """Other processes kept at least half a core, and a quarter of the usable ones, busy; and, over a window of
-    `window_s`, for longer than the ticks' granularity could account for (tick_noise_s)."""
+    """Others kept at least half a core, and a quarter of the usable ones, busy; and, over a window of `window_s`,
+    for longer than the ticks' granularity could account for (tick_noise_s)."""
     if cores is None or cores < max(0.5, 0.25 * (usable_cores or 0)):
         return False
     return window_s is None or cores * window_s >= tick_noise_s(usable_cores)
 
 
 def window_contended(m: dict[str, Any]) -> bool:
-    """Whether a record's metrics say other processes kept its window's host busy (contended), or, for a
-    time-to-target run, its host over the run to its target (most of that clock runs after the window)."""
+    """Whether a record's metrics say others kept its window's CPUs busy (contended), or, for a time-to-target
+    run, its CPUs over the run to its target (most of that clock runs after the window)."""
     usable = m.get("host_usable_cores")
     return (contended(m.get("host_other_cpu_cores"), usable, m.get("window_s"))
             or contended(m.get("host_other_cpu_cores_to_target"), usable, m.get("host_to_target_wall_s")))
@@ -118,19 +240,28 @@ def standing(repeats: list[T], metrics: Callable[[T], dict[str, Any]] = lambda m
     return quiet or list(repeats)
 
 
+def _steal_part(cores: float, steal_cores: float | None) -> str:
+    """", N of them the hypervisor's (steal)" where steal is a large part of the cores, else nothing. A suffix: the
+    report and the CLI know the warning by its start ("other processes kept")."""
+    if steal_cores is not None and steal_cores >= STEAL_SHARE_NAMED * cores:
+        return f", {steal_cores:.1f} of them the hypervisor's (steal)"
+    return ""
+
+
 def contention_note(m: dict[str, Any]) -> str | None:
     """`contended: ...` for a record's note column, when its window was contended."""
     if not window_contended(m):
         return None
     cores, usable = m["host_other_cpu_cores"], m.get("host_usable_cores")
-    return f"contended: other processes used {cores:.1f}" + (f" of {usable:g}" if usable else "") + " cores"
+    return (f"contended: other processes used {cores:.1f}" + (f" of {usable:g}" if usable else "") + " cores"
+            + _steal_part(cores, m.get("host_steal_cpu_cores")))
 
 
 def contention_warning(cores: float | None, usable_cores: int | None, window_s: float | None = None, *,
-                       span: str = "the window") -> str | None:
+                       steal_cores: float | None = None, span: str = "the window") -> str | None:
     """The record's warning for a contended window (or another `span`: a time-to-target run's)."""
-    if not contended(cores, usable_cores, window_s):
+    if cores is None or not contended(cores, usable_cores, window_s):
         return None
     of = f" of {usable_cores}" if usable_cores else ""
-    return (f"other processes kept {cores:.1f}{of} CPU cores busy during {span}: host contention may have "
-            "slowed this configuration")
+    return (f"other processes kept {cores:.1f}{of} CPU cores busy during {span}{_steal_part(cores, steal_cores)}: "
+            "host contention may have slowed this configuration")

@@ -228,22 +228,24 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         skipped_before = step.precision.skipped_steps
         losses_t = _StepLosses()
         window_graphs = WindowGraphs() if config.kernels == "compile" else None
+        # The host's watch spans the timed window: it opens after the ranks' barrier and closes once the timer's
+        # closing synchronisation has drained the window's steps.
         load = hostload.HostLoad()
-        load.start()
         # Ranks open their timed windows together, so per-step times and power traces line up: the barrier comes
         # after each rank's telemetry set-up, right before the energy counter and the timer (Telemetry.window).
-        with telemetry.window(ready=distributed.barrier), timer.window():
+        with telemetry.window(ready=distributed.barrier), load.window(), timer.window():
             for _ in range(config.steps):
                 with timer.step():
                     loss = step()
                 losses_t.add(loss)
                 done += 1
                 if quality is not None and quality.due(done):
-                    # Outside the window: its timer, wall time, samples and energy leave the evaluation out.
-                    with timer.paused(), telemetry.paused(), training_peaks.excluded(), \
+                    # Outside the window: its timer, wall time, samples, energy and host watch leave the evaluation
+                    # out (the host's pause comes after the timer's drain of the window's steps).
+                    with timer.paused(), telemetry.paused(), training_peaks.excluded(), load.paused(), \
                             (window_graphs.excluded() if window_graphs else contextlib.nullcontext()):
                         quality.evaluate(done, warmup_timer.device_s + timer.device_s)
-        load_span = load.stop()
+        load_span = load.span
         # The window's own: the profiled steps and a quality run's further steps come after it.
         skipped_window = step.precision.skipped_steps - skipped_before
         compiled = None
@@ -296,6 +298,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         **peaks,
         "mem_host_peak_growth_bytes": host_growth,
         "mem_host_training_growth_bytes": training_growth,
+        "mem_host_peak_reset": device.type != "cpu" or (budget.peak_reset and host_window.peak_reset),
         "profile": profiled,
         "profile_error": profile_error,
         # Each process's share of the tokens, for its own energy per token.
@@ -394,22 +397,32 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
 
         result.update(merge_ranks([r["quality"] for r in per_rank]))
         result["label_smoothing"] = config.label_smoothing
-    result["host_other_cpu_cores"] = hostload.other_cores([r["host_load"] for r in per_rank])
-    result["host_usable_cores"] = environment.usable_cores()
+    # Counted over the job's CPUs (the union of its ranks' affinity masks on the worst host), and judged against them.
+    load = hostload.job_load([r["host_load"] for r in per_rank])
+    result["host_other_cpu_cores"] = load.other_cores if load else None
+    result["host_steal_cpu_cores"] = load.steal_cores if load else None
+    result["host_usable_cores"] = load.usable_cores if load else environment.usable_cores()
     spans = [r["host_load_to_target"] for r in per_rank if r["host_load_to_target"] is not None]
+    to_target_load = hostload.job_load(spans)
     if spans:
-        result["host_other_cpu_cores_to_target"] = hostload.other_cores(spans)
+        result["host_other_cpu_cores_to_target"] = to_target_load.other_cores if to_target_load else None
+        result["host_steal_cpu_cores_to_target"] = to_target_load.steal_cores if to_target_load else None
         result["host_to_target_wall_s"] = max(span["wall_s"] for span in spans)
     warnings = []
     contention = hostload.contention_warning(result["host_other_cpu_cores"], result["host_usable_cores"],
-                                             result.get("window_s"))
+                                             result.get("window_s"), steal_cores=result["host_steal_cpu_cores"])
     if contention:
         warnings.append(contention)
     contention = hostload.contention_warning(result.get("host_other_cpu_cores_to_target"),
                                              result["host_usable_cores"], result.get("host_to_target_wall_s"),
+                                             steal_cores=result.get("host_steal_cpu_cores_to_target"),
                                              span="the run to its target")
     if contention:
         warnings.append(contention)
+    if not all(r["mem_host_peak_reset"] for r in per_rank):
+        warnings.append("the kernel would not reset the peak resident set (/proc/self/clear_refs): the host memory "
+                        "growth figures are null where the peak did not rise past the one before their span, and "
+                        "--max-memory was checked against the resident set there")
     if len(cards) > 1:
         warnings.append(f"the job ran on cards of {len(cards)} kinds ({', '.join(cards)}): no one datasheet peak, so "
                         "no MFU or HFU; its throughput is the slowest card's pace")
