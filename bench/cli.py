@@ -204,7 +204,7 @@ def _run_suite(plan: RunPlan, out: Path | None, *, resume: bool, dry_run: bool =
     import os
 
     from lmbench.analyze.table import plan_table
-    from lmbench.measure.environment import probe_platform
+    from lmbench.measure.environment import probe_platform, variable_warnings
     from lmbench.run.launcher import Launch
 
     if node_rank is None and plan.nnodes > 1 and os.environ.get("SLURM_NODEID"):
@@ -222,6 +222,8 @@ def _run_suite(plan: RunPlan, out: Path | None, *, resume: bool, dry_run: bool =
     for warning in suite.unused_options(planned):
         click.echo(f"lmbench: warning: {warning}", err=True)
     platform = probe_platform()
+    for warning in variable_warnings(cuda=platform.cuda_available and plan.device != "cpu"):
+        click.echo(f"lmbench: warning: {warning}", err=True)
     if plan.parity:
         from lmbench.plan.parity import with_references
 
@@ -583,8 +585,8 @@ def compare(base: Path, cand: Path, threshold: str, metric: str, fmt: str, junit
     verdicts = compare_runs(b, c, metric=metric, threshold=limit, noise=floor, allow_missing=allow_missing,
                             strict=strict)
     if junit is not None:
-        gate.write_junit(junit, verdicts, metric=metric)
-    click.echo(gate.render(verdicts, fmt=fmt, metric=metric, threshold=limit))
+        gate.write_junit(junit, verdicts, metric=metric, warnings=warnings)
+    click.echo(gate.render(verdicts, fmt=fmt, metric=metric, threshold=limit, warnings=warnings))
     return gate.exit_code(verdicts)
 
 
@@ -841,11 +843,13 @@ def _tune(base: Any, run_dir: runner.RunDirectory, lists: dict[str, list[Any]], 
     """The search and measurements of `lmbench tune` in a locked run directory (each combination's result into
     `found` as it ends), then its tables and winner."""
     from lmbench import tune as tuning
-    from lmbench.measure.environment import probe_platform
+    from lmbench.measure.environment import probe_platform, variable_warnings
     from lmbench.plan.feasibility import skip_reason
 
     err_console = _console(stderr=True)
     platform = probe_platform()
+    for warning in variable_warnings(cuda=platform.cuda_available and base.device != "cpu"):
+        click.echo(f"lmbench: warning: {warning}", err=True)
     tuner = tuning.Tuner(base, run_dir, launch=runner.run_worker, budget_s=budget_minutes * 60 if budget_minutes
                          else None, margin=plan.margin, min_batch=plan.min_batch, max_batch=plan.max_batch,
                          global_batch=plan.global_batch, check_parity=plan.parity,

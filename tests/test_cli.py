@@ -210,3 +210,11 @@ def test_each_kind_of_warning_is_printed_once_then_counted():
     text = console.export_text()
     assert text.count("host contention may have slowed") == 1 and text.count("clocks were throttled") == 1
     assert "warning: 2 more like the above" in text and len(session) == 4
+
+
+def test_run_warns_of_a_variable_that_makes_the_measurement_something_else(monkeypatch):
+    monkeypatch.setenv("TORCHDYNAMO_DISABLE", "1")
+    result = invoke("run", "--suite", "smoke", "--device", "cpu", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert ("lmbench: warning: TORCHDYNAMO_DISABLE is set: torch.compile compiles nothing (kernels=compile and the "
+            "compiled kernel sets run eager)") in result.stderr.splitlines()

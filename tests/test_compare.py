@@ -120,6 +120,31 @@ def test_renderings_and_junit():
     assert '<failure message="regression: median 0 in the baseline: no ratio; every candidate repeat' in zero
 
 
+def test_warnings_reach_the_markdown_json_and_junit_a_ci_job_posts(tmp_path):
+    """A torch mismatch between the base and head environments was said on stderr only: the step summary (Markdown)
+    and the JUnit file showed a clean table (a reviewer)."""
+    base = run_of({"a": TIGHT})
+    write_run(tmp_path / "base", base)
+    write_run(tmp_path / "cand", [{**r, "env": {**r["env"], "torch": "2.13"}} for r in base])
+    said = "torch differs: 2.11 (baseline) vs 2.13 (candidate)"
+    md = invoke(str(tmp_path / "base"), str(tmp_path / "cand"), "--format", "md", "--junit", str(tmp_path / "j.xml"))
+    assert f"> **warning**: {said}\n\n| config |" in md.stdout
+    assert f"<system-err>warning: {said}</system-err>" in (tmp_path / "j.xml").read_text()
+    data = json.loads(invoke(str(tmp_path / "base"), str(tmp_path / "cand"), "--format", "json").stdout)
+    assert data["warnings"] == [said]
+    write_run(tmp_path / "again", base)
+    assert "warning" not in invoke(str(tmp_path / "base"), str(tmp_path / "again"), "--format", "md").stdout
+
+
+def test_environment_variables_that_change_what_runs_are_compared(tmp_path):
+    base = [{**r, "env": {**r["env"], "env_vars": {}}} for r in run_of({"a": TIGHT})]
+    write_run(tmp_path / "base", base)
+    write_run(tmp_path / "cand", [{**r, "env": {**r["env"], "env_vars": {"CUDA_LAUNCH_BLOCKING": "1"}}} for r in base])
+    result = invoke(str(tmp_path / "base"), str(tmp_path / "cand"))
+    assert ("lmbench: warning: environment variables differs: none of those lmbench records (baseline) vs "
+            "CUDA_LAUNCH_BLOCKING=1 (candidate)") in result.stderr.splitlines()
+
+
 def write_run(path, records, extra=""):
     path.mkdir(parents=True)
     (path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + extra)
@@ -159,7 +184,8 @@ def test_compare_bad_inputs_are_one_line_errors(tmp_path):
          "directory"),
         ((base, other_suite), "lmbench: error: the runs are of different suites (s, t); compare runs of one suite"),
         ((base, other_gpu), "lmbench: error: the runs come from different devices (NVIDIA H100 80GB HBM3 (GPU) vs "
-                            "NVIDIA A100-SXM4-80GB (GPU)); pass --allow-different-hardware to compare them anyway"),
+                            "NVIDIA A100-SXM4-80GB (GPU); configuration a); pass --allow-different-hardware to compare "
+                            "them anyway"),
         ((base, again, "--metric", "speed"), "lmbench: error: --metric 'speed' is in no record of either run "
                                              "(e.g. tokens_per_s, step_time_median_s)"),
         ((nothing_ran, nothing_again), "lmbench: error: neither run has a measured configuration to compare "
@@ -376,9 +402,24 @@ def test_cpu_runs_of_different_cpu_models_are_refused_like_gpus(tmp_path):
     result = invoke(epyc, xeon)
     assert result.exit_code == 2
     assert result.stderr.strip() == ("lmbench: error: the runs come from different devices (AMD EPYC 9654 (CPU) vs "
-                                     "Intel(R) Xeon(R) Platinum 8480+ (CPU)); pass --allow-different-hardware to "
-                                     "compare them anyway")
+                                     "Intel(R) Xeon(R) Platinum 8480+ (CPU); configuration a); pass "
+                                     "--allow-different-hardware to compare them anyway")
     assert invoke(epyc, cpu_run("epyc2", "AMD EPYC 9654")).exit_code == 0
+
+
+def test_a_cpu_runs_threads_and_cores_are_part_of_its_machine(tmp_path):
+    """A CPU's model name alone ('AMD EPYC') told a 2-core share from a whole 128-core host (a reviewer)."""
+    def cpu_run(name, threads, usable):
+        records = run_of({"a": TIGHT})
+        for r in records:
+            r["env"] = {"device": {"type": "cpu", "name": "AMD EPYC", "torch_threads": threads,
+                                   "usable_cores": usable}, "torch": "2.13"}
+        return write_run(tmp_path / name, records)
+
+    result = invoke(cpu_run("two", 2, 2), cpu_run("one", 1, 1))
+    assert ("lmbench: warning: cpu threads differs: 2 torch threads on 2 usable cores (baseline) vs 1 torch threads "
+            "on 1 usable cores (candidate)") in result.stderr.splitlines()
+    assert "cpu threads" not in invoke(cpu_run("again", 2, 2), cpu_run("same", 2, 2)).stderr
 
 
 def test_a_longer_time_to_target_is_a_regression(tmp_path):
@@ -726,18 +767,83 @@ def test_every_record_of_each_run_is_checked_for_its_device_and_software(tmp_pat
     write_run(tmp_path / "cand", cand)
     result = invoke(str(tmp_path / "base"), str(tmp_path / "cand"))
     assert result.exit_code == 2 and result.stderr.strip() == (
-        "lmbench: error: the runs come from different devices (NVIDIA H100 80GB HBM3 (GPU) vs NVIDIA H100 80GB HBM3 "
-        "(GPU), NVIDIA A100-SXM4-80GB (GPU)); pass --allow-different-hardware to compare them anyway")
+        "lmbench: error: the runs come from different devices (NVIDIA H100 80GB HBM3 (GPU) vs NVIDIA A100-SXM4-80GB "
+        "(GPU); configuration b); pass --allow-different-hardware to compare them anyway")
     result = invoke(str(tmp_path / "base"), str(tmp_path / "cand"), "--allow-different-hardware")
     warnings = [line for line in result.stderr.splitlines() if "warning" in line]
-    assert "lmbench: warning: torch differs: 2.11 (baseline) vs 2.11, 2.9 (candidate)" in warnings
+    assert ("lmbench: warning: torch differs in 1 of 2 configurations both ran (e.g. b): 2.11 (baseline) vs 2.9 "
+            "(candidate)") in warnings
     assert ("lmbench: warning: the candidate's records come from more than one device (NVIDIA H100 80GB HBM3 (GPU), "
-            "NVIDIA A100-SXM4-80GB (GPU)): it was resumed or merged on another machine") in warnings
+            "NVIDIA A100-SXM4-80GB (GPU)): it was resumed or merged on another machine, or something was upgraded "
+            "between its repeats") in warnings
     # CUDA, Triton and transformers versions count too.
     write_run(tmp_path / "newer", [{**r, "env": {**r["env"], "triton": "3.7"}} for r in base])
     write_run(tmp_path / "older", [{**r, "env": {**r["env"], "triton": "3.6"}} for r in base])
     result = invoke(str(tmp_path / "older"), str(tmp_path / "newer"))
     assert "lmbench: warning: triton differs: 3.6 (baseline) vs 3.7 (candidate)" in result.stderr
+
+
+def test_devices_are_compared_configuration_by_configuration(tmp_path):
+    """A baseline with a on an H100 and b on an A100, a candidate the other way round: both runs hold both devices,
+    and a set-per-run check let each configuration's ratio of two GPUs through as a regression (a reviewer)."""
+    def on(records, gpu):
+        return [{**r, "env": {**r["env"], "device": {**r["env"]["device"], "name": gpu}}} for r in records]
+
+    a100 = "NVIDIA A100-SXM4-80GB"
+    base = run_of({"a": TIGHT}) + on(run_of({"b": TIGHT}), a100)
+    cand = on(run_of({"a": [x * 0.6 for x in TIGHT]}), a100) + run_of({"b": TIGHT})
+    write_run(tmp_path / "base", base)
+    write_run(tmp_path / "cand", cand)
+    result = invoke(str(tmp_path / "base"), str(tmp_path / "cand"))
+    assert result.exit_code == 2 and result.stderr.strip() == (
+        "lmbench: error: the runs come from different devices (NVIDIA H100 80GB HBM3 (GPU), NVIDIA A100-SXM4-80GB "
+        "(GPU) vs NVIDIA A100-SXM4-80GB (GPU), NVIDIA H100 80GB HBM3 (GPU); configuration a and 1 more); pass "
+        "--allow-different-hardware to compare them anyway")
+    # Allowed, each row says which devices its ratio is of.
+    verdicts = {v.config_key: v for v in compare(base, cand)}
+    assert "device: NVIDIA H100 80GB HBM3 (GPU) (baseline) vs NVIDIA A100-SXM4-80GB (GPU) (candidate)" in \
+        verdicts["a"].note
+
+
+def test_a_card_set_otherwise_makes_no_regression(tmp_path):
+    """A 500 W cap on the candidate's card read as a clean 15% regression of the code (a reviewer): a power limit,
+    applications clocks or ECC that differ leave the verdict inconclusive and say which."""
+    def with_metrics(records, **metrics):
+        return [{**r, "metrics": {**r["metrics"], **metrics}} for r in records]
+
+    base = with_metrics(run_of({"a": TIGHT}), power_limit_w=700.0, sm_clock_app_mhz=1755, ecc_enabled=True)
+    slower = [x * 0.85 for x in TIGHT]
+    (v,) = compare(base, with_metrics(run_of({"a": slower}), power_limit_w=700.0, sm_clock_app_mhz=1755,
+                                      ecc_enabled=True))
+    assert v.verdict == "regression"
+    for setting, note in ((dict(power_limit_w=500.0), "another power limit (W): baseline 700.0; candidate 500.0"),
+                          (dict(sm_clock_app_mhz=1410), "other applications clocks (SM MHz): baseline 1755; candidate "
+                                                        "1410"),
+                          (dict(ecc_enabled=False), "ECC set otherwise: baseline True; candidate False")):
+        (v,) = compare(base, with_metrics(run_of({"a": slower}), **{**dict(power_limit_w=700.0, sm_clock_app_mhz=1755,
+                                                                            ecc_enabled=True), **setting}))
+        assert v.verdict == "inconclusive" and note in v.note, (setting, v)
+    # A record that does not say (an older lmbench) is no difference.
+    (v,) = compare(run_of({"a": TIGHT}), with_metrics(run_of({"a": slower}), power_limit_w=500.0))
+    assert v.verdict == "regression"
+
+
+def test_what_one_run_says_of_its_environment_and_the_other_does_not_is_warned_of(tmp_path):
+    """NVML unavailable in the candidate's worker: its driver is null, and a null matched anything."""
+    base = run_of({"a": TIGHT})
+    base = [{**r, "env": {**r["env"], "device": {**r["env"]["device"], "driver": "580.159.04"}, "torchao": None}}
+            for r in base]
+    cand = [{**r, "env": {**r["env"], "device": {**r["env"]["device"], "driver": None}}} for r in base]
+    write_run(tmp_path / "base", base)
+    write_run(tmp_path / "cand", cand)
+    result = invoke(str(tmp_path / "base"), str(tmp_path / "cand"))
+    assert ("lmbench: warning: the candidate's records do not say their driver (the baseline's: 580.159.04; an older "
+            "lmbench or a query that failed there): a difference cannot be ruled out") in result.stderr.splitlines()
+    # A package that is not installed is known: torchao null beside 0.18 is a difference, not an unknown.
+    write_run(tmp_path / "fp8", [{**r, "env": {**r["env"], "torchao": "0.18.0"}} for r in base])
+    result = invoke(str(tmp_path / "base"), str(tmp_path / "fp8"))
+    assert "lmbench: warning: torchao differs: not installed (baseline) vs 0.18.0 (candidate)" in \
+        result.stderr.splitlines()
 
 
 def test_a_floor_that_tells_runs_apart_covers_a_gate_between_runs():

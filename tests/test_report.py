@@ -934,6 +934,17 @@ def test_the_header_names_every_version_that_measured_the_records(tmp_path):
     assert device.endswith("torch 2.11 / 2.9.0, CUDA 13.0, measured with lmbench 0.1.0 (abc) / 0.1.0 (def)")
 
 
+def test_the_header_names_the_environment_variables_the_workers_ran_with():
+    plain, launch_blocking = hand_record("fp32", 8, 1000.0), hand_record("fp32", 8, 1000.0, repeat=1)
+    launch_blocking["env"] = {**launch_blocking["env"], "env_vars": {"CUDA_LAUNCH_BLOCKING": "1", "NCCL_ALGO": "Ring"}}
+    records = [{**plain, "env": {**plain["env"], "env_vars": {}}}, launch_blocking]
+    lines = report.header_lines(records, report.summarize(records), ["r"])
+    assert "Environment variables (of those that change what runs): none / CUDA_LAUNCH_BLOCKING=1 NCCL_ALGO=Ring" \
+        in lines
+    assert not any(line.startswith("Environment") for line in report.header_lines([plain], report.summarize([plain]),
+                                                                                   ["r"]))
+
+
 def test_a_rerendered_report_drops_the_plots_it_no_longer_draws(real_run, tmp_path):
     out = tmp_path / "report"
     (out / "plots").mkdir(parents=True)

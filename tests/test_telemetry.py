@@ -551,3 +551,24 @@ def test_proc_stat_fields_are_read_after_the_command_whatever_its_name_holds(tmp
         child.kill()
         child.wait()
     assert procstat.fields(child.pid) is None and procstat.field(child.pid, procstat.STATE) is None
+
+
+def test_records_keep_the_environment_variables_that_change_what_runs_and_no_secret():
+    environ = {"CUDA_LAUNCH_BLOCKING": "1", "NCCL_ALGO": "Ring", "TORCHINDUCTOR_CACHE_DIR": "/home/me/cache",
+               "NCCL_IB_AUTH_KEY": "hunter2", "HF_TOKEN": "hf_secret", "HOME": "/home/me", "OMP_NUM_THREADS": "4",
+               "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}
+    assert environment.variables(environ) == {"CUDA_LAUNCH_BLOCKING": "1", "NCCL_ALGO": "Ring", "OMP_NUM_THREADS": "4",
+                                              "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}
+    assert "env_vars" in environment.capture(torch.device("cpu"))
+
+
+def test_variables_that_make_a_measurement_something_else_are_warned_of():
+    warnings = environment.variable_warnings({"CUDA_LAUNCH_BLOCKING": "1", "NVIDIA_TF32_OVERRIDE": "0",
+                                              "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE": "1", "TORCHDYNAMO_DISABLE": "1",
+                                              "PYTORCH_NO_CUDA_MEMORY_CACHING": "1", "TRITON_INTERPRET": "1"})
+    assert [w.split(":")[0].split(" is set")[0] for w in warnings] == [
+        "TORCHDYNAMO_DISABLE", "CUDA_LAUNCH_BLOCKING", "NVIDIA_TF32_OVERRIDE=0", "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE",
+        "PYTORCH_NO_CUDA_MEMORY_CACHING", "TRITON_INTERPRET"]
+    assert environment.variable_warnings({"CUDA_LAUNCH_BLOCKING": "0", "NVIDIA_TF32_OVERRIDE": "1"}) == []
+    # On a CPU only dynamo's matters: TRITON_INTERPRET is how Triton runs there at all.
+    assert len(environment.variable_warnings({"TRITON_INTERPRET": "1", "TORCHDYNAMO_DISABLE": "1"}, cuda=False)) == 1

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from lmbench.analyze import environments
 from lmbench.analyze.noise import MIN_REPEATS, ConfigNoise, NoiseFloor, exp_or_inf, ok_values, room_to_edge
 from lmbench.analyze.table import status_counts
 from lmbench.errors import UsageError
@@ -367,6 +368,20 @@ def compare(base: list[dict[str, Any]], cand: list[dict[str, Any]], *, metric: s
             differs = _differs(base, cand, key, field, what)
             if differs:
                 verdict.note = "; ".join(filter(None, [verdict.note, differs]))
+        # Other software or another device under one configuration: the ratio is of both changes (a warning says
+        # so for the run; the row says which, for a configuration the runs' other rows do not share it with).
+        for difference in environments.differences([r for r in base if r["config_key"] == key],
+                                                   [r for r in cand if r["config_key"] == key]):
+            verdict.note = "; ".join(filter(None, [verdict.note, f"{difference.field}: "
+                                                   f"{', '.join(difference.baseline)} (baseline) vs "
+                                                   f"{', '.join(difference.candidate)} (candidate)"]))
+        # A setting of the card that bounds its speed (a lower power cap, applications clocks held down, ECC) on one
+        # side: the ratio measures the setting as much as the code, so no regression or improvement stands on it.
+        settings = [_differs(base, cand, key, field, what) for field, what in _SETTINGS]
+        if any(settings):
+            if verdict.verdict in ("regression", "improvement"):
+                verdict.verdict = "inconclusive"
+            verdict.note = "; ".join(filter(None, [verdict.note, *settings]))
         # Energy from the counter on one side and a power integral on the other (a window that a speed-up took
         # under the counter's second): the ratio mixes the change of method with the change (a reviewer).
         method = _differs(base, cand, key, "energy_source", "energy measured another way") \
@@ -385,12 +400,21 @@ def compare(base: list[dict[str, Any]], cand: list[dict[str, Any]], *, metric: s
     return verdicts
 
 
+#: The card's settings a record's telemetry reads (lmbench.measure.nvml.NvmlDevice.static_info) that bound how fast
+#: it runs: the enforced power limit (the sum over a job's cards, and the most capped one's), the SM clock the
+#: applications clocks ask for, ECC.
+_SETTINGS = (("power_limit_w", "another power limit (W)"), ("power_limit_min_w", "another power limit on a card (W)"),
+             ("sm_clock_app_mhz", "other applications clocks (SM MHz)"), ("ecc_enabled", "ECC set otherwise"))
+
+
 def _differs(base: list[dict[str, Any]], cand: list[dict[str, Any]], key: str, field: str, what: str) -> str:
     """A note when the configuration's ok records say other things of `field` in the two runs (kernels_applied,
-    data_sha256), or ''; records that say nothing (eager, an older lmbench) are left out."""
+    data_sha256), or ''; records that say nothing (eager, an older lmbench) are left out. False says something (ECC
+    off)."""
     def said(records: list[dict[str, Any]]) -> set[str]:
-        return {str((r.get("metrics") or {}).get(field)) for r in records
-                if r["config_key"] == key and r["status"] == "ok" and (r.get("metrics") or {}).get(field)}
+        values = ((r.get("metrics") or {}).get(field) for r in records
+                  if r["config_key"] == key and r["status"] == "ok")
+        return {str(v) for v in values if v is not None and v not in ("", [], {})}
 
     before, after = said(base), said(cand)
     if not before or not after or before == after:
@@ -489,40 +513,6 @@ def _statuses(records: list[dict[str, Any]]) -> dict[str, Counter[str]]:
     for r in records:
         counts.setdefault(r["config_key"], Counter())[r["status"]] += 1
     return counts
-
-
-#: What a record's environment says that changes performance: the device model, then the software under the code.
-ENVIRONMENT_FIELDS = ("device", "driver", "torch", "cuda", "triton", "transformers")
-
-
-def environment_of(records: list[dict[str, Any]]) -> dict[str, list[str]]:
-    """Each environment field's values over every record of a run that says what it ran on (a run resumed or merged
-    on another machine holds several), in the order first seen; the device is its model and kind (GPU or CPU)."""
-    seen: dict[str, list[str]] = {name: [] for name in ENVIRONMENT_FIELDS}
-    for r in records:
-        env = r.get("env") or {}
-        device = env.get("device") or {}
-        kind = "CPU" if device.get("type") == "cpu" else "GPU"
-        values = {"device": f"{device.get('name')} ({kind})" if device.get("name") else None,
-                  "driver": device.get("driver"), **{name: env.get(name) for name in ENVIRONMENT_FIELDS[2:]}}
-        for name, value in values.items():
-            if value is not None and str(value) not in seen[name]:
-                seen[name].append(str(value))
-    return seen
-
-
-def environment_differences(base: list[dict[str, Any]], cand: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
-    """The environment fields whose values differ between the two runs, each side's values joined; a field one side
-    does not record (a run whose every record timed out before its worker said what it ran on) is no difference."""
-    b, c = environment_of(base), environment_of(cand)
-    return {name: (", ".join(b[name]), ", ".join(c[name])) for name in ENVIRONMENT_FIELDS
-            if b[name] and c[name] and set(b[name]) != set(c[name])}
-
-
-def mixed_environments(records: list[dict[str, Any]], side: str) -> list[str]:
-    """Warnings for a run whose own records ran on more than one device or software version."""
-    return [f"the {side}'s records come from more than one {name} ({', '.join(values)}): it was resumed or merged "
-            "on another machine" for name, values in environment_of(records).items() if len(values) > 1]
 
 
 def parse_threshold(text: str) -> float:

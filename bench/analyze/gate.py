@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape as xml_escape
 
-from lmbench.analyze import results
-from lmbench.analyze.compare import Verdict, environment_differences, higher_is_better, mixed_environments
+from lmbench.analyze import environments, results
+from lmbench.analyze.compare import Verdict, higher_is_better
 from lmbench.analyze.noise import NoiseFloor
 from lmbench.analyze.table import markdown_table
 from lmbench.errors import ResultsError, UsageError
@@ -59,8 +60,9 @@ def load_pair(base: Path, cand: Path, *, metric: str, allow_different_hardware: 
     higher_is_better(metric)
     _check_shared(b, c)
     _check_sizes(b, c)
-    warnings += check_hardware(environment_differences(b, c), allow_different_hardware=allow_different_hardware)
-    warnings += mixed_environments(b, "baseline") + mixed_environments(c, "candidate")
+    warnings += check_hardware(environments.differences(b, c), allow_different_hardware=allow_different_hardware)
+    warnings += environments.unknown(b, c)
+    warnings += environments.mixed(b, "baseline") + environments.mixed(c, "candidate")
     if noise is not None:
         warnings += _floor_elsewhere(noise, b, c)
         if not set(noise.configs) & {r["config_key"] for r in b + c}:
@@ -148,21 +150,24 @@ def _check_sizes(base: list[dict[str, Any]], cand: list[dict[str, Any]]) -> None
                              "compare runs with the same --nnodes and devices")
 
 
-def write_junit(path: Path, verdicts: list[Verdict], *, metric: str) -> None:
+def write_junit(path: Path, verdicts: list[Verdict], *, metric: str, warnings: Sequence[str] = ()) -> None:
     """The JUnit file, or a one-line ResultsError when `path` cannot be written."""
     try:
-        Path(path).write_text(junit_xml(verdicts, metric=metric), encoding="utf-8")
+        Path(path).write_text(junit_xml(verdicts, metric=metric, warnings=warnings), encoding="utf-8")
     except OSError as err:
         raise ResultsError(f"cannot write --junit {str(path)!r}: {err.strerror or err}") from None
 
 
-def check_hardware(differences: dict[str, tuple[Any, Any]], *, allow_different_hardware: bool) -> list[str]:
-    """Warnings for environments that differ; a different device model (GPU or CPU) is an error unless allowed."""
-    if "device" in differences and not allow_different_hardware:
-        base, cand = differences["device"]
-        raise UsageError(f"the runs come from different devices ({base} vs {cand}); pass "
+def check_hardware(found: list[environments.Difference], *, allow_different_hardware: bool) -> list[str]:
+    """Warnings for environments that differ; a configuration both runs measured on different device models (GPU or
+    CPU) is an error unless allowed."""
+    device = next((d for d in found if d.field == "device"), None)
+    if device is not None and not allow_different_hardware:
+        others = f" and {len(device.keys) - 1} more" if len(device.keys) > 1 else ""
+        raise UsageError(f"the runs come from different devices ({', '.join(device.baseline)} vs "
+                         f"{', '.join(device.candidate)}; configuration {device.keys[0]}{others}); pass "
                          "--allow-different-hardware to compare them anyway")
-    return [f"{name} differs: {base} (baseline) vs {cand} (candidate)" for name, (base, cand) in differences.items()]
+    return [d.line() for d in found]
 
 
 def _cells(v: Verdict) -> list[str]:
@@ -178,15 +183,19 @@ def _cells(v: Verdict) -> list[str]:
 HEADERS = ["config", "verdict", "ratio", "change", "95% CI", "repeats base/cand", "parity", "note"]
 
 
-def render(verdicts: list[Verdict], *, fmt: str, metric: str, threshold: float) -> str:
+def render(verdicts: list[Verdict], *, fmt: str, metric: str, threshold: float, warnings: Sequence[str] = ()) -> str:
+    """The verdict table. JSON and Markdown, which a CI job posts where the terminal's warnings are not seen (the
+    step summary, a pull-request comment), carry the warnings too (other software on one side, say)."""
     if fmt == "json":
-        return json.dumps({"metric": metric, "threshold": threshold, "verdicts": [v.as_dict() for v in verdicts]},
-                          indent=2)
+        return json.dumps({"metric": metric, "threshold": threshold, "warnings": list(warnings),
+                           "verdicts": [v.as_dict() for v in verdicts]}, indent=2)
     rows = [_cells(v) for v in verdicts]
     if fmt == "md":
         title = (f"**lmbench compare**: {metric}, candidate ÷ baseline (median of repeats), "
                  f"threshold ±{threshold * 100:g}%\n\n")
-        return title + markdown_table(HEADERS, rows, right={2, 3, 5}) + f"\n\n**{outcome(verdicts)}**"
+        said = "".join(f"> **warning**: {w.replace('<', '&lt;')}\n>\n" for w in warnings).removesuffix(">\n") + \
+            ("\n" if warnings else "")
+        return title + said + markdown_table(HEADERS, rows, right={2, 3, 5}) + f"\n\n**{outcome(verdicts)}**"
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(HEADERS)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(HEADERS, widths)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
@@ -202,7 +211,7 @@ def outcome(verdicts: list[Verdict]) -> str:
     return f"gate: fails: {len(blocking)} blocking ({counts})"
 
 
-def junit_xml(verdicts: list[Verdict], *, metric: str) -> str:
+def junit_xml(verdicts: list[Verdict], *, metric: str, warnings: Sequence[str] = ()) -> str:
     """One test case per configuration: a blocking verdict (regression, a failed or missing candidate) is a
     failure; one the gate could not judge (inconclusive, or no baseline to judge against) is skipped, with why."""
     unjudged = ("missing", "failed", "skipped", "inconclusive")
@@ -223,8 +232,11 @@ def junit_xml(verdicts: list[Verdict], *, metric: str) -> str:
             body = f'<skipped message="{message}"/>'
         cases.append(f'  <testcase classname="lmbench.{xml_escape(metric)}" name="{xml_escape(v.config_key)}">'
                      f"{body}</testcase>")
+    said = ("\n  <system-err>" + xml_escape("\n".join(f"warning: {w}" for w in warnings)) + "</system-err>"
+            if warnings else "")
     return (f'<?xml version="1.0" encoding="utf-8"?>\n<testsuite name="lmbench compare" tests="{len(verdicts)}" '
-            f'failures="{failures}" errors="0" skipped="{skipped}">\n' + "\n".join(cases) + "\n</testsuite>\n")
+            f'failures="{failures}" errors="0" skipped="{skipped}">\n' + "\n".join(cases) + said
+            + "\n</testsuite>\n")
 
 
 def exit_code(verdicts: list[Verdict]) -> int:

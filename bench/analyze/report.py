@@ -556,8 +556,16 @@ def _versions(records: list[dict[str, Any]]) -> str:
 
     torch = values(lambda env: str(env.get("torch")))
     cuda = values(lambda env: env.get("cuda") or "none (a CPU build)")
-    lmbench = values(lambda env: f"{env.get('lmbench')} ({env.get('lmbench_commit') or 'not a git checkout'})")
+    lmbench = values(lambda env: f"{env.get('lmbench')} ({env.get('lmbench_commit') or 'commit unknown'})")
     return f"; torch {torch}, CUDA {cuda}, measured with lmbench {lmbench}"
+
+
+def _variables(records: list[dict[str, Any]]) -> str:
+    """The environment variables the records' workers ran with (those lmbench records), each set once: ' / '
+    between the sets where records differ; empty where none was set or none is recorded."""
+    sets = dict.fromkeys(" ".join(f"{k}={v}" for k, v in sorted((r["env"].get("env_vars") or {}).items()))
+                         for r in records if r.get("env"))
+    return " / ".join(found or "none" for found in sets) if any(sets) else ""
 
 
 def header_lines(records: list[dict[str, Any]], summaries: list[ConfigSummary], runs: list[str],
@@ -570,7 +578,10 @@ def header_lines(records: list[dict[str, Any]], summaries: list[ConfigSummary], 
     from lmbench.measure.environment import git_commit
 
     lines = [f"Runs: {', '.join(runs)}", f"Device: {device_label(records)}{_versions(records)}",
-             f"Report rendered by lmbench {__version__} ({git_commit() or 'not a git checkout'})"]
+             f"Report rendered by lmbench {__version__} ({git_commit() or 'commit unknown'})"]
+    variables = _variables(records)
+    if variables:
+        lines.append(f"Environment variables (of those that change what runs): {variables}")
     shared = fixed_axes(s.config for s in summaries)
     if shared:
         lines.append(f"Every configuration: {shared}")

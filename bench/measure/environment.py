@@ -7,7 +7,9 @@ import importlib.metadata
 import importlib.util
 import os
 import platform
+import re
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,61 @@ def git_commit() -> str | None:
     if (package.parent / ".git").exists():
         return provenance.checkout_commit(package.parent)
     return provenance.built_commit(package)
+
+
+#: Variables of the process's environment that change what a measurement runs or how fast: each record keeps those
+#: set (its worker inherits the lmbench process's environment), and `compare` warns when two runs differ in them.
+VARIABLES = ("CUDA_LAUNCH_BLOCKING", "CUDA_DEVICE_MAX_CONNECTIONS", "CUDA_MODULE_LOADING", "CUDA_CACHE_DISABLE",
+             "NVIDIA_TF32_OVERRIDE", "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE", "PYTORCH_CUDA_ALLOC_CONF",
+             "PYTORCH_ALLOC_CONF", "PYTORCH_NO_CUDA_MEMORY_CACHING", "CUBLAS_WORKSPACE_CONFIG",
+             "CUBLASLT_WORKSPACE_SIZE", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TRITON_INTERPRET", "TORCH_LOGS",
+             "TORCH_COMPILE_DEBUG")
+#: Families of them: inductor's and dynamo's switches, NCCL's (and torch's own NCCL ones), cuBLAS's and cuDNN's.
+VARIABLE_PREFIXES = ("TORCHINDUCTOR_", "TORCHDYNAMO_", "NCCL_", "TORCH_NCCL_", "CUBLAS_", "CUDNN_")
+#: Left out: a variable that names a place (a cache directory differs from machine to machine and changes nothing
+#: measured), and anything that may hold a secret.
+_PLACE = re.compile(r"_(DIR|PATH|FILE)$")
+_SECRET = re.compile(r"TOKEN|KEY|SECRET|PASSW|CREDENTIAL|AUTH", re.IGNORECASE)
+
+
+def variables(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The set VARIABLES (and VARIABLE_PREFIXES' families) of `environ` (this process's by default), by name."""
+    environ = os.environ if environ is None else environ
+    return {name: value for name, value in sorted(environ.items())
+            if (name in VARIABLES or name.startswith(VARIABLE_PREFIXES)) and not _PLACE.search(name)
+            and not _SECRET.search(name)}
+
+
+def _set(value: str | None) -> bool:
+    return value is not None and value.strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def variable_warnings(environ: Mapping[str, str] | None = None, *, cuda: bool = True) -> list[str]:
+    """Warnings for variables set that make a measurement something other than what it says it is; those of the
+    GPU only with `cuda` (on a CPU TRITON_INTERPRET is how Triton's kernels run at all)."""
+    found = variables(environ)
+    warnings = []
+    if _set(found.get("TORCHDYNAMO_DISABLE")):
+        warnings.append("TORCHDYNAMO_DISABLE is set: torch.compile compiles nothing (kernels=compile and the "
+                        "compiled kernel sets run eager)")
+    if not cuda:  # the rest are the GPU's
+        return warnings
+    if _set(found.get("CUDA_LAUNCH_BLOCKING")):
+        warnings.append("CUDA_LAUNCH_BLOCKING is set: every kernel launch waits for its kernel, so the host never "
+                        "runs ahead of the GPU and the step times are not training's")
+    if found.get("NVIDIA_TF32_OVERRIDE", "").strip() == "0":
+        warnings.append("NVIDIA_TF32_OVERRIDE=0: the libraries run no TF32, whatever a configuration asks "
+                        "(precision=tf32 measures fp32)")
+    if _set(found.get("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE")):
+        warnings.append("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE is set: cuBLAS runs fp32 matmuls in TF32 whatever a "
+                        "configuration asks (precision=fp32 measures tf32)")
+    if _set(found.get("PYTORCH_NO_CUDA_MEMORY_CACHING")):
+        warnings.append("PYTORCH_NO_CUDA_MEMORY_CACHING is set: every CUDA allocation goes to the driver, which "
+                        "slows the steps and changes the memory figures")
+    if _set(found.get("TRITON_INTERPRET")):
+        warnings.append("TRITON_INTERPRET is set: Triton's kernels run in its interpreter on the CPU, not on the "
+                        "GPU")
+    return warnings
 
 
 def nvml_driver_version() -> str | None:
@@ -150,6 +207,7 @@ def capture(device: Any) -> dict[str, Any]:
         "liger_kernel": _version("liger-kernel"),
         "device": device_info(device),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "env_vars": variables(),
         "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -187,7 +245,7 @@ def describe() -> list[tuple[str, str]]:
 
     info = probe_platform()
     rows = [
-        ("lmbench", f"{lmbench.__version__} ({git_commit() or 'not a git checkout'})"),
+        ("lmbench", f"{lmbench.__version__} ({git_commit() or 'commit unknown: no git checkout, or git cannot say'})"),
         ("python", platform.python_version()),
         ("torch", torch.__version__),
         ("triton", _version("triton") or "not installed"),
