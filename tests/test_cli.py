@@ -82,8 +82,8 @@ def test_unknown_set_key():
 
 def test_seq_len_beyond_positions():
     line = one_line_error(invoke("run", "--suite", "smoke", "--set", "seq_len=4096", "--dry-run"))
-    assert line == ("lmbench: error: builtin:smoke: seq_len=4096 exceeds the 256 positions of model tiny-gpt2; "
-                    "allowed: 1..256")
+    assert line == ("lmbench: error: builtin:smoke with --set seq_len: seq_len=4096 exceeds the 256 positions of "
+                    "model tiny-gpt2; allowed: 1..256")
 
 
 def test_bad_click_option_is_one_line_too():

@@ -288,6 +288,46 @@ def test_a_mode_no_configuration_uses_is_said_to_change_nothing():
         "here uses: parallel=none runs one process, dp one process over every visible GPU"]
     ddp = suites.load("smoke").with_overrides({"nproc": [2], "parallel": ["none", "ddp"]})
     assert ddp.unused_options(ddp.expand()) == []
+    # The parallel suite's point is dp against ddp: nproc=4 ran ddp on 4 GPUs and dp on every one, without a word
+    # while any row used nproc (a reviewer).
+    against = suites.load("smoke").with_overrides({"nproc": [4], "parallel": ["dp", "ddp"]})
+    assert against.unused_options(against.expand()) == [
+        "nproc=4 does not apply to parallel=dp, which runs one process over every visible GPU: its rows use them all "
+        "(narrow them with CUDA_VISIBLE_DEVICES to compare dp with a torchrun mode on as many GPUs)"]
+
+
+def test_data_options_a_configuration_does_not_use_are_one_key_and_said_to_change_nothing():
+    """tokenizer=byte,bpe over synthetic tokens planned four copies of each configuration under other keys (a
+    reviewer): the tokenizer reads a file, val_frac splits one (or a Markov chain's held-out stream), eval_tokens
+    needs an evaluation."""
+    from lmbench.plan import suite as suites
+    from lmbench.plan.feasibility import resolve
+
+    assert {resolve(Config(tokenizer=t, eval_tokens=n, val_frac=f), CPU).key
+            for t in ("byte", "bpe") for n in (100, 200) for f in (0.1, 0.2)} == {resolve(Config(), CPU).key}
+    markov = Config(data="markov", eval_every=5)
+    assert resolve(markov.replace(val_frac=0.2), CPU).key != resolve(markov, CPU).key
+    assert resolve(markov.replace(eval_tokens=100), CPU).key != resolve(markov, CPU).key
+    assert resolve(markov.replace(tokenizer="bpe"), CPU).key == resolve(markov, CPU).key
+    inert = suites.load("smoke").with_overrides({"tokenizer": ["bpe"], "eval_tokens": [100, 200]})
+    assert inert.unused_options(inert.expand()) == [
+        "tokenizer=bpe applies to data=PATH only, which no configuration here is: it changes nothing",
+        "eval_tokens=100,200 applies to configurations that evaluate (eval_every or eval_every_tokens) only, which "
+        "no configuration here is: it changes nothing"]
+
+
+def test_cuda_and_cuda_0_are_one_device_and_one_key():
+    """A baseline run with --device cuda did not pair with a candidate's --set device=cuda:0 (a reviewer)."""
+    from lmbench.measure.environment import Platform
+    from lmbench.plan.feasibility import resolve
+
+    gpus = Platform(cuda_available=True, device_count=2, capability=(9, 0), torch_version=torch.__version__,
+                    apex_available=False, liger_available=False)
+    assert resolve(Config(device="cuda:0"), gpus).key == resolve(Config(device="cuda"), gpus).key
+    assert resolve(Config(device="cuda:1"), gpus).key != resolve(Config(device="cuda"), gpus).key
+    # Under torchrun each rank takes its local rank's GPU, whatever the index.
+    assert resolve(Config(device="cuda:1", parallel="ddp", nproc=2), gpus).key == \
+        resolve(Config(device="cuda", parallel="ddp", nproc=2), gpus).key
 
 
 def test_tune_says_a_mode_without_compiled_combinations_changes_nothing(tmp_path, monkeypatch):

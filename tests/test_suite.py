@@ -6,8 +6,8 @@ from lmbench.errors import SuiteError
 from lmbench.plan import suite as suites
 
 
-def write(tmp_path: Path, text: str) -> str:
-    path = tmp_path / "s.toml"
+def write(tmp_path: Path, text: str, name: str = "s.toml") -> str:
+    path = tmp_path / name
     path.write_text(text)
     return str(path)
 
@@ -61,6 +61,10 @@ seq_len = [1024]
     ("name = [", "malformed TOML"),
     ("", "an empty suite file; give at least a [defaults] or [matrix] table"),
     ("# only a comment\n", "an empty suite file"),
+    ("name = 'x'\ndescription = 'y'", "a suite file with a name and description only; give at least a [defaults]"),
+    ("[matrix]\nbatch_size=[1, 2]\n[[exclude]]\n", "an empty [[exclude]] rule would exclude every configuration"),
+    ("[defaults]\nbatch_size = 9223372036854775807", "batch_size=9223372036854775807 is past what any model trains "
+                                                      "on one device (allowed: up to 1,048,576); a typo?"),
     ("nmae = 'x'", "unknown key 'nmae'; allowed: name, description, defaults, matrix, exclude"),
     ("[defaults]\nbatch_size = 0", "batch_size=0 must be a positive integer"),
     ("[matrix]\nprecision = ['fp32', 'fp64']", "[matrix]: precision='fp64' is not one of: fp32, tf32"),
@@ -120,9 +124,28 @@ def test_two_timeouts_on_one_configuration_are_refused():
     """A new user's `--set timeout_s=1,120` planned one configuration, without a word: the two values share a key.
     Values that other axes tell apart (a timeout row beside an ok one, tests/test_run_e2e.py) stay allowed."""
     both = suites.load("smoke").with_overrides(suites.parse_overrides(["timeout_s=1,120"]))
-    with pytest.raises(SuiteError, match=r"^builtin:smoke: timeout_s=1 and 120 fall on one configuration \(tiny-"):
+    with pytest.raises(SuiteError, match=r"^builtin:smoke with --set timeout_s: timeout_s=1 and 120 fall on one configuration \(tiny-"):
         both.expand()
     apart = suites.parse("name = 's'\n[defaults]\nmodel = 'tiny-gpt2'\n[matrix]\nseed = [0, 1]\n"
                          "timeout_s = [120.0, 0.5]\n[[exclude]]\nseed = 0\ntimeout_s = 0.5\n[[exclude]]\nseed = 1\n"
                          "timeout_s = 120.0\n", source="s.toml")
     assert sorted(row.config.timeout_s for row in apart.expand()) == [0.5, 120.0]
+
+
+def test_a_bare_name_is_the_built_in_suite_whatever_the_directory_holds(tmp_path, monkeypatch):
+    """A file called `ci` in the directory ran instead of the built-in ci suite (a reviewer); ./ci names it."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ci").write_text("not toml [")
+    assert suites.load("ci").source == "builtin:ci" and suites.as_recorded("ci") == "ci"
+    with pytest.raises(SuiteError, match="malformed TOML"):
+        suites.load("./ci")
+
+
+def test_a_file_stem_with_nothing_safe_names_the_suite_suite(tmp_path):
+    assert suites.load(write(tmp_path, "[defaults]\nsteps = 2\n", name="é.toml")).name == "suite"
+
+
+def test_numbers_on_the_command_line_are_ascii_digits():
+    for raw in ("\u0664", "1_000"):
+        with pytest.raises(SuiteError, match=r"is not an integer \(ASCII digits, no '_'\)"):
+            suites.parse_overrides([f"batch_size={raw}"])

@@ -29,6 +29,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
 }
 
+#: Typo guards: a batch of sequences, their length and the measured steps past these are no plan (a 2**63 batch
+#: passed planning and failed in the worker); the largest registry models train at a few thousand positions.
+MAX_COUNTS = {"batch_size": 2**20, "seq_len": 2**20, "grad_accum": 2**20, "steps": 10**7, "warmup": 10**7}
 #: Processes per node for ddp/fsdp: more than any node has accelerators; a larger number is a typo, not a plan.
 MAX_NPROC = 64
 #: Most micro-batches of one pipeline step: schedules unroll every micro-batch's actions up front, and far more
@@ -57,6 +60,11 @@ MODE_AXES: dict[str, frozenset[str]] = {
 KERNEL_AXES: dict[str, frozenset[str]] = {
     "compile_mode": frozenset({"compile"}),
 }
+
+
+#: Data options that mean something for some configurations only (Config.uses_data_axis), and which those are.
+DATA_AXES = {"tokenizer": "data=PATH", "val_frac": "data=PATH, or data=markov with an evaluation",
+             "eval_tokens": "configurations that evaluate (eval_every or eval_every_tokens)"}
 
 
 def applies(config: Mapping[str, Any], axis: str) -> bool:
@@ -222,6 +230,10 @@ class Config:
                 raise ConfigError(f"{axis}={value!r} is not one of: {', '.join(allowed)}")
         for axis in ("batch_size", "seq_len", "grad_accum", "steps", "bucket_cap_mb", "microbatches"):
             _require_int(axis, getattr(self, axis), minimum=1)
+        for axis, most in MAX_COUNTS.items():
+            if getattr(self, axis) > most:
+                raise ConfigError(f"{axis}={getattr(self, axis)} is past what any model trains on one device "
+                                  f"(allowed: up to {most:,}); a typo?")
         _require_int("nproc", self.nproc, minimum=0)
         _require_int("tp_degree", self.tp_degree, minimum=0)
         _require_int("pp_degree", self.pp_degree, minimum=0)
@@ -363,10 +375,25 @@ class Config:
     def without_foreign_options(self) -> Config:
         """The same configuration with every option of another parallel mode (MODE_AXES) or kernel set
         (KERNEL_AXES) at its default: DDP's outside ddp, tp_degree outside fsdp+tp, the pipeline's outside pp and
-        fsdp+pp, compile_mode outside kernels=compile. One key per configuration measured."""
+        fsdp+pp, compile_mode outside kernels=compile; and the data options it does not use (DATA_AXES): the
+        tokenizer of synthetic tokens, eval_tokens of a run that never evaluates. One key per configuration
+        measured."""
         foreign = {axis: DEFAULTS[axis] for axis, modes in MODE_AXES.items() if self.parallel not in modes}
         foreign.update({axis: DEFAULTS[axis] for axis, sets in KERNEL_AXES.items() if self.kernels not in sets})
+        foreign.update({axis: DEFAULTS[axis] for axis in DATA_AXES if not self.uses_data_axis(axis)})
         return self.replace(**foreign)
+
+    def uses_data_axis(self, axis: str) -> bool:
+        """Whether one of DATA_AXES changes what this configuration runs: the tokenizer reads a file; val_frac
+        splits a file (training reads only what it leaves), and a Markov chain only when something evaluates on
+        the held-out stream; eval_tokens needs an evaluation."""
+        if axis == "tokenizer":
+            return self.reads_file
+        if axis == "val_frac":
+            return self.reads_file or (self.data == "markov" and self.evaluates)
+        if axis == "eval_tokens":
+            return self.evaluates
+        raise ValueError(f"{axis} is none of DATA_AXES")
 
     @property
     def reads_file(self) -> bool:
@@ -497,6 +524,9 @@ def coerce(axis: str, value: Any) -> Any:
             raise ConfigError(f"{axis}={value!r} must be true or false (on/off and 1/0 are read as those)")
         return value
     if isinstance(value, str) and wanted is not str:
+        # ASCII only: int() reads '٤' as 4 and '1_000' as 1000, which no command line means.
+        if not value.isascii() or "_" in value:
+            raise ConfigError(f"{axis}={value!r} is not {TYPE_NAMES[wanted]} (ASCII digits, no '_')")
         try:
             return wanted(value)
         except ValueError:

@@ -42,6 +42,10 @@ def resolve(config: Config, platform: Platform) -> Config:
     device = config.device
     if device == "auto":
         device = "cuda" if platform.cuda_available else "cpu"
+    # One device, one key: `cuda` is a fresh process's current device, cuda:0; under torchrun each rank takes its
+    # local rank's GPU whatever the index (lmbench.run.worker.worker_device).
+    if device == "cuda:0" or (device.startswith("cuda:") and config.parallel in DISTRIBUTED):
+        device = "cuda"
     nproc = config.nproc
     gpus = platform.device_count if device.startswith("cuda") else 0
     if config.parallel == "none":

@@ -14,6 +14,7 @@ from typing import Any
 
 from lmbench.errors import ConfigError, SuiteError
 from lmbench.plan.config import (
+    DATA_AXES,
     DEFAULTS,
     FIELD_TYPES,
     KERNEL_AXES,
@@ -59,6 +60,14 @@ class Suite:
     defaults: dict[str, Any] = field(default_factory=dict)
     matrix: dict[str, list[Any]] = field(default_factory=dict)
     exclude: list[dict[str, list[Any]]] = field(default_factory=list)
+    overridden: tuple[str, ...] = ()
+    """The axes `--set` gave (with_overrides), named beside the file in errors of the expanded plan."""
+
+    @property
+    def where(self) -> str:
+        """The file and the --set axes a plan came from, for an error found in it (`--set seq_len=99999` past a
+        model's positions was blamed on the file alone)."""
+        return f"{self.source} with --set {', '.join(self.overridden)}" if self.overridden else self.source
 
     @property
     def size(self) -> int:
@@ -77,7 +86,8 @@ class Suite:
             else:
                 matrix[axis] = values
         return Suite(name=self.name, description=self.description, source=self.source, digest=self.digest,
-                     defaults=defaults, matrix=matrix, exclude=self.exclude)
+                     defaults=defaults, matrix=matrix, exclude=self.exclude,
+                     overridden=tuple(dict.fromkeys([*self.overridden, *overrides])))
 
     def unused_options(self, planned: list[Planned]) -> list[str]:
         """Warnings for options of a parallel mode or kernel set that the suite sets but no planned configuration
@@ -94,6 +104,12 @@ class Suite:
                 modes = " or ".join(sorted(users, key=lambda user: (len(user), user)))
                 warnings.append(f"{axis}={values} applies to {owner}={modes} only, which no configuration here "
                                 "uses: it changes nothing")
+        for axis, needs in DATA_AXES.items():
+            asked = self.matrix.get(axis, [self.defaults[axis]] if axis in self.defaults else [])
+            if any(coerce(axis, value) != DEFAULTS[axis] for value in asked) and not any(
+                    row.config.uses_data_axis(axis) for row in planned):
+                warnings.append(f"{axis}={','.join(str(value) for value in asked)} applies to {needs} only, which "
+                                "no configuration here is: it changes nothing")
         # nproc: the processes of a torchrun job; parallel=none runs one, dp one process over every GPU.
         asked = self.matrix.get("nproc", [self.defaults["nproc"]] if "nproc" in self.defaults else [])
         if any(coerce("nproc", value) != DEFAULTS["nproc"] for value in asked) and not any(
@@ -101,6 +117,12 @@ class Suite:
             warnings.append(f"nproc={','.join(str(value) for value in asked)} applies to the torchrun modes "
                             f"({', '.join(sorted(DISTRIBUTED))}) only, which no configuration here uses: parallel=none "
                             "runs one process, dp one process over every visible GPU")
+        elif any(coerce("nproc", value) != DEFAULTS["nproc"] for value in asked) and any(
+                row.config.parallel == "dp" for row in planned):
+            # The parallel suite's point is dp against ddp: --set nproc=4 on 8 GPUs ran ddp on 4 and dp on 8.
+            warnings.append(f"nproc={','.join(str(value) for value in asked)} does not apply to parallel=dp, which "
+                            "runs one process over every visible GPU: its rows use them all (narrow them with "
+                            "CUDA_VISIBLE_DEVICES to compare dp with a torchrun mode on as many GPUs)")
         targeted = sorted({(row.config.data, row.config.tokenizer if row.config.reads_file else "-")
                            for row in planned if row.config.has_target})
         if len(targeted) > 1:
@@ -130,7 +152,7 @@ class Suite:
         """
         if self.size > max_configs:
             shape = " x ".join(f"{len(v)} {a}" for a, v in self.matrix.items() if len(v) > 1)
-            raise SuiteError(f"{self.source}: the matrix has {self.size:,} points ({shape}), more than "
+            raise SuiteError(f"{self.where}: the matrix has {self.size:,} points ({shape}), more than "
                              f"--max-configs {max_configs:,}; narrow it, or raise --max-configs")
         axes = list(self.matrix)
         planned: dict[str, Planned] = {}
@@ -141,12 +163,12 @@ class Suite:
             try:
                 config = Config.from_mapping({**self.defaults, **point})
             except ConfigError as err:
-                raise SuiteError(f"{self.source}: {err}") from None
+                raise SuiteError(f"{self.where}: {err}") from None
             kept = planned.setdefault(config.key, Planned(config, config.conflict()))
             if kept.config.timeout_s != config.timeout_s:
                 # One configuration, measured once: the plan kept the first value without a word (a new user's
                 # `--set timeout_s=1,120`). Several are fine where other axes tell the configurations apart.
-                raise SuiteError(f"{self.source}: timeout_s={kept.config.timeout_s:g} and {config.timeout_s:g} fall "
+                raise SuiteError(f"{self.where}: timeout_s={kept.config.timeout_s:g} and {config.timeout_s:g} fall "
                                  f"on one configuration ({config.key}): timeout_s is no part of its key (it bounds "
                                  "the worker, not what is measured); give each configuration one")
             if config.profile and not kept.config.profile:
@@ -155,9 +177,9 @@ class Suite:
                 planned[config.key] = Planned(config, config.conflict())
         rows = list(planned.values())
         if not rows:
-            raise SuiteError(f"{self.source}: the matrix is empty after [[exclude]]")
+            raise SuiteError(f"{self.where}: the matrix is empty after [[exclude]]")
         if all(row.conflict for row in rows):
-            raise SuiteError(f"{self.source}: {rows[0].conflict}")
+            raise SuiteError(f"{self.where}: {rows[0].conflict}")
         return rows
 
 
@@ -183,13 +205,19 @@ def as_recorded(name_or_path: str) -> str:
     """How a run records its suite: a suite file by its absolute path, so that the resume command it prints works
     from any directory; a built-in suite by its name."""
     path = Path(name_or_path)
-    return str(path.resolve()) if path.is_file() else name_or_path
+    return str(path.resolve()) if path.is_file() and not _names_builtin(name_or_path) else name_or_path
+
+
+def _names_builtin(name_or_path: str) -> bool:
+    """Whether the suite named is a built-in one: its bare name, even where a file of that name is in the directory
+    (`./ci` names the file)."""
+    return name_or_path in builtin_names() and not name_or_path.endswith(".toml") and "/" not in name_or_path
 
 
 def load(name_or_path: str) -> Suite:
     """Load a built-in suite by name, or a suite file by path."""
     path = Path(name_or_path)
-    if name_or_path.endswith(".toml") or path.is_file():
+    if not _names_builtin(name_or_path) and (name_or_path.endswith(".toml") or path.is_file()):
         if path.is_dir():
             raise SuiteError(f"suite file {name_or_path!r} is a directory; give the path of a suite .toml file")
         if not path.is_file():
@@ -225,12 +253,14 @@ def parse(text: str, *, source: str) -> Suite:
     unknown = sorted(set(data) - set(_TOP_LEVEL))
     if unknown:
         raise SuiteError(f"{source}: unknown key {unknown[0]!r}; allowed: {', '.join(_TOP_LEVEL)}")
-    if not data:
-        # An empty file (a wrong path, a truncated write) would run the defaults' one configuration, silently.
-        raise SuiteError(f"{source}: an empty suite file; give at least a [defaults] or [matrix] table "
+    if not set(data) - {"name", "description"}:
+        # An empty file (a wrong path, a truncated write), or one with a name alone, would run the defaults' one
+        # configuration, silently.
+        what = "an empty suite file" if not data else "a suite file with a name and description only"
+        raise SuiteError(f"{source}: {what}; give at least a [defaults] or [matrix] table "
                          f"(allowed keys: {', '.join(_TOP_LEVEL)})")
-    # Without a name, the file's stem made safe ("my suite.toml" runs as my-suite).
-    name = data.get("name", re.sub(r"[^A-Za-z0-9._+-]", "-", Path(source).stem).lstrip(".")[:100] or "suite")
+    # Without a name, the file's stem made safe ("my suite.toml" runs as my-suite; "é.toml" as suite).
+    name = data.get("name", re.sub(r"[^A-Za-z0-9._+-]", "-", Path(source).stem).lstrip("._+-")[:100] or "suite")
     description = data.get("description", "")
     if not isinstance(name, str) or not isinstance(description, str):
         raise SuiteError(f"{source}: 'name' and 'description' must be strings")
@@ -255,6 +285,10 @@ def parse(text: str, *, source: str) -> Suite:
         raise SuiteError(f"{source}: 'exclude' must be an array of tables ([[exclude]])")
     rules = []
     for rule in excludes:
+        if not rule:
+            # all() of no axis is true: an empty rule excluded every point ("the matrix is empty after [[exclude]]").
+            raise SuiteError(f"{source}: an empty [[exclude]] rule would exclude every configuration; give the "
+                             "axes and values it excludes")
         checked = {}
         for axis, values in rule.items():
             values = values if isinstance(values, list) else [values]
