@@ -316,6 +316,15 @@ def test_data_options_a_configuration_does_not_use_are_one_key_and_said_to_chang
         "no configuration here is: it changes nothing"]
 
 
+def test_a_plan_without_warmup_is_said_to_measure_set_up():
+    from lmbench.plan import suite as suites
+
+    cold = suites.load("smoke").with_overrides({"warmup": [0]})
+    (warning,) = cold.unused_options(cold.expand())
+    assert warning.startswith("warmup=0 in 6 configuration(s): their first measured step carries the process's "
+                              "one-time set-up")
+
+
 def test_cuda_and_cuda_0_are_one_device_and_one_key():
     """A baseline run with --device cuda did not pair with a candidate's --set device=cuda:0 (a reviewer)."""
     from lmbench.measure.environment import Platform

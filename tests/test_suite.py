@@ -124,7 +124,8 @@ def test_two_timeouts_on_one_configuration_are_refused():
     """A new user's `--set timeout_s=1,120` planned one configuration, without a word: the two values share a key.
     Values that other axes tell apart (a timeout row beside an ok one, tests/test_run_e2e.py) stay allowed."""
     both = suites.load("smoke").with_overrides(suites.parse_overrides(["timeout_s=1,120"]))
-    with pytest.raises(SuiteError, match=r"^builtin:smoke with --set timeout_s: timeout_s=1 and 120 fall on one configuration \(tiny-"):
+    with pytest.raises(SuiteError, match=r"^builtin:smoke with --set timeout_s: timeout_s=1 and 120 fall on one "
+                                         r"configuration \(tiny-"):
         both.expand()
     apart = suites.parse("name = 's'\n[defaults]\nmodel = 'tiny-gpt2'\n[matrix]\nseed = [0, 1]\n"
                          "timeout_s = [120.0, 0.5]\n[[exclude]]\nseed = 0\ntimeout_s = 0.5\n[[exclude]]\nseed = 1\n"

@@ -123,6 +123,12 @@ class Suite:
             warnings.append(f"nproc={','.join(str(value) for value in asked)} does not apply to parallel=dp, which "
                             "runs one process over every visible GPU: its rows use them all (narrow them with "
                             "CUDA_VISIBLE_DEVICES to compare dp with a torchrun mode on as many GPUs)")
+        cold = [row.config for row in planned if row.config.warmup == 0 and not row.conflict]
+        if cold:
+            # Allowed (a study of the first steps), never a figure of steady training.
+            warnings.append(f"warmup=0 in {len(cold)} configuration(s): their first measured step carries the "
+                            "process's one-time set-up (library handles, the allocator's first blocks, autotuning, "
+                            "compilation), so their figures are not those of steady training")
         targeted = sorted({(row.config.data, row.config.tokenizer if row.config.reads_file else "-")
                            for row in planned if row.config.has_target})
         if len(targeted) > 1:
