@@ -270,14 +270,14 @@ def _run_suite(plan: RunPlan, out: Path | None, *, resume: bool, dry_run: bool =
         configurations = [job.config for job in runner.plan(planned, platform, repeats=1, nnodes=plan.nnodes)]
         _record_plan(run_dir, plan, suite, resume=resume, recorded=recorded.records, suggest=suggest,
                      configurations=configurations)
-        done = {(r["config_key"], r["repeat"]) for r in recorded.records}
-        jobs = runner.plan(planned, platform, repeats=plan.repeats, done=done, parity=plan.parity,
-                          nnodes=plan.nnodes)
+        done, skipped = runner.resumed(recorded.records)
+        jobs = runner.plan(planned, platform, repeats=plan.repeats, done=done, skipped=skipped, parity=plan.parity,
+                           nnodes=plan.nnodes)
         lacking = runner.missing_baselines(jobs, nnodes=plan.nnodes)
-        if lacking and not done:
+        if lacking and not recorded.records:
             click.echo(f"lmbench: warning: {lacking}", err=True)
-        if done:
-            click.echo(f"resuming {out}: {len(done)} record(s) kept, {len(jobs)} job(s) to go", err=True)
+        if recorded.records:
+            click.echo(_resuming(out, recorded.records, jobs, skipped), err=True)
         session: list[dict[str, Any]] = []
         try:
             _execute(jobs, run_dir, suite.name, launch, recorded.records, plan.parity, session)
@@ -314,36 +314,54 @@ def _kept(planned: list[suites.Planned], platform: Any, plan: RunPlan, out: Path
     from lmbench.run.rundir import read_meta
 
     _refuse_other_writer(out, "run")
+    fresh = nothing_to_resume(out)
+    if fresh:
+        click.echo(f"lmbench: warning: {fresh}", err=True)
     recorded = results.read(out) if (out / results.RESULTS_FILE).is_file() else results.Loaded()
     for warning in recorded.warnings:
         click.echo(f"lmbench: warning: {warning}", err=True)
     meta = read_meta(out) if out.is_dir() else None
+    configurations = [job.config for job in runner.plan(planned, platform, repeats=1, nnodes=plan.nnodes)]
     if recorded.records or (meta and "plan" in meta):
         warning = runplan.check(meta, plan, out=out, suite_name=suite.name,
                                 recorded_suites=(record.get("suite") for record in recorded.records))
         if warning:
             click.echo(f"lmbench: warning: {warning}", err=True)
-    done = {(r["config_key"], r["repeat"]) for r in recorded.records}
-    to_go = runner.plan(planned, platform, repeats=plan.repeats, done=done, parity=plan.parity,
-                          nnodes=plan.nnodes)
-    click.echo(f"resuming {out}: {len(done)} record(s) kept, {len(to_go)} job(s) to go", err=True)
+        runplan.check_corpora(meta, recorded.records, runplan.corpora(configurations), out=out)
+    done, skipped = runner.resumed(recorded.records)
+    to_go = runner.plan(planned, platform, repeats=plan.repeats, done=done, skipped=skipped, parity=plan.parity,
+                        nnodes=plan.nnodes)
+    if not fresh:
+        click.echo(_resuming(out, recorded.records, to_go, skipped), err=True)
+    going = {(job.config.key, job.repeat) for job in to_go}
+    held = {(r["config_key"], r["repeat"]) for r in recorded.records} - going
     kept = {}
-    for job in runner.plan(planned, platform, repeats=1, nnodes=plan.nnodes):
-        have = sum((job.config.key, repeat) in done for repeat in range(plan.repeats))
+    for config in configurations:
+        have = sum((config.key, repeat) in held for repeat in range(plan.repeats))
         if have == plan.repeats:
-            kept[job.config.key] = "kept"
+            kept[config.key] = "kept"
         elif have:
-            kept[job.config.key] = f"run ({have} of {plan.repeats} repeats kept)"
+            kept[config.key] = f"run ({have} of {plan.repeats} repeats kept)"
     return kept
+
+
+def _resuming(out: Path, records: list[dict[str, Any]], jobs: list[runner.Job],
+              skipped: dict[tuple[str, int], str | None]) -> str:
+    """What a resume keeps and runs: a skip judged again is a job, and its old record no longer counts as kept."""
+    again = sum((job.config.key, job.repeat) in skipped for job in jobs)
+    return (f"resuming {out}: {len(records) - again} record(s) kept, {len(jobs)} job(s) to go"
+            + (f" ({again} of them skipped before, judged again on this machine)" if again else ""))
 
 
 def _record_plan(run_dir: runner.RunDirectory, plan: RunPlan, suite: suites.Suite, *, resume: bool,
                  recorded: list[dict[str, Any]], suggest: bool, configurations: list[Any]) -> None:
-    """Check a resumed run's plan against run.json (refusing another), then write run.json, with the planned
-    configurations (a report names those a stopped run has no record of: lmbench.analyze.coverage)."""
+    """Check a resumed run's plan and corpora against run.json (refusing another), then write run.json, with the
+    planned configurations (a report names those a stopped run has no record of: lmbench.analyze.coverage) and
+    the sha256 of each corpus they read."""
     from lmbench.analyze.coverage import planned_entry
 
     meta = run_dir.meta()
+    corpora = runplan.corpora(configurations)
     listed = meta.get("planned") if meta and isinstance(meta.get("planned"), list) else []
     current = [planned_entry(config.key, config.to_dict()) for config in configurations]
     # A resume on another host may resolve a configuration otherwise (tp_degree=auto, nproc): an earlier key stays
@@ -357,16 +375,19 @@ def _record_plan(run_dir: runner.RunDirectory, plan: RunPlan, suite: suites.Suit
                                 recorded_suites=(record.get("suite") for record in recorded))
         if warning:
             click.echo(f"lmbench: warning: {warning}", err=True)
+        runplan.check_corpora(meta, recorded, corpora, out=run_dir.path)
         if meta and "plan" in meta:
             earlier = meta.get("resumed") if isinstance(meta.get("resumed"), list) else []
             # A resume with more repeats extends the plan: the next resume continues that.
             repeats = max(plan.repeats, RunPlan.from_json(meta["plan"]).repeats)
+            kept = meta.get("corpora") if isinstance(meta.get("corpora"), dict) else {}
             run_dir.write_meta({**meta, "plan": {**meta["plan"], "repeats": repeats}, "repeats": repeats,
-                                "resumed": [*earlier, now], "planned": planned})
+                                "resumed": [*earlier, now], "planned": planned, "corpora": {**kept, **corpora}})
             return
     run_dir.write_meta({"command": "run", "suite": suite.name, "source": suite.source, "plan": plan.to_json(),
                         "overrides": list(plan.overrides), "repeats": plan.repeats, "parity": plan.parity,
-                        "lmbench": lmbench.__version__, "argv": sys.argv, "started": now, "planned": planned})
+                        "lmbench": lmbench.__version__, "argv": sys.argv, "started": now, "planned": planned,
+                        "corpora": corpora})
 
 
 def _execute(jobs: list[runner.Job], run_dir: runner.RunDirectory, suite: str, launch: Any,
@@ -427,6 +448,9 @@ def _print_summary(launch: Any, session: list[dict[str, Any]], everything: list[
                       "node 0 records the results")
         return
     console.print(summary([{**r, "config": results.full_config(r["config"])} for r in everything]))
+    mixed = results.mixed_corpora(everything)
+    if mixed:
+        click.echo(f"lmbench: warning: {mixed}", err=True)
     console.print(f"results: {results_path}")
 
 

@@ -494,6 +494,148 @@ def test_4_more_repeats_on_resume_extend_the_plan(tmp_path, tiny, fake):
     assert "(--repeats: 1 now, 2 then)" in line
 
 
+CORPUS_SUITE = TINY.replace('device = "cpu"', 'device = "cpu"\ndata = "corpus.txt"')
+
+
+def _two_corpora(tmp_path: Path) -> tuple[str, Path, Path]:
+    """A suite reading data = "corpus.txt" (relative), and folders a/ and b/ holding different files of that name."""
+    suite = tmp_path / "s" / "data.toml"
+    suite.parent.mkdir()
+    suite.write_text(CORPUS_SUITE)
+    for name, word in (("a", "alpha"), ("b", "beta")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "corpus.txt").write_text(f"{word} text of the corpus. " * 200)
+    return str(suite), tmp_path / "a", tmp_path / "b"
+
+
+def test_4_resume_refuses_a_corpus_that_changed_under_the_same_keys(tmp_path, fake, monkeypatch):
+    """A review's reproduction: a run started in a/ and resumed in b/ measured b's text under a's config_keys."""
+    from lmbench.plan.config import corpus_identity
+
+    suite, a, b = _two_corpora(tmp_path)
+    out = tmp_path / "r1"
+    monkeypatch.chdir(a)
+    assert lmbench("run", "--suite", suite, "--device", "cpu", "--out", out).exit_code == 0
+    sha_a = corpus_identity(str(a / "corpus.txt"))["data_sha256"]
+    sha_b = corpus_identity(str(b / "corpus.txt"))["data_sha256"]
+    assert json.loads((out / "run.json").read_text())["corpora"] == {"corpus.txt": sha_a}
+    meta, before = (out / "run.json").read_text(), lines(out)
+    monkeypatch.chdir(b)
+    expected = (f"lmbench: error: --resume: data='corpus.txt' (here {b / 'corpus.txt'}) is other text than '{out}' "
+                f"was measured on (sha256 {sha_a[:12]} then, {sha_b[:12]} now); restore the file, or measure it in a "
+                "new run with another --out")
+    for dry in ((), ("--dry-run",)):
+        line = one_line_error(lmbench("run", "--suite", suite, "--device", "cpu", "--out", out, "--repeats", "2",
+                                      "--resume", *dry))
+        assert line == expected
+    assert (out / "run.json").read_text() == meta and lines(out) == before
+    # Edited in place: refused the same way; the text it was measured on back, the resume goes on.
+    monkeypatch.chdir(a)
+    original = (a / "corpus.txt").read_text()
+    (a / "corpus.txt").write_text(original + "an edit\n")
+    assert " is other text than " in one_line_error(lmbench("run", "--suite", suite, "--device", "cpu", "--out",
+                                                            out, "--resume"))
+    (a / "corpus.txt").write_text(original)
+    result = lmbench("run", "--suite", suite, "--device", "cpu", "--out", out, "--repeats", "2", "--resume")
+    assert result.exit_code == 0, result.output
+    assert {r["metrics"]["data_sha256"] for r in results.read(out).records} == {sha_a}
+    assert "different corpora" not in result.stderr
+
+
+def test_4_a_run_that_already_mixes_corpora_is_warned_of_in_the_summary_and_the_report(tmp_path, fake, monkeypatch):
+    """A run resumed by an older lmbench (no `corpora` in run.json) may hold two texts under one key."""
+    suite, a, b = _two_corpora(tmp_path)
+    out = tmp_path / "r1"
+    monkeypatch.chdir(a)
+    assert lmbench("run", "--suite", suite, "--device", "cpu", "--out", out).exit_code == 0
+    meta = json.loads((out / "run.json").read_text())
+    del meta["corpora"]
+    (out / "run.json").write_text(json.dumps(meta))
+    records = [json.loads(line) for line in lines(out)]
+    mixed = {**records[0], "repeat": 1, "metrics": {**records[0]["metrics"], "data_sha256": "f" * 64}}
+    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [*records, mixed]))
+    key, sha = records[0]["config_key"], records[0]["metrics"]["data_sha256"]
+    warning = (f"1 configuration(s) hold ok records of different corpora under one config_key, so their figures mix "
+               f"different texts: {key} (data_sha256 {sha[:12]}, ffffffffffff); measure them again in a new run "
+               "(another --out)")
+    # Without run.json's corpora, the records say what was read: b's text is neither, a's is one of them.
+    monkeypatch.chdir(b)
+    assert " is other text than " in one_line_error(lmbench("run", "--suite", suite, "--device", "cpu", "--out",
+                                                            out, "--repeats", "2", "--resume"))
+    monkeypatch.chdir(a)
+    result = lmbench("run", "--suite", suite, "--device", "cpu", "--out", out, "--repeats", "2", "--resume")
+    assert result.exit_code == 0, result.output
+    assert f"lmbench: warning: {warning}" in result.stderr
+    assert lmbench("report", out).exit_code == 0
+    assert warning in (out / "report" / "report.md").read_text()
+
+
+def _skipping(monkeypatch: pytest.MonkeyPatch, reason: str) -> None:
+    """This machine cannot run amp-bf16 (as a missing package or no CUDA would say), for `reason`."""
+    real = runner.skip_reason
+    monkeypatch.setattr(runner, "skip_reason", lambda config, platform, nnodes=1: reason
+                        if config.precision == "amp-bf16" else real(config, platform, nnodes=nnodes))
+
+
+def test_4_resume_judges_a_skip_again_and_its_new_record_supersedes_the_old(tmp_path, tiny, fake):
+    out = tmp_path / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        _skipping(patch, "no such package here")
+        assert lmbench("run", "--suite", tiny, "--out", out).exit_code == 0
+        # Still skipped, for the same reason: kept, and no second identical record.
+        result = lmbench("run", "--suite", tiny, "--out", out, "--resume")
+        assert result.exit_code == 0, result.output
+        assert "2 record(s) kept, 0 job(s) to go" in result.stderr and len(lines(out)) == 2
+        dry = lmbench("run", "--suite", tiny, "--out", out, "--resume", "--dry-run")
+        assert [row.split("│")[-2].strip() for row in dry.stdout.splitlines() if "tiny-gpt2" in row] == ["kept"] * 2
+        # Skipped for another reason now: that record supersedes the first.
+        _skipping(patch, "another reason")
+        assert lmbench("run", "--suite", tiny, "--out", out, "--resume").exit_code == 0
+        assert [r["reason"] for r in results.read(out).records if r["status"] == "skipped"] == ["another reason"]
+        assert len(lines(out)) == 3
+    # The machine can run it now: the dry run says so, and the resume runs it.
+    dry = lmbench("run", "--suite", tiny, "--out", out, "--resume", "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert [row.split("│")[-2].strip() for row in dry.stdout.splitlines() if "tiny-gpt2" in row] == ["kept", "run"]
+    said = "1 record(s) kept, 1 job(s) to go (1 of them skipped before, judged again on this machine)"
+    assert said in dry.stderr
+    result = lmbench("run", "--suite", tiny, "--out", out, "--resume")
+    assert result.exit_code == 0, result.output
+    assert said in result.stderr
+    # Every line stays in the file; readers count the repeat once, as measured, without a warning.
+    assert [json.loads(line)["status"] for line in lines(out)] == ["ok", "skipped", "skipped", "ok"]
+    assert keys(out) == [("fp32", 0), ("amp-bf16", 0)]
+    assert [r["status"] for r in results.read(out).records] == ["ok", "ok"]
+    again = lmbench("run", "--suite", tiny, "--out", out, "--resume")
+    assert "2 record(s) kept, 0 job(s) to go" in again.stderr and len(lines(out)) == 4
+
+
+def test_a_skipped_record_gives_way_to_a_later_one_but_a_measured_record_never_does(tmp_path):
+    def record(repeat: int, status: str, tps: float | None = None) -> dict:
+        return {"config_key": "k", "repeat": repeat, "status": status, "config": {"model": "tiny-gpt2"},
+                "metrics": {"tokens_per_s": tps} if tps else None, "reason": None if tps else "why"}
+
+    path = tmp_path / "results.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [record(0, "skipped"), record(1, "ok", 5.0),
+                                                              record(0, "ok", 7.0), record(1, "skipped"),
+                                                              record(0, "skipped")]))
+    loaded = results.read(path)
+    assert [(r["repeat"], r["status"], (r["metrics"] or {}).get("tokens_per_s")) for r in loaded.records] == [
+        (0, "ok", 7.0), (1, "ok", 5.0)]
+    assert loaded.warnings == [f"{path}:4: skipped line: repeat 1 of k is already on line 2",
+                               f"{path}:5: skipped line: repeat 0 of k is already on line 3"]
+
+
+def test_4_a_dry_run_resume_of_a_directory_with_nothing_to_resume_says_so(tmp_path, tiny):
+    out = tmp_path / "typo"
+    result = lmbench("run", "--suite", tiny, "--out", out, "--resume", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert (f"lmbench: warning: --resume: nothing to resume in '{out}' (no results, run.json or probes there): this "
+            "is a new run") in result.stderr
+    assert "kept" not in result.stderr and "kept" not in result.stdout
+    assert not out.exists()
+
+
 # 5. Valid JSON of the wrong shape.
 
 MALFORMED = [

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from lmbench.analyze import baseline as baselines
-from lmbench.analyze import coverage, plots
+from lmbench.analyze import coverage, plots, results
 from lmbench.analyze.table import Grid, cell, configs_of, device_label, fixed_axes, varying_axes
 from lmbench.errors import UsageError
 from lmbench.measure.breakdown import PROFILER_SLOWDOWN_NOTE, corrected, profiled_slowdown, window_shares
@@ -573,7 +573,8 @@ def header_lines(records: list[dict[str, Any]], summaries: list[ConfigSummary], 
     """The report's opening lines: the runs; the device and what measured it (the workers' versions); what
     rendered the report (this lmbench, which may be newer: the notes and columns are its own); what every
     configuration shares, which no column shows; how many repeats the figures rest on; planned repeats with no
-    record, and what reading the results left out (`notices`: the loader's warnings)."""
+    record; configurations whose ok records trained on different corpora (results.mixed_corpora), and what reading
+    the results left out (`notices`: the loader's warnings)."""
     from lmbench import __version__
     from lmbench.measure.environment import git_commit
 
@@ -588,7 +589,7 @@ def header_lines(records: list[dict[str, Any]], summaries: list[ConfigSummary], 
     missing = [r for r in records if r["status"] == coverage.NOT_RECORDED]
     lines.append(f"{len(records) - len(missing)} records, {len(summaries)} configurations; "
                  f"{repeats_line(summaries)}.")
-    lines += [line for line in [coverage.summary_line(missing)] if line]
+    lines += [line for line in [coverage.summary_line(missing), results.mixed_corpora(records)] if line]
     lines += [f"Read with a warning: {notice}" for notice in notices]
     return lines
 

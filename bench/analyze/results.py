@@ -325,7 +325,15 @@ def read(path: Path) -> Loaded:
     """Read a results file (or a run directory holding one).
 
     Lines that are not JSON, not shaped like a record, or repeat the (config_key, repeat) of an
-    earlier line are skipped with a warning naming the line; the first record of a pair is kept.
+    earlier line are skipped with a warning naming the line; the first record of a pair is kept, unless it is
+    `skipped`: then the later one stands in its place, without a warning.
+
+    That is how `run --resume` replaces a skip it judged again (a package installed since, CUDA there now;
+    lmbench.run.runner.plan): it appends the row's new record, and this reader keeps one record of the pair, so no
+    reader counts the repeat twice. A skip measured nothing, so nothing measured is lost; a measured (or failed)
+    record is never superseded. The file is not rewritten to drop the old line: an append is the one write a
+    killed process or a full disk cannot leave half done, and rewriting would put every record in it at risk for
+    one line that says nothing.
     """
     path = Path(path)
     if path.is_dir():
@@ -333,7 +341,8 @@ def read(path: Path) -> Loaded:
     if not path.is_file():
         raise ResultsError(f"no results file at {str(path)!r}")
     loaded = Loaded()
-    seen: dict[tuple[str, int], int] = {}
+    seen: dict[tuple[str, int], tuple[int, int]] = {}
+    """(line number, index in loaded.records) of each (config_key, repeat) read."""
     rekeyed: list[tuple[int, str, str]] = []
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
@@ -354,11 +363,17 @@ def read(path: Path) -> Loaded:
                     record["written_key"] = written  # its side files (telemetry, logs, traces) carry this one
                     if record["config"].get("profile") is not True:  # a profiled record's new key is expected
                         rekeyed.append((number, written, record["config_key"]))
-                first = seen.setdefault((record["config_key"], record["repeat"]), number)
-                if first != number:
+                pair = (record["config_key"], record["repeat"])
+                if pair in seen:
+                    first, index = seen[pair]
+                    if loaded.records[index]["status"] == "skipped":
+                        loaded.records[index] = record
+                        seen[pair] = (number, index)
+                        continue
                     loaded.warnings.append(f"{path}:{number}: skipped line: repeat {record['repeat']} of "
                                            f"{record['config_key']} is already on line {first}")
                     continue
+                seen[pair] = (number, len(loaded.records))
                 loaded.records.append(record)
     except OSError as err:
         raise ResultsError(f"cannot read {str(path)!r}: {err.strerror or err}") from None
@@ -382,6 +397,27 @@ def current_key(record: dict[str, Any]) -> str:
     from lmbench.plan.config import recorded_key
 
     return recorded_key(record["config"]) or record["config_key"]
+
+
+def mixed_corpora(records: list[dict[str, Any]]) -> str | None:
+    """A warning when one configuration's ok records trained on different text (more than one metrics.data_sha256
+    under a config_key), else None. A corpus edited in place, or a relative `data` path read from another folder,
+    keeps the key; `run --resume` refuses that now (lmbench.plan.runplan.check_corpora), but a run resumed by an
+    older lmbench may already hold such a mix, and its figures average two corpora."""
+    several = len({record.get("run") for record in records}) > 1  # a report's runs are kept apart, as its rows
+    hashes: dict[str, dict[str, None]] = {}
+    for record in records:
+        sha = (record.get("metrics") or {}).get("data_sha256") if record["status"] == "ok" else None
+        if isinstance(sha, str):
+            key = f"{record['run']}::{record['config_key']}" if several else record["config_key"]
+            hashes.setdefault(key, {})[sha] = None
+    mixed = {key: list(found) for key, found in hashes.items() if len(found) > 1}
+    if not mixed:
+        return None
+    shown = "; ".join(f"{key} (data_sha256 {', '.join(sha[:12] for sha in found)})"
+                      for key, found in list(mixed.items())[:3]) + (" ..." if len(mixed) > 3 else "")
+    return (f"{len(mixed)} configuration(s) hold ok records of different corpora under one config_key, so their "
+            f"figures mix different texts: {shown}; measure them again in a new run (another --out)")
 
 
 def read_lines(path: Path) -> tuple[list[tuple[int, Any]], list[str]]:

@@ -5,6 +5,10 @@ counts as another plan), the overrides (--set and --device, compared after parsi
 a matrix's values and spelling do not matter), --repeats, --parity and --nnodes. Where it runs (--node-rank,
 --rdzv-endpoint) and the --max-configs guard are not part of it. Raising --repeats on resume extends
 the plan rather than changing it.
+
+A corpus file (`data = "corpus.txt"`) is part of what a configuration measures, but not of its config_key: run.json
+keeps each one's sha256 (`corpora`), and a resume that would read other text under the same keys (the file edited,
+or a relative path read from another folder) is refused (check_corpora).
 """
 
 from __future__ import annotations
@@ -20,10 +24,15 @@ from typing import Any, TypeVar
 
 from lmbench.errors import LmbenchError, UsageError
 from lmbench.plan import suite as suites
+from lmbench.plan.config import Config, corpus_identity
 
 
 class PlanMismatch(UsageError):
     """`--resume` was given a plan other than the one the run directory was started with."""
+
+
+class CorpusChanged(PlanMismatch):
+    """`--resume` would train on other text than the run's records did, under the same config_keys."""
 
 
 P = TypeVar("P", bound="StoredPlan")
@@ -153,3 +162,47 @@ def mismatch(out: Path, differences: list[str], how: str) -> PlanMismatch:
     """The refusal of a resume with another plan: every difference, then `how` to resume it as it was started."""
     return PlanMismatch(f"--resume: {str(out)!r} was started with another plan ({'; '.join(differences)}); {how}, "
                         "or choose another --out")
+
+
+def corpora(configs: Iterable[Config]) -> dict[str, str]:
+    """The sha256 of each corpus file the configurations read, by `data` as they give it: run.json's `corpora`.
+    The hash is corpus_identity's, the one each ok record keeps as metrics.data_sha256 (read once per file and
+    modification time, so a run's records do not read the file again)."""
+    found: dict[str, str] = {}
+    for config in configs:
+        if config.reads_file and config.data not in found:
+            try:
+                found[config.data] = corpus_identity(config.data)["data_sha256"]
+            except OSError as err:
+                raise UsageError(f"data={config.data!r}: cannot read it ({err.strerror or err})") from None
+    return found
+
+
+def recorded_corpora(meta: dict[str, Any] | None, records: Iterable[dict[str, Any]]) -> dict[str, set[str]]:
+    """The sha256(s) of each corpus a run trained on, by `data`: run.json's `corpora`, or for a run started before
+    they were recorded, the data_sha256 of its ok records (several where such a run already mixed corpora)."""
+    kept = meta.get("corpora") if meta else None
+    if isinstance(kept, dict):
+        return {data: {sha} for data, sha in kept.items() if isinstance(data, str) and isinstance(sha, str)}
+    found: dict[str, set[str]] = {}
+    for record in records:
+        sha = (record.get("metrics") or {}).get("data_sha256") if record.get("status") == "ok" else None
+        data = (record.get("config") or {}).get("data")
+        if isinstance(sha, str) and isinstance(data, str):
+            found.setdefault(data, set()).add(sha)
+    return found
+
+
+def check_corpora(meta: dict[str, Any] | None, records: Iterable[dict[str, Any]], now: dict[str, str], *,
+                  out: Path) -> None:
+    """Refuse to resume `out` when a corpus it trained on holds other text now (CorpusChanged, one line naming the
+    file and both hashes): the new records would sit under the same config_keys as the old and be averaged with
+    them. A corpus the run has not read before (none recorded) is no change."""
+    then = recorded_corpora(meta, records)
+    for data, sha in now.items():
+        earlier = then.get(data)
+        if earlier and sha not in earlier:
+            where = "" if Path(data).is_absolute() else f" (here {Path(data).resolve()})"
+            raise CorpusChanged(f"--resume: data={data!r}{where} is other text than {str(out)!r} was measured on "
+                                f"(sha256 {'/'.join(sorted(h[:12] for h in earlier))} then, {sha[:12]} now); restore "
+                                "the file, or measure it in a new run with another --out")

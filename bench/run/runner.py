@@ -42,7 +42,7 @@ KILL_GRACE_S = 5.0
 #: Room a worker's result needs (a few KiB; long loss lists more), to tell a full disk from a crash.
 RESULT_ROOM_BYTES = 64 * 1024
 
-__all__ = ["Job", "RunDirectory", "execute", "plan", "run_worker"]
+__all__ = ["Job", "RunDirectory", "execute", "plan", "resumed", "run_worker"]
 
 
 @dataclass(frozen=True)
@@ -63,10 +63,26 @@ class Job:
 _PARALLEL_ORDER = {"none": 0, "dp": 1, "ddp": 2, "fsdp": 3, "tp": 4, "pp": 5, "fsdp+tp": 6, "fsdp+pp": 7}
 
 
+def resumed(records: list[dict[str, Any]]) -> tuple[set[tuple[str, int]], dict[tuple[str, int], str | None]]:
+    """(done, skipped) of a resumed run's records, by (config_key, repeat): a record that ran (ok or failed) is done;
+    a `skipped` one (and its reason) is not, as the skip may have been this machine's (a package missing, no CUDA
+    when it ran): `plan` judges it again."""
+    done = {(r["config_key"], r["repeat"]) for r in records if r["status"] != "skipped"}
+    skipped = {(r["config_key"], r["repeat"]): r.get("reason") for r in records if r["status"] == "skipped"}
+    return done, skipped
+
+
 def plan(planned: list[Planned], platform: Platform, *, repeats: int, done: set[tuple[str, int]] = frozenset(),
-         parity: bool = False, nnodes: int = 1) -> list[Job]:
+         skipped: dict[tuple[str, int], str | None] | None = None, parity: bool = False, nnodes: int = 1
+         ) -> list[Job]:
     """Jobs in run order: repeat-major, so repeats of a config are spread over the run's duration; layouts are
-    judged on `nnodes` nodes (a torchrun job's world is nproc x nnodes)."""
+    judged on `nnodes` nodes (a torchrun job's world is nproc x nnodes).
+
+    On resume, `done` rows are left out, and a row recorded as `skipped` (`skipped`: its reason) is judged again:
+    one that runs now, or is skipped for another reason, is a job whose record supersedes the old skip (the results
+    reader keeps the later record of a skipped pair, lmbench.analyze.results.read); one skipped for the same reason
+    is left out, as a second record would say nothing new."""
+    skipped = skipped or {}
     jobs = []
     # With parity, references run before the configurations judged by them: fp32 eager first, then
     # everything judged against it (FP8's amp-bf16 reference among them), then FP8.
@@ -80,7 +96,10 @@ def plan(planned: list[Planned], platform: Platform, *, repeats: int, done: set[
             if config.key in seen or (config.key, repeat) in done:
                 continue
             seen.add(config.key)
-            jobs.append(Job(config, repeat, row.conflict or skip_reason(config, platform, nnodes=nnodes)))
+            skip = row.conflict or skip_reason(config, platform, nnodes=nnodes)
+            if skip is not None and (config.key, repeat) in skipped and skipped[config.key, repeat] == skip:
+                continue  # still skipped, for the same reason: the record it has stands
+            jobs.append(Job(config, repeat, skip))
     return jobs
 
 
