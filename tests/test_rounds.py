@@ -40,6 +40,8 @@ def test_a_difference_is_one_only_when_the_whole_interval_is_on_one_side():
     assert rounds.verdict(low, high) == "not told apart"
     assert rounds.verdict(*rounds.paired_ratio([0.9, 0.91, 0.89], [1.0, 1.0, 1.0])[1:]) == "faster"
     assert rounds.verdict(*rounds.paired_ratio([2.0, 2.1, 1.9], [1.0, 1.0, 1.0])[1:]) == "slower"
+    # Told apart, but by 0.2%: no difference worth choosing a kernel or plan on (a reviewer).
+    assert rounds.verdict(*rounds.paired_ratio([0.998, 0.9981, 0.9979], [1.0, 1.0, 1.0])[1:]) == "alike (within 1%)"
 
 
 def test_pairs_are_taken_round_by_round():
