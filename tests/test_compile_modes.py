@@ -316,6 +316,22 @@ def test_data_options_a_configuration_does_not_use_are_one_key_and_said_to_chang
         "no configuration here is: it changes nothing"]
 
 
+def test_records_written_before_options_became_one_key_read_under_todays_key():
+    """A baseline measured with --device cuda:0, or tokenizer=bpe over synthetic tokens, kept its old key and shared
+    no configuration with a run planned today (a reviewer): the reader keys a record as the plan does."""
+    from lmbench.analyze.results import current_key
+    from lmbench.plan.feasibility import resolve
+
+    gpu = dataclasses.replace(CPU, cuda_available=True, device_count=1, capability=(9, 0))
+    today = resolve(Config(device="cuda"), gpu)
+    for old in (dict(device="cuda:0"), dict(tokenizer="bpe"), dict(eval_tokens=8192)):
+        written = today.replace(**old)  # as an older plan resolved it
+        assert written.key != today.key
+        assert current_key({"config": written.to_dict(), "config_key": written.key}) == today.key, old
+    other = today.replace(device="cuda:1")
+    assert current_key({"config": other.to_dict(), "config_key": other.key}) == other.key
+
+
 def test_a_plan_without_warmup_is_said_to_measure_set_up():
     from lmbench.plan import suite as suites
 

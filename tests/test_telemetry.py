@@ -560,6 +560,14 @@ def test_records_keep_the_environment_variables_that_change_what_runs_and_no_sec
     assert environment.variables(environ) == {"CUDA_LAUNCH_BLOCKING": "1", "NCCL_ALGO": "Ring", "OMP_NUM_THREADS": "4",
                                               "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}
     assert "env_vars" in environment.capture(torch.device("cpu"))
+    # NCCL's interface and adapters name a host's own hardware: two hosts alike differ there.
+    assert environment.variables({"NCCL_SOCKET_IFNAME": "eth0", "NCCL_IB_HCA": "mlx5", "NCCL_DEBUG": "INFO"}) == {}
+    # A torchrun rank: OMP_NUM_THREADS=1 and the NCCL error handling are torchrun's own, not what lmbench was
+    # started with (a run of ddp and none rows read as two environments, a reviewer).
+    rank = {"OMP_NUM_THREADS": "1", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1", "NCCL_ALGO": "Ring",
+            environment.STARTED_WITH: "NCCL_ALGO"}
+    assert environment.variables(rank) == {"NCCL_ALGO": "Ring"}
+    assert environment.variables({**rank, environment.STARTED_WITH: ""}) == {}
 
 
 def test_variables_that_make_a_measurement_something_else_are_warned_of():

@@ -376,10 +376,14 @@ def compare(base: list[dict[str, Any]], cand: list[dict[str, Any]], *, metric: s
                                                    f"{', '.join(difference.baseline)} (baseline) vs "
                                                    f"{', '.join(difference.candidate)} (candidate)"]))
         # A setting of the card that bounds its speed (a lower power cap, applications clocks held down, ECC) on one
-        # side: the ratio measures the setting as much as the code, so no regression or improvement stands on it.
+        # side: where it could explain the change (a regression on the more constrained candidate, an improvement on
+        # the more constrained baseline), the ratio measures the setting as much as the code and no verdict stands
+        # on it; a regression despite more headroom stands (a reviewer: 750 W against 700 W passed a 15% loss).
         settings = [_differs(base, cand, key, field, what) for field, what in _SETTINGS]
         if any(settings):
-            if verdict.verdict in ("regression", "improvement"):
+            held = _constrained(base, cand, key)
+            if (verdict.verdict == "regression" and "candidate" in held) or (
+                    verdict.verdict == "improvement" and "baseline" in held):
                 verdict.verdict = "inconclusive"
             verdict.note = "; ".join(filter(None, [verdict.note, *settings]))
         # Energy from the counter on one side and a power integral on the other (a window that a speed-up took
@@ -405,6 +409,23 @@ def compare(base: list[dict[str, Any]], cand: list[dict[str, Any]], *, metric: s
 #: applications clocks ask for, ECC.
 _SETTINGS = (("power_limit_w", "another power limit (W)"), ("power_limit_min_w", "another power limit on a card (W)"),
              ("sm_clock_app_mhz", "other applications clocks (SM MHz)"), ("ecc_enabled", "ECC set otherwise"))
+
+
+def _constrained(base: list[dict[str, Any]], cand: list[dict[str, Any]], key: str) -> set[str]:
+    """The sides whose card some ok record of the configuration shows more constrained than a record of the other
+    side: a lower power limit or applications clock, or ECC on where the other's was off."""
+    def values(records: list[dict[str, Any]], field: str) -> list[Any]:
+        return [v for r in records if r["config_key"] == key and r["status"] == "ok"
+                for v in [(r.get("metrics") or {}).get(field)] if v is not None]
+
+    held = set()
+    for field, _ in _SETTINGS:
+        for side, mine, theirs in (("baseline", values(base, field), values(cand, field)),
+                                   ("candidate", values(cand, field), values(base, field))):
+            # ECC on (True) is the constrained setting, as a lower limit or clock is.
+            if any((m is True and t is False) if field == "ecc_enabled" else (m < t) for m in mine for t in theirs):
+                held.add(side)
+    return held
 
 
 def _differs(base: list[dict[str, Any]], cand: list[dict[str, Any]], key: str, field: str, what: str) -> str:

@@ -110,8 +110,21 @@ def unknown(base: list[dict[str, Any]], cand: list[dict[str, Any]]) -> list[str]
 
 
 def mixed(records: list[dict[str, Any]], side: str) -> list[str]:
-    """Warnings for a run whose own records say more than one value of a field (resumed or merged on another
-    machine, or after an upgrade)."""
-    return [f"the {side}'s records come from more than one {name} ({', '.join(values)}): it was resumed or merged "
-            "on another machine, or something was upgraded between its repeats"
-            for name, values in environment_of(records).items() if len(values) > 1]
+    """Warnings for a run whose repeats of one configuration say more than one value of a field (resumed or merged
+    on another machine, or after an upgrade). Configurations of one run may differ by design (a CPU run's ddp
+    rows, one thread per rank, beside its single-process rows)."""
+    found: dict[str, list[str]] = {}
+    keys: dict[str, list[str]] = {}
+    for key in dict.fromkeys(r["config_key"] for r in records):
+        for name, values in environment_of([r for r in records if r["config_key"] == key]).items():
+            if len(values) > 1:
+                found.setdefault(name, [])
+                found[name] += [v for v in values if v not in found[name]]
+                keys.setdefault(name, []).append(key)
+    return [f"the {side}'s repeats of {_configurations(keys[name])} come from more than one {name} "
+            f"({', '.join(values)}): it was resumed or merged on another machine, or something was upgraded between "
+            "them" for name, values in found.items()]
+
+
+def _configurations(keys: list[str]) -> str:
+    return f"configuration {keys[0]}" if len(keys) == 1 else f"{len(keys)} configurations (e.g. {keys[0]})"

@@ -44,17 +44,27 @@ VARIABLES = ("CUDA_LAUNCH_BLOCKING", "CUDA_DEVICE_MAX_CONNECTIONS", "CUDA_MODULE
 #: Families of them: inductor's and dynamo's switches, NCCL's (and torch's own NCCL ones), cuBLAS's and cuDNN's.
 VARIABLE_PREFIXES = ("TORCHINDUCTOR_", "TORCHDYNAMO_", "NCCL_", "TORCH_NCCL_", "CUBLAS_", "CUDNN_")
 #: Left out: a variable that names a place (a cache directory differs from machine to machine and changes nothing
-#: measured), and anything that may hold a secret.
-_PLACE = re.compile(r"_(DIR|PATH|FILE)$")
+#: measured) or a host's own hardware (NCCL's network interface and adapters: two hosts alike differ there), NCCL's
+#: debug output, and anything that may hold a secret.
+_PLACE = re.compile(r"_(DIR|PATH|FILE)$|^NCCL_(SOCKET_IFNAME|IB_HCA|HOSTID|DEBUG\w*)$")
 _SECRET = re.compile(r"TOKEN|KEY|SECRET|PASSW|CREDENTIAL|AUTH", re.IGNORECASE)
+#: Set by the lmbench process for its workers: the names of VARIABLES it was started with. torchrun gives its ranks
+#: OMP_NUM_THREADS=1 and TORCH_NCCL_ASYNC_ERROR_HANDLING=1 of its own, the same for every run of a mode: a worker
+#: records only what lmbench was started with (a run of ddp and none rows read as two environments).
+STARTED_WITH = "LMBENCH_VARIABLES"
 
 
 def variables(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The set VARIABLES (and VARIABLE_PREFIXES' families) of `environ` (this process's by default), by name."""
+    """The set VARIABLES (and VARIABLE_PREFIXES' families) of `environ` (this process's by default), by name; in a
+    worker, those of them the lmbench process was started with (STARTED_WITH)."""
     environ = os.environ if environ is None else environ
-    return {name: value for name, value in sorted(environ.items())
-            if (name in VARIABLES or name.startswith(VARIABLE_PREFIXES)) and not _PLACE.search(name)
-            and not _SECRET.search(name)}
+    found = {name: value for name, value in sorted(environ.items())
+             if (name in VARIABLES or name.startswith(VARIABLE_PREFIXES)) and not _PLACE.search(name)
+             and not _SECRET.search(name)}
+    started = environ.get(STARTED_WITH)
+    if started is not None:
+        found = {name: value for name, value in found.items() if name in started.split(",")}
+    return found
 
 
 def _set(value: str | None) -> bool:

@@ -455,9 +455,22 @@ def recorded_key(values: dict[str, Any]) -> str | None:
     if not _KEY_V1_AXES <= set(values):
         return None
     try:
-        return Config.from_mapping(values).key
+        config = Config.from_mapping(values)
     except (ConfigError, TypeError, ValueError):
         return None
+    # What today's plan makes one configuration is one key in an older record too (a baseline measured with
+    # tokenizer=bpe over synthetic tokens, or --device cuda:0, paired with nothing after they became one key).
+    return config.replace(device=one_device(config.device, config.parallel)).without_foreign_options().key
+
+
+def one_device(device: str, parallel: str) -> str:
+    """The device as a key spells it: `cuda:0` is `cuda` (a fresh process's current device), and under torchrun any
+    `cuda:N` is `cuda` (each rank takes its local rank's GPU, lmbench.run.worker.worker_device)."""
+    from lmbench.plan.layout import DISTRIBUTED
+
+    if device == "cuda:0" or (device.startswith("cuda:") and parallel in DISTRIBUTED):
+        return "cuda"
+    return device
 
 #: Why each default is what it is (`lmbench list --defaults`); a test keeps it complete.
 DEFAULT_REASONS: dict[str, str] = {

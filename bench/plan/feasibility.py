@@ -13,7 +13,7 @@ from lmbench.models.kernel_sets import KERNEL_SETS, apex_problem
 from lmbench.models.registry import MODELS
 from lmbench.models.versions import release
 from lmbench.plan import layout
-from lmbench.plan.config import CUDA_GRAPH_WARMUP, Config
+from lmbench.plan.config import CUDA_GRAPH_WARMUP, Config, one_device
 from lmbench.plan.layout import DEFAULT_TP_DEGREE, DISTRIBUTED, MODEL_PARALLEL, problem
 
 #: Axis values that a later version fills in; until then they are skipped, never a crash.
@@ -42,10 +42,7 @@ def resolve(config: Config, platform: Platform) -> Config:
     device = config.device
     if device == "auto":
         device = "cuda" if platform.cuda_available else "cpu"
-    # One device, one key: `cuda` is a fresh process's current device, cuda:0; under torchrun each rank takes its
-    # local rank's GPU whatever the index (lmbench.run.worker.worker_device).
-    if device == "cuda:0" or (device.startswith("cuda:") and config.parallel in DISTRIBUTED):
-        device = "cuda"
+    device = one_device(device, config.parallel)
     nproc = config.nproc
     gpus = platform.device_count if device.startswith("cuda") else 0
     if config.parallel == "none":

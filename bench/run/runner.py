@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 from lmbench.analyze import results
 from lmbench.errors import StorageError
-from lmbench.measure import hostmem
+from lmbench.measure import environment, hostmem
 from lmbench.measure.environment import Platform
 from lmbench.measure.hostload import standing
 from lmbench.measure.stats import percentile
@@ -133,7 +133,8 @@ def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch(), hold:
     # folder named lmbench there (a clone) is not imported in place of the installed package; PYTHONNOUSERSITE
     # keeps ~/.local's packages out. Both reach torchrun's ranks too.
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
-           "LMBENCH_PARENT_PID": str(os.getpid()), "PYTHONSAFEPATH": "1", "PYTHONNOUSERSITE": "1"}
+           "LMBENCH_PARENT_PID": str(os.getpid()), "PYTHONSAFEPATH": "1", "PYTHONNOUSERSITE": "1",
+           environment.STARTED_WITH: ",".join(environment.variables())}
     log_path = run_dir.log_path(job.name)
     oom_kills_before = hostmem.oom_kills()
     with results.saving(log_path):
