@@ -29,12 +29,53 @@ def test_the_slurm_script_gives_each_node_its_own_run_directory(tmp_path):
     _stand_in(tmp_path, "lmbench", "printf '%s\\n' \"$@\"\n")
     env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "node-[a-b]",
            "SLURM_JOB_ID": "42", "SLURM_JOB_NUM_NODES": "2"}
-    out = subprocess.run(["bash", str(ROOT / "ci/slurm/lmbench.sbatch"), "parallel"], env=env, cwd=tmp_path,
-                         capture_output=True, text=True, check=True).stdout.splitlines()
+    records = tmp_path / "runs/parallel-slurm-42/node0/results.jsonl"
+    records.parent.mkdir(parents=True)
+    records.write_text('{"status": "ok"}\n{"status": "skipped"}\n{"status": "ok"')  # a torn last line
+    sbatch = ["bash", str(ROOT / "ci/slurm/lmbench.sbatch"), "parallel"]
+    out = subprocess.run(sbatch, env=env, cwd=tmp_path, capture_output=True, text=True, check=True).stdout.splitlines()
     args = dict(zip(out[1::2], out[2::2]))
     assert args["--out"] == "runs/parallel-slurm-42/node1"  # not a literal "node$SLURM_NODEID" shared by all
     assert (args["--node-rank"], args["--nnodes"], args["--rdzv-endpoint"]) == ("1", "2", "node-a:29500")
     assert out[-1] == "results: runs/parallel-slurm-42/node0/results.jsonl"
+    # lmbench exits 0 for a failed configuration (a row): the job does not (a reviewer of the CI templates).
+    records.write_text('{"status": "ok"}\n{"status": "timeout"}\n{"status": "error"}\n')
+    failed = subprocess.run(sbatch, env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert failed.returncode == 1 and failed.stderr.strip().endswith("failed repeats: 1 error, 1 timeout (see the "
+                                                                     "records)")
+
+
+def test_the_github_workflow_gates_what_its_readme_says():
+    """The workflow was not even parsed by a test (a reviewer of the CI templates found both commits could run one
+    installed lmbench, inconclusive verdicts passing, no pipefail, a fixed base-then-head order)."""
+    yaml = pytest.importorskip("yaml")
+    flow = yaml.safe_load((ROOT / "ci/github/lmbench-regression.yml").read_text())
+    assert flow["defaults"]["run"]["shell"] == "bash" and flow["permissions"] == {"contents": "read"}
+    job = flow["jobs"]["gate"]
+    assert job["env"]["STRICT"] == "--strict"
+    steps = {step.get("name", step.get("uses")): step for step in job["steps"]}
+    setup = steps["One environment per commit (reusing the runner's CUDA PyTorch)"]["run"]
+    assert "install --no-deps --no-build-isolation \"./$side\"" in setup and " -e " not in setup
+    assert 'if [ "${got%-dirty}" != "$want" ]' in setup
+    measure = steps["Run the suite on base and head, repeats interleaved (ABBA)"]["run"]
+    assert 'order="head base"' in measure and "flock" in measure
+    compare = steps["Compare (fails the job on a regression)"]
+    assert "!cancelled()" in compare["if"] and '--noise-floor "base/$NOISE_FLOOR"' in compare["run"]
+    assert steps["actions/checkout@v4"]["with"]["persist-credentials"] is False
+
+
+def test_the_workflow_measuring_loop_alternates_sides_abba(tmp_path):
+    """Base then head every round put head one slot later on average: a drift of the card read as head's."""
+    yaml = pytest.importorskip("yaml")
+    flow = yaml.safe_load((ROOT / "ci/github/lmbench-regression.yml").read_text())
+    step = next(s for s in flow["jobs"]["gate"]["steps"] if s.get("name", "").startswith("Run the suite"))
+    _stand_in(tmp_path, "flock", 'shift; "$@"\n')
+    for side in ("base", "head"):
+        (tmp_path / f"venv-{side}/bin").mkdir(parents=True)
+        _stand_in(tmp_path / f"venv-{side}/bin", "lmbench", f"echo {side} >> {tmp_path}/order\n")
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "REPEATS": "4", "SUITE": "ci"}
+    subprocess.run(["bash", "-e", "-o", "pipefail", "-c", step["run"]], env=env, cwd=tmp_path, check=True)
+    assert (tmp_path / "order").read_text().split() == ["base", "head", "head", "base"] * 2
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CPU's answer")

@@ -844,6 +844,18 @@ def test_a_card_set_otherwise_makes_no_regression_it_could_explain(tmp_path):
     assert v.verdict == "regression"
 
 
+def test_a_gpu_another_process_held_is_said_in_the_row():
+    """gpu_other_processes was on the record and nowhere in compare's output (a reviewer of the CI templates)."""
+    def shared(records, n):
+        return [{**r, "metrics": {**r["metrics"], "gpu_other_processes": 1 if i < n else 0}}
+                for i, r in enumerate(records)]
+
+    (v,) = compare(shared(run_of({"a": TIGHT}), 0), shared(run_of({"a": TIGHT}), 2))
+    assert "another process held the GPU in 0 baseline and 2 candidate repeats" in v.note
+    (v,) = compare(run_of({"a": TIGHT}), shared(run_of({"a": TIGHT}), 0))
+    assert "held the GPU" not in v.note
+
+
 def test_what_one_run_says_of_its_environment_and_the_other_does_not_is_warned_of(tmp_path):
     """NVML unavailable in the candidate's worker: its driver is null, and a null matched anything."""
     base = run_of({"a": TIGHT})

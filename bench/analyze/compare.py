@@ -394,6 +394,12 @@ def compare(base: list[dict[str, Any]], cand: list[dict[str, Any]], *, metric: s
             if verdict.verdict in ("regression", "improvement"):
                 verdict.verdict = "inconclusive"
             verdict.note = "; ".join(filter(None, [verdict.note, method]))
+        shared = [_gpu_shared(side, key) for side in (base, cand)]
+        if any(shared):
+            # A context another process held on the GPU as a window opened or closed (lmbench.measure.gpushare): it
+            # may have shared the SMs, or idled; said, not left out, since NVML's list does not tell which.
+            verdict.note = "; ".join(filter(None, [verdict.note, f"another process held the GPU in {shared[0]} "
+                                                   f"baseline and {shared[1]} candidate repeats"]))
         if any(busy):
             # Other processes kept the host busy in these windows: left out, a slowdown there being the machine's.
             verdict.note = "; ".join(filter(None, [verdict.note, f"left out as contended: {busy[0]} of "
@@ -409,6 +415,12 @@ def compare(base: list[dict[str, Any]], cand: list[dict[str, Any]], *, metric: s
 #: applications clocks ask for, ECC.
 _SETTINGS = (("power_limit_w", "another power limit (W)"), ("power_limit_min_w", "another power limit on a card (W)"),
              ("sm_clock_app_mhz", "other applications clocks (SM MHz)"), ("ecc_enabled", "ECC set otherwise"))
+
+
+def _gpu_shared(records: list[dict[str, Any]], key: str) -> int:
+    """The configuration's ok repeats whose GPU another process held a context on during the window."""
+    return sum(1 for r in records if r["config_key"] == key and r["status"] == "ok"
+               and ((r.get("metrics") or {}).get("gpu_other_processes") or 0) > 0)
 
 
 def _constrained(base: list[dict[str, Any]], cand: list[dict[str, Any]], key: str) -> set[str]:
