@@ -886,8 +886,8 @@ def test_8_a_matrix_above_max_configs_is_refused_before_it_is_built(tiny):
     result = lmbench("run", "--suite", tiny, "--set", f"seed={values}", "--set", f"grad_accum={values100}", "--set",
                      f"steps={values100}", "--dry-run")
     assert one_line_error(result) == (
-        f"lmbench: error: {tiny} with --set seed, grad_accum, steps: the matrix has 2,000,000 points (2 precision x 100 "
-        "seed x 100 grad_accum x 100 steps), more than --max-configs 10,000; narrow it, or raise --max-configs")
+        f"lmbench: error: {tiny} with --set seed, grad_accum, steps: the matrix has 2,000,000 points (2 precision x "
+        "100 seed x 100 grad_accum x 100 steps), more than --max-configs 10,000; narrow it, or raise --max-configs")
     assert time.monotonic() - started < 30
     assert one_line_error(lmbench("run", "--suite", tiny, "--dry-run", "--max-configs", "1")).endswith(
         "more than --max-configs 1; narrow it, or raise --max-configs")
