@@ -482,3 +482,20 @@ def test_compile_under_data_parallel_is_skipped():
     assert skip_reason(config, H100).startswith("kernels=compile is not available with parallel=dp: nn.DataParallel "
                                                 "runs its replicas in threads")
     assert skip_reason(config.replace(kernels="eager"), H100) is None
+
+
+def test_attention_inductor_rewrote_into_sdpa_is_said():
+    """inductor's fuse_attention pass turns BERT's eager attention with dropout into SDPA, which on a GPU is a fused
+    kernel under a row that says attention=eager (a reviewer saw 4 rewrites of tiny-bert-mlm's)."""
+    from torch._dynamo.utils import counters
+
+    from lmbench.models.compiled import attention_rewrites, describe_compiled
+
+    before = counters["inductor"]["fuse_attention"]
+    try:
+        counters["inductor"]["fuse_attention"] = before + 4
+        assert attention_rewrites() == before + 4
+        line, _, _ = describe_compiled("default", cuda_graphs=False)
+        assert line.endswith(f", {before + 4} attention pattern(s) rewritten to scaled_dot_product_attention")
+    finally:
+        counters["inductor"]["fuse_attention"] = before

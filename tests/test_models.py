@@ -65,3 +65,67 @@ def test_a_padding_mask_still_reaches_transformers_own_checks():
     assert skip(None, 8, 8, 0, 0) is True
     assert skip(padded, 8, 8, 0, 0) is skip.replaced(padded, 8, 8, 0, 0) is False
     assert skip(None, 8, 8, 0, 0, local_attention_size=4) is False  # a sliding window needs its mask
+
+
+def test_the_record_names_the_attention_kernel_sdpa_ran():
+    """attention=sdpa left the kernel to torch, and no field said which ran: on a CPU, GPT-2's dropout sends SDPA to
+    its math backend (the CPU flash kernel takes no dropout), on a GPU cuDNN's takes no 0.1 (a reviewer)."""
+    from lmbench.plan.config import Config
+    from lmbench.run.worker import measure
+
+    def kernel(**axes):
+        config = Config(**{"model": "tiny-gpt2", "batch_size": 2, "seq_len": 16, "steps": 1, "warmup": 1,
+                           "device": "cpu", "telemetry": False, **axes})
+        return measure(config)["metrics"]["attention_kernel"]
+
+    assert kernel(dropout=False) == "cpu-flash"
+    assert kernel(dropout=True) == "math"
+    assert kernel(attention="math", dropout=False) == "math"
+    assert kernel(attention="eager") is None  # transformers' own attention: no SDPA call
+    assert kernel(dropout=False, warmup=0) is None  # no warmup step to watch
+
+
+def test_sdpa_falling_back_to_math_on_a_gpu_is_warned_of():
+    from lmbench.models.sdpa import fell_back
+
+    assert fell_back("sdpa", "math", "cuda").startswith("attention=sdpa ran torch's math backend on the GPU")
+    assert fell_back("sdpa", "flash+math", "cuda") is not None
+    assert fell_back("sdpa", "flash", "cuda") is None and fell_back("sdpa", "math", "cpu") is None
+    assert fell_back("math", "math", "cuda") is None
+
+
+def test_the_math_backend_runs_in_the_steps_own_dtype():
+    """SDPA's math backend cast bf16 to fp32 by default: attention=math under bf16 ran fp32 matmuls beside eager's
+    bf16 ones (a reviewer)."""
+    import torch.nn.functional as F
+    from op_log import OpLog
+
+    from lmbench.models.sdpa import AttentionWatch
+    from lmbench.run.training import _math_attention
+
+    q = torch.randn(2, 4, 16, 8, dtype=torch.bfloat16)
+    before = torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed()
+    with OpLog() as log, _math_attention():
+        F.scaled_dot_product_attention(q, q, q, is_causal=True)
+    assert {out.dtype for func, out in log.calls if func is torch.ops.aten.bmm.default} == {torch.bfloat16}
+    assert torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed() == before
+    with AttentionWatch() as watch, _math_attention():
+        F.scaled_dot_product_attention(q, q, q, is_causal=True)
+    assert watch.kernel == "math"
+
+
+def test_every_optimizer_decays_weights_alike():
+    """torch's AdamW decays by 0.01 and Apex's FusedAdam by 0: apex-adam trained another algorithm (a reviewer)."""
+    from lmbench.run.training import OPTIMIZERS, WEIGHT_DECAY
+
+    params = [torch.nn.Parameter(torch.ones(2))]
+    for name in ("adamw", "adamw-fused"):
+        assert {g["weight_decay"] for g in OPTIMIZERS[name](params, lr=1e-3).param_groups} == {WEIGHT_DECAY}
+
+
+def test_dropout_of_a_model_without_any_is_one_key():
+    from lmbench.plan.config import Config
+
+    for model in ("tiny-llama", "tiny-torch-transformer-lm"):
+        assert Config(model=model, dropout=False).without_foreign_options().key == Config(model=model).key
+    assert Config(model="tiny-gpt2", dropout=False).without_foreign_options().key != Config(model="tiny-gpt2").key

@@ -70,11 +70,23 @@ def compiled_graph_counts() -> tuple[int, int]:
     return int(counters["stats"]["unique_graphs"]), int(sum(counters["graph_break"].values()))
 
 
+def attention_rewrites() -> int:
+    """Attention patterns inductor's pattern matcher replaced with scaled_dot_product_attention in this process so
+    far (its fuse_attention pass): a model's eager attention (BERT's, with dropout) then runs as SDPA, on a GPU a
+    fused kernel, whatever `attention=eager` said."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["inductor"]["fuse_attention"])
+
+
 def describe_compiled(compile_mode: str, *, cuda_graphs: bool) -> tuple[str, int, int]:
     """The record's kernels_applied line for kernels=compile, with its graph and break counts; raises
     KernelSwapError when a compile mode with CUDA graphs ran a graph without them (confirm_compiled_graphs)."""
     graphs, breaks = compiled_graph_counts()
     line = f"torch.compile: {graphs} graph(s), {breaks} graph break(s)"
+    rewrites = attention_rewrites()
+    if rewrites:
+        line = f"{line}, {rewrites} attention pattern(s) rewritten to scaled_dot_product_attention"
     if cuda_graphs:
         line = f"{line}; {confirm_compiled_graphs(compile_mode)}"
     return line, graphs, breaks

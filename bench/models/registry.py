@@ -119,7 +119,7 @@ def _build_bert(spec: ModelSpec, attention: str, dropout: bool) -> nn.Module:
     off = {} if dropout else {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
     config = BertConfig(hidden_size=spec.hidden, num_hidden_layers=spec.n_layers, num_attention_heads=spec.n_heads,
                         intermediate_size=spec.intermediate, vocab_size=spec.vocab_size,
-                        max_position_embeddings=spec.max_positions, pad_token_id=0, **off)
+                        max_position_embeddings=spec.max_positions, pad_token_id=0, use_cache=False, **off)
     config._attn_implementation = attention
     return BertForMaskedLM(config)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lmbench.errors import ConfigError
-from lmbench.models.registry import ATTENTION_SUPPORT, MODELS
+from lmbench.models.registry import ATTENTION_SUPPORT, DROPOUT_FAMILIES, MODELS
 
 #: Allowed values of every enumerated axis (DESIGN.md names them; they are part of the interface).
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -62,9 +62,10 @@ KERNEL_AXES: dict[str, frozenset[str]] = {
 }
 
 
-#: Data options that mean something for some configurations only (Config.uses_data_axis), and which those are.
-DATA_AXES = {"tokenizer": "data=PATH", "val_frac": "data=PATH, or data=markov with an evaluation",
-             "eval_tokens": "configurations that evaluate (eval_every or eval_every_tokens)"}
+#: Options that mean something for some configurations only (Config.uses_conditional), and which those are.
+CONDITIONAL_AXES = {"tokenizer": "data=PATH", "val_frac": "data=PATH, or data=markov with an evaluation",
+                    "eval_tokens": "configurations that evaluate (eval_every or eval_every_tokens)",
+                    "dropout": "the GPT-2 and BERT models (Llama and torch-transformer-lm have no dropout)"}
 
 
 def applies(config: Mapping[str, Any], axis: str) -> bool:
@@ -375,25 +376,27 @@ class Config:
     def without_foreign_options(self) -> Config:
         """The same configuration with every option of another parallel mode (MODE_AXES) or kernel set
         (KERNEL_AXES) at its default: DDP's outside ddp, tp_degree outside fsdp+tp, the pipeline's outside pp and
-        fsdp+pp, compile_mode outside kernels=compile; and the data options it does not use (DATA_AXES): the
-        tokenizer of synthetic tokens, eval_tokens of a run that never evaluates. One key per configuration
-        measured."""
+        fsdp+pp, compile_mode outside kernels=compile; and the options it does not use (CONDITIONAL_AXES): the
+        tokenizer of synthetic tokens, eval_tokens of a run that never evaluates, dropout of a model without any.
+        One key per configuration measured."""
         foreign = {axis: DEFAULTS[axis] for axis, modes in MODE_AXES.items() if self.parallel not in modes}
         foreign.update({axis: DEFAULTS[axis] for axis, sets in KERNEL_AXES.items() if self.kernels not in sets})
-        foreign.update({axis: DEFAULTS[axis] for axis in DATA_AXES if not self.uses_data_axis(axis)})
+        foreign.update({axis: DEFAULTS[axis] for axis in CONDITIONAL_AXES if not self.uses_conditional(axis)})
         return self.replace(**foreign)
 
-    def uses_data_axis(self, axis: str) -> bool:
-        """Whether one of DATA_AXES changes what this configuration runs: the tokenizer reads a file; val_frac
+    def uses_conditional(self, axis: str) -> bool:
+        """Whether one of CONDITIONAL_AXES changes what this configuration runs: the tokenizer reads a file; val_frac
         splits a file (training reads only what it leaves), and a Markov chain only when something evaluates on
-        the held-out stream; eval_tokens needs an evaluation."""
+        the held-out stream; eval_tokens needs an evaluation; dropout a model that has some."""
         if axis == "tokenizer":
             return self.reads_file
         if axis == "val_frac":
             return self.reads_file or (self.data == "markov" and self.evaluates)
         if axis == "eval_tokens":
             return self.evaluates
-        raise ValueError(f"{axis} is none of DATA_AXES")
+        if axis == "dropout":
+            return MODELS[self.model].family in DROPOUT_FAMILIES
+        raise ValueError(f"{axis} is none of CONDITIONAL_AXES")
 
     @property
     def reads_file(self) -> bool:

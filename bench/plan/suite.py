@@ -14,7 +14,7 @@ from typing import Any
 
 from lmbench.errors import ConfigError, SuiteError
 from lmbench.plan.config import (
-    DATA_AXES,
+    CONDITIONAL_AXES,
     DEFAULTS,
     FIELD_TYPES,
     KERNEL_AXES,
@@ -104,10 +104,10 @@ class Suite:
                 modes = " or ".join(sorted(users, key=lambda user: (len(user), user)))
                 warnings.append(f"{axis}={values} applies to {owner}={modes} only, which no configuration here "
                                 "uses: it changes nothing")
-        for axis, needs in DATA_AXES.items():
+        for axis, needs in CONDITIONAL_AXES.items():
             asked = self.matrix.get(axis, [self.defaults[axis]] if axis in self.defaults else [])
             if any(coerce(axis, value) != DEFAULTS[axis] for value in asked) and not any(
-                    row.config.uses_data_axis(axis) for row in planned):
+                    row.config.uses_conditional(axis) for row in planned):
                 warnings.append(f"{axis}={','.join(str(value) for value in asked)} applies to {needs} only, which "
                                 "no configuration here is: it changes nothing")
         # nproc: the processes of a torchrun job; parallel=none runs one, dp one process over every GPU.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
@@ -35,18 +35,23 @@ def _by_kind(params: list[torch.Tensor]) -> list[dict[str, list[torch.Tensor]]]:
     return [{"params": group} for group in groups.values()]
 
 
+#: Decoupled weight decay of every optimizer, given explicitly: torch's AdamW defaults to 0.01 and Apex's FusedAdam
+#: to 0, so `optimizer=apex-adam` trained another algorithm than adamw (a reviewer).
+WEIGHT_DECAY = 0.01
+
+
 def _adamw(params: list[torch.Tensor], *, lr: float) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(_by_kind(params), lr=lr, foreach=True)
+    return torch.optim.AdamW(_by_kind(params), lr=lr, weight_decay=WEIGHT_DECAY, foreach=True)
 
 
 def _adamw_fused(params: list[torch.Tensor], *, lr: float) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(_by_kind(params), lr=lr, fused=True)
+    return torch.optim.AdamW(_by_kind(params), lr=lr, weight_decay=WEIGHT_DECAY, fused=True)
 
 
 def _apex_adam(params: list[torch.Tensor], *, lr: float) -> torch.optim.Optimizer:
     from apex.optimizers import FusedAdam
 
-    return FusedAdam(params, lr=lr, adam_w_mode=True)
+    return FusedAdam(params, lr=lr, weight_decay=WEIGHT_DECAY, adam_w_mode=True)
 
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
@@ -59,9 +64,24 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
 def _attention_context(attention: str) -> Callable[[], contextlib.AbstractContextManager]:
     if attention != "math":
         return contextlib.nullcontext
+    return _math_attention
+
+
+@contextlib.contextmanager
+def _math_attention() -> Iterator[None]:
+    """SDPA's math backend in the step's own dtype: by default it casts fp16 and bf16 inputs to fp32 (torch's
+    `allow_fp16_bf16_reduction_math_sdp`, off), so `math` under a 16-bit precision ran its attention matmuls in fp32
+    where `eager` ran them in bf16 (a reviewer): unfused against fused is the comparison, not fp32 against bf16."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    return partial(sdpa_kernel, SDPBackend.MATH)
+    cuda = torch.backends.cuda
+    allowed = cuda.fp16_bf16_reduction_math_sdp_allowed()
+    cuda.allow_fp16_bf16_reduction_math_sdp(True)
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        cuda.allow_fp16_bf16_reduction_math_sdp(allowed)
 
 
 def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, *, objective: str, label_smoothing: float = 0.0,

@@ -74,6 +74,13 @@ def _rank_trace(path: Path, rank: int, world: int) -> Path:
     return path.with_name(f"{stem}-rank{rank}.json.gz")
 
 
+def _watches_attention(config: Config) -> bool:
+    """Whether the first warmup step runs under lmbench.models.sdpa.AttentionWatch: an eager step of one process or
+    of DDP's (torch.compile's graphs and CUDA graphs' captures are no place for a dispatch mode; DTensors,
+    DataParallel's replica threads and a pipeline's schedule are left alone)."""
+    return config.warmup > 0 and config.kernels != "compile" and config.parallel in ("none", "ddp")
+
+
 def process_age_s() -> float:
     """Seconds since this process started: interpreter, imports, CUDA context and model build included.
 
@@ -140,9 +147,10 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
     from lmbench.measure.mathmode import matmul_mode
     from lmbench.measure.telemetry import Telemetry, energy_warning, for_devices, power_trace
     from lmbench.measure.timer import StepTimer
-    from lmbench.models.compiled import WindowGraphs, describe_compiled
+    from lmbench.models.compiled import WindowGraphs, attention_rewrites, describe_compiled
     from lmbench.models.kernel_sets import KERNEL_SETS
     from lmbench.models.registry import MODELS, import_family
+    from lmbench.models.sdpa import AttentionWatch, fell_back
     from lmbench.plan.feasibility import host_read_in_step
     from lmbench.plan.layout import PIPELINES
     from lmbench.run import distributed
@@ -193,9 +201,13 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         done = 0
         # Warmup steps are timed too, as their own distribution (compilation, autotuning, allocator growth).
         warmup_timer = StepTimer(device)
+        # The first warmup step's operators say which attention kernel SDPA picked (a dispatch mode: not under
+        # torch.compile, whose graphs it would break, nor over DTensors, threads or a pipeline's schedule).
+        attention = AttentionWatch() if _watches_attention(config) else None
         with warmup_timer.window():
             for _ in range(config.warmup):
-                with warmup_timer.step():
+                watched = attention if attention is not None and done == 0 else contextlib.nullcontext()
+                with warmup_timer.step(), watched:
                     step()
                 done += 1
                 if done == 1 and step.compile_graphs and device.type == "cuda":
@@ -315,6 +327,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         "compile_graph_breaks": compiled[1] if compiled else None,
         "compiled_graphs_in_window": compiled[2] if compiled else None,
         "overflow_skipped_warmup_steps": skipped_before,
+        "attention_kernel": attention.kernel if attention is not None else None,
     }
     per_rank = distributed.gather(local)
     distributed.finish(step)
@@ -386,6 +399,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         # Dynamo's own counts (kernels=compile), the most any rank compiled or broke.
         **{key: max(r[key] for r in per_rank) if per_rank[0][key] is not None else None
            for key in ("compiled_graphs", "compile_graph_breaks", "compiled_graphs_in_window")},
+        "attention_kernel": per_rank[0]["attention_kernel"],
         "precision_applied": step.precision.applied,
         # torchao's FP8 is meant to run compiled; the record says whether it was.
         "fp8_compiled": config.kernels == "compile" if config.precision.startswith("fp8") else None,
@@ -453,6 +467,13 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
     if runs_triton and os.environ.get("TRITON_INTERPRET") == "1":
         warnings.append(f"kernels={config.kernels} ran in Triton's interpreter (TRITON_INTERPRET=1): it checks that "
                         "the kernels work, and its figures are no speed")
+    unfused = fell_back(config.attention, result["attention_kernel"], device.type)
+    if unfused:
+        warnings.append(unfused)
+    if config.kernels == "compile" and config.attention == "eager" and attention_rewrites():
+        warnings.append(f"torch.compile rewrote the model's eager attention into scaled_dot_product_attention "
+                        f"{attention_rewrites()} time(s) (inductor's fuse_attention): on a GPU the row may time a "
+                        "fused attention kernel, not attention=eager")
     if result["compile_graph_breaks"]:
         warnings.append(f"torch.compile broke the model's graph {result['compile_graph_breaks']} time(s) "
                         f"({result['compiled_graphs']} graphs): the code between graphs ran eagerly every step "
