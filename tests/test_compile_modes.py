@@ -350,7 +350,11 @@ def test_cuda_and_cuda_0_are_one_device_and_one_key():
                     apex_available=False, liger_available=False)
     assert resolve(Config(device="cuda:0"), gpus).key == resolve(Config(device="cuda"), gpus).key
     assert resolve(Config(device="cuda:1"), gpus).key != resolve(Config(device="cuda"), gpus).key
-    # Under torchrun each rank takes its local rank's GPU, whatever the index.
+    # Under torchrun each rank takes its local rank's GPU, whatever the index (config names the torchrun modes as
+    # every mode but none and dp: layout, which holds DISTRIBUTED, imports config).
+    from lmbench.plan.layout import DISTRIBUTED
+
+    assert set(CHOICES["parallel"]) - {"none", "dp"} == DISTRIBUTED
     assert resolve(Config(device="cuda:1", parallel="ddp", nproc=2), gpus).key == \
         resolve(Config(device="cuda", parallel="ddp", nproc=2), gpus).key
 

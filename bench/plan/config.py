@@ -469,9 +469,8 @@ def recorded_key(values: dict[str, Any]) -> str | None:
 def one_device(device: str, parallel: str) -> str:
     """The device as a key spells it: `cuda:0` is `cuda` (a fresh process's current device), and under torchrun any
     `cuda:N` is `cuda` (each rank takes its local rank's GPU, lmbench.run.worker.worker_device)."""
-    from lmbench.plan.layout import DISTRIBUTED
-
-    if device == "cuda:0" or (device.startswith("cuda:") and parallel in DISTRIBUTED):
+    # The torchrun modes (lmbench.plan.layout.DISTRIBUTED, which imports this module): every mode but these two.
+    if device == "cuda:0" or (device.startswith("cuda:") and parallel not in ("none", "dp")):
         return "cuda"
     return device
 
