@@ -606,8 +606,8 @@ def compare(base: Path, cand: Path, threshold: str, metric: str, fmt: str, junit
                                     noise=floor)
     for warning in warnings:
         click.echo(f"lmbench: warning: {warning}", err=True)
-    verdicts = compare_runs(b, c, metric=metric, threshold=limit, noise=floor, allow_missing=allow_missing,
-                            strict=strict)
+    verdicts = compare_runs(b, c, metric=metric, threshold=limit, noise=floor.rekeyed(b + c) if floor else None,
+                            allow_missing=allow_missing, strict=strict)
     if junit is not None:
         gate.write_junit(junit, verdicts, metric=metric, warnings=warnings)
     click.echo(gate.render(verdicts, fmt=fmt, metric=metric, threshold=limit, warnings=warnings))

@@ -844,6 +844,28 @@ def test_a_card_set_otherwise_makes_no_regression_it_could_explain(tmp_path):
     assert v.verdict == "regression"
 
 
+def test_a_noise_floor_written_under_a_key_that_became_another_still_applies(tmp_path):
+    """A floor calibrated when dropout=false split a Llama configuration's key kept that key; the records read under
+    today's key matched nothing in it, and --strict failed the gate on 'no noise floor' (a reviewer)."""
+    from lmbench.plan.config import Config
+
+    old = Config(model="tiny-llama", dropout=False, device="cpu")
+    assert old.key != old.without_foreign_options().key
+
+    def run(values):
+        return [{**record(old.key, v, repeat=i, gpu="AMD EPYC"), "config": old.to_dict()} for i, v in enumerate(values)]
+
+    base, cand = write_run(tmp_path / "base", run([100.0, 101.0])), write_run(tmp_path / "cand", run([100.5, 100.0]))
+    from lmbench.analyze import noise
+
+    floor = tmp_path / "floor.json"
+    noise.write(floor, noise.to_json({old.key: ConfigNoise(0.01, 5)}, metric="tokens_per_s", suite="s",
+                                     device="AMD EPYC", repeats_per_run=2, runs=3))
+    result = invoke(base, cand, "--noise-floor", str(floor), "--strict")
+    assert "no noise floor" not in result.stdout and "none of these runs' configurations" not in result.stderr
+    assert result.exit_code == 0, result.output
+
+
 def test_a_gpu_another_process_held_is_said_in_the_row():
     """gpu_other_processes was on the record and nowhere in compare's output (a reviewer of the CI templates)."""
     def shared(records, n):

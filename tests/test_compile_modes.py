@@ -332,6 +332,25 @@ def test_records_written_before_options_became_one_key_read_under_todays_key():
     assert current_key({"config": other.to_dict(), "config_key": other.key}) == other.key
 
 
+def test_repeats_of_two_keys_that_became_one_are_read_once_and_said_why(tmp_path):
+    """An older run that swept dropout over Llama holds repeat 0 twice under today's one key: the second is left out,
+    and the warning says the keys merged (it read as a duplicated line)."""
+    import json
+
+    from lmbench.analyze import results
+
+    lines = []
+    for dropout in (True, False):
+        config = Config(model="tiny-llama", dropout=dropout, device="cpu")
+        lines.append({"schema_version": 1, "suite": "s", "config_key": config.key, "repeat": 0,
+                      "config": config.to_dict(), "status": "ok", "reason": None, "metrics": {"tokens_per_s": 1.0}})
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    loaded = results.read(tmp_path)
+    assert len(loaded.records) == 1
+    assert loaded.warnings[0].endswith(f"is already on line 1 (written as {lines[1]['config_key']}: one configuration "
+                                       "under this lmbench)")
+
+
 def test_a_plan_without_warmup_is_said_to_measure_set_up():
     from lmbench.plan import suite as suites
 

@@ -114,13 +114,23 @@ def test_the_math_backend_runs_in_the_steps_own_dtype():
     assert watch.kernel == "math"
 
 
-def test_every_optimizer_decays_weights_alike():
+def test_every_optimizer_decays_weights_alike(monkeypatch):
     """torch's AdamW decays by 0.01 and Apex's FusedAdam by 0: apex-adam trained another algorithm (a reviewer)."""
+    import sys
+    from types import ModuleType, SimpleNamespace
+
     from lmbench.run.training import OPTIMIZERS, WEIGHT_DECAY
 
     params = [torch.nn.Parameter(torch.ones(2))]
     for name in ("adamw", "adamw-fused"):
         assert {g["weight_decay"] for g in OPTIMIZERS[name](params, lr=1e-3).param_groups} == {WEIGHT_DECAY}
+    # Apex is not installed here: a stand-in FusedAdam records what it was given.
+    optimizers = ModuleType("apex.optimizers")
+    optimizers.FusedAdam = lambda params, **kwargs: SimpleNamespace(kwargs=kwargs)
+    monkeypatch.setitem(sys.modules, "apex", ModuleType("apex"))
+    monkeypatch.setitem(sys.modules, "apex.optimizers", optimizers)
+    given = OPTIMIZERS["apex-adam"](params, lr=1e-3).kwargs
+    assert given["weight_decay"] == WEIGHT_DECAY and given["adam_w_mode"] is True
 
 
 def test_dropout_of_a_model_without_any_is_one_key():

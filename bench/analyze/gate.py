@@ -64,6 +64,7 @@ def load_pair(base: Path, cand: Path, *, metric: str, allow_different_hardware: 
     warnings += environments.unknown(b, c)
     warnings += environments.mixed(b, "baseline") + environments.mixed(c, "candidate")
     if noise is not None:
+        noise = noise.rekeyed(b + c)
         warnings += _floor_elsewhere(noise, b, c)
         if not set(noise.configs) & {r["config_key"] for r in b + c}:
             warnings.append(f"the noise floor {noise.source} has none of these runs' configurations (another suite "

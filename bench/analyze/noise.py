@@ -47,6 +47,7 @@ half-width for an unchanged ratio), for choosing `--threshold`.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -171,6 +172,19 @@ class NoiseFloor:
 
     def get(self, config_key: str) -> ConfigNoise | None:
         return self.configs.get(config_key)
+
+    def rekeyed(self, records: list[dict[str, Any]]) -> NoiseFloor:
+        """The floor also under the keys the records are read with where they were written under another
+        (lmbench.analyze.results.current_key: a floor calibrated before two spellings of one configuration became one
+        key keeps the old one, and matched nothing of the same runs)."""
+        moved = {r["config_key"]: r["written_key"] for r in records
+                 if r.get("written_key") in self.configs and r["config_key"] not in self.configs}
+        if not moved:
+            return self
+        return dataclasses.replace(self, configs={**self.configs, **{now: self.configs[then]
+                                                                     for now, then in moved.items()}},
+                                   contended=self.contended | {now for now, then in moved.items()
+                                                               if then in self.contended})
 
     def check_metric(self, metric: str) -> None:
         """A UsageError unless the floor was measured for `metric`, the one compared."""

@@ -370,8 +370,12 @@ def read(path: Path) -> Loaded:
                         loaded.records[index] = record
                         seen[pair] = (number, index)
                         continue
+                    # Two configurations an older lmbench keyed apart that are one under this one (dropout of a model
+                    # without dropout): the same measurement, whose second repeat of a number is left out.
+                    merged = (f" (written as {record['written_key']}: one configuration under this lmbench)"
+                              if record.get("written_key") else "")
                     loaded.warnings.append(f"{path}:{number}: skipped line: repeat {record['repeat']} of "
-                                           f"{record['config_key']} is already on line {first}")
+                                           f"{record['config_key']} is already on line {first}{merged}")
                     continue
                 seen[pair] = (number, len(loaded.records))
                 loaded.records.append(record)

@@ -1,8 +1,9 @@
 """Which attention kernel a step ran: torch's scaled_dot_product_attention picks one per call.
 
-`attention=sdpa` leaves the choice to torch: on a GPU flash, memory-efficient or cuDNN attention, whichever accepts
-the inputs first (dtype, head size, a mask, dropout: cuDNN's takes dropout only in multiples of 1/16, so GPT-2's
-0.1 moves it to flash), else the math backend, an unfused decomposition, without a word. A CPU has a flash kernel of
+`attention=sdpa` leaves the choice to torch: on a GPU flash, memory-efficient or cuDNN attention, the first in its
+priority order (which depends on the build and the GPU) that accepts the inputs (dtype, head size, a mask, dropout:
+cuDNN's takes dropout only in multiples of 1/16, not GPT-2's 0.1), else the math backend, an unfused
+decomposition, without a word. A CPU has a flash kernel of
 its own, which takes no dropout. The record says which one ran (`attention_kernel`), seen from the ATen operators
 of one warmup step (a dispatch mode: the backend's own operator, or the math path's `_safe_softmax`).
 """

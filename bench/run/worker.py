@@ -77,8 +77,10 @@ def _rank_trace(path: Path, rank: int, world: int) -> Path:
 def _watches_attention(config: Config) -> bool:
     """Whether the first warmup step runs under lmbench.models.sdpa.AttentionWatch: an eager step of one process or
     of DDP's (torch.compile's graphs and CUDA graphs' captures are no place for a dispatch mode; DTensors,
-    DataParallel's replica threads and a pipeline's schedule are left alone)."""
-    return config.warmup > 0 and config.kernels != "compile" and config.parallel in ("none", "ddp")
+    DataParallel's replica threads and a pipeline's schedule are left alone); not a time-to-target run, whose clock
+    runs through warmup and would carry the watch's host cost (a few microseconds an operator)."""
+    return (config.warmup > 0 and config.kernels != "compile" and config.parallel in ("none", "ddp")
+            and not config.has_target)
 
 
 def process_age_s() -> float:
