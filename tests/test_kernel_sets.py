@@ -388,10 +388,10 @@ def fake_apex(monkeypatch) -> list[str]:
             return F.rms_norm(x.float(), self.normalized_shape, self.weight.float(), self.eps).to(x.dtype)
 
     class FusedAdam(torch.optim.AdamW):
-        def __init__(self, params, lr, adam_w_mode):
+        def __init__(self, params, lr, adam_w_mode, weight_decay=0.0):  # Apex's own default decay: 0
             assert adam_w_mode
             built.append("FusedAdam")
-            super().__init__(params, lr=lr, foreach=False)
+            super().__init__(params, lr=lr, weight_decay=weight_decay, foreach=False)
 
     apex = types.ModuleType("apex")
     apex.normalization = types.SimpleNamespace(FusedLayerNorm=FusedLayerNorm, FusedRMSNorm=FusedRMSNorm)
