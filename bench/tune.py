@@ -433,6 +433,12 @@ def told_apart(records: list[dict[str, Any]], objective: str = "throughput") -> 
     lead = statistics.median(winner) / statistics.median(runner_up)
     lead = 1 / lead if to_target else lead  # to target: how many times faster
     head = f"winner vs runner-up: {lead - 1:+.1%} {unit} ({len(winner)} and {len(runner_up)} repeats)"
+    busy = [side for side, standing in zip(("winner", "runner-up"), pair) if standing.contended_only]
+    if busy:
+        # Every repeat of a side ran on a busy host, so they count (none quiet stands in): a lead over the machine's
+        # other work is no finding (docs/tuning.md).
+        return (f"{head}: not tested; every repeat of the {' and the '.join(busy)} ran on a host other processes "
+                "kept busy: tune again on a quiet host")
     if min(len(winner), len(runner_up)) < MIN_REPEATS:
         return (f"{head}: not tested; {MIN_REPEATS} a side are needed to tell it from the noise between processes "
                 "(a repeat that failed, ran on a busy host or that the budget left out does not count; "

@@ -284,6 +284,11 @@ def test_a_noise_floor_rests_on_the_quiet_repeats_and_says_when_there_were_too_f
     console.print(noise_floor_table(estimates, runs, metric="tokens_per_s", title="t"))
     row = next(line for line in console.export_text().splitlines() if line.startswith("│ q "))
     assert " 2+1 │" in row and f"{98.0 / 101.0:.4f}" in row and "1 contended repeat(s) left out" in row
+    # A floor past 1000% says only that nothing can be told apart (a 2-run calibration on a busy host printed
+    # 116267008220343.3%, a new user).
+    from lmbench.analyze.table import _floor_cell
+
+    assert _floor_cell(0.05) == "5.0%" and _floor_cell(1.16e12) == ">1000%"
     # compare, gating with that floor, says which of its floors were taken on a busy host.
     floor_file = tmp_path / "floor.json"
     floor_file.write_text(json.dumps(payload))

@@ -172,12 +172,14 @@ def test_fp8_is_skipped_without_torchao_or_a_cpu_scaled_mm(monkeypatch):
         "precision=fp8-tensorwise cannot run on the CPU: torch 2.9 has no CPU torch._scaled_mm (...)"
     monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.13.0")
     assert skip_reason(config, probe_platform()) == ("precision=fp8-tensorwise needs torchao's float8 training: "
-                                                     "torchao 0.13.0 is older than 0.18 (pip install 'lmbench[fp8]')")
+                                                     "torchao 0.13.0 is older than 0.18 (pip install '.[fp8]' in "
+                                                     "lmbench's checkout)")
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchao" else
                         real_find_spec(name, *a))
     assert skip_reason(config, probe_platform()) == ("precision=fp8-tensorwise needs torchao's float8 training: "
-                                                     "torchao is not installed (pip install 'lmbench[fp8]')")
+                                                     "torchao is not installed (pip install '.[fp8]' in lmbench's "
+                                                     "checkout)")
 
 
 @pytest.mark.parametrize("parallel, nproc", [("tp", 2), ("pp", 2), ("fsdp+tp", 4)])

@@ -139,6 +139,11 @@ def test_steal_is_counted_and_named_as_the_hypervisors(fake_stat):
     assert hostload.contention_warning(1.5, 4, 10.0, steal_cores=0.3) == (
         "other processes kept 1.5 of 4 CPU cores busy during the window: host contention may have slowed this "
         "configuration")
+    # A CPU run's threads past the cores left: the slowdown can be far more than the share taken (a new user).
+    assert hostload.contention_warning(1.0, 2, 10.0, cpu_threads=2).endswith(
+        "; its 2 torch threads outnumbered the 1 core(s) left, and threads that wait on each other can slow a CPU step "
+        "far more than the share taken (OMP_NUM_THREADS=1 keeps within them)")
+    assert hostload.contention_warning(1.0, 4, 10.0, cpu_threads=2).endswith("slowed this configuration")
     assert hostload.contention_note({"host_other_cpu_cores": 1.5, "host_usable_cores": 4,
                                      "host_steal_cpu_cores": 1.0}) == (
         "contended: other processes used 1.5 of 4 cores, 1.0 of them the hypervisor's (steal)")

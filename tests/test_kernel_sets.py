@@ -58,7 +58,7 @@ def test_unavailable_sets_say_why(monkeypatch):
         "amp_C); it is not on the package index: build them from a source checkout on a CUDA machine with "
         "ci/build-apex.sh")
     assert KERNEL_SETS["liger"].unavailable(spec, "cuda") == \
-        "Liger-Kernel is not installed (pip install 'lmbench[liger]')"
+        "Liger-Kernel is not installed (pip install '.[liger]' in lmbench's checkout)"
     assert KERNEL_SETS["eager"].unavailable(spec, "cpu") is None
     assert KERNEL_SETS["apex"].note.endswith("fall back to native code on CPU or under torch.compile")
 

@@ -502,6 +502,23 @@ def test_a_lead_inside_the_noise_is_not_told_apart(tmp_path):
     assert "not told apart (95% interval" in apart and apart.endswith("the runner-up may be as fast")
 
 
+def test_a_lead_measured_only_on_a_busy_host_is_not_tested():
+    """Every confirmation repeat contended: they counted (no quiet one stood in), and the line read 'not told apart
+    (95% interval ...)' where docs/tuning.md says a busy host's repeat does not count (a new user)."""
+    from lmbench.tune import told_apart
+
+    def repeat(batch, value, n):
+        return {"config_key": f"b{batch}", "repeat": n, "status": "ok",
+                "config": {**BASE.to_dict(), "batch_size": batch},
+                "metrics": {"tokens_per_s": value, "host_other_cpu_cores": 1.0, "host_usable_cores": 2,
+                            "window_s": 5.0}}
+
+    records = [repeat(4, v, n) for n, v in enumerate((400, 410, 405))] + [repeat(3, v, n)
+                                                                         for n, v in enumerate((300, 310, 305))]
+    assert told_apart(records).endswith("not tested; every repeat of the winner and the runner-up ran on a host "
+                                        "other processes kept busy: tune again on a quiet host")
+
+
 def test_one_repeat_each_is_not_tested_and_says_what_would(tmp_path):
     *_, apart = measured_tune(tmp_path, NoisyLauncher(4), repeats=1)
     assert apart == ("winner vs runner-up: +33.3% tokens/s (1 and 1 repeats): not tested; 3 a side are needed to "

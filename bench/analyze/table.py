@@ -254,9 +254,18 @@ def noise_floor_table(estimates: dict[str, Any], runs: list[list[dict[str, Any]]
         table.add_row(key, "+".join(str(len(values.get(key, []))) for values in by_run), _fmt(ratio, ".4f"),
                       *(["-"] * 4 if noise is None else
                         [f"{noise.log_sd:.2%}", f"{noise.run_mean_sd:.2%}" if noise.run_df else "-",
-                         f"{noise.floor(1):.1%}", f"{noise.floor(MIN_REPEATS):.1%}"]),
+                         _floor_cell(noise.floor(1)), _floor_cell(noise.floor(MIN_REPEATS))]),
                       escape(notes.get(key, "")))
     return table
+
+
+#: A floor past this (1000%) says only that nothing can be told apart: a 15-digit percentage read as a bug (a new
+#: user's 2-run calibration on a busy host, whose t quantile at 1 degree of freedom is 12.7).
+_FLOOR_SHOWN = 10.0
+
+
+def _floor_cell(floor: float) -> str:
+    return f"{floor:.1%}" if floor <= _FLOOR_SHOWN else f">{_FLOOR_SHOWN:.0%}"
 
 
 def kernels_table(rows: list[dict[str, Any]], *, title: str) -> Table:

@@ -276,6 +276,8 @@ def describe() -> list[tuple[str, str]]:
                         f"cores ({cpu['usable_cores']} usable), torch threads {cpu['torch_threads']}{memory}"))
     rows.extend(nvml_rows(info.device_count))
     rows.append(("apex", "installed" if info.apex_available else "not installed"))
-    rows.append(("liger-kernel", "installed" if info.liger_available else "not installed (pip install lmbench[liger])"))
-    rows.append(("torchao (FP8)", _version("torchao") or "not installed (pip install lmbench[fp8])"))
+    extra = "the {} extra: pip install '.[{}]' in lmbench's checkout"
+    rows.append(("liger-kernel", "installed" if info.liger_available
+                 else f"not installed ({extra.format('liger', 'liger')})"))
+    rows.append(("torchao (FP8)", _version("torchao") or f"not installed ({extra.format('fp8', 'fp8')})"))
     return rows

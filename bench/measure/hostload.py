@@ -258,10 +258,19 @@ def contention_note(m: dict[str, Any]) -> str | None:
 
 
 def contention_warning(cores: float | None, usable_cores: int | None, window_s: float | None = None, *,
-                       steal_cores: float | None = None, span: str = "the window") -> str | None:
-    """The record's warning for a contended window (or another `span`: a time-to-target run's)."""
+                       steal_cores: float | None = None, span: str = "the window",
+                       cpu_threads: int | None = None) -> str | None:
+    """The record's warning for a contended window (or another `span`: a time-to-target run's). `cpu_threads`: the
+    intra-op threads of a CPU run, which on cores other work holds wait on each other (a new user's tiny-gpt2 on 2
+    cores, one busy, ran 50-100x slower, steps swinging between 5 ms and 1.3 s, where 1 thread ran at a 3% spread)."""
     if cores is None or not contended(cores, usable_cores, window_s):
         return None
     of = f" of {usable_cores}" if usable_cores else ""
-    return (f"other processes kept {cores:.1f}{of} CPU cores busy during {span}{_steal_part(cores, steal_cores)}: "
+    said = (f"other processes kept {cores:.1f}{of} CPU cores busy during {span}{_steal_part(cores, steal_cores)}: "
             "host contention may have slowed this configuration")
+    free = max(1, int((usable_cores or 0) - cores)) if usable_cores else None
+    if cpu_threads and free is not None and cpu_threads > free:
+        said += (f"; its {cpu_threads} torch threads outnumbered the {free} core(s) left, and threads that wait on "
+                 f"each other can slow a CPU step far more than the share taken (OMP_NUM_THREADS={free} keeps within "
+                 "them)")
+    return said

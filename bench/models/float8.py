@@ -40,10 +40,11 @@ MIN_TORCHAO = (0, 18)
 def torchao_problem() -> str | None:
     """Why torchao's float8 training cannot be imported here, or None."""
     if importlib.util.find_spec("torchao") is None:
-        return "torchao is not installed (pip install 'lmbench[fp8]')"
+        return "torchao is not installed (pip install '.[fp8]' in lmbench's checkout)"
     version = importlib.metadata.version("torchao")
     if release(version) < MIN_TORCHAO:
-        return f"torchao {version} is older than {'.'.join(map(str, MIN_TORCHAO))} (pip install 'lmbench[fp8]')"
+        return (f"torchao {version} is older than {'.'.join(map(str, MIN_TORCHAO))} (pip install '.[fp8]' in lmbench's "
+                "checkout)")
     return None
 
 

@@ -357,7 +357,7 @@ LIGER_FAMILIES = frozenset({"llama"})
 
 def _liger_unavailable(spec: ModelSpec, device: str) -> str | None:
     if importlib.util.find_spec("liger_kernel") is None:
-        return "Liger-Kernel is not installed (pip install 'lmbench[liger]')"
+        return "Liger-Kernel is not installed (pip install '.[liger]' in lmbench's checkout)"
     if device == "cpu":
         return "kernels=liger needs a CUDA GPU"
     if spec.family not in LIGER_FAMILIES:

@@ -426,7 +426,8 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         result["host_to_target_wall_s"] = max(span["wall_s"] for span in spans)
     warnings = []
     contention = hostload.contention_warning(result["host_other_cpu_cores"], result["host_usable_cores"],
-                                             result.get("window_s"), steal_cores=result["host_steal_cpu_cores"])
+                                             result.get("window_s"), steal_cores=result["host_steal_cpu_cores"],
+                                             cpu_threads=torch.get_num_threads() if device.type == "cpu" else None)
     if contention:
         warnings.append(contention)
     contention = hostload.contention_warning(result.get("host_other_cpu_cores_to_target"),
