@@ -370,6 +370,11 @@ class Tuner:
                     record["metrics"].update(checked)
                 self.run_dir.append(record)
                 self.done.add(config.key)
+                if status == "oom" and batch == found.chosen:
+                    # The probe's short run fit and the measurement's longer one did not (on a CPU the resident set
+                    # grows over more steps): the table would have said `chosen` beside an empty note (a new user).
+                    found.add_note(f"batch {batch} ran out of memory when measured (its probe's {PROBE_STEPS} steps "
+                                   "fit): the sizes below it stand in")
                 busy = contention_note(record["metrics"] or {})
                 self.on_event(f"measure {self.label(found.combo)} batch {batch} x{accum}: {status}"
                               + (f" ({busy}: ranked after the quiet measurements)" if busy else ""))

@@ -681,3 +681,22 @@ def test_a_resumed_tune_expects_a_measurement_to_take_what_its_records_took(tmp_
     # A measurement launched now keeps its own.
     fresh = Tuner(BASE, RunDirectory(tmp_path / "new", resume=False), launch=FakeLauncher(8))
     assert "job_wall_s" in fresh._launch_measurement(Job(config, 0))[2]["metrics"]
+
+
+def test_a_chosen_batch_that_ran_out_of_memory_when_measured_says_so(tmp_path):
+    """On a CPU a probe's 2 steps grew the resident set less than a measurement's 20: the chosen batch fit as a probe
+    and ran out of memory measured, beside an empty note (a new user)."""
+    class Longer(FakeLauncher):
+        def __call__(self, job, run_dir):
+            status, reason, payload = super().__call__(job, run_dir)
+            if job.config.steps != 2 and job.config.batch_size == 4:
+                return "oom", "host memory grew past --max-memory", None
+            return status, reason, payload
+
+    with RunDirectory(tmp_path / "run", resume=False) as run_dir:
+        tuner = Tuner(BASE, run_dir, launch=Longer(4), max_batch=4)
+        found = tuner.search(COMBO)
+        assert found.chosen == 4
+        tuner.measure(found, steps=5, warmup=1)
+    assert ("batch 4 ran out of memory when measured (its probe's 2 steps fit): the sizes below it stand in"
+            in found.note)
