@@ -417,23 +417,24 @@ _SETTINGS = (("power_limit_w", "another power limit (W)"), ("power_limit_min_w",
              ("sm_clock_app_mhz", "other applications clocks (SM MHz)"), ("ecc_enabled", "ECC set otherwise"))
 
 
+def _said(records: list[dict[str, Any]], key: str, field: str) -> list[Any]:
+    """The values of `field` in the configuration's ok records that say one (null left out)."""
+    return [v for r in records if r["config_key"] == key and r["status"] == "ok"
+            for v in [(r.get("metrics") or {}).get(field)] if v is not None]
+
+
 def _gpu_shared(records: list[dict[str, Any]], key: str) -> int:
     """The configuration's ok repeats whose GPU another process held a context on during the window."""
-    return sum(1 for r in records if r["config_key"] == key and r["status"] == "ok"
-               and ((r.get("metrics") or {}).get("gpu_other_processes") or 0) > 0)
+    return sum(1 for others in _said(records, key, "gpu_other_processes") if others > 0)
 
 
 def _constrained(base: list[dict[str, Any]], cand: list[dict[str, Any]], key: str) -> set[str]:
     """The sides whose card some ok record of the configuration shows more constrained than a record of the other
     side: a lower power limit or applications clock, or ECC on where the other's was off."""
-    def values(records: list[dict[str, Any]], field: str) -> list[Any]:
-        return [v for r in records if r["config_key"] == key and r["status"] == "ok"
-                for v in [(r.get("metrics") or {}).get(field)] if v is not None]
-
     held = set()
     for field, _ in _SETTINGS:
-        for side, mine, theirs in (("baseline", values(base, field), values(cand, field)),
-                                   ("candidate", values(cand, field), values(base, field))):
+        for side, mine, theirs in (("baseline", _said(base, key, field), _said(cand, key, field)),
+                                   ("candidate", _said(cand, key, field), _said(base, key, field))):
             # ECC on (True) is the constrained setting, as a lower limit or clock is.
             if any((m is True and t is False) if field == "ecc_enabled" else (m < t) for m in mine for t in theirs):
                 held.add(side)
@@ -445,9 +446,7 @@ def _differs(base: list[dict[str, Any]], cand: list[dict[str, Any]], key: str, f
     data_sha256), or ''; records that say nothing (eager, an older lmbench) are left out. False says something (ECC
     off)."""
     def said(records: list[dict[str, Any]]) -> set[str]:
-        values = ((r.get("metrics") or {}).get(field) for r in records
-                  if r["config_key"] == key and r["status"] == "ok")
-        return {str(v) for v in values if v is not None and v not in ("", [], {})}
+        return {str(v) for v in _said(records, key, field) if v not in ("", [], {})}
 
     before, after = said(base), said(cand)
     if not before or not after or before == after:
