@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 import json
 import statistics
 
@@ -417,3 +418,16 @@ def test_the_table_shows_each_time_against_ours_and_the_title_how_it_was_taken(t
     assert (first["vs_ours"], second["vs_ours_verdict"], second["sm_clock_min_mhz"], second["clock_events"]) == (
         "", "ours faster", "1755.0", "sw_power_cap")
     assert sidebyside.timing_caption([{"status": "error"}]) == "no device times"
+
+
+def test_liger_linear_ce_is_timed_forward_and_backward_together_only():
+    # Liger's forward runs the gradients' matmuls and its backward rescales them in place: timed apart, its forward
+    # read as slower than ours at a third of its FLOP rate and its backward drifted call by call (a reviewer).
+    op = microbench.OPS["linear-ce"]
+    assert op.timed_apart("liger", "fwd+bwd") is None
+    assert "--mode fwd+bwd" in op.timed_apart("liger", "fwd") and op.timed_apart("liger", "bwd")
+    assert op.timed_apart("lmbench triton", "fwd") is None and microbench.OPS["rmsnorm"].timed_apart("liger", "bwd") \
+        is None
+    only_liger = dataclasses.replace(op, impls=lambda: {"liger": lambda x, w, labels: 1 / 0})
+    row, = microbench.measure(only_liger, (8, 4, 10), torch.float32, "bwd", torch.device("cpu"))
+    assert row["status"] == "skipped" and "cannot be timed apart" in row["reason"]

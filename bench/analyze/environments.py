@@ -20,6 +20,8 @@ FIELDS = ("device", "driver", "torch", "cuda", "cudnn", "triton", "transformers"
 #: Software fields whose null says "not installed" (capture reads an installed version, else None): a known value.
 _OPTIONAL = ("cudnn", "triton", "transformers", "torchao", "liger_kernel")
 _SOFTWARE = ("torch", "cuda", *_OPTIONAL, "python")
+#: The "environment variables" value of a record whose worker ran with none of the variables lmbench records.
+NO_VARIABLES = "none of those lmbench records"
 
 
 def of_record(record: dict[str, Any]) -> dict[str, str | None]:
@@ -43,7 +45,7 @@ def of_record(record: dict[str, Any]) -> dict[str, str | None]:
                              if cpu and threads is not None and usable is not None else None)
     variables = env.get("env_vars")
     values["environment variables"] = None if variables is None else (
-        " ".join(f"{k}={v}" for k, v in sorted(variables.items())) or "none of those lmbench records")
+        " ".join(f"{k}={v}" for k, v in sorted(variables.items())) or NO_VARIABLES)
     return values
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from lmbench.analyze import baseline as baselines
-from lmbench.analyze import coverage, plots, results
+from lmbench.analyze import coverage, environments, plots, results
 from lmbench.analyze.table import Grid, cell, configs_of, device_label, fixed_axes, varying_axes
 from lmbench.errors import UsageError
 from lmbench.measure.breakdown import PROFILER_SLOWDOWN_NOTE, corrected, profiled_slowdown, window_shares
@@ -563,9 +563,10 @@ def _versions(records: list[dict[str, Any]]) -> str:
 def _variables(records: list[dict[str, Any]]) -> str:
     """The environment variables the records' workers ran with (those lmbench records), each set once: ' / '
     between the sets where records differ; empty where none was set or none is recorded."""
-    sets = dict.fromkeys(" ".join(f"{k}={v}" for k, v in sorted((r["env"].get("env_vars") or {}).items()))
-                         for r in records if r.get("env"))
-    return " / ".join(found or "none" for found in sets) if any(sets) else ""
+    sets = environments.environment_of(records)["environment variables"]
+    if all(found == environments.NO_VARIABLES for found in sets):
+        return ""
+    return " / ".join("none" if found == environments.NO_VARIABLES else found for found in sets)
 
 
 def header_lines(records: list[dict[str, Any]], summaries: list[ConfigSummary], runs: list[str],

@@ -27,7 +27,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,12 @@ class Op:
     bytes_formula: str
     flops: Callable[[tuple[int, ...], str], int] | None = None
     """Matmul FLOPs of one call, for a compute-bound op (None: a memory-bound one, judged by its bytes)."""
+    whole_only: dict[str, str] = field(default_factory=dict)
+    """Implementation name -> why its forward and backward cannot be timed apart (it is timed fwd+bwd only)."""
+
+    def timed_apart(self, impl: str, mode: str) -> str | None:
+        """Why `impl` is not timed in `mode`, or None where it is."""
+        return self.whole_only.get(impl) if mode != "fwd+bwd" else None
 
 
 def _norm_inputs(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
@@ -195,7 +201,12 @@ OPS: dict[str, Op] = {
                     bytes_moved=_rows_bytes, bytes_formula="fwd 2MN, bwd 3MN, fwd+bwd 5MN elements"),
     "linear-ce": Op(name="linear-ce", shape_help="BTxHxV", inputs=_lce_inputs, impls=_lce_impls,
                     bytes_moved=_lce_bytes, bytes_formula="fwd BT·H + V·H, bwd 2(BT·H + V·H), fwd+bwd 3(BT·H + V·H) "
-                    "elements; FLOPs fwd 2, bwd 4, fwd+bwd 6 BT·H·V", flops=_lce_flops),
+                    "elements; FLOPs fwd 2, bwd 4, fwd+bwd 6 BT·H·V", flops=_lce_flops,
+                    # Its forward runs the gradients' matmuls too (Liger 0.8.5's fused_linear_cross_entropy.py);
+                    # a repeated backward rescales the same saved gradients again, so they drift.
+                    whole_only={"liger": "Liger computes the input's and the weight's gradients in its forward and "
+                                "its backward only scales them in place by dy, so its forward and backward cannot "
+                                "be timed apart: compare it with --mode fwd+bwd"}),
 }
 
 
@@ -263,8 +274,9 @@ def measure(op: Op, shape: tuple[int, ...], dtype: torch.dtype, mode: str, devic
     for name, impl in op.impls().items():
         row: dict[str, Any] = {"impl": name, "op": op.name, "shape": "x".join(map(str, shape)),
                                "dtype": str(dtype).removeprefix("torch."), "mode": mode, "bytes_moved": moved}
-        if isinstance(impl, str):
-            rows.append({**row, "status": "skipped", "reason": impl})
+        unavailable = impl if isinstance(impl, str) else op.timed_apart(name, mode)
+        if unavailable:
+            rows.append({**row, "status": "skipped", "reason": unavailable})
             continue
         try:
             fn = _timed_call(impl, inputs, mode)

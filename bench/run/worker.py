@@ -473,9 +473,10 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
     unfused = fell_back(config.attention, result["attention_kernel"], device.type)
     if unfused:
         warnings.append(unfused)
-    if config.kernels == "compile" and config.attention == "eager" and attention_rewrites():
+    rewrites = attention_rewrites() if config.kernels == "compile" and config.attention == "eager" else 0
+    if rewrites:
         warnings.append(f"torch.compile rewrote the model's eager attention into scaled_dot_product_attention "
-                        f"{attention_rewrites()} time(s) (inductor's fuse_attention): on a GPU the row may time a "
+                        f"{rewrites} time(s) (inductor's fuse_attention): on a GPU the row may time a "
                         "fused attention kernel, not attention=eager")
     if result["compile_graph_breaks"]:
         warnings.append(f"torch.compile broke the model's graph {result['compile_graph_breaks']} time(s) "
