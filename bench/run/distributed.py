@@ -43,8 +43,10 @@ class RankInfo:
 def init(info: RankInfo, device: Any, *, timeout_s: float) -> str:
     """Join the process group (NCCL on CUDA, gloo on CPU); returns the backend name.
 
-    The group's timeout makes a hung collective (a dead or missing peer) raise instead of
-    waiting forever; the parent's wall-clock timeout is the last resort behind it.
+    A hung collective (a dead or missing peer) is ended by the parent's deadline, timeout_s from the job's launch,
+    which dumps every rank's stacks first (lmbench.run.stacks: the record says where each rank waited). The group's
+    timeout is as long and starts later, so it never comes first: a shorter one would end a collective that waits
+    on a peer's long first compilation. It stops a rank whose parent's watch is gone.
     """
     import torch.distributed as dist
 

@@ -14,7 +14,7 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -190,7 +190,8 @@ def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch(), hold:
         reason = f"worker {how} without a result; last log line: {_last_line(log_path)}"
     status, reason = _first_to_fail(status, reason, payload, others)
     if status == "error":
-        reason = killed_first(reason, log_path.read_text(errors="replace"))
+        said = {failure["rank"] for failure in others} | ({0} if payload is not None else set())
+        reason = killed_first(reason, log_path.read_text(errors="replace"), said)
     if status == "error":
         status, reason = _host_oom(code, reason, oom_kills_before)
     # A worker that failed without a result, or of a write, may have failed of the storage: a probe tells. One that
@@ -206,19 +207,27 @@ def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch(), hold:
 _FAILED_RANK = re.compile(r"^\s*rank\s*:\s*(\d+) \(local_rank: \d+\)\s*\n\s*exitcode\s*:\s*(-?\d+)", re.MULTILINE)
 
 
-def killed_first(reason: str | None, log_text: str) -> str | None:
-    """`reason` with the rank a signal killed put before it, when torchrun's summary in the job's log says so.
+def killed_first(reason: str | None, log_text: str, said: Collection[int] = ()) -> str | None:
+    """`reason` with the rank that died without a word put before it, when torchrun's summary in the job's log says
+    so; `said`: the ranks that left a record of their own failure (rank 0's result, the others' failure files).
 
-    A rank killed from outside (SIGKILL: the host's out-of-memory killer, most often) leaves no failure file: the
-    record named rank 0's symptom instead, a connection reset in its next collective (review 2026-11-27). torchrun's
-    "first observed failure" may be that symptom's rank, so every failed rank of its summary is read; SIGTERM is
-    torchrun's own stop of the ranks left once one failed, and says nothing of the cause."""
-    killed = {}
+    A rank killed from outside (SIGKILL: the host's out-of-memory killer, most often) leaves no failure file, nor
+    does one that exits below Python's exceptions (native code's exit(), os._exit): the record named rank 0's
+    symptom instead, a connection reset in its next collective (reviews 2026-11-27, 2026-11-28). torchrun's "first
+    observed failure" may be that symptom's rank, so every failed rank of its summary is read, a signal before an
+    exit code; SIGTERM is torchrun's own stop of the ranks left once one failed, and says nothing of the cause."""
+    killed, exited = {}, {}
     for rank, code in _FAILED_RANK.findall(log_text[log_text.rfind("ChildFailedError"):]):
-        if int(code) < 0 and -int(code) != signal.SIGTERM:
-            killed.setdefault(int(rank), -int(code))
-    if not killed or any(f"rank {rank} " in f"{reason or ''} " for rank in killed):
+        rank, code = int(rank), int(code)
+        if code < 0 and -code != signal.SIGTERM:
+            killed.setdefault(rank, -code)
+        elif code > 0 and rank not in said:
+            exited.setdefault(rank, code)
+    if not (killed or exited) or any(f"rank {rank} " in f"{reason or ''} " for rank in {**killed, **exited}):
         return reason
+    if not killed:
+        rank, code = min(exited.items())
+        return f"rank {rank} exited with code {code} without a word of why (torchrun's summary); then: {reason}"
     rank, number = min(killed.items())
     try:
         name = signal.Signals(number).name
