@@ -14,7 +14,16 @@ from lmbench.models.conv1d import conv1d_as_linear
 from lmbench.models.registry import MODELS, build_model
 from lmbench.plan.config import Config
 from lmbench.plan.feasibility import resolve, skip_reason
-from lmbench.plan.layout import explain, layout, problem, rank_stages, single_device, stage_layers
+from lmbench.plan.layout import (
+    explain,
+    head_blocks,
+    layout,
+    pipeline_split,
+    problem,
+    rank_stages,
+    single_device,
+    stage_layers,
+)
 from lmbench.plan.parity import reference_config
 from lmbench.run import distributed
 from lmbench.run.pipeline import BusyClock, cut, next_token_loss, tied_weight
@@ -83,6 +92,32 @@ def test_stage_layers_split_evenly_with_the_remainder_on_early_stages():
     assert stage_layers(12, 2) == [range(0, 6), range(6, 12)]
     assert stage_layers(5, 2) == [range(0, 3), range(3, 5)]
     assert stage_layers(16, 3) == [range(0, 6), range(6, 11), range(11, 16)]
+    with pytest.raises(ValueError):
+        stage_layers(2, 3)
+
+
+def test_the_last_stage_takes_fewer_blocks_for_the_lm_head_it_runs():
+    """An even split of gpt2-124m over 2 stages gave the last about 1.75 times the first's work (its LM head is
+    some 4.5 blocks' worth at T=1024), which its records read as pipeline bubble (a reviewer)."""
+    gpt2, llama = MODELS["gpt2-124m"], MODELS["llama-1b"]
+    config = resolved(model="gpt2-124m", parallel="pp", nproc=2, seq_len=1024)
+    # A block: 2 (4 d^2 + 8 d^2) + 4 T d = 17.3M FLOPs a token; the head 2 V d = 77.2M.
+    assert head_blocks(gpt2, config) == pytest.approx(2 * 50257 * 768 / (24 * 768 ** 2 + 4 * 1024 * 768))
+    assert [len(r) for r in pipeline_split(gpt2, config, 2)] == [8, 4]  # 8 against 4 + 4.46
+    # The busiest stage as light as can be, then the next busiest: not 5, 5, 1 and 1 + the head.
+    assert [len(r) for r in pipeline_split(gpt2, config, 4)] == [4, 4, 3, 1]
+    # Llama's gated MLP (three matmuls) and grouped key/values; a head that recomputes its logits (kernels=triton)
+    # and blocks that rerun their forward (checkpointing=full) weigh a third more.
+    llama_config = resolved(model="llama-1b", parallel="pp", nproc=2, seq_len=2048)
+    d = 2048
+    block = 2 * (2 * d * d + 2 * d * 512 + 3 * d * 8192) + 4 * 2048 * d
+    assert head_blocks(llama, llama_config) == pytest.approx(2 * 128256 * d / block)
+    assert [len(r) for r in pipeline_split(llama, llama_config, 2)] == [10, 6]
+    assert head_blocks(llama, llama_config.replace(kernels="triton")) == pytest.approx(
+        head_blocks(llama, llama_config) * 4 / 3)
+    assert head_blocks(llama, llama_config.replace(checkpointing="full")) == pytest.approx(
+        head_blocks(llama, llama_config) * 3 / 4)
+    assert stage_layers(12, 2, head_blocks=0.0) == stage_layers(12, 2)
 
 
 @pytest.mark.parametrize(("axes", "reason"), [
@@ -170,18 +205,21 @@ def test_the_dry_run_says_what_each_rank_holds():
     tp = explain(resolved(model="llama-1b", parallel="tp", nproc=4), llama)
     assert "8 of 32 attention heads (2 of 8 key/value heads), 2048 of 8192 MLP columns" in tp[0]
     pp = explain(resolved(model="gpt2-124m", parallel="pp", nproc=2, microbatches=8), gpt2)
-    assert pp[0] == "rank 0 (stage 0): embeddings, layers 0-5"
-    assert pp[1] == "rank 1 (stage 1): layers 6-11, final norm, LM head and loss"
+    # Split for the LM head's work (test_the_last_stage_takes_fewer_blocks_for_the_lm_head_it_runs): at T=128 it is
+    # some 5.3 blocks' worth, so the last stage's 3 layers and head against the first's 9.
+    assert pp[0] == "rank 0 (stage 0): embeddings, layers 0-8"
+    assert pp[1] == "rank 1 (stage 1): layers 9-11, final norm, LM head and loss (the head about 5.3 layers' work)"
     assert "1f1b over 8 micro-batches of 8 sequences; bubble (p-1)/(m+p-1) = 11% in theory" in pp[2]
     assert "64 sequences x 128 tokens per optimizer step (8,192 tokens)" in pp[2]
     looped = explain(resolved(model="gpt2-124m", parallel="pp", nproc=2, microbatches=4,
                               pp_schedule="interleaved-1f1b"), gpt2)
-    assert looped[0] == "rank 0 (stages 0, 2): stage 0: embeddings, layers 0-2; stage 2: layers 6-8"
-    assert looped[1] == "rank 1 (stages 1, 3): stage 1: layers 3-5; stage 3: layers 9-11, final norm, LM head and loss"
+    assert looped[0] == "rank 0 (stages 0, 2): stage 0: embeddings, layers 0-3; stage 2: layers 8-10"
+    assert looped[1] == ("rank 1 (stages 1, 3): stage 1: layers 4-7; stage 3: layer 11, final norm, LM head and loss "
+                         "(the head about 5.3 layers' work)")
     assert "bubble (p-1)/(v m+p-1) = 11% in theory" in looped[2] and "summed between" in looped[2]
     v = explain(resolved(model="gpt2-124m", parallel="pp", nproc=2, pp_schedule="zbv"), gpt2)
-    assert v[0] == ("rank 0 (stages 0, 3): stage 0: embeddings, layers 0-2; stage 3: layers 9-11, final norm, LM head "
-                    "and loss")
+    assert v[0] == ("rank 0 (stages 0, 3): stage 0: embeddings, layers 0-3; stage 3: layer 11, final norm, LM head "
+                    "and loss (the head about 5.3 layers' work)")
     assert "no closed-form bubble" in v[2] and "one weight on rank 0" in v[2]
     mesh = explain(resolved(model="llama-1b", parallel="fsdp+tp", nproc=8, tp_degree=4), llama)
     assert mesh[0] == "2 x 4 mesh (FSDP x TP): rank r is tensor-parallel shard r % 4 of FSDP group r // 4"
@@ -203,8 +241,9 @@ def test_fsdp_pp_lays_pipelines_across_fsdp_groups_and_says_so():
     lines = explain(resolved(model="gpt2-124m", parallel="fsdp+pp", nproc=4, microbatches=4), MODELS["gpt2-124m"])
     assert lines[0] == ("2 x 2 mesh (PP x FSDP): rank r is stage rank r // 2 of pipeline r % 2; each stage 1/2 at "
                         "rest, sharded by FSDP over the 2 ranks that hold it")
-    assert lines[1] == "ranks 0-1 (stage 0): embeddings, layers 0-5"
-    assert lines[2] == "ranks 2-3 (stage 1): layers 6-11, final norm, LM head and loss"
+    assert lines[1] == "ranks 0-1 (stage 0): embeddings, layers 0-8"
+    assert lines[2] == ("ranks 2-3 (stage 1): layers 9-11, final norm, LM head and loss (the head about 5.3 layers' "
+                        "work)")
     assert "(each of the 2 pipelines its own)" in lines[3] and "64 sequences x 128 tokens" in lines[3]
     # Compared with one device training the whole global batch.
     assert reference_config(resolved(model="tiny-gpt2-4l", parallel="fsdp+pp", nproc=4, microbatches=2)).batch_size \
@@ -232,9 +271,10 @@ def test_stages_chained_compute_the_whole_models_logits_and_loss(name):
     torch.manual_seed(0)
     model = build_model(spec, attention="sdpa", dropout=False).eval()
     ids = torch.randint(0, spec.vocab_size, (2, 16))
+    config = Config(model=name, parallel="pp", nproc=2, seq_len=16)
     with torch.no_grad():
         whole = model(input_ids=ids, labels=ids)
-        first, last = cut(model, spec, [0], 2), cut(model, spec, [1], 2)
+        first, last = cut(model, spec, config, [0], 2), cut(model, spec, config, [1], 2)
         logits = last[0](first[0](ids))
     assert torch.allclose(logits, whole.logits, atol=1e-5)
     assert next_token_loss(logits, ids).item() == pytest.approx(whole.loss.item(), rel=1e-6)
@@ -249,10 +289,11 @@ def test_stages_laid_out_in_a_v_compute_the_whole_model_and_share_the_tied_weigh
     torch.manual_seed(0)
     model = build_model(spec, attention="sdpa", dropout=False).eval()
     ids = torch.randint(0, spec.vocab_size, (2, 16))
+    config = Config(model=spec.name, parallel="pp", nproc=2, seq_len=16, pp_schedule="zbv")
     with torch.no_grad():
         whole = model(input_ids=ids).logits
         # Four stages, two a rank: rank 0 runs stages 0 and 3, rank 1 stages 1 and 2.
-        outer, inner = cut(model, spec, [0, 3], 4), cut(model, spec, [1, 2], 4)
+        outer, inner = cut(model, spec, config, [0, 3], 4), cut(model, spec, config, [1, 2], 4)
         logits = outer[1](inner[1](inner[0](outer[0](ids))))
     assert torch.allclose(logits, whole, atol=1e-5)
     assert (outer.first, outer.last, inner.first, inner.last) == (True, True, False, False)

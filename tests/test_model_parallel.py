@@ -86,6 +86,7 @@ def test_tp_pp_and_fsdp_tp_train_as_the_whole_model_does(tmp_path):
             assert m["pp_bubble_fraction_theory"] == pytest.approx(1 / 3)  # (2 - 1) / (2 + 2 - 1)
             assert len(m["pp_idle_fraction_per_stage"]) == 2
             assert 0 < m["pp_bubble_fraction"] < 1
+            assert m["pp_layers_per_stage"] == [1, 1]  # 2 layers, one a stage whatever the head weighs
             assert "params_in_sync" not in m
         else:
             # tp's embeddings, norms and head are whole on every rank; fsdp+tp shards every parameter.

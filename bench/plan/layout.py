@@ -10,6 +10,7 @@ tensor-parallel group (`tp`) x pipeline stages (`pp`).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from lmbench.models.registry import ModelSpec
@@ -161,16 +162,56 @@ def single_device(config: Config, *, nnodes: int = 1) -> Config:
     return config.replace(parallel="none", nproc=1, batch_size=batch).without_foreign_options()
 
 
-def stage_layers(n_layers: int, stages: int) -> list[range]:
-    """Blocks of each pipeline stage, as even as possible; earlier stages take the remainder, because the
-    last one also runs the final norm, the LM head and the loss."""
-    base, extra = divmod(n_layers, stages)
+def stage_layers(n_layers: int, stages: int, head_blocks: float = 0.0) -> list[range]:
+    """Blocks of each pipeline stage, contiguous, one or more each, such that the busiest stage has the least
+    work, where the last stage also runs the LM head and the loss, `head_blocks` blocks' worth (pipeline_split);
+    of those, the split whose next busiest stage has the least, and so on (gpt2-124m over 4 stages: 4, 4, 3 and
+    1 + the head, not 5, 5, 1 and 1 + the head); of equally busy splits, earlier stages take the extra blocks.
+    With no head weight: as even as possible, the remainder on the earliest stages."""
+    if not 1 <= stages <= n_layers:
+        raise ValueError(f"{n_layers} blocks cannot make {stages} stages of one block or more")
+
+    @functools.cache
+    def best(start: int, left: int) -> tuple[tuple[float, ...], tuple[int, ...]]:
+        """(the stages' work, busiest first; their block counts) of blocks start.. over `left` stages, the head's
+        last. Adding one stage's work to two such orders keeps them in order, so the best split of the rest is part
+        of the best split of the whole."""
+        if left == 1:
+            return (n_layers - start + head_blocks,), (n_layers - start,)
+        splits = []
+        for count in range(n_layers - start - left + 1, 0, -1):  # most blocks first: min() keeps the first of ties
+            work, rest = best(start + count, left - 1)
+            splits.append((tuple(sorted((count, *work), reverse=True)), (count, *rest)))
+        return min(splits, key=lambda split: split[0])
+
     ranges, start = [], 0
-    for stage in range(stages):
-        count = base + (1 if stage < extra else 0)
+    for count in best(0, stages)[1]:
         ranges.append(range(start, start + count))
         start += count
     return ranges
+
+
+def head_blocks(spec: ModelSpec, config: Config) -> float:
+    """The last pipeline stage's LM head in transformer blocks' worth of matmul FLOPs per token (the counts of
+    lmbench.measure.flops): the head's 2·V·d forward against a block's 2·N_block + 4·T·d (its weights' matmuls and
+    the full T×T attention, as PaLM counts it), each with its backward's twice that; a block that full
+    checkpointing reruns does a forward more, and lmbench's fused linear cross-entropy (kernels=triton) recomputes
+    the logits (8·V·d, not 6). gpt2-124m at T=1024: about 4.5 blocks; llama-1b at 2048: about 3.9. Torchtitan and
+    Megatron-LM weigh the split alike (their output-layer weight, --account-for-loss-in-pipeline-split); an even
+    split of gpt2-124m over 2 stages gave the last about 1.75 times the first's work, which read as bubble (a
+    reviewer)."""
+    d, kv_width = spec.hidden, spec.n_kv_heads * spec.head_dim
+    mlp = (3 if spec.family == "llama" else 2) * d * spec.intermediate  # Llama's MLP is gated: three matmuls
+    block = 2 * (2 * d * d + 2 * d * kv_width + mlp) + 4 * config.seq_len * d
+    head = 2 * config.padded_vocab * d
+    block_passes = 4 if config.checkpointing == "full" else 3
+    head_passes = 4 if config.kernels == "triton" else 3
+    return head * head_passes / (block * block_passes)
+
+
+def pipeline_split(spec: ModelSpec, config: Config, stages: int) -> list[range]:
+    """Each of `stages` pipeline stages' blocks of `spec` under `config`, weighed for the LM head (head_blocks)."""
+    return stage_layers(spec.n_layers, stages, head_blocks(spec, config))
 
 
 def tensor_split_problem(spec: ModelSpec, degree: int) -> str | None:
@@ -304,12 +345,13 @@ def explain(config: Config, spec: ModelSpec, *, nnodes: int = 1) -> list[str]:
                 f"the {shape.tp} ranks of a group read the same {config.batch_size} sequences, each group its own; "
                 f"{batch}"]
     stages = shape.pp * shape.stages_per_rank
-    ranges = stage_layers(spec.n_layers, stages)
+    ranges = pipeline_split(spec, config, stages)
+    head = f"final norm, LM head and loss (the head about {head_blocks(spec, config):.1f} layers' work)"
 
     def holds(stage: int) -> str:
         blocks = ranges[stage]
         parts = (["embeddings"] if stage == 0 else []) + [_span("layer", blocks.stop - blocks.start, blocks.start)] + (
-            ["final norm, LM head and loss"] if stage == stages - 1 else [])
+            [head] if stage == stages - 1 else [])
         return ", ".join(parts)
 
     lines = []

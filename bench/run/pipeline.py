@@ -3,7 +3,7 @@
 zero-bubble (several, looped: stage s on rank s mod p) and ZBV (two, in a V).
 
 Every rank builds the whole model from the same seed (the same weights as parallel=none), keeps
-its own stages (lmbench.plan.layout.stage_layers: the first stage the embeddings, the last the
+its own stages (lmbench.plan.layout.pipeline_split: the first stage the embeddings, the last the
 final norm, the LM head and the loss) and lets the rest go. A stage calls the model's own blocks
 in order, so the arithmetic is the unsplit model's. The loss is the model's (next-token cross
 entropy, mean over tokens), computed by the schedule on the last stage per micro-batch; each
@@ -35,7 +35,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmbench.models.registry import ModelSpec
-from lmbench.plan.layout import MULTI_STAGE_SCHEDULES, V_SCHEDULES, stage_layers, stage_split_problem
+from lmbench.plan.config import Config
+from lmbench.plan.layout import MULTI_STAGE_SCHEDULES, V_SCHEDULES, pipeline_split, stage_split_problem
 
 #: torch.distributed.pipelining's schedule class of each pp_schedule.
 SCHEDULE_CLASSES = {"gpipe": "ScheduleGPipe", "1f1b": "Schedule1F1B", "interleaved-1f1b": "ScheduleInterleaved1F1B",
@@ -156,13 +157,13 @@ class RankStages(nn.ModuleList):
         return held[0].tied_parameter()
 
 
-def cut(model: nn.Module, spec: ModelSpec, indices: list[int], num_stages: int) -> RankStages:
-    """This rank's stages `indices` of `model` cut into `num_stages`; the blocks of other stages are left to be
-    freed with the model."""
+def cut(model: nn.Module, spec: ModelSpec, config: Config, indices: list[int], num_stages: int) -> RankStages:
+    """This rank's stages `indices` of `model` cut into `num_stages` (layout.pipeline_split); the blocks of other
+    stages are left to be freed with the model."""
     refused = stage_split_problem(spec, num_stages)
     if refused:
         raise PipelineError(refused)
-    ranges = stage_layers(spec.n_layers, num_stages)
+    ranges = pipeline_split(spec, config, num_stages)
     return RankStages([STAGES[spec.family](model, ranges[i], first=i == 0, last=i == num_stages - 1)
                        for i in indices], indices, num_stages)
 

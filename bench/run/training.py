@@ -146,7 +146,7 @@ class TrainingStep:
             tied = tied_weight(model)
             shape = self.layout
             held = rank_stages(shape.pp, shape.stages_per_rank, config.pp_schedule)[shape.pipeline_rank(rank)]
-            model = stage = cut(model, self.spec, held, shape.pp * shape.stages_per_rank)
+            model = stage = cut(model, self.spec, config, held, shape.pp * shape.stages_per_rank)
             if config.parallel == "fsdp+pp":
                 from torch.distributed.device_mesh import init_device_mesh
 

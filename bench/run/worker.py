@@ -25,6 +25,7 @@ from typing import Any
 from lmbench.analyze.results import write_json
 from lmbench.measure import procstat
 from lmbench.plan.config import Config
+from lmbench.plan.layout import pipeline_split
 
 #: Fallback start of the process where /proc cannot say (the module is imported at start-up).
 _IMPORTED_AT = time.monotonic()
@@ -346,6 +347,8 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
     result.update(shape.record())
     if step.pipeline:
         result.update(distributed.pipeline_idle(per_rank))
+        result["pp_layers_per_stage"] = [len(blocks) for blocks in
+                                         pipeline_split(spec, config, shape.pp * shape.stages_per_rank)]
     dims = {"n_layers": spec.n_layers, "n_heads": spec.n_heads, "head_dim": spec.head_dim, "seq_len": config.seq_len}
     flops = palm_flops_per_token(n_matmul_params=step.matmul_params, **dims)
     # The hardware's FLOPs are the model's plus what checkpointing reruns, what the fused loss recomputes and what
