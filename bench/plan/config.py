@@ -110,7 +110,9 @@ class Config:
     model: str = "tiny-gpt2"
     """Registry name of the model (see `lmbench list`)."""
     batch_size: int = 8
-    """Sequences per micro-batch, per device."""
+    """Sequences per micro-batch: per device under none, dp, ddp and fsdp; per tensor-parallel group under tp and
+    fsdp+tp (its ranks read the same ones); per pipeline micro-batch under pp and fsdp+pp (docs/parallelism.md,
+    the global batch of each mode)."""
     seq_len: int = 128
     """Tokens per sequence; at most the model's position count."""
     grad_accum: int = 1
