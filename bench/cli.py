@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import errno
 import math
+import os
+import select
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
@@ -40,6 +45,11 @@ _CONFIRM_REPEATS = CONFIRM_REPEATS
 _TUNE_OBJECTIVE = "throughput"
 #: Exit codes of every command (DESIGN.md): 1 is compare's alone, so a crash never reads as a regression.
 EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+#: The reader of our output went away (`lmbench compare a b | head`): 128 + SIGPIPE, quietly, as `cat`, `grep` and
+#: `git log` end there (killed by the signal). Not 1: a closed pipe is no regression. Not 3: it is no bug of ours and
+#: leaves nothing worth a crash log. A CI script under `set -o pipefail` already tells 141 from a tool's own codes
+#: (`|| [ $? -eq 141 ]`); one that needs compare's verdict must not cut its output short.
+EXIT_BROKEN_PIPE = 141
 
 
 #: Click 8.2's error for a group given no command (8.1 printed the help and exited 0 itself).
@@ -57,14 +67,44 @@ def _allowed(err: click.UsageError) -> str:
     return ""
 
 
+class _PastClick(BaseException):
+    """An error click's `main` would answer itself even with standalone_mode=False, carried past it to ours: it
+    exits 1 (a regression's code) on a broken pipe, and turns KeyboardInterrupt (our `Interrupted`, which says which
+    signal it was) and EOFError (a bug, lmbench asks for no input) into a bare `Abort`, after a blank line."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+@contextmanager
+def _past_click() -> Iterator[None]:
+    try:
+        yield
+    except (KeyboardInterrupt, EOFError, BrokenPipeError) as err:
+        raise _PastClick(err) from err
+
+
 class LmbenchGroup(click.Group):
     """Turns every usage mistake into one line and exit 2, every unexpected error into one line and exit 3
     (the traceback goes to a log file), never a traceback on the terminal."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        with _past_click():  # --help and --version write here
+            return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with _past_click():
+            return super().invoke(ctx)
 
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
         try:
             code = super().main(args, prog_name or "lmbench", complete_var, standalone_mode=False, **extra)
+            sys.stdout.flush()  # here, not at the interpreter's exit, so that a reader gone by now is answered too
+        except _PastClick as carried:
+            _stop(carried.error)
         except click.UsageError as err:
             if _NO_ARGS is not None and isinstance(err, _NO_ARGS) and err.ctx is not None:
                 click.echo(err.ctx.get_help())  # bare `lmbench` asks what there is, as click 8.1 answered it
@@ -78,16 +118,55 @@ class LmbenchGroup(click.Group):
         except UsageError as err:
             click.echo(f"lmbench: error: {err}", err=True)
             sys.exit(EXIT_BAD_INPUT)
-        except (click.Abort, KeyboardInterrupt) as err:
-            click.echo("lmbench: interrupted", err=True)
-            sys.exit(getattr(err, "exit_code", EXIT_INTERRUPTED))
+        except click.Abort as err:
+            # What click made of an interrupt or end of input outside the methods above (none is known): its cause.
+            _stop(err.__cause__ or KeyboardInterrupt())
         except Exception as err:  # noqa: BLE001 - the one place an unexpected error becomes a message
-            from lmbench import crash
-
-            log = crash.write(err)
-            click.echo(f"lmbench: internal error: {crash.summary(err)} (traceback in {log})", err=True)
-            sys.exit(EXIT_INTERNAL)
+            _stop(err)
         sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+def _stop(error: BaseException) -> NoReturn:
+    """Exit for what no command answered: a signal (128 + its number), a reader of our output gone, or a bug (one
+    line, the traceback in a log)."""
+    if isinstance(error, KeyboardInterrupt):  # our Interrupted says which signal; a bare one is Ctrl-C's
+        stop = error if isinstance(error, Interrupted) else Interrupted(signal.SIGINT)
+        _say("lmbench: interrupted" if stop.signum == signal.SIGINT else f"lmbench: stopped by {stop.name}")
+        sys.exit(stop.exit_code)
+    if isinstance(error, BrokenPipeError):
+        gone = _readers_gone()
+        if gone:
+            # Python flushes stdout and stderr at exit: into the pipe that would print "Exception ignored ...".
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            for fd in gone:
+                os.dup2(devnull, fd)
+            os.close(devnull)
+            sys.exit(EXIT_BROKEN_PIPE)
+        # Another pipe broke (a worker's, a socket), not one of ours to the user: a bug like any other.
+    from lmbench import crash
+
+    log = crash.write(error)
+    click.echo(f"lmbench: internal error: {crash.summary(error)} (traceback in {log})", err=True)
+    sys.exit(EXIT_INTERNAL)
+
+
+def _readers_gone() -> list[int]:
+    """Which of stdout and stderr lost their reader: the write end of a pipe nobody reads polls as an error."""
+    if not hasattr(select, "poll"):
+        return [1]  # no way to tell (Windows): the usual case
+    poller = select.poll()
+    for fd in (1, 2):
+        poller.register(fd, select.POLLOUT)
+    return [fd for fd, event in poller.poll(0) if event & (select.POLLERR | select.POLLHUP)]
+
+
+class _Console(Console):
+    """rich's console, leaving a closed pipe to `_stop`: rich's own answer is exit 1, a regression's code here (and
+    it points devnull at stdout even when it is stderr that broke)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
 
 
 class NonEmptyPath(click.Path):
@@ -1029,7 +1108,7 @@ def ceilings(out: Path | None) -> int:
 def _console(*, stderr: bool = False) -> Console:
     """Rich console; wide when not a terminal, so piped tables are not wrapped at 80 columns."""
     stream = sys.stderr if stderr else sys.stdout
-    return Console(stderr=stderr, width=None if stream.isatty() else 200)
+    return _Console(stderr=stderr, width=None if stream.isatty() else 200)
 
 
 def main() -> None:

@@ -94,3 +94,66 @@ def test_crash_log_falls_back_to_the_temporary_directory(tmp_path, monkeypatch):
     monkeypatch.setattr("tempfile.gettempdir", lambda: str(tmp_path / "tmp"))
     path = crash.write(ValueError("x"))
     assert path.parent == tmp_path / "tmp" and "ValueError: x" in path.read_text()
+
+
+# What click's own `main` would answer, were it let: a closed stdout as exit 1 (a regression's code), SIGTERM as
+# SIGINT's 130, a bug's EOFError as an interrupt.
+
+@pytest.mark.parametrize("args", [["list", "--defaults"], ["--version"], ["--help"]])
+def test_a_reader_gone_from_stdout_exits_141_quietly(args, tmp_path):
+    """`lmbench list --defaults | head -c 10`: the way `cat` and `git log` end there (SIGPIPE), not a regression."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LMBENCH_LOG_DIR": str(tmp_path / "logs")}
+    proc = subprocess.Popen([sys.executable, "-m", "lmbench.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # before a byte is written: the first write finds no reader
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, stderr
+    assert stderr == "" and not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize(("sig", "code", "line"), [("SIGTERM", 143, "lmbench: stopped by SIGTERM"),
+                                                   ("SIGINT", 130, "lmbench: interrupted")])
+def test_a_signal_outside_runs_own_handler_exits_128_plus_its_number(sig, code, line, tmp_path, monkeypatch):
+    """A signal while the run directory is opened (before run's handler of `Interrupted`): still which one it was."""
+    import os
+    import signal
+    import time
+
+    from lmbench.run import runner
+
+    signum = getattr(signal, sig)
+
+    def opening(*args, **kwargs):
+        # The real signal, through interruptible()'s handler; never one that would end pytest itself.
+        assert signal.getsignal(signum) not in (signal.SIG_DFL, signal.SIG_IGN, signal.default_int_handler)
+        os.kill(os.getpid(), signum)
+        for _ in range(100):
+            time.sleep(0.05)
+        raise AssertionError(f"{sig} did not stop the run")
+
+    monkeypatch.setattr(runner, "RunDirectory", opening)
+    result = CliRunner().invoke(cli, ["run", *_args(REACHES["run"], tmp_path)])
+    assert result.exit_code == code, result.output
+    assert result.stderr == line + "\n"  # no blank line before it (click's closing of a `^C` echo)
+
+
+@pytest.mark.parametrize("error", [EOFError("truncated input"), BrokenPipeError(32, "Broken pipe")],
+                         ids=["EOFError", "BrokenPipeError"])
+def test_a_bugs_eof_or_broken_pipe_is_an_internal_error(error, tmp_path, monkeypatch):
+    """lmbench reads no input: an EOFError is a bug, not an interrupt; a pipe that broke is not stdout's here."""
+    logs = tmp_path / "logs"
+    monkeypatch.setenv("LMBENCH_LOG_DIR", str(logs))
+
+    def broken(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr("lmbench.plan.suite.builtin_names", broken)
+    result = CliRunner().invoke(cli, ["list"])
+    assert result.exit_code == 3, result.output
+    log, = logs.iterdir()
+    assert result.stderr == f"lmbench: internal error: {type(error).__name__}: {error} (traceback in {log})\n"
+    assert f"{type(error).__name__}: {error}" in log.read_text()
