@@ -11,6 +11,11 @@ Behaviour comes from the environment, which the parent passes on to its workers:
   FAKE_WORKER_STRAGGLER=DIR  leave a child running in the worker's session (its pid in DIR/<pid>), then exit
   FAKE_WORKER_LINGER=TEXT  after writing the result, hang (until killed) when TEXT is in the job's config key
   FAKE_WORKER_CRASH_AT=S  die of SIGSEGV S seconds after the job starts (its stacks' dump crashing it)
+  FAKE_WORKER_SAY=TEXT    print TEXT before anything else (a library's chatter in the log)
+  FAKE_WORKER_SIGNAL=N    kill itself with signal N (after FAKE_WORKER_SAY)
+  FAKE_WORKER_STUBBORN=DIR  leave a child that ignores SIGTERM (its pid in DIR/<pid>), then hang
+  FAKE_WORKER_RESULT=TEXT  write TEXT as the result file, whatever it is, and exit 0
+  FAKE_WORKER_EXIT=N      exit with code N after writing the result
 """
 
 from __future__ import annotations
@@ -42,6 +47,21 @@ def work(job_path: Path, result_path: Path) -> int:
         from lmbench.run import stacks
 
         stacks.arm(result_path, 0, deadline=job["deadline"], timeout_s=config.timeout_s)
+    if os.environ.get("FAKE_WORKER_SAY"):
+        print(os.environ["FAKE_WORKER_SAY"], flush=True)
+    if os.environ.get("FAKE_WORKER_SIGNAL"):
+        os.kill(os.getpid(), int(os.environ["FAKE_WORKER_SIGNAL"]))
+        hang()  # a signal whose default action is not to end the process
+    if os.environ.get("FAKE_WORKER_STUBBORN"):
+        import subprocess
+
+        child = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, "
+                                  "signal.SIG_IGN); time.sleep(600)"])
+        (Path(os.environ["FAKE_WORKER_STUBBORN"]) / str(child.pid)).write_text("")
+        hang()
+    if os.environ.get("FAKE_WORKER_RESULT") is not None:
+        result_path.write_text(os.environ["FAKE_WORKER_RESULT"])
+        return 0
     if os.environ.get("FAKE_WORKER_CRASH_AT"):
         import signal
 
@@ -72,7 +92,7 @@ def work(job_path: Path, result_path: Path) -> int:
     if os.environ.get("FAKE_WORKER_LINGER") and os.environ["FAKE_WORKER_LINGER"] in config.key:
         while True:  # a worker slow to exit after its result (a process group torn down, CUDA's teardown)
             time.sleep(0.1)
-    return 0
+    return int(os.environ.get("FAKE_WORKER_EXIT") or 0)
 
 
 def hang() -> None:

@@ -1279,3 +1279,96 @@ def test_12_calibrate_warns_of_floors_no_threshold_can_gate(tmp_path, tiny, fake
     assert result.exit_code == 0, result.output
     assert ("configuration(s) have floors of 100% or more (e.g. tiny-gpt2-" in result.stderr
             and "no --threshold (below 100%) can gate them" in result.stderr)
+
+
+# A reviewer's failures of a worker (2026-11-28): each a record with a status and a reason, the suite going on.
+
+def _one_fp32_record(tmp_path, tiny, *sets: str):
+    out = tmp_path / "run"
+    result = lmbench("run", "--suite", tiny, "--out", out, "--set", "precision=fp32",
+                     *[arg for value in sets for arg in ("--set", value)])
+    assert result.exit_code == 0, result.output
+    record, = results.read(out).records
+    return record, out
+
+
+def test_a_worker_killed_by_a_signal_python_has_no_name_for_is_a_record(tmp_path, tiny, fake, monkeypatch):
+    """signal.Signals(40) raises: the lookup ended the suite with exit 3 and no record."""
+    monkeypatch.setenv("FAKE_WORKER_SIGNAL", "40")
+    record, _ = _one_fp32_record(tmp_path, tiny)
+    assert record["status"] == "error"
+    assert record["reason"].startswith("worker was killed by signal 40 without a result")
+
+
+def test_a_crash_is_oom_only_when_the_error_says_so_and_its_reason_is_the_error_not_the_chatter(tmp_path, tiny, fake,
+                                                                                                 monkeypatch):
+    """A worker that printed "out of memory pressure hint" and then crashed read as oom (tune takes it for a memory
+    limit), and its reason quoted whatever line came last (a torchao import warning, most often)."""
+    monkeypatch.setenv("FAKE_WORKER_SAY", "warning: out of memory pressure hint\nValueError: the shape is wrong\n"
+                                          "UserWarning-ish chatter at the end")
+    monkeypatch.setenv("FAKE_WORKER_SIGNAL", str(int(signal.SIGSEGV)))
+    record, _ = _one_fp32_record(tmp_path, tiny)
+    assert record["status"] == "error", record["reason"]
+    assert record["reason"] == ("worker was killed by SIGSEGV without a result; last error in the log: ValueError: "
+                                "the shape is wrong")
+    from lmbench.run.runner import out_of_memory
+
+    assert out_of_memory("[rank1]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert out_of_memory("MemoryError: can't allocate memory") and not out_of_memory("out of memory pressure hint")
+
+
+def test_a_child_that_ignores_sigterm_does_not_outlive_a_timed_out_worker(tmp_path, tiny, fake, monkeypatch):
+    stubborn = tmp_path / "stubborn"
+    stubborn.mkdir()
+    monkeypatch.setenv("FAKE_WORKER_STUBBORN", str(stubborn))
+    record, _ = _one_fp32_record(tmp_path, tiny, "timeout_s=4")
+    assert record["status"] == "timeout"
+    pid, = [int(p.name) for p in stubborn.iterdir()]
+    try:
+        os.kill(pid, 0)
+        alive = Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] != "Z"
+    except ProcessLookupError:
+        alive = False
+    assert not alive
+
+
+@pytest.mark.parametrize("text", ['{"status": "ok", "rea', '{"status": "ok"}',
+                                  '{"status": "ok", "reason": null, "metrics": null}'])
+def test_a_result_file_that_is_no_result_is_an_error_record_that_keeps_the_file(tmp_path, tiny, fake, monkeypatch,
+                                                                               text):
+    """Half a file said only 'unreadable' and was deleted; a payload with no reason or no metrics ended the suite
+    (KeyError, exit 3) or would have crashed the progress line."""
+    monkeypatch.setenv("FAKE_WORKER_RESULT", text)
+    record, out = _one_fp32_record(tmp_path, tiny)
+    assert record["status"] == "error"
+    assert record["reason"].startswith("the worker's result file was unreadable (exited with code 0; kept as ")
+    kept_file, = (out / "logs").glob("*.unreadable-result.json")
+    assert kept_file.read_text() == text and kept_file.name in record["reason"]
+    assert not list((out / "work").iterdir())
+
+
+def test_a_worker_that_fails_after_writing_its_result_keeps_it_and_says_so(tmp_path, tiny, fake, monkeypatch):
+    monkeypatch.setenv("FAKE_WORKER_EXIT", "1")
+    record, _ = _one_fp32_record(tmp_path, tiny)
+    assert record["status"] == "ok"
+    assert "the worker wrote its result, then exited with code 1 (its log has its end)" in record["warnings"]
+
+
+def test_a_lingering_worker_past_timeout_s_keeps_its_result_and_says_it_hung(tmp_path, tiny, fake, monkeypatch):
+    monkeypatch.setenv("FAKE_WORKER_LINGER", "-fp32-")
+    record, _ = _one_fp32_record(tmp_path, tiny, "timeout_s=3")
+    assert record["status"] == "ok"
+    assert any(w.startswith("the worker wrote its result, then hung on the way out until timeout_s=3")
+               for w in record["warnings"])
+
+
+def test_a_crash_well_after_its_stacks_were_dumped_is_its_own_and_the_log_keeps_them(tmp_path, tiny, fake,
+                                                                                   monkeypatch):
+    """timeout_s=8: the stacks' moment at 6 s; a SIGSEGV at 7.3 s, the dump long done, is the worker's own crash,
+    not the dump's (recorded as a timeout, its dump deleted though the reason sent the reader to the log)."""
+    monkeypatch.setenv("FAKE_WORKER_CRASH_AT", "7.3")
+    record, out = _one_fp32_record(tmp_path, tiny, "timeout_s=8")
+    assert record["status"] == "error", record["reason"]
+    assert record["reason"].startswith("worker was killed by SIGSEGV without a result")
+    log = next((out / "logs").glob("*.log")).read_text()
+    assert "rank 0's Python stacks just before timeout_s" in log

@@ -39,6 +39,12 @@ from lmbench.run.worker import OOM_MARKERS
 
 #: Seconds a worker gets to exit after SIGTERM before it is killed.
 KILL_GRACE_S = 5.0
+#: How much of a job's log's end the parent reads for why it failed.
+LOG_END_BYTES = 4 * 2**20
+#: Seconds a worker gets to exit after SIGKILL before it is left behind (stuck in the kernel).
+STUCK_S = 60.0
+#: Seconds after its stacks' moment past which a worker's crash is its own, not the dump's (which takes milliseconds).
+DUMP_S = 1.0
 #: Room a worker's result needs (a few KiB; long loss lists more), to tell a full disk from a crash.
 RESULT_ROOM_BYTES = 64 * 1024
 
@@ -142,6 +148,7 @@ def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch(), hold:
     with log:
         proc = subprocess.Popen(worker_command(job.config, job_path, result_path, launch), stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        teardown = None  # how a worker that wrote its result then ended, where that was not as it should
         try:
             with hold.released() if hold is not None else contextlib.nullcontext():
                 code = proc.wait(timeout=job.config.timeout_s)
@@ -152,46 +159,58 @@ def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch(), hold:
             if not finished:
                 raise
             hold.pending = stop
-            code = proc.returncode if proc.returncode is not None else 0
+            code = 0  # stopped by lmbench, not failed
         except subprocess.TimeoutExpired:
             _stop(proc)
             if not result_path.exists():
                 return _timed_out(job, result_path, log)
             # The worker wrote its result (its last act) and hung on the way out (a process group's or CUDA's
-            # teardown): the measurement stands, as under an interrupt.
-            code = proc.returncode if proc.returncode is not None else 0
+            # teardown): the measurement stands, as under an interrupt, and the record says so.
+            code, teardown = 0, (f"the worker wrote its result, then hung on the way out until timeout_s="
+                                 f"{job.config.timeout_s:g} (its log has its end)")
         except BaseException:
             _stop(proc)
             raise
         finally:
             job_path.unlink(missing_ok=True)
+            dumps = stacks.collect(result_path)
             stacks.clear(result_path)
     _reap(proc)
     left = result_path.exists()
     payload = _read_result(result_path) if left else None
+    if left and payload is None:
+        kept = log_path.with_name(f"{log_path.stem}.unreadable-result.json")
+        result_path.replace(kept)  # the evidence, beside the log
     result_path.unlink(missing_ok=True)
     others = _rank_failures(result_path)
     if payload is not None:
         status, reason = payload["status"], payload["reason"]
+        if code != 0:
+            teardown = f"the worker wrote its result, then {_ended(code)} (its log has its end)"
+        if teardown:
+            payload = {**payload, "warnings": [*(payload.get("warnings") or []), teardown]}
     elif left:
-        status, reason = "error", "the worker's result file was unreadable"
-    elif -code in CRASHES and time.time() >= deadline - stacks.margin_s(job.config.timeout_s):
-        # Killed by a signal after its stacks' moment: faulthandler's dump reads every thread's frames without the
-        # GIL, and a worker busy importing (a 0.5 s timeout_s) died of it (SIGSEGV) in CI. Its time was up all the
-        # same: a timeout, not an error of the configuration's.
+        status, reason = "error", (f"the worker's result file was unreadable ({_ended(code)}; kept as {kept.name}); "
+                                   f"last log line: {_last_line(log_path)}")
+    elif -code in CRASHES and time.time() >= deadline - stacks.margin_s(job.config.timeout_s) and not (
+            dumps and time.time() > deadline - stacks.margin_s(job.config.timeout_s) + DUMP_S):
+        # Killed by a signal after its stacks' moment, with no dump taken well before: faulthandler's dump reads
+        # every thread's frames without the GIL, and a worker busy importing (a 0.5 s timeout_s) died of it
+        # (SIGSEGV) in CI. Its time was up all the same: a timeout, not an error of the configuration's.
+        _append_stacks(log_path, dumps)
         status, reason = "timeout", (f"no result within timeout_s={job.config.timeout_s:g}: the worker was killed "
-                                     f"by {signal.Signals(-code).name} once its stacks were due, "
+                                     f"by {signal_name(-code)} once its stacks were due, "
                                      f"{max(0.0, deadline - time.time()):.1f} s before it (the log has its end)")
     else:
-        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
-        log_text = log_path.read_text(errors="replace")
+        _append_stacks(log_path, dumps)
+        log_text = _log_end(log_path)
         # A rank other than 0 that ran out of memory leaves no result, only its traceback in the log.
-        status = "oom" if any(marker in log_text for marker in OOM_MARKERS) else "error"
-        reason = f"worker {how} without a result; last log line: {_last_line(log_path)}"
+        status = "oom" if out_of_memory(log_text) else "error"
+        reason = f"worker {_ended(code)} without a result; {_last_word(log_text)}"
     status, reason = _first_to_fail(status, reason, payload, others)
     if status == "error":
         said = {failure["rank"] for failure in others} | ({0} if payload is not None else set())
-        reason = killed_first(reason, log_path.read_text(errors="replace"), said)
+        reason = killed_first(reason, _log_end(log_path), said)
     if status == "error":
         status, reason = _host_oom(code, reason, oom_kills_before)
     # A worker that failed without a result, or of a write, may have failed of the storage: a probe tells. One that
@@ -229,10 +248,7 @@ def killed_first(reason: str | None, log_text: str, said: Collection[int] = ()) 
         rank, code = min(exited.items())
         return f"rank {rank} exited with code {code} without a word of why (torchrun's summary); then: {reason}"
     rank, number = min(killed.items())
-    try:
-        name = signal.Signals(number).name
-    except ValueError:
-        name = f"signal {number}"
+    name = signal_name(number)
     outside = ("; a SIGKILL comes from outside the job, most often from the host's out-of-memory killer"
                if number == signal.SIGKILL else "")
     return f"rank {rank} was killed by {name} (torchrun's summary{outside}); then: {reason}"
@@ -271,9 +287,13 @@ def _timed_out(job: Job, result_path: Path, log: TextIO) -> tuple[str, str, None
                        + (f"; {place} (stacks in the log)" if place else "")), None
 
 
-def _append_stacks(log: TextIO, dumps: dict[int, str]) -> None:
+def _append_stacks(log: TextIO | Path, dumps: dict[int, str]) -> None:
     """Each rank's stacks at the end of the job's log, which the stopped worker no longer writes."""
     if not dumps:
+        return
+    if isinstance(log, Path):
+        with results.saving(log), open(log, "a", encoding="utf-8") as file:
+            _append_stacks(file, dumps)
         return
     log.seek(0, os.SEEK_END)
     for rank, text in dumps.items():
@@ -320,12 +340,20 @@ def first_failure(others: list[dict[str, Any]], rank0: dict[str, Any] | None) ->
 
 
 def _read_result(path: Path) -> dict[str, Any] | None:
+    """A worker's result, or None where the file is not one: a status, a reason, and an ok one's metrics with its
+    throughput (what every reader of a record takes for granted; a payload without them ended the suite, exit 3)."""
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    ok = isinstance(payload, dict) and payload.get("status") in results.STATUSES
-    return payload if ok else None
+    if not (isinstance(payload, dict) and payload.get("status") in results.STATUSES
+            and isinstance(payload.get("reason", 0), (str, type(None)))):
+        return None
+    metrics = payload.get("metrics")
+    if payload["status"] == "ok" and not (isinstance(metrics, dict) and isinstance(metrics.get("tokens_per_s"),
+                                                                                     (int, float))):
+        return None
+    return payload
 
 
 def _no_room_for_a_result(run_dir: RunDirectory, result_path: Path) -> StorageError | None:
@@ -349,17 +377,21 @@ def _no_room_for_a_result(run_dir: RunDirectory, result_path: Path) -> StorageEr
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the worker's whole process group, SIGKILL it if it lingers."""
-    for sig, wait_s in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, None)):
+    """SIGTERM the worker's whole process group, SIGKILL it if it lingers; then SIGKILL what is left of the group
+    (_reap): a child that ignored SIGTERM outlived a timed-out worker into the next configuration's measurement (a
+    reviewer). A worker that SIGKILL does not end in STUCK_S (stuck in the kernel: a driver hang) is left, rather
+    than hang the suite."""
+    for sig, wait_s in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, STUCK_S)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
             return
         try:
             proc.wait(timeout=wait_s)
-            return
+            break
         except subprocess.TimeoutExpired:
             continue
+    _reap(proc)
 
 
 def _reap(proc: subprocess.Popen) -> None:
@@ -373,9 +405,55 @@ def _reap(proc: subprocess.Popen) -> None:
         pass
 
 
+def _log_end(path: Path) -> str:
+    """The last LOG_END_BYTES of a job's log, where its failure and torchrun's summary are: a chatty worker's log
+    of gigabytes was read whole, several times, by the parent that must outlive it."""
+    with open(path, "rb") as file:
+        file.seek(max(0, file.seek(0, os.SEEK_END) - LOG_END_BYTES))
+        return file.read().decode(errors="replace")
+
+
 def _last_line(path: Path) -> str:
-    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    lines = [line for line in _log_end(path).splitlines() if line.strip()]
     return lines[-1][:300] if lines else "(empty log)"
+
+
+#: A line that says why a process failed: an exception's (`torch.OutOfMemoryError: ...`, torchrun's `[rank1]: `
+#: before it) or the interpreter's own on a fatal signal (faulthandler: `Fatal Python error: Segmentation fault`).
+_WHY = re.compile(r"^(?:\[rank\d+\]:\s*)?(?:[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)\b|Fatal Python error:)")
+
+
+def _why_lines(log_text: str) -> list[str]:
+    return [line.strip() for line in log_text.splitlines() if _WHY.match(line.strip())]
+
+
+def out_of_memory(log_text: str) -> bool:
+    """Whether the log's failure was memory's: a marker in an exception's line, not anywhere (a worker that printed
+    "out of memory pressure hint" and then crashed read as oom, which tune takes for a memory limit; a reviewer)."""
+    return any(marker in line for line in _why_lines(log_text) for marker in OOM_MARKERS)
+
+
+def _last_word(log_text: str) -> str:
+    """What the log last says of why: its last exception or fatal-error line, else its last line (a library's
+    warning at import ended most logs of a worker that crashed without a word)."""
+    why = _why_lines(log_text)
+    if why:
+        return f"last error in the log: {why[-1][:300]}"
+    lines = [line for line in log_text.splitlines() if line.strip()]
+    return f"last log line: {lines[-1][:300]}" if lines else "the log is empty"
+
+
+def _ended(code: int) -> str:
+    return f"was killed by {signal_name(-code)}" if code < 0 else f"exited with code {code}"
+
+
+def signal_name(number: int) -> str:
+    """SIGSEGV, or `signal 40` for one Python has no name for (a real-time signal: its name lookup ended the suite,
+    exit 3; a reviewer)."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def single_device_key(config: Config, *, nnodes: int = 1) -> str:

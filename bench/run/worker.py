@@ -710,6 +710,12 @@ def _alive(pid: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import faulthandler
+
+    # A fatal signal (SIGSEGV in a kernel's launch, SIGABRT from a library) writes the Python stacks and "Fatal
+    # Python error: ..." to the log, which the record's reason quotes: without it a crash left the last line of
+    # whatever had printed before (a library's import warning; a reviewer).
+    faulthandler.enable()
     exit_with_parent()
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
