@@ -1372,3 +1372,16 @@ def test_a_crash_well_after_its_stacks_were_dumped_is_its_own_and_the_log_keeps_
     assert record["reason"].startswith("worker was killed by SIGSEGV without a result")
     log = next((out / "logs").glob("*.log")).read_text()
     assert "rank 0's Python stacks just before timeout_s" in log
+
+
+def test_a_loss_non_finite_since_warmup_says_so(tmp_path):
+    """A loss gone to NaN in warmup read as 'non-finite at measured step 0', as if the window had done it."""
+    from lmbench.run.worker import run_job
+
+    config = Config(model="tiny-gpt2", batch_size=2, seq_len=16, steps=2, warmup=3, lr=1e38, device="cpu",
+                    telemetry=False)
+    (tmp_path / "job.json").write_text(json.dumps({"config": config.to_dict()}))
+    assert run_job(tmp_path / "job.json", tmp_path / "result.json") == 0
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["status"] == "diverged"
+    assert result["reason"] == "non-finite loss at measured step 0 of 2 (non-finite since warmup step 1 of 3)"

@@ -207,11 +207,13 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         # The first warmup step's operators say which attention kernel SDPA picked (a dispatch mode: not under
         # torch.compile, whose graphs it would break, nor over DTensors, threads or a pipeline's schedule).
         attention = AttentionWatch() if _watches_attention(config) else None
+        warmup_losses = _StepLosses()
         with warmup_timer.window():
             for _ in range(config.warmup):
                 watched = attention if attention is not None and done == 0 else contextlib.nullcontext()
                 with warmup_timer.step(), watched:
-                    step()
+                    loss = step()
+                warmup_losses.add(loss)
                 done += 1
                 if done == 1 and step.compile_graphs and device.type == "cuda":
                     # torch.compile's CUDA graphs: the window's replays allocate nothing, so its allocated peak
@@ -309,6 +311,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         "warmup_s": warmup_s,
         "warmup_step_times_s": warmup_timer.times_s(),
         "losses": losses_t.values() if step.owns_loss else None,
+        "warmup_losses": warmup_losses.values() if step.owns_loss else None,
         "pp_busy_s": busy_s,
         **peaks,
         "mem_host_peak_growth_bytes": host_growth,
@@ -504,6 +507,11 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
     if result["nonfinite_losses"]:
         first_bad = next(i for i, v in enumerate(losses) if not math.isfinite(v))
         status, reason = "diverged", f"non-finite loss at measured step {first_bad} of {len(losses)}"
+        # Where it began, when that was before the window: the warmup's losses, read after it as the window's are.
+        warm = distributed.mean_losses([{"losses": r.get("warmup_losses")} for r in per_rank])
+        early = next((i for i, v in enumerate(warm) if not math.isfinite(v)), None)
+        if first_bad == 0 and early is not None:
+            reason += f" (non-finite since warmup step {early} of {len(warm)})"
     return {"status": status, "reason": reason, "metrics": result, "losses": losses,
             "step_times_s": distributed.slowest_steps(per_rank), "warnings": warnings}
 
