@@ -531,6 +531,12 @@ def _print_summary(launch: Any, session: list[dict[str, Any]], everything: list[
     if mixed:
         click.echo(f"lmbench: warning: {mixed}", err=True)
     console.print(f"results: {results_path}")
+    # Where a failure's reason ends, its log goes on (its traceback, a rank's stacks, torchrun's summary).
+    failed = [r for r in session if r["status"] not in ("ok", "skipped")]
+    if failed:
+        first = failed[0]
+        console.print(f"logs: {results_path.parent / 'logs'} ({len(failed)} of this session's records failed; "
+                      f"{first['config_key']}-r{first['repeat']}.log is the first's)")
 
 
 def _say(message: str) -> None:

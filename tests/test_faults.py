@@ -1385,3 +1385,14 @@ def test_a_loss_non_finite_since_warmup_says_so(tmp_path):
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["status"] == "diverged"
     assert result["reason"] == "non-finite loss at measured step 0 of 2 (non-finite since warmup step 1 of 3)"
+
+
+def test_the_summary_names_the_log_of_a_failed_configuration(tmp_path, tiny, fake, monkeypatch):
+    monkeypatch.setenv("FAKE_WORKER_ERROR", "ValueError: a bad shape")
+    out = tmp_path / "run"
+    result = lmbench("run", "--suite", tiny, "--out", out, "--set", "precision=fp32")
+    assert result.exit_code == 0, result.output
+    record, = results.read(out).records
+    assert f"logs: {out / 'logs'} (1 of this session's records failed; {record['config_key']}-r0.log is the " \
+           "first's)" in " ".join(result.output.split())
+    assert (out / "logs" / f"{record['config_key']}-r0.log").exists()
