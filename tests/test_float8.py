@@ -1,5 +1,6 @@
 """FP8 training (torchao float8) on a CPU: which layers convert, training end to end, skip reasons, parity plan."""
 
+import dataclasses
 import json
 
 import pytest
@@ -159,6 +160,23 @@ def platform(**changes):
 def test_fp8_is_skipped_without_fp8_tensor_cores(capability, reason):
     gpu = platform(cuda_available=True, device_count=1, capability=capability)
     assert skip_reason(Config(precision="fp8-rowwise", device="cuda", kernels="compile"), gpu) == reason
+
+
+def test_fp8_on_a_gpu_is_skipped_for_shapes_its_matmuls_refuse():
+    """batch_size=1, seq_len=100 passed every CPU test and died in the first backward on a GPU: the micro-batch's
+    tokens are the inner dimension of the weight gradient's _scaled_mm, which must be a multiple of 16."""
+    gpu = platform(cuda_available=True, device_count=1, capability=(9, 0))
+    config = Config(model="tiny-llama", precision="fp8-tensorwise", device="cuda", kernels="compile")
+    assert skip_reason(config, gpu) is None
+    assert skip_reason(config.replace(batch_size=1, seq_len=100), gpu) == (
+        "precision=fp8-tensorwise needs each micro-batch's tokens (batch_size x seq_len = 100) in a multiple of 16: "
+        "they are the inner dimension of the weight gradient's FP8 matmul on a GPU")
+    assert skip_reason(config.replace(batch_size=1, seq_len=100, device="cpu"), probe_platform()) is None
+    odd = dataclasses.replace(MODELS["tiny-llama"], name="odd-llama", intermediate=172)
+    assert float8.shape_problem("fp8-rowwise", odd, 256) == (
+        "precision=fp8-rowwise needs the block linears' widths in multiples of 16 (FP8 matmuls on a GPU); odd-llama "
+        "has MLP width 172")
+    assert all(float8.shape_problem("fp8-rowwise", spec, 4096) is None for spec in MODELS.values())
 
 
 def test_fp8_is_skipped_without_torchao_or_a_cpu_scaled_mm(monkeypatch):

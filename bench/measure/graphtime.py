@@ -67,15 +67,17 @@ class HostWait(LmbenchError):
 
 
 @contextlib.contextmanager
-def side_stream_refusing_host_waits(device: Any = None) -> Iterator[None]:
-    """The block runs on a fresh side stream after the current stream's work, under torch's sync debug mode set to
-    "error", as work must be warmed up before a capture (lazy initialisation, cuBLAS workspaces): a host wait
-    (.item(), torch.equal, a copy to the host), which would fail the capture and on older torch the allocator with
-    it, raises HostWait here instead. After the block the current stream waits for the side stream."""
+def side_stream_refusing_host_waits(device: Any = None, side: Any = None) -> Iterator[None]:
+    """The block runs on a side stream (`side`, else a fresh one) after the current stream's work, under torch's
+    sync debug mode set to "error", as work must be warmed up before a capture (lazy initialisation, cuBLAS
+    workspaces): a host wait (.item(), torch.equal, a copy to the host), which would fail the capture and on older
+    torch the allocator with it, raises HostWait here instead. After the block the current stream waits for the
+    side stream. Warmups that repeat pass one `side`: the caching allocator keeps freed blocks per stream, so a
+    fresh stream each time could not reuse the last one's memory."""
     import torch
 
     caller = torch.cuda.current_stream(device)
-    side = torch.cuda.Stream(device)
+    side = side if side is not None else torch.cuda.Stream(device)
     side.wait_stream(caller)
     before = torch.cuda.get_sync_debug_mode()
     try:

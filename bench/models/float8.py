@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import importlib.util
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -27,6 +28,9 @@ import torch.nn as nn
 from lmbench.errors import Float8ConversionError
 from lmbench.models.conv1d import conv1d_as_linear, is_conv1d
 from lmbench.models.versions import release
+
+if TYPE_CHECKING:
+    from lmbench.models.registry import ModelSpec
 
 #: precision axis value -> torchao Float8LinearConfig recipe name.
 RECIPES: dict[str, str] = {"fp8-tensorwise": "tensorwise", "fp8-rowwise": "rowwise"}
@@ -88,6 +92,31 @@ def unavailable(precision: str, device_type: str, capability: tuple[int, int] | 
         return None
     problem = cpu_scaled_mm_problem(RECIPES[precision])
     return f"precision={precision} cannot run on the CPU: {problem}" if problem else None
+
+
+#: What FP8 matmuls ask of every dimension they multiply on a GPU (torch._scaled_mm's CUDA kernels; torchao's own
+#: module filters ask it of a linear's in and out features, float8_linear_utils.py).
+FP8_MULTIPLE = 16
+
+
+def shape_problem(precision: str, spec: ModelSpec, tokens: int) -> str | None:
+    """Why `spec`'s block linears cannot run as FP8 matmuls on a GPU with `tokens` tokens a micro-batch, or None.
+
+    Each dimension of a block linear's three matmuls must be a multiple of 16: its in and out features, and the
+    micro-batch's tokens, the inner dimension of the weight gradient's grad_outputᵀ·input. The CPU kernel asks
+    none of it (torch's meta check skips the CPU), so batch_size=1, seq_len=100 passed every CPU test and died in
+    the first backward on the GPU ("Expected trailing dimension of mat1 to be divisible by 16"; a reviewer)."""
+    widths = {"hidden size": spec.hidden, "MLP width": spec.intermediate,
+              "key/value width": spec.n_kv_heads * spec.head_dim}
+    odd = [f"{what} {size}" for what, size in widths.items() if size % FP8_MULTIPLE]
+    if odd:
+        return (f"precision={precision} needs the block linears' widths in multiples of {FP8_MULTIPLE} (FP8 matmuls "
+                f"on a GPU); {spec.name} has {', '.join(odd)}")
+    if tokens % FP8_MULTIPLE:
+        return (f"precision={precision} needs each micro-batch's tokens (batch_size x seq_len = {tokens}) in a "
+                f"multiple of {FP8_MULTIPLE}: they are the inner dimension of the weight gradient's FP8 matmul on a "
+                f"GPU")
+    return None
 
 
 def _read_by_parent(parent: nn.Module) -> bool:

@@ -127,6 +127,9 @@ def skip_reason(config: Config, platform: Platform, *, nnodes: int = 1) -> str |
     if config.precision in float8.RECIPES:
         # On a CPU FP8 runs through torch._scaled_mm's CPU kernel: the numbers (tests, parity), not the speed.
         fp8_problem = float8.unavailable(config.precision, config.device.partition(":")[0], platform.capability)
+        if not fp8_problem and config.device.startswith("cuda"):
+            fp8_problem = float8.shape_problem(config.precision, MODELS[config.model],
+                                               config.batch_size * config.seq_len)
         if fp8_problem:
             return fp8_problem
     kernels_problem = KERNEL_SETS[config.kernels].unavailable(MODELS[config.model], config.device.partition(":")[0])

@@ -68,6 +68,8 @@ class StepGraph:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.loss: torch.Tensor | None = None
         self.capture_peak_allocated_bytes: int | None = None
+        self._side: torch.cuda.Stream | None = None
+        """The eager steps' side stream, made at the first."""
         for group in step.precision.optimizer.param_groups:
             if "capturable" not in group:
                 raise StepNotCapturable(f"optimizer {type(step.precision.optimizer).__name__} cannot be captured "
@@ -95,7 +97,9 @@ class StepGraph:
 
     def _eager(self) -> torch.Tensor:
         try:
-            with side_stream_refusing_host_waits():
+            if self._side is None:
+                self._side = torch.cuda.Stream()  # one for every eager step: each reuses the last one's freed blocks
+            with side_stream_refusing_host_waits(side=self._side):
                 return self.run()
         except HostWait as err:
             raise StepNotCapturable(f"cuda_graph=true: the step waits for the device on the host, which a CUDA graph "
