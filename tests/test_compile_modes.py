@@ -491,12 +491,32 @@ def test_window_graphs_count_a_recompilation_but_not_an_excluded_evaluations():
     double(torch.ones(3))
     window = compiled.WindowGraphs()
     double(torch.ones(3))
-    assert window.read() == 0
+    assert window.read() == (0, None)  # no CUDA graphs: their work not counted
     with window.excluded():
         double(torch.ones(3, dtype=torch.float64))
-    assert window.read() == 0
+    assert window.read() == (0, None)
     double(torch.ones(3, dtype=torch.int32))
-    assert window.read() == 1
+    assert window.read() == (1, None)
+
+
+def test_window_graphs_count_the_cudagraph_trees_warmups_and_recordings_in_the_window(monkeypatch):
+    """cudagraph trees re-record a function with no new dynamo graph (an input's address changed) and say nothing
+    until their re-record limit: the window counted 0 graphs while a recording synchronized the device in it."""
+    from torch._inductor.cudagraph_trees import CUDAGraphTreeManager
+
+    calls = []
+    monkeypatch.setattr(CUDAGraphTreeManager, "run_eager", lambda self, *args: calls.append("warmup"))
+    monkeypatch.setattr(CUDAGraphTreeManager, "record_function", lambda self, *args: calls.append("record"))
+    stand_ins = CUDAGraphTreeManager.run_eager, CUDAGraphTreeManager.record_function
+    window = compiled.WindowGraphs(cuda_graphs=True)
+    CUDAGraphTreeManager.run_eager(None, "inputs", 1)
+    with window.excluded():  # an evaluation's own, outside the clocks
+        CUDAGraphTreeManager.record_function(None, "inputs", 2)
+    CUDAGraphTreeManager.record_function(None, "inputs", 1)
+    assert calls == ["warmup", "record", "record"]
+    assert window.read() == (0, 2)
+    # The count stops with the window: the managers' own methods are back.
+    assert (CUDAGraphTreeManager.run_eager, CUDAGraphTreeManager.record_function) == stand_ins
 
 
 def test_the_recompile_limit_is_an_error_not_an_uncompiled_model():

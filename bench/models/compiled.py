@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -120,19 +122,50 @@ def failure_reason(error: BaseException) -> str | None:
 class WindowGraphs:
     """The graphs dynamo compiles over the measured window, less those of its excluded blocks: an evaluation in
     eval mode compiles graphs of its own, outside the window's clocks. Any other is a recompilation (a guard of
-    the compiled step failed), whose compile time then sits inside the window's step times."""
+    the compiled step failed), whose compile time then sits inside the window's step times.
 
-    def __init__(self) -> None:
+    With `cuda_graphs` (compile_mode reduce-overhead, max-autotune) it also counts the CUDA-graph work inductor's
+    cudagraph trees did over the window: a function run eagerly to warm it up, or recorded as a graph. Either
+    happens with no new dynamo graph (a static input's address changed, a new path through the tree) and silently
+    until cudagraph_unexpected_rerecord_limit (128; a reviewer): a recording synchronizes the device in the window.
+    """
+
+    def __init__(self, *, cuda_graphs: bool = False) -> None:
         self._start = compiled_graph_counts()[0]
         self._excluded = 0
+        self.tree_work = 0
+        """Warmups and recordings of the cudagraph trees so far, less the excluded blocks'."""
+        self._restore: list[tuple[Any, str, Any]] = []
+        if cuda_graphs:
+            from torch._inductor.cudagraph_trees import CUDAGraphTreeManager
+
+            for name in ("run_eager", "record_function"):  # both torch 2.11's and 2.13's
+                original = getattr(CUDAGraphTreeManager, name)
+                self._restore.append((CUDAGraphTreeManager, name, original))
+                setattr(CUDAGraphTreeManager, name, self._counted(original))
+
+    def _counted(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(original)
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.tree_work += 1
+            return original(*args, **kwargs)
+
+        return counted
 
     @contextlib.contextmanager
     def excluded(self) -> Iterator[None]:
-        before = compiled_graph_counts()[0]
+        before, work = compiled_graph_counts()[0], self.tree_work
         try:
             yield
         finally:
             self._excluded += compiled_graph_counts()[0] - before
+            self.tree_work = work
 
-    def read(self) -> int:
-        return compiled_graph_counts()[0] - self._start - self._excluded
+    def read(self) -> tuple[int, int | None]:
+        """(graphs dynamo compiled in the window, CUDA-graph warmups and recordings in it, or None uncounted);
+        the count stops here."""
+        for owner, name, original in self._restore:
+            setattr(owner, name, original)
+        tree_work = self.tree_work if self._restore else None
+        self._restore = []
+        return compiled_graph_counts()[0] - self._start - self._excluded, tree_work

@@ -244,7 +244,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         # Loss-scale overflows so far (warmup's): read outside the window, where the device is idle.
         skipped_before = step.precision.skipped_steps
         losses_t = _StepLosses()
-        window_graphs = WindowGraphs() if config.kernels == "compile" else None
+        window_graphs = WindowGraphs(cuda_graphs=step.compile_graphs) if config.kernels == "compile" else None
         # The host's watch spans the timed window: it opens after the ranks' barrier and closes once the timer's
         # closing synchronisation has drained the window's steps.
         load = hostload.HostLoad()
@@ -268,7 +268,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         compiled = None
         if window_graphs is not None:
             step.kernels_applied, *compiled = describe_compiled(config.compile_mode, cuda_graphs=step.compile_graphs)
-            compiled.append(window_graphs.read())
+            compiled.extend(window_graphs.read())
         # Read before profiling: the profiler's steps and buffers are not part of the measurement.
         peaks = training_peaks.read()
         if step.graph is not None:
@@ -332,6 +332,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         "compiled_graphs": compiled[0] if compiled else None,
         "compile_graph_breaks": compiled[1] if compiled else None,
         "compiled_graphs_in_window": compiled[2] if compiled else None,
+        "cudagraph_recordings_in_window": compiled[3] if compiled else None,
         "overflow_skipped_warmup_steps": skipped_before,
         "attention_kernel": attention.kernel if attention is not None else None,
     }
@@ -406,7 +407,8 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         "kernels_applied": step.kernels_applied,
         # Dynamo's own counts (kernels=compile), the most any rank compiled or broke.
         **{key: max(r[key] for r in per_rank) if per_rank[0][key] is not None else None
-           for key in ("compiled_graphs", "compile_graph_breaks", "compiled_graphs_in_window")},
+           for key in ("compiled_graphs", "compile_graph_breaks", "compiled_graphs_in_window",
+                       "cudagraph_recordings_in_window")},
         "attention_kernel": per_rank[0]["attention_kernel"],
         "precision_applied": step.precision.applied,
         # torchao's FP8 is meant to run compiled; the record says whether it was.
@@ -492,6 +494,11 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         warnings.append(f"torch.compile compiled {result['compiled_graphs_in_window']} graph(s) inside the measured "
                         "window (a guard of the compiled step failed; TORCH_LOGS=recompiles names it): the compilation "
                         "is in the window's step times, not the compiled steady state")
+    if result["cudagraph_recordings_in_window"]:
+        warnings.append(f"inductor's cudagraph trees warmed up or recorded {result['cudagraph_recordings_in_window']} "
+                        "CUDA graph(s) inside the measured window (an input's address changed, or a new path through "
+                        "the tree; no new dynamo graph says so): each synchronizes the device and runs eagerly, in the "
+                        "window's step times, not the replayed steady state")
     host_read = host_read_in_step(config) if device.type == "cuda" else None
     if host_read:
         warnings.append(f"{host_read}: a host sync inside every step, which the GPU may wait on")
