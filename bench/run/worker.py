@@ -208,6 +208,8 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         # torch.compile, whose graphs it would break, nor over DTensors, threads or a pipeline's schedule).
         attention = AttentionWatch() if _watches_attention(config) else None
         warmup_losses = _StepLosses()
+        # The warmup's peaks (compile_graphs: they stand in for the window's, below), an evaluation's set aside.
+        warmup_peaks = _TrainingPeaks(devices)
         with warmup_timer.window():
             for _ in range(config.warmup):
                 watched = attention if attention is not None and done == 0 else contextlib.nullcontext()
@@ -225,14 +227,14 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
                         torch.cuda.reset_peak_memory_stats(used)
                 budget.check()
                 if quality is not None and quality.due(done):
-                    with warmup_timer.paused():
+                    with warmup_timer.paused(), warmup_peaks.excluded():
                         quality.evaluate(done, warmup_timer.device_s)
         recorded_peak = None
         if device.type == "cuda":
             for used in devices:
                 torch.cuda.synchronize(used)
             if step.compile_graphs:
-                recorded_peak = max(torch.cuda.max_memory_allocated(used) for used in devices)
+                recorded_peak = warmup_peaks.read()["mem_peak_allocated_bytes"]
             for used in devices:
                 torch.cuda.reset_peak_memory_stats(used)
         warmup_s = time.perf_counter() - warmup_start - (quality.eval_s if quality is not None else 0.0)
