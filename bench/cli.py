@@ -107,7 +107,11 @@ class LmbenchGroup(click.Group):
             _stop(carried.error)
         except click.UsageError as err:
             if _NO_ARGS is not None and isinstance(err, _NO_ARGS) and err.ctx is not None:
-                click.echo(err.ctx.get_help())  # bare `lmbench` asks what there is, as click 8.1 answered it
+                try:
+                    click.echo(err.ctx.get_help())  # bare `lmbench` asks what there is, as click 8.1 answered it
+                    sys.stdout.flush()
+                except BrokenPipeError as gone:
+                    _stop(gone)
                 sys.exit(EXIT_OK)
             where = f" ({err.ctx.command_path})" if err.ctx else ""
             click.echo(f"lmbench: error{where}: {err.format_message()}{_allowed(err)}", err=True)

@@ -11,6 +11,7 @@ Behaviour comes from the environment, which the parent passes on to its workers:
   FAKE_WORKER_STRAGGLER=DIR  leave a child running in the worker's session (its pid in DIR/<pid>), then exit
   FAKE_WORKER_LINGER=TEXT  after writing the result, hang (until killed) when TEXT is in the job's config key
   FAKE_WORKER_CRASH_AT=S  die of SIGSEGV S seconds after the job starts (its stacks' dump crashing it)
+  FAKE_WORKER_CRASH_BEFORE_DEADLINE=S  die of SIGSEGV S seconds before the job's deadline
   FAKE_WORKER_SAY=TEXT    print TEXT before anything else (a library's chatter in the log)
   FAKE_WORKER_SIGNAL=N    kill itself with signal N (after FAKE_WORKER_SAY)
   FAKE_WORKER_STUBBORN=DIR  leave a child that ignores SIGTERM (its pid in DIR/<pid>), then hang
@@ -62,6 +63,11 @@ def work(job_path: Path, result_path: Path) -> int:
     if os.environ.get("FAKE_WORKER_RESULT") is not None:
         result_path.write_text(os.environ["FAKE_WORKER_RESULT"])
         return 0
+    if os.environ.get("FAKE_WORKER_CRASH_BEFORE_DEADLINE"):
+        import signal
+
+        time.sleep(max(0.0, job["deadline"] - float(os.environ["FAKE_WORKER_CRASH_BEFORE_DEADLINE"]) - time.time()))
+        os.kill(os.getpid(), signal.SIGSEGV)
     if os.environ.get("FAKE_WORKER_CRASH_AT"):
         import signal
 

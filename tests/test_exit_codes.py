@@ -99,7 +99,7 @@ def test_crash_log_falls_back_to_the_temporary_directory(tmp_path, monkeypatch):
 # What click's own `main` would answer, were it let: a closed stdout as exit 1 (a regression's code), SIGTERM as
 # SIGINT's 130, a bug's EOFError as an interrupt.
 
-@pytest.mark.parametrize("args", [["list", "--defaults"], ["--version"], ["--help"]])
+@pytest.mark.parametrize("args", [["list", "--defaults"], ["--version"], ["--help"], []])
 def test_a_reader_gone_from_stdout_exits_141_quietly(args, tmp_path):
     """`lmbench list --defaults | head -c 10`: the way `cat` and `git log` end there (SIGPIPE), not a regression."""
     import os

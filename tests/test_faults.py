@@ -1152,6 +1152,30 @@ def test_a_rank_that_failed_first_is_the_records_cause(tmp_path, tiny, monkeypat
     record, = results.read(out).records
     assert (record["status"], record["reason"]) == (status, reason)
     assert not list((out / "work").glob("*.rank*")), "a rank's failure file is removed once read"
+    # Rank 0 exits 1 after a failed result on purpose (so torchrun ends the others): no failure on the way out.
+    assert not any("wrote its result" in warning for warning in record["warnings"]), record["warnings"]
+
+
+_RANK_FAILS_AFTER_AN_OK_RESULT = """
+import json, sys, time
+result = sys.argv[1]
+with open(result, "w") as f:
+    json.dump({"status": "ok", "reason": None, "metrics": {"tokens_per_s": 5.0}, "losses": [1.0]}, f)
+with open(result + ".rank1", "w") as f:
+    json.dump({"status": "error", "reason": "RuntimeError: a rank's teardown", "failed_at": time.time(), "rank": 1}, f)
+raise SystemExit(1)
+"""
+
+
+def test_a_rank_that_fails_after_rank_0s_ok_result_is_named_in_a_warning(tmp_path, tiny, monkeypatch):
+    monkeypatch.setattr(runner, "worker_command", lambda config, job, result, launch: [
+        sys.executable, "-c", _RANK_FAILS_AFTER_AN_OK_RESULT, str(result)])
+    out = tmp_path / "run"
+    assert lmbench("run", "--suite", tiny, "--out", out, "--set", "precision=fp32").exit_code == 0
+    record, = results.read(out).records
+    assert record["status"] == "ok"
+    assert ("the worker wrote its result, then exited with code 1 (rank 1 failed after it: RuntimeError: a rank's "
+            "teardown)") in record["warnings"]
 
 
 def test_a_failing_rank_other_than_0_leaves_its_failure_for_the_parent(tmp_path, monkeypatch):
@@ -1315,6 +1339,19 @@ def test_a_crash_is_oom_only_when_the_error_says_so_and_its_reason_is_the_error_
 
     assert out_of_memory("[rank1]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")
     assert out_of_memory("MemoryError: can't allocate memory") and not out_of_memory("out of memory pressure hint")
+    # Failures reported outside Python's exceptions (a reviewer's: an NCCL watchdog's OOM read as error).
+    assert out_of_memory("terminate called after throwing an instance of 'c10::OutOfMemoryError'")
+    assert out_of_memory("  what():  CUDA out of memory. Tried to allocate 20.00 MiB")
+    assert out_of_memory("[rank1]:[E1128 10:00:00.1 ProcessGroupNCCL.cpp:1] CUDA error: out of memory")
+    assert out_of_memory("host:1:2 [0] misc.cc:1 NCCL WARN Cuda failure 'out of memory'")
+    # torchrun's own last word says that a rank failed, never why: the rank's error is quoted.
+    log = ("[rank1]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\nTraceback (most recent "
+           "call last):\n  File \"torchrun\", line 8\n"
+           "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n")
+    assert runner._last_word(log) == ("last error in the log: [rank1]: torch.OutOfMemoryError: CUDA out of memory. "
+                                      "Tried to allocate 2.00 GiB")
+    assert runner._last_word("triton.runtime.errors.OutOfResources: out of resource: shared memory\nbye") == (
+        "last error in the log: triton.runtime.errors.OutOfResources: out of resource: shared memory")
 
 
 def test_a_child_that_ignores_sigterm_does_not_outlive_a_timed_out_worker(tmp_path, tiny, fake, monkeypatch):
@@ -1364,9 +1401,10 @@ def test_a_lingering_worker_past_timeout_s_keeps_its_result_and_says_it_hung(tmp
 
 def test_a_crash_well_after_its_stacks_were_dumped_is_its_own_and_the_log_keeps_them(tmp_path, tiny, fake,
                                                                                    monkeypatch):
-    """timeout_s=8: the stacks' moment at 6 s; a SIGSEGV at 7.3 s, the dump long done, is the worker's own crash,
-    not the dump's (recorded as a timeout, its dump deleted though the reason sent the reader to the log)."""
-    monkeypatch.setenv("FAKE_WORKER_CRASH_AT", "7.3")
+    """timeout_s=8: the stacks' moment 2 s before the deadline; a SIGSEGV 0.5 s before it, the dump long done, is
+    the worker's own crash, not the dump's (recorded as a timeout, its dump deleted though the reason sent the
+    reader to the log)."""
+    monkeypatch.setenv("FAKE_WORKER_CRASH_BEFORE_DEADLINE", "0.5")
     record, out = _one_fp32_record(tmp_path, tiny, "timeout_s=8")
     assert record["status"] == "error", record["reason"]
     assert record["reason"].startswith("worker was killed by SIGSEGV without a result")

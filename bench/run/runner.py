@@ -185,15 +185,20 @@ def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch(), hold:
     others = _rank_failures(result_path)
     if payload is not None:
         status, reason = payload["status"], payload["reason"]
-        if code != 0:
-            teardown = f"the worker wrote its result, then {_ended(code)} (its log has its end)"
+        # A failed result's non-zero exit is by design (rank 0 ends torchrun's other ranks that way).
+        if code != 0 and status == "ok":
+            late = min(others, key=lambda failure: failure["failed_at"]) if others else None
+            teardown = f"the worker wrote its result, then {_ended(code)} " + (
+                f"(rank {late['rank']} failed after it: {late['reason']})" if late else "(its log has its end)")
         if teardown:
+            _append_stacks(log_path, dumps)
             payload = {**payload, "warnings": [*(payload.get("warnings") or []), teardown]}
     elif left:
         status, reason = "error", (f"the worker's result file was unreadable ({_ended(code)}; kept as {kept.name}); "
                                    f"last log line: {_last_line(log_path)}")
-    elif -code in CRASHES and time.time() >= deadline - stacks.margin_s(job.config.timeout_s) and not (
-            dumps and time.time() > deadline - stacks.margin_s(job.config.timeout_s) + DUMP_S):
+    elif -code in CRASHES and (crashed_at := _crashed_at(log_path)) >= deadline - stacks.margin_s(
+            job.config.timeout_s) and not (dumps and crashed_at > deadline - stacks.margin_s(job.config.timeout_s)
+                                           + DUMP_S):
         # Killed by a signal after its stacks' moment, with no dump taken well before: faulthandler's dump reads
         # every thread's frames without the GIL, and a worker busy importing (a 0.5 s timeout_s) died of it
         # (SIGSEGV) in CI. Its time was up all the same: a timeout, not an error of the configuration's.
@@ -418,19 +423,43 @@ def _last_line(path: Path) -> str:
     return lines[-1][:300] if lines else "(empty log)"
 
 
-#: A line that says why a process failed: an exception's (`torch.OutOfMemoryError: ...`, torchrun's `[rank1]: `
-#: before it) or the interpreter's own on a fatal signal (faulthandler: `Fatal Python error: Segmentation fault`).
-_WHY = re.compile(r"^(?:\[rank\d+\]:\s*)?(?:[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)\b|Fatal Python error:)")
+#: A line that says why a process failed: an exception's (`torch.OutOfMemoryError: ...`, `triton.runtime.errors.
+#: OutOfResources: ...`, torch's `[rank1]: ` before it) or the interpreter's own on a fatal signal (faulthandler:
+#: `Fatal Python error: Segmentation fault`).
+_WHY = re.compile(r"^(?:\[rank\d+\]:\s*)?(?:[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)\b"
+                  r"|(?:[a-z_]\w*\.)+[A-Z]\w*:|Fatal Python error:)")
+#: torchrun's own last word, after every rank's: it says that a rank failed, never why.
+_TORCHRUN_SUMMARY = "ChildFailedError"
+#: Words of a line that reports a failure outside Python's exceptions: C++'s `terminate called after throwing ...` and
+#: its `what():`, c10's `[E...] ... CUDA error: out of memory`, NCCL's `Cuda failure 'out of memory'`.
+_FAILURE_WORDS = ("error", "fail", "what():", "terminate called", "abort")
 
 
 def _why_lines(log_text: str) -> list[str]:
-    return [line.strip() for line in log_text.splitlines() if _WHY.match(line.strip())]
+    return [line.strip() for line in log_text.splitlines()
+            if _WHY.match(line.strip()) and _TORCHRUN_SUMMARY not in line]
 
 
 def out_of_memory(log_text: str) -> bool:
-    """Whether the log's failure was memory's: a marker in an exception's line, not anywhere (a worker that printed
-    "out of memory pressure hint" and then crashed read as oom, which tune takes for a memory limit; a reviewer)."""
-    return any(marker in line for line in _why_lines(log_text) for marker in OOM_MARKERS)
+    """Whether the log's failure was memory's: a marker in a line that reports a failure (an exception's, C++'s,
+    c10's or NCCL's), not in any line (a worker that printed "out of memory pressure hint" and then crashed read as
+    oom, which tune takes for a memory limit; a reviewer)."""
+    def reports(line: str) -> bool:
+        return bool(_WHY.match(line.strip())) or any(word in line.lower() for word in _FAILURE_WORDS)
+
+    return any(marker in line for line in log_text.splitlines() if reports(line) for marker in OOM_MARKERS)
+
+
+def _crashed_at(log_path: Path) -> float:
+    """When a single worker died of a fatal signal: when faulthandler wrote its `Fatal Python error` (the log's last
+    write), else now. The parent learns of the death later where the core dump is piped to a handler (systemd-
+    coredump, apport), seconds for a CUDA process."""
+    try:
+        if "Fatal Python error:" in _log_end(log_path):
+            return log_path.stat().st_mtime
+    except OSError:
+        pass
+    return time.time()
 
 
 def _last_word(log_text: str) -> str:
