@@ -424,7 +424,8 @@ def test_a_rank_killed_by_a_signal_is_named_before_rank_0s_symptom():
     # A rank that exited below Python's exceptions (os._exit(7) at its third step, a reviewer) left no failure file:
     # it is named, not rank 0's connection reset; a signal goes before it.
     assert killed_first(symptom, torchrun_summary((0, 1), (1, 7)), said={0}) == (
-        "rank 1 exited with code 7 without a word of why (torchrun's summary); then: " + symptom)
+        "rank 1 exited with code 7 and left no failure record (its log may say why; torchrun's summary); then: "
+        + symptom)
     assert killed_first(symptom, torchrun_summary((2, 7), (1, -9)), said={0}).startswith("rank 1 was killed by SIGKILL")
     assert killed_first(symptom, "Traceback ...\n") == symptom
     # A reason that already names the rank (its failure file's) is left as it is.

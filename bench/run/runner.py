@@ -251,7 +251,8 @@ def killed_first(reason: str | None, log_text: str, said: Collection[int] = ()) 
         return reason
     if not killed:
         rank, code = min(exited.items())
-        return f"rank {rank} exited with code {code} without a word of why (torchrun's summary); then: {reason}"
+        return (f"rank {rank} exited with code {code} and left no failure record (its log may say why; torchrun's "
+                f"summary); then: {reason}")
     rank, number = min(killed.items())
     name = signal_name(number)
     outside = ("; a SIGKILL comes from outside the job, most often from the host's out-of-memory killer"
