@@ -284,6 +284,23 @@ def test_stages_chained_compute_the_whole_models_logits_and_loss(name):
     assert (first.first, first.last, last.first, last.last) == (True, False, False, True)
 
 
+def test_stages_cut_for_the_heads_work_compute_the_whole_model():
+    """A split that is not even (the last stage's head, 1.28 blocks' worth, leaves it one block of four) chains to
+    the whole model's logits, each stage holding the blocks pipeline_split gives it."""
+    config = Config(model="tiny-gpt2-4l", parallel="pp", nproc=2, seq_len=16, vocab_multiple=1024)
+    spec = dataclasses.replace(MODELS["tiny-gpt2-4l"], vocab_size=config.padded_vocab)
+    torch.manual_seed(0)
+    model = build_model(spec, attention="sdpa", dropout=False).eval()
+    ids = torch.randint(0, MODELS["tiny-gpt2-4l"].vocab_size, (2, 16))
+    with torch.no_grad():
+        whole = model(input_ids=ids).logits
+        first, last = cut(model, spec, config, [0], 2), cut(model, spec, config, [1], 2)
+        logits = last[0](first[0](ids))
+    assert [len(first[0].blocks()), len(last[0].blocks())] == [3, 1]
+    assert [len(r) for r in pipeline_split(spec, config, 2)] == [3, 1]
+    assert torch.allclose(logits, whole, atol=1e-5)
+
+
 def test_stages_laid_out_in_a_v_compute_the_whole_model_and_share_the_tied_weight():
     spec = MODELS["tiny-gpt2-4l"]
     torch.manual_seed(0)
