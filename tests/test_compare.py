@@ -1059,6 +1059,18 @@ def test_a_configuration_whose_kernels_applied_differ_says_so():
     assert "other kernels" not in unsaid.note
 
 
+def test_a_pipeline_split_otherwise_says_so():
+    """lmbench 2026-11-28 splits a pipeline for the LM head's work: the same key over another split is a change of
+    the harness's, not of the code under test."""
+    def split(records, layers):
+        for r in records:
+            r["metrics"]["pp_layers_per_stage"] = layers
+        return records
+
+    (v,) = compare(split(run_of({"a": TIGHT}), [6, 6]), split(run_of({"a": [v * 1.1 for v in TIGHT]}), [8, 4]))
+    assert v.note == "other blocks per pipeline stage: baseline [6, 6]; candidate [8, 4]"
+
+
 def test_a_configuration_trained_on_another_corpus_says_so():
     """Records name their corpus by its SHA-256: a file edited at the same path compared silently."""
     base, cand = run_of({"a": TIGHT}), run_of({"a": TIGHT})

@@ -362,9 +362,10 @@ def compare(base: list[dict[str, Any]], cand: list[dict[str, Any]], *, metric: s
             verdict.note = "; ".join(filter(None, [verdict.note, f"failed repeats: candidate "
                                                    f"{status_counts(c_status[key], FAILURES)}, baseline "
                                                    f"{status_counts(b_status[key], FAILURES) or 'none failed'}"]))
-        # One key, other code (a newer lmbench fused more or less, compile broke the graph elsewhere) or other data
-        # (a corpus edited at the same path).
-        for field, what in (("kernels_applied", "other kernels applied"), ("data_sha256", "other data")):
+        # One key, other code (a newer lmbench fused more or less, compile broke the graph elsewhere, split a
+        # pipeline otherwise) or other data (a corpus edited at the same path).
+        for field, what in (("kernels_applied", "other kernels applied"), ("data_sha256", "other data"),
+                            ("pp_layers_per_stage", "other blocks per pipeline stage")):
             differs = _differs(base, cand, key, field, what)
             if differs:
                 verdict.note = "; ".join(filter(None, [verdict.note, differs]))
