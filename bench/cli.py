@@ -298,8 +298,9 @@ def _run_suite(plan: RunPlan, out: Path | None, *, resume: bool, dry_run: bool =
         node_rank = int(slurm)
     launch = Launch(nnodes=plan.nnodes, node_rank=node_rank or 0, rdzv_endpoint=rdzv_endpoint)
     node_rank = launch.node_rank
-    parsed = suites.parse_overrides(list(plan.overrides) + ([f"device={plan.device}"] if plan.device else []))
-    suite = suites.load(plan.suite).with_overrides(parsed)
+    suite = suites.load(plan.suite).with_overrides(suites.parse_overrides(list(plan.overrides)))
+    if plan.device:
+        suite = suite.with_overrides(suites.parse_overrides([f"device={plan.device}"]), flag="--device")
     plan = dataclasses.replace(plan, suite_sha256=suite.digest)
     planned = suite.expand(max_configs=max_configs)
     for warning in suite.unused_options(planned):

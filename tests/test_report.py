@@ -897,6 +897,9 @@ def test_planned_repeats_with_no_record_are_rows_and_lines_left_out_are_named(re
     assert "| 4 | amp-bf16 | not recorded | - |" in md
     failures = md.split("## Not measured")[1]
     assert "| 4 | amp-bf16 | not recorded | planned, with no readable record" in failures
+    # The command that goes on with it, with the run's own plan (`lmbench run --resume DIR` alone is refused).
+    assert f"(lmbench run --suite {json.loads((short / 'run.json').read_text())['plan']['suite']} --out {short}" \
+        in " ".join(failures.split())
     html = (out / "report.html").read_text()
     assert "Not recorded: 1 planned" in html and "not recorded" in html
 

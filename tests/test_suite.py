@@ -150,3 +150,12 @@ def test_numbers_on_the_command_line_are_ascii_digits():
     for raw in ("\u0664", "1_000"):
         with pytest.raises(SuiteError, match=r"is not an integer \(ASCII digits, no '_'\)"):
             suites.parse_overrides([f"batch_size={raw}"])
+
+
+def test_an_error_of_the_plan_names_device_as_the_option_that_gave_it():
+    """`--device cpu` read as `--set device` in a plan's errors (a new user's docs check)."""
+    suite = suites.load("smoke").with_overrides({"seq_len": [64]}).with_overrides({"device": ["cpu"]}, flag="--device")
+    assert suite.where == "builtin:smoke with --set seq_len and --device"
+    assert suites.load("smoke").with_overrides({"device": ["cpu"]}, flag="--device").where == (
+        "builtin:smoke with --device")
+    assert suite.defaults["device"] == "cpu"

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from lmbench.analyze import results
-from lmbench.errors import ResultsError
+from lmbench.errors import LmbenchError, ResultsError
 
 #: The status of a planned (configuration, repeat) with no record; never written to a results file.
 NOT_RECORDED = "not recorded"
@@ -50,8 +50,8 @@ def unrecorded(run_dir: Path, records: list[dict[str, Any]]) -> tuple[list[dict[
     if not meta or meta.get("command", "run") != "run" or not isinstance(repeats, int) or repeats < 1:
         return [], []
     done = {(r["config_key"], r["repeat"]) for r in records}
-    reason = (f"planned, with no readable record: the run stopped before it or is still going (lmbench run "
-              f"--resume {run_dir}, with the run's own options, measures it), or its line was left out when read")
+    reason = (f"planned, with no readable record: the run stopped before it or is still going "
+              f"({_resume(meta, run_dir)} measures it), or its line was left out when read")
     rows = []
     for key, config in _planned(meta, records):
         rows.extend({"config_key": key, "repeat": repeat, "config": results.full_config(config),
@@ -60,6 +60,16 @@ def unrecorded(run_dir: Path, records: list[dict[str, Any]]) -> tuple[list[dict[
                      "run": str(run_dir)}
                     for repeat in range(repeats) if (key, repeat) not in done)
     return rows, []
+
+
+def _resume(meta: dict[str, Any], run_dir: Path) -> str:
+    """The command that goes on with the run: its own plan's, where run.json holds one this lmbench reads."""
+    from lmbench.plan.runplan import RunPlan
+
+    try:
+        return RunPlan.from_json(meta["plan"]).resume_command(run_dir)
+    except (KeyError, TypeError, ValueError, LmbenchError):
+        return f"lmbench run --suite SUITE --out {run_dir} --resume, with the run's own options,"
 
 
 def summary_line(rows: list[dict[str, Any]]) -> str | None:

@@ -62,20 +62,24 @@ class Suite:
     exclude: list[dict[str, list[Any]]] = field(default_factory=list)
     overridden: tuple[str, ...] = ()
     """The axes `--set` gave (with_overrides), named beside the file in errors of the expanded plan."""
+    flags: tuple[str, ...] = ()
+    """Options other than --set that gave an axis (`--device`), named as they were given."""
 
     @property
     def where(self) -> str:
         """The file and the --set axes a plan came from, for an error found in it (`--set seq_len=99999` past a
-        model's positions was blamed on the file alone)."""
-        return f"{self.source} with --set {', '.join(self.overridden)}" if self.overridden else self.source
+        model's positions was blamed on the file alone); `--device` by its own name (it read as `--set device`)."""
+        given = ([f"--set {', '.join(self.overridden)}"] if self.overridden else []) + list(self.flags)
+        return f"{self.source} with {' and '.join(given)}" if given else self.source
 
     @property
     def size(self) -> int:
         """Number of matrix points before exclusions."""
         return math.prod(len(values) for values in self.matrix.values())
 
-    def with_overrides(self, overrides: dict[str, list[Any]]) -> Suite:
-        """Apply `--set KEY=V1,V2`: one value replaces the default, several become a matrix axis."""
+    def with_overrides(self, overrides: dict[str, list[Any]], *, flag: str | None = None) -> Suite:
+        """Apply `--set KEY=V1,V2`: one value replaces the default, several become a matrix axis. `flag`: the option
+        that gave them, where it is not --set (`--device`)."""
         defaults = dict(self.defaults)
         matrix = dict(self.matrix)
         for axis, values in overrides.items():
@@ -87,7 +91,8 @@ class Suite:
                 matrix[axis] = values
         return Suite(name=self.name, description=self.description, source=self.source, digest=self.digest,
                      defaults=defaults, matrix=matrix, exclude=self.exclude,
-                     overridden=tuple(dict.fromkeys([*self.overridden, *overrides])))
+                     overridden=self.overridden if flag else tuple(dict.fromkeys([*self.overridden, *overrides])),
+                     flags=tuple(dict.fromkeys([*self.flags, flag])) if flag else self.flags)
 
     def unused_options(self, planned: list[Planned]) -> list[str]:
         """Warnings for options of a parallel mode or kernel set that the suite sets but no planned configuration
