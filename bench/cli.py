@@ -316,6 +316,12 @@ def _run_suite(plan: RunPlan, out: Path | None, *, resume: bool, dry_run: bool =
             click.echo(notice, err=True)
     if resume and out is None:
         raise UsageError("--resume needs --out RUN_DIR, the run to continue")
+    if dry_run and not resume and out is not None:
+        from lmbench.run.rundir import holds_results
+
+        refused = holds_results(out)
+        if refused:  # what the run would answer: the dry run listed every row as `run`
+            raise UsageError(refused)
     if dry_run:
         from lmbench.plan.layout import explain_plan
 

@@ -557,3 +557,13 @@ def test_tune_on_a_cpu_needs_a_memory_cap(tmp_path):
         "tune on a CPU needs --max-memory SIZE (e.g. 60MiB, 2GiB): the cap on training's host memory growth is the "
         "memory edge it searches; without one the edge is the host's RAM")
     assert not (tmp_path / "t").exists()
+
+
+def test_a_dry_run_into_a_directory_of_results_answers_as_the_run_would(tmp_path):
+    """It listed every row as `run` (exit 0) where the run itself is refused (exit 2; a new user's docs check)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "results.jsonl").write_text('{"config_key": "k"}\n')
+    result = CliRunner().invoke(cli, ["run", "--suite", "smoke", "--out", str(out), "--dry-run", "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert "already holds results; pass --resume to continue that run" in result.stderr

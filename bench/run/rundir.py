@@ -57,6 +57,15 @@ def nothing_to_resume(path: Path) -> str | None:
     return f"--resume: nothing to resume in {str(path)!r} (no results, run.json or probes there): this is a new run"
 
 
+def holds_results(path: Path) -> str | None:
+    """Why a run that does not resume may not write into `path`: it holds another run's results; or None."""
+    found = Path(path) / results.RESULTS_FILE
+    if found.exists() and found.stat().st_size:
+        return f"--out {str(path)!r} already holds results; pass --resume to continue that run, or choose another " \
+               "directory"
+    return None
+
+
 class RunDirectory:
     """One run's directory, locked for this process while open (use it as a context manager)."""
 
@@ -69,9 +78,9 @@ class RunDirectory:
         """Repairs made on opening and appending, for the command to show."""
         self._lock: IO[bytes] | None = _lock(self.path / LOCK_FILE, self.notices)
         try:
-            if self.results_path.exists() and self.results_path.stat().st_size and not resume:
-                raise ResultsError(f"--out {str(self.path)!r} already holds results; pass --resume to continue that "
-                                   "run, or choose another directory")
+            refused = None if resume else holds_results(self.path)
+            if refused:
+                raise ResultsError(refused)
             with results.saving(self.results_path):
                 note = results.repair(self.results_path)
             self.notices += [note] if note else []
