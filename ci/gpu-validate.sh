@@ -16,8 +16,10 @@
 # Nothing is assumed to survive between stages: the machine may be a fresh one each time.
 # Environment: OUT (default ./gpu-out; a new temporary directory when rehearsing), PYTHON (default
 # python3), STAGE_BUDGET_S, STAGE7_OPS (stage 7's microbenchmarks, default "rmsnorm layernorm linear-ce"),
-# STAGE14_MODELS (stage 14's, default "llama gpt2"), STAGE14_LLAMA_BATCH and STAGE14_LLAMA_PRECISIONS (its Llama
-# rows', default the stage's batch and "amp-bf16,bf16").
+# STAGE5_MODELS (stage 5's parity runs, default "tiny-gpt2 tiny-llama"), STAGE14_MODELS (stage 14's, default
+# "llama gpt2"), STAGE14_LLAMA_BATCH and STAGE14_LLAMA_PRECISIONS (its Llama rows', default the stage's batch and
+# "amp-bf16,bf16"), STAGE14_GPT2_BATCH and STAGE14_GPT2_PRECISIONS (its GPT-2 rows', default the compiled batch and
+# amp-bf16), STAGE14_PROFILE (default 1: every stage-14 row profiled after its window; 0 leaves it out).
 set -uo pipefail
 
 usage() {
@@ -164,8 +166,10 @@ install_wheels() {
     # ci/liger-wheel.sh; without them their configurations are `skipped` with the reason.
     local wheels=("$REPO"/ci/wheels/*.whl)
     if [[ ! -e ${wheels[0]} ]]; then
+        # A failed step, not a quiet one: every Liger and FP8 row of the stage would read `skipped`, and the lease
+        # that carried no wheels would be spent on a comparison without its other side.
         echo "no wheels in ci/wheels: run ci/liger-wheel.sh where there is a package index and carry ci/wheels"
-        return 0
+        return 1
     fi
     PIP_BREAK_SYSTEM_PACKAGES=1 "$PY" -m pip install --no-index --no-deps "${wheels[@]}" ||
         PIP_BREAK_SYSTEM_PACKAGES=1 "$PY" -m pip install --user --no-index --no-deps "${wheels[@]}"
@@ -425,7 +429,10 @@ case $STAGE in
         pytest_step pytest-masks 60 -m gpu tests/test_parity.py
         # Up to 330 s, leaving the table its 15 s when the budget cuts the runs (it reads what they recorded).
         room=$((BUDGET_S - PACK_RESERVE_S - KILL_AFTER_S - SECONDS - 15))
-        step parity-tolerances $((room < 330 ? room : 330)) bash -c 'parity_side_by_side "$@"' _ tiny-gpt2 tiny-llama
+        # STAGE5_MODELS: a lease may measure what an earlier one left (tiny-bert-mlm, the fp16 tolerance's model once).
+        # shellcheck disable=SC2086
+        step parity-tolerances $((room < 330 ? room : 330)) bash -c 'parity_side_by_side "$@"' _ \
+            ${STAGE5_MODELS:-tiny-gpt2 tiny-llama}
         step parity-table 30 "$PY" ci/parity-table.py "$WORK"/runs/parity-*/results.jsonl
         ;;
     6)  # FP8 against amp-bf16 (all compiled, loss parity included) and Liger against eager, on Llama-1B.
@@ -508,6 +515,10 @@ case $STAGE in
         # On the H100 (2026-11-27) the six Llama processes took 165 s and the three GPT-2 ones 159 s, each step
         # reaching its limit just after its last record: 185 s each, in STAGE_BUDGET_S=420.
         # STAGE14_MODELS picks one (GPT-2 alone after 3fbea7a: its compiled step broke its graph every forward).
+        # Every row is profiled after its window (the window and the key unchanged), so the report names what holds
+        # MFU back (publish-stage.py's held-back column reads the profiled step); STAGE14_PROFILE=0 leaves it out.
+        profiled=()
+        [[ ${STAGE14_PROFILE:-1} == 1 ]] && profiled=(--profile)
         for model in ${STAGE14_MODELS:-llama gpt2}; do
             case $model in
                 # A larger batch spreads the optimizer's step (about 4% of a batch-8 step at 47.6% MFU) over more
@@ -515,10 +526,13 @@ case $STAGE in
                 llama) run_suite mfu-llama 185 kernels --set "model=$LLAMA" --set kernels=triton \
                            --set "precision=${STAGE14_LLAMA_PRECISIONS:-amp-bf16,bf16}" \
                            --set "batch_size=${STAGE14_LLAMA_BATCH:-$BATCH}" --set steps=30 --set warmup=3 \
-                           --repeats 3 ;;
+                           --repeats 3 ${profiled[@]+"${profiled[@]}"} ;;
+                # STAGE14_GPT2_BATCH, STAGE14_GPT2_PRECISIONS: a second try (pure bf16, a larger batch) needs no edit.
+                # 70 steps: a window of 2.2 s at 32 ms a step, leaving the profiled steps their time in 185 s.
                 gpt2) run_suite mfu-gpt2 185 kernels --set "model=$GPT2" --set kernels=compile --set vocab_multiple=64 \
-                          --set dropout=false --set "batch_size=$COMPILED_BATCH" --set steps=100 --set warmup=8 \
-                          --repeats 3 ;;
+                          --set dropout=false --set "batch_size=${STAGE14_GPT2_BATCH:-$COMPILED_BATCH}" \
+                          --set "precision=${STAGE14_GPT2_PRECISIONS:-amp-bf16}" --set steps=70 --set warmup=8 \
+                          --repeats 3 ${profiled[@]+"${profiled[@]}"} ;;
                 *) note "STAGE14_MODELS: unknown model $model (llama, gpt2)"; FAILED=1 ;;
             esac
         done

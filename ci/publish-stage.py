@@ -218,6 +218,8 @@ TIMING_FIXES = [
     ("17b7ba7", "fp16 read its overflow flag on the host every step", lambda config: config.get("precision") == "fp16"),
     ("3fbea7a", "compiled GPT-2 ran its loss outside the graph, a graph break every forward",
      lambda config: _family(config) == "gpt2" and config.get("kernels") == "compile"),
+    ("f54edc6", "pure bf16/fp16 cast buffers too (Llama's RoPE frequencies) and BERT's MLM loss ran in 16 bits",
+     lambda config: _family(config) in ("llama", "bert") and config.get("precision") in ("bf16", "fp16")),
 ]
 
 

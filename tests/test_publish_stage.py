@@ -474,7 +474,11 @@ def test_a_figure_measured_before_a_timing_fix_says_so():
     assert publish.predates({**gpt2, "env": {"lmbench_commit": "f" * 40}}) == []  # a commit this clone lacks
     # torch's own transformer LM never had transformers' check: untouched.
     assert publish.predates({**gpt2, "config": {"model": "torch-transformer-lm", "precision": "bf16"}}) == []
-    assert len(publish.predates({**gpt2, "config": {"model": "tiny-llama", "precision": "bf16"}})) == 1
+    # Llama in pure bf16 before 5137cad predates f54edc6 too (its RoPE frequencies cast to bf16).
+    assert [fix.split()[2] for fix in publish.predates({**gpt2, "config": {"model": "tiny-llama", "precision": "bf16"}})
+            ] == ["5137cad", "f54edc6"]
+    assert [fix.split()[2] for fix in publish.predates({**gpt2, "config": {"model": "tiny-llama",
+                                                                         "precision": "amp-bf16"}})] == ["5137cad"]
 
 
 def test_kernel_figures_measured_before_a_kernel_or_timing_fix_say_so(tmp_path):
