@@ -31,6 +31,10 @@ class WorkerError(LmbenchError):
     """A worker process could not be started or returned something unreadable."""
 
 
+class JobMismatchError(LmbenchError):
+    """The ranks of one torchrun job run different configurations (nodes of a multi-node run out of step)."""
+
+
 class KernelSwapError(LmbenchError):
     """A kernel set did not apply to a model as built with the installed libraries: it would run unfused."""
 

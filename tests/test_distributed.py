@@ -431,3 +431,42 @@ def test_a_rank_killed_by_a_signal_is_named_before_rank_0s_symptom():
     # A reason that already names the rank (its failure file's) is left as it is.
     already = "rank 1 failed first: OutOfMemoryError: CUDA out of memory"
     assert killed_first(already, torchrun_summary((1, -9))) == already
+
+
+_AGREE = """
+import json, os, sys
+import torch.distributed as dist
+from lmbench.errors import JobMismatchError
+from lmbench.run import distributed
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+said = []
+for job in ("gpt2-b8-k", "gpt2-b8-k" if rank == 0 else "gpt2-b16-k"):
+    try:
+        distributed.agree_on(job)
+        said.append("agreed")
+    except JobMismatchError as err:
+        said.append(str(err))
+with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as f:
+    json.dump(said, f)
+dist.barrier()
+os._exit(0)  # as the worker ends: a gloo group torn down at exit may abort (lmbench.run.distributed._HELD)
+"""
+
+
+def test_ranks_of_one_job_running_other_configurations_say_so(tmp_path):
+    """Nodes out of step (one skipped a configuration another ran) joined each other's jobs on one endpoint: the
+    group trained two configurations as one, under one key. Each rank's key is gathered first."""
+    script = tmp_path / "agree.py"
+    script.write_text(_AGREE)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(script), str(tmp_path)], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import json
+
+    rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert rank0[0] == rank1[0] == "agreed"
+    assert rank0[1] == ("rank 1 of this torchrun job runs another configuration than gpt2-b8-k (the nodes are out of "
+                        "step: one skipped a configuration another ran; give every node the same software and GPUs, "
+                        "`lmbench env` on each)")
+    assert rank1[1].startswith("rank 0 of this torchrun job runs another configuration than gpt2-b16-k")

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from lmbench.errors import JobMismatchError
 from lmbench.measure import metrics
 from lmbench.measure.telemetry import combine as combine_telemetry
 
@@ -80,6 +81,32 @@ def sum_pair(values: tuple[Any, Any]) -> tuple[Any, Any]:
 #: needs the GIL to free it: the worker hung for good, twice in CI (torch 2.13; all_gather_object's temporaries,
 #: then, with destroy_process_group, DDP's reducer freeing the group as the model went out of scope).
 _HELD: list[Any] = []
+
+
+def agree_on(job: str) -> None:
+    """Raise JobMismatchError on every rank unless all ranks run `job` (a configuration's key).
+
+    The nodes of a multi-node run meet job by job on one endpoint: a node that skipped a configuration another ran
+    (a package, a GPU kind on one node only) joins the others' next job with its own, and the group trained two
+    configurations as one, its record under one key. A digest of each rank's key, gathered, says so at once."""
+    import hashlib
+
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    mine = torch.frombuffer(bytearray(hashlib.sha256(job.encode()).digest()), dtype=torch.uint8).to(device)
+    every = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(every, mine)
+    _HELD.extend([mine, *every])
+    apart = [rank for rank, theirs in enumerate(every) if not torch.equal(theirs, mine)]
+    if apart:
+        raise JobMismatchError(f"rank{'s' if len(apart) > 1 else ''} {', '.join(map(str, apart))} of this torchrun "
+                               f"job run{'' if len(apart) > 1 else 's'} another configuration "
+                               f"than {job} (the nodes are out of step: one skipped a configuration another ran; "
+                               "give every node the same software and GPUs, `lmbench env` on each)")
 
 
 def gather(local: dict[str, Any]) -> list[dict[str, Any]] | None:

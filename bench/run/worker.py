@@ -172,6 +172,8 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
         # synchronisation creates it here rather than at the model's first allocation.
         torch.cuda.synchronize(device)
     backend = distributed.init(info, device, timeout_s=config.timeout_s) if info else None
+    if info:
+        distributed.agree_on(config.key)
     rank, world = (info.rank, info.world_size) if info else (0, 1)
     if device.type == "cuda" and config.max_memory_bytes:
         total = torch.cuda.get_device_properties(device).total_memory
