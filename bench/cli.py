@@ -974,7 +974,7 @@ def _tune(base: Any, run_dir: runner.RunDirectory, lists: dict[str, list[Any]], 
                          else None, margin=plan.margin, min_batch=plan.min_batch, max_batch=plan.max_batch,
                          global_batch=plan.global_batch, check_parity=plan.parity,
                          on_event=lambda message: err_console.print(escape(message)),
-                         skip=lambda config: skip_reason(config, platform))
+                         skip=lambda config: skip_reason(config, platform), measured_steps=plan.steps + plan.warmup)
     for warning in run_dir.notices + tuner.warnings:
         click.echo(f"lmbench: warning: {warning}", err=True)
     for combo in tuning.combos(lists["precision"], lists["kernels"], lists["checkpointing"]):
@@ -992,7 +992,9 @@ def _tune(base: Any, run_dir: runner.RunDirectory, lists: dict[str, list[Any]], 
         if result.chosen and not result.skipped:
             tuner.measure(result, plan.steps, plan.warmup, part="below")
     tuner.confirm(objective, confirm_repeats)
-    if not _tune_outcome(run_dir, found, plan, objective, budget_ran_out=tuner.budget_ran_out) \
+    # A budget that ran out left combinations unsearched or sizes unmeasured: its winner is partial, as a signal's.
+    cut = "--budget-minutes ran out" if tuner.budget_ran_out else None
+    if not _tune_outcome(run_dir, found, plan, objective, cut=cut, budget_ran_out=tuner.budget_ran_out) \
             and not tuner.budget_ran_out:
         # Nothing to recommend is no success: a script or CI step must tell it from a tuned winner. (A tune whose
         # --budget-minutes ran out has no winner yet, and a resume goes on.)

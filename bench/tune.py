@@ -96,9 +96,10 @@ class Tuner:
     def __init__(self, base: Config, run_dir: RunDirectory, *, launch: Launcher, budget_s: float | None = None,
                  margin: float = 0.1, max_batch: int = 4096, min_batch: int = 1, global_batch: int | None = None,
                  check_parity: bool = False, on_event: Callable[[str], None] = lambda message: None,
-                 skip: Callable[[Config], str | None] = lambda config: None) -> None:
+                 skip: Callable[[Config], str | None] = lambda config: None, measured_steps: int | None = None) -> None:
         """`check_parity`: a parity check for every combination, not only the FP8 ones. `skip`: why a measurement
-        cannot run (feasibility), checked again for each, since --global-batch gives each its own accumulation."""
+        cannot run (feasibility), checked again for each, since --global-batch gives each its own accumulation.
+        `measured_steps`: a measurement's warmup and steps, for what it is expected to take before one has run."""
         if not 0 <= margin < 1:
             raise UsageError(f"--margin {margin}: must be in [0, 1)")
         self.base = base
@@ -111,6 +112,9 @@ class Tuner:
             raise UsageError(f"--min-batch {min_batch}: must be from 1 to --max-batch ({max_batch})")
         self.min_batch = min_batch
         self.longest_probe_s = 0.0
+        self.longest_probe_step_s = 0.0
+        """The slowest step of a probe that fitted: what each step a measurement runs beyond a probe's adds."""
+        self.measured_steps = measured_steps
         self.longest_measure_s = 0.0
         self.budget_ran_out = False
         """Whether --budget-minutes left a search, parity check or measurement undone (a resume goes on)."""
@@ -135,6 +139,8 @@ class Tuner:
                     self.cache[entry["config_key"]] = (entry["status"], entry.get("reason"))
                     if isinstance(entry.get("wall_s"), (int, float)):
                         self.longest_probe_s = max(self.longest_probe_s, float(entry["wall_s"]))
+                    if isinstance(entry.get("step_s"), (int, float)):
+                        self.longest_probe_step_s = max(self.longest_probe_step_s, float(entry["step_s"]))
             else:
                 self.warnings.append(f"{self.probe_path}:{number}: skipped line without config_key and status")
         self.parity_runs: dict[str, dict[str, Any]] = {}
@@ -166,9 +172,15 @@ class Tuner:
         return self.deadline is None or time.monotonic() + expected_s <= self.deadline
 
     def measure_s(self) -> float:
-        """What a measurement is expected to take: the longest seen, and before the first, the longest probe (a
-        measurement runs more steps than a probe, in a process that starts and compiles alike)."""
-        return max(self.longest_measure_s, self.longest_probe_s)
+        """What a measurement is expected to take: the longest seen; before the first, the longest probe (a process
+        that starts and compiles alike) and the steps it runs beyond a probe's at the slowest probe's step time (a
+        150-step measurement, expected to take its 8 s probe's time, ran 72 s past an 18 s budget; a reviewer)."""
+        beyond = max(0, (self.measured_steps or 0) - PROBE_STEPS - PROBE_WARMUP) * self.longest_probe_step_s
+        return max(self.longest_measure_s, self.longest_probe_s + beyond)
+
+    def _probed(self, combo: dict[str, str], batch: int) -> bool:
+        """Whether `batch`'s probe is already known (recorded, or resumed from probes.jsonl): it costs nothing."""
+        return self.probe_config(combo, batch).key in self.cache
 
     def out_of_search_time(self) -> bool:
         """Whether another probe would leave too little of the budget to measure what the search found: on an
@@ -214,13 +226,17 @@ class Tuner:
         """A probe's (status, reason) at `batch`: run now, or as an earlier one found it."""
         config = self.probe_config(combo, batch)
         if config.key not in self.cache:
-            status, reason, _, took_s = self._launch_timed(Job(config, 0))
+            status, reason, payload, took_s = self._launch_timed(Job(config, 0))
             if status in ("ok", "oom"):  # a hang's timeout_s (900 s) would hold every later probe back
                 self.longest_probe_s = max(self.longest_probe_s, took_s)
+            step_s = ((payload or {}).get("metrics") or {}).get("step_time_median_s") if status == "ok" else None
+            if isinstance(step_s, (int, float)):
+                self.longest_probe_step_s = max(self.longest_probe_step_s, float(step_s))
             self.cache[config.key] = (status, reason)
             with results.saving(self.probe_path):
                 results.append_line(self.probe_path, {"config_key": config.key, "combo": combo, "batch_size": batch,
-                                                      "status": status, "reason": reason, "wall_s": round(took_s, 3)})
+                                                      "status": status, "reason": reason, "wall_s": round(took_s, 3),
+                                                      **({"step_s": step_s} if step_s is not None else {})})
             self.on_event(f"probe {self.label(combo)} batch {batch}: {status}")
         return self.cache[config.key]
 
@@ -247,18 +263,20 @@ class Tuner:
 
         fitting, failing, batch = 0, None, self.min_batch
         try:
-            while batch <= self.max_batch and not self.out_of_search_time():
+            while batch <= self.max_batch and (self._probed(combo, batch) or not self.out_of_search_time()):
                 if not fits(batch):
                     failing = batch
                     break
                 fitting, batch = batch, batch * 2
-            if failing is None and fitting and fitting < self.max_batch < batch and not self.out_of_search_time():
+            if failing is None and fitting and fitting < self.max_batch < batch and (
+                    self._probed(combo, self.max_batch) or not self.out_of_search_time()):
                 # Doubling from --min-batch stepped over --max-batch: try it, then bisect below it if it fails.
                 if fits(self.max_batch):
                     fitting = self.max_batch
                 else:
                     failing = self.max_batch
-            while failing is not None and failing - fitting > 1 and not self.out_of_search_time():
+            while failing is not None and failing - fitting > 1 and (
+                    self._probed(combo, (fitting + failing) // 2) or not self.out_of_search_time()):
                 middle = (fitting + failing) // 2
                 if fits(middle):
                     fitting = middle
@@ -352,7 +370,8 @@ class Tuner:
                 found.add_note(f"parity {checked['parity']}: never ranked first")
         sizes = sorted({found.chosen, *(max(1, int(found.chosen * f)) for f in BELOW)}, reverse=True)
         for batch in {"all": sizes, "chosen": sizes[:1], "below": sizes[1:]}[part]:
-            accum = max(1, self.global_batch // batch) if self.global_batch else 1
+            # The nearest accumulation: floor division measured 17 x 1 and 12 x 2 for a global batch of 32.
+            accum = max(1, round(self.global_batch / batch)) if self.global_batch else 1
             config = self.config(found.combo, batch_size=batch, grad_accum=accum, steps=steps, warmup=warmup)
             if config.key not in self.done and not self.fits_in_budget(self.measure_s()):
                 unmeasured = ", ".join(str(b) for b in sizes if b not in {m["config"].batch_size
@@ -384,8 +403,9 @@ class Tuner:
     def confirm(self, objective: str, repeats: int = CONFIRM_REPEATS) -> None:
         """Measure the two best configurations again until each has `repeats` measurements, within the budget. The
         ranking is taken again after every repeat: one that a repeat pulled down, or that failed once (a tier
-        lower), gives way, and the new runner-up is confirmed in turn; each configuration is measured at most
-        `repeats` times, so this ends, and a resumed or finished tune picks up where it stands. Each repeat is a
+        lower), gives way, and the new runner-up is confirmed in turn; each configuration is measured until `repeats`
+        of its repeats count (a contended one does not, while quiet ones stand) and at most 2 x `repeats` times, so
+        this ends, and a resumed or finished tune picks up where it stands. Each repeat is a
         fresh process and a record of its own."""
         from lmbench.analyze.ranking import rank
 
@@ -393,14 +413,16 @@ class Tuner:
             # Contenders: the best tier (every repeat ok, and the target reached where the objective wants one).
             top = [s for s in rank(self.run_dir.recorded().records, objective)
                    if s.ok() and s.sort_key(objective)[0] == 0][:2]
-            waiting = [s for s in top if len(s.records) < repeats]
+            # Repeats a figure rests on (a contended one is left out while quiet ones stand), at most twice as many
+            # records, so that a busy host cannot keep this going.
+            waiting = [s for s in top if len(s.counted()) < repeats and len(s.records) < 2 * repeats]
             if len(top) < 2 or not waiting:
                 return
             if not self.fits_in_budget(self.measure_s()):
                 self.budget_ran_out = True
                 self.on_event("budget ran out while confirming the two best configurations")
                 return
-            standing = min(waiting, key=lambda s: len(s.records))  # the one with fewer repeats: they alternate
+            standing = min(waiting, key=lambda s: len(s.counted()))  # the one with fewer repeats: they alternate
             first = standing.records[0]
             repeat = 1 + max(r["repeat"] for r in standing.records)
             config = Config.from_mapping(first["config"])
@@ -563,11 +585,11 @@ def no_winner_reason(run_dir: RunDirectory, objective: str = "throughput", cut: 
     rows = ranked(run_dir, objective)
     if any(row["status"] == "ok" for row in rows):
         return "no winner: every configuration that ran drifted or diverged from its parity reference"
-    if cut and not rows:
-        return f"no winner yet: nothing was measured before the tune was {cut}"
     if budget_ran_out:
         what = "anything was measured" if not rows else "a configuration ran successfully"
         return f"no winner yet: --budget-minutes ran out before {what}; --resume goes on"
+    if cut and not rows:
+        return f"no winner yet: nothing was measured before the tune was {cut}"
     return "no configuration ran successfully"
 
 

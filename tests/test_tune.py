@@ -100,6 +100,9 @@ def test_interrupted_tune_resumes_without_repeating_probes(tmp_path):
     if not (out / "results.jsonl").exists():  # nothing measured: a winner is still to come, not a failure
         assert "no winner yet: --budget-minutes ran out before anything was measured; --resume goes on" in " ".join(
             first.output.split())
+    else:  # a winner from a tune the budget cut is partial, and says so (it read as a finished tune's; a reviewer)
+        assert "winner as a suite (partial)" in first.output
+        assert "# from a tune cut short (--budget-minutes ran out)" in (out / "tuned.toml").read_text()
     early = (out / "probes.jsonl").read_text().splitlines()
     assert 1 <= len(early)
     second = CliRunner().invoke(cli, args + ["--resume"])
@@ -700,3 +703,49 @@ def test_a_chosen_batch_that_ran_out_of_memory_when_measured_says_so(tmp_path):
         tuner.measure(found, steps=5, warmup=1)
     assert ("batch 4 ran out of memory when measured (its probe's 2 steps fit): the sizes below it stand in"
             in found.note)
+
+
+def test_a_first_measurement_is_expected_to_take_its_probe_and_the_steps_it_runs_beyond(tmp_path, monkeypatch):
+    """Before any measurement its time was the longest probe's, whatever --steps: a 150-step measurement after an
+    8 s probe ran 72 s past an 18 s budget (a reviewer). Now the probe's time and each further step at the probe's
+    step time."""
+    launcher = slow_launcher(monkeypatch, 64)
+    inner = launcher.__call__
+
+    def with_steps(job, run_dir):
+        status, reason, payload = inner(job, run_dir)
+        if payload:
+            payload["metrics"]["step_time_median_s"] = 2.0
+        return status, reason, payload
+
+    launcher.__call__ = with_steps
+    with RunDirectory(tmp_path / "run", resume=False) as run_dir:
+        tuner = Tuner(BASE, run_dir, launch=with_steps, measured_steps=153, max_batch=4)
+        tuner.search(COMBO)
+    assert tuner.measure_s() == 50.0 + (153 - 3) * 2.0
+    # A resumed tune reads the probes' step time back.
+    with RunDirectory(tmp_path / "run", resume=True) as run_dir:
+        assert Tuner(BASE, run_dir, launch=with_steps, measured_steps=153).measure_s() == tuner.measure_s()
+
+
+def test_a_resumed_search_reads_its_recorded_probes_whatever_the_budget(tmp_path, monkeypatch):
+    """A resume with a small budget would not read its probes.jsonl (they cost nothing) and said 'budget ran out
+    before its search began' over a finished search (a reviewer)."""
+    with RunDirectory(tmp_path / "run", resume=False) as run_dir:
+        done = Tuner(BASE, run_dir, launch=slow_launcher(monkeypatch, 37), max_batch=64).search(COMBO)  # 50 s each
+    launcher = slow_launcher(monkeypatch, 37)
+    with RunDirectory(tmp_path / "run", resume=True) as run_dir:
+        resumed = Tuner(BASE, run_dir, launch=launcher, max_batch=64, budget_s=1.0).search(COMBO)
+    assert launcher.launched == [] and (resumed.largest_fitting, resumed.first_failing) == (37, 38)
+    assert (resumed.largest_fitting, resumed.first_failing) == (done.largest_fitting, done.first_failing)
+    assert "before its search began" not in (resumed.note or "")
+
+
+def test_a_global_batch_takes_the_nearest_accumulation(tmp_path):
+    """Floor division measured 17 x 1 and 12 x 2 for a global batch of 32 (a reviewer)."""
+    launcher = FakeLauncher(19)
+    tuner = Tuner(BASE, RunDirectory(tmp_path / "run", resume=False), launch=launcher, max_batch=64, global_batch=32)
+    found = tuner.search(COMBO)
+    tuner.measure(found, 3, 1)
+    accums = {m["config"].batch_size: m["config"].grad_accum for m in found.measured}
+    assert accums == {17: 2, 12: 3, 8: 4}
