@@ -1105,3 +1105,31 @@ def test_energy_measured_two_ways_is_no_verdict():
     assert same.verdict == "improvement"
     (speed,) = compare(run_of({"a": TIGHT}), run_of({"a": TIGHT}))  # not an energy metric: never looked at
     assert "energy measured" not in speed.note
+
+
+@pytest.mark.parametrize("higher_is_better", [True, False])
+def test_a_change_inside_the_threshold_either_way_is_unchanged(higher_is_better):
+    """Every test of the threshold's edge used a slowdown: a 3% rise read against `low > 1` (not `1 + threshold`)
+    survived as a blocking regression of step time (a mutation test)."""
+    verdict = decide(TIGHT, [v * 1.03 for v in TIGHT], threshold=0.05, higher_is_better=higher_is_better)
+    assert (verdict.verdict, verdict.note) == ("unchanged", "a change of +3.0%, inside the ±5% threshold")
+
+
+def test_the_ratio_shown_is_of_medians_and_the_welch_interval_pinned():
+    """A ratio of means (one slow repeat pulling it to 1.12) and a Welch interval without the median's sqrt(pi/2)
+    both passed every test (a mutation test)."""
+    assert decide([100.0] * 5, [90.0, 90.0, 90.0, 90.0, 200.0], threshold=0.05, higher_is_better=True).ratio == \
+        pytest.approx(0.9)
+    from lmbench.analyze.compare import log_t_interval
+
+    assert log_t_interval([100.0, 103.0, 98.0], [97.0, 101.0, 104.0]) == pytest.approx((0.92298, 1.10523), rel=1e-4)
+
+
+def test_a_failed_repeat_that_measured_a_figure_is_no_value_of_the_comparison():
+    """A diverged or timed-out record may carry tokens/s: only the ok repeats count (a mutation dropping the status
+    filter survived, since the test records of other statuses carried no metrics)."""
+    from lmbench.analyze.noise import ok_values
+
+    records = run_of({"a": [100.0, 101.0, 99.0]}) + [{**record("a", None, status="diverged", repeat=3),
+                                                       "metrics": {"tokens_per_s": 10.0}}]
+    assert ok_values(records, "tokens_per_s")["a"] == [100.0, 101.0, 99.0]

@@ -470,3 +470,19 @@ def test_ranks_of_one_job_running_other_configurations_say_so(tmp_path):
                         "step: one skipped a configuration another ran; give every node the same software and GPUs, "
                         "`lmbench env` on each)")
     assert rank1[1].startswith("rank 0 of this torchrun job runs another configuration than gpt2-b16-k")
+
+
+@pytest.mark.parametrize(("replicas", "tokens"), [(None, 4000), (1, 2000)])
+def test_energy_per_token_counts_every_replicas_tokens(replicas, tokens):
+    """j_per_token over the whole job's tokens: two data-parallel ranks train twice a replica's tokens, a
+    tensor-parallel pair one replica's (a mutation dropping `replicas` survived every test)."""
+    def on(energy):
+        return {**off(), "telemetry": "on", "energy_j": energy, "energy_source": "counter", "energy_integral_j": energy,
+                "power_max_w": 300.0, "throttle_reasons": [], "throttled_power_or_heat": False,
+                "telemetry_samples": 3, "telemetry_period_s": 0.05, "telemetry_window_s": 2.0, "power_limit_w": 700.0,
+                "gpu_util_avg_pct": 90.0, "power_source": "instant"}
+
+    per_rank = [rank([0.1, 0.1], mem=1, checksum=1.0, telemetry=on(200.0), trace=[(0.0, 100.0), (2.0, 100.0)]),
+                rank([0.1, 0.1], mem=1, checksum=1.0, telemetry=on(500.0), trace=[(0.0, 250.0), (2.0, 250.0)])]
+    m = aggregate(per_rank, tokens_per_step=1000, samples_per_step=4, steps=2, replicas=replicas)
+    assert m["energy_j"] == 700.0 and m["j_per_token"] == pytest.approx(700 / tokens)

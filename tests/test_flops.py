@@ -284,3 +284,21 @@ def test_a_tail_percentile_needs_a_step_beyond_it():
     assert tail_percentile(steps[:99], 99) is None and tail_percentile(steps[:20], 95) == pytest.approx(0.1905)
     assert tail_percentile(steps[:19], 95) is None and tail_percentile(steps[:19], 90) is not None
     assert tail_percentile(steps[:9], 10) is None and tail_percentile(steps[:9], 50) == pytest.approx(0.05)
+
+
+def test_an_untied_head_is_counted_once():
+    """Every registry model ties its head to its embedding: counting an untied one's weight twice (once as a
+    parameter, once as the head) passed every test (a mutation test)."""
+    import torch.nn as nn
+
+    from lmbench.measure.flops import matmul_params
+
+    class Untied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.block, self.head = nn.Embedding(100, 8), nn.Linear(8, 8), nn.Linear(8, 100, bias=False)
+
+        def get_output_embeddings(self) -> nn.Module:
+            return self.head
+
+    assert matmul_params(Untied()) == 8 * 8 + 8 + 800  # the block and its bias, and the head once; no table

@@ -43,3 +43,10 @@ def test_empty_and_out_of_range_are_errors():
         percentile([], 50)
     with pytest.raises(ValueError):
         percentile([1.0], 101)
+
+
+def test_the_coefficient_of_variation_is_over_the_mean():
+    """A sample whose median and mean part: cv = stdev / mean (1.0 here), the published step_time_cv; over the
+    median it would read 2.0, and the hand-computed sample (median = mean) could not tell them apart."""
+    out = summarize([1.0, 1.0, 1.0, 5.0])
+    assert (out["mean"], out["median"], out["std"], out["cv"]) == (2.0, 1.0, 2.0, 1.0)
