@@ -233,13 +233,17 @@ def test_calibrate_runs_twice_and_prints_noise_floors(tmp_path):
     assert result.exit_code == 0, result.output
     assert all((tmp_path / "c" / run / "results.jsonl").exists() for run in "abc")
     assert "noise floor of smoke (3 runs of 2 repeats, tokens_per_s)" in result.output
-    row = next(line for line in result.stdout.splitlines() if line.startswith("│ tiny-llama-b4"))
-    cells = [cell.strip() for cell in row.strip("│ ").split("│")]
-    assert cells[1].count("+") == 2 and all(cell.endswith("%") for cell in cells[3:7]), cells
     floor = json.loads((tmp_path / "c" / "noise-floor.json").read_text())
     assert floor["format"] == "lmbench-noise-floor" and floor["metric"] == "tokens_per_s" and floor["runs"] == 3
     (key, entry), = floor["configs"].items()
-    assert key.startswith("tiny-llama-b4") and entry["log_sd"] > 0 and entry["run_df"] == 2
+    assert key.startswith("tiny-llama-b4") and entry["log_sd"] >= 0
+    if "note" not in entry:  # every repeat of every run stood (none left out as contended): the full estimate
+        row = next(line for line in result.stdout.splitlines() if line.startswith("│ tiny-llama-b4"))
+        cells = [cell.strip() for cell in row.strip("│ ").split("│")]
+        assert cells[1].count("+") == 2 and all(cell.endswith("%") for cell in cells[3:7]), cells
+        assert entry["log_sd"] > 0 and entry["run_df"] == 2
+    else:  # a host other work kept busy (the test suite beside other jobs): the floor says why it rests on fewer
+        assert entry["run_df"] <= 2 and entry["note"], entry
     assert f"noise floor: {tmp_path / 'c' / 'noise-floor.json'}" in result.output
     # The file gates a 1-vs-1 comparison of the same runs: a verdict with an interval, exit 0 or 1 only.
     gated = invoke(str(tmp_path / "c" / "a"), str(tmp_path / "c" / "b"), "--noise-floor",
