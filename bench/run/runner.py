@@ -195,7 +195,7 @@ def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch(), hold:
             payload = {**payload, "warnings": [*(payload.get("warnings") or []), teardown]}
     elif left:
         status, reason = "error", (f"the worker's result file was unreadable ({_ended(code)}; kept as {kept.name}); "
-                                   f"last log line: {_last_line(log_path)}")
+                                   f"{_last_word(_log_end(log_path))}")
     elif -code in CRASHES and (crashed_at := _crashed_at(log_path)) >= deadline - stacks.margin_s(
             job.config.timeout_s) and not (dumps and crashed_at > deadline - stacks.margin_s(job.config.timeout_s)
                                            + DUMP_S):
@@ -417,11 +417,6 @@ def _log_end(path: Path) -> str:
     with open(path, "rb") as file:
         file.seek(max(0, file.seek(0, os.SEEK_END) - LOG_END_BYTES))
         return file.read().decode(errors="replace")
-
-
-def _last_line(path: Path) -> str:
-    lines = [line for line in _log_end(path).splitlines() if line.strip()]
-    return lines[-1][:300] if lines else "(empty log)"
 
 
 #: A line that says why a process failed: an exception's (`torch.OutOfMemoryError: ...`, `triton.runtime.errors.
