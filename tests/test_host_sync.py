@@ -86,9 +86,9 @@ def test_fp16_master_weights_read_the_overflow_flag_only_for_an_optimizer_that_c
         return
     import inspect
 
-    from lmbench.run.precision import Fp16MasterWeights
+    from lmbench.run.lossscale import DynamicLossScale
 
-    lines, first = inspect.getsourcelines(Fp16MasterWeights.step)
-    line = first + next(i for i, text in enumerate(lines) if "self._found_inf.item()" in text)
+    lines, first = inspect.getsourcelines(DynamicLossScale.step)
+    line = first + next(i for i, text in enumerate(lines) if "self.found_inf.item()" in text)
     # The foreach AdamW's reads of its step counts, CPU tensors (no wait for a device), are found too.
-    assert found[f"aten._local_scalar_dense.default from precision.py:{line}"] == 1
+    assert found[f"aten._local_scalar_dense.default from lossscale.py:{line}"] == 1

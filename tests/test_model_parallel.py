@@ -96,6 +96,36 @@ def test_tp_pp_and_fsdp_tp_train_as_the_whole_model_does(tmp_path):
     assert len(records) == len(expected) + len(references)
 
 
+LOSS_SCALED = SUITE.split("[matrix]")[0].replace('precision = "fp32"\n', "") + """model = "tiny-gpt2"
+nproc = 2
+[matrix]
+parallel = ["tp", "pp"]
+precision = ["amp-fp16", "fp16"]
+[[exclude]]
+parallel = "tp"
+precision = "fp16"
+"""
+
+
+@pytest.mark.slow
+def test_loss_scaled_precisions_train_split_between_ranks_as_the_whole_model_does(tmp_path):
+    """amp-fp16 under tensor parallelism (its gradients a mix of DTensor shards and whole tensors, which GradScaler's
+    one check refuses) and under pipeline parallelism (the schedule runs the backward from a loss it scales), and
+    fp16 with master weights in a pipeline: the ranks agree on every overflow, and each trains as parallel=none."""
+    from lmbench.plan.parity import TOLERANCES
+
+    records = run_with_parity(tmp_path, LOSS_SCALED)
+    rows = {(r["config"]["parallel"], r["config"]["precision"]): r for r in records}
+    assert set(rows) == {("tp", "amp-fp16"), ("pp", "amp-fp16"), ("pp", "fp16"), ("none", "fp32")}
+    for key in [("tp", "amp-fp16"), ("pp", "amp-fp16"), ("pp", "fp16")]:
+        record = rows[key]
+        assert record["status"] == "ok", (key, record["reason"])
+        m = record["metrics"]
+        assert m["parity"] == "ok" and m["parity_tolerance"] == TOLERANCES[key[1]], (key, m["parity_max_rel_dev"])
+        assert m["loss_scale_final"] == 2.0**16 and m["overflow_skipped_steps"] == 0
+        assert len(record["losses"]) == 6
+
+
 def four_layer_suite(name: str, description: str, *, parallel: str, nproc: int, schedules: list[str]) -> str:
     """A suite of pipelines on the 4-layer GPT-2: 2 sequences a micro-batch, 2 micro-batches, accumulation 2, fp32."""
     return f"""

@@ -24,8 +24,9 @@ NOT_YET: dict[str, frozenset[str]] = {}
 CPU_NPROC = 2
 #: Kernel sets that model-parallel modes run: the fused sets replace blocks whose layout TP and PP rewrite.
 MODEL_PARALLEL_KERNELS = frozenset({"eager", "compile"})
-#: Precisions without a loss scale: a scale would have to be agreed between ranks holding different parts.
-MODEL_PARALLEL_PRECISIONS = frozenset({"fp32", "tf32", "amp-bf16", "bf16"})
+#: Where precision=fp16's fp32 master copies cannot be taken: FSDP and tensor parallelism replace the parameters
+#: (with DTensor shards) after the copies are made from the whole fp32 ones.
+FP16_MASTERS_REPLACED = frozenset({"fsdp", "tp", "fsdp+tp", "fsdp+pp"})
 
 
 def resolve(config: Config, platform: Platform) -> Config:
@@ -87,8 +88,9 @@ def skip_reason(config: Config, platform: Platform, *, nnodes: int = 1) -> str |
     if config.parallel == "dp" and config.kernels == "liger":
         return ("kernels=liger is not available with parallel=dp: Liger binds its forwards to the device-0 modules, "
                 "which every DataParallel replica would then run")
-    if config.parallel == "fsdp" and config.precision == "fp16":
-        return "precision=fp16 (fp32 master weights) is not implemented for parallel=fsdp; use amp-fp16 or bf16"
+    if config.precision == "fp16" and config.parallel in FP16_MASTERS_REPLACED:
+        return (f"precision=fp16 (fp32 master weights) is not implemented for parallel={config.parallel}: its "
+                "sharding replaces the parameters whose fp32 master copies the mode keeps; use amp-fp16 or bf16")
     if config.parallel in MODEL_PARALLEL:
         layout_problem = problem(config, MODELS[config.model], nnodes=nnodes)
         if layout_problem:
@@ -105,10 +107,6 @@ def skip_reason(config: Config, platform: Platform, *, nnodes: int = 1) -> str |
             return (f"pp_schedule={config.pp_schedule} over gloo needs torch 2.13 or later: torch "
                     f"{platform.torch_version}'s first pipeline step sends between the two stages a rank holds in a V, "
                     "which gloo refuses ('Pair is not connected')")
-        if config.precision not in MODEL_PARALLEL_PRECISIONS:
-            return (f"precision={config.precision} is not implemented for parallel={config.parallel}: a loss scale "
-                    f"would have to be agreed between ranks holding different parts of the model; use amp-bf16 or "
-                    f"bf16")
     if config.device.startswith("cuda"):
         if not platform.cuda_available:
             return (f"device={config.device} but CUDA is not available (torch {platform.torch_version}, "

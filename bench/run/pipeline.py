@@ -223,10 +223,11 @@ class Pipeline:
 
     def __init__(self, stage_modules: list[nn.Module], held: RankStages, *, pipelines: list[list[int]],
                  device: torch.device, schedule: str, microbatches: int, grad_accum: int, tied: bool,
-                 group: Any = None) -> None:
+                 group: Any = None, scaled: Callable[[torch.Tensor], torch.Tensor] = lambda loss: loss) -> None:
         """`stage_modules` are `held`'s stages as they run (compiled, where the kernel set compiles); `pipelines` the
         global ranks of every pipeline of the job in stage order (one under parallel=pp, one per FSDP group under
-        fsdp+pp); `group` this rank's pipeline's process group (None: the whole world is the pipeline)."""
+        fsdp+pp); `group` this rank's pipeline's process group (None: the whole world is the pipeline); `scaled` the
+        precision's loss scaling (the schedule runs the backward from the loss it is given)."""
         import torch.distributed as dist
         from torch.distributed import pipelining
 
@@ -243,6 +244,7 @@ class Pipeline:
         self._grad_accum = grad_accum
         self._batch = 0
         self._scale = 1.0 / (microbatches * grad_accum)
+        self._scaled = scaled
         self._microbatches = microbatches
         self._losses: list[torch.Tensor] = []
         # Gradients are scaled in the loss instead: the schedule's own scaling would rescale what earlier
@@ -265,7 +267,7 @@ class Pipeline:
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         loss = next_token_loss(logits, labels)
         self._losses.append(loss.detach())
-        return loss * self._scale
+        return self._scaled(loss * self._scale)
 
     def _on_the_last_batch(self, reduce: Callable[..., Any]) -> Callable[..., Any]:
         """A stage's gradient reduction (FSDP's reduce-scatter and reshard, which the schedule runs after its last

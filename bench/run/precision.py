@@ -12,6 +12,8 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
+from lmbench.run.lossscale import Agree, DynamicLossScale
+
 OptimizerFactory = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
 Wrapper = Callable[[nn.Module], nn.Module]
 
@@ -43,8 +45,10 @@ class Precision:
     """What the mode changed in the model, for the record (FP8: "float8 linears 12/12 (tensorwise)")."""
 
     def __init__(self, model: nn.Module, make_optimizer: OptimizerFactory, device: torch.device,
-                 wrap: Wrapper = _unwrapped) -> None:
-        """`wrap` (data parallelism) is applied after the cast and before the optimizer sees the parameters."""
+                 wrap: Wrapper = _unwrapped, *, agree: Agree | None = None) -> None:
+        """`wrap` (data parallelism) is applied after the cast and before the optimizer sees the parameters; `agree`
+        (a model split between ranks) makes one rank's gradient overflow every rank's, for the modes that scale the
+        loss."""
         self.device = device
         self.model = wrap(cast_weights(model, self.weight_dtype, device))
         self.optimizer = make_optimizer(self._trainable(self.model))
@@ -69,8 +73,12 @@ class Precision:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
+    def scaled(self, loss: torch.Tensor) -> torch.Tensor:
+        """The loss to run backward from (a pipeline's schedule runs it): times the loss scale, where there is one."""
+        return loss
+
     def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
+        self.scaled(loss).backward()
 
     def step(self) -> None:
         self.optimizer.step()
@@ -106,12 +114,12 @@ class Fp8(AmpBf16):
     name = "fp8-tensorwise"
 
     def __init__(self, model: nn.Module, make_optimizer: OptimizerFactory, device: torch.device,
-                 wrap: Wrapper = _unwrapped) -> None:
+                 wrap: Wrapper = _unwrapped, *, agree: Agree | None = None) -> None:
         from lmbench.models.float8 import convert
 
         # Before the move and any wrapping: data parallelism must see the Float8Linear modules.
         model, self.applied = convert(model, self.name)
-        super().__init__(model, make_optimizer, device, wrap)
+        super().__init__(model, make_optimizer, device, wrap, agree=agree)
 
 
 class Fp8Rowwise(Fp8):
@@ -125,7 +133,7 @@ class AmpFp16(Precision):
     autocast_dtype = torch.float16
 
     def __init__(self, model: nn.Module, make_optimizer: OptimizerFactory, device: torch.device,
-                 wrap: Wrapper = _unwrapped) -> None:
+                 wrap: Wrapper = _unwrapped, *, agree: Agree | None = None) -> None:
         super().__init__(model, make_optimizer, device, wrap)
         self.scaler = torch.amp.GradScaler(device.type)
         self._one = torch.ones((), device=device)
@@ -139,8 +147,8 @@ class AmpFp16(Precision):
     def skipped_steps(self) -> int:
         return int(self._skipped)
 
-    def backward(self, loss: torch.Tensor) -> None:
-        self.scaler.scale(loss).backward()
+    def scaled(self, loss: torch.Tensor) -> torch.Tensor:
+        return self.scaler.scale(loss)
 
     def _scale(self) -> torch.Tensor:
         # The scale as a device tensor: get_scale() reads it on the host, a synchronisation each time,
@@ -156,24 +164,58 @@ class AmpFp16(Precision):
         self.optimizer.zero_grad(set_to_none=True)
 
 
-class Fp16MasterWeights(Precision):
+class _DeviceLossScaled(Precision):
+    """A mode scaled by lmbench's own DynamicLossScale (`self.scale`)."""
+
+    scale: DynamicLossScale
+
+    @property
+    def loss_scale(self) -> float | None:
+        return float(self.scale.scale)
+
+    @property
+    def skipped_steps(self) -> int:
+        return int(self.scale.skipped)
+
+    def scaled(self, loss: torch.Tensor) -> torch.Tensor:
+        return self.scale.scaled(loss)
+
+
+class SplitAmpFp16(_DeviceLossScaled):
+    """amp-fp16 of a model split between ranks (tensor, pipeline parallelism): GradScaler's algorithm with the
+    overflow agreed between the ranks (lmbench.run.lossscale), which GradScaler cannot do over a tensor-parallel
+    model's mix of DTensor and plain gradients."""
+
+    name = "amp-fp16"
+    autocast_dtype = torch.float16
+
+    def __init__(self, model: nn.Module, make_optimizer: OptimizerFactory, device: torch.device,
+                 wrap: Wrapper = _unwrapped, *, agree: Agree | None = None) -> None:
+        super().__init__(model, make_optimizer, device, wrap)
+        self.scale = DynamicLossScale(device, agree=agree)
+
+    def step(self) -> None:
+        self.scale.unscale([p.grad for p in self._trainable(self.model) if p.grad is not None])
+        self.scale.step(self.optimizer)
+        self.scale.update()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+class Fp16MasterWeights(_DeviceLossScaled):
     """fp16 weights and activations, fp32 master weights in the optimizer, dynamic loss scaling.
 
     The classic mixed-precision recipe (Micikevicius et al. 2018; Apex O2): the model runs in fp16,
     gradients are scaled up to stay representable, unscaled into fp32 copies, checked for inf/NaN
-    (a step with overflow is skipped and the scale halved), and the fp32 result is copied back.
-
-    The check, the skip and the scale stay on the device, as torch.amp.GradScaler keeps them, when the optimizer
-    takes the overflow flag itself (torch's fused AdamW, lmbench's default `adamw-fused`): its kernel leaves a
-    flagged step's weights and state as they were. Any other optimizer cannot be told, so the flag is read on
-    the host, one wait a step, as GradScaler (and Apex) read it for such an optimizer.
+    (a step with overflow is skipped and the scale halved), and the fp32 result is copied back
+    (lmbench.run.lossscale keeps the scale on the device).
     """
 
     name = "fp16"
     weight_dtype = torch.float16
 
     def __init__(self, model: nn.Module, make_optimizer: OptimizerFactory, device: torch.device,
-                 wrap: Wrapper = _unwrapped, *, init_scale: float = 2.0**16, growth_interval: int = 2000) -> None:
+                 wrap: Wrapper = _unwrapped, *, agree: Agree | None = None, init_scale: float = 2.0**16,
+                 growth_interval: int = 2000) -> None:
         self.device = device
         # Master copies come from the fp32 init, before the cast loses precision.
         model = model.to(device=device)
@@ -181,51 +223,19 @@ class Fp16MasterWeights(Precision):
         self.master = [p.detach().float().clone().requires_grad_(True) for p in self.params]
         self.model = wrap(cast_weights(model, torch.float16))
         self.optimizer = make_optimizer(self.master)
-        self.growth_interval = growth_interval
-        # As GradScaler keeps them: the scale, the good steps since it last changed, and the overflow flag.
-        self._scale = torch.full((), init_scale, dtype=torch.float32, device=device)
-        self._growth_tracker = torch.zeros((), dtype=torch.int32, device=device)
-        self._found_inf = torch.zeros(1, device=device)
-        self._skipped = torch.zeros((), dtype=torch.int64, device=device)
-        self._skips_on_device = bool(getattr(self.optimizer, "_step_supports_amp_scaling", False))
-
-    @property
-    def loss_scale(self) -> float | None:
-        return float(self._scale)
-
-    @property
-    def skipped_steps(self) -> int:
-        return int(self._skipped)
-
-    def backward(self, loss: torch.Tensor) -> None:
-        (loss.float() * self._scale).backward()
+        self.scale = DynamicLossScale(device, init_scale=init_scale, growth_interval=growth_interval, agree=agree)
 
     def step(self) -> None:
         pairs = [(m, p) for m, p in zip(self.master, self.params) if p.grad is not None]
         for master, param in pairs:
             master.grad = param.grad.float()
-        grads = [m.grad for m, _ in pairs]
-        self._found_inf.zero_()
-        inv_scale = self._scale.double().reciprocal().float().reshape(1)
-        torch._amp_foreach_non_finite_check_and_unscale_(grads, self._found_inf, inv_scale)
-        if self._skips_on_device:
-            # Read by the fused kernel, as GradScaler.step passes it; shaped as the step counts it is taken from.
-            self.optimizer.found_inf = self._found_inf.view(())
-            try:
-                self.optimizer.step()
-            finally:
-                del self.optimizer.found_inf
-            update = True  # a flagged step left the masters as they were: copying them back changes nothing
-        else:
-            update = not self._found_inf.item()  # the one host read, for an optimizer that cannot skip itself
-            if update:
-                self.optimizer.step()
-        if update:
+        self.scale.unscale([m.grad for m, _ in pairs])
+        # A flagged step that the optimizer skipped itself left the masters as they were: copying them back changes
+        # nothing.
+        if self.scale.step(self.optimizer):
             with torch.no_grad():
                 torch._foreach_copy_([p for _, p in pairs], [m for m, _ in pairs])
-        self._skipped += self._found_inf.to(torch.int64).sum()
-        # Halve the scale after an overflow, double it after growth_interval good steps in a row.
-        torch._amp_update_scale_(self._scale, self._growth_tracker, self._found_inf, 2.0, 0.5, self.growth_interval)
+        self.scale.update()
         for master, param in pairs:
             master.grad = None
             param.grad = None
@@ -247,3 +257,11 @@ PRECISIONS: dict[str, type[Precision]] = {
     "fp8-tensorwise": Fp8,
     "fp8-rowwise": Fp8Rowwise,
 }
+
+#: The modes whose implementation differs where the model is split between ranks.
+SPLIT_PRECISIONS: dict[str, type[Precision]] = {"amp-fp16": SplitAmpFp16}
+
+
+def mode(name: str, *, split: bool = False) -> type[Precision]:
+    """The class of precision `name`; `split`: for a model split between ranks (tensor, pipeline parallelism)."""
+    return SPLIT_PRECISIONS.get(name, PRECISIONS[name]) if split else PRECISIONS[name]

@@ -19,7 +19,7 @@ from lmbench.plan.config import Config
 from lmbench.plan.layout import MODEL_PARALLEL, PIPELINES, Layout, layout
 from lmbench.run.data import POOL_SIZE, Batch, heldout_batches, make_batches
 from lmbench.run.parallel import WRAPPERS, gradient_sync
-from lmbench.run.precision import PRECISIONS, Precision
+from lmbench.run.precision import Precision, mode
 
 #: Ranks draw different batches: seed + rank * this.
 
@@ -99,6 +99,15 @@ def counted_tokens(labels: torch.Tensor, objective: str) -> torch.Tensor:
     return ((labels[:, 1:] if objective == "causal-lm" else labels) != -100).sum()
 
 
+def _agree_between_ranks(found_inf: torch.Tensor) -> None:
+    """One rank's gradient overflow, every rank's: the ranks of a split model hold different parts of its gradients,
+    and all must skip the step, or the parts go out of step. A MAX all-reduce of one number over the job, queued on
+    the device like the gradients' own collectives (no host wait)."""
+    import torch.distributed as dist
+
+    dist.all_reduce(found_inf, op=dist.ReduceOp.MAX)
+
+
 def replicas(config: Config) -> int:
     """GPUs one process drives: all visible ones under nn.DataParallel, else one."""
     return max(1, torch.cuda.device_count()) if config.parallel == "dp" else 1
@@ -160,7 +169,9 @@ class TrainingStep:
         make_optimizer = partial(OPTIMIZERS[kernel_set.optimizer or config.optimizer], lr=config.lr)
         wrap = partial(WRAPPERS[config.parallel], config=config, device=device,
                        **({"mesh": mesh["dp"]} if mesh is not None else {}))
-        self.precision: Precision = PRECISIONS[config.precision](model, make_optimizer, device, wrap)
+        split = config.parallel in MODEL_PARALLEL
+        self.precision: Precision = mode(config.precision, split=split)(
+            model, make_optimizer, device, wrap, agree=_agree_between_ranks if split else None)
         self.parallel_model = self.precision.model
         # A pipeline's stages are finished (compiled) one by one: the schedule calls each on its own.
         self.model = (self.parallel_model if stage is not None
@@ -179,7 +190,7 @@ class TrainingStep:
                                               in_place=config.parallel == "fsdp+pp"))
             self.pipeline = Pipeline(runs, stage, pipelines=self.layout.pipelines(), device=device,
                                      schedule=config.pp_schedule, microbatches=config.microbatches,
-                                     grad_accum=config.grad_accum, tied=tied,
+                                     grad_accum=config.grad_accum, tied=tied, scaled=self.precision.scaled,
                                      group=mesh["pp"].get_group() if mesh is not None else None)
         self.owns_loss = self.pipeline is None or self.pipeline.last
         self.fused_loss = config.kernels == "triton"
