@@ -81,7 +81,7 @@ def test_split_models_get_the_agreed_scale_and_the_others_keep_gradscaler():
     assert mode("fp16", split=True) is Fp16MasterWeights
 
 
-def _tensor_parallel_rank(rank: int, store_path: str, results: dict) -> None:
+def _tensor_parallel_rank(rank: int, store_path: str, precision: str, results: dict) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
@@ -91,30 +91,40 @@ def _tensor_parallel_rank(rank: int, store_path: str, results: dict) -> None:
     try:
         torch.manual_seed(0)
         # Sharded projections (DTensor gradients) between a replicated norm (plain ones): GradScaler's one check
-        # over both raised "got mixed torch.Tensor and DTensor".
+        # over both raised "got mixed torch.Tensor and DTensor". Split first, as training splits a tp model before
+        # its precision copies the parameters (fp16's fp32 masters must be the shards the model trains).
         model = nn.Sequential(nn.LayerNorm(8), nn.Linear(8, 16), nn.Linear(16, 8))
-        mesh = init_device_mesh("cpu", (2,))
-
-        def wrap(module: nn.Module) -> nn.Module:
-            return parallelize_module(module, mesh, {"1": ColwiseParallel(), "2": RowwiseParallel()})
-
+        parallelize_module(model, init_device_mesh("cpu", (2,)), {"1": ColwiseParallel(), "2": RowwiseParallel()})
         # lmbench's fused AdamW: one fused call per kind of parameter (DTensor, plain), each taking the flag.
-        p = SplitAmpFp16(model, partial(OPTIMIZERS["adamw-fused"], lr=0.1), CPU, wrap, agree=_agree_between_ranks)
-        before = [w.detach().full_tensor() if hasattr(w, "full_tensor") else w.detach().clone()
-                  for w in p.model.parameters()]
-        with p.autocast():
-            p.backward(p.model(torch.randn(4, 8)).float().pow(2).mean())
-        if rank == 1:  # this rank's own shard of one projection overflowed; rank 0's gradients are clean
-            p.model[1].weight.grad.to_local()[0, 0] = float("inf")
-        p.step()
-        after = [w.detach().full_tensor() if hasattr(w, "full_tensor") else w.detach() for w in p.model.parameters()]
-        results[rank] = (p.skipped_steps, p.loss_scale, all(torch.equal(b, a) for b, a in zip(before, after)))
+        p = mode(precision, split=True)(model, partial(OPTIMIZERS["adamw-fused"], lr=0.1), CPU,
+                                        agree=_agree_between_ranks)
+
+        def whole() -> list[torch.Tensor]:
+            # A copy: a replicated DTensor's full_tensor() is its own local tensor, which the step updates in place.
+            return [(w.detach().full_tensor() if hasattr(w, "full_tensor") else w.detach()).clone()
+                    for w in p.model.parameters()]
+
+        def train_step(overflow: bool) -> None:
+            with p.autocast():
+                x = torch.randn(4, 8, dtype=next(p.model.parameters()).dtype)
+                p.backward(p.model(x).float().pow(2).mean())
+            if overflow and rank == 1:  # this rank's own shard of one projection; rank 0's gradients are clean
+                p.model[1].weight.grad.to_local()[0, 0] = float("inf")
+            p.step()
+
+        before = whole()
+        train_step(overflow=True)
+        skipped = all(torch.equal(b, a) for b, a in zip(before, whole()))
+        train_step(overflow=False)
+        stepped = not any(torch.equal(b, a) for b, a in zip(before, whole()))
+        results[rank] = (p.skipped_steps, p.loss_scale, skipped, stepped)
     finally:
         dist.destroy_process_group()
 
 
-def test_one_tensor_parallel_ranks_overflow_skips_the_step_on_both_ranks(tmp_path):
+@pytest.mark.parametrize("precision", ["amp-fp16", "fp16"])
+def test_one_tensor_parallel_ranks_overflow_skips_the_step_on_both_ranks(tmp_path, precision):
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(_tensor_parallel_rank, args=(str(tmp_path / "store"), results), nprocs=2)
-        assert dict(results) == {0: (1, 2.0**15, True), 1: (1, 2.0**15, True)}
+        mp.spawn(_tensor_parallel_rank, args=(str(tmp_path / "store"), precision, results), nprocs=2)
+        assert dict(results) == {0: (1, 2.0**15, True, True), 1: (1, 2.0**15, True, True)}

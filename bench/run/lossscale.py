@@ -32,8 +32,9 @@ INIT_SCALE = 2.0**16
 GROWTH_INTERVAL = 2000
 
 
-def _local(tensor: torch.Tensor) -> torch.Tensor:
-    """A DTensor's own shard (the check runs on what this rank holds; `agree` makes the verdict the group's)."""
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """A DTensor's own shard (the check runs on what this rank holds; `agree` makes the verdict the group's; DTensor
+    has no sharding rule for the foreach ops), else the tensor."""
     return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
@@ -61,8 +62,8 @@ class DynamicLossScale:
         inv_scale = self.scale.double().reciprocal().float().reshape(1)
         groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
         for grad in grads:
-            local = _local(grad)
-            groups.setdefault((local.device, local.dtype), []).append(local)
+            own = local(grad)
+            groups.setdefault((own.device, own.dtype), []).append(own)
         for group in groups.values():
             torch._amp_foreach_non_finite_check_and_unscale_(group, self.found_inf, inv_scale)
         if self.agree is not None:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from lmbench.run.lossscale import Agree, DynamicLossScale
+from lmbench.run.lossscale import Agree, DynamicLossScale, local
 
 OptimizerFactory = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
 Wrapper = Callable[[nn.Module], nn.Module]
@@ -234,7 +234,7 @@ class Fp16MasterWeights(_DeviceLossScaled):
         # nothing.
         if self.scale.step(self.optimizer):
             with torch.no_grad():
-                torch._foreach_copy_([p for _, p in pairs], [m for m, _ in pairs])
+                torch._foreach_copy_([local(p) for _, p in pairs], [local(m) for m, _ in pairs])
         self.scale.update()
         for master, param in pairs:
             master.grad = None
