@@ -51,3 +51,40 @@ def test_pairs_are_taken_round_by_round():
     assert ratio == pytest.approx(0.5) and low == pytest.approx(0.5) and high == pytest.approx(0.5)
     with pytest.raises(ValueError):
         rounds.paired_ratio([1.0], [1.0, 2.0])
+
+
+def test_the_lag_1_autocorrelation_is_corrected_for_a_short_series_and_held_to_its_range():
+    # d = ±0.5 in pairs: sum d_i d_i+1 = 0.25, sum d² = 2, r = 0.125; (8 × 0.125 + 1) / (8 - 3) = 0.4.
+    assert rounds.lag1_autocorrelation([1, 1, 2, 2, 1, 1, 2, 2]) == pytest.approx(0.4)
+    assert rounds.lag1_autocorrelation([0, 1, 0, 1, 0, 1]) == 0.0  # alternating: below 0, held at 0
+    assert rounds.lag1_autocorrelation([1, 2, 3, 4, 5, 6]) == rounds.MAX_R  # a trend: 4/3, held at 0.9
+    assert rounds.lag1_autocorrelation([1, 1, 2, 2]) == 0.0  # too few rounds to estimate it
+    # The interval counts n (1 - r) / (1 + r) = 8 × 0.6 / 1.4 rounds: t(0.975, n_eff - 1) × sd / sqrt(n_eff).
+    ratios = [math.exp(0.01 * x) for x in (1, 1, 2, 2, 1, 1, 2, 2)]
+    ratio, low, high = rounds.ratio_interval(ratios)
+    n_eff = 8 * 0.6 / 1.4
+    from scipy.stats import t
+    half = float(t.ppf(0.975, n_eff - 1)) * 0.01 * math.sqrt(2 / 7) / math.sqrt(n_eff)
+    assert math.log(high / ratio) == pytest.approx(half) and math.log(ratio / low) == pytest.approx(half)
+
+
+def test_autocorrelated_rounds_keep_most_of_the_intervals_coverage():
+    """Rounds alike with their neighbours (a drift over a few rounds): an AR(1) of lag-1 autocorrelation 0.3 over 10
+    rounds missed the true ratio 14.5% of the time with the rounds counted as independent (a reviewer); counted as
+    the rounds' worth they hold, 7%. Independent rounds stay covered (3%, at a nominal 5%)."""
+    import numpy as np
+
+    rng = np.random.default_rng(2)
+
+    def missed(phi: float, series: int = 1000, n: int = 10) -> float:
+        misses = 0
+        for _ in range(series):
+            noise = rng.normal(0, 0.01, n)
+            logs = [noise[0] / math.sqrt(1 - phi ** 2)]
+            for step in noise[1:]:
+                logs.append(phi * logs[-1] + step)
+            _, low, high = rounds.ratio_interval([math.exp(x) for x in logs])
+            misses += not low <= 1 <= high
+        return misses / series
+
+    assert missed(0.3) < 0.10 and missed(0.0) <= 0.05

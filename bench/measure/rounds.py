@@ -6,6 +6,15 @@ a fresh random order, and two implementations are compared by the ratio of their
 drift slower than a round cancels out of it. The ratios' geometric mean gets a 95% Student t interval over the
 rounds (log ratios, so that 2x and 0.5x sit symmetrically about 1), and a difference is only a difference when
 the whole interval is on one side of 1.
+
+Rounds are not independent: a drift over a few rounds (a clock settling, another tenant's burst) leaves
+neighbouring rounds' ratios alike, and a t interval that counts every round as new information is too narrow (10
+rounds with a lag-1 autocorrelation of 0.3 missed the true ratio 14.5% of the time at a nominal 5%). So the
+interval counts n_eff = n (1 - r) / (1 + r) rounds (the variance of an AR(1) series' mean), with r the rounds'
+lag-1 autocorrelation, corrected for its bias in short series (Marriott and Pope 1954: E[r̂] ≈ r - (1 + 3r) / n,
+solved for r) and held to [0, 0.9]. Simulated (AR(1) log ratios, 4,000 series): 10 rounds at 0.3 then miss 7.0%,
+at 0.6 10.2% (31% before); independent rounds 3.1% (5.1%), at intervals 17% wider; 30 rounds at 0.3 6.2%. The
+rest is the estimate's own noise, which 10 rounds cannot pin down. Below MIN_ROUNDS_FOR_R rounds r is taken as 0.
 """
 
 from __future__ import annotations
@@ -35,8 +44,30 @@ def interleaved(timers: Mapping[Name, Callable[[], float]], rounds: int, *, seed
     return samples
 
 
+#: Fewer rounds than this leave no lag-1 autocorrelation worth estimating (its bias correction divides by n - 3).
+MIN_ROUNDS_FOR_R = 5
+#: The largest lag-1 autocorrelation counted: 0.9 leaves 10 rounds half a round's worth of information.
+MAX_R = 0.9
+
+
+def lag1_autocorrelation(values: Sequence[float]) -> float:
+    """The lag-1 autocorrelation of `values`, corrected for the bias of a short series and held to [0, MAX_R]
+    (module docstring); 0 below MIN_ROUNDS_FOR_R values or for values that do not vary."""
+    n = len(values)
+    if n < MIN_ROUNDS_FOR_R:
+        return 0.0
+    mean = statistics.fmean(values)
+    deviations = [v - mean for v in values]
+    total = math.fsum(d * d for d in deviations)
+    if total == 0:
+        return 0.0
+    r = math.fsum(a * b for a, b in zip(deviations, deviations[1:])) / total
+    return min(max((n * r + 1) / (n - 3), 0.0), MAX_R)
+
+
 def ratio_interval(ratios: Sequence[float]) -> tuple[float, float, float]:
-    """Geometric mean of per-round ratios and its 95% t interval (one round: no interval, (0, inf))."""
+    """Geometric mean of per-round ratios and its 95% t interval over the effective number of rounds, n (1 - r) /
+    (1 + r) with r their log ratios' lag-1 autocorrelation (module docstring); one round: no interval, (0, inf)."""
     from scipy.stats import t
 
     if not ratios or min(ratios) <= 0:
@@ -45,7 +76,10 @@ def ratio_interval(ratios: Sequence[float]) -> tuple[float, float, float]:
     mean = statistics.fmean(logs)
     if len(logs) < 2:
         return math.exp(mean), 0.0, math.inf
-    half = float(t.ppf(0.975, len(logs) - 1)) * statistics.stdev(logs) / math.sqrt(len(logs))
+    r = lag1_autocorrelation(logs)
+    rounds = len(logs) * (1 - r) / (1 + r)
+    # At least one degree of freedom: a t quantile of 12.7, against the few rounds' worth a strong drift leaves.
+    half = float(t.ppf(0.975, max(rounds - 1, 1.0))) * statistics.stdev(logs) / math.sqrt(rounds)
     return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
 
 
