@@ -26,14 +26,20 @@ def planned_entry(config_key: str, config: dict[str, Any]) -> dict[str, Any]:
 
 def _planned(meta: dict[str, Any], records: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     """(key, config) of each planned configuration: run.json's list, or for a run from before it kept one, the
-    configurations it recorded (their missing repeats can still be told; a configuration with none cannot)."""
+    configurations it recorded (their missing repeats can still be told; a configuration with none cannot).
+
+    run.json holds the keys as the run wrote them; the reader keys records by their configs under this lmbench
+    (results.current_key) and keeps the written one as `written_key`. A planned key a record was written under is
+    read as that record's key, or an old profiled run's every measured repeat read as planned and not recorded."""
     listed = meta.get("planned")
     recorded = {r["config_key"]: r["config"] for r in records}
+    now = {r.get("written_key", r["config_key"]): r["config_key"] for r in records}
     if isinstance(listed, list) and all(isinstance(p, dict) and isinstance(p.get("config_key"), str)
                                         and isinstance(p.get("config"), dict) for p in listed):
         # A configuration with records takes their config (every axis); one without, the planned axes away from
         # their defaults, filled with this lmbench's.
-        return [(p["config_key"], recorded.get(p["config_key"], p["config"])) for p in listed]
+        keys = [now.get(p["config_key"], p["config_key"]) for p in listed]
+        return list({key: recorded.get(key, p["config"]) for key, p in zip(keys, listed)}.items())
     return list(recorded.items())
 
 
