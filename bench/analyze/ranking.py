@@ -77,7 +77,7 @@ class Standing:
 
     @property
     def has_target(self) -> bool:
-        return any(r["metrics"].get("target_status") for r in self.ok())
+        return any(r["metrics"].get("target_status") for r in self.counted())
 
     @property
     def strayed(self) -> bool:
@@ -85,9 +85,14 @@ class Standing:
         return any(r["metrics"].get("parity") in ("drift", "diverged") for r in self.ok())
 
     def target_cell(self) -> str:
+        """Whether the repeats the figures rest on reached the target ('reached (2/3)'), a configuration that never
+        succeeded its statuses ('oom'), `-` without a target. A contended repeat the figures leave out is not
+        counted here either: '3/3 reached' beside a median of two said a third repeat stood behind it."""
+        if not self.ok():
+            return self.status_cell()
         if not self.has_target:
             return "-"
-        statuses = [r["metrics"].get("target_status") for r in self.ok()]
+        statuses = [r["metrics"].get("target_status") for r in self.counted()]
         reached = statuses.count("reached")
         if reached == len(statuses):
             return "reached" if reached == 1 else f"reached ({reached}/{reached})"
@@ -147,10 +152,10 @@ def _fmt(value: float | None, spec: str, scale: float = 1.0) -> str:
 
 
 def section(records: list[dict[str, Any]], objective: str = "time-to-target") -> dict[str, Grid]:
-    """The report's time-to-target table (configurations that evaluated held-out loss), ranked by `objective`;
-    empty when none did."""
-    ranked = [s for s in rank(records, objective) if s.evaluated]
-    if not ranked:
+    """The report's time-to-target table (configurations that evaluated held-out loss, and after them those that
+    never succeeded, their statuses in the target column), ranked by `objective`; empty when none evaluated."""
+    ranked = [s for s in rank(records, objective) if s.evaluated or not s.ok()]
+    if not any(s.evaluated for s in ranked):
         return {}
     axes = varying_axes(configs_of(records))
     with_parity = any(r["metrics"].get("parity") for s in ranked for r in s.ok())
