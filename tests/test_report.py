@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from matplotlib.figure import Figure
 
 from lmbench.analyze import frame, plots, report, results
-from lmbench.analyze.table import Grid, markdown_table
+from lmbench.analyze.table import Grid, markdown_table, percent_cell
 from lmbench.cli import cli
 from lmbench.plan.config import Config
 
@@ -855,8 +855,8 @@ def test_plots_tell_series_apart_mark_what_not_to_quote_and_show_the_out_of_memo
         "lowest to highest repeat", "not to quote: a window too short for NVML's counter, or counter and integral "
         "apart (energy table)"]
     over_batch = plots.tokens_vs_batch(df).axes[0]
-    assert [t.get_text() for t in over_batch.get_legend().get_texts()] == ["precision=amp-bf16", "precision=fp32",
-                                                                          "out of memory"]
+    assert [t.get_text() for t in over_batch.get_legend().get_texts()] == [
+        "precision=amp-bf16", "out of memory: precision=amp-bf16", "precision=fp32"]
     assert over_batch.get_ylim()[0] == 0
     assert [plots._style(i) for i in (0, 9, 10, 11)] == [
         {"color": "C0", "linestyle": "-"}, {"color": "C9", "linestyle": "-"}, {"color": "C0", "linestyle": "--"},
@@ -990,3 +990,84 @@ def test_the_header_counts_the_repeats_the_figures_rest_on():
                    "to quote"
     assert report.repeats_line(report.summarize([quiet, hand_record("fp32", 8, 1100.0, repeat=1)])) == (
         "figures are medians over repeats (2 ok a configuration)")
+
+
+def on(record, device, torch="2.11"):
+    return {**record, "env": {**record["env"], "device": {**record["env"]["device"], "name": device}, "torch": torch}}
+
+
+def test_repeats_from_two_devices_are_said_in_the_header_and_the_row():
+    """Repeats of one configuration on an H100 and an A100 pooled into one median without a word: compare warns of
+    them (environments.mixed), the report did not (a reviewer's finding, /tmp/review91/edge/mixedhw)."""
+    records = [hand_record("fp32", 8, 1000.0), on(hand_record("fp32", 8, 2000.0, repeat=1), "NVIDIA A100", "2.5.0"),
+               hand_record("fp32", 8, 1100.0, repeat=2), hand_record("amp-bf16", 8, 2000.0)]
+    lines = report.header_lines(records, report.summarize(records), ["r"])
+    key = records[0]["config_key"]
+    assert [line for line in lines if line.startswith("Mixed")] == [
+        f"Mixed environments: the run's repeats of configuration {key} come from more than one {field} ({values}): "
+        "it was resumed or merged on another machine, or something was upgraded between them"
+        for field, values in (("device", "NVIDIA H100 80GB HBM3 (GPU), NVIDIA A100 (GPU)"), ("torch", "2.11, 2.5.0"))]
+    notes = {row[0]: row[-1] for row in report.sections(records)["throughput"].rows}
+    assert notes == {"fp32": "figures pool repeats from 2 devices, 2 torch versions (the header names them)",
+                     "amp-bf16": ""}
+    # Two runs on two cards are two rows, each of one card: no mix.
+    runs = [{**hand_record("fp32", 8, 1000.0), "run": "h100"},
+            {**on(hand_record("fp32", 8, 2000.0), "A100"), "run": "a100"}]
+    assert not [line for line in report.header_lines(runs, report.summarize(runs), ["h100", "a100"])
+                if line.startswith("Mixed")]
+    assert all(row[-1] == "" for row in report.sections(runs)["throughput"].rows)
+
+
+def test_the_header_and_the_csv_say_when_and_on_which_card_and_software_the_records_were_measured():
+    """The report named the device model and torch; not when the records were measured, the software under torch,
+    which card of a fleet (its UUID) or its power limit (a reviewer's finding)."""
+    records = [hand_record("fp32", 8, 1000.0), hand_record("fp32", 8, 1100.0, repeat=1),
+               hand_record("amp-bf16", 8, 0, status="oom")]
+    for record, stamp in zip(records, ("2026-11-26T20:48:30+00:00", "2026-11-26T21:05:02+00:00",
+                                       "2026-11-26T20:50:00+00:00")):
+        record["env"] = {**record["env"], "timestamp": stamp, "cudnn": 91900, "triton": "3.6.0",
+                         "transformers": "5.17.0",
+                         "device": {**record["env"]["device"], "uuid": "GPU-c09b4b21-3b56-8bf2-4ff7-95b9608619e1"}}
+    records[0]["metrics"].update(power_limit_w=700.0, power_limit_min_w=700.0)
+    records[1]["metrics"].update(power_limit_w=1200.0, power_limit_min_w=500.0)
+    lines = report.header_lines(records, report.summarize(records), ["r"])
+    assert lines[2] == ("Provenance: measured 2026-11-26T20:48:30+00:00 to 2026-11-26T21:05:02+00:00; cuDNN 91900, "
+                        "Triton 3.6.0, transformers 5.17.0; GPU GPU-c09b4b21-3b56-8bf2-4ff7-95b9608619e1; power limit "
+                        "700 W / 1200 W over the job's GPUs (the most capped 500 W)")
+    row = hand_frame(records).iloc[0]
+    assert (row["timestamp"], row["gpu_uuid"], row["cudnn"], row["triton"], row["transformers"]) == (
+        "2026-11-26T20:48:30+00:00", "GPU-c09b4b21-3b56-8bf2-4ff7-95b9608619e1", 91900, "3.6.0", "5.17.0")
+    assert row["power_limit_w"] == 700.0
+
+
+def test_markdown_header_lines_are_escaped_as_cells_are(tmp_path):
+    """A corpus path /data/<corpus>|v2.txt lost its <corpus> on GitHub: the header lines were not escaped."""
+    record = hand_record("fp32", 8, 1000.0)
+    record["config"]["data"] = "/data/<corpus>|v2.txt"
+    record["config_key"] = results.current_key(record)
+    records = [{**record, "run": str(tmp_path)}]
+    report.build(hand_frame(records), records, tmp_path / "out", runs=[str(tmp_path)])
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "data=/data/&lt;corpus>\\|v2.txt, " in md and "<corpus>" not in md
+    assert "data=/data/&lt;corpus&gt;|v2.txt, " in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_the_power_trace_is_the_energy_table_s_repeat_never_a_failed_one(tmp_path):
+    """Repeat 0 ran out of memory: its trace was drawn, though no figure of the report rests on it."""
+    records = [hand_record("fp32", 8, 0, status="oom")] + [hand_record("fp32", 8, tps, repeat=i) for i, tps in
+                                                           ((1, 5100.0), (2, 5000.0), (3, 5200.0))]
+    (tmp_path / "telemetry").mkdir()
+    for repeat in range(4):
+        (tmp_path / "telemetry" / f"{records[0]['config_key']}-r{repeat}.csv").write_text("t_s,power_w\n0.0,300\n")
+    found = report.timelines([{**r, "run": str(tmp_path)} for r in records], ["model"])
+    # The median tokens/s, 5100, as the energy table's row.
+    assert found == {"model=tiny-gpt2": tmp_path / "telemetry" / f"{records[0]['config_key']}-r1.csv"}
+
+
+def test_a_tiny_model_s_mfu_keeps_its_digits():
+    """A tiny model's 0.0412% MFU read 0.0%, no work at all, beside a TFLOP/s with its digits."""
+    record = hand_record("fp32", 8, 1000.0)
+    record["metrics"]["mfu"] = 0.000412
+    grid = report.sections([record])["throughput"]
+    assert dict(zip(grid.headers, grid.rows[0]))["MFU"] == "0.0412%"
+    assert [percent_cell(v) for v in (0.4, 0.01, 0.00999, 0.0, None)] == ["40.0%", "1.0%", "0.999%", "0%", "-"]

@@ -117,8 +117,10 @@ def mixed(records: list[dict[str, Any]], side: str) -> list[str]:
     rows, one thread per rank, beside its single-process rows)."""
     found: dict[str, list[str]] = {}
     keys: dict[str, list[str]] = {}
-    for key in dict.fromkeys(r["config_key"] for r in records):
-        for name, values in environment_of([r for r in records if r["config_key"] == key]).items():
+    # Of one run each: a report of several keeps their rows apart, and two runs on two cards are no mix.
+    for run, key in dict.fromkeys((r.get("run"), r["config_key"]) for r in records):
+        for name, values in environment_of([r for r in records
+                                            if r["config_key"] == key and r.get("run") == run]).items():
             if len(values) > 1:
                 found.setdefault(name, [])
                 found[name] += [v for v in values if v not in found[name]]

@@ -10,10 +10,12 @@ import pandas as pd
 from lmbench.analyze import coverage, results
 from lmbench.errors import ResultsError
 
-#: Environment fields copied into every row, for comparisons across machines.
-ENV_COLUMNS = {"gpu": ("device", "name"), "driver": ("device", "driver"),
+#: Environment fields copied into every row, for comparisons across machines: which card (its UUID, of a fleet of one
+#: model), the software under the code, and when the worker measured (the record's env timestamp, ISO 8601).
+ENV_COLUMNS = {"gpu": ("device", "name"), "gpu_uuid": ("device", "uuid"), "driver": ("device", "driver"),
                "memory_total_bytes": ("device", "memory_total_bytes"), "torch": ("torch",), "cuda": ("cuda",),
-               "lmbench_commit": ("lmbench_commit",), "host": ("host",)}
+               "cudnn": ("cudnn",), "triton": ("triton",), "transformers": ("transformers",),
+               "lmbench_commit": ("lmbench_commit",), "host": ("host",), "timestamp": ("timestamp",)}
 #: Metric values that are lists or nested: kept out of the flat table.
 _NOT_SCALAR = (list, dict)
 

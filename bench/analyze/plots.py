@@ -75,19 +75,37 @@ def _series_name(series: list[str], label: Any) -> str:
     return " ".join(f"{axis}={value}" for axis, value in zip(series, values)) or "all"
 
 
-def _lines_over_batch(ax: Any, ok: pd.DataFrame, series: list[str], column: str, how: str, scale: float) -> None:
-    """One line per combination of the `series` axes: `column` aggregated over repeats, against batch size."""
-    if ok.empty:
-        return
-    for index, (label, group) in enumerate(ok.groupby(series, dropna=False) if series else [((), ok)]):
-        points = (group.groupby("batch_size")[column].agg(how) / scale).sort_index()
-        ax.plot(points.index, points.values, marker="o", label=_series_name(series, label), **_style(index))
+def _lines_over_batch(ax: Any, df: pd.DataFrame, series: list[str], column: str, scale: float,
+                      oom_at: float | None) -> None:
+    """One line per combination of the `series` axes: `column`'s median over ok repeats against batch size, a bar
+    from the lowest to the highest repeat where there are several (a line of medians hid their spread), and the
+    sizes that ran out of memory marked in the series' colour at `oom_at` (None: not marked)."""
+    for index, (label, rows) in enumerate(df.groupby(series, dropna=False) if series else [((), df)]):
+        style, name = _style(index), _series_name(series, label)
+        measured = _ok(rows, column)
+        if not measured.empty:
+            by_batch = measured.groupby("batch_size")[column]
+            points, low, high = (by_batch.median() / scale, by_batch.min() / scale, by_batch.max() / scale)
+            ax.plot(points.index, points.values, marker="o", label=name, **style)
+            if (by_batch.size() > 1).any():
+                ax.errorbar(points.index, points.values, yerr=[points - low, high - points], fmt="none",
+                            ecolor=style["color"], capsize=3)
+        ooms = sorted(set(rows.loc[rows["status"] == "oom", "batch_size"]))
+        if oom_at is not None and ooms:
+            ax.scatter(ooms, [oom_at] * len(ooms), marker="x", zorder=3, clip_on=False, color=style["color"],
+                       label=f"out of memory: {name}")
 
 
-def _legend_below(ax: Any, fontsize: int = 7) -> None:
-    """The legend under the axes: labels that name several axes are wider than the plot, and inside it they covered
-    the data and the y label (the figure is saved with a tight box, which takes the legend in)."""
-    ax.legend(fontsize=fontsize, loc="upper center", bbox_to_anchor=(0.5, -0.16))
+def _legend_below(ax: Any, fontsize: int = 7, handles: list[Any] | None = None) -> None:
+    """The legend under the axes and their x label: labels that name several axes are wider than the plot, and inside
+    it they covered the data and the y label (the figure is saved with a tight box, which takes the legend in). The
+    gap is in points, the tick labels' and x label's height: a fraction of the axes ran into the x label of a plot
+    shorter than 4 inches (the tokens-per-joule bars of two configurations)."""
+    from matplotlib.transforms import offset_copy
+
+    below = offset_copy(ax.transAxes, fig=ax.figure, y=-36, units="points")
+    ax.legend(**({"handles": handles} if handles else {}), fontsize=fontsize, loc="upper center",
+              bbox_to_anchor=(0.5, 0), bbox_transform=below)
 
 
 def _finish_batch_axes(ax: Any, title: str, ylabel: str) -> None:
@@ -100,21 +118,18 @@ def _finish_batch_axes(ax: Any, title: str, ylabel: str) -> None:
 
 
 def tokens_vs_batch(df: pd.DataFrame) -> Figure:
-    """Median tokens/s over repeats against batch size, one line per precision (and other varying axes)."""
+    """Median tokens/s over repeats against batch size, one line per precision (and other varying axes), each
+    with its repeats' spread and its sizes that ran out of memory."""
     title = "Throughput vs batch size"
     ok = _ok(df, "tokens_per_s")
     if ok.empty:
         return _empty(title, "no successful configuration")
     fig, ax = plt.subplots(figsize=(7, 4))
-    _lines_over_batch(ax, ok, _series_axes(df, {"batch_size"}), "tokens_per_s", "median", 1.0)
     # From zero: a line starting at 33,700 tokens/s drew a 0.68x ratio as a cliff. The sizes that ran out of
     # memory sit on the axis, as the memory plot marks them.
+    _lines_over_batch(ax, df, _series_axes(df, {"batch_size"}), "tokens_per_s", 1.0, oom_at=0)
     ax.set_ylim(bottom=0)
-    ooms = df[df["status"] == "oom"] if "status" in df else df.iloc[0:0]
-    if not ooms.empty:
-        ax.scatter(ooms["batch_size"], [0] * len(ooms), marker="x", color="red", clip_on=False, zorder=3,
-                   label="out of memory")
-    _finish_batch_axes(ax, title, "tokens/s (median over repeats)")
+    _finish_batch_axes(ax, title, "tokens/s (median over repeats, bar: lowest to highest)")
     return fig
 
 
@@ -126,32 +141,39 @@ def memory_vs_batch(df: pd.DataFrame) -> Figure:
     if ok.empty and ooms.empty:
         return _empty(title, "no device memory measured (CPU run or no successful configuration)")
     fig, ax = plt.subplots(figsize=(7, 4))
-    # The median, as the memory table's: the plot and the table must not give two figures for one row.
-    _lines_over_batch(ax, ok, _series_axes(df, {"batch_size"}), "mem_peak_reserved_bytes", "median", GIB)
     capacity = df["memory_total_bytes"].dropna().max() if "memory_total_bytes" in df else None
-    if capacity is not None and capacity == capacity:
+    known = capacity is not None and capacity == capacity
+    # The median, as the memory table's: the plot and the table must not give two figures for one row.
+    _lines_over_batch(ax, df, _series_axes(df, {"batch_size"}), "mem_peak_reserved_bytes", GIB,
+                      oom_at=capacity / GIB if known else None)
+    if known:
         ax.axhline(capacity / GIB, color="red", linestyle="--", label=f"device capacity {capacity / GIB:.0f} GiB")
-        if not ooms.empty:
-            ax.scatter(ooms["batch_size"], [capacity / GIB] * len(ooms), marker="x", color="red", label="out of memory")
     _finish_batch_axes(ax, title, "peak reserved memory (GiB, median over repeats)")
     return fig
 
 
 def tokens_per_joule(df: pd.DataFrame) -> Figure:
-    """Tokens per joule per configuration (median over repeats)."""
+    """Tokens per joule per configuration: the repeat the energy table's row gives (the ok one with the median
+    tokens/s, report.ConfigSummary.representative), a bar from the lowest to the highest repeat beside it."""
     title = "Energy efficiency"
-    ok = _ok(df, "tokens_per_j")
-    if ok.empty:
+    if _ok(df, "tokens_per_j").empty:
         return _empty(title, "no energy measured (no NVML telemetry in these results)")
     axes = _series_axes(df, set()) or ["model"]
     labels, values, spans, caveated = [], [], [], []
-    for _, group in ok.groupby(["run", "config_key"], sort=False):
-        labels.append(config_label(group.iloc[0], axes))
-        values.append(group["tokens_per_j"].median())
-        spans.append((values[-1] - group["tokens_per_j"].min(), group["tokens_per_j"].max() - values[-1]))
+    for _, group in _ok(df, "tokens_per_s").groupby(["run", "config_key"], sort=False):
+        # The lower of the middle two of an even count, as the table's; sorted stably, so ties keep their order.
+        one = group.sort_values("tokens_per_s", kind="stable").iloc[(len(group) - 1) // 2]
+        value, energy = one["tokens_per_j"], group["tokens_per_j"].dropna()
+        if value != value:
+            continue  # the table's row shows `-`
+        labels.append(config_label(one, axes))
+        values.append(value)
+        spans.append((value - energy.min(), energy.max() - value))
         # As the energy table's note: a window too short for NVML's counter, or counter and integral apart.
         caveated.append(any(energy_caveat({k: (v if v == v else None) for k, v in row.items()})
                             for _, row in group.iterrows()))
+    if not labels:
+        return _empty(title, "no energy measured in the repeats the energy table gives")
     fig, ax = plt.subplots(figsize=(7, max(3, 0.4 * len(labels) + 1)))
     bars = ax.barh(labels, values, color=["lightgray" if c else "C0" for c in caveated],
                    edgecolor=["gray" if c else "C0" for c in caveated])
@@ -169,8 +191,9 @@ def tokens_per_joule(df: pd.DataFrame) -> Figure:
                              label="not to quote: a window too short for NVML's counter, or counter and integral "
                                    "apart (energy table)"))
     if handles:
-        ax.legend(handles=handles, fontsize=7, loc="lower right")
-    ax.set_xlabel("tokens per joule (median over repeats)")
+        # Below the axes: inside them the legend covered the last bar.
+        _legend_below(ax, handles=handles)
+    ax.set_xlabel("tokens per joule (the repeat with the median tokens/s, as the energy table)")
     ax.set_title(title)
     ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
@@ -215,8 +238,9 @@ def speedup_heatmap(df: pd.DataFrame, *, x: str | None = None, y: str | None = N
     """Median tokens/s of each configuration over its baseline counterpart's, one panel per value of the other axes.
 
     The counterpart is equal on every varying axis but the baseline's (lmbench.analyze.baseline), so no cell pools
-    configurations; without --baseline it is the first value of the first varying axis in TREATMENT_AXES (never
-    the model: tokens/s across models compares different work). The colour scale is logarithmic and centred
+    configurations; without --baseline it is the first value that ran (ok) of the first varying axis in
+    TREATMENT_AXES (never the model: tokens/s across models compares different work). A baseline whose every
+    configuration failed is named with its statuses. The colour scale is logarithmic and centred
     on 1.0 (white): 2x and 0.5x are equally strong blue and red. The title says how many repeats the medians
     are of: with one, a speed-up inside the step-time noise means nothing. A cell whose repeats, or its
     counterpart's, all ran on a contended host shows no ratio but says so, as the report's table does.
@@ -239,7 +263,8 @@ def speedup_heatmap(df: pd.DataFrame, *, x: str | None = None, y: str | None = N
     x = x or (baseline[0] if baseline and baseline[0] in axes else treatments[0])
     y = y or next((a for a in axes if a != x), None)
     facets = [a for a in axes if a not in (x, y)]
-    baseline = baseline or (x, str(df[x].iloc[0]))
+    # The first value that ran: a first row out of memory made every other cell "no baseline".
+    baseline = baseline or (x, str(ok[x].iloc[0]))
     units = _units(df, axes)
     configs = units[axes].to_dict("records")
     speedups, withheld = [], []
@@ -259,6 +284,11 @@ def speedup_heatmap(df: pd.DataFrame, *, x: str | None = None, y: str | None = N
               if (v == v or why) and str(value) != str(baseline[1])]
     if not paired:
         # Only the baselines against themselves: a grid of 1.00x and "no baseline" says nothing.
+        named = units[units[baseline[0]].astype(str) == str(baseline[1])] if baseline[0] in units else units[:0]
+        if len(named) and (named["status"] != "ok").all():
+            failed = ", ".join(dict.fromkeys(named["status"]))
+            return _empty(title, f"baseline {baseline[0]}={baseline[1]} failed ({failed}): no ratio to it\n"
+                                 "(--baseline AXIS=VALUE picks another)")
         return _empty(title, f"no configuration pairs with a {baseline[0]}={baseline[1]} one with every other axis "
                              "equal\n(--baseline AXIS=VALUE picks another, and says which axes keep them apart)")
     finite = [v for v in speedups if v == v and v > 0]
@@ -351,19 +381,27 @@ def time_breakdown(profiled: list[tuple[dict[str, Any], dict[str, Any]]], axes: 
     return fig
 
 
+def _finite_steps(record: dict[str, Any]) -> list[float]:
+    """An ok record's step times in ms, less the null and non-finite entries the reader lets through (a step the
+    writer could not time is written as null)."""
+    if record["status"] != "ok":
+        return []
+    return [t * 1e3 for t in record.get("step_times_s") or []
+            if isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t)]
+
+
 def step_time_distributions(records: list[dict[str, Any]]) -> Figure:
     """Box plot of per-step times (all repeats pooled) per configuration."""
     title = "Step time distributions (each configuration's repeats pooled)"
-    ok = [r for r in records if r["status"] == "ok" and r.get("step_times_s")]
-    if not ok:
-        return _empty(title, "no successful configuration")
     configs = configs_of(records)
     axes = varying_axes(configs) or ["model"]
     pooled: dict[str, list[float]] = {}
     for r, config in zip(records, configs):
-        if r["status"] == "ok" and r.get("step_times_s"):
+        if steps := _finite_steps(r):
             # All repeats of one configuration together: nothing else shares a label.
-            pooled.setdefault(config_label(config, axes), []).extend(t * 1e3 for t in r["step_times_s"])
+            pooled.setdefault(config_label(config, axes), []).extend(steps)
+    if not pooled:
+        return _empty(title, "no successful configuration")
     fig, ax = plt.subplots(figsize=(7, max(3, 0.4 * len(pooled) + 1)))
     # matplotlib 3.10 replaced `vert` with `orientation`; support both.
     horizontal = ({"orientation": "horizontal"} if "orientation" in inspect.signature(ax.boxplot).parameters
@@ -382,9 +420,9 @@ def step_time_distributions(records: list[dict[str, Any]]) -> Figure:
 
 
 def power_over_time(timelines: dict[str, Path]) -> Figure:
-    """Board power of each configuration's window, from the telemetry CSVs (label -> file): repeat 0's, of rank 0
-    or the first device (report.timelines)."""
-    title = "Power over the measured window (repeat 0; rank 0 or the first device)"
+    """Board power of each configuration's window, from the telemetry CSVs (label -> file): the repeat the energy
+    table gives (the ok one with the median tokens/s), of rank 0 or the first device (report.timelines)."""
+    title = "Power over the measured window (the energy table's repeat; rank 0 or the first device)"
     traces = {}
     for label, path in timelines.items():
         with open(path, newline="", encoding="utf-8") as f:
@@ -421,6 +459,11 @@ def _curves(records: list[dict[str, Any]]) -> tuple[dict[str, list[dict[str, Any
     return curves, targets
 
 
+def _number(value: Any) -> float:
+    """A point's coordinate, NaN where it is null: matplotlib draws no marker there and breaks the line."""
+    return math.nan if value is None else float(value)
+
+
 def _val_loss_against(records: list[dict[str, Any]], x: str, title: str, xlabel: str) -> Figure:
     curves, targets = _curves(records)
     if not curves:
@@ -428,9 +471,9 @@ def _val_loss_against(records: list[dict[str, Any]], x: str, title: str, xlabel:
                              "data=PATH)")
     fig, ax = plt.subplots(figsize=(7, 4))
     for index, (label, points) in enumerate(curves.items()):
-        shown = [p for p in points if p["val_loss"] is not None]
-        ax.plot([p[x] for p in shown], [p["val_loss"] for p in shown], marker=".", label=label, linewidth=1,
-                **_style(index))
+        # A null evaluation breaks the line (NaN): joining across it drew a fall the run never measured.
+        ax.plot([_number(p.get(x)) for p in points], [_number(p.get("val_loss")) for p in points], marker=".",
+                label=label, linewidth=1, **_style(index))
     for target in sorted(targets):
         ax.axhline(target, color="gray", linestyle="--", linewidth=1, label=f"target {target:.3g} nats")
     ax.set_xlabel(xlabel)

@@ -15,7 +15,16 @@ import pandas as pd
 
 from lmbench.analyze import baseline as baselines
 from lmbench.analyze import coverage, environments, plots, results
-from lmbench.analyze.table import Grid, cell, configs_of, device_label, fixed_axes, varying_axes
+from lmbench.analyze.table import (
+    Grid,
+    cell,
+    configs_of,
+    device_label,
+    fixed_axes,
+    markdown_text,
+    percent_cell,
+    varying_axes,
+)
 from lmbench.errors import UsageError
 from lmbench.measure.breakdown import PROFILER_SLOWDOWN_NOTE, corrected, profiled_slowdown, window_shares
 from lmbench.measure.hostload import contention_note, standing, window_contended
@@ -55,6 +64,9 @@ class ConfigSummary:
     """The power or heat reasons that slowed the clocks in the figures' repeats (nvml.POWER_OR_HEAT)."""
     warnings: list[str] = field(default_factory=list)
     """The figures' repeats' own warnings that no other note or column says (a degenerate dp, skipped updates)."""
+    pooled: dict[str, int] = field(default_factory=dict)
+    """Environment fields (environments.FIELDS) the figures' repeats say more than one value of, and how many: a
+    median over an H100's repeat and an A100's is neither card's figure."""
 
     def median(self, name: str) -> float | None:
         values = self.metrics.get(name) or []
@@ -93,13 +105,21 @@ class ConfigSummary:
         run summary's) must not lose it. `speedup` says why the row's speedup is not shown."""
         # The busiest repeat's own metrics, its window among them: a window too short for the ticks is not contended.
         notes = [contention_note(max(self.repeats, default={}, key=lambda m: m.get("host_other_cpu_cores") or 0)),
-                 speedup, stalls_note(self.repeats), bubble_note(self.median("pp_bubble_fraction"),
+                 self.pooled_note(), speedup, stalls_note(self.repeats), bubble_note(self.median("pp_bubble_fraction"),
                                                                  self.median("pp_bubble_fraction_theory")),
                  unstable_steps(self.metrics.get("step_time_cv") or []),
                  host_bound_note(self.median("gpu_util_avg_pct")), self.throttle_note(), *self.warnings]
         if self.left_out:
             notes.append(f"{self.left_out} contended repeat{'s' if self.left_out > 1 else ''} left out")
         return "; ".join(filter(None, notes))
+
+    def pooled_note(self) -> str | None:
+        """The environments the figures' repeats came from, where they are several (the header names them)."""
+        if not self.pooled:
+            return None
+        return ("figures pool repeats from " + ", ".join(f"{n} {_POOLED_NAMES.get(name, name + ' values')}"
+                                                       for name, n in self.pooled.items())
+                + " (the header names them)")
 
     def throttle_note(self) -> str | None:
         """Beside the throughput: the card slowed its clocks for power or heat in the window, so the figures are
@@ -123,6 +143,12 @@ SUMMARY_METRICS = ("tokens_per_s", "step_time_median_s", "tokens_per_step", "ste
 ENERGY_NOTE = ("Each row's power, energy, mJ/token, tokens/J and clocks are one repeat's, the one with the median "
                "tokens/s, so they agree with each other (medians taken apart would mix repeats); throttling is over "
                "every repeat the figures rest on.")
+#: How a row's note counts an environment field its repeats differ in ("2 devices"); the others are "2 torch
+#: versions".
+_POOLED_NAMES = {"device": "devices", "driver": "drivers", "cpu threads": "CPU thread settings",
+                 "environment variables": "sets of environment variables",
+                 **{name: f"{name} versions" for name in environments.FIELDS
+                    if name not in ("device", "driver", "cpu threads", "environment variables")}}
 #: Worst parity over repeats is reported.
 PARITY_ORDER = ["reference", "ok", "drift", "diverged"]
 
@@ -183,6 +209,7 @@ def _collect(s: ConfigSummary, group: list[dict[str, Any]]) -> None:
     ok = [r for r in group if r["status"] == "ok" and r.get("metrics")]
     kept = standing(ok, lambda r: r["metrics"])
     s.left_out = len(ok) - len(kept)
+    s.pooled = {name: len(values) for name, values in environments.environment_of(kept).items() if len(values) > 1}
     for r in group:
         s.statuses.append(r["status"])
         s.reason = s.reason or r.get("reason")
@@ -261,7 +288,7 @@ def sections(records: list[dict[str, Any]], baseline: tuple[str, str] | None = N
         label = [cell(s.config, a) for a in axes]
         tps, tflops = s.median("tokens_per_s"), s.median("tflops")
         row = label + [_status(s), _fmt(tps, ",.0f"), _fmt(s.cv("tokens_per_s"), ".1%"),
-                       _fmt(s.step_time_s(), ".1f", 1e-3), _fmt(s.median("mfu"), ".1%"),
+                       _fmt(s.step_time_s(), ".1f", 1e-3), percent_cell(s.median("mfu")),
                        _fmt(tflops, ".1f" if tflops is None or tflops >= 1 else ".3g"),  # a CPU's 0.00166
                        _fmt(s.median("peak_tflops"), ".4g")]
         if spread:
@@ -480,15 +507,23 @@ def roofline_section(records: list[dict[str, Any]], ceilings: dict[str, Any]) ->
 
 
 def timelines(records: list[dict[str, Any]], axes: list[str]) -> dict[str, Path]:
-    """Telemetry CSV of repeat 0 of each configuration (rank 0 for multi-GPU runs), labelled."""
-    found = {}
+    """Telemetry CSV of each configuration's repeat whose figures the energy table gives (the ok one with the median
+    tokens/s, ConfigSummary.representative; rank 0 for multi-GPU runs), labelled. Never a failed repeat's: repeat 0
+    out of memory drew a trace the report's figures do not rest on."""
+    ok: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
     for r, config in zip(records, configs_of(records)):
-        if r["repeat"] != 0 or "run" not in r:
-            continue
+        if r["status"] == "ok" and r.get("metrics") and "run" in r:
+            ok.setdefault(_summary_key(r, config), []).append((r, config))
+    found = {}
+    for group in ok.values():
+        measured = sorted((pair for pair in group if isinstance(pair[0]["metrics"].get("tokens_per_s"), (int, float))),
+                          key=lambda pair: pair[0]["metrics"]["tokens_per_s"])
+        r, config = measured[(len(measured) - 1) // 2] if measured else group[0]
         folder = Path(r["run"]) / "telemetry"
         # One process, several ranks (rank 0's), or nn.DataParallel's several devices (the first's).
         key = r.get("written_key", r["config_key"])  # as its files are named (a profiled record read under a new key)
-        for name in (f"{key}-r0.csv", f"{key}-r0-rank0.csv", f"{key}-r0-dev0.csv"):
+        stem = f"{key}-r{r['repeat']}"
+        for name in (f"{stem}.csv", f"{stem}-rank0.csv", f"{stem}-dev0.csv"):
             if (folder / name).exists():
                 found[plots.config_label(config, axes)] = folder / name
                 break
@@ -560,6 +595,43 @@ def _versions(records: list[dict[str, Any]]) -> str:
     return f"; torch {torch}, CUDA {cuda}, measured with lmbench {lmbench}"
 
 
+def _provenance(records: list[dict[str, Any]]) -> str:
+    """When and on what exactly the records were measured, beyond the device line: the span of the workers'
+    timestamps, the software under torch (cuDNN, Triton, transformers), the GPUs' UUIDs (which card of a fleet)
+    and the enforced power limit, each value that occurs; empty where the records say none of it."""
+    envs = [r["env"] for r in records if r.get("env")]
+
+    def values(found: Any) -> str:
+        return " / ".join(dict.fromkeys(str(v) for v in found if v is not None))
+
+    parts = []
+    stamps = sorted({env["timestamp"] for env in envs if isinstance(env.get("timestamp"), str)})
+    if stamps:
+        parts.append(f"measured {stamps[0]}" if len(stamps) == 1 else f"measured {stamps[0]} to {stamps[-1]}")
+    software = [f"{label} {found}" for label, name in (("cuDNN", "cudnn"), ("Triton", "triton"),
+                                                       ("transformers", "transformers"))
+                if (found := values(env.get(name) for env in envs))]
+    if software:
+        parts.append(", ".join(software))
+    uuids = values((env.get("device") or {}).get("uuid") for env in envs)
+    if uuids:
+        parts.append(f"GPU {uuids}")
+    limits = values(_power_limit(r["metrics"]) for r in records if r["status"] == "ok" and r.get("metrics"))
+    if limits:
+        parts.append(f"power limit {limits}")
+    return "; ".join(parts)
+
+
+def _power_limit(m: dict[str, Any]) -> str | None:
+    """A record's enforced power limit: its card's, or over several the sum and the most capped card's."""
+    total, least = m.get("power_limit_w"), m.get("power_limit_min_w")
+    if not isinstance(total, (int, float)):
+        return None
+    if isinstance(least, (int, float)) and least < total:
+        return f"{total:.0f} W over the job's GPUs (the most capped {least:.0f} W)"
+    return f"{total:.0f} W"
+
+
 def _variables(records: list[dict[str, Any]]) -> str:
     """The environment variables the records' workers ran with (those lmbench records), each set once: ' / '
     between the sets where records differ; empty where none was set or none is recorded."""
@@ -574,13 +646,18 @@ def header_lines(records: list[dict[str, Any]], summaries: list[ConfigSummary], 
     """The report's opening lines: the runs; the device and what measured it (the workers' versions); what
     rendered the report (this lmbench, which may be newer: the notes and columns are its own); what every
     configuration shares, which no column shows; how many repeats the figures rest on; planned repeats with no
-    record; configurations whose ok records trained on different corpora (results.mixed_corpora), and what reading
-    the results left out (`notices`: the loader's warnings)."""
+    record; configurations whose ok records trained on different corpora (results.mixed_corpora) or whose repeats
+    say several environments (environments.mixed: a device, a torch); and what reading the results left out
+    (`notices`: the loader's warnings). After the device line, when the records say any of it: when they were
+    measured, the software under torch, the GPUs' UUIDs and the power limit."""
     from lmbench import __version__
     from lmbench.measure.environment import git_commit
 
     lines = [f"Runs: {', '.join(runs)}", f"Device: {device_label(records)}{_versions(records)}",
              f"Report rendered by lmbench {__version__} ({git_commit() or 'commit unknown'})"]
+    provenance = _provenance(records)
+    if provenance:
+        lines.insert(2, f"Provenance: {provenance}")
     variables = _variables(records)
     if variables:
         lines.append(f"Environment variables (of those that change what runs): {variables}")
@@ -591,6 +668,7 @@ def header_lines(records: list[dict[str, Any]], summaries: list[ConfigSummary], 
     lines.append(f"{len(records) - len(missing)} records, {len(summaries)} configurations; "
                  f"{repeats_line(summaries)}.")
     lines += [line for line in [coverage.summary_line(missing), results.mixed_corpora(records)] if line]
+    lines += [f"Mixed environments: {warning}" for warning in environments.mixed(records, "run")]
     lines += [f"Read with a warning: {notice}" for notice in notices]
     return lines
 
@@ -627,7 +705,9 @@ def build(df: pd.DataFrame, records: list[dict[str, Any]], out: Path, *, baselin
         (out / "plots" / f"{name}.png").write_bytes(images[name])
         plt.close(fig)
     lines = header_lines(records, summaries, runs, list(notices))
-    header = "# lmbench report\n\n" + "".join(f"{line}  \n" for line in lines[:-1]) + f"{lines[-1]}\n"
+    # Escaped as the tables' cells: a corpus path /data/<corpus>|v2.txt lost its <corpus> on GitHub.
+    shown = [markdown_text(line) for line in lines]
+    header = "# lmbench report\n\n" + "".join(f"{line}  \n" for line in shown[:-1]) + f"{shown[-1]}\n"
     md = header + "".join(f"\n## {SECTION_TITLES[k]}\n\n{grid.markdown()}\n" for k, grid in grids.items())
     md += "\n## Plots\n\n" + "".join(f"![{name}](plots/{name}.png)\n" for name in images)
     paths = {"report.md": out / "report.md", "results.csv": out / "results.csv", "report.html": out / "report.html"}

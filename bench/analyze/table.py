@@ -54,6 +54,21 @@ def fixed_axes(configs: Iterable[dict[str, Any]]) -> str:
     return ", ".join(f"{axis}={cell(first, axis)}" for axis in shared)
 
 
+def markdown_text(text: Any) -> str:
+    """Text as one line of Markdown that keeps every character: a table's cell or a report's header line. `|` would
+    end a cell, and GitHub drops what reads as a tag (CUDAFunctor_add<float> lost its <float>, a corpus path
+    /data/<corpus>|v2.txt its <corpus>), so `<` becomes an entity."""
+    return str(text).replace("|", "\\|").replace("\n", " ").replace("<", "&lt;")
+
+
+def percent_cell(value: float | None) -> str:
+    """A fraction as a percentage: one decimal from 1%, three significant digits below (a tiny model's MFU of
+    0.04% read 0.0%, no work at all, as TFLOP/s keeps its digits)."""
+    if value is None or value != value:
+        return "-"
+    return f"{value:.1%}" if abs(value) >= 0.01 else f"{value * 100:.3g}%"
+
+
 @dataclass
 class Grid:
     """Headers and rows of text cells; columns in `right` are right-aligned. Renders as Markdown or HTML."""
@@ -66,13 +81,9 @@ class Grid:
 
     def markdown(self) -> str:
         """A GitHub-flavoured Markdown table, its note below."""
-        def escaped(text: str) -> str:
-            # `<` as an entity: GitHub drops what reads as a tag (CUDAFunctor_add<float> lost its <float>).
-            return str(text).replace("|", "\\|").replace("\n", " ").replace("<", "&lt;")
-
-        lines = ["| " + " | ".join(escaped(h) for h in self.headers) + " |",
+        lines = ["| " + " | ".join(markdown_text(h) for h in self.headers) + " |",
                  "| " + " | ".join("---:" if i in self.right else "---" for i in range(len(self.headers))) + " |"]
-        lines += ["| " + " | ".join(escaped(c) for c in row) + " |" for row in self.rows]
+        lines += ["| " + " | ".join(markdown_text(c) for c in row) + " |" for row in self.rows]
         return "\n".join(lines + (["", self.note] if self.note else []))
 
     def html(self) -> str:
@@ -196,7 +207,7 @@ def summary(records: list[dict[str, Any]]) -> Table:
         # The report has every note whole; here a cut one ends in an ellipsis, never mid-figure without a sign.
         shown = note if len(note) <= NOTE_WIDTH else note[:NOTE_WIDTH - 1] + "…"
         table.add_row(*(escape(cell(group[0]["config"], a)) for a in axes), status, _fmt(tps, ",.0f"),
-                      "-" if cv is None else f"{cv:.1%}", "-" if mfu is None else f"{mfu:.1%}", memory,
+                      "-" if cv is None else f"{cv:.1%}", percent_cell(mfu), memory,
                       *(("/".join(parity),) if with_parity else ()), escape(shown))
     return table
 
