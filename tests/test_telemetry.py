@@ -580,3 +580,96 @@ def test_variables_that_make_a_measurement_something_else_are_warned_of():
     assert environment.variable_warnings({"CUDA_LAUNCH_BLOCKING": "0", "NVIDIA_TF32_OVERRIDE": "1"}) == []
     # On a CPU only dynamo's matters: TRITON_INTERPRET is how Triton runs there at all.
     assert len(environment.variable_warnings({"TRITON_INTERPRET": "1", "TORCHDYNAMO_DISABLE": "1"}, cuda=False)) == 1
+
+
+def test_a_driver_without_the_clock_events_call_is_asked_the_deprecated_one_and_unknown_is_not_unthrottled():
+    """Before R535 the library lacks nvmlDeviceGetCurrentClocksEventReasons (pynvml has it and raises
+    FUNCTION_NOT_FOUND): the reasons were marked unsupported and the record read 'not throttled' (a reviewer)."""
+    from lmbench.measure.telemetry import combine
+
+    old = FakeGpu(A, "x", energy_mj=[0, 1], clock_event_bits=0x4, event_reasons_function=False)
+    t = telemetry_for(old)
+    with t.window():
+        busy(0.05)
+    s = t.summary(tokens=1)
+    assert s["throttle_reasons"] == ["sw_power_cap"] and s["throttled_power_or_heat"] is True
+    assert t.device.nvml.calls.count("clock_events") == 1  # the missing function asked once
+    # Neither call answers: unknown, not "not throttled".
+    blind = FakeGpu(A, "x", energy_mj=[0, 1], clock_event_bits=0x4, unsupported={"clock_events"})
+    t = telemetry_for(blind)
+    with t.window():
+        busy(0.05)
+    s = t.summary(tokens=1)
+    assert s["throttle_reasons"] is None and s["throttled_power_or_heat"] is None
+    assert s["throttled_sample_frac"] is None
+
+    def member(reasons, flag):
+        return {**dict.fromkeys(SUMMARY_FIELDS), "telemetry": "on", "throttle_reasons": reasons,
+                "throttled_power_or_heat": flag, "telemetry_period_s": 0.05, "telemetry_window_s": 1.0}
+
+    unknown, calm, capped = member(None, None), member([], False), member(["sw_power_cap"], True)
+    merged = combine([unknown, calm], [[], []], tokens=1)
+    assert merged["throttle_reasons"] is None and merged["throttled_power_or_heat"] is None
+    merged = combine([unknown, capped], [[], []], tokens=1)  # what one GPU saw stands
+    assert merged["throttle_reasons"] == ["sw_power_cap"] and merged["throttled_power_or_heat"] is True
+    merged = combine([calm, calm], [[], []], tokens=1)
+    assert merged["throttle_reasons"] == [] and merged["throttled_power_or_heat"] is False
+
+
+def test_board_limit_and_reliability_bits_have_names():
+    """0x200 and 0x400 (pynvml's nvmlClocksThrottleReasonBoardLimit and ...Reliability) read unknown_0x600."""
+    from lmbench.measure.nvml import POWER_OR_HEAT
+
+    assert reason_names(0x200 | 0x400 | 0x4) == ["sw_power_cap", "board_limit", "reliability"]
+    # NVML's reference calls them "Board limit" and "Reliability" and no more: named, not counted as power or heat.
+    assert not {"board_limit", "reliability"} & POWER_OR_HEAT
+
+
+def test_a_transient_instant_power_failure_turns_nothing_off_and_a_mixed_source_says_so():
+    """Any failure of the instant-power field turned it off for good, and later readings came from the 1 s average
+    while power_source still read `instant` (a reviewer)."""
+    from fake_nvml import NVMLError
+
+    gpu = FakeGpu(A, "x", instant_power_returns=[999, NVMLError(999)], power_mw=lambda: 300_000)
+    device = NvmlDevice.open(uuid=gpu.uuid, nvml=FakeNvml([gpu]))
+    assert [device.power_w() for _ in range(3)] == [300.0, 300.0, 300.0]
+    assert device.nvml.calls.count("power_usage") == 2 and device.nvml.calls.count("field_values") == 3
+    assert device.power_source == "average/instant"
+    device.nvml.calls.clear()
+    device.power_w()
+    assert device.nvml.calls == ["field_values"]  # instant again
+    # NOT_SUPPORTED for the field, or a library without the call: the average for good, asked once.
+    for failure in (3, NVMLError(13)):
+        gpu = FakeGpu(A, "x", instant_power_returns=[failure], power_mw=lambda: 300_000)
+        device = NvmlDevice.open(uuid=gpu.uuid, nvml=FakeNvml([gpu]))
+        assert [device.power_w() for _ in range(3)] == [300.0, 300.0, 300.0]
+        assert device.nvml.calls.count("field_values") == 1 and device.power_source == "average"
+    gpu = FakeGpu(A, "x")
+    device = NvmlDevice.open(uuid=gpu.uuid, nvml=FakeNvml([gpu]))
+    assert device.power_source is None and device.power_w() == 200.0 and device.power_source == "instant"
+
+
+def test_a_mig_instance_s_own_handle_is_refused():
+    """nvmlDeviceIsMigDeviceHandle answers a ctypes c_uint, which never equals 1 (pynvml.py): its answer was lost."""
+    instance = FakeGpu("GPU-eeeeeeee-0000-0000-0000-000000000000", PARENT_PCI, mig_device=True)
+    with pytest.raises(NvmlUnavailable, match="is a MIG instance"):
+        NvmlDevice.open(uuid=instance.uuid, nvml=FakeNvml([instance]))
+
+
+def test_the_fake_fails_as_pynvml_does():
+    from fake_nvml import NVMLError
+
+    nvml = FakeNvml([FakeGpu(A, PARENT_PCI, energy_mj=[5])])
+    for lookup, key, code in ((nvml.nvmlDeviceGetHandleByUUID, B, 6), (nvml.nvmlDeviceGetHandleByUUID, "nonsense", 2),
+                              (nvml.nvmlDeviceGetHandleByPciBusId, "00000000:65:00.0", 6),
+                              (nvml.nvmlDeviceGetHandleByPciBusId, "x", 2)):
+        with pytest.raises(NVMLError) as failed:
+            lookup(key)
+        assert failed.value.value == code
+    gpu = nvml.gpus[0]
+    assert nvml.nvmlDeviceGetTotalEnergyConsumption(gpu) == 5
+    with pytest.raises(NVMLError):  # readings run out as a failed reading, not an IndexError
+        nvml.nvmlDeviceGetTotalEnergyConsumption(gpu)
+    # A handle not found is no "function not found": the error names it.
+    with pytest.raises(NvmlUnavailable, match="NVML error 6"):
+        NvmlDevice.open(uuid=B, nvml=nvml)

@@ -10,7 +10,8 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-#: Clock event ("throttle") reason bits of nvmlDeviceGetCurrentClocksEventReasons, as named in nvml.h.
+#: Clock event ("throttle") reason bits of nvmlDeviceGetCurrentClocksEventReasons, as named in nvml.h (0x200 and
+#: 0x400 as pynvml's nvmlClocksThrottleReasonBoardLimit and nvmlClocksThrottleReasonReliability).
 CLOCK_EVENT_REASONS: dict[int, str] = {
     0x001: "gpu_idle",
     0x002: "applications_clocks_setting",
@@ -21,8 +22,13 @@ CLOCK_EVENT_REASONS: dict[int, str] = {
     0x040: "hw_thermal_slowdown",
     0x080: "hw_power_brake_slowdown",
     0x100: "display_clock_setting",
+    0x200: "board_limit",
+    0x400: "reliability",
 }
-#: Reasons that mean the card ran slower than it could because of power or heat.
+#: Reasons that mean the card ran slower than it could because of power or heat. Not board_limit or reliability:
+#: NVML's reference (docs.nvidia.com/deploy/nvml-api/group__nvmlClocksEventReasons.html) says "Board limit." and
+#: "Reliability." and nothing of power or temperature, so they are named in throttle_reasons but raise no
+#: power-or-heat flag (the card's power cap has its own bit, sw_power_cap).
 POWER_OR_HEAT = frozenset({"sw_power_cap", "hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown",
                            "hw_power_brake_slowdown"})
 
@@ -76,9 +82,7 @@ class NvmlDevice:
         self.nvml = nvml
         self.handle = handle
         self._unsupported: set[str] = set()
-        self.power_source: str | None = None
-        """`instant` (NVML_FI_DEV_POWER_INSTANT) or `average` (nvmlDeviceGetPowerUsage: a 1 s average on
-        Ampere and later), whichever the first successful power reading used."""
+        self._power_sources: set[str] = set()
 
     @classmethod
     def open(cls, *, uuid: str | None, pci_bus_id: str | None = None, nvml: Any = None) -> NvmlDevice:
@@ -104,6 +108,13 @@ class NvmlDevice:
             return cls(nvml, handle)
         raise NvmlUnavailable("NVML has no device " + ("; ".join(errors) or "(no UUID or PCI bus id given)"))
 
+    @property
+    def power_source(self) -> str | None:
+        """`instant` (NVML_FI_DEV_POWER_INSTANT) or `average` (nvmlDeviceGetPowerUsage: a 1 s average on Ampere and
+        later, GA100 aside), whichever the power readings used; `average/instant` where the instant field failed for
+        some readings and the average stood in; None before any reading."""
+        return "/".join(sorted(self._power_sources)) or None
+
     def _query(self, name: str, call: Any, *args: Any) -> Any:
         """The call's value, or None: for good where the device does not support it (NOT_SUPPORTED, or a driver
         without the function), for this reading only on any other error (a transient one turned the query off
@@ -113,33 +124,35 @@ class NvmlDevice:
         try:
             return call(self.handle, *args)
         except self.nvml.NVMLError as err:
-            if getattr(err, "value", NVML_ERROR_NOT_SUPPORTED) in (NVML_ERROR_NOT_SUPPORTED,
-                                                                   NVML_ERROR_FUNCTION_NOT_FOUND):
-                self._unsupported.add(name)
+            self._unsupported_if(name, getattr(err, "value", NVML_ERROR_NOT_SUPPORTED))
             return None
 
+    def _unsupported_if(self, name: str, code: int) -> None:
+        if code in (NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_FUNCTION_NOT_FOUND):
+            self._unsupported.add(name)
+
     def instant_power_w(self) -> float | None:
-        if "instant_power" in self._unsupported:
+        """The instant-power field, or None: for good where it is unsupported, for this reading on another error."""
+        field = self._query("instant_power", self.nvml.nvmlDeviceGetFieldValues, [NVML_FI_DEV_POWER_INSTANT])
+        if field is None:
             return None
-        try:
-            (field,) = self.nvml.nvmlDeviceGetFieldValues(self.handle, [NVML_FI_DEV_POWER_INSTANT])
-        except self.nvml.NVMLError:
-            field = None
-        if field is None or field.nvmlReturn != NVML_SUCCESS:
-            self._unsupported.add("instant_power")
+        (field,) = field
+        if field.nvmlReturn != NVML_SUCCESS:  # the field's own return code: the call itself succeeded
+            self._unsupported_if("instant_power", field.nvmlReturn)
             return None
         return _field_value(field) / 1e3
 
     def power_w(self) -> float | None:
-        """Instant board power when the driver has the field, else the (1 s averaged) power usage."""
+        """Instant board power when the driver has the field, else (and for a reading the field failed) the 1 s
+        averaged power usage; power_source says which the readings came from."""
         value = self.instant_power_w()
         if value is not None:
-            self.power_source = self.power_source or "instant"
+            self._power_sources.add("instant")
             return value
         milliwatts = self._query("power_usage", self.nvml.nvmlDeviceGetPowerUsage)
         if milliwatts is None:
             return None
-        self.power_source = self.power_source or "average"
+        self._power_sources.add("average")
         return milliwatts / 1e3
 
     def energy_mj(self) -> int | None:
@@ -161,10 +174,18 @@ class NvmlDevice:
         return self._query("temperature", self.nvml.nvmlDeviceGetTemperature, NVML_TEMPERATURE_GPU)
 
     def clock_event_bits(self) -> int | None:
-        # Renamed from "throttle reasons" in newer drivers; older pynvml only has the old name.
-        call = getattr(self.nvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or \
-            self.nvml.nvmlDeviceGetCurrentClocksThrottleReasons
-        return self._query("clock_events", call)
+        """The clock-event reason bits, or None where neither name of the call answers."""
+        # Renamed from "throttle reasons" in R535. An older pynvml has only the old name; a newer one has both, and on
+        # an older driver the new one raises FUNCTION_NOT_FOUND (the library lacks the symbol) while the deprecated
+        # one still answers.
+        for name, function in (("clock_events", "nvmlDeviceGetCurrentClocksEventReasons"),
+                               ("clock_throttle_reasons", "nvmlDeviceGetCurrentClocksThrottleReasons")):
+            if getattr(self.nvml, function, None) is None:
+                self._unsupported.add(name)
+            bits = self._optional(name, function)
+            if name not in self._unsupported:  # this one answers (None: a transient error, this reading only)
+                return bits
+        return None
 
     def compute_pids(self) -> list[int] | None:
         """The processes holding a CUDA compute context on the device, as NVML numbers them; None where it cannot
@@ -219,7 +240,8 @@ def _is_mig(nvml: Any, handle: Any) -> bool:
             answer = call(handle)
         except nvml.NVMLError:
             continue
-        current = answer[0] if isinstance(answer, (list, tuple)) else answer
+        # nvmlDeviceIsMigDeviceHandle answers a ctypes c_uint (pynvml.py), which is never == 1; the MIG mode a list.
+        current = answer[0] if isinstance(answer, (list, tuple)) else getattr(answer, "value", answer)
         if current == NVML_DEVICE_MIG_ENABLE:
             return True
     return False

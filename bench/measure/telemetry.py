@@ -315,12 +315,13 @@ class Telemetry:
         duration_s = self.duration_s
         inside = [s for s in self.samples if duration_s is None or self.lead_s <= s.t_s <= self.lead_s + duration_s]
         inside = inside or self.samples
-        bits = 0
-        for s in inside:
-            bits |= s.clock_event_bits or 0
-        reasons = reason_names(bits)
         held = [s for s in inside if s.clock_event_bits is not None]
-        throttled = [s for s in held if POWER_OR_HEAT & set(reason_names(s.clock_event_bits or 0))]
+        bits = 0
+        for s in held:
+            bits |= s.clock_event_bits
+        # No sample with the bits (neither call answered): unknown, which is not "not throttled".
+        reasons = reason_names(bits) if held else None
+        throttled = [s for s in held if POWER_OR_HEAT & set(reason_names(s.clock_event_bits))]
         clocks = [s.sm_clock_mhz for s in self.samples if s.sm_clock_mhz is not None]
         utils = [s.gpu_util_pct for s in self.samples if s.gpu_util_pct is not None]
         mems = [s.mem_used_bytes for s in self.samples if s.mem_used_bytes is not None]
@@ -349,7 +350,7 @@ class Telemetry:
             "sm_clock_min_mhz": min(clocks) if clocks else None,
             "temp_max_c": max(temps) if temps else None,
             "throttle_reasons": reasons,
-            "throttled_power_or_heat": bool(POWER_OR_HEAT & set(reasons)),
+            "throttled_power_or_heat": None if reasons is None else bool(POWER_OR_HEAT & set(reasons)),
             "throttled_sample_frac": len(throttled) / len(held) if held else None,
             "telemetry_samples": len(self.samples),
             "power_readings": _readings(powers),
@@ -447,15 +448,20 @@ def combine(summaries: list[dict[str, Any]], traces: list[list[tuple[float, floa
     summed = summed_power(traces)
     energy = total("energy_j")
     sources = sorted(set(values("energy_source")))
-    reasons = sorted({r for s in summaries for r in s["throttle_reasons"]},
+    # What any GPU saw stands; none seen is "none" only where every GPU could tell.
+    known = values("throttle_reasons")
+    reasons = sorted({r for found in known for r in found},
                      key=lambda name: next((b for b, n in CLOCK_EVENT_REASONS.items() if n == name), 1 << 30))
+    reasons = reasons if reasons or len(known) == len(summaries) else None
+    flags = [s["throttled_power_or_heat"] for s in summaries]
     window = max(values("telemetry_window_s"), default=None)
     counted = energy / window if sources == ["counter"] and energy and window else None
     return {
         "telemetry": "on",
         "power_avg_w": counted or _time_weighted_power(summed),
         "power_max_w": max((s.power_w for s in summed), default=None),
-        "power_source": "/".join(sorted(set(values("power_source")))) or None,
+        "power_source": "/".join(sorted({part for found in values("power_source") for part in found.split("/")}))
+        or None,
         "energy_j": energy,
         "energy_source": sources[0] if len(sources) == 1 else "mixed: " + ", ".join(sources),
         "energy_integral_j": total("energy_integral_j"),
@@ -469,7 +475,7 @@ def combine(summaries: list[dict[str, Any]], traces: list[list[tuple[float, floa
         "sm_clock_min_mhz": min(values("sm_clock_min_mhz"), default=None),
         "temp_max_c": max(values("temp_max_c"), default=None),
         "throttle_reasons": reasons,
-        "throttled_power_or_heat": any(s["throttled_power_or_heat"] for s in summaries),
+        "throttled_power_or_heat": True if any(flags) else None if None in flags else False,
         # The most held-back device's share.
         "throttled_sample_frac": max(values("throttled_sample_frac"), default=None),
         "telemetry_samples": sum(values("telemetry_samples")),
