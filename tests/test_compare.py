@@ -99,17 +99,37 @@ def test_thresholds_parse():
 def test_renderings_and_junit():
     verdicts = compare(run_of({"a": TIGHT}), run_of({"a": [x * 0.9 for x in TIGHT]}))
     text = render(verdicts, fmt="text", metric="tokens_per_s", threshold=0.05)
-    assert text.splitlines()[1].startswith("a       regression  0.900  -10.0%")
+    # What is compared, which way is better and at what threshold, then each side's median in the metric's unit
+    # (the text said neither, a reviewer).
+    assert text.splitlines()[:3] == [
+        "lmbench compare: tokens_per_s (more is better), candidate ÷ baseline (median of repeats), threshold ±5%", "",
+        "config  verdict     baseline tokens_per_s  candidate tokens_per_s  ratio  change  95% CI          "
+        "repeats base/cand  parity  note"]
+    assert text.splitlines()[3].startswith("a       regression  100                    90                      0.900  "
+                                           "-10.0%  [0.")
     assert text.splitlines()[-1] == "gate: fails: 1 blocking (1 regression)"
     md = render(verdicts, fmt="md", metric="tokens_per_s", threshold=0.05)
-    assert "| a | regression | 0.900 | -10.0% |" in md and md.endswith("**gate: fails: 1 blocking (1 regression)**")
+    assert md.startswith("**lmbench compare**: tokens_per_s (more is better), candidate ÷ baseline (median of "
+                         "repeats), threshold ±5%\n\n| config | verdict | baseline tokens_per_s | candidate "
+                         "tokens_per_s |")
+    assert "| a | regression | 100 | 90 | 0.900 | -10.0% |" in md
+    assert md.endswith("**gate: fails: 1 blocking (1 regression)**")
+    cost = compare(run_of({"a": [0.12345, 0.1235, 0.1234]}, metric="step_time_median_s"),
+                   run_of({"a": [1234.5, 1235.0, 1234.0]}, metric="step_time_median_s"), metric="step_time_median_s")
+    assert render(cost, fmt="text", metric="step_time_median_s", threshold=0.05).splitlines()[0].startswith(
+        "lmbench compare: step_time_median_s (less is better)")
+    assert render(cost, fmt="text", metric="step_time_median_s", threshold=0.05).splitlines()[3].startswith(
+        "a       regression  0.1235                       1,234  ")
     same = render(compare(run_of({"a": TIGHT}), run_of({"a": TIGHT})), fmt="text", metric="tokens_per_s",
                   threshold=0.05)
     assert same.splitlines()[-1] == "gate: passes (1 unchanged)"
     data = json.loads(render(verdicts, fmt="json", metric="tokens_per_s", threshold=0.05))
-    assert data["verdicts"][0]["verdict"] == "regression"
+    assert data["verdicts"][0]["verdict"] == "regression" and data["higher_is_better"] is True
+    assert (data["verdicts"][0]["base_median"], data["verdicts"][0]["cand_median"]) == (100.0, 90.0)
     xml = junit_xml(verdicts, metric="tokens_per_s")
-    assert 'failures="1"' in xml and '<failure message="regression: ratio 0.900 (-10.0%), 95% CI [0.' in xml
+    assert 'failures="1"' in xml
+    assert ('<failure message="regression: tokens_per_s 100 -&gt; 90 (medians), ratio 0.900 (-10.0%), 95% CI [0.'
+            in xml)
     unjudged = junit_xml(compare(run_of({"a": TIGHT}) + [record("b", None, status="oom")],
                                  run_of({"a": TIGHT, "b": TIGHT})), metric="tokens_per_s")
     assert 'failures="0" errors="0" skipped="1"' in unjudged and "<skipped message=" in unjudged
@@ -1137,3 +1157,27 @@ def test_a_failed_repeat_that_measured_a_figure_is_no_value_of_the_comparison():
     records = run_of({"a": [100.0, 101.0, 99.0]}) + [{**record("a", None, status="diverged", repeat=3),
                                                        "metrics": {"tokens_per_s": 10.0}}]
     assert ok_values(records, "tokens_per_s")["a"] == [100.0, 101.0, 99.0]
+
+
+def test_each_verdict_carries_both_sides_medians():
+    """The output showed a ratio and never the figures it is of (a reviewer)."""
+    v = decide([100.0, 104.0, 98.0], [90.0, 91.0, 95.0], threshold=0.05, higher_is_better=True)
+    assert (v.base_median, v.cand_median) == (100.0, 91.0)
+    assert v.as_dict()["base_median"] == 100.0 and v.as_dict()["cand_median"] == 91.0
+    verdicts = {v.config_key: v for v in compare(run_of({"a": TIGHT, "b": [7.0, 9.0, 8.0]}), run_of({"a": [50.0]}))}
+    assert (verdicts["a"].base_median, verdicts["a"].cand_median) == (100.0, 50.0)  # 5 vs 1: inconclusive
+    assert (verdicts["b"].verdict, verdicts["b"].base_median, verdicts["b"].cand_median) == ("missing", 8.0, None)
+
+
+@pytest.mark.parametrize(("base", "cand", "sides"), [
+    ([0.1, 0.2, 0.15], [-0.1, -0.2, -0.15], "the candidate"),  # a sign change: ratio -1, was an improvement
+    ([-1.0, -1.1, -0.9], [-1.3, -1.4, -1.2], "the baseline and the candidate"),  # 1.3: was a regression
+    ([0.0, 0.0, 0.0, 0.0], [-1.0, -2.0, -1.0, -1.0], "the candidate"),  # was judged by the order of its repeats
+])
+def test_a_median_below_zero_has_no_ratio_and_no_verdict(base, cand, sides):
+    v = decide(base, cand, threshold=0.05, higher_is_better=False)
+    assert (v.verdict, v.ratio, v.ci_low, v.ci_high) == ("inconclusive", None, None, None)
+    assert v.note == (f"median below 0 in {sides}: a ratio of values that are not positive is not defined, so no "
+                      "threshold applies; compare a metric that is")
+    assert (v.base_median, v.cand_median) == (statistics.median(base), statistics.median(cand))
+

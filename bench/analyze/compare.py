@@ -18,6 +18,8 @@ is better (tokens/s, MFU) and, mirrored, where less is (times, memory, energy):
   unchanged    1 - t <= lo and hi <= 1 + t   (the whole interval inside the threshold)
   inconclusive otherwise: wider than 2t (too noisy to tell at this threshold), or reaching past one edge of
                the threshold (a change beyond t is neither shown nor excluded), or no noise estimate
+A median below 0 on either side has no ratio (a ratio of values that are not positive is not defined: a sign change
+from 0.15 to -0.15 gave a ratio of -1, read as an improvement of a cost): `inconclusive`, saying so.
 A noise floor stands in for the repeats' own spread only while they agree with it: with fewer than 3 repeats a
 side, repeats spread more than the floor allows (an F test at 1%) make the verdict inconclusive.
 plus `missing` (in one run only), `skipped` (skipped in both: it never ran, never blocks) and `failed` (no ok
@@ -79,6 +81,10 @@ class Verdict:
     """The candidate's worst loss parity over repeats, when the run checked it."""
     blocking: bool = False
     """Fails the gate (exit 1): a regression, a failure of the candidate, or a configuration it lacks."""
+    base_median: float | None = None
+    """Median of the metric over the baseline repeats the verdict rests on, in the metric's own unit (its name's)."""
+    cand_median: float | None = None
+    """Median of the metric over the candidate repeats the verdict rests on, in the metric's own unit."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -206,6 +212,21 @@ def _floor_disagreement(base: list[float], cand: list[float], noise: ConfigNoise
 
 def decide(base: list[float], cand: list[float], *, threshold: float, higher_is_better: bool,
            noise: ConfigNoise | None = None) -> Verdict:
+    verdict = _decide(base, cand, threshold=threshold, higher_is_better=higher_is_better, noise=noise)
+    verdict.base_median, verdict.cand_median = statistics.median(base), statistics.median(cand)
+    return verdict
+
+
+def _decide(base: list[float], cand: list[float], *, threshold: float, higher_is_better: bool,
+            noise: ConfigNoise | None) -> Verdict:
+    below_zero = [side for side, values in (("baseline", base), ("candidate", cand)) if statistics.median(values) < 0]
+    if below_zero:
+        # A ratio is a change only between positive values: -1.1 over 0.1 is -11, read as a huge fall of a rate and
+        # a huge gain of a cost, whatever happened.
+        return Verdict(config_key="", verdict="inconclusive", ratio=None, ci_low=None, ci_high=None,
+                       n_base=len(base), n_cand=len(cand),
+                       note=f"median below 0 in the {' and the '.join(below_zero)}: a ratio of values that are not "
+                            "positive is not defined, so no threshold applies; compare a metric that is")
     zero = [side for side, values in (("baseline", base), ("candidate", cand)) if statistics.median(values) == 0]
     if len(zero) == 2:
         # A count that stayed at 0 (no stalls, no skipped steps) did not change.
@@ -311,7 +332,8 @@ def compare(base: list[dict[str, Any]], cand: list[dict[str, Any]], *, metric: s
             note = f"not in the {lacking} run" + (" (allowed)" if lacking == "candidate" and allow_missing else "")
             verdicts.append(Verdict(key, "missing", None, None, None, len(b_values.get(key, [])),
                                     len(c_values.get(key, [])), note,
-                                    blocking=lacking == "candidate" and not allow_missing))
+                                    blocking=lacking == "candidate" and not allow_missing,
+                                    base_median=_median(b_values.get(key)), cand_median=_median(c_values.get(key))))
             continue
         b, c = b_values[key], c_values[key]
         if set(b_status[key]) == set(c_status[key]) == {"skipped"}:
@@ -323,6 +345,7 @@ def compare(base: list[dict[str, Any]], cand: list[dict[str, Any]], *, metric: s
         if not b or not c:
             verdict = _unmeasured(key, metric, b, c, b_status[key], c_status[key])
             verdict.blocking = verdict.blocking or (strict and verdict.verdict == "inconclusive")
+            verdict.base_median, verdict.cand_median = _median(b), _median(c)
             verdicts.append(verdict)
             continue
         busy = len(b) - len(b_quiet.get(key, [])), len(c) - len(c_quiet.get(key, []))
@@ -334,7 +357,8 @@ def compare(base: list[dict[str, Any]], cand: list[dict[str, Any]], *, metric: s
             # A contended window measures the machine's other work as much as the code: no verdict on it alone.
             sides = " and ".join(side for side, quiet in (("baseline", b), ("candidate", c)) if not quiet)
             verdict = Verdict("", "inconclusive", None, None, None, len(b), len(c),
-                              f"every {sides} repeat ran on a contended host; rerun where no other work runs")
+                              f"every {sides} repeat ran on a contended host; rerun where no other work runs",
+                              base_median=_median(b), cand_median=_median(c))
         verdict.config_key = key
         verdict.parity = parity.get(key)
         if noise is not None and noise.get(key) is None and b and c:
@@ -499,6 +523,10 @@ def _worst_parity(records: list[dict[str, Any]]) -> dict[str, str]:
         if value in order and order.index(value) >= order.index(worst.get(r["config_key"], "reference")):
             worst[r["config_key"]] = value
     return worst
+
+
+def _median(values: list[float] | None) -> float | None:
+    return statistics.median(values) if values else None
 
 
 def _as_measured(verdict: Verdict) -> str:

@@ -180,28 +180,45 @@ def _cells(v: Verdict) -> list[str]:
 
     interval = "-" if v.ci_low is None else f"[{v.ci_low:.3f}, {v.ci_high:.3f}]"
     change = "-" if v.ratio is None else f"{(v.ratio - 1) * 100:+.1f}%"
-    return [v.config_key, v.verdict, num(v.ratio, ".3f"), change, interval, f"{v.n_base}/{v.n_cand}",
-            v.parity or "-", v.note]
+    return [v.config_key, v.verdict, _figure(v.base_median), _figure(v.cand_median), num(v.ratio, ".3f"), change,
+            interval, f"{v.n_base}/{v.n_cand}", v.parity or "-", v.note]
 
 
-HEADERS = ["config", "verdict", "ratio", "change", "95% CI", "repeats base/cand", "parity", "note"]
+def _figure(value: float | None) -> str:
+    """A median as a table shows it: four significant digits, thousands grouped (123,457 tokens/s; 0.1235 s)."""
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+
+
+def headers(metric: str) -> list[str]:
+    """The table's columns; the medians' carry the metric's name, which carries its unit (tokens_per_s)."""
+    return ["config", "verdict", f"baseline {metric}", f"candidate {metric}", "ratio", "change", "95% CI",
+            "repeats base/cand", "parity", "note"]
+
+
+def title(metric: str, threshold: float) -> str:
+    """What the table compares: the metric, which way is better, the statistic and the threshold."""
+    better = "more" if higher_is_better(metric) else "less"
+    return (f"lmbench compare: {metric} ({better} is better), candidate ÷ baseline (median of repeats), "
+            f"threshold ±{threshold * 100:g}%")
 
 
 def render(verdicts: list[Verdict], *, fmt: str, metric: str, threshold: float, warnings: Sequence[str] = ()) -> str:
     """The verdict table. JSON and Markdown, which a CI job posts where the terminal's warnings are not seen (the
     step summary, a pull-request comment), carry the warnings too (other software on one side, say)."""
     if fmt == "json":
-        return json.dumps({"metric": metric, "threshold": threshold, "warnings": list(warnings),
-                           "verdicts": [v.as_dict() for v in verdicts]}, indent=2)
+        return json.dumps({"metric": metric, "higher_is_better": higher_is_better(metric), "threshold": threshold,
+                           "warnings": list(warnings), "verdicts": [v.as_dict() for v in verdicts]}, indent=2)
     rows = [_cells(v) for v in verdicts]
+    columns = headers(metric)
     if fmt == "md":
-        title = (f"**lmbench compare**: {metric}, candidate ÷ baseline (median of repeats), "
-                 f"threshold ±{threshold * 100:g}%\n\n")
+        heading = f"**{title(metric, threshold).replace(': ', '**: ', 1)}\n\n"
         said = "".join(f"> **warning**: {w.replace('<', '&lt;')}\n>\n" for w in warnings).removesuffix(">\n") + \
             ("\n" if warnings else "")
-        return title + said + markdown_table(HEADERS, rows, right={2, 3, 5}) + f"\n\n**{outcome(verdicts)}**"
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(HEADERS)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(HEADERS, widths)).rstrip()]
+        return heading + said + markdown_table(columns, rows, right={2, 3, 4, 5, 7}) + f"\n\n**{outcome(verdicts)}**"
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(columns)]
+    lines = [title(metric, threshold), "", "  ".join(h.ljust(w) for h, w in zip(columns, widths)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     return "\n".join(lines + ["", outcome(verdicts)])
 
@@ -224,10 +241,10 @@ def junit_xml(verdicts: list[Verdict], *, metric: str, warnings: Sequence[str] =
     cases = []
     for v in verdicts:
         body = ""
-        cells = dict(zip(HEADERS, _cells(v)))
+        cells = dict(zip(headers(metric), _cells(v)))
         # A verdict without a ratio (a count at 0 on a side, a missing configuration) says its note alone.
-        figures = f" ratio {cells['ratio']} ({cells['change']}), 95% CI {cells['95% CI']};" if v.ratio is not None \
-            else ""
+        figures = (f" {metric} {cells[f'baseline {metric}']} -> {cells[f'candidate {metric}']} (medians), ratio "
+                   f"{cells['ratio']} ({cells['change']}), 95% CI {cells['95% CI']};") if v.ratio is not None else ""
         text = f"{v.verdict}:{figures} {v.note}"
         message = xml_escape(text.rstrip("; "), {'"': "&quot;"})
         if v.blocking:
