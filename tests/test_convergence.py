@@ -67,8 +67,6 @@ def test_synthetic_data_has_no_held_out_set_and_evaluating_it_is_skipped():
     ({"target_loss": 2.0, "eval_every": 5, "max_steps": 10}, "must be at least warmup + steps = 25"),
     ({"max_steps": 100}, "needs target_loss or target_ppl"),
     ({"target_loss": 2.0, "target_ppl": 8.0, "eval_every": 5, "max_steps": 100}, "two spellings of one target"),
-    ({"eval_every": 5, "val_frac": 0.0}, "needs val_frac > 0"),
-    ({"eval_every_tokens": 512, "val_frac": 0.0}, "needs val_frac > 0"),
     ({"label_smoothing": 0.1, "kernels": "liger"}, "passes no label_smoothing"),
     ({"eval_every": 5, "parallel": "pp"},
      "held-out evaluation (eval_every, eval_every_tokens) is not implemented for parallel=pp"),
@@ -76,6 +74,24 @@ def test_synthetic_data_has_no_held_out_set_and_evaluating_it_is_skipped():
 ])
 def test_quality_axes_that_cannot_go_together_are_skipped_rows(values, reason):
     assert reason in Config(data="markov", **values).conflict()
+
+
+def test_val_frac_splits_a_file_and_means_nothing_for_markov_data(tmp_path):
+    """Markov's held-out set is a stream of its own whatever val_frac is, yet val_frac was in its key (two keys, one
+    run) and val_frac=0 was refused as 'nothing is held out' (a reviewer)."""
+    def key(config: Config) -> str:
+        return config.without_foreign_options().key
+
+    markov = Config(data="markov", eval_every=5)
+    assert key(markov.replace(val_frac=0.2)) == key(markov)
+    assert markov.replace(val_frac=0.0).conflict() is None
+    assert markov.replace(eval_every=0, eval_every_tokens=512, val_frac=0.0).conflict() is None
+    corpus = write_corpus(tmp_path / "corpus.txt")
+    text = Config(data=str(corpus), eval_every=5)
+    assert key(text.replace(val_frac=0.2)) != key(text)
+    for schedule in ({"eval_every": 5}, {"eval_every_tokens": 512}):
+        assert "needs val_frac > 0: nothing is held out" in Config(data=str(corpus), val_frac=0.0,
+                                                                      **schedule).conflict()
 
 
 @pytest.mark.parametrize("values, message", [

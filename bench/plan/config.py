@@ -63,7 +63,7 @@ KERNEL_AXES: dict[str, frozenset[str]] = {
 
 
 #: Options that mean something for some configurations only (Config.uses_conditional), and which those are.
-CONDITIONAL_AXES = {"tokenizer": "data=PATH", "val_frac": "data=PATH, or data=markov with an evaluation",
+CONDITIONAL_AXES = {"tokenizer": "data=PATH", "val_frac": "data=PATH",
                     "eval_tokens": "configurations that evaluate (eval_every or eval_every_tokens)",
                     "dropout": "the GPT-2 and BERT models (Llama and torch-transformer-lm have no dropout)"}
 
@@ -208,8 +208,8 @@ class Config:
     """Label smoothing of the training loss, in [0, 1): the same formula in the eager loss and the fused
     linear cross-entropy (held-out perplexity is always the unsmoothed cross-entropy)."""
     val_frac: float = 0.1
-    """Share of a learnable corpus held out for validation: the last tokens of `data=PATH`, a separate
-    stream of the same chain for `data=markov`; training never reads them."""
+    """Share of a text corpus held out for validation: the last tokens of `data=PATH`, which training never reads.
+    `data=markov` holds out a separate stream of its chain whatever this is (the option means nothing there)."""
     eval_every: int = 0
     """Evaluate the held-out loss every this many optimizer steps (and before the first and after the last),
     outside every timed and sampled window; 0 for never."""
@@ -353,7 +353,7 @@ class Config:
                         "(a time-to-target run also measures throughput over those)")
         elif self.max_steps:
             return f"max_steps={self.max_steps} needs target_loss or target_ppl (time-to-target mode)"
-        if self.evaluates and self.val_frac == 0:
+        if self.evaluates and self.reads_file and self.val_frac == 0:
             return "held-out evaluation (eval_every, eval_every_tokens) needs val_frac > 0: nothing is held out"
         return self._corpus_conflict()
 
@@ -388,12 +388,12 @@ class Config:
 
     def uses_conditional(self, axis: str) -> bool:
         """Whether one of CONDITIONAL_AXES changes what this configuration runs: the tokenizer reads a file; val_frac
-        splits a file (training reads only what it leaves), and a Markov chain only when something evaluates on
-        the held-out stream; eval_tokens needs an evaluation; dropout a model that has some."""
+        splits a file (training reads only what it leaves; a Markov chain's held-out stream is drawn apart whatever
+        it is); eval_tokens needs an evaluation; dropout a model that has some."""
         if axis == "tokenizer":
             return self.reads_file
         if axis == "val_frac":
-            return self.reads_file or (self.data == "markov" and self.evaluates)
+            return self.reads_file
         if axis == "eval_tokens":
             return self.evaluates
         if axis == "dropout":
