@@ -767,7 +767,9 @@ def calibrate(suite_name: str, repeats: int, runs: int, out: Path | None, overri
         if code:
             return code
     records = [results.read(out / name).records for name in names]
-    estimates, payload = noise.calibrate(records, metric=metric, repeats_per_run=repeats)
+    planned = (results.read_meta(out / names[0]) or {}).get("plan") or {}
+    estimates, payload = noise.calibrate(records, metric=metric, repeats_per_run=repeats,
+                                         suite_sha256=planned.get("suite_sha256"))
     with results.saving(out / "noise-floor.json"):
         noise.write(out / "noise-floor.json", payload)
     table = noise_floor_table(estimates, records, metric=metric,
@@ -786,7 +788,15 @@ def calibrate(suite_name: str, repeats: int, runs: int, out: Path | None, overri
         click.echo(f"lmbench: warning: {len(ungated)} configuration(s) have floors of 100% or more (e.g. "
                    f"{ungated[0]}): no --threshold (below 100%) can gate them; calibrate on a quieter host, or with "
                    "more --runs", err=True)
-    click.echo("gate each configuration with --threshold at or above the floor for the repeats you run")
+    if estimates:
+        # At the floor itself an unchanged configuration comes out unchanged 1 gate in 10 or fewer: its ratio strays
+        # from 1 as far as the interval around it reaches (noise.ConfigNoise.gate_threshold).
+        gated = [max(e.gate_threshold(n) for e in estimates.values()) for n in (1, noise.MIN_REPEATS)]
+        shown = [f"{t:.1%}" if t <= 10 else ">1000%" for t in gated]
+        click.echo(f"gate with --threshold at about twice the floor for the repeats you run, (1 + floor)² - 1, where "
+                   f"95% of unchanged configurations come out unchanged (at the floor itself 10% or fewer): for this "
+                   f"suite {shown[0]} with 1 repeat a side, {shown[1]} or more with {noise.MIN_REPEATS} (there the "
+                   "repeats' own spread counts too)")
     return 0
 
 

@@ -265,6 +265,17 @@ def test_calibrate_runs_twice_and_prints_noise_floors(tmp_path):
     else:  # a host other work kept busy (the test suite beside other jobs): the floor says why it rests on fewer
         assert entry["run_df"] <= 2 and entry["note"], entry
     assert f"noise floor: {tmp_path / 'c' / 'noise-floor.json'}" in result.output
+    # The file says what the floor was measured with, for compare to check against the runs it gates.
+    assert floor["torch"] and floor["lmbench"] and len(floor["suite_sha256"]) == 64
+    from lmbench.analyze import noise
+
+    advice = [noise.ConfigNoise(**{k: entry[k] for k in ("log_sd", "df", "run_mean_sd", "run_df", "mean_repeats")}
+                                ).gate_threshold(n) for n in (1, 3)]
+    shown = [f"{t:.1%}" if t <= 10 else ">1000%" for t in advice]
+    assert result.stdout.splitlines()[-1] == (
+        "gate with --threshold at about twice the floor for the repeats you run, (1 + floor)² - 1, where 95% of "
+        "unchanged configurations come out unchanged (at the floor itself 10% or fewer): for this suite "
+        f"{shown[0]} with 1 repeat a side, {shown[1]} or more with 3 (there the repeats' own spread counts too)")
     # The file gates a 1-vs-1 comparison of the same runs: a verdict with an interval, exit 0 or 1 only.
     gated = invoke(str(tmp_path / "c" / "a"), str(tmp_path / "c" / "b"), "--noise-floor",
                    str(tmp_path / "c" / "noise-floor.json"), "--format", "json")
@@ -1181,3 +1192,77 @@ def test_a_median_below_zero_has_no_ratio_and_no_verdict(base, cand, sides):
                       "threshold applies; compare a metric that is")
     assert (v.base_median, v.cand_median) == (statistics.median(base), statistics.median(cand))
 
+
+def test_a_verdict_gated_by_a_floor_taken_on_a_contended_host_says_so():
+    """Such a floor was used with a warning for the run only: the row it set the interval of did not say."""
+    floor = NoiseFloor(metric="tokens_per_s", configs={"a": ConfigNoise(log_sd=0.01, df=6),
+                                                       "b": ConfigNoise(log_sd=0.01, df=6)},
+                       source="nf.json", contended=frozenset({"b"}))
+    verdicts = {v.config_key: v for v in compare(run_of({"a": [100.0], "b": [100.0]}),
+                                                 run_of({"a": [99.0], "b": [99.0]}), noise=floor)}
+    said = "its noise floor was taken on a contended host (it measures that host's load as much as the configuration)"
+    assert said in verdicts["b"].note and "contended" not in verdicts["a"].note
+
+
+def _floor_with_environment(path, **said):
+    path.write_text(json.dumps({"format": "lmbench-noise-floor", "version": 2, "metric": "tokens_per_s",
+                                "device": "NVIDIA H100 80GB HBM3", **said,
+                                "configs": {"a": {"log_sd": 0.01, "df": 6}}}))
+    return str(path)
+
+
+def test_a_floor_from_another_driver_torch_lmbench_or_suite_is_warned_of(tmp_path):
+    """The file said only the device: a floor calibrated before a driver or torch upgrade, or of another suite's
+    content, gated with no word (a reviewer)."""
+    runs = []
+    for name, torch_version in (("base", "2.11"), ("cand", "2.13"), ("again", "2.11")):
+        records = [{**r, "env": {**r["env"], "torch": torch_version, "lmbench": "0.1.0"}} for r in run_of({"a": TIGHT})]
+        runs.append(write_run(tmp_path / name, records))
+        (tmp_path / name / "run.json").write_text(json.dumps({"plan": {"suite_sha256": "ab" * 32}}))
+    floor = _floor_with_environment(tmp_path / "f.json", driver="575", torch="2.11", lmbench="0.1.0",
+                                    suite_sha256="cd" * 32)
+    result = invoke(*runs[:2], "--noise-floor", floor)
+    assert (f"lmbench: warning: the noise floor {floor} was measured in another environment than the runs (driver "
+            "575 (floor), 580 (baseline), 580 (candidate); torch 2.11 (floor), 2.11 (baseline), 2.13 (candidate); "
+            "suite content sha256 cdcdcdcdcdcd (floor), abababababab (baseline), abababababab (candidate)): its "
+            "spread may not be these runs' noise; calibrate again where they ran") in result.stderr.splitlines()
+    same = _floor_with_environment(tmp_path / "same.json", driver="580", torch="2.11", lmbench="0.1.0",
+                                   suite_sha256="ab" * 32)
+    result = invoke(runs[0], runs[2], "--noise-floor", same)
+    assert result.exit_code == 0 and result.stderr == ""
+    # What a file does not say (one from before these were kept) is not held against it.
+    result = invoke(*runs[:2], "--noise-floor", _floor_with_environment(tmp_path / "o.json"))
+    assert result.exit_code == 0 and "another environment" not in result.stderr
+
+
+def test_calibrate_records_the_environment_and_the_suite_it_measured():
+    from lmbench.analyze import noise
+
+    runs = [[{**r, "env": {**r["env"], "lmbench": "0.1.0"}} for r in run_of({"a": [100.0, 101.0]})] for _ in "ab"]
+    _, payload = noise.calibrate(runs, metric="tokens_per_s", repeats_per_run=2, suite_sha256="ab" * 32)
+    assert {key: payload[key] for key in ("device", "driver", "torch", "lmbench", "suite_sha256")} == {
+        "device": "NVIDIA H100 80GB HBM3", "driver": "580", "torch": "2.11", "lmbench": "0.1.0",
+        "suite_sha256": "ab" * 32}
+
+
+def test_the_threshold_to_gate_at_is_twice_the_floor_not_the_floor():
+    """calibrate advised gating at the floor: there an unchanged configuration came out unchanged 11% of the time
+    (a reviewer). (1 + floor)² - 1 is where 95% do, by the floor's own model: its interval is a 95% prediction of
+    where an unchanged ratio falls, and the interval around that ratio must fit inside the threshold too."""
+    import numpy as np
+
+    from lmbench.analyze.noise import estimate
+
+    floor = ConfigNoise(log_sd=0.01, df=6, run_mean_sd=0.01, run_df=2, mean_repeats=3.0)
+    assert floor.gate_threshold(1) == pytest.approx((1 + floor.floor(1)) ** 2 - 1)
+    rng = np.random.default_rng(6)
+    unchanged = {"floor": 0, "gate_threshold": 0}
+    gates = 300
+    for _ in range(gates):
+        # 1% noise a process and 1% a run: a calibration of 3 runs of 3, then a gate of 1 repeat a side.
+        noise = estimate([list(1000 * np.exp(rng.normal(0, 0.01) + rng.normal(0, 0.01, 3))) for _ in range(3)])
+        base, cand = ([1000 * math.exp(rng.normal(0, 0.01) + rng.normal(0, 0.01))] for _ in "bc")
+        for name, threshold in (("floor", noise.floor(1)), ("gate_threshold", noise.gate_threshold(1))):
+            verdict = decide(base, cand, threshold=min(threshold, 0.99), higher_is_better=True, noise=noise)
+            unchanged[name] += verdict.verdict == "unchanged"
+    assert unchanged["floor"] / gates < 0.2 and unchanged["gate_threshold"] / gates >= 0.93

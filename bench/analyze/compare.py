@@ -364,6 +364,10 @@ def compare(base: list[dict[str, Any]], cand: list[dict[str, Any]], *, metric: s
         if noise is not None and noise.get(key) is None and b and c:
             verdict.note = "; ".join(filter(None, [verdict.note, f"{noise.source} has no noise floor for this "
                                                    "configuration"]))
+        elif noise is not None and key in noise.contended and b and c:
+            # Used all the same (a warning says so for the run): the row it widened or narrowed says so too.
+            verdict.note = "; ".join(filter(None, [verdict.note, "its noise floor was taken on a contended host (it "
+                                                   "measures that host's load as much as the configuration)"]))
         unreported = [f"{status[key]['ok'] - len(values[key])} of {status[key]['ok']} {side} ok repeats"
                       for side, status, values in (("baseline", b_status, b_values), ("candidate", c_status, c_values))
                       if status[key]["ok"] > len(values[key])]

@@ -12,7 +12,7 @@ from xml.sax.saxutils import escape as xml_escape
 
 from lmbench.analyze import environments, results
 from lmbench.analyze.compare import Verdict, higher_is_better
-from lmbench.analyze.noise import NoiseFloor
+from lmbench.analyze.noise import ENVIRONMENT, NoiseFloor, environment_of
 from lmbench.analyze.table import markdown_table
 from lmbench.errors import ResultsError, UsageError
 
@@ -69,6 +69,7 @@ def load_pair(base: Path, cand: Path, *, metric: str, allow_different_hardware: 
     if noise is not None:
         noise = noise.rekeyed(b + c)
         warnings += _floor_elsewhere(noise, b, c)
+        warnings += _floor_otherwise(noise, b, c, [_suite_sha256(path) for path in (base, cand)])
         if not set(noise.configs) & {r["config_key"] for r in b + c}:
             warnings.append(f"the noise floor {noise.source} has none of these runs' configurations (another suite "
                             "or other --set values?): every verdict rests on its repeats alone")
@@ -90,6 +91,37 @@ def _floor_elsewhere(noise: NoiseFloor, base: list[dict[str, Any]], cand: list[d
     where = (f"the runs ran on {named[0]}" if named[0] == named[1]
              else f"the baseline ran on {named[0]}, the candidate on {named[1]}")
     return [f"the noise floor {noise.source} was measured on {noise.device or 'an unrecorded device'}, {where}"]
+
+
+def _floor_otherwise(noise: NoiseFloor, base: list[dict[str, Any]], cand: list[dict[str, Any]],
+                     suites: list[str | None]) -> list[str]:
+    """A warning when a side ran with another driver, torch or lmbench than the noise floor was measured with, or
+    a suite of other content (what the file says: a floor from before these were kept says nothing)."""
+    found = []
+    for field in ENVIRONMENT:
+        said = noise.environment.get(field)
+        ran = [sorted({v for r in side if (v := environment_of(r)[field]) is not None}) for side in (base, cand)]
+        if said is not None and any(values and values != [said] for values in ran):
+            found.append(f"{field} {said} (floor), {', '.join(ran[0]) or 'unrecorded'} (baseline), "
+                         f"{', '.join(ran[1]) or 'unrecorded'} (candidate)")
+    if noise.suite_sha256 and any(sha and sha != noise.suite_sha256 for sha in suites):
+        found.append(f"suite content sha256 {noise.suite_sha256[:12]} (floor), "
+                     + ", ".join(f"{(sha or 'unrecorded')[:12]} ({side})"
+                                 for sha, side in zip(suites, ("baseline", "candidate"))))
+    if not found:
+        return []
+    return [f"the noise floor {noise.source} was measured in another environment than the runs ({'; '.join(found)}): "
+            "its spread may not be these runs' noise; calibrate again where they ran"]
+
+
+def _suite_sha256(run_dir: Path) -> str | None:
+    """The suite content a run's run.json says it planned (None where it says nothing, or cannot be read)."""
+    try:
+        meta = results.read_meta(run_dir) or {}
+    except ResultsError:
+        return None
+    sha = (meta.get("plan") or {}).get("suite_sha256") if isinstance(meta.get("plan"), dict) else None
+    return sha if isinstance(sha, str) and sha else None
 
 
 def _check_numeric(metric: str, records: list[dict[str, Any]]) -> None:

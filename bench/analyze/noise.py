@@ -37,12 +37,17 @@ no run term: `compare` still reads it, as ratio × exp(± t(0.975, df) × log_sd
 The noise-floor file (JSON, written by `lmbench calibrate`):
 
     {"format": "lmbench-noise-floor", "version": 2, "metric": "tokens_per_s", "suite": "ci",
-     "device": "NVIDIA H100 80GB HBM3", "created": "2026-11-26T12:00:00+00:00", "repeats_per_run": 3, "runs": 3,
+     "suite_sha256": "<the suite's content, as run.json's plan>", "device": "NVIDIA H100 80GB HBM3",
+     "driver": "580.65.06", "torch": "2.11.0+cu130", "lmbench": "0.1.0",
+     "created": "2026-11-26T12:00:00+00:00", "repeats_per_run": 3, "runs": 3,
      "configs": {"<config_key>": {"log_sd": 0.012, "df": 6, "run_mean_sd": 0.008, "run_df": 2,
                                   "mean_repeats": 3.0, "floor_1v1": 0.050, "floor_3v3": 0.050}}}
 
-`floor_KvK` is the smallest threshold at which K repeats a side can give a verdict (the interval's
-half-width for an unchanged ratio), for choosing `--threshold`.
+`floor_KvK` is the smallest threshold at which K repeats a side can give a verdict: the interval's half-width
+around a ratio of exactly 1. An unchanged configuration's ratio strays from 1 as far as that interval reaches, so
+at the floor itself only about 1 gate in 10 comes out `unchanged`; (1 + floor)² - 1, about twice the floor, is the
+threshold at which 95% do (ConfigNoise.gate_threshold). `compare` warns when the runs' driver, torch, lmbench or
+suite content is not what the floor was measured with (fields a file from before they were kept lacks).
 """
 
 from __future__ import annotations
@@ -145,6 +150,15 @@ class ConfigNoise:
         """Smallest threshold that `repeats` a side can resolve: the interval's reach around a ratio of 1."""
         return exp_or_inf(self.half_width(repeats, repeats)) - 1
 
+    def gate_threshold(self, repeats: int) -> float:
+        """The threshold at which an unchanged configuration comes out `unchanged` in 95% of gates of `repeats` a
+        side by this floor's model: (1 + floor)² - 1, about twice the floor. The ratio of such a gate strays from 1
+        as far as its own interval reaches (the interval is a 95% prediction of where the ratio falls, the floor's
+        spread estimated as it is), and the interval around it must still fit inside the threshold; at the floor
+        itself only a ratio of exactly 1 would. With 3 or more repeats a side the repeats' own interval counts too
+        and can be wider: a lower bound there."""
+        return exp_or_inf(2 * self.half_width(repeats, repeats)) - 1
+
     def repeats_for(self, threshold: float, ratio: float = 1.0, most: int = 1000) -> int:
         """Repeats a side whose interval around `ratio` clears the threshold's nearer edge (inside both edges:
         unchanged; beyond one: a change), by the same model as `half_width`, at least MIN_REPEATS; `most` + 1 when
@@ -161,6 +175,19 @@ class ConfigNoise:
         return next((n for n in range(MIN_REPEATS, most + 1) if self.half_width(n, n) <= room), most + 1)
 
 
+#: What a floor file says of the software it was measured with, besides the device: a floor from another driver,
+#: torch or lmbench may not describe a gate's noise (another allocator, other kernels, another harness).
+ENVIRONMENT = ("driver", "torch", "lmbench")
+
+
+def environment_of(record: dict[str, Any]) -> dict[str, str | None]:
+    """ENVIRONMENT's values in one record (None where it does not say)."""
+    env = record.get("env") or {}
+    found = {"driver": (env.get("device") or {}).get("driver"), "torch": env.get("torch"),
+             "lmbench": env.get("lmbench")}
+    return {key: None if found[key] is None else str(found[key]) for key in ENVIRONMENT}
+
+
 @dataclass(frozen=True)
 class NoiseFloor:
     metric: str
@@ -169,6 +196,11 @@ class NoiseFloor:
     source: str = ""
     contended: frozenset[str] = frozenset()
     """Configurations whose floor was taken on a busy host (calibrate marks them): it says more about that load."""
+    environment: dict[str, str] = dataclasses.field(default_factory=dict)
+    """What the calibration's records ran with, by ENVIRONMENT's keys (driver, torch, lmbench), where the file
+    says (a file from before they were kept says nothing)."""
+    suite_sha256: str | None = None
+    """The calibrated suite's content (with its --set and --device), as run.json keeps a run's."""
 
     def get(self, config_key: str) -> ConfigNoise | None:
         return self.configs.get(config_key)
@@ -214,12 +246,14 @@ def estimate(runs: list[list[float]]) -> ConfigNoise | None:
 
 
 def to_json(noise: dict[str, ConfigNoise], *, metric: str, suite: str, device: str | None,
-            repeats_per_run: int, runs: int) -> dict[str, Any]:
+            repeats_per_run: int, runs: int, environment: dict[str, str | None] | None = None,
+            suite_sha256: str | None = None) -> dict[str, Any]:
     configs = {key: {"log_sd": n.log_sd, "df": n.df, "run_mean_sd": n.run_mean_sd, "run_df": n.run_df,
                      "mean_repeats": n.mean_repeats, "floor_1v1": n.floor(1),
                      f"floor_{MIN_REPEATS}v{MIN_REPEATS}": n.floor(MIN_REPEATS)} for key, n in noise.items()}
-    return {"format": FORMAT, "version": VERSION, "metric": metric, "suite": suite, "device": device,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    said = {key: (environment or {}).get(key) for key in ENVIRONMENT}
+    return {"format": FORMAT, "version": VERSION, "metric": metric, "suite": suite, "suite_sha256": suite_sha256,
+            "device": device, **said, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "repeats_per_run": repeats_per_run, "runs": runs, "configs": configs}
 
 
@@ -255,8 +289,10 @@ def load(path: Path) -> NoiseFloor:
         configs[key] = ConfigNoise(log_sd=float(log_sd), df=df, run_mean_sd=float(run_sd), run_df=run_df,
                                    mean_repeats=float(repeats))
     busy = frozenset(key for key, entry in raw.items() if entry.get("contended") is True)
+    said = {key: str(data[key]) for key in ENVIRONMENT if data.get(key) is not None}
+    sha = data.get("suite_sha256")
     return NoiseFloor(metric=data["metric"], configs=configs, device=data.get("device"), source=str(path),
-                      contended=busy)
+                      contended=busy, environment=said, suite_sha256=sha if isinstance(sha, str) and sha else None)
 
 
 def _spread(value: Any) -> bool:
@@ -305,10 +341,11 @@ def floor_records(records: list[dict[str, Any]], metric: str) -> tuple[list[dict
     return [r for r in records if not (r["config_key"] in dropped and busy(r))], notes
 
 
-def calibrate(runs: list[list[dict[str, Any]]], *, metric: str, repeats_per_run: int
-              ) -> tuple[dict[str, ConfigNoise], dict[str, Any]]:
+def calibrate(runs: list[list[dict[str, Any]]], *, metric: str, repeats_per_run: int,
+              suite_sha256: str | None = None) -> tuple[dict[str, ConfigNoise], dict[str, Any]]:
     """Each configuration's spread over the ok repeats of R runs of one suite (the quiet ones: floor_records),
-    within and between runs, and the file's payload, which marks a floor taken on a busy host `contended`."""
+    within and between runs, and the file's payload, which marks a floor taken on a busy host `contended` and says
+    what the runs ran on (device, driver, torch, lmbench: the first record's that says) and the suite's content."""
     every = [r for run in runs for r in run]
     kept, notes = floor_records(every, metric)
     ids = {id(r) for r in kept}
@@ -319,7 +356,7 @@ def calibrate(runs: list[list[dict[str, Any]]], *, metric: str, repeats_per_run:
     device = ((first.get("env") or {}).get("device") or {}).get("name")
     suite = next((r.get("suite") for r in every), None)
     payload = to_json(estimates, metric=metric, suite=str(suite), device=device, repeats_per_run=repeats_per_run,
-                      runs=len(runs))
+                      runs=len(runs), environment=environment_of(first), suite_sha256=suite_sha256)
     for key, note in notes.items():
         if key in payload["configs"]:
             payload["configs"][key].update(note=note, contended=note.startswith("contended"))
