@@ -110,6 +110,13 @@ class Sample:
 TIMELINE_COLUMNS = [f.name for f in fields(Sample)]
 
 
+class Timeline(list):
+    """A window's samples in time order (the first before the ranks' barrier, the last after the window), and once
+    the window closed, the span it counted on their clock: what power_trace clips them to."""
+
+    window_s: tuple[float, float] | None = None
+
+
 def trapezoid_j(samples: list[Sample]) -> float | None:
     """Energy as the trapezoid integral of sampled power over time; None with fewer than two readings."""
     points = [(s.t_s, s.power_w) for s in samples if s.power_w is not None]
@@ -131,7 +138,7 @@ class Telemetry:
         self.min_counter_window_s = min_counter_window_s
         self.unavailable = unavailable
         self._synchronize = synchronize
-        self.samples: list[Sample] = []
+        self.samples: Timeline = Timeline()
         self.sample_cost_s: list[float] = []
         """Time each sample took to read: the sampler's own cost."""
         self._stop = threading.Event()
@@ -234,6 +241,7 @@ class Telemetry:
             yield self
             return
         self.samples.clear()
+        self.samples.window_s = None
         self.sample_cost_s.clear()
         self.stretches_s.clear()
         self.pause_read_failed = False
@@ -272,6 +280,7 @@ class Telemetry:
             self._read()
             self.pid_edges.append(self.device.compute_pids())
             self.energy_edges_mj = (start_mj, end_mj - self.paused_mj if end_mj is not None else None)
+            self.samples.window_s = (lead, lead + self.duration_s)
 
     def energy(self) -> tuple[float | None, str | None]:
         """(joules over the window, source): the counter when it is trustworthy, else the power integral over the
@@ -308,13 +317,12 @@ class Telemetry:
         empty = {name: None for name in SUMMARY_FIELDS}
         if not self.available or not self.samples:
             return {**empty, "telemetry": f"off: {self.unavailable or 'no samples'}"}
-        powers = [s.power_w for s in self.samples if s.power_w is not None]
         energy_j, source = self.energy()
-        # Clock events of the window's own samples (the first sample comes before it, the last after it), and the
-        # share of them held back for power or heat: a reviewer found one pre-window sample could set the flag.
-        duration_s = self.duration_s
-        inside = [s for s in self.samples if duration_s is None or self.lead_s <= s.t_s <= self.lead_s + duration_s]
-        inside = inside or self.samples
+        # Every figure but the energy from the window's own samples (a sample exactly at an edge counts; the first
+        # sample comes before the ranks' barrier, the last after the window): a reviewer found one pre-window sample
+        # could set the throttling flag alone, and the clocks, temperatures and peaks took them all.
+        duration = self.duration_s
+        inside = [s for s in self.samples if duration is None or self.lead_s <= s.t_s <= self.lead_s + duration]
         held = [s for s in inside if s.clock_event_bits is not None]
         bits = 0
         for s in held:
@@ -322,20 +330,25 @@ class Telemetry:
         # No sample with the bits (neither call answered): unknown, which is not "not throttled".
         reasons = reason_names(bits) if held else None
         throttled = [s for s in held if POWER_OR_HEAT & set(reason_names(s.clock_event_bits))]
-        clocks = [s.sm_clock_mhz for s in self.samples if s.sm_clock_mhz is not None]
-        utils = [s.gpu_util_pct for s in self.samples if s.gpu_util_pct is not None]
-        mems = [s.mem_used_bytes for s in self.samples if s.mem_used_bytes is not None]
-        temps = [s.temp_c for s in self.samples if s.temp_c is not None]
+        powers = [s.power_w for s in inside if s.power_w is not None]
+        clocks = [s.sm_clock_mhz for s in inside if s.sm_clock_mhz is not None]
+        utils = [s.gpu_util_pct for s in inside if s.gpu_util_pct is not None]
+        mems = [s.mem_used_bytes for s in inside if s.mem_used_bytes is not None]
+        temps = [s.temp_c for s in inside if s.temp_c is not None]
         integral = self.window_integral_j()
-        duration = self.duration_s or 0.0
+        notes = []
+        if not inside:
+            notes.append(f"no sample inside the {duration:.3f} s window (one every {self.period_s:g} s): no clock, "
+                         "utilisation, memory, temperature, peak power or throttling figures")
+        duration = duration or 0.0
         # The counter's mean where it gives the energy: NVML's power field changes about every 100 ms, so 50 ms
         # samples see each value about twice, and under a power cap (an oscillation of about 200 ms) their mean
         # aliased it: 608 W sampled against the counter's 664 W over one H100 window of 4 s.
         counted = energy_j / duration if source == "counter" and energy_j and duration > 0 else None
         return {
-            "telemetry": "on",
+            "telemetry": "on: " + "; ".join(notes) if notes else "on",
             "power_avg_w": counted or (integral / duration if integral is not None and duration > 0 else None)
-            or _time_weighted_power(self.samples) or _avg(powers),
+            or _time_weighted_power(inside) or _avg(powers),
             "power_max_w": max(powers) if powers else None,
             "power_source": self.device.power_source,
             "energy_j": energy_j,
@@ -352,7 +365,7 @@ class Telemetry:
             "throttle_reasons": reasons,
             "throttled_power_or_heat": None if reasons is None else bool(POWER_OR_HEAT & set(reasons)),
             "throttled_sample_frac": len(throttled) / len(held) if held else None,
-            "telemetry_samples": len(self.samples),
+            "telemetry_samples": len(inside),
             "power_readings": _readings(powers),
             "telemetry_period_s": self.period_s,
             "telemetry_window_s": duration,
@@ -401,8 +414,14 @@ SUMMARY_FIELDS = ("telemetry", "power_avg_w", "power_max_w", "power_source", "en
 
 
 def power_trace(samples: list[Sample]) -> list[tuple[float, float]]:
-    """(seconds since the window opened, watts) of every sample that has a power reading."""
-    return [(s.t_s, s.power_w) for s in samples if s.power_w is not None]
+    """(seconds since the window's counted span began, watts) of every sample inside it that has a power reading,
+    the power at each edge interpolated, for a closed window's Timeline: ranks' traces sum on one clock (each rank's
+    own samples start before its barrier wait). Other samples (a sum already on that clock) as they are."""
+    window = getattr(samples, "window_s", None)
+    if window is None:
+        return [(s.t_s, s.power_w) for s in samples if s.power_w is not None]
+    start, end = window
+    return [(s.t_s - start, s.power_w) for s in _clipped(samples, start, end) if start <= s.t_s <= end]
 
 
 def _interpolate(trace: list[tuple[float, float]], t: float) -> float:
@@ -429,7 +448,7 @@ def combine(summaries: list[dict[str, Any]], traces: list[list[tuple[float, floa
     """
     if len(summaries) == 1:
         return summaries[0]
-    off = next(((rank, s) for rank, s in enumerate(summaries) if s["telemetry"] != "on"), None)
+    off = next(((rank, s) for rank, s in enumerate(summaries) if not s["telemetry"].startswith("on")), None)
     if off is not None:
         return {**{name: None for name in SUMMARY_FIELDS}, "telemetry": f"{off[1]['telemetry']} ({member} {off[0]})"}
 
@@ -455,9 +474,13 @@ def combine(summaries: list[dict[str, Any]], traces: list[list[tuple[float, floa
     reasons = reasons if reasons or len(known) == len(summaries) else None
     flags = [s["throttled_power_or_heat"] for s in summaries]
     window = max(values("telemetry_window_s"), default=None)
-    counted = energy / window if sources == ["counter"] and energy and window else None
+    # The energy's mean over the window wherever there is an energy (the summed samples' mean aliases NVML's 100 ms
+    # power updates; see Telemetry.summary), whatever each GPU's source.
+    counted = energy / window if energy and window else None
+    notes = [f"{member} {index}: {s['telemetry'].removeprefix('on: ')}" for index, s in enumerate(summaries)
+             if s["telemetry"] != "on"]
     return {
-        "telemetry": "on",
+        "telemetry": "on: " + "; ".join(notes) if notes else "on",
         "power_avg_w": counted or _time_weighted_power(summed),
         "power_max_w": max((s.power_w for s in summed), default=None),
         "power_source": "/".join(sorted({part for found in values("power_source") for part in found.split("/")}))
