@@ -9,7 +9,11 @@ median(baseline) of the metric. Its interval needs an estimate of between-proces
     with 3 a side its interval is the range [min c / max b, max c / min b], which misses the true ratio
     2 times in C(6, 3) = 20, a 90% interval; the t interval pays for a spread estimated from 3 values;
   - with a noise floor from `lmbench calibrate` (lmbench.analyze.noise), a t interval from that spread, for
-    any number of repeats; with both, the union (a floor never narrows an interval);
+    any number of repeats; with both, the union (a floor never narrows an interval). So with 3 or more repeats a
+    side a floor only widens the interval, by the offset between two runs (its run term) that the repeats of
+    one run cannot see: what a gate of runs made apart needs (5 vs 5 repeats, 1% noise a process and 1% a run:
+    the repeats' interval alone missed the true ratio in 23% of simulated gates, with the floor 2.3%), and what
+    runs interleaved in one job (the CI template's ABBA order) do not;
   - with neither, no interval: the verdict is `inconclusive` and says how many repeats are needed.
 With a threshold t and the interval [lo, hi] of the ratio candidate / baseline, for a metric where more
 is better (tokens/s, MFU) and, mirrored, where less is (times, memory, energy):
