@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from lmbench.models.registry import MODELS
-from lmbench.run.data import DataError, make_batches, tokenize_file
+from lmbench.run.data import DataError, heldout_batches, make_batches, tokenize_file
 
 CPU = torch.device("cpu")
 
@@ -98,25 +98,27 @@ def test_a_causal_rank_holds_only_its_rows_and_they_are_the_global_batchs(data):
     whole = make_batches(batch_size=8, count=3, **kwargs)
     part = make_batches(batch_size=8, count=3, rows=slice(2, 4), **kwargs)
     assert all(torch.equal(p.input_ids, w.input_ids[2:4]) for p, w in zip(part, whole))
-    # The pool guard counts the rows a rank holds: 200 global batches of 512 x 4096 tokens would be 6.7 GB, one
-    # rank's row of each 13 MB (drawn a batch at a time, cut at once).
+    # The pool guard counts the rows a rank holds: 300 global batches of 512 x 4096 tokens would be 5.0 GB (a causal
+    # LM's labels are its ids), one rank's row of each 9.8 MB (drawn a batch at a time, cut at once).
     big = dict(spec=spec, seq_len=4096, data="synthetic", tokenizer="byte", seed=0, device=torch.device("cpu"),
-               count=200, batch_size=512)
+               count=300, batch_size=512)
     with pytest.raises(DataError, match="distinct micro-batches"):
         make_batches(rows=slice(0, 512), **big)
     held = make_batches(rows=slice(0, 1), **big)
-    assert len(held) == 200 and held[0].input_ids.shape == (1, 4096) and held[0].input_ids.is_contiguous()
+    assert len(held) == 300 and held[0].input_ids.shape == (1, 4096) and held[0].input_ids.is_contiguous()
 
 
-def test_a_masked_lm_s_mask_token_is_no_data_token(tmp_path):
+@pytest.mark.parametrize("data", ["markov", "synthetic"])
+def test_a_masked_lm_s_mask_token_is_no_data_token(data):
     """tiny-bert-mlm's mask id 511 was also a Markov state and a BPE token (17 unmasked 511s in 10,240 tokens):
-    a masked position and a real token read alike (review 2026-11-27)."""
+    a masked position and a real token read alike (review 2026-11-27); synthetic tokens still drew it (57 unmasked
+    511s in 32,768 tokens, a reviewer)."""
     spec = MODELS["tiny-bert-mlm"]
     mask = spec.vocab_size - 1
-    markov = make_batches(spec=spec, batch_size=16, seq_len=64, data="markov", tokenizer="byte", seed=1, count=10,
-                          device=CPU)
-    unmasked = sum(int(((b.input_ids == mask) & (b.labels == -100)).sum()) for b in markov)
-    masked_ids = torch.cat([b.labels[b.labels != -100] for b in markov])
+    batches = make_batches(spec=spec, batch_size=16, seq_len=64, data=data, tokenizer="byte", seed=1, count=10,
+                           device=CPU)
+    unmasked = sum(int(((b.input_ids == mask) & (b.labels == -100)).sum()) for b in batches)
+    masked_ids = torch.cat([b.labels[b.labels != -100] for b in batches])
     assert unmasked == 0 and int(masked_ids.max()) < mask
     # A causal LM keeps every id (its data unchanged).
     gpt2 = make_batches(spec=MODELS["tiny-gpt2"], batch_size=16, seq_len=64, data="markov", tokenizer="byte", seed=1,
@@ -157,3 +159,72 @@ def test_markov_walks_follow_the_chains_weights_whatever_the_count_and_walk_size
     assert all(torch.equal(a, b) for a, b in zip(short, draw(250)))
     monkeypatch.setattr(data, "MARKOV_WALK_TOKENS", 8 * 101 * 2)  # two micro-batches a walk
     assert all(torch.equal(a, b) for a, b in zip(draw(7), draw(250)))
+
+
+@pytest.mark.parametrize("data", ["synthetic", "markov"])
+def test_a_longer_pool_starts_with_a_shorter_pools_micro_batches_masks_and_all(data):
+    """A masked LM's masks were drawn after every id of its pool, so a time-to-target run's longer pool (its
+    max_steps) masked other positions than a throughput run's from the first micro-batch on (73% of the first
+    micro-batch's masked positions agreed between pools of 4 and 8, a reviewer). A rank's slice keeps its rows'."""
+    spec = MODELS["tiny-bert-mlm"]
+
+    def draw(count, rows=None):
+        return make_batches(spec=spec, batch_size=4, seq_len=32, data=data, tokenizer="byte", seed=0, count=count,
+                            device=CPU, rows=rows)
+
+    short, long = draw(4), draw(8)
+    for a, b in zip(short, long):
+        assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.labels, b.labels)
+    for a, b in zip(draw(4, slice(2, 4)), long):
+        assert torch.equal(a.input_ids, b.input_ids[2:4]) and torch.equal(a.labels, b.labels[2:4])
+
+
+@pytest.mark.parametrize("model", ["tiny-gpt2", "tiny-bert-mlm"])
+@pytest.mark.parametrize("data", ["synthetic", "markov", "text"])
+def test_a_pools_rows_are_the_same_whatever_micro_batches_group_them(model, data, tmp_path):
+    """Markov walks drew their start states and uniforms a micro-batch at a time, column-wise, so batch 8 x
+    grad_accum 2 trained on other sequences than 16 x 1 (a reviewer); each row now reads the stream in turn."""
+    if data == "text":
+        data = str(tmp_path / "c.txt")
+        (tmp_path / "c.txt").write_text("the quick brown fox jumps over the lazy dog; " * 40)
+    kwargs = dict(spec=MODELS[model], seq_len=24, data=data, tokenizer="byte", seed=2, device=CPU)
+
+    def rows(batch_size, count):
+        batches = make_batches(batch_size=batch_size, count=count, **kwargs)
+        return torch.cat([b.input_ids for b in batches]), torch.cat([b.labels for b in batches])
+
+    halves, whole = rows(8, 4), rows(16, 2)
+    assert torch.equal(halves[0], whole[0]) and torch.equal(halves[1], whole[1])
+
+
+def test_a_causal_lm_s_labels_are_its_input_ids_staged_once():
+    """The labels were a copy of the ids, twice the bytes staged on the device for one tensor's content; nothing
+    writes either (the losses shift and pad copies, a CUDA graph copies both into buffers of its own)."""
+    spec = MODELS["tiny-gpt2"]
+    pool = make_batches(spec=spec, batch_size=4, seq_len=16, data="markov", tokenizer="byte", seed=0, count=3,
+                        device=CPU, rows=slice(0, 2))
+    held = heldout_batches(spec=spec, batch_size=2, seq_len=16, data="markov", tokenizer="byte", seed=0,
+                           eval_tokens=64, val_frac=0.1, device=CPU)
+    assert all(b.labels is b.input_ids for b in pool + held)
+    mlm = make_batches(spec=MODELS["tiny-bert-mlm"], batch_size=4, seq_len=16, data="markov", tokenizer="byte",
+                       seed=0, count=1, device=CPU)
+    assert mlm[0].labels is not mlm[0].input_ids
+
+
+def test_the_held_out_markov_stream_shares_no_sequence_with_training():
+    """The held-out generator was seeded with seed + 2**40, and a CPU generator (mt19937) keeps a seed's low 32
+    bits: it drew the training generator's own numbers, so held-out walks replayed training's (row for row once
+    each row reads one uniform a token: 128 of 256 held-out rows were training rows, half their 8-token runs).
+    Fresh walks of a 4-way chain share a few runs by chance (2 of 1,024 here)."""
+    spec = MODELS["tiny-gpt2"]
+    train = make_batches(spec=spec, batch_size=16, seq_len=32, data="markov", tokenizer="byte", seed=0, count=32,
+                         device=CPU)
+    held = heldout_batches(spec=spec, batch_size=64, seq_len=32, data="markov", tokenizer="byte", seed=0,
+                           eval_tokens=256 * 32, val_frac=0.1, device=CPU)
+
+    def runs(batches):
+        ids = torch.cat([b.input_ids for b in batches])
+        return {tuple(w) for w in ids.unfold(1, 8, 8).reshape(-1, 8).tolist()}
+
+    seen, heldout = runs(train), runs(held)
+    assert len(heldout & seen) < len(heldout) // 100, (len(heldout & seen), len(heldout))

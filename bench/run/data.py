@@ -8,11 +8,17 @@ loss after cycling a few batches measures memorisation.
 Held-out data: the last `val_frac` of a text file's tokens (training windows never reach into it),
 or for `markov` a separate stream of sequences from the same chain. Uniform synthetic tokens have
 nothing to learn and no held-out set.
+
+Every draw reads its generator row after row, one micro-batch after another, so a pool's first micro-batches are the
+same whatever its size (a time-to-target run's longer pool starts with a throughput run's batches) and its rows the
+same whatever micro-batches they are grouped into (batch 8 x grad_accum 2 trains on batch 16 x 1's sequences). A
+masked LM's masks come from a generator of their own, by the same rule.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +33,18 @@ POOL_SIZE = 16
 MLM_MASK_PROB = 0.15
 #: Size of the BPE vocabulary trained on a text file, capped by the model's vocabulary.
 BPE_VOCAB = 8192
-#: Most memory the batches of a run that never repeats a batch may take (input ids and labels, int64).
+#: Most memory the batches of a run that never repeats a batch may take (input ids, and a masked LM's labels, int64).
 DISTINCT_POOL_BYTES = 4 * 2**30
 #: Tokens of the Markov walks run side by side (their ids and uniforms take 12 bytes a token: 48 MiB).
 MARKOV_WALK_TOKENS = 1 << 22
-#: Added to the seed for the held-out Markov stream and the held-out MLM masks: never a training draw.
-HELDOUT_SEED_OFFSET = 2**40
+
+
+def derived_seed(seed: int, stream: str) -> int:
+    """The seed of one named stream of a run's random draws (the held-out set, masks, a data-parallel replica's
+    dropout), apart from `seed`'s own and from each other's. A CPU generator (mt19937) keeps only the low 32 bits of
+    its seed, so the held-out stream's `seed + 2**40` drew `seed`'s very numbers: a hash, not an offset."""
+    digest = hashlib.blake2b(f"{seed}/{stream}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
 
 
 class DataError(ValueError):
@@ -95,31 +107,30 @@ def markov_batches(*, vocab_size: int, batch_size: int, seq_len: int, count: int
     successors, weights = chain or markov_chain(vocab_size, gen)
     cdf = weights.cumsum(1)
     cdf = cdf / cdf[:, -1:]
-    # Each micro-batch's random numbers are drawn whole, in order (its start states, then a uniform a position), so
-    # the first micro-batches are the same whatever `count` is (a time-to-target run's longer pool starts with a
-    # throughput run's batches). The walks of up to MARKOV_WALK_TOKENS then run side by side, a vectorised step a
-    # position choosing each successor by the inverse of the weights' CDF, and only `rows` of them are kept: a
-    # multinomial draw a position and micro-batch took ~25 s of staging for gpt2-124m's 1,332 steps of 16 x 1024.
+    # One uniform a token, row after row: a row's first picks its start state, the others its successors, so a
+    # row's sequence depends only on its place in the stream (drawn column-wise, a start state per row then a
+    # position of every row, batch 8 x 2 trained on other sequences than 16 x 1). The walks of up to
+    # MARKOV_WALK_TOKENS then run side by side, a vectorised step a position choosing each successor by the inverse
+    # of the weights' CDF, and only `rows` of them are kept: a multinomial draw a position and micro-batch took
+    # ~25 s of staging for gpt2-124m's 1,332 steps of 16 x 1024.
     per_walk = max(1, MARKOV_WALK_TOKENS // max(1, batch_size * seq_len))
     out: list[torch.Tensor] = []
     for first in range(0, count, per_walk):
-        starts, uniforms = [], []
-        for _ in range(first, min(count, first + per_walk)):
-            starts.append(torch.randint(0, successors.shape[0], (batch_size,), generator=gen))
-            uniforms.append(torch.rand(batch_size, max(0, seq_len - 1), generator=gen))
-        ids = _walk(successors, cdf, torch.cat(starts), torch.cat(uniforms))
+        uniforms = torch.rand((min(count, first + per_walk) - first) * batch_size, seq_len, generator=gen)
+        ids = _walk(successors, cdf, uniforms)
         out += [x if rows is None else x[rows].clone() for x in ids.split(batch_size)]
     return out
 
 
-def _walk(successors: torch.Tensor, cdf: torch.Tensor, starts: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
-    """Walks of the chain from `starts`, one position a column of `uniforms`: the successor whose CDF interval
-    holds the uniform."""
-    ids = torch.empty(starts.shape[0], uniforms.shape[1] + 1, dtype=torch.long)
-    ids[:, 0] = starts
+def _walk(successors: torch.Tensor, cdf: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Walks of the chain, a row of `uniforms` each: its first column picks the start state, each next one the
+    successor whose CDF interval holds it."""
+    states = successors.shape[0]
+    ids = torch.empty(uniforms.shape, dtype=torch.long)
+    ids[:, 0] = (uniforms[:, 0] * states).long().clamp_(max=states - 1)
     for t in range(1, ids.shape[1]):
         prev = ids[:, t - 1]
-        choice = (uniforms[:, t - 1, None] >= cdf[prev]).sum(1).clamp_(max=successors.shape[1] - 1)
+        choice = (uniforms[:, t, None] >= cdf[prev]).sum(1).clamp_(max=successors.shape[1] - 1)
         ids[:, t] = successors[prev, choice]
     return ids
 
@@ -140,27 +151,24 @@ def make_batches(*, spec: ModelSpec, batch_size: int, seq_len: int, data: str, t
     """`count` micro-batches (seeded, reproducible) for the model's objective, on `device`.
 
     Windows of a text file are drawn from its first 1 - val_frac of tokens only. With `rows`, each micro-batch
-    is drawn whole and only those rows of it are kept (a rank's slice of the global batch; the rest never
-    reaches the device).
+    is drawn whole (its ids and masks) and only those rows of it are kept (a rank's slice of the global batch; the
+    rest never reaches the device). A causal LM's labels are its input ids, one tensor (nothing writes either).
     """
-    # A causal LM's rows are cut as each micro-batch is drawn; a masked LM's masks are drawn over whole batches
-    # after every id (the order its seed fixes), so its whole pool is held first. What is held is what is checked.
-    early = None if spec.objective != "causal-lm" else rows
-    held = batch_size if early is None else len(range(batch_size)[early])
-    need = count * held * seq_len * 2 * 8
+    held = batch_size if rows is None else len(range(batch_size)[rows])
+    need = count * held * seq_len * (1 if spec.objective == "causal-lm" else 2) * 8
     if need > DISTINCT_POOL_BYTES:
         raise DataError(f"{count} distinct micro-batches of {batch_size}x{seq_len} tokens take {need / 2**30:.1f} GiB, "
                         f"more than the {DISTINCT_POOL_BYTES / 2**30:.0f} GiB lmbench stages; lower max_steps or "
                         "the batch size")
     gen = torch.Generator().manual_seed(seed)
     def cut(x: torch.Tensor) -> torch.Tensor:
-        return x if early is None else x[early].clone()
+        return x if rows is None else x[rows].clone()
 
     if data == "synthetic":
-        ids = [cut(torch.randint(0, spec.vocab_size, (batch_size, seq_len), generator=gen)) for _ in range(count)]
+        ids = [cut(torch.randint(0, token_ids(spec), (batch_size, seq_len), generator=gen)) for _ in range(count)]
     elif data == "markov":
         ids = markov_batches(vocab_size=token_ids(spec), batch_size=batch_size, seq_len=seq_len, count=count,
-                             gen=gen, rows=early)
+                             gen=gen, rows=rows)
     else:
         stream, _ = split_file(data, spec=spec, tokenizer=tokenizer, val_frac=val_frac)
         if stream.numel() < seq_len + 1:
@@ -169,10 +177,11 @@ def make_batches(*, spec: ModelSpec, batch_size: int, seq_len: int, data: str, t
         offsets = torch.arange(seq_len)
         ids = [cut(stream[torch.randint(0, stream.numel() - seq_len, (batch_size,), generator=gen)[:, None] + offsets])
                for _ in range(count)]
-    batches = [_for_objective(x, spec, gen) for x in ids]
-    if rows is not None and early is None:
-        batches = [Batch(b.input_ids[rows].contiguous(), b.labels[rows].contiguous()) for b in batches]
-    return [Batch(b.input_ids.to(device), b.labels.to(device)) for b in batches]
+    if spec.objective == "causal-lm":
+        return [_on(Batch(x, x), device) for x in ids]
+    masks = torch.Generator().manual_seed(derived_seed(seed, "masks"))
+    return [_on(_masked(x, spec, cut(torch.rand(batch_size, seq_len, generator=masks)) < MLM_MASK_PROB), device)
+            for x in ids]
 
 
 def heldout_batches(*, spec: ModelSpec, batch_size: int, seq_len: int, data: str, tokenizer: str, seed: int,
@@ -186,11 +195,11 @@ def heldout_batches(*, spec: ModelSpec, batch_size: int, seq_len: int, data: str
     if data == "synthetic":
         raise DataError("data=synthetic (uniform random tokens) has no held-out set; use data=markov or data=PATH")
     wanted = max(1, math.ceil(eval_tokens / seq_len))
-    gen = torch.Generator().manual_seed(seed + HELDOUT_SEED_OFFSET)
     if data == "markov":
         chain = markov_chain(token_ids(spec), torch.Generator().manual_seed(seed))
         ids = torch.cat(markov_batches(vocab_size=token_ids(spec), batch_size=wanted, seq_len=seq_len, count=1,
-                                       gen=gen, chain=chain))
+                                       gen=torch.Generator().manual_seed(derived_seed(seed, "held-out")),
+                                       chain=chain))
     else:
         _, heldout = split_file(data, spec=spec, tokenizer=tokenizer, val_frac=val_frac)
         windows = min(wanted, heldout.numel() // seq_len)
@@ -198,15 +207,21 @@ def heldout_batches(*, spec: ModelSpec, batch_size: int, seq_len: int, data: str
             raise DataError(f"data={data!r}: the held-out split (val_frac={val_frac:g}) holds {heldout.numel()} "
                             f"tokens, fewer than one window of seq_len={seq_len}; raise val_frac or use a longer file")
         ids = heldout[:windows * seq_len].view(windows, seq_len)
-    batches = [_for_objective(chunk, spec, gen) for chunk in ids.split(batch_size)]
-    return [Batch(b.input_ids.to(device), b.labels.to(device)) for b in batches]
-
-
-def _for_objective(ids: torch.Tensor, spec: ModelSpec, gen: torch.Generator) -> Batch:
     if spec.objective == "causal-lm":
-        # transformers' causal LMs (and ours) shift labels inside the loss.
-        return Batch(ids, ids.clone())
-    masked = torch.rand(ids.shape, generator=gen) < MLM_MASK_PROB
+        return [_on(Batch(x, x), device) for x in ids.split(batch_size)]
+    masks = torch.Generator().manual_seed(derived_seed(seed, "held-out masks"))
+    whole = _masked(ids, spec, torch.rand(ids.shape, generator=masks) < MLM_MASK_PROB)
+    return [_on(Batch(x, y), device) for x, y in zip(whole.input_ids.split(batch_size), whole.labels.split(batch_size))]
+
+
+def _masked(ids: torch.Tensor, spec: ModelSpec, masked: torch.Tensor) -> Batch:
+    """A masked LM's batch: the `masked` positions' ids replaced by the mask token, and only they scored."""
     labels = torch.where(masked, ids, torch.full_like(ids, -100))
     mask_id = spec.vocab_size - 1
     return Batch(torch.where(masked, torch.full_like(ids, mask_id), ids), labels)
+
+
+def _on(batch: Batch, device: torch.device) -> Batch:
+    """`batch` on `device`, its labels still its input ids where they were (copied once)."""
+    ids = batch.input_ids.to(device)
+    return Batch(ids, ids if batch.labels is batch.input_ids else batch.labels.to(device))
