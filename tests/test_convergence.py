@@ -140,6 +140,72 @@ def test_perplexity_is_exp_of_the_mean_cross_entropy_over_counted_positions(mode
     assert math.exp(float(total) / int(count)) == pytest.approx(math.exp(float(sum(losses)) / positions), rel=1e-6)
 
 
+@pytest.mark.parametrize("model", ["tiny-gpt2", "tiny-bert-mlm"])
+def test_data_parallel_replicas_evaluate_their_shares_of_one_held_out_set(model):
+    """Every rank evaluated the whole held-out set and the all-reduced count was world times the positions: a
+    scaled-out row's time to target carried a full evaluation a rank (a reviewer). Each replica takes the next
+    ceil(N / replicas) sequences; one left fewer is padded with ignored rows, so every rank runs as many forwards of
+    the same shapes (FSDP gathers in each)."""
+    spec = MODELS[model]
+    kwargs = dict(spec=spec, batch_size=2, seq_len=16, data="markov", tokenizer="byte", seed=4, eval_tokens=5 * 16,
+                  val_frac=0.1, device=CPU)
+    whole = heldout_batches(**kwargs)
+    ids, labels = torch.cat([b.input_ids for b in whole]), torch.cat([b.labels for b in whole])
+    assert ids.shape == (5, 16)
+    for shards, sizes in ((2, [2, 1]), (3, [2])):
+        parts = [heldout_batches(shard=shard, shards=shards, **kwargs) for shard in range(shards)]
+        assert all([b.input_ids.shape[0] for b in part] == sizes for part in parts)
+        got_ids = torch.cat([b.input_ids for part in parts for b in part])
+        got_labels = torch.cat([b.labels for part in parts for b in part])
+        assert torch.equal(got_ids[:5], ids) and torch.equal(got_labels[:5], labels)
+        assert bool((got_labels[5:] == -100).all()) and got_ids.shape[0] == shards * sum(sizes)
+
+
+DDP_HELD_OUT = """
+name = "held-out-ddp"
+description = "ddp's held-out evaluation against parallel=none's on the global batch, over gloo"
+[defaults]
+model = "tiny-gpt2"
+data = "markov"
+precision = "fp32"
+dropout = false
+nproc = 2
+batch_size = 2
+seq_len = 32
+steps = 3
+warmup = 1
+lr = 1e-3
+eval_every = 2
+eval_tokens = 160
+telemetry = false
+[matrix]
+parallel = ["ddp"]
+"""
+
+
+def test_ddp_evaluates_the_held_out_set_once_over_its_ranks_as_parallel_none_does(tmp_path):
+    """Real torchrun, 2 ranks over gloo, against parallel=none on the global batch (its parity reference): the same
+    positions counted (5 windows of 31 next tokens; ddp counted each twice) and the same held-out losses, the
+    untrained model's and after training, to float rounding."""
+    from click.testing import CliRunner
+
+    from lmbench.analyze import results
+    from lmbench.cli import cli
+
+    suite = tmp_path / "held.toml"
+    suite.write_text(DDP_HELD_OUT)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["run", "--suite", str(suite), "--out", str(out), "--device", "cpu", "--parity"])
+    assert result.exit_code == 0, result.output
+    by = {r["config"]["parallel"]: r for r in results.read(out).records}
+    none, ddp = by["none"]["metrics"], by["ddp"]["metrics"]
+    assert by["none"]["config"]["batch_size"] == 4 and by["ddp"]["status"] == "ok", by["ddp"]["reason"]
+    assert none["val_tokens_per_eval"] == ddp["val_tokens_per_eval"] == 5 * 31
+    assert ddp["val_loss_initial"] == pytest.approx(none["val_loss_initial"], rel=1e-6)
+    assert [p["val_loss"] for p in ddp["val_points"]] == pytest.approx([p["val_loss"] for p in none["val_points"]],
+                                                                       rel=1e-5)
+
+
 def test_evaluations_change_nothing_the_window_measures():
     """Same losses (no random draw, dropout back on), one step time per step, window wall time without the
     evaluations: a run with an evaluation after every step trains exactly like one without."""

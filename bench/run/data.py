@@ -185,12 +185,16 @@ def make_batches(*, spec: ModelSpec, batch_size: int, seq_len: int, data: str, t
 
 
 def heldout_batches(*, spec: ModelSpec, batch_size: int, seq_len: int, data: str, tokenizer: str, seed: int,
-                    eval_tokens: int, val_frac: float, device: torch.device) -> list[Batch]:
-    """The held-out set: ceil(eval_tokens / seq_len) sequences in micro-batches of `batch_size`, on `device`.
+                    eval_tokens: int, val_frac: float, device: torch.device, shard: int = 0, shards: int = 1
+                    ) -> list[Batch]:
+    """Data-parallel replica `shard`'s part of the held-out set, in micro-batches of `batch_size`, on `device`.
 
-    A text file gives consecutive non-overlapping windows from the start of its held-out split (as many
-    as it holds, at least one); `markov` gives fresh sequences of the training chain. MLM masks are
-    seeded apart from training, and the same at every evaluation.
+    The set: ceil(eval_tokens / seq_len) sequences. A text file gives consecutive non-overlapping windows from the
+    start of its held-out split (as many as it holds, at least one); `markov` gives fresh sequences of the training
+    chain. MLM masks are seeded apart from training, and the same at every evaluation. Each of `shards` replicas
+    takes the next ceil(N / shards) sequences of it (the sums are all-reduced: one evaluation of the set over the
+    job, not one a rank); a replica left fewer is padded with sequences whose labels are all ignored, so every rank
+    runs as many forwards of the same shapes (FSDP gathers its parameters in each, DDP may sync buffers).
     """
     if data == "synthetic":
         raise DataError("data=synthetic (uniform random tokens) has no held-out set; use data=markov or data=PATH")
@@ -207,11 +211,21 @@ def heldout_batches(*, spec: ModelSpec, batch_size: int, seq_len: int, data: str
             raise DataError(f"data={data!r}: the held-out split (val_frac={val_frac:g}) holds {heldout.numel()} "
                             f"tokens, fewer than one window of seq_len={seq_len}; raise val_frac or use a longer file")
         ids = heldout[:windows * seq_len].view(windows, seq_len)
-    if spec.objective == "causal-lm":
-        return [_on(Batch(x, x), device) for x in ids.split(batch_size)]
-    masks = torch.Generator().manual_seed(derived_seed(seed, "held-out masks"))
-    whole = _masked(ids, spec, torch.rand(ids.shape, generator=masks) < MLM_MASK_PROB)
-    return [_on(Batch(x, y), device) for x, y in zip(whole.input_ids.split(batch_size), whole.labels.split(batch_size))]
+    whole = Batch(ids, ids)
+    if spec.objective != "causal-lm":
+        masks = torch.Generator().manual_seed(derived_seed(seed, "held-out masks"))
+        whole = _masked(ids, spec, torch.rand(ids.shape, generator=masks) < MLM_MASK_PROB)
+    share = math.ceil(ids.shape[0] / shards)
+    start = min(ids.shape[0], shard * share)
+    mine = whole.input_ids[start:start + share]
+    part = Batch(mine, mine if whole.labels is whole.input_ids else whole.labels[start:start + share])
+    if part.input_ids.shape[0] < share:
+        pad = share - part.input_ids.shape[0]
+        part = Batch(torch.cat([part.input_ids, ids.new_zeros(pad, seq_len)]),
+                     torch.cat([part.labels, ids.new_full((pad, seq_len), -100)]))
+    if part.labels is part.input_ids:
+        return [_on(Batch(x, x), device) for x in part.input_ids.split(batch_size)]
+    return [_on(Batch(x, y), device) for x, y in zip(part.input_ids.split(batch_size), part.labels.split(batch_size))]
 
 
 def _masked(ids: torch.Tensor, spec: ModelSpec, masked: torch.Tensor) -> Batch:

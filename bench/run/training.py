@@ -17,11 +17,9 @@ from lmbench.models.kernel_sets import KERNEL_SETS
 from lmbench.models.registry import MODELS, build_model, enable_checkpointing
 from lmbench.plan.config import Config
 from lmbench.plan.layout import MODEL_PARALLEL, PIPELINES, Layout, layout
-from lmbench.run.data import POOL_SIZE, Batch, heldout_batches, make_batches
+from lmbench.run.data import POOL_SIZE, Batch, derived_seed, heldout_batches, make_batches
 from lmbench.run.parallel import WRAPPERS, gradient_sync
 from lmbench.run.precision import Precision, mode
-
-#: Ranks draw different batches: seed + rank * this.
 
 
 def _by_kind(params: list[torch.Tensor]) -> list[dict[str, list[torch.Tensor]]]:
@@ -113,6 +111,21 @@ def replicas(config: Config) -> int:
     return max(1, torch.cuda.device_count()) if config.parallel == "dp" else 1
 
 
+def seed_replica(config: Config, shape: Layout, rank: int) -> None:
+    """Gives each data-parallel replica a random stream of its own (its dropout masks), once the model is built from
+    `seed` alike everywhere: without it every DDP and FSDP rank applied the same masks to its other rows, and ddp
+    2 x 8 trained another model than parallel=none x 16 (a reviewer). Replica 0 goes on with the stream the build
+    left (parallel=none's, unchanged); the ranks of one tensor-parallel group or pipeline share their replica's, as
+    a tensor-parallel group's replicated activations need one mask on every rank. nn.DataParallel's replicas draw
+    from their GPUs' own generators, one a replica."""
+    group = shape.data_group(rank)
+    if group:
+        torch.manual_seed(derived_seed(config.seed, f"replica {group}"))
+    if config.parallel == "dp":
+        for index in range(1, shape.dp):
+            torch.cuda.default_generators[index].manual_seed(derived_seed(config.seed, f"replica {index}"))
+
+
 def devices_used(config: Config, device: torch.device) -> list[torch.device]:
     """The devices one process trains on: nn.DataParallel replicates over cuda:0..N-1 (its default device_ids)."""
     count = replicas(config)
@@ -195,15 +208,19 @@ class TrainingStep:
         self.owns_loss = self.pipeline is None or self.pipeline.last
         self.fused_loss = config.kernels == "triton"
         """The model is a FusedLossLM: it takes label_smoothing and reduction itself."""
+        seed_replica(config, self.layout, rank)
         self.batches = self._batches(device, rank)
         self.heldout: list[Batch] = []
         if config.evaluates:
-            # Every rank evaluates the same whole held-out set (the sums are all-reduced over ranks), of the one
-            # corpus every rank trains on.
+            # Each data-parallel replica evaluates its share of the held-out set (the sums are all-reduced over the
+            # ranks): a full evaluation on every rank made a scaled-out row's time to target carry world times the
+            # work, and counted the positions world times.
             self.heldout = heldout_batches(spec=self.spec, batch_size=config.batch_size * self.replicas,
                                            seq_len=config.seq_len, data=config.data, tokenizer=config.tokenizer,
                                            seed=config.seed, eval_tokens=config.eval_tokens,
-                                           val_frac=config.val_frac, device=device)
+                                           val_frac=config.val_frac, device=device,
+                                           shard=self.layout.data_group(rank) if world > 1 else 0,
+                                           shards=self.layout.dp if world > 1 else 1)
         self._attention = _attention_context(config.attention)
         self._next = 0
         self.graph = None

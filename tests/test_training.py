@@ -1,0 +1,86 @@
+"""The training step's random streams: each data-parallel replica draws dropout masks of its own, the ranks of a
+tensor-parallel group the same ones, and parallel=none the stream it always drew."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lmbench.plan.config import Config
+from lmbench.plan.layout import layout
+from lmbench.run.training import TrainingStep, seed_replica
+
+CPU = torch.device("cpu")
+
+FIRST_DROPOUT_MASK = """
+import json, os, sys
+import torch, torch.distributed as dist
+from lmbench.plan.config import Config
+from lmbench.run.training import TrainingStep
+
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+config = Config(model="tiny-gpt2", parallel=sys.argv[1], nproc=world, batch_size=2, seq_len=16, data="markov",
+                precision="fp32", device="cpu")
+step = TrainingStep(config, torch.device("cpu"), rank=rank, world=world)
+masks = []
+drop = next(m for m in step.base_model.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0)
+drop.register_forward_hook(lambda module, args, out: masks.append((out == 0).flatten().tolist()))
+step()
+with open(os.path.join(sys.argv[2], f"rank{rank}.json"), "w") as f:
+    json.dump(masks[0], f)
+dist.barrier()
+os._exit(0)
+"""
+
+
+def _none_mask() -> list[bool]:
+    step = TrainingStep(Config(model="tiny-gpt2", batch_size=2, seq_len=16, data="markov", precision="fp32",
+                               device="cpu"), CPU)
+    masks = []
+    drop = next(m for m in step.base_model.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0)
+    drop.register_forward_hook(lambda module, args, out: masks.append((out == 0).flatten().tolist()))
+    step()
+    return masks[0]
+
+
+@pytest.mark.parametrize("parallel, nproc, groups", [("ddp", 2, [0, 1]), ("fsdp+tp", 4, [0, 0, 1, 1])])
+def test_data_parallel_replicas_draw_their_own_dropout_masks_and_a_tensor_parallel_group_one(tmp_path, parallel,
+                                                                                           nproc, groups):
+    """Real torchrun over gloo, the first dropout's mask of the first step on every rank (GPT-2's embedding dropout,
+    on activations every rank of a tensor-parallel group holds whole). Every rank was seeded alike and never again:
+    DDP's ranks applied one mask to their different rows (a reviewer). Replica 0 keeps parallel=none's stream."""
+    script = tmp_path / "masks.py"
+    script.write_text(FIRST_DROPOUT_MASK)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                           str(nproc), str(script), parallel, str(tmp_path)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    masks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(nproc)]
+    assert 0 < sum(masks[0]) < len(masks[0])  # dropout is on
+    for rank, group in enumerate(groups):
+        assert masks[rank] == masks[groups.index(group)], f"rank {rank} drew other masks than its group's first"
+        assert (masks[rank] != masks[0]) == (group != 0), f"rank {rank}, replica {group}"
+    assert masks[0] == _none_mask()
+
+
+def test_nn_data_parallel_replicas_draw_from_generators_seeded_apart(monkeypatch):
+    """nn.DataParallel's replica i runs on cuda:i and draws its masks from that GPU's generator, which
+    torch.manual_seed seeds alike on every GPU: replicas past the first get seeds of their own, the first keeps its
+    stream (CPU generators stand in for the GPUs')."""
+    gpus = tuple(torch.Generator().manual_seed(7) for _ in range(3))
+    monkeypatch.setattr(torch.cuda, "default_generators", gpus)
+    config = Config(parallel="dp", nproc=3, seed=7)
+    seed_replica(config, layout(config), 0)
+    firsts = [torch.rand(4, generator=g) for g in gpus]
+    assert torch.equal(firsts[0], torch.rand(4, generator=torch.Generator().manual_seed(7)))
+    assert not torch.equal(firsts[0], firsts[1]) and not torch.equal(firsts[1], firsts[2])
+
+
+def test_parallel_none_keeps_the_stream_its_build_left():
+    state = torch.get_rng_state()
+    config = Config(seed=3)
+    seed_replica(config, layout(config), 0)
+    assert torch.equal(torch.get_rng_state(), state)
