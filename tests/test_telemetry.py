@@ -53,7 +53,7 @@ def test_energy_from_the_counter_difference():
     gpu = FakeGpu(A, "00000000:65:00.0", energy_mj=[5_000_000, 5_250_500])
     t = telemetry_for(gpu)
     with t.window():
-        busy(0.05)
+        busy(0.1)
     s = t.summary(tokens=1000)
     assert s["energy_j"] == pytest.approx(250.5)
     assert s["energy_source"] == "counter"
@@ -137,7 +137,7 @@ def test_average_power_when_instant_field_is_missing_and_other_unsupported_calls
     gpu = FakeGpu(A, "x", instant_power=False, energy_mj=[0, 1000], unsupported={"utilization", "temperature"})
     t = telemetry_for(gpu)
     with t.window():
-        busy(0.03)
+        busy(0.1)
     s = t.summary(tokens=10)
     assert s["power_source"] == "average"
     assert s["gpu_util_avg_pct"] is None and s["temp_max_c"] is None
@@ -153,13 +153,13 @@ def test_throttle_bits_become_names_and_a_power_or_heat_flag():
     gpu = FakeGpu(A, "x", energy_mj=[0, 1], clock_event_bits=0x4)
     t = telemetry_for(gpu)
     with t.window():
-        busy(0.02)
+        busy(0.1)
     s = t.summary(tokens=1)
     assert s["throttle_reasons"] == ["sw_power_cap"] and s["throttled_power_or_heat"] is True
     idle = FakeGpu(A, "x", energy_mj=[0, 1], clock_event_bits=0x1)
     t = telemetry_for(idle)
     with t.window():
-        busy(0.02)
+        busy(0.1)
     assert t.summary(tokens=1)["throttled_power_or_heat"] is False
     assert s["throttled_sample_frac"] == 1.0
     # The sample taken before the window (before the ranks' barrier) does not count: a reviewer found it could set
@@ -167,7 +167,7 @@ def test_throttle_bits_become_names_and_a_power_or_heat_flag():
     capped = FakeGpu(A, "x", energy_mj=[0, 1], clock_event_bits=0x4)
     t = telemetry_for(capped)
     with t.window(ready=lambda: setattr(capped, "clock_event_bits", 0x1)):
-        busy(0.05)
+        busy(0.1)
     s = t.summary(tokens=1)
     assert t.samples[0].clock_event_bits == 0x4 and s["throttled_power_or_heat"] is False
     assert s["throttled_sample_frac"] == 0.0
@@ -592,7 +592,7 @@ def test_a_driver_without_the_clock_events_call_is_asked_the_deprecated_one_and_
     old = FakeGpu(A, "x", energy_mj=[0, 1], clock_event_bits=0x4, event_reasons_function=False)
     t = telemetry_for(old)
     with t.window():
-        busy(0.05)
+        busy(0.1)
     s = t.summary(tokens=1)
     assert s["throttle_reasons"] == ["sw_power_cap"] and s["throttled_power_or_heat"] is True
     assert t.device.nvml.calls.count("clock_events") == 1  # the missing function asked once
@@ -740,3 +740,75 @@ def test_a_rank_s_power_trace_is_its_window_s_on_the_window_s_clock():
     merged = combine([member(200.0, "counter"), member(300.0, "power-integral (a counter read failed)")],
                      [[(0.0, 100.0), (2.0, 100.0)], [(0.0, 900.0), (2.0, 900.0)]], tokens=1)
     assert merged["power_avg_w"] == 250.0 and merged["power_max_w"] == 1000.0
+
+
+def test_a_process_s_gpus_are_set_up_first_and_their_counters_read_back_to_back():
+    """nn.DataParallel's GPUs opened one whole window after another: each one's set-up (NVML calls, a thread's start)
+    ran between the first GPU's counter read and the next one's, so the first window was the longest (a reviewer)."""
+    gpus = [FakeGpu(A, "00000000:17:00.0", energy_mj=[0, 1_000]), FakeGpu(B, "00000000:65:00.0", energy_mj=[0, 2_000])]
+    nvml = FakeNvml(gpus)
+    group = DeviceGroupTelemetry([Telemetry(NvmlDevice.open(uuid=g.uuid, nvml=nvml), period_s=10.0,
+                                            min_counter_window_s=0.0, synchronize=lambda: nvml.calls.append("sync"))
+                                  for g in gpus])
+    seen = []
+    with group.window(ready=lambda: seen.append(list(nvml.calls))):
+        entered = list(nvml.calls)
+        nvml.calls.clear()
+    (before,) = seen
+    assert "energy" not in before and before.count("power_limit") == 2  # both set up before the barrier
+    assert entered[len(before):] == ["energy", "energy"]  # then the counters, back to back
+    assert nvml.calls[:4] == ["sync", "sync", "energy", "energy"]  # every device synchronised, then the counters
+    assert group.summary(tokens=1)["energy_j"] == 3.0
+
+
+def test_a_failed_barrier_stops_the_sampler_and_a_sampler_that_died_says_so():
+    """A barrier that raised left the sampler thread running; an error other than NVML's in a sample ended the thread
+    without a word, and the run went on with too few samples (a reviewer)."""
+    gpu = FakeGpu(A, "x", energy_mj=[0, 1_000])
+    t = telemetry_for(gpu)
+    threads = []
+
+    def broken_barrier():
+        threads.append(t._thread)
+        raise RuntimeError("a peer died")
+
+    with pytest.raises(RuntimeError, match="a peer died"):
+        with t.window(ready=broken_barrier):
+            pass
+    assert threads[0] is not None and not threads[0].is_alive()
+    gpus = [FakeGpu(A, "00000000:17:00.0", energy_mj=[0, 1]), FakeGpu(B, "00000000:65:00.0", energy_mj=[0, 1])]
+    nvml = FakeNvml(gpus)
+    group = DeviceGroupTelemetry([Telemetry(NvmlDevice.open(uuid=g.uuid, nvml=nvml), period_s=0.01) for g in gpus])
+
+    def broken_group_barrier():
+        threads[:] = [m._thread for m in group.members]
+        raise RuntimeError("a peer died")
+
+    with pytest.raises(RuntimeError):
+        with group.window(ready=broken_group_barrier):
+            pass
+    assert len(threads) == 2 and not any(thread.is_alive() for thread in threads)
+
+    # nvidia-ml-py's library-mismatch error is no NVMLError: the fourth temperature reading raises one.
+    gpu = FakeGpu(A, "x", energy_mj=[0, 1_000])
+    t = telemetry_for(gpu)
+    readings, temperature = [], t.device.nvml.nvmlDeviceGetTemperature
+
+    def mismatched(handle, sensor):
+        readings.append(sensor)
+        if len(readings) == 4:
+            raise TypeError("a library mismatch")
+        return temperature(handle, sensor)
+
+    t.device.nvml.nvmlDeviceGetTemperature = mismatched
+    with t.window():
+        busy(0.1)
+        alive = t._thread.is_alive()
+    assert not alive
+    # The edge sample, two of the thread's, its failure, and the edge sample after the window.
+    assert len(readings) == 5 and len(t.samples) == 4
+    s = t.summary(tokens=1)
+    assert s["telemetry_samples"] == 2 and s["telemetry"].startswith("on: a sample failed at ")
+    assert s["telemetry"].endswith(" (TypeError: a library mismatch) and the sampler stopped: 2 samples inside the "
+                                   "window")
+    assert s["energy_j"] == 1.0  # the counter's energy stands

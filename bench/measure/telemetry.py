@@ -162,6 +162,10 @@ class Telemetry:
         self.static: dict[str, Any] = {}
         self.pid_edges: list[list[int] | None] = []
         """NVML's compute processes on the device as the window opened and as it closed (gpushare)."""
+        self.sampler_failure: tuple[float, str] | None = None
+        """When (on the samples' clock) and why a sample first failed with an error other than NVML's; the sampler
+        thread stops there, and the summary's `telemetry` says so."""
+        self._start_mj: int | None = None
 
     @classmethod
     def for_device(cls, device: Any, *, period_s: float = 0.05, nvml: Any = None) -> Telemetry:
@@ -184,20 +188,27 @@ class Telemetry:
     def available(self) -> bool:
         return self.device is not None
 
-    def _read(self) -> None:
+    def _read(self) -> bool:
+        """Take one sample; False, the first failure kept, where a reading raised an error other than NVML's (which
+        NvmlDevice turns into None): nvidia-ml-py's library-mismatch error, a bug. It ended the thread unseen."""
         d = self.device
         start = time.perf_counter()
-        sample = Sample(t_s=start - self._t0, power_w=d.power_w(), mem_used_bytes=d.memory_used_bytes(),
-                        gpu_util_pct=d.gpu_util_pct(), sm_clock_mhz=d.sm_clock_mhz(), temp_c=d.temperature_c(),
-                        clock_event_bits=d.clock_event_bits())
+        try:
+            sample = Sample(t_s=start - self._t0, power_w=d.power_w(), mem_used_bytes=d.memory_used_bytes(),
+                            gpu_util_pct=d.gpu_util_pct(), sm_clock_mhz=d.sm_clock_mhz(), temp_c=d.temperature_c(),
+                            clock_event_bits=d.clock_event_bits())
+        except Exception as err:  # noqa: BLE001 - the record says so (summary); the measurement goes on
+            self.sampler_failure = self.sampler_failure or (start - self._t0, f"{type(err).__name__}: {err}")
+            return False
         self.sample_cost_s.append(time.perf_counter() - start)
         self.samples.append(sample)
+        return True
 
     def _run(self) -> None:
         while not self._stop.wait(self.period_s):
             with self._lock:
-                if not self._paused:
-                    self._read()
+                if not self._paused and not self._read():
+                    return
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[Telemetry]:
@@ -228,24 +239,20 @@ class Telemetry:
 
     @contextlib.contextmanager
     def window(self, ready: Callable[[], None] | None = None) -> Iterator[Telemetry]:
-        """Sample from the (synchronised) start to the (synchronised) end of the block.
-
-        `ready` runs once the sampler is going, just before the energy counter's first read: the ranks' barrier.
-        Before it, each rank's own set-up (NVML calls, a thread's start: 7-23 ms on the H100, another time on each
-        rank) put the ranks' timed windows that far apart, and the first to open waited for the others inside its
-        first collective: in its first step, as a stall, and in the job's window.
-        """
-        if not self.available:
-            if ready is not None:
-                ready()
+        """Sample from the (synchronised) start to the (synchronised) end of the block; `ready` as in `windows`."""
+        with windows([self] if self.available else [], ready):
             yield self
-            return
+
+    def _open(self) -> None:
+        """All of the window's set-up, before the ranks' barrier: the readings taken once, the first sample (before
+        the counted span), and the sampler thread's start."""
         self.samples.clear()
         self.samples.window_s = None
         self.sample_cost_s.clear()
         self.stretches_s.clear()
         self.pause_read_failed = False
         self.paused_mj = 0
+        self.sampler_failure = None
         self.static = self.device.static_info()
         # Who else holds a context on the card, read at both edges outside the timed span.
         self.pid_edges = [self.device.compute_pids()]
@@ -255,32 +262,34 @@ class Telemetry:
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="lmbench-telemetry", daemon=True)
         self._thread.start()
-        if ready is not None:
-            ready()
-        # The counter is read last on the way in and first on the way out, next to the timed window's edges (the
-        # block is the timer's window): read before the first sample and the thread's start, its window outran the
-        # timed one by 7-23 ms on the H100 (2% of a 0.7 s window's J/token).
-        start_mj = self.device.energy_mj()
+
+    def _begin(self) -> None:
+        """The counter's first read: the counted span starts."""
+        self._start_mj = self.device.energy_mj()
         self._stretch_start = time.perf_counter()
-        lead = self._stretch_start - self._t0  # the samples' clock starts before the counted span
-        self.lead_s = lead
-        try:
-            yield self
-        finally:
-            self._synchronize()
-            end_mj = self.device.energy_mj()
-            if self.stretches_s:  # the last stretch, after the last pause
-                self.stretches_s.append(time.perf_counter() - self._stretch_start)
-            self.counter_read = start_mj is not None or end_mj is not None
-            # _t0 moves forward over paused spans (paused): the window's own work, from the first counter read.
-            self.duration_s = time.perf_counter() - self._t0 - lead
+        self.lead_s = self._stretch_start - self._t0  # the samples' clock starts before the counted span
+
+    def _end(self) -> None:
+        """The counter's last read, the device synchronised before it: the counted span ends."""
+        end_mj = self.device.energy_mj()
+        if self.stretches_s:  # the last stretch, after the last pause
+            self.stretches_s.append(time.perf_counter() - self._stretch_start)
+        self.counter_read = self._start_mj is not None or end_mj is not None
+        # _t0 moves forward over paused spans (paused): the window's own work, from the first counter read.
+        self.duration_s = time.perf_counter() - self._t0 - self.lead_s
+        self.energy_edges_mj = (self._start_mj, end_mj - self.paused_mj if end_mj is not None else None)
+        self.samples.window_s = (self.lead_s, self.lead_s + self.duration_s)
+
+    def _stop_sampler(self) -> None:
+        if self._thread is not None:
             self._stop.set()
             self._thread.join()
             self._thread = None
-            self._read()
-            self.pid_edges.append(self.device.compute_pids())
-            self.energy_edges_mj = (start_mj, end_mj - self.paused_mj if end_mj is not None else None)
-            self.samples.window_s = (lead, lead + self.duration_s)
+
+    def _close(self) -> None:
+        """After the sampler stopped: the closing edge's sample and processes."""
+        self._read()
+        self.pid_edges.append(self.device.compute_pids())
 
     def energy(self) -> tuple[float | None, str | None]:
         """(joules over the window, source): the counter when it is trustworthy, else the power integral over the
@@ -341,6 +350,13 @@ class Telemetry:
             notes.append(f"no sample inside the {duration:.3f} s window (one every {self.period_s:g} s): no clock, "
                          "utilisation, memory, temperature, peak power or throttling figures")
         duration = duration or 0.0
+        if self.sampler_failure is not None:
+            at_s, error = self.sampler_failure
+            at_s -= self.lead_s
+            where = ("before the window" if at_s < 0 else "after the window" if at_s > duration
+                     else f"at {at_s:.2f} s of the {duration:.2f} s window")
+            notes.append(f"a sample failed {where} ({error}) and the sampler stopped: {len(inside)} "
+                         f"sample{'' if len(inside) == 1 else 's'} inside the window")
         # The counter's mean where it gives the energy: NVML's power field changes about every 100 ms, so 50 ms
         # samples see each value about twice, and under a power cap (an oscillation of about 200 ms) their mean
         # aliased it: 608 W sampled against the counter's 664 W over one H100 window of 4 s.
@@ -542,11 +558,8 @@ class DeviceGroupTelemetry:
 
     @contextlib.contextmanager
     def window(self, ready: Callable[[], None] | None = None) -> Iterator[DeviceGroupTelemetry]:
-        """Every GPU's window; `ready` (Telemetry.window) after all of them opened: one process drives them all
-        (nn.DataParallel), so there are no other ranks to wait for between its counters' reads."""
-        with self._every(Telemetry.window):
-            if ready is not None:
-                ready()
+        """Every GPU's window, opened and closed together (`windows`)."""
+        with windows([m for m in self.members if m.available], ready):
             yield self
 
     def paused(self) -> contextlib.AbstractContextManager[DeviceGroupTelemetry]:
@@ -564,6 +577,48 @@ class DeviceGroupTelemetry:
         """One CSV per GPU: PATH-dev0.csv, PATH-dev1.csv, ..."""
         for index, member in enumerate(self.members):
             member.write_timeline(path.with_name(f"{path.stem}-dev{index}{path.suffix}"))
+
+
+@contextlib.contextmanager
+def windows(members: list[Telemetry], ready: Callable[[], None] | None = None) -> Iterator[None]:
+    """The windows of the GPUs one process measures (available ones), in two phases: every GPU set up and sampling,
+    then `ready`, then every counter read back to back; on the way out every device synchronised, then every counter
+    read, then the samplers stopped and the last samples taken.
+
+    `ready` is the ranks' barrier. Before it, each rank's own set-up (NVML calls, a thread's start: 7-23 ms on the
+    H100, another time on each rank) put the ranks' timed windows that far apart, and the first to open waited for
+    the others inside its first collective: in its first step, as a stall, and in the job's window. For the same
+    reason a process's GPUs (nn.DataParallel) open together: one window after another, each GPU's set-up ran inside
+    the windows opened before it, and the first GPU's was the longest, its energy with the others' set-up in it.
+    The counters are read last on the way in and first on the way out, next to the timed window's edges (the block is
+    the timer's window): read before the first sample and the thread's start, the energy's window outran the timed
+    one by 7-23 ms on the H100 (2% of a 0.7 s window's J/token). A failure on the way (the barrier's) stops every
+    sampler started.
+    """
+    try:
+        for member in members:
+            member._open()
+        if ready is not None:
+            ready()
+        for member in members:
+            member._begin()
+    except BaseException:
+        for member in members:
+            member._stop_sampler()
+        raise
+    try:
+        yield
+    finally:
+        try:
+            for member in members:
+                member._synchronize()
+            for member in members:
+                member._end()
+        finally:
+            for member in members:
+                member._stop_sampler()
+        for member in members:
+            member._close()
 
 
 class EnergyCounter:
