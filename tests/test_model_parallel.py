@@ -101,9 +101,6 @@ nproc = 2
 [matrix]
 parallel = ["tp", "pp"]
 precision = ["amp-fp16", "fp16"]
-[[exclude]]
-parallel = "tp"
-precision = "fp16"
 """
 
 
@@ -111,13 +108,14 @@ precision = "fp16"
 def test_loss_scaled_precisions_train_split_between_ranks_as_the_whole_model_does(tmp_path):
     """amp-fp16 under tensor parallelism (its gradients a mix of DTensor shards and whole tensors, which GradScaler's
     one check refuses) and under pipeline parallelism (the schedule runs the backward from a loss it scales), and
-    fp16 with master weights in a pipeline: the ranks agree on every overflow, and each trains as parallel=none."""
+    fp16 with master weights of shards and of stages: the ranks agree on every overflow, and each trains as
+    parallel=none."""
     from lmbench.plan.parity import TOLERANCES
 
     records = run_with_parity(tmp_path, LOSS_SCALED)
     rows = {(r["config"]["parallel"], r["config"]["precision"]): r for r in records}
-    assert set(rows) == {("tp", "amp-fp16"), ("pp", "amp-fp16"), ("pp", "fp16"), ("none", "fp32")}
-    for key in [("tp", "amp-fp16"), ("pp", "amp-fp16"), ("pp", "fp16")]:
+    assert set(rows) == {("tp", "amp-fp16"), ("tp", "fp16"), ("pp", "amp-fp16"), ("pp", "fp16"), ("none", "fp32")}
+    for key in [("tp", "amp-fp16"), ("tp", "fp16"), ("pp", "amp-fp16"), ("pp", "fp16")]:
         record = rows[key]
         assert record["status"] == "ok", (key, record["reason"])
         m = record["metrics"]

@@ -24,9 +24,9 @@ NOT_YET: dict[str, frozenset[str]] = {}
 CPU_NPROC = 2
 #: Kernel sets that model-parallel modes run: the fused sets replace blocks whose layout TP and PP rewrite.
 MODEL_PARALLEL_KERNELS = frozenset({"eager", "compile"})
-#: Where precision=fp16's fp32 master copies cannot be taken: FSDP and tensor parallelism replace the parameters
-#: (with DTensor shards) after the copies are made from the whole fp32 ones.
-FP16_MASTERS_REPLACED = frozenset({"fsdp", "tp", "fsdp+tp", "fsdp+pp"})
+#: Where precision=fp16's fp32 master copies cannot be taken: FSDP replaces the parameters (with DTensor shards)
+#: after the copies are made from the whole fp32 ones (tensor parallelism alone is applied before them).
+FP16_MASTERS_REPLACED = frozenset({"fsdp", "fsdp+tp", "fsdp+pp"})
 
 
 def resolve(config: Config, platform: Platform) -> Config:
@@ -89,7 +89,7 @@ def skip_reason(config: Config, platform: Platform, *, nnodes: int = 1) -> str |
         return ("kernels=liger is not available with parallel=dp: Liger binds its forwards to the device-0 modules, "
                 "which every DataParallel replica would then run")
     if config.precision == "fp16" and config.parallel in FP16_MASTERS_REPLACED:
-        return (f"precision=fp16 (fp32 master weights) is not implemented for parallel={config.parallel}: its "
+        return (f"precision=fp16 (fp32 master weights) is not implemented for parallel={config.parallel}: FSDP's "
                 "sharding replaces the parameters whose fp32 master copies the mode keeps; use amp-fp16 or bf16")
     if config.parallel in MODEL_PARALLEL:
         layout_problem = problem(config, MODELS[config.model], nnodes=nnodes)

@@ -182,6 +182,11 @@ class TrainingStep:
         make_optimizer = partial(OPTIMIZERS[kernel_set.optimizer or config.optimizer], lr=config.lr)
         wrap = partial(WRAPPERS[config.parallel], config=config, device=device,
                        **({"mesh": mesh["dp"]} if mesh is not None else {}))
+        if config.parallel == "tp":
+            # Tensor parallelism rewrites the model in place (its projections' parameters become DTensor shards;
+            # a cast to 16 bits after it keeps them so) rather than wrapping it: done before the precision, so that
+            # a mode that copies the parameters (fp16's fp32 masters) copies the shards the model trains.
+            model, wrap = wrap(model), partial(WRAPPERS["none"], config=config, device=device)
         split = config.parallel in MODEL_PARALLEL
         self.precision: Precision = mode(config.precision, split=split)(
             model, make_optimizer, device, wrap, agree=_agree_between_ranks if split else None)
