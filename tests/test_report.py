@@ -1040,6 +1040,18 @@ def test_the_header_and_the_csv_say_when_and_on_which_card_and_software_the_reco
     assert row["power_limit_w"] == 700.0
 
 
+def test_the_csv_tells_no_throttle_reason_from_an_unknown_one():
+    """Both read "" in results.csv: a window whose samples had no reason set, and one where no sample read the bits
+    (a driver without the call: null, unknown; a reviewer)."""
+    records = [hand_record("fp32", 8, 1000.0, repeat=i) for i in range(3)]
+    for record, reasons in zip(records, ([], None, ["sw_power_cap", "gpu_idle"])):
+        record["metrics"]["throttle_reasons"] = reasons
+    import pandas as pd
+
+    column = hand_frame(records)["throttle_reasons"]
+    assert column[0] == "none" and pd.isna(column[1]) and column[2] == "sw_power_cap,gpu_idle"
+
+
 def test_markdown_header_lines_are_escaped_as_cells_are(tmp_path):
     """A corpus path /data/<corpus>|v2.txt lost its <corpus> on GitHub: the header lines were not escaped."""
     record = hand_record("fp32", 8, 1000.0)

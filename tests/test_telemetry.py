@@ -812,3 +812,8 @@ def test_a_failed_barrier_stops_the_sampler_and_a_sampler_that_died_says_so():
     assert s["telemetry"].endswith(" (TypeError: a library mismatch) and the sampler stopped: 2 samples inside the "
                                    "window")
     assert s["energy_j"] == 1.0  # the counter's energy stands
+    # The record's warnings say it too: the note alone sat in a field beside figures that rest on two samples.
+    from lmbench.measure.telemetry import sampling_warning
+
+    assert sampling_warning(s) == "telemetry " + s["telemetry"][len("on: "):]
+    assert sampling_warning({"telemetry": "on"}) is None and sampling_warning({"telemetry": "off: a CPU"}) is None

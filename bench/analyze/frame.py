@@ -39,7 +39,8 @@ def to_rows(records: list[dict[str, Any]], *, run: str) -> list[dict[str, Any]]:
             # ran "off: not a CUDA device"): a column of its own, beside the axis as asked.
             column = f"{name}_applied" if name in config else name
             if name == "throttle_reasons":
-                row[column] = ",".join(value or [])
+                # [] (read, and no reason set) is "none"; None (unknown: no sample read the bits) stays empty.
+                row[column] = (",".join(value) or "none") if value is not None else None
             elif not isinstance(value, _NOT_SCALAR):
                 row[column] = value
         row.update({column: _env_value(r.get("env"), path) for column, path in ENV_COLUMNS.items()})

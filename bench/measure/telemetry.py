@@ -94,6 +94,13 @@ def energy_warning(fields: dict[str, Any]) -> str | None:
     return f"energy: {caveat}; lengthen the window (more steps) to quote J/token" if caveat else None
 
 
+def sampling_warning(fields: dict[str, Any]) -> str | None:
+    """The record's warning when the window's samples fall short (none inside it, or a sampler that died), else
+    None: the note is in the record's `telemetry` field, which a reader of the figures beside it may not open."""
+    note = fields.get("telemetry") or ""
+    return f"telemetry {note[len('on: '):]}" if note.startswith("on: ") else None
+
+
 @dataclass
 class Sample:
     """One reading of the sampler; times are seconds since the window opened."""

@@ -148,7 +148,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
     from lmbench.measure import environment, gpushare, hostload, hostmem, metrics
     from lmbench.measure.flops import head_extra_flops_per_token, palm_flops_per_token, recompute_flops_per_token
     from lmbench.measure.mathmode import matmul_mode
-    from lmbench.measure.telemetry import Telemetry, energy_warning, for_devices, power_trace
+    from lmbench.measure.telemetry import Telemetry, energy_warning, for_devices, power_trace, sampling_warning
     from lmbench.measure.timer import StepTimer
     from lmbench.models.compiled import WindowGraphs, attention_rewrites, describe_compiled
     from lmbench.models.kernel_sets import KERNEL_SETS
@@ -458,6 +458,9 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
     unquotable = energy_warning(result)
     if unquotable:
         warnings.append(unquotable)
+    short = sampling_warning(result)
+    if short:
+        warnings.append(short)
     shared = gpushare.sharing_warning(result)
     if shared:
         warnings.append(shared)
