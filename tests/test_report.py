@@ -1083,3 +1083,20 @@ def test_a_tiny_model_s_mfu_keeps_its_digits():
     grid = report.sections([record])["throughput"]
     assert dict(zip(grid.headers, grid.rows[0]))["MFU"] == "0.0412%"
     assert [percent_cell(v) for v in (0.4, 0.01, 0.00999, 0.0, None)] == ["40.0%", "1.0%", "0.999%", "0%", "-"]
+
+
+def test_nan_and_infinity_in_a_results_line_read_as_null(tmp_path):
+    """Python's json writes NaN and Infinity (no JSON); a hand-made or older file's NaN went into medians, where
+    statistics.median's answer depends on the order (a reviewer). lmbench's writer writes null (results.sanitize)."""
+    import json
+
+    from lmbench.analyze import results
+
+    record = hand_record("fp32", 8, 1000.0)
+    record["metrics"].update(power_avg_w=float("nan"), energy_j=float("inf"))
+    record["losses"] = [2.0, float("nan")]
+    (tmp_path / "results.jsonl").write_text(json.dumps(record) + "\n")
+    assert "NaN" in (tmp_path / "results.jsonl").read_text()
+    [read] = results.read(tmp_path).records
+    assert read["metrics"]["power_avg_w"] is None and read["metrics"]["energy_j"] is None
+    assert read["losses"] == [2.0, None] and read["metrics"]["tokens_per_s"] == 1000.0

@@ -52,6 +52,11 @@ def sanitize(value: Any) -> Any:
     return value
 
 
+def _as_null(name: str) -> None:
+    """json's hook for NaN, Infinity and -Infinity, which are no JSON: null, as `sanitize` writes them."""
+    return None
+
+
 def storage_error(err: OSError, path: Path) -> StorageError:
     """One line naming the path, what the system said and the space left (and the file-size limit for EFBIG)."""
     where = Path(path)
@@ -350,7 +355,10 @@ def read(path: Path) -> Loaded:
                 if not line.strip():
                     continue
                 try:
-                    record = json.loads(line.rstrip("\n"))  # the error's column is then the line's own
+                    # The error's column is then the line's own; NaN and Infinity (Python's json writes them, lmbench's
+                    # writer does not) read as null, as the writer would have written them (sanitize): a NaN median
+                    # of a metric is no figure.
+                    record = json.loads(line.rstrip("\n"), parse_constant=_as_null)
                 except json.JSONDecodeError as err:
                     loaded.warnings.append(f"{path}:{number}: skipped corrupt line ({err})")
                     continue
