@@ -443,14 +443,15 @@ def energy(folder: Path) -> tuple[str, str, str]:
         m = r.get("metrics") or {}
         if r["status"] == "ok" and m.get("j_per_token") is not None:
             precision = r["config"]["precision"]
-            reasons = m.get("throttle_reasons") or []
-            if POWER_OR_HEAT & set(reasons):
+            reasons = m.get("throttle_reasons")  # None: unknown (no sample read the bits), not none
+            if POWER_OR_HEAT & set(reasons or []):
                 throttled.append(precision)
             gap = disagreement_of(m)
             check = "" if gap is None else f"; integral vs counter {gap:+.1%} over {m['telemetry_window_s']:.1f} s"
             if energy_caveat(m):
                 short.append(precision)
-            parts.append(f"{precision} {m['j_per_token'] * 1e3:.3f} mJ/token (throttle: {', '.join(reasons) or 'none'}"
+            said = "unknown" if reasons is None else ", ".join(reasons) or "none"
+            parts.append(f"{precision} {m['j_per_token'] * 1e3:.3f} mJ/token (throttle: {said}"
                          f"{check}){''.join(f'; {fix}' for fix in predates(r))}")
     if not parts:
         return "-", NOT_MEASURED, "stage 1"

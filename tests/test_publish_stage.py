@@ -121,6 +121,14 @@ def test_energy_target_says_which_windows_are_too_short_to_quote(tmp_path):
                         "fp16 3.388 mJ/token (throttle: sw_power_cap; integral vs counter +5.9% over 1.1 s)")
     assert verdict == ("measured; throttled for power or heat: fp16; windows too short to quote for fp16 (under 1 s, "
                        "or counter and integral 3% or more apart)")
+    # A window whose samples never read the bits (a driver without the call) is unknown, not unthrottled.
+    run.joinpath("results.jsonl").write_text(
+        record("a", "gpt2-124m", "fp32", 44456.0, j_per_token=0.014391, energy_j=2357.8, energy_integral_j=2367.7,
+               telemetry_window_s=3.69, **{**common, "throttle_reasons": None}))
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in
+            publish.targets_table(folder).splitlines()[2:]}
+    measured = rows["NVML energy per token for each precision of the fp16 suite, with throttle reasons"][0]
+    assert measured == "fp32 14.391 mJ/token (throttle: unknown; integral vs counter +0.4% over 3.7 s)"
 
 
 def test_the_project_readme_gets_a_short_headline_table_between_its_markers(tmp_path):

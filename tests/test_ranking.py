@@ -32,6 +32,12 @@ def test_a_configuration_that_never_succeeded_ranks_last_with_its_status():
     assert grid.rows[2][3:] == ["-"] * (len(grid.headers) - 3)
     # Nothing evaluated: no table, a failure or not.
     assert ranking.section([failed("amp-bf16"), {**evaluated("fp32"), "metrics": {"tokens_per_s": 1.0}}]) == {}
+    # A failed row that was never to evaluate (a throughput row, a skipped one) is no time-to-target row (a
+    # reviewer found a skipped fp16 batch-64 row ranked second).
+    throughput = failed("fp16", status="skipped")
+    throughput["config"] = Config(precision="fp16", batch_size=64, device="cuda").to_dict()
+    grid = ranking.section([evaluated("fp32"), throughput])["quality"]
+    assert len(grid.rows) == 1 and "fp16" not in grid.rows[0]
 
 
 def test_the_target_cell_counts_the_repeats_the_figures_rest_on():

@@ -732,14 +732,71 @@ def test_a_rank_s_power_trace_is_its_window_s_on_the_window_s_clock():
     assert {watts for _, watts in trace[1:]} == {200.0}  # the edge interpolated, nothing of the barrier's 900 W past it
 
     # The job's mean power is its energy over its window wherever there is an energy, whatever its source.
-    def member(energy, source):
+    def member(energy, source, power_max=None):
         return {**dict.fromkeys(SUMMARY_FIELDS), "telemetry": "on", "energy_j": energy, "energy_source": source,
                 "throttle_reasons": [], "throttled_power_or_heat": False, "telemetry_period_s": 0.05,
-                "telemetry_window_s": 2.0}
+                "telemetry_window_s": 2.0, "power_max_w": power_max}
 
-    merged = combine([member(200.0, "counter"), member(300.0, "power-integral (a counter read failed)")],
-                     [[(0.0, 100.0), (2.0, 100.0)], [(0.0, 900.0), (2.0, 900.0)]], tokens=1)
+    merged = combine([member(200.0, "counter", 100.0), member(300.0, "power-integral (a counter read failed)", 900.0)],
+                     [[(0.0, 100.0), (1.0, 100.0), (2.0, 100.0)], [(0.0, 900.0), (1.0, 900.0), (2.0, 900.0)]],
+                     tokens=1)
     assert merged["power_avg_w"] == 250.0 and merged["power_max_w"] == 1000.0
+    # The sum's largest is an inside sample's, not an edge point interpolated towards a reading outside the window
+    # (1,300 W at the opening edge); none where a GPU had no sample inside (a reviewer: the sum's edges gave one).
+    merged = combine([member(200.0, "counter", 200.0), member(300.0, "counter", 300.0)],
+                     [[(0.0, 600.0), (1.0, 200.0), (2.0, 200.0)], [(0.0, 700.0), (1.0, 300.0), (2.0, 300.0)]],
+                     tokens=1)
+    assert merged["power_max_w"] == 500.0
+    merged = combine([member(200.0, "counter", None), member(300.0, "counter", 300.0)],
+                     [[(0.0, 600.0), (2.0, 200.0)], [(0.0, 700.0), (1.0, 300.0), (2.0, 300.0)]], tokens=1)
+    assert merged["power_max_w"] is None
+
+
+def test_no_power_inside_or_around_the_window_integrates_to_nothing():
+    """A sampler dead before the window and a failed closing read: one pre-window reading was held flat across the
+    window, 325 J of a 0.5 s window made up (a reviewer). Readings around both edges still interpolate."""
+    t = telemetry_for(FakeGpu(A, "x", energy_mj=None))
+    t.samples.extend([Sample(0.0, 650.0, 1, 50.0, 1900.0, 60.0, 0), Sample(0.005, 650.0, 1, 50.0, 1900.0, 60.0, 0)])
+    t.lead_s, t.duration_s = 0.01, 0.5
+    assert t.window_integral_j() is None
+    t.samples.append(Sample(0.6, 250.0, 1, 50.0, 1900.0, 60.0, 0))  # after the window: both edges bracketed
+    assert t.window_integral_j() == pytest.approx(0.5 * (650.0 - 400.0 * 0.005 / 0.595 + 650.0 - 400.0 * 0.505 / 0.595)
+                                                  / 2)
+
+
+def test_a_gpu_that_could_not_tell_leaves_the_held_back_share_unknown():
+    """One GPU's throttle bits unknown, the other's calm: throttled_sample_frac read 0.0 beside a null flag."""
+    from lmbench.measure.telemetry import combine
+
+    def member(reasons, flag, frac):
+        return {**dict.fromkeys(SUMMARY_FIELDS), "telemetry": "on", "throttle_reasons": reasons,
+                "throttled_power_or_heat": flag, "throttled_sample_frac": frac, "telemetry_period_s": 0.05,
+                "telemetry_window_s": 1.0}
+
+    merged = combine([member(None, None, None), member([], False, 0.0)], [[], []], tokens=1)
+    assert merged["throttled_power_or_heat"] is None and merged["throttled_sample_frac"] is None
+    merged = combine([member(None, None, None), member(["sw_power_cap"], True, 0.4)], [[], []], tokens=1)
+    assert merged["throttled_power_or_heat"] is True and merged["throttled_sample_frac"] == 0.4
+
+
+def test_a_failed_edge_read_is_no_sampler_that_stopped():
+    """The window's opening read failed (a transient library error) while the sampler ran through the window: the
+    record warned of 'a sample failed before the window ... and the sampler stopped' (a reviewer)."""
+    gpu = FakeGpu(A, "x", energy_mj=[0, 1_000])
+    t = telemetry_for(gpu)
+    readings, temperature = [], t.device.nvml.nvmlDeviceGetTemperature
+
+    def first_fails(handle, sensor):
+        readings.append(sensor)
+        if len(readings) == 1:
+            raise TypeError("a transient mismatch")
+        return temperature(handle, sensor)
+
+    t.device.nvml.nvmlDeviceGetTemperature = first_fails
+    with t.window():
+        busy(0.1)
+    s = t.summary(tokens=1)
+    assert t.sampler_failure is None and s["telemetry"] == "on" and s["telemetry_samples"] >= 3
 
 
 def test_a_process_s_gpus_are_set_up_first_and_their_counters_read_back_to_back():

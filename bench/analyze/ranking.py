@@ -151,10 +151,17 @@ def _fmt(value: float | None, spec: str, scale: float = 1.0) -> str:
     return "-" if value is None else format(value / scale, spec)
 
 
+def _asked_to_evaluate(config: dict[str, Any]) -> bool:
+    """Whether a configuration (its record's config) asked for held-out evaluations or a target."""
+    return any(config.get(name) for name in ("eval_every", "eval_every_tokens", "target_loss", "target_ppl"))
+
+
 def section(records: list[dict[str, Any]], objective: str = "time-to-target") -> dict[str, Grid]:
     """The report's time-to-target table (configurations that evaluated held-out loss, and after them those that
     never succeeded, their statuses in the target column), ranked by `objective`; empty when none evaluated."""
-    ranked = [s for s in rank(records, objective) if s.evaluated or not s.ok()]
+    # A failed configuration belongs here only if it was to evaluate (a throughput row that ran out of memory is no
+    # time-to-target row; a reviewer found one ranked second).
+    ranked = [s for s in rank(records, objective) if s.evaluated or (not s.ok() and _asked_to_evaluate(s.config))]
     if not any(s.evaluated for s in ranked):
         return {}
     axes = varying_axes(configs_of(records))

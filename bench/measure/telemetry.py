@@ -195,9 +195,11 @@ class Telemetry:
     def available(self) -> bool:
         return self.device is not None
 
-    def _read(self) -> bool:
-        """Take one sample; False, the first failure kept, where a reading raised an error other than NVML's (which
-        NvmlDevice turns into None): nvidia-ml-py's library-mismatch error, a bug. It ended the thread unseen."""
+    def _read(self, *, sampler: bool = False) -> bool:
+        """Take one sample; False where a reading raised an error other than NVML's (which NvmlDevice turns into
+        None): nvidia-ml-py's library-mismatch error, a bug. It ended the thread unseen: the sampler's (`sampler`)
+        first failure is kept for the record. An edge's read that fails costs that edge's sample only (the sampler
+        ran on; a reviewer: it was reported as a sampler that stopped)."""
         d = self.device
         start = time.perf_counter()
         try:
@@ -205,7 +207,8 @@ class Telemetry:
                             gpu_util_pct=d.gpu_util_pct(), sm_clock_mhz=d.sm_clock_mhz(), temp_c=d.temperature_c(),
                             clock_event_bits=d.clock_event_bits())
         except Exception as err:  # noqa: BLE001 - the record says so (summary); the measurement goes on
-            self.sampler_failure = self.sampler_failure or (start - self._t0, f"{type(err).__name__}: {err}")
+            if sampler:
+                self.sampler_failure = self.sampler_failure or (start - self._t0, f"{type(err).__name__}: {err}")
             return False
         self.sample_cost_s.append(time.perf_counter() - start)
         self.samples.append(sample)
@@ -214,7 +217,7 @@ class Telemetry:
     def _run(self) -> None:
         while not self._stop.wait(self.period_s):
             with self._lock:
-                if not self._paused and not self._read():
+                if not self._paused and not self._read(sampler=True):
                     return
 
     @contextlib.contextmanager
@@ -505,7 +508,10 @@ def combine(summaries: list[dict[str, Any]], traces: list[list[tuple[float, floa
     return {
         "telemetry": "on: " + "; ".join(notes) if notes else "on",
         "power_avg_w": counted or _time_weighted_power(summed),
-        "power_max_w": max((s.power_w for s in summed), default=None),
+        # The summed samples' largest inside the window: not its two edge points, each interpolated towards a
+        # reading outside it, and none where a GPU had no sample inside (a reviewer).
+        "power_max_w": max((s.power_w for s in summed[1:-1]), default=None)
+        if all(s["power_max_w"] is not None for s in summaries) else None,
         "power_source": "/".join(sorted({part for found in values("power_source") for part in found.split("/")}))
         or None,
         "energy_j": energy,
@@ -522,8 +528,9 @@ def combine(summaries: list[dict[str, Any]], traces: list[list[tuple[float, floa
         "temp_max_c": max(values("temp_max_c"), default=None),
         "throttle_reasons": reasons,
         "throttled_power_or_heat": True if any(flags) else None if None in flags else False,
-        # The most held-back device's share.
-        "throttled_sample_frac": max(values("throttled_sample_frac"), default=None),
+        # The most held-back device's share; unknown where a GPU could not tell and none was seen held back.
+        "throttled_sample_frac": max(values("throttled_sample_frac"), default=None)
+        if any(flags) or None not in flags else None,
         "telemetry_samples": sum(values("telemetry_samples")),
         "power_readings": sum(values("power_readings")),
         "telemetry_period_s": summaries[0]["telemetry_period_s"],
@@ -660,6 +667,10 @@ def _clipped(samples: list[Sample], start: float, end: float) -> list[Sample]:
     points = [s for s in samples if s.power_w is not None]
     if len(points) < 2 or end <= start:
         return points
+    if not any(start <= s.t_s <= end for s in points) and not (points[0].t_s <= start and points[-1].t_s >= end):
+        # Nothing read inside the window nor around both edges (a sampler dead before it, a failed closing read):
+        # no power to integrate, rather than one pre-window reading held flat across the window (a reviewer).
+        return []
 
     def at(t: float) -> Sample:
         before = [s for s in points if s.t_s <= t]
