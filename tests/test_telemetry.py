@@ -779,20 +779,26 @@ def test_a_gpu_that_could_not_tell_leaves_the_held_back_share_unknown():
     assert merged["throttled_power_or_heat"] is True and merged["throttled_sample_frac"] == 0.4
 
 
+def failing_temperature_reading(nth: int) -> tuple[Telemetry, list[int]]:
+    """A GPU's telemetry whose `nth` temperature reading raises an error other than NVML's (nvidia-ml-py's library
+    mismatch), and the list of readings taken."""
+    t = telemetry_for(FakeGpu(A, "x", energy_mj=[0, 1_000]))
+    readings, temperature = [], t.device.nvml.nvmlDeviceGetTemperature
+
+    def reading(handle, sensor):
+        readings.append(sensor)
+        if len(readings) == nth:
+            raise TypeError("a library mismatch")
+        return temperature(handle, sensor)
+
+    t.device.nvml.nvmlDeviceGetTemperature = reading
+    return t, readings
+
+
 def test_a_failed_edge_read_is_no_sampler_that_stopped():
     """The window's opening read failed (a transient library error) while the sampler ran through the window: the
     record warned of 'a sample failed before the window ... and the sampler stopped' (a reviewer)."""
-    gpu = FakeGpu(A, "x", energy_mj=[0, 1_000])
-    t = telemetry_for(gpu)
-    readings, temperature = [], t.device.nvml.nvmlDeviceGetTemperature
-
-    def first_fails(handle, sensor):
-        readings.append(sensor)
-        if len(readings) == 1:
-            raise TypeError("a transient mismatch")
-        return temperature(handle, sensor)
-
-    t.device.nvml.nvmlDeviceGetTemperature = first_fails
+    t, _ = failing_temperature_reading(1)
     with t.window():
         busy(0.1)
     s = t.summary(tokens=1)
@@ -847,17 +853,7 @@ def test_a_failed_barrier_stops_the_sampler_and_a_sampler_that_died_says_so():
     assert len(threads) == 2 and not any(thread.is_alive() for thread in threads)
 
     # nvidia-ml-py's library-mismatch error is no NVMLError: the fourth temperature reading raises one.
-    gpu = FakeGpu(A, "x", energy_mj=[0, 1_000])
-    t = telemetry_for(gpu)
-    readings, temperature = [], t.device.nvml.nvmlDeviceGetTemperature
-
-    def mismatched(handle, sensor):
-        readings.append(sensor)
-        if len(readings) == 4:
-            raise TypeError("a library mismatch")
-        return temperature(handle, sensor)
-
-    t.device.nvml.nvmlDeviceGetTemperature = mismatched
+    t, readings = failing_temperature_reading(4)
     with t.window():
         busy(0.1)
         alive = t._thread.is_alive()
