@@ -56,8 +56,8 @@ class DynamicLossScale:
         return loss.float() * self.scale
 
     def unscale(self, grads: list[torch.Tensor]) -> None:
-        """Divide `grads` by the scale in place and set the overflow flag, agreed between ranks where they split the
-        model. One check per device and dtype, as the op requires."""
+        """Divide `grads` by the scale in place and set this rank's overflow flag (`agree_on_overflow` makes it every
+        rank's where they split the model). One check per device and dtype, as the op requires."""
         self.found_inf.zero_()
         inv_scale = self.scale.double().reciprocal().float().reshape(1)
         groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
@@ -66,6 +66,9 @@ class DynamicLossScale:
             groups.setdefault((own.device, own.dtype), []).append(own)
         for group in groups.values():
             torch._amp_foreach_non_finite_check_and_unscale_(group, self.found_inf, inv_scale)
+
+    def agree_on_overflow(self) -> None:
+        """The overflow flag made every rank's (`agree`), before `step` acts on it; nothing without `agree`."""
         if self.agree is not None:
             self.agree(self.found_inf)
 

@@ -81,6 +81,20 @@ class Precision:
         self.scaled(loss).backward()
 
     def step(self) -> None:
+        """One optimizer step from the gradients the backward left: `check`, `agree`, `apply` (a pipeline stage times
+        the first and the last as its own work, and the collective between them as a wait)."""
+        self.check()
+        self.agree()
+        self.apply()
+
+    def check(self) -> None:
+        """The step's first half: a loss-scaled mode's gradients unscaled and checked for overflow."""
+
+    def agree(self) -> None:
+        """Between the halves: an overflow made every rank's where the model is split (a collective)."""
+
+    def apply(self) -> None:
+        """The step's second half: the optimizer's step (skipped on an overflow), the gradients cleared."""
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -155,7 +169,7 @@ class AmpFp16(Precision):
         # which would slow amp-fp16 down against amp-bf16 by two waits a step.
         return self.scaler.scale(self._one)
 
-    def step(self) -> None:
+    def apply(self) -> None:
         before = self._scale()
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -180,6 +194,9 @@ class _DeviceLossScaled(Precision):
     def scaled(self, loss: torch.Tensor) -> torch.Tensor:
         return self.scale.scaled(loss)
 
+    def agree(self) -> None:
+        self.scale.agree_on_overflow()
+
 
 class SplitAmpFp16(_DeviceLossScaled):
     """amp-fp16 of a model split between ranks (tensor, pipeline parallelism): GradScaler's algorithm with the
@@ -194,8 +211,10 @@ class SplitAmpFp16(_DeviceLossScaled):
         super().__init__(model, make_optimizer, device, wrap)
         self.scale = DynamicLossScale(device, agree=agree)
 
-    def step(self) -> None:
+    def check(self) -> None:
         self.scale.unscale([p.grad for p in self._trainable(self.model) if p.grad is not None])
+
+    def apply(self) -> None:
         self.scale.step(self.optimizer)
         self.scale.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -224,12 +243,17 @@ class Fp16MasterWeights(_DeviceLossScaled):
         self.model = wrap(cast_weights(model, torch.float16))
         self.optimizer = make_optimizer(self.master)
         self.scale = DynamicLossScale(device, init_scale=init_scale, growth_interval=growth_interval, agree=agree)
+        self._pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        """(master, parameter) of the step under way: those with a gradient, from `check` to `apply`."""
 
-    def step(self) -> None:
-        pairs = [(m, p) for m, p in zip(self.master, self.params) if p.grad is not None]
-        for master, param in pairs:
+    def check(self) -> None:
+        self._pairs = [(m, p) for m, p in zip(self.master, self.params) if p.grad is not None]
+        for master, param in self._pairs:
             master.grad = param.grad.float()
-        self.scale.unscale([m.grad for m, _ in pairs])
+        self.scale.unscale([m.grad for m, _ in self._pairs])
+
+    def apply(self) -> None:
+        pairs, self._pairs = self._pairs, []
         # A flagged step that the optimizer skipped itself left the masters as they were: copying them back changes
         # nothing.
         if self.scale.step(self.optimizer):

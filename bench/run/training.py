@@ -114,13 +114,15 @@ def replicas(config: Config) -> int:
 def seed_replica(config: Config, shape: Layout, rank: int) -> None:
     """Gives each data-parallel replica a random stream of its own (its dropout masks), once the model is built from
     `seed` alike everywhere: without it every DDP and FSDP rank applied the same masks to its other rows, and ddp
-    2 x 8 trained another model than parallel=none x 16 (a reviewer). Replica 0 goes on with the stream the build
-    left (parallel=none's, unchanged); the ranks of one tensor-parallel group or pipeline share their replica's, as
-    a tensor-parallel group's replicated activations need one mask on every rank. nn.DataParallel's replicas draw
-    from their GPUs' own generators, one a replica."""
-    group = shape.data_group(rank)
-    if group:
-        torch.manual_seed(derived_seed(config.seed, f"replica {group}"))
+    2 x 8 trained another model than parallel=none x 16 (a reviewer). Each pipeline stage of a replica draws its own
+    too (stages run other layers: sharing a stream gave block k on one stage block k's masks on the next, which
+    parallel=none never does; Megatron offsets its seed by pipeline rank alike). Replica 0's first stage goes on
+    with the stream the build left (parallel=none's, unchanged); the ranks of one tensor-parallel group share their
+    stage's, as its replicated activations need one mask on every rank. nn.DataParallel's replicas draw from their
+    GPUs' own generators, one a replica."""
+    group, stage = shape.data_group(rank), shape.pipeline_rank(rank)
+    if group or stage:
+        torch.manual_seed(derived_seed(config.seed, f"replica {group}" + (f" stage {stage}" if stage else "")))
     if config.parallel == "dp":
         for index in range(1, shape.dp):
             torch.cuda.default_generators[index].manual_seed(derived_seed(config.seed, f"replica {index}"))
@@ -287,9 +289,14 @@ class TrainingStep:
 
     def _pipeline_update(self) -> None:
         # The tied all-reduce is a transfer: the wait in it for the other end stage is idle, like a stage's wait
-        # for its activations. The optimizer step is the stage's own work, timed with its forward and backward.
+        # for its activations. The optimizer step is the stage's own work, timed with its forward and backward; a
+        # loss-scaled mode's overflow agreement between them is a collective over every rank, whose wait for the
+        # slowest stage is idle too (timed inside the step, it read a middle stage 92% busy for 98% idle; a reviewer).
         self.pipeline.sum_tied_gradients()
-        self.pipeline.clock.wrap(self.precision.step)()
+        clock = self.pipeline.clock
+        clock.wrap(self.precision.check)()
+        self.precision.agree()
+        clock.wrap(self.precision.apply)()
 
     def _pipeline_step(self) -> torch.Tensor:
         """All pipeline steps of one optimizer step (one per accumulated batch), then the update."""
