@@ -1076,6 +1076,18 @@ def test_the_power_trace_is_the_energy_table_s_repeat_never_a_failed_one(tmp_pat
     assert found == {"model=tiny-gpt2": tmp_path / "telemetry" / f"{records[0]['config_key']}-r1.csv"}
 
 
+def test_the_power_plot_draws_the_window_s_own_samples_on_its_clock(tmp_path):
+    """The timeline's first sample comes before the ranks' barrier (a DDP wait at 700 W), its last after the window:
+    both were drawn as the window's power, on the sampler's clock (a reviewer)."""
+    timeline = tmp_path / "t.csv"
+    timeline.write_text("t_s,power_w,mem_used_bytes,gpu_util_pct,sm_clock_mhz,temp_c,clock_event_bits,window_t_s,"
+                        "in_window\n0.0,700,1,99,1980,60,0,-0.3,0\n0.3,300,1,99,1980,61,0,0.0,1\n"
+                        "0.8,320,1,99,1900,62,0,0.5,1\n1.4,90,1,0,1900,62,0,1.1,0\n")
+    fig = plots.power_over_time({"a": timeline})
+    (line,) = fig.axes[0].get_lines()
+    assert list(line.get_xdata()) == [0.0, 0.5] and list(line.get_ydata()) == [300.0, 320.0]
+
+
 def test_a_tiny_model_s_mfu_keeps_its_digits():
     """A tiny model's 0.0412% MFU read 0.0%, no work at all, beside a TFLOP/s with its digits."""
     record = hand_record("fp32", 8, 1000.0)

@@ -1,5 +1,6 @@
 """Telemetry logic against a fake NVML: counter, fallback integral, throttle names, UUID mapping, absence."""
 
+import csv
 import os
 import sys
 import time
@@ -290,8 +291,16 @@ def test_timeline_csv(tmp_path):
     path = tmp_path / "t" / "x.csv"
     t.write_timeline(path)
     lines = path.read_text().splitlines()
-    assert lines[0] == "t_s,power_w,mem_used_bytes,gpu_util_pct,sm_clock_mhz,temp_c,clock_event_bits"
+    assert lines[0] == ("t_s,power_w,mem_used_bytes,gpu_util_pct,sm_clock_mhz,temp_c,clock_event_bits,window_t_s,"
+                        "in_window")
     assert len(lines) == len(t.samples) + 1
+    # The sampler's first sample comes before the window (the ranks' barrier), its last after it: marked so, and timed
+    # from the window's opening, for the power plot.
+    rows = list(csv.DictReader(path.open()))
+    assert rows[0]["in_window"] == "0" and rows[-1]["in_window"] == "0" and float(rows[0]["window_t_s"]) <= 0
+    marks = "".join(row["in_window"] for row in rows)
+    assert marks.strip("0") == "1" * marks.count("1") and marks.count("1") >= 1  # one run of the window's samples
+    assert all(0.0 <= float(row["window_t_s"]) <= t.duration_s for row in rows if row["in_window"] == "1")
 
 
 def test_counter_and_integral_disagreement_is_recorded_and_warned_about_from_three_percent():

@@ -426,7 +426,13 @@ def power_over_time(timelines: dict[str, Path]) -> Figure:
     traces = {}
     for label, path in timelines.items():
         with open(path, newline="", encoding="utf-8") as f:
-            points = [(float(row["t_s"]), float(row["power_w"])) for row in csv.DictReader(f) if row["power_w"]]
+            rows = [row for row in csv.DictReader(f) if row["power_w"]]
+        # The window's own samples on its clock, where the file says (the sampler's first sample comes before the
+        # ranks' barrier, its last after the window: a barrier's wait was drawn as the window's power; a reviewer).
+        if rows and rows[0].get("in_window"):
+            points = [(float(row["window_t_s"]), float(row["power_w"])) for row in rows if row["in_window"] == "1"]
+        else:
+            points = [(float(row["t_s"]), float(row["power_w"])) for row in rows]
         if points:
             traces[label] = points
     if not traces:

@@ -114,7 +114,10 @@ class Sample:
     clock_event_bits: int | None
 
 
-TIMELINE_COLUMNS = [f.name for f in fields(Sample)]
+#: The timeline CSV: every Sample field (t_s on the sampler's clock, which starts before the ranks' barrier), then
+#: `window_t_s`, the time since the counted window opened, and `in_window` (1 inside it, edges included; 0 for the
+#: sample before the barrier and the one after the window); both empty where the window is not known.
+TIMELINE_COLUMNS = [*(f.name for f in fields(Sample)), "window_t_s", "in_window"]
 
 
 class Timeline(list):
@@ -406,8 +409,12 @@ class Telemetry:
         with open(path, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=TIMELINE_COLUMNS)
             writer.writeheader()
+            window = getattr(self.samples, "window_s", None)
             for sample in self.samples:
-                writer.writerow(asdict(sample))
+                where = {"window_t_s": "", "in_window": ""} if window is None else {
+                    "window_t_s": round(sample.t_s - window[0], 6),
+                    "in_window": int(window[0] <= sample.t_s <= window[1])}
+                writer.writerow({**asdict(sample), **where})
 
 
 def _time_weighted_power(samples: list[Sample]) -> float | None:
