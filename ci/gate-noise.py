@@ -50,7 +50,7 @@ def failure_rates(repeats: int, sigma: float, *, configs: int, trials: int, thre
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, nargs="+", default=[3, 5])
+    parser.add_argument("--repeats", type=int, nargs="+", default=[3, 5, 6])
     parser.add_argument("--sigma", type=float, nargs="+", default=[0.005, 0.01, 0.02],
                         help="process noise: the standard deviation of log(tokens/s) between fresh processes")
     parser.add_argument("--configs", type=int, default=3)
