@@ -94,6 +94,20 @@ def test_the_workflow_runs_enough_repeats_that_an_unchanged_pull_request_passes_
     assert strict_3 / 200 > 0.3 and strict_6 / 200 < 0.03 and loose_3 == loose_6 == 0
 
 
+def test_a_noise_floor_of_five_runs_blocks_fewer_unchanged_gates_than_one_of_three():
+    """calibrate's default: a configuration's run term rests on runs - 1 degrees of freedom, and at 3 runs its t
+    quantile (4.30) made 1-vs-1 gates under pure noise inconclusive about 40% of the time (a reviewer); at 5, about
+    20%, the true ratio still covered. ci/floor-runs.py, which docs/gate.md quotes, says so."""
+    from lmbench.cli import _CALIBRATE_RUNS
+
+    assert _CALIBRATE_RUNS == 5
+    gates = load("floor-runs.py").gates
+    three = gates(3, 0.01, 0.0, repeats=3, trials=300, threshold=0.05, seed=1)
+    five = gates(5, 0.01, 0.0, repeats=3, trials=300, threshold=0.05, seed=1)
+    assert three[0] > 0.28 and five[0] < 0.28 and five[3] < three[3]
+    assert three[1] < 0.1 and five[1] < 0.1
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CPU's answer")
 @pytest.mark.parametrize(("script", "says"), [("launch-overhead.py", "skipped: launch overhead needs a CUDA GPU"),
                                               ("norm-sweep.py", "skipped: ci/norm-sweep.py needs a CUDA GPU")])

@@ -247,7 +247,8 @@ def test_corrupt_line_is_reported_with_its_number_and_the_rest_loads(tmp_path):
 
 @pytest.mark.slow
 def test_calibrate_runs_twice_and_prints_noise_floors(tmp_path):
-    result = CliRunner().invoke(cli, ["calibrate", "--suite", "smoke", "--repeats", "2", "--out", str(tmp_path / "c"),
+    result = CliRunner().invoke(cli, ["calibrate", "--suite", "smoke", "--repeats", "2", "--runs", "3",
+                                      "--out", str(tmp_path / "c"),
                                       "--device", "cpu", "--set", "model=tiny-llama", "--set", "precision=fp32",
                                       "--set", "steps=4"])
     assert result.exit_code == 0, result.output

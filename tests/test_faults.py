@@ -1033,7 +1033,7 @@ def test_11_report_refuses_unwritable_outputs_and_reads_a_run_once(tmp_path):
 
 def test_12_calibrate_into_an_existing_out_can_be_resumed(tmp_path, tiny, fake):
     out = tmp_path / "cal"
-    args = ["calibrate", "--suite", tiny, "--repeats", "2", "--out", out]
+    args = ["calibrate", "--suite", tiny, "--repeats", "2", "--runs", "3", "--out", out]
     assert lmbench(*args).exit_code == 0
     line = one_line_error(lmbench(*args))
     assert line == (f"lmbench: error: --out '{out}' already holds a calibration; pass --resume to finish it, or "
