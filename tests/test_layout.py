@@ -348,7 +348,8 @@ def test_the_pipeline_update_counts_the_optimizer_step_as_busy_and_the_tied_all_
 
     clock = BusyClock(torch.device("cpu"))
     step = SimpleNamespace(pipeline=SimpleNamespace(clock=clock, sum_tied_gradients=lambda: time.sleep(0.2)),
-                           precision=SimpleNamespace(step=lambda: time.sleep(0.02)))
+                           precision=SimpleNamespace(check=lambda: time.sleep(0.01), agree=lambda: None,
+                                                     apply=lambda: time.sleep(0.01)))
     clock.new_step()
     TrainingStep._pipeline_update(step)
     busy, = clock.busy_s(1)
