@@ -796,12 +796,24 @@ def calibrate(suite_name: str, repeats: int, runs: int, out: Path | None, overri
         # At the floor itself an unchanged configuration comes out unchanged 1 gate in 10 or fewer: its ratio strays
         # from 1 as far as the interval around it reaches (noise.ConfigNoise.gate_threshold).
         gated = [max(e.gate_threshold(n) for e in estimates.values()) for n in (1, noise.MIN_REPEATS)]
-        shown = [f"{t:.1%}" if t <= 10 else ">1000%" for t in gated]
-        click.echo(f"gate with --threshold at about twice the floor for the repeats you run, (1 + floor)² - 1, where "
-                   f"95% of unchanged configurations come out unchanged (at the floor itself 10% or fewer): for this "
-                   f"suite {shown[0]} with 1 repeat a side, {shown[1]} or more with {noise.MIN_REPEATS} (there the "
-                   "repeats' own spread counts too)")
+        if min(gated) >= 1:
+            # compare takes thresholds below 100% only: advice past it is none (a new user was refused 300%).
+            click.echo(f"no --threshold that compare takes (below 100%) gates this suite: about twice the floor, "
+                       f"(1 + floor)² - 1, would be {_percent_or_more(gated[1])} even with {noise.MIN_REPEATS} repeats "
+                       "a side; the runs differ too much for their windows: lengthen them (--set steps=...), or "
+                       "calibrate on a quieter host")
+        else:
+            shown = [_percent_or_more(t) for t in gated]
+            click.echo(f"gate with --threshold at about twice the floor for the repeats you run, (1 + floor)² - 1, "
+                       f"where 95% of unchanged configurations come out unchanged (at the floor itself 10% or fewer): "
+                       f"for this suite {shown[0]} with 1 repeat a side, {shown[1]} or more with {noise.MIN_REPEATS} "
+                       "(there the repeats' own spread counts too)" + (
+                           "; past 100% compare takes no threshold" if max(gated) >= 1 else ""))
     return 0
+
+
+def _percent_or_more(fraction: float) -> str:
+    return f"{fraction:.1%}" if fraction <= 10 else ">1000%"
 
 
 @cli.command()

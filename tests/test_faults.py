@@ -1299,10 +1299,17 @@ def test_12_calibrate_warns_of_floors_no_threshold_can_gate(tmp_path, tiny, fake
         return estimates, payload
 
     monkeypatch.setattr(noise, "calibrate", noisy)
+    # And the advice itself: twice such a floor is past what compare takes (a new user was advised 233%, then
+    # refused 300%).
+    monkeypatch.setattr(noise.ConfigNoise, "gate_threshold", lambda self, repeats: 2.331 if repeats == 1 else 1.714)
     result = lmbench("calibrate", "--suite", tiny, "--repeats", "2", "--runs", "2", "--out", tmp_path / "cal")
     assert result.exit_code == 0, result.output
     assert ("configuration(s) have floors of 100% or more (e.g. tiny-gpt2-" in result.stderr
             and "no --threshold (below 100%) can gate them" in result.stderr)
+    assert result.stdout.splitlines()[-1] == (
+        "no --threshold that compare takes (below 100%) gates this suite: about twice the floor, (1 + floor)² - 1, "
+        "would be 171.4% even with 3 repeats a side; the runs differ too much for their windows: lengthen them (--set "
+        "steps=...), or calibrate on a quieter host")
 
 
 # A reviewer's failures of a worker (2026-11-28): each a record with a status and a reason, the suite going on.

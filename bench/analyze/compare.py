@@ -271,7 +271,8 @@ def _decide(base: list[float], cand: list[float], *, threshold: float, higher_is
             note += "; more repeats needed"
         elif noise is not None and noise.run_df and noise.half_width(MAX_REPEATS_SHOWN, MAX_REPEATS_SHOWN) > room:
             note += ("; the floor's noise between runs alone reaches past the threshold, which no number of repeats "
-                     "narrows: calibrate with more --runs, or gate at a larger --threshold")
+                     "narrows: lengthen the runs' windows (more steps) or calibrate on a quieter host, calibrate "
+                     "with more --runs, or gate at a larger --threshold")
         elif needed > MAX_REPEATS_SHOWN:
             note += (f"; the noise is far above the threshold, or the change sits on it (over {MAX_REPEATS_SHOWN:,} "
                      "repeats per side needed)")
