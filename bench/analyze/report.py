@@ -7,9 +7,10 @@ import html
 import io
 import re
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 
@@ -82,9 +83,7 @@ class ConfigSummary:
         """The repeat whose tokens/s is the median (the lower of the middle two of an even count), for figures that
         must come from one window together: power, energy, J/token and clocks, each a median of its own, would mix
         repeats (power from one, energy from another) and disagree with each other. {} without a measured repeat."""
-        measured = sorted((m for m in self.repeats if isinstance(m.get("tokens_per_s"), (int, float))),
-                          key=lambda m: m["tokens_per_s"])
-        return measured[(len(measured) - 1) // 2] if measured else {}
+        return _median_tokens(self.repeats, lambda m: m) or {}
 
     def step_time_s(self) -> float | None:
         """The step time that goes with the row's tokens/s: tokens per step / median tokens/s over repeats.
@@ -179,6 +178,17 @@ def _energy_note(s: ConfigSummary) -> str:
     others = len(s.energy_caveats) - 1
     more = f" (and {others} more repeat{'s' if others > 1 else ''})" if others else ""
     return f"{s.energy_caveats[0]}{more}; lengthen the window to quote J/token"
+
+
+T = TypeVar("T")
+
+
+def _median_tokens(repeats: list[T], metrics: Callable[[T], dict[str, Any]]) -> T | None:
+    """Of `repeats`, the one whose tokens/s is the median (the lower of the middle two of an even count); None
+    without a measured one."""
+    measured = sorted((r for r in repeats if isinstance(metrics(r).get("tokens_per_s"), (int, float))),
+                      key=lambda r: metrics(r)["tokens_per_s"])
+    return measured[(len(measured) - 1) // 2] if measured else None
 
 
 def _summary_key(record: dict[str, Any], config: dict[str, Any]) -> str:
@@ -516,9 +526,8 @@ def timelines(records: list[dict[str, Any]], axes: list[str]) -> dict[str, Path]
             ok.setdefault(_summary_key(r, config), []).append((r, config))
     found = {}
     for group in ok.values():
-        measured = sorted((pair for pair in group if isinstance(pair[0]["metrics"].get("tokens_per_s"), (int, float))),
-                          key=lambda pair: pair[0]["metrics"]["tokens_per_s"])
-        r, config = measured[(len(measured) - 1) // 2] if measured else group[0]
+        # As `representative` picks (figures passes the quiet records only, as the tables rest on).
+        r, config = _median_tokens(group, lambda pair: pair[0]["metrics"]) or group[0]
         folder = Path(r["run"]) / "telemetry"
         # One process, several ranks (rank 0's), or nn.DataParallel's several devices (the first's).
         key = r.get("written_key", r["config_key"])  # as its files are named (a profiled record read under a new key)
