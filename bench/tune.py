@@ -261,22 +261,24 @@ class Tuner:
                 raise Stopped
             return status == "ok"
 
+        def may_probe(batch: int) -> bool:
+            # A probe already known costs nothing; another must leave the budget room to measure what is found.
+            return self._probed(combo, batch) or not self.out_of_search_time()
+
         fitting, failing, batch = 0, None, self.min_batch
         try:
-            while batch <= self.max_batch and (self._probed(combo, batch) or not self.out_of_search_time()):
+            while batch <= self.max_batch and may_probe(batch):
                 if not fits(batch):
                     failing = batch
                     break
                 fitting, batch = batch, batch * 2
-            if failing is None and fitting and fitting < self.max_batch < batch and (
-                    self._probed(combo, self.max_batch) or not self.out_of_search_time()):
+            if failing is None and fitting and fitting < self.max_batch < batch and may_probe(self.max_batch):
                 # Doubling from --min-batch stepped over --max-batch: try it, then bisect below it if it fails.
                 if fits(self.max_batch):
                     fitting = self.max_batch
                 else:
                     failing = self.max_batch
-            while failing is not None and failing - fitting > 1 and (
-                    self._probed(combo, (fitting + failing) // 2) or not self.out_of_search_time()):
+            while failing is not None and failing - fitting > 1 and may_probe((fitting + failing) // 2):
                 middle = (fitting + failing) // 2
                 if fits(middle):
                     fitting = middle

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from lmbench.run.lossscale import Agree, DynamicLossScale, local
+from lmbench.run.lossscale import GROWTH_INTERVAL, INIT_SCALE, Agree, DynamicLossScale, local
 
 OptimizerFactory = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
 Wrapper = Callable[[nn.Module], nn.Module]
@@ -210,9 +210,10 @@ class SplitAmpFp16(_DeviceLossScaled):
                  wrap: Wrapper = _unwrapped, *, agree: Agree | None = None) -> None:
         super().__init__(model, make_optimizer, device, wrap)
         self.scale = DynamicLossScale(device, agree=agree)
+        self._params = self._trainable(self.model)
 
     def check(self) -> None:
-        self.scale.unscale([p.grad for p in self._trainable(self.model) if p.grad is not None])
+        self.scale.unscale([p.grad for p in self._params if p.grad is not None])
 
     def apply(self) -> None:
         self.scale.step(self.optimizer)
@@ -233,8 +234,8 @@ class Fp16MasterWeights(_DeviceLossScaled):
     weight_dtype = torch.float16
 
     def __init__(self, model: nn.Module, make_optimizer: OptimizerFactory, device: torch.device,
-                 wrap: Wrapper = _unwrapped, *, agree: Agree | None = None, init_scale: float = 2.0**16,
-                 growth_interval: int = 2000) -> None:
+                 wrap: Wrapper = _unwrapped, *, agree: Agree | None = None, init_scale: float = INIT_SCALE,
+                 growth_interval: int = GROWTH_INTERVAL) -> None:
         self.device = device
         # Master copies come from the fp32 init, before the cast loses precision.
         model = model.to(device=device)
