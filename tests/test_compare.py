@@ -165,6 +165,22 @@ def test_environment_variables_that_change_what_runs_are_compared(tmp_path):
             "CUDA_LAUNCH_BLOCKING=1 (candidate)") in result.stderr.splitlines()
 
 
+def test_losses_of_one_key_from_two_data_draws_are_warned_of(tmp_path):
+    """6f28abc made one seed draw other markov walks and MLM masks under the same configuration key: its records'
+    losses were compared with older ones without a word. The draw's version is in every record's environment."""
+    base = [{**r, "env": {**r["env"], "data_draw": 2}} for r in run_of({"a": TIGHT})]
+    write_run(tmp_path / "base", base)
+    write_run(tmp_path / "cand", [{**r, "env": {**r["env"], "data_draw": 3}} for r in base])
+    write_run(tmp_path / "old", [{**r, "env": {k: v for k, v in r["env"].items() if k != "data_draw"}} for r in base])
+    lines = invoke(str(tmp_path / "base"), str(tmp_path / "cand")).stderr.splitlines()
+    assert "lmbench: warning: data draw differs: version 2 (baseline) vs version 3 (candidate)" in lines
+    lines = invoke(str(tmp_path / "old"), str(tmp_path / "base")).stderr.splitlines()
+    assert ("lmbench: warning: the baseline's records do not say their data draw (the candidate's: version 2; an "
+            "older lmbench or a query that failed there): a difference cannot be ruled out") in lines
+    write_run(tmp_path / "again", base)
+    assert "data draw" not in invoke(str(tmp_path / "base"), str(tmp_path / "again")).stderr
+
+
 def write_run(path, records, extra=""):
     path.mkdir(parents=True)
     (path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + extra)

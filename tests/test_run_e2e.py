@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from lmbench.analyze import results
 from lmbench.cli import cli
+from lmbench.run.data import DRAW_VERSION
 
 pytestmark = pytest.mark.slow
 
@@ -69,6 +70,7 @@ def test_smoke_run_writes_one_complete_record_per_config(smoke_run):
         assert m["mfu"] is None  # no datasheet peak for a CPU
         assert all(math.isfinite(v) for v in r["losses"])
         assert r["env"]["torch"] and r["env"]["device"]["type"] == "cpu" and r["env"]["lmbench"]
+        assert r["env"]["data_draw"] == DRAW_VERSION  # which tokens the seed drew: compare warns across draws
         assert (out / "logs" / f"{r['config_key']}-r0.log").exists()
         assert m["telemetry"] == "off: not a CUDA device" and m["energy_j"] is None and m["power_avg_w"] is None
         # Other engineers' or tests' processes may load the host: that warning is the machine's, not the run's.

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 #: What a record's environment says that changes performance: the device model, then the software under the code,
-#: a CPU run's threads, and the variables of the process's environment that change what runs.
+#: a CPU run's threads, and the variables of the process's environment that change what runs; and which tokens a
+#: seed drew (lmbench.run.data.DRAW_VERSION), which changes the losses and time to target of one key.
 FIELDS = ("device", "driver", "torch", "cuda", "cudnn", "triton", "transformers", "torchao", "liger_kernel",
-          "python", "cpu threads", "environment variables")
+          "python", "cpu threads", "environment variables", "data draw")
 #: Software fields whose null says "not installed" (capture reads an installed version, else None): a known value.
 _OPTIONAL = ("cudnn", "triton", "transformers", "torchao", "liger_kernel")
 _SOFTWARE = ("torch", "cuda", *_OPTIONAL, "python")
@@ -46,6 +47,7 @@ def of_record(record: dict[str, Any]) -> dict[str, str | None]:
     variables = env.get("env_vars")
     values["environment variables"] = None if variables is None else (
         " ".join(f"{k}={v}" for k, v in sorted(variables.items())) or NO_VARIABLES)
+    values["data draw"] = None if env.get("data_draw") is None else f"version {env['data_draw']}"
     return values
 
 

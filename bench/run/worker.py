@@ -648,7 +648,9 @@ def _run_job(job_path: Path, result_path: Path) -> int:
     from lmbench.measure import environment
 
     device = worker_device(config, info)
-    env = environment.capture(device)
+    from lmbench.run.data import DRAW_VERSION
+
+    env = {**environment.capture(device), "data_draw": DRAW_VERSION}
     try:
         timeline = Path(job["timeline_path"]) if job.get("timeline_path") else None
         payload = measure(config, timeline_path=timeline, trace_path=trace_path(job, timeline))
