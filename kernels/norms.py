@@ -6,8 +6,10 @@ summed in PyTorch afterwards (no atomics, deterministic).
 
 RMSNorm follows the Llama cast order: the normalisation runs in fp32, the normalised value is cast
 back to the input dtype, and only then multiplied by the weight (transformers' LlamaRMSNorm).
-With a residual, the sum `x + residual` is formed in the input dtype (as eager code does), returned
-as the new residual stream, and normalised; its gradient is shared by `x` and `residual`.
+With a residual, the sum `x + residual` is formed in their promoted dtype (as eager code does; under
+amp a block's bf16 output is added to the fp32 residual stream, each read in its own dtype, with no
+cast copy first), returned as the new residual stream, and normalised; its gradient is shared by `x`
+and `residual` (autograd casts a bf16 input's share, as it does an add's).
 """
 
 from __future__ import annotations
@@ -33,9 +35,9 @@ def _norm_fwd(X, R, S, W, B, Y, Mean, Rstd, stride_x, stride_r, stride_s, stride
     mask = cols < N
     x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0)
     if HAS_RESIDUAL:
-        # The sum is rounded to the input dtype before it is normalised, exactly as `x + residual` is.
+        # The sum is rounded to its dtype (the inputs' promoted one) before it is normalised, as `x + residual` is.
         x = (x.to(tl.float32) + tl.load(R + row * stride_r + cols, mask=mask, other=0.0).to(tl.float32)).to(
-            x.dtype)
+            S.dtype.element_ty)
         tl.store(S + row * stride_s + cols, x, mask=mask)
     xf = x.to(tl.float32)
     if IS_RMS:
@@ -160,26 +162,32 @@ MEASURED_PLANS: dict[tuple[bool, int], BackwardPlan] = {
 
 
 def backward_plan(block: int, *, rms: bool, itemsize: int = 2, residual: bool = False,
-                  shared_limit: int | None = None) -> BackwardPlan:
+                  shared_limit: int | None = None, dy_itemsize: int | None = None) -> BackwardPlan:
     """The plan every call uses (ci/norm-sweep.py times others against it): MEASURED_PLANS' for 16-bit rows,
     else two programs an SM and the plain loop.
 
     A pipelined loop keeps its rows' loads in shared memory, which Triton does not shrink to fit: where that
     exceeds `shared_limit` (the device's bytes a block, when known) the plain loop runs instead of a launch error.
+    `dy_itemsize`: the output gradient's element size where it is not x's (an RMSNorm of bf16 rows with an fp32
+    weight returns fp32, and its gradient comes as fp32).
     """
     plain = BackwardPlan(programs_per_sm=2, warps=_backward_warps(block))
     plan = MEASURED_PLANS.get((rms, block), plain) if itemsize == 2 else plain
     if plan.load_stages and shared_limit is not None and \
-            pipelined_bytes(plan, block, itemsize, residual) > shared_limit:
+            pipelined_bytes(plan, block, itemsize, residual, dy_itemsize) > shared_limit:
         return plain
     return plan
 
 
-def pipelined_bytes(plan: BackwardPlan, block: int, itemsize: int, residual: bool) -> int:
+def pipelined_bytes(plan: BackwardPlan, block: int, itemsize: int, residual: bool,
+                    dy_itemsize: int | None = None) -> int:
     """Shared memory a pipelined backward keeps: (stages - 1) buffers of each row it loads (x, dy, and the sum's
-    gradient with a residual), as Triton 3.6 compiles it for sm_90 (64 KiB at bf16 x 8192, three stages), plus
-    1 KiB for the rest."""
-    return (plan.load_stages - 1) * (3 if residual else 2) * block * itemsize + 1024 if plan.load_stages else 0
+    gradient with a residual, each in its own dtype), as Triton 3.6 compiles it for sm_90 (64 KiB at bf16 x 8192,
+    three stages), plus 1 KiB for the rest."""
+    if not plan.load_stages:
+        return 0
+    row_bytes = block * (itemsize * (2 if residual else 1) + (itemsize if dy_itemsize is None else dy_itemsize))
+    return (plan.load_stages - 1) * row_bytes + 1024
 
 
 def _backward_warps(block: int) -> int:
@@ -193,21 +201,24 @@ def _backward_warps(block: int) -> int:
 
 
 def norm_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float, *, rms: bool,
-                 residual: torch.Tensor | None = None):  # type: ignore[no-untyped-def]
-    """Launch the forward; returns (y, sum-or-None, mean, rstd), y in the promoted dtype of x and weight."""
+                 residual: torch.Tensor | None = None, out_dtype: torch.dtype | None = None
+                 ):  # type: ignore[no-untyped-def]
+    """Launch the forward; returns (y, sum-or-None, mean, rstd). The sum has the promoted dtype of x and residual;
+    y has what is normalised's (x, or the sum), promoted with the weight's for RMSNorm, unless `out_dtype` says."""
     x2 = _rows(x)
     M, N = x2.shape
     # The kernels read the weight and bias as N consecutive elements.
     weight = weight.contiguous()
     bias = bias.contiguous() if bias is not None else None
-    out_dtype = torch.promote_types(x.dtype, weight.dtype) if rms else x.dtype
+    normed = torch.promote_types(x.dtype, residual.dtype) if residual is not None else x.dtype
+    out_dtype = out_dtype or (torch.promote_types(normed, weight.dtype) if rms else normed)
     # Outputs in their final shape, the kernel writing through 2-D views: an output that is a view of a tensor
     # made inside forward could not be modified in place, as eager's can.
     y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
     mean = torch.empty(M, dtype=torch.float32, device=x.device)
     rstd = torch.empty(M, dtype=torch.float32, device=x.device)
     r2 = _rows(residual) if residual is not None else x2
-    s = torch.empty(x.shape, dtype=x.dtype, device=x.device) if residual is not None else None
+    s = torch.empty(x.shape, dtype=normed, device=x.device) if residual is not None else None
     s2 = s.view(M, N) if s is not None else x2
     y2 = y.view(M, N)
     if M:
@@ -249,7 +260,8 @@ def launch_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, has
         return dx.view(x.shape), zeros, zeros if has_bias else None, None
     index = (x.device.index if x.device.index is not None else torch.cuda.current_device()) if x.is_cuda else None
     plan = plan or backward_plan(_block(N), rms=rms, itemsize=x.element_size(), residual=ds is not None,
-                                 shared_limit=_shared_memory(index) if index is not None else None)
+                                 shared_limit=_shared_memory(index) if index is not None else None,
+                                 dy_itemsize=dy.element_size())
     sm_count = _multiprocessors(index) if index is not None else 4
     programs = max(1, min(M, plan.programs_per_sm * sm_count))
     rows_per_program = triton.cdiv(M, programs)
@@ -275,8 +287,8 @@ def norm_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, has_b
 
 class _Norm(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, eps, rms):  # type: ignore[no-untyped-def]
-        y, _, mean, rstd = norm_forward(x, weight, bias, eps, rms=rms)
+    def forward(ctx, x, weight, bias, eps, rms, out_dtype=None):  # type: ignore[no-untyped-def]
+        y, _, mean, rstd = norm_forward(x, weight, bias, eps, rms=rms, out_dtype=out_dtype)
         ctx.save_for_backward(x, weight, mean, rstd)
         ctx.rms, ctx.has_bias = rms, bias is not None
         return y
@@ -286,13 +298,13 @@ class _Norm(torch.autograd.Function):
     def backward(ctx, dy):  # type: ignore[no-untyped-def]
         x, weight, mean, rstd = ctx.saved_tensors
         dx, dw, db = norm_backward(dy, x, weight, ctx.has_bias, mean, rstd, rms=ctx.rms)
-        return dx, dw, db, None, None
+        return dx, dw, db, None, None, None
 
 
 class _AddNorm(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, residual, weight, bias, eps, rms):  # type: ignore[no-untyped-def]
-        y, s, mean, rstd = norm_forward(x, weight, bias, eps, rms=rms, residual=residual)
+    def forward(ctx, x, residual, weight, bias, eps, rms, out_dtype):  # type: ignore[no-untyped-def]
+        y, s, mean, rstd = norm_forward(x, weight, bias, eps, rms=rms, residual=residual, out_dtype=out_dtype)
         ctx.save_for_backward(s, weight, mean, rstd)
         ctx.rms, ctx.has_bias = rms, bias is not None
         # An output the loss never used (the last block's sum) comes to the backward as None, not as a tensor of
@@ -305,15 +317,24 @@ class _AddNorm(torch.autograd.Function):
     def backward(ctx, dy, ds):  # type: ignore[no-untyped-def]
         s, weight, mean, rstd = ctx.saved_tensors
         if dy is None:  # only the sum was used: the add's gradient alone
-            return ds, ds, None, None, None, None
+            return ds, ds, None, None, None, None, None
         dx, dw, db = norm_backward(dy, s, weight, ctx.has_bias, mean, rstd, rms=ctx.rms, ds=ds)
         # x and residual get the same gradient: one tensor for both, as for any add (autograd never accumulates in
         # place into a gradient it holds twice); a copy would move M x N elements for nothing.
-        return dx, dx, dw, db, None, None
+        return dx, dx, dw, db, None, None, None
+
+
+def _autocast_layer_norm_dtype(rows: torch.dtype, device: torch.device) -> torch.dtype | None:
+    """fp32 for 16-bit rows under CUDA autocast, where layer_norm is on the float32 list (eager casts the rows up
+    first; the kernel reads them as they are and computes in fp32 either way): a drop-in returns what eager does.
+    None elsewhere (the rows' dtype; CPU autocast keeps bf16)."""
+    up = device.type == "cuda" and rows in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled("cuda")
+    return torch.float32 if up else None
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float = 1e-5) -> torch.Tensor:
-    return _Norm.apply(x, weight, bias, eps, False)
+    """F.layer_norm over the last dimension, with its output dtype under autocast."""
+    return _Norm.apply(x, weight, bias, eps, False, _autocast_layer_norm_dtype(x.dtype, x.device))
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -322,9 +343,10 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.
 
 def add_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
              eps: float = 1e-6, *, rms: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """(norm(x + residual), x + residual) in one pass; the sum has the promoted dtype, as `x + residual` does."""
-    dtype = torch.promote_types(x.dtype, residual.dtype)
-    return _AddNorm.apply(x.to(dtype), residual.to(dtype), weight, bias, eps, rms)
+    """(norm(x + residual), x + residual) in one pass; the sum has the promoted dtype, as `x + residual` does, and
+    each input is read in its own dtype. A LayerNorm's output follows autocast as layer_norm's does."""
+    out_dtype = None if rms else _autocast_layer_norm_dtype(torch.promote_types(x.dtype, residual.dtype), x.device)
+    return _AddNorm.apply(x, residual, weight, bias, eps, rms, out_dtype)
 
 
 class TritonLayerNorm(nn.Module):

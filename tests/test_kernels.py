@@ -234,6 +234,29 @@ def check_add_norm(shape, dtype, rms):
               lambda x, r, w, b: add_norm_reference(x, r, w, b, 1e-5, rms=False), [x, r, w, b], dtype)
 
 
+@pytest.mark.parametrize("rms", [True, False])
+def test_add_norm_of_a_bf16_branch_and_an_fp32_residual_reads_each_as_it_is(rms):
+    """Under amp a block's output is bf16 and the residual stream fp32: the sum was cast to fp32 first, a copy of
+    the whole activation every block (a reviewer: 22 bytes an element forward against eager's 18). Each is read in
+    its own dtype now; the outputs, their dtypes and the gradients (bf16 for the branch) are eager's."""
+    x, r = rand(6, 40, dtype=torch.bfloat16), rand(6, 40, dtype=torch.float32, seed=3)
+    w, b = rand(40, dtype=torch.float32, seed=1), rand(40, dtype=torch.float32, seed=2)
+    args = (w,) if rms else (w, b, 1e-5)
+    log = OpLog()
+    with log:
+        y, s = add_norm(x, r, *args, rms=rms)
+    assert torch.ops.aten._to_copy.default not in [f for f, _ in log.calls]  # x.to(float32) was the copy
+    want_y, want_s = add_norm_reference(x, r, *args, rms=rms)
+    assert (y.dtype, s.dtype) == (want_y.dtype, want_s.dtype) == (torch.float32, torch.float32)
+    torch.testing.assert_close((y, s), (want_y, want_s), **TOL[torch.float32])
+    upstream = rand(6, 40, dtype=torch.float32, requires_grad=False, seed=4)
+    ours = torch.autograd.grad((y * upstream).sum() + s.square().sum(), (x, r, w))
+    theirs = torch.autograd.grad((want_y * upstream).sum() + want_s.square().sum(), (x, r, w))
+    assert [g.dtype for g in ours] == [g.dtype for g in theirs] == [torch.bfloat16, torch.float32, torch.float32]
+    for mine, want, dtype in zip(ours, theirs, (torch.bfloat16, torch.float32, torch.float32)):
+        torch.testing.assert_close(mine, want, **TOL[dtype])
+
+
 def test_add_norm_gradients_of_a_residual_used_again_accumulate_apart():
     """The backward hands x and the residual one gradient tensor; the residual's other use adds to its gradient
     and never to x's (autograd does not accumulate in place into a tensor it holds twice)."""
@@ -612,7 +635,26 @@ def test_norm_backward_plan_is_the_one_measured_at_each_width():
     assert norms.backward_plan(8192, rms=True, residual=True, shared_limit=99 * 1024).load_stages == 3  # an L4
     assert norms.backward_plan(8192, rms=True, residual=True, shared_limit=96 * 1024) == norms.BackwardPlan(2, 16)
     assert norms.backward_plan(8192, rms=True, shared_limit=96 * 1024).load_stages == 3
+    # An RMSNorm of bf16 rows and an fp32 weight returns fp32: its gradient's buffers are twice x's (128 KiB).
+    assert norms.pipelined_bytes(norms.backward_plan(8192, rms=True), 8192, 2, True, dy_itemsize=4) == \
+        128 * 1024 + 1024
+    assert norms.backward_plan(8192, rms=True, residual=True, shared_limit=99 * 1024, dy_itemsize=4) == \
+        norms.BackwardPlan(2, 16)
     assert [norms._warps(n) for n in (1024, 2048, 4096, 8192)] == [4, 8, 8, 16]
+
+
+@pytest.mark.gpu
+def test_layer_norm_returns_what_eager_does_under_cuda_autocast():
+    """CUDA autocast runs layer_norm in fp32 (its float32 list): eager returns fp32 for bf16 rows, and so do ours
+    (a BERT MLM head's LayerNorm of a bf16 GELU output returned bf16). RMSNorm follows LlamaRMSNorm's own casts."""
+    x, r = rand(8, 64, dtype=torch.bfloat16), rand(8, 64, dtype=torch.bfloat16, seed=3)
+    w, b = rand(64, dtype=torch.float32, seed=1), rand(64, dtype=torch.float32, seed=2)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        assert layer_norm(x, w, b).dtype == layer_norm_reference(x, w, b).dtype == torch.float32
+        assert add_norm(x, r, w, b, rms=False)[0].dtype == add_norm_reference(x, r, w, b, rms=False)[0].dtype
+        assert rms_norm(x, w).dtype == rms_norm_reference(x, w).dtype
+        torch.testing.assert_close(layer_norm(x, w, b), layer_norm_reference(x, w, b), **TOL[torch.float32])
+    assert layer_norm(x, w.bfloat16(), b.bfloat16()).dtype == torch.bfloat16  # outside autocast: the rows'
 
 
 @pytest.mark.gpu
