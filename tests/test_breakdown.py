@@ -79,6 +79,20 @@ def test_the_device_side_copies_of_the_step_ranges_are_not_steps():
     assert found["fractions"]["other"] == pytest.approx(2 / 200)
 
 
+def test_a_cpu_collective_on_gloos_own_thread_is_communication():
+    """gloo runs DDP's allreduce on a thread of its own (`gloo:all_reduce`, a user annotation) while the main thread
+    waits with no op open. One 100 us step: mm 0-40 on the main thread, the allreduce 30-80 on gloo's thread, then
+    the optimizer 85-95. Communication is exposed from 40 to 80 (40 us) and overlaps the mm for 10 of its 50 us;
+    idle is 80-85 and 95-100."""
+    events = [X("ProfilerStep#1", 0, 100, "user_annotation"), X("aten::mm", 0, 40, "cpu_op"),
+              {**X("gloo:all_reduce", 30, 50, "user_annotation"), "tid": 2},
+              X("Optimizer.step#AdamW.step", 85, 10, "user_annotation"), X("aten::add_", 86, 8, "cpu_op")]
+    found = breakdown({"traceEvents": events})
+    expected = {"matmul": 40, "communication": 40, "optimizer": 10, "idle": 10, "attention": 0, "other": 0, "data": 0}
+    assert found["fractions"] == pytest.approx({k: v / 100 for k, v in expected.items()})
+    assert found["communication_overlap"] == pytest.approx(10 / 50)
+
+
 def test_a_trace_without_steps_is_refused():
     with pytest.raises(ValueError, match="no ProfilerStep ranges"):
         breakdown({"traceEvents": [X("aten::mm", 0, 1, "cpu_op")]})

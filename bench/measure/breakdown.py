@@ -16,7 +16,8 @@ where it is exposed; `communication_overlap` says which fraction of all collecti
 other work. On CUDA the device's timeline is its kernels (any stream), each assigned to the step
 whose host range launched it (by the launch's correlation id); a step spans from its first kernel to
 the next step's first kernel. On a CPU the device is the main thread: its aten ops, nested, with
-the innermost category winning by the priority above.
+the innermost category winning by the priority above; and the collectives' ranges (gloo:*, c10d::*) of every
+thread, since gloo runs each on a thread of its own while the main thread waits for it.
 
 Holistic Trace Analysis (holistictraceanalysis) computes a similar temporal breakdown, but it is
 not installable on the offline GPU machine, reads whole trace directories, and does not split
@@ -177,14 +178,19 @@ def _self_times(ops: list[dict[str, Any]]) -> dict[str, list[float]]:
 def _cpu_timeline(events: list[dict[str, Any]], steps: list[tuple[float, float]]
                   ) -> tuple[list[tuple[float, float]], list[dict[str, list[tuple[float, float]]]], dict[str, list]]:
     main = next(e["tid"] for e in events if e.get("name", "").startswith("ProfilerStep#"))
-    host = [e for e in events if e.get("ph") == "X" and e.get("tid") == main and "dur" in e
-            and e.get("cat") in ("cpu_op", "user_annotation") and not e["name"].startswith("ProfilerStep#")]
+    ranges = [e for e in events if e.get("ph") == "X" and "dur" in e and e.get("cat") in ("cpu_op", "user_annotation")
+              and not e["name"].startswith("ProfilerStep#")]
+    host = [e for e in ranges if e.get("tid") == main]
     ops = [e for e in host if e["cat"] == "cpu_op"]
     by_category: dict[str, list[tuple[float, float]]] = defaultdict(list)
     by_category["optimizer"] = _ranges(host, _OPTIMIZER)
     by_category["data"] = _ranges(host, _DATA_RANGE)
     for e in ops:
         by_category[_category(e["name"])].append((e["ts"], e["ts"] + e["dur"]))
+    # gloo runs a collective on its own thread (a `gloo:all_reduce` range) while the main thread waits for it with
+    # no op open: counted from the main thread alone, DDP's exposed allreduce read as idle and communication as 0.
+    # (A pipeline's `gloo:send` / `gloo:recv` ranges, on the main thread, are user annotations, not ops.)
+    by_category["communication"] += _ranges(ranges, _COMMUNICATION)
     in_steps = [e for e in ops if _within(e["ts"], steps)]
     return steps, [by_category] * len(steps), _self_times(in_steps)
 
