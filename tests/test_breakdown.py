@@ -93,6 +93,22 @@ def test_a_cpu_collective_on_gloos_own_thread_is_communication():
     assert found["communication_overlap"] == pytest.approx(10 / 50)
 
 
+def test_a_jobs_record_carries_the_first_ranks_breakdown_or_a_pipelines_busiest():
+    """A pipeline's stages do different work (a reviewer's 2-stage tiny-gpt2 on a CPU: rank 0 idle 49%, rank 1 31%
+    before communication was counted): the record carried rank 0's and did not say so. Its busiest rank, the one
+    least idle or waiting on transfers, is the stage the others wait for."""
+    from lmbench.run.profiling import reported_rank
+
+    def shares(idle, communication):
+        return {"fractions": {"idle": idle, "communication": communication}}
+
+    stages = [shares(0.20, 0.40), shares(0.30, 0.20), shares(0.10, 0.45)]
+    assert reported_rank(stages, pipeline=True) == 1
+    assert reported_rank(stages, pipeline=False) == 0
+    assert reported_rank([None, *stages], pipeline=False) == 1  # rank 0's trace could not be broken down
+    assert reported_rank([None, None], pipeline=True) is None
+
+
 def test_a_trace_without_steps_is_refused():
     with pytest.raises(ValueError, match="no ProfilerStep ranges"):
         breakdown({"traceEvents": [X("aten::mm", 0, 1, "cpu_op")]})
@@ -116,6 +132,7 @@ def test_a_profiled_run_records_its_breakdown_trace_and_hfu(tmp_path):
         assert r["status"] == "ok", r["reason"]
         assert sum(m[f"time_frac_{c}"] for c in CATEGORIES) == pytest.approx(1, abs=0.02)
         assert m["time_frac_matmul"] > 0 and m["time_frac_optimizer"] > 0 and m["profile_steps"] == 3
+        assert m["profile_rank"] == 0 and m.get("profile_note") is None  # one process: no rank to name
         trace = out / "traces" / f"{r['config_key']}-r0.json.gz"
         assert m["profile_trace"] == str(trace) and trace.exists()
         # Warmup steps are their own distribution; HFU and MFU are both in every record (None without a peak).

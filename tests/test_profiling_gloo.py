@@ -1,4 +1,5 @@
-"""A real 2-rank DDP profile over gloo on the CPU: the allreduce a rank waits for is communication, not idle."""
+"""Real 2-rank profiles over gloo on the CPU: the allreduce a rank waits for is communication, not idle; a
+pipeline's record carries its busiest rank's breakdown."""
 
 import json
 import subprocess
@@ -49,3 +50,30 @@ def test_ddp_over_gloo_counts_the_allreduce_a_rank_waits_for_as_communication(tm
     assert shares["communication"] > 0.4 and shares["communication"] > shares["idle"], shares
     # The wait is exposed: most of the collective's time overlapped nothing.
     assert found["communication_overlap"] < 0.5
+
+
+@pytest.mark.slow
+def test_a_pipelines_record_carries_its_busiest_ranks_breakdown_and_says_so(tmp_path):
+    """The record carried rank 0's breakdown and did not say so, where a pipeline's stages differ (a reviewer's
+    2-stage tiny-gpt2: rank 0 49% idle, rank 1 31%)."""
+    from click.testing import CliRunner
+
+    from lmbench.analyze import results
+    from lmbench.cli import cli
+    from lmbench.measure.breakdown import breakdown, load
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["run", "--suite", "smoke", "--device", "cpu", "--out", str(out), "--set",
+                                      "model=tiny-gpt2", "--set", "precision=fp32", "--set", "profile=true",
+                                      "--set", "parallel=pp", "--set", "nproc=2", "--set", "steps=3"])
+    assert result.exit_code == 0, result.output
+    r, = results.read(out).records
+    m = r["metrics"]
+    assert r["status"] == "ok", r["reason"]
+    waiting = []
+    for rank in (0, 1):
+        shares = breakdown(load(out / "traces" / f"{r['config_key']}-r0-rank{rank}.json.gz"))["fractions"]
+        waiting.append(shares["idle"] + shares["communication"])
+    busiest = waiting.index(min(waiting))
+    assert m["profile_rank"] == busiest
+    assert m["profile_note"].startswith(f"rank {busiest}'s steps, the busiest of the pipeline's 2 ranks")

@@ -375,8 +375,16 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
     # The job's warmup steps as its window's: each ends when the last rank has finished it (warmup_s is the slowest's).
     result.update(metrics.warmup(distributed.slowest_steps(
         [{"step_times_s": r["warmup_step_times_s"]} for r in per_rank])))
-    result.update(metrics.profile_fields(per_rank[0]["profile"]))
     notes = []
+    if config.profile:
+        from lmbench.run.profiling import reported_rank
+
+        shown = reported_rank([r["profile"] for r in per_rank], pipeline=bool(step.pipeline))
+        if shown is not None:
+            result.update(metrics.profile_fields(per_rank[shown]["profile"]), profile_rank=shown)
+            if world > 1:
+                notes.append(f"rank {shown}'s steps, the busiest of the pipeline's {world} ranks (the least idle or "
+                             "waiting on transfers)" if step.pipeline else f"rank {shown}'s steps, of {world} ranks")
     if config.cuda_graph and result.get("time_frac_optimizer") is not None:
         # A replay has no host ranges: the breakdown cannot tell the optimizer's kernels from the others.
         result.update(time_frac_optimizer=None)
