@@ -249,22 +249,24 @@ def corrected(m: dict[str, Any]) -> bool:
     PROFILER_SLOWDOWN_NOTE slower or more. Not on a CPU, where the profiler slows the ops themselves, so the
     premise (the same busy time, more idle) does not hold; records from before `profile_device` are the GPU's."""
     slowdown = profiled_slowdown(m)
-    return slowdown is not None and slowdown > PROFILER_SLOWDOWN_NOTE and m.get("profile_device") != "cpu"
+    return (slowdown is not None and slowdown > PROFILER_SLOWDOWN_NOTE and m.get("profile_device") != "cpu"
+            and isinstance(m.get("time_frac_idle"), (int, float)))
 
 
 def window_shares(m: dict[str, Any]) -> dict[str, float | None]:
     """Each category's share of the step, the window's step where `corrected`: the device was as busy in the
     window as under the profiler (its kernels are the same), and the difference was idle, the profiler's host
-    cost. Otherwise the profiled shares as recorded."""
+    cost. Otherwise the profiled shares as recorded. A share the record leaves out (None) stays out, and its time
+    is in the others': a replayed CUDA graph's optimizer, whose kernels are counted in matmul and other."""
     shares = {c: m.get(f"time_frac_{c}") for c in CATEGORIES}
-    if not corrected(m) or not all(isinstance(v, (int, float)) for v in shares.values()):
+    if not corrected(m):
         return shares
     # The shares are of the profiled steps' summed time, so a share times their mean step is a category's busy time
     # a step; over the window's step, its share there (their median step, which gates this, would mix a median into
     # a mean-weighted share: fp16 on the H100 read 24.8% idle where its busy time allowed 13.5%, review 2026-11-28).
     scale = m["profile_step_time_s"] / m["step_time_median_s"]
-    busy = {c: v * scale for c, v in shares.items() if c != "idle"}
+    busy = {c: v * scale for c, v in shares.items() if c != "idle" and v is not None}
     total = sum(busy.values())
     if total > 1:  # busier than the window's step (kernels slowed by the profiler too): the busy shares alone
         busy = {c: v / total for c, v in busy.items()}
-    return {**busy, "idle": max(0.0, 1 - sum(busy.values()))}
+    return {**shares, **busy, "idle": max(0.0, 1 - sum(busy.values()))}
