@@ -109,6 +109,28 @@ def test_a_jobs_record_carries_the_first_ranks_breakdown_or_a_pipelines_busiest(
     assert reported_rank([None, None], pipeline=True) is None
 
 
+def test_under_data_parallel_the_first_gpus_kernels_are_broken_down():
+    """nn.DataParallel profiles several GPUs in one process, each kernel with its `device`: merged into one timeline,
+    one GPU's work hid the other's idle (a reviewer). Each 100 us step runs a 50 us GEMM on GPU 0, then one on GPU 1:
+    GPU 0's steps span 5-105, 105-205 and 205-255 (its last kernel; the host ran ahead), idle 50 of 100 in the first
+    two. Merged, both GPUs read as never idle, with two GEMMs a step."""
+    def on(device, name, ts, dur, correlation):
+        return {**X(name, ts, dur, "kernel", correlation=correlation, device=device), "pid": device, "tid": 7}
+
+    events = []
+    for i in range(3):
+        t = 100 * i
+        events += [X(f"ProfilerStep#{i}", t, 40, "user_annotation"),
+                   X("cudaLaunchKernel", t + 1, 1, "cuda_runtime", correlation=10 * i),
+                   X("cudaLaunchKernel", t + 2, 1, "cuda_runtime", correlation=10 * i + 1),
+                   on(0, "sm90_xmma_gemm_bf16", t + 5, 50, 10 * i),
+                   on(1, "sm90_xmma_gemm_bf16", t + 55, 50, 10 * i + 1)]
+    found = breakdown({"traceEvents": events})
+    assert found["step_time_s"] == pytest.approx(250e-6 / 3)
+    assert found["fractions"]["matmul"] == pytest.approx(150 / 250) and found["fractions"]["idle"] == pytest.approx(0.4)
+    assert found["top_kernels"] == [{"name": "sm90_xmma_gemm_bf16", "time_s": pytest.approx(50e-6), "calls": 1.0}]
+
+
 def test_a_trace_without_steps_is_refused():
     with pytest.raises(ValueError, match="no ProfilerStep ranges"):
         breakdown({"traceEvents": [X("aten::mm", 0, 1, "cpu_op")]})

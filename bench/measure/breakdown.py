@@ -13,7 +13,8 @@ the fractions sum to 1 of the step:
 
 Where several run at once the slice goes to the first in that list, so communication counts only
 where it is exposed; `communication_overlap` says which fraction of all collective time overlapped
-other work. On CUDA the device's timeline is its kernels (any stream), each assigned to the step
+other work. On CUDA the device's timeline is one GPU's kernels (any stream; the lowest index: nn.DataParallel's
+first), each assigned to the step
 whose host range launched it (by the launch's correlation id); a step spans from its first kernel to
 the next step's first kernel. On a CPU the device is the main thread: its aten ops, nested, with
 the innermost category winning by the priority above; and the collectives' ranges (gloo:*, c10d::*) of every
@@ -118,17 +119,27 @@ def _step_ranges(events: list[dict[str, Any]]) -> list[tuple[float, float]]:
     return steps
 
 
+def _device_of(event: dict[str, Any]) -> int | None:
+    return event.get("args", {}).get("device")
+
+
 def _cuda_timeline(events: list[dict[str, Any]], steps: list[tuple[float, float]]
                    ) -> tuple[list[tuple[float, float]], list[dict[str, list[tuple[float, float]]]], dict[str, list]]:
-    """Per step: its device span and category intervals; and every kernel's name -> durations."""
+    """Per step: its device span and category intervals; and every kernel's name -> durations. The device is the
+    lowest GPU index among the kernels: a process's only GPU, or nn.DataParallel's first, which also runs the loss
+    and the optimizer."""
     host = [e for e in events if e.get("ph") == "X" and e.get("cat") in ("cpu_op", "user_annotation")]
     optimizer = _ranges(host, _OPTIMIZER)
     launches = {e["args"]["correlation"]: e["ts"] for e in events
                 if e.get("cat") in _LAUNCH_CATEGORIES and "correlation" in e.get("args", {})}
+    every = [e for e in events if e.get("cat") in _KERNEL_CATEGORIES and "dur" in e]
+    device = min((d for d in map(_device_of, every) if d is not None), default=None)
     per_step: list[list[dict[str, Any]]] = [[] for _ in steps]
     kernels: dict[str, list[float]] = defaultdict(list)
-    for e in events:
-        if e.get("cat") not in _KERNEL_CATEGORIES or "dur" not in e:
+    for e in every:
+        # nn.DataParallel runs every GPU's kernels in one process: merged into one timeline, one GPU's work hid
+        # another's idle time (two GPUs each idle half of a step read as 0% idle).
+        if _device_of(e) not in (None, device):
             continue
         launched = launches.get(e.get("args", {}).get("correlation"))
         index = next((i for i, (a, b) in enumerate(steps) if launched is not None and a <= launched < b), None)

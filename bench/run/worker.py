@@ -385,6 +385,8 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
             if world > 1:
                 notes.append(f"rank {shown}'s steps, the busiest of the pipeline's {world} ranks (the least idle or "
                              "waiting on transfers)" if step.pipeline else f"rank {shown}'s steps, of {world} ranks")
+            if step.replicas > 1:
+                notes.append(f"the first GPU's kernels, of the {step.replicas} nn.DataParallel ran on")
     if config.cuda_graph and result.get("time_frac_optimizer") is not None:
         # A replay has no host ranges: the breakdown cannot tell the optimizer's kernels from the others.
         result.update(time_frac_optimizer=None)
