@@ -27,6 +27,8 @@ def test_a_profiled_cpu_run_breaks_down_into_fractions_that_sum_to_one(tmp_path)
     assert found["fractions"]["communication"] == 0 and found["communication_overlap"] is None
     names = [k["name"] for k in found["top_kernels"]]
     assert len(names) == 10 and "aten::mm" in names
+    # The host's load over the profiled steps (all five: the schedule's warmup and the three recorded).
+    assert found["host_load"]["wall_s"] > 0.9 * found["step_time_s"] * found["steps"]
 
 
 def X(name, ts, dur, cat, **args):
@@ -155,6 +157,7 @@ def test_a_profiled_run_records_its_breakdown_trace_and_hfu(tmp_path):
         assert sum(m[f"time_frac_{c}"] for c in CATEGORIES) == pytest.approx(1, abs=0.02)
         assert m["time_frac_matmul"] > 0 and m["time_frac_optimizer"] > 0 and m["profile_steps"] == 3
         assert m["profile_rank"] == 0 and m.get("profile_note") is None  # one process: no rank to name
+        assert m["profile_host_other_cpu_cores"] >= 0 and m["profile_wall_s"] > m["profile_step_time_s"] * 3
         trace = out / "traces" / f"{r['config_key']}-r0.json.gz"
         assert m["profile_trace"] == str(trace) and trace.exists()
         # Warmup steps are their own distribution; HFU and MFU are both in every record (None without a peak).

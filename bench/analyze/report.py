@@ -27,7 +27,13 @@ from lmbench.analyze.table import (
     varying_axes,
 )
 from lmbench.errors import UsageError
-from lmbench.measure.breakdown import PROFILER_SLOWDOWN_NOTE, corrected, profiled_slowdown, window_shares
+from lmbench.measure.breakdown import (
+    PROFILER_SLOWDOWN_NOTE,
+    corrected,
+    profiled_contention,
+    profiled_slowdown,
+    window_shares,
+)
 from lmbench.measure.hostload import contention_note, standing, window_contended
 from lmbench.measure.metrics import bubble_note, host_bound_note, stalls_note, unstable_steps
 from lmbench.measure.nvml import POWER_OR_HEAT
@@ -405,12 +411,19 @@ def _profiler_note(m: dict[str, Any]) -> str:
     step that was host-bound or nearly so runs slower under it and its device idles more than in the window."""
     slowdown = profiled_slowdown(m)
     notes = [m.get("profile_note") or ""]
+    # A busy host slows the profiled steps as it does any: a CPU run 17x slower under the profiler was contention's.
+    busy = profiled_contention(m)
     if corrected(m):
-        notes.append(f"{slowdown:.0%} slower under the profiler (its host cost): shares of the window's median "
+        cause = f"on a contended host: {busy}" if busy else "its host cost"
+        notes.append(f"{slowdown:.0%} slower under the profiler ({cause}): shares of the window's median "
                      "step, the device's busy time as profiled, idle the rest")
     elif slowdown is not None and slowdown > PROFILER_SLOWDOWN_NOTE:
-        notes.append(f"{slowdown:.0%} slower under the profiler, which on a CPU slows the ops themselves: the "
+        notes.append(f"{slowdown:.0%} slower under the profiler, on a contended host ({busy} during the profiled "
+                     "steps): not the profiler's slowdown alone; the shares are as profiled" if busy else
+                     f"{slowdown:.0%} slower under the profiler, which on a CPU slows the ops themselves: the "
                      "shares are as profiled")
+    elif busy:
+        notes.append(f"a contended host: {busy} during the profiled steps")
     return "; ".join(note for note in notes if note)
 
 

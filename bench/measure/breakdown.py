@@ -36,6 +36,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from lmbench.measure.hostload import contended
+
 #: Highest priority first: a slice of time goes to the first category active in it.
 PRIORITY = ("optimizer", "data", "attention", "matmul", "other", "communication")
 CATEGORIES = (*PRIORITY, "idle")
@@ -253,6 +255,15 @@ def profiled_slowdown(m: dict[str, Any]) -> float | None:
     window = m.get("step_time_median_s")
     profiled = m.get("profile_step_time_median_s") or m["profile_step_time_s"]
     return profiled / window - 1 if window else None
+
+
+def profiled_contention(m: dict[str, Any]) -> str | None:
+    """"other processes kept N of M cores busy" where they did during the profiled steps (hostload.contended), else
+    None: their slowdown against the window is then contention's too, not the profiler's alone."""
+    cores, usable = m.get("profile_host_other_cpu_cores"), m.get("host_usable_cores")
+    if not contended(cores, usable, m.get("profile_wall_s")):
+        return None
+    return f"other processes kept {cores:.1f}" + (f" of {usable:g}" if usable else "") + " cores busy"
 
 
 def corrected(m: dict[str, Any]) -> bool:

@@ -16,6 +16,7 @@ import torch
 
 from lmbench.errors import LmbenchError, one_line
 from lmbench.measure.breakdown import breakdown, load
+from lmbench.measure.hostload import HostLoad
 
 #: Steps the profiler's schedule warms up on, then records.
 WARMUP_STEPS, ACTIVE_STEPS = 2, 3
@@ -28,7 +29,9 @@ class ProfileError(LmbenchError):
 
 def profile_steps(step: Callable[[], Any], device: torch.device, trace_path: Path, *, warmup: int = WARMUP_STEPS,
                   active: int = ACTIVE_STEPS) -> dict[str, Any]:
-    """Run `warmup + active` steps under torch.profiler, save the trace, return its breakdown.
+    """Run `warmup + active` steps under torch.profiler, save the trace, return its breakdown and the host's load
+    over the steps (`host_load`, a HostLoad span: others' work slows profiled steps as it does the window's, and a
+    slowdown against the window is then not the profiler's alone).
 
     A failure of the steps themselves (out of memory, a CUDA error, a collective under torchrun) propagates as
     any step's would; one of writing or reading the trace is a ProfileError.
@@ -37,16 +40,18 @@ def profile_steps(step: Callable[[], Any], device: torch.device, trace_path: Pat
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     trace_path.parent.mkdir(parents=True, exist_ok=True)
+    host = HostLoad()
     with profile(activities=activities, schedule=schedule(wait=0, warmup=warmup, active=active, repeat=1)) as prof:
-        for _ in range(warmup + active):
-            step()
-            prof.step()
+        with host.window():
+            for _ in range(warmup + active):
+                step()
+                prof.step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     try:
         # A name ending in .gz makes torch write the trace gzipped.
         prof.export_chrome_trace(str(trace_path))
-        return breakdown(load(trace_path), on_gpu=device.type == "cuda")
+        return {**breakdown(load(trace_path), on_gpu=device.type == "cuda"), "host_load": host.span}
     except (OSError, ValueError, RuntimeError) as err:
         raise ProfileError(f"{one_line(err)}; trace: {trace_path}") from err
 

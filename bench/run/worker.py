@@ -387,6 +387,11 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
                              "waiting on transfers)" if step.pipeline else f"rank {shown}'s steps, of {world} ranks")
             if step.replicas > 1:
                 notes.append(f"the first GPU's kernels, of the {step.replicas} nn.DataParallel ran on")
+            # The profiled steps' host, as the window's: a slowdown under a busy host is not the profiler's alone.
+            profiled_spans = [r["profile"]["host_load"] for r in per_rank if r["profile"] is not None]
+            profiled_load = hostload.job_load(profiled_spans)
+            result.update(profile_host_other_cpu_cores=profiled_load.other_cores if profiled_load else None,
+                          profile_wall_s=max((s["wall_s"] for s in profiled_spans if s is not None), default=None))
     if config.cuda_graph and result.get("time_frac_optimizer") is not None:
         # A replay has no host ranges: the breakdown cannot tell the optimizer's kernels from the others.
         result.update(time_frac_optimizer=None)
