@@ -207,6 +207,44 @@ def test_a_trace_that_cannot_be_broken_down_costs_the_breakdown_not_the_record(m
                               "no GPU kernel") and warning.endswith("no breakdown; the window's figures stand")
 
 
+@pytest.mark.parametrize("failing", ["start", "step", "stop"])
+def test_a_profiler_that_fails_costs_the_breakdown_and_the_steps_still_run(monkeypatch, tmp_path, failing):
+    """torch.profiler's own failure (Kineto, CUPTI) propagated out of measure(): the window's figures, taken before,
+    were lost and the record was an error (a reviewer). The steps go on unprofiled, as every rank's must under
+    torchrun, whose collectives pair up across ranks; the record keeps the window and says why it has no breakdown."""
+    import torch.profiler
+
+    from lmbench.run.profiling import ProfileError
+    from lmbench.run.worker import measure
+
+    calls = {"profiler": 0, "steps": 0}
+    real = getattr(torch.profiler.profile, failing)
+
+    def refuse(self, *args):
+        calls["profiler"] += 1
+        if failing == "stop":  # once stopped, or the profiler would stay on for the tests after this one
+            real(self, *args)
+        if failing != "step" or calls["profiler"] == 2:
+            raise RuntimeError(f"Kineto: CUPTI_ERROR_NOT_INITIALIZED (simulated {failing} failure)")
+        return real(self, *args)
+
+    def counted():
+        calls["steps"] += 1
+
+    monkeypatch.setattr(torch.profiler.profile, failing, refuse)
+    with pytest.raises(ProfileError, match=rf"^the profiler failed to {failing} \(RuntimeError: Kineto: CUPTI_"):
+        profile_steps(counted, torch.device("cpu"), tmp_path / "t.json.gz")
+    assert calls["steps"] == 5
+    if failing != "start":
+        return
+    payload = measure(Config(model="tiny-gpt2", batch_size=2, seq_len=16, steps=2, warmup=1, device="cpu",
+                             telemetry=False, profile=True))
+    assert payload["status"] == "ok" and payload["metrics"]["tokens_per_s"] > 0
+    assert "time_frac_idle" not in payload["metrics"]
+    assert ("the profiler failed to start (RuntimeError: Kineto: CUPTI_ERROR_NOT_INITIALIZED (simulated start "
+            "failure)): no breakdown; the window's figures stand") in payload["warnings"]
+
+
 def test_a_profiled_step_that_fails_still_fails_the_record(monkeypatch):
     """Out of memory, a CUDA error, a collective: the steps under the profiler are steps like any other."""
     from lmbench.run import worker

@@ -489,8 +489,7 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
     for rank_of, failed in enumerate(r["profile_error"] for r in per_rank):
         if failed:
             where = f" on rank {rank_of}" if world > 1 else ""
-            warnings.append(f"the profiled steps' trace could not be broken down{where} ({failed}): no breakdown; the "
-                            "window's figures stand")
+            warnings.append(f"{failed}{where}: no breakdown; the window's figures stand")
     if config.precision.startswith("fp8") and config.kernels != "compile":
         warnings.append(f"precision={config.precision} with kernels={config.kernels}: without torch.compile torchao's "
                         "FP8 scaling and casts run as separate kernels, so expect it slower than amp-bf16; "
