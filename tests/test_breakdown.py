@@ -162,6 +162,20 @@ def test_under_data_parallel_the_first_gpus_kernels_are_broken_down():
     assert found["top_kernels"] == [{"name": "sm90_xmma_gemm_bf16", "time_s": pytest.approx(50e-6), "calls": 1.0}]
 
 
+def test_on_a_cpu_the_first_category_open_wins_not_the_innermost_op():
+    """docs/profiling.md said the innermost op's category wins; the sweep gives a slice to the first category by
+    priority among the ops open in it (a reviewer). One 100 us step: aten::matmul 0-100 holds a copy 0-60 (other,
+    innermost) and mm 60-100: all matmul. An SDPA op 100-150 of a second step holds a bmm: attention."""
+    events = [X("ProfilerStep#1", 0, 100, "user_annotation"), X("aten::matmul", 0, 100, "cpu_op"),
+              X("aten::contiguous", 0, 60, "cpu_op"), X("aten::copy_", 0, 60, "cpu_op"),
+              X("aten::mm", 60, 40, "cpu_op"),
+              X("ProfilerStep#2", 100, 100, "user_annotation"),
+              X("aten::scaled_dot_product_attention", 100, 50, "cpu_op"), X("aten::bmm", 110, 30, "cpu_op")]
+    found = breakdown({"traceEvents": events})
+    assert found["fractions"] == pytest.approx({"matmul": 0.5, "attention": 0.25, "idle": 0.25, "optimizer": 0,
+                                                "data": 0, "other": 0, "communication": 0})
+
+
 def test_a_trace_without_steps_is_refused():
     with pytest.raises(ValueError, match="no ProfilerStep ranges"):
         breakdown({"traceEvents": [X("aten::mm", 0, 1, "cpu_op")]})

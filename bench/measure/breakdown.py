@@ -14,11 +14,11 @@ the fractions sum to 1 of the step:
 Where several run at once the slice goes to the first in that list, so communication counts only
 where it is exposed; `communication_overlap` says which fraction of all collective time overlapped
 other work. On CUDA the device's timeline is one GPU's kernels (any stream; the lowest index: nn.DataParallel's
-first), each assigned to the step
-whose host range launched it (by the launch's correlation id); a step spans from its first kernel to
-the next step's first kernel. On a CPU the device is the main thread: its aten ops, nested, with
-the innermost category winning by the priority above; and the collectives' ranges (gloo:*, c10d::*) of every
-thread, since gloo runs each on a thread of its own while the main thread waits for it.
+first), each assigned to the step whose host range launched it (by the launch's correlation id); a step spans from
+its first kernel to the next step's first kernel. On a CPU the device is the main thread: its aten ops, nested, a
+slice going by the priority above to the first category among every op open then, not the innermost op's (an
+aten::matmul's nested copies count as matmul, an attention op's matmuls as attention); and the collectives' ranges
+(gloo:*, c10d::*) of every thread, since gloo runs each on a thread of its own while the main thread waits for it.
 
 Holistic Trace Analysis (holistictraceanalysis) computes a similar temporal breakdown, but it is
 not installable on the offline GPU machine, reads whole trace directories, and does not split
