@@ -66,7 +66,8 @@ def X(name, ts, dur, cat, **args):
 
 def test_hand_made_cuda_trace_by_hand():
     """Step 1 spans from its first kernel (50 us) to step 2's (150 us): GEMM 20, flash 10, NCCL 30 of which 20
-    overlap compute and 10 are exposed, optimizer 5, idle 55. Step 2 is one 10 us elementwise kernel."""
+    overlap compute and 10 are exposed, optimizer 5, idle 55. Step 2, the last, is one 10 us elementwise kernel,
+    then idle to the end of its host range at 200 us (it ended at its last kernel, and left those 40 us out)."""
     events = [
         X("ProfilerStep#1", 0, 100, "user_annotation"), X("ProfilerStep#2", 100, 100, "user_annotation"),
         X("Optimizer.step#AdamW.step", 25, 15, "user_annotation"),
@@ -80,10 +81,10 @@ def test_hand_made_cuda_trace_by_hand():
     ]
     found = breakdown({"traceEvents": events})
     assert found["device"] == "cuda" and found["steps"] == 2
-    assert found["step_time_s"] == pytest.approx(55e-6)
-    assert found["step_time_median_s"] == pytest.approx(55e-6)  # of 100 and 10 us
-    expected = {"matmul": 20, "attention": 10, "communication": 10, "optimizer": 5, "other": 10, "idle": 55, "data": 0}
-    assert found["fractions"] == pytest.approx({k: v / 110 for k, v in expected.items()})
+    assert found["step_time_s"] == pytest.approx(75e-6)
+    assert found["step_time_median_s"] == pytest.approx(75e-6)  # of 100 and 50 us
+    expected = {"matmul": 20, "attention": 10, "communication": 10, "optimizer": 5, "other": 10, "idle": 95, "data": 0}
+    assert found["fractions"] == pytest.approx({k: v / 150 for k, v in expected.items()})
     assert found["communication_overlap"] == pytest.approx(2 / 3)
     assert found["top_kernels"][0] == {"name": "ncclDevKernel_AllReduce_Sum_bf16_RING_LL", "time_s": 15e-6,
                                        "calls": 0.5}

@@ -15,10 +15,11 @@ Where several run at once the slice goes to the first in that list, so communica
 where it is exposed; `communication_overlap` says which fraction of all collective time overlapped
 other work. On CUDA the device's timeline is one GPU's kernels (any stream; the lowest index: nn.DataParallel's
 first), each assigned to the step whose host range launched it (by the launch's correlation id); a step spans from
-its first kernel to the next step's first kernel. On a CPU the device is the main thread: its aten ops, nested, a
-slice going by the priority above to the first category among every op open then, not the innermost op's (an
-aten::matmul's nested copies count as matmul, an attention op's matmuls as attention); and the collectives' ranges
-(gloo:*, c10d::*) of every thread, since gloo runs each on a thread of its own while the main thread waits for it.
+its first kernel to the next step's first kernel, the last to its host range's end or its last kernel if later.
+On a CPU the device is the main thread: its aten ops, nested, a slice going by the priority above to the first
+category among every op open then, not the innermost op's (an aten::matmul's nested copies count as matmul, an
+attention op's matmuls as attention); and the collectives' ranges (gloo:*, c10d::*) of every thread, since gloo
+runs each on a thread of its own while the main thread waits for it.
 
 Holistic Trace Analysis (holistictraceanalysis) computes a similar temporal breakdown, but it is
 not installable on the offline GPU machine, reads whole trace directories, and does not split
@@ -162,7 +163,11 @@ def _cuda_timeline(events: list[dict[str, Any]], steps: list[tuple[float, float]
         if not ks:
             continue
         following = next((f for f in firsts[i + 1:] if f is not None), None)
-        spans.append((firsts[i], following if following is not None else max(k["span"][1] for k in ks)))
+        # The last step has no next kernel to end at: it ends with its host range, where the next step would have
+        # launched, or its last kernel if later. Ended at its last kernel, a host-bound step's idle after it was
+        # left out.
+        spans.append((firsts[i], following if following is not None
+                      else max(steps[i][1], max(k["span"][1] for k in ks))))
         by_category: dict[str, list[tuple[float, float]]] = defaultdict(list)
         for k in ks:
             by_category[k["category"]].append(k["span"])
