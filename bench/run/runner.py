@@ -31,7 +31,7 @@ from lmbench.plan.layout import single_device
 from lmbench.plan.parity import is_reference, reference_config, reference_depth
 from lmbench.plan.parity import verdict as parity_verdict
 from lmbench.plan.suite import Planned
-from lmbench.run import stacks
+from lmbench.run import launcher, stacks
 from lmbench.run.interrupts import Hold, Interrupted, holding
 from lmbench.run.launcher import Launch, worker_command
 from lmbench.run.rundir import RunDirectory
@@ -113,9 +113,10 @@ def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch(), hold:
                ) -> tuple[str, str | None, dict[str, Any] | None]:
     """Run one job in a fresh interpreter (torchrun for ddp/fsdp); returns (status, reason, payload).
 
-    The worker gets its own session (process group), so stopping it stops everything it started;
-    any exception here (an `Interrupted` signal included) stops it before propagating. A job whose
-    result could not be saved raises StorageError: that is the disk's failure, not the job's.
+    The worker gets its own session (process group), which a stop signals; what it started elsewhere (torchrun's
+    ranks, each in a session of its own, and their children) is killed once the job is over (launcher.sweep). Any
+    exception here (an `Interrupted` signal included) stops it before propagating. A job whose result could not be
+    saved raises StorageError: that is the disk's failure, not the job's.
     """
     job_path = run_dir.path / "work" / f"{job.name}.job.json"
     result_path = run_dir.path / "work" / f"{job.name}.result.json"
@@ -145,6 +146,8 @@ def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch(), hold:
     oom_kills_before = hostmem.oom_kills()
     with results.saving(log_path):
         log = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed by the block below
+    launcher.adopt_orphans()  # a rank orphaned by torchrun's end stays below this process, for the sweep
+    before = launcher.descendants()
     with log:
         proc = subprocess.Popen(worker_command(job.config, job_path, result_path, launch), stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
@@ -155,13 +158,13 @@ def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch(), hold:
         except Interrupted as stop:
             # A result already written is a finished job (its last act): recorded before the stop goes on.
             finished = hold is not None and result_path.exists()
-            _stop(proc)
+            _stop(proc, before, log)
             if not finished:
                 raise
             hold.pending = stop
             code = 0  # stopped by lmbench, not failed
         except subprocess.TimeoutExpired:
-            _stop(proc)
+            _stop(proc, before, log)
             if not result_path.exists():
                 return _timed_out(job, result_path, log)
             # The worker wrote its result (its last act) and hung on the way out (a process group's or CUDA's
@@ -169,13 +172,13 @@ def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch(), hold:
             code, teardown = 0, (f"the worker wrote its result, then hung on the way out until timeout_s="
                                  f"{job.config.timeout_s:g} (its log has its end)")
         except BaseException:
-            _stop(proc)
+            _stop(proc, before, log)
             raise
         finally:
             job_path.unlink(missing_ok=True)
             dumps = stacks.collect(result_path)
             stacks.clear(result_path)
-    _reap(proc)
+        _reap(proc, before, log)
     left = result_path.exists()
     payload = _read_result(result_path) if left else None
     if left and payload is None:
@@ -382,33 +385,42 @@ def _no_room_for_a_result(run_dir: RunDirectory, result_path: Path) -> StorageEr
     return None
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the worker's whole process group, SIGKILL it if it lingers; then SIGKILL what is left of the group
-    (_reap): a child that ignored SIGTERM outlived a timed-out worker into the next configuration's measurement (a
-    reviewer). A worker that SIGKILL does not end in STUCK_S (stuck in the kernel: a driver hang) is left, rather
-    than hang the suite."""
+def _stop(proc: subprocess.Popen, before: Collection[launcher.Process], log: TextIO) -> None:
+    """SIGTERM the worker's whole process group, SIGKILL it if it lingers; then kill what is left of the job (_reap): a
+    child that ignored SIGTERM outlived a timed-out worker into the next configuration's measurement (a reviewer). A
+    worker that SIGKILL does not end in STUCK_S (stuck in the kernel: a driver hang) is left, rather than hang the
+    suite."""
     for sig, wait_s in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, STUCK_S)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
-            return
+            break
         try:
             proc.wait(timeout=wait_s)
             break
         except subprocess.TimeoutExpired:
             continue
-    _reap(proc)
+    _reap(proc, before, log)
 
 
-def _reap(proc: subprocess.Popen) -> None:
-    """Kill what is left of the worker's session once the worker has exited: a straggler (a compile worker a
-    single-process worker started) must not hold the GPU or a core into the next configuration's measurement.
-    Under torchrun this reaches torchrun's own helpers only: torchrun starts each rank in a session of its own,
-    and stops the ranks themselves; torch.compile's workers watch their parent and exit with it."""
+def _reap(proc: subprocess.Popen, before: Collection[launcher.Process], log: TextIO) -> None:
+    """Kill what is left of the job once the worker has exited, so that it does not hold the GPU or a core into the
+    next configuration's measurement: the worker's session (a compile worker a single-process worker started), then
+    every process below this one that was not there before the job (`before`; launcher.sweep). torchrun starts each
+    rank in a session of its own: a rank that ignored torchrun's SIGTERM, or a rank's child, outlived a timed-out
+    ddp job with parent 1 (a reviewer); they are this process's now (launcher.adopt_orphans). The job's log names
+    what was killed."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+    killed = launcher.sweep(before)
+    if killed:
+        with contextlib.suppress(OSError):  # a note: a full disk must not end the suite here
+            log.seek(0, os.SEEK_END)
+            log.write(f"\n--- lmbench: killed {len(killed)} process(es) the job left running: pids "
+                      f"{', '.join(map(str, sorted(killed)))} ---\n")
+            log.flush()
 
 
 def _log_end(path: Path) -> str:
