@@ -1286,6 +1286,38 @@ def test_a_worker_that_hangs_after_writing_its_result_keeps_its_measurement(tmp_
     assert not list((out / "work").iterdir())
 
 
+_FAILS_OF_THE_STOP = """
+import json, signal, sys, time
+result = sys.argv[1]
+
+def stopped(signum, frame):
+    # As rank 0 under torchrun: rank 1 ended of the SIGTERM passed on, and rank 0's collective failed of it.
+    with open(result + ".rank1", "w") as f:
+        json.dump({"status": "error", "reason": "RuntimeError: rank 1's collective", "failed_at": time.time(),
+                   "rank": 1}, f)
+    with open(result, "w") as f:
+        json.dump({"status": "error", "reason": "RuntimeError: Connection reset by peer", "metrics": None,
+                   "losses": None}, f)
+    raise SystemExit(1)
+
+signal.signal(signal.SIGTERM, stopped)
+while True:
+    time.sleep(0.1)
+"""
+
+
+def test_a_result_written_once_the_timeout_stopped_the_worker_is_no_result(tmp_path, tiny, monkeypatch):
+    """Review 98: a ddp job past timeout_s was recorded as `error` with rank 0's connection reset, the failure that
+    lmbench's own SIGTERM caused, taken for a result written before a hang on the way out."""
+    monkeypatch.setattr(runner, "worker_command", lambda config, job, result, launch: [
+        sys.executable, "-c", _FAILS_OF_THE_STOP, str(result)])
+    record, out = _one_fp32_record(tmp_path, tiny, "timeout_s=2")
+    assert record["status"] == "timeout", record["reason"]
+    assert record["reason"].startswith("no result within timeout_s=2 (worker killed)")
+    assert record["warnings"] == []
+    assert not list((out / "work").iterdir())
+
+
 def test_12_calibrate_warns_of_floors_no_threshold_can_gate(tmp_path, tiny, fake, monkeypatch):
     """A floor of 100% or more: the advice to gate at or above it cannot be followed (--threshold is below 100%)."""
     from lmbench.analyze import noise

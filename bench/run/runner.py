@@ -164,9 +164,13 @@ def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch(), hold:
             hold.pending = stop
             code = 0  # stopped by lmbench, not failed
         except subprocess.TimeoutExpired:
+            # Only a result written before the stop is the job's: torchrun passes SIGTERM on to the ranks, and rank 0
+            # wrote the failure of its collective once rank 1 had ended of it, recorded as an `error` (a reviewer).
+            written, stopped_at = result_path.exists(), time.time()
             _stop(proc, before, log)
-            if not result_path.exists():
-                return _timed_out(job, result_path, log)
+            if not written:
+                result_path.unlink(missing_ok=True)
+                return _timed_out(job, result_path, log, stopped_at)
             # The worker wrote its result (its last act) and hung on the way out (a process group's or CUDA's
             # teardown): the measurement stands, as under an interrupt, and the record says so.
             code, teardown = 0, (f"the worker wrote its result, then hung on the way out until timeout_s="
@@ -282,12 +286,14 @@ def _host_oom(code: int, reason: str | None, kills_before: int | None) -> tuple[
 CRASHES = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL})
 
 
-def _timed_out(job: Job, result_path: Path, log: TextIO) -> tuple[str, str, None]:
-    """The record of a job stopped at timeout_s without a result: the rank that failed first, if one did (the others
-    waited for it in a collective), else a timeout naming where each rank was (lmbench.run.stacks)."""
+def _timed_out(job: Job, result_path: Path, log: TextIO, stopped_at: float) -> tuple[str, str, None]:
+    """The record of a job stopped at timeout_s (at `stopped_at`) without a result: the rank that failed first, if one
+    did before the stop (the others waited for it in a collective), else a timeout naming where each rank was
+    (lmbench.run.stacks). A failure after the stop is the stop's doing, not the job's."""
     dumps = stacks.collect(result_path)
     _append_stacks(log, dumps)
-    cause = first_failure(_rank_failures(result_path), None)
+    cause = first_failure([failure for failure in _rank_failures(result_path) if failure["failed_at"] < stopped_at],
+                          None)
     if cause is not None:
         return cause["status"], (f"rank {cause['rank']} failed first: {cause['reason']}; the others then waited "
                                  f"until timeout_s={job.config.timeout_s:g}"), None
