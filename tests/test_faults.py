@@ -8,6 +8,7 @@ results.jsonl, and (autouse fixture) that no process of the test is left behind.
 
 from __future__ import annotations
 
+import errno
 import inspect
 import json
 import os
@@ -1315,6 +1316,54 @@ def test_a_result_written_once_the_timeout_stopped_the_worker_is_no_result(tmp_p
     assert record["status"] == "timeout", record["reason"]
     assert record["reason"].startswith("no result within timeout_s=2 (worker killed)")
     assert record["warnings"] == []
+    assert not list((out / "work").iterdir())
+
+
+_MOVES_THE_CORPUS = """
+import json, os, sys
+os.replace(sys.argv[2], sys.argv[2] + ".moved")  # as a user tidying up while the job ran
+with open(sys.argv[1], "w") as f:
+    json.dump({"status": "ok", "reason": None, "metrics": {"tokens_per_s": 5.0}, "losses": [1.0]}, f)
+"""
+
+
+def test_a_corpus_moved_while_its_job_ran_keeps_the_measurement_with_an_unknown_hash(tmp_path, tiny, monkeypatch):
+    """Review 98: the corpus's hash, read once the job had ended, raised FileNotFoundError: exit 3, and the finished
+    measurement was lost (its result removed before the record was built)."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("some text to train on\n" * 200)
+    monkeypatch.setattr(runner, "worker_command", lambda config, job, result, launch: [
+        sys.executable, "-c", _MOVES_THE_CORPUS, str(result), str(corpus)])
+    record, out = _one_fp32_record(tmp_path, tiny, f"data={corpus}")
+    assert record["status"] == "ok" and record["metrics"]["tokens_per_s"] == 5.0
+    assert (record["metrics"]["data_sha256"], record["metrics"]["data_bytes"]) == (None, None)
+    assert record["warnings"] == [f"data={str(corpus)!r} could not be read once the job had ended (No such file or "
+                                  "directory): its sha256 is unknown, so this record cannot show whether the corpus "
+                                  "changed"]
+    assert not list((out / "work").iterdir())
+
+
+def test_a_result_whose_record_could_not_be_saved_is_recorded_on_resume_not_lost(tmp_path, tiny, monkeypatch):
+    """The worker's result is removed once its record is saved, not before: a record that failed to save (here the
+    append) is recorded from it on resume, without measuring the job again."""
+    ok = ("import json, sys; json.dump({'status': 'ok', 'reason': None, 'metrics': {'tokens_per_s': 5.0}, "
+          "'losses': [1.0]}, open(sys.argv[1], 'w'))")
+    monkeypatch.setattr(runner, "worker_command", lambda config, job, result, launch: [
+        sys.executable, "-c", ok, str(result)])
+
+    def full(self, record):
+        raise results.storage_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), self.results_path)
+
+    monkeypatch.setattr(RunDirectory, "append", full)
+    out = tmp_path / "run"
+    one_line_error(lmbench("run", "--suite", tiny, "--out", out, "--set", "precision=fp32"))
+    assert len(list((out / "work").glob("*.result.json"))) == 1
+    monkeypatch.undo()
+    monkeypatch.setattr(runner, "worker_command", lambda *a: [sys.executable, "-c", "raise SystemExit(5)"])
+    result = lmbench("run", "--suite", tiny, "--out", out, "--set", "precision=fp32", "--resume")
+    assert result.exit_code == 0, result.output
+    record, = results.read(out).records
+    assert record["status"] == "ok" and record["metrics"]["tokens_per_s"] == 5.0
     assert not list((out / "work").iterdir())
 
 

@@ -109,9 +109,17 @@ def plan(planned: list[Planned], platform: Platform, *, repeats: int, done: set[
     return jobs
 
 
-def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch(), hold: Hold | None = None
-               ) -> tuple[str, str | None, dict[str, Any] | None]:
+def result_file(run_dir: RunDirectory, job: Job) -> Path:
+    """Where the job's worker writes its result (rank 0; the other ranks' failures beside it)."""
+    return run_dir.path / "work" / f"{job.name}.result.json"
+
+
+def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch(), hold: Hold | None = None, *,
+               keep_result: bool = False) -> tuple[str, str | None, dict[str, Any] | None]:
     """Run one job in a fresh interpreter (torchrun for ddp/fsdp); returns (status, reason, payload).
+
+    With `keep_result` the worker's result stays in work/ (result_file) for the caller to remove once its record is
+    saved: a measurement whose record could not be built or saved is recorded on resume, not lost.
 
     The worker gets its own session (process group), which a stop signals; what it started elsewhere (torchrun's
     ranks, each in a session of its own, and their children) is killed once the job is over (launcher.sweep). Any
@@ -119,13 +127,14 @@ def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch(), hold:
     saved raises StorageError: that is the disk's failure, not the job's.
     """
     job_path = run_dir.path / "work" / f"{job.name}.job.json"
-    result_path = run_dir.path / "work" / f"{job.name}.result.json"
+    result_path = result_file(run_dir, job)
     finished = _read_result(result_path)
     if finished is not None:
         # A worker's result is its last act, written whole (results.write_json): one left here finished a job whose
         # parent was killed before recording it (SIGKILL, the OOM killer, a lost node). Measured once, kept once.
         others = _rank_failures(result_path)  # read, and removed, whatever the result says
-        result_path.unlink()
+        if not keep_result:
+            result_path.unlink()
         stacks.clear(result_path)
         return (*_first_to_fail(finished["status"], finished["reason"], finished, others), finished)
     result_path.unlink(missing_ok=True)
@@ -188,7 +197,8 @@ def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch(), hold:
     if left and payload is None:
         kept = log_path.with_name(f"{log_path.stem}.unreadable-result.json")
         result_path.replace(kept)  # the evidence, beside the log
-    result_path.unlink(missing_ok=True)
+    if payload is None or not keep_result:
+        result_path.unlink(missing_ok=True)
     others = _rank_failures(result_path)
     if payload is not None:
         status, reason = payload["status"], payload["reason"]
@@ -230,6 +240,7 @@ def run_worker(job: Job, run_dir: RunDirectory, launch: Launch = Launch(), hold:
     if status == "error" and (payload is None or _of_a_write(reason)):
         no_room = _no_room_for_a_result(run_dir, result_path)
         if no_room is not None:
+            result_path.unlink(missing_ok=True)  # unsaved, not failed: resume runs the job again
             raise no_room
     return status, reason, payload
 
@@ -557,6 +568,18 @@ def add_parity(record: dict[str, Any], config: Config, reference_losses: dict[st
     record["metrics"].update(parity_verdict(reference, record["losses"] or [], precision=config.precision))
 
 
+def add_corpus(record: dict[str, Any], data: str) -> None:
+    """The corpus's identity in an ok record's metrics (corpus_identity), read once the job has ended. A corpus moved
+    or deleted meanwhile is no failure of the job, whose measurement stands: its hash is unknown (null) and the
+    record says why (the read's FileNotFoundError ended the suite, exit 3, and lost the measurement; a reviewer)."""
+    try:
+        record["metrics"].update(corpus_identity(data))
+    except OSError as err:
+        record["metrics"].update({"data_sha256": None, "data_bytes": None})
+        record["warnings"].append(f"data={data!r} could not be read once the job had ended ({err.strerror or err}): "
+                                  "its sha256 is unknown, so this record cannot show whether the corpus changed")
+
+
 def execute(jobs: list[Job], run_dir: RunDirectory, *, suite: str, launch: Launch = Launch(),
             previous: list[dict[str, Any]] = (), parity: bool = False) -> Iterator[tuple[Job, dict[str, Any]]]:
     """Run jobs in order, appending each record as it ends; yields (job, record) for progress display.
@@ -579,11 +602,11 @@ def execute(jobs: list[Job], run_dir: RunDirectory, *, suite: str, launch: Launc
             if job.skip:
                 status, reason, payload = "skipped", job.skip, None
             else:
-                status, reason, payload = run_worker(job, run_dir, launch, hold)
+                status, reason, payload = run_worker(job, run_dir, launch, hold, keep_result=launch.records)
             record = results.make_record(suite=suite, config=job.config.to_dict(), config_key=job.config.key,
                                          repeat=job.repeat, status=status, reason=reason, payload=payload)
             if status == "ok" and job.config.reads_file:
-                record["metrics"].update(corpus_identity(job.config.data))
+                add_corpus(record, job.config.data)
             if status == "ok":
                 if job.config.parallel != "none":
                     baseline = throughput.get(single_device_key(job.config, nnodes=launch.nnodes), [])
@@ -594,5 +617,6 @@ def execute(jobs: list[Job], run_dir: RunDirectory, *, suite: str, launch: Launc
                 add_parity(record, job.config, reference_losses, nnodes=launch.nnodes)
             if launch.records:
                 run_dir.append(record)
+                result_file(run_dir, job).unlink(missing_ok=True)  # only now: a record not saved is kept for resume
         yield job, record
         hold.raise_pending(after_a_record=True)
