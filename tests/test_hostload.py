@@ -229,3 +229,42 @@ def test_the_workers_watch_spans_its_timed_window_and_counts_the_jobs_cpus(monke
     assert m["window_s"] <= watch.span["wall_s"] <= m["window_s"] + 0.02
     assert m["host_usable_cores"] == len(os.sched_getaffinity(0))
     assert m["host_steal_cpu_cores"] is not None and m["host_steal_cpu_cores"] <= m["host_other_cpu_cores"]
+
+
+def test_a_cpu_list_reads_as_the_kernel_writes_it():
+    assert hostload.cpu_list("0-3,8,10-11\n") == {0, 1, 2, 3, 8, 10, 11}
+    assert hostload.cpu_list("5") == {5} and hostload.cpu_list("") == set()
+
+
+def test_the_process_cpus_are_the_union_of_its_threads_masks(tmp_path, monkeypatch):
+    """OpenMP's binding pins each thread to a core of its own: the main thread's mask said 1 usable core of 2."""
+    for task, cpus in (("100", "0"), ("101", "1,3-4"), ("102", "")):
+        (tmp_path / task).mkdir()
+        (tmp_path / task / "status").write_text(f"Name:\tpython\nCpus_allowed:\t1\nCpus_allowed_list:\t{cpus}\n")
+    (tmp_path / "103").mkdir()  # a thread that ended before its status was read
+    monkeypatch.setattr(hostload, "_TASKS", tmp_path)
+    assert hostload.affinity() == {0, 1, 3, 4}
+    monkeypatch.setattr(hostload, "_TASKS", tmp_path / "none")  # no /proc: the calling thread's mask
+    assert hostload.affinity() == set(os.sched_getaffinity(0))
+
+
+_BOUND = """
+import os, threading
+from lmbench.measure import environment, hostload
+event = threading.Event()
+worker = threading.Thread(target=event.wait)  # an intra-op thread, on the CPUs the main thread leaves
+worker.start()
+os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # the main thread, bound as OMP_PROC_BIND binds it
+print(len(os.sched_getaffinity(0)), len(hostload.affinity()), environment.usable_cores())
+event.set()
+"""
+
+
+@pytest.mark.skipif(len(getattr(os, "sched_getaffinity", lambda pid: ())(0)) < 2, reason="needs 2 CPUs")
+def test_a_main_thread_bound_to_one_core_does_not_make_the_process_a_one_core_one():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _BOUND], capture_output=True, text=True, check=True).stdout
+    cpus = len(os.sched_getaffinity(0))
+    assert out.split() == ["1", str(cpus), str(cpus)]

@@ -143,8 +143,13 @@ def _proc_fields(path: str) -> list[tuple[str, str]]:
 
 
 def usable_cores() -> int | None:
-    """The CPUs this process may run on (its affinity mask, e.g. a Slurm or cgroup share), else all of them."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    """The CPUs this process may run on (the union of its threads' affinity masks, e.g. a Slurm or cgroup share:
+    lmbench.measure.hostload.affinity, not the calling thread's, which OpenMP's binding pins to one core), else all
+    of them."""
+    from lmbench.measure.hostload import affinity
+
+    cpus = affinity()
+    return len(cpus) if cpus else os.cpu_count()
 
 
 def cpu_info() -> dict[str, Any]:

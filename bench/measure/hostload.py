@@ -5,11 +5,12 @@ the optimizer's Python, data). Linux's /proc/stat counts each CPU's busy time si
 system, irq, softirq, steal; USER_HZ ticks); os.times() counts this process's own (all its threads).
 Over a window, (busy time of the job's CPUs − the job's own CPU time) ÷ wall time is the number of cores
 others kept busy: `host_other_cpu_cores`. The job's CPUs are its affinity mask (a cpuset: docker
---cpuset-cpus, Kubernetes, Slurm), the union of its ranks' masks on one host: work on CPUs outside it
-cannot slow the job, and a 64-CPU node's other jobs read as 32 busy cores of the job's 8 when the host-wide
-line was counted. A CFS quota without a cpuset (docker --cpus) leaves the mask at every CPU of the host, so
-the figure then counts the whole host's other work. Where /proc/stat has no per-CPU lines, or they do not
-name the mask's CPUs (lxcfs renumbers a container's), the host-wide line is counted with the host's CPU count.
+--cpuset-cpus, Kubernetes, Slurm; the union of its threads' masks), the union of its ranks' masks on one
+host: work on CPUs outside it cannot slow the job, and a 64-CPU node's other jobs read as 32 busy cores of
+the job's 8 when the host-wide line was counted. A CFS quota without a cpuset (docker --cpus) leaves the
+mask at every CPU of the host, so the figure then counts the whole host's other work. Where /proc/stat has
+no per-CPU lines, or they do not name the mask's CPUs (lxcfs renumbers a container's), the host-wide line is
+counted with the host's CPU count.
 
 Ranks of one job on one host are summed as "own", so a sibling rank is not contention. Steal time (a virtual
 machine's CPU taken by the hypervisor) is busy time the job could not use: it counts, and is kept apart
@@ -33,6 +34,8 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 _STAT = Path("/proc/stat")
+#: This process's threads, each with its own affinity mask.
+_TASKS = Path("/proc/self/task")
 #: Fields of /proc/stat's cpu lines that are busy time (after user: nice, system, idle, iowait, irq, softirq,
 #: steal; guest time is already inside user).
 _BUSY = (0, 1, 2, 5, 6, 7)
@@ -71,8 +74,39 @@ def host_cpus(ticks: dict[str, tuple[int, int]]) -> int | None:
     return sum(1 for name in ticks if name != _HOST_LINE) or os.cpu_count()
 
 
+def cpu_list(text: str) -> set[int]:
+    """The CPUs of a kernel CPU list ("0-3,8,10-11", as /proc's Cpus_allowed_list and cpuset.cpus write them)."""
+    cpus: set[int] = set()
+    for part in text.strip().split(","):
+        if part.strip():
+            first, _, last = part.strip().partition("-")
+            cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
 def affinity() -> set[int] | None:
-    """The CPUs this process may run on (its affinity mask); None where the platform cannot say."""
+    """The CPUs this process may run on: the union of its threads' affinity masks (/proc/self/task/*/status,
+    Cpus_allowed_list), else the calling thread's (os.sched_getaffinity); None where the platform cannot say.
+
+    The calling thread's mask alone is not the process's: OpenMP's binding (OMP_PROC_BIND=true OMP_PLACES=cores)
+    pins the main thread to one core and each intra-op thread to another, and a record said host_usable_cores 1
+    with 2 torch threads, while a busy loop on the second core went uncounted (a reviewer)."""
+    union: set[int] = set()
+    try:
+        tasks = list(_TASKS.iterdir())
+    except OSError:
+        tasks = []
+    for task in tasks:
+        try:
+            status = (task / "status").read_text()
+        except OSError:
+            continue  # a thread that ended meanwhile
+        for line in status.splitlines():
+            if line.startswith("Cpus_allowed_list:"):
+                with contextlib.suppress(ValueError):
+                    union |= cpu_list(line.partition(":")[2])
+    if union:
+        return union
     return set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
 
 
