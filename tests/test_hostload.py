@@ -23,7 +23,8 @@ def test_job_load_sums_a_hosts_ranks_and_takes_the_worst_host():
     load = hostload.job_load(spans)
     assert load.other_cores == pytest.approx((4.0 - 2.0) / 2.0) and load.usable_cores == 1
     assert hostload.job_load([None]) is None
-    assert hostload.job_load([_span("a", {"cpu0": 0.5}, 1.0, wall=1.0)]).other_cores == 0.0
+    # Busy time a tick or two short of our own (the counters read to the tick): none, not less than none.
+    assert hostload.job_load([_span("a", {"cpu0": 0.95}, 1.0, wall=1.0)]).other_cores == 0.0
 
 
 def test_the_ranks_cpus_on_one_host_are_the_union_of_their_masks():
@@ -268,3 +269,33 @@ def test_a_main_thread_bound_to_one_core_does_not_make_the_process_a_one_core_on
     out = subprocess.run([sys.executable, "-c", _BOUND], capture_output=True, text=True, check=True).stdout
     cpus = len(os.sched_getaffinity(0))
     assert out.split() == ["1", str(cpus), str(cpus)]
+
+
+def test_counters_that_do_not_advance_are_unknown_not_a_quiet_host(fake_stat):
+    """gVisor's /proc/stat is all zeros: the job's own second of CPU time against 0 s busy read as a confident 0.0
+    other cores (review 98)."""
+    fake_stat({}, own_s=0.0, wall_s=100.0, n_cpus=2)
+    load = hostload.HostLoad(cpus={0, 1})
+    load.start()
+    fake_stat({}, own_s=1.0, wall_s=101.0, n_cpus=2)
+    span = load.stop()
+    unknown = hostload.job_load([span, _span("b", {"cpu0": 4.0}, 1.0)])  # a host that could tell is no worst
+    assert (unknown.other_cores, unknown.steal_cores, unknown.usable_cores) == (None, None, 2)
+    assert unknown.unknown == ("/proc/stat's busy time of the job's CPUs (0.00 s) fell short of the job's own CPU "
+                               "time (1.00 s) over 1.00 s: its counters do not advance here (a sandbox such as gVisor "
+                               "exports zeros), so other processes' CPU time is unknown")
+    assert hostload.contention_warning(unknown.other_cores, unknown.usable_cores, 1.0) is None
+
+
+def test_a_real_proc_stat_that_is_frozen_reads_as_unknown(tmp_path, monkeypatch):
+    """The review's check: /proc/stat as gVisor exports it (zeros) and this process busy for 0.3 s."""
+    zeros = tmp_path / "stat"
+    zeros.write_text("cpu  0 0 0 0 0 0 0 0 0 0\n" + "".join(f"cpu{n} 0 0 0 0 0 0 0 0 0 0\n"
+                                                        for n in range(os.cpu_count())) + "intr 0\nctxt 0\n")
+    monkeypatch.setattr(hostload, "_STAT", zeros)
+    load = hostload.HostLoad()
+    with load.window():
+        until = hostload.own_cpu_s() + 0.3  # CPU time, however busy the machine running the test
+        while hostload.own_cpu_s() < until:
+            pass
+    assert hostload.job_load([load.span]).other_cores is None

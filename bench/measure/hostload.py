@@ -194,12 +194,15 @@ class HostLoad:
 class JobLoad:
     """The worst host of a job over a span."""
 
-    other_cores: float
-    """Cores others (processes, or the hypervisor's steal) kept busy among the job's CPUs."""
-    steal_cores: float
+    other_cores: float | None
+    """Cores others (processes, or the hypervisor's steal) kept busy among the job's CPUs; None where /proc/stat's
+    counters did not advance (`unknown` says so)."""
+    steal_cores: float | None
     """The part of other_cores that was steal."""
     usable_cores: int | None
     """The CPUs counted: the union of the host's ranks' masks, or the host's count where its line was counted."""
+    unknown: str | None = None
+    """Why other_cores is None, for the record's warnings."""
 
 
 def _union(per_rank: list[dict[str, float]]) -> dict[str, float]:
@@ -220,13 +223,22 @@ def _host_load(ranks: list[dict[str, Any]]) -> JobLoad | None:
     counted = whole or ranks
     busy, steal = _union([s["busy_s"] for s in counted]), _union([s["steal_s"] for s in counted])
     usable = len(busy) if not whole else max((s["host_cpus"] or 0 for s in whole), default=0) or None
-    other = max(0.0, (sum(busy.values()) - sum(s["own_s"] for s in ranks)) / wall)
+    counted, own = sum(busy.values()), sum(s["own_s"] for s in ranks)
+    if counted < own - tick_noise_s(usable):
+        # The job's own CPU time is part of its CPUs' busy time: counters that fell short of it by more than their
+        # ticks did not advance (gVisor's /proc/stat is all zeros), and their 0 other cores would be no measurement.
+        return JobLoad(other_cores=None, steal_cores=None, usable_cores=usable,
+                       unknown=(f"/proc/stat's busy time of the job's CPUs ({counted:.2f} s) fell short of the job's "
+                                f"own CPU time ({own:.2f} s) over {wall:.2f} s: its counters do not advance here (a "
+                                "sandbox such as gVisor exports zeros), so other processes' CPU time is unknown"))
+    other = max(0.0, (counted - own) / wall)
     return JobLoad(other_cores=other, steal_cores=min(other, sum(steal.values()) / wall), usable_cores=usable)
 
 
 def job_load(spans: list[dict[str, Any] | None]) -> JobLoad | None:
     """Cores others kept busy during the span, the worst host of the job: per host, the busy time of the union of
-    its ranks' CPUs less the CPU time of all its ranks, over the span's wall time; None without a span."""
+    its ranks' CPUs less the CPU time of all its ranks, over the span's wall time; None without a span. A host whose
+    counters did not advance makes the worst unknown (other_cores None): another host's figure would claim more."""
     by_host: dict[str, list[dict[str, Any]]] = {}
     for span in spans:
         if span is not None:
@@ -234,6 +246,8 @@ def job_load(spans: list[dict[str, Any] | None]) -> JobLoad | None:
     worst = None
     for ranks in by_host.values():
         load = _host_load(ranks)
+        if load is not None and load.other_cores is None:
+            return load
         if load is not None and (worst is None or load.other_cores > worst.other_cores):
             worst = load
     return worst
