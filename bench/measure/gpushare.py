@@ -8,7 +8,11 @@ hold a context of its own), its descendants (inductor's autotuning subprocesses)
 ranks (the same parent). What NVML can show depends on where lmbench runs: in the driver's PID namespace every
 process; in a container, drivers since about 560 list only the container's own processes (others are dropped, not
 renamed), so there a count of 0 proves nothing and is recorded as unknown; older drivers gave the host's pids,
-which are counted, not named. Under MPS the list holds the MPS server, not its clients.
+which are counted, not named, one of them taken for this process's (it holds a context). Under torchrun the other
+ranks may hold contexts on the card too, and nothing tells their host pids from another job's: there the count is
+unknown. A list without a single process is NVML not seeing processes at all (this one holds a context on every
+measured GPU), so it too is unknown, not "no other process". Under MPS the list holds the MPS server, not its
+clients.
 """
 
 from __future__ import annotations
@@ -49,16 +53,21 @@ def nested_namespace() -> bool:
 
 
 def others(seen: Iterable[int], *, own: int | None = None, parent: int | None = None,
-           torchrun: bool | None = None) -> tuple[int, list[int] | None]:
-    """(how many processes other than this job held a context, their pids or None when NVML's pids are of another
-    PID namespace) among `seen`, every pid NVML listed at the window's edges."""
+           torchrun: bool | None = None) -> tuple[int | None, list[int] | None]:
+    """(how many processes other than this job held a context, None where that cannot be told; their pids, None
+    when NVML's pids are of another PID namespace) among `seen`, every pid NVML listed at the window's edges."""
     own = os.getpid() if own is None else own
     parent = os.getppid() if parent is None else parent
     torchrun = "TORCHELASTIC_RUN_ID" in os.environ if torchrun is None else torchrun
     pids = sorted(set(seen))
+    if not pids:
+        return None, None  # NVML sees no process, not even this one
     if own not in pids:
-        # NVML's pids are the host's: this process is among them under another number (or NVML lists none).
-        return max(0, len(pids) - 1), None
+        # NVML's pids are the host's: this process is among them under another number. A sibling rank's context on
+        # the card (each rank's on cuda:0, say) would read as another job's: `len(pids) - 1` counted them.
+        if torchrun and len(pids) > 1:
+            return None, None
+        return len(pids) - 1, None
     job = {own} | _ancestors(own)
     foreign = []
     for pid in pids:
@@ -69,12 +78,14 @@ def others(seen: Iterable[int], *, own: int | None = None, parent: int | None = 
 
 
 def fields(edges: list[list[int] | None]) -> dict[str, Any]:
-    """The record's fields from the pid lists read at the window's edges (None: NVML could not tell)."""
-    lists = [pids for pids in edges if pids is not None]
+    """The record's fields from the pid lists read at the window's edges (None: NVML could not tell; empty: it does
+    not see processes)."""
+    # An empty list is NVML not seeing processes: this one held a context through the window (max(0, -1) read 0).
+    lists = [pids for pids in edges if pids]
     if not lists:
         return {"gpu_other_processes": None, "gpu_other_pids": None}
     count, named = others(pid for pids in lists for pid in pids)
-    if count == 0 and nested_namespace():
+    if count is None or (count == 0 and nested_namespace()):
         # A container's NVML drops the processes it cannot see: none seen is not none there.
         return {"gpu_other_processes": None, "gpu_other_pids": None}
     return {"gpu_other_processes": count, "gpu_other_pids": named}
