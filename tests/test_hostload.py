@@ -299,3 +299,20 @@ def test_a_real_proc_stat_that_is_frozen_reads_as_unknown(tmp_path, monkeypatch)
         while hostload.own_cpu_s() < until:
             pass
     assert hostload.job_load([load.span]).other_cores is None
+
+
+def test_a_record_says_why_its_host_load_is_unknown(tmp_path, monkeypatch):
+    """A frozen /proc/stat made the figures null with no word in the record: a reader saw nothing wrong."""
+    from lmbench.plan.config import Config
+    from lmbench.run.worker import measure
+
+    zeros = tmp_path / "stat"
+    zeros.write_text("cpu  0 0 0 0 0 0 0 0 0 0\n" + "".join(f"cpu{n} 0 0 0 0 0 0 0 0 0 0\n"
+                                                          for n in range(os.cpu_count())) + "intr 0\nctxt 0\n")
+    monkeypatch.setattr(hostload, "_STAT", zeros)
+    monkeypatch.setattr(hostload, "tick_noise_s", lambda usable: 0.0)  # a short window's own CPU time is enough
+    payload = measure(Config(model="tiny-gpt2", batch_size=2, seq_len=16, steps=20, warmup=1, device="cpu",
+                             telemetry=False))
+    assert payload["status"] == "ok" and payload["metrics"]["host_other_cpu_cores"] is None
+    (warning,) = [w for w in payload["warnings"] if w.startswith("host load over the window: ")]
+    assert "its counters do not advance here" in warning

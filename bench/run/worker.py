@@ -463,6 +463,10 @@ def measure(config: Config, *, timeline_path: Path | None = None, trace_path: Pa
                                              span="the run to its target")
     if contention:
         warnings.append(contention)
+    # Counters that did not advance: the figures are null, and the record says why (not a quiet host).
+    warnings += [f"host load over {span}: {known.unknown}" for span, known in
+                 (("the window", load), ("the run to its target", to_target_load if spans else None))
+                 if known is not None and known.unknown]
     if not all(r["mem_host_peak_reset"] for r in per_rank):
         warnings.append("the kernel would not reset the peak resident set (/proc/self/clear_refs): the host memory "
                         "growth figures are null where the peak did not rise past the one before their span, and "
