@@ -743,10 +743,13 @@ def calibrate(suite_name: str, repeats: int, runs: int, out: Path | None, overri
     import shlex
     import string
 
-    from lmbench.analyze import noise, results
+    from lmbench.analyze import gate, noise, results
+    from lmbench.analyze.compare import higher_is_better
     from lmbench.analyze.table import noise_floor_table
 
     _one_setting_each(overrides, {"device": ("--device", device)})
+    # compare's check, before hours of runs: a floor of a metric no gate can judge (a typo, a count) is no floor.
+    higher_is_better(metric)
     if resume and out is None:
         raise UsageError("--resume needs --out DIR, the calibration to finish")
     out = out or Path("runs") / f"calibrate-{Path(suite_name).stem}-{dt.datetime.now():%Y%m%d-%H%M%S}"
@@ -766,14 +769,34 @@ def calibrate(suite_name: str, repeats: int, runs: int, out: Path | None, overri
     args += ["--metric", metric] if metric != "tokens_per_s" else []
     plan = RunPlan(suite=suites.as_recorded(suite_name), suite_sha256="", overrides=overrides, device=device,
                    repeats=repeats)
-    for name in names:
+    ok_so_far: list[dict[str, Any]] = []
+    for done, name in enumerate(names, start=1):
         code = _run_suite(plan, out / name, resume=resume, resume_command=shlex.join([*args, "--resume"]))
         if code:
             return code
+        ok_so_far += [r for r in results.read(out / name).records if r["status"] == "ok"]
+        try:
+            # As soon as a run has measured something: a metric its records lack (a typo with a direction,
+            # `token_per_s`) or leave null (mfu on a CPU) would give an empty floor after every other run.
+            if ok_so_far:
+                gate.check_metric(metric, ok_so_far, runs=f"the {done} run(s) so far")
+        except UsageError as err:
+            left = f"the other {runs - done} run(s) were not started; " if done < runs else ""
+            raise UsageError(f"{err}; {left}the runs measured are kept: finish the calibration with --resume and "
+                             "another --metric") from None
     records = [results.read(out / name).records for name in names]
     planned = (results.read_meta(out / names[0]) or {}).get("plan") or {}
     estimates, payload = noise.calibrate(records, metric=metric, repeats_per_run=repeats,
                                          suite_sha256=planned.get("suite_sha256"))
+    if not payload["configs"]:
+        # A file with no configuration gates nothing: compare would warn and judge on the repeats alone.
+        from collections import Counter
+
+        statuses = ", ".join(f"{n} {status}" for status, n in Counter(r["status"] for run in records
+                                                                       for r in run).items()) or "none"
+        raise UsageError(f"no configuration of {suite_name} has a noise floor of {metric}: one needs 2 or more ok "
+                         f"repeats with a positive {metric} (the runs' records: {statuses}); no noise-floor.json "
+                         "was written")
     with results.saving(out / "noise-floor.json"):
         noise.write(out / "noise-floor.json", payload)
     table = noise_floor_table(estimates, records, metric=metric,
@@ -802,6 +825,11 @@ def calibrate(suite_name: str, repeats: int, runs: int, out: Path | None, overri
                        f"(1 + floor)² - 1, would be {_percent_or_more(gated[1])} even with {noise.MIN_REPEATS} repeats "
                        "a side; the runs differ too much for their windows: lengthen them (--set steps=...), or "
                        "calibrate on a quieter host")
+        elif max(gated) < 0.0005:
+            # A floor of 0 (every repeat of every run measured alike) advised "--threshold 0.0%", which compare
+            # refuses: every threshold it takes is above this floor.
+            click.echo(f"the runs measured {metric} alike every time (a floor of 0): any --threshold compare takes "
+                       "(above 0%) gates this suite; choose the smallest change that matters to you")
         else:
             shown = [_percent_or_more(t) for t in gated]
             click.echo(f"gate with --threshold at about twice the floor for the repeats you run, (1 + floor)² - 1, "
@@ -813,6 +841,8 @@ def calibrate(suite_name: str, repeats: int, runs: int, out: Path | None, overri
 
 
 def _percent_or_more(fraction: float) -> str:
+    if fraction < 0.0005:  # not "0.0%", a threshold compare refuses
+        return "under 0.05%"
     return f"{fraction:.1%}" if fraction <= 10 else ">1000%"
 
 

@@ -57,10 +57,7 @@ def load_pair(base: Path, cand: Path, *, metric: str, allow_different_hardware: 
     if not any(r.get("metrics") for r in b + c):
         statuses = ", ".join(sorted({r["status"] for r in b + c})) or "no records"
         raise UsageError(f"neither run has a measured configuration to compare (statuses: {statuses})")
-    if not any(metric in (r.get("metrics") or {}) for r in b + c):
-        raise UsageError(f"--metric {metric!r} is in no record of either run (e.g. tokens_per_s, step_time_median_s)")
-    _check_numeric(metric, b + c)
-    higher_is_better(metric)
+    check_metric(metric, b + c)
     _check_shared(b, c)
     _check_sizes(b, c)
     warnings += check_hardware(environments.differences(b, c), allow_different_hardware=allow_different_hardware)
@@ -122,6 +119,16 @@ def _suite_sha256(run_dir: Path) -> str | None:
         return None
     sha = (meta.get("plan") or {}).get("suite_sha256") if isinstance(meta.get("plan"), dict) else None
     return sha if isinstance(sha, str) and sha else None
+
+
+def check_metric(metric: str, records: list[dict[str, Any]], *, runs: str = "either run") -> None:
+    """compare's checks of --metric against the records it would read (those of `runs`): in some record, a number in
+    the ok ones, with a known direction. `lmbench calibrate` asks the same of its first runs' records, before the
+    rest of its runs are spent on a metric no gate could use."""
+    if not any(metric in (r.get("metrics") or {}) for r in records):
+        raise UsageError(f"--metric {metric!r} is in no record of {runs} (e.g. tokens_per_s, step_time_median_s)")
+    _check_numeric(metric, records)
+    higher_is_better(metric)
 
 
 def _check_numeric(metric: str, records: list[dict[str, Any]]) -> None:
