@@ -1127,6 +1127,13 @@ def kernels(op: str, shape: str, dtype: str, mode: str, csv_path: Path | None, c
         click.echo(f"skipped: lmbench kernels needs a CUDA GPU (none visible; torch {torch.__version__})")
         return 0
     device = torch.device("cuda")
+    here = torch.cuda.get_device_name(device)
+    if ceilings and ceilings.get("device") != here:
+        # Another card's copy and matmul ceilings put each kernel's share against the wrong yardstick.
+        raise UsageError(f"--ceilings {str(ceilings_path)!r} was measured on "
+                         f"{ceilings.get('device') or 'an unrecorded device'}, not on this GPU ({here}): another "
+                         "card's ceilings are no yardstick for this one's kernels; measure this GPU's with lmbench "
+                         "ceilings --out FILE")
     env = capture(device)
     rows = []
     for dims in shapes:

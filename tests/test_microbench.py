@@ -431,3 +431,74 @@ def test_liger_linear_ce_is_timed_forward_and_backward_together_only():
     only_liger = dataclasses.replace(op, impls=lambda: {"liger": lambda x, w, labels: 1 / 0})
     row, = microbench.measure(only_liger, (8, 4, 10), torch.float32, "bwd", torch.device("cpu"))
     assert row["status"] == "skipped" and "cannot be timed apart" in row["reason"]
+
+
+def _out_of_memory(*args, **kwargs):
+    # What the CUDA caching allocator raises for a tensor that does not fit (a CPU build raises the same class).
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 TiB")
+
+
+def test_inputs_that_do_not_fit_are_an_oom_row_per_implementation():
+    """op.inputs ran outside the per-implementation try: a --shape too large for the GPU ended the command with exit
+    3 (trial 100, kernels_oom_sim.py). Implementations unavailable anyway keep their own reason."""
+    op = dataclasses.replace(microbench.OPS["rmsnorm"], inputs=_out_of_memory,
+                             impls=lambda: {"lmbench triton": lambda x, w: x, "apex": "Apex is not installed"})
+    triton, apex = microbench.measure(op, (2**40, 2**20), torch.bfloat16, "fwd+bwd", torch.device("cpu"))
+    assert (triton["impl"], triton["status"], triton["shape"]) == ("lmbench triton", "oom", "1099511627776x1048576")
+    assert triton["reason"] == ("its inputs do not fit on the device (OutOfMemoryError: CUDA out of memory. Tried to "
+                                "allocate 4.00 TiB)")
+    assert (apex["status"], apex["reason"]) == ("skipped", "Apex is not installed")
+
+
+def test_an_implementation_that_runs_out_of_memory_is_an_oom_row():
+    op = dataclasses.replace(microbench.OPS["rmsnorm"], impls=lambda: {"eager": _out_of_memory})
+    row, = microbench.measure(op, (8, 8), torch.float32, "bwd", torch.device("cpu"))
+    assert (row["status"], row["reason"]) == ("oom", "OutOfMemoryError: CUDA out of memory. Tried to allocate 4.00 TiB")
+
+
+def _fake_cuda(monkeypatch, name="NVIDIA H200"):
+    from lmbench.measure import environment
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    monkeypatch.setattr(environment, "capture", lambda device: {"device": {"name": name}, "torch": "t",
+                                                                "triton": "3.6", "cuda": "13.0"})
+
+
+def test_a_shape_that_does_not_fit_keeps_the_shapes_measured_before_it(tmp_path, monkeypatch):
+    _fake_cuda(monkeypatch)
+    small = microbench.OPS["rmsnorm"].inputs
+
+    def inputs(shape, dtype, device):
+        return small(shape, dtype, torch.device("cpu")) if shape[0] < 1024 else _out_of_memory()
+
+    monkeypatch.setitem(microbench.OPS, "rmsnorm", dataclasses.replace(
+        microbench.OPS["rmsnorm"], inputs=inputs, impls=lambda: {"eager": lambda x, w: x * w}))
+    out = tmp_path / "k.csv"
+    result = CliRunner().invoke(cli, ["kernels", "--op", "rmsnorm", "--shape", "8x8,4096x4096", "--mode", "bwd",
+                                      "--dtype", "fp32", "--csv", str(out)])
+    assert result.exit_code == 0, result.output
+    first, second = csv.DictReader(out.open())
+    assert first["shape"] == "8x8" and (second["shape"], second["status"]) == ("4096x4096", "oom")
+    assert "oom: its inputs do not fit on the device" in result.output
+
+
+def test_ceilings_of_another_gpu_are_refused_before_anything_runs(tmp_path, monkeypatch):
+    """A ceilings file from an H100 put an H200's kernels against the H100's copy bandwidth, without a word."""
+    _fake_cuda(monkeypatch)
+    monkeypatch.setattr(microbench, "measure", lambda *a, **k: pytest.fail("measured with another GPU's ceilings"))
+    path = tmp_path / "ceilings.json"
+    path.write_text(json.dumps({"device": "NVIDIA H100 80GB HBM3", "bf16_matmul_tflops": 700.0,
+                                "copy_gb_per_s": 3000.0}))
+    result = CliRunner().invoke(cli, ["kernels", "--op", "rmsnorm", "--shape", "64x64", "--ceilings", str(path),
+                                      "--csv", str(tmp_path / "k.csv")])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == (
+        f"lmbench: error: --ceilings '{path}' was measured on NVIDIA H100 80GB HBM3, not on this GPU (NVIDIA H200): "
+        "another card's ceilings are no yardstick for this one's kernels; measure this GPU's with lmbench ceilings "
+        "--out FILE")
+    assert not (tmp_path / "k.csv").exists()
+    path.write_text(json.dumps({"device": "NVIDIA H200", "bf16_matmul_tflops": 900.0, "copy_gb_per_s": 4000.0}))
+    monkeypatch.setattr(microbench, "measure", lambda *a, **k: [])
+    assert CliRunner().invoke(cli, ["kernels", "--op", "rmsnorm", "--shape", "64x64", "--ceilings", str(path),
+                                    "--csv", str(tmp_path / "k.csv")]).exit_code == 0

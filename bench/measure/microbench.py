@@ -264,11 +264,18 @@ def measure(op: Op, shape: tuple[int, ...], dtype: torch.dtype, mode: str, devic
     # torch.compile specialises to this shape, as it would in a model of this shape: without a fresh cache a
     # second shape in one process would get a dynamic-shape recompilation instead.
     torch._dynamo.reset()
-    inputs = op.inputs(shape, dtype, device)
-    grads = [t for t in inputs.values() if t.requires_grad]
     elem = torch.finfo(dtype).bits // 8
     moved = op.bytes_moved(shape, elem, mode)
     flops = op.flops(shape, mode) if op.flops else None
+    try:
+        inputs = op.inputs(shape, dtype, device)
+    except torch.OutOfMemoryError as err:
+        # A shape whose inputs do not fit ended the command (exit 3), losing the shapes measured before it: it is
+        # an `oom` row for each implementation, as one whose own call runs out of memory.
+        inputs, no_room = {}, f"its inputs do not fit on the device ({one_line(err)})"
+    else:
+        no_room = ""
+    grads = [t for t in inputs.values() if t.requires_grad]
     rows: list[dict[str, Any]] = []
     timed: dict[str, tuple[Callable[[], Any], float, int]] = {}
     for name, impl in op.impls().items():
@@ -277,6 +284,9 @@ def measure(op: Op, shape: tuple[int, ...], dtype: torch.dtype, mode: str, devic
         unavailable = impl if isinstance(impl, str) else op.timed_apart(name, mode)
         if unavailable:
             rows.append({**row, "status": "skipped", "reason": unavailable})
+            continue
+        if no_room:
+            rows.append({**row, "status": "oom", "reason": no_room})
             continue
         try:
             fn = _timed_call(impl, inputs, mode)
@@ -301,7 +311,9 @@ def measure(op: Op, shape: tuple[int, ...], dtype: torch.dtype, mode: str, devic
             median, p20, p80 = do_bench(fn, rep=max(100, int(1.5 * MIN_SAMPLES * (estimate_ms + 1))),
                                         quantiles=[0.5, 0.2, 0.8], grad_to_none=grads)
         except Exception as err:  # noqa: BLE001 - one failing implementation is a row, not the end
-            rows.append({**row, "status": "error", "reason": one_line(err)})
+            # Out of memory is a status of its own (as a training record's), not an error of the implementation.
+            status = "oom" if isinstance(err, torch.OutOfMemoryError) else "error"
+            rows.append({**row, "status": status, "reason": one_line(err)})
             continue
         row = {**row, "status": "ok", "reason": None, "time_median_ms": median, "time_p20_ms": p20,
                "time_p80_ms": p80, "peak_mem_bytes": peak, "peak_mem_total_bytes": total}
@@ -312,6 +324,8 @@ def measure(op: Op, shape: tuple[int, ...], dtype: torch.dtype, mode: str, devic
         rows.append(row)
         if mode != "bwd":  # a backward's saved forward (eager linear-CE: GiBs) is not held beyond its row
             timed[name] = (fn, estimate_ms, peak)
+    if no_room:
+        return rows
     if mode == "bwd":
         # Its forward ran outside the graph, on another stream: the graph would hold the flushes and no more.
         return [with_device_time(row, None, moved, "no device time in --mode bwd", flops=flops)
