@@ -567,3 +567,24 @@ def test_a_dry_run_into_a_directory_of_results_answers_as_the_run_would(tmp_path
     result = CliRunner().invoke(cli, ["run", "--suite", "smoke", "--out", str(out), "--dry-run", "--device", "cpu"])
     assert result.exit_code == 2, result.output
     assert "already holds results; pass --resume to continue that run" in result.stderr
+
+
+def test_a_corpus_that_cannot_be_read_is_bad_input_from_set_or_suite(tmp_path, monkeypatch):
+    """`--set data=<unreadable file>` ended as an internal error (exit 3, PermissionError; trial 100). Root reads a
+    file of mode 000, so the read is made to fail."""
+    import errno
+
+    from lmbench.plan import config
+
+    def denied(path, *args):
+        raise PermissionError(errno.EACCES, "Permission denied", path)
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("some text\n")
+    monkeypatch.setattr(config, "_scan", denied)
+    assert error(lmbench("run", "--suite", "smoke", "--set", f"data={corpus}", "--dry-run")) == (
+        f"--set 'data={corpus}': data='{corpus}': cannot read it (Permission denied)")
+    suite = tmp_path / "s.toml"
+    suite.write_text(f'[defaults]\ndata = "{corpus}"\n')
+    assert error(lmbench("run", "--suite", suite, "--dry-run")) == (
+        f"{suite}: [defaults]: data='{corpus}': cannot read it (Permission denied)")

@@ -1,3 +1,6 @@
+import errno
+import os
+
 import pytest
 
 from lmbench.errors import ConfigError
@@ -128,3 +131,28 @@ def test_the_defaults_of_axes_added_after_the_first_key_format_are_pinned():
         "vocab_multiple": 1, "dropout": True, "compile_mode": "default", "cuda_graph": False, "label_smoothing": 0.0,
         "val_frac": 0.1, "eval_every": 0, "eval_every_tokens": 0, "eval_tokens": 65536, "target_loss": 0.0,
         "target_ppl": 0.0, "max_steps": 0}
+
+
+def _denied(path, *args):
+    raise PermissionError(errno.EACCES, "Permission denied", path)
+
+
+def test_a_corpus_that_cannot_be_read_is_a_config_error_naming_it(tmp_path, monkeypatch):
+    """Reading a corpus to check that it is text raised PermissionError, an internal error (exit 3) for a file the
+    user may not read (trial 100). Faked here: root reads a file of mode 000 all the same."""
+    from lmbench.plan import config
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("some text\n")
+    monkeypatch.setattr(config, "_scan", _denied)
+    with pytest.raises(ConfigError, match=rf"^data='{corpus}': cannot read it \(Permission denied\)$"):
+        Config(data=str(corpus))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file of mode 000")
+def test_a_corpus_of_mode_000_is_a_config_error(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("some text\n")
+    corpus.chmod(0)
+    with pytest.raises(ConfigError, match=rf"^data='{corpus}': cannot read it \(Permission denied\)$"):
+        Config(data=str(corpus))

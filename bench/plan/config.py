@@ -272,9 +272,13 @@ class Config:
         if self.reads_file:
             if not Path(self.data).is_file():
                 raise ConfigError(f"data={self.data!r} is neither 'synthetic', 'markov' nor an existing text file")
-            if Path(self.data).stat().st_size == 0:
+            try:
+                empty = Path(self.data).stat().st_size == 0
+                binary = None if empty else not_text(self.data)
+            except OSError as err:  # a corpus we may not read (permissions, a failing disk) is the user's to fix
+                raise ConfigError(f"data={self.data!r}: cannot read it ({err.strerror or err})") from None
+            if empty:
                 raise ConfigError(f"data={self.data!r} is an empty file")
-            binary = not_text(self.data)
             if binary:
                 raise ConfigError(f"data={self.data!r} is not UTF-8 text ({binary}); a corpus is a text file")
 
