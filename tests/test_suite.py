@@ -81,12 +81,41 @@ def test_bad_suite_files_name_file_and_key(tmp_path, text, message):
     assert message in str(err.value)
 
 
+COMMENTED = """
+name = "mine"
+[defaults]
+# model = "gpt2-124m"
+[matrix]
+# precision = ["fp32", "bf16"]
+"""
+
+
+@pytest.mark.parametrize("text", [COMMENTED, "[defaults]\n# steps = 3\n", "[matrix]\n"])
+def test_tables_with_every_entry_commented_out_are_refused_unless_set_gives_an_axis(tmp_path, text):
+    """They ran lmbench's default configuration under the suite's name, without a word (trial 100, commented.toml);
+    --device alone gives no axis of the suite's own."""
+    path = write(tmp_path, text)
+    name = "mine" if "mine" in text else "s"
+    with pytest.raises(SuiteError) as err:
+        suites.load(path).with_overrides(suites.parse_overrides(["device=cpu"]), flag="--device").expand()
+    assert str(err.value) == (f"{path}: no axis in [defaults] or [matrix] (every entry commented out?): it would run "
+                              f"lmbench's default configuration alone, as suite {name!r}; give an axis in the file, "
+                              "or with --set")
+    row, = suites.load(path).with_overrides(suites.parse_overrides(["steps=3"])).expand()
+    assert row.config.steps == 3
+
+
 def test_unknown_suite_lists_the_builtin_ones():
     with pytest.raises(SuiteError,
                        match=r"^unknown suite 'nope'; available: batch-sweep, ci, convergence, fp16, fp8, kernels"):
         suites.load("nope")
     with pytest.raises(SuiteError, match=r"^suite file 'missing.toml' does not exist$"):
         suites.load("missing.toml")
+    # A built-in's name with .toml (a new user's `--suite smoke.toml`) names the built-in it may have meant.
+    with pytest.raises(SuiteError) as err:
+        suites.load("smoke.toml")
+    assert str(err.value) == ("suite file 'smoke.toml' does not exist; did you mean the built-in --suite smoke? "
+                              f"built-in suites: {', '.join(suites.builtin_names())}")
 
 
 def test_bad_overrides():

@@ -64,6 +64,9 @@ class Suite:
     """The axes `--set` gave (with_overrides), named beside the file in errors of the expanded plan."""
     flags: tuple[str, ...] = ()
     """Options other than --set that gave an axis (`--device`), named as they were given."""
+    no_axes: bool = False
+    """The file's [defaults] and [matrix] hold no entry (each one commented out): `expand` refuses it unless --set
+    gives an axis, as it would run lmbench's default configuration alone under the suite's name."""
 
     @property
     def where(self) -> str:
@@ -90,7 +93,7 @@ class Suite:
             else:
                 matrix[axis] = values
         return Suite(name=self.name, description=self.description, source=self.source, digest=self.digest,
-                     defaults=defaults, matrix=matrix, exclude=self.exclude,
+                     defaults=defaults, matrix=matrix, exclude=self.exclude, no_axes=self.no_axes,
                      overridden=self.overridden if flag else tuple(dict.fromkeys([*self.overridden, *overrides])),
                      flags=tuple(dict.fromkeys([*self.flags, flag])) if flag else self.flags)
 
@@ -161,6 +164,11 @@ class Suite:
         conflict, unless no combination at all is possible, which is an error again. The matrix is
         counted before anything is built: more than `max_configs` points is an error.
         """
+        if self.no_axes and not self.overridden:
+            # --device alone does not count: the default configuration on a chosen device is still not a suite.
+            raise SuiteError(f"{self.source}: no axis in [defaults] or [matrix] (every entry commented out?): it would "
+                             f"run lmbench's default configuration alone, as suite {self.name!r}; give an axis in the "
+                             "file, or with --set")
         if self.size > max_configs:
             shape = " x ".join(f"{len(v)} {a}" for a, v in self.matrix.items() if len(v) > 1)
             raise SuiteError(f"{self.where}: the matrix has {self.size:,} points ({shape}), more than "
@@ -232,7 +240,10 @@ def load(name_or_path: str) -> Suite:
         if path.is_dir():
             raise SuiteError(f"suite file {name_or_path!r} is a directory; give the path of a suite .toml file")
         if not path.is_file():
-            raise SuiteError(f"suite file {name_or_path!r} does not exist")
+            stem = path.name.removesuffix(".toml")
+            meant = (f"; did you mean the built-in --suite {stem}? built-in suites: {', '.join(builtin_names())}"
+                     if name_or_path.endswith(".toml") and stem in builtin_names() else "")
+            raise SuiteError(f"suite file {name_or_path!r} does not exist{meant}")
         return parse(_read(path), source=str(path))
     if name_or_path not in builtin_names():
         if path.is_dir():
@@ -308,7 +319,7 @@ def parse(text: str, *, source: str) -> Suite:
         rules.append(checked)
     digest = hashlib.sha256(text.encode()).hexdigest()
     return Suite(name=name, description=description, source=source, digest=digest, defaults=defaults, matrix=matrix,
-                 exclude=rules)
+                 exclude=rules, no_axes=not defaults and not matrix)
 
 
 def _check_excluded(axis: str, values: list[Any], defaults: dict[str, Any], matrix: dict[str, list[Any]],
