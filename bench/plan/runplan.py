@@ -155,6 +155,13 @@ def check(meta: dict[str, Any] | None, plan: RunPlan, *, out: Path, suggest: boo
     if not differences:
         return None
     how = f"resume it with {earlier.resume_command(out)}" if suggest else "resume it with the options it started with"
+    if plan.suite == earlier.suite and plan.suite_sha256 != earlier.suite_sha256:
+        # The command it started with names this suite too, and is refused the same way while the suite's content
+        # differs: it is the content to restore (a trial was told to run the very command just refused).
+        changed = (f"the built-in suite {plan.suite} is another in this lmbench than in the one that started the run "
+                   "(run.json says which): resume with that lmbench" if suites.names_builtin(plan.suite) else
+                   f"the suite file {plan.suite} changed since the run started: restore it as it was")
+        how = changed + (f", then {how}" if len(differences) > 1 else "")
     raise mismatch(out, differences, how)
 
 

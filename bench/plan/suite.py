@@ -224,10 +224,10 @@ def as_recorded(name_or_path: str) -> str:
     """How a run records its suite: a suite file by its absolute path, so that the resume command it prints works
     from any directory; a built-in suite by its name."""
     path = Path(name_or_path)
-    return str(path.resolve()) if path.is_file() and not _names_builtin(name_or_path) else name_or_path
+    return str(path.resolve()) if path.is_file() and not names_builtin(name_or_path) else name_or_path
 
 
-def _names_builtin(name_or_path: str) -> bool:
+def names_builtin(name_or_path: str) -> bool:
     """Whether the suite named is a built-in one: its bare name, even where a file of that name is in the directory
     (`./ci` names the file)."""
     return name_or_path in builtin_names() and not name_or_path.endswith(".toml") and "/" not in name_or_path
@@ -236,7 +236,7 @@ def _names_builtin(name_or_path: str) -> bool:
 def load(name_or_path: str) -> Suite:
     """Load a built-in suite by name, or a suite file by path."""
     path = Path(name_or_path)
-    if not _names_builtin(name_or_path) and (name_or_path.endswith(".toml") or path.is_file()):
+    if not names_builtin(name_or_path) and (name_or_path.endswith(".toml") or path.is_file()):
         if path.is_dir():
             raise SuiteError(f"suite file {name_or_path!r} is a directory; give the path of a suite .toml file")
         if not path.is_file():
