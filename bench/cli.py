@@ -237,12 +237,21 @@ def run(suite_name: str, out: Path | None, overrides: tuple[str, ...], device: s
 
     Example: lmbench run --suite convergence --parity --objective time-to-target
     """
+    _at_most_max_repeats("--repeats", repeats)
     _one_setting_each(overrides, {"device": ("--device", device), "profile": ("--profile", profile)})
     overrides = (*overrides, "profile=true") if profile else overrides
     plan = RunPlan(suite=suites.as_recorded(suite_name), suite_sha256="", overrides=overrides, device=device,
                    repeats=repeats, parity=parity, nnodes=nnodes)
     return _run_suite(plan, out, resume=resume, dry_run=dry_run, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
                       max_configs=max_configs, objective=objective)
+
+
+def _at_most_max_repeats(option: str, repeats: int) -> None:
+    """A typo guard, as --max-configs and the steps axis have: every repeat's jobs are planned before the first runs
+    (`--repeats 1000000000000` planned for ever, its memory growing)."""
+    if repeats > runplan.MAX_REPEATS:
+        raise UsageError(f"{option} {repeats}: more fresh processes of each configuration than lmbench runs; allowed: "
+                         f"up to {runplan.MAX_REPEATS:,}")
 
 
 def _one_setting_each(overrides: tuple[str, ...], own: dict[str, tuple[str, Any]]) -> None:
@@ -747,6 +756,7 @@ def calibrate(suite_name: str, repeats: int, runs: int, out: Path | None, overri
     from lmbench.analyze.compare import higher_is_better
     from lmbench.analyze.table import noise_floor_table
 
+    _at_most_max_repeats("--repeats", repeats)
     _one_setting_each(overrides, {"device": ("--device", device)})
     # compare's check, before hours of runs: a floor of a metric no gate can judge (a typo, a count) is no floor.
     higher_is_better(metric)
@@ -907,6 +917,7 @@ def tune(model: str, seq_len: int | None, precisions: str, kernel_sets: str, che
     from lmbench.plan.feasibility import resolve
 
     # Options that are wrong on their own first, then what depends on the model.
+    _at_most_max_repeats("--confirm-repeats", confirm_repeats)
     for option, number in (("--budget-minutes", budget_minutes), ("--margin", margin)):
         if number is not None and not math.isfinite(number):
             raise UsageError(f"{option} {number}: must be a finite number")

@@ -588,3 +588,17 @@ def test_a_corpus_that_cannot_be_read_is_bad_input_from_set_or_suite(tmp_path, m
     suite.write_text(f'[defaults]\ndata = "{corpus}"\n')
     assert error(lmbench("run", "--suite", suite, "--dry-run")) == (
         f"{suite}: [defaults]: data='{corpus}': cannot read it (Permission denied)")
+
+
+@pytest.mark.parametrize(("command", "option"), [
+    (["run", "--suite", "smoke"], "--repeats"),
+    (["calibrate", "--suite", "smoke"], "--repeats"),
+    (["tune", "--model", "tiny-gpt2", "--max-memory", "30MiB"], "--confirm-repeats"),
+])
+def test_repeats_have_an_upper_bound(tmp_path, command, option):
+    """`--repeats 1000000000000` planned every job up front and never started (trial 100: killed after 30 s with
+    its memory growing): a typo guard, as --max-configs and steps' are."""
+    line = error(lmbench(*command, option, 10**12, "--device", "cpu", "--out", tmp_path / "out"))
+    assert line == (f"{option} 1000000000000: more fresh processes of each configuration than lmbench runs; allowed: "
+                    "up to 1,000")
+    assert not (tmp_path / "out").exists()

@@ -26,6 +26,10 @@ from lmbench.errors import LmbenchError, UsageError
 from lmbench.plan import suite as suites
 from lmbench.plan.config import Config, corpus_identity
 
+#: Most fresh-process repeats of each configuration (`--repeats`): the jobs of every repeat are planned up front, so
+#: a typo such as 10^12 planned for ever with growing memory; gates settle with a handful, noise studies with tens.
+MAX_REPEATS = 1000
+
 
 class PlanMismatch(UsageError):
     """`--resume` was given a plan other than the one the run directory was started with."""
