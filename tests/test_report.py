@@ -414,7 +414,7 @@ def test_where_the_time_goes_and_the_roofline(tmp_path):
     assert grids["kernels"].rows == [["fp32", "sm90_xmma_gemm", "20.000", "12", ""]]
     for r in records:
         r["metrics"].update(hardware_flops_per_token=1e9, params=10**9, devices=1)
-    ceilings = {"bf16_matmul_tflops": 1000.0, "copy_gb_per_s": 2000.0}
+    ceilings = {"device": "NVIDIA H100 80GB HBM3", "bf16_matmul_tflops": 1000.0, "copy_gb_per_s": 2000.0}
     # 1024 tokens x 1e9 FLOPs at 1000 TFLOP/s: 1.02 ms; 40e9 bytes (fp32 AdamW) at 2 TB/s: 20 ms; step 1024 ms.
     roof = report.roofline_section(records, ceilings)["roofline"]
     # Without fp32's own ceiling, bf16's is no roof for it: the memory roof alone, no bound, no distance (bf16's
@@ -439,7 +439,7 @@ def test_where_the_time_goes_and_the_roofline(tmp_path):
     assert row[1:] == ["memory", "1.02", "20.00", "512.00", "25.60x",
                        "bf16 1000 TFLOP/s (no fp16 ceiling measured; fp16's datasheet peak is bf16's)"]
     fp16["metrics"]["device_names"] = ["Some Unknown Accelerator"]
-    (row,) = report.roofline_section([fp16], ceilings)["roofline"].rows
+    (row,) = report.roofline_section([fp16], {**ceilings, "device": "Some Unknown Accelerator"})["roofline"].rows
     assert row[1:] == ["-", "-", "20.00", "512.00", "-",
                        "none: no fp16 ceiling measured (lmbench ceilings measures it)"]
     df = hand_frame(records)

@@ -504,7 +504,11 @@ def kernel_note(name: str, config: dict[str, Any]) -> str:
 
 
 def roofline_section(records: list[dict[str, Any]], ceilings: dict[str, Any]) -> dict[str, Grid]:
-    """Each configuration's step time at the measured ceilings and the measured step's ratio to it."""
+    """Each configuration's step time at the measured ceilings and the measured step's ratio to it, for the
+    configurations measured on the ceilings' device; the others are left out and the note counts them by device.
+    A UsageError when no measured configuration ran on that device: every row would hold a card to another's roof
+    (an H100's file against an A100 run, or a CPU run read 32118x from the H100's fp32 roof)."""
+    from lmbench.measure.ceilings import applies_to, measured_on
     from lmbench.measure.roofline import for_record
 
     configs = configs_of(records)
@@ -514,8 +518,13 @@ def roofline_section(records: list[dict[str, Any]], ceilings: dict[str, Any]) ->
         if r["status"] == "ok":
             first_ok.setdefault(_summary_key(r, config), r)
     rows = []
+    foreign: dict[str, int] = {}
+    """Configurations left out, by the device they were measured on."""
     for s in summarize(records):
         ok = first_ok.get(s.key)
+        if ok and not applies_to(ceilings, ok):
+            foreign[measured_on(ok)] = foreign.get(measured_on(ok), 0) + 1
+            continue
         found = for_record(ok["metrics"], ok["config"], ceilings) if ok else None
         if found:
             roof_s, step_s = found["roofline_step_time_s"], s.step_time_s()
@@ -524,9 +533,20 @@ def roofline_section(records: list[dict[str, Any]], ceilings: dict[str, Any]) ->
                 found["roofline_bound"] or "-", _fmt(found["roofline_compute_s"], ".2f", 1e-3),
                 _fmt(found["roofline_memory_s"], ".2f", 1e-3), _fmt(step_s, ".2f", 1e-3),
                 _fmt(ratio, ".2f") + ("x" if ratio else ""), found["roofline_ceiling"]])
+    device = ceilings.get("device")
+    if foreign and sum(foreign.values()) == len(first_ok):
+        ran = ", ".join(foreign)
+        raise UsageError(f"--ceilings: measured on {device}, and no configuration here was (they ran on {ran}): "
+                         "another device's ceilings are no roof for them; give the ceilings of the GPU that ran them "
+                         "(lmbench ceilings --out FILE, run on it), or leave --ceilings out")
     n = len(axes)
     head = ["bound", "compute roof ms", "memory roof ms", "measured step ms", "measured ÷ roof", "matmul ceiling"]
-    return {"roofline": Grid(axes + head, rows, right=set(range(n + 1, n + 5)))} if rows else {}
+    note = f"Ceilings measured on {device}."
+    if foreign:
+        left = "; ".join(f"{count} configuration{'s' if count > 1 else ''} measured on {name}"
+                         for name, count in foreign.items())
+        note += f" Left out: {left} (another device's ceilings are no roof for them)."
+    return {"roofline": Grid(axes + head, rows, right=set(range(n + 1, n + 5)), note=note)} if rows else {}
 
 
 def timelines(records: list[dict[str, Any]], axes: list[str]) -> dict[str, Path]:
@@ -713,11 +733,12 @@ def build(df: pd.DataFrame, records: list[dict[str, Any]], out: Path, *, baselin
 
     from lmbench.analyze import ranking
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "plots").mkdir(exist_ok=True)
+    # The tables first: a refusal (a --ceilings file of another device) writes nothing.
     grids = {**ranking.section(records, objective), **sections(records, baseline), **time_sections(records),
              **(roofline_section(records, ceilings) if ceilings else {})}
     summaries = summarize(records)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "plots").mkdir(exist_ok=True)
     images = {}
     # A figure an earlier rendering drew and this one does not (one batch size now) must not stay beside it.
     for stale in (out / "plots").glob("*.png"):

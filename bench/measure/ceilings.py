@@ -7,6 +7,7 @@ clocks and power limit, delivers on the simplest possible workloads, a second ya
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from pathlib import Path
@@ -89,13 +90,56 @@ def measure(device: Any, *, matmul_n: int = 8192, copy_bytes: int = 2**31, repea
 
 
 def load(path: Path) -> dict[str, Any]:
-    """Figures written by `lmbench ceilings --out`; anything else is a one-line UsageError naming the file."""
+    """Figures written by `lmbench ceilings --out`; anything else is a one-line UsageError naming the file.
+
+    Every ceiling the file holds must be a positive, finite number: one mode's string made the report's format fail
+    (exit 3) and a negative one drew a negative roof, so a figure no measurement gives is refused by its key.
+    """
     where = f"--ceilings {str(path)!r}"
     data = read_json_input(path, where=where, kind="ceilings", made_by="lmbench ceilings --out FILE on the GPU")
-    if isinstance(data, dict) and data.get("status") == "skipped":
+    if not isinstance(data, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(data), "a number")
+        raise UsageError(f"{where}: holds {kind}, not the JSON object of figures lmbench ceilings --out writes")
+    if data.get("status") == "skipped":
         raise UsageError(f"{where}: holds no figures: lmbench ceilings was skipped there ({data.get('reason')})")
     for key in ("bf16_matmul_tflops", "copy_gb_per_s"):
-        value = data.get(key) if isinstance(data, dict) else None
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        if not _ceiling(data.get(key)):
             raise UsageError(f"{where}: needs a positive number {key} (lmbench ceilings --out writes it)")
+    for key, value in data.items():
+        if key.endswith(CEILING_SUFFIXES) and not _ceiling(value):
+            unit = "TFLOP/s" if key.endswith("_matmul_tflops") else "GB/s"
+            raise UsageError(f"{where}: {key} is {json.dumps(value)}; allowed: a positive, finite number of {unit} "
+                             "(as lmbench ceilings --out writes it)")
+    if not isinstance(data.get("device"), str) or not data["device"].strip():
+        raise UsageError(f"{where}: needs the name of the device it was measured on, `device` (lmbench ceilings "
+                         "--out writes it): a card's ceilings are no roof for another's runs")
     return data
+
+
+#: The keys of a ceilings file that hold a measured ceiling (bf16_matmul_tflops, copy_gb_per_s and the like).
+CEILING_SUFFIXES = ("_matmul_tflops", "_gb_per_s")
+
+
+def _ceiling(value: Any) -> bool:
+    """Whether `value` is a ceiling a measurement gives: a positive, finite number (a JSON true is no number)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def measured_on(record: dict[str, Any]) -> str:
+    """The device a record's figures were measured on, as `lmbench ceilings` names one (torch's device name): its
+    GPUs' names (several, comma-separated, when a job spanned different cards), else its environment's device;
+    a CPU is "a CPU (its name)", and a record that says neither is "an unrecorded device"."""
+    names = (record.get("metrics") or {}).get("device_names")
+    if isinstance(names, list) and names:
+        return ", ".join(map(str, names))
+    device = (record.get("env") or {}).get("device") or {}
+    if device.get("type") == "cpu":
+        return f"a CPU ({device.get('name') or 'unnamed'})"
+    return device.get("name") or "an unrecorded device"
+
+
+def applies_to(ceilings: dict[str, Any], record: dict[str, Any]) -> bool:
+    """Whether `ceilings` were measured on the device `record` ran on: another card's (an H100's against an A100's
+    run), or any card's against a CPU run, are no roof for it (an H100's fp32 ceiling read a CPU step as 32118x
+    from its roof)."""
+    return measured_on(record) == ceilings.get("device")
