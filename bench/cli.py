@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import errno
+import io
 import math
 import os
 import select
@@ -104,17 +105,21 @@ class LmbenchGroup(click.Group):
 
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
+        _hold_closed_standard_fds()
+        _watch_stdout()
         try:
             code = super().main(args, prog_name or "lmbench", complete_var, standalone_mode=False, **extra)
-            sys.stdout.flush()  # here, not at the interpreter's exit, so that a reader gone by now is answered too
+            if sys.stdout is not None:  # None: closed when Python started (`lmbench list >&-`)
+                sys.stdout.flush()  # here, not at the interpreter's exit, so that a reader gone by now is answered too
         except _PastClick as carried:
             _stop(carried.error)
         except click.UsageError as err:
             if _NO_ARGS is not None and isinstance(err, _NO_ARGS) and err.ctx is not None:
                 try:
                     click.echo(err.ctx.get_help())  # bare `lmbench` asks what there is, as click 8.1 answered it
-                    sys.stdout.flush()
-                except BrokenPipeError as gone:
+                    if sys.stdout is not None:
+                        sys.stdout.flush()
+                except OSError as gone:
                     _stop(gone)
                 sys.exit(EXIT_OK)
             where = f" ({err.ctx.command_path})" if err.ctx else ""
@@ -144,18 +149,81 @@ def _stop(error: BaseException) -> NoReturn:
     if isinstance(error, BrokenPipeError):
         gone = _readers_gone()
         if gone:
-            # Python flushes stdout and stderr at exit: into the pipe that would print "Exception ignored ...".
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            for fd in gone:
-                os.dup2(devnull, fd)
-            os.close(devnull)
+            _to_devnull(gone)
             sys.exit(EXIT_BROKEN_PIPE)
         # Another pipe broke (a worker's, a socket), not one of ours to the user: a bug like any other.
+    elif isinstance(error, OSError) and _stdout_refuses():
+        # `lmbench compare a b > /dev/full`, or a full disk under a redirect: the output is lost, which is no bug of
+        # ours (exit 3 and a crash log) but the user's file, as a full disk is where lmbench saves.
+        _say(f"lmbench: error: cannot write standard output: {error.strerror or error}")
+        _to_devnull([1])
+        sys.exit(EXIT_BAD_INPUT)
     from lmbench import crash
 
     log = crash.write(error)
     click.echo(f"lmbench: internal error: {crash.summary(error)} (traceback in {log})", err=True)
     sys.exit(EXIT_INTERNAL)
+
+
+def _to_devnull(fds: list[int]) -> None:
+    """Point `fds` at /dev/null: Python flushes stdout and stderr at exit, and a flush into a pipe nobody reads or a
+    full file would print "Exception ignored ..." after our one line."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for fd in fds:
+        os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+class _WatchedStdout(io.FileIO):
+    """File descriptor 1 under Python's stdout, remembering a write that failed: an OSError reaching `_stop` says
+    nothing of which file it was (a full disk under `> out.txt`, /dev/full), and what stdout held is gone by then."""
+
+    failed: OSError | None = None
+
+    def write(self, data: Any) -> int | None:
+        try:
+            return super().write(data)
+        except OSError as err:
+            if not isinstance(err, BrokenPipeError):  # a reader gone is `_readers_gone`'s
+                _WatchedStdout.failed = err
+            raise
+
+
+def _watch_stdout() -> None:
+    """Put `_WatchedStdout` under the process's own stdout (not a test runner's), as Python set it up."""
+    stdout = sys.stdout
+    layer = getattr(stdout, "buffer", None)
+    if stdout is None or stdout is not sys.__stdout__ or not isinstance(layer, (io.BufferedWriter, io.FileIO)):
+        return
+    try:
+        if stdout.fileno() != 1:
+            return
+        stdout.flush()
+    except (OSError, ValueError):
+        return
+    raw = _WatchedStdout(1, "w", closefd=False)
+    # Buffered as Python had it: PYTHONUNBUFFERED (-u) leaves the text layer straight over the file descriptor.
+    sys.stdout = io.TextIOWrapper(io.BufferedWriter(raw) if isinstance(layer, io.BufferedWriter) else raw,
+                                  encoding=stdout.encoding, errors=stdout.errors,
+                                  line_buffering=stdout.line_buffering, write_through=stdout.write_through)
+
+
+def _stdout_refuses() -> bool:
+    """Whether a write of standard output failed (other than a reader gone)."""
+    return _WatchedStdout.failed is not None
+
+
+def _hold_closed_standard_fds() -> None:
+    """Hold /dev/null on each of fds 0-2 that is closed (`lmbench list >&-`): the next file lmbench opens would take
+    that number, and a worker's or a library's writes to its stdout would land in a results file."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            held = os.open(os.devnull, os.O_RDWR)
+            if held != fd:
+                os.dup2(held, fd)
+                os.close(held)
 
 
 def _readers_gone() -> list[int]:
@@ -1201,7 +1269,8 @@ def ceilings(out: Path | None) -> int:
 def _console(*, stderr: bool = False) -> Console:
     """Rich console; wide when not a terminal, so piped tables are not wrapped at 80 columns."""
     stream = sys.stderr if stderr else sys.stdout
-    return _Console(stderr=stderr, width=None if stream.isatty() else 200)
+    # A stream closed when Python started (`lmbench list >&-`) is None: rich writes nowhere then, as click does.
+    return _Console(stderr=stderr, width=None if stream is not None and stream.isatty() else 200)
 
 
 def main() -> None:

@@ -218,3 +218,48 @@ def test_run_warns_of_a_variable_that_makes_the_measurement_something_else(monke
     assert result.exit_code == 0, result.output
     assert ("lmbench: warning: TORCHDYNAMO_DISABLE is set: torch.compile compiles nothing (kernels=compile and the "
             "compiled kernel sets run eager)") in result.stderr.splitlines()
+
+
+def _lmbench_process(args: list[str], tmp_path, **kwargs):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LMBENCH_LOG_DIR": str(tmp_path / "logs"), **kwargs.pop("env", {})}
+    return subprocess.run([sys.executable, "-m", "lmbench.cli", *args], stderr=subprocess.PIPE, env=env, timeout=120,
+                          **kwargs)
+
+
+def test_a_closed_stdout_is_no_internal_error(tmp_path):
+    """`lmbench list >&-`: Python starts with sys.stdout None, and the console asked it isatty() (exit 3; trial
+    100). The output has nowhere to go, as click's own echo has it."""
+    done = _lmbench_process(["list"], tmp_path, preexec_fn=lambda: os.close(1))
+    assert (done.returncode, done.stderr.decode()) == (0, "")
+    assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("unbuffered", ["1", ""], ids=["PYTHONUNBUFFERED", "buffered"])
+@pytest.mark.parametrize("args", [["list"], []], ids=["list", "bare"])
+def test_an_output_that_cannot_be_written_is_one_line_and_exit_2(tmp_path, unbuffered, args):
+    """`lmbench compare A B > /dev/full` ended as an internal error (exit 3, OSError ENOSPC; trial 100): the user's
+    output file is full, as a full disk is where lmbench saves its results (exit 2)."""
+    with open("/dev/full", "w") as full:
+        done = _lmbench_process(args, tmp_path, stdout=full, env={"PYTHONUNBUFFERED": unbuffered})
+    assert (done.returncode, done.stderr.decode()) == (
+        2, "lmbench: error: cannot write standard output: No space left on device\n")
+    assert not (tmp_path / "logs").exists()
+
+
+def test_an_error_elsewhere_is_not_blamed_on_stdout(tmp_path, monkeypatch):
+    """Only a write of stdout that failed is the output's fault: another OSError of the same errno stays a bug."""
+    import errno
+
+    from lmbench.plan import suite
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setenv("LMBENCH_LOG_DIR", str(tmp_path / "logs"))
+    monkeypatch.setattr(suite, "builtin_names", full)
+    line = one_line_error(invoke("list"), exit_code=3)
+    assert line.startswith("lmbench: internal error: OSError: [Errno 28] No space left on device (traceback in ")

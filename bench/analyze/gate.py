@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -194,9 +195,24 @@ def _check_sizes(base: list[dict[str, Any]], cand: list[dict[str, Any]]) -> None
 
 
 def write_junit(path: Path, verdicts: list[Verdict], *, metric: str, warnings: Sequence[str] = ()) -> None:
-    """The JUnit file, or a one-line ResultsError when `path` cannot be written."""
+    """The JUnit file, or a one-line ResultsError when `path` cannot be written.
+
+    Written beside it and renamed into place: on a full disk a write in place left an empty file, which a CI's JUnit
+    reader takes for a suite of no test cases, or a file from an earlier gate cut short. A path that is no regular
+    file (/dev/stdout, a FIFO) is written as it is: renaming over it would replace it."""
+    text = junit_xml(verdicts, metric=metric, warnings=warnings)
+    target = Path(os.path.realpath(path))  # through a symbolic link: the file it names is replaced, not the link
     try:
-        Path(path).write_text(junit_xml(verdicts, metric=metric, warnings=warnings), encoding="utf-8")
+        if target.exists() and not target.is_file():
+            Path(path).write_text(text, encoding="utf-8")
+            return
+        partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            partial.write_text(text, encoding="utf-8")
+            os.replace(partial, target)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
     except OSError as err:
         raise ResultsError(f"cannot write --junit {str(path)!r}: {err.strerror or err}") from None
 
