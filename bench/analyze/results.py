@@ -255,8 +255,10 @@ def shape_problem(record: Any) -> str | None:
 
     Required: `config_key` (text), `repeat` (integer >= 0), `status` (one of STATUSES) and `config` (an
     object of strings, numbers and booleans, `model` among them). Optional keys, when present, must have
-    their types; an ok record carries its throughput. Metric names are free (new ones appear), so only
-    the containers are checked.
+    their types; an ok record carries its throughput. Metric names are free (new ones appear): a metric whose
+    unit says it is a number must be one (a list of numbers where its name says one a rank, a stage or a step), and
+    the metrics and environment fields the report and compare read must have the type they are read as (text,
+    a list of text, a flag): env.cuda 13.0 or throttle_reasons 1 ended `report` in an internal error.
     """
     if not isinstance(record, dict):
         return "not a JSON object"
@@ -286,14 +288,87 @@ def shape_problem(record: Any) -> str | None:
     if not isinstance((record.get("env") or {}).get("device", {}), (dict, type(None))):
         return "env.device is not an object"
     metrics = record.get("metrics") or {}
-    wrong = next((name for name, value in metrics.items() if _NUMERIC_METRIC.search(name) and
-                  not _numbers(value if isinstance(value, list) else [value])), None)
-    if wrong is not None:
-        return f"metrics.{wrong} is not a number (its unit says it is one)"
+    problem = _metrics_problem(metrics) or _env_problem(record.get("env") or {})
+    if problem:
+        return problem
     if status == "ok":
         tps = metrics.get("tokens_per_s")
         if not isinstance(tps, (int, float)) or isinstance(tps, bool) or not math.isfinite(tps) or tps <= 0:
             return "an ok record without a positive, finite metrics.tokens_per_s"
+    return None
+
+
+#: Numeric metrics that hold a list, one number a rank, a pipeline stage or a warmup step; every other one is one
+#: number (power_avg_w [] ended `report` in an internal error).
+_LIST_METRIC = re.compile(r"(_per_rank|_per_stage)$|^warmup_(losses|step_times_s)$")
+#: Metrics whose names carry no unit that are numbers all the same (counts, losses, ratios).
+_UNITLESS_NUMBERS = frozenset({"params", "steps_measured", "nnodes", "nproc_per_node", "world_size",
+                               "pp_microbatches", "global_batch_sequences", "global_batch_tokens", "loss_first",
+                               "loss_last", "loss_scale_final", "parity_max_rel_dev", "parity_tolerance",
+                               "val_loss_initial", "target_loss_nats", "scaling_efficiency"})
+#: Metrics read as text, as a list of text and as a flag (each may be null).
+_TEXT_METRICS = frozenset({"energy_source", "power_source", "peak_source", "parity", "profile_note", "profile_device",
+                           "profile_trace", "target_status", "kernels_applied", "kernels_note", "nvml_name",
+                           "parallel_backend", "driver_version", "attention_kernel", "telemetry",
+                           "precision_applied"})
+_TEXT_LIST_METRICS = frozenset({"device_names", "throttle_reasons"})
+_FLAG_METRICS = frozenset({"stalls", "throttled_power_or_heat", "fp8_compiled"})
+#: Environment fields read as text (versions, names, the timestamp), of the record's env and of env.device; cudnn's
+#: version is a number (torch gives one) or text.
+_ENV_TEXT = ("host", "platform", "python", "lmbench", "lmbench_commit", "torch", "cuda", "triton", "transformers",
+             "torchao", "liger_kernel", "cuda_visible_devices", "timestamp")
+_DEVICE_TEXT = ("type", "name", "uuid", "driver", "capability")
+
+
+def _metrics_problem(metrics: dict[str, Any]) -> str | None:
+    """The first metric whose value is not of the type it is read as, as a reason (see shape_problem)."""
+    for name, value in metrics.items():
+        if value is None:
+            continue
+        if name in _TEXT_METRICS and not isinstance(value, str):
+            return f"metrics.{name} is not text"
+        if name in _TEXT_LIST_METRICS and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            return f"metrics.{name} is not a list of text"
+        if name in _FLAG_METRICS and not isinstance(value, bool):
+            return f"metrics.{name} is not true or false"
+        if _LIST_METRIC.search(name):
+            if not (isinstance(value, list) and _numbers(value)):
+                return f"metrics.{name} is not a list of numbers (its name says one a rank, stage or step)"
+        elif (_NUMERIC_METRIC.search(name) or name in _UNITLESS_NUMBERS) and not _numbers([value]):
+            return f"metrics.{name} is not a number" + (" (its unit says it is one)" if _NUMERIC_METRIC.search(name)
+                                                         else "")
+    params = metrics.get("params")
+    # A count: 1e308 passed as a number and overflowed the roofline's bytes.
+    if params is not None and not (isinstance(params, int) and 0 <= params < 2**63):
+        return "metrics.params is not a whole number of parameters"
+    kernels = metrics.get("profile_top_kernels")
+    if kernels is not None and not (isinstance(kernels, list) and all(
+            isinstance(k, dict) and isinstance(k.get("name"), str) and _numbers([k.get("time_s"), k.get("calls")])
+            for k in kernels)):
+        return "metrics.profile_top_kernels is not a list of kernels (a name, time_s and calls each)"
+    points = metrics.get("val_points")
+    if points is not None and not (isinstance(points, list) and all(
+            isinstance(p, dict) and _numbers(list(p.values())) for p in points)):
+        return "metrics.val_points is not a list of evaluations (numbers each)"
+    return None
+
+
+def _env_problem(env: dict[str, Any]) -> str | None:
+    """The first environment field whose value is not of the type it is read as, as a reason (see shape_problem)."""
+    device = env.get("device")
+    for where, holder, names in (("env", env, _ENV_TEXT), ("env.device", device or {}, _DEVICE_TEXT)):
+        wrong = next((name for name in names if holder.get(name) is not None
+                      and not isinstance(holder[name], str)), None)
+        if wrong is not None:
+            return f"{where}.{wrong} is not text"
+    if env.get("cudnn") is not None and not isinstance(env["cudnn"], str) and not _numbers([env["cudnn"]]):
+        return "env.cudnn is not a version (text or a number)"
+    if env.get("data_draw") is not None and not _numbers([env["data_draw"]]):
+        return "env.data_draw is not a number"
+    variables = env.get("env_vars")
+    if variables is not None and not (isinstance(variables, dict) and all(isinstance(v, str)
+                                                                         for v in variables.values())):
+        return "env.env_vars is not an object of text"
     return None
 
 
