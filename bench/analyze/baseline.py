@@ -26,11 +26,28 @@ def parse(text: str | None) -> tuple[str, str] | None:
 
 
 def matches(stored: Any, text: str) -> bool:
-    """Whether an axis's stored value is the command line's `text`: as text, and booleans as --set reads them
-    (true/false, on/off, 1/0, any case)."""
+    """Whether an axis's stored value is the command line's `text`: booleans as --set reads them (true/false,
+    on/off, 1/0, any case), numbers as numbers (lr=3e-4 is the stored 0.0003, timeout_s=120 the stored 120.0),
+    anything else as text."""
     if isinstance(stored, bool) and text.lower() in ("true", "false", "on", "off", "1", "0"):
         return stored == (text.lower() in ("true", "on", "1"))
+    if isinstance(stored, (int, float)) and not isinstance(stored, bool):
+        try:
+            return float(text) == stored
+        except ValueError:
+            return False
     return str(stored) == text
+
+
+def canonical(baseline: tuple[str, str] | None, configs: Iterable[Mapping[str, Any]]) -> tuple[str, str] | None:
+    """`baseline` with its value as the configurations hold it (lr=3e-4 as lr=0.0003), so that the tables' heading
+    and the plots, which compare values as text, name and find the value the records hold (dropout=on as
+    dropout=True)."""
+    if baseline is None:
+        return None
+    axis, text = baseline
+    found = next((config[axis] for config in configs if axis in config and matches(config[axis], text)), None)
+    return baseline if found is None else (axis, str(found))
 
 
 def names_of(configs: Iterable[Mapping[str, Any]]) -> list[str]:
@@ -64,7 +81,15 @@ def check(baseline: tuple[str, str] | None, configs: Iterable[Mapping[str, Any]]
     # The axes the report pairs on (lmbench.analyze.report), so the refusal is exactly an empty speedup column.
     axes = varying_axes(distinct)
     others = [config for config in distinct if applies(config, axis) and not matches(config.get(axis), value)]
-    if others and all(counterpart(config, distinct, (axis, value), axes) is None for config in others):
+    if not others:
+        # Every configuration would be its own counterpart: a column of 1.00x that reads as a measured tie.
+        # varying_axes names the model when nothing varies; runs are never paired.
+        varying = [name for name in axes if name not in (axis, "run")
+                   and len({repr(config.get(name)) for config in distinct}) > 1]
+        raise UsageError(f"--baseline {axis}={asked}: {axis} has one value here ({value}), so every speedup would "
+                         f"be 1.00x; give an axis that varies"
+                         + (f": {', '.join(varying)}" if varying else " (none does here)"))
+    if all(counterpart(config, distinct, (axis, value), axes) is None for config in others):
         across = " (run directories are never paired with each other)" if "run" in axes else ""
         raise UsageError(f"--baseline {axis}={asked}: no configuration has a counterpart with {axis}={value} that "
                          f"is equal to it on every other varying axis{across}, so every speedup would be empty"
