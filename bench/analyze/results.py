@@ -418,6 +418,8 @@ def read(path: Path) -> Loaded:
     path = Path(path)
     if path.is_dir():
         path = path / RESULTS_FILE
+        if not path.is_file():
+            raise ResultsError(not_a_run(path.parent))
     if not path.is_file():
         raise ResultsError(f"no results file at {str(path)!r}")
     loaded = Loaded()
@@ -471,6 +473,39 @@ def read(path: Path) -> Loaded:
             f"(first on line {number}: {written}, its config's key {now}); read under their configs' keys, "
             "which compare and --resume match by")
     return loaded
+
+
+#: What `lmbench calibrate` leaves in its directory beside its runs (lmbench.run.rundir names it too).
+NOISE_FLOOR_FILE = "noise-floor.json"
+
+
+def not_a_run(folder: Path) -> str:
+    """Why a directory without results.jsonl has no results, and what to give instead: a calibration's runs or its
+    noise floor; else what a run directory is ('no results file' told a user with a calibration nothing)."""
+    found = Path(folder) / RESULTS_FILE
+    shown = str(folder)
+    if found.is_dir():
+        return f"no results file at {str(found)!r}: it is a directory (lmbench run and tune write a file there)"
+    runs = sorted(str(sub) for sub in _subfolders(folder) if (sub / RESULTS_FILE).is_file())
+    floor = Path(folder) / NOISE_FLOOR_FILE
+    # Calibration runs are named a, b, c... (lmbench calibrate --runs).
+    if floor.is_file() or (runs and all(re.fullmatch("[a-z]", Path(run).name) for run in runs)):
+        them = f"report or compare one of its runs ({', '.join(runs)})" if runs else "it holds no run yet"
+        noise = (f"; its noise floor {str(floor)!r} is for lmbench compare --noise-floor" if floor.is_file() else
+                 f"; it has no {NOISE_FLOOR_FILE} yet (lmbench calibrate --suite SUITE --out {shown} --resume "
+                 "finishes it)")
+        return f"{shown!r} is a calibration written by lmbench calibrate, not a run: {them}{noise}"
+    inside = f"; run directories inside it: {', '.join(runs[:5])}{' ...' if len(runs) > 5 else ''}" if runs else ""
+    return (f"no results file at {str(found)!r}: {shown!r} is not a run directory (one written by lmbench run or "
+            f"lmbench tune holds {RESULTS_FILE}){inside}")
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    """The directories in `folder` ([] where it cannot be listed)."""
+    try:
+        return [sub for sub in Path(folder).iterdir() if sub.is_dir()]
+    except OSError:
+        return []
 
 
 def current_key(record: dict[str, Any]) -> str:
