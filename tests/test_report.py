@@ -1112,3 +1112,35 @@ def test_nan_and_infinity_in_a_results_line_read_as_null(tmp_path):
     [read] = results.read(tmp_path).records
     assert read["metrics"]["power_avg_w"] is None and read["metrics"]["energy_j"] is None
     assert read["losses"] == [2.0, None] and read["metrics"]["tokens_per_s"] == 1000.0
+
+
+def test_a_report_that_runs_out_of_room_leaves_the_previous_files_whole(tmp_path):
+    """A full disk (here the file-size limit, which fails a write the same way: EFBIG after a partial write) while
+    rendering again: exit 2, and each file is the previous rendering's, whole, never cut off (report.html was left
+    truncated) or a temporary file left beside it."""
+    import json
+    import os
+    import resource
+    import signal
+    import sys
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in HAND))
+    out = tmp_path / "r"
+    command = [sys.executable, "-c", "from lmbench.cli import main; main()", "report", str(run), "--out", str(out)]
+    assert subprocess.run(command, capture_output=True).returncode == 0
+    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    page = before[out / "report.html"]
+    assert len(page) > max(len(data) for path, data in before.items() if path.suffix == ".png")
+
+    def limited():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of the signal, as ENOSPC would come
+        resource.setrlimit(resource.RLIMIT_FSIZE, (len(page) // 2, resource.RLIM_INFINITY))
+
+    failed = subprocess.run(command, capture_output=True, text=True, preexec_fn=limited,
+                            env={**os.environ, "LMBENCH_LOG_DIR": str(tmp_path / "logs")})
+    assert failed.returncode == 2, failed.stderr
+    assert failed.stderr.startswith("lmbench: error: cannot save")
+    after = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    assert after == before

@@ -741,13 +741,16 @@ def build(df: pd.DataFrame, records: list[dict[str, Any]], out: Path, *, baselin
     out.mkdir(parents=True, exist_ok=True)
     (out / "plots").mkdir(exist_ok=True)
     images = {}
-    # A figure an earlier rendering drew and this one does not (one batch size now) must not stay beside it.
-    for stale in (out / "plots").glob("*.png"):
-        stale.unlink()
+    # Every file is written whole and renamed into place (results.write_atomic): a full disk leaves the previous
+    # rendering's file or none, never a torn one.
     for name, fig in figures(df, records, baseline).items():
         images[name] = _png(fig)
-        (out / "plots" / f"{name}.png").write_bytes(images[name])
         plt.close(fig)
+        results.write_atomic(out / "plots" / f"{name}.png", images[name])
+    # A figure an earlier rendering drew and this one does not (one batch size now) must not stay beside it.
+    for stale in (out / "plots").glob("*.png"):
+        if stale.stem not in images:
+            stale.unlink()
     lines = header_lines(records, summaries, runs, list(notices))
     # Escaped as the tables' cells: a corpus path /data/<corpus>|v2.txt lost its <corpus> on GitHub.
     shown = [markdown_text(line) for line in lines]
@@ -755,8 +758,8 @@ def build(df: pd.DataFrame, records: list[dict[str, Any]], out: Path, *, baselin
     md = header + "".join(f"\n## {SECTION_TITLES[k]}\n\n{grid.markdown()}\n" for k, grid in grids.items())
     md += "\n## Plots\n\n" + "".join(f"![{name}](plots/{name}.png)\n" for name in images)
     paths = {"report.md": out / "report.md", "results.csv": out / "results.csv", "report.html": out / "report.html"}
-    paths["report.md"].write_text(md, encoding="utf-8")
-    df.to_csv(paths["results.csv"], index=False)
+    results.write_atomic(paths["report.md"], md)
+    results.write_atomic(paths["results.csv"], df.to_csv(index=False))
     body = "".join(f"<h2>{SECTION_TITLES[k]}</h2>{grid.html()}" for k, grid in grids.items())
     body += "<h2>Plots</h2>" + "".join(
         f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
@@ -767,5 +770,5 @@ def build(df: pd.DataFrame, records: list[dict[str, Any]], out: Path, *, baselin
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>lmbench report</title><style>{style}</style>"
             f"</head><body><h1>lmbench report</h1>{''.join(f'<p>{html.escape(line)}</p>' for line in lines)}"
             f"{body}</body></html>")
-    paths["report.html"].write_text(page, encoding="utf-8")
+    results.write_atomic(paths["report.html"], page)
     return paths

@@ -128,9 +128,20 @@ def writable_file(path: Path, *, what: str) -> None:
 
 def write_json(path: Path, payload: Any) -> None:
     """Write atomically (temporary file, then rename), so a reader never sees half a file."""
+    write_atomic(path, json.dumps(sanitize(payload), default=str))
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write `data` (text as UTF-8) to a temporary file beside `path`, flushed to disk, then rename it into place:
+    a write that fails (a full disk) leaves the file that was there, or none, never a torn one (a report.html cut
+    off at the disk's last byte opened as a blank page)."""
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_text(json.dumps(sanitize(payload), default=str))
+        with open(tmp, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
         tmp.replace(path)
     except BaseException:
         tmp.unlink(missing_ok=True)
