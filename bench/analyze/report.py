@@ -734,7 +734,7 @@ def build(df: pd.DataFrame, records: list[dict[str, Any]], out: Path, *, baselin
     from lmbench.analyze import ranking
 
     baseline = baselines.canonical(baseline, [r["config"] for r in records])
-    # The tables first: a refusal (a --ceilings file of another device) writes nothing.
+    # The tables first: a refusal (a --ceilings file of another device) writes no file.
     grids = {**ranking.section(records, objective), **sections(records, baseline), **time_sections(records),
              **(roofline_section(records, ceilings) if ceilings else {})}
     summaries = summarize(records)
