@@ -665,7 +665,7 @@ MALFORMED = [
      '"metrics": {"tokens_per_s": 1.0, "step_time_cv": "y"}}', "metrics.step_time_cv is not a number"),
     ('{"config_key": "x", "repeat": 0, "status": "ok", "config": {"model": "tiny-gpt2"}, '
      '"metrics": {"tokens_per_s": 1.0, "mem_peak_allocated_bytes_per_rank": [1, "a"]}}',
-     "metrics.mem_peak_allocated_bytes_per_rank is not a number"),
+     "metrics.mem_peak_allocated_bytes_per_rank is not a list of numbers"),
     ('{"config_key": "x", "repeat": 0, "status": "error", "config": {"model": "tiny-gpt2"}, "step_times_s": ["a"]}',
      "step_times_s holds something other than numbers"),
     ('{"config_key": "x", "repeat": 0, "status": "error", "config": {"model": "tiny-gpt2"}, "warnings": [1, {}]}',
