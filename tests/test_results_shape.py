@@ -61,7 +61,10 @@ def test_what_lmbench_writes_keeps_its_shape():
     # Lists where a name says one a rank, a stage or a step; null anywhere; every record of the published runs.
     record = _mutated(("metrics", "step_time_median_s_per_rank"), [0.1, 0.2])
     record["metrics"].update(warmup_step_times_s=[0.5, 0.1], warmup_losses=[9.0, None], pp_busy_s_per_stage=[1.0],
-                             energy_source=None, throttle_reasons=None, params=124_000_000, stalls=False)
+                             energy_source=None, throttle_reasons=None, params=124_000_000, stalls=False,
+                             # A count that ends like a list (a pipeline's records were skipped: test_model_parallel).
+                             pp_stages_per_rank=1, pp_layers_per_stage=[2, 2],
+                             mem_peak_allocated_bytes_per_rank=[None, None])
     record["env"].update(cudnn=91002, env_vars={"OMP_NUM_THREADS": "1"}, data_draw=2)
     assert results.shape_problem(record) is None
     published = [line for path in sorted(REPO.glob("reports/**/results.jsonl"))

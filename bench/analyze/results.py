@@ -312,11 +312,13 @@ def shape_problem(record: Any) -> str | None:
 #: Numeric metrics that hold a list, one number a rank, a pipeline stage or a warmup step; every other one is one
 #: number (power_avg_w [] ended `report` in an internal error).
 _LIST_METRIC = re.compile(r"(_per_rank|_per_stage)$|^warmup_(losses|step_times_s)$")
+#: Counts whose names end like a list's: the pipeline stages each rank holds is one number.
+_SCALAR_PER = frozenset({"pp_stages_per_rank"})
 #: Metrics whose names carry no unit that are numbers all the same (counts, losses, ratios).
 _UNITLESS_NUMBERS = frozenset({"params", "steps_measured", "nnodes", "nproc_per_node", "world_size",
                                "pp_microbatches", "global_batch_sequences", "global_batch_tokens", "loss_first",
                                "loss_last", "loss_scale_final", "parity_max_rel_dev", "parity_tolerance",
-                               "val_loss_initial", "target_loss_nats", "scaling_efficiency"})
+                               "val_loss_initial", "target_loss_nats", "scaling_efficiency", *_SCALAR_PER})
 #: Metrics read as text, as a list of text and as a flag (each may be null).
 _TEXT_METRICS = frozenset({"energy_source", "power_source", "peak_source", "parity", "profile_note", "profile_device",
                            "profile_trace", "target_status", "kernels_applied", "kernels_note", "nvml_name",
@@ -342,7 +344,7 @@ def _metrics_problem(metrics: dict[str, Any]) -> str | None:
             return f"metrics.{name} is not a list of text"
         if name in _FLAG_METRICS and not isinstance(value, bool):
             return f"metrics.{name} is not true or false"
-        if _LIST_METRIC.search(name):
+        if _LIST_METRIC.search(name) and name not in _SCALAR_PER:
             if not (isinstance(value, list) and _numbers(value)):
                 return f"metrics.{name} is not a list of numbers (its name says one a rank, stage or step)"
         elif (_NUMERIC_METRIC.search(name) or name in _UNITLESS_NUMBERS) and not _numbers([value]):
