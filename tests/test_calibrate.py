@@ -9,20 +9,13 @@ from pathlib import Path
 import fake_worker
 import pytest
 from click.testing import CliRunner
+from test_faults import TINY as FAULTS_SUITE
 
 from lmbench.cli import cli
 from lmbench.run import runner
 
-TINY = """
-name = "tiny"
-[defaults]
-model = "tiny-gpt2"
-seq_len = 32
-batch_size = 2
-steps = 3
-warmup = 1
-device = "cpu"
-"""
+#: test_faults' two-precision suite without its matrix: one configuration.
+TINY = FAULTS_SUITE.split("[matrix]")[0]
 
 
 @pytest.fixture
