@@ -92,8 +92,13 @@ def test_real_boundary_matches_a_brute_force_search(tmp_path):
 @pytest.mark.slow
 def test_interrupted_tune_resumes_without_repeating_probes(tmp_path):
     out = tmp_path / "tune"
+    # Each probe, measurement and repeat is a fresh worker process (~8 s here). --min-batch 2 spares the probe at
+    # batch 1 (the search still doubles to 4, out of memory, and bisects to 3; 2 and 1 are still measured), and two
+    # confirming repeats still give each configuration a confirming repeat for the ranking to weigh: 7 processes,
+    # not 10.
     args = ["tune", "--model", "tiny-gpt2", "--seq-len", "256", "--precision", "fp32", "--checkpointing", "none",
-            "--max-memory", "60MiB", "--device", "cpu", "--steps", "2", "--warmup", "1", "--out", str(out)]
+            "--max-memory", "60MiB", "--device", "cpu", "--steps", "2", "--warmup", "1", "--min-batch", "2",
+            "--confirm-repeats", "2", "--out", str(out)]
     first = CliRunner().invoke(cli, args + ["--budget-minutes", "0.01"])
     assert first.exit_code == 0, first.output
     assert "budget ran out" in first.output
