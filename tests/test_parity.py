@@ -89,13 +89,16 @@ def test_pure_fp16_that_trains_wrong_drifts_and_healthy_pure_fp16_does_not():
 def test_planted_kernel_bug_drifts(monkeypatch):
     import lmbench.kernels.norms as norms
 
-    base = Config(model="tiny-llama", batch_size=2, seq_len=16, warmup=0, lr=1e-3, data="markov", device="cpu")
-    reference = curve(base, 10)
-    honest = verdict(reference, curve(base.replace(kernels="triton"), 10), precision="fp32")
+    # The kernels run under Triton's interpreter here, at a cost per row and per step: 2 sequences of 8 tokens
+    # (16 rows, two sequences so a row's batch stride is crossed) over 4 steps (3 updates the losses see). Measured:
+    # honest 1.6e-7, planted 8.4e-4 against the tolerance of 1e-4 (at 2 x 16 x 10 steps: 7.7e-8 and 1.7e-4).
+    base = Config(model="tiny-llama", batch_size=2, seq_len=8, warmup=0, lr=1e-3, data="markov", device="cpu")
+    reference = curve(base, 4)
+    honest = verdict(reference, curve(base.replace(kernels="triton"), 4), precision="fp32")
     assert honest["parity"] == "ok", honest
     real = norms.rms_norm
     monkeypatch.setattr(norms, "rms_norm", lambda x, w, eps=1e-6: real(x, w, eps) * 1.05)
-    planted = verdict(reference, curve(base.replace(kernels="triton"), 10), precision="fp32")
+    planted = verdict(reference, curve(base.replace(kernels="triton"), 4), precision="fp32")
     assert planted["parity"] in ("drift", "diverged"), planted
 
 
