@@ -81,6 +81,12 @@ def test_split_models_get_the_agreed_scale_and_the_others_keep_gradscaler():
     assert mode("fp16", split=True) is Fp16MasterWeights
 
 
+def _tensor_parallel_ranks(rank: int, folder: str, precisions: list[str], results: dict) -> None:
+    """Each precision in a process group of its own, one after the other: the two processes' start-up is paid once."""
+    for precision in precisions:
+        _tensor_parallel_rank(rank, f"{folder}/store-{precision}", precision, results)
+
+
 def _tensor_parallel_rank(rank: int, store_path: str, precision: str, results: dict) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
@@ -117,14 +123,26 @@ def _tensor_parallel_rank(rank: int, store_path: str, precision: str, results: d
         skipped = all(torch.equal(b, a) for b, a in zip(before, whole()))
         train_step(overflow=False)
         stepped = not any(torch.equal(b, a) for b, a in zip(before, whole()))
-        results[rank] = (p.skipped_steps, p.loss_scale, skipped, stepped)
+        results[precision, rank] = (p.skipped_steps, p.loss_scale, skipped, stepped)
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("precision", ["amp-fp16", "fp16"])
-def test_one_tensor_parallel_ranks_overflow_skips_the_step_on_both_ranks(tmp_path, precision):
+SPLIT_PRECISIONS = ["amp-fp16", "fp16"]
+
+
+@pytest.fixture(scope="module")
+def tensor_parallel_results(tmp_path_factory) -> dict:
+    """(precision, rank) -> (skipped steps, loss scale, first step skipped, second taken), every precision from one
+    pair of spawned ranks."""
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(_tensor_parallel_rank, args=(str(tmp_path / "store"), precision, results), nprocs=2)
-        assert dict(results) == {0: (1, 2.0**15, True, True), 1: (1, 2.0**15, True, True)}
+        mp.spawn(_tensor_parallel_ranks, args=(str(tmp_path_factory.mktemp("tp")), SPLIT_PRECISIONS, results),
+                 nprocs=2)
+        return dict(results)
+
+
+@pytest.mark.parametrize("precision", SPLIT_PRECISIONS)
+def test_one_tensor_parallel_ranks_overflow_skips_the_step_on_both_ranks(tensor_parallel_results, precision):
+    results = {rank: found for (which, rank), found in tensor_parallel_results.items() if which == precision}
+    assert results == {0: (1, 2.0**15, True, True), 1: (1, 2.0**15, True, True)}
