@@ -4,6 +4,7 @@ tensor-parallel group the same ones, and parallel=none the stream it always drew
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,16 +23,17 @@ from lmbench.run.training import TrainingStep
 
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
-config = Config(model="tiny-gpt2", parallel=sys.argv[1], nproc=world, batch_size=2, seq_len=16, data="markov",
-                precision="fp32", device="cpu")
-step = TrainingStep(config, torch.device("cpu"), rank=rank, world=world)
-masks = []
-drop = next(m for m in step.base_model.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0)
-drop.register_forward_hook(lambda module, args, out: masks.append((out == 0).flatten().tolist()))
-step()
-with open(os.path.join(sys.argv[2], f"rank{rank}.json"), "w") as f:
-    json.dump(masks[0], f)
-dist.barrier()
+for parallel in sys.argv[2:]:  # each a training step of its own, one after the other in this one group of ranks
+    config = Config(model="tiny-gpt2", parallel=parallel, nproc=world, batch_size=2, seq_len=16, data="markov",
+                    precision="fp32", device="cpu")
+    step = TrainingStep(config, torch.device("cpu"), rank=rank, world=world)
+    masks = []
+    drop = next(m for m in step.base_model.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0)
+    drop.register_forward_hook(lambda module, args, out: masks.append((out == 0).flatten().tolist()))
+    step()
+    with open(os.path.join(sys.argv[1], f"{parallel}-rank{rank}.json"), "w") as f:
+        json.dump(masks[0], f)
+    dist.barrier()
 os._exit(0)
 """
 
@@ -46,19 +48,27 @@ def _none_mask() -> list[bool]:
     return masks[0]
 
 
-@pytest.mark.parametrize("parallel, nproc, groups", [("ddp", 2, [0, 1]), ("fsdp+tp", 4, [0, 0, 1, 1])])
-def test_data_parallel_replicas_draw_their_own_dropout_masks_and_a_tensor_parallel_group_one(tmp_path, parallel,
+@pytest.fixture(scope="module")
+def first_masks(tmp_path_factory) -> Path:
+    """The folder of every rank's first mask under ddp and under fsdp+tp, from one 4-rank torchrun job: its ranks'
+    start-up (torch and transformers imported, on a 2-core CPU) paid once, not once a layout."""
+    folder = tmp_path_factory.mktemp("masks")
+    script = folder / "masks.py"
+    script.write_text(FIRST_DROPOUT_MASK)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4",
+                           str(script), str(folder), "ddp", "fsdp+tp"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return folder
+
+
+# ddp over the job's 4 ranks: 4 replicas, each its own group (2 would do; 4 is what one job for both layouts runs).
+@pytest.mark.parametrize("parallel, nproc, groups", [("ddp", 4, [0, 1, 2, 3]), ("fsdp+tp", 4, [0, 0, 1, 1])])
+def test_data_parallel_replicas_draw_their_own_dropout_masks_and_a_tensor_parallel_group_one(first_masks, parallel,
                                                                                            nproc, groups):
     """Real torchrun over gloo, the first dropout's mask of the first step on every rank (GPT-2's embedding dropout,
     on activations every rank of a tensor-parallel group holds whole). Every rank was seeded alike and never again:
     DDP's ranks applied one mask to their different rows (a reviewer). Replica 0 keeps parallel=none's stream."""
-    script = tmp_path / "masks.py"
-    script.write_text(FIRST_DROPOUT_MASK)
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-                           str(nproc), str(script), parallel, str(tmp_path)], capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    masks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(nproc)]
+    masks = [json.loads((first_masks / f"{parallel}-rank{rank}.json").read_text()) for rank in range(nproc)]
     assert 0 < sum(masks[0]) < len(masks[0])  # dropout is on
     for rank, group in enumerate(groups):
         assert masks[rank] == masks[groups.index(group)], f"rank {rank} drew other masks than its group's first"
