@@ -153,8 +153,10 @@ data = "{short}"
 
 def test_interrupted_run_keeps_records_and_resume_finishes_it(tmp_path):
     out = tmp_path / "run"
+    # Two configurations are enough: the stop comes within 0.1 s of the first record, while the second worker is
+    # still importing torch (seconds), so one record is kept and the resume runs the other (3 workers spent 1 more).
     cmd = [sys.executable, "-m", "lmbench.cli", "run", "--suite", "smoke", "--out", str(out), "--device", "cpu",
-           "--set", "model=tiny-gpt2", "--set", "precision=fp32", "--set", "batch_size=1,2,3", "--set", "steps=3"]
+           "--set", "model=tiny-gpt2", "--set", "precision=fp32", "--set", "batch_size=1,2", "--set", "steps=3"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     results_file = out / "results.jsonl"
@@ -167,15 +169,15 @@ def test_interrupted_run_keeps_records_and_resume_finishes_it(tmp_path):
     assert proc.returncode == 130, stderr
     assert "--resume" in stderr
     kept = results.read(out).records
-    assert 1 <= len(kept) < 3
+    assert 1 <= len(kept) < 2
     assert not any(p.name.endswith(".result.json") for p in (out / "work").iterdir())
 
     result = run_cli("--suite", "smoke", "--out", str(out), "--device", "cpu", "--set", "model=tiny-gpt2",
-                     "--set", "precision=fp32", "--set", "batch_size=1,2,3", "--set", "steps=3", "--resume")
+                     "--set", "precision=fp32", "--set", "batch_size=1,2", "--set", "steps=3", "--resume")
     assert result.exit_code == 0, result.output
     assert f"{len(kept)} record(s) kept" in result.stderr
     final = results.read(out).records
-    assert sorted(r["config"]["batch_size"] for r in final) == [1, 2, 3]
+    assert sorted(r["config"]["batch_size"] for r in final) == [1, 2]
     assert final[: len(kept)] == kept
 
 
