@@ -16,11 +16,13 @@ from lmbench.models.versions import release
 #: measured on this CPU (docs/parallelism.md) it is below 1e-7: only the order of floating-point sums differs.
 LAYOUT_DEVIATION = 1e-6
 
+#: tp, pp and fsdp+tp in fp32, and tp and pp of tiny-gpt2 loss-scaled (amp-fp16, fp16): one run for two tests, so the
+#: loss-scaled rows share the fp32 references (tiny-gpt2 on 2 and on 4 sequences) their parity is judged against,
+#: each a fresh worker's start-up, rather than running them again.
 SUITE = """
 name = "model-parallel-cpu"
-description = "tp, pp (GPipe and 1F1B) and fsdp+tp on tiny models over gloo"
+description = "tp, pp (GPipe and 1F1B) and fsdp+tp on tiny models over gloo; tp and pp loss-scaled too"
 [defaults]
-precision = "fp32"
 batch_size = 2
 seq_len = 32
 grad_accum = 2
@@ -34,6 +36,7 @@ model = ["tiny-gpt2", "tiny-llama"]
 parallel = ["tp", "pp", "fsdp+tp"]
 pp_schedule = ["gpipe", "1f1b"]
 nproc = [2, 4]
+precision = ["fp32", "amp-fp16", "fp16"]
 [[exclude]]
 parallel = ["tp", "pp"]
 nproc = 4
@@ -43,11 +46,24 @@ nproc = 2
 [[exclude]]
 model = "tiny-llama"
 parallel = ["pp", "fsdp+tp"]
+[[exclude]]
+precision = ["amp-fp16", "fp16"]
+model = "tiny-llama"
+[[exclude]]
+precision = ["amp-fp16", "fp16"]
+parallel = "fsdp+tp"
+[[exclude]]
+precision = ["amp-fp16", "fp16"]
+pp_schedule = "gpipe"
 """
+
+#: The loss-scaled precisions of SUITE.
+LOSS_SCALED = ("amp-fp16", "fp16")
 
 
 def run_with_parity(tmp_path, suite_text: str) -> list[dict]:
     """The records of `lmbench run --parity` over a suite on the CPU (exit 0 required)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     suite = tmp_path / "suite.toml"
     suite.write_text(suite_text)
     out = tmp_path / "run"
@@ -56,9 +72,14 @@ def run_with_parity(tmp_path, suite_text: str) -> list[dict]:
     return results.read(out).records
 
 
+@pytest.fixture(scope="module")
+def two_layer_records(tmp_path_factory) -> list[dict]:
+    return run_with_parity(tmp_path_factory.mktemp("model-parallel"), SUITE)
+
+
 @pytest.mark.slow
-def test_tp_pp_and_fsdp_tp_train_as_the_whole_model_does(tmp_path):
-    records = run_with_parity(tmp_path, SUITE)
+def test_tp_pp_and_fsdp_tp_train_as_the_whole_model_does(two_layer_records):
+    records = [r for r in two_layer_records if r["config"]["precision"] == "fp32"]
     by = {(r["config"]["model"], r["config"]["parallel"], r["config"]["pp_schedule"]): r for r in records}
     references = [r for r in records if r["metrics"] and r["metrics"].get("parity") == "reference"]
     # tp trains each rank's 2 sequences, pp and fsdp+tp 4 (2 micro-batches; 2 FSDP groups): one device, same batch.
@@ -96,23 +117,17 @@ def test_tp_pp_and_fsdp_tp_train_as_the_whole_model_does(tmp_path):
     assert len(records) == len(expected) + len(references)
 
 
-LOSS_SCALED = SUITE.split("[matrix]")[0].replace('precision = "fp32"\n', "") + """model = "tiny-gpt2"
-nproc = 2
-[matrix]
-parallel = ["tp", "pp"]
-precision = ["amp-fp16", "fp16"]
-"""
-
-
 @pytest.mark.slow
-def test_loss_scaled_precisions_train_split_between_ranks_as_the_whole_model_does(tmp_path):
+def test_loss_scaled_precisions_train_split_between_ranks_as_the_whole_model_does(two_layer_records):
     """amp-fp16 under tensor parallelism (its gradients a mix of DTensor shards and whole tensors, which GradScaler's
     one check refuses) and under pipeline parallelism (the schedule runs the backward from a loss it scales), and
     fp16 with master weights of shards and of stages: the ranks agree on every overflow, and each trains as
     parallel=none."""
     from lmbench.plan.parity import TOLERANCES
 
-    records = run_with_parity(tmp_path, LOSS_SCALED)
+    # The loss-scaled rows and the references they are judged against (tiny-gpt2's fp32 ones, on one device).
+    records = [r for r in two_layer_records if r["config"]["precision"] in LOSS_SCALED
+               or (r["config"]["model"], r["config"]["parallel"]) == ("tiny-gpt2", "none")]
     rows = {(r["config"]["parallel"], r["config"]["precision"]): r for r in records}
     assert set(rows) == {("tp", "amp-fp16"), ("tp", "fp16"), ("pp", "amp-fp16"), ("pp", "fp16"), ("none", "fp32")}
     for key in [("tp", "amp-fp16"), ("tp", "fp16"), ("pp", "amp-fp16"), ("pp", "fp16")]:
@@ -124,17 +139,16 @@ def test_loss_scaled_precisions_train_split_between_ranks_as_the_whole_model_doe
         assert len(record["losses"]) == 6
 
 
-def four_layer_suite(name: str, description: str, *, parallel: str, nproc: int, schedules: list[str]) -> str:
-    """A suite of pipelines on the 4-layer GPT-2: 2 sequences a micro-batch, 2 micro-batches, accumulation 2, fp32."""
-    return f"""
-name = "{name}"
-description = "{description}"
+#: Pipelines on the 4-layer GPT-2, 2 micro-batches, accumulation 2, fp32: two stages a rank (looped and in a V) on 2
+#: ranks, and pipelines across FSDP groups (a 2 x 2 mesh). One run for two tests: the 2-rank pipelines' micro-batches
+#: hold 4 sequences, so that their global batch is the FSDP pipelines' (2 sequences x 2 pipelines) and one
+#: parallel=none reference on 8 sequences judges them all, one worker's start-up fewer.
+FOUR_LAYER = """
+name = "four-layer-pipelines-cpu"
+description = "pipelines with two stages a rank, and pipelines across FSDP groups, on a 4-layer GPT-2 over gloo"
 [defaults]
 model = "tiny-gpt2-4l"
 precision = "fp32"
-parallel = "{parallel}"
-nproc = {nproc}
-batch_size = 2
 seq_len = 32
 grad_accum = 2
 microbatches = 2
@@ -143,21 +157,41 @@ warmup = 1
 lr = 1e-3
 dropout = false
 [matrix]
-pp_schedule = {schedules!r}
-""".replace("'", '"')
+parallel = ["pp", "fsdp+pp"]
+nproc = [2, 4]
+batch_size = [4, 2]
+pp_schedule = ["interleaved-1f1b", "zero-bubble", "zbv", "1f1b"]
+[[exclude]]
+parallel = "pp"
+nproc = 4
+[[exclude]]
+parallel = "pp"
+batch_size = 2
+[[exclude]]
+parallel = "pp"
+pp_schedule = "1f1b"
+[[exclude]]
+parallel = "fsdp+pp"
+nproc = 2
+[[exclude]]
+parallel = "fsdp+pp"
+batch_size = 4
+[[exclude]]
+parallel = "fsdp+pp"
+pp_schedule = ["zero-bubble", "zbv"]
+"""
 
 
-INTERLEAVED = four_layer_suite("interleaved-cpu", "pipelines with two stages a rank (looped and in a V) on a 4-layer "
-                               "GPT-2 over gloo", parallel="pp", nproc=2,
-                               schedules=["interleaved-1f1b", "zero-bubble", "zbv"])
+@pytest.fixture(scope="module")
+def four_layer_records(tmp_path_factory) -> list[dict]:
+    return run_with_parity(tmp_path_factory.mktemp("four-layer"), FOUR_LAYER)
 
 
 @pytest.mark.slow
-def test_interleaved_and_zero_bubble_pipelines_train_as_the_whole_model_does(tmp_path):
+def test_interleaved_and_zero_bubble_pipelines_train_as_the_whole_model_does(four_layer_records):
     """Two stages a rank: looped (interleaved 1F1B, zero bubble: tied weight summed between ranks 0 and 1) and in a
     V (ZBV: the tied weight's two uses on rank 0, one parameter). Each trains as parallel=none on the same batch."""
-    records = run_with_parity(tmp_path, INTERLEAVED)
-    by = {r["config"]["pp_schedule"]: r for r in records if r["config"]["parallel"] == "pp"}
+    by = {r["config"]["pp_schedule"]: r for r in four_layer_records if r["config"]["parallel"] == "pp"}
     assert sorted(by) == ["interleaved-1f1b", "zbv", "zero-bubble"]
     if release(torch.__version__) < (2, 13):
         # torch 2.11's first step sends between a V's two stages on one rank, which gloo refuses: skipped, said why.
@@ -166,23 +200,19 @@ def test_interleaved_and_zero_bubble_pipelines_train_as_the_whole_model_does(tmp
         assert record["status"] == "ok", (schedule, record["reason"])
         m = record["metrics"]
         assert m["parity"] == "ok" and m["parity_max_rel_dev"] < LAYOUT_DEVIATION, (schedule, m["parity_max_rel_dev"])
-        assert (m["pp_degree"], m["pp_stages_per_rank"], m["global_batch_sequences"]) == (2, 2, 8)
+        assert (m["pp_degree"], m["pp_stages_per_rank"], m["global_batch_sequences"]) == (2, 2, 16)
         assert len(record["losses"]) == 4 and 0 < m["pp_bubble_fraction"] < 1
     # (p-1)/(v m+p-1) = 1/5 for the interleaved schedule; the zero-bubble ones have no closed form.
     assert by["interleaved-1f1b"]["metrics"]["pp_bubble_fraction_theory"] == pytest.approx(0.2)
     assert by["zero-bubble"]["metrics"]["pp_bubble_fraction_theory"] is None
 
 
-FSDP_PP = four_layer_suite("fsdp-pp-cpu", "pipelines across FSDP groups (a 2 x 2 mesh) on a 4-layer GPT-2 over "
-                           "gloo", parallel="fsdp+pp", nproc=4, schedules=["1f1b", "interleaved-1f1b"])
-
-
 @pytest.mark.slow
-def test_pipelines_across_fsdp_groups_train_as_the_whole_model_does(tmp_path):
+def test_pipelines_across_fsdp_groups_train_as_the_whole_model_does(four_layer_records):
     """2 pipelines of 2 stage ranks (one stage each, or two looped), each stage sharded by FSDP over the 2 ranks that
     hold it; pipeline d reads the d-th slice of the global batch. Tied embedding and LM head: their gradient shards
     are summed between each pipeline's end ranks. Each trains as parallel=none on the whole batch."""
-    records = run_with_parity(tmp_path, FSDP_PP)
+    records = four_layer_records
     by = {r["config"]["pp_schedule"]: r for r in records if r["config"]["parallel"] == "fsdp+pp"}
     assert sorted(by) == ["1f1b", "interleaved-1f1b"]
     reference, = [r for r in records if r["config"]["parallel"] == "none"]
@@ -198,7 +228,7 @@ def test_pipelines_across_fsdp_groups_train_as_the_whole_model_does(tmp_path):
 
 
 COUNT_COLLECTIVES = """
-import collections, os, sys
+import collections, json, os, sys
 import torch, torch.distributed as dist
 import torch.distributed.fsdp._fully_shard._fsdp_param_group as group
 from lmbench.plan.config import Config
@@ -211,15 +241,20 @@ for name in ("foreach_reduce", "foreach_all_gather"):
         counts[_name] += 1
         return _original(*args, **kwargs)
     setattr(group, name, counted)
-config = Config(model="tiny-gpt2-4l", parallel="fsdp+pp", nproc=4, precision="fp32", microbatches=4,
-                kernels=sys.argv[1], grad_accum=int(sys.argv[2]), device="cpu", batch_size=2, seq_len=32,
-                dropout=False, data="markov")
-step = TrainingStep(config, torch.device("cpu"), rank=dist.get_rank(), world=4)
-step()
-counts.clear()
-step()
+seen = {}
+for variant in sys.argv[1:]:  # KERNELS:GRAD_ACCUM, each a training step of its own in this one group of ranks
+    kernels, accum = variant.split(":")
+    config = Config(model="tiny-gpt2-4l", parallel="fsdp+pp", nproc=4, precision="fp32", microbatches=4,
+                    kernels=kernels, grad_accum=int(accum), device="cpu", batch_size=2, seq_len=32, dropout=False,
+                    data="markov")
+    step = TrainingStep(config, torch.device("cpu"), rank=dist.get_rank(), world=4)
+    step()
+    counts.clear()
+    step()
+    seen[variant] = str(dict(sorted(counts.items())))
+    dist.barrier()
 if dist.get_rank() == 0:
-    print(dict(sorted(counts.items())))
+    print(json.dumps(seen))
 dist.barrier()
 os._exit(0)
 """
@@ -231,17 +266,21 @@ def test_a_compiled_fsdp_pp_stage_gathers_and_reduces_once_a_pipeline_step_as_ea
     torch.compile wrapper hid it, and the compiled rows gathered and reduce-scattered after every micro-batch
     (12 of each a step against eager's 3, 4 micro-batches). The stage is compiled in place instead. Accumulating
     two pipeline steps reduces once, after the second (it reduced after each)."""
+    import json
     import subprocess
     import sys
 
     script = tmp_path / "count.py"
     script.write_text(COUNT_COLLECTIVES)
-    seen = {}
-    for kernels, accum in (("eager", 1), ("compile", 1), ("eager", 2)):
-        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "4", str(script),
-                               kernels, str(accum)], capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-2000:]
-        seen[kernels, accum] = done.stdout.strip().splitlines()[-1]
+    # One torchrun job builds the three steps one after the other (each a model, FSDP wrapping and schedule of its
+    # own): its four ranks' start-up (torch and transformers imported on a 2-core CPU) is paid once, not three
+    # times. The eager rows go first, so that the compiled one cannot have left anything behind them.
+    variants = ["eager:1", "eager:2", "compile:1"]
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "4", str(script),
+                           *variants], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert sorted(seen) == sorted(variants), seen
     assert set(seen.values()) == {"{'foreach_all_gather': 3, 'foreach_reduce': 3}"}, seen
 
 
