@@ -7,6 +7,7 @@ import math
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,21 +19,74 @@ CONFIG = Config(model="tiny-gpt2", batch_size=8, seq_len=128, steps=30, warmup=5
 BARE = Path(__file__).with_name("bare_loop.py")
 
 
-def bare_median_s(config: Config) -> float:
-    out = subprocess.run([sys.executable, str(BARE), json.dumps(config.to_dict())], capture_output=True, text=True,
-                         check=True, timeout=300)
-    return statistics.median(json.loads(out.stdout.splitlines()[-1])["step_times_s"])
+#: What every process of a round runs: the imports both sides make anyway (torch, the model family's transformers
+#: module), then a wait on stdin for its turn, then the bare loop or the worker as `__main__`, unchanged. The imports
+#: (~8 s a process on a 2-core CPU, most of the test's time) overlap; the measurements never do: a process steps only
+#: while the other two of its round are parked or finished. Only step times are compared, so what is checked (each
+#: side's median step, each process a fresh interpreter) is the same as with three processes started one by one.
+PARKED = """
+import runpy, sys
+import torch
+from lmbench.models.registry import MODELS, import_family
+import_family(MODELS[sys.argv[1]].family)
+print("parked", flush=True)
+sys.stdin.readline()
+target, sys.argv = sys.argv[2], sys.argv[2:]
+if target.endswith(".py"):
+    runpy.run_path(target, run_name="__main__")
+else:
+    runpy.run_module(target, run_name="__main__", alter_sys=True)
+"""
 
 
-def worker_median_s(config: Config, work: Path) -> float:
-    """The real worker (`python -m lmbench.run.worker`), as `lmbench run` starts it."""
+def park(config: Config, *command: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", PARKED, config.model, *command], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+
+def finish(proc: subprocess.Popen) -> str:
+    """Lets a parked process run and waits for it: its stdout after `parked`."""
+    proc.stdin.write("go\n")
+    proc.stdin.close()
+    out = proc.stdout.read()
+    assert proc.wait(timeout=300) == 0, out
+    return out
+
+
+def bare(config: Config) -> tuple[subprocess.Popen, Callable[[], float]]:
+    proc = park(config, str(BARE), json.dumps(config.to_dict()))
+
+    def median_s() -> float:
+        return statistics.median(json.loads(finish(proc).splitlines()[-1])["step_times_s"])
+
+    return proc, median_s
+
+
+def worker(config: Config, work: Path) -> tuple[subprocess.Popen, Callable[[], float]]:
+    """The real worker (`lmbench.run.worker` as `__main__`, as `python -m` runs it)."""
     job, result = work / "job.json", work / "result.json"
     job.write_text(json.dumps({"config": config.to_dict(), "repeat": 0}))
-    subprocess.run([sys.executable, "-m", "lmbench.run.worker", str(job), str(result)], capture_output=True, check=True,
-                   timeout=300)
-    record = json.loads(result.read_text())
-    assert record["status"] == "ok", record["reason"]
-    return statistics.median(record["step_times_s"])
+    proc = park(config, "lmbench.run.worker", str(job), str(result))
+
+    def median_s() -> float:
+        finish(proc)
+        record = json.loads(result.read_text())
+        assert record["status"] == "ok", record["reason"]
+        return statistics.median(record["step_times_s"])
+
+    return proc, median_s
+
+
+def in_turn(*started: tuple[subprocess.Popen, Callable[[], float]]) -> list[float]:
+    """Waits until every process has imported, then runs them one after another, in the order given."""
+    try:
+        for proc, _ in started:
+            assert proc.stdout.readline() == "parked\n", proc.wait(timeout=300)
+        return [median_s() for _, median_s in started]
+    finally:
+        for proc, _ in started:
+            if proc.poll() is None:
+                proc.kill()
 
 
 def paired_rounds(rounds: int, work: Path, config: Config = CONFIG) -> tuple[list[float], list[float]]:
@@ -40,9 +94,9 @@ def paired_rounds(rounds: int, work: Path, config: Config = CONFIG) -> tuple[lis
     harness, control = [], []
     for i in range(rounds):
         if i % 2:
-            lm, a, b = worker_median_s(config, work), bare_median_s(config), bare_median_s(config)
+            lm, a, b = in_turn(worker(config, work), bare(config), bare(config))
         else:
-            a, lm, b = bare_median_s(config), worker_median_s(config, work), bare_median_s(config)
+            a, lm, b = in_turn(bare(config), worker(config, work), bare(config))
         harness.append(lm / a)
         control.append(b / a)
     return harness, control
