@@ -6,12 +6,22 @@ The interpreter holds every scalar as a one-element NumPy array, and a loop over
 be converted to Python scalars"); Triton 3.9's takes the element out first. `mend()` gives an
 interpreter that fails this way the newer conversion, and leaves every other one alone; compiled
 kernels never run this code.
+
+`quicken()` makes it cheaper: Triton 3.9's interpreter patches `triton.language` again at every call of one
+`@triton.jit` function from another (a walk of every member of five modules, ~20 ms on the CI's CPU), though the
+kernel's launch patched those modules already and nothing undoes it before the launch ends. A norm backward
+calls its row helper once a row: half of an interpreted training step went to re-patching. Within one launch, a
+call whose language modules were patched already skips it; the first call that needs another module (one of
+Triton's own helpers, as `tl.zeros`, sees `triton.language.core`) still patches it. What runs, and its numbers,
+are the same.
 """
 
 from __future__ import annotations
 
+import inspect
 import operator
 import os
+import threading
 
 
 def broken() -> bool:
@@ -55,4 +65,53 @@ def mend() -> bool:
 
     patch_lang_tensor.lmbench_mended = True  # type: ignore[attr-defined]
     interpreter._patch_lang_tensor = patch_lang_tensor
+    return True
+
+
+class _Launch(threading.local):
+    """The interpreter's launches in progress on this thread, and the language modules patched since the outermost
+    one began (ids)."""
+
+    depth = 0
+    patched: set[int] = set()
+
+
+def quicken() -> bool:
+    """Under TRITON_INTERPRET=1, patch `triton.language` once per module per launch, not at every call of a
+    `@triton.jit` function from another; returns whether the interpreter is quickened (True also when an earlier
+    call did it). An interpreter laid out differently is left alone."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return False
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    if getattr(interpreter._patch_lang, "lmbench_quickened", False):
+        return True
+    executor, patch_lang = getattr(interpreter, "GridExecutor", None), getattr(interpreter, "_patch_lang", None)
+    if executor is None or patch_lang is None or not hasattr(interpreter, "_LangPatchScope"):
+        return False
+    launch, run = _Launch(), executor.__call__
+
+    def launched(self: object, *args: object, **kwargs: object) -> object:
+        if launch.depth == 0:
+            launch.patched = set()
+        launch.depth += 1
+        try:
+            return run(self, *args, **kwargs)
+        finally:
+            launch.depth -= 1
+
+    def patch_once(fn: object) -> object:
+        # The modules Triton's `_patch_lang` patches for `fn`: those of its globals that are the language's.
+        langs = {id(value) for value in fn.__globals__.values() if inspect.ismodule(value) and value in (tl, tl.core)}
+        if launch.depth and langs and langs <= launch.patched:
+            return interpreter._LangPatchScope()  # nothing to undo: the launch's own scope restores the modules
+        scope = patch_lang(fn)
+        if launch.depth:
+            launch.patched |= langs
+        return scope
+
+    patch_once.lmbench_quickened = True  # type: ignore[attr-defined]
+    executor.__call__ = launched
+    interpreter._patch_lang = patch_once
     return True

@@ -608,6 +608,40 @@ def test_a_loop_over_a_kernel_argument_runs():
         assert not interpreter.broken()
 
 
+@triton.jit
+def _add_row(X, Out, row, N: tl.constexpr):
+    cols = tl.arange(0, N)
+    tl.store(Out + cols, tl.load(Out + cols) + tl.load(X + row * N + cols) + tl.zeros([N], dtype=tl.float32))
+
+
+@triton.jit
+def _sum_rows(X, Out, M, N: tl.constexpr):
+    for row in range(0, M):
+        _add_row(X, Out, row, N)
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the interpreter is how the tests run kernels on a CPU")
+def test_the_interpreter_patches_the_language_once_a_launch_not_at_every_helper_call(monkeypatch):
+    """Triton 3.9's interpreter re-patched triton.language at every call of one jit function from another (half
+    of an interpreted training step went to it); lmbench.kernels makes it once per module per launch. A helper
+    that sees another language module (tl.zeros: triton.language.core) still gets it patched, and the sums hold."""
+    from triton.runtime import interpreter as triton_interpreter
+
+    assert interpreter.quicken()
+    walks = []
+    real = triton_interpreter._patch_builtin
+    monkeypatch.setattr(triton_interpreter, "_patch_builtin", lambda *args: walks.append(args[0]) or real(*args))
+    x = torch.arange(64 * 8, dtype=torch.float32, device=DEVICE).reshape(64, 8)
+    per_launch = []
+    for rows in (1, 1, 64):  # the first launch, which may rewrite the functions, aside
+        out = torch.zeros(8, dtype=torch.float32, device=DEVICE)
+        walks.clear()
+        _sum_rows[(1,)](x, out, rows, N=8)
+        torch.testing.assert_close(out, x[:rows].sum(0))
+        per_launch.append(len(walks))
+    assert per_launch[1] == per_launch[2] > 0, per_launch
+
+
 @pytest.mark.parametrize("kernels", ["norms", "elementwise"])
 def test_kernels_address_elements_past_2_31(kernels):
     script = Path(__file__).with_name("far_offsets.py")
