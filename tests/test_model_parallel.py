@@ -63,7 +63,6 @@ LOSS_SCALED = ("amp-fp16", "fp16")
 
 def run_with_parity(tmp_path, suite_text: str) -> list[dict]:
     """The records of `lmbench run --parity` over a suite on the CPU (exit 0 required)."""
-    tmp_path.mkdir(parents=True, exist_ok=True)
     suite = tmp_path / "suite.toml"
     suite.write_text(suite_text)
     out = tmp_path / "run"
