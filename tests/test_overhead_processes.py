@@ -1,4 +1,4 @@
-"""lmbench's worker against a bare hand-written loop, each in a fresh process, paired and interleaved, with an
+"""lmbench's worker against a bare hand-written loop, each in a process of its own, paired and interleaved, with an
 A/A control (a bare loop against another bare loop) measuring in the same test how far two processes of the
 same code drift apart. See docs/overhead.md for the long version of this measurement and its figures."""
 
@@ -7,7 +7,6 @@ import math
 import statistics
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,86 +18,101 @@ CONFIG = Config(model="tiny-gpt2", batch_size=8, seq_len=128, steps=30, warmup=5
 BARE = Path(__file__).with_name("bare_loop.py")
 
 
-#: What every process of a round runs: the imports both sides make anyway (torch, the model family's transformers
-#: module), then a wait on stdin for its turn, then the bare loop or the worker as `__main__`, unchanged. The imports
-#: (~8 s a process on a 2-core CPU, most of the test's time) overlap; the measurements never do: a process steps only
-#: while the other two of its round are parked or finished. Only step times are compared, so what is checked (each
-#: side's median step, each process a fresh interpreter) is the same as with three processes started one by one.
-PARKED = """
-import runpy, sys
+#: One process imports what both sides import anyway (torch, the model family's transformers module: ~8 s of a 2-core
+#: CPU, most of a process's life) once, then forks a child for each measured process: the bare loop or the worker
+#: as `__main__`, unchanged, its stdout to a file. The children run one at a time (the parent waits for each) and the
+#: parent never runs an op (torch's thread pools start in the children, not across a fork). Only step times are
+#: compared, and every child starts from the same imported state: each side's median step is measured as with
+#: processes started one by one, without paying 30 imports.
+FORKER = """
+import gc, json, os, runpy, sys
 import torch
 from lmbench.models.registry import MODELS, import_family
 import_family(MODELS[sys.argv[1]].family)
-print("parked", flush=True)
-sys.stdin.readline()
-target, sys.argv = sys.argv[2], sys.argv[2:]
-if target.endswith(".py"):
-    runpy.run_path(target, run_name="__main__")
-else:
-    runpy.run_module(target, run_name="__main__", alter_sys=True)
+gc.freeze()
+print("ready", flush=True)
+for line in sys.stdin:
+    argv, output = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            os.dup2(fd, 1)
+            sys.argv = argv
+            if argv[0].endswith(".py"):
+                runpy.run_path(argv[0], run_name="__main__")
+            else:
+                runpy.run_module(argv[0], run_name="__main__", alter_sys=True)
+            code = 0
+        except SystemExit as exit:
+            code = 0 if exit.code is None else exit.code if isinstance(exit.code, int) else 1
+        finally:
+            sys.stdout.flush()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    print(os.waitstatus_to_exitcode(status), flush=True)
 """
 
 
-def park(config: Config, *command: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", PARKED, config.model, *command], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+class Forker:
+    """The importing parent: `run(argv)` forks a child that runs argv[0] (a script or a module) as `__main__`."""
+
+    def __init__(self, config: Config, work: Path):
+        self.work = work
+        self.proc = subprocess.Popen([sys.executable, "-c", FORKER, config.model], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline() == "ready\n", self.proc.wait(timeout=300)
+        self.children = 0
+
+    def run(self, *argv: str) -> str:
+        """The child's stdout; its exit status must be 0."""
+        self.children += 1
+        output = self.work / f"child-{self.children}.out"
+        self.proc.stdin.write(json.dumps([list(argv), str(output)]) + "\n")
+        self.proc.stdin.flush()
+        status = self.proc.stdout.readline()
+        assert status == "0\n", (status, output.read_text() if output.exists() else None)
+        return output.read_text()
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
 
 
-def finish(proc: subprocess.Popen) -> str:
-    """Lets a parked process run and waits for it: its stdout after `parked`."""
-    proc.stdin.write("go\n")
-    proc.stdin.close()
-    out = proc.stdout.read()
-    assert proc.wait(timeout=300) == 0, out
-    return out
+def bare(forker: Forker, config: Config) -> float:
+    out = forker.run(str(BARE), json.dumps(config.to_dict()))
+    return statistics.median(json.loads(out.splitlines()[-1])["step_times_s"])
 
 
-def bare(config: Config) -> tuple[subprocess.Popen, Callable[[], float]]:
-    proc = park(config, str(BARE), json.dumps(config.to_dict()))
-
-    def median_s() -> float:
-        return statistics.median(json.loads(finish(proc).splitlines()[-1])["step_times_s"])
-
-    return proc, median_s
-
-
-def worker(config: Config, work: Path) -> tuple[subprocess.Popen, Callable[[], float]]:
+def worker(forker: Forker, config: Config) -> float:
     """The real worker (`lmbench.run.worker` as `__main__`, as `python -m` runs it)."""
-    job, result = work / "job.json", work / "result.json"
+    job, result = forker.work / "job.json", forker.work / "result.json"
     job.write_text(json.dumps({"config": config.to_dict(), "repeat": 0}))
-    proc = park(config, "lmbench.run.worker", str(job), str(result))
-
-    def median_s() -> float:
-        finish(proc)
-        record = json.loads(result.read_text())
-        assert record["status"] == "ok", record["reason"]
-        return statistics.median(record["step_times_s"])
-
-    return proc, median_s
-
-
-def in_turn(*started: tuple[subprocess.Popen, Callable[[], float]]) -> list[float]:
-    """Waits until every process has imported, then runs them one after another, in the order given."""
-    try:
-        for proc, _ in started:
-            assert proc.stdout.readline() == "parked\n", proc.wait(timeout=300)
-        return [median_s() for _, median_s in started]
-    finally:
-        for proc, _ in started:
-            if proc.poll() is None:
-                proc.kill()
+    result.unlink(missing_ok=True)
+    forker.run("lmbench.run.worker", str(job), str(result))
+    record = json.loads(result.read_text())
+    assert record["status"] == "ok", record["reason"]
+    return statistics.median(record["step_times_s"])
 
 
 def paired_rounds(rounds: int, work: Path, config: Config = CONFIG) -> tuple[list[float], list[float]]:
     """Per round: lmbench / bare and bare / bare, the three processes in an order that alternates by round."""
     harness, control = [], []
-    for i in range(rounds):
-        if i % 2:
-            lm, a, b = in_turn(worker(config, work), bare(config), bare(config))
-        else:
-            a, lm, b = in_turn(bare(config), worker(config, work), bare(config))
-        harness.append(lm / a)
-        control.append(b / a)
+    forker = Forker(config, work)
+    try:
+        for i in range(rounds):
+            if i % 2:
+                lm, a, b = worker(forker, config), bare(forker, config), bare(forker, config)
+            else:
+                a, lm, b = bare(forker, config), worker(forker, config), bare(forker, config)
+            harness.append(lm / a)
+            control.append(b / a)
+    finally:
+        forker.close()
     return harness, control
 
 
