@@ -77,9 +77,41 @@ def test_search_stops_at_max_batch(tmp_path):
     assert found.chosen == 64
 
 
+@pytest.fixture(scope="module")
+def interrupted_tune(tmp_path_factory):
+    """A tune of BASE's model, size and memory cap that a budget cuts short, then resumed; what the first session
+    left is kept as it stood then. Its real probes (batch 2, 4 out of memory, 3) also serve the brute force below."""
+    out = tmp_path_factory.mktemp("tune") / "tune"
+    # Each probe, measurement and repeat is a fresh worker process (~8 s here). --min-batch 2 spares the probe at
+    # batch 1 (the search still doubles to 4, out of memory, and bisects to 3; 2 and 1 are still measured), and two
+    # confirming repeats still give each configuration a confirming repeat for the ranking to weigh: 7 processes,
+    # not 10.
+    args = ["tune", "--model", "tiny-gpt2", "--seq-len", "256", "--precision", "fp32", "--checkpointing", "none",
+            "--max-memory", "60MiB", "--device", "cpu", "--steps", "2", "--warmup", "1", "--min-batch", "2",
+            "--confirm-repeats", "2", "--out", str(out)]
+    first = CliRunner().invoke(cli, args + ["--budget-minutes", "0.01"])
+    measured = (out / "results.jsonl").exists()
+    tuned = (out / "tuned.toml").read_text() if (out / "tuned.toml").exists() else None
+    early = (out / "probes.jsonl").read_text().splitlines() if (out / "probes.jsonl").exists() else []
+    second = CliRunner().invoke(cli, args + ["--resume"])
+    return out, first, measured, tuned, early, second
+
+
 @pytest.mark.slow
-def test_real_boundary_matches_a_brute_force_search(tmp_path):
-    tuner = Tuner(BASE, RunDirectory(tmp_path / "run", resume=False), launch=run_worker, margin=0.0)
+def test_real_boundary_matches_a_brute_force_search(tmp_path, interrupted_tune):
+    # The tune's probes are this search's jobs (BASE resolved for one process, as tune resolves its base: the same
+    # keys), each a real worker's verdict, reused from a copy of its directory as a resumed tune reuses them: 2 new
+    # workers here (batch 1, where the search starts, and one past the edge), not 5. Every size compared is still
+    # a real worker's.
+    import shutil
+
+    from lmbench.measure.environment import probe_platform
+    from lmbench.plan.feasibility import resolve
+
+    shutil.copytree(interrupted_tune[0], tmp_path / "run")
+    tuner = Tuner(resolve(BASE, probe_platform()), RunDirectory(tmp_path / "run", resume=True), launch=run_worker,
+                  margin=0.0)
+    assert tuner.probe_config(COMBO, 2).key in tuner.cache  # the tune's first probe: the keys match
     found = tuner.search(COMBO)
     assert found.largest_fitting >= 1 and found.first_failing is not None
     # Brute force: every size up to one past the boundary (probes already made are reused).
@@ -90,27 +122,17 @@ def test_real_boundary_matches_a_brute_force_search(tmp_path):
 
 
 @pytest.mark.slow
-def test_interrupted_tune_resumes_without_repeating_probes(tmp_path):
-    out = tmp_path / "tune"
-    # Each probe, measurement and repeat is a fresh worker process (~8 s here). --min-batch 2 spares the probe at
-    # batch 1 (the search still doubles to 4, out of memory, and bisects to 3; 2 and 1 are still measured), and two
-    # confirming repeats still give each configuration a confirming repeat for the ranking to weigh: 7 processes,
-    # not 10.
-    args = ["tune", "--model", "tiny-gpt2", "--seq-len", "256", "--precision", "fp32", "--checkpointing", "none",
-            "--max-memory", "60MiB", "--device", "cpu", "--steps", "2", "--warmup", "1", "--min-batch", "2",
-            "--confirm-repeats", "2", "--out", str(out)]
-    first = CliRunner().invoke(cli, args + ["--budget-minutes", "0.01"])
+def test_interrupted_tune_resumes_without_repeating_probes(interrupted_tune):
+    out, first, measured, tuned, early, second = interrupted_tune
     assert first.exit_code == 0, first.output
     assert "budget ran out" in first.output
-    if not (out / "results.jsonl").exists():  # nothing measured: a winner is still to come, not a failure
+    if not measured:  # nothing measured: a winner is still to come, not a failure
         assert "no winner yet: --budget-minutes ran out before anything was measured; --resume goes on" in " ".join(
             first.output.split())
     else:  # a winner from a tune the budget cut is partial, and says so (it read as a finished tune's; a reviewer)
         assert "winner as a suite (partial)" in first.output
-        assert "# from a tune cut short (--budget-minutes ran out)" in (out / "tuned.toml").read_text()
-    early = (out / "probes.jsonl").read_text().splitlines()
+        assert "# from a tune cut short (--budget-minutes ran out)" in tuned
     assert 1 <= len(early)
-    second = CliRunner().invoke(cli, args + ["--resume"])
     assert second.exit_code == 0, second.output
     probes = [json.loads(line) for line in (out / "probes.jsonl").read_text().splitlines()]
     assert probes[: len(early)] == [json.loads(line) for line in early]
