@@ -17,13 +17,13 @@ from lmbench.models.versions import release
 LAYOUT_DEVIATION = 1e-6
 
 #: tp, pp and fsdp+tp in fp32, and tp and pp of tiny-gpt2 loss-scaled (amp-fp16, fp16): one run for two tests, so the
-#: loss-scaled rows share the fp32 references (tiny-gpt2 on 2 and on 4 sequences) their parity is judged against,
-#: each a fresh worker's start-up, rather than running them again.
+#: loss-scaled rows share the fp32 reference they are judged against, each a fresh worker's start-up, rather than
+#: running it again. tp's rows take 4 sequences, pp's 2 a micro-batch and fsdp+tp's 2 a group: all of tiny-gpt2's
+#: rows train 8 a step, and one parallel=none reference on 4 (x 2 accumulated) judges them all.
 SUITE = """
 name = "model-parallel-cpu"
 description = "tp, pp (GPipe and 1F1B) and fsdp+tp on tiny models over gloo; tp and pp loss-scaled too"
 [defaults]
-batch_size = 2
 seq_len = 32
 grad_accum = 2
 microbatches = 2
@@ -37,6 +37,13 @@ parallel = ["tp", "pp", "fsdp+tp"]
 pp_schedule = ["gpipe", "1f1b"]
 nproc = [2, 4]
 precision = ["fp32", "amp-fp16", "fp16"]
+batch_size = [2, 4]
+[[exclude]]
+parallel = "tp"
+batch_size = 2
+[[exclude]]
+parallel = ["pp", "fsdp+tp"]
+batch_size = 4
 [[exclude]]
 parallel = ["tp", "pp"]
 nproc = 4
@@ -81,10 +88,11 @@ def test_tp_pp_and_fsdp_tp_train_as_the_whole_model_does(two_layer_records):
     records = [r for r in two_layer_records if r["config"]["precision"] == "fp32"]
     by = {(r["config"]["model"], r["config"]["parallel"], r["config"]["pp_schedule"]): r for r in records}
     references = [r for r in records if r["metrics"] and r["metrics"].get("parity") == "reference"]
-    # tp trains each rank's 2 sequences, pp and fsdp+tp 4 (2 micro-batches; 2 FSDP groups): one device, same batch.
+    # Every row trains 4 sequences a micro-step (tp: the same 4 on each rank; pp: 2 micro-batches of 2; fsdp+tp: 2
+    # FSDP groups of 2), accumulated twice: one device on 4, same batch, one reference a model.
     assert sorted((r["config"]["model"], r["config"]["batch_size"]) for r in references) == [
-        ("tiny-gpt2", 2), ("tiny-gpt2", 4), ("tiny-llama", 2)]
-    expected = {("tiny-gpt2", "tp", "1f1b"): (1, 2, 1, 4), ("tiny-llama", "tp", "1f1b"): (1, 2, 1, 4),
+        ("tiny-gpt2", 4), ("tiny-llama", 4)]
+    expected = {("tiny-gpt2", "tp", "1f1b"): (1, 2, 1, 8), ("tiny-llama", "tp", "1f1b"): (1, 2, 1, 8),
                 ("tiny-gpt2", "pp", "gpipe"): (1, 1, 2, 8), ("tiny-gpt2", "pp", "1f1b"): (1, 1, 2, 8),
                 ("tiny-gpt2", "fsdp+tp", "1f1b"): (2, 2, 1, 8)}
     for key, (dp, tp, pp, sequences) in expected.items():
@@ -124,7 +132,7 @@ def test_loss_scaled_precisions_train_split_between_ranks_as_the_whole_model_doe
     parallel=none."""
     from lmbench.plan.parity import TOLERANCES
 
-    # The loss-scaled rows and the references they are judged against (tiny-gpt2's fp32 ones, on one device).
+    # The loss-scaled rows and the reference they are judged against (tiny-gpt2's fp32 one, on one device).
     records = [r for r in two_layer_records if r["config"]["precision"] in LOSS_SCALED
                or (r["config"]["model"], r["config"]["parallel"]) == ("tiny-gpt2", "none")]
     rows = {(r["config"]["parallel"], r["config"]["precision"]): r for r in records}
