@@ -25,7 +25,7 @@ BARE = Path(__file__).with_name("bare_loop.py")
 #: compared, and every child starts from the same imported state: each side's median step is measured as with
 #: processes started one by one, without paying 30 imports.
 FORKER = """
-import gc, json, os, runpy, sys
+import gc, json, os, runpy, sys, traceback
 import torch
 from lmbench.models.registry import MODELS, import_family
 import_family(MODELS[sys.argv[1]].family)
@@ -47,6 +47,8 @@ for line in sys.stdin:
             code = 0
         except SystemExit as exit:
             code = 0 if exit.code is None else exit.code if isinstance(exit.code, int) else 1
+        except BaseException:
+            traceback.print_exc()  # os._exit below would drop it
         finally:
             sys.stdout.flush()
             os._exit(code)
