@@ -1,4 +1,4 @@
-"""Shared test set-up: CPU by default; `gpu` tests skip without CUDA."""
+"""Shared test set-up: CPU by default; `gpu` tests skip without CUDA; each pytest-xdist worker on CPUs of its own."""
 
 from __future__ import annotations
 
@@ -6,7 +6,12 @@ import os
 import signal
 
 import pytest
-import torch
+from cpu_share import MARK, Workers, start_order
+
+# Before torch is imported: its thread pool is as wide as the CPUs it starts on (tests/cpu_share.py).
+WORKERS = Workers.from_environment()
+
+import torch  # noqa: E402
 
 # Without a GPU, Triton kernels run under the interpreter; it must be set before any @triton.jit is
 # defined (lmbench.kernels is imported by tests only, after this).
@@ -20,10 +25,33 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Plain `pytest -n N` deals tests out one by one: a file's module fixtures (real runs, minutes each) would run
+    # on every worker. A file is one unit instead, in the order start_order gives (heaviest first).
+    if getattr(config.option, "dist", "no") == "load":
+        config.option.dist = "loadfile"
+        config.option.loadscopereorder = False
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if WORKERS is not None:
+        items.sort(key=start_order)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    if WORKERS is None:
+        return (yield)
+    with WORKERS.running(alone=item.get_closest_marker(MARK) is not None):
+        return (yield)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if WORKERS is not None:
+        WORKERS.close()

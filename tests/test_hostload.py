@@ -261,10 +261,13 @@ event.set()
 """
 
 
-@pytest.mark.skipif(len(getattr(os, "sched_getaffinity", lambda pid: ())(0)) < 2, reason="needs 2 CPUs")
+@pytest.mark.alone  # the machine's CPUs, not a pytest -n worker's share (tests/cpu_share.py)
 def test_a_main_thread_bound_to_one_core_does_not_make_the_process_a_one_core_one():
     import subprocess
     import sys
+
+    if len(getattr(os, "sched_getaffinity", lambda pid: ())(0)) < 2:
+        pytest.skip("needs 2 CPUs")
 
     out = subprocess.run([sys.executable, "-c", _BOUND], capture_output=True, text=True, check=True).stdout
     cpus = len(os.sched_getaffinity(0))

@@ -3,6 +3,7 @@
 import statistics
 import time
 
+import pytest
 import torch
 
 from lmbench.measure.stats import percentile
@@ -11,6 +12,9 @@ from lmbench.models.registry import MODELS, build_model
 from lmbench.plan.config import Config
 from lmbench.run.data import make_batches
 from lmbench.run.training import TrainingStep
+
+#: Step times against step times, in this process with torch's threads: under pytest -n the other workers wait.
+pytestmark = pytest.mark.alone
 
 CPU = torch.device("cpu")
 CONFIG = Config(model="tiny-gpt2", batch_size=8, seq_len=128, steps=200, warmup=0, device="cpu")

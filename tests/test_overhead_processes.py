@@ -133,6 +133,7 @@ def tolerance(harness: list[float], control: list[float]) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.alone  # step times against step times: another worker's load would widen both spreads
 def test_the_worker_is_within_the_noise_of_a_bare_loop(tmp_path):
     rounds = 10
     harness, control = paired_rounds(rounds, tmp_path)
