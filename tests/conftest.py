@@ -27,9 +27,12 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 
 def pytest_configure(config: pytest.Config) -> None:
     # Plain `pytest -n N` deals tests out one by one: a file's module fixtures (real runs, minutes each) would run
-    # on every worker. A file is one unit instead, in the order start_order gives (heaviest first).
-    if getattr(config.option, "dist", "no") == "load":
+    # on every worker. A file is one unit instead, in the order start_order gives (heaviest first), unless the
+    # command line says otherwise.
+    given = " ".join(config.invocation_params.args)
+    if getattr(config.option, "dist", "no") == "load" and "--dist" not in given:
         config.option.dist = "loadfile"
+    if getattr(config.option, "dist", "no") in ("loadfile", "loadscope") and "--loadscope-reorder" not in given:
         config.option.loadscopereorder = False
 
 
@@ -44,12 +47,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-@pytest.hookimpl(wrapper=True)
+@pytest.hookimpl(hookwrapper=True)  # the old style: the GPU machine's pytest may predate new-style wrappers
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
     if WORKERS is None:
-        return (yield)
+        yield
+        return
     with WORKERS.running(alone=item.get_closest_marker(MARK) is not None):
-        return (yield)
+        yield
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -14,8 +14,10 @@ the whole machine too, so a long last file does not leave a core idle.
 The workers share lock files in a folder of the run's own (flock: the kernel drops a lock when its process
 ends, a crashed worker included). A readers-writer pair with a turnstile: a test takes the turnstile, takes the
 room shared (or, alone, exclusive) and, unless alone, gives the turnstile back; an `alone` test waiting for the
-room holds the turnstile, so no new test enters before it. Each worker holds its `alive` file exclusive until
-it ends: a file another worker can lock is a worker that has finished.
+room holds the turnstile, so no new test enters before it. Each worker holds a numbered slot exclusive until it
+ends, and its slot's number picks its share: xdist names a crashed worker's replacement gw2, gw3, ..., and the
+replacement takes the slot the crash left. A slot another worker can lock is one whose worker has ended; a slot
+no one has made yet, one whose worker has not started.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import fcntl
 import os
 import shutil
 import tempfile
+import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -40,8 +44,9 @@ MARK = "alone"
 FIRST = ("test_model_parallel.py", "test_distributed.py", "test_run_e2e.py", "test_faults.py", "test_compile_modes.py",
          "test_kernels.py", "test_tune.py", "test_gpu_validate.py", "test_convergence.py", "test_report.py",
          "test_kernel_sets.py", "test_float8.py", "test_compare.py", "test_training.py", "test_profiling_gloo.py")
-#: Files of `alone` tests go last: by then the other worker has little left to wait with, or has finished.
-LAST = ("test_overhead.py", "test_overhead_processes.py")
+#: Files of `alone` tests go last: an alone test waits for the other worker's test in progress (a module fixture of
+#: minutes, early in a run), and by the end the other worker has little left to wait with, or has finished.
+LAST = ("test_hostload.py", "test_overhead.py", "test_overhead_processes.py")
 
 
 def start_order(item: pytest.Item) -> int:
@@ -55,10 +60,13 @@ def start_order(item: pytest.Item) -> int:
 
 def share(cpus: Sequence[int], index: int, count: int) -> list[int]:
     """Worker `index` of `count`'s CPUs: an equal contiguous part of `cpus` (a remainder goes to the later
-    workers); all of them when there are fewer CPUs than workers, or one worker."""
+    workers); with more workers than CPUs, one CPU each in turn (one torch thread each, never a pool per worker
+    fighting over all of them); all of them for one worker."""
     cpus = sorted(cpus)
-    if count <= 1 or count > len(cpus):
+    if count <= 1:
         return cpus
+    if count > len(cpus):
+        return [cpus[index % len(cpus)]]
     return cpus[len(cpus) * index // count:len(cpus) * (index + 1) // count]
 
 
@@ -76,84 +84,109 @@ def bind(cpus: Sequence[int]) -> None:
 
 
 class Workers:
-    """This worker's place among the run's workers: its CPUs, the whole machine's, the lock files they share."""
+    """This worker's place among the run's workers: its slot and CPUs, the whole machine's, the shared locks."""
 
-    def __init__(self, index: int, count: int, folder: Path, cpus: Sequence[int],
+    #: How long a starting worker looks for a free slot (another worker's probe can hold one for a moment).
+    CLAIM_S = 5.0
+
+    def __init__(self, count: int, folder: Path, cpus: Sequence[int],
                  bind: Callable[[Sequence[int]], None] = bind) -> None:
-        self.index, self.count, self.folder, self._bind = index, count, folder, bind
+        self.count, self.folder, self._bind = count, folder, bind
         self.machine = sorted(cpus)
-        self.own = share(self.machine, index, count)
-        self.whole = False
-        """Whether every other worker has finished and this one took the whole machine."""
         folder.mkdir(parents=True, exist_ok=True)
         self._turnstile = self._open("turnstile")
         self._room = self._open("room")
-        # Locked before it is named, so another worker never sees it unlocked while this one runs.
-        self._alive = self._open(f".alive-gw{index}-{os.getpid()}")
-        fcntl.flock(self._alive, fcntl.LOCK_EX)
-        os.replace(folder / f".alive-gw{index}-{os.getpid()}", self._alive_path(index))
+        self.slot, self._slot = self._claim()
+        self.own = share(self.machine, self.slot, count) if self.slot is not None else self.machine
+        self.whole = False
+        """Whether, at the last test, every other worker had ended (this one then ran on the whole machine)."""
+        self._bound: list[int] | None = None
 
     @classmethod
     def from_environment(cls) -> Workers | None:
-        """This process's place when it is a pytest-xdist worker (xdist names it before conftest is imported)."""
-        name, run = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_TESTRUNUID")
-        if not name or not run or not hasattr(os, "sched_setaffinity"):
+        """This process's place when it is a pytest-xdist worker (xdist names it before conftest is imported),
+        bound to its share; None outside xdist, or (with a warning) where the CPUs cannot be bound."""
+        run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+        if not os.environ.get("PYTEST_XDIST_WORKER") or not run or not hasattr(os, "sched_setaffinity"):
             return None
-        workers = cls(int(name.removeprefix("gw")), int(os.environ["PYTEST_XDIST_WORKER_COUNT"]),
-                      Path(tempfile.gettempdir()) / f"lmbench-pytest-{run}", os.sched_getaffinity(0))
-        workers._bind(workers.own)
+        try:
+            workers = cls(int(os.environ["PYTEST_XDIST_WORKER_COUNT"]),
+                          Path(tempfile.gettempdir()) / f"lmbench-pytest-{run}", os.sched_getaffinity(0))
+            workers._use(workers.own)
+        except (OSError, ValueError, KeyError) as e:
+            warnings.warn(f"this pytest-xdist worker runs on every CPU, beside the others: {e}", stacklevel=1)
+            return None
         return workers
 
     def _open(self, name: str) -> int:
         return os.open(self.folder / name, os.O_RDWR | os.O_CREAT, 0o600)
 
-    def _alive_path(self, index: int) -> Path:
-        return self.folder / f"alive-gw{index}"
+    def _claim(self) -> tuple[int | None, int | None]:
+        """The first slot no running worker holds, locked until this process ends; (None, None) if none is free."""
+        deadline = time.monotonic() + self.CLAIM_S
+        while True:
+            for slot in range(self.count):
+                fd = self._open(f"slot-{slot}")
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue
+                return slot, fd
+            if time.monotonic() > deadline:
+                return None, None
+            time.sleep(0.05)
 
-    def finished(self, index: int) -> bool:
-        """Whether worker `index` has ended (one that has not started yet has no file: not finished)."""
+    def ended(self, slot: int) -> bool:
+        """Whether slot `slot`'s worker has ended (a slot no worker has made yet: not ended, still to start).
+
+        A shared probe: the holder's exclusive lock refuses it, and two probes never refuse each other."""
         try:
-            fd = os.open(self._alive_path(index), os.O_RDWR)
+            fd = os.open(self.folder / f"slot-{slot}", os.O_RDWR)
         except FileNotFoundError:
             return False
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
         finally:
             os.close(fd)  # closing drops the probe's lock, if it took one
         return True
 
+    def _use(self, cpus: list[int]) -> None:
+        if cpus != self._bound:
+            self._bind(cpus)
+            self._bound = cpus
+
     @contextlib.contextmanager
     def running(self, *, alone: bool) -> Iterator[None]:
-        """One test, set-up and tear-down included: beside the others' tests, or alone on the whole machine."""
+        """One test, set-up and tear-down included: beside the others' tests on this worker's CPUs, or alone (or
+        after every other worker has ended) on the whole machine."""
         fcntl.flock(self._turnstile, fcntl.LOCK_EX)
         try:
             fcntl.flock(self._room, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
-        finally:
-            if not alone:
-                fcntl.flock(self._turnstile, fcntl.LOCK_UN)
+        except BaseException:
+            fcntl.flock(self._turnstile, fcntl.LOCK_UN)
+            raise
+        if not alone:
+            fcntl.flock(self._turnstile, fcntl.LOCK_UN)
         try:
-            if not self.whole and self.own != self.machine and all(
-                    self.finished(i) for i in range(self.count) if i != self.index):
-                self.whole = True
-                self._bind(self.machine)
-            if alone and not self.whole:
-                self._bind(self.machine)
-                try:
-                    yield
-                finally:
-                    self._bind(self.own)
-            else:
-                yield
+            self.whole = self.slot is not None and all(self.ended(slot) for slot in range(self.count)
+                                                       if slot != self.slot)
+            try:
+                self._use(self.machine if alone or self.whole else self.own)
+            except OSError as e:  # a cpuset changed under the run: the test runs where it is
+                warnings.warn(f"could not bind this pytest-xdist worker's CPUs: {e}", stacklevel=1)
+            yield
         finally:
             fcntl.flock(self._room, fcntl.LOCK_UN)
             if alone:
                 fcntl.flock(self._turnstile, fcntl.LOCK_UN)
 
     def close(self) -> None:
-        """This worker has finished; the last one to finish removes the folder."""
-        for fd in (self._alive, self._turnstile, self._room):
-            os.close(fd)
-        if all(self.finished(i) for i in range(self.count)):
+        """This worker has ended; the last one to end removes the folder."""
+        for fd in (self._slot, self._turnstile, self._room):
+            if fd is not None:
+                os.close(fd)
+        if all(self.ended(slot) for slot in range(self.count)):
             shutil.rmtree(self.folder, ignore_errors=True)

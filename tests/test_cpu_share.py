@@ -1,7 +1,9 @@
-"""The test runner's own CPU sharing (tests/cpu_share.py): shares, the `alone` gate, the last worker's widening."""
+"""The test runner's own CPU sharing (tests/cpu_share.py): shares, slots, the `alone` gate, the whole machine."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 import time
 from pathlib import Path
@@ -9,18 +11,16 @@ from pathlib import Path
 from cpu_share import FIRST, LAST, MARK, Workers, share, start_order
 
 
-def test_each_worker_gets_an_equal_contiguous_share_or_all_when_cpus_are_fewer():
+def test_each_worker_gets_an_equal_contiguous_share_or_one_cpu_in_turn():
     assert [share([0, 1], i, 2) for i in range(2)] == [[0], [1]]
     parts = [share(range(16), i, 3) for i in range(3)]
     assert parts == [list(range(0, 5)), list(range(5, 10)), list(range(10, 16))]
-    assert share([3, 1], 0, 1) == [1, 3] and share([0, 1], 2, 3) == [0, 1]
+    assert [share([0, 1], i, 4) for i in range(4)] == [[0], [1], [0], [1]]
+    assert share([3, 1], 0, 1) == [1, 3]
 
 
-def _pair(tmp_path):
-    binds: dict[int, list[list[int]]] = {0: [], 1: []}
-    workers = [Workers(i, 2, tmp_path / "run", [0, 1], bind=lambda cpus, i=i: binds[i].append(list(cpus)))
-               for i in range(2)]
-    return workers, binds
+def _worker(folder: Path, binds: list, count: int = 2) -> Workers:
+    return Workers(count, folder, [0, 1], bind=lambda cpus: binds.append(list(cpus)))
 
 
 def _start(target) -> threading.Thread:
@@ -29,15 +29,37 @@ def _start(target) -> threading.Thread:
     return thread
 
 
+def _held(path: Path) -> bool:
+    """Whether someone holds `path`'s lock (probed with an exclusive lock of a third open file)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _until(condition, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
 def test_an_alone_test_waits_for_the_others_test_and_holds_back_their_next(tmp_path):
-    (a, b), binds = _pair(tmp_path)
+    a_binds: list = []
+    b_binds: list = []
+    a, b = _worker(tmp_path / "run", a_binds), _worker(tmp_path / "run", b_binds)
+    assert (a.slot, a.own, b.slot, b.own) == (0, [0], 1, [1])
     order: list[str] = []
+    entered = threading.Event()
 
     def alone() -> None:
         with b.running(alone=True):
-            order.append("alone in")
-            time.sleep(0.3)
-            order.append("alone out")
+            order.append("alone")
+            entered.wait(5)
 
     def next_test() -> None:
         with a.running(alone=False):
@@ -45,20 +67,23 @@ def test_an_alone_test_waits_for_the_others_test_and_holds_back_their_next(tmp_p
 
     with a.running(alone=False):
         waiting = _start(alone)
-        time.sleep(0.3)
-        assert order == []  # a's test still runs: the alone test waits for it
-        order.append("a's test done")
-    time.sleep(0.1)  # the alone test holds the turnstile now
+        _until(lambda: _held(tmp_path / "run" / "turnstile"))  # the alone test waits for the room, turnstile held
+        assert order == []
+        order.append("a's test")
+    _until(lambda: order[-1] == "alone")
     follower = _start(next_test)
+    time.sleep(0.2)
+    assert order == ["a's test", "alone"]  # a's next test waits at the turnstile
+    entered.set()
     waiting.join(5)
     follower.join(5)
-    assert order == ["a's test done", "alone in", "alone out", "a's next"]
-    assert binds[1] == [[0, 1], [1]]  # the whole machine for the alone test, then its own CPU again
-    assert binds[0] == []
+    assert order == ["a's test", "alone", "a's next"]
+    assert b_binds == [[0, 1]]  # the whole machine for the alone test
+    assert a_binds == [[0]]  # its own CPU throughout
 
 
 def test_two_shared_tests_run_side_by_side(tmp_path):
-    (a, b), _ = _pair(tmp_path)
+    a, b = _worker(tmp_path / "run", []), _worker(tmp_path / "run", [])
     entered = threading.Event()
 
     def enter() -> None:
@@ -71,28 +96,53 @@ def test_two_shared_tests_run_side_by_side(tmp_path):
 
 
 def test_the_last_worker_takes_the_whole_machine_and_removes_the_folder(tmp_path):
-    (a, b), binds = _pair(tmp_path)
-    assert not b.finished(0) and not b.finished(1)
+    binds: list = []
+    a, b = _worker(tmp_path / "run", []), _worker(tmp_path / "run", binds)
+    assert not b.ended(0) and not b.ended(1)
     with b.running(alone=False):
         pass
-    assert binds[1] == []  # a still runs
+    assert binds == [[1]] and not b.whole  # a still runs
     a.close()
-    assert b.finished(0) and (tmp_path / "run").is_dir()
+    assert b.ended(0) and (tmp_path / "run").is_dir()
     with b.running(alone=False):
         pass
-    assert binds[1] == [[0, 1]] and b.whole
+    assert binds == [[1], [0, 1]] and b.whole
     b.close()
     assert not (tmp_path / "run").exists()
 
 
-def test_a_worker_not_started_yet_is_not_finished(tmp_path):
-    alone = Workers(1, 2, tmp_path / "run", [0, 1], bind=lambda cpus: None)
-    assert not alone.finished(0)
-    with alone.running(alone=False):
+def test_a_crashed_workers_replacement_takes_its_slot_and_the_other_narrows_again(tmp_path):
+    """xdist names the replacement gw2 while the count stays 2: it takes slot 0, left by the crash."""
+    binds: list = []
+    crashed, b = _worker(tmp_path / "run", []), _worker(tmp_path / "run", binds)
+    crashed.close()
+    with b.running(alone=False):
         pass
-    assert not alone.whole
-    alone.close()
-    assert (tmp_path / "run").is_dir()  # the other worker may still come
+    assert b.whole and binds == [[0, 1]]
+    replacement = _worker(tmp_path / "run", [])
+    assert (replacement.slot, replacement.own) == (0, [0])
+    with b.running(alone=False):
+        pass
+    assert not b.whole and binds == [[0, 1], [1]]
+
+
+def test_a_worker_not_started_yet_has_not_ended_and_no_free_slot_means_every_cpu(tmp_path, monkeypatch):
+    binds: list = []
+    first = _worker(tmp_path / "run", binds)
+    assert not first.ended(1)  # slot 1 not made yet: its worker is still to start
+    with first.running(alone=False):
+        pass
+    assert not first.whole and binds == [[0]]
+    monkeypatch.setattr(Workers, "CLAIM_S", 0.1)
+    second, third = _worker(tmp_path / "run", []), _worker(tmp_path / "run", [])
+    assert (second.slot, third.slot, third.own) == (1, None, [0, 1])
+    first.close()
+    assert (tmp_path / "run").is_dir()  # the others still run
+
+
+def test_outside_xdist_there_is_no_sharing(monkeypatch):
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    assert Workers.from_environment() is None
 
 
 def test_heavy_files_start_first_and_files_of_alone_tests_last():
