@@ -34,6 +34,10 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.dist = "loadfile"
     if getattr(config.option, "dist", "no") in ("loadfile", "loadscope") and "--loadscope-reorder" not in given:
         config.option.loadscopereorder = False
+    # A crashed worker's file is dealt to its replacement, which crashes in turn, and with files left xdist 3.8 then
+    # waits for ever: the first crash ends the run instead, red at once, not at CI's time limit.
+    if getattr(config.option, "dist", "no") != "no" and "--max-worker-restart" not in given:
+        config.option.maxworkerrestart = "0"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -156,3 +156,38 @@ def test_heavy_files_start_first_and_files_of_alone_tests_last():
     here = Path(__file__).parent
     assert all((here / name).is_file() for name in FIRST + LAST)  # a renamed file would drop out unseen
     assert all(f"mark.{MARK}" in (here / name).read_text() for name in LAST)
+
+
+def test_under_n_2_files_are_units_in_start_order_and_a_crashed_worker_ends_the_run(tmp_path):
+    """This conftest in a pytest of its own: `-n 2` runs each file on one worker, in start_order's order, and a
+    worker that crashes ends the run (xdist 3.8 otherwise deals the file to a replacement and, with files left,
+    hangs)."""
+    import shutil
+    import subprocess
+    import sys
+
+    here = Path(__file__).parent
+    for name in ("conftest.py", "cpu_share.py"):
+        shutil.copy(here / name, tmp_path / name)
+    (tmp_path / "pytest.ini").write_text(f"[pytest]\nmarkers =\n    {MARK}: alone\n")
+    log = tmp_path / "order.log"
+    record = ("import os, pathlib\ndef test_{n}():\n    with open({log!r}, 'a') as f:\n"
+              "        f.write(os.environ['PYTEST_XDIST_WORKER'] + ' {n}\\n')\n")
+    for n in ("a", "b"):
+        (tmp_path / f"test_{n}.py").write_text("".join(record.format(n=name, log=str(log)) for name in (n, n + "2")))
+    (tmp_path / "test_model_parallel.py").write_text(record.format(n="first", log=str(log)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}  # not this run's worker
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2"]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-2000:]
+    lines = [line.split() for line in log.read_text().splitlines()]
+    files: dict[str, set[str]] = {}
+    for worker, name in lines:
+        files.setdefault(name.rstrip("2"), set()).add(worker)
+    assert len(lines) == 5 and all(len(ran_on) == 1 for ran_on in files.values()), lines  # a file on one worker
+    # The file of fewest tests went first (xdist's own order puts files of most tests first).
+    (first_worker,) = files["first"]
+    assert [name for worker, name in lines if worker == first_worker][0] == "first", lines
+    (tmp_path / "test_a.py").write_text("import os\ndef test_crash():\n    os._exit(1)\n")
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 1 and "crashed while running 'test_a.py::test_crash'" in done.stdout, done.stdout[-2000:]
