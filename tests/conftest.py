@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import uuid
 
 import pytest
-from cpu_share import MARK, Workers, start_order
+from cpu_share import MARK, Workers, folder, start_order
 
 # Before torch is imported: its thread pool is as wide as the CPUs it starts on (tests/cpu_share.py).
 WORKERS = Workers.from_environment()
@@ -38,6 +40,8 @@ def pytest_configure(config: pytest.Config) -> None:
     # waits for ever: the first crash ends the run instead, red at once, not at CI's time limit.
     if getattr(config.option, "dist", "no") != "no" and "--max-worker-restart" not in given:
         config.option.maxworkerrestart = "0"
+    if getattr(config.option, "dist", "no") != "no" and not config.option.testrunuid:
+        config.option.testrunuid = uuid.uuid4().hex  # the controller's own, to remove the workers' lock files
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -63,3 +67,5 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
 def pytest_unconfigure(config: pytest.Config) -> None:
     if WORKERS is not None:
         WORKERS.close()
+    elif getattr(config.option, "dist", "no") != "no" and config.option.testrunuid:
+        shutil.rmtree(folder(config.option.testrunuid), ignore_errors=True)

@@ -36,6 +36,8 @@ import pytest
 
 #: A test that needs the machine to itself (pyproject.toml registers it).
 MARK = "alone"
+#: The xdist worker's process id, set by the worker for the processes it starts.
+WORKER_PID = "LMBENCH_TEST_WORKER_PID"
 
 #: The files that hold a worker longest start first (seconds of one core beside a second worker, `pytest -n 2
 #: --junitxml` on the 2-core machine, 2026-11-29: 503, 241, 139, 137, 128, 124, 107, 93, 82, 76, 73, 58, 54, 49, 46),
@@ -47,6 +49,12 @@ FIRST = ("test_model_parallel.py", "test_distributed.py", "test_run_e2e.py", "te
 #: Files of `alone` tests go last: an alone test waits for the other worker's test in progress (a module fixture of
 #: minutes, early in a run), and by the end the other worker has little left to wait with, or has finished.
 LAST = ("test_hostload.py", "test_overhead.py", "test_overhead_processes.py")
+
+
+def folder(run: str) -> Path:
+    """The lock files' folder of test run `run` (xdist's testrunuid): the last worker to end removes it, and the
+    controller once every worker has ended (a worker that crashed, or that the controller stopped, never closes)."""
+    return Path(tempfile.gettempdir()) / f"lmbench-pytest-{run}"
 
 
 def start_order(item: pytest.Item) -> int:
@@ -109,9 +117,12 @@ class Workers:
         run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
         if not os.environ.get("PYTEST_XDIST_WORKER") or not run or not hasattr(os, "sched_setaffinity"):
             return None
+        # A pytest that a test starts (gpu-validate's rehearsal) inherits xdist's variables: it is not a worker, and
+        # taking a slot or the turnstile there could wait on the very test that started it.
+        if os.environ.setdefault(WORKER_PID, str(os.getpid())) != str(os.getpid()):
+            return None
         try:
-            workers = cls(int(os.environ["PYTEST_XDIST_WORKER_COUNT"]),
-                          Path(tempfile.gettempdir()) / f"lmbench-pytest-{run}", os.sched_getaffinity(0))
+            workers = cls(int(os.environ["PYTEST_XDIST_WORKER_COUNT"]), folder(run), os.sched_getaffinity(0))
             workers._use(workers.own)
         except (OSError, ValueError, KeyError) as e:
             warnings.warn(f"this pytest-xdist worker runs on every CPU, beside the others: {e}", stacklevel=1)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import fcntl
 import os
+import tempfile
 import threading
 import time
 from pathlib import Path
 
-from cpu_share import FIRST, LAST, MARK, Workers, share, start_order
+from cpu_share import FIRST, LAST, MARK, WORKER_PID, Workers, share, start_order
 
 
 def test_each_worker_gets_an_equal_contiguous_share_or_one_cpu_in_turn():
@@ -140,8 +141,12 @@ def test_a_worker_not_started_yet_has_not_ended_and_no_free_slot_means_every_cpu
     assert (tmp_path / "run").is_dir()  # the others still run
 
 
-def test_outside_xdist_there_is_no_sharing(monkeypatch):
+def test_outside_xdist_and_in_a_pytest_a_worker_started_there_is_no_sharing(monkeypatch):
     monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    assert Workers.from_environment() is None
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
+    monkeypatch.setenv("PYTEST_XDIST_TESTRUNUID", "x")
+    monkeypatch.setenv(WORKER_PID, str(os.getpid() + 1))  # the worker is another process: this one it started
     assert Workers.from_environment() is None
 
 
@@ -171,23 +176,28 @@ def test_under_n_2_files_are_units_in_start_order_and_a_crashed_worker_ends_the_
         shutil.copy(here / name, tmp_path / name)
     (tmp_path / "pytest.ini").write_text(f"[pytest]\nmarkers =\n    {MARK}: alone\n")
     log = tmp_path / "order.log"
-    record = ("import os, pathlib\ndef test_{n}():\n    with open({log!r}, 'a') as f:\n"
+    record = ("import os\ndef test_{n}():\n    with open({log!r}, 'a') as f:\n"
               "        f.write(os.environ['PYTEST_XDIST_WORKER'] + ' {n}\\n')\n")
-    for n in ("a", "b"):
-        (tmp_path / f"test_{n}.py").write_text("".join(record.format(n=name, log=str(log)) for name in (n, n + "2")))
+    (tmp_path / "test_a.py").write_text(record.format(n="a", log=str(log)) + record.format(n="a2", log=str(log)))
+    for n in ("b", "c", "d", "e"):
+        (tmp_path / f"test_{n}.py").write_text(record.format(n=n, log=str(log)))
     (tmp_path / "test_model_parallel.py").write_text(record.format(n="first", log=str(log)))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}  # not this run's worker
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2"]
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stdout[-2000:]
+    # The crash comes once the first file and test_a have run, while files are still to be dealt (test_d, test_e).
+    (tmp_path / "test_crash.py").write_text(
+        f"import os, pathlib, time\ndef test_crash():\n    log = pathlib.Path({str(log)!r})\n"
+        "    deadline = time.monotonic() + 120\n"
+        "    while time.monotonic() < deadline and not (log.exists() and {'first', 'a', 'a2'} <= "
+        "{line.split()[1] for line in log.read_text().splitlines()}):\n"
+        "        time.sleep(0.05)\n    os._exit(1)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_") and k != WORKER_PID}
+    before = set(Path(tempfile.gettempdir()).glob("lmbench-pytest-*"))
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 1 and "crashed while running 'test_crash.py::test_crash'" in done.stdout, done.stdout
     lines = [line.split() for line in log.read_text().splitlines()]
-    files: dict[str, set[str]] = {}
-    for worker, name in lines:
-        files.setdefault(name.rstrip("2"), set()).add(worker)
-    assert len(lines) == 5 and all(len(ran_on) == 1 for ran_on in files.values()), lines  # a file on one worker
+    ran = {name: worker for worker, name in lines}
+    assert ran["a"] == ran["a2"], lines  # a file on one worker
+    assert not {"d", "e"} <= set(ran), lines  # the crash ended the run before every file was dealt
     # The file of fewest tests went first (xdist's own order puts files of most tests first).
-    (first_worker,) = files["first"]
-    assert [name for worker, name in lines if worker == first_worker][0] == "first", lines
-    (tmp_path / "test_a.py").write_text("import os\ndef test_crash():\n    os._exit(1)\n")
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 1 and "crashed while running 'test_a.py::test_crash'" in done.stdout, done.stdout[-2000:]
+    assert [name for worker, name in lines if worker == ran["first"]][0] == "first", lines
+    assert not set(Path(tempfile.gettempdir()).glob("lmbench-pytest-*")) - before  # the controller removed its own
