@@ -28,19 +28,22 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    dist = getattr(config.option, "dist", "no")  # "no" without pytest-xdist, or without -n
+    if dist == "no":
+        return
+    given = " ".join(config.invocation_params.args)
     # Plain `pytest -n N` deals tests out one by one: a file's module fixtures (real runs, minutes each) would run
     # on every worker. A file is one unit instead, in the order start_order gives (heaviest first), unless the
     # command line says otherwise.
-    given = " ".join(config.invocation_params.args)
-    if getattr(config.option, "dist", "no") == "load" and "--dist" not in given:
-        config.option.dist = "loadfile"
-    if getattr(config.option, "dist", "no") in ("loadfile", "loadscope") and "--loadscope-reorder" not in given:
+    if dist == "load" and "--dist" not in given:
+        config.option.dist = dist = "loadfile"
+    if dist in ("loadfile", "loadscope") and "--loadscope-reorder" not in given:
         config.option.loadscopereorder = False
     # A crashed worker's file is dealt to its replacement, which crashes in turn, and with files left xdist 3.8 then
     # waits for ever: the first crash ends the run instead, red at once, not at CI's time limit.
-    if getattr(config.option, "dist", "no") != "no" and "--max-worker-restart" not in given:
+    if "--max-worker-restart" not in given:
         config.option.maxworkerrestart = "0"
-    if getattr(config.option, "dist", "no") != "no" and not config.option.testrunuid:
+    if not config.option.testrunuid:
         config.option.testrunuid = uuid.uuid4().hex  # the controller's own, to remove the workers' lock files
 
 
