@@ -182,7 +182,8 @@ def test_under_n_2_files_are_units_in_start_order_and_a_crashed_worker_ends_the_
     for n in ("b", "c", "d", "e"):
         (tmp_path / f"test_{n}.py").write_text(record.format(n=n, log=str(log)))
     (tmp_path / "test_model_parallel.py").write_text(record.format(n="first", log=str(log)))
-    # The crash comes once the first file and test_a have run, while files are still to be dealt (test_d, test_e).
+    # The crash comes once the first file and test_a have run, mostly while files are still to be dealt (the hang
+    # needs that: without --max-worker-restart 0 this run timed out here), though xdist may have dealt them all.
     (tmp_path / "test_crash.py").write_text(
         f"import os, pathlib, time\ndef test_crash():\n    log = pathlib.Path({str(log)!r})\n"
         "    deadline = time.monotonic() + 120\n"
